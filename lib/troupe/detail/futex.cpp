@@ -1,0 +1,75 @@
+#include "troupe/detail/futex.hpp"
+
+#include <errno.h>
+#include <linux/futex.h>
+#include <sched.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <climits>
+#include <cstdlib>
+
+namespace troupe::detail {
+namespace {
+
+// 30 µs: longer than a cross-core sleep+wake costs here (about 20 µs each way), so a spin that
+// would have been beaten by a sleep is rare; the adaptive budget takes it down fast when spins fail.
+constexpr std::int64_t kDefaultSpinNs = 30'000;
+
+std::int64_t initial_limit() noexcept {
+  if (const char* env = std::getenv("TROUPE_SPIN_NS")) {
+    char* end = nullptr;
+    long long v = std::strtoll(env, &end, 10);
+    if (end != env && v >= 0) return v;
+  }
+  return kDefaultSpinNs;
+}
+
+bool read_single_cpu() noexcept {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof set, &set) != 0) return false;
+  return CPU_COUNT(&set) <= 1;
+}
+
+std::atomic<std::int64_t> g_limit{initial_limit()};
+std::atomic<bool> g_single{read_single_cpu()};
+
+}  // namespace
+
+std::int64_t spin_limit_ns() noexcept { return g_limit.load(std::memory_order_relaxed); }
+
+void set_spin_limit_ns(std::int64_t ns) noexcept {
+  g_limit.store(ns < 0 ? 0 : ns, std::memory_order_relaxed);
+  g_single.store(read_single_cpu(), std::memory_order_relaxed);
+}
+
+bool single_cpu() noexcept { return g_single.load(std::memory_order_relaxed); }
+
+bool futex_wait(const std::atomic<std::uint32_t>& word, std::uint32_t expected,
+                const std::optional<steady::time_point>& deadline) noexcept {
+  auto* addr = reinterpret_cast<const std::uint32_t*>(&word);
+  static_assert(sizeof(std::atomic<std::uint32_t>) == sizeof(std::uint32_t));
+  timespec ts{};
+  const timespec* tsp = nullptr;
+  if (deadline) {
+    const auto ns = deadline->time_since_epoch().count();
+    if (ns <= steady::now().time_since_epoch().count()) return false;
+    ts.tv_sec = static_cast<time_t>(ns / 1'000'000'000);
+    ts.tv_nsec = static_cast<long>(ns % 1'000'000'000);
+    tsp = &ts;
+  }
+  // FUTEX_WAIT_BITSET takes an absolute CLOCK_MONOTONIC deadline: the clock of steady_clock.
+  long r = syscall(SYS_futex, addr, FUTEX_WAIT_BITSET | FUTEX_PRIVATE_FLAG, expected, tsp,
+                   nullptr, FUTEX_BITSET_MATCH_ANY);
+  if (r == -1 && errno == ETIMEDOUT) return false;
+  return true;  // woken, EAGAIN (value changed) or EINTR: the caller re-checks
+}
+
+void futex_wake(const std::atomic<std::uint32_t>& word, int n) noexcept {
+  auto* addr = reinterpret_cast<const std::uint32_t*>(&word);
+  syscall(SYS_futex, addr, FUTEX_WAKE | FUTEX_PRIVATE_FLAG, n, nullptr, nullptr, 0);
+}
+
+}  // namespace troupe::detail

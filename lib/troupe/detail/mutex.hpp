@@ -1,0 +1,120 @@
+// troupe/detail/mutex.hpp — FutexMutex and FutexCondVar: the spin-then-sleep primitives under
+// threading::Lock, the queues and every other troupe waiter. Not API.
+//
+// FutexMutex is Drepper's three-state futex mutex ("Futexes Are Tricky": 0 free, 1 held, 2 held
+// and maybe sleepers) with an adaptive spin before sleeping. It is not owner-checked: any thread
+// may unlock it, as Python's Lock allows.
+//
+// FutexCondVar is a sequence-number condition variable. A waiter records the sequence, releases
+// the mutex, spins until the sequence moves, then sleeps on it. A notifier that holds the mutex
+// pays nothing when nobody waits, and makes a system call only when a waiter is asleep.
+// Spurious wake-ups are allowed: callers loop on their predicate.
+#pragma once
+
+#include <atomic>
+#include <climits>
+#include <cstdint>
+#include <optional>
+
+#include "troupe/detail/futex.hpp"
+
+namespace troupe::detail {
+
+class FutexMutex {
+public:
+  FutexMutex() noexcept = default;
+  FutexMutex(const FutexMutex&) = delete;
+  FutexMutex& operator=(const FutexMutex&) = delete;
+
+  bool try_lock() noexcept {
+    std::uint32_t c = 0;
+    return state_.compare_exchange_strong(c, 1, std::memory_order_acquire,
+                                          std::memory_order_relaxed);
+  }
+
+  void lock() noexcept {
+    if (try_lock()) return;
+    (void)lock_slow(std::nullopt);
+  }
+
+  /// Returns false if `deadline` passed first.
+  bool lock_until(const std::optional<steady::time_point>& deadline) noexcept {
+    if (try_lock()) return true;
+    return lock_slow(deadline);
+  }
+
+  void unlock() noexcept {
+    if (state_.exchange(0, std::memory_order_release) == 2) futex_wake(state_, 1);
+  }
+
+  bool locked() const noexcept { return state_.load(std::memory_order_relaxed) != 0; }
+
+private:
+  bool lock_slow(const std::optional<steady::time_point>& deadline) noexcept {
+    if (spin_.spin([&] { return state_.load(std::memory_order_relaxed) == 0 && try_lock(); }))
+      return true;
+    // Mark "held with sleepers" and sleep until we take it from free.
+    std::uint32_t c = state_.exchange(2, std::memory_order_acquire);
+    while (c != 0) {
+      if (!futex_wait(state_, 2, deadline)) {
+        // Timed out. Our 2 may be the only record of other sleepers, so leave the state as is:
+        // the next unlock wakes one thread, which re-marks 2 if needed.
+        return false;
+      }
+      c = state_.exchange(2, std::memory_order_acquire);
+    }
+    return true;
+  }
+
+  std::atomic<std::uint32_t> state_{0};
+  AdaptiveSpin spin_;
+};
+
+class FutexCondVar {
+public:
+  FutexCondVar() noexcept = default;
+  FutexCondVar(const FutexCondVar&) = delete;
+  FutexCondVar& operator=(const FutexCondVar&) = delete;
+
+  /// Caller holds `m`. Releases it, waits for a notify (or a spurious wake-up, or the deadline),
+  /// re-acquires it. Returns false if the deadline passed without a notify.
+  template <class Mutex>
+  bool wait(Mutex& m, const std::optional<steady::time_point>& deadline = std::nullopt) noexcept {
+    const std::uint32_t seq = seq_.load(std::memory_order_relaxed);
+    ++waiters_;  // guarded by m
+    m.unlock();
+    bool notified =
+        spin_.spin([&] { return seq_.load(std::memory_order_acquire) != seq; });
+    while (!notified) {
+      sleepers_.fetch_add(1, std::memory_order_seq_cst);
+      const bool in_time = futex_wait(seq_, seq, deadline);
+      sleepers_.fetch_sub(1, std::memory_order_relaxed);
+      notified = seq_.load(std::memory_order_acquire) != seq;
+      if (!in_time) break;  // else: notified, or a spurious wake-up to sleep through again
+    }
+    m.lock();
+    --waiters_;
+    return notified;
+  }
+
+  /// Caller holds the mutex. Wakes at least one waiter if any (spinning waiters all see it).
+  void notify_one() noexcept { notify(1); }
+  void notify_all() noexcept { notify(INT_MAX); }
+
+  /// Waiters counted under the mutex; read it only while holding the mutex.
+  int waiters() const noexcept { return waiters_; }
+
+private:
+  void notify(int n) noexcept {
+    if (waiters_ == 0) return;
+    seq_.fetch_add(1, std::memory_order_seq_cst);
+    if (sleepers_.load(std::memory_order_seq_cst) != 0) futex_wake(seq_, n);
+  }
+
+  std::atomic<std::uint32_t> seq_{0};
+  std::atomic<std::uint32_t> sleepers_{0};
+  int waiters_ = 0;
+  AdaptiveSpin spin_;
+};
+
+}  // namespace troupe::detail

@@ -1,0 +1,4 @@
+// troupe/sched.hpp — `import sched`.
+#pragma once
+
+#include "troupe/sched/scheduler.hpp"
