@@ -1,0 +1,45 @@
+#include "leak_check.hpp"
+
+#include <dirent.h>
+
+#include <thread>
+
+namespace troupe::testing {
+namespace {
+int count_entries(const char* dir) {
+  DIR* d = opendir(dir);
+  if (!d) return -1;
+  int n = 0;
+  while (dirent* e = readdir(d)) {
+    if (e->d_name[0] != '.') ++n;
+  }
+  closedir(d);
+  return n - (std::string(dir) == "/proc/self/fd" ? 1 : 0);  // the DIR's own fd
+}
+}  // namespace
+
+int count_threads() { return count_entries("/proc/self/task"); }
+int count_fds() { return count_entries("/proc/self/fd"); }
+
+bool eventually(const std::function<bool()>& done, std::chrono::milliseconds limit) {
+  const auto end = std::chrono::steady_clock::now() + limit;
+  while (!done()) {
+    if (std::chrono::steady_clock::now() >= end) return done();
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  return true;
+}
+
+void LeakCheck::SetUp() {
+  threads_ = count_threads();
+  fds_ = count_fds();
+}
+
+void LeakCheck::TearDown() {
+  // A thread that has been joined is gone; allow a moment for ones detached on purpose.
+  eventually([&] { return count_threads() <= threads_; }, std::chrono::seconds(5));
+  EXPECT_LE(count_threads(), threads_) << "the test left threads running";
+  EXPECT_LE(count_fds(), fds_) << "the test left file descriptors open";
+}
+
+}  // namespace troupe::testing

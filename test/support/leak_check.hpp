@@ -1,0 +1,31 @@
+// test/support/leak_check.hpp — the fixture every troupe test derives from: it fails a test
+// that leaves threads running or file descriptors open.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <functional>
+
+namespace troupe::testing {
+
+/// Threads of this process now (/proc/self/task).
+int count_threads();
+/// Open file descriptors of this process now (/proc/self/fd).
+int count_fds();
+
+/// Polls `done` every millisecond until it is true or `limit` passes; returns its last value.
+bool eventually(const std::function<bool()>& done,
+                std::chrono::milliseconds limit = std::chrono::seconds(10));
+
+class LeakCheck : public ::testing::Test {
+protected:
+  void SetUp() override;
+  void TearDown() override;
+
+private:
+  int threads_ = 0;
+  int fds_ = 0;
+};
+
+}  // namespace troupe::testing
