@@ -1,10 +1,11 @@
 #include "troupe/errors.hpp"
 
 #include <errno.h>
-#include <string.h>
 
 #include <cstdio>
 #include <sstream>
+
+#include <string.h>
 
 namespace troupe {
 namespace {
@@ -17,20 +18,13 @@ public:
   }
   std::error_condition default_error_condition(int v) const noexcept override {
     switch (static_cast<errc>(v)) {
-      case errc::timeout_error:
-        return std::errc::timed_out;
-      case errc::broken_pipe_error:
-        return std::errc::broken_pipe;
-      case errc::connection_refused_error:
-        return std::errc::connection_refused;
-      case errc::connection_reset_error:
-        return std::errc::connection_reset;
-      case errc::file_not_found_error:
-        return std::errc::no_such_file_or_directory;
-      case errc::permission_error:
-        return std::errc::permission_denied;
-      default:
-        return {v, *this};
+      case errc::timeout_error: return std::errc::timed_out;
+      case errc::broken_pipe_error: return std::errc::broken_pipe;
+      case errc::connection_refused_error: return std::errc::connection_refused;
+      case errc::connection_reset_error: return std::errc::connection_reset;
+      case errc::file_not_found_error: return std::errc::no_such_file_or_directory;
+      case errc::permission_error: return std::errc::permission_denied;
+      default: return {v, *this};
     }
   }
 };
@@ -293,52 +287,92 @@ errc errc_of(std::exception_ptr ep) noexcept {
     std::rethrow_exception(ep);
   }
   // Most derived first.
-  catch (const threading::BrokenBarrierError&) { return errc::broken_barrier_error; }
-  catch (const concurrent::futures::BrokenThreadPool&) { return errc::broken_thread_pool; }
-  catch (const concurrent::futures::BrokenProcessPool&) { return errc::broken_process_pool; }
-  catch (const concurrent::futures::BrokenExecutor&) { return errc::broken_executor; }
-  catch (const NotImplementedError&) { return errc::not_implemented_error; }
-  catch (const RuntimeError&) { return errc::runtime_error; }
-  catch (const ValueError&) { return errc::value_error; }
-  catch (const TypeError&) { return errc::type_error; }
-  catch (const KeyError&) { return errc::key_error; }
-  catch (const IndexError&) { return errc::index_error; }
-  catch (const LookupError&) { return errc::lookup_error; }
-  catch (const FileNotFoundError&) { return errc::file_not_found_error; }
-  catch (const FileExistsError&) { return errc::file_exists_error; }
-  catch (const PermissionError&) { return errc::permission_error; }
-  catch (const ProcessLookupError&) { return errc::process_lookup_error; }
-  catch (const ChildProcessError&) { return errc::child_process_error; }
-  catch (const BrokenPipeError&) { return errc::broken_pipe_error; }
-  catch (const ConnectionAbortedError&) { return errc::connection_aborted_error; }
-  catch (const ConnectionRefusedError&) { return errc::connection_refused_error; }
-  catch (const ConnectionResetError&) { return errc::connection_reset_error; }
-  catch (const ConnectionError&) { return errc::connection_error; }
-  catch (const InterruptedError&) { return errc::interrupted_error; }
-  catch (const IsADirectoryError&) { return errc::is_a_directory_error; }
-  catch (const NotADirectoryError&) { return errc::not_a_directory_error; }
-  catch (const BlockingIOError&) { return errc::blocking_io_error; }
-  catch (const TimeoutError&) { return errc::timeout_error; }
-  catch (const OSError&) { return errc::os_error; }
-  catch (const EOFError&) { return errc::eof_error; }
-  catch (const queue::Empty&) { return errc::queue_empty; }
-  catch (const queue::Full&) { return errc::queue_full; }
-  catch (const queue::ShutDown&) { return errc::queue_shutdown; }
-  catch (const concurrent::futures::CancelledError&) { return errc::cancelled_error; }
-  catch (const concurrent::futures::InvalidStateError&) { return errc::invalid_state_error; }
-  catch (const multiprocessing::BufferTooShort&) { return errc::buffer_too_short; }
-  catch (const multiprocessing::AuthenticationError&) { return errc::authentication_error; }
-  catch (const multiprocessing::TimeoutError&) { return errc::mp_timeout_error; }
-  catch (const multiprocessing::ProcessError&) { return errc::process_error; }
-  catch (const multiprocessing::RemoteError&) { return errc::remote_error; }
-  catch (const subprocess::CalledProcessError&) { return errc::called_process_error; }
-  catch (const subprocess::TimeoutExpired&) { return errc::timeout_expired; }
-  catch (const subprocess::SubprocessError&) { return errc::subprocess_error; }
-  catch (const std::system_error& e) {
+  catch (const threading::BrokenBarrierError&) {
+    return errc::broken_barrier_error;
+  } catch (const concurrent::futures::BrokenThreadPool&) {
+    return errc::broken_thread_pool;
+  } catch (const concurrent::futures::BrokenProcessPool&) {
+    return errc::broken_process_pool;
+  } catch (const concurrent::futures::BrokenExecutor&) {
+    return errc::broken_executor;
+  } catch (const NotImplementedError&) {
+    return errc::not_implemented_error;
+  } catch (const RuntimeError&) {
+    return errc::runtime_error;
+  } catch (const ValueError&) {
+    return errc::value_error;
+  } catch (const TypeError&) {
+    return errc::type_error;
+  } catch (const KeyError&) {
+    return errc::key_error;
+  } catch (const IndexError&) {
+    return errc::index_error;
+  } catch (const LookupError&) {
+    return errc::lookup_error;
+  } catch (const FileNotFoundError&) {
+    return errc::file_not_found_error;
+  } catch (const FileExistsError&) {
+    return errc::file_exists_error;
+  } catch (const PermissionError&) {
+    return errc::permission_error;
+  } catch (const ProcessLookupError&) {
+    return errc::process_lookup_error;
+  } catch (const ChildProcessError&) {
+    return errc::child_process_error;
+  } catch (const BrokenPipeError&) {
+    return errc::broken_pipe_error;
+  } catch (const ConnectionAbortedError&) {
+    return errc::connection_aborted_error;
+  } catch (const ConnectionRefusedError&) {
+    return errc::connection_refused_error;
+  } catch (const ConnectionResetError&) {
+    return errc::connection_reset_error;
+  } catch (const ConnectionError&) {
+    return errc::connection_error;
+  } catch (const InterruptedError&) {
+    return errc::interrupted_error;
+  } catch (const IsADirectoryError&) {
+    return errc::is_a_directory_error;
+  } catch (const NotADirectoryError&) {
+    return errc::not_a_directory_error;
+  } catch (const BlockingIOError&) {
+    return errc::blocking_io_error;
+  } catch (const TimeoutError&) {
+    return errc::timeout_error;
+  } catch (const OSError&) {
+    return errc::os_error;
+  } catch (const EOFError&) {
+    return errc::eof_error;
+  } catch (const queue::Empty&) {
+    return errc::queue_empty;
+  } catch (const queue::Full&) {
+    return errc::queue_full;
+  } catch (const queue::ShutDown&) {
+    return errc::queue_shutdown;
+  } catch (const concurrent::futures::CancelledError&) {
+    return errc::cancelled_error;
+  } catch (const concurrent::futures::InvalidStateError&) {
+    return errc::invalid_state_error;
+  } catch (const multiprocessing::BufferTooShort&) {
+    return errc::buffer_too_short;
+  } catch (const multiprocessing::AuthenticationError&) {
+    return errc::authentication_error;
+  } catch (const multiprocessing::TimeoutError&) {
+    return errc::mp_timeout_error;
+  } catch (const multiprocessing::ProcessError&) {
+    return errc::process_error;
+  } catch (const multiprocessing::RemoteError&) {
+    return errc::remote_error;
+  } catch (const subprocess::CalledProcessError&) {
+    return errc::called_process_error;
+  } catch (const subprocess::TimeoutExpired&) {
+    return errc::timeout_expired;
+  } catch (const subprocess::SubprocessError&) {
+    return errc::subprocess_error;
+  } catch (const std::system_error& e) {
     if (e.code().category() == error_category()) return static_cast<errc>(e.code().value());
     return errc_for_errno(e.code().value());
-  }
-  catch (...) {
+  } catch (...) {
     return errc::exception;
   }
 }

@@ -168,15 +168,16 @@ public:
 /// naming what failed. `throw_os_error(errno, what)` picks the subclass Python would raise.
 class OSError : public std::system_error {
 public:
-  OSError(int err, const std::string& what) : std::system_error(err, std::generic_category(), what) {}
+  OSError(int err, const std::string& what)
+      : std::system_error(err, std::generic_category(), what) {}
   /// The errno, as Python's `OSError.errno`.
   int errno_value() const noexcept { return code().value(); }
 };
 
-#define TROUPE_OS_ERROR_SUBCLASS(Name, Base)                              \
-  class Name : public Base {                                              \
-  public:                                                                 \
-    Name(int err, const std::string& what) : Base(err, what) {}           \
+#define TROUPE_OS_ERROR_SUBCLASS(Name, Base)                    \
+  class Name : public Base {                                    \
+  public:                                                       \
+    Name(int err, const std::string& what) : Base(err, what) {} \
   }
 
 TROUPE_OS_ERROR_SUBCLASS(FileNotFoundError, OSError);

@@ -32,8 +32,7 @@ public:
   /// An absolute deadline on the steady clock.
   template <class Duration>
   constexpr Timeout(std::chrono::time_point<clock, Duration> deadline) noexcept
-      : kind_(Kind::absolute),
-        ns_(saturate(deadline.time_since_epoch())) {}
+      : kind_(Kind::absolute), ns_(saturate(deadline.time_since_epoch())) {}
 
   /// Python's `None`.
   static constexpr Timeout forever() noexcept { return {}; }
@@ -71,12 +70,9 @@ public:
   /// nullopt for forever.
   std::optional<clock::time_point> deadline(clock::time_point now = clock::now()) const noexcept {
     switch (kind_) {
-      case Kind::forever:
-        return std::nullopt;
-      case Kind::absolute:
-        return clock::time_point(std::chrono::nanoseconds(ns_));
-      case Kind::relative:
-        break;
+      case Kind::forever: return std::nullopt;
+      case Kind::absolute: return clock::time_point(std::chrono::nanoseconds(ns_));
+      case Kind::relative: break;
     }
     const auto base = now.time_since_epoch().count();
     const std::int64_t add = ns_ < 0 ? 0 : ns_;

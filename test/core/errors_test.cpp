@@ -26,13 +26,13 @@ static_assert(std::is_base_of_v<Exception, queue::Empty>);
 static_assert(std::is_base_of_v<Exception, queue::Full>);
 static_assert(std::is_base_of_v<Exception, queue::ShutDown>);
 static_assert(std::is_base_of_v<RuntimeError, concurrent::futures::BrokenExecutor>);
-static_assert(std::is_base_of_v<concurrent::futures::BrokenExecutor,
-                                concurrent::futures::BrokenProcessPool>);
+static_assert(
+    std::is_base_of_v<concurrent::futures::BrokenExecutor, concurrent::futures::BrokenProcessPool>);
 static_assert(std::is_same_v<concurrent::futures::TimeoutError, TimeoutError>);
 static_assert(std::is_base_of_v<multiprocessing::ProcessError, multiprocessing::TimeoutError>);
 static_assert(!std::is_base_of_v<OSError, multiprocessing::TimeoutError>);
-static_assert(std::is_base_of_v<multiprocessing::ProcessError,
-                                multiprocessing::AuthenticationError>);
+static_assert(
+    std::is_base_of_v<multiprocessing::ProcessError, multiprocessing::AuthenticationError>);
 static_assert(std::is_base_of_v<multiprocessing::ProcessError, multiprocessing::BufferTooShort>);
 static_assert(std::is_base_of_v<subprocess::SubprocessError, subprocess::CalledProcessError>);
 static_assert(std::is_base_of_v<subprocess::SubprocessError, subprocess::TimeoutExpired>);
@@ -61,8 +61,7 @@ TEST_F(ErrorsTest, MessageIsKeptAndCategoryNamesThePythonClass) {
   } catch (const queue::Empty& e) {
     EXPECT_STREQ(e.what(), "get() on an empty queue");
   }
-  EXPECT_EQ(make_error_code(errc::broken_barrier_error).message(),
-            "threading.BrokenBarrierError");
+  EXPECT_EQ(make_error_code(errc::broken_barrier_error).message(), "threading.BrokenBarrierError");
   EXPECT_STREQ(error_category().name(), "troupe");
   EXPECT_EQ(std::error_code(errc::timeout_error), std::errc::timed_out);
 }
@@ -99,7 +98,8 @@ TEST_F(ErrorsTest, UnknownExceptionsAreException) {
   EXPECT_EQ(errc_of(std::make_exception_ptr(std::bad_alloc())), errc::exception);
 }
 
-// CPython test_subprocess: test_CalledProcessError_str_signal / _str_unknown_signal / _str_non_zero.
+// CPython test_subprocess: test_CalledProcessError_str_signal / _str_unknown_signal /
+// _str_non_zero.
 TEST_F(ErrorsTest, CalledProcessErrorMessagesMatchPython) {
   subprocess::CalledProcessError a(2, {"ls", "-l"});
   EXPECT_STREQ(a.what(), "Command '['ls', '-l']' returned non-zero exit status 2.");

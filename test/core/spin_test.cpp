@@ -3,9 +3,10 @@
 #include <atomic>
 #include <thread>
 
-#include "leak_check.hpp"
 #include "troupe/detail/futex.hpp"
 #include "troupe/threading/event.hpp"
+
+#include "leak_check.hpp"
 
 namespace troupe {
 namespace {

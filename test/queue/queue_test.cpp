@@ -8,10 +8,11 @@
 #include <tuple>
 #include <vector>
 
-#include "bunch.hpp"
-#include "leak_check.hpp"
 #include "troupe/errors.hpp"
 #include "troupe/threading/thread.hpp"
+
+#include "bunch.hpp"
+#include "leak_check.hpp"
 
 namespace troupe::queue {
 namespace {
@@ -288,8 +289,8 @@ TEST_F(QueueTest, MoveOnlyItems) {
   auto p = q.get();
   ASSERT_TRUE(p);
   EXPECT_EQ(*p, 5);
-  PriorityQueue<std::unique_ptr<int>, std::function<bool(const std::unique_ptr<int>&,
-                                                         const std::unique_ptr<int>&)>>
+  PriorityQueue<std::unique_ptr<int>,
+                std::function<bool(const std::unique_ptr<int>&, const std::unique_ptr<int>&)>>
       pq;
   (void)pq;
   LifoQueue<std::unique_ptr<std::string>> lq;

@@ -7,9 +7,10 @@
 #include <thread>
 #include <vector>
 
+#include "troupe/errors.hpp"
+
 #include "bunch.hpp"
 #include "leak_check.hpp"
-#include "troupe/errors.hpp"
 
 namespace troupe::queue {
 namespace {
@@ -99,9 +100,15 @@ void many_threads(int consumer_mode) {
   EXPECT_TRUE(q.empty());
 }
 
-TEST_F(SimpleQueueTest, ManyThreads) { many_threads(0); }
-TEST_F(SimpleQueueTest, ManyThreadsNonblock) { many_threads(1); }
-TEST_F(SimpleQueueTest, ManyThreadsTimeout) { many_threads(2); }
+TEST_F(SimpleQueueTest, ManyThreads) {
+  many_threads(0);
+}
+TEST_F(SimpleQueueTest, ManyThreadsNonblock) {
+  many_threads(1);
+}
+TEST_F(SimpleQueueTest, ManyThreadsTimeout) {
+  many_threads(2);
+}
 
 TEST_F(SimpleQueueTest, PerProducerOrderIsKept) {
   SimpleQueue<std::pair<int, int>> q;

@@ -6,9 +6,10 @@
 #include <thread>
 #include <vector>
 
-#include "leak_check.hpp"
 #include "troupe/errors.hpp"
 #include "troupe/queue/queue.hpp"
+
+#include "leak_check.hpp"
 
 namespace troupe::sched {
 namespace {
@@ -29,14 +30,17 @@ struct VirtualTime {
   }
 };
 
-clock::time_point at(int ms) { return clock::time_point{} + std::chrono::milliseconds(ms); }
+clock::time_point at(int ms) {
+  return clock::time_point{} + std::chrono::milliseconds(ms);
+}
 
 // test_enter
 TEST_F(SchedTest, Enter) {
   VirtualTime vt;
   auto s = vt.make();
   std::vector<int> l;
-  for (int x : {50, 40, 30, 20, 10}) s.enter(std::chrono::milliseconds(x), 1, [&l, x] { l.push_back(x); });
+  for (int x : {50, 40, 30, 20, 10})
+    s.enter(std::chrono::milliseconds(x), 1, [&l, x] { l.push_back(x); });
   s.run();
   EXPECT_EQ(l, (std::vector<int>{10, 20, 30, 40, 50}));
   EXPECT_EQ(vt.now, at(50));
@@ -47,7 +51,9 @@ TEST_F(SchedTest, EnterAbs) {
   VirtualTime vt;
   auto s = vt.make();
   std::vector<int> l;
-  for (int x : {5, 4, 3, 2, 1}) s.enterabs(at(x), 1, [&l](int v) { l.push_back(v); }, x);
+  for (int x : {5, 4, 3, 2, 1})
+    s.enterabs(
+        at(x), 1, [&l](int v) { l.push_back(v); }, x);
   s.run();
   EXPECT_EQ(l, (std::vector<int>{1, 2, 3, 4, 5}));
 }
@@ -122,8 +128,9 @@ TEST_F(SchedTest, Arguments) {
   VirtualTime vt;
   auto s = vt.make();
   std::vector<std::string> seq;
-  s.enter(1ms, 1, [&](std::string a, int b) { seq.push_back(a + std::to_string(b)); },
-          std::string("x"), 1);
+  s.enter(
+      1ms, 1, [&](std::string a, int b) { seq.push_back(a + std::to_string(b)); }, std::string("x"),
+      1);
   s.enter(1ms, 1, [&] { seq.push_back("none"); });
   s.run();
   EXPECT_EQ(seq, (std::vector<std::string>{"x1", "none"}));
@@ -134,7 +141,8 @@ TEST_F(SchedTest, RunNonBlocking) {
   VirtualTime vt;
   auto s = vt.make();
   std::vector<int> l;
-  for (int x : {10, 9, 8, 7, 6}) s.enter(std::chrono::milliseconds(x), 1, [&l, x] { l.push_back(x); });
+  for (int x : {10, 9, 8, 7, 6})
+    s.enter(std::chrono::milliseconds(x), 1, [&l, x] { l.push_back(x); });
   auto r = s.run(false);
   EXPECT_TRUE(l.empty());
   ASSERT_TRUE(r.has_value());

@@ -39,6 +39,8 @@ private:
 };
 
 /// Sleeps a little: lets other threads reach their blocking call (as CPython's _wait()).
-inline void let_others_run() { std::this_thread::sleep_for(std::chrono::milliseconds(10)); }
+inline void let_others_run() {
+  std::this_thread::sleep_for(std::chrono::milliseconds(10));
+}
 
 }  // namespace troupe::testing

@@ -1,8 +1,8 @@
 #include "leak_check.hpp"
 
-#include <dirent.h>
-
 #include <thread>
+
+#include <dirent.h>
 
 namespace troupe::testing {
 namespace {
@@ -16,10 +16,23 @@ int count_entries(const char* dir) {
   closedir(d);
   return n - (std::string(dir) == "/proc/self/fd" ? 1 : 0);  // the DIR's own fd
 }
+// Sanitizer runtimes (TSan) start a helper thread at the first pthread_create. Start and join
+// one thread before any test, so that helper is part of every test's baseline.
+struct WarmUp : ::testing::Environment {
+  void SetUp() override {
+    std::thread([] {}).join();
+  }
+};
+[[maybe_unused]] auto* const warm_up = ::testing::AddGlobalTestEnvironment(new WarmUp);
+
 }  // namespace
 
-int count_threads() { return count_entries("/proc/self/task"); }
-int count_fds() { return count_entries("/proc/self/fd"); }
+int count_threads() {
+  return count_entries("/proc/self/task");
+}
+int count_fds() {
+  return count_entries("/proc/self/fd");
+}
 
 bool eventually(const std::function<bool()>& done, std::chrono::milliseconds limit) {
   const auto end = std::chrono::steady_clock::now() + limit;

@@ -2,10 +2,10 @@
 // that leaves threads running or file descriptors open.
 #pragma once
 
-#include <gtest/gtest.h>
-
 #include <chrono>
 #include <functional>
+
+#include <gtest/gtest.h>
 
 namespace troupe::testing {
 

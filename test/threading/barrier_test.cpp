@@ -5,9 +5,10 @@
 #include <thread>
 #include <vector>
 
+#include "troupe/errors.hpp"
+
 #include "bunch.hpp"
 #include "leak_check.hpp"
-#include "troupe/errors.hpp"
 
 namespace troupe::threading {
 namespace {

@@ -5,8 +5,9 @@
 #include <thread>
 #include <vector>
 
-#include "leak_check.hpp"
 #include "troupe/threading/thread.hpp"
+
+#include "leak_check.hpp"
 
 namespace troupe::threading {
 namespace {

@@ -4,9 +4,10 @@
 #include <mutex>
 #include <thread>
 
+#include "troupe/errors.hpp"
+
 #include "bunch.hpp"
 #include "leak_check.hpp"
-#include "troupe/errors.hpp"
 
 namespace troupe::threading {
 namespace {

@@ -5,9 +5,10 @@
 #include <thread>
 #include <vector>
 
+#include "troupe/errors.hpp"
+
 #include "bunch.hpp"
 #include "leak_check.hpp"
-#include "troupe/errors.hpp"
 
 namespace troupe::threading {
 namespace {
@@ -129,7 +130,9 @@ TEST_F(SemaphoreTest, TryAcquire) {
   sem.release();
   EXPECT_TRUE(sem.acquire(false));
   std::atomic<int> got{0};
-  { Bunch b([&] { got += sem.acquire(false) ? 1 : 0; }, 5); }
+  {
+    Bunch b([&] { got += sem.acquire(false) ? 1 : 0; }, 5);
+  }
   EXPECT_EQ(got.load(), 0);
 }
 

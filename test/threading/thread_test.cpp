@@ -9,10 +9,11 @@
 #include <stdexcept>
 #include <thread>
 
-#include "bunch.hpp"
-#include "leak_check.hpp"
 #include "troupe/errors.hpp"
 #include "troupe/threading/event.hpp"
+
+#include "bunch.hpp"
+#include "leak_check.hpp"
 
 namespace troupe::threading {
 namespace {
@@ -45,10 +46,12 @@ TEST_F(ThreadTest, VariousOps) {
 TEST_F(ThreadTest, TargetGetsItsArguments) {
   int sum = 0;
   std::string s;
-  Thread t([&](int a, int b, std::string x) {
-    sum = a + b;
-    s = x;
-  }, 2, 40, std::string("hi"));
+  Thread t(
+      [&](int a, int b, std::string x) {
+        sum = a + b;
+        s = x;
+      },
+      2, 40, std::string("hi"));
   t.start();
   t.join();
   EXPECT_EQ(sum, 42);
@@ -312,10 +315,13 @@ TEST_F(ThreadTest, TimerFires) {
   std::atomic<int> got{0};
   const auto t1 = std::chrono::steady_clock::now();
   std::chrono::steady_clock::duration at{};
-  Timer timer(20ms, [&](int v) {
-    at = std::chrono::steady_clock::now() - t1;
-    got = v;
-  }, 7);
+  Timer timer(
+      20ms,
+      [&](int v) {
+        at = std::chrono::steady_clock::now() - t1;
+        got = v;
+      },
+      7);
   timer.start();
   timer.join();
   EXPECT_EQ(got.load(), 7);

@@ -14,7 +14,8 @@ namespace troupe::detail {
 namespace {
 
 // 30 µs: longer than a cross-core sleep+wake costs here (about 20 µs each way), so a spin that
-// would have been beaten by a sleep is rare; the adaptive budget takes it down fast when spins fail.
+// would have been beaten by a sleep is rare; the adaptive budget takes it down fast when spins
+// fail.
 constexpr std::int64_t kDefaultSpinNs = 30'000;
 
 std::int64_t initial_limit() noexcept {
@@ -38,14 +39,18 @@ std::atomic<bool> g_single{read_single_cpu()};
 
 }  // namespace
 
-std::int64_t spin_limit_ns() noexcept { return g_limit.load(std::memory_order_relaxed); }
+std::int64_t spin_limit_ns() noexcept {
+  return g_limit.load(std::memory_order_relaxed);
+}
 
 void set_spin_limit_ns(std::int64_t ns) noexcept {
   g_limit.store(ns < 0 ? 0 : ns, std::memory_order_relaxed);
   g_single.store(read_single_cpu(), std::memory_order_relaxed);
 }
 
-bool single_cpu() noexcept { return g_single.load(std::memory_order_relaxed); }
+bool single_cpu() noexcept {
+  return g_single.load(std::memory_order_relaxed);
+}
 
 bool futex_wait(const std::atomic<std::uint32_t>& word, std::uint32_t expected,
                 const std::optional<steady::time_point>& deadline) noexcept {
@@ -61,8 +66,8 @@ bool futex_wait(const std::atomic<std::uint32_t>& word, std::uint32_t expected,
     tsp = &ts;
   }
   // FUTEX_WAIT_BITSET takes an absolute CLOCK_MONOTONIC deadline: the clock of steady_clock.
-  long r = syscall(SYS_futex, addr, FUTEX_WAIT_BITSET | FUTEX_PRIVATE_FLAG, expected, tsp,
-                   nullptr, FUTEX_BITSET_MATCH_ANY);
+  long r = syscall(SYS_futex, addr, FUTEX_WAIT_BITSET | FUTEX_PRIVATE_FLAG, expected, tsp, nullptr,
+                   FUTEX_BITSET_MATCH_ANY);
   if (r == -1 && errno == ETIMEDOUT) return false;
   return true;  // woken, EAGAIN (value changed) or EINTR: the caller re-checks
 }

@@ -56,8 +56,10 @@ public:
     if (limit <= 0 || single_cpu()) return false;
     if (budget <= 0 || budget > limit) budget = limit;
     const auto start = steady::now();
-    for (unsigned i = 1;; ++i) {
-      cpu_relax();
+    // Poll with exponential backoff: quick hand-offs are seen within a few pauses, and a waiter
+    // whose peer is busy producing polls (and steals the peer's cache lines) ever less often.
+    for (unsigned pauses = 1;; pauses = pauses < kMaxPauses ? pauses * 2 : kMaxPauses) {
+      for (unsigned p = 0; p < pauses; ++p) cpu_relax();
       if (ready()) {
         // Success: grow the budget towards twice what this wait needed.
         const auto took = (steady::now() - start).count();
@@ -66,7 +68,7 @@ public:
         budget_.store(next > limit ? limit : next, std::memory_order_relaxed);
         return true;
       }
-      if ((i & 15) == 0 && (steady::now() - start).count() >= budget) break;
+      if (pauses >= 8 && (steady::now() - start).count() >= budget) break;
     }
     // Failure: the peer was not coming soon, or could not run. Halve, down to a floor that
     // still catches a hand-off already in flight.
@@ -77,6 +79,7 @@ public:
 
 private:
   static constexpr std::int64_t kFloorNs = 500;
+  static constexpr unsigned kMaxPauses = 64;
   std::atomic<std::int64_t> budget_{0};
 };
 

@@ -50,22 +50,35 @@ public:
   bool locked() const noexcept { return state_.load(std::memory_order_relaxed) != 0; }
 
 private:
+  // Drepper's lock, with one change: `sleepers_` counts the threads between announcing a sleep
+  // and returning from it, so a thread that takes the lock marks it "2" (unlock must wake) only
+  // while someone may sleep. Plain Drepper marks every lock taken after a sleep as "2", and under
+  // steady contention each unlock then pays a futex_wake system call for nobody.
   bool lock_slow(const std::optional<steady::time_point>& deadline) noexcept {
     if (spin_.spin([&] { return state_.load(std::memory_order_relaxed) == 0 && try_lock(); }))
       return true;
-    // Mark "held with sleepers" and sleep until we take it from free.
-    std::uint32_t c = state_.exchange(2, std::memory_order_acquire);
-    while (c != 0) {
-      if (!futex_wait(state_, 2, deadline)) {
-        // Timed out. Our 2 may be the only record of other sleepers, so leave the state as is:
-        // the next unlock wakes one thread, which re-marks 2 if needed.
-        return false;
+    for (;;) {
+      sleepers_.fetch_add(1, std::memory_order_seq_cst);
+      if (state_.exchange(2, std::memory_order_acquire) == 0) {
+        // Took it while marking: drop the mark unless someone else may sleep.
+        if (sleepers_.fetch_sub(1, std::memory_order_seq_cst) == 1) {
+          std::uint32_t two = 2;
+          state_.compare_exchange_strong(two, 1, std::memory_order_relaxed);
+        }
+        return true;
       }
-      c = state_.exchange(2, std::memory_order_acquire);
+      const bool in_time = futex_wait(state_, 2, deadline);
+      sleepers_.fetch_sub(1, std::memory_order_seq_cst);
+      // State 2 stays set whatever happens next, so an unlock still wakes the others.
+      if (!in_time) return false;
+      std::uint32_t c = 0;
+      if (state_.compare_exchange_strong(c, sleepers_.load(std::memory_order_seq_cst) != 0 ? 2 : 1,
+                                         std::memory_order_acquire, std::memory_order_relaxed))
+        return true;
     }
-    return true;
   }
 
+  std::atomic<std::uint32_t> sleepers_{0};
   std::atomic<std::uint32_t> state_{0};
   AdaptiveSpin spin_;
 };
@@ -78,13 +91,15 @@ public:
 
   /// Caller holds `m`. Releases it, waits for a notify (or a spurious wake-up, or the deadline),
   /// re-acquires it. Returns false if the deadline passed without a notify.
+  /// `spin` false: sleep at once (for callers that spun on their own condition already).
   template <class Mutex>
-  bool wait(Mutex& m, const std::optional<steady::time_point>& deadline = std::nullopt) noexcept {
+  bool wait(Mutex& m, const std::optional<steady::time_point>& deadline = std::nullopt,
+            bool spin = true) noexcept {
     const std::uint32_t seq = seq_.load(std::memory_order_relaxed);
     ++waiters_;  // guarded by m
     m.unlock();
-    bool notified =
-        spin_.spin([&] { return seq_.load(std::memory_order_acquire) != seq; });
+    auto moved = [&] { return seq_.load(std::memory_order_acquire) != seq; };
+    bool notified = spin ? spin_.spin(moved) : moved();
     while (!notified) {
       sleepers_.fetch_add(1, std::memory_order_seq_cst);
       const bool in_time = futex_wait(seq_, seq, deadline);

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <algorithm>
+#include <atomic>
 #include <cstddef>
 #include <deque>
 #include <functional>
@@ -106,23 +107,28 @@ public:
   /// @throws ShutDown if the queue is (or becomes, while waiting) shut down.
   /// @throws ValueError for a negative timeout on a bounded queue (CPython's rule).
   void put(T item, bool block = true, Timeout timeout = {}) {
+    if (block && maxsize_ > 0)
+      spin_until([&] { return count_.load(std::memory_order_relaxed) < maxsize_; }, timeout);
     std::unique_lock lk(mu_);
     if (shutdown_) throw ShutDown("put() on a shut-down queue");
     if (maxsize_ > 0) {
       if (!block) {
-        if (full_locked()) throw Full("put() on a full queue (maxsize " + std::to_string(maxsize_) + ")");
+        if (full_locked())
+          throw Full("put() on a full queue (maxsize " + std::to_string(maxsize_) + ")");
       } else {
         const auto deadline = detail::queue_deadline(timeout);
         while (full_locked()) {
-          if (!not_full_.wait(mu_, deadline) && full_locked()) {
+          if (!not_full_.wait(mu_, deadline, false) && full_locked()) {
             if (shutdown_) throw ShutDown("put() on a shut-down queue");
-            throw Full("put() timed out on a full queue (maxsize " + std::to_string(maxsize_) + ")");
+            throw Full("put() timed out on a full queue (maxsize " + std::to_string(maxsize_) +
+                       ")");
           }
           if (shutdown_) throw ShutDown("put() on a shut-down queue");
         }
       }
     }
     store_.push(std::move(item));
+    count_.store(static_cast<std::ptrdiff_t>(store_.size()), std::memory_order_relaxed);
     ++unfinished_;
     not_empty_.notify_one();
   }
@@ -135,6 +141,7 @@ public:
   /// @throws ShutDown if the queue is shut down and empty (at once after `shutdown(true)`).
   /// @throws ValueError for a negative timeout with `block` true (CPython's rule).
   T get(bool block = true, Timeout timeout = {}) {
+    if (block) spin_until([&] { return count_.load(std::memory_order_relaxed) != 0; }, timeout);
     std::unique_lock lk(mu_);
     if (shutdown_ && store_.size() == 0) throw ShutDown("get() on a shut-down, empty queue");
     if (!block) {
@@ -142,7 +149,7 @@ public:
     } else {
       const auto deadline = detail::queue_deadline(timeout);
       while (store_.size() == 0) {
-        if (!not_empty_.wait(mu_, deadline) && store_.size() == 0) {
+        if (!not_empty_.wait(mu_, deadline, false) && store_.size() == 0) {
           if (shutdown_) throw ShutDown("get() on a shut-down, empty queue");
           throw Empty("get() timed out on an empty queue");
         }
@@ -150,6 +157,7 @@ public:
       }
     }
     T item = store_.pop();
+    count_.store(static_cast<std::ptrdiff_t>(store_.size()), std::memory_order_relaxed);
     not_full_.notify_one();
     return item;
   }
@@ -162,13 +170,15 @@ public:
   /// shut down and empty — so `while (auto item = q.try_get()) …` drains a queue until shutdown.
   /// @throws ValueError for a negative timeout.
   std::optional<T> try_get(Timeout timeout = {}) {
+    spin_until([&] { return count_.load(std::memory_order_relaxed) != 0; }, timeout);
     std::unique_lock lk(mu_);
     const auto deadline = detail::queue_deadline(timeout);
     while (store_.size() == 0) {
       if (shutdown_) return std::nullopt;
-      if (!not_empty_.wait(mu_, deadline) && store_.size() == 0) return std::nullopt;
+      if (!not_empty_.wait(mu_, deadline, false) && store_.size() == 0) return std::nullopt;
     }
     std::optional<T> item(store_.pop());
+    count_.store(static_cast<std::ptrdiff_t>(store_.size()), std::memory_order_relaxed);
     not_full_.notify_one();
     return item;
   }
@@ -176,13 +186,16 @@ public:
   /// C++: `put` without exceptions for control flow: false if the queue stayed full until the
   /// timeout, or is shut down; `item` is moved from only on success.
   bool try_put(T&& item, Timeout timeout = {}) {
+    if (maxsize_ > 0)
+      spin_until([&] { return count_.load(std::memory_order_relaxed) < maxsize_; }, timeout);
     std::unique_lock lk(mu_);
     const auto deadline = detail::queue_deadline(timeout);
     while (!shutdown_ && maxsize_ > 0 && full_locked()) {
-      if (!not_full_.wait(mu_, deadline) && full_locked()) return false;
+      if (!not_full_.wait(mu_, deadline, false) && full_locked()) return false;
     }
     if (shutdown_) return false;
     store_.push(std::move(item));
+    count_.store(static_cast<std::ptrdiff_t>(store_.size()), std::memory_order_relaxed);
     ++unfinished_;
     not_empty_.notify_one();
     return true;
@@ -208,11 +221,13 @@ public:
   void shutdown(bool immediate = false) {
     std::scoped_lock lk(mu_);
     shutdown_ = true;
+    shutdown_flag_.store(true, std::memory_order_relaxed);
     if (immediate) {
       while (store_.size() != 0) {
         (void)store_.pop();
         if (unfinished_ > 0) --unfinished_;
       }
+      count_.store(0, std::memory_order_relaxed);
       all_tasks_done_.notify_all();
     }
     not_empty_.notify_all();
@@ -244,6 +259,14 @@ public:
   }
 
 private:
+  // Spin (outside the lock) until `ready()` or the queue is shut down, unless the timeout says
+  // not to wait. The condition-variable wait that may follow then sleeps at once.
+  template <class Ready>
+  void spin_until(Ready ready, const Timeout& timeout) noexcept {
+    if (ready() || (timeout.is_relative() && timeout.relative().count() <= 0)) return;
+    (void)spin_.spin([&] { return ready() || shutdown_flag_.load(std::memory_order_relaxed); });
+  }
+
   bool full_locked() const noexcept {
     return static_cast<std::ptrdiff_t>(store_.size()) >= maxsize_;
   }
@@ -256,6 +279,10 @@ private:
   std::ptrdiff_t maxsize_;
   std::size_t unfinished_ = 0;
   bool shutdown_ = false;
+  // Mirrors of store_.size() and shutdown_ for the spin outside the lock; written under it.
+  std::atomic<std::ptrdiff_t> count_{0};
+  std::atomic<bool> shutdown_flag_{false};
+  troupe::detail::AdaptiveSpin spin_;
 };
 
 /// Python: `queue.Queue(maxsize=0)` — first in, first out.

@@ -51,16 +51,17 @@ public:
 
   /// Python: `enterabs(time, priority, action, argument=(), kwargs={})`.
   template <class F, class... Args>
-    requires std::is_invocable_v<std::decay_t<F>&, std::decay_t<Args>&...>
-  Event enterabs(clock::time_point time, int priority, F&& action, Args&&... args) {
+  requires std::is_invocable_v < std::decay_t<F>
+  &, std::decay_t<Args>&... >
+         Event enterabs(clock::time_point time, int priority, F&& action, Args&&... args) {
     return enter_event(time, priority, bind(std::forward<F>(action), std::forward<Args>(args)...));
   }
 
   /// Python: `enter(delay, priority, action, argument=(), kwargs={})`: at timefunc() + delay.
   template <class Rep, class Period, class F, class... Args>
-    requires std::is_invocable_v<std::decay_t<F>&, std::decay_t<Args>&...>
-  Event enter(std::chrono::duration<Rep, Period> delay, int priority, F&& action,
-              Args&&... args) {
+  requires std::is_invocable_v < std::decay_t<F>
+  &, std::decay_t<Args>&... > Event enter(std::chrono::duration<Rep, Period> delay, int priority,
+                                          F&& action, Args&&... args) {
     const auto time = now() + std::chrono::duration_cast<clock::duration>(delay);
     return enterabs(time, priority, std::forward<F>(action), std::forward<Args>(args)...);
   }

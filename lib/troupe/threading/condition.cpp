@@ -33,8 +33,7 @@ bool Condition::wait(Timeout timeout) {
   }
 
   const auto now = troupe::detail::steady::now();
-  const auto deadline =
-      timeout.is_negative() ? std::optional(now) : timeout.deadline(now);
+  const auto deadline = timeout.is_negative() ? std::optional(now) : timeout.deadline(now);
   auto signaled = [&] { return w.signaled.load(std::memory_order_acquire) != 0; };
   bool got = false;
   if (!deadline || *deadline > now) {

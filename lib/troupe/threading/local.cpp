@@ -12,8 +12,8 @@ std::atomic<std::uint64_t> g_thread_keys{0};
 // What one thread holds: a fast lookup by core id, and who to tell when it exits.
 struct ThreadSlots {
   std::uint64_t key = ++g_thread_keys;
-  std::unordered_map<std::uint64_t, void*> cache;             // core id → value
-  std::vector<std::weak_ptr<LocalCore>> cores;                // cores holding a value of ours
+  std::unordered_map<std::uint64_t, void*> cache;  // core id → value
+  std::vector<std::weak_ptr<LocalCore>> cores;     // cores holding a value of ours
   ~ThreadSlots() {
     for (auto& w : cores)
       if (auto c = w.lock()) c->drop(key);
@@ -23,7 +23,9 @@ thread_local ThreadSlots tls_slots;
 
 }  // namespace
 
-std::uint64_t LocalCore::next_id() noexcept { return ++g_ids; }
+std::uint64_t LocalCore::next_id() noexcept {
+  return ++g_ids;
+}
 
 void* LocalCore::get() {
   auto& slots = tls_slots;

@@ -42,11 +42,9 @@ private:
 template <class T>
 class local {
 public:
-  local()
-    requires std::is_default_constructible_v<T>
-      : local([] { return T(); }) {}
+  local() requires std::is_default_constructible_v<T> : local([] { return T(); }) {}
   template <class Init>
-    requires std::is_invocable_r_v<T, Init&>
+  requires std::is_invocable_r_v<T, Init&>
   explicit local(Init init)
       : core_(std::make_shared<detail::LocalCore>(
             [init = std::move(init)]() mutable -> std::shared_ptr<void> {

@@ -7,8 +7,7 @@ namespace detail {
 
 std::optional<troupe::detail::steady::time_point> lock_deadline(bool blocking, const Timeout& t) {
   const bool no_timeout = t.is_forever() || t.is_minus_one();
-  if (!blocking && !no_timeout)
-    throw ValueError("can't specify a timeout for a non-blocking call");
+  if (!blocking && !no_timeout) throw ValueError("can't specify a timeout for a non-blocking call");
   if (t.is_negative() && !t.is_minus_one())
     throw ValueError("timeout value must be a non-negative number");
   if (!blocking) return troupe::detail::steady::now();
@@ -16,14 +15,17 @@ std::optional<troupe::detail::steady::time_point> lock_deadline(bool blocking, c
   return t.deadline();
 }
 
-}  // namespace detail
-
-void Lock::release() {
-  if (!m_.locked()) throw RuntimeError("release unlocked lock");
-  m_.unlock();
+void throw_release_unlocked() {
+  throw RuntimeError("release unlocked lock");
 }
 
-bool RLock::acquire(bool blocking, Timeout timeout) {
+}  // namespace detail
+
+void RLock::throw_not_owner() {
+  throw RuntimeError("cannot release un-acquired lock");
+}
+
+bool RLock::acquire_slow(bool blocking, Timeout timeout) {
   const auto me = detail::self_token();
   auto deadline = detail::lock_deadline(blocking, timeout);  // rejects bad arguments first
   if (owner_.load(std::memory_order_relaxed) == me) {
@@ -36,18 +38,8 @@ bool RLock::acquire(bool blocking, Timeout timeout) {
   return true;
 }
 
-void RLock::release() {
-  if (owner_.load(std::memory_order_relaxed) != detail::self_token())
-    throw RuntimeError("cannot release un-acquired lock");
-  if (--count_ == 0) {
-    owner_.store(0, std::memory_order_relaxed);
-    m_.unlock();
-  }
-}
-
 int RLock::_release_save() {
-  if (owner_.load(std::memory_order_relaxed) != detail::self_token())
-    throw RuntimeError("cannot release un-acquired lock");
+  if (owner_.load(std::memory_order_relaxed) != detail::self_token()) throw_not_owner();
   int c = count_;
   count_ = 0;
   owner_.store(0, std::memory_order_relaxed);
@@ -55,7 +47,9 @@ int RLock::_release_save() {
   return c;
 }
 
-void RLock::_acquire_restore(int count) { (void)_acquire_restore_until(count, std::nullopt); }
+void RLock::_acquire_restore(int count) {
+  (void)_acquire_restore_until(count, std::nullopt);
+}
 
 bool RLock::_acquire_restore_until(int count,
                                    const std::optional<troupe::detail::steady::time_point>& d) {

@@ -4,6 +4,8 @@
 // They spin briefly before sleeping (DESIGN.md, "Waiting").
 #pragma once
 
+#include <pthread.h>
+
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -19,11 +21,13 @@ namespace detail {
 /// a timeout with `blocking=false` → ValueError; negative other than -1 → ValueError;
 /// exactly -1 s → forever. Returns the deadline (nullopt: forever). `blocking=false` → now.
 std::optional<troupe::detail::steady::time_point> lock_deadline(bool blocking, const Timeout& t);
-/// A small number unique to the calling thread (never 0), for owner checks.
+/// A number unique to the calling thread among live threads (never 0), for owner checks.
+/// pthread_self() is one register read; a thread_local in a shared library is a call.
 inline std::uintptr_t self_token() noexcept {
-  static thread_local char tag;
-  return reinterpret_cast<std::uintptr_t>(&tag);
+  return static_cast<std::uintptr_t>(pthread_self());
 }
+/// Throws RuntimeError "release unlocked lock".
+[[noreturn]] void throw_release_unlocked();
 }  // namespace detail
 
 /// Python: `threading.Lock` (`_thread.LockType`, `allocate_lock()`).
@@ -50,7 +54,10 @@ public:
   }
 
   /// Python: `release()`. @throws RuntimeError "release unlocked lock" if it is not held.
-  void release();
+  void release() {
+    if (!m_.locked()) detail::throw_release_unlocked();
+    m_.unlock();
+  }
 
   /// Python: `locked()`.
   bool locked() const noexcept { return m_.locked(); }
@@ -81,11 +88,28 @@ public:
 
   /// Python: `acquire(blocking=True, timeout=-1)`; the owner re-acquires at once.
   /// @throws ValueError under the same rules as Lock::acquire.
-  bool acquire(bool blocking = true, Timeout timeout = {});
+  bool acquire(bool blocking = true, Timeout timeout = {}) {
+    const auto me = detail::self_token();
+    if (blocking && timeout.is_forever()) {
+      if (owner_.load(std::memory_order_relaxed) != me) {
+        m_.lock();
+        owner_.store(me, std::memory_order_relaxed);
+      }
+      ++count_;
+      return true;
+    }
+    return acquire_slow(blocking, timeout);
+  }
 
   /// Python: `release()`. @throws RuntimeError "cannot release un-acquired lock" when the caller
   /// is not the owner.
-  void release();
+  void release() {
+    if (owner_.load(std::memory_order_relaxed) != detail::self_token()) throw_not_owner();
+    if (--count_ == 0) {
+      owner_.store(0, std::memory_order_relaxed);
+      m_.unlock();
+    }
+  }
 
   /// Python 3.14: `locked()` — held by any thread.
   bool locked() const noexcept { return m_.locked(); }
@@ -118,6 +142,9 @@ public:
   }
 
 private:
+  bool acquire_slow(bool blocking, Timeout timeout);
+  [[noreturn]] static void throw_not_owner();
+
   troupe::detail::FutexMutex m_;
   std::atomic<std::uintptr_t> owner_{0};
   int count_ = 0;  // written only by the owner

@@ -22,14 +22,14 @@ struct ThreadState {
   std::string name;
   bool daemon = false;
   std::function<void()> target;
-  Thread* obj = nullptr;               // what current_thread() returns in this thread
-  std::unique_ptr<Thread> standin;     // owns the stand-in after the user's object is gone
-  std::atomic<int> phase{0};           // 0 new, 1 running, 2 finished
+  Thread* obj = nullptr;            // what current_thread() returns in this thread
+  std::unique_ptr<Thread> standin;  // owns the stand-in after the user's object is gone
+  std::atomic<int> phase{0};        // 0 new, 1 running, 2 finished
   std::atomic<std::uint64_t> ident{0};
   std::atomic<std::int64_t> native_id{0};
   pthread_t handle{};
-  bool joinable = false;               // started, not yet joined or detached
-  bool adopted = false;                // main thread or a dummy: troupe did not start it
+  bool joinable = false;  // started, not yet joined or detached
+  bool adopted = false;   // main thread or a dummy: troupe did not start it
   Event started;
   Event done;
 
@@ -73,9 +73,9 @@ struct Registry {
   }
   void remove(const ThreadState* s) {
     std::scoped_lock lk(mu);
-    alive.erase(std::remove_if(alive.begin(), alive.end(),
-                               [s](const auto& p) { return p.get() == s; }),
-                alive.end());
+    alive.erase(
+        std::remove_if(alive.begin(), alive.end(), [s](const auto& p) { return p.get() == s; }),
+        alive.end());
   }
 };
 
@@ -87,8 +87,12 @@ Registry& reg() {
 
 thread_local ThreadState* tls_state = nullptr;
 
-std::int64_t gettid_now() noexcept { return static_cast<std::int64_t>(::syscall(SYS_gettid)); }
-std::uint64_t ident_now() noexcept { return static_cast<std::uint64_t>(pthread_self()); }
+std::int64_t gettid_now() noexcept {
+  return static_cast<std::int64_t>(::syscall(SYS_gettid));
+}
+std::uint64_t ident_now() noexcept {
+  return static_cast<std::uint64_t>(pthread_self());
+}
 
 std::string demangle(const char* name) {
   int status = 0;
@@ -164,6 +168,17 @@ struct MainInit {
   }
 } main_init;
 
+// The stand-in holds the state that holds the stand-in: break that cycle when the thread ends.
+void drop_standin(ThreadState& s) {
+  std::unique_ptr<Thread> standin;
+  {
+    std::scoped_lock lk(s.mu);
+    if (!s.standin) return;
+    s.obj = nullptr;
+    standin = std::move(s.standin);
+  }
+}
+
 // Owns the stand-in Thread of a thread troupe did not start, until that thread exits.
 struct DummyHolder {
   std::shared_ptr<ThreadState> state;
@@ -173,6 +188,7 @@ struct DummyHolder {
     reg().remove(state.get());
     state->done.set();
     tls_state = nullptr;
+    drop_standin(*state);
   }
 };
 thread_local DummyHolder tls_dummy;
@@ -214,6 +230,7 @@ void* thread_entry(void* arg) {
   s->phase.store(2);
   reg().remove(s.get());
   s->done.set();
+  drop_standin(*s);
   return nullptr;
 }
 
@@ -373,7 +390,9 @@ std::optional<std::int64_t> Thread::native_id() const noexcept {
   return state_->native_id.load();
 }
 
-bool Thread::daemon() const noexcept { return state_->daemon; }
+bool Thread::daemon() const noexcept {
+  return state_->daemon;
+}
 
 void Thread::set_daemon(bool daemon) {
   if (state_->started.is_set()) throw RuntimeError("cannot set daemon status of active thread");
@@ -436,8 +455,12 @@ std::vector<Thread*> enumerate() {
   return out;
 }
 
-std::uint64_t get_ident() noexcept { return ident_now(); }
-std::int64_t get_native_id() noexcept { return gettid_now(); }
+std::uint64_t get_ident() noexcept {
+  return ident_now();
+}
+std::int64_t get_native_id() noexcept {
+  return gettid_now();
+}
 
 std::size_t stack_size(std::optional<std::size_t> size) {
   auto& r = reg();

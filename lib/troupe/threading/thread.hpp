@@ -74,26 +74,27 @@ inline constexpr std::chrono::seconds TIMEOUT_MAX{9223372036};
 class Thread {
 public:
   struct Options {
-    std::string name;             ///< empty: "Thread-N", as Python
-    std::optional<bool> daemon;   ///< unset: inherit from the creating thread
+    std::string name;            ///< empty: "Thread-N", as Python
+    std::optional<bool> daemon;  ///< unset: inherit from the creating thread
   };
 
   /// A thread with no target: run() does nothing unless a subclass overrides it.
   explicit Thread(Options options = {});
 
   template <class F, class... Args>
-    requires std::is_invocable_v<std::decay_t<F>&, std::decay_t<Args>&...>
-  explicit Thread(F&& target, Args&&... args)
+  requires std::is_invocable_v < std::decay_t<F>
+  &, std::decay_t<Args>&... > explicit Thread(F&& target, Args&&... args)
       : Thread(Options{}, std::forward<F>(target), std::forward<Args>(args)...) {}
 
   template <class F, class... Args>
-    requires std::is_invocable_v<std::decay_t<F>&, std::decay_t<Args>&...>
-  Thread(Options options, F&& target, Args&&... args)
-      : Thread(std::move(options),
-               std::function<void()>([f = std::forward<F>(target),
-                                      tup = std::make_tuple(std::forward<Args>(args)...)]() mutable {
-                 std::apply(f, tup);
-               })) {}
+  requires std::is_invocable_v < std::decay_t<F>
+  &, std::decay_t<Args>&... > Thread(Options options, F&& target, Args&&... args)
+      : Thread(
+            std::move(options),
+            std::function<void()>([f = std::forward<F>(target),
+                                   tup = std::make_tuple(std::forward<Args>(args)...)]() mutable {
+              std::apply(f, tup);
+            })) {}
 
   Thread(const Thread&) = delete;
   Thread& operator=(const Thread&) = delete;
@@ -164,13 +165,13 @@ std::size_t stack_size(std::optional<std::size_t> size = std::nullopt);
 class Timer : public Thread {
 public:
   template <class Rep, class Period, class F, class... Args>
-    requires std::is_invocable_v<std::decay_t<F>&, std::decay_t<Args>&...>
-  Timer(std::chrono::duration<Rep, Period> interval, F&& function, Args&&... args)
+  requires std::is_invocable_v < std::decay_t<F>
+  &,
+      std::decay_t<Args>&... >
+          Timer(std::chrono::duration<Rep, Period> interval, F&& function, Args&&... args)
       : interval_(interval),
-        function_([f = std::forward<F>(function),
-                   tup = std::make_tuple(std::forward<Args>(args)...)]() mutable {
-          std::apply(f, tup);
-        }) {}
+  function_([f = std::forward<F>(function), tup = std::make_tuple(std::forward<Args>(
+                                                args)...)]() mutable { std::apply(f, tup); }) {}
   ~Timer() override;
 
   /// Python: `cancel()`: stop the timer if it is still waiting.

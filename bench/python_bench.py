@@ -1,0 +1,146 @@
+#!/usr/bin/env python3
+"""The workloads of threading_bench.cpp in CPython (threading, queue, sched), stdlib only.
+Prints one JSON object: name -> {"ns_per_op": float} or {"items_per_s": float}.
+Run by bench/compare.py; each figure is the best of a few repetitions."""
+import json
+import queue
+import sched
+import sys
+import threading
+import time
+
+REPS = 3
+
+
+def best(fn):
+    return min(fn() for _ in range(REPS))
+
+
+def lock_ns(lock_type, n=1_000_000):
+    def run():
+        lock = lock_type()
+        acq, rel = lock.acquire, lock.release
+        t = time.perf_counter()
+        for _ in range(n):
+            acq()
+            rel()
+        return (time.perf_counter() - t) / n * 1e9
+    return best(run)
+
+
+def event_pingpong_ns(n=20_000):
+    def run():
+        ping, pong = threading.Event(), threading.Event()
+        stop = False
+
+        def worker():
+            while True:
+                ping.wait()
+                ping.clear()
+                if stop:
+                    return
+                pong.set()
+        t = threading.Thread(target=worker)
+        t.start()
+        t0 = time.perf_counter()
+        for _ in range(n):
+            ping.set()
+            pong.wait()
+            pong.clear()
+        el = time.perf_counter() - t0
+        stop = True
+        ping.set()
+        t.join()
+        return el / n * 1e9
+    return best(run)
+
+
+def condition_pingpong_ns(n=20_000):
+    def run():
+        cond = threading.Condition()
+        state = {"turn": 0}
+
+        def worker():
+            with cond:
+                while True:
+                    cond.wait_for(lambda: state["turn"] != 0)
+                    if state["turn"] == 2:
+                        return
+                    state["turn"] = 0
+                    cond.notify()
+        t = threading.Thread(target=worker)
+        t.start()
+        t0 = time.perf_counter()
+        for _ in range(n):
+            with cond:
+                state["turn"] = 1
+                cond.notify()
+                cond.wait_for(lambda: state["turn"] == 0)
+        el = time.perf_counter() - t0
+        with cond:
+            state["turn"] = 2
+            cond.notify()
+        t.join()
+        return el / n * 1e9
+    return best(run)
+
+
+def transfer_items_per_s(make, pairs, n=200_000):
+    def run():
+        q = make()
+        per = n // pairs
+
+        def prod():
+            put = q.put
+            for i in range(per):
+                put(i)
+
+        def cons():
+            get = q.get
+            for _ in range(per):
+                get()
+        ts = [threading.Thread(target=prod) for _ in range(pairs)]
+        ts += [threading.Thread(target=cons) for _ in range(pairs)]
+        t0 = time.perf_counter()
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        return n / (time.perf_counter() - t0)
+    return max(run() for _ in range(REPS))
+
+
+def sched_100k_items_per_s(n=100_000):
+    def run():
+        s = sched.scheduler(time.monotonic, time.sleep)
+        now = time.monotonic()
+        count = [0]
+
+        def act():
+            count[0] += 1
+        t0 = time.perf_counter()
+        for i in range(n):
+            s.enterabs(now - (i % 1000) * 1e-6, i % 7, act)
+        s.run()
+        return n / (time.perf_counter() - t0)
+    return max(run() for _ in range(REPS))
+
+
+def main():
+    out = {
+        "Lock": {"ns_per_op": lock_ns(threading.Lock)},
+        "RLock": {"ns_per_op": lock_ns(threading.RLock)},
+        "PingPong_Event": {"ns_per_op": event_pingpong_ns()},
+        "PingPong_Condition": {"ns_per_op": condition_pingpong_ns()},
+        "Queue/1": {"items_per_s": transfer_items_per_s(queue.Queue, 1)},
+        "Queue/2": {"items_per_s": transfer_items_per_s(queue.Queue, 2)},
+        "SimpleQueue/1": {"items_per_s": transfer_items_per_s(queue.SimpleQueue, 1)},
+        "SimpleQueue/2": {"items_per_s": transfer_items_per_s(queue.SimpleQueue, 2)},
+        "Sched_100k": {"items_per_s": sched_100k_items_per_s()},
+        "python": sys.version.split()[0],
+    }
+    json.dump(out, sys.stdout)
+
+
+if __name__ == "__main__":
+    main()
