@@ -34,15 +34,22 @@ bool Condition::wait(Timeout timeout) {
 
   const auto now = troupe::detail::steady::now();
   const auto deadline = timeout.is_negative() ? std::optional(now) : timeout.deadline(now);
-  auto signaled = [&] { return w.signaled.load(std::memory_order_acquire) != 0; };
+  auto signaled = [&] { return w.state.load(std::memory_order_acquire) == kSignaled; };
   bool got = false;
   if (!deadline || *deadline > now) {
-    static thread_local troupe::detail::AdaptiveSpin spin;
-    got = spin.spin(signaled);
+    got = spin_.spin(signaled);
     while (!got) {
-      const bool in_time = troupe::detail::futex_wait(w.signaled, 0, deadline);
+      // Announce the sleep, so that notify makes the system call only for sleepers.
+      std::uint32_t expect = kWaiting;
+      if (!w.state.compare_exchange_strong(expect, kSleeping, std::memory_order_acq_rel)) {
+        got = true;  // signaled meanwhile
+        break;
+      }
+      const bool in_time = troupe::detail::futex_wait(w.state, kSleeping, deadline);
       got = signaled();
       if (!in_time) break;
+      expect = kSleeping;
+      w.state.compare_exchange_strong(expect, kWaiting, std::memory_order_acq_rel);
     }
   }
   if (!got) {
@@ -65,11 +72,11 @@ void Condition::notify_locked(int n) noexcept {
   while (n-- > 0 && head_) {
     Waiter* w = head_;
     unlink(w);
-    w->signaled.store(1, std::memory_order_release);
+    const std::uint32_t was = w->state.exchange(kSignaled, std::memory_order_acq_rel);
     // A waiter that timed out takes guard_ before it returns, so it waits for us here. One that
     // saw the signal may already be gone: FUTEX_WAKE only hashes the address and never touches
     // the memory, so waking a dead word is at worst a spurious wake-up for a later user of it.
-    troupe::detail::futex_wake(w->signaled, 1);
+    if (was == kSleeping) troupe::detail::futex_wake(w->state, 1);
   }
   guard_.unlock();
 }

@@ -81,8 +81,9 @@ public:
   }
 
 private:
+  static constexpr std::uint32_t kWaiting = 0, kSleeping = 1, kSignaled = 2;
   struct Waiter {
-    std::atomic<std::uint32_t> signaled{0};
+    std::atomic<std::uint32_t> state{kWaiting};
     Waiter* prev = nullptr;
     Waiter* next = nullptr;
   };
@@ -99,6 +100,7 @@ private:
   troupe::detail::FutexMutex guard_;  // guards the waiter list
   Waiter* head_ = nullptr;
   Waiter* tail_ = nullptr;
+  troupe::detail::AdaptiveSpin spin_;
 };
 
 }  // namespace troupe::threading

@@ -1,0 +1,168 @@
+#!/usr/bin/env python3
+"""Side-by-side comparison, in one run: troupe vs the hand-written std / raw-futex baselines vs
+moodycamel vs CPython (threading, queue, sched). Prints a Markdown table of ratios, and with
+--write updates the table in doc/benchmarks.md.
+
+    python3 bench/compare.py [--build build] [--write] [--quick]
+
+Ratios, not absolute times: these machines are shared and noisy. Each C++ figure is the median
+of several repetitions; each Python figure is the best of three runs.
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_cpp(binary, filt, reps, min_time, taskset=None):
+    cmd = [binary, f"--benchmark_filter={filt}", "--benchmark_format=json",
+           f"--benchmark_repetitions={reps}", "--benchmark_report_aggregates_only=true",
+           f"--benchmark_min_time={min_time}"]
+    if taskset:
+        if not shutil.which("taskset"):
+            return None
+        cmd = ["taskset", "-c", taskset] + cmd
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    res = {}
+    for b in json.loads(out)["benchmarks"]:
+        if b.get("aggregate_name") != "median":
+            continue
+        name = b["run_name"]
+        name = re.sub(r"/(process_time|real_time|manual_time)", "", name)
+        res[name] = b
+    return res
+
+
+def ns(b):
+    scale = {"ns": 1, "us": 1e3, "ms": 1e6, "s": 1e9}[b.get("time_unit", "ns")]
+    return b["real_time"] * scale
+
+
+def cpu_ns(b):
+    scale = {"ns": 1, "us": 1e3, "ms": 1e6, "s": 1e9}[b.get("time_unit", "ns")]
+    return b["cpu_time"] * scale
+
+
+def ips(b):
+    return b["items_per_second"]
+
+
+def fmt_ns(v):
+    if v >= 1e6:
+        return f"{v / 1e6:.2f} ms"
+    if v >= 1e3:
+        return f"{v / 1e3:.2f} µs"
+    return f"{v:.1f} ns"
+
+
+def fmt_rate(v):
+    return f"{v / 1e6:.2f} M/s" if v >= 1e6 else f"{v / 1e3:.0f} k/s"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--build", default=os.path.join(ROOT, "build"))
+    ap.add_argument("--write", action="store_true", help="update doc/benchmarks.md")
+    ap.add_argument("--quick", action="store_true", help="fewer repetitions")
+    args = ap.parse_args()
+
+    binary = os.path.join(args.build, "bench", "threading_bench")
+    if not os.path.exists(binary):
+        sys.exit(f"compare: {binary} not found; build first (scripts/test.sh builds it)")
+    reps, min_time = (3, 0.1) if args.quick else (5, 0.3)
+
+    print("compare: running the C++ benchmarks…", file=sys.stderr)
+    cpp = run_cpp(binary, ".", reps, min_time)
+    print("compare: ping-pongs pinned to one CPU and to two…", file=sys.stderr)
+    one = run_cpp(binary, "PingPong", reps, min_time, taskset="0")
+    two = run_cpp(binary, "PingPong", reps, min_time, taskset="0,1") if os.cpu_count() > 1 else None
+    print("compare: running the Python workloads…", file=sys.stderr)
+    py = json.loads(subprocess.run([sys.executable, os.path.join(ROOT, "bench", "python_bench.py")],
+                                   check=True, capture_output=True, text=True).stdout)
+
+    rows = []
+    verdicts = []
+
+    def time_row(label, ours, base, base_label, pyname, target, target_text, py_target=None):
+        t, b, p = ns(cpp[ours]), ns(cpp[base]), py[pyname]["ns_per_op"]
+        r_base = t / b
+        r_py = p / t
+        ok = r_base <= target and (py_target is None or r_py >= py_target)
+        verdicts.append(ok)
+        rows.append(f"| {label} | {fmt_ns(t)} | {base_label} {fmt_ns(b)} | **{r_base:.2f}×** time | "
+                    f"{fmt_ns(p)} | **{r_py:.1f}×** faster | {target_text} | {'met' if ok else 'MISSED'} |")
+
+    def rate_row(label, ours, base, base_label, pyname, target, target_text, py_target=None):
+        t, b, p = ips(cpp[ours]), ips(cpp[base]), py[pyname]["items_per_s"]
+        r_base = t / b
+        r_py = t / p
+        ok = r_base >= target and (py_target is None or r_py >= py_target)
+        verdicts.append(ok)
+        rows.append(f"| {label} | {fmt_rate(t)} | {base_label} {fmt_rate(b)} | **{r_base:.2f}×** rate | "
+                    f"{fmt_rate(p)} | **{r_py:.1f}×** faster | {target_text} | {'met' if ok else 'MISSED'} |")
+
+    time_row("Lock acquire+release, uncontended", "BM_Lock_troupe", "BM_Lock_std_mutex",
+             "std::mutex", "Lock", 1.5, "≤ 1.5× std::mutex")
+    time_row("RLock acquire+release, uncontended", "BM_RLock_troupe",
+             "BM_RLock_std_recursive_mutex", "std::recursive_mutex", "RLock", 1.5,
+             "≤ 1.5× std::recursive_mutex")
+    time_row("Event ping-pong, per round trip", "BM_PingPong_Event_troupe", "BM_PingPong_raw_futex",
+             "raw futex", "PingPong_Event", 1.3, "≤ 1.3× raw futex; ≥ 5× Python", 5)
+    time_row("Condition ping-pong, per round trip", "BM_PingPong_Condition_troupe",
+             "BM_PingPong_std_condition_variable", "std::condition_variable",
+             "PingPong_Condition", 1.3, "≤ 1.3× std::condition_variable; ≥ 5× Python", 5)
+    rate_row("Queue, 1 producer / 1 consumer", "BM_Queue_troupe/1", "BM_Queue_std/1",
+             "mutex+cv+deque", "Queue/1", 1.0, "≥ 1× std baseline; ≥ 20× Python", 20)
+    rate_row("Queue, 2 producers / 2 consumers", "BM_Queue_troupe/2", "BM_Queue_std/2",
+             "mutex+cv+deque", "Queue/2", 1.0, "≥ 1× std baseline; ≥ 20× Python", 20)
+    rate_row("SimpleQueue, 1 / 1", "BM_SimpleQueue_troupe/1", "BM_SimpleQueue_moodycamel/1",
+             "moodycamel", "SimpleQueue/1", 0.5, "≥ 0.5× moodycamel")
+    rate_row("SimpleQueue, 2 / 2", "BM_SimpleQueue_troupe/2", "BM_SimpleQueue_moodycamel/2",
+             "moodycamel", "SimpleQueue/2", 0.5, "≥ 0.5× moodycamel")
+    t, p = ips(cpp["BM_Sched_100k_troupe"]), py["Sched_100k"]["items_per_s"]
+    rows.append(f"| sched: enter + run 100k events | {fmt_rate(t)} | — | — | {fmt_rate(p)} | "
+                f"**{t / p:.1f}×** faster | — | — |")
+
+    table = ["| workload | troupe | baseline | troupe vs baseline | Python "
+             f"{py['python']} | troupe vs Python | target | |",
+             "|---|---|---|---|---|---|---|---|"] + rows
+
+    place = ["| ping-pong, per round trip | placement | troupe time | troupe CPU | baseline time "
+             "| baseline CPU | time ratio |", "|---|---|---|---|---|---|---|"]
+    for label, ours, base in [("Event vs raw futex", "BM_PingPong_Event_troupe",
+                               "BM_PingPong_raw_futex"),
+                              ("Condition vs std::condition_variable",
+                               "BM_PingPong_Condition_troupe",
+                               "BM_PingPong_std_condition_variable")]:
+        for pname, res in [("default", cpp), ("pinned to 1 CPU", one), ("pinned to 2 CPUs", two)]:
+            if not res:
+                continue
+            o, b = res[ours], res[base]
+            place.append(f"| {label} | {pname} | {fmt_ns(ns(o))} | {fmt_ns(cpu_ns(o))} | "
+                         f"{fmt_ns(ns(b))} | {fmt_ns(cpu_ns(b))} | **{ns(o) / ns(b):.2f}×** |")
+
+    header = (f"Measured {datetime.date.today().isoformat()} on {platform.machine()}, "
+              f"{os.cpu_count()} CPUs, `python3 bench/compare.py` (C++: median of {reps}; "
+              f"Python: best of 3).")
+    text = "\n".join([header, "", *table, "", *place, ""])
+    print(text)
+    if args.write:
+        path = os.path.join(ROOT, "doc", "benchmarks.md")
+        doc = open(path).read()
+        begin, end = "<!-- compare.py:begin -->", "<!-- compare.py:end -->"
+        i, j = doc.index(begin) + len(begin), doc.index(end)
+        open(path, "w").write(doc[:i] + "\n" + text + doc[j:])
+        print(f"compare: wrote {path}", file=sys.stderr)
+    missed = verdicts.count(False)
+    print(f"compare: {len(verdicts) - missed} targets met, {missed} missed", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
