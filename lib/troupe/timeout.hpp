@@ -68,7 +68,13 @@ public:
 
   /// The absolute deadline, computed from `now` for a relative timeout (negative → now);
   /// nullopt for forever.
-  std::optional<clock::time_point> deadline(clock::time_point now = clock::now()) const noexcept {
+  std::optional<clock::time_point> deadline() const noexcept {
+    // Reads the clock only when it must: forever and absolute deadlines are free.
+    if (kind_ == Kind::forever) return std::nullopt;
+    if (kind_ == Kind::absolute) return clock::time_point(std::chrono::nanoseconds(ns_));
+    return deadline(clock::now());
+  }
+  std::optional<clock::time_point> deadline(clock::time_point now) const noexcept {
     switch (kind_) {
       case Kind::forever: return std::nullopt;
       case Kind::absolute: return clock::time_point(std::chrono::nanoseconds(ns_));

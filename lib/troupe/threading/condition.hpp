@@ -8,6 +8,7 @@
 #include <type_traits>
 #include <utility>
 
+#include "troupe/detail/lockable.hpp"
 #include "troupe/detail/mutex.hpp"
 #include "troupe/threading/lock.hpp"
 #include "troupe/timeout.hpp"
@@ -21,7 +22,7 @@ namespace troupe::threading {
 /// its recursion depth, and restores that depth before returning. A waiter whose timeout
 /// expires while it is being notified counts as notified (Python may lose that notify).
 /// Lockable and TimedLockable: `std::scoped_lock guard{cond};` is `with cond:`.
-class Condition {
+class Condition : public troupe::detail::Lockable<Condition> {
 public:
   Condition() noexcept : kind_(Kind::own_rlock), rlock_(&own_) {}
   explicit Condition(Lock& lock) noexcept : kind_(Kind::lock), lock_(&lock) {}
@@ -67,18 +68,6 @@ public:
   void notify(int n = 1);
   /// Python: `notify_all()`.
   void notify_all();
-
-  void lock() { (void)acquire(); }
-  void unlock() { release(); }
-  bool try_lock() { return acquire(false); }
-  template <class Rep, class Period>
-  bool try_lock_for(std::chrono::duration<Rep, Period> d) {
-    return acquire(true, d < d.zero() ? Timeout(d.zero()) : Timeout(d));
-  }
-  template <class Clock, class Duration>
-  bool try_lock_until(std::chrono::time_point<Clock, Duration> tp) {
-    return try_lock_for(tp - Clock::now());
-  }
 
 private:
   static constexpr std::uint32_t kWaiting = 0, kSleeping = 1, kSignaled = 2;

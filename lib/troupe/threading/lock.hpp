@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <optional>
 
+#include "troupe/detail/lockable.hpp"
 #include "troupe/detail/mutex.hpp"
 #include "troupe/timeout.hpp"
 
@@ -32,7 +33,7 @@ inline std::uintptr_t self_token() noexcept {
 
 /// Python: `threading.Lock` (`_thread.LockType`, `allocate_lock()`).
 /// Not owner-checked: any thread may release it, as in Python.
-class Lock {
+class Lock : public troupe::detail::Lockable<Lock> {
 public:
   Lock() noexcept = default;
   Lock(const Lock&) = delete;
@@ -62,25 +63,12 @@ public:
   /// Python: `locked()`.
   bool locked() const noexcept { return m_.locked(); }
 
-  // Lockable / TimedLockable.
-  void lock() noexcept { m_.lock(); }
-  void unlock() { release(); }
-  bool try_lock() noexcept { return m_.try_lock(); }
-  template <class Rep, class Period>
-  bool try_lock_for(std::chrono::duration<Rep, Period> d) {
-    return m_.lock_until(Timeout(d < d.zero() ? d.zero() : d).deadline());
-  }
-  template <class Clock, class Duration>
-  bool try_lock_until(std::chrono::time_point<Clock, Duration> tp) {
-    return try_lock_for(tp - Clock::now());
-  }
-
 private:
   troupe::detail::FutexMutex m_;
 };
 
 /// Python: `threading.RLock`. Owner-checked and re-entrant.
-class RLock {
+class RLock : public troupe::detail::Lockable<RLock> {
 public:
   RLock() noexcept = default;
   RLock(const RLock&) = delete;
@@ -128,18 +116,6 @@ public:
   void _acquire_restore(int count);
   /// As `_acquire_restore`, with a deadline; false if it passed (the lock is then not held).
   bool _acquire_restore_until(int count, const std::optional<troupe::detail::steady::time_point>&);
-
-  void lock() { (void)acquire(); }
-  void unlock() { release(); }
-  bool try_lock() { return acquire(false); }
-  template <class Rep, class Period>
-  bool try_lock_for(std::chrono::duration<Rep, Period> d) {
-    return acquire(true, d < d.zero() ? Timeout(d.zero()) : Timeout(d));
-  }
-  template <class Clock, class Duration>
-  bool try_lock_until(std::chrono::time_point<Clock, Duration> tp) {
-    return try_lock_for(tp - Clock::now());
-  }
 
 private:
   bool acquire_slow(bool blocking, Timeout timeout);

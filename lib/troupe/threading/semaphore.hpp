@@ -6,12 +6,13 @@
 #include <cstdint>
 
 #include "troupe/detail/futex.hpp"
+#include "troupe/detail/lockable.hpp"
 #include "troupe/timeout.hpp"
 
 namespace troupe::threading {
 
 /// Python: `threading.Semaphore(value=1)`. Lockable and TimedLockable.
-class Semaphore {
+class Semaphore : public troupe::detail::Lockable<Semaphore> {
 public:
   /// @throws ValueError "semaphore initial value must be >= 0".
   explicit Semaphore(int value = 1);
@@ -30,18 +31,6 @@ public:
 
   /// The current counter (Python's `_value`), for diagnostics.
   int _value() const noexcept { return static_cast<int>(value_.load(std::memory_order_relaxed)); }
-
-  void lock() { (void)acquire(); }
-  void unlock() { release(); }
-  bool try_lock() { return try_take(); }
-  template <class Rep, class Period>
-  bool try_lock_for(std::chrono::duration<Rep, Period> d) {
-    return acquire(true, d);
-  }
-  template <class Clock, class Duration>
-  bool try_lock_until(std::chrono::time_point<Clock, Duration> tp) {
-    return acquire(true, tp - Clock::now());
-  }
 
 protected:
   bool try_take() noexcept {
