@@ -22,8 +22,11 @@ public:
     }
   }
   ~Bunch() { join(); }
+  /// Waits (at most 10 s) until n threads have started.
   void wait_for_started(int n) const {
-    while (started_.load() < n) std::this_thread::sleep_for(std::chrono::microseconds(100));
+    const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (started_.load() < n && std::chrono::steady_clock::now() < end)
+      std::this_thread::sleep_for(std::chrono::microseconds(100));
   }
   int started() const { return started_.load(); }
   int finished() const { return finished_.load(); }

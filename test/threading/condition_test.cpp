@@ -75,10 +75,10 @@ void check_notify(MakeCond make) {
         (p == 1 ? phase1 : phase2).push_back(p);
       },
       n);
-  while (true) {
+  ASSERT_TRUE(troupe::testing::eventually([&] {
     std::scoped_lock g{cond};
-    if (ready.load() == n) break;
-  }
+    return ready.load() == n;
+  }));
   let_others_run();
   {
     std::scoped_lock g{cond};

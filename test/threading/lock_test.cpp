@@ -242,10 +242,10 @@ TEST_F(RLockTest, OtherThreadCannotRelease) {
   std::thread t([&] {
     lock.acquire();
     holding = true;
-    while (!done) std::this_thread::sleep_for(1ms);
+    troupe::testing::eventually([&] { return done.load(); });
     lock.release();
   });
-  while (!holding) std::this_thread::sleep_for(1ms);
+  ASSERT_TRUE(troupe::testing::eventually([&] { return holding.load(); }));
   try {
     lock.release();
     ADD_FAILURE() << "released another thread's RLock";
