@@ -51,20 +51,18 @@ public:
 
 private:
   // Drepper's lock, with one change: `sleepers_` counts the threads between announcing a sleep
-  // and returning from it, so a thread that takes the lock marks it "2" (unlock must wake) only
-  // while someone may sleep. Plain Drepper marks every lock taken after a sleep as "2", and under
-  // steady contention each unlock then pays a futex_wake system call for nobody.
+  // and returning from it, so a thread woken from its sleep marks the lock "2" (unlock must
+  // wake) only while someone else may sleep. Plain Drepper marks every lock taken after a sleep
+  // as "2", and under steady contention each unlock then pays a futex_wake for nobody.
+  // A thread that takes the lock by its own marking exchange keeps the mark: clearing it there
+  // could erase the mark of a thread that has just gone to sleep (a lost wake-up).
   bool lock_slow(const std::optional<steady::time_point>& deadline) noexcept {
     if (spin_.spin([&] { return state_.load(std::memory_order_relaxed) == 0 && try_lock(); }))
       return true;
     for (;;) {
       sleepers_.fetch_add(1, std::memory_order_seq_cst);
       if (state_.exchange(2, std::memory_order_acquire) == 0) {
-        // Took it while marking: drop the mark unless someone else may sleep.
-        if (sleepers_.fetch_sub(1, std::memory_order_seq_cst) == 1) {
-          std::uint32_t two = 2;
-          state_.compare_exchange_strong(two, 1, std::memory_order_relaxed);
-        }
+        sleepers_.fetch_sub(1, std::memory_order_seq_cst);
         return true;
       }
       const bool in_time = futex_wait(state_, 2, deadline);
