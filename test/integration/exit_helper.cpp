@@ -1,0 +1,46 @@
+// A program for thread_exit_test: what happens to threads when main returns.
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <stdexcept>
+#include <thread>
+
+#include "troupe/threading.hpp"
+
+namespace threading = troupe::threading;
+using namespace std::chrono_literals;
+
+int main(int argc, char** argv) {
+  const char* mode = argc > 1 ? argv[1] : "";
+  if (std::strcmp(mode, "non-daemon") == 0) {
+    // Static: it outlives main, so only the exit handler can join it.
+    static threading::Thread t([] {
+      std::this_thread::sleep_for(200ms);
+      std::printf("worker finished\n");
+      std::fflush(stdout);
+    });
+    t.start();
+  } else if (std::strcmp(mode, "daemon") == 0) {
+    static threading::Thread t({.daemon = true}, [] {
+      for (;;) std::this_thread::sleep_for(10ms);
+    });
+    t.start();
+  } else if (std::strcmp(mode, "daemon-local") == 0) {
+    // A daemon Thread object that goes out of scope while its thread runs forever.
+    threading::Thread t({.daemon = true}, [] {
+      for (;;) std::this_thread::sleep_for(10ms);
+    });
+    t.start();
+  } else if (std::strcmp(mode, "exception") == 0) {
+    threading::Thread t({.name = "thrower"}, [] { throw std::runtime_error("oops"); });
+    t.start();
+    t.join();
+    std::printf("main continues\n");
+  } else {
+    std::fprintf(stderr, "usage: exit_helper non-daemon|daemon|daemon-local|exception\n");
+    return 2;
+  }
+  std::printf("main returns\n");
+  std::fflush(stdout);
+  return 0;
+}
