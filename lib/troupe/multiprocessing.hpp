@@ -1,0 +1,7 @@
+// troupe/multiprocessing.hpp — `import multiprocessing` (so far: connections, Pipe, the
+// authentication handshake). `namespace mp = troupe::multiprocessing;`
+#pragma once
+
+#include "troupe/errors.hpp"
+#include "troupe/multiprocessing/authkey.hpp"
+#include "troupe/multiprocessing/connection.hpp"

@@ -1,0 +1,410 @@
+#include "troupe/multiprocessing/connection.hpp"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "troupe/errors.hpp"
+
+namespace troupe::multiprocessing {
+namespace {
+
+constexpr std::size_t kReadBuffer = 64 * 1024;
+constexpr std::size_t kHandshakeMax = 256;    // CPython: recv_bytes(256)
+constexpr std::size_t kChallengeLength = 40;  // CPython 3.12+: MESSAGE_LENGTH
+constexpr std::size_t kLegacyChallenge = 20;  // CPython <= 3.11
+constexpr std::size_t kLegacyMd5Length = 16;
+constexpr std::string_view kChallenge = "#CHALLENGE#";
+constexpr std::string_view kWelcome = "#WELCOME#";
+constexpr std::string_view kFailure = "#FAILURE#";
+
+bool is_socket(int fd) {
+  struct stat st;
+  return fstat(fd, &st) == 0 && S_ISSOCK(st.st_mode);
+}
+
+// writev the whole of `iov`, retrying on EINTR and short writes. On a pipe, a write to a closed
+// reader raises SIGPIPE; block it for this thread and swallow the one we caused, so the caller
+// gets BrokenPipeError instead of a dead process (sockets use MSG_NOSIGNAL instead).
+void write_all(int fd, bool socket, iovec* iov, int iovcnt) {
+  sigset_t block, old;
+  bool masked = false;
+  bool had_pending = false;
+  if (!socket) {
+    sigemptyset(&block);
+    sigaddset(&block, SIGPIPE);
+    sigset_t pending;
+    sigpending(&pending);
+    had_pending = sigismember(&pending, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &block, &old);
+    masked = true;
+  }
+  int err = 0;
+  while (iovcnt > 0) {
+    ssize_t n;
+    if (socket) {
+      msghdr msg{};
+      msg.msg_iov = iov;
+      msg.msg_iovlen = static_cast<std::size_t>(iovcnt);
+      n = sendmsg(fd, &msg, MSG_NOSIGNAL);
+    } else {
+      n = writev(fd, iov, iovcnt);
+    }
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      err = errno;
+      break;
+    }
+    auto left = static_cast<std::size_t>(n);
+    while (iovcnt > 0 && left >= iov->iov_len) {
+      left -= iov->iov_len;
+      ++iov;
+      --iovcnt;
+    }
+    if (iovcnt > 0) {
+      iov->iov_base = static_cast<char*>(iov->iov_base) + left;
+      iov->iov_len -= left;
+    }
+  }
+  if (masked) {
+    if (err == EPIPE && !had_pending) {
+      timespec zero{0, 0};
+      while (sigtimedwait(&block, nullptr, &zero) < 0 && errno == EINTR) {
+      }
+    }
+    pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  }
+  if (err) throw_os_error(err, "Connection.send_bytes: write to fd " + std::to_string(fd));
+}
+
+}  // namespace
+
+// ---- Connection -----------------------------------------------------------------------------
+
+Connection::Connection(int fd, bool readable, bool writable)
+    : fd_(fd), readable_(readable), writable_(writable), is_socket_(is_socket(fd)) {
+  if (fd < 0) throw ValueError("Connection: invalid file descriptor " + std::to_string(fd));
+  if (!readable && !writable)
+    throw ValueError("at least one of `readable` and `writable` must be True");
+}
+
+Connection::Connection(Connection&& o) noexcept
+    : fd_(std::exchange(o.fd_, -1)),
+      readable_(o.readable_),
+      writable_(o.writable_),
+      is_socket_(o.is_socket_),
+      max_message_size_(o.max_message_size_),
+      rbuf_(std::move(o.rbuf_)),
+      rpos_(std::exchange(o.rpos_, 0)),
+      rend_(std::exchange(o.rend_, 0)) {}
+
+Connection& Connection::operator=(Connection&& o) noexcept {
+  if (this != &o) {
+    close();
+    fd_ = std::exchange(o.fd_, -1);
+    readable_ = o.readable_;
+    writable_ = o.writable_;
+    is_socket_ = o.is_socket_;
+    max_message_size_ = o.max_message_size_;
+    rbuf_ = std::move(o.rbuf_);
+    rpos_ = std::exchange(o.rpos_, 0);
+    rend_ = std::exchange(o.rend_, 0);
+  }
+  return *this;
+}
+
+Connection::~Connection() {
+  close();
+}
+
+void Connection::close() noexcept {
+  if (fd_ >= 0) ::close(fd_);
+  fd_ = -1;
+  rpos_ = rend_ = 0;
+}
+
+int Connection::fileno() const {
+  check_open("fileno");
+  return fd_;
+}
+
+void Connection::check_open(const char* what) const {
+  if (fd_ < 0) throw_os_error(EBADF, std::string("Connection.") + what + ": handle is closed");
+}
+
+void Connection::send_bytes(std::span<const std::byte> buf, std::size_t offset,
+                            std::optional<std::size_t> size) {
+  check_open("send_bytes");
+  if (!writable_) throw_os_error(EBADF, "Connection.send_bytes: connection is read-only");
+  if (buf.size() < offset) throw ValueError("buffer length < offset");
+  const std::size_t n = size ? *size : buf.size() - offset;
+  if (size && offset + *size > buf.size()) throw ValueError("buffer length < offset + size");
+  write_frame(buf.subspan(offset, n));
+}
+
+void Connection::write_frame(std::span<const std::byte> payload) {
+  unsigned char header[12];
+  std::size_t hlen;
+  const std::uint64_t n = payload.size();
+  if (n > 0x7fffffff) {
+    std::memset(header, 0xff, 4);  // -1, then the 8-byte length
+    for (int i = 0; i < 8; ++i) header[4 + i] = static_cast<unsigned char>(n >> (56 - 8 * i));
+    hlen = 12;
+  } else {
+    for (int i = 0; i < 4; ++i) header[i] = static_cast<unsigned char>(n >> (24 - 8 * i));
+    hlen = 4;
+  }
+  iovec iov[2] = {{header, hlen}, {const_cast<std::byte*>(payload.data()), payload.size()}};
+  write_all(fd_, is_socket_, iov, payload.empty() ? 1 : 2);
+}
+
+bool Connection::fill(std::size_t n, bool eof_is_error) {
+  if (!rbuf_) rbuf_.reset(new std::byte[kReadBuffer]);
+  if (rpos_ == rend_) rpos_ = rend_ = 0;
+  if (rend_ - rpos_ >= n) return true;
+  if (kReadBuffer - rpos_ < n) {  // compact
+    std::memmove(rbuf_.get(), rbuf_.get() + rpos_, rend_ - rpos_);
+    rend_ -= rpos_;
+    rpos_ = 0;
+  }
+  while (rend_ - rpos_ < n) {
+    ssize_t r = ::read(fd_, rbuf_.get() + rend_, kReadBuffer - rend_);
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      throw_os_error(errno, "Connection.recv_bytes: read from fd " + std::to_string(fd_));
+    }
+    if (r == 0) {
+      if (rend_ == rpos_ && !eof_is_error) return false;
+      throw_os_error(EIO, "Connection.recv_bytes: got end of file during message");
+    }
+    rend_ += static_cast<std::size_t>(r);
+  }
+  return true;
+}
+
+void Connection::read_exact(std::byte* out, std::size_t n) {
+  // Take what is buffered, then read large remainders straight into place (no extra copy).
+  std::size_t have = std::min(n, buffered());
+  if (have) {
+    std::memcpy(out, rbuf_.get() + rpos_, have);
+    rpos_ += have;
+  }
+  out += have;
+  n -= have;
+  if (n == 0) return;
+  if (n < kReadBuffer / 2) {
+    fill(n, true);
+    std::memcpy(out, rbuf_.get() + rpos_, n);
+    rpos_ += n;
+    return;
+  }
+  while (n > 0) {
+    ssize_t r = ::read(fd_, out, n);
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      throw_os_error(errno, "Connection.recv_bytes: read from fd " + std::to_string(fd_));
+    }
+    if (r == 0) throw_os_error(EIO, "Connection.recv_bytes: got end of file during message");
+    out += r;
+    n -= static_cast<std::size_t>(r);
+  }
+}
+
+std::uint64_t Connection::read_header() {
+  if (!fill(4, false)) throw EOFError("Connection.recv_bytes: the peer closed the connection");
+  const auto* h = reinterpret_cast<const unsigned char*>(rbuf_.get() + rpos_);
+  const std::uint32_t v = (std::uint32_t{h[0]} << 24) | (std::uint32_t{h[1]} << 16) |
+                          (std::uint32_t{h[2]} << 8) | std::uint32_t{h[3]};
+  rpos_ += 4;
+  if (v == 0xffffffffu) {
+    fill(8, true);
+    const auto* b = reinterpret_cast<const unsigned char*>(rbuf_.get() + rpos_);
+    std::uint64_t n = 0;
+    for (int i = 0; i < 8; ++i) n = (n << 8) | b[i];
+    rpos_ += 8;
+    return n;
+  }
+  if (v > 0x7fffffffu) {
+    close();
+    throw_os_error(EPROTO, "Connection.recv_bytes: bad message length header " +
+                               std::to_string(static_cast<std::int32_t>(v)));
+  }
+  return v;
+}
+
+void Connection::bad_message_length(std::uint64_t n, std::uint64_t limit) {
+  close();  // as Python's _bad_message_length: the stream is now out of step
+  throw_os_error(EMSGSIZE, "Connection.recv_bytes: bad message length: " + std::to_string(n) +
+                               " bytes, limit " + std::to_string(limit) +
+                               "; the connection is closed");
+}
+
+std::vector<std::byte> Connection::recv_bytes(std::optional<std::size_t> maxlength) {
+  check_open("recv_bytes");
+  if (!readable_) throw_os_error(EBADF, "Connection.recv_bytes: connection is write-only");
+  const std::uint64_t n = read_header();
+  const std::uint64_t limit =
+      maxlength ? std::min<std::uint64_t>(*maxlength, max_message_size_) : max_message_size_;
+  if (n > limit) bad_message_length(n, limit);
+  std::vector<std::byte> out(static_cast<std::size_t>(n));
+  read_exact(out.data(), out.size());
+  return out;
+}
+
+std::size_t Connection::recv_bytes_into(std::span<std::byte> buf, std::size_t offset) {
+  check_open("recv_bytes_into");
+  if (!readable_) throw_os_error(EBADF, "Connection.recv_bytes_into: connection is write-only");
+  if (offset > buf.size()) throw ValueError("offset too large");
+  const std::uint64_t n = read_header();
+  if (n > max_message_size_) bad_message_length(n, max_message_size_);
+  if (n > buf.size() - offset) {
+    std::vector<std::byte> whole(static_cast<std::size_t>(n));
+    read_exact(whole.data(), whole.size());
+    throw BufferTooShort("recv_bytes_into: a " + std::to_string(n) +
+                             "-byte message does not fit in " +
+                             std::to_string(buf.size() - offset) + " bytes",
+                         std::move(whole));
+  }
+  read_exact(buf.data() + offset, static_cast<std::size_t>(n));
+  return static_cast<std::size_t>(n);
+}
+
+bool Connection::poll(Timeout timeout) {
+  check_open("poll");
+  if (!readable_) throw_os_error(EBADF, "Connection.poll: connection is write-only");
+  if (buffered() > 0) return true;
+  const auto deadline = timeout.deadline();
+  for (;;) {
+    int ms = -1;
+    if (deadline) {
+      auto left = std::chrono::ceil<std::chrono::milliseconds>(*deadline -
+                                                               std::chrono::steady_clock::now());
+      ms = left.count() < 0 ? 0 : static_cast<int>(std::min<long long>(left.count(), 1 << 30));
+    }
+    pollfd p{fd_, POLLIN, 0};
+    int r = ::poll(&p, 1, ms);
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      throw_os_error(errno, "Connection.poll on fd " + std::to_string(fd_));
+    }
+    return r > 0;
+  }
+}
+
+// ---- Pipe -----------------------------------------------------------------------------------
+
+std::pair<Connection, Connection> Pipe(bool duplex) {
+  int fds[2];
+  if (duplex) {
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) != 0)
+      throw_os_error(errno, "Pipe: socketpair");
+    return {Connection(fds[0]), Connection(fds[1])};
+  }
+  if (pipe2(fds, O_CLOEXEC) != 0) throw_os_error(errno, "Pipe: pipe2");
+  return {Connection(fds[0], true, false), Connection(fds[1], false, true)};
+}
+
+// ---- the handshake --------------------------------------------------------------------------
+
+namespace {
+
+bool allowed_digest(std::string_view d) {
+  return d == "md5" || d == "sha256" || d == "sha384" || d == "sha3_256" || d == "sha3_384";
+}
+
+// CPython's _get_digest_name_and_payload: "" for the legacy dialect (a 16- or 20-byte message).
+std::pair<std::string, std::span<const std::byte>> digest_and_payload(
+    std::span<const std::byte> message) {
+  if (message.size() == kLegacyChallenge || message.size() == kLegacyMd5Length)
+    return {std::string(), message};
+  std::string_view text(reinterpret_cast<const char*>(message.data()), message.size());
+  if (!text.empty() && text[0] == '{') {
+    auto curly = text.find('}', 1);
+    if (curly != std::string_view::npos && curly <= 9) {  // the longest name is 8 bytes
+      std::string digest(text.substr(1, curly - 1));
+      if (allowed_digest(digest)) return {digest, message.subspan(curly + 1)};
+    }
+  }
+  throw AuthenticationError("unsupported message length (" + std::to_string(message.size()) +
+                            " bytes), missing digest prefix, or unsupported digest");
+}
+
+std::vector<std::byte> concat(std::string_view a, std::span<const std::byte> b) {
+  std::vector<std::byte> out(a.size() + b.size());
+  std::memcpy(out.data(), a.data(), a.size());
+  if (!b.empty()) std::memcpy(out.data() + a.size(), b.data(), b.size());
+  return out;
+}
+
+bool equals(std::span<const std::byte> a, std::string_view b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), b.size()) == 0;
+}
+
+}  // namespace
+
+void deliver_challenge(Connection& connection, const AuthenticationString& authkey,
+                       const AuthOptions& options) {
+  if (!allowed_digest(options.digest_name))
+    throw ValueError("deliver_challenge: unsupported digest '" + options.digest_name + "'");
+  auto random = detail::random_bytes(kChallengeLength);
+  const auto message = concat("{" + options.digest_name + "}", random);
+  connection.send_bytes(concat(kChallenge, message));
+  const auto response = connection.recv_bytes(kHandshakeMax);
+  try {
+    auto [digest, mac] = digest_and_payload(response);
+    if (digest.empty()) {
+      if (!options.legacy_md5)
+        throw AuthenticationError(
+            "the peer answered in the legacy HMAC-MD5 dialect (Python <= 3.11), which this "
+            "endpoint does not accept (AuthOptions::legacy_md5)");
+      digest = "md5";
+    }
+    const auto expected = detail::hmac(digest, authkey.bytes(), message);
+    if (expected.size() != mac.size())
+      throw AuthenticationError("expected '" + digest + "' of length " +
+                                std::to_string(expected.size()) + " got " +
+                                std::to_string(mac.size()));
+    if (!detail::equal_constant_time(expected, mac))
+      throw AuthenticationError("digest received was wrong");
+  } catch (const AuthenticationError&) {
+    connection.send_bytes(kFailure);
+    throw;
+  }
+  connection.send_bytes(kWelcome);
+}
+
+void answer_challenge(Connection& connection, const AuthenticationString& authkey,
+                      const AuthOptions& options) {
+  const auto received = connection.recv_bytes(kHandshakeMax);
+  if (received.size() < kChallenge.size() ||
+      !equals(std::span(received).first(kChallenge.size()), kChallenge))
+    throw AuthenticationError("Protocol error, expected challenge (got " +
+                              std::to_string(received.size()) + " bytes)");
+  const auto message = std::span(received).subspan(kChallenge.size());
+  if (message.size() < kLegacyChallenge)
+    throw AuthenticationError("challenge too short: " + std::to_string(message.size()) + " bytes");
+  auto [digest, payload] = digest_and_payload(message);
+  (void)payload;
+  if (digest.empty()) {
+    if (!options.legacy_md5)
+      throw AuthenticationError(
+          "the peer sent a legacy HMAC-MD5 challenge (Python <= 3.11), which this endpoint does "
+          "not accept (AuthOptions::legacy_md5)");
+    connection.send_bytes(detail::hmac("md5", authkey.bytes(), message));
+  } else {
+    connection.send_bytes(
+        concat("{" + digest + "}", detail::hmac(digest, authkey.bytes(), message)));
+  }
+  const auto response = connection.recv_bytes(kHandshakeMax);
+  if (!equals(response, kWelcome)) throw AuthenticationError("digest sent was rejected");
+}
+
+}  // namespace troupe::multiprocessing

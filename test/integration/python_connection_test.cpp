@@ -1,0 +1,172 @@
+// Interop with real CPython: multiprocessing.connection on one end of a socketpair, troupe on the
+// other. The system python3 (3.11 here: the legacy HMAC-MD5 dialect) and every python3.12+ found
+// under pyenv (the sha256 dialect) are each driven through the mutual handshake and an echo of
+// messages from 0 bytes to several MiB; with a wrong key both sides must refuse.
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "troupe/errors.hpp"
+#include "troupe/multiprocessing/connection.hpp"
+
+#include "leak_check.hpp"
+#include <glob.h>
+
+namespace troupe::multiprocessing {
+namespace {
+
+// The Python side: authenticate as a Listener does (deliver, then answer), then answer every
+// message with its bytes reversed until b"quit". Exit 3 on AuthenticationError.
+constexpr const char* kEcho = R"PY(
+import sys
+from multiprocessing.connection import Connection, deliver_challenge, answer_challenge
+from multiprocessing import AuthenticationError
+c = Connection(3)
+key = bytes.fromhex(sys.argv[1])
+try:
+    deliver_challenge(c, key)
+    answer_challenge(c, key)
+except (AuthenticationError, EOFError, OSError):
+    sys.exit(3)
+while True:
+    m = c.recv_bytes()
+    if m == b"quit":
+        break
+    c.send_bytes(m[::-1])
+print(sys.version_info[:2], "done")
+)PY";
+
+struct Python {
+  std::string exe;
+  int minor = 0;
+};
+
+// python3 from PATH and /root/.pyenv/versions/3.*/bin/python3, with their minor versions.
+std::vector<Python> find_pythons() {
+  std::vector<std::string> candidates = {"python3"};
+  glob_t g{};
+  if (glob("/root/.pyenv/versions/3.*/bin/python3", 0, nullptr, &g) == 0) {
+    for (size_t i = 0; i < g.gl_pathc; ++i) candidates.emplace_back(g.gl_pathv[i]);
+  }
+  globfree(&g);
+  std::vector<Python> out;
+  for (auto& c : candidates) {
+    std::string cmd = c + " -c 'import sys; print(sys.version_info[1])' 2>/dev/null";
+    FILE* p = popen(cmd.c_str(), "r");
+    if (!p) continue;
+    int minor = -1;
+    if (fscanf(p, "%d", &minor) != 1) minor = -1;
+    pclose(p);
+    if (minor >= 8) out.push_back({c, minor});
+  }
+  return out;
+}
+
+struct Child {
+  pid_t pid = -1;
+  Connection conn;
+};
+
+Child spawn_echo(const Python& py, const std::string& keyhex) {
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
+    throw_os_error(errno, "socketpair");
+  pid_t pid = fork();
+  if (pid == 0) {
+    dup2(sv[1], 3);  // dup2 clears close-on-exec on the copy
+    execlp("timeout", "timeout", "60", py.exe.c_str(), "-c", kEcho, keyhex.c_str(),
+           static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  ::close(sv[1]);
+  return {pid, Connection(sv[0])};
+}
+
+int wait_exit(pid_t pid) {
+  int st = 0;
+  waitpid(pid, &st, 0);
+  return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+std::vector<std::byte> pattern(std::size_t n) {
+  std::vector<std::byte> v(n);
+  for (std::size_t i = 0; i < n; ++i) v[i] = static_cast<std::byte>((i * 31 + 7) & 0xff);
+  return v;
+}
+
+class PythonConnectionTest : public troupe::testing::LeakCheck {
+protected:
+  void SetUp() override {
+    LeakCheck::SetUp();
+    pythons_ = find_pythons();
+    if (pythons_.empty()) GTEST_SKIP() << "no python3 found";
+  }
+  std::vector<Python> pythons_;
+};
+
+TEST_F(PythonConnectionTest, HandshakeAndEchoWithEveryPython) {
+  int modern = 0;
+  for (const auto& py : pythons_) {
+    SCOPED_TRACE(py.exe + " (3." + std::to_string(py.minor) + ")");
+    const bool legacy = py.minor <= 11;
+    modern += legacy ? 0 : 1;
+    auto key = AuthenticationString::random();
+    std::string hex;
+    for (auto b : key.bytes()) {
+      char buf[3];
+      std::snprintf(buf, sizeof buf, "%02x", static_cast<unsigned>(b));
+      hex += buf;
+    }
+    Child child = spawn_echo(py, hex);
+    const AuthOptions opts{.legacy_md5 = legacy};
+    // troupe is the Client here: answer, then challenge.
+    answer_challenge(child.conn, key, opts);
+    deliver_challenge(child.conn, key, opts);
+    for (std::size_t size : {0, 1, 64, 16384, 16385, 100000, 3 << 20}) {
+      auto msg = pattern(size);
+      child.conn.send_bytes(msg);
+      auto back = child.conn.recv_bytes();
+      std::reverse(back.begin(), back.end());
+      EXPECT_EQ(back, msg) << size << " bytes";
+    }
+    child.conn.send_bytes("quit");
+    EXPECT_EQ(wait_exit(child.pid), 0);
+  }
+  if (modern == 0) std::printf("note: no python3.12+ found; only the legacy dialect was tested\n");
+}
+
+TEST_F(PythonConnectionTest, WrongKeyIsRefusedByBothSides) {
+  for (const auto& py : pythons_) {
+    SCOPED_TRACE(py.exe);
+    Child child = spawn_echo(py, "00112233");
+    const AuthOptions opts{.legacy_md5 = py.minor <= 11};
+    EXPECT_THROW(answer_challenge(child.conn, AuthenticationString("wrong key"), opts),
+                 AuthenticationError);
+    child.conn.close();
+    EXPECT_EQ(wait_exit(child.pid), 3) << "Python accepted a wrong key";
+  }
+}
+
+// A Python <= 3.11 peer speaks only HMAC-MD5: without the opt-in troupe refuses it.
+TEST_F(PythonConnectionTest, LegacyPeerRefusedWithoutOptIn) {
+  bool any = false;
+  for (const auto& py : pythons_) {
+    if (py.minor > 11) continue;
+    any = true;
+    Child child = spawn_echo(py, "00112233");
+    EXPECT_THROW(answer_challenge(child.conn, AuthenticationString::from_hex("00112233")),
+                 AuthenticationError);
+    child.conn.close();
+    EXPECT_EQ(wait_exit(child.pid), 3);
+  }
+  if (!any) GTEST_SKIP() << "no python <= 3.11 found";
+}
+
+}  // namespace
+}  // namespace troupe::multiprocessing

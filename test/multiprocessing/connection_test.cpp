@@ -1,0 +1,421 @@
+#include "troupe/multiprocessing/connection.hpp"
+
+#include <fcntl.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <thread>
+#include <vector>
+
+#include "troupe/errors.hpp"
+
+#include "leak_check.hpp"
+
+namespace troupe::multiprocessing {
+namespace {
+
+using namespace std::chrono_literals;
+using ConnectionTest = troupe::testing::LeakCheck;
+
+std::vector<std::byte> bytes(std::string_view s) {
+  auto b = std::as_bytes(std::span(s.data(), s.size()));
+  return {b.begin(), b.end()};
+}
+std::string text(const std::vector<std::byte>& b) {
+  return std::string(reinterpret_cast<const char*>(b.data()), b.size());
+}
+
+// _TestConnection.test_connection: messages keep their boundaries, both ways, zero-length too.
+TEST_F(ConnectionTest, DuplexPipeKeepsMessageBoundaries) {
+  auto [a, b] = Pipe();
+  a.send_bytes("hello");
+  a.send_bytes("");
+  a.send_bytes(std::string(100000, 'x'));
+  a.send_bytes("world");
+  EXPECT_EQ(text(b.recv_bytes()), "hello");
+  EXPECT_EQ(b.recv_bytes().size(), 0u);
+  EXPECT_EQ(b.recv_bytes().size(), 100000u);
+  EXPECT_EQ(text(b.recv_bytes()), "world");
+  b.send_bytes("back");
+  EXPECT_EQ(text(a.recv_bytes()), "back");
+  EXPECT_TRUE(a.readable());
+  EXPECT_TRUE(a.writable());
+}
+
+// _TestConnection.test_duplex_false
+TEST_F(ConnectionTest, OneWayPipe) {
+  auto [reader, writer] = Pipe(false);
+  EXPECT_TRUE(reader.readable());
+  EXPECT_FALSE(reader.writable());
+  EXPECT_FALSE(writer.readable());
+  EXPECT_TRUE(writer.writable());
+  writer.send_bytes("one way");
+  EXPECT_EQ(text(reader.recv_bytes()), "one way");
+  EXPECT_THROW(reader.send_bytes("x"), OSError);
+  EXPECT_THROW(writer.recv_bytes(), OSError);
+  EXPECT_THROW(writer.poll(), OSError);
+}
+
+// _TestConnection.test_sendbytes: Python's bounds rules.
+TEST_F(ConnectionTest, SendBytesOffsetAndSize) {
+  auto [a, b] = Pipe();
+  const auto msg = bytes("abcdefghijklmnopqrstuvwxyz");
+  a.send_bytes(msg);
+  EXPECT_EQ(text(b.recv_bytes()), "abcdefghijklmnopqrstuvwxyz");
+  a.send_bytes(msg, 2);
+  EXPECT_EQ(text(b.recv_bytes()), "cdefghijklmnopqrstuvwxyz");
+  a.send_bytes(msg, 2, 3);
+  EXPECT_EQ(text(b.recv_bytes()), "cde");
+  a.send_bytes(msg, 26);
+  EXPECT_EQ(b.recv_bytes().size(), 0u);
+  a.send_bytes(msg, 26, 0);
+  EXPECT_EQ(b.recv_bytes().size(), 0u);
+  try {
+    a.send_bytes(msg, 27);
+    FAIL();
+  } catch (const ValueError& e) {
+    EXPECT_STREQ(e.what(), "buffer length < offset");
+  }
+  try {
+    a.send_bytes(msg, 10, 17);
+    FAIL();
+  } catch (const ValueError& e) {
+    EXPECT_STREQ(e.what(), "buffer length < offset + size");
+  }
+  EXPECT_FALSE(b.poll()) << "a refused send sends nothing";
+}
+
+// _TestConnection: recv_bytes(maxlength) over the limit is OSError and closes, as Python's.
+TEST_F(ConnectionTest, RecvBytesOverMaxlengthClosesTheConnection) {
+  auto [a, b] = Pipe();
+  a.send_bytes("0123456789");
+  EXPECT_THROW(b.recv_bytes(5), OSError);
+  EXPECT_TRUE(b.closed());
+  EXPECT_THROW(b.recv_bytes(), OSError);
+}
+
+// recv_bytes_into: fits; offset too large; BufferTooShort carrying the whole message.
+TEST_F(ConnectionTest, RecvBytesInto) {
+  auto [a, b] = Pipe();
+  std::vector<std::byte> buf(16, std::byte{'.'});
+  a.send_bytes("abcd");
+  EXPECT_EQ(b.recv_bytes_into(buf, 4), 4u);
+  EXPECT_EQ(std::string(reinterpret_cast<char*>(buf.data()), 10), "....abcd..");
+  EXPECT_THROW(b.recv_bytes_into(buf, 17), ValueError);
+  a.send_bytes("this message is longer than the rest of the buffer");
+  try {
+    b.recv_bytes_into(buf, 10);
+    FAIL();
+  } catch (const BufferTooShort& e) {
+    EXPECT_EQ(text(e.message()), "this message is longer than the rest of the buffer");
+  }
+  a.send_bytes("next");  // the long message was consumed whole
+  EXPECT_EQ(text(b.recv_bytes()), "next");
+}
+
+// EOF before a message is EOFError; inside one, OSError.
+TEST_F(ConnectionTest, EndOfFile) {
+  {
+    auto [a, b] = Pipe();
+    a.close();
+    EXPECT_TRUE(b.poll(0s)) << "EOF is readable";
+    EXPECT_THROW(b.recv_bytes(), EOFError);
+  }
+  {
+    auto [a, b] = Pipe();
+    const unsigned char partial[] = {0, 0, 0, 10, 'a', 'b'};
+    ASSERT_EQ(::write(a.fileno(), partial, sizeof partial), 6);
+    a.close();
+    try {
+      b.recv_bytes();
+      FAIL();
+    } catch (const OSError& e) {
+      EXPECT_NE(std::string(e.what()).find("end of file during message"), std::string::npos);
+    }
+  }
+}
+
+// _TestPoll
+TEST_F(ConnectionTest, Poll) {
+  auto [a, b] = Pipe();
+  EXPECT_FALSE(b.poll());
+  const auto t1 = std::chrono::steady_clock::now();
+  EXPECT_FALSE(b.poll(30ms));
+  EXPECT_GE(std::chrono::steady_clock::now() - t1, 29ms);
+  std::thread t([&] {
+    std::this_thread::sleep_for(10ms);
+    a.send_bytes("x");
+  });
+  EXPECT_TRUE(b.poll(Timeout{}));
+  t.join();
+  EXPECT_EQ(text(b.recv_bytes()), "x");
+}
+
+// Several MiB each way through a socketpair: more than the socket buffers hold, so each side
+// must read while the other writes.
+TEST_F(ConnectionTest, LargeMessagesBothWays) {
+  auto [a, b] = Pipe();
+  std::vector<std::byte> big(5 << 20);
+  for (std::size_t i = 0; i < big.size(); ++i) big[i] = static_cast<std::byte>(i * 7);
+  std::vector<std::byte> got_a;
+  std::thread t([&] {
+    a.send_bytes(big);
+    got_a = a.recv_bytes();
+  });
+  auto got_b = b.recv_bytes();
+  b.send_bytes(got_b);
+  t.join();
+  EXPECT_EQ(got_a, big);
+  EXPECT_EQ(got_b, big);
+}
+
+// The long header (-1 then 8 bytes) is accepted for any size, as CPython's reader does.
+TEST_F(ConnectionTest, AcceptsTheLongHeaderForSmallMessages) {
+  auto [a, b] = Pipe();
+  const unsigned char frame[] = {0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 3, 'a', 'b', 'c'};
+  ASSERT_EQ(::write(a.fileno(), frame, sizeof frame), static_cast<ssize_t>(sizeof frame));
+  EXPECT_EQ(text(b.recv_bytes()), "abc");
+}
+
+// Bad input on purpose: a header announcing 1 TiB is refused before anything is allocated, and
+// a negative length other than -1 is a protocol error.
+TEST_F(ConnectionTest, OversizedAndNegativeHeadersAreRefused) {
+  {
+    auto [a, b] = Pipe();
+    const unsigned char frame[] = {0xff, 0xff, 0xff, 0xff, 0, 0, 1, 0, 0, 0, 0, 0};
+    ASSERT_EQ(::write(a.fileno(), frame, sizeof frame), static_cast<ssize_t>(sizeof frame));
+    try {
+      b.recv_bytes();
+      FAIL();
+    } catch (const OSError& e) {
+      EXPECT_NE(std::string(e.what()).find("bad message length: 1099511627776 bytes, limit"),
+                std::string::npos)
+          << e.what();
+    }
+    EXPECT_TRUE(b.closed());
+  }
+  {
+    auto [a, b] = Pipe();
+    b.set_max_message_size(8);
+    a.send_bytes("123456789");
+    EXPECT_THROW(b.recv_bytes(), OSError);
+  }
+  {
+    auto [a, b] = Pipe();
+    const unsigned char frame[] = {0x80, 0, 0, 0};
+    ASSERT_EQ(::write(a.fileno(), frame, sizeof frame), 4);
+    EXPECT_THROW(b.recv_bytes(), OSError);
+    EXPECT_TRUE(b.closed());
+  }
+}
+
+TEST_F(ConnectionTest, ClosedConnection) {
+  auto [a, b] = Pipe();
+  a.close();
+  a.close();  // twice is fine
+  EXPECT_TRUE(a.closed());
+  EXPECT_THROW(a.send_bytes("x"), OSError);
+  EXPECT_THROW(a.recv_bytes(), OSError);
+  EXPECT_THROW(a.fileno(), OSError);
+  EXPECT_THROW(a.poll(), OSError);
+}
+
+// A write to a pipe whose reader is gone is BrokenPipeError, not a SIGPIPE death.
+TEST_F(ConnectionTest, BrokenPipeIsAnError) {
+  {
+    auto [reader, writer] = Pipe(false);
+    reader.close();
+    EXPECT_THROW(writer.send_bytes("anyone?"), BrokenPipeError);
+  }
+  {
+    auto [a, b] = Pipe();
+    b.close();
+    EXPECT_THROW(a.send_bytes(std::string(1 << 20, 'x')), OSError);
+  }
+}
+
+TEST_F(ConnectionTest, PipeEndsAreCloseOnExec) {
+  auto [a, b] = Pipe();
+  EXPECT_TRUE(fcntl(a.fileno(), F_GETFD) & FD_CLOEXEC);
+  auto [r, w] = Pipe(false);
+  EXPECT_TRUE(fcntl(w.fileno(), F_GETFD) & FD_CLOEXEC);
+}
+
+TEST_F(ConnectionTest, MoveKeepsBufferedData) {
+  auto [a, b] = Pipe();
+  a.send_bytes("first");
+  a.send_bytes("second");
+  EXPECT_EQ(text(b.recv_bytes()), "first");  // "second" may now sit in b's buffer
+  Connection moved(std::move(b));
+  EXPECT_EQ(text(moved.recv_bytes()), "second");
+}
+
+// ---- the handshake --------------------------------------------------------------------------
+
+using AuthTest = troupe::testing::LeakCheck;
+
+// Mutual authentication, as Listener.accept and Client do it.
+void handshake(Connection& server, Connection& client, const AuthenticationString& skey,
+               const AuthenticationString& ckey, const AuthOptions& sopt = {},
+               const AuthOptions& copt = {}, std::exception_ptr* server_error = nullptr,
+               std::exception_ptr* client_error = nullptr) {
+  std::thread t([&] {
+    try {
+      deliver_challenge(server, skey, sopt);
+      answer_challenge(server, skey, sopt);
+    } catch (...) {
+      if (server_error) *server_error = std::current_exception();
+      server.close();
+    }
+  });
+  try {
+    answer_challenge(client, ckey, copt);
+    deliver_challenge(client, ckey, copt);
+  } catch (...) {
+    if (client_error) *client_error = std::current_exception();
+    client.close();
+  }
+  t.join();
+}
+
+TEST_F(AuthTest, RightKeyAuthenticatesBothWays) {
+  for (const char* digest : {"sha256", "md5", "sha384", "sha3_256", "sha3_384"}) {
+    SCOPED_TRACE(digest);
+    auto [s, c] = Pipe();
+    auto key = AuthenticationString::random();
+    std::exception_ptr se, ce;
+    handshake(s, c, key, key, {.digest_name = digest}, {}, &se, &ce);
+    EXPECT_FALSE(se);
+    EXPECT_FALSE(ce);
+    c.send_bytes("after auth");
+    EXPECT_EQ(text(s.recv_bytes()), "after auth");
+  }
+}
+
+// ChallengeResponseTest / _TestListenerClient: a wrong key fails on both sides.
+TEST_F(AuthTest, WrongKeyFailsOnBothSides) {
+  auto [s, c] = Pipe();
+  std::exception_ptr se, ce;
+  handshake(s, c, AuthenticationString("right"), AuthenticationString("wrong"), {}, {}, &se, &ce);
+  ASSERT_TRUE(se);
+  ASSERT_TRUE(ce);
+  try {
+    std::rethrow_exception(se);
+  } catch (const AuthenticationError& e) {
+    EXPECT_STREQ(e.what(), "digest received was wrong");
+  }
+  try {
+    std::rethrow_exception(ce);
+  } catch (const AuthenticationError& e) {
+    EXPECT_STREQ(e.what(), "digest sent was rejected");
+  }
+}
+
+// Python 3.13: an empty key still authenticates.
+TEST_F(AuthTest, EmptyKeyAuthenticates) {
+  auto [s, c] = Pipe();
+  std::exception_ptr se, ce;
+  handshake(s, c, AuthenticationString(), AuthenticationString(), {}, {}, &se, &ce);
+  EXPECT_FALSE(se);
+  EXPECT_FALSE(ce);
+}
+
+// OtherTest.test_deliver_challenge / test_answer_challenge: garbage gets AuthenticationError.
+TEST_F(AuthTest, GarbageIsAnAuthenticationError) {
+  const AuthenticationString key("key");
+  {
+    auto [s, c] = Pipe();
+    s.send_bytes("something bogus");
+    EXPECT_THROW(answer_challenge(c, key), AuthenticationError);
+  }
+  {
+    auto [s, c] = Pipe();
+    s.send_bytes("#CHALLENGE#short");
+    EXPECT_THROW(answer_challenge(c, key), AuthenticationError);
+  }
+  {
+    auto [s, c] = Pipe();
+    s.send_bytes("#CHALLENGE#{sha999}0123456789012345678901234567890123456789");
+    EXPECT_THROW(answer_challenge(c, key), AuthenticationError);
+  }
+  {
+    auto [s, c] = Pipe();
+    std::thread t([&] {
+      (void)c.recv_bytes();
+      c.send_bytes("something bogus");
+      EXPECT_EQ(text(c.recv_bytes()), "#FAILURE#");
+    });
+    EXPECT_THROW(deliver_challenge(s, key), AuthenticationError);
+    t.join();
+  }
+}
+
+// Every handshake read is bounded to 256 bytes (CPython: recv_bytes(256)).
+TEST_F(AuthTest, OversizedHandshakeMessageIsRefused) {
+  auto [s, c] = Pipe();
+  s.send_bytes(std::string(257, '#'));
+  EXPECT_THROW(answer_challenge(c, AuthenticationString("k")), OSError);
+}
+
+// The legacy dialect (CPython <= 3.11): refused unless opted in, then understood both ways.
+TEST_F(AuthTest, LegacyMd5OnlyWhenOptedIn) {
+  const AuthenticationString key("secret");
+  auto legacy_challenge = [](Connection& s) {
+    std::string m = "#CHALLENGE#";
+    m += std::string(20, 'r');  // a 20-byte unprefixed challenge
+    s.send_bytes(m);
+  };
+  {
+    auto [s, c] = Pipe();
+    legacy_challenge(s);
+    EXPECT_THROW(answer_challenge(c, key), AuthenticationError);
+  }
+  {
+    auto [s, c] = Pipe();
+    legacy_challenge(s);
+    std::thread t([&] {
+      auto answer = s.recv_bytes();
+      EXPECT_EQ(answer, detail::hmac("md5", key.bytes(), bytes(std::string(20, 'r'))));
+      s.send_bytes("#WELCOME#");
+    });
+    EXPECT_NO_THROW(answer_challenge(c, key, {.legacy_md5 = true}));
+    t.join();
+  }
+  {
+    // A legacy client answers our {sha256} challenge with a raw 16-byte HMAC-MD5 of all of it.
+    auto [s, c] = Pipe();
+    std::thread t([&] {
+      auto challenge = c.recv_bytes();
+      auto message = std::span(challenge).subspan(11);
+      c.send_bytes(detail::hmac("md5", key.bytes(), message));
+      EXPECT_EQ(text(c.recv_bytes()), "#FAILURE#");
+    });
+    EXPECT_THROW(deliver_challenge(s, key), AuthenticationError);
+    t.join();
+  }
+}
+
+TEST_F(AuthTest, AuthenticationString) {
+  auto k = AuthenticationString::from_hex("00ff10Ab");
+  ASSERT_EQ(k.size(), 4u);
+  EXPECT_EQ(k.bytes()[1], std::byte{0xff});
+  EXPECT_EQ(k.bytes()[3], std::byte{0xab});
+  EXPECT_THROW(AuthenticationString::from_hex("abc"), ValueError);
+  EXPECT_THROW(AuthenticationString::from_hex("zz"), ValueError);
+  EXPECT_EQ(AuthenticationString::random().size(), 32u);
+  auto copy = k;
+  EXPECT_TRUE(detail::equal_constant_time(copy.bytes(), k.bytes()));
+  auto moved = std::move(copy);
+  EXPECT_TRUE(copy.empty());
+  EXPECT_EQ(moved.size(), 4u);
+  // RFC 4231 test case 2: HMAC-SHA256("Jefe", "what do ya want for nothing?").
+  auto mac = detail::hmac("sha256", AuthenticationString("Jefe").bytes(),
+                          bytes("what do ya want for nothing?"));
+  const unsigned char expect[] = {0x5b, 0xdc, 0xc1, 0x46, 0xbf, 0x60, 0x75, 0x4e};
+  EXPECT_EQ(std::memcmp(mac.data(), expect, sizeof expect), 0);
+  EXPECT_THROW(detail::hmac("nope", k.bytes(), mac), AuthenticationError);
+}
+
+}  // namespace
+}  // namespace troupe::multiprocessing
