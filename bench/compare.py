@@ -80,6 +80,8 @@ def main():
 
     print("compare: running the C++ benchmarks…", file=sys.stderr)
     cpp = run_cpp(binary, ".", reps, min_time)
+    conn_bin = os.path.join(args.build, "bench", "connection_bench")
+    conn = run_cpp(conn_bin, ".", reps, min_time) if os.path.exists(conn_bin) else None
     print("compare: ping-pongs pinned to one CPU and to two…", file=sys.stderr)
     one = run_cpp(binary, "PingPong", reps, min_time, taskset="0")
     two = run_cpp(binary, "PingPong", reps, min_time, taskset="0,1") if os.cpu_count() > 1 else None
@@ -91,7 +93,8 @@ def main():
     verdicts = []
 
     def time_row(label, ours, base, base_label, pyname, target, target_text, py_target=None):
-        t, b, p = ns(cpp[ours]), ns(cpp[base]), py[pyname]["ns_per_op"]
+        res = cpp if ours in cpp else conn
+        t, b, p = ns(res[ours]), ns(res[base]), py[pyname]["ns_per_op"]
         r_base = t / b
         r_py = p / t
         ok = r_base <= target and (py_target is None or r_py >= py_target)
@@ -129,6 +132,21 @@ def main():
     t, p = ips(cpp["BM_Sched_100k_troupe"]), py["Sched_100k"]["items_per_s"]
     rows.append(f"| sched: enter + run 100k events | {fmt_rate(t)} | — | — | {fmt_rate(p)} | "
                 f"**{t / p:.1f}×** faster | — | — |")
+
+    if conn:
+        time_row("Pipe ping-pong, 64 B, per round trip", "BM_PipePingPong64_troupe",
+                 "BM_PipePingPong64_raw", "raw socketpair", "PipePingPong64", 1.3,
+                 "≤ 1.3× raw; ≥ 3× Python", 3)
+        for size, label, target in [(64, "64 B", 0.8), (1 << 20, "1 MiB", 0.8)]:
+            t = ips(conn[f"BM_PipeOneWay_troupe/{size}"])
+            b = ips(conn[f"BM_PipeOneWay_raw/{size}"])
+            p = py[f"PipeOneWay/{size}"]["items_per_s"]
+            ok = t / b >= target and (size != 64 or t / p >= 3)
+            verdicts.append(ok)
+            rows.append(f"| Pipe one-way, {label} messages | {fmt_rate(t)} | raw socketpair "
+                        f"{fmt_rate(b)} | **{t / b:.2f}×** rate | {fmt_rate(p)} | "
+                        f"**{t / p:.1f}×** faster | ≥ 0.8× raw" + ("; ≥ 3× Python" if size == 64 else "")
+                        + f" | {'met' if ok else 'MISSED'} |")
 
     table = ["| workload | troupe | baseline | troupe vs baseline | Python "
              f"{py['python']} | troupe vs Python | target | |",

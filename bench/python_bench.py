@@ -126,6 +126,57 @@ def sched_100k_items_per_s(n=100_000):
     return max(run() for _ in range(REPS))
 
 
+def pipe_pingpong_ns(n=20_000):
+    import multiprocessing
+
+    def run():
+        a, b = multiprocessing.Pipe()
+
+        def echo():
+            try:
+                while True:
+                    b.send_bytes(b.recv_bytes())
+            except (EOFError, OSError):
+                pass
+        t = threading.Thread(target=echo)
+        t.start()
+        msg = b"x" * 64
+        t0 = time.perf_counter()
+        for _ in range(n):
+            a.send_bytes(msg)
+            a.recv_bytes()
+        el = time.perf_counter() - t0
+        a.close()
+        t.join()
+        b.close()
+        return el / n * 1e9
+    return best(run)
+
+
+def pipe_oneway(size):
+    import multiprocessing
+    count = min(100_000, max(1000, (64 << 20) // size // 4))
+
+    def run():
+        a, b = multiprocessing.Pipe()
+        msg = b"x" * size
+
+        def send():
+            for _ in range(count):
+                a.send_bytes(msg)
+        t = threading.Thread(target=send)
+        t0 = time.perf_counter()
+        t.start()
+        for _ in range(count):
+            b.recv_bytes()
+        t.join()
+        el = time.perf_counter() - t0
+        a.close()
+        b.close()
+        return count / el
+    return max(run() for _ in range(REPS))
+
+
 def main():
     out = {
         "Lock": {"ns_per_op": lock_ns(threading.Lock)},
@@ -137,6 +188,9 @@ def main():
         "SimpleQueue/1": {"items_per_s": transfer_items_per_s(queue.SimpleQueue, 1)},
         "SimpleQueue/2": {"items_per_s": transfer_items_per_s(queue.SimpleQueue, 2)},
         "Sched_100k": {"items_per_s": sched_100k_items_per_s()},
+        "PipePingPong64": {"ns_per_op": pipe_pingpong_ns()},
+        "PipeOneWay/64": {"items_per_s": pipe_oneway(64)},
+        "PipeOneWay/1048576": {"items_per_s": pipe_oneway(1 << 20)},
         "python": sys.version.split()[0],
     }
     json.dump(out, sys.stdout)

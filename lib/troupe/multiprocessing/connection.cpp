@@ -176,10 +176,25 @@ bool Connection::fill(std::size_t n, bool eof_is_error) {
     rpos_ = 0;
   }
   while (rend_ - rpos_ < n) {
-    ssize_t r = ::read(fd_, rbuf_.get() + rend_, kReadBuffer - rend_);
+    // Spin briefly before sleeping in read (DESIGN.md, "Waiting"): on a socket, poll with
+    // non-blocking receives; a peer that answers within the spin costs no sleep and wake-up.
+    ssize_t r = -1;
+    int err = 0;
+    bool done = false;
+    if (is_socket_) {
+      done = spin_.spin([&] {
+        r = ::recv(fd_, rbuf_.get() + rend_, kReadBuffer - rend_, MSG_DONTWAIT);
+        err = errno;
+        return !(r < 0 && (err == EAGAIN || err == EWOULDBLOCK));
+      });
+    }
+    if (!done) {
+      r = ::read(fd_, rbuf_.get() + rend_, kReadBuffer - rend_);
+      err = errno;
+    }
     if (r < 0) {
-      if (errno == EINTR) continue;
-      throw_os_error(errno, "Connection.recv_bytes: read from fd " + std::to_string(fd_));
+      if (err == EINTR) continue;
+      throw_os_error(err, "Connection.recv_bytes: read from fd " + std::to_string(fd_));
     }
     if (r == 0) {
       if (rend_ == rpos_ && !eof_is_error) return false;

@@ -18,6 +18,7 @@
 #include <utility>
 #include <vector>
 
+#include "troupe/detail/futex.hpp"
 #include "troupe/multiprocessing/authkey.hpp"
 #include "troupe/timeout.hpp"
 
@@ -99,6 +100,7 @@ private:
   std::unique_ptr<std::byte[]> rbuf_;
   std::size_t rpos_ = 0;
   std::size_t rend_ = 0;
+  troupe::detail::AdaptiveSpin spin_;  // not moved: a moved-to end learns afresh
 };
 
 /// Python: `multiprocessing.Pipe(duplex=True)` → (conn1, conn2). Duplex: a Unix socketpair, both
