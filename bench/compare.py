@@ -62,8 +62,12 @@ def fmt_ns(v):
     return f"{v:.1f} ns"
 
 
-def fmt_rate(v):
-    return f"{v / 1e6:.2f} M/s" if v >= 1e6 else f"{v / 1e3:.0f} k/s"
+def fmt_rate(v, unit_bytes=None):
+    if unit_bytes:  # messages/s of unit_bytes each, shown as bytes per second
+        return f"{v * unit_bytes / 1e9:.2f} GB/s" if v * unit_bytes >= 1e9 else f"{v * unit_bytes / 1e6:.0f} MB/s"
+    if v >= 1e6:
+        return f"{v / 1e6:.2f} M/s"
+    return f"{v / 1e3:.0f} k/s" if v >= 1e3 else f"{v:.0f}/s"
 
 
 def main():
@@ -143,8 +147,9 @@ def main():
             p = py[f"PipeOneWay/{size}"]["items_per_s"]
             ok = t / b >= target and (size != 64 or t / p >= 3)
             verdicts.append(ok)
-            rows.append(f"| Pipe one-way, {label} messages | {fmt_rate(t)} | raw socketpair "
-                        f"{fmt_rate(b)} | **{t / b:.2f}×** rate | {fmt_rate(p)} | "
+            u = size if size > 64 else None
+            rows.append(f"| Pipe one-way, {label} messages | {fmt_rate(t, u)} | raw socketpair "
+                        f"{fmt_rate(b, u)} | **{t / b:.2f}×** rate | {fmt_rate(p, u)} | "
                         f"**{t / p:.1f}×** faster | ≥ 0.8× raw" + ("; ≥ 3× Python" if size == 64 else "")
                         + f" | {'met' if ok else 'MISSED'} |")
 
