@@ -1,7 +1,8 @@
-// troupe/multiprocessing.hpp — `import multiprocessing` (so far: connections, Pipe, the
-// authentication handshake). `namespace mp = troupe::multiprocessing;`
+// troupe/multiprocessing.hpp — `import multiprocessing` (so far: connections, Pipe, Listener,
+// Client, the authentication handshake). `namespace mp = troupe::multiprocessing;`
 #pragma once
 
 #include "troupe/errors.hpp"
 #include "troupe/multiprocessing/authkey.hpp"
 #include "troupe/multiprocessing/connection.hpp"
+#include "troupe/multiprocessing/listener.hpp"

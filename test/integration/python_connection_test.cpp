@@ -2,6 +2,7 @@
 // other. The system python3 (3.11 here: the legacy HMAC-MD5 dialect) and every python3.12+ found
 // under pyenv (the sha256 dialect) are each driven through the mutual handshake and an echo of
 // messages from 0 bytes to several MiB; with a wrong key both sides must refuse.
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -14,6 +15,7 @@
 
 #include "troupe/errors.hpp"
 #include "troupe/multiprocessing/connection.hpp"
+#include "troupe/multiprocessing/listener.hpp"
 
 #include "leak_check.hpp"
 #include <glob.h>
@@ -166,6 +168,78 @@ TEST_F(PythonConnectionTest, LegacyPeerRefusedWithoutOptIn) {
     EXPECT_EQ(wait_exit(child.pid), 3);
   }
   if (!any) GTEST_SKIP() << "no python <= 3.11 found";
+}
+
+// Python's Client connects to a troupe Listener over TCP; a troupe Client connects to Python's
+// Listener on a Unix socket. Both authenticate and exchange a message.
+constexpr const char* kPyClient = R"PY(
+import sys
+from multiprocessing.connection import Client
+c = Client(("127.0.0.1", int(sys.argv[1])), authkey=bytes.fromhex(sys.argv[2]))
+c.send_bytes(b"from python")
+assert c.recv_bytes() == b"nohtyp morf"
+c.close()
+)PY";
+
+constexpr const char* kPyListener = R"PY(
+import sys
+from multiprocessing.connection import Listener
+with Listener(sys.argv[1], authkey=bytes.fromhex(sys.argv[2])) as l:
+    print("ready", flush=True)
+    with l.accept() as c:
+        c.send_bytes(c.recv_bytes()[::-1])
+)PY";
+
+pid_t spawn(const Python& py, const char* script, const std::string& a1, const std::string& a2,
+            int* stdout_fd = nullptr) {
+  int out[2] = {-1, -1};
+  if (stdout_fd && pipe2(out, O_CLOEXEC) != 0) throw_os_error(errno, "pipe2");
+  pid_t pid = fork();
+  if (pid == 0) {
+    if (stdout_fd) dup2(out[1], 1);
+    execlp("timeout", "timeout", "60", py.exe.c_str(), "-c", script, a1.c_str(), a2.c_str(),
+           static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  if (stdout_fd) {
+    ::close(out[1]);
+    *stdout_fd = out[0];
+  }
+  return pid;
+}
+
+TEST_F(PythonConnectionTest, ListenerAndClientAgainstPython) {
+  for (const auto& py : pythons_) {
+    SCOPED_TRACE(py.exe);
+    const AuthOptions opts{.legacy_md5 = py.minor <= 11};
+    {
+      ListenerOptions lo;
+      lo.authkey = AuthenticationString::from_hex("0a0b0c0d");
+      lo.auth = opts;
+      Listener l(std::nullopt, lo);
+      pid_t pid = spawn(py, kPyClient, std::to_string(l.address().port), "0a0b0c0d");
+      Connection c = l.accept();
+      auto m = c.recv_bytes();
+      std::reverse(m.begin(), m.end());
+      c.send_bytes(m);
+      EXPECT_EQ(wait_exit(pid), 0);
+    }
+    {
+      const std::string path = "/tmp/troupe-py-listener-" + std::to_string(getpid()) + ".sock";
+      int out = -1;
+      pid_t pid = spawn(py, kPyListener, path, "0a0b0c0d", &out);
+      char ready[6] = {};
+      ASSERT_EQ(::read(out, ready, 6), 6);  // "ready\n": the socket is bound
+      ::close(out);
+      Connection c =
+          Client(Address::parse("unix:" + path), AuthenticationString::from_hex("0a0b0c0d"), opts);
+      c.send_bytes("to python");
+      auto back = c.recv_bytes();
+      EXPECT_EQ(std::string(reinterpret_cast<char*>(back.data()), back.size()), "nohtyp ot");
+      c.close();
+      EXPECT_EQ(wait_exit(pid), 0);
+    }
+  }
 }
 
 }  // namespace

@@ -1,0 +1,275 @@
+#include "troupe/multiprocessing/listener.hpp"
+
+#include <errno.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cstring>
+
+#include "troupe/errors.hpp"
+
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+
+namespace troupe::multiprocessing {
+namespace {
+
+struct SockAddr {
+  sockaddr_storage ss{};
+  socklen_t len = 0;
+  const sockaddr* get() const { return reinterpret_cast<const sockaddr*>(&ss); }
+};
+
+SockAddr to_sockaddr(const Address& a) {
+  SockAddr out;
+  switch (a.family) {
+    case Address::Family::unix_path:
+    case Address::Family::unix_abstract: {
+      auto* un = reinterpret_cast<sockaddr_un*>(&out.ss);
+      un->sun_family = AF_UNIX;
+      const bool abstract = a.family == Address::Family::unix_abstract;
+      const std::size_t room = sizeof un->sun_path - 1;  // a NUL ends a path, or starts a name
+      if (a.host.size() > room)
+        throw ValueError("unix socket name too long (" + std::to_string(a.host.size()) +
+                         " bytes, limit " + std::to_string(room) + "): " + a.str());
+      std::memcpy(un->sun_path + (abstract ? 1 : 0), a.host.data(), a.host.size());
+      out.len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + a.host.size() + 1);
+      return out;
+    }
+    case Address::Family::inet:
+    case Address::Family::inet6: {
+      addrinfo hints{};
+      hints.ai_family = a.family == Address::Family::inet6 ? AF_INET6 : AF_INET;
+      hints.ai_socktype = SOCK_STREAM;
+      addrinfo* res = nullptr;
+      const std::string port = std::to_string(a.port);
+      int rc = getaddrinfo(a.host.empty() ? nullptr : a.host.c_str(), port.c_str(), &hints, &res);
+      if (rc != 0 || !res)
+        throw_os_error(ENOENT, "cannot resolve " + a.str() + ": " + gai_strerror(rc));
+      std::memcpy(&out.ss, res->ai_addr, res->ai_addrlen);
+      out.len = static_cast<socklen_t>(res->ai_addrlen);
+      freeaddrinfo(res);
+      return out;
+    }
+  }
+  throw ValueError("bad address family");
+}
+
+Address from_sockaddr(const sockaddr_storage& ss, socklen_t len, Address::Family hint) {
+  Address a;
+  if (ss.ss_family == AF_INET) {
+    const auto* in = reinterpret_cast<const sockaddr_in*>(&ss);
+    char buf[INET_ADDRSTRLEN];
+    inet_ntop(AF_INET, &in->sin_addr, buf, sizeof buf);
+    a.family = Address::Family::inet;
+    a.host = buf;
+    a.port = ntohs(in->sin_port);
+  } else if (ss.ss_family == AF_INET6) {
+    const auto* in6 = reinterpret_cast<const sockaddr_in6*>(&ss);
+    char buf[INET6_ADDRSTRLEN];
+    inet_ntop(AF_INET6, &in6->sin6_addr, buf, sizeof buf);
+    a.family = Address::Family::inet6;
+    a.host = buf;
+    a.port = ntohs(in6->sin6_port);
+  } else {
+    a.family = hint;
+    const auto* un = reinterpret_cast<const sockaddr_un*>(&ss);
+    const std::size_t n =
+        len > offsetof(sockaddr_un, sun_path) ? len - offsetof(sockaddr_un, sun_path) : 0;
+    if (hint == Address::Family::unix_abstract && n > 0) {
+      a.host.assign(un->sun_path + 1, n - 1);
+    } else {
+      a.host.assign(un->sun_path, strnlen(un->sun_path, n));
+    }
+  }
+  return a;
+}
+
+// Bounds each read and write of the handshake (0 clears it).
+void set_io_timeout(int fd, std::chrono::milliseconds t) {
+  timeval tv{static_cast<time_t>(t.count() / 1000),
+             static_cast<suseconds_t>((t.count() % 1000) * 1000)};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+}
+
+// Runs `step` with the handshake deadline on; a stalled peer becomes TimeoutError.
+template <class Step>
+void with_deadline(Connection& c, std::chrono::milliseconds t, const std::string& peer, Step step) {
+  set_io_timeout(c.fileno(), t);
+  try {
+    step();
+  } catch (const BlockingIOError&) {
+    throw TimeoutError("authentication with " + peer + " timed out after " +
+                       std::to_string(t.count()) + " ms");
+  }
+  if (!c.closed()) set_io_timeout(c.fileno(), std::chrono::milliseconds(0));
+}
+
+}  // namespace
+
+// ---- Address --------------------------------------------------------------------------------
+
+Address Address::parse(std::string_view text) {
+  Address a;
+  if (text.starts_with("unix:")) {
+    a.family = Family::unix_path;
+    a.host = std::string(text.substr(5));
+    if (a.host.empty()) throw ValueError("address '" + std::string(text) + "': empty path");
+    return a;
+  }
+  if (text.starts_with("unix-abstract:")) {
+    a.family = Family::unix_abstract;
+    a.host = std::string(text.substr(14));
+    if (a.host.empty()) throw ValueError("address '" + std::string(text) + "': empty name");
+    return a;
+  }
+  std::string_view host, port;
+  if (text.starts_with("[")) {
+    auto close = text.find("]:");
+    if (close == std::string_view::npos)
+      throw ValueError("address '" + std::string(text) + "': expected [V6]:PORT");
+    a.family = Family::inet6;
+    host = text.substr(1, close - 1);
+    port = text.substr(close + 2);
+  } else {
+    auto colon = text.rfind(':');
+    if (colon == std::string_view::npos)
+      throw ValueError("address '" + std::string(text) +
+                       "': expected HOST:PORT, [V6]:PORT, unix:PATH or unix-abstract:NAME");
+    host = text.substr(0, colon);
+    port = text.substr(colon + 1);
+  }
+  if (port.empty() || port.size() > 5 ||
+      port.find_first_not_of("0123456789") != std::string_view::npos ||
+      std::stoul(std::string(port)) > 65535)
+    throw ValueError("address '" + std::string(text) + "': bad port '" + std::string(port) + "'");
+  a.host = std::string(host);
+  a.port = static_cast<std::uint16_t>(std::stoul(std::string(port)));
+  return a;
+}
+
+std::string Address::str() const {
+  switch (family) {
+    case Family::unix_path: return "unix:" + host;
+    case Family::unix_abstract: return "unix-abstract:" + host;
+    case Family::inet6: return "[" + host + "]:" + std::to_string(port);
+    case Family::inet: break;
+  }
+  return host + ":" + std::to_string(port);
+}
+
+// ---- Listener -------------------------------------------------------------------------------
+
+Listener::Listener(std::optional<Address> address, ListenerOptions options)
+    : options_(std::move(options)) {
+  Address a = address ? *address : Address{Address::Family::inet, "127.0.0.1", 0};
+  const bool is_unix =
+      a.family == Address::Family::unix_path || a.family == Address::Family::unix_abstract;
+  if (!is_unix && !options_.authkey)
+    throw ValueError("Listener on " + a.str() +
+                     ": a network listener needs an authkey (authentication is mandatory)");
+  const SockAddr sa = to_sockaddr(a);
+  fd_ = ::socket(sa.ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd_ < 0) throw_os_error(errno, "Listener: socket for " + a.str());
+  if (!is_unix) {
+    int one = 1;
+    setsockopt(fd_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  }
+  if (::bind(fd_, sa.get(), sa.len) != 0 || ::listen(fd_, options_.backlog) != 0) {
+    const int err = errno;
+    ::close(fd_);
+    fd_ = -1;
+    throw_os_error(err, "Listener: bind/listen on " + a.str());
+  }
+  sockaddr_storage ss{};
+  socklen_t len = sizeof ss;
+  getsockname(fd_, reinterpret_cast<sockaddr*>(&ss), &len);
+  address_ = is_unix ? a : from_sockaddr(ss, len, a.family);
+}
+
+Listener::Listener(Listener&& o) noexcept
+    : fd_(std::exchange(o.fd_, -1)),
+      address_(std::move(o.address_)),
+      last_accepted_(std::move(o.last_accepted_)),
+      options_(std::move(o.options_)) {}
+
+Listener& Listener::operator=(Listener&& o) noexcept {
+  if (this != &o) {
+    close();
+    fd_ = std::exchange(o.fd_, -1);
+    address_ = std::move(o.address_);
+    last_accepted_ = std::move(o.last_accepted_);
+    options_ = std::move(o.options_);
+  }
+  return *this;
+}
+
+Listener::~Listener() {
+  close();
+}
+
+void Listener::close() noexcept {
+  if (fd_ < 0) return;
+  ::close(fd_);
+  fd_ = -1;
+  if (address_.family == Address::Family::unix_path) ::unlink(address_.host.c_str());
+}
+
+Connection Listener::accept() {
+  if (fd_ < 0) throw_os_error(EBADF, "Listener.accept: the listener is closed");
+  sockaddr_storage ss{};
+  socklen_t len = sizeof ss;
+  int fd;
+  do {
+    len = sizeof ss;
+    fd = ::accept4(fd_, reinterpret_cast<sockaddr*>(&ss), &len, SOCK_CLOEXEC);
+  } while (fd < 0 && errno == EINTR);
+  if (fd < 0) throw_os_error(errno, "Listener.accept on " + address_.str());
+  if (ss.ss_family == AF_INET || ss.ss_family == AF_INET6) {
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  }
+  last_accepted_ = from_sockaddr(ss, len, address_.family);
+  Connection c(fd);
+  if (options_.authkey) {
+    const std::string peer = last_accepted_->str();
+    with_deadline(c, options_.handshake_timeout, peer, [&] {
+      deliver_challenge(c, *options_.authkey, options_.auth);
+      answer_challenge(c, *options_.authkey, options_.auth);
+    });
+  }
+  return c;
+}
+
+// ---- Client ---------------------------------------------------------------------------------
+
+Connection Client(const Address& address, std::optional<AuthenticationString> authkey,
+                  const AuthOptions& auth, std::chrono::milliseconds handshake_timeout) {
+  const SockAddr sa = to_sockaddr(address);
+  int fd = ::socket(sa.ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) throw_os_error(errno, "Client: socket for " + address.str());
+  Connection c(fd);
+  int rc;
+  do {
+    rc = ::connect(fd, sa.get(), sa.len);
+  } while (rc != 0 && errno == EINTR);
+  if (rc != 0) throw_os_error(errno, "Client: connect to " + address.str());
+  if (sa.ss.ss_family == AF_INET || sa.ss.ss_family == AF_INET6) {
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  }
+  if (authkey) {
+    with_deadline(c, handshake_timeout, address.str(), [&] {
+      answer_challenge(c, *authkey, auth);
+      deliver_challenge(c, *authkey, auth);
+    });
+  }
+  return c;
+}
+
+}  // namespace troupe::multiprocessing
