@@ -140,10 +140,21 @@ void Connection::check_open(const char* what) const {
   if (fd_ < 0) throw_os_error(EBADF, std::string("Connection.") + what + ": handle is closed");
 }
 
+void Connection::check_readable(const char* what) const {
+  check_open(what);
+  if (!readable_)
+    throw_os_error(EBADF, std::string("Connection.") + what + ": connection is write-only");
+}
+
+void Connection::check_writable(const char* what) const {
+  check_open(what);
+  if (!writable_)
+    throw_os_error(EBADF, std::string("Connection.") + what + ": connection is read-only");
+}
+
 void Connection::send_bytes(std::span<const std::byte> buf, std::size_t offset,
                             std::optional<std::size_t> size) {
-  check_open("send_bytes");
-  if (!writable_) throw_os_error(EBADF, "Connection.send_bytes: connection is read-only");
+  check_writable("send_bytes");
   if (buf.size() < offset) throw ValueError("buffer length < offset");
   const std::size_t n = size ? *size : buf.size() - offset;
   if (size && offset + *size > buf.size()) throw ValueError("buffer length < offset + size");
@@ -263,8 +274,7 @@ void Connection::bad_message_length(std::uint64_t n, std::uint64_t limit) {
 }
 
 std::vector<std::byte> Connection::recv_bytes(std::optional<std::size_t> maxlength) {
-  check_open("recv_bytes");
-  if (!readable_) throw_os_error(EBADF, "Connection.recv_bytes: connection is write-only");
+  check_readable("recv_bytes");
   const std::uint64_t n = read_header();
   const std::uint64_t limit =
       maxlength ? std::min<std::uint64_t>(*maxlength, max_message_size_) : max_message_size_;
@@ -275,8 +285,7 @@ std::vector<std::byte> Connection::recv_bytes(std::optional<std::size_t> maxleng
 }
 
 std::size_t Connection::recv_bytes_into(std::span<std::byte> buf, std::size_t offset) {
-  check_open("recv_bytes_into");
-  if (!readable_) throw_os_error(EBADF, "Connection.recv_bytes_into: connection is write-only");
+  check_readable("recv_bytes_into");
   if (offset > buf.size()) throw ValueError("offset too large");
   const std::uint64_t n = read_header();
   if (n > max_message_size_) bad_message_length(n, max_message_size_);
@@ -293,8 +302,7 @@ std::size_t Connection::recv_bytes_into(std::span<std::byte> buf, std::size_t of
 }
 
 bool Connection::poll(Timeout timeout) {
-  check_open("poll");
-  if (!readable_) throw_os_error(EBADF, "Connection.poll: connection is write-only");
+  check_readable("poll");
   if (buffered() > 0) return true;
   const auto deadline = timeout.deadline();
   for (;;) {

@@ -83,6 +83,8 @@ public:
 
 private:
   void check_open(const char* what) const;
+  void check_readable(const char* what) const;
+  void check_writable(const char* what) const;
   std::size_t buffered() const noexcept { return rend_ - rpos_; }
   // Fills the read buffer with at least `n` bytes (n <= capacity); false on EOF before any.
   bool fill(std::size_t n, bool eof_is_error);

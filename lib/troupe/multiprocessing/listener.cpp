@@ -61,20 +61,20 @@ SockAddr to_sockaddr(const Address& a) {
 
 Address from_sockaddr(const sockaddr_storage& ss, socklen_t len, Address::Family hint) {
   Address a;
+  // Both IP families: the numeric host and the port (network order).
+  auto ip = [&a](const void* addr, int af, Address::Family family, std::uint16_t port) {
+    char buf[INET6_ADDRSTRLEN];
+    inet_ntop(af, addr, buf, sizeof buf);
+    a.family = family;
+    a.host = buf;
+    a.port = ntohs(port);
+  };
   if (ss.ss_family == AF_INET) {
     const auto* in = reinterpret_cast<const sockaddr_in*>(&ss);
-    char buf[INET_ADDRSTRLEN];
-    inet_ntop(AF_INET, &in->sin_addr, buf, sizeof buf);
-    a.family = Address::Family::inet;
-    a.host = buf;
-    a.port = ntohs(in->sin_port);
+    ip(&in->sin_addr, AF_INET, Address::Family::inet, in->sin_port);
   } else if (ss.ss_family == AF_INET6) {
     const auto* in6 = reinterpret_cast<const sockaddr_in6*>(&ss);
-    char buf[INET6_ADDRSTRLEN];
-    inet_ntop(AF_INET6, &in6->sin6_addr, buf, sizeof buf);
-    a.family = Address::Family::inet6;
-    a.host = buf;
-    a.port = ntohs(in6->sin6_port);
+    ip(&in6->sin6_addr, AF_INET6, Address::Family::inet6, in6->sin6_port);
   } else {
     a.family = hint;
     const auto* un = reinterpret_cast<const sockaddr_un*>(&ss);
