@@ -7,8 +7,16 @@ trap 'rm -rf "$dir"' EXIT
 cat >"$dir/app.cpp" <<'CPP'
 #include <cstdio>
 
+#include <string>
+
+#include "troupe/multiprocessing.hpp"
 #include "troupe/queue.hpp"
 #include "troupe/threading.hpp"
+
+struct Reply {
+  int value;
+  std::string note;
+};
 
 int main() {
   troupe::queue::Queue<int> q;
@@ -16,8 +24,11 @@ int main() {
   t.start();
   int v = q.get() + 1;
   t.join();
-  std::printf("%d\n", v);
-  return v == 42 ? 0 : 1;
+  auto [tx, rx] = troupe::multiprocessing::Pipe<Reply>();
+  tx.send(Reply{v, "typed"});
+  Reply r = rx.recv();
+  std::printf("%d %s\n", r.value, r.note.c_str());
+  return r.value == 42 && r.note == "typed" ? 0 : 1;
 }
 CPP
 export PKG_CONFIG_PATH="$build/meson-uninstalled"

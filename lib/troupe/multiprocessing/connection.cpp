@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <bit>
 #include <cstring>
 
 #include "troupe/errors.hpp"
@@ -162,19 +163,123 @@ void Connection::send_bytes(std::span<const std::byte> buf, std::size_t offset,
 }
 
 void Connection::write_frame(std::span<const std::byte> payload) {
+  iovec iov{const_cast<std::byte*>(payload.data()), payload.size()};
+  write_frame(&iov, payload.empty() ? 0 : 1, payload.size());
+}
+
+void Connection::write_frame(const iovec* payload, std::size_t n, std::uint64_t total) {
   unsigned char header[12];
   std::size_t hlen;
-  const std::uint64_t n = payload.size();
-  if (n > 0x7fffffff) {
+  if (total > 0x7fffffff) {
     std::memset(header, 0xff, 4);  // -1, then the 8-byte length
-    for (int i = 0; i < 8; ++i) header[4 + i] = static_cast<unsigned char>(n >> (56 - 8 * i));
+    for (int i = 0; i < 8; ++i) header[4 + i] = static_cast<unsigned char>(total >> (56 - 8 * i));
     hlen = 12;
   } else {
-    for (int i = 0; i < 4; ++i) header[i] = static_cast<unsigned char>(n >> (24 - 8 * i));
+    for (int i = 0; i < 4; ++i) header[i] = static_cast<unsigned char>(total >> (24 - 8 * i));
     hlen = 4;
   }
-  iovec iov[2] = {{header, hlen}, {const_cast<std::byte*>(payload.data()), payload.size()}};
-  write_all(fd_, is_socket_, iov, payload.empty() ? 1 : 2);
+  iovec small[8];
+  std::vector<iovec> large;
+  iovec* iov = small;
+  if (n + 1 > std::size(small)) {
+    large.resize(n + 1);
+    iov = large.data();
+  }
+  iov[0] = {header, hlen};
+  std::copy(payload, payload + n, iov + 1);
+  // writev takes at most IOV_MAX buffers at a time.
+  constexpr std::size_t kIovMax = 1024;
+  std::size_t left = n + 1;
+  while (left > 0) {
+    const std::size_t k = std::min(left, kIovMax);
+    write_all(fd_, is_socket_, iov, static_cast<int>(k));
+    iov += k;
+    left -= k;
+  }
+}
+
+// ---- typed messages -------------------------------------------------------------------------
+
+namespace detail {
+
+FlatMessage::FlatMessage(kj::Array<capnp::word> w)
+    : words(std::move(w)), reader(words, reader_options(words.size())) {}
+
+namespace {
+constexpr std::size_t kScratchWords = 1024;  // 8 KiB
+struct Scratch {
+  std::unique_ptr<capnp::word[]> words{new capnp::word[kScratchWords]()};
+  bool in_use = false;
+};
+thread_local Scratch scratch;
+}  // namespace
+
+ScratchSegment::ScratchSegment() {
+  if (!scratch.in_use) {
+    scratch.in_use = true;
+    words_ = kj::ArrayPtr<capnp::word>(scratch.words.get(), kScratchWords);
+  }
+}
+
+ScratchSegment::~ScratchSegment() {
+  // MallocMessageBuilder zeroes what it used of the scratch segment when it is destroyed.
+  if (words_.size() != 0) scratch.in_use = false;
+}
+
+std::pair<Connection, Connection> one_way_socketpair() {
+  int fds[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) != 0)
+    throw_os_error(errno, "Pipe<T>: socketpair");
+  ::shutdown(fds[0], SHUT_WR);
+  ::shutdown(fds[1], SHUT_RD);
+  return {Connection(fds[0], true, false), Connection(fds[1], false, true)};
+}
+
+}  // namespace detail
+
+void Connection::send_message(capnp::MessageBuilder& message) {
+  check_writable("send");
+  auto segments = message.getSegmentsForOutput();
+  const std::size_t count = segments.size();
+  // Cap'n Proto's stream framing: segment count - 1, each segment's size in words (all 32-bit
+  // little-endian), padded to a whole word.
+  std::vector<std::uint32_t> table((count + 2) & ~std::size_t{1}, 0);
+  table[0] = static_cast<std::uint32_t>(count - 1);
+  std::vector<iovec> iov(count + 1);
+  std::uint64_t total = table.size() * 4;
+  iov[0] = {table.data(), table.size() * 4};
+  for (std::size_t i = 0; i < count; ++i) {
+    table[i + 1] = static_cast<std::uint32_t>(segments[i].size());
+    const auto bytes = segments[i].asBytes();
+    iov[i + 1] = {const_cast<kj::byte*>(bytes.begin()), bytes.size()};
+    total += bytes.size();
+  }
+  if constexpr (std::endian::native == std::endian::big) {
+    for (auto& t : table) t = __builtin_bswap32(t);
+  }
+  write_frame(iov.data(), iov.size(), total);
+}
+
+std::shared_ptr<detail::FlatMessage> Connection::recv_message() {
+  check_readable("recv");
+  const std::uint64_t n = read_header();
+  if (n > max_message_size_) bad_message_length(n, max_message_size_);
+  if (n % sizeof(capnp::word) != 0 || n == 0) {
+    // Consume it, so the next message is read from its start.
+    std::vector<std::byte> skip(static_cast<std::size_t>(n));
+    read_exact(skip.data(), skip.size());
+    codec_detail::malformed("a " + std::to_string(n) +
+                            "-byte frame is not a Cap'n Proto message (not whole 8-byte words)");
+  }
+  auto words = kj::heapArray<capnp::word>(static_cast<std::size_t>(n / sizeof(capnp::word)));
+  read_exact(reinterpret_cast<std::byte*>(words.begin()), static_cast<std::size_t>(n));
+  return codec_detail::guarded([&] {
+    auto m = std::make_shared<detail::FlatMessage>(std::move(words));
+    if (m->reader.getEnd() != m->words.end())
+      codec_detail::malformed("trailing bytes after the message in a " + std::to_string(n) +
+                              "-byte frame");
+    return m;
+  });
 }
 
 bool Connection::fill(std::size_t n, bool eof_is_error) {

@@ -8,6 +8,8 @@
 // when the caller opts in.
 #pragma once
 
+#include <sys/uio.h>
+
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -18,11 +20,35 @@
 #include <utility>
 #include <vector>
 
+#include "troupe/codec.hpp"
 #include "troupe/detail/futex.hpp"
 #include "troupe/multiprocessing/authkey.hpp"
 #include "troupe/timeout.hpp"
 
 namespace troupe::multiprocessing {
+
+namespace detail {
+/// A received frame parsed as a Cap'n Proto message: the words and a reader over them.
+struct FlatMessage {
+  explicit FlatMessage(kj::Array<capnp::word> w);
+  kj::Array<capnp::word> words;
+  capnp::FlatArrayMessageReader reader;
+};
+
+/// A zeroed first segment for message builders on this thread, reused from send to send
+/// (DESIGN.md: reuse builders on hot paths); empty if this thread is already using it.
+class ScratchSegment {
+public:
+  ScratchSegment();
+  ~ScratchSegment();
+  ScratchSegment(const ScratchSegment&) = delete;
+  ScratchSegment& operator=(const ScratchSegment&) = delete;
+  kj::ArrayPtr<capnp::word> get() const noexcept { return words_; }
+
+private:
+  kj::ArrayPtr<capnp::word> words_;
+};
+}  // namespace detail
 
 /// The largest message a Connection accepts unless told otherwise (set_max_message_size):
 /// 1 GiB. A longer length header is refused before anything is allocated.
@@ -51,6 +77,36 @@ public:
                   std::optional<std::size_t> size = std::nullopt) {
     send_bytes(std::as_bytes(std::span(buf.data(), buf.size())), offset, size);
   }
+
+  /// Python: `send(obj)`: sends `obj` as one typed message (an Envelope of proto/value.capnp,
+  /// carrying the fingerprint of T; doc/codec.md). Large packed arrays go from `obj`'s memory
+  /// to the socket without a copy. A type with no troupe::Codec is a compile error.
+  template <class T>
+  void send(const T& obj) {
+    detail::ScratchSegment scratch;
+    capnp::MallocMessageBuilder mb(scratch.get());
+    troupe::encode(obj, mb);
+    send_message(mb);
+  }
+
+  /// Python: `recv()`: the next message, decoded as a T. Recv<S> of a Cap'n Proto struct S
+  /// gives a troupe::Message<S> that reads the received frame in place.
+  /// @throws TypeError naming both types if the message holds another type; ValueError if it
+  /// is malformed (the connection stays usable); and whatever recv_bytes throws.
+  template <class T>
+  auto recv() {
+    using W = wire_type_t<T>;
+    auto m = recv_message();
+    auto& reader = m->reader;
+    return troupe::decode<W>(reader, std::move(m));
+  }
+
+  /// Sends a built Cap'n Proto message as one frame (segment table and segments, written with
+  /// one writev and no copy).
+  void send_message(capnp::MessageBuilder& message);
+  /// Receives one frame as a Cap'n Proto message (bounded by the maximum message size; a frame
+  /// that is not whole words or whose segment table is bad → ValueError, stream kept in step).
+  std::shared_ptr<detail::FlatMessage> recv_message();
 
   /// Python: `recv_bytes(maxlength=None)`: the next whole message.
   /// @throws EOFError if the peer closed before a message began; OSError "got end of file
@@ -91,6 +147,8 @@ private:
   void read_exact(std::byte* out, std::size_t n);
   std::uint64_t read_header();  // nullopt-free: throws EOFError on a clean EOF
   void write_frame(std::span<const std::byte> payload);
+  // Writes the frame header for `total` bytes and then the `n` buffers of `payload`.
+  void write_frame(const iovec* payload, std::size_t n, std::uint64_t total);
   [[noreturn]] void bad_message_length(std::uint64_t n, std::uint64_t limit);
 
   int fd_ = -1;
@@ -108,6 +166,51 @@ private:
 /// Python: `multiprocessing.Pipe(duplex=True)` → (conn1, conn2). Duplex: a Unix socketpair, both
 /// ends read and write. Not duplex: a pipe, conn1 reads and conn2 writes. Both close-on-exec.
 std::pair<Connection, Connection> Pipe(bool duplex = true);
+
+/// The sending end of a typed pipe: carries only T. (Not in Python, whose Connection carries any
+/// picklable object; a typed end turns a wrong type into a compile error.)
+template <class T>
+class Sender {
+public:
+  explicit Sender(Connection c) : c_(std::move(c)) {}
+  void send(const T& obj) { c_.send(obj); }
+  void close() noexcept { c_.close(); }
+  bool closed() const noexcept { return c_.closed(); }
+  int fileno() const { return c_.fileno(); }
+  Connection& connection() noexcept { return c_; }
+
+private:
+  Connection c_;
+};
+
+/// The receiving end of a typed pipe: gives only T.
+template <class T>
+class Receiver {
+public:
+  explicit Receiver(Connection c) : c_(std::move(c)) {}
+  auto recv() { return c_.recv<T>(); }
+  bool poll(Timeout timeout = std::chrono::seconds(0)) { return c_.poll(timeout); }
+  void close() noexcept { c_.close(); }
+  bool closed() const noexcept { return c_.closed(); }
+  int fileno() const { return c_.fileno(); }
+  Connection& connection() noexcept { return c_; }
+
+private:
+  Connection c_;
+};
+
+namespace detail {
+/// A one-way socketpair: (read end, write end), close-on-exec.
+std::pair<Connection, Connection> one_way_socketpair();
+}  // namespace detail
+
+/// A typed pipe: Pipe<T>() → (Sender<T>, Receiver<T>), one way, on a Unix socketpair.
+template <class T>
+std::pair<Sender<T>, Receiver<T>> Pipe() {
+  static_assert(Encodable<wire_type_t<T>>, "troupe Pipe<T>: T has no troupe::Codec");
+  auto [r, w] = detail::one_way_socketpair();
+  return {Sender<T>(std::move(w)), Receiver<T>(std::move(r))};
+}
 
 /// Options of the handshake, beyond Python's arguments.
 struct AuthOptions {

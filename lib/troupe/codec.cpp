@@ -1,0 +1,152 @@
+#include "troupe/codec.hpp"
+
+#include <cstdio>
+
+#include <kj/exception.h>
+
+#include "troupe/errors.hpp"
+
+namespace troupe {
+namespace codec_detail {
+namespace {
+
+std::string_view which_name(Which w) {
+  switch (w) {
+    case Which::NONE: return "none";
+    case Which::BOOL: return "bool";
+    case Which::INT: return "int";
+    case Which::UINT: return "uint";
+    case Which::FLOAT: return "float";
+    case Which::TEXT: return "text";
+    case Which::DATA: return "data";
+    case Which::LIST: return "list";
+    case Which::ALTERNATIVE: return "alternative";
+    case Which::STRUCT: return "struct";
+  }
+  return "an unknown kind";
+}
+
+}  // namespace
+
+void malformed(std::string_view what) {
+  throw ValueError("malformed message: " + std::string(what));
+}
+
+void expect(proto::Value::Reader v, Which want, std::string_view type) {
+  const Which got = v.which();
+  if (got == want) return;
+  const auto raw = static_cast<unsigned>(got);
+  malformed(std::string(type) + " expects " + std::string(which_name(want)) + ", got " +
+            (raw <= static_cast<unsigned>(Which::STRUCT) ? std::string(which_name(got))
+                                                         : "kind " + std::to_string(raw)));
+}
+
+void expect_size(std::size_t got, std::size_t want, std::string_view type) {
+  if (got != want)
+    malformed(std::string(type) + " expects " + std::to_string(want) + " elements, got " +
+              std::to_string(got));
+}
+
+std::uint64_t fnv1a(std::string_view s) noexcept {
+  std::uint64_t h = 0xcbf29ce484222325ull;
+  for (unsigned char c : s) {
+    h ^= c;
+    h *= 0x100000001b3ull;
+  }
+  return h;
+}
+
+std::string type_name_from_pretty(std::string_view p) {
+  // GCC: "... pretty() [with T = app::Job; std::string_view = ...]"; Clang: "... [T = app::Job]".
+  auto at = p.find("T = ");
+  if (at == std::string_view::npos) return std::string(p);
+  p.remove_prefix(at + 4);
+  int depth = 0;
+  std::size_t end = 0;
+  for (; end < p.size(); ++end) {
+    const char c = p[end];
+    if (c == '<' || c == '(' || c == '[') ++depth;
+    if (c == '>' || c == ')') --depth;
+    if (c == ']') {
+      if (depth == 0) break;
+      --depth;
+    }
+    if (c == ';' && depth == 0) break;
+  }
+  std::string name(p.substr(0, end));
+  // The two compilers spell anonymous namespaces differently.
+  for (std::string_view anon : {"{anonymous}", "(anonymous namespace)"}) {
+    for (auto i = name.find(anon); i != std::string::npos; i = name.find(anon, i))
+      name.replace(i, anon.size(), "(anonymous)");
+  }
+  return name;
+}
+
+void put_data(proto::Value::Builder v, const void* p, std::size_t n) {
+  constexpr std::size_t kReferenceFrom = 16 * 1024;
+  if (n >= kReferenceFrom && n % sizeof(capnp::word) == 0 &&
+      reinterpret_cast<std::uintptr_t>(p) % alignof(capnp::word) == 0) {
+    // No copy: the blob becomes a segment of its own, written straight from the caller's memory.
+    v.adoptData(capnp::Orphanage::getForMessageContaining(v).referenceExternalData(
+        capnp::Data::Reader(static_cast<const kj::byte*>(p), n)));
+  } else {
+    v.setData(capnp::Data::Reader(static_cast<const kj::byte*>(p), n));
+  }
+}
+
+std::string int_signature(bool is_signed, std::size_t bytes, bool is_char) {
+  if (is_char) return "char";
+  return (is_signed ? "i" : "u") + std::to_string(bytes * 8);
+}
+
+void int_out_of_range(std::string_view type, std::string_view value) {
+  malformed("value " + std::string(value) + " is out of range for " + std::string(type));
+}
+
+std::string ratio_signature(std::intmax_t num, std::intmax_t den) {
+  return std::to_string(num) + "/" + std::to_string(den);
+}
+
+std::string capnp_display_name(capnp::Schema s) {
+  auto n = s.getProto().getDisplayName();
+  auto prefix = s.getProto().getDisplayNamePrefixLength();
+  return std::string(n.begin() + prefix, n.size() - prefix);
+}
+
+std::string capnp_signature(std::uint64_t id, std::string_view display_name) {
+  char hex[24];
+  std::snprintf(hex, sizeof hex, "@0x%016llx", static_cast<unsigned long long>(id));
+  return "capnp " + std::string(display_name) + hex;
+}
+
+void wrong_type(std::string_view want, std::string_view got) {
+  throw TypeError("expected a message of type " + std::string(want) + ", got one of type " +
+                  std::string(got));
+}
+
+void check_envelope(proto::Envelope::Reader env, const TypeId& want) {
+  if (env.getFingerprint() == want.fingerprint) return;
+  auto name = env.getTypeName();
+  // The name is the peer's word only; bound what goes into the message.
+  constexpr std::size_t kMaxName = 512;
+  std::string got(name.begin(), std::min<std::size_t>(name.size(), kMaxName));
+  if (name.size() > kMaxName) got += "...";
+  wrong_type(want.signature, got.empty() ? "(unnamed)" : got);
+}
+
+void malformed_kj(const kj::Exception& e) {
+  malformed(e.getDescription().cStr());
+}
+
+}  // namespace codec_detail
+
+capnp::ReaderOptions reader_options(std::size_t message_words) {
+  capnp::ReaderOptions o;
+  // Each word is read once by a decoder; twice the size plus slack leaves room and still stops
+  // a message whose pointers make it read the same bytes over and over.
+  o.traversalLimitInWords = 2 * message_words + 1024;
+  o.nestingLimit = 128;
+  return o;
+}
+
+}  // namespace troupe

@@ -1,0 +1,830 @@
+// troupe/codec.hpp — C++ values to and from Cap'n Proto (proto/value.capnp): the answer to
+// Python's pickle for everything that crosses a process boundary, without the code execution.
+//
+// `troupe::Codec<T>` has three static members:
+//
+//   static std::string signature();                         // e.g. "list<i32>"
+//   static void encode(const T&, troupe::proto::Value::Builder);
+//   static T decode(troupe::proto::Value::Reader);           // throws ValueError if malformed
+//
+// troupe provides them for bool, integers, floating point, enums, std::byte, std::string, bytes
+// and numeric arrays (packed, without per-element work), std::vector / deque / list / array,
+// std::map / unordered_map, std::set / unordered_set, std::optional, std::variant,
+// std::monostate, std::tuple / pair, std::chrono durations and time points, plain aggregates
+// (Boost.PFR, no boilerplate), classes described with BOOST_DESCRIBE_STRUCT / _CLASS, Cap'n Proto
+// structs as themselves (`troupe::Message<S>`), and any nesting of these. Add your own by
+// specialising `troupe::Codec<YourType>`, most simply through `troupe::CodecVia` (doc/codec.md).
+//
+// A type with no codec is a compile error that says so. Every message carries the fingerprint of
+// its type's signature; decoding into a different type is a TypeError naming both.
+#pragma once
+
+#include <array>
+#include <bit>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <deque>
+#include <list>
+#include <map>
+#include <memory>
+#include <optional>
+#include <ratio>
+#include <set>
+#include <span>
+#include <string>
+#include <string_view>
+#include <tuple>
+#include <type_traits>
+#include <unordered_map>
+#include <unordered_set>
+#include <utility>
+#include <variant>
+#include <vector>
+
+#include <boost/describe/class.hpp>
+#include <boost/describe/members.hpp>
+#include <boost/mp11/algorithm.hpp>
+#include <boost/pfr.hpp>
+#include <capnp/message.h>
+#include <capnp/orphan.h>
+#include <capnp/schema.h>
+#include <capnp/serialize.h>
+#include <kj/exception.h>
+
+#include "value.capnp.h"
+
+namespace troupe {
+
+template <class T>
+struct Codec;
+
+namespace codec_detail {
+
+using Which = proto::Value::Which;
+
+/// Throws ValueError("malformed message: <what>").
+[[noreturn]] void malformed(std::string_view what);
+/// Throws malformed() unless `v` holds `want`; `type` names the C++ side for the message.
+void expect(proto::Value::Reader v, Which want, std::string_view type);
+/// Throws malformed() unless a list has `want` elements.
+void expect_size(std::size_t got, std::size_t want, std::string_view type);
+/// FNV-1a, 64 bits.
+std::uint64_t fnv1a(std::string_view s) noexcept;
+/// "app::Job" from a __PRETTY_FUNCTION__ text; the same spelling under GCC and Clang for
+/// ordinary class names.
+std::string type_name_from_pretty(std::string_view pretty);
+/// Sets `v` to a Data blob of `n` bytes at `p`. Large, word-aligned blobs whose size is a multiple
+/// of 8 are referenced, not copied (they must outlive the message builder, as in send()).
+void put_data(proto::Value::Builder v, const void* p, std::size_t n);
+
+template <class T>
+std::string_view pretty() {
+  return __PRETTY_FUNCTION__;
+}
+
+template <class T>
+inline constexpr bool always_false = false;
+
+/// The C++ type's own name: `T::troupe_name` if it has one, else the compiler's spelling.
+template <class T>
+std::string class_name() {
+  if constexpr (requires { std::string_view(T::troupe_name); }) {
+    return std::string(std::string_view(T::troupe_name));
+  } else {
+    return type_name_from_pretty(pretty<T>());
+  }
+}
+
+/// Elements that travel packed in a Data blob: arithmetic (not bool, not long double), std::byte.
+template <class E>
+inline constexpr bool packed = (std::is_arithmetic_v<E> && !std::is_same_v<E, bool> &&
+                                !std::is_same_v<E, long double>) ||
+                               std::is_same_v<E, std::byte>;
+
+template <class E>
+void swap_bytes_if_big_endian(E* p, std::size_t n) {
+  if constexpr (std::endian::native == std::endian::big && sizeof(E) > 1) {
+    for (std::size_t i = 0; i < n; ++i) {
+      auto* b = reinterpret_cast<unsigned char*>(p + i);
+      for (std::size_t j = 0; j < sizeof(E) / 2; ++j) std::swap(b[j], b[sizeof(E) - 1 - j]);
+    }
+  } else {
+    (void)p;
+    (void)n;
+  }
+}
+
+/// Encodes a contiguous packed range as one Data blob (little-endian on the wire).
+template <class E>
+void put_packed(proto::Value::Builder v, const E* p, std::size_t n) {
+  if constexpr (std::endian::native == std::endian::little || sizeof(E) == 1) {
+    put_data(v, p, n * sizeof(E));
+  } else {
+    auto d = v.initData(n * sizeof(E));
+    std::memcpy(d.begin(), p, n * sizeof(E));
+    swap_bytes_if_big_endian(reinterpret_cast<E*>(d.begin()), n);
+  }
+}
+
+/// The element count of a packed Data blob, after checking its size.
+template <class E>
+std::size_t packed_count(proto::Value::Reader v, std::string_view type) {
+  expect(v, Which::DATA, type);
+  const std::size_t bytes = v.getData().size();
+  if (bytes % sizeof(E) != 0)
+    malformed(std::string(type) + ": " + std::to_string(bytes) +
+              " bytes is not a whole number of " + std::to_string(sizeof(E)) + "-byte elements");
+  return bytes / sizeof(E);
+}
+
+template <class E>
+void get_packed(proto::Value::Reader v, E* out, std::size_t n) {
+  std::memcpy(static_cast<void*>(out), v.getData().begin(), n * sizeof(E));
+  swap_bytes_if_big_endian(out, n);
+}
+
+template <class T>
+concept CapnpReaderOrBuilder = (requires { typename T::Reads; } &&
+                                capnp::kind<typename T::Reads>() == capnp::Kind::STRUCT) ||
+                               (requires { typename T::Builds; } &&
+                                capnp::kind<typename T::Builds>() == capnp::Kind::STRUCT);
+
+template <class T>
+concept Described = boost::describe::has_describe_members<T>::value;
+
+template <class T>
+concept PlainAggregate = std::is_class_v<T> && std::is_aggregate_v<T> && !std::is_union_v<T> &&
+                         !Described<T> && !CapnpReaderOrBuilder<T>;
+
+// Arithmetic, enums, aggregates and described classes; everything else is a compile error.
+template <class T>
+struct Default {
+  static constexpr bool troupe_no_codec = true;
+  template <class U = T>
+  static std::string signature() {
+    static_assert(always_false<U>,
+                  "troupe::Codec<T>: this type has no codec, so it cannot be sent between "
+                  "processes. Make it a plain aggregate (public fields, no constructors), describe "
+                  "it with BOOST_DESCRIBE_STRUCT, or specialise troupe::Codec<T> (see "
+                  "doc/codec.md; troupe::CodecVia is the short way).");
+    return {};
+  }
+  template <class U = T>
+  static void encode(const U&, proto::Value::Builder) {
+    signature<U>();
+  }
+  template <class U = T>
+  static U decode(proto::Value::Reader) {
+    signature<U>();
+    return U{};
+  }
+};
+
+template <class T>
+requires std::is_same_v<T, bool>
+struct Default<T> {
+  static std::string signature() { return "bool"; }
+  static void encode(bool x, proto::Value::Builder v) { v.setBool(x); }
+  static bool decode(proto::Value::Reader v) {
+    expect(v, Which::BOOL, "bool");
+    return v.getBool();
+  }
+};
+
+std::string int_signature(bool is_signed, std::size_t bytes, bool is_char);
+[[noreturn]] void int_out_of_range(std::string_view type, std::string_view value);
+
+template <class T>
+requires(std::is_integral_v<T> && !std::is_same_v<T, bool>) struct Default<T> {
+  static std::string signature() {
+    return int_signature(std::is_signed_v<T>, sizeof(T), std::is_same_v<T, char>);
+  }
+  static void encode(T x, proto::Value::Builder v) {
+    if constexpr (std::is_signed_v<T>) {
+      v.setInt(x);
+    } else {
+      v.setUint(x);
+    }
+  }
+  static T decode(proto::Value::Reader v) {
+    if constexpr (std::is_signed_v<T>) {
+      expect(v, Which::INT, signature());
+      const std::int64_t x = v.getInt();
+      if (!std::in_range<std::make_signed_t<T>>(x))
+        int_out_of_range(signature(), std::to_string(x));
+      return static_cast<T>(x);
+    } else {
+      expect(v, Which::UINT, signature());
+      const std::uint64_t x = v.getUint();
+      if (!std::in_range<std::make_unsigned_t<T>>(x))
+        int_out_of_range(signature(), std::to_string(x));
+      return static_cast<T>(x);
+    }
+  }
+};
+
+template <class T>
+requires(std::is_same_v<T, float> || std::is_same_v<T, double>) struct Default<T> {
+  static std::string signature() { return sizeof(T) == 4 ? "f32" : "f64"; }
+  static void encode(T x, proto::Value::Builder v) { v.setFloat(static_cast<double>(x)); }
+  static T decode(proto::Value::Reader v) {
+    expect(v, Which::FLOAT, signature());
+    return static_cast<T>(v.getFloat());
+  }
+};
+
+template <class T>
+requires std::is_enum_v<T>
+struct Default<T> {
+  using U = std::underlying_type_t<T>;
+  static std::string signature() {
+    if constexpr (std::is_same_v<T, std::byte>) {
+      return "byte";
+    } else {
+      return "enum " + class_name<T>() + ":" + Default<U>::signature();
+    }
+  }
+  static void encode(T x, proto::Value::Builder v) { Default<U>::encode(static_cast<U>(x), v); }
+  static T decode(proto::Value::Reader v) { return static_cast<T>(Default<U>::decode(v)); }
+};
+
+/// Guards the signature of a recursive type (struct Node { std::vector<Node> kids; }): the inner
+/// mention is the name alone.
+template <class T>
+struct SignatureGuard {
+  static inline thread_local bool busy = false;
+};
+
+template <class T, class Fields>
+std::string struct_signature(Fields&& each_field_signature) {
+  if (SignatureGuard<T>::busy) return "struct " + class_name<T>();
+  SignatureGuard<T>::busy = true;
+  std::string s = "struct " + class_name<T>() + "{";
+  try {
+    s += each_field_signature();
+  } catch (...) {
+    SignatureGuard<T>::busy = false;
+    throw;
+  }
+  SignatureGuard<T>::busy = false;
+  return s + "}";
+}
+
+template <class T>
+requires PlainAggregate<T>
+struct Default<T> {
+  static constexpr std::size_t N = boost::pfr::tuple_size_v<T>;
+  static std::string signature() {
+    return struct_signature<T>([] {
+      std::string s;
+      [&]<std::size_t... I>(std::index_sequence<I...>) {
+        ((s += (I ? "," : "") + Codec<boost::pfr::tuple_element_t<I, T>>::signature()), ...);
+      }
+      (std::make_index_sequence<N>{});
+      return s;
+    });
+  }
+  static void encode(const T& x, proto::Value::Builder v) {
+    auto l = v.initList(N);
+    [&]<std::size_t... I>(std::index_sequence<I...>) {
+      (Codec<boost::pfr::tuple_element_t<I, T>>::encode(boost::pfr::get<I>(x), l[I]), ...);
+    }
+    (std::make_index_sequence<N>{});
+  }
+  static T decode(proto::Value::Reader v) {
+    expect(v, Which::LIST, class_name<T>());
+    auto l = v.getList();
+    expect_size(l.size(), N, class_name<T>());
+    T out{};
+    [&]<std::size_t... I>(std::index_sequence<I...>) {
+      ((boost::pfr::get<I>(out) = Codec<boost::pfr::tuple_element_t<I, T>>::decode(l[I])), ...);
+    }
+    (std::make_index_sequence<N>{});
+    return out;
+  }
+};
+
+template <class T>
+requires Described<T>
+struct Default<T> {
+  using Members = boost::describe::describe_members<T, boost::describe::mod_any_access |
+                                                           boost::describe::mod_inherited>;
+  static constexpr std::size_t N = boost::mp11::mp_size<Members>::value;
+  template <class D>
+  using Field = std::remove_cvref_t<decltype(std::declval<T&>().*D::pointer)>;
+
+  static std::string signature() {
+    return struct_signature<T>([] {
+      std::string s;
+      bool first = true;
+      boost::mp11::mp_for_each<Members>([&](auto D) {
+        s += (first ? "" : ",") + Codec<Field<decltype(D)>>::signature();
+        first = false;
+      });
+      return s;
+    });
+  }
+  static void encode(const T& x, proto::Value::Builder v) {
+    auto l = v.initList(N);
+    unsigned i = 0;
+    boost::mp11::mp_for_each<Members>(
+        [&](auto D) { Codec<Field<decltype(D)>>::encode(x.*D.pointer, l[i++]); });
+  }
+  static T decode(proto::Value::Reader v) {
+    expect(v, Which::LIST, class_name<T>());
+    auto l = v.getList();
+    expect_size(l.size(), N, class_name<T>());
+    T out{};
+    unsigned i = 0;
+    boost::mp11::mp_for_each<Members>(
+        [&](auto D) { out.*D.pointer = Codec<Field<decltype(D)>>::decode(l[i++]); });
+    return out;
+  }
+};
+
+// Sequences: packed elements as one Data blob, others as a list.
+template <class C, class E>
+struct Sequence {
+  static std::string signature() { return "list<" + Codec<E>::signature() + ">"; }
+  static void encode(const C& c, proto::Value::Builder v) {
+    if constexpr (packed<E> && std::is_same_v<C, std::vector<E, typename C::allocator_type>>) {
+      put_packed(v, c.data(), c.size());
+    } else if constexpr (packed<E>) {
+      auto d = v.initData(c.size() * sizeof(E));
+      std::size_t i = 0;
+      for (const E& e : c) std::memcpy(d.begin() + sizeof(E) * i++, &e, sizeof(E));
+      swap_bytes_if_big_endian(reinterpret_cast<E*>(d.begin()), c.size());
+    } else {
+      auto l = v.initList(static_cast<unsigned>(c.size()));
+      unsigned i = 0;
+      for (const auto& e : c) Codec<E>::encode(e, l[i++]);
+    }
+  }
+  static C decode(proto::Value::Reader v) {
+    C out;
+    if constexpr (packed<E>) {
+      const std::size_t n = packed_count<E>(v, signature());
+      if constexpr (std::is_same_v<C, std::vector<E, typename C::allocator_type>>) {
+        out.resize(n);
+        get_packed(v, out.data(), n);
+      } else {
+        const auto* p = v.getData().begin();
+        for (std::size_t i = 0; i < n; ++i) {
+          E e;
+          std::memcpy(&e, p + i * sizeof(E), sizeof(E));
+          swap_bytes_if_big_endian(&e, 1);
+          out.push_back(e);
+        }
+      }
+    } else {
+      expect(v, Which::LIST, signature());
+      auto l = v.getList();
+      // A list of empty elements costs little on the wire: reserve only modest sizes.
+      if constexpr (requires { out.reserve(l.size()); }) {
+        if (l.size() <= 4096) out.reserve(l.size());
+      }
+      for (auto e : l) out.push_back(Codec<E>::decode(e));
+    }
+    return out;
+  }
+};
+
+// Sets and maps: a list of elements, or of key, value, key, value…
+template <class C, class... KV>
+struct Associative {
+  static constexpr bool is_map = sizeof...(KV) == 2;
+  static std::string signature() {
+    std::string s = is_map ? "map<" : "set<";
+    bool first = true;
+    ((s += (first ? "" : ",") + Codec<KV>::signature(), first = false), ...);
+    return s + ">";
+  }
+  static void encode(const C& c, proto::Value::Builder v) {
+    auto l = v.initList(static_cast<unsigned>(c.size() * sizeof...(KV)));
+    unsigned i = 0;
+    for (const auto& e : c) {
+      if constexpr (is_map) {
+        Codec<std::tuple_element_t<0, std::tuple<KV...>>>::encode(e.first, l[i++]);
+        Codec<std::tuple_element_t<1, std::tuple<KV...>>>::encode(e.second, l[i++]);
+      } else {
+        Codec<KV...>::encode(e, l[i++]);
+      }
+    }
+  }
+  static C decode(proto::Value::Reader v) {
+    expect(v, Which::LIST, signature());
+    auto l = v.getList();
+    if (l.size() % sizeof...(KV) != 0) malformed(signature() + ": odd number of map entries");
+    C out;
+    for (unsigned i = 0; i < l.size(); i += sizeof...(KV)) {
+      if constexpr (is_map) {
+        using K = std::tuple_element_t<0, std::tuple<KV...>>;
+        using V = std::tuple_element_t<1, std::tuple<KV...>>;
+        K k = Codec<K>::decode(l[i]);
+        out.insert_or_assign(std::move(k), Codec<V>::decode(l[i + 1]));
+      } else {
+        out.insert(Codec<KV...>::decode(l[i]));
+      }
+    }
+    return out;
+  }
+};
+
+// Tuples and pairs: a list with one element per member; both spell "tuple<…>", so a pair and a
+// two-element tuple are the same type on the wire.
+template <class T, class... E>
+struct Product {
+  static std::string signature() {
+    std::string s = "tuple<";
+    bool first = true;
+    ((s += (first ? "" : ",") + Codec<E>::signature(), first = false), ...);
+    return s + ">";
+  }
+  static void encode(const T& t, proto::Value::Builder v) {
+    auto l = v.initList(sizeof...(E));
+    [&]<std::size_t... I>(std::index_sequence<I...>) {
+      (Codec<E>::encode(std::get<I>(t), l[I]), ...);
+    }
+    (std::index_sequence_for<E...>{});
+  }
+  static T decode(proto::Value::Reader v) {
+    expect(v, Which::LIST, signature());
+    auto l = v.getList();
+    expect_size(l.size(), sizeof...(E), signature());
+    return [&]<std::size_t... I>(std::index_sequence<I...>) {
+      return T{Codec<E>::decode(l[I])...};
+    }
+    (std::index_sequence_for<E...>{});
+  }
+};
+
+std::string ratio_signature(std::intmax_t num, std::intmax_t den);
+
+}  // namespace codec_detail
+
+/// The codec of `T`. Specialise it for your own types (doc/codec.md).
+template <class T>
+struct Codec : codec_detail::Default<T> {};
+
+/// Whether `T` can be sent: it (and everything inside it) has a codec.
+template <class T>
+concept Encodable = !requires {
+  Codec<T>::troupe_no_codec;
+};
+
+/// The short way to give a type a codec: map it to and from a type that has one.
+///   template <> struct troupe::Codec<Celsius> : troupe::CodecVia<Celsius, double> {
+///     static double to(const Celsius& c) { return c.value; }
+///     static Celsius from(double d) { return Celsius{d}; }
+///   };
+/// The signature is "NAME=SIGNATURE-OF-VIA", so two types with the same representation still
+/// differ on the wire.
+template <class T, class Via>
+struct CodecVia {
+  static std::string signature() {
+    return codec_detail::class_name<T>() + "=" + Codec<Via>::signature();
+  }
+  static void encode(const T& x, proto::Value::Builder v) {
+    Codec<Via>::encode(Codec<T>::to(x), v);
+  }
+  static T decode(proto::Value::Reader v) { return Codec<T>::from(Codec<Via>::decode(v)); }
+};
+
+template <>
+struct Codec<std::string> {
+  static std::string signature() { return "str"; }
+  static void encode(const std::string& s, proto::Value::Builder v) {
+    v.setText(capnp::Text::Reader(s.c_str(), s.size()));
+  }
+  static std::string decode(proto::Value::Reader v) {
+    codec_detail::expect(v, codec_detail::Which::TEXT, "str");
+    auto t = v.getText();
+    return std::string(t.begin(), t.size());
+  }
+};
+
+template <>
+struct Codec<std::monostate> {
+  static std::string signature() { return "none"; }
+  static void encode(std::monostate, proto::Value::Builder v) { v.setNone(); }
+  static std::monostate decode(proto::Value::Reader v) {
+    codec_detail::expect(v, codec_detail::Which::NONE, "none");
+    return {};
+  }
+};
+
+template <class E, class A>
+struct Codec<std::vector<E, A>> : codec_detail::Sequence<std::vector<E, A>, E> {};
+template <class E, class A>
+struct Codec<std::deque<E, A>> : codec_detail::Sequence<std::deque<E, A>, E> {};
+template <class E, class A>
+struct Codec<std::list<E, A>> : codec_detail::Sequence<std::list<E, A>, E> {};
+
+template <class E, std::size_t N>
+struct Codec<std::array<E, N>> {
+  static std::string signature() {
+    return "array<" + Codec<E>::signature() + "," + std::to_string(N) + ">";
+  }
+  static void encode(const std::array<E, N>& a, proto::Value::Builder v) {
+    if constexpr (codec_detail::packed<E>) {
+      codec_detail::put_packed(v, a.data(), N);
+    } else {
+      auto l = v.initList(N);
+      for (std::size_t i = 0; i < N; ++i) Codec<E>::encode(a[i], l[i]);
+    }
+  }
+  static std::array<E, N> decode(proto::Value::Reader v) {
+    std::array<E, N> out{};
+    if constexpr (codec_detail::packed<E>) {
+      codec_detail::expect_size(codec_detail::packed_count<E>(v, signature()), N, signature());
+      codec_detail::get_packed(v, out.data(), N);
+    } else {
+      codec_detail::expect(v, codec_detail::Which::LIST, signature());
+      auto l = v.getList();
+      codec_detail::expect_size(l.size(), N, signature());
+      for (std::size_t i = 0; i < N; ++i) out[i] = Codec<E>::decode(l[i]);
+    }
+    return out;
+  }
+};
+
+template <class K, class C, class A>
+struct Codec<std::set<K, C, A>> : codec_detail::Associative<std::set<K, C, A>, K> {};
+template <class K, class H, class Q, class A>
+struct Codec<std::unordered_set<K, H, Q, A>>
+    : codec_detail::Associative<std::unordered_set<K, H, Q, A>, K> {};
+template <class K, class V, class C, class A>
+struct Codec<std::map<K, V, C, A>> : codec_detail::Associative<std::map<K, V, C, A>, K, V> {};
+template <class K, class V, class H, class Q, class A>
+struct Codec<std::unordered_map<K, V, H, Q, A>>
+    : codec_detail::Associative<std::unordered_map<K, V, H, Q, A>, K, V> {};
+
+template <class... E>
+struct Codec<std::tuple<E...>> : codec_detail::Product<std::tuple<E...>, E...> {};
+template <class A, class B>
+struct Codec<std::pair<A, B>> : codec_detail::Product<std::pair<A, B>, A, B> {};
+
+template <class E>
+struct Codec<std::optional<E>> {
+  static std::string signature() { return "optional<" + Codec<E>::signature() + ">"; }
+  static void encode(const std::optional<E>& o, proto::Value::Builder v) {
+    auto l = v.initList(o ? 1 : 0);
+    if (o) Codec<E>::encode(*o, l[0]);
+  }
+  static std::optional<E> decode(proto::Value::Reader v) {
+    codec_detail::expect(v, codec_detail::Which::LIST, signature());
+    auto l = v.getList();
+    if (l.size() > 1) codec_detail::malformed(signature() + ": more than one value");
+    if (l.size() == 0) return std::nullopt;
+    return Codec<E>::decode(l[0]);
+  }
+};
+
+template <class... E>
+struct Codec<std::variant<E...>> {
+  static std::string signature() {
+    std::string s = "variant<";
+    bool first = true;
+    ((s += (first ? "" : ",") + Codec<E>::signature(), first = false), ...);
+    return s + ">";
+  }
+  static void encode(const std::variant<E...>& x, proto::Value::Builder v) {
+    if (x.valueless_by_exception())
+      codec_detail::malformed(signature() + ": cannot send a valueless variant");
+    auto a = v.initAlternative();
+    a.setIndex(static_cast<std::uint32_t>(x.index()));
+    std::visit([&](const auto& e) { Codec<std::decay_t<decltype(e)>>::encode(e, a.initValue()); },
+               x);
+  }
+  static std::variant<E...> decode(proto::Value::Reader v) {
+    codec_detail::expect(v, codec_detail::Which::ALTERNATIVE, signature());
+    auto a = v.getAlternative();
+    const std::uint32_t i = a.getIndex();
+    if (i >= sizeof...(E))
+      codec_detail::malformed(signature() + ": alternative " + std::to_string(i) + " out of range");
+    using Decoder = std::variant<E...> (*)(proto::Value::Reader);
+    static constexpr auto decoders = []<std::size_t... I>(std::index_sequence<I...>) {
+      return std::array<Decoder, sizeof...(E)>{[](proto::Value::Reader r) {
+        using A = std::variant_alternative_t<I, std::variant<E...>>;
+        return std::variant<E...>(std::in_place_index<I>, Codec<A>::decode(r));
+      }...};
+    }
+    (std::index_sequence_for<E...>{});
+    return decoders[i](a.getValue());
+  }
+};
+
+template <class Rep, class Period>
+struct Codec<std::chrono::duration<Rep, Period>> {
+  using D = std::chrono::duration<Rep, Period>;
+  static std::string signature() {
+    return "duration<" + Codec<Rep>::signature() + "," +
+           codec_detail::ratio_signature(Period::num, Period::den) + ">";
+  }
+  static void encode(const D& d, proto::Value::Builder v) { Codec<Rep>::encode(d.count(), v); }
+  static D decode(proto::Value::Reader v) { return D(Codec<Rep>::decode(v)); }
+};
+
+template <class Clock, class Dur>
+struct Codec<std::chrono::time_point<Clock, Dur>> {
+  using TP = std::chrono::time_point<Clock, Dur>;
+  static std::string signature() {
+    return "time_point<" + codec_detail::class_name<Clock>() + "," + Codec<Dur>::signature() + ">";
+  }
+  static void encode(const TP& t, proto::Value::Builder v) {
+    Codec<Dur>::encode(t.time_since_epoch(), v);
+  }
+  static TP decode(proto::Value::Reader v) { return TP(Codec<Dur>::decode(v)); }
+};
+
+/// A Cap'n Proto struct `S` travelling as itself. Holds a reader and what keeps its bytes alive:
+/// a received message (no copy: Connection::recv<S>() returns one of these over the frame it
+/// read) or a copy made from a reader. Cheap to copy (shared).
+template <class S>
+class Message {
+public:
+  using troupe_message_struct = S;
+
+  /// An empty struct (every field at its default).
+  Message() {
+    auto b = std::make_shared<capnp::MallocMessageBuilder>();
+    reader_ = b->initRoot<S>().asReader();
+    owner_ = std::move(b);
+  }
+  /// Copies `r` into a message of its own.
+  explicit Message(typename S::Reader r) {
+    auto b = std::make_shared<capnp::MallocMessageBuilder>();
+    b->setRoot(r);
+    reader_ = b->getRoot<S>().asReader();
+    owner_ = std::move(b);
+  }
+  /// A view of `r`, kept valid by `owner`; a null owner means the caller keeps `r` alive.
+  Message(std::shared_ptr<const void> owner, typename S::Reader r)
+      : owner_(std::move(owner)), reader_(r) {}
+
+  typename S::Reader get() const { return reader_; }
+  const typename S::Reader* operator->() const { return &reader_; }
+
+private:
+  std::shared_ptr<const void> owner_;
+  typename S::Reader reader_;
+};
+
+namespace codec_detail {
+std::string capnp_signature(std::uint64_t id, std::string_view display_name);
+std::string capnp_display_name(capnp::Schema s);
+}  // namespace codec_detail
+
+template <class S>
+struct Codec<Message<S>> {
+  static std::string signature() {
+    return codec_detail::capnp_signature(
+        capnp::typeId<S>(), codec_detail::capnp_display_name(capnp::Schema::from<S>()));
+  }
+  static void encode(const Message<S>& m, proto::Value::Builder v) {
+    v.initStruct().template setAs<S>(m.get());
+  }
+  static Message<S> decode(proto::Value::Reader v) {
+    codec_detail::expect(v, codec_detail::Which::STRUCT, signature());
+    return Message<S>(v.getStruct().template getAs<S>());
+  }
+};
+
+// ---- the envelope -----------------------------------------------------------------------------
+
+/// What a message says about its type: the signature and its FNV-1a fingerprint.
+struct TypeId {
+  std::string signature;
+  std::uint64_t fingerprint;
+};
+
+/// The type a value of `T` travels as: a Cap'n Proto struct S, its readers and builders travel
+/// as Message<S>.
+template <class T>
+struct wire_type {
+  using type = T;
+};
+template <class T>
+requires codec_detail::CapnpReaderOrBuilder<T>
+struct wire_type<T> {
+  using type = Message<capnp::FromAny<T>>;
+};
+template <class T>
+requires requires {
+  typename T::_capnpPrivate::IsStruct;
+}
+struct wire_type<T> {
+  using type = Message<T>;
+};
+template <class T>
+using wire_type_t = typename wire_type<std::remove_cvref_t<T>>::type;
+
+/// `T`'s signature and fingerprint, computed once.
+template <class T>
+const TypeId& type_id() {
+  static const TypeId id = [] {
+    std::string s = Codec<T>::signature();
+    const std::uint64_t f = codec_detail::fnv1a(s);
+    return TypeId{std::move(s), f};
+  }();
+  return id;
+}
+
+namespace codec_detail {
+/// Throws TypeError: a message of type `got` where `want` was expected.
+[[noreturn]] void wrong_type(std::string_view want, std::string_view got);
+/// Runs `f`, turning Cap'n Proto's exceptions about a malformed message into ValueError.
+template <class F>
+decltype(auto) guarded(F&& f);
+void check_envelope(proto::Envelope::Reader env, const TypeId& want);
+[[noreturn]] void malformed_kj(const kj::Exception& e);
+}  // namespace codec_detail
+
+template <class F>
+decltype(auto) codec_detail::guarded(F&& f) {
+  try {
+    return f();
+  } catch (const kj::Exception& e) {
+    malformed_kj(e);
+  }
+}
+
+/// Fills `mb` with the envelope of `x`. Large packed arrays inside `x` are referenced, not
+/// copied: `x` must outlive `mb`.
+template <class T>
+void encode(const T& x, capnp::MessageBuilder& mb) {
+  using W = wire_type_t<T>;
+  static_assert(Encodable<W>,
+                "troupe::encode / send: this type has no troupe::Codec (see doc/codec.md)");
+  const TypeId& id = type_id<W>();
+  auto env = mb.initRoot<proto::Envelope>();
+  env.setFingerprint(id.fingerprint);
+  env.setTypeName(id.signature);
+  if constexpr (std::is_same_v<W, std::remove_cvref_t<T>>) {
+    Codec<W>::encode(x, env.initBody());
+  } else {
+    if constexpr (requires { x.asReader(); }) {
+      Codec<W>::encode(W(nullptr, x.asReader()), env.initBody());
+    } else {
+      Codec<W>::encode(W(nullptr, x), env.initBody());
+    }
+  }
+}
+
+/// Decodes the envelope at the root of `reader` as a `T`. `owner` (if any) keeps the reader's
+/// bytes alive, so a top-level Message<S> is a view, not a copy.
+/// @throws TypeError if the message holds another type; ValueError if it is malformed.
+template <class T>
+T decode(capnp::MessageReader& reader, std::shared_ptr<const void> owner = nullptr) {
+  static_assert(Encodable<T>,
+                "troupe::decode / recv: this type has no troupe::Codec (see doc/codec.md)");
+  return codec_detail::guarded([&]() -> T {
+    auto env = reader.getRoot<proto::Envelope>();
+    codec_detail::check_envelope(env, type_id<T>());
+    if constexpr (requires { typename T::troupe_message_struct; }) {
+      return T(std::move(owner),
+               env.getBody().getStruct().template getAs<typename T::troupe_message_struct>());
+    } else {
+      return Codec<T>::decode(env.getBody());
+    }
+  });
+}
+
+/// Reader options for untrusted bytes: a traversal limit proportional to the message (so no
+/// amplification) and a nesting limit.
+capnp::ReaderOptions reader_options(std::size_t message_words);
+
+/// The whole serialised message (segment table and segments) of `x`, as bytes.
+template <class T>
+std::vector<std::byte> to_bytes(const T& x) {
+  capnp::MallocMessageBuilder mb;
+  encode(x, mb);
+  auto words = capnp::messageToFlatArray(mb);
+  auto bytes = words.asBytes();
+  return std::vector<std::byte>(reinterpret_cast<const std::byte*>(bytes.begin()),
+                                reinterpret_cast<const std::byte*>(bytes.end()));
+}
+
+/// Decodes bytes made by to_bytes (or received from anyone: every read is bounded).
+/// @throws TypeError, ValueError as decode().
+template <class T>
+T from_bytes(std::span<const std::byte> bytes) {
+  if (bytes.size() % sizeof(capnp::word) != 0)
+    codec_detail::malformed(std::to_string(bytes.size()) +
+                            " bytes is not a whole number of 8-byte words");
+  auto words = kj::heapArray<capnp::word>(bytes.size() / sizeof(capnp::word));
+  if (!bytes.empty()) std::memcpy(words.begin(), bytes.data(), bytes.size());
+  return codec_detail::guarded([&]() -> T {
+    capnp::FlatArrayMessageReader reader(words, reader_options(words.size()));
+    if (reader.getEnd() != words.end()) codec_detail::malformed("trailing bytes after the message");
+    if constexpr (requires { typename T::troupe_message_struct; }) {
+      return T(decode<T>(reader).get());  // a copy: `words` dies here
+    } else {
+      return decode<T>(reader);
+    }
+  });
+}
+
+}  // namespace troupe
