@@ -551,5 +551,89 @@ TEST_F(TypedTest, ManyMessagesFromAThread) {
   t.join();
 }
 
+// ---- connection.wait (_TestWait) -------------------------------------------------------------
+
+using WaitTest = troupe::testing::LeakCheck;
+
+TEST_F(WaitTest, ReturnsTheReadyOnesInOrder) {
+  auto [a1, b1] = Pipe();
+  auto [a2, b2] = Pipe();
+  auto [a3, b3] = Pipe();
+  EXPECT_TRUE(connection::wait({b1, b2, b3}, 0s).empty());
+  a3.send_bytes("three");
+  a1.send_bytes("one");
+  auto ready = connection::wait({b1, b2, b3}, 1s);
+  ASSERT_EQ(ready.size(), 2u);
+  EXPECT_EQ(ready[0].connection(), &b1);
+  EXPECT_EQ(ready[1].connection(), &b3);
+  // EOF counts as ready, as in Python (recv then raises EOFError).
+  a2.close();
+  ready = connection::wait({b2}, 1s);
+  ASSERT_EQ(ready.size(), 1u);
+  EXPECT_THROW(b2.recv_bytes(), EOFError);
+}
+
+TEST_F(WaitTest, WakesWhenAThreadSends) {
+  auto [a, b] = Pipe();
+  std::thread t([&a = a] {
+    std::this_thread::sleep_for(50ms);
+    a.send(7);
+  });
+  const auto start = std::chrono::steady_clock::now();
+  auto ready = connection::wait({b});  // forever
+  EXPECT_GE(std::chrono::steady_clock::now() - start, 40ms);
+  ASSERT_EQ(ready.size(), 1u);
+  EXPECT_EQ(b.recv<int>(), 7);
+  t.join();
+}
+
+TEST_F(WaitTest, TimeoutGivesEmptyList) {
+  auto [a, b] = Pipe();
+  const auto start = std::chrono::steady_clock::now();
+  EXPECT_TRUE(connection::wait({b}, 50ms).empty());
+  EXPECT_GE(std::chrono::steady_clock::now() - start, 45ms);
+  EXPECT_TRUE(connection::wait({b}, -1s).empty());  // negative: one look, no wait
+}
+
+// A message already read into the connection's buffer is ready even though the fd is not.
+TEST_F(WaitTest, SeesBufferedMessages) {
+  auto [a, b] = Pipe();
+  a.send_bytes("first");
+  a.send_bytes("second");
+  std::this_thread::sleep_for(10ms);
+  EXPECT_EQ(text(b.recv_bytes()), "first");  // one read took both
+  ASSERT_GT(b.buffered_bytes(), 0u);
+  auto ready = connection::wait({b}, 0s);
+  ASSERT_EQ(ready.size(), 1u);
+  EXPECT_EQ(text(b.recv_bytes()), "second");
+}
+
+TEST_F(WaitTest, PlainFdsAndTypedReceivers) {
+  int fds[2];
+  ASSERT_EQ(pipe2(fds, O_CLOEXEC), 0);
+  auto [tx, rx] = Pipe<int>();
+  EXPECT_TRUE(connection::wait({fds[0], rx}, 0s).empty());
+  ASSERT_EQ(::write(fds[1], "x", 1), 1);
+  tx.send(1);
+  auto ready = connection::wait({fds[0], rx}, 1s);
+  ASSERT_EQ(ready.size(), 2u);
+  EXPECT_EQ(ready[0].fileno(), fds[0]);
+  EXPECT_EQ(ready[1].connection(), &rx.connection());
+  ::close(fds[0]);
+  ::close(fds[1]);
+}
+
+TEST_F(WaitTest, ClosedOrInvalidIsOSError) {
+  auto [a, b] = Pipe();
+  b.close();
+  EXPECT_THROW(connection::wait({b}, 0s), OSError);
+  EXPECT_THROW(connection::wait({-1}, 0s), OSError);
+  int fds[2];
+  ASSERT_EQ(pipe2(fds, O_CLOEXEC), 0);
+  ::close(fds[0]);
+  ::close(fds[1]);
+  EXPECT_THROW(connection::wait({fds[0]}, 0s), OSError);
+}
+
 }  // namespace
 }  // namespace troupe::multiprocessing

@@ -440,6 +440,55 @@ std::pair<Connection, Connection> Pipe(bool duplex) {
   return {Connection(fds[0], true, false), Connection(fds[1], false, true)};
 }
 
+// ---- connection.wait -----------------------------------------------------------------------
+
+namespace connection {
+
+std::vector<Waitable> wait(std::span<const Waitable> objects, Timeout timeout) {
+  std::vector<pollfd> fds;
+  fds.reserve(objects.size());
+  bool buffered = false;
+  for (const auto& o : objects) {
+    int fd;
+    if (Connection* c = o.connection()) {
+      if (c->closed()) throw_os_error(EBADF, "connection.wait: a connection is closed");
+      if (!c->readable()) throw_os_error(EBADF, "connection.wait: a connection is write-only");
+      fd = c->fileno();
+      buffered = buffered || c->buffered_bytes() > 0;
+    } else {
+      fd = o.fileno();
+      if (fd < 0) throw_os_error(EBADF, "connection.wait: invalid fd " + std::to_string(fd));
+    }
+    fds.push_back({fd, POLLIN, 0});
+  }
+  // Something already buffered is ready now: look at the fds without blocking.
+  const auto deadline = buffered ? std::optional(std::chrono::steady_clock::now())
+                                 : timeout.deadline();
+  for (;;) {
+    int ms = -1;
+    if (deadline) {
+      auto left = std::chrono::ceil<std::chrono::milliseconds>(*deadline -
+                                                               std::chrono::steady_clock::now());
+      ms = left.count() < 0 ? 0 : static_cast<int>(std::min<long long>(left.count(), 1 << 30));
+    }
+    const int r = ::poll(fds.data(), fds.size(), ms);
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      throw_os_error(errno, "connection.wait: poll");
+    }
+    std::vector<Waitable> ready;
+    for (std::size_t i = 0; i < objects.size(); ++i) {
+      if (fds[i].revents & POLLNVAL)
+        throw_os_error(EBADF, "connection.wait: fd " + std::to_string(fds[i].fd) + " is not open");
+      const Connection* c = objects[i].connection();
+      if (fds[i].revents != 0 || (c && c->buffered_bytes() > 0)) ready.push_back(objects[i]);
+    }
+    if (!ready.empty() || r == 0) return ready;
+  }
+}
+
+}  // namespace connection
+
 // ---- the handshake --------------------------------------------------------------------------
 
 namespace {

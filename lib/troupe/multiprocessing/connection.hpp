@@ -12,6 +12,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <initializer_list>
 #include <memory>
 #include <optional>
 #include <span>
@@ -133,6 +134,10 @@ public:
   bool readable() const noexcept { return readable_; }
   bool writable() const noexcept { return writable_; }
 
+  /// Bytes already read from the fd but not yet returned (a message may be waiting in them even
+  /// when the fd itself is not readable; connection::wait accounts for it).
+  std::size_t buffered_bytes() const noexcept { return buffered(); }
+
   /// The largest message this end accepts (default kDefaultMaxMessageSize).
   std::uint64_t max_message_size() const noexcept { return max_message_size_; }
   void set_max_message_size(std::uint64_t n) noexcept { max_message_size_ = n; }
@@ -211,6 +216,39 @@ std::pair<Sender<T>, Receiver<T>> Pipe() {
   auto [r, w] = detail::one_way_socketpair();
   return {Sender<T>(std::move(w)), Receiver<T>(std::move(r))};
 }
+
+/// Python's module `multiprocessing.connection`: wait(), and the names it holds.
+namespace connection {
+
+/// What connection::wait() watches: a Connection (ready when a message or EOF can be read) or a
+/// file descriptor (ready when readable, e.g. a socket, a pipe or a process sentinel).
+class Waitable {
+public:
+  Waitable(Connection& c) noexcept : conn_(&c), fd_(-1) {}  // NOLINT: implicit, as Python's list
+  template <class T>
+  Waitable(Receiver<T>& r) noexcept : Waitable(r.connection()) {}  // NOLINT
+  Waitable(int fd) noexcept : conn_(nullptr), fd_(fd) {}  // NOLINT
+
+  /// The Connection, or nullptr for a plain fd.
+  Connection* connection() const noexcept { return conn_; }
+  int fileno() const { return conn_ ? conn_->fileno() : fd_; }
+  bool operator==(const Waitable& o) const noexcept { return conn_ == o.conn_ && fd_ == o.fd_; }
+
+private:
+  Connection* conn_;
+  int fd_;
+};
+
+/// Python: `multiprocessing.connection.wait(object_list, timeout=None)`: waits until at least
+/// one object is ready and returns those that are, in the order given; returns an empty list
+/// when the timeout passes first (a negative timeout polls once).
+/// @throws OSError if a Connection is closed or an fd is invalid.
+std::vector<Waitable> wait(std::span<const Waitable> objects, Timeout timeout = {});
+inline std::vector<Waitable> wait(std::initializer_list<Waitable> objects, Timeout timeout = {}) {
+  return wait(std::span<const Waitable>(objects.begin(), objects.size()), timeout);
+}
+
+}  // namespace connection
 
 /// Options of the handshake, beyond Python's arguments.
 struct AuthOptions {
