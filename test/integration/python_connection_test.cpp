@@ -17,8 +17,8 @@
 #include "troupe/multiprocessing/connection.hpp"
 #include "troupe/multiprocessing/listener.hpp"
 
+#include "child_process.hpp"
 #include "leak_check.hpp"
-#include <glob.h>
 
 namespace troupe::multiprocessing {
 namespace {
@@ -44,31 +44,8 @@ while True:
 print(sys.version_info[:2], "done")
 )PY";
 
-struct Python {
-  std::string exe;
-  int minor = 0;
-};
-
-// python3 from PATH and /root/.pyenv/versions/3.*/bin/python3, with their minor versions.
-std::vector<Python> find_pythons() {
-  std::vector<std::string> candidates = {"python3"};
-  glob_t g{};
-  if (glob("/root/.pyenv/versions/3.*/bin/python3", 0, nullptr, &g) == 0) {
-    for (size_t i = 0; i < g.gl_pathc; ++i) candidates.emplace_back(g.gl_pathv[i]);
-  }
-  globfree(&g);
-  std::vector<Python> out;
-  for (auto& c : candidates) {
-    std::string cmd = c + " -c 'import sys; print(sys.version_info[1])' 2>/dev/null";
-    FILE* p = popen(cmd.c_str(), "r");
-    if (!p) continue;
-    int minor = -1;
-    if (fscanf(p, "%d", &minor) != 1) minor = -1;
-    pclose(p);
-    if (minor >= 8) out.push_back({c, minor});
-  }
-  return out;
-}
+using troupe::testing::find_pythons;
+using troupe::testing::Python;
 
 struct Child {
   pid_t pid = -1;

@@ -1,0 +1,83 @@
+"""The Python end of test/integration/python_echo_test.cpp, using only multiprocessing.connection.
+
+  py_echo.py listen ADDRESS KEYHEX      echo listener: prints its address, answers each message
+                                        reversed, exits 0 after b"quit"; a client that fails
+                                        authentication is reported and the next one accepted
+  py_echo.py connect ADDRESS KEYHEX SIZES   client: sends one message per size, checks each reply
+                                        is reversed, sends b"quit"; exit 3 if authentication fails
+
+ADDRESS is troupe's string form: HOST:PORT, unix:PATH, unix-abstract:NAME.
+"""
+import sys
+from multiprocessing import AuthenticationError
+from multiprocessing.connection import Client, Listener
+
+
+def parse(text):
+    if text.startswith("unix:"):
+        return text[len("unix:"):]
+    if text.startswith("unix-abstract:"):
+        return "\0" + text[len("unix-abstract:"):]
+    host, port = text.rsplit(":", 1)
+    return (host, int(port))
+
+
+def show(address):
+    if isinstance(address, tuple):
+        return f"{address[0]}:{address[1]}"
+    if isinstance(address, bytes):  # an abstract name, as getsockname() gives it
+        address = address.decode()
+    if address.startswith("\0"):
+        return "unix-abstract:" + address[1:]
+    return "unix:" + address
+
+
+def payload(n, salt):
+    block = bytes((i * 31 + salt) & 0xFF for i in range(256))
+    return (block * (n // 256 + 1))[:n]
+
+
+def listen(address, key):
+    with Listener(address, authkey=key) as listener:
+        print("listening on", show(listener.address), flush=True)
+        while True:
+            try:
+                conn = listener.accept()
+            except (AuthenticationError, EOFError, OSError) as e:
+                print("rejected:", type(e).__name__, e, flush=True)
+                continue
+            with conn:
+                while True:
+                    try:
+                        m = conn.recv_bytes()
+                    except EOFError:
+                        break
+                    if m == b"quit":
+                        print("quit", flush=True)
+                        return 0
+                    conn.send_bytes(m[::-1])
+
+
+def connect(address, key, sizes):
+    try:
+        conn = Client(address, authkey=key)
+    except AuthenticationError as e:
+        print("authentication failed:", e, flush=True)
+        return 3
+    with conn:
+        for i, n in enumerate(sizes):
+            m = payload(n, i)
+            conn.send_bytes(m)
+            if conn.recv_bytes() != m[::-1]:
+                print(f"reply {i} ({n} bytes) differs", flush=True)
+                return 1
+        conn.send_bytes(b"quit")
+    print(len(sizes), "messages echoed", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    role, address, key = sys.argv[1], parse(sys.argv[2]), bytes.fromhex(sys.argv[3])
+    if role == "listen":
+        sys.exit(listen(address, key))
+    sys.exit(connect(address, key, [int(s) for s in sys.argv[4].split(",")]))
