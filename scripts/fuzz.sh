@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Builds the libFuzzer targets (test/fuzz/) with clang under ASan+UBSan and runs each one for
+# SECONDS (default 20) from seeds the library makes itself. A longer run: bash scripts/fuzz.sh 3600
+# (doc/security.md). Findings go to $BUILD/fuzz-artifacts/. Last line: 'N passed, N failed'.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+seconds=${1:-20}
+BUILD=${BUILD:-build-fuzz}
+bash scripts/setup.sh || { echo "0 passed, 1 failed"; exit 1; }
+if [ ! -f "$BUILD/build.ninja" ]; then
+  CC=clang CXX=clang++ meson setup "$BUILD" -Dfuzz=true -Dtests=false -Dexamples=false \
+    -Dbenchmarks=false -Db_sanitize=address,undefined -Db_lundef=false >/dev/null ||
+    { echo "0 passed, 1 failed"; exit 1; }
+fi
+ninja -C "$BUILD" || { echo "0 passed, 1 failed"; exit 1; }
+corpus="$BUILD/corpus"
+artifacts="$BUILD/fuzz-artifacts/"
+mkdir -p "$artifacts"
+"$BUILD/test/fuzz/make_seeds" "$corpus" || { echo "0 passed, 1 failed"; exit 1; }
+passed=0 failed=0
+for t in frame handshake codec; do
+  echo "--- ${t}_fuzz for ${seconds}s"
+  if ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+      "$BUILD/test/fuzz/${t}_fuzz" -max_total_time="$seconds" -max_len=4096 -timeout=10 \
+      -rss_limit_mb=2048 -print_final_stats=1 -artifact_prefix="$artifacts" \
+      "$corpus/$t" 2>"$BUILD/${t}_fuzz.log"; then
+    passed=$((passed + 1))
+    grep -E "stat::number_of_executed_units|stat::peak_rss_mb" "$BUILD/${t}_fuzz.log" | tr '\n' ' '
+    echo
+  else
+    failed=$((failed + 1))
+    tail -60 "$BUILD/${t}_fuzz.log"
+  fi
+done
+echo "$passed passed, $failed failed"
