@@ -3,18 +3,29 @@
 // 4-byte length in the same buffer). bench/compare.py runs it next to Python's
 // multiprocessing.Pipe.
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
+#include <string>
 #include <thread>
 #include <vector>
 
 #include <benchmark/benchmark.h>
+#include <openssl/core_names.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/params.h>
+#include <openssl/rand.h>
 
 #include "troupe/multiprocessing/connection.hpp"
+#include "troupe/multiprocessing/listener.hpp"
 
 #include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 
 namespace {
 
@@ -132,6 +143,237 @@ void BM_PipeOneWay_raw(benchmark::State& state) {
   state.SetBytesProcessed(state.iterations() * count * static_cast<int64_t>(size));
 }
 BENCHMARK(BM_PipeOneWay_raw)->Arg(64)->Arg(1 << 20)->UseRealTime();
+
+// Typed one-way: the same bytes as send<std::vector<std::byte>>, so the envelope's cost shows.
+void BM_PipeOneWayTyped_troupe(benchmark::State& state) {
+  const size_t size = static_cast<size_t>(state.range(0));
+  const int count = static_cast<int>(std::clamp<size_t>((64u << 20) / size / 4, 1000, 100000));
+  auto [tx, rx] = mp::Pipe<std::vector<std::byte>>();
+  std::vector<std::byte> msg(size, std::byte{1});
+  for (auto _ : state) {
+    std::thread t([&] {
+      for (int i = 0; i < count; ++i) tx.send(msg);
+    });
+    for (int i = 0; i < count; ++i) benchmark::DoNotOptimize(rx.recv());
+    t.join();
+  }
+  state.SetItemsProcessed(state.iterations() * count);
+  state.SetBytesProcessed(state.iterations() * count * static_cast<int64_t>(size));
+}
+BENCHMARK(BM_PipeOneWayTyped_troupe)->Arg(64)->Arg(1 << 20)->UseRealTime();
+
+// A small record, as Python would send a tuple: (id, name, [four floats]).
+struct Record {
+  std::int64_t id;
+  std::string name;
+  std::vector<double> values;
+};
+
+void BM_PipeOneWayRecord_troupe(benchmark::State& state) {
+  constexpr int count = 100000;
+  auto [tx, rx] = mp::Pipe<Record>();
+  const Record r{1, "name", {1.0, 2.0, 3.0, 4.0}};
+  for (auto _ : state) {
+    std::thread t([&] {
+      for (int i = 0; i < count; ++i) tx.send(r);
+    });
+    for (int i = 0; i < count; ++i) benchmark::DoNotOptimize(rx.recv());
+    t.join();
+  }
+  state.SetItemsProcessed(state.iterations() * count);
+}
+BENCHMARK(BM_PipeOneWayRecord_troupe)->UseRealTime();
+
+// ---- connect + mutual authentication ----------------------------------------------------------
+// Arg 0: 0 = TCP on 127.0.0.1, 1 = Unix socket. Arg 1: 1 = also one 64-byte round trip.
+
+const char kKey[] = "benchmark key";
+
+// The handshake by hand: framing as above, HMAC-SHA256 with EVP_MAC, CRYPTO_memcmp.
+struct RawHmac {
+  EVP_MAC* mac = EVP_MAC_fetch(nullptr, "HMAC", nullptr);
+  EVP_MAC_CTX* ctx = EVP_MAC_CTX_new(mac);
+  ~RawHmac() {
+    EVP_MAC_CTX_free(ctx);
+    EVP_MAC_free(mac);
+  }
+  void operator()(const char* msg, size_t n, unsigned char out[32]) {
+    char digest[] = "SHA256";
+    OSSL_PARAM params[] = {OSSL_PARAM_construct_utf8_string("digest", digest, 0),
+                           OSSL_PARAM_construct_end()};
+    size_t len = 0;
+    if (!EVP_MAC_init(ctx, reinterpret_cast<const unsigned char*>(kKey), sizeof kKey - 1, params) ||
+        !EVP_MAC_update(ctx, reinterpret_cast<const unsigned char*>(msg), n) ||
+        !EVP_MAC_final(ctx, out, &len, 32))
+      std::abort();
+  }
+};
+
+void raw_deliver(int fd, RawHmac& hmac) {
+  std::vector<char> frame, buf;
+  std::string challenge = "#CHALLENGE#{sha256}";
+  challenge.resize(challenge.size() + 40);
+  RAND_bytes(reinterpret_cast<unsigned char*>(challenge.data()) + 19, 40);
+  frame.assign(4, 0);
+  frame.insert(frame.end(), challenge.begin(), challenge.end());
+  raw_send(fd, frame, challenge.size());
+  raw_recv(fd, buf);
+  unsigned char mac[32];
+  hmac(challenge.data() + 11, challenge.size() - 11, mac);
+  const bool ok = buf.size() == 8 + 32 && CRYPTO_memcmp(buf.data() + 8, mac, 32) == 0;
+  const std::string reply = ok ? "#WELCOME#" : "#FAILURE#";
+  frame.assign(4, 0);
+  frame.insert(frame.end(), reply.begin(), reply.end());
+  raw_send(fd, frame, reply.size());
+  if (!ok) std::abort();
+}
+
+void raw_answer(int fd, RawHmac& hmac) {
+  std::vector<char> frame, buf;
+  raw_recv(fd, buf);  // "#CHALLENGE#{sha256}" + 40 bytes
+  unsigned char mac[32];
+  hmac(buf.data() + 11, buf.size() - 11, mac);
+  frame.assign(4, 0);
+  const std::string prefix = "{sha256}";
+  frame.insert(frame.end(), prefix.begin(), prefix.end());
+  frame.insert(frame.end(), mac, mac + 32);
+  raw_send(fd, frame, 40);
+  raw_recv(fd, buf);
+  if (buf.size() != 9 || std::memcmp(buf.data(), "#WELCOME#", 9) != 0) std::abort();
+}
+
+struct Endpoint {
+  sockaddr_storage addr{};
+  socklen_t len = 0;
+  int family = AF_INET;
+};
+
+// A listening socket on 127.0.0.1:0 or a fresh Unix path.
+int raw_listen(bool unix_socket, Endpoint& ep, std::string& path) {
+  int fd;
+  if (unix_socket) {
+    path = "/tmp/troupe-bench-" + std::to_string(getpid()) + ".sock";
+    ::unlink(path.c_str());
+    auto* sun = reinterpret_cast<sockaddr_un*>(&ep.addr);
+    sun->sun_family = AF_UNIX;
+    std::strncpy(sun->sun_path, path.c_str(), sizeof sun->sun_path - 1);
+    ep.len = sizeof(sockaddr_un);
+    ep.family = AF_UNIX;
+    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  } else {
+    auto* sin = reinterpret_cast<sockaddr_in*>(&ep.addr);
+    sin->sin_family = AF_INET;
+    sin->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ep.len = sizeof(sockaddr_in);
+    fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  }
+  if (bind(fd, reinterpret_cast<sockaddr*>(&ep.addr), ep.len) != 0 || listen(fd, 64) != 0)
+    std::abort();
+  getsockname(fd, reinterpret_cast<sockaddr*>(&ep.addr), &ep.len);
+  return fd;
+}
+
+void BM_ConnectAuth_raw(benchmark::State& state) {
+  const bool unix_socket = state.range(0) == 1;
+  const bool round_trip = state.range(1) == 1;
+  Endpoint ep;
+  std::string path;
+  const int lfd = raw_listen(unix_socket, ep, path);
+  std::atomic<bool> stop{false};
+  std::thread server([&] {
+    RawHmac hmac;
+    std::vector<char> buf, frame;
+    for (;;) {
+      const int c = accept4(lfd, nullptr, nullptr, SOCK_CLOEXEC);
+      if (c < 0 || stop) {
+        if (c >= 0) ::close(c);
+        return;
+      }
+      int one = 1;
+      if (!unix_socket) setsockopt(c, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+      raw_deliver(c, hmac);
+      raw_answer(c, hmac);
+      if (round_trip) {
+        const size_t n = raw_recv(c, buf);
+        frame.assign(buf.begin(), buf.end());
+        frame.insert(frame.begin(), 4, 0);
+        raw_send(c, frame, n);
+      }
+      ::close(c);
+    }
+  });
+  RawHmac hmac;
+  std::vector<char> frame(68, 'x'), buf;
+  for (auto _ : state) {
+    const int fd = socket(ep.family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int one = 1;
+    if (!unix_socket) setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (connect(fd, reinterpret_cast<sockaddr*>(&ep.addr), ep.len) != 0) std::abort();
+    raw_answer(fd, hmac);
+    raw_deliver(fd, hmac);
+    if (round_trip) {
+      raw_send(fd, frame, 64);
+      raw_recv(fd, buf);
+    }
+    ::close(fd);
+  }
+  stop = true;
+  const int fd = socket(ep.family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  connect(fd, reinterpret_cast<sockaddr*>(&ep.addr), ep.len);
+  server.join();
+  ::close(fd);
+  ::close(lfd);
+  if (unix_socket) ::unlink(path.c_str());
+}
+BENCHMARK(BM_ConnectAuth_raw)
+    ->Args({0, 0})
+    ->Args({1, 0})
+    ->Args({0, 1})
+    ->Args({1, 1})
+    ->UseRealTime();
+
+void BM_ConnectAuth_troupe(benchmark::State& state) {
+  const bool unix_socket = state.range(0) == 1;
+  const bool round_trip = state.range(1) == 1;
+  const std::string path = "/tmp/troupe-bench-" + std::to_string(getpid()) + ".sock";
+  auto address =
+      unix_socket ? mp::Address::parse("unix:" + path) : mp::Address::parse("127.0.0.1:0");
+  const auto key = mp::AuthenticationString(kKey);
+  mp::Listener listener(address, {.backlog = 64, .authkey = key});
+  address = listener.address();
+  std::atomic<bool> stop{false};
+  std::thread server([&] {
+    for (;;) {
+      try {
+        auto c = listener.accept();
+        if (stop) return;
+        if (round_trip) c.send_bytes(c.recv_bytes());
+      } catch (const std::exception&) {
+        if (stop) return;
+      }
+    }
+  });
+  const std::string msg(64, 'x');
+  for (auto _ : state) {
+    auto c = mp::Client(address, key);
+    if (round_trip) {
+      c.send_bytes(msg);
+      benchmark::DoNotOptimize(c.recv_bytes());
+    }
+  }
+  stop = true;
+  try {
+    mp::Client(address, key);
+  } catch (const std::exception&) {
+  }
+  server.join();
+}
+BENCHMARK(BM_ConnectAuth_troupe)
+    ->Args({0, 0})
+    ->Args({1, 0})
+    ->Args({0, 1})
+    ->Args({1, 1})
+    ->UseRealTime();
 
 }  // namespace
 

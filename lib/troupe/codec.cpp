@@ -82,15 +82,70 @@ std::string type_name_from_pretty(std::string_view p) {
   return name;
 }
 
-void put_data(proto::Value::Builder v, const void* p, std::size_t n) {
+namespace {
+
+void put_one_blob(proto::Value::Builder v, const kj::byte* p, std::size_t n, bool text,
+                  bool may_reference) {
   constexpr std::size_t kReferenceFrom = 16 * 1024;
-  if (n >= kReferenceFrom && n % sizeof(capnp::word) == 0 &&
-      reinterpret_cast<std::uintptr_t>(p) % alignof(capnp::word) == 0) {
+  if (text) {
+    auto t = v.initText(static_cast<unsigned>(n));
+    if (n) std::memcpy(t.begin(), p, n);
+  } else if (may_reference && n >= kReferenceFrom && n % sizeof(capnp::word) == 0 &&
+             reinterpret_cast<std::uintptr_t>(p) % alignof(capnp::word) == 0) {
     // No copy: the blob becomes a segment of its own, written straight from the caller's memory.
     v.adoptData(capnp::Orphanage::getForMessageContaining(v).referenceExternalData(
-        capnp::Data::Reader(static_cast<const kj::byte*>(p), n)));
+        capnp::Data::Reader(p, n)));
   } else {
-    v.setData(capnp::Data::Reader(static_cast<const kj::byte*>(p), n));
+    v.setData(capnp::Data::Reader(p, n));
+  }
+}
+
+}  // namespace
+
+void put_blob(proto::Value::Builder v, const void* p, std::size_t n, bool text,
+              bool may_reference) {
+  const auto* b = static_cast<const kj::byte*>(p);
+  if (n <= kMaxBlobChunk) {
+    put_one_blob(v, b, n, text, may_reference);
+    return;
+  }
+  const std::size_t chunks = (n + kMaxBlobChunk - 1) / kMaxBlobChunk;
+  auto l = v.initList(static_cast<unsigned>(chunks));
+  for (std::size_t i = 0; i < chunks; ++i) {
+    const std::size_t off = i * kMaxBlobChunk;
+    put_one_blob(l[static_cast<unsigned>(i)], b + off, std::min(kMaxBlobChunk, n - off), text,
+                 may_reference);
+  }
+}
+
+Blob read_blob(proto::Value::Reader v, bool text, std::string_view type) {
+  const Which kind = text ? Which::TEXT : Which::DATA;
+  Blob blob;
+  auto one = [&](proto::Value::Reader c) {
+    expect(c, kind, type);
+    kj::ArrayPtr<const kj::byte> bytes;
+    if (text) {
+      auto t = c.getText();
+      bytes = kj::ArrayPtr<const kj::byte>(reinterpret_cast<const kj::byte*>(t.begin()), t.size());
+    } else {
+      bytes = c.getData();
+    }
+    blob.size += bytes.size();
+    blob.chunks.push_back(bytes);
+  };
+  if (v.which() == Which::LIST) {
+    for (auto c : v.getList()) one(c);
+  } else {
+    one(v);
+  }
+  return blob;
+}
+
+void Blob::copy_to(void* out) const {
+  auto* o = static_cast<kj::byte*>(out);
+  for (const auto& c : chunks) {
+    if (c.size()) std::memcpy(o, c.begin(), c.size());
+    o += c.size();
   }
 }
 
@@ -132,6 +187,11 @@ void check_envelope(proto::Envelope::Reader env, const TypeId& want) {
   std::string got(name.begin(), std::min<std::size_t>(name.size(), kMaxName));
   if (name.size() > kMaxName) got += "...";
   wrong_type(want.signature, got.empty() ? "(unnamed)" : got);
+}
+
+void cannot_encode_kj(const kj::Exception& e) {
+  throw ValueError("cannot encode the value as a message: " +
+                   std::string(e.getDescription().cStr()));
 }
 
 void malformed_kj(const kj::Exception& e) {

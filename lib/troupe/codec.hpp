@@ -19,6 +19,7 @@
 // its type's signature; decoding into a different type is a TypeError naming both.
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <bit>
 #include <chrono>
@@ -75,9 +76,25 @@ std::uint64_t fnv1a(std::string_view s) noexcept;
 /// "app::Job" from a __PRETTY_FUNCTION__ text; the same spelling under GCC and Clang for
 /// ordinary class names.
 std::string type_name_from_pretty(std::string_view pretty);
-/// Sets `v` to a Data blob of `n` bytes at `p`. Large, word-aligned blobs whose size is a multiple
-/// of 8 are referenced, not copied (they must outlive the message builder, as in send()).
-void put_data(proto::Value::Builder v, const void* p, std::size_t n);
+/// The largest single Data or Text blob: Cap'n Proto counts list elements in 29 bits, so a blob
+/// longer than this travels as a list of chunks of this size.
+inline constexpr std::size_t kMaxBlobChunk = std::size_t{1} << 28;  // 256 MiB
+
+/// Sets `v` to a Data (or, with `text`, Text) blob of `n` bytes at `p`, chunked above
+/// kMaxBlobChunk. With `may_reference`, large word-aligned Data chunks whose size is a multiple of
+/// 8 are referenced, not copied (`p` must then outlive the message builder, as in send()).
+void put_blob(proto::Value::Builder v, const void* p, std::size_t n, bool text, bool may_reference);
+inline void put_data(proto::Value::Builder v, const void* p, std::size_t n) {
+  put_blob(v, p, n, false, true);
+}
+/// The chunks of the blob in `v` (one Data/Text, or a list of them; malformed() otherwise),
+/// each read once (Cap'n Proto counts every read against the traversal limit).
+struct Blob {
+  std::vector<kj::ArrayPtr<const kj::byte>> chunks;
+  std::size_t size = 0;
+  void copy_to(void* out) const;
+};
+Blob read_blob(proto::Value::Reader v, bool text, std::string_view type);
 
 template <class T>
 std::string_view pretty() {
@@ -122,27 +139,23 @@ void put_packed(proto::Value::Builder v, const E* p, std::size_t n) {
   if constexpr (std::endian::native == std::endian::little || sizeof(E) == 1) {
     put_data(v, p, n * sizeof(E));
   } else {
-    auto d = v.initData(n * sizeof(E));
-    std::memcpy(d.begin(), p, n * sizeof(E));
-    swap_bytes_if_big_endian(reinterpret_cast<E*>(d.begin()), n);
+    std::vector<E> swapped(p, p + n);
+    swap_bytes_if_big_endian(swapped.data(), n);
+    put_blob(v, swapped.data(), n * sizeof(E), false, false);
   }
 }
 
-/// The element count of a packed Data blob, after checking its size.
+/// The elements of a packed blob, after checking its size is a whole number of them.
 template <class E>
-std::size_t packed_count(proto::Value::Reader v, std::string_view type) {
-  expect(v, Which::DATA, type);
-  const std::size_t bytes = v.getData().size();
-  if (bytes % sizeof(E) != 0)
-    malformed(std::string(type) + ": " + std::to_string(bytes) +
+std::vector<E> read_packed(proto::Value::Reader v, std::string_view type) {
+  const Blob blob = read_blob(v, false, type);
+  if (blob.size % sizeof(E) != 0)
+    malformed(std::string(type) + ": " + std::to_string(blob.size) +
               " bytes is not a whole number of " + std::to_string(sizeof(E)) + "-byte elements");
-  return bytes / sizeof(E);
-}
-
-template <class E>
-void get_packed(proto::Value::Reader v, E* out, std::size_t n) {
-  std::memcpy(static_cast<void*>(out), v.getData().begin(), n * sizeof(E));
-  swap_bytes_if_big_endian(out, n);
+  std::vector<E> out(blob.size / sizeof(E));
+  blob.copy_to(out.data());
+  swap_bytes_if_big_endian(out.data(), out.size());
+  return out;
 }
 
 template <class T>
@@ -352,10 +365,9 @@ struct Sequence {
     if constexpr (packed<E> && std::is_same_v<C, std::vector<E, typename C::allocator_type>>) {
       put_packed(v, c.data(), c.size());
     } else if constexpr (packed<E>) {
-      auto d = v.initData(c.size() * sizeof(E));
-      std::size_t i = 0;
-      for (const E& e : c) std::memcpy(d.begin() + sizeof(E) * i++, &e, sizeof(E));
-      swap_bytes_if_big_endian(reinterpret_cast<E*>(d.begin()), c.size());
+      std::vector<E> flat(c.begin(), c.end());
+      swap_bytes_if_big_endian(flat.data(), flat.size());
+      put_blob(v, flat.data(), flat.size() * sizeof(E), false, false);  // `flat` dies here
     } else {
       auto l = v.initList(static_cast<unsigned>(c.size()));
       unsigned i = 0;
@@ -365,18 +377,11 @@ struct Sequence {
   static C decode(proto::Value::Reader v) {
     C out;
     if constexpr (packed<E>) {
-      const std::size_t n = packed_count<E>(v, signature());
-      if constexpr (std::is_same_v<C, std::vector<E, typename C::allocator_type>>) {
-        out.resize(n);
-        get_packed(v, out.data(), n);
+      auto flat = read_packed<E>(v, signature());
+      if constexpr (std::is_same_v<C, std::vector<E>>) {
+        out = std::move(flat);
       } else {
-        const auto* p = v.getData().begin();
-        for (std::size_t i = 0; i < n; ++i) {
-          E e;
-          std::memcpy(&e, p + i * sizeof(E), sizeof(E));
-          swap_bytes_if_big_endian(&e, 1);
-          out.push_back(e);
-        }
+        out.assign(flat.begin(), flat.end());
       }
     } else {
       expect(v, Which::LIST, signature());
@@ -496,12 +501,13 @@ template <>
 struct Codec<std::string> {
   static std::string signature() { return "str"; }
   static void encode(const std::string& s, proto::Value::Builder v) {
-    v.setText(capnp::Text::Reader(s.c_str(), s.size()));
+    codec_detail::put_blob(v, s.data(), s.size(), true, false);
   }
   static std::string decode(proto::Value::Reader v) {
-    codec_detail::expect(v, codec_detail::Which::TEXT, "str");
-    auto t = v.getText();
-    return std::string(t.begin(), t.size());
+    const auto blob = codec_detail::read_blob(v, true, "str");
+    std::string out(blob.size, '\0');
+    blob.copy_to(out.data());
+    return out;
   }
 };
 
@@ -538,8 +544,9 @@ struct Codec<std::array<E, N>> {
   static std::array<E, N> decode(proto::Value::Reader v) {
     std::array<E, N> out{};
     if constexpr (codec_detail::packed<E>) {
-      codec_detail::expect_size(codec_detail::packed_count<E>(v, signature()), N, signature());
-      codec_detail::get_packed(v, out.data(), N);
+      const auto flat = codec_detail::read_packed<E>(v, signature());
+      codec_detail::expect_size(flat.size(), N, signature());
+      std::copy(flat.begin(), flat.end(), out.begin());
     } else {
       codec_detail::expect(v, codec_detail::Which::LIST, signature());
       auto l = v.getList();
@@ -740,6 +747,16 @@ template <class F>
 decltype(auto) guarded(F&& f);
 void check_envelope(proto::Envelope::Reader env, const TypeId& want);
 [[noreturn]] void malformed_kj(const kj::Exception& e);
+[[noreturn]] void cannot_encode_kj(const kj::Exception& e);
+/// Runs `f`, turning Cap'n Proto's exceptions while building a message into ValueError.
+template <class F>
+void encode_guarded(F&& f) {
+  try {
+    f();
+  } catch (const kj::Exception& e) {
+    cannot_encode_kj(e);
+  }
+}
 }  // namespace codec_detail
 
 template <class F>
@@ -751,6 +768,9 @@ decltype(auto) codec_detail::guarded(F&& f) {
   }
 }
 
+template <class W, class T>
+void encode_envelope(const T& x, capnp::MessageBuilder& mb, const TypeId& id);
+
 /// Fills `mb` with the envelope of `x`. Large packed arrays inside `x` are referenced, not
 /// copied: `x` must outlive `mb`.
 template <class T>
@@ -759,6 +779,11 @@ void encode(const T& x, capnp::MessageBuilder& mb) {
   static_assert(Encodable<W>,
                 "troupe::encode / send: this type has no troupe::Codec (see doc/codec.md)");
   const TypeId& id = type_id<W>();
+  codec_detail::encode_guarded([&] { encode_envelope<W>(x, mb, id); });
+}
+
+template <class W, class T>
+void encode_envelope(const T& x, capnp::MessageBuilder& mb, const TypeId& id) {
   auto env = mb.initRoot<proto::Envelope>();
   env.setFingerprint(id.fingerprint);
   env.setTypeName(id.signature);

@@ -206,8 +206,14 @@ TEST_F(PythonConnectionTest, ListenerAndClientAgainstPython) {
       int out = -1;
       pid_t pid = spawn(py, kPyListener, path, "0a0b0c0d", &out);
       char ready[6] = {};
-      ASSERT_EQ(::read(out, ready, 6), 6);  // "ready\n": the socket is bound
+      std::size_t got = 0;  // "ready\n": the socket is bound (it may come in pieces)
+      while (got < sizeof ready) {
+        const ssize_t n = ::read(out, ready + got, sizeof ready - got);
+        if (n <= 0) break;
+        got += static_cast<std::size_t>(n);
+      }
       ::close(out);
+      ASSERT_EQ(got, sizeof ready);
       Connection c =
           Client(Address::parse("unix:" + path), AuthenticationString::from_hex("0a0b0c0d"), opts);
       c.send_bytes("to python");
