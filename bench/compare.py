@@ -153,6 +153,56 @@ def main():
                         f"**{t / p:.1f}×** faster | ≥ 0.8× raw" + ("; ≥ 3× Python" if size == 64 else "")
                         + f" | {'met' if ok else 'MISSED'} |")
 
+        for size, label in [(64, "64 B"), (1 << 20, "1 MiB")]:
+            t = ips(conn[f"BM_PipeOneWayTyped_troupe/{size}"])
+            b = ips(conn[f"BM_PipeOneWay_raw/{size}"])
+            p = py[f"PipeOneWay/{size}"]["items_per_s"]
+            ok = t / b >= 0.8 and (size != 64 or t / p >= 3)
+            verdicts.append(ok)
+            u = size if size > 64 else None
+            rows.append(f"| Pipe one-way, typed `send<std::vector<std::byte>>`, {label} | "
+                        f"{fmt_rate(t, u)} | raw socketpair {fmt_rate(b, u)} | **{t / b:.2f}×** rate | "
+                        f"{fmt_rate(p, u)} (send_bytes) | **{t / p:.1f}×** faster | ≥ 0.8× raw"
+                        + ("; ≥ 3× Python" if size == 64 else "") + f" | {'met' if ok else 'MISSED'} |")
+        t, p = ips(conn["BM_PipeOneWayRecord_troupe"]), py["PipeOneWayRecord"]["items_per_s"]
+        rows.append(f"| Pipe one-way, a small record (id, name, 4 floats): `send`/`recv<T>` | "
+                    f"{fmt_rate(t)} | — | — | {fmt_rate(p)} (pickle) | **{t / p:.1f}×** faster | — | — |")
+        for fam, arg in [("TCP 127.0.0.1", 0), ("Unix socket", 1)]:
+            for rt, what in [(0, "connect + mutual auth"), (1, "connect + auth + 64 B round trip")]:
+                t = ns(conn[f"BM_ConnectAuth_troupe/{arg}/{rt}"])
+                b = ns(conn[f"BM_ConnectAuth_raw/{arg}/{rt}"])
+                pname = ("ConnectAuthRoundTrip/" if rt else "ConnectAuth/") + ("unix" if arg else "tcp")
+                p = py[pname]["ns_per_op"]
+                ok = t / b <= 2
+                verdicts.append(ok)
+                rows.append(f"| Listener/Client {what}, {fam} | {fmt_ns(t)} | raw (blocking "
+                            f"syscalls, EVP_MAC) {fmt_ns(b)} | **{t / b:.2f}×** time | {fmt_ns(p)} | "
+                            f"**{p / t:.1f}×** faster | ≤ 2× raw | {'met' if ok else 'MISSED'} |")
+
+    mem = []
+    big_bin = os.path.join(args.build, "bench", "big_message")
+    if os.path.exists(big_bin) and not args.quick:
+        print("compare: one 1 GiB message through a Pipe, peak RSS…", file=sys.stderr)
+        runs = [json.loads(subprocess.run([big_bin, m, "1024"], check=True, capture_output=True,
+                                          text=True).stdout) for m in ("raw", "bytes", "typed")]
+        runs.append(json.loads(subprocess.run(
+            [sys.executable, os.path.join(ROOT, "bench", "big_message.py"), "1024"], check=True,
+            capture_output=True, text=True).stdout))
+        mem = ["| 1 GiB message through a Pipe | sender peak RSS | receiver peak RSS | "
+               "worst side vs message | target (≤ 1.1× + 32 MiB) |", "|---|---|---|---|---|"]
+        names = {"raw": "raw write/read by hand", "bytes": "troupe `send_bytes`/`recv_bytes`",
+                 "typed": "troupe `send`/`recv<std::vector<std::byte>>`",
+                 "python": f"Python {py['python']} `send_bytes`/`recv_bytes`"}
+        for r in runs:
+            n = r["bytes"]
+            worst = max(r["sender_peak"], r["receiver_peak"])
+            ok = worst <= 1.1 * n + (32 << 20)
+            if r["mode"] == "bytes":
+                verdicts.append(ok)
+            mem.append(f"| {names[r['mode']]} | {r['sender_peak'] / 2**20:.0f} MiB | "
+                       f"{r['receiver_peak'] / 2**20:.0f} MiB | **{worst / n:.2f}×** | "
+                       f"{'met' if ok else 'missed'} |")
+
     table = ["| workload | troupe | baseline | troupe vs baseline | Python "
              f"{py['python']} | troupe vs Python | target | |",
              "|---|---|---|---|---|---|---|---|"] + rows
@@ -174,7 +224,7 @@ def main():
     header = (f"Measured {datetime.date.today().isoformat()} on {platform.machine()}, "
               f"{os.cpu_count()} CPUs, `python3 bench/compare.py` (C++: median of {reps}; "
               f"Python: best of 3).")
-    text = "\n".join([header, "", *table, "", *place, ""])
+    text = "\n".join([header, "", *table, "", *place, ""] + ([*mem, ""] if mem else []))
     print(text)
     if args.write:
         path = os.path.join(ROOT, "doc", "benchmarks.md")

@@ -177,6 +177,67 @@ def pipe_oneway(size):
     return max(run() for _ in range(REPS))
 
 
+def pipe_oneway_record(count=100_000):
+    """Typed-message counterpart: send(obj)/recv() of a small tuple (pickled)."""
+    import multiprocessing
+
+    def run():
+        a, b = multiprocessing.Pipe()
+        rec = (1, "name", [1.0, 2.0, 3.0, 4.0])
+
+        def send():
+            for _ in range(count):
+                a.send(rec)
+        t = threading.Thread(target=send)
+        t0 = time.perf_counter()
+        t.start()
+        for _ in range(count):
+            b.recv()
+        t.join()
+        el = time.perf_counter() - t0
+        a.close()
+        b.close()
+        return count / el
+    return max(run() for _ in range(REPS))
+
+
+def connect_auth_ns(unix, round_trip, n=300):
+    """Listener/Client connect + mutual authentication (+ one 64-byte round trip)."""
+    import os
+    import tempfile
+    from multiprocessing.connection import Client, Listener
+    key = b"benchmark key"
+    if unix:
+        address = os.path.join(tempfile.mkdtemp(), "s")
+    else:
+        address = ("127.0.0.1", 0)
+    listener = Listener(address, authkey=key, backlog=64)
+
+    def serve():  # exactly the connections the loop below makes
+        for _ in range(REPS * n):
+            c = listener.accept()
+            if round_trip:
+                c.send_bytes(c.recv_bytes())
+            c.close()
+    t = threading.Thread(target=serve)
+    t.start()
+    msg = b"x" * 64
+    best_ns = None
+    for _ in range(REPS):
+        t0 = time.perf_counter()
+        for _ in range(n):
+            c = Client(listener.address, authkey=key)
+            if round_trip:
+                c.send_bytes(msg)
+                c.recv_bytes()
+            c.close()
+        el = (time.perf_counter() - t0) / n * 1e9
+        best_ns = el if best_ns is None else min(best_ns, el)
+    t.join()
+    listener.close()
+    return best_ns
+
+
 def main():
     out = {
         "Lock": {"ns_per_op": lock_ns(threading.Lock)},
@@ -191,6 +252,11 @@ def main():
         "PipePingPong64": {"ns_per_op": pipe_pingpong_ns()},
         "PipeOneWay/64": {"items_per_s": pipe_oneway(64)},
         "PipeOneWay/1048576": {"items_per_s": pipe_oneway(1 << 20)},
+        "PipeOneWayRecord": {"items_per_s": pipe_oneway_record()},
+        "ConnectAuth/tcp": {"ns_per_op": connect_auth_ns(False, False)},
+        "ConnectAuth/unix": {"ns_per_op": connect_auth_ns(True, False)},
+        "ConnectAuthRoundTrip/tcp": {"ns_per_op": connect_auth_ns(False, True, n=60)},
+        "ConnectAuthRoundTrip/unix": {"ns_per_op": connect_auth_ns(True, True)},
         "python": sys.version.split()[0],
     }
     json.dump(out, sys.stdout)

@@ -105,7 +105,8 @@ Connection::Connection(Connection&& o) noexcept
       max_message_size_(o.max_message_size_),
       rbuf_(std::move(o.rbuf_)),
       rpos_(std::exchange(o.rpos_, 0)),
-      rend_(std::exchange(o.rend_, 0)) {}
+      rend_(std::exchange(o.rend_, 0)),
+      spare_(std::move(o.spare_)) {}
 
 Connection& Connection::operator=(Connection&& o) noexcept {
   if (this != &o) {
@@ -118,6 +119,7 @@ Connection& Connection::operator=(Connection&& o) noexcept {
     rbuf_ = std::move(o.rbuf_);
     rpos_ = std::exchange(o.rpos_, 0);
     rend_ = std::exchange(o.rend_, 0);
+    spare_ = std::move(o.spare_);
   }
   return *this;
 }
@@ -202,8 +204,8 @@ void Connection::write_frame(const iovec* payload, std::size_t n, std::uint64_t 
 
 namespace detail {
 
-FlatMessage::FlatMessage(kj::Array<capnp::word> w)
-    : words(std::move(w)), reader(words, reader_options(words.size())) {}
+FlatMessage::FlatMessage(kj::Array<capnp::word> w, std::size_t count)
+    : words(std::move(w)), reader(words.asPtr().slice(0, count), reader_options(count)) {}
 
 namespace {
 constexpr std::size_t kScratchWords = 1024;  // 8 KiB
@@ -242,12 +244,24 @@ void Connection::send_message(capnp::MessageBuilder& message) {
   auto segments = message.getSegmentsForOutput();
   const std::size_t count = segments.size();
   // Cap'n Proto's stream framing: segment count - 1, each segment's size in words (all 32-bit
-  // little-endian), padded to a whole word.
-  std::vector<std::uint32_t> table((count + 2) & ~std::size_t{1}, 0);
+  // little-endian), padded to a whole word. Small messages need no heap allocation here.
+  const std::size_t table_len = (count + 2) & ~std::size_t{1};
+  std::uint32_t small_table[16];
+  iovec small_iov[16];
+  std::vector<std::uint32_t> large_table;
+  std::vector<iovec> large_iov;
+  std::uint32_t* table = small_table;
+  iovec* iov = small_iov;
+  if (table_len > std::size(small_table)) {
+    large_table.resize(table_len);
+    large_iov.resize(count + 1);
+    table = large_table.data();
+    iov = large_iov.data();
+  }
   table[0] = static_cast<std::uint32_t>(count - 1);
-  std::vector<iovec> iov(count + 1);
-  std::uint64_t total = table.size() * 4;
-  iov[0] = {table.data(), table.size() * 4};
+  table[table_len - 1] = 0;  // padding (or overwritten by the last size)
+  std::uint64_t total = table_len * 4;
+  iov[0] = {table, table_len * 4};
   for (std::size_t i = 0; i < count; ++i) {
     table[i + 1] = static_cast<std::uint32_t>(segments[i].size());
     const auto bytes = segments[i].asBytes();
@@ -255,13 +269,12 @@ void Connection::send_message(capnp::MessageBuilder& message) {
     total += bytes.size();
   }
   if constexpr (std::endian::native == std::endian::big) {
-    for (auto& t : table) t = __builtin_bswap32(t);
+    for (std::size_t i = 0; i < table_len; ++i) table[i] = __builtin_bswap32(table[i]);
   }
-  write_frame(iov.data(), iov.size(), total);
+  write_frame(iov, count + 1, total);
 }
 
-std::shared_ptr<detail::FlatMessage> Connection::recv_message() {
-  check_readable("recv");
+std::size_t Connection::read_frame_words(kj::Array<capnp::word>& storage) {
   const std::uint64_t n = read_header();
   if (n > max_message_size_) bad_message_length(n, max_message_size_);
   if (n % sizeof(capnp::word) != 0 || n == 0) {
@@ -271,13 +284,41 @@ std::shared_ptr<detail::FlatMessage> Connection::recv_message() {
     codec_detail::malformed("a " + std::to_string(n) +
                             "-byte frame is not a Cap'n Proto message (not whole 8-byte words)");
   }
-  auto words = kj::heapArray<capnp::word>(static_cast<std::size_t>(n / sizeof(capnp::word)));
-  read_exact(reinterpret_cast<std::byte*>(words.begin()), static_cast<std::size_t>(n));
+  const auto count = static_cast<std::size_t>(n / sizeof(capnp::word));
+  if (storage.size() < count) {
+    storage = nullptr;  // free the old one first: no two large buffers at once
+    storage = kj::heapArray<capnp::word>(count);
+  }
+  read_exact(reinterpret_cast<std::byte*>(storage.begin()), static_cast<std::size_t>(n));
+  return count;
+}
+
+void detail::check_whole_message(const capnp::FlatArrayMessageReader& reader,
+                                 kj::ArrayPtr<const capnp::word> words) {
+  if (reader.getEnd() != words.end())
+    codec_detail::malformed("trailing bytes after the message in a " +
+                            std::to_string(words.size() * sizeof(capnp::word)) + "-byte frame");
+}
+
+kj::ArrayPtr<const capnp::word> Connection::recv_frame() {
+  check_readable("recv");
+  const std::size_t count = read_frame_words(spare_);
+  return spare_.asPtr().slice(0, count);
+}
+
+void Connection::release_large_spare() noexcept {
+  // Keep a buffer for the next message, but not a huge one for the life of the connection.
+  constexpr std::size_t kKeepWords = (16u << 20) / sizeof(capnp::word);
+  if (spare_.size() > kKeepWords) spare_ = nullptr;
+}
+
+std::shared_ptr<detail::FlatMessage> Connection::recv_message() {
+  check_readable("recv");
+  kj::Array<capnp::word> words;
+  const std::size_t count = read_frame_words(words);
   return codec_detail::guarded([&] {
-    auto m = std::make_shared<detail::FlatMessage>(std::move(words));
-    if (m->reader.getEnd() != m->words.end())
-      codec_detail::malformed("trailing bytes after the message in a " + std::to_string(n) +
-                              "-byte frame");
+    auto m = std::make_shared<detail::FlatMessage>(std::move(words), count);
+    detail::check_whole_message(m->reader, m->words.asPtr().slice(0, count));
     return m;
   });
 }

@@ -31,10 +31,14 @@ namespace troupe::multiprocessing {
 namespace detail {
 /// A received frame parsed as a Cap'n Proto message: the words and a reader over them.
 struct FlatMessage {
-  explicit FlatMessage(kj::Array<capnp::word> w);
+  FlatMessage(kj::Array<capnp::word> w, std::size_t count);
   kj::Array<capnp::word> words;
   capnp::FlatArrayMessageReader reader;
 };
+
+/// Throws ValueError unless the message fills `words` exactly.
+void check_whole_message(const capnp::FlatArrayMessageReader& reader,
+                         kj::ArrayPtr<const capnp::word> words);
 
 /// A zeroed first segment for message builders on this thread, reused from send to send
 /// (DESIGN.md: reuse builders on hot paths); empty if this thread is already using it.
@@ -97,9 +101,24 @@ public:
   template <class T>
   auto recv() {
     using W = wire_type_t<T>;
-    auto m = recv_message();
-    auto& reader = m->reader;
-    return troupe::decode<W>(reader, std::move(m));
+    if constexpr (requires { typename W::troupe_message_struct; }) {
+      auto m = recv_message();  // the Message<S> keeps the frame: its own buffer
+      auto& reader = m->reader;
+      return troupe::decode<W>(reader, std::move(m));
+    } else {
+      // Decoded values own their data: the frame goes into a buffer reused from message to
+      // message (no allocation, no fresh pages per message).
+      struct Release {
+        Connection* c;
+        ~Release() { c->release_large_spare(); }
+      } release{this};
+      const auto words = recv_frame();
+      return codec_detail::guarded([&] {
+        capnp::FlatArrayMessageReader reader(words, reader_options(words.size()));
+        detail::check_whole_message(reader, words);
+        return troupe::decode<W>(reader);
+      });
+    }
   }
 
   /// Sends a built Cap'n Proto message as one frame (segment table and segments, written with
@@ -155,6 +174,12 @@ private:
   // Writes the frame header for `total` bytes and then the `n` buffers of `payload`.
   void write_frame(const iovec* payload, std::size_t n, std::uint64_t total);
   [[noreturn]] void bad_message_length(std::uint64_t n, std::uint64_t limit);
+  // Reads one frame that must be a Cap'n Proto message into `storage` (grown if too small);
+  // returns its size in words.
+  std::size_t read_frame_words(kj::Array<capnp::word>& storage);
+  // One frame into spare_; valid until the next receive.
+  kj::ArrayPtr<const capnp::word> recv_frame();
+  void release_large_spare() noexcept;
 
   int fd_ = -1;
   bool readable_ = true;
@@ -166,6 +191,7 @@ private:
   std::size_t rpos_ = 0;
   std::size_t rend_ = 0;
   troupe::detail::AdaptiveSpin spin_;  // not moved: a moved-to end learns afresh
+  kj::Array<capnp::word> spare_;       // the frame buffer of typed receives
 };
 
 /// Python: `multiprocessing.Pipe(duplex=True)` → (conn1, conn2). Duplex: a Unix socketpair, both

@@ -220,6 +220,11 @@ void Listener::close() noexcept {
   if (address_.family == Address::Family::unix_path) ::unlink(address_.host.c_str());
 }
 
+int Listener::fileno() const {
+  if (fd_ < 0) throw_os_error(EBADF, "Listener.fileno: the listener is closed");
+  return fd_;
+}
+
 Connection Listener::accept() {
   if (fd_ < 0) throw_os_error(EBADF, "Listener.accept: the listener is closed");
   sockaddr_storage ss{};

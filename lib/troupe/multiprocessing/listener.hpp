@@ -57,6 +57,9 @@ public:
   Connection accept();
   /// Python: `close()`.
   void close() noexcept;
+  /// The listening socket (Python: `_listener._socket.fileno()`), e.g. for connection::wait or
+  /// to wake a blocked accept() with shutdown(2). @throws OSError if closed.
+  int fileno() const;
   /// Python: `address`, `last_accepted`.
   const Address& address() const noexcept { return address_; }
   const std::optional<Address>& last_accepted() const noexcept { return last_accepted_; }
