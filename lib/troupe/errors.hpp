@@ -169,9 +169,14 @@ public:
 class OSError : public std::system_error {
 public:
   OSError(int err, const std::string& what)
-      : std::system_error(err, std::generic_category(), what) {}
+      : std::system_error(err, std::generic_category(), what), message_(what) {}
   /// The errno, as Python's `OSError.errno`.
   int errno_value() const noexcept { return code().value(); }
+  /// The message as given (std::system_error would append the errno's text a second time).
+  const char* what() const noexcept override { return message_.what(); }
+
+private:
+  std::runtime_error message_;  // a reference-counted string, copied without throwing
 };
 
 #define TROUPE_OS_ERROR_SUBCLASS(Name, Base)                    \

@@ -399,6 +399,21 @@ TEST_F(AuthTest, LegacyMd5OnlyWhenOptedIn) {
   }
 }
 
+// A handshake called directly on a Pipe can have a deadline too: a silent peer → TimeoutError.
+TEST_F(AuthTest, HandshakeDeadlineOnAPipe) {
+  auto [a, b] = Pipe();
+  const AuthenticationString key("k");
+  const auto start = std::chrono::steady_clock::now();
+  EXPECT_THROW(answer_challenge(a, key, {.timeout = 50ms}), troupe::TimeoutError);
+  EXPECT_GE(std::chrono::steady_clock::now() - start, 45ms);
+  EXPECT_THROW(deliver_challenge(b, key, {.timeout = 50ms}), troupe::TimeoutError);
+  // A timeout that is long enough changes nothing.
+  auto [c, d] = Pipe();
+  std::thread t([&c = c, &key] { deliver_challenge(c, key, {.timeout = 10s}); });
+  answer_challenge(d, key, {.timeout = 10s});
+  t.join();
+}
+
 TEST_F(AuthTest, AuthenticationString) {
   auto k = AuthenticationString::from_hex("00ff10Ab");
   ASSERT_EQ(k.size(), 4u);

@@ -27,6 +27,14 @@ constexpr std::string_view kChallenge = "#CHALLENGE#";
 constexpr std::string_view kWelcome = "#WELCOME#";
 constexpr std::string_view kFailure = "#FAILURE#";
 
+// poll(2)'s timeout for a deadline: -1 (none), else the milliseconds left, rounded up, >= 0.
+int poll_timeout_ms(const std::optional<std::chrono::steady_clock::time_point>& deadline) {
+  if (!deadline) return -1;
+  const auto left =
+      std::chrono::ceil<std::chrono::milliseconds>(*deadline - std::chrono::steady_clock::now());
+  return left.count() < 0 ? 0 : static_cast<int>(std::min<long long>(left.count(), 1 << 30));
+}
+
 bool is_socket(int fd) {
   struct stat st;
   return fstat(fd, &st) == 0 && S_ISSOCK(st.st_mode);
@@ -452,12 +460,7 @@ bool Connection::poll(Timeout timeout) {
   if (buffered() > 0) return true;
   const auto deadline = timeout.deadline();
   for (;;) {
-    int ms = -1;
-    if (deadline) {
-      auto left = std::chrono::ceil<std::chrono::milliseconds>(*deadline -
-                                                               std::chrono::steady_clock::now());
-      ms = left.count() < 0 ? 0 : static_cast<int>(std::min<long long>(left.count(), 1 << 30));
-    }
+    const int ms = poll_timeout_ms(deadline);
     pollfd p{fd_, POLLIN, 0};
     int r = ::poll(&p, 1, ms);
     if (r < 0) {
@@ -503,15 +506,10 @@ std::vector<Waitable> wait(std::span<const Waitable> objects, Timeout timeout) {
     fds.push_back({fd, POLLIN, 0});
   }
   // Something already buffered is ready now: look at the fds without blocking.
-  const auto deadline = buffered ? std::optional(std::chrono::steady_clock::now())
-                                 : timeout.deadline();
+  const auto deadline =
+      buffered ? std::optional(std::chrono::steady_clock::now()) : timeout.deadline();
   for (;;) {
-    int ms = -1;
-    if (deadline) {
-      auto left = std::chrono::ceil<std::chrono::milliseconds>(*deadline -
-                                                               std::chrono::steady_clock::now());
-      ms = left.count() < 0 ? 0 : static_cast<int>(std::min<long long>(left.count(), 1 << 30));
-    }
+    const int ms = poll_timeout_ms(deadline);
     const int r = ::poll(fds.data(), fds.size(), ms);
     if (r < 0) {
       if (errno == EINTR) continue;
@@ -562,6 +560,17 @@ std::vector<std::byte> concat(std::string_view a, std::span<const std::byte> b) 
   return out;
 }
 
+// One handshake message, waiting no later than `deadline` for it to start.
+std::vector<std::byte> recv_handshake(
+    Connection& c, const std::optional<std::chrono::steady_clock::time_point>& deadline,
+    const char* step) {
+  if (deadline && !c.poll(*deadline))
+    throw_os_error(ETIMEDOUT, std::string(step) +
+                                  ": the peer sent nothing before the handshake "
+                                  "deadline");
+  return c.recv_bytes(kHandshakeMax);
+}
+
 bool equals(std::span<const std::byte> a, std::string_view b) {
   return a.size() == b.size() && std::memcmp(a.data(), b.data(), b.size()) == 0;
 }
@@ -572,10 +581,11 @@ void deliver_challenge(Connection& connection, const AuthenticationString& authk
                        const AuthOptions& options) {
   if (!allowed_digest(options.digest_name))
     throw ValueError("deliver_challenge: unsupported digest '" + options.digest_name + "'");
+  const auto deadline = options.timeout.deadline();
   auto random = detail::random_bytes(kChallengeLength);
   const auto message = concat("{" + options.digest_name + "}", random);
   connection.send_bytes(concat(kChallenge, message));
-  const auto response = connection.recv_bytes(kHandshakeMax);
+  const auto response = recv_handshake(connection, deadline, "deliver_challenge");
   try {
     auto [digest, mac] = digest_and_payload(response);
     if (digest.empty()) {
@@ -601,7 +611,8 @@ void deliver_challenge(Connection& connection, const AuthenticationString& authk
 
 void answer_challenge(Connection& connection, const AuthenticationString& authkey,
                       const AuthOptions& options) {
-  const auto received = connection.recv_bytes(kHandshakeMax);
+  const auto deadline = options.timeout.deadline();
+  const auto received = recv_handshake(connection, deadline, "answer_challenge");
   if (received.size() < kChallenge.size() ||
       !equals(std::span(received).first(kChallenge.size()), kChallenge))
     throw AuthenticationError("Protocol error, expected challenge (got " +
@@ -621,7 +632,7 @@ void answer_challenge(Connection& connection, const AuthenticationString& authke
     connection.send_bytes(
         concat("{" + digest + "}", detail::hmac(digest, authkey.bytes(), message)));
   }
-  const auto response = connection.recv_bytes(kHandshakeMax);
+  const auto response = recv_handshake(connection, deadline, "answer_challenge");
   if (!equals(response, kWelcome)) throw AuthenticationError("digest sent was rejected");
 }
 

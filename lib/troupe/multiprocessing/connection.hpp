@@ -198,36 +198,37 @@ private:
 /// ends read and write. Not duplex: a pipe, conn1 reads and conn2 writes. Both close-on-exec.
 std::pair<Connection, Connection> Pipe(bool duplex = true);
 
-/// The sending end of a typed pipe: carries only T. (Not in Python, whose Connection carries any
-/// picklable object; a typed end turns a wrong type into a compile error.)
-template <class T>
-class Sender {
+namespace detail {
+/// What both typed ends have: the Connection underneath and its housekeeping.
+class TypedEnd {
 public:
-  explicit Sender(Connection c) : c_(std::move(c)) {}
-  void send(const T& obj) { c_.send(obj); }
+  explicit TypedEnd(Connection c) : c_(std::move(c)) {}
   void close() noexcept { c_.close(); }
   bool closed() const noexcept { return c_.closed(); }
   int fileno() const { return c_.fileno(); }
   Connection& connection() noexcept { return c_; }
 
-private:
+protected:
   Connection c_;
+};
+}  // namespace detail
+
+/// The sending end of a typed pipe: carries only T. (Not in Python, whose Connection carries any
+/// picklable object; a typed end turns a wrong type into a compile error.)
+template <class T>
+class Sender : public detail::TypedEnd {
+public:
+  using TypedEnd::TypedEnd;
+  void send(const T& obj) { c_.send(obj); }
 };
 
 /// The receiving end of a typed pipe: gives only T.
 template <class T>
-class Receiver {
+class Receiver : public detail::TypedEnd {
 public:
-  explicit Receiver(Connection c) : c_(std::move(c)) {}
-  auto recv() { return c_.recv<T>(); }
+  using TypedEnd::TypedEnd;
+  auto recv() { return c_.template recv<T>(); }
   bool poll(Timeout timeout = std::chrono::seconds(0)) { return c_.poll(timeout); }
-  void close() noexcept { c_.close(); }
-  bool closed() const noexcept { return c_.closed(); }
-  int fileno() const { return c_.fileno(); }
-  Connection& connection() noexcept { return c_; }
-
-private:
-  Connection c_;
 };
 
 namespace detail {
@@ -253,7 +254,7 @@ public:
   Waitable(Connection& c) noexcept : conn_(&c), fd_(-1) {}  // NOLINT: implicit, as Python's list
   template <class T>
   Waitable(Receiver<T>& r) noexcept : Waitable(r.connection()) {}  // NOLINT
-  Waitable(int fd) noexcept : conn_(nullptr), fd_(fd) {}  // NOLINT
+  Waitable(int fd) noexcept : conn_(nullptr), fd_(fd) {}           // NOLINT
 
   /// The Connection, or nullptr for a plain fd.
   Connection* connection() const noexcept { return conn_; }
@@ -282,6 +283,10 @@ struct AuthOptions {
   std::string digest_name = "sha256";
   /// Accept CPython <= 3.11's dialect (a 20-byte challenge, an unprefixed HMAC-MD5 answer).
   bool legacy_md5 = false;
+  /// How long deliver_challenge/answer_challenge may wait for the peer's messages in all
+  /// (forever by default, as Python's). Listener and Client also set a socket-level deadline
+  /// (their handshake_timeout), which bounds a peer that stalls inside a message as well.
+  Timeout timeout{};
 };
 
 /// Python: `multiprocessing.connection.deliver_challenge(connection, authkey, digest_name)`:
