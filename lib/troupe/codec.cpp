@@ -141,6 +141,22 @@ Blob read_blob(proto::Value::Reader v, bool text, std::string_view type) {
   return blob;
 }
 
+std::optional<std::vector<std::byte>> take_donated(const Blob& blob) {
+  if (!donors.buffers || blob.chunks.empty() || blob.size == 0) return std::nullopt;
+  // The chunks must lie end to end and cover one buffer exactly.
+  const kj::byte* start = blob.chunks.front().begin();
+  const kj::byte* at = start;
+  for (const auto& c : blob.chunks) {
+    if (c.begin() != at) return std::nullopt;
+    at = c.end();
+  }
+  for (auto& b : *donors.buffers) {
+    if (reinterpret_cast<const kj::byte*>(b.data()) == start && b.size() == blob.size)
+      return std::exchange(b, {});
+  }
+  return std::nullopt;
+}
+
 void Blob::copy_to(void* out) const {
   auto* o = static_cast<kj::byte*>(out);
   for (const auto& c : chunks) {

@@ -96,6 +96,16 @@ struct Blob {
 };
 Blob read_blob(proto::Value::Reader v, bool text, std::string_view type);
 
+/// Buffers a receiver filled straight from the socket with whole segments of a message; a
+/// std::vector<std::byte> whose blob is exactly one of them takes it instead of copying
+/// (Connection::recv of large byte vectors: one copy from the kernel, 1x the memory).
+struct Donors {
+  std::vector<std::vector<std::byte>>* buffers = nullptr;
+};
+inline thread_local Donors donors;
+/// The donated buffer holding exactly `blob`'s bytes, moved out; nullopt if there is none.
+std::optional<std::vector<std::byte>> take_donated(const Blob& blob);
+
 template <class T>
 std::string_view pretty() {
   return __PRETTY_FUNCTION__;
@@ -149,6 +159,11 @@ void put_packed(proto::Value::Builder v, const E* p, std::size_t n) {
 template <class E>
 std::vector<E> read_packed(proto::Value::Reader v, std::string_view type) {
   const Blob blob = read_blob(v, false, type);
+  if constexpr (std::is_same_v<E, std::byte>) {
+    if (donors.buffers) {
+      if (auto donated = take_donated(blob)) return std::move(*donated);
+    }
+  }
   if (blob.size % sizeof(E) != 0)
     malformed(std::string(type) + ": " + std::to_string(blob.size) +
               " bytes is not a whole number of " + std::to_string(sizeof(E)) + "-byte elements");

@@ -522,6 +522,59 @@ TEST_F(TypedTest, LargeArraysBothWays) {
   t.join();
 }
 
+// Large typed frames are read segment by segment: big byte vectors are received in place (no
+// copy), everything else decodes as usual, small and large parts mixed.
+struct Bulk {
+  std::vector<std::byte> first;
+  std::string note;
+  std::vector<double> numbers;
+  std::vector<std::byte> second;
+  std::vector<std::vector<std::byte>> many;
+  bool operator==(const Bulk&) const = default;
+};
+
+TEST_F(TypedTest, LargeFramesScatteredAndMixed) {
+  auto [tx, rx] = Pipe<Bulk>();
+  Bulk bulk;
+  bulk.first.resize(1 << 20);
+  for (std::size_t i = 0; i < bulk.first.size(); ++i) bulk.first[i] = std::byte(i * 13);
+  bulk.note = "between";
+  bulk.numbers.assign(200000, 2.5);
+  bulk.second.assign(300 * 1024, std::byte{9});
+  bulk.many = {std::vector<std::byte>(70000, std::byte{1}), {}, std::vector<std::byte>(5)};
+  std::thread t([&tx = tx, &bulk] {
+    tx.send(bulk);
+    tx.send(Bulk{{}, "small", {1.0}, {}, {}});
+  });
+  EXPECT_EQ(rx.recv(), bulk);
+  EXPECT_EQ(rx.recv().note, "small");
+  t.join();
+}
+
+// A large frame whose segment table is wrong: ValueError, and the stream stays in step.
+TEST_F(TypedTest, LargeFramesWithBadSegmentTables) {
+  auto [a, b] = Pipe();
+  std::vector<std::uint32_t> words(300 * 1024 / 4, 0);
+  words[0] = 1000;  // 1001 segments: over Cap'n Proto's limit of 512
+  std::thread t([&a = a, &words] {
+    a.send_bytes(std::as_bytes(std::span(words)));
+    words[0] = 0;  // one segment whose size does not match the frame
+    words[1] = 5;
+    a.send_bytes(std::as_bytes(std::span(words)));
+    a.send(std::string("after"));
+  });
+  for (const char* expect : {"segments", "adds up to"}) {
+    try {
+      b.recv<std::vector<std::byte>>();
+      ADD_FAILURE() << "decoded a bad frame";
+    } catch (const ValueError& e) {
+      EXPECT_THAT(e.what(), ::testing::HasSubstr(expect));
+    }
+  }
+  EXPECT_EQ(b.recv<std::string>(), "after");
+  t.join();
+}
+
 // A Cap'n Proto struct travels as itself; the received Message<S> reads the frame in place.
 TEST_F(TypedTest, CapnpStructs) {
   auto [a, b] = Pipe();

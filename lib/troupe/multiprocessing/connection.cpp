@@ -15,6 +15,8 @@
 
 #include "troupe/errors.hpp"
 
+#include <endian.h>
+
 namespace troupe::multiprocessing {
 namespace {
 
@@ -308,16 +310,87 @@ void detail::check_whole_message(const capnp::FlatArrayMessageReader& reader,
                             std::to_string(words.size() * sizeof(capnp::word)) + "-byte frame");
 }
 
-kj::ArrayPtr<const capnp::word> Connection::recv_frame() {
+void Connection::recv_typed_frame(detail::TypedFrame& frame) {
   check_readable("recv");
-  const std::size_t count = read_frame_words(spare_);
-  return spare_.asPtr().slice(0, count);
+  constexpr std::uint64_t kScatterFrom = 256 * 1024;  // bytes
+  constexpr std::size_t kLargeSegment = 64 * 1024;    // bytes
+  constexpr std::uint32_t kMaxSegments = 512;         // Cap'n Proto's own limit
+  const std::uint64_t n = read_header();
+  if (n > max_message_size_) bad_message_length(n, max_message_size_);
+  auto skip_rest = [&](std::uint64_t left, const std::string& why) {
+    std::vector<std::byte> skip(static_cast<std::size_t>(left));
+    read_exact(skip.data(), skip.size());
+    codec_detail::malformed(why);
+  };
+  if (n % sizeof(capnp::word) != 0 || n == 0)
+    skip_rest(n, "a " + std::to_string(n) +
+                     "-byte frame is not a Cap'n Proto message (not whole 8-byte words)");
+  if (n < kScatterFrom) {  // small: one read into the reused buffer
+    const auto count = static_cast<std::size_t>(n / sizeof(capnp::word));
+    if (spare_.size() < count) {
+      spare_ = nullptr;
+      spare_ = kj::heapArray<capnp::word>(count);
+    }
+    read_exact(reinterpret_cast<std::byte*>(spare_.begin()), static_cast<std::size_t>(n));
+    frame.small = std::move(spare_);
+    frame.words = count;
+    frame.flat = true;
+    return;
+  }
+  // Large: the segment table first, then each segment into place.
+  std::uint32_t first;
+  read_exact(reinterpret_cast<std::byte*>(&first), 4);
+  first = le32toh(first);
+  const std::uint64_t count = std::uint64_t{first} + 1;
+  const std::uint64_t table_bytes = ((count + 2) & ~std::uint64_t{1}) * 4;
+  if (count > kMaxSegments || table_bytes > n)
+    skip_rest(n - 4, "a message with " + std::to_string(count) + " segments (limit " +
+                         std::to_string(kMaxSegments) + ")");
+  std::vector<std::uint32_t> sizes(static_cast<std::size_t>(table_bytes / 4 - 1));
+  read_exact(reinterpret_cast<std::byte*>(sizes.data()), sizes.size() * 4);
+  std::uint64_t total = table_bytes;
+  std::uint64_t small_words = 0;
+  for (std::size_t i = 0; i < count; ++i) {
+    sizes[i] = le32toh(sizes[i]);
+    total += std::uint64_t{sizes[i]} * sizeof(capnp::word);
+    if (std::uint64_t{sizes[i]} * sizeof(capnp::word) < kLargeSegment) small_words += sizes[i];
+  }
+  if (total != n)
+    skip_rest(n - table_bytes, "the segment table adds up to " + std::to_string(total) +
+                                   " bytes in a " + std::to_string(n) + "-byte frame");
+  frame.small = kj::heapArray<capnp::word>(static_cast<std::size_t>(small_words));
+  frame.words = static_cast<std::size_t>(n / sizeof(capnp::word));
+  std::size_t small_at = 0;
+  for (std::size_t i = 0; i < count;) {
+    const std::size_t bytes = std::size_t{sizes[i]} * sizeof(capnp::word);
+    if (bytes < kLargeSegment) {
+      capnp::word* p = frame.small.begin() + small_at;
+      read_exact(reinterpret_cast<std::byte*>(p), bytes);
+      frame.segments.emplace_back(p, sizes[i]);
+      small_at += sizes[i];
+      ++i;
+      continue;
+    }
+    // A large segment goes into a byte vector of its own (operator new's alignment is at least
+    // a word's), so a byte vector sent without a copy can be taken whole. A blob over
+    // kMaxBlobChunk was sent as full chunks, one segment each: those stay together in one.
+    auto seg_bytes = [&](std::size_t k) { return std::size_t{sizes[k]} * sizeof(capnp::word); };
+    std::size_t j = i + 1, run_bytes = seg_bytes(i);
+    while (j < count && seg_bytes(j - 1) == codec_detail::kMaxBlobChunk &&
+           seg_bytes(j) >= kLargeSegment)
+      run_bytes += seg_bytes(j++);
+    auto& run = frame.runs.emplace_back(run_bytes);
+    read_exact(run.data(), run_bytes);
+    std::size_t off = 0;
+    for (; i < j; ++i) {
+      frame.segments.emplace_back(reinterpret_cast<const capnp::word*>(run.data() + off), sizes[i]);
+      off += std::size_t{sizes[i]} * sizeof(capnp::word);
+    }
+  }
 }
 
-void Connection::release_large_spare() noexcept {
-  // Keep a buffer for the next message, but not a huge one for the life of the connection.
-  constexpr std::size_t kKeepWords = (16u << 20) / sizeof(capnp::word);
-  if (spare_.size() > kKeepWords) spare_ = nullptr;
+void Connection::reclaim(detail::TypedFrame& frame) noexcept {
+  if (frame.flat) spare_ = std::move(frame.small);
 }
 
 std::shared_ptr<detail::FlatMessage> Connection::recv_message() {

@@ -36,6 +36,16 @@ struct FlatMessage {
   capnp::FlatArrayMessageReader reader;
 };
 
+/// A typed frame as received: small ones in one word buffer, large ones scattered so that runs
+/// of large segments land in byte vectors a decoder can take over (codec_detail::Donors).
+struct TypedFrame {
+  std::vector<kj::ArrayPtr<const capnp::word>> segments;
+  std::vector<std::vector<std::byte>> runs;  // large segments, end to end
+  kj::Array<capnp::word> small;              // the other segments (the spare buffer if flat)
+  std::size_t words = 0;
+  bool flat = false;  // one contiguous message in `small`, segment table included
+};
+
 /// Throws ValueError unless the message fills `words` exactly.
 void check_whole_message(const capnp::FlatArrayMessageReader& reader,
                          kj::ArrayPtr<const capnp::word> words);
@@ -108,14 +118,28 @@ public:
     } else {
       // Decoded values own their data: the frame goes into a buffer reused from message to
       // message (no allocation, no fresh pages per message).
-      struct Release {
+      // Large frames are read segment by segment, so a large byte vector is received in place.
+      detail::TypedFrame frame;
+      struct Reclaim {
         Connection* c;
-        ~Release() { c->release_large_spare(); }
-      } release{this};
-      const auto words = recv_frame();
+        detail::TypedFrame* f;
+        ~Reclaim() { c->reclaim(*f); }
+      } reclaim{this, &frame};
+      recv_typed_frame(frame);
       return codec_detail::guarded([&] {
-        capnp::FlatArrayMessageReader reader(words, reader_options(words.size()));
-        detail::check_whole_message(reader, words);
+        if (frame.flat) {
+          auto words = frame.small.asPtr().slice(0, frame.words);
+          capnp::FlatArrayMessageReader reader(words, reader_options(frame.words));
+          detail::check_whole_message(reader, words);
+          return troupe::decode<W>(reader);
+        }
+        capnp::SegmentArrayMessageReader reader(kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>>(
+                                                    frame.segments.data(), frame.segments.size()),
+                                                reader_options(frame.words));
+        struct Donate {
+          Donate(std::vector<std::vector<std::byte>>* b) { codec_detail::donors.buffers = b; }
+          ~Donate() { codec_detail::donors.buffers = nullptr; }
+        } donate(&frame.runs);
         return troupe::decode<W>(reader);
       });
     }
@@ -177,9 +201,10 @@ private:
   // Reads one frame that must be a Cap'n Proto message into `storage` (grown if too small);
   // returns its size in words.
   std::size_t read_frame_words(kj::Array<capnp::word>& storage);
-  // One frame into spare_; valid until the next receive.
-  kj::ArrayPtr<const capnp::word> recv_frame();
-  void release_large_spare() noexcept;
+  // One typed frame: flat into spare_ when small, scattered when large.
+  void recv_typed_frame(detail::TypedFrame& frame);
+  // Gives a flat frame's buffer back for the next receive (if it is not too large to keep).
+  void reclaim(detail::TypedFrame& frame) noexcept;
 
   int fd_ = -1;
   bool readable_ = true;
@@ -191,7 +216,7 @@ private:
   std::size_t rpos_ = 0;
   std::size_t rend_ = 0;
   troupe::detail::AdaptiveSpin spin_;  // not moved: a moved-to end learns afresh
-  kj::Array<capnp::word> spare_;       // the frame buffer of typed receives
+  kj::Array<capnp::word> spare_;       // the frame buffer of small typed receives
 };
 
 /// Python: `multiprocessing.Pipe(duplex=True)` → (conn1, conn2). Duplex: a Unix socketpair, both
