@@ -57,9 +57,14 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     case 0: try_decode<Record>(std::move(bytes)); break;
     case 1: try_decode<Tree>(std::move(bytes)); break;
     case 2: try_decode<std::vector<std::string>>(std::move(bytes)); break;
-    case 3: try_decode<std::map<std::int64_t, std::tuple<bool, double, std::string>>>(std::move(bytes)); break;
+    case 3:
+      try_decode<std::map<std::int64_t, std::tuple<bool, double, std::string>>>(std::move(bytes));
+      break;
     case 4: try_decode<std::array<std::uint16_t, 8>>(std::move(bytes)); break;
-    default: try_decode<std::variant<std::int8_t, std::vector<std::byte>, std::set<std::string>>>(std::move(bytes)); break;
+    default:
+      try_decode<std::variant<std::int8_t, std::vector<std::byte>, std::set<std::string>>>(
+          std::move(bytes));
+      break;
   }
   return 0;
 }

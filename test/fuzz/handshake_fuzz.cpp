@@ -12,8 +12,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   using namespace troupe::multiprocessing;
   const std::uint8_t control = data[0];
   static const char* digests[] = {"sha256", "md5", "sha384", "sha3_256"};
-  AuthOptions options{.digest_name = digests[(control >> 2) % 4],
-                      .legacy_md5 = (control & 2) != 0};
+  AuthOptions options{.digest_name = digests[(control >> 2) % 4], .legacy_md5 = (control & 2) != 0};
   static const AuthenticationString key("fuzzing key");
   troupe::fuzz::Fed fed(data + 1, size - 1);
   auto& c = fed.connection();

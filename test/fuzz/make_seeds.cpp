@@ -14,6 +14,12 @@
 
 namespace {
 
+struct Payload {  // as in frame_fuzz.cpp (same name, same fingerprint)
+  std::vector<std::byte> bytes;
+  std::string text;
+  std::map<std::int32_t, std::vector<std::byte>> more;
+};
+
 std::string dir;
 
 void write_seed(const std::string& target, int n, std::uint8_t control,
@@ -66,6 +72,12 @@ int main(int argc, char** argv) {
     write_seed("frame", mode * 4 + 2, mode, frame(typed));
     write_seed("frame", mode * 4 + 3, mode, frame(std::vector<std::byte>(600, std::byte{7})));
   }
+  // Mode 4 (a large frame read segment by segment): the start of a real one, the rest zeros.
+  auto large = troupe::to_bytes(Payload{
+      std::vector<std::byte>(300 * 1024, std::byte{1}), "t", {{1, std::vector<std::byte>(70000)}}});
+  large.resize(2048);
+  write_seed("frame", 12, 4, large);
+  write_seed("frame", 13, 3, frame(troupe::to_bytes(Payload{{}, "small", {}})));
   // Handshakes: a well-formed challenge, welcome and (wrong) answer, both dialects.
   const auto challenge = cat({bytes("#CHALLENGE#{sha256}"), std::vector<std::byte>(40)});
   const auto answer = cat({bytes("{sha256}"), std::vector<std::byte>(32)});
@@ -74,17 +86,18 @@ int main(int argc, char** argv) {
   write_seed("handshake", 2, 2,
              cat({frame(cat({bytes("#CHALLENGE#"), std::vector<std::byte>(20)})),
                   frame(bytes("#WELCOME#"))}));
-  write_seed("handshake", 3, 3, cat({frame(std::vector<std::byte>(16)), frame(bytes("#FAILURE#"))}));
+  write_seed("handshake", 3, 3,
+             cat({frame(std::vector<std::byte>(16)), frame(bytes("#FAILURE#"))}));
   // Codec: one well-formed message per type the target decodes (see codec_fuzz.cpp).
   write_seed("codec", 2, 2, typed);
   write_seed("codec", 3, 3,
              troupe::to_bytes(std::map<std::int64_t, std::tuple<bool, double, std::string>>{
                  {1, {true, 2.5, "x"}}, {-4, {false, 0, ""}}}));
   write_seed("codec", 4, 4, troupe::to_bytes(std::array<std::uint16_t, 8>{1, 2, 3}));
-  write_seed("codec", 5, 5,
-             troupe::to_bytes(
-                 std::variant<std::int8_t, std::vector<std::byte>, std::set<std::string>>(
-                     std::set<std::string>{"p", "q"})));
+  write_seed(
+      "codec", 5, 5,
+      troupe::to_bytes(std::variant<std::int8_t, std::vector<std::byte>, std::set<std::string>>(
+          std::set<std::string>{"p", "q"})));
   std::printf("seeds written to %s\n", dir.c_str());
   return 0;
 }
