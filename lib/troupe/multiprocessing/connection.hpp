@@ -21,8 +21,15 @@
 #include <utility>
 #include <vector>
 
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/compose.hpp>
+#include <boost/asio/posix/stream_descriptor.hpp>
+#include <boost/asio/system_executor.hpp>
+#include <boost/system/error_code.hpp>
+
 #include "troupe/codec.hpp"
 #include "troupe/detail/futex.hpp"
+#include "troupe/errors.hpp"
 #include "troupe/multiprocessing/authkey.hpp"
 #include "troupe/timeout.hpp"
 
@@ -49,6 +56,30 @@ struct TypedFrame {
 /// Throws ValueError unless the message fills `words` exactly.
 void check_whole_message(const capnp::FlatArrayMessageReader& reader,
                          kj::ArrayPtr<const capnp::word> words);
+
+/// An async completion's error code: errno values in Boost's generic category (so value() and
+/// comparisons with boost::system::errc work), troupe::errc values wrapped as they are.
+inline boost::system::error_code to_boost(const std::error_code& ec) {
+  if (ec.category() == std::generic_category())
+    return {ec.value(), boost::system::generic_category()};
+  return boost::system::error_code(ec);
+}
+
+/// The progress of an asynchronous receive: header, then body.
+struct AsyncRead {
+  int phase = 0;  // 0: 4-byte header, 1: 8-byte header, 2: body
+  std::uint64_t size = 0;
+  std::vector<std::byte> body;
+  std::size_t got = 0;
+  std::optional<std::size_t> maxlength;
+};
+
+/// The progress of an asynchronous send: the frame header and the payload's buffers.
+struct AsyncWrite {
+  unsigned char header[12];
+  std::vector<iovec> iov;        // header first
+  std::vector<std::byte> owned;  // the payload, when the operation owns it (typed sends)
+};
 
 /// A zeroed first segment for message builders on this thread, reused from send to send
 /// (DESIGN.md: reuse builders on hot paths); empty if this thread is already using it.
@@ -145,6 +176,76 @@ public:
     }
   }
 
+  // ---- asynchronous twins (Asio) ----------------------------------------------------------
+  //
+  // Each takes a completion token (a callback, asio::use_future, asio::use_awaitable, …) and
+  // completes with a boost::system::error_code holding a std::error_code: troupe::errc values
+  // (troupe::error_category(): eof_error, value_error, type_error, …) or errno values
+  // (generic_category). troupe::throw_error(ec, what) turns one into the Python-named exception.
+  // The I/O runs on the handler's associated executor (a coroutine's for use_awaitable, Asio's
+  // system thread pool for use_future, the bound one for bind_executor), else on the one given
+  // to set_executor(); with neither, the operation completes at once with errc::value_error.
+  // The connection's fd registers with the reactor of the first executor used.
+  // One receive and one send may be outstanding at a time (as one reader and one writer for
+  // the blocking calls); do not mix blocking and asynchronous receives on one connection.
+
+  /// The executor used by async operations whose handler has none.
+  void set_executor(boost::asio::any_io_executor ex) { executor_ = std::move(ex); }
+  const boost::asio::any_io_executor& get_executor() const noexcept { return executor_; }
+
+  /// Python: none. send_bytes, asynchronously. `buf` must stay valid until completion.
+  /// Completion: void(boost::system::error_code).
+  template <class Token>
+  auto async_send_bytes(std::span<const std::byte> buf, Token&& token) {
+    auto st = std::make_unique<detail::AsyncWrite>();
+    prepare_async_write(*st, buf);
+    return start_async_write(std::move(st), std::forward<Token>(token));
+  }
+
+  /// send<T>, asynchronously: the value is encoded at once (it need not outlive the call).
+  template <class T, class Token>
+  auto async_send(const T& obj, Token&& token) {
+    auto st = std::make_unique<detail::AsyncWrite>();
+    {
+      capnp::MallocMessageBuilder mb;
+      troupe::encode(obj, mb);
+      encode_owned_frame(*st, mb);
+    }
+    return start_async_write(std::move(st), std::forward<Token>(token));
+  }
+
+  /// recv_bytes, asynchronously. Completion: void(boost::system::error_code,
+  /// std::vector<std::byte>).
+  template <class Token>
+  auto async_recv_bytes(Token&& token, std::optional<std::size_t> maxlength = std::nullopt) {
+    auto st = std::make_unique<detail::AsyncRead>();
+    st->maxlength = maxlength;
+    return start_async_read<std::vector<std::byte>>(
+        std::move(st),
+        [](std::vector<std::byte>&& body, boost::system::error_code&) { return std::move(body); },
+        std::forward<Token>(token));
+  }
+
+  /// recv<T>, asynchronously. Completion: void(boost::system::error_code, T); a message of
+  /// another type gives errc::type_error, a malformed one errc::value_error.
+  template <class T, class Token>
+  auto async_recv(Token&& token) {
+    using W = wire_type_t<T>;
+    return start_async_read<W>(
+        std::make_unique<detail::AsyncRead>(),
+        [](std::vector<std::byte>&& body, boost::system::error_code& ec) -> W {
+          try {
+            return troupe::from_bytes<W>(body);
+          } catch (const troupe::TypeError&) {
+            ec = std::error_code(troupe::make_error_code(troupe::errc::type_error));
+          } catch (const std::exception&) {
+            ec = std::error_code(troupe::make_error_code(troupe::errc::value_error));
+          }
+          return W{};
+        },
+        std::forward<Token>(token));
+  }
+
   /// Sends a built Cap'n Proto message as one frame (segment table and segments, written with
   /// one writev and no copy).
   void send_message(capnp::MessageBuilder& message);
@@ -206,6 +307,71 @@ private:
   // Gives a flat frame's buffer back for the next receive (if it is not too large to keep).
   void reclaim(detail::TypedFrame& frame) noexcept;
 
+  // ---- asynchronous machinery ----
+  void prepare_async_write(detail::AsyncWrite& st, std::span<const std::byte> payload);
+  void encode_owned_frame(detail::AsyncWrite& st, capnp::MessageBuilder& mb);
+  // Non-blocking progress: true when finished (ec set on failure), false when it would block.
+  bool async_write_some(detail::AsyncWrite& st, std::error_code& ec) noexcept;
+  bool async_read_some(detail::AsyncRead& st, std::error_code& ec) noexcept;
+  // The reactor registration of this connection's fd, made on first use with `ex`.
+  boost::asio::posix::stream_descriptor& descriptor(const boost::asio::any_io_executor& ex);
+
+  template <class Ex>
+  static constexpr bool no_executor =
+      std::is_same_v<std::decay_t<Ex>, boost::asio::system_executor>;
+
+  template <class Token>
+  auto start_async_write(std::unique_ptr<detail::AsyncWrite> st, Token&& token) {
+    auto impl = [this, st = std::move(st), waiting = false](
+                    auto& self, boost::system::error_code wait_ec = {}) mutable {
+      auto ex = self.get_executor();
+      if constexpr (no_executor<decltype(ex)>) {
+        self.complete(std::error_code(troupe::make_error_code(troupe::errc::value_error)));
+      } else {
+        if (waiting && wait_ec) return self.complete(wait_ec);
+        std::error_code ec;
+        if (closed() || !writable_)
+          return self.complete(detail::to_boost(std::error_code(EBADF, std::generic_category())));
+        if (async_write_some(*st, ec)) return self.complete(detail::to_boost(ec));
+        waiting = true;
+        descriptor(boost::asio::any_io_executor(ex))
+            .async_wait(boost::asio::posix::descriptor_base::wait_write, std::move(self));
+      }
+    };
+    using Sig = void(boost::system::error_code);
+    if (executor_) return boost::asio::async_compose<Token, Sig>(std::move(impl), token, executor_);
+    return boost::asio::async_compose<Token, Sig>(std::move(impl), token);
+  }
+
+  template <class R, class Token, class Finish>
+  auto start_async_read(std::unique_ptr<detail::AsyncRead> st, Finish finish, Token&& token) {
+    auto impl = [this, st = std::move(st), finish, waiting = false](
+                    auto& self, boost::system::error_code wait_ec = {}) mutable {
+      auto ex = self.get_executor();
+      if constexpr (no_executor<decltype(ex)>) {
+        self.complete(std::error_code(troupe::make_error_code(troupe::errc::value_error)), R{});
+      } else {
+        if (waiting && wait_ec) return self.complete(wait_ec, R{});
+        std::error_code ec;
+        if (closed() || !readable_)
+          return self.complete(detail::to_boost(std::error_code(EBADF, std::generic_category())),
+                               R{});
+        if (async_read_some(*st, ec)) {
+          if (ec) return self.complete(detail::to_boost(ec), R{});
+          boost::system::error_code bec;
+          R r = finish(std::move(st->body), bec);
+          return self.complete(bec, std::move(r));
+        }
+        waiting = true;
+        descriptor(boost::asio::any_io_executor(ex))
+            .async_wait(boost::asio::posix::descriptor_base::wait_read, std::move(self));
+      }
+    };
+    using Sig = void(boost::system::error_code, R);
+    if (executor_) return boost::asio::async_compose<Token, Sig>(std::move(impl), token, executor_);
+    return boost::asio::async_compose<Token, Sig>(std::move(impl), token);
+  }
+
   int fd_ = -1;
   bool readable_ = true;
   bool writable_ = true;
@@ -217,6 +383,8 @@ private:
   std::size_t rend_ = 0;
   troupe::detail::AdaptiveSpin spin_;  // not moved: a moved-to end learns afresh
   kj::Array<capnp::word> spare_;       // the frame buffer of small typed receives
+  boost::asio::any_io_executor executor_;
+  std::unique_ptr<boost::asio::posix::stream_descriptor> descriptor_;
 };
 
 /// Python: `multiprocessing.Pipe(duplex=True)` → (conn1, conn2). Duplex: a Unix socketpair, both
