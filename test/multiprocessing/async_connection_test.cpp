@@ -75,6 +75,13 @@ TEST_F(AsyncConnectionTest, ReceiveWaitsForTheSender) {
   a.send_bytes("later");
   io.run();
   EXPECT_EQ(got, "later");
+  // The blocking calls still block afterwards (the fd is in blocking mode again).
+  std::thread t([&a = a] {
+    std::this_thread::sleep_for(20ms);
+    a.send_bytes("blocking");
+  });
+  EXPECT_EQ(text(b.recv_bytes()), "blocking");
+  t.join();
 }
 
 // use_awaitable: an echo coroutine and a client coroutine on one thread, typed messages,

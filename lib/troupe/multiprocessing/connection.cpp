@@ -120,7 +120,8 @@ Connection::Connection(Connection&& o) noexcept
       rend_(std::exchange(o.rend_, 0)),
       spare_(std::move(o.spare_)),
       executor_(std::move(o.executor_)),
-      descriptor_(std::move(o.descriptor_)) {}
+      descriptor_(std::move(o.descriptor_)),
+      blocking_restored_(o.blocking_restored_) {}
 
 Connection& Connection::operator=(Connection&& o) noexcept {
   if (this != &o) {
@@ -136,6 +137,7 @@ Connection& Connection::operator=(Connection&& o) noexcept {
     spare_ = std::move(o.spare_);
     executor_ = std::move(o.executor_);
     descriptor_ = std::move(o.descriptor_);
+    blocking_restored_ = o.blocking_restored_;
   }
   return *this;
 }
@@ -774,13 +776,22 @@ bool Connection::async_read_some(detail::AsyncRead& st, std::error_code& ec) noe
   return true;
 }
 
+void Connection::keep_blocking() noexcept {
+  if (fd_ < 0 || blocking_restored_) return;
+  int off = 0;
+  ::ioctl(fd_, FIONBIO, &off);
+  blocking_restored_ = true;
+}
+
 boost::asio::posix::stream_descriptor& Connection::descriptor(
     const boost::asio::any_io_executor& ex) {
   // A composed operation's executor tracks outstanding work; the descriptor outlives the
   // operation and must not keep its io_context running.
-  if (!descriptor_)
+  if (!descriptor_) {
+    blocking_restored_ = false;
     descriptor_ = std::make_unique<boost::asio::posix::stream_descriptor>(
         boost::asio::prefer(ex, boost::asio::execution::outstanding_work.untracked), fd_);
+  }
   return *descriptor_;
 }
 

@@ -313,6 +313,10 @@ private:
   // Non-blocking progress: true when finished (ec set on failure), false when it would block.
   bool async_write_some(detail::AsyncWrite& st, std::error_code& ec) noexcept;
   bool async_read_some(detail::AsyncRead& st, std::error_code& ec) noexcept;
+  // Asio puts a descriptor in non-blocking mode when it first waits on it; the blocking calls
+  // need blocking mode (the async path never relies on it), so put it back. Asio remembers it
+  // did this and does not do it again.
+  void keep_blocking() noexcept;
   // The reactor registration of this connection's fd, made on first use with `ex`.
   boost::asio::posix::stream_descriptor& descriptor(const boost::asio::any_io_executor& ex);
 
@@ -336,6 +340,7 @@ private:
         waiting = true;
         descriptor(boost::asio::any_io_executor(ex))
             .async_wait(boost::asio::posix::descriptor_base::wait_write, std::move(self));
+        keep_blocking();
       }
     };
     using Sig = void(boost::system::error_code);
@@ -365,6 +370,7 @@ private:
         waiting = true;
         descriptor(boost::asio::any_io_executor(ex))
             .async_wait(boost::asio::posix::descriptor_base::wait_read, std::move(self));
+        keep_blocking();
       }
     };
     using Sig = void(boost::system::error_code, R);
@@ -385,6 +391,7 @@ private:
   kj::Array<capnp::word> spare_;       // the frame buffer of small typed receives
   boost::asio::any_io_executor executor_;
   std::unique_ptr<boost::asio::posix::stream_descriptor> descriptor_;
+  bool blocking_restored_ = false;
 };
 
 /// Python: `multiprocessing.Pipe(duplex=True)` → (conn1, conn2). Duplex: a Unix socketpair, both
