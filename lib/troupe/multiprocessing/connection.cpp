@@ -901,31 +901,78 @@ bool equals(std::span<const std::byte> a, std::string_view b) {
 
 }  // namespace
 
-void deliver_challenge(Connection& connection, const AuthenticationString& authkey,
-                       const AuthOptions& options) {
+namespace detail {
+
+Challenge make_challenge(const AuthOptions& options) {
   if (!allowed_digest(options.digest_name))
     throw ValueError("deliver_challenge: unsupported digest '" + options.digest_name + "'");
+  Challenge c;
+  c.message = concat("{" + options.digest_name + "}", random_bytes(kChallengeLength));
+  c.wire = concat(kChallenge, c.message);
+  return c;
+}
+
+void check_answer(const Challenge& challenge, std::span<const std::byte> response,
+                  const AuthenticationString& authkey, const AuthOptions& options) {
+  auto [digest, mac] = digest_and_payload(response);
+  if (digest.empty()) {
+    if (!options.legacy_md5)
+      throw AuthenticationError(
+          "the peer answered in the legacy HMAC-MD5 dialect (Python <= 3.11), which this "
+          "endpoint does not accept (AuthOptions::legacy_md5)");
+    digest = "md5";
+  }
+  const auto expected = hmac(digest, authkey.bytes(), challenge.message);
+  if (expected.size() != mac.size())
+    throw AuthenticationError("expected '" + digest + "' of length " +
+                              std::to_string(expected.size()) + " got " +
+                              std::to_string(mac.size()));
+  if (!equal_constant_time(expected, mac)) throw AuthenticationError("digest received was wrong");
+}
+
+std::vector<std::byte> make_answer(std::span<const std::byte> received,
+                                   const AuthenticationString& authkey,
+                                   const AuthOptions& options) {
+  if (received.size() < kChallenge.size() || !equals(received.first(kChallenge.size()), kChallenge))
+    throw AuthenticationError("Protocol error, expected challenge (got " +
+                              std::to_string(received.size()) + " bytes)");
+  const auto message = received.subspan(kChallenge.size());
+  if (message.size() < kLegacyChallenge)
+    throw AuthenticationError("challenge too short: " + std::to_string(message.size()) + " bytes");
+  auto [digest, payload] = digest_and_payload(message);
+  (void)payload;
+  if (digest.empty()) {
+    if (!options.legacy_md5)
+      throw AuthenticationError(
+          "the peer sent a legacy HMAC-MD5 challenge (Python <= 3.11), which this endpoint does "
+          "not accept (AuthOptions::legacy_md5)");
+    return hmac("md5", authkey.bytes(), message);
+  }
+  return concat("{" + digest + "}", hmac(digest, authkey.bytes(), message));
+}
+
+void check_welcome(std::span<const std::byte> response) {
+  if (!equals(response, kWelcome)) throw AuthenticationError("digest sent was rejected");
+}
+
+std::span<const std::byte> welcome_message() noexcept {
+  return std::as_bytes(std::span(kWelcome.data(), kWelcome.size()));
+}
+
+std::span<const std::byte> failure_message() noexcept {
+  return std::as_bytes(std::span(kFailure.data(), kFailure.size()));
+}
+
+}  // namespace detail
+
+void deliver_challenge(Connection& connection, const AuthenticationString& authkey,
+                       const AuthOptions& options) {
+  const auto challenge = detail::make_challenge(options);
   const auto deadline = options.timeout.deadline();
-  auto random = detail::random_bytes(kChallengeLength);
-  const auto message = concat("{" + options.digest_name + "}", random);
-  connection.send_bytes(concat(kChallenge, message));
+  connection.send_bytes(challenge.wire);
   const auto response = recv_handshake(connection, deadline, "deliver_challenge");
   try {
-    auto [digest, mac] = digest_and_payload(response);
-    if (digest.empty()) {
-      if (!options.legacy_md5)
-        throw AuthenticationError(
-            "the peer answered in the legacy HMAC-MD5 dialect (Python <= 3.11), which this "
-            "endpoint does not accept (AuthOptions::legacy_md5)");
-      digest = "md5";
-    }
-    const auto expected = detail::hmac(digest, authkey.bytes(), message);
-    if (expected.size() != mac.size())
-      throw AuthenticationError("expected '" + digest + "' of length " +
-                                std::to_string(expected.size()) + " got " +
-                                std::to_string(mac.size()));
-    if (!detail::equal_constant_time(expected, mac))
-      throw AuthenticationError("digest received was wrong");
+    detail::check_answer(challenge, response, authkey, options);
   } catch (const AuthenticationError&) {
     connection.send_bytes(kFailure);
     throw;
@@ -937,27 +984,8 @@ void answer_challenge(Connection& connection, const AuthenticationString& authke
                       const AuthOptions& options) {
   const auto deadline = options.timeout.deadline();
   const auto received = recv_handshake(connection, deadline, "answer_challenge");
-  if (received.size() < kChallenge.size() ||
-      !equals(std::span(received).first(kChallenge.size()), kChallenge))
-    throw AuthenticationError("Protocol error, expected challenge (got " +
-                              std::to_string(received.size()) + " bytes)");
-  const auto message = std::span(received).subspan(kChallenge.size());
-  if (message.size() < kLegacyChallenge)
-    throw AuthenticationError("challenge too short: " + std::to_string(message.size()) + " bytes");
-  auto [digest, payload] = digest_and_payload(message);
-  (void)payload;
-  if (digest.empty()) {
-    if (!options.legacy_md5)
-      throw AuthenticationError(
-          "the peer sent a legacy HMAC-MD5 challenge (Python <= 3.11), which this endpoint does "
-          "not accept (AuthOptions::legacy_md5)");
-    connection.send_bytes(detail::hmac("md5", authkey.bytes(), message));
-  } else {
-    connection.send_bytes(
-        concat("{" + digest + "}", detail::hmac(digest, authkey.bytes(), message)));
-  }
-  const auto response = recv_handshake(connection, deadline, "answer_challenge");
-  if (!equals(response, kWelcome)) throw AuthenticationError("digest sent was rejected");
+  connection.send_bytes(detail::make_answer(received, authkey, options));
+  detail::check_welcome(recv_handshake(connection, deadline, "answer_challenge"));
 }
 
 }  // namespace troupe::multiprocessing

@@ -500,4 +500,23 @@ void deliver_challenge(Connection& connection, const AuthenticationString& authk
 void answer_challenge(Connection& connection, const AuthenticationString& authkey,
                       const AuthOptions& options = {});
 
+namespace detail {
+/// The handshake's steps without the I/O, shared by the blocking and asynchronous forms.
+struct Challenge {
+  std::vector<std::byte> message;  // "{digest}" + random bytes: what the MAC covers
+  std::vector<std::byte> wire;     // "#CHALLENGE#" + message
+};
+Challenge make_challenge(const AuthOptions& options);
+/// @throws AuthenticationError naming what was wrong.
+void check_answer(const Challenge& challenge, std::span<const std::byte> response,
+                  const AuthenticationString& authkey, const AuthOptions& options);
+/// The answer to a received challenge. @throws AuthenticationError if it is malformed.
+std::vector<std::byte> make_answer(std::span<const std::byte> received,
+                                   const AuthenticationString& authkey, const AuthOptions& options);
+/// @throws AuthenticationError unless `response` is #WELCOME#.
+void check_welcome(std::span<const std::byte> response);
+std::span<const std::byte> welcome_message() noexcept;
+std::span<const std::byte> failure_message() noexcept;
+}  // namespace detail
+
 }  // namespace troupe::multiprocessing
