@@ -1,8 +1,13 @@
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
 #include <future>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include <boost/asio/as_tuple.hpp>
 #include <boost/asio/bind_executor.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
@@ -15,8 +20,11 @@
 
 #include "troupe/errors.hpp"
 #include "troupe/multiprocessing/connection.hpp"
+#include "troupe/multiprocessing/listener.hpp"
 
 #include "leak_check.hpp"
+#include <arpa/inet.h>
+#include <netinet/in.h>
 
 namespace troupe::multiprocessing {
 namespace {
@@ -220,6 +228,81 @@ TEST_F(AsyncConnectionTest, MaxMessageSize) {
   io.run();
   EXPECT_EQ(got, boost::system::errc::message_size);
   EXPECT_TRUE(b.closed());
+}
+
+// ---- Listener::async_accept -----------------------------------------------------------------
+
+// A coroutine server accepts and serves; a peer that stalls in the handshake, and one with the
+// wrong key, are dropped without holding up the good ones.
+TEST_F(AsyncConnectionTest, AsyncAcceptServesOthersWhileOneStalls) {
+  asio::io_context io;
+  const auto key = AuthenticationString("async key");
+  Listener listener(std::nullopt, {.authkey = key, .handshake_timeout = 300ms});
+  const Address address = listener.address();
+  std::vector<std::string> outcomes;
+  // Four accepts outstanding at once (as a server keeps several): the handshake runs inside
+  // async_accept, so a peer that stalls there holds up only its own.
+  for (int i = 0; i < 4; ++i) {
+    asio::co_spawn(
+        io,
+        [&]() -> asio::awaitable<void> {
+          auto [ec, c] = co_await listener.async_accept(asio::as_tuple(asio::use_awaitable));
+          if (ec) {
+            const std::error_code e(ec);
+            outcomes.push_back(e.category() == error_category()
+                                   ? std::string(python_name(static_cast<errc>(e.value())))
+                                   : e.message());
+            co_return;
+          }
+          auto m = co_await c.async_recv_bytes(asio::use_awaitable);
+          std::reverse(m.begin(), m.end());
+          co_await c.async_send_bytes(m, asio::use_awaitable);
+          outcomes.push_back("served");
+        },
+        asio::detached);
+  }
+  // The peers: a silent one (connects, says nothing), a wrong key, then two good ones.
+  std::thread peers([&] {
+    int silent = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in sin{};
+    sin.sin_family = AF_INET;
+    sin.sin_port = htons(address.port);
+    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    EXPECT_EQ(::connect(silent, reinterpret_cast<sockaddr*>(&sin), sizeof sin), 0);
+    EXPECT_THROW(Client(address, AuthenticationString("wrong")), AuthenticationError);
+    for (int i = 0; i < 2; ++i) {
+      auto c = Client(address, key);
+      c.send_bytes("abc");
+      EXPECT_EQ(text(c.recv_bytes()), "cba");
+    }
+    std::this_thread::sleep_for(600ms);  // silent past the 300 ms handshake deadline
+    ::close(silent);
+  });
+  io.run();
+  peers.join();
+  // The silent peer's handshake ran out of time while the others were served.
+  std::string all;
+  for (const auto& o : outcomes) all += o + "; ";
+  SCOPED_TRACE(all);
+  EXPECT_EQ(std::count(outcomes.begin(), outcomes.end(), "served"), 2);
+  EXPECT_EQ(std::count(outcomes.begin(), outcomes.end(), "multiprocessing.AuthenticationError"), 1);
+  EXPECT_EQ(std::count(outcomes.begin(), outcomes.end(), "TimeoutError"), 1);
+}
+
+TEST_F(AsyncConnectionTest, AsyncAcceptWithoutKeyOnAUnixSocket) {
+  asio::io_context io;
+  const std::string path = "/tmp/troupe-async-" + std::to_string(getpid()) + ".sock";
+  Listener listener(Address::parse("unix:" + path));
+  listener.set_executor(io.get_executor());
+  std::string got;
+  listener.async_accept([&](boost::system::error_code ec, Connection c) {
+    ASSERT_FALSE(ec) << ec.message();
+    got = text(c.recv_bytes());
+  });
+  auto c = Client(Address::parse("unix:" + path));
+  c.send_bytes("plain");
+  io.run();
+  EXPECT_EQ(got, "plain");
 }
 
 }  // namespace

@@ -105,6 +105,8 @@ inline constexpr std::uint64_t kDefaultMaxMessageSize = std::uint64_t{1} << 30;
 /// Not thread-safe: one sender and one receiver at a time, as in Python.
 class Connection {
 public:
+  /// A closed connection (what a failed async_accept completes with).
+  Connection() noexcept = default;
   /// Takes ownership of `fd` (a socket or pipe end, blocking mode).
   explicit Connection(int fd, bool readable = true, bool writable = true);
   Connection(Connection&& other) noexcept;

@@ -1,6 +1,8 @@
 #include "troupe/multiprocessing/listener.hpp"
 
 #include <errno.h>
+#include <poll.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <sys/un.h>
@@ -194,6 +196,9 @@ Listener::Listener(std::optional<Address> address, ListenerOptions options)
 
 Listener::Listener(Listener&& o) noexcept
     : fd_(std::exchange(o.fd_, -1)),
+      executor_(std::move(o.executor_)),
+      descriptor_(std::move(o.descriptor_)),
+      blocking_restored_(o.blocking_restored_),
       address_(std::move(o.address_)),
       last_accepted_(std::move(o.last_accepted_)),
       options_(std::move(o.options_)) {}
@@ -202,6 +207,9 @@ Listener& Listener::operator=(Listener&& o) noexcept {
   if (this != &o) {
     close();
     fd_ = std::exchange(o.fd_, -1);
+    executor_ = std::move(o.executor_);
+    descriptor_ = std::move(o.descriptor_);
+    blocking_restored_ = o.blocking_restored_;
     address_ = std::move(o.address_);
     last_accepted_ = std::move(o.last_accepted_);
     options_ = std::move(o.options_);
@@ -214,10 +222,57 @@ Listener::~Listener() {
 }
 
 void Listener::close() noexcept {
+  if (descriptor_) {  // cancels a waiting async_accept
+    descriptor_->release();
+    descriptor_.reset();
+  }
   if (fd_ < 0) return;
   ::close(fd_);
   fd_ = -1;
   if (address_.family == Address::Family::unix_path) ::unlink(address_.host.c_str());
+}
+
+int Listener::try_accept(std::optional<Address>& peer) noexcept {
+  pollfd p{fd_, POLLIN, 0};
+  if (::poll(&p, 1, 0) <= 0) {
+    errno = EAGAIN;
+    return -1;
+  }
+  sockaddr_storage ss{};
+  socklen_t len = sizeof ss;
+  int fd;
+  do {
+    len = sizeof ss;
+    fd = ::accept4(fd_, reinterpret_cast<sockaddr*>(&ss), &len, SOCK_CLOEXEC);
+  } while (fd < 0 && errno == EINTR);
+  if (fd < 0) return -1;
+  if (ss.ss_family == AF_INET || ss.ss_family == AF_INET6) {
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  }
+  try {
+    peer = from_sockaddr(ss, len, address_.family);
+  } catch (...) {
+    peer.reset();
+  }
+  return fd;
+}
+
+boost::asio::posix::stream_descriptor& Listener::descriptor(
+    const boost::asio::any_io_executor& ex) {
+  if (!descriptor_) {
+    blocking_restored_ = false;
+    descriptor_ = std::make_unique<boost::asio::posix::stream_descriptor>(
+        boost::asio::prefer(ex, boost::asio::execution::outstanding_work.untracked), fd_);
+  }
+  return *descriptor_;
+}
+
+void Listener::keep_blocking() noexcept {
+  if (fd_ < 0 || blocking_restored_) return;
+  int off = 0;
+  ::ioctl(fd_, FIONBIO, &off);
+  blocking_restored_ = true;
 }
 
 int Listener::fileno() const {
