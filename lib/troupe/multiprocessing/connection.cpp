@@ -120,8 +120,7 @@ Connection::Connection(Connection&& o) noexcept
       rend_(std::exchange(o.rend_, 0)),
       spare_(std::move(o.spare_)),
       executor_(std::move(o.executor_)),
-      descriptor_(std::move(o.descriptor_)),
-      blocking_restored_(o.blocking_restored_) {}
+      reactor_(std::move(o.reactor_)) {}
 
 Connection& Connection::operator=(Connection&& o) noexcept {
   if (this != &o) {
@@ -136,8 +135,7 @@ Connection& Connection::operator=(Connection&& o) noexcept {
     rend_ = std::exchange(o.rend_, 0);
     spare_ = std::move(o.spare_);
     executor_ = std::move(o.executor_);
-    descriptor_ = std::move(o.descriptor_);
-    blocking_restored_ = o.blocking_restored_;
+    reactor_ = std::move(o.reactor_);
   }
   return *this;
 }
@@ -147,10 +145,7 @@ Connection::~Connection() {
 }
 
 void Connection::close() noexcept {
-  if (descriptor_) {  // cancels outstanding async operations (operation_aborted)
-    descriptor_->release();
-    descriptor_.reset();
-  }
+  reactor_.release();  // cancels outstanding async operations (operation_aborted)
   if (fd_ >= 0) ::close(fd_);
   fd_ = -1;
   rpos_ = rend_ = 0;
@@ -776,23 +771,30 @@ bool Connection::async_read_some(detail::AsyncRead& st, std::error_code& ec) noe
   return true;
 }
 
-void Connection::keep_blocking() noexcept {
-  if (fd_ < 0 || blocking_restored_) return;
-  int off = 0;
-  ::ioctl(fd_, FIONBIO, &off);
-  blocking_restored_ = true;
-}
-
-boost::asio::posix::stream_descriptor& Connection::descriptor(
-    const boost::asio::any_io_executor& ex) {
-  // A composed operation's executor tracks outstanding work; the descriptor outlives the
+boost::asio::posix::stream_descriptor& detail::ReactorRegistration::get(
+    int fd, const boost::asio::any_io_executor& ex) {
+  // A composed operation's executor tracks outstanding work; the registration outlives the
   // operation and must not keep its io_context running.
   if (!descriptor_) {
     blocking_restored_ = false;
     descriptor_ = std::make_unique<boost::asio::posix::stream_descriptor>(
-        boost::asio::prefer(ex, boost::asio::execution::outstanding_work.untracked), fd_);
+        boost::asio::prefer(ex, boost::asio::execution::outstanding_work.untracked), fd);
   }
   return *descriptor_;
+}
+
+void detail::ReactorRegistration::keep_blocking(int fd) noexcept {
+  if (fd < 0 || blocking_restored_) return;
+  int off = 0;
+  ::ioctl(fd, FIONBIO, &off);
+  blocking_restored_ = true;
+}
+
+void detail::ReactorRegistration::release() noexcept {
+  if (descriptor_) {
+    descriptor_->release();
+    descriptor_.reset();
+  }
 }
 
 // ---- Pipe -----------------------------------------------------------------------------------

@@ -65,6 +65,33 @@ inline boost::system::error_code to_boost(const std::error_code& ec) {
   return boost::system::error_code(ec);
 }
 
+/// An fd's registration with an Asio reactor, made on first use, for async waits only (the I/O
+/// itself is troupe's). Asio puts a descriptor in non-blocking mode when it first waits on it;
+/// keep_blocking() puts it back for the blocking calls (Asio remembers and does not redo it).
+class ReactorRegistration {
+public:
+  ReactorRegistration() = default;
+  ReactorRegistration(ReactorRegistration&&) noexcept = default;
+  ReactorRegistration& operator=(ReactorRegistration&& o) noexcept {
+    if (this != &o) {
+      release();
+      descriptor_ = std::move(o.descriptor_);
+      blocking_restored_ = o.blocking_restored_;
+    }
+    return *this;
+  }
+  ~ReactorRegistration() { release(); }  // never closes the fd: its owner does
+
+  boost::asio::posix::stream_descriptor& get(int fd, const boost::asio::any_io_executor& ex);
+  void keep_blocking(int fd) noexcept;
+  /// Cancels outstanding waits (operation_aborted) and forgets the fd without closing it.
+  void release() noexcept;
+
+private:
+  std::unique_ptr<boost::asio::posix::stream_descriptor> descriptor_;
+  bool blocking_restored_ = false;
+};  // ReactorRegistration
+
 /// The progress of an asynchronous receive: header, then body.
 struct AsyncRead {
   int phase = 0;  // 0: 4-byte header, 1: 8-byte header, 2: body
@@ -315,13 +342,6 @@ private:
   // Non-blocking progress: true when finished (ec set on failure), false when it would block.
   bool async_write_some(detail::AsyncWrite& st, std::error_code& ec) noexcept;
   bool async_read_some(detail::AsyncRead& st, std::error_code& ec) noexcept;
-  // Asio puts a descriptor in non-blocking mode when it first waits on it; the blocking calls
-  // need blocking mode (the async path never relies on it), so put it back. Asio remembers it
-  // did this and does not do it again.
-  void keep_blocking() noexcept;
-  // The reactor registration of this connection's fd, made on first use with `ex`.
-  boost::asio::posix::stream_descriptor& descriptor(const boost::asio::any_io_executor& ex);
-
   template <class Ex>
   static constexpr bool no_executor =
       std::is_same_v<std::decay_t<Ex>, boost::asio::system_executor>;
@@ -340,9 +360,9 @@ private:
           return self.complete(detail::to_boost(std::error_code(EBADF, std::generic_category())));
         if (async_write_some(*st, ec)) return self.complete(detail::to_boost(ec));
         waiting = true;
-        descriptor(boost::asio::any_io_executor(ex))
+        reactor_.get(fd_, boost::asio::any_io_executor(ex))
             .async_wait(boost::asio::posix::descriptor_base::wait_write, std::move(self));
-        keep_blocking();
+        reactor_.keep_blocking(fd_);
       }
     };
     using Sig = void(boost::system::error_code);
@@ -370,9 +390,9 @@ private:
           return self.complete(bec, std::move(r));
         }
         waiting = true;
-        descriptor(boost::asio::any_io_executor(ex))
+        reactor_.get(fd_, boost::asio::any_io_executor(ex))
             .async_wait(boost::asio::posix::descriptor_base::wait_read, std::move(self));
-        keep_blocking();
+        reactor_.keep_blocking(fd_);
       }
     };
     using Sig = void(boost::system::error_code, R);
@@ -392,8 +412,7 @@ private:
   troupe::detail::AdaptiveSpin spin_;  // not moved: a moved-to end learns afresh
   kj::Array<capnp::word> spare_;       // the frame buffer of small typed receives
   boost::asio::any_io_executor executor_;
-  std::unique_ptr<boost::asio::posix::stream_descriptor> descriptor_;
-  bool blocking_restored_ = false;
+  detail::ReactorRegistration reactor_;
 };
 
 /// Python: `multiprocessing.Pipe(duplex=True)` → (conn1, conn2). Duplex: a Unix socketpair, both

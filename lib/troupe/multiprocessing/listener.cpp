@@ -197,8 +197,7 @@ Listener::Listener(std::optional<Address> address, ListenerOptions options)
 Listener::Listener(Listener&& o) noexcept
     : fd_(std::exchange(o.fd_, -1)),
       executor_(std::move(o.executor_)),
-      descriptor_(std::move(o.descriptor_)),
-      blocking_restored_(o.blocking_restored_),
+      reactor_(std::move(o.reactor_)),
       address_(std::move(o.address_)),
       last_accepted_(std::move(o.last_accepted_)),
       options_(std::move(o.options_)) {}
@@ -208,8 +207,7 @@ Listener& Listener::operator=(Listener&& o) noexcept {
     close();
     fd_ = std::exchange(o.fd_, -1);
     executor_ = std::move(o.executor_);
-    descriptor_ = std::move(o.descriptor_);
-    blocking_restored_ = o.blocking_restored_;
+    reactor_ = std::move(o.reactor_);
     address_ = std::move(o.address_);
     last_accepted_ = std::move(o.last_accepted_);
     options_ = std::move(o.options_);
@@ -222,10 +220,7 @@ Listener::~Listener() {
 }
 
 void Listener::close() noexcept {
-  if (descriptor_) {  // cancels a waiting async_accept
-    descriptor_->release();
-    descriptor_.reset();
-  }
+  reactor_.release();  // cancels a waiting async_accept
   if (fd_ < 0) return;
   ::close(fd_);
   fd_ = -1;
@@ -238,6 +233,10 @@ int Listener::try_accept(std::optional<Address>& peer) noexcept {
     errno = EAGAIN;
     return -1;
   }
+  return accept_fd(peer);
+}
+
+int Listener::accept_fd(std::optional<Address>& peer) noexcept {
   sockaddr_storage ss{};
   socklen_t len = sizeof ss;
   int fd;
@@ -258,23 +257,6 @@ int Listener::try_accept(std::optional<Address>& peer) noexcept {
   return fd;
 }
 
-boost::asio::posix::stream_descriptor& Listener::descriptor(
-    const boost::asio::any_io_executor& ex) {
-  if (!descriptor_) {
-    blocking_restored_ = false;
-    descriptor_ = std::make_unique<boost::asio::posix::stream_descriptor>(
-        boost::asio::prefer(ex, boost::asio::execution::outstanding_work.untracked), fd_);
-  }
-  return *descriptor_;
-}
-
-void Listener::keep_blocking() noexcept {
-  if (fd_ < 0 || blocking_restored_) return;
-  int off = 0;
-  ::ioctl(fd_, FIONBIO, &off);
-  blocking_restored_ = true;
-}
-
 int Listener::fileno() const {
   if (fd_ < 0) throw_os_error(EBADF, "Listener.fileno: the listener is closed");
   return fd_;
@@ -282,22 +264,13 @@ int Listener::fileno() const {
 
 Connection Listener::accept() {
   if (fd_ < 0) throw_os_error(EBADF, "Listener.accept: the listener is closed");
-  sockaddr_storage ss{};
-  socklen_t len = sizeof ss;
-  int fd;
-  do {
-    len = sizeof ss;
-    fd = ::accept4(fd_, reinterpret_cast<sockaddr*>(&ss), &len, SOCK_CLOEXEC);
-  } while (fd < 0 && errno == EINTR);
+  std::optional<Address> accepted;
+  const int fd = accept_fd(accepted);
   if (fd < 0) throw_os_error(errno, "Listener.accept on " + address_.str());
-  if (ss.ss_family == AF_INET || ss.ss_family == AF_INET6) {
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-  }
-  last_accepted_ = from_sockaddr(ss, len, address_.family);
+  last_accepted_ = accepted;
   Connection c(fd);
   if (options_.authkey) {
-    const std::string peer = last_accepted_->str();
+    const std::string peer = accepted ? accepted->str() : "a peer of " + address_.str();
     with_deadline(c, options_.handshake_timeout, peer, [&] {
       deliver_challenge(c, *options_.authkey, options_.auth);
       answer_challenge(c, *options_.authkey, options_.auth);

@@ -81,13 +81,12 @@ private:
   struct AcceptState;
   // Accepts a pending peer without blocking: the fd, or -1 (errno EAGAIN when none is waiting).
   int try_accept(std::optional<Address>& peer) noexcept;
-  boost::asio::posix::stream_descriptor& descriptor(const boost::asio::any_io_executor& ex);
-  void keep_blocking() noexcept;
+  // accept4 (blocking), TCP_NODELAY, and the peer's address: the fd, or -1 with errno.
+  int accept_fd(std::optional<Address>& peer) noexcept;
 
   int fd_ = -1;
   boost::asio::any_io_executor executor_;
-  std::unique_ptr<boost::asio::posix::stream_descriptor> descriptor_;
-  bool blocking_restored_ = false;
+  detail::ReactorRegistration reactor_;
   Address address_;
   std::optional<Address> last_accepted_;
   ListenerOptions options_;
@@ -129,9 +128,9 @@ auto Listener::async_accept(Token&& token) {
             if (fd < 0) {
               if (errno != EAGAIN && errno != EWOULDBLOCK)
                 return fail(std::error_code(errno, std::generic_category()));
-              descriptor(boost::asio::any_io_executor(ex))
+              reactor_.get(fd_, boost::asio::any_io_executor(ex))
                   .async_wait(boost::asio::posix::descriptor_base::wait_read, std::move(self));
-              return keep_blocking();
+              return reactor_.keep_blocking(fd_);
             }
             st->conn = Connection(fd);
             if (!options_.authkey) {
