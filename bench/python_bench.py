@@ -153,52 +153,36 @@ def pipe_pingpong_ns(n=20_000):
     return best(run)
 
 
-def pipe_oneway(size):
+def oneway_items_per_s(count, send, recv):
+    """Messages per second through a Pipe: a thread calls send(conn) count times, this one
+    recv(conn); best of REPS."""
     import multiprocessing
-    count = min(100_000, max(1000, (64 << 20) // size // 4))
 
     def run():
         a, b = multiprocessing.Pipe()
-        msg = b"x" * size
-
-        def send():
-            for _ in range(count):
-                a.send_bytes(msg)
-        t = threading.Thread(target=send)
+        t = threading.Thread(target=lambda: [send(a) for _ in range(count)])
         t0 = time.perf_counter()
         t.start()
         for _ in range(count):
-            b.recv_bytes()
+            recv(b)
         t.join()
         el = time.perf_counter() - t0
         a.close()
         b.close()
         return count / el
     return max(run() for _ in range(REPS))
+
+
+def pipe_oneway(size):
+    msg = b"x" * size
+    count = min(100_000, max(1000, (64 << 20) // size // 4))
+    return oneway_items_per_s(count, lambda c: c.send_bytes(msg), lambda c: c.recv_bytes())
 
 
 def pipe_oneway_record(count=100_000):
     """Typed-message counterpart: send(obj)/recv() of a small tuple (pickled)."""
-    import multiprocessing
-
-    def run():
-        a, b = multiprocessing.Pipe()
-        rec = (1, "name", [1.0, 2.0, 3.0, 4.0])
-
-        def send():
-            for _ in range(count):
-                a.send(rec)
-        t = threading.Thread(target=send)
-        t0 = time.perf_counter()
-        t.start()
-        for _ in range(count):
-            b.recv()
-        t.join()
-        el = time.perf_counter() - t0
-        a.close()
-        b.close()
-        return count / el
-    return max(run() for _ in range(REPS))
+    rec = (1, "name", [1.0, 2.0, 3.0, 4.0])
+    return oneway_items_per_s(count, lambda c: c.send(rec), lambda c: c.recv())
 
 
 def connect_auth_ns(unix, round_trip, n=300):
