@@ -22,6 +22,7 @@
 #include "troupe/multiprocessing/connection.hpp"
 #include "troupe/multiprocessing/listener.hpp"
 
+#include "byte_text.hpp"
 #include "leak_check.hpp"
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -33,13 +34,8 @@ namespace asio = boost::asio;
 using namespace std::chrono_literals;
 using AsyncConnectionTest = troupe::testing::LeakCheck;
 
-std::vector<std::byte> bytes(std::string_view s) {
-  auto b = std::as_bytes(std::span(s.data(), s.size()));
-  return {b.begin(), b.end()};
-}
-std::string text(const std::vector<std::byte>& b) {
-  return std::string(reinterpret_cast<const char*>(b.data()), b.size());
-}
+using troupe::testing::bytes;
+using troupe::testing::text;
 
 struct Job {
   int id = 0;

@@ -12,6 +12,7 @@
 
 #include "troupe/errors.hpp"
 
+#include "byte_text.hpp"
 #include "errors.capnp.h"
 #include "leak_check.hpp"
 
@@ -21,13 +22,8 @@ namespace {
 using namespace std::chrono_literals;
 using ConnectionTest = troupe::testing::LeakCheck;
 
-std::vector<std::byte> bytes(std::string_view s) {
-  auto b = std::as_bytes(std::span(s.data(), s.size()));
-  return {b.begin(), b.end()};
-}
-std::string text(const std::vector<std::byte>& b) {
-  return std::string(reinterpret_cast<const char*>(b.data()), b.size());
-}
+using troupe::testing::bytes;
+using troupe::testing::text;
 
 // _TestConnection.test_connection: messages keep their boundaries, both ways, zero-length too.
 TEST_F(ConnectionTest, DuplexPipeKeepsMessageBoundaries) {

@@ -8,6 +8,7 @@
 
 #include "troupe/errors.hpp"
 
+#include "byte_text.hpp"
 #include "leak_check.hpp"
 #include <netinet/in.h>
 
@@ -17,9 +18,8 @@ namespace {
 using namespace std::chrono_literals;
 using ListenerTest = troupe::testing::LeakCheck;
 
-std::string text(const std::vector<std::byte>& b) {
-  return std::string(reinterpret_cast<const char*>(b.data()), b.size());
-}
+using troupe::testing::bytes;
+using troupe::testing::text;
 
 TEST_F(ListenerTest, AddressParsesAndPrints) {
   for (const char* s :

@@ -15,6 +15,7 @@
 #include <cstring>
 
 #include "troupe/errors.hpp"
+#include "troupe/multiprocessing/tls.hpp"
 
 #include <endian.h>
 #include <limits.h>
@@ -47,7 +48,8 @@ bool is_socket(int fd) {
 // writev the whole of `iov`, retrying on EINTR and short writes. On a pipe, a write to a closed
 // reader raises SIGPIPE; block it for this thread and swallow the one we caused, so the caller
 // gets BrokenPipeError instead of a dead process (sockets use MSG_NOSIGNAL instead).
-void write_all(int fd, bool socket, iovec* iov, int iovcnt) {
+// Through `tls` when there is a session.
+void write_all(int fd, bool socket, iovec* iov, int iovcnt, detail::TlsSession* tls) {
   sigset_t block, old;
   bool masked = false;
   bool had_pending = false;
@@ -63,7 +65,9 @@ void write_all(int fd, bool socket, iovec* iov, int iovcnt) {
   int err = 0;
   while (iovcnt > 0) {
     ssize_t n;
-    if (socket) {
+    if (tls) {
+      n = tls->writev(iov, iovcnt, true);
+    } else if (socket) {
       msghdr msg{};
       msg.msg_iov = iov;
       msg.msg_iovlen = static_cast<std::size_t>(iovcnt);
@@ -95,7 +99,18 @@ void write_all(int fd, bool socket, iovec* iov, int iovcnt) {
     }
     pthread_sigmask(SIG_SETMASK, &old, nullptr);
   }
-  if (err) throw_os_error(err, "Connection.send_bytes: write to fd " + std::to_string(fd));
+  if (err) {
+    std::string what = "Connection.send_bytes: write to fd " + std::to_string(fd);
+    if (tls && err == EPROTO) what += " (TLS: " + tls->error() + ")";
+    throw_os_error(err, what);
+  }
+}
+
+// The error of a failed read, with the TLS reason when there is one.
+[[noreturn]] void read_failed(int err, int fd, detail::TlsSession* tls) {
+  std::string what = "Connection.recv_bytes: read from fd " + std::to_string(fd);
+  if (tls && err == EPROTO) what += " (TLS: " + tls->error() + ")";
+  throw_os_error(err, what);
 }
 
 }  // namespace
@@ -119,6 +134,7 @@ Connection::Connection(Connection&& o) noexcept
       rpos_(std::exchange(o.rpos_, 0)),
       rend_(std::exchange(o.rend_, 0)),
       spare_(std::move(o.spare_)),
+      tls_(std::move(o.tls_)),
       executor_(std::move(o.executor_)),
       reactor_(std::move(o.reactor_)) {}
 
@@ -134,6 +150,7 @@ Connection& Connection::operator=(Connection&& o) noexcept {
     rpos_ = std::exchange(o.rpos_, 0);
     rend_ = std::exchange(o.rend_, 0);
     spare_ = std::move(o.spare_);
+    tls_ = std::move(o.tls_);
     executor_ = std::move(o.executor_);
     reactor_ = std::move(o.reactor_);
   }
@@ -146,9 +163,72 @@ Connection::~Connection() {
 
 void Connection::close() noexcept {
   reactor_.release();  // cancels outstanding async operations (operation_aborted)
+  if (tls_) {
+    tls_->shutdown();
+    tls_.reset();
+  }
   if (fd_ >= 0) ::close(fd_);
   fd_ = -1;
   rpos_ = rend_ = 0;
+}
+
+std::size_t Connection::buffered_bytes() const noexcept {
+  return buffered() + (tls_ ? tls_->pending() : 0);
+}
+
+void Connection::start_tls(boost::asio::ssl::context& ctx, TlsRole role,
+                           std::string_view peer_name) {
+  begin_tls(ctx, role, peer_name);
+  if (tls_->handshake(true) != 0) {
+    const int err = errno;
+    std::string why = err == EPROTO ? tls_->error() : std::strerror(err);
+    if (err == EAGAIN) throw_os_error(EAGAIN, "TLS handshake on fd " + std::to_string(fd_));
+    close();
+    throw AuthenticationError("TLS handshake failed: " + why);
+  }
+}
+
+void Connection::begin_tls(boost::asio::ssl::context& ctx, TlsRole role,
+                           std::string_view peer_name) {
+  check_open("start_tls");
+  if (!is_socket_)
+    throw ValueError("Connection.start_tls: fd " + std::to_string(fd_) +
+                     " is not a socket (TLS runs over sockets only)");
+  if (tls_) throw ValueError("Connection.start_tls: TLS is already on");
+  if (buffered() > 0)
+    throw ValueError("Connection.start_tls: " + std::to_string(buffered()) +
+                     " bytes were already read as plain text");
+  tls_ = std::make_unique<detail::TlsSession>(ctx, fd_, role, peer_name);
+}
+
+bool Connection::tls_handshake_step(std::error_code& ec, bool& want_write) noexcept {
+  if (!tls_ || closed()) {
+    ec = std::error_code(EBADF, std::generic_category());
+    return true;
+  }
+  if (tls_->handshake(false) == 0) return true;
+  if (errno == EAGAIN) {
+    want_write = tls_->wants_write(detail::TlsSession::kHandshake);
+    return false;
+  }
+  ec = troupe::make_error_code(troupe::errc::authentication_error);
+  return true;
+}
+
+std::string Connection::tls_description() const {
+  return tls_ ? tls_->description() : std::string();
+}
+
+std::string Connection::tls_error() const {
+  return tls_ ? tls_->error() : std::string();
+}
+
+boost::asio::posix::descriptor_base::wait_type Connection::async_wait_type(bool reading) const {
+  using D = boost::asio::posix::descriptor_base;
+  if (!tls_) return reading ? D::wait_read : D::wait_write;
+  const bool w =
+      tls_->wants_write(reading ? detail::TlsSession::kRead : detail::TlsSession::kWrite);
+  return w ? D::wait_write : D::wait_read;
 }
 
 int Connection::fileno() const {
@@ -211,7 +291,7 @@ void Connection::write_frame(const iovec* payload, std::size_t n, std::uint64_t 
   std::size_t left = n + 1;
   while (left > 0) {
     const std::size_t k = std::min(left, kIovMax);
-    write_all(fd_, is_socket_, iov, static_cast<int>(k));
+    write_all(fd_, is_socket_, iov, static_cast<int>(k), tls_.get());
     iov += k;
     left -= k;
   }
@@ -426,20 +506,34 @@ bool Connection::fill(std::size_t n, bool eof_is_error) {
     ssize_t r = -1;
     int err = 0;
     bool done = false;
-    if (is_socket_) {
+    std::byte* at = rbuf_.get() + rend_;
+    const std::size_t room = kReadBuffer - rend_;
+    if (tls_) {
       done = spin_.spin([&] {
-        r = ::recv(fd_, rbuf_.get() + rend_, kReadBuffer - rend_, MSG_DONTWAIT);
+        r = tls_->read(at, room, false);
         err = errno;
-        return !(r < 0 && (err == EAGAIN || err == EWOULDBLOCK));
+        return !(r < 0 && err == EAGAIN);
       });
-    }
-    if (!done) {
-      r = ::read(fd_, rbuf_.get() + rend_, kReadBuffer - rend_);
-      err = errno;
+      if (!done) {
+        r = tls_->read(at, room, true);
+        err = errno;
+      }
+    } else {
+      if (is_socket_) {
+        done = spin_.spin([&] {
+          r = ::recv(fd_, at, room, MSG_DONTWAIT);
+          err = errno;
+          return !(r < 0 && (err == EAGAIN || err == EWOULDBLOCK));
+        });
+      }
+      if (!done) {
+        r = ::read(fd_, at, room);
+        err = errno;
+      }
     }
     if (r < 0) {
       if (err == EINTR) continue;
-      throw_os_error(err, "Connection.recv_bytes: read from fd " + std::to_string(fd_));
+      read_failed(err, fd_, tls_.get());
     }
     if (r == 0) {
       if (rend_ == rpos_ && !eof_is_error) return false;
@@ -467,10 +561,10 @@ void Connection::read_exact(std::byte* out, std::size_t n) {
     return;
   }
   while (n > 0) {
-    ssize_t r = ::read(fd_, out, n);
+    ssize_t r = tls_ ? tls_->read(out, n, true) : ::read(fd_, out, n);
     if (r < 0) {
       if (errno == EINTR) continue;
-      throw_os_error(errno, "Connection.recv_bytes: read from fd " + std::to_string(fd_));
+      read_failed(errno, fd_, tls_.get());
     }
     if (r == 0) throw_os_error(EIO, "Connection.recv_bytes: got end of file during message");
     out += r;
@@ -546,6 +640,11 @@ bool Connection::poll(Timeout timeout) {
     if (r < 0) {
       if (errno == EINTR) continue;
       throw_os_error(errno, "Connection.poll on fd " + std::to_string(fd_));
+    }
+    // Under TLS a readable socket may hold only protocol records, not a message.
+    if (r > 0 && tls_ && !tls_->readable_now()) {
+      if (ms == 0) return false;
+      continue;
     }
     return r > 0;
   }
@@ -660,7 +759,9 @@ void Connection::encode_owned_frame(detail::AsyncWrite& st, capnp::MessageBuilde
 
 bool Connection::async_write_some(detail::AsyncWrite& st, std::error_code& ec) noexcept {
   while (!st.iov.empty()) {
-    const ssize_t n = write_now(fd_, is_socket_, st.iov.data(), static_cast<int>(st.iov.size()));
+    const int cnt = static_cast<int>(std::min<std::size_t>(st.iov.size(), 1024));
+    const ssize_t n = tls_ ? tls_->writev(st.iov.data(), cnt, false)
+                           : write_now(fd_, is_socket_, st.iov.data(), cnt);
     if (n < 0) {
       if (errno == EAGAIN || errno == EWOULDBLOCK) return false;
       ec = std::error_code(errno, std::generic_category());
@@ -692,7 +793,8 @@ bool Connection::async_read_some(detail::AsyncRead& st, std::error_code& ec) noe
         rend_ -= rpos_;
         rpos_ = 0;
       }
-      const ssize_t r = read_now(fd_, is_socket_, rbuf_.get() + rend_, kReadBuffer - rend_);
+      const ssize_t r = tls_ ? tls_->read(rbuf_.get() + rend_, kReadBuffer - rend_, false)
+                             : read_now(fd_, is_socket_, rbuf_.get() + rend_, kReadBuffer - rend_);
       if (r < 0) {
         if (errno == EAGAIN || errno == EWOULDBLOCK) return 0;
         ec = std::error_code(errno, std::generic_category());
@@ -756,7 +858,9 @@ bool Connection::async_read_some(detail::AsyncRead& st, std::error_code& ec) noe
     st.got = have;
   }
   while (st.got < st.body.size()) {
-    const ssize_t r = read_now(fd_, is_socket_, st.body.data() + st.got, st.body.size() - st.got);
+    std::byte* at = st.body.data() + st.got;
+    const std::size_t want = st.body.size() - st.got;
+    const ssize_t r = tls_ ? tls_->read(at, want, false) : read_now(fd_, is_socket_, at, want);
     if (r < 0) {
       if (errno == EAGAIN || errno == EWOULDBLOCK) return false;
       ec = std::error_code(errno, std::generic_category());
@@ -845,8 +949,13 @@ std::vector<Waitable> wait(std::span<const Waitable> objects, Timeout timeout) {
     for (std::size_t i = 0; i < objects.size(); ++i) {
       if (fds[i].revents & POLLNVAL)
         throw_os_error(EBADF, "connection.wait: fd " + std::to_string(fds[i].fd) + " is not open");
-      const Connection* c = objects[i].connection();
-      if (fds[i].revents != 0 || (c && c->buffered_bytes() > 0)) ready.push_back(objects[i]);
+      Connection* c = objects[i].connection();
+      bool ready_now = fds[i].revents != 0 || (c && c->buffered_bytes() > 0);
+      // Under TLS a readable socket may hold only protocol records: look closer.
+      if (ready_now && c && c->tls() && c->buffered_bytes() == 0 &&
+          !(fds[i].revents & (POLLERR | POLLHUP)))
+        ready_now = c->poll();
+      if (ready_now) ready.push_back(objects[i]);
     }
     if (!ready.empty() || r == 0) return ready;
   }

@@ -31,6 +31,7 @@
 #include "troupe/detail/futex.hpp"
 #include "troupe/errors.hpp"
 #include "troupe/multiprocessing/authkey.hpp"
+#include "troupe/multiprocessing/tls.hpp"
 #include "troupe/timeout.hpp"
 
 namespace troupe::multiprocessing {
@@ -222,6 +223,29 @@ public:
   void set_executor(boost::asio::any_io_executor ex) { executor_ = std::move(ex); }
   const boost::asio::any_io_executor& get_executor() const noexcept { return executor_; }
 
+  /// Waits until the fd is readable or writable (as Asio's basic_socket::async_wait), without
+  /// reading or writing. Completion: void(boost::system::error_code).
+  template <class Token>
+  auto async_wait(boost::asio::posix::descriptor_base::wait_type what, Token&& token) {
+    auto impl = [this, what, started = false](auto& self,
+                                              boost::system::error_code ec = {}) mutable {
+      auto ex = self.get_executor();
+      if constexpr (no_executor<decltype(ex)>) {
+        self.complete(detail::to_boost(troupe::make_error_code(troupe::errc::value_error)));
+      } else {
+        if (started) return self.complete(ec);
+        if (closed())
+          return self.complete(detail::to_boost(std::error_code(EBADF, std::generic_category())));
+        started = true;
+        reactor_.get(fd_, boost::asio::any_io_executor(ex)).async_wait(what, std::move(self));
+        reactor_.keep_blocking(fd_);
+      }
+    };
+    using Sig = void(boost::system::error_code);
+    if (executor_) return boost::asio::async_compose<Token, Sig>(std::move(impl), token, executor_);
+    return boost::asio::async_compose<Token, Sig>(std::move(impl), token);
+  }
+
   /// Python: none. send_bytes, asynchronously. `buf` must stay valid until completion.
   /// Completion: void(boost::system::error_code).
   template <class Token>
@@ -309,7 +333,27 @@ public:
 
   /// Bytes already read from the fd but not yet returned (a message may be waiting in them even
   /// when the fd itself is not readable; connection::wait accounts for it).
-  std::size_t buffered_bytes() const noexcept { return buffered(); }
+  std::size_t buffered_bytes() const noexcept;
+
+  // ---- TLS (an option on top of the HMAC handshake; doc/security.md) ----------------------
+
+  /// Runs the TLS handshake on this connected socket as `role` and from then on sends and
+  /// receives through TLS. A client checks the server's certificate against `peer_name` (a
+  /// DNS name or an IP address) when its context verifies peers. Listener and Client call it
+  /// for you when given a context. @throws AuthenticationError with OpenSSL's reason (the
+  /// connection is closed); BlockingIOError if a socket timeout passed; ValueError if this is
+  /// not a socket or TLS is already on.
+  void start_tls(boost::asio::ssl::context& ctx, TlsRole role, std::string_view peer_name = {});
+  /// start_tls, asynchronously. Completion: void(boost::system::error_code);
+  /// errc::authentication_error on a failed handshake (tls_error() says why).
+  template <class Token>
+  auto async_start_tls(boost::asio::ssl::context& ctx, TlsRole role, std::string_view peer_name,
+                       Token&& token);
+  /// Whether TLS is on; the protocol and cipher ("TLSv1.3 TLS_AES_256_GCM_SHA384"), and why
+  /// the last TLS operation failed (empty if none).
+  bool tls() const noexcept { return tls_ != nullptr; }
+  std::string tls_description() const;
+  std::string tls_error() const;
 
   /// The largest message this end accepts (default kDefaultMaxMessageSize).
   std::uint64_t max_message_size() const noexcept { return max_message_size_; }
@@ -336,6 +380,14 @@ private:
   // Gives a flat frame's buffer back for the next receive (if it is not too large to keep).
   void reclaim(detail::TypedFrame& frame) noexcept;
 
+  // ---- TLS machinery ----
+  void begin_tls(boost::asio::ssl::context& ctx, TlsRole role, std::string_view peer_name);
+  // One non-blocking step: true when finished (ec set on failure), false when it would block
+  // (want_write says on what).
+  bool tls_handshake_step(std::error_code& ec, bool& want_write) noexcept;
+  // What an async read or write that would block waits for (TLS may need the other way).
+  boost::asio::posix::descriptor_base::wait_type async_wait_type(bool reading) const;
+
   // ---- asynchronous machinery ----
   void prepare_async_write(detail::AsyncWrite& st, std::span<const std::byte> payload);
   void encode_owned_frame(detail::AsyncWrite& st, capnp::MessageBuilder& mb);
@@ -361,7 +413,7 @@ private:
         if (async_write_some(*st, ec)) return self.complete(detail::to_boost(ec));
         waiting = true;
         reactor_.get(fd_, boost::asio::any_io_executor(ex))
-            .async_wait(boost::asio::posix::descriptor_base::wait_write, std::move(self));
+            .async_wait(async_wait_type(false), std::move(self));
         reactor_.keep_blocking(fd_);
       }
     };
@@ -391,7 +443,7 @@ private:
         }
         waiting = true;
         reactor_.get(fd_, boost::asio::any_io_executor(ex))
-            .async_wait(boost::asio::posix::descriptor_base::wait_read, std::move(self));
+            .async_wait(async_wait_type(true), std::move(self));
         reactor_.keep_blocking(fd_);
       }
     };
@@ -411,9 +463,43 @@ private:
   std::size_t rend_ = 0;
   troupe::detail::AdaptiveSpin spin_;  // not moved: a moved-to end learns afresh
   kj::Array<capnp::word> spare_;       // the frame buffer of small typed receives
+  std::unique_ptr<detail::TlsSession> tls_;
   boost::asio::any_io_executor executor_;
   detail::ReactorRegistration reactor_;
 };
+
+template <class Token>
+auto Connection::async_start_tls(boost::asio::ssl::context& ctx, TlsRole role,
+                                 std::string_view peer_name, Token&& token) {
+  using Sig = void(boost::system::error_code);
+  auto impl = [this, &ctx, role, name = std::string(peer_name), waiting = false](
+                  auto& self, boost::system::error_code wait_ec = {}) mutable {
+    auto ex = self.get_executor();
+    if constexpr (no_executor<decltype(ex)>) {
+      self.complete(detail::to_boost(troupe::make_error_code(troupe::errc::value_error)));
+    } else {
+      if (waiting && wait_ec) return self.complete(wait_ec);
+      if (!waiting) {
+        try {
+          begin_tls(ctx, role, name);
+        } catch (const std::exception&) {
+          return self.complete(
+              detail::to_boost(troupe::make_error_code(troupe::errc::value_error)));
+        }
+      }
+      std::error_code ec;
+      bool want_write = false;
+      if (tls_handshake_step(ec, want_write)) return self.complete(detail::to_boost(ec));
+      waiting = true;
+      using D = boost::asio::posix::descriptor_base;
+      reactor_.get(fd_, boost::asio::any_io_executor(ex))
+          .async_wait(want_write ? D::wait_write : D::wait_read, std::move(self));
+      reactor_.keep_blocking(fd_);
+    }
+  };
+  if (executor_) return boost::asio::async_compose<Token, Sig>(std::move(impl), token, executor_);
+  return boost::asio::async_compose<Token, Sig>(std::move(impl), token);
+}
 
 /// Python: `multiprocessing.Pipe(duplex=True)` → (conn1, conn2). Duplex: a Unix socketpair, both
 /// ends read and write. Not duplex: a pipe, conn1 reads and conn2 writes. Both close-on-exec.

@@ -269,11 +269,14 @@ Connection Listener::accept() {
   if (fd < 0) throw_os_error(errno, "Listener.accept on " + address_.str());
   last_accepted_ = accepted;
   Connection c(fd);
-  if (options_.authkey) {
+  if (options_.authkey || options_.tls) {
     const std::string peer = accepted ? accepted->str() : "a peer of " + address_.str();
     with_deadline(c, options_.handshake_timeout, peer, [&] {
-      deliver_challenge(c, *options_.authkey, options_.auth);
-      answer_challenge(c, *options_.authkey, options_.auth);
+      if (options_.tls) c.start_tls(*options_.tls, TlsRole::server);
+      if (options_.authkey) {
+        deliver_challenge(c, *options_.authkey, options_.auth);
+        answer_challenge(c, *options_.authkey, options_.auth);
+      }
     });
   }
   return c;
@@ -281,25 +284,99 @@ Connection Listener::accept() {
 
 // ---- Client ---------------------------------------------------------------------------------
 
-Connection Client(const Address& address, std::optional<AuthenticationString> authkey,
-                  const AuthOptions& auth, std::chrono::milliseconds handshake_timeout) {
+namespace detail {
+
+int start_connect(const Address& address, bool& in_progress) {
   const SockAddr sa = to_sockaddr(address);
-  int fd = ::socket(sa.ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) throw_os_error(errno, "Client: socket for " + address.str());
-  Connection c(fd);
-  int rc;
-  do {
-    rc = ::connect(fd, sa.get(), sa.len);
-  } while (rc != 0 && errno == EINTR);
-  if (rc != 0) throw_os_error(errno, "Client: connect to " + address.str());
-  if (sa.ss.ss_family == AF_INET || sa.ss.ss_family == AF_INET6) {
+  const int fd = ::socket(sa.ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (fd < 0) return -1;
+  in_progress = false;
+  if (::connect(fd, sa.get(), sa.len) != 0) {
+    if (errno == EINPROGRESS) {
+      in_progress = true;
+    } else {
+      const int err = errno;
+      ::close(fd);
+      errno = err;
+      return -1;
+    }
+  }
+  return fd;
+}
+
+int finish_connect(int fd) noexcept {
+  int err = 0;
+  socklen_t len = sizeof err;
+  if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) return errno;
+  return err;
+}
+
+void connected(int fd) noexcept {
+  int off = 0;
+  ::ioctl(fd, FIONBIO, &off);
+  sockaddr_storage ss{};
+  socklen_t len = sizeof ss;
+  if (getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len) == 0 &&
+      (ss.ss_family == AF_INET || ss.ss_family == AF_INET6)) {
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   }
-  if (authkey) {
-    with_deadline(c, handshake_timeout, address.str(), [&] {
-      answer_challenge(c, *authkey, auth);
-      deliver_challenge(c, *authkey, auth);
+}
+
+std::string tls_peer_name(const Address& address, const ClientOptions& options) {
+  if (!options.tls_server_name.empty()) return options.tls_server_name;
+  const bool inet =
+      address.family == Address::Family::inet || address.family == Address::Family::inet6;
+  return inet ? address.host : std::string();
+}
+
+}  // namespace detail
+
+Connection Client(const Address& address, std::optional<AuthenticationString> authkey,
+                  const AuthOptions& auth, std::chrono::milliseconds handshake_timeout) {
+  ClientOptions o;
+  o.authkey = std::move(authkey);
+  o.auth = auth;
+  o.timeout = handshake_timeout;
+  return Client(address, o);
+}
+
+Connection Client(const Address& address, const ClientOptions& o) {
+  const auto deadline = std::chrono::steady_clock::now() + o.timeout;
+  auto left = [&] {
+    return std::max(std::chrono::milliseconds(1), std::chrono::ceil<std::chrono::milliseconds>(
+                                                      deadline - std::chrono::steady_clock::now()));
+  };
+  auto timed_out = [&](const char* what) {
+    throw TimeoutError(std::string("Client: ") + what + " " + address.str() + " timed out after " +
+                       std::to_string(o.timeout.count()) + " ms");
+  };
+  bool in_progress = false;
+  int fd;
+  // A Unix listener whose backlog is full refuses at once (EAGAIN): try again until the deadline.
+  while ((fd = detail::start_connect(address, in_progress)) < 0 && errno == EAGAIN) {
+    if (std::chrono::steady_clock::now() >= deadline) timed_out("connect to");
+    ::poll(nullptr, 0, 5);
+  }
+  if (fd < 0) throw_os_error(errno, "Client: connect to " + address.str());
+  Connection c(fd);
+  if (in_progress) {
+    pollfd p{fd, POLLOUT, 0};
+    int r;
+    while ((r = ::poll(&p, 1, static_cast<int>(left().count()))) < 0 && errno == EINTR) {
+    }
+    if (r == 0) timed_out("connect to");
+  }
+  if (const int err = detail::finish_connect(fd))
+    throw_os_error(err, "Client: connect to " + address.str());
+  detail::connected(fd);
+  if (o.authkey || o.tls) {
+    with_deadline(c, left(), address.str(), [&] {
+      if (o.tls) c.start_tls(*o.tls, TlsRole::client, detail::tls_peer_name(address, o));
+      if (o.authkey) {
+        answer_challenge(c, *o.authkey, o.auth);
+        deliver_challenge(c, *o.authkey, o.auth);
+      }
     });
   }
   return c;

@@ -39,8 +39,26 @@ struct ListenerOptions {
   /// listeners); for Unix sockets nullopt means no handshake, as Python's authkey=None.
   std::optional<AuthenticationString> authkey;
   AuthOptions auth;
-  /// The longest a peer may take over the handshake before it is dropped.
+  /// The longest a peer may take over the handshake (TLS's and the HMAC one) before it is
+  /// dropped.
   std::chrono::milliseconds handshake_timeout{10000};
+  /// TLS under every accepted connection (make_tls_context(TlsRole::server, …) or a context
+  /// of your own); null for plain sockets. On top of the authkey, never instead of it.
+  std::shared_ptr<boost::asio::ssl::context> tls;
+};
+
+/// Options of a Client, beyond Python's `(address, family, authkey)`.
+struct ClientOptions {
+  /// The authkey; nullopt means no handshake (as Python's authkey=None).
+  std::optional<AuthenticationString> authkey;
+  AuthOptions auth;
+  /// The longest connecting and both handshakes may take in all (TimeoutError after it).
+  std::chrono::milliseconds timeout{10000};
+  /// TLS (make_tls_context(TlsRole::client, …) or a context of your own); null for none.
+  std::shared_ptr<boost::asio::ssl::context> tls;
+  /// The name or IP address the server's certificate must carry (and the SNI name); empty
+  /// means the address's host. Unix sockets have no host: give one if the context verifies.
+  std::string tls_server_name;
 };
 
 /// Python: `multiprocessing.connection.Listener(address=None, family=None, backlog=1,
@@ -92,102 +110,151 @@ private:
   ListenerOptions options_;
 };
 
-struct Listener::AcceptState {
+namespace detail {
+
+/// Both halves of the HMAC handshake as asynchronous reads and writes: deliver the challenge
+/// then answer the peer's (`challenge_first`, a Listener), or the reverse (a Client). `c`,
+/// `key` and `auth` must outlive the operation. Completion: void(boost::system::error_code);
+/// errc::authentication_error if either side refuses.
+template <class Token>
+auto async_handshake(Connection& c, const AuthenticationString& key, const AuthOptions& auth,
+                     bool challenge_first, Token&& token) {
+  struct State {
+    Challenge challenge;
+    std::vector<std::byte> answer;
+    int step = 0;  // 0-2 the first half, 3-5 the second, 6 done
+    bool check_welcome = false;
+    bool refused = false;
+  };
+  auto impl = [&c, &key, &auth, challenge_first, st = std::make_unique<State>()](
+                  auto& self, boost::system::error_code ec = {},
+                  std::vector<std::byte> msg = {}) mutable {
+    const auto refused = to_boost(troupe::make_error_code(troupe::errc::authentication_error));
+    if (ec) return self.complete(ec);
+    if (st->refused) return self.complete(refused);  // #FAILURE# sent
+    try {
+      if (st->check_welcome) {
+        st->check_welcome = false;
+        check_welcome(msg);
+      }
+      if (st->step == 6) return self.complete({});
+      const bool deliver = (st->step < 3) == challenge_first;
+      switch (st->step++ % 3 + (deliver ? 0 : 3)) {
+        case 0:  // deliver: the challenge
+          st->challenge = make_challenge(auth);
+          return c.async_send_bytes(st->challenge.wire, std::move(self));
+        case 1: return c.async_recv_bytes(std::move(self), 256);
+        case 2:  // the peer's answer
+          try {
+            check_answer(st->challenge, msg, key, auth);
+          } catch (const AuthenticationError&) {
+            st->refused = true;
+            return c.async_send_bytes(failure_message(), std::move(self));
+          }
+          return c.async_send_bytes(welcome_message(), std::move(self));
+        case 3:  // answer: the peer's challenge
+          return c.async_recv_bytes(std::move(self), 256);
+        case 4:
+          st->answer = make_answer(msg, key, auth);
+          return c.async_send_bytes(st->answer, std::move(self));
+        default:  // the peer's verdict, checked on the next entry
+          st->check_welcome = true;
+          return c.async_recv_bytes(std::move(self), 256);
+      }
+    } catch (const AuthenticationError&) {
+      self.complete(refused);
+    } catch (const std::exception&) {
+      self.complete(to_boost(troupe::make_error_code(troupe::errc::os_error)));
+    }
+  };
+  return boost::asio::async_compose<Token, void(boost::system::error_code)>(std::move(impl), token);
+}
+
+/// What an asynchronous accept or connect keeps between steps.
+struct Establishing {
   Connection conn;
-  std::optional<Address> peer;
   std::optional<boost::asio::steady_timer> timer;
-  detail::Challenge challenge;
-  std::vector<std::byte> answer;
   int step = 0;
   bool timed_out = false;
+
+  /// Bounds the rest by `t`: when it passes, the connection is closed (the step in progress
+  /// ends with operation_aborted) and the outcome is errc::timeout_error.
+  template <class Executor>
+  static void start_deadline(const std::shared_ptr<Establishing>& st, const Executor& ex,
+                             std::chrono::milliseconds t) {
+    st->timer.emplace(ex, t);
+    st->timer->async_wait([st](boost::system::error_code ec) {
+      if (!ec) {
+        st->timed_out = true;
+        st->conn.close();
+      }
+    });
+  }
+  /// Closes the connection and gives the error to complete with.
+  boost::system::error_code fail(std::error_code why) {
+    if (timer) timer->cancel();
+    conn.close();
+    if (timed_out) why = troupe::make_error_code(troupe::errc::timeout_error);
+    return to_boost(why);
+  }
 };
+
+/// Connecting, in steps: a new socket (close-on-exec, non-blocking) connecting to `address`;
+/// -1 with errno on failure. `in_progress`: wait until writable, then finish_connect.
+int start_connect(const Address& address, bool& in_progress);
+/// The outcome of a connect that was in progress: 0 or the errno.
+int finish_connect(int fd) noexcept;
+/// A connected socket made ready for the Connection: blocking mode, TCP_NODELAY on TCP.
+void connected(int fd) noexcept;
+/// The name a client's TLS checks the server's certificate for.
+std::string tls_peer_name(const Address& address, const ClientOptions& options);
+
+}  // namespace detail
 
 template <class Token>
 auto Listener::async_accept(Token&& token) {
-  auto impl = [this, st = std::make_shared<AcceptState>()](
-                  auto& self, boost::system::error_code ec = {},
-                  std::vector<std::byte> msg = {}) mutable {
+  auto impl = [this, st = std::make_shared<detail::Establishing>(),
+               peer = std::optional<Address>()](auto& self,
+                                                boost::system::error_code ec = {}) mutable {
     auto ex = self.get_executor();
     if constexpr (std::is_same_v<std::decay_t<decltype(ex)>, boost::asio::system_executor>) {
       self.complete(detail::to_boost(troupe::make_error_code(troupe::errc::value_error)),
                     Connection());
     } else {
-      auto fail = [&](std::error_code why) {
+      auto done = [&] {
         if (st->timer) st->timer->cancel();
-        st->conn.close();
-        if (st->timed_out) why = troupe::make_error_code(troupe::errc::timeout_error);
-        self.complete(detail::to_boost(why), Connection());
+        last_accepted_ = peer;
+        self.complete({}, std::move(st->conn));
       };
-      const auto& key = *options_.authkey;
-      try {
-        switch (st->step) {
-          case 0: {  // waiting for a peer
-            if (ec) return fail(std::error_code(ec));
-            if (fd_ < 0) return fail(std::error_code(EBADF, std::generic_category()));
-            const int fd = try_accept(st->peer);
-            if (fd < 0) {
-              if (errno != EAGAIN && errno != EWOULDBLOCK)
-                return fail(std::error_code(errno, std::generic_category()));
-              reactor_.get(fd_, boost::asio::any_io_executor(ex))
-                  .async_wait(boost::asio::posix::descriptor_base::wait_read, std::move(self));
-              return reactor_.keep_blocking(fd_);
-            }
-            st->conn = Connection(fd);
-            if (!options_.authkey) {
-              last_accepted_ = st->peer;
-              return self.complete({}, std::move(st->conn));
-            }
-            st->timer.emplace(ex, options_.handshake_timeout);
-            st->timer->async_wait([st = st](boost::system::error_code tec) {
-              if (!tec) {
-                st->timed_out = true;
-                st->conn.close();  // the outstanding read or write ends
-              }
-            });
-            st->challenge = detail::make_challenge(options_.auth);
-            st->step = 1;
-            return st->conn.async_send_bytes(st->challenge.wire, std::move(self));
+      if (ec) return self.complete(st->fail(std::error_code(ec)), Connection());
+      switch (st->step) {
+        case 0: {  // waiting for a peer
+          if (fd_ < 0)
+            return self.complete(st->fail(std::error_code(EBADF, std::generic_category())),
+                                 Connection());
+          const int fd = try_accept(peer);
+          if (fd < 0) {
+            if (errno != EAGAIN && errno != EWOULDBLOCK)
+              return self.complete(st->fail(std::error_code(errno, std::generic_category())),
+                                   Connection());
+            reactor_.get(fd_, boost::asio::any_io_executor(ex))
+                .async_wait(boost::asio::posix::descriptor_base::wait_read, std::move(self));
+            return reactor_.keep_blocking(fd_);
           }
-          case 1:  // challenge sent
-            if (ec) return fail(std::error_code(ec));
-            st->step = 2;
-            return st->conn.async_recv_bytes(std::move(self), 256);
-          case 2:  // the peer's answer
-            if (ec) return fail(std::error_code(ec));
-            try {
-              detail::check_answer(st->challenge, msg, key, options_.auth);
-            } catch (const AuthenticationError&) {
-              st->step = 9;
-              return st->conn.async_send_bytes(detail::failure_message(), std::move(self));
-            }
-            st->step = 3;
-            return st->conn.async_send_bytes(detail::welcome_message(), std::move(self));
-          case 3:  // welcome sent; now the peer challenges us
-            if (ec) return fail(std::error_code(ec));
-            st->step = 4;
-            return st->conn.async_recv_bytes(std::move(self), 256);
-          case 4:
-            if (ec) return fail(std::error_code(ec));
-            st->answer = detail::make_answer(msg, key, options_.auth);
-            st->step = 5;
-            return st->conn.async_send_bytes(st->answer, std::move(self));
-          case 5:
-            if (ec) return fail(std::error_code(ec));
-            st->step = 6;
-            return st->conn.async_recv_bytes(std::move(self), 256);
-          case 6:
-            if (ec) return fail(std::error_code(ec));
-            detail::check_welcome(msg);
-            st->timer->cancel();
-            last_accepted_ = st->peer;
-            return self.complete({}, std::move(st->conn));
-          default:  // #FAILURE# sent after a wrong answer
-            return fail(troupe::make_error_code(troupe::errc::authentication_error));
+          st->conn = Connection(fd);
+          if (!options_.tls && !options_.authkey) return done();
+          detail::Establishing::start_deadline(st, ex, options_.handshake_timeout);
+          st->step = 1;
+          if (options_.tls)
+            return st->conn.async_start_tls(*options_.tls, TlsRole::server, {}, std::move(self));
         }
-      } catch (const AuthenticationError&) {
-        fail(troupe::make_error_code(troupe::errc::authentication_error));
-      } catch (const std::exception&) {
-        fail(troupe::make_error_code(troupe::errc::os_error));
+          [[fallthrough]];
+        case 1:  // TLS is up (if asked for)
+          if (!options_.authkey) return done();
+          st->step = 2;
+          return detail::async_handshake(st->conn, *options_.authkey, options_.auth, true,
+                                         std::move(self));
+        default: return done();
       }
     }
   };
@@ -204,5 +271,75 @@ Connection Client(const Address& address,
                   std::optional<AuthenticationString> authkey = std::nullopt,
                   const AuthOptions& auth = {},
                   std::chrono::milliseconds handshake_timeout = std::chrono::seconds(10));
+
+/// Client with all the options: TLS, and one deadline over connecting and both handshakes.
+/// @throws TimeoutError when options.timeout passes; the others as above.
+Connection Client(const Address& address, const ClientOptions& options);
+
+/// Client, asynchronously, on `ex`: connects (non-blocking), runs TLS if asked and the HMAC
+/// handshake as asynchronous reads and writes, all under options.timeout. Names are resolved
+/// with getaddrinfo, which blocks: give numeric addresses where that matters.
+/// Completion: void(boost::system::error_code, Connection): errno codes for the connect
+/// (ECONNREFUSED, ENOENT, …), errc::authentication_error, errc::timeout_error.
+template <class Token>
+auto async_client(boost::asio::any_io_executor ex, Address address, ClientOptions options,
+                  Token&& token) {
+  struct State : detail::Establishing {
+    Address address;
+    ClientOptions options;
+    std::optional<boost::asio::steady_timer> retry;
+  };
+  auto st = std::make_shared<State>();
+  st->address = std::move(address);
+  st->options = std::move(options);
+  auto impl = [st, ex](auto& self, boost::system::error_code ec = {}) mutable {
+    using D = boost::asio::posix::descriptor_base;
+    auto fail = [&](std::error_code why) { self.complete(st->fail(why), Connection()); };
+    auto& o = st->options;
+    if (ec) return fail(std::error_code(ec));
+    switch (st->step) {
+      case 0:  // connect (again, after a Unix listener's full backlog)
+        if (!st->timer) detail::Establishing::start_deadline(st, ex, o.timeout);
+        if (st->timed_out) return fail(troupe::make_error_code(troupe::errc::timeout_error));
+        {
+          bool in_progress = false;
+          int fd;
+          try {
+            fd = detail::start_connect(st->address, in_progress);
+          } catch (const std::system_error& e) {  // OSError: a name that does not resolve
+            return fail(e.code());
+          } catch (const std::exception&) {  // ValueError: a Unix name too long
+            return fail(troupe::make_error_code(troupe::errc::value_error));
+          }
+          if (fd < 0 && errno == EAGAIN) {  // Unix socket: the listener's backlog is full
+            st->retry.emplace(ex, std::chrono::milliseconds(5));
+            return st->retry->async_wait(std::move(self));
+          }
+          if (fd < 0) return fail(std::error_code(errno, std::generic_category()));
+          st->conn = Connection(fd);
+          st->step = 1;
+          if (in_progress) return st->conn.async_wait(D::wait_write, std::move(self));
+        }
+        [[fallthrough]];
+      case 1:  // connected, or failed to
+        if (const int err = detail::finish_connect(st->conn.fileno()))
+          return fail(std::error_code(err, std::generic_category()));
+        detail::connected(st->conn.fileno());
+        st->step = 2;
+        if (o.tls)
+          return st->conn.async_start_tls(*o.tls, TlsRole::client,
+                                          detail::tls_peer_name(st->address, o), std::move(self));
+        [[fallthrough]];
+      case 2:  // TLS is up (if asked for)
+        st->step = 3;
+        if (o.authkey)
+          return detail::async_handshake(st->conn, *o.authkey, o.auth, false, std::move(self));
+        [[fallthrough]];
+      default: st->timer->cancel(); self.complete({}, std::move(st->conn));
+    }
+  };
+  return boost::asio::async_compose<Token, void(boost::system::error_code, Connection)>(
+      std::move(impl), token, ex);
+}
 
 }  // namespace troupe::multiprocessing
