@@ -5,6 +5,10 @@
 //
 //   echo_client --address 127.0.0.1:PORT --authkey 736563726574 --count 100 --size 0,64,1048576
 //
+// With --tls-ca the connection runs TLS first, checking the server's certificate against that
+// CA and the address's host (or --tls-server-name); --tls-cert/--tls-key present a client
+// certificate.
+//
 // Exit status: 0 all matched, 1 a reply differed, 2 usage, 3 authentication failed, 4 other error.
 #include <cstdio>
 #include <exception>
@@ -32,16 +36,28 @@ std::vector<std::size_t> parse_sizes(const std::string& text) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  example::Args args(argc, argv, {"--address", "--authkey", "--count", "--size"}, {"--legacy-md5"},
+  example::Args args(argc, argv,
+                     {"--address", "--authkey", "--count", "--size", "--tls-ca", "--tls-cert",
+                      "--tls-key", "--tls-server-name"},
+                     {"--legacy-md5"},
                      "echo_client --address ADDR --authkey HEX --count N --size S[,S...] "
-                     "[--legacy-md5]");
+                     "[--legacy-md5] [--tls-ca PEM [--tls-server-name NAME] [--tls-cert PEM "
+                     "--tls-key PEM]]");
   try {
     const auto address = mp::Address::parse(args.get("--address"));
     const int count = std::stoi(args.get("--count"));
     const auto sizes = parse_sizes(args.get("--size"));
-    mp::Connection c =
-        mp::Client(address, mp::AuthenticationString::from_hex(args.get("--authkey")),
-                   {.legacy_md5 = args.flag("--legacy-md5")});
+    mp::ClientOptions options;
+    options.authkey = mp::AuthenticationString::from_hex(args.get("--authkey"));
+    options.auth.legacy_md5 = args.flag("--legacy-md5");
+    if (!args.get("--tls-ca", "").empty()) {
+      options.tls = mp::make_tls_context(mp::TlsRole::client,
+                                         {.certificate_chain = args.get("--tls-cert", ""),
+                                          .private_key = args.get("--tls-key", ""),
+                                          .trusted_ca = args.get("--tls-ca")});
+      options.tls_server_name = args.get("--tls-server-name", "");
+    }
+    mp::Connection c = mp::Client(address, options);
     std::vector<std::byte> payload, expect;
     for (int i = 0; i < count; ++i) {
       const std::size_t n = sizes[static_cast<std::size_t>(i) % sizes.size()];

@@ -8,6 +8,9 @@
 //   c = Client(('127.0.0.1', PORT), authkey=b'secret'); c.send_bytes(b'abc');
 //   print(c.recv_bytes())"
 //
+// With --tls-cert and --tls-key, every connection runs TLS first (the HMAC handshake inside it);
+// with --tls-ca as well, clients must present a certificate from that CA.
+//
 // Prints "listening on ADDRESS" first (with the port chosen when it was 0).
 #include <algorithm>
 #include <cstdio>
@@ -24,11 +27,13 @@
 namespace mp = troupe::multiprocessing;
 
 int main(int argc, char** argv) {
-  example::Args args(argc, argv, {"--address", "--authkey", "--handshake-timeout-ms"},
-                     {"--legacy-md5"},
-                     "echo_listener --address ADDR --authkey HEX [--legacy-md5] "
-                     "[--handshake-timeout-ms N]\n  ADDR: HOST:PORT, [V6]:PORT, unix:PATH, "
-                     "unix-abstract:NAME");
+  example::Args args(
+      argc, argv,
+      {"--address", "--authkey", "--handshake-timeout-ms", "--tls-cert", "--tls-key", "--tls-ca"},
+      {"--legacy-md5"},
+      "echo_listener --address ADDR --authkey HEX [--legacy-md5] "
+      "[--handshake-timeout-ms N] [--tls-cert PEM --tls-key PEM [--tls-ca PEM]]\n"
+      "  ADDR: HOST:PORT, [V6]:PORT, unix:PATH, unix-abstract:NAME");
   try {
     mp::ListenerOptions options{
         .authkey = mp::AuthenticationString::from_hex(args.get("--authkey")),
@@ -36,6 +41,11 @@ int main(int argc, char** argv) {
         .handshake_timeout =
             std::chrono::milliseconds(std::stoi(args.get("--handshake-timeout-ms", "10000"))),
     };
+    if (!args.get("--tls-cert", "").empty())
+      options.tls =
+          mp::make_tls_context(mp::TlsRole::server, {.certificate_chain = args.get("--tls-cert"),
+                                                     .private_key = args.get("--tls-key"),
+                                                     .trusted_ca = args.get("--tls-ca", "")});
     mp::Listener listener(mp::Address::parse(args.get("--address")), std::move(options));
     std::printf("listening on %s\n", listener.address().str().c_str());
     std::fflush(stdout);

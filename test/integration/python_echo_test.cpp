@@ -12,6 +12,7 @@
 
 #include "child_process.hpp"
 #include "leak_check.hpp"
+#include "tls_files.hpp"
 
 namespace {
 
@@ -97,6 +98,70 @@ TEST_F(PythonEchoTest, EchoClientAgainstPythonListeners) {
                                      "14", "--size", kSizes},
                                     py),
                         true);
+      EXPECT_EQ(good.wait(120s), 0) << good.read_rest(1s);
+      EXPECT_EQ(listener.wait(60s), 0) << listener.read_rest(1s);
+    }
+  }
+}
+
+// TLS: Python's ssl module with multiprocessing.connection's handshake functions on the Python
+// side (py_tls_echo.py), the examples with --tls-* on ours; a certificate from another CA is
+// refused (exit 3; the listener reports it and goes on), then messages from 0 bytes to 3 MiB.
+TEST_F(PythonEchoTest, PythonTlsClientsAgainstEchoListener) {
+  troupe::testing::TlsFiles tls;
+  for (const auto& py : pythons_) {
+    for (const std::string address :
+         {std::string("127.0.0.1:0"), "unix-abstract:troupe-tls-echo-l-" +
+                                          std::to_string(getpid()) + "-" +
+                                          std::to_string(py.minor)}) {
+      SCOPED_TRACE(py.exe + " (TLS) -> echo_listener on " + address);
+      ChildProcess listener(
+          with_legacy({ECHO_LISTENER, "--address", address, "--authkey", kKey, "--tls-cert",
+                       tls.path("server.pem"), "--tls-key", tls.path("server.key")},
+                      py),
+          true);
+      const std::string bound = listening_address(listener);
+      ASSERT_FALSE(bound.empty()) << "echo_listener did not start";
+      {
+        ChildProcess bad(
+            {py.exe, PY_TLS_ECHO, "connect", bound, kKey, tls.path("rogue-ca.pem"), "1"}, true);
+        EXPECT_EQ(bad.wait(60s), 3) << bad.read_rest(1s);
+      }
+      EXPECT_EQ(listener.read_line(20s).value_or("").rfind("rejected:", 0), 0u);
+      ChildProcess good({py.exe, PY_TLS_ECHO, "connect", bound, kKey, tls.path("ca.pem"), kSizes},
+                        true);
+      EXPECT_EQ(good.wait(120s), 0) << good.read_rest(1s);
+      EXPECT_EQ(listener.wait(60s), 0) << listener.read_rest(1s);
+    }
+  }
+}
+
+TEST_F(PythonEchoTest, EchoClientAgainstPythonTlsListeners) {
+  troupe::testing::TlsFiles tls;
+  for (const auto& py : pythons_) {
+    for (const std::string address :
+         {std::string("127.0.0.1:0"), "unix-abstract:troupe-tls-echo-c-" +
+                                          std::to_string(getpid()) + "-" +
+                                          std::to_string(py.minor)}) {
+      SCOPED_TRACE("echo_client (TLS) -> " + py.exe + " on " + address);
+      ChildProcess listener({py.exe, PY_TLS_ECHO, "listen", address, kKey, tls.path("server.pem"),
+                             tls.path("server.key")},
+                            true);
+      const std::string bound = listening_address(listener);
+      ASSERT_FALSE(bound.empty()) << "the Python listener did not start";
+      std::vector<std::string> client = {ECHO_CLIENT, "--address",         bound,      "--authkey",
+                                         kKey,        "--tls-server-name", "localhost"};
+      {
+        auto argv = client;
+        argv.insert(argv.end(),
+                    {"--tls-ca", tls.path("rogue-ca.pem"), "--count", "1", "--size", "1"});
+        ChildProcess bad(with_legacy(argv, py), false);
+        EXPECT_EQ(bad.wait(60s), 3);
+      }
+      EXPECT_EQ(listener.read_line(20s).value_or("").rfind("rejected:", 0), 0u);
+      client.insert(client.end(),
+                    {"--tls-ca", tls.path("ca.pem"), "--count", "14", "--size", kSizes});
+      ChildProcess good(with_legacy(client, py), true);
       EXPECT_EQ(good.wait(120s), 0) << good.read_rest(1s);
       EXPECT_EQ(listener.wait(60s), 0) << listener.read_rest(1s);
     }
