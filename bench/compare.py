@@ -16,6 +16,7 @@ import platform
 import re
 import shutil
 import subprocess
+import tempfile
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -90,8 +91,12 @@ def main():
     one = run_cpp(binary, "PingPong", reps, min_time, taskset="0")
     two = run_cpp(binary, "PingPong", reps, min_time, taskset="0,1") if os.cpu_count() > 1 else None
     print("compare: running the Python workloads…", file=sys.stderr)
-    py = json.loads(subprocess.run([sys.executable, os.path.join(ROOT, "bench", "python_bench.py")],
-                                   check=True, capture_output=True, text=True).stdout)
+    py_args = [sys.executable, os.path.join(ROOT, "bench", "python_bench.py")]
+    with tempfile.TemporaryDirectory() as tls_dir:
+        if conn:  # the TLS workloads use connection_bench's test certificates
+            subprocess.run([conn_bin, "--write-tls-files", tls_dir], check=True)
+            py_args += ["--tls-dir", tls_dir]
+        py = json.loads(subprocess.run(py_args, check=True, capture_output=True, text=True).stdout)
 
     rows = []
     verdicts = []
@@ -178,6 +183,20 @@ def main():
                 rows.append(f"| Listener/Client {what}, {fam} | {fmt_ns(t)} | raw (blocking "
                             f"syscalls, EVP_MAC) {fmt_ns(b)} | **{t / b:.2f}×** time | {fmt_ns(p)} | "
                             f"**{p / t:.1f}×** faster | ≤ 2× raw | {'met' if ok else 'MISSED'} |")
+
+        for size, label in [(64, "64 B"), (1 << 20, "1 MiB")]:
+            t = ips(conn[f"BM_TlsOneWay_troupe/{size}"])
+            b = ips(conn[f"BM_TlsOneWay_raw/{size}"])
+            p = py[f"TlsOneWay/{size}"]["items_per_s"]
+            u = size if size > 64 else None
+            rows.append(f"| TLS (TCP 127.0.0.1) one-way, {label} messages | {fmt_rate(t, u)} | "
+                        f"OpenSSL by hand {fmt_rate(b, u)} | **{t / b:.2f}×** rate | "
+                        f"{fmt_rate(p, u)} (ssl) | **{t / p:.1f}×** faster | — | — |")
+        t, b = ns(conn["BM_TlsConnectAuth_troupe"]), ns(conn["BM_TlsConnectAuth_raw"])
+        p = py["TlsConnectAuthRoundTrip"]["ns_per_op"]
+        rows.append(f"| TLS connect + TLS handshake + mutual auth + 64 B round trip, TCP | "
+                    f"{fmt_ns(t)} | OpenSSL by hand {fmt_ns(b)} | **{t / b:.2f}×** time | "
+                    f"{fmt_ns(p)} (ssl) | **{p / t:.1f}×** faster | — | — |")
 
     mem = []
     big_bin = os.path.join(args.build, "bench", "big_message")

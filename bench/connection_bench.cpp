@@ -1,7 +1,11 @@
 // bench/connection_bench.cpp — multiprocessing.connection over a Pipe (socketpair) against the
 // same traffic written by hand with read/write on a socketpair (one write per message, the
-// 4-byte length in the same buffer). bench/compare.py runs it next to Python's
-// multiprocessing.Pipe.
+// 4-byte length in the same buffer); Listener/Client connect + authentication against the
+// handshake by hand; and the same over TLS against OpenSSL driven by hand (SSL_set_fd,
+// SSL_read/SSL_write). bench/compare.py runs it next to Python's multiprocessing (and ssl).
+//
+// `connection_bench --write-tls-files DIR` writes the test certificates to DIR and exits (the
+// Python side of the comparison uses them).
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -19,10 +23,14 @@
 #include <openssl/evp.h>
 #include <openssl/params.h>
 #include <openssl/rand.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 
 #include "troupe/multiprocessing/connection.hpp"
 #include "troupe/multiprocessing/listener.hpp"
+#include "troupe/multiprocessing/tls.hpp"
 
+#include "tls_files.hpp"
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -31,35 +39,45 @@ namespace {
 
 namespace mp = troupe::multiprocessing;
 
-void read_exact(int fd, char* p, size_t n) {
+// A socket written by hand: plain, or through a TLS session set up by hand.
+struct Io {
+  Io(int f) : fd(f) {}  // NOLINT: a plain fd converts
+  Io(int f, SSL* s) : fd(f), ssl(s) {}
+  int fd;
+  SSL* ssl = nullptr;
+};
+
+void read_exact(Io io, char* p, size_t n) {
   while (n) {
-    ssize_t r = ::read(fd, p, n);
+    const int chunk = static_cast<int>(std::min<size_t>(n, 1 << 30));
+    ssize_t r = io.ssl ? SSL_read(io.ssl, p, chunk) : ::read(io.fd, p, n);
     if (r <= 0) std::abort();
     p += r;
     n -= static_cast<size_t>(r);
   }
 }
-void write_all(int fd, const char* p, size_t n) {
+void write_all(Io io, const char* p, size_t n) {
   while (n) {
-    ssize_t r = ::write(fd, p, n);
+    const int chunk = static_cast<int>(std::min<size_t>(n, 1 << 30));
+    ssize_t r = io.ssl ? SSL_write(io.ssl, p, chunk) : ::write(io.fd, p, n);
     if (r <= 0) std::abort();
     p += r;
     n -= static_cast<size_t>(r);
   }
 }
 // Raw framing by hand: 4-byte length + payload in one write; header then body in two reads.
-void raw_send(int fd, std::vector<char>& frame, size_t n) {
+void raw_send(Io io, std::vector<char>& frame, size_t n) {
   frame.resize(4 + n);
   uint32_t be = htonl(static_cast<uint32_t>(n));
   std::memcpy(frame.data(), &be, 4);
-  write_all(fd, frame.data(), frame.size());
+  write_all(io, frame.data(), frame.size());
 }
-size_t raw_recv(int fd, std::vector<char>& buf) {
+size_t raw_recv(Io io, std::vector<char>& buf) {
   uint32_t be;
-  read_exact(fd, reinterpret_cast<char*>(&be), 4);
+  read_exact(io, reinterpret_cast<char*>(&be), 4);
   size_t n = ntohl(be);
   buf.resize(n);
-  read_exact(fd, buf.data(), n);
+  read_exact(io, buf.data(), n);
   return n;
 }
 
@@ -209,7 +227,7 @@ struct RawHmac {
   }
 };
 
-void raw_deliver(int fd, RawHmac& hmac) {
+void raw_deliver(Io fd, RawHmac& hmac) {
   std::vector<char> frame, buf;
   std::string challenge = "#CHALLENGE#{sha256}";
   challenge.resize(challenge.size() + 40);
@@ -228,7 +246,7 @@ void raw_deliver(int fd, RawHmac& hmac) {
   if (!ok) std::abort();
 }
 
-void raw_answer(int fd, RawHmac& hmac) {
+void raw_answer(Io fd, RawHmac& hmac) {
   std::vector<char> frame, buf;
   raw_recv(fd, buf);  // "#CHALLENGE#{sha256}" + 40 bytes
   unsigned char mac[32];
@@ -364,6 +382,184 @@ BENCHMARK(BM_ConnectAuth_troupe)
     ->Args({1, 1})
     ->UseRealTime();
 
+// ---- TLS ------------------------------------------------------------------------------------
+// troupe's Listener/Client with a TLS context against OpenSSL driven by hand over the same
+// contexts (same protocol and cipher): SSL_set_fd on a blocking socket, SSL_read/SSL_write.
+
+struct Tls {
+  troupe::testing::TlsFiles files;
+  std::shared_ptr<boost::asio::ssl::context> server = mp::make_tls_context(
+      mp::TlsRole::server,
+      {.certificate_chain = files.path("server.pem"), .private_key = files.path("server.key")});
+  std::shared_ptr<boost::asio::ssl::context> client =
+      mp::make_tls_context(mp::TlsRole::client, {.trusted_ca = files.path("ca.pem")});
+};
+Tls& tls() {
+  static Tls t;
+  return t;
+}
+
+// A TLS session by hand on a connected socket; the client checks the server's IP address.
+SSL* raw_tls(int fd, bool server) {
+  SSL* ssl = SSL_new(server ? tls().server->native_handle() : tls().client->native_handle());
+  SSL_set_fd(ssl, fd);
+  if (!server) X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), "127.0.0.1");
+  if ((server ? SSL_accept(ssl) : SSL_connect(ssl)) != 1) std::abort();
+  return ssl;
+}
+
+// A connected TCP pair on 127.0.0.1 with TCP_NODELAY, and TLS by hand on it.
+struct RawTlsPair {
+  int a = -1, b = -1;
+  SSL* sa = nullptr;
+  SSL* sb = nullptr;
+  RawTlsPair() {
+    Endpoint ep;
+    std::string unused;
+    const int lfd = raw_listen(false, ep, unused);
+    a = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (connect(a, reinterpret_cast<sockaddr*>(&ep.addr), ep.len) != 0) std::abort();
+    b = accept4(lfd, nullptr, nullptr, SOCK_CLOEXEC);
+    ::close(lfd);
+    int one = 1;
+    setsockopt(a, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    setsockopt(b, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    std::thread server([&] { sb = raw_tls(b, true); });
+    sa = raw_tls(a, false);
+    server.join();
+  }
+  ~RawTlsPair() {
+    SSL_free(sa);
+    SSL_free(sb);
+    ::close(a);
+    ::close(b);
+  }
+};
+
+void BM_TlsOneWay_raw(benchmark::State& state) {
+  const size_t size = static_cast<size_t>(state.range(0));
+  const int count = static_cast<int>(std::clamp<size_t>((64u << 20) / size / 4, 1000, 100000));
+  RawTlsPair p;
+  for (auto _ : state) {
+    std::thread t([&] {
+      std::vector<char> frame(size + 4, 1);
+      for (int i = 0; i < count; ++i) raw_send(Io(p.a, p.sa), frame, size);
+    });
+    std::vector<char> buf;
+    for (int i = 0; i < count; ++i) benchmark::DoNotOptimize(raw_recv(Io(p.b, p.sb), buf));
+    t.join();
+  }
+  state.SetItemsProcessed(state.iterations() * count);
+  state.SetBytesProcessed(state.iterations() * count * static_cast<int64_t>(size));
+}
+BENCHMARK(BM_TlsOneWay_raw)->Arg(64)->Arg(1 << 20)->UseRealTime();
+
+void BM_TlsOneWay_troupe(benchmark::State& state) {
+  const size_t size = static_cast<size_t>(state.range(0));
+  const int count = static_cast<int>(std::clamp<size_t>((64u << 20) / size / 4, 1000, 100000));
+  const auto key = mp::AuthenticationString(kKey);
+  mp::Listener listener(std::nullopt, {.authkey = key, .tls = tls().server});
+  mp::Connection b;
+  std::thread server([&] { b = listener.accept(); });
+  mp::Connection a = mp::Client(listener.address(), {.authkey = key, .tls = tls().client});
+  server.join();
+  std::vector<std::byte> msg(size, std::byte{1});
+  for (auto _ : state) {
+    std::thread t([&] {
+      for (int i = 0; i < count; ++i) a.send_bytes(msg);
+    });
+    for (int i = 0; i < count; ++i) benchmark::DoNotOptimize(b.recv_bytes());
+    t.join();
+  }
+  state.SetItemsProcessed(state.iterations() * count);
+  state.SetBytesProcessed(state.iterations() * count * static_cast<int64_t>(size));
+}
+BENCHMARK(BM_TlsOneWay_troupe)->Arg(64)->Arg(1 << 20)->UseRealTime();
+
+// Connect + TLS + mutual authentication + one 64-byte round trip, on 127.0.0.1.
+void BM_TlsConnectAuth_raw(benchmark::State& state) {
+  Endpoint ep;
+  std::string unused;
+  const int lfd = raw_listen(false, ep, unused);
+  std::thread server([&] {
+    RawHmac hmac;
+    std::vector<char> buf, frame;
+    for (;;) {
+      const int c = accept4(lfd, nullptr, nullptr, SOCK_CLOEXEC);
+      if (c < 0) return;  // shut down: the benchmark is over
+      int one = 1;
+      setsockopt(c, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+      SSL* ssl = raw_tls(c, true);
+      raw_deliver(Io(c, ssl), hmac);
+      raw_answer(Io(c, ssl), hmac);
+      const size_t n = raw_recv(Io(c, ssl), buf);
+      frame.assign(buf.begin(), buf.end());
+      frame.insert(frame.begin(), 4, 0);
+      raw_send(Io(c, ssl), frame, n);
+      SSL_shutdown(ssl);
+      SSL_free(ssl);
+      ::close(c);
+    }
+  });
+  RawHmac hmac;
+  std::vector<char> frame(68, 'x'), buf;
+  for (auto _ : state) {
+    const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (connect(fd, reinterpret_cast<sockaddr*>(&ep.addr), ep.len) != 0) std::abort();
+    SSL* ssl = raw_tls(fd, false);
+    raw_answer(Io(fd, ssl), hmac);
+    raw_deliver(Io(fd, ssl), hmac);
+    raw_send(Io(fd, ssl), frame, 64);
+    raw_recv(Io(fd, ssl), buf);
+    SSL_shutdown(ssl);
+    SSL_free(ssl);
+    ::close(fd);
+  }
+  ::shutdown(lfd, SHUT_RDWR);
+  server.join();
+  ::close(lfd);
+}
+BENCHMARK(BM_TlsConnectAuth_raw)->UseRealTime();
+
+void BM_TlsConnectAuth_troupe(benchmark::State& state) {
+  const auto key = mp::AuthenticationString(kKey);
+  mp::Listener listener(std::nullopt, {.backlog = 64, .authkey = key, .tls = tls().server});
+  std::atomic<bool> stop{false};
+  std::thread server([&] {
+    for (;;) {
+      try {
+        auto c = listener.accept();
+        c.send_bytes(c.recv_bytes());
+      } catch (const std::exception&) {
+        if (stop) return;
+      }
+    }
+  });
+  const std::string msg(64, 'x');
+  const mp::ClientOptions options{.authkey = key, .tls = tls().client};
+  for (auto _ : state) {
+    auto c = mp::Client(listener.address(), options);
+    c.send_bytes(msg);
+    benchmark::DoNotOptimize(c.recv_bytes());
+  }
+  stop = true;
+  ::shutdown(listener.fileno(), SHUT_RDWR);
+  server.join();
+}
+BENCHMARK(BM_TlsConnectAuth_troupe)->UseRealTime();
+
 }  // namespace
 
-BENCHMARK_MAIN();
+int main(int argc, char** argv) {
+  if (argc == 3 && std::string(argv[1]) == "--write-tls-files") {
+    troupe::testing::TlsFiles files{std::string(argv[2])};
+    return 0;
+  }
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}

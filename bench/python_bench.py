@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """The workloads of threading_bench.cpp in CPython (threading, queue, sched), stdlib only.
 Prints one JSON object: name -> {"ns_per_op": float} or {"items_per_s": float}.
-Run by bench/compare.py; each figure is the best of a few repetitions."""
+Run by bench/compare.py; each figure is the best of a few repetitions.
+With --tls-dir DIR (certificates written by `connection_bench --write-tls-files DIR`), also the
+TLS workloads: Python's ssl with multiprocessing.connection's framing and handshake functions
+(test/integration/py_tls_echo.py's TlsConnection)."""
 import json
 import queue
 import sched
@@ -222,6 +225,89 @@ def connect_auth_ns(unix, round_trip, n=300):
     return best_ns
 
 
+def tls_pair(cert_dir):
+    """A connected TLS pair on 127.0.0.1 (client, server), as TlsConnections."""
+    import os
+    import socket
+    import ssl
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "test",
+                                    "integration"))
+    from py_tls_echo import TlsConnection
+    sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    sctx.load_cert_chain(os.path.join(cert_dir, "server.pem"), os.path.join(cert_dir, "server.key"))
+    cctx = ssl.create_default_context(cafile=os.path.join(cert_dir, "ca.pem"))
+    return sctx, cctx, TlsConnection
+
+
+def tls_oneway(cert_dir, size):
+    import socket
+    sctx, cctx, TlsConnection = tls_pair(cert_dir)
+    msg = b"x" * size
+    count = min(100_000, max(1000, (64 << 20) // size // 4))
+    with socket.create_server(("127.0.0.1", 0)) as ls:
+        raw = socket.create_connection(ls.getsockname())
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        box = {}
+        t = threading.Thread(target=lambda: box.update(s=sctx.wrap_socket(ls.accept()[0],
+                                                                          server_side=True)))
+        t.start()
+        a = TlsConnection(cctx.wrap_socket(raw, server_hostname="127.0.0.1"))
+        t.join()
+        b = TlsConnection(box["s"])
+
+    def run():
+        t = threading.Thread(target=lambda: [a.send_bytes(msg) for _ in range(count)])
+        t0 = time.perf_counter()
+        t.start()
+        for _ in range(count):
+            b.recv_bytes()
+        t.join()
+        return count / (time.perf_counter() - t0)
+    rate = max(run() for _ in range(REPS))
+    a.close()
+    b.close()
+    return rate
+
+
+def tls_connect_auth_ns(cert_dir, n=150):
+    """Connect + TLS + mutual authentication + one 64-byte round trip, on 127.0.0.1."""
+    import socket
+    from multiprocessing.connection import answer_challenge, deliver_challenge
+    sctx, cctx, TlsConnection = tls_pair(cert_dir)
+    key = b"benchmark key"
+    ls = socket.create_server(("127.0.0.1", 0), backlog=64)
+
+    def serve():
+        for _ in range(REPS * n):
+            raw, _ = ls.accept()
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            c = TlsConnection(sctx.wrap_socket(raw, server_side=True))
+            deliver_challenge(c, key)
+            answer_challenge(c, key)
+            c.send_bytes(c.recv_bytes())
+            c.close()
+    t = threading.Thread(target=serve)
+    t.start()
+    msg = b"x" * 64
+    best_ns = None
+    for _ in range(REPS):
+        t0 = time.perf_counter()
+        for _ in range(n):
+            raw = socket.create_connection(ls.getsockname())
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            c = TlsConnection(cctx.wrap_socket(raw, server_hostname="127.0.0.1"))
+            answer_challenge(c, key)
+            deliver_challenge(c, key)
+            c.send_bytes(msg)
+            c.recv_bytes()
+            c.close()
+        el = (time.perf_counter() - t0) / n * 1e9
+        best_ns = el if best_ns is None else min(best_ns, el)
+    t.join()
+    ls.close()
+    return best_ns
+
+
 def main():
     out = {
         "Lock": {"ns_per_op": lock_ns(threading.Lock)},
@@ -243,6 +329,10 @@ def main():
         "ConnectAuthRoundTrip/unix": {"ns_per_op": connect_auth_ns(True, True)},
         "python": sys.version.split()[0],
     }
+    if len(sys.argv) == 3 and sys.argv[1] == "--tls-dir":
+        out["TlsOneWay/64"] = {"items_per_s": tls_oneway(sys.argv[2], 64)}
+        out["TlsOneWay/1048576"] = {"items_per_s": tls_oneway(sys.argv[2], 1 << 20)}
+        out["TlsConnectAuthRoundTrip"] = {"ns_per_op": tls_connect_auth_ns(sys.argv[2])}
     json.dump(out, sys.stdout)
 
 

@@ -85,6 +85,14 @@ TlsFiles::TlsFiles() {
   char tmpl[] = "/tmp/troupe-tls-XXXXXX";
   check(mkdtemp(tmpl) != nullptr, "mkdtemp");
   dir_ = tmpl;
+  make();
+}
+
+TlsFiles::TlsFiles(std::string dir) : dir_(std::move(dir)), remove_(false) {
+  make();
+}
+
+void TlsFiles::make() {
   auto make = [&](const char* ca_name, const char* leaf, const char* leaf_cn, const char* client) {
     Key ca_key = new_key();
     Cert ca = new_cert(ca_key.get(), ca_name, nullptr, nullptr, true);
@@ -102,6 +110,7 @@ TlsFiles::TlsFiles() {
 }
 
 TlsFiles::~TlsFiles() {
+  if (!remove_) return;
   std::error_code ec;
   std::filesystem::remove_all(dir_, ec);
 }

@@ -12,6 +12,8 @@ namespace troupe::testing {
 class TlsFiles {
 public:
   TlsFiles();
+  /// The same files in `dir` (which must exist), left there when this is destroyed.
+  explicit TlsFiles(std::string dir);
   ~TlsFiles();
   TlsFiles(const TlsFiles&) = delete;
   TlsFiles& operator=(const TlsFiles&) = delete;
@@ -22,7 +24,9 @@ public:
   const std::string& dir() const noexcept { return dir_; }
 
 private:
+  void make();
   std::string dir_;
+  bool remove_ = true;
 };
 
 }  // namespace troupe::testing
