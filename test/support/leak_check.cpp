@@ -1,5 +1,7 @@
 #include "leak_check.hpp"
 
+#include <sys/wait.h>
+
 #include <thread>
 
 #include <dirent.h>
@@ -34,6 +36,11 @@ int count_fds() {
   return count_entries("/proc/self/fd");
 }
 
+bool has_children() {
+  siginfo_t info{};
+  return waitid(P_ALL, 0, &info, WEXITED | WNOHANG | WNOWAIT) == 0;  // else ECHILD: none
+}
+
 bool eventually(const std::function<bool()>& done, std::chrono::milliseconds limit) {
   const auto end = std::chrono::steady_clock::now() + limit;
   while (!done()) {
@@ -46,6 +53,7 @@ bool eventually(const std::function<bool()>& done, std::chrono::milliseconds lim
 void LeakCheck::SetUp() {
   threads_ = count_threads();
   fds_ = count_fds();
+  children_before_ = has_children();
 }
 
 void LeakCheck::TearDown() {
@@ -53,6 +61,10 @@ void LeakCheck::TearDown() {
   eventually([&] { return count_threads() <= threads_; }, std::chrono::seconds(5));
   EXPECT_LE(count_threads(), threads_) << "the test left threads running";
   EXPECT_LE(count_fds(), fds_) << "the test left file descriptors open";
+  if (!children_before_) {
+    eventually([] { return !has_children(); }, std::chrono::seconds(5));
+    EXPECT_FALSE(has_children()) << "the test left child processes (running or unreaped)";
+  }
 }
 
 }  // namespace troupe::testing

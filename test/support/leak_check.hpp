@@ -1,5 +1,5 @@
 // test/support/leak_check.hpp — the fixture every troupe test derives from: it fails a test
-// that leaves threads running or file descriptors open.
+// that leaves threads running, file descriptors open, or child processes behind.
 #pragma once
 
 #include <chrono>
@@ -14,6 +14,9 @@ int count_threads();
 /// Open file descriptors of this process now (/proc/self/fd).
 int count_fds();
 
+/// Whether this process has children, running or not yet reaped.
+bool has_children();
+
 /// Polls `done` every millisecond until it is true or `limit` passes; returns its last value.
 bool eventually(const std::function<bool()>& done,
                 std::chrono::milliseconds limit = std::chrono::seconds(10));
@@ -26,6 +29,7 @@ protected:
 private:
   int threads_ = 0;
   int fds_ = 0;
+  bool children_before_ = false;
 };
 
 }  // namespace troupe::testing

@@ -1,0 +1,291 @@
+// multiprocessing.Process with the fork start method: the behaviours CPython's _TestProcess
+// checks (target and args, exit codes, signals, join with a timeout, is_alive, close rules,
+// current/parent process, active_children, daemons), plus troupe's: the sentinel as a pidfd,
+// fork refused while other threads run, daemons ended when their parent dies.
+#include "troupe/multiprocessing/process.hpp"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <latch>
+#include <string>
+#include <thread>
+
+#include <gtest/gtest.h>
+
+#include "troupe/errors.hpp"
+#include "troupe/multiprocessing/connection.hpp"
+
+#include "byte_text.hpp"
+#include "leak_check.hpp"
+
+namespace troupe::multiprocessing {
+namespace {
+
+using namespace std::chrono_literals;
+using troupe::testing::text;
+using ProcessTest = troupe::testing::LeakCheck;
+
+TEST_F(ProcessTest, TargetAndArgumentsRunInTheChild) {
+  auto [r, w] = Pipe(false);
+  Process p(
+      [&w = w](int a, const std::string& b) {
+        w.send_bytes(std::to_string(a) + b + " from " + current_process().name() + " pid " +
+                     std::to_string(::getpid()));
+      },
+      42, std::string("x"));
+  EXPECT_FALSE(p.pid());
+  EXPECT_FALSE(p.exitcode());
+  EXPECT_FALSE(p.is_alive());
+  p.start();
+  ASSERT_TRUE(p.pid());
+  EXPECT_EQ(p.ident(), p.pid());
+  EXPECT_NE(*p.pid(), ::getpid());
+  EXPECT_EQ(text(r.recv_bytes()), "42x from " + p.name() + " pid " + std::to_string(*p.pid()));
+  p.join();
+  EXPECT_EQ(p.exitcode(), 0);
+  EXPECT_FALSE(p.is_alive());
+  EXPECT_EQ(p.name().rfind("Process-", 0), 0u) << p.name();
+}
+
+TEST_F(ProcessTest, ExitCodes) {
+  Process ok([] {});
+  Process chosen([] { troupe::sys_exit(7); });
+  Process thrown([] { throw ValueError("boom"); });
+  // The exception is reported on the child's stderr: catch it through a pipe.
+  auto [r, w] = Pipe(false);
+  const int saved = ::dup(2);
+  ::dup2(w.fileno(), 2);
+  ok.start();
+  chosen.start();
+  thrown.start();
+  ::dup2(saved, 2);
+  ::close(saved);
+  w.close();
+  for (auto* p : {&ok, &chosen, &thrown}) p->join();
+  EXPECT_EQ(ok.exitcode(), 0);
+  EXPECT_EQ(chosen.exitcode(), 7);
+  EXPECT_EQ(thrown.exitcode(), 1);
+  std::string err;
+  char buf[512];
+  for (ssize_t n; (n = ::read(r.fileno(), buf, sizeof buf)) > 0;) err.append(buf, n);
+  EXPECT_NE(err.find("Process " + thrown.name() + ":\n"), std::string::npos) << err;
+  EXPECT_NE(err.find("troupe::ValueError: boom"), std::string::npos) << err;
+}
+
+TEST_F(ProcessTest, SignalsGiveNegativeExitCodes) {
+  auto sleeper = [] { ::pause(); };
+  Process t(sleeper), k(sleeper), i(sleeper);
+  for (auto* p : {&t, &k, &i}) p->start();
+  t.terminate();
+  k.kill();
+  i.interrupt();
+  for (auto* p : {&t, &k, &i}) p->join();
+  EXPECT_EQ(t.exitcode(), -SIGTERM);
+  EXPECT_EQ(k.exitcode(), -SIGKILL);
+  EXPECT_EQ(i.exitcode(), -SIGINT);
+  EXPECT_NO_THROW(t.terminate());  // ended: no error, as Python
+  EXPECT_NO_THROW(k.kill());
+}
+
+TEST_F(ProcessTest, JoinWithATimeoutAndIsAlive) {
+  Process p([] { ::pause(); });
+  p.start();
+  EXPECT_TRUE(p.is_alive());
+  const auto t0 = std::chrono::steady_clock::now();
+  p.join(100ms);
+  EXPECT_GE(std::chrono::steady_clock::now() - t0, 90ms);
+  EXPECT_FALSE(p.exitcode());  // still running
+  EXPECT_TRUE(p.is_alive());
+  p.join(-1s);  // a negative timeout polls once
+  EXPECT_TRUE(p.is_alive());
+  p.kill();
+  p.join();
+  EXPECT_FALSE(p.is_alive());
+}
+
+TEST_F(ProcessTest, SentinelIsAPidfdForWait) {
+  Process fast([] {}), slow([] { ::pause(); });
+  fast.start();
+  slow.start();
+  auto ready = connection::wait({fast.sentinel(), slow.sentinel()}, 10s);
+  ASSERT_EQ(ready.size(), 1u);
+  EXPECT_EQ(ready[0].fileno(), fast.sentinel());
+  slow.terminate();
+  slow.join();
+  fast.join();
+}
+
+TEST_F(ProcessTest, LifecycleErrorsAsPython) {
+  Process p([] { ::pause(); });
+  EXPECT_THROW(p.join(), ProcessError);       // can only join a started process
+  EXPECT_THROW(p.sentinel(), ValueError);     // process not started
+  EXPECT_THROW(p.terminate(), ProcessError);  // not started
+  p.start();
+  EXPECT_THROW(p.start(), ProcessError);  // cannot start a process twice
+  EXPECT_THROW(p.set_daemon(true), ProcessError);
+  EXPECT_THROW(p.close(), ValueError);  // still running
+  p.kill();
+  p.join();
+  p.close();
+  p.close();  // twice is fine
+  EXPECT_THROW(p.exitcode(), ValueError);
+  EXPECT_THROW(p.is_alive(), ValueError);
+  EXPECT_THROW(p.sentinel(), ValueError);
+  EXPECT_NE(p.repr().find("closed"), std::string::npos) << p.repr();
+  EXPECT_THROW(current_process().join(), ProcessError);  // can only join a child process
+}
+
+class Worker : public Process {
+public:
+  explicit Worker(Connection& out) : Process({.name = "worker"}), out_(out) {}
+  void run() override { out_.send_bytes("ran as " + current_process().name()); }
+
+private:
+  Connection& out_;
+};
+
+TEST_F(ProcessTest, SubclassOverridesRun) {
+  auto [r, w] = Pipe(false);
+  Worker p(w);
+  p.start();
+  EXPECT_EQ(text(r.recv_bytes()), "ran as worker");
+  p.join();
+  EXPECT_EQ(p.exitcode(), 0);
+}
+
+TEST_F(ProcessTest, CurrentAndParentProcess) {
+  EXPECT_EQ(current_process().name(), "MainProcess");
+  EXPECT_EQ(current_process().pid(), ::getpid());
+  EXPECT_TRUE(current_process().is_alive());
+  EXPECT_FALSE(parent_process());
+  EXPECT_EQ(current_process().authkey().size(), 32u);
+  auto [r, w] = Pipe(false);
+  Process p([&w = w] {
+    auto parent = parent_process();
+    const bool key_inherited =
+        current_process().authkey().bytes().size() == 32;  // compared in the parent below
+    w.send_bytes(std::to_string(parent ? *parent->pid() : -1) + " " +
+                 (parent && parent->is_alive() ? "alive" : "dead") + " " + parent->name() + " " +
+                 (key_inherited ? "key" : "nokey"));
+    const auto key = current_process().authkey();
+    w.send_bytes(key.bytes());
+  });
+  p.start();
+  EXPECT_EQ(text(r.recv_bytes()), std::to_string(::getpid()) + " alive MainProcess key");
+  const auto key = r.recv_bytes();
+  const auto mine = current_process().authkey();
+  EXPECT_TRUE(std::equal(key.begin(), key.end(), mine.bytes().begin(), mine.bytes().end()));
+  p.join();
+}
+
+TEST_F(ProcessTest, ActiveChildrenReapsTheEnded) {
+  Process a([] {}), b([] { ::pause(); });
+  a.start();
+  b.start();
+  a.join();
+  auto kids = active_children();
+  ASSERT_EQ(kids.size(), 1u);
+  EXPECT_EQ(kids[0].pid(), b.pid());
+  kids[0].terminate();  // a handle acts on the same process
+  b.join();
+  EXPECT_EQ(b.exitcode(), -SIGTERM);
+  EXPECT_TRUE(active_children().empty());
+}
+
+TEST_F(ProcessTest, ChildrenOfChildrenAndTheChildsExitHandler) {
+  // A child starts a daemon grandchild that never ends and a non-daemon one that reports after
+  // a while; when the child's target returns, the daemon is terminated and the other joined
+  // (Python's exit function), so the child's exit follows the report.
+  auto [r, w] = Pipe(false);
+  Process child([&w = w] {
+    Process daemon({.daemon = true}, [] { ::pause(); });
+    Process slow([&w] {
+      std::this_thread::sleep_for(100ms);
+      w.send_bytes("slow done as " + current_process().name());
+    });
+    daemon.start();
+    slow.start();
+    w.send_bytes(std::to_string(*daemon.pid()));
+  });
+  child.start();
+  const int daemon_pid = std::stoi(text(r.recv_bytes()));
+  EXPECT_EQ(text(r.recv_bytes()), "slow done as " + child.name() + ":2");
+  child.join();
+  EXPECT_EQ(child.exitcode(), 0);
+  EXPECT_TRUE(troupe::testing::eventually([&] { return ::kill(daemon_pid, 0) != 0; }));
+}
+
+TEST_F(ProcessTest, DaemonsMayNotHaveChildren) {
+  Process d({.daemon = true}, [] {
+    Process grandchild([] {});
+    try {
+      grandchild.start();
+    } catch (const ProcessError& e) {
+      troupe::sys_exit(
+          std::string(e.what()) == "daemonic processes are not allowed to have children" ? 3 : 4);
+    }
+    grandchild.join();
+  });
+  EXPECT_TRUE(d.daemon());
+  d.start();
+  d.join();
+  EXPECT_EQ(d.exitcode(), 3);
+}
+
+TEST_F(ProcessTest, DaemonEndsWhenItsParentIsKilled) {
+  auto [r, w] = Pipe(false);
+  Process child([&w = w] {
+    Process daemon({.daemon = true}, [] { ::pause(); });
+    daemon.start();
+    w.send_bytes(std::to_string(*daemon.pid()));
+    ::pause();
+  });
+  child.start();
+  const int daemon_pid = std::stoi(text(r.recv_bytes()));
+  const int fd = static_cast<int>(::syscall(SYS_pidfd_open, daemon_pid, 0));
+  ASSERT_GE(fd, 0);
+  child.kill();  // no exit handler runs: PR_SET_PDEATHSIG ends the daemon
+  child.join();
+  pollfd p{fd, POLLIN, 0};
+  EXPECT_EQ(::poll(&p, 1, 10000), 1) << "the daemon outlived its killed parent";
+  ::close(fd);
+}
+
+TEST_F(ProcessTest, ForkIsRefusedWhileOtherThreadsRun) {
+  std::latch go(1);
+  std::thread t([&] { go.wait(); });
+  Process p([] {});
+  try {
+    p.start();
+    ADD_FAILURE() << "fork with another thread running was not refused";
+  } catch (const RuntimeError& e) {
+    EXPECT_NE(std::string(e.what()).find("threads"), std::string::npos) << e.what();
+  }
+  Process forced({.fork_with_threads = true}, [] {});
+  forced.start();
+  forced.join();
+  EXPECT_EQ(forced.exitcode(), 0);
+  go.count_down();
+  t.join();
+}
+
+TEST_F(ProcessTest, NamesAndRepr) {
+  Process a([] {});
+  Process b({.name = "named"}, [] {});
+  EXPECT_EQ(b.name(), "named");
+  a.set_name("renamed");
+  EXPECT_EQ(a.name(), "renamed");
+  EXPECT_NE(a.repr().find("initial"), std::string::npos) << a.repr();
+  a.start();
+  a.join();
+  EXPECT_NE(a.repr().find("exitcode=0"), std::string::npos) << a.repr();
+  EXPECT_GE(cpu_count(), 1);
+}
+
+}  // namespace
+}  // namespace troupe::multiprocessing
