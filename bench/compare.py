@@ -174,8 +174,8 @@ def main():
                     f"{fmt_rate(t)} | — | — | {fmt_rate(p)} (pickle) | **{t / p:.1f}×** faster | — | — |")
         for fam, arg in [("TCP 127.0.0.1", 0), ("Unix socket", 1)]:
             for rt, what in [(0, "connect + mutual auth"), (1, "connect + auth + 64 B round trip")]:
-                t = ns(conn[f"BM_ConnectAuth_troupe/{arg}/{rt}"])
-                b = ns(conn[f"BM_ConnectAuth_raw/{arg}/{rt}"])
+                t = ns(conn[f"BM_ConnectAuth_troupe/{arg}/{rt}/0"])
+                b = ns(conn[f"BM_ConnectAuth_raw/{arg}/{rt}/0"])
                 pname = ("ConnectAuthRoundTrip/" if rt else "ConnectAuth/") + ("unix" if arg else "tcp")
                 p = py[pname]["ns_per_op"]
                 ok = t / b <= 2
@@ -192,7 +192,7 @@ def main():
             rows.append(f"| TLS (TCP 127.0.0.1) one-way, {label} messages | {fmt_rate(t, u)} | "
                         f"OpenSSL by hand {fmt_rate(b, u)} | **{t / b:.2f}×** rate | "
                         f"{fmt_rate(p, u)} (ssl) | **{t / p:.1f}×** faster | — | — |")
-        t, b = ns(conn["BM_TlsConnectAuth_troupe"]), ns(conn["BM_TlsConnectAuth_raw"])
+        t, b = ns(conn["BM_ConnectAuth_troupe/0/1/1"]), ns(conn["BM_ConnectAuth_raw/0/1/1"])
         p = py["TlsConnectAuthRoundTrip"]["ns_per_op"]
         rows.append(f"| TLS connect + TLS handshake + mutual auth + 64 B round trip, TCP | "
                     f"{fmt_ns(t)} | OpenSSL by hand {fmt_ns(b)} | **{t / b:.2f}×** time | "

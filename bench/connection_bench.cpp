@@ -41,8 +41,8 @@ namespace mp = troupe::multiprocessing;
 
 // A socket written by hand: plain, or through a TLS session set up by hand.
 struct Io {
-  Io(int f) : fd(f) {}  // NOLINT: a plain fd converts
-  Io(int f, SSL* s) : fd(f), ssl(s) {}
+  Io(int f) : fd(f) {}                  // NOLINT: a plain fd converts
+  Io(int f, SSL* s) : fd(f), ssl(s) {}  // s may be null: plain
   int fd;
   SSL* ssl = nullptr;
 };
@@ -124,59 +124,55 @@ void BM_PipePingPong64_raw(benchmark::State& state) {
 BENCHMARK(BM_PipePingPong64_raw)->UseRealTime();
 
 // One-way throughput: messages of state.range(0) bytes, 64 MiB per iteration at least 1000 msgs.
-void BM_PipeOneWay_troupe(benchmark::State& state) {
-  const size_t size = static_cast<size_t>(state.range(0));
-  const int count = static_cast<int>(std::clamp<size_t>((64u << 20) / size / 4, 1000, 100000));
-  auto [a, b] = mp::Pipe();
-  std::vector<std::byte> msg(size, std::byte{1});
+int one_way_count(size_t size) {
+  return static_cast<int>(std::clamp<size_t>((64u << 20) / size / 4, 1000, 100000));
+}
+
+// Per iteration, `count` calls of send() on a thread against `count` calls of recv() here.
+template <class Send, class Recv>
+void one_way(benchmark::State& state, size_t size, int count, Send send, Recv recv) {
   for (auto _ : state) {
     std::thread t([&] {
-      for (int i = 0; i < count; ++i) a.send_bytes(msg);
+      for (int i = 0; i < count; ++i) send();
     });
-    for (int i = 0; i < count; ++i) benchmark::DoNotOptimize(b.recv_bytes());
+    for (int i = 0; i < count; ++i) recv();
     t.join();
   }
   state.SetItemsProcessed(state.iterations() * count);
   state.SetBytesProcessed(state.iterations() * count * static_cast<int64_t>(size));
 }
+
+void BM_PipeOneWay_troupe(benchmark::State& state) {
+  const size_t size = static_cast<size_t>(state.range(0));
+  auto [a, b] = mp::Pipe();
+  std::vector<std::byte> msg(size, std::byte{1});
+  one_way(
+      state, size, one_way_count(size), [&, &a = a] { a.send_bytes(msg); },
+      [&b = b] { benchmark::DoNotOptimize(b.recv_bytes()); });
+}
 BENCHMARK(BM_PipeOneWay_troupe)->Arg(64)->Arg(1 << 20)->UseRealTime();
 
 void BM_PipeOneWay_raw(benchmark::State& state) {
   const size_t size = static_cast<size_t>(state.range(0));
-  const int count = static_cast<int>(std::clamp<size_t>((64u << 20) / size / 4, 1000, 100000));
   int sv[2];
   socketpair(AF_UNIX, SOCK_STREAM, 0, sv);
-  for (auto _ : state) {
-    std::thread t([&] {
-      std::vector<char> frame(size + 4, 1);
-      for (int i = 0; i < count; ++i) raw_send(sv[0], frame, size);
-    });
-    std::vector<char> buf;
-    for (int i = 0; i < count; ++i) benchmark::DoNotOptimize(raw_recv(sv[1], buf));
-    t.join();
-  }
+  std::vector<char> frame(size + 4, 1), buf;
+  one_way(
+      state, size, one_way_count(size), [&] { raw_send(sv[0], frame, size); },
+      [&] { benchmark::DoNotOptimize(raw_recv(sv[1], buf)); });
   ::close(sv[0]);
   ::close(sv[1]);
-  state.SetItemsProcessed(state.iterations() * count);
-  state.SetBytesProcessed(state.iterations() * count * static_cast<int64_t>(size));
 }
 BENCHMARK(BM_PipeOneWay_raw)->Arg(64)->Arg(1 << 20)->UseRealTime();
 
 // Typed one-way: the same bytes as send<std::vector<std::byte>>, so the envelope's cost shows.
 void BM_PipeOneWayTyped_troupe(benchmark::State& state) {
   const size_t size = static_cast<size_t>(state.range(0));
-  const int count = static_cast<int>(std::clamp<size_t>((64u << 20) / size / 4, 1000, 100000));
   auto [tx, rx] = mp::Pipe<std::vector<std::byte>>();
   std::vector<std::byte> msg(size, std::byte{1});
-  for (auto _ : state) {
-    std::thread t([&] {
-      for (int i = 0; i < count; ++i) tx.send(msg);
-    });
-    for (int i = 0; i < count; ++i) benchmark::DoNotOptimize(rx.recv());
-    t.join();
-  }
-  state.SetItemsProcessed(state.iterations() * count);
-  state.SetBytesProcessed(state.iterations() * count * static_cast<int64_t>(size));
+  one_way(
+      state, size, one_way_count(size), [&, &tx = tx] { tx.send(msg); },
+      [&rx = rx] { benchmark::DoNotOptimize(rx.recv()); });
 }
 BENCHMARK(BM_PipeOneWayTyped_troupe)->Arg(64)->Arg(1 << 20)->UseRealTime();
 
@@ -188,19 +184,39 @@ struct Record {
 };
 
 void BM_PipeOneWayRecord_troupe(benchmark::State& state) {
-  constexpr int count = 100000;
   auto [tx, rx] = mp::Pipe<Record>();
   const Record r{1, "name", {1.0, 2.0, 3.0, 4.0}};
-  for (auto _ : state) {
-    std::thread t([&] {
-      for (int i = 0; i < count; ++i) tx.send(r);
-    });
-    for (int i = 0; i < count; ++i) benchmark::DoNotOptimize(rx.recv());
-    t.join();
-  }
-  state.SetItemsProcessed(state.iterations() * count);
+  one_way(
+      state, 0, 100000, [&, &tx = tx] { tx.send(r); },
+      [&rx = rx] { benchmark::DoNotOptimize(rx.recv()); });
 }
 BENCHMARK(BM_PipeOneWayRecord_troupe)->UseRealTime();
+
+// ---- TLS ------------------------------------------------------------------------------------
+// troupe's Listener/Client with a TLS context against OpenSSL driven by hand over the same
+// contexts (same protocol and cipher): SSL_set_fd on a blocking socket, SSL_read/SSL_write.
+
+struct Tls {
+  troupe::testing::TlsFiles files;
+  std::shared_ptr<boost::asio::ssl::context> server = mp::make_tls_context(
+      mp::TlsRole::server,
+      {.certificate_chain = files.path("server.pem"), .private_key = files.path("server.key")});
+  std::shared_ptr<boost::asio::ssl::context> client =
+      mp::make_tls_context(mp::TlsRole::client, {.trusted_ca = files.path("ca.pem")});
+};
+Tls& tls() {
+  static Tls t;
+  return t;
+}
+
+// A TLS session by hand on a connected socket; the client checks the server's IP address.
+SSL* raw_tls(int fd, bool server) {
+  SSL* ssl = SSL_new(server ? tls().server->native_handle() : tls().client->native_handle());
+  SSL_set_fd(ssl, fd);
+  if (!server) X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), "127.0.0.1");
+  if ((server ? SSL_accept(ssl) : SSL_connect(ssl)) != 1) std::abort();
+  return ssl;
+}
 
 // ---- connect + mutual authentication ----------------------------------------------------------
 // Arg 0: 0 = TCP on 127.0.0.1, 1 = Unix socket. Arg 1: 1 = also one 64-byte round trip.
@@ -294,6 +310,7 @@ int raw_listen(bool unix_socket, Endpoint& ep, std::string& path) {
 void BM_ConnectAuth_raw(benchmark::State& state) {
   const bool unix_socket = state.range(0) == 1;
   const bool round_trip = state.range(1) == 1;
+  const bool with_tls = state.range(2) == 1;
   Endpoint ep;
   std::string path;
   const int lfd = raw_listen(unix_socket, ep, path);
@@ -305,13 +322,18 @@ void BM_ConnectAuth_raw(benchmark::State& state) {
       if (c < 0) return;  // shut down: the benchmark is over
       int one = 1;
       if (!unix_socket) setsockopt(c, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-      raw_deliver(c, hmac);
-      raw_answer(c, hmac);
+      const Io io(c, with_tls ? raw_tls(c, true) : nullptr);
+      raw_deliver(io, hmac);
+      raw_answer(io, hmac);
       if (round_trip) {
-        const size_t n = raw_recv(c, buf);
+        const size_t n = raw_recv(io, buf);
         frame.assign(buf.begin(), buf.end());
         frame.insert(frame.begin(), 4, 0);
-        raw_send(c, frame, n);
+        raw_send(io, frame, n);
+      }
+      if (io.ssl) {
+        SSL_shutdown(io.ssl);
+        SSL_free(io.ssl);
       }
       ::close(c);
     }
@@ -323,11 +345,16 @@ void BM_ConnectAuth_raw(benchmark::State& state) {
     int one = 1;
     if (!unix_socket) setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     if (connect(fd, reinterpret_cast<sockaddr*>(&ep.addr), ep.len) != 0) std::abort();
-    raw_answer(fd, hmac);
-    raw_deliver(fd, hmac);
+    const Io io(fd, with_tls ? raw_tls(fd, false) : nullptr);
+    raw_answer(io, hmac);
+    raw_deliver(io, hmac);
     if (round_trip) {
-      raw_send(fd, frame, 64);
-      raw_recv(fd, buf);
+      raw_send(io, frame, 64);
+      raw_recv(io, buf);
+    }
+    if (io.ssl) {
+      SSL_shutdown(io.ssl);
+      SSL_free(io.ssl);
     }
     ::close(fd);
   }
@@ -336,21 +363,25 @@ void BM_ConnectAuth_raw(benchmark::State& state) {
   ::close(lfd);
   if (unix_socket) ::unlink(path.c_str());
 }
+// Args: Unix socket?, a 64-byte round trip?, TLS (by hand, on the same contexts as troupe's)?
 BENCHMARK(BM_ConnectAuth_raw)
-    ->Args({0, 0})
-    ->Args({1, 0})
-    ->Args({0, 1})
-    ->Args({1, 1})
+    ->Args({0, 0, 0})
+    ->Args({1, 0, 0})
+    ->Args({0, 1, 0})
+    ->Args({1, 1, 0})
+    ->Args({0, 1, 1})
     ->UseRealTime();
 
 void BM_ConnectAuth_troupe(benchmark::State& state) {
   const bool unix_socket = state.range(0) == 1;
   const bool round_trip = state.range(1) == 1;
+  const bool with_tls = state.range(2) == 1;
   const std::string path = "/tmp/troupe-bench-" + std::to_string(getpid()) + ".sock";
   auto address =
       unix_socket ? mp::Address::parse("unix:" + path) : mp::Address::parse("127.0.0.1:0");
   const auto key = mp::AuthenticationString(kKey);
-  mp::Listener listener(address, {.backlog = 64, .authkey = key});
+  mp::Listener listener(address,
+                        {.backlog = 64, .authkey = key, .tls = with_tls ? tls().server : nullptr});
   address = listener.address();
   std::atomic<bool> stop{false};
   std::thread server([&] {
@@ -364,8 +395,9 @@ void BM_ConnectAuth_troupe(benchmark::State& state) {
     }
   });
   const std::string msg(64, 'x');
+  const mp::ClientOptions options{.authkey = key, .tls = with_tls ? tls().client : nullptr};
   for (auto _ : state) {
-    auto c = mp::Client(address, key);
+    auto c = mp::Client(address, options);
     if (round_trip) {
       c.send_bytes(msg);
       benchmark::DoNotOptimize(c.recv_bytes());
@@ -376,37 +408,14 @@ void BM_ConnectAuth_troupe(benchmark::State& state) {
   server.join();
 }
 BENCHMARK(BM_ConnectAuth_troupe)
-    ->Args({0, 0})
-    ->Args({1, 0})
-    ->Args({0, 1})
-    ->Args({1, 1})
+    ->Args({0, 0, 0})
+    ->Args({1, 0, 0})
+    ->Args({0, 1, 0})
+    ->Args({1, 1, 0})
+    ->Args({0, 1, 1})
     ->UseRealTime();
 
-// ---- TLS ------------------------------------------------------------------------------------
-// troupe's Listener/Client with a TLS context against OpenSSL driven by hand over the same
-// contexts (same protocol and cipher): SSL_set_fd on a blocking socket, SSL_read/SSL_write.
-
-struct Tls {
-  troupe::testing::TlsFiles files;
-  std::shared_ptr<boost::asio::ssl::context> server = mp::make_tls_context(
-      mp::TlsRole::server,
-      {.certificate_chain = files.path("server.pem"), .private_key = files.path("server.key")});
-  std::shared_ptr<boost::asio::ssl::context> client =
-      mp::make_tls_context(mp::TlsRole::client, {.trusted_ca = files.path("ca.pem")});
-};
-Tls& tls() {
-  static Tls t;
-  return t;
-}
-
-// A TLS session by hand on a connected socket; the client checks the server's IP address.
-SSL* raw_tls(int fd, bool server) {
-  SSL* ssl = SSL_new(server ? tls().server->native_handle() : tls().client->native_handle());
-  SSL_set_fd(ssl, fd);
-  if (!server) X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), "127.0.0.1");
-  if ((server ? SSL_accept(ssl) : SSL_connect(ssl)) != 1) std::abort();
-  return ssl;
-}
+// ---- TLS one-way ----------------------------------------------------------------------------
 
 // A connected TCP pair on 127.0.0.1 with TCP_NODELAY, and TLS by hand on it.
 struct RawTlsPair {
@@ -438,25 +447,16 @@ struct RawTlsPair {
 
 void BM_TlsOneWay_raw(benchmark::State& state) {
   const size_t size = static_cast<size_t>(state.range(0));
-  const int count = static_cast<int>(std::clamp<size_t>((64u << 20) / size / 4, 1000, 100000));
   RawTlsPair p;
-  for (auto _ : state) {
-    std::thread t([&] {
-      std::vector<char> frame(size + 4, 1);
-      for (int i = 0; i < count; ++i) raw_send(Io(p.a, p.sa), frame, size);
-    });
-    std::vector<char> buf;
-    for (int i = 0; i < count; ++i) benchmark::DoNotOptimize(raw_recv(Io(p.b, p.sb), buf));
-    t.join();
-  }
-  state.SetItemsProcessed(state.iterations() * count);
-  state.SetBytesProcessed(state.iterations() * count * static_cast<int64_t>(size));
+  std::vector<char> frame(size + 4, 1), buf;
+  one_way(
+      state, size, one_way_count(size), [&] { raw_send(Io(p.a, p.sa), frame, size); },
+      [&] { benchmark::DoNotOptimize(raw_recv(Io(p.b, p.sb), buf)); });
 }
 BENCHMARK(BM_TlsOneWay_raw)->Arg(64)->Arg(1 << 20)->UseRealTime();
 
 void BM_TlsOneWay_troupe(benchmark::State& state) {
   const size_t size = static_cast<size_t>(state.range(0));
-  const int count = static_cast<int>(std::clamp<size_t>((64u << 20) / size / 4, 1000, 100000));
   const auto key = mp::AuthenticationString(kKey);
   mp::Listener listener(std::nullopt, {.authkey = key, .tls = tls().server});
   mp::Connection b;
@@ -464,91 +464,11 @@ void BM_TlsOneWay_troupe(benchmark::State& state) {
   mp::Connection a = mp::Client(listener.address(), {.authkey = key, .tls = tls().client});
   server.join();
   std::vector<std::byte> msg(size, std::byte{1});
-  for (auto _ : state) {
-    std::thread t([&] {
-      for (int i = 0; i < count; ++i) a.send_bytes(msg);
-    });
-    for (int i = 0; i < count; ++i) benchmark::DoNotOptimize(b.recv_bytes());
-    t.join();
-  }
-  state.SetItemsProcessed(state.iterations() * count);
-  state.SetBytesProcessed(state.iterations() * count * static_cast<int64_t>(size));
+  one_way(
+      state, size, one_way_count(size), [&] { a.send_bytes(msg); },
+      [&] { benchmark::DoNotOptimize(b.recv_bytes()); });
 }
 BENCHMARK(BM_TlsOneWay_troupe)->Arg(64)->Arg(1 << 20)->UseRealTime();
-
-// Connect + TLS + mutual authentication + one 64-byte round trip, on 127.0.0.1.
-void BM_TlsConnectAuth_raw(benchmark::State& state) {
-  Endpoint ep;
-  std::string unused;
-  const int lfd = raw_listen(false, ep, unused);
-  std::thread server([&] {
-    RawHmac hmac;
-    std::vector<char> buf, frame;
-    for (;;) {
-      const int c = accept4(lfd, nullptr, nullptr, SOCK_CLOEXEC);
-      if (c < 0) return;  // shut down: the benchmark is over
-      int one = 1;
-      setsockopt(c, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-      SSL* ssl = raw_tls(c, true);
-      raw_deliver(Io(c, ssl), hmac);
-      raw_answer(Io(c, ssl), hmac);
-      const size_t n = raw_recv(Io(c, ssl), buf);
-      frame.assign(buf.begin(), buf.end());
-      frame.insert(frame.begin(), 4, 0);
-      raw_send(Io(c, ssl), frame, n);
-      SSL_shutdown(ssl);
-      SSL_free(ssl);
-      ::close(c);
-    }
-  });
-  RawHmac hmac;
-  std::vector<char> frame(68, 'x'), buf;
-  for (auto _ : state) {
-    const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    if (connect(fd, reinterpret_cast<sockaddr*>(&ep.addr), ep.len) != 0) std::abort();
-    SSL* ssl = raw_tls(fd, false);
-    raw_answer(Io(fd, ssl), hmac);
-    raw_deliver(Io(fd, ssl), hmac);
-    raw_send(Io(fd, ssl), frame, 64);
-    raw_recv(Io(fd, ssl), buf);
-    SSL_shutdown(ssl);
-    SSL_free(ssl);
-    ::close(fd);
-  }
-  ::shutdown(lfd, SHUT_RDWR);
-  server.join();
-  ::close(lfd);
-}
-BENCHMARK(BM_TlsConnectAuth_raw)->UseRealTime();
-
-void BM_TlsConnectAuth_troupe(benchmark::State& state) {
-  const auto key = mp::AuthenticationString(kKey);
-  mp::Listener listener(std::nullopt, {.backlog = 64, .authkey = key, .tls = tls().server});
-  std::atomic<bool> stop{false};
-  std::thread server([&] {
-    for (;;) {
-      try {
-        auto c = listener.accept();
-        c.send_bytes(c.recv_bytes());
-      } catch (const std::exception&) {
-        if (stop) return;
-      }
-    }
-  });
-  const std::string msg(64, 'x');
-  const mp::ClientOptions options{.authkey = key, .tls = tls().client};
-  for (auto _ : state) {
-    auto c = mp::Client(listener.address(), options);
-    c.send_bytes(msg);
-    benchmark::DoNotOptimize(c.recv_bytes());
-  }
-  stop = true;
-  ::shutdown(listener.fileno(), SHUT_RDWR);
-  server.join();
-}
-BENCHMARK(BM_TlsConnectAuth_troupe)->UseRealTime();
 
 }  // namespace
 

@@ -156,24 +156,29 @@ def pipe_pingpong_ns(n=20_000):
     return best(run)
 
 
-def oneway_items_per_s(count, send, recv):
-    """Messages per second through a Pipe: a thread calls send(conn) count times, this one
-    recv(conn); best of REPS."""
-    import multiprocessing
-
+def oneway_rate(a, b, count, send, recv):
+    """Messages per second from a to b: a thread calls send(a) count times, this one recv(b);
+    best of REPS."""
     def run():
-        a, b = multiprocessing.Pipe()
         t = threading.Thread(target=lambda: [send(a) for _ in range(count)])
         t0 = time.perf_counter()
         t.start()
         for _ in range(count):
             recv(b)
         t.join()
-        el = time.perf_counter() - t0
+        return count / (time.perf_counter() - t0)
+    return max(run() for _ in range(REPS))
+
+
+def oneway_items_per_s(count, send, recv):
+    """oneway_rate through a multiprocessing.Pipe."""
+    import multiprocessing
+    a, b = multiprocessing.Pipe()
+    try:
+        return oneway_rate(a, b, count, send, recv)
+    finally:
         a.close()
         b.close()
-        return count / el
-    return max(run() for _ in range(REPS))
 
 
 def pipe_oneway(size):
@@ -255,18 +260,11 @@ def tls_oneway(cert_dir, size):
         t.join()
         b = TlsConnection(box["s"])
 
-    def run():
-        t = threading.Thread(target=lambda: [a.send_bytes(msg) for _ in range(count)])
-        t0 = time.perf_counter()
-        t.start()
-        for _ in range(count):
-            b.recv_bytes()
-        t.join()
-        return count / (time.perf_counter() - t0)
-    rate = max(run() for _ in range(REPS))
-    a.close()
-    b.close()
-    return rate
+    try:
+        return oneway_rate(a, b, count, lambda c: c.send_bytes(msg), lambda c: c.recv_bytes())
+    finally:
+        a.close()
+        b.close()
 
 
 def tls_connect_auth_ns(cert_dir, n=150):

@@ -37,6 +37,19 @@ def payload(n, salt):
     return (block * (n // 256 + 1))[:n]
 
 
+def serve(conn):
+    """Answers each message with its bytes reversed; True after b"quit", False at EOF."""
+    while True:
+        try:
+            m = conn.recv_bytes()
+        except EOFError:
+            return False
+        if m == b"quit":
+            print("quit", flush=True)
+            return True
+        conn.send_bytes(m[::-1])
+
+
 def listen(address, key):
     with Listener(address, authkey=key) as listener:
         print("listening on", show(listener.address), flush=True)
@@ -47,15 +60,8 @@ def listen(address, key):
                 print("rejected:", type(e).__name__, e, flush=True)
                 continue
             with conn:
-                while True:
-                    try:
-                        m = conn.recv_bytes()
-                    except EOFError:
-                        break
-                    if m == b"quit":
-                        print("quit", flush=True)
-                        return 0
-                    conn.send_bytes(m[::-1])
+                if serve(conn):
+                    return 0
 
 
 def connect(address, key, sizes):
@@ -65,13 +71,19 @@ def connect(address, key, sizes):
         print("authentication failed:", e, flush=True)
         return 3
     with conn:
-        for i, n in enumerate(sizes):
-            m = payload(n, i)
-            conn.send_bytes(m)
-            if conn.recv_bytes() != m[::-1]:
-                print(f"reply {i} ({n} bytes) differs", flush=True)
-                return 1
-        conn.send_bytes(b"quit")
+        return exchange(conn, sizes)
+
+
+def exchange(conn, sizes):
+    """Sends one message per size and checks each reply is reversed, then b"quit": the exit
+    status (0 all matched, 1 a reply differed)."""
+    for i, n in enumerate(sizes):
+        m = payload(n, i)
+        conn.send_bytes(m)
+        if conn.recv_bytes() != m[::-1]:
+            print(f"reply {i} ({n} bytes) differs", flush=True)
+            return 1
+    conn.send_bytes(b"quit")
     print(len(sizes), "messages echoed", flush=True)
     return 0
 

@@ -14,7 +14,7 @@ import sys
 from multiprocessing import AuthenticationError
 from multiprocessing.connection import answer_challenge, deliver_challenge
 
-from py_echo import parse, payload, show
+from py_echo import exchange, parse, serve, show
 
 
 class TlsConnection:
@@ -71,17 +71,10 @@ def listen(address, key, cert, keyfile):
                 print("rejected:", type(e).__name__, e, flush=True)
                 raw.close()
                 continue
-            while True:
-                try:
-                    m = conn.recv_bytes()
-                except EOFError:
-                    break
-                if m == b"quit":
-                    print("quit", flush=True)
-                    conn.close()
-                    return 0
-                conn.send_bytes(m[::-1])
+            quit = serve(conn)
             conn.close()
+            if quit:
+                return 0
 
 
 def connect(address, key, cafile, sizes):
@@ -97,16 +90,9 @@ def connect(address, key, cafile, sizes):
         print("authentication failed:", type(e).__name__, e, flush=True)
         raw.close()
         return 3
-    for i, n in enumerate(sizes):
-        m = payload(n, i)
-        conn.send_bytes(m)
-        if conn.recv_bytes() != m[::-1]:
-            print(f"reply {i} ({n} bytes) differs", flush=True)
-            return 1
-    conn.send_bytes(b"quit")
+    status = exchange(conn, sizes)
     conn.close()
-    print(len(sizes), "messages echoed over TLS", flush=True)
-    return 0
+    return status
 
 
 if __name__ == "__main__":
