@@ -110,7 +110,7 @@ TEST_F(PythonEchoTest, EchoClientAgainstPythonListeners) {
 TEST_F(PythonEchoTest, PythonTlsClientsAgainstEchoListener) {
   troupe::testing::TlsFiles tls;
   for (const auto& py : pythons_) {
-    for (const std::string address :
+    for (const std::string& address :
          {std::string("127.0.0.1:0"), "unix-abstract:troupe-tls-echo-l-" +
                                           std::to_string(getpid()) + "-" +
                                           std::to_string(py.minor)}) {
@@ -139,7 +139,7 @@ TEST_F(PythonEchoTest, PythonTlsClientsAgainstEchoListener) {
 TEST_F(PythonEchoTest, EchoClientAgainstPythonTlsListeners) {
   troupe::testing::TlsFiles tls;
   for (const auto& py : pythons_) {
-    for (const std::string address :
+    for (const std::string& address :
          {std::string("127.0.0.1:0"), "unix-abstract:troupe-tls-echo-c-" +
                                           std::to_string(getpid()) + "-" +
                                           std::to_string(py.minor)}) {

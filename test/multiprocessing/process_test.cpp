@@ -1,7 +1,11 @@
-// multiprocessing.Process with the fork start method: the behaviours CPython's _TestProcess
-// checks (target and args, exit codes, signals, join with a timeout, is_alive, close rules,
-// current/parent process, active_children, daemons), plus troupe's: the sentinel as a pidfd,
-// fork refused while other threads run, daemons ended when their parent dies.
+// multiprocessing.Process with the fork and spawn start methods: the behaviours CPython's
+// _TestProcess checks (target and args, exit codes, signals, join with a timeout, is_alive,
+// close rules, current/parent process, active_children, daemons), plus troupe's: the sentinel as
+// a pidfd, fork refused while other threads run, daemons ended when their parent dies, spawn's
+// registered entry points and the errors for what cannot cross an exec.
+//
+// This binary's main calls freeze_support first, as every program that uses spawn must.
+#include "troupe/multiprocessing/listener.hpp"
 #include "troupe/multiprocessing/process.hpp"
 
 #include <fcntl.h>
@@ -274,6 +278,135 @@ TEST_F(ProcessTest, ForkIsRefusedWhileOtherThreadsRun) {
   t.join();
 }
 
+// ---- spawn ----------------------------------------------------------------------------------
+
+// A spawned child has only stdin/stdout/stderr: it reports over an authenticated connection,
+// with the authkey it inherited.
+void spawn_report(std::string address, int n, std::vector<double> xs) {
+  Connection c = Client(Address::parse(address), current_process().authkey());
+  double sum = 0;
+  for (double x : xs) sum += x;
+  auto parent = parent_process();
+  c.send(std::make_tuple(current_process().name(), ::getpid(), parent ? *parent->pid() : -1,
+                         parent ? parent->name() : std::string(), n, sum,
+                         current_process().daemon()));
+}
+TROUPE_ENTRY(spawn_report);
+
+void spawn_exit(int code) {
+  if (code < 0) throw ValueError("spawned and failed");
+  troupe::sys_exit(code);
+}
+TROUPE_ENTRY(spawn_exit);
+
+void spawn_sleep() {
+  ::pause();
+}
+TROUPE_ENTRY(spawn_sleep);
+
+void not_registered(int) {}
+
+using Report = std::tuple<std::string, int, int, std::string, int, double, bool>;
+
+Listener report_listener() {
+  return Listener(
+      Address{Address::Family::unix_abstract, "troupe-spawn-test-" + std::to_string(::getpid()), 0},
+      {.authkey = current_process().authkey()});
+}
+
+TEST_F(ProcessTest, SpawnRunsARegisteredEntryWithEncodedArguments) {
+  Listener l = report_listener();
+  Process p({.daemon = true, .start_method = "spawn"}, spawn_report, l.address().str(), 7,
+            std::vector<double>{1.5, 2.5});
+  p.start();
+  Connection c = l.accept();  // the child authenticated with the inherited key
+  auto [name, pid, parent, parent_name, n, sum, daemon] = c.recv<Report>();
+  EXPECT_EQ(name, p.name());
+  EXPECT_EQ(pid, *p.pid());
+  EXPECT_EQ(parent, ::getpid());
+  EXPECT_EQ(parent_name, "MainProcess");
+  EXPECT_EQ(n, 7);
+  EXPECT_EQ(sum, 4.0);
+  EXPECT_TRUE(daemon);
+  p.join();
+  EXPECT_EQ(p.exitcode(), 0);
+}
+
+TEST_F(ProcessTest, SpawnExitCodesAndSignals) {
+  auto ctx = get_context("spawn");
+  EXPECT_EQ(ctx.get_start_method(), "spawn");
+  Process ok = ctx.Process(spawn_exit, 0);
+  Process chosen = ctx.Process(spawn_exit, 9);
+  Process thrown = ctx.Process(spawn_exit, -1);
+  Process killed = ctx.Process(spawn_sleep);
+  auto [r, w] = Pipe(false);
+  const int saved = ::dup(2);
+  ::dup2(w.fileno(), 2);
+  for (auto* p : {&ok, &chosen, &thrown, &killed}) p->start();
+  ::dup2(saved, 2);
+  ::close(saved);
+  w.close();
+  killed.kill();
+  for (auto* p : {&ok, &chosen, &thrown, &killed}) p->join();
+  EXPECT_EQ(ok.exitcode(), 0);
+  EXPECT_EQ(chosen.exitcode(), 9);
+  EXPECT_EQ(thrown.exitcode(), 1);
+  EXPECT_EQ(killed.exitcode(), -SIGKILL);
+  std::string err;
+  char buf[512];
+  for (ssize_t n; (n = ::read(r.fileno(), buf, sizeof buf)) > 0;) err.append(buf, n);
+  EXPECT_NE(err.find("Process " + thrown.name() + ":\ntroupe::ValueError: spawned and failed"),
+            std::string::npos)
+      << err;
+}
+
+TEST_F(ProcessTest, SpawnRefusesWhatCannotCrossAnExec) {
+  auto expect_refusal = [](Process& p, const std::string& text) {
+    try {
+      p.start();
+      ADD_FAILURE() << "started";
+    } catch (const ValueError& e) {
+      EXPECT_NE(std::string(e.what()).find(text), std::string::npos) << e.what();
+    }
+  };
+  auto ctx = get_context("spawn");
+  Process lambda = ctx.Process([] {});
+  expect_refusal(lambda, "not a plain function");
+  Process unregistered = ctx.Process(not_registered, 1);
+  expect_refusal(unregistered, "not registered");
+  EXPECT_FALSE(lambda.pid());
+  // Arguments that do not fit the function are a compile error, for spawn as for fork:
+  // ctx.Process(spawn_exit, std::string("seven")) does not satisfy detail::Target.
+  static_assert(!detail::Target<void (*)(int), std::string>);
+}
+
+TEST_F(ProcessTest, SpawnWorksWhileThreadsRun) {
+  std::latch go(1);
+  std::thread t([&] { go.wait(); });
+  Process p({.start_method = "spawn"}, spawn_exit, 4);
+  p.start();
+  p.join();
+  EXPECT_EQ(p.exitcode(), 4);
+  go.count_down();
+  t.join();
+}
+
+TEST_F(ProcessTest, StartMethods) {
+  EXPECT_EQ(get_all_start_methods(), (std::vector<std::string>{"fork", "spawn"}));
+  EXPECT_EQ(get_start_method(), "fork");
+  EXPECT_THROW(set_start_method("fork"), RuntimeError);  // context has already been set
+  EXPECT_THROW(set_start_method("vfork", true), ValueError);
+  EXPECT_THROW(get_context("vfork"), ValueError);
+  EXPECT_THROW(Process({.start_method = "vfork"}), ValueError);
+  set_start_method("spawn", true);
+  Process p(spawn_exit, 2);  // the default is now spawn
+  p.start();
+  p.join();
+  EXPECT_EQ(p.exitcode(), 2);
+  set_start_method("fork", true);
+  EXPECT_EQ(get_context().get_start_method(), "fork");
+}
+
 TEST_F(ProcessTest, NamesAndRepr) {
   Process a([] {});
   Process b({.name = "named"}, [] {});
@@ -289,3 +422,9 @@ TEST_F(ProcessTest, NamesAndRepr) {
 
 }  // namespace
 }  // namespace troupe::multiprocessing
+
+int main(int argc, char** argv) {
+  troupe::multiprocessing::freeze_support(argc, argv);  // a spawned child runs here and exits
+  ::testing::InitGoogleTest(&argc, argv);
+  return RUN_ALL_TESTS();
+}

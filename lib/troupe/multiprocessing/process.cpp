@@ -2,22 +2,31 @@
 
 #include <cxxabi.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <spawn.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
+#include <string_view>
 #include <typeinfo>
 
+#include <openssl/crypto.h>
+
 #include "troupe/errors.hpp"
+#include "troupe/multiprocessing/connection.hpp"
 
 #include <dirent.h>
+
+extern char** environ;
 
 namespace troupe::multiprocessing {
 
@@ -154,6 +163,85 @@ void run_exit_function() {
     exit_function();
   } catch (...) {  // at exit, nothing may escape
   }
+}
+
+// What a spawned child reads first, on fd kBootstrapFd.
+struct SpawnBootstrap {
+  std::string entry;
+  std::vector<std::byte> arguments;
+  std::string name;
+  bool daemon = false;
+  std::vector<int> identity;
+  std::vector<std::byte> authkey;
+  int parent_pid = 0;
+  std::string parent_name;
+};
+constexpr int kBootstrapFd = 3;
+constexpr const char* kSpawnFlag = "--troupe-spawn";
+
+struct StartMethods {
+  std::mutex m;
+  std::optional<std::string> method;
+  std::string executable = "/proc/self/exe";
+};
+StartMethods& start_methods() {
+  static StartMethods* const s = new StartMethods;
+  return *s;
+}
+std::string executable() {
+  auto& g = start_methods();
+  std::lock_guard lock(g.m);
+  return g.executable;
+}
+void check_method(const std::string& method) {
+  const auto all = get_all_start_methods();
+  if (std::find(all.begin(), all.end(), method) == all.end())
+    throw ValueError("cannot find context for '" + method + "'");
+}
+
+// Makes this process the child `s` of `parent` (after fork, or at the start of a spawned
+// program): its own identity, its parent, no children yet.
+void become_child(std::shared_ptr<ProcessState> s, int parent, std::string parent_name,
+                  bool main_thread) {
+  Registry& r = registry();
+  auto p = std::make_shared<ProcessState>();
+  p->kind = Kind::parent;
+  p->pid = parent;
+  p->pidfd = pidfd_open(parent);
+  p->name = std::move(parent_name);
+  r.parent = std::move(p);
+  r.children.clear();
+  r.counter = 0;
+  s->kind = Kind::current;
+  s->pid = ::getpid();
+  const bool daemon = s->daemon;
+  r.current = std::move(s);
+  if (daemon && main_thread) {
+    // The parent dying in any way ends a daemon child (the exit handler covers clean exits).
+    ::prctl(PR_SET_PDEATHSIG, SIGTERM);
+    if (::getppid() != parent) ::_exit(1);
+  }
+}
+
+// Runs the child's body as Python's _bootstrap does, then leaves without running the parent's
+// destructors or exit handlers.
+[[noreturn]] void child_main(const std::string& name, const std::function<void()>& body) {
+  int code = 0;
+  try {
+    body();
+  } catch (const SystemExit& e) {
+    code = e.code;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "Process %s:\n%s: %s\n", name.c_str(), demangled(typeid(e)).c_str(),
+                 e.what());
+    code = 1;
+  } catch (...) {
+    std::fprintf(stderr, "Process %s:\nan exception that is not a std::exception\n", name.c_str());
+    code = 1;
+  }
+  run_exit_function();
+  std::fflush(nullptr);
+  ::_exit(code);
 }
 
 }  // namespace
@@ -325,7 +413,10 @@ std::string BaseProcess::repr() const {
 // ---- Process --------------------------------------------------------------------------------
 
 Process::Process(ProcessOptions options)
-    : BaseProcess(std::make_shared<ProcessState>()), fork_with_threads_(options.fork_with_threads) {
+    : BaseProcess(std::make_shared<ProcessState>()),
+      fork_with_threads_(options.fork_with_threads),
+      start_method_(std::move(options.start_method)) {
+  if (!start_method_.empty()) check_method(start_method_);
   auto me = current_state();
   Registry& r = registry();
   int n;
@@ -368,59 +459,19 @@ void Process::start() {
   }
   if (current_process().daemon())
     throw ProcessError("daemonic processes are not allowed to have children");
-  if (!fork_with_threads_) {
-    const int threads = count_threads() - kRuntimeThreads;
-    if (threads > 1)
-      throw RuntimeError("Process.start: this process runs " + std::to_string(threads) +
-                         " threads, and fork() would copy their locks into the child as they "
-                         "are; start processes before threads, or set "
-                         "ProcessOptions::fork_with_threads to accept the risk");
-  }
+  const std::string method = start_method_.empty() ? *get_start_method() : start_method_;
   active_children();     // Python's _cleanup(): reap the children that have ended
   std::fflush(nullptr);  // buffered output would be written twice
-  const int parent = ::getpid();
-  const bool main_thread = ::gettid() == parent;
-  const std::string name = this->name();
-  const pid_t pid = ::fork();
-  if (pid < 0) throw_os_error(errno, "Process.start: fork for " + name);
-  if (pid == 0) {
-    // ---- the child ----
-    Registry& r = registry();
-    auto parent_state = std::make_shared<ProcessState>();
-    parent_state->kind = Kind::parent;
-    parent_state->pid = parent;
-    parent_state->pidfd = pidfd_open(parent);
-    if (r.current) parent_state->name = r.current->name;
-    r.parent = std::move(parent_state);
-    r.children.clear();
-    r.counter = 0;
-    s.kind = Kind::current;
-    s.pid = ::getpid();
-    r.current = state_;
-    if (s.daemon && main_thread) {
-      // The parent dying in any way ends a daemon child (the exit handler covers clean exits).
-      ::prctl(PR_SET_PDEATHSIG, SIGTERM);
-      if (::getppid() != parent) ::_exit(1);
-    }
-    int code = 0;
-    try {
-      run();
-    } catch (const SystemExit& e) {
-      code = e.code;
-    } catch (const std::exception& e) {
-      std::fprintf(stderr, "Process %s:\n%s: %s\n", name.c_str(), demangled(typeid(e)).c_str(),
-                   e.what());
-      code = 1;
-    } catch (...) {
-      std::fprintf(stderr, "Process %s:\nan exception that is not a std::exception\n",
-                   name.c_str());
-      code = 1;
-    }
-    run_exit_function();
-    std::fflush(nullptr);
-    ::_exit(code);
+  if (method == "fork") {
+    start_fork(name());
+  } else if (method == "spawn") {
+    start_spawn(name());
+  } else {
+    throw ValueError("cannot find context for '" + method + "'");
   }
-  // ---- the parent ----
+}
+
+void Process::adopt(int pid) {
   const int fd = pidfd_open(pid);
   if (fd < 0) {
     const int err = errno;
@@ -429,9 +480,9 @@ void Process::start() {
     throw_os_error(err, "Process.start: pidfd_open for pid " + std::to_string(pid));
   }
   {
-    std::lock_guard lock(s.m);
-    s.pid = pid;
-    s.pidfd = fd;
+    std::lock_guard lock(state_->m);
+    state_->pid = pid;
+    state_->pidfd = fd;
   }
   Registry& r = registry();
   std::lock_guard lock(r.m);
@@ -439,6 +490,87 @@ void Process::start() {
   if (!r.exit_handler) {
     r.exit_handler = true;
     std::atexit(run_exit_function);
+  }
+}
+
+void Process::start_fork(const std::string& name) {
+  if (!fork_with_threads_) {
+    const int threads = count_threads() - kRuntimeThreads;
+    if (threads > 1)
+      throw RuntimeError("Process.start: this process runs " + std::to_string(threads) +
+                         " threads, and fork() would copy their locks into the child as they "
+                         "are; start processes before threads, use the spawn method, or set "
+                         "ProcessOptions::fork_with_threads to accept the risk");
+  }
+  const int parent = ::getpid();
+  const bool main_thread = ::gettid() == parent;
+  std::string parent_name = current_process().name();
+  const pid_t pid = ::fork();
+  if (pid < 0) throw_os_error(errno, "Process.start: fork for " + name);
+  if (pid == 0) {
+    become_child(state_, parent, std::move(parent_name), main_thread);
+    child_main(name, [this] { run(); });
+  }
+  adopt(pid);
+}
+
+void Process::start_spawn(const std::string& name) {
+  const std::string why = "Process.start (spawn) of " + name + ": ";
+  if (!spawn_.function)
+    throw ValueError(why +
+                     "the target is not a plain function; spawn runs a function registered with "
+                     "TROUPE_ENTRY in a fresh exec of the program (lambdas, functors and run() "
+                     "overrides need the fork method)");
+  const detail::EntryPoint* entry = detail::find_entry(spawn_.function);
+  if (!entry)
+    throw ValueError(why +
+                     "the target function is not registered: add TROUPE_ENTRY(function) at "
+                     "namespace scope");
+  if (!spawn_.encode_arguments)
+    throw ValueError(why + "the arguments do not match the parameters of " + entry->name +
+                     ", or one of those has no troupe::Codec");
+  SpawnBootstrap boot;
+  boot.entry = entry->name;
+  boot.arguments = spawn_.encode_arguments();
+  {
+    std::lock_guard lock(state_->m);
+    boot.name = state_->name;
+    boot.daemon = state_->daemon;
+    boot.identity = state_->identity;
+    auto key = state_->authkey.bytes();
+    boot.authkey.assign(key.begin(), key.end());
+  }
+  boot.parent_pid = ::getpid();
+  boot.parent_name = current_process().name();
+  struct Wipe {
+    std::vector<std::byte>& b;
+    ~Wipe() { OPENSSL_cleanse(b.data(), b.size()); }
+  } wipe{boot.authkey};
+
+  int p[2];
+  if (::pipe2(p, O_CLOEXEC) != 0) throw_os_error(errno, why + "pipe");
+  const std::string exe = executable();
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_adddup2(&fa, p[0], kBootstrapFd);
+  posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+  posix_spawn_file_actions_addclosefrom_np(&fa, kBootstrapFd + 1);
+  const std::string fd_text = std::to_string(kBootstrapFd);
+  char* argv[] = {const_cast<char*>(exe.c_str()), const_cast<char*>(kSpawnFlag),
+                  const_cast<char*>(fd_text.c_str()), nullptr};
+  pid_t pid = -1;
+  const int rc = ::posix_spawn(&pid, exe.c_str(), &fa, nullptr, argv, environ);
+  posix_spawn_file_actions_destroy(&fa);
+  ::close(p[0]);
+  if (rc != 0) {
+    ::close(p[1]);
+    throw_os_error(rc, why + "cannot run " + exe);
+  }
+  Connection out(p[1], false, true);
+  adopt(pid);
+  try {
+    out.send(boot);
+  } catch (const OSError&) {  // the child died before reading: its exitcode says how
   }
 }
 
@@ -470,6 +602,104 @@ std::vector<BaseProcess> active_children() {
   }
   return alive;
 }
+
+std::vector<std::string> get_all_start_methods() {
+  return {"fork", "spawn"};
+}
+
+std::optional<std::string> get_start_method(bool allow_none) {
+  auto& g = start_methods();
+  std::lock_guard lock(g.m);
+  if (!g.method) {
+    if (allow_none) return std::nullopt;
+    g.method = get_all_start_methods().front();
+  }
+  return g.method;
+}
+
+void set_start_method(const std::string& method, bool force) {
+  check_method(method);
+  auto& g = start_methods();
+  std::lock_guard lock(g.m);
+  if (g.method && !force) throw RuntimeError("context has already been set");
+  g.method = method;
+}
+
+void set_executable(std::string path) {
+  auto& g = start_methods();
+  std::lock_guard lock(g.m);
+  g.executable = std::move(path);
+}
+
+Context get_context(std::optional<std::string> method) {
+  if (!method) return Context(*get_start_method());
+  check_method(*method);
+  return Context(*method);
+}
+
+void freeze_support(int argc, char** argv) {
+  if (argc < 3 || std::string_view(argv[1]) != kSpawnFlag) return;
+  SpawnBootstrap boot;
+  try {
+    Connection in(std::atoi(argv[2]), true, false);
+    boot = in.recv<SpawnBootstrap>();
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "troupe: a spawned process cannot read its bootstrap message: %s\n",
+                 e.what());
+    ::_exit(1);
+  }
+  auto s = std::make_shared<ProcessState>();
+  s->name = boot.name;
+  s->daemon = boot.daemon;
+  s->identity = boot.identity;
+  s->authkey = AuthenticationString(std::span<const std::byte>(boot.authkey));
+  OPENSSL_cleanse(boot.authkey.data(), boot.authkey.size());
+  s->creator = boot.parent_pid;
+  become_child(std::move(s), boot.parent_pid, boot.parent_name, true);
+  const detail::EntryPoint* entry = detail::find_entry(boot.entry);
+  child_main(boot.name, [&] {
+    if (!entry)
+      throw ValueError("no entry point named '" + boot.entry +
+                       "' in this program (TROUPE_ENTRY); was it built from the same sources?");
+    entry->invoke(boot.arguments);
+  });
+}
+
+namespace detail {
+namespace {
+struct Entries {
+  std::mutex m;
+  std::vector<EntryPoint> all;
+};
+Entries& entries() {
+  static Entries* const e = new Entries;
+  return *e;
+}
+}  // namespace
+
+bool register_entry(const EntryPoint& entry) {
+  auto& e = entries();
+  std::lock_guard lock(e.m);
+  e.all.push_back(entry);
+  return true;
+}
+
+const EntryPoint* find_entry(const void* function) noexcept {
+  auto& e = entries();
+  std::lock_guard lock(e.m);
+  for (const auto& x : e.all)
+    if (x.function == function) return &x;
+  return nullptr;
+}
+
+const EntryPoint* find_entry(std::string_view name) noexcept {
+  auto& e = entries();
+  std::lock_guard lock(e.m);
+  for (const auto& x : e.all)
+    if (name == x.name) return &x;
+  return nullptr;
+}
+}  // namespace detail
 
 int cpu_count() {
   const long n = ::sysconf(_SC_NPROCESSORS_ONLN);

@@ -1,19 +1,25 @@
 // troupe/multiprocessing/process.hpp — multiprocessing.Process and the module functions about
 // processes: current_process, parent_process, active_children, cpu_count.
 //
-// Start method: fork (doc/multiprocessing/process.md). A process is watched through a pidfd
-// (`sentinel()`), so waits are event-driven and join connection::wait and Asio.
+// Start methods: fork (any callable) and spawn (a fresh exec of this program running a function
+// registered with TROUPE_ENTRY, with codec-encoded arguments); doc/multiprocessing/process.md.
+// A process is watched through a pidfd (`sentinel()`), so waits are event-driven and join
+// connection::wait and Asio.
 #pragma once
 
 #include <concepts>
 #include <functional>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
+#include <string_view>
 #include <tuple>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
+#include "troupe/codec.hpp"
 #include "troupe/errors.hpp"
 #include "troupe/multiprocessing/authkey.hpp"
 #include "troupe/timeout.hpp"
@@ -40,7 +46,84 @@ namespace troupe::multiprocessing {
 
 namespace detail {
 struct ProcessState;
+
+/// What a Process can run: a callable with these arguments.
+template <class F, class... A>
+concept Target = std::invocable < std::decay_t<F>
+&, std::decay_t<A>&... > ;
+
+/// A function registered as an entry point: what a spawned child can run.
+struct EntryPoint {
+  const char* name;
+  const void* function;
+  void (*invoke)(std::span<const std::byte> arguments);  // decodes the arguments, calls
+};
+bool register_entry(const EntryPoint& entry);
+const EntryPoint* find_entry(const void* function) noexcept;
+const EntryPoint* find_entry(std::string_view name) noexcept;
+
+template <class F>
+struct FunctionTraits;
+template <class R, class... P>
+struct FunctionTraits<R (*)(P...)> {
+  using Arguments = std::tuple<std::decay_t<P>...>;
+};
+
+template <auto Fn>
+void invoke_entry(std::span<const std::byte> bytes) {
+  auto arguments = troupe::from_bytes<typename FunctionTraits<decltype(Fn)>::Arguments>(bytes);
+  std::apply(Fn, std::move(arguments));
 }
+
+template <class Tuple>
+struct AllEncodable;
+template <class... E>
+struct AllEncodable<std::tuple<E...>> : std::bool_constant<(Encodable<E> && ...)> {};
+
+/// What a spawned child needs to run the target: the function and its encoded arguments.
+struct SpawnTarget {
+  const void* function = nullptr;                            // null: not a plain function
+  std::function<std::vector<std::byte>()> encode_arguments;  // null: they cannot be encoded
+};
+
+template <class F, class... Args>
+SpawnTarget spawn_target(F& f, Args&... args) {
+  SpawnTarget t;
+  if constexpr (std::is_pointer_v<F> && std::is_function_v<std::remove_pointer_t<F>>) {
+    using Arguments = typename FunctionTraits<F>::Arguments;
+    t.function = reinterpret_cast<const void*>(f);
+    if constexpr (std::tuple_size_v<Arguments> == sizeof...(Args) &&
+                  std::is_constructible_v<Arguments, Args&...>) {
+      if constexpr (AllEncodable<Arguments>::value) {
+        t.encode_arguments = [a = Arguments(args...)] { return troupe::to_bytes(a); };
+      }
+    }
+  }
+  return t;
+}
+}  // namespace detail
+
+/// Registers a function as an entry point that a process started by the spawn method can run
+/// (C++ cannot send code; the child finds the function by name). Once, at namespace scope,
+/// after the function: `void work(int n, std::string s); TROUPE_ENTRY(work);`. Its parameters
+/// must have codecs (a compile error otherwise).
+#define TROUPE_ENTRY(fn) TROUPE_ENTRY_AT_(fn, __COUNTER__)
+#define TROUPE_ENTRY_AT_(fn, n) TROUPE_ENTRY_AT2_(fn, n)
+#define TROUPE_ENTRY_AT2_(fn, n)                         \
+  [[maybe_unused]] static const bool troupe_entry_##n =  \
+      ::troupe::multiprocessing::detail::register_entry( \
+          {#fn, reinterpret_cast<const void*>(&fn),      \
+           &::troupe::multiprocessing::detail::invoke_entry<&fn>})
+
+/// Python: `multiprocessing.freeze_support()`; here the guard at the top of `main` that makes
+/// spawn work (the analogue of `if __name__ == '__main__':`): in a process started by the spawn
+/// method it runs the target and exits, never returning; anywhere else it returns at once.
+///
+///   int main(int argc, char** argv) {
+///     mp::freeze_support(argc, argv);
+///     …
+///   }
+void freeze_support(int argc, char** argv);
 
 /// Options of a Process, beyond its target and arguments (Python's keyword arguments).
 struct ProcessOptions {
@@ -55,6 +138,8 @@ struct ProcessOptions {
   /// lock as it was, held or not, by threads that do not exist in it. Refused by default
   /// (Python 3.12 warns; troupe raises).
   bool fork_with_threads = false;
+  /// "fork" or "spawn"; empty: get_start_method() when start() is called.
+  std::string start_method;
 };
 
 /// Python: `multiprocessing.process.BaseProcess` seen from outside: a handle on a process (a
@@ -129,20 +214,20 @@ public:
   explicit Process(ProcessOptions options = {});
 
   /// Python: `Process(target=f, args=(a, b))`. The arguments are copied into the process
-  /// object (as Python's tuple), and the child, a fork, sees those copies.
+  /// object (as Python's tuple): a forked child sees those copies; a spawned one gets them
+  /// encoded by their codecs.
   template <class F, class... Args>
-  requires std::invocable < std::decay_t<F>
-  &, std::decay_t<Args>&... > explicit Process(F&& target, Args&&... args)
+  requires detail::Target<F, Args...>
+  explicit Process(F&& target, Args&&... args)
       : Process(ProcessOptions{}, std::forward<F>(target), std::forward<Args>(args)...) {}
 
   template <class F, class... Args>
-  requires std::invocable < std::decay_t<F>
-  &, std::decay_t<Args>&... > Process(ProcessOptions options, F&& target, Args&&... args)
+  requires detail::Target<F, Args...> Process(ProcessOptions options, F&& target, Args&&... args)
       : Process(std::move(options)) {
-    target_ = [f = std::forward<F>(target),
-               tup = std::make_tuple(std::forward<Args>(args)...)]() mutable {
-      std::apply(f, tup);
-    };
+    auto f = std::decay_t<F>(std::forward<F>(target));
+    auto tup = std::make_tuple(std::decay_t<Args>(std::forward<Args>(args))...);
+    spawn_ = std::apply([&](auto&... a) { return detail::spawn_target(f, a...); }, tup);
+    target_ = [f = std::move(f), tup = std::move(tup)]() mutable { std::apply(f, tup); };
   }
 
   Process(Process&&) noexcept = default;
@@ -156,16 +241,58 @@ public:
   /// Python: `run()`: what the child runs; calls the target. Override it in a subclass.
   virtual void run();
 
-  /// Python: `start()`: forks; the child runs run() and exits.
+  /// Python: `start()`. fork: the child is a copy of this process and runs run(). spawn: the
+  /// child is a fresh exec of this program (set_executable) whose freeze_support runs the
+  /// target, a function registered with TROUPE_ENTRY, with the arguments its codecs encoded.
+  /// @throws ValueError (spawn) naming what cannot cross to the child.
   /// @throws ProcessError "cannot start a process twice", "daemonic processes are not allowed
   /// to have children"; ValueError if closed; RuntimeError if this process has other threads
   /// (unless options.fork_with_threads); OSError if fork fails.
   void start();
 
 private:
+  void start_fork(const std::string& name);
+  void start_spawn(const std::string& name);
+  void adopt(int pid);  // the child is running: its pidfd, and the children list
+
   std::function<void()> target_;
+  detail::SpawnTarget spawn_;
   bool fork_with_threads_ = false;
+  std::string start_method_;
 };
+
+/// Python: `multiprocessing.get_all_start_methods()`: the default first.
+std::vector<std::string> get_all_start_methods();
+/// Python: `get_start_method(allow_none=False)`: the method a Process uses when none is given
+/// (fixed to the default by this call if not yet set, unless allow_none).
+std::optional<std::string> get_start_method(bool allow_none = false);
+/// Python: `set_start_method(method, force=False)`. @throws RuntimeError "context has already
+/// been set" unless force; ValueError "cannot find context for 'x'".
+void set_start_method(const std::string& method, bool force = false);
+/// Python: `multiprocessing.set_executable(path)`: the program spawn runs (default: this one,
+/// /proc/self/exe).
+void set_executable(std::string path);
+
+/// Python: a context from `multiprocessing.get_context(method)`: its Process uses that method.
+class Context {
+public:
+  explicit Context(std::string method) : method_(std::move(method)) {}
+  const std::string& get_start_method() const noexcept { return method_; }
+  /// Python: `ctx.Process(target=f, args=(…))`.
+  template <class F, class... A>
+  requires detail::Target<F, A...> multiprocessing::Process Process(F&& f, A&&... a)
+  const { return Process(ProcessOptions{}, std::forward<F>(f), std::forward<A>(a)...); }
+  template <class... A>
+  multiprocessing::Process Process(ProcessOptions options, A&&... a) const {
+    options.start_method = method_;
+    return multiprocessing::Process(std::move(options), std::forward<A>(a)...);
+  }
+
+private:
+  std::string method_;
+};
+/// @throws ValueError "cannot find context for 'x'". No method: the current default's.
+Context get_context(std::optional<std::string> method = std::nullopt);
 
 /// Python: `multiprocessing.current_process()`: this process ("MainProcess" in the main one; in
 /// a child, the Process it was started as).
