@@ -5,7 +5,6 @@
 // registered entry points and the errors for what cannot cross an exec.
 //
 // This binary's main calls freeze_support first, as every program that uses spawn must.
-#include "troupe/multiprocessing/listener.hpp"
 #include "troupe/multiprocessing/process.hpp"
 
 #include <fcntl.h>
@@ -23,6 +22,7 @@
 
 #include "troupe/errors.hpp"
 #include "troupe/multiprocessing/connection.hpp"
+#include "troupe/multiprocessing/listener.hpp"
 
 #include "byte_text.hpp"
 #include "leak_check.hpp"
