@@ -304,6 +304,11 @@ void spawn_sleep() {
 }
 TROUPE_ENTRY(spawn_sleep);
 
+void spawn_pipe_report(Connection& out, int n) {
+  out.send_bytes("spawned " + std::to_string(n) + " " + current_process().name());
+}
+TROUPE_ENTRY(spawn_pipe_report);
+
 void not_registered(int) {}
 
 using Report = std::tuple<std::string, int, int, std::string, int, double, bool>;
@@ -378,6 +383,21 @@ TEST_F(ProcessTest, SpawnRefusesWhatCannotCrossAnExec) {
   // Arguments that do not fit the function are a compile error, for spawn as for fork:
   // ctx.Process(spawn_exit, std::string("seven")) does not satisfy detail::Target.
   static_assert(!detail::Target<void (*)(int), std::string>);
+}
+
+// A Connection argument hands its fd to the child, under spawn (fd passing at exec) and fork.
+TEST_F(ProcessTest, ConnectionsAsArguments) {
+  for (const std::string method : {"spawn", "fork"}) {
+    SCOPED_TRACE(method);
+    auto [r, w] = Pipe(false);
+    Process p({.start_method = method}, spawn_pipe_report, std::move(w), 5);
+    p.start();
+    EXPECT_EQ(text(r.recv_bytes()), "spawned 5 " + p.name());
+    p.join();
+    EXPECT_EQ(p.exitcode(), 0);
+  }
+  auto [a, b] = Pipe();
+  EXPECT_THROW(troupe::to_bytes(a), ValueError);  // an fd cannot travel in a message
 }
 
 TEST_F(ProcessTest, SpawnWorksWhileThreadsRun) {

@@ -18,6 +18,7 @@
 #include <mutex>
 #include <string_view>
 #include <typeinfo>
+#include <utility>
 
 #include <openssl/crypto.h>
 
@@ -175,6 +176,7 @@ struct SpawnBootstrap {
   std::vector<std::byte> authkey;
   int parent_pid = 0;
   std::string parent_name;
+  int passed_fds = 0;  // on fds kBootstrapFd + 1 …
 };
 constexpr int kBootstrapFd = 3;
 constexpr const char* kSpawnFlag = "--troupe-spawn";
@@ -531,7 +533,23 @@ void Process::start_spawn(const std::string& name) {
                      ", or one of those has no troupe::Codec");
   SpawnBootstrap boot;
   boot.entry = entry->name;
-  boot.arguments = spawn_.encode_arguments();
+  detail::PassedFds passed;  // fds that go with the arguments (Connections)
+  struct Collect {
+    detail::PassedFds* saved = std::exchange(detail::passed_fds(), nullptr);
+    explicit Collect(detail::PassedFds* p) { detail::passed_fds() = p; }
+    ~Collect() { detail::passed_fds() = saved; }
+  };
+  struct CloseAll {
+    detail::PassedFds& p;
+    ~CloseAll() {
+      for (int fd : p.fds) ::close(fd);
+    }
+  } close_passed{passed};
+  {
+    Collect collect(&passed);
+    boot.arguments = spawn_.encode_arguments();
+  }
+  boot.passed_fds = static_cast<int>(passed.fds.size());
   {
     std::lock_guard lock(state_->m);
     boot.name = state_->name;
@@ -547,14 +565,40 @@ void Process::start_spawn(const std::string& name) {
     ~Wipe() { OPENSSL_cleanse(b.data(), b.size()); }
   } wipe{boot.authkey};
 
+  // Every fd the child gets is first moved above the ones it will have, so no dup2 overwrites a
+  // source still to be copied; then 3 is the bootstrap pipe and 4… the passed fds.
+  const int n_passed = static_cast<int>(passed.fds.size());
+  const int high = kBootstrapFd + 1 + n_passed + 64;
+  std::vector<int> moved;
+  struct CloseMoved {
+    std::vector<int>& m;
+    ~CloseMoved() {
+      for (int fd : m) ::close(fd);
+    }
+  } close_moved{moved};
+  for (int fd : passed.fds) {
+    const int m = ::fcntl(fd, F_DUPFD_CLOEXEC, high);
+    if (m < 0) throw_os_error(errno, why + "fcntl(F_DUPFD)");
+    moved.push_back(m);
+  }
   int p[2];
   if (::pipe2(p, O_CLOEXEC) != 0) throw_os_error(errno, why + "pipe");
+  const int boot_high = ::fcntl(p[0], F_DUPFD_CLOEXEC, high);
+  ::close(p[0]);
+  if (boot_high < 0) {
+    const int err = errno;
+    ::close(p[1]);
+    throw_os_error(err, why + "fcntl(F_DUPFD)");
+  }
+  p[0] = boot_high;
   const std::string exe = executable();
   posix_spawn_file_actions_t fa;
   posix_spawn_file_actions_init(&fa);
   posix_spawn_file_actions_adddup2(&fa, p[0], kBootstrapFd);
+  for (int i = 0; i < n_passed; ++i)
+    posix_spawn_file_actions_adddup2(&fa, moved[static_cast<std::size_t>(i)], kBootstrapFd + 1 + i);
   posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
-  posix_spawn_file_actions_addclosefrom_np(&fa, kBootstrapFd + 1);
+  posix_spawn_file_actions_addclosefrom_np(&fa, kBootstrapFd + 1 + n_passed);
   const std::string fd_text = std::to_string(kBootstrapFd);
   char* argv[] = {const_cast<char*>(exe.c_str()), const_cast<char*>(kSpawnFlag),
                   const_cast<char*>(fd_text.c_str()), nullptr};
@@ -657,10 +701,17 @@ void freeze_support(int argc, char** argv) {
   s->creator = boot.parent_pid;
   become_child(std::move(s), boot.parent_pid, boot.parent_name, true);
   const detail::EntryPoint* entry = detail::find_entry(boot.entry);
+  static detail::PassedFds arrived;  // for the whole life of the child
+  for (int i = 0; i < boot.passed_fds; ++i) {
+    const int fd = kBootstrapFd + 1 + i;
+    ::fcntl(fd, F_SETFD, FD_CLOEXEC);
+    arrived.fds.push_back(fd);
+  }
   child_main(boot.name, [&] {
     if (!entry)
       throw ValueError("no entry point named '" + boot.entry +
                        "' in this program (TROUPE_ENTRY); was it built from the same sources?");
+    detail::passed_fds() = &arrived;
     entry->invoke(boot.arguments);
   });
 }
@@ -676,6 +727,32 @@ Entries& entries() {
   return *e;
 }
 }  // namespace
+
+PassedFds*& passed_fds() noexcept {
+  thread_local PassedFds* table = nullptr;
+  return table;
+}
+
+int pass_fd(int fd) {
+  PassedFds* t = passed_fds();
+  if (!t)
+    throw ValueError(
+        "a Connection (an fd) can only be an argument of a process started by "
+        "spawn; it cannot travel in a message");
+  const int dup = ::fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  if (dup < 0) throw_os_error(errno, "passing fd " + std::to_string(fd) + " to a spawned child");
+  t->fds.push_back(dup);
+  return static_cast<int>(t->fds.size() - 1);
+}
+
+int take_fd(int n) {
+  PassedFds* t = passed_fds();
+  if (!t || n < 0 || static_cast<std::size_t>(n) >= t->fds.size() ||
+      t->fds[static_cast<std::size_t>(n)] < 0)
+    throw ValueError("no passed fd number " + std::to_string(n) +
+                     " (a Connection decoded outside a spawned child's arguments)");
+  return std::exchange(t->fds[static_cast<std::size_t>(n)], -1);
+}
 
 bool register_entry(const EntryPoint& entry) {
   auto& e = entries();

@@ -22,6 +22,7 @@
 #include "troupe/codec.hpp"
 #include "troupe/errors.hpp"
 #include "troupe/multiprocessing/authkey.hpp"
+#include "troupe/multiprocessing/connection.hpp"
 #include "troupe/timeout.hpp"
 
 namespace troupe {
@@ -69,11 +70,26 @@ struct FunctionTraits<R (*)(P...)> {
   using Arguments = std::tuple<std::decay_t<P>...>;
 };
 
+// The arguments are passed as lvalues, as under fork: a parameter that cannot be copied (a
+// Connection) is taken by reference.
 template <auto Fn>
 void invoke_entry(std::span<const std::byte> bytes) {
   auto arguments = troupe::from_bytes<typename FunctionTraits<decltype(Fn)>::Arguments>(bytes);
-  std::apply(Fn, std::move(arguments));
+  std::apply([](auto&... a) { Fn(a...); }, arguments);
 }
+
+/// File descriptors that travel with a spawned child's arguments (a Connection, say): while the
+/// parent encodes them, each is duplicated and numbered; the child finds them by number.
+struct PassedFds {
+  std::vector<int> fds;  // parent: duplicates to hand over; child: what arrived, -1 once taken
+};
+/// The table of the spawn in progress on this thread (null when none).
+PassedFds*& passed_fds() noexcept;
+/// Parent: duplicates `fd` for the child and returns its number. @throws ValueError outside a
+/// spawn's encoding (an fd cannot travel in an ordinary message).
+int pass_fd(int fd);
+/// Child: the fd passed as number `n` (once). @throws ValueError if there is none.
+int take_fd(int n);
 
 template <class Tuple>
 struct AllEncodable;
@@ -86,16 +102,18 @@ struct SpawnTarget {
   std::function<std::vector<std::byte>()> encode_arguments;  // null: they cannot be encoded
 };
 
-template <class F, class... Args>
-SpawnTarget spawn_target(F& f, Args&... args) {
+template <class F, class Stored>
+SpawnTarget spawn_target(F& f, const std::shared_ptr<Stored>& stored) {
   SpawnTarget t;
   if constexpr (std::is_pointer_v<F> && std::is_function_v<std::remove_pointer_t<F>>) {
     using Arguments = typename FunctionTraits<F>::Arguments;
     t.function = reinterpret_cast<const void*>(f);
-    if constexpr (std::tuple_size_v<Arguments> == sizeof...(Args) &&
-                  std::is_constructible_v<Arguments, Args&...>) {
-      if constexpr (AllEncodable<Arguments>::value) {
-        t.encode_arguments = [a = Arguments(args...)] { return troupe::to_bytes(a); };
+    if constexpr (std::tuple_size_v<Arguments> == std::tuple_size_v<Stored> &&
+                  AllEncodable<Arguments>::value) {
+      if constexpr (std::is_same_v<Arguments, Stored>) {  // encoded where they are
+        t.encode_arguments = [stored] { return troupe::to_bytes(*stored); };
+      } else if constexpr (std::is_constructible_v<Arguments, const Stored&>) {
+        t.encode_arguments = [stored] { return troupe::to_bytes(Arguments(*stored)); };
       }
     }
   }
@@ -225,9 +243,9 @@ public:
   requires detail::Target<F, Args...> Process(ProcessOptions options, F&& target, Args&&... args)
       : Process(std::move(options)) {
     auto f = std::decay_t<F>(std::forward<F>(target));
-    auto tup = std::make_tuple(std::decay_t<Args>(std::forward<Args>(args))...);
-    spawn_ = std::apply([&](auto&... a) { return detail::spawn_target(f, a...); }, tup);
-    target_ = [f = std::move(f), tup = std::move(tup)]() mutable { std::apply(f, tup); };
+    auto stored = std::make_shared<std::tuple<std::decay_t<Args>...>>(std::forward<Args>(args)...);
+    spawn_ = detail::spawn_target(f, stored);
+    target_ = [f = std::move(f), stored]() mutable { std::apply(f, *stored); };
   }
 
   Process(Process&&) noexcept = default;
@@ -310,3 +328,18 @@ std::vector<BaseProcess> active_children();
 int cpu_count();
 
 }  // namespace troupe::multiprocessing
+
+/// A Connection as an argument of a process started by spawn: its fd is handed to the child
+/// (duplicated into the child's fd table at exec), as Python passes a Connection to a spawned
+/// child. Only there: in an ordinary message it is a ValueError.
+template <>
+struct troupe::Codec<troupe::multiprocessing::Connection>
+    : troupe::CodecVia<troupe::multiprocessing::Connection, std::tuple<int, bool, bool>> {
+  static std::tuple<int, bool, bool> to(const troupe::multiprocessing::Connection& c) {
+    return {troupe::multiprocessing::detail::pass_fd(c.fileno()), c.readable(), c.writable()};
+  }
+  static troupe::multiprocessing::Connection from(const std::tuple<int, bool, bool>& t) {
+    return troupe::multiprocessing::Connection(
+        troupe::multiprocessing::detail::take_fd(std::get<0>(t)), std::get<1>(t), std::get<2>(t));
+  }
+};
