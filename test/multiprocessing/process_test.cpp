@@ -187,6 +187,29 @@ TEST_F(ProcessTest, CurrentAndParentProcess) {
   p.join();
 }
 
+TEST_F(ProcessTest, ParentProcessSeesItsParentDie) {
+  auto [r, w] = Pipe(false);
+  Process child([&w = w] {
+    auto [ready_r, ready_w] = Pipe(false);
+    Process grandchild([&w, &ready_w = ready_w] {
+      auto parent = parent_process();
+      const int fd = parent->sentinel();  // opened while the parent lives
+      ready_w.send_bytes("ready");
+      parent->join(20s);
+      pollfd p{fd, POLLIN, 0};
+      w.send_bytes(std::string(parent->is_alive() ? "alive" : "dead") +
+                   (::poll(&p, 1, 0) == 1 ? " readable" : " quiet"));
+    });
+    grandchild.start();
+    ready_r.recv_bytes();
+    ::raise(SIGKILL);  // no exit handler: the grandchild outlives its parent
+  });
+  child.start();
+  child.join();
+  EXPECT_EQ(child.exitcode(), -SIGKILL);
+  EXPECT_EQ(text(r.recv_bytes()), "dead readable");
+}
+
 TEST_F(ProcessTest, ActiveChildrenReapsTheEnded) {
   Process a([] {}), b([] { ::pause(); });
   a.start();

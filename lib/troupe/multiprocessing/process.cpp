@@ -209,7 +209,8 @@ void become_child(std::shared_ptr<ProcessState> s, int parent, std::string paren
   auto p = std::make_shared<ProcessState>();
   p->kind = Kind::parent;
   p->pid = parent;
-  p->pidfd = pidfd_open(parent);
+  // The parent's pidfd is opened when first needed (parent_process().sentinel(), is_alive,
+  // join): a child that never asks pays nothing.
   p->name = std::move(parent_name);
   r.parent = std::move(p);
   r.children.clear();
@@ -295,9 +296,29 @@ void BaseProcess::set_authkey(AuthenticationString key) {
   state_->authkey = std::move(key);
 }
 
+namespace {
+// The parent's pidfd, opened on first use (with the state's lock held). If the parent has
+// already gone, this process has been reparented: then a pidfd of that pid could name another
+// process, so none is opened and the parent counts as ended.
+int parent_fd(ProcessState& s) {
+  if (s.kind == Kind::parent && s.pidfd < 0 && !s.exitcode) {
+    const int fd = pidfd_open(s.pid);
+    if (fd >= 0 && ::getppid() == s.pid) {
+      s.pidfd = fd;
+    } else {
+      if (fd >= 0) ::close(fd);
+      s.exitcode = 0;  // ended (its status is not ours to know)
+    }
+  }
+  return s.pidfd;
+}
+}  // namespace
+
 int BaseProcess::sentinel() const {
   std::lock_guard lock(state_->m);
   check_closed(*state_);
+  if (parent_fd(*state_) < 0 && state_->kind == Kind::parent)
+    throw ValueError("the parent process has ended");
   if (state_->pidfd < 0) throw ValueError("process not started");
   return state_->pidfd;
 }
@@ -308,8 +329,9 @@ bool BaseProcess::is_alive() const {
   switch (state_->kind) {
     case Kind::current: return true;
     case Kind::parent: {
-      pollfd p{state_->pidfd, POLLIN, 0};
-      return state_->pidfd >= 0 && ::poll(&p, 1, 0) == 0;
+      const int fd = parent_fd(*state_);
+      pollfd p{fd, POLLIN, 0};
+      return fd >= 0 && ::poll(&p, 1, 0) == 0;
     }
     case Kind::child: break;
   }
@@ -332,7 +354,8 @@ void BaseProcess::join(Timeout timeout) const {
       throw ProcessError("can only join a child process");
     if (state_->pid < 0) throw ProcessError("can only join a started process");
     if (state_->exitcode) return;
-    fd = state_->pidfd;
+    fd = parent_fd(*state_);
+    if (fd < 0) return;  // the parent has gone
   }
   // Wait for the pidfd outside the lock (is_alive and signals stay usable meanwhile).
   const auto deadline = timeout.deadline();
