@@ -30,7 +30,6 @@ public:
 private:
   // Bit 0: the flag. Bits 1..31: a generation, bumped by each set() that raises the flag.
   std::atomic<std::uint32_t> word_{0};
-  std::atomic<std::uint32_t> sleepers_{0};
   troupe::detail::AdaptiveSpin spin_;
 };
 
