@@ -198,6 +198,23 @@ def main():
                     f"{fmt_ns(t)} | OpenSSL by hand {fmt_ns(b)} | **{t / b:.2f}×** time | "
                     f"{fmt_ns(p)} (ssl) | **{p / t:.1f}×** faster | — | — |")
 
+    proc_bin = os.path.join(args.build, "bench", "process_bench")
+    if os.path.exists(proc_bin):
+        print("compare: process start + join…", file=sys.stderr)
+        proc = run_cpp(proc_bin, ".", reps, min_time)
+        for arg, method, raw, raw_label in [
+                (0, "fork", "BM_ForkExitWait_raw", "fork + _exit + waitpid"),
+                (1, "spawn", "BM_PosixSpawnWait_raw", "posix_spawn + waitpid of the same binary")]:
+            t = ns(proc[f"BM_ProcessStartJoin_troupe/{arg}"])
+            b = ns(proc[raw])
+            p = py[f"ProcessStartJoin/{method}"]["ns_per_op"]
+            ok = t / b <= 1.5 and p / t >= 5
+            verdicts.append(ok)
+            rows.append(f"| Process start + join, {method}, trivial target | {fmt_ns(t)} | "
+                        f"{raw_label} {fmt_ns(b)} | **{t / b:.2f}×** time | {fmt_ns(p)} | "
+                        f"**{p / t:.1f}×** faster | ≤ 1.5× raw; ≥ 5× Python | "
+                        f"{'met' if ok else 'MISSED'} |")
+
     mem = []
     big_bin = os.path.join(args.build, "bench", "big_message")
     if os.path.exists(big_bin) and not args.quick:

@@ -306,6 +306,25 @@ def tls_connect_auth_ns(cert_dir, n=150):
     return best_ns
 
 
+def trivial():
+    pass
+
+
+def process_start_join_ns(method, n):
+    """multiprocessing.Process start + join with a trivial target, per start method."""
+    import multiprocessing
+    ctx = multiprocessing.get_context(method)
+
+    def run():
+        t0 = time.perf_counter()
+        for _ in range(n):
+            p = ctx.Process(target=trivial)
+            p.start()
+            p.join()
+        return (time.perf_counter() - t0) / n * 1e9
+    return min(run() for _ in range(REPS))
+
+
 def main():
     out = {
         "Lock": {"ns_per_op": lock_ns(threading.Lock)},
@@ -325,6 +344,8 @@ def main():
         "ConnectAuth/unix": {"ns_per_op": connect_auth_ns(True, False)},
         "ConnectAuthRoundTrip/tcp": {"ns_per_op": connect_auth_ns(False, True, n=60)},
         "ConnectAuthRoundTrip/unix": {"ns_per_op": connect_auth_ns(True, True)},
+        "ProcessStartJoin/fork": {"ns_per_op": process_start_join_ns("fork", 200)},
+        "ProcessStartJoin/spawn": {"ns_per_op": process_start_join_ns("spawn", 20)},
         "python": sys.version.split()[0],
     }
     if len(sys.argv) == 3 and sys.argv[1] == "--tls-dir":
