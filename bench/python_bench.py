@@ -193,6 +193,22 @@ def pipe_oneway_record(count=100_000):
     return oneway_items_per_s(count, lambda c: c.send(rec), lambda c: c.recv())
 
 
+def served_ns(n, serve_one, connect_one):
+    """ns per connect_one() (best of REPS runs of n) while a thread calls serve_one() for
+    exactly the connections made."""
+    t = threading.Thread(target=lambda: [serve_one() for _ in range(REPS * n)])
+    t.start()
+    best_ns = None
+    for _ in range(REPS):
+        t0 = time.perf_counter()
+        for _ in range(n):
+            connect_one()
+        el = (time.perf_counter() - t0) / n * 1e9
+        best_ns = el if best_ns is None else min(best_ns, el)
+    t.join()
+    return best_ns
+
+
 def connect_auth_ns(unix, round_trip, n=300):
     """Listener/Client connect + mutual authentication (+ one 64-byte round trip)."""
     import os
@@ -204,30 +220,24 @@ def connect_auth_ns(unix, round_trip, n=300):
     else:
         address = ("127.0.0.1", 0)
     listener = Listener(address, authkey=key, backlog=64)
-
-    def serve():  # exactly the connections the loop below makes
-        for _ in range(REPS * n):
-            c = listener.accept()
-            if round_trip:
-                c.send_bytes(c.recv_bytes())
-            c.close()
-    t = threading.Thread(target=serve)
-    t.start()
     msg = b"x" * 64
-    best_ns = None
-    for _ in range(REPS):
-        t0 = time.perf_counter()
-        for _ in range(n):
-            c = Client(listener.address, authkey=key)
-            if round_trip:
-                c.send_bytes(msg)
-                c.recv_bytes()
-            c.close()
-        el = (time.perf_counter() - t0) / n * 1e9
-        best_ns = el if best_ns is None else min(best_ns, el)
-    t.join()
-    listener.close()
-    return best_ns
+
+    def serve_one():
+        c = listener.accept()
+        if round_trip:
+            c.send_bytes(c.recv_bytes())
+        c.close()
+
+    def connect_one():
+        c = Client(listener.address, authkey=key)
+        if round_trip:
+            c.send_bytes(msg)
+            c.recv_bytes()
+        c.close()
+    try:
+        return served_ns(n, serve_one, connect_one)
+    finally:
+        listener.close()
 
 
 def tls_pair(cert_dir):
@@ -275,35 +285,30 @@ def tls_connect_auth_ns(cert_dir, n=150):
     key = b"benchmark key"
     ls = socket.create_server(("127.0.0.1", 0), backlog=64)
 
-    def serve():
-        for _ in range(REPS * n):
-            raw, _ = ls.accept()
-            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            c = TlsConnection(sctx.wrap_socket(raw, server_side=True))
-            deliver_challenge(c, key)
-            answer_challenge(c, key)
-            c.send_bytes(c.recv_bytes())
-            c.close()
-    t = threading.Thread(target=serve)
-    t.start()
     msg = b"x" * 64
-    best_ns = None
-    for _ in range(REPS):
-        t0 = time.perf_counter()
-        for _ in range(n):
-            raw = socket.create_connection(ls.getsockname())
-            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            c = TlsConnection(cctx.wrap_socket(raw, server_hostname="127.0.0.1"))
-            answer_challenge(c, key)
-            deliver_challenge(c, key)
-            c.send_bytes(msg)
-            c.recv_bytes()
-            c.close()
-        el = (time.perf_counter() - t0) / n * 1e9
-        best_ns = el if best_ns is None else min(best_ns, el)
-    t.join()
-    ls.close()
-    return best_ns
+
+    def serve_one():
+        raw, _ = ls.accept()
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        c = TlsConnection(sctx.wrap_socket(raw, server_side=True))
+        deliver_challenge(c, key)
+        answer_challenge(c, key)
+        c.send_bytes(c.recv_bytes())
+        c.close()
+
+    def connect_one():
+        raw = socket.create_connection(ls.getsockname())
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        c = TlsConnection(cctx.wrap_socket(raw, server_hostname="127.0.0.1"))
+        answer_challenge(c, key)
+        deliver_challenge(c, key)
+        c.send_bytes(msg)
+        c.recv_bytes()
+        c.close()
+    try:
+        return served_ns(n, serve_one, connect_one)
+    finally:
+        ls.close()
 
 
 def trivial():
