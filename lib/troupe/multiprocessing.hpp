@@ -1,5 +1,6 @@
 // troupe/multiprocessing.hpp — `import multiprocessing` (so far: connections, Pipe, Listener,
-// Client, the authentication handshake, TLS, Process). `namespace mp = troupe::multiprocessing;`
+// Client, the authentication handshake, TLS, Process, the synchronization primitives,
+// Value/Array). `namespace mp = troupe::multiprocessing;`
 #pragma once
 
 #include "troupe/errors.hpp"
@@ -7,3 +8,5 @@
 #include "troupe/multiprocessing/connection.hpp"
 #include "troupe/multiprocessing/listener.hpp"
 #include "troupe/multiprocessing/process.hpp"
+#include "troupe/multiprocessing/sharedctypes.hpp"
+#include "troupe/multiprocessing/synchronize.hpp"

@@ -53,7 +53,7 @@ bool single_cpu() noexcept {
 }
 
 bool futex_wait(const std::atomic<std::uint32_t>& word, std::uint32_t expected,
-                const std::optional<steady::time_point>& deadline) noexcept {
+                const std::optional<steady::time_point>& deadline, bool shared) noexcept {
   auto* addr = reinterpret_cast<const std::uint32_t*>(&word);
   static_assert(sizeof(std::atomic<std::uint32_t>) == sizeof(std::uint32_t));
   timespec ts{};
@@ -66,15 +66,15 @@ bool futex_wait(const std::atomic<std::uint32_t>& word, std::uint32_t expected,
     tsp = &ts;
   }
   // FUTEX_WAIT_BITSET takes an absolute CLOCK_MONOTONIC deadline: the clock of steady_clock.
-  long r = syscall(SYS_futex, addr, FUTEX_WAIT_BITSET | FUTEX_PRIVATE_FLAG, expected, tsp, nullptr,
-                   FUTEX_BITSET_MATCH_ANY);
+  long r = syscall(SYS_futex, addr, FUTEX_WAIT_BITSET | (shared ? 0 : FUTEX_PRIVATE_FLAG), expected,
+                   tsp, nullptr, FUTEX_BITSET_MATCH_ANY);
   if (r == -1 && errno == ETIMEDOUT) return false;
   return true;  // woken, EAGAIN (value changed) or EINTR: the caller re-checks
 }
 
-void futex_wake(const std::atomic<std::uint32_t>& word, int n) noexcept {
+void futex_wake(const std::atomic<std::uint32_t>& word, int n, bool shared) noexcept {
   auto* addr = reinterpret_cast<const std::uint32_t*>(&word);
-  syscall(SYS_futex, addr, FUTEX_WAKE | FUTEX_PRIVATE_FLAG, n, nullptr, nullptr, 0);
+  syscall(SYS_futex, addr, FUTEX_WAKE | (shared ? 0 : FUTEX_PRIVATE_FLAG), n, nullptr, nullptr, 0);
 }
 
 }  // namespace troupe::detail

@@ -23,11 +23,13 @@ using steady = std::chrono::steady_clock;
 
 /// Sleeps while `word == expected`, until woken or `deadline` (nullopt: no deadline).
 /// Returns false only when the deadline passed; true on wake, value change or spurious wake-up.
+/// `shared`: the word is in memory shared between processes (a process-private futex is
+/// cheaper, and the default).
 bool futex_wait(const std::atomic<std::uint32_t>& word, std::uint32_t expected,
-                const std::optional<steady::time_point>& deadline) noexcept;
+                const std::optional<steady::time_point>& deadline, bool shared = false) noexcept;
 
 /// Wakes up to `n` sleepers on `word` (INT_MAX: all).
-void futex_wake(const std::atomic<std::uint32_t>& word, int n) noexcept;
+void futex_wake(const std::atomic<std::uint32_t>& word, int n, bool shared = false) noexcept;
 
 inline void cpu_relax() noexcept {
 #if defined(__x86_64__) || defined(__i386__)
