@@ -1,6 +1,6 @@
 // troupe/multiprocessing.hpp — `import multiprocessing` (so far: connections, Pipe, Listener,
 // Client, the authentication handshake, TLS, Process, the synchronization primitives,
-// Value/Array). `namespace mp = troupe::multiprocessing;`
+// Value/Array, shared_memory). `namespace mp = troupe::multiprocessing;`
 #pragma once
 
 #include "troupe/errors.hpp"
@@ -8,5 +8,7 @@
 #include "troupe/multiprocessing/connection.hpp"
 #include "troupe/multiprocessing/listener.hpp"
 #include "troupe/multiprocessing/process.hpp"
+#include "troupe/multiprocessing/resource_tracker.hpp"
+#include "troupe/multiprocessing/shared_memory.hpp"
 #include "troupe/multiprocessing/sharedctypes.hpp"
 #include "troupe/multiprocessing/synchronize.hpp"

@@ -36,6 +36,16 @@ int count_fds() {
   return count_entries("/proc/self/fd");
 }
 
+std::set<std::string> shm_segments() {
+  std::set<std::string> names;
+  if (DIR* d = opendir("/dev/shm")) {
+    while (dirent* e = readdir(d))
+      if (e->d_name[0] != '.') names.insert(e->d_name);
+    closedir(d);
+  }
+  return names;
+}
+
 bool has_children() {
   siginfo_t info{};
   return waitid(P_ALL, 0, &info, WEXITED | WNOHANG | WNOWAIT) == 0;  // else ECHILD: none
@@ -54,6 +64,7 @@ void LeakCheck::SetUp() {
   threads_ = count_threads();
   fds_ = count_fds();
   children_before_ = has_children();
+  shm_ = shm_segments();
 }
 
 void LeakCheck::TearDown() {
@@ -65,6 +76,10 @@ void LeakCheck::TearDown() {
     eventually([] { return !has_children(); }, std::chrono::seconds(5));
     EXPECT_FALSE(has_children()) << "the test left child processes (running or unreaped)";
   }
+  std::string left;
+  for (const auto& name : shm_segments())
+    if (!shm_.count(name)) left += " /dev/shm/" + name;
+  EXPECT_TRUE(left.empty()) << "the test left shared memory segments:" << left;
 }
 
 }  // namespace troupe::testing

@@ -1,9 +1,12 @@
 // test/support/leak_check.hpp — the fixture every troupe test derives from: it fails a test
-// that leaves threads running, file descriptors open, or child processes behind.
+// that leaves threads running, file descriptors open, child processes or shared memory
+// segments (/dev/shm) behind.
 #pragma once
 
 #include <chrono>
 #include <functional>
+#include <set>
+#include <string>
 
 #include <gtest/gtest.h>
 
@@ -13,6 +16,9 @@ namespace troupe::testing {
 int count_threads();
 /// Open file descriptors of this process now (/proc/self/fd).
 int count_fds();
+
+/// The names in /dev/shm now (POSIX shared memory segments, troupe's and Python's).
+std::set<std::string> shm_segments();
 
 /// Whether this process has children, running or not yet reaped.
 bool has_children();
@@ -30,6 +36,7 @@ private:
   int threads_ = 0;
   int fds_ = 0;
   bool children_before_ = false;
+  std::set<std::string> shm_;
 };
 
 }  // namespace troupe::testing
