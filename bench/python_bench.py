@@ -330,6 +330,112 @@ def process_start_join_ns(method, n):
     return min(run() for _ in range(REPS))
 
 
+def mp_lock_ns(n=1_000_000):
+    """multiprocessing.Lock acquire + release, uncontended."""
+    import multiprocessing
+    return lock_ns(multiprocessing.Lock, n)
+
+
+def _contend(lock, counter, ready, n):
+    ready.wait()
+    for _ in range(n):
+        with lock:
+            counter.value += 1
+
+
+def mp_lock_contended_per_s(n=100_000):
+    """Two processes increment a shared counter n times each under one multiprocessing.Lock."""
+    import multiprocessing
+    ctx = multiprocessing.get_context("fork")
+
+    def run():
+        lock, counter, ready = ctx.Lock(), ctx.RawValue("q", 0), ctx.Barrier(2)
+        p = ctx.Process(target=_contend, args=(lock, counter, ready, n))
+        p.start()
+        ready.wait()
+        t0 = time.perf_counter()
+        for _ in range(n):
+            with lock:
+                counter.value += 1
+        p.join()
+        elapsed = time.perf_counter() - t0
+        assert counter.value == 2 * n
+        return 2 * n / elapsed
+    return max(run() for _ in range(REPS))
+
+
+def shared_memory_ns(n=2_000):
+    """SharedMemory(create=True, size=1 MiB), close, unlink."""
+    from multiprocessing import shared_memory
+
+    def run():
+        t0 = time.perf_counter()
+        for _ in range(n):
+            shm = shared_memory.SharedMemory(create=True, size=1 << 20)
+            shm.close()
+            shm.unlink()
+        return (time.perf_counter() - t0) / n * 1e9
+    return best(run)
+
+
+def _consume(q, n, ready, done):
+    ready.set()
+    for _ in range(n):
+        q.get()
+    done.set()
+
+
+def mp_queue_oneway_per_s(n=100_000):
+    """multiprocessing.Queue: the parent puts n ints, a forked child gets them."""
+    import multiprocessing
+    ctx = multiprocessing.get_context("fork")
+
+    def run():
+        q, ready, done = ctx.Queue(), ctx.Event(), ctx.Event()
+        p = ctx.Process(target=_consume, args=(q, n, ready, done))
+        p.start()
+        ready.wait()
+        t0 = time.perf_counter()
+        for i in range(n):
+            q.put(i)
+        done.wait()
+        elapsed = time.perf_counter() - t0
+        p.join()
+        return n / elapsed
+    return max(run() for _ in range(REPS))
+
+
+def _echo(there, back):
+    while True:
+        v = there.get()
+        back.put(v)
+        if v < 0:
+            break
+
+
+def mp_queue_roundtrip_ns(n=10_000):
+    """multiprocessing.Queue put -> get -> put back -> get, between two processes."""
+    import multiprocessing
+    ctx = multiprocessing.get_context("fork")
+
+    def run():
+        there, back = ctx.Queue(), ctx.Queue()
+        p = ctx.Process(target=_echo, args=(there, back))
+        p.start()
+        there.put(0)
+        back.get()
+        t0 = time.perf_counter()
+        for i in range(n):
+            there.put(i)
+            back.get()
+        elapsed = time.perf_counter() - t0
+        there.put(-1)
+        back.get()
+        p.join()
+        return elapsed / n * 1e9
+    return best(run)
+
+
 def main():
     out = {
         "Lock": {"ns_per_op": lock_ns(threading.Lock)},
@@ -351,6 +457,11 @@ def main():
         "ConnectAuthRoundTrip/unix": {"ns_per_op": connect_auth_ns(True, True)},
         "ProcessStartJoin/fork": {"ns_per_op": process_start_join_ns("fork", 200)},
         "ProcessStartJoin/spawn": {"ns_per_op": process_start_join_ns("spawn", 20)},
+        "MpLock": {"ns_per_op": mp_lock_ns()},
+        "MpLockContended": {"items_per_s": mp_lock_contended_per_s()},
+        "SharedMemory1MiB": {"ns_per_op": shared_memory_ns()},
+        "MpQueueOneWay": {"items_per_s": mp_queue_oneway_per_s()},
+        "MpQueueRoundTrip": {"ns_per_op": mp_queue_roundtrip_ns()},
         "python": sys.version.split()[0],
     }
     if len(sys.argv) == 3 and sys.argv[1] == "--tls-dir":

@@ -24,6 +24,7 @@
 
 #include "troupe/errors.hpp"
 #include "troupe/multiprocessing/connection.hpp"
+#include "troupe/multiprocessing/logger.hpp"
 
 #include <dirent.h>
 
@@ -153,10 +154,18 @@ void forget_child(const std::shared_ptr<ProcessState>& s) {
 // Python's util._exit_function, the part about children: daemonic ones are terminated, then
 // all are joined. Runs at exit of any process that started children, and at the end of a child.
 void exit_function() {
+  Logger& log = get_logger();
+  log.info("process shutting down");
   auto children = active_children();
   for (auto& c : children)
-    if (c.daemon()) c.terminate();
-  for (auto& c : children) c.join();
+    if (c.daemon()) {
+      log.info("calling terminate() for daemon " + c.name());
+      c.terminate();
+    }
+  for (auto& c : children) {
+    log.info("calling join() for process " + c.name());
+    c.join();
+  }
 }
 
 void run_exit_function() {
@@ -177,6 +186,8 @@ struct SpawnBootstrap {
   int parent_pid = 0;
   std::string parent_name;
   int passed_fds = 0;  // on fds kBootstrapFd + 1 …
+  int log_level = 0;   // the parent's multiprocessing logger (Python's preparation data)
+  bool log_to_stderr = false;
 };
 constexpr int kBootstrapFd = 3;
 constexpr const char* kSpawnFlag = "--troupe-spawn";
@@ -231,6 +242,7 @@ void become_child(std::shared_ptr<ProcessState> s, int parent, std::string paren
 [[noreturn]] void child_main(const std::string& name, const std::function<void()>& body) {
   int code = 0;
   try {
+    get_logger().info("child process calling self.run()");
     body();
   } catch (const SystemExit& e) {
     code = e.code;
@@ -243,6 +255,7 @@ void become_child(std::shared_ptr<ProcessState> s, int parent, std::string paren
     code = 1;
   }
   run_exit_function();
+  get_logger().info("process exiting with exitcode " + std::to_string(code));
   std::fflush(nullptr);
   ::_exit(code);
 }
@@ -583,6 +596,8 @@ void Process::start_spawn(const std::string& name) {
   }
   boot.parent_pid = ::getpid();
   boot.parent_name = current_process().name();
+  boot.log_level = get_logger().level();
+  boot.log_to_stderr = get_logger().logs_to_stderr();
   struct Wipe {
     std::vector<std::byte>& b;
     ~Wipe() { OPENSSL_cleanse(b.data(), b.size()); }
@@ -723,6 +738,10 @@ void freeze_support(int argc, char** argv) {
   OPENSSL_cleanse(boot.authkey.data(), boot.authkey.size());
   s->creator = boot.parent_pid;
   become_child(std::move(s), boot.parent_pid, boot.parent_name, true);
+  if (boot.log_to_stderr)
+    log_to_stderr(boot.log_level);
+  else
+    get_logger().set_level(boot.log_level);
   const detail::EntryPoint* entry = detail::find_entry(boot.entry);
   static detail::PassedFds arrived;  // for the whole life of the child
   for (int i = 0; i < boot.passed_fds; ++i) {

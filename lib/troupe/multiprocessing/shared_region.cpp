@@ -34,6 +34,7 @@ const char* kind_name(RegionKind k) noexcept {
     case RegionKind::barrier: return "Barrier";
     case RegionKind::value: return "Value";
     case RegionKind::array: return "Array";
+    case RegionKind::queue: return "Queue";
   }
   return "unknown";
 }
@@ -136,7 +137,7 @@ std::pair<std::shared_ptr<SharedRegion>, void*> region_from_wire(const RegionWir
                                                                  std::size_t need) {
   const auto [n, kind, offset] = wire;
   if (kind < static_cast<std::uint32_t>(RegionKind::lock) ||
-      kind > static_cast<std::uint32_t>(RegionKind::array))
+      kind > static_cast<std::uint32_t>(RegionKind::queue))
     throw ValueError("shared object of unknown kind " + std::to_string(kind));
   auto region = SharedRegion::adopt(take_fd(n), static_cast<RegionKind>(kind));
   if (offset > region->size() || need > region->size() - offset)

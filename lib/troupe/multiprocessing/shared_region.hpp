@@ -26,6 +26,7 @@ enum class RegionKind : std::uint32_t {
   barrier,
   value,
   array,
+  queue,
 };
 
 class SharedRegion {

@@ -7,6 +7,7 @@
 #include <thread>
 
 #include "troupe/errors.hpp"
+#include "troupe/multiprocessing/logger.hpp"
 #include "troupe/multiprocessing/process.hpp"
 #include "troupe/threading/thread.hpp"
 
@@ -34,27 +35,6 @@ bool mine(const MutexState& s, const ThreadIdentity& me) noexcept {
 /// Sleeps until `t` passes, through EINTR.
 void sleep_until(steady::time_point t) {
   std::this_thread::sleep_until(t);
-}
-
-/// Waits on a shared futex word while `ready()` is false: spins first, then sleeps, counting
-/// itself in `sleepers` so that wakers make a system call only when someone sleeps.
-/// Returns ready()'s last value (false: the deadline passed).
-template <class Ready>
-bool wait_until_ready(const std::atomic<std::uint32_t>& word, std::uint32_t sleep_value,
-                      std::atomic<std::uint32_t>& sleepers, troupe::detail::AdaptiveSpin& spin,
-                      const std::optional<steady::time_point>& deadline, Ready ready) {
-  if (spin.spin(ready)) return true;
-  for (;;) {
-    sleepers.fetch_add(1, std::memory_order_seq_cst);
-    if (ready()) {
-      sleepers.fetch_sub(1, std::memory_order_relaxed);
-      return true;
-    }
-    const bool in_time = troupe::detail::futex_wait(word, sleep_value, deadline, true);
-    sleepers.fetch_sub(1, std::memory_order_relaxed);
-    if (ready()) return true;
-    if (!in_time) return false;
-  }
 }
 
 }  // namespace
@@ -200,8 +180,19 @@ using troupe::detail::steady;
 
 Lock::Lock() : s_(detail::make_shared_state<detail::MutexState>(detail::RegionKind::lock)) {}
 
+namespace {
+bool acquire_and_report(detail::MutexState& s, bool block, const Timeout& timeout,
+                        const char* what) {
+  if (!detail::mutex_acquire(s, block, timeout, what)) return false;
+  if (s.recovered_from != 0)
+    get_logger().warning(std::string(what) + " recovered from pid " +
+                         std::to_string(s.recovered_from) + ", which died holding it");
+  return true;
+}
+}  // namespace
+
 bool Lock::acquire(bool block, Timeout timeout) {
-  return detail::mutex_acquire(*s_.state, block, timeout, "Lock");
+  return acquire_and_report(*s_.state, block, timeout, "Lock");
 }
 
 void Lock::release() {
@@ -235,7 +226,7 @@ bool RLock::acquire(bool block, Timeout timeout) {
     ++s_->count;
     return true;
   }
-  return detail::mutex_acquire(*s_.state, block, timeout, "RLock");
+  return acquire_and_report(*s_.state, block, timeout, "RLock");
 }
 
 void RLock::release() {
@@ -305,8 +296,8 @@ bool Semaphore::acquire(bool block, Timeout timeout) {
   auto& s = *s_.state;
   if (try_take(s)) return true;
   if (!block) return false;
-  return detail::wait_until_ready(s.value, 0, s.sleepers, s.spin, timeout.deadline(),
-                                  [&] { return try_take(s); });
+  return detail::wait_shared(s.value, s.sleepers, s.spin, timeout.deadline(),
+                             [&] { return try_take(s); });
 }
 
 void Semaphore::release(int n) {
@@ -321,7 +312,7 @@ void Semaphore::release(int n) {
     }
   } while (!s.value.compare_exchange_weak(v, v + static_cast<std::uint32_t>(n),
                                           std::memory_order_seq_cst, std::memory_order_relaxed));
-  if (s.sleepers.load(std::memory_order_seq_cst) != 0) troupe::detail::futex_wake(s.value, n, true);
+  detail::wake_shared(s.value, s.sleepers, n);
 }
 
 std::string Semaphore::repr() const {
@@ -340,15 +331,14 @@ Event::Event() : s_(detail::make_shared_state<detail::EventState>(detail::Region
 void Event::set() {
   auto& s = *s_.state;
   s.flag.store(1, std::memory_order_seq_cst);
-  if (s.sleepers.load(std::memory_order_seq_cst) != 0)
-    troupe::detail::futex_wake(s.flag, INT_MAX, true);
+  detail::wake_shared(s.flag, s.sleepers);
 }
 
 bool Event::wait(Timeout timeout) {
   auto& s = *s_.state;
   auto is = [&] { return s.flag.load(std::memory_order_seq_cst) != 0; };
   if (is()) return true;
-  return detail::wait_until_ready(s.flag, 0, s.sleepers, s.spin, timeout.deadline(), is);
+  return detail::wait_shared(s.flag, s.sleepers, s.spin, timeout.deadline(), is);
 }
 
 // ---- Condition -------------------------------------------------------------------------------
@@ -379,7 +369,7 @@ bool Condition::wait(Timeout timeout) {
   for (;;) {
     const std::uint32_t seq = s.seq.load(std::memory_order_acquire);
     const int saved = std::visit([](auto& l) { return l._release_save(); }, lock_);
-    const bool in_time = detail::wait_until_ready(s.seq, seq, s.sleepers, s.spin, deadline, [&] {
+    const bool in_time = detail::wait_shared(s.seq, s.sleepers, s.spin, deadline, [&] {
       return s.seq.load(std::memory_order_seq_cst) != seq;
     });
     std::visit([saved](auto& l) { l._acquire_restore(saved); }, lock_);
@@ -403,8 +393,7 @@ void Condition::notify(int n) {
   const int k = std::min(n, s.waiters - s.signals);
   if (k <= 0) return;
   s.signals += k;
-  s.seq.fetch_add(1, std::memory_order_seq_cst);
-  if (s.sleepers.load(std::memory_order_seq_cst) != 0) troupe::detail::futex_wake(s.seq, k, true);
+  detail::moved(s.seq, s.sleepers, k);
 }
 
 void Condition::notify_all() {
@@ -461,9 +450,7 @@ void Barrier::break_locked() {
   if (s.count > 0) {  // wake this generation's waiters with BrokenBarrierError
     s.broken_gen = s.generation.load(std::memory_order_relaxed);
     s.count = 0;
-    s.generation.fetch_add(1, std::memory_order_seq_cst);
-    if (s.sleepers.load(std::memory_order_seq_cst) != 0)
-      troupe::detail::futex_wake(s.generation, INT_MAX, true);
+    detail::moved(s.generation, s.sleepers);
   }
 }
 
@@ -488,15 +475,12 @@ int Barrier::wait(std::optional<Timeout> timeout) {
       }
     }
     s.count = 0;
-    s.generation.fetch_add(1, std::memory_order_seq_cst);
-    if (s.sleepers.load(std::memory_order_seq_cst) != 0)
-      troupe::detail::futex_wake(s.generation, INT_MAX, true);
+    detail::moved(s.generation, s.sleepers);
     return index;
   }
   guard.unlock();
-  (void)detail::wait_until_ready(s.generation, gen, s.sleepers, s.spin, deadline, [&] {
-    return s.generation.load(std::memory_order_seq_cst) != gen;
-  });
+  (void)detail::wait_shared(s.generation, s.sleepers, s.spin, deadline,
+                            [&] { return s.generation.load(std::memory_order_seq_cst) != gen; });
   guard.lock();
   if (s.generation.load(std::memory_order_relaxed) != gen) {
     if (s.broken_gen == gen) throw troupe::threading::BrokenBarrierError("the barrier is broken");

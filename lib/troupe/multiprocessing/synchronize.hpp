@@ -15,6 +15,7 @@
 #include <pthread.h>
 
 #include <atomic>
+#include <climits>
 #include <cstdint>
 #include <functional>
 #include <optional>
@@ -36,12 +37,48 @@ namespace detail {
 std::optional<troupe::detail::steady::time_point> acquire_deadline(bool block,
                                                                    const Timeout& timeout);
 
+/// Waits until ready(): spins on it first, then sleeps on the shared futex word `seq`, counting
+/// itself in `sleepers` so that wakers make a system call only when someone sleeps. Whoever
+/// makes ready() true changes `seq` (see moved()). Returns ready()'s last value (false: the
+/// deadline passed).
+template <class Ready>
+bool wait_shared(const std::atomic<std::uint32_t>& seq, std::atomic<std::uint32_t>& sleepers,
+                 troupe::detail::AdaptiveSpin& spin,
+                 const std::optional<troupe::detail::steady::time_point>& deadline, Ready ready) {
+  if (spin.spin(ready)) return true;
+  for (;;) {
+    const std::uint32_t seen = seq.load(std::memory_order_seq_cst);
+    sleepers.fetch_add(1, std::memory_order_seq_cst);
+    if (ready()) {
+      sleepers.fetch_sub(1, std::memory_order_relaxed);
+      return true;
+    }
+    const bool in_time = troupe::detail::futex_wait(seq, seen, deadline, true);
+    sleepers.fetch_sub(1, std::memory_order_relaxed);
+    if (ready()) return true;
+    if (!in_time) return false;
+  }
+}
+
+/// Wakes every sleeper of wait_shared on `seq`, if there is one.
+inline void wake_shared(const std::atomic<std::uint32_t>& seq,
+                        const std::atomic<std::uint32_t>& sleepers, int n = INT_MAX) noexcept {
+  if (sleepers.load(std::memory_order_seq_cst) != 0) troupe::detail::futex_wake(seq, n, true);
+}
+
+/// Moves `seq` (after the change wait_shared's callers wait for), then wakes its sleepers.
+inline void moved(std::atomic<std::uint32_t>& seq, const std::atomic<std::uint32_t>& sleepers,
+                  int n = INT_MAX) noexcept {
+  seq.fetch_add(1, std::memory_order_seq_cst);
+  wake_shared(seq, sleepers, n);
+}
+
 /// The shared state of a Lock or RLock: a robust, process-shared, error-checking pthread mutex
 /// and who holds it.
 struct MutexState {
   MutexState();
   pthread_mutex_t mutex;
-  std::atomic<std::int32_t> owner_pid{0};  // 0: free (a snapshot for locked() and repr)
+  alignas(64) std::atomic<std::int32_t> owner_pid{0};  // 0: free (a snapshot for locked(), repr)
   std::atomic<std::int32_t> owner_tid{0};
   std::int32_t count = 0;           // RLock depth; written by the holder
   std::int32_t recovered_from = 0;  // pid of a holder that died, for the current holder
