@@ -241,6 +241,9 @@ def main():
                     f"socketpair write/read of 8 B {fmt_rate(b)} | **{t / b:.2f}×** rate | "
                     f"{fmt_rate(p)} | **{t / p:.1f}×** faster | ≥ 10× Python | "
                     f"{'met' if ok else 'MISSED'} |")
+        t, p = ips(proc["BM_QueueOneWayString_troupe"]), py["MpQueueOneWayString"]["items_per_s"]
+        rows.append(f"| process Queue<std::string> (16 B, through the codec) one-way | "
+                    f"{fmt_rate(t)} | — | — | {fmt_rate(p)} | **{t / p:.1f}×** faster | — | — |")
         t, b = ns(proc["BM_QueueRoundTrip_troupe"]), ns(proc["BM_QueueRoundTrip_raw"])
         p = py["MpQueueRoundTrip"]["ns_per_op"]
         ok = t / b <= 1.5 and p / t >= 10

@@ -385,8 +385,9 @@ def _consume(q, n, ready, done):
     done.set()
 
 
-def mp_queue_oneway_per_s(n=100_000):
-    """multiprocessing.Queue: the parent puts n ints, a forked child gets them."""
+def mp_queue_oneway_per_s(n=100_000, make=lambda i: i):
+    """multiprocessing.Queue: the parent puts n values (ints by default), a forked child gets
+    them."""
     import multiprocessing
     ctx = multiprocessing.get_context("fork")
 
@@ -397,7 +398,7 @@ def mp_queue_oneway_per_s(n=100_000):
         ready.wait()
         t0 = time.perf_counter()
         for i in range(n):
-            q.put(i)
+            q.put(make(i))
         done.wait()
         elapsed = time.perf_counter() - t0
         p.join()
@@ -461,6 +462,7 @@ def main():
         "MpLockContended": {"items_per_s": mp_lock_contended_per_s()},
         "SharedMemory1MiB": {"ns_per_op": shared_memory_ns()},
         "MpQueueOneWay": {"items_per_s": mp_queue_oneway_per_s()},
+        "MpQueueOneWayString": {"items_per_s": mp_queue_oneway_per_s(make=lambda i: "x" * 16)},
         "MpQueueRoundTrip": {"ns_per_op": mp_queue_roundtrip_ns()},
         "python": sys.version.split()[0],
     }

@@ -17,12 +17,15 @@
 #include <latch>
 #include <string>
 #include <thread>
+#include <utility>
+#include <vector>
 
 #include <gtest/gtest.h>
 
 #include "troupe/errors.hpp"
 #include "troupe/multiprocessing/connection.hpp"
 #include "troupe/multiprocessing/listener.hpp"
+#include "troupe/multiprocessing/logger.hpp"
 
 #include "byte_text.hpp"
 #include "leak_check.hpp"
@@ -450,6 +453,53 @@ TEST_F(ProcessTest, StartMethods) {
   EXPECT_EQ(get_context().get_start_method(), "fork");
 }
 
+void log_something(int n) {
+  get_logger().info("spawned child logs " + std::to_string(n));
+}
+TROUPE_ENTRY(log_something);
+
+TEST_F(ProcessTest, LoggerRecordsAsPython) {
+  Logger& log = get_logger();
+  EXPECT_EQ(log.name(), "multiprocessing");
+  EXPECT_EQ(log.get_effective_level(), logging::WARNING);  // NOTSET: the root's
+  std::vector<std::string> lines;
+  log.add_handler([&](int, const std::string& line) { lines.push_back(line); });
+  log.set_level(logging::INFO);
+  log.debug("not shown");
+  log.info("hello");
+  log.log(logging::SUBWARNING, "sub");
+  EXPECT_EQ(lines,
+            (std::vector<std::string>{"[INFO/MainProcess] hello", "[SUBWARNING/MainProcess] sub"}));
+  log.clear_handlers();
+  // A child's records, through log_to_stderr: a forked child inherits it, a spawned one is
+  // told. Catch the children's stderr through a pipe.
+  auto [r, w] = Pipe(false);
+  const int saved = ::dup(2);
+  ::dup2(w.fileno(), 2);
+  log_to_stderr(logging::INFO);
+  Process forked({.start_method = "fork"}, [] { get_logger().info("forked child logs"); });
+  Process spawned({.start_method = "spawn"}, log_something, 7);
+  forked.start();
+  forked.join();
+  spawned.start();
+  spawned.join();
+  log.clear_handlers();
+  log.set_level(logging::NOTSET);
+  ::dup2(saved, 2);
+  ::close(saved);
+  w.close();
+  std::string err;
+  char buf[1024];
+  for (ssize_t n; (n = ::read(r.fileno(), buf, sizeof buf)) > 0;) err.append(buf, n);
+  for (const auto& [p, what] : {std::pair{&forked, std::string("forked child logs")},
+                                std::pair{&spawned, std::string("spawned child logs 7")}}) {
+    const std::string who = "[INFO/" + p->name() + "] ";
+    EXPECT_NE(err.find(who + "child process calling self.run()\n"), std::string::npos) << err;
+    EXPECT_NE(err.find(who + what + "\n"), std::string::npos) << err;
+    EXPECT_NE(err.find(who + "process exiting with exitcode 0\n"), std::string::npos) << err;
+  }
+}
+
 TEST_F(ProcessTest, NamesAndRepr) {
   Process a([] {});
   Process b({.name = "named"}, [] {});
@@ -465,9 +515,3 @@ TEST_F(ProcessTest, NamesAndRepr) {
 
 }  // namespace
 }  // namespace troupe::multiprocessing
-
-int main(int argc, char** argv) {
-  troupe::multiprocessing::freeze_support(argc, argv);  // a spawned child runs here and exits
-  ::testing::InitGoogleTest(&argc, argv);
-  return RUN_ALL_TESTS();
-}

@@ -23,6 +23,7 @@
 #include "troupe/multiprocessing/synchronize.hpp"
 
 #include "leak_check.hpp"
+#include "start_methods.hpp"
 
 namespace troupe::multiprocessing {
 namespace {
@@ -30,19 +31,8 @@ namespace {
 using namespace std::chrono_literals;
 using troupe::testing::eventually;
 
-class QueueTest : public troupe::testing::LeakCheck,
-                  public ::testing::WithParamInterface<std::string> {
-protected:
-  template <class F, class... A>
-  Process start(F f, A&&... a) {
-    Process p = get_context(GetParam()).Process(f, std::forward<A>(a)...);
-    p.start();
-    return p;
-  }
-};
-
-INSTANTIATE_TEST_SUITE_P(StartMethods, QueueTest, ::testing::Values("fork", "spawn"),
-                         [](const auto& info) { return info.param; });
+using QueueTest = troupe::testing::StartMethodTest;
+TROUPE_PER_START_METHOD(QueueTest);
 
 using LocalTest = troupe::testing::LeakCheck;
 
@@ -344,9 +334,3 @@ TEST_P(QueueTest, AConsumerKilledInTheMiddleOfGetLeavesTheValueQueued) {
 
 }  // namespace
 }  // namespace troupe::multiprocessing
-
-int main(int argc, char** argv) {
-  troupe::multiprocessing::freeze_support(argc, argv);
-  ::testing::InitGoogleTest(&argc, argv);
-  return RUN_ALL_TESTS();
-}

@@ -23,6 +23,7 @@
 #include "troupe/multiprocessing/sharedctypes.hpp"
 
 #include "leak_check.hpp"
+#include "start_methods.hpp"
 
 namespace troupe::multiprocessing {
 namespace {
@@ -30,19 +31,8 @@ namespace {
 using namespace std::chrono_literals;
 using troupe::testing::eventually;
 
-class SyncTest : public troupe::testing::LeakCheck,
-                 public ::testing::WithParamInterface<std::string> {
-protected:
-  template <class F, class... A>
-  Process start(F f, A&&... a) {
-    Process p = get_context(GetParam()).Process(f, std::forward<A>(a)...);
-    p.start();
-    return p;
-  }
-};
-
-INSTANTIATE_TEST_SUITE_P(StartMethods, SyncTest, ::testing::Values("fork", "spawn"),
-                         [](const auto& info) { return info.param; });
+using SyncTest = troupe::testing::StartMethodTest;
+TROUPE_PER_START_METHOD(SyncTest);
 
 using LocalTest = troupe::testing::LeakCheck;
 
@@ -485,9 +475,3 @@ TEST_F(LocalTest, SharedObjectsDoNotTravelInOrdinaryMessages) {
 
 }  // namespace
 }  // namespace troupe::multiprocessing
-
-int main(int argc, char** argv) {
-  troupe::multiprocessing::freeze_support(argc, argv);  // a spawned child runs here and exits
-  ::testing::InitGoogleTest(&argc, argv);
-  return RUN_ALL_TESTS();
-}

@@ -46,6 +46,7 @@ void Logger::add_handler(Handler h) {
 void Logger::clear_handlers() {
   std::lock_guard lock(m_);
   handlers_.clear();
+  to_stderr_.store(false, std::memory_order_relaxed);
 }
 
 std::size_t Logger::handler_count() const {
@@ -78,7 +79,7 @@ Logger& log_to_stderr(std::optional<int> level) {
   Logger& l = get_logger();
   l.add_handler([](int, const std::string& line) { write_all(line + "\n"); });
   if (level && *level != 0) l.set_level(*level);
-  l._set_logs_to_stderr();
+  l._set_logs_to_stderr(true);
   return l;
 }
 

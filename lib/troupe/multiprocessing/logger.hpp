@@ -46,7 +46,7 @@ public:
   int get_effective_level() const noexcept;
   bool is_enabled_for(int level) const noexcept { return level >= get_effective_level(); }
 
-  /// Python: `addHandler`, and removing them all.
+  /// Python: `addHandler`, and removing them all (which also forgets log_to_stderr).
   void add_handler(Handler h);
   void clear_handlers();
   std::size_t handler_count() const;
@@ -64,7 +64,7 @@ public:
 
   /// Whether log_to_stderr() was called in this process (spawn passes it on).
   bool logs_to_stderr() const noexcept { return to_stderr_.load(std::memory_order_relaxed); }
-  void _set_logs_to_stderr() noexcept { to_stderr_.store(true, std::memory_order_relaxed); }
+  void _set_logs_to_stderr(bool on) noexcept { to_stderr_.store(on, std::memory_order_relaxed); }
 
 private:
   std::atomic<int> level_{logging::NOTSET};

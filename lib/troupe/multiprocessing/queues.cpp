@@ -128,7 +128,8 @@ void QueueCore::put(std::span<const std::byte> item, bool block, const Timeout& 
   moved(s.tail_seq, s.getters_sleeping);
 }
 
-std::vector<std::byte> QueueCore::get(bool block, const Timeout& timeout) {
+template <class Sink>
+void QueueCore::get_with(bool block, const Timeout& timeout, Sink sink) {
   check_open();
   QueueState& s = *s_.state;
   if (s.shutdown.load(std::memory_order_acquire) == 2) throw queue::ShutDown();
@@ -161,12 +162,29 @@ std::vector<std::byte> QueueCore::get(bool block, const Timeout& timeout) {
     throw RuntimeError(std::string(kind_) + ": corrupted record at byte " +
                        std::to_string(bytes_of(head)) + " (length " + std::to_string(header[0]) +
                        ", " + std::to_string(committed) + " bytes committed)");
-  std::vector<std::byte> item(header[0]);
-  if (!item.empty()) copy_out(bytes_of(head) + kRecordHeader, item.data(), item.size());
+  std::byte* out = sink(header[0]);  // may throw: the value stays queued
+  if (header[0] != 0) copy_out(bytes_of(head) + kRecordHeader, out, header[0]);
   // Consume it with one store of the head: a process killed before leaves the value queued.
   s.head.store(advance(head, 1, need), std::memory_order_release);
   moved(s.head_seq, s.putters_sleeping);
+}
+
+std::vector<std::byte> QueueCore::get(bool block, const Timeout& timeout) {
+  std::vector<std::byte> item;
+  get_with(block, timeout, [&](std::size_t n) {
+    item.resize(n);
+    return item.data();
+  });
   return item;
+}
+
+void QueueCore::get_into(std::span<std::byte> out, bool block, const Timeout& timeout) {
+  get_with(block, timeout, [&](std::size_t n) {
+    if (n != out.size())
+      throw ValueError(std::string(kind_) + ": a value of " + std::to_string(n) +
+                       " bytes where one of " + std::to_string(out.size()) + " was expected");
+    return out.data();
+  });
 }
 
 std::int64_t QueueCore::qsize() const noexcept {

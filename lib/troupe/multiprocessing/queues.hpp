@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <span>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "troupe/codec.hpp"
@@ -33,6 +34,11 @@ struct QueueOptions {
 };
 
 namespace detail {
+
+/// Values a queue copies as their bytes (both ends are the same Queue<T> of the same program):
+/// numbers and enums. Everything else goes through its codec.
+template <class T>
+inline constexpr bool kQueueRaw = std::is_arithmetic_v<T> || std::is_enum_v<T>;
 
 struct QueueState {
   QueueState(std::int64_t maxsize, std::uint64_t capacity, bool joinable)
@@ -66,6 +72,9 @@ public:
 
   void put(std::span<const std::byte> item, bool block, const Timeout& timeout);
   std::vector<std::byte> get(bool block, const Timeout& timeout);
+  /// get() into `out`, for values of a fixed size. @throws ValueError if the value has
+  /// another size.
+  void get_into(std::span<std::byte> out, bool block, const Timeout& timeout);
   std::int64_t qsize() const noexcept;
   bool empty() const noexcept;
   bool full() const noexcept;
@@ -83,6 +92,8 @@ public:
   const Shared<QueueState>& shared() const noexcept { return s_; }
 
 private:
+  template <class Sink>
+  void get_with(bool block, const Timeout& timeout, Sink sink);
   std::byte* ring() const noexcept;
   void check_open() const;
   Shared<QueueState> s_;
@@ -109,15 +120,25 @@ public:
   /// timeout (or at once with block=false); queue::ShutDown after shutdown(); ValueError if
   /// closed in this process or the encoded value is larger than the ring.
   void put(const T& item, bool block = true, Timeout timeout = {}) {
-    const auto bytes = troupe::to_bytes(item);
-    core_.put(bytes, block, timeout);
+    if constexpr (detail::kQueueRaw<T>) {
+      core_.put(std::as_bytes(std::span(&item, 1)), block, timeout);
+    } else {
+      const auto bytes = troupe::to_bytes(item);
+      core_.put(bytes, block, timeout);
+    }
   }
   void put_nowait(const T& item) { put(item, false); }
   /// Python: `get(block=True, timeout=None)`. @throws queue::Empty; queue::ShutDown once
   /// shut down and empty (at once if shut down immediately).
   T get(bool block = true, Timeout timeout = {}) {
-    const auto bytes = core_.get(block, timeout);
-    return troupe::from_bytes<T>(bytes);
+    if constexpr (detail::kQueueRaw<T>) {
+      T v;
+      core_.get_into(std::as_writable_bytes(std::span(&v, 1)), block, timeout);
+      return v;
+    } else {
+      const auto bytes = core_.get(block, timeout);
+      return troupe::from_bytes<T>(bytes);
+    }
   }
   T get_nowait() { return get(false); }
 
@@ -175,12 +196,22 @@ class SimpleQueue {
 public:
   explicit SimpleQueue(QueueOptions options = {}) : core_(0, options, false, "SimpleQueue") {}
   void put(const T& item) {
-    const auto bytes = troupe::to_bytes(item);
-    core_.put(bytes, true, {});
+    if constexpr (detail::kQueueRaw<T>) {
+      core_.put(std::as_bytes(std::span(&item, 1)), true, {});
+    } else {
+      const auto bytes = troupe::to_bytes(item);
+      core_.put(bytes, true, {});
+    }
   }
   T get() {
-    const auto bytes = core_.get(true, {});
-    return troupe::from_bytes<T>(bytes);
+    if constexpr (detail::kQueueRaw<T>) {
+      T v;
+      core_.get_into(std::as_writable_bytes(std::span(&v, 1)), true, {});
+      return v;
+    } else {
+      const auto bytes = core_.get(true, {});
+      return troupe::from_bytes<T>(bytes);
+    }
   }
   bool empty() const noexcept { return core_.empty(); }
   void close() noexcept { core_.close(); }

@@ -1,0 +1,11 @@
+// The main of a test binary whose tests start processes with spawn: freeze_support first, as
+// every program that uses spawn must (a spawned child runs its target there and exits).
+#include <gtest/gtest.h>
+
+#include "troupe/multiprocessing/process.hpp"
+
+int main(int argc, char** argv) {
+  troupe::multiprocessing::freeze_support(argc, argv);
+  ::testing::InitGoogleTest(&argc, argv);
+  return RUN_ALL_TESTS();
+}
