@@ -8,7 +8,7 @@ import sys
 root = pathlib.Path(__file__).resolve().parent.parent
 pattern = re.compile(r"<!-- from (examples/[\w./-]+) -->\n```c\+\+\n(.*?)```", re.S)
 checked = failed = 0
-for doc in sorted((root / "doc").glob("*.md")):
+for doc in sorted((root / "doc").rglob("*.md")):
     for m in pattern.finditer(doc.read_text()):
         checked += 1
         src = root / m.group(1)

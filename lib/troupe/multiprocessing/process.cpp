@@ -154,16 +154,19 @@ void forget_child(const std::shared_ptr<ProcessState>& s) {
 // Python's util._exit_function, the part about children: daemonic ones are terminated, then
 // all are joined. Runs at exit of any process that started children, and at the end of a child.
 void exit_function() {
+  // Messages are built only when logged: a forked child's heap pages are copy-on-write, and
+  // touching them costs page faults at every exit.
   Logger& log = get_logger();
-  log.info("process shutting down");
+  const bool info = log.is_enabled_for(logging::INFO);
+  if (info) log.info("process shutting down");
   auto children = active_children();
   for (auto& c : children)
     if (c.daemon()) {
-      log.info("calling terminate() for daemon " + c.name());
+      if (info) log.info("calling terminate() for daemon " + c.name());
       c.terminate();
     }
   for (auto& c : children) {
-    log.info("calling join() for process " + c.name());
+    if (info) log.info("calling join() for process " + c.name());
     c.join();
   }
 }
@@ -242,7 +245,8 @@ void become_child(std::shared_ptr<ProcessState> s, int parent, std::string paren
 [[noreturn]] void child_main(const std::string& name, const std::function<void()>& body) {
   int code = 0;
   try {
-    get_logger().info("child process calling self.run()");
+    if (get_logger().is_enabled_for(logging::INFO))
+      get_logger().info("child process calling self.run()");
     body();
   } catch (const SystemExit& e) {
     code = e.code;
@@ -255,7 +259,8 @@ void become_child(std::shared_ptr<ProcessState> s, int parent, std::string paren
     code = 1;
   }
   run_exit_function();
-  get_logger().info("process exiting with exitcode " + std::to_string(code));
+  if (get_logger().is_enabled_for(logging::INFO))
+    get_logger().info("process exiting with exitcode " + std::to_string(code));
   std::fflush(nullptr);
   ::_exit(code);
 }
