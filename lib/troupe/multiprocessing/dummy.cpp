@@ -1,11 +1,7 @@
 #include "troupe/multiprocessing/dummy.hpp"
 
-#include <cxxabi.h>
-
 #include <algorithm>
-#include <cstdio>
 #include <mutex>
-#include <typeinfo>
 
 namespace troupe::multiprocessing::dummy {
 
@@ -22,14 +18,6 @@ struct ProcessState {
 };
 
 namespace {
-std::string type_name(const std::type_info& t) {
-  int status = 0;
-  char* d = abi::__cxa_demangle(t.name(), nullptr, nullptr, &status);
-  std::string s = status == 0 && d ? d : t.name();
-  std::free(d);
-  return s;
-}
-
 struct Registry {
   std::mutex m;
   std::vector<std::shared_ptr<ProcessState>> all;
@@ -39,21 +27,6 @@ Registry& registry() {
   return *r;
 }
 }  // namespace
-
-int run_target(const std::string& name, const std::function<void()>& body) {
-  try {
-    body();
-    return 0;
-  } catch (const SystemExit& e) {
-    return e.code;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "Process %s:\n%s: %s\n", name.c_str(), type_name(typeid(e)).c_str(),
-                 e.what());
-  } catch (...) {
-    std::fprintf(stderr, "Process %s:\nan exception that is not a std::exception\n", name.c_str());
-  }
-  return 1;
-}
 
 }  // namespace detail
 
@@ -67,7 +40,7 @@ Process::Process(ProcessOptions options, std::function<void()> body)
       troupe::threading::Thread::Options{options.name, options.daemon}, [weak]() mutable {
         std::shared_ptr<detail::ProcessState> self = weak.lock();
         if (!self) return;
-        const int code = detail::run_target(current_process().name(), self->body);
+        const int code = multiprocessing::detail::run_target(current_process().name(), self->body);
         self->exitcode.store(code, std::memory_order_release);
         self.reset();
       });

@@ -31,9 +31,6 @@ namespace troupe::multiprocessing::dummy {
 
 namespace detail {
 struct ProcessState;
-/// Runs `body` as a process target: SystemExit(n) gives n, an exception is reported on stderr
-/// ("Process NAME:" and the exception) and gives 1, as multiprocessing's Process.
-int run_target(const std::string& name, const std::function<void()>& body);
 }  // namespace detail
 
 /// Python: `multiprocessing.dummy.Process` (DummyProcess): a Process on a new thread. A handle:

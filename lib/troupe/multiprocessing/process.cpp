@@ -243,21 +243,9 @@ void become_child(std::shared_ptr<ProcessState> s, int parent, std::string paren
 // Runs the child's body as Python's _bootstrap does, then leaves without running the parent's
 // destructors or exit handlers.
 [[noreturn]] void child_main(const std::string& name, const std::function<void()>& body) {
-  int code = 0;
-  try {
-    if (get_logger().is_enabled_for(logging::INFO))
-      get_logger().info("child process calling self.run()");
-    body();
-  } catch (const SystemExit& e) {
-    code = e.code;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "Process %s:\n%s: %s\n", name.c_str(), demangled(typeid(e)).c_str(),
-                 e.what());
-    code = 1;
-  } catch (...) {
-    std::fprintf(stderr, "Process %s:\nan exception that is not a std::exception\n", name.c_str());
-    code = 1;
-  }
+  if (get_logger().is_enabled_for(logging::INFO))
+    get_logger().info("child process calling self.run()");
+  const int code = detail::run_target(name, body);
   run_exit_function();
   if (get_logger().is_enabled_for(logging::INFO))
     get_logger().info("process exiting with exitcode " + std::to_string(code));
@@ -266,6 +254,25 @@ void become_child(std::shared_ptr<ProcessState> s, int parent, std::string paren
 }
 
 }  // namespace
+
+namespace detail {
+
+int run_target(const std::string& name, const std::function<void()>& body) {
+  try {
+    body();
+    return 0;
+  } catch (const SystemExit& e) {
+    return e.code;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "Process %s:\n%s: %s\n", name.c_str(), demangled(typeid(e)).c_str(),
+                 e.what());
+  } catch (...) {
+    std::fprintf(stderr, "Process %s:\nan exception that is not a std::exception\n", name.c_str());
+  }
+  return 1;
+}
+
+}  // namespace detail
 
 // ---- BaseProcess ----------------------------------------------------------------------------
 

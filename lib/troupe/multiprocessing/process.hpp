@@ -48,6 +48,10 @@ namespace troupe::multiprocessing {
 namespace detail {
 struct ProcessState;
 
+/// Runs a process target's `body` as Python's _bootstrap does: SystemExit(n) gives n; an
+/// exception is reported on stderr ("Process NAME:" and the exception) and gives 1; else 0.
+int run_target(const std::string& name, const std::function<void()>& body);
+
 /// What a Process can run: a callable with these arguments.
 template <class F, class... A>
 concept Target = std::invocable < std::decay_t<F>

@@ -1,5 +1,6 @@
 #include "troupe/multiprocessing/queues.hpp"
 
+#include <algorithm>
 #include <bit>
 #include <climits>
 #include <cstring>
@@ -18,6 +19,22 @@ constexpr std::uint64_t round8(std::uint64_t n) {
 }
 constexpr std::size_t ring_offset() {
   return (sizeof(QueueState) + 63) / 64 * 64;
+}
+
+// Copies into and out of the ring (`capacity` a power of two) at byte position `pos`, wrapping.
+void ring_in(std::byte* ring, std::uint64_t capacity, std::uint64_t pos, const void* src,
+             std::uint64_t n) noexcept {
+  const std::uint64_t off = pos & (capacity - 1);
+  const std::uint64_t first = std::min(n, capacity - off);
+  std::memcpy(ring + off, src, first);
+  if (n > first) std::memcpy(ring, static_cast<const std::byte*>(src) + first, n - first);
+}
+void ring_out(const std::byte* ring, std::uint64_t capacity, std::uint64_t pos, void* dst,
+              std::uint64_t n) noexcept {
+  const std::uint64_t off = pos & (capacity - 1);
+  const std::uint64_t first = std::min(n, capacity - off);
+  std::memcpy(dst, ring + off, first);
+  if (n > first) std::memcpy(static_cast<std::byte*>(dst) + first, ring, n - first);
 }
 
 // The halves of a tail or head word.
@@ -114,15 +131,10 @@ void QueueCore::put(std::span<const std::byte> item, bool block, const Timeout& 
   // Write the record, then commit it with one store of the tail: a process killed before the
   // store leaves nothing a reader would see.
   std::byte* r = ring();
-  auto copy_in = [&](std::uint64_t pos, const void* src, std::uint64_t n) {
-    const std::uint64_t off = pos & (s.capacity - 1);
-    const std::uint64_t first = std::min(n, s.capacity - off);
-    std::memcpy(r + off, src, first);
-    if (n > first) std::memcpy(r, static_cast<const std::byte*>(src) + first, n - first);
-  };
   const std::uint32_t header[2] = {static_cast<std::uint32_t>(item.size()), 0};
-  copy_in(bytes_of(tail), header, sizeof header);
-  if (!item.empty()) copy_in(bytes_of(tail) + kRecordHeader, item.data(), item.size());
+  ring_in(r, s.capacity, bytes_of(tail), header, sizeof header);
+  if (!item.empty())
+    ring_in(r, s.capacity, bytes_of(tail) + kRecordHeader, item.data(), item.size());
   if (s.joinable) s.unfinished.fetch_add(1, std::memory_order_relaxed);
   s.tail.store(advance(tail, 1, need), std::memory_order_release);
   moved(s.tail_seq, s.getters_sleeping);
@@ -148,14 +160,8 @@ void QueueCore::get_with(bool block, const Timeout& timeout, Sink sink) {
   if (s.shutdown.load(std::memory_order_acquire) == 2 || !has_item()) throw queue::ShutDown();
   const std::uint64_t tail = s.tail.load(std::memory_order_acquire);
   const std::byte* r = ring();
-  auto copy_out = [&](std::uint64_t pos, void* dst, std::uint64_t n) {
-    const std::uint64_t off = pos & (s.capacity - 1);
-    const std::uint64_t first = std::min(n, s.capacity - off);
-    std::memcpy(dst, r + off, first);
-    if (n > first) std::memcpy(static_cast<std::byte*>(dst) + first, r, n - first);
-  };
   std::uint32_t header[2];
-  copy_out(bytes_of(head), header, sizeof header);
+  ring_out(r, s.capacity, bytes_of(head), header, sizeof header);
   const std::uint64_t need = kRecordHeader + round8(header[0]);
   const std::uint32_t committed = bytes_of(tail) - bytes_of(head);
   if (header[1] != 0 || need > committed)
@@ -163,7 +169,7 @@ void QueueCore::get_with(bool block, const Timeout& timeout, Sink sink) {
                        std::to_string(bytes_of(head)) + " (length " + std::to_string(header[0]) +
                        ", " + std::to_string(committed) + " bytes committed)");
   std::byte* out = sink(header[0]);  // may throw: the value stays queued
-  if (header[0] != 0) copy_out(bytes_of(head) + kRecordHeader, out, header[0]);
+  if (header[0] != 0) ring_out(r, s.capacity, bytes_of(head) + kRecordHeader, out, header[0]);
   // Consume it with one store of the head: a process killed before leaves the value queued.
   s.head.store(advance(head, 1, need), std::memory_order_release);
   moved(s.head_seq, s.putters_sleeping);
@@ -223,14 +229,7 @@ void QueueCore::shutdown(bool immediate) {
   std::uint32_t drained = 0;
   while (head != bytes_of(tail)) {
     std::uint32_t len;
-    const std::uint64_t off = head & (s.capacity - 1);
-    if (s.capacity - off >= sizeof len) {
-      std::memcpy(&len, ring() + off, sizeof len);
-    } else {
-      const std::uint64_t first = s.capacity - off;
-      std::memcpy(&len, ring() + off, first);
-      std::memcpy(reinterpret_cast<std::byte*>(&len) + first, ring(), sizeof len - first);
-    }
+    ring_out(ring(), s.capacity, head, &len, sizeof len);
     const std::uint64_t need = kRecordHeader + round8(len);
     if (need > static_cast<std::uint32_t>(bytes_of(tail) - head)) break;  // corrupted: stop
     head += static_cast<std::uint32_t>(need);
