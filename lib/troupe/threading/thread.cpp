@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
+#include <typeinfo>
 
 #include "troupe/errors.hpp"
 
@@ -30,6 +31,7 @@ struct ThreadState {
   pthread_t handle{};
   bool joinable = false;  // started, not yet joined or detached
   bool adopted = false;   // main thread or a dummy: troupe did not start it
+  bool plain = false;     // the object is exactly a Thread: run() is target(), no need to touch it
   Event started;
   Event done;
 
@@ -209,13 +211,19 @@ void* thread_entry(void* arg) {
   }
   s->phase.store(1);
   s->started.set();
-  Thread* self;
-  {
-    std::scoped_lock lk(s->mu);
-    self = s->obj;
-  }
   try {
-    self->run();
+    if (s->plain) {
+      // A plain Thread's run() only calls the target, which the shared state owns: call it
+      // from there, so a daemon thread never reads an object its owner may have destroyed.
+      if (s->target) s->target();
+    } else {
+      Thread* self;
+      {
+        std::scoped_lock lk(s->mu);
+        self = s->obj;
+      }
+      self->run();
+    }
   } catch (...) {
     ExceptHookArgs args;
     auto* t = abi::__cxa_current_exception_type();
@@ -332,6 +340,7 @@ void Thread::start() {
   pthread_attr_t attr;
   pthread_attr_init(&attr);
   if (auto size = r.stack_size.load()) pthread_attr_setstacksize(&attr, size);
+  s.plain = typeid(*this) == typeid(Thread);  // read here, while the object surely lives
   auto* arg = new std::shared_ptr<ThreadState>(state_);
   r.add(state_);
   {
