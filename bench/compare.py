@@ -204,7 +204,8 @@ def main():
         proc = run_cpp(proc_bin, ".", reps, min_time)
         for arg, method, raw, raw_label in [
                 (0, "fork", "BM_ForkExitWait_raw", "fork + _exit + waitpid"),
-                (1, "spawn", "BM_PosixSpawnWait_raw", "posix_spawn + waitpid of the same binary")]:
+                (1, "spawn", "BM_PosixSpawnWait_raw", "posix_spawn + waitpid of the same binary"),
+                (2, "forkserver", "BM_ForkExitWait_raw", "fork + _exit + waitpid")]:
             t = ns(proc[f"BM_ProcessStartJoin_troupe/{arg}"])
             b = ns(proc[raw])
             p = py[f"ProcessStartJoin/{method}"]["ns_per_op"]

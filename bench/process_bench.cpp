@@ -1,6 +1,7 @@
 // bench/process_bench.cpp — multiprocessing between processes, against the same done by hand:
-// - Process start + join with a trivial target, per start method, vs fork + _exit + waitpid and
-//   posix_spawn + waitpid of this same binary (which exits at once when given --exit-now);
+// - Process start + join with a trivial target, per start method, vs fork + _exit + waitpid
+//   (fork, and forkserver, whose server forks) and posix_spawn + waitpid of this same binary
+//   (which exits at once when given --exit-now);
 // - a process-shared Lock: acquire + release uncontended, and two processes taking it in turn
 //   (each incrementing a shared counter under it), vs a robust process-shared pthread mutex by
 //   hand;
@@ -25,6 +26,7 @@
 
 #include <benchmark/benchmark.h>
 
+#include "troupe/multiprocessing/forkserver.hpp"
 #include "troupe/multiprocessing/process.hpp"
 #include "troupe/multiprocessing/queues.hpp"
 #include "troupe/multiprocessing/shared_memory.hpp"
@@ -41,7 +43,8 @@ void trivial() {}
 TROUPE_ENTRY(trivial);
 
 void BM_ProcessStartJoin_troupe(benchmark::State& state) {
-  const std::string method = state.range(0) == 0 ? "fork" : "spawn";
+  static const char* const methods[] = {"fork", "spawn", "forkserver"};
+  const std::string method = methods[state.range(0)];
   state.SetLabel(method);
   for (auto _ : state) {
     mp::Process p({.start_method = method}, trivial);
@@ -50,7 +53,7 @@ void BM_ProcessStartJoin_troupe(benchmark::State& state) {
     if (p.exitcode() != 0) state.SkipWithError("the child failed");
   }
 }
-BENCHMARK(BM_ProcessStartJoin_troupe)->Arg(0)->Arg(1)->UseRealTime();
+BENCHMARK(BM_ProcessStartJoin_troupe)->Arg(0)->Arg(1)->Arg(2)->UseRealTime();
 
 void BM_ForkExitWait_raw(benchmark::State& state) {
   for (auto _ : state) {
@@ -347,6 +350,7 @@ BENCHMARK(BM_QueueRoundTrip_raw)->UseManualTime()->Iterations(5);
 int main(int argc, char** argv) {
   mp::freeze_support(argc, argv);
   if (argc == 2 && std::string_view(argv[1]) == "--exit-now") return 0;
+  mp::forkserver::ensure_running();  // its start-up is not part of a start + join
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   benchmark::RunSpecifiedBenchmarks();

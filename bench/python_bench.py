@@ -458,6 +458,7 @@ def main():
         "ConnectAuthRoundTrip/unix": {"ns_per_op": connect_auth_ns(True, True)},
         "ProcessStartJoin/fork": {"ns_per_op": process_start_join_ns("fork", 200)},
         "ProcessStartJoin/spawn": {"ns_per_op": process_start_join_ns("spawn", 20)},
+        "ProcessStartJoin/forkserver": {"ns_per_op": process_start_join_ns("forkserver", 100)},
         "MpLock": {"ns_per_op": mp_lock_ns()},
         "MpLockContended": {"items_per_s": mp_lock_contended_per_s()},
         "SharedMemory1MiB": {"ns_per_op": shared_memory_ns()},

@@ -1,5 +1,5 @@
-// One test body per behaviour, run on processes started by fork, by spawn, and on
-// multiprocessing.dummy's threads — as CPython's _test_multiprocessing runs its tests per start
+// One test body per behaviour, run on processes started by fork, by spawn, by the forkserver, and
+// on multiprocessing.dummy's threads — as CPython's _test_multiprocessing runs its tests per start
 // method and for dummy. A backend names the types and how a target starts; the bodies use
 // nothing else.
 #include <algorithm>
@@ -48,8 +48,10 @@ struct Processes {
 
 constexpr char kFork[] = "fork";
 constexpr char kSpawn[] = "spawn";
+constexpr char kForkserver[] = "forkserver";
 using Fork = Processes<kFork>;
 using Spawn = Processes<kSpawn>;
+using Forkserver = Processes<kForkserver>;
 
 /// multiprocessing.dummy: the same names, on threads.
 struct Dummy {
@@ -78,7 +80,7 @@ struct Dummy {
 
 template <class B>
 class Matrix : public troupe::testing::LeakCheck {};
-using Backends = ::testing::Types<Fork, Spawn, Dummy>;
+using Backends = ::testing::Types<Fork, Spawn, Forkserver, Dummy>;
 struct BackendNames {
   template <class B>
   static std::string GetName(int) {
@@ -87,20 +89,24 @@ struct BackendNames {
 };
 TYPED_TEST_SUITE(Matrix, Backends, BackendNames);
 
-// ---- targets (registered, so that spawn can run them) --------------------------------------
+// ---- targets (registered, so that spawn and the forkserver can run them) -------------------
+
+#define ENTRY(fn)          \
+  TROUPE_ENTRY(fn<Spawn>); \
+  TROUPE_ENTRY(fn<Forkserver>)
 
 template <class B>
 void greet(typename B::template Queue<std::string> out, int n) {
   out.put("hello " + std::to_string(n) + " from " + B::current_name());
 }
-TROUPE_ENTRY(greet<Spawn>);
+ENTRY(greet);
 
 template <class B>
 void exit_with(int code) {
   if (code < 0) throw ValueError("failed on purpose");
   troupe::sys_exit(code);
 }
-TROUPE_ENTRY(exit_with<Spawn>);
+ENTRY(exit_with);
 
 template <class B>
 void count_up(typename B::template Value<long> total, int n) {
@@ -109,7 +115,7 @@ void count_up(typename B::template Value<long> total, int n) {
     total.get_obj() += 1;
   }
 }
-TROUPE_ENTRY(count_up<Spawn>);
+ENTRY(count_up);
 
 template <class B>
 void square_jobs(typename B::template JoinableQueue<int> jobs,
@@ -121,13 +127,13 @@ void square_jobs(typename B::template JoinableQueue<int> jobs,
     if (j < 0) return;
   }
 }
-TROUPE_ENTRY(square_jobs<Spawn>);
+ENTRY(square_jobs);
 
 template <class B>
 void wait_and_release(typename B::Event go, typename B::Semaphore done) {
   if (go.wait(20s)) done.release();
 }
-TROUPE_ENTRY(wait_and_release<Spawn>);
+ENTRY(wait_and_release);
 
 template <class B>
 void notify_after(typename B::Condition cond, typename B::template Value<int> flag) {
@@ -135,13 +141,13 @@ void notify_after(typename B::Condition cond, typename B::template Value<int> fl
   flag.set_value(1);
   cond.notify_all();
 }
-TROUPE_ENTRY(notify_after<Spawn>);
+ENTRY(notify_after);
 
 template <class B>
 void meet(typename B::Barrier barrier, typename B::template Array<int> seen, int slot) {
   seen.set(static_cast<std::size_t>(slot), barrier.wait(20s));
 }
-TROUPE_ENTRY(meet<Spawn>);
+ENTRY(meet);
 
 // ---- bodies ----------------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -24,6 +25,7 @@
 
 #include "troupe/errors.hpp"
 #include "troupe/multiprocessing/connection.hpp"
+#include "troupe/multiprocessing/forkserver.hpp"
 #include "troupe/multiprocessing/listener.hpp"
 #include "troupe/multiprocessing/logger.hpp"
 
@@ -345,27 +347,35 @@ Listener report_listener() {
       {.authkey = current_process().authkey()});
 }
 
+// The start methods that run registered entry points in a fresh copy of the program.
+const std::vector<std::string> kEntryMethods{"spawn", "forkserver"};
+
 TEST_F(ProcessTest, SpawnRunsARegisteredEntryWithEncodedArguments) {
-  Listener l = report_listener();
-  Process p({.daemon = true, .start_method = "spawn"}, spawn_report, l.address().str(), 7,
-            std::vector<double>{1.5, 2.5});
-  p.start();
-  Connection c = l.accept();  // the child authenticated with the inherited key
-  auto [name, pid, parent, parent_name, n, sum, daemon] = c.recv<Report>();
-  EXPECT_EQ(name, p.name());
-  EXPECT_EQ(pid, *p.pid());
-  EXPECT_EQ(parent, ::getpid());
-  EXPECT_EQ(parent_name, "MainProcess");
-  EXPECT_EQ(n, 7);
-  EXPECT_EQ(sum, 4.0);
-  EXPECT_TRUE(daemon);
-  p.join();
-  EXPECT_EQ(p.exitcode(), 0);
+  for (const auto& method : kEntryMethods) {
+    SCOPED_TRACE(method);
+    Listener l = report_listener();
+    Process p({.daemon = true, .start_method = method}, spawn_report, l.address().str(), 7,
+              std::vector<double>{1.5, 2.5});
+    p.start();
+    Connection c = l.accept();  // the child authenticated with the inherited key
+    auto [name, pid, parent, parent_name, n, sum, daemon] = c.recv<Report>();
+    EXPECT_EQ(name, p.name());
+    EXPECT_EQ(pid, *p.pid());
+    EXPECT_EQ(parent, ::getpid());
+    EXPECT_EQ(parent_name, "MainProcess");
+    EXPECT_EQ(n, 7);
+    EXPECT_EQ(sum, 4.0);
+    EXPECT_TRUE(daemon);
+    p.join();
+    EXPECT_EQ(p.exitcode(), 0);
+  }
 }
 
-TEST_F(ProcessTest, SpawnExitCodesAndSignals) {
-  auto ctx = get_context("spawn");
-  EXPECT_EQ(ctx.get_start_method(), "spawn");
+// The child's stderr is this process's (under the forkserver too: it is passed with the
+// request), so the report of an escaping exception lands where this process writes.
+void spawn_exit_codes_and_signals(const std::string& method) {
+  auto ctx = get_context(method);
+  EXPECT_EQ(ctx.get_start_method(), method);
   Process ok = ctx.Process(spawn_exit, 0);
   Process chosen = ctx.Process(spawn_exit, 9);
   Process thrown = ctx.Process(spawn_exit, -1);
@@ -391,7 +401,7 @@ TEST_F(ProcessTest, SpawnExitCodesAndSignals) {
       << err;
 }
 
-TEST_F(ProcessTest, SpawnRefusesWhatCannotCrossAnExec) {
+void refuses_what_cannot_cross(const std::string& method) {
   auto expect_refusal = [](Process& p, const std::string& text) {
     try {
       p.start();
@@ -400,7 +410,7 @@ TEST_F(ProcessTest, SpawnRefusesWhatCannotCrossAnExec) {
       EXPECT_NE(std::string(e.what()).find(text), std::string::npos) << e.what();
     }
   };
-  auto ctx = get_context("spawn");
+  auto ctx = get_context(method);
   Process lambda = ctx.Process([] {});
   expect_refusal(lambda, "not a plain function");
   Process unregistered = ctx.Process(not_registered, 1);
@@ -411,9 +421,23 @@ TEST_F(ProcessTest, SpawnRefusesWhatCannotCrossAnExec) {
   static_assert(!detail::Target<void (*)(int), std::string>);
 }
 
+TEST_F(ProcessTest, SpawnExitCodesAndSignals) {
+  for (const auto& method : kEntryMethods) {
+    SCOPED_TRACE(method);
+    spawn_exit_codes_and_signals(method);
+  }
+}
+
+TEST_F(ProcessTest, SpawnRefusesWhatCannotCrossAnExec) {
+  for (const auto& method : kEntryMethods) {
+    SCOPED_TRACE(method);
+    refuses_what_cannot_cross(method);
+  }
+}
+
 // A Connection argument hands its fd to the child, under spawn (fd passing at exec) and fork.
 TEST_F(ProcessTest, ConnectionsAsArguments) {
-  for (const std::string method : {"spawn", "fork"}) {
+  for (const std::string method : {"spawn", "forkserver", "fork"}) {
     SCOPED_TRACE(method);
     auto [r, w] = Pipe(false);
     Process p({.start_method = method}, spawn_pipe_report, std::move(w), 5);
@@ -429,16 +453,18 @@ TEST_F(ProcessTest, ConnectionsAsArguments) {
 TEST_F(ProcessTest, SpawnWorksWhileThreadsRun) {
   std::latch go(1);
   std::thread t([&] { go.wait(); });
-  Process p({.start_method = "spawn"}, spawn_exit, 4);
-  p.start();
-  p.join();
-  EXPECT_EQ(p.exitcode(), 4);
+  for (const auto& method : kEntryMethods) {
+    Process p({.start_method = method}, spawn_exit, 4);
+    p.start();
+    p.join();
+    EXPECT_EQ(p.exitcode(), 4) << method;
+  }
   go.count_down();
   t.join();
 }
 
 TEST_F(ProcessTest, StartMethods) {
-  EXPECT_EQ(get_all_start_methods(), (std::vector<std::string>{"fork", "spawn"}));
+  EXPECT_EQ(get_all_start_methods(), (std::vector<std::string>{"fork", "spawn", "forkserver"}));
   EXPECT_EQ(get_start_method(), "fork");
   EXPECT_THROW(set_start_method("fork"), RuntimeError);  // context has already been set
   EXPECT_THROW(set_start_method("vfork", true), ValueError);
@@ -511,6 +537,131 @@ TEST_F(ProcessTest, NamesAndRepr) {
   a.join();
   EXPECT_NE(a.repr().find("exitcode=0"), std::string::npos) << a.repr();
   EXPECT_GE(cpu_count(), 1);
+}
+
+// ---- forkserver -----------------------------------------------------------------------------
+
+int preloaded = 0;  // set in the forkserver by the preload entry; its children inherit it
+void preload_marker() {
+  preloaded = 42;
+}
+TROUPE_ENTRY(preload_marker);
+
+void exit_with_preloaded() {
+  troupe::sys_exit(preloaded);
+}
+TROUPE_ENTRY(exit_with_preloaded);
+
+void wait_for_word(Connection& in) {
+  troupe::sys_exit(std::stoi(text(in.recv_bytes())));
+}
+TROUPE_ENTRY(wait_for_word);
+
+int pidfd_of(int pid) {
+  return static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
+}
+
+// Kills this process's forkserver and waits until it has gone.
+void kill_forkserver() {
+  const int pid = forkserver::server_pid();
+  ASSERT_GT(pid, 0);
+  const int fd = pidfd_of(pid);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(::kill(pid, SIGKILL), 0);
+  pollfd p{fd, POLLIN, 0};
+  EXPECT_EQ(::poll(&p, 1, 10000), 1) << "the forkserver did not die";
+  ::close(fd);
+}
+
+Process start_served(auto f, auto&&... a) {
+  Process p({.start_method = "forkserver"}, f, std::forward<decltype(a)>(a)...);
+  p.start();
+  return p;
+}
+
+TEST_F(ProcessTest, ForkserverIsNotAChildAndStartsAgainWhenKilled) {
+  forkserver::ensure_running();
+  const int first = forkserver::server_pid();
+  ASSERT_GT(first, 0);
+  EXPECT_NE(forkserver::address().find("unix-abstract:troupe-forkserver-"), std::string::npos);
+  // Not this process's child (LeakCheck would see it), so nothing here must reap it.
+  EXPECT_EQ(::waitpid(first, nullptr, WNOHANG), -1);
+  EXPECT_EQ(errno, ECHILD);
+  kill_forkserver();
+  Process p = start_served(spawn_exit, 6);  // finds it gone, starts another
+  p.join();
+  EXPECT_EQ(p.exitcode(), 6);
+  EXPECT_NE(forkserver::server_pid(), first);
+  kill_forkserver();
+  forkserver::ensure_running();  // sees it has gone too
+  EXPECT_GT(forkserver::server_pid(), 0);
+  Process q = start_served(spawn_exit, 7);
+  q.join();
+  EXPECT_EQ(q.exitcode(), 7);
+}
+
+TEST_F(ProcessTest, ForkserverChildOutlivesTheServerWithStatus255) {
+  auto [r, w] = Pipe(false);
+  Process p = start_served(wait_for_word, std::move(r));
+  EXPECT_TRUE(p.is_alive());
+  kill_forkserver();
+  EXPECT_TRUE(p.is_alive()) << "the child ended with its server";
+  p.terminate();  // signals go through the child's pidfd, not the server
+  p.join(20s);
+  EXPECT_EQ(p.exitcode(), 255);  // its wait status died with the server (Python: 255 too)
+  Process q = start_served(spawn_exit, 0);  // a new server
+  q.join();
+  EXPECT_EQ(q.exitcode(), 0);
+}
+
+TEST_F(ProcessTest, ForkserverAuthenticatesItsClients) {
+  forkserver::ensure_running();
+  const Address where = Address::parse(forkserver::address());
+  EXPECT_THROW(Client(where, AuthenticationString("not the key")), AuthenticationError);
+  {
+    Connection c = Client(where, std::nullopt);  // a client that does not know the protocol
+    EXPECT_EQ(text(c.recv_bytes()).rfind("#CHALLENGE#", 0), 0u);
+    c.send_bytes("let me in");
+    EXPECT_EQ(text(c.recv_bytes()), "#FAILURE#");
+    EXPECT_THROW(c.recv_bytes(), EOFError);  // dropped
+  }
+  Process p = start_served(spawn_exit, 3);  // and it goes on serving the others
+  p.join();
+  EXPECT_EQ(p.exitcode(), 3);
+}
+
+TEST_F(ProcessTest, ForkserverDaemonEndsWhenItsParentIsKilled) {
+  auto [r, w] = Pipe(false);
+  Process child([&w = w] {  // forked: it uses its parent's forkserver
+    Process daemon({.daemon = true, .start_method = "forkserver"}, spawn_sleep);
+    daemon.start();
+    w.send_bytes(std::to_string(*daemon.pid()));
+    ::pause();
+  });
+  child.start();
+  const int daemon_pid = std::stoi(text(r.recv_bytes()));
+  const int fd = pidfd_of(daemon_pid);
+  ASSERT_GE(fd, 0);
+  child.kill();  // no exit handler runs: the forkserver sees its client end
+  child.join();
+  pollfd p{fd, POLLIN, 0};
+  EXPECT_EQ(::poll(&p, 1, 10000), 1) << "the daemon outlived its killed parent";
+  ::close(fd);
+}
+
+TEST_F(ProcessTest, ForkserverPreload) {
+  EXPECT_THROW(set_forkserver_preload({"no_such_entry"}), ValueError);
+  set_forkserver_preload({"preload_marker"});
+  kill_forkserver();  // the preload list takes effect when a server starts
+  Process p = start_served(exit_with_preloaded);
+  p.join();
+  EXPECT_EQ(p.exitcode(), 42);
+  Process q({.start_method = "spawn"}, exit_with_preloaded);  // spawn does not preload
+  q.start();
+  q.join();
+  EXPECT_EQ(q.exitcode(), 0);
+  set_forkserver_preload({});
+  kill_forkserver();
 }
 
 }  // namespace

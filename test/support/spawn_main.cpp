@@ -2,10 +2,14 @@
 // every program that uses spawn must (a spawned child runs its target there and exits).
 #include <gtest/gtest.h>
 
+#include "troupe/multiprocessing/forkserver.hpp"
 #include "troupe/multiprocessing/process.hpp"
 
 int main(int argc, char** argv) {
   troupe::multiprocessing::freeze_support(argc, argv);
+  // Started before the tests: the fds it keeps (the alive pipe, the server's pidfd) are then
+  // not counted as a test's leak.
+  troupe::multiprocessing::forkserver::ensure_running();
   ::testing::InitGoogleTest(&argc, argv);
   return RUN_ALL_TESTS();
 }

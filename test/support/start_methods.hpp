@@ -1,6 +1,7 @@
 // test/support/start_methods.hpp — a fixture whose tests run once per start method ("fork",
-// "spawn"): TEST_P bodies start targets with start(f, args…). Targets must be functions
-// registered with TROUPE_ENTRY, so that spawn can run them; the binary links spawn_main.cpp.
+// "spawn", "forkserver"): TEST_P bodies start targets with start(f, args…). Targets must be
+// functions registered with TROUPE_ENTRY, so that spawn can run them; the binary links
+// spawn_main.cpp.
 #pragma once
 
 #include <string>
@@ -33,7 +34,7 @@ inline std::string start_method_name(const ::testing::TestParamInfo<std::string>
 
 }  // namespace troupe::testing
 
-/// Runs the TEST_P tests of `suite` (an alias of StartMethodTest) under fork and spawn.
-#define TROUPE_PER_START_METHOD(suite)                                              \
-  INSTANTIATE_TEST_SUITE_P(StartMethods, suite, ::testing::Values("fork", "spawn"), \
+/// Runs the TEST_P tests of `suite` (an alias of StartMethodTest) under fork, spawn and forkserver.
+#define TROUPE_PER_START_METHOD(suite)                                                            \
+  INSTANTIATE_TEST_SUITE_P(StartMethods, suite, ::testing::Values("fork", "spawn", "forkserver"), \
                            ::troupe::testing::start_method_name)

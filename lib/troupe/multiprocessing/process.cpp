@@ -7,6 +7,7 @@
 #include <signal.h>
 #include <spawn.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -23,7 +24,9 @@
 #include <openssl/crypto.h>
 
 #include "troupe/errors.hpp"
+#include "troupe/internal/process_internal.hpp"
 #include "troupe/multiprocessing/connection.hpp"
+#include "troupe/multiprocessing/forkserver.hpp"
 #include "troupe/multiprocessing/logger.hpp"
 
 #include <dirent.h>
@@ -46,11 +49,13 @@ struct ProcessState {
   int creator = -1;  // the pid of the process that made this object (Python's _parent_pid)
   int pid = -1;
   int pidfd = -1;
+  int server = -1;  // a forkserver child: the server's connection, which brings its wait status
   std::optional<int> exitcode;
   bool closed = false;
 
   ~ProcessState() {
     if (pidfd >= 0) ::close(pidfd);
+    if (server >= 0) ::close(server);
   }
 };
 
@@ -131,14 +136,51 @@ std::string demangled(const std::type_info& t) {
 
 // Python's Popen.poll for a child: reaps it if it has ended (or waits when `block`). Called with
 // the state's lock held.
+int exit_code(int status) {
+  return WIFSIGNALED(status) ? -WTERMSIG(status) : WEXITSTATUS(status);
+}
+
+bool readable(int fd, int timeout_ms) {
+  pollfd p{fd, POLLIN, 0};
+  int r;
+  do {
+    r = ::poll(&p, 1, timeout_ms);
+  } while (r < 0 && errno == EINTR);
+  return r == 1;
+}
+
+// The forkserver reaps the child and sends its wait status; until that arrives the child counts
+// as running (Python's forkserver poll() too). If the server has gone, the status is lost: 255,
+// as Python's, once the child's own pidfd says it has ended.
+void reap_served(ProcessState& s, bool block) {
+  if (block) {
+    readable(s.pidfd, -1);
+  } else if (!readable(s.server, 0)) {
+    return;
+  }
+  std::int32_t status = 0;
+  ssize_t r;
+  do {
+    r = ::recv(s.server, &status, sizeof status, MSG_WAITALL);
+  } while (r < 0 && errno == EINTR);
+  if (r != sizeof status) {
+    if (!block && !readable(s.pidfd, 0)) return;  // the server has gone, the child has not
+    status = 255 << 8;
+  }
+  s.exitcode = exit_code(status);
+  ::close(s.server);
+  s.server = -1;
+}
+
 void reap(ProcessState& s, bool block) {
   if (s.exitcode || s.pid < 0 || s.kind != Kind::child) return;
+  if (s.server >= 0) return reap_served(s, block);
   int status = 0;
   pid_t r;
   do {
     r = ::waitpid(s.pid, &status, block ? 0 : WNOHANG);
   } while (r < 0 && errno == EINTR);
-  if (r == s.pid) s.exitcode = WIFSIGNALED(status) ? -WTERMSIG(status) : WEXITSTATUS(status);
+  if (r == s.pid) s.exitcode = exit_code(status);
 }
 
 void check_closed(const ProcessState& s) {
@@ -178,20 +220,8 @@ void run_exit_function() {
   }
 }
 
-// What a spawned child reads first, on fd kBootstrapFd.
-struct SpawnBootstrap {
-  std::string entry;
-  std::vector<std::byte> arguments;
-  std::string name;
-  bool daemon = false;
-  std::vector<int> identity;
-  std::vector<std::byte> authkey;
-  int parent_pid = 0;
-  std::string parent_name;
-  int passed_fds = 0;  // on fds kBootstrapFd + 1 …
-  int log_level = 0;   // the parent's multiprocessing logger (Python's preparation data)
-  bool log_to_stderr = false;
-};
+using detail::SpawnBootstrap;
+
 constexpr int kBootstrapFd = 3;
 constexpr const char* kSpawnFlag = "--troupe-spawn";
 
@@ -209,6 +239,13 @@ std::string executable() {
   std::lock_guard lock(g.m);
   return g.executable;
 }
+}  // namespace
+
+std::string detail::spawn_executable() {
+  return executable();
+}
+
+namespace {
 void check_method(const std::string& method) {
   const auto all = get_all_start_methods();
   if (std::find(all.begin(), all.end(), method) == all.end())
@@ -218,13 +255,15 @@ void check_method(const std::string& method) {
 // Makes this process the child `s` of `parent` (after fork, or at the start of a spawned
 // program): its own identity, its parent, no children yet.
 void become_child(std::shared_ptr<ProcessState> s, int parent, std::string parent_name,
-                  bool main_thread) {
+                  bool main_thread, int parent_pidfd = -1) {
   Registry& r = registry();
   auto p = std::make_shared<ProcessState>();
   p->kind = Kind::parent;
   p->pid = parent;
   // The parent's pidfd is opened when first needed (parent_process().sentinel(), is_alive,
-  // join): a child that never asks pays nothing.
+  // join): a child that never asks pays nothing. A forkserver child is given one: its parent
+  // is not its real parent (the server is).
+  p->pidfd = parent_pidfd;
   p->name = std::move(parent_name);
   r.parent = std::move(p);
   r.children.clear();
@@ -233,7 +272,7 @@ void become_child(std::shared_ptr<ProcessState> s, int parent, std::string paren
   s->pid = ::getpid();
   const bool daemon = s->daemon;
   r.current = std::move(s);
-  if (daemon && main_thread) {
+  if (daemon && main_thread && parent_pidfd < 0) {
     // The parent dying in any way ends a daemon child (the exit handler covers clean exits).
     ::prctl(PR_SET_PDEATHSIG, SIGTERM);
     if (::getppid() != parent) ::_exit(1);
@@ -516,13 +555,15 @@ void Process::start() {
     start_fork(name());
   } else if (method == "spawn") {
     start_spawn(name());
+  } else if (method == "forkserver") {
+    start_forkserver(name());
   } else {
     throw ValueError("cannot find context for '" + method + "'");
   }
 }
 
-void Process::adopt(int pid) {
-  const int fd = pidfd_open(pid);
+void Process::adopt(int pid, int pidfd, int server) {
+  const int fd = pidfd >= 0 ? pidfd : pidfd_open(pid);
   if (fd < 0) {
     const int err = errno;
     ::kill(pid, SIGKILL);
@@ -533,6 +574,7 @@ void Process::adopt(int pid) {
     std::lock_guard lock(state_->m);
     state_->pid = pid;
     state_->pidfd = fd;
+    state_->server = server;
   }
   Registry& r = registry();
   std::lock_guard lock(r.m);
@@ -564,13 +606,12 @@ void Process::start_fork(const std::string& name) {
   adopt(pid);
 }
 
-void Process::start_spawn(const std::string& name) {
-  const std::string why = "Process.start (spawn) of " + name + ": ";
+detail::SpawnBootstrap Process::bootstrap(const std::string& why, detail::PassedFds& passed) {
   if (!spawn_.function)
     throw ValueError(why +
-                     "the target is not a plain function; spawn runs a function registered with "
-                     "TROUPE_ENTRY in a fresh exec of the program (lambdas, functors and run() "
-                     "overrides need the fork method)");
+                     "the target is not a plain function; this start method runs a function "
+                     "registered with TROUPE_ENTRY in a fresh copy of the program (lambdas, "
+                     "functors and run() overrides need the fork method)");
   const detail::EntryPoint* entry = detail::find_entry(spawn_.function);
   if (!entry)
     throw ValueError(why +
@@ -581,18 +622,11 @@ void Process::start_spawn(const std::string& name) {
                      ", or one of those has no troupe::Codec");
   SpawnBootstrap boot;
   boot.entry = entry->name;
-  detail::PassedFds passed;  // fds that go with the arguments (Connections)
-  struct Collect {
+  struct Collect {  // fds that go with the arguments (Connections) land in `passed`
     detail::PassedFds* saved = std::exchange(detail::passed_fds(), nullptr);
     explicit Collect(detail::PassedFds* p) { detail::passed_fds() = p; }
     ~Collect() { detail::passed_fds() = saved; }
   };
-  struct CloseAll {
-    detail::PassedFds& p;
-    ~CloseAll() {
-      for (int fd : p.fds) ::close(fd);
-    }
-  } close_passed{passed};
   {
     Collect collect(&passed);
     boot.arguments = spawn_.encode_arguments();
@@ -610,22 +644,44 @@ void Process::start_spawn(const std::string& name) {
   boot.parent_name = current_process().name();
   boot.log_level = get_logger().level();
   boot.log_to_stderr = get_logger().logs_to_stderr();
-  struct Wipe {
-    std::vector<std::byte>& b;
-    ~Wipe() { OPENSSL_cleanse(b.data(), b.size()); }
-  } wipe{boot.authkey};
+  return boot;
+}
+
+namespace {
+struct CloseAll {
+  std::vector<int>& fds;
+  ~CloseAll() {
+    for (int fd : fds) ::close(fd);
+  }
+};
+struct Wipe {
+  std::vector<std::byte>& b;
+  ~Wipe() { OPENSSL_cleanse(b.data(), b.size()); }
+};
+}  // namespace
+
+void Process::start_forkserver(const std::string& name) {
+  detail::PassedFds passed;
+  CloseAll close_passed{passed.fds};
+  SpawnBootstrap boot = bootstrap("Process.start (forkserver) of " + name + ": ", passed);
+  Wipe wipe{boot.authkey};
+  const auto child = forkserver_detail::start_child(boot, passed.fds);
+  adopt(child.pid, child.pidfd, child.connection);
+}
+
+void Process::start_spawn(const std::string& name) {
+  const std::string why = "Process.start (spawn) of " + name + ": ";
+  detail::PassedFds passed;
+  CloseAll close_passed{passed.fds};
+  SpawnBootstrap boot = bootstrap(why, passed);
+  Wipe wipe{boot.authkey};
 
   // Every fd the child gets is first moved above the ones it will have, so no dup2 overwrites a
   // source still to be copied; then 3 is the bootstrap pipe and 4… the passed fds.
   const int n_passed = static_cast<int>(passed.fds.size());
   const int high = kBootstrapFd + 1 + n_passed + 64;
   std::vector<int> moved;
-  struct CloseMoved {
-    std::vector<int>& m;
-    ~CloseMoved() {
-      for (int fd : m) ::close(fd);
-    }
-  } close_moved{moved};
+  CloseAll close_moved{moved};
   for (int fd : passed.fds) {
     const int m = ::fcntl(fd, F_DUPFD_CLOEXEC, high);
     if (m < 0) throw_os_error(errno, why + "fcntl(F_DUPFD)");
@@ -698,7 +754,7 @@ std::vector<BaseProcess> active_children() {
 }
 
 std::vector<std::string> get_all_start_methods() {
-  return {"fork", "spawn"};
+  return {"fork", "spawn", "forkserver"};
 }
 
 std::optional<std::string> get_start_method(bool allow_none) {
@@ -732,7 +788,10 @@ Context get_context(std::optional<std::string> method) {
 }
 
 void freeze_support(int argc, char** argv) {
-  if (argc < 3 || std::string_view(argv[1]) != kSpawnFlag) return;
+  if (argc < 3) return;
+  const std::string_view flag = argv[1];
+  if (flag == forkserver_detail::kFlag) forkserver_detail::serve(std::atoi(argv[2]));
+  if (flag != kSpawnFlag) return;
   SpawnBootstrap boot;
   try {
     Connection in(std::atoi(argv[2]), true, false);
@@ -742,6 +801,16 @@ void freeze_support(int argc, char** argv) {
                  e.what());
     ::_exit(1);
   }
+  std::vector<int> arrived;
+  for (int i = 0; i < boot.passed_fds; ++i) {
+    const int fd = kBootstrapFd + 1 + i;
+    ::fcntl(fd, F_SETFD, FD_CLOEXEC);
+    arrived.push_back(fd);
+  }
+  detail::run_child(boot, std::move(arrived), -1);
+}
+
+void detail::run_child(SpawnBootstrap& boot, std::vector<int> arrived, int parent_pidfd) {
   auto s = std::make_shared<ProcessState>();
   s->name = boot.name;
   s->daemon = boot.daemon;
@@ -749,23 +818,19 @@ void freeze_support(int argc, char** argv) {
   s->authkey = AuthenticationString(std::span<const std::byte>(boot.authkey));
   OPENSSL_cleanse(boot.authkey.data(), boot.authkey.size());
   s->creator = boot.parent_pid;
-  become_child(std::move(s), boot.parent_pid, boot.parent_name, true);
+  become_child(std::move(s), boot.parent_pid, boot.parent_name, true, parent_pidfd);
   if (boot.log_to_stderr)
     log_to_stderr(boot.log_level);
   else
     get_logger().set_level(boot.log_level);
   const detail::EntryPoint* entry = detail::find_entry(boot.entry);
-  static detail::PassedFds arrived;  // for the whole life of the child
-  for (int i = 0; i < boot.passed_fds; ++i) {
-    const int fd = kBootstrapFd + 1 + i;
-    ::fcntl(fd, F_SETFD, FD_CLOEXEC);
-    arrived.fds.push_back(fd);
-  }
+  static detail::PassedFds table;  // for the whole life of the child
+  table.fds = std::move(arrived);
   child_main(boot.name, [&] {
     if (!entry)
       throw ValueError("no entry point named '" + boot.entry +
                        "' in this program (TROUPE_ENTRY); was it built from the same sources?");
-    detail::passed_fds() = &arrived;
+    detail::passed_fds() = &table;
     entry->invoke(boot.arguments);
   });
 }

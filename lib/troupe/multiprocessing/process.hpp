@@ -47,6 +47,7 @@ namespace troupe::multiprocessing {
 
 namespace detail {
 struct ProcessState;
+struct SpawnBootstrap;
 
 /// Runs a process target's `body` as Python's _bootstrap does: SystemExit(n) gives n; an
 /// exception is reported on stderr ("Process NAME:" and the exception) and gives 1; else 0.
@@ -275,7 +276,12 @@ public:
 private:
   void start_fork(const std::string& name);
   void start_spawn(const std::string& name);
-  void adopt(int pid);  // the child is running: its pidfd, and the children list
+  void start_forkserver(const std::string& name);
+  // What a spawned or forkserver child needs; the fds of Connection arguments go to `passed`.
+  detail::SpawnBootstrap bootstrap(const std::string& why, detail::PassedFds& passed);
+  // The child is running: its pidfd (opened here if -1), the forkserver's connection if any,
+  // and the children list.
+  void adopt(int pid, int pidfd = -1, int server = -1);
 
   std::function<void()> target_;
   detail::SpawnTarget spawn_;

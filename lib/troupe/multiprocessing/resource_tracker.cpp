@@ -15,6 +15,7 @@
 #include <mutex>
 
 #include "troupe/errors.hpp"
+#include "troupe/internal/process_internal.hpp"
 
 namespace troupe::multiprocessing::resource_tracker {
 namespace {
@@ -106,13 +107,7 @@ void say(const char* a, const char* b, const char* c) noexcept {
   ::_exit(0);
 }
 
-pid_t fork_now() noexcept {
-#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
-  return ::fork();  // the sanitizers' runtimes must see the fork
-#else
-  return ::_Fork();  // no atfork handlers: the child runs system calls only
-#endif
-}
+using detail::fork_now;
 
 // ---- the client ----------------------------------------------------------------------------
 
