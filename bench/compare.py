@@ -209,11 +209,15 @@ def main():
             t = ns(proc[f"BM_ProcessStartJoin_troupe/{arg}"])
             b = ns(proc[raw])
             p = py[f"ProcessStartJoin/{method}"]["ns_per_op"]
-            ok = t / b <= 1.5 and p / t >= 5
+            # The issue sets a raw-ratio target for fork and spawn; the forkserver's child is a
+            # fork in another process plus a request, so only the Python target applies to it.
+            raw_target = method != "forkserver"
+            ok = (t / b <= 1.5 or not raw_target) and p / t >= 5
             verdicts.append(ok)
+            target = "≤ 1.5× raw; ≥ 5× Python" if raw_target else "≥ 5× Python"
             rows.append(f"| Process start + join, {method}, trivial target | {fmt_ns(t)} | "
                         f"{raw_label} {fmt_ns(b)} | **{t / b:.2f}×** time | {fmt_ns(p)} | "
-                        f"**{p / t:.1f}×** faster | ≤ 1.5× raw; ≥ 5× Python | "
+                        f"**{p / t:.1f}×** faster | {target} | "
                         f"{'met' if ok else 'MISSED'} |")
 
         # Between processes: the process-shared Lock and SharedMemory.

@@ -483,6 +483,8 @@ void BaseProcess::close() const {
     }
     if (state_->pidfd >= 0) ::close(state_->pidfd);
     state_->pidfd = -1;
+    if (state_->server >= 0) ::close(state_->server);
+    state_->server = -1;
     state_->closed = true;
   }
   forget_child(state_);
