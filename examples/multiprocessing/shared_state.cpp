@@ -1,5 +1,5 @@
 // Python's multiprocessing docs, "Synchronization between processes" and "Sharing state between
-// processes", and the shared_memory docs' ShareableList example, in C++, under fork and spawn:
+// processes", and the shared_memory docs' ShareableList example, in C++, per start method:
 //
 //   def f(l, i):
 //       l.acquire()
@@ -43,7 +43,7 @@ TROUPE_ENTRY(h);
 
 int main(int argc, char** argv) {
   mp::freeze_support(argc, argv);
-  for (const char* method : {"fork", "spawn"}) {
+  for (const char* method : {"fork", "spawn", "forkserver"}) {
     std::printf("-- start method %s\n", method);
     auto ctx = mp::get_context(method);
 
