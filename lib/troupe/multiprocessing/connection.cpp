@@ -875,32 +875,6 @@ bool Connection::async_read_some(detail::AsyncRead& st, std::error_code& ec) noe
   return true;
 }
 
-boost::asio::posix::stream_descriptor& detail::ReactorRegistration::get(
-    int fd, const boost::asio::any_io_executor& ex) {
-  // A composed operation's executor tracks outstanding work; the registration outlives the
-  // operation and must not keep its io_context running.
-  if (!descriptor_) {
-    blocking_restored_ = false;
-    descriptor_ = std::make_unique<boost::asio::posix::stream_descriptor>(
-        boost::asio::prefer(ex, boost::asio::execution::outstanding_work.untracked), fd);
-  }
-  return *descriptor_;
-}
-
-void detail::ReactorRegistration::keep_blocking(int fd) noexcept {
-  if (fd < 0 || blocking_restored_) return;
-  int off = 0;
-  ::ioctl(fd, FIONBIO, &off);
-  blocking_restored_ = true;
-}
-
-void detail::ReactorRegistration::release() noexcept {
-  if (descriptor_) {
-    descriptor_->release();
-    descriptor_.reset();
-  }
-}
-
 // ---- Pipe -----------------------------------------------------------------------------------
 
 std::pair<Connection, Connection> Pipe(bool duplex) {

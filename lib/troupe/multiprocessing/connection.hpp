@@ -29,6 +29,7 @@
 
 #include "troupe/codec.hpp"
 #include "troupe/detail/futex.hpp"
+#include "troupe/detail/reactor.hpp"
 #include "troupe/errors.hpp"
 #include "troupe/multiprocessing/authkey.hpp"
 #include "troupe/multiprocessing/tls.hpp"
@@ -66,32 +67,7 @@ inline boost::system::error_code to_boost(const std::error_code& ec) {
   return boost::system::error_code(ec);
 }
 
-/// An fd's registration with an Asio reactor, made on first use, for async waits only (the I/O
-/// itself is troupe's). Asio puts a descriptor in non-blocking mode when it first waits on it;
-/// keep_blocking() puts it back for the blocking calls (Asio remembers and does not redo it).
-class ReactorRegistration {
-public:
-  ReactorRegistration() = default;
-  ReactorRegistration(ReactorRegistration&&) noexcept = default;
-  ReactorRegistration& operator=(ReactorRegistration&& o) noexcept {
-    if (this != &o) {
-      release();
-      descriptor_ = std::move(o.descriptor_);
-      blocking_restored_ = o.blocking_restored_;
-    }
-    return *this;
-  }
-  ~ReactorRegistration() { release(); }  // never closes the fd: its owner does
-
-  boost::asio::posix::stream_descriptor& get(int fd, const boost::asio::any_io_executor& ex);
-  void keep_blocking(int fd) noexcept;
-  /// Cancels outstanding waits (operation_aborted) and forgets the fd without closing it.
-  void release() noexcept;
-
-private:
-  std::unique_ptr<boost::asio::posix::stream_descriptor> descriptor_;
-  bool blocking_restored_ = false;
-};  // ReactorRegistration
+using troupe::detail::ReactorRegistration;
 
 /// The progress of an asynchronous receive: header, then body.
 struct AsyncRead {
