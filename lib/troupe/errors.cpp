@@ -123,8 +123,13 @@ TimeoutError::TimeoutError(const std::string& what) : OSError(ETIMEDOUT, what) {
 namespace subprocess {
 
 namespace {
-std::string called_process_message(int rc, const std::vector<std::string>& cmd) {
-  std::string s = "Command '" + py_repr(cmd) + "' ";
+// Python's "%s" of cmd: a list's repr, or a command line as it is.
+std::string command_text(const std::vector<std::string>& cmd, bool command_line) {
+  return command_line && cmd.size() == 1 ? cmd[0] : py_repr(cmd);
+}
+
+std::string called_process_message(int rc, const std::string& command) {
+  std::string s = "Command '" + command + "' ";
   if (rc < 0) {
     const char* abbrev = sigabbrev_np(-rc);
     if (abbrev) return s + "died with <Signals.SIG" + abbrev + ": " + std::to_string(-rc) + ">.";
@@ -135,17 +140,17 @@ std::string called_process_message(int rc, const std::vector<std::string>& cmd) 
 }  // namespace
 
 CalledProcessError::CalledProcessError(int rc, std::vector<std::string> c, std::string out,
-                                       std::string err)
-    : SubprocessError(called_process_message(rc, c)),
+                                       std::string err, bool command_line)
+    : SubprocessError(called_process_message(rc, command_text(c, command_line))),
       returncode(rc),
       cmd(std::move(c)),
       output(std::move(out)),
       stderr_(std::move(err)) {}
 
 TimeoutExpired::TimeoutExpired(std::vector<std::string> c, std::chrono::duration<double> t,
-                               std::string out, std::string err)
-    : SubprocessError("Command '" + py_repr(c) + "' timed out after " + format_seconds(t.count()) +
-                      " seconds"),
+                               std::string out, std::string err, bool command_line)
+    : SubprocessError("Command '" + command_text(c, command_line) + "' timed out after " +
+                      format_seconds(t.count()) + " seconds"),
       cmd(std::move(c)),
       timeout(t),
       output(std::move(out)),

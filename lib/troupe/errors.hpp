@@ -317,8 +317,9 @@ public:
 /// "Command '…' died with <Signals.SIGKILL: 9>."
 class CalledProcessError : public SubprocessError {
 public:
+  /// `command_line`: `cmd` is one shell command line, shown as it is (Python's str cmd).
   CalledProcessError(int returncode, std::vector<std::string> cmd, std::string output = {},
-                     std::string stderr_ = {});
+                     std::string stderr_ = {}, bool command_line = false);
   int returncode;
   std::vector<std::string> cmd;
   std::string output;  // also Python's `stdout`
@@ -329,7 +330,7 @@ public:
 class TimeoutExpired : public SubprocessError {
 public:
   TimeoutExpired(std::vector<std::string> cmd, std::chrono::duration<double> timeout,
-                 std::string output = {}, std::string stderr_ = {});
+                 std::string output = {}, std::string stderr_ = {}, bool command_line = false);
   std::vector<std::string> cmd;
   std::chrono::duration<double> timeout;
   std::string output;
