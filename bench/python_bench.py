@@ -6,6 +6,7 @@ With --tls-dir DIR (certificates written by `connection_bench --write-tls-files 
 TLS workloads: Python's ssl with multiprocessing.connection's framing and handshake functions
 (test/integration/py_tls_echo.py's TlsConnection)."""
 import json
+import os
 import queue
 import sched
 import sys
@@ -437,6 +438,56 @@ def mp_queue_roundtrip_ns(n=10_000):
     return best(run)
 
 
+def run_true_per_s(n=300):
+    """subprocess.run(['/bin/true']) per second."""
+    import subprocess
+
+    def run():
+        t0 = time.perf_counter()
+        for _ in range(n):
+            subprocess.run(["/bin/true"])
+        return n / (time.perf_counter() - t0)
+    return max(run() for _ in range(REPS))
+
+
+def posix_spawn_true_per_s(n=300):
+    """os.posix_spawn + os.waitpid of /bin/true per second (Python's own fastest way)."""
+    def run():
+        t0 = time.perf_counter()
+        for _ in range(n):
+            pid = os.posix_spawn("/bin/true", ["/bin/true"], os.environ)
+            os.waitpid(pid, 0)
+        return n / (time.perf_counter() - t0)
+    return max(run() for _ in range(REPS))
+
+
+def run_echo_captured_per_s(n=300):
+    """subprocess.run(['/bin/echo', 'hi'], capture_output=True) per second."""
+    import subprocess
+
+    def run():
+        t0 = time.perf_counter()
+        for _ in range(n):
+            subprocess.run(["/bin/echo", "hi"], capture_output=True)
+        return n / (time.perf_counter() - t0)
+    return max(run() for _ in range(REPS))
+
+
+def capture_64mib_bytes_per_s(n=3):
+    """A child writing 64 MiB to stdout, captured by subprocess.run(stdout=PIPE)."""
+    import subprocess
+    size = 64 << 20
+
+    def run():
+        t0 = time.perf_counter()
+        for _ in range(n):
+            out = subprocess.run(["/usr/bin/head", "-c", str(size), "/dev/zero"],
+                                 stdout=subprocess.PIPE).stdout
+            assert len(out) == size
+        return n * size / (time.perf_counter() - t0)
+    return max(run() for _ in range(REPS))
+
+
 def main():
     out = {
         "Lock": {"ns_per_op": lock_ns(threading.Lock)},
@@ -465,6 +516,10 @@ def main():
         "MpQueueOneWay": {"items_per_s": mp_queue_oneway_per_s()},
         "MpQueueOneWayString": {"items_per_s": mp_queue_oneway_per_s(make=lambda i: "x" * 16)},
         "MpQueueRoundTrip": {"ns_per_op": mp_queue_roundtrip_ns()},
+        "RunTrue": {"items_per_s": run_true_per_s()},
+        "PosixSpawnTrue": {"items_per_s": posix_spawn_true_per_s()},
+        "RunEchoCaptured": {"items_per_s": run_echo_captured_per_s()},
+        "Capture64MiB": {"bytes_per_s": capture_64mib_bytes_per_s()},
         "python": sys.version.split()[0],
     }
     if len(sys.argv) == 3 and sys.argv[1] == "--tls-dir":
