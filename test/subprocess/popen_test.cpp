@@ -423,6 +423,17 @@ TEST_F(SubprocessTest, PreexecFnRunsInTheChild) {
   }
 }
 
+TEST_F(SubprocessTest, ResourceLimitsAndParentDeathSignal) {
+  auto r = run({"sh", "-c", "ulimit -n; ulimit -c"},
+               {.rlimits = {{RLIMIT_NOFILE, 64, 64}, {RLIMIT_CORE, 0, 0}}, .capture_output = true});
+  EXPECT_EQ(out_of(r), "64\n0\n");
+  EXPECT_THROW(run({"true"}, {.rlimits = {{RLIMIT_NOFILE, 2, 1}}}), ValueError);  // soft > hard
+  // The child of a thread that ends gets its pdeathsig.
+  std::optional<Popen> p;
+  std::thread([&] { p.emplace(Args{"sleep", "30"}, PopenOptions{.pdeathsig = SIGKILL}); }).join();
+  EXPECT_EQ(p->wait(20s), -SIGKILL);
+}
+
 // ---- threads, pipelines, Asio ---------------------------------------------------------------
 
 TEST_F(SubprocessTest, ManyThreadsSpawnAtOnce) {

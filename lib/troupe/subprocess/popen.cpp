@@ -7,6 +7,8 @@
 #include <sched.h>
 #include <signal.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -55,7 +57,9 @@ enum Step : int {
   kStepSetregid,
   kStepSetreuid,
   kStepFds,
-  kStepUmask
+  kStepUmask,
+  kStepRlimit,
+  kStepPdeathsig
 };
 
 const char* step_name(int step) {
@@ -68,6 +72,8 @@ const char* step_name(int step) {
     case kStepSetreuid: return "setreuid";
     case kStepFds: return "close_range";
     case kStepUmask: return "umask";
+    case kStepRlimit: return "setrlimit";
+    case kStepPdeathsig: return "prctl(PR_SET_PDEATHSIG)";
   }
   return "setup";
 }
@@ -95,6 +101,10 @@ struct ChildPlan {
   bool close_fds = true;
   const int* keep = nullptr;  // pass_fds, sorted
   std::size_t nkeep = 0;
+  const ResourceLimit* rlimits = nullptr;
+  std::size_t nrlimits = 0;
+  int pdeathsig = 0;
+  pid_t parent = 0;
   sigset_t mask{};  // the caller's signal mask, restored just before exec
   const std::function<void()>* preexec = nullptr;
 };
@@ -145,10 +155,19 @@ int child_main(void* arg) {
   if (p.umask >= 0) ::umask(static_cast<mode_t>(p.umask));
   if (p.new_session && ::setsid() < 0) child_fail(p, kSetup, errno, kStepSetsid);
   if (p.pgid >= 0 && ::setpgid(0, p.pgid) != 0) child_fail(p, kSetup, errno, kStepSetpgid);
+  for (std::size_t i = 0; i < p.nrlimits; ++i) {
+    const rlimit lim{p.rlimits[i].soft, p.rlimits[i].hard};
+    if (::setrlimit(static_cast<__rlimit_resource_t>(p.rlimits[i].resource), &lim) != 0)
+      child_fail(p, kSetup, errno, kStepRlimit);
+  }
   if (p.set_groups && ::setgroups(p.ngroups, p.groups) != 0)
     child_fail(p, kSetup, errno, kStepSetgroups);
   if (p.set_gid && ::setregid(p.gid, p.gid) != 0) child_fail(p, kSetup, errno, kStepSetregid);
   if (p.set_uid && ::setreuid(p.uid, p.uid) != 0) child_fail(p, kSetup, errno, kStepSetreuid);
+  if (p.pdeathsig) {  // after the id changes, which clear it
+    if (::prctl(PR_SET_PDEATHSIG, p.pdeathsig) != 0) child_fail(p, kSetup, errno, kStepPdeathsig);
+    if (::getppid() != p.parent) ::kill(::getpid(), p.pdeathsig);  // it has already gone
+  }
 
   ::sigprocmask(SIG_SETMASK, &p.mask, nullptr);
   if (p.preexec && *p.preexec) {
@@ -668,6 +687,15 @@ void Popen::start(PopenOptions& o) {
     plan.set_uid = true;
     plan.uid = resolve_user(*o.user);
   }
+  for (const auto& lim : o.rlimits)
+    if (lim.soft > lim.hard)
+      throw ValueError("Popen: rlimits: soft limit " + std::to_string(lim.soft) +
+                       " above hard limit " + std::to_string(lim.hard) + " for resource " +
+                       std::to_string(lim.resource));
+  plan.rlimits = o.rlimits.data();
+  plan.nrlimits = o.rlimits.size();
+  plan.pdeathsig = o.pdeathsig;
+  plan.parent = ::getpid();
   plan.close_fds = o.close_fds;
   plan.keep = keep.data();
   plan.nkeep = keep.size();

@@ -11,6 +11,7 @@
 // doc/subprocess.md.
 #pragma once
 
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/types.h>
 #include <unistd.h>
@@ -86,6 +87,13 @@ struct Args {
 using UserId = std::variant<uid_t, std::string>;
 using GroupId = std::variant<gid_t, std::string>;
 
+/// A resource limit for the child: setrlimit(resource, {soft, hard}).
+struct ResourceLimit {
+  int resource;
+  rlim_t soft;
+  rlim_t hard;
+};
+
 /// Python's keyword arguments of `Popen` (designated initializers:
 /// `Popen({"ls", "-l"}, {.stdout_ = PIPE, .cwd = "/tmp"})`).
 struct PopenOptions {
@@ -134,6 +142,13 @@ struct PopenOptions {
   /// child a real fork() instead of a clone that shares memory. An exception from it fails the
   /// start (SubprocessError "Exception occurred in preexec_fn.").
   std::function<void()> preexec_fn_unsafe;
+  /// Beyond Python: the signal the child gets when the thread that started it ends
+  /// (PR_SET_PDEATHSIG; 0: none), so a child cannot outlive a crashed parent. Linux ties it to
+  /// the starting *thread*: start such children from a thread that lives as long as they may.
+  int pdeathsig = 0;
+  /// Beyond Python: resource limits set in the child before the exec (setrlimit), e.g.
+  /// `{{RLIMIT_NOFILE, 256, 256}, {RLIMIT_CORE, 0, 0}}`.
+  std::vector<ResourceLimit> rlimits;
 
   // run()'s arguments (and call()'s, check_output()'s); Popen refuses them (TypeError).
   /// Python: `input`: written to the child's stdin (which becomes a PIPE).
