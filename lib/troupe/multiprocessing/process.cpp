@@ -1,6 +1,5 @@
 #include "troupe/multiprocessing/process.hpp"
 
-#include <cxxabi.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -24,6 +23,7 @@
 #include <openssl/crypto.h>
 
 #include "troupe/errors.hpp"
+#include "troupe/internal/demangle.hpp"
 #include "troupe/internal/process_internal.hpp"
 #include "troupe/multiprocessing/connection.hpp"
 #include "troupe/multiprocessing/forkserver.hpp"
@@ -124,14 +124,6 @@ int count_threads() {
     if (e->d_name[0] != '.') ++n;
   ::closedir(d);
   return n;
-}
-
-std::string demangled(const std::type_info& t) {
-  int status = 0;
-  char* s = abi::__cxa_demangle(t.name(), nullptr, nullptr, &status);
-  std::string out = status == 0 && s ? s : t.name();
-  std::free(s);
-  return out;
 }
 
 // Python's Popen.poll for a child: reaps it if it has ended (or waits when `block`). Called with
@@ -303,8 +295,8 @@ int run_target(const std::string& name, const std::function<void()>& body) {
   } catch (const SystemExit& e) {
     return e.code;
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "Process %s:\n%s: %s\n", name.c_str(), demangled(typeid(e)).c_str(),
-                 e.what());
+    std::fprintf(stderr, "Process %s:\n%s: %s\n", name.c_str(),
+                 troupe::internal::demangle(typeid(e)).c_str(), e.what());
   } catch (...) {
     std::fprintf(stderr, "Process %s:\nan exception that is not a std::exception\n", name.c_str());
   }

@@ -1,6 +1,5 @@
 #include "troupe/threading/thread.hpp"
 
-#include <cxxabi.h>
 #include <pthread.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -14,6 +13,7 @@
 #include <typeinfo>
 
 #include "troupe/errors.hpp"
+#include "troupe/internal/demangle.hpp"
 
 namespace troupe::threading {
 namespace detail {
@@ -94,14 +94,6 @@ std::int64_t gettid_now() noexcept {
 }
 std::uint64_t ident_now() noexcept {
   return static_cast<std::uint64_t>(pthread_self());
-}
-
-std::string demangle(const char* name) {
-  int status = 0;
-  char* d = abi::__cxa_demangle(name, nullptr, nullptr, &status);
-  std::string out = status == 0 && d ? d : name;
-  std::free(d);
-  return out;
 }
 
 // Joins every non-daemon thread still running, as Python does before the interpreter exits.
@@ -226,8 +218,7 @@ void* thread_entry(void* arg) {
     }
   } catch (...) {
     ExceptHookArgs args;
-    auto* t = abi::__cxa_current_exception_type();
-    args.exc_type = t ? demangle(t->name()) : "unknown";
+    args.exc_type = troupe::internal::current_exception_type();
     args.exc_value = std::current_exception();
     {
       std::scoped_lock lk(s->mu);
@@ -281,8 +272,7 @@ void ExceptHookSlot::operator()(const ExceptHookArgs& args) const {
   } catch (...) {
     std::fputs("Exception in threading.excepthook:\n", stderr);
     ExceptHookArgs inner;
-    auto* t = abi::__cxa_current_exception_type();
-    inner.exc_type = t ? demangle(t->name()) : "unknown";
+    inner.exc_type = troupe::internal::current_exception_type();
     inner.exc_value = std::current_exception();
     inner.thread = args.thread;
     default_excepthook(inner);
