@@ -488,8 +488,56 @@ def capture_64mib_bytes_per_s(n=3):
     return max(run() for _ in range(REPS))
 
 
+def _trivial(x):
+    return x + 1
+
+
+def tpe_submit_result_ns(n=20_000):
+    """ThreadPoolExecutor(2): submit(f).result(), one call at a time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def run():
+        with ThreadPoolExecutor(2) as pool:
+            x = 0
+            t0 = time.perf_counter()
+            for _ in range(n):
+                x = pool.submit(_trivial, x).result()
+            return (time.perf_counter() - t0) / n * 1e9
+    return best(run)
+
+
+def tpe_submit_all_per_s(n=10_000):
+    """ThreadPoolExecutor(2): submit a batch, then collect every result."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def run():
+        with ThreadPoolExecutor(2) as pool:
+            t0 = time.perf_counter()
+            fs = [pool.submit(_trivial, i) for i in range(n)]
+            for f in fs:
+                f.result()
+            return n / (time.perf_counter() - t0)
+    return max(run() for _ in range(REPS))
+
+
+def tpe_map_per_s(n=10_000):
+    """ThreadPoolExecutor(2).map over a list (Python's map submits everything at once)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def run():
+        with ThreadPoolExecutor(2) as pool:
+            t0 = time.perf_counter()
+            for _ in pool.map(_trivial, range(n)):
+                pass
+            return n / (time.perf_counter() - t0)
+    return max(run() for _ in range(REPS))
+
+
 def main():
     out = {
+        "TpeSubmitResult": {"ns_per_op": tpe_submit_result_ns()},
+        "TpeSubmitAll": {"items_per_s": tpe_submit_all_per_s()},
+        "TpeMap": {"items_per_s": tpe_map_per_s()},
         "Lock": {"ns_per_op": lock_ns(threading.Lock)},
         "RLock": {"ns_per_op": lock_ns(threading.RLock)},
         "PingPong_Event": {"ns_per_op": event_pingpong_ns()},

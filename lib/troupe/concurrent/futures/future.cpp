@@ -137,10 +137,13 @@ bool CoreBase::finish_locked(State to, bool raised) {
                                     std::memory_order_relaxed))
       break;
   }
-  // Keeps the future alive through the wake-up and the callbacks, whoever drops it meanwhile.
-  std::shared_ptr<CoreBase> self = shared_from_this();
-  for (Waiter* w : waiters_) w->add(self, raised);
-  waiters_.clear();
+  // Whoever finishes a future holds a handle on it (or is its task), so it lives through the
+  // wake-up and the callbacks.
+  if (!waiters_.empty()) {
+    std::shared_ptr<CoreBase> self = shared_from_this();
+    for (Waiter* w : waiters_) w->add(self, raised);
+    waiters_.clear();
+  }
   std::vector<Callback> callbacks = std::move(callbacks_);
   callbacks_.clear();
   mutex_.unlock();

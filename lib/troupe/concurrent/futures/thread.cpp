@@ -48,6 +48,7 @@ struct ThreadPool : WaitGuard, std::enable_shared_from_this<ThreadPool> {
   troupe::detail::FutexMutex mutex;
   troupe::detail::FutexCondVar work_ready;  // a task was queued, or shutdown
   std::deque<std::shared_ptr<TaskBase>> queue;
+  std::atomic<std::size_t> queued{0};  // queue.size(), readable without the mutex
   std::vector<std::unique_ptr<threading::Thread>> workers;  // started, not yet joined
   int idle_tokens = 0;  // Python's _idle_semaphore: workers that found the queue empty
   int waiting = 0;      // workers asleep on work_ready
@@ -116,6 +117,7 @@ void ThreadPool::submit(std::shared_ptr<TaskBase> task) {
     if (!broken.empty()) throw BrokenThreadPool(broken);
     if (shut) throw RuntimeError("cannot schedule new futures after shutdown");
     queue.push_back(std::move(task));
+    queued.store(queue.size(), std::memory_order_relaxed);
     // Python's _adjust_thread_count: an idle worker takes it, else a new one if there is room.
     if (idle_tokens > 0) {
       --idle_tokens;
@@ -159,12 +161,29 @@ void ThreadPool::worker_main() {
       return;
     }
   }
+  // Python's worker releases the idle semaphore when it finds the queue empty, after its call's
+  // future is set: a caller that submits again at once may find no idle worker and start
+  // another. This one counts itself idle before it sets the future.
+  struct Idle final : BeforePublish {
+    ThreadPool& pool;
+    bool counted = false;
+    explicit Idle(ThreadPool& p) : pool(p) {}
+    void operator()() noexcept override {
+      if (pool.queued.load(std::memory_order_relaxed) != 0) return;
+      std::scoped_lock lk(pool.mutex);
+      if (pool.queue.empty()) {
+        ++pool.idle_tokens;
+        counted = true;
+      }
+    }
+  } idle(*this);
   for (;;) {
     std::shared_ptr<TaskBase> task;
     {
       std::scoped_lock lk(mutex);
       if (queue.empty() && shut) break;
-      if (queue.empty()) ++idle_tokens;
+      if (queue.empty() && !idle.counted) ++idle_tokens;
+      idle.counted = false;
       while (queue.empty() && !shut && broken.empty()) {
         ++waiting;
         (void)work_ready.wait(mutex);
@@ -173,8 +192,9 @@ void ThreadPool::worker_main() {
       if (queue.empty()) break;  // shut down (or broken) with nothing left to run
       task = std::move(queue.front());
       queue.pop_front();
+      queued.store(queue.size(), std::memory_order_relaxed);
     }
-    task->run();
+    task->run(idle);
   }
   current_pool() = nullptr;
 }
@@ -185,6 +205,7 @@ void ThreadPool::initializer_failed() {
     std::scoped_lock lk(mutex);
     broken = "A thread initializer failed, the thread pool is not usable anymore";
     drained.swap(queue);
+    queued.store(0, std::memory_order_relaxed);
     work_ready.notify_all();
   }
   for (auto& t : drained) {
@@ -201,7 +222,10 @@ void ThreadPool::shutdown(bool wait, bool cancel_futures) {
   {
     std::scoped_lock lk(mutex);
     shut = true;
-    if (cancel_futures) drained.swap(queue);
+    if (cancel_futures) {
+      drained.swap(queue);
+      queued.store(0, std::memory_order_relaxed);
+    }
     work_ready.notify_all();
   }
   for (auto& t : drained) (void)t->core().cancel();

@@ -24,10 +24,20 @@ namespace troupe::concurrent::futures {
 
 namespace detail {
 
+/// Told by a task when its call has returned, before its future is set: a pool counts the
+/// worker idle from then on, so a caller woken by the result finds it idle.
+class BeforePublish {
+public:
+  virtual void operator()() noexcept = 0;
+
+protected:
+  ~BeforePublish() = default;
+};
+
 /// A submitted call: a future's shared state that also runs the call.
 class TaskBase {
 public:
-  virtual void run() noexcept = 0;
+  virtual void run(BeforePublish& before_publish) noexcept = 0;
   virtual CoreBase& core() noexcept = 0;
 
 protected:
@@ -40,20 +50,30 @@ public:
   template <class G, class... B>
   explicit Task(G&& f, B&&... a) : f_(std::forward<G>(f)), args_(std::forward<B>(a)...) {}
 
-  void run() noexcept override {
+  void run(BeforePublish& before_publish) noexcept override {
     if (!this->set_running_or_notify_cancel()) return;
+    std::exception_ptr error;
+    std::optional<MapValue<R>> value;
     try {
       if constexpr (std::is_void_v<R>) {
         std::apply(f_, std::move(args_));
-        (void)this->set_value(false);
+        value.emplace();
       } else {
-        (void)this->set_value(false, std::apply(f_, std::move(args_)));
+        value.emplace(std::apply(f_, std::move(args_)));
       }
     } catch (...) {
-      try {
-        this->set_exception(std::current_exception());
-      } catch (...) {  // already done (set by hand): nothing to report to
+      error = std::current_exception();
+    }
+    before_publish();
+    try {
+      if (error) {
+        this->set_exception(std::move(error));
+      } else if constexpr (std::is_void_v<R>) {
+        (void)this->set_value(false);
+      } else {
+        (void)this->set_value(false, std::move(*value));
       }
+    } catch (...) {  // already done (set by hand meanwhile): nothing to report to
     }
   }
   CoreBase& core() noexcept override { return *this; }
