@@ -8,8 +8,11 @@
 #include <thread>
 #include <vector>
 
-#include <boost/asio/bind_executor.hpp>
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/use_future.hpp>
 #include <gmock/gmock.h>
 
@@ -335,6 +338,33 @@ TEST_F(FutureTest, AsyncResultUseFuture) {
   f.set_result("hi");
   io.run();
   EXPECT_EQ(sf.get(), "hi");
+}
+
+TEST_F(FutureTest, AsyncResultUseAwaitable) {
+  boost::asio::io_context io;
+  Future<int> ok;
+  Future<int> bad;
+  std::string seen;
+  boost::asio::co_spawn(
+      io,
+      [&]() -> boost::asio::awaitable<void> {
+        int v = co_await ok.async_result(io.get_executor(), boost::asio::use_awaitable);
+        seen += std::to_string(v);
+        try {
+          (void)co_await bad.async_result(io.get_executor(), boost::asio::use_awaitable);
+        } catch (const ValueError& e) {
+          seen += std::string(" ") + e.what();
+        }
+      },
+      boost::asio::detached);
+  threading::Thread t([ok, bad]() mutable {
+    ok.set_result(3);
+    bad.set_exception(ValueError("nope"));
+  });
+  t.start();
+  io.run();
+  t.join();
+  EXPECT_EQ(seen, "3 nope");
 }
 
 // ---------------------------------------------------------------------------------------------
