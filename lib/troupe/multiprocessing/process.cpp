@@ -867,6 +867,11 @@ int take_fd(int n) {
   return std::exchange(t->fds[static_cast<std::size_t>(n)], -1);
 }
 
+void drop_arguments(Process& p) noexcept {
+  p.target_ = nullptr;
+  p.spawn_ = SpawnTarget{};
+}
+
 bool register_entry(const EntryPoint& entry) {
   auto& e = entries();
   std::lock_guard lock(e.m);

@@ -17,6 +17,7 @@
 #include <tuple>
 #include <type_traits>
 #include <utility>
+#include <variant>
 #include <vector>
 
 #include "troupe/codec.hpp"
@@ -45,6 +46,8 @@ struct SystemExit {
 
 namespace troupe::multiprocessing {
 
+class Process;
+
 namespace detail {
 struct ProcessState;
 struct SpawnBootstrap;
@@ -53,16 +56,24 @@ struct SpawnBootstrap;
 /// exception is reported on stderr ("Process NAME:" and the exception) and gives 1; else 0.
 int run_target(const std::string& name, const std::function<void()>& body);
 
+/// After start(): the parent's copies of the target and its arguments are dropped (a process
+/// pool closes its copy of each worker's end of their connection so).
+void drop_arguments(Process& p) noexcept;
+
 /// What a Process can run: a callable with these arguments.
 template <class F, class... A>
 concept Target = std::invocable < std::decay_t<F>
 &, std::decay_t<A>&... > ;
 
-/// A function registered as an entry point: what a spawned child can run.
+/// A function registered as an entry point: what a spawned child can run, and what a process
+/// pool's worker calls for a task.
 struct EntryPoint {
   const char* name;
   const void* function;
   void (*invoke)(std::span<const std::byte> arguments);  // decodes the arguments, calls
+  // Decodes the arguments, calls, and returns the encoded result (std::monostate for void);
+  // null when the result type has no codec.
+  std::vector<std::byte> (*call)(std::span<const std::byte> arguments);
 };
 bool register_entry(const EntryPoint& entry);
 const EntryPoint* find_entry(const void* function) noexcept;
@@ -73,6 +84,7 @@ struct FunctionTraits;
 template <class R, class... P>
 struct FunctionTraits<R (*)(P...)> {
   using Arguments = std::tuple<std::decay_t<P>...>;
+  using Result = R;
 };
 
 // The arguments are passed as lvalues, as under fork: a parameter that cannot be copied (a
@@ -81,6 +93,27 @@ template <auto Fn>
 void invoke_entry(std::span<const std::byte> bytes) {
   auto arguments = troupe::from_bytes<typename FunctionTraits<decltype(Fn)>::Arguments>(bytes);
   std::apply([](auto&... a) { Fn(a...); }, arguments);
+}
+
+// For process pools: the call's result, encoded.
+template <auto Fn>
+std::vector<std::byte> call_entry(std::span<const std::byte> bytes) {
+  using Traits = FunctionTraits<decltype(Fn)>;
+  auto arguments = troupe::from_bytes<typename Traits::Arguments>(bytes);
+  if constexpr (std::is_void_v<typename Traits::Result>) {
+    std::apply([](auto&... a) { Fn(a...); }, arguments);
+    return troupe::to_bytes(std::monostate{});
+  } else {
+    return troupe::to_bytes(std::apply([](auto&... a) { return Fn(a...); }, arguments));
+  }
+}
+template <auto Fn>
+constexpr auto entry_caller() {
+  using R = typename FunctionTraits<decltype(Fn)>::Result;
+  if constexpr (std::is_void_v<R> || Encodable<std::decay_t<R>>)
+    return &call_entry<Fn>;
+  else
+    return static_cast<std::vector<std::byte> (*)(std::span<const std::byte>)>(nullptr);
 }
 
 /// File descriptors that travel with a spawned child's arguments (a Connection, say): while the
@@ -132,11 +165,12 @@ SpawnTarget spawn_target(F& f, const std::shared_ptr<Stored>& stored) {
 /// must have codecs (a compile error otherwise).
 #define TROUPE_ENTRY(fn) TROUPE_ENTRY_AT_(fn, __COUNTER__)
 #define TROUPE_ENTRY_AT_(fn, n) TROUPE_ENTRY_AT2_(fn, n)
-#define TROUPE_ENTRY_AT2_(fn, n)                         \
-  [[maybe_unused]] static const bool troupe_entry_##n =  \
-      ::troupe::multiprocessing::detail::register_entry( \
-          {#fn, reinterpret_cast<const void*>(&fn),      \
-           &::troupe::multiprocessing::detail::invoke_entry<&fn>})
+#define TROUPE_ENTRY_AT2_(fn, n)                                  \
+  [[maybe_unused]] static const bool troupe_entry_##n =           \
+      ::troupe::multiprocessing::detail::register_entry(          \
+          {#fn, reinterpret_cast<const void*>(&fn),               \
+           &::troupe::multiprocessing::detail::invoke_entry<&fn>, \
+           ::troupe::multiprocessing::detail::entry_caller<&fn>()})
 
 /// Python: `multiprocessing.freeze_support()`; here the guard at the top of `main` that makes
 /// spawn work (the analogue of `if __name__ == '__main__':`): in a process started by the spawn
@@ -282,6 +316,8 @@ private:
   // The child is running: its pidfd (opened here if -1), the forkserver's connection if any,
   // and the children list.
   void adopt(int pid, int pidfd = -1, int server = -1);
+
+  friend void detail::drop_arguments(Process& p) noexcept;
 
   std::function<void()> target_;
   detail::SpawnTarget spawn_;

@@ -1,0 +1,249 @@
+// troupe/concurrent/futures/process.hpp — concurrent.futures.ProcessPoolExecutor.
+//
+// C++ cannot send code to another process, so a call is a function registered with
+// TROUPE_ENTRY and arguments its codecs encode (Python pickles a module-level function by name:
+// the same rule). Workers are processes of the chosen start method (forkserver by default, as
+// Python 3.14 on Linux); each has its own connection, so a worker that dies fails exactly the
+// calls it held, with its exit status or signal in the message — and, by default as in Python,
+// breaks the pool (OnWorkerDeath::replace_worker keeps the pool going instead).
+#pragma once
+
+#include <signal.h>
+
+#include <cstddef>
+#include <optional>
+#include <string>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+#include <variant>
+#include <vector>
+
+#include "troupe/codec.hpp"
+#include "troupe/concurrent/futures/executor.hpp"
+#include "troupe/concurrent/futures/future.hpp"
+#include "troupe/errors.hpp"
+#include "troupe/multiprocessing/process.hpp"
+#include "troupe/multiprocessing/worker_pool.hpp"
+
+namespace troupe::concurrent::futures {
+
+using OnWorkerDeath = multiprocessing::detail::OnWorkerDeath;
+
+namespace detail {
+
+/// The name a registered function goes by. @throws ValueError if it is not registered.
+std::string entry_name(const void* function, const char* what);
+
+template <class R>
+class FutureJob final : public multiprocessing::detail::Job {
+public:
+  Future<R> future;
+
+  bool start() noexcept override {  // again after a dead worker's calls are requeued: true
+    try {
+      return future.running() || future.set_running_or_notify_cancel();
+    } catch (...) {
+      return false;
+    }
+  }
+  void deliver(std::vector<multiprocessing::detail::CallOutcome>&& outcomes) noexcept override {
+    try {
+      if (outcomes.size() != 1)
+        throw ValueError("a worker sent " + std::to_string(outcomes.size()) +
+                         " results for one call");
+      auto& o = outcomes.front();
+      if (!o.ok) {
+        future.set_exception(multiprocessing::detail::outcome_exception(o));
+      } else if constexpr (std::is_void_v<R>) {
+        (void)troupe::from_bytes<std::monostate>(o.value);
+        future.set_result();
+      } else {
+        future.set_result(troupe::from_bytes<R>(o.value));
+      }
+    } catch (...) {
+      fail(std::current_exception());
+    }
+  }
+  void fail(std::exception_ptr error) noexcept override {
+    try {
+      future.set_exception(std::move(error));
+    } catch (...) {  // done already
+    }
+  }
+  void cancel() noexcept override { (void)future.cancel(); }
+};
+
+/// One chunk of a map: its future holds the chunk's results; the first failing call fails it.
+template <class R>
+class ChunkJob final : public multiprocessing::detail::Job {
+public:
+  using Value = MapValue<R>;
+  Future<std::vector<Value>> future;
+
+  bool start() noexcept override {  // again after a dead worker's calls are requeued: true
+    try {
+      return future.running() || future.set_running_or_notify_cancel();
+    } catch (...) {
+      return false;
+    }
+  }
+  void deliver(std::vector<multiprocessing::detail::CallOutcome>&& outcomes) noexcept override {
+    try {
+      std::vector<Value> values;
+      values.reserve(outcomes.size());
+      for (auto& o : outcomes) {
+        if (!o.ok) {
+          future.set_exception(multiprocessing::detail::outcome_exception(o));
+          return;
+        }
+        if constexpr (std::is_void_v<R>) {
+          values.push_back(troupe::from_bytes<std::monostate>(o.value));
+        } else {
+          values.push_back(troupe::from_bytes<R>(o.value));
+        }
+      }
+      future.set_result(std::move(values));
+    } catch (...) {
+      fail(std::current_exception());
+    }
+  }
+  void fail(std::exception_ptr error) noexcept override {
+    try {
+      future.set_exception(std::move(error));
+    } catch (...) {
+    }
+  }
+  void cancel() noexcept override { (void)future.cancel(); }
+};
+
+template <class R>
+constexpr bool sendable_result = std::is_void_v<R> || Encodable<std::decay_t<R>>;
+
+}  // namespace detail
+
+/// A function registered with TROUPE_ENTRY and its arguments, run at the start of each worker
+/// (Python's `initializer` and `initargs`): `{.initializer = {setup, "config.ini", 4}}`.
+struct Initializer {
+  std::string entry;
+  std::vector<std::byte> arguments;
+
+  Initializer() = default;
+  template <class R, class... P, class... A>
+  requires(sizeof...(P) == sizeof...(A)) Initializer(R (*fn)(P...), A&&... args)
+      : entry(detail::entry_name(reinterpret_cast<const void*>(fn), "initializer")),
+        arguments(troupe::to_bytes(std::tuple<std::decay_t<P>...>(std::forward<A>(args)...))) {}
+};
+
+/// ProcessPoolExecutor's options (Python's keyword arguments).
+struct ProcessPoolOptions {
+  /// Unset: the CPUs this process may run on (Python 3.13's process_cpu_count()). > 0.
+  std::optional<int> max_workers;
+  /// Unset: forkserver (Python 3.14 on Linux). `mp::get_context("spawn")` and so on.
+  std::optional<multiprocessing::Context> mp_context;
+  Initializer initializer;
+  /// A worker is replaced after this many calls (map chunks count one each). Not with fork.
+  std::optional<int> max_tasks_per_child;
+  /// beyond Python: what a dead worker does to the pool (not replace_worker with fork).
+  OnWorkerDeath on_worker_death = OnWorkerDeath::break_pool;
+};
+
+/// Python: `concurrent.futures.ProcessPoolExecutor(max_workers=None, mp_context=None,
+/// initializer=None, initargs=(), max_tasks_per_child=None)`.
+///
+///     int square(int x) { return x * x; }
+///     TROUPE_ENTRY(square);
+///     …
+///     futures::ProcessPoolExecutor pool{{.max_workers = 4}};
+///     auto f = pool.submit(square, 7);          // f.result() == 49
+///     for (int v : pool.map({.chunksize = 64}, square, xs)) …
+class ProcessPoolExecutor : public Executor<ProcessPoolExecutor> {
+public:
+  using Options = ProcessPoolOptions;
+
+  /// @throws ValueError for max_workers <= 0, max_tasks_per_child < 1, or fork with
+  /// max_tasks_per_child or replace_worker.
+  explicit ProcessPoolExecutor(Options options = {});
+  explicit ProcessPoolExecutor(int max_workers)
+      : ProcessPoolExecutor(Options{.max_workers = max_workers}) {}
+  /// Python's `__exit__`: shutdown(wait=true).
+  ~ProcessPoolExecutor();
+  ProcessPoolExecutor(const ProcessPoolExecutor&) = delete;
+  ProcessPoolExecutor& operator=(const ProcessPoolExecutor&) = delete;
+
+  /// Python: `submit(fn, /, *args)`: runs `fn(args...)` in a worker. `fn` must be registered
+  /// with TROUPE_ENTRY (ValueError otherwise) and its parameters and result must have codecs
+  /// (a compile error otherwise).
+  /// @throws RuntimeError after shutdown or from another process; BrokenProcessPool if broken.
+  template <class R, class... P, class... A>
+  requires(sizeof...(P) == sizeof...(A)) Future<R> submit(R (*fn)(P...), A&&... args) {
+    static_assert(detail::sendable_result<R>,
+                  "ProcessPoolExecutor: the function's result has no troupe::Codec");
+    auto job = std::make_unique<detail::FutureJob<R>>();
+    job->entry = detail::entry_name(reinterpret_cast<const void*>(fn), "ProcessPoolExecutor");
+    job->calls.push_back(
+        troupe::to_bytes(std::tuple<std::decay_t<P>...>(std::forward<A>(args)...)));
+    Future<R> f = job->future;
+    pool_.submit(std::move(job));
+    return f;
+  }
+  template <class F, class... A>
+  requires(!std::is_pointer_v<std::decay_t<F>> ||
+           !std::is_function_v<std::remove_pointer_t<std::decay_t<F>>>) void submit(F&&, A&&...) {
+    static_assert(sizeof(F) == 0,
+                  "ProcessPoolExecutor runs functions registered with TROUPE_ENTRY (a plain "
+                  "function, not a lambda or functor): C++ cannot send code to another process");
+  }
+
+  /// Python: `map(fn, *iterables, timeout, chunksize, buffersize)`: like Executor::map, with
+  /// `chunksize` items per message to a worker (Python's chunking; the look-ahead counts
+  /// chunks).
+  template <class R, class... P, class... Ranges>
+  requires(sizeof...(P) == sizeof...(Ranges)) auto map(R (*fn)(P...), Ranges&&... iterables) {
+    return map(MapOptions{}, fn, std::forward<Ranges>(iterables)...);
+  }
+  template <class R, class... P, class... Ranges>
+  requires(sizeof...(P) == sizeof...(Ranges)) auto map(MapOptions options, R (*fn)(P...),
+                                                       Ranges&&... iterables) {
+    static_assert(detail::sendable_result<R>,
+                  "ProcessPoolExecutor: the function's result has no troupe::Codec");
+    const std::size_t ahead = futures::detail::map_lookahead(options, max_workers());
+    const std::string entry =
+        detail::entry_name(reinterpret_cast<const void*>(fn), "ProcessPoolExecutor.map");
+    auto zip = std::make_shared<futures::detail::Zip<std::views::all_t<Ranges>...>>(
+        std::views::all(std::forward<Ranges>(iterables))...);
+    using FutureR = Future<std::vector<detail::MapValue<R>>>;
+    auto source = [this, zip, entry, chunk = options.chunksize]() -> std::optional<FutureR> {
+      auto job = std::make_unique<detail::ChunkJob<R>>();
+      job->entry = entry;
+      while (job->calls.size() < chunk && zip->next([&](auto&&... a) {
+        job->calls.push_back(troupe::to_bytes(std::tuple<std::decay_t<P>...>(a...)));
+      })) {
+      }
+      if (job->calls.empty()) return std::nullopt;
+      FutureR f = job->future;
+      pool_.submit(std::move(job));
+      return f;
+    };
+    return futures::detail::MapResults<R, FutureR, decltype(source)>(std::move(source), ahead,
+                                                                     options.timeout);
+  }
+
+  /// Python: `shutdown(wait=True, *, cancel_futures=False)`.
+  void shutdown(bool wait = true, bool cancel_futures = false);
+  /// Python 3.14: `terminate_workers()`: SIGTERM to every live worker, then shutdown(); the
+  /// calls they held fail with BrokenProcessPool.
+  void terminate_workers();
+  /// Python 3.14: `kill_workers()`: the same with SIGKILL.
+  void kill_workers();
+
+  int max_workers() const noexcept { return pool_.max_workers(); }
+  /// The pids of the live workers.
+  std::vector<int> worker_pids() const { return pool_.worker_pids(); }
+
+private:
+  static multiprocessing::detail::WorkerPoolOptions pool_options(Options& o);
+  multiprocessing::detail::WorkerPool pool_;
+};
+
+}  // namespace troupe::concurrent::futures

@@ -1,0 +1,649 @@
+#include "troupe/multiprocessing/worker_pool.hpp"
+
+#include <poll.h>
+#include <signal.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <deque>
+#include <map>
+#include <mutex>
+#include <utility>
+
+#include "troupe/internal/demangle.hpp"
+#include "troupe/multiprocessing/connection.hpp"
+#include "troupe/multiprocessing/process.hpp"
+#include "troupe/threading/thread.hpp"
+
+namespace troupe::multiprocessing::detail {
+
+namespace {
+
+// Parent -> worker.
+struct TaskMessage {
+  std::uint64_t id = 0;
+  bool stop = false;
+  std::string entry;
+  std::vector<std::vector<std::byte>> calls;
+};
+
+// Worker -> parent.
+struct ResultMessage {
+  std::uint64_t id = 0;
+  bool initializer_failed = false;
+  std::vector<CallOutcome> outcomes;
+};
+
+// Bytes a worker's connection may hold unread (a Unix socket's default buffer is ~200 KiB, and
+// every message costs its bookkeeping too): while a worker holds calls, no more than this is sent
+// to it, so a send never waits on a worker that waits to send its results.
+constexpr std::size_t kSendBudget = 64 * 1024;
+constexpr std::size_t kMessageOverhead = 1024;
+
+CallOutcome outcome_of(std::exception_ptr ep) {
+  CallOutcome o;
+  o.code = static_cast<std::uint16_t>(errc_of(ep));
+  try {
+    std::rethrow_exception(ep);
+  } catch (const OSError& e) {
+    o.os_errno = e.errno_value();
+    o.message = e.what();
+  } catch (const std::exception& e) {
+    o.message = e.what();
+    if (static_cast<errc>(o.code) == errc::exception)
+      o.message = troupe::internal::demangle(typeid(e)) + ": " + o.message;
+  } catch (...) {
+    o.message = troupe::internal::current_exception_type() + " (not a std::exception)";
+  }
+  return o;
+}
+
+CallOutcome run_call(const EntryPoint* e, const std::string& name,
+                     std::span<const std::byte> args) {
+  CallOutcome o;
+  try {
+    if (e == nullptr)
+      throw ValueError("'" + name + "' is not a function registered with TROUPE_ENTRY in " +
+                       "this program");
+    if (e->call == nullptr)
+      throw TypeError("the result of '" + name + "' has no troupe::Codec: it cannot be sent back");
+    o.value = e->call(args);
+    o.ok = true;
+  } catch (const SystemExit&) {
+    throw;  // sys_exit() in a call ends the worker process, as exit() would
+  } catch (...) {
+    o = outcome_of(std::current_exception());
+  }
+  return o;
+}
+
+std::string describe_exit(int code) {
+  if (code < 0) {
+    const char* abbrev = sigabbrev_np(-code);
+    return "was killed by signal " + std::to_string(-code) +
+           (abbrev ? std::string(" (SIG") + abbrev + ")" : std::string());
+  }
+  return "exited with code " + std::to_string(code);
+}
+
+}  // namespace
+
+// The worker process's main loop.
+void troupe_pool_worker(Connection& conn, WorkerConfig& cfg) {
+  for (int fd : cfg.close_fds) ::close(fd);
+  if (!cfg.initializer.empty()) {
+    try {
+      const EntryPoint* e = find_entry(cfg.initializer);
+      if (e == nullptr)
+        throw ValueError("initializer '" + cfg.initializer +
+                         "' is not a function registered with TROUPE_ENTRY in this program");
+      e->invoke(cfg.initargs);
+    } catch (const SystemExit&) {
+      throw;
+    } catch (...) {
+      std::fprintf(stderr, "Exception in initializer:\n%s\n",
+                   troupe::internal::describe(std::current_exception()).c_str());
+      ResultMessage r;
+      r.initializer_failed = true;
+      r.outcomes.push_back(outcome_of(std::current_exception()));
+      try {
+        conn.send(r);
+      } catch (...) {  // the parent has gone
+      }
+      return;
+    }
+  }
+  std::int64_t done = 0;
+  std::string last_name;
+  const EntryPoint* last = nullptr;
+  for (;;) {
+    TaskMessage t;
+    try {
+      t = conn.recv<TaskMessage>();
+    } catch (const EOFError&) {
+      return;  // the parent has gone
+    }
+    if (t.stop) return;
+    if (last == nullptr || t.entry != last_name) {
+      last = find_entry(t.entry);
+      last_name = t.entry;
+    }
+    ResultMessage r;
+    r.id = t.id;
+    r.outcomes.reserve(t.calls.size());
+    for (const auto& args : t.calls) r.outcomes.push_back(run_call(last, t.entry, args));
+    try {
+      conn.send(r);
+    } catch (const OSError&) {
+      return;  // the parent has gone
+    }
+    if (cfg.max_tasks > 0 && ++done >= cfg.max_tasks) return;
+  }
+}
+void troupe_pool_worker_entry(Connection& conn, WorkerConfig& cfg) {
+  troupe_pool_worker(conn, cfg);
+}
+TROUPE_ENTRY(troupe_pool_worker_entry);
+
+std::exception_ptr outcome_exception(const CallOutcome& o) {
+  try {
+    const auto code = static_cast<errc>(o.code);
+    if (o.os_errno != 0 && (code == errc::os_error || errc_for_errno(o.os_errno) == code))
+      throw_os_error(o.os_errno, o.message);
+    throw_error(code == errc::ok ? errc::exception : code, o.message);
+  } catch (...) {
+    return std::current_exception();
+  }
+}
+
+struct Worker {
+  int index = 0;
+  Process process;
+  Connection conn;  // the parent's end
+  int fd = -1;
+  int sentinel = -1;
+  std::mutex send_mutex;
+  struct InFlight {
+    std::unique_ptr<Job> job;
+    std::size_t size;  // what it counts against kSendBudget
+  };
+  std::map<std::uint64_t, InFlight> inflight;  // guarded by the pool's mutex
+  std::size_t inflight_bytes = 0;
+  std::int64_t sent = 0;  // messages sent (max_tasks_per_child counts them)
+  bool conn_open = true;  // manager thread only
+  bool exited = false;    // guarded by the pool's mutex
+};
+
+struct WorkerPoolState : std::enable_shared_from_this<WorkerPoolState> {
+  explicit WorkerPoolState(WorkerPoolOptions o) : options(std::move(o)) {}
+
+  const WorkerPoolOptions options;
+  const pid_t owner = ::getpid();
+  mutable std::mutex mu;
+  std::deque<std::unique_ptr<Job>> pending;
+  std::vector<std::shared_ptr<Worker>> workers;  // alive (or not yet reaped)
+  int starting = 0;                              // workers being started, outside the lock
+  int next_index = 0;
+  std::uint64_t next_id = 1;
+  bool shut = false;
+  bool terminating = false;  // signal_workers(): deaths are expected, calls fail
+  std::string broken;        // non-empty: why the pool is broken
+  int wake_fd = -1;
+  std::unique_ptr<threading::Thread> manager;
+  bool manager_done = false;
+
+  ~WorkerPoolState() {
+    if (wake_fd >= 0) ::close(wake_fd);
+  }
+
+  void wake() noexcept {
+    const std::uint64_t one = 1;
+    (void)!::write(wake_fd, &one, sizeof one);
+  }
+
+  std::vector<std::int32_t> pool_fds_locked() const {
+    std::vector<std::int32_t> fds{wake_fd};
+    for (const auto& w : workers) fds.push_back(w->fd);
+    return fds;
+  }
+
+  void start_worker();
+  void ensure_workers(bool all);
+  void pump();
+  void run_manager();
+  void read_results(Worker& w);
+  void reap(const std::shared_ptr<Worker>& w);
+  void break_pool_locked(const std::string& why, std::vector<std::unique_ptr<Job>>& failed);
+  void finish_manager();
+};
+
+void WorkerPoolState::start_worker() {
+  auto [parent_end, child_end] = Pipe(true);
+  WorkerConfig cfg;
+  cfg.pool_name = options.name;
+  cfg.initializer = options.initializer;
+  cfg.initargs = options.initargs;
+  cfg.max_tasks = options.max_tasks_per_child.value_or(0);
+  int index;
+  {
+    std::scoped_lock lk(mu);
+    index = next_index++;
+    if (options.start_method == "fork") cfg.close_fds = pool_fds_locked();
+  }
+  if (options.start_method == "fork") cfg.close_fds.push_back(parent_end.fileno());
+  auto w = std::make_shared<Worker>();
+  w->index = index;
+  w->process = Process(ProcessOptions{.name = options.name + "-worker-" + std::to_string(index),
+                                      .start_method = options.start_method},
+                       &troupe_pool_worker_entry, std::move(child_end), std::move(cfg));
+  w->process.start();
+  drop_arguments(w->process);  // closes the parent's copy of the worker's end
+  w->fd = parent_end.fileno();
+  w->conn = std::move(parent_end);
+  w->sentinel = w->process.sentinel();
+  {
+    std::scoped_lock lk(mu);
+    workers.push_back(std::move(w));
+  }
+  wake();
+}
+
+// Starts workers up to max_workers while calls wait and no worker is free (Python's
+// _adjust_process_count), or all of them (`all`: fork, before the manager thread exists).
+void WorkerPoolState::ensure_workers(bool all) {
+  for (;;) {
+    {
+      std::scoped_lock lk(mu);
+      if (shut || !broken.empty()) return;
+      const int live = static_cast<int>(workers.size()) + starting;
+      if (live >= options.max_workers) return;
+      if (!all) {
+        bool idle = false;
+        for (const auto& w : workers)
+          if (w->inflight.empty() && !w->exited) idle = true;
+        if (idle || pending.empty() || starting > 0) return;
+      }
+      ++starting;
+    }
+    try {
+      start_worker();
+    } catch (...) {
+      std::scoped_lock lk(mu);
+      --starting;
+      throw;
+    }
+    std::scoped_lock lk(mu);
+    --starting;
+  }
+}
+
+// Sends waiting calls to workers with room, outside the lock.
+void WorkerPoolState::pump() {
+  struct Send {
+    std::shared_ptr<Worker> worker;
+    TaskMessage message;
+  };
+  std::vector<Send> sends;
+  std::vector<std::unique_ptr<Job>> cancelled;
+  {
+    std::scoped_lock lk(mu);
+    if (!broken.empty()) return;
+    for (;;) {
+      if (pending.empty()) break;
+      // The worker holding the fewest calls, with room for one more.
+      std::shared_ptr<Worker> best;
+      for (const auto& w : workers) {
+        if (w->exited) continue;
+        if (options.max_tasks_per_child && w->sent >= *options.max_tasks_per_child) continue;
+        if (static_cast<int>(w->inflight.size()) > options.depth) continue;
+        if (!best || w->inflight.size() < best->inflight.size()) best = w;
+      }
+      if (!best) break;
+      std::size_t size = kMessageOverhead;
+      for (const auto& c : pending.front()->calls) size += c.size();
+      if (!best->inflight.empty() && best->inflight_bytes + size > kSendBudget) break;
+      std::unique_ptr<Job> job = std::move(pending.front());
+      pending.pop_front();
+      if (!job->start()) {
+        cancelled.push_back(std::move(job));
+        continue;
+      }
+      Send s{best, {}};
+      s.message.id = next_id++;
+      s.message.entry = job->entry;
+      if (options.on_worker_death == OnWorkerDeath::replace_worker)
+        s.message.calls = job->calls;  // kept: if its worker dies first, it goes to another
+      else
+        s.message.calls = std::move(job->calls);
+      best->inflight_bytes += size;
+      best->inflight.emplace(s.message.id, Worker::InFlight{std::move(job), size});
+      ++best->sent;
+      sends.push_back(std::move(s));
+    }
+  }
+  cancelled.clear();  // outside the lock: a future's callbacks may run
+  for (auto& s : sends) {
+    {
+      std::scoped_lock lk(s.worker->send_mutex);
+      try {
+        s.worker->conn.send(s.message);
+      } catch (...) {
+        // The worker has died: the manager thread sees its pidfd and fails its calls.
+      }
+    }
+  }
+}
+
+void WorkerPoolState::read_results(Worker& w) {
+  for (;;) {
+    ResultMessage r;
+    try {
+      r = w.conn.recv<ResultMessage>();
+    } catch (const EOFError&) {
+      w.conn_open = false;
+      return;
+    } catch (const OSError&) {
+      w.conn_open = false;
+      return;
+    }
+    if (r.initializer_failed) {
+      std::string why = "A process initializer failed, the process pool is not usable anymore";
+      if (!r.outcomes.empty()) why += " (" + r.outcomes.front().message + ")";
+      std::vector<std::unique_ptr<Job>> failed;
+      {
+        std::scoped_lock lk(mu);
+        break_pool_locked(why, failed);
+      }
+      auto e = std::make_exception_ptr(concurrent::futures::BrokenProcessPool(why));
+      for (auto& j : failed) j->fail(e);
+      return;
+    }
+    std::unique_ptr<Job> job;
+    {
+      std::scoped_lock lk(mu);
+      auto it = w.inflight.find(r.id);
+      if (it != w.inflight.end()) {
+        job = std::move(it->second.job);
+        w.inflight_bytes -= it->second.size;
+        w.inflight.erase(it);
+      }
+    }
+    if (job) job->deliver(std::move(r.outcomes));
+    if (!w.conn.poll(std::chrono::seconds(0))) return;
+  }
+}
+
+void WorkerPoolState::break_pool_locked(const std::string& why,
+                                        std::vector<std::unique_ptr<Job>>& failed) {
+  if (broken.empty()) broken = why;
+  for (auto& w : workers) {
+    for (auto& [id, f] : w->inflight) failed.push_back(std::move(f.job));
+    w->inflight.clear();
+    w->inflight_bytes = 0;
+    if (!w->exited) w->process.terminate();
+  }
+  for (auto& j : pending) failed.push_back(std::move(j));
+  pending.clear();
+}
+
+void WorkerPoolState::reap(const std::shared_ptr<Worker>& w) {
+  // What it sent before it ended is all in the socket now.
+  if (w->conn_open && w->conn.poll(std::chrono::seconds(0))) read_results(*w);
+  w->process.join();
+  const int code = w->process.exitcode().value_or(-1);
+  std::vector<std::unique_ptr<Job>> failed;
+  std::string why;
+  bool replace = false;
+  {
+    std::scoped_lock lk(mu);
+    w->exited = true;
+    const bool retired = options.max_tasks_per_child && w->sent >= *options.max_tasks_per_child &&
+                         w->inflight.empty() && code == 0;
+    const bool stopping = shut && pending.empty() && w->inflight.empty() && code == 0;
+    if (!retired && !stopping && broken.empty()) {
+      why =
+          "A process in the process pool was terminated abruptly while the future was "
+          "running or pending: " +
+          w->process.name() + " (pid " + std::to_string(w->process.pid().value_or(0)) + ") " +
+          describe_exit(code);
+      if (terminating) why = "terminated by terminate_workers() or kill_workers(): " + why;
+      if (options.on_worker_death == OnWorkerDeath::break_pool || terminating) {
+        break_pool_locked(why, failed);
+      } else if (!w->inflight.empty()) {
+        // A worker runs its messages in order: the oldest was running and fails; the ones
+        // behind it never started, and go back to the front of the queue for another worker.
+        auto it = w->inflight.begin();
+        failed.push_back(std::move(it->second.job));
+        std::vector<std::unique_ptr<Job>> again;
+        for (++it; it != w->inflight.end(); ++it) again.push_back(std::move(it->second.job));
+        for (auto r = again.rbegin(); r != again.rend(); ++r) pending.push_front(std::move(*r));
+        w->inflight.clear();
+        w->inflight_bytes = 0;
+      }
+    }
+    std::erase(workers, w);
+    replace = broken.empty() && !shut;
+  }
+  auto e = std::make_exception_ptr(concurrent::futures::BrokenProcessPool(why));
+  for (auto& j : failed) j->fail(e);
+  w->process.close();
+  if (replace) ensure_workers(false);
+}
+
+void WorkerPoolState::run_manager() {
+  for (;;) {
+    std::vector<std::shared_ptr<Worker>> ws;
+    {
+      std::scoped_lock lk(mu);
+      ws = workers;
+      const bool idle = pending.empty() && std::all_of(workers.begin(), workers.end(),
+                                                       [](auto& w) { return w->inflight.empty(); });
+      if ((shut && idle && starting == 0) || (!broken.empty() && workers.empty())) break;
+    }
+    std::vector<pollfd> fds;
+    fds.push_back({wake_fd, POLLIN, 0});
+    for (const auto& w : ws) {
+      fds.push_back({w->conn_open ? w->fd : -1, POLLIN, 0});
+      fds.push_back({w->sentinel, POLLIN, 0});
+    }
+    int r;
+    do {
+      r = ::poll(fds.data(), fds.size(), -1);
+    } while (r < 0 && errno == EINTR);
+    if (fds[0].revents) {
+      std::uint64_t n;
+      (void)!::read(wake_fd, &n, sizeof n);
+    }
+    for (std::size_t i = 0; i < ws.size(); ++i) {
+      if (fds[1 + 2 * i].revents) read_results(*ws[i]);
+    }
+    pump();
+    for (std::size_t i = 0; i < ws.size(); ++i) {
+      if (fds[2 + 2 * i].revents) reap(ws[i]);
+    }
+    try {
+      ensure_workers(false);
+    } catch (const std::exception& e) {
+      std::vector<std::unique_ptr<Job>> failed;
+      const std::string why = std::string("a new worker could not be started: ") + e.what();
+      {
+        std::scoped_lock lk(mu);
+        break_pool_locked(why, failed);
+      }
+      auto ep = std::make_exception_ptr(concurrent::futures::BrokenProcessPool(why));
+      for (auto& j : failed) j->fail(ep);
+    }
+    pump();
+  }
+  finish_manager();
+}
+
+// Shut down (or broken): tells each worker to stop, and waits for them.
+void WorkerPoolState::finish_manager() {
+  std::vector<std::shared_ptr<Worker>> ws;
+  {
+    std::scoped_lock lk(mu);
+    ws = workers;
+  }
+  TaskMessage stop;
+  stop.stop = true;
+  for (auto& w : ws) {
+    std::scoped_lock lk(w->send_mutex);
+    try {
+      w->conn.send(stop);
+    } catch (...) {
+    }
+  }
+  for (auto& w : ws) {
+    w->process.join();
+    w->process.close();
+  }
+  std::scoped_lock lk(mu);
+  workers.clear();
+  manager_done = true;
+}
+
+namespace {
+
+// Every pool alive, shut down at exit before the processes' own exit handler joins children.
+struct Registry {
+  std::mutex mu;
+  std::vector<std::weak_ptr<WorkerPoolState>> pools;
+};
+Registry& registry() {
+  static Registry* r = new Registry;
+  return *r;
+}
+void shutdown_all_at_exit() {
+  std::vector<std::shared_ptr<WorkerPoolState>> alive;
+  {
+    auto& r = registry();
+    std::scoped_lock lk(r.mu);
+    for (auto& w : r.pools)
+      if (auto p = w.lock()) alive.push_back(std::move(p));
+    r.pools.clear();
+  }
+  for (auto& p : alive) {
+    {
+      std::scoped_lock lk(p->mu);
+      p->shut = true;
+    }
+    p->wake();
+    if (p->manager) p->manager->join();
+    p->manager.reset();  // its closure holds the pool
+  }
+}
+
+}  // namespace
+
+WorkerPool::WorkerPool(WorkerPoolOptions options)
+    : state_(std::make_shared<WorkerPoolState>(std::move(options))) {
+  state_->wake_fd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (state_->wake_fd < 0) throw_os_error(errno, "eventfd for " + state_->options.name);
+  auto& r = registry();
+  std::scoped_lock lk(r.mu);
+  r.pools.push_back(state_);
+}
+
+WorkerPool::~WorkerPool() {
+  try {
+    shutdown(true, false);
+  } catch (...) {
+  }
+  std::unique_ptr<threading::Thread> manager;
+  {
+    std::scoped_lock lk(state_->mu);
+    manager = std::move(state_->manager);  // its closure holds the pool
+  }
+}
+
+void WorkerPool::submit(std::unique_ptr<Job> job) {
+  auto& s = *state_;
+  if (::getpid() != s.owner)
+    throw RuntimeError(s.options.name + " belongs to process " + std::to_string(s.owner) +
+                       "; it cannot be used from process " + std::to_string(::getpid()) +
+                       " (a call running in a worker, say)");
+  bool first = false;
+  {
+    std::scoped_lock lk(s.mu);
+    if (!s.broken.empty()) throw concurrent::futures::BrokenProcessPool(s.broken);
+    if (s.shut) throw RuntimeError("cannot schedule new futures after shutdown");
+    s.pending.push_back(std::move(job));
+    first = s.manager == nullptr;
+  }
+  if (first) {
+    // fork: every worker now, while this process has no thread of the pool's (fork is refused
+    // in a process with other threads).
+    try {
+      s.ensure_workers(s.options.start_method == "fork");
+    } catch (...) {
+      std::scoped_lock lk(s.mu);
+      s.pending.clear();
+      throw;
+    }
+    static std::once_flag once;  // after the first Process: run before its exit handler
+    std::call_once(once, [] { std::atexit(shutdown_all_at_exit); });
+    std::scoped_lock lk(s.mu);
+    if (!s.manager) {
+      auto self = state_;
+      s.manager = std::make_unique<threading::Thread>(
+          threading::Thread::Options{.name = s.options.name + "-manager", .daemon = true},
+          [self] { self->run_manager(); });
+      s.manager->start();
+    }
+  } else {
+    s.ensure_workers(false);
+  }
+  s.pump();
+}
+
+void WorkerPool::shutdown(bool wait, bool cancel_pending) {
+  auto& s = *state_;
+  std::deque<std::unique_ptr<Job>> cancelled;
+  threading::Thread* manager = nullptr;
+  {
+    std::scoped_lock lk(s.mu);
+    s.shut = true;
+    if (cancel_pending) cancelled.swap(s.pending);
+    manager = s.manager.get();
+  }
+  for (auto& j : cancelled) j->cancel();
+  s.wake();
+  if (wait && manager && manager->ident() != threading::get_ident()) manager->join();
+}
+
+void WorkerPool::signal_workers(int sig) {
+  auto& s = *state_;
+  {
+    std::scoped_lock lk(s.mu);
+    s.terminating = true;
+    s.shut = true;
+    for (auto& w : s.workers) {
+      if (w->exited) continue;
+      if (sig == SIGKILL)
+        w->process.kill();
+      else
+        w->process.terminate();
+    }
+  }
+  shutdown(true, false);
+}
+
+int WorkerPool::max_workers() const noexcept {
+  return state_->options.max_workers;
+}
+
+std::vector<int> WorkerPool::worker_pids() const {
+  std::scoped_lock lk(state_->mu);
+  std::vector<int> pids;
+  for (const auto& w : state_->workers)
+    if (!w->exited) pids.push_back(w->process.pid().value_or(0));
+  return pids;
+}
+
+}  // namespace troupe::multiprocessing::detail

@@ -1,0 +1,116 @@
+// troupe/multiprocessing/worker_pool.hpp — the engine under ProcessPoolExecutor (and, later,
+// multiprocessing.Pool): worker processes that run registered functions on encoded arguments.
+// Not API.
+//
+// Each worker has its own connection (a socketpair), so the parent knows which calls are on
+// which worker: when a worker dies, exactly its calls fail, with its exit status or signal
+// named (Python's Pool hangs here; its ProcessPoolExecutor breaks the whole pool, which is
+// troupe's default too, as Python's). A thread of the parent reads every worker's results and
+// watches their pidfds; calls are sent by whoever has one to send (the submitting thread or that
+// thread), never more than fits the connection's buffer, so no send can block on a worker that
+// is itself blocked sending results.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <exception>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "troupe/codec.hpp"
+#include "troupe/errors.hpp"
+
+namespace troupe::multiprocessing::detail {
+
+/// One call's outcome, as a worker sends it back.
+struct CallOutcome {
+  bool ok = false;
+  std::vector<std::byte> value;  // the encoded result (ok)
+  std::uint16_t code = 0;        // troupe::errc of the exception (not ok)
+  std::int32_t os_errno = 0;     // for OSError and its subclasses
+  std::string message;           // what(); prefixed with the type for classes troupe does not know
+};
+
+/// The exception a failed outcome stands for, as an exception_ptr.
+std::exception_ptr outcome_exception(const CallOutcome& o);
+
+/// A batch of calls of one function (one submit, or one chunk of a map) and what to do with
+/// their outcomes. Implemented by the executors over their futures.
+class Job {
+public:
+  virtual ~Job() = default;
+  /// Just before it is sent: false if its future was cancelled (then it is dropped).
+  virtual bool start() noexcept = 0;
+  /// The outcomes, one per call, in order.
+  virtual void deliver(std::vector<CallOutcome>&& outcomes) noexcept = 0;
+  /// It will never run (or never finish): `error` says why.
+  virtual void fail(std::exception_ptr error) noexcept = 0;
+  /// shutdown(cancel_futures): it will not run.
+  virtual void cancel() noexcept = 0;
+
+  std::string entry;                          // the registered function's name
+  std::vector<std::vector<std::byte>> calls;  // each call's encoded arguments
+};
+
+/// What happens when a worker dies while it holds calls.
+enum class OnWorkerDeath : std::uint8_t {
+  /// Python's ProcessPoolExecutor: the pool is broken; every pending and later call fails with
+  /// BrokenProcessPool.
+  break_pool,
+  /// troupe: only the dead worker's calls fail (BrokenProcessPool naming it), and a new worker
+  /// takes its place (not under fork).
+  replace_worker,
+};
+
+struct WorkerPoolOptions {
+  int max_workers = 1;
+  std::string start_method;  // "fork", "spawn" or "forkserver"
+  std::string initializer;   // a registered function's name, or empty
+  std::vector<std::byte> initargs;
+  std::optional<int> max_tasks_per_child;
+  OnWorkerDeath on_worker_death = OnWorkerDeath::break_pool;
+  std::string name;  // for messages and process names ("ProcessPoolExecutor-0")
+  /// Calls sent ahead to one worker (beyond the one it runs).
+  int depth = 4;
+};
+
+struct WorkerPoolState;
+
+/// The pool of worker processes, and the thread that reads their results.
+class WorkerPool {
+public:
+  explicit WorkerPool(WorkerPoolOptions options);
+  ~WorkerPool();  // shutdown(true, false)
+  WorkerPool(const WorkerPool&) = delete;
+  WorkerPool& operator=(const WorkerPool&) = delete;
+
+  /// Queues `job`. @throws RuntimeError after shutdown, BrokenProcessPool when broken.
+  void submit(std::unique_ptr<Job> job);
+  /// No more submits; `cancel_pending`: jobs not yet sent are cancelled (their futures);
+  /// `wait`: returns when every worker has ended.
+  void shutdown(bool wait, bool cancel_pending);
+  /// Signals every live worker (SIGTERM or SIGKILL), then shuts down: their calls fail.
+  void signal_workers(int sig);
+
+  int max_workers() const noexcept;
+  /// The pids of the live workers (for tests and for the curious).
+  std::vector<int> worker_pids() const;
+
+private:
+  std::shared_ptr<WorkerPoolState> state_;
+};
+
+/// The entry point of a worker process (registered with TROUPE_ENTRY in worker_pool.cpp).
+struct WorkerConfig {
+  std::string pool_name;
+  std::string initializer;
+  std::vector<std::byte> initargs;
+  std::int64_t max_tasks = 0;           // 0: no limit
+  std::vector<std::int32_t> close_fds;  // fork: the parent's pool fds this child inherited
+};
+
+}  // namespace troupe::multiprocessing::detail

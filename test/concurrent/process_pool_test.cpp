@@ -1,0 +1,459 @@
+#include <signal.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdlib>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <gmock/gmock.h>
+
+#include "troupe/concurrent/futures/process.hpp"
+#include "troupe/errors.hpp"
+#include "troupe/multiprocessing/process.hpp"
+
+#include "leak_check.hpp"
+#include "start_methods.hpp"
+
+// The behaviours of CPython's Lib/test/test_concurrent_futures/test_process_pool.py,
+// executor.py, test_init.py and test_deadlock.py on ProcessPoolExecutor, per start method.
+namespace troupe::concurrent::futures {
+namespace {
+
+using namespace std::chrono_literals;
+using ::testing::HasSubstr;
+
+// ---- the calls (registered: C++ cannot send code) ---------------------------------------------
+
+int square(int x) {
+  return x * x;
+}
+TROUPE_ENTRY(square);
+
+int mul(int x, int y) {
+  return x * y;
+}
+TROUPE_ENTRY(mul);
+
+std::string greet(std::string name, int times) {
+  std::string out;
+  for (int i = 0; i < times; ++i) out += "hello " + name + ";";
+  return out;
+}
+TROUPE_ENTRY(greet);
+
+std::atomic<int> touched{0};
+void touch(int) {
+  ++touched;
+}
+TROUPE_ENTRY(touch);
+
+int my_pid(int) {
+  return static_cast<int>(::getpid());
+}
+TROUPE_ENTRY(my_pid);
+
+int raise_value(int x) {
+  throw ValueError("bad value " + std::to_string(x));
+}
+TROUPE_ENTRY(raise_value);
+
+struct CustomError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+int raise_custom(int) {
+  throw CustomError("custom");
+}
+TROUPE_ENTRY(raise_custom);
+
+int raise_missing(int) {
+  throw troupe::FileNotFoundError(ENOENT, "No such file: 'x'");
+}
+TROUPE_ENTRY(raise_missing);
+
+int crash(int sig) {
+  ::kill(::getpid(), sig);
+  std::this_thread::sleep_for(10s);
+  return 0;
+}
+TROUPE_ENTRY(crash);
+
+int exit_with(int code) {
+  troupe::sys_exit(code);
+}
+TROUPE_ENTRY(exit_with);
+
+int sleep_ms(int ms) {
+  std::this_thread::sleep_for(std::chrono::milliseconds(ms));
+  return ms;
+}
+TROUPE_ENTRY(sleep_ms);
+
+int initialized = 0;
+void init_worker(int v) {
+  initialized = v;
+}
+TROUPE_ENTRY(init_worker);
+int get_initialized(int) {
+  return initialized;
+}
+TROUPE_ENTRY(get_initialized);
+void failing_init(int) {
+  throw ValueError("error in initializer");
+}
+TROUPE_ENTRY(failing_init);
+
+int not_registered(int x) {
+  return x;
+}
+
+// Fault injection in the manner of CPython's test_deadlock.py: values whose codec fails on one
+// side only (only the test's own process has no parent process).
+bool in_parent() {
+  return !multiprocessing::parent_process().has_value();
+}
+struct FailsInWorker {  // decoding it in the worker fails
+  int v = 0;
+};
+struct FailsToEncodeInWorker {  // encoding it in the worker fails
+  int v = 0;
+};
+struct FailsInParent {  // decoding it in the parent fails
+  int v = 0;
+};
+
+}  // namespace
+}  // namespace troupe::concurrent::futures
+
+namespace tcf = troupe::concurrent::futures;
+
+template <>
+struct troupe::Codec<tcf::FailsInWorker> : troupe::CodecVia<tcf::FailsInWorker, int> {
+  static int to(const tcf::FailsInWorker& x) { return x.v; }
+  static tcf::FailsInWorker from(int v) {
+    if (!tcf::in_parent()) throw troupe::ValueError("cannot decode in the worker");
+    return {v};
+  }
+};
+template <>
+struct troupe::Codec<tcf::FailsToEncodeInWorker>
+    : troupe::CodecVia<tcf::FailsToEncodeInWorker, int> {
+  static int to(const tcf::FailsToEncodeInWorker& x) {
+    if (!tcf::in_parent()) throw troupe::ValueError("cannot encode in the worker");
+    return x.v;
+  }
+  static tcf::FailsToEncodeInWorker from(int v) { return {v}; }
+};
+template <>
+struct troupe::Codec<tcf::FailsInParent> : troupe::CodecVia<tcf::FailsInParent, int> {
+  static int to(const tcf::FailsInParent& x) { return x.v; }
+  static tcf::FailsInParent from(int v) {
+    if (tcf::in_parent()) throw troupe::ValueError("cannot decode in the parent");
+    return {v};
+  }
+};
+
+namespace troupe::concurrent::futures {
+namespace {
+
+int take_fails_in_worker(FailsInWorker x) {
+  return x.v;
+}
+TROUPE_ENTRY(take_fails_in_worker);
+FailsToEncodeInWorker make_fails_to_encode(int v) {
+  return {v};
+}
+TROUPE_ENTRY(make_fails_to_encode);
+FailsInParent make_fails_in_parent(int v) {
+  return {v};
+}
+TROUPE_ENTRY(make_fails_in_parent);
+
+ProcessPoolExecutor* nested_pool = nullptr;  // under fork, the worker's copy of it
+int submit_from_worker(int x) {
+  return nested_pool->submit(square, x).result();
+}
+TROUPE_ENTRY(submit_from_worker);
+
+using ProcessPoolTest = troupe::testing::StartMethodTest;
+
+ProcessPoolOptions with(const std::string& method, ProcessPoolOptions o = {}) {
+  o.mp_context = multiprocessing::get_context(method);
+  if (!o.max_workers) o.max_workers = 2;
+  return o;
+}
+
+TEST_P(ProcessPoolTest, SubmitAndResult) {
+  ProcessPoolExecutor pool(with(GetParam()));
+  auto f = pool.submit(square, 7);
+  auto g = pool.submit(mul, 6, 7);
+  auto h = pool.submit(greet, std::string("bob"), 2);
+  EXPECT_EQ(f.result(30s), 49);
+  EXPECT_EQ(g.result(30s), 42);
+  EXPECT_EQ(h.result(30s), "hello bob;hello bob;");
+  pool.submit(touch, 1).result(30s);  // a void call
+  EXPECT_EQ(touched.load(), 0);       // it ran in the worker, not here
+}
+
+TEST_P(ProcessPoolTest, CallsRunInOtherProcesses) {
+  ProcessPoolExecutor pool(with(GetParam()));
+  std::set<int> pids;
+  std::vector<Future<int>> fs;
+  for (int i = 0; i < 8; ++i) fs.push_back(pool.submit(my_pid, i));
+  for (auto& f : fs) pids.insert(f.result(30s));
+  EXPECT_EQ(pids.count(static_cast<int>(::getpid())), 0u);
+  EXPECT_LE(pids.size(), 2u);
+}
+
+TEST_P(ProcessPoolTest, ExceptionsCrossWithTheirClass) {
+  ProcessPoolExecutor pool(with(GetParam()));
+  auto f = pool.submit(raise_value, 3);
+  try {
+    f.result(30s);
+    FAIL() << "no ValueError";
+  } catch (const ValueError& e) {
+    EXPECT_STREQ(e.what(), "bad value 3");
+  }
+  try {
+    pool.submit(raise_missing, 0).result(30s);
+    FAIL() << "no FileNotFoundError";
+  } catch (const troupe::FileNotFoundError& e) {
+    EXPECT_EQ(e.errno_value(), ENOENT);
+  }
+  try {
+    pool.submit(raise_custom, 0).result(30s);
+    FAIL() << "no Exception";
+  } catch (const troupe::Exception& e) {
+    EXPECT_THAT(e.what(), HasSubstr("CustomError: custom"));
+  }
+  EXPECT_EQ(pool.submit(square, 3).result(30s), 9);  // the pool goes on
+}
+
+TEST_P(ProcessPoolTest, UnregisteredFunctionIsAValueError) {
+  ProcessPoolExecutor pool(with(GetParam()));
+  EXPECT_THROW((void)pool.submit(not_registered, 1), ValueError);
+}
+
+TEST_P(ProcessPoolTest, MapInOrderWithChunks) {
+  ProcessPoolExecutor pool(with(GetParam()));
+  std::vector<int> xs;
+  for (int i = 0; i < 50; ++i) xs.push_back(i);
+  for (std::size_t chunk : {1u, 3u, 64u}) {
+    std::vector<int> got;
+    for (int v : pool.map({.timeout = 60s, .chunksize = chunk}, square, xs)) got.push_back(v);
+    ASSERT_EQ(got.size(), xs.size()) << "chunksize " << chunk;
+    for (int i = 0; i < 50; ++i) EXPECT_EQ(got[i], i * i);
+  }
+  std::vector<int> got;
+  for (int v : pool.map(mul, xs, std::vector<int>{2, 2, 2})) got.push_back(v);
+  EXPECT_EQ(got, (std::vector<int>{0, 2, 4}));
+}
+
+TEST_P(ProcessPoolTest, MapExceptionAtItsPosition) {
+  ProcessPoolExecutor pool(with(GetParam()));
+  std::vector<int> xs{1, 2, 3};
+  auto results = pool.map({.timeout = 60s}, raise_value, xs);
+  EXPECT_THROW((void)results.begin(), ValueError);
+}
+
+TEST_P(ProcessPoolTest, Initializer) {
+  ProcessPoolExecutor pool(with(GetParam(), {.initializer = {init_worker, 17}}));
+  EXPECT_EQ(pool.submit(get_initialized, 0).result(30s), 17);
+}
+
+TEST_P(ProcessPoolTest, FailingInitializerBreaksThePool) {
+  ProcessPoolExecutor pool(with(GetParam(), {.initializer = {failing_init, 1}}));
+  ::testing::internal::CaptureStderr();
+  auto f = pool.submit(square, 2);
+  try {
+    f.result(30s);
+    FAIL() << "no BrokenProcessPool";
+  } catch (const BrokenProcessPool& e) {
+    EXPECT_THAT(e.what(), HasSubstr("A process initializer failed"));
+    EXPECT_THAT(e.what(), HasSubstr("error in initializer"));
+  }
+  EXPECT_TRUE(troupe::testing::eventually([&] {
+    try {
+      (void)pool.submit(square, 2);
+      return false;
+    } catch (const BrokenProcessPool&) {
+      return true;
+    }
+  }));
+  pool.shutdown();
+  EXPECT_THAT(::testing::internal::GetCapturedStderr(), HasSubstr("Exception in initializer:"));
+}
+
+TEST_P(ProcessPoolTest, KilledWorkerBreaksThePoolNamingTheSignal) {
+  ProcessPoolExecutor pool(with(GetParam()));
+  auto f = pool.submit(crash, SIGKILL);
+  try {
+    f.result(30s);
+    FAIL() << "no BrokenProcessPool";
+  } catch (const BrokenProcessPool& e) {
+    EXPECT_THAT(e.what(), HasSubstr("terminated abruptly"));
+    EXPECT_THAT(e.what(), HasSubstr("killed by signal 9 (SIGKILL)"));
+  }
+  EXPECT_TRUE(troupe::testing::eventually([&] {
+    try {
+      (void)pool.submit(square, 2);
+      return false;
+    } catch (const BrokenProcessPool&) {
+      return true;
+    }
+  }));
+}
+
+TEST_P(ProcessPoolTest, ExitingWorkerBreaksThePoolNamingTheCode) {
+  ProcessPoolExecutor pool(with(GetParam()));
+  try {
+    pool.submit(exit_with, 3).result(30s);
+    FAIL() << "no BrokenProcessPool";
+  } catch (const BrokenProcessPool& e) {
+    EXPECT_THAT(e.what(), HasSubstr("exited with code 3"));
+  }
+}
+
+TEST_P(ProcessPoolTest, ReplaceWorkerFailsOnlyTheDeadWorkersCall) {
+  if (GetParam() == "fork") {
+    EXPECT_THROW(
+        ProcessPoolExecutor(with("fork", {.on_worker_death = OnWorkerDeath::replace_worker})),
+        ValueError);
+    return;
+  }
+  ProcessPoolExecutor pool(
+      with(GetParam(), {.max_workers = 1, .on_worker_death = OnWorkerDeath::replace_worker}));
+  auto before = pool.submit(square, 3);
+  auto dead = pool.submit(crash, SIGKILL);
+  auto after = pool.submit(square, 4);
+  EXPECT_EQ(before.result(30s), 9);
+  EXPECT_THROW(dead.result(30s), BrokenProcessPool);
+  EXPECT_EQ(after.result(30s), 16);
+  EXPECT_EQ(pool.submit(square, 5).result(30s), 25);
+}
+
+TEST_P(ProcessPoolTest, FaultsInTheCodecFailThatCallOnly) {
+  ProcessPoolExecutor pool(with(GetParam()));
+  try {
+    pool.submit(take_fails_in_worker, FailsInWorker{1}).result(30s);
+    FAIL() << "decoding the call in the worker should fail";
+  } catch (const ValueError& e) {
+    EXPECT_THAT(e.what(), HasSubstr("cannot decode in the worker"));
+  }
+  try {
+    pool.submit(make_fails_to_encode, 1).result(30s);
+    FAIL() << "encoding the result in the worker should fail";
+  } catch (const ValueError& e) {
+    EXPECT_THAT(e.what(), HasSubstr("cannot encode in the worker"));
+  }
+  try {
+    pool.submit(make_fails_in_parent, 1).result(30s);
+    FAIL() << "decoding the result in the parent should fail";
+  } catch (const ValueError& e) {
+    EXPECT_THAT(e.what(), HasSubstr("cannot decode in the parent"));
+  }
+  EXPECT_EQ(pool.submit(square, 6).result(30s), 36);
+}
+
+TEST_P(ProcessPoolTest, MaxTasksPerChild) {
+  if (GetParam() == "fork") {
+    try {
+      ProcessPoolExecutor pool(with("fork", {.max_tasks_per_child = 1}));
+      FAIL() << "no ValueError";
+    } catch (const ValueError& e) {
+      EXPECT_THAT(e.what(), HasSubstr("incompatible with the 'fork' start method"));
+    }
+    return;
+  }
+  for (int per_child : {1, 2, 5}) {
+    ProcessPoolExecutor pool(with(GetParam(), {.max_tasks_per_child = per_child}));
+    std::vector<Future<int>> fs;
+    for (int i = 0; i < 20; ++i) fs.push_back(pool.submit(my_pid, i));
+    std::set<int> pids;
+    for (auto& f : fs) pids.insert(f.result(60s));
+    EXPECT_GE(pids.size(), static_cast<std::size_t>(20 / per_child)) << per_child;
+  }
+  EXPECT_THROW(ProcessPoolExecutor(with(GetParam(), {.max_tasks_per_child = 0})), ValueError);
+}
+
+TEST_P(ProcessPoolTest, ShutdownRules) {
+  ProcessPoolExecutor pool(with(GetParam()));
+  EXPECT_EQ(pool.submit(square, 2).result(30s), 4);
+  pool.shutdown();
+  EXPECT_THROW((void)pool.submit(square, 2), RuntimeError);
+  pool.shutdown();
+}
+
+TEST_P(ProcessPoolTest, ShutdownCancelFutures) {
+  ProcessPoolExecutor pool(with(GetParam(), {.max_workers = 1}));
+  std::vector<Future<int>> fs;
+  for (int i = 0; i < 30; ++i) fs.push_back(pool.submit(sleep_ms, 20));
+  pool.shutdown(true, true);
+  int cancelled = 0, finished = 0;
+  for (auto& f : fs) {
+    ASSERT_TRUE(f.done());
+    if (f.cancelled()) {
+      ++cancelled;
+    } else {
+      ++finished;
+      EXPECT_EQ(f.result(), 20);
+    }
+  }
+  EXPECT_GT(cancelled, 0);
+  EXPECT_GT(finished, 0);
+}
+
+TEST_P(ProcessPoolTest, TerminateAndKillWorkers) {
+  for (bool kill : {false, true}) {
+    ProcessPoolExecutor pool(with(GetParam()));
+    auto f = pool.submit(sleep_ms, 20000);
+    EXPECT_TRUE(troupe::testing::eventually([&] { return f.running(); }));
+    std::this_thread::sleep_for(50ms);  // sent to the worker
+    if (kill)
+      pool.kill_workers();
+    else
+      pool.terminate_workers();
+    try {
+      f.result(30s);
+      FAIL() << "no BrokenProcessPool";
+    } catch (const BrokenProcessPool& e) {
+      EXPECT_THAT(e.what(), HasSubstr(kill ? "SIGKILL" : "SIGTERM"));
+    }
+    EXPECT_THROW((void)pool.submit(square, 1), RuntimeError);
+  }
+}
+
+TEST_P(ProcessPoolTest, AsCompletedOverProcessFutures) {
+  ProcessPoolExecutor pool(with(GetParam()));
+  std::vector<Future<int>> fs;
+  for (int ms : {60, 1, 30}) fs.push_back(pool.submit(sleep_ms, ms));
+  std::set<int> seen;
+  for (const auto& f : as_completed(fs, 60s)) seen.insert(f.result());
+  EXPECT_EQ(seen, (std::set<int>{1, 30, 60}));
+}
+
+TEST_P(ProcessPoolTest, UsingThePoolFromAWorkerRaises) {
+  if (GetParam() != "fork") GTEST_SKIP() << "only a forked worker has a copy of the pool";
+  ProcessPoolExecutor pool(with(GetParam()));
+  nested_pool = &pool;
+  try {
+    pool.submit(submit_from_worker, 3).result(30s);
+    FAIL() << "no RuntimeError";
+  } catch (const RuntimeError& e) {
+    EXPECT_THAT(e.what(), HasSubstr("cannot be used from process"));
+  }
+  nested_pool = nullptr;
+}
+
+TEST_P(ProcessPoolTest, MaxWorkersMustBePositive) {
+  EXPECT_THROW(ProcessPoolExecutor(with(GetParam(), {.max_workers = 0})), ValueError);
+  EXPECT_THROW(ProcessPoolExecutor(with(GetParam(), {.max_workers = -1})), ValueError);
+}
+
+TROUPE_PER_START_METHOD(ProcessPoolTest);
+
+}  // namespace
+}  // namespace troupe::concurrent::futures
