@@ -4,6 +4,10 @@
 //
 // Latency: one submit(f).result() at a time (the caller waits for each). Throughput: submit a
 // batch, then collect every result.
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <atomic>
 #include <condition_variable>
 #include <deque>
@@ -16,14 +20,16 @@
 #include <benchmark/benchmark.h>
 
 #include "troupe/concurrent/futures.hpp"
-
-namespace {
-
-namespace futures = troupe::concurrent::futures;
+#include "troupe/multiprocessing/process.hpp"
 
 int trivial(int x) {
   return x + 1;
 }
+TROUPE_ENTRY(trivial);
+
+namespace {
+
+namespace futures = troupe::concurrent::futures;
 
 // ---- the hand-written baseline --------------------------------------------------------------
 
@@ -139,6 +145,69 @@ void BM_Map_troupe(benchmark::State& state) {
 }
 BENCHMARK(BM_Map_troupe)->Arg(0)->Arg(1)->UseRealTime();
 
+// ---- ProcessPoolExecutor ---------------------------------------------------------------------
+
+void BM_ProcessSubmitResult_troupe(benchmark::State& state) {
+  futures::ProcessPoolExecutor pool(2);
+  int x = pool.submit(trivial, 0).result();  // the workers are up
+  for (auto _ : state) x = pool.submit(trivial, x).result();
+  benchmark::DoNotOptimize(x);
+}
+BENCHMARK(BM_ProcessSubmitResult_troupe)->UseRealTime();
+
+// The raw limit: an 8-byte request and reply between two processes over a socketpair each way,
+// as the call and its result cross (write, then a blocking read; the child echoes + 1).
+void BM_ProcessRoundTrip_raw(benchmark::State& state) {
+  int there[2], back[2];
+  if (::socketpair(AF_UNIX, SOCK_STREAM, 0, there) || ::socketpair(AF_UNIX, SOCK_STREAM, 0, back))
+    return state.SkipWithError("socketpair");
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    ::close(there[0]);
+    ::close(back[0]);
+    std::int64_t v;
+    while (::read(there[1], &v, sizeof v) == sizeof v) {
+      ++v;
+      if (::write(back[1], &v, sizeof v) != sizeof v) break;
+    }
+    ::_exit(0);
+  }
+  ::close(there[1]);
+  ::close(back[1]);
+  std::int64_t v = 0;
+  for (auto _ : state) {
+    if (::write(there[0], &v, sizeof v) != sizeof v || ::read(back[0], &v, sizeof v) != sizeof v)
+      state.SkipWithError("io");
+  }
+  ::close(there[0]);
+  ::close(back[0]);
+  ::waitpid(pid, nullptr, 0);
+  benchmark::DoNotOptimize(v);
+}
+BENCHMARK(BM_ProcessRoundTrip_raw)->UseRealTime();
+
+void BM_ProcessMap_troupe(benchmark::State& state) {
+  futures::ProcessPoolExecutor pool(2);
+  (void)pool.submit(trivial, 0).result();
+  const auto chunk = static_cast<std::size_t>(state.range(0));
+  std::vector<int> xs(kBatch);
+  for (int i = 0; i < kBatch; ++i) xs[i] = i;
+  long sum = 0;
+  for (auto _ : state)
+    for (int v : pool.map({.chunksize = chunk, .buffersize = 64}, trivial, xs)) sum += v;
+  benchmark::DoNotOptimize(sum);
+  state.SetItemsProcessed(state.iterations() * kBatch);
+}
+BENCHMARK(BM_ProcessMap_troupe)->Arg(1)->Arg(64)->UseRealTime();
+
 }  // namespace
 
-BENCHMARK_MAIN();
+// Spawned and forkserver workers run this program: freeze_support first.
+int main(int argc, char** argv) {
+  troupe::multiprocessing::freeze_support(argc, argv);
+  ::benchmark::Initialize(&argc, argv);
+  if (::benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  ::benchmark::RunSpecifiedBenchmarks();
+  ::benchmark::Shutdown();
+  return 0;
+}

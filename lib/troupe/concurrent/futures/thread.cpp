@@ -2,10 +2,9 @@
 
 #include <algorithm>
 #include <atomic>
-#include <climits>
-#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <deque>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -33,102 +32,36 @@ int default_max_workers() {
 
 std::atomic<int> executor_counter{0};
 
+struct Registry;
+Registry& registry();
+
 }  // namespace
-
-// The queue: many submitters push without a lock (Vyukov's intrusive MPSC list); workers pop
-// one at a time under `pop_mutex`, so a submit never waits for a worker, nor a worker for a
-// submit.
-class TaskQueue {
-public:
-  TaskQueue() : head_(&stub_), tail_(&stub_) {}
-  TaskQueue(const TaskQueue&) = delete;
-  TaskQueue& operator=(const TaskQueue&) = delete;
-
-  void push(std::shared_ptr<TaskBase> task) noexcept {
-    TaskBase* node = task.get();
-    node->hold_ = std::move(task);
-    link(node);
-  }
-
-  /// One consumer at a time. Null when empty, or when a push is half done (then retry).
-  std::shared_ptr<TaskBase> pop() noexcept {
-    TaskBase* head = head_;
-    TaskBase* next = head->next_.load(std::memory_order_acquire);
-    if (head == &stub_) {
-      if (next == nullptr) return nullptr;
-      head_ = next;
-      head = next;
-      next = next->next_.load(std::memory_order_acquire);
-    }
-    if (next == nullptr) {
-      if (tail_.load(std::memory_order_acquire) != head) return nullptr;  // a push under way
-      link(&stub_);
-      next = head->next_.load(std::memory_order_acquire);
-      if (next == nullptr) return nullptr;
-    }
-    head_ = next;
-    return std::move(head->hold_);
-  }
-
-private:
-  struct Stub final : TaskBase {
-    void run(BeforePublish&) noexcept override {}
-    CoreBase& core() noexcept override { std::abort(); }
-  };
-
-  void link(TaskBase* node) noexcept {
-    node->next_.store(nullptr, std::memory_order_relaxed);
-    TaskBase* prev = tail_.exchange(node, std::memory_order_acq_rel);
-    prev->next_.store(node, std::memory_order_release);
-  }
-
-  Stub stub_;
-  TaskBase* head_;  // consumer side
-  std::atomic<TaskBase*> tail_;
-};
 
 struct ThreadPool : WaitGuard, std::enable_shared_from_this<ThreadPool> {
   ThreadPool(int max_workers, std::string prefix, std::function<void()> initializer)
       : max_workers(max_workers), prefix(std::move(prefix)), initializer(std::move(initializer)) {}
-  ~ThreadPool() {
-    std::scoped_lock lk(pop_mutex);
-    while (queue.pop()) {
-    }
-  }
-
-  static constexpr std::uint64_t kShut = std::uint64_t{1} << 63;
-  static constexpr std::uint64_t kCount = kShut - 1;
 
   const int max_workers;
   const std::string prefix;
   const std::function<void()> initializer;
 
-  TaskQueue queue;
-  troupe::detail::FutexMutex pop_mutex;  // one worker pops at a time
-  // kShut, and the calls submitted and not yet taken (counted before their push completes).
-  std::atomic<std::uint64_t> state{0};
-  std::atomic<std::uint32_t> work_seq{0};  // bumped to wake workers waiting for calls
-  std::atomic<int> waiting{0};             // workers looking for a call (spinning or asleep)
-  std::atomic<int> sleepers{0};            // workers asleep on work_seq
-  std::atomic<int> idle_tokens{0};         // Python's _idle_semaphore
-  std::atomic<int> started{0};             // workers started; changed under `admin`
-  std::atomic<bool> is_broken{false};
-  troupe::detail::AdaptiveSpin spin;
-
-  std::mutex admin;                                         // guards what follows
+  troupe::detail::FutexMutex mutex;
+  troupe::detail::FutexCondVar work_ready;  // a task was queued, or shutdown
+  std::deque<std::shared_ptr<TaskBase>> queue;
+  std::atomic<std::size_t> queued{0};  // queue.size(), readable without the mutex
   std::vector<std::unique_ptr<threading::Thread>> workers;  // started, not yet joined
+  int idle_tokens = 0;  // Python's _idle_semaphore: workers that found the queue empty
+  int waiting = 0;      // workers asleep on work_ready
+  int started = 0;      // workers started (they end only at shutdown or when broken)
   std::vector<const CoreBase*> blocked;  // futures of this pool that its workers wait on
-  std::string broken;                    // why the pool is broken
+  bool shut = false;
+  std::string broken;  // non-empty: why the pool is broken
 
   void submit(std::shared_ptr<TaskBase> task);
   void shutdown(bool wait, bool cancel_futures);
   void worker_main();
   void initializer_failed();
-  void fail_queued();
-  void wake_one() noexcept;
-  std::shared_ptr<TaskBase> try_take() noexcept;
-  std::shared_ptr<TaskBase> next_task(bool& idle_counted);
-  void start_worker(int index);  // counted in `started` under `admin` first
+  void start_worker(int index);  // counted in `started` under the mutex, then called
 
   void enter_wait(const CoreBase& core) override;
   void leave_wait(const CoreBase& core) noexcept override;
@@ -178,41 +111,22 @@ bool exiting() noexcept {
 }  // namespace
 
 void ThreadPool::submit(std::shared_ptr<TaskBase> task) {
-  if (is_broken.load(std::memory_order_acquire)) {
-    std::scoped_lock lk(admin);
-    throw BrokenThreadPool(broken);
-  }
-  if (state.fetch_add(1, std::memory_order_seq_cst) & kShut) {
-    state.fetch_sub(1, std::memory_order_seq_cst);
-    throw RuntimeError("cannot schedule new futures after shutdown");
-  }
-  queue.push(std::move(task));
-  wake_one();
-  // A pool that broke while this was pushed may have no worker left to fail it: fail it here.
-  if (is_broken.load(std::memory_order_seq_cst)) fail_queued();
-  // Python's _adjust_thread_count: an idle worker takes it, else a new one if there is room.
-  int tokens = idle_tokens.load(std::memory_order_relaxed);
-  while (tokens > 0 && !idle_tokens.compare_exchange_weak(tokens, tokens - 1)) {
-  }
-  if (tokens > 0 || started.load(std::memory_order_relaxed) >= max_workers) return;
-  int index = -1;
+  int spawn = -1;
   {
-    std::scoped_lock lk(admin);
-    const int n = started.load(std::memory_order_relaxed);
-    if (n < max_workers && !(state.load() & kShut)) {
-      index = n;
-      started.store(n + 1, std::memory_order_relaxed);
+    std::scoped_lock lk(mutex);
+    if (!broken.empty()) throw BrokenThreadPool(broken);
+    if (shut) throw RuntimeError("cannot schedule new futures after shutdown");
+    queue.push_back(std::move(task));
+    queued.store(queue.size(), std::memory_order_relaxed);
+    // Python's _adjust_thread_count: an idle worker takes it, else a new one if there is room.
+    if (idle_tokens > 0) {
+      --idle_tokens;
+    } else if (started < max_workers) {
+      spawn = started++;
     }
+    work_ready.notify_one();
   }
-  if (index >= 0) start_worker(index);
-}
-
-void ThreadPool::wake_one() noexcept {
-  // Pairs with next_task: a worker counts itself waiting, then looks at `state`; a submit
-  // counts its call in `state`, then looks at `waiting`. One of them sees the other.
-  if (waiting.load(std::memory_order_seq_cst) == 0) return;
-  work_seq.fetch_add(1, std::memory_order_seq_cst);
-  if (sleepers.load(std::memory_order_seq_cst) != 0) troupe::detail::futex_wake(work_seq, 1);
+  if (spawn >= 0) start_worker(spawn);
 }
 
 void ThreadPool::start_worker(int index) {
@@ -222,51 +136,16 @@ void ThreadPool::start_worker(int index) {
       [self] { self->worker_main(); });
   threading::Thread* raw = t.get();
   {
-    std::scoped_lock lk(admin);
+    std::scoped_lock lk(mutex);
     workers.push_back(std::move(t));
   }
   try {
     raw->start();
   } catch (...) {
-    std::scoped_lock lk(admin);
-    started.fetch_sub(1);
+    std::scoped_lock lk(mutex);
+    --started;
     std::erase_if(workers, [raw](const auto& w) { return w.get() == raw; });
     throw;
-  }
-}
-
-std::shared_ptr<TaskBase> ThreadPool::try_take() noexcept {
-  pop_mutex.lock();
-  std::shared_ptr<TaskBase> t = queue.pop();
-  pop_mutex.unlock();
-  if (t) state.fetch_sub(1, std::memory_order_acq_rel);
-  return t;
-}
-
-// The next call for a worker to run; null when the pool is shut down and nothing is left.
-std::shared_ptr<TaskBase> ThreadPool::next_task(bool& idle_counted) {
-  for (;;) {
-    const std::uint64_t s = state.load(std::memory_order_acquire);
-    if (s & kCount) {
-      if (auto t = try_take()) return t;
-      // Another worker took it, or its push is half done: look again.
-      troupe::detail::cpu_relax();
-      continue;
-    }
-    if (s & kShut) return nullptr;
-    if (!idle_counted) {
-      idle_tokens.fetch_add(1, std::memory_order_relaxed);
-      idle_counted = true;
-    }
-    const std::uint32_t seq = work_seq.load(std::memory_order_acquire);
-    waiting.fetch_add(1, std::memory_order_seq_cst);
-    if (state.load(std::memory_order_seq_cst) == 0 &&
-        !spin.spin([&] { return state.load(std::memory_order_acquire) != 0; })) {
-      sleepers.fetch_add(1, std::memory_order_seq_cst);
-      (void)troupe::detail::futex_wait(work_seq, seq, std::nullopt);
-      sleepers.fetch_sub(1, std::memory_order_relaxed);
-    }
-    waiting.fetch_sub(1, std::memory_order_seq_cst);
   }
 }
 
@@ -279,7 +158,6 @@ void ThreadPool::worker_main() {
       std::fprintf(stderr, "Exception in initializer:\n%s\n",
                    troupe::internal::describe(std::current_exception()).c_str());
       initializer_failed();
-      current_pool() = nullptr;
       return;
     }
   }
@@ -291,21 +169,45 @@ void ThreadPool::worker_main() {
     bool counted = false;
     explicit Idle(ThreadPool& p) : pool(p) {}
     void operator()() noexcept override {
-      if (pool.state.load(std::memory_order_relaxed) & kCount) return;
-      pool.idle_tokens.fetch_add(1, std::memory_order_relaxed);
-      counted = true;
+      if (pool.queued.load(std::memory_order_relaxed) != 0) return;
+      std::scoped_lock lk(pool.mutex);
+      if (pool.queue.empty()) {
+        ++pool.idle_tokens;
+        counted = true;
+      }
     }
   } idle(*this);
-  while (auto task = next_task(idle.counted)) {
-    idle.counted = false;
+  for (;;) {
+    std::shared_ptr<TaskBase> task;
+    {
+      std::scoped_lock lk(mutex);
+      if (queue.empty() && shut) break;
+      if (queue.empty() && !idle.counted) ++idle_tokens;
+      idle.counted = false;
+      while (queue.empty() && !shut && broken.empty()) {
+        ++waiting;
+        (void)work_ready.wait(mutex);
+        --waiting;
+      }
+      if (queue.empty()) break;  // shut down (or broken) with nothing left to run
+      task = std::move(queue.front());
+      queue.pop_front();
+      queued.store(queue.size(), std::memory_order_relaxed);
+    }
     task->run(idle);
   }
   current_pool() = nullptr;
 }
 
-void ThreadPool::fail_queued() {
-  std::vector<std::shared_ptr<TaskBase>> drained;
-  while (auto t = try_take()) drained.push_back(std::move(t));
+void ThreadPool::initializer_failed() {
+  std::deque<std::shared_ptr<TaskBase>> drained;
+  {
+    std::scoped_lock lk(mutex);
+    broken = "A thread initializer failed, the thread pool is not usable anymore";
+    drained.swap(queue);
+    queued.store(0, std::memory_order_relaxed);
+    work_ready.notify_all();
+  }
   for (auto& t : drained) {
     try {
       t->core().set_exception(std::make_exception_ptr(
@@ -315,29 +217,23 @@ void ThreadPool::fail_queued() {
   }
 }
 
-void ThreadPool::initializer_failed() {
-  {
-    std::scoped_lock lk(admin);
-    broken = "A thread initializer failed, the thread pool is not usable anymore";
-  }
-  is_broken.store(true, std::memory_order_seq_cst);
-  fail_queued();
-}
-
 void ThreadPool::shutdown(bool wait, bool cancel_futures) {
-  state.fetch_or(kShut, std::memory_order_seq_cst);
-  if (cancel_futures) {
-    std::vector<std::shared_ptr<TaskBase>> drained;
-    while (auto t = try_take()) drained.push_back(std::move(t));
-    for (auto& t : drained) (void)t->core().cancel();
+  std::deque<std::shared_ptr<TaskBase>> drained;
+  {
+    std::scoped_lock lk(mutex);
+    shut = true;
+    if (cancel_futures) {
+      drained.swap(queue);
+      queued.store(0, std::memory_order_relaxed);
+    }
+    work_ready.notify_all();
   }
-  work_seq.fetch_add(1, std::memory_order_seq_cst);
-  troupe::detail::futex_wake(work_seq, INT_MAX);
+  for (auto& t : drained) (void)t->core().cancel();
   if (!wait) return;
   for (;;) {
     std::unique_ptr<threading::Thread> t;
     {
-      std::scoped_lock lk(admin);
+      std::scoped_lock lk(mutex);
       // A worker shutting down its own pool cannot join itself: it is left to end by itself.
       auto it = std::find_if(workers.begin(), workers.end(),
                              [](const auto& w) { return w->ident() != threading::get_ident(); });
@@ -352,19 +248,14 @@ void ThreadPool::shutdown(bool wait, bool cancel_futures) {
 void ThreadPool::enter_wait(const CoreBase& core) {
   int spawn = -1;
   {
-    std::scoped_lock lk(admin);
+    std::scoped_lock lk(mutex);
     blocked.push_back(&core);
-    const int n = started.load(std::memory_order_relaxed);
-    const std::uint64_t s = state.load(std::memory_order_seq_cst);
-    // Every worker started is in such a wait (a worker in one is running a call, not looking
-    // for one).
-    const bool all_blocked = static_cast<int>(blocked.size()) >= n;
-    if (all_blocked && (s & kCount) && n < max_workers && !(s & kShut)) {
-      // Calls are queued and every worker waits: start one more to run them (Python may not,
+    const bool all_blocked = static_cast<int>(blocked.size()) >= started && waiting == 0;
+    if (all_blocked && !queue.empty() && started < max_workers && !shut) {
+      // Every worker waits and calls are queued: start one more to run them (Python may not,
       // when a stale idle token made it skip the start).
-      spawn = n;
-      started.store(n + 1, std::memory_order_relaxed);
-    } else if (all_blocked && n == max_workers &&
+      spawn = started++;
+    } else if (all_blocked && started == max_workers &&
                std::none_of(blocked.begin(), blocked.end(),
                             [](const CoreBase* c) { return c->done(); })) {
       // Every worker waits with no timeout on a future of this pool that is not done: no worker
@@ -388,7 +279,7 @@ void ThreadPool::enter_wait(const CoreBase& core) {
 }
 
 void ThreadPool::leave_wait(const CoreBase& core) noexcept {
-  std::scoped_lock lk(admin);
+  std::scoped_lock lk(mutex);
   auto it = std::find(blocked.begin(), blocked.end(), &core);
   if (it != blocked.end()) blocked.erase(it);
 }
@@ -421,7 +312,8 @@ int ThreadPoolHandle::max_workers() const noexcept {
   return pool_->max_workers;
 }
 std::size_t ThreadPoolHandle::threads() const noexcept {
-  return static_cast<std::size_t>(pool_->started.load());
+  std::scoped_lock lk(pool_->mutex);
+  return static_cast<std::size_t>(pool_->started);
 }
 
 }  // namespace detail

@@ -7,7 +7,6 @@
 // already submitted, then are joined (Python's `_python_exit`).
 #pragma once
 
-#include <atomic>
 #include <cstddef>
 #include <exception>
 #include <functional>
@@ -35,15 +34,11 @@ protected:
   ~BeforePublish() = default;
 };
 
-/// A submitted call: a future's shared state that also runs the call, and a node of the pool's
-/// queue (an intrusive list: a submit allocates nothing more).
+/// A submitted call: a future's shared state that also runs the call.
 class TaskBase {
 public:
   virtual void run(BeforePublish& before_publish) noexcept = 0;
   virtual CoreBase& core() noexcept = 0;
-
-  std::atomic<TaskBase*> next_{nullptr};  // the queue's link
-  std::shared_ptr<TaskBase> hold_;        // the queue's reference, while queued
 
 protected:
   ~TaskBase() = default;
