@@ -74,6 +74,9 @@ struct EntryPoint {
   // Decodes the arguments, calls, and returns the encoded result (std::monostate for void);
   // null when the result type has no codec.
   std::vector<std::byte> (*call)(std::span<const std::byte> arguments);
+  // The same over a batch: a std::vector of argument tuples in, a std::vector of results out
+  // (a pool's map chunk: one message each way). Null when `call` is.
+  std::vector<std::byte> (*call_batch)(std::span<const std::byte> batch);
 };
 bool register_entry(const EntryPoint& entry);
 const EntryPoint* find_entry(const void* function) noexcept;
@@ -108,12 +111,34 @@ std::vector<std::byte> call_entry(std::span<const std::byte> bytes) {
   }
 }
 template <auto Fn>
-constexpr auto entry_caller() {
+std::vector<std::byte> call_entry_batch(std::span<const std::byte> bytes) {
+  using Traits = FunctionTraits<decltype(Fn)>;
+  using R = typename Traits::Result;
+  auto batch = troupe::from_bytes<std::vector<typename Traits::Arguments>>(bytes);
+  std::vector<std::conditional_t<std::is_void_v<R>, std::monostate, std::decay_t<R>>> results;
+  results.reserve(batch.size());
+  for (auto& arguments : batch) {
+    if constexpr (std::is_void_v<R>) {
+      std::apply([](auto&... a) { Fn(a...); }, arguments);
+      results.emplace_back();
+    } else {
+      results.push_back(std::apply([](auto&... a) { return Fn(a...); }, arguments));
+    }
+  }
+  return troupe::to_bytes(results);
+}
+using EntryCaller = std::vector<std::byte> (*)(std::span<const std::byte>);
+template <auto Fn, bool Batch>
+constexpr EntryCaller entry_caller() {
   using R = typename FunctionTraits<decltype(Fn)>::Result;
-  if constexpr (std::is_void_v<R> || Encodable<std::decay_t<R>>)
-    return &call_entry<Fn>;
-  else
-    return static_cast<std::vector<std::byte> (*)(std::span<const std::byte>)>(nullptr);
+  if constexpr (std::is_void_v<R> || Encodable<std::decay_t<R>>) {
+    if constexpr (Batch)
+      return &call_entry_batch<Fn>;
+    else
+      return &call_entry<Fn>;
+  } else {
+    return nullptr;
+  }
 }
 
 /// File descriptors that travel with a spawned child's arguments (a Connection, say): while the
@@ -165,12 +190,13 @@ SpawnTarget spawn_target(F& f, const std::shared_ptr<Stored>& stored) {
 /// must have codecs (a compile error otherwise).
 #define TROUPE_ENTRY(fn) TROUPE_ENTRY_AT_(fn, __COUNTER__)
 #define TROUPE_ENTRY_AT_(fn, n) TROUPE_ENTRY_AT2_(fn, n)
-#define TROUPE_ENTRY_AT2_(fn, n)                                  \
-  [[maybe_unused]] static const bool troupe_entry_##n =           \
-      ::troupe::multiprocessing::detail::register_entry(          \
-          {#fn, reinterpret_cast<const void*>(&fn),               \
-           &::troupe::multiprocessing::detail::invoke_entry<&fn>, \
-           ::troupe::multiprocessing::detail::entry_caller<&fn>()})
+#define TROUPE_ENTRY_AT2_(fn, n)                                          \
+  [[maybe_unused]] static const bool troupe_entry_##n =                   \
+      ::troupe::multiprocessing::detail::register_entry(                  \
+          {#fn, reinterpret_cast<const void*>(&fn),                       \
+           &::troupe::multiprocessing::detail::invoke_entry<&fn>,         \
+           ::troupe::multiprocessing::detail::entry_caller<&fn, false>(), \
+           ::troupe::multiprocessing::detail::entry_caller<&fn, true>()})
 
 /// Python: `multiprocessing.freeze_support()`; here the guard at the top of `main` that makes
 /// spawn work (the analogue of `if __name__ == '__main__':`): in a process started by the spawn

@@ -28,6 +28,7 @@ namespace {
 struct TaskMessage {
   std::uint64_t id = 0;
   bool stop = false;
+  bool batch = false;
   std::string entry;
   std::vector<std::vector<std::byte>> calls;
 };
@@ -63,16 +64,16 @@ CallOutcome outcome_of(std::exception_ptr ep) {
   return o;
 }
 
-CallOutcome run_call(const EntryPoint* e, const std::string& name,
-                     std::span<const std::byte> args) {
+CallOutcome run_call(const EntryPoint* e, const std::string& name, std::span<const std::byte> args,
+                     bool batch) {
   CallOutcome o;
   try {
     if (e == nullptr)
       throw ValueError("'" + name + "' is not a function registered with TROUPE_ENTRY in " +
                        "this program");
-    if (e->call == nullptr)
+    if (e->call == nullptr || e->call_batch == nullptr)
       throw TypeError("the result of '" + name + "' has no troupe::Codec: it cannot be sent back");
-    o.value = e->call(args);
+    o.value = batch ? e->call_batch(args) : e->call(args);
     o.ok = true;
   } catch (const SystemExit&) {
     throw;  // sys_exit() in a call ends the worker process, as exit() would
@@ -136,7 +137,7 @@ void troupe_pool_worker(Connection& conn, WorkerConfig& cfg) {
     ResultMessage r;
     r.id = t.id;
     r.outcomes.reserve(t.calls.size());
-    for (const auto& args : t.calls) r.outcomes.push_back(run_call(last, t.entry, args));
+    for (const auto& args : t.calls) r.outcomes.push_back(run_call(last, t.entry, args, t.batch));
     try {
       conn.send(r);
     } catch (const OSError&) {
@@ -316,6 +317,7 @@ void WorkerPoolState::pump() {
       Send s{best, {}};
       s.message.id = next_id++;
       s.message.entry = job->entry;
+      s.message.batch = job->batch;
       if (options.on_worker_death == OnWorkerDeath::replace_worker)
         s.message.calls = job->calls;  // kept: if its worker dies first, it goes to another
       else

@@ -54,6 +54,9 @@ public:
 
   std::string entry;                          // the registered function's name
   std::vector<std::vector<std::byte>> calls;  // each call's encoded arguments
+  /// `calls` is one std::vector of argument tuples, and the one outcome a std::vector of results
+  /// (EntryPoint::call_batch): a map chunk in one message each way.
+  bool batch = false;
 };
 
 /// What happens when a worker dies while it holds calls.

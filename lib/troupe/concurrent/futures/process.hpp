@@ -74,7 +74,8 @@ public:
   void cancel() noexcept override { (void)future.cancel(); }
 };
 
-/// One chunk of a map: its future holds the chunk's results; the first failing call fails it.
+/// One chunk of a map, sent as one message (a std::vector of argument tuples) and answered with
+/// one (a std::vector of results); the first failing call fails the chunk, as in Python.
 template <class R>
 class ChunkJob final : public multiprocessing::detail::Job {
 public:
@@ -90,20 +91,14 @@ public:
   }
   void deliver(std::vector<multiprocessing::detail::CallOutcome>&& outcomes) noexcept override {
     try {
-      std::vector<Value> values;
-      values.reserve(outcomes.size());
-      for (auto& o : outcomes) {
-        if (!o.ok) {
-          future.set_exception(multiprocessing::detail::outcome_exception(o));
-          return;
-        }
-        if constexpr (std::is_void_v<R>) {
-          values.push_back(troupe::from_bytes<std::monostate>(o.value));
-        } else {
-          values.push_back(troupe::from_bytes<R>(o.value));
-        }
-      }
-      future.set_result(std::move(values));
+      if (outcomes.size() != 1)
+        throw ValueError("a worker sent " + std::to_string(outcomes.size()) +
+                         " results for one chunk");
+      auto& o = outcomes.front();
+      if (!o.ok)
+        future.set_exception(multiprocessing::detail::outcome_exception(o));
+      else
+        future.set_result(troupe::from_bytes<std::vector<Value>>(o.value));
     } catch (...) {
       fail(std::current_exception());
     }
@@ -214,13 +209,14 @@ public:
         std::views::all(std::forward<Ranges>(iterables))...);
     using FutureR = Future<std::vector<detail::MapValue<R>>>;
     auto source = [this, zip, entry, chunk = options.chunksize]() -> std::optional<FutureR> {
+      std::vector<std::tuple<std::decay_t<P>...>> items;
+      while (items.size() < chunk && zip->next([&](auto&&... a) { items.emplace_back(a...); })) {
+      }
+      if (items.empty()) return std::nullopt;
       auto job = std::make_unique<detail::ChunkJob<R>>();
       job->entry = entry;
-      while (job->calls.size() < chunk && zip->next([&](auto&&... a) {
-        job->calls.push_back(troupe::to_bytes(std::tuple<std::decay_t<P>...>(a...)));
-      })) {
-      }
-      if (job->calls.empty()) return std::nullopt;
+      job->batch = true;
+      job->calls.push_back(troupe::to_bytes(items));
       FutureR f = job->future;
       pool_.submit(std::move(job));
       return f;
