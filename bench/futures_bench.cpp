@@ -194,7 +194,7 @@ void BM_ProcessMap_troupe(benchmark::State& state) {
   for (int i = 0; i < kBatch; ++i) xs[i] = i;
   long sum = 0;
   for (auto _ : state)
-    for (int v : pool.map({.chunksize = chunk, .buffersize = 64}, trivial, xs)) sum += v;
+    for (int v : pool.map({.chunksize = chunk}, trivial, xs)) sum += v;
   benchmark::DoNotOptimize(sum);
   state.SetItemsProcessed(state.iterations() * kBatch);
 }

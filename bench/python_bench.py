@@ -533,8 +533,39 @@ def tpe_map_per_s(n=10_000):
     return max(run() for _ in range(REPS))
 
 
+def ppe_submit_result_ns(n=2_000):
+    """ProcessPoolExecutor(2): submit(f).result(), one call at a time."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    def run():
+        with ProcessPoolExecutor(2) as pool:
+            x = pool.submit(_trivial, 0).result()
+            t0 = time.perf_counter()
+            for _ in range(n):
+                x = pool.submit(_trivial, x).result()
+            return (time.perf_counter() - t0) / n * 1e9
+    return best(run)
+
+
+def ppe_map_per_s(chunksize, n=10_000):
+    """ProcessPoolExecutor(2).map(f, range(n), chunksize=…)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    def run():
+        with ProcessPoolExecutor(2) as pool:
+            pool.submit(_trivial, 0).result()
+            t0 = time.perf_counter()
+            for _ in pool.map(_trivial, range(n), chunksize=chunksize):
+                pass
+            return n / (time.perf_counter() - t0)
+    return max(run() for _ in range(REPS))
+
+
 def main():
     out = {
+        "PpeSubmitResult": {"ns_per_op": ppe_submit_result_ns()},
+        "PpeMap/1": {"items_per_s": ppe_map_per_s(1)},
+        "PpeMap/64": {"items_per_s": ppe_map_per_s(64)},
         "TpeSubmitResult": {"ns_per_op": tpe_submit_result_ns()},
         "TpeSubmitAll": {"items_per_s": tpe_submit_all_per_s()},
         "TpeMap": {"items_per_s": tpe_map_per_s()},

@@ -24,6 +24,8 @@ namespace troupe::multiprocessing::detail {
 
 namespace {
 
+using steady = std::chrono::steady_clock;
+
 // Parent -> worker.
 struct TaskMessage {
   std::uint64_t id = 0;
@@ -39,6 +41,20 @@ struct ResultMessage {
   bool initializer_failed = false;
   std::vector<CallOutcome> outcomes;
 };
+
+// What crosses the connection: the calls sent to a worker in one go (one write, one read), and
+// the results it sends back in one go.
+struct TaskBatch {
+  bool stop = false;
+  std::vector<TaskMessage> tasks;
+};
+struct ResultBatch {
+  std::vector<ResultMessage> results;
+};
+
+// A worker sends what it has done so far once this long has passed since its last send, so a
+// quick result does not wait behind a slow call of the same batch.
+constexpr auto kFlushAfter = std::chrono::microseconds(500);
 
 // Bytes a worker's connection may hold unread (a Unix socket's default buffer is ~200 KiB, and
 // every message costs its bookkeeping too): while a worker holds calls, no more than this is sent
@@ -109,11 +125,12 @@ void troupe_pool_worker(Connection& conn, WorkerConfig& cfg) {
     } catch (...) {
       std::fprintf(stderr, "Exception in initializer:\n%s\n",
                    troupe::internal::describe(std::current_exception()).c_str());
-      ResultMessage r;
-      r.initializer_failed = true;
-      r.outcomes.push_back(outcome_of(std::current_exception()));
+      ResultBatch b;
+      b.results.emplace_back();
+      b.results.back().initializer_failed = true;
+      b.results.back().outcomes.push_back(outcome_of(std::current_exception()));
       try {
-        conn.send(r);
+        conn.send(b);
       } catch (...) {  // the parent has gone
       }
       return;
@@ -123,27 +140,40 @@ void troupe_pool_worker(Connection& conn, WorkerConfig& cfg) {
   std::string last_name;
   const EntryPoint* last = nullptr;
   for (;;) {
-    TaskMessage t;
+    TaskBatch batch;
     try {
-      t = conn.recv<TaskMessage>();
+      batch = conn.recv<TaskBatch>();
     } catch (const EOFError&) {
       return;  // the parent has gone
     }
-    if (t.stop) return;
-    if (last == nullptr || t.entry != last_name) {
-      last = find_entry(t.entry);
-      last_name = t.entry;
+    if (batch.stop) return;
+    ResultBatch out;
+    auto since = std::chrono::steady_clock::now();
+    auto flush = [&] {
+      if (out.results.empty()) return true;
+      try {
+        conn.send(out);
+      } catch (const OSError&) {
+        return false;  // the parent has gone
+      }
+      out.results.clear();
+      since = std::chrono::steady_clock::now();
+      return true;
+    };
+    for (auto& t : batch.tasks) {
+      if (last == nullptr || t.entry != last_name) {
+        last = find_entry(t.entry);
+        last_name = t.entry;
+      }
+      ResultMessage& r = out.results.emplace_back();
+      r.id = t.id;
+      r.outcomes.reserve(t.calls.size());
+      for (const auto& args : t.calls) r.outcomes.push_back(run_call(last, t.entry, args, t.batch));
+      ++done;
+      if (std::chrono::steady_clock::now() - since >= kFlushAfter && !flush()) return;
     }
-    ResultMessage r;
-    r.id = t.id;
-    r.outcomes.reserve(t.calls.size());
-    for (const auto& args : t.calls) r.outcomes.push_back(run_call(last, t.entry, args, t.batch));
-    try {
-      conn.send(r);
-    } catch (const OSError&) {
-      return;  // the parent has gone
-    }
-    if (cfg.max_tasks > 0 && ++done >= cfg.max_tasks) return;
+    if (!flush()) return;
+    if (cfg.max_tasks > 0 && done >= cfg.max_tasks) return;
   }
 }
 void troupe_pool_worker_entry(Connection& conn, WorkerConfig& cfg) {
@@ -171,8 +201,24 @@ struct Worker {
   std::mutex send_mutex;
   struct InFlight {
     std::unique_ptr<Job> job;
-    std::size_t size;  // what it counts against kSendBudget
+    std::size_t size;         // what it counts against kSendBudget
+    steady::time_point sent;  // when it was sent
   };
+  // How many calls may wait at the worker behind the one it runs: many when calls are quick (one
+  // message carries several, and the worker never waits for the next), one when they are slow
+  // (so a free worker is not left idle while calls queue behind a slow one). From a moving
+  // average of each call's time at the worker: from its sending, or from the previous result if
+  // it waited behind that one. Unknown (no result yet) counts as slow.
+  std::chrono::nanoseconds call_time{0};
+  steady::time_point last_result{};
+  int depth() const noexcept {
+    return call_time.count() != 0 && call_time < std::chrono::microseconds(200) ? 16 : 1;
+  }
+  void note_result(steady::time_point sent, steady::time_point now) noexcept {
+    const auto t = now - std::max(sent, last_result);
+    last_result = now;
+    call_time = call_time.count() == 0 ? t : (call_time * 7 + t) / 8;
+  }
   std::map<std::uint64_t, InFlight> inflight;  // guarded by the pool's mutex
   std::size_t inflight_bytes = 0;
   std::int64_t sent = 0;  // messages sent (max_tasks_per_child counts them)
@@ -287,7 +333,7 @@ void WorkerPoolState::ensure_workers(bool all) {
 void WorkerPoolState::pump() {
   struct Send {
     std::shared_ptr<Worker> worker;
-    TaskMessage message;
+    TaskBatch batch;
   };
   std::vector<Send> sends;
   std::vector<std::unique_ptr<Job>> cancelled;
@@ -301,7 +347,7 @@ void WorkerPoolState::pump() {
       for (const auto& w : workers) {
         if (w->exited) continue;
         if (options.max_tasks_per_child && w->sent >= *options.max_tasks_per_child) continue;
-        if (static_cast<int>(w->inflight.size()) > options.depth) continue;
+        if (static_cast<int>(w->inflight.size()) > w->depth()) continue;
         if (!best || w->inflight.size() < best->inflight.size()) best = w;
       }
       if (!best) break;
@@ -314,18 +360,20 @@ void WorkerPoolState::pump() {
         cancelled.push_back(std::move(job));
         continue;
       }
-      Send s{best, {}};
-      s.message.id = next_id++;
-      s.message.entry = job->entry;
-      s.message.batch = job->batch;
+      auto to =
+          std::find_if(sends.begin(), sends.end(), [&](const Send& x) { return x.worker == best; });
+      if (to == sends.end()) to = sends.insert(sends.end(), Send{best, {}});
+      TaskMessage& m = to->batch.tasks.emplace_back();
+      m.id = next_id++;
+      m.entry = job->entry;
+      m.batch = job->batch;
       if (options.on_worker_death == OnWorkerDeath::replace_worker)
-        s.message.calls = job->calls;  // kept: if its worker dies first, it goes to another
+        m.calls = job->calls;  // kept: if its worker dies first, it goes to another
       else
-        s.message.calls = std::move(job->calls);
+        m.calls = std::move(job->calls);
       best->inflight_bytes += size;
-      best->inflight.emplace(s.message.id, Worker::InFlight{std::move(job), size});
+      best->inflight.emplace(m.id, Worker::InFlight{std::move(job), size, steady::now()});
       ++best->sent;
-      sends.push_back(std::move(s));
     }
   }
   cancelled.clear();  // outside the lock: a future's callbacks may run
@@ -333,7 +381,7 @@ void WorkerPoolState::pump() {
     {
       std::scoped_lock lk(s.worker->send_mutex);
       try {
-        s.worker->conn.send(s.message);
+        s.worker->conn.send(s.batch);
       } catch (...) {
         // The worker has died: the manager thread sees its pidfd and fails its calls.
       }
@@ -343,9 +391,9 @@ void WorkerPoolState::pump() {
 
 void WorkerPoolState::read_results(Worker& w) {
   for (;;) {
-    ResultMessage r;
+    ResultBatch b;
     try {
-      r = w.conn.recv<ResultMessage>();
+      b = w.conn.recv<ResultBatch>();
     } catch (const EOFError&) {
       w.conn_open = false;
       return;
@@ -353,29 +401,32 @@ void WorkerPoolState::read_results(Worker& w) {
       w.conn_open = false;
       return;
     }
-    if (r.initializer_failed) {
-      std::string why = "A process initializer failed, the process pool is not usable anymore";
-      if (!r.outcomes.empty()) why += " (" + r.outcomes.front().message + ")";
-      std::vector<std::unique_ptr<Job>> failed;
+    for (auto& r : b.results) {
+      if (r.initializer_failed) {
+        std::string why = "A process initializer failed, the process pool is not usable anymore";
+        if (!r.outcomes.empty()) why += " (" + r.outcomes.front().message + ")";
+        std::vector<std::unique_ptr<Job>> failed;
+        {
+          std::scoped_lock lk(mu);
+          break_pool_locked(why, failed);
+        }
+        auto e = std::make_exception_ptr(concurrent::futures::BrokenProcessPool(why));
+        for (auto& j : failed) j->fail(e);
+        return;
+      }
+      std::unique_ptr<Job> job;
       {
         std::scoped_lock lk(mu);
-        break_pool_locked(why, failed);
+        auto it = w.inflight.find(r.id);
+        if (it != w.inflight.end()) {
+          job = std::move(it->second.job);
+          w.inflight_bytes -= it->second.size;
+          w.note_result(it->second.sent, steady::now());
+          w.inflight.erase(it);
+        }
       }
-      auto e = std::make_exception_ptr(concurrent::futures::BrokenProcessPool(why));
-      for (auto& j : failed) j->fail(e);
-      return;
+      if (job) job->deliver(std::move(r.outcomes));
     }
-    std::unique_ptr<Job> job;
-    {
-      std::scoped_lock lk(mu);
-      auto it = w.inflight.find(r.id);
-      if (it != w.inflight.end()) {
-        job = std::move(it->second.job);
-        w.inflight_bytes -= it->second.size;
-        w.inflight.erase(it);
-      }
-    }
-    if (job) job->deliver(std::move(r.outcomes));
     if (!w.conn.poll(std::chrono::seconds(0))) return;
   }
 }
@@ -492,7 +543,7 @@ void WorkerPoolState::finish_manager() {
     std::scoped_lock lk(mu);
     ws = workers;
   }
-  TaskMessage stop;
+  TaskBatch stop;
   stop.stop = true;
   for (auto& w : ws) {
     std::scoped_lock lk(w->send_mutex);

@@ -77,8 +77,6 @@ struct WorkerPoolOptions {
   std::optional<int> max_tasks_per_child;
   OnWorkerDeath on_worker_death = OnWorkerDeath::break_pool;
   std::string name;  // for messages and process names ("ProcessPoolExecutor-0")
-  /// Calls sent ahead to one worker (beyond the one it runs).
-  int depth = 4;
 };
 
 struct WorkerPoolState;

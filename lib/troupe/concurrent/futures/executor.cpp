@@ -2,7 +2,7 @@
 
 namespace troupe::concurrent::futures::detail {
 
-std::size_t map_lookahead(const MapOptions& options, std::size_t max_workers) {
+std::size_t map_lookahead(const MapOptions& options, std::size_t default_ahead) {
   if (options.chunksize < 1) throw ValueError("chunksize must be >= 1.");
   if (options.buffersize && *options.buffersize < 1)
     throw ValueError("buffersize must be None or > 0");
@@ -12,7 +12,7 @@ std::size_t map_lookahead(const MapOptions& options, std::size_t max_workers) {
     return std::numeric_limits<std::size_t>::max();
   }
   if (options.buffersize) return *options.buffersize;
-  return 2 * (max_workers > 0 ? max_workers : 1);
+  return default_ahead > 0 ? default_ahead : 1;
 }
 
 }  // namespace troupe::concurrent::futures::detail

@@ -22,7 +22,7 @@ namespace troupe::concurrent::futures {
 /// Python: `Executor.map(fn, *iterables, timeout=None, chunksize=1, buffersize=None)`.
 ///
 /// troupe's map is lazy by default: it keeps at most `buffersize` calls submitted ahead of the
-/// result being read (default: twice the pool's workers), so an endless or huge input costs
+/// result being read (by default a few per worker), so an endless or huge input costs
 /// bounded memory (Python 3.14's `buffersize`; before it Python submitted everything at once).
 /// `eager = true` is Python's default: every call is submitted before map returns.
 struct MapOptions {
@@ -31,7 +31,8 @@ struct MapOptions {
   Timeout timeout;
   /// Items per task for process pools (threads ignore it, as Python's do). Must be >= 1.
   std::size_t chunksize = 1;
-  /// Calls (chunks, for process pools) submitted ahead; unset: 2 × max_workers. Must be >= 1.
+  /// Calls (chunks, for process pools) submitted ahead; unset: 2 × max_workers for threads,
+  /// 32 × max_workers for processes (whose calls cross in batches). Must be >= 1.
   std::optional<std::size_t> buffersize;
   /// Submit every call at once (Python's behaviour without buffersize).
   bool eager = false;
@@ -193,8 +194,9 @@ private:
   std::size_t chunk_pos_ = 0;
 };
 
-/// How many calls map keeps ahead: checks the options as Python does.
-std::size_t map_lookahead(const MapOptions& options, std::size_t max_workers);
+/// How many calls map keeps ahead (`default_ahead` unless the options say): checks the options
+/// as Python does.
+std::size_t map_lookahead(const MapOptions& options, std::size_t default_ahead);
 
 }  // namespace detail
 
@@ -216,7 +218,7 @@ public:
   template <class F, class... Ranges>
   requires(sizeof...(Ranges) > 0) auto map(MapOptions options, F&& fn, Ranges&&... iterables) {
     auto& self = static_cast<Derived&>(*this);
-    const std::size_t ahead = detail::map_lookahead(options, self.max_workers());
+    const std::size_t ahead = detail::map_lookahead(options, 2 * self.max_workers());
     auto zip = std::make_shared<detail::Zip<std::views::all_t<Ranges>...>>(
         std::views::all(std::forward<Ranges>(iterables))...);
     using R = std::invoke_result_t<std::decay_t<F>&,

@@ -202,7 +202,8 @@ public:
                                                        Ranges&&... iterables) {
     static_assert(detail::sendable_result<R>,
                   "ProcessPoolExecutor: the function's result has no troupe::Codec");
-    const std::size_t ahead = futures::detail::map_lookahead(options, max_workers());
+    const std::size_t ahead =
+        futures::detail::map_lookahead(options, 32 * static_cast<std::size_t>(max_workers()));
     const std::string entry =
         detail::entry_name(reinterpret_cast<const void*>(fn), "ProcessPoolExecutor.map");
     auto zip = std::make_shared<futures::detail::Zip<std::views::all_t<Ranges>...>>(
