@@ -9,6 +9,7 @@
 #include "troupe/multiprocessing/forkserver.hpp"
 #include "troupe/multiprocessing/listener.hpp"
 #include "troupe/multiprocessing/logger.hpp"
+#include "troupe/multiprocessing/pool.hpp"
 #include "troupe/multiprocessing/process.hpp"
 #include "troupe/multiprocessing/queues.hpp"
 #include "troupe/multiprocessing/resource_tracker.hpp"

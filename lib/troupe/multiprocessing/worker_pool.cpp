@@ -259,6 +259,10 @@ struct WorkerPoolState : std::enable_shared_from_this<WorkerPoolState> {
     return fds;
   }
 
+  std::exception_ptr error(const std::string& why) const {
+    if (options.make_error) return options.make_error(why);
+    return std::make_exception_ptr(concurrent::futures::BrokenProcessPool(why));
+  }
   void start_worker();
   void ensure_workers(bool all);
   void pump();
@@ -410,7 +414,7 @@ void WorkerPoolState::read_results(Worker& w) {
           std::scoped_lock lk(mu);
           break_pool_locked(why, failed);
         }
-        auto e = std::make_exception_ptr(concurrent::futures::BrokenProcessPool(why));
+        auto e = error(why);
         for (auto& j : failed) j->fail(e);
         return;
       }
@@ -464,7 +468,7 @@ void WorkerPoolState::reap(const std::shared_ptr<Worker>& w) {
           "running or pending: " +
           w->process.name() + " (pid " + std::to_string(w->process.pid().value_or(0)) + ") " +
           describe_exit(code);
-      if (terminating) why = "terminated by terminate_workers() or kill_workers(): " + why;
+      if (terminating) why = "the pool was terminated: " + why;
       if (options.on_worker_death == OnWorkerDeath::break_pool || terminating) {
         break_pool_locked(why, failed);
       } else if (!w->inflight.empty()) {
@@ -482,7 +486,7 @@ void WorkerPoolState::reap(const std::shared_ptr<Worker>& w) {
     std::erase(workers, w);
     replace = broken.empty() && !shut;
   }
-  auto e = std::make_exception_ptr(concurrent::futures::BrokenProcessPool(why));
+  auto e = error(why);
   for (auto& j : failed) j->fail(e);
   w->process.close();
   if (replace) ensure_workers(false);
@@ -528,7 +532,7 @@ void WorkerPoolState::run_manager() {
         std::scoped_lock lk(mu);
         break_pool_locked(why, failed);
       }
-      auto ep = std::make_exception_ptr(concurrent::futures::BrokenProcessPool(why));
+      auto ep = error(why);
       for (auto& j : failed) j->fail(ep);
     }
     pump();
@@ -624,7 +628,7 @@ void WorkerPool::submit(std::unique_ptr<Job> job) {
   bool first = false;
   {
     std::scoped_lock lk(s.mu);
-    if (!s.broken.empty()) throw concurrent::futures::BrokenProcessPool(s.broken);
+    if (!s.broken.empty()) std::rethrow_exception(s.error(s.broken));
     if (s.shut) throw RuntimeError("cannot schedule new futures after shutdown");
     s.pending.push_back(std::move(job));
     first = s.manager == nullptr;

@@ -77,6 +77,8 @@ struct WorkerPoolOptions {
   std::optional<int> max_tasks_per_child;
   OnWorkerDeath on_worker_death = OnWorkerDeath::break_pool;
   std::string name;  // for messages and process names ("ProcessPoolExecutor-0")
+  /// The exception for calls a dead worker or a broken pool fails (default BrokenProcessPool).
+  std::function<std::exception_ptr(const std::string& why)> make_error;
 };
 
 struct WorkerPoolState;

@@ -1,0 +1,84 @@
+#include "troupe/multiprocessing/pool.hpp"
+
+#include <sched.h>
+#include <signal.h>
+
+#include <atomic>
+#include <thread>
+
+namespace troupe::multiprocessing {
+
+namespace detail {
+
+std::exception_ptr pool_error(const std::string& why) {
+  return std::make_exception_ptr(ProcessError(why));
+}
+
+int default_processes() {
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof set, &set) == 0 && CPU_COUNT(&set) > 0) return CPU_COUNT(&set);
+  const unsigned n = std::thread::hardware_concurrency();
+  return n > 0 ? static_cast<int>(n) : 1;
+}
+
+namespace {
+std::atomic<int> pool_counter{0};
+}
+
+}  // namespace detail
+
+multiprocessing::detail::WorkerPoolOptions Pool::engine_options(PoolOptions& o) {
+  if (o.processes && *o.processes < 1) throw ValueError("Number of processes must be at least 1");
+  if (o.maxtasksperchild && *o.maxtasksperchild < 1)
+    throw ValueError("maxtasksperchild must be a positive int or None");
+  const std::string method = o.context ? o.context->get_start_method() : "forkserver";
+  if (o.maxtasksperchild && method == "fork")
+    throw ValueError(
+        "maxtasksperchild is incompatible with the 'fork' start method here (a process with "
+        "threads cannot fork safely to replace a worker); use another context");
+  multiprocessing::detail::WorkerPoolOptions w;
+  w.max_workers = o.processes.value_or(detail::default_processes());
+  w.start_method = method;
+  w.initializer = std::move(o.initializer.entry);
+  w.initargs = std::move(o.initializer.arguments);
+  w.max_tasks_per_child = o.maxtasksperchild;
+  // A dead worker fails its own tasks and is replaced (a forked pool cannot start one safely
+  // once its threads run: there the pool breaks instead, still without a hang).
+  w.on_worker_death = method == "fork" ? multiprocessing::detail::OnWorkerDeath::break_pool
+                                       : multiprocessing::detail::OnWorkerDeath::replace_worker;
+  w.name = "Pool-" + std::to_string(detail::pool_counter++);
+  w.make_error = detail::pool_error;
+  return w;
+}
+
+Pool::Pool(PoolOptions options) : engine_(engine_options(options)) {}
+
+Pool::~Pool() {
+  if (state_ != Run::terminated) {
+    try {
+      terminate();
+    } catch (...) {
+    }
+  }
+}
+
+void Pool::check_running() const {
+  if (state_ != Run::running) throw ValueError("Pool not running");
+}
+
+void Pool::close() {
+  if (state_ == Run::running) state_ = Run::closed;
+  engine_.shutdown(false, false);
+}
+
+void Pool::terminate() {
+  state_ = Run::terminated;
+  engine_.signal_workers(SIGTERM);
+}
+
+void Pool::join() {
+  if (state_ == Run::running) throw ValueError("Pool is still running");
+  engine_.shutdown(true, false);
+}
+
+}  // namespace troupe::multiprocessing

@@ -1,0 +1,433 @@
+// troupe/multiprocessing/pool.hpp — multiprocessing.Pool and AsyncResult.
+//
+// The same worker processes as ProcessPoolExecutor (a registered function and encoded arguments
+// per call, one connection per worker), with Pool's API. Where Python's Pool hangs forever when a
+// worker dies (cpython #96062), troupe's fails the calls that worker was running with a
+// ProcessError naming its exit status or signal, starts a new worker, and goes on: map, get and
+// join return.
+#pragma once
+
+#include <signal.h>
+
+#include <algorithm>
+#include <cstddef>
+#include <functional>
+#include <iterator>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <ranges>
+#include <string>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "troupe/concurrent/futures/executor.hpp"
+#include "troupe/concurrent/futures/future.hpp"
+#include "troupe/concurrent/futures/process.hpp"
+#include "troupe/errors.hpp"
+#include "troupe/multiprocessing/process.hpp"
+#include "troupe/multiprocessing/worker_pool.hpp"
+#include "troupe/timeout.hpp"
+
+namespace troupe::multiprocessing {
+
+namespace futures = troupe::concurrent::futures;
+
+/// Python: `multiprocessing.pool.AsyncResult` (and MapResult): a handle on a call's (or a map's)
+/// result. Copies share it.
+template <class T>
+class AsyncResult {
+public:
+  explicit AsyncResult(futures::Future<T> f) : f_(std::move(f)) {}
+
+  /// Python: `get(timeout=None)`: the result, or the call's exception rethrown.
+  /// @throws multiprocessing::TimeoutError if not ready within `timeout`.
+  decltype(auto) get(Timeout timeout = {}) const {
+    if (!f_.wait(timeout)) throw TimeoutError("the result is not ready within the timeout");
+    return f_.result();
+  }
+  /// Python: `wait(timeout=None)`.
+  void wait(Timeout timeout = {}) const { (void)f_.wait(timeout); }
+  /// Python: `ready()`.
+  bool ready() const noexcept { return f_.done(); }
+  /// Python: `successful()`. @throws ValueError if not ready.
+  bool successful() const {
+    if (!ready()) throw ValueError("<AsyncResult> not ready");
+    return !f_.cancelled() && !f_.exception();
+  }
+  /// The future underneath (for concurrent.futures' wait and as_completed, and Asio).
+  const futures::Future<T>& future() const noexcept { return f_; }
+
+private:
+  futures::Future<T> f_;
+};
+
+/// apply_async's and map_async's callbacks (Python's keyword arguments): run in the pool's
+/// result thread before get() returns, as Python's.
+template <class V>
+struct AsyncCallbacks {
+  std::function<void(const V&)> callback;
+  std::function<void(std::exception_ptr)> error_callback;
+};
+
+/// Python: `Pool(processes=None, initializer=None, initargs=(), maxtasksperchild=None,
+/// context=None)`.
+struct PoolOptions {
+  /// Unset: the CPUs this process may run on. >= 1.
+  std::optional<int> processes;
+  /// A function registered with TROUPE_ENTRY and its arguments: `{.initializer = {setup, 4}}`.
+  futures::Initializer initializer;
+  /// A worker is replaced after this many tasks (chunks). >= 1. Not with fork.
+  std::optional<int> maxtasksperchild;
+  /// Unset: forkserver (Python 3.14).
+  std::optional<Context> context;
+};
+
+namespace detail {
+
+/// The values of a map, gathered from its chunks in order.
+template <class V>
+struct Gather {
+  std::mutex mu;
+  std::vector<std::optional<V>> values;
+  std::size_t chunks_left = 0;
+  bool failed = false;
+  futures::Future<std::vector<V>> out;
+  AsyncCallbacks<std::vector<V>> callbacks;
+
+  void chunk_done(std::size_t offset, const futures::Future<std::vector<V>>& chunk) {
+    std::exception_ptr error =
+        chunk.cancelled() ? std::make_exception_ptr(ValueError("a task of the map was cancelled"))
+                          : chunk.exception();
+    std::vector<V> all;
+    bool finish = false;
+    {
+      std::scoped_lock lk(mu);
+      if (failed) return;
+      if (error) {
+        failed = true;
+      } else {
+        auto& got = chunk.typed().value();
+        for (std::size_t i = 0; i < got.size(); ++i) values[offset + i].emplace(std::move(got[i]));
+        finish = --chunks_left == 0;
+        if (finish) {
+          all.reserve(values.size());
+          for (auto& v : values) all.push_back(std::move(*v));
+        }
+      }
+    }
+    if (error) {
+      if (callbacks.error_callback) callbacks.error_callback(error);
+      out.set_exception(error);
+    } else if (finish) {
+      if (callbacks.callback) callbacks.callback(all);
+      out.set_result(std::move(all));
+    }
+  }
+};
+
+std::exception_ptr pool_error(const std::string& why);
+int default_processes();
+
+}  // namespace detail
+
+/// Python: `multiprocessing.Pool`.
+///
+///     int f(int x) { return x * x; }
+///     TROUPE_ENTRY(f);
+///     …
+///     mp::Pool pool(4);
+///     auto squares = pool.map(f, std::views::iota(0, 10));   // std::vector<int>
+///     auto r = pool.apply_async(f, 10);                       // r.get() == 100
+class Pool {
+public:
+  /// @throws ValueError "Number of processes must be at least 1",
+  /// "maxtasksperchild must be a positive int or None", or fork with maxtasksperchild.
+  explicit Pool(PoolOptions options = {});
+  explicit Pool(int processes) : Pool(PoolOptions{.processes = processes}) {}
+  /// Python's `__exit__`: terminate() (not close() and join(): the documented gotcha, kept).
+  ~Pool();
+  Pool(const Pool&) = delete;
+  Pool& operator=(const Pool&) = delete;
+
+  /// Python: `apply(func, args)`: the call's result (it runs in a worker).
+  template <class R, class... P, class... A>
+  requires(sizeof...(P) == sizeof...(A)) decltype(auto) apply(R (*fn)(P...), A&&... args) {
+    if constexpr (std::is_void_v<R>)
+      apply_async(fn, std::forward<A>(args)...).get();
+    else
+      return R(apply_async(fn, std::forward<A>(args)...).get());
+  }
+
+  /// Python: `apply_async(func, args, callback=None, error_callback=None)`.
+  /// @throws ValueError "Pool not running" after close() or terminate().
+  template <class R, class... P, class... A>
+  requires(sizeof...(P) == sizeof...(A)) AsyncResult<R> apply_async(R (*fn)(P...), A&&... args) {
+    return apply_async(AsyncCallbacks<futures::detail::MapValue<R>>{}, fn,
+                       std::forward<A>(args)...);
+  }
+  template <class R, class... P, class... A>
+  requires(sizeof...(P) == sizeof...(A)) AsyncResult<R> apply_async(
+      AsyncCallbacks<futures::detail::MapValue<R>> callbacks, R (*fn)(P...), A&&... args) {
+    check_running();
+    auto job = std::make_unique<futures::detail::FutureJob<R>>();
+    job->entry = futures::detail::entry_name(reinterpret_cast<const void*>(fn), "Pool.apply");
+    job->calls.push_back(
+        troupe::to_bytes(std::tuple<std::decay_t<P>...>(std::forward<A>(args)...)));
+    futures::Future<R> inner = job->future;
+    if (!callbacks.callback && !callbacks.error_callback) {
+      engine_.submit(std::move(job));
+      return AsyncResult<R>(inner);
+    }
+    futures::Future<R> outer;
+    inner.add_done_callback([outer, callbacks](const futures::Future<R>& f) mutable {
+      if (auto e = f.exception()) {
+        if (callbacks.error_callback) callbacks.error_callback(e);
+        outer.set_exception(e);
+      } else if constexpr (std::is_void_v<R>) {
+        if (callbacks.callback) callbacks.callback(std::monostate{});
+        outer.set_result();
+      } else {
+        if (callbacks.callback) callbacks.callback(f.result());
+        outer.set_result(f.result());
+      }
+    });
+    engine_.submit(std::move(job));
+    return AsyncResult<R>(outer);
+  }
+
+  /// Python: `map(func, iterable, chunksize=None)`: every result, in order. The iterable is read
+  /// whole first, as Python's list(iterable); default chunksize as Python's (len / (4 ×
+  /// processes), rounded up).
+  template <class R, class P, class Range>
+  auto map(R (*fn)(P), Range&& iterable, std::optional<std::size_t> chunksize = std::nullopt) {
+    return map_async(fn, std::forward<Range>(iterable), chunksize).get();
+  }
+  /// Python: `map_async(func, iterable, chunksize=None, callback=None, error_callback=None)`.
+  template <class R, class P, class Range>
+  auto map_async(R (*fn)(P), Range&& iterable, std::optional<std::size_t> chunksize = std::nullopt,
+                 AsyncCallbacks<std::vector<futures::detail::MapValue<R>>> callbacks = {}) {
+    std::vector<std::tuple<std::decay_t<P>>> items;
+    for (auto&& x : iterable) items.emplace_back(x);
+    return gather<R, std::decay_t<P>>(fn, std::move(items), chunksize, std::move(callbacks));
+  }
+  /// Python: `starmap(func, iterable, chunksize=None)`: each element is a tuple of arguments.
+  template <class R, class... P, class Range>
+  auto starmap(R (*fn)(P...), Range&& iterable,
+               std::optional<std::size_t> chunksize = std::nullopt) {
+    return starmap_async(fn, std::forward<Range>(iterable), chunksize).get();
+  }
+  /// Python: `starmap_async(...)`.
+  template <class R, class... P, class Range>
+  auto starmap_async(R (*fn)(P...), Range&& iterable,
+                     std::optional<std::size_t> chunksize = std::nullopt,
+                     AsyncCallbacks<std::vector<futures::detail::MapValue<R>>> callbacks = {}) {
+    std::vector<std::tuple<std::decay_t<P>...>> items;
+    for (auto&& t : iterable)
+      items.push_back(
+          std::apply([](auto&&... a) { return std::tuple<std::decay_t<P>...>(a...); }, t));
+    return gather<R, std::decay_t<P>...>(fn, std::move(items), chunksize, std::move(callbacks));
+  }
+
+  /// Python: `imap(func, iterable, chunksize=1)`: results in order, as they come; lazy: at most
+  /// 32 chunks per worker are submitted ahead of the one being read.
+  template <class R, class P, class Range>
+  auto imap(R (*fn)(P), Range&& iterable, std::size_t chunksize = 1) {
+    check_running();
+    if (chunksize < 1) throw ValueError("Chunksize must be 1+, not " + std::to_string(chunksize));
+    auto source = chunk_source<R, P>(fn, std::forward<Range>(iterable), chunksize);
+    using FutureV = futures::Future<std::vector<futures::detail::MapValue<R>>>;
+    return futures::detail::MapResults<R, FutureV, decltype(source)>(std::move(source), lookahead(),
+                                                                     Timeout());
+  }
+  /// Python: `imap_unordered(func, iterable, chunksize=1)`: results as they complete.
+  template <class R, class P, class Range>
+  auto imap_unordered(R (*fn)(P), Range&& iterable, std::size_t chunksize = 1) {
+    check_running();
+    if (chunksize < 1) throw ValueError("Chunksize must be 1+, not " + std::to_string(chunksize));
+    auto source = chunk_source<R, P>(fn, std::forward<Range>(iterable), chunksize);
+    return Unordered<R, decltype(source)>(std::move(source), lookahead());
+  }
+
+  /// Python: `close()`: no more tasks; the workers end once the submitted ones are done.
+  void close();
+  /// Python: `terminate()`: stops the workers at once; tasks not done fail with ProcessError.
+  void terminate();
+  /// Python: `join()`: waits for the workers to end. @throws ValueError "Pool is still running"
+  /// before close() or terminate().
+  void join();
+
+  int processes() const noexcept { return engine_.max_workers(); }
+  /// The pids of the live workers.
+  std::vector<int> worker_pids() const { return engine_.worker_pids(); }
+
+  /// The results of imap_unordered: a range read once.
+  template <class R, class Source>
+  class Unordered {
+  public:
+    using value_type = futures::detail::MapValue<R>;
+    Unordered(Source source, std::size_t ahead) : source_(std::move(source)), ahead_(ahead) {
+      fill();
+    }
+    Unordered(const Unordered&) = delete;
+    ~Unordered() {
+      for (auto& f : window_) f.cancel();
+    }
+    class iterator {
+    public:
+      using value_type = futures::detail::MapValue<R>;
+      using difference_type = std::ptrdiff_t;
+      iterator() = default;
+      explicit iterator(Unordered* u) : u_(u) {}
+      value_type& operator*() const { return *u_->current_; }
+      iterator& operator++() {
+        u_->advance();
+        return *this;
+      }
+      void operator++(int) { u_->advance(); }
+      friend bool operator==(const iterator& it, std::default_sentinel_t) noexcept {
+        return it.at_end();
+      }
+
+    private:
+      bool at_end() const noexcept { return !u_->current_; }
+      Unordered* u_ = nullptr;
+    };
+    iterator begin() {
+      if (!started_) {
+        started_ = true;
+        advance();
+      }
+      return iterator(this);
+    }
+    std::default_sentinel_t end() const noexcept { return {}; }
+
+  private:
+    using FutureV = futures::Future<std::vector<value_type>>;
+    void fill() {
+      while (!done_ && window_.size() < ahead_) {
+        auto f = source_();
+        if (!f) {
+          done_ = true;
+          break;
+        }
+        window_.push_back(std::move(*f));
+      }
+    }
+    void advance() {
+      current_.reset();
+      while (ready_.empty()) {
+        if (window_.empty()) return;
+        auto r = futures::wait(window_, {}, futures::FIRST_COMPLETED);
+        for (auto& f : r.done) {
+          std::erase(window_, f);
+          if (f.cancelled()) throw ValueError("a task of imap_unordered was cancelled");
+          if (auto e = f.exception()) {
+            for (auto& g : window_) g.cancel();
+            window_.clear();
+            done_ = true;
+            std::rethrow_exception(e);
+          }
+          for (auto& v : f.typed().value()) ready_.push_back(std::move(v));
+        }
+        fill();
+      }
+      current_.emplace(std::move(ready_.back()));
+      ready_.pop_back();
+    }
+    Source source_;
+    std::size_t ahead_;
+    std::vector<FutureV> window_;
+    std::vector<value_type> ready_;
+    std::optional<value_type> current_;
+    bool done_ = false;
+    bool started_ = false;
+  };
+
+private:
+  static multiprocessing::detail::WorkerPoolOptions engine_options(PoolOptions& o);
+  void check_running() const;
+  std::size_t lookahead() const noexcept {
+    return 32 * static_cast<std::size_t>(engine_.max_workers());
+  }
+
+  // Submits chunks of `items` and gathers their results into one AsyncResult.
+  template <class R, class... P>
+  auto gather(R (*fn)(P...), std::vector<std::tuple<std::decay_t<P>...>> items,
+              std::optional<std::size_t> chunksize,
+              AsyncCallbacks<std::vector<futures::detail::MapValue<R>>> callbacks) {
+    using V = futures::detail::MapValue<R>;
+    check_running();
+    const std::string entry =
+        futures::detail::entry_name(reinterpret_cast<const void*>(fn), "Pool.map");
+    std::size_t chunk = chunksize.value_or(0);
+    if (chunksize && *chunksize < 1)
+      throw ValueError("Chunksize must be 1+, not " + std::to_string(*chunksize));
+    if (!chunksize) {  // Python's: divmod(len(iterable), len(self._pool) * 4), rounded up
+      const std::size_t per = 4 * static_cast<std::size_t>(engine_.max_workers());
+      chunk = items.size() / per + (items.size() % per ? 1 : 0);
+      if (chunk == 0) chunk = 1;
+    }
+    auto g = std::make_shared<detail::Gather<V>>();
+    g->values.resize(items.size());
+    g->callbacks = std::move(callbacks);
+    AsyncResult<std::vector<V>> result(g->out);
+    if (items.empty()) {
+      if (g->callbacks.callback) g->callbacks.callback({});
+      g->out.set_result(std::vector<V>{});
+      return result;
+    }
+    std::vector<std::unique_ptr<futures::detail::ChunkJob<R>>> jobs;
+    for (std::size_t at = 0; at < items.size(); at += chunk) {
+      const std::size_t n = std::min(chunk, items.size() - at);
+      std::vector<std::tuple<std::decay_t<P>...>> part(
+          std::make_move_iterator(items.begin() + static_cast<std::ptrdiff_t>(at)),
+          std::make_move_iterator(items.begin() + static_cast<std::ptrdiff_t>(at + n)));
+      auto job = std::make_unique<futures::detail::ChunkJob<R>>();
+      job->entry = entry;
+      job->batch = true;
+      job->calls.push_back(troupe::to_bytes(part));
+      job->future.add_done_callback(
+          [g, at](const futures::Future<std::vector<V>>& f) { g->chunk_done(at, f); });
+      jobs.push_back(std::move(job));
+    }
+    g->chunks_left = jobs.size();
+    for (auto& j : jobs) engine_.submit(std::move(j));
+    return result;
+  }
+
+  template <class R, class P, class Range>
+  auto chunk_source(R (*fn)(P), Range&& iterable, std::size_t chunk) {
+    using V = futures::detail::MapValue<R>;
+    const std::string entry =
+        futures::detail::entry_name(reinterpret_cast<const void*>(fn), "Pool.imap");
+    auto view =
+        std::make_shared<std::views::all_t<Range>>(std::views::all(std::forward<Range>(iterable)));
+    auto it = std::make_shared<std::ranges::iterator_t<std::views::all_t<Range>>>(
+        std::ranges::begin(*view));
+    return [this, view, it, entry, chunk]() -> std::optional<futures::Future<std::vector<V>>> {
+      std::vector<std::tuple<std::decay_t<P>>> items;
+      while (items.size() < chunk && *it != std::ranges::end(*view)) {
+        items.emplace_back(**it);
+        ++*it;
+      }
+      if (items.empty()) return std::nullopt;
+      check_running();
+      auto job = std::make_unique<futures::detail::ChunkJob<R>>();
+      job->entry = entry;
+      job->batch = true;
+      job->calls.push_back(troupe::to_bytes(items));
+      futures::Future<std::vector<V>> f = job->future;
+      engine_.submit(std::move(job));
+      return f;
+    };
+  }
+
+  enum class Run : std::uint8_t { running, closed, terminated };
+  Run state_ = Run::running;
+  multiprocessing::detail::WorkerPool engine_;
+};
+
+}  // namespace troupe::multiprocessing

@@ -1,0 +1,288 @@
+#include "troupe/multiprocessing/pool.hpp"
+
+#include <signal.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <list>
+#include <ranges>
+#include <set>
+#include <string>
+#include <thread>
+#include <tuple>
+#include <vector>
+
+#include <gmock/gmock.h>
+
+#include "troupe/errors.hpp"
+
+#include "leak_check.hpp"
+#include "start_methods.hpp"
+
+// The behaviours of CPython's _TestPool, _TestPoolWorkerErrors and _TestPoolWorkerLifetime
+// (Lib/test/_test_multiprocessing.py), per start method; and what Python cannot do: a worker
+// killed in the middle of a map fails that map, and the pool goes on.
+namespace troupe::multiprocessing {
+namespace {
+
+using namespace std::chrono_literals;
+using ::testing::HasSubstr;
+
+int sqr(int x) {
+  return x * x;
+}
+TROUPE_ENTRY(sqr);
+
+int mul(int x, int y) {
+  return x * y;
+}
+TROUPE_ENTRY(mul);
+
+int sqr_slowly(int x) {
+  std::this_thread::sleep_for(std::chrono::milliseconds(x % 3));
+  return x * x;
+}
+TROUPE_ENTRY(sqr_slowly);
+
+int raising(int x) {
+  if (x == 7) throw KeyError("key 7");
+  return x;
+}
+TROUPE_ENTRY(raising);
+
+int pid_of(int) {
+  return static_cast<int>(::getpid());
+}
+TROUPE_ENTRY(pid_of);
+
+int sleep_ms(int ms) {
+  std::this_thread::sleep_for(std::chrono::milliseconds(ms));
+  return ms;
+}
+TROUPE_ENTRY(sleep_ms);
+
+int kill_self_at(int x) {
+  if (x == 5) ::kill(::getpid(), SIGKILL);
+  return x;
+}
+TROUPE_ENTRY(kill_self_at);
+
+int base = 0;
+void set_base(int b) {
+  base = b;
+}
+TROUPE_ENTRY(set_base);
+int add_base(int x) {
+  return base + x;
+}
+TROUPE_ENTRY(add_base);
+
+using PoolTest = troupe::testing::StartMethodTest;
+
+PoolOptions with(const std::string& method, PoolOptions o = {}) {
+  o.context = get_context(method);
+  if (!o.processes) o.processes = 2;
+  return o;
+}
+
+std::vector<int> squares(int n) {
+  std::vector<int> v;
+  for (int i = 0; i < n; ++i) v.push_back(i * i);
+  return v;
+}
+
+TEST_P(PoolTest, Apply) {
+  Pool pool(with(GetParam()));
+  EXPECT_EQ(pool.apply(sqr, 5), 25);
+  EXPECT_EQ(pool.apply(mul, 6, 7), 42);
+  auto r = pool.apply_async(sqr, 7);
+  EXPECT_EQ(r.get(30s), 49);
+  EXPECT_TRUE(r.ready());
+  EXPECT_TRUE(r.successful());
+}
+
+TEST_P(PoolTest, MapAndStarmap) {
+  Pool pool(with(GetParam()));
+  EXPECT_EQ(pool.map(sqr, std::views::iota(0, 10)), squares(10));
+  EXPECT_EQ(pool.map(sqr, std::list<int>{0, 1, 2, 3}), squares(4));
+  EXPECT_EQ(pool.map(sqr, std::views::iota(0, 100), 53), squares(100));
+  EXPECT_EQ(pool.map(sqr, std::vector<int>{}), std::vector<int>{});
+  std::vector<std::tuple<int, int>> pairs{{1, 2}, {3, 4}, {5, 6}};
+  EXPECT_EQ(pool.starmap(mul, pairs), (std::vector<int>{2, 12, 30}));
+  EXPECT_EQ(pool.starmap_async(mul, pairs, 1).get(30s), (std::vector<int>{2, 12, 30}));
+  EXPECT_EQ(pool.map_async(sqr, std::views::iota(0, 20)).get(30s), squares(20));
+  EXPECT_THROW((void)pool.map(sqr, std::vector<int>{1}, 0), ValueError);
+}
+
+TEST_P(PoolTest, Imap) {
+  Pool pool(with(GetParam()));
+  std::vector<int> got;
+  for (int v : pool.imap(sqr_slowly, std::views::iota(0, 30))) got.push_back(v);
+  EXPECT_EQ(got, squares(30));
+  got.clear();
+  for (int v : pool.imap(sqr, std::views::iota(0, 30), 7)) got.push_back(v);
+  EXPECT_EQ(got, squares(30));
+}
+
+TEST_P(PoolTest, ImapUnordered) {
+  Pool pool(with(GetParam()));
+  std::multiset<int> got;
+  for (int v : pool.imap_unordered(sqr_slowly, std::views::iota(0, 30))) got.insert(v);
+  auto want = squares(30);
+  EXPECT_EQ(got, std::multiset<int>(want.begin(), want.end()));
+  got.clear();
+  for (int v : pool.imap_unordered(sqr, std::views::iota(0, 30), 4)) got.insert(v);
+  EXPECT_EQ(got, std::multiset<int>(want.begin(), want.end()));
+}
+
+TEST_P(PoolTest, ImapIsLazyOverAnEndlessInput) {
+  Pool pool(with(GetParam()));
+  int read = 0;
+  for (int v : pool.imap(sqr, std::views::iota(0))) {
+    EXPECT_EQ(v, read * read);
+    if (++read == 100) break;
+  }
+}
+
+TEST_P(PoolTest, ErrorsPropagate) {
+  Pool pool(with(GetParam()));
+  EXPECT_THROW(pool.apply(raising, 7), KeyError);
+  EXPECT_THROW((void)pool.map(raising, std::views::iota(0, 10)), KeyError);
+  auto it_results = pool.imap(raising, std::views::iota(0, 10));
+  std::vector<int> got;
+  try {
+    for (int v : it_results) got.push_back(v);
+    FAIL() << "no KeyError";
+  } catch (const KeyError&) {
+  }
+  EXPECT_EQ(got, (std::vector<int>{0, 1, 2, 3, 4, 5, 6}));
+  auto r = pool.apply_async(raising, 7);
+  r.wait(30s);
+  EXPECT_FALSE(r.successful());
+}
+
+TEST_P(PoolTest, AsyncTimeoutAndReadiness) {
+  Pool pool(with(GetParam()));
+  auto r = pool.apply_async(sleep_ms, 500);
+  EXPECT_THROW(r.get(10ms), TimeoutError);  // multiprocessing.TimeoutError
+  EXPECT_FALSE(r.ready());
+  EXPECT_THROW((void)r.successful(), ValueError);
+  EXPECT_EQ(r.get(30s), 500);
+}
+
+TEST_P(PoolTest, Callbacks) {
+  Pool pool(with(GetParam()));
+  std::atomic<int> value{0};
+  std::atomic<bool> failed{false};
+  auto r = pool.apply_async({.callback = [&](const int& v) { value = v; }}, sqr, 9);
+  EXPECT_EQ(r.get(30s), 81);
+  EXPECT_EQ(value.load(), 81);  // the callback ran before get() returned
+  auto e =
+      pool.apply_async({.error_callback = [&](std::exception_ptr) { failed = true; }}, raising, 7);
+  e.wait(30s);
+  EXPECT_TRUE(failed.load());
+  std::atomic<std::size_t> n{0};
+  auto m = pool.map_async(sqr, std::views::iota(0, 8), std::nullopt,
+                          {.callback = [&](const std::vector<int>& v) { n = v.size(); }});
+  m.wait(30s);
+  EXPECT_EQ(n.load(), 8u);
+}
+
+TEST_P(PoolTest, Initializer) {
+  Pool pool(with(GetParam(), {.initializer = {set_base, 100}}));
+  EXPECT_EQ(pool.apply(add_base, 1), 101);
+}
+
+TEST_P(PoolTest, CloseJoinAndTerminateRules) {
+  {
+    Pool pool(with(GetParam()));
+    EXPECT_THROW(pool.join(), ValueError);  // "Pool is still running"
+    EXPECT_EQ(pool.apply(sqr, 3), 9);
+    auto r = pool.apply_async(sleep_ms, 50);
+    pool.close();
+    try {
+      pool.apply(sqr, 1);
+      FAIL() << "no ValueError";
+    } catch (const ValueError& e) {
+      EXPECT_STREQ(e.what(), "Pool not running");
+    }
+    pool.join();
+    EXPECT_EQ(r.get(0s), 50);  // close lets submitted tasks finish
+  }
+  {
+    Pool pool(with(GetParam()));
+    auto r = pool.apply_async(sleep_ms, 20000);
+    EXPECT_TRUE(troupe::testing::eventually([&] { return r.future().running(); }));
+    std::this_thread::sleep_for(50ms);
+    const auto t0 = std::chrono::steady_clock::now();
+    pool.terminate();
+    pool.join();
+    EXPECT_LT(std::chrono::steady_clock::now() - t0, 15s);
+    EXPECT_THROW(r.get(30s), ProcessError);  // fails: Python's would hang
+  }
+}
+
+TEST_P(PoolTest, KilledWorkerFailsItsTaskNeverHangs) {
+  Pool pool(with(GetParam()));
+  try {
+    (void)pool.map(kill_self_at, std::views::iota(0, 10), 1);
+    FAIL() << "no ProcessError";
+  } catch (const ProcessError& e) {
+    EXPECT_THAT(e.what(), HasSubstr("killed by signal 9 (SIGKILL)"));
+  }
+  if (GetParam() == "fork") {  // a forked pool cannot replace workers: it is broken
+    EXPECT_TRUE(troupe::testing::eventually([&] {
+      try {
+        pool.apply(sqr, 2);
+        return false;
+      } catch (const ProcessError&) {
+        return true;
+      }
+    }));
+  } else {  // a new worker took the dead one's place
+    EXPECT_EQ(pool.apply(sqr, 4), 16);
+    EXPECT_EQ(pool.map(sqr, std::views::iota(0, 10)), squares(10));
+  }
+  pool.close();
+  pool.join();
+}
+
+TEST_P(PoolTest, MaxTasksPerChild) {
+  if (GetParam() == "fork") {
+    EXPECT_THROW(Pool(with("fork", {.maxtasksperchild = 1})), ValueError);
+    return;
+  }
+  for (int per_child : {1, 2, 10}) {
+    Pool pool(with(GetParam(), {.maxtasksperchild = per_child}));
+    std::vector<AsyncResult<int>> rs;
+    for (int i = 0; i < 30; ++i) rs.push_back(pool.apply_async(pid_of, i));
+    std::set<int> pids;
+    for (auto& r : rs) pids.insert(r.get(60s));
+    EXPECT_GE(pids.size(), static_cast<std::size_t>(30 / per_child)) << per_child;
+    EXPECT_EQ(pool.map(sqr, std::views::iota(0, 40), 1), squares(40)) << per_child;
+    pool.close();
+    pool.join();
+  }
+}
+
+TEST_P(PoolTest, BadArguments) {
+  EXPECT_THROW(Pool(with(GetParam(), {.processes = 0})), ValueError);
+  EXPECT_THROW(Pool(with(GetParam(), {.maxtasksperchild = 0})), ValueError);
+}
+
+TEST_P(PoolTest, DestructorTerminates) {
+  std::optional<AsyncResult<int>> r;
+  {
+    Pool pool(with(GetParam()));
+    r = pool.apply_async(sleep_ms, 20000);
+    EXPECT_TRUE(troupe::testing::eventually([&] { return r->future().running(); }));
+  }
+  EXPECT_TRUE(r->ready());
+  EXPECT_THROW(r->get(), ProcessError);
+}
+
+TROUPE_PER_START_METHOD(PoolTest);
+
+}  // namespace
+}  // namespace troupe::multiprocessing
