@@ -16,6 +16,7 @@
 #include <gmock/gmock.h>
 
 #include "troupe/errors.hpp"
+#include "troupe/threading/event.hpp"
 
 #include "leak_check.hpp"
 #include "start_methods.hpp"
@@ -283,6 +284,54 @@ TEST_P(PoolTest, DestructorTerminates) {
 }
 
 TROUPE_PER_START_METHOD(PoolTest);
+
+// ThreadPool (and dummy::Pool, the same class): the API on threads, any callable.
+class ThreadPoolTest : public troupe::testing::LeakCheck {};
+
+TEST_F(ThreadPoolTest, SameApiOnThreads) {
+  dummy::Pool pool(3);
+  int offset = 10;  // a lambda capturing local state: fine on threads
+  EXPECT_EQ(pool.apply([&](int x) { return x + offset; }, 5), 15);
+  EXPECT_EQ(pool.apply_async(sqr, 7).get(10s), 49);
+  EXPECT_EQ(pool.map(sqr, std::views::iota(0, 50)), squares(50));
+  EXPECT_EQ(pool.map(sqr, std::views::iota(0, 50), 7), squares(50));
+  EXPECT_EQ(pool.map(sqr, std::vector<int>{}), std::vector<int>{});
+  std::vector<std::tuple<int, int>> pairs{{1, 2}, {3, 4}};
+  EXPECT_EQ(pool.starmap(mul, pairs), (std::vector<int>{2, 12}));
+  std::vector<int> got;
+  for (int v : pool.imap(sqr, std::views::iota(0, 20), 3)) got.push_back(v);
+  EXPECT_EQ(got, squares(20));
+  std::multiset<int> unordered;
+  for (int v : pool.imap_unordered(sqr_slowly, std::views::iota(0, 20))) unordered.insert(v);
+  auto want = squares(20);
+  EXPECT_EQ(unordered, std::multiset<int>(want.begin(), want.end()));
+  EXPECT_THROW(pool.apply(raising, 7), KeyError);
+  EXPECT_THROW((void)pool.map(raising, std::views::iota(0, 10)), KeyError);
+  std::atomic<int> seen{0};
+  pool.apply_async({.callback = [&](const int& v) { seen = v; }}, sqr, 4).get(10s);
+  EXPECT_EQ(seen.load(), 16);
+  EXPECT_THROW(pool.join(), ValueError);
+  pool.close();
+  EXPECT_THROW(pool.apply(sqr, 1), ValueError);
+  pool.join();
+}
+
+TEST_F(ThreadPoolTest, InitializerAndTerminate) {
+  std::atomic<int> inits{0};
+  ThreadPool pool({.processes = 2, .initializer = [&] { ++inits; }});
+  threading::Event release;
+  auto running = pool.apply_async([&] { return release.wait(10s); });
+  auto running2 = pool.apply_async([&] { return release.wait(10s); });
+  std::vector<AsyncResult<int>> queued;
+  for (int i = 0; i < 5; ++i) queued.push_back(pool.apply_async(sqr, i));
+  EXPECT_TRUE(troupe::testing::eventually([&] { return inits.load() == 2; }));
+  pool.terminate();  // the queued tasks are cancelled; the running ones finish
+  release.set();
+  pool.join();
+  EXPECT_TRUE(running.get());
+  EXPECT_TRUE(running2.get());
+  for (auto& r : queued) EXPECT_THROW(r.get(), concurrent::futures::CancelledError);
+}
 
 }  // namespace
 }  // namespace troupe::multiprocessing

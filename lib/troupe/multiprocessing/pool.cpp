@@ -81,4 +81,38 @@ void Pool::join() {
   engine_.shutdown(true, false);
 }
 
+ThreadPool::ThreadPool(Options options)
+    : exec_([&] {
+        if (options.processes && *options.processes < 1)
+          throw ValueError("Number of processes must be at least 1");
+        return futures::ThreadPoolExecutor::Options{
+            .max_workers = options.processes.value_or(detail::default_processes()),
+            .thread_name_prefix = "ThreadPool-" + std::to_string(detail::pool_counter++),
+            .initializer = std::move(options.initializer)};
+      }()) {}
+
+ThreadPool::~ThreadPool() {
+  if (state_ != Run::terminated) terminate();
+  exec_.shutdown(true);
+}
+
+void ThreadPool::check_running() const {
+  if (state_ != Run::running) throw ValueError("Pool not running");
+}
+
+void ThreadPool::close() {
+  if (state_ == Run::running) state_ = Run::closed;
+  exec_.shutdown(false);
+}
+
+void ThreadPool::terminate() {
+  state_ = Run::terminated;
+  exec_.shutdown(false, true);
+}
+
+void ThreadPool::join() {
+  if (state_ == Run::running) throw ValueError("Pool is still running");
+  exec_.shutdown(true);
+}
+
 }  // namespace troupe::multiprocessing

@@ -26,6 +26,7 @@
 #include "troupe/concurrent/futures/executor.hpp"
 #include "troupe/concurrent/futures/future.hpp"
 #include "troupe/concurrent/futures/process.hpp"
+#include "troupe/concurrent/futures/thread.hpp"
 #include "troupe/errors.hpp"
 #include "troupe/multiprocessing/process.hpp"
 #include "troupe/multiprocessing/worker_pool.hpp"
@@ -130,6 +131,89 @@ struct Gather {
 
 std::exception_ptr pool_error(const std::string& why);
 int default_processes();
+
+/// The results of imap_unordered: a range read once.
+template <class R, class Source>
+class Unordered {
+public:
+  using value_type = futures::detail::MapValue<R>;
+  Unordered(Source source, std::size_t ahead) : source_(std::move(source)), ahead_(ahead) {
+    fill();
+  }
+  Unordered(const Unordered&) = delete;
+  ~Unordered() {
+    for (auto& f : window_) f.cancel();
+  }
+  class iterator {
+  public:
+    using value_type = futures::detail::MapValue<R>;
+    using difference_type = std::ptrdiff_t;
+    iterator() = default;
+    explicit iterator(Unordered* u) : u_(u) {}
+    value_type& operator*() const { return *u_->current_; }
+    iterator& operator++() {
+      u_->advance();
+      return *this;
+    }
+    void operator++(int) { u_->advance(); }
+    friend bool operator==(const iterator& it, std::default_sentinel_t) noexcept {
+      return it.at_end();
+    }
+
+  private:
+    bool at_end() const noexcept { return !u_->current_; }
+    Unordered* u_ = nullptr;
+  };
+  iterator begin() {
+    if (!started_) {
+      started_ = true;
+      advance();
+    }
+    return iterator(this);
+  }
+  std::default_sentinel_t end() const noexcept { return {}; }
+
+private:
+  using FutureV = futures::Future<std::vector<value_type>>;
+  void fill() {
+    while (!done_ && window_.size() < ahead_) {
+      auto f = source_();
+      if (!f) {
+        done_ = true;
+        break;
+      }
+      window_.push_back(std::move(*f));
+    }
+  }
+  void advance() {
+    current_.reset();
+    while (ready_.empty()) {
+      if (window_.empty()) return;
+      auto r = futures::wait(window_, {}, futures::FIRST_COMPLETED);
+      for (auto& f : r.done) {
+        std::erase(window_, f);
+        if (f.cancelled()) throw ValueError("a task of imap_unordered was cancelled");
+        if (auto e = f.exception()) {
+          for (auto& g : window_) g.cancel();
+          window_.clear();
+          done_ = true;
+          std::rethrow_exception(e);
+        }
+        for (auto& v : f.typed().value()) ready_.push_back(std::move(v));
+      }
+      fill();
+    }
+    current_.emplace(std::move(ready_.back()));
+    ready_.pop_back();
+  }
+  Source source_;
+  std::size_t ahead_;
+  std::vector<FutureV> window_;
+  std::vector<value_type> ready_;
+  std::optional<value_type> current_;
+  bool done_ = false;
+  bool started_ = false;
+};
 
 }  // namespace detail
 
@@ -248,7 +332,7 @@ public:
     check_running();
     if (chunksize < 1) throw ValueError("Chunksize must be 1+, not " + std::to_string(chunksize));
     auto source = chunk_source<R, P>(fn, std::forward<Range>(iterable), chunksize);
-    return Unordered<R, decltype(source)>(std::move(source), lookahead());
+    return detail::Unordered<R, decltype(source)>(std::move(source), lookahead());
   }
 
   /// Python: `close()`: no more tasks; the workers end once the submitted ones are done.
@@ -262,89 +346,6 @@ public:
   int processes() const noexcept { return engine_.max_workers(); }
   /// The pids of the live workers.
   std::vector<int> worker_pids() const { return engine_.worker_pids(); }
-
-  /// The results of imap_unordered: a range read once.
-  template <class R, class Source>
-  class Unordered {
-  public:
-    using value_type = futures::detail::MapValue<R>;
-    Unordered(Source source, std::size_t ahead) : source_(std::move(source)), ahead_(ahead) {
-      fill();
-    }
-    Unordered(const Unordered&) = delete;
-    ~Unordered() {
-      for (auto& f : window_) f.cancel();
-    }
-    class iterator {
-    public:
-      using value_type = futures::detail::MapValue<R>;
-      using difference_type = std::ptrdiff_t;
-      iterator() = default;
-      explicit iterator(Unordered* u) : u_(u) {}
-      value_type& operator*() const { return *u_->current_; }
-      iterator& operator++() {
-        u_->advance();
-        return *this;
-      }
-      void operator++(int) { u_->advance(); }
-      friend bool operator==(const iterator& it, std::default_sentinel_t) noexcept {
-        return it.at_end();
-      }
-
-    private:
-      bool at_end() const noexcept { return !u_->current_; }
-      Unordered* u_ = nullptr;
-    };
-    iterator begin() {
-      if (!started_) {
-        started_ = true;
-        advance();
-      }
-      return iterator(this);
-    }
-    std::default_sentinel_t end() const noexcept { return {}; }
-
-  private:
-    using FutureV = futures::Future<std::vector<value_type>>;
-    void fill() {
-      while (!done_ && window_.size() < ahead_) {
-        auto f = source_();
-        if (!f) {
-          done_ = true;
-          break;
-        }
-        window_.push_back(std::move(*f));
-      }
-    }
-    void advance() {
-      current_.reset();
-      while (ready_.empty()) {
-        if (window_.empty()) return;
-        auto r = futures::wait(window_, {}, futures::FIRST_COMPLETED);
-        for (auto& f : r.done) {
-          std::erase(window_, f);
-          if (f.cancelled()) throw ValueError("a task of imap_unordered was cancelled");
-          if (auto e = f.exception()) {
-            for (auto& g : window_) g.cancel();
-            window_.clear();
-            done_ = true;
-            std::rethrow_exception(e);
-          }
-          for (auto& v : f.typed().value()) ready_.push_back(std::move(v));
-        }
-        fill();
-      }
-      current_.emplace(std::move(ready_.back()));
-      ready_.pop_back();
-    }
-    Source source_;
-    std::size_t ahead_;
-    std::vector<FutureV> window_;
-    std::vector<value_type> ready_;
-    std::optional<value_type> current_;
-    bool done_ = false;
-    bool started_ = false;
-  };
 
 private:
   static multiprocessing::detail::WorkerPoolOptions engine_options(PoolOptions& o);
@@ -429,5 +430,223 @@ private:
   Run state_ = Run::running;
   multiprocessing::detail::WorkerPool engine_;
 };
+
+/// Python: `multiprocessing.pool.ThreadPool(processes=None, initializer=None, initargs=())`, and
+/// `multiprocessing.dummy.Pool`: Pool's API on threads of this process (any callable, nothing
+/// encoded). terminate() cannot stop a running thread: it cancels the tasks not yet started
+/// (their AsyncResults raise CancelledError) and lets the running ones finish.
+class ThreadPool {
+public:
+  struct Options {
+    std::optional<int> processes;       ///< unset: the CPUs this process may run on
+    std::function<void()> initializer;  ///< Python's initializer with its initargs bound in
+  };
+  explicit ThreadPool(Options options = {});
+  explicit ThreadPool(int processes) : ThreadPool(Options{.processes = processes}) {}
+  /// Python's `__exit__`: terminate(), then the threads are joined.
+  ~ThreadPool();
+  ThreadPool(const ThreadPool&) = delete;
+  ThreadPool& operator=(const ThreadPool&) = delete;
+
+  template <class F, class... A>
+  decltype(auto) apply(F&& fn, A&&... args) {
+    auto r = apply_async(std::forward<F>(fn), std::forward<A>(args)...);
+    using R = std::invoke_result_t<std::decay_t<F>&, std::decay_t<A>...>;
+    if constexpr (std::is_void_v<R>)
+      r.get();
+    else
+      return R(r.get());
+  }
+  template <class F, class... A>
+  requires std::is_invocable_v < std::decay_t<F>
+  &, std::decay_t<A>... > auto apply_async(F&& fn, A&&... args) {
+    using R = std::invoke_result_t<std::decay_t<F>&, std::decay_t<A>...>;
+    return apply_async(AsyncCallbacks<futures::detail::MapValue<R>>{}, std::forward<F>(fn),
+                       std::forward<A>(args)...);
+  }
+  template <class F, class... A>
+  requires std::is_invocable_v < std::decay_t<F>
+  &, std::decay_t<A>... >
+         auto apply_async(AsyncCallbacks<futures::detail::MapValue<
+                              std::invoke_result_t<std::decay_t<F>&, std::decay_t<A>...>>>
+                              callbacks,
+                          F&& fn, A&&... args) {
+    using R = std::invoke_result_t<std::decay_t<F>&, std::decay_t<A>...>;
+    check_running();
+    futures::Future<R> inner = exec_.submit(std::forward<F>(fn), std::forward<A>(args)...);
+    if (!callbacks.callback && !callbacks.error_callback) return AsyncResult<R>(inner);
+    futures::Future<R> outer;
+    inner.add_done_callback([outer, callbacks](const futures::Future<R>& f) mutable {
+      if (f.cancelled()) {
+        (void)outer.cancel();
+      } else if (auto e = f.exception()) {
+        if (callbacks.error_callback) callbacks.error_callback(e);
+        outer.set_exception(e);
+      } else if constexpr (std::is_void_v<R>) {
+        if (callbacks.callback) callbacks.callback(std::monostate{});
+        outer.set_result();
+      } else {
+        if (callbacks.callback) callbacks.callback(f.result());
+        outer.set_result(f.result());
+      }
+    });
+    return AsyncResult<R>(outer);
+  }
+
+  template <class F, class Range>
+  auto map(F fn, Range&& iterable, std::optional<std::size_t> chunksize = std::nullopt) {
+    return map_async(std::move(fn), std::forward<Range>(iterable), chunksize).get();
+  }
+  template <class F, class Range,
+            class V = futures::detail::MapValue<
+                std::invoke_result_t<F&, std::ranges::range_reference_t<Range>>>>
+  auto map_async(F fn, Range&& iterable, std::optional<std::size_t> chunksize = std::nullopt,
+                 AsyncCallbacks<std::vector<V>> callbacks = {}) {
+    using Item = std::decay_t<std::ranges::range_reference_t<Range>>;
+    std::vector<Item> items;
+    for (auto&& x : iterable) items.emplace_back(x);
+    return gather<V>([fn](Item& x) mutable { return call(fn, x); }, std::move(items), chunksize,
+                     std::move(callbacks));
+  }
+  template <class F, class Range>
+  auto starmap(F fn, Range&& iterable, std::optional<std::size_t> chunksize = std::nullopt) {
+    return starmap_async(std::move(fn), std::forward<Range>(iterable), chunksize).get();
+  }
+  template <class F, class Range,
+            class V = futures::detail::MapValue<decltype(std::apply(
+                std::declval<F&>(), std::declval<std::ranges::range_reference_t<Range>>()))>>
+  auto starmap_async(F fn, Range&& iterable, std::optional<std::size_t> chunksize = std::nullopt,
+                     AsyncCallbacks<std::vector<V>> callbacks = {}) {
+    using Item = std::decay_t<std::ranges::range_reference_t<Range>>;
+    std::vector<Item> items;
+    for (auto&& x : iterable) items.emplace_back(x);
+    return gather<V>(
+        [fn](Item& t) mutable { return call([&](auto&&... a) { return fn(a...); }, t, true); },
+        std::move(items), chunksize, std::move(callbacks));
+  }
+
+  template <class F, class Range>
+  auto imap(F fn, Range&& iterable, std::size_t chunksize = 1) {
+    auto source = chunk_source(std::move(fn), std::forward<Range>(iterable), chunksize);
+    using FutureV = typename decltype(source)::result_type::value_type;
+    using V = typename FutureV::value_type::value_type;
+    return futures::detail::MapResults<V, FutureV, decltype(source)>(std::move(source), lookahead(),
+                                                                     Timeout());
+  }
+  template <class F, class Range>
+  auto imap_unordered(F fn, Range&& iterable, std::size_t chunksize = 1) {
+    auto source = chunk_source(std::move(fn), std::forward<Range>(iterable), chunksize);
+    using FutureV = typename decltype(source)::result_type::value_type;
+    using V = typename FutureV::value_type::value_type;
+    return detail::Unordered<V, decltype(source)>(std::move(source), lookahead());
+  }
+
+  void close();
+  void terminate();
+  void join();
+  int processes() const noexcept { return exec_.max_workers(); }
+
+private:
+  // One call of `fn`, as a MapValue (std::monostate for void).
+  template <class F, class X>
+  static auto call(F& fn, X& x, bool = false) {
+    if constexpr (std::is_void_v<std::invoke_result_t<F&, X&>>) {
+      fn(x);
+      return std::monostate{};
+    } else {
+      return fn(x);
+    }
+  }
+  template <class F, class... X>
+  static auto call(F&& fn, std::tuple<X...>& t, bool) {
+    using R = decltype(std::apply(fn, t));
+    if constexpr (std::is_void_v<R>) {
+      std::apply(fn, t);
+      return std::monostate{};
+    } else {
+      return std::apply(fn, t);
+    }
+  }
+
+  void check_running() const;
+  std::size_t lookahead() const noexcept {
+    return 4 * static_cast<std::size_t>(exec_.max_workers());
+  }
+
+  template <class V, class G, class Item>
+  AsyncResult<std::vector<V>> gather(G one, std::vector<Item> items,
+                                     std::optional<std::size_t> chunksize,
+                                     AsyncCallbacks<std::vector<V>> callbacks) {
+    check_running();
+    if (chunksize && *chunksize < 1)
+      throw ValueError("Chunksize must be 1+, not " + std::to_string(*chunksize));
+    std::size_t chunk = chunksize.value_or(0);
+    if (!chunksize) {
+      const std::size_t per = 4 * static_cast<std::size_t>(exec_.max_workers());
+      chunk = items.size() / per + (items.size() % per ? 1 : 0);
+      if (chunk == 0) chunk = 1;
+    }
+    auto g = std::make_shared<detail::Gather<V>>();
+    g->values.resize(items.size());
+    g->callbacks = std::move(callbacks);
+    AsyncResult<std::vector<V>> result(g->out);
+    if (items.empty()) {
+      if (g->callbacks.callback) g->callbacks.callback({});
+      g->out.set_result(std::vector<V>{});
+      return result;
+    }
+    auto shared = std::make_shared<std::vector<Item>>(std::move(items));
+    g->chunks_left = (shared->size() + chunk - 1) / chunk;
+    for (std::size_t at = 0; at < shared->size(); at += chunk) {
+      const std::size_t n = std::min(chunk, shared->size() - at);
+      auto f = exec_.submit([shared, one, at, n]() mutable {
+        std::vector<V> out;
+        out.reserve(n);
+        for (std::size_t i = at; i < at + n; ++i) out.push_back(one((*shared)[i]));
+        return out;
+      });
+      f.add_done_callback(
+          [g, at](const futures::Future<std::vector<V>>& c) { g->chunk_done(at, c); });
+    }
+    return result;
+  }
+
+  template <class F, class Range>
+  auto chunk_source(F fn, Range&& iterable, std::size_t chunk) {
+    check_running();
+    if (chunk < 1) throw ValueError("Chunksize must be 1+, not " + std::to_string(chunk));
+    using Item = std::decay_t<std::ranges::range_reference_t<Range>>;
+    using V = futures::detail::MapValue<std::invoke_result_t<F&, Item&>>;
+    auto view =
+        std::make_shared<std::views::all_t<Range>>(std::views::all(std::forward<Range>(iterable)));
+    auto it = std::make_shared<std::ranges::iterator_t<std::views::all_t<Range>>>(
+        std::ranges::begin(*view));
+    return std::function<std::optional<futures::Future<std::vector<V>>>()>(
+        [this, view, it, fn, chunk]() mutable -> std::optional<futures::Future<std::vector<V>>> {
+          std::vector<Item> items;
+          while (items.size() < chunk && *it != std::ranges::end(*view)) {
+            items.emplace_back(**it);
+            ++*it;
+          }
+          if (items.empty()) return std::nullopt;
+          check_running();
+          return exec_.submit([fn, items = std::move(items)]() mutable {
+            std::vector<V> out;
+            out.reserve(items.size());
+            for (auto& x : items) out.push_back(call(fn, x));
+            return out;
+          });
+        });
+  }
+
+  enum class Run : std::uint8_t { running, closed, terminated };
+  Run state_ = Run::running;
+  futures::ThreadPoolExecutor exec_;
+};
+
+namespace dummy {
+/// Python: `multiprocessing.dummy.Pool` is `multiprocessing.pool.ThreadPool`.
+using Pool = multiprocessing::ThreadPool;
+}  // namespace dummy
 
 }  // namespace troupe::multiprocessing
