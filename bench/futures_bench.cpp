@@ -14,12 +14,14 @@
 #include <functional>
 #include <future>
 #include <mutex>
+#include <ranges>
 #include <thread>
 #include <vector>
 
 #include <benchmark/benchmark.h>
 
 #include "troupe/concurrent/futures.hpp"
+#include "troupe/multiprocessing/pool.hpp"
 #include "troupe/multiprocessing/process.hpp"
 
 int trivial(int x) {
@@ -199,6 +201,30 @@ void BM_ProcessMap_troupe(benchmark::State& state) {
   state.SetItemsProcessed(state.iterations() * kBatch);
 }
 BENCHMARK(BM_ProcessMap_troupe)->Arg(1)->Arg(64)->UseRealTime();
+
+// ---- multiprocessing.Pool ---------------------------------------------------------------------
+
+void BM_PoolMap_troupe(benchmark::State& state) {
+  troupe::multiprocessing::Pool pool(2);
+  (void)pool.apply(trivial, 0);
+  long sum = 0;
+  for (auto _ : state)
+    for (int v : pool.map(trivial, std::views::iota(0, 100'000))) sum += v;
+  benchmark::DoNotOptimize(sum);
+  state.SetItemsProcessed(state.iterations() * 100'000);
+}
+BENCHMARK(BM_PoolMap_troupe)->UseRealTime()->Unit(benchmark::kMillisecond);
+
+void BM_PoolImapUnordered_troupe(benchmark::State& state) {
+  troupe::multiprocessing::Pool pool(2);
+  (void)pool.apply(trivial, 0);
+  long sum = 0;
+  for (auto _ : state)
+    for (int v : pool.imap_unordered(trivial, std::views::iota(0, kBatch))) sum += v;
+  benchmark::DoNotOptimize(sum);
+  state.SetItemsProcessed(state.iterations() * kBatch);
+}
+BENCHMARK(BM_PoolImapUnordered_troupe)->UseRealTime()->Unit(benchmark::kMillisecond);
 
 }  // namespace
 

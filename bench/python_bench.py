@@ -561,8 +561,37 @@ def ppe_map_per_s(chunksize, n=10_000):
     return max(run() for _ in range(REPS))
 
 
+def pool_map_per_s(n=100_000):
+    """multiprocessing.Pool(2).map over range(n), default chunksize."""
+    import multiprocessing
+
+    def run():
+        with multiprocessing.Pool(2) as pool:
+            pool.apply(_trivial, (0,))
+            t0 = time.perf_counter()
+            pool.map(_trivial, range(n))
+            return n / (time.perf_counter() - t0)
+    return max(run() for _ in range(REPS))
+
+
+def pool_imap_unordered_per_s(n=10_000):
+    """multiprocessing.Pool(2).imap_unordered over range(n), chunksize 1."""
+    import multiprocessing
+
+    def run():
+        with multiprocessing.Pool(2) as pool:
+            pool.apply(_trivial, (0,))
+            t0 = time.perf_counter()
+            for _ in pool.imap_unordered(_trivial, range(n)):
+                pass
+            return n / (time.perf_counter() - t0)
+    return max(run() for _ in range(REPS))
+
+
 def main():
     out = {
+        "PoolMap": {"items_per_s": pool_map_per_s()},
+        "PoolImapUnordered": {"items_per_s": pool_imap_unordered_per_s()},
         "PpeSubmitResult": {"ns_per_op": ppe_submit_result_ns()},
         "PpeMap/1": {"items_per_s": ppe_map_per_s(1)},
         "PpeMap/64": {"items_per_s": ppe_map_per_s(64)},

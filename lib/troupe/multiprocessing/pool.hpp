@@ -293,7 +293,7 @@ public:
   template <class R, class P, class Range>
   auto map_async(R (*fn)(P), Range&& iterable, std::optional<std::size_t> chunksize = std::nullopt,
                  AsyncCallbacks<std::vector<futures::detail::MapValue<R>>> callbacks = {}) {
-    std::vector<std::tuple<std::decay_t<P>>> items;
+    std::vector<std::decay_t<P>> items;
     for (auto&& x : iterable) items.emplace_back(x);
     return gather<R, std::decay_t<P>>(fn, std::move(items), chunksize, std::move(callbacks));
   }
@@ -308,10 +308,10 @@ public:
   auto starmap_async(R (*fn)(P...), Range&& iterable,
                      std::optional<std::size_t> chunksize = std::nullopt,
                      AsyncCallbacks<std::vector<futures::detail::MapValue<R>>> callbacks = {}) {
-    std::vector<std::tuple<std::decay_t<P>...>> items;
+    std::vector<detail::BatchItem<std::tuple<std::decay_t<P>...>>> items;
     for (auto&& t : iterable)
-      items.push_back(
-          std::apply([](auto&&... a) { return std::tuple<std::decay_t<P>...>(a...); }, t));
+      items.push_back(std::apply(
+          [](auto&&... a) { return detail::BatchItem<std::tuple<std::decay_t<P>...>>(a...); }, t));
     return gather<R, std::decay_t<P>...>(fn, std::move(items), chunksize, std::move(callbacks));
   }
 
@@ -356,7 +356,7 @@ private:
 
   // Submits chunks of `items` and gathers their results into one AsyncResult.
   template <class R, class... P>
-  auto gather(R (*fn)(P...), std::vector<std::tuple<std::decay_t<P>...>> items,
+  auto gather(R (*fn)(P...), std::vector<detail::BatchItem<std::tuple<std::decay_t<P>...>>> items,
               std::optional<std::size_t> chunksize,
               AsyncCallbacks<std::vector<futures::detail::MapValue<R>>> callbacks) {
     using V = futures::detail::MapValue<R>;
@@ -383,7 +383,7 @@ private:
     std::vector<std::unique_ptr<futures::detail::ChunkJob<R>>> jobs;
     for (std::size_t at = 0; at < items.size(); at += chunk) {
       const std::size_t n = std::min(chunk, items.size() - at);
-      std::vector<std::tuple<std::decay_t<P>...>> part(
+      std::vector<detail::BatchItem<std::tuple<std::decay_t<P>...>>> part(
           std::make_move_iterator(items.begin() + static_cast<std::ptrdiff_t>(at)),
           std::make_move_iterator(items.begin() + static_cast<std::ptrdiff_t>(at + n)));
       auto job = std::make_unique<futures::detail::ChunkJob<R>>();
@@ -409,7 +409,7 @@ private:
     auto it = std::make_shared<std::ranges::iterator_t<std::views::all_t<Range>>>(
         std::ranges::begin(*view));
     return [this, view, it, entry, chunk]() -> std::optional<futures::Future<std::vector<V>>> {
-      std::vector<std::tuple<std::decay_t<P>>> items;
+      std::vector<std::decay_t<P>> items;
       while (items.size() < chunk && *it != std::ranges::end(*view)) {
         items.emplace_back(**it);
         ++*it;

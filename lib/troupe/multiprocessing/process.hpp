@@ -110,19 +110,41 @@ std::vector<std::byte> call_entry(std::span<const std::byte> bytes) {
     return troupe::to_bytes(std::apply([](auto&... a) { return Fn(a...); }, arguments));
   }
 }
+/// One element of a batch of calls: the argument itself for a one-parameter function (so a
+/// batch of numbers travels as a packed array), else the tuple of arguments.
+template <class Arguments>
+struct BatchItemOf {
+  using type = Arguments;
+};
+template <class P>
+struct BatchItemOf<std::tuple<P>> {
+  using type = P;
+};
+template <class Arguments>
+using BatchItem = typename BatchItemOf<Arguments>::type;
+
 template <auto Fn>
 std::vector<std::byte> call_entry_batch(std::span<const std::byte> bytes) {
   using Traits = FunctionTraits<decltype(Fn)>;
   using R = typename Traits::Result;
-  auto batch = troupe::from_bytes<std::vector<typename Traits::Arguments>>(bytes);
+  using Item = BatchItem<typename Traits::Arguments>;
+  auto batch = troupe::from_bytes<std::vector<Item>>(bytes);
   std::vector<std::conditional_t<std::is_void_v<R>, std::monostate, std::decay_t<R>>> results;
   results.reserve(batch.size());
-  for (auto& arguments : batch) {
-    if constexpr (std::is_void_v<R>) {
-      std::apply([](auto&... a) { Fn(a...); }, arguments);
+  for (auto& item : batch) {
+    auto call = [&](auto&... a) -> decltype(auto) { return Fn(a...); };
+    if constexpr (std::is_same_v<Item, typename Traits::Arguments>) {
+      if constexpr (std::is_void_v<R>) {
+        std::apply(call, item);
+        results.emplace_back();
+      } else {
+        results.push_back(std::apply(call, item));
+      }
+    } else if constexpr (std::is_void_v<R>) {
+      call(item);
       results.emplace_back();
     } else {
-      results.push_back(std::apply([](auto&... a) { return Fn(a...); }, arguments));
+      results.push_back(call(item));
     }
   }
   return troupe::to_bytes(results);
