@@ -3,6 +3,7 @@
 #include <cstdio>
 
 #include <kj/exception.h>
+#include <kj/io.h>
 
 #include "troupe/errors.hpp"
 
@@ -224,5 +225,38 @@ capnp::ReaderOptions reader_options(std::size_t message_words) {
   o.nestingLimit = 128;
   return o;
 }
+
+namespace codec_detail {
+
+namespace {
+constexpr std::size_t kScratchWords = 1024;  // 8 KiB
+struct Scratch {
+  std::unique_ptr<capnp::word[]> words{new capnp::word[kScratchWords]()};
+  bool in_use = false;
+};
+thread_local Scratch scratch;
+}  // namespace
+
+ScratchSegment::ScratchSegment() {
+  if (!scratch.in_use) {
+    scratch.in_use = true;
+    words_ = kj::ArrayPtr<capnp::word>(scratch.words.get(), kScratchWords);
+  }
+}
+
+ScratchSegment::~ScratchSegment() {
+  // MallocMessageBuilder zeroes what it used of the scratch segment when it is destroyed.
+  if (words_.size() != 0) scratch.in_use = false;
+}
+
+void flatten(capnp::MessageBuilder& mb, std::vector<std::byte>& out) {
+  auto segments = mb.getSegmentsForOutput();
+  const std::size_t words = capnp::computeSerializedSizeInWords(segments);
+  out.resize(words * sizeof(capnp::word));
+  kj::ArrayOutputStream stream(kj::arrayPtr(reinterpret_cast<kj::byte*>(out.data()), out.size()));
+  capnp::writeMessage(stream, segments);
+}
+
+}  // namespace codec_detail
 
 }  // namespace troupe

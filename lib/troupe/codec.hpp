@@ -115,13 +115,17 @@ template <class T>
 inline constexpr bool always_false = false;
 
 /// The C++ type's own name: `T::troupe_name` if it has one, else the compiler's spelling.
+/// Computed once (decoders name the type in their error messages, on every call).
 template <class T>
-std::string class_name() {
-  if constexpr (requires { std::string_view(T::troupe_name); }) {
-    return std::string(std::string_view(T::troupe_name));
-  } else {
-    return type_name_from_pretty(pretty<T>());
-  }
+const std::string& class_name() {
+  static const std::string name = [] {
+    if constexpr (requires { std::string_view(T::troupe_name); }) {
+      return std::string(std::string_view(T::troupe_name));
+    } else {
+      return type_name_from_pretty(pretty<T>());
+    }
+  }();
+  return name;
 }
 
 /// Elements that travel packed in a Data blob: arithmetic (not bool, not long double), std::byte.
@@ -836,15 +840,34 @@ T decode(capnp::MessageReader& reader, std::shared_ptr<const void> owner = nullp
 /// amplification) and a nesting limit.
 capnp::ReaderOptions reader_options(std::size_t message_words);
 
+namespace codec_detail {
+/// A zeroed first segment for message builders on this thread, reused from message to message
+/// (DESIGN.md: reuse builders on hot paths; MallocMessageBuilder zeroes what it used when it is
+/// destroyed); empty if this thread is already using it (a codec that encodes inside an encode).
+class ScratchSegment {
+public:
+  ScratchSegment();
+  ~ScratchSegment();
+  ScratchSegment(const ScratchSegment&) = delete;
+  ScratchSegment& operator=(const ScratchSegment&) = delete;
+  kj::ArrayPtr<capnp::word> get() const noexcept { return words_; }
+
+private:
+  kj::ArrayPtr<capnp::word> words_;
+};
+/// The message's segments flattened into `out` (its size is the message's).
+void flatten(capnp::MessageBuilder& mb, std::vector<std::byte>& out);
+}  // namespace codec_detail
+
 /// The whole serialised message (segment table and segments) of `x`, as bytes.
 template <class T>
 std::vector<std::byte> to_bytes(const T& x) {
-  capnp::MallocMessageBuilder mb;
+  codec_detail::ScratchSegment scratch;
+  capnp::MallocMessageBuilder mb(scratch.get());
   encode(x, mb);
-  auto words = capnp::messageToFlatArray(mb);
-  auto bytes = words.asBytes();
-  return std::vector<std::byte>(reinterpret_cast<const std::byte*>(bytes.begin()),
-                                reinterpret_cast<const std::byte*>(bytes.end()));
+  std::vector<std::byte> out;
+  codec_detail::flatten(mb, out);
+  return out;
 }
 
 /// Decodes bytes made by to_bytes (or received from anyone: every read is bounded).
@@ -854,8 +877,17 @@ T from_bytes(std::span<const std::byte> bytes) {
   if (bytes.size() % sizeof(capnp::word) != 0)
     codec_detail::malformed(std::to_string(bytes.size()) +
                             " bytes is not a whole number of 8-byte words");
-  auto words = kj::heapArray<capnp::word>(bytes.size() / sizeof(capnp::word));
-  if (!bytes.empty()) std::memcpy(words.begin(), bytes.data(), bytes.size());
+  // Read in place when the bytes are word-aligned (a vector's storage is), else from a copy.
+  kj::Array<capnp::word> copy;
+  kj::ArrayPtr<const capnp::word> words;
+  if (reinterpret_cast<std::uintptr_t>(bytes.data()) % alignof(capnp::word) == 0) {
+    words = kj::ArrayPtr<const capnp::word>(reinterpret_cast<const capnp::word*>(bytes.data()),
+                                            bytes.size() / sizeof(capnp::word));
+  } else {
+    copy = kj::heapArray<capnp::word>(bytes.size() / sizeof(capnp::word));
+    if (!bytes.empty()) std::memcpy(copy.begin(), bytes.data(), bytes.size());
+    words = copy.asPtr();
+  }
   return codec_detail::guarded([&]() -> T {
     capnp::FlatArrayMessageReader reader(words, reader_options(words.size()));
     if (reader.getEnd() != words.end()) codec_detail::malformed("trailing bytes after the message");

@@ -304,27 +304,6 @@ namespace detail {
 FlatMessage::FlatMessage(kj::Array<capnp::word> w, std::size_t count)
     : words(std::move(w)), reader(words.asPtr().slice(0, count), reader_options(count)) {}
 
-namespace {
-constexpr std::size_t kScratchWords = 1024;  // 8 KiB
-struct Scratch {
-  std::unique_ptr<capnp::word[]> words{new capnp::word[kScratchWords]()};
-  bool in_use = false;
-};
-thread_local Scratch scratch;
-}  // namespace
-
-ScratchSegment::ScratchSegment() {
-  if (!scratch.in_use) {
-    scratch.in_use = true;
-    words_ = kj::ArrayPtr<capnp::word>(scratch.words.get(), kScratchWords);
-  }
-}
-
-ScratchSegment::~ScratchSegment() {
-  // MallocMessageBuilder zeroes what it used of the scratch segment when it is destroyed.
-  if (words_.size() != 0) scratch.in_use = false;
-}
-
 std::pair<Connection, Connection> one_way_socketpair() {
   int fds[2];
   if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) != 0)

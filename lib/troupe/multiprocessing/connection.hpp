@@ -85,19 +85,8 @@ struct AsyncWrite {
   std::vector<std::byte> owned;  // the payload, when the operation owns it (typed sends)
 };
 
-/// A zeroed first segment for message builders on this thread, reused from send to send
-/// (DESIGN.md: reuse builders on hot paths); empty if this thread is already using it.
-class ScratchSegment {
-public:
-  ScratchSegment();
-  ~ScratchSegment();
-  ScratchSegment(const ScratchSegment&) = delete;
-  ScratchSegment& operator=(const ScratchSegment&) = delete;
-  kj::ArrayPtr<capnp::word> get() const noexcept { return words_; }
-
-private:
-  kj::ArrayPtr<capnp::word> words_;
-};
+/// The codec's reused first segment (troupe/codec.hpp).
+using ScratchSegment = troupe::codec_detail::ScratchSegment;
 }  // namespace detail
 
 /// The largest message a Connection accepts unless told otherwise (set_max_message_size):
