@@ -1,10 +1,10 @@
 #include "troupe/multiprocessing/pool.hpp"
 
-#include <sched.h>
 #include <signal.h>
 
 #include <atomic>
-#include <thread>
+
+#include "troupe/internal/cpus.hpp"
 
 namespace troupe::multiprocessing {
 
@@ -15,10 +15,18 @@ std::exception_ptr pool_error(const std::string& why) {
 }
 
 int default_processes() {
-  cpu_set_t set;
-  if (sched_getaffinity(0, sizeof set, &set) == 0 && CPU_COUNT(&set) > 0) return CPU_COUNT(&set);
-  const unsigned n = std::thread::hardware_concurrency();
-  return n > 0 ? static_cast<int>(n) : 1;
+  return troupe::internal::process_cpu_count();
+}
+
+std::size_t chunk_size(std::optional<std::size_t> chunksize, std::size_t n, int workers) {
+  if (chunksize) {
+    if (*chunksize < 1) throw ValueError("Chunksize must be 1+, not " + std::to_string(*chunksize));
+    return *chunksize;
+  }
+  // Python's: chunksize, extra = divmod(len(iterable), len(self._pool) * 4); if extra: += 1
+  const std::size_t per = 4 * static_cast<std::size_t>(workers > 0 ? workers : 1);
+  const std::size_t chunk = n / per + (n % per ? 1 : 0);
+  return chunk > 0 ? chunk : 1;
 }
 
 namespace {

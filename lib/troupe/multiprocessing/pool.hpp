@@ -98,6 +98,20 @@ struct Gather {
   futures::Future<std::vector<V>> out;
   AsyncCallbacks<std::vector<V>> callbacks;
 
+  /// A gather of `n` values in chunks of `chunk` (complete at once when `n` is 0).
+  static std::shared_ptr<Gather> start(std::size_t n, std::size_t chunk,
+                                       AsyncCallbacks<std::vector<V>> callbacks) {
+    auto g = std::make_shared<Gather>();
+    g->values.resize(n);
+    g->callbacks = std::move(callbacks);
+    g->chunks_left = (n + chunk - 1) / chunk;
+    if (n == 0) {
+      if (g->callbacks.callback) g->callbacks.callback({});
+      g->out.set_result(std::vector<V>{});
+    }
+    return g;
+  }
+
   void chunk_done(std::size_t offset, const futures::Future<std::vector<V>>& chunk) {
     std::exception_ptr error =
         chunk.cancelled() ? std::make_exception_ptr(ValueError("a task of the map was cancelled"))
@@ -131,6 +145,9 @@ struct Gather {
 
 std::exception_ptr pool_error(const std::string& why);
 int default_processes();
+/// The chunk size of a map of `n` items: `chunksize` if given (ValueError below 1), else
+/// Python's: n / (4 × workers), rounded up, at least 1.
+std::size_t chunk_size(std::optional<std::size_t> chunksize, std::size_t n, int workers);
 
 /// The results of imap_unordered: a range read once.
 template <class R, class Source>
@@ -363,23 +380,9 @@ private:
     check_running();
     const std::string entry =
         futures::detail::entry_name(reinterpret_cast<const void*>(fn), "Pool.map");
-    std::size_t chunk = chunksize.value_or(0);
-    if (chunksize && *chunksize < 1)
-      throw ValueError("Chunksize must be 1+, not " + std::to_string(*chunksize));
-    if (!chunksize) {  // Python's: divmod(len(iterable), len(self._pool) * 4), rounded up
-      const std::size_t per = 4 * static_cast<std::size_t>(engine_.max_workers());
-      chunk = items.size() / per + (items.size() % per ? 1 : 0);
-      if (chunk == 0) chunk = 1;
-    }
-    auto g = std::make_shared<detail::Gather<V>>();
-    g->values.resize(items.size());
-    g->callbacks = std::move(callbacks);
+    const std::size_t chunk = detail::chunk_size(chunksize, items.size(), engine_.max_workers());
+    auto g = detail::Gather<V>::start(items.size(), chunk, std::move(callbacks));
     AsyncResult<std::vector<V>> result(g->out);
-    if (items.empty()) {
-      if (g->callbacks.callback) g->callbacks.callback({});
-      g->out.set_result(std::vector<V>{});
-      return result;
-    }
     std::vector<std::unique_ptr<futures::detail::ChunkJob<R>>> jobs;
     for (std::size_t at = 0; at < items.size(); at += chunk) {
       const std::size_t n = std::min(chunk, items.size() - at);
@@ -394,7 +397,6 @@ private:
           [g, at](const futures::Future<std::vector<V>>& f) { g->chunk_done(at, f); });
       jobs.push_back(std::move(job));
     }
-    g->chunks_left = jobs.size();
     for (auto& j : jobs) engine_.submit(std::move(j));
     return result;
   }
@@ -578,25 +580,10 @@ private:
                                      std::optional<std::size_t> chunksize,
                                      AsyncCallbacks<std::vector<V>> callbacks) {
     check_running();
-    if (chunksize && *chunksize < 1)
-      throw ValueError("Chunksize must be 1+, not " + std::to_string(*chunksize));
-    std::size_t chunk = chunksize.value_or(0);
-    if (!chunksize) {
-      const std::size_t per = 4 * static_cast<std::size_t>(exec_.max_workers());
-      chunk = items.size() / per + (items.size() % per ? 1 : 0);
-      if (chunk == 0) chunk = 1;
-    }
-    auto g = std::make_shared<detail::Gather<V>>();
-    g->values.resize(items.size());
-    g->callbacks = std::move(callbacks);
+    const std::size_t chunk = detail::chunk_size(chunksize, items.size(), exec_.max_workers());
+    auto g = detail::Gather<V>::start(items.size(), chunk, std::move(callbacks));
     AsyncResult<std::vector<V>> result(g->out);
-    if (items.empty()) {
-      if (g->callbacks.callback) g->callbacks.callback({});
-      g->out.set_result(std::vector<V>{});
-      return result;
-    }
     auto shared = std::make_shared<std::vector<Item>>(std::move(items));
-    g->chunks_left = (shared->size() + chunk - 1) / chunk;
     for (std::size_t at = 0; at < shared->size(); at += chunk) {
       const std::size_t n = std::min(chunk, shared->size() - at);
       auto f = exec_.submit([shared, one, at, n]() mutable {

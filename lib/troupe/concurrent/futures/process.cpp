@@ -1,10 +1,10 @@
 #include "troupe/concurrent/futures/process.hpp"
 
-#include <sched.h>
 #include <signal.h>
 
 #include <atomic>
-#include <thread>
+
+#include "troupe/internal/cpus.hpp"
 
 namespace troupe::concurrent::futures {
 
@@ -22,13 +22,6 @@ std::string entry_name(const void* function, const char* what) {
 
 namespace {
 std::atomic<int> counter{0};
-
-int process_cpu_count() {
-  cpu_set_t set;
-  if (sched_getaffinity(0, sizeof set, &set) == 0 && CPU_COUNT(&set) > 0) return CPU_COUNT(&set);
-  const unsigned n = std::thread::hardware_concurrency();
-  return n > 0 ? static_cast<int>(n) : 1;
-}
 }  // namespace
 
 }  // namespace detail
@@ -49,7 +42,7 @@ multiprocessing::detail::WorkerPoolOptions ProcessPoolExecutor::pool_options(Opt
         "on_worker_death=replace_worker is incompatible with the 'fork' start method (a "
         "process with threads cannot fork safely); supply a different mp_context.");
   multiprocessing::detail::WorkerPoolOptions w;
-  w.max_workers = o.max_workers.value_or(detail::process_cpu_count());
+  w.max_workers = o.max_workers.value_or(troupe::internal::process_cpu_count());
   w.start_method = method;
   w.initializer = std::move(o.initializer.entry);
   w.initargs = std::move(o.initializer.arguments);

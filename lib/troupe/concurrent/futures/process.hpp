@@ -35,10 +35,13 @@ namespace detail {
 /// The name a registered function goes by. @throws ValueError if it is not registered.
 std::string entry_name(const void* function, const char* what);
 
-template <class R>
+/// A call (or a map chunk) whose one outcome is a `T`, and the future it sets: `T` is the call's
+/// result (void: std::monostate on the wire), or for a chunk a std::vector of results — sent as
+/// one message, answered with one; the first failing call fails the chunk, as in Python.
+template <class T>
 class FutureJob final : public multiprocessing::detail::Job {
 public:
-  Future<R> future;
+  Future<T> future;
 
   bool start() noexcept override {  // again after a dead worker's calls are requeued: true
     try {
@@ -51,15 +54,15 @@ public:
     try {
       if (outcomes.size() != 1)
         throw ValueError("a worker sent " + std::to_string(outcomes.size()) +
-                         " results for one call");
+                         " outcomes for one message");
       auto& o = outcomes.front();
       if (!o.ok) {
         future.set_exception(multiprocessing::detail::outcome_exception(o));
-      } else if constexpr (std::is_void_v<R>) {
+      } else if constexpr (std::is_void_v<T>) {
         (void)troupe::from_bytes<std::monostate>(o.value);
         future.set_result();
       } else {
-        future.set_result(troupe::from_bytes<R>(o.value));
+        future.set_result(troupe::from_bytes<T>(o.value));
       }
     } catch (...) {
       fail(std::current_exception());
@@ -74,43 +77,9 @@ public:
   void cancel() noexcept override { (void)future.cancel(); }
 };
 
-/// One chunk of a map, sent as one message (a std::vector of argument tuples) and answered with
-/// one (a std::vector of results); the first failing call fails the chunk, as in Python.
+/// One chunk of a map of a function returning R.
 template <class R>
-class ChunkJob final : public multiprocessing::detail::Job {
-public:
-  using Value = MapValue<R>;
-  Future<std::vector<Value>> future;
-
-  bool start() noexcept override {  // again after a dead worker's calls are requeued: true
-    try {
-      return future.running() || future.set_running_or_notify_cancel();
-    } catch (...) {
-      return false;
-    }
-  }
-  void deliver(std::vector<multiprocessing::detail::CallOutcome>&& outcomes) noexcept override {
-    try {
-      if (outcomes.size() != 1)
-        throw ValueError("a worker sent " + std::to_string(outcomes.size()) +
-                         " results for one chunk");
-      auto& o = outcomes.front();
-      if (!o.ok)
-        future.set_exception(multiprocessing::detail::outcome_exception(o));
-      else
-        future.set_result(troupe::from_bytes<std::vector<Value>>(o.value));
-    } catch (...) {
-      fail(std::current_exception());
-    }
-  }
-  void fail(std::exception_ptr error) noexcept override {
-    try {
-      future.set_exception(std::move(error));
-    } catch (...) {
-    }
-  }
-  void cancel() noexcept override { (void)future.cancel(); }
-};
+using ChunkJob = FutureJob<std::vector<MapValue<R>>>;
 
 template <class R>
 constexpr bool sendable_result = std::is_void_v<R> || Encodable<std::decay_t<R>>;

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "troupe/detail/mutex.hpp"
+#include "troupe/internal/cpus.hpp"
 #include "troupe/internal/demangle.hpp"
 #include "troupe/threading/thread.hpp"
 
@@ -20,14 +21,8 @@ namespace detail {
 namespace {
 
 int default_max_workers() {
-  // Python 3.13: min(32, (os.process_cpu_count() or 1) + 4); troupe counts the CPUs this
-  // process may run on, as process_cpu_count does.
-  cpu_set_t set;
-  int n = 0;
-  if (sched_getaffinity(0, sizeof set, &set) == 0) n = CPU_COUNT(&set);
-  if (n <= 0) n = static_cast<int>(std::thread::hardware_concurrency());
-  if (n <= 0) n = 1;
-  return std::min(32, n + 4);
+  // Python 3.13: min(32, (os.process_cpu_count() or 1) + 4).
+  return std::min(32, troupe::internal::process_cpu_count() + 4);
 }
 
 std::atomic<int> executor_counter{0};
