@@ -329,21 +329,11 @@ void append_translated(std::string& out, std::string_view in, bool& pending_cr) 
   }
 }
 
-// Gives `buf` room for `capacity` bytes. A large capture buffer is asked for transparent huge
-// pages before anything is copied into it (where the kernel makes them on request): a few page
-// faults per 64 MiB instead of one per 4 KiB page, which on a virtual machine is most of the
-// cost of keeping what a child writes.
+// Gives `buf` room for `capacity` bytes. (An earlier version asked the kernel for transparent
+// huge pages for large captures: with THP defrag set to "madvise" that made page faults compact
+// memory synchronously, and a 64 MiB capture took up to a second on a long-running machine.)
 void grow(std::string& buf, std::size_t capacity) {
-  constexpr std::uintptr_t kHuge = std::uintptr_t{2} << 20;
-  if (capacity < 2 * kHuge) return buf.reserve(capacity);
-  std::string bigger;
-  bigger.reserve(capacity);
-  const auto begin = reinterpret_cast<std::uintptr_t>(bigger.data());
-  const std::uintptr_t lo = (begin + kHuge - 1) & ~(kHuge - 1);
-  const std::uintptr_t hi = (begin + bigger.capacity()) & ~(kHuge - 1);
-  if (hi > lo) ::madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_HUGEPAGE);
-  bigger.append(buf);
-  buf.swap(bigger);
+  buf.reserve(capacity);
 }
 
 }  // namespace
