@@ -1,5 +1,6 @@
 // troupe/concurrent/futures.hpp — `import concurrent.futures`: Future, wait, as_completed,
-// Executor.map, ThreadPoolExecutor, ProcessPoolExecutor. `namespace futures = troupe::concurrent::futures;`
+// Executor.map, ThreadPoolExecutor, ProcessPoolExecutor.
+// `namespace futures = troupe::concurrent::futures;`
 #pragma once
 
 #include "troupe/concurrent/futures/executor.hpp"
