@@ -143,6 +143,30 @@ struct Gather {
   }
 };
 
+/// apply_async with callbacks: a future set once the callbacks have run (Python runs them before
+/// get() returns); `inner` itself when there are none.
+template <class R>
+futures::Future<R> chain_callbacks(futures::Future<R> inner,
+                                   AsyncCallbacks<futures::detail::MapValue<R>> callbacks) {
+  if (!callbacks.callback && !callbacks.error_callback) return inner;
+  futures::Future<R> outer;
+  inner.add_done_callback([outer, callbacks](const futures::Future<R>& f) mutable {
+    if (f.cancelled()) {
+      (void)outer.cancel();
+    } else if (auto e = f.exception()) {
+      if (callbacks.error_callback) callbacks.error_callback(e);
+      outer.set_exception(e);
+    } else if constexpr (std::is_void_v<R>) {
+      if (callbacks.callback) callbacks.callback(std::monostate{});
+      outer.set_result();
+    } else {
+      if (callbacks.callback) callbacks.callback(f.result());
+      outer.set_result(f.result());
+    }
+  });
+  return outer;
+}
+
 std::exception_ptr pool_error(const std::string& why);
 int default_processes();
 /// The chunk size of a map of `n` items: `chunksize` if given (ValueError below 1), else
@@ -151,7 +175,10 @@ std::size_t chunk_size(std::optional<std::size_t> chunksize, std::size_t n, int 
 
 /// The results of imap_unordered: a range read once.
 template <class R, class Source>
-class Unordered {
+class Unordered
+    : public futures::detail::ReadOnce<Unordered<R, Source>, futures::detail::MapValue<R>> {
+  friend class futures::detail::ReadOnce<Unordered, futures::detail::MapValue<R>>;
+
 public:
   using value_type = futures::detail::MapValue<R>;
   Unordered(Source source, std::size_t ahead) : source_(std::move(source)), ahead_(ahead) {
@@ -161,34 +188,6 @@ public:
   ~Unordered() {
     for (auto& f : window_) f.cancel();
   }
-  class iterator {
-  public:
-    using value_type = futures::detail::MapValue<R>;
-    using difference_type = std::ptrdiff_t;
-    iterator() = default;
-    explicit iterator(Unordered* u) : u_(u) {}
-    value_type& operator*() const { return *u_->current_; }
-    iterator& operator++() {
-      u_->advance();
-      return *this;
-    }
-    void operator++(int) { u_->advance(); }
-    friend bool operator==(const iterator& it, std::default_sentinel_t) noexcept {
-      return it.at_end();
-    }
-
-  private:
-    bool at_end() const noexcept { return !u_->current_; }
-    Unordered* u_ = nullptr;
-  };
-  iterator begin() {
-    if (!started_) {
-      started_ = true;
-      advance();
-    }
-    return iterator(this);
-  }
-  std::default_sentinel_t end() const noexcept { return {}; }
 
 private:
   using FutureV = futures::Future<std::vector<value_type>>;
@@ -229,7 +228,6 @@ private:
   std::vector<value_type> ready_;
   std::optional<value_type> current_;
   bool done_ = false;
-  bool started_ = false;
 };
 
 }  // namespace detail
@@ -277,26 +275,9 @@ public:
     job->entry = futures::detail::entry_name(reinterpret_cast<const void*>(fn), "Pool.apply");
     job->calls.push_back(
         troupe::to_bytes(std::tuple<std::decay_t<P>...>(std::forward<A>(args)...)));
-    futures::Future<R> inner = job->future;
-    if (!callbacks.callback && !callbacks.error_callback) {
-      engine_.submit(std::move(job));
-      return AsyncResult<R>(inner);
-    }
-    futures::Future<R> outer;
-    inner.add_done_callback([outer, callbacks](const futures::Future<R>& f) mutable {
-      if (auto e = f.exception()) {
-        if (callbacks.error_callback) callbacks.error_callback(e);
-        outer.set_exception(e);
-      } else if constexpr (std::is_void_v<R>) {
-        if (callbacks.callback) callbacks.callback(std::monostate{});
-        outer.set_result();
-      } else {
-        if (callbacks.callback) callbacks.callback(f.result());
-        outer.set_result(f.result());
-      }
-    });
+    futures::Future<R> result = detail::chain_callbacks(job->future, std::move(callbacks));
     engine_.submit(std::move(job));
-    return AsyncResult<R>(outer);
+    return AsyncResult<R>(result);
   }
 
   /// Python: `map(func, iterable, chunksize=None)`: every result, in order. The iterable is read
@@ -475,24 +456,8 @@ public:
                           F&& fn, A&&... args) {
     using R = std::invoke_result_t<std::decay_t<F>&, std::decay_t<A>...>;
     check_running();
-    futures::Future<R> inner = exec_.submit(std::forward<F>(fn), std::forward<A>(args)...);
-    if (!callbacks.callback && !callbacks.error_callback) return AsyncResult<R>(inner);
-    futures::Future<R> outer;
-    inner.add_done_callback([outer, callbacks](const futures::Future<R>& f) mutable {
-      if (f.cancelled()) {
-        (void)outer.cancel();
-      } else if (auto e = f.exception()) {
-        if (callbacks.error_callback) callbacks.error_callback(e);
-        outer.set_exception(e);
-      } else if constexpr (std::is_void_v<R>) {
-        if (callbacks.callback) callbacks.callback(std::monostate{});
-        outer.set_result();
-      } else {
-        if (callbacks.callback) callbacks.callback(f.result());
-        outer.set_result(f.result());
-      }
-    });
-    return AsyncResult<R>(outer);
+    return AsyncResult<R>(detail::chain_callbacks(
+        exec_.submit(std::forward<F>(fn), std::forward<A>(args)...), std::move(callbacks)));
   }
 
   template <class F, class Range>

@@ -77,11 +77,55 @@ private:
 template <class R>
 using MapValue = std::conditional_t<std::is_void_v<R>, std::monostate, R>;
 
+/// What the results of map, imap and imap_unordered share: a range read once, whose iterator
+/// asks `Derived` for the next value (`advance()` sets `current_`; empty at the end).
+template <class Derived, class V>
+class ReadOnce {
+public:
+  class iterator {
+  public:
+    using value_type = V;
+    using difference_type = std::ptrdiff_t;
+    iterator() = default;
+    explicit iterator(Derived* d) : d_(d) {}
+    V& operator*() const { return *d_->current_; }
+    V* operator->() const { return &*d_->current_; }
+    iterator& operator++() {
+      d_->advance();
+      return *this;
+    }
+    void operator++(int) { d_->advance(); }
+    friend bool operator==(const iterator& it, std::default_sentinel_t) noexcept {
+      return it.at_end();
+    }
+
+  private:
+    bool at_end() const noexcept { return !d_->current_; }
+    Derived* d_ = nullptr;
+  };
+
+  /// Once only: the results are read as they come, as from Python's generator.
+  iterator begin() {
+    auto& self = static_cast<Derived&>(*this);
+    if (!started_) {
+      started_ = true;
+      self.advance();
+    }
+    return iterator(&self);
+  }
+  std::default_sentinel_t end() const noexcept { return {}; }
+
+private:
+  bool started_ = false;
+};
+
 /// The lazy result of map: submits through `submit_next` (which returns false when the input
 /// has ended) and yields results in input order. `Chunked`: each future holds a vector of
 /// results (process pools), yielded one by one.
 template <class R, class FutureR, class Source>
-class MapResults {
+class MapResults : public ReadOnce<MapResults<R, FutureR, Source>, MapValue<R>> {
+  friend class ReadOnce<MapResults, MapValue<R>>;
+
 public:
   using value_type = MapValue<R>;
 
@@ -95,38 +139,6 @@ public:
   ~MapResults() {
     for (auto& f : window_) f.cancel();
   }
-
-  class iterator {
-  public:
-    using value_type = MapValue<R>;
-    using difference_type = std::ptrdiff_t;
-    iterator() = default;
-    explicit iterator(MapResults* r) : r_(r) {}
-    value_type& operator*() const { return *r_->current_; }
-    value_type* operator->() const { return &*r_->current_; }
-    iterator& operator++() {
-      r_->advance();
-      return *this;
-    }
-    void operator++(int) { r_->advance(); }
-    friend bool operator==(const iterator& it, std::default_sentinel_t) noexcept {
-      return it.at_end();
-    }
-
-  private:
-    bool at_end() const noexcept { return !r_->current_; }
-    MapResults* r_ = nullptr;
-  };
-
-  /// Once only: the results are read as they come, as from Python's generator.
-  iterator begin() {
-    if (!started_) {
-      started_ = true;
-      advance();
-    }
-    return iterator(this);
-  }
-  std::default_sentinel_t end() const noexcept { return {}; }
 
 private:
   void fill() {
@@ -188,7 +200,6 @@ private:
   std::optional<troupe::detail::steady::time_point> deadline_;
   std::deque<FutureR> window_;
   bool input_done_ = false;
-  bool started_ = false;
   std::optional<value_type> current_;
   std::conditional_t<is_chunked, std::vector<value_type>, std::monostate> chunk_;
   std::size_t chunk_pos_ = 0;
