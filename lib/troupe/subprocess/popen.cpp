@@ -380,6 +380,7 @@ Stream::Stream(Stream&& o) noexcept
       text_(o.text_),
       pending_cr_(o.pending_cr_),
       nonblocking_(o.nonblocking_),
+      grow_pipe_(o.grow_pipe_),
       buf_(std::move(o.buf_)),
       pos_(std::exchange(o.pos_, 0)),
       reactor_(std::move(o.reactor_)) {}
@@ -392,6 +393,7 @@ Stream& Stream::operator=(Stream&& o) noexcept {
     text_ = o.text_;
     pending_cr_ = o.pending_cr_;
     nonblocking_ = o.nonblocking_;
+    grow_pipe_ = o.grow_pipe_;
     buf_ = std::move(o.buf_);
     pos_ = std::exchange(o.pos_, 0);
     reactor_ = std::move(o.reactor_);
@@ -476,14 +478,31 @@ std::string Stream::take(std::size_t n) {
 
 std::string Stream::read(std::ptrdiff_t n) {
   fileno();
-  if (n < 0) {
+  if (n < 0 && text_) {
     while (fill()) {
     }
     return take(buf_.size() - pos_);
   }
+  if (n < 0) {
+    troupe::detail::Capture all;
+    read_to_end(all);
+    return all.take();
+  }
   while (buf_.size() - pos_ < static_cast<std::size_t>(n) && fill()) {
   }
   return take(static_cast<std::size_t>(n));
+}
+
+void Stream::read_to_end(troupe::detail::Capture& sink) {
+  sink.append(std::string_view(buf_).substr(pos_));
+  buf_.clear();
+  pos_ = 0;
+  for (;;) {
+    const ssize_t r = sink.read_from(fileno(), grow_pipe_);
+    if (r == 0) return;
+    if (r == -1) wait_fd(fd_, POLLIN, -1);
+    if (r < -1) throw_os_error(static_cast<int>(-r), "Stream.read: fd " + std::to_string(fd_));
+  }
 }
 
 std::string Stream::read1(std::size_t n) {
@@ -810,6 +829,8 @@ void Popen::start(PopenOptions& o) {
   if (p2cwrite >= 0) stdin_.emplace(made.release(p2cwrite), false, text_);
   if (c2pread >= 0) stdout_.emplace(made.release(c2pread), true, text_);
   if (errread >= 0) stderr_.emplace(made.release(errread), true, text_);
+  for (auto* s : {&stdout_, &stderr_})
+    if (*s) (*s)->grow_pipe_ = o.pipesize <= 0;
 }
 
 void Popen::reap(bool block) {
@@ -863,8 +884,8 @@ void Popen::kill() {
 Output Popen::communicated() {
   // Handed over, not copied (a capture can be large): a later communicate() returns "".
   Output r;
-  if (stdout_) r.stdout_ = text_ ? detail::translate_newlines(out_) : std::move(out_);
-  if (stderr_) r.stderr_ = text_ ? detail::translate_newlines(err_) : std::move(err_);
+  if (stdout_) r.stdout_ = text_ ? detail::translate_newlines(out_.view()) : out_.take();
+  if (stderr_) r.stderr_ = text_ ? detail::translate_newlines(err_.view()) : err_.take();
   out_.clear();
   err_.clear();
   return r;
@@ -881,13 +902,23 @@ Output Popen::communicate(std::optional<std::string_view> input, Timeout timeout
     // What a reader left in a Stream's buffer comes first (raw: translated at the end).
     for (auto [s, sink] : {std::pair{&stdout_, &out_}, std::pair{&stderr_, &err_}})
       if (*s && !(*s)->closed()) {
-        *sink += (*s)->buf_.substr((*s)->pos_);
+        sink->append(std::string_view((*s)->buf_).substr((*s)->pos_));
         (*s)->buf_.clear();
         (*s)->pos_ = 0;
         (*s)->text_ = false;  // translated once, at the end
       }
   }
   auto open = [](std::optional<Stream>& s) { return s && !s->closed(); };
+  // Python's shortcut: with no timeout and one pipe to read, no poll(): it is read to its end.
+  if (!deadline && !open(stdin_) && open(stdout_) != open(stderr_)) {
+    auto [s, sink] = open(stdout_) ? std::tie(stdout_, out_) : std::tie(stderr_, err_);
+    try {
+      s->read_to_end(sink);
+    } catch (const OSError& e) {
+      throw_os_error(e.errno_value(), "Popen.communicate: read from the child");
+    }
+    s->close();
+  }
   for (;;) {
     pollfd fds[3];
     std::optional<Stream>* who[3];
@@ -909,9 +940,11 @@ Output Popen::communicate(std::optional<std::string_view> input, Timeout timeout
     if (r < 0 && errno == EINTR) continue;
     if (r < 0) throw_os_error(errno, "Popen.communicate: poll");
     if (r == 0)
-      throw TimeoutExpired(args_, std::chrono::duration<double>(seconds_of(timeout)),
-                           text_ ? detail::translate_newlines(out_) : out_,
-                           text_ ? detail::translate_newlines(err_) : err_, shell_string_);
+      throw TimeoutExpired(
+          args_, std::chrono::duration<double>(seconds_of(timeout)),
+          text_ ? detail::translate_newlines(out_.view()) : std::string(out_.view()),
+          text_ ? detail::translate_newlines(err_.view()) : std::string(err_.view()),
+          shell_string_);
     for (nfds_t i = 0; i < n; ++i) {
       if (!fds[i].revents) continue;
       Stream& s = **who[i];
@@ -923,8 +956,8 @@ Output Popen::communicate(std::optional<std::string_view> input, Timeout timeout
         // EPIPE: the child does not read it all; not an error (Python).
         if (w < -1 || input_offset_ == input_.size()) s.close();
       } else {
-        std::string& sink = who[i] == &stdout_ ? out_ : err_;
-        const ssize_t got = s.read_now(sink, kChunk);
+        troupe::detail::Capture& sink = who[i] == &stdout_ ? out_ : err_;
+        const ssize_t got = sink.read_from(s.fd_, s.grow_pipe_);
         if (got == 0) s.close();
         if (got < -1)
           throw_os_error(static_cast<int>(-got), "Popen.communicate: read from the child");

@@ -38,6 +38,7 @@
 #include <boost/asio/posix/stream_descriptor.hpp>
 #include <boost/system/error_code.hpp>
 
+#include "troupe/detail/capture.hpp"
 #include "troupe/detail/reactor.hpp"
 #include "troupe/errors.hpp"
 #include "troupe/timeout.hpp"
@@ -234,14 +235,16 @@ private:
   ssize_t read_now(std::string& out, std::size_t n);
   // One write(2): the count written, -1 if it would block, -errno on an error.
   ssize_t write_now(const char* data, std::size_t n);
-  std::string take(std::size_t n);  // from the buffer
-  void set_nonblocking();           // for the async operations; the blocking ones poll
+  std::string take(std::size_t n);                  // from the buffer
+  void read_to_end(troupe::detail::Capture& sink);  // the buffer, then the pipe to its end
+  void set_nonblocking();  // for the async operations; the blocking ones poll
 
   int fd_ = -1;
   bool readable_ = false;
   bool text_ = false;
   bool pending_cr_ = false;  // text mode: a "\r" ended the last chunk
   bool nonblocking_ = false;
+  bool grow_pipe_ = false;  // a PIPE made without a pipesize: a large capture may enlarge it
   std::string buf_;
   std::size_t pos_ = 0;
   troupe::detail::ReactorRegistration reactor_;
@@ -334,7 +337,7 @@ private:
   bool communication_started_ = false;
   std::string input_;
   std::size_t input_offset_ = 0;
-  std::string out_, err_;
+  troupe::detail::Capture out_, err_;
   troupe::detail::ReactorRegistration reactor_;
 };
 
@@ -445,7 +448,7 @@ auto Popen::async_communicate(const boost::asio::any_io_executor& ex, std::strin
       ++st->pending;
       struct Reader {
         Stream* s;
-        std::string* sink;
+        troupe::detail::Capture* sink;
         boost::asio::any_io_executor ex;
         decltype(finish) done;
         void operator()(boost::system::error_code ec, std::string chunk) {
@@ -453,7 +456,7 @@ auto Popen::async_communicate(const boost::asio::any_io_executor& ex, std::strin
             s->close();
             return done(ec);
           }
-          *sink += chunk;
+          sink->append(chunk);
           s->async_read_some(ex, 65536, std::move(*this));
         }
       };
