@@ -6,6 +6,7 @@
 #include <deque>
 #include <iterator>
 #include <limits>
+#include <memory>
 #include <optional>
 #include <ranges>
 #include <tuple>
@@ -172,7 +173,7 @@ private:
       window_.pop_front();
       try {
         fill();
-        f.core()->wait_or_throw(deadline_ ? Timeout(*deadline_) : Timeout());
+        f.core()->wait_or_throw(deadline_ ? Timeout(*deadline_) : Timeout(), spin_.get());
         if (f.core()->stored_exception()) std::rethrow_exception(f.core()->stored_exception());
       } catch (...) {
         f.cancel();
@@ -196,6 +197,10 @@ private:
   static constexpr bool is_chunked = !std::is_same_v<FutureR, Future<R>>;
 
   Source source_;
+  // One spin budget for all the results: waits that outlast a hand-off (workers busy, results
+  // batched) soon stop spinning instead of each spinning for the full budget.
+  std::unique_ptr<troupe::detail::AdaptiveSpin> spin_ =
+      std::make_unique<troupe::detail::AdaptiveSpin>();
   std::size_t ahead_;
   std::optional<troupe::detail::steady::time_point> deadline_;
   std::deque<FutureR> window_;

@@ -205,12 +205,13 @@ bool CoreBase::sleep_until_done(const std::optional<steady::time_point>& deadlin
   }
 }
 
-bool CoreBase::wait(Timeout timeout) const {
+bool CoreBase::wait(Timeout timeout, troupe::detail::AdaptiveSpin* spin) const {
   if (done()) return true;
   const auto now = steady::now();
   const auto deadline = timeout.is_negative() ? std::optional(now) : timeout.deadline(now);
   if (deadline && *deadline <= now) return false;
-  if (spin_.spin([&] { return done(); })) return true;
+  troupe::detail::AdaptiveSpin fresh;  // a lone wait spins for the full budget
+  if ((spin ? *spin : fresh).spin([&] { return done(); })) return true;
   WaitGuard* pool = current_pool();
   if (!deadline && pool != nullptr && pool == owner_) {
     pool->enter_wait(*this);  // throws if this wait could never end
@@ -224,8 +225,9 @@ bool CoreBase::wait(Timeout timeout) const {
   return sleep_until_done(deadline);
 }
 
-void CoreBase::wait_or_throw(Timeout timeout) const {
-  if (!wait(timeout)) throw TimeoutError("the future is not done within the timeout: " + repr());
+void CoreBase::wait_or_throw(Timeout timeout, troupe::detail::AdaptiveSpin* spin) const {
+  if (!wait(timeout, spin))
+    throw TimeoutError("the future is not done within the timeout: " + repr());
   if (state() == State::cancelled) throw CancelledError("the future was cancelled: " + repr());
 }
 

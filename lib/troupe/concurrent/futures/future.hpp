@@ -144,11 +144,13 @@ public:
   bool set_running_or_notify_cancel();
   void set_exception(std::exception_ptr e);
 
-  /// Waits for the future to be done; false on timeout. A negative timeout is zero.
-  bool wait(Timeout timeout) const;
+  /// Waits for the future to be done; false on timeout. A negative timeout is zero. It spins
+  /// first, for the full budget, or as `spin` has learnt from earlier waits of a sequence of
+  /// futures (a map's results), so that waits longer than a hand-off stop burning CPU.
+  bool wait(Timeout timeout, troupe::detail::AdaptiveSpin* spin = nullptr) const;
   /// For result()/exception(): waits, then throws CancelledError if cancelled or
   /// TimeoutError if `timeout` passed first.
-  void wait_or_throw(Timeout timeout) const;
+  void wait_or_throw(Timeout timeout, troupe::detail::AdaptiveSpin* spin = nullptr) const;
   /// The stored exception (null if none); only after wait_or_throw.
   const std::exception_ptr& stored_exception() const noexcept { return exception_; }
 
@@ -195,7 +197,6 @@ private:
   bool sleep_until_done(const std::optional<troupe::detail::steady::time_point>& deadline) const;
 
   mutable std::atomic<std::uint32_t> word_{0};
-  mutable troupe::detail::AdaptiveSpin spin_;
   mutable troupe::detail::FutexMutex mutex_;  // guards exception_, callbacks_, waiters_
   std::exception_ptr exception_;
   std::vector<Callback> callbacks_;
