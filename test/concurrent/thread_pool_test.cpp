@@ -125,6 +125,25 @@ TEST_F(ThreadPoolTest, MapTimeoutCountsFromTheCall) {
   release.set();
 }
 
+TEST_F(ThreadPoolTest, MapNextWithATimeoutLosesNothing) {
+  // next(timeout), as Pool.imap's: a per-read timeout that leaves the result to a later read;
+  // the map's own timeout still counts from the call and ends the map.
+  ThreadPoolExecutor pool(2);
+  threading::Event release;
+  auto results = pool.map([&](int x) { return release.wait(10s) ? x : -1; }, std::vector{1, 2});
+  EXPECT_THROW((void)results.next(10ms), TimeoutError);
+  release.set();
+  EXPECT_EQ(results.next(10s), 1);
+  EXPECT_EQ(results.next(10s), 2);
+  EXPECT_EQ(results.next(10s), std::nullopt);
+  threading::Event never;
+  auto bounded = pool.map(
+      {.timeout = 50ms}, [&](int x) { return never.wait(10s) ? x : -1; }, std::vector{1});
+  EXPECT_THROW((void)bounded.next(10s), TimeoutError);  // the map's 50 ms, not the 10 s
+  EXPECT_EQ(bounded.next(10s), std::nullopt);           // the map has ended
+  never.set();
+}
+
 TEST_F(ThreadPoolTest, MapOfAFunctionReturningVoid) {
   ThreadPoolExecutor pool(2);
   std::atomic<int> sum{0};

@@ -137,6 +137,32 @@ TEST_P(PoolTest, ImapUnordered) {
   EXPECT_EQ(got, std::multiset<int>(want.begin(), want.end()));
 }
 
+TEST_P(PoolTest, ImapNextWithATimeout) {
+  // Python's IMapIterator.next(timeout): multiprocessing.TimeoutError, and nothing is lost.
+  Pool pool(with(GetParam(), {.processes = 1}));
+  auto results = pool.imap(sleep_ms, std::vector<int>{400, 0, 1});
+  EXPECT_THROW((void)results.next(20ms), TimeoutError);
+  EXPECT_EQ(results.next(30s), 400);  // the same result, once it comes
+  EXPECT_EQ(results.next(), 0);
+  EXPECT_EQ(results.next(30s), 1);
+  EXPECT_EQ(results.next(30s), std::nullopt);  // StopIteration
+  EXPECT_EQ(results.next(), std::nullopt);
+  auto unordered = pool.imap_unordered(sleep_ms, std::vector<int>{400, 2});
+  EXPECT_THROW((void)unordered.next(20ms), TimeoutError);
+  std::multiset<int> got{*unordered.next(30s), *unordered.next(30s)};
+  EXPECT_EQ(got, (std::multiset<int>{2, 400}));
+  EXPECT_EQ(unordered.next(30s), std::nullopt);
+  // A zero timeout on a result that is already there returns it.
+  auto quick = pool.imap(sqr, std::vector<int>{3});
+  EXPECT_TRUE(troupe::testing::eventually([&] {
+    try {
+      return quick.next(0s) == 9;
+    } catch (const TimeoutError&) {
+      return false;
+    }
+  }));
+}
+
 TEST_P(PoolTest, ImapIsLazyOverAnEndlessInput) {
   Pool pool(with(GetParam()));
   int read = 0;
@@ -307,6 +333,13 @@ TEST_F(ThreadPoolTest, SameApiOnThreads) {
   EXPECT_EQ(unordered, std::multiset<int>(want.begin(), want.end()));
   EXPECT_THROW(pool.apply(raising, 7), KeyError);
   EXPECT_THROW((void)pool.map(raising, std::views::iota(0, 10)), KeyError);
+  threading::Event go;
+  auto slow = pool.imap([&](int x) { return go.wait(10s) ? x : -1; }, std::vector<int>{5, 6});
+  EXPECT_THROW((void)slow.next(10ms), TimeoutError);
+  go.set();
+  EXPECT_EQ(slow.next(10s), 5);
+  EXPECT_EQ(slow.next(10s), 6);
+  EXPECT_EQ(slow.next(10s), std::nullopt);
   std::atomic<int> seen{0};
   pool.apply_async({.callback = [&](const int& v) { seen = v; }}, sqr, 4).get(10s);
   EXPECT_EQ(seen.load(), 16);

@@ -181,6 +181,7 @@ class Unordered
 
 public:
   using value_type = futures::detail::MapValue<R>;
+  using timeout_error = multiprocessing::TimeoutError;  // what next(timeout) throws
   Unordered(Source source, std::size_t ahead) : source_(std::move(source)), ahead_(ahead) {
     fill();
   }
@@ -201,11 +202,15 @@ private:
       window_.push_back(std::move(*f));
     }
   }
-  void advance() {
-    current_.reset();
+  bool advance(std::optional<troupe::detail::steady::time_point> until) {
     while (ready_.empty()) {
-      if (window_.empty()) return;
-      auto r = futures::wait(window_, {}, futures::FIRST_COMPLETED);
+      if (window_.empty()) {
+        current_.reset();
+        return true;
+      }
+      auto r =
+          futures::wait(window_, until ? Timeout(*until) : Timeout(), futures::FIRST_COMPLETED);
+      if (r.done.empty()) return false;  // `until` passed; nothing consumed
       for (auto& f : r.done) {
         std::erase(window_, f);
         if (f.cancelled()) throw ValueError("a task of imap_unordered was cancelled");
@@ -221,6 +226,7 @@ private:
     }
     current_.emplace(std::move(ready_.back()));
     ready_.pop_back();
+    return true;
   }
   Source source_;
   std::size_t ahead_;
@@ -321,8 +327,8 @@ public:
     if (chunksize < 1) throw ValueError("Chunksize must be 1+, not " + std::to_string(chunksize));
     auto source = chunk_source<R, P>(fn, std::forward<Range>(iterable), chunksize);
     using FutureV = futures::Future<std::vector<futures::detail::MapValue<R>>>;
-    return futures::detail::MapResults<R, FutureV, decltype(source)>(std::move(source), lookahead(),
-                                                                     Timeout());
+    return futures::detail::MapResults<R, FutureV, decltype(source), TimeoutError>(
+        std::move(source), lookahead(), Timeout());
   }
   /// Python: `imap_unordered(func, iterable, chunksize=1)`: results as they complete.
   template <class R, class P, class Range>
@@ -497,8 +503,8 @@ public:
     auto source = chunk_source(std::move(fn), std::forward<Range>(iterable), chunksize);
     using FutureV = typename decltype(source)::result_type::value_type;
     using V = typename FutureV::value_type::value_type;
-    return futures::detail::MapResults<V, FutureV, decltype(source)>(std::move(source), lookahead(),
-                                                                     Timeout());
+    return futures::detail::MapResults<V, FutureV, decltype(source), TimeoutError>(
+        std::move(source), lookahead(), Timeout());
   }
   template <class F, class Range>
   auto imap_unordered(F fn, Range&& iterable, std::size_t chunksize = 1) {

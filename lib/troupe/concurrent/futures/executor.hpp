@@ -92,10 +92,10 @@ public:
     V& operator*() const { return *d_->current_; }
     V* operator->() const { return &*d_->current_; }
     iterator& operator++() {
-      d_->advance();
+      d_->advance({});
       return *this;
     }
-    void operator++(int) { d_->advance(); }
+    void operator++(int) { d_->advance({}); }
     friend bool operator==(const iterator& it, std::default_sentinel_t) noexcept {
       return it.at_end();
     }
@@ -110,11 +110,24 @@ public:
     auto& self = static_cast<Derived&>(*this);
     if (!started_) {
       started_ = true;
-      self.advance();
+      self.advance({});
     }
     return iterator(&self);
   }
   std::default_sentinel_t end() const noexcept { return {}; }
+
+  /// Python: `IMapIterator.next(timeout=None)`: moves on to the next result and returns it, or
+  /// nullopt at the end (Python's StopIteration). If `timeout` passes first it throws
+  /// `Derived::timeout_error` and nothing is lost: the next call waits for the same result.
+  /// (Loops by hand use next(); a range-for has its own position: begin() reads the first.)
+  std::optional<V> next(Timeout timeout = {}) {
+    auto& self = static_cast<Derived&>(*this);
+    started_ = true;
+    if (!self.advance(timeout.deadline()))
+      throw typename Derived::timeout_error("the next result did not come within the timeout");
+    if (!self.current_) return std::nullopt;
+    return std::move(*self.current_);
+  }
 
 private:
   bool started_ = false;
@@ -123,12 +136,13 @@ private:
 /// The lazy result of map: submits through `submit_next` (which returns false when the input
 /// has ended) and yields results in input order. `Chunked`: each future holds a vector of
 /// results (process pools), yielded one by one.
-template <class R, class FutureR, class Source>
-class MapResults : public ReadOnce<MapResults<R, FutureR, Source>, MapValue<R>> {
+template <class R, class FutureR, class Source, class TimeoutE = troupe::TimeoutError>
+class MapResults : public ReadOnce<MapResults<R, FutureR, Source, TimeoutE>, MapValue<R>> {
   friend class ReadOnce<MapResults, MapValue<R>>;
 
 public:
   using value_type = MapValue<R>;
+  using timeout_error = TimeoutE;  // what next(timeout) throws
 
   MapResults(Source source, std::size_t ahead, Timeout timeout)
       : source_(std::move(source)), ahead_(ahead), deadline_(timeout.deadline()) {
@@ -159,16 +173,24 @@ private:
     input_done_ = true;
   }
 
-  void advance() {
-    current_.reset();
+  // The next result into current_ (empty at the end); false if `until` passed first, with
+  // nothing consumed.
+  bool advance(std::optional<troupe::detail::steady::time_point> until) {
     if constexpr (is_chunked) {
       if (chunk_pos_ < chunk_.size()) {
         current_.emplace(std::move(chunk_[chunk_pos_++]));
-        return;
+        return true;
       }
     }
     for (;;) {
-      if (window_.empty()) return;
+      if (window_.empty()) {
+        current_.reset();
+        return true;
+      }
+      if (until && (!deadline_ || *until < *deadline_) &&
+          !window_.front().core()->wait(Timeout(*until), spin_.get()))
+        return false;
+      current_.reset();
       FutureR f = std::move(window_.front());
       window_.pop_front();
       try {
@@ -190,7 +212,7 @@ private:
       } else {
         current_.emplace(std::move(f.typed().value()));
       }
-      return;
+      return true;
     }
   }
 
