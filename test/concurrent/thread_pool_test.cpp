@@ -6,6 +6,7 @@
 #include <ranges>
 #include <set>
 #include <stdexcept>
+#include <stop_token>
 #include <string>
 #include <thread>
 #include <vector>
@@ -61,6 +62,41 @@ TEST_F(ThreadPoolTest, ExceptionIsStoredInTheFuture) {
   auto f = pool.submit(sleep_and_raise, 1);
   EXPECT_THROW(f.result(), ValueError);
   EXPECT_TRUE(f.exception());
+}
+
+TEST_F(ThreadPoolTest, RequestStopReachesARunningCallThroughItsStopToken) {
+  // troupe: Python cannot stop a running call; a function taking a std::stop_token can be asked.
+  ThreadPoolExecutor pool(1);
+  threading::Event started;
+  auto f = pool.submit(
+      [&](std::stop_token stop, int step) {
+        started.set();
+        int rounds = 0;
+        const auto give_up = std::chrono::steady_clock::now() + 10s;
+        while (!stop.stop_requested() && std::chrono::steady_clock::now() < give_up) {
+          std::this_thread::sleep_for(1ms);
+          rounds += step;
+        }
+        if (!stop.stop_requested()) throw std::runtime_error("never asked to stop");
+        return rounds;
+      },
+      1);
+  auto queued = pool.submit([](std::stop_token) { return -1; });  // waits behind f
+  ASSERT_TRUE(started.wait(10s));
+  EXPECT_TRUE(f.running());
+  EXPECT_FALSE(f.cancel());            // Python's cancel() cannot
+  EXPECT_TRUE(queued.request_stop());  // pending: cancelled
+  EXPECT_TRUE(queued.cancelled());
+  EXPECT_TRUE(f.request_stop());
+  EXPECT_GE(f.result(10s), 0);     // it ended as it chose: its return is the result
+  EXPECT_FALSE(f.request_stop());  // done
+  // A running call without a token cannot be asked.
+  threading::Event release;
+  auto plain = pool.submit([&] { return release.wait(10s); });
+  EXPECT_TRUE(troupe::testing::eventually([&] { return plain.running(); }));
+  EXPECT_FALSE(plain.request_stop());
+  release.set();
+  EXPECT_TRUE(plain.result(10s));
 }
 
 TEST_F(ThreadPoolTest, MapYieldsInInputOrder) {

@@ -135,6 +135,9 @@ public:
   CoreBase& operator=(const CoreBase&) = delete;
   virtual ~CoreBase() = default;
 
+  /// Asks the running call to stop (request_stop()); false where the executor cannot ask.
+  virtual bool stop_running() noexcept { return false; }
+
   State state() const noexcept {
     return static_cast<State>(word_.load(std::memory_order_acquire) & kStateMask);
   }
@@ -247,6 +250,15 @@ class AnyFuture {
 public:
   /// Python: `cancel()`: false if running or finished, else cancels (true).
   bool cancel() { return core_->cancel(); }
+  /// troupe (Python cannot stop a running call): a pending future is cancelled, as by cancel();
+  /// a running call of a ThreadPoolExecutor whose function takes a std::stop_token first sees
+  /// stop_requested() and ends as it chooses (its return or exception is the result). True if
+  /// the future was cancelled or the request was delivered; false if it is done, or if its
+  /// executor has no way to ask (process pools do not yet).
+  bool request_stop() {
+    if (core_->cancel()) return true;
+    return core_->state() == State::running && core_->stop_running();
+  }
   /// Python: `cancelled()`.
   bool cancelled() const noexcept { return core_->state() == State::cancelled; }
   /// Python: `running()`.

@@ -11,10 +11,12 @@
 #include <exception>
 #include <functional>
 #include <memory>
+#include <stop_token>
 #include <string>
 #include <tuple>
 #include <type_traits>
 #include <utility>
+#include <variant>
 
 #include "troupe/concurrent/futures/executor.hpp"
 #include "troupe/concurrent/futures/future.hpp"
@@ -44,22 +46,44 @@ protected:
   ~TaskBase() = default;
 };
 
+/// Whether `F` is called with a std::stop_token before its arguments (request_stop()).
+template <class F, class... A>
+inline constexpr bool takes_stop_token_v =
+    std::is_invocable_v<F&, std::stop_token, A...> && !std::is_invocable_v<F&, A...>;
+
+template <class F, class... A>
+using call_result_t = typename std::conditional_t<takes_stop_token_v<F, A...>,
+                                                  std::invoke_result<F&, std::stop_token, A...>,
+                                                  std::invoke_result<F&, A...>>::type;
+
 template <class R, class F, class... A>
 class Task final : public Core<R>, public TaskBase {
 public:
   template <class G, class... B>
   explicit Task(G&& f, B&&... a) : f_(std::forward<G>(f)), args_(std::forward<B>(a)...) {}
 
+  bool stop_running() noexcept override {
+    if constexpr (kToken) return stop_.request_stop() || stop_.stop_requested();
+    return false;
+  }
+
   void run(BeforePublish& before_publish) noexcept override {
     if (!this->set_running_or_notify_cancel()) return;
     std::exception_ptr error;
     std::optional<MapValue<R>> value;
+    auto call = [&]() -> decltype(auto) {
+      if constexpr (kToken)
+        return std::apply([&](auto&&... a) { return f_(stop_.get_token(), std::move(a)...); },
+                          std::move(args_));
+      else
+        return std::apply(f_, std::move(args_));
+    };
     try {
       if constexpr (std::is_void_v<R>) {
-        std::apply(f_, std::move(args_));
+        call();
         value.emplace();
       } else {
-        value.emplace(std::apply(f_, std::move(args_)));
+        value.emplace(call());
       }
     } catch (...) {
       error = std::current_exception();
@@ -79,8 +103,10 @@ public:
   CoreBase& core() noexcept override { return *this; }
 
 private:
+  static constexpr bool kToken = takes_stop_token_v<F, A...>;
   F f_;
   std::tuple<A...> args_;
+  [[no_unique_address]] std::conditional_t<kToken, std::stop_source, std::monostate> stop_{};
 };
 
 struct ThreadPool;
@@ -140,13 +166,16 @@ public:
   ThreadPoolExecutor& operator=(const ThreadPoolExecutor&) = delete;
 
   /// Python: `submit(fn, /, *args, **kwargs)`: schedules `fn(args...)` (the arguments are
-  /// copied or moved into the task) and returns its future.
+  /// copied or moved into the task) and returns its future. A `fn` whose first parameter is a
+  /// std::stop_token is called as `fn(token, args...)`: the future's request_stop() asks it to
+  /// stop while it runs (troupe; Python cannot stop a running call).
   /// @throws RuntimeError "cannot schedule new futures after shutdown"; BrokenThreadPool if an
   /// initializer failed.
   template <class F, class... A>
-  requires std::is_invocable_v < std::decay_t<F>
-  &, std::decay_t<A>... > auto submit(F&& fn, A&&... args) {
-    using R = std::invoke_result_t<std::decay_t<F>&, std::decay_t<A>...>;
+  requires(std::is_invocable_v<std::decay_t<F>&, std::decay_t<A>...> ||
+           std::is_invocable_v<std::decay_t<F>&, std::stop_token,
+                               std::decay_t<A>...>) auto submit(F&& fn, A&&... args) {
+    using R = detail::call_result_t<std::decay_t<F>, std::decay_t<A>...>;
     auto task = std::make_shared<detail::Task<R, std::decay_t<F>, std::decay_t<A>...>>(
         std::forward<F>(fn), std::forward<A>(args)...);
     task->set_owner(pool_.guard());
