@@ -92,6 +92,31 @@ int sleep_ms(int ms) {
 }
 TROUPE_ENTRY(sleep_ms);
 
+// Runs in 1 ms rounds until its stop is asked (at most `limit` rounds): the rounds it ran, or
+// -1 if no stop came.
+int until_stopped(int limit) {
+  int rounds = 0;
+  while (!stop_requested() && rounds < limit) {
+    std::this_thread::sleep_for(1ms);
+    ++rounds;
+  }
+  return stop_requested() ? rounds : -1;
+}
+TROUPE_ENTRY(until_stopped);
+
+// Ignores stop requests; with `block_term`, SIGTERM too (only SIGKILL ends it).
+int deaf(int block_term) {
+  if (block_term) {
+    sigset_t term;
+    sigemptyset(&term);
+    sigaddset(&term, SIGTERM);
+    ::sigprocmask(SIG_BLOCK, &term, nullptr);
+  }
+  std::this_thread::sleep_for(20s);
+  return 0;
+}
+TROUPE_ENTRY(deaf);
+
 int initialized = 0;
 void init_worker(int v) {
   initialized = v;
@@ -333,6 +358,55 @@ TEST_P(ProcessPoolTest, ReplaceWorkerFailsOnlyTheDeadWorkersCall) {
   EXPECT_THROW(dead.result(30s), BrokenProcessPool);
   EXPECT_EQ(after.result(30s), 16);
   EXPECT_EQ(pool.submit(square, 5).result(30s), 25);
+}
+
+TEST_P(ProcessPoolTest, RequestStopReachesARunningCallCooperatively) {
+  ProcessPoolExecutor pool(with(GetParam(), {.max_workers = 1, .stop_grace = 20s}));
+  const int pid = pool.submit(my_pid, 0).result(30s);
+  auto f = pool.submit(until_stopped, 20000);
+  auto queued = pool.submit(square, 6);
+  auto pending = pool.submit(square, 7);  // not sent yet: one worker holds at most two
+  EXPECT_TRUE(troupe::testing::eventually([&] { return f.running(); }));
+  EXPECT_FALSE(f.cancel());  // Python's cancel() cannot stop it
+  EXPECT_TRUE(f.request_stop());
+  EXPECT_GE(f.result(30s), 0);     // it saw stop_requested() and returned
+  EXPECT_FALSE(f.request_stop());  // done
+  EXPECT_EQ(queued.result(30s), 36);
+  if (pending.request_stop()) {
+    EXPECT_TRUE(pending.cancelled() || pending.result(30s) == 49);
+  }
+  EXPECT_EQ(pool.submit(my_pid, 0).result(30s), pid);  // the same worker: nothing was killed
+  EXPECT_FALSE(stop_requested());                      // here, outside a worker
+}
+
+TEST_P(ProcessPoolTest, RequestStopEscalatesToSigtermThenSigkill) {
+  // A call that ignores the request: SIGTERM after the grace, then SIGKILL if that is blocked.
+  // The call fails with CancelledError naming the signal; the call queued behind it runs on a new
+  // worker and the pool keeps working, whatever on_worker_death says (not under fork: a process
+  // with threads cannot fork a replacement, and the pool breaks instead).
+  for (bool block_term : {false, true}) {
+    SCOPED_TRACE(block_term);
+    ProcessPoolExecutor pool(with(GetParam(), {.max_workers = 1, .stop_grace = 100ms}));
+    const int pid = pool.submit(my_pid, 0).result(30s);
+    auto f = pool.submit(deaf, block_term ? 1 : 0);
+    auto behind = pool.submit(square, 4);
+    EXPECT_TRUE(troupe::testing::eventually([&] { return f.running(); }));
+    EXPECT_TRUE(f.request_stop());
+    try {
+      (void)f.result(30s);
+      ADD_FAILURE() << "no CancelledError";
+    } catch (const CancelledError& e) {
+      EXPECT_THAT(e.what(), HasSubstr("request_stop"));
+      EXPECT_THAT(e.what(), HasSubstr(block_term ? "SIGKILL" : "SIGTERM"));
+    }
+    if (GetParam() == "fork") {
+      EXPECT_THROW(behind.result(30s), BrokenProcessPool);
+      continue;
+    }
+    EXPECT_EQ(behind.result(30s), 16);
+    const int replacement = pool.submit(my_pid, 0).result(30s);
+    EXPECT_NE(replacement, pid);
+  }
 }
 
 TEST_P(ProcessPoolTest, FaultsInTheCodecFailThatCallOnly) {

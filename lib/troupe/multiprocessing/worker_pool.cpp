@@ -3,9 +3,11 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/eventfd.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
@@ -99,6 +101,21 @@ CallOutcome run_call(const EntryPoint* e, const std::string& name, std::span<con
   return o;
 }
 
+// The worker's side of request_stop(): the id of the message it runs (0 between messages) and
+// of the last one whose stop was asked — the parent queues SIGINT with that id as its value.
+std::atomic<std::uint64_t> g_running{0};
+std::atomic<std::uint64_t> g_stop{0};
+
+void on_sigint(int sig, siginfo_t* info, void*) {
+  if (info->si_code == SI_QUEUE) {
+    g_stop.store(reinterpret_cast<std::uintptr_t>(info->si_value.sival_ptr));
+    return;
+  }
+  // A terminal's Ctrl-C or a `kill -INT`: what SIGINT does to a process without a handler.
+  ::signal(sig, SIG_DFL);
+  ::raise(sig);
+}
+
 std::string describe_exit(int code) {
   if (code < 0) {
     const char* abbrev = sigabbrev_np(-code);
@@ -110,9 +127,19 @@ std::string describe_exit(int code) {
 
 }  // namespace
 
+bool stop_requested_in_worker() noexcept {
+  const std::uint64_t running = g_running.load();
+  return running != 0 && g_stop.load() == running;
+}
+
 // The worker process's main loop.
 void troupe_pool_worker(Connection& conn, WorkerConfig& cfg) {
   for (int fd : cfg.close_fds) ::close(fd);
+  struct sigaction sa {};
+  sa.sa_sigaction = on_sigint;
+  sa.sa_flags = SA_SIGINFO | SA_RESTART;
+  sigemptyset(&sa.sa_mask);
+  ::sigaction(SIGINT, &sa, nullptr);
   if (!cfg.initializer.empty()) {
     try {
       const EntryPoint* e = find_entry(cfg.initializer);
@@ -168,7 +195,9 @@ void troupe_pool_worker(Connection& conn, WorkerConfig& cfg) {
       ResultMessage& r = out.results.emplace_back();
       r.id = t.id;
       r.outcomes.reserve(t.calls.size());
+      g_running.store(t.id);
       for (const auto& args : t.calls) r.outcomes.push_back(run_call(last, t.entry, args, t.batch));
+      g_running.store(0);
       ++done;
       if (std::chrono::steady_clock::now() - since >= kFlushAfter && !flush()) return;
     }
@@ -203,6 +232,11 @@ struct Worker {
     std::unique_ptr<Job> job;
     std::size_t size;         // what it counts against kSendBudget
     steady::time_point sent;  // when it was sent
+    // request_stop(): asked; then 1, 2, 3 once SIGINT, SIGTERM, SIGKILL went to the worker,
+    // each when the call is the one the worker runs (the oldest) and the grace has passed.
+    bool stop = false;
+    int stage = 0;
+    steady::time_point next_stage{};
   };
   // How many calls may wait at the worker behind the one it runs: many when calls are quick (one
   // message carries several, and the worker never waits for the next), one when they are slow
@@ -237,6 +271,7 @@ struct WorkerPoolState : std::enable_shared_from_this<WorkerPoolState> {
   int starting = 0;                              // workers being started, outside the lock
   int next_index = 0;
   std::uint64_t next_id = 1;
+  std::uint64_t next_key = 1;
   bool shut = false;
   bool terminating = false;  // signal_workers(): deaths are expected, calls fail
   std::string broken;        // non-empty: why the pool is broken
@@ -271,6 +306,8 @@ struct WorkerPoolState : std::enable_shared_from_this<WorkerPoolState> {
   void reap(const std::shared_ptr<Worker>& w);
   void break_pool_locked(const std::string& why, std::vector<std::unique_ptr<Job>>& failed);
   void finish_manager();
+  bool request_stop(std::uint64_t key);
+  int escalate_stops();
 };
 
 void WorkerPoolState::start_worker() {
@@ -310,7 +347,8 @@ void WorkerPoolState::ensure_workers(bool all) {
   for (;;) {
     {
       std::scoped_lock lk(mu);
-      if (shut || !broken.empty()) return;
+      // After shutdown only for calls that came back from a stopped worker.
+      if ((shut && pending.empty()) || !broken.empty()) return;
       const int live = static_cast<int>(workers.size()) + starting;
       if (live >= options.max_workers) return;
       if (!all) {
@@ -371,10 +409,7 @@ void WorkerPoolState::pump() {
       m.id = next_id++;
       m.entry = job->entry;
       m.batch = job->batch;
-      if (options.on_worker_death == OnWorkerDeath::replace_worker)
-        m.calls = job->calls;  // kept: if its worker dies first, it goes to another
-      else
-        m.calls = std::move(job->calls);
+      m.calls = std::move(job->calls);  // back into the job once sent (see below)
       best->inflight_bytes += size;
       best->inflight.emplace(m.id, Worker::InFlight{std::move(job), size, steady::now()});
       ++best->sent;
@@ -382,15 +417,88 @@ void WorkerPoolState::pump() {
   }
   cancelled.clear();  // outside the lock: a future's callbacks may run
   for (auto& s : sends) {
-    {
-      std::scoped_lock lk(s.worker->send_mutex);
-      try {
-        s.worker->conn.send(s.batch);
-      } catch (...) {
-        // The worker has died: the manager thread sees its pidfd and fails its calls.
+    std::scoped_lock send_lock(s.worker->send_mutex);
+    try {
+      s.worker->conn.send(s.batch);
+    } catch (...) {
+      // The worker has died: the manager thread sees its pidfd and fails its calls.
+    }
+    // The calls go back into their jobs, so that a job its worker never ran (the worker died or
+    // was stopped) can go to another. reap() takes send_mutex first: it never sees them out.
+    std::scoped_lock lk(mu);
+    for (auto& m : s.batch.tasks) {
+      auto it = s.worker->inflight.find(m.id);
+      if (it != s.worker->inflight.end() && it->second.job)
+        it->second.job->calls = std::move(m.calls);
+    }
+  }
+}
+
+// Marks the job `key` to be stopped (the manager signals its worker), or fails it if it waits
+// here after its worker died (it was running then).
+bool WorkerPoolState::request_stop(std::uint64_t key) {
+  std::unique_ptr<Job> dropped;
+  {
+    std::scoped_lock lk(mu);
+    for (auto& w : workers)
+      for (auto& [id, f] : w->inflight)
+        if (f.job && f.job->key == key) {
+          f.stop = true;
+          wake();
+          return true;
+        }
+    auto it = std::find_if(pending.begin(), pending.end(), [&](auto& j) { return j->key == key; });
+    if (it == pending.end()) return false;
+    dropped = std::move(*it);
+    pending.erase(it);
+  }
+  dropped->fail(std::make_exception_ptr(concurrent::futures::CancelledError(
+      "the call was stopped (request_stop) before a worker took it again")));
+  return true;
+}
+
+// Signals the workers running a call whose stop was asked, one stage further each grace period;
+// returns how long the manager may sleep before the next stage is due (-1: none is).
+int WorkerPoolState::escalate_stops() {
+  struct Signal {
+    std::shared_ptr<Worker> worker;
+    int sig;
+    std::uint64_t id;
+  };
+  std::vector<Signal> signals;
+  int timeout = -1;
+  {
+    std::scoped_lock lk(mu);
+    const auto now = steady::now();
+    for (auto& w : workers) {
+      if (w->exited || w->inflight.empty()) continue;
+      auto& [id, f] = *w->inflight.begin();  // the message the worker runs
+      if (!f.stop || f.stage >= 3) continue;
+      if (f.stage == 0 || now >= f.next_stage) {
+        static constexpr int kSignals[] = {SIGINT, SIGTERM, SIGKILL};
+        signals.push_back({w, kSignals[f.stage], id});
+        ++f.stage;
+        f.next_stage = now + options.stop_grace;
+      }
+      if (f.stage < 3) {
+        const auto left = std::chrono::ceil<std::chrono::milliseconds>(f.next_stage - now).count();
+        const int ms = static_cast<int>(std::max<std::int64_t>(left, 0));
+        timeout = timeout < 0 ? ms : std::min(timeout, ms);
       }
     }
   }
+  for (auto& s : signals) {
+    siginfo_t info{};
+    info.si_signo = s.sig;
+    info.si_code = SI_QUEUE;
+    info.si_pid = ::getpid();
+    info.si_uid = ::getuid();
+    info.si_value.sival_ptr = reinterpret_cast<void*>(static_cast<std::uintptr_t>(s.id));
+    // Through the pidfd: never a recycled pid. SIGINT carries the call's id (stop_requested()).
+    (void)::syscall(SYS_pidfd_send_signal, s.worker->sentinel, s.sig,
+                    s.sig == SIGINT ? &info : nullptr, 0);
+  }
+  return timeout;
 }
 
 void WorkerPoolState::read_results(Worker& w) {
@@ -454,15 +562,32 @@ void WorkerPoolState::reap(const std::shared_ptr<Worker>& w) {
   w->process.join();
   const int code = w->process.exitcode().value_or(-1);
   std::vector<std::unique_ptr<Job>> failed;
+  std::unique_ptr<Job> stopped;
   std::string why;
   bool replace = false;
   {
+    std::scoped_lock send_lock(w->send_mutex);  // no send in progress: every job has its calls
     std::scoped_lock lk(mu);
     w->exited = true;
+    if (!w->inflight.empty() && w->inflight.begin()->second.stage >= 2 && broken.empty() &&
+        !terminating) {
+      // Ended by request_stop()'s SIGTERM or SIGKILL: that call is stopped, the ones behind it
+      // go to another worker, and a new worker takes this one's place, whatever the policy.
+      auto it = w->inflight.begin();
+      stopped = std::move(it->second.job);
+      why = "the call was stopped (request_stop): " + w->process.name() + " (pid " +
+            std::to_string(w->process.pid().value_or(0)) + ") " + describe_exit(code) +
+            " after SIGINT and " + std::to_string(options.stop_grace.count()) + " ms";
+      std::vector<std::unique_ptr<Job>> again;
+      for (++it; it != w->inflight.end(); ++it) again.push_back(std::move(it->second.job));
+      for (auto r = again.rbegin(); r != again.rend(); ++r) pending.push_front(std::move(*r));
+      w->inflight.clear();
+      w->inflight_bytes = 0;
+    }
     const bool retired = options.max_tasks_per_child && w->sent >= *options.max_tasks_per_child &&
                          w->inflight.empty() && code == 0;
     const bool stopping = shut && pending.empty() && w->inflight.empty() && code == 0;
-    if (!retired && !stopping && broken.empty()) {
+    if (!stopped && !retired && !stopping && broken.empty()) {
       why =
           "A process in the process pool was terminated abruptly while the future was "
           "running or pending: " +
@@ -484,12 +609,21 @@ void WorkerPoolState::reap(const std::shared_ptr<Worker>& w) {
       }
     }
     std::erase(workers, w);
-    replace = broken.empty() && !shut;
+    replace = broken.empty() && (!shut || !pending.empty());
   }
-  auto e = error(why);
-  for (auto& j : failed) j->fail(e);
+  if (stopped) {
+    stopped->fail(std::make_exception_ptr(concurrent::futures::CancelledError(why)));
+  } else {
+    auto e = error(why);
+    for (auto& j : failed) j->fail(e);
+  }
   w->process.close();
-  if (replace) ensure_workers(false);
+  if (replace) {
+    try {
+      ensure_workers(false);
+    } catch (...) {  // the manager's own ensure_workers() will fail again and break the pool
+    }
+  }
 }
 
 void WorkerPoolState::run_manager() {
@@ -508,9 +642,10 @@ void WorkerPoolState::run_manager() {
       fds.push_back({w->conn_open ? w->fd : -1, POLLIN, 0});
       fds.push_back({w->sentinel, POLLIN, 0});
     }
+    const int timeout = escalate_stops();
     int r;
     do {
-      r = ::poll(fds.data(), fds.size(), -1);
+      r = ::poll(fds.data(), fds.size(), timeout);
     } while (r < 0 && errno == EINTR);
     if (fds[0].revents) {
       std::uint64_t n;
@@ -630,6 +765,11 @@ void WorkerPool::submit(std::unique_ptr<Job> job) {
     std::scoped_lock lk(s.mu);
     if (!s.broken.empty()) std::rethrow_exception(s.error(s.broken));
     if (s.shut) throw RuntimeError("cannot schedule new futures after shutdown");
+    job->key = s.next_key++;
+    job->bind_stop([weak = std::weak_ptr<WorkerPoolState>(state_), key = job->key] {
+      auto pool = weak.lock();
+      return pool && pool->request_stop(key);
+    });
     s.pending.push_back(std::move(job));
     first = s.manager == nullptr;
   }

@@ -11,6 +11,7 @@
 // is itself blocked sending results.
 #pragma once
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <exception>
@@ -52,8 +53,13 @@ public:
   /// shutdown(cancel_futures): it will not run.
   virtual void cancel() noexcept = 0;
 
+  /// Once the pool has taken it: `stop` asks the pool to stop it (WorkerPool::request_stop),
+  /// for its future's request_stop().
+  virtual void bind_stop(std::function<bool()> stop) noexcept { (void)stop; }
+
   std::string entry;                          // the registered function's name
   std::vector<std::vector<std::byte>> calls;  // each call's encoded arguments
+  std::uint64_t key = 0;                      // the pool's name for it (request_stop)
   /// `calls` is one std::vector of argument tuples, and the one outcome a std::vector of results
   /// (EntryPoint::call_batch): a map chunk in one message each way.
   bool batch = false;
@@ -79,7 +85,14 @@ struct WorkerPoolOptions {
   std::string name;  // for messages and process names ("ProcessPoolExecutor-0")
   /// The exception for calls a dead worker or a broken pool fails (default BrokenProcessPool).
   std::function<std::exception_ptr(const std::string& why)> make_error;
+  /// request_stop() on a running call: SIGINT to its worker (stop_requested() turns true), then
+  /// SIGTERM after this long, then SIGKILL after as long again.
+  std::chrono::milliseconds stop_grace{1000};
 };
+
+/// In a call running in a pool worker: whether request_stop() was made on its future (false
+/// anywhere else).
+bool stop_requested_in_worker() noexcept;
 
 struct WorkerPoolState;
 

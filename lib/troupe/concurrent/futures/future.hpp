@@ -250,11 +250,14 @@ class AnyFuture {
 public:
   /// Python: `cancel()`: false if running or finished, else cancels (true).
   bool cancel() { return core_->cancel(); }
-  /// troupe (Python cannot stop a running call): a pending future is cancelled, as by cancel();
-  /// a running call of a ThreadPoolExecutor whose function takes a std::stop_token first sees
-  /// stop_requested() and ends as it chooses (its return or exception is the result). True if
-  /// the future was cancelled or the request was delivered; false if it is done, or if its
-  /// executor has no way to ask (process pools do not yet).
+  /// troupe (Python cannot stop a running call): a pending future is cancelled, as by cancel().
+  /// A running call is asked to stop: on a ThreadPoolExecutor, a function taking a
+  /// std::stop_token first sees stop_requested() and ends as it chooses (its return or exception
+  /// is the result); on a ProcessPoolExecutor, futures::stop_requested() turns true in the
+  /// worker (SIGINT), and a call still running after the pool's stop_grace is ended with
+  /// SIGTERM, then SIGKILL (CancelledError; the worker is replaced). True if the future was
+  /// cancelled or the request was delivered; false if it is done or cannot be asked (a thread
+  /// call without a stop_token, a future made by hand).
   bool request_stop() {
     if (core_->cancel()) return true;
     return core_->state() == State::running && core_->stop_running();

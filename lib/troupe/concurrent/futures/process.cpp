@@ -48,6 +48,8 @@ multiprocessing::detail::WorkerPoolOptions ProcessPoolExecutor::pool_options(Opt
   w.initargs = std::move(o.initializer.arguments);
   w.max_tasks_per_child = o.max_tasks_per_child;
   w.on_worker_death = o.on_worker_death;
+  if (o.stop_grace.count() < 0) throw ValueError("stop_grace must not be negative");
+  w.stop_grace = o.stop_grace;
   w.name = "ProcessPoolExecutor-" + std::to_string(detail::counter++);
   return w;
 }

@@ -10,7 +10,10 @@
 
 #include <signal.h>
 
+#include <chrono>
 #include <cstddef>
+#include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <tuple>
@@ -35,13 +38,29 @@ namespace detail {
 /// The name a registered function goes by. @throws ValueError if it is not registered.
 std::string entry_name(const void* function, const char* what);
 
+/// A future's shared state that request_stop() can reach while the call runs in a worker.
+template <class T>
+class StoppableCore final : public Core<T> {
+public:
+  bool stop_running() noexcept override { return stop_ && stop_(); }
+  std::function<bool()> stop_;  // set once, before the future is handed out
+};
+
 /// A call (or a map chunk) whose one outcome is a `T`, and the future it sets: `T` is the call's
 /// result (void: std::monostate on the wire), or for a chunk a std::vector of results — sent as
 /// one message, answered with one; the first failing call fails the chunk, as in Python.
 template <class T>
 class FutureJob final : public multiprocessing::detail::Job {
 public:
+  FutureJob() : core_(std::make_shared<StoppableCore<T>>()), future(core_) {}
+
+private:
+  std::shared_ptr<StoppableCore<T>> core_;
+
+public:
   Future<T> future;
+
+  void bind_stop(std::function<bool()> stop) noexcept override { core_->stop_ = std::move(stop); }
 
   bool start() noexcept override {  // again after a dead worker's calls are requeued: true
     try {
@@ -86,6 +105,15 @@ constexpr bool sendable_result = std::is_void_v<R> || Encodable<std::decay_t<R>>
 
 }  // namespace detail
 
+/// troupe: in a call running in a ProcessPoolExecutor's (or a multiprocessing::Pool's) worker,
+/// whether its future's request_stop() was made — check it in long calls and return early. The
+/// worker gets SIGINT for it; if the call has not ended a grace period later
+/// (ProcessPoolOptions::stop_grace) the worker gets SIGTERM, then SIGKILL, and the call fails
+/// with CancelledError. False anywhere else.
+inline bool stop_requested() noexcept {
+  return multiprocessing::detail::stop_requested_in_worker();
+}
+
 /// A function registered with TROUPE_ENTRY and its arguments, run at the start of each worker
 /// (Python's `initializer` and `initargs`): `{.initializer = {setup, "config.ini", 4}}`.
 struct Initializer {
@@ -110,6 +138,10 @@ struct ProcessPoolOptions {
   std::optional<int> max_tasks_per_child;
   /// beyond Python: what a dead worker does to the pool (not replace_worker with fork).
   OnWorkerDeath on_worker_death = OnWorkerDeath::break_pool;
+  /// beyond Python: request_stop() on a running call sends its worker SIGINT (stop_requested()),
+  /// then SIGTERM after this long, then SIGKILL after as long again; a worker ended so is
+  /// replaced (with fork it cannot be: the pool breaks).
+  std::chrono::milliseconds stop_grace{1000};
 };
 
 /// Python: `concurrent.futures.ProcessPoolExecutor(max_workers=None, mp_context=None,
