@@ -272,6 +272,7 @@ struct WorkerPoolState : std::enable_shared_from_this<WorkerPoolState> {
   int next_index = 0;
   std::uint64_t next_id = 1;
   std::uint64_t next_key = 1;
+  std::atomic<int> stops{0};  // calls whose stop was asked and that still hold a worker
   bool shut = false;
   bool terminating = false;  // signal_workers(): deaths are expected, calls fail
   std::string broken;        // non-empty: why the pool is broken
@@ -443,6 +444,7 @@ bool WorkerPoolState::request_stop(std::uint64_t key) {
     for (auto& w : workers)
       for (auto& [id, f] : w->inflight)
         if (f.job && f.job->key == key) {
+          if (!f.stop) ++stops;
           f.stop = true;
           wake();
           return true;
@@ -467,9 +469,14 @@ int WorkerPoolState::escalate_stops() {
   };
   std::vector<Signal> signals;
   int timeout = -1;
+  if (stops.load(std::memory_order_relaxed) == 0) return timeout;  // the usual case
   {
     std::scoped_lock lk(mu);
     const auto now = steady::now();
+    int asked = 0;
+    for (auto& w : workers)
+      for (auto& [id, f] : w->inflight) asked += f.stop ? 1 : 0;
+    stops = asked;  // those that ended since are no longer counted
     for (auto& w : workers) {
       if (w->exited || w->inflight.empty()) continue;
       auto& [id, f] = *w->inflight.begin();  // the message the worker runs
