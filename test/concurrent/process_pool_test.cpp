@@ -3,7 +3,9 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstdint>
 #include <cstdlib>
+#include <fstream>
 #include <set>
 #include <string>
 #include <thread>
@@ -407,6 +409,39 @@ TEST_P(ProcessPoolTest, RequestStopEscalatesToSigtermThenSigkill) {
     const int replacement = pool.submit(my_pid, 0).result(30s);
     EXPECT_NE(replacement, pid);
   }
+}
+
+// In a process of its own: a pool running a long call; the worker's pid goes to `out`.
+void own_a_pool(multiprocessing::Connection& out, std::string method) {
+  ProcessPoolExecutor pool(with(method, {.max_workers = 1, .stop_grace = 200ms}));
+  auto f = pool.submit(sleep_ms, 20000);
+  for (int i = 0; i < 10000 && !f.running(); ++i) std::this_thread::sleep_for(1ms);
+  out.send(static_cast<std::int32_t>(pool.worker_pids().front()));
+  std::this_thread::sleep_for(30s);  // until killed
+}
+TROUPE_ENTRY(own_a_pool);
+
+// Gone, or a zombie nobody reaps (it is not this process's child).
+bool ended(int pid) {
+  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+  std::string line;
+  if (!std::getline(stat, line)) return true;
+  const auto close = line.rfind(')');
+  return close != std::string::npos && line.size() > close + 2 && line[close + 2] == 'Z';
+}
+
+TEST_P(ProcessPoolTest, WorkersEndWhenThePoolsProcessIsKilled) {
+  // The pool's process dies without a word (SIGKILL) while a worker runs a 20 s call: the worker
+  // ends too, at once, instead of running on for nobody.
+  auto [r, w] = multiprocessing::Pipe(false);
+  multiprocessing::Process owner(multiprocessing::ProcessOptions{.start_method = "spawn"},
+                                 &own_a_pool, std::move(w), std::string(GetParam()));
+  owner.start();
+  const int worker = r.recv<std::int32_t>();
+  ASSERT_FALSE(ended(worker));
+  owner.kill();
+  owner.join();
+  EXPECT_TRUE(troupe::testing::eventually([&] { return ended(worker); }, 10s));
 }
 
 TEST_P(ProcessPoolTest, FaultsInTheCodecFailThatCallOnly) {

@@ -15,6 +15,8 @@
 #include <deque>
 #include <map>
 #include <mutex>
+#include <system_error>
+#include <thread>
 #include <utility>
 
 #include "troupe/internal/demangle.hpp"
@@ -127,6 +129,36 @@ std::string describe_exit(int code) {
 
 }  // namespace
 
+// The pool's process may die without a word (SIGKILL, OOM): a call running then would go on
+// for nobody, and the worker would only notice the closed connection after it. A thread waits on
+// the owner's pidfd and ends this worker when it fires: SIGTERM, then SIGKILL after the grace.
+// False if the owner has gone already.
+static bool watch_owner(pid_t owner, std::chrono::milliseconds grace) {
+  const int fd = static_cast<int>(::syscall(SYS_pidfd_open, owner, 0));
+  if (fd < 0) return errno != ESRCH;  // no pidfds: no watch (the connection still ends it)
+  // The thread takes no signals: they go to the worker's main thread, as without it.
+  sigset_t all, old;
+  sigfillset(&all);
+  ::pthread_sigmask(SIG_SETMASK, &all, &old);
+  struct Restore {
+    sigset_t* old;
+    ~Restore() { ::pthread_sigmask(SIG_SETMASK, old, nullptr); }
+  } restore{&old};
+  try {
+    std::thread([fd, grace] {
+      pollfd p{fd, POLLIN, 0};
+      while (::poll(&p, 1, -1) < 0 && errno == EINTR) {
+      }
+      ::kill(::getpid(), SIGTERM);
+      std::this_thread::sleep_for(grace);
+      ::kill(::getpid(), SIGKILL);
+    }).detach();
+  } catch (const std::system_error&) {
+    ::close(fd);
+  }
+  return true;
+}
+
 bool stop_requested_in_worker() noexcept {
   const std::uint64_t running = g_running.load();
   return running != 0 && g_stop.load() == running;
@@ -135,6 +167,8 @@ bool stop_requested_in_worker() noexcept {
 // The worker process's main loop.
 void troupe_pool_worker(Connection& conn, WorkerConfig& cfg) {
   for (int fd : cfg.close_fds) ::close(fd);
+  if (cfg.owner > 0 && !watch_owner(cfg.owner, std::chrono::milliseconds(cfg.stop_grace_ms)))
+    return;  // the pool's process has ended already
   struct sigaction sa {};
   sa.sa_sigaction = on_sigint;
   sa.sa_flags = SA_SIGINFO | SA_RESTART;
@@ -318,6 +352,8 @@ void WorkerPoolState::start_worker() {
   cfg.initializer = options.initializer;
   cfg.initargs = options.initargs;
   cfg.max_tasks = options.max_tasks_per_child.value_or(0);
+  cfg.owner = static_cast<std::int32_t>(owner);
+  cfg.stop_grace_ms = options.stop_grace.count();
   int index;
   {
     std::scoped_lock lk(mu);

@@ -127,6 +127,8 @@ struct WorkerConfig {
   std::vector<std::byte> initargs;
   std::int64_t max_tasks = 0;           // 0: no limit
   std::vector<std::int32_t> close_fds;  // fork: the parent's pool fds this child inherited
+  std::int32_t owner = 0;               // the pool's process: the worker ends when it does
+  std::int64_t stop_grace_ms = 1000;    // SIGTERM, then SIGKILL this long after
 };
 
 }  // namespace troupe::multiprocessing::detail
