@@ -329,13 +329,6 @@ void append_translated(std::string& out, std::string_view in, bool& pending_cr) 
   }
 }
 
-// Gives `buf` room for `capacity` bytes. (An earlier version asked the kernel for transparent
-// huge pages for large captures: with THP defrag set to "madvise" that made page faults compact
-// memory synchronously, and a 64 MiB capture took up to a second on a long-running machine.)
-void grow(std::string& buf, std::size_t capacity) {
-  buf.reserve(capacity);
-}
-
 }  // namespace
 
 namespace detail {
@@ -428,7 +421,7 @@ void Stream::set_nonblocking() {
 ssize_t Stream::read_now(std::string& out, std::size_t n) {
   // Straight into `out` (no bounce buffer): large captures cost one copy, from the kernel.
   const std::size_t old = out.size();
-  if (out.capacity() - old < n) grow(out, std::max(out.capacity() * 2, old + n));
+  if (out.capacity() - old < n) out.reserve(std::max(out.capacity() * 2, old + n));
   out.resize(old + n);
   ssize_t r;
   do {
@@ -493,10 +486,14 @@ std::string Stream::read(std::ptrdiff_t n) {
   return take(static_cast<std::size_t>(n));
 }
 
-void Stream::read_to_end(troupe::detail::Capture& sink) {
+void Stream::move_buffer_to(troupe::detail::Capture& sink) {
   sink.append(std::string_view(buf_).substr(pos_));
   buf_.clear();
   pos_ = 0;
+}
+
+void Stream::read_to_end(troupe::detail::Capture& sink) {
+  move_buffer_to(sink);
   for (;;) {
     const ssize_t r = sink.read_from(fileno(), grow_pipe_);
     if (r == 0) return;
@@ -902,9 +899,7 @@ Output Popen::communicate(std::optional<std::string_view> input, Timeout timeout
     // What a reader left in a Stream's buffer comes first (raw: translated at the end).
     for (auto [s, sink] : {std::pair{&stdout_, &out_}, std::pair{&stderr_, &err_}})
       if (*s && !(*s)->closed()) {
-        sink->append(std::string_view((*s)->buf_).substr((*s)->pos_));
-        (*s)->buf_.clear();
-        (*s)->pos_ = 0;
+        (*s)->move_buffer_to(*sink);
         (*s)->text_ = false;  // translated once, at the end
       }
   }
@@ -939,12 +934,13 @@ Output Popen::communicate(std::optional<std::string_view> input, Timeout timeout
     const int r = ::poll(fds, n, poll_ms(deadline));
     if (r < 0 && errno == EINTR) continue;
     if (r < 0) throw_os_error(errno, "Popen.communicate: poll");
-    if (r == 0)
-      throw TimeoutExpired(
-          args_, std::chrono::duration<double>(seconds_of(timeout)),
-          text_ ? detail::translate_newlines(out_.view()) : std::string(out_.view()),
-          text_ ? detail::translate_newlines(err_.view()) : std::string(err_.view()),
-          shell_string_);
+    if (r == 0) {
+      auto so_far = [&](const troupe::detail::Capture& c) {
+        return text_ ? detail::translate_newlines(c.view()) : std::string(c.view());
+      };
+      throw TimeoutExpired(args_, std::chrono::duration<double>(seconds_of(timeout)), so_far(out_),
+                           so_far(err_), shell_string_);
+    }
     for (nfds_t i = 0; i < n; ++i) {
       if (!fds[i].revents) continue;
       Stream& s = **who[i];

@@ -235,8 +235,9 @@ private:
   ssize_t read_now(std::string& out, std::size_t n);
   // One write(2): the count written, -1 if it would block, -errno on an error.
   ssize_t write_now(const char* data, std::size_t n);
-  std::string take(std::size_t n);                  // from the buffer
-  void read_to_end(troupe::detail::Capture& sink);  // the buffer, then the pipe to its end
+  std::string take(std::size_t n);                     // from the buffer
+  void move_buffer_to(troupe::detail::Capture& sink);  // what a reader left unread
+  void read_to_end(troupe::detail::Capture& sink);     // the buffer, then the pipe to its end
   void set_nonblocking();  // for the async operations; the blocking ones poll
 
   int fd_ = -1;
