@@ -381,6 +381,10 @@ TEST_P(ProcessPoolTest, RequestStopReachesARunningCallCooperatively) {
   EXPECT_FALSE(stop_requested());                      // here, outside a worker
 }
 
+TEST_P(ProcessPoolTest, NegativeStopGraceIsAValueError) {
+  EXPECT_THROW(ProcessPoolExecutor(with(GetParam(), {.stop_grace = -1ms})), ValueError);
+}
+
 TEST_P(ProcessPoolTest, RequestStopEscalatesToSigtermThenSigkill) {
   // A call that ignores the request: SIGTERM after the grace, then SIGKILL if that is blocked.
   // The call fails with CancelledError naming the signal; the call queued behind it runs on a new

@@ -52,15 +52,11 @@ public:
 template <class T>
 class FutureJob final : public multiprocessing::detail::Job {
 public:
-  FutureJob() : core_(std::make_shared<StoppableCore<T>>()), future(core_) {}
+  Future<T> future{std::make_shared<StoppableCore<T>>()};
 
-private:
-  std::shared_ptr<StoppableCore<T>> core_;
-
-public:
-  Future<T> future;
-
-  void bind_stop(std::function<bool()> stop) noexcept override { core_->stop_ = std::move(stop); }
+  void bind_stop(std::function<bool()> stop) noexcept override {
+    static_cast<StoppableCore<T>&>(*future.core()).stop_ = std::move(stop);
+  }
 
   bool start() noexcept override {  // again after a dead worker's calls are requeued: true
     try {
