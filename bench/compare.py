@@ -22,10 +22,12 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_cpp(binary, filt, reps, min_time, taskset=None):
+def run_cpp(binary, filt, reps, min_time, taskset=None, interleave=False):
     cmd = [binary, f"--benchmark_filter={filt}", "--benchmark_format=json",
            f"--benchmark_repetitions={reps}", "--benchmark_report_aggregates_only=true",
            f"--benchmark_min_time={min_time}"]
+    if interleave:  # repetitions of the benchmarks compared run mixed, not one block each
+        cmd.append("--benchmark_enable_random_interleaving=true")
     if taskset:
         if not shutil.which("taskset"):
             return None
@@ -261,7 +263,7 @@ def main():
     sub_bin = os.path.join(args.build, "bench", "subprocess_bench")
     if os.path.exists(sub_bin):
         print("compare: subprocess…", file=sys.stderr)
-        sub = run_cpp(sub_bin, ".", reps, min_time)
+        sub = run_cpp(sub_bin, ".", reps, min_time, interleave=True)
         t, b = ips(sub["BM_RunTrue_troupe/0"]), ips(sub["BM_RunTrue_raw/0"])
         p, ps = py["RunTrue"]["items_per_s"], py["PosixSpawnTrue"]["items_per_s"]
         ok = t / b >= 0.9
@@ -289,14 +291,16 @@ def main():
         t = sub["BM_Capture64MiB_troupe"]["bytes_per_second"]
         b = sub["BM_Capture64MiB_raw"]["bytes_per_second"]
         k = sub["BM_Capture64MiBKept_raw"]["bytes_per_second"]
+        z = sub["BM_Capture64MiBSized_raw"]["bytes_per_second"]
         p = py["Capture64MiB"]["bytes_per_s"]
-        ok = t / b >= 0.8
+        ok = t / b >= 0.8  # against the read that keeps nothing, the strictest raw figure
         verdicts.append(ok)
         rows.append(f"| subprocess: a child writing 64 MiB to stdout, captured | "
-                    f"{t / 1e6:.0f} MB/s | pipe read, thrown away {b / 1e6:.0f} MB/s; kept in a "
-                    f"realloc'd buffer {k / 1e6:.0f} MB/s | **{t / b:.2f}×** / **{t / k:.2f}×** "
-                    f"rate | {p / 1e6:.0f} MB/s | **{t / p:.1f}×** faster | ≥ 0.8× raw | "
-                    f"{'met' if ok else 'MISSED'} |")
+                    f"{t / 1e6:.0f} MB/s | pipe read, thrown away {b / 1e6:.0f} MB/s; kept in "
+                    f"one buffer of the known size {z / 1e6:.0f} MB/s; in a realloc'd buffer "
+                    f"{k / 1e6:.0f} MB/s | **{t / b:.2f}×** / **{t / z:.2f}×** / "
+                    f"**{t / k:.2f}×** rate | {p / 1e6:.0f} MB/s | **{t / p:.1f}×** faster | "
+                    f"≥ 0.8× raw (thrown away) | {'met' if ok else 'MISSED'} |")
 
     fut_bin = os.path.join(args.build, "bench", "futures_bench")
     if os.path.exists(fut_bin):

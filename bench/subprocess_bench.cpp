@@ -89,10 +89,15 @@ void BM_RunEchoCaptured_troupe(benchmark::State& state) {
 }
 BENCHMARK(BM_RunEchoCaptured_troupe)->UseRealTime();
 
-// posix_spawn with stdout on a pipe, read to its end, then waitpid. `keep`: into a malloc'd
-// buffer grown with realloc, as C code capturing output would; else into one 64 KiB buffer
-// (the pipe's limit).
-std::size_t spawn_read_all(const char* path, char* const argv[], bool keep = false) {
+enum class Keep {
+  no,       // into one 64 KiB buffer (the pipe's limit), thrown away
+  realloc,  // into a malloc'd buffer grown with realloc, as C code capturing output would
+  sized,    // into one buffer of the size known in advance (`sized` bytes): the best by hand
+};
+
+// posix_spawn with stdout on a pipe, read to its end as `keep` says, then waitpid.
+std::size_t spawn_read_all(const char* path, char* const argv[], Keep keep = Keep::no,
+                           std::size_t sized = 0) {
   int p[2];
   if (::pipe2(p, O_CLOEXEC) != 0) std::abort();
   posix_spawn_file_actions_t fa;
@@ -103,16 +108,18 @@ std::size_t spawn_read_all(const char* path, char* const argv[], bool keep = fal
   posix_spawn_file_actions_destroy(&fa);
   ::close(p[1]);
   static char scratch[65536];
-  std::size_t cap = 65536, total = 0;
-  char* buf = keep ? static_cast<char*>(std::malloc(cap)) : scratch;
+  std::size_t cap = keep == Keep::sized ? sized + 1 : 65536, total = 0;  // +1: sees the end
+  char* buf = keep == Keep::no ? scratch : static_cast<char*>(std::malloc(cap));
   for (;;) {
-    if (keep && cap - total < 65536) buf = static_cast<char*>(std::realloc(buf, cap *= 2));
-    const ssize_t n = ::read(p[0], keep ? buf + total : buf, 65536);
+    if (keep == Keep::realloc && cap - total < 65536)
+      buf = static_cast<char*>(std::realloc(buf, cap *= 2));
+    const std::size_t room = keep == Keep::sized ? cap - total : 65536;
+    const ssize_t n = ::read(p[0], keep == Keep::no ? buf : buf + total, room);
     if (n <= 0) break;
     total += static_cast<std::size_t>(n);
   }
   benchmark::DoNotOptimize(buf);
-  if (keep) std::free(buf);
+  if (keep != Keep::no) std::free(buf);
   ::close(p[0]);
   ::waitpid(pid, nullptr, 0);
   return total;
@@ -158,10 +165,24 @@ void BM_Capture64MiBKept_raw(benchmark::State& state) {
   char zero[] = "/dev/zero";
   char* argv[] = {path, c, n.data(), zero, nullptr};
   for (auto _ : state)
-    if (spawn_read_all(path, argv, true) != k64MiB) state.SkipWithError("short output");
+    if (spawn_read_all(path, argv, Keep::realloc) != k64MiB) state.SkipWithError("short output");
   state.SetBytesProcessed(static_cast<std::int64_t>(state.iterations() * k64MiB));
 }
 BENCHMARK(BM_Capture64MiBKept_raw)->UseRealTime()->Unit(benchmark::kMillisecond);
+
+// The same job by hand at its best: the size is known, so one buffer of that size, read into.
+void BM_Capture64MiBSized_raw(benchmark::State& state) {
+  char path[] = "/usr/bin/head";
+  char c[] = "-c";
+  std::string n = std::to_string(k64MiB);
+  char zero[] = "/dev/zero";
+  char* argv[] = {path, c, n.data(), zero, nullptr};
+  for (auto _ : state)
+    if (spawn_read_all(path, argv, Keep::sized, k64MiB) != k64MiB)
+      state.SkipWithError("short output");
+  state.SetBytesProcessed(static_cast<std::int64_t>(state.iterations() * k64MiB));
+}
+BENCHMARK(BM_Capture64MiBSized_raw)->UseRealTime()->Unit(benchmark::kMillisecond);
 
 }  // namespace
 
