@@ -5,6 +5,8 @@
 // Ping-pong benchmarks report real time per round trip; with MeasureProcessCPUTime the CPU
 // column is the CPU both threads burned per round trip (the cost of spinning).
 #include <linux/futex.h>
+#include <pthread.h>
+#include <sched.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -106,10 +108,36 @@ BENCHMARK(BM_RLock_std_recursive_mutex);
 
 // ---- ping-pong: one round trip per iteration ------------------------------------------------
 
-void BM_PingPong_Event_troupe(benchmark::State& state) {
+// Both threads of a ping-pong on CPU 0, pinned thread by thread after start-up, so that the
+// process may still run on two CPUs and every wait still spins: the case where a spin cannot be
+// answered until it gives the CPU up (DESIGN.md, "Waiting"). Restores the caller's CPUs.
+class SharedCpu {
+public:
+  explicit SharedCpu(bool on) : on_(on) {
+    if (on_ && pthread_getaffinity_np(pthread_self(), sizeof saved_, &saved_) == 0) pin();
+  }
+  ~SharedCpu() {
+    if (on_) pthread_setaffinity_np(pthread_self(), sizeof saved_, &saved_);
+  }
+  void pin() const {
+    if (!on_) return;
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    CPU_SET(0, &one);
+    pthread_setaffinity_np(pthread_self(), sizeof one, &one);
+  }
+
+private:
+  bool on_;
+  cpu_set_t saved_{};
+};
+
+void event_ping_pong(benchmark::State& state, bool shared_cpu) {
+  SharedCpu cpu(shared_cpu);
   threading::Event ping, pong;
   std::atomic<bool> stop{false};
   std::thread t([&] {
+    cpu.pin();
     for (;;) {
       ping.wait();
       ping.clear();
@@ -126,7 +154,14 @@ void BM_PingPong_Event_troupe(benchmark::State& state) {
   ping.set();
   t.join();
 }
+void BM_PingPong_Event_troupe(benchmark::State& state) {
+  event_ping_pong(state, false);
+}
 BENCHMARK(BM_PingPong_Event_troupe)->UseRealTime()->MeasureProcessCPUTime();
+void BM_PingPong_Event_troupe_SharedCpu(benchmark::State& state) {
+  event_ping_pong(state, true);
+}
+BENCHMARK(BM_PingPong_Event_troupe_SharedCpu)->UseRealTime()->MeasureProcessCPUTime();
 
 void BM_PingPong_Condition_troupe(benchmark::State& state) {
   threading::Condition cond{};
@@ -183,9 +218,11 @@ void BM_PingPong_std_condition_variable(benchmark::State& state) {
 }
 BENCHMARK(BM_PingPong_std_condition_variable)->UseRealTime()->MeasureProcessCPUTime();
 
-void BM_PingPong_raw_futex(benchmark::State& state) {
+void futex_ping_pong(benchmark::State& state, bool shared_cpu) {
+  SharedCpu cpu(shared_cpu);
   std::atomic<std::uint32_t> word{0};  // 1: ping, 2: pong, 3: stop
   std::thread t([&] {
+    cpu.pin();
     for (;;) {
       std::uint32_t v;
       while ((v = word.load()) != 1 && v != 3) raw_futex_wait(word, v);
@@ -204,7 +241,14 @@ void BM_PingPong_raw_futex(benchmark::State& state) {
   raw_futex_wake(word);
   t.join();
 }
+void BM_PingPong_raw_futex(benchmark::State& state) {
+  futex_ping_pong(state, false);
+}
 BENCHMARK(BM_PingPong_raw_futex)->UseRealTime()->MeasureProcessCPUTime();
+void BM_PingPong_raw_futex_SharedCpu(benchmark::State& state) {
+  futex_ping_pong(state, true);
+}
+BENCHMARK(BM_PingPong_raw_futex_SharedCpu)->UseRealTime()->MeasureProcessCPUTime();
 
 // ---- queues: items per second ---------------------------------------------------------------
 

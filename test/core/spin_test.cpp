@@ -64,6 +64,56 @@ TEST_F(SpinTest, SpinSeesAHandOffFromAnotherThread) {
   EXPECT_TRUE(flag.load());
 }
 
+// Takes `s`'s budget down to about 1 µs: a limit that small, a spin that fails.
+void budget_down(detail::AdaptiveSpin& s) {
+  set_spin_limit(2us);
+  EXPECT_FALSE(s.spin([] { return false; }));
+  EXPECT_LE(s.budget_ns(), 2000);
+}
+
+TEST_F(SpinTest, ASleepTheLimitCouldHaveCoveredGrowsTheBudget) {
+  if (detail::single_cpu()) GTEST_SKIP() << "spinning is off on one CPU";
+  detail::AdaptiveSpin s;
+  budget_down(s);
+  set_spin_limit(std::chrono::seconds(10));
+  EXPECT_FALSE(s.spin([] { return false; }));  // spins its ~1 µs and gives up
+  std::this_thread::sleep_for(200us);          // the sleep that followed; then the event
+  s.woke();
+  // The wait took 200 µs or more, nearly all of it asleep: the next spin covers it, and more.
+  EXPECT_GE(s.budget_ns(), 200'000 + 200'000 / 4);
+  EXPECT_LE(s.budget_ns(), 10'000'000'000);
+}
+
+TEST_F(SpinTest, ASleepLongerThanTheLimitTeachesNothing) {
+  if (detail::single_cpu()) GTEST_SKIP() << "spinning is off on one CPU";
+  detail::AdaptiveSpin s;
+  budget_down(s);
+  set_spin_limit(50us);
+  EXPECT_FALSE(s.spin([] { return false; }));
+  const auto before = s.budget_ns();
+  std::this_thread::sleep_for(2ms);  // far past what any spin may take
+  s.woke();
+  EXPECT_EQ(s.budget_ns(), before);
+}
+
+TEST_F(SpinTest, WokeLearnsOnlyFromTheFailedSpinBeforeIt) {
+  if (detail::single_cpu()) GTEST_SKIP() << "spinning is off on one CPU";
+  set_spin_limit(std::chrono::seconds(10));
+  detail::AdaptiveSpin s;
+  s.woke();  // no failed spin on this thread yet: nothing to learn
+  EXPECT_EQ(s.budget_ns(), 0);
+  budget_down(s);
+  set_spin_limit(std::chrono::seconds(10));
+  EXPECT_FALSE(s.spin([] { return false; }));
+  std::this_thread::sleep_for(100us);
+  s.woke();
+  const auto grown = s.budget_ns();
+  EXPECT_GE(grown, 100'000);
+  std::this_thread::sleep_for(300us);
+  s.woke();  // the failed spin was used up by the first woke()
+  EXPECT_EQ(s.budget_ns(), grown);
+}
+
 TEST_F(SpinTest, WaitsStillWorkWithSpinningOff) {
   set_spin_limit(0ns);
   threading::Event e;

@@ -13,10 +13,10 @@
 namespace troupe::detail {
 namespace {
 
-// 30 µs: longer than a cross-core sleep+wake costs here (about 20 µs each way), so a spin that
-// would have been beaten by a sleep is rare; the adaptive budget takes it down fast when spins
-// fail.
-constexpr std::int64_t kDefaultSpinNs = 30'000;
+// 100 µs: longer than a sleeping peer on another core takes to wake and answer on the virtual
+// machines measured (20-40 µs each way), so two peers that spin both keep spinning after one
+// of them slept. The adaptive budget takes it down fast when spins fail; woke() brings it back.
+constexpr std::int64_t kDefaultSpinNs = 100'000;
 
 std::int64_t initial_limit() noexcept {
   if (const char* env = std::getenv("TROUPE_SPIN_NS")) {
@@ -46,6 +46,10 @@ std::int64_t spin_limit_ns() noexcept {
 void set_spin_limit_ns(std::int64_t ns) noexcept {
   g_limit.store(ns < 0 ? 0 : ns, std::memory_order_relaxed);
   g_single.store(read_single_cpu(), std::memory_order_relaxed);
+}
+
+void yield_cpu() noexcept {
+  sched_yield();
 }
 
 bool single_cpu() noexcept {

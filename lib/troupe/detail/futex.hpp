@@ -12,6 +12,7 @@
 #include <chrono>
 #include <cstdint>
 #include <optional>
+#include <utility>
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -46,7 +47,26 @@ void set_spin_limit_ns(std::int64_t ns) noexcept;
 /// True when this process may run on one CPU only (read at start-up and after set_spin_limit).
 bool single_cpu() noexcept;
 
+/// Gives this CPU to another runnable thread, if one is waiting for it (sched_yield).
+void yield_cpu() noexcept;
+
+/// This thread's last failed spin, for AdaptiveSpin::woke(): when it began, how long it spun.
+struct FailedSpin {
+  steady::time_point start{};
+  std::int64_t spun = 0;
+};
+inline thread_local FailedSpin t_failed_spin{};
+
 /// The adaptive spin budget of one waitable object. Relaxed atomics: a racy budget is harmless.
+///
+/// A spin that sees its event grows the budget towards twice what it needed; one that fails
+/// halves it. A failed spin is followed by a sleep, and the sleep teaches too: the waiter calls
+/// woke() when it ends with the event, and a wait that the limit could have covered but that was
+/// spent mostly asleep raises the budget to cover it. That is the case of a peer on another CPU
+/// that was itself asleep: waking it costs tens of microseconds on virtual machines (more than
+/// the budget after a few failures), and without this the two would go on waking each other at
+/// that price forever, each spin failing because the other slept. A peer that shares this CPU
+/// gets it while the spin yields, which each round does after the first microsecond.
 class AdaptiveSpin {
 public:
   /// Spins until `ready()` is true or the budget is spent. Returns ready()'s last value.
@@ -60,8 +80,10 @@ public:
     const auto start = steady::now();
     // Poll with exponential backoff: quick hand-offs are seen within a few pauses, and a waiter
     // whose peer is busy producing polls (and steals the peer's cache lines) ever less often.
+    // Past the first microsecond each round yields as well: a peer waiting for this CPU runs.
     for (unsigned pauses = 1;; pauses = pauses < kMaxPauses ? pauses * 2 : kMaxPauses) {
       for (unsigned p = 0; p < pauses; ++p) cpu_relax();
+      if (pauses >= kYieldPauses) yield_cpu();
       if (ready()) {
         // Success: grow the budget towards twice what this wait needed.
         const auto took = (steady::now() - start).count();
@@ -76,12 +98,35 @@ public:
     // still catches a hand-off already in flight.
     std::int64_t next = budget / 2;
     budget_.store(next < kFloorNs ? kFloorNs : next, std::memory_order_relaxed);
+    t_failed_spin = {start, budget};
     return false;
   }
 
+  /// After a failed spin() this thread slept, and the sleep has ended with the event waited
+  /// for (not a timeout). If the whole wait fit in the limit and most of it was asleep, a spin
+  /// that long would have seen the event: the budget grows to cover such a wait.
+  void woke() noexcept {
+    const FailedSpin f = std::exchange(t_failed_spin, FailedSpin{});
+    if (f.spun <= 0) return;
+    const std::int64_t waited = (steady::now() - f.start).count();
+    const std::int64_t limit = spin_limit_ns();
+    if (waited > limit || waited - f.spun < kWakeNs) return;
+    std::int64_t next = waited + waited / 4;
+    if (next > limit) next = limit;
+    if (next > budget_.load(std::memory_order_relaxed))
+      budget_.store(next, std::memory_order_relaxed);
+  }
+
+  /// The budget the next spin starts from (0: the limit). For tests.
+  std::int64_t budget_ns() const noexcept { return budget_.load(std::memory_order_relaxed); }
+
 private:
   static constexpr std::int64_t kFloorNs = 500;
+  // Less asleep than this, the sleep was the switch to a peer on this CPU, not a wake-up.
+  static constexpr std::int64_t kWakeNs = 10'000;
   static constexpr unsigned kMaxPauses = 64;
+  // From this backoff on (about a microsecond into the spin) each round yields too.
+  static constexpr unsigned kYieldPauses = 16;
   std::atomic<std::int64_t> budget_{0};
 };
 

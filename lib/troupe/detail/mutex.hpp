@@ -71,8 +71,10 @@ private:
       if (!in_time) return false;
       std::uint32_t c = 0;
       if (state_.compare_exchange_strong(c, sleepers_.load(std::memory_order_seq_cst) != 0 ? 2 : 1,
-                                         std::memory_order_acquire, std::memory_order_relaxed))
+                                         std::memory_order_acquire, std::memory_order_relaxed)) {
+        spin_.woke();
         return true;
+      }
     }
   }
 
@@ -103,6 +105,7 @@ public:
       const bool in_time = futex_wait(seq_, seq, deadline);
       sleepers_.fetch_sub(1, std::memory_order_relaxed);
       notified = seq_.load(std::memory_order_acquire) != seq;
+      if (notified && spin) spin_.woke();
       if (!in_time) break;  // else: notified, or a spurious wake-up to sleep through again
     }
     m.lock();

@@ -496,6 +496,7 @@ bool Connection::fill(std::size_t n, bool eof_is_error) {
       if (!done) {
         r = tls_->read(at, room, true);
         err = errno;
+        if (r > 0) spin_.woke();
       }
     } else {
       if (is_socket_) {
@@ -508,6 +509,7 @@ bool Connection::fill(std::size_t n, bool eof_is_error) {
       if (!done) {
         r = ::read(fd_, at, room);
         err = errno;
+        if (r > 0 && is_socket_) spin_.woke();
       }
     }
     if (r < 0) {

@@ -100,6 +100,7 @@ bool mutex_acquire(MutexState& s, bool block, const Timeout& timeout, const char
       } else {
         rc = pthread_mutex_lock(&s.mutex);
       }
+      if (rc == 0) s.spin.woke();
     }
   }
   std::int32_t recovered = 0;

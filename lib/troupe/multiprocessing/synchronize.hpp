@@ -55,7 +55,10 @@ bool wait_shared(const std::atomic<std::uint32_t>& seq, std::atomic<std::uint32_
     }
     const bool in_time = troupe::detail::futex_wait(seq, seen, deadline, true);
     sleepers.fetch_sub(1, std::memory_order_relaxed);
-    if (ready()) return true;
+    if (ready()) {
+      spin.woke();
+      return true;
+    }
     if (!in_time) return false;
   }
 }

@@ -9,6 +9,7 @@
 #include <atomic>
 #include <cstddef>
 #include <deque>
+#include <exception>
 #include <functional>
 #include <mutex>
 #include <optional>
@@ -117,6 +118,7 @@ public:
           throw Full("put() on a full queue (maxsize " + std::to_string(maxsize_) + ")");
       } else {
         const auto deadline = detail::queue_deadline(timeout);
+        Learn learn{spin_, full_locked()};
         while (full_locked()) {
           if (!not_full_.wait(mu_, deadline, false) && full_locked()) {
             if (shutdown_) throw ShutDown("put() on a shut-down queue");
@@ -148,6 +150,7 @@ public:
       if (store_.size() == 0) throw Empty("get() on an empty queue");
     } else {
       const auto deadline = detail::queue_deadline(timeout);
+      Learn learn{spin_, store_.size() == 0};
       while (store_.size() == 0) {
         if (!not_empty_.wait(mu_, deadline, false) && store_.size() == 0) {
           if (shutdown_) throw ShutDown("get() on a shut-down, empty queue");
@@ -173,9 +176,12 @@ public:
     spin_until([&] { return count_.load(std::memory_order_relaxed) != 0; }, timeout);
     std::unique_lock lk(mu_);
     const auto deadline = detail::queue_deadline(timeout);
+    Learn learn{spin_, store_.size() == 0};
     while (store_.size() == 0) {
-      if (shutdown_) return std::nullopt;
-      if (!not_empty_.wait(mu_, deadline, false) && store_.size() == 0) return std::nullopt;
+      if (shutdown_ || (!not_empty_.wait(mu_, deadline, false) && store_.size() == 0)) {
+        learn.sleeps = false;  // shut down or timed out: nothing to learn
+        return std::nullopt;
+      }
     }
     std::optional<T> item(store_.pop());
     count_.store(static_cast<std::ptrdiff_t>(store_.size()), std::memory_order_relaxed);
@@ -190,10 +196,17 @@ public:
       spin_until([&] { return count_.load(std::memory_order_relaxed) < maxsize_; }, timeout);
     std::unique_lock lk(mu_);
     const auto deadline = detail::queue_deadline(timeout);
+    Learn learn{spin_, !shutdown_ && maxsize_ > 0 && full_locked()};
     while (!shutdown_ && maxsize_ > 0 && full_locked()) {
-      if (!not_full_.wait(mu_, deadline, false) && full_locked()) return false;
+      if (!not_full_.wait(mu_, deadline, false) && full_locked()) {
+        learn.sleeps = false;
+        return false;
+      }
     }
-    if (shutdown_) return false;
+    if (shutdown_) {
+      learn.sleeps = false;
+      return false;
+    }
     store_.push(std::move(item));
     count_.store(static_cast<std::ptrdiff_t>(store_.size()), std::memory_order_relaxed);
     ++unfinished_;
@@ -261,6 +274,16 @@ public:
 private:
   // Spin (outside the lock) until `ready()` or the queue is shut down, unless the timeout says
   // not to wait. The condition-variable wait that may follow then sleeps at once.
+  //
+  // A wait that went to sleep after the spin teaches the spin how long it took, when it ends with
+  // what it waited for (AdaptiveSpin::woke); one that ends in an exception teaches nothing.
+  struct Learn {
+    troupe::detail::AdaptiveSpin& spin;
+    bool sleeps;
+    ~Learn() {
+      if (sleeps && std::uncaught_exceptions() == 0) spin.woke();
+    }
+  };
   template <class Ready>
   void spin_until(Ready ready, const Timeout& timeout) noexcept {
     if (ready() || (timeout.is_relative() && timeout.relative().count() <= 0)) return;

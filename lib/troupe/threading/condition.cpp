@@ -47,6 +47,7 @@ bool Condition::wait(Timeout timeout) {
       }
       const bool in_time = troupe::detail::futex_wait(w.state, kSleeping, deadline);
       got = signaled();
+      if (got) spin_.woke();
       if (!in_time) break;
       expect = kSleeping;
       w.state.compare_exchange_strong(expect, kWaiting, std::memory_order_acq_rel);

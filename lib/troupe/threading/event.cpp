@@ -37,7 +37,10 @@ bool Event::wait(Timeout timeout) noexcept {
       cur |= 2u;
     }
     const bool in_time = troupe::detail::futex_wait(word_, cur, deadline);
-    if (changed()) return true;
+    if (changed()) {
+      spin_.woke();
+      return true;
+    }
     if (!in_time) return false;
   }
 }

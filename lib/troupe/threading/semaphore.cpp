@@ -22,7 +22,10 @@ bool Semaphore::acquire(bool blocking, Timeout timeout) {
     sleepers_.fetch_add(1, std::memory_order_seq_cst);
     const bool in_time = troupe::detail::futex_wait(value_, 0, deadline);
     sleepers_.fetch_sub(1, std::memory_order_relaxed);
-    if (try_take()) return true;
+    if (try_take()) {
+      spin_.woke();
+      return true;
+    }
     if (!in_time) return false;
   }
 }

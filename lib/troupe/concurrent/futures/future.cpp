@@ -212,6 +212,13 @@ bool CoreBase::wait(Timeout timeout, troupe::detail::AdaptiveSpin* spin) const {
   if (deadline && *deadline <= now) return false;
   troupe::detail::AdaptiveSpin fresh;  // a lone wait spins for the full budget
   if ((spin ? *spin : fresh).spin([&] { return done(); })) return true;
+  struct Learn {  // a shared budget learns from the sleep (AdaptiveSpin::woke)
+    troupe::detail::AdaptiveSpin* spin;
+    const CoreBase& core;
+    ~Learn() {
+      if (spin && core.done()) spin->woke();
+    }
+  } learn{spin, *this};
   WaitGuard* pool = current_pool();
   if (!deadline && pool != nullptr && pool == owner_) {
     pool->enter_wait(*this);  // throws if this wait could never end
