@@ -233,11 +233,13 @@ TEST_F(SubprocessTest, Timeouts) {
   }
   EXPECT_THROW(call({"sleep", "30"}, {.timeout = 100ms}), TimeoutExpired);
   EXPECT_THROW(check_output({"sleep", "30"}, {.timeout = 100ms}), TimeoutExpired);
+  // `exec`: the kill reaches the shell only (as in Python), and a `sleep` the shell forked
+  // would live on for 30 s holding this test's stdout (a test runner waits for it).
   try {
-    run("sleep 30", {.shell = true, .timeout = 100ms});
+    run("exec sleep 30", {.shell = true, .timeout = 100ms});
     ADD_FAILURE() << "no TimeoutExpired";
   } catch (const TimeoutExpired& e) {
-    EXPECT_STREQ(e.what(), "Command 'sleep 30' timed out after 0.1 seconds");
+    EXPECT_STREQ(e.what(), "Command 'exec sleep 30' timed out after 0.1 seconds");
   }
 }
 
