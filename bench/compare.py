@@ -403,6 +403,12 @@ def main():
             o, b = res[ours], res[base]
             place.append(f"| {label} | {pname} | {fmt_ns(ns(o))} | {fmt_ns(cpu_ns(o))} | "
                          f"{fmt_ns(ns(b))} | {fmt_ns(cpu_ns(b))} | **{ns(o) / ns(b):.2f}×** |")
+        shared = (ours + "_SharedCpu", base + "_SharedCpu")
+        if shared[0] in cpp and shared[1] in cpp:  # spinning on, yet the peer is on this CPU
+            o, b = cpp[shared[0]], cpp[shared[1]]
+            place.append(f"| {label} | both threads on CPU 0, the process on all | "
+                         f"{fmt_ns(ns(o))} | {fmt_ns(cpu_ns(o))} | {fmt_ns(ns(b))} | "
+                         f"{fmt_ns(cpu_ns(b))} | **{ns(o) / ns(b):.2f}×** |")
 
     header = (f"Measured {datetime.date.today().isoformat()} on {platform.machine()}, "
               f"{os.cpu_count()} CPUs, `python3 bench/compare.py` (C++: median of {reps}; "
