@@ -22,7 +22,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_cpp(binary, filt, reps, min_time, taskset=None, interleave=False):
+def run_cpp(binary, filt, reps, min_time, taskset=None, interleave=True):
     cmd = [binary, f"--benchmark_filter={filt}", "--benchmark_format=json",
            f"--benchmark_repetitions={reps}", "--benchmark_report_aggregates_only=true",
            f"--benchmark_min_time={min_time}"]
@@ -263,7 +263,7 @@ def main():
     sub_bin = os.path.join(args.build, "bench", "subprocess_bench")
     if os.path.exists(sub_bin):
         print("compare: subprocess…", file=sys.stderr)
-        sub = run_cpp(sub_bin, ".", reps, min_time, interleave=True)
+        sub = run_cpp(sub_bin, ".", reps, min_time)
         t, b = ips(sub["BM_RunTrue_troupe/0"]), ips(sub["BM_RunTrue_raw/0"])
         p, ps = py["RunTrue"]["items_per_s"], py["PosixSpawnTrue"]["items_per_s"]
         ok = t / b >= 0.9
@@ -411,8 +411,8 @@ def main():
                          f"{fmt_ns(cpu_ns(b))} | **{ns(o) / ns(b):.2f}×** |")
 
     header = (f"Measured {datetime.date.today().isoformat()} on {platform.machine()}, "
-              f"{os.cpu_count()} CPUs, `python3 bench/compare.py` (C++: median of {reps}; "
-              f"Python: best of 3).")
+              f"{os.cpu_count()} CPUs, `python3 bench/compare.py` (C++: median of {reps} "
+              f"repetitions, run interleaved; Python: best of 3).")
     text = "\n".join([header, "", *table, "", *place, ""] + ([*mem, ""] if mem else []))
     print(text)
     if args.write:
