@@ -145,42 +145,32 @@ void BM_Capture64MiB_troupe(benchmark::State& state) {
 }
 BENCHMARK(BM_Capture64MiB_troupe)->UseRealTime()->Unit(benchmark::kMillisecond);
 
-void BM_Capture64MiB_raw(benchmark::State& state) {
+// `head -c 64MiB /dev/zero` through posix_spawn, its output read as `keep` says.
+void capture_64mib_raw(benchmark::State& state, Keep keep) {
   char path[] = "/usr/bin/head";
   char c[] = "-c";
   std::string n = std::to_string(k64MiB);
   char zero[] = "/dev/zero";
   char* argv[] = {path, c, n.data(), zero, nullptr};
   for (auto _ : state)
-    if (spawn_read_all(path, argv) != k64MiB) state.SkipWithError("short output");
+    if (spawn_read_all(path, argv, keep, k64MiB) != k64MiB) state.SkipWithError("short output");
   state.SetBytesProcessed(static_cast<std::int64_t>(state.iterations() * k64MiB));
+}
+
+void BM_Capture64MiB_raw(benchmark::State& state) {
+  capture_64mib_raw(state, Keep::no);
 }
 BENCHMARK(BM_Capture64MiB_raw)->UseRealTime()->Unit(benchmark::kMillisecond);
 
 // A capture by hand, as C code keeps output.
 void BM_Capture64MiBKept_raw(benchmark::State& state) {
-  char path[] = "/usr/bin/head";
-  char c[] = "-c";
-  std::string n = std::to_string(k64MiB);
-  char zero[] = "/dev/zero";
-  char* argv[] = {path, c, n.data(), zero, nullptr};
-  for (auto _ : state)
-    if (spawn_read_all(path, argv, Keep::realloc) != k64MiB) state.SkipWithError("short output");
-  state.SetBytesProcessed(static_cast<std::int64_t>(state.iterations() * k64MiB));
+  capture_64mib_raw(state, Keep::realloc);
 }
 BENCHMARK(BM_Capture64MiBKept_raw)->UseRealTime()->Unit(benchmark::kMillisecond);
 
 // The same job by hand at its best: the size is known, so one buffer of that size, read into.
 void BM_Capture64MiBSized_raw(benchmark::State& state) {
-  char path[] = "/usr/bin/head";
-  char c[] = "-c";
-  std::string n = std::to_string(k64MiB);
-  char zero[] = "/dev/zero";
-  char* argv[] = {path, c, n.data(), zero, nullptr};
-  for (auto _ : state)
-    if (spawn_read_all(path, argv, Keep::sized, k64MiB) != k64MiB)
-      state.SkipWithError("short output");
-  state.SetBytesProcessed(static_cast<std::int64_t>(state.iterations() * k64MiB));
+  capture_64mib_raw(state, Keep::sized);
 }
 BENCHMARK(BM_Capture64MiBSized_raw)->UseRealTime()->Unit(benchmark::kMillisecond);
 
