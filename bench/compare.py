@@ -22,12 +22,12 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_cpp(binary, filt, reps, min_time, taskset=None, interleave=True):
+def run_cpp(binary, filt, reps, min_time, taskset=None):
+    # Repetitions of the benchmarks compared run mixed, not one block each: a busy spell of the
+    # machine falls on both sides of a ratio.
     cmd = [binary, f"--benchmark_filter={filt}", "--benchmark_format=json",
            f"--benchmark_repetitions={reps}", "--benchmark_report_aggregates_only=true",
-           f"--benchmark_min_time={min_time}"]
-    if interleave:  # repetitions of the benchmarks compared run mixed, not one block each
-        cmd.append("--benchmark_enable_random_interleaving=true")
+           f"--benchmark_min_time={min_time}", "--benchmark_enable_random_interleaving=true"]
     if taskset:
         if not shutil.which("taskset"):
             return None

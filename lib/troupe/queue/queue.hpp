@@ -9,7 +9,6 @@
 #include <atomic>
 #include <cstddef>
 #include <deque>
-#include <exception>
 #include <functional>
 #include <mutex>
 #include <optional>
@@ -118,7 +117,7 @@ public:
           throw Full("put() on a full queue (maxsize " + std::to_string(maxsize_) + ")");
       } else {
         const auto deadline = detail::queue_deadline(timeout);
-        Learn learn{spin_, full_locked()};
+        const bool sleeps = full_locked();
         while (full_locked()) {
           if (!not_full_.wait(mu_, deadline, false) && full_locked()) {
             if (shutdown_) throw ShutDown("put() on a shut-down queue");
@@ -127,6 +126,7 @@ public:
           }
           if (shutdown_) throw ShutDown("put() on a shut-down queue");
         }
+        if (sleeps) spin_.woke();
       }
     }
     store_.push(std::move(item));
@@ -150,7 +150,7 @@ public:
       if (store_.size() == 0) throw Empty("get() on an empty queue");
     } else {
       const auto deadline = detail::queue_deadline(timeout);
-      Learn learn{spin_, store_.size() == 0};
+      const bool sleeps = store_.size() == 0;
       while (store_.size() == 0) {
         if (!not_empty_.wait(mu_, deadline, false) && store_.size() == 0) {
           if (shutdown_) throw ShutDown("get() on a shut-down, empty queue");
@@ -158,6 +158,7 @@ public:
         }
         if (shutdown_ && store_.size() == 0) throw ShutDown("get() on a shut-down, empty queue");
       }
+      if (sleeps) spin_.woke();
     }
     T item = store_.pop();
     count_.store(static_cast<std::ptrdiff_t>(store_.size()), std::memory_order_relaxed);
@@ -176,13 +177,12 @@ public:
     spin_until([&] { return count_.load(std::memory_order_relaxed) != 0; }, timeout);
     std::unique_lock lk(mu_);
     const auto deadline = detail::queue_deadline(timeout);
-    Learn learn{spin_, store_.size() == 0};
+    const bool sleeps = store_.size() == 0;
     while (store_.size() == 0) {
-      if (shutdown_ || (!not_empty_.wait(mu_, deadline, false) && store_.size() == 0)) {
-        learn.sleeps = false;  // shut down or timed out: nothing to learn
-        return std::nullopt;
-      }
+      if (shutdown_) return std::nullopt;
+      if (!not_empty_.wait(mu_, deadline, false) && store_.size() == 0) return std::nullopt;
     }
+    if (sleeps) spin_.woke();
     std::optional<T> item(store_.pop());
     count_.store(static_cast<std::ptrdiff_t>(store_.size()), std::memory_order_relaxed);
     not_full_.notify_one();
@@ -196,17 +196,12 @@ public:
       spin_until([&] { return count_.load(std::memory_order_relaxed) < maxsize_; }, timeout);
     std::unique_lock lk(mu_);
     const auto deadline = detail::queue_deadline(timeout);
-    Learn learn{spin_, !shutdown_ && maxsize_ > 0 && full_locked()};
+    const bool sleeps = !shutdown_ && maxsize_ > 0 && full_locked();
     while (!shutdown_ && maxsize_ > 0 && full_locked()) {
-      if (!not_full_.wait(mu_, deadline, false) && full_locked()) {
-        learn.sleeps = false;
-        return false;
-      }
+      if (!not_full_.wait(mu_, deadline, false) && full_locked()) return false;
     }
-    if (shutdown_) {
-      learn.sleeps = false;
-      return false;
-    }
+    if (shutdown_) return false;
+    if (sleeps) spin_.woke();
     store_.push(std::move(item));
     count_.store(static_cast<std::ptrdiff_t>(store_.size()), std::memory_order_relaxed);
     ++unfinished_;
@@ -274,16 +269,8 @@ public:
 private:
   // Spin (outside the lock) until `ready()` or the queue is shut down, unless the timeout says
   // not to wait. The condition-variable wait that may follow then sleeps at once.
-  //
-  // A wait that went to sleep after the spin teaches the spin how long it took, when it ends with
-  // what it waited for (AdaptiveSpin::woke); one that ends in an exception teaches nothing.
-  struct Learn {
-    troupe::detail::AdaptiveSpin& spin;
-    bool sleeps;
-    ~Learn() {
-      if (sleeps && std::uncaught_exceptions() == 0) spin.woke();
-    }
-  };
+  // A wait that slept after the spin, and got what it waited for, calls spin_.woke() (the
+  // spin learns how long that took); one that timed out or ended in an exception does not.
   template <class Ready>
   void spin_until(Ready ready, const Timeout& timeout) noexcept {
     if (ready() || (timeout.is_relative() && timeout.relative().count() <= 0)) return;

@@ -189,7 +189,8 @@ void CoreBase::remove_waiter(Waiter* w) noexcept {
   if (it != waiters_.end()) waiters_.erase(it);
 }
 
-bool CoreBase::sleep_until_done(const std::optional<steady::time_point>& deadline) const {
+bool CoreBase::sleep_until_done(const std::optional<steady::time_point>& deadline,
+                                troupe::detail::AdaptiveSpin* learn) const {
   for (;;) {
     std::uint32_t w = word_.load(std::memory_order_acquire);
     if (is_done(w)) return true;
@@ -200,7 +201,10 @@ bool CoreBase::sleep_until_done(const std::optional<steady::time_point>& deadlin
       w |= kSleepers;
     }
     const bool in_time = troupe::detail::futex_wait(word_, w, deadline);
-    if (done()) return true;
+    if (done()) {
+      if (learn) learn->woke();
+      return true;
+    }
     if (!in_time) return false;
   }
 }
@@ -212,13 +216,6 @@ bool CoreBase::wait(Timeout timeout, troupe::detail::AdaptiveSpin* spin) const {
   if (deadline && *deadline <= now) return false;
   troupe::detail::AdaptiveSpin fresh;  // a lone wait spins for the full budget
   if ((spin ? *spin : fresh).spin([&] { return done(); })) return true;
-  struct Learn {  // a shared budget learns from the sleep (AdaptiveSpin::woke)
-    troupe::detail::AdaptiveSpin* spin;
-    const CoreBase& core;
-    ~Learn() {
-      if (spin && core.done()) spin->woke();
-    }
-  } learn{spin, *this};
   WaitGuard* pool = current_pool();
   if (!deadline && pool != nullptr && pool == owner_) {
     pool->enter_wait(*this);  // throws if this wait could never end
@@ -227,9 +224,9 @@ bool CoreBase::wait(Timeout timeout, troupe::detail::AdaptiveSpin* spin) const {
       const CoreBase& core;
       ~Leave() { pool->leave_wait(core); }
     } leave{pool, *this};
-    return sleep_until_done(deadline);
+    return sleep_until_done(deadline, spin);
   }
-  return sleep_until_done(deadline);
+  return sleep_until_done(deadline, spin);
 }
 
 void CoreBase::wait_or_throw(Timeout timeout, troupe::detail::AdaptiveSpin* spin) const {

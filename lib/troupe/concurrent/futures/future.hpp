@@ -197,7 +197,9 @@ private:
   // Called with mutex_ held; releases it, then runs the callbacks.
   bool finish_locked(State to, bool raised);
   [[noreturn]] void throw_invalid_state() const;
-  bool sleep_until_done(const std::optional<troupe::detail::steady::time_point>& deadline) const;
+  // `learn`: the shared spin that failed before this sleep, told when the sleep ends done.
+  bool sleep_until_done(const std::optional<troupe::detail::steady::time_point>& deadline,
+                        troupe::detail::AdaptiveSpin* learn) const;
 
   mutable std::atomic<std::uint32_t> word_{0};
   mutable troupe::detail::FutexMutex mutex_;  // guards exception_, callbacks_, waiters_
