@@ -10,11 +10,16 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cstring>
 #include <latch>
 #include <string>
 #include <thread>
@@ -583,7 +588,7 @@ TEST_F(ProcessTest, ForkserverIsNotAChildAndStartsAgainWhenKilled) {
   forkserver::ensure_running();
   const int first = forkserver::server_pid();
   ASSERT_GT(first, 0);
-  EXPECT_NE(forkserver::address().find("unix-abstract:troupe-forkserver-"), std::string::npos);
+  EXPECT_EQ(forkserver::address().rfind("unix:", 0), 0u) << forkserver::address();
   // Not this process's child (LeakCheck would see it), so nothing here must reap it.
   EXPECT_EQ(::waitpid(first, nullptr, WNOHANG), -1);
   EXPECT_EQ(errno, ECHILD);
@@ -628,6 +633,119 @@ TEST_F(ProcessTest, ForkserverAuthenticatesItsClients) {
   Process p = start_served(spawn_exit, 3);  // and it goes on serving the others
   p.join();
   EXPECT_EQ(p.exitcode(), 3);
+}
+
+// A raw Unix stream socket connected to `path` (no handshake), or -1.
+int connect_raw(const std::string& path) {
+  const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_un un{};
+  un.sun_family = AF_UNIX;
+  std::memcpy(un.sun_path, path.data(), std::min(path.size(), sizeof un.sun_path - 1));
+  if (::connect(fd, reinterpret_cast<const sockaddr*>(&un), sizeof un) != 0) {
+    ::close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+// Whether `fd` has reached end of file (the peer closed it), waiting at most `ms`.
+bool at_eof(int fd, int ms) {
+  pollfd p{fd, POLLIN, 0};
+  for (;;) {
+    if (::poll(&p, 1, ms) <= 0) return false;
+    char buf[512];
+    const ssize_t r = ::recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+    if (r == 0 || (r < 0 && errno == ECONNRESET)) return true;
+    if (r < 0) return false;
+  }
+}
+
+// Issue 15 finding 1: the server listens in a directory only this user can enter; a server
+// that has died is never asked again, even if someone else now answers at its address.
+TEST_F(ProcessTest, ForkserverSocketIsPrivateAndADeadServersAddressIsNeverReused) {
+  forkserver::ensure_running();
+  const Address where = Address::parse(forkserver::address());
+  ASSERT_EQ(where.family, Address::Family::unix_path);
+  const std::string dir = where.host.substr(0, where.host.rfind('/'));
+  struct stat st {};
+  ASSERT_EQ(::lstat(dir.c_str(), &st), 0);
+  EXPECT_TRUE(S_ISDIR(st.st_mode));
+  EXPECT_EQ(st.st_mode & 0777, 0700u);
+  EXPECT_EQ(st.st_uid, ::geteuid());
+
+  kill_forkserver();
+  // A squatter takes the dead server's address (here the same user could; another cannot:
+  // see the next test) and waits for the client to talk to it.
+  ::unlink(where.host.c_str());
+  Listener squatter(where, {.authkey = current_process().authkey()});
+  Process p = start_served(spawn_exit, 5);
+  p.join();
+  EXPECT_EQ(p.exitcode(), 5);
+  EXPECT_NE(forkserver::address(), where.str());
+  pollfd pf{squatter.fileno(), POLLIN, 0};
+  EXPECT_EQ(::poll(&pf, 1, 0), 0) << "the client connected to the dead server's address";
+  squatter.close();
+  ::rmdir(dir.c_str());
+}
+
+// Issue 15 finding 1: a process of another uid can neither connect to the forkserver nor put
+// a socket of its own where the server listens.
+TEST_F(ProcessTest, ForkserverRefusesOtherUsers) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root, to become another uid";
+  forkserver::ensure_running();
+  const std::string path = Address::parse(forkserver::address()).host;
+  const pid_t pid = ::fork();  // the child makes system calls only
+  if (pid == 0) {
+    if (::setgid(65534) != 0 || ::setuid(65534) != 0) ::_exit(10);
+    const int fd = ::socket(AF_UNIX, SOCK_STREAM, 0);
+    sockaddr_un un{};
+    un.sun_family = AF_UNIX;
+    std::memcpy(un.sun_path, path.data(), std::min(path.size(), sizeof un.sun_path - 1));
+    if (::connect(fd, reinterpret_cast<const sockaddr*>(&un), sizeof un) == 0) ::_exit(11);
+    if (errno != EACCES) ::_exit(12);
+    const std::string other = path + "x";
+    std::memcpy(un.sun_path, other.data(), std::min(other.size(), sizeof un.sun_path - 1));
+    const int fd2 = ::socket(AF_UNIX, SOCK_STREAM, 0);
+    if (::bind(fd2, reinterpret_cast<const sockaddr*>(&un), sizeof un) == 0) ::_exit(13);
+    ::_exit(0);
+  }
+  ASSERT_GT(pid, 0);
+  int status = 0;
+  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "10: setuid failed, 11: connected, 12: not EACCES, "
+                                       "13: could bind beside the server";
+}
+
+// Issue 15 finding 2: a client that connects and says nothing, and one that drips a byte at a
+// time, delay nobody else's start; the dripping one is dropped at its one deadline.
+TEST_F(ProcessTest, ForkserverIdleAndDrippingClientsDelayNobody) {
+  forkserver::ensure_running();
+  const std::string path = Address::parse(forkserver::address()).host;
+  const int silent = connect_raw(path);
+  ASSERT_GE(silent, 0);
+  const int drip = connect_raw(path);
+  ASSERT_GE(drip, 0);
+  const char header[4] = {0, 0, 0, 100};  // an answer of 100 bytes, sent slowly
+  ASSERT_EQ(::send(drip, header, 4, MSG_NOSIGNAL), 4);
+  for (int i = 0; i < 3; ++i) {
+    Process p = start_served(spawn_exit, 20 + i);
+    p.join();
+    EXPECT_EQ(p.exitcode(), 20 + i);
+  }
+  // Both were still held by the server when the starts were done: they did not go first.
+  EXPECT_FALSE(at_eof(silent, 0));
+  EXPECT_FALSE(at_eof(drip, 0));
+  // A byte every 200 ms would take 20 s: the server drops it at its 10 s deadline.
+  bool dropped = false;
+  for (int i = 0; i < 100 && !dropped; ++i) {  // at most 30 s
+    (void)::send(drip, "x", 1, MSG_NOSIGNAL);
+    dropped = at_eof(drip, 300);
+  }
+  EXPECT_TRUE(dropped) << "a dripping client held its handshake past the deadline";
+  EXPECT_TRUE(at_eof(silent, 5000));
+  ::close(drip);
+  ::close(silent);
 }
 
 TEST_F(ProcessTest, ForkserverDaemonEndsWhenItsParentIsKilled) {

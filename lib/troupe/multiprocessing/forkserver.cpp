@@ -5,6 +5,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -12,19 +13,23 @@
 
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <deque>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <string_view>
 
 #include <openssl/crypto.h>
-#include <openssl/rand.h>
 
 #include "troupe/errors.hpp"
 #include "troupe/internal/process_internal.hpp"
 #include "troupe/multiprocessing/connection.hpp"
 #include "troupe/multiprocessing/listener.hpp"
 #include "troupe/multiprocessing/process.hpp"
+
+#include <dirent.h>
 
 extern char** environ;
 
@@ -34,34 +39,49 @@ namespace {
 
 using detail::SpawnBootstrap;
 using forkserver_detail::ServedChild;
+using Clock = std::chrono::steady_clock;
 
-constexpr int kBootFd = 3;    // the server's bootstrap message
-constexpr int kListenFd = 4;  // its listening socket
-constexpr int kAliveFd = 5;   // end of file here: the tree that started it has ended
-// SCM_RIGHTS carries at most 253 fds in one message; a request takes three of its own.
-constexpr std::size_t kMaxPassed = 250;
-constexpr std::size_t kRequestFds = 3;  // the client's pidfd, stdout, stderr
-constexpr std::uint64_t kMaxRequest = std::uint64_t{64} << 20;
+constexpr int kBootFd = 3;   // the server's bootstrap message
+constexpr int kReadyFd = 4;  // the server writes its pid here once it listens
+constexpr int kAliveFd = 5;  // end of file here: the tree that started it has ended
+// SCM_RIGHTS carries at most 253 fds in one message; a request takes four of its own.
+constexpr std::size_t kMaxPassed = 249;
+// The child's bootstrap pipe, the client's pidfd, its stdout and its stderr.
+constexpr std::size_t kRequestFds = 4;
+constexpr std::size_t kMaxHandshakeFrame = 256;
+constexpr std::size_t kMaxRequest = 64 * 1024;
+constexpr std::size_t kMaxNameInRequest = 4096;
+constexpr std::size_t kMaxPending = 64;  // handshakes in progress; the oldest goes first
 constexpr std::chrono::milliseconds kHandshake{10000};
 constexpr std::string_view kReady = "troupe-forkserver-ready";
 
 // What the server reads first, on kBootFd.
 struct ServerBootstrap {
   std::vector<std::byte> authkey;
-  std::string address;  // the abstract socket's name
+  std::string path;  // where to listen: a socket in a directory only this user can enter
   std::vector<std::string> preload;
+};
+
+// What a client asks for. Nothing secret: the child's own bootstrap message (with its authkey)
+// goes from the client to the child through a pipe whose read end travels with the request.
+struct ForkRequest {
+  std::string name;  // for messages
+  bool daemon = false;
+  std::int32_t passed_fds = 0;
 };
 
 // This process's view of its forkserver. A served child gets the server's address and key, so
 // its own forkserver children come from the same server.
 struct ClientState {
   std::mutex m;
-  std::string address;  // empty: no server known
+  std::string path;  // the server's socket; empty: no server known
+  std::string dir;   // the private directory that holds it
   AuthenticationString key;
   int alive = -1;  // the alive pipe's write end (the starting process and its forks hold it)
   int pid = 0;
   int pidfd = -1;  // the server's: readable once it has ended
   std::vector<std::string> preload;
+  bool cleanup_registered = false;
 };
 
 ClientState& client() {
@@ -77,9 +97,16 @@ int pidfd_send_signal(int pidfd, int sig) {
   return static_cast<int>(::syscall(SYS_pidfd_send_signal, pidfd, sig, nullptr, 0));
 }
 
+bool has_ended(int pidfd) {
+  if (pidfd < 0) return true;
+  pollfd p{pidfd, POLLIN, 0};
+  return ::poll(&p, 1, 0) != 0;
+}
+
 struct Fds {  // closes what it holds
   std::vector<int> v;
   Fds() = default;
+  Fds(Fds&& o) noexcept : v(std::move(o.v)) { o.v.clear(); }
   Fds(const Fds&) = delete;
   Fds& operator=(const Fds&) = delete;
   ~Fds() {
@@ -98,7 +125,7 @@ void set_io_timeout(int fd, std::chrono::milliseconds t) {
 
 // `payload` with `fds` attached (SCM_RIGHTS) on a Unix stream socket.
 void send_fds(int sock, std::span<const int> fds, const void* payload, std::size_t n,
-              const char* what) {
+              const char* what, int flags = 0) {
   std::vector<char> control(CMSG_SPACE(sizeof(int) * fds.size()));
   iovec iov{const_cast<void*>(payload), n};
   msghdr msg{};
@@ -115,18 +142,18 @@ void send_fds(int sock, std::span<const int> fds, const void* payload, std::size
   }
   ssize_t r;
   do {
-    r = ::sendmsg(sock, &msg, MSG_NOSIGNAL);
+    r = ::sendmsg(sock, &msg, MSG_NOSIGNAL | flags);
   } while (r < 0 && errno == EINTR);
   if (r != static_cast<ssize_t>(n))
     throw_os_error(r < 0 ? errno : EIO, std::string("forkserver: sending ") + what);
 }
 
-// Reads exactly `n` payload bytes, and the fds that came with the first of them (at most
-// `max_fds`, close-on-exec). @throws EOFError on end of file; OSError when more fds came than
-// allowed (they are closed) or the read fails.
-void recv_fds(int sock, void* payload, std::size_t n, Fds& out, std::size_t max_fds,
-              const char* what) {
-  std::vector<char> control(CMSG_SPACE(sizeof(int) * max_fds));
+// One recvmsg: payload bytes into `payload` (at most n), fds into `out` (at most `max_fds`,
+// close-on-exec). Returns the byte count (0 at end of file), -1 with errno.
+// @throws OSError when more fds came than allowed (they are closed).
+ssize_t recv_some(int sock, void* payload, std::size_t n, Fds& out, std::size_t max_fds, int flags,
+                  const char* what) {
+  std::vector<char> control(CMSG_SPACE(sizeof(int) * std::max<std::size_t>(max_fds, 1)));
   iovec iov{payload, n};
   msghdr msg{};
   msg.msg_iov = &iov;
@@ -135,9 +162,10 @@ void recv_fds(int sock, void* payload, std::size_t n, Fds& out, std::size_t max_
   msg.msg_controllen = control.size();
   ssize_t r;
   do {
-    r = ::recvmsg(sock, &msg, MSG_CMSG_CLOEXEC);
+    r = ::recvmsg(sock, &msg, MSG_CMSG_CLOEXEC | flags);
   } while (r < 0 && errno == EINTR);
-  if (r < 0) throw_os_error(errno, std::string("forkserver: receiving ") + what);
+  if (r < 0) return r;
+  std::size_t came = 0;
   for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
     if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
     const std::size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
@@ -145,47 +173,96 @@ void recv_fds(int sock, void* payload, std::size_t n, Fds& out, std::size_t max_
       int fd;
       std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
       out.v.push_back(fd);
+      ++came;
     }
   }
-  if (msg.msg_flags & MSG_CTRUNC)
+  if ((msg.msg_flags & MSG_CTRUNC) || came > max_fds)
     throw OSError(EMSGSIZE, std::string("forkserver: ") + what + ": more than " +
                                 std::to_string(max_fds) + " fds came; they were closed");
-  if (r == 0) throw EOFError(std::string("forkserver: end of file receiving ") + what);
-  auto* at = static_cast<char*>(payload) + r;
-  std::size_t left = n - static_cast<std::size_t>(r);
-  while (left > 0) {
-    const ssize_t k = ::recv(sock, at, left, 0);
-    if (k < 0 && errno == EINTR) continue;
-    if (k < 0) throw_os_error(errno, std::string("forkserver: receiving ") + what);
-    if (k == 0) throw EOFError(std::string("forkserver: end of file receiving ") + what);
-    at += k;
-    left -= static_cast<std::size_t>(k);
+  return r;
+}
+
+// The client side's blocking read of exactly `n` bytes (the reply), fds included.
+void recv_exact(int sock, void* payload, std::size_t n, Fds& out, std::size_t max_fds,
+                const char* what) {
+  auto* at = static_cast<char*>(payload);
+  while (n > 0) {
+    const ssize_t r = recv_some(sock, at, n, out, max_fds, 0, what);
+    if (r < 0) throw_os_error(errno, std::string("forkserver: receiving ") + what);
+    if (r == 0) throw EOFError(std::string("forkserver: end of file receiving ") + what);
+    at += r;
+    n -= static_cast<std::size_t>(r);
   }
 }
 
-std::string random_hex(std::size_t bytes) {
-  std::vector<unsigned char> b(bytes);
-  if (RAND_bytes(b.data(), static_cast<int>(b.size())) != 1)
-    throw OSError(EIO, "forkserver: no random bytes for the socket's name");
-  static const char digits[] = "0123456789abcdef";
-  std::string out;
-  for (unsigned char c : b) {
-    out += digits[c >> 4];
-    out += digits[c & 15];
+// ---- where the server listens ----------------------------------------------------------------
+
+// A new directory only this user can enter (mkdtemp: mode 0700), checked after it is made:
+// another user can neither connect to a socket in it nor put one there. $TMPDIR, else /tmp
+// (also when $TMPDIR would make the socket's path too long for sun_path).
+std::string make_private_dir() {
+  std::string base;
+  if (const char* t = std::getenv("TMPDIR"); t && *t) base = t;
+  if (base.empty() || base.size() + 32 > sizeof(sockaddr_un{}.sun_path)) base = "/tmp";
+  std::string templ = base + "/troupe-fs-XXXXXX";
+  if (!::mkdtemp(templ.data()))
+    throw_os_error(errno, "forkserver: cannot make a private directory in " + base);
+  struct stat st {};
+  if (::lstat(templ.c_str(), &st) != 0 || !S_ISDIR(st.st_mode) || st.st_uid != ::geteuid() ||
+      (st.st_mode & 0077) != 0) {
+    ::rmdir(templ.c_str());
+    throw OSError(EPERM, "forkserver: " + templ + " is not a directory private to uid " +
+                             std::to_string(::geteuid()));
   }
-  return out;
+  return templ;
 }
 
-// Starts the server: the listening socket is made here (clients can connect at once), then a
-// double fork and an exec of this program with the socket, the bootstrap pipe and the alive
-// pipe on fds 3, 4, 5. Only system calls run between the forks and the exec.
+std::string socket_path(const std::string& dir) {
+  return dir + "/s";
+}
+
+void remove_private_dir(const std::string& dir) {
+  if (dir.empty()) return;
+  ::unlink(socket_path(dir).c_str());
+  ::rmdir(dir.c_str());
+}
+
+// The peer of a connected Unix socket: `uid` must be ours and, when `pid` is not 0, its pid
+// that one. Checked before anything is sent. @throws OSError EPERM naming both.
+void check_peer(int fd, pid_t pid, const std::string& what) {
+  ucred cr{};
+  socklen_t len = sizeof cr;
+  if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &len) != 0)
+    throw_os_error(errno, what + ": SO_PEERCRED");
+  if (cr.uid != ::geteuid() || (pid != 0 && cr.pid != pid))
+    throw OSError(EPERM, what + ": the peer is pid " + std::to_string(cr.pid) + " uid " +
+                             std::to_string(cr.uid) + ", expected " +
+                             (pid != 0 ? "pid " + std::to_string(pid) + " " : std::string()) +
+                             "uid " + std::to_string(::geteuid()) + "; refused");
+}
+
+// ---- starting the server ---------------------------------------------------------------------
+
+// What the process that made the server does at exit: if its server has died without cleaning
+// up (killed), its directory goes. A live server removes it itself when the tree has ended.
+void cleanup_at_exit() {
+  ClientState& c = client();
+  std::unique_lock lock(c.m, std::try_to_lock);
+  if (!lock.owns_lock() || c.dir.empty()) return;
+  if (has_ended(c.pidfd)) remove_private_dir(c.dir);
+}
+
+// Starts the server: a double fork and an exec of this program with the bootstrap pipe, the
+// ready pipe and the alive pipe on fds 3, 4, 5 (only system calls run between the forks and
+// the exec); then waits until it listens. The server makes its socket itself, so that the
+// socket's credentials (SO_PEERCRED) are the server's.
 void start_locked(ClientState& c) {
   AuthenticationString key = current_process().authkey();
-  const std::string name = "troupe-forkserver-" + std::to_string(::getpid()) + "-" + random_hex(8);
-  ListenerOptions lo;
-  lo.backlog = 128;
-  lo.authkey = key;
-  Listener listener(Address{Address::Family::unix_abstract, name, 0}, lo);
+  const std::string dir = make_private_dir();
+  struct RemoveUnlessKept {
+    std::string dir;
+    ~RemoveUnlessKept() { remove_private_dir(dir); }
+  } remove{dir};
 
   Fds fds;  // everything made here, closed when done
   auto high = [&](int fd) {
@@ -199,12 +276,13 @@ void start_locked(ClientState& c) {
     fds.v.push_back(p[0]);
     fds.v.push_back(p[1]);
   };
-  int boot[2], alive[2], report[2];
+  int boot[2], ready[2], alive[2], report[2];
   pipe(boot);
+  pipe(ready);
   pipe(alive);
   pipe(report);
   const int hb = high(boot[0]);
-  const int hl = high(listener.fileno());
+  const int hr = high(ready[1]);
   const int ha = high(alive[0]);
   const std::string exe = detail::spawn_executable();
   const std::string fd_text = std::to_string(kBootFd);
@@ -215,7 +293,7 @@ void start_locked(ClientState& c) {
     const pid_t server = detail::fork_now();
     if (server == 0) {
       ::dup2(hb, kBootFd);
-      ::dup2(hl, kListenFd);
+      ::dup2(hr, kReadyFd);
       ::dup2(ha, kAliveFd);
       const int null = ::open("/dev/null", O_RDWR);  // stdout: the server prints nothing there
       if (null >= 0) ::dup2(null, 1);
@@ -233,14 +311,25 @@ void start_locked(ClientState& c) {
   if (::read(report[0], &server, sizeof server) != sizeof server || server < 0)
     throw OSError(EAGAIN, "forkserver: could not fork the server");
   // Opened before the server has its bootstrap message, for which it waits: it is alive then
-  // unless its exec failed (and the first request finds its socket closed).
+  // unless its exec failed.
   const int server_fd = pidfd_open(server);
+  if (server_fd < 0) throw_os_error(errno, "forkserver: pidfd_open of the server");
   fds.v.push_back(server_fd);
+  auto kill_server = [&] {
+    pidfd_send_signal(server_fd, SIGKILL);
+    pollfd p{server_fd, POLLIN, 0};
+    ::poll(&p, 1, 1000);  // it must not clean up after the directory has been reused
+  };
+  for (int fd : {hb, hr, ha, ready[1]}) {  // the server's ends: ours go now
+    for (auto& held : fds.v)
+      if (held == fd) held = -1;
+    ::close(fd);
+  }
   {
     ServerBootstrap sb;
     auto k = key.bytes();
     sb.authkey.assign(k.begin(), k.end());
-    sb.address = name;
+    sb.path = socket_path(dir);
     sb.preload = c.preload;
     struct Wipe {
       std::vector<std::byte>& b;
@@ -249,21 +338,65 @@ void start_locked(ClientState& c) {
     for (auto& fd : fds.v)
       if (fd == boot[1]) fd = -1;
     Connection out(boot[1], false, true);
-    out.send(sb);
+    try {
+      out.send(sb);
+    } catch (const OSError&) {  // it has ended already: the ready pipe says so below
+    }
+  }
+  // Until it listens (or ends: then the ready pipe reaches end of file).
+  const auto deadline = Clock::now() + kHandshake;
+  pid_t said = 0;
+  std::size_t got = 0;
+  while (got < sizeof said) {
+    const auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - Clock::now());
+    pollfd p{ready[0], POLLIN, 0};
+    const int r = left.count() > 0 ? ::poll(&p, 1, static_cast<int>(left.count())) : 0;
+    if (r < 0 && errno == EINTR) continue;
+    if (r == 0) {
+      kill_server();
+      throw TimeoutError("forkserver: the server (pid " + std::to_string(server) +
+                         ") did not listen within " + std::to_string(kHandshake.count()) +
+                         " ms (does main call freeze_support() first? is " + exe +
+                         " this program?)");
+    }
+    const ssize_t k = ::read(ready[0], reinterpret_cast<char*>(&said) + got, sizeof said - got);
+    if (k < 0 && errno == EINTR) continue;
+    if (k <= 0) {
+      kill_server();
+      throw OSError(ECHILD, "forkserver: the server (pid " + std::to_string(server) +
+                                ") ended before it listened (its stderr says why; does main "
+                                "call freeze_support() first? is " +
+                                exe + " this program?)");
+    }
+    got += static_cast<std::size_t>(k);
+  }
+  if (said != server) {
+    kill_server();
+    throw OSError(EPROTO, "forkserver: the server said pid " + std::to_string(said) +
+                              ", it was started as pid " + std::to_string(server));
   }
   for (auto& fd : fds.v)
     if (fd == alive[1] || fd == server_fd) fd = -1;  // kept
-  c.address = name;
+  remove.dir.clear();
+  c.path = socket_path(dir);
+  c.dir = dir;
   c.key = std::move(key);
   c.alive = alive[1];
   c.pid = server;
   c.pidfd = server_fd;
+  if (!c.cleanup_registered) {
+    c.cleanup_registered = true;
+    std::atexit(cleanup_at_exit);
+  }
 }
 
-// The server is gone (its socket refuses): forget it, so the next request starts another.
-void forget_locked(ClientState& c, const std::string& address) {
-  if (c.address != address) return;  // another thread has already started a new one
-  c.address.clear();
+// The server has ended: forget it (and remove its directory if it could not), so the next
+// request starts another.
+void forget_locked(ClientState& c) {
+  if (c.path.empty()) return;
+  remove_private_dir(c.dir);
+  c.path.clear();
+  c.dir.clear();
   if (c.alive >= 0) ::close(c.alive);
   c.alive = -1;
   if (c.pidfd >= 0) ::close(c.pidfd);
@@ -271,7 +404,7 @@ void forget_locked(ClientState& c, const std::string& address) {
   c.pid = 0;
 }
 
-// ---- the server ----------------------------------------------------------------------------
+// ---- the server ------------------------------------------------------------------------------
 
 struct Served {
   pid_t pid;
@@ -280,27 +413,50 @@ struct Served {
   int client_pidfd;  // a daemon's client: when it ends, the daemon is terminated; else -1
 };
 
+// A client between its connect and its request: every step is a non-blocking read or write,
+// so clients proceed side by side, each under one deadline from its connect to its request.
+struct Handshake {
+  enum Step { kAnswer, kTheirChallenge, kVerdict, kTag, kRequest };
+  int fd = -1;
+  Clock::time_point deadline;
+  Step step = kAnswer;
+  detail::Challenge challenge;
+  std::vector<std::byte> in;  // received, not yet used
+  Fds fds;                    // came with the request
+  Handshake() = default;
+  Handshake(const Handshake&) = delete;
+  Handshake& operator=(const Handshake&) = delete;
+  ~Handshake() {
+    if (fd >= 0) ::close(fd);
+  }
+};
+
 void say(const std::string& text) {
   const std::string line =
       "troupe forkserver (pid " + std::to_string(::getpid()) + "): " + text + "\n";
   (void)!::write(2, line.data(), line.size());
 }
 
-// In the forked child: drop the server's fds, take the client's stdio, run the target.
-[[noreturn]] void become_served(const std::vector<Served>& served, int connection, Fds& fds,
-                                SpawnBootstrap& request) {
+// In the forked child: drop the server's fds, take the client's stdio, read the bootstrap the
+// client writes into the pipe, run the target.
+[[noreturn]] void become_served(const std::vector<Served>& served,
+                                const std::deque<std::unique_ptr<Handshake>>& pending,
+                                int listen_fd, Handshake& mine) {
   ::signal(SIGINT, SIG_DFL);
   ::signal(SIGPIPE, SIG_DFL);
-  ::close(kListenFd);
+  ::close(listen_fd);
   ::close(kAliveFd);
-  ::close(connection);
+  ::close(std::exchange(mine.fd, -1));
   for (const auto& s : served) {
     ::close(s.pidfd);
     ::close(s.connection);
     if (s.client_pidfd >= 0) ::close(s.client_pidfd);
   }
-  ::dup2(fds.v[1], 1);
-  ::dup2(fds.v[2], 2);
+  for (const auto& h : pending)
+    if (h.get() != &mine && h->fd >= 0) ::close(h->fd);
+  Fds& fds = mine.fds;
+  ::dup2(fds.v[2], 1);
+  ::dup2(fds.v[3], 2);
   const int null = ::open("/dev/null", O_RDONLY);
   if (null >= 0 && null != 0) {
     ::dup2(null, 0);
@@ -312,63 +468,176 @@ void say(const std::string& text) {
     c.pid = ::getppid();
     c.pidfd = pidfd_open(c.pid);  // the server is this child's parent: no pid reuse possible
   }
+  SpawnBootstrap boot;
+  try {
+    Connection in(fds.take(0), true, false);
+    boot = in.recv<SpawnBootstrap>();
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "troupe: a forkserver child cannot read its bootstrap message: %s\n",
+                 e.what());
+    ::_exit(1);
+  }
   std::vector<int> passed(fds.v.begin() + kRequestFds, fds.v.end());
-  const int parent = fds.take(0);
-  ::close(fds.take(1));
+  if (passed.size() != static_cast<std::size_t>(boot.passed_fds)) {
+    std::fprintf(stderr, "troupe: a forkserver child got %zu fds, its bootstrap says %d\n",
+                 passed.size(), boot.passed_fds);
+    ::_exit(1);
+  }
+  const int parent = fds.take(1);
   ::close(fds.take(2));
+  ::close(fds.take(3));
   fds.v.clear();  // the passed fds now belong to the child's table
-  detail::run_child(request, std::move(passed), parent);
+  detail::run_child(boot, std::move(passed), parent);
 }
 
 void reply(int sock, std::int32_t pid_or_error, std::span<const int> fds) {
-  send_fds(sock, fds, &pid_or_error, sizeof pid_or_error, "the reply");
+  send_fds(sock, fds, &pid_or_error, sizeof pid_or_error, "the reply", MSG_DONTWAIT);
 }
 
-// One client: the handshake, its request, the fork, the reply. Errors end this client only.
-void serve_one(std::vector<Served>& served, const AuthenticationString& key) {
-  const int fd = ::accept4(kListenFd, nullptr, nullptr, SOCK_CLOEXEC);
-  if (fd < 0) return;
-  try {
-    Connection conn(fd);
-    set_io_timeout(fd, kHandshake);  // a stalled client holds the server this long at most
-    deliver_challenge(conn, key);
-    answer_challenge(conn, key);
-    conn.send_bytes(std::as_bytes(std::span(kReady)));
-    Fds fds;
-    char tag = 0;
-    recv_fds(fd, &tag, 1, fds, kRequestFds + kMaxPassed, "a request's fds");
-    conn.set_max_message_size(kMaxRequest);
-    auto request = conn.recv<SpawnBootstrap>();
-    if (request.passed_fds < 0 ||
-        fds.v.size() != kRequestFds + static_cast<std::size_t>(request.passed_fds))
-      throw OSError(EPROTO, "a request for " + std::to_string(request.passed_fds) +
-                                " passed fds came with " + std::to_string(fds.v.size()) + " fds");
-    set_io_timeout(fd, std::chrono::milliseconds(0));
-    const pid_t pid = ::fork();
-    if (pid == 0) become_served(served, fd, fds, request);
-    if (pid < 0) {
-      const int err = errno;
-      reply(fd, -err, {});
-      throw_os_error(err, "fork for " + request.name);
+// One frame (CPython's framing, short form only) written without blocking: handshake frames
+// are small and the socket's buffer is empty when they go.
+void send_frame(int fd, std::span<const std::byte> payload) {
+  std::vector<std::byte> frame(4 + payload.size());
+  const auto n = static_cast<std::uint32_t>(payload.size());
+  frame[0] = std::byte(n >> 24);
+  frame[1] = std::byte(n >> 16);
+  frame[2] = std::byte(n >> 8);
+  frame[3] = std::byte(n);
+  std::memcpy(frame.data() + 4, payload.data(), payload.size());
+  ssize_t r;
+  do {
+    r = ::send(fd, frame.data(), frame.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+  } while (r < 0 && errno == EINTR);
+  if (r != static_cast<ssize_t>(frame.size()))
+    throw_os_error(r < 0 ? errno : EAGAIN, "forkserver: sending a handshake message");
+}
+
+// The next whole frame of at most `limit` bytes from h.in, if it has arrived.
+std::optional<std::vector<std::byte>> take_frame(Handshake& h, std::size_t limit) {
+  if (h.in.size() < 4) return std::nullopt;
+  const std::uint32_t n = (std::uint32_t(h.in[0]) << 24) | (std::uint32_t(h.in[1]) << 16) |
+                          (std::uint32_t(h.in[2]) << 8) | std::uint32_t(h.in[3]);
+  if (n > limit)
+    throw OSError(EMSGSIZE, "a client announced a message of " + std::to_string(n) +
+                                " bytes, limit " + std::to_string(limit));
+  if (h.in.size() - 4 < n) return std::nullopt;
+  std::vector<std::byte> out(h.in.begin() + 4, h.in.begin() + 4 + n);
+  h.in.erase(h.in.begin(), h.in.begin() + 4 + n);
+  return out;
+}
+
+// Reads what the client has sent and takes the handshake as far as it goes. Returns the
+// request once it is whole. @throws on any failure (the client is then dropped).
+std::optional<ForkRequest> advance(Handshake& h, const AuthenticationString& key) {
+  const AuthOptions auth;
+  std::byte buf[4096];
+  const std::size_t max_fds = h.step == Handshake::kTag ? kRequestFds + kMaxPassed : 0;
+  const ssize_t r = recv_some(h.fd, buf, sizeof buf, h.fds, max_fds, MSG_DONTWAIT, "a request");
+  if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return std::nullopt;
+  if (r < 0) throw_os_error(errno, "forkserver: receiving from a client");
+  if (r == 0) throw EOFError("the client closed its connection during the handshake");
+  if (h.in.size() + static_cast<std::size_t>(r) > kMaxRequest + 4)
+    throw OSError(EMSGSIZE, "a client sent more than " + std::to_string(kMaxRequest) +
+                                " bytes before its request was whole");
+  h.in.insert(h.in.end(), buf, buf + r);
+  for (;;) {
+    if (h.step == Handshake::kTag) {
+      if (h.in.empty()) return std::nullopt;
+      if (h.in.front() != std::byte{'F'}) throw OSError(EPROTO, "a request without its tag");
+      h.in.erase(h.in.begin());
+      h.step = Handshake::kRequest;
+      continue;
     }
-    const int pidfd = pidfd_open(pid);  // the child cannot have been reaped: it is ours
-    if (pidfd < 0) {
-      const int err = errno;
-      ::kill(pid, SIGKILL);
-      ::waitpid(pid, nullptr, 0);
-      reply(fd, -err, {});
-      throw_os_error(err, "pidfd_open for pid " + std::to_string(pid));
+    const std::size_t limit = h.step == Handshake::kRequest ? kMaxRequest : kMaxHandshakeFrame;
+    auto frame = take_frame(h, limit);
+    if (!frame) return std::nullopt;
+    switch (h.step) {
+      case Handshake::kAnswer: try { detail::check_answer(h.challenge, *frame, key, auth);
+        } catch (const AuthenticationError&) {
+          try {
+            send_frame(h.fd, detail::failure_message());
+          } catch (const OSError&) {
+          }
+          throw;
+        }
+        send_frame(h.fd, detail::welcome_message());
+        h.step = Handshake::kTheirChallenge;
+        break;
+      case Handshake::kTheirChallenge:
+        send_frame(h.fd, detail::make_answer(*frame, key, auth));
+        h.step = Handshake::kVerdict;
+        break;
+      case Handshake::kVerdict:
+        detail::check_welcome(*frame);
+        send_frame(h.fd, std::as_bytes(std::span(kReady)));
+        h.step = Handshake::kTag;
+        break;
+      case Handshake::kTag: break;  // handled above
+      case Handshake::kRequest: {
+        if (!h.in.empty()) throw OSError(EPROTO, "a client sent more after its request");
+        return troupe::from_bytes<ForkRequest>(*frame);
+      }
     }
-    Served s{pid, pidfd, -1, request.daemon ? fds.take(0) : -1};
-    s.connection = ::fcntl(fd, F_DUPFD_CLOEXEC, 0);
-    served.push_back(s);
-    if (s.connection < 0) throw_os_error(errno, "fcntl(F_DUPFD)");
-    const int reply_fds[] = {pidfd};
-    reply(fd, pid, reply_fds);
-  } catch (const AuthenticationError& e) {
-    say(std::string("a client failed authentication: ") + e.what());
-  } catch (const std::exception& e) {
-    say(std::string("a request failed: ") + e.what());
+  }
+}
+
+// Forks the child a complete request asks for and answers with its pid and pidfd.
+void fork_for(std::vector<Served>& served, const std::deque<std::unique_ptr<Handshake>>& pending,
+              int listen_fd, Handshake& h, const ForkRequest& request) {
+  if (request.passed_fds < 0 ||
+      h.fds.v.size() != kRequestFds + static_cast<std::size_t>(request.passed_fds))
+    throw OSError(EPROTO, "a request for " + std::to_string(request.passed_fds) +
+                              " passed fds came with " + std::to_string(h.fds.v.size()) + " fds");
+  const int fd = h.fd;
+  const int flags = ::fcntl(fd, F_GETFL);
+  if (flags >= 0) ::fcntl(fd, F_SETFL, flags & ~O_NONBLOCK);  // the child's status write later
+  const pid_t pid = ::fork();
+  if (pid == 0) become_served(served, pending, listen_fd, h);
+  if (pid < 0) {
+    const int err = errno;
+    reply(fd, -err, {});
+    throw_os_error(err, "fork for " + request.name);
+  }
+  const int pidfd = pidfd_open(pid);  // the child cannot have been reaped: it is ours
+  if (pidfd < 0) {
+    const int err = errno;
+    ::kill(pid, SIGKILL);
+    ::waitpid(pid, nullptr, 0);
+    reply(fd, -err, {});
+    throw_os_error(err, "pidfd_open for pid " + std::to_string(pid));
+  }
+  Served s{pid, pidfd, -1, request.daemon ? h.fds.take(1) : -1};
+  s.connection = std::exchange(h.fd, -1);
+  served.push_back(s);
+  const int reply_fds[] = {pidfd};
+  reply(s.connection, pid, reply_fds);
+}
+
+// Accepts every client waiting (same uid only), and sends each its challenge.
+void accept_all(int listen_fd, std::deque<std::unique_ptr<Handshake>>& pending) {
+  for (;;) {
+    const int fd = ::accept4(listen_fd, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
+    if (fd < 0) {
+      if (errno == EINTR || errno == ECONNABORTED) continue;
+      return;  // EAGAIN, or out of fds: the rest wait in the backlog
+    }
+    auto h = std::make_unique<Handshake>();
+    h->fd = fd;
+    h->deadline = Clock::now() + kHandshake;
+    try {
+      check_peer(fd, 0, "a client");
+      h->challenge = detail::make_challenge(AuthOptions{});
+      send_frame(fd, h->challenge.wire);
+    } catch (const std::exception& e) {
+      say(std::string("a client was refused: ") + e.what());
+      continue;
+    }
+    if (pending.size() >= kMaxPending) {
+      say("more than " + std::to_string(kMaxPending) +
+          " clients in their handshakes: the oldest was dropped");
+      pending.pop_front();
+    }
+    pending.push_back(std::move(h));
   }
 }
 
@@ -403,6 +672,25 @@ void preload(const std::vector<std::string>& names) {
   }
 }
 
+// The server's socket, at `path` in its private directory. -1 after saying why.
+int listen_at(const std::string& path) {
+  sockaddr_un un{};
+  un.sun_family = AF_UNIX;
+  if (path.size() >= sizeof un.sun_path) {
+    say("socket path too long: " + path);
+    return -1;
+  }
+  std::memcpy(un.sun_path, path.data(), path.size());
+  const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (fd < 0 || ::bind(fd, reinterpret_cast<const sockaddr*>(&un), sizeof un) != 0 ||
+      ::listen(fd, 128) != 0) {
+    say("cannot listen at " + path + ": " + std::strerror(errno));
+    if (fd >= 0) ::close(fd);
+    return -1;
+  }
+  return fd;
+}
+
 }  // namespace
 
 namespace forkserver_detail {
@@ -420,26 +708,45 @@ void serve(int bootstrap_fd) {
   }
   const AuthenticationString key{std::span<const std::byte>(boot.authkey)};
   OPENSSL_cleanse(boot.authkey.data(), boot.authkey.size());
+  const std::string dir = boot.path.substr(0, boot.path.rfind('/'));
+  const int listen_fd = listen_at(boot.path);
+  if (listen_fd < 0) ::_exit(1);
   {
     ClientState& c = client();
     std::lock_guard lock(c.m);
-    c.address = boot.address;
+    c.path = boot.path;
+    c.dir = dir;
     c.key = key;
     c.pid = ::getpid();
+  }
+  {
+    const pid_t me = ::getpid();
+    (void)!::write(kReadyFd, &me, sizeof me);
+    ::close(kReadyFd);
   }
   preload(boot.preload);
 
   std::vector<Served> served;
+  std::deque<std::unique_ptr<Handshake>> pending;
   std::vector<pollfd> p;
   for (;;) {
     p.clear();
     p.push_back({kAliveFd, POLLIN, 0});
-    p.push_back({kListenFd, POLLIN, 0});
+    p.push_back({listen_fd, POLLIN, 0});
     for (const auto& s : served) {
       p.push_back({s.pidfd, POLLIN, 0});
       p.push_back({s.client_pidfd, POLLIN, 0});  // -1: poll skips it
     }
-    if (::poll(p.data(), p.size(), -1) < 0) {
+    const std::size_t first_pending = p.size();
+    auto wait = std::chrono::milliseconds(-1);
+    const auto now = Clock::now();
+    for (const auto& h : pending) {
+      p.push_back({h->fd, POLLIN, 0});
+      const auto left = std::max(std::chrono::milliseconds(0),
+                                 std::chrono::ceil<std::chrono::milliseconds>(h->deadline - now));
+      if (wait.count() < 0 || left < wait) wait = left;
+    }
+    if (::poll(p.data(), p.size(), static_cast<int>(wait.count())) < 0) {
       if (errno == EINTR) continue;
       say(std::string("poll failed: ") + std::strerror(errno));
       ::_exit(1);
@@ -447,6 +754,7 @@ void serve(int bootstrap_fd) {
     if (p[0].revents) {  // every process of the tree has ended: so do its daemons, and we
       for (const auto& s : served)
         if (s.client_pidfd >= 0) pidfd_send_signal(s.pidfd, SIGTERM);
+      remove_private_dir(dir);
       ::_exit(0);
     }
     for (std::size_t i = 0; i < served.size(); ++i) {
@@ -462,7 +770,31 @@ void serve(int bootstrap_fd) {
       }
     }
     std::erase_if(served, [](const Served& s) { return s.pid < 0; });
-    if (p[1].revents & POLLIN) serve_one(served, key);
+    // Clients in their handshakes, each as far as what it has sent allows.
+    const auto then = Clock::now();
+    for (std::size_t i = 0; i < pending.size(); ++i) {
+      Handshake& h = *pending[i];
+      const short revents = p[first_pending + i].revents;
+      try {
+        if (revents) {
+          if (auto request = advance(h, key)) {
+            fork_for(served, pending, listen_fd, h, *request);
+            continue;  // served: h.fd now belongs to `served`
+          }
+        }
+        if (then >= h.deadline)
+          throw TimeoutError("its handshake and request took longer than " +
+                             std::to_string(kHandshake.count()) + " ms");
+      } catch (const AuthenticationError& e) {
+        say(std::string("a client failed authentication: ") + e.what());
+        if (h.fd >= 0) ::close(std::exchange(h.fd, -1));
+      } catch (const std::exception& e) {
+        say(std::string("a client was dropped: ") + e.what());
+        if (h.fd >= 0) ::close(std::exchange(h.fd, -1));
+      }
+    }
+    std::erase_if(pending, [](const std::unique_ptr<Handshake>& h) { return h->fd < 0; });
+    if (p[1].revents & POLLIN) accept_all(listen_fd, pending);
   }
 }
 
@@ -472,70 +804,103 @@ ServedChild start_child(const SpawnBootstrap& boot, std::span<const int> passed)
                      std::to_string(passed.size()) + " fds to pass, limit " +
                      std::to_string(kMaxPassed));
   for (int attempt = 0;; ++attempt) {
-    std::string address;
+    std::string path;
     std::optional<AuthenticationString> key;
+    pid_t server = 0;
     {
       ClientState& c = client();
       std::lock_guard lock(c.m);
-      if (c.address.empty()) start_locked(c);
-      address = c.address;
+      // A server that has ended is never asked again: its name could be anyone's by now.
+      if (!c.path.empty() && has_ended(c.pidfd)) forget_locked(c);
+      if (c.path.empty()) start_locked(c);
+      path = c.path;
       key = c.key;
+      server = c.pid;
     }
-    const Address where{Address::Family::unix_abstract, address, 0};
-    std::optional<Connection> conn;
+    const Address where{Address::Family::unix_path, path, 0};
+    const std::string what = "forkserver at " + where.str();
+    const int sock = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (sock < 0) throw_os_error(errno, what + ": socket");
+    Connection conn(sock);
+    {
+      sockaddr_un un{};
+      un.sun_family = AF_UNIX;
+      std::memcpy(un.sun_path, path.data(), std::min(path.size(), sizeof un.sun_path - 1));
+      int r;
+      do {
+        r = ::connect(sock, reinterpret_cast<const sockaddr*>(&un), sizeof un);
+      } while (r < 0 && errno == EINTR);
+      if (r != 0) {
+        const int err = errno;
+        ClientState& c = client();
+        std::lock_guard lock(c.m);
+        if (c.path == path && has_ended(c.pidfd)) {
+          forget_locked(c);
+          if (attempt == 0) continue;  // it has just ended: start another, once
+        }
+        throw_os_error(err, what + ": connect");
+      }
+    }
+    // Before anything is sent: the peer must be the server this process knows, alive.
+    check_peer(sock, server, what);
+    set_io_timeout(sock, kHandshake);
     try {
-      ClientOptions o;
-      o.authkey = std::move(key);
-      o.timeout = kHandshake;
-      conn.emplace(Client(where, o));
-    } catch (const OSError& e) {
-      if (e.errno_value() != ECONNREFUSED) throw;
-      ClientState& c = client();
-      std::lock_guard lock(c.m);
-      forget_locked(c, address);
-      if (attempt == 0) continue;  // it has ended: start another, once
-      throw OSError(ECONNREFUSED, "forkserver at " + where.str() +
-                                      " refused the connection just after it was started (does "
-                                      "main call freeze_support() first? is " +
-                                      detail::spawn_executable() + " this program?)");
+      answer_challenge(conn, *key);
+      deliver_challenge(conn, *key);
+      const auto ready = conn.recv_bytes(kReady.size());
+      if (std::string_view(reinterpret_cast<const char*>(ready.data()), ready.size()) != kReady)
+        throw OSError(EPROTO, what + ": not a troupe forkserver");
+    } catch (const BlockingIOError&) {
+      throw TimeoutError(what + ": the handshake took longer than " +
+                         std::to_string(kHandshake.count()) + " ms");
     }
-    const int sock = conn->fileno();
-    const auto ready = conn->recv_bytes(kReady.size());
-    if (std::string_view(reinterpret_cast<const char*>(ready.data()), ready.size()) != kReady)
-      throw OSError(EPROTO, "forkserver at " + where.str() + ": not a troupe forkserver");
     Fds mine;
     const int self = pidfd_open(::getpid());
     if (self < 0) throw_os_error(errno, "forkserver: pidfd_open of this process");
     mine.v.push_back(self);
-    std::vector<int> fds{self, 1, 2};
+    int boot_pipe[2];
+    if (::pipe2(boot_pipe, O_CLOEXEC) != 0) throw_os_error(errno, "forkserver: pipe");
+    mine.v.push_back(boot_pipe[0]);
+    Connection boot_out(boot_pipe[1], false, true);
+    std::vector<int> fds{boot_pipe[0], self, 1, 2};
     for (int i = 1; i <= 2; ++i)
       if (::fcntl(i, F_GETFD) < 0) {  // closed here: the child gets /dev/null
-        fds[static_cast<std::size_t>(i)] = ::open("/dev/null", O_WRONLY | O_CLOEXEC);
-        mine.v.push_back(fds[static_cast<std::size_t>(i)]);
+        fds[static_cast<std::size_t>(i) + 1] = ::open("/dev/null", O_WRONLY | O_CLOEXEC);
+        mine.v.push_back(fds[static_cast<std::size_t>(i) + 1]);
       }
     fds.insert(fds.end(), passed.begin(), passed.end());
+    ForkRequest request;
+    request.name = boot.name.substr(0, kMaxNameInRequest);
+    request.daemon = boot.daemon;
+    request.passed_fds = boot.passed_fds;
     const char tag = 'F';
     send_fds(sock, fds, &tag, 1, "a request");
-    conn->send(boot);
+    conn.send_bytes(troupe::to_bytes(request));
     pollfd pf{sock, POLLIN, 0};
     int r;
     do {
       r = ::poll(&pf, 1, static_cast<int>(kHandshake.count()));
     } while (r < 0 && errno == EINTR);
     if (r == 0)
-      throw TimeoutError("forkserver at " + where.str() + " did not answer within " +
-                         std::to_string(kHandshake.count()) + " ms");
+      throw TimeoutError(what + " did not answer within " + std::to_string(kHandshake.count()) +
+                         " ms");
     std::int32_t pid = 0;
     Fds got;
-    recv_fds(sock, &pid, sizeof pid, got, 1, "the reply");
+    recv_exact(sock, &pid, sizeof pid, got, 1, "the reply");
     if (pid <= 0) throw_os_error(-pid, "forkserver: fork for " + boot.name);
     if (got.v.size() != 1)
       throw OSError(EPROTO, "forkserver: the reply for pid " + std::to_string(pid) +
                                 " came without its pidfd");
+    // The child reads who it is (its authkey too) from the pipe: never through the server.
+    try {
+      boot_out.send(boot);
+    } catch (const OSError&) {  // the child died before reading: its exitcode says how
+    }
     ServedChild child;
     child.pid = pid;
     child.connection = ::fcntl(sock, F_DUPFD_CLOEXEC, 0);
     if (child.connection < 0) throw_os_error(errno, "forkserver: fcntl(F_DUPFD)");
+    set_io_timeout(child.connection, std::chrono::milliseconds(0));
     child.pidfd = got.take(0);
     return child;
   }
@@ -558,10 +923,9 @@ namespace forkserver {
 void ensure_running() {
   ClientState& c = client();
   std::lock_guard lock(c.m);
-  if (!c.address.empty()) {
-    pollfd p{c.pidfd, POLLIN, 0};
-    if (::poll(&p, 1, 0) == 0) return;
-    forget_locked(c, c.address);  // it has ended (Python checks its pid the same way)
+  if (!c.path.empty()) {
+    if (!has_ended(c.pidfd)) return;
+    forget_locked(c);  // it has ended (Python checks its pid the same way)
   }
   start_locked(c);
 }
@@ -569,8 +933,8 @@ void ensure_running() {
 std::string address() {
   ClientState& c = client();
   std::lock_guard lock(c.m);
-  if (c.address.empty()) return {};
-  return Address{Address::Family::unix_abstract, c.address, 0}.str();
+  if (c.path.empty()) return {};
+  return Address{Address::Family::unix_path, c.path, 0}.str();
 }
 
 int server_pid() noexcept {
