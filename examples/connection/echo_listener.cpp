@@ -1,7 +1,7 @@
-// echo_listener: accepts authenticated connections one after another and answers every message
-// with its bytes reversed; exits 0 after a message "quit" (not echoed). A connection that fails
-// authentication is dropped and the next one accepted. Speaks CPython's multiprocessing.connection
-// protocol, so a Python Client can be the other end:
+// echo_listener: serves authenticated connections side by side and answers every message with
+// its bytes reversed; exits 0 after a message "quit" (not echoed). A peer that fails
+// authentication, or stalls in its handshake, is dropped and nobody else waits for it. Speaks
+// CPython's multiprocessing.connection protocol, so a Python Client can be the other end:
 //
 //   echo_listener --address 127.0.0.1:0 --authkey 736563726574
 //   python3 -c "from multiprocessing.connection import Client
@@ -12,19 +12,91 @@
 // with --tls-ca as well, clients must present a certificate from that CA.
 //
 // Prints "listening on ADDRESS" first (with the port chosen when it was 0).
+//
+// The pattern a server should use: one io_context, async_accept in a loop (the listener runs
+// peers' handshakes side by side, each under handshake_timeout, at most max_pending_handshakes
+// at once, so an idle or dripping peer costs a slot, never another peer's time), and a
+// coroutine per connection, so an authenticated client that goes quiet holds up nobody either.
 #include <algorithm>
 #include <cstdio>
 #include <exception>
-#include <optional>
 #include <string>
 #include <string_view>
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/use_awaitable.hpp>
 
 #include "troupe/errors.hpp"
 #include "troupe/multiprocessing.hpp"
 
 #include "args.hpp"
 
+namespace asio = boost::asio;
 namespace mp = troupe::multiprocessing;
+
+namespace {
+
+void say(const std::string& line) {
+  std::printf("%s\n", line.c_str());
+  std::fflush(stdout);
+}
+
+// What a failed accept or connection came to, in words.
+std::string why(const boost::system::error_code& ec) {
+  const std::error_code e(ec);
+  if (e.category() == troupe::error_category())
+    return std::string(troupe::python_name(static_cast<troupe::errc>(e.value()))) + ": " +
+           e.message();
+  return e.message();
+}
+
+asio::awaitable<void> serve(mp::Connection c, int n, mp::Listener& listener) {
+  for (;;) {
+    auto [ec, m] = co_await c.async_recv_bytes(asio::as_tuple(asio::use_awaitable));
+    if (ec) {
+      const std::error_code e(ec);
+      if (e == troupe::make_error_code(troupe::errc::eof_error))
+        say("connection " + std::to_string(n) + " closed");
+      else
+        say("connection " + std::to_string(n) + " failed: " + why(ec));
+      co_return;
+    }
+    if (std::string_view(reinterpret_cast<const char*>(m.data()), m.size()) == "quit") {
+      say("quit");
+      listener.close();  // the accept loop ends with operation_aborted
+      co_return;
+    }
+    std::reverse(m.begin(), m.end());
+    auto [sent] = co_await c.async_send_bytes(m, asio::as_tuple(asio::use_awaitable));
+    if (sent) {
+      say("connection " + std::to_string(n) + " failed: " + why(sent));
+      co_return;
+    }
+  }
+}
+
+asio::awaitable<void> accept_loop(mp::Listener& listener, asio::io_context& io) {
+  for (int served = 0;;) {
+    auto [ec, c] = co_await listener.async_accept(asio::as_tuple(asio::use_awaitable));
+    if (ec == asio::error::operation_aborted) {
+      io.stop();  // closed after "quit": connections still open end with the program
+      co_return;
+    }
+    if (ec) {
+      const bool refused =
+          std::error_code(ec) == troupe::make_error_code(troupe::errc::authentication_error);
+      say((refused ? "rejected: " : "dropped: ") + why(ec));
+      continue;
+    }
+    say("connection " + std::to_string(++served) + " accepted");
+    asio::co_spawn(io, serve(std::move(c), served, listener), asio::detached);
+  }
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   example::Args args(
@@ -46,45 +118,12 @@ int main(int argc, char** argv) {
           mp::make_tls_context(mp::TlsRole::server, {.certificate_chain = args.get("--tls-cert"),
                                                      .private_key = args.get("--tls-key"),
                                                      .trusted_ca = args.get("--tls-ca", "")});
+    asio::io_context io;
     mp::Listener listener(mp::Address::parse(args.get("--address")), std::move(options));
-    std::printf("listening on %s\n", listener.address().str().c_str());
-    std::fflush(stdout);
-    for (int served = 0;; ++served) {
-      std::optional<mp::Connection> c;
-      try {
-        c.emplace(listener.accept());
-      } catch (const mp::AuthenticationError& e) {
-        std::printf("rejected: %s\n", e.what());
-        std::fflush(stdout);
-        continue;
-      } catch (const troupe::OSError& e) {  // a peer that stalled or vanished mid-handshake
-        std::printf("dropped: %s\n", e.what());
-        std::fflush(stdout);
-        continue;
-      } catch (const troupe::EOFError& e) {
-        std::printf("dropped: %s\n", e.what());
-        std::fflush(stdout);
-        continue;
-      }
-      std::printf("connection %d accepted\n", served + 1);
-      std::fflush(stdout);
-      try {
-        for (;;) {
-          auto m = c->recv_bytes();
-          if (std::string_view(reinterpret_cast<const char*>(m.data()), m.size()) == "quit") {
-            std::printf("quit\n");
-            return 0;
-          }
-          std::reverse(m.begin(), m.end());
-          c->send_bytes(m);
-        }
-      } catch (const troupe::EOFError&) {
-        std::printf("connection %d closed\n", served + 1);  // next one
-      } catch (const troupe::OSError& e) {
-        std::printf("connection %d failed: %s\n", served + 1, e.what());
-      }
-      std::fflush(stdout);
-    }
+    say("listening on " + listener.address().str());
+    asio::co_spawn(io, accept_loop(listener, io), asio::detached);
+    io.run();
+    return 0;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "echo_listener: %s\n", e.what());
     return 1;

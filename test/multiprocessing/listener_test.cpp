@@ -1,10 +1,18 @@
 #include "troupe/multiprocessing/listener.hpp"
 
+#include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <filesystem>
+#include <functional>
+#include <optional>
 #include <thread>
+#include <vector>
+
+#include <boost/asio/bind_executor.hpp>
+#include <boost/asio/io_context.hpp>
 
 #include "troupe/errors.hpp"
 
@@ -143,6 +151,178 @@ TEST_F(ListenerTest, RefusedConnectionNamesTheAddress) {
     EXPECT_NE(std::string(e.what()).find("127.0.0.1:" + std::to_string(port)), std::string::npos);
   }
   EXPECT_THROW(Client(Address::parse("unix:/nonexistent/troupe.sock")), FileNotFoundError);
+}
+
+// A raw TCP connection to `port` on 127.0.0.1 that does nothing by itself.
+int connect_raw(std::uint16_t port) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in sin{};
+  sin.sin_family = AF_INET;
+  sin.sin_port = htons(port);
+  sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&sin), sizeof sin) != 0) {
+    ::close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+// Whether the peer has closed `fd` (reading and dropping what it sent), waiting at most `ms`.
+bool at_eof(int fd, int ms) {
+  pollfd p{fd, POLLIN, 0};
+  for (;;) {
+    if (::poll(&p, 1, ms) <= 0) return false;
+    char buf[512];
+    const ssize_t r = ::recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+    if (r == 0 || (r < 0 && errno == ECONNRESET)) return true;
+    if (r < 0) return false;
+  }
+}
+
+// Issue 15 finding 5: peers that connect and say nothing do not delay one that authenticates;
+// its handshake runs beside theirs, and they are still pending when it has been accepted.
+TEST_F(ListenerTest, IdlePeersDoNotDelayAnAuthenticatedOne) {
+  ListenerOptions opts;
+  opts.authkey = AuthenticationString("k");
+  opts.backlog = 128;  // the idle peers connect before anything accepts
+  Listener l(std::nullopt, opts);
+  std::vector<int> idle;
+  for (int i = 0; i < 20; ++i) {
+    idle.push_back(connect_raw(l.address().port));
+    ASSERT_GE(idle.back(), 0);
+  }
+  std::thread good([&] { Client(l.address(), AuthenticationString("k")).send_bytes("real"); });
+  Connection c = l.accept();
+  EXPECT_EQ(text(c.recv_bytes()), "real");
+  good.join();
+  for (int fd : idle) {
+    EXPECT_FALSE(at_eof(fd, 0)) << "an idle peer was dealt with before the real one";
+    ::close(fd);
+  }
+}
+
+// Issue 15 finding 5: more idle peers than may be pending: the oldest are dropped and a real
+// client is still served.
+TEST_F(ListenerTest, ManyIdlePeersAreBoundedAndTheOldestDropped) {
+  ListenerOptions opts;
+  opts.authkey = AuthenticationString("k");
+  opts.max_pending_handshakes = 8;
+  opts.backlog = 128;
+  Listener l(std::nullopt, opts);
+  std::vector<int> idle;
+  for (int i = 0; i < 40; ++i) {
+    idle.push_back(connect_raw(l.address().port));
+    ASSERT_GE(idle.back(), 0);
+  }
+  std::thread good([&] { Client(l.address(), AuthenticationString("k")).send_bytes("real"); });
+  EXPECT_EQ(text(l.accept().recv_bytes()), "real");
+  good.join();
+  EXPECT_TRUE(at_eof(idle.front(), 5000)) << "the oldest idle peer was not dropped";
+  int open = 0;
+  for (int fd : idle) {
+    if (!at_eof(fd, 0)) ++open;
+    ::close(fd);
+  }
+  EXPECT_LE(open, 8) << "more than max_pending_handshakes peers were kept";
+}
+
+// Issue 15 finding 5: a peer that drips its answer a byte at a time is dropped at its one
+// deadline, not one per byte.
+TEST_F(ListenerTest, DrippingPeerMeetsOneDeadline) {
+  ListenerOptions opts;
+  opts.authkey = AuthenticationString("k");
+  opts.handshake_timeout = 300ms;
+  Listener l(std::nullopt, opts);
+  const int fd = connect_raw(l.address().port);
+  ASSERT_GE(fd, 0);
+  std::atomic<bool> dripping{true};
+  std::thread drip([&] {
+    const char header[4] = {0, 0, 0, 60};
+    (void)::send(fd, header, 4, MSG_NOSIGNAL);
+    for (int i = 0; i < 60 && dripping; ++i) {  // 60 bytes, 100 ms apart: 6 s in all
+      (void)::send(fd, "x", 1, MSG_NOSIGNAL);
+      std::this_thread::sleep_for(100ms);
+    }
+    dripping = false;
+  });
+  EXPECT_THROW(l.accept(), TimeoutError);
+  EXPECT_TRUE(dripping) << "the handshake deadline restarted with every byte";
+  dripping = false;
+  drip.join();
+  ::close(fd);
+}
+
+// Issue 15 finding 5: Client's timeout is one deadline over the whole handshake, also against
+// a server that drips its challenge.
+TEST_F(ListenerTest, ClientTimeoutIsOneDeadlineAgainstADrippingServer) {
+  const int lfd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in sin{};
+  sin.sin_family = AF_INET;
+  sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::bind(lfd, reinterpret_cast<sockaddr*>(&sin), sizeof sin), 0);
+  ASSERT_EQ(::listen(lfd, 1), 0);
+  socklen_t len = sizeof sin;
+  ::getsockname(lfd, reinterpret_cast<sockaddr*>(&sin), &len);
+  std::atomic<bool> dripping{true};
+  std::thread server([&] {
+    const int c = ::accept4(lfd, nullptr, nullptr, SOCK_CLOEXEC);
+    const char header[4] = {0, 0, 0, 60};
+    (void)::send(c, header, 4, MSG_NOSIGNAL);
+    for (int i = 0; i < 60 && dripping; ++i) {
+      (void)::send(c, "x", 1, MSG_NOSIGNAL);
+      std::this_thread::sleep_for(100ms);
+    }
+    dripping = false;
+    ::close(c);
+  });
+  ClientOptions o;
+  o.authkey = AuthenticationString("k");
+  o.timeout = 300ms;
+  EXPECT_THROW(Client(Address{Address::Family::inet, "127.0.0.1", ntohs(sin.sin_port)}, o),
+               TimeoutError);
+  EXPECT_TRUE(dripping) << "Client's timeout restarted with every byte";
+  dripping = false;
+  server.join();
+  ::close(lfd);
+}
+
+// Issue 15 finding 5: async_accept with few outstanding operations and many idle peers still
+// serves the real client, and its handler never runs inside the call.
+TEST_F(ListenerTest, AsyncAcceptServesARealClientAmongIdlePeers) {
+  ListenerOptions opts;
+  opts.authkey = AuthenticationString("k");
+  opts.backlog = 128;
+  Listener l(std::nullopt, opts);
+  boost::asio::io_context ctx;
+  std::vector<int> idle;
+  for (int i = 0; i < 50; ++i) {
+    idle.push_back(connect_raw(l.address().port));
+    ASSERT_GE(idle.back(), 0);
+  }
+  bool inside = true;
+  std::optional<Connection> got;
+  std::function<void()> next = [&] {
+    l.async_accept(boost::asio::bind_executor(ctx, [&](boost::system::error_code ec, Connection c) {
+      EXPECT_FALSE(inside) << "the handler ran inside async_accept";
+      if (!ec)
+        got.emplace(std::move(c));
+      else if (ec != boost::asio::error::operation_aborted)
+        next();  // an idle peer's timeout
+    }));
+  };
+  for (int i = 0; i < 2; ++i) {
+    inside = true;
+    next();
+    inside = false;
+  }
+  std::thread good([&] { Client(l.address(), AuthenticationString("k")).send_bytes("real"); });
+  for (int i = 0; i < 2000 && !got; ++i) ctx.run_one_for(10ms);
+  ASSERT_TRUE(got.has_value());
+  EXPECT_EQ(text(got->recv_bytes()), "real");
+  good.join();
+  l.close();
+  ctx.poll();
+  for (int fd : idle) ::close(fd);
 }
 
 }  // namespace

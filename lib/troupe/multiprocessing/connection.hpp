@@ -187,6 +187,10 @@ public:
   /// The executor used by async operations whose handler has none.
   void set_executor(boost::asio::any_io_executor ex) { executor_ = std::move(ex); }
   const boost::asio::any_io_executor& get_executor() const noexcept { return executor_; }
+  /// Forgets the reactor the fd registered with (none of its async operations may be
+  /// outstanding): the next async operation registers with its own executor's. Listener and
+  /// Client call it on what they hand over after a handshake run on a private io_context.
+  void reset_reactor() noexcept { reactor_.release(); }
 
   /// Waits until the fd is readable or writable (as Asio's basic_socket::async_wait), without
   /// reading or writing. Completion: void(boost::system::error_code).

@@ -1,6 +1,7 @@
 #include "troupe/multiprocessing/listener.hpp"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
@@ -9,6 +10,14 @@
 #include <unistd.h>
 
 #include <cstring>
+
+#include <boost/asio/bind_executor.hpp>
+#include <boost/asio/execution/outstanding_work.hpp>
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/prefer.hpp>
+#include <boost/asio/strand.hpp>
 
 #include "troupe/errors.hpp"
 
@@ -91,25 +100,47 @@ Address from_sockaddr(const sockaddr_storage& ss, socklen_t len, Address::Family
   return a;
 }
 
-// Bounds each read and write of the handshake (0 clears it).
-void set_io_timeout(int fd, std::chrono::milliseconds t) {
-  timeval tv{static_cast<time_t>(t.count() / 1000),
-             static_cast<suseconds_t>((t.count() % 1000) * 1000)};
-  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+// Accepts a waiting peer (the socket is non-blocking): the fd (close-on-exec, TCP_NODELAY on
+// TCP) and the peer's address; -1 with errno (EAGAIN when none is waiting).
+int accept_peer(int listen_fd, Address::Family family, std::optional<Address>& peer) noexcept {
+  sockaddr_storage ss{};
+  socklen_t len = sizeof ss;
+  int fd;
+  do {
+    len = sizeof ss;
+    fd = ::accept4(listen_fd, reinterpret_cast<sockaddr*>(&ss), &len, SOCK_CLOEXEC);
+  } while (fd < 0 && (errno == EINTR || errno == ECONNABORTED));
+  if (fd < 0) return -1;
+  if (ss.ss_family == AF_INET || ss.ss_family == AF_INET6) {
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  }
+  try {
+    peer = from_sockaddr(ss, len, family);
+  } catch (...) {
+    peer.reset();
+  }
+  return fd;
 }
 
-// Runs `step` with the handshake deadline on; a stalled peer becomes TimeoutError.
-template <class Step>
-void with_deadline(Connection& c, std::chrono::milliseconds t, const std::string& peer, Step step) {
-  set_io_timeout(c.fileno(), t);
-  try {
-    step();
-  } catch (const BlockingIOError&) {
-    throw TimeoutError("authentication with " + peer + " timed out after " +
-                       std::to_string(t.count()) + " ms");
+// The exception for a failed accept or connect, naming the peer and what it failed with.
+[[noreturn]] void throw_outcome(const boost::system::error_code& ec, const std::string& who,
+                                std::chrono::milliseconds timeout, const std::string& why = {}) {
+  const std::error_code e(ec);
+  if (e == troupe::make_error_code(troupe::errc::timeout_error))
+    throw TimeoutError(who + ": the handshake took longer than " + std::to_string(timeout.count()) +
+                       " ms");
+  if (e == troupe::make_error_code(troupe::errc::authentication_error)) {
+    if (!why.empty()) throw AuthenticationError(who + ": TLS handshake failed: " + why);
+    throw AuthenticationError(who +
+                              ": authentication failed (wrong key, or not a "
+                              "multiprocessing peer)");
   }
-  if (!c.closed()) set_io_timeout(c.fileno(), std::chrono::milliseconds(0));
+  if (ec == boost::asio::error::operation_aborted)
+    throw_os_error(EBADF, who + ": the listener was closed");
+  if (e.category() == std::generic_category() || e.category() == std::system_category())
+    throw_os_error(e.value(), who);
+  throw_error(e, who);
 }
 
 }  // namespace
@@ -176,7 +207,10 @@ Listener::Listener(std::optional<Address> address, ListenerOptions options)
     throw ValueError("Listener on " + a.str() +
                      ": a network listener needs an authkey (authentication is mandatory)");
   const SockAddr sa = to_sockaddr(a);
-  fd_ = ::socket(sa.ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (options_.max_pending_handshakes == 0)
+    throw ValueError("Listener on " + a.str() + ": max_pending_handshakes must be at least 1");
+  // Non-blocking: accept() and async_accept take peers as they come, never blocking in accept4.
+  fd_ = ::socket(sa.ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
   if (fd_ < 0) throw_os_error(errno, "Listener: socket for " + a.str());
   if (!is_unix) {
     int one = 1;
@@ -197,20 +231,24 @@ Listener::Listener(std::optional<Address> address, ListenerOptions options)
 Listener::Listener(Listener&& o) noexcept
     : fd_(std::exchange(o.fd_, -1)),
       executor_(std::move(o.executor_)),
-      reactor_(std::move(o.reactor_)),
       address_(std::move(o.address_)),
       last_accepted_(std::move(o.last_accepted_)),
-      options_(std::move(o.options_)) {}
+      options_(std::move(o.options_)),
+      engine_(std::move(o.engine_)),
+      own_(std::move(o.own_)),
+      own_engine_(std::move(o.own_engine_)) {}
 
 Listener& Listener::operator=(Listener&& o) noexcept {
   if (this != &o) {
     close();
     fd_ = std::exchange(o.fd_, -1);
     executor_ = std::move(o.executor_);
-    reactor_ = std::move(o.reactor_);
     address_ = std::move(o.address_);
     last_accepted_ = std::move(o.last_accepted_);
     options_ = std::move(o.options_);
+    engine_ = std::move(o.engine_);
+    own_ = std::move(o.own_);
+    own_engine_ = std::move(o.own_engine_);
   }
   return *this;
 }
@@ -220,41 +258,23 @@ Listener::~Listener() {
 }
 
 void Listener::close() noexcept {
-  reactor_.release();  // cancels a waiting async_accept
+  if (engine_) {
+    engine_->stop();  // on its executor: a waiting async_accept ends with operation_aborted
+    engine_.reset();
+  }
+  if (own_engine_) {
+    own_engine_->stop();
+    own_engine_.reset();
+    try {
+      own_->restart();
+      own_->poll();  // the stop, now: nothing else runs this io_context
+    } catch (...) {
+    }
+  }
   if (fd_ < 0) return;
   ::close(fd_);
   fd_ = -1;
   if (address_.family == Address::Family::unix_path) ::unlink(address_.host.c_str());
-}
-
-int Listener::try_accept(std::optional<Address>& peer) noexcept {
-  pollfd p{fd_, POLLIN, 0};
-  if (::poll(&p, 1, 0) <= 0) {
-    errno = EAGAIN;
-    return -1;
-  }
-  return accept_fd(peer);
-}
-
-int Listener::accept_fd(std::optional<Address>& peer) noexcept {
-  sockaddr_storage ss{};
-  socklen_t len = sizeof ss;
-  int fd;
-  do {
-    len = sizeof ss;
-    fd = ::accept4(fd_, reinterpret_cast<sockaddr*>(&ss), &len, SOCK_CLOEXEC);
-  } while (fd < 0 && errno == EINTR);
-  if (fd < 0) return -1;
-  if (ss.ss_family == AF_INET || ss.ss_family == AF_INET6) {
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-  }
-  try {
-    peer = from_sockaddr(ss, len, address_.family);
-  } catch (...) {
-    peer.reset();
-  }
-  return fd;
 }
 
 int Listener::fileno() const {
@@ -262,25 +282,228 @@ int Listener::fileno() const {
   return fd_;
 }
 
+const std::optional<Address>& Listener::last_accepted() const noexcept {
+  if (engine_)
+    if (auto a = engine_->last_accepted()) last_accepted_ = std::move(a);
+  return last_accepted_;
+}
+
+std::shared_ptr<detail::AcceptEngine> Listener::engine_for(const boost::asio::any_io_executor& ex) {
+  if (!engine_) engine_ = detail::AcceptEngine::make(fd_, address_, options_, ex);
+  return engine_;
+}
+
 Connection Listener::accept() {
   if (fd_ < 0) throw_os_error(EBADF, "Listener.accept: the listener is closed");
-  std::optional<Address> accepted;
-  const int fd = accept_fd(accepted);
-  if (fd < 0) throw_os_error(errno, "Listener.accept on " + address_.str());
-  last_accepted_ = accepted;
-  Connection c(fd);
-  if (options_.authkey || options_.tls) {
-    const std::string peer = accepted ? accepted->str() : "a peer of " + address_.str();
-    with_deadline(c, options_.handshake_timeout, peer, [&] {
-      if (options_.tls) c.start_tls(*options_.tls, TlsRole::server);
-      if (options_.authkey) {
-        deliver_challenge(c, *options_.authkey, options_.auth);
-        answer_challenge(c, *options_.authkey, options_.auth);
-      }
-    });
+  if (!own_) {
+    own_ = std::make_unique<boost::asio::io_context>(1);
+    own_engine_ = detail::AcceptEngine::make(fd_, address_, options_, own_->get_executor());
   }
-  return c;
+  auto got = std::make_shared<std::optional<detail::AcceptOutcome>>();
+  own_engine_->want([got](detail::AcceptOutcome& o) { got->emplace(std::move(o)); });
+  own_->restart();
+  {
+    // The wait for peers does not count as work (it is kept between calls): this does, until
+    // an outcome has come.
+    auto busy = boost::asio::make_work_guard(*own_);
+    while (!*got) own_->run_one();
+  }
+  detail::AcceptOutcome& o = **got;
+  const std::string who =
+      "Listener.accept on " + address_.str() + (o.peer ? " from " + o.peer->str() : "");
+  if (o.ec) throw_outcome(o.ec, who, options_.handshake_timeout, o.why);
+  last_accepted_ = o.peer;
+  return std::move(o.conn);
 }
+
+// ---- the accept engine ----------------------------------------------------------------------
+
+namespace detail {
+
+struct AcceptEngine::Pending {
+  Connection conn;
+  boost::asio::steady_timer timer;
+  std::optional<Address> peer;
+  bool timed_out = false;
+  bool dropped = false;
+  Pending(int fd, const boost::asio::any_io_executor& ex, std::optional<Address> p)
+      : conn(fd), timer(ex), peer(std::move(p)) {}
+};
+
+std::shared_ptr<AcceptEngine> AcceptEngine::make(int listen_fd, const Address& address,
+                                                 const ListenerOptions& options,
+                                                 const boost::asio::any_io_executor& ex) {
+  std::shared_ptr<AcceptEngine> e(new AcceptEngine);
+  e->fd_ = ::fcntl(listen_fd, F_DUPFD_CLOEXEC, 0);
+  if (e->fd_ < 0) throw_os_error(errno, "Listener on " + address.str() + ": fcntl(F_DUPFD)");
+  e->address_ = address;
+  e->options_ = options;
+  // Untracked: the engine outlives its waiters and must not keep an io_context running (its
+  // pending handshakes do, as every outstanding operation does).
+  e->strand_ = boost::asio::make_strand(
+      boost::asio::prefer(ex, boost::asio::execution::outstanding_work.untracked));
+  return e;
+}
+
+AcceptEngine::~AcceptEngine() {
+  reactor_.release();
+  if (fd_ >= 0) ::close(fd_);
+}
+
+void AcceptEngine::want(Waiter w) {
+  boost::asio::post(strand_, [self = shared_from_this(), w = std::move(w)]() mutable {
+    if (self->stopped_) {
+      AcceptOutcome o{boost::asio::error::operation_aborted, Connection(), std::nullopt};
+      return w(o);
+    }
+    if (!self->ready_.empty()) {
+      AcceptOutcome o = std::move(self->ready_.front());
+      self->ready_.pop_front();
+      if (!o.ec) {
+        std::lock_guard lock(self->last_m_);
+        self->last_ = o.peer;
+      }
+      w(o);
+    } else {
+      self->waiters_.push_back(std::move(w));
+    }
+    self->pump();
+  });
+}
+
+void AcceptEngine::stop() {
+  boost::asio::post(strand_, [self = shared_from_this()] { self->teardown(); });
+}
+
+std::optional<Address> AcceptEngine::last_accepted() const {
+  std::lock_guard lock(last_m_);
+  return last_;
+}
+
+void AcceptEngine::teardown() {
+  if (stopped_) return;
+  stopped_ = true;
+  reactor_.release();  // cancels the wait for peers
+  if (fd_ >= 0) ::close(fd_);
+  fd_ = -1;
+  for (auto& p : pending_) {
+    p->dropped = true;
+    p->timer.cancel();
+    p->conn.close();  // its handshake ends with operation_aborted
+  }
+  pending_.clear();
+  ready_.clear();
+  auto waiters = std::move(waiters_);
+  waiters_.clear();
+  for (auto& w : waiters) {
+    AcceptOutcome o{boost::asio::error::operation_aborted, Connection(), std::nullopt};
+    w(o);
+  }
+}
+
+// Takes every peer waiting (while there is room for their outcomes), then, while someone waits
+// for an outcome, waits for more.
+void AcceptEngine::pump() {
+  if (stopped_ || waiting_) return;
+  const std::size_t room = options_.max_pending_handshakes;
+  while (ready_.size() < room) {
+    std::optional<Address> peer;
+    const int fd = accept_peer(fd_, address_.family, peer);
+    if (fd < 0) {
+      if (errno == EAGAIN || errno == EWOULDBLOCK) break;
+      // Out of fds, or shut down: every waiter hears of it; the next want() tries again.
+      const boost::system::error_code ec(errno, boost::system::generic_category());
+      auto waiters = std::move(waiters_);
+      waiters_.clear();
+      if (waiters.empty()) ready_.push_back({ec, Connection(), std::nullopt});
+      for (auto& w : waiters) {
+        AcceptOutcome o{ec, Connection(), std::nullopt};
+        w(o);
+      }
+      return;
+    }
+    start(fd, std::move(peer));
+  }
+  // Peers are waited for only while someone waits for an outcome: a pending wait counts as
+  // work and would keep the io_context running (want() pumps again).
+  if (waiters_.empty()) return;
+  waiting_ = true;
+  reactor_.get(fd_, strand_)
+      .async_wait(boost::asio::posix::descriptor_base::wait_read,
+                  [self = shared_from_this()](boost::system::error_code) {
+                    self->waiting_ = false;
+                    self->pump();  // also after a cancel: a waiter may have come since
+                  });
+}
+
+void AcceptEngine::start(int fd, std::optional<Address> peer) {
+  auto p = std::make_shared<Pending>(fd, strand_, std::move(peer));
+  if (!options_.authkey && !options_.tls) return deliver({{}, std::move(p->conn), p->peer});
+  if (pending_.size() >= options_.max_pending_handshakes) {
+    auto& oldest = pending_.front();
+    oldest->dropped = true;
+    oldest->timer.cancel();
+    oldest->conn.close();
+    pending_.pop_front();
+  }
+  pending_.push_back(p);
+  p->timer.expires_after(options_.handshake_timeout);
+  p->timer.async_wait([p](boost::system::error_code ec) {
+    if (ec || p->dropped) return;
+    p->timed_out = true;
+    p->conn.close();  // the step in progress ends with operation_aborted
+  });
+  auto self = shared_from_this();
+  auto hmac = [self, p](boost::system::error_code ec) {
+    if (ec || !self->options_.authkey) return self->finish(p, ec);
+    async_handshake(
+        p->conn, *self->options_.authkey, self->options_.auth, true,
+        boost::asio::bind_executor(self->strand_,
+                                   [self, p](boost::system::error_code e) { self->finish(p, e); }));
+  };
+  if (options_.tls)
+    p->conn.async_start_tls(*options_.tls, TlsRole::server, {},
+                            boost::asio::bind_executor(strand_, std::move(hmac)));
+  else
+    hmac({});
+}
+
+void AcceptEngine::finish(const std::shared_ptr<Pending>& p, boost::system::error_code ec) {
+  if (p->dropped) return;
+  p->timer.cancel();
+  std::erase(pending_, p);
+  if (ec) {
+    if (p->timed_out) ec = to_boost(troupe::make_error_code(troupe::errc::timeout_error));
+    std::string why = p->conn.tls() ? p->conn.tls_error() : std::string();
+    p->conn.close();
+    return deliver({ec, Connection(), p->peer, std::move(why)});
+  }
+  p->conn.reset_reactor();  // the user's async operations register with their own executor
+  deliver({{}, std::move(p->conn), p->peer});
+}
+
+void AcceptEngine::deliver(AcceptOutcome o) {
+  if (stopped_) return;
+  if (waiters_.empty()) {
+    ready_.push_back(std::move(o));
+  } else {
+    Waiter w = std::move(waiters_.front());
+    waiters_.pop_front();
+    if (!o.ec) {
+      std::lock_guard lock(last_m_);
+      last_ = o.peer;
+    }
+    w(o);
+  }
+  if (waiters_.empty() && waiting_) {
+    boost::system::error_code ignored;
+    reactor_.get(fd_, strand_).cancel(ignored);  // nobody waits: stop waiting for peers
+    return;
+  }
+  pump();
+}
+
+}  // namespace detail
 
 // ---- Client ---------------------------------------------------------------------------------
 
@@ -342,43 +565,32 @@ Connection Client(const Address& address, std::optional<AuthenticationString> au
 }
 
 Connection Client(const Address& address, const ClientOptions& o) {
-  const auto deadline = std::chrono::steady_clock::now() + o.timeout;
-  auto left = [&] {
-    return std::max(std::chrono::milliseconds(1), std::chrono::ceil<std::chrono::milliseconds>(
-                                                      deadline - std::chrono::steady_clock::now()));
-  };
-  auto timed_out = [&](const char* what) {
-    throw TimeoutError(std::string("Client: ") + what + " " + address.str() + " timed out after " +
-                       std::to_string(o.timeout.count()) + " ms");
-  };
-  bool in_progress = false;
-  int fd;
-  // A Unix listener whose backlog is full refuses at once (EAGAIN): try again until the deadline.
-  while ((fd = detail::start_connect(address, in_progress)) < 0 && errno == EAGAIN) {
-    if (std::chrono::steady_clock::now() >= deadline) timed_out("connect to");
-    ::poll(nullptr, 0, 5);
+  // The asynchronous connect and handshake on a private io_context: one deadline from the
+  // connect to the last byte, whatever the server sends when (a per-read timeout would restart
+  // with every byte a dripping server sends).
+  boost::asio::io_context ctx(1);
+  boost::system::error_code ec;
+  Connection c;
+  bool done = false;
+  std::string why;
+  detail::async_client(ctx.get_executor(), address, o, &why,
+                       [&](boost::system::error_code e, Connection got) {
+                         ec = e;
+                         c = std::move(got);
+                         done = true;
+                       });
+  ctx.run();
+  if (!done || ec) {
+    if (!done) ec = detail::to_boost(troupe::make_error_code(troupe::errc::os_error));
+    const std::error_code e(ec);
+    if (e == troupe::make_error_code(troupe::errc::timeout_error))
+      throw TimeoutError("Client: connecting to and authenticating with " + address.str() +
+                         " took longer than " + std::to_string(o.timeout.count()) + " ms");
+    if (e.category() == std::generic_category() || e.category() == std::system_category())
+      throw_os_error(e.value(), "Client: connect to " + address.str());
+    throw_outcome(ec, "Client: " + address.str(), o.timeout, why);
   }
-  if (fd < 0) throw_os_error(errno, "Client: connect to " + address.str());
-  Connection c(fd);
-  if (in_progress) {
-    pollfd p{fd, POLLOUT, 0};
-    int r;
-    while ((r = ::poll(&p, 1, static_cast<int>(left().count()))) < 0 && errno == EINTR) {
-    }
-    if (r == 0) timed_out("connect to");
-  }
-  if (const int err = detail::finish_connect(fd))
-    throw_os_error(err, "Client: connect to " + address.str());
-  detail::connected(fd);
-  if (o.authkey || o.tls) {
-    with_deadline(c, left(), address.str(), [&] {
-      if (o.tls) c.start_tls(*o.tls, TlsRole::client, detail::tls_peer_name(address, o));
-      if (o.authkey) {
-        answer_challenge(c, *o.authkey, o.auth);
-        deliver_challenge(c, *o.authkey, o.auth);
-      }
-    });
-  }
+  c.reset_reactor();
   return c;
 }
 

@@ -4,12 +4,21 @@
 
 #include <chrono>
 #include <cstdint>
+#include <deque>
+#include <functional>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
 #include <variant>
 
+#include <boost/asio/associated_executor.hpp>
+#include <boost/asio/async_result.hpp>
+#include <boost/asio/execution/outstanding_work.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/prefer.hpp>
 #include <boost/asio/steady_timer.hpp>
 
 #include "troupe/multiprocessing/authkey.hpp"
@@ -42,6 +51,12 @@ struct ListenerOptions {
   /// The longest a peer may take over the handshake (TLS's and the HMAC one) before it is
   /// dropped.
   std::chrono::milliseconds handshake_timeout{10000};
+  /// How many peers may be in their handshakes at once. Handshakes proceed side by side, so
+  /// a peer that stalls delays nobody else; when this many are pending and another peer
+  /// arrives, the oldest pending one is dropped (it had the longest time). At most as many
+  /// authenticated connections wait for accept() before the listener stops accepting (the
+  /// rest wait in the kernel's backlog). At least 1.
+  std::size_t max_pending_handshakes = 64;
   /// TLS under every accepted connection (make_tls_context(TlsRole::server, …) or a context
   /// of your own); null for plain sockets. On top of the authkey, never instead of it.
   std::shared_ptr<boost::asio::ssl::context> tls;
@@ -61,6 +76,66 @@ struct ClientOptions {
   std::string tls_server_name;
 };
 
+namespace detail {
+
+/// What accepting a peer came to: an authenticated connection, or why the peer was dropped.
+struct AcceptOutcome {
+  boost::system::error_code ec;
+  Connection conn;
+  std::optional<Address> peer;
+  std::string why;  // a failed TLS handshake's reason (Connection::tls_error), else empty
+};
+
+/// Accepts peers on a listening socket and runs their handshakes side by side on one strand of
+/// an executor (TLS, then the HMAC one, each peer under one deadline); authenticated
+/// connections and failures are handed to waiters in the order they complete. Bounded: at most
+/// max_pending_handshakes in progress (the oldest dropped for a newcomer) and as many outcomes
+/// waiting for a waiter. Shared by Listener::accept (on a private io_context) and async_accept.
+class AcceptEngine : public std::enable_shared_from_this<AcceptEngine> {
+public:
+  using Waiter = std::function<void(AcceptOutcome&)>;
+  /// `listen_fd` is duplicated: the engine owns its copy until stop() has run.
+  static std::shared_ptr<AcceptEngine> make(int listen_fd, const Address& address,
+                                            const ListenerOptions& options,
+                                            const boost::asio::any_io_executor& ex);
+  ~AcceptEngine();
+  AcceptEngine(const AcceptEngine&) = delete;
+  AcceptEngine& operator=(const AcceptEngine&) = delete;
+
+  /// Asks for the next outcome; `w` runs on the engine's strand, never inside this call.
+  void want(Waiter w);
+  /// Drops every pending peer and waiting outcome, fails the waiters with operation_aborted
+  /// and closes the engine's socket, on the strand. Thread-safe.
+  void stop();
+  /// The peer of the last connection handed to a waiter.
+  std::optional<Address> last_accepted() const;
+  const boost::asio::any_io_executor& executor() const noexcept { return strand_; }
+
+private:
+  struct Pending;
+  AcceptEngine() = default;
+  void pump();
+  void start(int fd, std::optional<Address> peer);
+  void finish(const std::shared_ptr<Pending>& p, boost::system::error_code ec);
+  void deliver(AcceptOutcome o);
+  void teardown();
+
+  int fd_ = -1;
+  Address address_;
+  ListenerOptions options_;
+  boost::asio::any_io_executor strand_;
+  ReactorRegistration reactor_;
+  bool waiting_ = false;  // a wait for the listening socket is outstanding
+  bool stopped_ = false;
+  std::deque<std::shared_ptr<Pending>> pending_;
+  std::deque<AcceptOutcome> ready_;
+  std::deque<Waiter> waiters_;
+  mutable std::mutex last_m_;
+  std::optional<Address> last_;
+};
+
+}  // namespace detail
+
 /// Python: `multiprocessing.connection.Listener(address=None, family=None, backlog=1,
 /// authkey=None)`. With no address, a free port on 127.0.0.1. A Unix socket path is unlinked
 /// on close. Accepted connections are authenticated (deliver, then answer the peer's challenge).
@@ -73,14 +148,20 @@ public:
   Listener& operator=(const Listener&) = delete;
   ~Listener();
 
-  /// Python: `accept()`: the next authenticated connection. A peer that fails the handshake is
-  /// dropped and accept() raises AuthenticationError (as Python's); call it again for the next.
+  /// Python: `accept()`: the next authenticated connection. Peers are accepted as they come and
+  /// their handshakes run side by side (non-blocking, each under one handshake_timeout from its
+  /// connect to its last byte), so accept() returns the first peer to complete: one that
+  /// stalls or drips delays nobody (see max_pending_handshakes). A peer that fails its
+  /// handshake is dropped and accept() raises what it failed with, in the order outcomes come:
+  /// AuthenticationError (as Python's), TimeoutError, OSError; call it again for the next.
+  /// Handshakes progress while accept() runs. @throws OSError EBADF when closed.
   Connection accept();
-  /// accept(), asynchronously: waits for a peer in the reactor and runs the handshake as
-  /// asynchronous reads and writes under handshake_timeout, so one slow peer holds up nothing.
-  /// Completion: void(boost::system::error_code, Connection); errc::authentication_error,
-  /// errc::timeout_error or an errno code on failure (the connection is dropped; call again for
-  /// the next peer). Executors as for Connection's async operations.
+  /// accept(), asynchronously, with the same engine on the handler's executor (or
+  /// set_executor's): handshakes side by side, each under handshake_timeout. Completion:
+  /// void(boost::system::error_code, Connection); errc::authentication_error,
+  /// errc::timeout_error or an errno code for a peer that failed (call again for the next);
+  /// operation_aborted when the listener is closed. The handler is never invoked from inside
+  /// async_accept (it is posted to its executor).
   template <class Token>
   auto async_accept(Token&& token);
   /// The executor used by async_accept when its handler has none.
@@ -93,21 +174,20 @@ public:
   int fileno() const;
   /// Python: `address`, `last_accepted`.
   const Address& address() const noexcept { return address_; }
-  const std::optional<Address>& last_accepted() const noexcept { return last_accepted_; }
+  const std::optional<Address>& last_accepted() const noexcept;
 
 private:
-  struct AcceptState;
-  // Accepts a pending peer without blocking: the fd, or -1 (errno EAGAIN when none is waiting).
-  int try_accept(std::optional<Address>& peer) noexcept;
-  // accept4 (blocking), TCP_NODELAY, and the peer's address: the fd, or -1 with errno.
-  int accept_fd(std::optional<Address>& peer) noexcept;
+  // The engine async_accept uses on `ex` (made on first use).
+  std::shared_ptr<detail::AcceptEngine> engine_for(const boost::asio::any_io_executor& ex);
 
   int fd_ = -1;
   boost::asio::any_io_executor executor_;
-  detail::ReactorRegistration reactor_;
   Address address_;
-  std::optional<Address> last_accepted_;
+  mutable std::optional<Address> last_accepted_;
   ListenerOptions options_;
+  std::shared_ptr<detail::AcceptEngine> engine_;  // async_accept's
+  std::unique_ptr<boost::asio::io_context> own_;  // accept()'s, and its engine:
+  std::shared_ptr<detail::AcceptEngine> own_engine_;
 };
 
 namespace detail {
@@ -213,54 +293,32 @@ std::string tls_peer_name(const Address& address, const ClientOptions& options);
 
 template <class Token>
 auto Listener::async_accept(Token&& token) {
-  auto impl = [this, st = std::make_shared<detail::Establishing>(),
-               peer = std::optional<Address>()](auto& self,
-                                                boost::system::error_code ec = {}) mutable {
-    auto ex = self.get_executor();
-    if constexpr (std::is_same_v<std::decay_t<decltype(ex)>, boost::asio::system_executor>) {
-      self.complete(detail::to_boost(troupe::make_error_code(troupe::errc::value_error)),
-                    Connection());
-    } else {
-      auto done = [&] {
-        if (st->timer) st->timer->cancel();
-        last_accepted_ = peer;
-        self.complete({}, std::move(st->conn));
-      };
-      if (ec) return self.complete(st->fail(std::error_code(ec)), Connection());
-      switch (st->step) {
-        case 0: {  // waiting for a peer
-          if (fd_ < 0)
-            return self.complete(st->fail(std::error_code(EBADF, std::generic_category())),
-                                 Connection());
-          const int fd = try_accept(peer);
-          if (fd < 0) {
-            if (errno != EAGAIN && errno != EWOULDBLOCK)
-              return self.complete(st->fail(std::error_code(errno, std::generic_category())),
-                                   Connection());
-            reactor_.get(fd_, boost::asio::any_io_executor(ex))
-                .async_wait(boost::asio::posix::descriptor_base::wait_read, std::move(self));
-            return reactor_.keep_blocking(fd_);
-          }
-          st->conn = Connection(fd);
-          if (!options_.tls && !options_.authkey) return done();
-          detail::Establishing::start_deadline(st, ex, options_.handshake_timeout);
-          st->step = 1;
-          if (options_.tls)
-            return st->conn.async_start_tls(*options_.tls, TlsRole::server, {}, std::move(self));
-        }
-          [[fallthrough]];
-        case 1:  // TLS is up (if asked for)
-          if (!options_.authkey) return done();
-          st->step = 2;
-          return detail::async_handshake(st->conn, *options_.authkey, options_.auth, true,
-                                         std::move(self));
-        default: return done();
-      }
-    }
-  };
   using Sig = void(boost::system::error_code, Connection);
-  if (executor_) return boost::asio::async_compose<Token, Sig>(std::move(impl), token, executor_);
-  return boost::asio::async_compose<Token, Sig>(std::move(impl), token);
+  return boost::asio::async_initiate<Token, Sig>(
+      [this](auto handler) {
+        using Handler = decltype(handler);
+        using HandlerEx = boost::asio::associated_executor_t<Handler, boost::asio::any_io_executor>;
+        boost::asio::any_io_executor ex;
+        if constexpr (std::is_same_v<HandlerEx, boost::asio::system_executor>)
+          ex = executor_;
+        else
+          ex = boost::asio::get_associated_executor(handler, executor_);
+        auto h = std::make_shared<Handler>(std::move(handler));
+        auto fail = [&h](boost::system::error_code ec) {
+          auto hex = boost::asio::get_associated_executor(*h);
+          boost::asio::post(hex, [h, ec]() mutable { std::move (*h)(ec, Connection()); });
+        };
+        if (!ex) return fail(detail::to_boost(troupe::make_error_code(troupe::errc::value_error)));
+        if (fd_ < 0) return fail(detail::to_boost(std::error_code(EBADF, std::generic_category())));
+        auto work = boost::asio::prefer(boost::asio::get_associated_executor(*h, ex),
+                                        boost::asio::execution::outstanding_work.tracked);
+        engine_for(ex)->want([h, work](detail::AcceptOutcome& o) mutable {
+          boost::asio::post(work, [h, ec = o.ec, c = std::move(o.conn)]() mutable {
+            std::move (*h)(ec, std::move(c));
+          });
+        });
+      },
+      token);
 }
 
 /// Python: `multiprocessing.connection.Client(address, family=None, authkey=None)`: connects
@@ -276,25 +334,29 @@ Connection Client(const Address& address,
 /// @throws TimeoutError when options.timeout passes; the others as above.
 Connection Client(const Address& address, const ClientOptions& options);
 
-/// Client, asynchronously, on `ex`: connects (non-blocking), runs TLS if asked and the HMAC
-/// handshake as asynchronous reads and writes, all under options.timeout. Names are resolved
-/// with getaddrinfo, which blocks: give numeric addresses where that matters.
-/// Completion: void(boost::system::error_code, Connection): errno codes for the connect
-/// (ECONNREFUSED, ENOENT, …), errc::authentication_error, errc::timeout_error.
+namespace detail {
+
+/// async_client; a failed TLS handshake's reason goes to `*why` (if given; it must outlive the
+/// operation), for the blocking Client's message.
 template <class Token>
 auto async_client(boost::asio::any_io_executor ex, Address address, ClientOptions options,
-                  Token&& token) {
+                  std::string* why, Token&& token) {
   struct State : detail::Establishing {
     Address address;
     ClientOptions options;
     std::optional<boost::asio::steady_timer> retry;
+    std::string* why = nullptr;
   };
   auto st = std::make_shared<State>();
   st->address = std::move(address);
   st->options = std::move(options);
+  st->why = why;
   auto impl = [st, ex](auto& self, boost::system::error_code ec = {}) mutable {
     using D = boost::asio::posix::descriptor_base;
-    auto fail = [&](std::error_code why) { self.complete(st->fail(why), Connection()); };
+    auto fail = [&](std::error_code why) {
+      if (st->why && st->conn.tls()) *st->why = st->conn.tls_error();
+      self.complete(st->fail(why), Connection());
+    };
     auto& o = st->options;
     if (ec) return fail(std::error_code(ec));
     switch (st->step) {
@@ -340,6 +402,20 @@ auto async_client(boost::asio::any_io_executor ex, Address address, ClientOption
   };
   return boost::asio::async_compose<Token, void(boost::system::error_code, Connection)>(
       std::move(impl), token, ex);
+}
+
+}  // namespace detail
+
+/// Client, asynchronously, on `ex`: connects (non-blocking), runs TLS if asked and the HMAC
+/// handshake as asynchronous reads and writes, all under options.timeout. Names are resolved
+/// with getaddrinfo, which blocks: give numeric addresses where that matters.
+/// Completion: void(boost::system::error_code, Connection): errno codes for the connect
+/// (ECONNREFUSED, ENOENT, …), errc::authentication_error, errc::timeout_error.
+template <class Token>
+auto async_client(boost::asio::any_io_executor ex, Address address, ClientOptions options,
+                  Token&& token) {
+  return detail::async_client(std::move(ex), std::move(address), std::move(options), nullptr,
+                              std::forward<Token>(token));
 }
 
 }  // namespace troupe::multiprocessing
