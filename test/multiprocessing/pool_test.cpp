@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <initializer_list>
 #include <list>
 #include <ranges>
 #include <set>
@@ -19,6 +20,7 @@
 #include "troupe/threading/event.hpp"
 
 #include "leak_check.hpp"
+#include "outcomes.hpp"
 #include "start_methods.hpp"
 
 // The behaviours of CPython's _TestPool, _TestPoolWorkerErrors and _TestPoolWorkerLifetime
@@ -52,6 +54,12 @@ int raising(int x) {
 }
 TROUPE_ENTRY(raising);
 
+int raise_at_10(int x) {
+  if (x == 10) throw KeyError("item 10");
+  return x;
+}
+TROUPE_ENTRY(raise_at_10);
+
 int pid_of(int) {
   return static_cast<int>(::getpid());
 }
@@ -80,6 +88,9 @@ int add_base(int x) {
 TROUPE_ENTRY(add_base);
 
 using PoolTest = troupe::testing::StartMethodTest;
+using troupe::testing::input_raising_at;
+using troupe::testing::outcomes;
+using troupe::testing::texts;
 
 PoolOptions with(const std::string& method, PoolOptions o = {}) {
   o.context = get_context(method);
@@ -187,6 +198,68 @@ TEST_P(PoolTest, ErrorsPropagate) {
   auto r = pool.apply_async(raising, 7);
   r.wait(30s);
   EXPECT_FALSE(r.successful());
+}
+
+// What Python's IMapIterator gives a next() loop that catches errors: a failing call's exception
+// at its place and every other result; the unordered results hold the same.
+std::vector<std::string> around_item_10() {
+  auto want = texts(0, 100, [](int i) { return i; });
+  want[10] = "KeyError";
+  return want;
+}
+std::multiset<std::string> as_set(const std::vector<std::string>& v) {
+  return {v.begin(), v.end()};
+}
+
+TEST_P(PoolTest, ImapGoesOnPastAFailingCall) {
+  Pool pool(with(GetParam()));
+  auto ordered = pool.imap(raise_at_10, std::views::iota(0, 100));
+  EXPECT_EQ(outcomes(ordered), around_item_10());
+  auto unordered = pool.imap_unordered(raise_at_10, std::views::iota(0, 100));
+  EXPECT_EQ(as_set(outcomes(unordered)), as_set(around_item_10()));
+  // With chunks, the failing call fails its chunk (as in Python): one exception, at the chunk's
+  // place, and the other chunks' results.
+  auto chunked = pool.imap(raise_at_10, std::views::iota(0, 100), 4);
+  auto want = texts(0, 100, [](int i) { return i; });
+  want.erase(want.begin() + 8, want.begin() + 12);
+  want.insert(want.begin() + 8, "KeyError");
+  EXPECT_EQ(outcomes(chunked), want);
+  auto chunked_unordered = pool.imap_unordered(raise_at_10, std::views::iota(0, 100), 4);
+  EXPECT_EQ(as_set(outcomes(chunked_unordered)), as_set(want));
+}
+
+// Python's test_imap_handle_iterable_exception on `pool` (a Pool or a ThreadPool), for inputs of
+// `n` elements failing at each of `ks`: the results of the elements read before the failing one,
+// then its exception, then the end; imap() itself does not raise.
+template <class AnyPool>
+void check_input_that_raises(AnyPool& pool, int n, std::initializer_list<int> ks) {
+  for (std::size_t chunksize : {1, 3}) {
+    for (int k : ks) {
+      SCOPED_TRACE("chunksize " + std::to_string(chunksize) + ", input fails at " +
+                   std::to_string(k));
+      auto want = texts(0, k, [](int i) { return i * i; });
+      want.push_back("IndexError");
+      std::vector<std::string> got;
+      try {  // outcomes() catches what next() raises: what escapes here came from imap()
+        auto ordered = pool.imap(sqr, input_raising_at(n, k), chunksize);
+        EXPECT_EQ(outcomes(ordered), want);
+        auto unordered = pool.imap_unordered(sqr, input_raising_at(n, k), chunksize);
+        got = outcomes(unordered);
+      } catch (const IndexError&) {
+        ADD_FAILURE() << "imap() itself raised the input's exception";
+        continue;
+      }
+      ASSERT_FALSE(got.empty());
+      EXPECT_EQ(got.back(), "IndexError");  // after every result read before it
+      EXPECT_EQ(as_set(got), as_set(want));
+    }
+  }
+}
+
+TEST_P(PoolTest, ImapInputThatRaisesYieldsWhatCameBefore) {
+  // Element 0, one within the first look-ahead (64 chunks here) and one beyond it.
+  Pool pool(with(GetParam()));
+  check_input_that_raises(pool, 400, {0, 3, 250});
 }
 
 TEST_P(PoolTest, AsyncTimeoutAndReadiness) {
@@ -348,6 +421,19 @@ TEST_F(ThreadPoolTest, SameApiOnThreads) {
   pool.close();
   EXPECT_THROW(pool.apply(sqr, 1), ValueError);
   pool.join();
+}
+
+TEST_F(ThreadPoolTest, ImapGoesOnPastAFailingCall) {
+  ThreadPool pool(2);
+  auto ordered = pool.imap(raise_at_10, std::views::iota(0, 100));
+  EXPECT_EQ(outcomes(ordered), around_item_10());
+  auto unordered = pool.imap_unordered(raise_at_10, std::views::iota(0, 100));
+  EXPECT_EQ(as_set(outcomes(unordered)), as_set(around_item_10()));
+}
+
+TEST_F(ThreadPoolTest, ImapInputThatRaisesYieldsWhatCameBefore) {
+  ThreadPool pool(2);  // a look-ahead of 8 chunks
+  check_input_that_raises(pool, 100, {0, 3, 50});
 }
 
 TEST_F(ThreadPoolTest, InitializerAndTerminate) {

@@ -11,6 +11,8 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <deque>
+#include <exception>
 #include <functional>
 #include <iterator>
 #include <memory>
@@ -173,68 +175,148 @@ int default_processes();
 /// Python's: n / (4 × workers), rounded up, at least 1.
 std::size_t chunk_size(std::optional<std::size_t> chunksize, std::size_t n, int workers);
 
-/// The results of imap_unordered: a range read once.
-template <class R, class Source>
-class Unordered
-    : public futures::detail::ReadOnce<Unordered<R, Source>, futures::detail::MapValue<R>> {
-  friend class futures::detail::ReadOnce<Unordered, futures::detail::MapValue<R>>;
+/// The input of imap and imap_unordered, read a chunk at a time as the results are read. An
+/// exception from the input after some elements of a chunk were read is kept: those elements
+/// go out as a chunk and the exception is thrown by the next read, so it keeps its place.
+template <class Range, class Item>
+class ChunkReader {
+public:
+  ChunkReader(Range&& range, std::size_t chunk)
+      : view_(std::views::all(std::forward<Range>(range))),
+        it_(std::ranges::begin(view_)),
+        chunk_(chunk) {}
+  ChunkReader(const ChunkReader&) = delete;
+  ChunkReader& operator=(const ChunkReader&) = delete;
+
+  /// The next chunk; empty at the end.
+  std::vector<Item> next() {
+    if (error_) std::rethrow_exception(std::exchange(error_, nullptr));
+    std::vector<Item> items;
+    try {
+      while (items.size() < chunk_ && it_ != std::ranges::end(view_)) {
+        items.emplace_back(*it_);
+        ++it_;
+      }
+    } catch (...) {
+      if (items.empty()) throw;
+      error_ = std::current_exception();
+    }
+    return items;
+  }
+
+private:
+  std::views::all_t<Range> view_;
+  std::ranges::iterator_t<std::views::all_t<Range>> it_;
+  std::size_t chunk_;
+  std::exception_ptr error_;
+};
+
+template <class Item, class Range>
+auto chunk_reader(Range&& range, std::size_t chunk) {
+  return std::make_shared<ChunkReader<Range, Item>>(std::forward<Range>(range), chunk);
+}
+
+/// The results of imap (`InOrder`: in input order) and imap_unordered (as their chunks
+/// complete), as Python's IMapIterator: the chunks submitted ahead of the reader, at most
+/// `ahead`, taken from `source` (which returns nullopt at the end of the input) as the reader
+/// moves on. A failed chunk raises its exception once, where its results would have been, and
+/// the results go on. An exception from `source` (the input's, or a submission's) ends the
+/// input: it is raised after the results of every element read before it, then the results end.
+template <class R, class Source, bool InOrder>
+class IMapResults : public futures::detail::ReadOnce<IMapResults<R, Source, InOrder>,
+                                                     futures::detail::MapValue<R>> {
+  friend class futures::detail::ReadOnce<IMapResults, futures::detail::MapValue<R>>;
 
 public:
   using value_type = futures::detail::MapValue<R>;
   using timeout_error = multiprocessing::TimeoutError;  // what next(timeout) throws
-  Unordered(Source source, std::size_t ahead) : source_(std::move(source)), ahead_(ahead) {
+
+  IMapResults(Source source, std::size_t ahead) : source_(std::move(source)), ahead_(ahead) {
     fill();
   }
-  Unordered(const Unordered&) = delete;
-  ~Unordered() {
+  IMapResults(const IMapResults&) = delete;
+  IMapResults& operator=(const IMapResults&) = delete;
+  /// Python's iterator, dropped: the chunks not yet started are cancelled.
+  ~IMapResults() {
     for (auto& f : window_) f.cancel();
   }
 
 private:
   using FutureV = futures::Future<std::vector<value_type>>;
-  void fill() {
-    while (!done_ && window_.size() < ahead_) {
-      auto f = source_();
-      if (!f) {
-        done_ = true;
-        break;
+
+  void fill() noexcept {
+    while (!input_done_ && window_.size() < ahead_) {
+      try {
+        std::optional<FutureV> f = source_();
+        if (!f) {
+          input_done_ = true;
+          break;
+        }
+        window_.push_back(std::move(*f));
+      } catch (...) {
+        input_error_ = std::current_exception();
+        input_done_ = true;
       }
-      window_.push_back(std::move(*f));
     }
   }
+
+  // The next result into current_ (empty at the end); false if `until` passed first, with
+  // nothing consumed. Throws a failed chunk's exception, or at the end the input's, once.
   bool advance(std::optional<troupe::detail::steady::time_point> until) {
-    while (ready_.empty()) {
-      if (window_.empty()) {
-        current_.reset();
+    current_.reset();
+    const Timeout timeout = until ? Timeout(*until) : Timeout();
+    for (;;) {
+      if (chunk_pos_ < chunk_.size()) {
+        current_.emplace(std::move(chunk_[chunk_pos_++]));
         return true;
       }
-      auto r =
-          futures::wait(window_, until ? Timeout(*until) : Timeout(), futures::FIRST_COMPLETED);
-      if (r.done.empty()) return false;  // `until` passed; nothing consumed
-      for (auto& f : r.done) {
-        std::erase(window_, f);
-        if (f.cancelled()) throw ValueError("a task of imap_unordered was cancelled");
-        if (auto e = f.exception()) {
-          for (auto& g : window_) g.cancel();
-          window_.clear();
-          done_ = true;
-          std::rethrow_exception(e);
+      if (!done_.empty()) {
+        FutureV f = std::move(done_.front());
+        done_.pop_front();
+        f.core()->wait_or_throw(Timeout());  // done: throws CancelledError if cancelled
+        if (f.core()->stored_exception()) std::rethrow_exception(f.core()->stored_exception());
+        chunk_ = std::move(f.typed().value());
+        chunk_pos_ = 0;
+        continue;
+      }
+      if (window_.empty()) {
+        if (input_error_) std::rethrow_exception(std::exchange(input_error_, nullptr));
+        return true;
+      }
+      if constexpr (InOrder) {
+        if (!window_.front().core()->wait(timeout, spin_.get())) return false;
+        done_.push_back(std::move(window_.front()));
+        window_.pop_front();
+      } else {
+        auto r = futures::wait(window_, timeout, futures::FIRST_COMPLETED);
+        if (r.done.empty()) return false;
+        for (auto& f : r.done) {
+          std::erase(window_, f);
+          done_.push_back(std::move(f));
         }
-        for (auto& v : f.typed().value()) ready_.push_back(std::move(v));
       }
       fill();
     }
-    current_.emplace(std::move(ready_.back()));
-    ready_.pop_back();
-    return true;
   }
+
   Source source_;
   std::size_t ahead_;
-  std::vector<FutureV> window_;
-  std::vector<value_type> ready_;
+  std::deque<FutureV> window_;  // submitted, in input order
+  std::deque<FutureV> done_;    // done, not yet read
+  bool input_done_ = false;
+  std::exception_ptr input_error_;
+  std::vector<value_type> chunk_;  // the results of the chunk being read
+  std::size_t chunk_pos_ = 0;
   std::optional<value_type> current_;
-  bool done_ = false;
+  // One spin budget for all the results (as MapResults').
+  std::unique_ptr<troupe::detail::AdaptiveSpin> spin_ =
+      std::make_unique<troupe::detail::AdaptiveSpin>();
 };
+
+template <class R, class Source>
+using Ordered = IMapResults<R, Source, true>;
+template <class R, class Source>
+using Unordered = IMapResults<R, Source, false>;
 
 }  // namespace detail
 
@@ -326,9 +408,7 @@ public:
     check_running();
     if (chunksize < 1) throw ValueError("Chunksize must be 1+, not " + std::to_string(chunksize));
     auto source = chunk_source<R, P>(fn, std::forward<Range>(iterable), chunksize);
-    using FutureV = futures::Future<std::vector<futures::detail::MapValue<R>>>;
-    return futures::detail::MapResults<R, FutureV, decltype(source), TimeoutError>(
-        std::move(source), lookahead(), Timeout());
+    return detail::Ordered<R, decltype(source)>(std::move(source), lookahead());
   }
   /// Python: `imap_unordered(func, iterable, chunksize=1)`: results as they complete.
   template <class R, class P, class Range>
@@ -393,16 +473,9 @@ private:
     using V = futures::detail::MapValue<R>;
     const std::string entry =
         futures::detail::entry_name(reinterpret_cast<const void*>(fn), "Pool.imap");
-    auto view =
-        std::make_shared<std::views::all_t<Range>>(std::views::all(std::forward<Range>(iterable)));
-    auto it = std::make_shared<std::ranges::iterator_t<std::views::all_t<Range>>>(
-        std::ranges::begin(*view));
-    return [this, view, it, entry, chunk]() -> std::optional<futures::Future<std::vector<V>>> {
-      std::vector<std::decay_t<P>> items;
-      while (items.size() < chunk && *it != std::ranges::end(*view)) {
-        items.emplace_back(**it);
-        ++*it;
-      }
+    auto input = detail::chunk_reader<std::decay_t<P>>(std::forward<Range>(iterable), chunk);
+    return [this, input, entry]() -> std::optional<futures::Future<std::vector<V>>> {
+      std::vector<std::decay_t<P>> items = input->next();
       if (items.empty()) return std::nullopt;
       check_running();
       auto job = std::make_unique<futures::detail::ChunkJob<R>>();
@@ -503,8 +576,7 @@ public:
     auto source = chunk_source(std::move(fn), std::forward<Range>(iterable), chunksize);
     using FutureV = typename decltype(source)::result_type::value_type;
     using V = typename FutureV::value_type::value_type;
-    return futures::detail::MapResults<V, FutureV, decltype(source), TimeoutError>(
-        std::move(source), lookahead(), Timeout());
+    return detail::Ordered<V, decltype(source)>(std::move(source), lookahead());
   }
   template <class F, class Range>
   auto imap_unordered(F fn, Range&& iterable, std::size_t chunksize = 1) {
@@ -575,17 +647,10 @@ private:
     if (chunk < 1) throw ValueError("Chunksize must be 1+, not " + std::to_string(chunk));
     using Item = std::decay_t<std::ranges::range_reference_t<Range>>;
     using V = futures::detail::MapValue<std::invoke_result_t<F&, Item&>>;
-    auto view =
-        std::make_shared<std::views::all_t<Range>>(std::views::all(std::forward<Range>(iterable)));
-    auto it = std::make_shared<std::ranges::iterator_t<std::views::all_t<Range>>>(
-        std::ranges::begin(*view));
+    auto input = detail::chunk_reader<Item>(std::forward<Range>(iterable), chunk);
     return std::function<std::optional<futures::Future<std::vector<V>>>()>(
-        [this, view, it, fn, chunk]() mutable -> std::optional<futures::Future<std::vector<V>>> {
-          std::vector<Item> items;
-          while (items.size() < chunk && *it != std::ranges::end(*view)) {
-            items.emplace_back(**it);
-            ++*it;
-          }
+        [this, input, fn]() mutable -> std::optional<futures::Future<std::vector<V>>> {
+          std::vector<Item> items = input->next();
           if (items.empty()) return std::nullopt;
           check_running();
           return exec_.submit([fn, items = std::move(items)]() mutable {
