@@ -19,6 +19,7 @@
 #include "troupe/threading/thread.hpp"
 
 #include "leak_check.hpp"
+#include "outcomes.hpp"
 
 // The behaviours of CPython's Lib/test/test_concurrent_futures/executor.py, test_thread_pool.py,
 // test_shutdown.py, test_init.py and test_deadlock.py (the thread parts) on ThreadPoolExecutor.
@@ -138,6 +139,56 @@ TEST_F(ThreadPoolTest, MapExceptionAtItsPosition) {
   got.push_back(*it);
   EXPECT_THROW(++it, ValueError);
   EXPECT_EQ(got, (std::vector<int>{10, 10}));
+}
+
+int square(int x) {
+  return x * x;
+}
+
+TEST_F(ThreadPoolTest, MapEndsAfterAFailingCallAsPython) {
+  // Python's result_iterator: the exception at its place, then the generator is closed and the
+  // calls after it are cancelled: a next() loop that catches errors sees the end (unlike
+  // Pool.imap, which goes on).
+  using troupe::testing::outcomes;
+  ThreadPoolExecutor pool(2);
+  for (bool eager : {false, true}) {
+    SCOPED_TRACE(eager ? "eager" : "lazy");
+    auto results = pool.map(
+        {.eager = eager},
+        [](int x) {
+          if (x == 10) throw KeyError("item 10");
+          return x;
+        },
+        std::views::iota(0, 100));
+    auto want = troupe::testing::texts(0, 10, [](int i) { return i; });
+    want.push_back("KeyError");
+    EXPECT_EQ(outcomes(results), want);
+  }
+}
+
+TEST_F(ThreadPoolTest, MapInputThatRaisesAsPython) {
+  // Python 3.14's Executor.map: map() itself reads the first `buffersize` elements (all of them
+  // without buffersize: troupe's eager), so an input failing among them raises from map().
+  // After that, element j + buffersize is read when result j is asked for, before it is
+  // returned: an input failing at k raises in place of result k - buffersize, and the map ends.
+  using troupe::testing::input_raising_at;
+  using troupe::testing::outcomes;
+  ThreadPoolExecutor pool(2);
+  EXPECT_THROW((void)pool.map({.eager = true}, square, input_raising_at(100, 50)), IndexError);
+  EXPECT_THROW((void)pool.map({.buffersize = 8}, square, input_raising_at(100, 5)), IndexError);
+  EXPECT_THROW((void)pool.map(square, input_raising_at(100, 3)), IndexError);  // 2 x 2 ahead
+  for (std::size_t buffersize : {1, 8}) {
+    SCOPED_TRACE("buffersize " + std::to_string(buffersize));
+    const int k = 20;
+    auto results = pool.map({.buffersize = buffersize}, square, input_raising_at(100, k));
+    auto want = troupe::testing::texts(0, k - static_cast<int>(buffersize), square);
+    want.push_back("IndexError");
+    EXPECT_EQ(outcomes(results), want);
+  }
+  auto by_default = pool.map(square, input_raising_at(100, 20));
+  auto want = troupe::testing::texts(0, 20 - 4, square);
+  want.push_back("IndexError");
+  EXPECT_EQ(outcomes(by_default), want);
 }
 
 TEST_F(ThreadPoolTest, MapTimeoutCountsFromTheCall) {
