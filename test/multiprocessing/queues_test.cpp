@@ -229,6 +229,34 @@ TEST_P(QueueTest, JoinableQueueJoinWaitsForEveryTaskDone) {
   EXPECT_THROW(q.task_done(), ValueError);
 }
 
+void take_one_and_die(JoinableQueue<int> q) {
+  (void)q.get(true, 20s);
+  ::kill(::getpid(), SIGKILL);  // between get() and task_done()
+}
+TROUPE_ENTRY(take_one_and_die);
+
+TEST_P(QueueTest, ShutdownImmediateReleasesJoinAfterAConsumerDiedHoldingATask) {
+  // The remedy doc/multiprocessing/queues.md gives for a consumer killed between get() and
+  // task_done(): its task can never be done, and shutdown(true) releases join() — one already
+  // waiting (here in a thread) and any later one.
+  JoinableQueue<int> q;
+  for (int i = 0; i < 3; ++i) q.put(i);
+  auto p = start(&take_one_and_die, q);
+  p.join();
+  ASSERT_EQ(p.exitcode(), -SIGKILL);
+  EXPECT_EQ(q.get(true, 20s), 1);  // this process takes one too, and is still working on it
+  EXPECT_FALSE(q.join(0s));
+  bool released = false;
+  std::thread waiter([&] { released = q.join(30s); });
+  ASSERT_TRUE(eventually([&] { return q._shared()->join_sleepers.load() > 0; }, 20s));
+  q.shutdown(true);  // drains item 2
+  waiter.join();
+  EXPECT_TRUE(released);
+  EXPECT_TRUE(q.join(0s));
+  EXPECT_NO_THROW(q.task_done());  // a live consumer still marks its task done
+  EXPECT_TRUE(q.join(0s));
+}
+
 struct Job {
   int id;
   std::string name;

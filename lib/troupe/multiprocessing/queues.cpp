@@ -240,7 +240,9 @@ void QueueCore::shutdown(bool immediate) {
     std::uint32_t u = s.unfinished.load(std::memory_order_relaxed);
     while (!s.unfinished.compare_exchange_weak(u, u > drained ? u - drained : 0)) {
     }
-    wake_shared(s.unfinished, s.join_sleepers);
+    // join() returns from now on, even for tasks got and never done (their consumer may be
+    // dead: nothing else would ever release it); a live consumer's task_done() still counts.
+    moved(s.join_seq, s.join_sleepers);
   }
   moved(s.head_seq, s.putters_sleeping);
 }
@@ -251,14 +253,16 @@ void QueueCore::task_done() {
   do {
     if (u == 0) throw ValueError("task_done() called too many times");
   } while (!s.unfinished.compare_exchange_weak(u, u - 1, std::memory_order_acq_rel));
-  if (u == 1) wake_shared(s.unfinished, s.join_sleepers);
+  if (u == 1) moved(s.join_seq, s.join_sleepers);
 }
 
 bool QueueCore::join(const Timeout& timeout) {
   QueueState& s = *s_.state;
   troupe::detail::AdaptiveSpin spin;  // join waits long: a spin of its own, not shared
-  return wait_shared(s.unfinished, s.join_sleepers, spin, timeout.deadline(),
-                     [&] { return s.unfinished.load(std::memory_order_seq_cst) == 0; });
+  return wait_shared(s.join_seq, s.join_sleepers, spin, timeout.deadline(), [&] {
+    return s.unfinished.load(std::memory_order_seq_cst) == 0 ||
+           s.shutdown.load(std::memory_order_seq_cst) == 2;
+  });
 }
 
 std::string QueueCore::repr() const {

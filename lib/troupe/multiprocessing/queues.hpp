@@ -54,6 +54,7 @@ struct QueueState {
   std::atomic<std::uint32_t> head_seq{0};          // moves on each get: putters sleep on it
   std::atomic<std::uint32_t> putters_sleeping{0};
   alignas(64) std::atomic<std::uint32_t> unfinished{0};  // JoinableQueue: put, not task_done
+  std::atomic<std::uint32_t> join_seq{0};  // moves when unfinished reaches 0 and at shutdown(true)
   std::atomic<std::uint32_t> join_sleepers{0};
   std::atomic<std::uint32_t> shutdown{0};  // 0 open, 1 shut down, 2 shut down immediately
   std::int64_t maxsize;                    // <= 0: no limit on items
@@ -158,7 +159,9 @@ public:
 
   /// Beyond Python's multiprocessing (queue.Queue.shutdown, 3.13): puts raise ShutDown; gets
   /// raise ShutDown once the queue is empty; with immediate, the queue is emptied first (and,
-  /// for a JoinableQueue, its items count as done). Wakes every waiting process.
+  /// for a JoinableQueue, its items count as done, and join() returns from then on, even for
+  /// tasks got and never done: the remedy for a consumer that died holding one). Wakes every
+  /// waiting process.
   void shutdown(bool immediate = false) { core_.shutdown(immediate); }
   bool is_shutdown() const noexcept { return core_.is_shutdown(); }
 
@@ -183,7 +186,8 @@ public:
       : Queue<T>(maxsize, options, true, "JoinableQueue") {}
   /// Python: `task_done()`. @throws ValueError "task_done() called too many times".
   void task_done() { this->core_.task_done(); }
-  /// Python: `join()`; with a timeout (beyond Python) returns false if it passed first.
+  /// Python: `join()`; with a timeout (beyond Python) returns false if it passed first. Returns
+  /// at once after shutdown(true), whatever is still unfinished.
   bool join(Timeout timeout = {}) { return this->core_.join(timeout); }
 
   explicit JoinableQueue(detail::Shared<detail::QueueState> s)
