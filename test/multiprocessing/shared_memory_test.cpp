@@ -8,21 +8,25 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <optional>
 #include <string>
+#include <string_view>
 #include <thread>
+#include <vector>
 
 #include <gtest/gtest.h>
 
 #include "troupe/errors.hpp"
-#include "troupe/multiprocessing/connection.hpp"
+#include "troupe/internal/process_internal.hpp"
 #include "troupe/multiprocessing/process.hpp"
 #include "troupe/multiprocessing/resource_tracker.hpp"
 
-#include "byte_text.hpp"
 #include "child_process.hpp"
 #include "leak_check.hpp"
+#include "start_methods.hpp"
 
 namespace troupe::multiprocessing::shared_memory {
 namespace {
@@ -243,26 +247,80 @@ TEST_F(ShmTest, PythonAttachesToTroupeSegmentsAndListsAndTheReverse) {
 
 // ---- the resource tracker --------------------------------------------------------------------
 
-void create_tracked_and_wait(Connection& out) {
-  SharedMemory shm(std::nullopt, true, 1 << 20);
-  out.send_bytes(shm.name());
+// A process tree of its own (this program run anew, so that its tracker is not the test
+// process's): the creator makes a tracked segment, starts two children by `method` that attach
+// to it, says what happened on stdout, and waits to be killed. Each child, once the creator has
+// gone, closes the segment and attaches to it again by name.
+void say(const std::string& line) {
+  const std::string l = line + "\n";
+  (void)!::write(1, l.data(), l.size());  // one write: lines of several processes do not mix
+}
+
+bool gone(int pid) {
+  return ::kill(pid, 0) != 0 && errno == ESRCH;
+}
+
+void hold_after_creator(std::string name, int creator, int creator_tracker) {
+  std::optional<SharedMemory> shm;
+  shm.emplace(name);
+  say("attached " + std::to_string(resource_tracker::tracker_pid()));
+  // The test kills the creator and reaps it; then, if this child does not hold the creator's
+  // tracker, that tracker ends, unlinking the segment: wait for that (a second at most).
+  eventually([&] { return gone(creator); }, 60s);
+  eventually([&] { return gone(creator_tracker); }, 1s);
+  shm.reset();
+  try {
+    SharedMemory again(name);
+    say(again.buf()[0] == std::byte{42} ? "reattached" : "reattached to something else");
+  } catch (const std::exception& e) {
+    say(std::string("could not reattach: ") + e.what());
+  }
+}
+TROUPE_ENTRY(hold_after_creator);
+
+int tracker_tree_creator(const std::string& method) {
+  SharedMemory shm(std::nullopt, true, 4096);
+  shm.buf()[0] = std::byte{42};
+  const int tracker = resource_tracker::tracker_pid();
+  say("segment " + shm.name() + " " + std::to_string(tracker));
+  std::vector<Process> children;
+  for (int i = 0; i < 2; ++i) {
+    children.push_back(get_context(method).Process(&hold_after_creator, shm.name(),
+                                                   static_cast<int>(::getpid()), tracker));
+    children.back().start();
+  }
   for (;;) ::pause();
 }
-TROUPE_ENTRY(create_tracked_and_wait);
 
-TEST_F(ShmTest, TheTrackerUnlinksWhatAKilledProcessLeft) {
-  // A spawned child has a tracker of its own; killed with SIGKILL, it cannot unlink its
-  // segment, and its tracker does once the child's end of the tracker connection closes.
-  auto [r, w] = Pipe(false);
-  auto p = get_context("spawn").Process(&create_tracked_and_wait, std::move(w));
-  p.start();
-  const std::string name = troupe::testing::text(r.recv_bytes());
-  EXPECT_TRUE(exists(name));
-  p.kill();
-  p.join();
-  EXPECT_EQ(p.exitcode(), -SIGKILL);
+using TrackerTreeTest = troupe::testing::StartMethodTest;
+
+// Children started by spawn and the forkserver get their parent's tracker with their bootstrap
+// (SpawnBootstrap::tracker_fd, filled by process.cpp through resource_tracker::detail).
+template <class Bootstrap>
+constexpr bool kCarriesTheTracker = requires(Bootstrap b) {
+  b.tracker_fd;
+};
+
+TEST_P(TrackerTreeTest, ChildrenShareTheTrackerAndKeepTheSegmentAfterTheCreatorIsKilled) {
+  // CPython: one tracker per process tree; children of every start method register with their
+  // parent's, which unlinks what is left only once every process holding it has ended.
+  if (GetParam() != "fork" && !kCarriesTheTracker<detail::SpawnBootstrap>)
+    GTEST_SKIP() << "process.cpp does not pass the tracker to spawn and forkserver children yet";
+  troupe::testing::ChildProcess creator({"/proc/self/exe", "--tracker-tree", GetParam()}, true);
+  const auto first = creator.read_line(60s);
+  ASSERT_TRUE(first && first->rfind("segment ", 0) == 0) << first.value_or("(nothing)");
+  const std::string name = first->substr(8, first->find(' ', 8) - 8);
+  const std::string tracker = first->substr(first->find(' ', 8) + 1);
+  for (int i = 0; i < 2; ++i)  // each child uses the creator's tracker
+    EXPECT_EQ(creator.read_line(60s).value_or("(nothing)"), "attached " + tracker);
+  ::kill(creator.pid(), SIGKILL);
+  EXPECT_EQ(creator.wait(60s), 128 + SIGKILL);
+  for (int i = 0; i < 2; ++i) EXPECT_EQ(creator.read_line(60s).value_or("(nothing)"), "reattached");
+  // The last child has ended: the tracker unlinks what the killed creator left.
   EXPECT_TRUE(eventually([&] { return !exists(name); }, 20s)) << name << " was not unlinked";
 }
+
+TROUPE_PER_START_METHOD(TrackerTreeTest);
 
 TEST_F(ShmTest, UnlinkUnregistersAndTrackFalseIsNotTracked) {
   EXPECT_GT(resource_tracker::tracker_pid(), 0);  // started by main
@@ -279,6 +337,8 @@ TEST_F(ShmTest, UnlinkUnregistersAndTrackFalseIsNotTracked) {
 
 int main(int argc, char** argv) {
   troupe::multiprocessing::freeze_support(argc, argv);
+  if (argc == 3 && std::string_view(argv[1]) == "--tracker-tree")
+    return troupe::multiprocessing::shared_memory::tracker_tree_creator(argv[2]);
   // The tracker holds one fd for the life of the process: start it before the first test's
   // fd count.
   troupe::multiprocessing::resource_tracker::ensure_running();

@@ -4,12 +4,15 @@
 
 #include "troupe/multiprocessing/forkserver.hpp"
 #include "troupe/multiprocessing/process.hpp"
+#include "troupe/multiprocessing/resource_tracker.hpp"
 
 int main(int argc, char** argv) {
   troupe::multiprocessing::freeze_support(argc, argv);
   // Started before the tests: the fds it keeps (the alive pipe, the server's pidfd) are then
   // not counted as a test's leak.
   troupe::multiprocessing::forkserver::ensure_running();
+  // Likewise the resource tracker's connection, which every spawn and forkserver child shares.
+  troupe::multiprocessing::resource_tracker::ensure_running();
   ::testing::InitGoogleTest(&argc, argv);
   return RUN_ALL_TESTS();
 }

@@ -1,5 +1,6 @@
 #include "troupe/multiprocessing/resource_tracker.hpp"
 
+#include <fcntl.h>
 #include <linux/close_range.h>
 #include <poll.h>
 #include <signal.h>
@@ -16,6 +17,7 @@
 
 #include "troupe/errors.hpp"
 #include "troupe/internal/process_internal.hpp"
+#include "troupe/multiprocessing/process.hpp"
 
 namespace troupe::multiprocessing::resource_tracker {
 namespace {
@@ -107,7 +109,7 @@ void say(const char* a, const char* b, const char* c) noexcept {
   ::_exit(0);
 }
 
-using detail::fork_now;
+using multiprocessing::detail::fork_now;
 
 // ---- the client ----------------------------------------------------------------------------
 
@@ -202,6 +204,22 @@ int tracker_pid() noexcept {
   Client& c = client();
   std::lock_guard lock(c.m);
   return c.pid;
+}
+
+detail::ForChild detail::pass_to_child() {
+  Client& c = client();
+  std::lock_guard lock(c.m);
+  if (c.fd < 0) start_locked(c);
+  return {multiprocessing::detail::pass_fd(c.fd), c.pid};
+}
+
+void detail::inherit(int fd, int pid) noexcept {
+  Client& c = client();
+  std::lock_guard lock(c.m);
+  if (c.fd >= 0 && c.fd != fd) ::close(c.fd);
+  ::fcntl(fd, F_SETFD, FD_CLOEXEC);
+  c.fd = fd;
+  c.pid = pid;
 }
 
 }  // namespace troupe::multiprocessing::resource_tracker
