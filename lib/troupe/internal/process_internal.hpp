@@ -24,8 +24,10 @@ struct SpawnBootstrap {
   std::vector<std::byte> authkey;
   int parent_pid = 0;
   std::string parent_name;
-  int passed_fds = 0;  // how many fds travel with the arguments
-  int log_level = 0;   // the parent's multiprocessing logger (Python's preparation data)
+  int passed_fds = 0;   // how many fds travel with the arguments
+  int tracker_fd = -1;  // which of them is the parent's resource tracker (-1: none)
+  int tracker_pid = 0;
+  int log_level = 0;  // the parent's multiprocessing logger (Python's preparation data)
   bool log_to_stderr = false;
 };
 

@@ -28,6 +28,7 @@
 #include "troupe/multiprocessing/connection.hpp"
 #include "troupe/multiprocessing/forkserver.hpp"
 #include "troupe/multiprocessing/logger.hpp"
+#include "troupe/multiprocessing/resource_tracker.hpp"
 
 #include <dirent.h>
 
@@ -624,6 +625,9 @@ detail::SpawnBootstrap Process::bootstrap(const std::string& why, detail::Passed
   {
     Collect collect(&passed);
     boot.arguments = spawn_.encode_arguments();
+    const auto tracker = resource_tracker::detail::pass_to_child();  // one tracker per tree
+    boot.tracker_fd = tracker.fd;
+    boot.tracker_pid = tracker.pid;
   }
   boot.passed_fds = static_cast<int>(passed.fds.size());
   {
@@ -820,6 +824,9 @@ void detail::run_child(SpawnBootstrap& boot, std::vector<int> arrived, int paren
   const detail::EntryPoint* entry = detail::find_entry(boot.entry);
   static detail::PassedFds table;  // for the whole life of the child
   table.fds = std::move(arrived);
+  if (boot.tracker_fd >= 0 && static_cast<std::size_t>(boot.tracker_fd) < table.fds.size())
+    resource_tracker::detail::inherit(
+        std::exchange(table.fds[static_cast<std::size_t>(boot.tracker_fd)], -1), boot.tracker_pid);
   child_main(boot.name, [&] {
     if (!entry)
       throw ValueError("no entry point named '" + boot.entry +
