@@ -1,6 +1,6 @@
 // troupe/internal/process_internal.hpp — what process.cpp and forkserver.cpp share: the message
-// that describes a child to start (spawn's bootstrap, the forkserver's request), the child side
-// of both, and the fork used where only system calls may follow. Not installed.
+// that describes a child to start (spawn's bootstrap; a forkserver child's, through a pipe), the
+// child side of both, and the fork used where only system calls may follow. Not installed.
 #pragma once
 
 #include <sys/types.h>

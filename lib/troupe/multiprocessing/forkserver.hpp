@@ -3,15 +3,19 @@
 //
 // The server is a fresh exec of this program (its freeze_support() serves), started through a
 // double fork, so it has no threads whatever the process that starts it runs, and it is not
-// that process's child. It listens on an abstract Unix socket and authenticates every client
-// with the HMAC handshake and the authkey of the process that started it (Python 3.14). A
-// request carries spawn's bootstrap message and, by SCM_RIGHTS, the client's stdout and stderr,
-// a pidfd of the client and the fds of Connection arguments; the reply is the child's pid and a
-// pidfd; the child's wait status follows on the same connection when it ends.
+// that process's child. It listens on a Unix socket in a directory only its user can enter,
+// checks each client's credentials (SO_PEERCRED) and authenticates it with the HMAC handshake
+// and the authkey of the process that started it (Python 3.14); clients check the server's
+// credentials first. Handshakes run side by side, each under one deadline. A request carries
+// the child's name and, by SCM_RIGHTS, the read end of a pipe that brings the child its
+// bootstrap message (written by the client, never sent to the server), the client's stdout and
+// stderr, a pidfd of the client and the fds of Connection arguments; the reply is the child's
+// pid and a pidfd; the child's wait status follows on the same connection when it ends.
 //
 // The server ends when every process of the tree that started it has ended (a pipe whose write
-// end they hold reaches end of file); a client that finds it gone starts another. Forked
-// children use their parent's server, spawned ones start their own. doc/multiprocessing/process.md.
+// end they hold reaches end of file); a client that finds it gone (its pidfd) starts another.
+// Forked children use their parent's server, spawned ones start their own.
+// doc/multiprocessing/process.md, doc/security.md.
 #pragma once
 
 #include <string>
@@ -36,8 +40,8 @@ void ensure_running();
 /// The pid of the forkserver this process uses (0 if none), for tests and diagnostics.
 int server_pid() noexcept;
 
-/// Its address in Address::str() form ("unix-abstract:troupe-forkserver-…"; empty if none),
-/// as Python's `forkserver._forkserver_address`.
+/// Its address in Address::str() form ("unix:/tmp/troupe-fs-XXXXXX/s"; empty if none), as
+/// Python's `forkserver._forkserver_address`.
 std::string address();
 
 }  // namespace forkserver
