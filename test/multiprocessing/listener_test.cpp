@@ -179,6 +179,21 @@ bool at_eof(int fd, int ms) {
   }
 }
 
+// shutdown(2) on fileno() wakes a blocked accept() (OSError), on TCP and on Unix sockets.
+TEST_F(ListenerTest, ShutdownWakesABlockedAccept) {
+  const std::string path = "/tmp/troupe-listener-" + std::to_string(::getpid()) + ".sock";
+  for (const Address& a : {Address::parse("127.0.0.1:0"), Address::parse("unix:" + path)}) {
+    SCOPED_TRACE(a.str());
+    Listener l(a, {.authkey = AuthenticationString("k")});
+    std::thread waker([&] {
+      std::this_thread::sleep_for(50ms);
+      ::shutdown(l.fileno(), SHUT_RDWR);
+    });
+    EXPECT_THROW(l.accept(), OSError);
+    waker.join();
+  }
+}
+
 // Issue 15 finding 5: peers that connect and say nothing do not delay one that authenticates;
 // its handshake runs beside theirs, and they are still pending when it has been accepted.
 TEST_F(ListenerTest, IdlePeersDoNotDelayAnAuthenticatedOne) {

@@ -19,6 +19,7 @@
 #include <boost/asio/prefer.hpp>
 #include <boost/asio/strand.hpp>
 
+#include "troupe/detail/futex.hpp"
 #include "troupe/errors.hpp"
 
 #include <arpa/inet.h>
@@ -141,6 +142,33 @@ int accept_peer(int listen_fd, Address::Family family, std::optional<Address>& p
   if (e.category() == std::generic_category() || e.category() == std::system_category())
     throw_os_error(e.value(), who);
   throw_error(e, who);
+}
+
+// Runs `ctx` until done(): handlers that are ready run at once; between them the thread spins,
+// polling the reactor, before it sleeps in it (DESIGN.md, "Waiting": a handshake's replies
+// come within microseconds, a wake-up from epoll costs tens). False if `ctx` ran out of work.
+template <class Done>
+bool run_until(boost::asio::io_context& ctx, troupe::detail::AdaptiveSpin& spin, Done done) {
+  while (!done()) {
+    if (ctx.stopped()) ctx.restart();
+    if (ctx.poll_one() > 0) continue;
+    if (spin.spin([&] { return ctx.poll_one() > 0 || done(); })) continue;
+    if (done()) break;
+    if (ctx.stopped()) ctx.restart();
+    if (ctx.run_one() == 0) return done();
+    spin.woke();
+  }
+  return true;
+}
+
+troupe::detail::AdaptiveSpin& client_spin() {
+  static troupe::detail::AdaptiveSpin s;
+  return s;
+}
+
+troupe::detail::AdaptiveSpin& accept_spin() {
+  static troupe::detail::AdaptiveSpin s;
+  return s;
 }
 
 }  // namespace
@@ -306,7 +334,7 @@ Connection Listener::accept() {
     // The wait for peers does not count as work (it is kept between calls): this does, until
     // an outcome has come.
     auto busy = boost::asio::make_work_guard(*own_);
-    while (!*got) own_->run_one();
+    run_until(*own_, accept_spin(), [&] { return got->has_value(); });
   }
   detail::AcceptOutcome& o = **got;
   const std::string who =
@@ -409,8 +437,14 @@ void AcceptEngine::pump() {
   while (ready_.size() < room) {
     std::optional<Address> peer;
     const int fd = accept_peer(fd_, address_.family, peer);
+    if (fd < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      // A Unix listening socket that was shut down (shutdown(2) on fileno(), the way to wake
+      // a blocked accept) says EAGAIN to a non-blocking accept, and HUP to poll, for ever.
+      pollfd hup{fd_, POLLIN, 0};
+      if (::poll(&hup, 1, 0) <= 0 || !(hup.revents & (POLLHUP | POLLERR))) break;
+      errno = EINVAL;
+    }
     if (fd < 0) {
-      if (errno == EAGAIN || errno == EWOULDBLOCK) break;
       // Out of fds, or shut down: every waiter hears of it; the next want() tries again.
       const boost::system::error_code ec(errno, boost::system::generic_category());
       auto waiters = std::move(waiters_);
@@ -579,7 +613,7 @@ Connection Client(const Address& address, const ClientOptions& o) {
                          c = std::move(got);
                          done = true;
                        });
-  ctx.run();
+  run_until(ctx, client_spin(), [&] { return done; });
   if (!done || ec) {
     if (!done) ec = detail::to_boost(troupe::make_error_code(troupe::errc::os_error));
     const std::error_code e(ec);
