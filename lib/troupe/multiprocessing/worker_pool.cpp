@@ -22,6 +22,7 @@
 #include "troupe/internal/demangle.hpp"
 #include "troupe/multiprocessing/connection.hpp"
 #include "troupe/multiprocessing/process.hpp"
+#include "troupe/multiprocessing/sharedctypes.hpp"
 #include "troupe/threading/thread.hpp"
 
 namespace troupe::multiprocessing::detail {
@@ -39,32 +40,158 @@ struct TaskMessage {
   std::vector<std::vector<std::byte>> calls;
 };
 
-// Worker -> parent.
+// Worker -> parent: one call's (or one map chunk's) outcomes.
 struct ResultMessage {
   std::uint64_t id = 0;
   bool initializer_failed = false;
   std::vector<CallOutcome> outcomes;
 };
 
-// What crosses the connection: the calls sent to a worker in one go (one write, one read), and
-// the results it sends back in one go.
+// The calls sent to a worker in one go (one write, one read).
 struct TaskBatch {
   bool stop = false;
   std::vector<TaskMessage> tasks;
-};
-struct ResultBatch {
-  std::vector<ResultMessage> results;
 };
 
 // A worker sends what it has done so far once this long has passed since its last send, so a
 // quick result does not wait behind a slow call of the same batch.
 constexpr auto kFlushAfter = std::chrono::microseconds(500);
 
+// ---- the board: what the parent can still read of a worker after its death ---------------------
+//
+// A worker's results travel as records, several to a message. A worker writes each record into
+// its board (shared memory: a memfd both processes map) as soon as the call ends, and sends the
+// board's records when it flushes; it also writes there the id of the call it runs. If it dies,
+// whatever it sent is in the socket and whatever it had not sent is on the board: the parent reads
+// both (a record it has from the socket is not delivered twice), and the call noted as running is
+// the one that was running. A result too large for the board is sent at once, the call still
+// noted as running until it is sent (if the worker dies meanwhile, that call fails: it had not
+// finished for the parent).
+//
+// A record: u64 id, u32 flags, u32 outcome count, then per outcome u8 ok, u8 0, u16 code,
+// i32 errno, u64 value size, u64 message size, the value (unless kValuesFollow: each outcome's
+// value is then the next message), the message.
+constexpr std::size_t kBoardWords = 32 * 1024;  // 256 KiB: the running call, the log's size, log
+constexpr std::uint32_t kInitializerFailed = 1;
+constexpr std::uint32_t kValuesFollow = 2;
+constexpr std::size_t kRecordHeader = 16;
+constexpr std::size_t kOutcomeHeader = 24;
+// An exception's message is cut to this in a record (an outcome must fit in a message).
+constexpr std::size_t kMaxErrorMessage = 64 * 1024;
+
+class Board {
+public:
+  explicit Board(const RawArray<std::uint64_t>& words) noexcept
+      : words_(words.data()),
+        log_(reinterpret_cast<std::byte*>(words.data() + 2)),
+        capacity_((words.size() - 2) * sizeof(std::uint64_t)) {}
+  std::atomic_ref<std::uint64_t> running() const noexcept { return std::atomic_ref(words_[0]); }
+  std::atomic_ref<std::uint64_t> used() const noexcept { return std::atomic_ref(words_[1]); }
+  std::byte* log() const noexcept { return log_; }
+  std::size_t capacity() const noexcept { return capacity_; }
+
+private:
+  std::uint64_t* words_;
+  std::byte* log_;
+  std::size_t capacity_;
+};
+
+std::size_t record_size(const ResultMessage& r, bool with_values) {
+  std::size_t n = kRecordHeader;
+  for (const auto& o : r.outcomes)
+    n += kOutcomeHeader + (with_values ? o.value.size() : 0) + o.message.size();
+  return n;
+}
+
+template <class T>
+std::byte* put(std::byte* out, T v) noexcept {
+  std::memcpy(out, &v, sizeof v);
+  return out + sizeof v;
+}
+
+// Writes `r` at `out` (record_size(r, with_values) bytes).
+void write_record(std::byte* out, const ResultMessage& r, bool with_values) noexcept {
+  out = put<std::uint64_t>(out, r.id);
+  out = put<std::uint32_t>(
+      out, (r.initializer_failed ? kInitializerFailed : 0) | (with_values ? 0 : kValuesFollow));
+  out = put<std::uint32_t>(out, static_cast<std::uint32_t>(r.outcomes.size()));
+  for (const auto& o : r.outcomes) {
+    out = put<std::uint8_t>(out, o.ok ? 1 : 0);
+    out = put<std::uint8_t>(out, 0);
+    out = put<std::uint16_t>(out, o.code);
+    out = put<std::int32_t>(out, o.os_errno);
+    out = put<std::uint64_t>(out, with_values ? o.value.size() : 0);
+    out = put<std::uint64_t>(out, o.message.size());
+    if (with_values && !o.value.empty()) {
+      std::memcpy(out, o.value.data(), o.value.size());
+      out += o.value.size();
+    }
+    if (!o.message.empty()) {
+      std::memcpy(out, o.message.data(), o.message.size());
+      out += o.message.size();
+    }
+  }
+}
+
+// Reads the records in `bytes`; `follow(o)` fills the value of an outcome of a kValuesFollow
+// record. @throws ValueError if they are malformed.
+template <class Follow>
+std::vector<ResultMessage> read_records(std::span<const std::byte> bytes, Follow&& follow) {
+  std::vector<ResultMessage> out;
+  std::size_t at = 0;
+  auto take = [&](void* to, std::size_t n) {
+    if (n > bytes.size() - at)
+      throw ValueError("a pool worker's result record is cut short (" + std::to_string(n) +
+                       " bytes wanted at offset " + std::to_string(at) + " of " +
+                       std::to_string(bytes.size()) + ")");
+    if (n) std::memcpy(to, bytes.data() + at, n);
+    at += n;
+  };
+  while (at < bytes.size()) {
+    ResultMessage& r = out.emplace_back();
+    std::uint32_t flags = 0, count = 0;
+    take(&r.id, sizeof r.id);
+    take(&flags, sizeof flags);
+    take(&count, sizeof count);
+    r.initializer_failed = (flags & kInitializerFailed) != 0;
+    if (count > (bytes.size() - at) / kOutcomeHeader)
+      throw ValueError("a pool worker's result record counts " + std::to_string(count) +
+                       " outcomes in " + std::to_string(bytes.size() - at) + " bytes");
+    r.outcomes.resize(count);
+    for (auto& o : r.outcomes) {
+      std::uint8_t ok = 0, pad = 0;
+      std::uint64_t value_size = 0, message_size = 0;
+      take(&ok, 1);
+      take(&pad, 1);
+      take(&o.code, sizeof o.code);
+      take(&o.os_errno, sizeof o.os_errno);
+      take(&value_size, sizeof value_size);
+      take(&message_size, sizeof message_size);
+      o.ok = ok != 0;
+      if (value_size > bytes.size() - at || message_size > bytes.size() - at - value_size)
+        throw ValueError("a pool worker's result record announces " +
+                         std::to_string(value_size + message_size) + " bytes with " +
+                         std::to_string(bytes.size() - at) + " left");
+      o.value.resize(static_cast<std::size_t>(value_size));
+      take(o.value.data(), o.value.size());
+      o.message.resize(static_cast<std::size_t>(message_size));
+      take(o.message.data(), o.message.size());
+    }
+    if (flags & kValuesFollow)
+      for (auto& o : r.outcomes) follow(o);
+  }
+  return out;
+}
+
 // Bytes a worker's connection may hold unread (a Unix socket's default buffer is ~200 KiB, and
 // every message costs its bookkeeping too): while a worker holds calls, no more than this is sent
 // to it, so a send never waits on a worker that waits to send its results.
 constexpr std::size_t kSendBudget = 64 * 1024;
 constexpr std::size_t kMessageOverhead = 1024;
+
+// A call that was on this many workers that died before it started fails with the last death
+// (it is sent again until then).
+constexpr int kMaxDeathsBeforeStart = 3;
 
 CallOutcome outcome_of(std::exception_ptr ep) {
   CallOutcome o;
@@ -164,8 +291,73 @@ bool stop_requested_in_worker() noexcept {
   return running != 0 && g_stop.load() == running;
 }
 
+namespace {
+
+// The worker's end of its board: each call's record goes there when the call ends, and to the
+// parent when the worker flushes (or at once, when it is too large for the board).
+class ResultSender {
+public:
+  ResultSender(Connection& conn, const Board& board) noexcept : conn_(conn), board_(board) {}
+
+  steady::time_point since = steady::now();  // the last flush
+
+  // Records the outcomes of call `r.id` (still noted as running). False if the parent
+  // has gone.
+  bool add(ResultMessage& r) {
+    for (auto& o : r.outcomes) {
+      if (o.message.size() > kMaxErrorMessage) {
+        o.message.resize(kMaxErrorMessage);
+        o.message += "... (cut)";
+      }
+    }
+    const std::size_t size = record_size(r, true);
+    if (size <= board_.capacity()) {
+      auto used = static_cast<std::size_t>(board_.used().load(std::memory_order_relaxed));
+      if (size > board_.capacity() - used) {
+        if (!flush()) return false;
+        used = 0;
+      }
+      write_record(board_.log() + used, r, true);
+      board_.used().store(used + size, std::memory_order_release);
+      return true;
+    }
+    // Too large for the board: what is there first, then this record, its values following.
+    if (!flush()) return false;
+    std::vector<std::byte> head(record_size(r, false));
+    write_record(head.data(), r, false);
+    try {
+      conn_.send_bytes(head);
+      for (const auto& o : r.outcomes) conn_.send_bytes(o.value);
+    } catch (const OSError&) {
+      return false;
+    }
+    since = steady::now();
+    return true;
+  }
+
+  // Sends the records on the board. False if the parent has gone.
+  bool flush() {
+    const auto used = static_cast<std::size_t>(board_.used().load(std::memory_order_relaxed));
+    if (used == 0) return true;
+    try {
+      conn_.send_bytes(std::span<const std::byte>(board_.log(), used));
+    } catch (const OSError&) {
+      return false;
+    }
+    board_.used().store(0, std::memory_order_release);
+    since = steady::now();
+    return true;
+  }
+
+private:
+  Connection& conn_;
+  const Board& board_;
+};
+
+}  // namespace
+
 // The worker process's main loop.
-void troupe_pool_worker(Connection& conn, WorkerConfig& cfg) {
+void troupe_pool_worker(Connection& conn, WorkerConfig& cfg, RawArray<std::uint64_t>& words) {
   for (int fd : cfg.close_fds) ::close(fd);
   if (cfg.owner > 0 && !watch_owner(cfg.owner, std::chrono::milliseconds(cfg.stop_grace_ms)))
     return;  // the pool's process has ended already
@@ -174,6 +366,8 @@ void troupe_pool_worker(Connection& conn, WorkerConfig& cfg) {
   sa.sa_flags = SA_SIGINFO | SA_RESTART;
   sigemptyset(&sa.sa_mask);
   ::sigaction(SIGINT, &sa, nullptr);
+  const Board board(words);
+  ResultSender sender(conn, board);
   if (!cfg.initializer.empty()) {
     try {
       const EntryPoint* e = find_entry(cfg.initializer);
@@ -186,14 +380,10 @@ void troupe_pool_worker(Connection& conn, WorkerConfig& cfg) {
     } catch (...) {
       std::fprintf(stderr, "Exception in initializer:\n%s\n",
                    troupe::internal::describe(std::current_exception()).c_str());
-      ResultBatch b;
-      b.results.emplace_back();
-      b.results.back().initializer_failed = true;
-      b.results.back().outcomes.push_back(outcome_of(std::current_exception()));
-      try {
-        conn.send(b);
-      } catch (...) {  // the parent has gone
-      }
+      ResultMessage r;
+      r.initializer_failed = true;
+      r.outcomes.push_back(outcome_of(std::current_exception()));
+      (void)(sender.add(r) && sender.flush());
       return;
     }
   }
@@ -208,39 +398,30 @@ void troupe_pool_worker(Connection& conn, WorkerConfig& cfg) {
       return;  // the parent has gone
     }
     if (batch.stop) return;
-    ResultBatch out;
-    auto since = std::chrono::steady_clock::now();
-    auto flush = [&] {
-      if (out.results.empty()) return true;
-      try {
-        conn.send(out);
-      } catch (const OSError&) {
-        return false;  // the parent has gone
-      }
-      out.results.clear();
-      since = std::chrono::steady_clock::now();
-      return true;
-    };
+    sender.since = steady::now();
     for (auto& t : batch.tasks) {
       if (last == nullptr || t.entry != last_name) {
         last = find_entry(t.entry);
         last_name = t.entry;
       }
-      ResultMessage& r = out.results.emplace_back();
+      ResultMessage r;
       r.id = t.id;
       r.outcomes.reserve(t.calls.size());
+      board.running().store(t.id);  // seq_cst: on the board before the call can end the process
       g_running.store(t.id);
       for (const auto& args : t.calls) r.outcomes.push_back(run_call(last, t.entry, args, t.batch));
       g_running.store(0);
+      if (!sender.add(r)) return;
+      board.running().store(0);  // its result is on the board (or sent)
       ++done;
-      if (std::chrono::steady_clock::now() - since >= kFlushAfter && !flush()) return;
+      if (steady::now() - sender.since >= kFlushAfter && !sender.flush()) return;
     }
-    if (!flush()) return;
+    if (!sender.flush()) return;
     if (cfg.max_tasks > 0 && done >= cfg.max_tasks) return;
   }
 }
-void troupe_pool_worker_entry(Connection& conn, WorkerConfig& cfg) {
-  troupe_pool_worker(conn, cfg);
+void troupe_pool_worker_entry(Connection& conn, WorkerConfig& cfg, RawArray<std::uint64_t>& board) {
+  troupe_pool_worker(conn, cfg, board);
 }
 TROUPE_ENTRY(troupe_pool_worker_entry);
 
@@ -261,17 +442,20 @@ struct Worker {
   Connection conn;  // the parent's end
   int fd = -1;
   int sentinel = -1;
+  std::optional<RawArray<std::uint64_t>> words;  // its board (set once it is started)
   std::mutex send_mutex;
   struct InFlight {
     std::unique_ptr<Job> job;
     std::size_t size;         // what it counts against kSendBudget
     steady::time_point sent;  // when it was sent
     // request_stop(): asked; then 1, 2, 3 once SIGINT, SIGTERM, SIGKILL went to the worker,
-    // each when the call is the one the worker runs (the oldest) and the grace has passed.
+    // each when the call is the one the worker runs and the grace has passed.
     bool stop = false;
     int stage = 0;
     steady::time_point next_stage{};
   };
+  // The call it runs now (0: none), from its board.
+  std::uint64_t running() const noexcept { return Board(*words).running().load(); }
   // How many calls may wait at the worker behind the one it runs: many when calls are quick (one
   // message carries several, and the worker never waits for the next), one when they are slow
   // (so a free worker is not left idle while calls queue behind a slow one). From a moving
@@ -325,7 +509,10 @@ struct WorkerPoolState : std::enable_shared_from_this<WorkerPoolState> {
 
   std::vector<std::int32_t> pool_fds_locked() const {
     std::vector<std::int32_t> fds{wake_fd};
-    for (const auto& w : workers) fds.push_back(w->fd);
+    for (const auto& w : workers) {
+      fds.push_back(w->fd);
+      fds.push_back(w->words->_region().region->fd());
+    }
     return fds;
   }
 
@@ -338,6 +525,7 @@ struct WorkerPoolState : std::enable_shared_from_this<WorkerPoolState> {
   void pump();
   void run_manager();
   void read_results(Worker& w);
+  bool deliver(Worker& w, std::vector<ResultMessage>& results);
   void reap(const std::shared_ptr<Worker>& w);
   void break_pool_locked(const std::string& why, std::vector<std::unique_ptr<Job>>& failed);
   void finish_manager();
@@ -363,9 +551,10 @@ void WorkerPoolState::start_worker() {
   if (options.start_method == "fork") cfg.close_fds.push_back(parent_end.fileno());
   auto w = std::make_shared<Worker>();
   w->index = index;
+  w->words.emplace(kBoardWords);
   w->process = Process(ProcessOptions{.name = options.name + "-worker-" + std::to_string(index),
                                       .start_method = options.start_method},
-                       &troupe_pool_worker_entry, std::move(child_end), std::move(cfg));
+                       &troupe_pool_worker_entry, std::move(child_end), std::move(cfg), *w->words);
   w->process.start();
   drop_arguments(w->process);  // closes the parent's copy of the worker's end
   w->fd = parent_end.fileno();
@@ -515,8 +704,17 @@ int WorkerPoolState::escalate_stops() {
     stops = asked;  // those that ended since are no longer counted
     for (auto& w : workers) {
       if (w->exited || w->inflight.empty()) continue;
-      auto& [id, f] = *w->inflight.begin();  // the message the worker runs
-      if (!f.stop || f.stage >= 3) continue;
+      const std::uint64_t id = w->running();
+      auto it = w->inflight.find(id);
+      if (it == w->inflight.end() || !it->second.stop) {
+        // A call whose stop was asked has not started yet (or its result is on its way): look
+        // again soon.
+        for (auto& [other, f] : w->inflight)
+          if (f.stop && f.stage == 0) timeout = timeout < 0 ? 1 : std::min(timeout, 1);
+        continue;
+      }
+      auto& f = it->second;
+      if (f.stage >= 3) continue;
       if (f.stage == 0 || now >= f.next_stage) {
         static constexpr int kSignals[] = {SIGINT, SIGTERM, SIGKILL};
         signals.push_back({w, kSignals[f.stage], id});
@@ -531,6 +729,8 @@ int WorkerPoolState::escalate_stops() {
     }
   }
   for (auto& s : signals) {
+    // The call may have ended since: SIGTERM and SIGKILL are for it alone (SIGINT names it).
+    if (s.sig != SIGINT && s.worker->running() != s.id) continue;
     siginfo_t info{};
     info.si_signo = s.sig;
     info.si_code = SI_QUEUE;
@@ -546,44 +746,60 @@ int WorkerPoolState::escalate_stops() {
 
 void WorkerPoolState::read_results(Worker& w) {
   for (;;) {
-    ResultBatch b;
+    std::vector<ResultMessage> results;
     try {
-      b = w.conn.recv<ResultBatch>();
+      const std::vector<std::byte> frame = w.conn.recv_bytes();
+      results = read_records(frame, [&](CallOutcome& o) { o.value = w.conn.recv_bytes(); });
     } catch (const EOFError&) {
       w.conn_open = false;
       return;
-    } catch (const OSError&) {
+    } catch (const OSError&) {  // it ended inside a message: the rest is on its board
       w.conn_open = false;
       return;
+    } catch (const ValueError& e) {  // cannot happen unless memory is corrupted: say so
+      std::fprintf(stderr, "%s: %s\n", w.process.name().c_str(), e.what());
+      w.conn_open = false;
+      w.process.kill();
+      return;
     }
-    for (auto& r : b.results) {
-      if (r.initializer_failed) {
-        std::string why = "A process initializer failed, the process pool is not usable anymore";
-        if (!r.outcomes.empty()) why += " (" + r.outcomes.front().message + ")";
-        std::vector<std::unique_ptr<Job>> failed;
-        {
-          std::scoped_lock lk(mu);
-          break_pool_locked(why, failed);
-        }
-        auto e = error(why);
-        for (auto& j : failed) j->fail(e);
-        return;
-      }
-      std::unique_ptr<Job> job;
-      {
-        std::scoped_lock lk(mu);
-        auto it = w.inflight.find(r.id);
-        if (it != w.inflight.end()) {
-          job = std::move(it->second.job);
-          w.inflight_bytes -= it->second.size;
-          w.note_result(it->second.sent, steady::now());
-          w.inflight.erase(it);
-        }
-      }
-      if (job) job->deliver(std::move(r.outcomes));
-    }
+    if (!deliver(w, results)) return;
     if (!w.conn.poll(std::chrono::seconds(0))) return;
   }
+}
+
+// Hands the outcomes to their jobs (those still waiting: a result read from the socket and
+// again from the board of a dead worker is delivered once). False if the pool broke.
+bool WorkerPoolState::deliver(Worker& w, std::vector<ResultMessage>& results) {
+  std::vector<std::pair<std::unique_ptr<Job>, std::vector<CallOutcome>>> done;
+  done.reserve(results.size());
+  {
+    std::scoped_lock lk(mu);
+    const auto now = steady::now();
+    for (auto& r : results) {
+      if (r.initializer_failed) continue;
+      auto it = w.inflight.find(r.id);
+      if (it == w.inflight.end()) continue;
+      w.inflight_bytes -= it->second.size;
+      w.note_result(it->second.sent, now);
+      done.emplace_back(std::move(it->second.job), std::move(r.outcomes));
+      w.inflight.erase(it);
+    }
+  }
+  for (auto& [job, outcomes] : done) job->deliver(std::move(outcomes));
+  for (auto& r : results) {
+    if (!r.initializer_failed) continue;
+    std::string why = "A process initializer failed, the process pool is not usable anymore";
+    if (!r.outcomes.empty()) why += " (" + r.outcomes.front().message + ")";
+    std::vector<std::unique_ptr<Job>> failed;
+    {
+      std::scoped_lock lk(mu);
+      break_pool_locked(why, failed);
+    }
+    auto e = error(why);
+    for (auto& j : failed) j->fail(e);
+    return false;
+  }
+  return true;
 }
 
 void WorkerPoolState::break_pool_locked(const std::string& why,
@@ -600,32 +816,61 @@ void WorkerPoolState::break_pool_locked(const std::string& why,
 }
 
 void WorkerPoolState::reap(const std::shared_ptr<Worker>& w) {
-  // What it sent before it ended is all in the socket now.
+  // What it sent before it ended is all in the socket now; what it had not sent, on its board.
   if (w->conn_open && w->conn.poll(std::chrono::seconds(0))) read_results(*w);
   w->process.join();
   const int code = w->process.exitcode().value_or(-1);
-  std::vector<std::unique_ptr<Job>> failed;
+  {
+    const Board board(*w->words);
+    const auto used = static_cast<std::size_t>(board.used().load(std::memory_order_acquire));
+    std::vector<ResultMessage> left;
+    try {
+      // Values that follow a record are never on the board.
+      left = read_records(std::span<const std::byte>(board.log(), std::min(used, board.capacity())),
+                          [](CallOutcome&) {});
+    } catch (const ValueError& e) {
+      std::fprintf(stderr, "%s: its board: %s\n", w->process.name().c_str(), e.what());
+    }
+    if (!deliver(*w, left)) left.clear();
+  }
+  // The call it was running (if it died inside one): that one failed; those behind it never
+  // started.
+  const std::uint64_t running = w->running();
+  std::vector<std::unique_ptr<Job>> failed, exhausted;
   std::unique_ptr<Job> stopped;
-  std::string why;
+  std::string why, who;
   bool replace = false;
   {
     std::scoped_lock send_lock(w->send_mutex);  // no send in progress: every job has its calls
     std::scoped_lock lk(mu);
     w->exited = true;
-    if (!w->inflight.empty() && w->inflight.begin()->second.stage >= 2 && broken.empty() &&
-        !terminating) {
-      // Ended by request_stop()'s SIGTERM or SIGKILL: that call is stopped, the ones behind it
-      // go to another worker, and a new worker takes this one's place, whatever the policy.
-      auto it = w->inflight.begin();
-      stopped = std::move(it->second.job);
-      why = "the call was stopped (request_stop): " + w->process.name() + " (pid " +
-            std::to_string(w->process.pid().value_or(0)) + ") " + describe_exit(code) +
-            " after SIGINT and " + std::to_string(options.stop_grace.count()) + " ms";
+    who = w->process.name() + " (pid " + std::to_string(w->process.pid().value_or(0)) + ") " +
+          describe_exit(code);
+    auto run = w->inflight.find(running);
+    // The calls it never started go back to the front of the queue for another worker, in
+    // order, unless workers keep dying before they start (then they fail).
+    auto requeue = [&] {
       std::vector<std::unique_ptr<Job>> again;
-      for (++it; it != w->inflight.end(); ++it) again.push_back(std::move(it->second.job));
+      for (auto& [id, f] : w->inflight) {
+        if (!f.job) continue;
+        if (++f.job->deaths > kMaxDeathsBeforeStart) {
+          exhausted.push_back(std::move(f.job));
+          continue;
+        }
+        again.push_back(std::move(f.job));
+      }
       for (auto r = again.rbegin(); r != again.rend(); ++r) pending.push_front(std::move(*r));
       w->inflight.clear();
       w->inflight_bytes = 0;
+    };
+    if (run != w->inflight.end() && run->second.stage >= 2 && broken.empty() && !terminating) {
+      // Ended by request_stop()'s SIGTERM or SIGKILL: that call is stopped, the ones behind it
+      // go to another worker, and a new worker takes this one's place, whatever the policy.
+      stopped = std::move(run->second.job);
+      w->inflight.erase(run);
+      why = "the call was stopped (request_stop): " + who + " after SIGINT and " +
+            std::to_string(options.stop_grace.count()) + " ms";
+      requeue();
     }
     const bool retired = options.max_tasks_per_child && w->sent >= *options.max_tasks_per_child &&
                          w->inflight.empty() && code == 0;
@@ -634,21 +879,16 @@ void WorkerPoolState::reap(const std::shared_ptr<Worker>& w) {
       why =
           "A process in the process pool was terminated abruptly while the future was "
           "running or pending: " +
-          w->process.name() + " (pid " + std::to_string(w->process.pid().value_or(0)) + ") " +
-          describe_exit(code);
+          who;
       if (terminating) why = "the pool was terminated: " + why;
       if (options.on_worker_death == OnWorkerDeath::break_pool || terminating) {
         break_pool_locked(why, failed);
-      } else if (!w->inflight.empty()) {
-        // A worker runs its messages in order: the oldest was running and fails; the ones
-        // behind it never started, and go back to the front of the queue for another worker.
-        auto it = w->inflight.begin();
-        failed.push_back(std::move(it->second.job));
-        std::vector<std::unique_ptr<Job>> again;
-        for (++it; it != w->inflight.end(); ++it) again.push_back(std::move(it->second.job));
-        for (auto r = again.rbegin(); r != again.rend(); ++r) pending.push_front(std::move(*r));
-        w->inflight.clear();
-        w->inflight_bytes = 0;
+      } else {
+        if (run != w->inflight.end()) {
+          failed.push_back(std::move(run->second.job));
+          w->inflight.erase(run);
+        }
+        requeue();
       }
     }
     std::erase(workers, w);
@@ -656,9 +896,15 @@ void WorkerPoolState::reap(const std::shared_ptr<Worker>& w) {
   }
   if (stopped) {
     stopped->fail(std::make_exception_ptr(concurrent::futures::CancelledError(why)));
-  } else {
+  }
+  if (!failed.empty()) {
     auto e = error(why);
     for (auto& j : failed) j->fail(e);
+  }
+  if (!exhausted.empty()) {
+    auto e = error("the call was sent to " + std::to_string(kMaxDeathsBeforeStart + 1) +
+                   " workers that died before it started; the last, " + who);
+    for (auto& j : exhausted) j->fail(e);
   }
   w->process.close();
   if (replace) {

@@ -3,12 +3,15 @@
 // Not API.
 //
 // Each worker has its own connection (a socketpair), so the parent knows which calls are on
-// which worker: when a worker dies, exactly its calls fail, with its exit status or signal
-// named (Python's Pool hangs here; its ProcessPoolExecutor breaks the whole pool, which is
-// troupe's default too, as Python's). A thread of the parent reads every worker's results and
-// watches their pidfds; calls are sent by whoever has one to send (the submitting thread or that
-// thread), never more than fits the connection's buffer, so no send can block on a worker that
-// is itself blocked sending results.
+// which worker, and a small shared memory board (a memfd) where the worker notes the call it
+// runs and keeps the results it has not sent yet. When a worker dies, the parent reads what it
+// sent, then the results left on its board (a computed result is never lost), and fails only the
+// call it was running, with its exit status or signal named; the calls it had not started go to
+// another worker (OnWorkerDeath::replace_worker) or fail with the broken pool (break_pool,
+// Python's ProcessPoolExecutor). A thread of the parent reads every worker's results and watches
+// their pidfds; calls are sent by whoever has one to send (the submitting thread or that thread),
+// never more than fits the connection's buffer, so no send can block on a worker that is itself
+// blocked sending results.
 #pragma once
 
 #include <chrono>
@@ -63,6 +66,8 @@ public:
   /// `calls` is one std::vector of argument tuples, and the one outcome a std::vector of results
   /// (EntryPoint::call_batch): a map chunk in one message each way.
   bool batch = false;
+  /// Workers that died holding it before it started (it is sent again, a few times at most).
+  int deaths = 0;
 };
 
 /// What happens when a worker dies while it holds calls.

@@ -1,0 +1,225 @@
+// The pool engine under ProcessPoolExecutor and multiprocessing::Pool when a worker dies (issue
+// 15, finding 4), per start method. Each call writes its number to a log file when it starts, so a
+// test sees which calls ran and how often.
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <gmock/gmock.h>
+
+#include "troupe/concurrent/futures/process.hpp"
+#include "troupe/errors.hpp"
+#include "troupe/multiprocessing/pool.hpp"
+
+#include "leak_check.hpp"
+#include "start_methods.hpp"
+
+namespace troupe::concurrent::futures {
+namespace {
+
+using namespace std::chrono_literals;
+using ::testing::HasSubstr;
+
+// ---- the calls ---------------------------------------------------------------------------------
+
+void record(const std::string& log, int i) {
+  const int fd = ::open(log.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+  if (fd < 0) throw OSError(errno, "open " + log);
+  const std::string line = std::to_string(i) + "\n";
+  const bool ok = ::write(fd, line.data(), line.size()) == static_cast<ssize_t>(line.size());
+  ::close(fd);
+  if (!ok) throw OSError(errno, "write " + log);
+}
+
+// Call `i`: notes that it started, dies by SIGABRT if it is `die_at`, sleeps `sleep_us`.
+int step(std::string log, int i, int die_at, int sleep_us) {
+  record(log, i);
+  if (i == die_at) {
+    const rlimit none{0, 0};
+    ::setrlimit(RLIMIT_CORE, &none);  // no core file left behind
+    std::abort();
+  }
+  if (sleep_us > 0) std::this_thread::sleep_for(std::chrono::microseconds(sleep_us));
+  return i * i;
+}
+TROUPE_ENTRY(step);
+
+int quick(int x) {
+  return x + 1;
+}
+TROUPE_ENTRY(quick);
+
+// ---- helpers -----------------------------------------------------------------------------------
+
+// A fresh directory for one test's files, removed with it.
+struct TempDir {
+  std::filesystem::path path;
+  TempDir() {
+    std::string tmpl = (std::filesystem::temp_directory_path() / "troupe-death-XXXXXX").string();
+    if (::mkdtemp(tmpl.data()) == nullptr) throw OSError(errno, "mkdtemp");
+    path = tmpl;
+  }
+  ~TempDir() { std::filesystem::remove_all(path); }
+  std::string file(const std::string& name) const { return (path / name).string(); }
+};
+
+// How often each call started, from the log.
+std::map<int, int> runs(const std::string& log) {
+  std::map<int, int> n;
+  std::ifstream in(log);
+  for (int i; in >> i;) ++n[i];
+  return n;
+}
+
+using WorkerDeathTest = troupe::testing::StartMethodTest;
+
+constexpr int kCalls = 80;
+constexpr int kDieAt = 40;
+constexpr int kRounds = 3;
+
+// One worker, 80 quick calls, call 40 aborts: calls 0-39 keep their results, call 40 fails naming
+// SIGABRT, and the later ones run on a new worker (replace) or fail with the broken pool (break);
+// nothing runs twice.
+template <class Pool, class Submit, class Get>
+void check_abort_rounds(const std::string& method, bool replace, const char* error_name,
+                        const std::function<std::unique_ptr<Pool>()>& make, Submit submit,
+                        Get get) {
+  for (int round = 0; round < kRounds; ++round) {
+    SCOPED_TRACE("round " + std::to_string(round));
+    TempDir dir;
+    const std::string log = dir.file("log");
+    auto pool = make();
+    // The worker is up and its calls are timed as quick (several travel in one message).
+    for (int i = 0; i < 4; ++i) (void)get(submit(*pool, log, -1 - i));
+    std::vector<decltype(submit(*pool, log, 0))> rs;
+    for (int i = 0; i < kCalls; ++i) rs.push_back(submit(*pool, log, i));
+    for (int i = 0; i < kCalls; ++i) {
+      SCOPED_TRACE(method + ": call " + std::to_string(i));
+      try {
+        const int v = get(rs[i]);
+        EXPECT_NE(i, kDieAt) << "the aborting call returned";
+        EXPECT_TRUE(i < kDieAt || replace) << "a call after the broken pool returned";
+        EXPECT_EQ(v, i * i);
+      } catch (const std::exception& e) {
+        if (i < kDieAt) {
+          ADD_FAILURE() << "a call that had finished failed (" << error_name << "): " << e.what();
+        } else if (i == kDieAt) {
+          EXPECT_THAT(e.what(), HasSubstr("killed by signal 6 (SIGABRT)"));
+        } else {
+          EXPECT_FALSE(replace) << "a call that never started failed: " << e.what();
+        }
+      }
+    }
+    pool.reset();
+    auto n = runs(log);
+    for (int i = 0; i < kCalls; ++i) {
+      const int expected = i <= kDieAt || replace ? 1 : 0;
+      EXPECT_EQ(n[i], expected) << method << ": call " << i << " ran " << n[i] << " times";
+    }
+  }
+}
+
+ProcessPoolOptions executor_options(const std::string& method, int workers, bool replace) {
+  return {.max_workers = workers,
+          .mp_context = multiprocessing::get_context(method),
+          .on_worker_death = replace ? OnWorkerDeath::replace_worker : OnWorkerDeath::break_pool};
+}
+
+// ---- finding 4: a dying worker ------------------------------------------------------------------
+
+TEST_P(WorkerDeathTest, ExecutorAbortFailsOnlyTheRunningCall) {
+  for (bool replace : {false, true}) {
+    if (replace && GetParam() == "fork") continue;  // replace_worker is refused under fork
+    SCOPED_TRACE(replace ? "replace_worker" : "break_pool");
+    check_abort_rounds<ProcessPoolExecutor>(
+        GetParam(), replace, "BrokenProcessPool",
+        [&] {
+          return std::make_unique<ProcessPoolExecutor>(executor_options(GetParam(), 1, replace));
+        },
+        [](ProcessPoolExecutor& p, const std::string& log, int i) {
+          return p.submit(step, log, i, kDieAt, 0);
+        },
+        [](const Future<int>& f) { return f.result(60s); });
+  }
+}
+
+TEST_P(WorkerDeathTest, PoolAbortFailsOnlyTheRunningCall) {
+  // Pool replaces a dead worker, except under fork (the pool breaks there).
+  check_abort_rounds<multiprocessing::Pool>(
+      GetParam(), GetParam() != "fork", "ProcessError",
+      [&] {
+        return std::make_unique<multiprocessing::Pool>(multiprocessing::PoolOptions{
+            .processes = 1, .context = multiprocessing::get_context(GetParam())});
+      },
+      [](multiprocessing::Pool& p, const std::string& log, int i) {
+        return p.apply_async(step, log, i, kDieAt, 0);
+      },
+      [](const multiprocessing::AsyncResult<int>& r) { return r.get(60s); });
+}
+
+// 1000 calls on two workers while workers are killed with SIGKILL from outside, ten times (once
+// under fork, where the pool breaks): every call returns its result or, if it was running when
+// its worker died, fails naming SIGKILL; no call runs twice.
+TEST_P(WorkerDeathTest, ExecutorStormOfKills) {
+  const bool replace = GetParam() != "fork";
+  const int kills = replace ? 10 : 1;
+  constexpr int kStorm = 1000;
+  TempDir dir;
+  const std::string log = dir.file("log");
+  std::vector<Future<int>> fs;
+  int failed = 0, done_kills = 0;
+  {
+    ProcessPoolExecutor pool(executor_options(GetParam(), 2, replace));
+    (void)pool.submit(quick, 0).result(60s);
+    for (int i = 0; i < kStorm; ++i) fs.push_back(pool.submit(step, log, i, -1, 100));
+    std::mt19937 rng(12345);
+    for (int k = 0; k < kills; ++k) {
+      // Wait for some progress (bounded), then kill a worker that is running a call.
+      const int target = (k + 1) * kStorm / (kills + 2);
+      for (int t = 0; t < 10'000 && !fs[target].done(); ++t) std::this_thread::sleep_for(1ms);
+      auto pids = pool.worker_pids();
+      if (pids.empty()) continue;
+      ::kill(pids[rng() % pids.size()], SIGKILL);
+      ++done_kills;
+    }
+    for (int i = 0; i < kStorm; ++i) {
+      SCOPED_TRACE("call " + std::to_string(i));
+      try {
+        EXPECT_EQ(fs[i].result(60s), i * i);
+      } catch (const BrokenProcessPool& e) {
+        if (replace) {
+          EXPECT_THAT(e.what(), HasSubstr("killed by signal 9 (SIGKILL)"));
+        }
+        ++failed;
+      }
+    }
+  }
+  auto n = runs(log);
+  int ran_twice = 0;
+  for (int i = 0; i < kStorm; ++i) {
+    if (n[i] > 1) ++ran_twice;
+    if (fs[i].exception(0s) == nullptr) {
+      EXPECT_EQ(n[i], 1) << "call " << i << " returned but ran " << n[i] << " times";
+    }
+  }
+  EXPECT_EQ(ran_twice, 0) << "calls that ran more than once";
+  if (replace) {
+    EXPECT_LE(failed, done_kills) << "more calls failed than workers were killed";
+  }
+}
+
+TROUPE_PER_START_METHOD(WorkerDeathTest);
+
+}  // namespace
+}  // namespace troupe::concurrent::futures
