@@ -1,6 +1,6 @@
-// The pool engine under ProcessPoolExecutor and multiprocessing::Pool when a worker dies (issue
-// 15, finding 4), per start method. Each call writes its number to a log file when it starts, so a
-// test sees which calls ran and how often.
+// The pool engine under ProcessPoolExecutor and multiprocessing::Pool when a worker dies and when
+// a result is too large to send (issue 15, findings 4 and 8), per start method. Each call writes
+// its number to a log file when it starts, so a test sees which calls ran and how often.
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/resource.h>
@@ -59,6 +59,12 @@ int quick(int x) {
   return x + 1;
 }
 TROUPE_ENTRY(quick);
+
+// A result of `n` bytes.
+std::string big(std::uint64_t n) {
+  return std::string(n, 'x');
+}
+TROUPE_ENTRY(big);
 
 // ---- helpers -----------------------------------------------------------------------------------
 
@@ -217,6 +223,25 @@ TEST_P(WorkerDeathTest, ExecutorStormOfKills) {
   if (replace) {
     EXPECT_LE(failed, done_kills) << "more calls failed than workers were killed";
   }
+}
+
+// ---- finding 8: a result too large to send -----------------------------------------------------
+
+TEST_P(WorkerDeathTest, OversizedResultFailsAloneAndThePoolGoesOn) {
+  ProcessPoolExecutor pool(executor_options(GetParam(), 1, false));
+  const std::uint64_t n = (std::uint64_t{1} << 30) + 64;
+  auto f = pool.submit(big, n);
+  auto g = pool.submit(quick, 1);  // queued behind it on the one worker
+  try {
+    (void)f.result(120s);
+    FAIL() << "no error for a result of " << n << " bytes";
+  } catch (const ValueError& e) {
+    EXPECT_THAT(e.what(), HasSubstr("'big'"));
+    EXPECT_THAT(e.what(), HasSubstr("1073741824-byte limit"));
+    EXPECT_THAT(e.what(), ::testing::ContainsRegex("result of [0-9]+ bytes"));
+  }
+  EXPECT_EQ(g.result(60s), 2);
+  EXPECT_EQ(pool.submit(big, 10).result(60s), std::string(10, 'x'));
 }
 
 TROUPE_PER_START_METHOD(WorkerDeathTest);

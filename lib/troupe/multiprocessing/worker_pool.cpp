@@ -297,14 +297,20 @@ namespace {
 // parent when the worker flushes (or at once, when it is too large for the board).
 class ResultSender {
 public:
-  ResultSender(Connection& conn, const Board& board) noexcept : conn_(conn), board_(board) {}
+  ResultSender(Connection& conn, const Board& board, std::uint64_t limit) noexcept
+      : conn_(conn), board_(board), limit_(limit) {}
 
   steady::time_point since = steady::now();  // the last flush
 
-  // Records the outcomes of call `r.id` (still noted as running). False if the parent
+  // Records the outcomes of call `r.id` of `entry` (still noted as running). False if the parent
   // has gone.
-  bool add(ResultMessage& r) {
+  bool add(ResultMessage& r, const std::string& entry) {
     for (auto& o : r.outcomes) {
+      if (o.value.size() > limit_)
+        o = outcome_of(std::make_exception_ptr(ValueError(
+            "'" + entry + "' returned a result of " + std::to_string(o.value.size()) +
+            " bytes (encoded), more than the " + std::to_string(limit_) +
+            "-byte limit of a message from a pool worker to its pool; the call fails alone")));
       if (o.message.size() > kMaxErrorMessage) {
         o.message.resize(kMaxErrorMessage);
         o.message += "... (cut)";
@@ -352,6 +358,7 @@ public:
 private:
   Connection& conn_;
   const Board& board_;
+  std::uint64_t limit_;
 };
 
 }  // namespace
@@ -367,7 +374,7 @@ void troupe_pool_worker(Connection& conn, WorkerConfig& cfg, RawArray<std::uint6
   sigemptyset(&sa.sa_mask);
   ::sigaction(SIGINT, &sa, nullptr);
   const Board board(words);
-  ResultSender sender(conn, board);
+  ResultSender sender(conn, board, cfg.max_message ? cfg.max_message : conn.max_message_size());
   if (!cfg.initializer.empty()) {
     try {
       const EntryPoint* e = find_entry(cfg.initializer);
@@ -383,7 +390,7 @@ void troupe_pool_worker(Connection& conn, WorkerConfig& cfg, RawArray<std::uint6
       ResultMessage r;
       r.initializer_failed = true;
       r.outcomes.push_back(outcome_of(std::current_exception()));
-      (void)(sender.add(r) && sender.flush());
+      (void)(sender.add(r, cfg.initializer) && sender.flush());
       return;
     }
   }
@@ -411,7 +418,7 @@ void troupe_pool_worker(Connection& conn, WorkerConfig& cfg, RawArray<std::uint6
       g_running.store(t.id);
       for (const auto& args : t.calls) r.outcomes.push_back(run_call(last, t.entry, args, t.batch));
       g_running.store(0);
-      if (!sender.add(r)) return;
+      if (!sender.add(r, t.entry)) return;
       board.running().store(0);  // its result is on the board (or sent)
       ++done;
       if (steady::now() - sender.since >= kFlushAfter && !sender.flush()) return;
@@ -542,6 +549,7 @@ void WorkerPoolState::start_worker() {
   cfg.max_tasks = options.max_tasks_per_child.value_or(0);
   cfg.owner = static_cast<std::int32_t>(owner);
   cfg.stop_grace_ms = options.stop_grace.count();
+  cfg.max_message = parent_end.max_message_size();
   int index;
   {
     std::scoped_lock lk(mu);

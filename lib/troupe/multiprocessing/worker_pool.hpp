@@ -134,6 +134,7 @@ struct WorkerConfig {
   std::vector<std::int32_t> close_fds;  // fork: the parent's pool fds this child inherited
   std::int32_t owner = 0;               // the pool's process: the worker ends when it does
   std::int64_t stop_grace_ms = 1000;    // SIGTERM, then SIGKILL this long after
+  std::uint64_t max_message = 0;        // the largest message the parent accepts (its end's)
 };
 
 }  // namespace troupe::multiprocessing::detail
