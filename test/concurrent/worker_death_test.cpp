@@ -1,5 +1,6 @@
-// The pool engine under ProcessPoolExecutor and multiprocessing::Pool when a worker dies and when
-// a result is too large to send (issue 15, findings 4 and 8), per start method. Each call writes
+// The pool engine under ProcessPoolExecutor and multiprocessing::Pool when a worker dies, when a
+// result is too large to send, and when a quick call follows a slow one (issue 15, findings 4, 8
+// and 9), per start method. Each call writes
 // its number to a log file when it starts, so a test sees which calls ran and how often.
 #include <fcntl.h>
 #include <signal.h>
@@ -54,6 +55,16 @@ int step(std::string log, int i, int die_at, int sleep_us) {
   return i * i;
 }
 TROUPE_ENTRY(step);
+
+// Runs until `release` exists (at most 20 s): true if it was released.
+bool slow_until(std::string release) {
+  for (int i = 0; i < 20'000; ++i) {
+    if (std::filesystem::exists(release)) return true;
+    std::this_thread::sleep_for(1ms);
+  }
+  return false;
+}
+TROUPE_ENTRY(slow_until);
 
 int quick(int x) {
   return x + 1;
@@ -242,6 +253,51 @@ TEST_P(WorkerDeathTest, OversizedResultFailsAloneAndThePoolGoesOn) {
   }
   EXPECT_EQ(g.result(60s), 2);
   EXPECT_EQ(pool.submit(big, 10).result(60s), std::string(10, 'x'));
+}
+
+// ---- finding 9: a quick call behind a slow one
+// ---------------------------------------------------
+
+// Two workers: a quick call submitted right after a slow one (while the second worker may still be
+// starting) runs on the other worker, and its result comes while the slow call still runs.
+TEST_P(WorkerDeathTest, QuickCallDoesNotWaitBehindASlowOne) {
+  TempDir dir;
+  const std::string release = dir.file("release");
+  ProcessPoolExecutor pool(executor_options(GetParam(), 2, false));
+  auto slow = pool.submit(slow_until, release);
+  auto fast = pool.submit(quick, 41);
+  EXPECT_EQ(fast.result(60s), 42);
+  EXPECT_FALSE(slow.done()) << "the quick call's result came only after the slow call ended";
+  std::ofstream(release).put('x');
+  EXPECT_TRUE(slow.result(60s));
+}
+
+TEST_P(WorkerDeathTest, PoolQuickCallDoesNotWaitBehindASlowOne) {
+  TempDir dir;
+  const std::string release = dir.file("release");
+  multiprocessing::Pool pool({.processes = 2, .context = multiprocessing::get_context(GetParam())});
+  auto slow = pool.apply_async(slow_until, release);
+  auto fast = pool.apply_async(quick, 41);
+  EXPECT_EQ(fast.get(60s), 42);
+  EXPECT_FALSE(slow.ready()) << "the quick call's result came only after the slow call ended";
+  std::ofstream(release).put('x');
+  EXPECT_TRUE(slow.get(60s));
+}
+
+// One worker whose calls are timed as quick, then a slow call and, behind it in the same message,
+// a quick one: the results before the slow call reach the parent while it runs.
+TEST_P(WorkerDeathTest, ResultsBeforeASlowCallDoNotWaitForIt) {
+  TempDir dir;
+  const std::string release = dir.file("release");
+  ProcessPoolExecutor pool(executor_options(GetParam(), 1, false));
+  for (int i = 0; i < 4; ++i) (void)pool.submit(quick, i).result(60s);
+  std::vector<Future<int>> before;
+  for (int i = 0; i < 8; ++i) before.push_back(pool.submit(quick, i));
+  auto slow = pool.submit(slow_until, release);
+  for (int i = 0; i < 8; ++i) EXPECT_EQ(before[i].result(60s), i + 1);
+  EXPECT_FALSE(slow.done()) << "the results came only after the slow call ended";
+  std::ofstream(release).put('x');
+  EXPECT_TRUE(slow.result(60s));
 }
 
 TROUPE_PER_START_METHOD(WorkerDeathTest);

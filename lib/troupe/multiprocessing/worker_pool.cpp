@@ -17,6 +17,7 @@
 #include <mutex>
 #include <system_error>
 #include <thread>
+#include <unordered_map>
 #include <utility>
 
 #include "troupe/internal/demangle.hpp"
@@ -53,9 +54,12 @@ struct TaskBatch {
   std::vector<TaskMessage> tasks;
 };
 
-// A worker sends what it has done so far once this long has passed since its last send, so a
-// quick result does not wait behind a slow call of the same batch.
+// A worker sends the results it holds once this long has passed since its last send (checked
+// between calls), and before a call not known to be quick, so a quick result does not wait
+// behind a slow call of the same batch.
 constexpr auto kFlushAfter = std::chrono::microseconds(500);
+// A call is quick under this (the worker's look-ahead in the parent, the flush in the worker).
+constexpr auto kQuickCall = std::chrono::microseconds(200);
 
 // ---- the board: what the parent can still read of a worker after its death ---------------------
 //
@@ -397,6 +401,9 @@ void troupe_pool_worker(Connection& conn, WorkerConfig& cfg, RawArray<std::uint6
   std::int64_t done = 0;
   std::string last_name;
   const EntryPoint* last = nullptr;
+  // Each function's time per call (a moving average; zero: not known yet).
+  std::unordered_map<std::string, std::chrono::nanoseconds> times;
+  std::chrono::nanoseconds* last_time = nullptr;
   for (;;) {
     TaskBatch batch;
     try {
@@ -410,14 +417,22 @@ void troupe_pool_worker(Connection& conn, WorkerConfig& cfg, RawArray<std::uint6
       if (last == nullptr || t.entry != last_name) {
         last = find_entry(t.entry);
         last_name = t.entry;
+        last_time = &times[t.entry];
       }
+      // Before a call that may be slow, the results so far go to the parent.
+      const bool quick = last_time->count() != 0 && *last_time < kQuickCall;
+      if (!quick && !sender.flush()) return;
       ResultMessage r;
       r.id = t.id;
       r.outcomes.reserve(t.calls.size());
       board.running().store(t.id);  // seq_cst: on the board before the call can end the process
       g_running.store(t.id);
+      const auto began = steady::now();
       for (const auto& args : t.calls) r.outcomes.push_back(run_call(last, t.entry, args, t.batch));
+      const auto took = std::chrono::duration_cast<std::chrono::nanoseconds>(steady::now() - began);
       g_running.store(0);
+      *last_time = last_time->count() == 0 ? std::max(took, std::chrono::nanoseconds(1))
+                                           : (*last_time * 7 + took) / 8;
       if (!sender.add(r, t.entry)) return;
       board.running().store(0);  // its result is on the board (or sent)
       ++done;
@@ -464,15 +479,13 @@ struct Worker {
   // The call it runs now (0: none), from its board.
   std::uint64_t running() const noexcept { return Board(*words).running().load(); }
   // How many calls may wait at the worker behind the one it runs: many when calls are quick (one
-  // message carries several, and the worker never waits for the next), one when they are slow
-  // (so a free worker is not left idle while calls queue behind a slow one). From a moving
-  // average of each call's time at the worker: from its sending, or from the previous result if
-  // it waited behind that one. Unknown (no result yet) counts as slow.
+  // message carries several, and the worker never waits for the next), none when they are slow
+  // or not timed yet (a call sent to a worker cannot go to another: it would wait there while
+  // another worker idles, or while one starts). From a moving average of each call's time at the
+  // worker: from its sending, or from the previous result if it waited behind that one.
   std::chrono::nanoseconds call_time{0};
   steady::time_point last_result{};
-  int depth() const noexcept {
-    return call_time.count() != 0 && call_time < std::chrono::microseconds(200) ? 16 : 1;
-  }
+  int depth() const noexcept { return call_time.count() != 0 && call_time < kQuickCall ? 16 : 0; }
   void note_result(steady::time_point sent, steady::time_point now) noexcept {
     const auto t = now - std::max(sent, last_result);
     last_result = now;
