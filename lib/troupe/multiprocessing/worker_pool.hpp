@@ -72,11 +72,12 @@ public:
 
 /// What happens when a worker dies while it holds calls.
 enum class OnWorkerDeath : std::uint8_t {
-  /// Python's ProcessPoolExecutor: the pool is broken; every pending and later call fails with
-  /// BrokenProcessPool.
+  /// Python's ProcessPoolExecutor: the pool is broken; the call the worker ran, the calls it had
+  /// not started, and every pending and later call fail with BrokenProcessPool.
   break_pool,
-  /// troupe: only the dead worker's calls fail (BrokenProcessPool naming it), and a new worker
-  /// takes its place (not under fork).
+  /// troupe: only the call the dead worker was running fails (BrokenProcessPool naming the
+  /// worker and its signal or exit code); the calls it had not started go to another worker, and
+  /// a new worker takes its place (not under fork).
   replace_worker,
 };
 

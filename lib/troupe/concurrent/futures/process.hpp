@@ -3,9 +3,10 @@
 // C++ cannot send code to another process, so a call is a function registered with
 // TROUPE_ENTRY and arguments its codecs encode (Python pickles a module-level function by name:
 // the same rule). Workers are processes of the chosen start method (forkserver by default, as
-// Python 3.14 on Linux); each has its own connection, so a worker that dies fails exactly the
-// calls it held, with its exit status or signal in the message — and, by default as in Python,
-// breaks the pool (OnWorkerDeath::replace_worker keeps the pool going instead).
+// Python 3.14 on Linux); each has its own connection and a shared memory board, so a worker that
+// dies fails exactly the call it was running, with its exit status or signal in the message (the
+// calls it had finished keep their results, sent or not) — and, by default as in Python, breaks
+// the pool (OnWorkerDeath::replace_worker sends the calls it had not started to another worker).
 #pragma once
 
 #include <signal.h>
