@@ -622,10 +622,12 @@ void WorkerPoolState::ensure_workers(bool all) {
 void WorkerPoolState::pump() {
   struct Send {
     std::shared_ptr<Worker> worker;
+    std::unique_lock<std::mutex> lock;  // its send_mutex, taken before the calls leave their jobs
     TaskBatch batch;
   };
   std::vector<Send> sends;
   std::vector<std::unique_ptr<Job>> cancelled;
+  std::vector<const Worker*> busy;  // another thread sends to them (or reaps them) now
   {
     std::scoped_lock lk(mu);
     if (!broken.empty()) return;
@@ -634,7 +636,7 @@ void WorkerPoolState::pump() {
       // The worker holding the fewest calls, with room for one more.
       std::shared_ptr<Worker> best;
       for (const auto& w : workers) {
-        if (w->exited) continue;
+        if (w->exited || std::find(busy.begin(), busy.end(), w.get()) != busy.end()) continue;
         if (options.max_tasks_per_child && w->sent >= *options.max_tasks_per_child) continue;
         if (static_cast<int>(w->inflight.size()) > w->depth()) continue;
         if (!best || w->inflight.size() < best->inflight.size()) best = w;
@@ -643,15 +645,24 @@ void WorkerPoolState::pump() {
       std::size_t size = kMessageOverhead;
       for (const auto& c : pending.front()->calls) size += c.size();
       if (!best->inflight.empty() && best->inflight_bytes + size > kSendBudget) break;
+      auto to =
+          std::find_if(sends.begin(), sends.end(), [&](const Send& x) { return x.worker == best; });
+      if (to == sends.end()) {
+        // Its send_mutex before its calls leave their jobs: reap() (which takes it first) then
+        // never finds a job without its calls, and the worker gets its messages in id order.
+        std::unique_lock send_lock(best->send_mutex, std::try_to_lock);
+        if (!send_lock) {
+          busy.push_back(best.get());
+          continue;
+        }
+        to = sends.insert(sends.end(), Send{best, std::move(send_lock), {}});
+      }
       std::unique_ptr<Job> job = std::move(pending.front());
       pending.pop_front();
       if (!job->start()) {
         cancelled.push_back(std::move(job));
         continue;
       }
-      auto to =
-          std::find_if(sends.begin(), sends.end(), [&](const Send& x) { return x.worker == best; });
-      if (to == sends.end()) to = sends.insert(sends.end(), Send{best, {}});
       TaskMessage& m = to->batch.tasks.emplace_back();
       m.id = next_id++;
       m.entry = job->entry;
@@ -662,22 +673,24 @@ void WorkerPoolState::pump() {
       ++best->sent;
     }
   }
-  cancelled.clear();  // outside the lock: a future's callbacks may run
+  cancelled.clear();          // outside the lock: a future's callbacks may run
+  if (!busy.empty()) wake();  // the manager pumps again for the calls left waiting
   for (auto& s : sends) {
-    std::scoped_lock send_lock(s.worker->send_mutex);
+    if (s.batch.tasks.empty()) continue;  // every job it took was cancelled
     try {
       s.worker->conn.send(s.batch);
     } catch (...) {
       // The worker has died: the manager thread sees its pidfd and fails its calls.
     }
     // The calls go back into their jobs, so that a job its worker never ran (the worker died or
-    // was stopped) can go to another. reap() takes send_mutex first: it never sees them out.
+    // was stopped) can go to another.
     std::scoped_lock lk(mu);
     for (auto& m : s.batch.tasks) {
       auto it = s.worker->inflight.find(m.id);
       if (it != s.worker->inflight.end() && it->second.job)
         it->second.job->calls = std::move(m.calls);
     }
+    s.lock.unlock();
   }
 }
 
