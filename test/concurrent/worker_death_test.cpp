@@ -255,33 +255,35 @@ TEST_P(WorkerDeathTest, OversizedResultFailsAloneAndThePoolGoesOn) {
   EXPECT_EQ(pool.submit(big, 10).result(60s), std::string(10, 'x'));
 }
 
-// ---- finding 9: a quick call behind a slow one
-// ---------------------------------------------------
+// ---- finding 9: a quick call behind a slow one -------------------------------------------------
 
 // Two workers: a quick call submitted right after a slow one (while the second worker may still be
 // starting) runs on the other worker, and its result comes while the slow call still runs.
-TEST_P(WorkerDeathTest, QuickCallDoesNotWaitBehindASlowOne) {
+// `submit(f, arg)` submits a call, `ended(r)` says whether it has ended, `get(r)` waits for it.
+template <class Submit, class Ended, class Get>
+void check_quick_beats_slow(Submit submit, Ended ended, Get get) {
   TempDir dir;
   const std::string release = dir.file("release");
-  ProcessPoolExecutor pool(executor_options(GetParam(), 2, false));
-  auto slow = pool.submit(slow_until, release);
-  auto fast = pool.submit(quick, 41);
-  EXPECT_EQ(fast.result(60s), 42);
-  EXPECT_FALSE(slow.done()) << "the quick call's result came only after the slow call ended";
+  auto slow = submit(slow_until, release);
+  auto fast = submit(quick, 41);
+  EXPECT_EQ(get(fast), 42);
+  EXPECT_FALSE(ended(slow)) << "the quick call's result came only after the slow call ended";
   std::ofstream(release).put('x');
-  EXPECT_TRUE(slow.result(60s));
+  EXPECT_TRUE(get(slow));
+}
+
+TEST_P(WorkerDeathTest, QuickCallDoesNotWaitBehindASlowOne) {
+  ProcessPoolExecutor pool(executor_options(GetParam(), 2, false));
+  check_quick_beats_slow([&](auto f, auto arg) { return pool.submit(f, arg); },
+                         [](const auto& r) { return r.done(); },
+                         [](const auto& r) { return r.result(60s); });
 }
 
 TEST_P(WorkerDeathTest, PoolQuickCallDoesNotWaitBehindASlowOne) {
-  TempDir dir;
-  const std::string release = dir.file("release");
   multiprocessing::Pool pool({.processes = 2, .context = multiprocessing::get_context(GetParam())});
-  auto slow = pool.apply_async(slow_until, release);
-  auto fast = pool.apply_async(quick, 41);
-  EXPECT_EQ(fast.get(60s), 42);
-  EXPECT_FALSE(slow.ready()) << "the quick call's result came only after the slow call ended";
-  std::ofstream(release).put('x');
-  EXPECT_TRUE(slow.get(60s));
+  check_quick_beats_slow([&](auto f, auto arg) { return pool.apply_async(f, arg); },
+                         [](const auto& r) { return r.ready(); },
+                         [](const auto& r) { return r.get(60s); });
 }
 
 // One worker whose calls are timed as quick, then a slow call and, behind it in the same message,
