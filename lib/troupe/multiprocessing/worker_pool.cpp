@@ -865,7 +865,7 @@ void WorkerPoolState::reap(const std::shared_ptr<Worker>& w) {
     } catch (const ValueError& e) {
       std::fprintf(stderr, "%s: its board: %s\n", w->process.name().c_str(), e.what());
     }
-    if (!deliver(*w, left)) left.clear();
+    (void)deliver(*w, left);  // false: its initializer failed, and the pool is broken now
   }
   // The call it was running (if it died inside one): that one failed; those behind it never
   // started.
