@@ -23,7 +23,9 @@
 #include "troupe/multiprocessing/listener.hpp"
 
 #include "byte_text.hpp"
+#include "hostile_peer.hpp"
 #include "leak_check.hpp"
+#include "tls_files.hpp"
 #include <arpa/inet.h>
 #include <netinet/in.h>
 
@@ -185,6 +187,31 @@ TEST_F(AsyncConnectionTest, OsPipes) {
   });
   io.run();
   EXPECT_EQ(got, big);
+}
+
+// async_send_bytes(buf, offset, size) applies send_bytes's rules (issue 15: offset + size must
+// not wrap): errc::value_error and nothing sent, or exactly the slice at the peer. Plain and TLS.
+TEST_F(AsyncConnectionTest, SendBytesBoundsFollowPythonForAnyOffsetAndSize) {
+  troupe::testing::TlsFiles files;
+  auto plain = Pipe();
+  auto tls = troupe::testing::tls_pipe(files);
+  for (auto* pair : {&plain, &tls}) {
+    SCOPED_TRACE(pair->first.tls() ? "TLS" : "plain");
+    Connection& a = pair->first;
+    asio::io_context io;
+    troupe::testing::check_send_bytes_bounds(
+        pair->second,
+        [&](std::span<const std::byte> buf, std::size_t offset, std::optional<std::size_t> size) {
+          boost::system::error_code got = asio::error::would_block;
+          a.async_send_bytes(
+              buf, offset, size,
+              asio::bind_executor(io, [&](boost::system::error_code ec) { got = ec; }));
+          io.restart();
+          io.run();
+          if (got) throw_error(std::error_code(got), "async_send_bytes");
+        },
+        100);
+  }
 }
 
 TEST_F(AsyncConnectionTest, NoExecutorIsAnError) {

@@ -14,6 +14,7 @@
 
 #include "byte_text.hpp"
 #include "errors.capnp.h"
+#include "hostile_peer.hpp"
 #include "leak_check.hpp"
 
 namespace troupe::multiprocessing {
@@ -22,6 +23,7 @@ namespace {
 using namespace std::chrono_literals;
 using ConnectionTest = troupe::testing::LeakCheck;
 
+using ::testing::StartsWith;
 using troupe::testing::bytes;
 using troupe::testing::text;
 
@@ -74,18 +76,55 @@ TEST_F(ConnectionTest, SendBytesOffsetAndSize) {
     a.send_bytes(msg, 27);
     FAIL();
   } catch (const ValueError& e) {
-    EXPECT_STREQ(e.what(), "buffer length < offset");
+    EXPECT_STREQ(e.what(), "buffer length < offset (26 < 27)");
   }
   try {
     a.send_bytes(msg, 10, 17);
     FAIL();
   } catch (const ValueError& e) {
-    EXPECT_STREQ(e.what(), "buffer length < offset + size");
+    EXPECT_STREQ(e.what(), "buffer length < offset + size (26 < 10 + 17)");
   }
   EXPECT_FALSE(b.poll()) << "a refused send sends nothing";
 }
 
-// _TestConnection: recv_bytes(maxlength) over the limit is OSError and closes, as Python's.
+// Issue 15: offset + size wrapped past 2^64, so send_bytes(16 bytes, 8, 2^64 - 8) passed the
+// bounds check (EINVAL from the kernel here; heap bytes on the wire under TLS). An offset or
+// size over PTRDIFF_MAX is a negative number made unsigned: Python's "... is negative".
+TEST_F(ConnectionTest, SendBytesOffsetPlusSizeCannotWrap) {
+  constexpr std::size_t kMax = std::numeric_limits<std::size_t>::max();
+  auto [a, b] = Pipe();
+  const std::vector<std::byte> buf(16, std::byte{'x'});
+  auto refused = [&, &a = a](std::size_t offset, std::optional<std::size_t> size) {
+    try {
+      a.send_bytes(buf, offset, size);
+      ADD_FAILURE() << "sent";
+    } catch (const ValueError& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  EXPECT_EQ(refused(8, kMax - 7), "size is negative (-8)");
+  EXPECT_EQ(refused(kMax, std::nullopt), "offset is negative (-1)");
+  EXPECT_EQ(refused(kMax - 7, 9), "offset is negative (-8)");
+  const auto third = static_cast<std::size_t>(PTRDIFF_MAX);  // 8 + this does not wrap
+  EXPECT_THAT(refused(8, third), StartsWith("buffer length < offset + size (16 < 8 + "));
+  EXPECT_FALSE(b.poll()) << "a refused send sends nothing";
+}
+
+// Python's rules for every mix of edge values (0, around the length, around PTRDIFF_MAX, sums
+// that wrap) and random ones: ValueError and nothing sent, or exactly the slice at the peer.
+TEST_F(ConnectionTest, SendBytesBoundsFollowPythonForAnyOffsetAndSize) {
+  for (bool duplex : {true, false}) {
+    SCOPED_TRACE(duplex ? "socketpair" : "pipe");
+    auto [a, b] = duplex ? Pipe() : [] {
+      auto [r, w] = Pipe(false);
+      return std::pair(std::move(w), std::move(r));
+    }();
+    troupe::testing::check_send_bytes_bounds(
+        b, [&a = a](auto buf, std::size_t offset, auto size) { a.send_bytes(buf, offset, size); });
+  }
+}
+
 TEST_F(ConnectionTest, RecvBytesOverMaxlengthClosesTheConnection) {
   auto [a, b] = Pipe();
   a.send_bytes("0123456789");

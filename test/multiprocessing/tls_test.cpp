@@ -20,6 +20,7 @@
 #include "troupe/multiprocessing/listener.hpp"
 
 #include "byte_text.hpp"
+#include "hostile_peer.hpp"
 #include "leak_check.hpp"
 #include "tls_files.hpp"
 
@@ -315,6 +316,20 @@ TEST_F(TlsTest, AsyncClientWithoutTls) {
   EXPECT_EQ(text(c.recv_bytes()), "plain");
   c.close();
   server.join();
+}
+
+// Issue 15: send_bytes(16 bytes, 8, 2^64 - 8) passed the bounds check (offset + size wrapped)
+// and TlsSession::writev copied 49,140 bytes of this process's heap onto the wire before it
+// crashed. Every edge and wrap-around offset and size: ValueError and nothing sent, or exactly
+// the slice at the peer.
+TEST_F(TlsTest, SendBytesBoundsFollowPythonForAnyOffsetAndSize) {
+  auto [a, b] = troupe::testing::tls_pipe(files);
+  ASSERT_TRUE(a.tls());
+  std::vector<std::byte> buf(16, std::byte{'x'});
+  EXPECT_THROW(a.send_bytes(buf, 8, std::numeric_limits<std::size_t>::max() - 7), ValueError);
+  EXPECT_FALSE(b.poll()) << "a refused send sends nothing";
+  troupe::testing::check_send_bytes_bounds(
+      b, [&a = a](auto buf, std::size_t offset, auto size) { a.send_bytes(buf, offset, size); });
 }
 
 TEST_F(TlsTest, BadConfigurationNamesTheFile) {

@@ -14,6 +14,7 @@
 #include <bit>
 #include <cstring>
 
+#include "troupe/detail/checked.hpp"
 #include "troupe/errors.hpp"
 #include "troupe/multiprocessing/tls.hpp"
 
@@ -252,13 +253,29 @@ void Connection::check_writable(const char* what) const {
     throw_os_error(EBADF, std::string("Connection.") + what + ": connection is read-only");
 }
 
+std::string detail::send_range_error(std::size_t length, std::size_t offset,
+                                     std::optional<std::size_t> size) {
+  // No buffer is longer than PTRDIFF_MAX bytes: a larger offset or size is a negative number
+  // converted to std::size_t, and named as such. The checks form no sum, so nothing wraps.
+  constexpr auto kMax = static_cast<std::size_t>(PTRDIFF_MAX);
+  auto negative = [](std::size_t v) { return std::to_string(static_cast<std::int64_t>(v)); };
+  if (offset > kMax) return "offset is negative (" + negative(offset) + ")";
+  if (offset > length)
+    return "buffer length < offset (" + std::to_string(length) + " < " + std::to_string(offset) +
+           ")";
+  if (!size) return {};
+  if (*size > kMax) return "size is negative (" + negative(*size) + ")";
+  if (!troupe::detail::range_fits(length, offset, *size))
+    return "buffer length < offset + size (" + std::to_string(length) + " < " +
+           std::to_string(offset) + " + " + std::to_string(*size) + ")";
+  return {};
+}
+
 void Connection::send_bytes(std::span<const std::byte> buf, std::size_t offset,
                             std::optional<std::size_t> size) {
   check_writable("send_bytes");
-  if (buf.size() < offset) throw ValueError("buffer length < offset");
-  const std::size_t n = size ? *size : buf.size() - offset;
-  if (size && offset + *size > buf.size()) throw ValueError("buffer length < offset + size");
-  write_frame(buf.subspan(offset, n));
+  if (auto e = detail::send_range_error(buf.size(), offset, size); !e.empty()) throw ValueError(e);
+  write_frame(buf.subspan(offset, size ? *size : buf.size() - offset));
 }
 
 void Connection::write_frame(std::span<const std::byte> payload) {

@@ -83,7 +83,15 @@ struct AsyncWrite {
   unsigned char header[12];
   std::vector<iovec> iov;        // header first
   std::vector<std::byte> owned;  // the payload, when the operation owns it (typed sends)
+  std::error_code error;         // set when the arguments were refused: completes with it
 };
+
+/// Python's send_bytes bounds rules for buf[offset:offset+size] of a `length`-byte buffer:
+/// empty if they hold, else Python's ValueError text ("offset is negative", "buffer length <
+/// offset", "size is negative", "buffer length < offset + size") and the numbers. An offset or
+/// size over PTRDIFF_MAX is a negative number converted to std::size_t.
+std::string send_range_error(std::size_t length, std::size_t offset,
+                             std::optional<std::size_t> size);
 
 /// The codec's reused first segment (troupe/codec.hpp).
 using ScratchSegment = troupe::codec_detail::ScratchSegment;
@@ -109,9 +117,11 @@ public:
   ~Connection();
 
   /// Python: `send_bytes(buf, offset=0, size=None)`: sends `buf[offset:offset+size]` as one
-  /// message. @throws ValueError "buffer length < offset" / "buffer length < offset + size";
-  /// OSError (BrokenPipeError, …) if the peer is gone; OSError if the connection is closed or
-  /// not writable.
+  /// message. @throws ValueError "offset is negative" / "buffer length < offset" / "size is
+  /// negative" / "buffer length < offset + size" (Python's texts, then the numbers; an offset
+  /// or size over PTRDIFF_MAX counts as negative), and nothing is sent; OSError
+  /// (BrokenPipeError, …) if the peer is gone; OSError if the connection is closed or not
+  /// writable.
   void send_bytes(std::span<const std::byte> buf, std::size_t offset = 0,
                   std::optional<std::size_t> size = std::nullopt);
   void send_bytes(std::string_view buf, std::size_t offset = 0,
@@ -215,13 +225,22 @@ public:
     return boost::asio::async_compose<Token, Sig>(std::move(impl), token);
   }
 
-  /// Python: none. send_bytes, asynchronously. `buf` must stay valid until completion.
-  /// Completion: void(boost::system::error_code).
+  /// Python: none. send_bytes(buf, offset, size), asynchronously. `buf` must stay valid until
+  /// completion. Completion: void(boost::system::error_code); errc::value_error (and nothing
+  /// sent) where send_bytes throws ValueError.
+  template <class Token>
+  auto async_send_bytes(std::span<const std::byte> buf, std::size_t offset,
+                        std::optional<std::size_t> size, Token&& token) {
+    auto st = std::make_unique<detail::AsyncWrite>();
+    if (detail::send_range_error(buf.size(), offset, size).empty())
+      prepare_async_write(*st, buf.subspan(offset, size ? *size : buf.size() - offset));
+    else
+      st->error = troupe::make_error_code(troupe::errc::value_error);
+    return start_async_write(std::move(st), std::forward<Token>(token));
+  }
   template <class Token>
   auto async_send_bytes(std::span<const std::byte> buf, Token&& token) {
-    auto st = std::make_unique<detail::AsyncWrite>();
-    prepare_async_write(*st, buf);
-    return start_async_write(std::move(st), std::forward<Token>(token));
+    return async_send_bytes(buf, 0, std::nullopt, std::forward<Token>(token));
   }
 
   /// send<T>, asynchronously: the value is encoded at once (it need not outlive the call).
@@ -376,6 +395,7 @@ private:
         self.complete(std::error_code(troupe::make_error_code(troupe::errc::value_error)));
       } else {
         if (waiting && wait_ec) return self.complete(wait_ec);
+        if (st->error) return self.complete(detail::to_boost(st->error));
         std::error_code ec;
         if (closed() || !writable_)
           return self.complete(detail::to_boost(std::error_code(EBADF, std::generic_category())));
