@@ -214,6 +214,33 @@ TEST_F(AsyncConnectionTest, SendBytesBoundsFollowPythonForAnyOffsetAndSize) {
   }
 }
 
+// Issue 15: a header announcing 512 MiB and 1 MiB of body: the asynchronous receives' memory
+// follows the bytes that arrive too, plain and TLS.
+TEST_F(AsyncConnectionTest, AnnouncedLengthCommitsOnlyWhatArrives) {
+  constexpr std::uint64_t kAnnounced = 512u << 20;
+  const std::uint32_t table[2] = {htole32(0), htole32((kAnnounced - 8) / 8)};
+  troupe::testing::TlsFiles files;
+  for (bool tls : {false, true}) {
+    SCOPED_TRACE(tls ? "TLS" : "plain");
+    for (bool typed : {false, true}) {
+      SCOPED_TRACE(typed ? "async_recv<T>" : "async_recv_bytes");
+      asio::io_context io;  // outlives the connection, which registers with it
+      auto p = tls ? troupe::testing::tls_pair(files) : troupe::testing::plain_pair();
+      auto prefix = typed ? std::as_bytes(std::span(table)) : std::span<const std::byte>();
+      troupe::testing::check_memory_follows_bytes(p, kAnnounced, prefix, 1u << 20, [&] {
+        boost::system::error_code got;
+        auto done = [&](boost::system::error_code ec, std::vector<std::byte>) { got = ec; };
+        if (typed)
+          p.rx.async_recv<std::vector<std::byte>>(asio::bind_executor(io, done));
+        else
+          p.rx.async_recv_bytes(asio::bind_executor(io, done));
+        io.run();
+        if (got) throw_error(std::error_code(got), "async receive");
+      });
+    }
+  }
+}
+
 TEST_F(AsyncConnectionTest, NoExecutorIsAnError) {
   auto [a, b] = Pipe();
   boost::system::error_code got;

@@ -125,6 +125,49 @@ TEST_F(ConnectionTest, SendBytesBoundsFollowPythonForAnyOffsetAndSize) {
   }
 }
 
+// Issue 15: a 4-byte header announcing 512 MiB and 1 MiB of body took the receiver's resident
+// set up by 512 MiB (a zero-filled vector sized from the header) before any body byte came.
+// Memory follows the bytes that arrive, on every receive path; the cut-short message is still
+// OSError when the peer closes.
+TEST_F(ConnectionTest, AnnouncedLengthCommitsOnlyWhatArrives) {
+  using troupe::testing::check_memory_follows_bytes;
+  constexpr std::uint64_t kAnnounced = 512u << 20;
+  constexpr std::size_t kSent = 1u << 20;
+  // A Cap'n Proto segment table: one segment filling the rest of the frame.
+  const std::uint32_t table[2] = {htole32(0), htole32((kAnnounced - 8) / 8)};
+  const auto table_bytes = std::as_bytes(std::span(table));
+  {
+    SCOPED_TRACE("recv_bytes");
+    auto p = troupe::testing::plain_pair();
+    check_memory_follows_bytes(p, kAnnounced, {}, kSent, [&] { p.rx.recv_bytes(); });
+  }
+  {
+    SCOPED_TRACE("recv_bytes, 8-byte header");
+    auto p = troupe::testing::plain_pair();
+    p.rx.set_max_message_size(std::uint64_t{8} << 30);
+    check_memory_follows_bytes(p, std::uint64_t{4} << 30, {}, kSent, [&] { p.rx.recv_bytes(); });
+  }
+  {
+    SCOPED_TRACE("recv_bytes_into, too short: BufferTooShort would carry the whole message");
+    auto p = troupe::testing::plain_pair();
+    std::vector<std::byte> small(64);
+    check_memory_follows_bytes(p, kAnnounced, {}, kSent, [&] { p.rx.recv_bytes_into(small); });
+  }
+  {
+    SCOPED_TRACE("recv<T>, one large segment");
+    auto p = troupe::testing::plain_pair();
+    check_memory_follows_bytes(p, kAnnounced, table_bytes, kSent,
+                               [&] { p.rx.recv<std::vector<std::byte>>(); });
+  }
+  {
+    SCOPED_TRACE("recv<T>, not whole words: skipped");
+    auto p = troupe::testing::plain_pair();
+    check_memory_follows_bytes(p, kAnnounced + 1, {}, kSent,
+                               [&] { p.rx.recv<std::vector<std::byte>>(); });
+  }
+}
+
+// _TestConnection: recv_bytes(maxlength) over the limit is OSError and closes, as Python's.
 TEST_F(ConnectionTest, RecvBytesOverMaxlengthClosesTheConnection) {
   auto [a, b] = Pipe();
   a.send_bytes("0123456789");

@@ -1,6 +1,6 @@
 // test/multiprocessing/hostile_peer.hpp — what the Connection tests (plain, TLS, asynchronous)
-// share for issue 15: a property check of send_bytes's bounds over edge and wrap-around offsets
-// and sizes.
+// share for issue 15's findings 3 and 6: a property check of send_bytes's bounds over edge and
+// wrap-around offsets and sizes, and a raw peer that announces a long message and sends little.
 #pragma once
 
 #include <sys/ioctl.h>
@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <functional>
@@ -32,6 +33,7 @@
 
 #include "leak_check.hpp"
 #include "tls_files.hpp"
+#include <malloc.h>
 
 namespace troupe::testing {
 
@@ -125,7 +127,85 @@ inline void check_send_bytes_bounds(
   EXPECT_GT(sent, 0);
 }
 
-// ---- TLS ------------------------------------------------------------------------------------
+// ---- a raw peer ------------------------------------------------------------------------------
+
+/// A Connection and the other end of its socket written by hand (through a TLS session of its
+/// own when TLS is on), so a test can send any bytes: a header and no body, say.
+struct RawPair {
+  mp::Connection rx;
+  int tx = -1;
+  std::unique_ptr<mp::detail::TlsSession> tx_tls;
+
+  RawPair() = default;
+  RawPair(RawPair&&) = default;
+  ~RawPair() { close_tx(); }
+
+  /// Writes all of `p`, blocking.
+  void write(const void* p, std::size_t n) {
+    auto* at = static_cast<const char*>(p);
+    while (n > 0) {
+      iovec iov{const_cast<char*>(at), n};
+      const ssize_t r = tx_tls ? tx_tls->writev(&iov, 1, true) : ::send(tx, at, n, MSG_NOSIGNAL);
+      if (r < 0 && errno == EINTR) continue;
+      ASSERT_GT(r, 0) << "raw peer write: " << std::strerror(errno);
+      at += r;
+      n -= static_cast<std::size_t>(r);
+    }
+  }
+  /// A 4-byte length header (8-byte after -1 when over 0x7fffffff).
+  void header(std::uint64_t n) {
+    unsigned char h[12];
+    std::size_t len = 4;
+    if (n > 0x7fffffff) {
+      std::memset(h, 0xff, 4);
+      for (int i = 0; i < 8; ++i) h[4 + i] = static_cast<unsigned char>(n >> (56 - 8 * i));
+      len = 12;
+    } else {
+      for (int i = 0; i < 4; ++i) h[i] = static_cast<unsigned char>(n >> (24 - 8 * i));
+    }
+    write(h, len);
+  }
+  void close_tx() {
+    if (tx_tls) {
+      tx_tls->shutdown();
+      tx_tls.reset();
+    }
+    if (tx >= 0) ::close(tx);
+    tx = -1;
+  }
+  /// Bytes written by the peer that the receiving socket still holds.
+  int unread() const {
+    int n = 0;
+    ::ioctl(rx.fileno(), FIONREAD, &n);
+    return n;
+  }
+};
+
+/// A Unix socketpair: rx a Connection, tx raw.
+inline RawPair plain_pair() {
+  int sv[2];
+  if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
+    throw std::runtime_error("socketpair failed");
+  RawPair p;
+  p.rx = mp::Connection(sv[0]);
+  p.tx = sv[1];
+  return p;
+}
+
+/// A Unix socketpair with TLS on: rx a Connection (TLS server), tx a TLS client session.
+inline RawPair tls_pair(const TlsFiles& files) {
+  auto server = mp::make_tls_context(
+      mp::TlsRole::server,
+      {.certificate_chain = files.path("server.pem"), .private_key = files.path("server.key")});
+  auto client = mp::make_tls_context(mp::TlsRole::client, {.trusted_ca = files.path("ca.pem")});
+  RawPair p = plain_pair();
+  p.tx_tls =
+      std::make_unique<mp::detail::TlsSession>(*client, p.tx, mp::TlsRole::client, "localhost");
+  auto handshake = std::async(std::launch::async, [&] { return p.tx_tls->handshake(true); });
+  p.rx.start_tls(*server, mp::TlsRole::server);
+  if (handshake.get() != 0) throw std::runtime_error("TLS handshake: " + p.tx_tls->error());
+  return p;
+}
 
 /// Two connected Connections with TLS on (a Unix socketpair).
 inline std::pair<mp::Connection, mp::Connection> tls_pipe(const TlsFiles& files) {
@@ -139,6 +219,61 @@ inline std::pair<mp::Connection, mp::Connection> tls_pipe(const TlsFiles& files)
   a.start_tls(*server, mp::TlsRole::server);
   handshake.get();
   return {std::move(a), std::move(b)};
+}
+
+// ---- memory ----------------------------------------------------------------------------------
+
+/// This process's resident set now, in bytes (/proc/self/statm).
+inline std::size_t rss_bytes() {
+  std::ifstream statm("/proc/self/statm");
+  std::size_t pages = 0, resident = 0;
+  statm >> pages >> resident;
+  return resident * static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
+}
+
+/// A peer announces `announced` bytes and sends `sent` of them (the first `prefix` bytes given,
+/// the rest filler); while `recv` waits for the rest, this process's resident set must have
+/// grown by less than `bound`. Then the peer closes and `recv` (on a thread of its own) must
+/// throw OSError, the message cut short.
+inline void check_memory_follows_bytes(RawPair& pair, std::uint64_t announced,
+                                       std::span<const std::byte> prefix, std::size_t sent,
+                                       const std::function<void()>& recv,
+                                       std::size_t bound = 16u << 20) {
+  // MALLOC_PERTURB_ (which `meson test` sets) makes glibc write every byte malloc hands out, so
+  // reserved address space would count as touched: off while measuring what troupe touches.
+  struct NoPerturb {
+    NoPerturb() { ::mallopt(M_PERTURB, 0); }
+    ~NoPerturb() {
+      if (const char* p = std::getenv("MALLOC_PERTURB_")) ::mallopt(M_PERTURB, std::atoi(p));
+    }
+  } no_perturb;
+  const std::size_t before = rss_bytes();
+  std::thread receiver([&] {
+    try {
+      recv();
+      ADD_FAILURE() << "received a message that was never sent";
+    } catch (const OSError& e) {
+      EXPECT_EQ(e.code().value(), EIO) << e.what();
+    }
+  });
+  pair.header(announced);
+  pair.write(prefix.data(), prefix.size());
+  std::vector<std::byte> filler(64 * 1024, std::byte{0x5a});
+  for (std::size_t left = sent - prefix.size(); left > 0;) {
+    const std::size_t k = std::min(left, filler.size());
+    pair.write(filler.data(), k);
+    left -= k;
+  }
+  // Everything written has been taken off the socket: the receiver holds it, waiting for more.
+  EXPECT_TRUE(eventually([&] { return pair.unread() == 0; }));
+  const std::size_t during = rss_bytes();
+  pair.close_tx();
+  receiver.join();
+  ::testing::Test::RecordProperty("resident_growth_kib_" + std::to_string(announced),
+                                  std::to_string((during - std::min(during, before)) / 1024));
+  EXPECT_LT(during, before + bound)
+      << "announced " << announced << " bytes, sent " << sent << ": resident set grew from "
+      << before / 1024 << " KiB to " << during / 1024 << " KiB";
 }
 
 }  // namespace troupe::testing

@@ -332,6 +332,26 @@ TEST_F(TlsTest, SendBytesBoundsFollowPythonForAnyOffsetAndSize) {
       b, [&a = a](auto buf, std::size_t offset, auto size) { a.send_bytes(buf, offset, size); });
 }
 
+// Issue 15: a header announcing 512 MiB and 1 MiB of body: memory follows the bytes that arrive
+// under TLS too.
+TEST_F(TlsTest, AnnouncedLengthCommitsOnlyWhatArrives) {
+  constexpr std::uint64_t kAnnounced = 512u << 20;
+  const std::uint32_t table[2] = {htole32(0), htole32((kAnnounced - 8) / 8)};
+  {
+    SCOPED_TRACE("recv_bytes");
+    auto p = troupe::testing::tls_pair(files);
+    troupe::testing::check_memory_follows_bytes(p, kAnnounced, {}, 1u << 20,
+                                                [&] { p.rx.recv_bytes(); });
+  }
+  {
+    SCOPED_TRACE("recv<T>");
+    auto p = troupe::testing::tls_pair(files);
+    troupe::testing::check_memory_follows_bytes(p, kAnnounced, std::as_bytes(std::span(table)),
+                                                1u << 20,
+                                                [&] { p.rx.recv<std::vector<std::byte>>(); });
+  }
+}
+
 TEST_F(TlsTest, BadConfigurationNamesTheFile) {
   try {
     make_tls_context(TlsRole::server, {.certificate_chain = files.path("missing.pem"),

@@ -25,6 +25,20 @@ namespace troupe::multiprocessing {
 namespace {
 
 constexpr std::size_t kReadBuffer = 64 * 1024;
+// A message body's memory follows the bytes that arrive, not the length a peer announced
+// (issue 15): up to kReserveAtOnce of capacity is reserved at once (address space, no page
+// touched), past that the capacity doubles as the bytes come; the bytes are zeroed and read
+// kBodyStep at a time. A message of up to kReserveAtOnce bytes is never copied.
+constexpr std::size_t kBodyStep = std::size_t{1} << 20;
+constexpr std::size_t kReserveAtOnce = std::size_t{64} << 20;
+
+// Makes room in `body` (whose size is what has arrived, less than `n`) for the next bytes of an
+// n-byte message. @throws std::bad_alloc.
+void grow_body(std::vector<std::byte>& body, std::size_t n) {
+  const std::size_t at = body.size();
+  if (at == body.capacity()) body.reserve(std::min(n, at + std::max(at, kReserveAtOnce)));
+  body.resize(at + std::min({n - at, kBodyStep, body.capacity() - at}));
+}
 constexpr std::size_t kHandshakeMax = 256;    // CPython: recv_bytes(256)
 constexpr std::size_t kChallengeLength = 40;  // CPython 3.12+: MESSAGE_LENGTH
 constexpr std::size_t kLegacyChallenge = 20;  // CPython <= 3.11
@@ -371,9 +385,7 @@ std::size_t Connection::read_frame_words(kj::Array<capnp::word>& storage) {
   const std::uint64_t n = read_header();
   if (n > max_message_size_) bad_message_length(n, max_message_size_);
   if (n % sizeof(capnp::word) != 0 || n == 0) {
-    // Consume it, so the next message is read from its start.
-    std::vector<std::byte> skip(static_cast<std::size_t>(n));
-    read_exact(skip.data(), skip.size());
+    discard(n);  // consume it, so the next message is read from its start
     codec_detail::malformed("a " + std::to_string(n) +
                             "-byte frame is not a Cap'n Proto message (not whole 8-byte words)");
   }
@@ -401,8 +413,7 @@ void Connection::recv_typed_frame(detail::TypedFrame& frame) {
   const std::uint64_t n = read_header();
   if (n > max_message_size_) bad_message_length(n, max_message_size_);
   auto skip_rest = [&](std::uint64_t left, const std::string& why) {
-    std::vector<std::byte> skip(static_cast<std::size_t>(left));
-    read_exact(skip.data(), skip.size());
+    discard(left);
     codec_detail::malformed(why);
   };
   if (n % sizeof(capnp::word) != 0 || n == 0)
@@ -462,8 +473,8 @@ void Connection::recv_typed_frame(detail::TypedFrame& frame) {
     while (j < count && seg_bytes(j - 1) == codec_detail::kMaxBlobChunk &&
            seg_bytes(j) >= kLargeSegment)
       run_bytes += seg_bytes(j++);
-    auto& run = frame.runs.emplace_back(run_bytes);
-    read_exact(run.data(), run_bytes);
+    auto& run = frame.runs.emplace_back();
+    read_body(run, run_bytes);  // reserved: the segments below point into it
     std::size_t off = 0;
     for (; i < j; ++i) {
       frame.segments.emplace_back(reinterpret_cast<const capnp::word*>(run.data() + off), sizes[i]);
@@ -542,6 +553,24 @@ bool Connection::fill(std::size_t n, bool eof_is_error) {
   return true;
 }
 
+void Connection::read_body(std::vector<std::byte>& out, std::size_t n) {
+  out.clear();
+  while (out.size() < n) {
+    const std::size_t at = out.size();
+    grow_body(out, n);
+    read_exact(out.data() + at, out.size() - at);
+  }
+}
+
+void Connection::discard(std::uint64_t n) {
+  while (n > 0) {
+    const auto k = static_cast<std::size_t>(std::min<std::uint64_t>(n, kReadBuffer / 2));
+    fill(k, true);
+    rpos_ += k;
+    n -= k;
+  }
+}
+
 void Connection::read_exact(std::byte* out, std::size_t n) {
   // Take what is buffered, then read large remainders straight into place (no extra copy).
   std::size_t have = std::min(n, buffered());
@@ -605,8 +634,8 @@ std::vector<std::byte> Connection::recv_bytes(std::optional<std::size_t> maxleng
   const std::uint64_t limit =
       maxlength ? std::min<std::uint64_t>(*maxlength, max_message_size_) : max_message_size_;
   if (n > limit) bad_message_length(n, limit);
-  std::vector<std::byte> out(static_cast<std::size_t>(n));
-  read_exact(out.data(), out.size());
+  std::vector<std::byte> out;
+  read_body(out, static_cast<std::size_t>(n));
   return out;
 }
 
@@ -616,8 +645,8 @@ std::size_t Connection::recv_bytes_into(std::span<std::byte> buf, std::size_t of
   const std::uint64_t n = read_header();
   if (n > max_message_size_) bad_message_length(n, max_message_size_);
   if (n > buf.size() - offset) {
-    std::vector<std::byte> whole(static_cast<std::size_t>(n));
-    read_exact(whole.data(), whole.size());
+    std::vector<std::byte> whole;
+    read_body(whole, static_cast<std::size_t>(n));
     throw BufferTooShort("recv_bytes_into: a " + std::to_string(n) +
                              "-byte message does not fit in " +
                              std::to_string(buf.size() - offset) + " bytes",
@@ -835,7 +864,7 @@ bool Connection::async_read_some(detail::AsyncRead& st, std::error_code& ec) noe
     st.size = n;
     st.phase = 2;
   }
-  if (st.phase == 2 && st.body.size() != st.size) {
+  if (st.phase == 2) {
     const std::uint64_t limit = st.maxlength
                                     ? std::min<std::uint64_t>(*st.maxlength, max_message_size_)
                                     : max_message_size_;
@@ -844,20 +873,29 @@ bool Connection::async_read_some(detail::AsyncRead& st, std::error_code& ec) noe
       ec = std::error_code(EMSGSIZE, std::generic_category());
       return true;
     }
-    try {
-      st.body.resize(static_cast<std::size_t>(st.size));
-    } catch (const std::bad_alloc&) {
-      ec = std::error_code(ENOMEM, std::generic_category());
-      return true;
-    }
-    const std::size_t have = std::min<std::size_t>(buffered(), st.body.size());
-    if (have) std::memcpy(st.body.data(), rbuf_.get() + rpos_, have);
-    rpos_ += have;
-    st.got = have;
+    st.body.clear();
+    st.got = 0;
+    st.phase = 3;
   }
-  while (st.got < st.body.size()) {
+  const auto size = static_cast<std::size_t>(st.size);
+  while (st.got < size) {
+    if (st.got == st.body.size()) {
+      try {
+        grow_body(st.body, size);  // as read_body: memory follows the bytes
+      } catch (const std::bad_alloc&) {
+        ec = std::error_code(ENOMEM, std::generic_category());
+        return true;
+      }
+    }
     std::byte* at = st.body.data() + st.got;
     const std::size_t want = st.body.size() - st.got;
+    if (buffered() > 0) {  // the bytes read with the header first
+      const std::size_t have = std::min(buffered(), want);
+      std::memcpy(at, rbuf_.get() + rpos_, have);
+      rpos_ += have;
+      st.got += have;
+      continue;
+    }
     const ssize_t r = tls_ ? tls_->read(at, want, false) : read_now(fd_, is_socket_, at, want);
     if (r < 0) {
       if (errno == EAGAIN || errno == EWOULDBLOCK) return false;

@@ -69,9 +69,10 @@ inline boost::system::error_code to_boost(const std::error_code& ec) {
 
 using troupe::detail::ReactorRegistration;
 
-/// The progress of an asynchronous receive: header, then body.
+/// The progress of an asynchronous receive: header, then body, whose memory grows as its bytes
+/// arrive (as the blocking receive's).
 struct AsyncRead {
-  int phase = 0;  // 0: 4-byte header, 1: 8-byte header, 2: body
+  int phase = 0;  // 0: 4-byte header, 1: 8-byte header, 2: length known, 3: body
   std::uint64_t size = 0;
   std::vector<std::byte> body;
   std::size_t got = 0;
@@ -355,6 +356,11 @@ private:
   // Fills the read buffer with at least `n` bytes (n <= capacity); false on EOF before any.
   bool fill(std::size_t n, bool eof_is_error);
   void read_exact(std::byte* out, std::size_t n);
+  // Reads an n-byte body into `out` (emptied first), its memory growing as the bytes arrive
+  // (grow_body in connection.cpp), not allocated whole from the announced length.
+  void read_body(std::vector<std::byte>& out, std::size_t n);
+  // Reads and drops n bytes through the read buffer (no allocation sized by the peer).
+  void discard(std::uint64_t n);
   std::uint64_t read_header();  // nullopt-free: throws EOFError on a clean EOF
   void write_frame(std::span<const std::byte> payload);
   // Writes the frame header for `total` bytes and then the `n` buffers of `payload`.
