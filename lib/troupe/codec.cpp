@@ -5,6 +5,7 @@
 #include <kj/exception.h>
 #include <kj/io.h>
 
+#include "troupe/detail/checked.hpp"
 #include "troupe/errors.hpp"
 
 namespace troupe {
@@ -102,6 +103,15 @@ void put_one_blob(proto::Value::Builder v, const kj::byte* p, std::size_t n, boo
 }
 
 }  // namespace
+
+unsigned list_size(std::size_t n, std::size_t per_value, std::string_view type) {
+  const auto elements = troupe::detail::checked_mul(n, per_value);
+  if (!elements || *elements > kMaxListElements)
+    throw ValueError("cannot encode the value as a message: " + std::string(type) + " of " +
+                     std::to_string(n) + " values is over Cap'n Proto's limit of " +
+                     std::to_string(kMaxListElements / per_value) + " per list");
+  return static_cast<unsigned>(*elements);
+}
 
 void put_blob(proto::Value::Builder v, const void* p, std::size_t n, bool text,
               bool may_reference) {

@@ -79,6 +79,13 @@ std::string type_name_from_pretty(std::string_view pretty);
 /// The largest single Data or Text blob: Cap'n Proto counts list elements in 29 bits, so a blob
 /// longer than this travels as a list of chunks of this size.
 inline constexpr std::size_t kMaxBlobChunk = std::size_t{1} << 28;  // 256 MiB
+/// The most elements a Cap'n Proto list holds (29 bits).
+inline constexpr std::size_t kMaxListElements = (std::size_t{1} << 29) - 1;
+
+/// The element count of a list of `n` values of `per_value` elements each, as initList takes
+/// it. @throws ValueError naming `type` if it is over kMaxListElements (never truncated to 32
+/// bits, which would make a short list and write past it).
+unsigned list_size(std::size_t n, std::size_t per_value, std::string_view type);
 
 /// Sets `v` to a Data (or, with `text`, Text) blob of `n` bytes at `p`, chunked above
 /// kMaxBlobChunk. With `may_reference`, large word-aligned Data chunks whose size is a multiple of
@@ -388,7 +395,7 @@ struct Sequence {
       swap_bytes_if_big_endian(flat.data(), flat.size());
       put_blob(v, flat.data(), flat.size() * sizeof(E), false, false);  // `flat` dies here
     } else {
-      auto l = v.initList(static_cast<unsigned>(c.size()));
+      auto l = v.initList(list_size(c.size(), 1, signature()));
       unsigned i = 0;
       for (const auto& e : c) Codec<E>::encode(e, l[i++]);
     }
@@ -426,7 +433,7 @@ struct Associative {
     return s + ">";
   }
   static void encode(const C& c, proto::Value::Builder v) {
-    auto l = v.initList(static_cast<unsigned>(c.size() * sizeof...(KV)));
+    auto l = v.initList(list_size(c.size(), sizeof...(KV), signature()));
     unsigned i = 0;
     for (const auto& e : c) {
       if constexpr (is_map) {

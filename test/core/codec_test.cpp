@@ -168,6 +168,27 @@ TEST(CodecTest, BlobsLongerThanOneChunk) {
   EXPECT_THROW(from_bytes<std::string>(wrong), ValueError);
 }
 
+// A container's size becomes a Cap'n Proto list size checked, never truncated to 32 bits: a
+// vector of 2^32 + 1 values once made a 1-element list that the encoder wrote past (issue 15's
+// audit). Sizes whose product wraps past 2^64 are refused too.
+TEST(CodecTest, ListSizesAreCheckedNotTruncated) {
+  using codec_detail::kMaxListElements;
+  using codec_detail::list_size;
+  EXPECT_EQ(list_size(3, 2, "map"), 6u);
+  EXPECT_EQ(list_size(kMaxListElements, 1, "list"), kMaxListElements);
+  EXPECT_THROW(list_size(kMaxListElements + 1, 1, "list"), ValueError);
+  EXPECT_THROW(list_size((std::size_t{1} << 32) + 1, 1, "list"), ValueError);
+  EXPECT_THROW(list_size((std::size_t{1} << 31) + 1, 2, "map"), ValueError);
+  EXPECT_THROW(list_size((std::numeric_limits<std::size_t>::max() >> 1) + 1, 2, "map"),
+               ValueError);  // the product wraps to 0
+  try {
+    list_size(std::size_t{1} << 40, 2, "map<i32,i32>");
+    FAIL();
+  } catch (const ValueError& e) {
+    EXPECT_THAT(e.what(), ::testing::HasSubstr("map<i32,i32> of 1099511627776 values"));
+  }
+}
+
 TEST(CodecTest, Containers) {
   std::vector<std::string> vs = {"a", "", "ccc"};
   EXPECT_EQ(round_trip(vs), vs);
