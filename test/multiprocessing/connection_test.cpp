@@ -160,6 +160,11 @@ TEST_F(ConnectionTest, AnnouncedLengthCommitsOnlyWhatArrives) {
                                [&] { p.rx.recv<std::vector<std::byte>>(); });
   }
   {
+    SCOPED_TRACE("recv_message (recv<S> of a Cap'n Proto struct)");
+    auto p = troupe::testing::plain_pair();
+    check_memory_follows_bytes(p, kAnnounced, table_bytes, kSent, [&] { p.rx.recv_message(); });
+  }
+  {
     SCOPED_TRACE("recv<T>, not whole words: skipped");
     auto p = troupe::testing::plain_pair();
     check_memory_follows_bytes(p, kAnnounced + 1, {}, kSent,

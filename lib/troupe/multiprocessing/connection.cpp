@@ -332,8 +332,8 @@ void Connection::write_frame(const iovec* payload, std::size_t n, std::uint64_t 
 
 namespace detail {
 
-FlatMessage::FlatMessage(kj::Array<capnp::word> w, std::size_t count)
-    : words(std::move(w)), reader(words.asPtr().slice(0, count), reader_options(count)) {}
+FlatMessage::FlatMessage(std::vector<std::byte> b)
+    : bytes(std::move(b)), reader(words(), reader_options(words().size())) {}
 
 std::pair<Connection, Connection> one_way_socketpair() {
   int fds[2];
@@ -381,7 +381,7 @@ void Connection::send_message(capnp::MessageBuilder& message) {
   write_frame(iov, count + 1, total);
 }
 
-std::size_t Connection::read_frame_words(kj::Array<capnp::word>& storage) {
+std::vector<std::byte> Connection::read_frame_words() {
   const std::uint64_t n = read_header();
   if (n > max_message_size_) bad_message_length(n, max_message_size_);
   if (n % sizeof(capnp::word) != 0 || n == 0) {
@@ -389,13 +389,9 @@ std::size_t Connection::read_frame_words(kj::Array<capnp::word>& storage) {
     codec_detail::malformed("a " + std::to_string(n) +
                             "-byte frame is not a Cap'n Proto message (not whole 8-byte words)");
   }
-  const auto count = static_cast<std::size_t>(n / sizeof(capnp::word));
-  if (storage.size() < count) {
-    storage = nullptr;  // free the old one first: no two large buffers at once
-    storage = kj::heapArray<capnp::word>(count);
-  }
-  read_exact(reinterpret_cast<std::byte*>(storage.begin()), static_cast<std::size_t>(n));
-  return count;
+  std::vector<std::byte> out;
+  read_body(out, static_cast<std::size_t>(n));
+  return out;
 }
 
 void detail::check_whole_message(const capnp::FlatArrayMessageReader& reader,
@@ -489,11 +485,10 @@ void Connection::reclaim(detail::TypedFrame& frame) noexcept {
 
 std::shared_ptr<detail::FlatMessage> Connection::recv_message() {
   check_readable("recv");
-  kj::Array<capnp::word> words;
-  const std::size_t count = read_frame_words(words);
+  auto bytes = read_frame_words();
   return codec_detail::guarded([&] {
-    auto m = std::make_shared<detail::FlatMessage>(std::move(words), count);
-    detail::check_whole_message(m->reader, m->words.asPtr().slice(0, count));
+    auto m = std::make_shared<detail::FlatMessage>(std::move(bytes));
+    detail::check_whole_message(m->reader, m->words());
     return m;
   });
 }

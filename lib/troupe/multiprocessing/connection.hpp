@@ -38,10 +38,14 @@
 namespace troupe::multiprocessing {
 
 namespace detail {
-/// A received frame parsed as a Cap'n Proto message: the words and a reader over them.
+/// A received frame parsed as a Cap'n Proto message: its bytes (whole words, word-aligned as
+/// operator new aligns) and a reader over them.
 struct FlatMessage {
-  FlatMessage(kj::Array<capnp::word> w, std::size_t count);
-  kj::Array<capnp::word> words;
+  explicit FlatMessage(std::vector<std::byte> b);
+  kj::ArrayPtr<const capnp::word> words() const noexcept {
+    return {reinterpret_cast<const capnp::word*>(bytes.data()), bytes.size() / sizeof(capnp::word)};
+  }
+  std::vector<std::byte> bytes;
   capnp::FlatArrayMessageReader reader;
 };
 
@@ -366,9 +370,9 @@ private:
   // Writes the frame header for `total` bytes and then the `n` buffers of `payload`.
   void write_frame(const iovec* payload, std::size_t n, std::uint64_t total);
   [[noreturn]] void bad_message_length(std::uint64_t n, std::uint64_t limit);
-  // Reads one frame that must be a Cap'n Proto message into `storage` (grown if too small);
-  // returns its size in words.
-  std::size_t read_frame_words(kj::Array<capnp::word>& storage);
+  // Reads one frame that must be a Cap'n Proto message (whole words), its memory growing as its
+  // bytes arrive.
+  std::vector<std::byte> read_frame_words();
   // One typed frame: flat into spare_ when small, scattered when large.
   void recv_typed_frame(detail::TypedFrame& frame);
   // Gives a flat frame's buffer back for the next receive (if it is not too large to keep).
