@@ -18,11 +18,11 @@ artifacts="$BUILD/fuzz-artifacts/"
 mkdir -p "$artifacts"
 "$BUILD/test/fuzz/make_seeds" "$corpus" || { echo "0 passed, 1 failed"; exit 1; }
 passed=0 failed=0
-for t in frame handshake codec; do
+for t in frame handshake codec send_bytes; do
   echo "--- ${t}_fuzz for ${seconds}s"
   if ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
       "$BUILD/test/fuzz/${t}_fuzz" -max_total_time="$seconds" -max_len=4096 -timeout=10 \
-      -rss_limit_mb=2048 -print_final_stats=1 -artifact_prefix="$artifacts" \
+      -rss_limit_mb=2048 -malloc_limit_mb=128 -print_final_stats=1 -artifact_prefix="$artifacts" \
       "$corpus/$t" 2>"$BUILD/${t}_fuzz.log"; then
     passed=$((passed + 1))
     grep -E "stat::number_of_executed_units|stat::peak_rss_mb" "$BUILD/${t}_fuzz.log" | tr '\n' ' '

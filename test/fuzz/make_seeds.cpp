@@ -1,4 +1,5 @@
-// Writes seed inputs for the fuzz targets: make_seeds DIR creates DIR/{frame,handshake,codec}/.
+// Writes seed inputs for the fuzz targets: make_seeds DIR creates
+// DIR/{frame,handshake,codec,send_bytes}/.
 // Made from the library itself, so the seeds follow the wire format as it changes.
 #include <sys/stat.h>
 
@@ -32,6 +33,15 @@ void write_seed(const std::string& target, int n, std::uint8_t control,
   std::fputc(control, f);
   std::fwrite(body.data(), 1, body.size(), f);
   std::fclose(f);
+}
+
+// One send_bytes_fuzz case: a buffer length, then offset and size (little-endian; size 2^64 - 1
+// for None).
+std::vector<std::byte> send_case(std::uint8_t length, std::uint64_t offset, std::uint64_t size) {
+  std::vector<std::byte> out{std::byte{length}};
+  for (std::uint64_t v : {offset, size})
+    for (int i = 0; i < 8; ++i) out.push_back(std::byte(v >> (8 * i)));
+  return out;
 }
 
 std::vector<std::byte> frame(const std::vector<std::byte>& payload) {
@@ -98,6 +108,15 @@ int main(int argc, char** argv) {
       "codec", 5, 5,
       troupe::to_bytes(std::variant<std::int8_t, std::vector<std::byte>, std::set<std::string>>(
           std::set<std::string>{"p", "q"})));
+  // send_bytes: in range, None, each of Python's four errors, and offset + size wrapping past
+  // 2^64 (issue 15). The first byte of a case is the control byte write_seed puts first.
+  constexpr std::uint64_t kMax = ~std::uint64_t{0};
+  const auto cases =
+      cat({send_case(16, 2, 3), send_case(16, 4, kMax), send_case(16, 0, 16),
+           send_case(16, kMax, kMax), send_case(16, 17, kMax), send_case(16, 8, kMax - 1),
+           send_case(16, 8, 9), send_case(16, 8, kMax - 7), send_case(200, 100, kMax - 99)});
+  write_seed("send_bytes", 0, std::uint8_t(cases[0]),
+             std::vector<std::byte>(cases.begin() + 1, cases.end()));
   std::printf("seeds written to %s\n", dir.c_str());
   return 0;
 }
