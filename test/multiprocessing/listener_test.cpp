@@ -18,6 +18,7 @@
 
 #include "byte_text.hpp"
 #include "leak_check.hpp"
+#include "raw_peer.hpp"
 #include <netinet/in.h>
 
 namespace troupe::multiprocessing {
@@ -27,6 +28,8 @@ using namespace std::chrono_literals;
 using ListenerTest = troupe::testing::LeakCheck;
 
 using troupe::testing::bytes;
+using troupe::testing::connect_raw;
+using troupe::testing::peer_closed;
 using troupe::testing::text;
 
 TEST_F(ListenerTest, AddressParsesAndPrints) {
@@ -153,32 +156,6 @@ TEST_F(ListenerTest, RefusedConnectionNamesTheAddress) {
   EXPECT_THROW(Client(Address::parse("unix:/nonexistent/troupe.sock")), FileNotFoundError);
 }
 
-// A raw TCP connection to `port` on 127.0.0.1 that does nothing by itself.
-int connect_raw(std::uint16_t port) {
-  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in sin{};
-  sin.sin_family = AF_INET;
-  sin.sin_port = htons(port);
-  sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&sin), sizeof sin) != 0) {
-    ::close(fd);
-    return -1;
-  }
-  return fd;
-}
-
-// Whether the peer has closed `fd` (reading and dropping what it sent), waiting at most `ms`.
-bool at_eof(int fd, int ms) {
-  pollfd p{fd, POLLIN, 0};
-  for (;;) {
-    if (::poll(&p, 1, ms) <= 0) return false;
-    char buf[512];
-    const ssize_t r = ::recv(fd, buf, sizeof buf, MSG_DONTWAIT);
-    if (r == 0 || (r < 0 && errno == ECONNRESET)) return true;
-    if (r < 0) return false;
-  }
-}
-
 // shutdown(2) on fileno() wakes a blocked accept() (OSError), on TCP and on Unix sockets.
 TEST_F(ListenerTest, ShutdownWakesABlockedAccept) {
   const std::string path = "/tmp/troupe-listener-" + std::to_string(::getpid()) + ".sock";
@@ -203,7 +180,7 @@ TEST_F(ListenerTest, IdlePeersDoNotDelayAnAuthenticatedOne) {
   Listener l(std::nullopt, opts);
   std::vector<int> idle;
   for (int i = 0; i < 20; ++i) {
-    idle.push_back(connect_raw(l.address().port));
+    idle.push_back(connect_raw(l.address()));
     ASSERT_GE(idle.back(), 0);
   }
   std::thread good([&] { Client(l.address(), AuthenticationString("k")).send_bytes("real"); });
@@ -211,7 +188,7 @@ TEST_F(ListenerTest, IdlePeersDoNotDelayAnAuthenticatedOne) {
   EXPECT_EQ(text(c.recv_bytes()), "real");
   good.join();
   for (int fd : idle) {
-    EXPECT_FALSE(at_eof(fd, 0)) << "an idle peer was dealt with before the real one";
+    EXPECT_FALSE(peer_closed(fd, 0)) << "an idle peer was dealt with before the real one";
     ::close(fd);
   }
 }
@@ -226,16 +203,16 @@ TEST_F(ListenerTest, ManyIdlePeersAreBoundedAndTheOldestDropped) {
   Listener l(std::nullopt, opts);
   std::vector<int> idle;
   for (int i = 0; i < 40; ++i) {
-    idle.push_back(connect_raw(l.address().port));
+    idle.push_back(connect_raw(l.address()));
     ASSERT_GE(idle.back(), 0);
   }
   std::thread good([&] { Client(l.address(), AuthenticationString("k")).send_bytes("real"); });
   EXPECT_EQ(text(l.accept().recv_bytes()), "real");
   good.join();
-  EXPECT_TRUE(at_eof(idle.front(), 5000)) << "the oldest idle peer was not dropped";
+  EXPECT_TRUE(peer_closed(idle.front(), 5000)) << "the oldest idle peer was not dropped";
   int open = 0;
   for (int fd : idle) {
-    if (!at_eof(fd, 0)) ++open;
+    if (!peer_closed(fd, 0)) ++open;
     ::close(fd);
   }
   EXPECT_LE(open, 8) << "more than max_pending_handshakes peers were kept";
@@ -248,7 +225,7 @@ TEST_F(ListenerTest, DrippingPeerMeetsOneDeadline) {
   opts.authkey = AuthenticationString("k");
   opts.handshake_timeout = 300ms;
   Listener l(std::nullopt, opts);
-  const int fd = connect_raw(l.address().port);
+  const int fd = connect_raw(l.address());
   ASSERT_GE(fd, 0);
   std::atomic<bool> dripping{true};
   std::thread drip([&] {
@@ -311,7 +288,7 @@ TEST_F(ListenerTest, AsyncAcceptServesARealClientAmongIdlePeers) {
   boost::asio::io_context ctx;
   std::vector<int> idle;
   for (int i = 0; i < 50; ++i) {
-    idle.push_back(connect_raw(l.address().port));
+    idle.push_back(connect_raw(l.address()));
     ASSERT_GE(idle.back(), 0);
   }
   bool inside = true;

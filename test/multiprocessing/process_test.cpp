@@ -36,11 +36,14 @@
 
 #include "byte_text.hpp"
 #include "leak_check.hpp"
+#include "raw_peer.hpp"
 
 namespace troupe::multiprocessing {
 namespace {
 
 using namespace std::chrono_literals;
+using troupe::testing::connect_raw;
+using troupe::testing::peer_closed;
 using troupe::testing::text;
 using ProcessTest = troupe::testing::LeakCheck;
 
@@ -635,31 +638,6 @@ TEST_F(ProcessTest, ForkserverAuthenticatesItsClients) {
   EXPECT_EQ(p.exitcode(), 3);
 }
 
-// A raw Unix stream socket connected to `path` (no handshake), or -1.
-int connect_raw(const std::string& path) {
-  const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_un un{};
-  un.sun_family = AF_UNIX;
-  std::memcpy(un.sun_path, path.data(), std::min(path.size(), sizeof un.sun_path - 1));
-  if (::connect(fd, reinterpret_cast<const sockaddr*>(&un), sizeof un) != 0) {
-    ::close(fd);
-    return -1;
-  }
-  return fd;
-}
-
-// Whether `fd` has reached end of file (the peer closed it), waiting at most `ms`.
-bool at_eof(int fd, int ms) {
-  pollfd p{fd, POLLIN, 0};
-  for (;;) {
-    if (::poll(&p, 1, ms) <= 0) return false;
-    char buf[512];
-    const ssize_t r = ::recv(fd, buf, sizeof buf, MSG_DONTWAIT);
-    if (r == 0 || (r < 0 && errno == ECONNRESET)) return true;
-    if (r < 0) return false;
-  }
-}
-
 // Issue 15 finding 1: the server listens in a directory only this user can enter; a server
 // that has died is never asked again, even if someone else now answers at its address.
 TEST_F(ProcessTest, ForkserverSocketIsPrivateAndADeadServersAddressIsNeverReused) {
@@ -722,9 +700,9 @@ TEST_F(ProcessTest, ForkserverRefusesOtherUsers) {
 TEST_F(ProcessTest, ForkserverIdleAndDrippingClientsDelayNobody) {
   forkserver::ensure_running();
   const std::string path = Address::parse(forkserver::address()).host;
-  const int silent = connect_raw(path);
+  const int silent = connect_raw(Address::parse("unix:" + path));
   ASSERT_GE(silent, 0);
-  const int drip = connect_raw(path);
+  const int drip = connect_raw(Address::parse("unix:" + path));
   ASSERT_GE(drip, 0);
   const char header[4] = {0, 0, 0, 100};  // an answer of 100 bytes, sent slowly
   ASSERT_EQ(::send(drip, header, 4, MSG_NOSIGNAL), 4);
@@ -734,16 +712,16 @@ TEST_F(ProcessTest, ForkserverIdleAndDrippingClientsDelayNobody) {
     EXPECT_EQ(p.exitcode(), 20 + i);
   }
   // Both were still held by the server when the starts were done: they did not go first.
-  EXPECT_FALSE(at_eof(silent, 0));
-  EXPECT_FALSE(at_eof(drip, 0));
+  EXPECT_FALSE(peer_closed(silent, 0));
+  EXPECT_FALSE(peer_closed(drip, 0));
   // A byte every 200 ms would take 20 s: the server drops it at its 10 s deadline.
   bool dropped = false;
   for (int i = 0; i < 100 && !dropped; ++i) {  // at most 30 s
     (void)::send(drip, "x", 1, MSG_NOSIGNAL);
-    dropped = at_eof(drip, 300);
+    dropped = peer_closed(drip, 300);
   }
   EXPECT_TRUE(dropped) << "a dripping client held its handshake past the deadline";
-  EXPECT_TRUE(at_eof(silent, 5000));
+  EXPECT_TRUE(peer_closed(silent, 5000));
   ::close(drip);
   ::close(silent);
 }
