@@ -4,6 +4,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <filesystem>
 #include <functional>
@@ -169,6 +170,19 @@ TEST_F(ListenerTest, ShutdownWakesABlockedAccept) {
     EXPECT_THROW(l.accept(), OSError);
     waker.join();
   }
+}
+
+// Two threads in accept() at once each get a connection.
+TEST_F(ListenerTest, ThreadsAcceptAtOnce) {
+  Listener l(std::nullopt, {.backlog = 8, .authkey = AuthenticationString("k")});
+  std::vector<std::string> got(2);
+  std::vector<std::thread> servers;
+  for (std::size_t i = 0; i < 2; ++i)
+    servers.emplace_back([&, i] { got[i] = text(l.accept().recv_bytes()); });
+  for (const char* m : {"a", "b"}) Client(l.address(), AuthenticationString("k")).send_bytes(m);
+  for (auto& t : servers) t.join();
+  std::sort(got.begin(), got.end());
+  EXPECT_EQ(got, (std::vector<std::string>{"a", "b"}));
 }
 
 // Issue 15 finding 5: peers that connect and say nothing do not delay one that authenticates;

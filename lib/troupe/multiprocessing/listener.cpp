@@ -9,7 +9,10 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <condition_variable>
 #include <cstring>
+#include <mutex>
 
 #include <boost/asio/bind_executor.hpp>
 #include <boost/asio/execution/outstanding_work.hpp>
@@ -226,6 +229,12 @@ std::string Address::str() const {
 
 // ---- Listener -------------------------------------------------------------------------------
 
+struct Listener::Driver {
+  std::mutex m;
+  std::condition_variable cv;
+  bool driving = false;
+};
+
 Listener::Listener(std::optional<Address> address, ListenerOptions options)
     : options_(std::move(options)) {
   Address a = address ? *address : Address{Address::Family::inet, "127.0.0.1", 0};
@@ -254,6 +263,16 @@ Listener::Listener(std::optional<Address> address, ListenerOptions options)
   socklen_t len = sizeof ss;
   getsockname(fd_, reinterpret_cast<sockaddr*>(&ss), &len);
   address_ = is_unix ? a : from_sockaddr(ss, len, a.family);
+  // accept()'s engine, made here so that threads may call accept() at once (one runs the
+  // handshakes, the others wait for their outcomes).
+  try {
+    own_ = std::make_unique<boost::asio::io_context>(1);
+    driver_ = std::make_shared<Driver>();
+    own_engine_ = detail::AcceptEngine::make(fd_, address_, options_, own_->get_executor());
+  } catch (...) {
+    close();
+    throw;
+  }
 }
 
 Listener::Listener(Listener&& o) noexcept
@@ -264,7 +283,8 @@ Listener::Listener(Listener&& o) noexcept
       options_(std::move(o.options_)),
       engine_(std::move(o.engine_)),
       own_(std::move(o.own_)),
-      own_engine_(std::move(o.own_engine_)) {}
+      own_engine_(std::move(o.own_engine_)),
+      driver_(std::move(o.driver_)) {}
 
 Listener& Listener::operator=(Listener&& o) noexcept {
   if (this != &o) {
@@ -277,6 +297,7 @@ Listener& Listener::operator=(Listener&& o) noexcept {
     engine_ = std::move(o.engine_);
     own_ = std::move(o.own_);
     own_engine_ = std::move(o.own_engine_);
+    driver_ = std::move(o.driver_);
   }
   return *this;
 }
@@ -293,10 +314,20 @@ void Listener::close() noexcept {
   if (own_engine_) {
     own_engine_->stop();
     own_engine_.reset();
-    try {
-      own_->restart();
-      own_->poll();  // the stop, now: nothing else runs this io_context
-    } catch (...) {
+    // The stop, now, unless an accept() runs the io_context (then it runs the stop, and the
+    // waiting accept()s end with EBADF).
+    std::unique_lock lock(driver_->m);
+    if (!driver_->driving) {
+      driver_->driving = true;
+      lock.unlock();
+      try {
+        if (own_->stopped()) own_->restart();
+        own_->poll();
+      } catch (...) {
+      }
+      lock.lock();
+      driver_->driving = false;
+      driver_->cv.notify_all();
     }
   }
   if (fd_ < 0) return;
@@ -323,20 +354,40 @@ std::shared_ptr<detail::AcceptEngine> Listener::engine_for(const boost::asio::an
 
 Connection Listener::accept() {
   if (fd_ < 0) throw_os_error(EBADF, "Listener.accept: the listener is closed");
-  if (!own_) {
-    own_ = std::make_unique<boost::asio::io_context>(1);
-    own_engine_ = detail::AcceptEngine::make(fd_, address_, options_, own_->get_executor());
+  struct Got {  // filled by whichever thread runs the handler
+    std::optional<detail::AcceptOutcome> outcome;
+    std::atomic<bool> ready{false};
+  };
+  auto got = std::make_shared<Got>();
+  own_engine_->want([got, d = driver_](detail::AcceptOutcome& o) {
+    got->outcome.emplace(std::move(o));
+    got->ready.store(true, std::memory_order_release);
+    { std::lock_guard lock(d->m); }
+    d->cv.notify_all();
+  });
+  // One thread at a time runs the io_context (its handlers serve every waiting accept());
+  // the others sleep until theirs has come or the io_context is free to run.
+  std::unique_lock lock(driver_->m);
+  while (!got->ready.load(std::memory_order_acquire)) {
+    if (driver_->driving) {
+      driver_->cv.wait(lock);
+      continue;
+    }
+    driver_->driving = true;
+    lock.unlock();
+    {
+      // The wait for peers does not count as work (it is kept between calls): this does,
+      // until an outcome has come.
+      auto busy = boost::asio::make_work_guard(*own_);
+      if (own_->stopped()) own_->restart();
+      run_until(*own_, accept_spin(), [&] { return got->ready.load(std::memory_order_acquire); });
+    }
+    lock.lock();
+    driver_->driving = false;
+    driver_->cv.notify_all();
   }
-  auto got = std::make_shared<std::optional<detail::AcceptOutcome>>();
-  own_engine_->want([got](detail::AcceptOutcome& o) { got->emplace(std::move(o)); });
-  own_->restart();
-  {
-    // The wait for peers does not count as work (it is kept between calls): this does, until
-    // an outcome has come.
-    auto busy = boost::asio::make_work_guard(*own_);
-    run_until(*own_, accept_spin(), [&] { return got->has_value(); });
-  }
-  detail::AcceptOutcome& o = **got;
+  lock.unlock();
+  detail::AcceptOutcome& o = *got->outcome;
   const std::string who =
       "Listener.accept on " + address_.str() + (o.peer ? " from " + o.peer->str() : "");
   if (o.ec) throw_outcome(o.ec, who, options_.handshake_timeout, o.why);

@@ -154,7 +154,8 @@ public:
   /// stalls or drips delays nobody (see max_pending_handshakes). A peer that fails its
   /// handshake is dropped and accept() raises what it failed with, in the order outcomes come:
   /// AuthenticationError (as Python's), TimeoutError, OSError; call it again for the next.
-  /// Handshakes progress while accept() runs. @throws OSError EBADF when closed.
+  /// Handshakes progress while accept() runs; several threads may call it at once.
+  /// @throws OSError EBADF when closed.
   Connection accept();
   /// accept(), asynchronously, with the same engine on the handler's executor (or
   /// set_executor's): handshakes side by side, each under handshake_timeout. Completion:
@@ -188,6 +189,8 @@ private:
   std::shared_ptr<detail::AcceptEngine> engine_;  // async_accept's
   std::unique_ptr<boost::asio::io_context> own_;  // accept()'s, and its engine:
   std::shared_ptr<detail::AcceptEngine> own_engine_;
+  struct Driver;  // which accept() runs own_ (one at a time; the others wait for theirs)
+  std::shared_ptr<Driver> driver_;
 };
 
 namespace detail {
