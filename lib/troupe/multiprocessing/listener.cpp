@@ -132,8 +132,8 @@ int accept_peer(int listen_fd, Address::Family family, std::optional<Address>& p
                                 std::chrono::milliseconds timeout, const std::string& why = {}) {
   const std::error_code e(ec);
   if (e == troupe::make_error_code(troupe::errc::timeout_error))
-    throw TimeoutError(who + ": the handshake took longer than " + std::to_string(timeout.count()) +
-                       " ms");
+    throw TimeoutError(who + ": not connected and authenticated within the deadline of " +
+                       std::to_string(timeout.count()) + " ms");
   if (e == troupe::make_error_code(troupe::errc::authentication_error)) {
     if (!why.empty()) throw AuthenticationError(who + ": TLS handshake failed: " + why);
     throw AuthenticationError(who +
@@ -438,11 +438,7 @@ void AcceptEngine::want(Waiter w) {
     if (!self->ready_.empty()) {
       AcceptOutcome o = std::move(self->ready_.front());
       self->ready_.pop_front();
-      if (!o.ec) {
-        std::lock_guard lock(self->last_m_);
-        self->last_ = o.peer;
-      }
-      w(o);
+      self->hand(w, o);
     } else {
       self->waiters_.push_back(std::move(w));
     }
@@ -472,10 +468,22 @@ void AcceptEngine::teardown() {
   }
   pending_.clear();
   ready_.clear();
+  fail_waiters(boost::asio::error::operation_aborted);
+}
+
+void AcceptEngine::hand(Waiter& w, AcceptOutcome& o) {
+  if (!o.ec) {
+    std::lock_guard lock(last_m_);
+    last_ = o.peer;
+  }
+  w(o);
+}
+
+void AcceptEngine::fail_waiters(boost::system::error_code ec) {
   auto waiters = std::move(waiters_);
   waiters_.clear();
   for (auto& w : waiters) {
-    AcceptOutcome o{boost::asio::error::operation_aborted, Connection(), std::nullopt};
+    AcceptOutcome o{ec, Connection(), std::nullopt};
     w(o);
   }
 }
@@ -498,13 +506,8 @@ void AcceptEngine::pump() {
     if (fd < 0) {
       // Out of fds, or shut down: every waiter hears of it; the next want() tries again.
       const boost::system::error_code ec(errno, boost::system::generic_category());
-      auto waiters = std::move(waiters_);
-      waiters_.clear();
-      if (waiters.empty()) ready_.push_back({ec, Connection(), std::nullopt});
-      for (auto& w : waiters) {
-        AcceptOutcome o{ec, Connection(), std::nullopt};
-        w(o);
-      }
+      if (waiters_.empty()) ready_.push_back({ec, Connection(), std::nullopt});
+      fail_waiters(ec);
       return;
     }
     start(fd, std::move(peer));
@@ -574,11 +577,7 @@ void AcceptEngine::deliver(AcceptOutcome o) {
   } else {
     Waiter w = std::move(waiters_.front());
     waiters_.pop_front();
-    if (!o.ec) {
-      std::lock_guard lock(last_m_);
-      last_ = o.peer;
-    }
-    w(o);
+    hand(w, o);
   }
   if (waiters_.empty() && waiting_) {
     boost::system::error_code ignored;
@@ -665,16 +664,8 @@ Connection Client(const Address& address, const ClientOptions& o) {
                          done = true;
                        });
   run_until(ctx, client_spin(), [&] { return done; });
-  if (!done || ec) {
-    if (!done) ec = detail::to_boost(troupe::make_error_code(troupe::errc::os_error));
-    const std::error_code e(ec);
-    if (e == troupe::make_error_code(troupe::errc::timeout_error))
-      throw TimeoutError("Client: connecting to and authenticating with " + address.str() +
-                         " took longer than " + std::to_string(o.timeout.count()) + " ms");
-    if (e.category() == std::generic_category() || e.category() == std::system_category())
-      throw_os_error(e.value(), "Client: connect to " + address.str());
-    throw_outcome(ec, "Client: " + address.str(), o.timeout, why);
-  }
+  if (!done) ec = detail::to_boost(troupe::make_error_code(troupe::errc::os_error));
+  if (ec) throw_outcome(ec, "Client: connect to " + address.str(), o.timeout, why);
   c.reset_reactor();
   return c;
 }

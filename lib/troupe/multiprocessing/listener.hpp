@@ -118,6 +118,10 @@ private:
   void start(int fd, std::optional<Address> peer);
   void finish(const std::shared_ptr<Pending>& p, boost::system::error_code ec);
   void deliver(AcceptOutcome o);
+  // Gives `o` to `w` (noting the peer of a connection for last_accepted()).
+  void hand(Waiter& w, AcceptOutcome& o);
+  // Every waiter's outcome is `ec`.
+  void fail_waiters(boost::system::error_code ec);
   void teardown();
 
   int fd_ = -1;
