@@ -49,7 +49,7 @@ public:
   }
   UniqueFd(const UniqueFd&) = delete;
   UniqueFd& operator=(const UniqueFd&) = delete;
-  /// Closes the fd held; an error is ignored (see the top of this file).
+  /// Closes the fd held, as reset().
   ~UniqueFd() { reset(); }
 
   /// The fd (-1 if none), still owned: valid while this UniqueFd holds it.
@@ -58,11 +58,16 @@ public:
   constexpr explicit operator bool() const noexcept { return fd_ >= 0; }
   /// Gives up ownership: returns the fd (-1 if none), which the caller must now close.
   [[nodiscard]] constexpr int release() noexcept { return std::exchange(fd_, -1); }
-  /// Closes the fd held (errors ignored) and takes `fd` (a negative value: none). Resetting to
-  /// the fd already held keeps it open.
+  /// Closes the fd held (errors ignored; errno is left as it was, so a failed call's errno
+  /// survives the cleanup) and takes `fd` (a negative value: none). Resetting to the fd already
+  /// held keeps it open.
   void reset(int fd = -1) noexcept {
     const int old = std::exchange(fd_, fd < 0 ? -1 : fd);
-    if (old >= 0 && old != fd_) ::close(old);
+    if (old >= 0 && old != fd_) {
+      const int saved = errno;
+      ::close(old);
+      errno = saved;
+    }
   }
   /// Closes the fd held, now, and reports close(2)'s error. The fd is closed (and this holds
   /// none) even when it throws. Nothing to do when it holds none.

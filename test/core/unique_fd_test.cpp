@@ -86,6 +86,17 @@ TEST_F(UniqueFdTest, ResetClosesTheOldOne) {
   EXPECT_FALSE(fd);
 }
 
+TEST_F(UniqueFdTest, ResetKeepsErrno) {
+  // A failed call's errno survives the cleanup of what it had made.
+  const int n = new_fd();
+  {
+    UniqueFd fd(n);
+    ::close(n);  // so that the destructor's close fails too (EBADF)
+    errno = ENOENT;
+  }
+  EXPECT_EQ(errno, ENOENT);
+}
+
 TEST_F(UniqueFdTest, ResetToTheFdHeldKeepsIt) {
   const int n = new_fd();
   UniqueFd fd(n);
