@@ -60,6 +60,15 @@ bool is_socket(int fd) {
   return fstat(fd, &st) == 0 && S_ISSOCK(st.st_mode);
 }
 
+// The fd a Connection is made with, checked before the Connection owns it: as in Python, a
+// ValueError leaves it to the caller.
+int checked_fd(int fd, bool readable, bool writable) {
+  if (fd < 0) throw ValueError("Connection: invalid file descriptor " + std::to_string(fd));
+  if (!readable && !writable)
+    throw ValueError("at least one of `readable` and `writable` must be True");
+  return fd;
+}
+
 // writev the whole of `iov`, retrying on EINTR and short writes. On a pipe, a write to a closed
 // reader raises SIGPIPE; block it for this thread and swallow the one we caused, so the caller
 // gets BrokenPipeError instead of a dead process (sockets use MSG_NOSIGNAL instead).
@@ -133,14 +142,15 @@ void write_all(int fd, bool socket, iovec* iov, int iovcnt, detail::TlsSession* 
 // ---- Connection -----------------------------------------------------------------------------
 
 Connection::Connection(int fd, bool readable, bool writable)
-    : fd_(fd), readable_(readable), writable_(writable), is_socket_(is_socket(fd)) {
-  if (fd < 0) throw ValueError("Connection: invalid file descriptor " + std::to_string(fd));
-  if (!readable && !writable)
-    throw ValueError("at least one of `readable` and `writable` must be True");
-}
+    : fd_(checked_fd(fd, readable, writable)),
+      readable_(readable),
+      writable_(writable),
+      is_socket_(is_socket(fd)) {}
 
+// Written out: spin_ cannot move (a moved-to end learns afresh), and an assignment closes the
+// old connection as close() does (TLS close_notify, the reactor let go, then the fd).
 Connection::Connection(Connection&& o) noexcept
-    : fd_(std::exchange(o.fd_, -1)),
+    : fd_(std::move(o.fd_)),
       readable_(o.readable_),
       writable_(o.writable_),
       is_socket_(o.is_socket_),
@@ -156,7 +166,7 @@ Connection::Connection(Connection&& o) noexcept
 Connection& Connection::operator=(Connection&& o) noexcept {
   if (this != &o) {
     close();
-    fd_ = std::exchange(o.fd_, -1);
+    fd_ = std::move(o.fd_);
     readable_ = o.readable_;
     writable_ = o.writable_;
     is_socket_ = o.is_socket_;
@@ -182,8 +192,7 @@ void Connection::close() noexcept {
     tls_->shutdown();
     tls_.reset();
   }
-  if (fd_ >= 0) ::close(fd_);
-  fd_ = -1;
+  fd_.reset();
   rpos_ = rend_ = 0;
 }
 
@@ -197,7 +206,7 @@ void Connection::start_tls(boost::asio::ssl::context& ctx, TlsRole role,
   if (tls_->handshake(true) != 0) {
     const int err = errno;
     std::string why = err == EPROTO ? tls_->error() : std::strerror(err);
-    if (err == EAGAIN) throw_os_error(EAGAIN, "TLS handshake on fd " + std::to_string(fd_));
+    if (err == EAGAIN) throw_os_error(EAGAIN, "TLS handshake on fd " + std::to_string(fd_.get()));
     close();
     throw AuthenticationError("TLS handshake failed: " + why);
   }
@@ -207,13 +216,13 @@ void Connection::begin_tls(boost::asio::ssl::context& ctx, TlsRole role,
                            std::string_view peer_name) {
   check_open("start_tls");
   if (!is_socket_)
-    throw ValueError("Connection.start_tls: fd " + std::to_string(fd_) +
+    throw ValueError("Connection.start_tls: fd " + std::to_string(fd_.get()) +
                      " is not a socket (TLS runs over sockets only)");
   if (tls_) throw ValueError("Connection.start_tls: TLS is already on");
   if (buffered() > 0)
     throw ValueError("Connection.start_tls: " + std::to_string(buffered()) +
                      " bytes were already read as plain text");
-  tls_ = std::make_unique<detail::TlsSession>(ctx, fd_, role, peer_name);
+  tls_ = std::make_unique<detail::TlsSession>(ctx, fd_.get(), role, peer_name);
 }
 
 bool Connection::tls_handshake_step(std::error_code& ec, bool& want_write) noexcept {
@@ -248,11 +257,11 @@ boost::asio::posix::descriptor_base::wait_type Connection::async_wait_type(bool 
 
 int Connection::fileno() const {
   check_open("fileno");
-  return fd_;
+  return fd_.get();
 }
 
 void Connection::check_open(const char* what) const {
-  if (fd_ < 0) throw_os_error(EBADF, std::string("Connection.") + what + ": handle is closed");
+  if (!fd_) throw_os_error(EBADF, std::string("Connection.") + what + ": handle is closed");
 }
 
 void Connection::check_readable(const char* what) const {
@@ -322,7 +331,7 @@ void Connection::write_frame(const iovec* payload, std::size_t n, std::uint64_t 
   std::size_t left = n + 1;
   while (left > 0) {
     const std::size_t k = std::min(left, kIovMax);
-    write_all(fd_, is_socket_, iov, static_cast<int>(k), tls_.get());
+    write_all(fd_.get(), is_socket_, iov, static_cast<int>(k), tls_.get());
     iov += k;
     left -= k;
   }
@@ -524,20 +533,20 @@ bool Connection::fill(std::size_t n, bool eof_is_error) {
     } else {
       if (is_socket_) {
         done = spin_.spin([&] {
-          r = ::recv(fd_, at, room, MSG_DONTWAIT);
+          r = ::recv(fd_.get(), at, room, MSG_DONTWAIT);
           err = errno;
           return !(r < 0 && (err == EAGAIN || err == EWOULDBLOCK));
         });
       }
       if (!done) {
-        r = ::read(fd_, at, room);
+        r = ::read(fd_.get(), at, room);
         err = errno;
         if (r > 0 && is_socket_) spin_.woke();
       }
     }
     if (r < 0) {
       if (err == EINTR) continue;
-      read_failed(err, fd_, tls_.get());
+      read_failed(err, fd_.get(), tls_.get());
     }
     if (r == 0) {
       if (rend_ == rpos_ && !eof_is_error) return false;
@@ -583,10 +592,10 @@ void Connection::read_exact(std::byte* out, std::size_t n) {
     return;
   }
   while (n > 0) {
-    ssize_t r = tls_ ? tls_->read(out, n, true) : ::read(fd_, out, n);
+    ssize_t r = tls_ ? tls_->read(out, n, true) : ::read(fd_.get(), out, n);
     if (r < 0) {
       if (errno == EINTR) continue;
-      read_failed(errno, fd_, tls_.get());
+      read_failed(errno, fd_.get(), tls_.get());
     }
     if (r == 0) throw_os_error(EIO, "Connection.recv_bytes: got end of file during message");
     out += r;
@@ -657,11 +666,11 @@ bool Connection::poll(Timeout timeout) {
   const auto deadline = timeout.deadline();
   for (;;) {
     const int ms = poll_timeout_ms(deadline);
-    pollfd p{fd_, POLLIN, 0};
+    pollfd p{fd_.get(), POLLIN, 0};
     int r = ::poll(&p, 1, ms);
     if (r < 0) {
       if (errno == EINTR) continue;
-      throw_os_error(errno, "Connection.poll on fd " + std::to_string(fd_));
+      throw_os_error(errno, "Connection.poll on fd " + std::to_string(fd_.get()));
     }
     // Under TLS a readable socket may hold only protocol records, not a message.
     if (r > 0 && tls_ && !tls_->readable_now()) {
@@ -783,7 +792,7 @@ bool Connection::async_write_some(detail::AsyncWrite& st, std::error_code& ec) n
   while (!st.iov.empty()) {
     const int cnt = static_cast<int>(std::min<std::size_t>(st.iov.size(), 1024));
     const ssize_t n = tls_ ? tls_->writev(st.iov.data(), cnt, false)
-                           : write_now(fd_, is_socket_, st.iov.data(), cnt);
+                           : write_now(fd_.get(), is_socket_, st.iov.data(), cnt);
     if (n < 0) {
       if (errno == EAGAIN || errno == EWOULDBLOCK) return false;
       ec = std::error_code(errno, std::generic_category());
@@ -815,8 +824,9 @@ bool Connection::async_read_some(detail::AsyncRead& st, std::error_code& ec) noe
         rend_ -= rpos_;
         rpos_ = 0;
       }
-      const ssize_t r = tls_ ? tls_->read(rbuf_.get() + rend_, kReadBuffer - rend_, false)
-                             : read_now(fd_, is_socket_, rbuf_.get() + rend_, kReadBuffer - rend_);
+      const ssize_t r =
+          tls_ ? tls_->read(rbuf_.get() + rend_, kReadBuffer - rend_, false)
+               : read_now(fd_.get(), is_socket_, rbuf_.get() + rend_, kReadBuffer - rend_);
       if (r < 0) {
         if (errno == EAGAIN || errno == EWOULDBLOCK) return 0;
         ec = std::error_code(errno, std::generic_category());
@@ -891,7 +901,8 @@ bool Connection::async_read_some(detail::AsyncRead& st, std::error_code& ec) noe
       st.got += have;
       continue;
     }
-    const ssize_t r = tls_ ? tls_->read(at, want, false) : read_now(fd_, is_socket_, at, want);
+    const ssize_t r =
+        tls_ ? tls_->read(at, want, false) : read_now(fd_.get(), is_socket_, at, want);
     if (r < 0) {
       if (errno == EAGAIN || errno == EWOULDBLOCK) return false;
       ec = std::error_code(errno, std::generic_category());

@@ -34,6 +34,7 @@
 #include "troupe/multiprocessing/authkey.hpp"
 #include "troupe/multiprocessing/tls.hpp"
 #include "troupe/timeout.hpp"
+#include "troupe/unique_fd.hpp"
 
 namespace troupe::multiprocessing {
 
@@ -221,8 +222,8 @@ public:
         if (closed())
           return self.complete(detail::to_boost(std::error_code(EBADF, std::generic_category())));
         started = true;
-        reactor_.get(fd_, boost::asio::any_io_executor(ex)).async_wait(what, std::move(self));
-        reactor_.keep_blocking(fd_);
+        reactor_.get(fd_.get(), boost::asio::any_io_executor(ex)).async_wait(what, std::move(self));
+        reactor_.keep_blocking(fd_.get());
       }
     };
     using Sig = void(boost::system::error_code);
@@ -320,7 +321,7 @@ public:
   /// Python: `close()`; closing twice is fine.
   void close() noexcept;
   /// Python: `closed`, `readable`, `writable`.
-  bool closed() const noexcept { return fd_ < 0; }
+  bool closed() const noexcept { return !fd_; }
   bool readable() const noexcept { return readable_; }
   bool writable() const noexcept { return writable_; }
 
@@ -411,9 +412,9 @@ private:
           return self.complete(detail::to_boost(std::error_code(EBADF, std::generic_category())));
         if (async_write_some(*st, ec)) return self.complete(detail::to_boost(ec));
         waiting = true;
-        reactor_.get(fd_, boost::asio::any_io_executor(ex))
+        reactor_.get(fd_.get(), boost::asio::any_io_executor(ex))
             .async_wait(async_wait_type(false), std::move(self));
-        reactor_.keep_blocking(fd_);
+        reactor_.keep_blocking(fd_.get());
       }
     };
     using Sig = void(boost::system::error_code);
@@ -441,9 +442,9 @@ private:
           return self.complete(bec, std::move(r));
         }
         waiting = true;
-        reactor_.get(fd_, boost::asio::any_io_executor(ex))
+        reactor_.get(fd_.get(), boost::asio::any_io_executor(ex))
             .async_wait(async_wait_type(true), std::move(self));
-        reactor_.keep_blocking(fd_);
+        reactor_.keep_blocking(fd_.get());
       }
     };
     using Sig = void(boost::system::error_code, R);
@@ -451,7 +452,7 @@ private:
     return boost::asio::async_compose<Token, Sig>(std::move(impl), token);
   }
 
-  int fd_ = -1;
+  UniqueFd fd_;
   bool readable_ = true;
   bool writable_ = true;
   bool is_socket_ = false;
@@ -491,9 +492,9 @@ auto Connection::async_start_tls(boost::asio::ssl::context& ctx, TlsRole role,
       if (tls_handshake_step(ec, want_write)) return self.complete(detail::to_boost(ec));
       waiting = true;
       using D = boost::asio::posix::descriptor_base;
-      reactor_.get(fd_, boost::asio::any_io_executor(ex))
+      reactor_.get(fd_.get(), boost::asio::any_io_executor(ex))
           .async_wait(want_write ? D::wait_write : D::wait_read, std::move(self));
-      reactor_.keep_blocking(fd_);
+      reactor_.keep_blocking(fd_.get());
     }
   };
   if (executor_) return boost::asio::async_compose<Token, Sig>(std::move(impl), token, executor_);

@@ -247,49 +247,39 @@ Listener::Listener(std::optional<Address> address, ListenerOptions options)
   if (options_.max_pending_handshakes == 0)
     throw ValueError("Listener on " + a.str() + ": max_pending_handshakes must be at least 1");
   // Non-blocking: accept() and async_accept take peers as they come, never blocking in accept4.
-  fd_ = ::socket(sa.ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-  if (fd_ < 0) throw_os_error(errno, "Listener: socket for " + a.str());
+  fd_.reset(::socket(sa.ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+  if (!fd_) throw_os_error(errno, "Listener: socket for " + a.str());
   if (!is_unix) {
     int one = 1;
-    setsockopt(fd_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    setsockopt(fd_.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
   }
-  if (::bind(fd_, sa.get(), sa.len) != 0 || ::listen(fd_, options_.backlog) != 0) {
-    const int err = errno;
-    ::close(fd_);
-    fd_ = -1;
-    throw_os_error(err, "Listener: bind/listen on " + a.str());
+  if (::bind(fd_.get(), sa.get(), sa.len) != 0 || ::listen(fd_.get(), options_.backlog) != 0) {
+    throw_os_error(errno, "Listener: bind/listen on " + a.str());  // fd_ closes it
   }
   sockaddr_storage ss{};
   socklen_t len = sizeof ss;
-  getsockname(fd_, reinterpret_cast<sockaddr*>(&ss), &len);
+  getsockname(fd_.get(), reinterpret_cast<sockaddr*>(&ss), &len);
   address_ = is_unix ? a : from_sockaddr(ss, len, a.family);
   // accept()'s engine, made here so that threads may call accept() at once (one runs the
   // handshakes, the others wait for their outcomes).
   try {
     own_ = std::make_unique<boost::asio::io_context>(1);
     driver_ = std::make_shared<Driver>();
-    own_engine_ = detail::AcceptEngine::make(fd_, address_, options_, own_->get_executor());
+    own_engine_ = detail::AcceptEngine::make(fd_.get(), address_, options_, own_->get_executor());
   } catch (...) {
     close();
     throw;
   }
 }
 
-Listener::Listener(Listener&& o) noexcept
-    : fd_(std::exchange(o.fd_, -1)),
-      executor_(std::move(o.executor_)),
-      address_(std::move(o.address_)),
-      last_accepted_(std::move(o.last_accepted_)),
-      options_(std::move(o.options_)),
-      engine_(std::move(o.engine_)),
-      own_(std::move(o.own_)),
-      own_engine_(std::move(o.own_engine_)),
-      driver_(std::move(o.driver_)) {}
+Listener::Listener(Listener&& o) noexcept = default;
 
+// Written out: the old listener closes first, as close() does (its engines stop, its Unix
+// socket's path goes).
 Listener& Listener::operator=(Listener&& o) noexcept {
   if (this != &o) {
     close();
-    fd_ = std::exchange(o.fd_, -1);
+    fd_ = std::move(o.fd_);
     executor_ = std::move(o.executor_);
     address_ = std::move(o.address_);
     last_accepted_ = std::move(o.last_accepted_);
@@ -330,15 +320,14 @@ void Listener::close() noexcept {
       driver_->cv.notify_all();
     }
   }
-  if (fd_ < 0) return;
-  ::close(fd_);
-  fd_ = -1;
+  if (!fd_) return;
+  fd_.reset();
   if (address_.family == Address::Family::unix_path) ::unlink(address_.host.c_str());
 }
 
 int Listener::fileno() const {
-  if (fd_ < 0) throw_os_error(EBADF, "Listener.fileno: the listener is closed");
-  return fd_;
+  if (!fd_) throw_os_error(EBADF, "Listener.fileno: the listener is closed");
+  return fd_.get();
 }
 
 const std::optional<Address>& Listener::last_accepted() const noexcept {
@@ -348,12 +337,12 @@ const std::optional<Address>& Listener::last_accepted() const noexcept {
 }
 
 std::shared_ptr<detail::AcceptEngine> Listener::engine_for(const boost::asio::any_io_executor& ex) {
-  if (!engine_) engine_ = detail::AcceptEngine::make(fd_, address_, options_, ex);
+  if (!engine_) engine_ = detail::AcceptEngine::make(fd_.get(), address_, options_, ex);
   return engine_;
 }
 
 Connection Listener::accept() {
-  if (fd_ < 0) throw_os_error(EBADF, "Listener.accept: the listener is closed");
+  if (!fd_) throw_os_error(EBADF, "Listener.accept: the listener is closed");
   struct Got {  // filled by whichever thread runs the handler
     std::optional<detail::AcceptOutcome> outcome;
     std::atomic<bool> ready{false};
@@ -413,8 +402,8 @@ std::shared_ptr<AcceptEngine> AcceptEngine::make(int listen_fd, const Address& a
                                                  const ListenerOptions& options,
                                                  const boost::asio::any_io_executor& ex) {
   std::shared_ptr<AcceptEngine> e(new AcceptEngine);
-  e->fd_ = ::fcntl(listen_fd, F_DUPFD_CLOEXEC, 0);
-  if (e->fd_ < 0) throw_os_error(errno, "Listener on " + address.str() + ": fcntl(F_DUPFD)");
+  e->fd_.reset(::fcntl(listen_fd, F_DUPFD_CLOEXEC, 0));
+  if (!e->fd_) throw_os_error(errno, "Listener on " + address.str() + ": fcntl(F_DUPFD)");
   e->address_ = address;
   e->options_ = options;
   // Untracked: the engine outlives its waiters and must not keep an io_context running (its
@@ -424,10 +413,8 @@ std::shared_ptr<AcceptEngine> AcceptEngine::make(int listen_fd, const Address& a
   return e;
 }
 
-AcceptEngine::~AcceptEngine() {
-  reactor_.release();
-  if (fd_ >= 0) ::close(fd_);
-}
+// reactor_ lets go of the fd (it is declared after fd_) before fd_ closes it.
+AcceptEngine::~AcceptEngine() = default;
 
 void AcceptEngine::want(Waiter w) {
   boost::asio::post(strand_, [self = shared_from_this(), w = std::move(w)]() mutable {
@@ -459,8 +446,7 @@ void AcceptEngine::teardown() {
   if (stopped_) return;
   stopped_ = true;
   reactor_.release();  // cancels the wait for peers
-  if (fd_ >= 0) ::close(fd_);
-  fd_ = -1;
+  fd_.reset();
   for (auto& p : pending_) {
     p->dropped = true;
     p->timer.cancel();
@@ -495,11 +481,11 @@ void AcceptEngine::pump() {
   const std::size_t room = options_.max_pending_handshakes;
   while (ready_.size() < room) {
     std::optional<Address> peer;
-    const int fd = accept_peer(fd_, address_.family, peer);
+    const int fd = accept_peer(fd_.get(), address_.family, peer);
     if (fd < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
       // A Unix listening socket that was shut down (shutdown(2) on fileno(), the way to wake
       // a blocked accept) says EAGAIN to a non-blocking accept, and HUP to poll, for ever.
-      pollfd hup{fd_, POLLIN, 0};
+      pollfd hup{fd_.get(), POLLIN, 0};
       if (::poll(&hup, 1, 0) <= 0 || !(hup.revents & (POLLHUP | POLLERR))) break;
       errno = EINVAL;
     }
@@ -516,7 +502,7 @@ void AcceptEngine::pump() {
   // work and would keep the io_context running (want() pumps again).
   if (waiters_.empty()) return;
   waiting_ = true;
-  reactor_.get(fd_, strand_)
+  reactor_.get(fd_.get(), strand_)
       .async_wait(boost::asio::posix::descriptor_base::wait_read,
                   [self = shared_from_this()](boost::system::error_code) {
                     self->waiting_ = false;
@@ -581,7 +567,7 @@ void AcceptEngine::deliver(AcceptOutcome o) {
   }
   if (waiters_.empty() && waiting_) {
     boost::system::error_code ignored;
-    reactor_.get(fd_, strand_).cancel(ignored);  // nobody waits: stop waiting for peers
+    reactor_.get(fd_.get(), strand_).cancel(ignored);  // nobody waits: stop waiting for peers
     return;
   }
   pump();
@@ -595,20 +581,14 @@ namespace detail {
 
 int start_connect(const Address& address, bool& in_progress) {
   const SockAddr sa = to_sockaddr(address);
-  const int fd = ::socket(sa.ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-  if (fd < 0) return -1;
+  UniqueFd fd(::socket(sa.ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+  if (!fd) return -1;
   in_progress = false;
-  if (::connect(fd, sa.get(), sa.len) != 0) {
-    if (errno == EINPROGRESS) {
-      in_progress = true;
-    } else {
-      const int err = errno;
-      ::close(fd);
-      errno = err;
-      return -1;
-    }
+  if (::connect(fd.get(), sa.get(), sa.len) != 0) {
+    if (errno != EINPROGRESS) return -1;  // with connect's errno (the close keeps it)
+    in_progress = true;
   }
-  return fd;
+  return fd.release();
 }
 
 int finish_connect(int fd) noexcept {

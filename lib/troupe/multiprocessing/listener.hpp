@@ -23,6 +23,7 @@
 
 #include "troupe/multiprocessing/authkey.hpp"
 #include "troupe/multiprocessing/connection.hpp"
+#include "troupe/unique_fd.hpp"
 
 namespace troupe::multiprocessing {
 
@@ -124,7 +125,7 @@ private:
   void fail_waiters(boost::system::error_code ec);
   void teardown();
 
-  int fd_ = -1;
+  UniqueFd fd_;
   Address address_;
   ListenerOptions options_;
   boost::asio::any_io_executor strand_;
@@ -185,7 +186,7 @@ private:
   // The engine async_accept uses on `ex` (made on first use).
   std::shared_ptr<detail::AcceptEngine> engine_for(const boost::asio::any_io_executor& ex);
 
-  int fd_ = -1;
+  UniqueFd fd_;
   boost::asio::any_io_executor executor_;
   Address address_;
   mutable std::optional<Address> last_accepted_;
@@ -316,7 +317,7 @@ auto Listener::async_accept(Token&& token) {
           boost::asio::post(hex, [h, ec]() mutable { std::move (*h)(ec, Connection()); });
         };
         if (!ex) return fail(detail::to_boost(troupe::make_error_code(troupe::errc::value_error)));
-        if (fd_ < 0) return fail(detail::to_boost(std::error_code(EBADF, std::generic_category())));
+        if (!fd_) return fail(detail::to_boost(std::error_code(EBADF, std::generic_category())));
         auto work = boost::asio::prefer(boost::asio::get_associated_executor(*h, ex),
                                         boost::asio::execution::outstanding_work.tracked);
         engine_for(ex)->want([h, work](detail::AcceptOutcome& o) mutable {
