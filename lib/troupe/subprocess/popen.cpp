@@ -203,23 +203,6 @@ int child_main(void* arg) {
 
 // ---- the parent -----------------------------------------------------------------------------
 
-struct OwnedFds {  // fds this start made; closed unless released
-  std::vector<int> fds;
-  ~OwnedFds() {
-    for (int fd : fds)
-      if (fd >= 0) ::close(fd);
-  }
-  int add(int fd) {
-    fds.push_back(fd);
-    return fd;
-  }
-  int release(int fd) {
-    for (auto& f : fds)
-      if (f == fd) f = -1;
-    return fd;
-  }
-};
-
 void check_text(const std::string& s, const char* what) {
   if (s.find('\0') != std::string::npos)
     throw ValueError(std::string(what) + ": embedded null byte");
@@ -265,10 +248,6 @@ gid_t resolve_group(const GroupId& g) {
   if (rc != 0) throw_os_error(rc, "getgrnam(" + name + ")");
   if (!res) throw KeyError("getgrnam(): name not found: '" + name + "'");
   return gr.gr_gid;
-}
-
-int pidfd_open(pid_t pid) {
-  return static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
 }
 
 bool wait_fd(int fd, short events, int ms) {
@@ -367,21 +346,13 @@ Redirect::Redirect(const Stream& stream) : kind_(Kind::fd), fd_(stream.fileno())
 Stream::Stream(int fd, bool readable, bool text) noexcept
     : fd_(fd), readable_(readable), text_(text) {}
 
-Stream::Stream(Stream&& o) noexcept
-    : fd_(std::exchange(o.fd_, -1)),
-      readable_(o.readable_),
-      text_(o.text_),
-      pending_cr_(o.pending_cr_),
-      nonblocking_(o.nonblocking_),
-      grow_pipe_(o.grow_pipe_),
-      buf_(std::move(o.buf_)),
-      pos_(std::exchange(o.pos_, 0)),
-      reactor_(std::move(o.reactor_)) {}
+Stream::Stream(Stream&& o) noexcept = default;
 
+// Written out: the reactor lets go of the old fd before it closes, as in close().
 Stream& Stream::operator=(Stream&& o) noexcept {
   if (this != &o) {
     close();
-    fd_ = std::exchange(o.fd_, -1);
+    fd_ = std::move(o.fd_);
     readable_ = o.readable_;
     text_ = o.text_;
     pending_cr_ = o.pending_cr_;
@@ -400,21 +371,20 @@ Stream::~Stream() {
 
 void Stream::close() noexcept {
   reactor_.release();
-  if (fd_ >= 0) ::close(fd_);
-  fd_ = -1;
+  fd_.reset();
   buf_.clear();
   pos_ = 0;
 }
 
 int Stream::fileno() const {
-  if (fd_ < 0) throw ValueError("I/O operation on closed file");
-  return fd_;
+  if (!fd_) throw ValueError("I/O operation on closed file");
+  return fd_.get();
 }
 
 void Stream::set_nonblocking() {
-  if (nonblocking_ || fd_ < 0) return;
-  const int flags = ::fcntl(fd_, F_GETFL);
-  if (flags >= 0) ::fcntl(fd_, F_SETFL, flags | O_NONBLOCK);
+  if (nonblocking_ || !fd_) return;
+  const int flags = ::fcntl(fd_.get(), F_GETFL);
+  if (flags >= 0) ::fcntl(fd_.get(), F_SETFL, flags | O_NONBLOCK);
   nonblocking_ = true;
 }
 
@@ -425,7 +395,7 @@ ssize_t Stream::read_now(std::string& out, std::size_t n) {
   out.resize(old + n);
   ssize_t r;
   do {
-    r = ::read(fd_, out.data() + old, n);
+    r = ::read(fd_.get(), out.data() + old, n);
   } while (r < 0 && errno == EINTR);
   const int err = errno;
   out.resize(old + static_cast<std::size_t>(std::max<ssize_t>(r, 0)));
@@ -439,7 +409,7 @@ ssize_t Stream::read_now(std::string& out, std::size_t n) {
 }
 
 ssize_t Stream::write_now(const char* data, std::size_t n) {
-  const ssize_t r = write_nosigpipe(fd_, data, n);
+  const ssize_t r = write_nosigpipe(fd_.get(), data, n);
   if (r < 0) return errno == EAGAIN || errno == EWOULDBLOCK ? -1 : -errno;
   return r;
 }
@@ -458,7 +428,7 @@ bool Stream::fill() {
       wait_fd(fileno(), POLLIN, -1);
       continue;
     }
-    throw_os_error(static_cast<int>(-r), "Stream.read: fd " + std::to_string(fd_));
+    throw_os_error(static_cast<int>(-r), "Stream.read: fd " + std::to_string(fd_.get()));
   }
 }
 
@@ -497,8 +467,9 @@ void Stream::read_to_end(troupe::detail::Capture& sink) {
   for (;;) {
     const ssize_t r = sink.read_from(fileno(), grow_pipe_);
     if (r == 0) return;
-    if (r == -1) wait_fd(fd_, POLLIN, -1);
-    if (r < -1) throw_os_error(static_cast<int>(-r), "Stream.read: fd " + std::to_string(fd_));
+    if (r == -1) wait_fd(fd_.get(), POLLIN, -1);
+    if (r < -1)
+      throw_os_error(static_cast<int>(-r), "Stream.read: fd " + std::to_string(fd_.get()));
   }
 }
 
@@ -556,7 +527,7 @@ Popen::Popen(Popen&& o) noexcept
       args_(std::move(o.args_)),
       shell_string_(o.shell_string_),
       pid_(std::exchange(o.pid_, -1)),
-      pidfd_(std::exchange(o.pidfd_, -1)),
+      pidfd_(std::move(o.pidfd_)),
       returncode_(o.returncode_),
       text_(o.text_),
       communication_started_(o.communication_started_),
@@ -582,7 +553,7 @@ Popen& Popen::operator=(Popen&& o) noexcept {
     args_ = std::move(o.args_);
     shell_string_ = o.shell_string_;
     pid_ = std::exchange(o.pid_, -1);
-    pidfd_ = std::exchange(o.pidfd_, -1);
+    pidfd_ = std::move(o.pidfd_);
     returncode_ = o.returncode_;
     text_ = o.text_;
     communication_started_ = o.communication_started_;
@@ -613,8 +584,7 @@ void Popen::finish() noexcept {
     }
   }
   reactor_.release();
-  if (pidfd_ >= 0) ::close(pidfd_);
-  pidfd_ = -1;
+  pidfd_.reset();
 }
 
 void Popen::start(PopenOptions& o) {
@@ -707,54 +677,53 @@ void Popen::start(PopenOptions& o) {
   plan.nkeep = keep.size();
   plan.preexec = &o.preexec_fn_unsafe;
 
-  // The pipes and files of the redirections.
-  OwnedFds made;
-  int p2cwrite = -1, c2pread = -1, errread = -1;
-  auto make_pipe = [&](int& parent_end, int& child_end, bool parent_reads) {
+  // The pipes and files of the redirections: the parent's ends, and the child's made here.
+  UniqueFd p2cwrite, c2pread, errread;
+  UniqueFd child_in, child_out, child_err;
+  auto make_pipe = [&](UniqueFd& parent_end, UniqueFd& child_end, bool parent_reads) {
     int p[2];
     if (::pipe2(p, O_CLOEXEC) != 0) throw_os_error(errno, "Popen: pipe");
-    made.add(p[0]);
-    made.add(p[1]);
-    parent_end = parent_reads ? p[0] : p[1];
-    child_end = parent_reads ? p[1] : p[0];
-    if (o.pipesize > 0 && ::fcntl(parent_end, F_SETPIPE_SZ, o.pipesize) < 0)
+    parent_end.reset(parent_reads ? p[0] : p[1]);
+    child_end.reset(parent_reads ? p[1] : p[0]);
+    if (o.pipesize > 0 && ::fcntl(parent_end.get(), F_SETPIPE_SZ, o.pipesize) < 0)
       throw_os_error(errno, "Popen: F_SETPIPE_SZ " + std::to_string(o.pipesize));
+    return child_end.get();
   };
-  auto devnull = [&](int flags) {
-    const int fd = ::open("/dev/null", flags | O_CLOEXEC);
-    if (fd < 0) throw_os_error(errno, "Popen: open /dev/null");
-    return made.add(fd);
+  auto devnull = [&](UniqueFd& child_end, int flags) {
+    child_end.reset(::open("/dev/null", flags | O_CLOEXEC));
+    if (!child_end) throw_os_error(errno, "Popen: open /dev/null");
+    return child_end.get();
   };
   switch (o.stdin_.kind()) {
     case Redirect::Kind::inherit: break;
-    case Redirect::Kind::pipe: make_pipe(p2cwrite, plan.p2cread, false); break;
-    case Redirect::Kind::devnull: plan.p2cread = devnull(O_RDONLY); break;
+    case Redirect::Kind::pipe: plan.p2cread = make_pipe(p2cwrite, child_in, false); break;
+    case Redirect::Kind::devnull: plan.p2cread = devnull(child_in, O_RDONLY); break;
     case Redirect::Kind::stdout_: throw ValueError("Popen: STDOUT is only for stderr_");
     case Redirect::Kind::fd: plan.p2cread = o.stdin_.fd(); break;
   }
   switch (o.stdout_.kind()) {
     case Redirect::Kind::inherit: break;
-    case Redirect::Kind::pipe: make_pipe(c2pread, plan.c2pwrite, true); break;
-    case Redirect::Kind::devnull: plan.c2pwrite = devnull(O_WRONLY); break;
+    case Redirect::Kind::pipe: plan.c2pwrite = make_pipe(c2pread, child_out, true); break;
+    case Redirect::Kind::devnull: plan.c2pwrite = devnull(child_out, O_WRONLY); break;
     case Redirect::Kind::stdout_: throw ValueError("Popen: STDOUT is only for stderr_");
     case Redirect::Kind::fd: plan.c2pwrite = o.stdout_.fd(); break;
   }
   switch (o.stderr_.kind()) {
     case Redirect::Kind::inherit: break;
-    case Redirect::Kind::pipe: make_pipe(errread, plan.errwrite, true); break;
-    case Redirect::Kind::devnull: plan.errwrite = devnull(O_WRONLY); break;
+    case Redirect::Kind::pipe: plan.errwrite = make_pipe(errread, child_err, true); break;
+    case Redirect::Kind::devnull: plan.errwrite = devnull(child_err, O_WRONLY); break;
     case Redirect::Kind::stdout_: plan.errwrite = plan.c2pwrite >= 0 ? plan.c2pwrite : 1; break;
     case Redirect::Kind::fd: plan.errwrite = o.stderr_.fd(); break;
   }
   int errpipe[2];
   if (::pipe2(errpipe, O_CLOEXEC) != 0) throw_os_error(errno, "Popen: pipe");
-  made.add(errpipe[0]);
-  made.add(errpipe[1]);
-  if (errpipe[1] < 3) {  // this process has 0, 1 or 2 closed: keep it clear of them
-    errpipe[1] = made.add(::fcntl(errpipe[1], F_DUPFD_CLOEXEC, 3));
-    if (errpipe[1] < 0) throw_os_error(errno, "Popen: fcntl(F_DUPFD)");
+  UniqueFd err_in(errpipe[0]), err_out(errpipe[1]), err_low;
+  if (err_out.get() < 3) {         // this process has 0, 1 or 2 closed: keep it clear of them
+    err_low = std::move(err_out);  // and that number taken until the child runs
+    err_out.reset(::fcntl(err_low.get(), F_DUPFD_CLOEXEC, 3));
+    if (!err_out) throw_os_error(errno, "Popen: fcntl(F_DUPFD)");
   }
-  plan.errpipe = errpipe[1];
+  plan.errpipe = err_out.get();
 
   // Start it. All signals are blocked meanwhile, so none is handled by the child on the
   // parent's memory before it has reset its handlers.
@@ -780,32 +749,27 @@ void Popen::start(PopenOptions& o) {
     pid = ::fork();
     spawn_errno = errno;
     if (pid == 0) child_main(&plan);
-    if (pid > 0) pidfd = pidfd_open(pid);  // ours and not reaped: it names this child
+    if (pid > 0)
+      pidfd = troupe::pidfd_open(pid).release();  // ours and not reaped: it names this child
   }
   pthread_sigmask(SIG_SETMASK, &plan.mask, nullptr);
   if (pid < 0) throw_os_error(spawn_errno, "Popen: cannot start '" + program + "'");
 
   // The child's ends are the child's now; read what the child says about its exec.
-  for (int fd : {plan.p2cread, plan.c2pwrite, plan.errwrite, errpipe[1]})
-    for (auto& f : made.fds)
-      if (f == fd && fd >= 0) {
-        ::close(f);
-        f = -1;
-      }
+  for (UniqueFd* fd : {&child_in, &child_out, &child_err, &err_out, &err_low}) fd->reset();
   ChildError e;
   ssize_t got;
   do {
-    got = ::read(errpipe[0], &e, sizeof e);
+    got = ::read(err_in.get(), &e, sizeof e);
   } while (got < 0 && errno == EINTR);
   pid_ = pid;
-  pidfd_ = pidfd;
+  pidfd_.reset(pidfd);
   if (got == static_cast<ssize_t>(sizeof e)) {
     int status = 0;
     while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
     }
     pid_ = -1;
-    if (pidfd_ >= 0) ::close(pidfd_);
-    pidfd_ = -1;
+    pidfd_.reset();
     switch (e.stage) {
       case kExec: throw_os_error(e.err, "Popen: cannot execute '" + program + "'");
       case kChdir: throw_os_error(e.err, "Popen: cannot change directory to '" + *o.cwd + "'");
@@ -815,7 +779,7 @@ void Popen::start(PopenOptions& o) {
                                   program + "'");
     }
   }
-  if (pidfd_ < 0) {  // pidfd_open failed after fork: the child runs; keep going without it
+  if (!pidfd_) {  // pidfd_open failed after fork: the child runs; keep going without it
     const int err = errno;
     ::kill(pid, SIGKILL);
     while (::waitpid(pid, nullptr, 0) < 0 && errno == EINTR) {
@@ -823,9 +787,9 @@ void Popen::start(PopenOptions& o) {
     pid_ = -1;
     throw_os_error(err, "Popen: pidfd_open for pid " + std::to_string(pid));
   }
-  if (p2cwrite >= 0) stdin_.emplace(made.release(p2cwrite), false, text_);
-  if (c2pread >= 0) stdout_.emplace(made.release(c2pread), true, text_);
-  if (errread >= 0) stderr_.emplace(made.release(errread), true, text_);
+  if (p2cwrite) stdin_.emplace(p2cwrite.release(), false, text_);
+  if (c2pread) stdout_.emplace(c2pread.release(), true, text_);
+  if (errread) stderr_.emplace(errread.release(), true, text_);
   for (auto* s : {&stdout_, &stderr_})
     if (*s) (*s)->grow_pipe_ = o.pipesize <= 0;
 }
@@ -854,7 +818,7 @@ int Popen::wait(Timeout timeout) {
   if (pid_ <= 0) throw ValueError("Popen: no child");
   if (!timeout.is_forever()) {
     const auto deadline = timeout.deadline();
-    if (!wait_fd(pidfd_, POLLIN, poll_ms(deadline)))
+    if (!wait_fd(pidfd_.get(), POLLIN, poll_ms(deadline)))
       throw TimeoutExpired(args_, std::chrono::duration<double>(seconds_of(timeout)), {}, {},
                            shell_string_);
   }
@@ -864,8 +828,8 @@ int Popen::wait(Timeout timeout) {
 
 void Popen::send_signal(int sig) {
   reap(false);
-  if (returncode_ || pidfd_ < 0) return;  // ended: nothing to signal (Python: no error)
-  if (::syscall(SYS_pidfd_send_signal, pidfd_, sig, nullptr, 0) != 0 && errno != ESRCH)
+  if (returncode_ || !pidfd_) return;  // ended: nothing to signal (Python: no error)
+  if (pidfd_send_signal(pidfd_.get(), sig) != 0 && errno != ESRCH)
     throw_os_error(errno, "Popen.send_signal: signal " + std::to_string(sig) + " to pid " +
                               std::to_string(pid_));
 }
@@ -919,15 +883,15 @@ Output Popen::communicate(std::optional<std::string_view> input, Timeout timeout
     std::optional<Stream>* who[3];
     nfds_t n = 0;
     if (open(stdin_)) {
-      fds[n] = {stdin_->fd_, POLLOUT, 0};
+      fds[n] = {stdin_->fd_.get(), POLLOUT, 0};
       who[n++] = &stdin_;
     }
     if (open(stdout_)) {
-      fds[n] = {stdout_->fd_, POLLIN, 0};
+      fds[n] = {stdout_->fd_.get(), POLLIN, 0};
       who[n++] = &stdout_;
     }
     if (open(stderr_)) {
-      fds[n] = {stderr_->fd_, POLLIN, 0};
+      fds[n] = {stderr_->fd_.get(), POLLIN, 0};
       who[n++] = &stderr_;
     }
     if (n == 0) break;
@@ -953,7 +917,7 @@ Output Popen::communicate(std::optional<std::string_view> input, Timeout timeout
         if (w < -1 || input_offset_ == input_.size()) s.close();
       } else {
         troupe::detail::Capture& sink = who[i] == &stdout_ ? out_ : err_;
-        const ssize_t got = sink.read_from(s.fd_, s.grow_pipe_);
+        const ssize_t got = sink.read_from(s.fd_.get(), s.grow_pipe_);
         if (got == 0) s.close();
         if (got < -1)
           throw_os_error(static_cast<int>(-got), "Popen.communicate: read from the child");

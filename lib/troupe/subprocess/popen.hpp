@@ -42,6 +42,7 @@
 #include "troupe/detail/reactor.hpp"
 #include "troupe/errors.hpp"
 #include "troupe/timeout.hpp"
+#include "troupe/unique_fd.hpp"
 
 namespace troupe::subprocess {
 
@@ -190,7 +191,7 @@ public:
   void flush() {}
   /// Python: `close()`. Closing twice is harmless.
   void close() noexcept;
-  bool closed() const noexcept { return fd_ < 0; }
+  bool closed() const noexcept { return !fd_; }
   int fileno() const;
   bool readable() const noexcept { return readable_; }
 
@@ -240,7 +241,7 @@ private:
   void read_to_end(troupe::detail::Capture& sink);     // the buffer, then the pipe to its end
   void set_nonblocking();  // for the async operations; the blocking ones poll
 
-  int fd_ = -1;
+  UniqueFd fd_;
   bool readable_ = false;
   bool text_ = false;
   bool pending_cr_ = false;  // text mode: a "\r" ended the last chunk
@@ -305,7 +306,7 @@ public:
   /// Python: `args`, as given (a shell command line is one element).
   const std::vector<std::string>& args() const noexcept { return args_; }
   /// A pidfd of the child, readable once it has ended (poll, connection::wait, Asio).
-  int pidfd() const noexcept { return pidfd_; }
+  int pidfd() const noexcept { return pidfd_.get(); }
 
   /// Python: `stdin`, `stdout`, `stderr`: the pipe ends when PIPE was asked for.
   std::optional<Stream> stdin_;
@@ -331,7 +332,7 @@ private:
   std::vector<std::string> args_;
   bool shell_string_ = false;  // args_ is one shell command line (for error messages)
   pid_t pid_ = -1;
-  int pidfd_ = -1;
+  UniqueFd pidfd_;
   std::optional<int> returncode_;
   bool text_ = false;
   // communicate()'s progress, kept across a TimeoutExpired.
@@ -361,8 +362,8 @@ auto Stream::async_read_some(const boost::asio::any_io_executor& ex, std::size_t
     set_nonblocking();
     const ssize_t r = read_now(out, n);
     if (r == -1)
-      return reactor_.get(fd_, ex).async_wait(boost::asio::posix::descriptor_base::wait_read,
-                                              std::move(self));
+      return reactor_.get(fd_.get(), ex)
+          .async_wait(boost::asio::posix::descriptor_base::wait_read, std::move(self));
     if (r < -1) return self.complete(detail::errno_code(static_cast<int>(-r)), std::string());
     self.complete({}, std::move(out));
   };
@@ -380,8 +381,8 @@ auto Stream::async_write(const boost::asio::any_io_executor& ex, std::string dat
     while (done < data.size()) {
       const ssize_t r = write_now(data.data() + done, data.size() - done);
       if (r == -1)
-        return reactor_.get(fd_, ex).async_wait(boost::asio::posix::descriptor_base::wait_write,
-                                                std::move(self));
+        return reactor_.get(fd_.get(), ex)
+            .async_wait(boost::asio::posix::descriptor_base::wait_write, std::move(self));
       if (r < -1) return self.complete(detail::errno_code(static_cast<int>(-r)), done);
       done += static_cast<std::size_t>(r);
     }
@@ -397,7 +398,7 @@ auto Popen::async_wait(const boost::asio::any_io_executor& ex, Token&& token) {
     if (ec) return self.complete(ec, -1);
     if (!returncode_ && !started) {
       started = true;
-      return reactor_.get(pidfd_, ex)
+      return reactor_.get(pidfd_.get(), ex)
           .async_wait(boost::asio::posix::descriptor_base::wait_read, std::move(self));
     }
     reap(true);  // the pidfd is readable: the child has ended, this does not block
