@@ -11,6 +11,8 @@
 #include <string>
 #include <vector>
 
+#include "troupe/unique_fd.hpp"
+
 namespace troupe::multiprocessing::detail {
 
 /// What a child started by spawn or by the forkserver needs: the entry point, its encoded
@@ -33,9 +35,10 @@ struct SpawnBootstrap {
 
 /// The child side of spawn and forkserver: makes this process the child `boot` describes,
 /// with `arrived` the fds passed with its arguments (in order) and `parent_pidfd` a pidfd of
-/// its parent (-1: open one when needed; the parent is then this process's real parent), and
+/// its parent (none: open one when needed; the parent is then this process's real parent), and
 /// runs the target. Wipes the authkey in `boot`. Never returns.
-[[noreturn]] void run_child(SpawnBootstrap& boot, std::vector<int> arrived, int parent_pidfd);
+[[noreturn]] void run_child(SpawnBootstrap& boot, std::vector<UniqueFd> arrived,
+                            UniqueFd parent_pidfd);
 
 /// The program spawn and the forkserver run (set_executable; default /proc/self/exe).
 std::string spawn_executable();
@@ -60,13 +63,13 @@ inline constexpr const char* kFlag = "--troupe-forkserver";
 /// A child the forkserver forked for this process.
 struct ServedChild {
   int pid = -1;
-  int pidfd = -1;       // the server opened it while the child could not have been reaped
-  int connection = -1;  // the server writes the child's wait status here when it ends
+  UniqueFd pidfd;       // the server opened it while the child could not have been reaped
+  UniqueFd connection;  // the server writes the child's wait status here when it ends
 };
 
 /// Asks the forkserver (started if need be) to fork a child that runs `boot`, with `passed`
 /// (fds that travel with the arguments). @throws OSError, AuthenticationError, TimeoutError.
-ServedChild start_child(const detail::SpawnBootstrap& boot, std::span<const int> passed);
+ServedChild start_child(const detail::SpawnBootstrap& boot, std::span<const UniqueFd> passed);
 
 /// The forkserver's main: serves until the process tree that started it has ended.
 [[noreturn]] void serve(int bootstrap_fd);

@@ -28,6 +28,7 @@
 #include "troupe/multiprocessing/connection.hpp"
 #include "troupe/multiprocessing/listener.hpp"
 #include "troupe/multiprocessing/process.hpp"
+#include "troupe/unique_fd.hpp"
 
 #include <dirent.h>
 
@@ -77,9 +78,9 @@ struct ClientState {
   std::string path;  // the server's socket; empty: no server known
   std::string dir;   // the private directory that holds it
   AuthenticationString key;
-  int alive = -1;  // the alive pipe's write end (the starting process and its forks hold it)
+  UniqueFd alive;  // the alive pipe's write end (the starting process and its forks hold it)
   int pid = 0;
-  int pidfd = -1;  // the server's: readable once it has ended
+  UniqueFd pidfd;  // the server's: readable once it has ended
   std::vector<std::string> preload;
   bool cleanup_registered = false;
 };
@@ -89,32 +90,13 @@ ClientState& client() {
   return *c;
 }
 
-int pidfd_open(int pid) {
-  return static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
-}
-
-int pidfd_send_signal(int pidfd, int sig) {
-  return static_cast<int>(::syscall(SYS_pidfd_send_signal, pidfd, sig, nullptr, 0));
-}
-
 bool has_ended(int pidfd) {
   if (pidfd < 0) return true;
   pollfd p{pidfd, POLLIN, 0};
   return ::poll(&p, 1, 0) != 0;
 }
 
-struct Fds {  // closes what it holds
-  std::vector<int> v;
-  Fds() = default;
-  Fds(Fds&& o) noexcept : v(std::move(o.v)) { o.v.clear(); }
-  Fds(const Fds&) = delete;
-  Fds& operator=(const Fds&) = delete;
-  ~Fds() {
-    for (int fd : v)
-      if (fd >= 0) ::close(fd);
-  }
-  int take(std::size_t i) { return std::exchange(v[i], -1); }
-};
+using Fds = std::vector<UniqueFd>;
 
 void set_io_timeout(int fd, std::chrono::milliseconds t) {
   timeval tv{static_cast<time_t>(t.count() / 1000),
@@ -172,7 +154,7 @@ ssize_t recv_some(int sock, void* payload, std::size_t n, Fds& out, std::size_t 
     for (std::size_t i = 0; i < count; ++i) {
       int fd;
       std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
-      out.v.push_back(fd);
+      out.emplace_back(fd);
       ++came;
     }
   }
@@ -249,7 +231,7 @@ void cleanup_at_exit() {
   ClientState& c = client();
   std::unique_lock lock(c.m, std::try_to_lock);
   if (!lock.owns_lock() || c.dir.empty()) return;
-  if (has_ended(c.pidfd)) remove_private_dir(c.dir);
+  if (has_ended(c.pidfd.get())) remove_private_dir(c.dir);
 }
 
 // Starts the server: a double fork and an exec of this program with the bootstrap pipe, the
@@ -264,26 +246,22 @@ void start_locked(ClientState& c) {
     ~RemoveUnlessKept() { remove_private_dir(dir); }
   } remove{dir};
 
-  Fds fds;  // everything made here, closed when done
-  auto high = [&](int fd) {
-    const int h = ::fcntl(fd, F_DUPFD_CLOEXEC, 10);
-    if (h < 0) throw_os_error(errno, "forkserver: fcntl(F_DUPFD)");
-    fds.v.push_back(h);
+  // Everything made here closes when done, but what is handed on.
+  struct Pipe {
+    UniqueFd r, w;
+  };
+  auto pipe = [] {
+    int p[2];
+    if (::pipe2(p, O_CLOEXEC) != 0) throw_os_error(errno, "forkserver: pipe");
+    return Pipe{UniqueFd(p[0]), UniqueFd(p[1])};
+  };
+  auto high = [](const UniqueFd& fd) {
+    UniqueFd h(::fcntl(fd.get(), F_DUPFD_CLOEXEC, 10));
+    if (!h) throw_os_error(errno, "forkserver: fcntl(F_DUPFD)");
     return h;
   };
-  auto pipe = [&](int(&p)[2]) {
-    if (::pipe2(p, O_CLOEXEC) != 0) throw_os_error(errno, "forkserver: pipe");
-    fds.v.push_back(p[0]);
-    fds.v.push_back(p[1]);
-  };
-  int boot[2], ready[2], alive[2], report[2];
-  pipe(boot);
-  pipe(ready);
-  pipe(alive);
-  pipe(report);
-  const int hb = high(boot[0]);
-  const int hr = high(ready[1]);
-  const int ha = high(alive[0]);
+  Pipe boot = pipe(), ready = pipe(), alive = pipe(), report = pipe();
+  UniqueFd hb = high(boot.r), hr = high(ready.w), ha = high(alive.r);
   const std::string exe = detail::spawn_executable();
   const std::string fd_text = std::to_string(kBootFd);
   char* argv[] = {const_cast<char*>(exe.c_str()), const_cast<char*>(forkserver_detail::kFlag),
@@ -292,39 +270,34 @@ void start_locked(ClientState& c) {
   if (mid == 0) {
     const pid_t server = detail::fork_now();
     if (server == 0) {
-      ::dup2(hb, kBootFd);
-      ::dup2(hr, kReadyFd);
-      ::dup2(ha, kAliveFd);
+      ::dup2(hb.get(), kBootFd);
+      ::dup2(hr.get(), kReadyFd);
+      ::dup2(ha.get(), kAliveFd);
       const int null = ::open("/dev/null", O_RDWR);  // stdout: the server prints nothing there
       if (null >= 0) ::dup2(null, 1);
       ::close_range(kAliveFd + 1, ~0U, 0);
       ::execve(exe.c_str(), argv, environ);
       ::_exit(127);
     }
-    (void)!::write(report[1], &server, sizeof server);
+    (void)!::write(report.w.get(), &server, sizeof server);
     ::_exit(server < 0 ? 1 : 0);
   }
   if (mid < 0) throw_os_error(errno, "forkserver: fork");
   while (::waitpid(mid, nullptr, 0) < 0 && errno == EINTR) {
   }
   pid_t server = -1;
-  if (::read(report[0], &server, sizeof server) != sizeof server || server < 0)
+  if (::read(report.r.get(), &server, sizeof server) != sizeof server || server < 0)
     throw OSError(EAGAIN, "forkserver: could not fork the server");
   // Opened before the server has its bootstrap message, for which it waits: it is alive then
   // unless its exec failed.
-  const int server_fd = pidfd_open(server);
-  if (server_fd < 0) throw_os_error(errno, "forkserver: pidfd_open of the server");
-  fds.v.push_back(server_fd);
+  UniqueFd server_fd = pidfd_open(server);
+  if (!server_fd) throw_os_error(errno, "forkserver: pidfd_open of the server");
   auto kill_server = [&] {
-    pidfd_send_signal(server_fd, SIGKILL);
-    pollfd p{server_fd, POLLIN, 0};
+    pidfd_send_signal(server_fd.get(), SIGKILL);
+    pollfd p{server_fd.get(), POLLIN, 0};
     ::poll(&p, 1, 1000);  // it must not clean up after the directory has been reused
   };
-  for (int fd : {hb, hr, ha, ready[1]}) {  // the server's ends: ours go now
-    for (auto& held : fds.v)
-      if (held == fd) held = -1;
-    ::close(fd);
-  }
+  for (UniqueFd* fd : {&hb, &hr, &ha, &ready.w}) fd->reset();  // the server's ends: ours go now
   {
     ServerBootstrap sb;
     auto k = key.bytes();
@@ -335,9 +308,7 @@ void start_locked(ClientState& c) {
       std::vector<std::byte>& b;
       ~Wipe() { OPENSSL_cleanse(b.data(), b.size()); }
     } wipe{sb.authkey};
-    for (auto& fd : fds.v)
-      if (fd == boot[1]) fd = -1;
-    Connection out(boot[1], false, true);
+    Connection out(boot.w.release(), false, true);
     try {
       out.send(sb);
     } catch (const OSError&) {  // it has ended already: the ready pipe says so below
@@ -349,7 +320,7 @@ void start_locked(ClientState& c) {
   std::size_t got = 0;
   while (got < sizeof said) {
     const auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - Clock::now());
-    pollfd p{ready[0], POLLIN, 0};
+    pollfd p{ready.r.get(), POLLIN, 0};
     const int r = left.count() > 0 ? ::poll(&p, 1, static_cast<int>(left.count())) : 0;
     if (r < 0 && errno == EINTR) continue;
     if (r == 0) {
@@ -359,7 +330,8 @@ void start_locked(ClientState& c) {
                          " ms (does main call freeze_support() first? is " + exe +
                          " this program?)");
     }
-    const ssize_t k = ::read(ready[0], reinterpret_cast<char*>(&said) + got, sizeof said - got);
+    const ssize_t k =
+        ::read(ready.r.get(), reinterpret_cast<char*>(&said) + got, sizeof said - got);
     if (k < 0 && errno == EINTR) continue;
     if (k <= 0) {
       kill_server();
@@ -375,15 +347,13 @@ void start_locked(ClientState& c) {
     throw OSError(EPROTO, "forkserver: the server said pid " + std::to_string(said) +
                               ", it was started as pid " + std::to_string(server));
   }
-  for (auto& fd : fds.v)
-    if (fd == alive[1] || fd == server_fd) fd = -1;  // kept
   remove.dir.clear();
   c.path = socket_path(dir);
   c.dir = dir;
   c.key = std::move(key);
-  c.alive = alive[1];
+  c.alive = std::move(alive.w);
   c.pid = server;
-  c.pidfd = server_fd;
+  c.pidfd = std::move(server_fd);
   if (!c.cleanup_registered) {
     c.cleanup_registered = true;
     std::atexit(cleanup_at_exit);
@@ -397,10 +367,8 @@ void forget_locked(ClientState& c) {
   remove_private_dir(c.dir);
   c.path.clear();
   c.dir.clear();
-  if (c.alive >= 0) ::close(c.alive);
-  c.alive = -1;
-  if (c.pidfd >= 0) ::close(c.pidfd);
-  c.pidfd = -1;
+  c.alive.reset();
+  c.pidfd.reset();
   c.pid = 0;
 }
 
@@ -408,27 +376,27 @@ void forget_locked(ClientState& c) {
 
 struct Served {
   pid_t pid;
-  int pidfd;
-  int connection;    // the client's: the wait status goes there
-  int client_pidfd;  // a daemon's client: when it ends, the daemon is terminated; else -1
+  UniqueFd pidfd;
+  UniqueFd connection;    // the client's: the wait status goes there
+  UniqueFd client_pidfd;  // a daemon's client: when it ends, the daemon is terminated; else none
+};
+
+// The server's own fds: its listening socket and the alive pipe's read end.
+struct ServerFds {
+  UniqueFd listen;
+  UniqueFd alive;
 };
 
 // A client between its connect and its request: every step is a non-blocking read or write,
 // so clients proceed side by side, each under one deadline from its connect to its request.
 struct Handshake {
   enum Step { kAnswer, kTheirChallenge, kVerdict, kTag, kRequest };
-  int fd = -1;
+  UniqueFd fd;
   Clock::time_point deadline;
   Step step = kAnswer;
   detail::Challenge challenge;
   std::vector<std::byte> in;  // received, not yet used
   Fds fds;                    // came with the request
-  Handshake() = default;
-  Handshake(const Handshake&) = delete;
-  Handshake& operator=(const Handshake&) = delete;
-  ~Handshake() {
-    if (fd >= 0) ::close(fd);
-  }
 };
 
 void say(const std::string& text) {
@@ -439,29 +407,24 @@ void say(const std::string& text) {
 
 // In the forked child: drop the server's fds, take the client's stdio, read the bootstrap the
 // client writes into the pipe, run the target.
-[[noreturn]] void become_served(const std::vector<Served>& served,
-                                const std::deque<std::unique_ptr<Handshake>>& pending,
-                                int listen_fd, Handshake& mine) {
+[[noreturn]] void become_served(std::vector<Served>& served,
+                                std::deque<std::unique_ptr<Handshake>>& pending, ServerFds& own,
+                                Handshake& mine) {
   ::signal(SIGINT, SIG_DFL);
   ::signal(SIGPIPE, SIG_DFL);
-  ::close(listen_fd);
-  ::close(kAliveFd);
-  ::close(std::exchange(mine.fd, -1));
-  for (const auto& s : served) {
-    ::close(s.pidfd);
-    ::close(s.connection);
-    if (s.client_pidfd >= 0) ::close(s.client_pidfd);
-  }
-  for (const auto& h : pending)
-    if (h.get() != &mine && h->fd >= 0) ::close(h->fd);
+  own.listen.reset();
+  own.alive.reset();
+  mine.fd.reset();
+  served.clear();  // their pidfds and connections
+  std::erase_if(pending, [&](const std::unique_ptr<Handshake>& h) { return h.get() != &mine; });
   Fds& fds = mine.fds;
-  ::dup2(fds.v[2], 1);
-  ::dup2(fds.v[3], 2);
-  const int null = ::open("/dev/null", O_RDONLY);
-  if (null >= 0 && null != 0) {
-    ::dup2(null, 0);
-    ::close(null);
-  }
+  ::dup2(fds[2].get(), 1);
+  ::dup2(fds[3].get(), 2);
+  UniqueFd null(::open("/dev/null", O_RDONLY));
+  if (null.get() == 0)
+    (void)null.release();  // stdin was closed: this is it now
+  else if (null)
+    ::dup2(null.get(), 0);
   {
     ClientState& c = client();
     std::lock_guard lock(c.m);
@@ -470,24 +433,23 @@ void say(const std::string& text) {
   }
   SpawnBootstrap boot;
   try {
-    Connection in(fds.take(0), true, false);
+    Connection in(fds[0].release(), true, false);
     boot = in.recv<SpawnBootstrap>();
   } catch (const std::exception& e) {
     std::fprintf(stderr, "troupe: a forkserver child cannot read its bootstrap message: %s\n",
                  e.what());
     ::_exit(1);
   }
-  std::vector<int> passed(fds.v.begin() + kRequestFds, fds.v.end());
+  std::vector<UniqueFd> passed(std::make_move_iterator(fds.begin() + kRequestFds),
+                               std::make_move_iterator(fds.end()));
   if (passed.size() != static_cast<std::size_t>(boot.passed_fds)) {
     std::fprintf(stderr, "troupe: a forkserver child got %zu fds, its bootstrap says %d\n",
                  passed.size(), boot.passed_fds);
     ::_exit(1);
   }
-  const int parent = fds.take(1);
-  ::close(fds.take(2));
-  ::close(fds.take(3));
-  fds.v.clear();  // the passed fds now belong to the child's table
-  detail::run_child(boot, std::move(passed), parent);
+  UniqueFd parent = std::move(fds[1]);
+  fds.clear();  // the client's stdio goes; the passed fds now belong to the child's table
+  detail::run_child(boot, std::move(passed), std::move(parent));
 }
 
 void reply(int sock, std::int32_t pid_or_error, std::span<const int> fds) {
@@ -532,7 +494,8 @@ std::optional<ForkRequest> advance(Handshake& h, const AuthenticationString& key
   const AuthOptions auth;
   std::byte buf[4096];
   const std::size_t max_fds = h.step == Handshake::kTag ? kRequestFds + kMaxPassed : 0;
-  const ssize_t r = recv_some(h.fd, buf, sizeof buf, h.fds, max_fds, MSG_DONTWAIT, "a request");
+  const ssize_t r =
+      recv_some(h.fd.get(), buf, sizeof buf, h.fds, max_fds, MSG_DONTWAIT, "a request");
   if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return std::nullopt;
   if (r < 0) throw_os_error(errno, "forkserver: receiving from a client");
   if (r == 0) throw EOFError("the client closed its connection during the handshake");
@@ -555,21 +518,21 @@ std::optional<ForkRequest> advance(Handshake& h, const AuthenticationString& key
       case Handshake::kAnswer: try { detail::check_answer(h.challenge, *frame, key, auth);
         } catch (const AuthenticationError&) {
           try {
-            send_frame(h.fd, detail::failure_message());
+            send_frame(h.fd.get(), detail::failure_message());
           } catch (const OSError&) {
           }
           throw;
         }
-        send_frame(h.fd, detail::welcome_message());
+        send_frame(h.fd.get(), detail::welcome_message());
         h.step = Handshake::kTheirChallenge;
         break;
       case Handshake::kTheirChallenge:
-        send_frame(h.fd, detail::make_answer(*frame, key, auth));
+        send_frame(h.fd.get(), detail::make_answer(*frame, key, auth));
         h.step = Handshake::kVerdict;
         break;
       case Handshake::kVerdict:
         detail::check_welcome(*frame);
-        send_frame(h.fd, std::as_bytes(std::span(kReady)));
+        send_frame(h.fd.get(), std::as_bytes(std::span(kReady)));
         h.step = Handshake::kTag;
         break;
       case Handshake::kTag: break;  // handled above
@@ -582,52 +545,51 @@ std::optional<ForkRequest> advance(Handshake& h, const AuthenticationString& key
 }
 
 // Forks the child a complete request asks for and answers with its pid and pidfd.
-void fork_for(std::vector<Served>& served, const std::deque<std::unique_ptr<Handshake>>& pending,
-              int listen_fd, Handshake& h, const ForkRequest& request) {
+void fork_for(std::vector<Served>& served, std::deque<std::unique_ptr<Handshake>>& pending,
+              ServerFds& own, Handshake& h, const ForkRequest& request) {
   if (request.passed_fds < 0 ||
-      h.fds.v.size() != kRequestFds + static_cast<std::size_t>(request.passed_fds))
+      h.fds.size() != kRequestFds + static_cast<std::size_t>(request.passed_fds))
     throw OSError(EPROTO, "a request for " + std::to_string(request.passed_fds) +
-                              " passed fds came with " + std::to_string(h.fds.v.size()) + " fds");
-  const int fd = h.fd;
+                              " passed fds came with " + std::to_string(h.fds.size()) + " fds");
+  const int fd = h.fd.get();
   const int flags = ::fcntl(fd, F_GETFL);
   if (flags >= 0) ::fcntl(fd, F_SETFL, flags & ~O_NONBLOCK);  // the child's status write later
   const pid_t pid = ::fork();
-  if (pid == 0) become_served(served, pending, listen_fd, h);
+  if (pid == 0) become_served(served, pending, own, h);
   if (pid < 0) {
     const int err = errno;
     reply(fd, -err, {});
     throw_os_error(err, "fork for " + request.name);
   }
-  const int pidfd = pidfd_open(pid);  // the child cannot have been reaped: it is ours
-  if (pidfd < 0) {
+  UniqueFd pidfd = pidfd_open(pid);  // the child cannot have been reaped: it is ours
+  if (!pidfd) {
     const int err = errno;
     ::kill(pid, SIGKILL);
     ::waitpid(pid, nullptr, 0);
     reply(fd, -err, {});
     throw_os_error(err, "pidfd_open for pid " + std::to_string(pid));
   }
-  Served s{pid, pidfd, -1, request.daemon ? h.fds.take(1) : -1};
-  s.connection = std::exchange(h.fd, -1);
-  served.push_back(s);
-  const int reply_fds[] = {pidfd};
-  reply(s.connection, pid, reply_fds);
+  const int reply_fds[] = {pidfd.get()};
+  served.push_back(Served{pid, std::move(pidfd), std::move(h.fd),
+                          request.daemon ? std::move(h.fds[1]) : UniqueFd()});
+  reply(fd, pid, reply_fds);
 }
 
 // Accepts every client waiting (same uid only), and sends each its challenge.
 void accept_all(int listen_fd, std::deque<std::unique_ptr<Handshake>>& pending) {
   for (;;) {
-    const int fd = ::accept4(listen_fd, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
-    if (fd < 0) {
+    UniqueFd fd(::accept4(listen_fd, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
+    if (!fd) {
       if (errno == EINTR || errno == ECONNABORTED) continue;
       return;  // EAGAIN, or out of fds: the rest wait in the backlog
     }
     auto h = std::make_unique<Handshake>();
-    h->fd = fd;
+    h->fd = std::move(fd);
     h->deadline = Clock::now() + kHandshake;
     try {
-      check_peer(fd, 0, "a client");
+      check_peer(h->fd.get(), 0, "a client");
       h->challenge = detail::make_challenge(AuthOptions{});
-      send_frame(fd, h->challenge.wire);
+      send_frame(h->fd.get(), h->challenge.wire);
     } catch (const std::exception& e) {
       say(std::string("a client was refused: ") + e.what());
       continue;
@@ -650,10 +612,10 @@ void finish(Served& s) {
   } while (r < 0 && errno == EINTR);
   if (r != s.pid) return;
   const std::int32_t st = status;
-  (void)::send(s.connection, &st, sizeof st, MSG_NOSIGNAL | MSG_DONTWAIT);
-  ::close(s.connection);
-  ::close(s.pidfd);
-  if (s.client_pidfd >= 0) ::close(s.client_pidfd);
+  (void)::send(s.connection.get(), &st, sizeof st, MSG_NOSIGNAL | MSG_DONTWAIT);
+  s.connection.reset();
+  s.pidfd.reset();
+  s.client_pidfd.reset();
   s.pid = -1;
 }
 
@@ -672,21 +634,20 @@ void preload(const std::vector<std::string>& names) {
   }
 }
 
-// The server's socket, at `path` in its private directory. -1 after saying why.
-int listen_at(const std::string& path) {
+// The server's socket, at `path` in its private directory. None after saying why.
+UniqueFd listen_at(const std::string& path) {
   sockaddr_un un{};
   un.sun_family = AF_UNIX;
   if (path.size() >= sizeof un.sun_path) {
     say("socket path too long: " + path);
-    return -1;
+    return {};
   }
   std::memcpy(un.sun_path, path.data(), path.size());
-  const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-  if (fd < 0 || ::bind(fd, reinterpret_cast<const sockaddr*>(&un), sizeof un) != 0 ||
-      ::listen(fd, 128) != 0) {
+  UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+  if (!fd || ::bind(fd.get(), reinterpret_cast<const sockaddr*>(&un), sizeof un) != 0 ||
+      ::listen(fd.get(), 128) != 0) {
     say("cannot listen at " + path + ": " + std::strerror(errno));
-    if (fd >= 0) ::close(fd);
-    return -1;
+    return {};
   }
   return fd;
 }
@@ -709,8 +670,8 @@ void serve(int bootstrap_fd) {
   const AuthenticationString key{std::span<const std::byte>(boot.authkey)};
   OPENSSL_cleanse(boot.authkey.data(), boot.authkey.size());
   const std::string dir = boot.path.substr(0, boot.path.rfind('/'));
-  const int listen_fd = listen_at(boot.path);
-  if (listen_fd < 0) ::_exit(1);
+  ServerFds own{listen_at(boot.path), UniqueFd(kAliveFd)};
+  if (!own.listen) ::_exit(1);
   {
     ClientState& c = client();
     std::lock_guard lock(c.m);
@@ -721,8 +682,8 @@ void serve(int bootstrap_fd) {
   }
   {
     const pid_t me = ::getpid();
-    (void)!::write(kReadyFd, &me, sizeof me);
-    ::close(kReadyFd);
+    const UniqueFd ready(kReadyFd);
+    (void)!::write(ready.get(), &me, sizeof me);
   }
   preload(boot.preload);
 
@@ -731,17 +692,17 @@ void serve(int bootstrap_fd) {
   std::vector<pollfd> p;
   for (;;) {
     p.clear();
-    p.push_back({kAliveFd, POLLIN, 0});
-    p.push_back({listen_fd, POLLIN, 0});
+    p.push_back({own.alive.get(), POLLIN, 0});
+    p.push_back({own.listen.get(), POLLIN, 0});
     for (const auto& s : served) {
-      p.push_back({s.pidfd, POLLIN, 0});
-      p.push_back({s.client_pidfd, POLLIN, 0});  // -1: poll skips it
+      p.push_back({s.pidfd.get(), POLLIN, 0});
+      p.push_back({s.client_pidfd.get(), POLLIN, 0});  // -1: poll skips it
     }
     const std::size_t first_pending = p.size();
     auto wait = std::chrono::milliseconds(-1);
     const auto now = Clock::now();
     for (const auto& h : pending) {
-      p.push_back({h->fd, POLLIN, 0});
+      p.push_back({h->fd.get(), POLLIN, 0});
       const auto left = std::max(std::chrono::milliseconds(0),
                                  std::chrono::ceil<std::chrono::milliseconds>(h->deadline - now));
       if (wait.count() < 0 || left < wait) wait = left;
@@ -753,7 +714,7 @@ void serve(int bootstrap_fd) {
     }
     if (p[0].revents) {  // every process of the tree has ended: so do its daemons, and we
       for (const auto& s : served)
-        if (s.client_pidfd >= 0) pidfd_send_signal(s.pidfd, SIGTERM);
+        if (s.client_pidfd) pidfd_send_signal(s.pidfd.get(), SIGTERM);
       remove_private_dir(dir);
       ::_exit(0);
     }
@@ -761,12 +722,11 @@ void serve(int bootstrap_fd) {
       Served& s = served[i];
       if (p[2 + 2 * i].revents) {
         finish(s);
-      } else if (s.client_pidfd >= 0 && p[3 + 2 * i].revents) {
+      } else if (s.client_pidfd && p[3 + 2 * i].revents) {
         // A daemon's parent has ended without terminating it (killed): as PR_SET_PDEATHSIG
         // does for a forked daemon.
-        pidfd_send_signal(s.pidfd, SIGTERM);
-        ::close(s.client_pidfd);
-        s.client_pidfd = -1;
+        pidfd_send_signal(s.pidfd.get(), SIGTERM);
+        s.client_pidfd.reset();
       }
     }
     std::erase_if(served, [](const Served& s) { return s.pid < 0; });
@@ -778,7 +738,7 @@ void serve(int bootstrap_fd) {
       try {
         if (revents) {
           if (auto request = advance(h, key)) {
-            fork_for(served, pending, listen_fd, h, *request);
+            fork_for(served, pending, own, h, *request);
             continue;  // served: h.fd now belongs to `served`
           }
         }
@@ -787,18 +747,18 @@ void serve(int bootstrap_fd) {
                              std::to_string(kHandshake.count()) + " ms");
       } catch (const AuthenticationError& e) {
         say(std::string("a client failed authentication: ") + e.what());
-        if (h.fd >= 0) ::close(std::exchange(h.fd, -1));
+        h.fd.reset();
       } catch (const std::exception& e) {
         say(std::string("a client was dropped: ") + e.what());
-        if (h.fd >= 0) ::close(std::exchange(h.fd, -1));
+        h.fd.reset();
       }
     }
-    std::erase_if(pending, [](const std::unique_ptr<Handshake>& h) { return h->fd < 0; });
-    if (p[1].revents & POLLIN) accept_all(listen_fd, pending);
+    std::erase_if(pending, [](const std::unique_ptr<Handshake>& h) { return !h->fd; });
+    if (p[1].revents & POLLIN) accept_all(own.listen.get(), pending);
   }
 }
 
-ServedChild start_child(const SpawnBootstrap& boot, std::span<const int> passed) {
+ServedChild start_child(const SpawnBootstrap& boot, std::span<const UniqueFd> passed) {
   if (passed.size() > kMaxPassed)
     throw ValueError("Process.start (forkserver) of " + boot.name + ": " +
                      std::to_string(passed.size()) + " fds to pass, limit " +
@@ -811,7 +771,7 @@ ServedChild start_child(const SpawnBootstrap& boot, std::span<const int> passed)
       ClientState& c = client();
       std::lock_guard lock(c.m);
       // A server that has ended is never asked again: its name could be anyone's by now.
-      if (!c.path.empty() && has_ended(c.pidfd)) forget_locked(c);
+      if (!c.path.empty() && has_ended(c.pidfd.get())) forget_locked(c);
       if (c.path.empty()) start_locked(c);
       path = c.path;
       key = c.key;
@@ -834,7 +794,7 @@ ServedChild start_child(const SpawnBootstrap& boot, std::span<const int> passed)
         const int err = errno;
         ClientState& c = client();
         std::lock_guard lock(c.m);
-        if (c.path == path && has_ended(c.pidfd)) {
+        if (c.path == path && has_ended(c.pidfd.get())) {
           forget_locked(c);
           if (attempt == 0) continue;  // it has just ended: start another, once
         }
@@ -855,20 +815,20 @@ ServedChild start_child(const SpawnBootstrap& boot, std::span<const int> passed)
                          std::to_string(kHandshake.count()) + " ms");
     }
     Fds mine;
-    const int self = pidfd_open(::getpid());
-    if (self < 0) throw_os_error(errno, "forkserver: pidfd_open of this process");
-    mine.v.push_back(self);
+    mine.push_back(pidfd_open(::getpid()));
+    if (!mine.back()) throw_os_error(errno, "forkserver: pidfd_open of this process");
+    const int self = mine.back().get();
     int boot_pipe[2];
     if (::pipe2(boot_pipe, O_CLOEXEC) != 0) throw_os_error(errno, "forkserver: pipe");
-    mine.v.push_back(boot_pipe[0]);
+    mine.emplace_back(boot_pipe[0]);
     Connection boot_out(boot_pipe[1], false, true);
     std::vector<int> fds{boot_pipe[0], self, 1, 2};
     for (int i = 1; i <= 2; ++i)
       if (::fcntl(i, F_GETFD) < 0) {  // closed here: the child gets /dev/null
-        fds[static_cast<std::size_t>(i) + 1] = ::open("/dev/null", O_WRONLY | O_CLOEXEC);
-        mine.v.push_back(fds[static_cast<std::size_t>(i) + 1]);
+        mine.emplace_back(::open("/dev/null", O_WRONLY | O_CLOEXEC));
+        fds[static_cast<std::size_t>(i) + 1] = mine.back().get();
       }
-    fds.insert(fds.end(), passed.begin(), passed.end());
+    for (const UniqueFd& fd : passed) fds.push_back(fd.get());
     ForkRequest request;
     request.name = boot.name.substr(0, kMaxNameInRequest);
     request.daemon = boot.daemon;
@@ -888,7 +848,7 @@ ServedChild start_child(const SpawnBootstrap& boot, std::span<const int> passed)
     Fds got;
     recv_exact(sock, &pid, sizeof pid, got, 1, "the reply");
     if (pid <= 0) throw_os_error(-pid, "forkserver: fork for " + boot.name);
-    if (got.v.size() != 1)
+    if (got.size() != 1)
       throw OSError(EPROTO, "forkserver: the reply for pid " + std::to_string(pid) +
                                 " came without its pidfd");
     // The child reads who it is (its authkey too) from the pipe: never through the server.
@@ -898,10 +858,10 @@ ServedChild start_child(const SpawnBootstrap& boot, std::span<const int> passed)
     }
     ServedChild child;
     child.pid = pid;
-    child.connection = ::fcntl(sock, F_DUPFD_CLOEXEC, 0);
-    if (child.connection < 0) throw_os_error(errno, "forkserver: fcntl(F_DUPFD)");
-    set_io_timeout(child.connection, std::chrono::milliseconds(0));
-    child.pidfd = got.take(0);
+    child.connection.reset(::fcntl(sock, F_DUPFD_CLOEXEC, 0));
+    if (!child.connection) throw_os_error(errno, "forkserver: fcntl(F_DUPFD)");
+    set_io_timeout(child.connection.get(), std::chrono::milliseconds(0));
+    child.pidfd = std::move(got[0]);
     return child;
   }
 }
@@ -924,7 +884,7 @@ void ensure_running() {
   ClientState& c = client();
   std::lock_guard lock(c.m);
   if (!c.path.empty()) {
-    if (!has_ended(c.pidfd)) return;
+    if (!has_ended(c.pidfd.get())) return;
     forget_locked(c);  // it has ended (Python checks its pid the same way)
   }
   start_locked(c);

@@ -49,15 +49,10 @@ struct ProcessState {
   AuthenticationString authkey;
   int creator = -1;  // the pid of the process that made this object (Python's _parent_pid)
   int pid = -1;
-  int pidfd = -1;
-  int server = -1;  // a forkserver child: the server's connection, which brings its wait status
+  UniqueFd pidfd;
+  UniqueFd server;  // a forkserver child: the server's connection, which brings its wait status
   std::optional<int> exitcode;
   bool closed = false;
-
-  ~ProcessState() {
-    if (pidfd >= 0) ::close(pidfd);
-    if (server >= 0) ::close(server);
-  }
 };
 
 }  // namespace detail
@@ -94,14 +89,6 @@ std::shared_ptr<ProcessState> current_state() {
     r.current = std::move(s);
   }
   return r.current;
-}
-
-int pidfd_open(int pid) {
-  return static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
-}
-
-int pidfd_send_signal(int pidfd, int sig) {
-  return static_cast<int>(::syscall(SYS_pidfd_send_signal, pidfd, sig, nullptr, 0));
 }
 
 // Threads a sanitizer runtime starts on its own (TSan's background thread), which fork handles.
@@ -147,27 +134,26 @@ bool readable(int fd, int timeout_ms) {
 // as Python's, once the child's own pidfd says it has ended.
 void reap_served(ProcessState& s, bool block) {
   if (block) {
-    readable(s.pidfd, -1);
-  } else if (!readable(s.server, 0)) {
+    readable(s.pidfd.get(), -1);
+  } else if (!readable(s.server.get(), 0)) {
     return;
   }
   std::int32_t status = 0;
   ssize_t r;
   do {
-    r = ::recv(s.server, &status, sizeof status, MSG_WAITALL);
+    r = ::recv(s.server.get(), &status, sizeof status, MSG_WAITALL);
   } while (r < 0 && errno == EINTR);
   if (r != sizeof status) {
-    if (!block && !readable(s.pidfd, 0)) return;  // the server has gone, the child has not
+    if (!block && !readable(s.pidfd.get(), 0)) return;  // the server has gone, the child has not
     status = 255 << 8;
   }
   s.exitcode = exit_code(status);
-  ::close(s.server);
-  s.server = -1;
+  s.server.reset();
 }
 
 void reap(ProcessState& s, bool block) {
   if (s.exitcode || s.pid < 0 || s.kind != Kind::child) return;
-  if (s.server >= 0) return reap_served(s, block);
+  if (s.server) return reap_served(s, block);
   int status = 0;
   pid_t r;
   do {
@@ -248,7 +234,7 @@ void check_method(const std::string& method) {
 // Makes this process the child `s` of `parent` (after fork, or at the start of a spawned
 // program): its own identity, its parent, no children yet.
 void become_child(std::shared_ptr<ProcessState> s, int parent, std::string parent_name,
-                  bool main_thread, int parent_pidfd = -1) {
+                  bool main_thread, UniqueFd parent_pidfd = {}) {
   Registry& r = registry();
   auto p = std::make_shared<ProcessState>();
   p->kind = Kind::parent;
@@ -256,7 +242,8 @@ void become_child(std::shared_ptr<ProcessState> s, int parent, std::string paren
   // The parent's pidfd is opened when first needed (parent_process().sentinel(), is_alive,
   // join): a child that never asks pays nothing. A forkserver child is given one: its parent
   // is not its real parent (the server is).
-  p->pidfd = parent_pidfd;
+  const bool given_parent_pidfd = static_cast<bool>(parent_pidfd);
+  p->pidfd = std::move(parent_pidfd);
   p->name = std::move(parent_name);
   r.parent = std::move(p);
   r.children.clear();
@@ -265,7 +252,7 @@ void become_child(std::shared_ptr<ProcessState> s, int parent, std::string paren
   s->pid = ::getpid();
   const bool daemon = s->daemon;
   r.current = std::move(s);
-  if (daemon && main_thread && parent_pidfd < 0) {
+  if (daemon && main_thread && !given_parent_pidfd) {
     // The parent dying in any way ends a daemon child (the exit handler covers clean exits).
     ::prctl(PR_SET_PDEATHSIG, SIGTERM);
     if (::getppid() != parent) ::_exit(1);
@@ -358,16 +345,14 @@ namespace {
 // already gone, this process has been reparented: then a pidfd of that pid could name another
 // process, so none is opened and the parent counts as ended.
 int parent_fd(ProcessState& s) {
-  if (s.kind == Kind::parent && s.pidfd < 0 && !s.exitcode) {
-    const int fd = pidfd_open(s.pid);
-    if (fd >= 0 && ::getppid() == s.pid) {
-      s.pidfd = fd;
-    } else {
-      if (fd >= 0) ::close(fd);
+  if (s.kind == Kind::parent && !s.pidfd && !s.exitcode) {
+    UniqueFd fd = pidfd_open(s.pid);
+    if (fd && ::getppid() == s.pid)
+      s.pidfd = std::move(fd);
+    else
       s.exitcode = 0;  // ended (its status is not ours to know)
-    }
   }
-  return s.pidfd;
+  return s.pidfd.get();
 }
 }  // namespace
 
@@ -376,8 +361,8 @@ int BaseProcess::sentinel() const {
   check_closed(*state_);
   if (parent_fd(*state_) < 0 && state_->kind == Kind::parent)
     throw ValueError("the parent process has ended");
-  if (state_->pidfd < 0) throw ValueError("process not started");
-  return state_->pidfd;
+  if (!state_->pidfd) throw ValueError("process not started");
+  return state_->pidfd.get();
 }
 
 bool BaseProcess::is_alive() const {
@@ -445,7 +430,7 @@ void signal_child(const std::shared_ptr<ProcessState>& s, int sig, const char* w
   if (s->pid < 0) throw ProcessError(std::string("can only ") + what + " a started process");
   reap(*s, false);
   if (s->exitcode) return;  // ended: nothing to signal, no error (Python)
-  if (pidfd_send_signal(s->pidfd, sig) != 0 && errno != ESRCH)
+  if (pidfd_send_signal(s->pidfd.get(), sig) != 0 && errno != ESRCH)
     throw_os_error(errno, std::string("Process.") + what + ": signal " + std::to_string(sig) +
                               " to pid " + std::to_string(s->pid));
 }
@@ -474,10 +459,8 @@ void BaseProcess::close() const {
             "Cannot close a process while it is still running. You should first call join() or "
             "terminate().");
     }
-    if (state_->pidfd >= 0) ::close(state_->pidfd);
-    state_->pidfd = -1;
-    if (state_->server >= 0) ::close(state_->server);
-    state_->server = -1;
+    state_->pidfd.reset();
+    state_->server.reset();
     state_->closed = true;
   }
   forget_child(state_);
@@ -557,9 +540,9 @@ void Process::start() {
   }
 }
 
-void Process::adopt(int pid, int pidfd, int server) {
-  const int fd = pidfd >= 0 ? pidfd : pidfd_open(pid);
-  if (fd < 0) {
+void Process::adopt(int pid, UniqueFd pidfd, UniqueFd server) {
+  UniqueFd fd = pidfd ? std::move(pidfd) : pidfd_open(pid);
+  if (!fd) {
     const int err = errno;
     ::kill(pid, SIGKILL);
     ::waitpid(pid, nullptr, 0);
@@ -568,8 +551,8 @@ void Process::adopt(int pid, int pidfd, int server) {
   {
     std::lock_guard lock(state_->m);
     state_->pid = pid;
-    state_->pidfd = fd;
-    state_->server = server;
+    state_->pidfd = std::move(fd);
+    state_->server = std::move(server);
   }
   Registry& r = registry();
   std::lock_guard lock(r.m);
@@ -646,12 +629,6 @@ detail::SpawnBootstrap Process::bootstrap(const std::string& why, detail::Passed
 }
 
 namespace {
-struct CloseAll {
-  std::vector<int>& fds;
-  ~CloseAll() {
-    for (int fd : fds) ::close(fd);
-  }
-};
 struct Wipe {
   std::vector<std::byte>& b;
   ~Wipe() { OPENSSL_cleanse(b.data(), b.size()); }
@@ -660,17 +637,15 @@ struct Wipe {
 
 void Process::start_forkserver(const std::string& name) {
   detail::PassedFds passed;
-  CloseAll close_passed{passed.fds};
   SpawnBootstrap boot = bootstrap("Process.start (forkserver) of " + name + ": ", passed);
   Wipe wipe{boot.authkey};
-  const auto child = forkserver_detail::start_child(boot, passed.fds);
-  adopt(child.pid, child.pidfd, child.connection);
+  auto child = forkserver_detail::start_child(boot, passed.fds);
+  adopt(child.pid, std::move(child.pidfd), std::move(child.connection));
 }
 
 void Process::start_spawn(const std::string& name) {
   const std::string why = "Process.start (spawn) of " + name + ": ";
   detail::PassedFds passed;
-  CloseAll close_passed{passed.fds};
   SpawnBootstrap boot = bootstrap(why, passed);
   Wipe wipe{boot.authkey};
 
@@ -678,29 +653,24 @@ void Process::start_spawn(const std::string& name) {
   // source still to be copied; then 3 is the bootstrap pipe and 4… the passed fds.
   const int n_passed = static_cast<int>(passed.fds.size());
   const int high = kBootstrapFd + 1 + n_passed + 64;
-  std::vector<int> moved;
-  CloseAll close_moved{moved};
-  for (int fd : passed.fds) {
-    const int m = ::fcntl(fd, F_DUPFD_CLOEXEC, high);
-    if (m < 0) throw_os_error(errno, why + "fcntl(F_DUPFD)");
-    moved.push_back(m);
+  std::vector<UniqueFd> moved;
+  for (const UniqueFd& fd : passed.fds) {
+    UniqueFd m(::fcntl(fd.get(), F_DUPFD_CLOEXEC, high));
+    if (!m) throw_os_error(errno, why + "fcntl(F_DUPFD)");
+    moved.push_back(std::move(m));
   }
   int p[2];
   if (::pipe2(p, O_CLOEXEC) != 0) throw_os_error(errno, why + "pipe");
-  const int boot_high = ::fcntl(p[0], F_DUPFD_CLOEXEC, high);
-  ::close(p[0]);
-  if (boot_high < 0) {
-    const int err = errno;
-    ::close(p[1]);
-    throw_os_error(err, why + "fcntl(F_DUPFD)");
-  }
-  p[0] = boot_high;
+  UniqueFd boot_in(p[0]), boot_out(p[1]);
+  boot_in.reset(::fcntl(boot_in.get(), F_DUPFD_CLOEXEC, high));
+  if (!boot_in) throw_os_error(errno, why + "fcntl(F_DUPFD)");
   const std::string exe = executable();
   posix_spawn_file_actions_t fa;
   posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_adddup2(&fa, p[0], kBootstrapFd);
+  posix_spawn_file_actions_adddup2(&fa, boot_in.get(), kBootstrapFd);
   for (int i = 0; i < n_passed; ++i)
-    posix_spawn_file_actions_adddup2(&fa, moved[static_cast<std::size_t>(i)], kBootstrapFd + 1 + i);
+    posix_spawn_file_actions_adddup2(&fa, moved[static_cast<std::size_t>(i)].get(),
+                                     kBootstrapFd + 1 + i);
   posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
   posix_spawn_file_actions_addclosefrom_np(&fa, kBootstrapFd + 1 + n_passed);
   const std::string fd_text = std::to_string(kBootstrapFd);
@@ -709,12 +679,9 @@ void Process::start_spawn(const std::string& name) {
   pid_t pid = -1;
   const int rc = ::posix_spawn(&pid, exe.c_str(), &fa, nullptr, argv, environ);
   posix_spawn_file_actions_destroy(&fa);
-  ::close(p[0]);
-  if (rc != 0) {
-    ::close(p[1]);
-    throw_os_error(rc, why + "cannot run " + exe);
-  }
-  Connection out(p[1], false, true);
+  boot_in.reset();
+  if (rc != 0) throw_os_error(rc, why + "cannot run " + exe);
+  Connection out(boot_out.release(), false, true);
   adopt(pid);
   try {
     out.send(boot);
@@ -799,16 +766,16 @@ void freeze_support(int argc, char** argv) {
                  e.what());
     ::_exit(1);
   }
-  std::vector<int> arrived;
+  std::vector<UniqueFd> arrived;
   for (int i = 0; i < boot.passed_fds; ++i) {
     const int fd = kBootstrapFd + 1 + i;
     ::fcntl(fd, F_SETFD, FD_CLOEXEC);
-    arrived.push_back(fd);
+    arrived.emplace_back(fd);
   }
-  detail::run_child(boot, std::move(arrived), -1);
+  detail::run_child(boot, std::move(arrived), UniqueFd());
 }
 
-void detail::run_child(SpawnBootstrap& boot, std::vector<int> arrived, int parent_pidfd) {
+void detail::run_child(SpawnBootstrap& boot, std::vector<UniqueFd> arrived, UniqueFd parent_pidfd) {
   auto s = std::make_shared<ProcessState>();
   s->name = boot.name;
   s->daemon = boot.daemon;
@@ -816,7 +783,7 @@ void detail::run_child(SpawnBootstrap& boot, std::vector<int> arrived, int paren
   s->authkey = AuthenticationString(std::span<const std::byte>(boot.authkey));
   OPENSSL_cleanse(boot.authkey.data(), boot.authkey.size());
   s->creator = boot.parent_pid;
-  become_child(std::move(s), boot.parent_pid, boot.parent_name, true, parent_pidfd);
+  become_child(std::move(s), boot.parent_pid, boot.parent_name, true, std::move(parent_pidfd));
   if (boot.log_to_stderr)
     log_to_stderr(boot.log_level);
   else
@@ -826,7 +793,7 @@ void detail::run_child(SpawnBootstrap& boot, std::vector<int> arrived, int paren
   table.fds = std::move(arrived);
   if (boot.tracker_fd >= 0 && static_cast<std::size_t>(boot.tracker_fd) < table.fds.size())
     resource_tracker::detail::inherit(
-        std::exchange(table.fds[static_cast<std::size_t>(boot.tracker_fd)], -1), boot.tracker_pid);
+        table.fds[static_cast<std::size_t>(boot.tracker_fd)].release(), boot.tracker_pid);
   child_main(boot.name, [&] {
     if (!entry)
       throw ValueError("no entry point named '" + boot.entry +
@@ -859,19 +826,19 @@ int pass_fd(int fd) {
     throw ValueError(
         "a Connection (an fd) can only be an argument of a process started by "
         "spawn; it cannot travel in a message");
-  const int dup = ::fcntl(fd, F_DUPFD_CLOEXEC, 0);
-  if (dup < 0) throw_os_error(errno, "passing fd " + std::to_string(fd) + " to a spawned child");
-  t->fds.push_back(dup);
+  UniqueFd dup(::fcntl(fd, F_DUPFD_CLOEXEC, 0));
+  if (!dup) throw_os_error(errno, "passing fd " + std::to_string(fd) + " to a spawned child");
+  t->fds.push_back(std::move(dup));
   return static_cast<int>(t->fds.size() - 1);
 }
 
 int take_fd(int n) {
   PassedFds* t = passed_fds();
   if (!t || n < 0 || static_cast<std::size_t>(n) >= t->fds.size() ||
-      t->fds[static_cast<std::size_t>(n)] < 0)
+      !t->fds[static_cast<std::size_t>(n)])
     throw ValueError("no passed fd number " + std::to_string(n) +
                      " (a Connection decoded outside a spawned child's arguments)");
-  return std::exchange(t->fds[static_cast<std::size_t>(n)], -1);
+  return t->fds[static_cast<std::size_t>(n)].release();
 }
 
 void drop_arguments(Process& p) noexcept {

@@ -25,6 +25,7 @@
 #include "troupe/multiprocessing/authkey.hpp"
 #include "troupe/multiprocessing/connection.hpp"
 #include "troupe/timeout.hpp"
+#include "troupe/unique_fd.hpp"
 
 namespace troupe {
 
@@ -166,7 +167,8 @@ constexpr EntryCaller entry_caller() {
 /// File descriptors that travel with a spawned child's arguments (a Connection, say): while the
 /// parent encodes them, each is duplicated and numbered; the child finds them by number.
 struct PassedFds {
-  std::vector<int> fds;  // parent: duplicates to hand over; child: what arrived, -1 once taken
+  std::vector<UniqueFd> fds;  // parent: duplicates to hand over; child: what arrived, none once
+                              // taken
 };
 /// The table of the spawn in progress on this thread (null when none).
 PassedFds*& passed_fds() noexcept;
@@ -363,7 +365,7 @@ private:
   detail::SpawnBootstrap bootstrap(const std::string& why, detail::PassedFds& passed);
   // The child is running: its pidfd (opened here if -1), the forkserver's connection if any,
   // and the children list.
-  void adopt(int pid, int pidfd = -1, int server = -1);
+  void adopt(int pid, UniqueFd pidfd = {}, UniqueFd server = {});
 
   friend void detail::drop_arguments(Process& p) noexcept;
 
