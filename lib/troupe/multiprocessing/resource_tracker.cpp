@@ -18,6 +18,7 @@
 #include "troupe/errors.hpp"
 #include "troupe/internal/process_internal.hpp"
 #include "troupe/multiprocessing/process.hpp"
+#include "troupe/unique_fd.hpp"
 
 namespace troupe::multiprocessing::resource_tracker {
 namespace {
@@ -115,7 +116,7 @@ using multiprocessing::detail::fork_now;
 
 struct Client {
   std::mutex m;
-  int fd = -1;
+  UniqueFd fd;
   int pid = 0;
 };
 
@@ -128,29 +129,24 @@ void start_locked(Client& c) {
   int sv[2];
   if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0)
     throw_os_error(errno, "socketpair for the resource tracker");
+  UniqueFd mine(sv[0]), theirs(sv[1]);
   const pid_t mid = fork_now();
   if (mid == 0) {
     const pid_t tracker = fork_now();
     if (tracker == 0) tracker_main(sv[1], sv[0]);
     ::_exit(tracker < 0 ? 1 : 0);
   }
-  ::close(sv[1]);
-  if (mid < 0) {
-    const int e = errno;
-    ::close(sv[0]);
-    throw_os_error(e, "fork for the resource tracker");
-  }
+  theirs.reset();
+  if (mid < 0) throw_os_error(errno, "fork for the resource tracker");
   int status = 0;
   while (::waitpid(mid, &status, 0) < 0 && errno == EINTR) {
   }
   // The tracker says its pid first; it has nothing else to do before that.
-  pollfd p{sv[0], POLLIN, 0};
+  pollfd p{mine.get(), POLLIN, 0};
   int pid = 0;
-  if (::poll(&p, 1, 10'000) != 1 || ::recv(sv[0], &pid, sizeof pid, 0) != sizeof pid) {
-    ::close(sv[0]);
+  if (::poll(&p, 1, 10'000) != 1 || ::recv(mine.get(), &pid, sizeof pid, 0) != sizeof pid)
     throw OSError(EIO, "the resource tracker did not start within 10 s");
-  }
-  c.fd = sv[0];
+  c.fd = std::move(mine);
   c.pid = pid;
 }
 
@@ -167,14 +163,14 @@ void send_locked(Client& c, char op, const std::string& name) {
   std::string msg(1, op);
   msg += name;
   for (int attempt = 0;; ++attempt) {
-    if (c.fd < 0) start_locked(c);
-    if (::send(c.fd, msg.data(), msg.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(msg.size()))
+    if (!c.fd) start_locked(c);
+    if (::send(c.fd.get(), msg.data(), msg.size(), MSG_NOSIGNAL) ==
+        static_cast<ssize_t>(msg.size()))
       return;
     const int e = errno;
     if (attempt > 0 || (e != EPIPE && e != ECONNRESET))
       throw_os_error(e, "sending to the resource tracker (pid " + std::to_string(c.pid) + ")");
-    ::close(c.fd);  // the tracker has gone (killed?): start another, as Python does
-    c.fd = -1;
+    c.fd.reset();  // the tracker has gone (killed?): start another, as Python does
   }
 }
 
@@ -183,7 +179,7 @@ void send_locked(Client& c, char op, const std::string& name) {
 void ensure_running() {
   Client& c = client();
   std::lock_guard lock(c.m);
-  if (c.fd < 0) start_locked(c);
+  if (!c.fd) start_locked(c);
 }
 
 void register_resource(const std::string& name, const std::string& rtype) {
@@ -209,16 +205,15 @@ int tracker_pid() noexcept {
 detail::ForChild detail::pass_to_child() {
   Client& c = client();
   std::lock_guard lock(c.m);
-  if (c.fd < 0) start_locked(c);
-  return {multiprocessing::detail::pass_fd(c.fd), c.pid};
+  if (!c.fd) start_locked(c);
+  return {multiprocessing::detail::pass_fd(c.fd.get()), c.pid};
 }
 
 void detail::inherit(int fd, int pid) noexcept {
   Client& c = client();
   std::lock_guard lock(c.m);
-  if (c.fd >= 0 && c.fd != fd) ::close(c.fd);
   ::fcntl(fd, F_SETFD, FD_CLOEXEC);
-  c.fd = fd;
+  c.fd.reset(fd);  // closes the one it had (unless it is this one)
   c.pid = pid;
 }
 

@@ -60,24 +60,25 @@ SharedMemory::SharedMemory(std::optional<std::string> name, bool create, std::si
   if (!name) {
     for (;;) {
       name_ = random_name();
-      fd_ = ::shm_open(name_.c_str(), flags, 0600);
-      if (fd_ >= 0 || errno != EEXIST) break;
+      fd_.reset(::shm_open(name_.c_str(), flags, 0600));
+      if (fd_ || errno != EEXIST) break;
     }
   } else {
     name_ = "/" + *name;  // Python prepends the slash on POSIX
-    fd_ = ::shm_open(name_.c_str(), flags, 0600);
+    fd_.reset(::shm_open(name_.c_str(), flags, 0600));
   }
-  if (fd_ < 0) throw_os_error(errno, "shared memory " + in_quotes(name_));
+  if (!fd_) throw_os_error(errno, "shared memory " + in_quotes(name_));
   try {
-    if (create && ::ftruncate(fd_, static_cast<off_t>(size)) != 0)
+    if (create && ::ftruncate(fd_.get(), static_cast<off_t>(size)) != 0)
       throw_os_error(errno, "sizing shared memory " + in_quotes(name_) + " to " +
                                 std::to_string(size) + " bytes");
     struct stat st {};
-    if (::fstat(fd_, &st) != 0) throw_os_error(errno, "fstat of shared memory " + in_quotes(name_));
+    if (::fstat(fd_.get(), &st) != 0)
+      throw_os_error(errno, "fstat of shared memory " + in_quotes(name_));
     size_ = static_cast<std::size_t>(st.st_size);
     if (size_ == 0)
       throw ValueError("cannot map shared memory " + in_quotes(name_) + ": it is empty (0 bytes)");
-    map_ = ::mmap(nullptr, size_, PROT_READ | PROT_WRITE, MAP_SHARED, fd_, 0);
+    map_ = ::mmap(nullptr, size_, PROT_READ | PROT_WRITE, MAP_SHARED, fd_.get(), 0);
     if (map_ == MAP_FAILED) {
       map_ = nullptr;
       throw_os_error(errno, "mapping shared memory " + in_quotes(name_) + " (" +
@@ -95,7 +96,7 @@ SharedMemory::SharedMemory(std::optional<std::string> name, bool create, std::si
 
 SharedMemory::SharedMemory(SharedMemory&& o) noexcept
     : name_(std::move(o.name_)),
-      fd_(std::exchange(o.fd_, -1)),
+      fd_(std::move(o.fd_)),
       map_(std::exchange(o.map_, nullptr)),
       size_(o.size_),
       track_(o.track_) {}
@@ -104,7 +105,7 @@ SharedMemory& SharedMemory::operator=(SharedMemory&& o) noexcept {
   if (this != &o) {
     close();
     name_ = std::move(o.name_);
-    fd_ = std::exchange(o.fd_, -1);
+    fd_ = std::move(o.fd_);
     map_ = std::exchange(o.map_, nullptr);
     size_ = o.size_;
     track_ = o.track_;
@@ -128,8 +129,7 @@ std::string SharedMemory::name() const {
 void SharedMemory::close() noexcept {
   if (map_) ::munmap(map_, size_);
   map_ = nullptr;
-  if (fd_ >= 0) ::close(fd_);
-  fd_ = -1;
+  fd_.reset();
 }
 
 void SharedMemory::unlink() {

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "troupe/codec.hpp"
+#include "troupe/unique_fd.hpp"
 
 namespace troupe::multiprocessing::shared_memory {
 
@@ -56,7 +57,7 @@ public:
 
 private:
   std::string name_;  // with the leading '/'
-  int fd_ = -1;
+  UniqueFd fd_;
   void* map_ = nullptr;
   std::size_t size_ = 0;
   bool track_ = true;

@@ -44,13 +44,6 @@ std::size_t page_round(std::size_t n) {
   return (n + page - 1) / page * page;
 }
 
-struct FdCloser {
-  int fd;
-  ~FdCloser() {
-    if (fd >= 0) ::close(fd);
-  }
-};
-
 thread_local ThreadIdentity t_identity{0, 0};
 
 void reset_identity_in_child() noexcept {
@@ -75,12 +68,12 @@ std::shared_ptr<SharedRegion> SharedRegion::create(RegionKind kind, std::size_t 
     throw ValueError("shared " + std::string(kind_name(kind)) + " of " + std::to_string(size) +
                      " bytes is too large");
   const std::size_t map_size = page_round(kHeader + size);
-  FdCloser fd{::memfd_create(name.c_str(), MFD_CLOEXEC)};
-  if (fd.fd < 0) throw_os_error(errno, "memfd_create for a shared " + std::string(kind_name(kind)));
-  if (::ftruncate(fd.fd, static_cast<off_t>(map_size)) != 0)
+  UniqueFd fd(::memfd_create(name.c_str(), MFD_CLOEXEC));
+  if (!fd) throw_os_error(errno, "memfd_create for a shared " + std::string(kind_name(kind)));
+  if (::ftruncate(fd.get(), static_cast<off_t>(map_size)) != 0)
     throw_os_error(errno, "sizing shared memory for a " + std::string(kind_name(kind)) + " to " +
                               std::to_string(map_size) + " bytes");
-  void* map = ::mmap(nullptr, map_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd.fd, 0);
+  void* map = ::mmap(nullptr, map_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd.get(), 0);
   if (map == MAP_FAILED)
     throw_os_error(errno, "mapping " + std::to_string(map_size) + " bytes of shared memory for a " +
                               kind_name(kind));
@@ -88,20 +81,18 @@ std::shared_ptr<SharedRegion> SharedRegion::create(RegionKind kind, std::size_t 
   h->magic = kMagic;
   h->kind = static_cast<std::uint32_t>(kind);
   h->size = size;
-  std::shared_ptr<SharedRegion> r(new SharedRegion(fd.fd, map, map_size, size, kind));
-  fd.fd = -1;
-  return r;
+  return std::shared_ptr<SharedRegion>(new SharedRegion(std::move(fd), map, map_size, size, kind));
 }
 
 std::shared_ptr<SharedRegion> SharedRegion::adopt(int fd_number, RegionKind kind) {
-  FdCloser fd{fd_number};
+  UniqueFd fd(fd_number);
   struct stat st {};
-  if (::fstat(fd.fd, &st) != 0) throw_os_error(errno, "fstat of a passed shared region");
+  if (::fstat(fd.get(), &st) != 0) throw_os_error(errno, "fstat of a passed shared region");
   const auto map_size = static_cast<std::size_t>(st.st_size);
   if (map_size < kHeader)
-    throw ValueError("passed fd " + std::to_string(fd.fd) + " is not a troupe shared " +
+    throw ValueError("passed fd " + std::to_string(fd.get()) + " is not a troupe shared " +
                      kind_name(kind) + " (" + std::to_string(map_size) + " bytes)");
-  void* map = ::mmap(nullptr, map_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd.fd, 0);
+  void* map = ::mmap(nullptr, map_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd.get(), 0);
   if (map == MAP_FAILED)
     throw_os_error(errno, "mapping a passed shared " + std::string(kind_name(kind)));
   const auto* h = static_cast<const Header*>(map);
@@ -109,18 +100,15 @@ std::shared_ptr<SharedRegion> SharedRegion::adopt(int fd_number, RegionKind kind
       h->size > map_size - kHeader) {
     const std::string what = h->magic == kMagic ? kind_name(static_cast<RegionKind>(h->kind)) : "?";
     ::munmap(map, map_size);
-    throw ValueError("passed fd " + std::to_string(fd.fd) + " holds a shared " + what + ", not a " +
-                     kind_name(kind));
+    throw ValueError("passed fd " + std::to_string(fd.get()) + " holds a shared " + what +
+                     ", not a " + kind_name(kind));
   }
-  std::shared_ptr<SharedRegion> r(
-      new SharedRegion(fd.fd, map, map_size, static_cast<std::size_t>(h->size), kind));
-  fd.fd = -1;
-  return r;
+  return std::shared_ptr<SharedRegion>(
+      new SharedRegion(std::move(fd), map, map_size, static_cast<std::size_t>(h->size), kind));
 }
 
 SharedRegion::~SharedRegion() {
-  ::munmap(map_, map_size_);
-  ::close(fd_);
+  ::munmap(map_, map_size_);  // then fd_ closes
 }
 
 void* SharedRegion::data() const noexcept {

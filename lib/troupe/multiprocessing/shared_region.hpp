@@ -14,6 +14,8 @@
 #include <tuple>
 #include <utility>
 
+#include "troupe/unique_fd.hpp"
+
 namespace troupe::multiprocessing::detail {
 
 /// What a region holds (checked when a child maps one).
@@ -45,12 +47,12 @@ public:
   void* data() const noexcept;
   std::size_t size() const noexcept { return size_; }
   RegionKind kind() const noexcept { return kind_; }
-  int fd() const noexcept { return fd_; }
+  int fd() const noexcept { return fd_.get(); }
 
 private:
-  SharedRegion(int fd, void* map, std::size_t map_size, std::size_t size, RegionKind kind)
-      : fd_(fd), map_(map), map_size_(map_size), size_(size), kind_(kind) {}
-  int fd_;
+  SharedRegion(UniqueFd fd, void* map, std::size_t map_size, std::size_t size, RegionKind kind)
+      : fd_(std::move(fd)), map_(map), map_size_(map_size), size_(size), kind_(kind) {}
+  UniqueFd fd_;
   void* map_;
   std::size_t map_size_;
   std::size_t size_;

@@ -25,6 +25,7 @@
 #include "troupe/multiprocessing/process.hpp"
 #include "troupe/multiprocessing/sharedctypes.hpp"
 #include "troupe/threading/thread.hpp"
+#include "troupe/unique_fd.hpp"
 
 namespace troupe::multiprocessing::detail {
 
@@ -265,8 +266,8 @@ std::string describe_exit(int code) {
 // the owner's pidfd and ends this worker when it fires: SIGTERM, then SIGKILL after the grace.
 // False if the owner has gone already.
 static bool watch_owner(pid_t owner, std::chrono::milliseconds grace) {
-  const int fd = static_cast<int>(::syscall(SYS_pidfd_open, owner, 0));
-  if (fd < 0) return errno != ESRCH;  // no pidfds: no watch (the connection still ends it)
+  UniqueFd fd = pidfd_open(owner);
+  if (!fd) return errno != ESRCH;  // no pidfds: no watch (the connection still ends it)
   // The thread takes no signals: they go to the worker's main thread, as without it.
   sigset_t all, old;
   sigfillset(&all);
@@ -276,16 +277,15 @@ static bool watch_owner(pid_t owner, std::chrono::milliseconds grace) {
     ~Restore() { ::pthread_sigmask(SIG_SETMASK, old, nullptr); }
   } restore{&old};
   try {
-    std::thread([fd, grace] {
-      pollfd p{fd, POLLIN, 0};
+    std::thread([fd = std::move(fd), grace] {
+      pollfd p{fd.get(), POLLIN, 0};
       while (::poll(&p, 1, -1) < 0 && errno == EINTR) {
       }
       ::kill(::getpid(), SIGTERM);
       std::this_thread::sleep_for(grace);
       ::kill(::getpid(), SIGKILL);
     }).detach();
-  } catch (const std::system_error&) {
-    ::close(fd);
+  } catch (const std::system_error&) {  // no thread, no watch; the fd closed with the lambda
   }
   return true;
 }
@@ -514,21 +514,17 @@ struct WorkerPoolState : std::enable_shared_from_this<WorkerPoolState> {
   bool shut = false;
   bool terminating = false;  // signal_workers(): deaths are expected, calls fail
   std::string broken;        // non-empty: why the pool is broken
-  int wake_fd = -1;
+  UniqueFd wake_fd;
   std::unique_ptr<threading::Thread> manager;
   bool manager_done = false;
 
-  ~WorkerPoolState() {
-    if (wake_fd >= 0) ::close(wake_fd);
-  }
-
   void wake() noexcept {
     const std::uint64_t one = 1;
-    (void)!::write(wake_fd, &one, sizeof one);
+    (void)!::write(wake_fd.get(), &one, sizeof one);
   }
 
   std::vector<std::int32_t> pool_fds_locked() const {
-    std::vector<std::int32_t> fds{wake_fd};
+    std::vector<std::int32_t> fds{wake_fd.get()};
     for (const auto& w : workers) {
       fds.push_back(w->fd);
       fds.push_back(w->words->_region().region->fd());
@@ -960,7 +956,7 @@ void WorkerPoolState::run_manager() {
       if ((shut && idle && starting == 0) || (!broken.empty() && workers.empty())) break;
     }
     std::vector<pollfd> fds;
-    fds.push_back({wake_fd, POLLIN, 0});
+    fds.push_back({wake_fd.get(), POLLIN, 0});
     for (const auto& w : ws) {
       fds.push_back({w->conn_open ? w->fd : -1, POLLIN, 0});
       fds.push_back({w->sentinel, POLLIN, 0});
@@ -972,7 +968,7 @@ void WorkerPoolState::run_manager() {
     } while (r < 0 && errno == EINTR);
     if (fds[0].revents) {
       std::uint64_t n;
-      (void)!::read(wake_fd, &n, sizeof n);
+      (void)!::read(wake_fd.get(), &n, sizeof n);
     }
     for (std::size_t i = 0; i < ws.size(); ++i) {
       if (fds[1 + 2 * i].revents) read_results(*ws[i]);
@@ -1058,8 +1054,8 @@ void shutdown_all_at_exit() {
 
 WorkerPool::WorkerPool(WorkerPoolOptions options)
     : state_(std::make_shared<WorkerPoolState>(std::move(options))) {
-  state_->wake_fd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-  if (state_->wake_fd < 0) throw_os_error(errno, "eventfd for " + state_->options.name);
+  state_->wake_fd.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  if (!state_->wake_fd) throw_os_error(errno, "eventfd for " + state_->options.name);
   auto& r = registry();
   std::scoped_lock lk(r.mu);
   r.pools.push_back(state_);
