@@ -71,7 +71,7 @@ public:
   }
   /// Closes the fd held, now, and reports close(2)'s error. The fd is closed (and this holds
   /// none) even when it throws. Nothing to do when it holds none.
-  /// @throws OSError (the subclass of the errno) naming the fd.
+  /// @throws OSError (the subclass Python raises for that errno) naming the fd.
   void close() {
     const int fd = release();
     if (fd >= 0 && ::close(fd) != 0) throw_os_error(errno, "close of fd " + std::to_string(fd));
