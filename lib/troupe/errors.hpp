@@ -26,9 +26,10 @@
 //   multiprocessing.managers.RemoteError    multiprocessing::RemoteError (Exception)
 //   subprocess.SubprocessError              subprocess::SubprocessError (Exception)
 //     CalledProcessError, TimeoutExpired
+//   SystemExit (a BaseException)            SystemExit (not a std::exception)
 //
 // `troupe::Exception` stands for Python's `Exception` where Python derives a class from it
-// directly; `catch (const std::exception&)` catches everything troupe throws.
+// directly; `catch (const std::exception&)` catches everything troupe throws but SystemExit.
 #pragma once
 
 #include <chrono>
@@ -123,6 +124,21 @@ public:
   using std::runtime_error::runtime_error;
 };
 using ThreadError = RuntimeError;
+
+/// Python: `SystemExit`. Thrown by sys_exit() and _thread::exit(). A process target that throws
+/// it exits with `code` (Python: `sys.exit(n)` inside a Process target gives exitcode n); a
+/// thread ends silently (threading::default_excepthook ignores it, _thread drops it). Not a
+/// std::exception, as SystemExit is not an Exception: `catch (const std::exception&)` lets it
+/// through.
+struct SystemExit {
+  int code = 0;
+};
+
+/// Python: `sys.exit(code)`: ends the current process target (or, outside one, the program's
+/// main, if main catches it) with `code`.
+[[noreturn]] inline void sys_exit(int code = 0) {
+  throw SystemExit{code};
+}
 
 /// Python: `NotImplementedError`.
 class NotImplementedError : public RuntimeError {

@@ -27,24 +27,6 @@
 #include "troupe/timeout.hpp"
 #include "troupe/unique_fd.hpp"
 
-namespace troupe {
-
-/// Python: `SystemExit`. Thrown by sys_exit(); a process target that throws it exits with
-/// `code` (Python: `sys.exit(n)` inside a Process target gives exitcode n). Not a
-/// std::exception, as SystemExit is not an Exception: `catch (const std::exception&)` lets it
-/// through.
-struct SystemExit {
-  int code = 0;
-};
-
-/// Python: `sys.exit(code)`: ends the current process target (or, outside one, the program's
-/// main, if main catches it) with `code`.
-[[noreturn]] inline void sys_exit(int code = 0) {
-  throw SystemExit{code};
-}
-
-}  // namespace troupe
-
 namespace troupe::multiprocessing {
 
 class Process;
