@@ -58,6 +58,7 @@ struct Registry {
   std::shared_ptr<ThreadState> main;
   std::uint64_t counter = 0;
   std::atomic<std::size_t> stack_size{0};
+  std::atomic<int> running{0};  // threads troupe started that have not finished (_thread._count)
   std::mutex hook_mu;
   ExceptHook hook;
   std::once_flag atexit_once;
@@ -88,6 +89,7 @@ Registry& reg() {
 }
 
 thread_local ThreadState* tls_state = nullptr;
+thread_local bool tls_counted = false;  // this thread is in Registry::running
 
 std::int64_t gettid_now() noexcept {
   return static_cast<std::int64_t>(::syscall(SYS_gettid));
@@ -121,6 +123,8 @@ void join_at_exit() {
 void after_fork_in_child() {
   // Only the forking thread survives: the others are finished, and cannot be joined.
   auto& r = reg();
+  r.running.store(tls_counted ? 1 : 0);
+  if (tls_state) tls_state->native_id.store(gettid_now());  // the survivor's id in the child
   std::vector<std::shared_ptr<ThreadState>> keep;
   for (auto& s : r.alive) {
     if (s.get() == tls_state) {
@@ -187,10 +191,40 @@ struct DummyHolder {
 };
 thread_local DummyHolder tls_dummy;
 
+// pthread_create with the stack_size() setting, counted in Registry::running until the entry
+// calls finish_counted(). Returns pthread_create's error number.
+int create_os_thread(pthread_t* handle, void* (*entry)(void*), void* arg, bool detached) {
+  auto& r = reg();
+  pthread_attr_t attr;
+  pthread_attr_init(&attr);
+  if (auto size = r.stack_size.load()) pthread_attr_setstacksize(&attr, size);
+  if (detached) pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+  r.running.fetch_add(1);
+  int rc = pthread_create(handle, &attr, entry, arg);
+  pthread_attr_destroy(&attr);
+  if (rc != 0) r.running.fetch_sub(1);
+  return rc;
+}
+
+void finish_counted() noexcept {
+  reg().running.fetch_sub(1);
+  tls_counted = false;
+}
+
+// Hands the exception being handled to excepthook, as escaped from `thread` (may be null).
+void report_escaped(Thread* thread) {
+  ExceptHookArgs args;
+  args.exc_type = troupe::internal::current_exception_type();
+  args.exc_value = std::current_exception();
+  args.thread = thread;
+  excepthook(args);
+}
+
 void* thread_entry(void* arg) {
   std::shared_ptr<ThreadState> s(std::move(*static_cast<std::shared_ptr<ThreadState>*>(arg)));
   delete static_cast<std::shared_ptr<ThreadState>*>(arg);
   tls_state = s.get();
+  tls_counted = true;
   s->native_id.store(gettid_now());
   s->ident.store(ident_now());
   {
@@ -217,15 +251,14 @@ void* thread_entry(void* arg) {
       self->run();
     }
   } catch (...) {
-    ExceptHookArgs args;
-    args.exc_type = troupe::internal::current_exception_type();
-    args.exc_value = std::current_exception();
+    Thread* self;
     {
       std::scoped_lock lk(s->mu);
-      args.thread = s->obj;
+      self = s->obj;
     }
-    excepthook(args);
+    report_escaped(self);
   }
+  finish_counted();
   s->phase.store(2);
   reg().remove(s.get());
   s->done.set();
@@ -242,6 +275,8 @@ void default_excepthook(const ExceptHookArgs& args) {
   std::string what;
   try {
     if (args.exc_value) std::rethrow_exception(args.exc_value);
+  } catch (const SystemExit&) {
+    return;  // as Python's: SystemExit is ignored silently
   } catch (const std::exception& e) {
     what = e.what();
   } catch (...) {
@@ -327,16 +362,12 @@ void Thread::start() {
   auto& r = reg();
   std::call_once(r.atexit_once, [] { std::atexit(join_at_exit); });
 
-  pthread_attr_t attr;
-  pthread_attr_init(&attr);
-  if (auto size = r.stack_size.load()) pthread_attr_setstacksize(&attr, size);
   s.plain = typeid(*this) == typeid(Thread);  // read here, while the object surely lives
   auto* arg = new std::shared_ptr<ThreadState>(state_);
   r.add(state_);
   {
     std::scoped_lock lk(s.mu);
-    int rc = pthread_create(&s.handle, &attr, thread_entry, arg);
-    pthread_attr_destroy(&attr);
+    int rc = create_os_thread(&s.handle, thread_entry, arg, false);
     if (rc != 0) {
       delete arg;
       r.remove(&s);
@@ -467,6 +498,43 @@ std::size_t stack_size(std::optional<std::size_t> size) {
   if (*size != 0 && *size < 32768)
     throw ValueError("size not valid: " + std::to_string(*size) + " bytes");
   return r.stack_size.exchange(*size);
+}
+
+// ---- _thread's launcher ---------------------------------------------------------------------
+
+namespace {
+void* unregistered_entry(void* arg) {
+  std::unique_ptr<std::function<void()>> function(static_cast<std::function<void()>*>(arg));
+  tls_counted = true;
+  try {
+    (*function)();
+  } catch (const SystemExit&) {
+    // Python: "SystemExit is ignored silently" (_thread.exit() raises it).
+  } catch (...) {
+    report_escaped(nullptr);
+  }
+  function.reset();  // the callable and its arguments go before the thread counts as finished
+  finish_counted();
+  return nullptr;
+}
+}  // namespace
+
+std::uint64_t detail::start_unregistered(std::function<void()> function) {
+  auto arg = std::make_unique<std::function<void()>>(std::move(function));
+  pthread_t handle;
+  int rc = create_os_thread(&handle, unregistered_entry, arg.get(), true);
+  if (rc != 0) {
+    const auto size = reg().stack_size.load();
+    throw RuntimeError("can't start new thread: pthread_create: " + std::string(std::strerror(rc)) +
+                       " (errno " + std::to_string(rc) + ", stack size " +
+                       (size ? std::to_string(size) + " bytes" : std::string("default")) + ")");
+  }
+  (void)arg.release();  // the thread owns it now
+  return static_cast<std::uint64_t>(handle);
+}
+
+int detail::running_count() noexcept {
+  return reg().running.load();
 }
 
 // ---- Timer ----------------------------------------------------------------------------------

@@ -34,7 +34,17 @@ class Thread;
 
 namespace detail {
 struct ThreadState;
-}
+
+/// The launcher under `_thread.start_new_thread` (troupe/_thread/thread.hpp); not API.
+/// Runs `function` on a new, detached OS thread with the stack_size() setting. The thread is
+/// not in enumerate() (a Dummy is, once it calls current_thread()) and is not joined at exit;
+/// SystemExit ends it silently, any other exception goes to excepthook with no Thread.
+/// Returns its ident. @throws RuntimeError "can't start new thread" and why, if the OS refuses.
+std::uint64_t start_unregistered(std::function<void()> function);
+/// `_thread._count()`: threads troupe started (Thread and start_unregistered) that have not
+/// finished; the main thread is not counted.
+int running_count() noexcept;
+}  // namespace detail
 
 /// Python: `threading.ExceptHookArgs`.
 struct ExceptHookArgs {
