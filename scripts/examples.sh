@@ -7,7 +7,7 @@ BUILD=${BUILD:-build}
 bash scripts/setup.sh
 [ -f "$BUILD/build.ninja" ] || meson setup "$BUILD" >/dev/null
 ninja -C "$BUILD" >"$BUILD/ninja.log" 2>&1 || { cat "$BUILD/ninja.log"; exit 1; }
-for ex in bounded_semaphore queue_worker timer barrier sched_print_time typed_pipe process_info exchange shared_state pipeline child_server thread_pool primes; do
+for ex in bounded_semaphore queue_worker timer barrier sched_print_time interrupt_main typed_pipe process_info exchange shared_state pipeline child_server thread_pool primes; do
   echo "=== $ex ==="
   "$BUILD/examples/$ex"
   echo
