@@ -3,7 +3,11 @@
 #include <errno.h>
 
 #include <cstdio>
+#include <memory>
 #include <sstream>
+#include <utility>
+
+#include "troupe/error_envelope.hpp"
 
 #include <string.h>
 
@@ -206,25 +210,98 @@ int default_errno(errc e) noexcept {
 }
 }  // namespace
 
-void throw_os_error(int err, const std::string& what) {
-  std::string msg = what + ": [Errno " + std::to_string(err) + "] " + strerrordesc_np(err);
-  switch (errc_for_errno(err)) {
-    case errc::file_not_found_error: throw FileNotFoundError(err, msg);
-    case errc::file_exists_error: throw FileExistsError(err, msg);
-    case errc::permission_error: throw PermissionError(err, msg);
-    case errc::process_lookup_error: throw ProcessLookupError(err, msg);
-    case errc::child_process_error: throw ChildProcessError(err, msg);
-    case errc::broken_pipe_error: throw BrokenPipeError(err, msg);
-    case errc::connection_aborted_error: throw ConnectionAbortedError(err, msg);
-    case errc::connection_refused_error: throw ConnectionRefusedError(err, msg);
-    case errc::connection_reset_error: throw ConnectionResetError(err, msg);
-    case errc::interrupted_error: throw InterruptedError(err, msg);
-    case errc::is_a_directory_error: throw IsADirectoryError(err, msg);
-    case errc::not_a_directory_error: throw NotADirectoryError(err, msg);
-    case errc::blocking_io_error: throw BlockingIOError(err, msg);
-    case errc::timeout_error: throw TimeoutError(err, msg);
-    default: throw OSError(err, msg);
+namespace internal {
+// Sets what only a rebuilt exception has.
+struct ErrorBaseAccess {
+  static void set_remote(ErrorBase& e, std::shared_ptr<const ErrorEnvelope> remote) noexcept {
+    e.remote_ = std::move(remote);
   }
+};
+}  // namespace internal
+
+namespace {
+
+bool known(errc e) noexcept {
+  return e != errc::ok && python_name(e) != "unknown troupe error";
+}
+
+template <class E, class... A>
+[[noreturn]] void raise(std::shared_ptr<const ErrorEnvelope>&& remote, A&&... a) {
+  E e(std::forward<A>(a)...);
+  if (remote) internal::ErrorBaseAccess::set_remote(e, std::move(remote));
+  throw e;
+}
+
+// The one switch from a code to its class: `err` is the errno of an OSError class, `remote` the
+// envelope it was rebuilt from (or null). `e` is known.
+[[noreturn]] void throw_class(errc e, int err, const std::string& what,
+                              std::shared_ptr<const ErrorEnvelope> remote) {
+  switch (e) {
+    case errc::ok: break;
+    case errc::exception: raise<Exception>(std::move(remote), what);
+    case errc::runtime_error: raise<RuntimeError>(std::move(remote), what);
+    case errc::not_implemented_error: raise<NotImplementedError>(std::move(remote), what);
+    case errc::value_error: raise<ValueError>(std::move(remote), what);
+    case errc::type_error: raise<TypeError>(std::move(remote), what);
+    case errc::lookup_error: raise<LookupError>(std::move(remote), what);
+    case errc::key_error: raise<KeyError>(std::move(remote), what);
+    case errc::index_error: raise<IndexError>(std::move(remote), what);
+    case errc::os_error: raise<OSError>(std::move(remote), err, what);
+    case errc::file_not_found_error: raise<FileNotFoundError>(std::move(remote), err, what);
+    case errc::file_exists_error: raise<FileExistsError>(std::move(remote), err, what);
+    case errc::permission_error: raise<PermissionError>(std::move(remote), err, what);
+    case errc::process_lookup_error: raise<ProcessLookupError>(std::move(remote), err, what);
+    case errc::child_process_error: raise<ChildProcessError>(std::move(remote), err, what);
+    case errc::connection_error: raise<ConnectionError>(std::move(remote), err, what);
+    case errc::broken_pipe_error: raise<BrokenPipeError>(std::move(remote), err, what);
+    case errc::connection_aborted_error:
+      raise<ConnectionAbortedError>(std::move(remote), err, what);
+    case errc::connection_refused_error:
+      raise<ConnectionRefusedError>(std::move(remote), err, what);
+    case errc::connection_reset_error: raise<ConnectionResetError>(std::move(remote), err, what);
+    case errc::interrupted_error: raise<InterruptedError>(std::move(remote), err, what);
+    case errc::is_a_directory_error: raise<IsADirectoryError>(std::move(remote), err, what);
+    case errc::not_a_directory_error: raise<NotADirectoryError>(std::move(remote), err, what);
+    case errc::blocking_io_error: raise<BlockingIOError>(std::move(remote), err, what);
+    case errc::timeout_error: raise<TimeoutError>(std::move(remote), err, what);
+    case errc::eof_error: raise<EOFError>(std::move(remote), what);
+    case errc::broken_barrier_error: raise<threading::BrokenBarrierError>(std::move(remote), what);
+    case errc::queue_empty: raise<queue::Empty>(std::move(remote), what);
+    case errc::queue_full: raise<queue::Full>(std::move(remote), what);
+    case errc::queue_shutdown: raise<queue::ShutDown>(std::move(remote), what);
+    case errc::cancelled_error: raise<concurrent::futures::CancelledError>(std::move(remote), what);
+    case errc::invalid_state_error:
+      raise<concurrent::futures::InvalidStateError>(std::move(remote), what);
+    case errc::broken_executor: raise<concurrent::futures::BrokenExecutor>(std::move(remote), what);
+    case errc::broken_thread_pool:
+      raise<concurrent::futures::BrokenThreadPool>(std::move(remote), what);
+    case errc::broken_process_pool:
+      raise<concurrent::futures::BrokenProcessPool>(std::move(remote), what);
+    case errc::process_error: raise<multiprocessing::ProcessError>(std::move(remote), what);
+    case errc::buffer_too_short: raise<multiprocessing::BufferTooShort>(std::move(remote), what);
+    case errc::authentication_error:
+      raise<multiprocessing::AuthenticationError>(std::move(remote), what);
+    case errc::mp_timeout_error: raise<multiprocessing::TimeoutError>(std::move(remote), what);
+    case errc::remote_error: raise<multiprocessing::RemoteError>(std::move(remote), what);
+    case errc::subprocess_error: raise<subprocess::SubprocessError>(std::move(remote), what);
+    // The fields of these two do not cross as a code; they arrive as the base class with
+    // Python's message, which is what a remote peer can say about them.
+    case errc::called_process_error: raise<subprocess::SubprocessError>(std::move(remote), what);
+    case errc::timeout_expired: raise<subprocess::SubprocessError>(std::move(remote), what);
+  }
+  throw RuntimeError(what + " (unknown troupe error code " + std::to_string(static_cast<int>(e)) +
+                     ")");
+}
+
+bool is_os_error(errc e) noexcept {
+  return e >= errc::os_error && e <= errc::timeout_error;
+}
+
+}  // namespace
+
+void throw_os_error(int err, const std::string& what) {
+  throw_class(errc_for_errno(err), err,
+              what + ": [Errno " + std::to_string(err) + "] " + strerrordesc_np(err), nullptr);
 }
 
 void throw_error(std::error_code ec, const std::string& what) {
@@ -236,54 +313,27 @@ void throw_error(std::error_code ec, const std::string& what) {
     throw RuntimeError(what + ": " + ec.message() + " (" + ec.category().name() + ")");
   }
   const auto e = static_cast<errc>(ec.value());
-  switch (e) {
-    case errc::ok: break;
-    case errc::exception: throw Exception(what);
-    case errc::runtime_error: throw RuntimeError(what);
-    case errc::not_implemented_error: throw NotImplementedError(what);
-    case errc::value_error: throw ValueError(what);
-    case errc::type_error: throw TypeError(what);
-    case errc::lookup_error: throw LookupError(what);
-    case errc::key_error: throw KeyError(what);
-    case errc::index_error: throw IndexError(what);
-    case errc::os_error: throw OSError(EIO, what);
-    case errc::file_not_found_error: throw FileNotFoundError(default_errno(e), what);
-    case errc::file_exists_error: throw FileExistsError(default_errno(e), what);
-    case errc::permission_error: throw PermissionError(default_errno(e), what);
-    case errc::process_lookup_error: throw ProcessLookupError(default_errno(e), what);
-    case errc::child_process_error: throw ChildProcessError(default_errno(e), what);
-    case errc::connection_error: throw ConnectionError(default_errno(e), what);
-    case errc::broken_pipe_error: throw BrokenPipeError(default_errno(e), what);
-    case errc::connection_aborted_error: throw ConnectionAbortedError(default_errno(e), what);
-    case errc::connection_refused_error: throw ConnectionRefusedError(default_errno(e), what);
-    case errc::connection_reset_error: throw ConnectionResetError(default_errno(e), what);
-    case errc::interrupted_error: throw InterruptedError(default_errno(e), what);
-    case errc::is_a_directory_error: throw IsADirectoryError(default_errno(e), what);
-    case errc::not_a_directory_error: throw NotADirectoryError(default_errno(e), what);
-    case errc::blocking_io_error: throw BlockingIOError(default_errno(e), what);
-    case errc::timeout_error: throw TimeoutError(what);
-    case errc::eof_error: throw EOFError(what);
-    case errc::broken_barrier_error: throw threading::BrokenBarrierError(what);
-    case errc::queue_empty: throw queue::Empty(what);
-    case errc::queue_full: throw queue::Full(what);
-    case errc::queue_shutdown: throw queue::ShutDown(what);
-    case errc::cancelled_error: throw concurrent::futures::CancelledError(what);
-    case errc::invalid_state_error: throw concurrent::futures::InvalidStateError(what);
-    case errc::broken_executor: throw concurrent::futures::BrokenExecutor(what);
-    case errc::broken_thread_pool: throw concurrent::futures::BrokenThreadPool(what);
-    case errc::broken_process_pool: throw concurrent::futures::BrokenProcessPool(what);
-    case errc::process_error: throw multiprocessing::ProcessError(what);
-    case errc::buffer_too_short: throw multiprocessing::BufferTooShort(what);
-    case errc::authentication_error: throw multiprocessing::AuthenticationError(what);
-    case errc::mp_timeout_error: throw multiprocessing::TimeoutError(what);
-    case errc::remote_error: throw multiprocessing::RemoteError(what);
-    case errc::subprocess_error: throw subprocess::SubprocessError(what);
-    // The fields of these two do not cross as a code; they arrive as the base class with
-    // Python's message, which is what a remote peer can say about them.
-    case errc::called_process_error: throw subprocess::SubprocessError(what);
-    case errc::timeout_expired: throw subprocess::SubprocessError(what);
-  }
-  throw RuntimeError(what + " (unknown troupe error code " + std::to_string(ec.value()) + ")");
+  throw_class(e, default_errno(e), what, nullptr);
+}
+
+void throw_error(const ErrorEnvelope& env) {
+  if (!known(env.code))
+    throw ValueError(
+        "throw_error: an error envelope with code " + std::to_string(static_cast<int>(env.code)) +
+        ", which names no troupe exception class (" + env.type_name + ": " + env.message + ")");
+  std::string what;
+  if (env.code == errc::exception && !env.type_name.empty() &&
+      env.type_name != python_name(errc::exception))
+    what = env.type_name + ": ";
+  what += env.message + "\n---\n" + env.remote_text() + "\n---";
+  const int err =
+      is_os_error(env.code) && env.os_errno != 0 ? env.os_errno : default_errno(env.code);
+  throw_class(env.code, err, what, std::make_shared<const ErrorEnvelope>(env));
+}
+
+const ErrorEnvelope* remote_envelope(const std::exception& e) noexcept {
+  const auto* base = dynamic_cast<const ErrorBase*>(&e);
+  return base ? base->remote() : nullptr;
 }
 
 errc errc_of(std::exception_ptr ep) noexcept {

@@ -30,11 +30,17 @@
 //
 // `troupe::Exception` stands for Python's `Exception` where Python derives a class from it
 // directly; `catch (const std::exception&)` catches everything troupe throws but SystemExit.
+//
+// An exception that came from another process (a pool worker's call, later a manager's method)
+// is rebuilt here as its own class from an error envelope (troupe/error_envelope.hpp,
+// proto/errors.capnp); `remote()` (every class has it, through `ErrorBase`) returns what that
+// process said: where it was raised (host, pid, process name), in what call, its traceback.
 #pragma once
 
 #include <chrono>
 #include <cstdint>
 #include <exception>
+#include <memory>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -109,17 +115,44 @@ std::string_view python_name(errc e) noexcept;
 /// Every errc value, for table-driven tests and decoders.
 const std::vector<errc>& all_errc();
 
+struct ErrorEnvelope;  // troupe/error_envelope.hpp
+namespace internal {
+struct ErrorBaseAccess;
+}
+
+/// The second base of every troupe exception class (through the six roots below: Exception,
+/// RuntimeError, ValueError, TypeError, LookupError, OSError), for what std's classes cannot hold.
+class ErrorBase {
+public:
+  /// The error as another process sent it, when this exception was rebuilt from an error envelope
+  /// (`throw_error(const ErrorEnvelope&)`: a call in a pool worker failed, say): its origin (host,
+  /// pid, process name), its call, its traceback, its message as raised. nullptr when the
+  /// exception was raised in this process. Include "troupe/error_envelope.hpp" to read it;
+  /// `troupe::remote_envelope(const std::exception&)` finds it from a `std::exception`.
+  const ErrorEnvelope* remote() const noexcept { return remote_.get(); }
+
+protected:
+  ErrorBase() = default;
+  ~ErrorBase() = default;
+  ErrorBase(const ErrorBase&) = default;
+  ErrorBase& operator=(const ErrorBase&) = default;
+
+private:
+  friend struct internal::ErrorBaseAccess;
+  std::shared_ptr<const ErrorEnvelope> remote_;  // shared: copying an exception never throws
+};
+
 // ---------------------------------------------------------------------------------------------
 // Builtins
 
 /// Python: `Exception`, for classes Python derives from it directly.
-class Exception : public std::runtime_error {
+class Exception : public std::runtime_error, public ErrorBase {
 public:
   using std::runtime_error::runtime_error;
 };
 
 /// Python: `RuntimeError` (also `threading.ThreadError` and `_thread.error`).
-class RuntimeError : public std::runtime_error {
+class RuntimeError : public std::runtime_error, public ErrorBase {
 public:
   using std::runtime_error::runtime_error;
 };
@@ -147,19 +180,19 @@ public:
 };
 
 /// Python: `ValueError`.
-class ValueError : public std::invalid_argument {
+class ValueError : public std::invalid_argument, public ErrorBase {
 public:
   using std::invalid_argument::invalid_argument;
 };
 
 /// Python: `TypeError` (e.g. a message decoded as a type other than the one sent).
-class TypeError : public std::logic_error {
+class TypeError : public std::logic_error, public ErrorBase {
 public:
   using std::logic_error::logic_error;
 };
 
 /// Python: `LookupError`.
-class LookupError : public std::out_of_range {
+class LookupError : public std::out_of_range, public ErrorBase {
 public:
   using std::out_of_range::out_of_range;
 };
@@ -182,7 +215,7 @@ public:
 
 /// Python: `OSError`. Carries the errno (`code().value()`, generic category) and a message
 /// naming what failed. `throw_os_error(errno, what)` picks the subclass Python would raise.
-class OSError : public std::system_error {
+class OSError : public std::system_error, public ErrorBase {
 public:
   OSError(int err, const std::string& what)
       : std::system_error(err, std::generic_category(), what), message_(what) {}
@@ -360,7 +393,8 @@ public:
 /// Throws the class that `ec` names, with message `what`.
 /// A `troupe::error_category()` code throws that class; a generic/system code (an errno)
 /// throws the `OSError` subclass Python would raise for it. `ec` must not be success
-/// (that is a `ValueError`).
+/// (that is a `ValueError`). An error from another process, with its origin, call and
+/// traceback: `throw_error(const ErrorEnvelope&)` (troupe/error_envelope.hpp).
 [[noreturn]] void throw_error(std::error_code ec, const std::string& what);
 [[noreturn]] inline void throw_error(errc e, const std::string& what) {
   throw_error(make_error_code(e), what);

@@ -22,6 +22,7 @@
 
 #include <openssl/crypto.h>
 
+#include "troupe/error_envelope.hpp"
 #include "troupe/errors.hpp"
 #include "troupe/internal/demangle.hpp"
 #include "troupe/internal/process_internal.hpp"
@@ -869,6 +870,13 @@ const EntryPoint* find_entry(std::string_view name) noexcept {
   return nullptr;
 }
 }  // namespace detail
+
+namespace {
+// An error envelope (troupe/error_envelope.hpp, layer 1) names the process it was raised in by
+// current_process().name, which only this layer knows: installed when the library loads.
+const bool names_error_origins =
+    (troupe::set_process_name_source([] { return current_process().name(); }), true);
+}  // namespace
 
 int cpu_count() {
   const long n = ::sysconf(_SC_NPROCESSORS_ONLN);
