@@ -14,6 +14,7 @@
 #include <gmock/gmock.h>
 
 #include "troupe/concurrent/futures/process.hpp"
+#include "troupe/error_envelope.hpp"
 #include "troupe/errors.hpp"
 #include "troupe/multiprocessing/process.hpp"
 
@@ -26,7 +27,9 @@ namespace troupe::concurrent::futures {
 namespace {
 
 using namespace std::chrono_literals;
+using ::testing::EndsWith;
 using ::testing::HasSubstr;
+using ::testing::StartsWith;
 
 // ---- the calls (registered: C++ cannot send code) ---------------------------------------------
 
@@ -242,13 +245,17 @@ TEST_P(ProcessPoolTest, ExceptionsCrossWithTheirClass) {
     f.result(30s);
     FAIL() << "no ValueError";
   } catch (const ValueError& e) {
-    EXPECT_STREQ(e.what(), "bad value 3");
+    // The message, then where it was raised (doc/errors.md).
+    EXPECT_THAT(e.what(), StartsWith("bad value 3\n---\nRemote ValueError in raise_value(3), "));
+    ASSERT_NE(e.remote(), nullptr);
+    EXPECT_EQ(e.remote()->message, "bad value 3");
   }
   try {
     pool.submit(raise_missing, 0).result(30s);
     FAIL() << "no FileNotFoundError";
   } catch (const troupe::FileNotFoundError& e) {
     EXPECT_EQ(e.errno_value(), ENOENT);
+    EXPECT_THAT(e.what(), StartsWith("No such file: 'x'\n---\n"));  // as raised, once
   }
   try {
     pool.submit(raise_custom, 0).result(30s);
@@ -257,6 +264,47 @@ TEST_P(ProcessPoolTest, ExceptionsCrossWithTheirClass) {
     EXPECT_THAT(e.what(), HasSubstr("CustomError: custom"));
   }
   EXPECT_EQ(pool.submit(square, 3).result(30s), 9);  // the pool goes on
+}
+
+TEST_P(ProcessPoolTest, RemoteErrorsNameTheWorkerAndTheCall) {
+  ProcessPoolExecutor pool(with(GetParam(), {.max_workers = 1}));
+  const int pid = pool.submit(my_pid, 0).result(30s);
+  char host[256] = {};
+  ::gethostname(host, sizeof host - 1);
+  auto check = [&](const std::exception& e, const std::string& arguments) {
+    const ErrorEnvelope* remote = remote_envelope(e);
+    ASSERT_NE(remote, nullptr) << e.what();
+    EXPECT_EQ(remote->origin.pid, pid);
+    EXPECT_EQ(remote->origin.host, host);
+    EXPECT_THAT(remote->origin.process_name, HasSubstr("-worker-"));
+    EXPECT_EQ(remote->context.arguments, arguments);
+    EXPECT_THAT(e.what(), HasSubstr(", in process " + remote->origin.process_name + " (pid " +
+                                    std::to_string(pid) + ") on host " + host));
+    EXPECT_THAT(e.what(), EndsWith("\n---"));
+  };
+  try {
+    pool.submit(raise_value, 3).result(30s);
+    ADD_FAILURE() << "no ValueError";
+  } catch (const ValueError& e) {
+    check(e, "(3)");
+    EXPECT_EQ(e.remote()->context.call, "raise_value");
+  }
+  try {
+    pool.submit(raise_custom, 0).result(30s);
+    ADD_FAILURE() << "no Exception";
+  } catch (const troupe::Exception& e) {
+    check(e, "(0)");
+    EXPECT_EQ(e.remote()->context.call, "raise_custom");
+    EXPECT_THAT(e.remote()->type_name, EndsWith("CustomError"));
+  }
+  std::vector<int> xs{1, 2};
+  try {
+    for (int v : pool.map({.timeout = 60s, .chunksize = 2}, raise_value, xs)) (void)v;
+    ADD_FAILURE() << "no ValueError";
+  } catch (const ValueError& e) {
+    check(e, "one of [1, 2]");  // a map chunk: the failing call is one of its items
+    EXPECT_THAT(e.what(), HasSubstr("Remote ValueError in raise_value(one of [1, 2]), "));
+  }
 }
 
 TEST_P(ProcessPoolTest, UnregisteredFunctionIsAValueError) {

@@ -16,6 +16,7 @@
 
 #include <gmock/gmock.h>
 
+#include "troupe/error_envelope.hpp"
 #include "troupe/errors.hpp"
 #include "troupe/threading/event.hpp"
 
@@ -198,6 +199,22 @@ TEST_P(PoolTest, ErrorsPropagate) {
   auto r = pool.apply_async(raising, 7);
   r.wait(30s);
   EXPECT_FALSE(r.successful());
+}
+
+TEST_P(PoolTest, ErrorsNameTheWorkerAndTheCall) {
+  Pool pool(with(GetParam(), {.processes = 1}));
+  const int pid = pool.apply(pid_of, 0);
+  try {
+    (void)pool.apply(raising, 7);
+    ADD_FAILURE() << "no KeyError";
+  } catch (const KeyError& e) {
+    ASSERT_NE(e.remote(), nullptr) << e.what();
+    EXPECT_EQ(e.remote()->origin.pid, pid);
+    EXPECT_EQ(e.remote()->context.call, "raising");
+    EXPECT_EQ(e.remote()->message, "key 7");
+    EXPECT_THAT(e.what(), HasSubstr("Remote KeyError in raising(7), in process "));
+    EXPECT_THAT(e.what(), HasSubstr("(pid " + std::to_string(pid) + ")"));
+  }
 }
 
 // What Python's IMapIterator gives a next() loop that catches errors: a failing call's exception

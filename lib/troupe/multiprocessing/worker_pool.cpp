@@ -20,6 +20,7 @@
 #include <unordered_map>
 #include <utility>
 
+#include "troupe/error_envelope.hpp"
 #include "troupe/internal/demangle.hpp"
 #include "troupe/multiprocessing/connection.hpp"
 #include "troupe/multiprocessing/process.hpp"
@@ -73,16 +74,15 @@ constexpr auto kQuickCall = std::chrono::microseconds(200);
 // noted as running until it is sent (if the worker dies meanwhile, that call fails: it had not
 // finished for the parent).
 //
-// A record: u64 id, u32 flags, u32 outcome count, then per outcome u8 ok, u8 0, u16 code,
-// i32 errno, u64 value size, u64 message size, the value (unless kValuesFollow: each outcome's
-// value is then the next message), the message.
+// A record: u64 id, u32 flags, u32 outcome count, then per outcome u8 ok, 7 bytes 0, u64 value
+// size, u64 error size, the value (unless kValuesFollow: each outcome's value is then the next
+// message), the error (a failed call's ErrorEnvelope, proto/errors.capnp: at most
+// ErrorEnvelope::kMaxBytes).
 constexpr std::size_t kBoardWords = 32 * 1024;  // 256 KiB: the running call, the log's size, log
 constexpr std::uint32_t kInitializerFailed = 1;
 constexpr std::uint32_t kValuesFollow = 2;
 constexpr std::size_t kRecordHeader = 16;
 constexpr std::size_t kOutcomeHeader = 24;
-// An exception's message is cut to this in a record (an outcome must fit in a message).
-constexpr std::size_t kMaxErrorMessage = 64 * 1024;
 
 class Board {
 public:
@@ -104,7 +104,7 @@ private:
 std::size_t record_size(const ResultMessage& r, bool with_values) {
   std::size_t n = kRecordHeader;
   for (const auto& o : r.outcomes)
-    n += kOutcomeHeader + (with_values ? o.value.size() : 0) + o.message.size();
+    n += kOutcomeHeader + (with_values ? o.value.size() : 0) + o.error.size();
   return n;
 }
 
@@ -121,19 +121,16 @@ void write_record(std::byte* out, const ResultMessage& r, bool with_values) noex
       out, (r.initializer_failed ? kInitializerFailed : 0) | (with_values ? 0 : kValuesFollow));
   out = put<std::uint32_t>(out, static_cast<std::uint32_t>(r.outcomes.size()));
   for (const auto& o : r.outcomes) {
-    out = put<std::uint8_t>(out, o.ok ? 1 : 0);
-    out = put<std::uint8_t>(out, 0);
-    out = put<std::uint16_t>(out, o.code);
-    out = put<std::int32_t>(out, o.os_errno);
+    out = put<std::uint64_t>(out, o.ok ? 1 : 0);  // u8 ok, 7 bytes 0 (little-endian)
     out = put<std::uint64_t>(out, with_values ? o.value.size() : 0);
-    out = put<std::uint64_t>(out, o.message.size());
+    out = put<std::uint64_t>(out, o.error.size());
     if (with_values && !o.value.empty()) {
       std::memcpy(out, o.value.data(), o.value.size());
       out += o.value.size();
     }
-    if (!o.message.empty()) {
-      std::memcpy(out, o.message.data(), o.message.size());
-      out += o.message.size();
+    if (!o.error.empty()) {
+      std::memcpy(out, o.error.data(), o.error.size());
+      out += o.error.size();
     }
   }
 }
@@ -164,23 +161,23 @@ std::vector<ResultMessage> read_records(std::span<const std::byte> bytes, Follow
                        " outcomes in " + std::to_string(bytes.size() - at) + " bytes");
     r.outcomes.resize(count);
     for (auto& o : r.outcomes) {
-      std::uint8_t ok = 0, pad = 0;
-      std::uint64_t value_size = 0, message_size = 0;
-      take(&ok, 1);
-      take(&pad, 1);
-      take(&o.code, sizeof o.code);
-      take(&o.os_errno, sizeof o.os_errno);
+      std::uint64_t ok = 0, value_size = 0, error_size = 0;
+      take(&ok, sizeof ok);
       take(&value_size, sizeof value_size);
-      take(&message_size, sizeof message_size);
-      o.ok = ok != 0;
-      if (value_size > bytes.size() - at || message_size > bytes.size() - at - value_size)
+      take(&error_size, sizeof error_size);
+      o.ok = (ok & 0xff) != 0;
+      if (value_size > bytes.size() - at || error_size > bytes.size() - at - value_size)
         throw ValueError("a pool worker's result record announces " +
-                         std::to_string(value_size + message_size) + " bytes with " +
+                         std::to_string(value_size + error_size) + " bytes with " +
                          std::to_string(bytes.size() - at) + " left");
+      if (error_size > ErrorEnvelope::kMaxBytes)
+        throw ValueError("a pool worker's result record holds an error envelope of " +
+                         std::to_string(error_size) + " bytes, over its " +
+                         std::to_string(ErrorEnvelope::kMaxBytes) + "-byte limit");
       o.value.resize(static_cast<std::size_t>(value_size));
       take(o.value.data(), o.value.size());
-      o.message.resize(static_cast<std::size_t>(message_size));
-      take(o.message.data(), o.message.size());
+      o.error.resize(static_cast<std::size_t>(error_size));
+      take(o.error.data(), o.error.size());
     }
     if (flags & kValuesFollow)
       for (auto& o : r.outcomes) follow(o);
@@ -198,22 +195,17 @@ constexpr std::size_t kMessageOverhead = 1024;
 // (it is sent again until then).
 constexpr int kMaxDeathsBeforeStart = 3;
 
-CallOutcome outcome_of(std::exception_ptr ep) {
+// A failed outcome: the exception in `ep`, raised in this worker in the call `context`.
+CallOutcome outcome_of(std::exception_ptr ep, ErrorContext context) {
   CallOutcome o;
-  o.code = static_cast<std::uint16_t>(errc_of(ep));
-  try {
-    std::rethrow_exception(ep);
-  } catch (const OSError& e) {
-    o.os_errno = e.errno_value();
-    o.message = e.what();
-  } catch (const std::exception& e) {
-    o.message = e.what();
-    if (static_cast<errc>(o.code) == errc::exception)
-      o.message = troupe::internal::demangle(typeid(e)) + ": " + o.message;
-  } catch (...) {
-    o.message = troupe::internal::current_exception_type() + " (not a std::exception)";
-  }
+  o.error = ErrorEnvelope::capture(std::move(ep), std::move(context)).to_bytes();
   return o;
+}
+
+// A call's context for its envelope: the entry, and its arguments (one of a map chunk's).
+ErrorContext call_context(const std::string& entry, std::span<const std::byte> args, bool batch) {
+  std::string summary = summarize_arguments(args);
+  return {.call = entry, .arguments = batch ? "one of " + summary : summary};
 }
 
 CallOutcome run_call(const EntryPoint* e, const std::string& name, std::span<const std::byte> args,
@@ -230,7 +222,7 @@ CallOutcome run_call(const EntryPoint* e, const std::string& name, std::span<con
   } catch (const SystemExit&) {
     throw;  // sys_exit() in a call ends the worker process, as exit() would
   } catch (...) {
-    o = outcome_of(std::current_exception());
+    o = outcome_of(std::current_exception(), call_context(name, args, batch));
   }
   return o;
 }
@@ -311,14 +303,13 @@ public:
   bool add(ResultMessage& r, const std::string& entry) {
     for (auto& o : r.outcomes) {
       if (o.value.size() > limit_)
-        o = outcome_of(std::make_exception_ptr(ValueError(
-            "'" + entry + "' returned a result of " + std::to_string(o.value.size()) +
-            " bytes (encoded), more than the " + std::to_string(limit_) +
-            "-byte limit of a message from a pool worker to its pool; the call fails alone")));
-      if (o.message.size() > kMaxErrorMessage) {
-        o.message.resize(kMaxErrorMessage);
-        o.message += "... (cut)";
-      }
+        o = outcome_of(
+            std::make_exception_ptr(ValueError(
+                "'" + entry + "' returned a result of " + std::to_string(o.value.size()) +
+                " bytes (encoded), more than the " + std::to_string(limit_) +
+                "-byte limit of a message from a pool worker to its pool; the call "
+                "fails alone")),
+            {.call = entry});
     }
     const std::size_t size = record_size(r, true);
     if (size <= board_.capacity()) {
@@ -393,7 +384,8 @@ void troupe_pool_worker(Connection& conn, WorkerConfig& cfg, RawArray<std::uint6
                    troupe::internal::describe(std::current_exception()).c_str());
       ResultMessage r;
       r.initializer_failed = true;
-      r.outcomes.push_back(outcome_of(std::current_exception()));
+      r.outcomes.push_back(
+          outcome_of(std::current_exception(), call_context(cfg.initializer, cfg.initargs, false)));
       (void)(sender.add(r, cfg.initializer) && sender.flush());
       return;
     }
@@ -449,10 +441,10 @@ TROUPE_ENTRY(troupe_pool_worker_entry);
 
 std::exception_ptr outcome_exception(const CallOutcome& o) {
   try {
-    const auto code = static_cast<errc>(o.code);
-    if (o.os_errno != 0 && (code == errc::os_error || errc_for_errno(o.os_errno) == code))
-      throw_os_error(o.os_errno, o.message);
-    throw_error(code == errc::ok ? errc::exception : code, o.message);
+    return ErrorEnvelope::from_bytes(o.error).exception();
+  } catch (const ValueError& e) {
+    return std::make_exception_ptr(
+        ValueError(std::string("a pool worker sent an error that cannot be read: ") + e.what()));
   } catch (...) {
     return std::current_exception();
   }
@@ -819,7 +811,14 @@ bool WorkerPoolState::deliver(Worker& w, std::vector<ResultMessage>& results) {
   for (auto& r : results) {
     if (!r.initializer_failed) continue;
     std::string why = "A process initializer failed, the process pool is not usable anymore";
-    if (!r.outcomes.empty()) why += " (" + r.outcomes.front().message + ")";
+    if (!r.outcomes.empty()) {
+      try {
+        const auto e = ErrorEnvelope::from_bytes(r.outcomes.front().error);
+        why += " (" + e.message + "; " + e.remote_text() + ")";
+      } catch (const ValueError& e) {
+        why += std::string(" (its error cannot be read: ") + e.what() + ")";
+      }
+    }
     std::vector<std::unique_ptr<Job>> failed;
     {
       std::scoped_lock lk(mu);

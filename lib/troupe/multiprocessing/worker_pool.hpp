@@ -34,12 +34,12 @@ namespace troupe::multiprocessing::detail {
 struct CallOutcome {
   bool ok = false;
   std::vector<std::byte> value;  // the encoded result (ok)
-  std::uint16_t code = 0;        // troupe::errc of the exception (not ok)
-  std::int32_t os_errno = 0;     // for OSError and its subclasses
-  std::string message;           // what(); prefixed with the type for classes troupe does not know
+  std::vector<std::byte> error;  // the exception (not ok): an ErrorEnvelope's bytes
 };
 
-/// The exception a failed outcome stands for, as an exception_ptr.
+/// The exception a failed outcome stands for (its envelope rebuilt by throw_error(), so its
+/// remote() names the worker and the call), as an exception_ptr; a ValueError naming the worker's
+/// fault if the envelope cannot be read.
 std::exception_ptr outcome_exception(const CallOutcome& o);
 
 /// A batch of calls of one function (one submit, or one chunk of a map) and what to do with
