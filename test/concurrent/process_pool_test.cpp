@@ -109,6 +109,27 @@ int until_stopped(int limit) {
 }
 TROUPE_ENTRY(until_stopped);
 
+// Loses the parent's SIGINT as a loaded machine or TSan can: SIGINT is blocked and a stray
+// SI_QUEUE SIGINT (value 0, no call's id) is pending when the parent's comes, so the kernel drops
+// the parent's; then SIGINT is unblocked and the stray delivered. The rounds (1 ms) it ran before
+// stop_requested() turned true, or -1 if it never did in `limit` rounds either side.
+int stop_with_a_lost_signal(int limit) {
+  sigset_t intr, old;
+  sigemptyset(&intr);
+  sigaddset(&intr, SIGINT);
+  ::pthread_sigmask(SIG_BLOCK, &intr, &old);
+  ::sigqueue(::getpid(), SIGINT, sigval{.sival_int = 0});
+  int rounds = 0;
+  while (!stop_requested() && rounds < limit) {
+    std::this_thread::sleep_for(1ms);
+    ++rounds;
+  }
+  ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  for (int i = 0; i < limit && !stop_requested(); ++i) std::this_thread::sleep_for(1ms);
+  return stop_requested() ? rounds : -1;
+}
+TROUPE_ENTRY(stop_with_a_lost_signal);
+
 // Ignores stop requests; with `block_term`, SIGTERM too (only SIGKILL ends it).
 int deaf(int block_term) {
   if (block_term) {
@@ -427,6 +448,18 @@ TEST_P(ProcessPoolTest, RequestStopReachesARunningCallCooperatively) {
   }
   EXPECT_EQ(pool.submit(my_pid, 0).result(30s), pid);  // the same worker: nothing was killed
   EXPECT_FALSE(stop_requested());                      // here, outside a worker
+}
+
+TEST_P(ProcessPoolTest, RequestStopSurvivesALostSignal) {
+  // The stop is on the worker's board, so a SIGINT the kernel drops (a standard signal already
+  // pending) or TSan defers cannot lose it: the call sees stop_requested() at once, SIGINT or not.
+  ProcessPoolExecutor pool(with(GetParam(), {.max_workers = 1, .stop_grace = 60s}));
+  const int pid = pool.submit(my_pid, 0).result(30s);
+  auto f = pool.submit(stop_with_a_lost_signal, 3000);
+  EXPECT_TRUE(troupe::testing::eventually([&] { return f.running(); }));
+  EXPECT_TRUE(f.request_stop());
+  EXPECT_GE(f.result(60s), 0);  // seen while SIGINT was blocked, not after the grace
+  EXPECT_EQ(pool.submit(my_pid, 0).result(30s), pid);  // nothing was killed
 }
 
 TEST_P(ProcessPoolTest, NegativeStopGraceIsAValueError) {

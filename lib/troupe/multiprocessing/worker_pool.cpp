@@ -78,7 +78,11 @@ constexpr auto kQuickCall = std::chrono::microseconds(200);
 // size, u64 error size, the value (unless kValuesFollow: each outcome's value is then the next
 // message), the error (a failed call's ErrorEnvelope, proto/errors.capnp: at most
 // ErrorEnvelope::kMaxBytes).
-constexpr std::size_t kBoardWords = 32 * 1024;  // 256 KiB: the running call, the log's size, log
+//
+// The parent writes there too: the id of the call whose stop was asked (request_stop()), which
+// stop_requested() compares with the call running (the SIGINT that follows is only a nudge, for a
+// call blocked in a system call: a signal can be lost, the board's word cannot).
+constexpr std::size_t kBoardWords = 32 * 1024;  // 256 KiB: running, the log's size, stop, log
 constexpr std::uint32_t kInitializerFailed = 1;
 constexpr std::uint32_t kValuesFollow = 2;
 constexpr std::size_t kRecordHeader = 16;
@@ -88,10 +92,11 @@ class Board {
 public:
   explicit Board(const RawArray<std::uint64_t>& words) noexcept
       : words_(words.data()),
-        log_(reinterpret_cast<std::byte*>(words.data() + 2)),
-        capacity_((words.size() - 2) * sizeof(std::uint64_t)) {}
+        log_(reinterpret_cast<std::byte*>(words.data() + 3)),
+        capacity_((words.size() - 3) * sizeof(std::uint64_t)) {}
   std::atomic_ref<std::uint64_t> running() const noexcept { return std::atomic_ref(words_[0]); }
   std::atomic_ref<std::uint64_t> used() const noexcept { return std::atomic_ref(words_[1]); }
+  std::atomic_ref<std::uint64_t> stop() const noexcept { return std::atomic_ref(words_[2]); }
   std::byte* log() const noexcept { return log_; }
   std::size_t capacity() const noexcept { return capacity_; }
 
@@ -227,16 +232,16 @@ CallOutcome run_call(const EntryPoint* e, const std::string& name, std::span<con
   return o;
 }
 
-// The worker's side of request_stop(): the id of the message it runs (0 between messages) and
-// of the last one whose stop was asked — the parent queues SIGINT with that id as its value.
+// The worker's side of request_stop(): the id of the message it runs (0 between messages), and
+// its board, where the parent writes the id of the call whose stop was asked before it queues
+// SIGINT (with that id as its value) to wake a call blocked in a system call.
 std::atomic<std::uint64_t> g_running{0};
-std::atomic<std::uint64_t> g_stop{0};
+std::atomic<const Board*> g_board{nullptr};
 
 void on_sigint(int sig, siginfo_t* info, void*) {
-  if (info->si_code == SI_QUEUE) {
-    g_stop.store(reinterpret_cast<std::uintptr_t>(info->si_value.sival_ptr));
-    return;
-  }
+  // The parent's nudge: the stop itself is on the board (a standard signal already pending is
+  // dropped, and one sent by anyone else must not stop a call).
+  if (info->si_code == SI_QUEUE) return;
   // A terminal's Ctrl-C or a `kill -INT`: what SIGINT does to a process without a handler.
   ::signal(sig, SIG_DFL);
   ::raise(sig);
@@ -284,7 +289,8 @@ static bool watch_owner(pid_t owner, std::chrono::milliseconds grace) {
 
 bool stop_requested_in_worker() noexcept {
   const std::uint64_t running = g_running.load();
-  return running != 0 && g_stop.load() == running;
+  const Board* board = g_board.load();
+  return running != 0 && board != nullptr && board->stop().load() == running;
 }
 
 namespace {
@@ -369,6 +375,10 @@ void troupe_pool_worker(Connection& conn, WorkerConfig& cfg, RawArray<std::uint6
   sigemptyset(&sa.sa_mask);
   ::sigaction(SIGINT, &sa, nullptr);
   const Board board(words);
+  g_board.store(&board);
+  struct Forget {
+    ~Forget() { g_board.store(nullptr); }
+  } forget;
   ResultSender sender(conn, board, cfg.max_message ? cfg.max_message : conn.max_message_size());
   if (!cfg.initializer.empty()) {
     try {
@@ -753,6 +763,8 @@ int WorkerPoolState::escalate_stops() {
   for (auto& s : signals) {
     // The call may have ended since: SIGTERM and SIGKILL are for it alone (SIGINT names it).
     if (s.sig != SIGINT && s.worker->running() != s.id) continue;
+    // The stop itself, where a lost signal cannot lose it: stop_requested() reads it.
+    if (s.sig == SIGINT) Board(*s.worker->words).stop().store(s.id);
     siginfo_t info{};
     info.si_signo = s.sig;
     info.si_code = SI_QUEUE;

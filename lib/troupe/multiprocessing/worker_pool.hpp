@@ -91,8 +91,9 @@ struct WorkerPoolOptions {
   std::string name;  // for messages and process names ("ProcessPoolExecutor-0")
   /// The exception for calls a dead worker or a broken pool fails (default BrokenProcessPool).
   std::function<std::exception_ptr(const std::string& why)> make_error;
-  /// request_stop() on a running call: SIGINT to its worker (stop_requested() turns true), then
-  /// SIGTERM after this long, then SIGKILL after as long again.
+  /// request_stop() on a running call: its id on the worker's board (stop_requested() turns
+  /// true) and SIGINT to the worker, then SIGTERM after this long, then SIGKILL after as long
+  /// again.
   std::chrono::milliseconds stop_grace{1000};
 };
 

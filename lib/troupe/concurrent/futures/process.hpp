@@ -104,7 +104,8 @@ constexpr bool sendable_result = std::is_void_v<R> || Encodable<std::decay_t<R>>
 
 /// troupe: in a call running in a ProcessPoolExecutor's (or a multiprocessing::Pool's) worker,
 /// whether its future's request_stop() was made — check it in long calls and return early. The
-/// worker gets SIGINT for it; if the call has not ended a grace period later
+/// pool writes the stop on the worker's shared board (a lost signal cannot lose it) and sends
+/// SIGINT, which interrupts a blocking system call; if the call has not ended a grace period later
 /// (ProcessPoolOptions::stop_grace) the worker gets SIGTERM, then SIGKILL, and the call fails
 /// with CancelledError. False anywhere else.
 inline bool stop_requested() noexcept {
