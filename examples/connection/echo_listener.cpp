@@ -120,6 +120,7 @@ int main(int argc, char** argv) {
                                                      .trusted_ca = args.get("--tls-ca", "")});
     asio::io_context io;
     mp::Listener listener(mp::Address::parse(args.get("--address")), std::move(options));
+    listener.set_executor(io.get_executor());  // accepted connections do their I/O on io too
     say("listening on " + listener.address().str());
     asio::co_spawn(io, accept_loop(listener, io), asio::detached);
     io.run();

@@ -35,7 +35,8 @@ asio::awaitable<void> serve(mp::Connection conn) {
     }
     const std::vector<std::string> argv{"sort"};
     sp::Popen child(argv, {.stdin_ = sp::PIPE, .stdout_ = sp::PIPE, .stderr_ = sp::PIPE});
-    sp::Output out = co_await child.async_communicate(ex, text, asio::use_awaitable);
+    child.set_executor(ex);  // its pipes and pidfd wait in this io_context's reactor
+    sp::Output out = co_await child.async_communicate(text, asio::use_awaitable);
     const std::string reply =
         child.returncode() == 0 ? *out.stdout_ : "sort failed: " + *out.stderr_;
     co_await conn.async_send(reply, asio::use_awaitable);

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include <boost/asio/awaitable.hpp>
+#include <boost/asio/bind_executor.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
@@ -294,10 +295,10 @@ TEST_F(FutureTest, AsyncResultOnAnIoContext) {
   boost::asio::io_context io;
   Future<int> f;
   int got = 0;
-  f.async_result(io.get_executor(), [&](std::exception_ptr e, int v) {
+  f.async_result(boost::asio::bind_executor(io, [&](std::exception_ptr e, int v) {
     EXPECT_FALSE(e);
     got = v;
-  });
+  }));
   EXPECT_EQ(io.poll(), 0u);  // pending: nothing to run yet (the work guard keeps io alive)
   threading::Thread t([f]() mutable { f.set_result(9); });
   t.start();
@@ -310,22 +311,22 @@ TEST_F(FutureTest, AsyncResultCarriesExceptionsAndCancellation) {
   boost::asio::io_context io;
   std::string seen;
   Future<int> failing;
-  failing.async_result(io.get_executor(), [&](std::exception_ptr e, int) {
+  failing.async_result(boost::asio::bind_executor(io, [&](std::exception_ptr e, int) {
     try {
       std::rethrow_exception(e);
     } catch (const ValueError& x) {
       seen += std::string("value:") + x.what();
     }
-  });
+  }));
   failing.set_exception(ValueError("bad"));
   Future<void> c;
-  c.async_result(io.get_executor(), [&](std::exception_ptr e) {
+  c.async_result(boost::asio::bind_executor(io, [&](std::exception_ptr e) {
     try {
       std::rethrow_exception(e);
     } catch (const CancelledError&) {
       seen += " cancelled";
     }
-  });
+  }));
   EXPECT_TRUE(c.cancel());
   io.run();
   EXPECT_EQ(seen, "value:bad cancelled");
@@ -334,7 +335,8 @@ TEST_F(FutureTest, AsyncResultCarriesExceptionsAndCancellation) {
 TEST_F(FutureTest, AsyncResultUseFuture) {
   boost::asio::io_context io;
   Future<std::string> f;
-  std::future<std::string> sf = f.async_result(io.get_executor(), boost::asio::use_future);
+  std::future<std::string> sf =
+      f.async_result(boost::asio::bind_executor(io, boost::asio::use_future));
   f.set_result("hi");
   io.run();
   EXPECT_EQ(sf.get(), "hi");
@@ -348,10 +350,10 @@ TEST_F(FutureTest, AsyncResultUseAwaitable) {
   boost::asio::co_spawn(
       io,
       [&]() -> boost::asio::awaitable<void> {
-        int v = co_await ok.async_result(io.get_executor(), boost::asio::use_awaitable);
+        int v = co_await ok.async_result(boost::asio::use_awaitable);
         seen += std::to_string(v);
         try {
-          (void)co_await bad.async_result(io.get_executor(), boost::asio::use_awaitable);
+          (void)co_await bad.async_result(boost::asio::use_awaitable);
         } catch (const ValueError& e) {
           seen += std::string(" ") + e.what();
         }

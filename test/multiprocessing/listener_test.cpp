@@ -300,6 +300,7 @@ TEST_F(ListenerTest, AsyncAcceptServesARealClientAmongIdlePeers) {
   opts.backlog = 128;
   Listener l(std::nullopt, opts);
   boost::asio::io_context ctx;
+  l.set_executor(ctx.get_executor());
   std::vector<int> idle;
   for (int i = 0; i < 50; ++i) {
     idle.push_back(connect_raw(l.address()));

@@ -477,15 +477,16 @@ TEST_F(SubprocessTest, AsioWaitAndCommunicate) {
   Popen sleeper({"sh", "-c", "sleep 0.2; exit 7"});
   Popen cat({"cat"}, {.stdin_ = PIPE, .stdout_ = PIPE, .stderr_ = PIPE});
   Popen talker({"sh", "-c", "echo line1; echo line2"}, {.stdout_ = PIPE});
+  for (Popen* p : {&sleeper, &cat, &talker}) p->set_executor(io.get_executor());
   std::optional<int> code;
   std::optional<Output> output;
   std::string streamed;
-  sleeper.async_wait(io.get_executor(), [&](boost::system::error_code ec, int rc) {
+  sleeper.async_wait([&](boost::system::error_code ec, int rc) {
     EXPECT_FALSE(ec) << ec.message();
     code = rc;
   });
   const std::string big(1 << 20, 'z');
-  cat.async_communicate(io.get_executor(), big, [&](boost::system::error_code ec, Output out) {
+  cat.async_communicate(big, [&](boost::system::error_code ec, Output out) {
     EXPECT_FALSE(ec) << ec.message();
     output = std::move(out);
   });
@@ -494,9 +495,9 @@ TEST_F(SubprocessTest, AsioWaitAndCommunicate) {
         EXPECT_FALSE(ec);
         if (chunk.empty()) return;
         streamed += chunk;
-        talker.stdout_->async_read_some(io.get_executor(), 4096, on_read);
+        talker.stdout_->async_read_some(4096, on_read);
       };
-  talker.stdout_->async_read_some(io.get_executor(), 4096, on_read);
+  talker.stdout_->async_read_some(4096, on_read);
   io.run();  // one thread, three children, no thread per child
   EXPECT_EQ(code, 7);
   ASSERT_TRUE(output);
@@ -509,8 +510,9 @@ TEST_F(SubprocessTest, AsioWaitAndCommunicate) {
   EXPECT_EQ(talker.wait(), 0);
   // Blocking calls still work on a Stream an async operation used.
   Popen echo({"cat"}, {.stdin_ = PIPE, .stdout_ = PIPE});
+  echo.set_executor(io.get_executor());
   bool written = false;
-  echo.stdin_->async_write(io.get_executor(), "async then blocking\n",
+  echo.stdin_->async_write("async then blocking\n",
                            [&](boost::system::error_code ec, std::size_t n) {
                              EXPECT_FALSE(ec);
                              written = n == 20;

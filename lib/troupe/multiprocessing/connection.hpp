@@ -22,12 +22,11 @@
 #include <vector>
 
 #include <boost/asio/any_io_executor.hpp>
-#include <boost/asio/compose.hpp>
 #include <boost/asio/posix/stream_descriptor.hpp>
-#include <boost/asio/system_executor.hpp>
 #include <boost/system/error_code.hpp>
 
 #include "troupe/codec.hpp"
+#include "troupe/detail/async.hpp"
 #include "troupe/detail/futex.hpp"
 #include "troupe/detail/reactor.hpp"
 #include "troupe/errors.hpp"
@@ -190,45 +189,42 @@ public:
   // ---- asynchronous twins (Asio) ----------------------------------------------------------
   //
   // Each takes a completion token (a callback, asio::use_future, asio::use_awaitable, …) and
-  // completes with a boost::system::error_code holding a std::error_code: troupe::errc values
+  // follows Asio's rules (doc/async.md): the handler is never invoked from inside the call; the
+  // I/O runs on the connection's executor (get_executor()); the handler runs on its associated
+  // executor, by default the connection's; terminal per-operation cancellation (a cancellation
+  // slot bound to the token) ends a wait with operation_aborted, and close() ends them all so.
+  // Completions carry a boost::system::error_code holding a std::error_code: troupe::errc values
   // (troupe::error_category(): eof_error, value_error, type_error, …) or errno values
-  // (generic_category). troupe::throw_error(ec, what) turns one into the Python-named exception.
-  // The I/O runs on the handler's associated executor (a coroutine's for use_awaitable, Asio's
-  // system thread pool for use_future, the bound one for bind_executor), else on the one given
-  // to set_executor(); with neither, the operation completes at once with errc::value_error.
-  // The connection's fd registers with the reactor of the first executor used.
+  // (generic_category, EBADF on a closed connection). troupe::throw_error(ec, what) turns one
+  // into the Python-named exception.
   // One receive and one send may be outstanding at a time (as one reader and one writer for
   // the blocking calls); do not mix blocking and asynchronous receives on one connection.
 
-  /// The executor used by async operations whose handler has none.
-  void set_executor(boost::asio::any_io_executor ex) { executor_ = std::move(ex); }
+  /// The executor that does this connection's asynchronous I/O: the one given to set_executor(),
+  /// else the one it was accepted or connected on (Listener::async_accept, async_client), else
+  /// Asio's system executor (its thread pool, started on first use, then also runs handlers that
+  /// have no executor of their own).
   const boost::asio::any_io_executor& get_executor() const noexcept { return executor_; }
-  /// Forgets the reactor the fd registered with (none of its async operations may be
-  /// outstanding): the next async operation registers with its own executor's. Listener and
-  /// Client call it on what they hand over after a handshake run on a private io_context.
-  void reset_reactor() noexcept { reactor_.release(); }
+  /// Gives the connection its I/O executor (an empty one: the default). Async operations still
+  /// outstanding end with operation_aborted.
+  void set_executor(boost::asio::any_io_executor ex) noexcept {
+    reactor_.release();
+    executor_ = troupe::detail::io_executor_or_default(ex);
+  }
 
   /// Waits until the fd is readable or writable (as Asio's basic_socket::async_wait), without
   /// reading or writing. Completion: void(boost::system::error_code).
   template <class Token>
   auto async_wait(boost::asio::posix::descriptor_base::wait_type what, Token&& token) {
-    auto impl = [this, what, started = false](auto& self,
-                                              boost::system::error_code ec = {}) mutable {
-      auto ex = self.get_executor();
-      if constexpr (no_executor<decltype(ex)>) {
-        self.complete(detail::to_boost(troupe::make_error_code(troupe::errc::value_error)));
-      } else {
-        if (started) return self.complete(ec);
-        if (closed())
-          return self.complete(detail::to_boost(std::error_code(EBADF, std::generic_category())));
-        started = true;
-        reactor_.get(fd_.get(), boost::asio::any_io_executor(ex)).async_wait(what, std::move(self));
-        reactor_.keep_blocking(fd_.get());
-      }
+    auto body = [this, what, started = false](auto& op, boost::system::error_code ec = {}) mutable {
+      if (started) return op.complete(ec);
+      if (closed())
+        return op.complete(detail::to_boost(std::error_code(EBADF, std::generic_category())));
+      started = true;
+      wait_fd(op, what);
     };
-    using Sig = void(boost::system::error_code);
-    if (executor_) return boost::asio::async_compose<Token, Sig>(std::move(impl), token, executor_);
-    return boost::asio::async_compose<Token, Sig>(std::move(impl), token);
+    return troupe::detail::async_operation<void(boost::system::error_code)>(
+        std::move(body), std::forward<Token>(token), executor_);
   }
 
   /// Python: none. send_bytes(buf, offset, size), asynchronously. `buf` must stay valid until
@@ -393,63 +389,49 @@ private:
   // Non-blocking progress: true when finished (ec set on failure), false when it would block.
   bool async_write_some(detail::AsyncWrite& st, std::error_code& ec) noexcept;
   bool async_read_some(detail::AsyncRead& st, std::error_code& ec) noexcept;
-  template <class Ex>
-  static constexpr bool no_executor =
-      std::is_same_v<std::decay_t<Ex>, boost::asio::system_executor>;
+  // Waits in the reactor of the connection's executor for `what`, then resumes `op`.
+  template <class Step>
+  void wait_fd(Step& op, boost::asio::posix::descriptor_base::wait_type what) {
+    reactor_.get(fd_.get(), executor_).async_wait(what, op.resume());
+    reactor_.keep_blocking(fd_.get());
+  }
 
   template <class Token>
   auto start_async_write(std::unique_ptr<detail::AsyncWrite> st, Token&& token) {
-    auto impl = [this, st = std::move(st), waiting = false](
-                    auto& self, boost::system::error_code wait_ec = {}) mutable {
-      auto ex = self.get_executor();
-      if constexpr (no_executor<decltype(ex)>) {
-        self.complete(std::error_code(troupe::make_error_code(troupe::errc::value_error)));
-      } else {
-        if (waiting && wait_ec) return self.complete(wait_ec);
-        if (st->error) return self.complete(detail::to_boost(st->error));
-        std::error_code ec;
-        if (closed() || !writable_)
-          return self.complete(detail::to_boost(std::error_code(EBADF, std::generic_category())));
-        if (async_write_some(*st, ec)) return self.complete(detail::to_boost(ec));
-        waiting = true;
-        reactor_.get(fd_.get(), boost::asio::any_io_executor(ex))
-            .async_wait(async_wait_type(false), std::move(self));
-        reactor_.keep_blocking(fd_.get());
-      }
+    auto body = [this, st = std::move(st), waiting = false](
+                    auto& op, boost::system::error_code wait_ec = {}) mutable {
+      if (waiting && wait_ec) return op.complete(wait_ec);
+      if (st->error) return op.complete(detail::to_boost(st->error));
+      std::error_code ec;
+      if (closed() || !writable_)
+        return op.complete(detail::to_boost(std::error_code(EBADF, std::generic_category())));
+      if (async_write_some(*st, ec)) return op.complete(detail::to_boost(ec));
+      waiting = true;
+      wait_fd(op, async_wait_type(false));
     };
-    using Sig = void(boost::system::error_code);
-    if (executor_) return boost::asio::async_compose<Token, Sig>(std::move(impl), token, executor_);
-    return boost::asio::async_compose<Token, Sig>(std::move(impl), token);
+    return troupe::detail::async_operation<void(boost::system::error_code)>(
+        std::move(body), std::forward<Token>(token), executor_);
   }
 
   template <class R, class Token, class Finish>
   auto start_async_read(std::unique_ptr<detail::AsyncRead> st, Finish finish, Token&& token) {
-    auto impl = [this, st = std::move(st), finish, waiting = false](
-                    auto& self, boost::system::error_code wait_ec = {}) mutable {
-      auto ex = self.get_executor();
-      if constexpr (no_executor<decltype(ex)>) {
-        self.complete(std::error_code(troupe::make_error_code(troupe::errc::value_error)), R{});
-      } else {
-        if (waiting && wait_ec) return self.complete(wait_ec, R{});
-        std::error_code ec;
-        if (closed() || !readable_)
-          return self.complete(detail::to_boost(std::error_code(EBADF, std::generic_category())),
-                               R{});
-        if (async_read_some(*st, ec)) {
-          if (ec) return self.complete(detail::to_boost(ec), R{});
-          boost::system::error_code bec;
-          R r = finish(std::move(st->body), bec);
-          return self.complete(bec, std::move(r));
-        }
-        waiting = true;
-        reactor_.get(fd_.get(), boost::asio::any_io_executor(ex))
-            .async_wait(async_wait_type(true), std::move(self));
-        reactor_.keep_blocking(fd_.get());
+    auto body = [this, st = std::move(st), finish, waiting = false](
+                    auto& op, boost::system::error_code wait_ec = {}) mutable {
+      if (waiting && wait_ec) return op.complete(wait_ec, R{});
+      std::error_code ec;
+      if (closed() || !readable_)
+        return op.complete(detail::to_boost(std::error_code(EBADF, std::generic_category())), R{});
+      if (async_read_some(*st, ec)) {
+        if (ec) return op.complete(detail::to_boost(ec), R{});
+        boost::system::error_code bec;
+        R r = finish(std::move(st->body), bec);
+        return op.complete(bec, std::move(r));
       }
+      waiting = true;
+      wait_fd(op, async_wait_type(true));
     };
-    using Sig = void(boost::system::error_code, R);
-    if (executor_) return boost::asio::async_compose<Token, Sig>(std::move(impl), token, executor_);
-    return boost::asio::async_compose<Token, Sig>(std::move(impl), token);
+    return troupe::detail::async_operation<void(boost::system::error_code, R)>(
+        std::move(body), std::forward<Token>(token), executor_);
   }
 
   UniqueFd fd_;
@@ -464,41 +446,32 @@ private:
   troupe::detail::AdaptiveSpin spin_;  // not moved: a moved-to end learns afresh
   kj::Array<capnp::word> spare_;       // the frame buffer of small typed receives
   std::unique_ptr<detail::TlsSession> tls_;
-  boost::asio::any_io_executor executor_;
+  boost::asio::any_io_executor executor_ = troupe::detail::default_io_executor();
   detail::ReactorRegistration reactor_;
 };
 
 template <class Token>
 auto Connection::async_start_tls(boost::asio::ssl::context& ctx, TlsRole role,
                                  std::string_view peer_name, Token&& token) {
-  using Sig = void(boost::system::error_code);
-  auto impl = [this, &ctx, role, name = std::string(peer_name), waiting = false](
-                  auto& self, boost::system::error_code wait_ec = {}) mutable {
-    auto ex = self.get_executor();
-    if constexpr (no_executor<decltype(ex)>) {
-      self.complete(detail::to_boost(troupe::make_error_code(troupe::errc::value_error)));
-    } else {
-      if (waiting && wait_ec) return self.complete(wait_ec);
-      if (!waiting) {
-        try {
-          begin_tls(ctx, role, name);
-        } catch (const std::exception&) {
-          return self.complete(
-              detail::to_boost(troupe::make_error_code(troupe::errc::value_error)));
-        }
+  auto body = [this, &ctx, role, name = std::string(peer_name), waiting = false](
+                  auto& op, boost::system::error_code wait_ec = {}) mutable {
+    if (waiting && wait_ec) return op.complete(wait_ec);
+    if (!waiting) {
+      try {
+        begin_tls(ctx, role, name);
+      } catch (const std::exception&) {
+        return op.complete(detail::to_boost(troupe::make_error_code(troupe::errc::value_error)));
       }
-      std::error_code ec;
-      bool want_write = false;
-      if (tls_handshake_step(ec, want_write)) return self.complete(detail::to_boost(ec));
-      waiting = true;
-      using D = boost::asio::posix::descriptor_base;
-      reactor_.get(fd_.get(), boost::asio::any_io_executor(ex))
-          .async_wait(want_write ? D::wait_write : D::wait_read, std::move(self));
-      reactor_.keep_blocking(fd_.get());
     }
+    std::error_code ec;
+    bool want_write = false;
+    if (tls_handshake_step(ec, want_write)) return op.complete(detail::to_boost(ec));
+    waiting = true;
+    using D = boost::asio::posix::descriptor_base;
+    wait_fd(op, want_write ? D::wait_write : D::wait_read);
   };
-  if (executor_) return boost::asio::async_compose<Token, Sig>(std::move(impl), token, executor_);
-  return boost::asio::async_compose<Token, Sig>(std::move(impl), token);
+  return troupe::detail::async_operation<void(boost::system::error_code)>(
+      std::move(body), std::forward<Token>(token), executor_);
 }
 
 /// Python: `multiprocessing.Pipe(duplex=True)` → (conn1, conn2). Duplex: a Unix socketpair, both

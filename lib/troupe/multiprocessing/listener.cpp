@@ -9,6 +9,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <cstring>
@@ -341,6 +342,16 @@ std::shared_ptr<detail::AcceptEngine> Listener::engine_for(const boost::asio::an
   return engine_;
 }
 
+void Listener::set_executor(boost::asio::any_io_executor ex) {
+  ex = troupe::detail::io_executor_or_default(ex);
+  if (ex == executor_) return;
+  if (engine_) {
+    engine_->stop();
+    engine_.reset();
+  }
+  executor_ = std::move(ex);
+}
+
 Connection Listener::accept() {
   if (!fd_) throw_os_error(EBADF, "Listener.accept: the listener is closed");
   struct Got {  // filled by whichever thread runs the handler
@@ -381,6 +392,7 @@ Connection Listener::accept() {
       "Listener.accept on " + address_.str() + (o.peer ? " from " + o.peer->str() : "");
   if (o.ec) throw_outcome(o.ec, who, options_.handshake_timeout, o.why);
   last_accepted_ = o.peer;
+  o.conn.set_executor(executor_);
   return std::move(o.conn);
 }
 
@@ -395,7 +407,9 @@ struct AcceptEngine::Pending {
   bool timed_out = false;
   bool dropped = false;
   Pending(int fd, const boost::asio::any_io_executor& ex, std::optional<Address> p)
-      : conn(fd), timer(ex), peer(std::move(p)) {}
+      : conn(fd), timer(ex), peer(std::move(p)) {
+    conn.set_executor(ex);  // the handshake's I/O, on the engine's strand
+  }
 };
 
 std::shared_ptr<AcceptEngine> AcceptEngine::make(int listen_fd, const Address& address,
@@ -406,6 +420,7 @@ std::shared_ptr<AcceptEngine> AcceptEngine::make(int listen_fd, const Address& a
   if (!e->fd_) throw_os_error(errno, "Listener on " + address.str() + ": fcntl(F_DUPFD)");
   e->address_ = address;
   e->options_ = options;
+  e->executor_ = ex;
   // Untracked: the engine outlives its waiters and must not keep an io_context running (its
   // pending handshakes do, as every outstanding operation does).
   e->strand_ = boost::asio::make_strand(
@@ -416,8 +431,9 @@ std::shared_ptr<AcceptEngine> AcceptEngine::make(int listen_fd, const Address& a
 // reactor_ lets go of the fd (it is declared after fd_) before fd_ closes it.
 AcceptEngine::~AcceptEngine() = default;
 
-void AcceptEngine::want(Waiter w) {
-  boost::asio::post(strand_, [self = shared_from_this(), w = std::move(w)]() mutable {
+std::uint64_t AcceptEngine::want(Waiter w) {
+  const std::uint64_t id = next_waiter_.fetch_add(1, std::memory_order_relaxed);
+  boost::asio::post(strand_, [self = shared_from_this(), w = std::move(w), id]() mutable {
     if (self->stopped_) {
       AcceptOutcome o{boost::asio::error::operation_aborted, Connection(), std::nullopt};
       return w(o);
@@ -427,9 +443,26 @@ void AcceptEngine::want(Waiter w) {
       self->ready_.pop_front();
       self->hand(w, o);
     } else {
-      self->waiters_.push_back(std::move(w));
+      self->waiters_.emplace_back(id, std::move(w));
     }
     self->pump();
+  });
+  return id;
+}
+
+void AcceptEngine::cancel(std::uint64_t id) {
+  boost::asio::post(strand_, [self = shared_from_this(), id] {
+    auto& ws = self->waiters_;
+    auto it = std::find_if(ws.begin(), ws.end(), [id](const auto& w) { return w.first == id; });
+    if (it == ws.end()) return;  // it has had its outcome
+    Waiter w = std::move(it->second);
+    ws.erase(it);
+    AcceptOutcome o{boost::asio::error::operation_aborted, Connection(), std::nullopt};
+    w(o);
+    if (ws.empty() && self->waiting_) {
+      boost::system::error_code ignored;
+      self->reactor_.get(self->fd_.get(), self->strand_).cancel(ignored);  // nobody waits for peers
+    }
   });
 }
 
@@ -470,7 +503,7 @@ void AcceptEngine::fail_waiters(boost::system::error_code ec) {
   waiters_.clear();
   for (auto& w : waiters) {
     AcceptOutcome o{ec, Connection(), std::nullopt};
-    w(o);
+    w.second(o);
   }
 }
 
@@ -552,7 +585,7 @@ void AcceptEngine::finish(const std::shared_ptr<Pending>& p, boost::system::erro
     p->conn.close();
     return deliver({ec, Connection(), p->peer, std::move(why)});
   }
-  p->conn.reset_reactor();  // the user's async operations register with their own executor
+  p->conn.set_executor(executor_);  // the user's async operations run on it
   deliver({{}, std::move(p->conn), p->peer});
 }
 
@@ -561,7 +594,7 @@ void AcceptEngine::deliver(AcceptOutcome o) {
   if (waiters_.empty()) {
     ready_.push_back(std::move(o));
   } else {
-    Waiter w = std::move(waiters_.front());
+    Waiter w = std::move(waiters_.front().second);
     waiters_.pop_front();
     hand(w, o);
   }
@@ -646,7 +679,7 @@ Connection Client(const Address& address, const ClientOptions& o) {
   run_until(ctx, client_spin(), [&] { return done; });
   if (!done) ec = detail::to_boost(troupe::make_error_code(troupe::errc::os_error));
   if (ec) throw_outcome(ec, "Client: connect to " + address.str(), o.timeout, why);
-  c.reset_reactor();
+  c.set_executor({});  // the default: the private io_context ends here
   return c;
 }
 

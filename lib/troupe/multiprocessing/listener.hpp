@@ -2,6 +2,7 @@
 // addresses they use.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <deque>
@@ -13,14 +14,11 @@
 #include <string_view>
 #include <variant>
 
-#include <boost/asio/associated_executor.hpp>
-#include <boost/asio/async_result.hpp>
-#include <boost/asio/execution/outstanding_work.hpp>
+#include <boost/asio/cancellation_type.hpp>
 #include <boost/asio/io_context.hpp>
-#include <boost/asio/post.hpp>
-#include <boost/asio/prefer.hpp>
 #include <boost/asio/steady_timer.hpp>
 
+#include "troupe/detail/async.hpp"
 #include "troupe/multiprocessing/authkey.hpp"
 #include "troupe/multiprocessing/connection.hpp"
 #include "troupe/unique_fd.hpp"
@@ -95,7 +93,8 @@ struct AcceptOutcome {
 class AcceptEngine : public std::enable_shared_from_this<AcceptEngine> {
 public:
   using Waiter = std::function<void(AcceptOutcome&)>;
-  /// `listen_fd` is duplicated: the engine owns its copy until stop() has run.
+  /// `listen_fd` is duplicated: the engine owns its copy until stop() has run. Connections are
+  /// handed out with `ex` as their executor.
   static std::shared_ptr<AcceptEngine> make(int listen_fd, const Address& address,
                                             const ListenerOptions& options,
                                             const boost::asio::any_io_executor& ex);
@@ -104,7 +103,10 @@ public:
   AcceptEngine& operator=(const AcceptEngine&) = delete;
 
   /// Asks for the next outcome; `w` runs on the engine's strand, never inside this call.
-  void want(Waiter w);
+  /// Returns the waiter's number, for cancel().
+  std::uint64_t want(Waiter w);
+  /// Ends waiter `id` with operation_aborted, if it still waits (on the strand). Thread-safe.
+  void cancel(std::uint64_t id);
   /// Drops every pending peer and waiting outcome, fails the waiters with operation_aborted
   /// and closes the engine's socket, on the strand. Thread-safe.
   void stop();
@@ -128,13 +130,15 @@ private:
   UniqueFd fd_;
   Address address_;
   ListenerOptions options_;
+  boost::asio::any_io_executor executor_;  // what accepted connections are handed out with
   boost::asio::any_io_executor strand_;
   ReactorRegistration reactor_;
   bool waiting_ = false;  // a wait for the listening socket is outstanding
   bool stopped_ = false;
   std::deque<std::shared_ptr<Pending>> pending_;
   std::deque<AcceptOutcome> ready_;
-  std::deque<Waiter> waiters_;
+  std::deque<std::pair<std::uint64_t, Waiter>> waiters_;
+  std::atomic<std::uint64_t> next_waiter_{0};
   mutable std::mutex last_m_;
   std::optional<Address> last_;
 };
@@ -162,16 +166,22 @@ public:
   /// Handshakes progress while accept() runs; several threads may call it at once.
   /// @throws OSError EBADF when closed.
   Connection accept();
-  /// accept(), asynchronously, with the same engine on the handler's executor (or
-  /// set_executor's): handshakes side by side, each under handshake_timeout. Completion:
-  /// void(boost::system::error_code, Connection); errc::authentication_error,
+  /// accept(), asynchronously, with the same engine on the listener's executor: handshakes
+  /// side by side, each under handshake_timeout. Completion: void(boost::system::error_code,
+  /// Connection), the connection on the listener's executor; errc::authentication_error,
   /// errc::timeout_error or an errno code for a peer that failed (call again for the next);
-  /// operation_aborted when the listener is closed. The handler is never invoked from inside
-  /// async_accept (it is posted to its executor).
+  /// EBADF when the listener is closed, operation_aborted when it is closed meanwhile or the
+  /// operation is cancelled (per-operation, terminal; a peer already accepted stays for the
+  /// next call). Asio's rules (doc/async.md): never completes inside the call.
   template <class Token>
   auto async_accept(Token&& token);
-  /// The executor used by async_accept when its handler has none.
-  void set_executor(boost::asio::any_io_executor ex) { executor_ = std::move(ex); }
+  /// The executor that runs async_accept's engine and the connections it accepts (accept()'s
+  /// too): the one given to set_executor(), else Asio's system executor (doc/async.md).
+  const boost::asio::any_io_executor& get_executor() const noexcept { return executor_; }
+  /// Gives the listener its executor (an empty one: the default). Set it before the first
+  /// async_accept: a change drops the engine, its pending handshakes and waiting operations
+  /// (operation_aborted).
+  void set_executor(boost::asio::any_io_executor ex);
 
   /// Python: `close()`.
   void close() noexcept;
@@ -187,7 +197,7 @@ private:
   std::shared_ptr<detail::AcceptEngine> engine_for(const boost::asio::any_io_executor& ex);
 
   UniqueFd fd_;
-  boost::asio::any_io_executor executor_;
+  boost::asio::any_io_executor executor_ = troupe::detail::default_io_executor();
   Address address_;
   mutable std::optional<Address> last_accepted_;
   ListenerOptions options_;
@@ -214,48 +224,49 @@ auto async_handshake(Connection& c, const AuthenticationString& key, const AuthO
     bool check_welcome = false;
     bool refused = false;
   };
-  auto impl = [&c, &key, &auth, challenge_first, st = std::make_unique<State>()](
-                  auto& self, boost::system::error_code ec = {},
+  auto body = [&c, &key, &auth, challenge_first, st = std::make_unique<State>()](
+                  auto& op, boost::system::error_code ec = {},
                   std::vector<std::byte> msg = {}) mutable {
     const auto refused = to_boost(troupe::make_error_code(troupe::errc::authentication_error));
-    if (ec) return self.complete(ec);
-    if (st->refused) return self.complete(refused);  // #FAILURE# sent
+    if (ec) return op.complete(ec);
+    if (st->refused) return op.complete(refused);  // #FAILURE# sent
     try {
       if (st->check_welcome) {
         st->check_welcome = false;
         check_welcome(msg);
       }
-      if (st->step == 6) return self.complete({});
+      if (st->step == 6) return op.complete({});
       const bool deliver = (st->step < 3) == challenge_first;
       switch (st->step++ % 3 + (deliver ? 0 : 3)) {
         case 0:  // deliver: the challenge
           st->challenge = make_challenge(auth);
-          return c.async_send_bytes(st->challenge.wire, std::move(self));
-        case 1: return c.async_recv_bytes(std::move(self), 256);
+          return c.async_send_bytes(st->challenge.wire, op.resume());
+        case 1: return c.async_recv_bytes(op.resume(), 256);
         case 2:  // the peer's answer
           try {
             check_answer(st->challenge, msg, key, auth);
           } catch (const AuthenticationError&) {
             st->refused = true;
-            return c.async_send_bytes(failure_message(), std::move(self));
+            return c.async_send_bytes(failure_message(), op.resume());
           }
-          return c.async_send_bytes(welcome_message(), std::move(self));
+          return c.async_send_bytes(welcome_message(), op.resume());
         case 3:  // answer: the peer's challenge
-          return c.async_recv_bytes(std::move(self), 256);
+          return c.async_recv_bytes(op.resume(), 256);
         case 4:
           st->answer = make_answer(msg, key, auth);
-          return c.async_send_bytes(st->answer, std::move(self));
+          return c.async_send_bytes(st->answer, op.resume());
         default:  // the peer's verdict, checked on the next entry
           st->check_welcome = true;
-          return c.async_recv_bytes(std::move(self), 256);
+          return c.async_recv_bytes(op.resume(), 256);
       }
     } catch (const AuthenticationError&) {
-      self.complete(refused);
+      op.complete(refused);
     } catch (const std::exception&) {
-      self.complete(to_boost(troupe::make_error_code(troupe::errc::os_error)));
+      op.complete(to_boost(troupe::make_error_code(troupe::errc::os_error)));
     }
   };
-  return boost::asio::async_compose<Token, void(boost::system::error_code)>(std::move(impl), token);
+  return troupe::detail::async_operation<void(boost::system::error_code)>(
+      std::move(body), std::forward<Token>(token), c.get_executor());
 }
 
 /// What an asynchronous accept or connect keeps between steps.
@@ -301,32 +312,24 @@ std::string tls_peer_name(const Address& address, const ClientOptions& options);
 
 template <class Token>
 auto Listener::async_accept(Token&& token) {
-  using Sig = void(boost::system::error_code, Connection);
-  return boost::asio::async_initiate<Token, Sig>(
-      [this](auto handler) {
-        using Handler = decltype(handler);
-        using HandlerEx = boost::asio::associated_executor_t<Handler, boost::asio::any_io_executor>;
-        boost::asio::any_io_executor ex;
-        if constexpr (std::is_same_v<HandlerEx, boost::asio::system_executor>)
-          ex = executor_;
-        else
-          ex = boost::asio::get_associated_executor(handler, executor_);
-        auto h = std::make_shared<Handler>(std::move(handler));
-        auto fail = [&h](boost::system::error_code ec) {
-          auto hex = boost::asio::get_associated_executor(*h);
-          boost::asio::post(hex, [h, ec]() mutable { std::move (*h)(ec, Connection()); });
-        };
-        if (!ex) return fail(detail::to_boost(troupe::make_error_code(troupe::errc::value_error)));
-        if (!fd_) return fail(detail::to_boost(std::error_code(EBADF, std::generic_category())));
-        auto work = boost::asio::prefer(boost::asio::get_associated_executor(*h, ex),
-                                        boost::asio::execution::outstanding_work.tracked);
-        engine_for(ex)->want([h, work](detail::AcceptOutcome& o) mutable {
-          boost::asio::post(work, [h, ec = o.ec, c = std::move(o.conn)]() mutable {
-            std::move (*h)(ec, std::move(c));
-          });
-        });
-      },
-      token);
+  auto body = [this](auto& op, boost::system::error_code ec = {}, Connection c = {}) {
+    if (!op.initiating()) return op.complete(ec, std::move(c));
+    if (!fd_)
+      return op.complete(detail::to_boost(std::error_code(EBADF, std::generic_category())),
+                         Connection());
+    auto engine = engine_for(executor_);
+    auto slot = op.cancellation_slot();
+    // The engine's waiters are copyable: the operation goes in a shared box.
+    auto box = std::make_shared<std::optional<std::decay_t<decltype(op.resume())>>>();
+    box->emplace(op.resume());
+    const auto id = engine->want([box](detail::AcceptOutcome& o) {
+      troupe::detail::resume_later(std::move(**box), o.ec, std::move(o.conn));
+    });
+    if (slot.is_connected())
+      slot.assign([engine, id](boost::asio::cancellation_type) { engine->cancel(id); });
+  };
+  return troupe::detail::async_operation<void(boost::system::error_code, Connection)>(
+      std::move(body), std::forward<Token>(token), executor_);
 }
 
 /// Python: `multiprocessing.connection.Client(address, family=None, authkey=None)`: connects
@@ -359,11 +362,11 @@ auto async_client(boost::asio::any_io_executor ex, Address address, ClientOption
   st->address = std::move(address);
   st->options = std::move(options);
   st->why = why;
-  auto impl = [st, ex](auto& self, boost::system::error_code ec = {}) mutable {
+  auto body = [st, ex](auto& op, boost::system::error_code ec = {}) mutable {
     using D = boost::asio::posix::descriptor_base;
     auto fail = [&](std::error_code why) {
       if (st->why && st->conn.tls()) *st->why = st->conn.tls_error();
-      self.complete(st->fail(why), Connection());
+      op.complete(st->fail(why), Connection());
     };
     auto& o = st->options;
     if (ec) return fail(std::error_code(ec));
@@ -383,12 +386,13 @@ auto async_client(boost::asio::any_io_executor ex, Address address, ClientOption
           }
           if (fd < 0 && errno == EAGAIN) {  // Unix socket: the listener's backlog is full
             st->retry.emplace(ex, std::chrono::milliseconds(5));
-            return st->retry->async_wait(std::move(self));
+            return st->retry->async_wait(op.resume());
           }
           if (fd < 0) return fail(std::error_code(errno, std::generic_category()));
           st->conn = Connection(fd);
+          st->conn.set_executor(ex);
           st->step = 1;
-          if (in_progress) return st->conn.async_wait(D::wait_write, std::move(self));
+          if (in_progress) return st->conn.async_wait(D::wait_write, op.resume());
         }
         [[fallthrough]];
       case 1:  // connected, or failed to
@@ -398,27 +402,28 @@ auto async_client(boost::asio::any_io_executor ex, Address address, ClientOption
         st->step = 2;
         if (o.tls)
           return st->conn.async_start_tls(*o.tls, TlsRole::client,
-                                          detail::tls_peer_name(st->address, o), std::move(self));
+                                          detail::tls_peer_name(st->address, o), op.resume());
         [[fallthrough]];
       case 2:  // TLS is up (if asked for)
         st->step = 3;
         if (o.authkey)
-          return detail::async_handshake(st->conn, *o.authkey, o.auth, false, std::move(self));
+          return detail::async_handshake(st->conn, *o.authkey, o.auth, false, op.resume());
         [[fallthrough]];
-      default: st->timer->cancel(); self.complete({}, std::move(st->conn));
+      default: st->timer->cancel(); op.complete({}, std::move(st->conn));
     }
   };
-  return boost::asio::async_compose<Token, void(boost::system::error_code, Connection)>(
-      std::move(impl), token, ex);
+  return troupe::detail::async_operation<void(boost::system::error_code, Connection)>(
+      std::move(body), std::forward<Token>(token), ex);
 }
 
 }  // namespace detail
 
 /// Client, asynchronously, on `ex`: connects (non-blocking), runs TLS if asked and the HMAC
-/// handshake as asynchronous reads and writes, all under options.timeout. Names are resolved
-/// with getaddrinfo, which blocks: give numeric addresses where that matters.
-/// Completion: void(boost::system::error_code, Connection): errno codes for the connect
-/// (ECONNREFUSED, ENOENT, …), errc::authentication_error, errc::timeout_error.
+/// handshake as asynchronous reads and writes, all under options.timeout. `ex` is the I/O
+/// executor of the operation and of the connection it gives (Asio's rules, doc/async.md). Names are
+/// resolved with getaddrinfo, which blocks: give numeric addresses where that matters. Completion:
+/// void(boost::system::error_code, Connection): errno codes for the connect (ECONNREFUSED, ENOENT,
+/// …), errc::authentication_error, errc::timeout_error.
 template <class Token>
 auto async_client(boost::asio::any_io_executor ex, Address address, ClientOptions options,
                   Token&& token) {

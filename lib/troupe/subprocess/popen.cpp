@@ -360,6 +360,7 @@ Stream& Stream::operator=(Stream&& o) noexcept {
     grow_pipe_ = o.grow_pipe_;
     buf_ = std::move(o.buf_);
     pos_ = std::exchange(o.pos_, 0);
+    executor_ = std::move(o.executor_);
     reactor_ = std::move(o.reactor_);
   }
   return *this;
@@ -535,6 +536,7 @@ Popen::Popen(Popen&& o) noexcept
       input_offset_(o.input_offset_),
       out_(std::move(o.out_)),
       err_(std::move(o.err_)),
+      executor_(std::move(o.executor_)),
       reactor_(std::move(o.reactor_)) {
   o.stdin_.reset();
   o.stdout_.reset();
@@ -561,6 +563,7 @@ Popen& Popen::operator=(Popen&& o) noexcept {
     input_offset_ = o.input_offset_;
     out_ = std::move(o.out_);
     err_ = std::move(o.err_);
+    executor_ = std::move(o.executor_);
     reactor_ = std::move(o.reactor_);
   }
   return *this;
@@ -568,6 +571,13 @@ Popen& Popen::operator=(Popen&& o) noexcept {
 
 Popen::~Popen() {
   finish();
+}
+
+void Popen::set_executor(boost::asio::any_io_executor ex) noexcept {
+  reactor_.release();
+  executor_ = troupe::detail::io_executor_or_default(ex);
+  for (auto* s : {&stdin_, &stdout_, &stderr_})
+    if (*s) (*s)->set_executor(executor_);
 }
 
 void Popen::close_pipes() noexcept {

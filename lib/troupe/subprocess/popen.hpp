@@ -33,11 +33,13 @@
 #include <vector>
 
 #include <boost/asio/any_io_executor.hpp>
-#include <boost/asio/async_result.hpp>
-#include <boost/asio/compose.hpp>
+#include <boost/asio/bind_executor.hpp>
 #include <boost/asio/posix/stream_descriptor.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/strand.hpp>
 #include <boost/system/error_code.hpp>
 
+#include "troupe/detail/async.hpp"
 #include "troupe/detail/capture.hpp"
 #include "troupe/detail/reactor.hpp"
 #include "troupe/errors.hpp"
@@ -220,13 +222,23 @@ public:
   iterator begin() { return iterator(this); }
   std::default_sentinel_t end() const noexcept { return {}; }
 
-  /// Asynchronous twins on Asio: the bytes one read(2) gives when the pipe is readable (""
-  /// at end of file), and all of `data` written as the pipe takes it. The Stream must outlive
-  /// the operation; the blocking calls stay usable afterwards.
+  /// Asynchronous twins on Asio, by Asio's rules (doc/async.md): the bytes one read(2) gives
+  /// when the pipe is readable ("" at end of file), void(boost::system::error_code,
+  /// std::string); and all of `data` written as the pipe takes it, void(boost::system::error_code,
+  /// std::size_t written). Errors are errno codes (EBADF when closed, EPIPE, …); a cancelled
+  /// wait (per-operation, terminal) gives operation_aborted. The Stream must outlive the
+  /// operation; the blocking calls stay usable afterwards.
   template <class Token>
-  auto async_read_some(const boost::asio::any_io_executor& ex, std::size_t n, Token&& token);
+  auto async_read_some(std::size_t n, Token&& token);
   template <class Token>
-  auto async_write(const boost::asio::any_io_executor& ex, std::string data, Token&& token);
+  auto async_write(std::string data, Token&& token);
+  /// The executor that does the stream's asynchronous I/O: its Popen's (Popen::set_executor),
+  /// or the one given here, else Asio's system executor (doc/async.md).
+  const boost::asio::any_io_executor& get_executor() const noexcept { return executor_; }
+  void set_executor(boost::asio::any_io_executor ex) noexcept {
+    reactor_.release();
+    executor_ = troupe::detail::io_executor_or_default(ex);
+  }
 
 private:
   friend class Popen;
@@ -249,6 +261,7 @@ private:
   bool grow_pipe_ = false;  // a PIPE made without a pipesize: a large capture may enlarge it
   std::string buf_;
   std::size_t pos_ = 0;
+  boost::asio::any_io_executor executor_ = troupe::detail::default_io_executor();
   troupe::detail::ReactorRegistration reactor_;
 };
 
@@ -313,14 +326,26 @@ public:
   std::optional<Stream> stdout_;
   std::optional<Stream> stderr_;
 
-  /// Waits on Asio for the child to end; completes with its return code (the child is reaped).
-  /// Signature: void(boost::system::error_code, int).
+  // Asynchronous twins on Asio, by Asio's rules (doc/async.md): the handler is never invoked
+  // from inside the call; the I/O runs on the Popen's executor; the handler on its associated
+  // executor, by default the Popen's.
+
+  /// Waits on Asio for the child to end; completes with its return code (the child is reaped),
+  /// after the call returns even if the child has already ended. Signature:
+  /// void(boost::system::error_code, int); a cancelled wait (per-operation, terminal) gives
+  /// operation_aborted and -1, and the child keeps running.
   template <class Token>
-  auto async_wait(const boost::asio::any_io_executor& ex, Token&& token);
+  auto async_wait(Token&& token);
   /// communicate() on Asio: writes `input`, reads stdout and stderr to their ends, waits for the
-  /// child. Signature: void(boost::system::error_code, Output). The Popen must outlive it.
+  /// child. Signature: void(boost::system::error_code, Output): the first errno code of the
+  /// pipes (EPIPE on stdin is not one, as in Python). The Popen must outlive it.
   template <class Token>
-  auto async_communicate(const boost::asio::any_io_executor& ex, std::string input, Token&& token);
+  auto async_communicate(std::string input, Token&& token);
+  /// The executor that does the asynchronous I/O of the Popen and its pipes: the one given to
+  /// set_executor() (which gives it to stdin_, stdout_ and stderr_ too), else Asio's system
+  /// executor (doc/async.md). Set it while no asynchronous operation is outstanding.
+  const boost::asio::any_io_executor& get_executor() const noexcept { return executor_; }
+  void set_executor(boost::asio::any_io_executor ex) noexcept;
 
 private:
   void start(PopenOptions& options);
@@ -340,6 +365,7 @@ private:
   std::string input_;
   std::size_t input_offset_ = 0;
   troupe::detail::Capture out_, err_;
+  boost::asio::any_io_executor executor_ = troupe::detail::default_io_executor();
   troupe::detail::ReactorRegistration reactor_;
 };
 
@@ -353,96 +379,97 @@ boost::system::error_code errno_code(int err) noexcept;
 // ---- asynchronous operations ------------------------------------------------------------------
 
 template <class Token>
-auto Stream::async_read_some(const boost::asio::any_io_executor& ex, std::size_t n, Token&& token) {
-  auto impl = [this, n, ex](auto& self, boost::system::error_code ec = {}) mutable {
-    if (ec) return self.complete(ec, std::string());
-    if (closed()) return self.complete(detail::errno_code(EBADF), std::string());
-    if (pos_ < buf_.size()) return self.complete({}, take(n));
+auto Stream::async_read_some(std::size_t n, Token&& token) {
+  auto body = [this, n](auto& op, boost::system::error_code ec = {}) mutable {
+    if (ec) return op.complete(ec, std::string());
+    if (closed()) return op.complete(detail::errno_code(EBADF), std::string());
+    if (pos_ < buf_.size()) return op.complete(boost::system::error_code(), take(n));
     std::string out;
     set_nonblocking();
     const ssize_t r = read_now(out, n);
     if (r == -1)
-      return reactor_.get(fd_.get(), ex)
-          .async_wait(boost::asio::posix::descriptor_base::wait_read, std::move(self));
-    if (r < -1) return self.complete(detail::errno_code(static_cast<int>(-r)), std::string());
-    self.complete({}, std::move(out));
+      return reactor_.get(fd_.get(), executor_)
+          .async_wait(boost::asio::posix::descriptor_base::wait_read, op.resume());
+    if (r < -1) return op.complete(detail::errno_code(static_cast<int>(-r)), std::string());
+    op.complete(boost::system::error_code(), std::move(out));
   };
-  return boost::asio::async_compose<Token, void(boost::system::error_code, std::string)>(
-      std::move(impl), token, ex);
+  return troupe::detail::async_operation<void(boost::system::error_code, std::string)>(
+      std::move(body), std::forward<Token>(token), executor_);
 }
 
 template <class Token>
-auto Stream::async_write(const boost::asio::any_io_executor& ex, std::string data, Token&& token) {
-  auto impl = [this, ex, data = std::move(data), done = std::size_t{0}](
-                  auto& self, boost::system::error_code ec = {}) mutable {
-    if (ec) return self.complete(ec, done);
-    if (closed()) return self.complete(detail::errno_code(EBADF), done);
+auto Stream::async_write(std::string data, Token&& token) {
+  auto body = [this, data = std::move(data), done = std::size_t{0}](
+                  auto& op, boost::system::error_code ec = {}) mutable {
+    if (ec) return op.complete(ec, done);
+    if (closed()) return op.complete(detail::errno_code(EBADF), done);
     set_nonblocking();
     while (done < data.size()) {
       const ssize_t r = write_now(data.data() + done, data.size() - done);
       if (r == -1)
-        return reactor_.get(fd_.get(), ex)
-            .async_wait(boost::asio::posix::descriptor_base::wait_write, std::move(self));
-      if (r < -1) return self.complete(detail::errno_code(static_cast<int>(-r)), done);
+        return reactor_.get(fd_.get(), executor_)
+            .async_wait(boost::asio::posix::descriptor_base::wait_write, op.resume());
+      if (r < -1) return op.complete(detail::errno_code(static_cast<int>(-r)), done);
       done += static_cast<std::size_t>(r);
     }
-    self.complete({}, done);
+    op.complete(boost::system::error_code(), done);
   };
-  return boost::asio::async_compose<Token, void(boost::system::error_code, std::size_t)>(
-      std::move(impl), token, ex);
+  return troupe::detail::async_operation<void(boost::system::error_code, std::size_t)>(
+      std::move(body), std::forward<Token>(token), executor_);
 }
 
 template <class Token>
-auto Popen::async_wait(const boost::asio::any_io_executor& ex, Token&& token) {
-  auto impl = [this, ex, started = false](auto& self, boost::system::error_code ec = {}) mutable {
-    if (ec) return self.complete(ec, -1);
+auto Popen::async_wait(Token&& token) {
+  auto body = [this, started = false](auto& op, boost::system::error_code ec = {}) mutable {
+    if (ec) return op.complete(ec, -1);
     if (!returncode_ && !started) {
       started = true;
-      return reactor_.get(pidfd_.get(), ex)
-          .async_wait(boost::asio::posix::descriptor_base::wait_read, std::move(self));
+      return reactor_.get(pidfd_.get(), executor_)
+          .async_wait(boost::asio::posix::descriptor_base::wait_read, op.resume());
     }
     reap(true);  // the pidfd is readable: the child has ended, this does not block
-    self.complete({}, *returncode_);
+    op.complete(boost::system::error_code(), *returncode_);
   };
-  return boost::asio::async_compose<Token, void(boost::system::error_code, int)>(std::move(impl),
-                                                                                 token, ex);
+  return troupe::detail::async_operation<void(boost::system::error_code, int)>(
+      std::move(body), std::forward<Token>(token), executor_);
 }
 
 template <class Token>
-auto Popen::async_communicate(const boost::asio::any_io_executor& ex, std::string input,
-                              Token&& token) {
-  auto impl = [this, ex, input = std::move(input)](auto& self) mutable {
-    using Self = std::decay_t<decltype(self)>;
+auto Popen::async_communicate(std::string input, Token&& token) {
+  // Writing stdin and reading stdout and stderr go side by side; their handlers run on one
+  // strand, and the last to end waits for the child with this operation as the handler.
+  auto body = [this, input = std::move(input)](auto& op, boost::system::error_code ec = {},
+                                               int = 0) mutable {
+    if (!op.initiating()) return op.complete(ec, ec ? Output{} : communicated());
+    using Self = std::decay_t<decltype(op.resume())>;
     struct State {
       std::optional<Self> self;
       int pending = 1;  // the launching itself, so that nothing completes before it ends
       boost::system::error_code ec;
     };
-    // Moving `self` moves this lambda too: take what it holds first.
-    std::string input_data = std::move(input);
-    const boost::asio::any_io_executor exec = ex;
+    std::string input_data = std::move(input);  // moving the operation moves this lambda
     auto st = std::make_shared<State>();
-    st->self.emplace(std::move(self));
+    st->self.emplace(op.resume());
     communication_started_ = true;
-    auto finish = [this, st, exec](boost::system::error_code ec) {
+    auto strand = boost::asio::make_strand(executor_);
+    auto finish = [this, st](boost::system::error_code ec) {
       if (ec && !st->ec) st->ec = ec;
       if (--st->pending > 0) return;
-      if (st->ec) return st->self->complete(st->ec, Output{});
-      async_wait(exec, [this, st](boost::system::error_code wec, int) {
-        st->self->complete(wec, communicated());
-      });
+      if (st->ec) return troupe::detail::resume_later(std::move(*st->self), st->ec, -1);
+      async_wait(std::move(*st->self));
     };
     if (stdin_) {
       if (input_data.empty()) {
         stdin_->close();
       } else {
         ++st->pending;
-        stdin_->async_write(exec, std::move(input_data),
-                            [this, finish](boost::system::error_code ec, std::size_t) {
-                              stdin_->close();
-                              // The child may end without reading all: not an error (Python).
-                              finish(ec.value() == EPIPE ? boost::system::error_code() : ec);
-                            });
+        stdin_->async_write(std::move(input_data),
+                            boost::asio::bind_executor(
+                                strand, [this, finish](boost::system::error_code ec, std::size_t) {
+                                  stdin_->close();
+                                  // The child may end without reading all: not an error (Python).
+                                  finish(ec.value() == EPIPE ? boost::system::error_code() : ec);
+                                }));
       }
     }
     for (auto [stream, sink] : {std::pair{&stdout_, &out_}, std::pair{&stderr_, &err_}}) {
@@ -451,7 +478,7 @@ auto Popen::async_communicate(const boost::asio::any_io_executor& ex, std::strin
       struct Reader {
         Stream* s;
         troupe::detail::Capture* sink;
-        boost::asio::any_io_executor ex;
+        decltype(strand) on;
         decltype(finish) done;
         void operator()(boost::system::error_code ec, std::string chunk) {
           if (ec || chunk.empty()) {
@@ -459,15 +486,17 @@ auto Popen::async_communicate(const boost::asio::any_io_executor& ex, std::strin
             return done(ec);
           }
           sink->append(chunk);
-          s->async_read_some(ex, 65536, std::move(*this));
+          auto next = on;
+          s->async_read_some(65536, boost::asio::bind_executor(next, std::move(*this)));
         }
       };
-      (**stream).async_read_some(exec, 65536, Reader{&**stream, sink, exec, finish});
+      (**stream).async_read_some(
+          65536, boost::asio::bind_executor(strand, Reader{&**stream, sink, strand, finish}));
     }
-    finish({});
+    boost::asio::post(strand, [finish]() mutable { finish({}); });  // the launching has ended
   };
-  return boost::asio::async_compose<Token, void(boost::system::error_code, Output)>(std::move(impl),
-                                                                                    token, ex);
+  return troupe::detail::async_operation<void(boost::system::error_code, Output)>(
+      std::move(body), std::forward<Token>(token), executor_);
 }
 
 }  // namespace troupe::subprocess

@@ -24,13 +24,9 @@
 #include <vector>
 
 #include <boost/asio/any_io_executor.hpp>
-#include <boost/asio/associated_executor.hpp>
 #include <boost/asio/async_result.hpp>
-#include <boost/asio/dispatch.hpp>
-#include <boost/asio/execution/outstanding_work.hpp>
-#include <boost/asio/post.hpp>
-#include <boost/asio/prefer.hpp>
 
+#include "troupe/detail/async.hpp"
 #include "troupe/detail/futex.hpp"
 #include "troupe/detail/mutex.hpp"
 #include "troupe/errors.hpp"
@@ -355,11 +351,14 @@ public:
   }
 
   /// result() on Asio: the handler gets `(std::exception_ptr, T)` (`(std::exception_ptr)` for
-  /// void; `(std::exception_ptr, std::optional<T>)` for a T that cannot be default-made), run on
-  /// its associated executor, else on `ex`. A cancelled future completes with CancelledError.
+  /// void; `(std::exception_ptr, std::optional<T>)` for a T that cannot be default-made). By
+  /// Asio's rules (doc/async.md): never invoked inside this call, even for a future already
+  /// done; run on its associated executor (a coroutine's, a bound one), else on Asio's system
+  /// executor. A cancelled future completes with CancelledError. T must be copyable.
   template <class Token>
-  auto async_result(const boost::asio::any_io_executor& ex, Token&& token) const {
-    return boost::asio::async_initiate<Token, Signature>(Initiate{core_, ex}, token);
+  auto async_result(Token&& token) const {
+    return troupe::detail::async_operation<Signature>(Resume{core_}, std::forward<Token>(token),
+                                                      {});
   }
 
   /// The typed shared state (for executors).
@@ -378,43 +377,36 @@ private:
   };
   using Signature = typename SignatureOf<T>::type;
 
-  struct Initiate {
+  // The operation's body: asks for a done-callback, which resumes the operation on its
+  // executor (never inside the initiating call, even when the future is already done), with
+  // what the handler gets.
+  struct Resume {
     std::shared_ptr<detail::CoreBase> core;
-    boost::asio::any_io_executor ex;
 
-    template <class Handler>
-    void operator()(Handler&& handler) {
-      // As Asio's own operations: the handler never runs inside the initiating call; it is
-      // posted to `ex`, then dispatched to its associated executor. Both count outstanding work
-      // while the future is pending.
-      auto io_work = boost::asio::prefer(ex, boost::asio::execution::outstanding_work.tracked);
-      auto assoc = boost::asio::get_associated_executor(handler, ex);
-      auto handler_work =
-          boost::asio::prefer(assoc, boost::asio::execution::outstanding_work.tracked);
-      core->add_done_callback(detail::Callback(
-          [h = std::forward<Handler>(handler), io_work, handler_work](detail::CoreBase& c) mutable {
-            std::exception_ptr e;
-            if (c.state() == State::cancelled)
-              e = std::make_exception_ptr(CancelledError("the future was cancelled: " + c.repr()));
-            else
-              e = c.stored_exception();
-            auto complete = [&](auto... value) {
-              boost::asio::post(io_work, [h = std::move(h), handler_work, e, value...]() mutable {
-                boost::asio::dispatch(handler_work, [h = std::move(h), e, value...]() mutable {
-                  std::move(h)(e, std::move(value)...);
-                });
-              });
-            };
-            if constexpr (std::is_void_v<T>) {
-              complete();
-            } else if constexpr (std::is_default_constructible_v<T>) {
-              complete(e ? T() : static_cast<detail::Core<T>&>(c).value());
-            } else {
-              std::optional<T> v;
-              if (!e) v.emplace(static_cast<detail::Core<T>&>(c).value());
-              complete(std::move(v));
-            }
-          }));
+    template <class Step, class... A>
+    void operator()(Step& op, A&&... outcome) {
+      if constexpr (sizeof...(A) > 0) {
+        op.complete(std::forward<A>(outcome)...);
+      } else {
+        const auto keep = core;  // moving the operation moves this body
+        keep->add_done_callback(detail::Callback([self = op.resume()](detail::CoreBase& c) mutable {
+          std::exception_ptr e;
+          if (c.state() == State::cancelled)
+            e = std::make_exception_ptr(CancelledError("the future was cancelled: " + c.repr()));
+          else
+            e = c.stored_exception();
+          if constexpr (std::is_void_v<T>) {
+            troupe::detail::resume_later(std::move(self), e);
+          } else if constexpr (std::is_default_constructible_v<T>) {
+            troupe::detail::resume_later(std::move(self), e,
+                                         e ? T() : static_cast<detail::Core<T>&>(c).value());
+          } else {
+            std::optional<T> v;
+            if (!e) v.emplace(static_cast<detail::Core<T>&>(c).value());
+            troupe::detail::resume_later(std::move(self), e, std::move(v));
+          }
+        }));
+      }
     }
   };
 };
