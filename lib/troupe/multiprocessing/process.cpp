@@ -387,19 +387,64 @@ bool BaseProcess::is_alive() const {
   return false;
 }
 
-void BaseProcess::join(Timeout timeout) const {
-  int fd;
-  {
-    std::lock_guard lock(state_->m);
-    check_closed(*state_);
-    if (state_->kind == Kind::current) throw ProcessError("can only join a child process");
-    if (state_->kind == Kind::child && state_->creator != ::getpid())
-      throw ProcessError("can only join a child process");
-    if (state_->pid < 0) throw ProcessError("can only join a started process");
-    if (state_->exitcode) return;
-    fd = parent_fd(*state_);
-    if (fd < 0) return;  // the parent has gone
+namespace {
+// What join() waits on: the sentinel, or -1 when the process has ended (or the parent has
+// gone). @throws what join() raises.
+int join_sentinel(ProcessState& s) {
+  std::lock_guard lock(s.m);
+  check_closed(s);
+  if (s.kind == Kind::current) throw ProcessError("can only join a child process");
+  if (s.kind == Kind::child && s.creator != ::getpid())
+    throw ProcessError("can only join a child process");
+  if (s.pid < 0) throw ProcessError("can only join a started process");
+  if (s.exitcode) return -1;
+  return parent_fd(s);  // -1 if the parent has gone
+}
+
+// After the sentinel became readable: reaps, and forgets an ended child.
+void join_reap(const std::shared_ptr<ProcessState>& s) {
+  std::unique_lock lock(s->m);
+  reap(*s, true);
+  lock.unlock();
+  if (s->kind == Kind::child) forget_child(s);
+}
+
+std::error_code error_code_of_current() noexcept {
+  try {
+    throw;
+  } catch (const std::system_error& e) {
+    return e.code();
+  } catch (...) {
+    return make_error_code(errc_of(std::current_exception()));
   }
+}
+}  // namespace
+
+std::error_code detail::join_begin(const std::shared_ptr<ProcessState>& s, int& fd) noexcept {
+  fd = -1;
+  try {
+    const int sentinel = join_sentinel(*s);
+    if (sentinel < 0) return {};
+    fd = ::fcntl(sentinel, F_DUPFD_CLOEXEC, 0);
+    if (fd < 0) return {errno, std::generic_category()};
+    return {};
+  } catch (...) {
+    return error_code_of_current();
+  }
+}
+
+std::error_code detail::join_end(const std::shared_ptr<ProcessState>& s) noexcept {
+  try {
+    join_reap(s);
+    return {};
+  } catch (...) {
+    return error_code_of_current();
+  }
+}
+
+void BaseProcess::join(Timeout timeout) const {
+  const int fd = join_sentinel(*state_);
+  if (fd < 0) return;
   // Wait for the pidfd outside the lock (is_alive and signals stay usable meanwhile).
   const auto deadline = timeout.deadline();
   for (;;) {
@@ -416,10 +461,7 @@ void BaseProcess::join(Timeout timeout) const {
     if (r == 0) return;  // timed out: exitcode stays None
     break;
   }
-  std::unique_lock lock(state_->m);
-  reap(*state_, true);
-  lock.unlock();
-  if (state_->kind == Kind::child) forget_child(state_);
+  join_reap(state_);
 }
 
 namespace {

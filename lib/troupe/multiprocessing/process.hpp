@@ -20,7 +20,12 @@
 #include <variant>
 #include <vector>
 
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/posix/stream_descriptor.hpp>
+#include <boost/system/error_code.hpp>
+
 #include "troupe/codec.hpp"
+#include "troupe/detail/async.hpp"
 #include "troupe/errors.hpp"
 #include "troupe/multiprocessing/authkey.hpp"
 #include "troupe/multiprocessing/connection.hpp"
@@ -42,6 +47,12 @@ int run_target(const std::string& name, const std::function<void()>& body);
 /// After start(): the parent's copies of the target and its arguments are dropped (a process
 /// pool closes its copy of each worker's end of their connection so).
 void drop_arguments(Process& p) noexcept;
+
+/// async_join's steps. join_begin: the code of what join() would raise, else none, with `fd` a
+/// duplicate of the sentinel to wait on (the caller owns it) or -1 when there is nothing to
+/// wait for. join_end: reaps the ended process as join() does.
+std::error_code join_begin(const std::shared_ptr<ProcessState>& s, int& fd) noexcept;
+std::error_code join_end(const std::shared_ptr<ProcessState>& s) noexcept;
 
 /// What a Process can run: a callable with these arguments.
 template <class F, class... A>
@@ -263,6 +274,21 @@ public:
   /// exitcode() to tell which). Event-driven (poll on the pidfd).
   /// @throws ProcessError "can only join a child process" / "can only join a started process".
   void join(Timeout timeout = {}) const;
+  /// join() on Asio (what a monitor needs): waits for the sentinel to become readable, then
+  /// reaps the process as join() does. By Asio's rules (doc/async.md): never completes inside
+  /// the call, even for a process that has already ended; the wait runs on this handle's
+  /// executor, the handler on its associated executor. Completion:
+  /// void(boost::system::error_code): empty once the process has ended (exitcode() is set);
+  /// errc::process_error where join() raises ProcessError, errc::value_error if closed;
+  /// operation_aborted when cancelled (per-operation, terminal: the process keeps running).
+  template <class Token>
+  auto async_join(Token&& token) const;
+  /// The executor async_join waits on: the one given to set_executor() (for this handle), else
+  /// Asio's system executor (doc/async.md).
+  const boost::asio::any_io_executor& get_executor() const noexcept { return executor_; }
+  void set_executor(boost::asio::any_io_executor ex) noexcept {
+    executor_ = troupe::detail::io_executor_or_default(ex);
+  }
   /// Python: `terminate()` (SIGTERM), `kill()` (SIGKILL), `interrupt()` (SIGINT, 3.14). No
   /// error once the process has ended.
   void terminate() const;
@@ -280,6 +306,7 @@ public:
 protected:
   explicit BaseProcess(std::shared_ptr<detail::ProcessState> state) : state_(std::move(state)) {}
   std::shared_ptr<detail::ProcessState> state_;
+  boost::asio::any_io_executor executor_ = troupe::detail::default_io_executor();
 
   friend BaseProcess current_process();
   friend std::optional<BaseProcess> parent_process();
@@ -356,6 +383,27 @@ private:
   bool fork_with_threads_ = false;
   std::string start_method_;
 };
+
+template <class Token>
+auto BaseProcess::async_join(Token&& token) const {
+  using boost::asio::posix::stream_descriptor;
+  auto body = [state = state_, ex = executor_, sentinel = std::unique_ptr<stream_descriptor>()](
+                  auto& op, boost::system::error_code ec = {}) mutable {
+    if (!op.initiating()) {
+      sentinel.reset();  // closes the duplicate
+      return op.complete(ec ? ec : detail::to_boost(detail::join_end(state)));
+    }
+    int fd = -1;
+    if (const std::error_code e = detail::join_begin(state, fd))
+      return op.complete(detail::to_boost(e));
+    if (fd < 0) return op.complete(boost::system::error_code());
+    sentinel = std::make_unique<stream_descriptor>(ex, fd);
+    auto& waiting = *sentinel;  // moving the operation moves `sentinel`, not what it points to
+    waiting.async_wait(stream_descriptor::wait_read, op.resume());
+  };
+  return troupe::detail::async_operation<void(boost::system::error_code)>(
+      std::move(body), std::forward<Token>(token), executor_);
+}
 
 /// Python: `multiprocessing.get_all_start_methods()`: the default first.
 std::vector<std::string> get_all_start_methods();
