@@ -63,90 +63,45 @@ struct Ends {
   }
 };
 
-TEST_F(AsyncRulesTest, SendBytesThatCompletesAtOnce) {
+// Sends that the socket buffer takes whole (or refuses by their bounds), and receives of a
+// message already there, complete without waiting: never inline.
+TEST_F(AsyncRulesTest, OperationsThatCompleteAtOnce) {
   asio::io_context io;
   Ends e;
+  auto ready = [&] {
+    e.make(io);
+    e.a.send(7);
+  };
   static const auto msg = bytes("fits in the socket buffer");
-  never_inline(
-      io, [&] { e.make(io); }, [&](auto token) { return e.a.async_send_bytes(msg, token); });
+  never_inline(io, ready, [&](auto token) { return e.a.async_send_bytes(msg, token); });
+  never_inline(io, ready, [&](auto token) {
+    return e.a.async_send_bytes(msg, 100, std::nullopt, token);  // out of bounds: value_error
+  });
+  never_inline(io, ready, [&](auto token) { return e.a.async_send(std::string("hi"), token); });
+  never_inline(io, ready, [&](auto token) { return e.b.async_recv_bytes(token); });
+  never_inline(io, ready, [&](auto token) { return e.b.async_recv<int>(token); });
 }
 
-TEST_F(AsyncRulesTest, SendBytesOnAClosedConnection) {
+// Every operation on a closed connection completes with EBADF, never inline (the handshake
+// through its first send).
+TEST_F(AsyncRulesTest, OperationsOnAClosedConnection) {
   asio::io_context io;
   Ends e;
+  auto closed = [&] {
+    e.make(io);
+    e.a.close();
+  };
   static const auto msg = bytes("x");
-  never_inline(
-      io,
-      [&] {
-        e.make(io);
-        e.a.close();
-      },
-      [&](auto token) { return e.a.async_send_bytes(msg, token); });
-}
-
-TEST_F(AsyncRulesTest, SendBytesOutOfBounds) {
-  asio::io_context io;
-  Ends e;
-  static const auto msg = bytes("x");
-  never_inline(
-      io, [&] { e.make(io); },
-      [&](auto token) { return e.a.async_send_bytes(msg, 5, std::nullopt, token); });
-}
-
-TEST_F(AsyncRulesTest, TypedSendThatCompletesAtOnce) {
-  asio::io_context io;
-  Ends e;
-  never_inline(
-      io, [&] { e.make(io); },
-      [&](auto token) { return e.a.async_send(std::string("hi"), token); });
-}
-
-TEST_F(AsyncRulesTest, ReceiveOfAMessageAlreadyThere) {
-  asio::io_context io;
-  Ends e;
-  never_inline(
-      io,
-      [&] {
-        e.make(io);
-        e.a.send_bytes("waiting");
-      },
-      [&](auto token) { return e.b.async_recv_bytes(token); });
-}
-
-TEST_F(AsyncRulesTest, ReceiveOnAClosedConnection) {
-  asio::io_context io;
-  Ends e;
-  never_inline(
-      io,
-      [&] {
-        e.make(io);
-        e.b.close();
-      },
-      [&](auto token) { return e.b.async_recv_bytes(token); });
-}
-
-TEST_F(AsyncRulesTest, TypedReceiveOfAMessageAlreadyThere) {
-  asio::io_context io;
-  Ends e;
-  never_inline(
-      io,
-      [&] {
-        e.make(io);
-        e.a.send(7);
-      },
-      [&](auto token) { return e.b.async_recv<int>(token); });
-}
-
-TEST_F(AsyncRulesTest, WaitOnAClosedConnection) {
-  asio::io_context io;
-  Ends e;
-  never_inline(
-      io,
-      [&] {
-        e.make(io);
-        e.b.close();
-      },
-      [&](auto token) { return e.b.async_wait(asio::posix::descriptor_base::wait_read, token); });
+  const auto key = mp::AuthenticationString("k");
+  const mp::AuthOptions auth;
+  never_inline(io, closed, [&](auto token) { return e.a.async_send_bytes(msg, token); });
+  never_inline(io, closed, [&](auto token) { return e.a.async_recv_bytes(token); });
+  never_inline(io, closed, [&](auto token) {
+    return e.a.async_wait(asio::posix::descriptor_base::wait_read, token);
+  });
+  never_inline(io, closed, [&](auto token) {
+    return mp::detail::async_handshake(e.a, key, auth, true, token);
+  });
 }
 
 TEST_F(AsyncRulesTest, StartTlsRefusedOnAPipe) {
@@ -183,20 +138,6 @@ TEST_F(AsyncRulesTest, ClientOfAMissingUnixSocket) {
                                        std::to_string(::getpid()) + ".sock");
   never_inline(io, nothing,
                [&](auto token) { return mp::async_client(io.get_executor(), gone, {}, token); });
-}
-
-TEST_F(AsyncRulesTest, HandshakeOnAClosedConnection) {
-  asio::io_context io;
-  Ends e;
-  const auto key = mp::AuthenticationString("k");
-  const mp::AuthOptions auth;
-  never_inline(
-      io,
-      [&] {
-        e.make(io);
-        e.a.close();
-      },
-      [&](auto token) { return mp::detail::async_handshake(e.a, key, auth, true, token); });
 }
 
 // ---- Popen ----------------------------------------------------------------------------------
