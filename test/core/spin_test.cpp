@@ -1,6 +1,9 @@
 #include "troupe/spin.hpp"
 
+#include <algorithm>
 #include <atomic>
+#include <functional>
+#include <limits>
 #include <thread>
 
 #include "troupe/detail/futex.hpp"
@@ -64,21 +67,27 @@ TEST_F(SpinTest, SpinSeesAHandOffFromAnotherThread) {
   EXPECT_TRUE(flag.load());
 }
 
+// The learning tests pass a view of the CPUs of their own that never turns busy: the process's
+// view does when a spin (of this test or an earlier one) loses its CPU on a loaded machine.
+constexpr std::int64_t kNeverAway = std::numeric_limits<std::int64_t>::max();
+
 // Takes `s`'s budget down to about 1 µs: a limit that small, a spin that fails.
 void budget_down(detail::AdaptiveSpin& s) {
   set_spin_limit(2us);
-  EXPECT_FALSE(s.spin([] { return false; }));
+  detail::Contention quiet{kNeverAway};
+  EXPECT_FALSE(s.spin([] { return false; }, quiet));
   EXPECT_LE(s.budget_ns(), 2000);
 }
 
 TEST_F(SpinTest, ASleepTheLimitCouldHaveCoveredGrowsTheBudget) {
   if (detail::single_cpu()) GTEST_SKIP() << "spinning is off on one CPU";
   detail::AdaptiveSpin s;
+  detail::Contention quiet{kNeverAway};
   budget_down(s);
   set_spin_limit(std::chrono::seconds(10));
-  EXPECT_FALSE(s.spin([] { return false; }));  // spins its ~1 µs and gives up
-  std::this_thread::sleep_for(200us);          // the sleep that followed; then the event
-  s.woke();
+  EXPECT_FALSE(s.spin([] { return false; }, quiet));  // spins its ~1 µs and gives up
+  std::this_thread::sleep_for(200us);                 // the sleep that followed; then the event
+  s.woke(quiet);
   // The wait took 200 µs or more, nearly all of it asleep: the next spin covers it, and more.
   EXPECT_GE(s.budget_ns(), 200'000 + 200'000 / 4);
   EXPECT_LE(s.budget_ns(), 10'000'000'000);
@@ -87,12 +96,13 @@ TEST_F(SpinTest, ASleepTheLimitCouldHaveCoveredGrowsTheBudget) {
 TEST_F(SpinTest, ASleepLongerThanTheLimitTeachesNothing) {
   if (detail::single_cpu()) GTEST_SKIP() << "spinning is off on one CPU";
   detail::AdaptiveSpin s;
+  detail::Contention quiet{kNeverAway};
   budget_down(s);
   set_spin_limit(50us);
-  EXPECT_FALSE(s.spin([] { return false; }));
+  EXPECT_FALSE(s.spin([] { return false; }, quiet));
   const auto before = s.budget_ns();
   std::this_thread::sleep_for(2ms);  // far past what any spin may take
-  s.woke();
+  s.woke(quiet);
   EXPECT_EQ(s.budget_ns(), before);
 }
 
@@ -100,18 +110,164 @@ TEST_F(SpinTest, WokeLearnsOnlyFromTheFailedSpinBeforeIt) {
   if (detail::single_cpu()) GTEST_SKIP() << "spinning is off on one CPU";
   set_spin_limit(std::chrono::seconds(10));
   detail::AdaptiveSpin s;
-  s.woke();  // no failed spin on this thread yet: nothing to learn
+  detail::Contention quiet{kNeverAway};
+  s.woke(quiet);  // no failed spin on this thread yet: nothing to learn
   EXPECT_EQ(s.budget_ns(), 0);
   budget_down(s);
   set_spin_limit(std::chrono::seconds(10));
-  EXPECT_FALSE(s.spin([] { return false; }));
+  EXPECT_FALSE(s.spin([] { return false; }, quiet));
   std::this_thread::sleep_for(100us);
-  s.woke();
+  s.woke(quiet);
   const auto grown = s.budget_ns();
   EXPECT_GE(grown, 100'000);
   std::this_thread::sleep_for(300us);
-  s.woke();  // the failed spin was used up by the first woke()
+  s.woke(quiet);  // the failed spin was used up by the first woke()
   EXPECT_EQ(s.budget_ns(), grown);
+}
+
+// ---- contention: the CPUs busy with other threads (synthetic times, in ns) --------------------
+
+using detail::Contention;
+
+TEST_F(SpinTest, ARoundAwayFromTheCpuForLongStartsABusyPeriod) {
+  Contention c;
+  EXPECT_FALSE(c.busy(0));
+  // A yield to the peer comes back within microseconds: not a lost CPU.
+  EXPECT_FALSE(c.lost(1'000, 1'000 + Contention::kAwayNs));
+  EXPECT_FALSE(c.busy(1'000 + Contention::kAwayNs));
+  EXPECT_EQ(c.period_ns(), 0);
+  // Away longer: another thread had the CPU for a time slice.
+  const std::int64_t at = 10'000'000;
+  EXPECT_TRUE(c.lost(at - 2'000'000, at));
+  EXPECT_EQ(c.period_ns(), Contention::kMinBusyNs);
+  EXPECT_TRUE(c.busy(at));
+  EXPECT_TRUE(c.busy(at + Contention::kMinBusyNs - 1));
+  EXPECT_FALSE(c.busy(at + Contention::kMinBusyNs));
+}
+
+TEST_F(SpinTest, BusyPeriodsDoubleWhileTheLoadLastsUpToTheirCap) {
+  Contention c;
+  std::int64_t now = 1'000'000'000;
+  std::int64_t expected = Contention::kMinBusyNs;
+  for (int i = 0; i < 20; ++i) {
+    ASSERT_TRUE(c.lost(now - Contention::kAwayNs - 1, now));
+    EXPECT_EQ(c.period_ns(), expected) << "loss " << i;
+    now += c.period_ns();  // the probe after the period loses again
+    expected = std::min(2 * expected, Contention::kMaxBusyNs);
+  }
+  EXPECT_EQ(c.period_ns(), Contention::kMaxBusyNs);
+}
+
+TEST_F(SpinTest, LossesWithinOneBusyPeriodCountOnce) {
+  Contention c;
+  const std::int64_t at = 5'000'000;
+  ASSERT_TRUE(c.lost(0, at));
+  // The other peer, or another waiter, loses its CPU in the same period: same period.
+  EXPECT_TRUE(c.lost(at, at + Contention::kAwayNs + 1));
+  EXPECT_EQ(c.period_ns(), Contention::kMinBusyNs);
+  EXPECT_FALSE(c.busy(at + Contention::kMinBusyNs));
+}
+
+TEST_F(SpinTest, ALossLongAfterTheLastBusyPeriodStartsFromTheShortest) {
+  Contention c;
+  std::int64_t now = 1'000'000'000;
+  for (int i = 0; i < 4; ++i) {  // 1, 2, 4, 8 ms, each loss right after the period before
+    ASSERT_TRUE(c.lost(0, now));
+    now += c.period_ns();
+  }
+  EXPECT_EQ(c.period_ns(), 8 * Contention::kMinBusyNs);
+  // The last period ended at `now`: a loss within kForgetNs of it is the same load...
+  ASSERT_TRUE(c.lost(0, now + Contention::kForgetNs - 1));
+  EXPECT_EQ(c.period_ns(), 16 * Contention::kMinBusyNs);
+  now += Contention::kForgetNs - 1 + c.period_ns();
+  // ...one later than that is a new episode, from the shortest period.
+  ASSERT_TRUE(c.lost(0, now + Contention::kForgetNs));
+  EXPECT_EQ(c.period_ns(), Contention::kMinBusyNs);
+}
+
+// A Contention in a busy period that lasts beyond any test: made busy at a synthetic time far
+// ahead of the steady clock.
+void make_busy(Contention& c) {
+  const std::int64_t far = std::numeric_limits<std::int64_t>::max() / 4;
+  ASSERT_TRUE(c.lost(0, far));
+  ASSERT_TRUE(c.busy(detail::now_ns()));
+}
+
+TEST_F(SpinTest, WhileTheCpusAreBusyAWaitSleepsAtOnce) {
+  if (detail::single_cpu()) GTEST_SKIP() << "spinning is off on one CPU";
+  set_spin_limit(std::chrono::seconds(10));
+  Contention busy;
+  make_busy(busy);
+  detail::AdaptiveSpin s;
+  int calls = 0;
+  EXPECT_FALSE(s.spin([&] { return ++calls > 1000000; }, busy));
+  EXPECT_EQ(calls, 1);  // only the check before any spinning
+  EXPECT_EQ(s.budget_ns(), 0);
+}
+
+TEST_F(SpinTest, WhileTheCpusAreBusyASleepTeachesNothing) {
+  if (detail::single_cpu()) GTEST_SKIP() << "spinning is off on one CPU";
+  detail::AdaptiveSpin s;
+  budget_down(s);
+  set_spin_limit(std::chrono::seconds(10));
+  Contention quiet{kNeverAway};
+  EXPECT_FALSE(s.spin([] { return false; }, quiet));  // a failed spin on a quiet machine...
+  const auto before = s.budget_ns();
+  std::this_thread::sleep_for(200us);  // ...and the sleep after it, which would teach
+  Contention busy;
+  make_busy(busy);  // but the CPUs turned busy meanwhile
+  s.woke(busy);
+  EXPECT_EQ(s.budget_ns(), before);
+  // The same wait on a quiet machine grows the budget (ASleepTheLimitCouldHaveCovered...).
+  EXPECT_FALSE(s.spin([] { return false; }, quiet));
+  std::this_thread::sleep_for(200us);
+  s.woke(quiet);
+  EXPECT_GE(s.budget_ns(), 200'000);
+}
+
+// ready() that is false and, on its second call, keeps the thread off the CPU for 2 ms (as a
+// yield to another runnable thread would), then answers `after` from then on.
+struct AwayOnce {
+  int calls = 0;
+  bool after;
+  bool operator()() {
+    if (++calls == 2) std::this_thread::sleep_for(2ms);
+    return calls > 2 && after;
+  }
+};
+
+TEST_F(SpinTest, ASpinThatLosesItsCpuStopsAndLeavesTheBudget) {
+  if (detail::single_cpu()) GTEST_SKIP() << "spinning is off on one CPU";
+  set_spin_limit(std::chrono::seconds(10));
+  Contention c;
+  detail::AdaptiveSpin s;
+  AwayOnce ready{.after = false};
+  EXPECT_FALSE(s.spin(std::ref(ready), c));
+  // Stopped at the round after the 2 ms away (or before, if really preempted), not 10 s later.
+  EXPECT_LE(ready.calls, 3);
+  EXPECT_EQ(c.period_ns(), Contention::kMinBusyNs);
+  EXPECT_EQ(s.budget_ns(), 0);  // not halved: the peer was not what failed
+  std::this_thread::sleep_for(200us);
+  s.woke(
+      Contention{kNeverAway});  // and the sleep after it teaches nothing, even on a quiet machine
+  EXPECT_EQ(s.budget_ns(), 0);
+}
+
+TEST_F(SpinTest, ASpinThatSucceedsAfterLosingItsCpuDoesNotGrow) {
+  if (detail::single_cpu()) GTEST_SKIP() << "spinning is off on one CPU";
+  detail::AdaptiveSpin s;
+  budget_down(s);
+  set_spin_limit(std::chrono::seconds(10));
+  const auto before = s.budget_ns();
+  Contention c;
+  AwayOnce ready{.after = true};
+  const bool got = s.spin(std::ref(ready), c);
+  if (ready.calls > 2) {  // (fewer calls: really preempted before the sleep)
+    EXPECT_TRUE(got);
+  }
+  // The event came while another thread had the CPU: the 2 ms wait says nothing about the peer.
+  EXPECT_EQ(c.period_ns(), Contention::kMinBusyNs);
+  EXPECT_EQ(s.budget_ns(), before);
 }
 
 TEST_F(SpinTest, WaitsStillWorkWithSpinningOff) {

@@ -36,6 +36,7 @@ bool read_single_cpu() noexcept {
 
 std::atomic<std::int64_t> g_limit{initial_limit()};
 std::atomic<bool> g_single{read_single_cpu()};
+Contention g_cpus;
 
 }  // namespace
 
@@ -50,6 +51,10 @@ void set_spin_limit_ns(std::int64_t ns) noexcept {
 
 void yield_cpu() noexcept {
   sched_yield();
+}
+
+Contention& cpu_contention() noexcept {
+  return g_cpus;
 }
 
 bool single_cpu() noexcept {

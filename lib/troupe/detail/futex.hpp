@@ -5,7 +5,8 @@
 // another core costs tens of microseconds on these machines; a spin that sees the hand-off first
 // costs a fraction of one. The spin adapts per waitable object: it grows while spins succeed and
 // shrinks fast while they fail (for instance when both peers share one CPU), and it is off when
-// the process may only run on one CPU.
+// the process may only run on one CPU. It also adapts to the machine: while other threads keep
+// the CPUs busy (a spin lost its CPU to one of them) every wait sleeps at once (Contention).
 #pragma once
 
 #include <atomic>
@@ -50,9 +51,71 @@ bool single_cpu() noexcept;
 /// Gives this CPU to another runnable thread, if one is waiting for it (sched_yield).
 void yield_cpu() noexcept;
 
+/// Nanoseconds on the steady clock, the time base of the spin's learning.
+inline std::int64_t now_ns() noexcept {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(steady::now().time_since_epoch())
+      .count();
+}
+
+/// Whether the CPUs are busy with other runnable threads, as the spins see it.
+///
+/// A spin gives its CPU away (it yields, or it is preempted) and expects it back within
+/// microseconds: the thread it yielded to is its peer, which answers and waits in turn. When the
+/// CPU comes back only after kAwayNs or more, another thread ran for a whole time slice: the CPUs
+/// are busy. Then a wake-up is cheap (no CPU has to come out of idle) and a spin only takes the
+/// CPU that the peer, or the work beside it, needs; and each yield costs a time slice (1-3 ms on
+/// Linux's fair scheduler) instead of a microsecond. So for a busy period every wait sleeps at
+/// once. The period starts at kMinBusyNs and doubles with each loss that follows the last period
+/// within kForgetNs, up to kMaxBusyNs: under lasting load the spin probes (and loses a slice)
+/// rarely, about 1% of the time. A loss later than that, after the CPUs had room, starts again
+/// from the shortest period. Relaxed atomics: a racy reading costs at most one spin or one sleep.
+class Contention {
+public:
+  /// Longer than this away from the CPU during one round of a spin: another thread had it.
+  static constexpr std::int64_t kAwayNs = 50'000;
+  static constexpr std::int64_t kMinBusyNs = 1'000'000;
+  static constexpr std::int64_t kMaxBusyNs = 256'000'000;
+  /// A loss this long after the last busy period ended is a new episode: the shortest period.
+  static constexpr std::int64_t kForgetNs = 1'000'000'000;
+
+  /// `away_ns`: the time away from the CPU that counts as lost (tests raise it).
+  constexpr explicit Contention(std::int64_t away_ns = kAwayNs) noexcept : away_ns_(away_ns) {}
+
+  /// True while a busy period lasts at `now`: waits sleep without spinning.
+  bool busy(std::int64_t now) const noexcept {
+    return now < until_.load(std::memory_order_relaxed);
+  }
+
+  /// A round of a spin began at `from` and ended at `now`. If it was away from its CPU for
+  /// longer than kAwayNs, that is a lost CPU: a busy period starts (unless one lasts) and
+  /// the function returns true.
+  bool lost(std::int64_t from, std::int64_t now) noexcept {
+    if (now - from <= away_ns_) return false;
+    if (busy(now)) return true;  // another waiter saw the same load
+    const std::int64_t last = period_.load(std::memory_order_relaxed);
+    const bool again = now - until_.load(std::memory_order_relaxed) < kForgetNs;
+    std::int64_t next = again && last >= kMinBusyNs ? 2 * last : kMinBusyNs;
+    if (next > kMaxBusyNs) next = kMaxBusyNs;
+    period_.store(next, std::memory_order_relaxed);
+    until_.store(now + next, std::memory_order_relaxed);
+    return true;
+  }
+
+  /// The length of the last busy period (0: none yet).
+  std::int64_t period_ns() const noexcept { return period_.load(std::memory_order_relaxed); }
+
+private:
+  std::int64_t away_ns_;
+  std::atomic<std::int64_t> until_{0};
+  std::atomic<std::int64_t> period_{0};
+};
+
+/// The process's view of its CPUs, shared by every wait.
+Contention& cpu_contention() noexcept;
+
 /// This thread's last failed spin, for AdaptiveSpin::woke(): when it began, how long it spun.
 struct FailedSpin {
-  steady::time_point start{};
+  std::int64_t start = 0;
   std::int64_t spun = 0;
 };
 inline thread_local FailedSpin t_failed_spin{};
@@ -67,32 +130,53 @@ inline thread_local FailedSpin t_failed_spin{};
 /// the budget after a few failures), and without this the two would go on waking each other at
 /// that price forever, each spin failing because the other slept. A peer that shares this CPU
 /// gets it while the spin yields, which each round does after the first microsecond.
+///
+/// While the CPUs are busy (Contention) no wait spins and no sleep teaches: a spin that lost its
+/// CPU ends at once, leaves the budget as it was, and the waits after it sleep at once.
 class AdaptiveSpin {
 public:
   /// Spins until `ready()` is true or the budget is spent. Returns ready()'s last value.
+  /// `cpus`: what the spin learns about the machine (tests pass their own).
   template <class Ready>
-  bool spin(Ready&& ready) noexcept {
+  bool spin(Ready&& ready, Contention& cpus = cpu_contention()) noexcept {
     if (ready()) return true;
     std::int64_t budget = budget_.load(std::memory_order_relaxed);
     const std::int64_t limit = spin_limit_ns();
     if (limit <= 0 || single_cpu()) return false;
     if (budget <= 0 || budget > limit) budget = limit;
-    const auto start = steady::now();
+    const std::int64_t start = now_ns();
+    if (cpus.busy(start)) {  // the CPUs are busy: sleep at once, and learn nothing from it
+      t_failed_spin = {};
+      return false;
+    }
     // Poll with exponential backoff: quick hand-offs are seen within a few pauses, and a waiter
     // whose peer is busy producing polls (and steals the peer's cache lines) ever less often.
     // Past the first microsecond each round yields as well: a peer waiting for this CPU runs.
+    // Each round reads the clock (tens of nanoseconds) before it asks ready(): for the budget,
+    // and to see whether the CPU was away. The time since the last reading covers pauses, a
+    // yield, and a ready() that said no, which all our waiters answer in a microsecond or two.
+    std::int64_t last = start;
     for (unsigned pauses = 1;; pauses = pauses < kMaxPauses ? pauses * 2 : kMaxPauses) {
       for (unsigned p = 0; p < pauses; ++p) cpu_relax();
       if (pauses >= kYieldPauses) yield_cpu();
+      const std::int64_t now = now_ns();
+      const bool away = cpus.lost(last, now);
+      last = now;
       if (ready()) {
-        // Success: grow the budget towards twice what this wait needed.
-        const auto took = (steady::now() - start).count();
+        // Success: grow the budget towards twice what this wait needed, unless the CPU was away
+        // meanwhile (the wait then says nothing about the peer).
+        if (away) return true;
+        const std::int64_t took = now - start;
         std::int64_t next = budget + budget / 4;
         if (next < 2 * took) next = 2 * took;
         budget_.store(next > limit ? limit : next, std::memory_order_relaxed);
         return true;
       }
-      if (pauses >= 8 && (steady::now() - start).count() >= budget) break;
+      if (away) {  // lost the CPU to another thread: sleep now, the budget as it was
+        t_failed_spin = {};
+        return false;
+      }
+      if (pauses >= 8 && now - start >= budget) break;
     }
     // Failure: the peer was not coming soon, or could not run. Halve, down to a floor that
     // still catches a hand-off already in flight.
@@ -104,11 +188,15 @@ public:
 
   /// After a failed spin() this thread slept, and the sleep has ended with the event waited
   /// for (not a timeout). If the whole wait fit in the limit and most of it was asleep, a spin
-  /// that long would have seen the event: the budget grows to cover such a wait.
-  void woke() noexcept {
+  /// that long would have seen the event: the budget grows to cover such a wait. Not while the
+  /// CPUs are busy: a sleep is then short because wake-ups are cheap, or long because the peer
+  /// waited for a CPU, and neither asks for a longer spin.
+  void woke(const Contention& cpus = cpu_contention()) noexcept {
     const FailedSpin f = std::exchange(t_failed_spin, FailedSpin{});
     if (f.spun <= 0) return;
-    const std::int64_t waited = (steady::now() - f.start).count();
+    const std::int64_t now = now_ns();
+    if (cpus.busy(now)) return;
+    const std::int64_t waited = now - f.start;
     const std::int64_t limit = spin_limit_ns();
     if (waited > limit || waited - f.spun < kWakeNs) return;
     std::int64_t next = waited + waited / 4;
