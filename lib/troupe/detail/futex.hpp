@@ -145,10 +145,9 @@ public:
     if (limit <= 0 || single_cpu()) return false;
     if (budget <= 0 || budget > limit) budget = limit;
     const std::int64_t start = now_ns();
-    if (cpus.busy(start)) {  // the CPUs are busy: sleep at once, and learn nothing from it
-      t_failed_spin = {};
-      return false;
-    }
+    // While the CPUs are busy the spin only pauses, about a microsecond, and never yields: it
+    // still catches an item of a stream already in flight, then sleeps, and learns nothing.
+    const bool busy = cpus.busy(start);
     // Poll with exponential backoff: quick hand-offs are seen within a few pauses, and a waiter
     // whose peer is busy producing polls (and steals the peer's cache lines) ever less often.
     // Past the first microsecond each round yields as well: a peer waiting for this CPU runs.
@@ -157,6 +156,10 @@ public:
     // yield, and a ready() that said no, which all our waiters answer in a microsecond or two.
     std::int64_t last = start;
     for (unsigned pauses = 1;; pauses = pauses < kMaxPauses ? pauses * 2 : kMaxPauses) {
+      if (busy && pauses >= kYieldPauses) {
+        t_failed_spin = {};
+        return false;
+      }
       for (unsigned p = 0; p < pauses; ++p) cpu_relax();
       if (pauses >= kYieldPauses) yield_cpu();
       const std::int64_t now = now_ns();
@@ -165,7 +168,7 @@ public:
       if (ready()) {
         // Success: grow the budget towards twice what this wait needed, unless the CPU was away
         // meanwhile (the wait then says nothing about the peer).
-        if (away) return true;
+        if (away || busy) return true;
         const std::int64_t took = now - start;
         std::int64_t next = budget + budget / 4;
         if (next < 2 * took) next = 2 * took;
