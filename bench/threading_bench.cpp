@@ -106,6 +106,39 @@ void BM_RLock_std_recursive_mutex(benchmark::State& state) {
 }
 BENCHMARK(BM_RLock_std_recursive_mutex);
 
+// ---- contended lock: two threads taking it in turn (counter += 1) ------------------------------
+
+template <class Lock>
+void lock_contended(benchmark::State& state, Lock& lock) {
+  constexpr long kTurns = 100'000;  // per thread
+  for (auto _ : state) {
+    long counter = 0;
+    auto work = [&] {
+      for (long i = 0; i < kTurns; ++i) {
+        std::scoped_lock guard{lock};
+        ++counter;
+      }
+    };
+    std::thread t(work);
+    work();
+    t.join();
+    if (counter != 2 * kTurns) state.SkipWithError("lost updates");
+  }
+  state.SetItemsProcessed(state.iterations() * 2 * kTurns);
+}
+
+void BM_LockContended_troupe(benchmark::State& state) {
+  threading::Lock lock;
+  lock_contended(state, lock);
+}
+BENCHMARK(BM_LockContended_troupe)->UseRealTime();
+
+void BM_LockContended_std_mutex(benchmark::State& state) {
+  std::mutex m;
+  lock_contended(state, m);
+}
+BENCHMARK(BM_LockContended_std_mutex)->UseRealTime();
+
 // ---- ping-pong: one round trip per iteration ------------------------------------------------
 
 // Both threads of a ping-pong on CPU 0, pinned thread by thread after start-up, so that the
