@@ -6,6 +6,7 @@
 #include "troupe/errors.hpp"
 #include "troupe/multiprocessing/authkey.hpp"
 #include "troupe/multiprocessing/connection.hpp"
+#include "troupe/multiprocessing/context.hpp"
 #include "troupe/multiprocessing/forkserver.hpp"
 #include "troupe/multiprocessing/listener.hpp"
 #include "troupe/multiprocessing/logger.hpp"

@@ -43,6 +43,9 @@ struct SpawnBootstrap {
 /// The program spawn and the forkserver run (set_executable; default /proc/self/exe).
 std::string spawn_executable();
 
+/// @throws ValueError "cannot find context for 'x'" unless `method` is a start method.
+void check_start_method(const std::string& method);
+
 /// fork() where the child runs system calls only (no atfork handlers), so that a threaded
 /// process may call it; the sanitizers' runtimes must see a real fork.
 inline pid_t fork_now() noexcept {

@@ -621,7 +621,7 @@ void finish(Served& s) {
 
 void preload(const std::vector<std::string>& names) {
   for (const auto& name : names) {
-    const detail::EntryPoint* e = detail::find_entry(name);
+    const EntryPoint* e = find_entry(name);
     if (!e) {
       say("no entry point named '" + name + "' to preload");
       continue;
@@ -870,7 +870,7 @@ ServedChild start_child(const SpawnBootstrap& boot, std::span<const UniqueFd> pa
 
 void set_forkserver_preload(std::vector<std::string> entry_names) {
   for (const auto& name : entry_names)
-    if (!detail::find_entry(name))
+    if (!find_entry(name))
       throw ValueError("set_forkserver_preload: no entry point named '" + name +
                        "' (register it with TROUPE_ENTRY)");
   ClientState& c = client();

@@ -394,10 +394,13 @@ public:
   auto starmap_async(R (*fn)(P...), Range&& iterable,
                      std::optional<std::size_t> chunksize = std::nullopt,
                      AsyncCallbacks<std::vector<futures::detail::MapValue<R>>> callbacks = {}) {
-    std::vector<detail::BatchItem<std::tuple<std::decay_t<P>...>>> items;
+    std::vector<troupe::detail::BatchItem<std::tuple<std::decay_t<P>...>>> items;
     for (auto&& t : iterable)
       items.push_back(std::apply(
-          [](auto&&... a) { return detail::BatchItem<std::tuple<std::decay_t<P>...>>(a...); }, t));
+          [](auto&&... a) {
+            return troupe::detail::BatchItem<std::tuple<std::decay_t<P>...>>(a...);
+          },
+          t));
     return gather<R, std::decay_t<P>...>(fn, std::move(items), chunksize, std::move(callbacks));
   }
 
@@ -440,7 +443,8 @@ private:
 
   // Submits chunks of `items` and gathers their results into one AsyncResult.
   template <class R, class... P>
-  auto gather(R (*fn)(P...), std::vector<detail::BatchItem<std::tuple<std::decay_t<P>...>>> items,
+  auto gather(R (*fn)(P...),
+              std::vector<troupe::detail::BatchItem<std::tuple<std::decay_t<P>...>>> items,
               std::optional<std::size_t> chunksize,
               AsyncCallbacks<std::vector<futures::detail::MapValue<R>>> callbacks) {
     using V = futures::detail::MapValue<R>;
@@ -453,7 +457,7 @@ private:
     std::vector<std::unique_ptr<futures::detail::ChunkJob<R>>> jobs;
     for (std::size_t at = 0; at < items.size(); at += chunk) {
       const std::size_t n = std::min(chunk, items.size() - at);
-      std::vector<detail::BatchItem<std::tuple<std::decay_t<P>...>>> part(
+      std::vector<troupe::detail::BatchItem<std::tuple<std::decay_t<P>...>>> part(
           std::make_move_iterator(items.begin() + static_cast<std::ptrdiff_t>(at)),
           std::make_move_iterator(items.begin() + static_cast<std::ptrdiff_t>(at + n)));
       auto job = std::make_unique<futures::detail::ChunkJob<R>>();

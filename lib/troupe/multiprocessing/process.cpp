@@ -205,33 +205,6 @@ using detail::SpawnBootstrap;
 constexpr int kBootstrapFd = 3;
 constexpr const char* kSpawnFlag = "--troupe-spawn";
 
-struct StartMethods {
-  std::mutex m;
-  std::optional<std::string> method;
-  std::string executable = "/proc/self/exe";
-};
-StartMethods& start_methods() {
-  static StartMethods* const s = new StartMethods;
-  return *s;
-}
-std::string executable() {
-  auto& g = start_methods();
-  std::lock_guard lock(g.m);
-  return g.executable;
-}
-}  // namespace
-
-std::string detail::spawn_executable() {
-  return executable();
-}
-
-namespace {
-void check_method(const std::string& method) {
-  const auto all = get_all_start_methods();
-  if (std::find(all.begin(), all.end(), method) == all.end())
-    throw ValueError("cannot find context for '" + method + "'");
-}
-
 // Makes this process the child `s` of `parent` (after fork, or at the start of a spawned
 // program): its own identity, its parent, no children yet.
 void become_child(std::shared_ptr<ProcessState> s, int parent, std::string parent_name,
@@ -526,7 +499,7 @@ Process::Process(ProcessOptions options)
     : BaseProcess(std::make_shared<ProcessState>()),
       fork_with_threads_(options.fork_with_threads),
       start_method_(std::move(options.start_method)) {
-  if (!start_method_.empty()) check_method(start_method_);
+  if (!start_method_.empty()) detail::check_start_method(start_method_);
   auto me = current_state();
   Registry& r = registry();
   int n;
@@ -633,7 +606,7 @@ detail::SpawnBootstrap Process::bootstrap(const std::string& why, detail::Passed
                      "the target is not a plain function; this start method runs a function "
                      "registered with TROUPE_ENTRY in a fresh copy of the program (lambdas, "
                      "functors and run() overrides need the fork method)");
-  const detail::EntryPoint* entry = detail::find_entry(spawn_.function);
+  const EntryPoint* entry = find_entry(spawn_.function);
   if (!entry)
     throw ValueError(why +
                      "the target function is not registered: add TROUPE_ENTRY(function) at "
@@ -707,7 +680,7 @@ void Process::start_spawn(const std::string& name) {
   UniqueFd boot_in(p[0]), boot_out(p[1]);
   boot_in.reset(::fcntl(boot_in.get(), F_DUPFD_CLOEXEC, high));
   if (!boot_in) throw_os_error(errno, why + "fcntl(F_DUPFD)");
-  const std::string exe = executable();
+  const std::string exe = detail::spawn_executable();
   posix_spawn_file_actions_t fa;
   posix_spawn_file_actions_init(&fa);
   posix_spawn_file_actions_adddup2(&fa, boot_in.get(), kBootstrapFd);
@@ -761,40 +734,6 @@ std::vector<BaseProcess> active_children() {
   return alive;
 }
 
-std::vector<std::string> get_all_start_methods() {
-  return {"fork", "spawn", "forkserver"};
-}
-
-std::optional<std::string> get_start_method(bool allow_none) {
-  auto& g = start_methods();
-  std::lock_guard lock(g.m);
-  if (!g.method) {
-    if (allow_none) return std::nullopt;
-    g.method = get_all_start_methods().front();
-  }
-  return g.method;
-}
-
-void set_start_method(const std::string& method, bool force) {
-  check_method(method);
-  auto& g = start_methods();
-  std::lock_guard lock(g.m);
-  if (g.method && !force) throw RuntimeError("context has already been set");
-  g.method = method;
-}
-
-void set_executable(std::string path) {
-  auto& g = start_methods();
-  std::lock_guard lock(g.m);
-  g.executable = std::move(path);
-}
-
-Context get_context(std::optional<std::string> method) {
-  if (!method) return Context(*get_start_method());
-  check_method(*method);
-  return Context(*method);
-}
-
 void freeze_support(int argc, char** argv) {
   if (argc < 3) return;
   const std::string_view flag = argv[1];
@@ -831,7 +770,7 @@ void detail::run_child(SpawnBootstrap& boot, std::vector<UniqueFd> arrived, Uniq
     log_to_stderr(boot.log_level);
   else
     get_logger().set_level(boot.log_level);
-  const detail::EntryPoint* entry = detail::find_entry(boot.entry);
+  const EntryPoint* entry = find_entry(boot.entry);
   static detail::PassedFds table;  // for the whole life of the child
   table.fds = std::move(arrived);
   if (boot.tracker_fd >= 0 && static_cast<std::size_t>(boot.tracker_fd) < table.fds.size())
@@ -847,17 +786,6 @@ void detail::run_child(SpawnBootstrap& boot, std::vector<UniqueFd> arrived, Uniq
 }
 
 namespace detail {
-namespace {
-struct Entries {
-  std::mutex m;
-  std::vector<EntryPoint> all;
-};
-Entries& entries() {
-  static Entries* const e = new Entries;
-  return *e;
-}
-}  // namespace
-
 PassedFds*& passed_fds() noexcept {
   thread_local PassedFds* table = nullptr;
   return table;
@@ -887,29 +815,6 @@ int take_fd(int n) {
 void drop_arguments(Process& p) noexcept {
   p.target_ = nullptr;
   p.spawn_ = SpawnTarget{};
-}
-
-bool register_entry(const EntryPoint& entry) {
-  auto& e = entries();
-  std::lock_guard lock(e.m);
-  e.all.push_back(entry);
-  return true;
-}
-
-const EntryPoint* find_entry(const void* function) noexcept {
-  auto& e = entries();
-  std::lock_guard lock(e.m);
-  for (const auto& x : e.all)
-    if (x.function == function) return &x;
-  return nullptr;
-}
-
-const EntryPoint* find_entry(std::string_view name) noexcept {
-  auto& e = entries();
-  std::lock_guard lock(e.m);
-  for (const auto& x : e.all)
-    if (name == x.name) return &x;
-  return nullptr;
 }
 }  // namespace detail
 

@@ -2,7 +2,8 @@
 // processes: current_process, parent_process, active_children, cpu_count.
 //
 // Start methods: fork (any callable) and spawn (a fresh exec of this program running a function
-// registered with TROUPE_ENTRY, with codec-encoded arguments); doc/multiprocessing/process.md.
+// registered with TROUPE_ENTRY (troupe/entry.hpp), with codec-encoded arguments);
+// doc/multiprocessing/process.md.
 // A process is watched through a pidfd (`sentinel()`), so waits are event-driven and join
 // connection::wait and Asio.
 #pragma once
@@ -26,6 +27,7 @@
 
 #include "troupe/codec.hpp"
 #include "troupe/detail/async.hpp"
+#include "troupe/entry.hpp"
 #include "troupe/errors.hpp"
 #include "troupe/multiprocessing/authkey.hpp"
 #include "troupe/multiprocessing/connection.hpp"
@@ -59,104 +61,6 @@ template <class F, class... A>
 concept Target = std::invocable < std::decay_t<F>
 &, std::decay_t<A>&... > ;
 
-/// A function registered as an entry point: what a spawned child can run, and what a process
-/// pool's worker calls for a task.
-struct EntryPoint {
-  const char* name;
-  const void* function;
-  void (*invoke)(std::span<const std::byte> arguments);  // decodes the arguments, calls
-  // Decodes the arguments, calls, and returns the encoded result (std::monostate for void);
-  // null when the result type has no codec.
-  std::vector<std::byte> (*call)(std::span<const std::byte> arguments);
-  // The same over a batch: a std::vector of argument tuples in, a std::vector of results out
-  // (a pool's map chunk: one message each way). Null when `call` is.
-  std::vector<std::byte> (*call_batch)(std::span<const std::byte> batch);
-};
-bool register_entry(const EntryPoint& entry);
-const EntryPoint* find_entry(const void* function) noexcept;
-const EntryPoint* find_entry(std::string_view name) noexcept;
-
-template <class F>
-struct FunctionTraits;
-template <class R, class... P>
-struct FunctionTraits<R (*)(P...)> {
-  using Arguments = std::tuple<std::decay_t<P>...>;
-  using Result = R;
-};
-
-// The arguments are passed as lvalues, as under fork: a parameter that cannot be copied (a
-// Connection) is taken by reference.
-template <auto Fn>
-void invoke_entry(std::span<const std::byte> bytes) {
-  auto arguments = troupe::from_bytes<typename FunctionTraits<decltype(Fn)>::Arguments>(bytes);
-  std::apply([](auto&... a) { Fn(a...); }, arguments);
-}
-
-// For process pools: the call's result, encoded.
-template <auto Fn>
-std::vector<std::byte> call_entry(std::span<const std::byte> bytes) {
-  using Traits = FunctionTraits<decltype(Fn)>;
-  auto arguments = troupe::from_bytes<typename Traits::Arguments>(bytes);
-  if constexpr (std::is_void_v<typename Traits::Result>) {
-    std::apply([](auto&... a) { Fn(a...); }, arguments);
-    return troupe::to_bytes(std::monostate{});
-  } else {
-    return troupe::to_bytes(std::apply([](auto&... a) { return Fn(a...); }, arguments));
-  }
-}
-/// One element of a batch of calls: the argument itself for a one-parameter function (so a
-/// batch of numbers travels as a packed array), else the tuple of arguments.
-template <class Arguments>
-struct BatchItemOf {
-  using type = Arguments;
-};
-template <class P>
-struct BatchItemOf<std::tuple<P>> {
-  using type = P;
-};
-template <class Arguments>
-using BatchItem = typename BatchItemOf<Arguments>::type;
-
-template <auto Fn>
-std::vector<std::byte> call_entry_batch(std::span<const std::byte> bytes) {
-  using Traits = FunctionTraits<decltype(Fn)>;
-  using R = typename Traits::Result;
-  using Item = BatchItem<typename Traits::Arguments>;
-  auto batch = troupe::from_bytes<std::vector<Item>>(bytes);
-  std::vector<std::conditional_t<std::is_void_v<R>, std::monostate, std::decay_t<R>>> results;
-  results.reserve(batch.size());
-  for (auto& item : batch) {
-    auto call = [&](auto&... a) -> decltype(auto) { return Fn(a...); };
-    if constexpr (std::is_same_v<Item, typename Traits::Arguments>) {
-      if constexpr (std::is_void_v<R>) {
-        std::apply(call, item);
-        results.emplace_back();
-      } else {
-        results.push_back(std::apply(call, item));
-      }
-    } else if constexpr (std::is_void_v<R>) {
-      call(item);
-      results.emplace_back();
-    } else {
-      results.push_back(call(item));
-    }
-  }
-  return troupe::to_bytes(results);
-}
-using EntryCaller = std::vector<std::byte> (*)(std::span<const std::byte>);
-template <auto Fn, bool Batch>
-constexpr EntryCaller entry_caller() {
-  using R = typename FunctionTraits<decltype(Fn)>::Result;
-  if constexpr (std::is_void_v<R> || Encodable<std::decay_t<R>>) {
-    if constexpr (Batch)
-      return &call_entry_batch<Fn>;
-    else
-      return &call_entry<Fn>;
-  } else {
-    return nullptr;
-  }
-}
-
 /// File descriptors that travel with a spawned child's arguments (a Connection, say): while the
 /// parent encodes them, each is duplicated and numbered; the child finds them by number.
 struct PassedFds {
@@ -186,7 +90,7 @@ template <class F, class Stored>
 SpawnTarget spawn_target(F& f, const std::shared_ptr<Stored>& stored) {
   SpawnTarget t;
   if constexpr (std::is_pointer_v<F> && std::is_function_v<std::remove_pointer_t<F>>) {
-    using Arguments = typename FunctionTraits<F>::Arguments;
+    using Arguments = typename troupe::detail::FunctionTraits<F>::Arguments;
     t.function = reinterpret_cast<const void*>(f);
     if constexpr (std::tuple_size_v<Arguments> == std::tuple_size_v<Stored> &&
                   AllEncodable<Arguments>::value) {
@@ -200,20 +104,6 @@ SpawnTarget spawn_target(F& f, const std::shared_ptr<Stored>& stored) {
   return t;
 }
 }  // namespace detail
-
-/// Registers a function as an entry point that a process started by the spawn method can run
-/// (C++ cannot send code; the child finds the function by name). Once, at namespace scope,
-/// after the function: `void work(int n, std::string s); TROUPE_ENTRY(work);`. Its parameters
-/// must have codecs (a compile error otherwise).
-#define TROUPE_ENTRY(fn) TROUPE_ENTRY_AT_(fn, __COUNTER__)
-#define TROUPE_ENTRY_AT_(fn, n) TROUPE_ENTRY_AT2_(fn, n)
-#define TROUPE_ENTRY_AT2_(fn, n)                                          \
-  [[maybe_unused]] static const bool troupe_entry_##n =                   \
-      ::troupe::multiprocessing::detail::register_entry(                  \
-          {#fn, reinterpret_cast<const void*>(&fn),                       \
-           &::troupe::multiprocessing::detail::invoke_entry<&fn>,         \
-           ::troupe::multiprocessing::detail::entry_caller<&fn, false>(), \
-           ::troupe::multiprocessing::detail::entry_caller<&fn, true>()})
 
 /// Python: `multiprocessing.freeze_support()`; here the guard at the top of `main` that makes
 /// spawn work (the analogue of `if __name__ == '__main__':`): in a process started by the spawn
@@ -405,39 +295,6 @@ auto BaseProcess::async_join(Token&& token) const {
       std::move(body), std::forward<Token>(token), executor_);
 }
 
-/// Python: `multiprocessing.get_all_start_methods()`: the default first.
-std::vector<std::string> get_all_start_methods();
-/// Python: `get_start_method(allow_none=False)`: the method a Process uses when none is given
-/// (fixed to the default by this call if not yet set, unless allow_none).
-std::optional<std::string> get_start_method(bool allow_none = false);
-/// Python: `set_start_method(method, force=False)`. @throws RuntimeError "context has already
-/// been set" unless force; ValueError "cannot find context for 'x'".
-void set_start_method(const std::string& method, bool force = false);
-/// Python: `multiprocessing.set_executable(path)`: the program spawn runs (default: this one,
-/// /proc/self/exe).
-void set_executable(std::string path);
-
-/// Python: a context from `multiprocessing.get_context(method)`: its Process uses that method.
-class Context {
-public:
-  explicit Context(std::string method) : method_(std::move(method)) {}
-  const std::string& get_start_method() const noexcept { return method_; }
-  /// Python: `ctx.Process(target=f, args=(…))`.
-  template <class F, class... A>
-  requires detail::Target<F, A...> multiprocessing::Process Process(F&& f, A&&... a)
-  const { return Process(ProcessOptions{}, std::forward<F>(f), std::forward<A>(a)...); }
-  template <class... A>
-  multiprocessing::Process Process(ProcessOptions options, A&&... a) const {
-    options.start_method = method_;
-    return multiprocessing::Process(std::move(options), std::forward<A>(a)...);
-  }
-
-private:
-  std::string method_;
-};
-/// @throws ValueError "cannot find context for 'x'". No method: the current default's.
-Context get_context(std::optional<std::string> method = std::nullopt);
-
 /// Python: `multiprocessing.current_process()`: this process ("MainProcess" in the main one; in
 /// a child, the Process it was started as).
 BaseProcess current_process();
@@ -469,3 +326,7 @@ struct troupe::Codec<troupe::multiprocessing::Connection>
         troupe::multiprocessing::detail::take_fd(std::get<0>(t)), std::get<1>(t), std::get<2>(t));
   }
 };
+
+// Context and the start-method functions: their Process needs the class above, so they come
+// after it; process.hpp has always declared them, and its users keep them.
+#include "troupe/multiprocessing/context.hpp"  // IWYU pragma: export

@@ -11,7 +11,7 @@ namespace troupe::concurrent::futures {
 namespace detail {
 
 std::string entry_name(const void* function, const char* what) {
-  const auto* e = multiprocessing::detail::find_entry(function);
+  const auto* e = find_entry(function);
   if (e == nullptr)
     throw ValueError(std::string(what) +
                      ": the function is not registered with TROUPE_ENTRY (C++ cannot send code "

@@ -209,7 +209,7 @@ public:
         std::views::all(std::forward<Ranges>(iterables))...);
     using FutureR = Future<std::vector<detail::MapValue<R>>>;
     auto source = [this, zip, entry, chunk = options.chunksize]() -> std::optional<FutureR> {
-      using Item = multiprocessing::detail::BatchItem<std::tuple<std::decay_t<P>...>>;
+      using Item = troupe::detail::BatchItem<std::tuple<std::decay_t<P>...>>;
       std::vector<Item> items;
       while (items.size() < chunk && zip->next([&](auto&&... a) { items.emplace_back(a...); })) {
       }

@@ -1,0 +1,43 @@
+#include "troupe/entry.hpp"
+
+#include <deque>
+#include <mutex>
+
+namespace troupe {
+
+namespace {
+// A deque: registering more (a library loaded later) never moves the ones find_entry returned.
+struct Entries {
+  std::mutex m;
+  std::deque<EntryPoint> all;
+};
+Entries& entries() {
+  static Entries* const e = new Entries;  // never destroyed: exit handlers may look entries up
+  return *e;
+}
+}  // namespace
+
+bool register_entry(const EntryPoint& entry) {
+  auto& e = entries();
+  std::lock_guard lock(e.m);
+  e.all.push_back(entry);
+  return true;
+}
+
+const EntryPoint* find_entry(const void* function) noexcept {
+  auto& e = entries();
+  std::lock_guard lock(e.m);
+  for (const auto& x : e.all)
+    if (x.function == function) return &x;
+  return nullptr;
+}
+
+const EntryPoint* find_entry(std::string_view name) noexcept {
+  auto& e = entries();
+  std::lock_guard lock(e.m);
+  for (const auto& x : e.all)
+    if (name == x.name) return &x;
+  return nullptr;
+}
+
+}  // namespace troupe
