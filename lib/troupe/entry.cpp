@@ -3,6 +3,8 @@
 #include <deque>
 #include <mutex>
 
+#include "troupe/internal/runtime.hpp"
+
 namespace troupe {
 
 namespace {
@@ -12,8 +14,7 @@ struct Entries {
   std::deque<EntryPoint> all;
 };
 Entries& entries() {
-  static Entries* const e = new Entries;  // never destroyed: exit handlers may look entries up
-  return *e;
+  return internal::runtime::global<Entries>();
 }
 }  // namespace
 

@@ -5,9 +5,11 @@
 #include <stdexcept>
 #include <thread>
 
+#include "troupe/concurrent/futures.hpp"
 #include "troupe/threading.hpp"
 
 namespace threading = troupe::threading;
+namespace futures = troupe::concurrent::futures;
 using namespace std::chrono_literals;
 
 int main(int argc, char** argv) {
@@ -36,8 +38,34 @@ int main(int argc, char** argv) {
     t.start();
     t.join();
     std::printf("main continues\n");
+  } else if (std::strcmp(mode, "executor-then-thread") == 0) {
+    // Python's order at exit: the executors shut down (threading._register_atexit) before the
+    // non-daemon threads are joined, so a thread that keeps submitting is refused and ends.
+    // The executor is used before the thread starts: its exit step was needed first. The
+    // Thread object is built first, so its destructor runs after the exit steps.
+    static futures::ThreadPoolExecutor* ex = nullptr;
+    static threading::Thread t([] {
+      for (int i = 0; i < 20000; ++i) {
+        try {
+          ex->submit([] {}).result();
+        } catch (const troupe::RuntimeError& e) {
+          std::printf("submit refused: %s\n", e.what());
+          std::fflush(stdout);
+          return;
+        }
+        std::this_thread::sleep_for(1ms);
+      }
+      std::printf("never refused\n");
+      std::fflush(stdout);
+    });
+    static futures::ThreadPoolExecutor executor(1);
+    ex = &executor;
+    executor.submit([] {}).result();
+    t.start();
   } else {
-    std::fprintf(stderr, "usage: exit_helper non-daemon|daemon|daemon-local|exception\n");
+    std::fprintf(stderr,
+                 "usage: exit_helper non-daemon|daemon|daemon-local|exception|"
+                 "executor-then-thread\n");
     return 2;
   }
   std::printf("main returns\n");

@@ -47,6 +47,18 @@ TEST_F(ThreadExitTest, DaemonThreadsDoNotBlockExit) {
   EXPECT_EQ(l.out, "main returns\n");
 }
 
+// Python's order at exit (internal/runtime.hpp): ThreadPoolExecutors shut down before the
+// non-daemon threads are joined, whichever was made first; a thread that submits then gets
+// Python's RuntimeError. Before one exit handler ran the steps in order, the thread was joined
+// first and kept its executor alive ("never refused").
+TEST_F(ThreadExitTest, ExecutorsShutDownBeforeThreadsAreJoined) {
+  Result r = run("executor-then-thread");
+  EXPECT_EQ(r.status, 0) << r.out;
+  EXPECT_EQ(r.out,
+            "main returns\nsubmit refused: cannot schedule new futures after interpreter "
+            "shutdown\n");
+}
+
 // An exception escaping a thread is printed, and the process goes on (no std::terminate).
 TEST_F(ThreadExitTest, UncaughtExceptionGoesToExcepthook) {
   Result r = run("exception");

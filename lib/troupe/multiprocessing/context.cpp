@@ -5,6 +5,7 @@
 
 #include "troupe/errors.hpp"
 #include "troupe/internal/process_internal.hpp"
+#include "troupe/internal/runtime.hpp"
 
 namespace troupe::multiprocessing {
 
@@ -15,8 +16,7 @@ struct StartMethods {
   std::string executable = "/proc/self/exe";
 };
 StartMethods& start_methods() {
-  static StartMethods* const s = new StartMethods;
-  return *s;
+  return internal::runtime::global<StartMethods>();
 }
 }  // namespace
 

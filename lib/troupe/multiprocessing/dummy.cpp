@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <mutex>
 
+#include "troupe/internal/runtime.hpp"
+
 namespace troupe::multiprocessing::dummy {
 
 namespace detail {
@@ -23,8 +25,7 @@ struct Registry {
   std::vector<std::shared_ptr<ProcessState>> all;
 };
 Registry& registry() {
-  static Registry* r = new Registry;
-  return *r;
+  return internal::runtime::global<Registry>();
 }
 }  // namespace
 

@@ -25,6 +25,7 @@
 
 #include "troupe/errors.hpp"
 #include "troupe/internal/process_internal.hpp"
+#include "troupe/internal/runtime.hpp"
 #include "troupe/multiprocessing/connection.hpp"
 #include "troupe/multiprocessing/listener.hpp"
 #include "troupe/multiprocessing/process.hpp"
@@ -82,12 +83,10 @@ struct ClientState {
   int pid = 0;
   UniqueFd pidfd;  // the server's: readable once it has ended
   std::vector<std::string> preload;
-  bool cleanup_registered = false;
 };
 
 ClientState& client() {
-  static ClientState* const c = new ClientState;  // never destroyed: used until _exit
-  return *c;
+  return internal::runtime::global<ClientState>();  // used until _exit
 }
 
 bool has_ended(int pidfd) {
@@ -354,10 +353,7 @@ void start_locked(ClientState& c) {
   c.alive = std::move(alive.w);
   c.pid = server;
   c.pidfd = std::move(server_fd);
-  if (!c.cleanup_registered) {
-    c.cleanup_registered = true;
-    std::atexit(cleanup_at_exit);
-  }
+  internal::runtime::at_exit(internal::runtime::ExitStep::forkserver, cleanup_at_exit);
 }
 
 // The server has ended: forget it (and remove its directory if it could not), so the next

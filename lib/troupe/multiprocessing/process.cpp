@@ -26,6 +26,7 @@
 #include "troupe/errors.hpp"
 #include "troupe/internal/demangle.hpp"
 #include "troupe/internal/process_internal.hpp"
+#include "troupe/internal/runtime.hpp"
 #include "troupe/multiprocessing/connection.hpp"
 #include "troupe/multiprocessing/forkserver.hpp"
 #include "troupe/multiprocessing/logger.hpp"
@@ -70,12 +71,10 @@ struct Registry {
   std::shared_ptr<ProcessState> parent;
   std::vector<std::shared_ptr<ProcessState>> children;
   int counter = 0;
-  bool exit_handler = false;
 };
 
 Registry& registry() {
-  static Registry* const r = new Registry;  // never destroyed: the exit handler uses it
-  return *r;
+  return internal::runtime::global<Registry>();  // the exit step uses it
 }
 
 std::shared_ptr<ProcessState> current_state() {
@@ -573,10 +572,7 @@ void Process::adopt(int pid, UniqueFd pidfd, UniqueFd server) {
   Registry& r = registry();
   std::lock_guard lock(r.m);
   r.children.push_back(state_);
-  if (!r.exit_handler) {
-    r.exit_handler = true;
-    std::atexit(run_exit_function);
-  }
+  internal::runtime::at_exit(internal::runtime::ExitStep::children, run_exit_function);
 }
 
 void Process::start_fork(const std::string& name) {

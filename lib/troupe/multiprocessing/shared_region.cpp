@@ -1,6 +1,5 @@
 #include "troupe/multiprocessing/shared_region.hpp"
 
-#include <pthread.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -9,6 +8,7 @@
 #include <string>
 
 #include "troupe/errors.hpp"
+#include "troupe/internal/runtime.hpp"
 #include "troupe/multiprocessing/process.hpp"
 
 namespace troupe::multiprocessing::detail {
@@ -54,7 +54,8 @@ void reset_identity_in_child() noexcept {
 
 const ThreadIdentity& self_identity() noexcept {
   static const bool registered = [] {
-    ::pthread_atfork(nullptr, nullptr, &reset_identity_in_child);
+    internal::runtime::at_fork_child(internal::runtime::ForkStep::thread_identity,
+                                     &reset_identity_in_child);
     return true;
   }();
   (void)registered;

@@ -22,6 +22,7 @@
 
 #include "troupe/error_envelope.hpp"
 #include "troupe/internal/demangle.hpp"
+#include "troupe/internal/runtime.hpp"
 #include "troupe/multiprocessing/connection.hpp"
 #include "troupe/multiprocessing/process.hpp"
 #include "troupe/multiprocessing/sharedctypes.hpp"
@@ -1032,25 +1033,12 @@ void WorkerPoolState::finish_manager() {
 
 namespace {
 
-// Every pool alive, shut down at exit before the processes' own exit handler joins children.
-struct Registry {
-  std::mutex mu;
-  std::vector<std::weak_ptr<WorkerPoolState>> pools;
-};
-Registry& registry() {
-  static Registry* r = new Registry;
-  return *r;
+// Every pool alive, shut down at exit before the children are joined (runtime.hpp's order).
+internal::runtime::Alive<WorkerPoolState>& pools() {
+  return internal::runtime::global<internal::runtime::Alive<WorkerPoolState>>();
 }
 void shutdown_all_at_exit() {
-  std::vector<std::shared_ptr<WorkerPoolState>> alive;
-  {
-    auto& r = registry();
-    std::scoped_lock lk(r.mu);
-    for (auto& w : r.pools)
-      if (auto p = w.lock()) alive.push_back(std::move(p));
-    r.pools.clear();
-  }
-  for (auto& p : alive) {
+  for (auto& p : pools().take_all()) {
     {
       std::scoped_lock lk(p->mu);
       p->shut = true;
@@ -1067,9 +1055,8 @@ WorkerPool::WorkerPool(WorkerPoolOptions options)
     : state_(std::make_shared<WorkerPoolState>(std::move(options))) {
   state_->wake_fd.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (!state_->wake_fd) throw_os_error(errno, "eventfd for " + state_->options.name);
-  auto& r = registry();
-  std::scoped_lock lk(r.mu);
-  r.pools.push_back(state_);
+  pools().add(state_);
+  internal::runtime::at_exit(internal::runtime::ExitStep::process_pools, shutdown_all_at_exit);
 }
 
 WorkerPool::~WorkerPool() {
@@ -1113,8 +1100,6 @@ void WorkerPool::submit(std::unique_ptr<Job> job) {
       s.pending.clear();
       throw;
     }
-    static std::once_flag once;  // after the first Process: run before its exit handler
-    std::call_once(once, [] { std::atexit(shutdown_all_at_exit); });
     std::scoped_lock lk(s.mu);
     if (!s.manager) {
       auto self = state_;

@@ -14,6 +14,7 @@
 
 #include "troupe/errors.hpp"
 #include "troupe/internal/demangle.hpp"
+#include "troupe/internal/runtime.hpp"
 
 namespace troupe::threading {
 namespace detail {
@@ -61,8 +62,6 @@ struct Registry {
   std::atomic<int> running{0};  // threads troupe started that have not finished (_thread._count)
   std::mutex hook_mu;
   ExceptHook hook;
-  std::once_flag atexit_once;
-  std::atomic<bool> exiting{false};
 
   Registry();
 
@@ -82,10 +81,9 @@ struct Registry {
   }
 };
 
-// Leaked on purpose: daemon threads may still use it while static destructors run at exit.
+// Never destroyed: daemon threads may still use it while static destructors run at exit.
 Registry& reg() {
-  static Registry* r = new Registry();
-  return *r;
+  return internal::runtime::global<Registry>();
 }
 
 thread_local ThreadState* tls_state = nullptr;
@@ -101,7 +99,6 @@ std::uint64_t ident_now() noexcept {
 // Joins every non-daemon thread still running, as Python does before the interpreter exits.
 void join_at_exit() {
   auto& r = reg();
-  r.exiting.store(true);
   for (;;) {
     std::shared_ptr<ThreadState> next;
     {
@@ -151,7 +148,7 @@ Registry::Registry() {
   main->native_id.store(gettid_now());
   main->started.set();
   alive.push_back(main);
-  pthread_atfork(nullptr, nullptr, [] {
+  internal::runtime::at_fork_child(internal::runtime::ForkStep::threads, [] {
     // The registry mutex may have been held by a thread that does not exist in the child.
     new (&reg().mu) std::mutex();
     after_fork_in_child();
@@ -339,7 +336,7 @@ Thread::~Thread() {
     s.join_os();
     return;
   }
-  const bool detach = self || (s.daemon && (s.target || reg().exiting.load()));
+  const bool detach = self || (s.daemon && (s.target || internal::runtime::exiting()));
   if (!detach) {
     s.done.wait();
     s.join_os();
@@ -360,7 +357,7 @@ void Thread::start() {
   if (s.adopted || s.phase.load() != 0 || s.started.is_set())
     throw RuntimeError("threads can only be started once");
   auto& r = reg();
-  std::call_once(r.atexit_once, [] { std::atexit(join_at_exit); });
+  internal::runtime::at_exit(internal::runtime::ExitStep::threads, join_at_exit);
 
   s.plain = typeid(*this) == typeid(Thread);  // read here, while the object surely lives
   auto* arg = new std::shared_ptr<ThreadState>(state_);

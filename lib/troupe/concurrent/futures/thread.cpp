@@ -12,6 +12,7 @@
 #include "troupe/detail/mutex.hpp"
 #include "troupe/internal/cpus.hpp"
 #include "troupe/internal/demangle.hpp"
+#include "troupe/internal/runtime.hpp"
 #include "troupe/threading/thread.hpp"
 
 namespace troupe::concurrent::futures {
@@ -26,9 +27,6 @@ int default_max_workers() {
 }
 
 std::atomic<int> executor_counter{0};
-
-struct Registry;
-Registry& registry();
 
 }  // namespace
 
@@ -64,43 +62,24 @@ struct ThreadPool : WaitGuard, std::enable_shared_from_this<ThreadPool> {
 
 namespace {
 
-// Every pool alive, for the exit handler.
-struct Registry {
-  std::mutex mu;
-  std::vector<std::weak_ptr<ThreadPool>> pools;
-};
-std::atomic<bool> exiting_flag{false};
-
-Registry& registry() {
-  static Registry* r = new Registry;  // never destroyed: used by the exit handler
-  return *r;
+// Every pool alive, for the exit step.
+internal::runtime::Alive<ThreadPool>& pools() {
+  return internal::runtime::global<internal::runtime::Alive<ThreadPool>>();
 }
 
-// Python's _python_exit: no more submits, every pool finishes what is queued, workers joined.
+// Python's _python_exit: no more submits (runtime::exiting() is true from here on), every pool
+// finishes what is queued, workers joined.
 void shutdown_at_exit() {
-  std::vector<std::shared_ptr<ThreadPool>> alive;
-  {
-    auto& r = registry();
-    std::scoped_lock lk(r.mu);
-    exiting_flag.store(true);
-    for (auto& w : r.pools)
-      if (auto p = w.lock()) alive.push_back(std::move(p));
-    r.pools.clear();
-  }
-  for (auto& p : alive) p->shutdown(true, false);
+  for (auto& p : pools().take_all()) p->shutdown(true, false);
 }
 
 void register_pool(const std::shared_ptr<ThreadPool>& pool) {
-  static std::once_flag once;
-  std::call_once(once, [] { std::atexit(shutdown_at_exit); });
-  auto& r = registry();
-  std::scoped_lock lk(r.mu);
-  std::erase_if(r.pools, [](const std::weak_ptr<ThreadPool>& w) { return w.expired(); });
-  r.pools.push_back(pool);
+  internal::runtime::at_exit(internal::runtime::ExitStep::thread_pools, shutdown_at_exit);
+  pools().add(pool);
 }
 
 bool exiting() noexcept {
-  return exiting_flag.load(std::memory_order_relaxed);
+  return internal::runtime::exiting();
 }
 
 }  // namespace

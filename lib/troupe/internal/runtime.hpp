@@ -1,0 +1,108 @@
+// troupe/internal/runtime.hpp — troupe's process-wide state in one place: the objects that live
+// as long as the process, the one exit handler and the order of its steps, the one set of fork
+// handlers and their order. Layer 1; .cpp-only (never included by a public header, never
+// installed). The layers above register their steps here; this file names them all.
+//
+// Process-wide objects (each built on first use by runtime::global<T>() and never destroyed):
+//
+//   entry points (TROUPE_ENTRY)                                   entry.cpp
+//   threads alive, the main thread, excepthook, stack_size        threading/thread.cpp
+//   this process, its parent, its children, the Process counter   multiprocessing/process.cpp
+//   the start method and the executable spawn runs                multiprocessing/context.cpp
+//   multiprocessing.dummy's processes                             multiprocessing/dummy.cpp
+//   ThreadPoolExecutors alive                                     concurrent/futures/thread.cpp
+//   process pools alive (Pool, ProcessPoolExecutor)               multiprocessing/worker_pool.cpp
+//   the forkserver this process uses                              multiprocessing/forkserver.cpp
+//
+// At exit (return from main, std::exit), one handler runs the steps below, each once, in this
+// order, which is CPython's at interpreter exit: threading._shutdown first calls the functions
+// registered with threading._register_atexit (concurrent.futures' _python_exit), then joins the
+// non-daemon threads; then the atexit module runs multiprocessing.util._exit_function, which
+// runs the finalizers of priority >= 0 (a Pool's), terminates the daemonic children and joins
+// every child, then the remaining finalizers (temporary directories).
+//
+//   1. thread_pools   every ThreadPoolExecutor stops taking work, finishes its queue, joins its
+//                     workers; submit() raises "cannot schedule new futures after interpreter
+//                     shutdown" from here on (Python's _python_exit)
+//   2. threads        every non-daemon Thread (and multiprocessing.dummy Process) is joined
+//   3. process_pools  every Pool / ProcessPoolExecutor engine shuts down (its calls finish) and
+//                     its manager thread is joined. Python runs ProcessPoolExecutor's exit with
+//                     the thread pools, before step 2; troupe's process pools share one engine
+//                     with Pool and stop after the threads, as Pool's finalizers do, so that a
+//                     thread still using a pool at exit finishes its work
+//   4. children       daemonic children are terminated, then every child is joined
+//   5. forkserver     the forkserver's socket directory is removed if the server died without
+//                     removing it (the server removes it itself when the process tree ends)
+//
+// The handler is registered (std::atexit) when each step is first needed, so it runs when the
+// latest of those registrations is reached: before the destructors of static objects built
+// before that point, and before atexit handlers registered earlier. Child processes leave with
+// _exit and run none of this; a process target runs step 4 itself (Python's _bootstrap).
+//
+// Around fork() (pthread_atfork, installed once): in the child, these run in this order. No
+// step runs before fork or in the parent.
+//
+//   1. threads           the thread registry's lock is new; the threads that did not survive
+//                        the fork are finished; the forking thread is the main thread
+//                        (CPython's threading._after_fork)
+//   2. thread_identity   the (pid, tid) that process-shared locks record as owner is this
+//                        process's
+#pragma once
+
+#include <memory>
+#include <mutex>
+#include <vector>
+
+namespace troupe::internal::runtime {
+
+/// The steps of troupe's exit handler, in the order they run (see the top of this file).
+enum class ExitStep { thread_pools, threads, process_pools, children, forkserver };
+
+/// Makes `fn` the exit step `step`; the first call for a step registers the exit handler.
+/// Later calls for the same step are ignored (cheap: call it where the step becomes needed).
+/// Thread-safe.
+void at_exit(ExitStep step, void (*fn)()) noexcept;
+
+/// True once the exit handler has begun (from step 1 on).
+bool exiting() noexcept;
+
+/// The steps run in a child process after fork(), in this order.
+enum class ForkStep { threads, thread_identity };
+
+/// Makes `fn` the fork-child step `step`; the first call installs the fork handler. Later calls
+/// for the same step are ignored. Thread-safe; may be called during static initialisation.
+void at_fork_child(ForkStep step, void (*fn)()) noexcept;
+
+/// The one T of this process: built on first use (thread-safe) and never destroyed, so that
+/// exit steps, fork handlers and daemon threads may use it while static destructors run.
+template <class T>
+T& global() {
+  static T* const instance = new T();
+  return *instance;
+}
+
+/// The objects of one kind that are alive, held weakly, for an exit step to reach them all.
+template <class T>
+class Alive {
+public:
+  void add(const std::shared_ptr<T>& object) {
+    std::scoped_lock lock(mutex_);
+    std::erase_if(all_, [](const std::weak_ptr<T>& w) { return w.expired(); });
+    all_.push_back(object);
+  }
+  /// Every one still alive; forgotten here.
+  std::vector<std::shared_ptr<T>> take_all() {
+    std::vector<std::shared_ptr<T>> alive;
+    std::scoped_lock lock(mutex_);
+    for (auto& w : all_)
+      if (auto p = w.lock()) alive.push_back(std::move(p));
+    all_.clear();
+    return alive;
+  }
+
+private:
+  std::mutex mutex_;
+  std::vector<std::weak_ptr<T>> all_;
+};
+
+}  // namespace troupe::internal::runtime
