@@ -39,9 +39,10 @@ LAYERS = [
     ("threading", 2), ("_thread", 2), ("queue", 2), ("sched", 2),
     ("concurrent/futures/future.", 2), ("concurrent/futures/thread.", 2),
     ("concurrent/futures/executor.", 2), ("concurrent/futures/detail/", 2),
+    ("concurrent/futures/on_worker_death.", 2),
     ("multiprocessing/", 3), ("subprocess", 3),
     ("multiprocessing/managers", 4), ("multiprocessing/pool.", 4), ("multiprocessing/dummy.", 4),
-    ("multiprocessing/detail/", 4), ("multiprocessing/worker_pool.", 4),
+    ("multiprocessing/detail/", 4), ("multiprocessing/detail/shared_region.", 3),
     ("multiprocessing.hpp", 4), ("concurrent/futures/process.", 4), ("concurrent/futures.hpp", 4),
     ("actor", 5), ("cluster", 5),
 ]

@@ -11,8 +11,8 @@
 //   the start method and the executable spawn runs                multiprocessing/context.cpp
 //   multiprocessing.dummy's processes                             multiprocessing/dummy.cpp
 //   ThreadPoolExecutors alive                                     concurrent/futures/thread.cpp
-//   process pools alive (Pool, ProcessPoolExecutor)               multiprocessing/worker_pool.cpp
-//   the forkserver this process uses                              multiprocessing/forkserver.cpp
+//   process pools alive (Pool, ProcessPoolExecutor) multiprocessing/detail/worker_pool.cpp the
+//   forkserver this process uses                              multiprocessing/forkserver.cpp
 //
 // At exit (return from main, std::exit), one handler runs the steps below, each once, in this
 // order, which is CPython's at interpreter exit: threading._shutdown first calls the functions

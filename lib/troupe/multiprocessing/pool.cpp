@@ -52,8 +52,8 @@ multiprocessing::detail::WorkerPoolOptions Pool::engine_options(PoolOptions& o) 
   w.max_tasks_per_child = o.maxtasksperchild;
   // A dead worker fails its own tasks and is replaced (a forked pool cannot start one safely
   // once its threads run: there the pool breaks instead, still without a hang).
-  w.on_worker_death = method == "fork" ? multiprocessing::detail::OnWorkerDeath::break_pool
-                                       : multiprocessing::detail::OnWorkerDeath::replace_worker;
+  w.on_worker_death = method == "fork" ? concurrent::futures::OnWorkerDeath::break_pool
+                                       : concurrent::futures::OnWorkerDeath::replace_worker;
   w.name = "Pool-" + std::to_string(detail::pool_counter++);
   w.make_error = detail::pool_error;
   return w;

@@ -30,8 +30,9 @@
 #include "troupe/concurrent/futures/process.hpp"
 #include "troupe/concurrent/futures/thread.hpp"
 #include "troupe/errors.hpp"
+#include "troupe/multiprocessing/detail/future_job.hpp"
+#include "troupe/multiprocessing/detail/worker_pool.hpp"
 #include "troupe/multiprocessing/process.hpp"
-#include "troupe/multiprocessing/worker_pool.hpp"
 #include "troupe/timeout.hpp"
 
 namespace troupe::multiprocessing {
@@ -359,7 +360,7 @@ public:
   requires(sizeof...(P) == sizeof...(A)) AsyncResult<R> apply_async(
       AsyncCallbacks<futures::detail::MapValue<R>> callbacks, R (*fn)(P...), A&&... args) {
     check_running();
-    auto job = std::make_unique<futures::detail::FutureJob<R>>();
+    auto job = std::make_unique<detail::FutureJob<R>>();
     job->entry = futures::detail::entry_name(reinterpret_cast<const void*>(fn), "Pool.apply");
     job->calls.push_back(
         troupe::to_bytes(std::tuple<std::decay_t<P>...>(std::forward<A>(args)...)));
@@ -454,13 +455,13 @@ private:
     const std::size_t chunk = detail::chunk_size(chunksize, items.size(), engine_.max_workers());
     auto g = detail::Gather<V>::start(items.size(), chunk, std::move(callbacks));
     AsyncResult<std::vector<V>> result(g->out);
-    std::vector<std::unique_ptr<futures::detail::ChunkJob<R>>> jobs;
+    std::vector<std::unique_ptr<detail::ChunkJob<R>>> jobs;
     for (std::size_t at = 0; at < items.size(); at += chunk) {
       const std::size_t n = std::min(chunk, items.size() - at);
       std::vector<troupe::detail::BatchItem<std::tuple<std::decay_t<P>...>>> part(
           std::make_move_iterator(items.begin() + static_cast<std::ptrdiff_t>(at)),
           std::make_move_iterator(items.begin() + static_cast<std::ptrdiff_t>(at + n)));
-      auto job = std::make_unique<futures::detail::ChunkJob<R>>();
+      auto job = std::make_unique<detail::ChunkJob<R>>();
       job->entry = entry;
       job->batch = true;
       job->calls.push_back(troupe::to_bytes(part));
@@ -482,7 +483,7 @@ private:
       std::vector<std::decay_t<P>> items = input->next();
       if (items.empty()) return std::nullopt;
       check_running();
-      auto job = std::make_unique<futures::detail::ChunkJob<R>>();
+      auto job = std::make_unique<detail::ChunkJob<R>>();
       job->entry = entry;
       job->batch = true;
       job->calls.push_back(troupe::to_bytes(items));

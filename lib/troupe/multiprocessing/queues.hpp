@@ -19,7 +19,7 @@
 
 #include "troupe/codec.hpp"
 #include "troupe/errors.hpp"
-#include "troupe/multiprocessing/shared_region.hpp"
+#include "troupe/multiprocessing/detail/shared_region.hpp"
 #include "troupe/multiprocessing/synchronize.hpp"
 #include "troupe/timeout.hpp"
 

@@ -21,7 +21,7 @@
 
 #include "troupe/codec.hpp"
 #include "troupe/errors.hpp"
-#include "troupe/multiprocessing/shared_region.hpp"
+#include "troupe/multiprocessing/detail/shared_region.hpp"
 #include "troupe/multiprocessing/synchronize.hpp"
 
 namespace troupe::multiprocessing {

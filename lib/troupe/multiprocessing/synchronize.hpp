@@ -25,7 +25,7 @@
 #include "troupe/codec.hpp"
 #include "troupe/detail/futex.hpp"
 #include "troupe/detail/lockable.hpp"
-#include "troupe/multiprocessing/shared_region.hpp"
+#include "troupe/multiprocessing/detail/shared_region.hpp"
 #include "troupe/timeout.hpp"
 
 namespace troupe::multiprocessing {

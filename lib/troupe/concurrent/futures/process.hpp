@@ -26,76 +26,18 @@
 #include "troupe/codec.hpp"
 #include "troupe/concurrent/futures/executor.hpp"
 #include "troupe/concurrent/futures/future.hpp"
+#include "troupe/concurrent/futures/on_worker_death.hpp"
 #include "troupe/errors.hpp"
+#include "troupe/multiprocessing/detail/future_job.hpp"
+#include "troupe/multiprocessing/detail/worker_pool.hpp"
 #include "troupe/multiprocessing/process.hpp"
-#include "troupe/multiprocessing/worker_pool.hpp"
 
 namespace troupe::concurrent::futures {
-
-using OnWorkerDeath = multiprocessing::detail::OnWorkerDeath;
 
 namespace detail {
 
 /// The name a registered function goes by. @throws ValueError if it is not registered.
 std::string entry_name(const void* function, const char* what);
-
-/// A future's shared state that request_stop() can reach while the call runs in a worker.
-template <class T>
-class StoppableCore final : public Core<T> {
-public:
-  bool stop_running() noexcept override { return stop_ && stop_(); }
-  std::function<bool()> stop_;  // set once, before the future is handed out
-};
-
-/// A call (or a map chunk) whose one outcome is a `T`, and the future it sets: `T` is the call's
-/// result (void: std::monostate on the wire), or for a chunk a std::vector of results — sent as
-/// one message, answered with one; the first failing call fails the chunk, as in Python.
-template <class T>
-class FutureJob final : public multiprocessing::detail::Job {
-public:
-  Future<T> future{std::make_shared<StoppableCore<T>>()};
-
-  void bind_stop(std::function<bool()> stop) noexcept override {
-    static_cast<StoppableCore<T>&>(*future.core()).stop_ = std::move(stop);
-  }
-
-  bool start() noexcept override {  // again after a dead worker's calls are requeued: true
-    try {
-      return future.running() || future.set_running_or_notify_cancel();
-    } catch (...) {
-      return false;
-    }
-  }
-  void deliver(std::vector<multiprocessing::detail::CallOutcome>&& outcomes) noexcept override {
-    try {
-      if (outcomes.size() != 1)
-        throw ValueError("a worker sent " + std::to_string(outcomes.size()) +
-                         " outcomes for one message");
-      auto& o = outcomes.front();
-      if (!o.ok) {
-        future.set_exception(multiprocessing::detail::outcome_exception(o));
-      } else if constexpr (std::is_void_v<T>) {
-        (void)troupe::from_bytes<std::monostate>(o.value);
-        future.set_result();
-      } else {
-        future.set_result(troupe::from_bytes<T>(o.value));
-      }
-    } catch (...) {
-      fail(std::current_exception());
-    }
-  }
-  void fail(std::exception_ptr error) noexcept override {
-    try {
-      future.set_exception(std::move(error));
-    } catch (...) {  // done already
-    }
-  }
-  void cancel() noexcept override { (void)future.cancel(); }
-};
-
-/// One chunk of a map of a function returning R.
-template <class R>
-using ChunkJob = FutureJob<std::vector<MapValue<R>>>;
 
 template <class R>
 constexpr bool sendable_result = std::is_void_v<R> || Encodable<std::decay_t<R>>;
@@ -173,7 +115,7 @@ public:
   requires(sizeof...(P) == sizeof...(A)) Future<R> submit(R (*fn)(P...), A&&... args) {
     static_assert(detail::sendable_result<R>,
                   "ProcessPoolExecutor: the function's result has no troupe::Codec");
-    auto job = std::make_unique<detail::FutureJob<R>>();
+    auto job = std::make_unique<multiprocessing::detail::FutureJob<R>>();
     job->entry = detail::entry_name(reinterpret_cast<const void*>(fn), "ProcessPoolExecutor");
     job->calls.push_back(
         troupe::to_bytes(std::tuple<std::decay_t<P>...>(std::forward<A>(args)...)));
@@ -214,7 +156,7 @@ public:
       while (items.size() < chunk && zip->next([&](auto&&... a) { items.emplace_back(a...); })) {
       }
       if (items.empty()) return std::nullopt;
-      auto job = std::make_unique<detail::ChunkJob<R>>();
+      auto job = std::make_unique<multiprocessing::detail::ChunkJob<R>>();
       job->entry = entry;
       job->batch = true;
       job->calls.push_back(troupe::to_bytes(items));

@@ -1,4 +1,4 @@
-// troupe/multiprocessing/worker_pool.hpp — the engine under ProcessPoolExecutor (and, later,
+// troupe/multiprocessing/detail/worker_pool.hpp — the engine under ProcessPoolExecutor (and, later,
 // multiprocessing.Pool): worker processes that run registered functions on encoded arguments.
 // Not API.
 //
@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "troupe/codec.hpp"
+#include "troupe/concurrent/futures/on_worker_death.hpp"
 #include "troupe/errors.hpp"
 
 namespace troupe::multiprocessing::detail {
@@ -70,16 +71,7 @@ public:
   int deaths = 0;
 };
 
-/// What happens when a worker dies while it holds calls.
-enum class OnWorkerDeath : std::uint8_t {
-  /// Python's ProcessPoolExecutor: the pool is broken; the call the worker ran, the calls it had
-  /// not started, and every pending and later call fail with BrokenProcessPool.
-  break_pool,
-  /// troupe: only the call the dead worker was running fails (BrokenProcessPool naming the
-  /// worker and its signal or exit code); the calls it had not started go to another worker, and
-  /// a new worker takes its place (not under fork).
-  replace_worker,
-};
+using concurrent::futures::OnWorkerDeath;
 
 struct WorkerPoolOptions {
   int max_workers = 1;

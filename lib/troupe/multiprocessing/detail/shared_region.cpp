@@ -1,4 +1,4 @@
-#include "troupe/multiprocessing/shared_region.hpp"
+#include "troupe/multiprocessing/detail/shared_region.hpp"
 
 #include <sys/mman.h>
 #include <sys/stat.h>

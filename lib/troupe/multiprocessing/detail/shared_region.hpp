@@ -1,4 +1,4 @@
-// troupe/multiprocessing/shared_region.hpp — the memory that process-shared objects live in.
+// troupe/multiprocessing/detail/shared_region.hpp — the memory that process-shared objects live in.
 // Not API.
 //
 // A SharedRegion is an anonymous memfd mapped MAP_SHARED: children made by fork inherit the

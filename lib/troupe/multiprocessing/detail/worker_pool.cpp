@@ -1,4 +1,4 @@
-#include "troupe/multiprocessing/worker_pool.hpp"
+#include "troupe/multiprocessing/detail/worker_pool.hpp"
 
 #include <poll.h>
 #include <signal.h>
