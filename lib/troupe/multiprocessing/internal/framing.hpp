@@ -1,0 +1,28 @@
+// troupe/multiprocessing/internal/framing.hpp — what the blocking and the asynchronous halves of
+// Connection (connection.cpp, connection_async.cpp) share: how a message body grows. .cpp only.
+#pragma once
+
+#include <algorithm>
+#include <cstddef>
+#include <vector>
+
+namespace troupe::multiprocessing::internal {
+
+/// The read buffer of a Connection (its rbuf_).
+inline constexpr std::size_t kReadBuffer = 64 * 1024;
+// A message body's memory follows the bytes that arrive, not the length a peer announced
+// (issue 15): up to kReserveAtOnce of capacity is reserved at once (address space, no page
+// touched), past that the capacity doubles as the bytes come; the bytes are zeroed and read
+// kBodyStep at a time. A message of up to kReserveAtOnce bytes is never copied.
+inline constexpr std::size_t kBodyStep = std::size_t{1} << 20;
+inline constexpr std::size_t kReserveAtOnce = std::size_t{64} << 20;
+
+// Makes room in `body` (whose size is what has arrived, less than `n`) for the next bytes of an
+// n-byte message. @throws std::bad_alloc.
+inline void grow_body(std::vector<std::byte>& body, std::size_t n) {
+  const std::size_t at = body.size();
+  if (at == body.capacity()) body.reserve(std::min(n, at + std::max(at, kReserveAtOnce)));
+  body.resize(at + std::min({n - at, kBodyStep, body.capacity() - at}));
+}
+
+}  // namespace troupe::multiprocessing::internal
