@@ -359,7 +359,7 @@ Connection Listener::accept() {
     std::atomic<bool> ready{false};
   };
   auto got = std::make_shared<Got>();
-  own_engine_->want([got, d = driver_](detail::AcceptOutcome& o) {
+  own_engine_->want(own_engine_->next_id(), [got, d = driver_](detail::AcceptOutcome& o) {
     got->outcome.emplace(std::move(o));
     got->ready.store(true, std::memory_order_release);
     { std::lock_guard lock(d->m); }
@@ -431,8 +431,11 @@ std::shared_ptr<AcceptEngine> AcceptEngine::make(int listen_fd, const Address& a
 // reactor_ lets go of the fd (it is declared after fd_) before fd_ closes it.
 AcceptEngine::~AcceptEngine() = default;
 
-std::uint64_t AcceptEngine::want(Waiter w) {
-  const std::uint64_t id = next_waiter_.fetch_add(1, std::memory_order_relaxed);
+std::uint64_t AcceptEngine::next_id() noexcept {
+  return next_waiter_.fetch_add(1, std::memory_order_relaxed);
+}
+
+void AcceptEngine::want(std::uint64_t id, Waiter w) {
   boost::asio::post(strand_, [self = shared_from_this(), w = std::move(w), id]() mutable {
     if (self->stopped_) {
       AcceptOutcome o{boost::asio::error::operation_aborted, Connection(), std::nullopt};
@@ -447,7 +450,6 @@ std::uint64_t AcceptEngine::want(Waiter w) {
     }
     self->pump();
   });
-  return id;
 }
 
 void AcceptEngine::cancel(std::uint64_t id) {

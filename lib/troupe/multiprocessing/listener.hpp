@@ -102,9 +102,12 @@ public:
   AcceptEngine(const AcceptEngine&) = delete;
   AcceptEngine& operator=(const AcceptEngine&) = delete;
 
-  /// Asks for the next outcome; `w` runs on the engine's strand, never inside this call.
-  /// Returns the waiter's number, for cancel().
-  std::uint64_t want(Waiter w);
+  /// A waiter's number, for want() and cancel(): taken before the waiter is handed over, so a
+  /// canceller can be in place before the waiter can run (it may run at once on another thread).
+  std::uint64_t next_id() noexcept;
+  /// Asks for the next outcome for waiter `id` (from next_id()); `w` runs on the engine's
+  /// strand, never inside this call.
+  void want(std::uint64_t id, Waiter w);
   /// Ends waiter `id` with operation_aborted, if it still waits (on the strand). Thread-safe.
   void cancel(std::uint64_t id);
   /// Drops every pending peer and waiting outcome, fails the waiters with operation_aborted
@@ -322,11 +325,14 @@ auto Listener::async_accept(Token&& token) {
     // The engine's waiters are copyable: the operation goes in a shared box.
     auto box = std::make_shared<std::optional<std::decay_t<decltype(op.resume())>>>();
     box->emplace(op.resume());
-    const auto id = engine->want([box](detail::AcceptOutcome& o) {
-      troupe::detail::resume_later(std::move(**box), o.ec, std::move(o.conn));
-    });
+    // The canceller goes in before the waiter is handed over: on another thread of the executor
+    // the waiter may run, and the operation complete (clearing the slot), at once.
+    const auto id = engine->next_id();
     if (slot.is_connected())
       slot.assign([engine, id](boost::asio::cancellation_type) { engine->cancel(id); });
+    engine->want(id, [box](detail::AcceptOutcome& o) {
+      troupe::detail::resume_later(std::move(**box), o.ec, std::move(o.conn));
+    });
   };
   return troupe::detail::async_operation<void(boost::system::error_code, Connection)>(
       std::move(body), std::forward<Token>(token), executor_);
