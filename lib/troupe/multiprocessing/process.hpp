@@ -287,7 +287,9 @@ auto BaseProcess::async_join(Token&& token) const {
     if (const std::error_code e = detail::join_begin(state, fd))
       return op.complete(detail::to_boost(e));
     if (fd < 0) return op.complete(boost::system::error_code());
-    sentinel = std::make_unique<stream_descriptor>(ex, fd);
+    UniqueFd dup(fd);  // closed here if the descriptor cannot take it (epoll_ctl, bad_alloc)
+    sentinel = std::make_unique<stream_descriptor>(ex, dup.get());
+    (void)dup.release();
     auto& waiting = *sentinel;  // moving the operation moves `sentinel`, not what it points to
     waiting.async_wait(stream_descriptor::wait_read, op.resume());
   };
