@@ -97,7 +97,8 @@ public:
         capacity_((words.size() - 3) * sizeof(std::uint64_t)) {}
   std::atomic_ref<std::uint64_t> running() const noexcept { return std::atomic_ref(words_[0]); }
   std::atomic_ref<std::uint64_t> used() const noexcept { return std::atomic_ref(words_[1]); }
-  std::atomic_ref<std::uint64_t> stop() const noexcept { return std::atomic_ref(words_[2]); }
+  std::atomic_ref<std::uint64_t> stop() const noexcept { return std::atomic_ref(*stop_word()); }
+  std::uint64_t* stop_word() const noexcept { return words_ + 2; }
   std::byte* log() const noexcept { return log_; }
   std::size_t capacity() const noexcept { return capacity_; }
 
@@ -237,7 +238,9 @@ CallOutcome run_call(const EntryPoint* e, const std::string& name, std::span<con
 // its board, where the parent writes the id of the call whose stop was asked before it queues
 // SIGINT (with that id as its value) to wake a call blocked in a system call.
 std::atomic<std::uint64_t> g_running{0};
-std::atomic<const Board*> g_board{nullptr};
+// The board's stop word, in the board's mapping (which outlives the worker's loop), not the
+// loop's Board: a thread of a call may read it as the loop ends.
+std::atomic<std::uint64_t*> g_stop_word{nullptr};
 
 void on_sigint(int sig, siginfo_t* info, void*) {
   // The parent's nudge: the stop itself is on the board (a standard signal already pending is
@@ -290,8 +293,8 @@ static bool watch_owner(pid_t owner, std::chrono::milliseconds grace) {
 
 bool stop_requested_in_worker() noexcept {
   const std::uint64_t running = g_running.load();
-  const Board* board = g_board.load();
-  return running != 0 && board != nullptr && board->stop().load() == running;
+  std::uint64_t* stop = g_stop_word.load();
+  return running != 0 && stop != nullptr && std::atomic_ref(*stop).load() == running;
 }
 
 namespace {
@@ -376,9 +379,9 @@ void troupe_pool_worker(Connection& conn, WorkerConfig& cfg, RawArray<std::uint6
   sigemptyset(&sa.sa_mask);
   ::sigaction(SIGINT, &sa, nullptr);
   const Board board(words);
-  g_board.store(&board);
+  g_stop_word.store(board.stop_word());
   struct Forget {
-    ~Forget() { g_board.store(nullptr); }
+    ~Forget() { g_stop_word.store(nullptr); }
   } forget;
   ResultSender sender(conn, board, cfg.max_message ? cfg.max_message : conn.max_message_size());
   if (!cfg.initializer.empty()) {
