@@ -13,8 +13,10 @@
 #include <algorithm>
 #include <bit>
 #include <cstring>
+#include <optional>
 
 #include "troupe/detail/checked.hpp"
+#include "troupe/detail/sigpipe.hpp"
 #include "troupe/errors.hpp"
 #include "troupe/multiprocessing/internal/framing.hpp"
 #include "troupe/multiprocessing/tls.hpp"
@@ -55,18 +57,8 @@ int checked_fd(int fd, bool readable, bool writable) {
 // gets BrokenPipeError instead of a dead process (sockets use MSG_NOSIGNAL instead).
 // Through `tls` when there is a session.
 void write_all(int fd, bool socket, iovec* iov, int iovcnt, detail::TlsSession* tls) {
-  sigset_t block, old;
-  bool masked = false;
-  bool had_pending = false;
-  if (!socket) {
-    sigemptyset(&block);
-    sigaddset(&block, SIGPIPE);
-    sigset_t pending;
-    sigpending(&pending);
-    had_pending = sigismember(&pending, SIGPIPE);
-    pthread_sigmask(SIG_BLOCK, &block, &old);
-    masked = true;
-  }
+  std::optional<troupe::detail::SigpipeBlock> no_sigpipe;
+  if (!socket) no_sigpipe.emplace();
   int err = 0;
   while (iovcnt > 0) {
     ssize_t n;
@@ -96,14 +88,8 @@ void write_all(int fd, bool socket, iovec* iov, int iovcnt, detail::TlsSession* 
       iov->iov_len -= left;
     }
   }
-  if (masked) {
-    if (err == EPIPE && !had_pending) {
-      timespec zero{0, 0};
-      while (sigtimedwait(&block, nullptr, &zero) < 0 && errno == EINTR) {
-      }
-    }
-    pthread_sigmask(SIG_SETMASK, &old, nullptr);
-  }
+  if (no_sigpipe) no_sigpipe->consume(err);
+  no_sigpipe.reset();
   if (err) {
     std::string what = "Connection.send_bytes: write to fd " + std::to_string(fd);
     if (tls && err == EPROTO) what += " (TLS: " + tls->error() + ")";

@@ -15,6 +15,7 @@
 #include <cstring>
 
 #include "troupe/detail/checked.hpp"
+#include "troupe/detail/sigpipe.hpp"
 #include "troupe/errors.hpp"
 #include "troupe/multiprocessing/connection.hpp"
 #include "troupe/multiprocessing/internal/framing.hpp"
@@ -91,21 +92,12 @@ ssize_t write_now(int fd, bool socket, iovec* iov, int iovcnt) {
     limited[k++] = {iov[i].iov_base, take};
     left -= take;
   }
-  sigset_t block, old;  // SIGPIPE: as write_all, the caller gets EPIPE instead
-  sigemptyset(&block);
-  sigaddset(&block, SIGPIPE);
-  pthread_sigmask(SIG_BLOCK, &block, &old);
+  troupe::detail::SigpipeBlock no_sigpipe;  // as write_all: the caller gets EPIPE instead
   ssize_t r;
   do {
     r = ::writev(fd, limited, k);
   } while (r < 0 && errno == EINTR);
-  const int saved = errno;
-  if (r < 0 && saved == EPIPE) {
-    timespec zero{0, 0};
-    sigtimedwait(&block, nullptr, &zero);
-  }
-  pthread_sigmask(SIG_SETMASK, &old, nullptr);
-  errno = saved;
+  if (r < 0) no_sigpipe.consume(errno);
   return r;
 }
 

@@ -20,6 +20,8 @@
 #include <cstring>
 #include <limits>
 
+#include "troupe/detail/sigpipe.hpp"
+
 #include <grp.h>
 #include <pwd.h>
 
@@ -274,25 +276,12 @@ double seconds_of(const Timeout& t) {
 // write(2) without SIGPIPE: the signal is blocked on this thread around the call and, if the
 // write raised it, consumed; EPIPE is what the caller sees.
 ssize_t write_nosigpipe(int fd, const char* data, std::size_t n) {
-  sigset_t pipe_set, old;
-  sigemptyset(&pipe_set);
-  sigaddset(&pipe_set, SIGPIPE);
-  sigset_t pending;
-  sigpending(&pending);
-  const bool was_pending = sigismember(&pending, SIGPIPE);
-  pthread_sigmask(SIG_BLOCK, &pipe_set, &old);
+  troupe::detail::SigpipeBlock no_sigpipe;
   ssize_t r;
   do {
     r = ::write(fd, data, n);
   } while (r < 0 && errno == EINTR);
-  const int err = errno;
-  if (r < 0 && err == EPIPE && !was_pending) {
-    const timespec zero{0, 0};
-    while (::sigtimedwait(&pipe_set, nullptr, &zero) < 0 && errno == EINTR) {
-    }
-  }
-  pthread_sigmask(SIG_SETMASK, &old, nullptr);
-  errno = err;
+  if (r < 0) no_sigpipe.consume(errno);
   return r;
 }
 
