@@ -142,15 +142,17 @@ void contend(benchmark::State& state, Lock& lock, long* counter) {
     const pid_t pid = ::fork();
     if (pid == 0) {
       ready->fetch_add(1);
-      while (ready->load() < 2) {
+      while (ready->load() < 3) {  // the parent's clock runs
       }
       work();
       ::_exit(0);
     }
-    ready->fetch_add(1);
-    while (ready->load() < 2) {
+    while (ready->load() < 1) {
     }
+    // The clock starts before the child may begin: under load the parent can lose its CPU
+    // between the two, and the child's turns would then run untimed.
     state.ResumeTiming();
+    ready->store(3);
     work();
     int status = 0;
     ::waitpid(pid, &status, 0);
