@@ -28,7 +28,19 @@ struct Value {
                               # maps as key, value, key, value, ...
     alternative @8 :Alternative;  # std::variant
     struct @9 :AnyPointer;    # a Cap'n Proto struct, as itself
+    ref @10 :Ref;             # a reference to an object hosted by a manager (a proxy)
   }
+}
+
+# A reference to an object that a server (a manager, later an actor host) hosts: what a proxy is
+# made from, and what travels when a proxy is sent to another process or stored in a managed
+# object. doc/protocol.md "Managers" gives the lifetime rules (park, claim).
+struct Ref {
+  typeid @0 :Text;            # the registered typeid ("Queue", "dict", "Maths")
+  address @1 :Text;           # the server's address, in troupe::multiprocessing::Address syntax
+  id @2 :UInt64;              # the object's id in that server (never 0)
+  fingerprint @3 :UInt64;     # of the hosted type's method table (0: not checked)
+  ticket @4 :UInt64;          # the reference the sender parked for this copy (0: none)
 }
 
 struct Alternative {
