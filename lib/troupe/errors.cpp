@@ -72,6 +72,8 @@ std::string_view python_name(errc e) noexcept {
     case errc::lookup_error: return "LookupError";
     case errc::key_error: return "KeyError";
     case errc::index_error: return "IndexError";
+    case errc::arithmetic_error: return "ArithmeticError";
+    case errc::overflow_error: return "OverflowError";
     case errc::os_error: return "OSError";
     case errc::file_not_found_error: return "FileNotFoundError";
     case errc::file_exists_error: return "FileExistsError";
@@ -89,6 +91,7 @@ std::string_view python_name(errc e) noexcept {
     case errc::blocking_io_error: return "BlockingIOError";
     case errc::timeout_error: return "TimeoutError";
     case errc::eof_error: return "EOFError";
+    case errc::attribute_error: return "AttributeError";
     case errc::broken_barrier_error: return "threading.BrokenBarrierError";
     case errc::queue_empty: return "queue.Empty";
     case errc::queue_full: return "queue.Full";
@@ -246,6 +249,8 @@ template <class E, class... A>
     case errc::lookup_error: raise<LookupError>(std::move(remote), what);
     case errc::key_error: raise<KeyError>(std::move(remote), what);
     case errc::index_error: raise<IndexError>(std::move(remote), what);
+    case errc::arithmetic_error: raise<ArithmeticError>(std::move(remote), what);
+    case errc::overflow_error: raise<OverflowError>(std::move(remote), what);
     case errc::os_error: raise<OSError>(std::move(remote), err, what);
     case errc::file_not_found_error: raise<FileNotFoundError>(std::move(remote), err, what);
     case errc::file_exists_error: raise<FileExistsError>(std::move(remote), err, what);
@@ -265,6 +270,7 @@ template <class E, class... A>
     case errc::blocking_io_error: raise<BlockingIOError>(std::move(remote), err, what);
     case errc::timeout_error: raise<TimeoutError>(std::move(remote), err, what);
     case errc::eof_error: raise<EOFError>(std::move(remote), what);
+    case errc::attribute_error: raise<AttributeError>(std::move(remote), what);
     case errc::broken_barrier_error: raise<threading::BrokenBarrierError>(std::move(remote), what);
     case errc::queue_empty: raise<queue::Empty>(std::move(remote), what);
     case errc::queue_full: raise<queue::Full>(std::move(remote), what);
@@ -364,6 +370,10 @@ errc errc_of(std::exception_ptr ep) noexcept {
     return errc::index_error;
   } catch (const LookupError&) {
     return errc::lookup_error;
+  } catch (const OverflowError&) {
+    return errc::overflow_error;
+  } catch (const ArithmeticError&) {
+    return errc::arithmetic_error;
   } catch (const FileNotFoundError&) {
     return errc::file_not_found_error;
   } catch (const FileExistsError&) {
@@ -398,6 +408,8 @@ errc errc_of(std::exception_ptr ep) noexcept {
     return errc::os_error;
   } catch (const EOFError&) {
     return errc::eof_error;
+  } catch (const AttributeError&) {
+    return errc::attribute_error;
   } catch (const queue::Empty&) {
     return errc::queue_empty;
   } catch (const queue::Full&) {

@@ -14,10 +14,12 @@
 //   ValueError                              ValueError (std::invalid_argument)
 //   TypeError                               TypeError (std::logic_error)
 //   LookupError > KeyError, IndexError      LookupError (std::out_of_range) > KeyError, IndexError
+//   ArithmeticError > OverflowError         ArithmeticError (Exception) > OverflowError
 //   OSError (errno)                         OSError (std::system_error, generic_category)
 //     FileNotFoundError, PermissionError, … one class per errno group, as Python's
 //     TimeoutError                          TimeoutError (errno ETIMEDOUT)
 //   EOFError                                EOFError (Exception)
+//   AttributeError                          AttributeError (Exception)
 //   queue.Empty / Full / ShutDown           queue::Empty / Full / ShutDown (Exception)
 //   concurrent.futures.CancelledError, InvalidStateError (Exception)
 //   multiprocessing.ProcessError            multiprocessing::ProcessError (Exception)
@@ -61,6 +63,9 @@ enum class errc : std::uint16_t {
   lookup_error = 6,
   key_error = 7,
   index_error = 8,
+  // ArithmeticError, OverflowError (a managed Array's value out of its typecode's range)
+  arithmetic_error = 27,
+  overflow_error = 28,
   os_error = 9,  // OSError with an errno that has no subclass of its own
   file_not_found_error = 10,
   file_exists_error = 11,
@@ -78,6 +83,7 @@ enum class errc : std::uint16_t {
   blocking_io_error = 23,
   timeout_error = 24,
   eof_error = 25,
+  attribute_error = 26,  // an unknown or unexposed method of a managed object, an unset field
   // threading
   broken_barrier_error = 40,
   // queue
@@ -207,8 +213,26 @@ public:
   using LookupError::LookupError;
 };
 
+/// Python: `ArithmeticError`.
+class ArithmeticError : public Exception {
+public:
+  using Exception::Exception;
+};
+/// Python: `OverflowError` (a value that does not fit a managed Array's typecode).
+class OverflowError : public ArithmeticError {
+public:
+  using ArithmeticError::ArithmeticError;
+};
+
 /// Python: `EOFError` — the peer closed the connection.
 class EOFError : public Exception {
+public:
+  using Exception::Exception;
+};
+
+/// Python: `AttributeError` — a managed object has no such method (or it is not exposed), a
+/// Namespace no such attribute.
+class AttributeError : public Exception {
 public:
   using Exception::Exception;
 };
