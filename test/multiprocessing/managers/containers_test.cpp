@@ -838,6 +838,12 @@ TEST_F(ContainersTest, WireSequencesAreReadAsTheKindExpected) {
   EXPECT_EQ(call(*d, "__getitem__", "((1, 2),)"), Item::text("p"));
   EXPECT_EQ(d->call("get", {Item::sequence({Item::floating(1), Item::integer(2)})}),
             Item::text("p"));
+  // ...and is stored as that tuple, so it reads back as one.
+  EXPECT_EQ(call(*d, "keys").elements().back().kind(), Kind::tuple);
+  EXPECT_EQ(repr(call(*d, "keys")), "['a', 'b', (1, 2)]");
+  auto keyed = make("set");
+  keyed->call("add", {Item::sequence({Item::integer(1), Item::sequence({Item::integer(2)})})});
+  EXPECT_EQ(repr(keyed->getvalue()), "{(1, (2,))}");
   // A slice: three elements, each None or an int.
   auto l = make("list", "([0, 1, 2, 3, 4],)");
   const Item s = Item::sequence({Item::integer(1), Item::none(), Item::integer(2)});

@@ -224,6 +224,16 @@ std::vector<Item> mapping_pairs(Item x) {
   return flat;
 }
 
+// A key as stored: a list from the wire (`sequence`, a C++ pair, tuple or vector) becomes the
+// tuple it hashes and compares as, so that it reads back as one (a Python client could not
+// unpickle a dict with a list for a key).
+Item stored_key(Item k) {
+  if (k.kind() != Kind::sequence) return k;
+  std::vector<Item> e = std::move(k.elements());
+  for (Item& x : e) x = stored_key(std::move(x));
+  return Item::tuple(std::move(e));
+}
+
 // ---- an insertion-ordered hash table (dict, set, Namespace) ----------------------------------
 
 class Table {
@@ -812,6 +822,7 @@ protected:
     }
     if (m == "setdefault") {
       arg_range("dict.setdefault", "setdefault", a, kw, 1, 2);
+      a[0] = stored_key(std::move(a[0]));
       const std::int64_t h = hash(a[0]);
       auto it = table_.find(a[0], h);
       if (it != table_.end()) return it->value;
@@ -890,6 +901,7 @@ protected:
       check_size(table_.size() + pairs.size() / 2, "dict | dict");
       Table t;
       auto put = [&](Item k, Item v) {
+        k = stored_key(std::move(k));
         const std::int64_t h = hash(k);
         auto it = t.find(k, h);
         if (it != t.end())
@@ -924,6 +936,7 @@ protected:
       const Item v = a.size() > 1 ? std::move(a[1]) : Item();
       Table t;
       for (Item& k : keys) {
+        k = stored_key(std::move(k));
         const std::int64_t h = hash(k);
         if (t.find(k, h) == t.end()) t.append(std::move(k), v, h);
       }
@@ -959,6 +972,7 @@ private:
 
   // d[k] = v: an equal key already there keeps its key object and takes the value.
   void set(Item k, Item v, std::vector<Item>& removed) {
+    k = stored_key(std::move(k));
     const std::int64_t h = hash(k);
     auto it = table_.find(k, h);
     if (it != table_.end()) {
@@ -1220,6 +1234,7 @@ private:
     check_size(v.size(), "set operation");
     Table t;
     for (Item& x : v) {
+      x = stored_key(std::move(x));
       const std::int64_t h = hash(x);
       if (t.find(x, h) == t.end()) t.append(std::move(x), {}, h);
     }
@@ -1236,7 +1251,10 @@ private:
   void add_all(std::vector<Item> v, std::vector<Item>& removed) {
     std::vector<std::int64_t> hashes;
     hashes.reserve(v.size());
-    for (const Item& x : v) hashes.push_back(hash(x));  // unhashable: nothing added
+    for (Item& x : v) {
+      x = stored_key(std::move(x));
+      hashes.push_back(hash(x));  // unhashable: nothing added
+    }
     check_size(table_.size() + v.size(), "set.add()/update()");
     for (std::size_t i = 0; i < v.size(); ++i) {
       if (table_.find(v[i], hashes[i]) != table_.end()) continue;  // the one there stays

@@ -16,7 +16,8 @@
 // - a set operand (set & x, set < x) is a set, a frozenset or a `sequence`;
 // - an index into a list or Array is an int, a slice, or a `sequence` of three elements each
 //   None or an int (start, stop, step): the slice's wire form;
-// - keys and set elements must be hashable; a `sequence` hashes as a tuple.
+// - keys and set elements must be hashable; a `sequence` (a C++ pair, tuple or vector) is
+//   stored as the tuple it equals, so it reads back as one (also from Python).
 //
 // Differences from Python, all because values cross a process and Python objects do not:
 // - `sort(key=...)`: a key function cannot cross; only key=None is accepted (TypeError else).
