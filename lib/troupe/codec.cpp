@@ -24,6 +24,7 @@ std::string_view which_name(Which w) {
     case Which::LIST: return "list";
     case Which::ALTERNATIVE: return "alternative";
     case Which::STRUCT: return "struct";
+    case Which::REF: return "ref (a proxy)";
   }
   return "an unknown kind";
 }
@@ -39,8 +40,8 @@ void expect(proto::Value::Reader v, Which want, std::string_view type) {
   if (got == want) return;
   const auto raw = static_cast<unsigned>(got);
   malformed(std::string(type) + " expects " + std::string(which_name(want)) + ", got " +
-            (raw <= static_cast<unsigned>(Which::STRUCT) ? std::string(which_name(got))
-                                                         : "kind " + std::to_string(raw)));
+            (raw <= static_cast<unsigned>(Which::REF) ? std::string(which_name(got))
+                                                      : "kind " + std::to_string(raw)));
 }
 
 void expect_size(std::size_t got, std::size_t want, std::string_view type) {

@@ -182,6 +182,13 @@ public:
       }
       case proto::Value::ALTERNATIVE: value(v.getAlternative().getValue(), {}, depth + 1); break;
       case proto::Value::STRUCT: out_ += "<struct>"; break;
+      case proto::Value::REF: {
+        auto r = v.getRef();
+        auto t = r.getTypeid();
+        out_ += "<proxy " + std::string(t.begin(), std::min<std::size_t>(t.size(), 64)) + "#" +
+                std::to_string(r.getId()) + ">";
+        break;
+      }
     }
   }
 

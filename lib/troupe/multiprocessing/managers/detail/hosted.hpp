@@ -1,0 +1,154 @@
+// troupe/multiprocessing/managers/detail/hosted.hpp — what the object host (the manager's server,
+// server.hpp) calls: a hosted object, the completion a call ends through, and a registered typeid.
+// Registered C++ classes (registry.hpp) and the built-in types (SyncManager's Queue, dict, …) are
+// both hosted through this interface. Not API: users register classes with registry.hpp.
+//
+// A call arrives as a method name and a list of proto::Value arguments; the object answers through
+// a Completion, at once or later (a blocking `get` completes when an item comes), from any thread,
+// exactly once: with a value, a new object (a method of method_to_typeid), or an exception.
+#pragma once
+
+#include <cstdint>
+#include <exception>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <typeindex>
+#include <vector>
+
+#include <boost/asio/any_io_executor.hpp>
+#include <capnp/list.h>
+
+#include "troupe/codec.hpp"
+#include "troupe/multiprocessing/managers/detail/caller.hpp"
+
+#include "manager.capnp.h"
+#include "value.capnp.h"
+
+namespace troupe::multiprocessing::managers::detail {
+
+class HostedObject;
+
+/// How one call ends. Exactly one of done() (after filling value(), or not: None),
+/// new_object() or fail() is called, once, from any thread, at once or later; never while holding
+/// a lock that the host's other calls need. A Completion dropped without any of them fails the
+/// call with a RuntimeError naming the method ("never completed"). Thread-safe in the sense
+/// that the completing thread need not be the calling one; value() and the completing call must
+/// come from one thread at a time.
+class Completion {
+public:
+  virtual ~Completion() = default;
+
+  /// The result, in the reply message: fill it, then call done(). Left untouched it is None.
+  virtual proto::Value::Builder value() = 0;
+  /// Ends the call with value().
+  virtual void done() = 0;
+  /// Ends the call with a new hosted object of the registered `typeid_` (a method listed in
+  /// method_to_typeid; Pool.apply_async's AsyncResult): the host adds it to its table and the
+  /// caller gets a proxy holding one reference. If `object` is already hosted, the same entry
+  /// gains a reference (Python: the same object, the same id).
+  virtual void new_object(std::string typeid_, std::shared_ptr<HostedObject> object) = 0;
+  /// Ends the call with an exception (sent as the error envelope, with the call's context).
+  virtual void fail(std::exception_ptr error) = 0;
+
+  /// Shorthand: encodes `x` with troupe::Codec<T> into value() and calls done().
+  template <class T>
+  void complete(const T& x) {
+    Codec<T>::encode(x, value());
+    done();
+  }
+};
+using CompletionPtr = std::shared_ptr<Completion>;
+
+/// The host's handling of references held inside hosted objects (a proxy stored in a managed
+/// dict, a list inside a list). Thread-safe.
+class RefHost {
+public:
+  virtual ~RefHost() = default;
+  /// An object now holds a reference to hosted object `id`, received in a Value.ref with
+  /// `ticket`: the parked reference is taken over (claimed), or a new one taken if the ticket is
+  /// 0 or not parked yet. @throws ValueError if there is no object `id`.
+  virtual void hold(std::uint64_t id, std::uint64_t ticket) = 0;
+  /// An object drops a reference it held (hold() before). Releasing the last one removes the
+  /// object from the table.
+  virtual void drop(std::uint64_t id) noexcept = 0;
+  /// Writes a reference to hosted object `id` into `out` for a reply: parks one reference under
+  /// a new ticket, which the receiving proxy claims (doc/protocol.md "Managers").
+  /// @throws ValueError if there is no object `id`.
+  virtual void write_ref(std::uint64_t id, proto::Ref::Builder out) = 0;
+};
+
+/// One call as the host hands it to an object. The references (args, method, typeid_) are valid
+/// only during HostedObject::call: an object that completes later copies what it needs first.
+struct CallInfo {
+  Caller caller;
+  std::uint64_t call_id = 0;
+  std::uint64_t object_id = 0;  // 0 for a create
+  std::string_view typeid_;     // the object's registered typeid
+  std::string_view method;      // the method's name (for a create: the typeid)
+  capnp::List<proto::Value>::Reader args;
+  std::uint64_t args_fingerprint = 0;     // of the argument types' signature; 0: untyped
+  boost::asio::any_io_executor executor;  // the host's: timers, posted work
+  RefHost* refs = nullptr;                // never null in a call from the host
+};
+
+/// An object the host serves. The host calls call() from its threads, concurrently for calls of
+/// different lanes (unless the typeid was registered serialized): objects are thread-safe.
+class HostedObject {
+public:
+  virtual ~HostedObject() = default;
+  /// The method names clients may call (Python's `exposed`; get_methods()).
+  virtual std::vector<std::string> exposed() const = 0;
+  /// Runs `call.method` and ends it through `done` (now or later). A throw from call() is the
+  /// same as done->fail(current exception) (the host catches it). An unknown method or bad
+  /// arguments: fail with AttributeError-like text naming the object, typeid and method
+  /// (registry.hpp's unknown_method(), bad_arity(), bad_arguments() give the standard texts).
+  /// The method "#GETVALUE" is Python's _getvalue(): the object's value, by its codec.
+  virtual void call(const CallInfo& call, CompletionPtr done) = 0;
+  /// The connection has closed (its client disconnected or died): fail its waiters and release
+  /// what it held (locks owned by its Callers). Called once per closed connection for every
+  /// hosted object, from a host thread, outside any call of this object.
+  virtual void release_connection(std::uint64_t /*connection*/) {}
+  /// The client gave up waiting for call `call_id` of `who` (a timeout or a stop on its side):
+  /// an object that parks waiters fails or forgets that one. The call still completes (the reply
+  /// is then dropped).
+  virtual void cancel(Caller /*who*/, std::uint64_t /*call_id*/) {}
+  /// A short text for debug_info() and str(proxy): Python's repr of the object.
+  virtual std::string repr() const = 0;
+  /// What makes two hosted objects the same object (a factory that returns the same shared
+  /// object each time: Python's `register('get_queue', callable=lambda: queue)`): the host gives
+  /// them one id. By default the HostedObject itself.
+  virtual const void* identity() const noexcept { return this; }
+};
+
+/// A registered typeid (Python: one `register()` call on a manager class). registry.hpp makes
+/// these for C++ classes; a built-in type is added to a Registry as one of these directly.
+struct TypeEntry {
+  std::string typeid_;
+  /// Makes an object from a create's arguments (call.args; call.object_id is 0). Null: the
+  /// typeid cannot be created (Python's callable=None: a typeid only for method_to_typeid
+  /// results, or on the connecting side of a remote manager). May throw (sent to the creator).
+  std::function<std::shared_ptr<HostedObject>(const CallInfo& call)> create;
+  /// Python's `exposed`: when set, only these methods may be called (and get_methods() lists
+  /// them); else the object's own exposed().
+  std::optional<std::vector<std::string>> exposed;
+  /// Python's `method_to_typeid`: a method listed here returns a proxy to a new object of that
+  /// typeid instead of a value.
+  std::map<std::string, std::string, std::less<>> method_to_typeid;
+  /// Python's `create_method`: whether clients create this typeid (BaseManager::create).
+  bool create_method = true;
+  /// Calls on one object of this typeid run one at a time, in arrival order (a strand), so the
+  /// class need not be thread-safe. Python has no such option: its objects must be thread-safe.
+  bool serialized = false;
+  /// Of the hosted type's method table (proto Ref.fingerprint; 0: not checked by proxies).
+  std::uint64_t fingerprint = 0;
+  /// The C++ type of the objects (registered classes), for method_to_typeid results; and how
+  /// to host an existing one (`object` is a std::shared_ptr<that type>). Null for built-ins.
+  std::optional<std::type_index> cxx_type;
+  std::function<std::shared_ptr<HostedObject>(std::shared_ptr<void> object)> adopt;
+};
+
+}  // namespace troupe::multiprocessing::managers::detail
