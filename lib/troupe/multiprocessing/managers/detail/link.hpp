@@ -1,0 +1,125 @@
+// troupe/multiprocessing/managers/detail/link.hpp — a process's connection to one manager
+// server, shared by every proxy of this process to that server: requests multiplexed by call id,
+// replies read by a thread of the link's own (an Asio io_context). Not API.
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <exception>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <unordered_map>
+
+#include <capnp/message.h>
+
+#include "troupe/multiprocessing/authkey.hpp"
+#include "troupe/multiprocessing/listener.hpp"
+#include "troupe/multiprocessing/managers/detail/frame.hpp"
+
+#include "manager.capnp.h"
+
+namespace troupe::multiprocessing::managers::detail {
+
+/// How a link connects (BaseManager passes its own; a received proxy uses the defaults).
+struct LinkOptions {
+  std::chrono::milliseconds connect_timeout{10000};
+  std::shared_ptr<boost::asio::ssl::context> tls;
+};
+
+/// In a forked child: closes the parent's links' sockets and starts a table of this process's
+/// own (installed with pthread_atfork on first use of a link).
+void after_fork_in_child() noexcept;
+
+/// The calling thread's lane (calls of one lane run in order on the server): a number for the
+/// thread, never 0, unique in this process.
+std::uint64_t current_lane() noexcept;
+
+class Link : public std::enable_shared_from_this<Link> {
+public:
+  /// What a reply comes to: the frame (its root a Reply), or the error that ended the call
+  /// before any reply (the link died). Runs on the link's thread.
+  using Handler = std::function<void(std::exception_ptr, std::shared_ptr<Frame>)>;
+  /// Fills in a request (its call id and lane are set by the link).
+  using Build = std::function<void(proto::manager::Request::Builder)>;
+
+  /// This process's link to `address` authenticated with `authkey`: the live one, or a new
+  /// connection (handshake, Hello, Welcome). @throws what Client throws (ConnectionRefusedError,
+  /// AuthenticationError, TimeoutError …) naming the address; ValueError if the server refuses.
+  static std::shared_ptr<Link> get(const Address& address, const AuthenticationString& authkey,
+                                   const LinkOptions& options = {});
+  /// A live link of this process to `address` whatever its key (it is authenticated already),
+  /// else a new one authenticated with current_process().authkey(): what a received proxy uses.
+  static std::shared_ptr<Link> for_address(const Address& address);
+  /// Drops this process's links to `address` from the table (they stay alive while used), so
+  /// the next get() connects afresh (a restarted server).
+  static void forget(const Address& address);
+
+  ~Link();
+  Link(const Link&) = delete;
+  Link& operator=(const Link&) = delete;
+
+  /// Sends a request; `done` gets its reply. A dead link calls `done` with the error at once
+  /// (posted, never inside this call). Returns the call id. Thread-safe.
+  std::uint64_t request(const Build& build, Handler done);
+  /// Sends a request that has no reply unless it fails (incref, decref, park, claim): a failure
+  /// is logged. Thread-safe; nothing if the link is dead.
+  void send(const Build& build);
+  /// request() and wait: the reply's frame. An error reply is thrown as its class
+  /// (throw_error); a dead link throws ConnectionError naming the server.
+  /// @throws RuntimeError on the link's own thread (it would wait for itself).
+  std::shared_ptr<Frame> call(const Build& build);
+
+  const Address& address() const noexcept { return address_; }
+  const std::string& address_text() const noexcept { return address_text_; }
+  const AuthenticationString& authkey() const noexcept { return authkey_; }
+  int server_pid() const noexcept { return server_pid_; }
+  const std::string& server_name() const noexcept { return server_name_; }
+  /// Whether the connection is up (false once the server has gone or closed it).
+  bool alive() const;
+  /// The process that made the link: in a forked child the inherited link is unusable.
+  pid_t owner() const noexcept { return pid_; }
+  /// Whether the calling thread is the link's reader.
+  bool on_link_thread() const noexcept;
+  /// The error every call fails with once the link is dead.
+  std::exception_ptr dead_error() const;
+
+  struct Runner;
+
+private:
+  Link(Address address, AuthenticationString authkey);
+  void connect(const LinkOptions& options);
+  void read_next();
+  void on_frame(std::vector<std::byte> bytes);
+  void die(const std::string& why);
+  void enqueue(std::vector<std::byte> bytes);
+  void pump();
+  std::vector<std::byte> build_frame(std::uint64_t call_id, const Build& build);
+
+  Address address_;
+  std::string address_text_;
+  AuthenticationString authkey_;
+  pid_t pid_;
+  int fd_ = -1;  // the connection's fd, closed in a forked child
+  int server_pid_ = 0;
+  std::string server_name_;
+  std::shared_ptr<Runner> runner_;
+  std::unique_ptr<Connection> conn_;  // used on the runner's thread once connected
+
+  mutable std::mutex m_;
+  bool dead_ = false;
+  std::string why_dead_;
+  std::uint64_t next_call_ = 1;
+  std::unordered_map<std::uint64_t, Handler> pending_;
+  // On the runner's thread: frames waiting to be written.
+  std::deque<std::vector<std::byte>> out_;
+  bool writing_ = false;
+  friend void after_fork_in_child() noexcept;
+};
+
+}  // namespace troupe::multiprocessing::managers::detail

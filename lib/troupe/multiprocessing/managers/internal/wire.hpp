@@ -1,0 +1,33 @@
+// troupe/multiprocessing/managers/internal/wire.hpp — the manager dialect's frames
+// (proto/manager.capnp) as bytes: parsing a received frame with bounded reads, flattening a built
+// one. Shared by the server and the client link; .cpp-only.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include <capnp/message.h>
+#include <capnp/serialize.h>
+
+#include "troupe/multiprocessing/managers/detail/frame.hpp"
+
+#include "manager.capnp.h"
+
+namespace troupe::multiprocessing::managers::internal {
+
+/// "TrpMngr1" read as a little-endian UInt64: Hello's magic.
+inline constexpr std::uint64_t kHelloMagic = 0x3172676e4d705274ull;
+
+using detail::Frame;
+
+/// Parses `bytes` as one Cap'n Proto message. @throws ValueError if they are not whole words,
+/// the segment table is bad, or bytes follow the message.
+std::shared_ptr<Frame> parse_frame(std::vector<std::byte> bytes);
+/// The message as one frame's bytes (segment table and segments).
+std::vector<std::byte> flatten(capnp::MessageBuilder& mb);
+/// A random non-zero ticket (OpenSSL's CSPRNG).
+std::uint64_t random_ticket();
+
+}  // namespace troupe::multiprocessing::managers::internal

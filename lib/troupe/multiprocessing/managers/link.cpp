@@ -1,0 +1,402 @@
+// A process's link to a manager server (detail/link.hpp).
+#include "troupe/multiprocessing/managers/detail/link.hpp"
+
+#include <pthread.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <thread>
+#include <vector>
+
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
+
+#include "troupe/error_envelope.hpp"
+#include "troupe/errors.hpp"
+#include "troupe/multiprocessing/logger.hpp"
+#include "troupe/multiprocessing/managers/internal/wire.hpp"
+#include "troupe/multiprocessing/process.hpp"
+
+namespace troupe::multiprocessing::managers::detail {
+
+namespace asio = boost::asio;
+
+std::uint64_t current_lane() noexcept {
+  static std::atomic<std::uint64_t> next{1};
+  thread_local const std::uint64_t lane = next.fetch_add(1, std::memory_order_relaxed);
+  return lane;
+}
+
+struct Link::Runner {
+  asio::io_context ctx{1};
+  std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work{
+      ctx.get_executor()};
+  std::thread thread;
+  std::atomic<std::thread::id> id{};
+};
+
+namespace {
+
+// This process's links, by address. A forked child starts a table of its own (the parent's
+// links are unusable there: their threads did not survive the fork).
+struct Table {
+  pid_t pid = ::getpid();
+  std::mutex m;
+  std::unordered_map<std::string, std::vector<std::weak_ptr<Link>>> links;
+};
+
+std::atomic<Table*> the_table{nullptr};
+
+void child_after_fork() noexcept {
+  after_fork_in_child();
+}
+
+Table& table() {
+  static const bool installed = [] {
+    ::pthread_atfork(nullptr, nullptr, &child_after_fork);
+    return true;
+  }();
+  (void)installed;
+  Table* t = the_table.load(std::memory_order_acquire);
+  if (t != nullptr && t->pid == ::getpid()) return *t;
+  auto* fresh = new Table();  // never deleted: a forked child may still hold the old one's links
+  if (the_table.compare_exchange_strong(t, fresh, std::memory_order_acq_rel)) return *fresh;
+  delete fresh;
+  return *t;
+}
+
+std::exception_ptr as_exception(errc code, const std::string& what) {
+  try {
+    throw_error(code, what);
+  } catch (...) {
+    return std::current_exception();
+  }
+}
+
+}  // namespace
+
+// In a forked child: the parent's links are the parent's. Their sockets are closed here, so the
+// server sees the parent's disconnect when the parent goes (not when its last child does); the
+// Link objects are left alone (their threads do not exist here) and never destroyed.
+void after_fork_in_child() noexcept {
+  Table* t = the_table.load(std::memory_order_acquire);
+  if (t == nullptr) return;
+  for (auto& [address, links] : t->links)
+    for (auto& w : links)
+      if (auto l = w.lock()) {
+        if (l->fd_ >= 0) ::close(l->fd_);
+        l->fd_ = -1;
+        // The reference taken by lock() must not destroy the link here: leak it.
+        new std::shared_ptr<Link>(std::move(l));
+      }
+  the_table.store(new Table(), std::memory_order_release);
+}
+
+Link::Link(Address address, AuthenticationString authkey)
+    : address_(std::move(address)),
+      address_text_(address_.str()),
+      authkey_(std::move(authkey)),
+      pid_(::getpid()),
+      runner_(std::make_shared<Runner>()) {}
+
+std::shared_ptr<Link> Link::get(const Address& address, const AuthenticationString& authkey,
+                                const LinkOptions& options) {
+  Table& t = table();
+  const std::string key = address.str();
+  {
+    std::scoped_lock lock(t.m);
+    auto it = t.links.find(key);
+    if (it != t.links.end()) {
+      std::erase_if(it->second, [](const std::weak_ptr<Link>& w) { return w.expired(); });
+      for (auto& w : it->second)
+        if (auto l = w.lock())
+          if (l->alive() &&
+              multiprocessing::detail::equal_constant_time(l->authkey_.bytes(), authkey.bytes()))
+            return l;
+    }
+  }
+  // Connect outside the lock (it waits for the server); two threads may both connect, and both
+  // links work.
+  std::shared_ptr<Link> l(new Link(address, authkey));
+  l->connect(options);
+  std::scoped_lock lock(t.m);
+  t.links[key].push_back(l);
+  return l;
+}
+
+std::shared_ptr<Link> Link::for_address(const Address& address) {
+  Table& t = table();
+  {
+    std::scoped_lock lock(t.m);
+    auto it = t.links.find(address.str());
+    if (it != t.links.end())
+      for (auto& w : it->second)
+        if (auto l = w.lock())
+          if (l->alive()) return l;
+  }
+  return get(address, current_process().authkey());
+}
+
+void Link::forget(const Address& address) {
+  Table& t = table();
+  std::scoped_lock lock(t.m);
+  t.links.erase(address.str());
+}
+
+void Link::connect(const LinkOptions& options) {
+  ClientOptions co;
+  co.authkey = authkey_;
+  co.timeout = options.connect_timeout;
+  co.tls = options.tls;
+  Connection c = Client(address_, co);
+  {
+    capnp::MallocMessageBuilder mb;
+    auto h = mb.initRoot<proto::manager::Hello>();
+    h.setMagic(internal::kHelloMagic);
+    h.setVersion(proto::manager::PROTOCOL_VERSION);
+    h.setPid(::getpid());
+    h.setProcessName(current_process().name());
+    char host[256] = {};
+    ::gethostname(host, sizeof host - 1);
+    h.setHost(host);
+    c.send_message(mb);
+  }
+  if (!c.poll(options.connect_timeout))
+    throw troupe::TimeoutError("the manager at " + address_text_ +
+                               " did not answer the Hello within " +
+                               std::to_string(options.connect_timeout.count()) + " ms");
+  std::vector<std::byte> bytes;
+  try {
+    bytes = c.recv_bytes(1 << 20);
+  } catch (const EOFError&) {
+    throw EOFError("the manager at " + address_text_ +
+                   " closed the connection instead of answering the Hello");
+  }
+  auto frame = internal::parse_frame(std::move(bytes));
+  auto g = frame->root<proto::manager::Greeting>();
+  if (g.isRefused()) throw_error(ErrorEnvelope::decode(g.getRefused()));
+  auto w = g.getWelcome();
+  server_pid_ = w.getPid();
+  auto name = w.getServerName();
+  server_name_ = std::string(name.begin(), name.size());
+  conn_ = std::make_unique<Connection>(std::move(c));
+  fd_ = conn_->fileno();
+  conn_->set_executor(runner_->ctx.get_executor());
+  auto r = runner_;
+  r->thread = std::thread([r] {
+    r->id.store(std::this_thread::get_id());
+    for (;;) {
+      try {
+        r->ctx.run();
+        return;
+      } catch (const std::exception& e) {
+        get_logger().error(std::string("manager link: an exception escaped a handler: ") +
+                           e.what());
+      }
+    }
+  });
+  asio::post(runner_->ctx, [this] { read_next(); });
+}
+
+Link::~Link() {
+  if (::getpid() != pid_) {
+    // A forked child's copy: its thread does not exist here, and after_fork_in_child closed the
+    // socket. Leave everything (never joined, never closed twice).
+    (void)conn_.release();
+    new std::shared_ptr<Runner>(std::move(runner_));
+    return;
+  }
+  if (!runner_->thread.joinable()) return;  // never connected
+  if (on_link_thread()) {
+    // The last proxy was dropped inside a completion on this link's own thread.
+    conn_->close();
+    runner_->work.reset();
+    runner_->ctx.stop();
+    runner_->thread.detach();  // it ends when this handler returns; it owns the runner
+    return;
+  }
+  asio::post(runner_->ctx, [this] {
+    {
+      std::scoped_lock lock(m_);
+      dead_ = true;
+      if (why_dead_.empty()) why_dead_ = "the link was closed";
+    }
+    conn_->close();
+  });
+  runner_->work.reset();
+  runner_->thread.join();
+}
+
+bool Link::on_link_thread() const noexcept {
+  return runner_->id.load() == std::this_thread::get_id();
+}
+
+bool Link::alive() const {
+  std::scoped_lock lock(m_);
+  return !dead_ && ::getpid() == pid_;
+}
+
+std::exception_ptr Link::dead_error() const {
+  std::scoped_lock lock(m_);
+  return as_exception(errc::eof_error, "the manager at " + address_text_ + " (pid " +
+                                           std::to_string(server_pid_) + ") is gone: " + why_dead_);
+}
+
+std::vector<std::byte> Link::build_frame(std::uint64_t call_id, const Build& build) {
+  capnp::MallocMessageBuilder mb;
+  auto r = mb.initRoot<proto::manager::Request>();
+  build(r);
+  r.setCallId(call_id);
+  if (r.getLane() == 0) r.setLane(current_lane());
+  return internal::flatten(mb);
+}
+
+std::uint64_t Link::request(const Build& build, Handler done) {
+  std::uint64_t id;
+  {
+    std::scoped_lock lock(m_);
+    id = next_call_++;
+  }
+  auto bytes = build_frame(id, build);
+  {
+    std::unique_lock lock(m_);
+    if (dead_ || ::getpid() != pid_) {
+      lock.unlock();
+      auto e = dead_error();
+      asio::post(runner_->ctx, [done = std::move(done), e] { done(e, nullptr); });
+      return id;
+    }
+    pending_.emplace(id, std::move(done));
+  }
+  enqueue(std::move(bytes));
+  return id;
+}
+
+void Link::send(const Build& build) {
+  std::uint64_t id;
+  {
+    std::scoped_lock lock(m_);
+    if (dead_ || ::getpid() != pid_) return;
+    id = next_call_++;
+  }
+  enqueue(build_frame(id, build));
+}
+
+std::shared_ptr<Frame> Link::call(const Build& build) {
+  if (on_link_thread())
+    throw RuntimeError(
+        "a blocking call to the manager at " + address_text_ +
+        " on the thread that reads its replies would wait for itself (a completion handler with "
+        "no executor of its own runs there): use the async_ form, or bind an executor");
+  struct Wait {
+    std::mutex m;
+    std::condition_variable cv;
+    bool done = false;
+    std::exception_ptr error;
+    std::shared_ptr<Frame> frame;
+  };
+  auto w = std::make_shared<Wait>();
+  request(build, [w](std::exception_ptr e, std::shared_ptr<Frame> f) {
+    {
+      std::scoped_lock lock(w->m);
+      w->error = e;
+      w->frame = std::move(f);
+      w->done = true;
+    }
+    w->cv.notify_one();
+  });
+  std::unique_lock lock(w->m);
+  w->cv.wait(lock, [&] { return w->done; });
+  if (w->error) std::rethrow_exception(w->error);
+  auto reply = w->frame->root<proto::manager::Reply>();
+  if (reply.isError()) throw_error(ErrorEnvelope::decode(reply.getError()));
+  return std::move(w->frame);
+}
+
+void Link::enqueue(std::vector<std::byte> bytes) {
+  asio::post(runner_->ctx, [this, self = shared_from_this(), bytes = std::move(bytes)]() mutable {
+    if (conn_->closed()) return;
+    out_.push_back(std::move(bytes));
+    pump();
+  });
+}
+
+void Link::pump() {
+  if (writing_ || out_.empty()) return;
+  writing_ = true;
+  const auto& front = out_.front();
+  conn_->async_send_bytes(std::span<const std::byte>(front.data(), front.size()),
+                          [this, self = shared_from_this()](boost::system::error_code ec) {
+                            writing_ = false;
+                            if (!out_.empty()) out_.pop_front();
+                            if (ec) {
+                              out_.clear();
+                              return die("sending failed: " + ec.message());
+                            }
+                            pump();
+                          });
+}
+
+void Link::read_next() {
+  conn_->async_recv_bytes([this](boost::system::error_code ec, std::vector<std::byte> bytes) {
+    if (ec) {
+      if (ec == asio::error::operation_aborted) return die("the link was closed");
+      const bool eof = std::error_code(ec) == troupe::errc::eof_error;
+      return die(eof ? "it closed the connection" : "reading failed: " + ec.message());
+    }
+    on_frame(std::move(bytes));
+    if (!conn_->closed()) read_next();
+  });
+}
+
+void Link::on_frame(std::vector<std::byte> bytes) {
+  std::shared_ptr<Frame> frame;
+  std::uint64_t id = 0;
+  try {
+    frame = internal::parse_frame(std::move(bytes));
+    id = frame->root<proto::manager::Reply>().getCallId();
+  } catch (const std::exception& e) {
+    conn_->close();
+    return die(std::string("it sent a malformed reply (") + e.what() + ")");
+  }
+  Handler h;
+  {
+    std::scoped_lock lock(m_);
+    auto it = pending_.find(id);
+    if (it != pending_.end()) {
+      h = std::move(it->second);
+      pending_.erase(it);
+    }
+  }
+  if (h) return h(nullptr, std::move(frame));
+  // The failure of a request without a reply (a decref, a claim): logged.
+  try {
+    auto reply = frame->root<proto::manager::Reply>();
+    if (reply.isError())
+      get_logger().warning("manager at " + address_text_ + ": a reference request failed: " +
+                           std::string(reply.getError().getMessage().cStr()));
+  } catch (const std::exception&) {
+  }
+}
+
+void Link::die(const std::string& why) {
+  std::unordered_map<std::uint64_t, Handler> pending;
+  {
+    std::scoped_lock lock(m_);
+    if (!dead_) {
+      dead_ = true;
+      why_dead_ = why;
+    }
+    pending.swap(pending_);
+  }
+  conn_->close();
+  out_.clear();
+  if (!pending.empty()) {
+    auto e = dead_error();
+    for (auto& [id, h] : pending) h(e, nullptr);
+  }
+}
+
+}  // namespace troupe::multiprocessing::managers::detail

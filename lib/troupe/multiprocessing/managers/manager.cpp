@@ -1,0 +1,281 @@
+// BaseManager (manager.hpp) and the entry point its server process runs.
+#include "troupe/multiprocessing/managers/manager.hpp"
+
+#include <signal.h>
+#include <unistd.h>
+
+#include "troupe/entry.hpp"
+#include "troupe/error_envelope.hpp"
+#include "troupe/multiprocessing/context.hpp"
+
+namespace troupe::multiprocessing::managers {
+
+namespace detail {
+
+// What a server process reports to the process that started it: (true, address, {}) once it
+// listens, or (false, "", the error envelope's bytes).
+using StartReport = std::tuple<bool, std::string, std::vector<std::byte>>;
+
+// The server options that travel to a spawned server process (no TLS: a context cannot).
+using WireServerOptions = std::tuple<std::uint64_t, std::uint32_t, std::uint32_t, std::int64_t,
+                                     std::uint32_t, bool, std::int64_t, int>;
+
+WireServerOptions to_wire(const ServerOptions& o) {
+  return {o.max_message_size,
+          o.max_calls_in_flight,
+          o.max_objects_held,
+          o.park_ttl.count(),
+          o.threads,
+          o.allow_shutdown,
+          o.listener.handshake_timeout.count(),
+          o.listener.backlog};
+}
+
+ServerOptions from_wire(const WireServerOptions& w) {
+  ServerOptions o;
+  o.max_message_size = std::get<0>(w);
+  o.max_calls_in_flight = std::get<1>(w);
+  o.max_objects_held = std::get<2>(w);
+  o.park_ttl = std::chrono::milliseconds(std::get<3>(w));
+  o.threads = std::get<4>(w);
+  o.allow_shutdown = std::get<5>(w);
+  o.listener.handshake_timeout = std::chrono::milliseconds(std::get<6>(w));
+  o.listener.backlog = std::get<7>(w);
+  return o;
+}
+
+// The server process's body: runs the initializer, listens, reports, serves until shutdown.
+void run_server(const Registry& registry, const std::string& address,
+                const AuthenticationString& authkey, ServerOptions options,
+                const std::string& init_entry, const std::vector<std::byte>& init_args,
+                Connection& report) {
+  // Python's manager process ignores SIGINT (a Ctrl-C in the terminal reaches the whole group;
+  // the parent decides when the server goes).
+  ::signal(SIGINT, SIG_IGN);
+  std::unique_ptr<Server> server;
+  try {
+    if (!init_entry.empty()) {
+      const EntryPoint* e = find_entry(init_entry);
+      if (!e)
+        throw ValueError("the initializer '" + init_entry +
+                         "' is not a TROUPE_ENTRY of this program");
+      e->invoke(init_args);
+    }
+    options.listener.authkey = authkey;
+    server = std::make_unique<Server>(
+        registry, address.empty() ? std::nullopt : std::optional<Address>(Address::parse(address)),
+        std::move(options));
+    server->start();
+    report.send(StartReport{true, server->address().str(), {}});
+  } catch (...) {
+    try {
+      report.send(StartReport{
+          false, "",
+          ErrorEnvelope::capture(std::current_exception(), {.call = "manager start"}).to_bytes()});
+    } catch (...) {
+    }
+    throw;
+  }
+  report.close();
+  server->serve_forever();
+}
+
+void serve_manager(std::string registry_name, std::string address, std::string authkey,
+                   WireServerOptions options, std::string init_entry,
+                   std::vector<std::byte> init_args, Connection& report) {
+  if (registry_name == "BaseManager") (void)BaseManager::registry();
+  const Registry* registry = Registry::named(registry_name);
+  if (!registry) {
+    report.send(StartReport{
+        false, "",
+        ErrorEnvelope::capture(std::make_exception_ptr(ValueError(
+                                   "the manager class '" + registry_name +
+                                   "' has no registry in the server process: with spawn and "
+                                   "forkserver, register during static initialisation")),
+                               {.call = "manager start"})
+            .to_bytes()});
+    return;
+  }
+  run_server(*registry, address, AuthenticationString(authkey), from_wire(options), init_entry,
+             init_args, report);
+}
+
+}  // namespace detail
+}  // namespace troupe::multiprocessing::managers
+
+TROUPE_ENTRY(troupe::multiprocessing::managers::detail::serve_manager);
+
+namespace troupe::multiprocessing::managers {
+
+Registry& BaseManager::registry() {
+  static Registry* const r = new Registry("BaseManager");  // lives as long as the process
+  return *r;
+}
+
+BaseManager::BaseManager(ManagerOptions options) : BaseManager(registry(), std::move(options)) {}
+
+BaseManager::BaseManager(const Registry& registry, ManagerOptions options)
+    : registry_(&registry), options_(std::move(options)) {
+  authkey_ = options_.authkey ? *options_.authkey : current_process().authkey();
+  address_ = options_.address;
+}
+
+BaseManager::~BaseManager() {
+  if (state_ == State::started && process_) {
+    try {
+      shutdown();
+    } catch (...) {
+    }
+  }
+}
+
+void BaseManager::start(concurrent::futures::Initializer initializer) {
+  if (state_ != State::initial) {
+    if (state_ == State::started) throw ProcessError("Already started server");
+    throw ProcessError("Manager has shut down");
+  }
+  const std::string method =
+      options_.start_method.empty() ? get_start_method().value_or("fork") : options_.start_method;
+  auto [reader, writer] = Pipe(true);
+  ProcessOptions po;
+  po.name = registry_->name() + "-server";
+  po.start_method = method;
+  po.fork_with_threads = options_.fork_with_threads;
+  const std::string address = address_ ? address_->str() : std::string();
+  if (method == "fork") {
+    // Any callable under fork: the options travel whole (TLS included).
+    po.start_method = "fork";
+    const Registry* registry = registry_;
+    process_.emplace(
+        po,
+        [registry, address, key = authkey_, options = options_.server,
+         init = initializer](Connection& report) {
+          detail::run_server(*registry, address, key, options, init.entry, init.arguments, report);
+        },
+        std::move(writer));
+  } else {
+    if (options_.server.listener.tls)
+      throw ValueError("a manager's server with TLS starts with the fork method or get_server()");
+    const auto key = authkey_.bytes();
+    process_.emplace(po, &detail::serve_manager, registry_->name(), address,
+                     std::string(reinterpret_cast<const char*>(key.data()), key.size()),
+                     detail::to_wire(options_.server), initializer.entry, initializer.arguments,
+                     std::move(writer));
+  }
+  process_->start();
+  // The child holds the writing end now; ours goes, so a child that dies says EOF.
+  multiprocessing::detail::drop_arguments(*process_);
+  bool ready = false;
+  try {
+    ready = reader.poll(options_.start_timeout);
+  } catch (...) {
+  }
+  if (!ready) {
+    process_->kill();
+    process_->join();
+    throw ProcessError("the manager's server process did not listen within " +
+                       std::to_string(options_.start_timeout.count()) + " ms");
+  }
+  detail::StartReport report;
+  try {
+    report = reader.recv<detail::StartReport>();
+  } catch (const EOFError&) {
+    process_->join(std::chrono::seconds(5));
+    auto code = process_->exitcode();
+    throw ProcessError("the manager's server process exited before it listened (exit code " +
+                       (code ? std::to_string(*code) : std::string("unknown")) + ")");
+  }
+  if (!std::get<0>(report)) {
+    process_->join(std::chrono::seconds(5));
+    throw_error(ErrorEnvelope::from_bytes(std::get<2>(report)));
+  }
+  address_ = Address::parse(std::get<1>(report));
+  state_ = State::started;
+}
+
+std::unique_ptr<Server> BaseManager::get_server() const {
+  ServerOptions o = options_.server;
+  o.listener.authkey = authkey_;
+  return std::make_unique<Server>(*registry_, address_, std::move(o));
+}
+
+void BaseManager::connect() {
+  if (!address_) throw ValueError("connect(): the manager has no address");
+  link_.reset();
+  detail::Link::forget(*address_);
+  link_ = detail::Link::get(*address_, authkey_, options_.link);
+  if (state_ == State::initial) state_ = State::started;
+}
+
+std::shared_ptr<detail::Link> BaseManager::ensure_link() {
+  if (state_ == State::shutdown) throw ProcessError("Manager has shut down");
+  if (state_ != State::started) throw ProcessError("server not yet started");
+  if (!link_ || !link_->alive()) link_ = detail::Link::get(*address_, authkey_, options_.link);
+  return link_;
+}
+
+BaseProxy BaseManager::adopt_created(const std::shared_ptr<detail::Link>& link,
+                                     detail::Frame& frame, std::string_view typeid_) {
+  auto reply = frame.root<proto::manager::Reply>();
+  if (!reply.isProxy())
+    throw TypeError("create(" + std::string(typeid_) + "): the server answered without a proxy");
+  return BaseProxy::adopt(link, reply.getProxy());
+}
+
+void BaseManager::shutdown() {
+  if (state_ != State::started) return;
+  state_ = State::shutdown;
+  auto link = std::move(link_);
+  if (!process_) {
+    // A connected manager: ask the server.
+    if (!link || !link->alive()) link = detail::Link::get(*address_, authkey_, options_.link);
+    link->call([](proto::manager::Request::Builder r) { r.setShutdown(); });
+    detail::Link::forget(*address_);
+    return;
+  }
+  try {
+    if (process_->is_alive()) {
+      if (!link || !link->alive()) link = detail::Link::get(*address_, authkey_, options_.link);
+      link->call([](proto::manager::Request::Builder r) { r.setShutdown(); });
+    }
+  } catch (const std::exception&) {
+    // The server is gone or does not answer: the signals below.
+  }
+  link.reset();
+  detail::Link::forget(*address_);
+  process_->join(options_.shutdown_timeout);
+  if (process_->is_alive()) {
+    process_->terminate();
+    process_->join(options_.shutdown_timeout);
+    if (process_->is_alive()) {
+      process_->kill();
+      process_->join();
+    }
+  }
+}
+
+void BaseManager::join(Timeout timeout) {
+  if (!process_) throw ProcessError("join(): this manager started no server process");
+  process_->join(timeout);
+}
+
+const Address& BaseManager::address() const {
+  if (!address_) throw ValueError("the manager has no address yet (start() gives it one)");
+  return *address_;
+}
+
+std::size_t BaseManager::number_of_objects() {
+  auto link = ensure_link();
+  auto f = link->call([](proto::manager::Request::Builder r) { r.setNumberOfObjects(); });
+  return static_cast<std::size_t>(
+      Codec<std::uint64_t>::decode(f->root<proto::manager::Reply>().getResult()));
+}
+
+std::string BaseManager::debug_info() {
+  auto link = ensure_link();
+  auto f = link->call([](proto::manager::Request::Builder r) { r.setDebugInfo(); });
+  auto text = f->root<proto::manager::Reply>().getText();
+  return std::string(text.begin(), text.size());
+}
+
+}  // namespace troupe::multiprocessing::managers

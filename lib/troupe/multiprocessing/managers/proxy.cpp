@@ -1,0 +1,148 @@
+// BaseProxy's non-template members (proxy.hpp).
+#include "troupe/multiprocessing/managers/proxy.hpp"
+
+#include <unistd.h>
+
+#include <cstdio>
+
+#include "troupe/multiprocessing/managers/internal/wire.hpp"
+#include "troupe/multiprocessing/process.hpp"
+
+namespace troupe::multiprocessing::managers {
+
+namespace detail {
+void wrong_reply_kind(std::string_view method, std::string_view got, std::string_view want) {
+  throw TypeError("the call of " + std::string(method.empty() ? "a method" : method) +
+                  " returned " + std::string(got) + ", asked for as " + std::string(want));
+}
+}  // namespace detail
+
+BaseProxy::State::~State() {
+  if (!link || link->owner() != ::getpid()) return;  // a forked child's copy: the parent's
+  try {
+    for (std::uint64_t i = 0; i < refs; ++i)
+      link->send([id = token.id](proto::manager::Request::Builder r) { r.setDecref(id); });
+  } catch (...) {
+  }
+}
+
+BaseProxy::BaseProxy(Token token, std::optional<AuthenticationString> authkey) {
+  auto st = std::make_shared<State>();
+  st->authkey = authkey ? std::move(*authkey) : current_process().authkey();
+  st->link = detail::Link::get(token.address, st->authkey);
+  st->token = std::move(token);
+  st->refs = 0;
+  state_ = std::move(st);
+  _incref();
+}
+
+const Token& BaseProxy::_token() const {
+  if (!state_) throw ValueError("an empty proxy (default-constructed or moved from)");
+  return state_->token;
+}
+
+std::shared_ptr<detail::Link> BaseProxy::_link() const {
+  if (!state_) throw ValueError("an empty proxy (default-constructed or moved from)");
+  std::scoped_lock lock(state_->m);
+  if (state_->link->owner() != ::getpid()) {
+    // First use in a forked child: this process's own link and reference (Python's
+    // BaseProxy._after_fork increfs too). The parent's references stay the parent's.
+    auto fresh = detail::Link::get(state_->token.address, state_->authkey);
+    const auto id = state_->token.id;
+    fresh->send([id](proto::manager::Request::Builder r) { r.setIncref(id); });
+    state_->link = std::move(fresh);
+    state_->refs = 1;
+  }
+  return state_->link;
+}
+
+void BaseProxy::_incref() const {
+  auto link = _link();
+  const auto id = _token().id;
+  // Pipelined: a failure (the object is gone) fails the next call.
+  link->send([id](proto::manager::Request::Builder r) { r.setIncref(id); });
+  std::scoped_lock lock(state_->m);
+  ++state_->refs;
+}
+
+std::vector<std::string> BaseProxy::_exposed() const {
+  auto link = _link();
+  const auto id = _token().id;
+  auto frame = link->call([id](proto::manager::Request::Builder r) { r.setGetMethods(id); });
+  return decode_reply<std::vector<std::string>>(link, *frame, "get_methods");
+}
+
+std::string BaseProxy::repr() const {
+  char at[32];
+  std::snprintf(at, sizeof at, "%p", static_cast<const void*>(state_.get()));
+  if (!state_) return "<BaseProxy object, empty>";
+  return "<BaseProxy object, typeid '" + state_->token.typeid_ + "' at " + at + ">";
+}
+
+std::string BaseProxy::str() const {
+  try {
+    return _callmethod<std::string>("__str__");
+  } catch (const std::exception&) {
+    return repr() + "; '__str__()' failed";
+  }
+}
+
+void BaseProxy::_write_ref(proto::Ref::Builder out) const {
+  auto link = _link();
+  const Token& t = _token();
+  const std::uint64_t ticket = internal::random_ticket();
+  const auto id = t.id;
+  link->send([id, ticket](proto::manager::Request::Builder r) {
+    auto p = r.initPark();
+    p.setId(id);
+    p.setTicket(ticket);
+  });
+  out.setTypeid(t.typeid_.c_str());
+  out.setAddress(link->address_text().c_str());
+  out.setId(t.id);
+  out.setFingerprint(t.fingerprint);
+  out.setTicket(ticket);
+}
+
+namespace {
+Token token_of(proto::Ref::Reader ref) {
+  Token t;
+  auto typeid_ = ref.getTypeid();
+  auto address = ref.getAddress();
+  if (typeid_.size() > 256 || address.size() > 4096)
+    codec_detail::malformed("proxy: a typeid or address over its limit");
+  t.typeid_ = std::string(typeid_.begin(), typeid_.size());
+  t.address = Address::parse(std::string_view(address.begin(), address.size()));
+  t.id = ref.getId();
+  t.fingerprint = ref.getFingerprint();
+  if (t.id == 0) codec_detail::malformed("proxy: object id 0");
+  return t;
+}
+}  // namespace
+
+BaseProxy BaseProxy::_from_ref(proto::Ref::Reader ref) {
+  auto st = std::make_shared<State>();
+  st->token = token_of(ref);
+  st->link = detail::Link::for_address(st->token.address);
+  st->authkey = st->link->authkey();
+  const auto id = st->token.id;
+  const auto ticket = ref.getTicket();
+  st->link->send([id, ticket](proto::manager::Request::Builder r) {
+    auto c = r.initClaim();
+    c.setId(id);
+    c.setTicket(ticket);
+  });
+  st->refs = 1;
+  return BaseProxy(std::move(st));
+}
+
+BaseProxy BaseProxy::adopt(const std::shared_ptr<detail::Link>& link, proto::Ref::Reader ref) {
+  auto st = std::make_shared<State>();
+  st->token = token_of(ref);
+  st->link = link;
+  st->authkey = link->authkey();
+  st->refs = 1;
+  return BaseProxy(std::move(st));
+}
+
+}  // namespace troupe::multiprocessing::managers

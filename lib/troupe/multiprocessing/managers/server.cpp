@@ -1,0 +1,1170 @@
+// The object host (server.hpp): connections, lanes, the object table and its references.
+#include "troupe/multiprocessing/managers/server.hpp"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <cstring>
+#include <deque>
+#include <future>
+#include <mutex>
+#include <thread>
+#include <tuple>
+#include <unordered_map>
+#include <unordered_set>
+
+#include <boost/asio/dispatch.hpp>
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
+#include <capnp/serialize.h>
+
+#include "troupe/error_envelope.hpp"
+#include "troupe/internal/cpus.hpp"
+#include "troupe/multiprocessing/authkey.hpp"
+#include "troupe/multiprocessing/logger.hpp"
+#include "troupe/multiprocessing/managers/internal/wire.hpp"
+#include "troupe/multiprocessing/process.hpp"
+
+namespace troupe::multiprocessing::managers {
+
+namespace asio = boost::asio;
+using detail::CallInfo;
+using detail::Completion;
+using detail::CompletionPtr;
+using detail::HostedObject;
+using detail::TypeEntry;
+using internal::Frame;
+
+namespace {
+
+Logger& mlog() {
+  return get_logger();
+}
+
+std::string object_name(std::string_view typeid_, std::uint64_t id) {
+  return std::string(typeid_) + "#" + std::to_string(id);
+}
+
+}  // namespace
+
+// One client connection: its reads and writes, lanes and in-flight calls, on its strand.
+struct ServerConn : std::enable_shared_from_this<ServerConn> {
+  std::uint64_t id = 0;
+  Connection conn;
+  asio::strand<asio::any_io_executor> strand;
+  std::string peer;  // "pid 123 (name) on host"
+  bool greeted = false;
+  bool closing = false;  // on the strand: no more reads; close once the writes are out
+  std::deque<std::vector<std::byte>> out;
+  bool writing = false;
+  struct Lane {
+    std::deque<std::function<void()>> queue;
+    bool busy = false;
+  };
+  std::unordered_map<std::uint64_t, Lane> lanes;
+  // Calls queued or running: call id → the object (for cancel); on the strand.
+  std::unordered_map<std::uint64_t, std::shared_ptr<HostedObject>> running;
+  // Under the server's mutex: references held (object id → count), and whether it is gone.
+  std::unordered_map<std::uint64_t, std::uint64_t> held;
+  bool released = false;
+
+  explicit ServerConn(asio::any_io_executor ex) : strand(asio::make_strand(ex)) {}
+};
+
+class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public detail::RefHost {
+public:
+  Impl(const Registry& registry, std::optional<Address> address, ServerOptions options,
+       asio::any_io_executor ex)
+      : registry_(registry), options_(std::move(options)) {
+    if (!ex) {
+      own_ = std::make_unique<asio::io_context>();
+      ex = own_->get_executor();
+    }
+    ex_ = ex;
+    if (!address)
+      address = Address::parse("unix-abstract:troupe-manager-" + std::to_string(::getpid()) + "-" +
+                               std::to_string(counter_++) + "-" + random_hex(6));
+    listener_.emplace(*address, options_.listener);
+    listener_->set_executor(ex_);
+    address_ = listener_->address();
+    address_text_ = address_.str();
+  }
+
+  ~Impl() override = default;
+
+  // ---- lifecycle ---------------------------------------------------------------------------
+
+  void start() {
+    std::unique_lock lock(m_);
+    if (started_) return;
+    started_ = true;
+    lock.unlock();
+    accept_next();
+    schedule_sweep();
+    if (own_) {
+      work_.emplace(own_->get_executor());
+      unsigned n = options_.threads;
+      if (n == 0) n = std::clamp(troupe::internal::process_cpu_count(), 1, 4);
+      for (unsigned i = 0; i < n; ++i)
+        threads_.emplace_back([this] {
+          for (;;) {
+            try {
+              own_->run();
+              return;
+            } catch (const std::exception& e) {
+              mlog().error(std::string("manager server: an exception escaped a handler: ") +
+                           e.what());
+            }
+          }
+        });
+    }
+  }
+
+  void request_shutdown() noexcept {
+    {
+      std::scoped_lock lock(m_);
+      if (stopped_) return;  // stop() has closed everything (and may have ended the executor)
+      shutdown_requested_ = true;
+    }
+    cv_.notify_all();
+    // Stop accepting at once: a client that asked for shutdown expects no new peers.
+    asio::post(ex_, [self = weak_from_this()] {
+      if (auto s = self.lock()) s->close_all();
+    });
+  }
+
+  bool shutdown_requested() const {
+    std::scoped_lock lock(m_);
+    return shutdown_requested_;
+  }
+
+  void wait_for_shutdown() {
+    std::unique_lock lock(m_);
+    cv_.wait(lock, [&] { return shutdown_requested_; });
+  }
+
+  bool on_server_thread() const {
+    const auto me = std::this_thread::get_id();
+    for (const auto& t : threads_)
+      if (t.get_id() == me) return true;
+    return false;
+  }
+
+  void stop() {
+    if (on_server_thread())
+      throw RuntimeError(
+          "Server::stop() called on one of the server's own threads (it joins them); use "
+          "request_shutdown()");
+    {
+      std::scoped_lock lock(m_);
+      if (stopped_) return;
+      stopped_ = true;
+      shutdown_requested_ = true;
+    }
+    cv_.notify_all();
+    // Close everything on the executor, and wait for that to have run (the executor runs: our
+    // threads, or the user's io_context, which must run until stop() returns).
+    if (started_ && (own_ == nullptr || !threads_.empty())) {
+      std::promise<void> done;
+      asio::post(ex_, [this, &done] {
+        close_all();
+        done.set_value();
+      });
+      done.get_future().wait();
+    } else {
+      close_all();
+    }
+    // Connections finish closing on their strands; then nothing refers to the objects.
+    for (int i = 0; i < 10000; ++i) {
+      {
+        std::scoped_lock lock(m_);
+        if (conns_.empty()) break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    if (own_) {
+      work_.reset();
+      own_->stop();
+      for (auto& t : threads_) t.join();
+      threads_.clear();
+    }
+    release_everything();
+    if (own_) {
+      // What is still queued (the listener's teardown, replies to closed connections) runs
+      // here, on this thread, so that nothing is left registered with the io_context; then it
+      // goes, with any handler that still holds the server.
+      listener_.reset();
+      own_->restart();
+      own_->poll();
+      own_.reset();
+    }
+  }
+
+  // Closes the listener and every connection (each releases what it held as it closes).
+  void close_all() {
+    if (closed_all_.exchange(true)) return;
+    if (listener_) listener_->close();
+    {
+      std::scoped_lock lock(timer_m_);
+      sweep_timer_.reset();
+    }
+    std::vector<std::shared_ptr<ServerConn>> conns;
+    {
+      std::scoped_lock lock(m_);
+      for (auto& [id, c] : conns_) conns.push_back(c);
+    }
+    for (auto& c : conns)
+      asio::dispatch(c->strand, [this, c, self = shared_from_this()] { close_conn(c, ""); });
+  }
+
+  void release_everything() {
+    std::unordered_map<std::uint64_t, Entry> objects;
+    {
+      std::scoped_lock lock(m_);
+      objects.swap(objects_);
+      by_identity_.clear();
+      parks_.clear();
+    }
+    objects.clear();  // the objects' destructors run here, outside the lock
+  }
+
+  // ---- accepting -----------------------------------------------------------------------------
+
+  void accept_next() {
+    listener_->async_accept(
+        [self = shared_from_this()](boost::system::error_code ec, Connection c) {
+          if (ec == asio::error::operation_aborted || ec.value() == EBADF) return;
+          if (ec) {
+            mlog().info("manager server at " + self->address_text_ +
+                        ": a client failed its handshake: " + ec.message());
+          } else {
+            self->adopt(std::move(c));
+          }
+          if (!self->shutdown_requested()) self->accept_next();
+        });
+  }
+
+  void adopt(Connection c) {
+    auto sc = std::make_shared<ServerConn>(ex_);
+    sc->conn = std::move(c);
+    sc->conn.set_executor(sc->strand);
+    sc->conn.set_max_message_size(options_.max_message_size);
+    {
+      std::scoped_lock lock(m_);
+      if (shutdown_requested_) return;
+      sc->id = next_conn_++;
+      conns_.emplace(sc->id, sc);
+    }
+    asio::dispatch(sc->strand, [this, sc, self = shared_from_this()] { read_next(sc); });
+  }
+
+  // ---- reading ---------------------------------------------------------------------------------
+
+  void read_next(const std::shared_ptr<ServerConn>& sc) {
+    if (sc->closing) return;
+    sc->conn.async_recv_bytes(
+        [this, sc, self = shared_from_this()](boost::system::error_code ec,
+                                              std::vector<std::byte> bytes) {
+          if (sc->closing) return;
+          if (ec) {
+            const bool eof = std::error_code(ec) == troupe::errc::eof_error;
+            close_conn(sc, eof ? "" : "reading failed: " + ec.message());
+            return;
+          }
+          if (!sc->greeted) {
+            on_hello(sc, std::move(bytes));
+          } else {
+            on_request(sc, std::move(bytes));
+          }
+          read_next(sc);
+        },
+        static_cast<std::size_t>(options_.max_message_size));
+  }
+
+  void on_hello(const std::shared_ptr<ServerConn>& sc, std::vector<std::byte> bytes) {
+    std::string why;
+    if (!bytes.empty() && bytes[0] == std::byte{0x80}) {
+      // CPython's pickle dialect: refused by name until the server speaks it.
+      mlog().warning("manager server at " + address_text_ +
+                     ": refused a connection speaking CPython's pickle dialect (a Python "
+                     "multiprocessing.managers client), which this server does not serve yet");
+      return close_conn(sc, "");
+    }
+    try {
+      auto frame = internal::parse_frame(std::move(bytes));
+      auto hello = frame->root<proto::manager::Hello>();
+      if (hello.getMagic() != internal::kHelloMagic)
+        throw ValueError("the first message is not a troupe manager Hello");
+      if (hello.getVersion() != proto::manager::PROTOCOL_VERSION)
+        throw ValueError("protocol version " + std::to_string(hello.getVersion()) +
+                         " is not served (this server speaks version " +
+                         std::to_string(proto::manager::PROTOCOL_VERSION) + ")");
+      auto name = hello.getProcessName();
+      auto host = hello.getHost();
+      sc->peer = "pid " + std::to_string(hello.getPid()) + " (" +
+                 std::string(name.begin(), std::min<std::size_t>(name.size(), 128)) + ") on host " +
+                 std::string(host.begin(), std::min<std::size_t>(host.size(), 128));
+    } catch (const std::exception& e) {
+      why = e.what();
+    }
+    capnp::MallocMessageBuilder mb;
+    auto g = mb.initRoot<proto::manager::Greeting>();
+    if (why.empty()) {
+      sc->greeted = true;
+      auto w = g.initWelcome();
+      w.setVersion(proto::manager::PROTOCOL_VERSION);
+      w.setPid(::getpid());
+      w.setServerName(registry_.name().c_str());
+      w.setMaxMessageSize(options_.max_message_size);
+      w.setMaxCallsInFlight(options_.max_calls_in_flight);
+      w.setMaxObjectsHeld(options_.max_objects_held);
+      enqueue(sc, internal::flatten(mb));
+    } else {
+      mlog().warning("manager server at " + address_text_ + ": refused a client: " + why);
+      ErrorEnvelope::capture(
+          std::make_exception_ptr(
+              ValueError("manager server at " + address_text_ + " refused the client: " + why)))
+          .encode(g.initRefused());
+      enqueue(sc, internal::flatten(mb));
+      sc->closing = true;  // closes once the refusal is written
+    }
+  }
+
+  void on_request(const std::shared_ptr<ServerConn>& sc, std::vector<std::byte> bytes) {
+    std::shared_ptr<Frame> frame;
+    try {
+      frame = internal::parse_frame(std::move(bytes));
+      auto r = frame->root<proto::manager::Request>();
+      (void)r.which();
+    } catch (const std::exception& e) {
+      mlog().warning("manager server at " + address_text_ + ": dropped the connection of " +
+                     sc->peer + ": a message that is not a request (" + e.what() + ")");
+      return close_conn(sc, "");
+    }
+    try {
+      dispatch(sc, frame);
+    } catch (const std::exception& e) {
+      // A request that Cap'n Proto cannot read all of (a malformed pointer inside it).
+      mlog().warning("manager server at " + address_text_ + ": dropped the connection of " +
+                     sc->peer + ": a malformed request (" + e.what() + ")");
+      close_conn(sc, "");
+    }
+  }
+
+  // ---- requests --------------------------------------------------------------------------------
+
+  void dispatch(const std::shared_ptr<ServerConn>& sc, const std::shared_ptr<Frame>& frame) {
+    using R = proto::manager::Request;
+    auto req = frame->root<R>();
+    const std::uint64_t call_id = req.getCallId();
+    const std::uint64_t lane = req.getLane();
+    auto fail = [&](std::exception_ptr e, std::string call, std::string object = {}) {
+      reply_error(sc, call_id, e, std::move(call), std::move(object));
+    };
+    switch (req.which()) {
+      case R::CALL: {
+        auto c = req.getCall();
+        const std::uint64_t id = c.getObject();
+        auto method = c.getMethod();
+        const std::string mname(method.begin(), method.size());
+        std::shared_ptr<HostedObject> obj;
+        std::shared_ptr<const TypeEntry> entry;
+        std::string typeid_;
+        std::optional<asio::strand<asio::any_io_executor>> serial;
+        {
+          std::scoped_lock lock(m_);
+          auto it = objects_.find(id);
+          if (it != objects_.end()) {
+            obj = it->second.object;
+            entry = it->second.entry;
+            typeid_ = it->second.typeid_;
+            serial = it->second.serial;
+          }
+        }
+        if (!obj)
+          return fail(std::make_exception_ptr(KeyError("no object " + std::to_string(id) +
+                                                       " in the manager at " + address_text_ +
+                                                       " (released, or never made)")),
+                      mname);
+        if (!admit(sc, call_id, mname, object_name(typeid_, id))) return;
+        if (entry && entry->exposed && mname != "#GETVALUE" && mname != "__repr__" &&
+            mname != "__str__" &&
+            std::find(entry->exposed->begin(), entry->exposed->end(), mname) ==
+                entry->exposed->end()) {
+          std::string list;
+          for (const auto& e : *entry->exposed) list += (list.empty() ? "" : ", ") + e;
+          return fail(std::make_exception_ptr(AttributeError(
+                          "method '" + mname + "' of object " + object_name(typeid_, id) +
+                          " (typeid '" + typeid_ + "') is not exposed (exposed: " + list + ")")),
+                      typeid_ + "." + mname, object_name(typeid_, id));
+        }
+        sc->running[call_id] = obj;
+        enqueue_lane(
+            sc, lane,
+            [this, self = shared_from_this(), sc, frame, obj, entry, typeid_, serial, id, call_id,
+             lane, mname] {
+              auto run = [this, self, sc, frame, obj, entry, typeid_, id, call_id, lane, mname] {
+                auto c = frame->root<R>().getCall();
+                CallInfo info{Caller{sc->id, lane},   call_id, id,  typeid_, mname, c.getArgs(),
+                              c.getArgsFingerprint(), ex_,     this};
+                auto done = make_completion(sc, call_id, lane, typeid_ + "." + mname,
+                                            object_name(typeid_, id), c.getArgs());
+                try {
+                  if (mname == "__repr__" || mname == "__str__") {
+                    if (info.args.size() != 0) detail::bad_arity(info, typeid_, 0);
+                    done->complete(obj->repr());
+                  } else {
+                    obj->call(info, done);
+                  }
+                } catch (...) {
+                  done->fail(std::current_exception());
+                }
+              };
+              if (serial)
+                asio::post(*serial, std::move(run));
+              else
+                asio::post(ex_, std::move(run));
+            });
+        return;
+      }
+      case R::CREATE: {
+        auto c = req.getCreate();
+        auto t = c.getTypeid();
+        const std::string typeid_(t.begin(), std::min<std::size_t>(t.size(), 256));
+        auto entry = registry_.find(typeid_);
+        if (!entry)
+          return fail(std::make_exception_ptr(KeyError(
+                          "'" + typeid_ + "' is not a typeid registered with " + registry_.name())),
+                      "create");
+        if (!entry->create || !entry->create_method)
+          return fail(std::make_exception_ptr(TypeError(
+                          "typeid '" + typeid_ + "' of " + registry_.name() +
+                          (entry->create ? " was registered with create_method=false"
+                                         : " has no callable: its objects are only made by "
+                                           "methods that return them"))),
+                      "create(" + typeid_ + ")");
+        if (!admit(sc, call_id, "create", typeid_)) return;
+        sc->running[call_id] = nullptr;
+        enqueue_lane(
+            sc, lane, [this, self = shared_from_this(), sc, frame, entry, typeid_, call_id, lane] {
+              asio::post(ex_, [this, self, sc, frame, entry, typeid_, call_id, lane] {
+                auto c = frame->root<R>().getCreate();
+                CallInfo info{Caller{sc->id, lane},   call_id, 0,   typeid_, typeid_, c.getArgs(),
+                              c.getArgsFingerprint(), ex_,     this};
+                auto done =
+                    make_completion(sc, call_id, lane, "create(" + typeid_ + ")", {}, c.getArgs());
+                try {
+                  auto obj = entry->create(info);
+                  done->new_object(typeid_, std::move(obj));
+                } catch (...) {
+                  done->fail(std::current_exception());
+                }
+              });
+            });
+        return;
+      }
+      case R::INCREF: {
+        try {
+          incref(sc, req.getIncref());
+        } catch (...) {
+          fail(std::current_exception(), "incref");
+        }
+        return;
+      }
+      case R::DECREF: {
+        try {
+          decref(sc, req.getDecref());
+        } catch (...) {
+          fail(std::current_exception(), "decref");
+        }
+        return;
+      }
+      case R::PARK: {
+        try {
+          park(req.getPark().getId(), req.getPark().getTicket());
+        } catch (...) {
+          fail(std::current_exception(), "park");
+        }
+        return;
+      }
+      case R::CLAIM: {
+        try {
+          claim(sc, req.getClaim().getId(), req.getClaim().getTicket());
+        } catch (...) {
+          fail(std::current_exception(), "claim");
+        }
+        return;
+      }
+      case R::GET_METHODS: {
+        std::vector<std::string> methods;
+        const std::uint64_t id = req.getGetMethods();
+        {
+          std::scoped_lock lock(m_);
+          auto it = objects_.find(id);
+          if (it != objects_.end()) {
+            if (it->second.entry && it->second.entry->exposed)
+              methods = *it->second.entry->exposed;
+            else
+              methods = it->second.object->exposed();
+          }
+        }
+        if (methods.empty() && !has_object(id))
+          return fail(std::make_exception_ptr(KeyError("no object " + std::to_string(id) +
+                                                       " in the manager at " + address_text_)),
+                      "get_methods");
+        return reply_value(sc, call_id, methods);
+      }
+      case R::DEBUG_INFO: return reply_text(sc, call_id, debug_info());
+      case R::NUMBER_OF_OBJECTS:
+        return reply_value(sc, call_id, static_cast<std::uint64_t>(number_of_objects()));
+      case R::SHUTDOWN:
+        if (!options_.allow_shutdown)
+          return fail(std::make_exception_ptr(RuntimeError("the manager at " + address_text_ +
+                                                           " does not allow shutdown")),
+                      "shutdown");
+        reply_value(sc, call_id, std::monostate{});
+        request_shutdown();
+        return;
+      case R::CANCEL: {
+        auto it = sc->running.find(req.getCancel());
+        if (it != sc->running.end() && it->second) {
+          auto obj = it->second;
+          const Caller who{sc->id, lane};
+          const std::uint64_t target = req.getCancel();
+          asio::post(ex_, [obj, who, target] { obj->cancel(who, target); });
+        }
+        return;
+      }
+      case R::PING: return reply_value(sc, call_id, std::monostate{});
+    }
+    fail(std::make_exception_ptr(ValueError("unknown request kind " +
+                                            std::to_string(static_cast<unsigned>(req.which())))),
+         "request");
+  }
+
+  // Checks the per-connection limits of a call; replies with the error if over.
+  bool admit(const std::shared_ptr<ServerConn>& sc, std::uint64_t call_id, const std::string& what,
+             const std::string& object) {
+    if (sc->running.size() >= options_.max_calls_in_flight) {
+      reply_error(sc, call_id,
+                  std::make_exception_ptr(ValueError(
+                      "over the limit of " + std::to_string(options_.max_calls_in_flight) +
+                      " calls in flight per connection (ServerOptions::max_calls_in_flight)")),
+                  what, object);
+      return false;
+    }
+    if (sc->running.count(call_id)) {
+      reply_error(sc, call_id,
+                  std::make_exception_ptr(ValueError("call id " + std::to_string(call_id) +
+                                                     " is already in flight on this connection")),
+                  what, object);
+      return false;
+    }
+    return true;
+  }
+
+  // ---- lanes -------------------------------------------------------------------------------
+
+  void enqueue_lane(const std::shared_ptr<ServerConn>& sc, std::uint64_t lane,
+                    std::function<void()> work) {
+    auto& l = sc->lanes[lane];
+    if (l.busy) {
+      l.queue.push_back(std::move(work));
+      return;
+    }
+    l.busy = true;
+    work();
+  }
+
+  // On the strand: the lane's current call has ended; start its next.
+  void lane_done(const std::shared_ptr<ServerConn>& sc, std::uint64_t lane) {
+    auto it = sc->lanes.find(lane);
+    if (it == sc->lanes.end()) return;
+    auto& l = it->second;
+    if (l.queue.empty()) {
+      sc->lanes.erase(it);
+      return;
+    }
+    auto next = std::move(l.queue.front());
+    l.queue.pop_front();
+    next();
+  }
+
+  // ---- completions -------------------------------------------------------------------------
+
+  class Done final : public Completion {
+  public:
+    Done(std::shared_ptr<Impl> server, std::shared_ptr<ServerConn> sc, std::uint64_t call_id,
+         std::uint64_t lane, std::string call, std::string object, std::string arguments)
+        : server_(std::move(server)),
+          sc_(std::move(sc)),
+          call_id_(call_id),
+          lane_(lane),
+          call_(std::move(call)),
+          object_(std::move(object)),
+          arguments_(std::move(arguments)) {}
+
+    ~Done() override {
+      if (!finished_.exchange(true)) {
+        send_error(std::make_exception_ptr(RuntimeError(
+            call_ + " never completed: the object dropped the call without a result")));
+      }
+    }
+
+    proto::Value::Builder value() override {
+      if (!mb_) mb_.emplace();
+      if (!reply_) {
+        reply_ = mb_->initRoot<proto::manager::Reply>();
+        reply_->setCallId(call_id_);
+      }
+      return reply_->initResult();
+    }
+
+    void done() override {
+      if (finished_.exchange(true)) return;
+      if (!mb_) value().setNone();
+      std::vector<std::byte> bytes;
+      try {
+        bytes = internal::flatten(*mb_);
+      } catch (...) {
+        return send_error(std::current_exception());
+      }
+      server_->finish(sc_, call_id_, lane_, std::move(bytes));
+    }
+
+    void new_object(std::string typeid_, std::shared_ptr<HostedObject> object) override {
+      if (finished_.exchange(true)) return;
+      try {
+        auto entry = server_->registry_.find(typeid_);
+        if (!entry)
+          throw KeyError(call_ + " returned an object of typeid '" + typeid_ +
+                         "', which is not registered with " + server_->registry_.name());
+        if (!object) throw ValueError(call_ + " returned no object");
+        capnp::MallocMessageBuilder mb;
+        auto r = mb.initRoot<proto::manager::Reply>();
+        r.setCallId(call_id_);
+        if (!server_->add_object(sc_, std::move(object), entry, r.initProxy())) return;
+        server_->finish(sc_, call_id_, lane_, internal::flatten(mb));
+      } catch (...) {
+        send_error(std::current_exception());
+      }
+    }
+
+    void fail(std::exception_ptr error) override {
+      if (finished_.exchange(true)) return;
+      send_error(error);
+    }
+
+  private:
+    void send_error(std::exception_ptr e) noexcept {
+      try {
+        server_->finish(sc_, call_id_, lane_,
+                        server_->error_bytes(call_id_, e, call_, object_, arguments_));
+      } catch (...) {
+        server_->finish(sc_, call_id_, lane_, {});
+      }
+    }
+
+    std::shared_ptr<Impl> server_;
+    std::shared_ptr<ServerConn> sc_;
+    std::uint64_t call_id_;
+    std::uint64_t lane_;
+    std::string call_, object_, arguments_;
+    std::atomic<bool> finished_{false};
+    std::optional<capnp::MallocMessageBuilder> mb_;
+    std::optional<proto::manager::Reply::Builder> reply_;
+  };
+
+  CompletionPtr make_completion(const std::shared_ptr<ServerConn>& sc, std::uint64_t call_id,
+                                std::uint64_t lane, std::string call, std::string object,
+                                capnp::List<proto::Value>::Reader args) {
+    std::string summary;
+    try {
+      summary = detail::argument_kinds(args);
+    } catch (...) {
+    }
+    return std::make_shared<Done>(shared_from_this(), sc, call_id, lane, std::move(call),
+                                  std::move(object), std::move(summary));
+  }
+
+  // Any thread: the call ended with the reply `bytes` (empty: none can be sent).
+  void finish(const std::shared_ptr<ServerConn>& sc, std::uint64_t call_id, std::uint64_t lane,
+              std::vector<std::byte> bytes) {
+    asio::dispatch(sc->strand, [this, sc, call_id, lane, bytes = std::move(bytes),
+                                self = shared_from_this()]() mutable {
+      sc->running.erase(call_id);
+      if (!bytes.empty()) enqueue(sc, std::move(bytes));
+      lane_done(sc, lane);
+    });
+  }
+
+  std::vector<std::byte> error_bytes(std::uint64_t call_id, std::exception_ptr e,
+                                     const std::string& call, const std::string& object,
+                                     const std::string& arguments) {
+    capnp::MallocMessageBuilder mb;
+    auto r = mb.initRoot<proto::manager::Reply>();
+    r.setCallId(call_id);
+    ErrorEnvelope::capture(e, {.call = call, .object = object, .arguments = arguments})
+        .encode(r.initError());
+    return internal::flatten(mb);
+  }
+
+  void reply_error(const std::shared_ptr<ServerConn>& sc, std::uint64_t call_id,
+                   std::exception_ptr e, std::string call, std::string object) {
+    enqueue(sc, error_bytes(call_id, e, call, object, {}));
+  }
+
+  template <class T>
+  void reply_value(const std::shared_ptr<ServerConn>& sc, std::uint64_t call_id, const T& v) {
+    capnp::MallocMessageBuilder mb;
+    auto r = mb.initRoot<proto::manager::Reply>();
+    r.setCallId(call_id);
+    Codec<T>::encode(v, r.initResult());
+    enqueue(sc, internal::flatten(mb));
+  }
+
+  void reply_text(const std::shared_ptr<ServerConn>& sc, std::uint64_t call_id,
+                  const std::string& text) {
+    capnp::MallocMessageBuilder mb;
+    auto r = mb.initRoot<proto::manager::Reply>();
+    r.setCallId(call_id);
+    r.setText(text.c_str());
+    enqueue(sc, internal::flatten(mb));
+  }
+
+  // ---- writing (on the strand) -------------------------------------------------------------
+
+  void enqueue(const std::shared_ptr<ServerConn>& sc, std::vector<std::byte> bytes) {
+    if (sc->conn.closed()) return;
+    sc->out.push_back(std::move(bytes));
+    pump(sc);
+  }
+
+  void pump(const std::shared_ptr<ServerConn>& sc) {
+    if (sc->writing) return;
+    if (sc->out.empty()) {
+      if (sc->closing) close_conn(sc, "");
+      return;
+    }
+    sc->writing = true;
+    const auto& front = sc->out.front();
+    sc->conn.async_send_bytes(std::span<const std::byte>(front.data(), front.size()),
+                              [this, sc, self = shared_from_this()](boost::system::error_code ec) {
+                                sc->writing = false;
+                                if (!sc->out.empty()) sc->out.pop_front();
+                                if (ec) {
+                                  sc->out.clear();
+                                  return close_conn(sc, "");
+                                }
+                                pump(sc);
+                              });
+  }
+
+  // ---- closing a connection (on its strand) ------------------------------------------------
+
+  void close_conn(const std::shared_ptr<ServerConn>& sc, const std::string& why) {
+    if (!why.empty())
+      mlog().info("manager server at " + address_text_ + ": connection of " + sc->peer +
+                  " closed: " + why);
+    sc->closing = true;
+    // A write in progress ends (operation_aborted) once the connection is closed, without
+    // touching its buffer again; its handler clears the rest.
+    if (!sc->writing) sc->out.clear();
+    sc->conn.close();
+    sc->lanes.clear();
+    sc->running.clear();
+    release_conn(sc);
+  }
+
+  void release_conn(const std::shared_ptr<ServerConn>& sc) {
+    std::vector<Entry> dead;
+    std::vector<std::shared_ptr<HostedObject>> all;
+    {
+      std::scoped_lock lock(m_);
+      if (sc->released) return;
+      sc->released = true;
+      for (auto& [id, n] : sc->held) drop_locked(id, n, dead);
+      sc->held.clear();
+      conns_.erase(sc->id);
+      if (sc->greeted) {
+        all.reserve(objects_.size());
+        for (auto& [id, e] : objects_) all.push_back(e.object);
+      }
+    }
+    if (!all.empty())
+      asio::post(ex_, [all = std::move(all), conn = sc->id] {
+        for (auto& o : all) {
+          try {
+            o->release_connection(conn);
+          } catch (const std::exception& e) {
+            mlog().warning(std::string("manager server: release_connection failed: ") + e.what());
+          }
+        }
+      });
+    dead.clear();  // destroyed outside the lock
+  }
+
+  // ---- the object table --------------------------------------------------------------------
+
+  struct Entry {
+    std::shared_ptr<HostedObject> object;
+    std::shared_ptr<const TypeEntry> entry;
+    std::string typeid_;
+    std::uint64_t refcount = 0;
+    std::optional<asio::strand<asio::any_io_executor>> serial;
+  };
+
+  // Under m_: `n` references to `id` are gone; a dead entry moves to `dead`.
+  void drop_locked(std::uint64_t id, std::uint64_t n, std::vector<Entry>& dead) {
+    auto it = objects_.find(id);
+    if (it == objects_.end()) return;
+    if (it->second.refcount > n) {
+      it->second.refcount -= n;
+      return;
+    }
+    by_identity_.erase(it->second.object->identity());
+    dead.push_back(std::move(it->second));
+    objects_.erase(it);
+  }
+
+  // Under m_: one more reference of `sc` to `id`, within the limit.
+  void hold_locked(const std::shared_ptr<ServerConn>& sc, std::uint64_t id) {
+    auto h = sc->held.find(id);
+    if (h == sc->held.end()) {
+      if (sc->held.size() >= options_.max_objects_held)
+        throw ValueError("over the limit of " + std::to_string(options_.max_objects_held) +
+                         " objects held per connection (ServerOptions::max_objects_held)");
+      sc->held.emplace(id, 1);
+    } else {
+      ++h->second;
+    }
+  }
+
+  // A new object for `sc` (create, method_to_typeid): one reference, and its Ref in `out`.
+  // False if the connection is gone (the object is dropped).
+  bool add_object(const std::shared_ptr<ServerConn>& sc, std::shared_ptr<HostedObject> object,
+                  const std::shared_ptr<const TypeEntry>& entry, proto::Ref::Builder out) {
+    std::uint64_t id;
+    {
+      std::scoped_lock lock(m_);
+      if (sc->released) return false;
+      auto known = by_identity_.find(object->identity());
+      if (known != by_identity_.end()) {
+        id = known->second;
+        hold_locked(sc, id);
+        ++objects_.at(id).refcount;
+      } else {
+        if (sc->held.size() >= options_.max_objects_held)
+          throw ValueError("over the limit of " + std::to_string(options_.max_objects_held) +
+                           " objects held per connection (ServerOptions::max_objects_held)");
+        id = next_object_++;
+        Entry e;
+        e.entry = entry;
+        e.typeid_ = entry->typeid_;
+        e.refcount = 1;
+        if (entry->serialized) e.serial.emplace(asio::make_strand(ex_));
+        by_identity_.emplace(object->identity(), id);
+        e.object = std::move(object);
+        objects_.emplace(id, std::move(e));
+        sc->held.emplace(id, 1);
+      }
+    }
+    write_ref_fields(id, entry->typeid_, entry->fingerprint, 0, out);
+    return true;
+  }
+
+  void write_ref_fields(std::uint64_t id, const std::string& typeid_, std::uint64_t fingerprint,
+                        std::uint64_t ticket, proto::Ref::Builder out) {
+    out.setTypeid(typeid_.c_str());
+    out.setAddress(address_text_.c_str());
+    out.setId(id);
+    out.setFingerprint(fingerprint);
+    out.setTicket(ticket);
+  }
+
+  bool has_object(std::uint64_t id) const {
+    std::scoped_lock lock(m_);
+    return objects_.count(id) != 0;
+  }
+
+  [[noreturn]] void no_object(std::uint64_t id, const char* what) const {
+    throw KeyError(std::string(what) + ": no object " + std::to_string(id) + " in the manager at " +
+                   address_text_ + " (released, or never made)");
+  }
+
+  void incref(const std::shared_ptr<ServerConn>& sc, std::uint64_t id) {
+    std::scoped_lock lock(m_);
+    auto it = objects_.find(id);
+    if (it == objects_.end()) no_object(id, "incref");
+    hold_locked(sc, id);
+    ++it->second.refcount;
+  }
+
+  void decref(const std::shared_ptr<ServerConn>& sc, std::uint64_t id) {
+    std::vector<Entry> dead;
+    {
+      std::scoped_lock lock(m_);
+      auto h = sc->held.find(id);
+      if (h == sc->held.end())
+        throw ValueError("decref: this connection holds no reference to object " +
+                         std::to_string(id));
+      if (--h->second == 0) sc->held.erase(h);
+      drop_locked(id, 1, dead);
+    }
+  }
+
+  using Clock = std::chrono::steady_clock;
+  struct Park {
+    std::uint64_t id = 0;
+    Clock::time_point deadline;
+    bool early_claim = false;  // the claim came first: the park, when it comes, is dropped
+  };
+
+  Clock::time_point park_deadline() const {
+    if (options_.park_ttl.count() <= 0) return Clock::time_point::max();
+    return Clock::now() + options_.park_ttl;
+  }
+
+  void park(std::uint64_t id, std::uint64_t ticket) {
+    if (ticket == 0) throw ValueError("park: ticket 0");
+    std::scoped_lock lock(m_);
+    auto p = parks_.find(ticket);
+    if (p != parks_.end()) {
+      if (p->second.early_claim && p->second.id == id) {
+        parks_.erase(p);  // claimed already, with a reference of its own
+        return;
+      }
+      throw ValueError("park: ticket already parked");
+    }
+    auto it = objects_.find(id);
+    if (it == objects_.end()) no_object(id, "park");
+    ++it->second.refcount;
+    parks_.emplace(ticket, Park{id, park_deadline(), false});
+  }
+
+  // Takes over the parked reference of `ticket`, or a new one; `sc` null: a hosted object.
+  void claim_locked(std::uint64_t id, std::uint64_t ticket, const char* what) {
+    if (ticket != 0) {
+      auto p = parks_.find(ticket);
+      if (p != parks_.end() && !p->second.early_claim) {
+        if (p->second.id != id)
+          throw ValueError(std::string(what) + ": ticket parked for another object");
+        parks_.erase(p);
+        return;  // the park's reference is now the claimer's
+      }
+    }
+    auto it = objects_.find(id);
+    if (it == objects_.end()) no_object(id, what);
+    ++it->second.refcount;
+    if (ticket != 0) parks_.emplace(ticket, Park{id, park_deadline(), true});
+  }
+
+  void claim(const std::shared_ptr<ServerConn>& sc, std::uint64_t id, std::uint64_t ticket) {
+    std::scoped_lock lock(m_);
+    if (objects_.find(id) == objects_.end() &&
+        !(ticket != 0 && parks_.count(ticket) && !parks_.at(ticket).early_claim))
+      no_object(id, "claim");
+    hold_locked(sc, id);
+    try {
+      claim_locked(id, ticket, "claim");
+    } catch (...) {
+      auto h = sc->held.find(id);
+      if (h != sc->held.end() && --h->second == 0) sc->held.erase(h);
+      throw;
+    }
+  }
+
+  // RefHost
+  void hold(std::uint64_t id, std::uint64_t ticket) override {
+    std::scoped_lock lock(m_);
+    claim_locked(id, ticket, "hold");
+  }
+  void drop(std::uint64_t id) noexcept override {
+    std::vector<Entry> dead;
+    std::scoped_lock lock(m_);
+    drop_locked(id, 1, dead);
+    // `dead` is destroyed after the lock is released (declared before it).
+  }
+  void write_ref(std::uint64_t id, proto::Ref::Builder out) override {
+    std::uint64_t ticket;
+    std::string typeid_;
+    std::uint64_t fingerprint = 0;
+    {
+      std::scoped_lock lock(m_);
+      auto it = objects_.find(id);
+      if (it == objects_.end()) no_object(id, "write_ref");
+      do {
+        ticket = internal::random_ticket();
+      } while (parks_.count(ticket));
+      ++it->second.refcount;
+      parks_.emplace(ticket, Park{id, park_deadline(), false});
+      typeid_ = it->second.typeid_;
+      if (it->second.entry) fingerprint = it->second.entry->fingerprint;
+    }
+    write_ref_fields(id, typeid_, fingerprint, ticket, out);
+  }
+
+  void schedule_sweep() {
+    if (options_.park_ttl.count() <= 0) return;
+    auto period = std::clamp<std::chrono::milliseconds>(
+        options_.park_ttl / 4, std::chrono::milliseconds(5), std::chrono::milliseconds(1000));
+    std::scoped_lock lock(timer_m_);
+    if (shutdown_requested()) return;
+    sweep_timer_ = std::make_shared<asio::steady_timer>(ex_, period);
+    sweep_timer_->async_wait([self = weak_from_this()](boost::system::error_code ec) {
+      auto s = self.lock();
+      if (ec || !s) return;
+      s->sweep();
+      s->schedule_sweep();
+    });
+  }
+
+  void sweep() {
+    std::vector<Entry> dead;
+    {
+      std::scoped_lock lock(m_);
+      const auto now = Clock::now();
+      for (auto it = parks_.begin(); it != parks_.end();) {
+        if (it->second.deadline <= now) {
+          if (!it->second.early_claim) drop_locked(it->second.id, 1, dead);
+          it = parks_.erase(it);
+        } else {
+          ++it;
+        }
+      }
+    }
+  }
+
+  // ---- introspection -----------------------------------------------------------------------
+
+  std::size_t number_of_objects() const {
+    std::scoped_lock lock(m_);
+    return objects_.size();
+  }
+
+  std::string debug_info() const {
+    std::vector<
+        std::tuple<std::uint64_t, std::uint64_t, std::string, std::shared_ptr<HostedObject>>>
+        rows;
+    {
+      std::scoped_lock lock(m_);
+      for (const auto& [id, e] : objects_) rows.emplace_back(id, e.refcount, e.typeid_, e.object);
+    }
+    std::sort(rows.begin(), rows.end(),
+              [](const auto& a, const auto& b) { return std::get<0>(a) < std::get<0>(b); });
+    std::string out;
+    for (const auto& [id, refs, typeid_, obj] : rows) {
+      std::string r;
+      try {
+        r = obj->repr();
+      } catch (const std::exception& e) {
+        r = std::string("<repr failed: ") + e.what() + ">";
+      }
+      if (r.size() > 75) r = r.substr(0, 75) + "...";
+      out += "  " + std::to_string(id) + ":       refcount=" + std::to_string(refs) + "\n    " +
+             typeid_ + " " + r + "\n";
+    }
+    return out;
+  }
+
+  std::size_t connection_count() const {
+    std::scoped_lock lock(m_);
+    std::size_t n = 0;
+    for (const auto& [id, c] : conns_) n += c->greeted ? 1 : 0;
+    return n;
+  }
+
+  static std::string random_hex(std::size_t n) {
+    auto b = multiprocessing::detail::random_bytes(n);
+    static const char* hex = "0123456789abcdef";
+    std::string s;
+    for (auto x : b) {
+      s += hex[static_cast<unsigned>(x) >> 4];
+      s += hex[static_cast<unsigned>(x) & 15];
+    }
+    return s;
+  }
+
+  const Registry& registry_;
+  ServerOptions options_;
+  std::unique_ptr<asio::io_context> own_;
+  asio::any_io_executor ex_;
+  std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work_;
+  std::vector<std::thread> threads_;
+  std::optional<Listener> listener_;
+  Address address_;
+  std::string address_text_;
+  std::mutex timer_m_;  // sweep_timer_'s
+  std::shared_ptr<asio::steady_timer> sweep_timer_;
+
+  mutable std::mutex m_;
+  std::condition_variable cv_;
+  bool started_ = false;
+  bool stopped_ = false;
+  bool shutdown_requested_ = false;
+  std::atomic<bool> closed_all_{false};
+  std::unordered_map<std::uint64_t, Entry> objects_;
+  std::unordered_map<const void*, std::uint64_t> by_identity_;
+  std::unordered_map<std::uint64_t, Park> parks_;
+  std::unordered_map<std::uint64_t, std::shared_ptr<ServerConn>> conns_;
+  std::uint64_t next_object_ = 1;
+  std::uint64_t next_conn_ = 1;
+  static inline std::atomic<unsigned> counter_{0};
+};
+
+Server::Server(const Registry& registry, std::optional<Address> address, ServerOptions options)
+    : impl_(std::make_shared<Impl>(registry, std::move(address), std::move(options),
+                                   asio::any_io_executor())) {}
+
+Server::Server(const Registry& registry, std::optional<Address> address, ServerOptions options,
+               asio::any_io_executor executor)
+    : impl_(std::make_shared<Impl>(registry, std::move(address), std::move(options),
+                                   std::move(executor))) {}
+
+Server::~Server() {
+  try {
+    impl_->stop();
+  } catch (const std::exception& e) {
+    mlog().error(std::string("manager server: stop failed in the destructor: ") + e.what());
+  }
+}
+
+const Address& Server::address() const noexcept {
+  return impl_->address_;
+}
+void Server::start() {
+  impl_->start();
+}
+void Server::serve_forever() {
+  impl_->start();
+  impl_->wait_for_shutdown();
+  impl_->stop();
+}
+void Server::stop() {
+  impl_->stop();
+}
+void Server::request_shutdown() noexcept {
+  impl_->request_shutdown();
+}
+bool Server::shutdown_requested() const noexcept {
+  return impl_->shutdown_requested();
+}
+std::size_t Server::number_of_objects() const {
+  return impl_->number_of_objects();
+}
+std::string Server::debug_info() const {
+  return impl_->debug_info();
+}
+std::size_t Server::connection_count() const {
+  return impl_->connection_count();
+}
+boost::asio::any_io_executor Server::get_executor() const {
+  return impl_->ex_;
+}
+
+}  // namespace troupe::multiprocessing::managers

@@ -1,0 +1,143 @@
+// BaseManager with its server in a child process, under each start method: start, create, call,
+// shutdown; a killed server; proxies that travel to other processes.
+#include "troupe/multiprocessing/managers/manager.hpp"
+
+#include <signal.h>
+
+#include <thread>
+
+#include "troupe/entry.hpp"
+#include "troupe/multiprocessing/context.hpp"
+#include "troupe/multiprocessing/process.hpp"
+#include "troupe/multiprocessing/queues.hpp"
+
+#include "leak_check.hpp"
+#include "test_types.hpp"
+
+namespace managers_test {
+
+// A child process's target: uses a proxy it was given.
+void bump(mm::Proxy<Counter> counter, int times) {
+  for (int i = 0; i < times; ++i) counter.call<&Counter::increment>();
+}
+TROUPE_ENTRY(bump);
+
+// A child process's target: takes a proxy from a process queue and uses it.
+void take_and_bump(mp::Queue<mm::Proxy<Counter>> queue) {
+  auto counter = queue.get(true, std::chrono::seconds(60));
+  counter.call<&Counter::increment>();
+}
+TROUPE_ENTRY(take_and_bump);
+
+namespace {
+
+using namespace std::chrono_literals;
+using troupe::testing::eventually;
+
+class ManagerTest : public troupe::testing::LeakCheck,
+                    public ::testing::WithParamInterface<std::string> {
+protected:
+  mm::ManagerOptions options() {
+    mm::ManagerOptions o;
+    o.start_method = GetParam();
+    return o;
+  }
+};
+
+TEST_P(ManagerTest, StartCreateCallShutdown) {
+  TestManager m(options());
+  m.start();
+  ASSERT_TRUE(m.process().has_value());
+  auto maths = m.create<Maths>("Maths");
+  EXPECT_EQ(maths.call<&Maths::add>(1, 2), 3);
+  EXPECT_EQ(m.number_of_objects(), 1u);
+  maths = {};
+  EXPECT_TRUE(eventually([&] { return m.number_of_objects() == 0; }));
+  m.shutdown();
+  EXPECT_FALSE(m.process()->is_alive());
+  EXPECT_EQ(m.process()->exitcode(), 0);
+}
+
+TEST_P(ManagerTest, StartTwiceIsAProcessError) {
+  TestManager m(options());
+  m.start();
+  EXPECT_THROW(m.start(), mp::ProcessError);
+}
+
+TEST_P(ManagerTest, TheDestructorShutsTheServerDown) {
+  int pid = 0;
+  {
+    TestManager m(options());
+    m.start();
+    pid = *m.process()->pid();
+    EXPECT_EQ(::kill(pid, 0), 0);
+  }
+  EXPECT_NE(::kill(pid, 0), 0);  // reaped
+}
+
+TEST_P(ManagerTest, AFailureToListenIsRaisedByStart) {
+  auto o = options();
+  o.address = mp::Address::parse("unix:/nonexistent-troupe-dir/manager.sock");
+  TestManager m(o);
+  EXPECT_THROW(m.start(), troupe::FileNotFoundError);
+}
+
+TEST_P(ManagerTest, APendingCallFailsAtOnceWhenTheServerProcessIsKilled) {
+  TestManager m(options());
+  m.start();
+  auto gate = m.create("Gate");
+  std::thread killer([&] {
+    // Another thread, another lane: it runs beside the waiting call.
+    if (eventually([&] { return gate._callmethod<int>("waiting") == 1; })) m.process()->kill();
+  });
+  try {
+    gate._callmethod<std::string>("wait");
+    ADD_FAILURE() << "the wait returned";
+  } catch (const troupe::EOFError& e) {
+    EXPECT_NE(std::string(e.what()).find(m.address().str()), std::string::npos) << e.what();
+  }
+  killer.join();
+  m.shutdown();  // returns: the process is gone already
+  EXPECT_FALSE(m.process()->is_alive());
+}
+
+TEST_P(ManagerTest, AProxyTravelsToAChildProcess) {
+  TestManager m(options());
+  m.start();
+  auto counter = m.create<Counter>("Counter");
+  mp::ProcessOptions po;
+  po.start_method = GetParam();
+  po.fork_with_threads = true;  // this process runs the link's thread; the child uses none of it
+  mp::Process child(po, &bump, counter, 5);
+  child.start();
+  child.join(60s);
+  EXPECT_EQ(child.exitcode(), 0);
+  EXPECT_EQ(counter.call<&Counter::value>(), 5);
+  // The child's references went with it.
+  EXPECT_TRUE(eventually([&] { return m.number_of_objects() == 1; }));
+}
+
+TEST_P(ManagerTest, AProxyTravelsThroughAProcessQueue) {
+  TestManager m(options());
+  m.start();
+  mp::Queue<mm::Proxy<Counter>> queue;
+  mp::ProcessOptions po;
+  po.start_method = GetParam();
+  po.fork_with_threads = true;
+  mp::Process child(po, &take_and_bump, queue);
+  child.start();
+  {
+    auto counter = m.create<Counter>("Counter");
+    queue.put(counter);
+  }  // dropped here: the parked reference keeps the object for the child
+  child.join(60s);
+  EXPECT_EQ(child.exitcode(), 0);
+  EXPECT_TRUE(eventually([&] { return m.number_of_objects() == 0; }));
+}
+
+INSTANTIATE_TEST_SUITE_P(StartMethods, ManagerTest,
+                         ::testing::Values("fork", "spawn", "forkserver"),
+                         [](const auto& info) { return info.param; });
+
+}  // namespace
+}  // namespace managers_test

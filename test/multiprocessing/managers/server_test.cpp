@@ -1,0 +1,531 @@
+// The object host and its proxies in one process: a Server on its own threads, clients through
+// BaseManager::connect(), bad input on purpose.
+#include "troupe/multiprocessing/managers/server.hpp"
+
+#include <signal.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <future>
+#include <optional>
+#include <thread>
+
+#include <boost/asio/bind_executor.hpp>
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/io_context.hpp>
+#include <capnp/message.h>
+#include <capnp/serialize.h>
+
+#include "troupe/entry.hpp"
+#include "troupe/error_envelope.hpp"
+#include "troupe/multiprocessing/connection.hpp"
+#include "troupe/multiprocessing/context.hpp"
+#include "troupe/multiprocessing/managers.hpp"
+#include "troupe/multiprocessing/process.hpp"
+
+#include "leak_check.hpp"
+#include "manager.capnp.h"
+#include "test_types.hpp"
+
+namespace managers_test {
+
+// A client process that holds a Gate and a Counter and waits in the gate until it is killed.
+void client_that_waits(std::string address, std::string key) {
+  TestManager m(
+      {.address = mp::Address::parse(address), .authkey = mp::AuthenticationString::from_hex(key)});
+  m.connect();
+  auto gate = m.create("Gate");
+  auto counter = m.create("Counter");
+  gate._callmethod<std::string>("wait");
+}
+TROUPE_ENTRY(client_that_waits);
+
+namespace {
+
+using namespace std::chrono_literals;
+using mp::Address;
+using mp::AuthenticationString;
+using troupe::testing::eventually;
+
+class ServerTest : public troupe::testing::LeakCheck {
+protected:
+  void SetUp() override {
+    LeakCheck::SetUp();
+    start_server();
+  }
+  void TearDown() override {
+    server_.reset();
+    LeakCheck::TearDown();
+  }
+
+  void start_server(std::optional<Address> address = std::nullopt, mm::ServerOptions options = {}) {
+    options.listener.authkey = key_;
+    if (options.threads == 0) options.threads = 2;
+    if (options.park_ttl == 300s) options.park_ttl = 300ms;
+    server_ = std::make_unique<mm::Server>(TestManager::registry(), address, options);
+    server_->start();
+  }
+
+  std::unique_ptr<TestManager> client(std::optional<AuthenticationString> key = std::nullopt) {
+    auto m = std::make_unique<TestManager>(
+        mm::ManagerOptions{.address = server_->address(), .authkey = key ? *key : key_});
+    m->connect();
+    return m;
+  }
+
+  AuthenticationString key_ = AuthenticationString::random();
+  std::unique_ptr<mm::Server> server_;
+};
+
+TEST_F(ServerTest, TypedCallsAreCheckedAndReturnTheirResult) {
+  auto m = client();
+  auto maths = m->create<Maths>("Maths");
+  EXPECT_EQ(maths.call<&Maths::add>(2, 3), 5);
+  EXPECT_DOUBLE_EQ(maths.call<&Maths::mul>(1.5, 4), 6.0);
+  EXPECT_EQ(maths.call<&Maths::greet>("you"), "hello you");
+  EXPECT_EQ(m->number_of_objects(), 1u);
+}
+
+TEST_F(ServerTest, CallmethodIsPythonsUntypedForm) {
+  auto m = client();
+  auto maths = m->create("Maths");
+  EXPECT_EQ(maths._callmethod<int>("add", 20, 22), 42);
+  EXPECT_EQ(maths._callmethod<std::string>("greet", std::string("me")), "hello me");
+  EXPECT_EQ(maths._token().typeid_, "Maths");
+  auto exposed = maths._exposed();
+  EXPECT_EQ(exposed, (std::vector<std::string>{"add", "mul", "greet", "fail", "slow"}));
+}
+
+TEST_F(ServerTest, AnUnknownMethodIsAnAttributeErrorAndTheServerGoesOn) {
+  auto m = client();
+  auto maths = m->create("Maths");
+  try {
+    maths._callmethod<int>("divide", 1, 2);
+    FAIL() << "no error";
+  } catch (const troupe::AttributeError& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("'divide'"), std::string::npos) << what;
+    EXPECT_NE(what.find("typeid 'Maths'"), std::string::npos) << what;
+    EXPECT_NE(what.find("Maths"), std::string::npos) << what;
+  }
+  EXPECT_EQ(maths._callmethod<int>("add", 1, 2), 3);
+}
+
+TEST_F(ServerTest, AWrongArityIsATypeErrorNamingTheMethod) {
+  auto m = client();
+  auto maths = m->create("Maths");
+  try {
+    maths._callmethod<int>("add", 1);
+    FAIL() << "no error";
+  } catch (const troupe::TypeError& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("Maths.add() takes 2 arguments (1 given)"), std::string::npos) << what;
+    EXPECT_NE(what.find("object "), std::string::npos) << what;
+  }
+  EXPECT_EQ(maths._callmethod<int>("add", 1, 2), 3);
+}
+
+TEST_F(ServerTest, WrongArgumentTypesAreATypeErrorNamingTheArgument) {
+  auto m = client();
+  auto maths = m->create("Maths");
+  try {
+    maths._callmethod<int>("add", "one", 2);
+    FAIL() << "no error";
+  } catch (const troupe::TypeError& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("Maths.add: argument 1 is not a i32"), std::string::npos) << what;
+  }
+}
+
+TEST_F(ServerTest, ATypedCallOfAnotherSignatureIsRefusedByFingerprint) {
+  // A Proxy<Counter> onto a Maths object: the typed proxy refuses it before any call.
+  auto m = client();
+  auto maths = m->create("Maths");
+  EXPECT_THROW(mm::Proxy<Counter>{maths}, troupe::TypeError);
+}
+
+TEST_F(ServerTest, AnExceptionKeepsItsClassAndContext) {
+  auto m = client();
+  auto maths = m->create<Maths>("Maths");
+  try {
+    maths.call<&Maths::fail>("boom");
+    FAIL() << "no error";
+  } catch (const troupe::ValueError& e) {
+    const auto* remote = troupe::remote_envelope(e);
+    ASSERT_NE(remote, nullptr);
+    EXPECT_EQ(remote->message, "boom");
+    EXPECT_EQ(remote->context.call, "Maths.fail");
+    EXPECT_NE(remote->context.object.find("Maths#"), std::string::npos);
+  }
+}
+
+TEST_F(ServerTest, ExposedNarrowsTheMethods) {
+  auto m = client();
+  auto narrow = m->create("NarrowMaths");
+  EXPECT_EQ(narrow._callmethod<int>("add", 1, 1), 2);
+  EXPECT_THROW(narrow._callmethod<double>("mul", 1.0, 2.0), troupe::AttributeError);
+  EXPECT_EQ(narrow._exposed(), std::vector<std::string>{"add"});
+}
+
+TEST_F(ServerTest, AnUnknownTypeidIsAKeyError) {
+  auto m = client();
+  EXPECT_THROW(m->create("Nothing"), troupe::KeyError);
+}
+
+TEST_F(ServerTest, CopiesShareOneReferenceAndTheLastDropReleasesIt) {
+  auto m = client();
+  {
+    auto a = m->create<Counter>("Counter");
+    auto b = a;  // NOLINT: a copy, on purpose
+    auto c = m->create<Counter>("Counter");
+    EXPECT_EQ(m->number_of_objects(), 2u);
+    a = {};
+    EXPECT_EQ(b.call<&Counter::increment>(), 1);
+  }
+  EXPECT_TRUE(eventually([&] { return m->number_of_objects() == 0; }));
+  EXPECT_TRUE(eventually([&] { return server_->number_of_objects() == 0; }));
+}
+
+TEST_F(ServerTest, DebugInfoListsTheObjects) {
+  auto m = client();
+  auto c = m->create<Counter>("Counter");
+  const std::string info = m->debug_info();
+  EXPECT_NE(info.find("refcount=1"), std::string::npos) << info;
+  EXPECT_NE(info.find("Counter"), std::string::npos) << info;
+  EXPECT_NE(c.str().find("Counter object at"), std::string::npos) << c.str();
+}
+
+TEST_F(ServerTest, MethodToTypeidReturnsAProxyToANewObject) {
+  auto m = client();
+  auto factory = m->create<Factory>("Factory");
+  auto counter = factory.call_proxy<&Factory::make_counter, Counter>();
+  EXPECT_EQ(counter.call<&Counter::increment>(), 1);
+  EXPECT_EQ(counter.call<&Counter::increment>(), 2);
+  EXPECT_EQ(m->number_of_objects(), 2u);
+  EXPECT_EQ(counter._token().typeid_, "Counter");
+}
+
+TEST_F(ServerTest, AFactoryReturningTheSameObjectHostsItUnderOneId) {
+  auto m = client();
+  auto a = m->create<Counter>("get_shared_counter");
+  auto b = m->create<Counter>("get_shared_counter");
+  EXPECT_EQ(a._token().id, b._token().id);
+  EXPECT_EQ(m->number_of_objects(), 1u);
+  const int before = a.call<&Counter::value>();
+  b.call<&Counter::increment>();
+  EXPECT_EQ(a.call<&Counter::value>(), before + 1);
+}
+
+TEST_F(ServerTest, CreateArgumentsGoToTheFactory) {
+  auto m = client();
+  auto c = m->create<Counter>("CounterFrom", 41);
+  EXPECT_EQ(c.call<&Counter::increment>(), 42);
+  EXPECT_THROW(m->create("CounterFrom", "x"), troupe::TypeError);
+  EXPECT_THROW(m->create("CounterFrom"), troupe::TypeError);
+}
+
+TEST_F(ServerTest, GetvalueCopiesTheReferent) {
+  auto m = client();
+  auto cell = m->create<Cell>("Cell");
+  cell.call<&Cell::set>(7);
+  const Cell copy = cell._getvalue<Cell>();
+  EXPECT_EQ(copy.value, 7);
+  // Counter has no codec (private state): _getvalue is a TypeError saying so.
+  auto counter = m->create("Counter");
+  EXPECT_THROW(counter._getvalue<int>(), troupe::TypeError);
+}
+
+TEST_F(ServerTest, AProxyTravelsThroughAConnection) {
+  auto m = client();
+  auto [a, b] = mp::Pipe();
+  {
+    auto counter = m->create<Counter>("Counter");
+    counter.call<&Counter::increment>();
+    a.send(std::tuple<int, mm::Proxy<Counter>>{5, counter});
+  }  // the sender's proxy is dropped before the receiver claims
+  auto [n, received] = b.recv<std::tuple<int, mm::Proxy<Counter>>>();
+  EXPECT_EQ(n, 5);
+  EXPECT_EQ(received.call<&Counter::increment>(), 2);
+  EXPECT_EQ(m->number_of_objects(), 1u);
+  received = {};
+  EXPECT_TRUE(eventually([&] { return server_->number_of_objects() == 0; }));
+}
+
+TEST_F(ServerTest, AnUnclaimedProxyIsReleasedAfterTheParkTtl) {
+  auto m = client();
+  std::vector<std::byte> bytes;
+  {
+    auto counter = m->create<Counter>("Counter");
+    bytes = troupe::to_bytes(counter);  // parked, never claimed
+  }
+  EXPECT_TRUE(eventually([&] { return server_->number_of_objects() == 0; }));
+}
+
+TEST_F(ServerTest, ARefDecodedAsAnotherTypeIsAValueErrorNamingIt) {
+  auto m = client();
+  auto counter = m->create<Counter>("Counter");
+  capnp::MallocMessageBuilder mb;
+  auto v = mb.initRoot<troupe::proto::Value>();
+  troupe::Codec<mm::BaseProxy>::encode(counter, v);
+  try {
+    troupe::Codec<int>::decode(v.asReader());
+    FAIL() << "no error";
+  } catch (const troupe::ValueError& e) {
+    EXPECT_NE(std::string(e.what()).find("ref (a proxy)"), std::string::npos) << e.what();
+  }
+}
+
+TEST_F(ServerTest, OneLaneRunsItsCallsInOrder) {
+  auto m = client();
+  auto counter = m->create<Counter>("Counter");
+  boost::asio::io_context ctx;
+  std::vector<int> got;
+  for (int i = 0; i < 100; ++i)
+    counter.async_call<&Counter::increment>(
+        boost::asio::bind_executor(ctx, [&](std::exception_ptr e, int n) {
+          EXPECT_FALSE(e);
+          got.push_back(n);
+        }));
+  ctx.run();
+  ASSERT_EQ(got.size(), 100u);
+  // One lane: each call ran after the one before had ended, and the replies came in that order.
+  for (int i = 0; i < 100; ++i) EXPECT_EQ(got[i], i + 1);
+}
+
+TEST_F(ServerTest, AsyncCallmethodDeliversTheErrorAsAnExceptionPtr) {
+  auto m = client();
+  auto maths = m->create("Maths");
+  boost::asio::io_context ctx;
+  std::exception_ptr error;
+  int result = -1;
+  maths.async_callmethod<int>("add", std::tuple<int>{1},
+                              boost::asio::bind_executor(ctx, [&](std::exception_ptr e, int r) {
+                                error = e;
+                                result = r;
+                              }));
+  ctx.run();
+  ASSERT_TRUE(error);
+  EXPECT_THROW(std::rethrow_exception(error), troupe::TypeError);
+  EXPECT_EQ(result, 0);
+}
+
+TEST_F(ServerTest, WaitingCallsHoldNoThreadAndCompleteLater) {
+  auto m = client();
+  auto gate = m->create("Gate");
+  boost::asio::io_context ctx;
+  std::atomic<int> opened{0};
+  // Eight waiters on eight lanes (threads), four times the server's threads: none holds one.
+  for (int i = 0; i < 8; ++i)
+    std::thread([&] {
+      gate.async_callmethod<std::string>(
+          "wait", std::tuple<>{},
+          boost::asio::bind_executor(ctx, [&](std::exception_ptr e, std::string s) {
+            EXPECT_FALSE(e);
+            EXPECT_EQ(s, "opened");
+            ++opened;
+          }));
+    }).join();
+  ASSERT_TRUE(eventually([&] { return gate._callmethod<int>("waiting") == 8; }));
+  EXPECT_EQ(gate._callmethod<int>("open"), 8);
+  ctx.run();
+  EXPECT_EQ(opened.load(), 8);
+}
+
+TEST_F(ServerTest, OneLanesWaitsRunOneAfterAnother) {
+  auto m = client();
+  auto gate = m->create("Gate");
+  boost::asio::io_context ctx;
+  int opened = 0;
+  for (int i = 0; i < 3; ++i)
+    gate.async_callmethod<std::string>(
+        "wait", std::tuple<>{},
+        boost::asio::bind_executor(ctx, [&](std::exception_ptr e, std::string) {
+          EXPECT_FALSE(e);
+          ++opened;
+        }));
+  // The lane's second wait starts only once the first has ended.
+  std::thread opener([&] {
+    for (int n = 0, tries = 0; n < 3 && tries < 100000; ++tries) {
+      ASSERT_LE(gate._callmethod<int>("waiting"), 1);
+      n += gate._callmethod<int>("open");
+    }
+  });
+  opener.join();
+  ctx.run();
+  EXPECT_EQ(opened, 3);
+}
+
+TEST_F(ServerTest, CallsInFlightAreLimited) {
+  server_.reset();
+  start_server(std::nullopt, {.max_calls_in_flight = 3});
+  auto m = client();
+  auto gate = m->create("Gate");
+  boost::asio::io_context ctx;
+  int refused = 0, opened = 0;
+  for (int i = 0; i < 5; ++i)
+    gate.async_callmethod<std::string>(
+        "wait", std::tuple<>{},
+        boost::asio::bind_executor(ctx, [&](std::exception_ptr e, std::string) {
+          if (!e) return void(++opened);
+          try {
+            std::rethrow_exception(e);
+          } catch (const troupe::ValueError& v) {
+            EXPECT_NE(std::string(v.what()).find("max_calls_in_flight"), std::string::npos);
+            ++refused;
+          }
+        }));
+  while (refused < 2) ctx.run_one();
+  EXPECT_EQ(refused, 2);
+  // This connection is full; another one (a second client) opens the gate.
+  auto m2 = client();
+  mm::BaseProxy gate2(gate._token(), key_);
+  EXPECT_EQ(m2->number_of_objects(), 1u);
+  for (int n = 0, tries = 0; n < 3 && tries < 100000; ++tries) n += gate2._callmethod<int>("open");
+  while (opened < 3) ctx.run_one();
+}
+
+TEST_F(ServerTest, AServerRunsOnAUsersIoContext) {
+  boost::asio::io_context ctx;
+  auto guard = boost::asio::make_work_guard(ctx);
+  std::thread runner([&] { ctx.run(); });
+  {
+    mm::ServerOptions o;
+    o.listener.authkey = key_;
+    mm::Server embedded(TestManager::registry(), std::nullopt, o, ctx.get_executor());
+    embedded.start();
+    TestManager m({.address = embedded.address(), .authkey = key_});
+    m.connect();
+    auto maths = m.create<Maths>("Maths");
+    EXPECT_EQ(maths.call<&Maths::add>(40, 2), 42);
+    EXPECT_EQ(embedded.number_of_objects(), 1u);
+    maths = {};
+    EXPECT_TRUE(eventually([&] { return embedded.number_of_objects() == 0; }));
+  }  // ~TestManager, then ~Server: stop() while the io_context still runs
+  guard.reset();
+  runner.join();
+}
+
+TEST_F(ServerTest, AWrongAuthkeyIsRefused) {
+  EXPECT_THROW(client(AuthenticationString::random()), mp::AuthenticationError);
+  EXPECT_EQ(client()->create<Maths>("Maths").call<&Maths::add>(1, 1), 2);
+}
+
+std::string hex(const AuthenticationString& key) {
+  static const char* digits = "0123456789abcdef";
+  std::string s;
+  for (auto b : key.bytes()) {
+    s += digits[static_cast<unsigned>(b) >> 4];
+    s += digits[static_cast<unsigned>(b) & 15];
+  }
+  return s;
+}
+
+// An authenticated raw connection to the server, for bad input.
+mp::Connection raw_client(const Address& a, const AuthenticationString& key) {
+  return mp::Client(a, key);
+}
+
+void send_hello(mp::Connection& c) {
+  capnp::MallocMessageBuilder mb;
+  auto h = mb.initRoot<troupe::proto::manager::Hello>();
+  h.setMagic(0x3172676e4d705274ull);
+  h.setVersion(troupe::proto::manager::PROTOCOL_VERSION);
+  h.setPid(::getpid());
+  c.send_message(mb);
+  auto greeting = c.recv_bytes();
+  ASSERT_GT(greeting.size(), 0u);
+}
+
+TEST_F(ServerTest, GarbageInsteadOfAHelloIsRefusedWithAnError) {
+  auto c = raw_client(server_->address(), key_);
+  c.send_bytes(std::string_view("garbage!"));
+  auto bytes = c.recv_bytes();
+  kj::ArrayPtr<const capnp::word> words(reinterpret_cast<const capnp::word*>(bytes.data()),
+                                        bytes.size() / 8);
+  capnp::FlatArrayMessageReader reader(words);
+  auto g = reader.getRoot<troupe::proto::manager::Greeting>();
+  ASSERT_TRUE(g.isRefused());
+  EXPECT_NE(std::string(g.getRefused().getMessage().cStr()).find("refused"), std::string::npos);
+  EXPECT_THROW(c.recv_bytes(), troupe::EOFError);
+  EXPECT_EQ(client()->create<Maths>("Maths").call<&Maths::add>(2, 2), 4);
+}
+
+TEST_F(ServerTest, GarbageAfterTheHelloDropsThatConnectionOnly) {
+  auto m = client();
+  auto maths = m->create<Maths>("Maths");
+  auto c = raw_client(server_->address(), key_);
+  send_hello(c);
+  c.send_bytes(std::string_view("\x05\x00\x00\x00garbage, and more garbage"));
+  EXPECT_THROW(c.recv_bytes(), troupe::EOFError);
+  EXPECT_EQ(maths.call<&Maths::add>(3, 4), 7);
+}
+
+TEST_F(ServerTest, CPythonsPickleDialectIsRefusedByName) {
+  auto c = raw_client(server_->address(), key_);
+  c.send_bytes(std::string_view("\x80\x04\x95\x10\x00\x00\x00\x00", 8));
+  EXPECT_THROW(c.recv_bytes(), troupe::EOFError);
+  EXPECT_EQ(client()->create<Maths>("Maths").call<&Maths::add>(2, 2), 4);
+}
+
+TEST_F(ServerTest, AKilledClientsObjectsAndWaitersAreReleased) {
+  const int released_before = Gate::released_connections_.load();
+  std::vector<mp::Process> children;
+  for (int i = 0; i < 3; ++i) {
+    children.push_back(
+        mp::get_context("spawn").Process(&client_that_waits, server_->address().str(), hex(key_)));
+    children.back().start();
+  }
+  // Each holds a Gate (waiting in it, mid-call) and a Counter.
+  ASSERT_TRUE(eventually([&] { return server_->number_of_objects() == 6; }, 30s));
+  ASSERT_TRUE(eventually([&] { return server_->connection_count() == 3; }));
+  for (auto& c : children) c.kill();
+  for (auto& c : children) c.join();
+  EXPECT_TRUE(eventually([&] { return server_->number_of_objects() == 0; }));
+  EXPECT_TRUE(eventually([&] { return server_->connection_count() == 0; }));
+  EXPECT_TRUE(
+      eventually([&] { return Gate::released_connections_.load() >= released_before + 3; }));
+}
+
+TEST_F(ServerTest, APendingCallFailsAtOnceWhenTheServerGoes) {
+  auto m = client();
+  auto gate = m->create("Gate");
+  std::promise<std::exception_ptr> failed;
+  boost::asio::io_context ctx;
+  // The wait on a lane (thread) of its own: this thread's calls must not queue behind it.
+  std::thread([&] {
+    gate.async_callmethod<std::string>(
+        "wait", std::tuple<>{},
+        boost::asio::bind_executor(
+            ctx, [&](std::exception_ptr e, std::string) { failed.set_value(e); }));
+  }).join();
+  ASSERT_TRUE(eventually([&] { return gate._callmethod<int>("waiting") == 1; }));
+  const std::string address = server_->address().str();
+  server_->stop();
+  ctx.run();
+  auto e = failed.get_future().get();
+  ASSERT_TRUE(e);
+  try {
+    std::rethrow_exception(e);
+  } catch (const troupe::EOFError& x) {
+    EXPECT_NE(std::string(x.what()).find(address), std::string::npos) << x.what();
+    EXPECT_NE(std::string(x.what()).find("pid " + std::to_string(::getpid())), std::string::npos)
+        << x.what();
+  }
+  // Later calls fail at once, the same way.
+  EXPECT_THROW(gate._callmethod<int>("waiting"), troupe::EOFError);
+}
+
+TEST_F(ServerTest, ConnectCanBeRetriedAfterTheServerRestarts) {
+  const Address address = server_->address();
+  auto m = client();
+  auto c = m->create<Counter>("Counter");
+  server_.reset();
+  EXPECT_THROW(c.call<&Counter::increment>(), troupe::EOFError);
+  start_server(address);
+  m->connect();
+  auto d = m->create<Counter>("Counter");
+  EXPECT_EQ(d.call<&Counter::increment>(), 1);
+}
+
+}  // namespace
+}  // namespace managers_test
