@@ -28,7 +28,7 @@ using Ref = import "value.capnp".Ref;
 const protocolVersion :UInt32 = 1;
 
 struct Hello {
-  magic @0 :UInt64;           # 0x3172676e4d705274 ("TrpMngr1" read little-endian)
+  magic @0 :UInt64;           # 0x3172676e4d705274: the bytes "tRpMngr1" as a little-endian UInt64
   version @1 :UInt32;         # protocolVersion
   pid @2 :Int32;              # the client process (debug_info, error messages)
   processName @3 :Text;       # current_process().name

@@ -17,7 +17,7 @@
 
 namespace troupe::multiprocessing::managers::internal {
 
-/// "TrpMngr1" read as a little-endian UInt64: Hello's magic.
+/// The bytes "tRpMngr1" read as a little-endian UInt64: Hello's magic.
 inline constexpr std::uint64_t kHelloMagic = 0x3172676e4d705274ull;
 
 using detail::Frame;
