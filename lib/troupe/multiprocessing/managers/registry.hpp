@@ -138,12 +138,12 @@ template <class T>
 void Registry::register_result(std::string typeid_, RegisterOptions options) {
   auto e =
       std::make_shared<detail::TypeEntry>(class_entry<T>(std::move(typeid_), std::move(options)));
-  // The entry's functions find the entry through `holder` (registries live as long as the
-  // process, so the cycle is never collected, by design).
-  auto holder = std::make_shared<std::shared_ptr<const detail::TypeEntry>>();
+  // The entry's functions find the entry through `holder`, weakly: the registry owns it (a
+  // strong one would be a cycle, reported as a leak once the registry is destroyed at exit).
+  auto holder = std::make_shared<std::weak_ptr<const detail::TypeEntry>>();
   e->adopt = [this, holder](std::shared_ptr<void> object) -> std::shared_ptr<detail::HostedObject> {
     auto h = std::make_shared<detail::HostedClass<T>>(std::static_pointer_cast<T>(object), this);
-    h->entry_ = *holder;
+    h->entry_ = holder->lock();
     return h;
   };
   *holder = e;
@@ -159,11 +159,11 @@ requires(!std::is_same_v<std::remove_cvref_t<F>, RegisterOptions>) void Registry
                                typename detail::SharedPointee<R>::type>;
   auto made =
       std::make_shared<detail::TypeEntry>(class_entry<U>(std::move(typeid_), std::move(options)));
-  auto holder = std::make_shared<std::shared_ptr<const detail::TypeEntry>>();
+  auto holder = std::make_shared<std::weak_ptr<const detail::TypeEntry>>();
   made->adopt = [this,
                  holder](std::shared_ptr<void> object) -> std::shared_ptr<detail::HostedObject> {
     auto h = std::make_shared<detail::HostedClass<U>>(std::static_pointer_cast<U>(object), this);
-    h->entry_ = *holder;
+    h->entry_ = holder->lock();
     return h;
   };
   made->create =
@@ -180,7 +180,7 @@ requires(!std::is_same_v<std::remove_cvref_t<F>, RegisterOptions>) void Registry
                          "' returned a null pointer");
     }
     auto h = std::make_shared<detail::HostedClass<U>>(std::move(object), this);
-    h->entry_ = *holder;
+    h->entry_ = holder->lock();
     return h;
   };
   *holder = made;
