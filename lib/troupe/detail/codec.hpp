@@ -153,6 +153,16 @@ void put_packed(proto::Value::Builder v, const E* p, std::size_t n) {
 /// The elements of a packed blob, after checking its size is a whole number of them.
 template <class E>
 std::vector<E> read_packed(proto::Value::Reader v, std::string_view type) {
+  if (v.which() == proto::Value::LIST && v.getList().size() != 0 &&
+      v.getList()[0].which() != proto::Value::DATA) {
+    // Numbers one by one: how a tree of plain data (a manager's managed list, a value that came
+    // from Python) writes a sequence of numbers. (A list of Data nodes is a long blob's chunks.)
+    auto l = v.getList();
+    std::vector<E> out;
+    out.reserve(l.size());
+    for (auto e : l) out.push_back(Codec<E>::decode(e));
+    return out;
+  }
   const Blob blob = read_blob(v, false, type);
   if constexpr (std::is_same_v<E, std::byte>) {
     if (donors.buffers) {
