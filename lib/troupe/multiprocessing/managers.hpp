@@ -6,7 +6,9 @@
 //   mp::managers::BaseProxy, mp::managers::Server, TROUPE_EXPOSE(Class, methods...)
 #pragma once
 
+#include "troupe/multiprocessing/managers/builtins.hpp"
 #include "troupe/multiprocessing/managers/manager.hpp"
 #include "troupe/multiprocessing/managers/proxy.hpp"
 #include "troupe/multiprocessing/managers/registry.hpp"
 #include "troupe/multiprocessing/managers/server.hpp"
+#include "troupe/multiprocessing/managers/sync_manager.hpp"

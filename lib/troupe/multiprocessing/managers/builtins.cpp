@@ -1,0 +1,374 @@
+// SyncManager's built-in typeids, hosted: thin adapters from a call (a method name and
+// proto::Value arguments) to the waiting objects (detail/waits.hpp) and the containers
+// (detail/containers.hpp). Arguments are read as Python's, by position, with Python's defaults.
+#include "troupe/multiprocessing/managers/builtins.hpp"
+
+#include <chrono>
+#include <cmath>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "troupe/errors.hpp"
+#include "troupe/multiprocessing/managers/detail/containers.hpp"
+#include "troupe/multiprocessing/managers/detail/hosted.hpp"
+#include "troupe/multiprocessing/managers/detail/item.hpp"
+#include "troupe/multiprocessing/managers/detail/methods.hpp"
+#include "troupe/multiprocessing/managers/detail/waits.hpp"
+
+namespace troupe::multiprocessing::managers {
+
+namespace {
+
+using detail::CallInfo;
+using detail::CompletionPtr;
+using detail::Item;
+using detail::Kind;
+using detail::WaitTimeout;
+
+// ---- arguments ---------------------------------------------------------------------------------
+
+// The call's arguments as Items (bounded by to_item's limits).
+std::vector<Item> items_of(const CallInfo& call) {
+  std::vector<Item> out;
+  out.reserve(call.args.size());
+  for (auto v : call.args) out.push_back(detail::to_item(v));
+  return out;
+}
+
+std::string where(const CallInfo& call) {
+  return std::string(call.typeid_) + "." + std::string(call.method) + "()";
+}
+
+// At most `most` arguments (Python's "takes from 0 to N positional arguments").
+void at_most(const CallInfo& call, const std::vector<Item>& a, std::size_t most) {
+  if (a.size() > most)
+    throw TypeError(where(call) + " takes at most " + std::to_string(most) + " argument" +
+                    (most == 1 ? "" : "s") + " (" + std::to_string(a.size()) + " given)");
+}
+
+// A C++ std::optional arrives as a list of 0 or 1 element; Python's None as none.
+const Item* unwrap_optional(const Item& x) {
+  if (x.is_none()) return nullptr;
+  if (x.kind() == Kind::sequence && x.elements().size() <= 1)
+    return x.elements().empty() ? nullptr : &x.elements().front();
+  return &x;
+}
+
+bool flag(const CallInfo& call, const std::vector<Item>& a, std::size_t i, bool dflt,
+          const char* name) {
+  if (i >= a.size()) return dflt;
+  const Item* x = unwrap_optional(a[i]);
+  if (!x) return dflt;
+  if (!x->is_integral())
+    throw TypeError(where(call) + ": '" + name + "' must be a bool, not " +
+                    std::string(detail::type_name(*x)));
+  return x->kind() == Kind::boolean ? x->as_bool() : x->as_int() != 0;
+}
+
+double number(const Item& x) {
+  switch (x.kind()) {
+    case Kind::floating: return x.as_float();
+    case Kind::uinteger: return static_cast<double>(x.as_uint());
+    default: return static_cast<double>(x.as_int());
+  }
+}
+
+// A timeout in seconds (float or int), or None: forever.
+WaitTimeout timeout_of(const CallInfo& call, const std::vector<Item>& a, std::size_t i) {
+  if (i >= a.size()) return std::nullopt;
+  const Item* x = unwrap_optional(a[i]);
+  if (!x) return std::nullopt;
+  if (!x->is_number() || x->kind() == Kind::boolean)
+    throw TypeError(where(call) + ": 'timeout' must be a number of seconds or None, not " +
+                    std::string(detail::type_name(*x)));
+  const double s = number(*x);
+  if (std::isnan(s)) throw ValueError(where(call) + ": 'timeout' is NaN");
+  // 100 years or more is forever (waits.hpp); keep the arithmetic far from overflow.
+  if (s >= 3.2e9) return std::chrono::hours(24 * 365 * 101);
+  if (s <= -3.2e9) return std::chrono::nanoseconds(-1'000'000'000);
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::duration<double>(s));
+}
+
+std::int64_t integer(const CallInfo& call, const std::vector<Item>& a, std::size_t i,
+                     std::int64_t dflt, const char* name) {
+  if (i >= a.size()) return dflt;
+  const Item* x = unwrap_optional(a[i]);
+  if (!x) return dflt;
+  if (x->kind() != Kind::integer && x->kind() != Kind::boolean)
+    throw TypeError(where(call) + ": '" + name + "' must be an integer, not " +
+                    std::string(detail::type_name(*x)));
+  return x->as_int();
+}
+
+void complete_item(const CompletionPtr& done, const Item& x) {
+  detail::write(x, done->value());
+  done->done();
+}
+
+// The handlers of the waiting objects: an exception, or a result.
+detail::Done finish(CompletionPtr done) {
+  return [done = std::move(done)](std::exception_ptr e) {
+    if (e) return done->fail(e);
+    done->done();
+  };
+}
+detail::DoneBool finish_bool(CompletionPtr done) {
+  return [done = std::move(done)](std::exception_ptr e, bool b) {
+    if (e) return done->fail(e);
+    done->complete(b);
+  };
+}
+
+// ---- the waiting objects ---------------------------------------------------------------------
+
+class QueueObject final : public detail::HostedObject {
+public:
+  QueueObject(boost::asio::any_io_executor ex, std::ptrdiff_t maxsize)
+      : q_(std::move(ex), maxsize) {}
+
+  std::vector<std::string> exposed() const override {
+    return {"empty", "full",       "get",   "get_nowait", "join",
+            "put",   "put_nowait", "qsize", "task_done",  "shutdown"};
+  }
+  std::string repr() const override {
+    return "<queue.Queue object, maxsize=" + std::to_string(q_.maxsize()) +
+           ", qsize=" + std::to_string(q_.qsize()) + ">";
+  }
+
+  void call(const CallInfo& call, CompletionPtr done) override {
+    const std::string_view m = call.method;
+    auto a = items_of(call);
+    if (m == "put") {
+      if (a.empty()) detail::bad_arity(call, "Queue", 1);
+      at_most(call, a, 3);
+      const bool block = flag(call, a, 1, true, "block");
+      const WaitTimeout t = timeout_of(call, a, 2);
+      q_.async_put(call.caller, std::move(a[0]), block, t, finish(std::move(done)));
+    } else if (m == "get") {
+      at_most(call, a, 2);
+      q_.async_get(call.caller, flag(call, a, 0, true, "block"), timeout_of(call, a, 1),
+                   [done = std::move(done)](std::exception_ptr e, std::optional<Item> x) {
+                     if (e) return done->fail(e);
+                     complete_item(done, x ? *x : Item());
+                   });
+    } else if (m == "put_nowait") {
+      if (a.size() != 1) detail::bad_arity(call, "Queue", 1);
+      q_.put_nowait(std::move(a[0]));
+      done->done();
+    } else if (m == "get_nowait") {
+      at_most(call, a, 0);
+      complete_item(done, q_.get_nowait());
+    } else if (m == "qsize") {
+      done->complete(static_cast<std::int64_t>(q_.qsize()));
+    } else if (m == "empty") {
+      done->complete(q_.empty());
+    } else if (m == "full") {
+      done->complete(q_.full());
+    } else if (m == "task_done") {
+      q_.task_done();
+      done->done();
+    } else if (m == "join") {
+      q_.async_join(call.caller, finish(std::move(done)));
+    } else if (m == "shutdown") {
+      at_most(call, a, 1);
+      q_.shutdown(flag(call, a, 0, false, "immediate"));
+      done->done();
+    } else {
+      detail::unknown_method(call, "Queue", exposed());
+    }
+  }
+  void release_connection(std::uint64_t connection) override { q_.release_connection(connection); }
+  void cancel(Caller who, std::uint64_t) override { q_.cancel(who); }
+
+private:
+  detail::AsyncQueue<Item> q_;
+};
+
+// Lock, RLock, Semaphore, BoundedSemaphore: Python's AcquirerProxy (acquire, release, locked).
+template <class W>
+class AcquirerObject final : public detail::HostedObject {
+public:
+  template <class... A>
+  AcquirerObject(std::string name, A&&... a) : name_(std::move(name)), w_(std::forward<A>(a)...) {}
+
+  std::vector<std::string> exposed() const override { return {"acquire", "release", "locked"}; }
+  std::string repr() const override { return "<" + name_ + ">"; }
+
+  void call(const CallInfo& call, CompletionPtr done) override {
+    const std::string_view m = call.method;
+    auto a = items_of(call);
+    if (m == "acquire") {
+      at_most(call, a, 2);
+      w_.async_acquire(call.caller, flag(call, a, 0, true, "blocking"), timeout_of(call, a, 1),
+                       finish_bool(std::move(done)));
+    } else if (m == "release") {
+      if constexpr (std::is_base_of_v<detail::AsyncSemaphore, W>) {
+        at_most(call, a, 1);
+        w_.release(call.caller, integer(call, a, 0, 1, "n"));
+      } else {
+        at_most(call, a, 0);
+        w_.release(call.caller);
+      }
+      done->done();
+    } else if (m == "locked") {
+      if constexpr (std::is_base_of_v<detail::AsyncSemaphore, W>)
+        done->complete(w_.value() == 0);
+      else
+        done->complete(w_.locked());
+    } else {
+      detail::unknown_method(call, name_, exposed());
+    }
+  }
+  void release_connection(std::uint64_t connection) override { w_.release_connection(connection); }
+  void cancel(Caller who, std::uint64_t) override { w_.cancel(who); }
+
+private:
+  std::string name_;
+  W w_;
+};
+
+class EventObject final : public detail::HostedObject {
+public:
+  explicit EventObject(boost::asio::any_io_executor ex) : e_(std::move(ex)) {}
+  std::vector<std::string> exposed() const override { return {"is_set", "set", "clear", "wait"}; }
+  std::string repr() const override {
+    return std::string("<threading.Event: ") + (e_.is_set() ? "set" : "unset") + ">";
+  }
+  void call(const CallInfo& call, CompletionPtr done) override {
+    const std::string_view m = call.method;
+    auto a = items_of(call);
+    if (m == "wait") {
+      at_most(call, a, 1);
+      e_.async_wait(call.caller, timeout_of(call, a, 0), finish_bool(std::move(done)));
+    } else if (m == "set") {
+      e_.set();
+      done->done();
+    } else if (m == "clear") {
+      e_.clear();
+      done->done();
+    } else if (m == "is_set") {
+      done->complete(e_.is_set());
+    } else {
+      detail::unknown_method(call, "Event", exposed());
+    }
+  }
+  void release_connection(std::uint64_t connection) override { e_.release_connection(connection); }
+  void cancel(Caller who, std::uint64_t) override { e_.cancel(who); }
+
+private:
+  detail::AsyncEvent e_;
+};
+
+// ---- the containers ---------------------------------------------------------------------------
+
+// A proxy stored inside a managed container would need the container to hold a reference to an
+// object of this server or another one; until that is built, storing one is refused by name.
+struct NoRefs final : detail::RefHolder {
+  void hold(const Item& ref) override {
+    throw TypeError("a proxy (" + std::string(ref.as_ref().type_id) + " object " +
+                    std::to_string(ref.as_ref().id) +
+                    ") cannot be stored in a managed container yet (troupe issue 17)");
+  }
+  void drop(const Item&) override {}
+};
+NoRefs g_no_refs;
+
+class ContainerObject final : public detail::HostedObject {
+public:
+  explicit ContainerObject(std::unique_ptr<detail::Container> c) : c_(std::move(c)) {}
+  std::vector<std::string> exposed() const override { return c_->exposed(); }
+  std::string repr() const override { return c_->repr(4096); }
+  void call(const CallInfo& call, CompletionPtr done) override {
+    if (call.method == "#GETVALUE") return complete_item(done, c_->getvalue());
+    complete_item(done, c_->call(call.method, items_of(call)));
+  }
+
+private:
+  std::unique_ptr<detail::Container> c_;
+};
+
+detail::TypeEntry container_entry(std::string typeid_) {
+  detail::TypeEntry e;
+  e.typeid_ = typeid_;
+  e.create = [typeid_](const CallInfo& call) -> std::shared_ptr<detail::HostedObject> {
+    detail::ContainerOptions o;
+    o.refs = &g_no_refs;
+    return std::make_shared<ContainerObject>(
+        detail::make_container(typeid_, items_of(call), {}, o));
+  };
+  return e;
+}
+
+template <class Make>
+detail::TypeEntry entry(std::string typeid_, Make make) {
+  detail::TypeEntry e;
+  e.typeid_ = std::move(typeid_);
+  e.create = std::move(make);
+  return e;
+}
+
+}  // namespace
+
+void register_sync_types(Registry& registry) {
+  for (const char* q : {"Queue", "JoinableQueue"})
+    registry.add(entry(q, [](const CallInfo& call) -> std::shared_ptr<detail::HostedObject> {
+      auto a = items_of(call);
+      at_most(call, a, 1);
+      return std::make_shared<QueueObject>(call.executor, integer(call, a, 0, 0, "maxsize"));
+    }));
+  registry.add(entry("Lock", [](const CallInfo& call) -> std::shared_ptr<detail::HostedObject> {
+    at_most(call, items_of(call), 0);
+    return std::make_shared<AcquirerObject<detail::AsyncLock>>("Lock", call.executor);
+  }));
+  registry.add(entry("RLock", [](const CallInfo& call) -> std::shared_ptr<detail::HostedObject> {
+    at_most(call, items_of(call), 0);
+    return std::make_shared<AcquirerObject<detail::AsyncRLock>>("RLock", call.executor);
+  }));
+  registry.add(
+      entry("Semaphore", [](const CallInfo& call) -> std::shared_ptr<detail::HostedObject> {
+        auto a = items_of(call);
+        at_most(call, a, 1);
+        return std::make_shared<AcquirerObject<detail::AsyncSemaphore>>(
+            "Semaphore", call.executor, integer(call, a, 0, 1, "value"));
+      }));
+  registry.add(
+      entry("BoundedSemaphore", [](const CallInfo& call) -> std::shared_ptr<detail::HostedObject> {
+        auto a = items_of(call);
+        at_most(call, a, 1);
+        return std::make_shared<AcquirerObject<detail::AsyncBoundedSemaphore>>(
+            "BoundedSemaphore", call.executor, integer(call, a, 0, 1, "value"));
+      }));
+  registry.add(entry("Event", [](const CallInfo& call) -> std::shared_ptr<detail::HostedObject> {
+    at_most(call, items_of(call), 0);
+    return std::make_shared<EventObject>(call.executor);
+  }));
+  for (const char* c : {"dict", "list", "set", "Namespace", "Value", "Array"})
+    registry.add(container_entry(c));
+}
+
+void register_shared_queue(Registry& registry, std::string typeid_, std::ptrdiff_t maxsize) {
+  // Made on the first create, on the server's executor; the same object for every create after
+  // by that server (a later server in this process, on another executor, gets a new queue).
+  struct Shared {
+    std::mutex mutex;
+    boost::asio::any_io_executor executor;
+    std::shared_ptr<QueueObject> queue;
+  };
+  auto shared = std::make_shared<Shared>();
+  registry.add(
+      entry(std::move(typeid_),
+            [shared, maxsize](const CallInfo& call) -> std::shared_ptr<detail::HostedObject> {
+              at_most(call, items_of(call), 0);
+              std::scoped_lock lock(shared->mutex);
+              if (!shared->queue || shared->executor != call.executor) {
+                shared->queue = std::make_shared<QueueObject>(call.executor, maxsize);
+                shared->executor = call.executor;
+              }
+              return shared->queue;
+            }));
+}
+
+}  // namespace troupe::multiprocessing::managers

@@ -1,0 +1,32 @@
+// troupe/multiprocessing/managers/builtins.hpp — SyncManager's typeids as hosted objects: the
+// waiting objects (Queue, JoinableQueue, Lock, RLock, Semaphore, BoundedSemaphore, Event) and the
+// containers (dict, list, set, Namespace, Value, Array), for any manager's registry.
+//
+//   struct QueueManager : mm::Manager<QueueManager> { using Manager::Manager; };
+//   // Python: QueueManager.register('get_task_queue', callable=lambda: task_queue)
+//   mm::register_shared_queue(QueueManager::registry(), "get_task_queue");
+//
+// Arguments follow Python's signatures, by position (`put(item, block=True, timeout=None)`); a
+// timeout is seconds as a float, None (or an empty std::optional) for none. Waits hold no
+// thread of the server (detail/waits.hpp).
+#pragma once
+
+#include <cstddef>
+#include <string>
+
+#include "troupe/multiprocessing/managers/registry.hpp"
+
+namespace troupe::multiprocessing::managers {
+
+/// Adds SyncManager's typeids that are built in so far to `registry`: "Queue" and
+/// "JoinableQueue" (`maxsize=0`), "Lock", "RLock", "Semaphore" and "BoundedSemaphore"
+/// (`value=1`), "Event", and the containers "dict", "list", "set", "Namespace", "Value"
+/// (`typecode, value`) and "Array" (`typecode, sequence`), each created anew per create.
+void register_sync_types(Registry& registry);
+
+/// Registers `typeid_` as a function with no arguments that returns one managed queue, the same
+/// object for every client (Python: `register('get_task_queue', callable=lambda: queue)`). The
+/// queue holds any codec value; `maxsize` <= 0 is unbounded.
+void register_shared_queue(Registry& registry, std::string typeid_, std::ptrdiff_t maxsize = 0);
+
+}  // namespace troupe::multiprocessing::managers

@@ -1,0 +1,241 @@
+// SyncManager's built-in typeids through a started manager (every start method): a managed
+// Queue between processes, its waits holding no server thread, shutdown reaching blocked
+// getters; Lock, RLock, Semaphore, BoundedSemaphore and Event; the containers untyped.
+#include "troupe/multiprocessing/managers/sync_manager.hpp"
+
+#include <chrono>
+#include <cstdint>
+#include <future>
+#include <map>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "troupe/entry.hpp"
+#include "troupe/errors.hpp"
+#include "troupe/multiprocessing/process.hpp"
+
+#include "leak_check.hpp"
+
+namespace sync_manager_test {
+
+namespace mp = troupe::multiprocessing;
+namespace mm = troupe::multiprocessing::managers;
+using namespace std::chrono_literals;
+
+// A child process: takes numbers from `in` until a negative one, puts their squares on `out`.
+void square_worker(mm::QueueProxy<std::int64_t> in, mm::QueueProxy<std::int64_t> out) {
+  for (;;) {
+    const auto n = in.get(true, std::chrono::seconds(60));
+    if (n < 0) return;
+    out.put(n * n);
+  }
+}
+TROUPE_ENTRY(square_worker);
+
+// A child process: waits on the event, then reports through the queue.
+void wait_then_report(mm::EventProxy ev, mm::QueueProxy<std::string> out) {
+  out.put(ev.wait(std::chrono::seconds(60)) ? "set" : "timeout");
+}
+TROUPE_ENTRY(wait_then_report);
+
+namespace {
+
+// ThreadSanitizer cannot start threads in a child forked from a multi-threaded process (it exits
+// 66: "starting new threads after multi-threaded fork is not supported"); such a child's proxy
+// starts its link's thread, so these cases run under the other start methods there.
+#if defined(__SANITIZE_THREAD__)
+constexpr bool kTsanForkLimit = true;
+#else
+constexpr bool kTsanForkLimit = false;
+#endif
+
+class SyncManagerTest : public troupe::testing::LeakCheck,
+                        public ::testing::WithParamInterface<std::string> {
+protected:
+  mm::ManagerOptions options() {
+    mm::ManagerOptions o;
+    o.start_method = GetParam();
+    return o;
+  }
+  mp::ProcessOptions child_options() {
+    mp::ProcessOptions po;
+    po.start_method = GetParam();
+    po.fork_with_threads = true;  // this process runs the link's thread; the child uses none
+    return po;
+  }
+};
+
+TEST_P(SyncManagerTest, QueueBetweenProcesses) {
+  if (kTsanForkLimit && GetParam() == "fork")
+    GTEST_SKIP() << "ThreadSanitizer: no threads in a child forked from a threaded process";
+  mm::SyncManager m(options());
+  m.start();
+  auto in = m.Queue<std::int64_t>();
+  auto out = m.Queue<std::int64_t>();
+  mp::Process p(child_options(), &square_worker, in, out);
+  p.start();
+  std::int64_t want = 0;
+  for (std::int64_t i = 0; i < 200; ++i) {
+    in.put(i);
+    want += i * i;
+  }
+  std::int64_t got = 0;
+  for (int i = 0; i < 200; ++i) got += out.get(true, 60s);
+  in.put(-1);
+  p.join(60s);
+  EXPECT_EQ(p.exitcode(), 0);
+  EXPECT_EQ(got, want);
+  EXPECT_TRUE(out.empty());
+  EXPECT_EQ(out.qsize(), 0u);
+}
+
+TEST_P(SyncManagerTest, QueueErrorsArePythons) {
+  mm::SyncManager m(options());
+  m.start();
+  auto q = m.Queue<std::string>(1);
+  EXPECT_THROW(q.get(false), troupe::queue::Empty);
+  EXPECT_THROW(q.get(true, 10ms), troupe::queue::Empty);
+  q.put("a");
+  EXPECT_TRUE(q.full());
+  EXPECT_THROW(q.put_nowait("b"), troupe::queue::Full);
+  EXPECT_THROW(q.put("b", true, 10ms), troupe::queue::Full);
+  EXPECT_EQ(q.get_nowait(), "a");
+  q.task_done();
+  EXPECT_THROW(q.task_done(), troupe::ValueError);
+  q.join();  // nothing unfinished
+  EXPECT_THROW(q._callmethod("no_such_method"), troupe::AttributeError);
+  EXPECT_THROW(q._callmethod("put"), troupe::TypeError);
+}
+
+TEST_P(SyncManagerTest, ShutdownReachesABlockedGetter) {
+  mm::SyncManager m(options());
+  m.start();
+  auto q = m.Queue<int>();
+  auto getter = std::async(std::launch::async, [q] {
+    try {
+      (void)q.get(true, 60s);
+      return std::string("got an item");
+    } catch (const troupe::queue::ShutDown&) {
+      return std::string("ShutDown");
+    }
+  });
+  ASSERT_EQ(getter.wait_for(50ms), std::future_status::timeout);
+  q.shutdown();
+  EXPECT_EQ(getter.get(), "ShutDown");
+}
+
+TEST_P(SyncManagerTest, ManyBlockedGettersHoldNoServerThread) {
+  // 64 client threads blocked in get() at once on a server with at most 4 threads: a server
+  // that held a thread per waiter could not answer qsize() (nor the puts) until they timed out.
+  mm::SyncManager m(options());
+  m.start();
+  auto q = m.Queue<int>();
+  std::vector<std::future<int>> getters;
+  for (int i = 0; i < 64; ++i)
+    getters.push_back(std::async(std::launch::async, [q] { return q.get(true, 60s); }));
+  std::this_thread::sleep_for(100ms);
+  EXPECT_EQ(q.qsize(), 0u);
+  for (int i = 0; i < 64; ++i) q.put(i);
+  int sum = 0;
+  for (auto& g : getters) sum += g.get();
+  EXPECT_EQ(sum, 63 * 64 / 2);
+}
+
+TEST_P(SyncManagerTest, LocksAndSemaphores) {
+  mm::SyncManager m(options());
+  m.start();
+  auto lock = m.Lock();
+  EXPECT_TRUE(lock.acquire());
+  EXPECT_TRUE(lock.locked());
+  EXPECT_FALSE(lock.acquire(true, 10ms));
+  lock.release();
+  EXPECT_THROW(lock.release(), troupe::RuntimeError);
+  {
+    std::scoped_lock guard{lock};
+    EXPECT_TRUE(lock.locked());
+  }
+  EXPECT_FALSE(lock.locked());
+
+  auto rlock = m.RLock();
+  EXPECT_TRUE(rlock.acquire());
+  EXPECT_TRUE(rlock.acquire());  // the same lane: re-entrant
+  rlock.release();
+  rlock.release();
+  EXPECT_THROW(rlock.release(), troupe::RuntimeError);
+
+  auto sem = m.Semaphore(2);
+  EXPECT_TRUE(sem.acquire());
+  EXPECT_TRUE(sem.acquire());
+  EXPECT_FALSE(sem.acquire(false));
+  sem.release();
+  EXPECT_TRUE(sem.acquire(false));
+
+  auto bounded = m.BoundedSemaphore(1);
+  EXPECT_THROW(bounded.release(), troupe::ValueError);
+  EXPECT_THROW((void)m.Semaphore(-1), troupe::ValueError);
+}
+
+TEST_P(SyncManagerTest, EventWakesAnotherProcess) {
+  if (kTsanForkLimit && GetParam() == "fork")
+    GTEST_SKIP() << "ThreadSanitizer: no threads in a child forked from a threaded process";
+  mm::SyncManager m(options());
+  m.start();
+  auto ev = m.Event();
+  auto out = m.Queue<std::string>();
+  EXPECT_FALSE(ev.is_set());
+  EXPECT_FALSE(ev.wait(10ms));
+  mp::Process p(child_options(), &wait_then_report, ev, out);
+  p.start();
+  ev.set();
+  EXPECT_EQ(out.get(true, 60s), "set");
+  p.join(60s);
+  EXPECT_EQ(p.exitcode(), 0);
+  ev.clear();
+  EXPECT_FALSE(ev.is_set());
+}
+
+TEST_P(SyncManagerTest, ContainersUntyped) {
+  mm::SyncManager m(options());
+  m.start();
+  auto d = m.dict();
+  d._callmethod("__setitem__", std::string("a"), 1);
+  d._callmethod("__setitem__", std::string("b"), 2);
+  EXPECT_EQ(d._callmethod<std::int64_t>("__len__"), 2);
+  EXPECT_EQ(d._callmethod<int>("get", std::string("b"), 0), 2);
+  EXPECT_EQ(d._callmethod<int>("get", std::string("zz"), 7), 7);
+  EXPECT_THROW(d._callmethod<int>("__getitem__", std::string("zz")), troupe::KeyError);
+  const auto all = d._getvalue<std::map<std::string, int>>();
+  EXPECT_EQ(all, (std::map<std::string, int>{{"a", 1}, {"b", 2}}));
+
+  auto l = m.list();
+  for (int i = 0; i < 5; ++i) l._callmethod("append", i);
+  EXPECT_EQ(l._callmethod<int>("__getitem__", -1), 4);
+  EXPECT_THROW(l._callmethod<int>("__getitem__", 10), troupe::IndexError);
+  EXPECT_EQ(l._getvalue<std::vector<int>>(), (std::vector<int>{0, 1, 2, 3, 4}));
+
+  auto ns = m.Namespace();
+  ns._callmethod("__setattr__", std::string("x"), 10);
+  EXPECT_EQ(ns._callmethod<int>("__getattribute__", std::string("x")), 10);
+  EXPECT_THROW(ns._callmethod<int>("__getattribute__", std::string("y")), troupe::AttributeError);
+  d = {};
+  l = {};
+  ns = {};
+  EXPECT_TRUE(troupe::testing::eventually([&] { return m.number_of_objects() == 0; }));
+}
+
+TEST(SyncManager, ManagerReturnsAStartedOne) {
+  auto m = mp::Manager();
+  ASSERT_TRUE(m->process().has_value());
+  auto q = m->Queue<std::string>();
+  q.put("x");
+  EXPECT_EQ(q.get(), "x");
+  m->shutdown();
+}
+
+INSTANTIATE_TEST_SUITE_P(StartMethods, SyncManagerTest,
+                         ::testing::Values("fork", "spawn", "forkserver"),
+                         [](const auto& info) { return info.param; });
+
+}  // namespace
+}  // namespace sync_manager_test
