@@ -1,0 +1,34 @@
+// queue_worker: connects to a queue_server, takes tasks n (integers) from the task queue until it
+// gets a negative one, and puts [n, n*n] on the result queue for each.
+//
+//   queue_worker --address 127.0.0.1:PORT --authkey 736563726574
+#include <cstdint>
+#include <exception>
+#include <string>
+#include <vector>
+
+#include "queue_common.hpp"
+
+int main(int argc, char** argv) {
+  example::Args args(argc, argv, {"--address", "--authkey"}, {},
+                     "queue_worker --address ADDR --authkey HEX");
+  try {
+    static const bool registered = example::register_queues();
+    (void)registered;
+    example::QueueManager m(example::options(args));
+    m.connect();
+    const example::mm::QueueProxy<std::int64_t> tasks(m.create("get_task_queue"));
+    const example::mm::QueueProxy<std::vector<std::int64_t>> results(m.create("get_result_queue"));
+    long done = 0;
+    for (;;) {
+      const std::int64_t n = tasks.get();
+      if (n < 0) break;
+      results.put({n, n * n});
+      ++done;
+    }
+    example::say("worker: " + std::to_string(done) + " tasks done");
+    return 0;
+  } catch (const std::exception& e) {
+    args.fail(e.what());
+  }
+}
