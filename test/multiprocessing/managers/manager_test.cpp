@@ -31,15 +31,6 @@ TROUPE_ENTRY(take_and_bump);
 
 namespace {
 
-// ThreadSanitizer cannot start threads in a child forked from a multi-threaded process (it exits
-// 66: "starting new threads after multi-threaded fork is not supported"); such a child's proxy
-// starts its link's thread, so these cases run under the other start methods there.
-#if defined(__SANITIZE_THREAD__)
-constexpr bool kTsanForkLimit = true;
-#else
-constexpr bool kTsanForkLimit = false;
-#endif
-
 using namespace std::chrono_literals;
 using troupe::testing::eventually;
 
@@ -111,7 +102,7 @@ TEST_P(ManagerTest, APendingCallFailsAtOnceWhenTheServerProcessIsKilled) {
 }
 
 TEST_P(ManagerTest, AProxyTravelsToAChildProcess) {
-  if (kTsanForkLimit && GetParam() == "fork")
+  if (troupe::testing::kTsanForkLimit && GetParam() == "fork")
     GTEST_SKIP() << "ThreadSanitizer: no threads in a child forked from a threaded process";
   TestManager m(options());
   m.start();
@@ -129,7 +120,7 @@ TEST_P(ManagerTest, AProxyTravelsToAChildProcess) {
 }
 
 TEST_P(ManagerTest, AProxyTravelsThroughAProcessQueue) {
-  if (kTsanForkLimit && GetParam() == "fork")
+  if (troupe::testing::kTsanForkLimit && GetParam() == "fork")
     GTEST_SKIP() << "ThreadSanitizer: no threads in a child forked from a threaded process";
   TestManager m(options());
   m.start();

@@ -41,15 +41,6 @@ TROUPE_ENTRY(wait_then_report);
 
 namespace {
 
-// ThreadSanitizer cannot start threads in a child forked from a multi-threaded process (it exits
-// 66: "starting new threads after multi-threaded fork is not supported"); such a child's proxy
-// starts its link's thread, so these cases run under the other start methods there.
-#if defined(__SANITIZE_THREAD__)
-constexpr bool kTsanForkLimit = true;
-#else
-constexpr bool kTsanForkLimit = false;
-#endif
-
 class SyncManagerTest : public troupe::testing::LeakCheck,
                         public ::testing::WithParamInterface<std::string> {
 protected:
@@ -67,7 +58,7 @@ protected:
 };
 
 TEST_P(SyncManagerTest, QueueBetweenProcesses) {
-  if (kTsanForkLimit && GetParam() == "fork")
+  if (troupe::testing::kTsanForkLimit && GetParam() == "fork")
     GTEST_SKIP() << "ThreadSanitizer: no threads in a child forked from a threaded process";
   mm::SyncManager m(options());
   m.start();
@@ -177,7 +168,7 @@ TEST_P(SyncManagerTest, LocksAndSemaphores) {
 }
 
 TEST_P(SyncManagerTest, EventWakesAnotherProcess) {
-  if (kTsanForkLimit && GetParam() == "fork")
+  if (troupe::testing::kTsanForkLimit && GetParam() == "fork")
     GTEST_SKIP() << "ThreadSanitizer: no threads in a child forked from a threaded process";
   mm::SyncManager m(options());
   m.start();
