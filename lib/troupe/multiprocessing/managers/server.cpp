@@ -609,7 +609,7 @@ public:
           object_(std::move(object)),
           arguments_(std::move(arguments)) {}
 
-    ~Done() override {
+    ~Done() noexcept override {
       if (!finished_.exchange(true)) {
         send_error(std::make_exception_ptr(RuntimeError(
             call_ + " never completed: the object dropped the call without a result")));
