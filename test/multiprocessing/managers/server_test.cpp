@@ -13,6 +13,7 @@
 #include <boost/asio/bind_executor.hpp>
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
+#include <capnp/any.h>
 #include <capnp/message.h>
 #include <capnp/serialize.h>
 
@@ -525,6 +526,226 @@ TEST_F(ServerTest, ConnectCanBeRetriedAfterTheServerRestarts) {
   m->connect();
   auto d = m->create<Counter>("Counter");
   EXPECT_EQ(d.call<&Counter::increment>(), 1);
+}
+
+// ---- robustness: stop races, bad requests, limits
+// ------------------------------------------------
+
+TEST_F(ServerTest, AStopFromAnotherThreadEndsServeForeverOnlyOnceItIsDone) {
+  // The usual shape: a signal thread calls stop(), main returns from serve_forever() and frees
+  // the server at once. The stop() still running must not touch freed memory (ASan checks).
+  for (int i = 0; i < 5; ++i) {
+    mm::ServerOptions o;
+    o.listener.authkey = key_;
+    o.threads = 2;
+    auto s = std::make_unique<mm::Server>(TestManager::registry(), std::nullopt, o);
+    mm::Server* raw = s.get();
+    const Address address = s->address();
+    std::thread stopper([raw, address, this, i] {
+      if (i % 2 == 0) {
+        // Once a client has been served, so that there is something to close.
+        TestManager m({.address = address, .authkey = key_});
+        for (int tries = 0; tries < 200; ++tries) {
+          try {
+            m.connect();
+            break;
+          } catch (const std::exception&) {
+            std::this_thread::sleep_for(5ms);
+          }
+        }
+      }
+      raw->stop();
+    });
+    s->serve_forever();
+    s.reset();
+    stopper.join();
+  }
+}
+
+TEST_F(ServerTest, StopInAHandlerOnTheUsersIoContextReturns) {
+  boost::asio::io_context ctx;
+  auto guard = boost::asio::make_work_guard(ctx);
+  std::thread runner([&] { ctx.run(); });
+  mm::ServerOptions o;
+  o.listener.authkey = key_;
+  auto embedded =
+      std::make_unique<mm::Server>(TestManager::registry(), std::nullopt, o, ctx.get_executor());
+  embedded->start();
+  {
+    TestManager m({.address = embedded->address(), .authkey = key_});
+    m.connect();
+    auto maths = m.create<Maths>("Maths");
+    EXPECT_EQ(maths.call<&Maths::add>(1, 2), 3);
+    std::promise<void> stopped;
+    // An asio::signal_set's handler would do this: stop the server from the io_context's thread.
+    boost::asio::post(ctx, [&] {
+      embedded->stop();
+      stopped.set_value();
+    });
+    ASSERT_EQ(stopped.get_future().wait_for(30s), std::future_status::ready);
+    EXPECT_THROW(maths.call<&Maths::add>(1, 2), troupe::EOFError);
+  }
+  embedded.reset();
+  guard.reset();
+  runner.join();
+}
+
+TEST_F(ServerTest, AServerWithoutAKeyAuthenticatesWithTheProcessKey) {
+  // Python's Server always authenticates; an abstract name has no file permissions.
+  mm::ServerOptions o;
+  o.threads = 1;
+  mm::Server s(TestManager::registry(), std::nullopt, o);
+  s.start();
+  EXPECT_THROW(mp::Client(s.address(), AuthenticationString::random()), mp::AuthenticationError);
+  TestManager m({.address = s.address(), .authkey = mp::current_process().authkey()});
+  m.connect();
+  EXPECT_EQ(m.create<Maths>("Maths").call<&Maths::add>(2, 2), 4);
+}
+
+using Request = troupe::proto::manager::Request;
+using Reply = troupe::proto::manager::Reply;
+
+template <class Fill>
+void send_request(mp::Connection& c, std::uint64_t call_id, Fill fill) {
+  capnp::MallocMessageBuilder mb;
+  auto r = mb.initRoot<Request>();
+  r.setCallId(call_id);
+  r.setLane(1);
+  fill(r);
+  c.send_message(mb);
+}
+
+// The next reply on `c` (bounded wait): its call id, and its error's text ("" if none).
+std::pair<std::uint64_t, std::string> next_reply(mp::Connection& c) {
+  if (!c.poll(30s)) throw std::runtime_error("no reply within 30 s");
+  auto bytes = c.recv_bytes();
+  kj::ArrayPtr<const capnp::word> words(reinterpret_cast<const capnp::word*>(bytes.data()),
+                                        bytes.size() / 8);
+  capnp::FlatArrayMessageReader reader(words);
+  auto r = reader.getRoot<Reply>();
+  std::string error;
+  if (r.isError())
+    error =
+        std::string(r.getError().getTypeName().cStr()) + ": " + r.getError().getMessage().cStr();
+  return {r.getCallId(), error};
+}
+
+// A raw client that created one Counter: its object id.
+std::uint64_t raw_create_counter(mp::Connection& c) {
+  send_request(c, 1, [](Request::Builder r) { r.initCreate().setTypeid("Counter"); });
+  if (!c.poll(30s)) throw std::runtime_error("no reply to create within 30 s");
+  auto bytes = c.recv_bytes();
+  kj::ArrayPtr<const capnp::word> words(reinterpret_cast<const capnp::word*>(bytes.data()),
+                                        bytes.size() / 8);
+  capnp::FlatArrayMessageReader reader(words);
+  auto r = reader.getRoot<Reply>();
+  if (!r.isProxy()) throw std::runtime_error("create answered without a proxy");
+  return r.getProxy().getId();
+}
+
+TEST_F(ServerTest, AMalformedArgumentListDropsThatConnectionOnly) {
+  auto m = client();
+  auto maths = m->create<Maths>("Maths");
+  for (const bool create : {false, true}) {
+    auto c = raw_client(server_->address(), key_);
+    send_hello(c);
+    const std::uint64_t id = create ? 0 : raw_create_counter(c);
+    // The args pointer is a struct where Cap'n Proto expects a list.
+    send_request(c, 2, [&](Request::Builder r) {
+      capnp::AnyStruct::Builder body = nullptr;
+      if (create) {
+        auto k = r.initCreate();
+        k.setTypeid("Counter");
+        body = capnp::toAny(k);
+      } else {
+        auto k = r.initCall();
+        k.setObject(id);
+        k.setMethod("increment");
+        body = capnp::toAny(k);
+      }
+      body.getPointerSection()[1].initAs<troupe::proto::Value>().setInt(7);
+    });
+    ASSERT_TRUE(c.poll(30s));
+    EXPECT_THROW(c.recv_bytes(), troupe::EOFError);
+  }
+  EXPECT_EQ(maths.call<&Maths::add>(3, 4), 7);
+  EXPECT_TRUE(eventually([&] { return server_->number_of_objects() == 1; }));
+}
+
+TEST_F(ServerTest, ATypeidLongerThanTheLimitIsRefusedNotCut) {
+  auto c = raw_client(server_->address(), key_);
+  send_hello(c);
+  send_request(c, 5, [](Request::Builder r) {
+    r.initCreate().setTypeid(std::string(256, 'x') + "Counter");
+  });
+  auto [id, error] = next_reply(c);
+  EXPECT_EQ(id, 5u);
+  EXPECT_NE(error.find("at most 256 bytes"), std::string::npos) << error;
+}
+
+TEST_F(ServerTest, ParksAndEarlyClaimsAreLimitedPerConnection) {
+  server_.reset();
+  mm::ServerOptions o;
+  o.max_objects_held = 4;
+  start_server(std::nullopt, o);
+  auto c = raw_client(server_->address(), key_);
+  send_hello(c);
+  const std::uint64_t id = raw_create_counter(c);
+  // Four parks of the one object are within the limit (no reply); the fifth is refused.
+  for (std::uint64_t t = 1; t <= 5; ++t)
+    send_request(c, 10 + t, [&](Request::Builder r) {
+      auto p = r.initPark();
+      p.setId(id);
+      p.setTicket(1000 + t);
+    });
+  auto [call, error] = next_reply(c);
+  EXPECT_EQ(call, 15u);
+  EXPECT_NE(error.find("ValueError"), std::string::npos) << error;
+  EXPECT_NE(error.find("max_objects_held"), std::string::npos) << error;
+  // Another connection has a budget of its own; its claims ahead of parks count against it.
+  auto d = raw_client(server_->address(), key_);
+  send_hello(d);
+  for (std::uint64_t t = 1; t <= 4; ++t)
+    send_request(d, 20 + t, [&](Request::Builder r) {
+      auto p = r.initClaim();
+      p.setId(id);
+      p.setTicket(5000 + t);
+    });
+  send_request(d, 30, [&](Request::Builder r) {
+    auto p = r.initClaim();
+    p.setId(id);
+    p.setTicket(1001);  // parked by c: taken over, not a marker
+  });
+  send_request(d, 31, [](Request::Builder r) { r.setPing(); });
+  auto [ping, ping_error] = next_reply(d);
+  EXPECT_EQ(ping, 31u);
+  EXPECT_EQ(ping_error, "");
+}
+
+TEST_F(ServerTest, AClientThatDoesNotReadIsPausedAndLosesNothing) {
+  // Small messages: the read budget is its floor (1 MiB); the replies below come to ~3 MiB.
+  server_.reset();
+  mm::ServerOptions o;
+  o.max_message_size = 4096;
+  start_server(std::nullopt, o);
+  auto c = raw_client(server_->address(), key_);
+  send_hello(c);
+  const std::uint64_t id = raw_create_counter(c);
+  constexpr std::uint64_t kRequests = 30000;
+  std::thread writer([&] {
+    for (std::uint64_t i = 0; i < kRequests; ++i)
+      send_request(c, 100 + i, [&](Request::Builder r) { r.setGetMethods(id); });
+  });
+  // Meanwhile the server serves others.
+  EXPECT_EQ(client()->create<Maths>("Maths").call<&Maths::add>(5, 6), 11);
+  std::uint64_t next = 100;
+  for (std::uint64_t i = 0; i < kRequests; ++i) {
+    auto [call, error] = next_reply(c);
+    ASSERT_EQ(call, next) << error;
+    ASSERT_EQ(error, "");
+    ++next;
+  }
+  writer.join();
 }
 
 }  // namespace

@@ -281,6 +281,7 @@ public:
   explicit ContainerObject(std::unique_ptr<detail::Container> c) : c_(std::move(c)) {}
   std::vector<std::string> exposed() const override { return c_->exposed(); }
   std::string repr() const override { return c_->repr(4096); }
+  bool tracks_connections() const noexcept override { return false; }
   void call(const CallInfo& call, CompletionPtr done) override {
     if (call.method == "#GETVALUE") return complete_item(done, c_->getvalue());
     complete_item(done, c_->call(call.method, items_of(call)));

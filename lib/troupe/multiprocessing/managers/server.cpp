@@ -21,6 +21,7 @@
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
+#include <boost/asio/thread_pool.hpp>
 #include <capnp/serialize.h>
 
 #include "troupe/error_envelope.hpp"
@@ -57,9 +58,9 @@ struct ServerConn : std::enable_shared_from_this<ServerConn> {
   std::uint64_t id = 0;
   Connection conn;
   asio::strand<asio::any_io_executor> strand;
-  std::string peer;  // "pid 123 (name) on host"
-  bool greeted = false;
-  bool closing = false;  // on the strand: no more reads; close once the writes are out
+  std::string peer;                  // "pid 123 (name) on host"
+  std::atomic<bool> greeted{false};  // written on the strand, read by connection_count()
+  bool closing = false;              // on the strand: no more reads; close once the writes are out
   std::deque<std::vector<std::byte>> out;
   bool writing = false;
   struct Lane {
@@ -67,8 +68,19 @@ struct ServerConn : std::enable_shared_from_this<ServerConn> {
     bool busy = false;
   };
   std::unordered_map<std::uint64_t, Lane> lanes;
-  // Calls queued or running: call id → the object (for cancel); on the strand.
-  std::unordered_map<std::uint64_t, std::shared_ptr<HostedObject>> running;
+  // Calls queued or running (for cancel, and the in-flight limit); on the strand.
+  struct Running {
+    std::shared_ptr<HostedObject> object;  // null: a create
+    std::uint64_t lane = 0;                // the lane the call came on: its Caller's
+    std::optional<asio::strand<asio::any_io_executor>> serial;  // a serialized typeid's strand
+    std::size_t bytes = 0;                                      // the request's, held until done
+  };
+  std::unordered_map<std::uint64_t, Running> running;
+  // Backpressure (on the strand): bytes of requests held (queued or running) and of replies not
+  // yet written; over the server's budget, reading pauses until they drain.
+  std::size_t held_bytes = 0;
+  std::size_t out_bytes = 0;
+  bool read_paused = false;
   // Under the server's mutex: references held (object id → count), and whether it is gone.
   std::unordered_map<std::uint64_t, std::uint64_t> held;
   bool released = false;
@@ -81,6 +93,9 @@ public:
   Impl(const Registry& registry, std::optional<Address> address, ServerOptions options,
        asio::any_io_executor ex)
       : registry_(registry), options_(std::move(options)) {
+    // Python's Server always authenticates (its authkey defaults to the process's): an abstract
+    // name has no file permissions, so a server without a key would serve any local user.
+    if (!options_.listener.authkey) options_.listener.authkey = current_process().authkey();
     if (!ex) {
       own_ = std::make_unique<asio::io_context>();
       ex = own_->get_executor();
@@ -101,7 +116,7 @@ public:
 
   void start() {
     std::unique_lock lock(m_);
-    if (started_) return;
+    if (started_ || stopped_) return;  // a stop() that came first wins: nothing starts after it
     started_ = true;
     lock.unlock();
     accept_next();
@@ -155,27 +170,70 @@ public:
     return false;
   }
 
+  // Whether this thread is running the user's executor (an io_context's or a thread pool's).
+  bool on_user_executor() const {
+    if (own_) return false;
+    if (auto* io = ex_.target<asio::io_context::executor_type>())
+      return io->running_in_this_thread();
+    if (auto* pool = ex_.target<asio::thread_pool::executor_type>())
+      return pool->running_in_this_thread();
+    return false;
+  }
+
   void stop() {
     if (on_server_thread())
       throw RuntimeError(
           "Server::stop() called on one of the server's own threads (it joins them); use "
           "request_shutdown()");
     {
-      std::scoped_lock lock(m_);
-      if (stopped_) return;
+      std::unique_lock lock(m_);
+      if (stopped_) {
+        // Another thread is stopping (or has stopped) the server: return when it is done, so
+        // that a serve_forever() woken by that stop() does not free the server under it.
+        if (!on_user_executor()) cv_.wait(lock, [&] { return stop_done_; });
+        return;
+      }
       stopped_ = true;
       shutdown_requested_ = true;
     }
     cv_.notify_all();
+    struct Done {
+      Impl* self;
+      ~Done() {
+        {
+          std::scoped_lock lock(self->m_);
+          self->stop_done_ = true;
+        }
+        self->cv_.notify_all();
+      }
+    } mark_done{this};
+    bool started;
+    {
+      std::scoped_lock lock(m_);
+      started = started_;
+    }
+    if (on_user_executor()) {
+      // Called from a handler on the user's executor (a signal_set's, say): the connections
+      // close on their strands once this handler returns; waiting here would wait for itself.
+      close_all();
+      release_everything();
+      return;
+    }
     // Close everything on the executor, and wait for that to have run (the executor runs: our
-    // threads, or the user's io_context, which must run until stop() returns).
-    if (started_ && (own_ == nullptr || !threads_.empty())) {
-      std::promise<void> done;
-      asio::post(ex_, [this, &done] {
-        close_all();
-        done.set_value();
+    // threads, or the user's io_context, which should run until stop() returns; if it does not
+    // within 10 s, it has stopped, and nothing else runs the server's handlers).
+    if (started && (own_ == nullptr || !threads_.empty())) {
+      auto done = std::make_shared<std::promise<void>>();
+      auto ran = done->get_future();
+      asio::post(ex_, [self = shared_from_this(), done] {
+        self->close_all();
+        done->set_value();
       });
-      done.get_future().wait();
+      if (ran.wait_for(std::chrono::seconds(10)) != std::future_status::ready) {
+        mlog().warning("manager server at " + address_text_ +
+                       ": stop(): its executor ran nothing for 10 s; closing from this thread");
+        close_all();
+      }
     } else {
       close_all();
     }
@@ -228,7 +286,9 @@ public:
       std::scoped_lock lock(m_);
       objects.swap(objects_);
       by_identity_.clear();
+      tracked_.clear();
       parks_.clear();
+      parks_by_conn_.clear();
     }
     objects.clear();  // the objects' destructors run here, outside the lock
   }
@@ -281,9 +341,27 @@ public:
           } else {
             on_request(sc, std::move(bytes));
           }
-          read_next(sc);
+          if (backlog(sc) < read_budget())
+            read_next(sc);
+          else
+            sc->read_paused = true;  // resumed by finish() or a write, once below the budget
         },
         static_cast<std::size_t>(options_.max_message_size));
+  }
+
+  // What a connection may hold before its reads pause: twice the largest message, at least 1 MiB.
+  std::size_t read_budget() const {
+    return static_cast<std::size_t>(
+        std::max<std::uint64_t>(std::uint64_t{2} * options_.max_message_size, 1u << 20));
+  }
+  static std::size_t backlog(const std::shared_ptr<ServerConn>& sc) {
+    return sc->held_bytes + sc->out_bytes;
+  }
+  void maybe_resume(const std::shared_ptr<ServerConn>& sc) {
+    if (sc->read_paused && !sc->closing && backlog(sc) < read_budget()) {
+      sc->read_paused = false;
+      read_next(sc);
+    }
   }
 
   void on_hello(const std::shared_ptr<ServerConn>& sc, std::vector<std::byte> bytes) {
@@ -337,6 +415,7 @@ public:
 
   void on_request(const std::shared_ptr<ServerConn>& sc, std::vector<std::byte> bytes) {
     std::shared_ptr<Frame> frame;
+    const std::size_t size = bytes.size();
     try {
       frame = internal::parse_frame(std::move(bytes));
       auto r = frame->root<proto::manager::Request>();
@@ -347,7 +426,7 @@ public:
       return close_conn(sc, "");
     }
     try {
-      dispatch(sc, frame);
+      dispatch(sc, frame, size);
     } catch (const std::exception& e) {
       // A request that Cap'n Proto cannot read all of (a malformed pointer inside it).
       mlog().warning("manager server at " + address_text_ + ": dropped the connection of " +
@@ -358,7 +437,8 @@ public:
 
   // ---- requests --------------------------------------------------------------------------------
 
-  void dispatch(const std::shared_ptr<ServerConn>& sc, const std::shared_ptr<Frame>& frame) {
+  void dispatch(const std::shared_ptr<ServerConn>& sc, const std::shared_ptr<Frame>& frame,
+                std::size_t size) {
     using R = proto::manager::Request;
     auto req = frame->root<R>();
     const std::uint64_t call_id = req.getCallId();
@@ -403,39 +483,49 @@ public:
                           " (typeid '" + typeid_ + "') is not exposed (exposed: " + list + ")")),
                       typeid_ + "." + mname, object_name(typeid_, id));
         }
-        sc->running[call_id] = obj;
-        enqueue_lane(
-            sc, lane,
-            [this, self = shared_from_this(), sc, frame, obj, entry, typeid_, serial, id, call_id,
-             lane, mname] {
-              auto run = [this, self, sc, frame, obj, entry, typeid_, id, call_id, lane, mname] {
-                auto c = frame->root<R>().getCall();
-                CallInfo info{Caller{sc->id, lane},   call_id, id,  typeid_, mname, c.getArgs(),
-                              c.getArgsFingerprint(), ex_,     this};
-                auto done = make_completion(sc, call_id, lane, typeid_ + "." + mname,
-                                            object_name(typeid_, id), c.getArgs());
-                try {
-                  if (mname == "__repr__" || mname == "__str__") {
-                    if (info.args.size() != 0) detail::bad_arity(info, typeid_, 0);
-                    done->complete(obj->repr());
-                  } else {
-                    obj->call(info, done);
-                  }
-                } catch (...) {
-                  done->fail(std::current_exception());
-                }
-              };
-              if (serial)
-                asio::post(*serial, std::move(run));
-              else
-                asio::post(ex_, std::move(run));
-            });
+        // Read here, inside on_request's try: arguments Cap'n Proto cannot read drop the
+        // connection before anything is queued for them.
+        std::string summary = detail::argument_kinds(c.getArgs());
+        sc->running[call_id] = {obj, lane, serial, size};
+        sc->held_bytes += size;
+        enqueue_lane(sc, lane,
+                     [this, self = shared_from_this(), sc, frame, obj, entry, typeid_, serial, id,
+                      call_id, lane, mname, summary = std::move(summary)]() mutable {
+                       auto run = [this, self, sc, frame, obj, entry, typeid_, id, call_id, lane,
+                                   mname, summary = std::move(summary)]() mutable {
+                         auto done = make_completion(sc, call_id, lane, typeid_ + "." + mname,
+                                                     object_name(typeid_, id), std::move(summary));
+                         try {
+                           auto c = frame->root<R>().getCall();
+                           CallInfo info{
+                               Caller{sc->id, lane},   call_id, id,  typeid_, mname, c.getArgs(),
+                               c.getArgsFingerprint(), ex_,     this};
+                           if (mname == "__repr__" || mname == "__str__") {
+                             if (info.args.size() != 0) detail::bad_arity(info, typeid_, 0);
+                             done->complete(obj->repr());
+                           } else {
+                             obj->call(info, done);
+                           }
+                         } catch (...) {
+                           done->fail(std::current_exception());
+                         }
+                       };
+                       if (serial)
+                         asio::post(*serial, std::move(run));
+                       else
+                         asio::post(ex_, std::move(run));
+                     });
         return;
       }
       case R::CREATE: {
         auto c = req.getCreate();
         auto t = c.getTypeid();
-        const std::string typeid_(t.begin(), std::min<std::size_t>(t.size(), 256));
+        if (t.size() > 256)
+          return fail(
+              std::make_exception_ptr(ValueError("create: a typeid of " + std::to_string(t.size()) +
+                                                 " bytes (typeids are at most 256 bytes)")),
+              "create");
+        const std::string typeid_(t.begin(), t.size());
         auto entry = registry_.find(typeid_);
         if (!entry)
           return fail(std::make_exception_ptr(KeyError(
@@ -449,23 +539,28 @@ public:
                                            "methods that return them"))),
                       "create(" + typeid_ + ")");
         if (!admit(sc, call_id, "create", typeid_)) return;
-        sc->running[call_id] = nullptr;
-        enqueue_lane(
-            sc, lane, [this, self = shared_from_this(), sc, frame, entry, typeid_, call_id, lane] {
-              asio::post(ex_, [this, self, sc, frame, entry, typeid_, call_id, lane] {
-                auto c = frame->root<R>().getCreate();
-                CallInfo info{Caller{sc->id, lane},   call_id, 0,   typeid_, typeid_, c.getArgs(),
-                              c.getArgsFingerprint(), ex_,     this};
-                auto done =
-                    make_completion(sc, call_id, lane, "create(" + typeid_ + ")", {}, c.getArgs());
-                try {
-                  auto obj = entry->create(info);
-                  done->new_object(typeid_, std::move(obj));
-                } catch (...) {
-                  done->fail(std::current_exception());
-                }
-              });
-            });
+        std::string summary = detail::argument_kinds(c.getArgs());
+        sc->running[call_id] = {nullptr, lane, std::nullopt, size};
+        sc->held_bytes += size;
+        enqueue_lane(sc, lane,
+                     [this, self = shared_from_this(), sc, frame, entry, typeid_, call_id, lane,
+                      summary = std::move(summary)]() mutable {
+                       asio::post(ex_, [this, self, sc, frame, entry, typeid_, call_id, lane,
+                                        summary = std::move(summary)]() mutable {
+                         auto done = make_completion(sc, call_id, lane, "create(" + typeid_ + ")",
+                                                     {}, std::move(summary));
+                         try {
+                           auto c = frame->root<R>().getCreate();
+                           CallInfo info{
+                               Caller{sc->id, lane},   call_id, 0,   typeid_, typeid_, c.getArgs(),
+                               c.getArgsFingerprint(), ex_,     this};
+                           auto obj = entry->create(info);
+                           done->new_object(typeid_, std::move(obj));
+                         } catch (...) {
+                           done->fail(std::current_exception());
+                         }
+                       });
+                     });
         return;
       }
       case R::INCREF: {
@@ -486,7 +581,7 @@ public:
       }
       case R::PARK: {
         try {
-          park(req.getPark().getId(), req.getPark().getTicket());
+          park(sc, req.getPark().getId(), req.getPark().getTicket());
         } catch (...) {
           fail(std::current_exception(), "park");
         }
@@ -519,7 +614,13 @@ public:
                       "get_methods");
         return reply_value(sc, call_id, methods);
       }
-      case R::DEBUG_INFO: return reply_text(sc, call_id, debug_info());
+      case R::DEBUG_INFO: {
+        auto text = debug_info();
+        const auto cap = static_cast<std::size_t>(options_.max_message_size / 2);
+        if (text.size() > cap)
+          text = text.substr(0, cap) + "\n  ... (cut at " + std::to_string(cap) + " bytes)\n";
+        return reply_text(sc, call_id, text);
+      }
       case R::NUMBER_OF_OBJECTS:
         return reply_value(sc, call_id, static_cast<std::uint64_t>(number_of_objects()));
       case R::SHUTDOWN:
@@ -531,12 +632,18 @@ public:
         request_shutdown();
         return;
       case R::CANCEL: {
+        // The call's own Caller (the lane it came on), not the cancel's: a cancel may come from
+        // another client thread (a timer's).
         auto it = sc->running.find(req.getCancel());
-        if (it != sc->running.end() && it->second) {
-          auto obj = it->second;
-          const Caller who{sc->id, lane};
+        if (it != sc->running.end() && it->second.object) {
+          auto obj = it->second.object;
+          const Caller who{sc->id, it->second.lane};
           const std::uint64_t target = req.getCancel();
-          asio::post(ex_, [obj, who, target] { obj->cancel(who, target); });
+          auto run = [obj, who, target] { obj->cancel(who, target); };
+          if (it->second.serial)
+            asio::post(*it->second.serial, std::move(run));
+          else
+            asio::post(ex_, std::move(run));
         }
         return;
       }
@@ -666,7 +773,18 @@ public:
         server_->finish(sc_, call_id_, lane_,
                         server_->error_bytes(call_id_, e, call_, object_, arguments_));
       } catch (...) {
-        server_->finish(sc_, call_id_, lane_, {});
+        // The error itself could not be encoded (its text, its context): send a plain one, so
+        // that the caller is not left waiting.
+        std::vector<std::byte> bytes;
+        try {
+          bytes = server_->error_bytes(
+              call_id_,
+              std::make_exception_ptr(RuntimeError(call_ + " failed, and its error could not be "
+                                                           "encoded")),
+              {}, {}, {});
+        } catch (...) {
+        }
+        server_->finish(sc_, call_id_, lane_, std::move(bytes));
       }
     }
 
@@ -682,12 +800,7 @@ public:
 
   CompletionPtr make_completion(const std::shared_ptr<ServerConn>& sc, std::uint64_t call_id,
                                 std::uint64_t lane, std::string call, std::string object,
-                                capnp::List<proto::Value>::Reader args) {
-    std::string summary;
-    try {
-      summary = detail::argument_kinds(args);
-    } catch (...) {
-    }
+                                std::string summary) {
     return std::make_shared<Done>(shared_from_this(), sc, call_id, lane, std::move(call),
                                   std::move(object), std::move(summary));
   }
@@ -697,9 +810,13 @@ public:
               std::vector<std::byte> bytes) {
     asio::dispatch(sc->strand, [this, sc, call_id, lane, bytes = std::move(bytes),
                                 self = shared_from_this()]() mutable {
-      sc->running.erase(call_id);
+      if (auto it = sc->running.find(call_id); it != sc->running.end()) {
+        sc->held_bytes -= it->second.bytes;
+        sc->running.erase(it);
+      }
       if (!bytes.empty()) enqueue(sc, std::move(bytes));
       lane_done(sc, lane);
+      maybe_resume(sc);
     });
   }
 
@@ -741,6 +858,7 @@ public:
 
   void enqueue(const std::shared_ptr<ServerConn>& sc, std::vector<std::byte> bytes) {
     if (sc->conn.closed()) return;
+    sc->out_bytes += bytes.size();
     sc->out.push_back(std::move(bytes));
     pump(sc);
   }
@@ -756,12 +874,17 @@ public:
     sc->conn.async_send_bytes(std::span<const std::byte>(front.data(), front.size()),
                               [this, sc, self = shared_from_this()](boost::system::error_code ec) {
                                 sc->writing = false;
-                                if (!sc->out.empty()) sc->out.pop_front();
+                                if (!sc->out.empty()) {
+                                  sc->out_bytes -= sc->out.front().size();
+                                  sc->out.pop_front();
+                                }
                                 if (ec) {
                                   sc->out.clear();
+                                  sc->out_bytes = 0;
                                   return close_conn(sc, "");
                                 }
                                 pump(sc);
+                                maybe_resume(sc);
                               });
   }
 
@@ -774,16 +897,22 @@ public:
     sc->closing = true;
     // A write in progress ends (operation_aborted) once the connection is closed, without
     // touching its buffer again; its handler clears the rest.
-    if (!sc->writing) sc->out.clear();
+    if (!sc->writing) {
+      sc->out.clear();
+      sc->out_bytes = 0;
+    }
     sc->conn.close();
     sc->lanes.clear();
     sc->running.clear();
+    sc->held_bytes = 0;
     release_conn(sc);
   }
 
   void release_conn(const std::shared_ptr<ServerConn>& sc) {
     std::vector<Entry> dead;
-    std::vector<std::shared_ptr<HostedObject>> all;
+    std::vector<std::pair<std::shared_ptr<HostedObject>,
+                          std::optional<asio::strand<asio::any_io_executor>>>>
+        all;
     {
       std::scoped_lock lock(m_);
       if (sc->released) return;
@@ -792,19 +921,32 @@ public:
       sc->held.clear();
       conns_.erase(sc->id);
       if (sc->greeted) {
-        all.reserve(objects_.size());
-        for (auto& [id, e] : objects_) all.push_back(e.object);
+        all.reserve(tracked_.size());
+        for (const auto id : tracked_) {
+          auto it = objects_.find(id);
+          if (it != objects_.end()) all.emplace_back(it->second.object, it->second.serial);
+        }
       }
     }
-    if (!all.empty())
-      asio::post(ex_, [all = std::move(all), conn = sc->id] {
-        for (auto& o : all) {
-          try {
-            o->release_connection(conn);
-          } catch (const std::exception& e) {
-            mlog().warning(std::string("manager server: release_connection failed: ") + e.what());
-          }
-        }
+    auto release = [conn = sc->id](const std::shared_ptr<HostedObject>& o) {
+      try {
+        o->release_connection(conn);
+      } catch (const std::exception& e) {
+        mlog().warning(std::string("manager server: release_connection failed: ") + e.what());
+      }
+    };
+    // A serialized typeid's objects are told on their strand (one call at a time, as promised);
+    // the others together, in one handler.
+    std::vector<std::shared_ptr<HostedObject>> shared;
+    for (auto& each : all) {
+      if (each.second)
+        asio::post(*each.second, [o = each.first, release] { release(o); });
+      else
+        shared.push_back(std::move(each.first));
+    }
+    if (!shared.empty())
+      asio::post(ex_, [shared = std::move(shared), release] {
+        for (auto& o : shared) release(o);
       });
     dead.clear();  // destroyed outside the lock
   }
@@ -828,6 +970,7 @@ public:
       return;
     }
     by_identity_.erase(it->second.object->identity());
+    tracked_.erase(id);
     dead.push_back(std::move(it->second));
     objects_.erase(it);
   }
@@ -869,6 +1012,7 @@ public:
         e.refcount = 1;
         if (entry->serialized) e.serial.emplace(asio::make_strand(ex_));
         by_identity_.emplace(object->identity(), id);
+        if (object->tracks_connections()) tracked_.insert(id);
         e.object = std::move(object);
         objects_.emplace(id, std::move(e));
         sc->held.emplace(id, 1);
@@ -923,45 +1067,72 @@ public:
     std::uint64_t id = 0;
     Clock::time_point deadline;
     bool early_claim = false;  // the claim came first: the park, when it comes, is dropped
+    std::uint64_t conn = 0;    // the connection that made it (0: the server), for its limit
   };
 
-  Clock::time_point park_deadline() const {
-    if (options_.park_ttl.count() <= 0) return Clock::time_point::max();
+  // An early claim's marker waits this long for its park even when parks wait forever.
+  static constexpr std::chrono::seconds kEarlyClaimTtl{300};
+
+  Clock::time_point park_deadline(bool early_claim = false) const {
+    if (options_.park_ttl.count() <= 0)
+      return early_claim ? Clock::now() + kEarlyClaimTtl : Clock::time_point::max();
     return Clock::now() + options_.park_ttl;
   }
 
-  void park(std::uint64_t id, std::uint64_t ticket) {
+  // Under m_: a park or early-claim marker made by connection `conn`, within its limit (parks
+  // outlive their connection, so each connection may leave at most max_objects_held of them).
+  void add_park_locked(std::uint64_t ticket, Park p) {
+    if (p.conn != 0) {
+      auto& n = parks_by_conn_[p.conn];
+      if (n >= options_.max_objects_held)
+        throw ValueError("over the limit of " + std::to_string(options_.max_objects_held) +
+                         " references parked or claimed ahead per connection "
+                         "(ServerOptions::max_objects_held)");
+      ++n;
+    }
+    parks_.emplace(ticket, p);
+  }
+  std::unordered_map<std::uint64_t, Park>::iterator erase_park_locked(
+      std::unordered_map<std::uint64_t, Park>::iterator it) {
+    if (const auto conn = it->second.conn; conn != 0) {
+      auto n = parks_by_conn_.find(conn);
+      if (n != parks_by_conn_.end() && --n->second == 0) parks_by_conn_.erase(n);
+    }
+    return parks_.erase(it);
+  }
+
+  void park(const std::shared_ptr<ServerConn>& sc, std::uint64_t id, std::uint64_t ticket) {
     if (ticket == 0) throw ValueError("park: ticket 0");
     std::scoped_lock lock(m_);
     auto p = parks_.find(ticket);
     if (p != parks_.end()) {
       if (p->second.early_claim && p->second.id == id) {
-        parks_.erase(p);  // claimed already, with a reference of its own
+        erase_park_locked(p);  // claimed already, with a reference of its own
         return;
       }
       throw ValueError("park: ticket already parked");
     }
     auto it = objects_.find(id);
     if (it == objects_.end()) no_object(id, "park");
+    add_park_locked(ticket, Park{id, park_deadline(), false, sc->id});
     ++it->second.refcount;
-    parks_.emplace(ticket, Park{id, park_deadline(), false});
   }
 
-  // Takes over the parked reference of `ticket`, or a new one; `sc` null: a hosted object.
-  void claim_locked(std::uint64_t id, std::uint64_t ticket, const char* what) {
+  // Takes over the parked reference of `ticket`, or a new one; `conn` 0: a hosted object.
+  void claim_locked(std::uint64_t id, std::uint64_t ticket, const char* what, std::uint64_t conn) {
     if (ticket != 0) {
       auto p = parks_.find(ticket);
       if (p != parks_.end() && !p->second.early_claim) {
         if (p->second.id != id)
           throw ValueError(std::string(what) + ": ticket parked for another object");
-        parks_.erase(p);
+        erase_park_locked(p);
         return;  // the park's reference is now the claimer's
       }
     }
     auto it = objects_.find(id);
     if (it == objects_.end()) no_object(id, what);
+    if (ticket != 0) add_park_locked(ticket, Park{id, park_deadline(true), true, conn});
     ++it->second.refcount;
-    if (ticket != 0) parks_.emplace(ticket, Park{id, park_deadline(), true});
   }
 
   void claim(const std::shared_ptr<ServerConn>& sc, std::uint64_t id, std::uint64_t ticket) {
@@ -971,7 +1142,7 @@ public:
       no_object(id, "claim");
     hold_locked(sc, id);
     try {
-      claim_locked(id, ticket, "claim");
+      claim_locked(id, ticket, "claim", sc->id);
     } catch (...) {
       auto h = sc->held.find(id);
       if (h != sc->held.end() && --h->second == 0) sc->held.erase(h);
@@ -982,7 +1153,7 @@ public:
   // RefHost
   void hold(std::uint64_t id, std::uint64_t ticket) override {
     std::scoped_lock lock(m_);
-    claim_locked(id, ticket, "hold");
+    claim_locked(id, ticket, "hold", 0);
   }
   void drop(std::uint64_t id) noexcept override {
     std::vector<Entry> dead;
@@ -1010,9 +1181,12 @@ public:
   }
 
   void schedule_sweep() {
-    if (options_.park_ttl.count() <= 0) return;
-    auto period = std::clamp<std::chrono::milliseconds>(
-        options_.park_ttl / 4, std::chrono::milliseconds(5), std::chrono::milliseconds(1000));
+    // With parks that wait forever, the sweep still ends early claims' markers.
+    const auto ttl = options_.park_ttl.count() > 0
+                         ? options_.park_ttl
+                         : std::chrono::duration_cast<std::chrono::milliseconds>(kEarlyClaimTtl);
+    auto period = std::clamp<std::chrono::milliseconds>(ttl / 4, std::chrono::milliseconds(5),
+                                                        std::chrono::milliseconds(1000));
     std::scoped_lock lock(timer_m_);
     if (shutdown_requested()) return;
     sweep_timer_ = std::make_shared<asio::steady_timer>(ex_, period);
@@ -1032,7 +1206,7 @@ public:
       for (auto it = parks_.begin(); it != parks_.end();) {
         if (it->second.deadline <= now) {
           if (!it->second.early_claim) drop_locked(it->second.id, 1, dead);
-          it = parks_.erase(it);
+          it = erase_park_locked(it);
         } else {
           ++it;
         }
@@ -1106,11 +1280,14 @@ public:
   std::condition_variable cv_;
   bool started_ = false;
   bool stopped_ = false;
+  bool stop_done_ = false;  // the stop() that set stopped_ has returned
   bool shutdown_requested_ = false;
   std::atomic<bool> closed_all_{false};
   std::unordered_map<std::uint64_t, Entry> objects_;
   std::unordered_map<const void*, std::uint64_t> by_identity_;
+  std::unordered_set<std::uint64_t> tracked_;  // objects whose release_connection() does work
   std::unordered_map<std::uint64_t, Park> parks_;
+  std::unordered_map<std::uint64_t, std::uint32_t> parks_by_conn_;  // conn → parks it made
   std::unordered_map<std::uint64_t, std::shared_ptr<ServerConn>> conns_;
   std::uint64_t next_object_ = 1;
   std::uint64_t next_conn_ = 1;
@@ -1128,7 +1305,8 @@ Server::Server(const Registry& registry, std::optional<Address> address, ServerO
 
 Server::~Server() {
   try {
-    impl_->stop();
+    auto keep = impl_;  // alive while stop() runs, whatever another thread does with *this
+    keep->stop();
   } catch (const std::exception& e) {
     mlog().error(std::string("manager server: stop failed in the destructor: ") + e.what());
   }
@@ -1141,12 +1319,14 @@ void Server::start() {
   impl_->start();
 }
 void Server::serve_forever() {
-  impl_->start();
-  impl_->wait_for_shutdown();
-  impl_->stop();
+  auto keep = impl_;
+  keep->start();
+  keep->wait_for_shutdown();
+  keep->stop();
 }
 void Server::stop() {
-  impl_->stop();
+  auto keep = impl_;
+  keep->stop();
 }
 void Server::request_shutdown() noexcept {
   impl_->request_shutdown();

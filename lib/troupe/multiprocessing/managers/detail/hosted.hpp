@@ -112,6 +112,10 @@ public:
   /// what it held (locks owned by its Callers). Called once per closed connection for every
   /// hosted object, from a host thread, outside any call of this object.
   virtual void release_connection(std::uint64_t /*connection*/) {}
+  /// False when release_connection() does nothing for this object (plain values, containers,
+  /// registered classes): the host then does not visit it when a connection closes, so that a
+  /// disconnect costs what the objects that track connections cost, not the whole table.
+  virtual bool tracks_connections() const noexcept { return true; }
   /// The client gave up waiting for call `call_id` of `who` (a timeout or a stop on its side):
   /// an object that parks waiters fails or forgets that one. The call still completes (the reply
   /// is then dropped).

@@ -234,6 +234,7 @@ public:
     return "<" + codec_detail::class_name<T>() + " object at " + at + ">";
   }
   const void* identity() const noexcept override { return object_.get(); }
+  bool tracks_connections() const noexcept override { return false; }
   const std::shared_ptr<T>& object() const noexcept { return object_; }
 
   void call(const CallInfo& call, CompletionPtr done) override {
