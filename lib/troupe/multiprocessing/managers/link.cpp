@@ -6,6 +6,7 @@
 
 #include <atomic>
 #include <condition_variable>
+#include <future>
 #include <thread>
 #include <vector>
 
@@ -177,7 +178,14 @@ void Link::connect(const LinkOptions& options) {
   auto frame = internal::parse_frame(std::move(bytes));
   auto g = frame->root<proto::manager::Greeting>();
   if (g.isRefused()) throw_error(ErrorEnvelope::decode(g.getRefused()));
+  if (!g.isWelcome())
+    throw ValueError("the manager at " + address_text_ + " answered the Hello with neither a " +
+                     "welcome nor a refusal");
   auto w = g.getWelcome();
+  if (w.getVersion() != proto::manager::PROTOCOL_VERSION)
+    throw ValueError("the manager at " + address_text_ + " speaks protocol version " +
+                     std::to_string(w.getVersion()) + ", this client version " +
+                     std::to_string(proto::manager::PROTOCOL_VERSION));
   server_pid_ = w.getPid();
   auto name = w.getServerName();
   server_name_ = std::string(name.begin(), name.size());
@@ -284,7 +292,8 @@ void Link::send(const Build& build) {
   enqueue(build_frame(id, build));
 }
 
-std::shared_ptr<Frame> Link::call(const Build& build) {
+std::shared_ptr<Frame> Link::call(const Build& build,
+                                  std::optional<std::chrono::nanoseconds> timeout) {
   if (on_link_thread())
     throw RuntimeError(
         "a blocking call to the manager at " + address_text_ +
@@ -308,7 +317,14 @@ std::shared_ptr<Frame> Link::call(const Build& build) {
     w->cv.notify_one();
   });
   std::unique_lock lock(w->m);
-  w->cv.wait(lock, [&] { return w->done; });
+  if (!timeout) {
+    w->cv.wait(lock, [&] { return w->done; });
+  } else if (!w->cv.wait_for(lock, *timeout, [&] { return w->done; })) {
+    throw troupe::TimeoutError(
+        "the manager at " + address_text_ + " did not answer within " +
+        std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(*timeout).count()) +
+        " ms");
+  }
   if (w->error) std::rethrow_exception(w->error);
   auto reply = w->frame->root<proto::manager::Reply>();
   if (reply.isError()) throw_error(ErrorEnvelope::decode(reply.getError()));
@@ -323,8 +339,34 @@ void Link::enqueue(std::vector<std::byte> bytes) {
   });
 }
 
+void Link::flush(std::chrono::nanoseconds timeout) {
+  if (on_link_thread()) return;
+  {
+    std::scoped_lock lock(m_);
+    if (dead_ || ::getpid() != pid_) return;
+  }
+  auto done = std::make_shared<std::promise<void>>();
+  auto drained = done->get_future();
+  // Posted after the requests it waits for (one runner thread: posts run in order).
+  asio::post(runner_->ctx, [this, self = shared_from_this(), done] {
+    drained_.push_back([done] { done->set_value(); });
+    if (!writing_ && out_.empty()) notify_drained();
+  });
+  drained.wait_for(timeout);
+}
+
+void Link::notify_drained() {
+  auto waiting = std::move(drained_);
+  drained_.clear();
+  for (auto& f : waiting) f();
+}
+
 void Link::pump() {
-  if (writing_ || out_.empty()) return;
+  if (writing_) return;
+  if (out_.empty()) {
+    if (!drained_.empty()) notify_drained();
+    return;
+  }
   writing_ = true;
   const auto& front = out_.front();
   conn_->async_send_bytes(std::span<const std::byte>(front.data(), front.size()),
@@ -393,6 +435,7 @@ void Link::die(const std::string& why) {
   }
   conn_->close();
   out_.clear();
+  notify_drained();
   if (!pending.empty()) {
     auto e = dead_error();
     for (auto& [id, h] : pending) h(e, nullptr);

@@ -228,15 +228,18 @@ void BaseManager::shutdown() {
   auto link = std::move(link_);
   if (!process_) {
     // A connected manager: ask the server.
+    // Bounded: a server whose threads are all busy in blocking methods must not hang us.
     if (!link || !link->alive()) link = detail::Link::get(*address_, authkey_, options_.link);
-    link->call([](proto::manager::Request::Builder r) { r.setShutdown(); });
     detail::Link::forget(*address_);
+    link->call([](proto::manager::Request::Builder r) { r.setShutdown(); },
+               options_.shutdown_timeout);
     return;
   }
   try {
     if (process_->is_alive()) {
       if (!link || !link->alive()) link = detail::Link::get(*address_, authkey_, options_.link);
-      link->call([](proto::manager::Request::Builder r) { r.setShutdown(); });
+      link->call([](proto::manager::Request::Builder r) { r.setShutdown(); },
+                 options_.shutdown_timeout);
     }
   } catch (const std::exception&) {
     // The server is gone or does not answer: the signals below.

@@ -102,6 +102,9 @@ void BaseProxy::_write_ref(proto::Ref::Builder out) const {
   out.setId(t.id);
   out.setFingerprint(t.fingerprint);
   out.setTicket(ticket);
+  // The park is on its way to the server before the value leaves this process: a sender that
+  // exits right after sending the proxy must not take its receiver's reference with it.
+  link->flush(std::chrono::seconds(10));
 }
 
 namespace {

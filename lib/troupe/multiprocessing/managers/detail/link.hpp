@@ -72,8 +72,15 @@ public:
   void send(const Build& build);
   /// request() and wait: the reply's frame. An error reply is thrown as its class
   /// (throw_error); a dead link throws ConnectionError naming the server.
+  /// With a `timeout`, a reply that does not come in time throws TimeoutError naming the server
+  /// (the call is not cancelled: its reply, if it comes, is dropped).
   /// @throws RuntimeError on the link's own thread (it would wait for itself).
-  std::shared_ptr<Frame> call(const Build& build);
+  std::shared_ptr<Frame> call(const Build& build,
+                              std::optional<std::chrono::nanoseconds> timeout = std::nullopt);
+  /// Waits (at most `timeout`) until every request sent before this call has been handed to
+  /// the socket: a park sent for a proxy in transit must reach the server even if this process
+  /// exits right after. Nothing on the link's own thread, or once the link is dead.
+  void flush(std::chrono::nanoseconds timeout);
 
   const Address& address() const noexcept { return address_; }
   const std::string& address_text() const noexcept { return address_text_; }
@@ -119,6 +126,9 @@ private:
   // On the runner's thread: frames waiting to be written.
   std::deque<std::vector<std::byte>> out_;
   bool writing_ = false;
+  // On the runner's thread: flush() callers waiting for out_ to drain.
+  std::vector<std::function<void()>> drained_;
+  void notify_drained();
   friend void after_fork_in_child() noexcept;
 };
 
