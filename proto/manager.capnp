@@ -70,6 +70,12 @@ struct Request {
     shutdown @11 :Void;       # the server stops (only while shutdown is allowed)
     cancel @12 :UInt64;       # gives up waiting for call id (a timeout or a stop on the client)
     ping @13 :Void;           # liveness (an idle link's heartbeat)
+    # A SharedMemoryManager's server (ServerOptions::track_segments; others refuse these):
+    trackSegment @14 :Text;   # unlink this shared memory segment (its name, without the leading
+                              # '/') when the server stops; Python's track_segment
+    releaseSegment @15 :Text; # unlink it now and forget it; Python's release_segment
+    listSegments @16 :Void;   # the names tracked, in order (a list of str); Python's
+                              # list_segments
   }
 }
 

@@ -11,4 +11,5 @@
 #include "troupe/multiprocessing/managers/proxy.hpp"
 #include "troupe/multiprocessing/managers/registry.hpp"
 #include "troupe/multiprocessing/managers/server.hpp"
+#include "troupe/multiprocessing/managers/shared_memory_manager.hpp"
 #include "troupe/multiprocessing/managers/sync_manager.hpp"

@@ -18,7 +18,7 @@ using StartReport = std::tuple<bool, std::string, std::vector<std::byte>>;
 
 // The server options that travel to a spawned server process (no TLS: a context cannot).
 using WireServerOptions = std::tuple<std::uint64_t, std::uint32_t, std::uint32_t, std::int64_t,
-                                     std::uint32_t, bool, std::int64_t, int>;
+                                     std::uint32_t, bool, std::int64_t, int, bool>;
 
 WireServerOptions to_wire(const ServerOptions& o) {
   return {o.max_message_size,
@@ -28,7 +28,8 @@ WireServerOptions to_wire(const ServerOptions& o) {
           o.threads,
           o.allow_shutdown,
           o.listener.handshake_timeout.count(),
-          o.listener.backlog};
+          o.listener.backlog,
+          o.track_segments};
 }
 
 ServerOptions from_wire(const WireServerOptions& w) {
@@ -41,6 +42,7 @@ ServerOptions from_wire(const WireServerOptions& w) {
   o.allow_shutdown = std::get<5>(w);
   o.listener.handshake_timeout = std::chrono::milliseconds(std::get<6>(w));
   o.listener.backlog = std::get<7>(w);
+  o.track_segments = std::get<8>(w);
   return o;
 }
 

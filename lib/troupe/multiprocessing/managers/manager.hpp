@@ -82,7 +82,7 @@ public:
   /// Python: `shutdown()`: for a server this manager started: asks it to stop, waits up to
   /// shutdown_timeout, then SIGTERM, waits again, then SIGKILL; always returns. For a connected
   /// manager: sends the server a shutdown request (not in Python, which has no shutdown() then).
-  void shutdown();
+  virtual void shutdown();
   /// Python: `join(timeout=None)`: waits for the server process. @throws ProcessError if none.
   void join(Timeout timeout = {});
   /// Python: `address`: the server's address (a port 0 resolved once started).
@@ -135,6 +135,11 @@ public:
 
 protected:
   BaseManager(const Registry& registry, ManagerOptions options);
+  /// Whether start() started a server process that has not been shut down (what the
+  /// destructor shuts down).
+  bool owns_running_server() const noexcept {
+    return state_ == State::started && process_.has_value();
+  }
 
 private:
   enum class State { initial, started, shutdown };

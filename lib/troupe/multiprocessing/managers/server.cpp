@@ -1,6 +1,7 @@
 // The object host (server.hpp): connections, lanes, the object table and its references.
 #include "troupe/multiprocessing/managers/server.hpp"
 
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -291,6 +292,7 @@ public:
       parks_by_conn_.clear();
     }
     objects.clear();  // the objects' destructors run here, outside the lock
+    unlink_segments();
   }
 
   // ---- accepting -----------------------------------------------------------------------------
@@ -648,6 +650,36 @@ public:
         return;
       }
       case R::PING: return reply_value(sc, call_id, std::monostate{});
+      case R::TRACK_SEGMENT:
+      case R::RELEASE_SEGMENT:
+      case R::LIST_SEGMENTS: {
+        const char* what = req.isTrackSegment()     ? "track_segment"
+                           : req.isReleaseSegment() ? "release_segment"
+                                                    : "list_segments";
+        try {
+          if (!options_.track_segments)
+            throw AttributeError(std::string(what) + ": the manager at " + address_text_ + " (" +
+                                 registry_.name() +
+                                 ") is not a SharedMemoryManager's server: it tracks no segments");
+          if (req.isListSegments()) {
+            std::vector<std::string> names;
+            {
+              std::scoped_lock lock(m_);
+              names = segments_;
+            }
+            return reply_value(sc, call_id, names);
+          }
+          auto t = req.isTrackSegment() ? req.getTrackSegment() : req.getReleaseSegment();
+          const std::string name = segment_name(std::string_view(t.begin(), t.size()), what);
+          if (req.isTrackSegment())
+            track_segment(name);
+          else
+            release_segment(name);
+          return reply_value(sc, call_id, std::monostate{});
+        } catch (...) {
+          return fail(std::current_exception(), what);
+        }
+      }
     }
     fail(std::make_exception_ptr(ValueError("unknown request kind " +
                                             std::to_string(static_cast<unsigned>(req.which())))),
@@ -1214,6 +1246,52 @@ public:
     }
   }
 
+  // ---- shared memory segments (a SharedMemoryManager's server) ------------------------------
+
+  // `name` as a segment name (without the leading '/'), or a ValueError naming it.
+  static std::string segment_name(std::string_view name, const char* what) {
+    if (name.empty() || name.size() > 250 || name.find('/') != std::string_view::npos ||
+        name.find('\0') != std::string_view::npos)
+      throw ValueError(std::string(what) + ": '" +
+                       std::string(name.substr(0, std::min<std::size_t>(name.size(), 64))) +
+                       "' is not a shared memory segment name (1 to 250 bytes, no '/')");
+    return std::string(name);
+  }
+
+  void track_segment(const std::string& name) {
+    std::scoped_lock lock(m_);
+    if (std::find(segments_.begin(), segments_.end(), name) != segments_.end()) return;
+    if (segments_.size() >= options_.max_objects_held)
+      throw ValueError("track_segment: over the limit of " +
+                       std::to_string(options_.max_objects_held) +
+                       " segments tracked (ServerOptions::max_objects_held)");
+    segments_.push_back(name);
+  }
+
+  // Python's release_segment: unlinks the segment now (FileNotFoundError if it is gone).
+  void release_segment(const std::string& name) {
+    {
+      std::scoped_lock lock(m_);
+      std::erase(segments_, name);
+    }
+    if (::shm_unlink(("/" + name).c_str()) != 0)
+      throw_os_error(errno, "release_segment: unlinking shared memory '" + name + "'");
+  }
+
+  // At stop: every tracked segment goes (one a client unlinked already is skipped).
+  void unlink_segments() noexcept {
+    std::vector<std::string> names;
+    {
+      std::scoped_lock lock(m_);
+      names.swap(segments_);
+    }
+    for (const auto& n : names) {
+      if (::shm_unlink(("/" + n).c_str()) != 0 && errno != ENOENT)
+        mlog().warning("manager server at " + address_text_ + ": unlinking shared memory '" + n +
+                       "' failed: " + std::strerror(errno));
+    }
+  }
+
   // ---- introspection -----------------------------------------------------------------------
 
   std::size_t number_of_objects() const {
@@ -1286,6 +1364,7 @@ public:
   std::unordered_map<std::uint64_t, Entry> objects_;
   std::unordered_map<const void*, std::uint64_t> by_identity_;
   std::unordered_set<std::uint64_t> tracked_;  // objects whose release_connection() does work
+  std::vector<std::string> segments_;          // shared memory tracked, in order (track_segments)
   std::unordered_map<std::uint64_t, Park> parks_;
   std::unordered_map<std::uint64_t, std::uint32_t> parks_by_conn_;  // conn → parks it made
   std::unordered_map<std::uint64_t, std::shared_ptr<ServerConn>> conns_;

@@ -42,6 +42,10 @@ struct ServerOptions {
   unsigned threads = 0;
   /// Whether a client's shutdown() stops the server (Python: always).
   bool allow_shutdown = true;
+  /// Python's SharedMemoryServer: clients may ask the server to track shared memory segments
+  /// (track_segment, release_segment, list_segments), which it unlinks when it stops. Set by
+  /// SharedMemoryManager. At most max_objects_held segments are tracked.
+  bool track_segments = false;
   /// The listener: authkey (required on network addresses), TLS, handshake deadline, backlog
   /// (default here 128, Python's 16).
   ListenerOptions listener = default_listener();

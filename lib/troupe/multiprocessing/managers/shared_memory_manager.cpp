@@ -1,0 +1,93 @@
+// SharedMemoryManager (shared_memory_manager.hpp).
+#include "troupe/multiprocessing/managers/shared_memory_manager.hpp"
+
+#include <sys/mman.h>
+
+#include <algorithm>
+
+#include "troupe/multiprocessing/managers/detail/link.hpp"
+
+namespace troupe::multiprocessing::managers {
+
+namespace {
+// A server started by spawn or forkserver looks the registry up by name in a program that may
+// never have made a SharedMemoryManager: it exists once the library is loaded.
+const bool g_registered = (SharedMemoryManager::registry(), true);
+
+ManagerOptions tracking(ManagerOptions options) {
+  options.server.track_segments = true;
+  return options;
+}
+}  // namespace
+
+SharedMemoryManager::SharedMemoryManager(ManagerOptions options)
+    : Manager(tracking(std::move(options))) {}
+
+SharedMemoryManager::~SharedMemoryManager() {
+  // As BaseManager's: only a server this manager started is shut down (a connected manager's
+  // segments stay with the server that tracks them).
+  if (!owns_running_server()) return;
+  try {
+    shutdown();
+  } catch (...) {
+  }
+}
+
+void SharedMemoryManager::track(const std::string& name) {
+  auto link = _link();
+  link->call([&](proto::manager::Request::Builder r) { r.setTrackSegment(name.c_str()); });
+  made_.push_back(name);
+}
+
+shared_memory::SharedMemory SharedMemoryManager::SharedMemory(std::size_t size) {
+  shared_memory::SharedMemory shm(std::nullopt, true, size);
+  try {
+    track(shm.name());
+  } catch (...) {
+    shm.unlink();  // as Python: a segment the server does not know must not outlive the call
+    throw;
+  }
+  return shm;
+}
+
+shared_memory::ShareableList SharedMemoryManager::ShareableList(
+    const std::vector<shared_memory::ShareableItem>& sequence) {
+  shared_memory::ShareableList list(sequence);
+  try {
+    track(list.shm().name());
+  } catch (...) {
+    list.shm().unlink();
+    throw;
+  }
+  return list;
+}
+
+std::vector<std::string> SharedMemoryManager::list_segments() {
+  auto link = _link();
+  auto f = link->call([](proto::manager::Request::Builder r) { r.setListSegments(); });
+  return Codec<std::vector<std::string>>::decode(f->root<proto::manager::Reply>().getResult());
+}
+
+void SharedMemoryManager::release_segment(const std::string& name) {
+  auto link = _link();
+  link->call([&](proto::manager::Request::Builder r) { r.setReleaseSegment(name.c_str()); });
+  std::erase(made_, name);
+}
+
+void SharedMemoryManager::shutdown() {
+  try {
+    BaseManager::shutdown();
+  } catch (...) {
+    unlink_leftovers();
+    throw;
+  }
+  unlink_leftovers();
+}
+
+void SharedMemoryManager::unlink_leftovers() noexcept {
+  // A clean shutdown unlinked them all on the server (ENOENT here); a killed server did not.
+  for (const auto& name : made_) (void)::shm_unlink(("/" + name).c_str());
+  made_.clear();
+}
+
+}  // namespace troupe::multiprocessing::managers

@@ -1,0 +1,51 @@
+// troupe/multiprocessing/managers/shared_memory_manager.hpp — Python's
+// `multiprocessing.managers.SharedMemoryManager`: a manager whose server tracks the shared
+// memory segments made through it and unlinks them when it stops.
+#pragma once
+
+#include <cstddef>
+#include <string>
+#include <vector>
+
+#include "troupe/multiprocessing/managers/manager.hpp"
+#include "troupe/multiprocessing/shared_memory.hpp"
+
+namespace troupe::multiprocessing::managers {
+
+/// Python: `SharedMemoryManager(address=None, authkey=None)`. `SharedMemory(size)` and
+/// `ShareableList(sequence)` make a segment in this process and have the server track it; the
+/// server unlinks every tracked segment when it stops (`shutdown()`, the destructor). If the
+/// server process died first (killed), shutdown() unlinks the segments this manager made, and
+/// the resource tracker unlinks them when the process tree ends in any case: nothing is left in
+/// /dev/shm. It is a BaseManager: `register_` and `create` work as for any manager class.
+class SharedMemoryManager : public Manager<SharedMemoryManager> {
+public:
+  explicit SharedMemoryManager(ManagerOptions options = {});
+  /// Shuts the server down (as BaseManager's), then unlinks what is left of this manager's
+  /// segments.
+  ~SharedMemoryManager() override;
+
+  /// Python: `SharedMemory(size)`: a new segment of `size` bytes, tracked by the server.
+  /// @throws what SharedMemory throws; what the server answers (it is unlinked then).
+  shared_memory::SharedMemory SharedMemory(std::size_t size);
+  /// Python: `ShareableList(sequence)`: a new ShareableList, its segment tracked by the server.
+  shared_memory::ShareableList ShareableList(
+      const std::vector<shared_memory::ShareableItem>& sequence);
+
+  /// The server's `list_segments()`: the names it tracks, in the order they came.
+  std::vector<std::string> list_segments();
+  /// The server's `release_segment(name)`: unlinks the segment now and forgets it.
+  /// @throws FileNotFoundError if it is gone already.
+  void release_segment(const std::string& name);
+
+  /// BaseManager::shutdown(), then the segments this manager made that are still there are
+  /// unlinked (the server did not: it was killed, or never answered).
+  void shutdown() override;
+
+private:
+  void track(const std::string& name);
+  void unlink_leftovers() noexcept;
+  std::vector<std::string> made_;  // segments made through this manager
+};
+
+}  // namespace troupe::multiprocessing::managers
