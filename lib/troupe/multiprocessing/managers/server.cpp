@@ -116,6 +116,7 @@ public:
   // ---- lifecycle ---------------------------------------------------------------------------
 
   void start() {
+    std::scoped_lock life(life_m_);  // a concurrent stop() waits until the threads exist
     std::unique_lock lock(m_);
     if (started_ || stopped_) return;  // a stop() that came first wins: nothing starts after it
     started_ = true;
@@ -198,6 +199,7 @@ public:
       shutdown_requested_ = true;
     }
     cv_.notify_all();
+    std::scoped_lock life(life_m_);  // after a concurrent start() has made its threads
     struct Done {
       Impl* self;
       ~Done() {
@@ -1354,6 +1356,7 @@ public:
   std::mutex timer_m_;  // sweep_timer_'s
   std::shared_ptr<asio::steady_timer> sweep_timer_;
 
+  std::mutex life_m_;  // start() against stop(): threads_, work_, own_'s lifetime
   mutable std::mutex m_;
   std::condition_variable cv_;
   bool started_ = false;
