@@ -994,8 +994,8 @@ TEST_F(WaitsTest, ReleaseConnectionFailsWaitersAndReleasesLocks) {
   EXPECT_TRUE(rb.ok(true));
   EXPECT_TRUE(rlock.is_owned(B));
 
-  // Lock: released if the closed connection acquired it; not if someone else did.
-  AsyncLock lock(ex);
+  // Lock (release_held): released if the closed connection acquired it; not if someone else did.
+  AsyncLock lock(ex, OnDisconnect::release_held);
   GotBool l1;
   lock.async_acquire(A, true, std::nullopt, l1.h());
   run();
@@ -1003,6 +1003,16 @@ TEST_F(WaitsTest, ReleaseConnectionFailsWaitersAndReleasesLocks) {
   EXPECT_TRUE(lock.locked());
   lock.release_connection(A.connection);
   EXPECT_FALSE(lock.locked());
+
+  // Lock (keep, the default, Python's): stays locked; anyone may release it.
+  AsyncLock kept(ex);
+  GotBool k0;
+  kept.async_acquire(A, true, std::nullopt, k0.h());
+  run();
+  kept.release_connection(A.connection);
+  EXPECT_TRUE(kept.locked());
+  kept.release(B);
+  EXPECT_FALSE(kept.locked());
 
   // Condition: a waiter of the connection fails; the lock it re-acquires is not taken.
   AsyncCondition cond(ex);
@@ -1020,7 +1030,7 @@ TEST_F(WaitsTest, ReleaseConnectionFailsWaitersAndReleasesLocks) {
   cond.release(B);
 
   // BoundedSemaphore (release_held): the units the connection holds come back.
-  AsyncBoundedSemaphore bsem(ex, 3);
+  AsyncBoundedSemaphore bsem(ex, 3, OnDisconnect::release_held);
   GotBool s1, s2, s3, s4;
   bsem.async_acquire(A, true, std::nullopt, s1.h());
   bsem.async_acquire(A2, true, std::nullopt, s2.h());

@@ -82,7 +82,8 @@ struct LockWaiter : BoolWaiter<LockWaiter> {
 };
 
 struct LockCore : std::enable_shared_from_this<LockCore> {
-  LockCore(boost::asio::any_io_executor e, bool re) : ex(std::move(e)), reentrant(re) {}
+  LockCore(boost::asio::any_io_executor e, bool re, OnDisconnect p = OnDisconnect::keep)
+      : ex(std::move(e)), reentrant(re), policy(p) {}
   ~LockCore() {
     Completions out(ex);
     fail_destroyed(waiters, name(), out);
@@ -172,14 +173,18 @@ struct LockCore : std::enable_shared_from_this<LockCore> {
     waiters.remove(w)->succeed(out, false);
   }
 
-  // Under mu: the connection's acquirers fail, and its hold is released.
+  // Under mu: the connection's acquirers fail; an RLock it owns is released (nobody else can
+  // release it), a Lock it acquired last only under OnDisconnect::release_held.
   void release_connection_locked(std::uint64_t connection, Completions& out) {
     fail_connection(waiters, connection, out);
-    if (locked && owner.connection == connection) unlock(out);
+    if (locked && owner.connection == connection &&
+        (reentrant || policy == OnDisconnect::release_held))
+      unlock(out);
   }
 
   const boost::asio::any_io_executor ex;
   const bool reentrant;
+  const OnDisconnect policy;
   mutable std::mutex mu;
   bool locked = false;
   Caller owner{};           // RLock: the owner; Lock: who acquired it last
@@ -504,8 +509,8 @@ struct BarrierCore : std::enable_shared_from_this<BarrierCore> {
 // ---------------------------------------------------------------------------------------------
 // The classes
 
-AsyncLock::AsyncLock(boost::asio::any_io_executor ex)
-    : core_(std::make_shared<waits::LockCore>(std::move(ex), false)) {}
+AsyncLock::AsyncLock(boost::asio::any_io_executor ex, OnDisconnect on_disconnect)
+    : core_(std::make_shared<waits::LockCore>(std::move(ex), false, on_disconnect)) {}
 AsyncLock::~AsyncLock() = default;
 
 WaitId AsyncLock::async_acquire(Caller who, bool block, WaitTimeout timeout, DoneBool done) {

@@ -63,9 +63,9 @@
 //   one or more"; bounded and over the initial value → ValueError "Semaphore released too many
 //   times". On disconnect, by OnDisconnect: release_held gives back the units the connection
 //   holds (units its callers acquired less units they released, never below 0, and a bounded
-//   semaphore never above its initial value); keep gives back nothing. Defaults: keep for
-//   Semaphore (often a counter that another party signals: giving back would forge a signal),
-//   release_held for BoundedSemaphore (a limiter of a resource, its purpose in Python).
+//   semaphore never above its initial value); keep gives back nothing. Default: keep, Python's
+//   behaviour (CPython's tests have a process acquire and exit, and its parent release);
+//   release_held suits a limiter of a resource whose holders may die.
 // - AsyncEvent: set, clear, is_set, wait: true once set (even if cleared again before the
 //   handler runs), false on timeout, is_set() at once for timeout <= 0. Nothing is held.
 // - AsyncBarrier(parties, timeout, action): parties < 1 → ValueError "parties must be > 0". wait
@@ -331,11 +331,14 @@ struct BarrierCore;
 // ---------------------------------------------------------------------------------------------
 // Lock, RLock, Condition
 
-/// Python: `threading.Lock`, managed. Not owner-checked; its holder (who acquired it last) is
-/// what release_connection() releases.
+/// Python: `threading.Lock`, managed. Not owner-checked: any caller may release it. On
+/// disconnect, by OnDisconnect: keep (the default, Python's: a process may acquire a lock and
+/// exit, and another release it) or release_held (the lock is released if the closed
+/// connection acquired it last).
 class AsyncLock {
 public:
-  explicit AsyncLock(boost::asio::any_io_executor ex);
+  explicit AsyncLock(boost::asio::any_io_executor ex,
+                     OnDisconnect on_disconnect = OnDisconnect::keep);
   ~AsyncLock();
   AsyncLock(const AsyncLock&) = delete;
   AsyncLock& operator=(const AsyncLock&) = delete;
@@ -460,7 +463,7 @@ private:
 class AsyncBoundedSemaphore : public AsyncSemaphore {
 public:
   explicit AsyncBoundedSemaphore(boost::asio::any_io_executor ex, std::int64_t value = 1,
-                                 OnDisconnect on_disconnect = OnDisconnect::release_held)
+                                 OnDisconnect on_disconnect = OnDisconnect::keep)
       : AsyncSemaphore(std::move(ex), value, true, on_disconnect) {}
 };
 

@@ -1,0 +1,132 @@
+// What a managed lock or semaphore keeps when the process that acquired it exits or is killed:
+// CPython's TestSyncManagerTypes (test_lock, test_rlock, test_semaphore, test_bounded_semaphore)
+// has a child acquire and exit and the parent release. A Lock and the semaphores keep what was
+// acquired (Python's behaviour); an RLock, which only its owner may release, is released.
+#include <signal.h>
+
+#include <chrono>
+#include <string>
+#include <thread>
+
+#include "troupe/entry.hpp"
+#include "troupe/errors.hpp"
+#include "troupe/multiprocessing/managers/sync_manager.hpp"
+#include "troupe/multiprocessing/process.hpp"
+
+#include "leak_check.hpp"
+
+namespace disconnect_test {
+
+namespace mp = troupe::multiprocessing;
+namespace mm = troupe::multiprocessing::managers;
+using namespace std::chrono_literals;
+
+// A child: acquires and returns (its connection closes as it exits).
+void acquire_and_exit(mm::AcquirerProxy lock) {
+  if (!lock.acquire(true, 60s)) troupe::sys_exit(3);
+}
+TROUPE_ENTRY(acquire_and_exit);
+
+// A child: acquires, tells the parent, and waits to be killed.
+void acquire_and_hang(mm::AcquirerProxy lock, mm::EventProxy acquired) {
+  if (!lock.acquire(true, 60s)) troupe::sys_exit(3);
+  acquired.set();
+  for (int i = 0; i < 600; ++i) std::this_thread::sleep_for(100ms);
+}
+TROUPE_ENTRY(acquire_and_hang);
+
+namespace {
+
+using troupe::testing::eventually;
+
+class DisconnectTest : public troupe::testing::LeakCheck,
+                       public ::testing::WithParamInterface<std::string> {
+protected:
+  mm::ManagerOptions options() {
+    mm::ManagerOptions o;
+    o.start_method = GetParam();
+    return o;
+  }
+  void run_child(mm::AcquirerProxy lock) {
+    mp::ProcessOptions po;
+    po.start_method = GetParam();
+    po.fork_with_threads = true;
+    mp::Process child(po, &acquire_and_exit, lock);
+    child.start();
+    child.join(60s);
+    ASSERT_EQ(child.exitcode(), 0);
+  }
+  void SetUp() override {
+    if (troupe::testing::kTsanForkLimit && GetParam() == "fork")
+      GTEST_SKIP() << "ThreadSanitizer: no threads in a child forked from a threaded process";
+    LeakCheck::SetUp();
+  }
+};
+
+TEST_P(DisconnectTest, ALockAcquiredByAnExitedProcessStaysLocked) {
+  // CPython's test_lock.
+  mm::SyncManager m(options());
+  m.start();
+  auto lock = m.Lock();
+  run_child(lock);
+  EXPECT_TRUE(lock.locked());
+  lock.release();
+  EXPECT_THROW(lock.release(), troupe::RuntimeError);
+}
+
+TEST_P(DisconnectTest, SemaphoresKeepTheUnitsOfAnExitedProcess) {
+  // CPython's test_semaphore and test_bounded_semaphore.
+  mm::SyncManager m(options());
+  m.start();
+  auto sem = m.Semaphore(1);
+  run_child(sem);
+  EXPECT_FALSE(sem.acquire(false));
+  sem.release();
+  auto bsem = m.BoundedSemaphore(1);
+  run_child(bsem);
+  EXPECT_FALSE(bsem.acquire(false));
+  bsem.release();
+  EXPECT_THROW(bsem.release(), troupe::ValueError);
+}
+
+TEST_P(DisconnectTest, AnRLockOfAnExitedProcessIsReleased) {
+  // Only its owner could release it: Python would keep it locked forever.
+  mm::SyncManager m(options());
+  m.start();
+  auto rlock = m.RLock();
+  run_child(rlock);
+  EXPECT_TRUE(eventually([&] { return rlock.acquire(false); }));
+  rlock.release();
+}
+
+TEST_P(DisconnectTest, AKilledHoldersRLockIsReleasedAndItsLockKept) {
+  mm::SyncManager m(options());
+  m.start();
+  auto rlock = m.RLock();
+  auto lock = m.Lock();
+  for (auto* l : {&rlock, &lock}) {
+    auto acquired = m.Event();
+    mp::ProcessOptions po;
+    po.start_method = GetParam();
+    po.fork_with_threads = true;
+    mp::Process child(po, &acquire_and_hang, *l, acquired);
+    child.start();
+    ASSERT_TRUE(acquired.wait(60s));
+    EXPECT_FALSE(l->acquire(false));
+    child.kill();
+    child.join(60s);
+  }
+  EXPECT_TRUE(eventually([&] { return rlock.acquire(false); }));
+  rlock.release();
+  EXPECT_FALSE(lock.acquire(false));  // Python's: a Lock stays with its dead holder
+  lock.release();                     // … until anyone releases it
+  EXPECT_TRUE(lock.acquire(false));
+  lock.release();
+}
+
+INSTANTIATE_TEST_SUITE_P(StartMethods, DisconnectTest,
+                         ::testing::Values("fork", "spawn", "forkserver"),
+                         [](const auto& info) { return info.param; });
+
+}  // namespace
+}  // namespace disconnect_test
