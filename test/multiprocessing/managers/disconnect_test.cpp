@@ -124,6 +124,28 @@ TEST_P(DisconnectTest, AKilledHoldersRLockIsReleasedAndItsLockKept) {
   lock.release();
 }
 
+TEST_P(DisconnectTest, AServerThatStopsAnsweringFailsThePendingCallByTheHeartbeat) {
+  // A SIGSTOPped server stands for a host that vanished without closing the connection: the
+  // kernel keeps the socket open, only the heartbeat can tell.
+  mm::ManagerOptions o = options();
+  o.link.heartbeat_interval = 50ms;
+  o.link.heartbeat_timeout = 500ms;
+  mm::SyncManager m(o);
+  m.start();
+  auto q = m.Queue<std::int64_t>();
+  // A long wait on a live server is kept alive by the pings, and ends as asked.
+  EXPECT_THROW(q.get(true, 1500ms), troupe::queue::Empty);
+  const int pid = *m.process()->pid();
+  ASSERT_EQ(::kill(pid, SIGSTOP), 0);
+  try {
+    q.get(true, 60s);
+    FAIL() << "no error";
+  } catch (const troupe::EOFError& e) {
+    EXPECT_NE(std::string(e.what()).find("has not answered"), std::string::npos) << e.what();
+  }
+  ::kill(pid, SIGCONT);
+}
+
 INSTANTIATE_TEST_SUITE_P(StartMethods, DisconnectTest,
                          ::testing::Values("fork", "spawn", "forkserver"),
                          [](const auto& info) { return info.param; });

@@ -13,6 +13,7 @@
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
 
 #include "troupe/error_envelope.hpp"
 #include "troupe/errors.hpp"
@@ -36,6 +37,7 @@ struct Link::Runner {
       ctx.get_executor()};
   std::thread thread;
   std::atomic<std::thread::id> id{};
+  std::optional<asio::steady_timer> heartbeat;  // used on the thread only
 };
 
 namespace {
@@ -205,7 +207,52 @@ void Link::connect(const LinkOptions& options) {
       }
     }
   });
-  asio::post(runner_->ctx, [this] { read_next(); });
+  heartbeat_interval_ = options.heartbeat_interval;
+  heartbeat_timeout_ = std::max(options.heartbeat_timeout, options.heartbeat_interval);
+  asio::post(runner_->ctx, [this] {
+    last_heard_ = std::chrono::steady_clock::now();
+    read_next();
+    if (heartbeat_interval_.count() > 0) {
+      runner_->heartbeat.emplace(runner_->ctx);
+      beat();
+    }
+  });
+}
+
+// On the runner's thread.
+void Link::beat() {
+  runner_->heartbeat->expires_after(heartbeat_interval_);
+  runner_->heartbeat->async_wait([w = weak_from_this()](boost::system::error_code ec) {
+    if (ec) return;
+    if (auto self = w.lock()) self->on_beat();
+  });
+}
+
+void Link::on_beat() {
+  if (conn_->closed()) return;
+  bool waiting;
+  {
+    std::scoped_lock lock(m_);
+    if (dead_) return;
+    waiting = !pending_.empty();
+  }
+  const auto now = std::chrono::steady_clock::now();
+  if (!waiting) {
+    // Nothing is owed: the silence that counts starts with the next call.
+    last_heard_ = now;
+    return beat();
+  }
+  const auto silent = std::chrono::duration_cast<std::chrono::milliseconds>(now - last_heard_);
+  if (silent >= heartbeat_timeout_) {
+    conn_->close();
+    return die("it has not answered for " + std::to_string(silent.count()) +
+               " ms, pings included (its host is gone, or the server is stopped; "
+               "LinkOptions::heartbeat_timeout)");
+  }
+  if (silent >= heartbeat_interval_)
+    request([](proto::manager::Request::Builder r) { r.setPing(); },
+            [](std::exception_ptr, std::shared_ptr<Frame>) {});
+  beat();
 }
 
 Link::~Link() {
@@ -232,6 +279,7 @@ Link::~Link() {
       if (why_dead_.empty()) why_dead_ = "the link was closed";
     }
     conn_->close();
+    if (runner_->heartbeat) runner_->heartbeat->cancel();
   });
   runner_->work.reset();
   runner_->thread.join();
@@ -388,6 +436,7 @@ void Link::read_next() {
       const bool eof = std::error_code(ec) == troupe::errc::eof_error;
       return die(eof ? "it closed the connection" : "reading failed: " + ec.message());
     }
+    last_heard_ = std::chrono::steady_clock::now();
     on_frame(std::move(bytes));
     if (!conn_->closed()) read_next();
   });
@@ -436,6 +485,7 @@ void Link::die(const std::string& why) {
   conn_->close();
   out_.clear();
   notify_drained();
+  if (runner_->heartbeat) runner_->heartbeat->cancel();
   if (!pending.empty()) {
     auto e = dead_error();
     for (auto& [id, h] : pending) h(e, nullptr);

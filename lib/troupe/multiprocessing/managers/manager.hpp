@@ -54,7 +54,8 @@ struct ManagerOptions {
   /// The server's limits and threads. Its listener's authkey is the manager's; TLS only with
   /// the fork start method or get_server() (an SSL context cannot be sent to a new program).
   ServerOptions server;
-  /// For connecting: the deadline of the connect and handshakes; TLS.
+  /// For connecting: the deadline of the connect and handshakes; TLS; the heartbeat (a server
+  /// silent for heartbeat_timeout while calls wait fails them).
   detail::LinkOptions link;
 };
 

@@ -2,6 +2,7 @@
 #include "troupe/multiprocessing/managers/server.hpp"
 
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -31,6 +32,9 @@
 #include "troupe/multiprocessing/logger.hpp"
 #include "troupe/multiprocessing/managers/internal/wire.hpp"
 #include "troupe/multiprocessing/process.hpp"
+
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 
 namespace troupe::multiprocessing::managers {
 
@@ -313,7 +317,23 @@ public:
         });
   }
 
+  // A TCP client whose host vanishes sends no FIN: keepalive probes find it within about a
+  // minute (30 s idle, then 3 probes 10 s apart), and its connection's references go.
+  static void keep_alive(int fd) noexcept {
+    sockaddr_storage ss{};
+    socklen_t len = sizeof ss;
+    if (fd < 0 || ::getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0 ||
+        (ss.ss_family != AF_INET && ss.ss_family != AF_INET6))
+      return;
+    const int on = 1, idle = 30, interval = 10, count = 3;
+    ::setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof on);
+    ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof idle);
+    ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &interval, sizeof interval);
+    ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &count, sizeof count);
+  }
+
   void adopt(Connection c) {
+    keep_alive(c.fileno());
     auto sc = std::make_shared<ServerConn>(ex_);
     sc->conn = std::move(c);
     sc->conn.set_executor(sc->strand);

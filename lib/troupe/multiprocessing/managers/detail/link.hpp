@@ -30,6 +30,13 @@ namespace troupe::multiprocessing::managers::detail {
 struct LinkOptions {
   std::chrono::milliseconds connect_timeout{10000};
   std::shared_ptr<boost::asio::ssl::context> tls;
+  /// The heartbeat: while calls are pending and nothing has come from the server for
+  /// heartbeat_interval, the link pings it; nothing for heartbeat_timeout (the server's host
+  /// vanished, or the server is stopped) and the link is dead: every pending call fails with
+  /// EOFError naming the silence. A waiting call (a managed queue's get) is answered by the
+  /// server's pings meanwhile, so it may wait as long as it likes. Zero interval: no heartbeat.
+  std::chrono::milliseconds heartbeat_interval{5000};
+  std::chrono::milliseconds heartbeat_timeout{60000};
 };
 
 /// In a forked child: closes the parent's links' sockets and starts a table of this process's
@@ -104,6 +111,8 @@ private:
   void read_next();
   void on_frame(std::vector<std::byte> bytes);
   void die(const std::string& why);
+  void beat();
+  void on_beat();
   void enqueue(std::vector<std::byte> bytes);
   void pump();
   std::vector<std::byte> build_frame(std::uint64_t call_id, const Build& build);
@@ -116,6 +125,9 @@ private:
   int server_pid_ = 0;
   std::string server_name_;
   std::shared_ptr<Runner> runner_;
+  std::chrono::milliseconds heartbeat_interval_{0};
+  std::chrono::milliseconds heartbeat_timeout_{0};
+  std::chrono::steady_clock::time_point last_heard_{};  // on the runner's thread
   std::unique_ptr<Connection> conn_;  // used on the runner's thread once connected
 
   mutable std::mutex m_;
