@@ -101,6 +101,7 @@ public:
     // Python's Server always authenticates (its authkey defaults to the process's): an abstract
     // name has no file permissions, so a server without a key would serve any local user.
     if (!options_.listener.authkey) options_.listener.authkey = current_process().authkey();
+    user_executor_ = static_cast<bool>(ex);
     if (!ex) {
       own_ = std::make_unique<asio::io_context>();
       ex = own_->get_executor();
@@ -178,7 +179,8 @@ public:
 
   // Whether this thread is running the user's executor (an io_context's or a thread pool's).
   bool on_user_executor() const {
-    if (own_) return false;
+    // Not own_: stop() resets it, and a later stop() must not look at the freed io_context.
+    if (!user_executor_) return false;
     if (auto* io = ex_.target<asio::io_context::executor_type>())
       return io->running_in_this_thread();
     if (auto* pool = ex_.target<asio::thread_pool::executor_type>())
@@ -1367,6 +1369,7 @@ public:
   const Registry& registry_;
   ServerOptions options_;
   std::unique_ptr<asio::io_context> own_;
+  bool user_executor_ = false;  // the server runs on an executor the user gave
   asio::any_io_executor ex_;
   std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work_;
   std::vector<std::thread> threads_;
