@@ -3,7 +3,7 @@
 moodycamel vs CPython (threading, queue, sched). Prints a Markdown table of ratios, and with
 --write updates the table in doc/benchmarks.md.
 
-    python3 bench/compare.py [--build build] [--write] [--quick] [--hand-offs]
+    python3 bench/compare.py [--build build] [--write] [--quick] [--hand-offs | --managers]
 
 Ratios, not absolute times: these machines are shared and noisy. Each C++ figure is the median
 of several repetitions; each Python figure is the best of three runs.
@@ -11,7 +11,8 @@ of several repetitions; each Python figure is the best of three runs.
 The ping-pong and hand-off rows run twice more: on the quiet machine and loaded, with as many
 CPU-bound processes as CPUs running beside them (started and always stopped here), each against
 its raw blocking baseline measured under the same load in the same run. --hand-offs runs only
-those (a quick look at the waits).
+those (a quick look at the waits). --managers runs only the managers rows (bench/managers_bench
+next to bench/managers_python.py), which the full run includes, in their own section of the doc.
 """
 import argparse
 import contextlib
@@ -227,6 +228,11 @@ def verdict(ok):
     return "met" if ok else "MISSED"
 
 
+def faster(r, digits=2):
+    """A speed-up against Python, said plainly when it is a slow-down."""
+    return f"**{r:.{digits}f}×** faster" if r >= 1 else f"**{r:.{digits}f}×** (slower)"
+
+
 def managers_section(build, reps, quick, verdicts):
     """The manager rows: bench/managers_bench (troupe, the Pipe ping-pong of a call's size, and
     Listener/Client's connect + auth from connection_bench) and bench/managers_python.py, in one
@@ -244,7 +250,7 @@ def managers_section(build, reps, quick, verdicts):
     conn_bin = os.path.join(build, "bench", "connection_bench")
     auth = None
     if os.path.exists(conn_bin):
-        auth = run_cpp(conn_bin, r"^BM_ConnectAuth_(troupe|raw)/[01]/0/0$", reps, min_time,
+        auth = run_cpp(conn_bin, r"^BM_ConnectAuth_(troupe|raw)/[01]/0/0(/|$)", reps, min_time,
                        best=True)
     n_load = os.cpu_count() or 1
     print(f"compare: managers: round trips beside {n_load} CPU-bound processes…", file=sys.stderr)
@@ -277,15 +283,15 @@ def managers_section(build, reps, quick, verdicts):
             target = ("≤ 1.5× Pipe; ≥ 5× Python" if fam == "unix" else "≥ 5× Python")
             rows.append(f"| proxy call round trip, {label}, {form} | {fmt_ns(t)} | Pipe ping-pong "
                         f"{size} B, 2 processes {fmt_ns(b)} | **{t / b:.2f}×** time | {fmt_ns(p)} "
-                        f"| **{p / t:.2f}×** faster | {target} | {verdict(ok)} |")
-    one_call = 1e9 / ns(cpp["BM_ProxyCall_typed/0"])
+                        f"| {faster(p / t)} | {target} | {verdict(ok)} |")
     for fam, arg, label in [("unix", 0, "Unix"), ("tcp", 1, "TCP")]:
+        one_call = 1e9 / ns(cpp[f"BM_ProxyCall_typed/{arg}"])
         for window in (64, 256):
             r = ips(cpp[f"BM_ProxyPipelined/{arg}/{window}"])
             ok = r >= 500e3
             verdicts.append(ok)
             rows.append(f"| pipelined `async_call` on one proxy, {window} in flight, {label} | "
-                        f"{fmt_rate(r)} | one call at a time (Unix) {fmt_rate(one_call)} | "
+                        f"{fmt_rate(r)} | one call at a time {fmt_rate(one_call)} | "
                         f"**{r / one_call:.2f}×** rate | — | — | ≥ 500 k/s | {verdict(ok)} |")
     for fam, arg, label in [("tcp", 1, "TCP"), ("unix", 0, "Unix")]:
         t = ns(cpp[f"BM_Connect/{arg}/1"])
@@ -305,7 +311,7 @@ def managers_section(build, reps, quick, verdicts):
         else:
             p = py_ns(py["ConnectCreateCall/unix"])
             rows.append(f"| connect + create + first call, {label} | {fmt_ns(t)} | {base} | "
-                        f"**{t / alone:.2f}×** time | {fmt_ns(p)} | **{p / t:.1f}×** faster | — "
+                        f"**{t / alone:.2f}×** time | {fmt_ns(p)} | {faster(p / t, 1)} | — "
                         f"| — |")
     for fam, arg, label in [("tcp", 1, "TCP"), ("unix", 0, "Unix")]:
         r = ips(recipe[f"BM_QueueRecipe4Workers/{arg}/20000"])
@@ -313,7 +319,7 @@ def managers_section(build, reps, quick, verdicts):
         ok = r / p >= 10
         verdicts.append(ok)
         rows.append(f"| the docs' queue recipe, 4 worker processes, {label} (tasks/s) | "
-                    f"{fmt_rate(r)} | — | — | {fmt_rate(p)} | **{r / p:.2f}×** faster | "
+                    f"{r / 1e3:.2f} k/s | — | — | {p / 1e3:.2f} k/s | {faster(r / p)} | "
                     f"≥ 10× Python | {verdict(ok)} |")
     mib = lambda v: v / 2**20  # noqa: E731
     first, second = mem["waves"][0], mem["waves"][-1]
@@ -389,15 +395,9 @@ def main():
     # SIGTERM unwinds like Ctrl-C, so the load's processes are stopped either way.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
-    binary = os.path.join(args.build, "bench", "threading_bench")
-    if not os.path.exists(binary):
-        sys.exit(f"compare: {binary} not found; build first (scripts/test.sh builds it)")
-    reps, min_time = (3, 0.1) if args.quick else (5, 0.3)
-    n_load = os.cpu_count() or 1
-
     if args.managers:
         verdicts = []
-        lines = managers_section(args.build, reps, args.quick, verdicts)
+        lines = managers_section(args.build, 3 if args.quick else 5, args.quick, verdicts)
         if lines is None:
             sys.exit("compare: build bench/managers_bench first (meson -Dbenchmarks=true)")
         text = "\n".join(lines)
@@ -407,6 +407,12 @@ def main():
         missed = verdicts.count(False)
         print(f"compare: {len(verdicts) - missed} targets met, {missed} missed", file=sys.stderr)
         return
+
+    binary = os.path.join(args.build, "bench", "threading_bench")
+    if not os.path.exists(binary):
+        sys.exit(f"compare: {binary} not found; build first (scripts/test.sh builds it)")
+    reps, min_time = (3, 0.1) if args.quick else (5, 0.3)
+    n_load = os.cpu_count() or 1
 
     if args.hand_offs:
         verdicts = []
