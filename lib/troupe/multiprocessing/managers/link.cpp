@@ -272,15 +272,9 @@ Link::~Link() {
     runner_->thread.detach();  // it ends when this handler returns; it owns the runner
     return;
   }
-  asio::post(runner_->ctx, [this] {
-    {
-      std::scoped_lock lock(m_);
-      dead_ = true;
-      if (why_dead_.empty()) why_dead_ = "the link was closed";
-    }
-    conn_->close();
-    if (runner_->heartbeat) runner_->heartbeat->cancel();
-  });
+  // The read's handler holds the link only weakly (it cannot, now): die() here fails what is
+  // still pending, closes the connection and ends the heartbeat, so the thread's run() returns.
+  asio::post(runner_->ctx, [this] { die("the link was closed"); });
   runner_->work.reset();
   runner_->thread.join();
 }
@@ -430,16 +424,21 @@ void Link::pump() {
 }
 
 void Link::read_next() {
-  conn_->async_recv_bytes([this](boost::system::error_code ec, std::vector<std::byte> bytes) {
-    if (ec) {
-      if (ec == asio::error::operation_aborted) return die("the link was closed");
-      const bool eof = std::error_code(ec) == troupe::errc::eof_error;
-      return die(eof ? "it closed the connection" : "reading failed: " + ec.message());
-    }
-    last_heard_ = std::chrono::steady_clock::now();
-    on_frame(std::move(bytes));
-    if (!conn_->closed()) read_next();
-  });
+  // Weakly held: on_frame() runs the calls' handlers, which may drop the last proxy and with
+  // it the link (destroyed on this thread, at the end of this handler, by `self`).
+  conn_->async_recv_bytes(
+      [w = weak_from_this()](boost::system::error_code ec, std::vector<std::byte> bytes) {
+        auto self = w.lock();
+        if (!self) return;
+        if (ec) {
+          if (ec == asio::error::operation_aborted) return self->die("the link was closed");
+          const bool eof = std::error_code(ec) == troupe::errc::eof_error;
+          return self->die(eof ? "it closed the connection" : "reading failed: " + ec.message());
+        }
+        self->last_heard_ = std::chrono::steady_clock::now();
+        self->on_frame(std::move(bytes));
+        if (!self->conn_->closed()) self->read_next();
+      });
 }
 
 void Link::on_frame(std::vector<std::byte> bytes) {
