@@ -1,5 +1,5 @@
 // Writes seed inputs for the fuzz targets: make_seeds DIR creates
-// DIR/{frame,handshake,codec,send_bytes}/.
+// DIR/{frame,handshake,codec,send_bytes,manager}/.
 // Made from the library itself, so the seeds follow the wire format as it changes.
 #include <sys/stat.h>
 
@@ -12,6 +12,8 @@
 #include <vector>
 
 #include "troupe/codec.hpp"
+
+#include "manager_wire.hpp"
 
 namespace {
 
@@ -61,6 +63,195 @@ std::vector<std::byte> cat(std::initializer_list<std::vector<std::byte>> parts) 
   std::vector<std::byte> out;
   for (const auto& p : parts) out.insert(out.end(), p.begin(), p.end());
   return out;
+}
+
+// manager_fuzz: requests of every kind after the harness's Hello (control byte 0), on the shared
+// objects (manager_wire.hpp) and on bad ids, names and arguments; and Hellos of the input's own
+// (control byte 1). No request here may crash the server or stop it (shutdown is refused there).
+void manager_seeds() {
+  namespace w = troupe::fuzz::manager;
+  using Item = w::Item;
+  using R = w::Request::Builder;
+  auto id = [](std::string_view t) { return w::shared_id(t); };
+  auto I = [](std::int64_t i) { return Item::integer(i); };
+  auto S = [](std::string s) { return Item::text(std::move(s)); };
+  auto F = [](double d) { return Item::floating(d); };
+  auto B = [](bool b) { return Item::boolean(b); };
+  auto N = [] { return Item::none(); };
+  auto L = [](std::vector<Item> e) { return Item::list(std::move(e)); };
+  auto ping = [](std::uint64_t call) { return w::request(call, 1, [](R r) { r.setPing(); }); };
+  int n = 0;
+  auto seed = [&](std::uint8_t control, const std::vector<std::vector<std::byte>>& frames) {
+    std::vector<std::byte> body;
+    for (const auto& f : frames) w::append_frame(body, f);
+    write_seed("manager", n++, control, body);
+  };
+  // Creates of each typeid (with arguments), and of unknown or misused ones.
+  {
+    std::vector<std::vector<std::byte>> f;
+    std::uint64_t call = 1;
+    for (const auto& s : w::shared_objects()) {
+      const std::uint64_t c = call++;
+      f.push_back(w::create(c, c, s.typeid_, s.args()));
+    }
+    f.push_back(w::create(call++, 1, "dict", {L({S("a"), I(1), S("b"), I(2)})}));
+    f.push_back(w::create(call++, 1, "list", {L({I(1), S("x"), F(2.5)})}));
+    f.push_back(w::create(call++, 1, "set", {L({I(1), I(2), I(2)})}));
+    f.push_back(w::create(call++, 1, "Value", {S("d"), F(1.5)}));
+    f.push_back(w::create(call++, 1, "Array", {S("b"), L({I(1), I(-2), I(3)})}));
+    f.push_back(w::create(call++, 1, "Semaphore", {I(-1)}));
+    f.push_back(w::create(call++, 1, "Queue", {S("not a size")}));
+    f.push_back(w::create(call++, 1, "Lock", {I(1)}));
+    f.push_back(w::create(call++, 1, "NoSuchTypeid"));
+    f.push_back(w::create(call++, 1, "Array", {S("?"), L({})}));
+    f.push_back(ping(call++));
+    seed(0, f);
+  }
+  // Queues: put and get, blocking or not, with and without a timeout; the joinable one's tasks.
+  {
+    const auto q = id("Queue"), j = id("JoinableQueue");
+    seed(0,
+         {w::call(1, 1, q, "put", {I(5)}), w::call(2, 1, q, "put", {S("x"), B(false), F(0.01)}),
+          w::call(3, 1, q, "qsize"), w::call(4, 1, q, "get", {B(false)}),
+          w::call(5, 1, q, "get_nowait"), w::call(6, 1, q, "empty"), w::call(7, 1, q, "full"),
+          w::call(8, 1, q, "put_nowait", {L({I(1), I(2)})}),
+          w::call(9, 2, q, "get", {B(true), F(0.01)}), w::call(10, 1, j, "put", {I(1)}),
+          w::call(11, 1, j, "get"), w::call(12, 1, j, "task_done"), w::call(13, 1, j, "task_done"),
+          w::call(14, 3, j, "join"), w::call(15, 1, q, "get", {B(true), N()}),
+          w::call(16, 4, q, "get"), w::request(17, 4, [](R r) { r.setCancel(16); }), ping(18)});
+  }
+  // Locks and semaphores: acquired, released, over-released, waited for with a timeout.
+  {
+    const auto l = id("Lock"), r = id("RLock"), s = id("Semaphore"), b = id("BoundedSemaphore");
+    seed(0, {w::call(1, 1, l, "acquire"), w::call(2, 1, l, "locked"),
+             w::call(3, 2, l, "acquire", {B(true), F(0.01)}), w::call(4, 1, l, "release"),
+             w::call(5, 1, l, "release"), w::call(6, 1, r, "acquire"),
+             w::call(7, 1, r, "acquire", {B(false)}), w::call(8, 2, r, "release"),
+             w::call(9, 1, r, "release"), w::call(10, 1, s, "acquire", {B(true), F(0.01)}),
+             w::call(11, 1, s, "release", {I(3)}), w::call(12, 1, b, "release"),
+             w::call(13, 1, b, "acquire", {B(false), N()}), w::call(14, 1, s, "locked"),
+             w::call(15, 5, l, "acquire"), ping(16)});
+  }
+  // Event, Value, Array, Namespace.
+  {
+    const auto e = id("Event"), v = id("Value"), a = id("Array"), ns = id("Namespace");
+    seed(0,
+         {w::call(1, 1, e, "set"), w::call(2, 1, e, "is_set"), w::call(3, 1, e, "wait", {F(0.01)}),
+          w::call(4, 1, e, "clear"), w::call(5, 2, e, "wait", {F(0)}), w::call(6, 1, v, "get"),
+          w::call(7, 1, v, "set", {I(42)}), w::call(8, 1, a, "__len__"),
+          w::call(9, 1, a, "__getitem__", {I(1)}), w::call(10, 1, a, "__setitem__", {I(1), I(7)}),
+          w::call(11, 1, a, "__getitem__", {Item::sequence({I(0), N(), I(2)})}),
+          w::call(12, 1, ns, "__setattr__", {S("x"), I(1)}),
+          w::call(13, 1, ns, "__getattribute__", {S("x")}),
+          w::call(14, 1, ns, "__delattr__", {S("x")}), w::call(15, 1, ns, "#GETVALUE"),
+          w::call(16, 1, a, "__setitem__", {I(9), I(1)}), ping(17)});
+  }
+  // dict, list, set.
+  {
+    const auto d = id("dict"), l = id("list"), s = id("set");
+    seed(0,
+         {w::call(1, 1, d, "__setitem__", {S("a"), I(1)}),
+          w::call(2, 1, d, "__getitem__", {S("a")}), w::call(3, 1, d, "get", {S("b"), I(2)}),
+          w::call(4, 1, d, "keys"), w::call(5, 1, d, "items"),
+          w::call(6, 1, d, "update", {L({S("c"), F(3.5)})}), w::call(7, 1, d, "pop", {S("a")}),
+          w::call(8, 1, d, "popitem"), w::call(9, 1, d, "setdefault", {I(1), L({})}),
+          w::call(10, 1, d, "__contains__", {I(1)}), w::call(11, 1, d, "__len__"),
+          w::call(12, 1, d, "copy"), w::call(13, 1, d, "__getitem__", {S("missing")}), ping(14)});
+    seed(0, {w::call(14, 1, l, "append", {I(3)}),
+             w::call(15, 1, l, "extend", {L({I(1), I(2)})}),
+             w::call(16, 1, l, "insert", {I(0), S("z")}),
+             w::call(17, 1, l, "__getitem__", {Item::sequence({N(), N(), I(-1)})}),
+             w::call(18, 1, l, "__setitem__", {I(0), B(true)}),
+             w::call(19, 1, l, "sort"),
+             w::call(20, 1, l, "reverse"),
+             w::call(21, 1, l, "index", {I(3)}),
+             w::call(22, 1, l, "count", {I(1)}),
+             w::call(23, 1, l, "pop"),
+             w::call(24, 1, l, "remove", {I(2)}),
+             w::call(25, 1, l, "__mul__", {I(2)}),
+             w::call(26, 1, l, "__imul__", {I(2)}),
+             w::call(27, 1, s, "add", {S("k")}),
+             w::call(28, 1, s, "__contains__", {S("k")}),
+             w::call(29, 1, s, "__or__", {L({I(1)})}),
+             w::call(30, 1, s, "discard", {S("k")}),
+             w::call(31, 1, s, "difference", {L({I(1)})}),
+             w::call(32, 1, s, "__len__"),
+             ping(33)});
+  }
+  // References: incref, decref (one too many), park and claim in both orders, a claim of a
+  // ticket parked for another object; introspection; cancel; a refused shutdown.
+  {
+    const auto d = id("dict"), l = id("list");
+    auto ref = [](std::uint64_t call, auto set) { return w::request(call, 1, set); };
+    seed(0, {ref(1, [&](R r) { r.setIncref(d); }), ref(2, [&](R r) { r.setDecref(d); }),
+             ref(3, [&](R r) { r.setDecref(d); }),
+             ref(4,
+                 [&](R r) {
+                   auto t = r.initPark();
+                   t.setId(d);
+                   t.setTicket(77);
+                 }),
+             ref(5,
+                 [&](R r) {
+                   auto t = r.initClaim();
+                   t.setId(d);
+                   t.setTicket(77);
+                 }),
+             ref(6, [&](R r) { r.setDecref(d); }),
+             ref(7,
+                 [&](R r) {
+                   auto t = r.initClaim();
+                   t.setId(l);
+                   t.setTicket(78);
+                 }),
+             ref(8,
+                 [&](R r) {
+                   auto t = r.initPark();
+                   t.setId(l);
+                   t.setTicket(78);
+                 }),
+             ref(9,
+                 [&](R r) {
+                   auto t = r.initPark();
+                   t.setId(l);
+                   t.setTicket(79);
+                 }),
+             ref(10,
+                 [&](R r) {
+                   auto t = r.initClaim();
+                   t.setId(d);
+                   t.setTicket(79);
+                 }),
+             ref(11,
+                 [&](R r) {
+                   auto t = r.initPark();
+                   t.setId(d);
+                   t.setTicket(0);
+                 }),
+             ref(12, [&](R r) { r.setIncref(999); }), ref(13, [&](R r) { r.setGetMethods(l); }),
+             ref(14, [&](R r) { r.setGetMethods(999); }), ref(15, [](R r) { r.setDebugInfo(); }),
+             ref(16, [](R r) { r.setNumberOfObjects(); }), ref(17, [](R r) { r.setCancel(5); }),
+             ref(18, [](R r) { r.setShutdown(); }), ping(19)});
+  }
+  // Calls that fail: no such object, a method not exposed, wrong arguments, __repr__ and
+  // __str__, a call id already in flight; a blocking get and calls queued behind it on its lane.
+  {
+    const auto q = id("Queue"), d = id("dict");
+    seed(0, {w::call(1, 1, 999, "get"), w::call(2, 1, d, "no_such_method"),
+             w::call(3, 1, d, "__getitem__"), w::call(4, 1, q, "put", {I(1), S("x"), S("y"), I(2)}),
+             w::call(5, 1, q, "get", {B(true), S("soon")}), w::call(6, 1, d, "__repr__"),
+             w::call(7, 1, q, "__str__", {I(1)}), w::call(8, 2, q, "get"), w::call(8, 3, q, "get"),
+             w::call(9, 2, d, "__len__"), w::call(10, 1, q, "get", {B(true), F(-1)}),
+             w::call(11, 1, q, "get", {B(true), F(1e300)}), ping(12)});
+  }
+  // Hellos of the input's own: a valid one then requests, a wrong version, a wrong magic.
+  seed(1, {w::hello(), w::call(1, 1, id("Event"), "is_set"), ping(2)});
+  seed(1, {w::hello(0x3172676e4d705274ull, 99), ping(1)});
+  seed(1, {w::hello(1), ping(1)});
+  // Frames that are not requests: empty, not whole words, a Hello where a request belongs.
+  seed(0, {ping(1), {}, ping(2)});
+  seed(0, {ping(1), std::vector<std::byte>(7, std::byte{1})});
+  seed(0, {w::hello(), ping(1)});
 }
 
 }  // namespace
@@ -117,6 +308,7 @@ int main(int argc, char** argv) {
            send_case(16, 8, 9), send_case(16, 8, kMax - 7), send_case(200, 100, kMax - 99)});
   write_seed("send_bytes", 0, std::uint8_t(cases[0]),
              std::vector<std::byte>(cases.begin() + 1, cases.end()));
+  manager_seeds();
   std::printf("seeds written to %s\n", dir.c_str());
   return 0;
 }
