@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the libFuzzer targets (test/fuzz/) with clang under ASan+UBSan and runs each one for
 # SECONDS (default 20) from seeds the library makes itself. A longer run: bash scripts/fuzz.sh 3600
-# (doc/security.md). Findings go to $BUILD/fuzz-artifacts/. Last line: 'N passed, N failed'.
+# (doc/security.md). Findings go to $BUILD/fuzz-artifacts/; inputs that once crashed a target,
+# kept in test/fuzz/crashes-<target>/, are run first. Last line: 'N passed, N failed'.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-20}
@@ -23,7 +24,8 @@ for t in frame handshake codec send_bytes manager; do
   if ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
       "$BUILD/test/fuzz/${t}_fuzz" -max_total_time="$seconds" -max_len=4096 -timeout=10 \
       -rss_limit_mb=2048 -malloc_limit_mb=128 -print_final_stats=1 -artifact_prefix="$artifacts" \
-      "$corpus/$t" 2>"$BUILD/${t}_fuzz.log"; then
+      "$corpus/$t" $([ -d "test/fuzz/crashes-$t" ] && echo "test/fuzz/crashes-$t") \
+      2>"$BUILD/${t}_fuzz.log"; then
     passed=$((passed + 1))
     grep -E "stat::number_of_executed_units|stat::peak_rss_mb" "$BUILD/${t}_fuzz.log" | tr '\n' ' '
     echo

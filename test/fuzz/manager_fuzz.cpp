@@ -110,6 +110,25 @@ Answer read_reply(const std::vector<std::byte>& bytes, bool decode_result) {
   }
 }
 
+// MANAGER_FUZZ_VERBOSE: one reply as text (its result decoded if it is one: a Greeting, read
+// as a Reply, may not decode).
+void print(const std::vector<std::byte>& bytes, const Answer& a) {
+  std::string what = a.ok ? "ok" : a.error;
+  kj::ArrayPtr<const capnp::word> words(reinterpret_cast<const capnp::word*>(bytes.data()),
+                                        bytes.size() / 8);
+  try {
+    capnp::FlatArrayMessageReader reader(words, troupe::reader_options(words.size()));
+    auto r = reader.getRoot<troupe::proto::manager::Reply>();
+    if (r.isResult()) what = mm::detail::repr(mm::detail::to_item(r.getResult()), 200);
+  } catch (const std::exception& e) {
+    what = std::string("(not a value: ") + e.what() + ")";
+  } catch (const kj::Exception& e) {
+    what = std::string("(not a value: ") + e.getDescription().cStr() + ")";
+  }
+  std::fprintf(stderr, "  reply %llu: %s\n", static_cast<unsigned long long>(a.call_id),
+               what.c_str());
+}
+
 // The next frame from the server by `deadline`; none if it closed the connection.
 std::optional<std::vector<std::byte>> next_frame(mp::Connection& c, Clock::time_point deadline,
                                                  const std::string& waiting_for) {
@@ -174,8 +193,7 @@ public:
 
   ~Harness() {
     holder_.close();
-    server_->stop();
-    server_.reset();
+    server_.reset();                    // ~Server stops it: threads joined, objects released
     mp::get_logger().clear_handlers();  // the handler refers to this
   }
 
@@ -213,11 +231,8 @@ public:
     for (int i = 0; i < 1000000; ++i) {
       auto f = next_frame(c, deadline, what);
       if (!f) return std::nullopt;
-      auto a = read_reply(*f, decode || verbose());
-      if (verbose())
-        std::fprintf(
-            stderr, "  reply %llu: %s\n", static_cast<unsigned long long>(a.call_id),
-            a.ok ? (a.result ? mm::detail::repr(*a.result, 200).c_str() : "ok") : a.error.c_str());
+      auto a = read_reply(*f, decode);
+      if (verbose()) print(*f, a);
       if (a.call_id == call_id) return a;
     }
     fail("a million replies without the " + what);
