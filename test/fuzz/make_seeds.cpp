@@ -244,6 +244,27 @@ void manager_seeds() {
              w::call(9, 2, d, "__len__"), w::call(10, 1, q, "get", {B(true), F(-1)}),
              w::call(11, 1, q, "get", {B(true), F(1e300)}), ping(12)});
   }
+  // More state than the harness's resets take back in one batch (a full queue and a put that
+  // waits, attributes of the Namespace); over the limits of calls in flight (waits queued on a
+  // lane count) and of objects held (manager_fuzz.cpp's ServerOptions: 32 and 24).
+  {
+    std::vector<std::vector<std::byte>> f;
+    std::uint64_t call = 1;
+    for (int i = 0; i < 9; ++i) f.push_back(w::call(call++, 1, id("Queue"), "put", {I(i)}));
+    for (int i = 0; i < 12; ++i)
+      f.push_back(
+          w::call(call++, 2, id("Namespace"), "__setattr__", {S("a" + std::to_string(i)), I(i)}));
+    f.push_back(ping(call++));
+    seed(0, f);
+    f.clear();
+    for (int i = 0; i < 34; ++i) f.push_back(w::call(call++, 1, id("Event"), "wait"));
+    f.push_back(ping(call++));
+    seed(0, f);
+    f.clear();
+    for (int i = 0; i < 26; ++i) f.push_back(w::create(call++, 2, "Event"));
+    f.push_back(ping(call++));
+    seed(0, f);
+  }
   // Hellos of the input's own: a valid one then requests, a wrong version, a wrong magic.
   seed(1, {w::hello(), w::call(1, 1, id("Event"), "is_set"), ping(2)});
   seed(1, {w::hello(0x3172676e4d705274ull, 99), ping(1)});

@@ -52,6 +52,10 @@ constexpr std::uint64_t kProbeId = 0x70726f6265000001ull;
 constexpr std::uint64_t kHarnessLane = 0x70726f6265000002ull;
 constexpr std::size_t kMostFrames = 512;
 constexpr unsigned kThreads = 2;  // the server's
+// The server's limits, low enough for an input (at most 4096 bytes) to reach them.
+constexpr std::uint32_t kMostInFlight = 32;
+constexpr std::uint32_t kMostHeld = 24;
+constexpr std::uint64_t kLargestRequest = 3072;
 
 // MANAGER_FUZZ_VERBOSE=1: print each reply the input's client gets (to check a seed by hand).
 bool verbose() {
@@ -172,6 +176,9 @@ public:
     mm::ServerOptions o;
     o.allow_shutdown = false;  // a shutdown request would end the server every input shares
     o.threads = kThreads;
+    o.max_calls_in_flight = kMostInFlight;
+    o.max_objects_held = kMostHeld;
+    o.max_message_size = kLargestRequest;
     o.park_ttl = 2s;  // parks of ended inputs go soon (memory stays bounded)
     o.listener.authkey = key_;
     server_.emplace(mm::SyncManager::registry(), std::nullopt, o);
@@ -297,18 +304,21 @@ public:
   // Puts the shared objects back as made (what bounds the memory an input can leave behind),
   // through the holder connection, which must still hold all of them.
   void reset() {
-    std::map<std::uint64_t, std::string> pending;  // call id → what
-    auto call = [&](std::string_view typeid_, std::string_view method,
-                    std::vector<Item> args = {}) {
+    std::map<std::uint64_t, std::string> pending;       // call id → what
+    std::map<std::uint64_t, bool> may_fail;             // call id → an error is expected
+    std::map<std::uint64_t, std::optional<Item>> kept;  // call id → its result, wanted
+    // Sent in batches under the server's limit of calls in flight.
+    auto call = [&](std::string_view typeid_, std::string_view method, std::vector<Item> args = {},
+                    bool may = false) {
+      if (pending.size() >= kMostInFlight / 2) collect(pending, may_fail, kept);
       const std::uint64_t id = next_call_++;
       const std::uint64_t object = wire::shared_id(typeid_);
       if (!send(holder_, wire::call(id, kHarnessLane + object, object, method, args)))
         fail("the server dropped the holder connection");
       pending.emplace(id, std::string(typeid_) + "." + std::string(method));
+      if (may) may_fail[id] = true;
       return id;
     };
-    std::map<std::uint64_t, bool> may_fail;             // call id → an error is expected
-    std::map<std::uint64_t, std::optional<Item>> kept;  // call id → its result, wanted
     const std::uint64_t sizes[] = {call("Queue", "qsize"), call("JoinableQueue", "qsize")};
     const std::uint64_t names = call("Namespace", "#GETVALUE");
     for (auto id : {sizes[0], sizes[1], names}) kept[id];
@@ -324,23 +334,23 @@ public:
     // Then what those told: the queues' items to take out, the Namespace's attributes to
     // delete (its value is a dict: flat k0, v0, k1, v1, ...). Another client's late call may
     // have taken or removed one meanwhile: those may fail.
-    std::size_t more = 0;
+    std::int64_t items[2] = {0, 0};
     for (int i = 0; i < 2; ++i) {
       const auto& n = kept[sizes[i]];
-      const std::int64_t items = n && n->kind() == mm::detail::Kind::integer ? n->as_int() : 0;
-      for (std::int64_t k = 0; k < items && k < 64; ++k, ++more)
-        may_fail[call(i == 0 ? "Queue" : "JoinableQueue", "get_nowait")] = true;
+      if (n && n->kind() == mm::detail::Kind::integer)
+        items[i] = std::min<std::int64_t>(n->as_int(), 64);
     }
-    const auto& attributes = kept[names];
+    const std::optional<Item> attributes = std::move(kept[names]);
+    kept.clear();
+    for (int i = 0; i < 2; ++i)
+      for (std::int64_t k = 0; k < items[i]; ++k)
+        call(i == 0 ? "Queue" : "JoinableQueue", "get_nowait", {}, true);
     if (attributes && attributes->is_container()) {
       const auto& e = attributes->elements();
-      for (std::size_t i = 0; i + 1 < e.size(); i += 2, ++more)
-        may_fail[call("Namespace", "__delattr__", {e[i]})] = true;
+      for (std::size_t i = 0; i + 1 < e.size(); i += 2)
+        call("Namespace", "__delattr__", {e[i]}, true);
     }
-    if (more) {
-      kept.clear();
-      collect(pending, may_fail, kept);
-    }
+    collect(pending, may_fail, kept);
   }
 
 private:
