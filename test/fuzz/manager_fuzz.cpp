@@ -200,7 +200,8 @@ public:
 
   ~Harness() {
     holder_.close();
-    server_.reset();                    // ~Server stops it: threads joined, objects released
+    server_->stop();  // threads joined, objects released
+    server_.reset();  // a second stop(), in ~Server (once a use-after-free: it must return)
     mp::get_logger().clear_handlers();  // the handler refers to this
   }
 
