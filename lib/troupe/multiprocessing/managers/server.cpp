@@ -536,8 +536,16 @@ public:
                            done->fail(std::current_exception());
                          }
                        };
+                       // This runs on the connection's strand. A built-in object never blocks
+                       // (its waits are asynchronous): its call runs here, with no hand-off to
+                       // another thread and back (each costs a context switch, which is most
+                       // of a round trip). So does a registered class's call when nothing else
+                       // of this connection is running; otherwise it goes to the pool, so that
+                       // the connection's other lanes go on while it runs.
                        if (serial)
                          asio::post(*serial, std::move(run));
+                       else if (!entry || !entry->cxx_type || sc->running.size() <= 1)
+                         run();
                        else
                          asio::post(ex_, std::move(run));
                      });
@@ -755,7 +763,9 @@ public:
     }
     auto next = std::move(l.queue.front());
     l.queue.pop_front();
-    next();
+    // Posted, not called: a call that completes at once would otherwise start the next from
+    // inside its own completion, one stack frame deeper per queued call.
+    asio::post(sc->strand, std::move(next));
   }
 
   // ---- completions -------------------------------------------------------------------------
