@@ -3,8 +3,10 @@
 // (detail/containers.hpp). Arguments are read as Python's, by position, with Python's defaults.
 #include "troupe/multiprocessing/managers/builtins.hpp"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -225,10 +227,171 @@ public:
   void release_connection(std::uint64_t connection) override { w_.release_connection(connection); }
   void cancel(Caller who, std::uint64_t) override { w_.cancel(who); }
 
+  /// The lock itself, for a Condition made over it.
+  W& waiter() noexcept { return w_; }
+
 private:
   std::string name_;
   W w_;
 };
+
+// Python: `Condition(lock=None)`, ConditionProxy's methods. wait_for is the client's.
+class ConditionObject final : public detail::HostedObject {
+public:
+  template <class... L>
+  explicit ConditionObject(boost::asio::any_io_executor ex, std::string lock_repr, L&... lock)
+      : lock_repr_(std::move(lock_repr)), c_(std::move(ex), lock...) {}
+
+  std::vector<std::string> exposed() const override {
+    return {"acquire", "release", "wait", "notify", "notify_all"};
+  }
+  std::string repr() const override { return "<Condition(" + lock_repr_ + ", 0)>"; }
+
+  void call(const CallInfo& call, CompletionPtr done) override {
+    const std::string_view m = call.method;
+    auto a = items_of(call);
+    if (m == "acquire") {
+      at_most(call, a, 2);
+      c_.async_acquire(call.caller, flag(call, a, 0, true, "blocking"), timeout_of(call, a, 1),
+                       finish_bool(std::move(done)));
+    } else if (m == "release") {
+      at_most(call, a, 0);
+      c_.release(call.caller);
+      done->done();
+    } else if (m == "wait") {
+      at_most(call, a, 1);
+      c_.async_wait(call.caller, timeout_of(call, a, 0), finish_bool(std::move(done)));
+    } else if (m == "notify") {
+      at_most(call, a, 1);
+      const std::int64_t n = integer(call, a, 0, 1, "n");
+      c_.notify(call.caller, n);
+      done->done();
+    } else if (m == "notify_all") {
+      at_most(call, a, 0);
+      c_.notify_all(call.caller);
+      done->done();
+    } else {
+      detail::unknown_method(call, "Condition", exposed());
+    }
+  }
+  void release_connection(std::uint64_t connection) override { c_.release_connection(connection); }
+  void cancel(Caller who, std::uint64_t) override { c_.cancel(who); }
+
+private:
+  std::string lock_repr_;
+  detail::AsyncCondition c_;
+};
+
+// The Condition's lock argument: None (a new RLock), or a proxy to a Lock or RLock of the same
+// manager (the Condition shares it: acquiring either is acquiring both).
+std::shared_ptr<detail::HostedObject> make_condition(const CallInfo& call) {
+  auto a = items_of(call);
+  at_most(call, a, 1);
+  const Item* lock = a.empty() ? nullptr : unwrap_optional(a[0]);
+  if (!lock) return std::make_shared<ConditionObject>(call.executor, "<RLock>");
+  if (lock->kind() != Kind::ref)
+    throw TypeError(where(call) +
+                    ": 'lock' must be a proxy to a managed Lock or RLock of this "
+                    "manager, or None, not " +
+                    std::string(detail::type_name(*lock)));
+  const detail::Ref& r = lock->as_ref();
+  const std::string what =
+      "'lock' (" + r.type_id + " object " + std::to_string(r.id) + " at " + r.address + ")";
+  auto object = call.refs->find(r.address, r.id);
+  if (!object)
+    throw ValueError(where(call) + ": " + what +
+                     " is not an object of this manager: a managed Condition can only share a "
+                     "Lock or RLock of its own manager");
+  // The parked reference the argument carried is claimed and let go: the Condition shares the
+  // lock's state, not the hosted object, so the lock's own proxies decide its lifetime.
+  call.refs->hold(r.id, r.ticket);
+  call.refs->drop(r.id);
+  if (auto* l = dynamic_cast<AcquirerObject<detail::AsyncLock>*>(object.get()))
+    return std::make_shared<ConditionObject>(call.executor, "<Lock>", l->waiter());
+  if (auto* l = dynamic_cast<AcquirerObject<detail::AsyncRLock>*>(object.get()))
+    return std::make_shared<ConditionObject>(call.executor, "<RLock>", l->waiter());
+  throw TypeError(where(call) + ": " + what + " is not a Lock or an RLock");
+}
+
+// Python: `Barrier(parties, action=None, timeout=None)`, BarrierProxy's methods; `parties`,
+// `n_waiting` and `broken` are read through `__getattribute__`, as Python's proxy does.
+class BarrierObject final : public detail::HostedObject {
+public:
+  BarrierObject(boost::asio::any_io_executor ex, int parties, WaitTimeout timeout)
+      : b_(std::move(ex), parties, timeout) {}
+
+  std::vector<std::string> exposed() const override {
+    return {"__getattribute__", "wait", "abort", "reset"};
+  }
+  std::string repr() const override {
+    return "<threading.Barrier: parties=" + std::to_string(b_.parties()) +
+           ", n_waiting=" + std::to_string(b_.n_waiting()) +
+           ", broken=" + (b_.broken() ? "True" : "False") + ">";
+  }
+
+  void call(const CallInfo& call, CompletionPtr done) override {
+    const std::string_view m = call.method;
+    auto a = items_of(call);
+    if (m == "wait") {
+      at_most(call, a, 1);
+      b_.async_wait(call.caller, timeout_of(call, a, 0),
+                    [done = std::move(done)](std::exception_ptr e, int index) {
+                      if (e) return done->fail(e);
+                      done->complete(static_cast<std::int64_t>(index));
+                    });
+    } else if (m == "abort") {
+      at_most(call, a, 0);
+      b_.abort();
+      done->done();
+    } else if (m == "reset") {
+      at_most(call, a, 0);
+      b_.reset();
+      done->done();
+    } else if (m == "__getattribute__") {
+      if (a.size() != 1) detail::bad_arity(call, "Barrier", 1);
+      if (a[0].kind() != Kind::text)
+        throw TypeError(where(call) + ": attribute name must be string, not " +
+                        std::string(detail::type_name(a[0])));
+      const std::string& name = a[0].as_string();
+      if (name == "parties") {
+        done->complete(static_cast<std::int64_t>(b_.parties()));
+      } else if (name == "n_waiting") {
+        done->complete(static_cast<std::int64_t>(b_.n_waiting()));
+      } else if (name == "broken") {
+        done->complete(b_.broken());
+      } else {
+        throw AttributeError("'Barrier' object has no attribute '" + name +
+                             "' (a managed Barrier gives parties, n_waiting and broken)");
+      }
+    } else {
+      detail::unknown_method(call, "Barrier", exposed());
+    }
+  }
+  void release_connection(std::uint64_t connection) override { b_.release_connection(connection); }
+  void cancel(Caller who, std::uint64_t) override { b_.cancel(who); }
+
+private:
+  detail::AsyncBarrier b_;
+};
+
+std::shared_ptr<detail::HostedObject> make_barrier(const CallInfo& call) {
+  auto a = items_of(call);
+  if (a.empty()) detail::bad_arity(call, "Barrier", 1);
+  at_most(call, a, 3);
+  const std::int64_t parties = integer(call, a, 0, 0, "parties");
+  if (a.size() > 1 && unwrap_optional(a[1]))
+    throw TypeError(where(call) +
+                    ": 'action' must be None: a callable cannot be sent to a manager's process "
+                    "(run the action in the party whose wait() returns 0 instead)");
+  if (parties > std::numeric_limits<int>::max())
+    throw ValueError(where(call) + ": 'parties' is " + std::to_string(parties) +
+                     ", over the limit " + std::to_string(std::numeric_limits<int>::max()));
+  // parties < 1: AsyncBarrier's ValueError "parties must be > 0", as Python's.
+  return std::make_shared<BarrierObject>(
+      call.executor,
+      static_cast<int>(std::max<std::int64_t>(parties, std::numeric_limits<int>::min())),
+      timeout_of(call, a, 2));
+}
 
 class EventObject final : public detail::HostedObject {
 public:
@@ -284,7 +447,19 @@ public:
   bool tracks_connections() const noexcept override { return false; }
   void call(const CallInfo& call, CompletionPtr done) override {
     if (call.method == "#GETVALUE") return complete_item(done, c_->getvalue());
-    complete_item(done, c_->call(call.method, items_of(call)));
+    auto a = items_of(call);
+    if (call.method == "sort" && c_->type_id() == "list") {
+      // list.sort(*, key=None, reverse=False): the wire carries no keywords, so a managed
+      // list's sort takes them by position, in that order.
+      if (a.size() > 2)
+        throw TypeError(where(call) + " takes at most 2 arguments (key, reverse) (" +
+                        std::to_string(a.size()) + " given)");
+      detail::Kwargs kw;
+      const char* names[] = {"key", "reverse"};
+      for (std::size_t i = 0; i < a.size(); ++i) kw.emplace_back(names[i], std::move(a[i]));
+      return complete_item(done, c_->call(call.method, {}, std::move(kw)));
+    }
+    complete_item(done, c_->call(call.method, std::move(a)));
   }
 
 private:
@@ -342,6 +517,8 @@ void register_sync_types(Registry& registry) {
         return std::make_shared<AcquirerObject<detail::AsyncBoundedSemaphore>>(
             "BoundedSemaphore", call.executor, integer(call, a, 0, 1, "value"));
       }));
+  registry.add(entry("Condition", make_condition));
+  registry.add(entry("Barrier", make_barrier));
   registry.add(entry("Event", [](const CallInfo& call) -> std::shared_ptr<detail::HostedObject> {
     at_most(call, items_of(call), 0);
     return std::make_shared<EventObject>(call.executor);

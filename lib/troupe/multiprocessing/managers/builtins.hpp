@@ -1,6 +1,7 @@
 // troupe/multiprocessing/managers/builtins.hpp — SyncManager's typeids as hosted objects: the
-// waiting objects (Queue, JoinableQueue, Lock, RLock, Semaphore, BoundedSemaphore, Event) and the
-// containers (dict, list, set, Namespace, Value, Array), for any manager's registry.
+// waiting objects (Queue, JoinableQueue, Lock, RLock, Semaphore, BoundedSemaphore, Condition,
+// Barrier, Event) and the containers (dict, list, set, Namespace, Value, Array), for any
+// manager's registry.
 //
 //   struct QueueManager : mm::Manager<QueueManager> { using Manager::Manager; };
 //   // Python: QueueManager.register('get_task_queue', callable=lambda: task_queue)
@@ -20,7 +21,10 @@ namespace troupe::multiprocessing::managers {
 
 /// Adds SyncManager's typeids that are built in so far to `registry`: "Queue" and
 /// "JoinableQueue" (`maxsize=0`), "Lock", "RLock", "Semaphore" and "BoundedSemaphore"
-/// (`value=1`), "Event", and the containers "dict", "list", "set", "Namespace", "Value"
+/// (`value=1`), "Condition" (`lock=None`: a proxy to a Lock or RLock of the same manager, or a
+/// new RLock), "Barrier" (`parties, action=None, timeout=None`; an action cannot be sent: any
+/// but None is a TypeError), "Event", and the containers "dict", "list", "set", "Namespace",
+/// "Value"
 /// (`typecode, value`) and "Array" (`typecode, sequence`), each created anew per create.
 void register_sync_types(Registry& registry);
 

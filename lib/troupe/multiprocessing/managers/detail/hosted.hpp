@@ -79,6 +79,12 @@ public:
   /// a new ticket, which the receiving proxy claims (doc/protocol.md "Managers").
   /// @throws ValueError if there is no object `id`.
   virtual void write_ref(std::uint64_t id, proto::Ref::Builder out) = 0;
+  /// The hosted object `id` of this host, if `address` (a Ref's) is this host's and there is
+  /// such an object; else null. For an object made over another one of the same host (a
+  /// managed Condition over a managed Lock). A host that does not give access returns null.
+  virtual std::shared_ptr<HostedObject> find(std::string_view /*address*/, std::uint64_t /*id*/) {
+    return nullptr;
+  }
 };
 
 /// One call as the host hands it to an object. The references (args, method, typeid_) are valid
