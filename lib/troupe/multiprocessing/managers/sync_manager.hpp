@@ -6,19 +6,32 @@
 //   q.put("job");
 //   auto ev = m->Event();
 //   ev.set();
-//   auto d = m->dict();                   // untyped: d._callmethod<int>("get", key, default)
+//   auto d = m->dict<std::string, int>(); // DictProxy: d["a"] = 1; int a = d["a"];
+//   auto c = m->Condition();              // ConditionProxy: std::scoped_lock g{c}; c.wait();
 //
-// Values in a managed queue are any codec value; the proxy's type decides how they are read.
+// Values in a managed object are any codec value; the proxy's type decides how they are read
+// (a DictProxy<std::string, int> reads a value that is not an int as a ValueError naming both).
+// The untyped forms (m->dict(), m->list()) give a BaseProxy for `_callmethod`.
 #pragma once
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <iterator>
+#include <limits>
+#include <map>
 #include <memory>
 #include <optional>
+#include <set>
+#include <string>
+#include <string_view>
 #include <utility>
 #include <variant>
+#include <vector>
 
+#include "troupe/errors.hpp"
 #include "troupe/multiprocessing/managers/builtins.hpp"
+#include "troupe/multiprocessing/managers/detail/proxy_args.hpp"
 #include "troupe/multiprocessing/managers/manager.hpp"
 #include "troupe/multiprocessing/managers/proxy.hpp"
 #include "troupe/timeout.hpp"
@@ -96,6 +109,388 @@ public:
   }
 };
 
+/// Python: `ConditionProxy`, the proxy of a managed Condition. Lockable (`std::scoped_lock`
+/// is `with cond:`). The lock's owner is the calling thread's lane, as a thread in Python.
+/// @throws RuntimeError "cannot wait on un-acquired lock" / "cannot notify on un-acquired lock".
+class ConditionProxy : public BaseProxy {
+public:
+  ConditionProxy() = default;
+  explicit ConditionProxy(BaseProxy p) : BaseProxy(std::move(p)) {}
+
+  /// Python: `acquire(blocking=True, timeout=None)`.
+  bool acquire(bool blocking = true, const Timeout& timeout = {}) const {
+    return _callmethod<bool>("acquire", blocking, detail::seconds_arg(timeout));
+  }
+  void release() const { _callmethod("release"); }
+  /// Python: `wait(timeout=None)`: true if notified, false on timeout; returns holding the
+  /// lock again.
+  bool wait(const Timeout& timeout = {}) const {
+    return _callmethod<bool>("wait", detail::seconds_arg(timeout));
+  }
+  /// Python: `wait_for(predicate, timeout=None)`, on the client as Python's proxy does: waits
+  /// until `pred()` is true (checked first, then after each wake-up) or the time is over;
+  /// returns the predicate's last value.
+  template <class Pred>
+  bool wait_for(Pred pred, const Timeout& timeout = {}) const {
+    bool result = static_cast<bool>(pred());
+    const auto deadline = timeout.deadline();
+    while (!result) {
+      if (deadline) {
+        const auto left = *deadline - Timeout::clock::now();
+        if (left <= std::chrono::nanoseconds(0)) break;
+        (void)wait(Timeout(std::chrono::duration_cast<std::chrono::nanoseconds>(left)));
+      } else {
+        (void)wait();
+      }
+      result = static_cast<bool>(pred());
+    }
+    return result;
+  }
+  /// Python: `notify(n=1)`, `notify_all()`.
+  void notify(std::int64_t n = 1) const { _callmethod("notify", n); }
+  void notify_all() const { _callmethod("notify_all"); }
+
+  void lock() const { (void)acquire(); }
+  bool try_lock() const { return acquire(false); }
+  void unlock() const { release(); }
+};
+
+/// Python: `BarrierProxy`, the proxy of a managed Barrier.
+/// @throws threading::BrokenBarrierError from wait() once the barrier is broken.
+class BarrierProxy : public BaseProxy {
+public:
+  BarrierProxy() = default;
+  explicit BarrierProxy(BaseProxy p) : BaseProxy(std::move(p)) {}
+
+  /// Python: `wait(timeout=None)` (none: the barrier's own): this party's index, 0 to
+  /// parties - 1.
+  std::size_t wait(const Timeout& timeout = {}) const {
+    return static_cast<std::size_t>(
+        _callmethod<std::int64_t>("wait", detail::seconds_arg(timeout)));
+  }
+  void abort() const { _callmethod("abort"); }
+  void reset() const { _callmethod("reset"); }
+  /// Python: `parties`, `n_waiting`, `broken` (read through `__getattribute__`).
+  std::size_t parties() const {
+    return static_cast<std::size_t>(_callmethod<std::int64_t>("__getattribute__", "parties"));
+  }
+  std::size_t n_waiting() const {
+    return static_cast<std::size_t>(_callmethod<std::int64_t>("__getattribute__", "n_waiting"));
+  }
+  bool broken() const { return _callmethod<bool>("__getattribute__", "broken"); }
+};
+
+namespace detail {
+/// `proxy[key]`: reads with `__getitem__` when converted to T, writes with `__setitem__` when
+/// assigned. Holds a copy of the key; one call per use.
+template <class P, class K, class T>
+class ItemRef {
+public:
+  ItemRef(const P& proxy, K key) : proxy_(&proxy), key_(std::move(key)) {}
+  operator T() const { return proxy_->template _callmethod<T>("__getitem__", key_); }
+  T get() const { return *this; }
+  const ItemRef& operator=(const T& value) const {
+    proxy_->_callmethod("__setitem__", key_, value);
+    return *this;
+  }
+  const ItemRef& operator=(const ItemRef& other) const { return *this = other.get(); }
+
+private:
+  const P* proxy_;
+  K key_;
+};
+
+/// A live input iterator over a managed sequence, by index, as Python's iteration of a
+/// ListProxy: element i is read (`__getitem__`) when it is first looked at — dereferenced, or
+/// compared with the end — and the end is its IndexError, so a change made during the iteration
+/// is seen. Iterators of one proxy are equal at the same index; any is equal to end() once its
+/// element is missing.
+template <class P, class T>
+class IndexIterator {
+public:
+  using iterator_category = std::input_iterator_tag;
+  using value_type = T;
+  using difference_type = std::ptrdiff_t;
+  using pointer = const T*;
+  using reference = const T&;
+
+  IndexIterator() = default;  // end()
+  explicit IndexIterator(const P* proxy) : proxy_(proxy) {}
+  /// @throws IndexError at the end.
+  const T& operator*() const {
+    if (!fetch()) throw IndexError("list index out of range (iterated past the end)");
+    return *current_;
+  }
+  const T* operator->() const { return &**this; }
+  IndexIterator& operator++() {
+    ++index_;
+    fetched_ = false;
+    current_.reset();
+    return *this;
+  }
+  void operator++(int) { ++*this; }
+  friend bool operator==(const IndexIterator& a, const IndexIterator& b) {
+    if (!a.proxy_ && !b.proxy_) return true;
+    if (!a.proxy_) return !b.fetch();
+    if (!b.proxy_) return !a.fetch();
+    return a.proxy_ == b.proxy_ && a.index_ == b.index_;
+  }
+
+private:
+  bool fetch() const {
+    if (!fetched_) {
+      try {
+        current_ = proxy_->template _callmethod<T>("__getitem__", index_);
+      } catch (const IndexError&) {
+        current_.reset();
+      }
+      fetched_ = true;
+    }
+    return current_.has_value();
+  }
+  const P* proxy_ = nullptr;
+  std::int64_t index_ = 0;
+  mutable bool fetched_ = false;
+  mutable std::optional<T> current_;
+};
+}  // namespace detail
+
+/// Python: `ValueProxy`, the proxy of a managed `Value(typecode, value)` (a plain holder: its
+/// typecode is not checked, as in Python).
+template <class T>
+class ValueProxy : public BaseProxy {
+public:
+  ValueProxy() = default;
+  explicit ValueProxy(BaseProxy p) : BaseProxy(std::move(p)) {}
+  /// Python: `get()`, `set(value)`, the `value` property.
+  T get() const { return _callmethod<T>("get"); }
+  void set(const T& value) const { _callmethod("set", value); }
+  T value() const { return get(); }
+  void value(const T& v) const { set(v); }
+};
+
+/// Python: `ArrayProxy`, the proxy of a managed `Array(typecode, sequence)` (an array.array:
+/// values are checked against the typecode, with Python's OverflowError and TypeError).
+/// Iterable, live, by index.
+template <class T>
+class ArrayProxy : public BaseProxy {
+public:
+  ArrayProxy() = default;
+  explicit ArrayProxy(BaseProxy p) : BaseProxy(std::move(p)) {}
+  /// Python: `len(a)`.
+  std::size_t size() const {
+    return static_cast<std::size_t>(_callmethod<std::int64_t>("__len__"));
+  }
+  /// Python: `a[i]` (negative from the end). @throws IndexError "array index out of range".
+  T get(std::int64_t i) const { return _callmethod<T>("__getitem__", i); }
+  void set(std::int64_t i, const T& v) const { _callmethod("__setitem__", i, v); }
+  detail::ItemRef<ArrayProxy, std::int64_t, T> operator[](std::int64_t i) const {
+    return {*this, i};
+  }
+  /// Python: `a[start:stop:step]` (none: the end), a copy.
+  std::vector<T> slice(std::optional<std::int64_t> start, std::optional<std::int64_t> stop,
+                       std::optional<std::int64_t> step = std::nullopt) const {
+    return _callmethod<std::vector<T>>("__getitem__", detail::SliceArg{start, stop, step});
+  }
+  /// Python: `a[start:stop:step] = values` (an extended slice needs as many values as it has
+  /// elements; ValueError else).
+  void set_slice(std::optional<std::int64_t> start, std::optional<std::int64_t> stop,
+                 const std::vector<T>& values,
+                 std::optional<std::int64_t> step = std::nullopt) const {
+    _callmethod("__setitem__", detail::SliceArg{start, stop, step}, detail::ListArg<T>{&values});
+  }
+  /// Python: `list(a)`, in one call.
+  std::vector<T> tolist() const { return _getvalue<std::vector<T>>(); }
+  detail::IndexIterator<ArrayProxy, T> begin() const {
+    return detail::IndexIterator<ArrayProxy, T>(this);
+  }
+  detail::IndexIterator<ArrayProxy, T> end() const { return {}; }
+};
+
+/// Python: `ListProxy`, the proxy of a managed list whose elements are read as T. Iterable,
+/// live, by index (a change made during the iteration is seen, as in Python). Errors are
+/// Python's (IndexError, ValueError "list.remove(x): x not in list", ...).
+template <class T>
+class ListProxy : public BaseProxy {
+public:
+  ListProxy() = default;
+  explicit ListProxy(BaseProxy p) : BaseProxy(std::move(p)) {}
+
+  std::size_t size() const {
+    return static_cast<std::size_t>(_callmethod<std::int64_t>("__len__"));
+  }
+  bool contains(const T& x) const { return _callmethod<bool>("__contains__", x); }
+  T get(std::int64_t i) const { return _callmethod<T>("__getitem__", i); }
+  void set(std::int64_t i, const T& x) const { _callmethod("__setitem__", i, x); }
+  detail::ItemRef<ListProxy, std::int64_t, T> operator[](std::int64_t i) const {
+    return {*this, i};
+  }
+  /// Python: `del l[i]`.
+  void erase(std::int64_t i) const { _callmethod("__delitem__", i); }
+  /// Python: `l[start:stop:step]`, a copy; `l[start:stop:step] = values`; `del l[a:b:c]`.
+  std::vector<T> slice(std::optional<std::int64_t> start, std::optional<std::int64_t> stop,
+                       std::optional<std::int64_t> step = std::nullopt) const {
+    return _callmethod<std::vector<T>>("__getitem__", detail::SliceArg{start, stop, step});
+  }
+  void set_slice(std::optional<std::int64_t> start, std::optional<std::int64_t> stop,
+                 const std::vector<T>& values,
+                 std::optional<std::int64_t> step = std::nullopt) const {
+    _callmethod("__setitem__", detail::SliceArg{start, stop, step}, detail::ListArg<T>{&values});
+  }
+  void erase_slice(std::optional<std::int64_t> start, std::optional<std::int64_t> stop,
+                   std::optional<std::int64_t> step = std::nullopt) const {
+    _callmethod("__delitem__", detail::SliceArg{start, stop, step});
+  }
+
+  void append(const T& x) const { _callmethod("append", x); }
+  void extend(const std::vector<T>& xs) const { _callmethod("extend", detail::ListArg<T>{&xs}); }
+  void insert(std::int64_t i, const T& x) const { _callmethod("insert", i, x); }
+  /// Python: `pop(i=-1)`. @throws IndexError "pop from empty list" / "pop index out of range".
+  T pop(std::int64_t i = -1) const { return _callmethod<T>("pop", i); }
+  /// @throws ValueError "list.remove(x): x not in list".
+  void remove(const T& x) const { _callmethod("remove", x); }
+  /// Python: `index(x[, start[, stop]])`. @throws ValueError "x is not in list".
+  std::size_t index(const T& x, std::int64_t start = 0,
+                    std::int64_t stop = std::numeric_limits<std::int64_t>::max()) const {
+    return static_cast<std::size_t>(_callmethod<std::int64_t>("index", x, start, stop));
+  }
+  std::size_t count(const T& x) const {
+    return static_cast<std::size_t>(_callmethod<std::int64_t>("count", x));
+  }
+  /// Python: `sort(key=None, reverse=False)`: no key function crosses a process.
+  void sort(bool reverse = false) const { _callmethod("sort", std::monostate{}, reverse); }
+  void reverse() const { _callmethod("reverse"); }
+  void clear() const { _callmethod("clear"); }
+  /// Python 3.14: `copy()`: a plain list.
+  std::vector<T> copy() const { return _callmethod<std::vector<T>>("copy"); }
+  /// Python: `list(reversed(l))`, in one call.
+  std::vector<T> reversed() const { return _callmethod<std::vector<T>>("__reversed__"); }
+
+  /// Python: `l += xs`, `l *= n` (in place, on the server); `l + xs`, `l * n`: plain lists.
+  const ListProxy& operator+=(const std::vector<T>& xs) const {
+    _callmethod("__iadd__", detail::ListArg<T>{&xs});
+    return *this;
+  }
+  const ListProxy& operator*=(std::int64_t n) const {
+    _callmethod("__imul__", n);
+    return *this;
+  }
+  std::vector<T> operator+(const std::vector<T>& xs) const {
+    return _callmethod<std::vector<T>>("__add__", detail::ListArg<T>{&xs});
+  }
+  std::vector<T> operator*(std::int64_t n) const {
+    return _callmethod<std::vector<T>>("__mul__", n);
+  }
+  friend std::vector<T> operator*(std::int64_t n, const ListProxy& l) {
+    return l.template _callmethod<std::vector<T>>("__rmul__", n);
+  }
+
+  detail::IndexIterator<ListProxy, T> begin() const {
+    return detail::IndexIterator<ListProxy, T>(this);
+  }
+  detail::IndexIterator<ListProxy, T> end() const { return {}; }
+};
+
+/// Python: `DictProxy`, the proxy of a managed dict whose keys are read as K and values as V.
+/// Keys keep Python's insertion order on the server; the results that are a whole dict come
+/// as M (default std::map<K, V>: sorted; items() keeps the order). @throws KeyError for a
+/// missing key, as Python's.
+template <class K, class V>
+class DictProxy : public BaseProxy {
+public:
+  DictProxy() = default;
+  explicit DictProxy(BaseProxy p) : BaseProxy(std::move(p)) {}
+
+  std::size_t size() const {
+    return static_cast<std::size_t>(_callmethod<std::int64_t>("__len__"));
+  }
+  bool contains(const K& k) const { return _callmethod<bool>("__contains__", k); }
+  /// Python: `d[k]` (read: KeyError if missing) and `d[k] = v`.
+  detail::ItemRef<DictProxy, K, V> operator[](const K& k) const { return {*this, k}; }
+  /// Python: `del d[k]`.
+  void erase(const K& k) const { _callmethod("__delitem__", k); }
+  /// Python: `get(k)`: none if missing; `get(k, default)`.
+  std::optional<V> get(const K& k) const { return _callmethod<detail::NoneOr<V>>("get", k).value; }
+  V get(const K& k, const V& dflt) const { return _callmethod<V>("get", k, dflt); }
+  void set(const K& k, const V& v) const { _callmethod("__setitem__", k, v); }
+  /// Python: `list(keys())`, `list(values())`, `list(items())`, in insertion order.
+  std::vector<K> keys() const { return _callmethod<std::vector<K>>("keys"); }
+  std::vector<V> values() const { return _callmethod<std::vector<V>>("values"); }
+  std::vector<std::pair<K, V>> items() const {
+    return _callmethod<std::vector<std::pair<K, V>>>("items");
+  }
+  /// Python: `list(reversed(d))`.
+  std::vector<K> reversed() const { return _callmethod<std::vector<K>>("__reversed__"); }
+  /// Python: `update(other)` (a std::map, std::unordered_map, ...).
+  template <class M>
+  void update(const M& other) const {
+    _callmethod("update", other);
+  }
+  /// Python: `pop(k)` (KeyError if missing), `pop(k, default)`.
+  V pop(const K& k) const { return _callmethod<V>("pop", k); }
+  V pop(const K& k, const V& dflt) const { return _callmethod<V>("pop", k, dflt); }
+  /// Python: `popitem()`, the last inserted. @throws KeyError "popitem(): dictionary is empty".
+  std::pair<K, V> popitem() const { return _callmethod<std::pair<K, V>>("popitem"); }
+  /// Python: `setdefault(k, default)`: the value of k, inserting `dflt` if missing.
+  V setdefault(const K& k, const V& dflt) const { return _callmethod<V>("setdefault", k, dflt); }
+  void clear() const { _callmethod("clear"); }
+  /// Python: `copy()`: a plain dict.
+  template <class M = std::map<K, V>>
+  M copy() const {
+    return _callmethod<M>("copy");
+  }
+  /// Python: `d.fromkeys(keys, value)`: a new plain dict (d is not touched).
+  template <class M = std::map<K, V>>
+  M fromkeys(const std::vector<K>& keys, const V& value) const {
+    return _callmethod<M>("fromkeys", detail::ListArg<K>{&keys}, value);
+  }
+  /// Python 3.9: `d | other` (other's values win), `other | d` (d's win): plain dicts;
+  /// `d |= other`: in place.
+  template <class M>
+  M operator|(const M& other) const {
+    return _callmethod<M>("__or__", other);
+  }
+  template <class M>
+  requires(!std::is_base_of_v<BaseProxy, M>) friend M operator|(const M& other,
+                                                                const DictProxy& d) {
+    return d.template _callmethod<M>("__ror__", other);
+  }
+  template <class M>
+  const DictProxy& operator|=(const M& other) const {
+    _callmethod("__ior__", other);
+    return *this;
+  }
+};
+
+/// Python: `NamespaceProxy`, the proxy of a managed Namespace: attributes by name, each read
+/// as the type asked for. All names live on the server (Python keeps names that start with '_'
+/// on the local proxy; here they are the server's too, and left out of its repr as Python's).
+class NamespaceProxy : public BaseProxy {
+public:
+  NamespaceProxy() = default;
+  explicit NamespaceProxy(BaseProxy p) : BaseProxy(std::move(p)) {}
+  /// Python: `getattr(ns, name)`. @throws AttributeError if there is no such attribute.
+  template <class T>
+  T get(std::string_view name) const {
+    return _callmethod<T>("__getattribute__", name);
+  }
+  /// Python: `setattr(ns, name, value)`, `delattr(ns, name)` (AttributeError if missing).
+  template <class T>
+  void set(std::string_view name, const T& value) const {
+    _callmethod("__setattr__", name, value);
+  }
+  void del(std::string_view name) const { _callmethod("__delattr__", name); }
+  /// Python: `hasattr(ns, name)`.
+  bool has(std::string_view name) const {
+    try {
+      (void)_callmethod<detail::Discard>("__getattribute__", name);
+      return true;
+    } catch (const AttributeError&) {
+      return false;
+    }
+  }
+};
+
 /// Python: `multiprocessing.managers.SyncManager`. Its built-in typeids are registered in its
 /// registry in every process that links troupe (spawned servers find them too).
 class SyncManager : public Manager<SyncManager> {
@@ -119,10 +514,49 @@ public:
     return AcquirerProxy(create("BoundedSemaphore", value));
   }
   EventProxy Event() { return EventProxy(create("Event")); }
-  /// Python: `dict()`, `list()`, `Namespace()`: untyped proxies for now (`_callmethod`).
+  /// Python: `Condition(lock=None)`: over a new RLock, or over `lock`, a Lock or RLock of this
+  /// manager (acquiring one is acquiring the other). @throws ValueError for a lock of another
+  /// manager, TypeError for a Semaphore.
+  ConditionProxy Condition() { return ConditionProxy(create("Condition")); }
+  ConditionProxy Condition(const AcquirerProxy& lock) {
+    return ConditionProxy(create("Condition", static_cast<const BaseProxy&>(lock)));
+  }
+  /// Python: `Barrier(parties, action=None, timeout=None)`: no action (code does not travel;
+  /// the party whose wait() returns 0 can run it). @throws ValueError if parties < 1.
+  BarrierProxy Barrier(std::int64_t parties, const Timeout& timeout = {}) {
+    return BarrierProxy(create("Barrier", parties, std::monostate{}, detail::seconds_arg(timeout)));
+  }
+  /// Python: `Value(typecode, value)`: a holder; its typecode is kept but not checked.
+  template <class T>
+  ValueProxy<T> Value(std::string_view typecode, const T& value) {
+    return ValueProxy<T>(create("Value", typecode, value));
+  }
+  /// Python: `Array(typecode, sequence)`: an array.array (values checked against typecode:
+  /// b, B, u, h, H, i, I, l, L, q, Q, f or d).
+  template <class T>
+  ArrayProxy<T> Array(std::string_view typecode, const std::vector<T>& values) {
+    return ArrayProxy<T>(create("Array", typecode, detail::ListArg<T>{&values}));
+  }
+  /// Python: `dict()`, `dict(mapping)` with typed keys and values: `m.dict<std::string,
+  /// int>()`. Without template arguments: the untyped proxy (`_callmethod`).
+  template <class K, class V>
+  DictProxy<K, V> dict() {
+    return DictProxy<K, V>(create("dict"));
+  }
+  template <class K, class V, class M>
+  DictProxy<K, V> dict(const M& mapping) {
+    return DictProxy<K, V>(create("dict", mapping));
+  }
   BaseProxy dict() { return create("dict"); }
+  /// Python: `list()`, `list(sequence)`, typed: `m.list<int>()`. Without template arguments:
+  /// the untyped proxy.
+  template <class T>
+  ListProxy<T> list(const std::vector<T>& values = {}) {
+    return ListProxy<T>(create("list", detail::ListArg<T>{&values}));
+  }
   BaseProxy list() { return create("list"); }
-  BaseProxy Namespace() { return create("Namespace"); }
+  /// Python: `Namespace()`.
+  NamespaceProxy Namespace() { return NamespaceProxy(create("Namespace")); }
 
   /// Registers the built-in typeids (once per process; the constructor calls it).
   static void types();
@@ -168,4 +602,55 @@ struct troupe::Codec<troupe::multiprocessing::managers::EventProxy>
     : troupe::multiprocessing::managers::detail::BuiltinProxyCodec<
           troupe::multiprocessing::managers::EventProxy> {
   static std::string signature() { return "EventProxy"; }
+};
+
+template <>
+struct troupe::Codec<troupe::multiprocessing::managers::ConditionProxy>
+    : troupe::multiprocessing::managers::detail::BuiltinProxyCodec<
+          troupe::multiprocessing::managers::ConditionProxy> {
+  static std::string signature() { return "ConditionProxy"; }
+};
+
+template <>
+struct troupe::Codec<troupe::multiprocessing::managers::BarrierProxy>
+    : troupe::multiprocessing::managers::detail::BuiltinProxyCodec<
+          troupe::multiprocessing::managers::BarrierProxy> {
+  static std::string signature() { return "BarrierProxy"; }
+};
+
+template <>
+struct troupe::Codec<troupe::multiprocessing::managers::NamespaceProxy>
+    : troupe::multiprocessing::managers::detail::BuiltinProxyCodec<
+          troupe::multiprocessing::managers::NamespaceProxy> {
+  static std::string signature() { return "NamespaceProxy"; }
+};
+
+template <class T>
+struct troupe::Codec<troupe::multiprocessing::managers::ValueProxy<T>>
+    : troupe::multiprocessing::managers::detail::BuiltinProxyCodec<
+          troupe::multiprocessing::managers::ValueProxy<T>> {
+  static std::string signature() { return "ValueProxy<" + troupe::Codec<T>::signature() + ">"; }
+};
+
+template <class T>
+struct troupe::Codec<troupe::multiprocessing::managers::ArrayProxy<T>>
+    : troupe::multiprocessing::managers::detail::BuiltinProxyCodec<
+          troupe::multiprocessing::managers::ArrayProxy<T>> {
+  static std::string signature() { return "ArrayProxy<" + troupe::Codec<T>::signature() + ">"; }
+};
+
+template <class T>
+struct troupe::Codec<troupe::multiprocessing::managers::ListProxy<T>>
+    : troupe::multiprocessing::managers::detail::BuiltinProxyCodec<
+          troupe::multiprocessing::managers::ListProxy<T>> {
+  static std::string signature() { return "ListProxy<" + troupe::Codec<T>::signature() + ">"; }
+};
+
+template <class K, class V>
+struct troupe::Codec<troupe::multiprocessing::managers::DictProxy<K, V>>
+    : troupe::multiprocessing::managers::detail::BuiltinProxyCodec<
+          troupe::multiprocessing::managers::DictProxy<K, V>> {
+  static std::string signature() {
+    return "DictProxy<" + troupe::Codec<K>::signature() + "," + troupe::Codec<V>::signature() + ">";
+  }
 };
