@@ -496,6 +496,90 @@ TEST_P(SyncMoreTest, DictProxyIsPythonsDict) {
     EXPECT_NE(std::find(exposed.begin(), exposed.end(), name), exposed.end()) << name;
 }
 
+// ---- set -------------------------------------------------------------------------------------
+
+TEST_P(SyncMoreTest, SetProxyIsPythonsSet) {
+  // §2 test_set (3.14): operator symbols, methods, comparisons; test_set_init.
+  using S = std::set<std::string>;
+  mm::SyncManager m(options());
+  m.start();
+  auto o = m.set<std::string>();
+  const S abc{"a", "b", "c"};
+  auto refill = [&] {
+    o.clear();
+    o.update(abc);
+  };
+  o.update(std::vector<std::string>{"a", "b", "c"});
+  EXPECT_EQ(o.size(), 3u);
+  EXPECT_TRUE(o.contains("a"));
+  EXPECT_FALSE(o.contains("d"));
+  EXPECT_EQ((o | S{"d", "e"}), (S{"a", "b", "c", "d", "e"}));
+  EXPECT_EQ((S{"d", "e"} | o), (S{"a", "b", "c", "d", "e"}));
+  o |= S{"d", "e"};
+  EXPECT_EQ(o.copy(), (S{"a", "b", "c", "d", "e"}));
+  refill();
+  EXPECT_EQ((S{"a", "b", "d"} - o), (S{"d"}));
+  EXPECT_EQ((o - S{"a", "b"}), (S{"c"}));
+  o -= S{"a", "b"};
+  EXPECT_EQ(o.copy(), (S{"c"}));
+  refill();
+  EXPECT_EQ((S{"b", "c", "d"} ^ o), (S{"a", "d"}));
+  EXPECT_EQ((o ^ S{"b", "c", "d"}), (S{"a", "d"}));
+  o ^= S{"b", "c", "d"};
+  EXPECT_EQ(o.copy(), (S{"a", "d"}));
+  refill();
+  EXPECT_EQ((o & S{"b", "c", "d"}), (S{"b", "c"}));
+  EXPECT_EQ((S{"b", "c", "d"} & o), (S{"b", "c"}));
+  o &= S{"b", "c", "d"};
+  EXPECT_EQ(o.copy(), (S{"b", "c"}));
+
+  // _test_set_operator_methods.
+  o.add("d");
+  EXPECT_TRUE(o.contains("d"));
+  refill();
+  o.remove("a");
+  EXPECT_FALSE(o.contains("a"));
+  EXPECT_THROW(o.remove("a"), troupe::KeyError);
+  o.clear();
+  o.update(S{"a"});
+  o.discard("a");
+  o.discard("a");
+  o.update(S{"a"});
+  EXPECT_EQ(o.pop(), "a");
+  EXPECT_THROW(o.pop(), troupe::KeyError);  // pop from an empty set
+  refill();
+  EXPECT_EQ((o.intersection({"b", "c", "d"})), (S{"b", "c"}));
+  o.intersection_update({"b", "c", "d"});
+  EXPECT_EQ(o.copy(), (S{"b", "c"}));
+  refill();
+  EXPECT_EQ((o.difference({"a", "b"})), (S{"c"}));
+  o.difference_update({"a", "b"});
+  EXPECT_EQ(o.copy(), (S{"c"}));
+  refill();
+  EXPECT_EQ((o.symmetric_difference({"b", "c", "d"})), (S{"a", "d"}));
+  o.symmetric_difference_update({"b", "c", "d"});
+  EXPECT_EQ(o.copy(), (S{"a", "d"}));
+
+  // _test_set_comparisons.
+  refill();
+  EXPECT_EQ((o.union_({"d", "e"})), (S{"a", "b", "c", "d", "e"}));
+  EXPECT_TRUE((o.isdisjoint({"d", "e"})));
+  EXPECT_FALSE(o.isdisjoint({"a", "d"}));
+  EXPECT_TRUE((o.issubset({"a", "b", "c", "d"})));
+  EXPECT_FALSE(o.issubset({"a", "b"}));
+  EXPECT_TRUE((o < S{"a", "b", "c", "d"}));
+  EXPECT_TRUE(o <= abc);
+  EXPECT_TRUE((o.issuperset({"a", "b"})));
+  EXPECT_FALSE(o.issuperset({"a", "b", "d"}));
+  EXPECT_TRUE((o > S{"a"}));
+  EXPECT_TRUE((o >= S{"a", "b"}));
+
+  // test_set_init: set(1234) is refused by the server's create (here its TypeError).
+  EXPECT_EQ((m.set<std::string>({"a", "b", "c", "a"}).copy()), abc);
+  EXPECT_THROW((void)m.create("set", 1234), troupe::TypeError);
+  EXPECT_THROW(o._callmethod("add"), troupe::TypeError);
+}
+
 // ---- Namespace -----------------------------------------------------------------------------
 
 TEST_P(SyncMoreTest, NamespaceProxy) {

@@ -180,81 +180,6 @@ public:
   bool broken() const { return _callmethod<bool>("__getattribute__", "broken"); }
 };
 
-namespace detail {
-/// `proxy[key]`: reads with `__getitem__` when converted to T, writes with `__setitem__` when
-/// assigned. Holds a copy of the key; one call per use.
-template <class P, class K, class T>
-class ItemRef {
-public:
-  ItemRef(const P& proxy, K key) : proxy_(&proxy), key_(std::move(key)) {}
-  operator T() const { return proxy_->template _callmethod<T>("__getitem__", key_); }
-  T get() const { return *this; }
-  const ItemRef& operator=(const T& value) const {
-    proxy_->_callmethod("__setitem__", key_, value);
-    return *this;
-  }
-  const ItemRef& operator=(const ItemRef& other) const { return *this = other.get(); }
-
-private:
-  const P* proxy_;
-  K key_;
-};
-
-/// A live input iterator over a managed sequence, by index, as Python's iteration of a
-/// ListProxy: element i is read (`__getitem__`) when it is first looked at — dereferenced, or
-/// compared with the end — and the end is its IndexError, so a change made during the iteration
-/// is seen. Iterators of one proxy are equal at the same index; any is equal to end() once its
-/// element is missing.
-template <class P, class T>
-class IndexIterator {
-public:
-  using iterator_category = std::input_iterator_tag;
-  using value_type = T;
-  using difference_type = std::ptrdiff_t;
-  using pointer = const T*;
-  using reference = const T&;
-
-  IndexIterator() = default;  // end()
-  explicit IndexIterator(const P* proxy) : proxy_(proxy) {}
-  /// @throws IndexError at the end.
-  const T& operator*() const {
-    if (!fetch()) throw IndexError("list index out of range (iterated past the end)");
-    return *current_;
-  }
-  const T* operator->() const { return &**this; }
-  IndexIterator& operator++() {
-    ++index_;
-    fetched_ = false;
-    current_.reset();
-    return *this;
-  }
-  void operator++(int) { ++*this; }
-  friend bool operator==(const IndexIterator& a, const IndexIterator& b) {
-    if (!a.proxy_ && !b.proxy_) return true;
-    if (!a.proxy_) return !b.fetch();
-    if (!b.proxy_) return !a.fetch();
-    return a.proxy_ == b.proxy_ && a.index_ == b.index_;
-  }
-
-private:
-  bool fetch() const {
-    if (!fetched_) {
-      try {
-        current_ = proxy_->template _callmethod<T>("__getitem__", index_);
-      } catch (const IndexError&) {
-        current_.reset();
-      }
-      fetched_ = true;
-    }
-    return current_.has_value();
-  }
-  const P* proxy_ = nullptr;
-  std::int64_t index_ = 0;
-  mutable bool fetched_ = false;
-  mutable std::optional<T> current_;
-};
-}  // namespace detail
-
 /// Python: `ValueProxy`, the proxy of a managed `Value(typecode, value)` (a plain holder: its
 /// typecode is not checked, as in Python).
 template <class T>
@@ -462,6 +387,82 @@ public:
   }
 };
 
+/// Python 3.14: `SetProxy`, the proxy of a managed set whose elements are read as T. Operands
+/// are plain sets (std::set<T>); results that are sets come as std::set<T>. @throws KeyError
+/// from remove() of a missing element and pop() of an empty set, as Python's.
+template <class T>
+class SetProxy : public BaseProxy {
+public:
+  using Set = std::set<T>;
+  SetProxy() = default;
+  explicit SetProxy(BaseProxy p) : BaseProxy(std::move(p)) {}
+
+  std::size_t size() const {
+    return static_cast<std::size_t>(_callmethod<std::int64_t>("__len__"));
+  }
+  bool contains(const T& x) const { return _callmethod<bool>("__contains__", x); }
+  void add(const T& x) const { _callmethod("add", x); }
+  void discard(const T& x) const { _callmethod("discard", x); }
+  void remove(const T& x) const { _callmethod("remove", x); }
+  T pop() const { return _callmethod<T>("pop"); }
+  void clear() const { _callmethod("clear"); }
+  /// Python: `copy()`: a plain set.
+  Set copy() const { return _callmethod<Set>("copy"); }
+  /// Python: `update(iterable)`.
+  void update(const std::vector<T>& xs) const { _callmethod("update", detail::ListArg<T>{&xs}); }
+  void update(const Set& xs) const { _callmethod("update", xs); }
+
+  /// Python: `union`, `intersection`, `difference`, `symmetric_difference` (plain sets) and
+  /// their `_update` forms (in place).
+  Set union_(const Set& o) const { return _callmethod<Set>("union", o); }
+  Set intersection(const Set& o) const { return _callmethod<Set>("intersection", o); }
+  Set difference(const Set& o) const { return _callmethod<Set>("difference", o); }
+  Set symmetric_difference(const Set& o) const {
+    return _callmethod<Set>("symmetric_difference", o);
+  }
+  void intersection_update(const Set& o) const { _callmethod("intersection_update", o); }
+  void difference_update(const Set& o) const { _callmethod("difference_update", o); }
+  void symmetric_difference_update(const Set& o) const {
+    _callmethod("symmetric_difference_update", o);
+  }
+  bool isdisjoint(const Set& o) const { return _callmethod<bool>("isdisjoint", o); }
+  bool issubset(const Set& o) const { return _callmethod<bool>("issubset", o); }
+  bool issuperset(const Set& o) const { return _callmethod<bool>("issuperset", o); }
+
+  /// Python: `s | o`, `o | s`, `s & o`, ... with a plain set: plain sets; `s |= o`, ...: in
+  /// place; `s < o`, `s <= o`, `s > o`, `s >= o`: subset and superset tests.
+  Set operator|(const Set& o) const { return _callmethod<Set>("__or__", o); }
+  Set operator&(const Set& o) const { return _callmethod<Set>("__and__", o); }
+  Set operator-(const Set& o) const { return _callmethod<Set>("__sub__", o); }
+  Set operator^(const Set& o) const { return _callmethod<Set>("__xor__", o); }
+  friend Set operator|(const Set& o, const SetProxy& s) {
+    return s.template _callmethod<Set>("__ror__", o);
+  }
+  friend Set operator&(const Set& o, const SetProxy& s) {
+    return s.template _callmethod<Set>("__rand__", o);
+  }
+  friend Set operator-(const Set& o, const SetProxy& s) {
+    return s.template _callmethod<Set>("__rsub__", o);
+  }
+  friend Set operator^(const Set& o, const SetProxy& s) {
+    return s.template _callmethod<Set>("__rxor__", o);
+  }
+  const SetProxy& operator|=(const Set& o) const { return in_place("__ior__", o); }
+  const SetProxy& operator&=(const Set& o) const { return in_place("__iand__", o); }
+  const SetProxy& operator-=(const Set& o) const { return in_place("__isub__", o); }
+  const SetProxy& operator^=(const Set& o) const { return in_place("__ixor__", o); }
+  bool operator<(const Set& o) const { return _callmethod<bool>("__lt__", o); }
+  bool operator<=(const Set& o) const { return _callmethod<bool>("__le__", o); }
+  bool operator>(const Set& o) const { return _callmethod<bool>("__gt__", o); }
+  bool operator>=(const Set& o) const { return _callmethod<bool>("__ge__", o); }
+
+private:
+  const SetProxy& in_place(std::string_view method, const Set& o) const {
+    _callmethod(method, o);
+    return *this;
+  }
+};
+
 /// Python: `NamespaceProxy`, the proxy of a managed Namespace: attributes by name, each read
 /// as the type asked for. All names live on the server (Python keeps names that start with '_'
 /// on the local proxy; here they are the server's too, and left out of its repr as Python's).
@@ -555,6 +556,11 @@ public:
     return ListProxy<T>(create("list", detail::ListArg<T>{&values}));
   }
   BaseProxy list() { return create("list"); }
+  /// Python 3.14: `set()`, `set(iterable)`, typed: `m.set<std::string>({"a", "b"})`.
+  template <class T>
+  SetProxy<T> set(const std::vector<T>& values = {}) {
+    return SetProxy<T>(create("set", detail::ListArg<T>{&values}));
+  }
   /// Python: `Namespace()`.
   NamespaceProxy Namespace() { return NamespaceProxy(create("Namespace")); }
 
@@ -644,6 +650,13 @@ struct troupe::Codec<troupe::multiprocessing::managers::ListProxy<T>>
     : troupe::multiprocessing::managers::detail::BuiltinProxyCodec<
           troupe::multiprocessing::managers::ListProxy<T>> {
   static std::string signature() { return "ListProxy<" + troupe::Codec<T>::signature() + ">"; }
+};
+
+template <class T>
+struct troupe::Codec<troupe::multiprocessing::managers::SetProxy<T>>
+    : troupe::multiprocessing::managers::detail::BuiltinProxyCodec<
+          troupe::multiprocessing::managers::SetProxy<T>> {
+  static std::string signature() { return "SetProxy<" + troupe::Codec<T>::signature() + ">"; }
 };
 
 template <class K, class V>

@@ -1,14 +1,18 @@
-// troupe/multiprocessing/managers/detail/proxy_args.hpp — the wire forms SyncManager's typed
-// proxies (sync_manager.hpp) send and read that no plain C++ type has: a result that is None or a
-// value, a sequence sent as a Python list (never packed as bytes), a Python slice. Not API.
+// troupe/multiprocessing/managers/detail/proxy_args.hpp — helpers of SyncManager's typed proxies
+// (sync_manager.hpp): the wire forms they send and read that no plain C++ type has (a result that
+// is None or a value, a sequence sent as a Python list, never packed as bytes, a Python slice),
+// `proxy[key]` and the live iterator by index. Not API.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
+#include <iterator>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "troupe/codec.hpp"
+#include "troupe/errors.hpp"
 
 namespace troupe::multiprocessing::managers::detail {
 
@@ -32,6 +36,79 @@ struct ListArg {
 /// Python's `slice(start, stop, step)`: on the wire a list of three, each None or an int.
 struct SliceArg {
   std::optional<std::int64_t> start, stop, step;
+};
+
+/// `proxy[key]`: reads with `__getitem__` when converted to T, writes with `__setitem__` when
+/// assigned. Holds a copy of the key; one call per use.
+template <class P, class K, class T>
+class ItemRef {
+public:
+  ItemRef(const P& proxy, K key) : proxy_(&proxy), key_(std::move(key)) {}
+  operator T() const { return proxy_->template _callmethod<T>("__getitem__", key_); }
+  T get() const { return *this; }
+  const ItemRef& operator=(const T& value) const {
+    proxy_->_callmethod("__setitem__", key_, value);
+    return *this;
+  }
+  const ItemRef& operator=(const ItemRef& other) const { return *this = other.get(); }
+
+private:
+  const P* proxy_;
+  K key_;
+};
+
+/// A live input iterator over a managed sequence, by index, as Python's iteration of a
+/// ListProxy: element i is read (`__getitem__`) when it is first looked at — dereferenced, or
+/// compared with the end — and the end is its IndexError, so a change made during the iteration
+/// is seen. Iterators of one proxy are equal at the same index; any is equal to end() once its
+/// element is missing.
+template <class P, class T>
+class IndexIterator {
+public:
+  using iterator_category = std::input_iterator_tag;
+  using value_type = T;
+  using difference_type = std::ptrdiff_t;
+  using pointer = const T*;
+  using reference = const T&;
+
+  IndexIterator() = default;  // end()
+  explicit IndexIterator(const P* proxy) : proxy_(proxy) {}
+  /// @throws IndexError at the end.
+  const T& operator*() const {
+    if (!fetch()) throw IndexError("list index out of range (iterated past the end)");
+    return *current_;
+  }
+  const T* operator->() const { return &**this; }
+  IndexIterator& operator++() {
+    ++index_;
+    fetched_ = false;
+    current_.reset();
+    return *this;
+  }
+  void operator++(int) { ++*this; }
+  friend bool operator==(const IndexIterator& a, const IndexIterator& b) {
+    if (!a.proxy_ && !b.proxy_) return true;
+    if (!a.proxy_) return !b.fetch();
+    if (!b.proxy_) return !a.fetch();
+    return a.proxy_ == b.proxy_ && a.index_ == b.index_;
+  }
+
+private:
+  bool fetch() const {
+    if (!fetched_) {
+      try {
+        current_ = proxy_->template _callmethod<T>("__getitem__", index_);
+      } catch (const IndexError&) {
+        current_.reset();
+      }
+      fetched_ = true;
+    }
+    return current_.has_value();
+  }
+  const P* proxy_ = nullptr;
+  std::int64_t index_ = 0;
+  mutable bool fetched_ = false;
+  mutable std::optional<T> current_;
 };
 
 }  // namespace troupe::multiprocessing::managers::detail
