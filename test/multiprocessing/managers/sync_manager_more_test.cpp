@@ -110,6 +110,18 @@ void types_child(mm::ValueProxy<std::int32_t> value, mm::ArrayProxy<std::int32_t
 }
 TROUPE_ENTRY(types_child);
 
+// A child that takes the Condition's lock and exits holding it.
+void hold_condition(mm::ConditionProxy c) {
+  check(c.acquire(true, std::chrono::seconds(60)), "acquire");
+}
+TROUPE_ENTRY(hold_condition);
+
+// A child that waits at the barrier (until it is killed).
+void wait_at_barrier(mm::BarrierProxy b) {
+  (void)b.wait(std::chrono::seconds(60));
+}
+TROUPE_ENTRY(wait_at_barrier);
+
 namespace {
 
 class SyncMoreTest : public troupe::testing::LeakCheck,
@@ -249,6 +261,33 @@ TEST_P(SyncMoreTest, ConditionOverAManagedLock) {
   other.start();
   EXPECT_THROW((void)m.Condition(other.Lock()), troupe::ValueError);
   EXPECT_THROW((void)m.create("Condition", std::string("lock")), troupe::TypeError);
+}
+
+TEST_P(SyncMoreTest, AChildThatDiesLetsGoOfConditionAndBarrier) {
+  // Failure is a message: a Condition's lock held by a child that exits is released (Python
+  // keeps it held forever); a party killed at a barrier breaks it for the others (Python's would
+  // wait for it until the timeout).
+  if (skip_fork()) GTEST_SKIP() << "ThreadSanitizer: no threads in a forked child";
+  mm::SyncManager m(options());
+  m.start();
+  auto c = m.Condition();
+  {
+    mp::Process p(child_options(), &hold_condition, c);
+    p.start();
+    p.join(60s);
+    EXPECT_EQ(p.exitcode(), 0);
+  }
+  EXPECT_TRUE(c.acquire(true, 60s));
+  c.release();
+
+  auto b = m.Barrier(2);
+  mp::Process p(child_options(), &wait_at_barrier, b);
+  p.start();
+  ASSERT_TRUE(troupe::testing::eventually([&] { return b.n_waiting() == 1; }));
+  p.kill();
+  p.join(60s);
+  EXPECT_TRUE(troupe::testing::eventually([&] { return b.broken(); }));
+  EXPECT_THROW(b.wait(60s), troupe::threading::BrokenBarrierError);
 }
 
 // ---- Barrier -------------------------------------------------------------------------------
