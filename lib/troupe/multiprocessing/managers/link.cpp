@@ -38,6 +38,7 @@ struct Link::Runner {
   std::thread thread;
   std::atomic<std::thread::id> id{};
   std::optional<asio::steady_timer> heartbeat;  // used on the thread only
+  std::atomic<bool> link_gone{false};  // the link was destroyed on this thread (in a handler)
 };
 
 namespace {
@@ -222,9 +223,10 @@ void Link::connect(const LinkOptions& options) {
 // On the runner's thread.
 void Link::beat() {
   runner_->heartbeat->expires_after(heartbeat_interval_);
-  runner_->heartbeat->async_wait([w = weak_from_this()](boost::system::error_code ec) {
-    if (ec) return;
-    if (auto self = w.lock()) self->on_beat();
+  // Not holding the link (as the read): ~Link cancels the timer on this thread, or stops the
+  // runner, before the link goes.
+  runner_->heartbeat->async_wait([this](boost::system::error_code ec) {
+    if (!ec) on_beat();
   });
 }
 
@@ -266,6 +268,7 @@ Link::~Link() {
   if (!runner_->thread.joinable()) return;  // never connected
   if (on_link_thread()) {
     // The last proxy was dropped inside a completion on this link's own thread.
+    runner_->link_gone.store(true, std::memory_order_release);
     conn_->close();
     runner_->work.reset();
     runner_->ctx.stop();
@@ -424,20 +427,22 @@ void Link::pump() {
 }
 
 void Link::read_next() {
-  // Weakly held: on_frame() runs the calls' handlers, which may drop the last proxy and with
-  // it the link (destroyed on this thread, at the end of this handler, by `self`).
+  // Not holding the link: its last owner (a caller that got its reply) destroys it on its own
+  // thread, which joins this one. But on_frame() runs the calls' handlers, and one that drops
+  // the last proxy destroys the link here, on this thread: the runner (which outlives it) says
+  // so, and nothing of the link is touched after that. (The runner lives while its thread runs
+  // handlers: the thread holds it.)
   conn_->async_recv_bytes(
-      [w = weak_from_this()](boost::system::error_code ec, std::vector<std::byte> bytes) {
-        auto self = w.lock();
-        if (!self) return;
+      [this, r = runner_.get()](boost::system::error_code ec, std::vector<std::byte> bytes) {
         if (ec) {
-          if (ec == asio::error::operation_aborted) return self->die("the link was closed");
+          if (ec == asio::error::operation_aborted) return die("the link was closed");
           const bool eof = std::error_code(ec) == troupe::errc::eof_error;
-          return self->die(eof ? "it closed the connection" : "reading failed: " + ec.message());
+          return die(eof ? "it closed the connection" : "reading failed: " + ec.message());
         }
-        self->last_heard_ = std::chrono::steady_clock::now();
-        self->on_frame(std::move(bytes));
-        if (!self->conn_->closed()) self->read_next();
+        last_heard_ = std::chrono::steady_clock::now();
+        on_frame(std::move(bytes));
+        if (r->link_gone.load(std::memory_order_acquire)) return;
+        if (!conn_->closed()) read_next();
       });
 }
 
