@@ -1227,8 +1227,7 @@ public:
     drop_locked(id, 1, dead);
     // `dead` is destroyed after the lock is released (declared before it).
   }
-  std::shared_ptr<detail::HostedObject> find(std::string_view address,
-                                             std::uint64_t id) override {
+  std::shared_ptr<detail::HostedObject> find(std::string_view address, std::uint64_t id) override {
     if (address != address_text_) return nullptr;
     std::scoped_lock lock(m_);
     auto it = objects_.find(id);
