@@ -57,9 +57,9 @@ protected:
     ASSERT_EQ(child.exitcode(), 0);
   }
   void SetUp() override {
+    LeakCheck::SetUp();  // first: TearDown runs after a skip too, and checks against it
     if (troupe::testing::kTsanForkLimit && GetParam() == "fork")
       GTEST_SKIP() << "ThreadSanitizer: no threads in a child forked from a threaded process";
-    LeakCheck::SetUp();
   }
 };
 

@@ -227,6 +227,7 @@ TEST_P(SyncMoreTest, ConditionWaitForAcrossProcesses) {
 }
 
 TEST_P(SyncMoreTest, ConditionOverAManagedLock) {
+  if (skip_fork()) GTEST_SKIP() << "ThreadSanitizer: no threads in a forked child";
   mm::SyncManager m(options());
   m.start();
   auto lock = m.Lock();

@@ -134,6 +134,7 @@ public:
       if (n == 0) n = std::clamp(troupe::internal::process_cpu_count(), 1, 4);
       for (unsigned i = 0; i < n; ++i)
         threads_.emplace_back([this] {
+          tl_server_ = this;
           for (;;) {
             try {
               own_->run();
@@ -170,12 +171,10 @@ public:
     cv_.wait(lock, [&] { return shutdown_requested_; });
   }
 
-  bool on_server_thread() const {
-    const auto me = std::this_thread::get_id();
-    for (const auto& t : threads_)
-      if (t.get_id() == me) return true;
-    return false;
-  }
+  // Whether this thread is one of this server's own (each marks itself as it starts: stop()
+  // may ask while start() is still making them, so threads_ is not read here).
+  static inline thread_local const Impl* tl_server_ = nullptr;
+  bool on_server_thread() const { return tl_server_ == this; }
 
   // Whether this thread is running the user's executor (an io_context's or a thread pool's).
   bool on_user_executor() const {
