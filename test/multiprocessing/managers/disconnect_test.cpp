@@ -14,6 +14,7 @@
 #include "troupe/multiprocessing/process.hpp"
 
 #include "leak_check.hpp"
+#include "start_method_test.hpp"
 
 namespace disconnect_test {
 
@@ -39,26 +40,17 @@ namespace {
 
 using troupe::testing::eventually;
 
-class DisconnectTest : public troupe::testing::LeakCheck,
-                       public ::testing::WithParamInterface<std::string> {
+class DisconnectTest : public troupe::testing::StartMethodTest {
 protected:
-  mm::ManagerOptions options() {
-    mm::ManagerOptions o;
-    o.start_method = GetParam();
-    return o;
-  }
   void run_child(mm::AcquirerProxy lock) {
-    mp::ProcessOptions po;
-    po.start_method = GetParam();
-    po.fork_with_threads = true;
-    mp::Process child(po, &acquire_and_exit, lock);
+    mp::Process child(child_options(), &acquire_and_exit, lock);
     child.start();
     child.join(60s);
     ASSERT_EQ(child.exitcode(), 0);
   }
   void SetUp() override {
     LeakCheck::SetUp();  // first: TearDown runs after a skip too, and checks against it
-    if (troupe::testing::kTsanForkLimit && GetParam() == "fork")
+    if (skip_fork())
       GTEST_SKIP() << "ThreadSanitizer: no threads in a child forked from a threaded process";
   }
 };
@@ -106,10 +98,7 @@ TEST_P(DisconnectTest, AKilledHoldersRLockIsReleasedAndItsLockKept) {
   auto lock = m.Lock();
   for (auto* l : {&rlock, &lock}) {
     auto acquired = m.Event();
-    mp::ProcessOptions po;
-    po.start_method = GetParam();
-    po.fork_with_threads = true;
-    mp::Process child(po, &acquire_and_hang, *l, acquired);
+    mp::Process child(child_options(), &acquire_and_hang, *l, acquired);
     child.start();
     ASSERT_TRUE(acquired.wait(60s));
     EXPECT_FALSE(l->acquire(false));

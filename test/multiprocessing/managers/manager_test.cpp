@@ -12,6 +12,7 @@
 #include "troupe/multiprocessing/queues.hpp"
 
 #include "leak_check.hpp"
+#include "start_method_test.hpp"
 #include "test_types.hpp"
 
 namespace managers_test {
@@ -34,15 +35,7 @@ namespace {
 using namespace std::chrono_literals;
 using troupe::testing::eventually;
 
-class ManagerTest : public troupe::testing::LeakCheck,
-                    public ::testing::WithParamInterface<std::string> {
-protected:
-  mm::ManagerOptions options() {
-    mm::ManagerOptions o;
-    o.start_method = GetParam();
-    return o;
-  }
-};
+class ManagerTest : public troupe::testing::StartMethodTest {};
 
 TEST_P(ManagerTest, StartCreateCallShutdown) {
   TestManager m(options());
@@ -102,7 +95,7 @@ TEST_P(ManagerTest, APendingCallFailsAtOnceWhenTheServerProcessIsKilled) {
 }
 
 TEST_P(ManagerTest, AProxyTravelsToAChildProcess) {
-  if (troupe::testing::kTsanForkLimit && GetParam() == "fork")
+  if (skip_fork())
     GTEST_SKIP() << "ThreadSanitizer: no threads in a child forked from a threaded process";
   TestManager m(options());
   m.start();
@@ -120,7 +113,7 @@ TEST_P(ManagerTest, AProxyTravelsToAChildProcess) {
 }
 
 TEST_P(ManagerTest, AProxyTravelsThroughAProcessQueue) {
-  if (troupe::testing::kTsanForkLimit && GetParam() == "fork")
+  if (skip_fork())
     GTEST_SKIP() << "ThreadSanitizer: no threads in a child forked from a threaded process";
   TestManager m(options());
   m.start();

@@ -15,6 +15,7 @@
 #include "troupe/multiprocessing/process.hpp"
 
 #include "leak_check.hpp"
+#include "start_method_test.hpp"
 
 namespace smm_test {
 
@@ -40,15 +41,7 @@ bool exists(const std::string& name) {
   return ::stat(("/dev/shm/" + name).c_str(), &st) == 0;
 }
 
-class SharedMemoryManagerTest : public troupe::testing::LeakCheck,
-                                public ::testing::WithParamInterface<std::string> {
-protected:
-  mm::ManagerOptions options() {
-    mm::ManagerOptions o;
-    o.start_method = GetParam();
-    return o;
-  }
-};
+class SharedMemoryManagerTest : public troupe::testing::StartMethodTest {};
 
 TEST_P(SharedMemoryManagerTest, SegmentsAreTrackedAndUnlinkedAtShutdown) {
   mm::SharedMemoryManager smm(options());
@@ -83,9 +76,7 @@ TEST_P(SharedMemoryManagerTest, TheDocsExampleSumsInTwoProcesses) {
     items.emplace_back(std::int64_t{0});
     auto list = smm.ShareableList(items);
     name = list.shm().name();
-    mp::ProcessOptions po;
-    po.start_method = GetParam();
-    po.fork_with_threads = true;  // the link's thread; the workers use none of it
+    const auto po = child_options();
     mp::Process p1(po, &sum_into, name, std::int64_t{0}, std::int64_t{1000}, std::int64_t{2000});
     mp::Process p2(po, &sum_into, name, std::int64_t{1000}, std::int64_t{2000}, std::int64_t{2001});
     p1.start();

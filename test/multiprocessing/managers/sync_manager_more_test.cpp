@@ -20,6 +20,7 @@
 #include "troupe/multiprocessing/process.hpp"
 
 #include "leak_check.hpp"
+#include "start_method_test.hpp"
 
 namespace sync_manager_more_test {
 
@@ -124,22 +125,7 @@ TROUPE_ENTRY(wait_at_barrier);
 
 namespace {
 
-class SyncMoreTest : public troupe::testing::LeakCheck,
-                     public ::testing::WithParamInterface<std::string> {
-protected:
-  mm::ManagerOptions options() {
-    mm::ManagerOptions o;
-    o.start_method = GetParam();
-    return o;
-  }
-  mp::ProcessOptions child_options() {
-    mp::ProcessOptions po;
-    po.start_method = GetParam();
-    po.fork_with_threads = true;  // this process runs the link's thread; the child uses none
-    return po;
-  }
-  bool skip_fork() const { return troupe::testing::kTsanForkLimit && GetParam() == "fork"; }
-};
+class SyncMoreTest : public troupe::testing::StartMethodTest {};
 
 // ---- Condition -----------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@
 #include "troupe/multiprocessing/process.hpp"
 
 #include "leak_check.hpp"
+#include "start_method_test.hpp"
 
 namespace sync_manager_test {
 
@@ -41,24 +42,10 @@ TROUPE_ENTRY(wait_then_report);
 
 namespace {
 
-class SyncManagerTest : public troupe::testing::LeakCheck,
-                        public ::testing::WithParamInterface<std::string> {
-protected:
-  mm::ManagerOptions options() {
-    mm::ManagerOptions o;
-    o.start_method = GetParam();
-    return o;
-  }
-  mp::ProcessOptions child_options() {
-    mp::ProcessOptions po;
-    po.start_method = GetParam();
-    po.fork_with_threads = true;  // this process runs the link's thread; the child uses none
-    return po;
-  }
-};
+class SyncManagerTest : public troupe::testing::StartMethodTest {};
 
 TEST_P(SyncManagerTest, QueueBetweenProcesses) {
-  if (troupe::testing::kTsanForkLimit && GetParam() == "fork")
+  if (skip_fork())
     GTEST_SKIP() << "ThreadSanitizer: no threads in a child forked from a threaded process";
   mm::SyncManager m(options());
   m.start();
@@ -168,7 +155,7 @@ TEST_P(SyncManagerTest, LocksAndSemaphores) {
 }
 
 TEST_P(SyncManagerTest, EventWakesAnotherProcess) {
-  if (troupe::testing::kTsanForkLimit && GetParam() == "fork")
+  if (skip_fork())
     GTEST_SKIP() << "ThreadSanitizer: no threads in a child forked from a threaded process";
   mm::SyncManager m(options());
   m.start();
