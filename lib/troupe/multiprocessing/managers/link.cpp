@@ -1,7 +1,9 @@
 // A process's link to a manager server (detail/link.hpp).
 #include "troupe/multiprocessing/managers/detail/link.hpp"
 
+#include <poll.h>
 #include <pthread.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -194,6 +196,7 @@ void Link::connect(const LinkOptions& options) {
   server_name_ = std::string(name.begin(), name.size());
   conn_ = std::make_unique<Connection>(std::move(c));
   fd_ = conn_->fileno();
+  direct_ = !conn_->tls();
   conn_->set_executor(runner_->ctx.get_executor());
   auto r = runner_;
   r->thread = std::thread([r] {
@@ -210,9 +213,14 @@ void Link::connect(const LinkOptions& options) {
   });
   heartbeat_interval_ = options.heartbeat_interval;
   heartbeat_timeout_ = std::max(options.heartbeat_timeout, options.heartbeat_interval);
+  last_heard_.store(std::chrono::steady_clock::now().time_since_epoch().count());
+  if (!direct_) {
+    // Under TLS the link's thread reads, always (it alone touches the session).
+    std::scoped_lock lock(m_);
+    reader_ = Reader::runner;
+  }
   asio::post(runner_->ctx, [this] {
-    last_heard_ = std::chrono::steady_clock::now();
-    read_next();
+    if (!direct_) read_next();
     if (heartbeat_interval_.count() > 0) {
       runner_->heartbeat.emplace(runner_->ctx);
       beat();
@@ -231,26 +239,27 @@ void Link::beat() {
 }
 
 void Link::on_beat() {
-  if (conn_->closed()) return;
   bool waiting;
   {
     std::scoped_lock lock(m_);
     if (dead_) return;
-    waiting = !pending_.empty();
+    // Replies owed and somebody reading them: the silence counts. (A timed-out call's reply
+    // that nobody reads is nobody's concern.)
+    waiting = !pending_.empty() && reader_ != Reader::none;
   }
   const auto now = std::chrono::steady_clock::now();
   if (!waiting) {
     // Nothing is owed: the silence that counts starts with the next call.
-    last_heard_ = now;
+    last_heard_.store(now.time_since_epoch().count());
     return beat();
   }
-  const auto silent = std::chrono::duration_cast<std::chrono::milliseconds>(now - last_heard_);
-  if (silent >= heartbeat_timeout_) {
-    conn_->close();
+  const auto silent = std::chrono::duration_cast<std::chrono::milliseconds>(
+      now - std::chrono::steady_clock::time_point(
+                std::chrono::steady_clock::duration(last_heard_.load())));
+  if (silent >= heartbeat_timeout_)
     return die("it has not answered for " + std::to_string(silent.count()) +
                " ms, pings included (its host is gone, or the server is stopped; "
                "LinkOptions::heartbeat_timeout)");
-  }
   if (silent >= heartbeat_interval_)
     request([](proto::manager::Request::Builder r) { r.setPing(); },
             [](std::exception_ptr, std::shared_ptr<Frame>) {});
@@ -287,8 +296,19 @@ bool Link::on_link_thread() const noexcept {
 }
 
 bool Link::alive() const {
-  std::scoped_lock lock(m_);
-  return !dead_ && ::getpid() == pid_;
+  {
+    std::scoped_lock lock(m_);
+    if (dead_ || ::getpid() != pid_) return false;
+    if (!direct_ || reader_ != Reader::none) return true;
+  }
+  // Nobody reads while nothing is owed: a server that has closed the connection meanwhile
+  // (stopped, restarted) is seen here, so that Link::get connects afresh.
+  pollfd p{fd_, POLLRDHUP, 0};
+  if (::poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR)) != 0) {
+    const_cast<Link*>(this)->die("it closed the connection");
+    return false;
+  }
+  return true;
 }
 
 std::exception_ptr Link::dead_error() const {
@@ -306,6 +326,40 @@ std::vector<std::byte> Link::build_frame(std::uint64_t call_id, const Build& bui
   return internal::flatten(mb);
 }
 
+struct Link::SyncWait {
+  std::condition_variable cv;  // with the link's m_
+  bool done = false;
+  bool lead = false;
+  std::exception_ptr error;
+  std::shared_ptr<Frame> frame;
+};
+
+// Registers a call (its id); the dead link's error if the link is dead.
+std::uint64_t Link::register_call(Pending p) {
+  std::unique_lock lock(m_);
+  const std::uint64_t id = next_call_++;
+  if (dead_ || ::getpid() != pid_) {
+    lock.unlock();
+    complete(p, dead_error(), nullptr);
+    return id;
+  }
+  if (p.handler) ++async_pending_;
+  pending_.emplace(id, std::move(p));
+  return id;
+}
+
+// Any thread, m_ not held: ends a call with its reply or error.
+void Link::complete(Pending& p, std::exception_ptr error, std::shared_ptr<Frame> frame) {
+  if (p.handler) return p.handler(error, std::move(frame));
+  if (!p.sync) return;
+  std::scoped_lock lock(m_);
+  p.sync->error = error;
+  p.sync->frame = std::move(frame);
+  p.sync->done = true;
+  std::erase(followers_, p.sync.get());  // never handed the reading once done
+  p.sync->cv.notify_one();
+}
+
 std::uint64_t Link::request(const Build& build, Handler done) {
   std::uint64_t id;
   {
@@ -321,9 +375,13 @@ std::uint64_t Link::request(const Build& build, Handler done) {
       asio::post(runner_->ctx, [done = std::move(done), e] { done(e, nullptr); });
       return id;
     }
-    pending_.emplace(id, std::move(done));
+    ++async_pending_;
+    pending_.emplace(id, Pending{std::move(done), nullptr});
+    // Somebody must read its reply: the link's thread, unless a blocking caller reads already
+    // (it hands the reading over when its own reply has come).
+    if (reader_ == Reader::none) start_runner_reading_locked();
   }
-  enqueue(std::move(bytes));
+  write(std::move(bytes));
   return id;
 }
 
@@ -334,7 +392,7 @@ void Link::send(const Build& build) {
     if (dead_ || ::getpid() != pid_) return;
     id = next_call_++;
   }
-  enqueue(build_frame(id, build));
+  write(build_frame(id, build));
 }
 
 std::shared_ptr<Frame> Link::call(const Build& build,
@@ -344,44 +402,208 @@ std::shared_ptr<Frame> Link::call(const Build& build,
         "a blocking call to the manager at " + address_text_ +
         " on the thread that reads its replies would wait for itself (a completion handler with "
         "no executor of its own runs there): use the async_ form, or bind an executor");
-  struct Wait {
-    std::mutex m;
-    std::condition_variable cv;
-    bool done = false;
-    std::exception_ptr error;
-    std::shared_ptr<Frame> frame;
-  };
-  auto w = std::make_shared<Wait>();
-  request(build, [w](std::exception_ptr e, std::shared_ptr<Frame> f) {
-    {
-      std::scoped_lock lock(w->m);
-      w->error = e;
-      w->frame = std::move(f);
-      w->done = true;
+  // A handler run while this thread reads may drop the last proxy: the link lives until the
+  // call returns.
+  auto self = shared_from_this();
+  std::optional<std::chrono::steady_clock::time_point> deadline;
+  if (timeout)
+    deadline = std::chrono::steady_clock::now() +
+               std::chrono::duration_cast<std::chrono::steady_clock::duration>(*timeout);
+  auto w = std::make_shared<SyncWait>();
+  std::uint64_t id;
+  {
+    std::scoped_lock lock(m_);
+    id = next_call_++;
+  }
+  auto bytes = build_frame(id, build);
+  {
+    std::unique_lock lock(m_);
+    if (dead_ || ::getpid() != pid_) {
+      lock.unlock();
+      std::rethrow_exception(dead_error());
     }
-    w->cv.notify_one();
-  });
-  std::unique_lock lock(w->m);
-  if (!timeout) {
-    w->cv.wait(lock, [&] { return w->done; });
-  } else if (!w->cv.wait_for(lock, *timeout, [&] { return w->done; })) {
+    pending_.emplace(id, Pending{nullptr, w});
+  }
+  write(std::move(bytes));
+  std::unique_lock lock(m_);
+  while (!w->done) {
+    if (direct_ && reader_ == Reader::none) {
+      reader_ = Reader::leader;
+      w->lead = true;
+    }
+    if (w->lead) {
+      lock.unlock();
+      lead(w, deadline);
+      lock.lock();
+      if (w->done) break;
+      if (dead_) {
+        // die() fails every pending call, this one too, just after it marks the link dead.
+        w->cv.wait(lock, [&] { return w->done; });
+        break;
+      }
+    } else {
+      followers_.push_back(w.get());
+      auto woken = [&] { return w->done || w->lead; };
+      if (!deadline)
+        w->cv.wait(lock, woken);
+      else
+        w->cv.wait_until(lock, *deadline, woken);
+      std::erase(followers_, w.get());
+      if (w->done || w->lead) continue;
+    }
+    // Out of time: the call is not cancelled; its reply, if it comes, is dropped.
+    pending_.erase(id);
+    lock.unlock();
     throw troupe::TimeoutError(
         "the manager at " + address_text_ + " did not answer within " +
         std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(*timeout).count()) +
         " ms");
   }
+  lock.unlock();
   if (w->error) std::rethrow_exception(w->error);
   auto reply = w->frame->root<proto::manager::Reply>();
   if (reply.isError()) throw_error(ErrorEnvelope::decode(reply.getError()));
   return std::move(w->frame);
 }
 
-void Link::enqueue(std::vector<std::byte> bytes) {
-  asio::post(runner_->ctx, [this, self = shared_from_this(), bytes = std::move(bytes)]() mutable {
-    if (conn_->closed()) return;
+// A blocking caller reads the connection for everyone until its own reply comes (or the link
+// dies, or its deadline passes), then hands the reading on.
+void Link::lead(const std::shared_ptr<SyncWait>& w,
+                std::optional<std::chrono::steady_clock::time_point> deadline) {
+  for (;;) {
+    {
+      std::scoped_lock lock(m_);
+      if (w->done || dead_) break;
+    }
+    std::vector<std::byte> bytes;
+    try {
+      // Without a deadline the read may block as long as the server is silent: the heartbeat
+      // (on the link's thread) shuts the socket down if it stays silent too long, which ends
+      // the read.
+      if (deadline && !conn_->poll(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                          std::max(*deadline - std::chrono::steady_clock::now(),
+                                   std::chrono::steady_clock::duration::zero()))))
+        break;
+      bytes = conn_->recv_bytes();
+    } catch (const EOFError&) {
+      die("it closed the connection");
+      break;
+    } catch (const std::exception& e) {
+      die(std::string("reading failed: ") + e.what());
+      break;
+    }
+    last_heard_.store(std::chrono::steady_clock::now().time_since_epoch().count());
+    on_frame(std::move(bytes));
+  }
+  std::scoped_lock lock(m_);
+  w->lead = false;
+  release_reading_locked();
+}
+
+// m_ held, by the reader that stops reading: the next reader is a waiting blocking caller, else
+// the link's thread if asynchronous requests are owed, else nobody.
+void Link::release_reading_locked() {
+  reader_ = Reader::none;
+  if (dead_) return;
+  if (!followers_.empty()) {
+    SyncWait* next = followers_.front();
+    followers_.pop_front();
+    next->lead = true;
+    reader_ = Reader::leader;
+    next->cv.notify_one();
+    return;
+  }
+  if (async_pending_ > 0) start_runner_reading_locked();
+}
+
+// m_ held: the link's thread becomes the reader.
+void Link::start_runner_reading_locked() {
+  reader_ = Reader::runner;
+  asio::post(runner_->ctx, [this, self = shared_from_this()] { read_next(); });
+}
+
+// ---- writing --------------------------------------------------------------------------------
+
+void Link::write(std::vector<std::byte> bytes) {
+  std::unique_lock lock(wm_);
+  if (!direct_ || writing_ || !out_.empty() || on_link_thread()) {
+    // The link's thread writes it (it must never block in a write: it reads too).
     out_.push_back(std::move(bytes));
-    pump();
-  });
+    schedule_pump_locked();
+    return;
+  }
+  writing_ = true;
+  lock.unlock();
+  std::string failed;
+  try {
+    conn_->send_bytes(std::span<const std::byte>(bytes.data(), bytes.size()));
+  } catch (const std::exception& e) {
+    failed = e.what();
+  }
+  lock.lock();
+  writing_ = false;
+  if (!failed.empty()) {
+    out_.clear();
+    notify_drained_locked(lock);
+    lock.unlock();
+    return die("sending failed: " + failed);
+  }
+  if (out_.empty())
+    notify_drained_locked(lock);
+  else
+    schedule_pump_locked();
+}
+
+// wm_ held.
+void Link::schedule_pump_locked() {
+  if (writing_ || pump_posted_ || out_.empty()) return;
+  pump_posted_ = true;
+  asio::post(runner_->ctx, [this, self = shared_from_this()] { pump(); });
+}
+
+// wm_ held: releases it while the waiters run.
+void Link::notify_drained_locked(std::unique_lock<std::mutex>& lock) {
+  if (drained_.empty()) return;
+  auto waiting = std::move(drained_);
+  drained_.clear();
+  lock.unlock();
+  for (auto& f : waiting) f();
+  lock.lock();
+}
+
+// On the link's thread.
+void Link::pump() {
+  std::unique_lock lock(wm_);
+  pump_posted_ = false;
+  if (writing_) return;  // a caller writes; it schedules the rest when done
+  if (out_.empty()) return notify_drained_locked(lock);
+  {
+    std::scoped_lock dl(m_);
+    if (dead_) {
+      out_.clear();
+      return notify_drained_locked(lock);
+    }
+  }
+  writing_ = true;
+  sending_ = std::move(out_.front());
+  out_.pop_front();
+  lock.unlock();
+  conn_->async_send_bytes(std::span<const std::byte>(sending_.data(), sending_.size()),
+                          [this, self = shared_from_this()](boost::system::error_code ec) {
+                            std::unique_lock lock(wm_);
+                            writing_ = false;
+                            sending_.clear();
+                            if (ec) {
+                              out_.clear();
+                              notify_drained_locked(lock);
+                              lock.unlock();
+                              return die("sending failed: " + ec.message());
+                            }
+                            if (out_.empty())
+                              notify_drained_locked(lock);
+                            else
+                              schedule_pump_locked();
+                          });
 }
 
 void Link::flush(std::chrono::nanoseconds timeout) {
@@ -392,39 +614,17 @@ void Link::flush(std::chrono::nanoseconds timeout) {
   }
   auto done = std::make_shared<std::promise<void>>();
   auto drained = done->get_future();
-  // Posted after the requests it waits for (one runner thread: posts run in order).
-  asio::post(runner_->ctx, [this, self = shared_from_this(), done] {
+  {
+    std::scoped_lock lock(wm_);
+    // A request this thread wrote itself is on the socket already; one queued (behind another
+    // thread's write, or the link's) is written before out_ is empty again.
+    if (!writing_ && out_.empty()) return;
     drained_.push_back([done] { done->set_value(); });
-    if (!writing_ && out_.empty()) notify_drained();
-  });
+  }
   drained.wait_for(timeout);
 }
 
-void Link::notify_drained() {
-  auto waiting = std::move(drained_);
-  drained_.clear();
-  for (auto& f : waiting) f();
-}
-
-void Link::pump() {
-  if (writing_) return;
-  if (out_.empty()) {
-    if (!drained_.empty()) notify_drained();
-    return;
-  }
-  writing_ = true;
-  const auto& front = out_.front();
-  conn_->async_send_bytes(std::span<const std::byte>(front.data(), front.size()),
-                          [this, self = shared_from_this()](boost::system::error_code ec) {
-                            writing_ = false;
-                            if (!out_.empty()) out_.pop_front();
-                            if (ec) {
-                              out_.clear();
-                              return die("sending failed: " + ec.message());
-                            }
-                            pump();
-                          });
-}
+// ---- reading --------------------------------------------------------------------------------
 
 void Link::read_next() {
   // Not holding the link: its last owner (a caller that got its reply) destroys it on its own
@@ -439,10 +639,17 @@ void Link::read_next() {
           const bool eof = std::error_code(ec) == troupe::errc::eof_error;
           return die(eof ? "it closed the connection" : "reading failed: " + ec.message());
         }
-        last_heard_ = std::chrono::steady_clock::now();
+        last_heard_.store(std::chrono::steady_clock::now().time_since_epoch().count());
         on_frame(std::move(bytes));
         if (r->link_gone.load(std::memory_order_acquire)) return;
-        if (!conn_->closed()) read_next();
+        {
+          std::scoped_lock lock(m_);
+          if (dead_) return;
+          // Plain sockets: this thread reads while asynchronous requests are owed; then a
+          // waiting blocking caller reads, or nobody.
+          if (direct_ && async_pending_ == 0) return release_reading_locked();
+        }
+        read_next();
       });
 }
 
@@ -453,19 +660,19 @@ void Link::on_frame(std::vector<std::byte> bytes) {
     frame = internal::parse_frame(std::move(bytes));
     id = frame->root<proto::manager::Reply>().getCallId();
   } catch (const std::exception& e) {
-    conn_->close();
     return die(std::string("it sent a malformed reply (") + e.what() + ")");
   }
-  Handler h;
+  Pending p;
   {
     std::scoped_lock lock(m_);
     auto it = pending_.find(id);
     if (it != pending_.end()) {
-      h = std::move(it->second);
+      p = std::move(it->second);
       pending_.erase(it);
+      if (p.handler) --async_pending_;
     }
   }
-  if (h) return h(nullptr, std::move(frame));
+  if (p.handler || p.sync) return complete(p, nullptr, std::move(frame));
   // The failure of a request without a reply (a decref, a claim): logged.
   try {
     auto reply = frame->root<proto::manager::Reply>();
@@ -476,8 +683,9 @@ void Link::on_frame(std::vector<std::byte> bytes) {
   }
 }
 
+// Any thread. The link is dead from here on: what is pending fails with the reason.
 void Link::die(const std::string& why) {
-  std::unordered_map<std::uint64_t, Handler> pending;
+  std::unordered_map<std::uint64_t, Pending> pending;
   {
     std::scoped_lock lock(m_);
     if (!dead_) {
@@ -485,14 +693,30 @@ void Link::die(const std::string& why) {
       why_dead_ = why;
     }
     pending.swap(pending_);
+    async_pending_ = 0;
   }
-  conn_->close();
-  out_.clear();
-  notify_drained();
-  if (runner_->heartbeat) runner_->heartbeat->cancel();
+  if (direct_) {
+    // Another thread may be inside a read or a write on the connection: shutting the socket
+    // down ends both (closing it here could not); ~Link closes it.
+    if (fd_ >= 0) ::shutdown(fd_, SHUT_RDWR);
+  } else {
+    conn_->close();  // on the link's thread, the only one that uses the connection
+  }
+  {
+    std::unique_lock lock(wm_);
+    out_.clear();
+    notify_drained_locked(lock);
+  }
+  if (on_link_thread()) {
+    if (runner_->heartbeat) runner_->heartbeat->cancel();
+  } else {
+    asio::post(runner_->ctx, [r = runner_.get()] {
+      if (r->heartbeat) r->heartbeat->cancel();
+    });
+  }
   if (!pending.empty()) {
     auto e = dead_error();
-    for (auto& [id, h] : pending) h(e, nullptr);
+    for (auto& [id, p] : pending) complete(p, e, nullptr);
   }
 }
 

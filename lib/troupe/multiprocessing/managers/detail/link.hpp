@@ -1,10 +1,12 @@
 // troupe/multiprocessing/managers/detail/link.hpp — a process's connection to one manager
-// server, shared by every proxy of this process to that server: requests multiplexed by call id,
-// replies read by a thread of the link's own (an Asio io_context). Not API.
+// server, shared by every proxy of this process to that server: requests multiplexed by call id;
+// a blocking call writes and reads on its own thread (leader/follower), asynchronous requests'
+// replies are read by a thread of the link's own (an Asio io_context). Not API.
 #pragma once
 
 #include <sys/types.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <deque>
@@ -50,7 +52,8 @@ std::uint64_t current_lane() noexcept;
 class Link : public std::enable_shared_from_this<Link> {
 public:
   /// What a reply comes to: the frame (its root a Reply), or the error that ended the call
-  /// before any reply (the link died). Runs on the link's thread.
+  /// before any reply (the link died). Runs on the thread that read the reply: the link's own,
+  /// or a thread blocked in call() reading for everyone; it must not block.
   using Handler = std::function<void(std::exception_ptr, std::shared_ptr<Frame>)>;
   /// Fills in a request (its call id and lane are set by the link).
   using Build = std::function<void(proto::manager::Request::Builder)>;
@@ -98,7 +101,7 @@ public:
   bool alive() const;
   /// The process that made the link: in a forked child the inherited link is unusable.
   pid_t owner() const noexcept { return pid_; }
-  /// Whether the calling thread is the link's reader.
+  /// Whether the calling thread is the link's own (Asio's) thread.
   bool on_link_thread() const noexcept;
   /// The error every call fails with once the link is dead.
   std::exception_ptr dead_error() const;
@@ -106,15 +109,30 @@ public:
   struct Runner;
 
 private:
+  // A blocking call's wait (Link::call): done when its reply (or the link's death) came; `lead`
+  // when it has been handed the reading of the connection.
+  struct SyncWait;
+  struct Pending {
+    Handler handler;                 // an asynchronous request's
+    std::shared_ptr<SyncWait> sync;  // or a blocking call's
+  };
+
   Link(Address address, AuthenticationString authkey);
   void connect(const LinkOptions& options);
   void read_next();
   void on_frame(std::vector<std::byte> bytes);
+  void complete(Pending& p, std::exception_ptr error, std::shared_ptr<Frame> frame);
   void die(const std::string& why);
   void beat();
   void on_beat();
-  void enqueue(std::vector<std::byte> bytes);
+  void write(std::vector<std::byte> bytes);
+  void schedule_pump_locked();
   void pump();
+  void lead(const std::shared_ptr<SyncWait>& w,
+            std::optional<std::chrono::steady_clock::time_point> deadline);
+  void release_reading_locked();
+  void start_runner_reading_locked();
+  std::uint64_t register_call(Pending p);
   std::vector<std::byte> build_frame(std::uint64_t call_id, const Build& build);
 
   Address address_;
@@ -127,20 +145,37 @@ private:
   std::shared_ptr<Runner> runner_;
   std::chrono::milliseconds heartbeat_interval_{0};
   std::chrono::milliseconds heartbeat_timeout_{0};
-  std::chrono::steady_clock::time_point last_heard_{};  // on the runner's thread
-  std::unique_ptr<Connection> conn_;  // used on the runner's thread once connected
+  // When the server was last heard from (steady_clock ticks), by whichever thread reads.
+  std::atomic<std::int64_t> last_heard_{0};
+  // Plain sockets (not TLS): a blocking call writes its request and reads replies on its own
+  // thread (one sender and one receiver at a time: the Connection allows it), instead of
+  // handing both to the link's thread and waiting to be woken (two context switches each way).
+  // Under TLS one session serves both directions: everything stays on the link's thread.
+  bool direct_ = false;
+  std::unique_ptr<Connection> conn_;  // reads: by the reader; writes: by the writer
 
-  mutable std::mutex m_;
+  mutable std::mutex m_;  // dead_, pending_, the reader, the followers
   bool dead_ = false;
   std::string why_dead_;
   std::uint64_t next_call_ = 1;
-  std::unordered_map<std::uint64_t, Handler> pending_;
-  // On the runner's thread: frames waiting to be written.
+  std::unordered_map<std::uint64_t, Pending> pending_;
+  std::size_t async_pending_ = 0;  // entries of pending_ with a handler
+  // Who reads the connection: nobody (nothing is owed), the link's thread (asynchronous
+  // requests are owed), or a blocking caller (the leader) that reads for everyone until its own
+  // reply comes, then hands the reading to a waiting caller (a follower) or the link's thread.
+  enum class Reader { none, runner, leader } reader_ = Reader::none;
+  std::deque<SyncWait*> followers_;
+
+  std::mutex wm_;  // the writing: out_, writing_, pump_posted_, drained_
+  // Frames waiting to be written by the link's thread (written by a caller directly when the
+  // connection is idle).
   std::deque<std::vector<std::byte>> out_;
+  std::vector<std::byte> sending_;  // the frame the link's thread is writing
   bool writing_ = false;
-  // On the runner's thread: flush() callers waiting for out_ to drain.
+  bool pump_posted_ = false;
+  // flush() callers waiting for out_ to drain.
   std::vector<std::function<void()>> drained_;
-  void notify_drained();
+  void notify_drained_locked(std::unique_lock<std::mutex>& lock);
   friend void after_fork_in_child() noexcept;
 };
 

@@ -1,0 +1,125 @@
+// A process's link to a manager: blocking calls write and read on their own threads (one reads
+// for everyone, the leader, and hands the reading on), asynchronous calls' replies are read by
+// the link's thread. These cases mix the two and check that every reply reaches its caller, that
+// the reading changes hands without a call left waiting, and that timeouts and a dying server
+// end every kind of call.
+#include <signal.h>
+
+#include <atomic>
+#include <future>
+#include <thread>
+#include <vector>
+
+#include <boost/asio/bind_executor.hpp>
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/io_context.hpp>
+
+#include "troupe/multiprocessing/managers/manager.hpp"
+
+#include "leak_check.hpp"
+#include "start_method_test.hpp"
+#include "test_types.hpp"
+
+namespace link_test {
+namespace {
+
+using namespace std::chrono_literals;
+using namespace managers_test;
+
+class LinkTest : public troupe::testing::StartMethodTest {};
+
+// Threads calling at once on one link: each gets its own results, in its own order.
+TEST_P(LinkTest, ConcurrentBlockingCallsEachGetTheirReplies) {
+  TestManager m(options());
+  m.start();
+  auto maths = m.create<Maths>("Maths");
+  constexpr int kThreads = 8, kCalls = 300;
+  std::atomic<int> wrong{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t)
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < kCalls; ++i)
+        if (maths.call<&Maths::add>(t * 100000, i) != t * 100000 + i) ++wrong;
+    });
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(wrong.load(), 0);
+}
+
+// Blocking calls while asynchronous ones are in flight on the same link, and the reverse: the
+// reading passes between the link's thread and the callers many times.
+TEST_P(LinkTest, BlockingAndAsynchronousCallsMixed) {
+  TestManager m(options());
+  m.start();
+  auto maths = m.create<Maths>("Maths");
+  boost::asio::io_context ctx;
+  constexpr int kAsync = 2000;
+  int started = 0, done = 0, wrong = 0;
+  std::function<void()> next = [&] {
+    const int i = started++;
+    maths.async_call<&Maths::add>(
+        i, 1, boost::asio::bind_executor(ctx, [&, i](std::exception_ptr e, int r) {
+          ++done;
+          if (e || r != i + 1) ++wrong;
+          if (started < kAsync) next();
+        }));
+  };
+  std::atomic<int> sync_wrong{0};
+  std::vector<std::thread> callers;
+  for (int t = 0; t < 3; ++t)
+    callers.emplace_back([&, t] {
+      for (int i = 0; i < 300; ++i)
+        if (maths.call<&Maths::mul>(t + 1, i) != (t + 1) * i) ++sync_wrong;
+    });
+  for (int k = 0; k < 16; ++k) next();
+  ctx.run();
+  for (auto& t : callers) t.join();
+  EXPECT_EQ(done, kAsync);
+  EXPECT_EQ(wrong, 0);
+  EXPECT_EQ(sync_wrong.load(), 0);
+  // Afterwards, with nothing owed, a blocking call reads for itself again.
+  EXPECT_EQ(maths.call<&Maths::add>(20, 22), 42);
+}
+
+// A leader whose server dies mid-call fails with the server named, and so do the followers and
+// the asynchronous calls waiting with it; nothing waits on.
+TEST_P(LinkTest, ADyingServerFailsLeaderFollowersAndAsynchronousCalls) {
+  TestManager m(options());
+  m.start();
+  auto maths = m.create<Maths>("Maths");
+  ASSERT_EQ(maths.call<&Maths::add>(1, 1), 2);
+  std::vector<std::future<int>> blocked;
+  for (int t = 0; t < 4; ++t)
+    blocked.push_back(
+        std::async(std::launch::async, [&] { return maths.call<&Maths::slow>(30000); }));
+  // Its handler runs on an io_context of the test's (not Asio's system executor, whose threads
+  // would stay and make a later fork refuse).
+  boost::asio::io_context ctx;
+  auto work = boost::asio::make_work_guard(ctx);
+  std::thread runner([&] { ctx.run(); });
+  std::promise<int> promised;
+  auto pending = promised.get_future();
+  maths.async_call<&Maths::slow>(30000,
+                                 boost::asio::bind_executor(ctx, [&](std::exception_ptr e, int r) {
+                                   if (e)
+                                     promised.set_exception(e);
+                                   else
+                                     promised.set_value(r);
+                                 }));
+  std::this_thread::sleep_for(200ms);
+  ASSERT_EQ(::kill(*m.process()->pid(), SIGKILL), 0);
+  for (auto& f : blocked) {
+    ASSERT_EQ(f.wait_for(10s), std::future_status::ready);
+    EXPECT_THROW(f.get(), troupe::EOFError);
+  }
+  ASSERT_EQ(pending.wait_for(10s), std::future_status::ready);
+  EXPECT_THROW(pending.get(), troupe::EOFError);
+  EXPECT_THROW(maths.call<&Maths::add>(1, 1), troupe::EOFError);
+  work.reset();
+  runner.join();
+}
+
+INSTANTIATE_TEST_SUITE_P(StartMethods, LinkTest, ::testing::Values("fork", "spawn"),
+                         [](const auto& info) { return info.param; });
+
+}  // namespace
+}  // namespace link_test
