@@ -22,6 +22,7 @@
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/cancellation_signal.hpp>
 #include <boost/asio/compose.hpp>
+#include <boost/asio/defer.hpp>
 #include <boost/asio/execution/outstanding_work.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/prefer.hpp>
@@ -75,7 +76,10 @@ public:
     }
     op_.deferred_.emplace(std::move(args)...);
     auto ex = self_.get_executor();
-    boost::asio::post(ex, std::move(self_));  // resumed with no arguments: completes then
+    // Deferred, not posted: the same rule (never inside this call), but marked as a
+    // continuation of the running handler, so a thread of the executor's io_context queues it
+    // for itself instead of waking another (a context switch per operation).
+    boost::asio::defer(ex, std::move(self_));  // resumed with no arguments: completes then
   }
 
   /// The intermediate completion handler, to give to the next operation this one waits on
