@@ -72,6 +72,9 @@ struct QueueManager : mm::Manager<QueueManager> {
 
 const bool registered = [] {
   MathsManager::register_<Maths>("Maths");
+  // The same class with RegisterOptions::quick (add never blocks): its calls run on the
+  // server's I/O thread instead of its pool.
+  MathsManager::register_<Maths>("QuickMaths", {.quick = true});
   mm::register_shared_queue(QueueManager::registry(), "get_task_queue");
   mm::register_shared_queue(QueueManager::registry(), "get_result_queue");
   return true;
@@ -187,7 +190,7 @@ private:
 void BM_ProxyCall_typed(benchmark::State& state) {
   MathsManager m(server_options(state.range(0)));
   m.start();
-  auto p = m.create<Maths>("Maths");
+  auto p = m.create<Maths>("QuickMaths");
   for (std::int64_t i = 0; i < 1000; ++i) (void)p.call<&Maths::add>(i, 1);
   std::int64_t i = 0;
   const Meter meter(*m.process()->pid());
@@ -284,7 +287,7 @@ BENCHMARK(BM_PipePingPong_thread)->UseRealTime();
 void BM_ProxyPipelined(benchmark::State& state) {
   MathsManager m(server_options(state.range(0)));
   m.start();
-  auto p = m.create<Maths>("Maths");
+  auto p = m.create<Maths>("QuickMaths");
   const std::int64_t window = state.range(1);
   constexpr std::int64_t kCalls = 20000;
   boost::asio::io_context ctx;

@@ -80,6 +80,21 @@ TEST_P(LinkTest, BlockingAndAsynchronousCallsMixed) {
   EXPECT_EQ(maths.call<&Maths::add>(20, 22), 42);
 }
 
+// A blocking call that waits long (the leader, reading) does not hold up another thread's quick
+// calls: their replies are read by the leader and handed to them.
+TEST_P(LinkTest, AQuickCallIsNotHeldUpByASlowOne) {
+  TestManager m(options());
+  m.start();
+  auto slow = m.create<Maths>("Maths");
+  auto quick = m.create<Maths>("Maths");
+  auto waiting = std::async(std::launch::async, [&] { return slow.call<&Maths::slow>(1500); });
+  std::this_thread::sleep_for(100ms);  // the slow call's thread is reading by now
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int i = 0; i < 20; ++i) EXPECT_EQ(quick.call<&Maths::add>(i, i), 2 * i);
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 1400ms) << "the quick calls waited";
+  EXPECT_EQ(waiting.get(), 1500);
+}
+
 // A leader whose server dies mid-call fails with the server named, and so do the followers and
 // the asynchronous calls waiting with it; nothing waits on.
 TEST_P(LinkTest, ADyingServerFailsLeaderFollowersAndAsynchronousCalls) {

@@ -58,6 +58,13 @@ struct RegisterOptions {
   /// Calls on one object run one at a time (the class need not be thread-safe). Not in Python,
   /// whose managed objects are called from the server's threads concurrently, as here by default.
   bool serialized = false;
+  /// The methods return at once (microseconds) and never block. Their calls then run on the
+  /// server thread that read them, the reply written before that thread reads on: no hand-off
+  /// to the server's pool and back, which costs two context switches, most of a round trip.
+  /// By default a registered class's calls run on the pool, as Python runs each connection's
+  /// calls on a thread of its own: a method that sleeps or waits there holds up nobody else.
+  /// A quick method that blocks holds up every client served by its thread. Not in Python.
+  bool quick = false;
 };
 
 /// The typeids one manager class can host. Thread-safe.
@@ -129,6 +136,7 @@ detail::TypeEntry Registry::class_entry(std::string typeid_, RegisterOptions&& o
   e.method_to_typeid = std::move(options.method_to_typeid);
   e.create_method = options.create_method;
   e.serialized = options.serialized;
+  e.quick = options.quick;
   e.fingerprint = detail::table_fingerprint<T>();
   e.cxx_type = std::type_index(typeid(T));
   return e;

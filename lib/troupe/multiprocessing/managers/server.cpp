@@ -26,6 +26,7 @@
 #include <boost/asio/thread_pool.hpp>
 #include <capnp/serialize.h>
 
+#include "troupe/detail/futex.hpp"
 #include "troupe/error_envelope.hpp"
 #include "troupe/internal/cpus.hpp"
 #include "troupe/multiprocessing/authkey.hpp"
@@ -105,6 +106,12 @@ public:
     if (!ex) {
       own_ = std::make_unique<asio::io_context>();
       ex = own_->get_executor();
+      // The connections' I/O: an io_context per thread, each connection on one of them. A
+      // request is read, a built-in call run and its reply written on that one thread, with no
+      // other thread to wake (a shared multi-threaded io_context wakes a second thread for
+      // each event, a context switch per call that costs more than the call).
+      for (unsigned i = 0; i < thread_count(); ++i)
+        io_.push_back(std::make_unique<asio::io_context>(1));
     }
     ex_ = ex;
     if (!address)
@@ -129,22 +136,25 @@ public:
     accept_next();
     schedule_sweep();
     if (own_) {
-      work_.emplace(own_->get_executor());
-      unsigned n = options_.threads;
-      if (n == 0) n = std::clamp(troupe::internal::process_cpu_count(), 1, 4);
-      for (unsigned i = 0; i < n; ++i)
-        threads_.emplace_back([this] {
-          tl_server_ = this;
-          for (;;) {
-            try {
-              own_->run();
-              return;
-            } catch (const std::exception& e) {
-              mlog().error(std::string("manager server: an exception escaped a handler: ") +
-                           e.what());
-            }
+      work_.emplace_back(own_->get_executor());
+      for (auto& io : io_) work_.emplace_back(io->get_executor());
+      auto run = [this](asio::io_context* io, bool spin) {
+        tl_server_ = this;
+        for (;;) {
+          try {
+            if (spin)
+              run_spinning(*io);
+            else
+              io->run();
+            return;
+          } catch (const std::exception& e) {
+            mlog().error(std::string("manager server: an exception escaped a handler: ") +
+                         e.what());
           }
-        });
+        }
+      };
+      for (unsigned i = 0; i < thread_count(); ++i) threads_.emplace_back(run, own_.get(), false);
+      for (auto& io : io_) threads_.emplace_back(run, io.get(), true);
     }
   }
 
@@ -169,6 +179,27 @@ public:
   void wait_for_shutdown() {
     std::unique_lock lock(m_);
     cv_.wait(lock, [&] { return shutdown_requested_; });
+  }
+
+  // A connection thread's loop: io.run(), except that before sleeping in the reactor it polls
+  // for a while (an adaptive budget, DESIGN.md "Waiting"), as Connection's reads do: a client's
+  // next request often comes within microseconds, and a thread asleep in epoll_wait costs a
+  // wake-up that on a virtual machine with idle CPUs takes tens of microseconds.
+  static void run_spinning(asio::io_context& io) {
+    troupe::detail::AdaptiveSpin spin;
+    while (!io.stopped()) {
+      if (io.poll() > 0) continue;
+      if (spin.spin([&] { return io.poll() > 0; })) continue;
+      if (io.run_one() > 0) spin.woke();
+    }
+  }
+
+  // The threads of the server's own io_context (which accepts, and runs what leaves a
+  // connection's thread), and as many connection threads.
+  unsigned thread_count() const {
+    unsigned n = options_.threads;
+    if (n == 0) n = std::clamp(troupe::internal::process_cpu_count(), 1, 4);
+    return n;
   }
 
   // Whether this thread is one of this server's own (each marks itself as it starts: stop()
@@ -254,8 +285,9 @@ public:
       std::this_thread::sleep_for(std::chrono::milliseconds(1));
     }
     if (own_) {
-      work_.reset();
+      work_.clear();
       own_->stop();
+      for (auto& io : io_) io->stop();
       for (auto& t : threads_) t.join();
       threads_.clear();
     }
@@ -265,8 +297,15 @@ public:
       // here, on this thread, so that nothing is left registered with the io_context; then it
       // goes, with any handler that still holds the server.
       listener_.reset();
-      own_->restart();
-      own_->poll();
+      for (int round = 0; round < 2; ++round) {  // a connection's teardown may post to own_
+        for (auto& io : io_) {
+          io->restart();
+          io->poll();
+        }
+        own_->restart();
+        own_->poll();
+      }
+      io_.clear();
       own_.reset();
     }
   }
@@ -335,7 +374,11 @@ public:
 
   void adopt(Connection c) {
     keep_alive(c.fileno());
-    auto sc = std::make_shared<ServerConn>(ex_);
+    auto sc = std::make_shared<ServerConn>(
+        io_.empty() ? ex_
+                    : asio::any_io_executor(
+                          io_[next_io_.fetch_add(1, std::memory_order_relaxed) % io_.size()]
+                              ->get_executor()));
     sc->conn = std::move(c);
     sc->conn.set_executor(sc->strand);
     sc->conn.set_max_message_size(options_.max_message_size);
@@ -535,15 +578,16 @@ public:
                            done->fail(std::current_exception());
                          }
                        };
-                       // This runs on the connection's strand. A built-in object never blocks
-                       // (its waits are asynchronous): its call runs here, with no hand-off to
-                       // another thread and back (each costs a context switch, which is most
-                       // of a round trip). So does a registered class's call when nothing else
-                       // of this connection is running; otherwise it goes to the pool, so that
-                       // the connection's other lanes go on while it runs.
+                       // This runs on the connection's strand, on a thread that serves other
+                       // connections too. A built-in object never blocks (its waits are
+                       // asynchronous): its call runs here, with no hand-off to another thread
+                       // and back (each costs a context switch, which is most of a round
+                       // trip). So does a quick typeid's (RegisterOptions::quick). Any other
+                       // registered class's call may block as long as it likes: it goes to the
+                       // pool, and this thread reads on.
                        if (serial)
                          asio::post(*serial, std::move(run));
-                       else if (!entry || !entry->cxx_type || sc->running.size() <= 1)
+                       else if (!entry || !entry->cxx_type || entry->quick)
                          run();
                        else
                          asio::post(ex_, std::move(run));
@@ -1386,7 +1430,9 @@ public:
   std::unique_ptr<asio::io_context> own_;
   bool user_executor_ = false;  // the server runs on an executor the user gave
   asio::any_io_executor ex_;
-  std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work_;
+  std::vector<std::unique_ptr<asio::io_context>> io_;  // the connections' (own threads only)
+  std::atomic<std::size_t> next_io_{0};
+  std::vector<asio::executor_work_guard<asio::io_context::executor_type>> work_;
   std::vector<std::thread> threads_;
   std::optional<Listener> listener_;
   Address address_;
