@@ -427,26 +427,44 @@ private:
 
 // ---- the containers ---------------------------------------------------------------------------
 
-// A proxy stored inside a managed container would need the container to hold a reference to an
-// object of this server or another one; until that is built, storing one is refused by name.
-struct NoRefs final : detail::RefHolder {
+// A proxy stored in a managed container (a list in a dict, CPython #76719, #91192) is a
+// reference: the container holds one reference to the object, taken over from the park its
+// sender made (claimed) and released when the element goes; each reader of the element gets a
+// proxy of its own (a new park). Only objects of this server: a proxy to another manager's
+// object would need this server to be that manager's client.
+class HostRefs final : public detail::RefHolder {
+public:
+  explicit HostRefs(detail::RefHost* host) : host_(host) {}
   void hold(const Item& ref) override {
-    throw TypeError("a proxy (" + std::string(ref.as_ref().type_id) + " object " +
-                    std::to_string(ref.as_ref().id) +
-                    ") cannot be stored in a managed container yet (troupe issue 17)");
+    const detail::Ref& r = ref.as_ref();
+    if (!host_->find(r.address, r.id))
+      throw TypeError("a proxy to " + r.type_id + " object " + std::to_string(r.id) + " at " +
+                      r.address + " cannot be stored in a managed object: that is not an " +
+                      "object of this manager (only proxies to its own objects can be stored " +
+                      "in its containers), or it is gone");
+    host_->hold(r.id, r.ticket);
   }
-  void drop(const Item&) override {}
+  void drop(const Item& ref) override { host_->drop(ref.as_ref().id); }
+  // A ref written into a reply: a new reference parked for its receiver.
+  void write(const detail::Ref& r, proto::Ref::Builder out) const { host_->write_ref(r.id, out); }
+
+private:
+  detail::RefHost* host_;
 };
-NoRefs g_no_refs;
 
 class ContainerObject final : public detail::HostedObject {
 public:
-  explicit ContainerObject(std::unique_ptr<detail::Container> c) : c_(std::move(c)) {}
+  ContainerObject(std::string_view typeid_, std::vector<Item> args, detail::RefHost* host)
+      : refs_(host) {
+    detail::ContainerOptions o;
+    o.refs = &refs_;
+    c_ = detail::make_container(typeid_, std::move(args), {}, o);
+  }
   std::vector<std::string> exposed() const override { return c_->exposed(); }
   std::string repr() const override { return c_->repr(4096); }
   bool tracks_connections() const noexcept override { return false; }
   void call(const CallInfo& call, CompletionPtr done) override {
-    if (call.method == "#GETVALUE") return complete_item(done, c_->getvalue());
+    if (call.method == "#GETVALUE") return complete(done, c_->getvalue());
     auto a = items_of(call);
     if (call.method == "sort" && c_->type_id() == "list") {
       // list.sort(*, key=None, reverse=False): the wire carries no keywords, so a managed
@@ -457,12 +475,30 @@ public:
       detail::Kwargs kw;
       const char* names[] = {"key", "reverse"};
       for (std::size_t i = 0; i < a.size(); ++i) kw.emplace_back(names[i], std::move(a[i]));
-      return complete_item(done, c_->call(call.method, {}, std::move(kw)));
+      return complete(done, c_->call(call.method, {}, std::move(kw)));
     }
-    complete_item(done, c_->call(call.method, std::move(a)));
+    // What the call removed (a popped element) is dropped after its result is written: a
+    // proxy it returns is parked first.
+    std::vector<Item> removed;
+    Item result = c_->call(call.method, std::move(a), {}, removed);
+    try {
+      complete(done, result);
+    } catch (...) {
+      c_->drop_all(removed);
+      throw;
+    }
+    c_->drop_all(removed);
   }
 
 private:
+  void complete(const CompletionPtr& done, const Item& x) const {
+    if (!detail::has_ref(x)) return complete_item(done, x);
+    detail::write(x, done->value(),
+                  [this](const detail::Ref& r, proto::Ref::Builder out) { refs_.write(r, out); });
+    done->done();
+  }
+
+  HostRefs refs_;  // before c_: the container drops its refs through it as it goes
   std::unique_ptr<detail::Container> c_;
 };
 
@@ -470,10 +506,7 @@ detail::TypeEntry container_entry(std::string typeid_) {
   detail::TypeEntry e;
   e.typeid_ = typeid_;
   e.create = [typeid_](const CallInfo& call) -> std::shared_ptr<detail::HostedObject> {
-    detail::ContainerOptions o;
-    o.refs = &g_no_refs;
-    return std::make_shared<ContainerObject>(
-        detail::make_container(typeid_, items_of(call), {}, o));
+    return std::make_shared<ContainerObject>(typeid_, items_of(call), call.refs);
   };
   return e;
 }

@@ -327,6 +327,13 @@ Container::~Container() = default;
 
 Item Container::call(std::string_view method, std::vector<Item> args, Kwargs kwargs) {
   std::vector<Item> removed;
+  Item result = call(method, std::move(args), std::move(kwargs), removed);
+  drop_all(removed);
+  return result;
+}
+
+Item Container::call(std::string_view method, std::vector<Item> args, Kwargs kwargs,
+                     std::vector<Item>& removed) {
   Item result;
   std::exception_ptr error;
   {
@@ -344,8 +351,11 @@ Item Container::call(std::string_view method, std::vector<Item> args, Kwargs kwa
       error = std::current_exception();  // what it removed before failing is still dropped
     }
   }
-  for (const Item& x : removed) drop(x);
-  if (error) std::rethrow_exception(error);
+  if (error) {
+    drop_all(removed);
+    removed.clear();
+    std::rethrow_exception(error);
+  }
   return result;
 }
 

@@ -90,6 +90,15 @@ public:
   /// @throws AttributeError if `method` is not exposed (CPython's Server message), else what
   /// Python raises for it.
   Item call(std::string_view method, std::vector<Item> args, Kwargs kwargs = {});
+  /// call(), but the elements the call removed are handed to `removed` instead of being dropped
+  /// at once: a result that refers to them (a popped proxy) is written first, then the caller
+  /// drops them (drop_all).
+  Item call(std::string_view method, std::vector<Item> args, Kwargs kwargs,
+            std::vector<Item>& removed);
+  /// Drops what call() handed over.
+  void drop_all(const std::vector<Item>& removed) noexcept {
+    for (const Item& x : removed) drop(x);
+  }
   /// The method names a proxy may call (CPython 3.14's `_exposed_` for the typeid).
   virtual const std::vector<std::string>& exposed() const noexcept = 0;
   /// A copy of the whole value (the proxy's `_getvalue()`).

@@ -875,9 +875,15 @@ struct Reader {
   }
 };
 
-void write_elements(const std::vector<Item>& e, proto::Value::Builder v, std::string_view what) {
+void write_elements(const std::vector<Item>& e, proto::Value::Builder v, std::string_view what,
+                    const RefWriter* refs) {
   auto l = v.initList(troupe::codec_detail::list_size(e.size(), 1, what));
-  for (std::size_t i = 0; i < e.size(); ++i) write(e[i], l[static_cast<unsigned>(i)]);
+  for (std::size_t i = 0; i < e.size(); ++i) {
+    if (refs)
+      write(e[i], l[static_cast<unsigned>(i)], *refs);
+    else
+      write(e[i], l[static_cast<unsigned>(i)]);
+  }
 }
 
 void write_struct(const std::string& canonical, proto::Value::Builder v) {
@@ -906,7 +912,21 @@ Item to_item(proto::Value::Reader v, const Limits& limits) {
   });
 }
 
+namespace {
+void write_item(const Item& x, proto::Value::Builder v, const RefWriter* refs);
+}  // namespace
+
 void write(const Item& x, proto::Value::Builder v) {
+  write_item(x, v, nullptr);
+}
+
+void write(const Item& x, proto::Value::Builder v, const RefWriter& refs) {
+  write_item(x, v, &refs);
+}
+
+namespace {
+
+void write_item(const Item& x, proto::Value::Builder v, const RefWriter* refs) {
   switch (x.kind()) {
     case Kind::none: v.setNone(); return;
     case Kind::boolean: v.setBool(x.as_bool()); return;
@@ -926,11 +946,11 @@ void write(const Item& x, proto::Value::Builder v) {
     case Kind::dict:
     case Kind::set:
     case Kind::frozenset:
-    case Kind::slice: write_elements(x.elements(), v, type_name(x)); return;
+    case Kind::slice: write_elements(x.elements(), v, type_name(x), refs); return;
     case Kind::alternative: {
       auto a = v.initAlternative();
       a.setIndex(x.alternative_index());
-      write(x.alternative_value(), a.initValue());
+      write_item(x.alternative_value(), a.initValue(), refs);
       return;
     }
     case Kind::structure:
@@ -939,6 +959,7 @@ void write(const Item& x, proto::Value::Builder v) {
     case Kind::ref: {
       const Ref& r = x.as_ref();
       auto b = v.initRef();
+      if (refs) return (*refs)(r, b);
       b.setTypeid(r.type_id);
       b.setAddress(r.address);
       b.setId(r.id);
@@ -948,5 +969,7 @@ void write(const Item& x, proto::Value::Builder v) {
     }
   }
 }
+
+}  // namespace
 
 }  // namespace troupe::multiprocessing::managers::detail

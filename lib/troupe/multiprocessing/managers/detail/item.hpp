@@ -45,6 +45,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <limits>
 #include <string>
 #include <string_view>
@@ -223,6 +224,13 @@ Item to_item(proto::Value::Reader v, const Limits& limits = {});
 /// @throws ValueError if a structure's bytes are not a canonical Cap'n Proto message, or a list
 /// is longer than Cap'n Proto can hold.
 void write(const Item& x, proto::Value::Builder v);
+
+/// Writes a ref node of a tree being written (write_refs): a host parks a new reference for the
+/// receiver of each ref its object holds.
+using RefWriter = std::function<void(const Ref&, proto::Ref::Builder)>;
+
+/// write(), each ref node written by `refs` instead of as it is.
+void write(const Item& x, proto::Value::Builder v, const RefWriter& refs);
 
 /// Calls `f(const Item&)` on every ref node inside `x` (depth first, in order).
 template <class F>

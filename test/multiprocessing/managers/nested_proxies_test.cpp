@@ -1,0 +1,158 @@
+// Proxies stored in managed containers are references (CPython's _TestContainers
+// test_list_proxy_in_list and test_dict_proxy_nested; CPython #76719, #91192): a change made
+// through the inner proxy is seen through the outer container and the reverse; the inner object
+// lives while a container holds it, and goes when the last holder does.
+#include <thread>
+
+#include "troupe/multiprocessing/managers/sync_manager.hpp"
+
+#include "leak_check.hpp"
+#include "start_method_test.hpp"
+
+namespace nested_proxies_test {
+namespace {
+
+namespace mm = troupe::multiprocessing::managers;
+using namespace std::chrono_literals;
+using troupe::testing::eventually;
+using Ints = std::vector<std::int64_t>;
+
+class NestedProxiesTest : public troupe::testing::StartMethodTest {};
+
+TEST_P(NestedProxiesTest, ListProxyInList) {
+  mm::SyncManager m(options());
+  m.start();
+  std::vector<mm::ListProxy<std::int64_t>> inners;
+  for (int i = 0; i < 3; ++i) inners.push_back(m.list<std::int64_t>({0, 1, 2}));
+  auto a = m.list<mm::ListProxy<std::int64_t>>(inners);
+  inners.clear();  // the outer list holds them now
+  for (std::int64_t i = 0; i < 3; ++i) EXPECT_EQ(a.get(i).copy(), (Ints{0, 1, 2}));
+  a.get(0).set(-1, 55);
+  EXPECT_EQ(a.get(0).copy(), (Ints{0, 1, 55}));
+  for (std::int64_t i = 1; i < 3; ++i) EXPECT_EQ(a.get(i).copy(), (Ints{0, 1, 2}));
+  EXPECT_EQ(a.get(1).pop(), 2);
+  EXPECT_EQ(a.get(1).size(), 2u);
+  for (std::int64_t i = 0; i < 3; i += 2) EXPECT_EQ(a.get(i).size(), 3u);
+
+  // CPython: b = self.list(); b.append(a[0]); ... the same object through both.
+  auto b = m.list<mm::ListProxy<std::int64_t>>();
+  b.append(a.get(0));
+  a.get(0).append(7);
+  EXPECT_EQ(b.get(0).copy(), (Ints{0, 1, 55, 7}));
+  // Three lists, the outer two: five objects.
+  EXPECT_EQ(m.number_of_objects(), 5u);
+}
+
+TEST_P(NestedProxiesTest, DictProxyNested) {
+  mm::SyncManager m(options());
+  m.start();
+  using D = mm::DictProxy<std::string, std::int64_t>;
+  auto pets = m.dict<std::string, std::int64_t>();
+  pets["ferrets"] = 2;
+  pets["hamsters"] = 4;
+  auto supplies = m.dict<std::string, std::int64_t>();
+  supplies["water"] = 10;
+  supplies["feed"] = 3;
+  auto d = m.dict<std::string, D>();
+  d["pets"] = pets;
+  d["supplies"] = supplies;
+  EXPECT_EQ(supplies.get("water"), 10);
+  EXPECT_EQ(d["supplies"].get().get("water"), 10);
+  d["supplies"].get()["blankets"] = 5;
+  EXPECT_EQ(supplies.get("blankets"), 5);
+  EXPECT_EQ(d["supplies"].get().get("blankets"), 5);
+  d["supplies"].get()["water"] = 7;
+  EXPECT_EQ(supplies.get("water"), 7);
+  EXPECT_EQ(d["supplies"].get().get("water"), 7);
+
+  // The client's proxies go: the dict keeps the inner objects alive (§1.8 step 5).
+  pets = {};
+  supplies = {};
+  EXPECT_EQ(d["pets"].get().get("ferrets"), 2);
+  d["supplies"].get()["blankets"] = 11;
+  EXPECT_EQ(d["supplies"].get().get("blankets"), 11);
+  EXPECT_EQ(m.number_of_objects(), 3u);
+  // Proxies read back out of it (step 6), alive through them once the dict lets go (step 7).
+  pets = d["pets"].get();
+  supplies = d["supplies"].get();
+  supplies["water"] = 7;
+  EXPECT_EQ(d["supplies"].get().get("water"), 7);
+  d.clear();
+  EXPECT_EQ(d.size(), 0u);
+  EXPECT_EQ(supplies.get("water"), 7);
+  EXPECT_EQ(pets.get("hamsters"), 4);
+  // In a list (steps 8, 9).
+  auto l = m.list<D>({pets, supplies});
+  l.get(0)["marmots"] = 1;
+  EXPECT_EQ(pets.get("marmots"), 1);
+  EXPECT_EQ(l.get(0).get("marmots"), 1);
+  pets = {};
+  supplies = {};
+  EXPECT_EQ(l.get(0).get("marmots"), 1);
+  EXPECT_EQ(l.get(-1).get("feed"), 3);
+  EXPECT_EQ(m.number_of_objects(), 4u);
+  // Every holder gone: every object released (CPython leaks them, #103136).
+  l = {};
+  d = {};
+  EXPECT_TRUE(eventually([&] { return m.number_of_objects() == 0; }));
+}
+
+// §1.9 test_nested_queue: the only client proxy is a temporary; the queue lives in the holder.
+TEST_P(NestedProxiesTest, NestedQueue) {
+  mm::SyncManager m(options());
+  m.start();
+  auto a = m.list<mm::QueueProxy<std::int64_t>>();
+  a.append(m.Queue<std::int64_t>());
+  a.get(0).put(123);
+  EXPECT_EQ(a.get(0).get(), 123);
+  auto b = m.dict<std::int64_t, mm::QueueProxy<std::int64_t>>();
+  b[0] = m.Queue<std::int64_t>();
+  b[0].get().put(456);
+  EXPECT_EQ(b[0].get().get(), 456);
+}
+
+// Replacing and removing elements releases what they referred to; the outer's release releases
+// the inner ones it still held.
+TEST_P(NestedProxiesTest, ElementsReleasedWithTheirHolder) {
+  mm::SyncManager m(options());
+  m.start();
+  {
+    auto outer = m.list<mm::QueueProxy<std::int64_t>>();
+    for (int i = 0; i < 4; ++i) outer.append(m.Queue<std::int64_t>());
+    EXPECT_EQ(m.number_of_objects(), 5u);
+    outer.get(2).put(42);
+    EXPECT_EQ(outer.get(2).get(), 42);
+    (void)outer.pop();
+    EXPECT_TRUE(eventually([&] { return m.number_of_objects() == 4; }));
+    outer.set(0, m.Queue<std::int64_t>());  // the old element's queue goes
+    EXPECT_TRUE(eventually([&] { return m.number_of_objects() == 4; }));
+  }
+  EXPECT_TRUE(eventually([&] { return m.number_of_objects() == 0; }));
+}
+
+// A proxy to another manager's object cannot be stored: the call fails naming it, and the
+// container is unchanged.
+TEST_P(NestedProxiesTest, AProxyOfAnotherManagerIsRefusedByName) {
+  mm::SyncManager m(options());
+  m.start();
+  mm::SyncManager other(options());
+  other.start();
+  auto foreign = other.list<std::int64_t>({1});
+  auto l = m.list<mm::ListProxy<std::int64_t>>();
+  try {
+    l.append(foreign);
+    FAIL() << "stored";
+  } catch (const troupe::TypeError& e) {
+    EXPECT_NE(std::string(e.what()).find("not an object of this manager"), std::string::npos)
+        << e.what();
+  }
+  EXPECT_EQ(l.size(), 0u);
+  EXPECT_EQ(foreign.copy(), (Ints{1}));
+  EXPECT_EQ(m.number_of_objects(), 1u);
+}
+
+INSTANTIATE_TEST_SUITE_P(StartMethods, NestedProxiesTest, ::testing::Values("fork", "spawn"),
+                         [](const auto& info) { return info.param; });
+
+}  // namespace
+}  // namespace nested_proxies_test
