@@ -367,5 +367,37 @@ TEST_F(AsyncConnectionTest, AsyncAcceptWithoutKeyOnAUnixSocket) {
   EXPECT_EQ(got, "plain");
 }
 
+// Several messages gathered into one write arrive as the messages they were; the ones a read
+// brought along are taken from the buffer without a system call, and a partial one is not.
+TEST_F(AsyncConnectionTest, GatheredMessagesAndBufferedReceives) {
+  asio::io_context io;
+  auto [a, b] = Pipe();
+  a.set_executor(io.get_executor());
+  const std::vector<std::vector<std::byte>> msgs = {bytes("one"), bytes(""), bytes("three"),
+                                                    std::vector<std::byte>(70000, std::byte{7})};
+  std::vector<std::span<const std::byte>> spans(msgs.begin(), msgs.end());
+  bool sent = false;
+  a.async_send_messages(spans, asio::bind_executor(io, [&](boost::system::error_code ec) {
+                          EXPECT_FALSE(ec) << ec.message();
+                          sent = true;
+                        }));
+  std::thread reader([&] {
+    EXPECT_EQ(text(b.recv_bytes()), "one");  // the read brings the next ones along
+    auto two = b.recv_buffered();
+    ASSERT_TRUE(two.has_value());
+    EXPECT_TRUE(two->empty());
+    auto three = b.recv_buffered();
+    ASSERT_TRUE(three.has_value());
+    EXPECT_EQ(text(*three), "three");
+    // The large one is not all in the buffer (or over a limit): left for recv_bytes.
+    EXPECT_FALSE(b.recv_buffered(1000).has_value());
+    EXPECT_EQ(b.recv_bytes(), msgs[3]);
+    EXPECT_FALSE(b.recv_buffered().has_value());  // nothing buffered
+  });
+  io.run();
+  reader.join();
+  EXPECT_TRUE(sent);
+}
+
 }  // namespace
 }  // namespace troupe::multiprocessing

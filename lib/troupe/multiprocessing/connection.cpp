@@ -610,6 +610,32 @@ std::vector<std::byte> Connection::recv_bytes(std::optional<std::size_t> maxleng
   return out;
 }
 
+std::optional<std::vector<std::byte>> Connection::recv_buffered(
+    std::optional<std::size_t> maxlength) {
+  check_readable("recv_buffered");
+  const std::size_t have = buffered();
+  if (have < 4) return std::nullopt;
+  const auto* h = reinterpret_cast<const unsigned char*>(rbuf_.get() + rpos_);
+  const std::uint32_t v = (std::uint32_t{h[0]} << 24) | (std::uint32_t{h[1]} << 16) |
+                          (std::uint32_t{h[2]} << 8) | std::uint32_t{h[3]};
+  std::uint64_t n = v;
+  std::size_t hlen = 4;
+  if (v == 0xffffffffu) {
+    if (have < 12) return std::nullopt;
+    n = 0;
+    for (int i = 0; i < 8; ++i) n = (n << 8) | h[4 + i];
+    hlen = 12;
+  } else if (v > 0x7fffffffu) {
+    return std::nullopt;  // recv_bytes refuses it
+  }
+  const std::uint64_t limit =
+      maxlength ? std::min<std::uint64_t>(*maxlength, max_message_size_) : max_message_size_;
+  if (n > limit || n > have - hlen) return std::nullopt;
+  std::vector<std::byte> out(rbuf_.get() + rpos_ + hlen, rbuf_.get() + rpos_ + hlen + n);
+  rpos_ += hlen + static_cast<std::size_t>(n);
+  return out;
+}
+
 std::size_t Connection::recv_bytes_into(std::span<std::byte> buf, std::size_t offset) {
   check_readable("recv_bytes_into");
   if (offset > buf.size()) throw ValueError("offset too large");

@@ -86,9 +86,10 @@ struct AsyncRead {
 /// The progress of an asynchronous send: the frame header and the payload's buffers.
 struct AsyncWrite {
   unsigned char header[12];
-  std::vector<iovec> iov;        // header first
-  std::vector<std::byte> owned;  // the payload, when the operation owns it (typed sends)
-  std::error_code error;         // set when the arguments were refused: completes with it
+  std::vector<unsigned char> headers;  // async_send_messages: 12 bytes a message
+  std::vector<iovec> iov;              // header first
+  std::vector<std::byte> owned;        // the payload, when the operation owns it (typed sends)
+  std::error_code error;               // set when the arguments were refused: completes with it
 };
 
 /// Python's send_bytes bounds rules for buf[offset:offset+size] of a `length`-byte buffer:
@@ -245,6 +246,16 @@ public:
     return async_send_bytes(buf, 0, std::nullopt, std::forward<Token>(token));
   }
 
+  /// Python: none. Sends each of `messages` as one message, in order (as send_bytes each), in as
+  /// few system calls as the kernel takes: a server's replies gathered into one write. The
+  /// buffers must stay valid until completion. Completion: void(boost::system::error_code).
+  template <class Token>
+  auto async_send_messages(std::span<const std::span<const std::byte>> messages, Token&& token) {
+    auto st = std::make_unique<detail::AsyncWrite>();
+    prepare_async_writes(*st, messages);
+    return start_async_write(std::move(st), std::forward<Token>(token));
+  }
+
   /// send<T>, asynchronously: the value is encoded at once (it need not outlive the call).
   template <class T, class Token>
   auto async_send(const T& obj, Token&& token) {
@@ -302,6 +313,13 @@ public:
   /// is closed, as Python's) if the message is longer than `maxlength` or than the connection's
   /// maximum message size.
   std::vector<std::byte> recv_bytes(std::optional<std::size_t> maxlength = std::nullopt);
+
+  /// Python: none. The next message if the bytes already read hold all of it (no system call,
+  /// never blocks), else nothing: a server takes the requests that came in one read before it
+  /// writes their replies. A message over the limits, or a bad header, is left for recv_bytes
+  /// or async_recv_bytes to refuse.
+  std::optional<std::vector<std::byte>> recv_buffered(
+      std::optional<std::size_t> maxlength = std::nullopt);
 
   /// Python: `recv_bytes_into(buf, offset=0)`: reads the next message into `buf` at `offset`
   /// and returns its size. @throws ValueError "offset too large"; BufferTooShort (carrying the
@@ -385,6 +403,8 @@ private:
 
   // ---- asynchronous machinery ----
   void prepare_async_write(detail::AsyncWrite& st, std::span<const std::byte> payload);
+  void prepare_async_writes(detail::AsyncWrite& st,
+                            std::span<const std::span<const std::byte>> messages);
   void encode_owned_frame(detail::AsyncWrite& st, capnp::MessageBuilder& mb);
   // Non-blocking progress: true when finished (ec set on failure), false when it would block.
   bool async_write_some(detail::AsyncWrite& st, std::error_code& ec) noexcept;

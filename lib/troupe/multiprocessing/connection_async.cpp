@@ -119,6 +119,28 @@ void Connection::prepare_async_write(detail::AsyncWrite& st, std::span<const std
   if (n) st.iov.push_back({const_cast<std::byte*>(payload.data()), payload.size()});
 }
 
+void Connection::prepare_async_writes(detail::AsyncWrite& st,
+                                      std::span<const std::span<const std::byte>> messages) {
+  st.headers.assign(12 * messages.size(), 0);
+  st.iov.clear();
+  st.iov.reserve(2 * messages.size());
+  for (std::size_t i = 0; i < messages.size(); ++i) {
+    unsigned char* h = st.headers.data() + 12 * i;
+    const std::uint64_t n = messages[i].size();
+    std::size_t hlen;
+    if (n > 0x7fffffff) {
+      std::memset(h, 0xff, 4);
+      for (int k = 0; k < 8; ++k) h[4 + k] = static_cast<unsigned char>(n >> (56 - 8 * k));
+      hlen = 12;
+    } else {
+      for (int k = 0; k < 4; ++k) h[k] = static_cast<unsigned char>(n >> (24 - 8 * k));
+      hlen = 4;
+    }
+    st.iov.push_back({h, hlen});
+    if (n) st.iov.push_back({const_cast<std::byte*>(messages[i].data()), messages[i].size()});
+  }
+}
+
 void Connection::encode_owned_frame(detail::AsyncWrite& st, capnp::MessageBuilder& mb) {
   auto words = capnp::messageToFlatArray(mb);
   auto bytes = words.asBytes();

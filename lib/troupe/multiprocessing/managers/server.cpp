@@ -17,6 +17,7 @@
 #include <unordered_map>
 #include <unordered_set>
 
+#include <boost/asio/defer.hpp>
 #include <boost/asio/dispatch.hpp>
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
@@ -68,7 +69,9 @@ struct ServerConn : std::enable_shared_from_this<ServerConn> {
   std::atomic<bool> greeted{false};  // written on the strand, read by connection_count()
   bool closing = false;              // on the strand: no more reads; close once the writes are out
   std::deque<std::vector<std::byte>> out;
+  std::vector<std::vector<std::byte>> sending;  // the replies of the write in progress
   bool writing = false;
+  bool pump_deferred = false;
   struct Lane {
     std::deque<std::function<void()>> queue;
     bool busy = false;
@@ -408,7 +411,16 @@ public:
             on_hello(sc, std::move(bytes));
           } else {
             on_request(sc, std::move(bytes));
+            // The requests that came in the same read are taken now, before any reply is
+            // written: their replies then go out in one write (pump gathers them).
+            while (!sc->closing && !sc->conn.closed() && backlog(sc) < read_budget()) {
+              auto more =
+                  sc->conn.recv_buffered(static_cast<std::size_t>(options_.max_message_size));
+              if (!more) break;
+              on_request(sc, std::move(*more));
+            }
           }
+          if (sc->closing || sc->conn.closed()) return;
           if (backlog(sc) < read_budget())
             read_next(sc);
           else
@@ -969,7 +981,14 @@ public:
     if (sc->conn.closed()) return;
     sc->out_bytes += bytes.size();
     sc->out.push_back(std::move(bytes));
-    pump(sc);
+    if (sc->writing || sc->pump_deferred) return;
+    // Written once the running handler is done: the replies it makes (a batch of requests read
+    // at once) go out together.
+    sc->pump_deferred = true;
+    asio::defer(sc->strand, [this, sc, self = shared_from_this()] {
+      sc->pump_deferred = false;
+      pump(sc);
+    });
   }
 
   void pump(const std::shared_ptr<ServerConn>& sc) {
@@ -978,23 +997,32 @@ public:
       if (sc->closing) close_conn(sc, "");
       return;
     }
+    if (sc->conn.closed()) {
+      sc->out.clear();
+      sc->out_bytes = 0;
+      return;
+    }
     sc->writing = true;
-    const auto& front = sc->out.front();
-    sc->conn.async_send_bytes(std::span<const std::byte>(front.data(), front.size()),
-                              [this, sc, self = shared_from_this()](boost::system::error_code ec) {
-                                sc->writing = false;
-                                if (!sc->out.empty()) {
-                                  sc->out_bytes -= sc->out.front().size();
-                                  sc->out.pop_front();
-                                }
-                                if (ec) {
-                                  sc->out.clear();
-                                  sc->out_bytes = 0;
-                                  return close_conn(sc, "");
-                                }
-                                pump(sc);
-                                maybe_resume(sc);
-                              });
+    sc->sending.clear();
+    std::vector<std::span<const std::byte>> spans;
+    while (!sc->out.empty() && spans.size() < 512) {
+      sc->sending.push_back(std::move(sc->out.front()));
+      sc->out.pop_front();
+      spans.emplace_back(sc->sending.back().data(), sc->sending.back().size());
+    }
+    sc->conn.async_send_messages(
+        spans, [this, sc, self = shared_from_this()](boost::system::error_code ec) {
+          sc->writing = false;
+          for (const auto& b : sc->sending) sc->out_bytes -= b.size();
+          sc->sending.clear();
+          if (ec) {
+            sc->out.clear();
+            sc->out_bytes = 0;
+            return close_conn(sc, "");
+          }
+          pump(sc);
+          maybe_resume(sc);
+        });
   }
 
   // ---- closing a connection (on its strand) ------------------------------------------------
