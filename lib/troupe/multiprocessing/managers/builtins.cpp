@@ -452,7 +452,8 @@ private:
   detail::RefHost* host_;
 };
 
-class ContainerObject final : public detail::HostedObject {
+class ContainerObject final : public detail::HostedObject,
+                              public std::enable_shared_from_this<ContainerObject> {
 public:
   ContainerObject(std::string_view typeid_, std::vector<Item> args, detail::RefHost* host)
       : refs_(host) {
@@ -463,34 +464,10 @@ public:
   std::vector<std::string> exposed() const override { return c_->exposed(); }
   std::string repr() const override { return c_->repr(4096); }
   bool tracks_connections() const noexcept override { return false; }
-  void call(const CallInfo& call, CompletionPtr done) override {
-    if (call.method == "#GETVALUE") return complete(done, c_->getvalue());
-    auto a = items_of(call);
-    if (call.method == "sort" && c_->type_id() == "list") {
-      // list.sort(*, key=None, reverse=False): the wire carries no keywords, so a managed
-      // list's sort takes them by position, in that order.
-      if (a.size() > 2)
-        throw TypeError(where(call) + " takes at most 2 arguments (key, reverse) (" +
-                        std::to_string(a.size()) + " given)");
-      detail::Kwargs kw;
-      const char* names[] = {"key", "reverse"};
-      for (std::size_t i = 0; i < a.size(); ++i) kw.emplace_back(names[i], std::move(a[i]));
-      return complete(done, c_->call(call.method, {}, std::move(kw)));
-    }
-    // What the call removed (a popped element) is dropped after its result is written: a
-    // proxy it returns is parked first.
-    std::vector<Item> removed;
-    Item result = c_->call(call.method, std::move(a), {}, removed);
-    try {
-      complete(done, result);
-    } catch (...) {
-      c_->drop_all(removed);
-      throw;
-    }
-    c_->drop_all(removed);
-  }
+  void call(const CallInfo& call, CompletionPtr done) override;
 
-private:
+  // Writes `x` as the call's result: the refs in it (a proxy stored in the container) are
+  // parked for the receiver.
   void complete(const CompletionPtr& done, const Item& x) const {
     if (!detail::has_ref(x)) return complete_item(done, x);
     detail::write(x, done->value(),
@@ -498,9 +475,99 @@ private:
     done->done();
   }
 
+  detail::Container& container() noexcept { return *c_; }
+
+private:
   HostRefs refs_;  // before c_: the container drops its refs through it as it goes
   std::unique_ptr<detail::Container> c_;
 };
+
+// Python's `Iterator` typeid over a managed dict: `iter(d)` is `d.__iter__()`, a method of
+// DictProxy's _method_to_typeid_, so the server hosts the dict_keyiterator it returns and the
+// caller gets an IteratorProxy. Live (detail::KeyIterator): it reads the dict at each step.
+// Like Python's, it holds the dict (a dict whose proxies are gone lives on for it) until it is
+// exhausted, and then lets go.
+//
+// Methods: Python's IteratorProxy exposes `__next__`, `send`, `throw`, `close`; a
+// dict_keyiterator has only `__next__`, so the other three are AttributeError, as in Python.
+// `__next__` returns the key; at the end it fails with troupe::Exception "StopIteration" (troupe
+// has no StopIteration class). `#NEXT`, troupe's own, is the typed proxy's step: a list of the
+// key, or an empty list at the end (a std::optional's wire form).
+class DictIteratorObject final : public detail::HostedObject {
+public:
+  explicit DictIteratorObject(std::shared_ptr<ContainerObject> dict)
+      : dict_(std::move(dict)), it_(dict_->container().iter()) {}
+
+  std::vector<std::string> exposed() const override {
+    return {"__next__", "send", "throw", "close"};
+  }
+  std::string repr() const override { return "<dict_keyiterator object>"; }
+  bool tracks_connections() const noexcept override { return false; }
+
+  void call(const CallInfo& call, CompletionPtr done) override {
+    const std::string_view m = call.method;
+    if (m == "send" || m == "throw" || m == "close")
+      throw AttributeError("'dict_keyiterator' object has no attribute '" + std::string(m) + "'");
+    if (m != "__next__" && m != "#NEXT") detail::unknown_method(call, "Iterator", exposed());
+    if (call.args.size() != 0) detail::bad_arity(call, "Iterator", 0);
+    std::shared_ptr<ContainerObject> dict;  // kept for writing the key; let go outside mu_
+    std::optional<Item> key;
+    {
+      std::scoped_lock lock(mu_);
+      if (dict_) {
+        key = it_->next();  // throws RuntimeError: the iterator stays as it is
+        dict = dict_;
+        if (!key) {
+          // Exhausted: Python's iterator drops its dict (di_dict = NULL).
+          it_.reset();
+          dict_.reset();
+        }
+      }
+    }
+    if (!key) {
+      if (m == "#NEXT") return complete_item(done, Item::list({}));
+      throw Exception("StopIteration");
+    }
+    if (m == "#NEXT") return dict->complete(done, Item::list({std::move(*key)}));
+    dict->complete(done, *key);
+  }
+
+private:
+  mutable std::mutex mu_;
+  std::shared_ptr<ContainerObject> dict_;  // null once exhausted
+  std::unique_ptr<detail::KeyIterator> it_;
+};
+
+void ContainerObject::call(const CallInfo& call, CompletionPtr done) {
+  if (call.method == "#GETVALUE") return complete(done, c_->getvalue());
+  if (call.method == "__iter__" && c_->type_id() == "dict") {
+    if (call.args.size() != 0) detail::bad_arity(call, "dict", 0);
+    return done->new_object("Iterator", std::make_shared<DictIteratorObject>(shared_from_this()));
+  }
+  auto a = items_of(call);
+  if (call.method == "sort" && c_->type_id() == "list") {
+    // list.sort(*, key=None, reverse=False): the wire carries no keywords, so a managed
+    // list's sort takes them by position, in that order.
+    if (a.size() > 2)
+      throw TypeError(where(call) + " takes at most 2 arguments (key, reverse) (" +
+                      std::to_string(a.size()) + " given)");
+    detail::Kwargs kw;
+    const char* names[] = {"key", "reverse"};
+    for (std::size_t i = 0; i < a.size(); ++i) kw.emplace_back(names[i], std::move(a[i]));
+    return complete(done, c_->call(call.method, {}, std::move(kw)));
+  }
+  // What the call removed (a popped element) is dropped after its result is written: a
+  // proxy it returns is parked first.
+  std::vector<Item> removed;
+  Item result = c_->call(call.method, std::move(a), {}, removed);
+  try {
+    complete(done, result);
+  } catch (...) {
+    c_->drop_all(removed);
+    throw;
+  }
+  c_->drop_all(removed);
+}
 
 detail::TypeEntry container_entry(std::string typeid_) {
   detail::TypeEntry e;
@@ -558,6 +625,12 @@ void register_sync_types(Registry& registry) {
   }));
   for (const char* c : {"dict", "list", "set", "Namespace", "Value", "Array"})
     registry.add(container_entry(c));
+  // Python: register('Iterator', proxytype=IteratorProxy, create_method=False): the objects
+  // iter(dict) returns; no client creates one.
+  detail::TypeEntry iterator;
+  iterator.typeid_ = "Iterator";
+  iterator.create_method = false;
+  registry.add(std::move(iterator));
 }
 
 void register_shared_queue(Registry& registry, std::string typeid_, std::ptrdiff_t maxsize) {

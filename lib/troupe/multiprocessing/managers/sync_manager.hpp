@@ -316,6 +316,27 @@ public:
   detail::IndexIterator<ListProxy, T> end() const { return {}; }
 };
 
+/// Python's `IteratorProxy`: a proxy to a hosted iterator (typeid "Iterator"), what
+/// DictProxy::iter() returns, whose elements are read as T. The iterator is an object of the
+/// manager (counted by number_of_objects()) until its last proxy goes; it holds its dict as
+/// Python's does, so it runs on after the dict's proxies are gone, and lets go of the dict once
+/// exhausted. Untyped, `_callmethod("__next__")` is Python's `next(it)`: it fails at the end
+/// with troupe::Exception "StopIteration" (troupe has no StopIteration class), and `send`,
+/// `throw`, `close` are exposed as in Python but a dict's iterator has none (AttributeError).
+template <class T>
+class IteratorProxy : public BaseProxy {
+public:
+  IteratorProxy() = default;
+  explicit IteratorProxy(BaseProxy p) : BaseProxy(std::move(p)) {}
+
+  /// Python: `next(it)`: the next element; none at the end (where Python raises StopIteration),
+  /// and at every call after. @throws RuntimeError "dictionary changed size during iteration"
+  /// (and at every call after) when the dict's size changed since iter() or the last step;
+  /// "dictionary keys changed during iteration" when a key was replaced at the same size so
+  /// that more keys come than the dict had.
+  std::optional<T> next() const { return _callmethod<std::optional<T>>("#NEXT"); }
+};
+
 /// Python: `DictProxy`, the proxy of a managed dict whose keys are read as K and values as V.
 /// Keys keep Python's insertion order on the server; the results that are a whole dict come
 /// as M (default std::map<K, V>: sorted; items() keeps the order). @throws KeyError for a
@@ -346,6 +367,10 @@ public:
   }
   /// Python: `list(reversed(d))`.
   std::vector<K> reversed() const { return _callmethod<std::vector<K>>("__reversed__"); }
+  /// Python: `iter(d)`: a live iterator over the keys, in insertion order, hosted by the manager
+  /// (CPython's `Iterator` typeid). It sees the dict as it is at each step; a change of the
+  /// dict's size between steps makes the next step throw RuntimeError (IteratorProxy::next()).
+  IteratorProxy<K> iter() const { return _callmethod<IteratorProxy<K>>("__iter__"); }
   /// Python: `update(other)` (a std::map, std::unordered_map, ...).
   template <class M>
   void update(const M& other) const {
@@ -666,4 +691,11 @@ struct troupe::Codec<troupe::multiprocessing::managers::DictProxy<K, V>>
   static std::string signature() {
     return "DictProxy<" + troupe::Codec<K>::signature() + "," + troupe::Codec<V>::signature() + ">";
   }
+};
+
+template <class T>
+struct troupe::Codec<troupe::multiprocessing::managers::IteratorProxy<T>>
+    : troupe::multiprocessing::managers::detail::BuiltinProxyCodec<
+          troupe::multiprocessing::managers::IteratorProxy<T>> {
+  static std::string signature() { return "IteratorProxy<" + troupe::Codec<T>::signature() + ">"; }
 };

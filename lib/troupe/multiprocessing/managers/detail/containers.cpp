@@ -242,6 +242,7 @@ public:
     Item key;
     Item value;
     std::int64_t hash;
+    std::uint64_t rank;  // insertion rank: increasing along the order, never reused
   };
   using iterator = std::list<Entry>::iterator;
   using const_iterator = std::list<Entry>::const_iterator;
@@ -276,7 +277,7 @@ public:
 
   /// Appends a key known to be absent.
   iterator append(Item key, Item value, std::int64_t h) {
-    order_.push_back(Entry{std::move(key), std::move(value), h});
+    order_.push_back(Entry{std::move(key), std::move(value), h, next_rank_});
     auto it = std::prev(order_.end());
     try {
       index_.emplace(h, it);
@@ -284,6 +285,7 @@ public:
       order_.pop_back();
       throw;
     }
+    ++next_rank_;
     return it;
   }
 
@@ -298,6 +300,7 @@ public:
     }
     Entry e = std::move(*it);
     order_.erase(it);
+    ++erasures_;
     return e;
   }
 
@@ -308,11 +311,18 @@ public:
     }
     order_.clear();
     index_.clear();
+    ++erasures_;
   }
+
+  /// Counts erase() and clear(): an iterator into the table taken when this was n is still
+  /// valid while it is n (a live dict iterator's cached position).
+  std::uint64_t erasures() const noexcept { return erasures_; }
 
 private:
   std::list<Entry> order_;
   std::unordered_multimap<std::int64_t, iterator> index_;
+  std::uint64_t next_rank_ = 1;
+  std::uint64_t erasures_ = 0;
 };
 
 std::string repr_to(const Item& x, std::size_t max) {
@@ -357,6 +367,11 @@ Item Container::call(std::string_view method, std::vector<Item> args, Kwargs kwa
     std::rethrow_exception(error);
   }
   return result;
+}
+
+std::unique_ptr<KeyIterator> Container::iter() {
+  throw TypeError("a live iterator is made over a managed dict only, not a '" +
+                  std::string(type_id()) + "' (its __iter__ returns a list)");
 }
 
 Item Container::getvalue() const {
@@ -786,6 +801,10 @@ public:
 
 protected:
   Item value_locked() const override { return as_dict(); }
+  std::unique_ptr<KeyIterator> iter() override {
+    std::lock_guard<std::mutex> g(mu_);
+    return std::make_unique<Keys>(*this);
+  }
   std::string repr_locked(std::size_t max) const override {
     std::string out = "{";
     for (const auto& e : table_) {
@@ -956,6 +975,57 @@ protected:
   }
 
 private:
+  // Python's dict_keyiterator (KeyIterator's contract in containers.hpp). Its state is guarded
+  // by the dict's mutex. Its position is the rank of the last key returned; the table node of
+  // that key is kept while no erase happened since, so a step is O(1) unless keys were deleted
+  // between steps (then a scan from the start finds the first rank after it).
+  class Keys final : public KeyIterator {
+  public:
+    explicit Keys(Dict& d) : d_(d), used_(d.table_.size()), left_(d.table_.size()) {}
+
+    std::optional<Item> next() override {
+      std::lock_guard<std::mutex> g(d_.mu_);
+      if (exhausted_) return std::nullopt;
+      Table& t = d_.table_;
+      if (size_changed_ || t.size() != used_) {
+        size_changed_ = true;  // sticky, as CPython's di_used = -1
+        throw RuntimeError("dictionary changed size during iteration");
+      }
+      Table::iterator it;
+      if (rank_ == 0) {
+        it = t.begin();
+      } else if (erasures_ == t.erasures()) {
+        it = std::next(last_);
+      } else {
+        it = t.begin();
+        while (it != t.end() && it->rank <= rank_) ++it;
+      }
+      if (it == t.end()) {
+        exhausted_ = true;
+        return std::nullopt;
+      }
+      if (left_ == 0) {
+        exhausted_ = true;
+        throw RuntimeError("dictionary keys changed during iteration");
+      }
+      --left_;
+      last_ = it;
+      rank_ = it->rank;
+      erasures_ = t.erasures();
+      return it->key;
+    }
+
+  private:
+    Dict& d_;
+    const std::size_t used_;  // the dict's size at iter()
+    std::size_t left_;        // keys still expected (CPython's di->len)
+    std::uint64_t rank_ = 0;  // of the last key returned; 0: none yet
+    Table::iterator last_;    // its node, valid while erasures_ == table's
+    std::uint64_t erasures_ = 0;
+    bool size_changed_ = false;
+    bool exhausted_ = false;
+  };
+
   void release() noexcept {
     for (const auto& e : table_) {
       drop(e.key);

@@ -23,7 +23,8 @@
 // - `sort(key=...)`: a key function cannot cross; only key=None is accepted (TypeError else).
 // - methods that return iterators or views in Python (`keys`, `values`, `items`, `__iter__`,
 //   `__reversed__`) return lists (a dict's items as a list of 2-tuples); Array slices return
-//   lists; an Array slice is assigned from any sequence of fitting values.
+//   lists; an Array slice is assigned from any sequence of fitting values. Python's live
+//   `iter(dict)` is iter() below: the host serves a dict's `__iter__` with it.
 // - in-place operators (`__iadd__`, `__imul__`, `__ior__`, `__iand__`, ...) return None (the
 //   proxy returns itself, as CPython's do after the call).
 // - `Namespace`'s `getvalue()` is a dict of its attributes; `Value`'s is its value; `Array`'s a
@@ -43,6 +44,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -77,6 +79,29 @@ struct ContainerOptions {
   RefHolder* refs = nullptr;
 };
 
+/// Python's iterator over a dict's keys (`iter(d)`, a dict_keyiterator), live: each step reads
+/// the dict as it is then. As CPython's:
+/// - the keys come in insertion order; a key added after iter() is seen if it comes after the
+///   last one returned (insertion order: every added key does);
+/// - a change of the dict's size between steps makes the next step throw RuntimeError
+///   "dictionary changed size during iteration", and every step after;
+/// - keys changed at the same size (one deleted, one added) are iterated on: the added key is
+///   seen at its place; if that makes more keys than the dict had at iter() (a key already
+///   returned was deleted and a new one added), RuntimeError "dictionary keys changed during
+///   iteration", and the iterator is exhausted after;
+/// - exhausted (next() gave none), it stays so whatever the dict does after.
+/// Where CPython differs: its position is an index into the dict's entry table, which a resize
+/// compacts (keys may then be skipped or repeated); here it is the insertion rank of the last
+/// key returned, so a key is never skipped nor repeated unless deleted and added again.
+/// Thread-safe: steps take the dict's mutex. The dict must outlive the iterator.
+class KeyIterator {
+public:
+  virtual ~KeyIterator() = default;
+  /// The next key; none at the end (Python's StopIteration), and at every call after.
+  /// @throws RuntimeError as above.
+  virtual std::optional<Item> next() = 0;
+};
+
 /// What the host sees of every built-in object.
 class Container {
 public:
@@ -101,6 +126,10 @@ public:
   }
   /// The method names a proxy may call (CPython 3.14's `_exposed_` for the typeid).
   virtual const std::vector<std::string>& exposed() const noexcept = 0;
+  /// Python's `iter(x)` as a live iterator: a dict's keys (KeyIterator). This object must
+  /// outlive it. @throws TypeError for the other types (their `__iter__` returns a list, as
+  /// ListProxy iterates by index).
+  virtual std::unique_ptr<KeyIterator> iter();
   /// A copy of the whole value (the proxy's `_getvalue()`).
   Item getvalue() const;
   /// Python's repr() of the object ("{'a': 1}", "Namespace(a=1)", "Value('i', 5)",
