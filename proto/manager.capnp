@@ -33,6 +33,7 @@ struct Hello {
   pid @2 :Int32;              # the client process (debug_info, error messages)
   processName @3 :Text;       # current_process().name
   host @4 :Text;              # gethostname()
+  address @5 :Text;           # the address the client dialled (another name of the server's)
 }
 
 struct Welcome {
@@ -42,6 +43,7 @@ struct Welcome {
   maxMessageSize @3 :UInt64;  # the limits this connection is held to (doc/protocol.md)
   maxCallsInFlight @4 :UInt32;
   maxObjectsHeld @5 :UInt32;
+  address @6 :Text;           # the server's address as its proxies' tokens carry it
 }
 
 struct Greeting {

@@ -151,6 +151,29 @@ TEST_P(NestedProxiesTest, AProxyOfAnotherManagerIsRefusedByName) {
   EXPECT_EQ(m.number_of_objects(), 1u);
 }
 
+// A client that connected by another name of the server's address (localhost for 127.0.0.1),
+// with a key of its own: the proxies read out of a container carry the server's own address,
+// and find the client's link by it (no second connection with the process's default key).
+TEST_P(NestedProxiesTest, ProxiesFoundUnderTheServersOwnAddress) {
+  auto o = options();
+  o.address = troupe::multiprocessing::Address::parse("127.0.0.1:0");
+  o.authkey = troupe::multiprocessing::AuthenticationString("a key of this test only");
+  mm::SyncManager server(o);
+  server.start();
+  const std::string port = server.address().str().substr(server.address().str().rfind(':') + 1);
+  auto c = options();
+  c.address = troupe::multiprocessing::Address::parse("localhost:" + port);
+  c.authkey = o.authkey;
+  mm::SyncManager client(c);
+  client.connect();
+  auto outer = client.list<mm::ListProxy<std::int64_t>>();
+  outer.append(client.list<std::int64_t>({1, 2}));
+  auto inner = outer.get(0);
+  EXPECT_EQ(inner._token().address.str(), server.address().str());
+  inner.append(3);
+  EXPECT_EQ(outer.get(0).copy(), (Ints{1, 2, 3}));
+}
+
 INSTANTIATE_TEST_SUITE_P(StartMethods, NestedProxiesTest, ::testing::Values("fork", "spawn"),
                          [](const auto& info) { return info.param; });
 

@@ -129,6 +129,10 @@ std::shared_ptr<Link> Link::get(const Address& address, const AuthenticationStri
   l->connect(options);
   std::scoped_lock lock(t.m);
   t.links[key].push_back(l);
+  // Also under the address the server gives itself (its proxies' tokens carry that one): a
+  // client that connected to "localhost:PORT" finds this link for a token of "127.0.0.1:PORT".
+  if (!l->server_address_.empty() && l->server_address_ != key)
+    t.links[l->server_address_].push_back(l);
   return l;
 }
 
@@ -148,7 +152,15 @@ std::shared_ptr<Link> Link::for_address(const Address& address) {
 void Link::forget(const Address& address) {
   Table& t = table();
   std::scoped_lock lock(t.m);
-  t.links.erase(address.str());
+  auto it = t.links.find(address.str());
+  if (it == t.links.end()) return;
+  // And the same links under the server's own address.
+  for (auto& w : it->second)
+    if (auto l = w.lock(); l && !l->server_address_.empty() && l->server_address_ != it->first)
+      if (auto other = t.links.find(l->server_address_); other != t.links.end())
+        std::erase_if(other->second,
+                      [&](const std::weak_ptr<Link>& o) { return o.expired() || o.lock() == l; });
+  t.links.erase(it);
 }
 
 void Link::connect(const LinkOptions& options) {
@@ -167,6 +179,7 @@ void Link::connect(const LinkOptions& options) {
     char host[256] = {};
     ::gethostname(host, sizeof host - 1);
     h.setHost(host);
+    h.setAddress(address_text_.c_str());
     c.send_message(mb);
   }
   if (!c.poll(options.connect_timeout))
@@ -194,6 +207,8 @@ void Link::connect(const LinkOptions& options) {
   server_pid_ = w.getPid();
   auto name = w.getServerName();
   server_name_ = std::string(name.begin(), name.size());
+  auto own = w.getAddress();
+  server_address_ = std::string(own.begin(), own.size());
   conn_ = std::make_unique<Connection>(std::move(c));
   fd_ = conn_->fileno();
   direct_ = !conn_->tls();

@@ -12,6 +12,7 @@
 #include <deque>
 #include <future>
 #include <mutex>
+#include <set>
 #include <thread>
 #include <tuple>
 #include <unordered_map>
@@ -464,6 +465,13 @@ public:
                          std::to_string(proto::manager::PROTOCOL_VERSION) + ")");
       auto name = hello.getProcessName();
       auto host = hello.getHost();
+      // The name the client reached this server by: a proxy it sends carries that address,
+      // and is one of this server's (CPython's tokens have the same trap: localhost vs
+      // 127.0.0.1). At most 64 names are kept.
+      if (auto a = hello.getAddress(); a.size() > 0 && a.size() <= 1024) {
+        std::scoped_lock lock(m_);
+        if (aliases_.size() < 64) aliases_.emplace(a.begin(), a.size());
+      }
       sc->peer = "pid " + std::to_string(hello.getPid()) + " (" +
                  std::string(name.begin(), std::min<std::size_t>(name.size(), 128)) + ") on host " +
                  std::string(host.begin(), std::min<std::size_t>(host.size(), 128));
@@ -478,6 +486,7 @@ public:
       w.setVersion(proto::manager::PROTOCOL_VERSION);
       w.setPid(::getpid());
       w.setServerName(registry_.name().c_str());
+      w.setAddress(address_text_.c_str());
       w.setMaxMessageSize(options_.max_message_size);
       w.setMaxCallsInFlight(options_.max_calls_in_flight);
       w.setMaxObjectsHeld(options_.max_objects_held);
@@ -1299,8 +1308,8 @@ public:
     // `dead` is destroyed after the lock is released (declared before it).
   }
   std::shared_ptr<detail::HostedObject> find(std::string_view address, std::uint64_t id) override {
-    if (address != address_text_) return nullptr;
     std::scoped_lock lock(m_);
+    if (address != address_text_ && !aliases_.contains(std::string(address))) return nullptr;
     auto it = objects_.find(id);
     return it == objects_.end() ? nullptr : it->second.object;
   }
@@ -1465,7 +1474,8 @@ public:
   std::optional<Listener> listener_;
   Address address_;
   std::string address_text_;
-  std::mutex timer_m_;  // sweep_timer_'s
+  std::set<std::string> aliases_;  // other names clients reached this server by (under m_)
+  std::mutex timer_m_;             // sweep_timer_'s
   std::shared_ptr<asio::steady_timer> sweep_timer_;
 
   std::mutex life_m_;  // start() against stop(): threads_, work_, own_'s lifetime

@@ -142,6 +142,7 @@ private:
   int fd_ = -1;  // the connection's fd, closed in a forked child
   int server_pid_ = 0;
   std::string server_name_;
+  std::string server_address_;  // the server's own address text (Welcome.address)
   std::shared_ptr<Runner> runner_;
   std::chrono::milliseconds heartbeat_interval_{0};
   std::chrono::milliseconds heartbeat_timeout_{0};
