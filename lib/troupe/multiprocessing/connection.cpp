@@ -273,17 +273,21 @@ void Connection::write_frame(std::span<const std::byte> payload) {
   write_frame(&iov, payload.empty() ? 0 : 1, payload.size());
 }
 
+namespace detail {
+std::size_t length_header(std::uint64_t n, unsigned char* out) noexcept {
+  if (n > 0x7fffffff) {
+    std::memset(out, 0xff, 4);  // -1, then the 8-byte length
+    for (int i = 0; i < 8; ++i) out[4 + i] = static_cast<unsigned char>(n >> (56 - 8 * i));
+    return 12;
+  }
+  for (int i = 0; i < 4; ++i) out[i] = static_cast<unsigned char>(n >> (24 - 8 * i));
+  return 4;
+}
+}  // namespace detail
+
 void Connection::write_frame(const iovec* payload, std::size_t n, std::uint64_t total) {
   unsigned char header[12];
-  std::size_t hlen;
-  if (total > 0x7fffffff) {
-    std::memset(header, 0xff, 4);  // -1, then the 8-byte length
-    for (int i = 0; i < 8; ++i) header[4 + i] = static_cast<unsigned char>(total >> (56 - 8 * i));
-    hlen = 12;
-  } else {
-    for (int i = 0; i < 4; ++i) header[i] = static_cast<unsigned char>(total >> (24 - 8 * i));
-    hlen = 4;
-  }
+  const std::size_t hlen = detail::length_header(total, header);
   iovec small[8];
   std::vector<iovec> large;
   iovec* iov = small;

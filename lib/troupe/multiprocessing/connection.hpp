@@ -84,6 +84,10 @@ struct AsyncRead {
 };
 
 /// The progress of an asynchronous send: the frame header and the payload's buffers.
+/// Writes the length header of an n-byte message into `out` (12 bytes of room): Python's 4-byte
+/// big-endian length, or -1 then an 8-byte length over 0x7fffffff. Returns its size.
+std::size_t length_header(std::uint64_t n, unsigned char* out) noexcept;
+
 struct AsyncWrite {
   unsigned char header[12];
   std::vector<unsigned char> headers;  // async_send_messages: 12 bytes a message

@@ -104,19 +104,10 @@ ssize_t write_now(int fd, bool socket, iovec* iov, int iovcnt) {
 }  // namespace
 
 void Connection::prepare_async_write(detail::AsyncWrite& st, std::span<const std::byte> payload) {
-  const std::uint64_t n = payload.size();
-  std::size_t hlen;
-  if (n > 0x7fffffff) {
-    std::memset(st.header, 0xff, 4);
-    for (int i = 0; i < 8; ++i) st.header[4 + i] = static_cast<unsigned char>(n >> (56 - 8 * i));
-    hlen = 12;
-  } else {
-    for (int i = 0; i < 4; ++i) st.header[i] = static_cast<unsigned char>(n >> (24 - 8 * i));
-    hlen = 4;
-  }
+  const std::size_t hlen = detail::length_header(payload.size(), st.header);
   st.iov.clear();
   st.iov.push_back({st.header, hlen});
-  if (n) st.iov.push_back({const_cast<std::byte*>(payload.data()), payload.size()});
+  if (!payload.empty()) st.iov.push_back({const_cast<std::byte*>(payload.data()), payload.size()});
 }
 
 void Connection::prepare_async_writes(detail::AsyncWrite& st,
@@ -126,18 +117,9 @@ void Connection::prepare_async_writes(detail::AsyncWrite& st,
   st.iov.reserve(2 * messages.size());
   for (std::size_t i = 0; i < messages.size(); ++i) {
     unsigned char* h = st.headers.data() + 12 * i;
-    const std::uint64_t n = messages[i].size();
-    std::size_t hlen;
-    if (n > 0x7fffffff) {
-      std::memset(h, 0xff, 4);
-      for (int k = 0; k < 8; ++k) h[4 + k] = static_cast<unsigned char>(n >> (56 - 8 * k));
-      hlen = 12;
-    } else {
-      for (int k = 0; k < 4; ++k) h[k] = static_cast<unsigned char>(n >> (24 - 8 * k));
-      hlen = 4;
-    }
-    st.iov.push_back({h, hlen});
-    if (n) st.iov.push_back({const_cast<std::byte*>(messages[i].data()), messages[i].size()});
+    st.iov.push_back({h, detail::length_header(messages[i].size(), h)});
+    if (!messages[i].empty())
+      st.iov.push_back({const_cast<std::byte*>(messages[i].data()), messages[i].size()});
   }
 }
 

@@ -349,20 +349,6 @@ struct Link::SyncWait {
   std::shared_ptr<Frame> frame;
 };
 
-// Registers a call (its id); the dead link's error if the link is dead.
-std::uint64_t Link::register_call(Pending p) {
-  std::unique_lock lock(m_);
-  const std::uint64_t id = next_call_++;
-  if (dead_ || ::getpid() != pid_) {
-    lock.unlock();
-    complete(p, dead_error(), nullptr);
-    return id;
-  }
-  if (p.handler) ++async_pending_;
-  pending_.emplace(id, std::move(p));
-  return id;
-}
-
 // Any thread, m_ not held: ends a call with its reply or error.
 void Link::complete(Pending& p, std::exception_ptr error, std::shared_ptr<Frame> frame) {
   if (p.handler) return p.handler(error, std::move(frame));
@@ -377,11 +363,7 @@ void Link::complete(Pending& p, std::exception_ptr error, std::shared_ptr<Frame>
 
 std::uint64_t Link::request(const Build& build, Handler done) {
   std::uint64_t id;
-  {
-    std::scoped_lock lock(m_);
-    id = next_call_++;
-  }
-  auto bytes = build_frame(id, build);
+  auto bytes = start_call(build, id);
   {
     std::unique_lock lock(m_);
     if (dead_ || ::getpid() != pid_) {
@@ -398,6 +380,15 @@ std::uint64_t Link::request(const Build& build, Handler done) {
   }
   write(std::move(bytes));
   return id;
+}
+
+// A new call id, and the request's frame built with it.
+std::vector<std::byte> Link::start_call(const Build& build, std::uint64_t& id) {
+  {
+    std::scoped_lock lock(m_);
+    id = next_call_++;
+  }
+  return build_frame(id, build);
 }
 
 void Link::send(const Build& build) {
@@ -426,11 +417,7 @@ std::shared_ptr<Frame> Link::call(const Build& build,
                std::chrono::duration_cast<std::chrono::steady_clock::duration>(*timeout);
   auto w = std::make_shared<SyncWait>();
   std::uint64_t id;
-  {
-    std::scoped_lock lock(m_);
-    id = next_call_++;
-  }
-  auto bytes = build_frame(id, build);
+  auto bytes = start_call(build, id);
   {
     std::unique_lock lock(m_);
     if (dead_ || ::getpid() != pid_) {

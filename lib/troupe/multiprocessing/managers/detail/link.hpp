@@ -132,7 +132,7 @@ private:
             std::optional<std::chrono::steady_clock::time_point> deadline);
   void release_reading_locked();
   void start_runner_reading_locked();
-  std::uint64_t register_call(Pending p);
+  std::vector<std::byte> start_call(const Build& build, std::uint64_t& id);
   std::vector<std::byte> build_frame(std::uint64_t call_id, const Build& build);
 
   Address address_;
