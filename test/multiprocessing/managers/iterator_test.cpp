@@ -205,6 +205,8 @@ TEST_P(IteratorTest, OutlivesTheDictProxy) {
 
 // The iterator is one object of the manager: a proxy of it in a child steps the same iterator.
 TEST_P(IteratorTest, StepsInAChild) {
+  if (skip_fork())
+    GTEST_SKIP() << "ThreadSanitizer: no threads in a child forked from a threaded process";
   mm::SyncManager m(options());
   m.start();
   auto d = letters(m);
