@@ -1309,7 +1309,7 @@ public:
   }
   std::shared_ptr<detail::HostedObject> find(std::string_view address, std::uint64_t id) override {
     std::scoped_lock lock(m_);
-    if (address != address_text_ && !aliases_.contains(std::string(address))) return nullptr;
+    if (address != address_text_ && !aliases_.contains(address)) return nullptr;
     auto it = objects_.find(id);
     return it == objects_.end() ? nullptr : it->second.object;
   }
@@ -1474,8 +1474,9 @@ public:
   std::optional<Listener> listener_;
   Address address_;
   std::string address_text_;
-  std::set<std::string> aliases_;  // other names clients reached this server by (under m_)
-  std::mutex timer_m_;             // sweep_timer_'s
+  std::set<std::string, std::less<>>
+      aliases_;         // other names clients reached this server by (under m_)
+  std::mutex timer_m_;  // sweep_timer_'s
   std::shared_ptr<asio::steady_timer> sweep_timer_;
 
   std::mutex life_m_;  // start() against stop(): threads_, work_, own_'s lifetime
