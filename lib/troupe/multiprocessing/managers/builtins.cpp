@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "troupe/errors.hpp"
+#include "troupe/multiprocessing/managers/detail/args.hpp"
 #include "troupe/multiprocessing/managers/detail/containers.hpp"
 #include "troupe/multiprocessing/managers/detail/hosted.hpp"
 #include "troupe/multiprocessing/managers/detail/item.hpp"
@@ -24,105 +25,21 @@ namespace troupe::multiprocessing::managers {
 
 namespace {
 
+using detail::at_most;
 using detail::CallInfo;
+using detail::complete_item;
 using detail::CompletionPtr;
+using detail::finish;
+using detail::finish_bool;
+using detail::flag;
+using detail::integer;
 using detail::Item;
+using detail::items_of;
 using detail::Kind;
+using detail::timeout_of;
+using detail::unwrap_optional;
 using detail::WaitTimeout;
-
-// ---- arguments ---------------------------------------------------------------------------------
-
-// The call's arguments as Items (bounded by to_item's limits).
-std::vector<Item> items_of(const CallInfo& call) {
-  std::vector<Item> out;
-  out.reserve(call.args.size());
-  for (auto v : call.args) out.push_back(detail::to_item(v));
-  return out;
-}
-
-std::string where(const CallInfo& call) {
-  return std::string(call.typeid_) + "." + std::string(call.method) + "()";
-}
-
-// At most `most` arguments (Python's "takes from 0 to N positional arguments").
-void at_most(const CallInfo& call, const std::vector<Item>& a, std::size_t most) {
-  if (a.size() > most)
-    throw TypeError(where(call) + " takes at most " + std::to_string(most) + " argument" +
-                    (most == 1 ? "" : "s") + " (" + std::to_string(a.size()) + " given)");
-}
-
-// A C++ std::optional arrives as a list of 0 or 1 element; Python's None as none.
-const Item* unwrap_optional(const Item& x) {
-  if (x.is_none()) return nullptr;
-  if (x.kind() == Kind::sequence && x.elements().size() <= 1)
-    return x.elements().empty() ? nullptr : &x.elements().front();
-  return &x;
-}
-
-bool flag(const CallInfo& call, const std::vector<Item>& a, std::size_t i, bool dflt,
-          const char* name) {
-  if (i >= a.size()) return dflt;
-  const Item* x = unwrap_optional(a[i]);
-  if (!x) return dflt;
-  if (!x->is_integral())
-    throw TypeError(where(call) + ": '" + name + "' must be a bool, not " +
-                    std::string(detail::type_name(*x)));
-  return x->kind() == Kind::boolean ? x->as_bool() : x->as_int() != 0;
-}
-
-double number(const Item& x) {
-  switch (x.kind()) {
-    case Kind::floating: return x.as_float();
-    case Kind::uinteger: return static_cast<double>(x.as_uint());
-    default: return static_cast<double>(x.as_int());
-  }
-}
-
-// A timeout in seconds (float or int), or None: forever.
-WaitTimeout timeout_of(const CallInfo& call, const std::vector<Item>& a, std::size_t i) {
-  if (i >= a.size()) return std::nullopt;
-  const Item* x = unwrap_optional(a[i]);
-  if (!x) return std::nullopt;
-  if (!x->is_number() || x->kind() == Kind::boolean)
-    throw TypeError(where(call) + ": 'timeout' must be a number of seconds or None, not " +
-                    std::string(detail::type_name(*x)));
-  const double s = number(*x);
-  if (std::isnan(s)) throw ValueError(where(call) + ": 'timeout' is NaN");
-  // 100 years or more is forever (waits.hpp); keep the arithmetic far from overflow.
-  if (s >= 3.2e9) return std::chrono::hours(24 * 365 * 101);
-  if (s <= -3.2e9) return std::chrono::nanoseconds(-1'000'000'000);
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::duration<double>(s));
-}
-
-std::int64_t integer(const CallInfo& call, const std::vector<Item>& a, std::size_t i,
-                     std::int64_t dflt, const char* name) {
-  if (i >= a.size()) return dflt;
-  const Item* x = unwrap_optional(a[i]);
-  if (!x) return dflt;
-  if (x->kind() != Kind::integer && x->kind() != Kind::boolean)
-    throw TypeError(where(call) + ": '" + name + "' must be an integer, not " +
-                    std::string(detail::type_name(*x)));
-  return x->as_int();
-}
-
-void complete_item(const CompletionPtr& done, const Item& x) {
-  detail::write(x, done->value());
-  done->done();
-}
-
-// The handlers of the waiting objects: an exception, or a result.
-detail::Done finish(CompletionPtr done) {
-  return [done = std::move(done)](std::exception_ptr e) {
-    if (e) return done->fail(e);
-    done->done();
-  };
-}
-detail::DoneBool finish_bool(CompletionPtr done) {
-  return [done = std::move(done)](std::exception_ptr e, bool b) {
-    if (e) return done->fail(e);
-    done->complete(b);
-  };
-}
+using detail::where;
 
 // ---- the waiting objects ---------------------------------------------------------------------
 
