@@ -35,7 +35,7 @@ std::atomic<int> pool_counter{0};
 
 }  // namespace detail
 
-multiprocessing::detail::WorkerPoolOptions Pool::engine_options(PoolOptions& o) {
+multiprocessing::detail::WorkerPoolOptions detail::pool_engine_options(PoolOptions& o) {
   if (o.processes && *o.processes < 1) throw ValueError("Number of processes must be at least 1");
   if (o.maxtasksperchild && *o.maxtasksperchild < 1)
     throw ValueError("maxtasksperchild must be a positive int or None");
@@ -59,7 +59,7 @@ multiprocessing::detail::WorkerPoolOptions Pool::engine_options(PoolOptions& o) 
   return w;
 }
 
-Pool::Pool(PoolOptions options) : engine_(engine_options(options)) {}
+Pool::Pool(PoolOptions options) : engine_(detail::pool_engine_options(options)) {}
 
 Pool::~Pool() {
   if (state_ != Run::terminated) {

@@ -172,6 +172,9 @@ futures::Future<R> chain_callbacks(futures::Future<R> inner,
 
 std::exception_ptr pool_error(const std::string& why);
 int default_processes();
+/// The engine's options for a Pool with `o` (checked as Python's Pool checks them; the
+/// managers' Pool uses it too). @throws ValueError as Pool's constructor.
+multiprocessing::detail::WorkerPoolOptions pool_engine_options(PoolOptions& o);
 /// The chunk size of a map of `n` items: `chunksize` if given (ValueError below 1), else
 /// Python's: n / (4 × workers), rounded up, at least 1.
 std::size_t chunk_size(std::optional<std::size_t> chunksize, std::size_t n, int workers);
@@ -436,7 +439,6 @@ public:
   std::vector<int> worker_pids() const { return engine_.worker_pids(); }
 
 private:
-  static multiprocessing::detail::WorkerPoolOptions engine_options(PoolOptions& o);
   void check_running() const;
   std::size_t lookahead() const noexcept {
     return 32 * static_cast<std::size_t>(engine_.max_workers());

@@ -548,6 +548,7 @@ void register_sync_types(Registry& registry) {
   iterator.typeid_ = "Iterator";
   iterator.create_method = false;
   registry.add(std::move(iterator));
+  register_pool_types(registry);
 }
 
 void register_shared_queue(Registry& registry, std::string typeid_, std::ptrdiff_t maxsize) {

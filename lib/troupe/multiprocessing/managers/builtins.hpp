@@ -28,6 +28,12 @@ namespace troupe::multiprocessing::managers {
 /// (`typecode, value`) and "Array" (`typecode, sequence`), each created anew per create.
 void register_sync_types(Registry& registry);
 
+/// Adds "Pool" (Python's `Pool(processes=None, initializer=None, initargs=(),
+/// maxtasksperchild=None, context=None)`, its worker processes children of the server) and
+/// "AsyncResult" to `registry` (register_sync_types calls it; it needs "Iterator" too). Tasks
+/// name functions registered with TROUPE_ENTRY in the server's program (pool_proxy.hpp).
+void register_pool_types(Registry& registry);
+
 /// Registers `typeid_` as a function with no arguments that returns one managed queue, the same
 /// object for every client (Python: `register('get_task_queue', callable=lambda: queue)`). The
 /// queue holds any codec value; `maxsize` <= 0 is unbounded.

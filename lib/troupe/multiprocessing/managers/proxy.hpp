@@ -390,6 +390,18 @@ struct troupe::Codec<troupe::multiprocessing::managers::BaseProxy> {
   }
 };
 
+namespace troupe::multiprocessing::managers::detail {
+/// The codec of a built-in proxy type P: a Value.ref, as BaseProxy's (it travels alike).
+template <class P>
+struct BuiltinProxyCodec {
+  static void encode(const P& p, proto::Value::Builder v) { p._write_ref(v.initRef()); }
+  static P decode(proto::Value::Reader v) {
+    codec_detail::expect(v, codec_detail::Which::REF, Codec<P>::signature());
+    return P(BaseProxy::_from_ref(v.getRef()));
+  }
+};
+}  // namespace troupe::multiprocessing::managers::detail
+
 template <class T>
 struct troupe::Codec<troupe::multiprocessing::managers::Proxy<T>> {
   static std::string signature() { return "proxy<" + troupe::codec_detail::class_name<T>() + ">"; }

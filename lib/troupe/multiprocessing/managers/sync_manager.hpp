@@ -33,6 +33,7 @@
 #include "troupe/multiprocessing/managers/builtins.hpp"
 #include "troupe/multiprocessing/managers/detail/proxy_args.hpp"
 #include "troupe/multiprocessing/managers/manager.hpp"
+#include "troupe/multiprocessing/managers/pool_proxy.hpp"
 #include "troupe/multiprocessing/managers/proxy.hpp"
 #include "troupe/timeout.hpp"
 
@@ -588,6 +589,27 @@ public:
   }
   /// Python: `Namespace()`.
   NamespaceProxy Namespace() { return NamespaceProxy(create("Namespace")); }
+  /// Python: `Pool(processes=None, initializer=None, initargs=(), maxtasksperchild=None,
+  /// context=None)`: a Pool in the server's process (pool_proxy.hpp). Unset processes: the
+  /// server's CPUs; at most 256. @throws ValueError as Pool's constructor, or for an
+  /// initializer the server's program does not have.
+  PoolProxy Pool(PoolOptions options = {}) {
+    std::optional<std::string> initializer;
+    std::optional<std::vector<std::byte>> initargs;
+    if (!options.initializer.entry.empty()) {
+      initializer = options.initializer.entry;
+      initargs = options.initializer.arguments;
+    }
+    std::optional<std::string> context;
+    if (options.context) context = options.context->get_start_method();
+    auto n = [](std::optional<int> x) -> std::optional<std::int64_t> {
+      if (x) return *x;
+      return std::nullopt;
+    };
+    return PoolProxy(create("Pool", n(options.processes), initializer, initargs,
+                            n(options.maxtasksperchild), context));
+  }
+  PoolProxy Pool(int processes) { return Pool(PoolOptions{.processes = processes}); }
 
   /// Registers the built-in typeids (once per process; the constructor calls it).
   static void types();
@@ -601,18 +623,6 @@ namespace troupe::multiprocessing {
 std::unique_ptr<managers::SyncManager> Manager(managers::ManagerOptions options = {});
 
 }  // namespace troupe::multiprocessing
-
-namespace troupe::multiprocessing::managers::detail {
-/// The codec of a built-in proxy type P: a Value.ref, as BaseProxy's (it travels alike).
-template <class P>
-struct BuiltinProxyCodec {
-  static void encode(const P& p, proto::Value::Builder v) { p._write_ref(v.initRef()); }
-  static P decode(proto::Value::Reader v) {
-    codec_detail::expect(v, codec_detail::Which::REF, Codec<P>::signature());
-    return P(BaseProxy::_from_ref(v.getRef()));
-  }
-};
-}  // namespace troupe::multiprocessing::managers::detail
 
 template <class T>
 struct troupe::Codec<troupe::multiprocessing::managers::QueueProxy<T>>

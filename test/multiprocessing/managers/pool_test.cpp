@@ -1,0 +1,378 @@
+// SyncManager's Pool (Python's `manager.Pool()`, PoolProxy, and the AsyncResult and Iterator
+// proxies its methods return): the pool lives in the manager's process, tasks are TROUPE_ENTRY
+// functions, results come back decoded by the function's types. The behaviours are CPython's
+// _TestPool's (run there under ManagerMixin too), on every start method of the server.
+#include <signal.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <optional>
+#include <ranges>
+#include <set>
+#include <string>
+#include <thread>
+#include <tuple>
+#include <vector>
+
+#include <gmock/gmock.h>
+
+#include "troupe/entry.hpp"
+#include "troupe/errors.hpp"
+#include "troupe/multiprocessing/managers/sync_manager.hpp"
+#include "troupe/multiprocessing/process.hpp"
+
+#include "leak_check.hpp"
+#include "start_method_test.hpp"
+
+namespace managed_pool_test {
+
+namespace mp = troupe::multiprocessing;
+namespace mm = troupe::multiprocessing::managers;
+using namespace std::chrono_literals;
+using ::testing::HasSubstr;
+
+int sqr(int x) {
+  return x * x;
+}
+TROUPE_ENTRY(sqr);
+
+int mul(int x, int y) {
+  return x * y;
+}
+TROUPE_ENTRY(mul);
+
+int sleep_ms(int ms) {
+  std::this_thread::sleep_for(std::chrono::milliseconds(ms));
+  return ms;
+}
+TROUPE_ENTRY(sleep_ms);
+
+int raising(int x) {
+  if (x == 7) throw troupe::KeyError("key 7");
+  return x;
+}
+TROUPE_ENTRY(raising);
+
+int kill_self_at(int x) {
+  if (x == 5) ::kill(::getpid(), SIGKILL);
+  return x;
+}
+TROUPE_ENTRY(kill_self_at);
+
+int pid_of(int) {
+  return static_cast<int>(::getpid());
+}
+TROUPE_ENTRY(pid_of);
+
+void nothing(int) {}
+TROUPE_ENTRY(nothing);
+
+int base = 0;
+void set_base(int b) {
+  base = b;
+}
+TROUPE_ENTRY(set_base);
+int add_base(int x) {
+  return base + x;
+}
+TROUPE_ENTRY(add_base);
+
+// Not registered: a client cannot name it.
+int unregistered(int x) {
+  return x;
+}
+
+// A child process given an AsyncResult proxy (it travels as any proxy).
+void get_in_child(mm::AsyncResultProxy<int> r) {
+  if (r.get(30s) != 81) throw troupe::ValueError("the child did not get 81");
+}
+TROUPE_ENTRY(get_in_child);
+
+// TestSyncManagerTypes.test_pool: a child given the pool uses it, then terminates it (Python's
+// `with o: pass`).
+void use_pool_in_child(mm::PoolProxy pool) {
+  if (pool.apply(sqr, 8) != 64) throw troupe::ValueError("the child did not get 64");
+  pool.terminate();
+}
+TROUPE_ENTRY(use_pool_in_child);
+
+namespace {
+
+class ManagedPoolTest : public troupe::testing::StartMethodTest {};
+
+std::vector<int> squares(int n) {
+  std::vector<int> v;
+  for (int i = 0; i < n; ++i) v.push_back(i * i);
+  return v;
+}
+
+TEST_P(ManagedPoolTest, ApplyMapStarmap) {
+  mm::SyncManager m(options());
+  m.start();
+  auto pool = m.Pool(2);
+  EXPECT_EQ(pool._token().typeid_, "Pool");
+  EXPECT_EQ(pool.processes(), 2);
+  EXPECT_EQ(pool.apply(sqr, 5), 25);
+  pool.apply(nothing, 1);  // void
+  EXPECT_EQ(pool.map(sqr, std::views::iota(0, 10)), squares(10));
+  EXPECT_EQ(pool.map(sqr, std::views::iota(0, 100), 7), squares(100));
+  EXPECT_EQ(pool.map(sqr, std::vector<int>{}), std::vector<int>{});
+  std::vector<std::tuple<int, int>> pairs{{1, 2}, {3, 4}, {5, 6}};
+  EXPECT_EQ(pool.starmap(mul, pairs), (std::vector<int>{2, 12, 30}));
+  EXPECT_EQ(pool.starmap_async(mul, pairs).get(30s), (std::vector<int>{2, 12, 30}));
+  EXPECT_EQ(pool.map_async(sqr, std::views::iota(0, 20), 3).get(30s), squares(20));
+  EXPECT_THAT(pool.str(), HasSubstr("pool_size=2"));
+}
+
+TEST_P(ManagedPoolTest, AsyncResultTimeoutAndReadiness) {
+  mm::SyncManager m(options());
+  m.start();
+  auto pool = m.Pool(2);
+  auto r = pool.apply_async(sleep_ms, 400);
+  EXPECT_EQ(r._token().typeid_, "AsyncResult");
+  EXPECT_THROW(r.get(10ms), mp::TimeoutError);  // multiprocessing.TimeoutError
+  EXPECT_FALSE(r.ready());
+  EXPECT_THROW((void)r.successful(), troupe::ValueError);
+  r.wait(5ms);  // returns, not ready
+  EXPECT_EQ(r.get(30s), 400);
+  EXPECT_TRUE(r.ready());
+  EXPECT_TRUE(r.successful());
+  EXPECT_EQ(r.get(0s), 400);  // again, at once
+}
+
+TEST_P(ManagedPoolTest, ErrorsPropagate) {
+  mm::SyncManager m(options());
+  m.start();
+  auto pool = m.Pool(2);
+  try {
+    pool.apply(raising, 7);
+    FAIL() << "no KeyError";
+  } catch (const troupe::KeyError& e) {
+    EXPECT_THAT(e.what(), HasSubstr("key 7"));
+  }
+  auto r = pool.apply_async(raising, 7);
+  r.wait(30s);
+  EXPECT_TRUE(r.ready());
+  EXPECT_FALSE(r.successful());
+  EXPECT_THROW(r.get(), troupe::KeyError);
+  EXPECT_THROW((void)pool.map(raising, std::views::iota(0, 10)), troupe::KeyError);
+  EXPECT_EQ(pool.apply(sqr, 3), 9);  // the pool goes on
+}
+
+TEST_P(ManagedPoolTest, ImapInOrderAndUnordered) {
+  mm::SyncManager m(options());
+  m.start();
+  auto pool = m.Pool(2);
+  auto it = pool.imap(sqr, std::views::iota(0, 10));
+  EXPECT_EQ(it._token().typeid_, "Iterator");
+  std::vector<int> got;
+  for (int v : it) got.push_back(v);
+  EXPECT_EQ(got, squares(10));
+  EXPECT_EQ(it.next(), std::nullopt);  // and at every call after
+  got.clear();
+  for (int v : pool.imap(sqr, std::views::iota(0, 50), 4)) got.push_back(v);
+  EXPECT_EQ(got, squares(50));
+  std::multiset<int> unordered;
+  for (int v : pool.imap_unordered(sqr, std::views::iota(0, 30), 3)) unordered.insert(v);
+  auto want = squares(30);
+  EXPECT_EQ(unordered, std::multiset<int>(want.begin(), want.end()));
+}
+
+TEST_P(ManagedPoolTest, ImapFailingChunkRaisesOnceThenGoesOn) {
+  mm::SyncManager m(options());
+  m.start();
+  auto pool = m.Pool(2);
+  auto it = pool.imap(raising, std::views::iota(0, 10));
+  std::vector<int> got;
+  int errors = 0;
+  for (int i = 0; i < 20; ++i) {
+    try {
+      auto v = it.next(30s);
+      if (!v) break;
+      got.push_back(*v);
+    } catch (const troupe::KeyError&) {
+      ++errors;
+    }
+  }
+  EXPECT_EQ(errors, 1);
+  EXPECT_EQ(got, (std::vector<int>{0, 1, 2, 3, 4, 5, 6, 8, 9}));
+}
+
+TEST_P(ManagedPoolTest, ImapNextWithATimeout) {
+  mm::SyncManager m(options());
+  m.start();
+  auto pool = m.Pool(1);
+  auto it = pool.imap(sleep_ms, std::vector<int>{300, 1});
+  EXPECT_THROW((void)it.next(10ms), mp::TimeoutError);
+  EXPECT_EQ(it.next(30s), 300);  // nothing was lost to the timeout
+  EXPECT_EQ(it.next(30s), 1);
+  EXPECT_EQ(it.next(30s), std::nullopt);
+}
+
+TEST_P(ManagedPoolTest, CloseJoinTerminate) {
+  mm::SyncManager m(options());
+  m.start();
+  {
+    auto pool = m.Pool(2);
+    EXPECT_THROW(pool.join(), troupe::ValueError);  // "Pool is still running"
+    auto r = pool.apply_async(sleep_ms, 100);
+    pool.close();
+    try {
+      pool.apply(sqr, 1);
+      FAIL() << "no ValueError";
+    } catch (const troupe::ValueError& e) {
+      EXPECT_THAT(e.what(), HasSubstr("Pool not running"));
+    }
+    pool.join();  // returns once the submitted task is done
+    EXPECT_TRUE(r.ready());
+    EXPECT_EQ(r.get(0s), 100);
+  }
+  {
+    auto pool = m.Pool(1);
+    auto r = pool.apply_async(sleep_ms, 20000);
+    std::this_thread::sleep_for(100ms);
+    const auto t0 = std::chrono::steady_clock::now();
+    pool.terminate();
+    pool.join();
+    EXPECT_LT(std::chrono::steady_clock::now() - t0, 15s);
+    EXPECT_THROW(r.get(30s), mp::ProcessError);  // fails: Python's would hang
+  }
+  EXPECT_TRUE(troupe::testing::eventually([&] { return m.number_of_objects() == 0; }));
+}
+
+// _TestPool.test_empty_iterable and test_map_chunksize.
+TEST_P(ManagedPoolTest, EmptyIterables) {
+  mm::SyncManager m(options());
+  m.start();
+  auto pool = m.Pool(1);
+  const std::vector<int> none;
+  EXPECT_EQ(pool.map(sqr, none), none);
+  EXPECT_EQ(pool.map_async(sqr, none, 1).get(30s), none);
+  EXPECT_EQ(pool.imap(sqr, none).next(), std::nullopt);
+  EXPECT_EQ(pool.imap_unordered(sqr, none).next(), std::nullopt);
+  EXPECT_EQ(pool.starmap(mul, std::vector<std::tuple<int, int>>{}), none);
+  pool.close();
+  pool.join();
+}
+
+// _TestPool.test_terminate: ten thousand long tasks queued, terminate() and join() return.
+TEST_P(ManagedPoolTest, TerminateWithManyQueued) {
+  mm::SyncManager m(options());
+  m.start();
+  auto pool = m.Pool(2);
+  auto r = pool.map_async(sleep_ms, std::vector<int>(10000, 300000), 1);
+  std::this_thread::sleep_for(200ms);
+  pool.terminate();
+  pool.join();
+  EXPECT_THROW((void)r.get(30s), mp::ProcessError);
+}
+
+// _TestPool.test_map_no_failfast: map fails with the task's error; close() and join() then wait
+// for the other task.
+TEST_P(ManagedPoolTest, JoinWaitsForTheTasksLeftAfterAFailure) {
+  mm::SyncManager m(options());
+  m.start();
+  auto pool = m.Pool(2);
+  EXPECT_THROW((void)pool.map(raising, std::vector<int>{7, 0}, 1), troupe::KeyError);
+  auto slow = pool.apply_async(sleep_ms, 200);
+  pool.close();
+  pool.join();
+  EXPECT_TRUE(slow.ready());
+}
+
+TEST_P(ManagedPoolTest, PoolProxyInAChild) {
+  if (skip_fork()) GTEST_SKIP() << "TSan: no threads in a forked child";
+  mm::SyncManager m(options());
+  m.start();
+  auto pool = m.Pool(2);
+  mp::Process p(child_options(), &use_pool_in_child, pool);
+  p.start();
+  p.join(60s);
+  EXPECT_EQ(p.exitcode(), 0);
+  pool.join();                                           // the child terminated it
+  EXPECT_THROW(pool.apply(sqr, 1), troupe::ValueError);  // "Pool not running"
+}
+
+TEST_P(ManagedPoolTest, KilledWorkerFailsItsTaskAndThePoolGoesOn) {
+  mm::SyncManager m(options());
+  m.start();
+  auto pool = m.Pool(2);
+  try {
+    (void)pool.map(kill_self_at, std::views::iota(0, 10), 1);
+    FAIL() << "no ProcessError";
+  } catch (const mp::ProcessError& e) {
+    EXPECT_THAT(e.what(), HasSubstr("SIGKILL"));
+  }
+  EXPECT_EQ(pool.apply(sqr, 4), 16);  // a new worker took the dead one's place
+}
+
+TEST_P(ManagedPoolTest, InitializerAndOptions) {
+  mm::SyncManager m(options());
+  m.start();
+  auto pool = m.Pool({.processes = 1, .initializer = {set_base, 100}});
+  EXPECT_EQ(pool.apply(add_base, 1), 101);
+  auto per_task = m.Pool({.processes = 1, .maxtasksperchild = 1});
+  std::set<int> pids;
+  for (int i = 0; i < 3; ++i) pids.insert(per_task.apply(pid_of, i));
+  EXPECT_EQ(pids.size(), 3u);  // a new worker per task
+  EXPECT_THROW(m.Pool(0), troupe::ValueError);
+  EXPECT_THROW(m.Pool(100000), troupe::ValueError);  // bounded
+  EXPECT_THROW(m.Pool({.maxtasksperchild = 0}), troupe::ValueError);
+}
+
+TEST_P(ManagedPoolTest, BadTasksAreRefusedByName) {
+  mm::SyncManager m(options());
+  m.start();
+  auto pool = m.Pool(1);
+  EXPECT_THROW(pool.apply(unregistered, 1), troupe::ValueError);  // caught on this side
+  try {  // a client that names a function the server does not have
+    pool._callmethod("apply", std::string("no_such_function"),
+                     troupe::to_bytes(std::tuple<int>(1)));
+    FAIL() << "no ValueError";
+  } catch (const troupe::ValueError& e) {
+    EXPECT_THAT(e.what(), HasSubstr("no_such_function"));
+    EXPECT_THAT(e.what(), HasSubstr("TROUPE_ENTRY"));
+  }
+  try {  // arguments that are not the function's
+    pool._callmethod("apply", std::string("sqr"), troupe::to_bytes(std::string("seven")));
+    FAIL() << "no error";
+  } catch (const troupe::TypeError& e) {  // the worker's, naming the types
+    EXPECT_THAT(e.what(), HasSubstr("tuple<i32>"));
+  }
+  EXPECT_THROW(pool._callmethod("apply", 1, 2), troupe::TypeError);
+  EXPECT_EQ(pool.apply(sqr, 6), 36);  // still serving
+}
+
+TEST_P(ManagedPoolTest, DroppedPoolIsTerminatedAndReleased) {
+  mm::SyncManager m(options());
+  m.start();
+  std::optional<mm::AsyncResultProxy<int>> r;
+  {
+    auto pool = m.Pool(1);
+    r = pool.apply_async(sleep_ms, 20000);
+    std::this_thread::sleep_for(100ms);
+  }
+  // The result holds its own reference; the pool's last proxy is gone, so it was terminated.
+  EXPECT_THROW(r->get(30s), mp::ProcessError);
+  r.reset();
+  EXPECT_TRUE(troupe::testing::eventually([&] { return m.number_of_objects() == 0; }));
+}
+
+TEST_P(ManagedPoolTest, AsyncResultTravelsToAChild) {
+  if (skip_fork()) GTEST_SKIP() << "TSan: no threads in a forked child";
+  mm::SyncManager m(options());
+  m.start();
+  auto pool = m.Pool(1);
+  auto r = pool.apply_async(sqr, 9);
+  mp::Process p(child_options(), &get_in_child, r);
+  p.start();
+  p.join(60s);
+  EXPECT_EQ(p.exitcode(), 0);
+}
+
+// The server's start method (its pool's workers start with forkserver, Pool's default).
+INSTANTIATE_TEST_SUITE_P(StartMethods, ManagedPoolTest, ::testing::Values("fork", "spawn"),
+                         [](const auto& info) { return info.param; });
+
+}  // namespace
+}  // namespace managed_pool_test
