@@ -363,6 +363,7 @@ void Link::complete(Pending& p, std::exception_ptr error, std::shared_ptr<Frame>
 
 std::uint64_t Link::request(const Build& build, Handler done) {
   std::uint64_t id;
+  bool gather = false;
   auto bytes = start_call(build, id);
   {
     std::unique_lock lock(m_);
@@ -372,13 +373,16 @@ std::uint64_t Link::request(const Build& build, Handler done) {
       asio::post(runner_->ctx, [done = std::move(done), e] { done(e, nullptr); });
       return id;
     }
-    ++async_pending_;
+    // Others in flight: their replies keep the link's thread busy, and it writes this one
+    // with whatever else gathers meanwhile (a pipelining caller's next requests) in one
+    // system call. Alone: written at once, on this thread.
+    gather = ++async_pending_ > 1;
     pending_.emplace(id, Pending{std::move(done), nullptr});
     // Somebody must read its reply: the link's thread, unless a blocking caller reads already
     // (it hands the reading over when its own reply has come).
     if (reader_ == Reader::none) start_runner_reading_locked();
   }
-  write(std::move(bytes));
+  write(std::move(bytes), gather);
   return id;
 }
 
@@ -526,9 +530,9 @@ void Link::start_runner_reading_locked() {
 
 // ---- writing --------------------------------------------------------------------------------
 
-void Link::write(std::vector<std::byte> bytes) {
+void Link::write(std::vector<std::byte> bytes, bool gather) {
   std::unique_lock lock(wm_);
-  if (!direct_ || writing_ || !out_.empty() || on_link_thread()) {
+  if (gather || !direct_ || writing_ || !out_.empty() || on_link_thread()) {
     // The link's thread writes it (it must never block in a write: it reads too).
     out_.push_back(std::move(bytes));
     schedule_pump_locked();
@@ -587,25 +591,35 @@ void Link::pump() {
     }
   }
   writing_ = true;
-  sending_ = std::move(out_.front());
-  out_.pop_front();
+  // Everything queued, in one gathered write (bounded: the rest goes in the next one).
+  constexpr std::size_t max_frames = 512;
+  constexpr std::size_t max_bytes = std::size_t{4} << 20;
+  std::size_t bytes = 0;
+  while (!out_.empty() && sending_.size() < max_frames &&
+         (sending_.empty() || bytes + out_.front().size() <= max_bytes)) {
+    bytes += out_.front().size();
+    sending_.push_back(std::move(out_.front()));
+    out_.pop_front();
+  }
   lock.unlock();
-  conn_->async_send_bytes(std::span<const std::byte>(sending_.data(), sending_.size()),
-                          [this, self = shared_from_this()](boost::system::error_code ec) {
-                            std::unique_lock lock(wm_);
-                            writing_ = false;
-                            sending_.clear();
-                            if (ec) {
-                              out_.clear();
-                              notify_drained_locked(lock);
-                              lock.unlock();
-                              return die("sending failed: " + ec.message());
-                            }
-                            if (out_.empty())
-                              notify_drained_locked(lock);
-                            else
-                              schedule_pump_locked();
-                          });
+  sending_spans_.clear();
+  for (const auto& f : sending_) sending_spans_.emplace_back(f.data(), f.size());
+  conn_->async_send_messages(std::span<const std::span<const std::byte>>(sending_spans_),
+                             [this, self = shared_from_this()](boost::system::error_code ec) {
+                               std::unique_lock lock(wm_);
+                               writing_ = false;
+                               sending_.clear();
+                               if (ec) {
+                                 out_.clear();
+                                 notify_drained_locked(lock);
+                                 lock.unlock();
+                                 return die("sending failed: " + ec.message());
+                               }
+                               if (out_.empty())
+                                 notify_drained_locked(lock);
+                               else
+                                 schedule_pump_locked();
+                             });
 }
 
 void Link::flush(std::chrono::nanoseconds timeout) {

@@ -15,6 +15,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <span>
 #include <string>
 #include <unordered_map>
 
@@ -125,7 +126,10 @@ private:
   void die(const std::string& why);
   void beat();
   void on_beat();
-  void write(std::vector<std::byte> bytes);
+  /// Sends a frame: at once on this thread if the connection is idle, else queued for the
+  /// link's thread. `gather`: queued even when idle (asynchronous requests while others are in
+  /// flight: the link's thread writes what has gathered in one system call).
+  void write(std::vector<std::byte> bytes, bool gather = false);
   void schedule_pump_locked();
   void pump();
   void lead(const std::shared_ptr<SyncWait>& w,
@@ -171,7 +175,9 @@ private:
   // Frames waiting to be written by the link's thread (written by a caller directly when the
   // connection is idle).
   std::deque<std::vector<std::byte>> out_;
-  std::vector<std::byte> sending_;  // the frame the link's thread is writing
+  // The frames the link's thread is writing, in one gathered write, and their spans.
+  std::vector<std::vector<std::byte>> sending_;
+  std::vector<std::span<const std::byte>> sending_spans_;
   bool writing_ = false;
   bool pump_posted_ = false;
   // flush() callers waiting for out_ to drain.
