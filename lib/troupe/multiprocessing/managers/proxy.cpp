@@ -18,7 +18,8 @@ void wrong_reply_kind(std::string_view method, std::string_view got, std::string
 }  // namespace detail
 
 BaseProxy::State::~State() {
-  if (!link || link->owner() != ::getpid()) return;  // a forked child's copy: the parent's
+  if (!link || link->owner() != internal::this_process())
+    return;  // a forked child's copy: the parent's
   try {
     for (std::uint64_t i = 0; i < refs; ++i)
       link->send([id = token.id](proto::manager::Request::Builder r) { r.setDecref(id); });
@@ -44,7 +45,7 @@ const Token& BaseProxy::_token() const {
 std::shared_ptr<detail::Link> BaseProxy::_link() const {
   if (!state_) throw ValueError("an empty proxy (default-constructed or moved from)");
   std::scoped_lock lock(state_->m);
-  if (state_->link->owner() != ::getpid()) {
+  if (state_->link->owner() != internal::this_process()) {
     // First use in a forked child: this process's own link and reference (Python's
     // BaseProxy._after_fork increfs too). The parent's references stay the parent's.
     auto fresh = detail::Link::get(state_->token.address, state_->authkey);

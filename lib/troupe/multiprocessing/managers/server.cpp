@@ -854,7 +854,7 @@ public:
     }
 
     proto::Value::Builder value() override {
-      if (!mb_) mb_.emplace();
+      if (!mb_) mb_.emplace(internal::small_message_words);
       if (!reply_) {
         reply_ = mb_->initRoot<proto::manager::Reply>();
         reply_->setCallId(call_id_);
