@@ -23,6 +23,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -102,6 +103,9 @@ mm::ManagerOptions server_options(std::int64_t family) {
   if (family == 1) o.address = mp::Address::parse("127.0.0.1:0");
   o.authkey = mp::AuthenticationString::from_hex(authkey_hex());
   o.start_method = "fork";
+  // TROUPE_BENCH_SERVER_THREADS=N: the server's threads (ServerOptions::threads), to compare.
+  if (const char* t = std::getenv("TROUPE_BENCH_SERVER_THREADS"))
+    o.server.threads = static_cast<unsigned>(std::atoi(t));
   o.fork_with_threads = true;  // this process may run a link's thread; the server uses none
   return o;
 }
