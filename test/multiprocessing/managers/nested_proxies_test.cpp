@@ -3,6 +3,8 @@
 // through the inner proxy is seen through the outer container and the reverse; the inner object
 // lives while a container holds it, and goes when the last holder does.
 #include <thread>
+#include <variant>
+#include <vector>
 
 #include "troupe/multiprocessing/managers/sync_manager.hpp"
 
@@ -91,7 +93,17 @@ TEST_P(NestedProxiesTest, DictProxyNested) {
   EXPECT_EQ(l.get(0).get("marmots"), 1);
   EXPECT_EQ(l.get(-1).get("feed"), 3);
   EXPECT_EQ(m.number_of_objects(), 4u);
+  // Step 10: a plain list beside a proxy in one list: the plain one is a copy, the proxy a
+  // reference (`outer[-1][-1]['feed'] == 3`).
+  using L = mm::ListProxy<D>;
+  using Element = std::variant<std::vector<std::int64_t>, L>;
+  auto outer = m.list<Element>({Element(std::vector<std::int64_t>{88, 99}), Element(l)});
+  ASSERT_EQ(outer.get(0).index(), 0u);
+  EXPECT_EQ(std::get<0>(outer.get(0)), (std::vector<std::int64_t>{88, 99}));
+  EXPECT_EQ(std::get<1>(outer.get(-1)).get(-1).get("feed"), 3);
+  EXPECT_EQ(m.number_of_objects(), 5u);
   // Every holder gone: every object released (CPython leaks them, #103136).
+  outer = {};
   l = {};
   d = {};
   EXPECT_TRUE(eventually([&] { return m.number_of_objects() == 0; }));
