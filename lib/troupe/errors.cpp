@@ -74,6 +74,7 @@ std::string_view python_name(errc e) noexcept {
     case errc::index_error: return "IndexError";
     case errc::arithmetic_error: return "ArithmeticError";
     case errc::overflow_error: return "OverflowError";
+    case errc::stop_iteration: return "StopIteration";
     case errc::os_error: return "OSError";
     case errc::file_not_found_error: return "FileNotFoundError";
     case errc::file_exists_error: return "FileExistsError";
@@ -251,6 +252,7 @@ template <class E, class... A>
     case errc::index_error: raise<IndexError>(std::move(remote), what);
     case errc::arithmetic_error: raise<ArithmeticError>(std::move(remote), what);
     case errc::overflow_error: raise<OverflowError>(std::move(remote), what);
+    case errc::stop_iteration: raise<StopIteration>(std::move(remote), what);
     case errc::os_error: raise<OSError>(std::move(remote), err, what);
     case errc::file_not_found_error: raise<FileNotFoundError>(std::move(remote), err, what);
     case errc::file_exists_error: raise<FileExistsError>(std::move(remote), err, what);
@@ -374,6 +376,8 @@ errc errc_of(std::exception_ptr ep) noexcept {
     return errc::overflow_error;
   } catch (const ArithmeticError&) {
     return errc::arithmetic_error;
+  } catch (const StopIteration&) {
+    return errc::stop_iteration;
   } catch (const FileNotFoundError&) {
     return errc::file_not_found_error;
   } catch (const FileExistsError&) {

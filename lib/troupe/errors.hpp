@@ -15,6 +15,7 @@
 //   TypeError                               TypeError (std::logic_error)
 //   LookupError > KeyError, IndexError      LookupError (std::out_of_range) > KeyError, IndexError
 //   ArithmeticError > OverflowError         ArithmeticError (Exception) > OverflowError
+//   StopIteration                           StopIteration (Exception)
 //   OSError (errno)                         OSError (std::system_error, generic_category)
 //     FileNotFoundError, PermissionError, … one class per errno group, as Python's
 //     TimeoutError                          TimeoutError (errno ETIMEDOUT)
@@ -66,7 +67,8 @@ enum class errc : std::uint16_t {
   // ArithmeticError, OverflowError (a managed Array's value out of its typecode's range)
   arithmetic_error = 27,
   overflow_error = 28,
-  os_error = 9,  // OSError with an errno that has no subclass of its own
+  stop_iteration = 29,  // an untyped `__next__` of a managed iterator at its end
+  os_error = 9,         // OSError with an errno that has no subclass of its own
   file_not_found_error = 10,
   file_exists_error = 11,
   permission_error = 12,
@@ -222,6 +224,14 @@ public:
 class OverflowError : public ArithmeticError {
 public:
   using ArithmeticError::ArithmeticError;
+};
+
+/// Python: `StopIteration` — an iterator has no more items (a managed iterator's untyped
+/// `__next__`; the typed proxies return an empty optional instead).
+class StopIteration : public Exception {
+public:
+  StopIteration() : Exception("StopIteration") {}
+  using Exception::Exception;
 };
 
 /// Python: `EOFError` — the peer closed the connection.

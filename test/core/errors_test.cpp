@@ -20,6 +20,7 @@ static_assert(std::is_base_of_v<std::system_error, OSError>);
 static_assert(std::is_base_of_v<Exception, AttributeError>);
 static_assert(std::is_base_of_v<Exception, ArithmeticError>);
 static_assert(std::is_base_of_v<ArithmeticError, OverflowError>);
+static_assert(std::is_base_of_v<Exception, StopIteration>);
 static_assert(std::is_base_of_v<OSError, TimeoutError>);
 static_assert(std::is_base_of_v<OSError, FileNotFoundError>);
 static_assert(std::is_base_of_v<ConnectionError, BrokenPipeError>);

@@ -137,7 +137,7 @@ TEST_P(IteratorTest, SameSizeChangesAreSeen) {
 }
 
 // The untyped path: _callmethod("__iter__") gives a BaseProxy; its "__next__" is Python's,
-// failing at the end with troupe::Exception "StopIteration"; send/throw/close are exposed as
+// failing at the end with troupe::StopIteration; send/throw/close are exposed as
 // Python's IteratorProxy's, and a dict's iterator has none of them (AttributeError).
 TEST_P(IteratorTest, UntypedCallmethod) {
   mm::SyncManager m(options());
@@ -151,9 +151,10 @@ TEST_P(IteratorTest, UntypedCallmethod) {
   try {
     (void)it._callmethod<std::int64_t>("__next__");
     FAIL() << "no end";
-  } catch (const troupe::Exception& e) {
+  } catch (const troupe::StopIteration& e) {
     EXPECT_NE(std::string(e.what()).find("StopIteration"), std::string::npos) << e.what();
   }
+  EXPECT_THROW((void)it._callmethod<std::int64_t>("__next__"), troupe::StopIteration);  // again
   for (const char* name : {"send", "throw", "close"})
     EXPECT_THROW(it._callmethod(name), troupe::AttributeError) << name;
   EXPECT_THROW(d._callmethod<mm::BaseProxy>("__iter__", std::int64_t{1}), troupe::TypeError);

@@ -169,6 +169,7 @@ TEST_P(ManagedPoolTest, ImapInOrderAndUnordered) {
   for (int v : it) got.push_back(v);
   EXPECT_EQ(got, squares(10));
   EXPECT_EQ(it.next(), std::nullopt);  // and at every call after
+  EXPECT_THROW((void)it._callmethod<std::vector<std::byte>>("__next__"), troupe::StopIteration);
   got.clear();
   for (int v : pool.imap(sqr, std::views::iota(0, 50), 4)) got.push_back(v);
   EXPECT_EQ(got, squares(50));

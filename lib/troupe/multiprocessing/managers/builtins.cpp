@@ -407,9 +407,8 @@ private:
 //
 // Methods: Python's IteratorProxy exposes `__next__`, `send`, `throw`, `close`; a
 // dict_keyiterator has only `__next__`, so the other three are AttributeError, as in Python.
-// `__next__` returns the key; at the end it fails with troupe::Exception "StopIteration" (troupe
-// has no StopIteration class). `#NEXT`, troupe's own, is the typed proxy's step: a list of the
-// key, or an empty list at the end (a std::optional's wire form).
+// `__next__` returns the key; at the end it fails with StopIteration. `#NEXT`, troupe's own, is the
+// typed proxy's step: a list of the key, or an empty list at the end (a std::optional's wire form).
 class DictIteratorObject final : public detail::HostedObject {
 public:
   explicit DictIteratorObject(std::shared_ptr<ContainerObject> dict)
@@ -443,7 +442,7 @@ public:
     }
     if (!key) {
       if (m == "#NEXT") return complete_item(done, Item::list({}));
-      throw Exception("StopIteration");
+      throw StopIteration();
     }
     if (m == "#NEXT") return dict->complete(done, Item::list({std::move(*key)}));
     dict->complete(done, *key);

@@ -260,7 +260,7 @@ private:
           done->fail(r.outcome->error);
         } else if (r.w->op == Op::next || r.w->op == Op::next_optional) {
           if (!r.outcome) {  // the end
-            if (r.w->op == Op::next) throw Exception("StopIteration");
+            if (r.w->op == Op::next) throw StopIteration();
             done->value().initList(0);
           } else if (r.w->op == Op::next_optional) {
             done->value().initList(1)[0].setData(as_data(r.outcome->value));

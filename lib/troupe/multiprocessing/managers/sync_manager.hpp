@@ -322,7 +322,7 @@ public:
 /// manager (counted by number_of_objects()) until its last proxy goes; it holds its dict as
 /// Python's does, so it runs on after the dict's proxies are gone, and lets go of the dict once
 /// exhausted. Untyped, `_callmethod("__next__")` is Python's `next(it)`: it fails at the end
-/// with troupe::Exception "StopIteration" (troupe has no StopIteration class), and `send`,
+/// with troupe::StopIteration, and `send`,
 /// `throw`, `close` are exposed as in Python but a dict's iterator has none (AttributeError).
 template <class T>
 class IteratorProxy : public BaseProxy {
