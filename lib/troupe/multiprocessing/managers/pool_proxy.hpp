@@ -34,6 +34,7 @@
 #include "troupe/codec.hpp"
 #include "troupe/concurrent/futures/process.hpp"
 #include "troupe/errors.hpp"
+#include "troupe/multiprocessing/managers/detail/proxy_args.hpp"
 #include "troupe/multiprocessing/managers/proxy.hpp"
 #include "troupe/multiprocessing/pool.hpp"
 #include "troupe/timeout.hpp"
@@ -70,12 +71,6 @@ R decode_pool_parts(PoolParts&& p) {
   }
 }
 
-/// The wire seconds of an optional timeout (None: forever).
-inline std::optional<double> pool_seconds(const Timeout& t) {
-  if (t.is_forever()) return std::nullopt;
-  return static_cast<double>(t.remaining().count()) / 1e9;
-}
-
 /// The encoded chunks of a map of `fn` over `items` (each a BatchItem of fn's arguments).
 template <class Item>
 std::vector<std::vector<std::byte>> pool_chunks(std::vector<Item>& items, std::size_t chunk) {
@@ -106,12 +101,12 @@ public:
   R get(const Timeout& timeout = {}) const {
     using V = concurrent::futures::detail::MapValue<R>;
     auto v = detail::decode_pool_parts<V>(
-        _callmethod<detail::PoolParts>("get", detail::pool_seconds(timeout)));
+        _callmethod<detail::PoolParts>("get", detail::seconds_arg(timeout)));
     if constexpr (!std::is_void_v<R>) return R(std::move(v));
   }
   /// Python: `wait(timeout=None)`.
   void wait(const Timeout& timeout = {}) const {
-    _callmethod("wait", detail::pool_seconds(timeout));
+    _callmethod("wait", detail::seconds_arg(timeout));
   }
   /// Python: `ready()`.
   bool ready() const { return _callmethod<bool>("ready"); }
@@ -137,8 +132,8 @@ public:
     std::scoped_lock lock(buffer_->mu);
     while (buffer_->items.empty()) {
       if (buffer_->ended) return std::nullopt;
-      auto chunk = _callmethod<std::optional<std::vector<std::byte>>>(
-          "#NEXT", detail::pool_seconds(timeout));
+      auto chunk =
+          _callmethod<std::optional<std::vector<std::byte>>>("#NEXT", detail::seconds_arg(timeout));
       if (!chunk) {
         buffer_->ended = true;
         return std::nullopt;

@@ -39,13 +39,7 @@
 
 namespace troupe::multiprocessing::managers {
 
-namespace detail {
-/// A troupe::Timeout as the seconds a manager's method takes (none: forever).
-inline std::optional<double> seconds_arg(const Timeout& t) {
-  if (t.is_forever()) return std::nullopt;
-  return static_cast<double>(t.remaining().count()) / 1e9;
-}
-}  // namespace detail
+namespace detail {}  // namespace detail
 
 /// Python: the proxy of a managed `queue.Queue` (SyncManager's Queue and JoinableQueue).
 /// @throws queue::Empty, queue::Full, queue::ShutDown, ValueError as Python's; EOFError if the

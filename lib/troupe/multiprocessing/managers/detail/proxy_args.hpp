@@ -13,8 +13,15 @@
 
 #include "troupe/codec.hpp"
 #include "troupe/errors.hpp"
+#include "troupe/timeout.hpp"
 
 namespace troupe::multiprocessing::managers::detail {
+
+/// A troupe::Timeout as the seconds a manager's method takes (none: forever).
+inline std::optional<double> seconds_arg(const Timeout& t) {
+  if (t.is_forever()) return std::nullopt;
+  return static_cast<double>(t.remaining().count()) / 1e9;
+}
 
 /// A result that is None or a T (Python's `dict.get(key)` without a default).
 template <class T>
