@@ -643,8 +643,8 @@ public:
         enqueue_lane(sc, lane,
                      [this, self = shared_from_this(), sc, frame, entry, typeid_, call_id, lane,
                       summary = std::move(summary)]() mutable {
-                       asio::post(ex_, [this, self, sc, frame, entry, typeid_, call_id, lane,
-                                        summary = std::move(summary)]() mutable {
+                       auto run = [this, self, sc, frame, entry, typeid_, call_id, lane,
+                                   summary = std::move(summary)]() mutable {
                          auto done = make_completion(sc, call_id, lane, "create(" + typeid_ + ")",
                                                      {}, std::move(summary));
                          try {
@@ -657,7 +657,14 @@ public:
                          } catch (...) {
                            done->fail(std::current_exception());
                          }
-                       });
+                       };
+                       // A built-in type is made at once and never blocks: made here, as its
+                       // calls run here. A registered class's constructor is the user's code,
+                       // which may block: on the pool (unless the typeid is quick).
+                       if (!entry->cxx_type || entry->quick)
+                         run();
+                       else
+                         asio::post(ex_, std::move(run));
                      });
         return;
       }
