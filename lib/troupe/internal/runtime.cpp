@@ -1,6 +1,7 @@
 #include "troupe/internal/runtime.hpp"
 
 #include <pthread.h>
+#include <unistd.h>
 
 #include <array>
 #include <atomic>
@@ -32,6 +33,12 @@ void run_exit_steps() {
   }
 }
 
+constinit std::atomic<pid_t> cached_pid{0};
+
+void refresh_pid() noexcept {
+  cached_pid.store(::getpid(), std::memory_order_relaxed);
+}
+
 void run_fork_child_steps() {
   for (auto& step : fork_steps)
     if (const Step fn = step.load(std::memory_order_relaxed)) fn();
@@ -54,6 +61,16 @@ void at_fork_child(ForkStep step, void (*fn)()) noexcept {
   Step expected = nullptr;
   fork_steps[static_cast<std::size_t>(step)].compare_exchange_strong(expected, fn);
   if (!fork_installed.exchange(true)) ::pthread_atfork(nullptr, nullptr, run_fork_child_steps);
+}
+
+pid_t process_id() noexcept {
+  static const bool installed = [] {
+    refresh_pid();
+    at_fork_child(ForkStep::process_id, &refresh_pid);
+    return true;
+  }();
+  (void)installed;
+  return cached_pid.load(std::memory_order_relaxed);
 }
 
 }  // namespace troupe::internal::runtime

@@ -42,12 +42,15 @@
 // Around fork() (pthread_atfork, installed once): in the child, these run in this order. No
 // step runs before fork or in the parent.
 //
+//   0. process_id        process_id()'s cache is this process's pid
 //   1. threads           the thread registry's lock is new; the threads that did not survive
 //                        the fork are finished; the forking thread is the main thread
 //                        (CPython's threading._after_fork)
 //   2. thread_identity   the (pid, tid) that process-shared locks record as owner is this
 //                        process's
 #pragma once
+
+#include <sys/types.h>
 
 #include <memory>
 #include <mutex>
@@ -67,11 +70,15 @@ void at_exit(ExitStep step, void (*fn)()) noexcept;
 bool exiting() noexcept;
 
 /// The steps run in a child process after fork(), in this order.
-enum class ForkStep { threads, thread_identity };
+enum class ForkStep { process_id, threads, thread_identity };
 
 /// Makes `fn` the fork-child step `step`; the first call installs the fork handler. Later calls
 /// for the same step are ignored. Thread-safe; may be called during static initialisation.
 void at_fork_child(ForkStep step, void (*fn)()) noexcept;
+
+/// This process's id, cached (glibc's getpid() is a system call): for checks on hot paths
+/// that an object is used in the process that made it. Refreshed first in a forked child.
+pid_t process_id() noexcept;
 
 /// The one T of this process: built on first use (thread-safe) and never destroyed, so that
 /// exit steps, fork handlers and daemon threads may use it while static destructors run.

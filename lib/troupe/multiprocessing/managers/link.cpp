@@ -19,6 +19,7 @@
 
 #include "troupe/error_envelope.hpp"
 #include "troupe/errors.hpp"
+#include "troupe/internal/runtime.hpp"
 #include "troupe/multiprocessing/logger.hpp"
 #include "troupe/multiprocessing/managers/internal/wire.hpp"
 #include "troupe/multiprocessing/process.hpp"
@@ -61,15 +62,15 @@ void child_after_fork() noexcept {
 
 Table& table() {
   static const bool installed = [] {
-    // The pid cache's fork handler first: child handlers run in the order they were installed,
-    // and this one's asks for the pid.
-    (void)internal::this_process();
+    // The runtime's fork handler first (child handlers run in the order they were installed):
+    // it refreshes the pid cache this one's asks.
+    (void)troupe::internal::runtime::process_id();
     ::pthread_atfork(nullptr, nullptr, &child_after_fork);
     return true;
   }();
   (void)installed;
   Table* t = the_table.load(std::memory_order_acquire);
-  if (t != nullptr && t->pid == internal::this_process()) return *t;
+  if (t != nullptr && t->pid == troupe::internal::runtime::process_id()) return *t;
   auto* fresh = new Table();  // never deleted: a forked child may still hold the old one's links
   if (the_table.compare_exchange_strong(t, fresh, std::memory_order_acq_rel)) return *fresh;
   delete fresh;
@@ -285,7 +286,7 @@ void Link::on_beat() {
 }
 
 Link::~Link() {
-  if (internal::this_process() != pid_) {
+  if (troupe::internal::runtime::process_id() != pid_) {
     // A forked child's copy: its thread does not exist here, and after_fork_in_child closed the
     // socket. Leave everything (never joined, never closed twice).
     (void)conn_.release();
@@ -316,7 +317,7 @@ bool Link::on_link_thread() const noexcept {
 bool Link::alive() const {
   {
     std::scoped_lock lock(m_);
-    if (dead_ || internal::this_process() != pid_) return false;
+    if (dead_ || troupe::internal::runtime::process_id() != pid_) return false;
     if (!direct_ || reader_ != Reader::none) return true;
   }
   // Nobody reads while nothing is owed: a server that has closed the connection meanwhile
@@ -370,7 +371,7 @@ std::uint64_t Link::request(const Build& build, Handler done) {
   auto bytes = start_call(build, id);
   {
     std::unique_lock lock(m_);
-    if (dead_ || internal::this_process() != pid_) {
+    if (dead_ || troupe::internal::runtime::process_id() != pid_) {
       lock.unlock();
       auto e = dead_error();
       asio::post(runner_->ctx, [done = std::move(done), e] { done(e, nullptr); });
@@ -402,7 +403,7 @@ void Link::send(const Build& build) {
   std::uint64_t id;
   {
     std::scoped_lock lock(m_);
-    if (dead_ || internal::this_process() != pid_) return;
+    if (dead_ || troupe::internal::runtime::process_id() != pid_) return;
     id = next_call_++;
   }
   write(build_frame(id, build));
@@ -427,7 +428,7 @@ std::shared_ptr<Frame> Link::call(const Build& build,
   auto bytes = start_call(build, id);
   {
     std::unique_lock lock(m_);
-    if (dead_ || internal::this_process() != pid_) {
+    if (dead_ || troupe::internal::runtime::process_id() != pid_) {
       lock.unlock();
       std::rethrow_exception(dead_error());
     }
@@ -629,7 +630,7 @@ void Link::flush(std::chrono::nanoseconds timeout) {
   if (on_link_thread()) return;
   {
     std::scoped_lock lock(m_);
-    if (dead_ || internal::this_process() != pid_) return;
+    if (dead_ || troupe::internal::runtime::process_id() != pid_) return;
   }
   auto done = std::make_shared<std::promise<void>>();
   auto drained = done->get_future();

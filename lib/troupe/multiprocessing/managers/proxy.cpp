@@ -5,6 +5,7 @@
 
 #include <cstdio>
 
+#include "troupe/internal/runtime.hpp"
 #include "troupe/multiprocessing/managers/internal/wire.hpp"
 #include "troupe/multiprocessing/process.hpp"
 
@@ -18,7 +19,7 @@ void wrong_reply_kind(std::string_view method, std::string_view got, std::string
 }  // namespace detail
 
 BaseProxy::State::~State() {
-  if (!link || link->owner() != internal::this_process())
+  if (!link || link->owner() != troupe::internal::runtime::process_id())
     return;  // a forked child's copy: the parent's
   try {
     for (std::uint64_t i = 0; i < refs; ++i)
@@ -45,7 +46,7 @@ const Token& BaseProxy::_token() const {
 std::shared_ptr<detail::Link> BaseProxy::_link() const {
   if (!state_) throw ValueError("an empty proxy (default-constructed or moved from)");
   std::scoped_lock lock(state_->m);
-  if (state_->link->owner() != internal::this_process()) {
+  if (state_->link->owner() != troupe::internal::runtime::process_id()) {
     // First use in a forked child: this process's own link and reference (Python's
     // BaseProxy._after_fork increfs too). The parent's references stay the parent's.
     auto fresh = detail::Link::get(state_->token.address, state_->authkey);

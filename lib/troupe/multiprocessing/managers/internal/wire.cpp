@@ -1,9 +1,5 @@
 #include "troupe/multiprocessing/managers/internal/wire.hpp"
 
-#include <pthread.h>
-#include <unistd.h>
-
-#include <atomic>
 #include <cstring>
 #include <string>
 
@@ -38,23 +34,6 @@ std::shared_ptr<Frame> parse_frame(std::vector<std::byte> bytes) {
   } catch (const kj::Exception& e) {
     throw ValueError(std::string("malformed manager message: ") + e.getDescription().cStr());
   }
-}
-
-namespace {
-std::atomic<pid_t> cached_pid{0};
-void refresh_pid() noexcept {
-  cached_pid.store(::getpid(), std::memory_order_relaxed);
-}
-}  // namespace
-
-pid_t this_process() noexcept {
-  static const bool installed = [] {
-    ::pthread_atfork(nullptr, nullptr, &refresh_pid);
-    refresh_pid();
-    return true;
-  }();
-  (void)installed;
-  return cached_pid.load(std::memory_order_relaxed);
 }
 
 std::vector<std::byte> flatten(capnp::MessageBuilder& mb) {

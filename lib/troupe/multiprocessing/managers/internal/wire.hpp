@@ -3,8 +3,6 @@
 // one. Shared by the server and the client link; .cpp-only.
 #pragma once
 
-#include <sys/types.h>
-
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -27,10 +25,6 @@ using detail::Frame;
 /// The first segment of a request's or reply's builder, in words: most are a few dozen words,
 /// and Cap'n Proto's default (1024 words) is zeroed for every message. A larger one grows.
 inline constexpr unsigned small_message_words = 128;
-
-/// This process's id, cached (glibc makes getpid() a system call): refreshed in a forked
-/// child by a pthread_atfork handler, installed on first use.
-pid_t this_process() noexcept;
 
 /// Parses `bytes` as one Cap'n Proto message. @throws ValueError if they are not whole words,
 /// the segment table is bad, or bytes follow the message.
