@@ -13,7 +13,6 @@
 #include <cstdint>
 #include <deque>
 #include <exception>
-#include <list>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -24,7 +23,6 @@
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 
-#include "troupe/concurrent/futures/future.hpp"
 #include "troupe/entry.hpp"
 #include "troupe/errors.hpp"
 #include "troupe/multiprocessing/context.hpp"
@@ -402,20 +400,10 @@ private:
   bool reported_ = false;
 };
 
-// The arguments of a task method: the function's name, then its encoded arguments (apply) or its
-// chunks (the maps).
-struct Task {
-  std::string entry;
-  std::vector<std::vector<std::byte>> parts;
-};
-
-std::vector<std::byte> bytes_of(const Item& x) {
-  const std::string& s = x.as_string();
-  const auto* p = reinterpret_cast<const std::byte*>(s.data());
-  return {p, p + s.size()};
+std::vector<std::byte> bytes_of(capnp::Data::Reader d) {
+  const auto* p = reinterpret_cast<const std::byte*>(d.begin());
+  return {p, p + d.size()};
 }
-
-class PoolObject;
 
 // An AsyncResult: the result set of an apply_async or a map_async.
 class AsyncResultObject final : public detail::HostedObject {
@@ -566,93 +554,93 @@ public:
   }
 
   void release_connection(std::uint64_t connection) override {
-    std::vector<CompletionPtr> gone;
-    {
-      std::scoped_lock lock(state_->mu);
-      std::erase_if(state_->joiners, [&](auto& j) {
-        if (j.first.connection != connection) return false;
-        gone.push_back(std::move(j.second));
-        return true;
-      });
-    }
-    for (auto& d : gone)
-      d->fail(std::make_exception_ptr(ConnectionAbortedError(
-          ECONNABORTED,
-          "Pool.join(): connection " + std::to_string(connection) + " closed while it waited")));
+    fail_joiners([&](const Caller& c) { return c.connection == connection; },
+                 std::make_exception_ptr(ConnectionAbortedError(
+                     ECONNABORTED, "Pool.join(): connection " + std::to_string(connection) +
+                                       " closed while it waited")));
   }
   void cancel(Caller who, std::uint64_t) override {
-    std::vector<CompletionPtr> gone;
-    {
-      std::scoped_lock lock(state_->mu);
-      std::erase_if(state_->joiners, [&](auto& j) {
-        if (!(j.first == who)) return false;
-        gone.push_back(std::move(j.second));
-        return true;
-      });
-    }
-    for (auto& d : gone)
-      d->fail(
-          std::make_exception_ptr(concurrent::futures::CancelledError("Pool.join() cancelled")));
+    fail_joiners(
+        [&](const Caller& c) { return c == who; },
+        std::make_exception_ptr(concurrent::futures::CancelledError("Pool.join() cancelled")));
   }
 
 private:
+  // The join() calls of the callers `pred` picks fail with `error`.
+  template <class Pred>
+  void fail_joiners(Pred pred, const std::exception_ptr& error) {
+    std::vector<CompletionPtr> gone;
+    {
+      std::scoped_lock lock(state_->mu);
+      std::erase_if(state_->joiners, [&](auto& j) {
+        if (!pred(j.first)) return false;
+        gone.push_back(std::move(j.second));
+        return true;
+      });
+    }
+    for (auto& d : gone) d->fail(error);
+  }
+
   // Reads a task call (function name, then its encoded arguments or its list of chunks),
   // checks the function, and submits one job per part. The result set is returned at once.
   std::shared_ptr<Results> submit(const CallInfo& call, Results::Mode mode, bool chunks) {
-    auto a = detail::items_of(call);
-    if (a.size() != 2) detail::bad_arity(call, "Pool", 2);
-    if (a[0].kind() != Kind::text)
+    // Read from the message itself, not as Items: the chunks are copied once, into the jobs.
+    const auto& args = call.args;
+    if (args.size() != 2) detail::bad_arity(call, "Pool", 2);
+    auto kind = [](proto::Value::Reader v) {
+      return std::string(detail::type_name(detail::to_item(v)));
+    };
+    if (!args[0].isText())
       throw TypeError(detail::where(call) +
-                      ": the function must be given by its TROUPE_ENTRY "
-                      "name (a str), not " +
-                      std::string(detail::type_name(a[0])));
-    Task t{a[0].as_string(), {}};
-    const EntryPoint* e = find_entry(t.entry);
+                      ": the function must be given by its TROUPE_ENTRY name (a str), not " +
+                      kind(args[0]));
+    const std::string entry(args[0].getText().cStr(), args[0].getText().size());
+    const EntryPoint* e = find_entry(entry);
     if (!e)
-      throw ValueError(detail::where(call) + ": no function '" + t.entry +
+      throw ValueError(detail::where(call) + ": no function '" + entry +
                        "' is registered with TROUPE_ENTRY in the manager's process (pid " +
                        std::to_string(::getpid()) + ")");
     if (!e->call)
-      throw TypeError(detail::where(call) + ": the result of '" + t.entry +
+      throw TypeError(detail::where(call) + ": the result of '" + entry +
                       "' has no codec, so it cannot travel back");
+    std::vector<std::vector<std::byte>> parts;  // the encoded arguments, or each chunk
     if (chunks) {
-      if (!a[1].is_container() || a[1].kind() == Kind::dict)
+      if (!args[1].isList())
         throw TypeError(detail::where(call) + ": the chunks must be a list of bytes, not " +
-                        std::string(detail::type_name(a[1])));
-      for (auto& c : a[1].elements()) {
-        if (c.kind() != Kind::bytes)
-          throw TypeError(detail::where(call) + ": a chunk must be bytes, not " +
-                          std::string(detail::type_name(c)));
-        t.parts.push_back(bytes_of(c));
+                        kind(args[1]));
+      for (auto c : args[1].getList()) {
+        if (!c.isData())
+          throw TypeError(detail::where(call) + ": a chunk must be bytes, not " + kind(c));
+        parts.push_back(bytes_of(c.getData()));
       }
     } else {
-      if (a[1].kind() != Kind::bytes)
+      if (!args[1].isData())
         throw TypeError(detail::where(call) + ": the arguments must be encoded bytes, not " +
-                        std::string(detail::type_name(a[1])));
-      t.parts.push_back(bytes_of(a[1]));
+                        kind(args[1]));
+      parts.push_back(bytes_of(args[1].getData()));
     }
-    auto r = std::make_shared<Results>(mode, t.parts.size(), call.executor,
-                                       "Pool." + std::string(call.method) + "(" + t.entry + ")");
+    auto r = std::make_shared<Results>(mode, parts.size(), call.executor,
+                                       "Pool." + std::string(call.method) + "(" + entry + ")");
     std::shared_ptr<engine::WorkerPool> p;
     {
       std::scoped_lock lock(state_->mu);
       if (state_->run != PoolState::Run::running || !state_->pool)
         throw ValueError("Pool not running");
       p = state_->pool;
-      state_->outstanding += t.parts.size();
+      state_->outstanding += parts.size();
     }
-    for (std::size_t i = 0; i < t.parts.size(); ++i) {
+    for (std::size_t i = 0; i < parts.size(); ++i) {
       auto job = std::make_unique<PoolJob>(state_, r, i);
-      job->entry = t.entry;
+      job->entry = entry;
       job->batch = chunks;
-      job->calls.push_back(std::move(t.parts[i]));
+      job->calls.push_back(std::move(parts[i]));
       // On failure the job's destructor fails its slot and counts it gone; the next ones
       // are counted gone here.
       try {
         p->submit(std::move(job));
       } catch (...) {
         std::scoped_lock lock(state_->mu);
-        state_->outstanding -= t.parts.size() - i - 1;
+        state_->outstanding -= parts.size() - i - 1;
         throw;
       }
     }
@@ -705,7 +693,9 @@ std::shared_ptr<detail::HostedObject> make_pool(const CallInfo& call) {
       const Item* x = detail::unwrap_optional(a[2]);
       if (x->kind() != Kind::bytes)
         throw TypeError(detail::where(call) + ": 'initargs' must be encoded bytes");
-      o.initializer.arguments = bytes_of(*x);
+      const std::string& b = x->as_string();
+      const auto* at = reinterpret_cast<const std::byte*>(b.data());
+      o.initializer.arguments.assign(at, at + b.size());
     } else {
       o.initializer.arguments = troupe::to_bytes(std::tuple<>());
     }
