@@ -21,6 +21,10 @@ inline constexpr bool kTsanForkLimit = true;
 inline constexpr bool kTsanForkLimit = false;
 #endif
 
+/// Whether this is a ThreadSanitizer build: tests of sizes, not of races, that move a gigabyte
+/// (a minute per case under TSan) run only in the other builds.
+inline constexpr bool kThreadSanitizer = kTsanForkLimit;
+
 /// Threads of this process now (/proc/self/task).
 int count_threads();
 /// Open file descriptors of this process now (/proc/self/fd).
