@@ -217,6 +217,23 @@ TEST_F(ServerTest, AFactoryReturningTheSameObjectHostsItUnderOneId) {
   EXPECT_EQ(a.call<&Counter::value>(), before + 1);
 }
 
+// Review M8: the same C++ object returned as two typeids is two managed objects, each held to
+// its own typeid's exposed methods (the narrower one does not widen, nor the wider one narrow).
+TEST_F(ServerTest, TheSameObjectUnderTwoTypeidsKeepsEachTypeidsExposedMethods) {
+  auto m = client();
+  auto wide = m->create("get_shared_maths");
+  auto narrow = m->create("get_shared_narrow_maths");
+  auto again = m->create("get_shared_maths");
+  EXPECT_NE(wide._token().id, narrow._token().id);
+  EXPECT_EQ(wide._token().id, again._token().id);
+  EXPECT_EQ(m->number_of_objects(), 2u);
+  EXPECT_DOUBLE_EQ(wide._callmethod<double>("mul", 2.0, 3.0), 6.0);
+  EXPECT_EQ(narrow._callmethod<int>("add", 1, 1), 2);
+  EXPECT_THROW(narrow._callmethod<double>("mul", 1.0, 2.0), troupe::AttributeError);
+  EXPECT_EQ(narrow._exposed(), std::vector<std::string>{"add"});
+  EXPECT_DOUBLE_EQ(again._callmethod<double>("mul", 2.0, 4.0), 8.0);
+}
+
 TEST_F(ServerTest, CreateArgumentsGoToTheFactory) {
   auto m = client();
   auto c = m->create<Counter>("CounterFrom", 41);

@@ -136,6 +136,11 @@ inline bool register_test_types() {
   TestManager::register_<Factory>("Factory", {.method_to_typeid = {{"make_counter", "Counter"}}});
   static auto shared = std::make_shared<Counter>();
   TestManager::register_("get_shared_counter", [] { return shared; });
+  // One Maths object handed out under two typeids, the second exposing less.
+  static auto shared_maths = std::make_shared<Maths>();
+  TestManager::register_("get_shared_maths", [] { return shared_maths; });
+  TestManager::register_("get_shared_narrow_maths", [] { return shared_maths; },
+                         {.exposed = std::vector<std::string>{"add"}});
   TestManager::register_("CounterFrom", [](int start) {
     auto c = std::make_shared<Counter>();
     for (int i = 0; i < start; ++i) c->increment();

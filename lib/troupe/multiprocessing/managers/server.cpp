@@ -11,6 +11,7 @@
 #include <cstring>
 #include <deque>
 #include <future>
+#include <map>
 #include <mutex>
 #include <set>
 #include <thread>
@@ -1122,7 +1123,7 @@ public:
       it->second.refcount -= n;
       return;
     }
-    by_identity_.erase(it->second.object->identity());
+    by_identity_.erase({it->second.object->identity(), it->second.typeid_});
     tracked_.erase(id);
     dead.push_back(std::move(it->second));
     objects_.erase(it);
@@ -1149,7 +1150,7 @@ public:
     {
       std::scoped_lock lock(m_);
       if (sc->released) return false;
-      auto known = by_identity_.find(object->identity());
+      auto known = by_identity_.find({object->identity(), entry->typeid_});
       if (known != by_identity_.end()) {
         id = known->second;
         hold_locked(sc, id);
@@ -1164,7 +1165,7 @@ public:
         e.typeid_ = entry->typeid_;
         e.refcount = 1;
         if (entry->serialized) e.serial.emplace(asio::make_strand(ex_));
-        by_identity_.emplace(object->identity(), id);
+        by_identity_.emplace(std::pair(object->identity(), entry->typeid_), id);
         if (object->tracks_connections()) tracked_.insert(id);
         e.object = std::move(object);
         objects_.emplace(id, std::move(e));
@@ -1495,7 +1496,10 @@ public:
   bool shutdown_requested_ = false;
   std::atomic<bool> closed_all_{false};
   std::unordered_map<std::uint64_t, Entry> objects_;
-  std::unordered_map<const void*, std::uint64_t> by_identity_;
+  // An object returned again is the same managed object (one id), per typeid: the same C++ object
+  // returned as two typeids (say one exposing fewer methods) is two managed objects, each
+  // with its own typeid's exposed methods, as the proxies made for them expect.
+  std::map<std::pair<const void*, std::string>, std::uint64_t> by_identity_;
   std::unordered_set<std::uint64_t> tracked_;  // objects whose release_connection() does work
   std::vector<std::string> segments_;          // shared memory tracked, in order (track_segments)
   std::unordered_map<std::uint64_t, Park> parks_;
