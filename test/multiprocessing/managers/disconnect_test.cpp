@@ -5,11 +5,13 @@
 #include <signal.h>
 
 #include <chrono>
+#include <optional>
 #include <string>
 #include <thread>
 
 #include "troupe/entry.hpp"
 #include "troupe/errors.hpp"
+#include "troupe/multiprocessing/connection.hpp"
 #include "troupe/multiprocessing/managers/sync_manager.hpp"
 #include "troupe/multiprocessing/process.hpp"
 
@@ -35,6 +37,30 @@ void acquire_and_hang(mm::AcquirerProxy lock, mm::EventProxy acquired) {
   for (int i = 0; i < 600; ++i) std::this_thread::sleep_for(100ms);
 }
 TROUPE_ENTRY(acquire_and_hang);
+
+// A grandchild that only waits, until the test writes on the pipe (60 s at most).
+void wait_for_word(mp::Connection& in) {
+  (void)in.poll(60s);
+}
+TROUPE_ENTRY(wait_for_word);
+
+// A child that holds `rlock` through its first link, drops that link from its table by a
+// connect() (the proxy still holds it), forks a grandchild that waits on `in`, says so, and
+// waits to be killed.
+void hold_connect_and_fork(mm::AcquirerProxy rlock, mm::EventProxy ready, std::string address,
+                           mp::Connection& in) {
+  if (!rlock.acquire(true, 60s)) troupe::sys_exit(3);
+  mm::SyncManager again({.address = mp::Address::parse(address)});
+  again.connect();
+  mp::ProcessOptions po;
+  po.start_method = "fork";
+  po.fork_with_threads = true;
+  mp::Process grandchild(po, &wait_for_word, std::move(in));
+  grandchild.start();
+  ready.set();
+  for (int i = 0; i < 600; ++i) std::this_thread::sleep_for(100ms);
+}
+TROUPE_ENTRY(hold_connect_and_fork);
 
 namespace {
 
@@ -111,6 +137,30 @@ TEST_P(DisconnectTest, AKilledHoldersRLockIsReleasedAndItsLockKept) {
   lock.release();                     // … until anyone releases it
   EXPECT_TRUE(lock.acquire(false));
   lock.release();
+}
+
+// Review M2: a link that connect() dropped from the process's table while a proxy still held it
+// is closed in a forked child too. Its server then sees the connection end when the process
+// that made it dies (an RLock it held is released at once), not only when the child it forked
+// exits.
+TEST_P(DisconnectTest, AForgottenLinkIsClosedInAForkedChild) {
+  mm::SyncManager m(options());
+  m.start();
+  auto rlock = m.RLock();
+  auto ready = m.Event();
+  auto [out, in] = mp::Pipe();
+  mp::Process child(child_options(), &hold_connect_and_fork, rlock, ready, m.address().str(),
+                    std::move(in));
+  child.start();
+  ASSERT_TRUE(ready.wait(60s));
+  EXPECT_FALSE(rlock.acquire(false));
+  child.kill();  // the grandchild lives on, with whatever of its parent's sockets it kept
+  child.join(60s);
+  const bool released = eventually([&] { return rlock.acquire(false); }, 10s);
+  out.send_bytes(std::string("done"));  // the grandchild ends
+  EXPECT_TRUE(released)
+      << "the RLock stayed with a dead process's connection that its forked child held open";
+  if (released) rlock.release();
 }
 
 TEST_P(DisconnectTest, AServerThatStopsAnsweringFailsThePendingCallByTheHeartbeat) {

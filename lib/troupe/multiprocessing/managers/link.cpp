@@ -10,6 +10,7 @@
 #include <condition_variable>
 #include <future>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include <boost/asio/executor_work_guard.hpp>
@@ -52,12 +53,29 @@ struct Table {
   pid_t pid = ::getpid();
   std::mutex m;
   std::unordered_map<std::string, std::vector<std::weak_ptr<Link>>> links;
+  // Every link made here, found by address or not: forget() drops a link from `links` while
+  // proxies may still hold it, and a forked child must close its socket all the same.
+  std::vector<std::weak_ptr<Link>> all;
 };
 
 std::atomic<Table*> the_table{nullptr};
+Table* locked_for_fork = nullptr;  // set by the fork's prepare handler, on the forking thread
 
+// The table is locked across fork(), so that the child never finds it half changed by a thread
+// of the parent that was inside Link::get or forget at the fork (the child walks it).
+void prepare_fork() noexcept {
+  Table* t = the_table.load(std::memory_order_acquire);
+  if (t != nullptr && t->pid == ::getpid()) {
+    t->m.lock();
+    locked_for_fork = t;
+  }
+}
+void parent_after_fork() noexcept {
+  if (Table* t = std::exchange(locked_for_fork, nullptr)) t->m.unlock();
+}
 void child_after_fork() noexcept {
   after_fork_in_child();
+  if (Table* t = std::exchange(locked_for_fork, nullptr)) t->m.unlock();
 }
 
 Table& table() {
@@ -65,7 +83,7 @@ Table& table() {
     // The runtime's fork handler first (child handlers run in the order they were installed):
     // it refreshes the pid cache this one's asks.
     (void)troupe::internal::runtime::process_id();
-    ::pthread_atfork(nullptr, nullptr, &child_after_fork);
+    ::pthread_atfork(&prepare_fork, &parent_after_fork, &child_after_fork);
     return true;
   }();
   (void)installed;
@@ -93,14 +111,13 @@ std::exception_ptr as_exception(errc code, const std::string& what) {
 void after_fork_in_child() noexcept {
   Table* t = the_table.load(std::memory_order_acquire);
   if (t == nullptr) return;
-  for (auto& [address, links] : t->links)
-    for (auto& w : links)
-      if (auto l = w.lock()) {
-        if (l->fd_ >= 0) ::close(l->fd_);
-        l->fd_ = -1;
-        // The reference taken by lock() must not destroy the link here: leak it.
-        new std::shared_ptr<Link>(std::move(l));
-      }
+  for (auto& w : t->all)
+    if (auto l = w.lock()) {
+      if (l->fd_ >= 0) ::close(l->fd_);
+      l->fd_ = -1;
+      // The reference taken by lock() must not destroy the link here: leak it.
+      new std::shared_ptr<Link>(std::move(l));
+    }
   the_table.store(new Table(), std::memory_order_release);
 }
 
@@ -132,6 +149,8 @@ std::shared_ptr<Link> Link::get(const Address& address, const AuthenticationStri
   std::shared_ptr<Link> l(new Link(address, authkey));
   l->connect(options);
   std::scoped_lock lock(t.m);
+  std::erase_if(t.all, [](const std::weak_ptr<Link>& w) { return w.expired(); });
+  t.all.push_back(l);
   t.links[key].push_back(l);
   // Also under the address the server gives itself (its proxies' tokens carry that one): a
   // client that connected to "localhost:PORT" finds this link for a token of "127.0.0.1:PORT".
