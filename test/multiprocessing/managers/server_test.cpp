@@ -234,6 +234,25 @@ TEST_F(ServerTest, TheSameObjectUnderTwoTypeidsKeepsEachTypeidsExposedMethods) {
   EXPECT_DOUBLE_EQ(again._callmethod<double>("mul", 2.0, 4.0), 8.0);
 }
 
+// A registered class's call that blocks holds a pool thread. With one pool thread, three calls
+// that wait for a fourth (from other client threads) would starve it, as they cannot in Python
+// (a thread per connection): the pool grows until the fourth runs.
+TEST_F(ServerTest, CallsThatBlockEveryPoolThreadGrowThePool) {
+  server_.reset();
+  mm::ServerOptions o;
+  o.threads = 1;
+  start_server(std::nullopt, o);
+  auto m = client();
+  auto latch = m->create<Latch>("Latch");
+  std::vector<std::future<bool>> waits;
+  for (int i = 0; i < 3; ++i)
+    waits.push_back(std::async(std::launch::async, [&] { return latch.call<&Latch::wait>(); }));
+  EXPECT_TRUE(eventually([] { return Latch::waiting.load() == 3; }, 15s))
+      << Latch::waiting.load() << " of 3 calls in wait() on a server with 1 pool thread";
+  latch.call<&Latch::open>();
+  for (auto& w : waits) EXPECT_TRUE(w.get()) << "wait() ran out of time: open() never ran";
+}
+
 TEST_F(ServerTest, CreateArgumentsGoToTheFactory) {
   auto m = client();
   auto c = m->create<Counter>("CounterFrom", 41);

@@ -2,7 +2,9 @@
 // built-in style object (Gate) whose calls complete later, through the hosted-object interface.
 #pragma once
 
+#include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <deque>
 #include <memory>
 #include <mutex>
@@ -122,6 +124,32 @@ private:
   std::deque<Waiter> waiters_;
 };
 
+/// A registered class whose wait() blocks its server thread until open() (20 s at most).
+class Latch {
+public:
+  bool wait() {
+    std::unique_lock lock(m_);
+    waiting.fetch_add(1);
+    const bool opened = cv_.wait_for(lock, std::chrono::seconds(20), [&] { return open_; });
+    waiting.fetch_sub(1);
+    return opened;
+  }
+  void open() {
+    {
+      std::scoped_lock lock(m_);
+      open_ = true;
+    }
+    cv_.notify_all();
+  }
+  static inline std::atomic<int> waiting{0};  // calls inside wait() now (the server is in-process)
+
+private:
+  std::mutex m_;
+  std::condition_variable cv_;
+  bool open_ = false;
+};
+TROUPE_EXPOSE(Latch, wait, open);
+
 /// The manager class the tests use, and its registrations (made during static initialisation,
 /// so that a spawned server process has them too).
 struct TestManager : mm::Manager<TestManager> {
@@ -133,6 +161,7 @@ inline bool register_test_types() {
   TestManager::register_<Maths>("NarrowMaths", {.exposed = std::vector<std::string>{"add"}});
   TestManager::register_<Counter>("Counter");
   TestManager::register_<Cell>("Cell");
+  TestManager::register_<Latch>("Latch");
   TestManager::register_<Factory>("Factory", {.method_to_typeid = {{"make_counter", "Counter"}}});
   static auto shared = std::make_shared<Counter>();
   TestManager::register_("get_shared_counter", [] { return shared; });

@@ -143,24 +143,96 @@ public:
     if (own_) {
       work_.emplace_back(own_->get_executor());
       for (auto& io : io_) work_.emplace_back(io->get_executor());
-      auto run = [this](asio::io_context* io, bool spin) {
-        tl_server_ = this;
-        for (;;) {
-          try {
-            if (spin)
-              run_spinning(*io);
-            else
-              io->run();
-            return;
-          } catch (const std::exception& e) {
-            mlog().error(std::string("manager server: an exception escaped a handler: ") +
-                         e.what());
-          }
-        }
-      };
-      for (unsigned i = 0; i < thread_count(); ++i) threads_.emplace_back(run, own_.get(), false);
-      for (auto& io : io_) threads_.emplace_back(run, io.get(), true);
+      own_threads_ = thread_count();
+      for (unsigned i = 0; i < own_threads_; ++i)
+        threads_.emplace_back(&Impl::run_thread, this, own_.get(), false);
+      for (auto& io : io_) threads_.emplace_back(&Impl::run_thread, this, io.get(), true);
+      grow_timer_.emplace(io_.front()->get_executor());
     }
+  }
+
+  void run_thread(asio::io_context* io, bool spin) {
+    tl_server_ = this;
+    for (;;) {
+      try {
+        if (spin)
+          run_spinning(*io);
+        else
+          io->run();
+        return;
+      } catch (const std::exception& e) {
+        mlog().error(std::string("manager server: an exception escaped a handler: ") + e.what());
+      }
+    }
+  }
+
+  // ---- calls that may block: the own threads grow while such calls hold them all -----------
+
+  // A registered class's call (or constructor), which may block as long as it likes, goes to the
+  // server's own threads. Python gives each client connection a thread, so a call that waits
+  // for another client's call always lets that one run; here, when calls wait and none has
+  // started for kGrowAfter (every own thread is held by one that blocks: short calls keep
+  // starting, however many wait), one more thread starts (up to ServerOptions::max_threads,
+  // logged), so the waiting calls run. The check runs on a connection thread (those never
+  // block), only while calls wait.
+  static constexpr auto kGrowAfter = std::chrono::milliseconds(50);
+
+  void post_blocking(std::function<void()> run) {
+    if (!own_) return asio::post(ex_, std::move(run));
+    blocking_queued_.fetch_add(1, std::memory_order_relaxed);
+    asio::post(ex_, [this, run = std::move(run)] {
+      blocking_queued_.fetch_sub(1, std::memory_order_relaxed);
+      blocking_starts_.fetch_add(1, std::memory_order_relaxed);
+      run();
+    });
+    arm_growth();  // (once per kGrowAfter at most: a lock when armed already)
+  }
+
+  void arm_growth() {
+    std::scoped_lock lock(grow_m_);
+    if (grow_armed_ || !grow_timer_) return;
+    grow_armed_ = true;
+    grow_timer_->expires_after(kGrowAfter);
+    grow_timer_->async_wait([this, self = weak_from_this()](boost::system::error_code ec) {
+      auto server = self.lock();
+      if (!server) return;
+      {
+        std::scoped_lock lock(grow_m_);
+        grow_armed_ = false;
+      }
+      if (!ec) grow_if_starved();
+    });
+  }
+
+  // On a connection thread (the timer's), once per kGrowAfter while calls wait.
+  void grow_if_starved() {
+    if (blocking_queued_.load(std::memory_order_relaxed) == 0) return;  // none waits: stop
+    const std::uint64_t starts = blocking_starts_.load(std::memory_order_relaxed);
+    const bool starved = starts == starts_seen_;
+    starts_seen_ = starts;
+    if (starved) {
+      // Not while start() or stop() runs (stop() joins this thread: waiting here would deadlock).
+      std::unique_lock life(life_m_, std::try_to_lock);
+      if (!life) return;
+      {
+        std::scoped_lock lock(m_);
+        if (stopped_) return;
+      }
+      if (own_threads_ >= std::max(options_.max_threads, thread_count())) {
+        if (!warned_max_threads_.exchange(true))
+          mlog().warning("manager server at " + address_text_ + ": all " +
+                         std::to_string(own_threads_.load()) +
+                         " threads (ServerOptions::max_threads) are held by calls that block; "
+                         "more calls wait behind them");
+        return;
+      }
+      threads_.emplace_back(&Impl::run_thread, this, own_.get(), false);
+      own_threads_.fetch_add(1);
+      mlog().info("manager server at " + address_text_ + ": " +
+                  std::to_string(own_threads_.load()) +
+                  " threads now: every other one was held by a call that blocks");
+    }
+    arm_growth();  // look again while calls wait
   }
 
   void request_shutdown() noexcept {
@@ -302,6 +374,10 @@ public:
       // here, on this thread, so that nothing is left registered with the io_context; then it
       // goes, with any handler that still holds the server.
       listener_.reset();
+      {
+        std::scoped_lock lock(grow_m_);
+        grow_timer_.reset();  // its handler, cancelled, runs in the polls below
+      }
       for (int round = 0; round < 2; ++round) {  // a connection's teardown may post to own_
         for (auto& io : io_) {
           io->restart();
@@ -612,7 +688,7 @@ public:
                        else if (!entry || !entry->cxx_type || entry->quick)
                          run();
                        else
-                         asio::post(ex_, std::move(run));
+                         post_blocking(std::move(run));
                      });
         return;
       }
@@ -665,7 +741,7 @@ public:
                        if (!entry->cxx_type || entry->quick)
                          run();
                        else
-                         asio::post(ex_, std::move(run));
+                         post_blocking(std::move(run));
                      });
         return;
       }
@@ -1488,6 +1564,15 @@ public:
   std::shared_ptr<asio::steady_timer> sweep_timer_;
 
   std::mutex life_m_;  // start() against stop(): threads_, work_, own_'s lifetime
+  // Calls that may block (post_blocking): waiting for an own thread, and running on one.
+  std::atomic<int> blocking_queued_{0};
+  std::atomic<std::uint64_t> blocking_starts_{0};
+  std::uint64_t starts_seen_ = 0;  // by grow_if_starved (one timer: one thread at a time)
+  std::atomic<unsigned> own_threads_{0};
+  std::atomic<bool> warned_max_threads_{false};
+  std::mutex grow_m_;                             // grow_timer_'s operations, grow_armed_
+  std::optional<asio::steady_timer> grow_timer_;  // on the first connection thread
+  bool grow_armed_ = false;
   mutable std::mutex m_;
   std::condition_variable cv_;
   bool started_ = false;

@@ -38,8 +38,16 @@ struct ServerOptions {
   /// How long a reference parked for a proxy in transit waits for its receiver's claim before it
   /// is released; zero: forever.
   std::chrono::milliseconds park_ttl = std::chrono::seconds(300);
-  /// The server's threads when it runs on its own (0: the CPU count, at most 4).
+  /// The server's threads when it runs on its own (0: the CPU count, at most 4), twice over: as
+  /// many read and answer the connections, as many run registered classes' calls (which may
+  /// block).
   unsigned threads = 0;
+  /// How far the second kind grows: while such calls wait and none has started for 50 ms (every
+  /// thread is held by one that blocks), one more thread starts, up to this many (Python's
+  /// server has a thread per connection, so a call that waits for another client's call never
+  /// starves it). Built-in objects' waits (a managed Queue's get, a Lock's acquire) hold no
+  /// thread and never grow it.
+  unsigned max_threads = 256;
   /// Whether a client's shutdown() stops the server (Python: always).
   bool allow_shutdown = true;
   /// Python's SharedMemoryServer: clients may ask the server to track shared memory segments
