@@ -2,10 +2,13 @@
 // test_list_proxy_in_list and test_dict_proxy_nested; CPython #76719, #91192): a change made
 // through the inner proxy is seen through the outer container and the reverse; the inner object
 // lives while a container holds it, and goes when the last holder does.
+#include <string>
 #include <thread>
 #include <variant>
 #include <vector>
 
+#include "troupe/codec.hpp"
+#include "troupe/errors.hpp"
 #include "troupe/multiprocessing/managers/sync_manager.hpp"
 
 #include "leak_check.hpp"
@@ -20,6 +23,25 @@ using troupe::testing::eventually;
 using Ints = std::vector<std::int64_t>;
 
 class NestedProxiesTest : public troupe::testing::StartMethodTest {};
+
+// Every built-in proxy travels as a Value.ref under one Codec, which names the proxy type (and
+// its element types) in signatures and in the error for a value that is not a proxy.
+TEST(BuiltinProxyCodec, NamesTheProxyTypeAndRefusesAValueThatIsNotAProxy) {
+  using troupe::Codec;
+  const std::string str = Codec<std::string>::signature();
+  const std::string i64 = Codec<std::int64_t>::signature();
+  EXPECT_EQ(Codec<mm::EventProxy>::signature(), "EventProxy");
+  EXPECT_EQ(Codec<mm::QueueProxy<std::int64_t>>::signature(), "QueueProxy<" + i64 + ">");
+  EXPECT_EQ((Codec<mm::DictProxy<std::string, mm::ListProxy<std::int64_t>>>::signature()),
+            "DictProxy<" + str + ",ListProxy<" + i64 + ">>");
+  EXPECT_EQ(Codec<mm::PoolProxy>::signature(), "PoolProxy");
+  try {
+    (void)troupe::from_bytes<mm::BarrierProxy>(troupe::to_bytes(std::int64_t{5}));
+    FAIL() << "an integer decoded as a BarrierProxy";
+  } catch (const troupe::TypeError& e) {  // the message's type, checked before its body
+    EXPECT_NE(std::string(e.what()).find("BarrierProxy"), std::string::npos) << e.what();
+  }
+}
 
 TEST_P(NestedProxiesTest, ListProxyInList) {
   mm::SyncManager m(options());

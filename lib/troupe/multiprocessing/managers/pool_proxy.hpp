@@ -93,6 +93,8 @@ std::vector<std::vector<std::byte>> pool_chunks(std::vector<Item>& items, std::s
 template <class R>
 class AsyncResultProxy : public BaseProxy {
 public:
+  /// Its name in Codec signatures and decoding errors (the Codec of a built-in proxy).
+  static std::string _codec_signature() { return "AsyncResultProxy"; }
   AsyncResultProxy() = default;
   explicit AsyncResultProxy(BaseProxy p) : BaseProxy(std::move(p)) {}
 
@@ -121,6 +123,8 @@ public:
 template <class V>
 class PoolIteratorProxy : public BaseProxy {
 public:
+  /// Its name in Codec signatures and decoding errors (the Codec of a built-in proxy).
+  static std::string _codec_signature() { return "PoolIteratorProxy"; }
   PoolIteratorProxy() = default;
   explicit PoolIteratorProxy(BaseProxy p)
       : BaseProxy(std::move(p)), buffer_(std::make_shared<Buffer>()) {}
@@ -185,6 +189,8 @@ class PoolProxy : public BaseProxy {
   using Value = concurrent::futures::detail::MapValue<R>;
 
 public:
+  /// Its name in Codec signatures and decoding errors (the Codec of a built-in proxy).
+  static std::string _codec_signature() { return "PoolProxy"; }
   PoolProxy() = default;
   explicit PoolProxy(BaseProxy p) : BaseProxy(std::move(p)) {}
 
@@ -324,23 +330,4 @@ struct troupe::Codec<troupe::multiprocessing::managers::detail::PoolParts> {
     }
     return p;
   }
-};
-
-template <class R>
-struct troupe::Codec<troupe::multiprocessing::managers::AsyncResultProxy<R>>
-    : troupe::multiprocessing::managers::detail::BuiltinProxyCodec<
-          troupe::multiprocessing::managers::AsyncResultProxy<R>> {
-  static std::string signature() { return "AsyncResultProxy"; }
-};
-template <class V>
-struct troupe::Codec<troupe::multiprocessing::managers::PoolIteratorProxy<V>>
-    : troupe::multiprocessing::managers::detail::BuiltinProxyCodec<
-          troupe::multiprocessing::managers::PoolIteratorProxy<V>> {
-  static std::string signature() { return "PoolIteratorProxy"; }
-};
-template <>
-struct troupe::Codec<troupe::multiprocessing::managers::PoolProxy>
-    : troupe::multiprocessing::managers::detail::BuiltinProxyCodec<
-          troupe::multiprocessing::managers::PoolProxy> {
-  static std::string signature() { return "PoolProxy"; }
 };

@@ -17,6 +17,7 @@
 // (doc/multiprocessing/managers.md, "Proxies that travel").
 #pragma once
 
+#include <concepts>
 #include <cstdint>
 #include <exception>
 #include <memory>
@@ -391,16 +392,25 @@ struct troupe::Codec<troupe::multiprocessing::managers::BaseProxy> {
 };
 
 namespace troupe::multiprocessing::managers::detail {
-/// The codec of a built-in proxy type P: a Value.ref, as BaseProxy's (it travels alike).
+/// A built-in proxy type (QueueProxy<T>, EventProxy, PoolProxy…): a BaseProxy that names itself
+/// for Codec with a static _codec_signature().
 template <class P>
-struct BuiltinProxyCodec {
-  static void encode(const P& p, proto::Value::Builder v) { p._write_ref(v.initRef()); }
-  static P decode(proto::Value::Reader v) {
-    codec_detail::expect(v, codec_detail::Which::REF, Codec<P>::signature());
-    return P(BaseProxy::_from_ref(v.getRef()));
-  }
+concept BuiltinProxy = std::derived_from<P, BaseProxy> && requires {
+  { P::_codec_signature() } -> std::convertible_to<std::string>;
 };
 }  // namespace troupe::multiprocessing::managers::detail
+
+/// The codec of every built-in proxy type: a Value.ref, as BaseProxy's (it travels alike).
+template <class P>
+requires troupe::multiprocessing::managers::detail::BuiltinProxy<P>
+struct troupe::Codec<P> {
+  static std::string signature() { return P::_codec_signature(); }
+  static void encode(const P& p, troupe::proto::Value::Builder v) { p._write_ref(v.initRef()); }
+  static P decode(troupe::proto::Value::Reader v) {
+    troupe::codec_detail::expect(v, troupe::codec_detail::Which::REF, signature());
+    return P(troupe::multiprocessing::managers::BaseProxy::_from_ref(v.getRef()));
+  }
+};
 
 template <class T>
 struct troupe::Codec<troupe::multiprocessing::managers::Proxy<T>> {

@@ -47,6 +47,10 @@ namespace detail {}  // namespace detail
 template <class T>
 class QueueProxy : public BaseProxy {
 public:
+  /// Its name in Codec signatures and decoding errors (the Codec of a built-in proxy).
+  static std::string _codec_signature() {
+    return "QueueProxy<" + troupe::Codec<T>::signature() + ">";
+  }
   QueueProxy() = default;
   explicit QueueProxy(BaseProxy p) : BaseProxy(std::move(p)) {}
 
@@ -73,6 +77,8 @@ public:
 /// Lockable, so `std::scoped_lock guard{lock};` is `with lock:`.
 class AcquirerProxy : public BaseProxy {
 public:
+  /// Its name in Codec signatures and decoding errors (the Codec of a built-in proxy).
+  static std::string _codec_signature() { return "AcquirerProxy"; }
   AcquirerProxy() = default;
   explicit AcquirerProxy(BaseProxy p) : BaseProxy(std::move(p)) {}
 
@@ -93,6 +99,8 @@ public:
 /// Python: `EventProxy`.
 class EventProxy : public BaseProxy {
 public:
+  /// Its name in Codec signatures and decoding errors (the Codec of a built-in proxy).
+  static std::string _codec_signature() { return "EventProxy"; }
   EventProxy() = default;
   explicit EventProxy(BaseProxy p) : BaseProxy(std::move(p)) {}
   bool is_set() const { return _callmethod<bool>("is_set"); }
@@ -109,6 +117,8 @@ public:
 /// @throws RuntimeError "cannot wait on un-acquired lock" / "cannot notify on un-acquired lock".
 class ConditionProxy : public BaseProxy {
 public:
+  /// Its name in Codec signatures and decoding errors (the Codec of a built-in proxy).
+  static std::string _codec_signature() { return "ConditionProxy"; }
   ConditionProxy() = default;
   explicit ConditionProxy(BaseProxy p) : BaseProxy(std::move(p)) {}
 
@@ -154,6 +164,8 @@ public:
 /// @throws threading::BrokenBarrierError from wait() once the barrier is broken.
 class BarrierProxy : public BaseProxy {
 public:
+  /// Its name in Codec signatures and decoding errors (the Codec of a built-in proxy).
+  static std::string _codec_signature() { return "BarrierProxy"; }
   BarrierProxy() = default;
   explicit BarrierProxy(BaseProxy p) : BaseProxy(std::move(p)) {}
 
@@ -180,6 +192,10 @@ public:
 template <class T>
 class ValueProxy : public BaseProxy {
 public:
+  /// Its name in Codec signatures and decoding errors (the Codec of a built-in proxy).
+  static std::string _codec_signature() {
+    return "ValueProxy<" + troupe::Codec<T>::signature() + ">";
+  }
   ValueProxy() = default;
   explicit ValueProxy(BaseProxy p) : BaseProxy(std::move(p)) {}
   /// Python: `get()`, `set(value)`, the `value` property.
@@ -195,6 +211,10 @@ public:
 template <class T>
 class ArrayProxy : public BaseProxy {
 public:
+  /// Its name in Codec signatures and decoding errors (the Codec of a built-in proxy).
+  static std::string _codec_signature() {
+    return "ArrayProxy<" + troupe::Codec<T>::signature() + ">";
+  }
   ArrayProxy() = default;
   explicit ArrayProxy(BaseProxy p) : BaseProxy(std::move(p)) {}
   /// Python: `len(a)`.
@@ -233,6 +253,10 @@ public:
 template <class T>
 class ListProxy : public BaseProxy {
 public:
+  /// Its name in Codec signatures and decoding errors (the Codec of a built-in proxy).
+  static std::string _codec_signature() {
+    return "ListProxy<" + troupe::Codec<T>::signature() + ">";
+  }
   ListProxy() = default;
   explicit ListProxy(BaseProxy p) : BaseProxy(std::move(p)) {}
 
@@ -321,6 +345,10 @@ public:
 template <class T>
 class IteratorProxy : public BaseProxy {
 public:
+  /// Its name in Codec signatures and decoding errors (the Codec of a built-in proxy).
+  static std::string _codec_signature() {
+    return "IteratorProxy<" + troupe::Codec<T>::signature() + ">";
+  }
   IteratorProxy() = default;
   explicit IteratorProxy(BaseProxy p) : BaseProxy(std::move(p)) {}
 
@@ -339,6 +367,10 @@ public:
 template <class K, class V>
 class DictProxy : public BaseProxy {
 public:
+  /// Its name in Codec signatures and decoding errors (the Codec of a built-in proxy).
+  static std::string _codec_signature() {
+    return "DictProxy<" + troupe::Codec<K>::signature() + "," + troupe::Codec<V>::signature() + ">";
+  }
   DictProxy() = default;
   explicit DictProxy(BaseProxy p) : BaseProxy(std::move(p)) {}
 
@@ -413,6 +445,10 @@ public:
 template <class T>
 class SetProxy : public BaseProxy {
 public:
+  /// Its name in Codec signatures and decoding errors (the Codec of a built-in proxy).
+  static std::string _codec_signature() {
+    return "SetProxy<" + troupe::Codec<T>::signature() + ">";
+  }
   using Set = std::set<T>;
   SetProxy() = default;
   explicit SetProxy(BaseProxy p) : BaseProxy(std::move(p)) {}
@@ -488,6 +524,8 @@ private:
 /// on the local proxy; here they are the server's too, and left out of its repr as Python's).
 class NamespaceProxy : public BaseProxy {
 public:
+  /// Its name in Codec signatures and decoding errors (the Codec of a built-in proxy).
+  static std::string _codec_signature() { return "NamespaceProxy"; }
   NamespaceProxy() = default;
   explicit NamespaceProxy(BaseProxy p) : BaseProxy(std::move(p)) {}
   /// Python: `getattr(ns, name)`. @throws AttributeError if there is no such attribute.
@@ -617,89 +655,3 @@ namespace troupe::multiprocessing {
 std::unique_ptr<managers::SyncManager> Manager(managers::ManagerOptions options = {});
 
 }  // namespace troupe::multiprocessing
-
-template <class T>
-struct troupe::Codec<troupe::multiprocessing::managers::QueueProxy<T>>
-    : troupe::multiprocessing::managers::detail::BuiltinProxyCodec<
-          troupe::multiprocessing::managers::QueueProxy<T>> {
-  static std::string signature() { return "QueueProxy<" + troupe::Codec<T>::signature() + ">"; }
-};
-
-template <>
-struct troupe::Codec<troupe::multiprocessing::managers::AcquirerProxy>
-    : troupe::multiprocessing::managers::detail::BuiltinProxyCodec<
-          troupe::multiprocessing::managers::AcquirerProxy> {
-  static std::string signature() { return "AcquirerProxy"; }
-};
-
-template <>
-struct troupe::Codec<troupe::multiprocessing::managers::EventProxy>
-    : troupe::multiprocessing::managers::detail::BuiltinProxyCodec<
-          troupe::multiprocessing::managers::EventProxy> {
-  static std::string signature() { return "EventProxy"; }
-};
-
-template <>
-struct troupe::Codec<troupe::multiprocessing::managers::ConditionProxy>
-    : troupe::multiprocessing::managers::detail::BuiltinProxyCodec<
-          troupe::multiprocessing::managers::ConditionProxy> {
-  static std::string signature() { return "ConditionProxy"; }
-};
-
-template <>
-struct troupe::Codec<troupe::multiprocessing::managers::BarrierProxy>
-    : troupe::multiprocessing::managers::detail::BuiltinProxyCodec<
-          troupe::multiprocessing::managers::BarrierProxy> {
-  static std::string signature() { return "BarrierProxy"; }
-};
-
-template <>
-struct troupe::Codec<troupe::multiprocessing::managers::NamespaceProxy>
-    : troupe::multiprocessing::managers::detail::BuiltinProxyCodec<
-          troupe::multiprocessing::managers::NamespaceProxy> {
-  static std::string signature() { return "NamespaceProxy"; }
-};
-
-template <class T>
-struct troupe::Codec<troupe::multiprocessing::managers::ValueProxy<T>>
-    : troupe::multiprocessing::managers::detail::BuiltinProxyCodec<
-          troupe::multiprocessing::managers::ValueProxy<T>> {
-  static std::string signature() { return "ValueProxy<" + troupe::Codec<T>::signature() + ">"; }
-};
-
-template <class T>
-struct troupe::Codec<troupe::multiprocessing::managers::ArrayProxy<T>>
-    : troupe::multiprocessing::managers::detail::BuiltinProxyCodec<
-          troupe::multiprocessing::managers::ArrayProxy<T>> {
-  static std::string signature() { return "ArrayProxy<" + troupe::Codec<T>::signature() + ">"; }
-};
-
-template <class T>
-struct troupe::Codec<troupe::multiprocessing::managers::ListProxy<T>>
-    : troupe::multiprocessing::managers::detail::BuiltinProxyCodec<
-          troupe::multiprocessing::managers::ListProxy<T>> {
-  static std::string signature() { return "ListProxy<" + troupe::Codec<T>::signature() + ">"; }
-};
-
-template <class T>
-struct troupe::Codec<troupe::multiprocessing::managers::SetProxy<T>>
-    : troupe::multiprocessing::managers::detail::BuiltinProxyCodec<
-          troupe::multiprocessing::managers::SetProxy<T>> {
-  static std::string signature() { return "SetProxy<" + troupe::Codec<T>::signature() + ">"; }
-};
-
-template <class K, class V>
-struct troupe::Codec<troupe::multiprocessing::managers::DictProxy<K, V>>
-    : troupe::multiprocessing::managers::detail::BuiltinProxyCodec<
-          troupe::multiprocessing::managers::DictProxy<K, V>> {
-  static std::string signature() {
-    return "DictProxy<" + troupe::Codec<K>::signature() + "," + troupe::Codec<V>::signature() + ">";
-  }
-};
-
-template <class T>
-struct troupe::Codec<troupe::multiprocessing::managers::IteratorProxy<T>>
-    : troupe::multiprocessing::managers::detail::BuiltinProxyCodec<
-          troupe::multiprocessing::managers::IteratorProxy<T>> {
-  static std::string signature() { return "IteratorProxy<" + troupe::Codec<T>::signature() + ">"; }
-};
