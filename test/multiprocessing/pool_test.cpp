@@ -22,6 +22,7 @@
 
 #include "leak_check.hpp"
 #include "outcomes.hpp"
+#include "pool_entries.hpp"
 #include "start_methods.hpp"
 
 // The behaviours of CPython's _TestPool, _TestPoolWorkerErrors and _TestPoolWorkerLifetime
@@ -32,16 +33,7 @@ namespace {
 
 using namespace std::chrono_literals;
 using ::testing::HasSubstr;
-
-int sqr(int x) {
-  return x * x;
-}
-TROUPE_ENTRY(sqr);
-
-int mul(int x, int y) {
-  return x * y;
-}
-TROUPE_ENTRY(mul);
+using namespace troupe::testing::pool_entries;
 
 int sqr_slowly(int x) {
   std::this_thread::sleep_for(std::chrono::milliseconds(x % 3));
@@ -49,34 +41,11 @@ int sqr_slowly(int x) {
 }
 TROUPE_ENTRY(sqr_slowly);
 
-int raising(int x) {
-  if (x == 7) throw KeyError("key 7");
-  return x;
-}
-TROUPE_ENTRY(raising);
-
 int raise_at_10(int x) {
   if (x == 10) throw KeyError("item 10");
   return x;
 }
 TROUPE_ENTRY(raise_at_10);
-
-int pid_of(int) {
-  return static_cast<int>(::getpid());
-}
-TROUPE_ENTRY(pid_of);
-
-int sleep_ms(int ms) {
-  std::this_thread::sleep_for(std::chrono::milliseconds(ms));
-  return ms;
-}
-TROUPE_ENTRY(sleep_ms);
-
-int kill_self_at(int x) {
-  if (x == 5) ::kill(::getpid(), SIGKILL);
-  return x;
-}
-TROUPE_ENTRY(kill_self_at);
 
 int base = 0;
 void set_base(int b) {

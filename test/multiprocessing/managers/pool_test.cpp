@@ -22,6 +22,7 @@
 #include "troupe/multiprocessing/process.hpp"
 
 #include "leak_check.hpp"
+#include "pool_entries.hpp"
 #include "start_method_test.hpp"
 
 namespace managed_pool_test {
@@ -30,39 +31,7 @@ namespace mp = troupe::multiprocessing;
 namespace mm = troupe::multiprocessing::managers;
 using namespace std::chrono_literals;
 using ::testing::HasSubstr;
-
-int sqr(int x) {
-  return x * x;
-}
-TROUPE_ENTRY(sqr);
-
-int mul(int x, int y) {
-  return x * y;
-}
-TROUPE_ENTRY(mul);
-
-int sleep_ms(int ms) {
-  std::this_thread::sleep_for(std::chrono::milliseconds(ms));
-  return ms;
-}
-TROUPE_ENTRY(sleep_ms);
-
-int raising(int x) {
-  if (x == 7) throw troupe::KeyError("key 7");
-  return x;
-}
-TROUPE_ENTRY(raising);
-
-int kill_self_at(int x) {
-  if (x == 5) ::kill(::getpid(), SIGKILL);
-  return x;
-}
-TROUPE_ENTRY(kill_self_at);
-
-int pid_of(int) {
-  return static_cast<int>(::getpid());
-}
-TROUPE_ENTRY(pid_of);
+using namespace troupe::testing::pool_entries;
 
 void nothing(int) {}
 TROUPE_ENTRY(nothing);
