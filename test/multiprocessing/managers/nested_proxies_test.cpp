@@ -67,6 +67,26 @@ TEST_P(NestedProxiesTest, ListProxyInList) {
   EXPECT_EQ(m.number_of_objects(), 5u);
 }
 
+// CPython's test_list_proxy_in_list, its last step: `b = self.list(); b.append(b); del b`. A
+// managed list that holds a reference to itself works (the element is the list itself) and,
+// as in Python, is never released by its proxies: the cycle holds it until the server stops,
+// which still stops at once.
+TEST_P(NestedProxiesTest, AListHoldingItselfLivesUntilTheServerStops) {
+  mm::SyncManager m(options());
+  m.start();
+  const std::size_t before = m.number_of_objects();
+  {
+    auto b = m.list<std::int64_t>();
+    b._callmethod<std::monostate>("append", static_cast<const mm::BaseProxy&>(b));
+    EXPECT_EQ(b._callmethod<std::int64_t>("__len__"), 1);
+    auto self = b._callmethod<mm::BaseProxy>("__getitem__", std::int64_t{0});
+    EXPECT_EQ(self._token().id, b._token().id);
+  }
+  std::this_thread::sleep_for(100ms);  // the proxies' releases have been sent and served
+  EXPECT_EQ(m.number_of_objects(), before + 1) << "the list that holds itself was released";
+  m.shutdown();
+}
+
 TEST_P(NestedProxiesTest, DictProxyNested) {
   mm::SyncManager m(options());
   m.start();
