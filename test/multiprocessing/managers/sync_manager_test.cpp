@@ -40,9 +40,34 @@ void wait_then_report(mm::EventProxy ev, mm::QueueProxy<std::string> out) {
 }
 TROUPE_ENTRY(wait_then_report);
 
+// A child process: one get, exit 0 if it returned 7 (an EOFError or anything else fails it).
+void get_seven(mm::QueueProxy<std::int64_t> q) {
+  troupe::sys_exit(q.get(true, std::chrono::seconds(60)) == 7 ? 0 : 3);
+}
+TROUPE_ENTRY(get_seven);
+
 namespace {
 
 class SyncManagerTest : public troupe::testing::StartMethodTest {};
+
+// A getter in another process that was handed the item a client put just before that client
+// shut the server down gets it: the server writes the replies it holds before it closes.
+TEST_P(SyncManagerTest, AGetterHandedAnItemBeforeAShutdownGetsIt) {
+  if (skip_fork()) GTEST_SKIP() << "ThreadSanitizer: no threads in a forked child";
+  mm::SyncManager m(options());
+  m.start();
+  auto q = m.Queue<std::int64_t>();
+  mp::Process child(child_options(), &get_seven, q);
+  child.start();
+  q.put(7);
+  // Taken by the child's get (not waiting in the queue for a get still on its way).
+  ASSERT_TRUE(troupe::testing::eventually([&] { return q.empty(); }, 30s));
+  mm::SyncManager client({.address = m.address()});
+  client.connect();
+  client.shutdown();  // a client's shutdown: the server stops
+  child.join(60s);
+  EXPECT_EQ(child.exitcode(), 0);
+}
 
 TEST_P(SyncManagerTest, QueueBetweenProcesses) {
   if (skip_fork())

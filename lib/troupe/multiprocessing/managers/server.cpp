@@ -240,11 +240,14 @@ public:
       std::scoped_lock lock(m_);
       if (stopped_) return;  // stop() has closed everything (and may have ended the executor)
       shutdown_requested_ = true;
+      flush_on_close_ = true;  // whichever close comes first (this one's or stop()'s)
     }
     cv_.notify_all();
-    // Stop accepting at once: a client that asked for shutdown expects no new peers.
+    // Stop accepting at once: a client that asked for shutdown expects no new peers. The
+    // replies already made still go out (a getter handed the item a client put just before its
+    // shutdown gets it), then each connection closes.
     asio::post(ex_, [self = weak_from_this()] {
-      if (auto s = self.lock()) s->close_all();
+      if (auto s = self.lock()) s->close_all(true);
     });
   }
 
@@ -391,9 +394,15 @@ public:
     }
   }
 
-  // Closes the listener and every connection (each releases what it held as it closes).
-  void close_all() {
+  // Closes the listener and every connection (each releases what it held as it closes). With
+  // `flush`, a connection first writes the replies it holds (stop() still ends it within its
+  // 10 s if the peer reads nothing).
+  void close_all(bool flush = false) {
     if (closed_all_.exchange(true)) return;
+    {
+      std::scoped_lock lock(m_);
+      flush = flush || flush_on_close_;
+    }
     if (listener_) listener_->close();
     {
       std::scoped_lock lock(timer_m_);
@@ -405,7 +414,12 @@ public:
       for (auto& [id, c] : conns_) conns.push_back(c);
     }
     for (auto& c : conns)
-      asio::dispatch(c->strand, [this, c, self = shared_from_this()] { close_conn(c, ""); });
+      asio::dispatch(c->strand, [this, c, flush, self = shared_from_this()] {
+        if (flush && (c->writing || c->pump_deferred || !c->out.empty()) && !c->conn.closed())
+          c->closing = true;  // reads no more; pump() closes it once the replies are written
+        else
+          close_conn(c, "");
+      });
   }
 
   void release_everything() {
@@ -1580,6 +1594,7 @@ public:
   bool stop_done_ = false;  // the stop() that set stopped_ has returned
   bool shutdown_requested_ = false;
   std::atomic<bool> closed_all_{false};
+  bool flush_on_close_ = false;  // a client asked for the shutdown: replies go out first
   std::unordered_map<std::uint64_t, Entry> objects_;
   // An object returned again is the same managed object (one id), per typeid: the same C++ object
   // returned as two typeids (say one exposing fewer methods) is two managed objects, each
