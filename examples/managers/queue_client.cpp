@@ -1,12 +1,14 @@
 // queue_client: puts N tasks 0..N-1 on a queue_server's task queue, collects the N results the
 // workers put, checks each ([n, n*n], every n once), prints a summary and asks the server to
-// shut down. With --stop-workers K it first puts K negative tasks, one to end each worker.
+// shut down. With --stop-workers K it then puts K negative tasks, one to end each worker, and
+// waits until they are taken before it asks for the shutdown.
 //
 //   queue_client --address 127.0.0.1:PORT --authkey 736563726574 --tasks 1000 [--stop-workers 4]
 #include <chrono>
 #include <cstdint>
 #include <exception>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "queue_common.hpp"
@@ -40,6 +42,10 @@ int main(int argc, char** argv) {
     const double secs =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     for (long i = 0; i < stop; ++i) tasks.put(-1);
+    // The workers take their stop tasks before the server goes (10 s at most: a worker that
+    // never came leaves its stop task in the queue).
+    for (int i = 0; i < 10000 && stop > 0 && !tasks.empty(); ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
     example::say(std::to_string(n) + " tasks, " + std::to_string(n - bad) + " results right, " +
                  std::to_string(bad) + " wrong, in " + std::to_string(secs) + " s (" +
                  std::to_string(secs > 0 ? static_cast<long>(n / secs) : 0) + " tasks/s)");

@@ -1,8 +1,10 @@
 // queue_worker: connects to a queue_server, takes tasks n (integers) from the task queue until it
-// gets a negative one, and puts [n, n*n] on the result queue for each.
+// gets a negative one (or the server shuts down while it waits for one), and puts [n, n*n] on the
+// result queue for each.
 //
 //   queue_worker --address 127.0.0.1:PORT --authkey 736563726574
 #include <cstdint>
+#include <cstdio>
 #include <exception>
 #include <string>
 #include <vector>
@@ -21,7 +23,15 @@ int main(int argc, char** argv) {
     const example::mm::QueueProxy<std::vector<std::int64_t>> results(m.create("get_result_queue"));
     long done = 0;
     for (;;) {
-      const std::int64_t n = tasks.get();
+      std::int64_t n;
+      try {
+        n = tasks.get();
+      } catch (const troupe::EOFError& e) {
+        // The client shut the server down while this worker waited for its next task (its stop
+        // task's answer can be lost when the server goes at once): the work is over.
+        std::fprintf(stderr, "worker: the server has gone (%s); stopping\n", e.what());
+        break;
+      }
       if (n < 0) break;
       results.put({n, n * n});
       ++done;
