@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <functional>
 #include <future>
 #include <optional>
 #include <thread>
@@ -251,6 +252,41 @@ TEST_F(ServerTest, CallsThatBlockEveryPoolThreadGrowThePool) {
       << Latch::waiting.load() << " of 3 calls in wait() on a server with 1 pool thread";
   latch.call<&Latch::open>();
   for (auto& w : waits) EXPECT_TRUE(w.get()) << "wait() ran out of time: open() never ran";
+}
+
+// The listener does not run on the pool: a new client gets in (and its calls run, on a thread
+// the pool grows) while a call that blocks holds the pool's only thread.
+TEST_F(ServerTest, AClientGetsInWhileABlockingCallHoldsThePool) {
+  server_.reset();
+  mm::ServerOptions o;
+  o.threads = 1;
+  start_server(std::nullopt, o);
+  auto m = client();
+  auto latch = m->create<Latch>("Latch");
+  auto wait = std::async(std::launch::async, [&] { return latch.call<&Latch::wait>(); });
+  ASSERT_TRUE(eventually([] { return Latch::waiting.load() == 1; }, 15s));
+  auto other = client();  // a new connection: accepted and greeted while the pool is held
+  EXPECT_EQ(other->create<Maths>("Maths").call<&Maths::add>(2, 3), 5);
+  latch.call<&Latch::open>();
+  EXPECT_TRUE(wait.get());
+}
+
+// A serialized typeid runs one call at a time on its object; the same object served as two
+// serialized typeids still does (one strand per object, not per typeid).
+TEST_F(ServerTest, OneObjectAsTwoSerializedTypeidsRunsOneCallAtATime) {
+  auto m = client();
+  auto a = m->create<Overlap>("get_serial_overlap");
+  auto b = m->create<Overlap>("get_serial_overlap_too");
+  EXPECT_NE(a._token().id, b._token().id);
+  Overlap::overlapped.store(false);
+  auto through = [](mm::Proxy<Overlap>& p) {
+    for (int i = 0; i < 20; ++i) (void)p.call<&Overlap::touch>();
+  };
+  auto one = std::async(std::launch::async, through, std::ref(a));
+  auto two = std::async(std::launch::async, through, std::ref(b));
+  one.get();
+  two.get();
+  EXPECT_FALSE(Overlap::overlapped.load()) << "two calls ran on the object at once";
 }
 
 TEST_F(ServerTest, CreateArgumentsGoToTheFactory) {

@@ -150,6 +150,22 @@ private:
 };
 TROUPE_EXPOSE(Latch, wait, open);
 
+/// A registered class that notes whether two of its calls ever overlapped.
+class Overlap {
+public:
+  int touch() {
+    if (inside_.fetch_add(1) != 0) overlapped.store(true);
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    inside_.fetch_sub(1);
+    return 0;
+  }
+  static inline std::atomic<bool> overlapped{false};
+
+private:
+  std::atomic<int> inside_{0};
+};
+TROUPE_EXPOSE(Overlap, touch);
+
 /// The manager class the tests use, and its registrations (made during static initialisation,
 /// so that a spawned server process has them too).
 struct TestManager : mm::Manager<TestManager> {
@@ -162,6 +178,10 @@ inline bool register_test_types() {
   TestManager::register_<Counter>("Counter");
   TestManager::register_<Cell>("Cell");
   TestManager::register_<Latch>("Latch");
+  // One Overlap object served as two serialized typeids.
+  static auto overlap = std::make_shared<Overlap>();
+  TestManager::register_("get_serial_overlap", [] { return overlap; }, {.serialized = true});
+  TestManager::register_("get_serial_overlap_too", [] { return overlap; }, {.serialized = true});
   TestManager::register_<Factory>("Factory", {.method_to_typeid = {{"make_counter", "Counter"}}});
   static auto shared = std::make_shared<Counter>();
   TestManager::register_("get_shared_counter", [] { return shared; });

@@ -123,7 +123,9 @@ public:
       address = Address::parse("unix-abstract:troupe-manager-" + std::to_string(::getpid()) + "-" +
                                std::to_string(counter_++) + "-" + random_hex(6));
     listener_.emplace(*address, options_.listener);
-    listener_->set_executor(ex_);
+    // Accepting and the handshake run on a connection thread (those never block), not on the
+    // pool, which calls that block may hold: a client must get in to release them.
+    listener_->set_executor(io_.empty() ? ex_ : asio::any_io_executor(io_.front()->get_executor()));
     address_ = listener_->address();
     address_text_ = address_.str();
   }
@@ -144,10 +146,13 @@ public:
       work_.emplace_back(own_->get_executor());
       for (auto& io : io_) work_.emplace_back(io->get_executor());
       own_threads_ = thread_count();
+      {
+        std::scoped_lock grow(grow_m_);  // before any thread runs a call that arms it
+        grow_timer_.emplace(io_.front()->get_executor());
+      }
       for (unsigned i = 0; i < own_threads_; ++i)
         threads_.emplace_back(&Impl::run_thread, this, own_.get(), false);
       for (auto& io : io_) threads_.emplace_back(&Impl::run_thread, this, io.get(), true);
-      grow_timer_.emplace(io_.front()->get_executor());
     }
   }
 
@@ -192,7 +197,11 @@ public:
     std::scoped_lock lock(grow_m_);
     if (grow_armed_ || !grow_timer_) return;
     grow_armed_ = true;
-    grow_timer_->expires_after(kGrowAfter);
+    // Each thread the pool grew by doubles the wait before the next (up to 64 times): calls
+    // that block all the threads get a few more at once; long calls that merely keep them busy
+    // (Python would run them on threads of their own too) grow it slowly.
+    const unsigned grown = own_threads_.load() - std::min(own_threads_.load(), thread_count());
+    grow_timer_->expires_after(kGrowAfter * (1u << std::min(grown, 6u)));
     grow_timer_->async_wait([this, self = weak_from_this()](boost::system::error_code ec) {
       auto server = self.lock();
       if (!server) return;
@@ -211,13 +220,14 @@ public:
     const bool starved = starts == starts_seen_;
     starts_seen_ = starts;
     if (starved) {
-      // Not while start() or stop() runs (stop() joins this thread: waiting here would deadlock).
-      std::unique_lock life(life_m_, std::try_to_lock);
-      if (!life) return;
       {
+        // stop() may run this handler itself, in its last polls, holding life_m_.
         std::scoped_lock lock(m_);
         if (stopped_) return;
       }
+      // Not while start() or stop() runs (stop() joins this thread: waiting here would deadlock).
+      std::unique_lock life(life_m_, std::try_to_lock);
+      if (!life) return;
       if (own_threads_ >= std::max(options_.max_threads, thread_count())) {
         if (!warned_max_threads_.exchange(true))
           mlog().warning("manager server at " + address_text_ + ": all " +
@@ -363,6 +373,17 @@ public:
         if (conns_.empty()) break;
       }
       std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    // A connection still writing the replies a client's shutdown let it flush (its peer reads
+    // nothing) closes now, on its strand: run by its thread, or by the last polls below.
+    {
+      std::vector<std::shared_ptr<ServerConn>> left;
+      {
+        std::scoped_lock lock(m_);
+        for (auto& [id, c] : conns_) left.push_back(c);
+      }
+      for (auto& c : left)
+        asio::dispatch(c->strand, [this, c, self = shared_from_this()] { close_conn(c, ""); });
     }
     if (own_) {
       work_.clear();
@@ -1254,7 +1275,16 @@ public:
         e.entry = entry;
         e.typeid_ = entry->typeid_;
         e.refcount = 1;
-        if (entry->serialized) e.serial.emplace(asio::make_strand(ex_));
+        if (entry->serialized) {
+          // One strand per C++ object, whatever typeids it is served as: its calls never overlap.
+          auto same = by_identity_.lower_bound({object->identity(), std::string()});
+          for (; same != by_identity_.end() && same->first.first == object->identity(); ++same)
+            if (auto o = objects_.find(same->second); o != objects_.end() && o->second.serial) {
+              e.serial = o->second.serial;
+              break;
+            }
+          if (!e.serial) e.serial.emplace(asio::make_strand(ex_));
+        }
         by_identity_.emplace(std::pair(object->identity(), entry->typeid_), id);
         if (object->tracks_connections()) tracked_.insert(id);
         e.object = std::move(object);

@@ -43,10 +43,10 @@ struct ServerOptions {
   /// block).
   unsigned threads = 0;
   /// How far the second kind grows: while such calls wait and none has started for 50 ms (every
-  /// thread is held by one that blocks), one more thread starts, up to this many (Python's
-  /// server has a thread per connection, so a call that waits for another client's call never
-  /// starves it). Built-in objects' waits (a managed Queue's get, a Lock's acquire) hold no
-  /// thread and never grow it.
+  /// thread is held by one that blocks), one more thread starts, the next after twice as long,
+  /// and so on, up to this many (Python's server has a thread per connection, so a call that
+  /// waits for another client's call never starves it). Built-in objects' waits (a managed
+  /// Queue's get, a Lock's acquire) hold no thread and never grow it.
   unsigned max_threads = 256;
   /// Whether a client's shutdown() stops the server (Python: always).
   bool allow_shutdown = true;
