@@ -135,6 +135,12 @@ def hand_off_filter(binary):
     return "^(" + "|".join(re.escape(n) for n in dict.fromkeys(names)) + ")(/|$)"
 
 
+# Loaded, the same benchmark moves 2x between repetitions (which thread the scheduler lets run
+# alone, and for how long): at least this many repetitions there, so that the median means
+# something.
+LOADED_REPS = 9
+
+
 def run_hand_offs(build, reps, min_time):
     """Every hand-off row's benchmarks, per binary: {binary: results}."""
     res = {}
@@ -420,10 +426,10 @@ def main():
         quiet = run_hand_offs(args.build, reps, min_time)
         print(f"compare: the hand-offs beside {n_load} CPU-bound processes…", file=sys.stderr)
         with loaded(n_load):
-            busy = run_hand_offs(args.build, reps, min_time)
+            busy = run_hand_offs(args.build, max(reps, LOADED_REPS), min_time)
         print(f"Measured {datetime.date.today().isoformat()} on {platform.machine()}, "
               f"{os.cpu_count()} CPUs, `python3 bench/compare.py --hand-offs` (median of {reps} "
-              f"repetitions, run interleaved).\n")
+              f"repetitions quiet, {max(reps, LOADED_REPS)} loaded, run interleaved).\n")
         print("\n".join(hand_off_table(quiet, busy, n_load, verdicts)))
         missed = verdicts.count(False)
         print(f"compare: {len(verdicts) - missed} targets met, {missed} missed", file=sys.stderr)
@@ -709,7 +715,7 @@ def main():
 
     print(f"compare: the hand-offs beside {n_load} CPU-bound processes…", file=sys.stderr)
     with loaded(n_load):
-        busy = run_hand_offs(args.build, reps, min_time)
+        busy = run_hand_offs(args.build, max(reps, LOADED_REPS), min_time)
     quiet = {"threading_bench": cpp, "connection_bench": conn, "process_bench": proc,
              "futures_bench": fut}
     hand_offs = hand_off_table(quiet, busy, n_load, verdicts)
