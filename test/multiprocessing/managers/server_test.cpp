@@ -68,6 +68,14 @@ protected:
     server_->start();
   }
 
+  // A server of one I/O thread and one pool thread, in place of the fixture's.
+  void restart_with_one_pool_thread() {
+    server_.reset();
+    mm::ServerOptions o;
+    o.threads = 1;
+    start_server(std::nullopt, o);
+  }
+
   std::unique_ptr<TestManager> client(std::optional<AuthenticationString> key = std::nullopt) {
     auto m = std::make_unique<TestManager>(
         mm::ManagerOptions{.address = server_->address(), .authkey = key ? *key : key_});
@@ -239,10 +247,7 @@ TEST_F(ServerTest, TheSameObjectUnderTwoTypeidsKeepsEachTypeidsExposedMethods) {
 // that wait for a fourth (from other client threads) would starve it, as they cannot in Python
 // (a thread per connection): the pool grows until the fourth runs.
 TEST_F(ServerTest, CallsThatBlockEveryPoolThreadGrowThePool) {
-  server_.reset();
-  mm::ServerOptions o;
-  o.threads = 1;
-  start_server(std::nullopt, o);
+  restart_with_one_pool_thread();
   auto m = client();
   auto latch = m->create<Latch>("Latch");
   std::vector<std::future<bool>> waits;
@@ -257,10 +262,7 @@ TEST_F(ServerTest, CallsThatBlockEveryPoolThreadGrowThePool) {
 // The listener does not run on the pool: a new client gets in (and its calls run, on a thread
 // the pool grows) while a call that blocks holds the pool's only thread.
 TEST_F(ServerTest, AClientGetsInWhileABlockingCallHoldsThePool) {
-  server_.reset();
-  mm::ServerOptions o;
-  o.threads = 1;
-  start_server(std::nullopt, o);
+  restart_with_one_pool_thread();
   auto m = client();
   auto latch = m->create<Latch>("Latch");
   auto wait = std::async(std::launch::async, [&] { return latch.call<&Latch::wait>(); });

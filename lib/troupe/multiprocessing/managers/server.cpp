@@ -190,13 +190,13 @@ public:
       blocking_starts_.fetch_add(1, std::memory_order_relaxed);
       run();
     });
-    arm_growth();  // (once per kGrowAfter at most: a lock when armed already)
+    if (!grow_armed_.load(std::memory_order_relaxed)) arm_growth();  // no lock when armed
   }
 
   void arm_growth() {
     std::scoped_lock lock(grow_m_);
-    if (grow_armed_ || !grow_timer_) return;
-    grow_armed_ = true;
+    if (grow_armed_.load(std::memory_order_relaxed) || !grow_timer_) return;
+    grow_armed_.store(true, std::memory_order_relaxed);
     // Each thread the pool grew by doubles the wait before the next (up to 64 times): calls
     // that block all the threads get a few more at once; long calls that merely keep them busy
     // (Python would run them on threads of their own too) grow it slowly.
@@ -205,10 +205,7 @@ public:
     grow_timer_->async_wait([this, self = weak_from_this()](boost::system::error_code ec) {
       auto server = self.lock();
       if (!server) return;
-      {
-        std::scoped_lock lock(grow_m_);
-        grow_armed_ = false;
-      }
+      grow_armed_.store(false, std::memory_order_relaxed);
       if (!ec) grow_if_starved();
     });
   }
@@ -257,7 +254,7 @@ public:
     // replies already made still go out (a getter handed the item a client put just before its
     // shutdown gets it), then each connection closes.
     asio::post(ex_, [self = weak_from_this()] {
-      if (auto s = self.lock()) s->close_all(true);
+      if (auto s = self.lock()) s->close_all();
     });
   }
 
@@ -376,15 +373,8 @@ public:
     }
     // A connection still writing the replies a client's shutdown let it flush (its peer reads
     // nothing) closes now, on its strand: run by its thread, or by the last polls below.
-    {
-      std::vector<std::shared_ptr<ServerConn>> left;
-      {
-        std::scoped_lock lock(m_);
-        for (auto& [id, c] : conns_) left.push_back(c);
-      }
-      for (auto& c : left)
-        asio::dispatch(c->strand, [this, c, self = shared_from_this()] { close_conn(c, ""); });
-    }
+    for (auto& c : connections())
+      asio::dispatch(c->strand, [this, c, self = shared_from_this()] { close_conn(c, ""); });
     if (own_) {
       work_.clear();
       own_->stop();
@@ -415,26 +405,29 @@ public:
     }
   }
 
-  // Closes the listener and every connection (each releases what it held as it closes). With
-  // `flush`, a connection first writes the replies it holds (stop() still ends it within its
-  // 10 s if the peer reads nothing).
-  void close_all(bool flush = false) {
+  std::vector<std::shared_ptr<ServerConn>> connections() const {
+    std::scoped_lock lock(m_);
+    std::vector<std::shared_ptr<ServerConn>> all;
+    for (auto& [id, c] : conns_) all.push_back(c);
+    return all;
+  }
+
+  // Closes the listener and every connection (each releases what it held as it closes). After a
+  // client's shutdown (flush_on_close_), a connection first writes the replies it holds (stop()
+  // still ends it within its 10 s if the peer reads nothing).
+  void close_all() {
     if (closed_all_.exchange(true)) return;
+    bool flush;
     {
       std::scoped_lock lock(m_);
-      flush = flush || flush_on_close_;
+      flush = flush_on_close_;
     }
     if (listener_) listener_->close();
     {
       std::scoped_lock lock(timer_m_);
       sweep_timer_.reset();
     }
-    std::vector<std::shared_ptr<ServerConn>> conns;
-    {
-      std::scoped_lock lock(m_);
-      for (auto& [id, c] : conns_) conns.push_back(c);
-    }
-    for (auto& c : conns)
+    for (auto& c : connections())
       asio::dispatch(c->strand, [this, c, flush, self = shared_from_this()] {
         if (flush && (c->writing || c->pump_deferred || !c->out.empty()) && !c->conn.closed())
           c->closing = true;  // reads no more; pump() closes it once the replies are written
@@ -1616,7 +1609,7 @@ public:
   std::atomic<bool> warned_max_threads_{false};
   std::mutex grow_m_;                             // grow_timer_'s operations, grow_armed_
   std::optional<asio::steady_timer> grow_timer_;  // on the first connection thread
-  bool grow_armed_ = false;
+  std::atomic<bool> grow_armed_{false};           // a timer wait is pending (set under grow_m_)
   mutable std::mutex m_;
   std::condition_variable cv_;
   bool started_ = false;
