@@ -273,6 +273,28 @@ TEST_F(ServerTest, AClientGetsInWhileABlockingCallHoldsThePool) {
   EXPECT_TRUE(wait.get());
 }
 
+// A registered class's call runs on the connection thread that read it; while it blocks, a
+// helper thread serves that thread's other connections, and leaves once the call has returned
+// (the server's threads go back to what they were).
+TEST_F(ServerTest, AHelperThreadServesWhileACallBlocksAndLeavesAfter) {
+  restart_with_one_pool_thread();
+  auto m = client();
+  auto latch = m->create<Latch>("Latch");
+  auto other = client();
+  auto maths = other->create<Maths>("Maths");
+  EXPECT_EQ(maths.call<&Maths::add>(1, 1), 2);
+  const int before = troupe::testing::count_threads();
+  auto wait = std::async(std::launch::async, [&] { return latch.call<&Latch::wait>(); });
+  ASSERT_TRUE(eventually([] { return Latch::waiting.load() == 1; }, 15s));
+  // Both connections are on the server's one connection thread, which wait() holds.
+  for (int i = 0; i < 100; ++i) ASSERT_EQ(maths.call<&Maths::add>(i, 1), i + 1);
+  EXPECT_GT(troupe::testing::count_threads(), before + 1) << "no helper thread started";
+  latch.call<&Latch::open>();
+  EXPECT_TRUE(wait.get());
+  EXPECT_TRUE(eventually([&] { return troupe::testing::count_threads() <= before; }, 15s))
+      << troupe::testing::count_threads() << " threads, " << before << " before the wait";
+}
+
 // A serialized typeid runs one call at a time on its object; the same object served as two
 // serialized typeids still does (one strand per object, not per typeid).
 TEST_F(ServerTest, OneObjectAsTwoSerializedTypeidsRunsOneCallAtATime) {

@@ -58,12 +58,13 @@ struct RegisterOptions {
   /// Calls on one object run one at a time (the class need not be thread-safe). Not in Python,
   /// whose managed objects are called from the server's threads concurrently, as here by default.
   bool serialized = false;
-  /// The methods return at once (microseconds) and never block. Their calls then run on the
-  /// server thread that read them, the reply written before that thread reads on: no hand-off
-  /// to the server's pool and back, which costs two context switches, most of a round trip.
-  /// By default a registered class's calls run on the pool, as Python runs each connection's
-  /// calls on a thread of its own: a method that sleeps or waits there holds up nobody else.
-  /// A quick method that blocks holds up every client served by its thread. Not in Python.
+  /// The methods return at once (microseconds) and never block. Their calls then run inside the
+  /// handler that read them, the reply written before that thread reads on. By default a
+  /// registered class's call runs on that thread too, but after the read handler and watched: if
+  /// it holds the thread (sleeps, waits) for 2 ms, a helper thread serves the thread's other
+  /// connections, so a blocking method holds up nobody for long, as in Python, where each
+  /// connection's calls run on a thread of its own. A quick method that blocks holds up every
+  /// client served by its thread. Not in Python.
   bool quick = false;
 };
 

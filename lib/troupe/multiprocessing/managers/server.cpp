@@ -62,9 +62,25 @@ std::string object_name(std::string_view typeid_, std::uint64_t id) {
 
 }  // namespace
 
+// A connection thread's io_context, and the threads that run it: the thread of its own, and
+// helpers the server starts while a registered class's calls hold every one of them (a call
+// that may block runs on the thread that read it, as Python runs each connection's calls on the
+// connection's thread; a call that keeps its thread leaves the other connections to a helper).
+struct IoSlot {
+  asio::io_context io;          // run by several threads at times: no single-thread hint
+  std::atomic<int> runners{1};  // threads running io: its own, and the helpers
+  std::atomic<int> busy{0};     // of them, those inside a registered class's call
+  // Calls begun and ended on io: unchanged between two looks of the monitor while every runner is
+  // busy, those calls are holding their threads.
+  std::atomic<std::uint64_t> events{0};
+  std::uint64_t events_seen = 0;  // the monitor's
+  std::mutex leave_m;             // a helper's decision to leave
+};
+
 // One client connection: its reads and writes, lanes and in-flight calls, on its strand.
 struct ServerConn : std::enable_shared_from_this<ServerConn> {
   std::uint64_t id = 0;
+  IoSlot* slot = nullptr;  // the connection thread it is served by (null on a user's executor)
   Connection conn;
   asio::strand<asio::any_io_executor> strand;
   std::string peer;                  // "pid 123 (name) on host"
@@ -112,11 +128,10 @@ public:
       own_ = std::make_unique<asio::io_context>();
       ex = own_->get_executor();
       // The connections' I/O: an io_context per thread, each connection on one of them. A
-      // request is read, a built-in call run and its reply written on that one thread, with no
-      // other thread to wake (a shared multi-threaded io_context wakes a second thread for
-      // each event, a context switch per call that costs more than the call).
-      for (unsigned i = 0; i < thread_count(); ++i)
-        io_.push_back(std::make_unique<asio::io_context>(1));
+      // request is read, its call run and its reply written on that one thread, with no other
+      // thread to wake (a shared multi-threaded io_context wakes a second thread for each
+      // event, a context switch per call that costs more than the call).
+      for (unsigned i = 0; i < thread_count(); ++i) io_.push_back(std::make_unique<IoSlot>());
     }
     ex_ = ex;
     if (!address)
@@ -125,7 +140,8 @@ public:
     listener_.emplace(*address, options_.listener);
     // Accepting and the handshake run on a connection thread (those never block), not on the
     // pool, which calls that block may hold: a client must get in to release them.
-    listener_->set_executor(io_.empty() ? ex_ : asio::any_io_executor(io_.front()->get_executor()));
+    listener_->set_executor(io_.empty() ? ex_
+                                        : asio::any_io_executor(io_.front()->io.get_executor()));
     address_ = listener_->address();
     address_text_ = address_.str();
   }
@@ -144,15 +160,16 @@ public:
     schedule_sweep();
     if (own_) {
       work_.emplace_back(own_->get_executor());
-      for (auto& io : io_) work_.emplace_back(io->get_executor());
+      for (auto& slot : io_) work_.emplace_back(slot->io.get_executor());
       own_threads_ = thread_count();
       {
         std::scoped_lock grow(grow_m_);  // before any thread runs a call that arms it
-        grow_timer_.emplace(io_.front()->get_executor());
+        grow_timer_.emplace(io_.front()->io.get_executor());
       }
       for (unsigned i = 0; i < own_threads_; ++i)
         threads_.emplace_back(&Impl::run_thread, this, own_.get(), false);
-      for (auto& io : io_) threads_.emplace_back(&Impl::run_thread, this, io.get(), true);
+      for (auto& slot : io_) threads_.emplace_back(&Impl::run_thread, this, &slot->io, true);
+      monitor_ = std::thread(&Impl::monitor, this);
     }
   }
 
@@ -240,6 +257,148 @@ public:
                   " threads now: every other one was held by a call that blocks");
     }
     arm_growth();  // look again while calls wait
+  }
+
+  // ---- calls that may block, on the connection threads: helpers while they hold them --------
+
+  // A registered class's call (or constructor) on the server's own threads: run by the
+  // connection thread that read it, after the handler that read it (outside the connection's
+  // strand, so that the connection reads on), with no hand-off to another thread and back (two
+  // context switches, most of a round trip). Such a call may block as long as it likes: while
+  // every thread of its io_context is inside one and none began or ended for kHandOffAfter, the
+  // monitor starts a helper thread on that io_context (up to ServerOptions::max_threads), which
+  // serves its other connections (and the next calls of this one's other lanes), and leaves when
+  // another of its threads is free again. Python gives each connection a thread of its own.
+  static constexpr auto kHandOffAfter = std::chrono::milliseconds(2);
+
+  void run_may_block(const std::shared_ptr<ServerConn>& sc, std::function<void()> run) {
+    IoSlot* slot = sc->slot;
+    if (!slot) return post_blocking(std::move(run));
+    asio::post(slot->io.get_executor(), [this, slot, run = std::move(run)] {
+      struct Scope {
+        Impl& server;
+        IoSlot& slot;
+        explicit Scope(Impl& s, IoSlot& io) : server(s), slot(io) {
+          slot.busy.fetch_add(1);
+          slot.events.fetch_add(1, std::memory_order_relaxed);
+          server.busy_total_.fetch_add(1);  // then look at monitor_deep_ (see monitor())
+          if (server.monitor_deep_.load()) server.wake_monitor();
+        }
+        ~Scope() {
+          server.busy_total_.fetch_sub(1);
+          slot.events.fetch_add(1, std::memory_order_relaxed);
+          slot.busy.fetch_sub(1);
+        }
+      } scope(*this, *slot);
+      run();
+    });
+  }
+
+  struct Helper {
+    std::thread thread;
+    std::atomic<bool> done{false};
+  };
+
+  // The monitor's thread: looks every kHandOffAfter while calls run, and sleeps while none has
+  // run for a while (a call that begins wakes it).
+  void monitor() {
+    std::unique_lock lock(mon_m_);
+    int idle = 0;
+    while (!mon_stop_) {
+      mon_cv_.wait_for(lock, kHandOffAfter);
+      if (mon_stop_) break;
+      lock.unlock();
+      reap_helpers();
+      bool any = false;
+      for (auto& slot : io_) {
+        const int busy = slot->busy.load();
+        const std::uint64_t events = slot->events.load();
+        const bool held = busy > 0 && busy >= slot->runners.load() && events == slot->events_seen;
+        slot->events_seen = events;
+        any = any || busy > 0;
+        if (held) add_helper(*slot);
+      }
+      lock.lock();
+      if (any || !helpers_.empty()) {
+        idle = 0;
+      } else if (++idle >= 100) {
+        // Dekker with a call's Scope: deep is set before busy_total_ is read, busy_total_ is
+        // raised before deep is read: a call that begins now either is seen here or wakes us.
+        monitor_deep_.store(true);
+        if (busy_total_.load() == 0)
+          mon_cv_.wait(lock, [&] { return mon_stop_ || !monitor_deep_.load(); });
+        monitor_deep_.store(false);
+        idle = 0;
+      }
+    }
+  }
+
+  void wake_monitor() {
+    {
+      std::scoped_lock lock(mon_m_);
+      monitor_deep_.store(false);
+    }
+    mon_cv_.notify_one();
+  }
+
+  void stop_monitor() {
+    {
+      std::scoped_lock lock(mon_m_);
+      mon_stop_ = true;
+    }
+    mon_cv_.notify_one();
+    if (monitor_.joinable()) monitor_.join();
+  }
+
+  // On the monitor's thread: helpers that have left are joined.
+  void reap_helpers() {
+    std::erase_if(helpers_, [](const std::unique_ptr<Helper>& h) {
+      if (!h->done.load()) return false;
+      h->thread.join();
+      return true;
+    });
+  }
+
+  // On the monitor's thread: one more thread runs `slot`'s io_context.
+  void add_helper(IoSlot& slot) {
+    {
+      std::scoped_lock lock(m_);
+      if (stopped_) return;
+    }
+    if (own_threads_.load() + io_.size() + helpers_.size() >=
+        std::max<std::size_t>(options_.max_threads, 2 * thread_count())) {
+      if (!warned_max_threads_.exchange(true))
+        mlog().warning("manager server at " + address_text_ + ": " +
+                       std::to_string(own_threads_.load() + io_.size() + helpers_.size()) +
+                       " threads (ServerOptions::max_threads), each held by a call that blocks; "
+                       "more calls wait behind them");
+      return;
+    }
+    slot.runners.fetch_add(1);
+    auto h = std::make_unique<Helper>();
+    h->thread = std::thread(&Impl::run_helper, this, &slot, h.get());
+    helpers_.push_back(std::move(h));
+  }
+
+  // A helper's loop: serves `slot` until another of its threads is free.
+  void run_helper(IoSlot* slot, Helper* h) {
+    tl_server_ = this;
+    while (!slot->io.stopped()) {
+      try {
+        slot->io.run_one_for(std::chrono::milliseconds(100));
+      } catch (const std::exception& e) {
+        mlog().error(std::string("manager server: an exception escaped a handler: ") + e.what());
+      }
+      // Free: this one and at least one more.
+      if (slot->busy.load() + 1 < slot->runners.load()) {
+        std::scoped_lock lock(slot->leave_m);
+        if (slot->busy.load() + 1 < slot->runners.load()) {
+          slot->runners.fetch_sub(1);
+          break;
+        }
+      }
+    }
+    h->done.store(true);
   }
 
   void request_shutdown() noexcept {
@@ -378,9 +537,12 @@ public:
     if (own_) {
       work_.clear();
       own_->stop();
-      for (auto& io : io_) io->stop();
+      stop_monitor();
+      for (auto& slot : io_) slot->io.stop();
       for (auto& t : threads_) t.join();
       threads_.clear();
+      for (auto& h : helpers_) h->thread.join();
+      helpers_.clear();
     }
     release_everything();
     if (own_) {
@@ -393,9 +555,9 @@ public:
         grow_timer_.reset();  // its handler, cancelled, runs in the polls below
       }
       for (int round = 0; round < 2; ++round) {  // a connection's teardown may post to own_
-        for (auto& io : io_) {
-          io->restart();
-          io->poll();
+        for (auto& slot : io_) {
+          slot->io.restart();
+          slot->io.poll();
         }
         own_->restart();
         own_->poll();
@@ -483,11 +645,12 @@ public:
 
   void adopt(Connection c) {
     keep_alive(c.fileno());
-    auto sc = std::make_shared<ServerConn>(
-        io_.empty() ? ex_
-                    : asio::any_io_executor(
-                          io_[next_io_.fetch_add(1, std::memory_order_relaxed) % io_.size()]
-                              ->get_executor()));
+    IoSlot* slot = io_.empty()
+                       ? nullptr
+                       : io_[next_io_.fetch_add(1, std::memory_order_relaxed) % io_.size()].get();
+    auto sc =
+        std::make_shared<ServerConn>(slot ? asio::any_io_executor(slot->io.get_executor()) : ex_);
+    sc->slot = slot;
     sc->conn = std::move(c);
     sc->conn.set_executor(sc->strand);
     sc->conn.set_max_message_size(options_.max_message_size);
@@ -706,17 +869,17 @@ public:
                        };
                        // This runs on the connection's strand, on a thread that serves other
                        // connections too. A built-in object never blocks (its waits are
-                       // asynchronous): its call runs here, with no hand-off to another thread
-                       // and back (each costs a context switch, which is most of a round
-                       // trip). So does a quick typeid's (RegisterOptions::quick). Any other
-                       // registered class's call may block as long as it likes: it goes to the
-                       // pool, and this thread reads on.
+                       // asynchronous): its call runs here. So does a quick typeid's
+                       // (RegisterOptions::quick). Any other registered class's call may block
+                       // as long as it likes: it runs on this thread too, but off the strand,
+                       // and a helper thread takes over the others if it holds the thread
+                       // (run_may_block).
                        if (serial)
                          asio::post(*serial, std::move(run));
                        else if (!entry || !entry->cxx_type || entry->quick)
                          run();
                        else
-                         post_blocking(std::move(run));
+                         run_may_block(sc, std::move(run));
                      });
         return;
       }
@@ -765,11 +928,11 @@ public:
                        };
                        // A built-in type is made at once and never blocks: made here, as its
                        // calls run here. A registered class's constructor is the user's code,
-                       // which may block: on the pool (unless the typeid is quick).
+                       // which may block: as its calls (unless the typeid is quick).
                        if (!entry->cxx_type || entry->quick)
                          run();
                        else
-                         post_blocking(std::move(run));
+                         run_may_block(sc, std::move(run));
                      });
         return;
       }
@@ -1588,7 +1751,7 @@ public:
   std::unique_ptr<asio::io_context> own_;
   bool user_executor_ = false;  // the server runs on an executor the user gave
   asio::any_io_executor ex_;
-  std::vector<std::unique_ptr<asio::io_context>> io_;  // the connections' (own threads only)
+  std::vector<std::unique_ptr<IoSlot>> io_;  // the connections' (own threads only)
   std::atomic<std::size_t> next_io_{0};
   std::vector<asio::executor_work_guard<asio::io_context::executor_type>> work_;
   std::vector<std::thread> threads_;
@@ -1610,6 +1773,14 @@ public:
   std::mutex grow_m_;                             // grow_timer_'s operations, grow_armed_
   std::optional<asio::steady_timer> grow_timer_;  // on the first connection thread
   std::atomic<bool> grow_armed_{false};           // a timer wait is pending (set under grow_m_)
+  // Calls that may block on the connection threads (run_may_block): the monitor and its helpers.
+  std::thread monitor_;
+  std::mutex mon_m_;
+  std::condition_variable mon_cv_;
+  bool mon_stop_ = false;                         // under mon_m_
+  std::atomic<bool> monitor_deep_{false};         // asleep until a call begins
+  std::atomic<int> busy_total_{0};                // calls running on the connection threads
+  std::vector<std::unique_ptr<Helper>> helpers_;  // the monitor's (then stop()'s)
   mutable std::mutex m_;
   std::condition_variable cv_;
   bool started_ = false;

@@ -39,14 +39,16 @@ struct ServerOptions {
   /// is released; zero: forever.
   std::chrono::milliseconds park_ttl = std::chrono::seconds(300);
   /// The server's threads when it runs on its own (0: the CPU count, at most 4), twice over: as
-  /// many read and answer the connections, as many run registered classes' calls (which may
-  /// block).
+  /// many read and answer the connections (and run registered classes' calls, which may
+  /// block), as many run serialized typeids' calls (which may block too).
   unsigned threads = 0;
-  /// How far the second kind grows: while such calls wait and none has started for 50 ms (every
-  /// thread is held by one that blocks), one more thread starts, the next after twice as long,
-  /// and so on, up to this many (Python's server has a thread per connection, so a call that
-  /// waits for another client's call never starves it). Built-in objects' waits (a managed
-  /// Queue's get, a Lock's acquire) hold no thread and never grow it.
+  /// How far the threads grow, in all. While registered classes' calls hold every thread of a
+  /// connection thread's io_context for 2 ms, a helper thread serves its other connections
+  /// (and leaves once a thread is free); while serialized typeids' calls wait and none has
+  /// started for 50 ms, one more pool thread starts, the next after twice as long. Python's
+  /// server has a thread per connection, so a call that waits for another client's call never
+  /// starves it. Built-in objects' waits (a managed Queue's get, a Lock's acquire) hold no
+  /// thread and never grow them.
   unsigned max_threads = 256;
   /// Whether a client's shutdown() stops the server (Python: always).
   bool allow_shutdown = true;
