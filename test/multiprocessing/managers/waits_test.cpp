@@ -107,10 +107,10 @@ struct GotDone {
   bool ok() const { return calls == 1 && !error; }
 };
 
-constexpr Caller A{1, 1};
-constexpr Caller A2{1, 2};  // another lane (thread) of A's connection
-constexpr Caller B{2, 1};
-constexpr Caller C{3, 1};
+const Caller A{1, 1};
+const Caller A2{1, 2};  // another lane (thread) of A's connection
+const Caller B{2, 1};
+const Caller C{3, 1};
 
 class WaitsTest : public troupe::testing::LeakCheck {
 protected:
@@ -138,6 +138,32 @@ TEST(CallerTest, EqualityAndHash) {
   EXPECT_EQ(set.size(), 3u);
   EXPECT_EQ(std::hash<Caller>{}(A), std::hash<Caller>{}(Caller{1, 1}));
   EXPECT_NE(std::hash<Caller>{}(A), std::hash<Caller>{}(Caller{1, 2}));
+}
+
+// A Caller that names an executor gets its answers there (a server's connection strand), the
+// others on the object's: the answer to a waiting getter, made by another caller's put, and an
+// answer known at once. The executor is not part of who the caller is.
+TEST_F(WaitsTest, AnswersGoToTheCallersExecutorWhenItNamesOne) {
+  boost::asio::io_context own;
+  const Caller getter{7, 1, boost::asio::make_strand(own.get_executor())};
+  EXPECT_EQ(getter, (Caller{7, 1}));
+  AsyncQueue<int> q(ex);
+  GotItem<int> waited, at_once, plain;
+  q.async_get(getter, true, std::nullopt, waited.h());
+  q.put_nowait(1);  // by another caller: hands the item to the getter
+  q.put_nowait(2);
+  q.async_get(getter, true, std::nullopt, at_once.h());
+  q.put_nowait(3);
+  q.async_get(A, true, std::nullopt, plain.h());
+  run();  // the object's executor: only the plain caller's answer
+  EXPECT_EQ(plain.calls, 1);
+  EXPECT_EQ(plain.value, 3);
+  EXPECT_EQ(waited.calls, 0);
+  EXPECT_EQ(at_once.calls, 0);
+  own.run_for(60s);
+  EXPECT_EQ(waited.value, 1);
+  EXPECT_EQ(at_once.value, 2);
+  EXPECT_EQ(waited.calls + at_once.calls, 2);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -8,6 +8,10 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <optional>
+
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/strand.hpp>
 
 namespace troupe::multiprocessing::managers {
 
@@ -15,8 +19,15 @@ namespace troupe::multiprocessing::managers {
 struct Caller {
   std::uint64_t connection = 0;
   std::uint64_t lane = 0;
+  /// Where the caller's answers are posted (the server gives its connection's strand, so that
+  /// an answer goes straight to the thread that writes it); none: the object's executor. Not
+  /// part of the identity. (A strand, not an any_io_executor holding one: that would share it
+  /// through Asio's own fenced reference count, which ThreadSanitizer cannot follow.)
+  std::optional<boost::asio::strand<boost::asio::any_io_executor>> ex{};
 
-  bool operator==(const Caller&) const = default;
+  bool operator==(const Caller& o) const noexcept {
+    return connection == o.connection && lane == o.lane;
+  }
 };
 
 }  // namespace troupe::multiprocessing::managers

@@ -36,10 +36,10 @@ template <class W>
 struct BoolWaiter : Waiter<W> {
   DoneBool done;
   void fail(Completions& out, std::exception_ptr e) {
-    out.add([d = std::move(done), e] { d(e, false); });
+    out.add(this->who, [d = std::move(done), e] { d(e, false); });
   }
   void succeed(Completions& out, bool v) {
-    out.add([d = std::move(done), v] { d(nullptr, v); });
+    out.add(this->who, [d = std::move(done), v] { d(nullptr, v); });
   }
 };
 
@@ -49,11 +49,11 @@ std::exception_ptr value_error(const std::string& what) {
   return std::make_exception_ptr(ValueError(what));
 }
 
-void answer(Completions& out, DoneBool done, bool v) {
-  out.add([d = std::move(done), v] { d(nullptr, v); });
+void answer(Completions& out, const Caller& who, DoneBool done, bool v) {
+  out.add(who, [d = std::move(done), v] { d(nullptr, v); });
 }
-void answer(Completions& out, DoneBool done, std::exception_ptr e) {
-  out.add([d = std::move(done), e] { d(e, false); });
+void answer(Completions& out, const Caller& who, DoneBool done, std::exception_ptr e) {
+  out.add(who, [d = std::move(done), e] { d(e, false); });
 }
 
 // CPython's argument rules of Lock.acquire and RLock.acquire (the C function parsing both):
@@ -137,11 +137,11 @@ struct LockCore : std::enable_shared_from_this<LockCore> {
     std::scoped_lock lk(mu);
     bool forever = false;
     if (auto e = lock_arguments(block, timeout, forever)) {
-      answer(out, std::move(done), e);
+      answer(out, who, std::move(done), e);
     } else if (try_take(who, 1)) {
-      answer(out, std::move(done), true);
+      answer(out, who, std::move(done), true);
     } else if (!block || (!forever && timeout->count() == 0)) {
-      answer(out, std::move(done), false);
+      answer(out, who, std::move(done), false);
     } else {
       auto w = std::make_shared<LockWaiter>();
       w->id = id;
@@ -206,7 +206,7 @@ struct CondCore : std::enable_shared_from_this<CondCore> {
     Completions out(lock->ex);
     std::scoped_lock lk(lock->mu);
     if (!lock->owned_by(who)) {
-      answer(out, std::move(done),
+      answer(out, who, std::move(done),
              std::make_exception_ptr(RuntimeError("cannot wait on un-acquired lock")));
       return id;
     }
@@ -289,12 +289,13 @@ struct SemCore : std::enable_shared_from_this<SemCore> {
     Completions out(ex);
     std::scoped_lock lk(mu);
     if (!block && timeout) {
-      answer(out, std::move(done), value_error("can't specify timeout for non-blocking acquire"));
+      answer(out, who, std::move(done),
+             value_error("can't specify timeout for non-blocking acquire"));
     } else if (value > 0) {
       take(who);
-      answer(out, std::move(done), true);
+      answer(out, who, std::move(done), true);
     } else if (!block || (timeout && timeout->count() <= 0)) {
-      answer(out, std::move(done), false);
+      answer(out, who, std::move(done), false);
     } else {
       auto w = std::make_shared<SemWaiter>();
       w->id = id;
@@ -369,7 +370,7 @@ struct EventCore : std::enable_shared_from_this<EventCore> {
     Completions out(ex);
     std::scoped_lock lk(mu);
     if (flag || (timeout && timeout->count() <= 0)) {
-      answer(out, std::move(done), flag);
+      answer(out, who, std::move(done), flag);
     } else {
       auto w = std::make_shared<EventWaiter>();
       w->id = id;
@@ -412,7 +413,7 @@ struct EventCore : std::enable_shared_from_this<EventCore> {
 struct BarrierWaiter : Waiter<BarrierWaiter> {
   DoneIndex done;
   void fail(Completions& out, std::exception_ptr e) {
-    out.add([d = std::move(done), e] { d(e, -1); });
+    out.add(this->who, [d = std::move(done), e] { d(e, -1); });
   }
 };
 
@@ -441,7 +442,7 @@ struct BarrierCore : std::enable_shared_from_this<BarrierCore> {
     Completions out(ex);
     std::scoped_lock lk(mu);
     auto fail = [&](std::exception_ptr e) {
-      out.add([d = std::move(done), e] { d(e, -1); });
+      out.add(who, [d = std::move(done), e] { d(e, -1); });
       return id;
     };
     if (broken) return fail(broken_error("the barrier is broken"));
@@ -459,10 +460,10 @@ struct BarrierCore : std::enable_shared_from_this<BarrierCore> {
       while (!waiters.empty()) {
         auto w = waiters.pop_front();
         w->stop_timer();
-        out.add([d = std::move(w->done), i] { d(nullptr, i); });
+        out.add(w->who, [d = std::move(w->done), i] { d(nullptr, i); });
         ++i;
       }
-      out.add([d = std::move(done), index] { d(nullptr, index); });
+      out.add(who, [d = std::move(done), index] { d(nullptr, index); });
       return id;
     }
     if (!t) t = timeout;

@@ -8,8 +8,11 @@
 // party), by its timer, by cancel() or by release_connection().
 //
 // Rules common to every type
-// - Each object takes a boost::asio::any_io_executor: its timers run there and every handler is
-//   posted there. Objects are thread-safe: any thread may call any member, concurrently.
+// - Each object takes a boost::asio::any_io_executor: its timers run there, and a handler is
+//   posted there unless its Caller names an executor of its own (Caller::ex; a server gives its
+//   connection's strand, so an answer goes straight to the thread that writes it, with no hop
+//   through another thread). Objects are thread-safe: any thread may call any member,
+//   concurrently.
 // - A waiting operation `async_X(Caller who, ..., handler)` returns a WaitId (unique in the
 //   process) and calls `handler` exactly once: never inside the initiating call (it is posted,
 //   even when the result is known at once, and for a bad argument), never while the object's
@@ -173,23 +176,32 @@ private:
 };
 
 /// The handlers one operation completes, gathered under the object's mutex and posted when this
-/// is destroyed. Declare it before the lock, so the lock is released first.
+/// is destroyed. Declare it before the lock, so the lock is released first. Each goes to its
+/// caller's executor (Caller::ex: on a server, the caller's connection's strand, which writes
+/// the answer at once), else to the object's.
 class Completions {
 public:
   explicit Completions(boost::asio::any_io_executor ex) : ex_(std::move(ex)) {}
   Completions(const Completions&) = delete;
   Completions& operator=(const Completions&) = delete;
   ~Completions() {
-    for (auto& t : tasks_) boost::asio::post(ex_, std::move(t));
+    for (auto& [strand, t] : tasks_) {
+      if (strand)
+        boost::asio::post(*strand, std::move(t));
+      else
+        boost::asio::post(ex_, std::move(t));
+    }
   }
+  /// `f` completes a call of `to`.
   template <class F>
-  void add(F f) {
-    tasks_.emplace_back(std::move(f));
+  void add(const Caller& to, F f) {
+    tasks_.emplace_back(to.ex, Task(std::move(f)));
   }
 
 private:
   boost::asio::any_io_executor ex_;
-  std::vector<Task> tasks_;
+  std::vector<std::pair<std::optional<boost::asio::strand<boost::asio::any_io_executor>>, Task>>
+      tasks_;
 };
 
 /// What every waiter has. `list` is the WaitList holding it (nullptr once it left): a timer
@@ -529,20 +541,20 @@ struct QueueCore : std::enable_shared_from_this<QueueCore<T>> {
   struct Getter : Waiter<Getter> {
     DoneItem<T> done;
     void fail(Completions& out, std::exception_ptr e) {
-      out.add([d = std::move(done), e] { d(e, std::nullopt); });
+      out.add(this->who, [d = std::move(done), e] { d(e, std::nullopt); });
     }
   };
   struct Putter : Waiter<Putter> {
     std::optional<T> item;
     Done done;
     void fail(Completions& out, std::exception_ptr e) {
-      out.add([d = std::move(done), e] { d(e); });
+      out.add(this->who, [d = std::move(done), e] { d(e); });
     }
   };
   struct Joiner : Waiter<Joiner> {
     Done done;
     void fail(Completions& out, std::exception_ptr e) {
-      out.add([d = std::move(done), e] { d(e); });
+      out.add(this->who, [d = std::move(done), e] { d(e); });
     }
   };
 
@@ -568,13 +580,13 @@ struct QueueCore : std::enable_shared_from_this<QueueCore<T>> {
     return std::make_exception_ptr(ValueError("'timeout' must be a non-negative number"));
   }
 
-  void complete_get(Completions& out, DoneItem<T> done, T item) {
-    out.add([d = std::move(done), v = std::move(item)]() mutable {
+  void complete_get(Completions& out, const Caller& who, DoneItem<T> done, T item) {
+    out.add(who, [d = std::move(done), v = std::move(item)]() mutable {
       d(nullptr, std::optional<T>(std::move(v)));
     });
   }
-  static void complete(Completions& out, Done done) {
-    out.add([d = std::move(done)] { d(nullptr); });
+  static void complete(Completions& out, const Caller& who, Done done) {
+    out.add(who, [d = std::move(done)] { d(nullptr); });
   }
   T pop() {
     T v = std::move(items.front());
@@ -593,12 +605,12 @@ struct QueueCore : std::enable_shared_from_this<QueueCore<T>> {
       if (!getters.empty() && !items.empty()) {
         auto g = getters.pop_front();
         g->stop_timer();
-        complete_get(out, std::move(g->done), pop());
+        complete_get(out, g->who, std::move(g->done), pop());
       } else if (!putters.empty() && !full()) {
         auto p = putters.pop_front();
         p->stop_timer();
         push(std::move(*p->item));
-        complete(out, std::move(p->done));
+        complete(out, p->who, std::move(p->done));
       } else {
         return;
       }
@@ -610,7 +622,7 @@ struct QueueCore : std::enable_shared_from_this<QueueCore<T>> {
     Completions out(ex);
     std::scoped_lock lk(mu);
     auto fail = [&](std::exception_ptr e) {
-      out.add([d = std::move(done), e] { d(e); });
+      out.add(who, [d = std::move(done), e] { d(e); });
       return id;
     };
     if (shut) return fail(shut_down_error("Queue.put", "the queue is shut down"));
@@ -635,7 +647,7 @@ struct QueueCore : std::enable_shared_from_this<QueueCore<T>> {
     }
     push(std::move(item));
     settle(out);
-    complete(out, std::move(done));
+    complete(out, who, std::move(done));
     return id;
   }
 
@@ -644,7 +656,7 @@ struct QueueCore : std::enable_shared_from_this<QueueCore<T>> {
     Completions out(ex);
     std::scoped_lock lk(mu);
     auto fail = [&](std::exception_ptr e) {
-      out.add([d = std::move(done), e] { d(e, std::nullopt); });
+      out.add(who, [d = std::move(done), e] { d(e, std::nullopt); });
       return id;
     };
     if (shut && items.empty())
@@ -667,7 +679,7 @@ struct QueueCore : std::enable_shared_from_this<QueueCore<T>> {
       if (timeout) arm_timer(this->shared_from_this(), g, ex, *timeout);
       return id;
     }
-    complete_get(out, std::move(done), pop());
+    complete_get(out, who, std::move(done), pop());
     settle(out);
     return id;
   }
@@ -707,7 +719,7 @@ struct QueueCore : std::enable_shared_from_this<QueueCore<T>> {
     Completions out(ex);
     std::scoped_lock lk(mu);
     if (unfinished == 0) {
-      complete(out, std::move(done));
+      complete(out, who, std::move(done));
       return id;
     }
     auto j = std::make_shared<Joiner>();
@@ -720,7 +732,10 @@ struct QueueCore : std::enable_shared_from_this<QueueCore<T>> {
   }
 
   void release_joiners(Completions& out) {
-    while (!joiners.empty()) complete(out, std::move(joiners.pop_front()->done));
+    while (!joiners.empty()) {
+      auto j = joiners.pop_front();
+      complete(out, j->who, std::move(j->done));
+    }
   }
 
   void shutdown(bool immediate) {
