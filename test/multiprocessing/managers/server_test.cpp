@@ -273,6 +273,24 @@ TEST_F(ServerTest, AClientGetsInWhileABlockingCallHoldsThePool) {
   EXPECT_TRUE(wait.get());
 }
 
+// A serialized typeid's calls run on the pool (one strand per object): with one pool thread,
+// three objects' calls that wait for a fourth object's call grow the pool until it runs.
+TEST_F(ServerTest, SerializedCallsThatBlockThePoolGrowIt) {
+  restart_with_one_pool_thread();
+  SharedGate::reset();
+  auto m = client();
+  std::vector<mm::Proxy<SharedGate>> gates;
+  for (int i = 0; i < 4; ++i) gates.push_back(m->create<SharedGate>("SerialGate"));
+  std::vector<std::future<bool>> waits;
+  for (int i = 0; i < 3; ++i)
+    waits.push_back(
+        std::async(std::launch::async, [&, i] { return gates[i].call<&SharedGate::wait>(); }));
+  EXPECT_TRUE(eventually([] { return SharedGate::waiting.load() == 3; }, 15s))
+      << SharedGate::waiting.load() << " of 3 calls in wait() on a server with 1 pool thread";
+  gates[3].call<&SharedGate::open>();
+  for (auto& w : waits) EXPECT_TRUE(w.get()) << "wait() ran out of time: open() never ran";
+}
+
 // A registered class's call runs on the connection thread that read it; while it blocks, a
 // helper thread serves that thread's other connections, and leaves once the call has returned
 // (the server's threads go back to what they were).

@@ -150,6 +150,43 @@ private:
 };
 TROUPE_EXPOSE(Latch, wait, open);
 
+/// Like Latch, but every SharedGate opens together (one static gate): a serialized typeid's objects
+/// (a strand each) that wait for another object's call.
+class SharedGate {
+public:
+  bool wait() {
+    std::unique_lock lock(m());
+    waiting.fetch_add(1);
+    const bool opened = cv().wait_for(lock, std::chrono::seconds(20), [&] { return open_; });
+    waiting.fetch_sub(1);
+    return opened;
+  }
+  void open() {
+    {
+      std::scoped_lock lock(m());
+      open_ = true;
+    }
+    cv().notify_all();
+  }
+  static void reset() {
+    std::scoped_lock lock(m());
+    open_ = false;
+  }
+  static inline std::atomic<int> waiting{0};
+
+private:
+  static std::mutex& m() {
+    static std::mutex m;
+    return m;
+  }
+  static std::condition_variable& cv() {
+    static std::condition_variable cv;
+    return cv;
+  }
+  static inline bool open_ = false;
+};
+TROUPE_EXPOSE(SharedGate, wait, open);
+
 /// A registered class that notes whether two of its calls ever overlapped.
 class Overlap {
 public:
@@ -178,6 +215,7 @@ inline bool register_test_types() {
   TestManager::register_<Counter>("Counter");
   TestManager::register_<Cell>("Cell");
   TestManager::register_<Latch>("Latch");
+  TestManager::register_<SharedGate>("SerialGate", {.serialized = true});
   // One Overlap object served as two serialized typeids.
   static auto overlap = std::make_shared<Overlap>();
   TestManager::register_("get_serial_overlap", [] { return overlap; }, {.serialized = true});

@@ -61,7 +61,7 @@ struct RegisterOptions {
   /// The methods return at once (microseconds) and never block. Their calls then run inside the
   /// handler that read them, the reply written before that thread reads on. By default a
   /// registered class's call runs on that thread too, but after the read handler and watched: if
-  /// it holds the thread (sleeps, waits) for 2 ms, a helper thread serves the thread's other
+  /// it holds the thread (sleeps, waits) for 2 to 4 ms, a helper thread serves the thread's other
   /// connections, so a blocking method holds up nobody for long, as in Python, where each
   /// connection's calls run on a thread of its own. A quick method that blocks holds up every
   /// client served by its thread. Not in Python.

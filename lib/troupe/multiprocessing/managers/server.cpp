@@ -138,8 +138,9 @@ public:
       address = Address::parse("unix-abstract:troupe-manager-" + std::to_string(::getpid()) + "-" +
                                std::to_string(counter_++) + "-" + random_hex(6));
     listener_.emplace(*address, options_.listener);
-    // Accepting and the handshake run on a connection thread (those never block), not on the
-    // pool, which calls that block may hold: a client must get in to release them.
+    // Accepting and the handshake run on a connection thread (helped while calls hold it, see
+    // run_may_block), not on the pool, which serialized calls that block may hold: a client
+    // must get in to release them.
     listener_->set_executor(io_.empty() ? ex_
                                         : asio::any_io_executor(io_.front()->io.get_executor()));
     address_ = listener_->address();
@@ -188,21 +189,23 @@ public:
     }
   }
 
-  // ---- calls that may block: the own threads grow while such calls hold them all -----------
+  // ---- serialized calls: the pool grows while such calls hold it all ------------------------
 
-  // A registered class's call (or constructor), which may block as long as it likes, goes to the
-  // server's own threads. Python gives each client connection a thread, so a call that waits
-  // for another client's call always lets that one run; here, when calls wait and none has
-  // started for kGrowAfter (every own thread is held by one that blocks: short calls keep
-  // starting, however many wait), one more thread starts (up to ServerOptions::max_threads,
-  // logged), so the waiting calls run. The check runs on a connection thread (those never
-  // block), only while calls wait.
+  // A serialized typeid's call (on its object's strand, on the pool), which may block as long as
+  // it likes; or, on a user's executor, any registered class's call. Python gives each client
+  // connection a thread, so a call that waits for another client's call always lets that one
+  // run; here, when calls wait and none has started for kGrowAfter (every pool thread is held by
+  // one that blocks: short calls keep starting, however many wait), one more thread starts (up
+  // to ServerOptions::max_threads, logged), so the waiting calls run. A call queued on its
+  // object's strand behind a long one counts as waiting too. The check runs on the first
+  // connection thread's io_context, only while calls wait.
   static constexpr auto kGrowAfter = std::chrono::milliseconds(50);
 
-  void post_blocking(std::function<void()> run) {
-    if (!own_) return asio::post(ex_, std::move(run));
+  template <class Executor>
+  void post_blocking(const Executor& to, std::function<void()> run) {
+    if (!own_) return asio::post(to, std::move(run));
     blocking_queued_.fetch_add(1, std::memory_order_relaxed);
-    asio::post(ex_, [this, run = std::move(run)] {
+    asio::post(to, [this, run = std::move(run)] {
       blocking_queued_.fetch_sub(1, std::memory_order_relaxed);
       blocking_starts_.fetch_add(1, std::memory_order_relaxed);
       run();
@@ -227,7 +230,8 @@ public:
     });
   }
 
-  // On a connection thread (the timer's), once per kGrowAfter while calls wait.
+  // On the first connection thread's io_context (the timer's), once per kGrowAfter while calls
+  // wait.
   void grow_if_starved() {
     if (blocking_queued_.load(std::memory_order_relaxed) == 0) return;  // none waits: stop
     const std::uint64_t starts = blocking_starts_.load(std::memory_order_relaxed);
@@ -273,7 +277,7 @@ public:
 
   void run_may_block(const std::shared_ptr<ServerConn>& sc, std::function<void()> run) {
     IoSlot* slot = sc->slot;
-    if (!slot) return post_blocking(std::move(run));
+    if (!slot) return post_blocking(ex_, std::move(run));
     asio::post(slot->io.get_executor(), [this, slot, run = std::move(run)] {
       struct Scope {
         Impl& server;
@@ -359,25 +363,28 @@ public:
     });
   }
 
-  // On the monitor's thread: one more thread runs `slot`'s io_context.
+  // On the monitor's thread: one more thread runs `slot`'s io_context. Also while stop() waits
+  // for the connections to close (a helper lets those of a held thread close); not after it
+  // has stopped the monitor.
   void add_helper(IoSlot& slot) {
-    {
-      std::scoped_lock lock(m_);
-      if (stopped_) return;
-    }
-    if (own_threads_.load() + io_.size() + helpers_.size() >=
-        std::max<std::size_t>(options_.max_threads, 2 * thread_count())) {
-      if (!warned_max_threads_.exchange(true))
+    if (helpers_.size() >= std::max(options_.max_threads, 1u)) {
+      if (!warned_max_helpers_.exchange(true))
         mlog().warning("manager server at " + address_text_ + ": " +
-                       std::to_string(own_threads_.load() + io_.size() + helpers_.size()) +
-                       " threads (ServerOptions::max_threads), each held by a call that blocks; "
-                       "more calls wait behind them");
+                       std::to_string(helpers_.size()) +
+                       " helper threads (ServerOptions::max_threads), each held by a call that "
+                       "blocks; the other connections of a held thread wait behind it");
       return;
     }
     slot.runners.fetch_add(1);
-    auto h = std::make_unique<Helper>();
-    h->thread = std::thread(&Impl::run_helper, this, &slot, h.get());
-    helpers_.push_back(std::move(h));
+    try {
+      auto h = std::make_unique<Helper>();
+      h->thread = std::thread(&Impl::run_helper, this, &slot, h.get());
+      helpers_.push_back(std::move(h));
+    } catch (const std::exception& e) {  // no thread to be had (EAGAIN) or no memory
+      slot.runners.fetch_sub(1);
+      mlog().warning("manager server at " + address_text_ +
+                     ": could not start a helper thread: " + e.what());
+    }
   }
 
   // A helper's loop: serves `slot` until another of its threads is free.
@@ -876,7 +883,7 @@ public:
               // and a helper thread takes over the others if it holds the thread
               // (run_may_block).
               if (serial)
-                asio::post(*serial, std::move(run));
+                post_blocking(*serial, std::move(run));
               else if (!entry || !entry->cxx_type || entry->quick)
                 run();
               else
@@ -1772,6 +1779,7 @@ public:
   std::uint64_t starts_seen_ = 0;  // by grow_if_starved (one timer: one thread at a time)
   std::atomic<unsigned> own_threads_{0};
   std::atomic<bool> warned_max_threads_{false};
+  std::atomic<bool> warned_max_helpers_{false};
   std::mutex grow_m_;                             // grow_timer_'s operations, grow_armed_
   std::optional<asio::steady_timer> grow_timer_;  // on the first connection thread
   std::atomic<bool> grow_armed_{false};           // a timer wait is pending (set under grow_m_)

@@ -42,10 +42,11 @@ struct ServerOptions {
   /// many read and answer the connections (and run registered classes' calls, which may
   /// block), as many run serialized typeids' calls (which may block too).
   unsigned threads = 0;
-  /// How far the threads grow, in all. While registered classes' calls hold every thread of a
-  /// connection thread's io_context for 2 ms, a helper thread serves its other connections
-  /// (and leaves once a thread is free); while serialized typeids' calls wait and none has
-  /// started for 50 ms, one more pool thread starts, the next after twice as long. Python's
+  /// How far the threads grow, each kind. While registered classes' calls hold every thread of
+  /// a connection thread's io_context for 2 to 4 ms, a helper thread serves its other
+  /// connections (and leaves once a thread is free): at most this many helpers. While
+  /// serialized typeids' calls wait and none has started for 50 ms, one more pool thread
+  /// starts, the next after twice as long: at most this many pool threads. Python's
   /// server has a thread per connection, so a call that waits for another client's call never
   /// starves it. Built-in objects' waits (a managed Queue's get, a Lock's acquire) hold no
   /// thread and never grow them.

@@ -153,8 +153,9 @@ struct TypeEntry {
   /// Calls on one object of this typeid run one at a time, in arrival order (a strand), so the
   /// class need not be thread-safe. Python has no such option: its objects must be thread-safe.
   bool serialized = false;
-  /// The methods return at once and never block: calls run on the connection's I/O thread
-  /// (RegisterOptions::quick).
+  /// The methods return at once and never block: calls run inside the handler that read them
+  /// (RegisterOptions::quick); other registered classes' calls run on that thread after it,
+  /// watched (a helper thread serves the others while one blocks).
   bool quick = false;
   /// Of the hosted type's method table (proto Ref.fingerprint; 0: not checked by proxies).
   std::uint64_t fingerprint = 0;
