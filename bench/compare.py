@@ -253,6 +253,8 @@ def managers_section(build, reps, quick, verdicts):
     cpp = run_cpp(binary, rt_filter + "|^BM_ProxyPipelined/|^BM_Connect/", reps, min_time, best=True)
     print("compare: managers: the queue recipe, 4 workers…", file=sys.stderr)
     recipe = run_cpp(binary, "^BM_QueueRecipe4Workers/", 1 if quick else 3, min_time, best=True)
+    print("compare: managers: a managed Pool…", file=sys.stderr)
+    pools = run_cpp(binary, "^BM_Pool(Apply|Map)/", reps, min_time, best=True)
     conn_bin = os.path.join(build, "bench", "connection_bench")
     auth = None
     if os.path.exists(conn_bin):
@@ -327,6 +329,13 @@ def managers_section(build, reps, quick, verdicts):
         rows.append(f"| the docs' queue recipe, 4 worker processes, {label} (tasks/s) | "
                     f"{r / 1e3:.2f} k/s | — | — | {p / 1e3:.2f} k/s | {faster(r / p)} | "
                     f"≥ 10× Python | {verdict(ok)} |")
+    for bench, key, label in [
+            ("BM_PoolApply", "ManagedPoolApply/unix", "`apply(square, i)`, one at a time"),
+            ("BM_PoolMap", "ManagedPoolMap/unix", "`map(square, range(1000))`")]:
+        t, b, p = ns(pools[f"{bench}/0"]), ns(pools[f"{bench}/1"]), py_ns(py[key])
+        rows.append(f"| a managed Pool(2) (`SyncManager::Pool`), Unix: {label} | {fmt_ns(t)} | "
+                    f"troupe's own Pool(2) {fmt_ns(b)} | **{t / b:.2f}×** time | {fmt_ns(p)} | "
+                    f"{faster(p / t)} | — | — |")
     mib = lambda v: v / 2**20  # noqa: E731
     first, second = mem["waves"][0], mem["waves"][-1]
     grow = mib(first["rss_after"] - mem["rss_before"])

@@ -10,6 +10,8 @@
 // - the docs' queue recipe: a manager serving a task and a result queue, 4 worker processes
 //   (troupe Process, fork) that connect by address and authkey, take n until a negative one and
 //   put [n, n*n]; this process puts N tasks and collects the N results (checked): tasks/s;
+// - a managed Pool (SyncManager::Pool(2), Python's `manager.Pool(2)`): apply(square, i) one at a
+//   time, and map(square, range(1000)); the baseline troupe's own Pool(2) in this process;
 // - `managers_bench --clients-memory`: the server's RSS and threads before, with 1000 client
 //   connections (in a few client processes) each making 1000 calls, and after they are gone;
 //   prints JSON (bench/compare.py reads it).
@@ -44,6 +46,7 @@
 #include "troupe/entry.hpp"
 #include "troupe/multiprocessing/connection.hpp"
 #include "troupe/multiprocessing/managers.hpp"
+#include "troupe/multiprocessing/pool.hpp"
 #include "troupe/multiprocessing/process.hpp"
 
 #include "manager.capnp.h"
@@ -427,6 +430,69 @@ void BM_QueueRecipe4Workers(benchmark::State& state) {
                  " tasks, 4 workers");
 }
 BENCHMARK(BM_QueueRecipe4Workers)->Args({1, 20000})->Args({0, 20000})->UseRealTime()->Iterations(1);
+
+// ---- a managed Pool against troupe's own Pool ------------------------------------------------
+
+std::int64_t square(std::int64_t x) {
+  return x * x;
+}
+TROUPE_ENTRY(square);
+
+constexpr std::int64_t kMapItems = 1000;
+
+/// Arg 0: the managed Pool (SyncManager on a Unix abstract name, started by fork); 1: a Pool.
+void BM_PoolApply(benchmark::State& state) {
+  const bool managed = state.range(0) == 0;
+  std::int64_t i = 0;
+  auto check = [&](std::int64_t r) {
+    if (r != i * i) state.SkipWithError("apply: a wrong square");
+    ++i;
+  };
+  if (managed) {
+    mm::SyncManager m(server_options(0));
+    m.start();
+    auto pool = m.Pool(2);
+    for (int w = 0; w < 100; ++w) (void)pool.apply(square, w);
+    for (auto _ : state) check(pool.apply(square, i));
+    pool.terminate();
+    m.shutdown();
+  } else {
+    mp::Pool pool(2);
+    for (int w = 0; w < 100; ++w) (void)pool.apply(square, w);
+    for (auto _ : state) check(pool.apply(square, i));
+    pool.terminate();
+  }
+  state.SetLabel(managed ? "managed Pool(2)" : "Pool(2)");
+}
+BENCHMARK(BM_PoolApply)->Arg(0)->Arg(1)->UseRealTime();
+
+void BM_PoolMap(benchmark::State& state) {
+  const bool managed = state.range(0) == 0;
+  std::vector<std::int64_t> items(kMapItems);
+  for (std::int64_t k = 0; k < kMapItems; ++k) items[k] = k;
+  auto check = [&](const std::vector<std::int64_t>& r) {
+    if (r.size() != items.size() || r.back() != (kMapItems - 1) * (kMapItems - 1))
+      state.SkipWithError("map: wrong squares");
+  };
+  if (managed) {
+    mm::SyncManager m(server_options(0));
+    m.start();
+    auto pool = m.Pool(2);
+    check(pool.map(square, items));
+    for (auto _ : state) check(pool.map(square, items));
+    pool.terminate();
+    m.shutdown();
+  } else {
+    mp::Pool pool(2);
+    check(pool.map(square, items));
+    for (auto _ : state) check(pool.map(square, items));
+    pool.terminate();
+  }
+  state.SetItemsProcessed(state.iterations() * kMapItems);
+  state.SetLabel(std::string(managed ? "managed Pool(2)" : "Pool(2)") + ", " +
+                 std::to_string(kMapItems) + " items");
+}
+BENCHMARK(BM_PoolMap)->Arg(0)->Arg(1)->UseRealTime();
 
 // ---- 1000 clients x 1000 calls: the server's memory and threads -----------------------------
 
