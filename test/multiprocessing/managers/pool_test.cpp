@@ -5,6 +5,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <optional>
 #include <ranges>
@@ -126,6 +127,61 @@ TEST_P(ManagedPoolTest, ErrorsPropagate) {
   EXPECT_THROW(r.get(), troupe::KeyError);
   EXPECT_THROW((void)pool.map(raising, std::views::iota(0, 10)), troupe::KeyError);
   EXPECT_EQ(pool.apply(sqr, 3), 9);  // the pool goes on
+}
+
+// Python's callback= and error_callback= (a managed Pool's run in the server; here, in the
+// process that gave them): they run once the result is ready, before get() and wait() return;
+// a task's exception goes to error_callback; a callback that throws is logged, nothing else.
+TEST_P(ManagedPoolTest, CallbacksRunHereBeforeGetReturns) {
+  mm::SyncManager m(options());
+  m.start();
+  auto pool = m.Pool(2);
+  std::atomic<int> got{-1};
+  std::atomic<bool> slow_done{false};
+  mp::AsyncCallbacks<int> slow{[&](const int& v) {
+                                 std::this_thread::sleep_for(50ms);  // get() waits for it
+                                 got = v;
+                                 slow_done = true;
+                               },
+                               {}};
+  auto r = pool.apply_async(slow, sqr, 6);
+  EXPECT_EQ(r.get(30s), 36);
+  EXPECT_TRUE(slow_done.load()) << "get() returned before the callback had run";
+  EXPECT_EQ(got.load(), 36);
+  EXPECT_TRUE(r.ready());
+
+  std::atomic<bool> failed{false};
+  std::string what;
+  mp::AsyncCallbacks<int> on_error{[&](const int&) { ADD_FAILURE() << "callback on a failure"; },
+                                   [&](std::exception_ptr e) {
+                                     try {
+                                       std::rethrow_exception(e);
+                                     } catch (const troupe::KeyError& k) {
+                                       what = k.what();
+                                     } catch (...) {
+                                     }
+                                     failed = true;
+                                   }};
+  auto bad = pool.apply_async(on_error, raising, 7);
+  bad.wait(30s);
+  EXPECT_TRUE(failed.load());
+  EXPECT_THAT(what, HasSubstr("key 7"));
+  EXPECT_THROW(bad.get(), troupe::KeyError);
+
+  std::vector<int> all;
+  mp::AsyncCallbacks<std::vector<int>> gather{[&](const std::vector<int>& v) { all = v; }, {}};
+  EXPECT_EQ(pool.map_async(sqr, std::views::iota(0, 20), 3, gather).get(30s), squares(20));
+  EXPECT_EQ(all, squares(20));
+  std::vector<std::tuple<int, int>> pairs{{1, 2}, {3, 4}};
+  std::vector<int> products;
+  mp::AsyncCallbacks<std::vector<int>> keep{[&](const std::vector<int>& v) { products = v; }, {}};
+  pool.starmap_async(mul, pairs, std::nullopt, keep).wait();
+  EXPECT_EQ(products, (std::vector<int>{2, 12}));
+
+  mp::AsyncCallbacks<int> throws{[](const int&) { throw troupe::ValueError("callback raised"); },
+                                 {}};
+  EXPECT_EQ(pool.apply_async(throws, sqr, 2).get(30s), 4);  // logged; the result stands
+  EXPECT_EQ(pool.apply(sqr, 3), 9);
 }
 
 TEST_P(ManagedPoolTest, ImapInOrderAndUnordered) {

@@ -333,6 +333,10 @@ bool Link::on_link_thread() const noexcept {
   return runner_->id.load() == std::this_thread::get_id();
 }
 
+boost::asio::any_io_executor Link::executor() const {
+  return runner_->ctx.get_executor();
+}
+
 bool Link::alive() const {
   {
     std::scoped_lock lock(m_);

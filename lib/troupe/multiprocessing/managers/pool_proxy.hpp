@@ -18,9 +18,12 @@
 // (4 × the pool's processes), rounded up).
 #pragma once
 
+#include <chrono>
+#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
 #include <deque>
+#include <exception>
 #include <iterator>
 #include <memory>
 #include <mutex>
@@ -31,9 +34,12 @@
 #include <utility>
 #include <vector>
 
+#include <boost/asio/bind_executor.hpp>
+
 #include "troupe/codec.hpp"
 #include "troupe/concurrent/futures/process.hpp"
 #include "troupe/errors.hpp"
+#include "troupe/multiprocessing/logger.hpp"
 #include "troupe/multiprocessing/managers/detail/proxy_args.hpp"
 #include "troupe/multiprocessing/managers/proxy.hpp"
 #include "troupe/multiprocessing/pool.hpp"
@@ -85,6 +91,35 @@ std::vector<std::vector<std::byte>> pool_chunks(std::vector<Item>& items, std::s
   return out;
 }
 
+/// Whether an AsyncResultProxy's callbacks have run in this process (its copies here share it).
+class CallbacksRan {
+public:
+  void set() {
+    {
+      std::scoped_lock lock(m_);
+      ran_ = true;
+    }
+    cv_.notify_all();
+  }
+  bool is_set() const {
+    std::scoped_lock lock(m_);
+    return ran_;
+  }
+  /// Waits until set, or until `deadline` (none: for as long as it takes).
+  void wait(std::optional<std::chrono::steady_clock::time_point> deadline) const {
+    std::unique_lock lock(m_);
+    if (deadline)
+      cv_.wait_until(lock, *deadline, [&] { return ran_; });
+    else
+      cv_.wait(lock, [&] { return ran_; });
+  }
+
+private:
+  mutable std::mutex m_;
+  mutable std::condition_variable cv_;
+  bool ran_ = false;
+};
+
 }  // namespace detail
 
 /// Python's `AsyncResult` proxy (typeid "AsyncResult"): what PoolProxy's apply_async,
@@ -98,22 +133,78 @@ public:
   AsyncResultProxy() = default;
   explicit AsyncResultProxy(BaseProxy p) : BaseProxy(std::move(p)) {}
 
+  using Value = concurrent::futures::detail::MapValue<R>;
+
   /// Python: `get(timeout=None)`: the result, or the task's exception rethrown (its class
   /// rebuilt, naming the worker). @throws multiprocessing::TimeoutError if not ready in time.
+  /// With callbacks (PoolProxy::apply_async's), returns once they have run, as Python's.
   R get(const Timeout& timeout = {}) const {
-    using V = concurrent::futures::detail::MapValue<R>;
-    auto v = detail::decode_pool_parts<V>(
-        _callmethod<detail::PoolParts>("get", detail::seconds_arg(timeout)));
-    if constexpr (!std::is_void_v<R>) return R(std::move(v));
+    const auto deadline = timeout.deadline();
+    std::exception_ptr error;
+    std::optional<Value> v;
+    try {
+      v.emplace(detail::decode_pool_parts<Value>(
+          _callmethod<detail::PoolParts>("get", detail::seconds_arg(timeout))));
+    } catch (const TimeoutError&) {
+      throw;
+    } catch (...) {
+      error = std::current_exception();  // the task's: the error callback runs first
+    }
+    if (ran_) ran_->wait(deadline);
+    if (error) std::rethrow_exception(error);
+    if constexpr (!std::is_void_v<R>) return R(std::move(*v));
   }
-  /// Python: `wait(timeout=None)`.
+  /// Python: `wait(timeout=None)` (with callbacks: until they have run, or the timeout).
   void wait(const Timeout& timeout = {}) const {
+    const auto deadline = timeout.deadline();
     _callmethod("wait", detail::seconds_arg(timeout));
+    if (ran_) ran_->wait(deadline);
   }
-  /// Python: `ready()`.
-  bool ready() const { return _callmethod<bool>("ready"); }
+  /// Python: `ready()` (with callbacks: once they have run).
+  bool ready() const { return _callmethod<bool>("ready") && (!ran_ || ran_->is_set()); }
+
+  /// Runs `callbacks` in this process once the result is ready: `callback` with the result, or
+  /// `error_callback` with the task's exception (or the error that ended the wait: the server
+  /// gone), on the thread of this process's link to the manager, which reads its replies: as
+  /// Python says of a Pool's result thread, they should return at once, or every call to that
+  /// manager waits behind them (a blocking call to that manager from a callback throws
+  /// RuntimeError: it would wait for itself). An exception a callback throws is logged. get(),
+  /// wait() and ready() of this proxy and its copies in this process then wait for them. What
+  /// PoolProxy's apply_async, map_async and starmap_async do with their AsyncCallbacks. Python runs
+  /// a managed Pool's callbacks in the server's process, where the pool is: a C++ function cannot
+  /// travel, so they run where they were given.
+  void _run_callbacks(AsyncCallbacks<Value> callbacks) {
+    if (!callbacks.callback && !callbacks.error_callback) return;
+    ran_ = std::make_shared<detail::CallbacksRan>();
+    async_callmethod<detail::PoolParts>(
+        "get", std::tuple{detail::seconds_arg(Timeout{})},
+        boost::asio::bind_executor(
+            _link()->executor(), [keep = BaseProxy(*this), ran = ran_, cb = std::move(callbacks)](
+                                     std::exception_ptr e, detail::PoolParts parts) mutable {
+              try {
+                if (!e) {
+                  std::optional<Value> v;
+                  try {
+                    v.emplace(detail::decode_pool_parts<Value>(std::move(parts)));
+                  } catch (...) {
+                    e = std::current_exception();
+                  }
+                  if (v && cb.callback) cb.callback(*v);
+                }
+                if (e && cb.error_callback) cb.error_callback(e);
+              } catch (const std::exception& x) {
+                get_logger().warning(std::string("a managed Pool's callback raised: ") + x.what());
+              } catch (...) {
+                get_logger().warning("a managed Pool's callback raised");
+              }
+              ran->set();
+            }));
+  }
   /// Python: `successful()`. @throws ValueError if not ready.
   bool successful() const { return _callmethod<bool>("successful"); }
+
+private:
+  std::shared_ptr<detail::CallbacksRan> ran_;  // with callbacks: whether they have run here
 };
 
 /// Python's IteratorProxy over `imap` / `imap_unordered` (typeid "Iterator"): the results one
@@ -209,6 +300,17 @@ public:
     return _callmethod<AsyncResultProxy<R>>("apply_async", name(fn, "apply_async"),
                                             encode<P...>(std::forward<A>(args)...));
   }
+  /// Python: `apply_async(func, args, callback=None, error_callback=None)`: the callbacks run in
+  /// this process (AsyncResultProxy::_run_callbacks).
+  template <class R, class... P, class... A>
+  requires(sizeof...(P) ==
+           sizeof...(A)) AsyncResultProxy<R> apply_async(AsyncCallbacks<Value<R>> callbacks,
+                                                         R (*fn)(P...), A&&... args)
+  const {
+    auto r = apply_async(fn, std::forward<A>(args)...);
+    r._run_callbacks(std::move(callbacks));
+    return r;
+  }
 
   /// Python: `map(func, iterable, chunksize=None)`: every result, in order.
   template <class R, class P, class Range>
@@ -217,12 +319,16 @@ public:
     return detail::decode_pool_parts<std::vector<Value<R>>>(
         map_call<detail::PoolParts>("map", fn, items<P>(iterable), chunksize));
   }
-  /// Python: `map_async(func, iterable, chunksize=None)`.
+  /// Python: `map_async(func, iterable, chunksize=None, callback=None, error_callback=None)`
+  /// (the callbacks run in this process: AsyncResultProxy::_run_callbacks).
   template <class R, class P, class Range>
   AsyncResultProxy<std::vector<Value<R>>> map_async(
-      R (*fn)(P), Range&& iterable, std::optional<std::size_t> chunksize = std::nullopt) const {
-    return map_call<AsyncResultProxy<std::vector<Value<R>>>>("map_async", fn, items<P>(iterable),
-                                                             chunksize);
+      R (*fn)(P), Range&& iterable, std::optional<std::size_t> chunksize = std::nullopt,
+      AsyncCallbacks<std::vector<Value<R>>> callbacks = {}) const {
+    auto r = map_call<AsyncResultProxy<std::vector<Value<R>>>>("map_async", fn, items<P>(iterable),
+                                                               chunksize);
+    r._run_callbacks(std::move(callbacks));
+    return r;
   }
   /// Python: `starmap(func, iterable, chunksize=None)`: each element a tuple of arguments.
   template <class R, class... P, class Range>
@@ -231,12 +337,16 @@ public:
     return detail::decode_pool_parts<std::vector<Value<R>>>(
         map_call<detail::PoolParts>("starmap", fn, star_items<P...>(iterable), chunksize));
   }
-  /// Python: `starmap_async(func, iterable, chunksize=None)`.
+  /// Python: `starmap_async(func, iterable, chunksize=None, callback=None,
+  /// error_callback=None)` (the callbacks run in this process).
   template <class R, class... P, class Range>
   AsyncResultProxy<std::vector<Value<R>>> starmap_async(
-      R (*fn)(P...), Range&& iterable, std::optional<std::size_t> chunksize = std::nullopt) const {
-    return map_call<AsyncResultProxy<std::vector<Value<R>>>>("starmap_async", fn,
-                                                             star_items<P...>(iterable), chunksize);
+      R (*fn)(P...), Range&& iterable, std::optional<std::size_t> chunksize = std::nullopt,
+      AsyncCallbacks<std::vector<Value<R>>> callbacks = {}) const {
+    auto r = map_call<AsyncResultProxy<std::vector<Value<R>>>>(
+        "starmap_async", fn, star_items<P...>(iterable), chunksize);
+    r._run_callbacks(std::move(callbacks));
+    return r;
   }
   /// Python: `imap(func, iterable, chunksize=1)`: the results in order, as they come. The
   /// iterable is read whole here (Python's proxy pickles it whole too).

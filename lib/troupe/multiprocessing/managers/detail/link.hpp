@@ -104,6 +104,9 @@ public:
   pid_t owner() const noexcept { return pid_; }
   /// Whether the calling thread is the link's own (Asio's) thread.
   bool on_link_thread() const noexcept;
+  /// The link's own thread's executor: what runs there must not block (the link's reading and
+  /// writing wait behind it).
+  boost::asio::any_io_executor executor() const;
   /// The error every call fails with once the link is dead.
   std::exception_ptr dead_error() const;
 
