@@ -283,7 +283,7 @@ def managers_section(build, reps, quick, verdicts):
     for fam, arg, label in [("unix", 0, "Unix socket (abstract)"), ("tcp", 1, "TCP 127.0.0.1")]:
         p = py_ns(py[f"ProxyCallRoundTrip/{fam}"])
         for bench, form in [("BM_ProxyCall_typed", "`call<&Maths::add>`, a quick typeid"),
-                            ("BM_ProxyCall_callmethod", "`_callmethod`, the pool")]:
+                            ("BM_ProxyCall_callmethod", "`_callmethod`, a registered class")]:
             t, b = ns(cpp[f"{bench}/{arg}"]), ns(pipe)
             # The Pipe target is the Unix socket's; both want >= 5x Python.
             ok = p / t >= 5 and (fam == "tcp" or t / b <= 1.5)

@@ -76,8 +76,8 @@ struct QueueManager : mm::Manager<QueueManager> {
 
 const bool registered = [] {
   MathsManager::register_<Maths>("Maths");
-  // The same class with RegisterOptions::quick (add never blocks): its calls run on the
-  // server's I/O thread instead of its pool.
+  // The same class with RegisterOptions::quick (add never blocks): its calls run inside the
+  // read handler, not after it, watched for blocking.
   MathsManager::register_<Maths>("QuickMaths", {.quick = true});
   mm::register_shared_queue(QueueManager::registry(), "get_task_queue");
   mm::register_shared_queue(QueueManager::registry(), "get_result_queue");
