@@ -174,14 +174,27 @@ public:
     }
   }
 
+  // The longest a server thread sleeps in its io_context before it looks at the queue again.
+  // When several threads run one io_context (the pool; a connection thread and its helpers), an
+  // idle one sleeps on the io_context's condition variable and is woken by a signal for each
+  // handler posted. With Debian 12's glibc (2.36) such a signal can be lost when several threads
+  // wait on one condition variable (glibc bug 25847): the suspect of a stall seen in three runs
+  // in a row, then in none of eight, of the 1000-clients benchmark (managers_bench
+  // --clients-memory: for more than 6 s one connection thread served nothing, so the objects of
+  // its half of the clients were released late, and a client could not connect in 10 s, until
+  // later traffic woke it). A bounded sleep turns such a loss into a delay of at most this; a
+  // thread that runs its reactor (the usual case) sleeps in epoll_wait, also bounded by this.
+  static constexpr auto kLongestSleep = std::chrono::milliseconds(500);
+
   void run_thread(asio::io_context* io, bool spin) {
     tl_server_ = this;
     for (;;) {
       try {
-        if (spin)
+        if (spin) {
           run_spinning(*io);
-        else
-          io->run();
+        } else {
+          while (!io->stopped()) io->run_for(kLongestSleep);
+        }
         return;
       } catch (const std::exception& e) {
         mlog().error(std::string("manager server: an exception escaped a handler: ") + e.what());
@@ -443,7 +456,12 @@ public:
     while (!io.stopped()) {
       if (io.poll() > 0) continue;
       if (spin.spin([&] { return io.poll() > 0; })) continue;
-      if (io.run_one() > 0) spin.woke();
+      if (io.run_one_for(kLongestSleep) > 0) {
+        spin.woke();
+      } else if (io.poll() > 0 && mlog().is_enabled_for(logging::DEBUG)) {
+        // Rarely a coincidence (work that came just as the sleep ended); else a lost wake-up.
+        mlog().debug("manager server: a connection thread found work queued after a full sleep");
+      }
     }
   }
 
