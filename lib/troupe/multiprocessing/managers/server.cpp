@@ -870,44 +870,43 @@ public:
         std::string summary = detail::argument_kinds(c.getArgs());
         sc->running[call_id] = {obj, lane, serial, size};
         sc->held_bytes += size;
-        enqueue_lane(sc, lane,
-                     [this, self = shared_from_this(), sc, frame, obj, entry, typeid_, serial, id,
-                      call_id, lane, mname, summary = std::move(summary)]() mutable {
-                       auto run = [this, self, sc, frame, obj, entry, typeid_, id, call_id, lane,
-                                   mname, summary = std::move(summary)]() mutable {
-                         auto done = make_completion(sc, call_id, lane, typeid_ + "." + mname,
-                                                     object_name(typeid_, id), std::move(summary));
-                         try {
-                           auto c = frame->root<R>().getCall();
-                           // No Caller::ex (the connection's strand) yet: with it, the
-                           // 1000-clients benchmark left a connection thread waiting for good.
-                           CallInfo info{
-                               Caller{sc->id, lane},   call_id, id,  typeid_, mname, c.getArgs(),
-                               c.getArgsFingerprint(), ex_,     this};
-                           if (mname == "__repr__" || mname == "__str__") {
-                             if (info.args.size() != 0) detail::bad_arity(info, typeid_, 0);
-                             done->complete(obj->repr());
-                           } else {
-                             obj->call(info, done);
-                           }
-                         } catch (...) {
-                           done->fail(std::current_exception());
-                         }
-                       };
-                       // This runs on the connection's strand, on a thread that serves other
-                       // connections too. A built-in object never blocks (its waits are
-                       // asynchronous): its call runs here. So does a quick typeid's
-                       // (RegisterOptions::quick). Any other registered class's call may block
-                       // as long as it likes: it runs on this thread too, but off the strand,
-                       // and a helper thread takes over the others if it holds the thread
-                       // (run_may_block).
-                       if (serial)
-                         post_blocking(*serial, std::move(run));
-                       else if (!entry || !entry->cxx_type || entry->quick)
-                         run();
-                       else
-                         run_may_block(sc, std::move(run));
-                     });
+        enqueue_lane(
+            sc, lane,
+            [this, self = shared_from_this(), sc, frame, obj, entry, typeid_, serial, id, call_id,
+             lane, mname, summary = std::move(summary)]() mutable {
+              auto run = [this, self, sc, frame, obj, entry, typeid_, id, call_id, lane, mname,
+                          summary = std::move(summary)]() mutable {
+                auto done = make_completion(sc, call_id, lane, typeid_ + "." + mname,
+                                            object_name(typeid_, id), std::move(summary));
+                try {
+                  auto c = frame->root<R>().getCall();
+                  CallInfo info{
+                      Caller{sc->id, lane, sc->strand}, call_id, id,  typeid_, mname, c.getArgs(),
+                      c.getArgsFingerprint(),           ex_,     this};
+                  if (mname == "__repr__" || mname == "__str__") {
+                    if (info.args.size() != 0) detail::bad_arity(info, typeid_, 0);
+                    done->complete(obj->repr());
+                  } else {
+                    obj->call(info, done);
+                  }
+                } catch (...) {
+                  done->fail(std::current_exception());
+                }
+              };
+              // This runs on the connection's strand, on a thread that serves other
+              // connections too. A built-in object never blocks (its waits are
+              // asynchronous): its call runs here. So does a quick typeid's
+              // (RegisterOptions::quick). Any other registered class's call may block
+              // as long as it likes: it runs on this thread too, but off the strand,
+              // and a helper thread takes over the others if it holds the thread
+              // (run_may_block).
+              if (serial)
+                post_blocking(*serial, std::move(run));
+              else if (!entry || !entry->cxx_type || entry->quick)
+                run();
+              else
+                run_may_block(sc, std::move(run));
+            });
         return;
       }
       case R::CREATE: {
@@ -935,32 +934,33 @@ public:
         std::string summary = detail::argument_kinds(c.getArgs());
         sc->running[call_id] = {nullptr, lane, std::nullopt, size};
         sc->held_bytes += size;
-        enqueue_lane(sc, lane,
-                     [this, self = shared_from_this(), sc, frame, entry, typeid_, call_id, lane,
-                      summary = std::move(summary)]() mutable {
-                       auto run = [this, self, sc, frame, entry, typeid_, call_id, lane,
-                                   summary = std::move(summary)]() mutable {
-                         auto done = make_completion(sc, call_id, lane, "create(" + typeid_ + ")",
-                                                     {}, std::move(summary));
-                         try {
-                           auto c = frame->root<R>().getCreate();
-                           CallInfo info{
-                               Caller{sc->id, lane},   call_id, 0,   typeid_, typeid_, c.getArgs(),
-                               c.getArgsFingerprint(), ex_,     this};
-                           auto obj = entry->create(info);
-                           done->new_object(typeid_, std::move(obj));
-                         } catch (...) {
-                           done->fail(std::current_exception());
-                         }
-                       };
-                       // A built-in type is made at once and never blocks: made here, as its
-                       // calls run here. A registered class's constructor is the user's code,
-                       // which may block: as its calls (unless the typeid is quick).
-                       if (!entry->cxx_type || entry->quick)
-                         run();
-                       else
-                         run_may_block(sc, std::move(run));
-                     });
+        enqueue_lane(
+            sc, lane,
+            [this, self = shared_from_this(), sc, frame, entry, typeid_, call_id, lane,
+             summary = std::move(summary)]() mutable {
+              auto run = [this, self, sc, frame, entry, typeid_, call_id, lane,
+                          summary = std::move(summary)]() mutable {
+                auto done = make_completion(sc, call_id, lane, "create(" + typeid_ + ")", {},
+                                            std::move(summary));
+                try {
+                  auto c = frame->root<R>().getCreate();
+                  CallInfo info{
+                      Caller{sc->id, lane, sc->strand}, call_id, 0,   typeid_, typeid_, c.getArgs(),
+                      c.getArgsFingerprint(),           ex_,     this};
+                  auto obj = entry->create(info);
+                  done->new_object(typeid_, std::move(obj));
+                } catch (...) {
+                  done->fail(std::current_exception());
+                }
+              };
+              // A built-in type is made at once and never blocks: made here, as its
+              // calls run here. A registered class's constructor is the user's code,
+              // which may block: as its calls (unless the typeid is quick).
+              if (!entry->cxx_type || entry->quick)
+                run();
+              else
+                run_may_block(sc, std::move(run));
+            });
         return;
       }
       case R::INCREF: {

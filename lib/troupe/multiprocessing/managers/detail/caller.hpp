@@ -19,12 +19,10 @@ namespace troupe::multiprocessing::managers {
 struct Caller {
   std::uint64_t connection = 0;
   std::uint64_t lane = 0;
-  /// Where the caller's answers are posted (a connection's strand, so that an answer goes
-  /// straight to the thread that writes it); none: the object's executor. Not part of the
-  /// identity. The server does not give one yet: with it, a connection thread of the server
-  /// was left waiting for good in the 1000-clients benchmark (not understood yet). (A strand, not
-  /// an any_io_executor holding one: that would share it through Asio's own fenced reference count,
-  /// which ThreadSanitizer cannot follow.)
+  /// Where the caller's answers are posted (the server gives its connection's strand, so that
+  /// an answer goes straight to the thread that writes it); none: the object's executor. Not
+  /// part of the identity. (A strand, not an any_io_executor holding one: that would share it
+  /// through Asio's own fenced reference count, which ThreadSanitizer cannot follow.)
   std::optional<boost::asio::strand<boost::asio::any_io_executor>> ex{};
 
   bool operator==(const Caller& o) const noexcept {

@@ -9,10 +9,10 @@
 //
 // Rules common to every type
 // - Each object takes a boost::asio::any_io_executor: its timers run there, and a handler is
-//   posted there unless its Caller names an executor of its own (Caller::ex: a connection's
-//   strand, so an answer goes straight to the thread that writes it, with no hop through
-//   another thread; the server does not give one yet). Objects are thread-safe: any thread may
-//   call any member, concurrently.
+//   posted there unless its Caller names an executor of its own (Caller::ex; a server gives its
+//   connection's strand, so an answer goes straight to the thread that writes it, with no hop
+//   through another thread). Objects are thread-safe: any thread may call any member,
+//   concurrently.
 // - A waiting operation `async_X(Caller who, ..., handler)` returns a WaitId (unique in the
 //   process) and calls `handler` exactly once: never inside the initiating call (it is posted,
 //   even when the result is known at once, and for a bad argument), never while the object's
