@@ -2,7 +2,10 @@
 // shutdown; a killed server; proxies that travel to other processes.
 #include "troupe/multiprocessing/managers/manager.hpp"
 
+#include <poll.h>
 #include <signal.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
 
 #include <thread>
 
@@ -10,6 +13,7 @@
 #include "troupe/multiprocessing/context.hpp"
 #include "troupe/multiprocessing/process.hpp"
 #include "troupe/multiprocessing/queues.hpp"
+#include "troupe/unique_fd.hpp"
 
 #include "leak_check.hpp"
 #include "start_method_test.hpp"
@@ -29,6 +33,18 @@ void take_and_bump(mp::Queue<mm::Proxy<Counter>> queue) {
   counter.call<&Counter::increment>();
 }
 TROUPE_ENTRY(take_and_bump);
+
+// A child process's target: starts a manager's server with `method`, sends its pid, and waits
+// (until it is killed).
+void start_a_manager(std::string method, mp::Connection& report) {
+  mm::ManagerOptions o;
+  o.start_method = method;
+  TestManager m(o);
+  m.start();
+  report.send(*m.process()->pid());
+  (void)report.recv<int>();  // never sent
+}
+TROUPE_ENTRY(start_a_manager);
 
 namespace {
 
@@ -130,6 +146,36 @@ TEST_P(ManagerTest, AProxyTravelsThroughAProcessQueue) {
   child.join(60s);
   EXPECT_EQ(child.exitcode(), 0);
   EXPECT_TRUE(eventually([&] { return m.number_of_objects() == 0; }));
+}
+
+TEST_P(ManagerTest, TheServerEndsWhenTheProcessThatStartedItIsKilled) {
+  if (skip_fork())
+    GTEST_SKIP() << "ThreadSanitizer: no threads in a child forked from a threaded process";
+  if (GetParam() == "forkserver")
+    GTEST_SKIP() << "the server would be a child of the killed process's forkserver, which this "
+                    "test could not reap";
+  // Python's server outlives a BaseManager whose process is killed; troupe's watches it. The
+  // orphaned server comes to this process (a subreaper for the test's length), which reaps it.
+  ASSERT_EQ(::prctl(PR_SET_CHILD_SUBREAPER, 1), 0);
+  struct Unset {
+    ~Unset() { ::prctl(PR_SET_CHILD_SUBREAPER, 0); }
+  } unset;
+  auto [mine, theirs] = mp::Pipe();
+  mp::Process owner(child_options(), &start_a_manager, GetParam(), std::move(theirs));
+  owner.start();
+  ASSERT_TRUE(mine.poll(60s));
+  const int server = mine.recv<int>();
+  troupe::UniqueFd fd = troupe::pidfd_open(server);
+  ASSERT_TRUE(fd) << "pidfd_open of the server, pid " << server;
+  owner.kill();
+  owner.join();
+  pollfd p{fd.get(), POLLIN, 0};
+  const int ended = ::poll(&p, 1, 60000);
+  EXPECT_EQ(ended, 1) << "the server (pid " << server << ") outlived the process that started it";
+  if (ended != 1) ::kill(server, SIGKILL);
+  int status = 0;
+  EXPECT_EQ(::waitpid(server, &status, 0), server);
+  EXPECT_TRUE(WIFEXITED(status)) << "status " << status;
 }
 
 INSTANTIATE_TEST_SUITE_P(StartMethods, ManagerTest,

@@ -1,12 +1,18 @@
 // BaseManager (manager.hpp) and the entry point its server process runs.
 #include "troupe/multiprocessing/managers/manager.hpp"
 
+#include <poll.h>
 #include <signal.h>
+#include <sys/eventfd.h>
 #include <unistd.h>
+
+#include <thread>
 
 #include "troupe/entry.hpp"
 #include "troupe/error_envelope.hpp"
 #include "troupe/multiprocessing/context.hpp"
+#include "troupe/multiprocessing/logger.hpp"
+#include "troupe/unique_fd.hpp"
 
 namespace troupe::multiprocessing::managers {
 
@@ -79,6 +85,52 @@ void run_server(const Registry& registry, const std::string& address,
     throw;
   }
   report.close();
+  // The server belongs to the BaseManager that started it: Python's ends it when that process
+  // exits (a finalizer sends shutdown()), but a process killed (SIGKILL, the OOM killer, a
+  // crash) leaves Python's server running for good, holding its address and objects, with
+  // nobody left to shut it down. Here a thread watches the parent's pidfd, and the server shuts
+  // down when that process ends, whatever the way.
+  UniqueFd parent_fd;
+  std::string parent_pid;
+  try {
+    if (const auto p = parent_process()) {
+      parent_fd = UniqueFd(::dup(p->sentinel()));  // a pidfd: readable once the parent ended
+      parent_pid = std::to_string(p->pid().value_or(0));
+    }
+    if (!parent_fd) throw OSError(errno, "no pidfd of the parent process");
+  } catch (const ValueError&) {  // it has ended already
+    get_logger().warning("manager server at " + server->address().str() +
+                         ": the process that started it has ended: shutting down");
+    server->request_shutdown();
+  } catch (const OSError& e) {  // no pidfds (Linux < 5.3): Python's behaviour
+    get_logger().warning("manager server at " + server->address().str() +
+                         ": cannot watch the process that started it (" + e.what() + ")");
+  }
+  UniqueFd done(::eventfd(0, EFD_CLOEXEC));
+  std::thread watch;
+  if (parent_fd && done) {
+    watch = std::thread([&] {
+      pollfd fds[2] = {{parent_fd.get(), POLLIN, 0}, {done.get(), POLLIN, 0}};
+      while (::poll(fds, 2, -1) < 0 && errno == EINTR) {
+      }
+      if (fds[1].revents != 0 || fds[0].revents == 0) return;
+      get_logger().warning("manager server at " + server->address().str() +
+                           ": the process that started it (pid " + parent_pid +
+                           ") has ended without shutdown(): shutting down");
+      server->request_shutdown();
+    });
+  }
+  struct Join {
+    std::thread& t;
+    int done;
+    ~Join() {
+      if (!t.joinable()) return;
+      const std::uint64_t one = 1;
+      while (::write(done, &one, sizeof one) < 0 && errno == EINTR) {
+      }
+      t.join();
+    }
+  } join{watch, done.get()};
   server->serve_forever();
 }
 
