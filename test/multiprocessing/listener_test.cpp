@@ -126,6 +126,25 @@ TEST_F(ListenerTest, AbstractNameWithKey) {
   t.join();
 }
 
+TEST_F(ListenerTest, ClientSendsItsChallengeWithItsAnswer) {
+  // The server's half of the handshake by hand (the listener has no key): the client's own
+  // challenge has come with its answer, before the server's welcome (one round trip fewer),
+  // and the rest of the handshake goes on in Python's order.
+  Listener l(Address::parse("unix-abstract:troupe-test-pipelined-" + std::to_string(getpid())));
+  const AuthenticationString key("k");
+  std::thread t([&] { Client(l.address(), key).send_bytes("authenticated"); });
+  Connection s = l.accept();
+  const auto challenge = detail::make_challenge({});
+  s.send_bytes(challenge.wire);
+  detail::check_answer(challenge, s.recv_bytes(256), key, {});
+  EXPECT_TRUE(s.poll(0s)) << "the client's challenge did not come with its answer";
+  s.send_bytes(detail::welcome_message());
+  s.send_bytes(detail::make_answer(s.recv_bytes(256), key, {}));
+  detail::check_welcome(s.recv_bytes(256));
+  EXPECT_EQ(text(s.recv_bytes()), "authenticated");
+  t.join();
+}
+
 TEST_F(ListenerTest, Ipv6Loopback) {
   ListenerOptions opts;
   opts.authkey = AuthenticationString("k6");

@@ -217,15 +217,22 @@ namespace detail {
 /// then answer the peer's (`challenge_first`, a Listener), or the reverse (a Client). `c`,
 /// `key` and `auth` must outlive the operation. Completion: void(boost::system::error_code);
 /// errc::authentication_error if either side refuses.
+///
+/// A client sends its own challenge with its answer, in one write, instead of after the peer's
+/// welcome: one round trip fewer. The peer (troupe's Listener, or CPython's deliver_challenge
+/// then answer_challenge) reads one message at a time, so the challenge waits in the socket
+/// until it asks for it; a peer that refuses the answer closes with it unread.
 template <class Token>
 auto async_handshake(Connection& c, const AuthenticationString& key, const AuthOptions& auth,
                      bool challenge_first, Token&& token) {
   struct State {
     Challenge challenge;
     std::vector<std::byte> answer;
-    int step = 0;  // 0-2 the first half, 3-5 the second, 6 done
+    std::span<const std::byte> both[2];  // the answer and the challenge, sent together
+    int step = 0;                        // 0-2 the first half, 3-5 the second, 6 done
     bool check_welcome = false;
     bool refused = false;
+    bool challenge_sent = false;
   };
   auto body = [&c, &key, &auth, challenge_first, st = std::make_unique<State>()](
                   auto& op, boost::system::error_code ec = {},
@@ -241,7 +248,11 @@ auto async_handshake(Connection& c, const AuthenticationString& key, const AuthO
       if (st->step == 6) return op.complete({});
       const bool deliver = (st->step < 3) == challenge_first;
       switch (st->step++ % 3 + (deliver ? 0 : 3)) {
-        case 0:  // deliver: the challenge
+        case 0:  // deliver: the challenge (a client's went with its answer)
+          if (st->challenge_sent) {
+            ++st->step;
+            return c.async_recv_bytes(op.resume(), 256);
+          }
           st->challenge = make_challenge(auth);
           return c.async_send_bytes(st->challenge.wire, op.resume());
         case 1: return c.async_recv_bytes(op.resume(), 256);
@@ -257,6 +268,14 @@ auto async_handshake(Connection& c, const AuthenticationString& key, const AuthO
           return c.async_recv_bytes(op.resume(), 256);
         case 4:
           st->answer = make_answer(msg, key, auth);
+          if (!challenge_first) {
+            st->challenge = make_challenge(auth);
+            st->challenge_sent = true;
+            st->both[0] = st->answer;
+            st->both[1] = st->challenge.wire;
+            return c.async_send_messages(std::span<const std::span<const std::byte>>(st->both),
+                                         op.resume());
+          }
           return c.async_send_bytes(st->answer, op.resume());
         default:  // the peer's verdict, checked on the next entry
           st->check_welcome = true;
