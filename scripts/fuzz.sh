@@ -19,7 +19,7 @@ artifacts="$BUILD/fuzz-artifacts/"
 mkdir -p "$artifacts"
 "$BUILD/test/fuzz/make_seeds" "$corpus" || { echo "0 passed, 1 failed"; exit 1; }
 passed=0 failed=0
-for t in frame handshake codec send_bytes manager; do
+for t in frame handshake codec send_bytes manager pickle; do
   echo "--- ${t}_fuzz for ${seconds}s"
   if ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
       "$BUILD/test/fuzz/${t}_fuzz" -max_total_time="$seconds" -max_len=4096 -timeout=10 \

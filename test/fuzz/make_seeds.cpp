@@ -1,5 +1,5 @@
 // Writes seed inputs for the fuzz targets: make_seeds DIR creates
-// DIR/{frame,handshake,codec,send_bytes,manager}/.
+// DIR/{frame,handshake,codec,send_bytes,manager,pickle}/.
 // Made from the library itself, so the seeds follow the wire format as it changes.
 #include <sys/stat.h>
 
@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "troupe/codec.hpp"
+#include "troupe/multiprocessing/managers/detail/pickle.hpp"
 
 #include "manager_wire.hpp"
 
@@ -277,6 +278,35 @@ void manager_seeds() {
 
 }  // namespace
 
+// Pickle seeds: values of every kind the subset reads, written by the library (protocols 4 and
+// 5), and the protocol-2 forms of bytes and set (a global and a REDUCE), with a bad one.
+void pickle_seeds() {
+  namespace mmd = troupe::multiprocessing::managers::detail;
+  using mmd::Item;
+  const Item all =
+      Item::list({Item::none(), Item::boolean(true), Item::integer(-70000), Item::uinteger(~0ull),
+                  Item::floating(-0.5), Item::text("t\xc3\xa9"), Item::bytes(std::string(300, 'b')),
+                  Item::bytearray("ba"), Item::tuple({Item::integer(1), Item::tuple({})}),
+                  Item::dict({Item::text("k"), Item::set({Item::integer(2)})}),
+                  Item::frozenset({Item::text("f")}),
+                  Item::slice(Item::integer(1), Item::none(), Item::integer(-1))});
+  int n = 0;
+  for (std::uint8_t p : {4, 5}) {
+    const std::string s = mmd::pickle::encode(all, p);
+    write_seed("pickle", n++, p & 1, bytes(s));
+  }
+  write_seed("pickle", n++, 0,
+             bytes(std::string("\x80\x02"
+                               "c_codecs\nencode\nq\x00X\x02\0\0\0abX\x06\0\0\0latin1"
+                               "\x86R\x94"
+                               "c__builtin__\nset\n](K\x01K\x02"
+                               "e\x85R\x86.",
+                               69)));
+  write_seed("pickle", n++, 1,
+             bytes("\x80\x04"
+                   "cposix\nsystem\n\x8c\x04true\x85R."));
+}
+
 int main(int argc, char** argv) {
   if (argc != 2) {
     std::fprintf(stderr, "usage: make_seeds DIR\n");
@@ -284,6 +314,7 @@ int main(int argc, char** argv) {
   }
   dir = argv[1];
   mkdir(dir.c_str(), 0755);
+  pickle_seeds();
   // Frames: short, empty, long header, typed message.
   auto typed = troupe::to_bytes(std::vector<std::string>{"a", "bc"});
   for (std::uint8_t mode = 0; mode < 3; ++mode) {

@@ -1,0 +1,343 @@
+// The pickle subset of plain data (detail/pickle.hpp), against the real thing: every local
+// python3 (the system's and pyenv's) pickles values at protocols 2 to 5 for decode(), and loads
+// what encode() writes at protocols 4 and 5, value by value. Then bad pickles on purpose: a
+// REDUCE of os.system, a nesting a million deep, a 2**40-byte length, an integer beyond 64
+// bits, a value that holds itself.
+#include "troupe/multiprocessing/managers/detail/pickle.hpp"
+
+#include <cmath>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "troupe/errors.hpp"
+
+#include "child_process.hpp"
+#include "leak_check.hpp"
+
+namespace troupe::multiprocessing::managers::detail {
+namespace {
+
+using namespace std::chrono_literals;
+using troupe::testing::ChildProcess;
+using troupe::testing::find_pythons;
+
+std::vector<Item> items(std::vector<Item> v) {
+  return v;
+}
+
+std::string range_bytes() {
+  std::string s;
+  for (int i = 0; i < 256; ++i) s.push_back(static_cast<char>(i));
+  return s;
+}
+
+std::vector<Item> range_list(int n) {
+  std::vector<Item> v;
+  for (int i = 0; i < n; ++i) v.push_back(Item::integer(i));
+  return v;
+}
+
+// Python source, and the value troupe reads it as.
+struct Case {
+  std::string expr;
+  Item value;
+};
+
+std::vector<Case> cases() {
+  return {
+      {"None", Item::none()},
+      {"True", Item::boolean(true)},
+      {"False", Item::boolean(false)},
+      {"0", Item::integer(0)},
+      {"255", Item::integer(255)},
+      {"256", Item::integer(256)},
+      {"65536", Item::integer(65536)},
+      {"-1", Item::integer(-1)},
+      {"-2**31", Item::integer(INT32_MIN)},
+      {"2**31", Item::integer(std::int64_t{1} << 31)},
+      {"2**63 - 1", Item::integer(INT64_MAX)},
+      {"-2**63", Item::integer(INT64_MIN)},
+      {"2**63", Item::uinteger(std::uint64_t{1} << 63)},
+      {"2**64 - 1", Item::uinteger(UINT64_MAX)},
+      {"1.5", Item::floating(1.5)},
+      {"-0.0", Item::floating(-0.0)},
+      {"1e300", Item::floating(1e300)},
+      {"float('-inf')", Item::floating(-INFINITY)},
+      {"''", Item::text("")},
+      {"'abc'", Item::text("abc")},
+      {"'\\u00e9\\u20ac\\U0001f600'", Item::text("\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80")},
+      {"'x' * 300", Item::text(std::string(300, 'x'))},
+      {"b''", Item::bytes("")},
+      {"b'ab'", Item::bytes("ab")},
+      {"bytes(range(256))", Item::bytes(range_bytes())},
+      {"b'y' * 40000", Item::bytes(std::string(40000, 'y'))},
+      {"bytearray()", Item::bytearray("")},
+      {"bytearray(b'ab')", Item::bytearray("ab")},
+      {"()", Item::tuple({})},
+      {"(1,)", Item::tuple(items({Item::integer(1)}))},
+      {"(1, 'a')", Item::tuple(items({Item::integer(1), Item::text("a")}))},
+      {"(1, 2, 3, 4)", Item::tuple(items({Item::integer(1), Item::integer(2), Item::integer(3),
+                                          Item::integer(4)}))},
+      {"[]", Item::list({})},
+      {"[1, 'a', [2]]", Item::list(items({Item::integer(1), Item::text("a"),
+                                          Item::list(items({Item::integer(2)}))}))},
+      {"list(range(2500))", Item::list(range_list(2500))},
+      {"{}", Item::dict({})},
+      {"{'a': 1, 2: [3], (4, 5): None}",
+       Item::dict(items({Item::text("a"), Item::integer(1), Item::integer(2),
+                         Item::list(items({Item::integer(3)})),
+                         Item::tuple(items({Item::integer(4), Item::integer(5)})), Item::none()}))},
+      {"set()", Item::set({})},
+      {"{1, 2, 3}", Item::set(items({Item::integer(1), Item::integer(2), Item::integer(3)}))},
+      {"frozenset()", Item::frozenset({})},
+      {"frozenset({'a', b'b'})", Item::frozenset(items({Item::text("a"), Item::bytes("b")}))},
+      {"slice(1, None, -2)", Item::slice(Item::integer(1), Item::none(), Item::integer(-2))},
+      {"[[1]] * 2", Item::list(items({Item::list(items({Item::integer(1)})),
+                                      Item::list(items({Item::integer(1)}))}))},
+      {"[(1, b'x'), {'k': {1.5}}, bytearray(b'z')]",
+       Item::list(
+           items({Item::tuple(items({Item::integer(1), Item::bytes("x")})),
+                  Item::dict(items({Item::text("k"), Item::set(items({Item::floating(1.5)}))})),
+                  Item::bytearray("z")}))},
+  };
+}
+
+// The same value: identical trees, except that a set's order is Python's own (compared as sets).
+bool same(const Item& a, const Item& b) {
+  return identical(a, b) || a == b;
+}
+
+// A pickle written out by hand (it may hold NUL bytes).
+template <std::size_t N>
+std::string P(const char (&s)[N]) {
+  return std::string(s, N - 1);
+}
+
+std::string hex(const std::string& s) {
+  std::string h;
+  char buf[3];
+  for (unsigned char c : s) {
+    std::snprintf(buf, sizeof buf, "%02x", c);
+    h += buf;
+  }
+  return h;
+}
+
+std::string unhex(const std::string& h) {
+  std::string s;
+  for (std::size_t i = 0; i + 1 < h.size(); i += 2)
+    s.push_back(static_cast<char>(std::stoi(h.substr(i, 2), nullptr, 16)));
+  return s;
+}
+
+Item decode(const std::string& s, const Limits& limits = {}) {
+  return pickle::decode(std::as_bytes(std::span(s.data(), s.size())), limits);
+}
+
+std::string message_of(const std::string& s, const Limits& limits = {}) {
+  try {
+    (void)decode(s, limits);
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
+
+class PickleTest : public troupe::testing::LeakCheck {};
+
+TEST_F(PickleTest, EveryPythonsPicklesDecodeValueByValue) {
+  const auto pythons = find_pythons();
+  if (pythons.empty()) GTEST_SKIP() << "no python3 found";
+  const auto all = cases();
+  std::string exprs;
+  for (const auto& c : all) exprs += c.expr + "\n";
+  for (const auto& py : pythons) {
+    SCOPED_TRACE(py.exe + " (3." + std::to_string(py.minor) + ")");
+    ChildProcess child({py.exe, "-c",
+                        "import pickle, sys\n"
+                        "for i, e in enumerate(sys.argv[1].splitlines()):\n"
+                        "    for p in range(2, pickle.HIGHEST_PROTOCOL + 1):\n"
+                        "        print(i, p, pickle.dumps(eval(e), protocol=p).hex())\n",
+                        exprs},
+                       true);
+    int seen = 0;
+    while (auto line = child.read_line(60s)) {
+      int i = -1, p = 0;
+      std::string h;
+      const auto a = line->find(' '), b = line->find(' ', a + 1);
+      if (a != std::string::npos && b != std::string::npos) {
+        i = std::stoi(line->substr(0, a));
+        p = std::stoi(line->substr(a + 1, b - a - 1));
+        h = line->substr(b + 1);
+      }
+      if (i < 0 || i >= static_cast<int>(all.size())) {
+        ADD_FAILURE() << "python said: " << *line;
+        continue;
+      }
+      ++seen;
+      SCOPED_TRACE(all[static_cast<std::size_t>(i)].expr + ", protocol " + std::to_string(p));
+      try {
+        const Item got = decode(unhex(h));
+        EXPECT_TRUE(same(got, all[static_cast<std::size_t>(i)].value)) << repr(got, 200);
+      } catch (const std::exception& e) {
+        ADD_FAILURE() << e.what();
+      }
+    }
+    EXPECT_EQ(child.wait(60s), 0);
+    EXPECT_GE(seen, static_cast<int>(all.size()) * 4);  // protocols 2 to 5 at least
+  }
+}
+
+TEST_F(PickleTest, EveryPythonLoadsWhatIsEncodedValueByValue) {
+  const auto pythons = find_pythons();
+  if (pythons.empty()) GTEST_SKIP() << "no python3 found";
+  const auto all = cases();
+  std::vector<std::string> argv{"", "-c",
+                                "import math, pickle, sys\n"
+                                "for a in sys.argv[1:]:\n"
+                                "    e, p, h = a.split('\\x1f')\n"
+                                "    want = eval(e)\n"
+                                "    got = pickle.loads(bytes.fromhex(h))\n"
+                                "    ok = type(got) is type(want) and got == want\n"
+                                "    if isinstance(want, float): ok = ok and math.copysign(1, got) "
+                                "== math.copysign(1, want)\n"
+                                "    print('ok' if ok else 'WRONG', p, e, repr(got)[:200])\n"};
+  for (const auto& c : all)
+    for (int p : {4, 5})
+      argv.push_back(c.expr + "\x1f" + std::to_string(p) + "\x1f" +
+                     hex(pickle::encode(c.value, p)));
+  for (const auto& py : pythons) {
+    SCOPED_TRACE(py.exe + " (3." + std::to_string(py.minor) + ")");
+    argv[0] = py.exe;
+    ChildProcess child(argv, true);
+    int ok = 0;
+    while (auto line = child.read_line(60s)) {
+      if (line->rfind("ok ", 0) == 0)
+        ++ok;
+      else
+        ADD_FAILURE() << *line;
+    }
+    EXPECT_EQ(child.wait(60s), 0);
+    EXPECT_EQ(ok, static_cast<int>(all.size()) * 2);
+  }
+}
+
+TEST_F(PickleTest, AReduceOfOsSystemIsRefusedByName) {
+  // What pickle.dumps writes for an object whose __reduce__ is (os.system, ('true',)).
+  const std::string stack_global = P("\x80\x04\x8c\x05posix\x8c\x06system\x93\x8c\x04true\x85R.");
+  EXPECT_NE(message_of(stack_global).find("'posix.system' is refused"), std::string::npos)
+      << message_of(stack_global);
+  const std::string global = P("\x80\x02") + "cos\nsystem\n" + P("X\x04\0\0\0true\x85R.");
+  EXPECT_NE(message_of(global).find("'os.system' is refused"), std::string::npos)
+      << message_of(global);
+  // Objects of classes, persistent ids, extensions, out-of-band buffers.
+  for (const char* op : {"\x81", "\x92", "b", "o", "Q", "\x82\x01", "\x97"}) {
+    const std::string p = P("\x80\x05N)") + op + ".";
+    EXPECT_NE(message_of(p).find("refused"), std::string::npos) << message_of(p);
+  }
+}
+
+TEST_F(PickleTest, AMillionDeepNestingIsRefusedByDepth) {
+  std::string p = "\x80\x04";
+  const int n = 1000000;
+  p.append(n, ']');
+  p.append(n - 1, 'a');
+  p += '.';
+  EXPECT_NE(message_of(p).find("deeper than max_depth (100)"), std::string::npos) << message_of(p);
+}
+
+TEST_F(PickleTest, AHugeLengthIsRefusedBeforeAnyAllocation) {
+  std::string p = "\x80\x04\x8d";
+  for (int i = 0; i < 8; ++i)
+    p.push_back(static_cast<char>(((std::uint64_t{1} << 40) >> (8 * i)) & 0xff));
+  p += "abc.";
+  EXPECT_NE(message_of(p).find("a length of 1099511627776 bytes, but only 4 are left"),
+            std::string::npos)
+      << message_of(p);
+}
+
+TEST_F(PickleTest, IntegersBeyond64BitsAreRefusedWithTheirSize) {
+  // 2**64: LONG1 of 9 bytes, 00 .. 00 01.
+  const std::string p = std::string("\x80\x04\x8a\x09", 4) + std::string(8, '\0') + "\x01.";
+  EXPECT_NE(message_of(p).find("an integer of 9 bytes, beyond 64 bits"), std::string::npos)
+      << message_of(p);
+}
+
+TEST_F(PickleTest, MalformedPicklesNameWhatIsWrong) {
+  EXPECT_NE(message_of("N.").find("protocols 0 and 1 are not read"), std::string::npos);
+  EXPECT_NE(message_of("\x80\x07N.").find("protocol 7 is not read"), std::string::npos);
+  EXPECT_NE(message_of("\x80\x04\x8c\x05"
+                       "ab")
+                .find("a length of 5 bytes, but only 2 are left"),
+            std::string::npos);
+  EXPECT_NE(message_of("\x80\x04J\x01").find("ends early (4 bytes needed, 1 left)"),
+            std::string::npos);
+  EXPECT_NE(message_of("\x80\x04h\x03.").find("memo entry 3 was never stored"), std::string::npos);
+  EXPECT_NE(message_of("\x80\x04"
+                       "a.")
+                .find("no value on the stack"),
+            std::string::npos);
+  EXPECT_NE(message_of("\x80\x04"
+                       "e.")
+                .find("no MARK"),
+            std::string::npos);
+  EXPECT_NE(message_of("\x80\x04"
+                       "I1\n.")
+                .find("protocols 0 and 1"),
+            std::string::npos);
+  EXPECT_NE(message_of("\x80\x04\xff.").find("unknown opcode 0xff at offset 2"), std::string::npos);
+  EXPECT_NE(message_of("\x80\x04.").find("empty stack"), std::string::npos);
+  // A list that holds itself (l = []; l.append(l)).
+  EXPECT_NE(message_of(P("\x80\x04]\x94h\x00\x61.")).find("contains itself"), std::string::npos)
+      << message_of(P("\x80\x04]\x94h\x00\x61."));
+  // An unhashable key: Python's TypeError.
+  EXPECT_THROW(decode("\x80\x04}]K\x02s."), TypeError);
+}
+
+TEST_F(PickleTest, TheMemoSharesAListAsPythonDoes) {
+  // outer = [inner]; then inner.append(5) through the memo: outer is [[5]].
+  const std::string p =
+      P("\x80\x04]]\x94"
+        "a"
+        "h\x00K\x05"
+        "a"
+        "0.");
+  const Item got = decode(p);
+  EXPECT_TRUE(identical(got, Item::list(items({Item::list(items({Item::integer(5)}))}))))
+      << repr(got);
+  // Equal keys keep the first one's place and the last value, as d[k] = v does.
+  const Item d = decode("\x80\x04}(K\x01K\x0a\x88K\x0bK\x02K\x0cu.");
+  EXPECT_TRUE(identical(d, Item::dict(items({Item::integer(1), Item::integer(11), Item::integer(2),
+                                             Item::integer(12)}))))
+      << repr(d);
+}
+
+TEST_F(PickleTest, LimitsBoundValuesAndBytes) {
+  std::string p = "\x80\x04](";
+  for (int i = 0; i < 20; ++i) p += "K\x01";
+  p += "e.";
+  EXPECT_NE(message_of(p, {.max_nodes = 10}).find("max_nodes (10)"), std::string::npos)
+      << message_of(p, {.max_nodes = 10});
+  // A shared list used again and again counts at each use.
+  std::string bomb =
+      P("\x80\x04](K\x01K\x02K\x03"
+        "eq\x00");
+  for (int i = 0; i < 30; ++i) bomb += P("h\x00h\x00\x86q\x00");  // t = (t, t), in memo 0
+  bomb += ".";
+  EXPECT_NE(message_of(bomb).find("max_nodes"), std::string::npos) << message_of(bomb);
+  const std::string big = std::string("\x80\x04\x8e", 3) + std::string("\x00\x10\0\0\0\0\0\0", 8) +
+                          std::string(4096, 'b') + ".";
+  EXPECT_NE(message_of(big, {.max_bytes = 1024}).find("max_bytes (1024)"), std::string::npos)
+      << message_of(big, {.max_bytes = 1024});
+}
+
+TEST_F(PickleTest, KindsWithNoPythonFormAreNotEncoded) {
+  EXPECT_THROW((void)pickle::encode(Item::alternative(0, Item::none())), ValueError);
+  EXPECT_THROW((void)pickle::encode(Item::none(), 3), ValueError);
+}
+
+}  // namespace
+}  // namespace troupe::multiprocessing::managers::detail
