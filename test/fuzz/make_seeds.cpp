@@ -305,6 +305,17 @@ void pickle_seeds() {
   write_seed("pickle", n++, 1,
              bytes("\x80\x04"
                    "cposix\nsystem\n\x8c\x04true\x85R."));
+  // A manager's replies: an error, and a new proxy's token (NEWOBJ, then BUILD of its state).
+  const Item token = Item::object(
+      "multiprocessing.managers.Token", Item::tuple({}),
+      Item::tuple({Item::text("dict"), Item::tuple({Item::text("127.0.0.1"), Item::integer(50000)}),
+                   Item::text("7f3a")}));
+  const Item error = Item::tuple(
+      {Item::text("#ERROR"), Item::object("builtins.KeyError", Item::tuple({Item::text("k")}))});
+  write_seed("pickle", n++, 0, bytes(mmd::pickle::encode(error)));
+  const Item proxy =
+      Item::tuple({Item::text("#PROXY"), Item::tuple({Item::tuple({Item::text("keys")}), token})});
+  write_seed("pickle", n++, 1, bytes(mmd::pickle::encode(proxy, 5)));
 }
 
 int main(int argc, char** argv) {

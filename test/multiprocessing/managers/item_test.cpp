@@ -125,6 +125,24 @@ TEST_F(ItemTest, EqualityIsPythons) {
   EXPECT_NE(Item::alternative(0, I(2)), Item::alternative(1, I(2)));
 }
 
+TEST_F(ItemTest, ObjectsOfThePickleDialect) {
+  // What the pickle dialect reads an exception or a Token as: no form on troupe's own wire.
+  const Item e = Item::object("builtins.KeyError", Item::tuple({Item::text("k")}));
+  EXPECT_EQ(repr(e), "KeyError('k')");
+  EXPECT_EQ(type_name(e), "object");
+  EXPECT_EQ(e.object_class(), "builtins.KeyError");
+  EXPECT_TRUE(e.object_state().is_none());
+  EXPECT_TRUE(e == Item::object("builtins.KeyError", Item::tuple({Item::text("k")})));
+  EXPECT_FALSE(e == Item::object("builtins.ValueError", Item::tuple({Item::text("k")})));
+  EXPECT_FALSE(e == Item::object("builtins.KeyError", Item::tuple({Item::text("k")}),
+                                 Item::dict({Item::text("note"), Item::integer(1)})));
+  EXPECT_THROW((void)hash(e), TypeError);
+  EXPECT_THROW((void)less(e, e), TypeError);
+  EXPECT_THROW((void)Item::integer(1).object_class(), TypeError);
+  capnp::MallocMessageBuilder mb;
+  EXPECT_THROW(write(e, mb.initRoot<proto::Value>()), ValueError);
+}
+
 TEST_F(ItemTest, IdenticalKeepsKindsAndBits) {
   EXPECT_FALSE(identical(I(1), F(1.0)));
   EXPECT_FALSE(identical(I(5), U(5)));

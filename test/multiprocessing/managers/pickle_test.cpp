@@ -225,6 +225,145 @@ TEST_F(PickleTest, EveryPythonLoadsWhatIsEncodedValueByValue) {
   }
 }
 
+// The objects a manager sends (its '#ERROR' replies' exceptions, a '#PROXY' reply's Token), as
+// Python source and as what troupe reads them as.
+std::vector<Case> object_cases() {
+  auto obj = [](std::string cls, std::vector<Item> args, Item state = Item()) {
+    return Item::object(std::move(cls), Item::tuple(std::move(args)), std::move(state));
+  };
+  return {
+      {"KeyError('x')", obj("builtins.KeyError", {Item::text("x")})},
+      {"OSError(5, 'io')", obj("builtins.OSError", {Item::integer(5), Item::text("io")})},
+      {"StopIteration()", obj("builtins.StopIteration", {})},
+      {"queue.Empty()", obj("_queue.Empty", {})},
+      {"queue.Full()", obj("queue.Full", {})},
+      {"threading.BrokenBarrierError()", obj("threading.BrokenBarrierError", {})},
+      {"multiprocessing.managers.RemoteError('tb')",
+       obj("multiprocessing.managers.RemoteError", {Item::text("tb")})},
+      {"multiprocessing.context.TimeoutError('t')",
+       obj("multiprocessing.context.TimeoutError", {Item::text("t")})},
+      {"multiprocessing.managers.Token('dict', ('127.0.0.1', 5000), '7f0')",
+       obj("multiprocessing.managers.Token", {},
+           Item::tuple(items({Item::text("dict"),
+                              Item::tuple(items({Item::text("127.0.0.1"), Item::integer(5000)})),
+                              Item::text("7f0")})))},
+      {"('#ERROR', ValueError('v'))",
+       Item::tuple(items({Item::text("#ERROR"), obj("builtins.ValueError", {Item::text("v")})}))},
+      {"(lambda e: (setattr(e, 'note', 1), e)[1])(KeyError('y'))",
+       obj("builtins.KeyError", {Item::text("y")},
+           Item::dict(items({Item::text("note"), Item::integer(1)})))},
+  };
+}
+
+const char* const kObjectsPrelude =
+    "import math, pickle, queue, sys, threading\n"
+    "import multiprocessing.context, multiprocessing.managers\n"
+    "def same(a, b):\n"
+    "    if type(a) is not type(b): return False\n"
+    "    if isinstance(a, BaseException):\n"
+    "        return a.args == b.args and getattr(a, '__dict__', {}) == getattr(b, '__dict__', {})\n"
+    "    if isinstance(a, multiprocessing.managers.Token):\n"
+    "        return (a.typeid, a.address, a.id) == (b.typeid, b.address, b.id)\n"
+    "    if isinstance(a, (tuple, list)):\n"
+    "        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))\n"
+    "    return a == b\n";
+
+TEST_F(PickleTest, TheExceptionsAndTokensOfEveryPythonDecode) {
+  const auto pythons = find_pythons();
+  if (pythons.empty()) GTEST_SKIP() << "no python3 found";
+  const auto all = object_cases();
+  std::string exprs;
+  for (const auto& c : all) exprs += c.expr + "\n";
+  for (const auto& py : pythons) {
+    SCOPED_TRACE(py.exe + " (3." + std::to_string(py.minor) + ")");
+    ChildProcess child({py.exe, "-c",
+                        std::string(kObjectsPrelude) +
+                            "for i, e in enumerate(sys.argv[1].splitlines()):\n"
+                            "    for p in range(2, pickle.HIGHEST_PROTOCOL + 1):\n"
+                            "        print(i, p, pickle.dumps(eval(e), protocol=p).hex())\n",
+                        exprs},
+                       true);
+    int seen = 0;
+    while (auto line = child.read_line(60s)) {
+      const auto a = line->find(' '), b = line->find(' ', a + 1);
+      ASSERT_NE(b, std::string::npos) << "python said: " << *line;
+      const auto i = static_cast<std::size_t>(std::stoi(line->substr(0, a)));
+      ASSERT_LT(i, all.size());
+      SCOPED_TRACE(all[i].expr + ", protocol " + line->substr(a + 1, b - a - 1));
+      ++seen;
+      try {
+        const Item got = decode(unhex(line->substr(b + 1)));
+        EXPECT_TRUE(identical(got, all[i].value)) << repr(got, 300);
+      } catch (const std::exception& e) {
+        ADD_FAILURE() << e.what();
+      }
+    }
+    EXPECT_EQ(child.wait(60s), 0);
+    EXPECT_GE(seen, static_cast<int>(all.size()) * 4);
+  }
+}
+
+TEST_F(PickleTest, EveryPythonLoadsTheExceptionsAndTokensEncoded) {
+  const auto pythons = find_pythons();
+  if (pythons.empty()) GTEST_SKIP() << "no python3 found";
+  const auto all = object_cases();
+  std::vector<std::string> argv{"", "-c",
+                                std::string(kObjectsPrelude) +
+                                    "for a in sys.argv[1:]:\n"
+                                    "    e, p, h = a.split('\\x1f')\n"
+                                    "    got = pickle.loads(bytes.fromhex(h))\n"
+                                    "    print('ok' if same(got, eval(e)) else 'WRONG', p, e, "
+                                    "repr(got)[:200])\n"};
+  for (const auto& c : all)
+    for (int p : {4, 5})
+      argv.push_back(c.expr + "\x1f" + std::to_string(p) + "\x1f" +
+                     hex(pickle::encode(c.value, p)));
+  for (const auto& py : pythons) {
+    SCOPED_TRACE(py.exe + " (3." + std::to_string(py.minor) + ")");
+    argv[0] = py.exe;
+    ChildProcess child(argv, true);
+    int ok = 0;
+    while (auto line = child.read_line(60s)) {
+      if (line->rfind("ok ", 0) == 0)
+        ++ok;
+      else
+        ADD_FAILURE() << *line;
+    }
+    EXPECT_EQ(child.wait(60s), 0);
+    EXPECT_EQ(ok, static_cast<int>(all.size()) * 2);
+  }
+}
+
+TEST_F(PickleTest, OnlyTheKnownClassesAreBuilt) {
+  // A class not on the list, by either global opcode.
+  const std::string od =
+      P("\x80\x04\x8c\x0b"
+        "collections\x8c\x0b"
+        "OrderedDict\x93)R.");
+  EXPECT_NE(message_of(od).find("'collections.OrderedDict' is refused"), std::string::npos)
+      << message_of(od);
+  // NEWOBJ of a constructor of data, BUILD on a list.
+  const std::string newobj_set =
+      P("\x80\x04\x8c\x08"
+        "builtins\x8c\x03set\x93)\x81.");
+  EXPECT_NE(message_of(newobj_set).find("other than the exceptions and Token"), std::string::npos)
+      << message_of(newobj_set);
+  const std::string build_list = P("\x80\x04]}b.");
+  EXPECT_NE(message_of(build_list).find("sets the state of something other"), std::string::npos)
+      << message_of(build_list);
+  // A class on the list is not a value by itself.
+  const std::string bare =
+      P("\x80\x04\x8c\x08"
+        "builtins\x8c\x08KeyError\x93.");
+  EXPECT_NE(message_of(bare).find("a class or constructor used as a value"), std::string::npos)
+      << message_of(bare);
+  // Objects are not hashable here (not a dict key).
+  const std::string key =
+      P("\x80\x04}\x8c\x08"
+        "builtins\x8c\x08KeyError\x93)RK\x01s.");
+  EXPECT_THROW(decode(key), TypeError);
+}
+
 TEST_F(PickleTest, AReduceOfOsSystemIsRefusedByName) {
   // What pickle.dumps writes for an object whose __reduce__ is (os.system, ('true',)).
   const std::string stack_global = P("\x80\x04\x8c\x05posix\x8c\x06system\x93\x8c\x04true\x85R.");

@@ -51,6 +51,19 @@ Item Item::ref(Ref r) {
   return Item(Kind::ref, std::move(r));
 }
 
+Item Item::object(std::string cls, Item args, Item state) {
+  std::vector<Item> e;
+  e.reserve(3);
+  e.push_back(Item::text(std::move(cls)));
+  e.push_back(std::move(args));
+  e.push_back(std::move(state));
+  return Item(Kind::object, std::move(e));
+}
+
+Item Item::object(std::string cls, Item args) {
+  return object(std::move(cls), std::move(args), Item());
+}
+
 void Item::wrong_kind(std::string_view wanted) const {
   throw TypeError("expected " + std::string(wanted) + ", got '" + std::string(type_name(*this)) +
                   "'");
@@ -112,6 +125,21 @@ const Ref& Item::as_ref() const {
   return std::get<Ref>(value_);
 }
 
+const std::string& Item::object_class() const {
+  if (kind_ != Kind::object) wrong_kind("object");
+  return std::get<std::vector<Item>>(value_)[0].as_string();
+}
+
+const Item& Item::object_args() const {
+  if (kind_ != Kind::object) wrong_kind("object");
+  return std::get<std::vector<Item>>(value_)[1];
+}
+
+const Item& Item::object_state() const {
+  if (kind_ != Kind::object) wrong_kind("object");
+  return std::get<std::vector<Item>>(value_)[2];
+}
+
 std::string_view type_name(Kind k) noexcept {
   switch (k) {
     case Kind::none: return "NoneType";
@@ -132,6 +160,7 @@ std::string_view type_name(Kind k) noexcept {
     case Kind::alternative: return "alternative";
     case Kind::structure: return "struct";
     case Kind::ref: return "proxy";
+    case Kind::object: return "object";
   }
   return "unknown";
 }
@@ -396,6 +425,7 @@ bool operator==(const Item& a, const Item& b) {
              same_or_equal(a.alternative_value(), b.alternative_value());
     case Kind::ref:
       return a.as_ref().id == b.as_ref().id && a.as_ref().address == b.as_ref().address;
+    case Kind::object: return elements_equal(a.elements(), b.elements());
     default: return false;
   }
 }
@@ -423,7 +453,8 @@ bool identical(const Item& a, const Item& b) noexcept {
     case Kind::dict:
     case Kind::set:
     case Kind::frozenset:
-    case Kind::slice: {
+    case Kind::slice:
+    case Kind::object: {
       const auto &x = a.elements(), &y = b.elements();
       if (x.size() != y.size()) return false;
       for (std::size_t i = 0; i < x.size(); ++i)
@@ -481,7 +512,8 @@ std::int64_t hash(const Item& x) {
     case Kind::list:
     case Kind::dict:
     case Kind::set:
-    case Kind::slice: unhashable(x);
+    case Kind::slice:
+    case Kind::object: unhashable(x);
   }
   unhashable(x);
 }
@@ -761,6 +793,15 @@ struct Repr {
       case Kind::structure:
         out += "<struct of " + std::to_string(x.as_string().size()) + " bytes>";
         break;
+      case Kind::object: {
+        // Python's repr of an exception: the class's own name and its args.
+        const std::string& cls = x.object_class();
+        out += cls.substr(cls.rfind('.') + 1);
+        out += '(';
+        if (x.object_args().is_container()) elements(x.object_args().elements());
+        out += ')';
+        break;
+      }
       case Kind::ref: {
         const Ref& r = x.as_ref();
         out += "<proxy of ";
@@ -956,6 +997,9 @@ void write_item(const Item& x, proto::Value::Builder v, const RefWriter* refs) {
     case Kind::structure:
       troupe::codec_detail::encode_guarded([&] { write_struct(x.as_string(), v); });
       return;
+    case Kind::object:
+      throw ValueError("a Python object (" + x.object_class() +
+                       ") has no form on troupe's own wire");
     case Kind::ref: {
       const Ref& r = x.as_ref();
       auto b = v.initRef();

@@ -22,6 +22,10 @@
 //   alternative   (a C++ std::variant)          alternative {index, value}
 //   structure     (a Cap'n Proto struct)        struct (kept as its canonical bytes)
 //   ref           a proxy (a hosted object)     ref {typeid, address, id, fingerprint, ticket}
+//   object        an object of a class the      (none: write() refuses it)
+//                 pickle dialect reads (an
+//                 exception, a Token): its
+//                 class, args and state
 //
 // The kinds Python distinguishes (list, tuple, dict, set, frozenset, bytearray, slice) do not
 // survive write(): a Cap'n Proto list is only a list. to_item() therefore makes `sequence`, "a
@@ -87,6 +91,7 @@ enum class Kind : std::uint8_t {
   alternative,
   structure,
   ref,
+  object,
 };
 
 /// Bounds on a tree read from outside (to_item). Each exceeded is a ValueError naming the limit,
@@ -132,6 +137,12 @@ public:
     return Item(Kind::structure, std::move(canonical));
   }
   static Item ref(Ref r);
+  /// An object of class `cls` ("builtins.KeyError", "multiprocessing.managers.Token"), as
+  /// Python's pickle makes one: `cls(*args)` (or `cls.__new__(cls, *args)`), then its state set
+  /// from `state` (None: no state). Only the pickle dialect makes these, for the classes it
+  /// reads (pickle.hpp); troupe's own wire has no form for them.
+  static Item object(std::string cls, Item args, Item state);
+  static Item object(std::string cls, Item args);  // no state
 
   Kind kind() const noexcept { return kind_; }
   bool is_none() const noexcept { return kind_ == Kind::none; }
@@ -161,6 +172,10 @@ public:
   std::uint32_t alternative_index() const;
   const Item& alternative_value() const;
   const Ref& as_ref() const;
+  /// An object's class, args (a tuple) and state.
+  const std::string& object_class() const;
+  const Item& object_args() const;
+  const Item& object_state() const;
 
   /// Python's `==` (see the file comment). Never throws.
   friend bool operator==(const Item& a, const Item& b);

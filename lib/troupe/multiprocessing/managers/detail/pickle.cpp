@@ -181,9 +181,105 @@ std::optional<Ctor> known_global(std::string_view module, std::string_view name)
   return std::nullopt;
 }
 
+// The classes whose objects are read as data (Kind::object): the exceptions a manager sends
+// back (its '#ERROR' replies) and its Token. Protocol 2 names the builtin exceptions' module
+// 'exceptions'. `newobj`: Python writes it as NEWOBJ and BUILD (a Token's class takes no
+// arguments to rebuild it from), the others as a call of the class and REDUCE.
+struct KnownClass {
+  std::string_view module;
+  std::string_view name;
+  bool newobj = false;
+};
+
+constexpr std::string_view kBuiltinExceptions[] = {
+    "BaseException",
+    "Exception",
+    "ArithmeticError",
+    "AssertionError",
+    "AttributeError",
+    "BlockingIOError",
+    "BrokenPipeError",
+    "BufferError",
+    "ChildProcessError",
+    "ConnectionAbortedError",
+    "ConnectionError",
+    "ConnectionRefusedError",
+    "ConnectionResetError",
+    "EOFError",
+    "FileExistsError",
+    "FileNotFoundError",
+    "FloatingPointError",
+    "ImportError",
+    "IndexError",
+    "InterruptedError",
+    "IsADirectoryError",
+    "KeyError",
+    "KeyboardInterrupt",
+    "LookupError",
+    "MemoryError",
+    "ModuleNotFoundError",
+    "NameError",
+    "NotADirectoryError",
+    "NotImplementedError",
+    "OSError",
+    "OverflowError",
+    "PermissionError",
+    "ProcessLookupError",
+    "RecursionError",
+    "ReferenceError",
+    "RuntimeError",
+    "StopAsyncIteration",
+    "StopIteration",
+    "SystemError",
+    "SystemExit",
+    "TimeoutError",
+    "TypeError",
+    "UnboundLocalError",
+    "UnicodeError",
+    "ValueError",
+    "ZeroDivisionError",
+};
+
+constexpr KnownClass kOtherClasses[] = {
+    {"queue", "Empty"},
+    {"_queue", "Empty"},
+    {"queue", "Full"},
+    {"queue", "ShutDown"},
+    {"threading", "BrokenBarrierError"},
+    {"multiprocessing.managers", "RemoteError"},
+    {"multiprocessing.managers", "Token", true},
+    {"multiprocessing.context", "ProcessError"},
+    {"multiprocessing.context", "BufferTooShort"},
+    {"multiprocessing.context", "TimeoutError"},
+    {"multiprocessing.context", "AuthenticationError"},
+};
+
+// The class's name as Item::object keeps it ("module.name"), if it is one of those read.
+// Protocol 2 writes Python 2's names (pickle's fix_imports): 'exceptions' for builtins, 'Queue'
+// for queue, 'multiprocessing' for multiprocessing.context.
+std::optional<std::string> known_class(std::string_view module, std::string_view name) {
+  if (module == "builtins" || module == "__builtin__" || module == "exceptions")
+    for (std::string_view e : kBuiltinExceptions)
+      if (name == e) return "builtins." + std::string(name);
+  if (module == "Queue") module = "queue";
+  if (module == "multiprocessing") module = "multiprocessing.context";
+  for (const KnownClass& c : kOtherClasses)
+    if (module == c.module && name == c.name) return std::string(module) + "." + std::string(name);
+  return std::nullopt;
+}
+
+bool written_as_newobj(std::string_view qualified) {
+  for (const KnownClass& c : kOtherClasses)
+    if (c.newobj && qualified.size() == c.module.size() + 1 + c.name.size() &&
+        qualified.starts_with(c.module) && qualified.ends_with(c.name))
+      return true;
+  return false;
+}
+
 // A value being read: a finished leaf (any Item), a container that opcodes may still change
-// (shared through the memo by its index), or one of the known constructors.
-enum class NodeKind : std::uint8_t { leaf, list, tuple, dict, set, frozenset, ctor };
+// (shared through the memo by its index), one of the known constructors, one of the known
+// classes, or an object of one (its args, then the state BUILD gave).
+enum class NodeKind : std::uint8_t { leaf, list, tuple, dict, set, frozenset, ctor, cls, object };
 
 struct Node {
   NodeKind kind = NodeKind::leaf;
@@ -197,7 +293,7 @@ struct Node {
 
 std::size_t count_values(const Item& x) {
   std::size_t n = 1;
-  if (x.is_container())
+  if (x.is_container() || x.kind() == Kind::object)
     for (const Item& e : x.elements()) n += count_values(e);
   return n;
 }
@@ -210,7 +306,7 @@ std::size_t count_bytes(const Item& x) {
     default: break;
   }
   std::size_t n = 0;
-  if (x.is_container())
+  if (x.is_container() || x.kind() == Kind::object)
     for (const Item& e : x.elements()) n += count_bytes(e);
   return n;
 }
@@ -380,11 +476,29 @@ public:
           break;
         }
         case REDUCE: reduce(); break;
-        case NEWOBJ:
+        case NEWOBJ: {
+          const std::uint32_t args = pop();
+          const std::uint32_t cls = pop();
+          if (nodes_[cls].kind != NodeKind::cls)
+            fail(
+                "refused: it builds an object of a class other than the exceptions and Token "
+                "read");
+          if (nodes_[args].kind != NodeKind::tuple) fail("its arguments are not a tuple");
+          push_object(cls, args);
+          break;
+        }
+        case BUILD: {
+          const std::uint32_t state = pop();
+          Node& n = nodes_[top()];
+          if (n.kind != NodeKind::object)
+            fail("refused: it sets the state of something other than an exception or Token");
+          n.children.resize(1);
+          n.children.push_back(state);
+          break;
+        }
         case NEWOBJ_EX:
         case INST:
-        case OBJ:
-        case BUILD: fail("refused: it builds an object of a class; only plain data is read");
+        case OBJ: fail("refused: it builds an object of a class; only plain data is read");
         case PERSID:
         case BINPERSID:
         case EXT1:
@@ -539,16 +653,30 @@ private:
   }
 
   void push_global(const std::string& module, const std::string& name) {
-    const auto ctor = known_global(module, name);
-    if (!ctor) {
+    Node n;
+    if (const auto ctor = known_global(module, name)) {
+      n.kind = NodeKind::ctor;
+      n.ctor = *ctor;
+    } else if (auto cls = known_class(module, name)) {
+      n.kind = NodeKind::cls;
+      n.leaf = Item::text(std::move(*cls));
+    } else {
       const std::string shown = (module + "." + name).substr(0, 200);
       fail("the global '" + shown +
            "' is refused: it names code, and only plain data is read (the globals read are "
-           "builtins.set, frozenset, bytearray, bytes, slice and _codecs.encode)");
+           "builtins.set, frozenset, bytearray, bytes, slice, _codecs.encode, and the "
+           "exceptions and Token a manager sends)");
     }
+    stack_.push_back(new_node(std::move(n)));
+    check_stack();
+  }
+
+  // An object of class node `cls` made from the tuple node `args` (REDUCE or NEWOBJ).
+  void push_object(std::uint32_t cls, std::uint32_t args) {
     Node n;
-    n.kind = NodeKind::ctor;
-    n.ctor = *ctor;
+    n.kind = NodeKind::object;
+    n.leaf = nodes_[cls].leaf;  // the class's name
+    n.children.push_back(args);
     stack_.push_back(new_node(std::move(n)));
     check_stack();
   }
@@ -591,6 +719,8 @@ private:
       case NodeKind::set: return "set";
       case NodeKind::frozenset: return "frozenset";
       case NodeKind::ctor: return "constructor";
+      case NodeKind::cls: return "class";
+      case NodeKind::object: return "object";
       case NodeKind::leaf: break;
     }
     return "value";
@@ -614,9 +744,12 @@ private:
   void reduce() {
     const std::uint32_t args_id = pop();
     const std::uint32_t fn_id = pop();
-    if (nodes_[fn_id].kind != NodeKind::ctor)
-      fail("refused: it calls something other than the constructors of plain data");
     if (nodes_[args_id].kind != NodeKind::tuple) fail("its arguments are not a tuple");
+    if (nodes_[fn_id].kind == NodeKind::cls) return push_object(fn_id, args_id);
+    if (nodes_[fn_id].kind != NodeKind::ctor)
+      fail(
+          "refused: it calls something other than the constructors of plain data and the "
+          "exceptions read");
     made_ = 0;
     out_bytes_ = 0;
     const Item args = make(args_id, 1);
@@ -723,7 +856,8 @@ private:
              ") of str and bytes in the result");
       return n.leaf;
     }
-    if (n.kind == NodeKind::ctor) fail("a constructor used as a value");
+    if (n.kind == NodeKind::ctor || n.kind == NodeKind::cls)
+      fail("a class or constructor used as a value");
     if (n.building) fail("a value that contains itself: not plain data");
     n.building = true;
     struct Unmark {
@@ -756,6 +890,11 @@ private:
         }
         return n.kind == NodeKind::set ? Item::set(std::move(out))
                                        : Item::frozenset(std::move(out));
+      }
+      case NodeKind::object: {
+        Item args = make(n.children[0], depth + 1);
+        Item state = n.children.size() > 1 ? make(n.children[1], depth + 1) : Item::none();
+        return Item::object(n.leaf.as_string(), std::move(args), std::move(state));
       }
       default:
         for (std::uint32_t c : n.children) out.push_back(make(c, depth + 1));
@@ -932,6 +1071,22 @@ private:
         op(TUPLE3);
         op(REDUCE);
         return;
+      case Kind::object: {
+        const std::string& cls = x.object_class();
+        const auto dot = cls.rfind('.');
+        if (dot == std::string::npos)
+          throw ValueError("pickle: an object's class without its module: " + cls);
+        stack_global(std::string_view(cls).substr(0, dot), std::string_view(cls).substr(dot + 1));
+        if (x.object_args().kind() != Kind::tuple)
+          throw ValueError("pickle: an object's args that are not a tuple");
+        write(x.object_args());
+        op(written_as_newobj(cls) ? NEWOBJ : REDUCE);
+        if (!x.object_state().is_none()) {
+          write(x.object_state());
+          op(BUILD);
+        }
+        return;
+      }
       case Kind::alternative:
       case Kind::structure:
       case Kind::ref:

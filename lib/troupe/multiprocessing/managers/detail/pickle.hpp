@@ -13,8 +13,15 @@
 //   turned into data without calling anything: builtins (protocol 2: __builtin__) set,
 //   frozenset, bytearray, bytes and slice, and _codecs.encode(str, 'latin1') (protocol 2's
 //   bytes).
+// - The objects a manager sends, as Item::object (class, args, state), built by nothing: the
+//   builtin exceptions (protocol 2 names their module 'exceptions'), queue.Empty (_queue) and
+//   Full and ShutDown, threading.BrokenBarrierError, multiprocessing's ProcessError,
+//   BufferTooShort, TimeoutError, AuthenticationError and RemoteError, and the manager's Token
+//   (NEWOBJ then BUILD of its state). REDUCE or NEWOBJ of one of these classes makes one; BUILD
+//   sets its state.
 // - Every other global (GLOBAL, STACK_GLOBAL) is refused by name, as is every opcode that would
-//   build or call an object (REDUCE of anything else, NEWOBJ, NEWOBJ_EX, INST, OBJ, BUILD),
+//   build or call an object (REDUCE or NEWOBJ of anything else, NEWOBJ_EX, INST, OBJ, BUILD of
+//   anything but such an object),
 //   name one (PERSID, BINPERSID, EXT1/2/4), or take an out-of-band buffer (NEXT_BUFFER,
 //   READONLY_BUFFER): a ValueError naming the opcode (and the global), before anything is built
 //   from it. So are protocol 0 and 1's text opcodes, which protocols 2 to 5 never send.
@@ -28,7 +35,8 @@
 //
 // What encode() writes: protocol 4 by default (what Python 3.8 to 3.13 send), or 5 (its
 // BYTEARRAY8; what 3.14 sends). A `sequence` is written as a list; a slice and a protocol-4
-// bytearray as the global and REDUCE Python itself writes. A C++ variant (alternative), a Cap'n
+// bytearray as the global and REDUCE Python itself writes; an object as its class and REDUCE (a
+// Token: NEWOBJ), then BUILD of its state if it has one. A C++ variant (alternative), a Cap'n
 // Proto struct and a proxy (ref) have no Python form here: ValueError.
 #pragma once
 
