@@ -473,6 +473,51 @@ TEST_F(PickleTest, LimitsBoundValuesAndBytes) {
       << message_of(big, {.max_bytes = 1024});
 }
 
+TEST_F(PickleTest, ValuesMadeByAConstructorKeepTheLimits) {
+  // frozenset() of a 99-deep tuple, wrapped 99 deep again and again: each made value counts
+  // its own nesting where it is used.
+  std::string deep =
+      P("\x80\x04\x8c\x08"
+        "builtins\x8c\x09"
+        "frozenset\x93q\x00"
+        "0Nq\x01"
+        "0");
+  for (int round = 0; round < 3; ++round)
+    deep += P("h\x00h\x01") + std::string(99, '\x85') +
+            P("Rq\x01"
+              "0");
+  deep += P("h\x01.");
+  EXPECT_NE(message_of(deep).find("deeper than max_depth (100)"), std::string::npos)
+      << message_of(deep);
+  // set((T,)) for a tuple T of 2**15 ones, twice: one budget for the whole pickle.
+  std::string wide = P("\x80\x04K\x01K\x01\x86");
+  for (int i = 0; i < 14; ++i) wide += P("2\x86");
+  wide +=
+      P("q\x00"
+        "0\x8c\x08"
+        "builtins\x8c\x03set\x93q\x01"
+        "0");
+  for (int round = 0; round < 2; ++round) wide += P("h\x01h\x00\x85R0");
+  wide += P("N.");
+  EXPECT_NE(message_of(wide, {.max_nodes = 100000}).find("max_nodes (100000)"), std::string::npos)
+      << message_of(wide, {.max_nodes = 100000});
+  std::string once = wide;
+  once.erase(once.rfind("h\x01h"), 7);  // one round: within the budget
+  EXPECT_EQ(message_of(once, {.max_nodes = 100000}), "(no error)");
+}
+
+TEST_F(PickleTest, StrIsUtf8AsPythonWritesIt) {
+  EXPECT_NE(message_of(P("\x80\x04\x8c\x01\xff.")).find("not UTF-8"), std::string::npos);
+  EXPECT_NE(message_of(P("\x80\x04\x8c\x02\xc0\x80.")).find("not UTF-8"), std::string::npos);
+  // A lone surrogate ('\ud800'), as pickle writes it (surrogatepass).
+  EXPECT_EQ(decode(P("\x80\x04\x8c\x03\xed\xa0\x80.")).as_string(), "\xed\xa0\x80");
+  // A MARK left open at STOP, and a pickle that ends where an opcode should be.
+  EXPECT_NE(message_of(P("\x80\x02N(.")).find("no value on the stack"), std::string::npos);
+  EXPECT_NE(message_of(P("\x80\x04N")).find("opcode at offset 3: the pickle ends early"),
+            std::string::npos)
+      << message_of(P("\x80\x04N"));
+}
+
 TEST_F(PickleTest, KindsWithNoPythonFormAreNotEncoded) {
   EXPECT_THROW((void)pickle::encode(Item::alternative(0, Item::none())), ValueError);
   EXPECT_THROW((void)pickle::encode(Item::none(), 3), ValueError);

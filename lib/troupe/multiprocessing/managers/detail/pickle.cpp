@@ -286,6 +286,7 @@ struct Node {
   Ctor ctor = Ctor::set;
   bool building = false;   // on the path being made into an Item (a cycle if met again)
   std::size_t weight = 1;  // a leaf's values (a set made by a constructor holds several)
+  std::size_t depth = 0;   // a leaf's own nesting (a set of tuples made by a constructor: 2)
   std::size_t bytes = 0;   // a leaf's str/bytes bytes
   Item leaf;
   std::vector<std::uint32_t> children;  // a dict's: k0, v0, k1, v1, ...
@@ -296,6 +297,46 @@ std::size_t count_values(const Item& x) {
   if (x.is_container() || x.kind() == Kind::object)
     for (const Item& e : x.elements()) n += count_values(e);
   return n;
+}
+
+// The nesting inside `x` (0 for a scalar). `x` was made within max_depth.
+std::size_t nesting(const Item& x) {
+  std::size_t d = 0;
+  if (x.is_container() || x.kind() == Kind::object)
+    for (const Item& e : x.elements()) d = std::max(d, 1 + nesting(e));
+  return d;
+}
+
+// Whether `s` is what Python's 'utf-8' codec with 'surrogatepass' (pickle's str) decodes:
+// well-formed UTF-8, lone surrogates (ED A0..BF ..) allowed.
+bool valid_text(const std::string& s) {
+  const auto* b = reinterpret_cast<const unsigned char*>(s.data());
+  const std::size_t n = s.size();
+  for (std::size_t i = 0; i < n;) {
+    const unsigned c = b[i];
+    std::size_t len;
+    unsigned cp, min;
+    if (c < 0x80) {
+      ++i;
+      continue;
+    } else if ((c & 0xe0) == 0xc0) {
+      len = 2, cp = c & 0x1f, min = 0x80;
+    } else if ((c & 0xf0) == 0xe0) {
+      len = 3, cp = c & 0x0f, min = 0x800;
+    } else if ((c & 0xf8) == 0xf0) {
+      len = 4, cp = c & 0x07, min = 0x10000;
+    } else {
+      return false;
+    }
+    if (n - i < len) return false;
+    for (std::size_t k = 1; k < len; ++k) {
+      if ((b[i + k] & 0xc0) != 0x80) return false;
+      cp = (cp << 6) | (b[i + k] & 0x3f);
+    }
+    if (cp < min || cp > 0x10ffff) return false;
+    i += len;
+  }
+  return true;
 }
 
 std::size_t count_bytes(const Item& x) {
@@ -339,6 +380,7 @@ public:
           "and 1 are not read");
     for (;;) {
       op_at_ = pos_;
+      op_ = 0;  // the pickle may end here: no opcode to name
       const unsigned char op = byte();
       op_ = op;
       switch (op) {
@@ -352,9 +394,7 @@ public:
         case FRAME: (void)length(8); break;
         case STOP: {
           if (stack_.empty()) fail("STOP with an empty stack");
-          made_ = 0;
-          out_bytes_ = 0;
-          return make(stack_.back(), 1);
+          return make(top(), 1);  // one budget (made_, out_bytes_) for the whole pickle
         }
         case NONE: push_leaf(Item::none()); break;
         case NEWTRUE: push_leaf(Item::boolean(true)); break;
@@ -378,9 +418,9 @@ public:
           push_leaf(Item::floating(std::bit_cast<double>(bits)));
           break;
         }
-        case SHORT_BINUNICODE: push_leaf(Item::text(string(length(1)))); break;
-        case BINUNICODE: push_leaf(Item::text(string(length(4)))); break;
-        case BINUNICODE8: push_leaf(Item::text(string(length(8)))); break;
+        case SHORT_BINUNICODE: push_leaf(Item::text(text(length(1)))); break;
+        case BINUNICODE: push_leaf(Item::text(text(length(4)))); break;
+        case BINUNICODE8: push_leaf(Item::text(text(length(8)))); break;
         case SHORT_BINBYTES: push_leaf(Item::bytes(string(length(1)))); break;
         case BINBYTES: push_leaf(Item::bytes(string(length(4)))); break;
         case BINBYTES8: push_leaf(Item::bytes(string(length(8)))); break;
@@ -583,6 +623,13 @@ private:
     return s;
   }
 
+  // A str's bytes: UTF-8 as Python writes it.
+  std::string text(std::size_t n) {
+    std::string s = string(n);
+    if (!valid_text(s)) fail("a str that is not UTF-8");
+    return s;
+  }
+
   // A text line (GLOBAL's module and name), without its newline.
   std::string line() {
     const std::size_t max = std::min<std::size_t>(data_.size() - pos_, 1024);
@@ -728,8 +775,9 @@ private:
 
   void put(std::uint64_t index) {
     const std::uint32_t t = top();
-    if (memo_.size() >= kMaxMemo && !memo_.contains(index))
-      fail("more than " + std::to_string(kMaxMemo) + " memo entries");
+    const std::size_t max = std::min(kMaxMemo, limits_.max_nodes);
+    if (memo_.size() >= max && !memo_.contains(index))
+      fail("more than " + std::to_string(max) + " memo entries");
     memo_[index] = t;
   }
 
@@ -750,9 +798,7 @@ private:
       fail(
           "refused: it calls something other than the constructors of plain data and the "
           "exceptions read");
-    made_ = 0;
-    out_bytes_ = 0;
-    const Item args = make(args_id, 1);
+    const Item args = make(args_id, 1);  // counted in the pickle's one budget
     const auto& a = args.elements();
     Item result;
     switch (nodes_[fn_id].ctor) {
@@ -800,8 +846,10 @@ private:
     Node n;
     n.weight = count_values(result);
     n.bytes = count_bytes(result);
+    n.depth = nesting(result);
     n.leaf = std::move(result);
     stack_.push_back(new_node(std::move(n)));
+    check_stack();
   }
 
   static bool is_latin1_name(const Item& x) {
@@ -850,6 +898,8 @@ private:
       fail("more than max_nodes (" + std::to_string(limits_.max_nodes) +
            ") values in the result (a value shared through the memo counts at each use)");
     if (n.kind == NodeKind::leaf) {
+      if (depth + n.depth > limits_.max_depth)
+        fail("nesting deeper than max_depth (" + std::to_string(limits_.max_depth) + ")");
       out_bytes_ += n.bytes;
       if (out_bytes_ > limits_.max_bytes)
         fail("more than max_bytes (" + std::to_string(limits_.max_bytes) +

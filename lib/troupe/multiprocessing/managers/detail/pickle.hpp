@@ -28,10 +28,12 @@
 //
 // Limits (Limits in item.hpp, plus the memo's): the values made and the nesting of the result
 // (max_nodes, max_depth), the bytes of str/bytes held (max_bytes), entries in the memo
-// (kMaxMemo). A length is checked against the bytes left before anything is allocated (a
-// 2**40-byte string in a short message is an error, not an allocation). A value shared through
-// the memo is copied where it is used again, within the same node limit; one that contains
-// itself is refused.
+// (kMaxMemo). One budget of values and bytes for the whole pickle: a value shared through the
+// memo is copied where it is used again, and a constructor's arguments (REDUCE) are copied once
+// more, each counted; a value made by a constructor counts its own nesting where it is used.
+// A length is checked against the bytes left before anything is allocated (a 2**40-byte string
+// in a short message is an error, not an allocation). A value that contains itself is refused;
+// a str must be UTF-8 as Python writes it (lone surrogates allowed).
 //
 // What encode() writes: protocol 4 by default (what Python 3.8 to 3.13 send), or 5 (its
 // BYTEARRAY8; what 3.14 sends). A `sequence` is written as a list; a slice and a protocol-4
@@ -48,7 +50,7 @@
 
 namespace troupe::multiprocessing::managers::detail::pickle {
 
-/// The most memo entries decode() keeps.
+/// The most memo entries decode() keeps (and no more than Limits::max_nodes).
 inline constexpr std::size_t kMaxMemo = std::size_t{1} << 20;
 
 /// The value a pickle of protocol 2 to 5 holds. @throws ValueError naming what is refused or
