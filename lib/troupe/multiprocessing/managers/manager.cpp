@@ -1,11 +1,13 @@
 // BaseManager (manager.hpp) and the entry point its server process runs.
 #include "troupe/multiprocessing/managers/manager.hpp"
 
+#include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include <cstring>
 #include <thread>
 
 #include "troupe/entry.hpp"
@@ -92,26 +94,43 @@ void run_server(const Registry& registry, const std::string& address,
   // down when that process ends, whatever the way.
   UniqueFd parent_fd;
   std::string parent_pid;
+  const auto parent = parent_process();
+  const int ppid = parent ? parent->pid().value_or(0) : 0;
+  parent_pid = std::to_string(ppid);
   try {
-    if (const auto p = parent_process()) {
-      parent_fd = UniqueFd(::dup(p->sentinel()));  // a pidfd: readable once the parent ended
-      parent_pid = std::to_string(p->pid().value_or(0));
+    if (parent) {
+      // A pidfd, readable once the parent has ended (the forkserver's children are given one).
+      parent_fd = UniqueFd(::fcntl(parent->sentinel(), F_DUPFD_CLOEXEC, 0));
+      if (!parent_fd) throw OSError(errno, "dup of the parent's pidfd");
     }
-    if (!parent_fd) throw OSError(errno, "no pidfd of the parent process");
-  } catch (const ValueError&) {  // it has ended already
-    get_logger().warning("manager server at " + server->address().str() +
-                         ": the process that started it has ended: shutting down");
-    server->request_shutdown();
-  } catch (const OSError& e) {  // no pidfds (Linux < 5.3): Python's behaviour
-    get_logger().warning("manager server at " + server->address().str() +
-                         ": cannot watch the process that started it (" + e.what() + ")");
+  } catch (const std::exception& e) {
+    // sentinel() says the parent has ended when it cannot open a pidfd for any reason: only a
+    // parent that is gone (ESRCH) stops the server; anything else (no pidfds before Linux 5.3,
+    // a seccomp filter, no fds left) leaves it without a watch, as Python's.
+    if (ppid > 0 && ::kill(ppid, 0) != 0 && errno == ESRCH) {
+      get_logger().warning("manager server at " + server->address().str() +
+                           ": the process that started it (pid " + parent_pid +
+                           ") has ended: shutting down");
+      server->request_shutdown();
+    } else {
+      get_logger().warning("manager server at " + server->address().str() +
+                           ": cannot watch the process that started it (pid " + parent_pid +
+                           "): " + e.what());
+    }
   }
   UniqueFd done(::eventfd(0, EFD_CLOEXEC));
   std::thread watch;
   if (parent_fd && done) {
     watch = std::thread([&] {
       pollfd fds[2] = {{parent_fd.get(), POLLIN, 0}, {done.get(), POLLIN, 0}};
-      while (::poll(fds, 2, -1) < 0 && errno == EINTR) {
+      int n;
+      while ((n = ::poll(fds, 2, -1)) < 0 && errno == EINTR) {
+      }
+      if (n < 0) {
+        get_logger().warning(
+            "manager server at " + server->address().str() +
+            ": watching the process that started it failed: " + std::strerror(errno));
+        return;
       }
       if (fds[1].revents != 0 || fds[0].revents == 0) return;
       get_logger().warning("manager server at " + server->address().str() +

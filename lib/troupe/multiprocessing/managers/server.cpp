@@ -427,14 +427,15 @@ public:
       if (stopped_) return;  // stop() has closed everything (and may have ended the executor)
       shutdown_requested_ = true;
       flush_on_close_ = true;  // whichever close comes first (this one's or stop()'s)
+      // Stop accepting at once: a client that asked for shutdown expects no new peers. The
+      // replies already made still go out (a getter handed the item a client put just before
+      // its shutdown gets it), then each connection closes. Posted under m_: a stop() on
+      // another thread (which sets stopped_ under m_, then frees the executor) comes after it.
+      asio::post(ex_, [self = weak_from_this()] {
+        if (auto s = self.lock()) s->close_all();
+      });
     }
     cv_.notify_all();
-    // Stop accepting at once: a client that asked for shutdown expects no new peers. The
-    // replies already made still go out (a getter handed the item a client put just before its
-    // shutdown gets it), then each connection closes.
-    asio::post(ex_, [self = weak_from_this()] {
-      if (auto s = self.lock()) s->close_all();
-    });
   }
 
   bool shutdown_requested() const {
@@ -458,9 +459,17 @@ public:
       if (spin.spin([&] { return io.poll() > 0; })) continue;
       if (io.run_one_for(kLongestSleep) > 0) {
         spin.woke();
-      } else if (io.poll() > 0 && mlog().is_enabled_for(logging::DEBUG)) {
-        // Rarely a coincidence (work that came just as the sleep ended); else a lost wake-up.
-        mlog().debug("manager server: a connection thread found work queued after a full sleep");
+      } else if (io.poll() > 0) {
+        // Rarely a coincidence (work that came just as the sleep ended); else a lost wake-up:
+        // said once as a warning (so that it shows), then at debug level.
+        static std::atomic<bool> warned{false};
+        const char* what =
+            "manager server: a connection thread found work queued after a full sleep of 500 ms "
+            "(a lost wake-up?)";
+        if (!warned.exchange(true))
+          mlog().warning(what);
+        else if (mlog().is_enabled_for(logging::DEBUG))
+          mlog().debug(what);
       }
     }
   }
