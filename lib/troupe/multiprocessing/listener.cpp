@@ -386,12 +386,13 @@ Connection Listener::accept() {
     driver_->driving = false;
     driver_->cv.notify_all();
   }
-  lock.unlock();
   detail::AcceptOutcome& o = *got->outcome;
+  // Under the driver's lock: threads that accept at once each note their peer.
+  if (!o.ec) last_accepted_ = o.peer;
+  lock.unlock();
   const std::string who =
       "Listener.accept on " + address_.str() + (o.peer ? " from " + o.peer->str() : "");
   if (o.ec) throw_outcome(o.ec, who, options_.handshake_timeout, o.why);
-  last_accepted_ = o.peer;
   o.conn.set_executor(executor_);
   return std::move(o.conn);
 }
