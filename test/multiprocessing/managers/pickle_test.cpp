@@ -148,19 +148,20 @@ std::string message_of(const std::string& s, const Limits& limits = {}) {
 
 class PickleTest : public troupe::testing::LeakCheck {};
 
-TEST_F(PickleTest, EveryPythonsPicklesDecodeValueByValue) {
+// Every local Python pickles each case at protocols 2 to its highest; each pickle must decode
+// to the case's value as `matches` judges. `prelude`: Python run first (its imports).
+void decode_what_every_python_pickles(const std::vector<Case>& all, const std::string& prelude,
+                                      bool (*matches)(const Item&, const Item&)) {
   const auto pythons = find_pythons();
   if (pythons.empty()) GTEST_SKIP() << "no python3 found";
-  const auto all = cases();
   std::string exprs;
   for (const auto& c : all) exprs += c.expr + "\n";
   for (const auto& py : pythons) {
     SCOPED_TRACE(py.exe + " (3." + std::to_string(py.minor) + ")");
     ChildProcess child({py.exe, "-c",
-                        "import pickle, sys\n"
-                        "for i, e in enumerate(sys.argv[1].splitlines()):\n"
-                        "    for p in range(2, pickle.HIGHEST_PROTOCOL + 1):\n"
-                        "        print(i, p, pickle.dumps(eval(e), protocol=p).hex())\n",
+                        prelude + "for i, e in enumerate(sys.argv[1].splitlines()):\n"
+                                  "    for p in range(2, pickle.HIGHEST_PROTOCOL + 1):\n"
+                                  "        print(i, p, pickle.dumps(eval(e), protocol=p).hex())\n",
                         exprs},
                        true);
     int seen = 0;
@@ -181,7 +182,7 @@ TEST_F(PickleTest, EveryPythonsPicklesDecodeValueByValue) {
       SCOPED_TRACE(all[static_cast<std::size_t>(i)].expr + ", protocol " + std::to_string(p));
       try {
         const Item got = decode(unhex(h));
-        EXPECT_TRUE(same(got, all[static_cast<std::size_t>(i)].value)) << repr(got, 200);
+        EXPECT_TRUE(matches(got, all[static_cast<std::size_t>(i)].value)) << repr(got, 300);
       } catch (const std::exception& e) {
         ADD_FAILURE() << e.what();
       }
@@ -191,20 +192,18 @@ TEST_F(PickleTest, EveryPythonsPicklesDecodeValueByValue) {
   }
 }
 
-TEST_F(PickleTest, EveryPythonLoadsWhatIsEncodedValueByValue) {
+// Every local Python loads what encode() writes of each case at protocols 4 and 5; `prelude`
+// defines same(got, want), Python's judge of the value loaded.
+void every_python_loads_what_is_encoded(const std::vector<Case>& all, const std::string& prelude) {
   const auto pythons = find_pythons();
   if (pythons.empty()) GTEST_SKIP() << "no python3 found";
-  const auto all = cases();
   std::vector<std::string> argv{"", "-c",
-                                "import math, pickle, sys\n"
-                                "for a in sys.argv[1:]:\n"
-                                "    e, p, h = a.split('\\x1f')\n"
-                                "    want = eval(e)\n"
-                                "    got = pickle.loads(bytes.fromhex(h))\n"
-                                "    ok = type(got) is type(want) and got == want\n"
-                                "    if isinstance(want, float): ok = ok and math.copysign(1, got) "
-                                "== math.copysign(1, want)\n"
-                                "    print('ok' if ok else 'WRONG', p, e, repr(got)[:200])\n"};
+                                prelude +
+                                    "for a in sys.argv[1:]:\n"
+                                    "    e, p, h = a.split('\\x1f')\n"
+                                    "    got = pickle.loads(bytes.fromhex(h))\n"
+                                    "    print('ok' if same(got, eval(e)) else 'WRONG', p, e, "
+                                    "repr(got)[:200])\n"};
   for (const auto& c : all)
     for (int p : {4, 5})
       argv.push_back(c.expr + "\x1f" + std::to_string(p) + "\x1f" +
@@ -223,6 +222,22 @@ TEST_F(PickleTest, EveryPythonLoadsWhatIsEncodedValueByValue) {
     EXPECT_EQ(child.wait(60s), 0);
     EXPECT_EQ(ok, static_cast<int>(all.size()) * 2);
   }
+}
+
+// Plain values: the same type and value (a float's sign too).
+const char* const kValuesPrelude =
+    "import math, pickle, sys\n"
+    "def same(got, want):\n"
+    "    ok = type(got) is type(want) and got == want\n"
+    "    if isinstance(want, float): ok = ok and math.copysign(1, got) == math.copysign(1, want)\n"
+    "    return ok\n";
+
+TEST_F(PickleTest, EveryPythonsPicklesDecodeValueByValue) {
+  decode_what_every_python_pickles(cases(), kValuesPrelude, &same);
+}
+
+TEST_F(PickleTest, EveryPythonLoadsWhatIsEncodedValueByValue) {
+  every_python_loads_what_is_encoded(cases(), kValuesPrelude);
 }
 
 // The objects a manager sends (its '#ERROR' replies' exceptions, a '#PROXY' reply's Token), as
@@ -269,69 +284,11 @@ const char* const kObjectsPrelude =
     "    return a == b\n";
 
 TEST_F(PickleTest, TheExceptionsAndTokensOfEveryPythonDecode) {
-  const auto pythons = find_pythons();
-  if (pythons.empty()) GTEST_SKIP() << "no python3 found";
-  const auto all = object_cases();
-  std::string exprs;
-  for (const auto& c : all) exprs += c.expr + "\n";
-  for (const auto& py : pythons) {
-    SCOPED_TRACE(py.exe + " (3." + std::to_string(py.minor) + ")");
-    ChildProcess child({py.exe, "-c",
-                        std::string(kObjectsPrelude) +
-                            "for i, e in enumerate(sys.argv[1].splitlines()):\n"
-                            "    for p in range(2, pickle.HIGHEST_PROTOCOL + 1):\n"
-                            "        print(i, p, pickle.dumps(eval(e), protocol=p).hex())\n",
-                        exprs},
-                       true);
-    int seen = 0;
-    while (auto line = child.read_line(60s)) {
-      const auto a = line->find(' '), b = line->find(' ', a + 1);
-      ASSERT_NE(b, std::string::npos) << "python said: " << *line;
-      const auto i = static_cast<std::size_t>(std::stoi(line->substr(0, a)));
-      ASSERT_LT(i, all.size());
-      SCOPED_TRACE(all[i].expr + ", protocol " + line->substr(a + 1, b - a - 1));
-      ++seen;
-      try {
-        const Item got = decode(unhex(line->substr(b + 1)));
-        EXPECT_TRUE(identical(got, all[i].value)) << repr(got, 300);
-      } catch (const std::exception& e) {
-        ADD_FAILURE() << e.what();
-      }
-    }
-    EXPECT_EQ(child.wait(60s), 0);
-    EXPECT_GE(seen, static_cast<int>(all.size()) * 4);
-  }
+  decode_what_every_python_pickles(object_cases(), kObjectsPrelude, &identical);
 }
 
 TEST_F(PickleTest, EveryPythonLoadsTheExceptionsAndTokensEncoded) {
-  const auto pythons = find_pythons();
-  if (pythons.empty()) GTEST_SKIP() << "no python3 found";
-  const auto all = object_cases();
-  std::vector<std::string> argv{"", "-c",
-                                std::string(kObjectsPrelude) +
-                                    "for a in sys.argv[1:]:\n"
-                                    "    e, p, h = a.split('\\x1f')\n"
-                                    "    got = pickle.loads(bytes.fromhex(h))\n"
-                                    "    print('ok' if same(got, eval(e)) else 'WRONG', p, e, "
-                                    "repr(got)[:200])\n"};
-  for (const auto& c : all)
-    for (int p : {4, 5})
-      argv.push_back(c.expr + "\x1f" + std::to_string(p) + "\x1f" +
-                     hex(pickle::encode(c.value, p)));
-  for (const auto& py : pythons) {
-    SCOPED_TRACE(py.exe + " (3." + std::to_string(py.minor) + ")");
-    argv[0] = py.exe;
-    ChildProcess child(argv, true);
-    int ok = 0;
-    while (auto line = child.read_line(60s)) {
-      if (line->rfind("ok ", 0) == 0)
-        ++ok;
-      else
-        ADD_FAILURE() << *line;
-    }
-    EXPECT_EQ(child.wait(60s), 0);
-    EXPECT_EQ(ok, static_cast<int>(all.size()) * 2);
-  }
+  every_python_loads_what_is_encoded(object_cases(), kObjectsPrelude);
 }
 
 TEST_F(PickleTest, OnlyTheKnownClassesAreBuilt) {
