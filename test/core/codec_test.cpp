@@ -330,7 +330,16 @@ TEST(CodecTest, MalformedBodiesAreValueErrors) {
   expect_malformed(I8{}, forged<std::int8_t>([](auto v) { v.setInt(300); }), "300 as i8");
   expect_malformed(I8{}, forged<std::int8_t>([](auto v) { v.setText("x"); }), "text as i8");
   using U8 = std::type_identity<std::uint8_t>;
-  expect_malformed(U8{}, forged<std::uint8_t>([](auto v) { v.setInt(1); }), "int as u8");
+  expect_malformed(U8{}, forged<std::uint8_t>([](auto v) { v.setInt(-1); }), "int -1 as u8");
+  using I64 = std::type_identity<std::int64_t>;
+  expect_malformed(I64{}, forged<std::int64_t>([](auto v) { v.setUint(std::uint64_t{1} << 63); }),
+                   "uint 2**63 as i64");
+  // Python has one int: an int node fits an unsigned parameter, a uint node a signed one, and
+  // either a floating one (as float(int)).
+  EXPECT_EQ(from_bytes<std::uint8_t>(forged<std::uint8_t>([](auto v) { v.setInt(200); })), 200);
+  EXPECT_EQ(from_bytes<std::int32_t>(forged<std::int32_t>([](auto v) { v.setUint(7); })), 7);
+  EXPECT_EQ(from_bytes<double>(forged<double>([](auto v) { v.setInt(-3); })), -3.0);
+  EXPECT_EQ(from_bytes<float>(forged<float>([](auto v) { v.setUint(4); })), 4.0f);
   using Opt = std::type_identity<std::optional<int>>;
   expect_malformed(Opt{}, forged<std::optional<int>>([](auto v) {
                      auto l = v.initList(2);

@@ -241,20 +241,21 @@ requires(std::is_integral_v<T> && !std::is_same_v<T, bool>) struct Default<T> {
       v.setUint(x);
     }
   }
+  // An integer of either width that fits (Python has one int: a Python caller's 3 arrives as
+  // an int node whatever the C++ parameter's signedness).
   static T decode(proto::Value::Reader v) {
-    if constexpr (std::is_signed_v<T>) {
-      expect(v, Which::INT, signature());
+    // std::in_range takes no char: its signed or unsigned twin.
+    using S =
+        std::conditional_t<std::is_signed_v<T>, std::make_signed_t<T>, std::make_unsigned_t<T>>;
+    if (v.which() == Which::INT) {
       const std::int64_t x = v.getInt();
-      if (!std::in_range<std::make_signed_t<T>>(x))
-        int_out_of_range(signature(), std::to_string(x));
-      return static_cast<T>(x);
-    } else {
-      expect(v, Which::UINT, signature());
-      const std::uint64_t x = v.getUint();
-      if (!std::in_range<std::make_unsigned_t<T>>(x))
-        int_out_of_range(signature(), std::to_string(x));
+      if (!std::in_range<S>(x)) int_out_of_range(signature(), std::to_string(x));
       return static_cast<T>(x);
     }
+    expect(v, Which::UINT, signature());
+    const std::uint64_t x = v.getUint();
+    if (!std::in_range<S>(x)) int_out_of_range(signature(), std::to_string(x));
+    return static_cast<T>(x);
   }
 };
 
@@ -262,7 +263,10 @@ template <class T>
 requires(std::is_same_v<T, float> || std::is_same_v<T, double>) struct Default<T> {
   static std::string signature() { return sizeof(T) == 4 ? "f32" : "f64"; }
   static void encode(T x, proto::Value::Builder v) { v.setFloat(static_cast<double>(x)); }
+  // An integer too, as Python's float(int) (rounded to the nearest double beyond 2**53).
   static T decode(proto::Value::Reader v) {
+    if (v.which() == Which::INT) return static_cast<T>(v.getInt());
+    if (v.which() == Which::UINT) return static_cast<T>(v.getUint());
     expect(v, Which::FLOAT, signature());
     return static_cast<T>(v.getFloat());
   }
