@@ -589,6 +589,16 @@ void AcceptEngine::finish(const std::shared_ptr<Pending>& p, boost::system::erro
     return deliver({ec, Connection(), p->peer, std::move(why)});
   }
   p->conn.set_executor(executor_);  // the user's async operations run on it
+  // A client that writes its #WELCOME# and its first request back to back on a socket without
+  // TCP_NODELAY (CPython's Client: a manager's incref, decref and create connections) has the
+  // request held by Nagle's algorithm until the #WELCOME# is acknowledged, which Linux delays
+  // by up to 40 ms: acknowledge it now (TCP_QUICKACK sends a pending ACK). Measured with a Python
+  // 3.12 client of a manager on 127.0.0.1: a create that took 176 ms (CPython's own server too)
+  // takes 1 ms. Not a TCP socket: nothing to do (the call fails, harmlessly).
+  if (address_.family == Address::Family::inet || address_.family == Address::Family::inet6) {
+    const int one = 1;
+    (void)::setsockopt(p->conn.fileno(), IPPROTO_TCP, TCP_QUICKACK, &one, sizeof one);
+  }
   deliver({{}, std::move(p->conn), p->peer});
 }
 
