@@ -25,19 +25,19 @@ int main(int argc, char** argv) {
     example::QueueManager m(example::options(args));
     m.connect();
     const example::mm::QueueProxy<std::int64_t> tasks(m.create("get_task_queue"));
-    const example::mm::QueueProxy<std::vector<std::int64_t>> results(m.create("get_result_queue"));
+    const example::mm::QueueProxy<example::Result> results(m.create("get_result_queue"));
     const auto start = std::chrono::steady_clock::now();
     for (long i = 0; i < n; ++i) tasks.put(i);
     std::vector<bool> seen(static_cast<std::size_t>(n), false);
     long bad = 0;
     for (long i = 0; i < n; ++i) {
       const auto r = results.get(true, std::chrono::seconds(60));
-      if (r.size() != 2 || r[0] < 0 || r[0] >= n || r[1] != r[0] * r[0] ||
-          seen[static_cast<std::size_t>(r[0])]) {
+      const auto [k, square] = r;
+      if (k < 0 || k >= n || square != k * k || seen[static_cast<std::size_t>(k)]) {
         ++bad;
         continue;
       }
-      seen[static_cast<std::size_t>(r[0])] = true;
+      seen[static_cast<std::size_t>(k)] = true;
     }
     const double secs =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();

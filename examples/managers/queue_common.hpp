@@ -4,6 +4,7 @@
 
 #include <cstdio>
 #include <string>
+#include <utility>
 
 #include "troupe/multiprocessing.hpp"
 #include "troupe/multiprocessing/managers.hpp"
@@ -21,17 +22,24 @@ struct QueueManager : mm::Manager<QueueManager> {
   using Manager::Manager;
 };
 
+/// A result: [n, n*n]. A pair travels as a list of two ints, which a Python worker's
+/// `[n, n * n]` (or a tuple) also is; a std::vector<std::int64_t> would travel packed, as bytes
+/// to a Python client (doc/interop.md).
+using Result = std::pair<std::int64_t, std::int64_t>;
+
 inline bool register_queues() {
   mm::register_shared_queue(QueueManager::registry(), "get_task_queue");
   mm::register_shared_queue(QueueManager::registry(), "get_result_queue");
   return true;
 }
 
-/// The manager's options from --address and --authkey (hex).
+/// The manager's options from --address, --authkey (hex) and --legacy-md5 (a server that also
+/// admits CPython 3.11 and older clients, whose handshake is HMAC-MD5).
 inline mm::ManagerOptions options(const Args& args) {
   mm::ManagerOptions o;
   o.address = mp::Address::parse(args.get("--address"));
   o.authkey = mp::AuthenticationString::from_hex(args.get("--authkey"));
+  o.server.listener.auth.legacy_md5 = args.flag("--legacy-md5");
   return o;
 }
 

@@ -20,7 +20,7 @@ int main(int argc, char** argv) {
     example::QueueManager m(example::options(args));
     m.connect();
     const example::mm::QueueProxy<std::int64_t> tasks(m.create("get_task_queue"));
-    const example::mm::QueueProxy<std::vector<std::int64_t>> results(m.create("get_result_queue"));
+    const example::mm::QueueProxy<example::Result> results(m.create("get_result_queue"));
     long done = 0;
     for (;;) {
       std::int64_t n;

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """The docs' remote-manager recipe, end to end: examples/managers/queue_server, two
 queue_workers and a queue_client (their command lines are a contract), over TCP 127.0.0.1 and a
-Unix socket. Every process must exit 0, the client must report every result right, and nothing is
+Unix socket; then mixed crowds: the Python programs of examples/managers/python (the docs'
+worker and client, unmodified in substance) beside the C++ ones, on the same server. Every process must exit 0, the client must report every result right, and nothing is
 left running. Usage: queue_examples.py SERVER WORKER CLIENT"""
 import os
 import subprocess
@@ -11,34 +12,58 @@ import tempfile
 server_bin, worker_bin, client_bin = sys.argv[1:4]
 KEY = "736563726574"  # b"secret"
 TIMEOUT = 120
+HERE = os.path.dirname(os.path.abspath(__file__))
+PY_EXAMPLES = os.path.join(HERE, "..", "..", "examples", "managers", "python")
 
 
-def run(address):
+def pythons():
+    """This python3 and pyenv's 3.8 and later: the Python side of the mixed crowds."""
+    found = [sys.executable]
+    root = os.path.expanduser("~/.pyenv/versions")
+    if os.path.isdir(root):
+        for v in sorted(os.listdir(root)):
+            parts = v.split(".")
+            exe = os.path.join(root, v, "bin", "python3")
+            if len(parts) >= 2 and parts[0] == "3" and parts[1].isdigit() and int(parts[1]) >= 8 \
+                    and os.path.exists(exe):
+                found.append(exe)
+    return found
+
+
+def py(exe, program):
+    return [exe, os.path.join(PY_EXAMPLES, program)]
+
+
+def run(address, workers, client, tasks=2000):
+    """queue_server on `address`, the `workers` (argv prefixes), then `client`; every process
+    must exit 0, the client must report every result right, and the workers' counts must add up
+    to the tasks (nothing lost or done twice)."""
     procs = []
     try:
-        server = subprocess.Popen([server_bin, "--address", address, "--authkey", KEY],
-                                  stdout=subprocess.PIPE, text=True)
+        server = subprocess.Popen([server_bin, "--address", address, "--authkey", KEY,
+                                   "--legacy-md5"], stdout=subprocess.PIPE, text=True)
         procs.append(server)
         listening = server.stdout.readline().strip()
         assert listening, "queue_server printed no address"
-        workers = [subprocess.Popen([worker_bin, "--address", listening, "--authkey", KEY],
-                                    stdout=subprocess.PIPE, text=True) for _ in range(2)]
-        procs += workers
-        client = subprocess.run([client_bin, "--address", listening, "--authkey", KEY,
-                                 "--tasks", "2000", "--stop-workers", "2"],
-                                capture_output=True, text=True, timeout=TIMEOUT)
-        print(f"{address}: client: {client.stdout.strip()} {client.stderr.strip()}")
-        assert client.returncode == 0, f"queue_client exited {client.returncode}"
-        assert "2000 results right, 0 wrong" in client.stdout, client.stdout
+        args = ["--address", listening, "--authkey", KEY]
+        ws = [subprocess.Popen(w + args, stdout=subprocess.PIPE, text=True) for w in workers]
+        procs += ws
+        c = subprocess.run(client + args + ["--tasks", str(tasks), "--stop-workers",
+                                            str(len(ws))],
+                           capture_output=True, text=True, timeout=TIMEOUT)
+        names = ", ".join(os.path.basename(w[-1]) for w in workers)
+        print(f"{address}: {len(ws)} workers ({names}), client {os.path.basename(client[-1])}: "
+              f"{c.stdout.strip()} {c.stderr.strip()}")
+        assert c.returncode == 0, f"the client exited {c.returncode}"
+        assert f"{tasks} results right, 0 wrong" in c.stdout, c.stdout
         done = 0
-        for w in workers:
+        for w in ws:
             out, _ = w.communicate(timeout=TIMEOUT)
-            assert w.returncode == 0, f"queue_worker exited {w.returncode}"
+            assert w.returncode == 0, f"a worker exited {w.returncode}"
             done += int(out.split("worker: ")[1].split()[0])
-        assert done == 2000, f"the workers did {done} tasks, not 2000"
+        assert done == tasks, f"the workers did {done} tasks, not {tasks}"
         out, _ = server.communicate(timeout=TIMEOUT)
         assert server.returncode == 0, f"queue_server exited {server.returncode}"
-        print(f"{address}: server: {out.strip()}")
     finally:
         for p in procs:
             if p.poll() is None:
@@ -47,8 +72,14 @@ def run(address):
 
 
 with tempfile.TemporaryDirectory() as d:
-    run("127.0.0.1:0")
-    run("unix:" + os.path.join(d, "manager.sock"))
+    for address in ("127.0.0.1:0", "unix:" + os.path.join(d, "manager.sock")):
+        # troupe's own: two C++ workers, a C++ client.
+        run(address, [[worker_bin]] * 2, [client_bin])
+        # A mixed crowd: C++ workers and a Python worker per local Python, under a C++ client
+        # and under the docs' Python client.
+        crowd = [[worker_bin]] * 2 + [py(exe, "queue_worker.py") for exe in pythons()]
+        run(address, crowd, [client_bin])
+        run(address, crowd, py(sys.executable, "queue_client.py"))
 # A wrong key: the worker must fail with an error, not hang, and the server must keep serving.
 server = subprocess.Popen([server_bin, "--address", "127.0.0.1:0", "--authkey", KEY],
                           stdout=subprocess.PIPE, text=True)

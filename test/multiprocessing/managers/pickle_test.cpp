@@ -291,6 +291,36 @@ TEST_F(PickleTest, EveryPythonLoadsTheExceptionsAndTokensEncoded) {
   every_python_loads_what_is_encoded(object_cases(), kObjectsPrelude);
 }
 
+// Proxies as a Python client pickles them (BaseProxy.__reduce__): RebuildProxy of the proxy
+// type, the Token, the serializer and the keywords, the proxy type read as the class itself.
+TEST_F(PickleTest, TheProxiesOfEveryPythonDecodeAsRebuildProxy) {
+  auto token = [](const char* typeid_, Item address, const char* id) {
+    return Item::object(
+        "multiprocessing.managers.Token", Item::tuple({}),
+        Item::tuple(items({Item::text(typeid_), std::move(address), Item::text(id)})));
+  };
+  auto rebuild = [](const char* type, Item token, Item kwds) {
+    return Item::object(
+        "multiprocessing.managers.RebuildProxy",
+        Item::tuple(items({Item::object(std::string("multiprocessing.managers.") + type, Item()),
+                           std::move(token), Item::text("pickle"), std::move(kwds)})));
+  };
+  const std::vector<Case> cases = {
+      {"M.ListProxy(M.Token('list', ('127.0.0.1', 5000), 'a1'), 'pickle', incref=False)",
+       rebuild(
+           "ListProxy",
+           token("list", Item::tuple(items({Item::text("127.0.0.1"), Item::integer(5000)})), "a1"),
+           Item::dict({}))},
+      {"M.AutoProxy(M.Token('Q', '/tmp/s', 'b2'), 'pickle', exposed=('get', 'put'), "
+       "incref=False)",
+       rebuild("AutoProxy", token("Q", Item::text("/tmp/s"), "b2"),
+               Item::dict(items({Item::text("exposed"),
+                                 Item::tuple(items({Item::text("get"), Item::text("put")}))})))},
+  };
+  decode_what_every_python_pickles(
+      cases, "import pickle, sys\nimport multiprocessing.managers as M\n", &identical);
+}
+
 TEST_F(PickleTest, OnlyTheKnownClassesAreBuilt) {
   // A class not on the list, by either global opcode.
   const std::string od =
@@ -312,8 +342,13 @@ TEST_F(PickleTest, OnlyTheKnownClassesAreBuilt) {
   const std::string bare =
       P("\x80\x04\x8c\x08"
         "builtins\x8c\x08KeyError\x93.");
-  EXPECT_NE(message_of(bare).find("a class or constructor used as a value"), std::string::npos)
+  EXPECT_NE(message_of(bare).find("a class used as a value"), std::string::npos)
       << message_of(bare);
+  const std::string bare_set =
+      P("\x80\x04\x8c\x08"
+        "builtins\x8c\x03set\x93.");
+  EXPECT_NE(message_of(bare_set).find("a constructor used as a value"), std::string::npos)
+      << message_of(bare_set);
   // Objects are not hashable here (not a dict key).
   const std::string key =
       P("\x80\x04}\x8c\x08"

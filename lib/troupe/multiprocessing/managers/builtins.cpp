@@ -52,6 +52,13 @@ public:
     return {"empty", "full",       "get",   "get_nowait", "join",
             "put",   "put_nowait", "qsize", "task_done",  "shutdown"};
   }
+  std::optional<detail::Parameters> parameters(std::string_view m) const override {
+    if (m == "put") return detail::Parameters{{"obj", "block", "timeout"}, 1};
+    if (m == "get") return detail::Parameters{{"block", "timeout"}, 0};
+    if (m == "put_nowait") return detail::Parameters{{"obj"}, 1};
+    if (m == "shutdown") return detail::Parameters{{"immediate"}, 0};
+    return detail::Parameters{};
+  }
   std::string repr() const override {
     return "<queue.Queue object, maxsize=" + std::to_string(q_.maxsize()) +
            ", qsize=" + std::to_string(q_.qsize()) + ">";
@@ -114,6 +121,11 @@ public:
   AcquirerObject(std::string name, A&&... a) : name_(std::move(name)), w_(std::forward<A>(a)...) {}
 
   std::vector<std::string> exposed() const override { return {"acquire", "release", "locked"}; }
+  std::optional<detail::Parameters> parameters(std::string_view m) const override {
+    if (m == "acquire") return detail::Parameters{{"blocking", "timeout"}, 0};
+    if (m == "release") return detail::Parameters{{"n"}, 0};
+    return detail::Parameters{};
+  }
   std::string repr() const override { return "<" + name_ + ">"; }
 
   void call(const CallInfo& call, CompletionPtr done) override {
@@ -161,6 +173,12 @@ public:
 
   std::vector<std::string> exposed() const override {
     return {"acquire", "release", "wait", "notify", "notify_all"};
+  }
+  std::optional<detail::Parameters> parameters(std::string_view m) const override {
+    if (m == "acquire") return detail::Parameters{{"blocking", "timeout"}, 0};
+    if (m == "wait") return detail::Parameters{{"timeout"}, 0};
+    if (m == "notify") return detail::Parameters{{"n"}, 0};
+    return detail::Parameters{};
   }
   std::string repr() const override { return "<Condition(" + lock_repr_ + ", 0)>"; }
 
@@ -240,6 +258,11 @@ public:
   std::vector<std::string> exposed() const override {
     return {"__getattribute__", "wait", "abort", "reset"};
   }
+  std::optional<detail::Parameters> parameters(std::string_view m) const override {
+    if (m == "wait") return detail::Parameters{{"timeout"}, 0};
+    if (m == "__getattribute__") return detail::Parameters{{"name"}, 1};
+    return detail::Parameters{};
+  }
   std::string repr() const override {
     return "<threading.Barrier: parties=" + std::to_string(b_.parties()) +
            ", n_waiting=" + std::to_string(b_.n_waiting()) +
@@ -314,6 +337,10 @@ class EventObject final : public detail::HostedObject {
 public:
   explicit EventObject(boost::asio::any_io_executor ex) : e_(std::move(ex)) {}
   std::vector<std::string> exposed() const override { return {"is_set", "set", "clear", "wait"}; }
+  std::optional<detail::Parameters> parameters(std::string_view m) const override {
+    if (m == "wait") return detail::Parameters{{"timeout"}, 0};
+    return detail::Parameters{};
+  }
   std::string repr() const override {
     return std::string("<threading.Event: ") + (e_.is_set() ? "set" : "unset") + ">";
   }
@@ -372,21 +399,23 @@ private:
 class ContainerObject final : public detail::HostedObject,
                               public std::enable_shared_from_this<ContainerObject> {
 public:
-  ContainerObject(std::string_view typeid_, std::vector<Item> args, detail::RefHost* host)
+  ContainerObject(std::string_view typeid_, std::vector<Item> args, detail::Kwargs kwargs,
+                  detail::RefHost* host)
       : refs_(host) {
     detail::ContainerOptions o;
     o.refs = &refs_;
-    c_ = detail::make_container(typeid_, std::move(args), {}, o);
+    c_ = detail::make_container(typeid_, std::move(args), std::move(kwargs), o);
   }
   std::vector<std::string> exposed() const override { return c_->exposed(); }
   std::string repr() const override { return c_->repr(4096); }
   bool tracks_connections() const noexcept override { return false; }
+  bool takes_keywords() const noexcept override { return true; }
   void call(const CallInfo& call, CompletionPtr done) override;
 
   // Writes `x` as the call's result: the refs in it (a proxy stored in the container) are
   // parked for the receiver.
   void complete(const CompletionPtr& done, const Item& x) const {
-    if (!detail::has_ref(x)) return complete_item(done, x);
+    if (done->keeps_items() || !detail::has_ref(x)) return complete_item(done, x);
     detail::write(x, done->value(),
                   [this](const detail::Ref& r, proto::Ref::Builder out) { refs_.write(r, out); });
     done->done();
@@ -461,21 +490,21 @@ void ContainerObject::call(const CallInfo& call, CompletionPtr done) {
     return done->new_object("Iterator", std::make_shared<DictIteratorObject>(shared_from_this()));
   }
   auto a = items_of(call);
-  if (call.method == "sort" && c_->type_id() == "list") {
-    // list.sort(*, key=None, reverse=False): the wire carries no keywords, so a managed
-    // list's sort takes them by position, in that order.
+  detail::Kwargs kwargs = call.kwargs ? *call.kwargs : detail::Kwargs{};
+  if (call.method == "sort" && c_->type_id() == "list" && !call.kwargs) {
+    // list.sort(*, key=None, reverse=False): troupe's wire carries no keywords, so a managed
+    // list's sort takes them by position, in that order (CPython's dialect names them).
     if (a.size() > 2)
       throw TypeError(where(call) + " takes at most 2 arguments (key, reverse) (" +
                       std::to_string(a.size()) + " given)");
-    detail::Kwargs kw;
     const char* names[] = {"key", "reverse"};
-    for (std::size_t i = 0; i < a.size(); ++i) kw.emplace_back(names[i], std::move(a[i]));
-    return complete(done, c_->call(call.method, {}, std::move(kw)));
+    for (std::size_t i = 0; i < a.size(); ++i) kwargs.emplace_back(names[i], std::move(a[i]));
+    return complete(done, c_->call(call.method, {}, std::move(kwargs)));
   }
   // What the call removed (a popped element) is dropped after its result is written: a
   // proxy it returns is parked first.
   std::vector<Item> removed;
-  Item result = c_->call(call.method, std::move(a), {}, removed);
+  Item result = c_->call(call.method, std::move(a), std::move(kwargs), removed);
   try {
     complete(done, result);
   } catch (...) {
@@ -489,16 +518,19 @@ detail::TypeEntry container_entry(std::string typeid_) {
   detail::TypeEntry e;
   e.typeid_ = typeid_;
   e.create = [typeid_](const CallInfo& call) -> std::shared_ptr<detail::HostedObject> {
-    return std::make_shared<ContainerObject>(typeid_, items_of(call), call.refs);
+    return std::make_shared<ContainerObject>(
+        typeid_, items_of(call), call.kwargs ? *call.kwargs : detail::Kwargs{}, call.refs);
   };
+  e.takes_keywords = true;
   return e;
 }
 
 template <class Make>
-detail::TypeEntry entry(std::string typeid_, Make make) {
+detail::TypeEntry entry(std::string typeid_, Make make, detail::Parameters parameters = {}) {
   detail::TypeEntry e;
   e.typeid_ = std::move(typeid_);
   e.create = std::move(make);
+  e.create_parameters = std::move(parameters);
   return e;
 }
 
@@ -506,11 +538,14 @@ detail::TypeEntry entry(std::string typeid_, Make make) {
 
 void register_sync_types(Registry& registry) {
   for (const char* q : {"Queue", "JoinableQueue"})
-    registry.add(entry(q, [](const CallInfo& call) -> std::shared_ptr<detail::HostedObject> {
-      auto a = items_of(call);
-      at_most(call, a, 1);
-      return std::make_shared<QueueObject>(call.executor, integer(call, a, 0, 0, "maxsize"));
-    }));
+    registry.add(entry(q,
+                       [](const CallInfo& call) -> std::shared_ptr<detail::HostedObject> {
+                         auto a = items_of(call);
+                         at_most(call, a, 1);
+                         return std::make_shared<QueueObject>(call.executor,
+                                                              integer(call, a, 0, 0, "maxsize"));
+                       },
+                       {{"maxsize"}, 0}));
   registry.add(entry("Lock", [](const CallInfo& call) -> std::shared_ptr<detail::HostedObject> {
     at_most(call, items_of(call), 0);
     return std::make_shared<AcquirerObject<detail::AsyncLock>>("Lock", call.executor);
@@ -519,22 +554,24 @@ void register_sync_types(Registry& registry) {
     at_most(call, items_of(call), 0);
     return std::make_shared<AcquirerObject<detail::AsyncRLock>>("RLock", call.executor);
   }));
-  registry.add(
-      entry("Semaphore", [](const CallInfo& call) -> std::shared_ptr<detail::HostedObject> {
-        auto a = items_of(call);
-        at_most(call, a, 1);
-        return std::make_shared<AcquirerObject<detail::AsyncSemaphore>>(
-            "Semaphore", call.executor, integer(call, a, 0, 1, "value"));
-      }));
-  registry.add(
-      entry("BoundedSemaphore", [](const CallInfo& call) -> std::shared_ptr<detail::HostedObject> {
-        auto a = items_of(call);
-        at_most(call, a, 1);
-        return std::make_shared<AcquirerObject<detail::AsyncBoundedSemaphore>>(
-            "BoundedSemaphore", call.executor, integer(call, a, 0, 1, "value"));
-      }));
-  registry.add(entry("Condition", make_condition));
-  registry.add(entry("Barrier", make_barrier));
+  registry.add(entry("Semaphore",
+                     [](const CallInfo& call) -> std::shared_ptr<detail::HostedObject> {
+                       auto a = items_of(call);
+                       at_most(call, a, 1);
+                       return std::make_shared<AcquirerObject<detail::AsyncSemaphore>>(
+                           "Semaphore", call.executor, integer(call, a, 0, 1, "value"));
+                     },
+                     {{"value"}, 0}));
+  registry.add(entry("BoundedSemaphore",
+                     [](const CallInfo& call) -> std::shared_ptr<detail::HostedObject> {
+                       auto a = items_of(call);
+                       at_most(call, a, 1);
+                       return std::make_shared<AcquirerObject<detail::AsyncBoundedSemaphore>>(
+                           "BoundedSemaphore", call.executor, integer(call, a, 0, 1, "value"));
+                     },
+                     {{"value"}, 0}));
+  registry.add(entry("Condition", make_condition, {{"lock"}, 0}));
+  registry.add(entry("Barrier", make_barrier, {{"parties", "action", "timeout"}, 1}));
   registry.add(entry("Event", [](const CallInfo& call) -> std::shared_ptr<detail::HostedObject> {
     at_most(call, items_of(call), 0);
     return std::make_shared<EventObject>(call.executor);

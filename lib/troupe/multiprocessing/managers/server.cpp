@@ -34,6 +34,8 @@
 #include "troupe/internal/cpus.hpp"
 #include "troupe/multiprocessing/authkey.hpp"
 #include "troupe/multiprocessing/logger.hpp"
+#include "troupe/multiprocessing/managers/detail/pickle.hpp"
+#include "troupe/multiprocessing/managers/internal/python_dialect.hpp"
 #include "troupe/multiprocessing/managers/internal/wire.hpp"
 #include "troupe/multiprocessing/process.hpp"
 
@@ -47,6 +49,8 @@ using detail::CallInfo;
 using detail::Completion;
 using detail::CompletionPtr;
 using detail::HostedObject;
+using detail::Item;
+namespace python = internal::python;
 using detail::TypeEntry;
 using internal::Frame;
 
@@ -111,6 +115,13 @@ struct ServerConn : std::enable_shared_from_this<ServerConn> {
   // Under the server's mutex: references held (object id → count), and whether it is gone.
   std::unordered_map<std::uint64_t, std::uint64_t> held;
   bool released = false;
+  // CPython's dialect (the first message was a pickle; on the strand): the pickle protocol its
+  // replies use (the client's, 4 or 5), whether accept_connection made it a proxy's connection
+  // (method calls) rather than one for the server's functions, and its calls' ids.
+  bool python = false;
+  bool python_calls = false;
+  int python_protocol = 4;
+  std::uint64_t python_call_ids = 0;
 
   explicit ServerConn(asio::any_io_executor ex) : strand(asio::make_strand(ex)) {}
 };
@@ -641,6 +652,7 @@ public:
       tracked_.clear();
       parks_.clear();
       parks_by_conn_.clear();
+      python_refs_.clear();
     }
     objects.clear();  // the objects' destructors run here, outside the lock
     unlink_segments();
@@ -750,11 +762,12 @@ public:
   void on_hello(const std::shared_ptr<ServerConn>& sc, std::vector<std::byte> bytes) {
     std::string why;
     if (!bytes.empty() && bytes[0] == std::byte{0x80}) {
-      // CPython's pickle dialect: refused by name until the server speaks it.
-      mlog().warning("manager server at " + address_text_ +
-                     ": refused a connection speaking CPython's pickle dialect (a Python "
-                     "multiprocessing.managers client), which this server does not serve yet");
-      return close_conn(sc, "");
+      // A pickle: a client of CPython's multiprocessing.managers (doc/interop.md). It has no
+      // greeting; its first message is already a request.
+      sc->python = true;
+      sc->peer = "a Python client";
+      sc->greeted = true;
+      return on_python_request(sc, std::move(bytes));
     }
     try {
       auto frame = internal::parse_frame(std::move(bytes));
@@ -805,6 +818,7 @@ public:
   }
 
   void on_request(const std::shared_ptr<ServerConn>& sc, std::vector<std::byte> bytes) {
+    if (sc->python) return on_python_request(sc, std::move(bytes));
     std::shared_ptr<Frame> frame;
     const std::size_t size = bytes.size();
     try {
@@ -902,19 +916,7 @@ public:
                   done->fail(std::current_exception());
                 }
               };
-              // This runs on the connection's strand, on a thread that serves other
-              // connections too. A built-in object never blocks (its waits are
-              // asynchronous): its call runs here. So does a quick typeid's
-              // (RegisterOptions::quick). Any other registered class's call may block
-              // as long as it likes: it runs on this thread too, but off the strand,
-              // and a helper thread takes over the others if it holds the thread
-              // (run_may_block).
-              if (serial)
-                post_blocking(*serial, std::move(run));
-              else if (!entry || !entry->cxx_type || entry->quick)
-                run();
-              else
-                run_may_block(sc, std::move(run));
+              run_call(sc, entry, serial, std::move(run));
             });
         return;
       }
@@ -962,13 +964,7 @@ public:
                   done->fail(std::current_exception());
                 }
               };
-              // A built-in type is made at once and never blocks: made here, as its
-              // calls run here. A registered class's constructor is the user's code,
-              // which may block: as its calls (unless the typeid is quick).
-              if (!entry->cxx_type || entry->quick)
-                run();
-              else
-                run_may_block(sc, std::move(run));
+              run_call(sc, entry, std::nullopt, std::move(run));
             });
         return;
       }
@@ -1091,6 +1087,25 @@ public:
     fail(std::make_exception_ptr(ValueError("unknown request kind " +
                                             std::to_string(static_cast<unsigned>(req.which())))),
          "request");
+  }
+
+  // Runs a call (or a create: `serial` empty) queued on its lane. This runs on the connection's
+  // strand, on a thread that serves other connections too. A built-in object never blocks (its
+  // waits are asynchronous): its call runs here, and a built-in type is made here. So does a
+  // quick typeid's (RegisterOptions::quick). Any other registered class's call or constructor
+  // may block as long as it likes: it runs on this thread too, but off the strand, and a helper
+  // thread takes over the others if it holds the thread (run_may_block). A serialized typeid's
+  // calls go to its object's strand.
+  void run_call(const std::shared_ptr<ServerConn>& sc,
+                const std::shared_ptr<const TypeEntry>& entry,
+                const std::optional<asio::strand<asio::any_io_executor>>& serial,
+                std::function<void()> run) {
+    if (serial)
+      post_blocking(*serial, std::move(run));
+    else if (!entry || !entry->cxx_type || entry->quick)
+      run();
+    else
+      run_may_block(sc, std::move(run));
   }
 
   // Checks the per-connection limits of a call; replies with the error if over.
@@ -1295,6 +1310,529 @@ public:
     enqueue(sc, internal::flatten(mb));
   }
 
+  // ---- CPython's dialect (doc/interop.md) --------------------------------------------------
+
+  // A request of a Python client, on the strand: one of the server's functions until
+  // accept_connection, then method calls. A request that cannot be read (a pickle outside the
+  // data subset, a malformed tuple) gets '#TRACEBACK' with the reason, as CPython's server
+  // answers a request it fails on, and the connection serves on.
+  void on_python_request(const std::shared_ptr<ServerConn>& sc, std::vector<std::byte> bytes) {
+    const std::size_t size = bytes.size();
+    if (bytes.size() >= 2 && bytes[0] == std::byte{0x80})
+      sc->python_protocol = static_cast<unsigned>(bytes[1]) >= 5 ? 5 : 4;
+    const std::uint64_t call_id = ++sc->python_call_ids;
+    python::Request req;
+    try {
+      detail::Limits limits;
+      limits.max_bytes = std::min<std::size_t>(limits.max_bytes,
+                                               static_cast<std::size_t>(options_.max_message_size));
+      req = python::parse_request(detail::pickle::decode(bytes, limits));
+    } catch (...) {
+      const auto e = std::current_exception();
+      mlog().warning("manager server at " + address_text_ + ": refused a request of " + sc->peer +
+                     ": " + what_of(e));
+      return python_traceback(sc, e, "request");
+    }
+    try {
+      if (!sc->python_calls)
+        python_function(sc, call_id, std::move(req), size);
+      else
+        python_call(sc, call_id, std::move(req), size);
+    } catch (...) {
+      python_traceback(sc, std::current_exception(), req.method);
+    }
+  }
+
+  static std::string what_of(const std::exception_ptr& e) {
+    try {
+      std::rethrow_exception(e);
+    } catch (const std::exception& x) {
+      return x.what();
+    } catch (...) {
+      return "an unknown exception";
+    }
+  }
+
+  void python_reply(const std::shared_ptr<ServerConn>& sc, std::string_view kind, Item value) {
+    enqueue(sc, python::reply(kind, std::move(value), sc->python_protocol));
+  }
+
+  void python_traceback(const std::shared_ptr<ServerConn>& sc, std::exception_ptr e,
+                        std::string call) {
+    std::vector<std::byte> bytes;
+    try {
+      bytes = python::error_reply(ErrorEnvelope::capture(e, {.call = std::move(call)}),
+                                  sc->python_protocol, false);
+    } catch (...) {
+      bytes = python::reply("#TRACEBACK", Item::text("the manager failed to encode an error"),
+                            sc->python_protocol);
+    }
+    enqueue(sc, std::move(bytes));
+  }
+
+  // One of CPython's Server functions (its `public` list).
+  void python_function(const std::shared_ptr<ServerConn>& sc, std::uint64_t call_id,
+                       python::Request req, std::size_t size) {
+    const std::string& f = req.method;
+    auto no_arguments = [&] {
+      if (!req.args.empty() || !req.kwargs.empty())
+        throw TypeError(f + "() takes no arguments (" + std::to_string(req.args.size()) +
+                        " given)");
+    };
+    auto one_argument = [&]() -> Item& {
+      if (req.args.size() != 1 || !req.kwargs.empty())
+        throw TypeError(f + "() takes exactly one argument (" + std::to_string(req.args.size()) +
+                        " given)");
+      return req.args[0];
+    };
+    if (!python::is_public(f))
+      throw ValueError("'" + f + "' unrecognized (not one of the manager's functions)");
+    if (f == "dummy") {
+      no_arguments();
+      return python_reply(sc, "#RETURN", Item());
+    }
+    if (f == "accept_connection") {
+      const Item& name = one_argument();
+      sc->python_calls = true;
+      if (name.kind() == detail::Kind::text)
+        sc->peer = "a Python client (" + name.as_string().substr(0, 128) + ")";
+      return python_reply(sc, "#RETURN", Item());
+    }
+    if (f == "create") return python_create(sc, call_id, std::move(req), size);
+    if (f == "get_methods") {
+      const auto t = python::token_fields(one_argument());
+      return python_reply(sc, "#RETURN", python_exposed(python::parse_ident(t.ident)));
+    }
+    if (f == "debug_info") {
+      no_arguments();
+      return python_reply(sc, "#RETURN", Item::text(debug_info()));
+    }
+    if (f == "number_of_objects") {
+      no_arguments();
+      return python_reply(sc, "#RETURN",
+                          Item::integer(static_cast<std::int64_t>(number_of_objects())));
+    }
+    if (f == "incref") {
+      python_incref(python::parse_ident(one_argument()));
+      return python_reply(sc, "#RETURN", Item());
+    }
+    if (f == "decref") {
+      python_decref(python::parse_ident(one_argument()));
+      return python_reply(sc, "#RETURN", Item());
+    }
+    // shutdown
+    no_arguments();
+    if (!options_.allow_shutdown)
+      throw RuntimeError("the manager at " + address_text_ + " does not allow shutdown");
+    python_reply(sc, "#RETURN", Item());
+    request_shutdown();
+  }
+
+  // create(typeid, *args, **kwds): the new object's (ident, exposed), one reference held for
+  // the Python client (CPython's client takes its own, then drops this one).
+  void python_create(const std::shared_ptr<ServerConn>& sc, std::uint64_t call_id,
+                     python::Request req, std::size_t size) {
+    if (req.args.empty() || req.args[0].kind() != detail::Kind::text)
+      throw TypeError("create() needs the typeid (a str) as its first argument");
+    const std::string typeid_ = req.args[0].as_string().substr(0, 256);
+    auto entry = registry_.find(typeid_);
+    if (!entry)
+      throw KeyError("'" + typeid_ + "' is not a typeid registered with " + registry_.name());
+    if (!entry->create || !entry->create_method)
+      throw TypeError("typeid '" + typeid_ + "' of " + registry_.name() +
+                      (entry->create ? " was registered with create_method=false"
+                                     : " has no callable: its objects are only made by methods "
+                                       "that return them"));
+    req.args.erase(req.args.begin());
+    const std::string call = "create(" + typeid_ + ")";
+    auto state =
+        python_state(call, entry->takes_keywords, &entry->create_parameters, std::move(req));
+    python_admit(sc);
+    sc->running[call_id] = {nullptr, 0, std::nullopt, size};
+    sc->held_bytes += size;
+    enqueue_lane(
+        sc, 0,
+        [this, self = shared_from_this(), sc, entry, typeid_, call_id, call, state]() mutable {
+          auto run = [this, self, sc, entry, typeid_, call_id, call, state]() mutable {
+            auto done = std::make_shared<PyDone>(shared_from_this(), sc, call_id, true, call,
+                                                 std::string(), state->summary());
+            try {
+              const CallInfo info = python_info(sc, call_id, 0, typeid_, typeid_, *state, this);
+              done->new_object(typeid_, entry->create(info));
+            } catch (...) {
+              done->fail(std::current_exception());
+            }
+          };
+          run_call(sc, entry, std::nullopt, std::move(run));
+        });
+  }
+
+  // The in-flight limit for a Python connection (its call ids are the server's own, never
+  // reused). @throws ValueError naming the limit (sent as '#TRACEBACK').
+  void python_admit(const std::shared_ptr<ServerConn>& sc) const {
+    if (sc->running.size() >= options_.max_calls_in_flight)
+      throw ValueError("over the limit of " + std::to_string(options_.max_calls_in_flight) +
+                       " calls in flight per connection (ServerOptions::max_calls_in_flight)");
+  }
+
+  // A call's arguments as the host takes them: proxies to this server's objects as refs,
+  // keywords given to the object (`takes_keywords`), placed by `parameters`, or refused.
+  std::shared_ptr<python::CallArgs> python_state(const std::string& where, bool takes_keywords,
+                                                 const detail::Parameters* parameters,
+                                                 python::Request req) {
+    for (Item& a : req.args) proxies_from_python(a);
+    for (auto& [k, v] : req.kwargs) proxies_from_python(v);
+    std::optional<detail::Kwargs> kwargs;
+    if (!req.kwargs.empty()) {
+      if (takes_keywords)
+        kwargs = std::move(req.kwargs);
+      else if (parameters && (!parameters->names.empty() || parameters->required))
+        python::place_keywords(where, req.args, std::move(req.kwargs), *parameters);
+      else
+        throw TypeError(where + " takes no keyword arguments" +
+                        (parameters ? "" : " (a C++ method's parameters are given by position)"));
+    }
+    return std::make_shared<python::CallArgs>(where, std::move(req.args), std::move(kwargs));
+  }
+
+  static CallInfo python_info(const std::shared_ptr<ServerConn>& sc, std::uint64_t call_id,
+                              std::uint64_t id, std::string_view typeid_, std::string_view method,
+                              const python::CallArgs& args, Impl* server) {
+    CallInfo info{Caller{sc->id, 0, sc->strand},
+                  call_id,
+                  id,
+                  typeid_,
+                  method,
+                  args.reader(),
+                  0,
+                  server->ex_,
+                  server};
+    info.kwargs = args.kwargs();
+    info.items = &args.items();
+    info.args_error = args.error();
+    return info;
+  }
+
+  // A method call after accept_connection: (ident, methodname, args, kwds).
+  void python_call(const std::shared_ptr<ServerConn>& sc, std::uint64_t call_id,
+                   python::Request req, std::size_t size) {
+    const std::uint64_t id = python::parse_ident(req.ident);
+    std::shared_ptr<HostedObject> obj;
+    std::shared_ptr<const TypeEntry> entry;
+    std::string typeid_;
+    std::optional<asio::strand<asio::any_io_executor>> serial;
+    {
+      std::scoped_lock lock(m_);
+      auto it = objects_.find(id);
+      if (it == objects_.end())
+        throw KeyError("'" + python::ident_text(id) + "' (no such object in the manager at " +
+                       address_text_ + ": released, or never made)");
+      obj = it->second.object;
+      entry = it->second.entry;
+      typeid_ = it->second.typeid_;
+      serial = it->second.serial;
+    }
+    const std::string mname = req.method;
+    const bool fallback = mname == "#GETVALUE" || mname == "__repr__" || mname == "__str__";
+    if (entry && entry->exposed && !fallback &&
+        std::find(entry->exposed->begin(), entry->exposed->end(), mname) == entry->exposed->end())
+      throw AttributeError("method '" + mname + "' of object " + object_name(typeid_, id) +
+                           " (typeid '" + typeid_ + "') is not exposed");
+    const std::string call = typeid_ + "." + mname + "()";
+    const auto parameters = obj->parameters(mname);
+    std::shared_ptr<python::CallArgs> state;
+    try {
+      state = python_state(call, obj->takes_keywords(), parameters ? &*parameters : nullptr,
+                           std::move(req));
+    } catch (...) {
+      // Arguments the method cannot be called with: Python's call raises TypeError there, and
+      // its server sends it as '#ERROR'.
+      return enqueue(sc,
+                     python::error_reply(
+                         ErrorEnvelope::capture(std::current_exception(),
+                                                {.call = call, .object = object_name(typeid_, id)}),
+                         sc->python_protocol, true));
+    }
+    python_admit(sc);
+    sc->running[call_id] = {obj, 0, serial, size};
+    sc->held_bytes += size;
+    enqueue_lane(sc, 0,
+                 [this, self = shared_from_this(), sc, obj, entry, typeid_, serial, id, call_id,
+                  mname, state]() mutable {
+                   auto run = [this, self, sc, obj, typeid_, id, call_id, mname, state]() mutable {
+                     auto done = std::make_shared<PyDone>(
+                         shared_from_this(), sc, call_id, false, typeid_ + "." + mname,
+                         object_name(typeid_, id), state->summary());
+                     try {
+                       const CallInfo info =
+                           python_info(sc, call_id, id, typeid_, mname, *state, this);
+                       if (mname == "__repr__" || mname == "__str__") {
+                         if (info.args.size() != 0) detail::bad_arity(info, typeid_, 0);
+                         done->complete(obj->repr());
+                       } else {
+                         obj->call(info, done);
+                       }
+                     } catch (...) {
+                       done->fail(std::current_exception());
+                     }
+                   };
+                   run_call(sc, entry, serial, std::move(run));
+                 });
+  }
+
+  // How a call of CPython's dialect ends: '#RETURN' and the value (proxies in it written as
+  // CPython's RebuildProxy), '#PROXY' for a method of method_to_typeid, '#RETURN' (ident,
+  // exposed) for a create; a failure as '#ERROR' (a method's) or '#TRACEBACK' (a create's).
+  class PyDone final : public Completion {
+  public:
+    PyDone(std::shared_ptr<Impl> server, std::shared_ptr<ServerConn> sc, std::uint64_t call_id,
+           bool create, std::string call, std::string object, std::string arguments)
+        : server_(std::move(server)),
+          sc_(std::move(sc)),
+          call_id_(call_id),
+          protocol_(sc_->python_protocol),
+          create_(create),
+          call_(std::move(call)),
+          object_(std::move(object)),
+          arguments_(std::move(arguments)) {}
+
+    ~PyDone() noexcept override {
+      if (!finished_.exchange(true))
+        send_error(std::make_exception_ptr(RuntimeError(
+            call_ + " never completed: the object dropped the call without a result")));
+    }
+
+    proto::Value::Builder value() override {
+      if (!mb_) {
+        mb_.emplace(internal::small_message_words);
+        root_ = mb_->initRoot<proto::Value>();
+      }
+      return *root_;
+    }
+
+    void done() override {
+      if (finished_.exchange(true)) return;
+      std::vector<std::byte> bytes;
+      try {
+        Item x = mb_ ? detail::to_item(root_->asReader()) : Item();
+        server_->refs_to_python(x, true);
+        bytes = python::reply("#RETURN", std::move(x), protocol_);
+      } catch (...) {
+        return send_error(std::current_exception());
+      }
+      server_->finish(sc_, call_id_, 0, std::move(bytes));
+    }
+
+    // The tree as the object holds it (a dict stays a dict); its refs are the holder's, so
+    // none is unparked.
+    void complete_item(const Item& x) override {
+      if (finished_.exchange(true)) return;
+      std::vector<std::byte> bytes;
+      try {
+        Item copy = x;
+        if (detail::has_ref(copy)) server_->refs_to_python(copy, false);
+        bytes = python::reply("#RETURN", std::move(copy), protocol_);
+      } catch (...) {
+        return send_error(std::current_exception());
+      }
+      server_->finish(sc_, call_id_, 0, std::move(bytes));
+    }
+    bool keeps_items() const noexcept override { return true; }
+
+    void new_object(std::string typeid_, std::shared_ptr<HostedObject> object) override {
+      if (finished_.exchange(true)) return;
+      try {
+        auto entry = server_->registry_.find(typeid_);
+        if (!entry)
+          throw KeyError(call_ + " returned an object of typeid '" + typeid_ +
+                         "', which is not registered with " + server_->registry_.name());
+        if (!object) throw ValueError(call_ + " returned no object");
+        const auto id = server_->add_object_id(sc_, std::move(object), entry);
+        if (!id) return server_->finish(sc_, call_id_, 0, {});
+        Item exposed = server_->python_exposed(*id);
+        server_->finish(
+            sc_, call_id_, 0,
+            create_ ? python::reply(
+                          "#RETURN",
+                          Item::tuple({Item::text(python::ident_text(*id)), std::move(exposed)}),
+                          protocol_)
+                    : python::reply("#PROXY",
+                                    Item::tuple({std::move(exposed),
+                                                 python::token(typeid_, server_->address_, *id)}),
+                                    protocol_));
+      } catch (...) {
+        send_error(std::current_exception());
+      }
+    }
+
+    void fail(std::exception_ptr error) override {
+      if (finished_.exchange(true)) return;
+      send_error(error);
+    }
+
+  private:
+    void send_error(std::exception_ptr e) noexcept {
+      std::vector<std::byte> bytes;
+      try {
+        bytes = python::error_reply(
+            ErrorEnvelope::capture(e, {.call = call_, .object = object_, .arguments = arguments_}),
+            protocol_, !create_);
+      } catch (...) {
+        try {
+          bytes = python::reply("#TRACEBACK",
+                                Item::text(call_ + " failed, and its error could not be encoded"),
+                                protocol_);
+        } catch (...) {
+        }
+      }
+      server_->finish(sc_, call_id_, 0, std::move(bytes));
+    }
+
+    std::shared_ptr<Impl> server_;
+    std::shared_ptr<ServerConn> sc_;
+    std::uint64_t call_id_;
+    int protocol_;
+    bool create_;
+    std::string call_, object_, arguments_;
+    std::atomic<bool> finished_{false};
+    std::optional<capnp::MallocMessageBuilder> mb_;
+    std::optional<proto::Value::Builder> root_;
+  };
+
+  // The methods a Python proxy of object `id` may call (CPython's `exposed`, with the methods of
+  // method_to_typeid), as a tuple of str. @throws KeyError if there is no such object.
+  Item python_exposed(std::uint64_t id) {
+    std::vector<std::string> names;
+    {
+      std::scoped_lock lock(m_);
+      auto it = objects_.find(id);
+      if (it == objects_.end())
+        throw KeyError("'" + python::ident_text(id) + "' (no such object in the manager at " +
+                       address_text_ + ")");
+      names = it->second.entry && it->second.entry->exposed ? *it->second.entry->exposed
+                                                            : it->second.object->exposed();
+      if (it->second.entry)
+        for (const auto& [m, t] : it->second.entry->method_to_typeid)
+          if (std::find(names.begin(), names.end(), m) == names.end()) names.push_back(m);
+    }
+    std::vector<Item> out;
+    out.reserve(names.size());
+    for (auto& n : names) out.push_back(Item::text(std::move(n)));
+    return Item::tuple(std::move(out));
+  }
+
+  // Python's references (incref/decref by ident) belong to no connection: CPython's client takes
+  // and drops them on connections of their own. They are the server's until decref'd; a Python
+  // client that dies keeps its objects alive, as with CPython's server.
+  [[noreturn]] void python_over_limit() const {
+    throw ValueError("over the limit of " + std::to_string(options_.max_objects_held) +
+                     " objects held by Python clients (ServerOptions::max_objects_held)");
+  }
+  void python_hold_locked(std::uint64_t id) {
+    auto it = python_refs_.find(id);
+    if (it != python_refs_.end()) {
+      ++it->second;
+      return;
+    }
+    if (python_refs_.size() >= options_.max_objects_held) python_over_limit();
+    python_refs_.emplace(id, 1);
+  }
+  void python_incref(std::uint64_t id) {
+    std::scoped_lock lock(m_);
+    auto it = objects_.find(id);
+    if (it == objects_.end())
+      throw KeyError("'" + python::ident_text(id) + "' (incref: no such object in the manager at " +
+                     address_text_ + ")");
+    python_hold_locked(id);
+    ++it->second.refcount;
+  }
+  void python_decref(std::uint64_t id) {
+    std::vector<Entry> dead;
+    std::scoped_lock lock(m_);
+    auto h = python_refs_.find(id);
+    if (h == python_refs_.end())
+      throw ValueError("Id " + python::ident_text(id) +
+                       " has no reference held by Python clients (decref without incref)");
+    if (--h->second == 0) python_refs_.erase(h);
+    drop_locked(id, 1, dead);
+    // `dead` is destroyed after the lock is released (declared before it).
+  }
+
+  // Ends the park of `ticket` (a reference written into a reply for a Python client, which takes
+  // its own when it reads the proxy, as CPython's RebuildProxy does).
+  void unpark(std::uint64_t ticket) {
+    std::vector<Entry> dead;
+    std::scoped_lock lock(m_);
+    auto p = parks_.find(ticket);
+    if (p == parks_.end() || p->second.early_claim) return;
+    drop_locked(p->second.id, 1, dead);
+    erase_park_locked(p);
+  }
+
+  // The proxies in a result, for a Python client: CPython's RebuildProxy of a Token of this
+  // server (the client increfs it when it reads it). `parked`: the refs were written for the
+  // receiver (write_ref parked a reference for each), and those parks end here.
+  void refs_to_python(Item& x, bool parked) {
+    if (x.kind() == detail::Kind::ref) {
+      const detail::Ref r = x.as_ref();
+      if (parked && r.ticket != 0) unpark(r.ticket);
+      if (r.address != address_text_)
+        throw TypeError("a proxy to " + r.type_id + " object " + std::to_string(r.id) + " at " +
+                        r.address + " cannot be sent to a Python client of another manager");
+      std::vector<std::string> exposed;
+      const Item names = python_exposed(r.id);  // named: a loop over a temporary's elements
+      for (const Item& e : names.elements()) exposed.push_back(e.as_string());  // would dangle
+      x = python::rebuild_proxy(r.type_id, address_, r.id, exposed);
+      return;
+    }
+    if (x.is_container() || x.kind() == detail::Kind::alternative)
+      for (Item& e : x.elements()) refs_to_python(e, parked);
+  }
+
+  // The proxies a Python client sent (CPython's RebuildProxy of a Token), as refs: only to this
+  // server's objects (the Token's address is one this server is reached by).
+  void proxies_from_python(Item& x) {
+    if (const Item* t = python::rebuilt_token(x)) {
+      const auto f = python::token_fields(*t);
+      if (!is_our_address(f.address))
+        throw TypeError("a proxy to " + f.typeid_ + " object " + detail::repr(f.ident, 40) +
+                        " at " + detail::repr(f.address, 80) +
+                        " cannot be passed to the manager at " + address_text_ +
+                        ": only proxies to its own objects can");
+      const std::uint64_t id = python::parse_ident(f.ident);
+      std::uint64_t fingerprint = 0;
+      {
+        std::scoped_lock lock(m_);
+        auto it = objects_.find(id);
+        if (it == objects_.end())
+          throw KeyError("'" + python::ident_text(id) + "' (a proxy to an object the manager at " +
+                         address_text_ + " no longer has)");
+        if (it->second.entry) fingerprint = it->second.entry->fingerprint;
+      }
+      x = Item::ref(detail::Ref{f.typeid_, address_text_, id, fingerprint, 0});
+      return;
+    }
+    if (x.is_container())
+      for (Item& e : x.elements()) proxies_from_python(e);
+  }
+
+  // Whether a Python address names this server: its own, or its port on a name of this host.
+  bool is_our_address(const Item& x) const {
+    const auto a = python::address_of(x);
+    if (!a) return false;
+    if (*a == address_) return true;
+    if (a->family == Address::Family::unix_path || a->family == Address::Family::unix_abstract ||
+        address_.family == Address::Family::unix_path ||
+        address_.family == Address::Family::unix_abstract)
+      return false;
+    if (a->port != address_.port) return false;
+    static const std::set<std::string, std::less<>> kLocal = {"localhost", "127.0.0.1", "::1",
+                                                              "0.0.0.0",   "::",        ""};
+    if (kLocal.contains(a->host) || a->host == address_.host) return true;
+    char host[256] = {};
+    return ::gethostname(host, sizeof host - 1) == 0 && a->host == host;
+  }
+
   // ---- writing (on the strand) -------------------------------------------------------------
 
   void enqueue(const std::shared_ptr<ServerConn>& sc, std::vector<std::byte> bytes) {
@@ -1449,19 +1987,37 @@ public:
   // False if the connection is gone (the object is dropped).
   bool add_object(const std::shared_ptr<ServerConn>& sc, std::shared_ptr<HostedObject> object,
                   const std::shared_ptr<const TypeEntry>& entry, proto::Ref::Builder out) {
+    const auto id = add_object_id(sc, std::move(object), entry);
+    if (!id) return false;
+    write_ref_fields(*id, entry->typeid_, entry->fingerprint, 0, out);
+    return true;
+  }
+
+  // The id of a new object for `sc`, holding one reference: the connection's (troupe's
+  // dialect), or the Python table's (CPython's: its references are not a connection's). Nullopt
+  // if the connection is gone (the object is dropped).
+  std::optional<std::uint64_t> add_object_id(const std::shared_ptr<ServerConn>& sc,
+                                             std::shared_ptr<HostedObject> object,
+                                             const std::shared_ptr<const TypeEntry>& entry) {
     std::uint64_t id;
     {
       std::scoped_lock lock(m_);
-      if (sc->released) return false;
+      if (sc->released) return std::nullopt;
       auto known = by_identity_.find({object->identity(), entry->typeid_});
       if (known != by_identity_.end()) {
         id = known->second;
-        hold_locked(sc, id);
+        if (sc->python)
+          python_hold_locked(id);
+        else
+          hold_locked(sc, id);
         ++objects_.at(id).refcount;
       } else {
-        if (sc->held.size() >= options_.max_objects_held)
+        if (sc->python) {
+          if (python_refs_.size() >= options_.max_objects_held) python_over_limit();
+        } else if (sc->held.size() >= options_.max_objects_held) {
           throw ValueError("over the limit of " + std::to_string(options_.max_objects_held) +
                            " objects held per connection (ServerOptions::max_objects_held)");
+        }
         id = next_object_++;
         Entry e;
         e.entry = entry;
@@ -1481,11 +2037,13 @@ public:
         if (object->tracks_connections()) tracked_.insert(id);
         e.object = std::move(object);
         objects_.emplace(id, std::move(e));
-        sc->held.emplace(id, 1);
+        if (sc->python)
+          python_refs_.emplace(id, 1);
+        else
+          sc->held.emplace(id, 1);
       }
     }
-    write_ref_fields(id, entry->typeid_, entry->fingerprint, 0, out);
-    return true;
+    return id;
   }
 
   void write_ref_fields(std::uint64_t id, const std::string& typeid_, std::uint64_t fingerprint,
@@ -1836,6 +2394,7 @@ public:
   std::unordered_map<std::uint64_t, Park> parks_;
   std::unordered_map<std::uint64_t, std::uint32_t> parks_by_conn_;  // conn → parks it made
   std::unordered_map<std::uint64_t, std::shared_ptr<ServerConn>> conns_;
+  std::unordered_map<std::uint64_t, std::uint64_t> python_refs_;  // Python clients' (id → count)
   std::uint64_t next_object_ = 1;
   std::uint64_t next_conn_ = 1;
   static inline std::atomic<unsigned> counter_{0};

@@ -20,6 +20,7 @@ namespace troupe::multiprocessing::managers::detail {
 
 // The call's arguments as Items (bounded by to_item's limits).
 inline std::vector<Item> items_of(const CallInfo& call) {
+  if (call.items) return *call.items;
   std::vector<Item> out;
   out.reserve(call.args.size());
   for (auto v : call.args) out.push_back(to_item(v));
@@ -92,8 +93,7 @@ inline std::int64_t integer(const CallInfo& call, const std::vector<Item>& a, st
 }
 
 inline void complete_item(const CompletionPtr& done, const Item& x) {
-  write(x, done->value());
-  done->done();
+  done->complete_item(x);
 }
 
 // The handlers of the waiting objects: an exception, or a result.

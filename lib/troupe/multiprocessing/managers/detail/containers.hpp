@@ -66,9 +66,6 @@ protected:
   ~RefHolder() = default;
 };
 
-/// Keyword arguments, in the order given.
-using Kwargs = std::vector<std::pair<std::string, Item>>;
-
 struct ContainerOptions {
   /// The most elements one operation may make a container or a result hold.
   std::size_t max_elements = std::size_t{1} << 24;

@@ -24,6 +24,7 @@
 
 #include "troupe/codec.hpp"
 #include "troupe/multiprocessing/managers/detail/caller.hpp"
+#include "troupe/multiprocessing/managers/detail/item.hpp"
 
 #include "manager.capnp.h"
 #include "value.capnp.h"
@@ -53,6 +54,17 @@ public:
   virtual void new_object(std::string typeid_, std::shared_ptr<HostedObject> object) = 0;
   /// Ends the call with an exception (sent as the error envelope, with the call's context).
   virtual void fail(std::exception_ptr error) = 0;
+
+  /// Ends the call with the value tree `x`: by default written into value() (its refs as they
+  /// are), then done(). A completion that keeps Items (CPython's dialect, so that a dict stays
+  /// a dict) takes it whole, refs included (keeps_items()).
+  virtual void complete_item(const Item& x) {
+    write(x, value());
+    done();
+  }
+  /// Whether complete_item() takes the tree whole, writing the refs in it itself: a hosted
+  /// container then hands over what it holds without parking references for the receiver.
+  virtual bool keeps_items() const noexcept { return false; }
 
   /// Shorthand: encodes `x` with troupe::Codec<T> into value() and calls done().
   template <class T>
@@ -99,6 +111,25 @@ struct CallInfo {
   std::uint64_t args_fingerprint = 0;     // of the argument types' signature; 0: untyped
   boost::asio::any_io_executor executor;  // the host's: timers, posted work
   RefHost* refs = nullptr;                // never null in a call from the host
+  /// Python's keyword arguments: only a call in CPython's dialect has them, and only for an
+  /// object that reads them (HostedObject::takes_keywords(), a create of a typeid whose
+  /// TypeEntry::takes_keywords); else null.
+  const Kwargs* kwargs = nullptr;
+  /// The arguments as Python sent them (CPython's dialect), with the kinds `args` cannot say
+  /// (dict, tuple, set): what the built-ins read (detail::items_of); null on troupe's wire.
+  /// `args` then holds them too, for registered classes, unless they hold a value troupe's wire
+  /// has no form for (an exception object): then `args` is empty and `args_error` says why.
+  const std::vector<Item>* items = nullptr;
+  std::string_view args_error;
+};
+
+/// A method's Python parameters, for placing keyword arguments by position (CPython's dialect
+/// sends `q.get(timeout=1)` as keywords; troupe's wire has only positions): the names in order,
+/// and how many of the first have no default. A parameter left out before one given by name is
+/// sent as None, which the built-ins read as Python's default.
+struct Parameters {
+  std::vector<std::string_view> names;
+  std::size_t required = 0;
 };
 
 /// An object the host serves. The host calls call() from its threads, concurrently for calls of
@@ -126,6 +157,14 @@ public:
   /// an object that parks waiters fails or forgets that one. The call still completes (the reply
   /// is then dropped).
   virtual void cancel(Caller /*who*/, std::uint64_t /*call_id*/) {}
+  /// Whether call() reads CallInfo::kwargs (a container: dict.update(a=1), list.sort(reverse=
+  /// True)). Else keywords are placed by parameters(), or refused.
+  virtual bool takes_keywords() const noexcept { return false; }
+  /// `method`'s parameters, for keywords placed by position (a queue's get(block, timeout));
+  /// nullopt: the method takes no keywords (a registered C++ class's: C++ has no names).
+  virtual std::optional<Parameters> parameters(std::string_view /*method*/) const {
+    return std::nullopt;
+  }
   /// A short text for debug_info() and str(proxy): Python's repr of the object.
   virtual std::string repr() const = 0;
   /// What makes two hosted objects the same object (a factory that returns the same shared
@@ -148,6 +187,11 @@ struct TypeEntry {
   /// Python's `method_to_typeid`: a method listed here returns a proxy to a new object of that
   /// typeid instead of a value.
   std::map<std::string, std::string, std::less<>> method_to_typeid;
+  /// How a create in CPython's dialect passes keywords: `create` reads CallInfo::kwargs
+  /// (dict(a=1), Namespace(x=1)); else they are placed by `create_parameters` (Queue(maxsize=)),
+  /// or refused when that is empty.
+  bool takes_keywords = false;
+  Parameters create_parameters;
   /// Python's `create_method`: whether clients create this typeid (BaseManager::create).
   bool create_method = true;
   /// Calls on one object of this typeid run one at a time, in arrival order (a strand), so the

@@ -796,6 +796,10 @@ struct Repr {
       case Kind::object: {
         // Python's repr of an exception: the class's own name and its args.
         const std::string& cls = x.object_class();
+        if (x.object_args().is_none()) {  // the class itself (pickle.hpp: a proxy type)
+          out += "<class '" + cls + "'>";
+          break;
+        }
         out += cls.substr(cls.rfind('.') + 1);
         out += '(';
         if (x.object_args().is_container()) elements(x.object_args().elements());

@@ -139,8 +139,9 @@ public:
   static Item ref(Ref r);
   /// An object of class `cls` ("builtins.KeyError", "multiprocessing.managers.Token"), as
   /// Python's pickle makes one: `cls(*args)` (or `cls.__new__(cls, *args)`), then its state set
-  /// from `state` (None: no state). Only the pickle dialect makes these, for the classes it
-  /// reads (pickle.hpp); troupe's own wire has no form for them.
+  /// from `state` (None: no state). Args None: the class itself (a proxy type named in a
+  /// pickled proxy). Only the pickle dialect makes these, for the classes it reads
+  /// (pickle.hpp); troupe's own wire has no form for them.
   static Item object(std::string cls, Item args, Item state);
   static Item object(std::string cls, Item args);  // no state
 
@@ -226,6 +227,9 @@ bool less(const Item& a, const Item& b);
 std::string repr(const Item& x, std::size_t max_size = std::numeric_limits<std::size_t>::max());
 /// Python's str(): a str's own text, repr() of anything else.
 std::string str(const Item& x);
+
+/// Keyword arguments, in the order given.
+using Kwargs = std::vector<std::pair<std::string, Item>>;
 
 // ---- to and from the wire ---------------------------------------------------------------------
 

@@ -187,6 +187,7 @@ std::string argument_kinds(capnp::List<proto::Value>::Reader args);
 template <class Params>
 Params decode_args(const CallInfo& call, std::string_view cxx_type) {
   constexpr std::size_t N = std::tuple_size_v<Params>;
+  if (!call.args_error.empty()) throw TypeError(std::string(call.args_error));
   if (call.args.size() != N) bad_arity(call, cxx_type, N);
   if (call.args_fingerprint != 0 && call.args_fingerprint != params_fingerprint<Params>())
     bad_signature(call, cxx_type, params_signature<Params>());

@@ -252,7 +252,27 @@ constexpr KnownClass kOtherClasses[] = {
     {"multiprocessing.context", "BufferTooShort"},
     {"multiprocessing.context", "TimeoutError"},
     {"multiprocessing.context", "AuthenticationError"},
+    // A proxy a Python client sends (an argument, an element stored in a managed container):
+    // BaseProxy.__reduce__ writes RebuildProxy(proxy type, token, serializer, kwds), the proxy
+    // type a global among the arguments: read as data, a reference to the token's object.
+    {"multiprocessing.managers", "RebuildProxy"},
 };
+
+// The proxy types of multiprocessing.managers, which RebuildProxy's first argument names: the
+// only classes read as values (Item::object with args None: the class itself).
+constexpr std::string_view kProxyTypes[] = {
+    "AutoProxy",      "BaseProxy",     "ListProxy",     "BaseListProxy",
+    "DictProxy",      "SetProxy",      "ValueProxy",    "ArrayProxy",
+    "NamespaceProxy", "AcquirerProxy", "EventProxy",    "ConditionProxy",
+    "BarrierProxy",   "PoolProxy",     "IteratorProxy", "AsyncResultProxy",
+};
+
+bool is_proxy_type(std::string_view module, std::string_view name) {
+  if (module != "multiprocessing.managers") return false;
+  for (std::string_view t : kProxyTypes)
+    if (name == t) return true;
+  return false;
+}
 
 // The class's name as Item::object keeps it ("module.name"), if it is one of those read.
 // Protocol 2 writes Python 2's names (pickle's fix_imports): 'exceptions' for builtins, 'Queue'
@@ -263,6 +283,7 @@ std::optional<std::string> known_class(std::string_view module, std::string_view
       if (name == e) return "builtins." + std::string(name);
   if (module == "Queue") module = "queue";
   if (module == "multiprocessing") module = "multiprocessing.context";
+  if (is_proxy_type(module, name)) return std::string(module) + "." + std::string(name);
   for (const KnownClass& c : kOtherClasses)
     if (module == c.module && name == c.name) return std::string(module) + "." + std::string(name);
   return std::nullopt;
@@ -906,8 +927,15 @@ private:
              ") of str and bytes in the result");
       return n.leaf;
     }
-    if (n.kind == NodeKind::ctor || n.kind == NodeKind::cls)
-      fail("a class or constructor used as a value");
+    if (n.kind == NodeKind::cls) {
+      const std::string& cls = n.leaf.as_string();
+      const auto dot = cls.rfind('.');
+      if (dot == std::string::npos || !is_proxy_type(std::string_view(cls).substr(0, dot),
+                                                     std::string_view(cls).substr(dot + 1)))
+        fail("a class used as a value (only a proxy type, in RebuildProxy's arguments)");
+      return Item::object(cls, Item());
+    }
+    if (n.kind == NodeKind::ctor) fail("a constructor used as a value");
     if (n.building) fail("a value that contains itself: not plain data");
     n.building = true;
     struct Unmark {
@@ -1127,6 +1155,7 @@ private:
         if (dot == std::string::npos)
           throw ValueError("pickle: an object's class without its module: " + cls);
         stack_global(std::string_view(cls).substr(0, dot), std::string_view(cls).substr(dot + 1));
+        if (x.object_args().is_none()) return;  // the class itself (a proxy type)
         if (x.object_args().kind() != Kind::tuple)
           throw ValueError("pickle: an object's args that are not a tuple");
         write(x.object_args());
@@ -1153,6 +1182,13 @@ private:
 
 Item decode(std::span<const std::byte> pickle, const Limits& limits) {
   return Reader(pickle, limits).read();
+}
+
+bool reads_class(std::string_view qualified) {
+  const auto dot = qualified.rfind('.');
+  if (dot == std::string_view::npos) return false;
+  const auto cls = known_class(qualified.substr(0, dot), qualified.substr(dot + 1));
+  return cls && *cls == qualified;
 }
 
 std::string encode(const Item& x, int protocol) {

@@ -45,6 +45,7 @@
 #include <cstddef>
 #include <span>
 #include <string>
+#include <string_view>
 
 #include "troupe/multiprocessing/managers/detail/item.hpp"
 
@@ -57,6 +58,10 @@ inline constexpr std::size_t kMaxMemo = std::size_t{1} << 20;
 /// malformed, and where (the opcode and its offset), or the limit exceeded; TypeError for an
 /// unhashable dict key or set element, as Python's.
 Item decode(std::span<const std::byte> pickle, const Limits& limits = {});
+
+/// Whether decode() reads objects of `qualified` ("builtins.KeyError", "queue.Empty"): the
+/// classes an encoded object may name for every Python to read it back.
+bool reads_class(std::string_view qualified);
 
 /// `x` as a pickle of `protocol` (4 or 5). @throws ValueError for a kind with no Python form
 /// here (alternative, structure, ref) or a protocol outside 4-5.

@@ -1,0 +1,335 @@
+// Stock Python clients on a troupe manager (issue 18, CPython's dialect): every local python3
+// (the system's and pyenv's, 3.8 and later) connects to a troupe Server with unmodified
+// multiprocessing.managers code, over TCP and a Unix socket, and uses the sync types, the
+// containers, nested proxies and C++ classes; bad pickles sent on purpose get the sender an error
+// it can read and the server serves on; a wrong key is refused; a client killed in a blocking get
+// releases its connection. Skipped, visibly, when no python3 is found.
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <string>
+#include <thread>
+
+#include "troupe/multiprocessing/managers.hpp"
+
+#include "child_process.hpp"
+#include "leak_check.hpp"
+#include "test_types.hpp"
+
+namespace managers_test {
+
+/// The manager the Python clients reach: SyncManager's typeids, a queue every client shares,
+/// and C++ classes.
+struct PyManager : mm::Manager<PyManager> {
+  using Manager::Manager;
+};
+
+inline bool register_py_types() {
+  mm::register_sync_types(PyManager::registry());
+  mm::register_shared_queue(PyManager::registry(), "get_queue");
+  PyManager::register_<Maths>("Maths");
+  PyManager::register_<Maths>("NarrowMaths", {.exposed = std::vector<std::string>{"add"}});
+  PyManager::register_<Counter>("Counter");
+  PyManager::register_<Factory>("Factory", {.method_to_typeid = {{"make_counter", "Counter"}}});
+  return true;
+}
+static const bool py_types_registered = register_py_types();
+
+namespace {
+
+using namespace std::chrono_literals;
+using troupe::testing::ChildProcess;
+using troupe::testing::eventually;
+using troupe::testing::find_pythons;
+
+// The client: unmodified multiprocessing.managers code. argv: address (a Python literal); key
+// (hex, in the environment: never on a command line). Prints "ok" at the end; any failed check is
+// an AssertionError (exit 1).
+constexpr const char* kClient = R"PY(
+import multiprocessing, os, pickle, queue, sys, threading
+from multiprocessing.managers import SyncManager, RemoteError
+from multiprocessing.connection import Client
+
+address = eval(sys.argv[1])
+key = bytes.fromhex(os.environ['TROUPE_TEST_AUTHKEY'])
+# Proxies that arrive inside values (a list in a list) connect with the process's key (CPython's
+# rule, doc/interop.md).
+multiprocessing.current_process().authkey = key
+
+class M(SyncManager):
+    pass
+
+for typeid in ('get_queue', 'Maths', 'NarrowMaths', 'Counter'):
+    M.register(typeid)
+M.register('Factory', method_to_typeid={'make_counter': 'Counter'})
+
+m = M(address=address, authkey=key)
+m.connect()
+base = m._number_of_objects()
+
+def raises(cls, f, *a, **k):
+    try:
+        f(*a, **k)
+    except cls as e:
+        return e
+    raise AssertionError('%s did not raise %s' % (f, cls.__name__))
+
+# Queues, with Python's keywords and exceptions.
+q = m.Queue()
+q.put({'a': [1, 2.5, 'x', b'y', None, (1, 2)], 'b': {1, 2}, 3: frozenset([4])})
+assert q.qsize() == 1 and not q.empty()
+assert q.get(timeout=5) == {'a': [1, 2.5, 'x', b'y', None, (1, 2)], 'b': {1, 2}, 3: frozenset([4])}
+raises(queue.Empty, q.get, timeout=0.05)
+raises(queue.Empty, q.get_nowait)
+q.put(obj=7, block=True, timeout=1)
+assert q.get(block=False) == 7
+small = m.Queue(maxsize=1)
+small.put_nowait(1)
+raises(queue.Full, small.put, 2, timeout=0.05)
+raises(TypeError, q.get, timeout=1, bogus=2)
+shared = m.get_queue()
+shared.put(('from', sys.version_info[:2]))
+assert shared.get(timeout=5) == ('from', sys.version_info[:2])
+
+# dict, list, Namespace, Value.
+d = m.dict(a=1)
+d['b'] = 2
+d.update({'c': 3}, e=5)
+assert d.get('zz', 9) == 9 and d['c'] == 3 and len(d) == 4 and 'a' in d
+assert sorted(d.keys()) == ['a', 'b', 'c', 'e']
+assert dict(d) == {'a': 1, 'b': 2, 'c': 3, 'e': 5}
+assert sorted(k for k in d) == ['a', 'b', 'c', 'e']   # __iter__: an Iterator proxy
+del d['a']
+raises(KeyError, d.__getitem__, 'a')
+assert d.copy() == {'b': 2, 'c': 3, 'e': 5}
+l = m.list([3, 1, 2])
+l.append(4)
+l += [0]
+assert l[1] == 1 and l[-1] == 0 and l[1:3] == [1, 2] and len(l) == 5
+l.sort(reverse=True)
+assert list(l) == [4, 3, 2, 1, 0]
+raises(IndexError, l.__getitem__, 99)
+ns = m.Namespace()
+ns.x = 10
+ns.y = 'why'
+assert ns.x == 10 and ns.y == 'why'
+raises(AttributeError, getattr, ns, 'nope')
+v = m.Value('i', 5)
+v.value = 7
+assert v.value == 7
+
+# Nested proxies: a list in a list is a reference, so later changes show through the outer one.
+outer = m.list()
+inner = m.list()
+outer.append(inner)
+inner.append(42)
+assert outer[0][0] == 42
+book = m.dict()
+book['inner'] = inner
+inner.append(43)
+assert list(book['inner']) == [42, 43]
+del outer, book
+
+# Locks and events, from two connections (this thread's and another's).
+lock = m.Lock()
+assert lock.acquire()
+got = []
+t = threading.Thread(target=lambda: got.append(lock.acquire(timeout=0.05)))
+t.start(); t.join()
+assert got == [False]
+lock.release()
+with lock:
+    pass
+rlock = m.RLock()
+with rlock:
+    with rlock:
+        pass
+e = m.Event()
+assert not e.wait(timeout=0.01)
+e.set()
+assert e.is_set() and e.wait(1)
+sem = m.Semaphore(2)
+assert sem.acquire() and sem.acquire() and not sem.acquire(blocking=False)
+b = m.Barrier(1)
+assert b.wait(timeout=1) == 0 and b.parties == 1
+
+# C++ classes: arguments converted to the parameters' types, errors Python can read.
+maths = m.Maths()
+assert maths.add(2, 3) == 5 and maths.mul(1.5, 4) == 6.0 and maths.greet('py') == 'hello py'
+err = raises(ValueError, maths.fail, 'boom')
+assert 'boom' in str(err), err
+err = raises(TypeError, maths.add, 'two', 3)
+assert 'argument 1' in str(err) or 'parameter' in str(err), err
+raises(TypeError, maths.add, 1, b=2)
+narrow = m.NarrowMaths()
+assert narrow.add(1, 1) == 2
+raises(AttributeError, getattr, narrow, 'mul')
+factory = m.Factory()
+counter = factory.make_counter()   # method_to_typeid: '#PROXY'
+assert counter.increment() == 1 and counter.increment() == 2
+
+# Bad pickles sent on purpose, each on a connection of its own: the reply names the refusal, and
+# the server serves on.
+def raw(data):
+    c = Client(address, authkey=key)
+    c.send_bytes(data)
+    kind, text = c.recv()
+    c.close()
+    assert kind == '#TRACEBACK', kind
+    return text
+t = raw(b'\x80\x04cos\nsystem\n\x8c\x04echo\x85R.')
+assert 'os.system' in t, t
+t = raw(b'\x80\x04' + b']' * 1000000 + b'a' * 999999 + b'.')   # lists 10**6 deep
+assert 'deeper than max_depth' in t, t
+t = raw(b'\x80\x04\x8e' + (1 << 40).to_bytes(8, 'little') + b'abc')
+assert 'bytes' in t or 'length' in t, t
+t = raw(pickle.dumps((None, 'no_such_function', (), {})))
+assert 'no_such_function' in t, t
+assert q.qsize() == 0   # still served
+
+del q, small, shared, d, l, ns, v, inner, lock, rlock, e, sem, b, maths, narrow, factory, counter
+del err, t
+import gc
+gc.collect()
+assert m._number_of_objects() == base, (m._number_of_objects(), base, m._debug_info())
+print('ok')
+)PY";
+
+// A client that blocks in a get until it is killed.
+constexpr const char* kBlocked = R"PY(
+import os, sys
+from multiprocessing.managers import BaseManager
+class M(BaseManager):
+    pass
+M.register('get_queue')
+m = M(address=eval(sys.argv[1]), authkey=bytes.fromhex(os.environ['TROUPE_TEST_AUTHKEY']))
+m.connect()
+q = m.get_queue()
+print('waiting', flush=True)
+q.get()
+)PY";
+
+class PythonClientsTest : public troupe::testing::LeakCheck {
+protected:
+  void SetUp() override {
+    LeakCheck::SetUp();
+    // The key, for the Python children: in the environment, never on a command line.
+    const auto bytes = mp::detail::random_bytes(32);
+    std::string hex;
+    for (auto b : bytes) {
+      static const char* digits = "0123456789abcdef";
+      hex += digits[static_cast<unsigned>(b) >> 4];
+      hex += digits[static_cast<unsigned>(b) & 15];
+    }
+    key_ = mp::AuthenticationString::from_hex(hex);
+    ::setenv("TROUPE_TEST_AUTHKEY", hex.c_str(), 1);
+    std::fill(hex.begin(), hex.end(), '0');
+  }
+  void start(std::optional<mp::Address> address) {
+    mm::ServerOptions o;
+    o.listener.authkey = key_;
+    o.listener.auth.legacy_md5 = true;  // 3.11 and older answer with HMAC-MD5
+    o.threads = 2;
+    server_ = std::make_unique<mm::Server>(PyManager::registry(), address, o);
+    server_->start();
+  }
+  void TearDown() override {
+    server_.reset();
+    ::unsetenv("TROUPE_TEST_AUTHKEY");
+    LeakCheck::TearDown();
+  }
+  // The server's address as a Python literal.
+  std::string python_address() const {
+    const auto& a = server_->address();
+    if (a.family == mp::Address::Family::unix_path) return "'" + a.host + "'";
+    return "('" + a.host + "', " + std::to_string(a.port) + ")";
+  }
+
+  void every_python_runs_the_client() {
+    const auto pythons = find_pythons();
+    if (pythons.empty()) GTEST_SKIP() << "no python3 found";
+    for (const auto& py : pythons) {
+      SCOPED_TRACE(py.exe + " (3." + std::to_string(py.minor) + ")");
+      ChildProcess child({py.exe, "-c", kClient, python_address()}, true);
+      const std::string out = child.read_rest(120s);
+      EXPECT_EQ(child.wait(10s), 0) << out;
+      EXPECT_NE(out.find("ok"), std::string::npos) << out;
+    }
+    // Every proxy the clients made was dropped (their finalizers decref at exit).
+    EXPECT_TRUE(eventually([&] { return server_->number_of_objects() == 0; }, 10s))
+        << server_->debug_info();
+  }
+
+  mp::AuthenticationString key_;
+  std::unique_ptr<mm::Server> server_;
+};
+
+TEST_F(PythonClientsTest, EveryPythonUsesATroupeManagerOverTcp) {
+  start(mp::Address::parse("127.0.0.1:0"));
+  every_python_runs_the_client();
+}
+
+TEST_F(PythonClientsTest, EveryPythonUsesATroupeManagerOverAUnixSocket) {
+  const auto path = std::filesystem::temp_directory_path() /
+                    ("troupe-py-clients-" + std::to_string(::getpid()) + ".sock");
+  start(mp::Address::parse("unix:" + path.string()));
+  every_python_runs_the_client();
+  server_.reset();
+  EXPECT_FALSE(std::filesystem::exists(path));
+}
+
+TEST_F(PythonClientsTest, AWrongKeyIsRefused) {
+  start(mp::Address::parse("127.0.0.1:0"));
+  const auto pythons = find_pythons();
+  if (pythons.empty()) GTEST_SKIP() << "no python3 found";
+  ChildProcess child({pythons.front().exe, "-c",
+                      "import sys\n"
+                      "from multiprocessing.managers import BaseManager\n"
+                      "from multiprocessing import AuthenticationError\n"
+                      "m = BaseManager(address=eval(sys.argv[1]), authkey=b'wrong')\n"
+                      "try:\n"
+                      "    m.connect()\n"
+                      "except AuthenticationError as e:\n"
+                      "    print('refused', e)\n",
+                      python_address()},
+                     true);
+  const std::string out = child.read_rest(60s);
+  EXPECT_EQ(child.wait(10s), 0) << out;
+  EXPECT_NE(out.find("refused"), std::string::npos) << out;
+}
+
+TEST_F(PythonClientsTest, AClientKilledInABlockingGetReleasesItsConnection) {
+  start(mp::Address::parse("127.0.0.1:0"));
+  const auto pythons = find_pythons();
+  if (pythons.empty()) GTEST_SKIP() << "no python3 found";
+  {
+    ChildProcess child({pythons.front().exe, "-c", kBlocked, python_address()}, true);
+    ASSERT_EQ(child.read_line(60s), std::optional<std::string>("waiting"));
+    ASSERT_TRUE(eventually([&] { return server_->connection_count() >= 1; }, 10s));
+    ::kill(child.pid(), SIGKILL);
+    EXPECT_EQ(child.wait(10s), 128 + SIGKILL);
+  }
+  // Its proxy's connection closes with it, and its waiting get is failed (not left holding the
+  // next item): a later client gets what is put.
+  EXPECT_TRUE(eventually([&] { return server_->connection_count() == 0; }, 10s));
+  ChildProcess next({pythons.front().exe, "-c",
+                     "import os, sys\n"
+                     "from multiprocessing.managers import BaseManager\n"
+                     "class M(BaseManager): pass\n"
+                     "M.register('get_queue')\n"
+                     "m = M(address=eval(sys.argv[1]),\n"
+                     "      authkey=bytes.fromhex(os.environ['TROUPE_TEST_AUTHKEY']))\n"
+                     "m.connect()\n"
+                     "q = m.get_queue()\n"
+                     "q.put('after')\n"
+                     "print(q.get(timeout=5))\n",
+                     python_address()},
+                    true);
+  const std::string out = next.read_rest(60s);
+  EXPECT_EQ(next.wait(10s), 0) << out;
+  EXPECT_NE(out.find("after"), std::string::npos) << out;
+}
+
+}  // namespace
+}  // namespace managers_test
