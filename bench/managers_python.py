@@ -234,46 +234,54 @@ def connect_create_call_us(address, authkey, rounds):
 
 def queue_recipe_per_s(address, authkey, tasks, runs):
     """The docs' recipe with 4 worker processes: best tasks/s over `runs` runs of `tasks`."""
-    workers = []
     with started(QueueServer, address, authkey) as m:
-        task_q, result_q = m.get_task_queue(), m.get_result_queue()
-        try:
-            for _ in range(WORKERS):
-                w = FORK.Process(target=_worker, args=(m.address, authkey), daemon=True)
-                w.start()
-                workers.append(w)
-            for _ in range(WORKERS):
-                kind, _pid = result_q.get(timeout=60)
-                if kind != "ready":
-                    raise RuntimeError(f"expected a worker's ready message, got {kind!r}")
-            best = 0.0
-            expected = [[n, n * n] for n in range(tasks)]
-            for _ in range(runs):
-                t = time.perf_counter()
-                for n in range(tasks):
-                    task_q.put(n)
-                got = [result_q.get(timeout=60) for _ in range(tasks)]
-                rate = tasks / (time.perf_counter() - t)
-                got.sort()
-                if got != expected:
-                    raise RuntimeError("the recipe's results do not match its tasks")
-                best = max(best, rate)
-            for _ in workers:
-                task_q.put(-1)
-            for w in workers:
-                w.join(timeout=30)
-                if w.exitcode != 0:
-                    raise RuntimeError(f"worker {w.pid} ended with exit code {w.exitcode}")
-            return best
-        finally:
-            for w in workers:
-                if w.is_alive():
-                    w.terminate()
-                    w.join(timeout=5)
-                if w.is_alive():
-                    w.kill()
-                    w.join()
-            del task_q, result_q
+        return recipe_on(m.address, authkey, tasks, runs)
+
+
+def recipe_on(address, authkey, tasks, runs):
+    """The recipe against the queue server at `address` (Python's or another that serves
+    get_task_queue and get_result_queue): this process is the client, as in the docs."""
+    m = QueueClient(address=address, authkey=authkey)
+    m.connect()
+    task_q, result_q = m.get_task_queue(), m.get_result_queue()
+    workers = []
+    try:
+        for _ in range(WORKERS):
+            w = FORK.Process(target=_worker, args=(address, authkey), daemon=True)
+            w.start()
+            workers.append(w)
+        for _ in range(WORKERS):
+            kind, _pid = result_q.get(timeout=60)
+            if kind != "ready":
+                raise RuntimeError(f"expected a worker's ready message, got {kind!r}")
+        best = 0.0
+        expected = [[n, n * n] for n in range(tasks)]
+        for _ in range(runs):
+            t = time.perf_counter()
+            for n in range(tasks):
+                task_q.put(n)
+            got = [result_q.get(timeout=60) for _ in range(tasks)]
+            rate = tasks / (time.perf_counter() - t)
+            got.sort()
+            if got != expected:
+                raise RuntimeError("the recipe's results do not match its tasks")
+            best = max(best, rate)
+        for _ in workers:
+            task_q.put(-1)
+        for w in workers:
+            w.join(timeout=30)
+            if w.exitcode != 0:
+                raise RuntimeError(f"worker {w.pid} ended with exit code {w.exitcode}")
+        return best
+    finally:
+        for w in workers:
+            if w.is_alive():
+                w.terminate()
+                w.join(timeout=5)
+            if w.is_alive():
+                w.kill()
+                w.join()
+        del task_q, result_q
 
 
 def square(x):

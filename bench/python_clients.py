@@ -102,47 +102,6 @@ def connect_create_call_us(address, authkey, rounds):
     return mp_bench.summary_us(samples)[0]
 
 
-def queue_recipe_per_s(address, authkey, tasks, runs):
-    m = client(address, authkey)
-    task_q, result_q = m.get_task_queue(), m.get_result_queue()
-    workers = []
-    try:
-        for _ in range(mp_bench.WORKERS):
-            w = mp_bench.FORK.Process(target=mp_bench._worker, args=(address, authkey),
-                                      daemon=True)
-            w.start()
-            workers.append(w)
-        for _ in range(mp_bench.WORKERS):
-            kind, _pid = result_q.get(timeout=60)
-            if kind != "ready":
-                raise RuntimeError(f"expected a worker's ready message, got {kind!r}")
-        best = 0.0
-        expected = [[n, n * n] for n in range(tasks)]
-        for _ in range(runs):
-            t = time.perf_counter()
-            for n in range(tasks):
-                task_q.put(n)
-            got = [result_q.get(timeout=60) for _ in range(tasks)]
-            rate = tasks / (time.perf_counter() - t)
-            got.sort()
-            if got != expected:
-                raise RuntimeError("the recipe's results do not match its tasks")
-            best = max(best, rate)
-        for _ in workers:
-            task_q.put(-1)
-        for w in workers:
-            w.join(timeout=30)
-            if w.exitcode != 0:
-                raise RuntimeError(f"worker {w.pid} ended with exit code {w.exitcode}")
-        return best
-    finally:
-        for w in workers:
-            if w.is_alive():
-                w.kill()
-                w.join()
-        del task_q, result_q
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--build", default=os.path.join(ROOT, "build"))
@@ -174,7 +133,7 @@ def main():
                     out[f"{name}/ConnectCreateCall/{family}"] = {
                         "value": connect_create_call_us(served, authkey, rounds), "unit": "us"}
                     out[f"{name}/QueueRecipe4Workers/{family}"] = {
-                        "value": queue_recipe_per_s(served, authkey, tasks, runs),
+                        "value": mp_bench.recipe_on(served, authkey, tasks, runs),
                         "unit": "per_s"}
     print(f"{'Python client, workload':44} {'CPython server':>16} {'troupe server':>16}  ratio",
           file=sys.stderr)

@@ -6,6 +6,7 @@
 // releases its connection. Skipped, visibly, when no python3 is found.
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <string>
@@ -129,7 +130,15 @@ book = m.dict()
 book['inner'] = inner
 inner.append(43)
 assert list(book['inner']) == [42, 43]
-del outer, book
+# A proxy whose only holder lets go before the receiver takes it: popped from a list, and sent
+# through a queue after the sender's own proxy is gone.
+outer.append(m.list([5]))
+popped = outer.pop()
+assert list(popped) == [5]
+q.put(m.dict(k='v'))
+sent = q.get(timeout=5)
+assert sent['k'] == 'v'
+del outer, book, popped, sent
 
 # Locks and events, from two connections (this thread's and another's).
 lock = m.Lock()
@@ -210,6 +219,12 @@ print('waiting', flush=True)
 q.get()
 )PY";
 
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+constexpr bool kSanitized = true;
+#else
+constexpr bool kSanitized = false;
+#endif
+
 class PythonClientsTest : public troupe::testing::LeakCheck {
 protected:
   void SetUp() override {
@@ -247,8 +262,15 @@ protected:
   }
 
   void every_python_runs_the_client() {
-    const auto pythons = find_pythons();
+    auto pythons = find_pythons();
     if (pythons.empty()) GTEST_SKIP() << "no python3 found";
+    // Under the sanitizers the server is what is checked: the oldest and the newest Python (each
+    // run takes ten times as long there).
+    if (kSanitized && pythons.size() > 2) {
+      auto by_minor = [](const auto& a, const auto& b) { return a.minor < b.minor; };
+      const auto [oldest, newest] = std::minmax_element(pythons.begin(), pythons.end(), by_minor);
+      pythons = {*oldest, *newest};
+    }
     for (const auto& py : pythons) {
       SCOPED_TRACE(py.exe + " (3." + std::to_string(py.minor) + ")");
       ChildProcess child({py.exe, "-c", kClient, python_address()}, true);

@@ -653,6 +653,7 @@ public:
       parks_.clear();
       parks_by_conn_.clear();
       python_refs_.clear();
+      python_pending_.clear();
     }
     objects.clear();  // the objects' destructors run here, outside the lock
     unlink_segments();
@@ -1203,11 +1204,7 @@ public:
     void new_object(std::string typeid_, std::shared_ptr<HostedObject> object) override {
       if (finished_.exchange(true)) return;
       try {
-        auto entry = server_->registry_.find(typeid_);
-        if (!entry)
-          throw KeyError(call_ + " returned an object of typeid '" + typeid_ +
-                         "', which is not registered with " + server_->registry_.name());
-        if (!object) throw ValueError(call_ + " returned no object");
+        auto entry = server_->result_entry(call_, typeid_, object);
         capnp::MallocMessageBuilder mb;
         auto r = mb.initRoot<proto::manager::Reply>();
         r.setCallId(call_id_);
@@ -1253,6 +1250,18 @@ public:
     std::optional<capnp::MallocMessageBuilder> mb_;
     std::optional<proto::manager::Reply::Builder> reply_;
   };
+
+  // The registered typeid of an object a call returned (Completion::new_object). @throws
+  // KeyError if it is not registered, ValueError if there is no object.
+  std::shared_ptr<const TypeEntry> result_entry(const std::string& call, const std::string& typeid_,
+                                                const std::shared_ptr<HostedObject>& object) const {
+    auto entry = registry_.find(typeid_);
+    if (!entry)
+      throw KeyError(call + " returned an object of typeid '" + typeid_ +
+                     "', which is not registered with " + registry_.name());
+    if (!object) throw ValueError(call + " returned no object");
+    return entry;
+  }
 
   CompletionPtr make_completion(const std::shared_ptr<ServerConn>& sc, std::uint64_t call_id,
                                 std::uint64_t lane, std::string call, std::string object,
@@ -1322,6 +1331,7 @@ public:
       sc->python_protocol = static_cast<unsigned>(bytes[1]) >= 5 ? 5 : 4;
     const std::uint64_t call_id = ++sc->python_call_ids;
     python::Request req;
+    std::string method;
     try {
       detail::Limits limits;
       limits.max_bytes = std::min<std::size_t>(limits.max_bytes,
@@ -1333,13 +1343,14 @@ public:
                      ": " + what_of(e));
       return python_traceback(sc, e, "request");
     }
+    method = req.method;  // for the error's context (req is moved on)
     try {
       if (!sc->python_calls)
         python_function(sc, call_id, std::move(req), size);
       else
         python_call(sc, call_id, std::move(req), size);
     } catch (...) {
-      python_traceback(sc, std::current_exception(), req.method);
+      python_traceback(sc, std::current_exception(), method);
     }
   }
 
@@ -1364,8 +1375,12 @@ public:
       bytes = python::error_reply(ErrorEnvelope::capture(e, {.call = std::move(call)}),
                                   sc->python_protocol, false);
     } catch (...) {
-      bytes = python::reply("#TRACEBACK", Item::text("the manager failed to encode an error"),
-                            sc->python_protocol);
+      try {
+        bytes = python::reply("#TRACEBACK", Item::text("the manager failed to encode an error"),
+                              sc->python_protocol);
+      } catch (...) {
+        return close_conn(sc, "out of memory while answering a Python client");
+      }
     }
     enqueue(sc, std::move(bytes));
   }
@@ -1446,16 +1461,18 @@ public:
     req.args.erase(req.args.begin());
     const std::string call = "create(" + typeid_ + ")";
     auto state =
-        python_state(call, entry->takes_keywords, &entry->create_parameters, std::move(req));
+        python_state(sc, call, entry->takes_keywords, &entry->create_parameters, std::move(req));
     python_admit(sc);
     sc->running[call_id] = {nullptr, 0, std::nullopt, size};
     sc->held_bytes += size;
+    const int protocol = sc->python_protocol;
     enqueue_lane(
         sc, 0,
-        [this, self = shared_from_this(), sc, entry, typeid_, call_id, call, state]() mutable {
-          auto run = [this, self, sc, entry, typeid_, call_id, call, state]() mutable {
-            auto done = std::make_shared<PyDone>(shared_from_this(), sc, call_id, true, call,
-                                                 std::string(), state->summary());
+        [this, self = shared_from_this(), sc, entry, typeid_, call_id, call, state,
+         protocol]() mutable {
+          auto run = [this, self, sc, entry, typeid_, call_id, call, state, protocol]() mutable {
+            auto done = std::make_shared<PyDone>(shared_from_this(), sc, call_id, protocol, true,
+                                                 call, std::string(), state->summary());
             try {
               const CallInfo info = python_info(sc, call_id, 0, typeid_, typeid_, *state, this);
               done->new_object(typeid_, entry->create(info));
@@ -1477,11 +1494,12 @@ public:
 
   // A call's arguments as the host takes them: proxies to this server's objects as refs,
   // keywords given to the object (`takes_keywords`), placed by `parameters`, or refused.
-  std::shared_ptr<python::CallArgs> python_state(const std::string& where, bool takes_keywords,
+  std::shared_ptr<python::CallArgs> python_state(const std::shared_ptr<ServerConn>& sc,
+                                                 const std::string& where, bool takes_keywords,
                                                  const detail::Parameters* parameters,
                                                  python::Request req) {
-    for (Item& a : req.args) proxies_from_python(a);
-    for (auto& [k, v] : req.kwargs) proxies_from_python(v);
+    for (Item& a : req.args) proxies_from_python(a, sc->id);
+    for (auto& [k, v] : req.kwargs) proxies_from_python(v, sc->id);
     std::optional<detail::Kwargs> kwargs;
     if (!req.kwargs.empty()) {
       if (takes_keywords)
@@ -1535,14 +1553,15 @@ public:
     const std::string mname = req.method;
     const bool fallback = mname == "#GETVALUE" || mname == "__repr__" || mname == "__str__";
     if (entry && entry->exposed && !fallback &&
-        std::find(entry->exposed->begin(), entry->exposed->end(), mname) == entry->exposed->end())
+        std::find(entry->exposed->begin(), entry->exposed->end(), mname) == entry->exposed->end() &&
+        !entry->method_to_typeid.contains(mname))  // CPython adds these to exposed
       throw AttributeError("method '" + mname + "' of object " + object_name(typeid_, id) +
                            " (typeid '" + typeid_ + "') is not exposed");
     const std::string call = typeid_ + "." + mname + "()";
     const auto parameters = obj->parameters(mname);
     std::shared_ptr<python::CallArgs> state;
     try {
-      state = python_state(call, obj->takes_keywords(), parameters ? &*parameters : nullptr,
+      state = python_state(sc, call, obj->takes_keywords(), parameters ? &*parameters : nullptr,
                            std::move(req));
     } catch (...) {
       // Arguments the method cannot be called with: Python's call raises TypeError there, and
@@ -1556,28 +1575,29 @@ public:
     python_admit(sc);
     sc->running[call_id] = {obj, 0, serial, size};
     sc->held_bytes += size;
-    enqueue_lane(sc, 0,
-                 [this, self = shared_from_this(), sc, obj, entry, typeid_, serial, id, call_id,
-                  mname, state]() mutable {
-                   auto run = [this, self, sc, obj, typeid_, id, call_id, mname, state]() mutable {
-                     auto done = std::make_shared<PyDone>(
-                         shared_from_this(), sc, call_id, false, typeid_ + "." + mname,
-                         object_name(typeid_, id), state->summary());
-                     try {
-                       const CallInfo info =
-                           python_info(sc, call_id, id, typeid_, mname, *state, this);
-                       if (mname == "__repr__" || mname == "__str__") {
-                         if (info.args.size() != 0) detail::bad_arity(info, typeid_, 0);
-                         done->complete(obj->repr());
-                       } else {
-                         obj->call(info, done);
-                       }
-                     } catch (...) {
-                       done->fail(std::current_exception());
-                     }
-                   };
-                   run_call(sc, entry, serial, std::move(run));
-                 });
+    const int protocol = sc->python_protocol;
+    enqueue_lane(
+        sc, 0,
+        [this, self = shared_from_this(), sc, obj, entry, typeid_, serial, id, call_id, mname,
+         state, protocol]() mutable {
+          auto run = [this, self, sc, obj, typeid_, id, call_id, mname, state, protocol]() mutable {
+            auto done = std::make_shared<PyDone>(shared_from_this(), sc, call_id, protocol, false,
+                                                 typeid_ + "." + mname, object_name(typeid_, id),
+                                                 state->summary());
+            try {
+              const CallInfo info = python_info(sc, call_id, id, typeid_, mname, *state, this);
+              if (mname == "__repr__" || mname == "__str__") {
+                if (info.args.size() != 0) detail::bad_arity(info, typeid_, 0);
+                done->complete(obj->repr());
+              } else {
+                obj->call(info, done);
+              }
+            } catch (...) {
+              done->fail(std::current_exception());
+            }
+          };
+          run_call(sc, entry, serial, std::move(run));
+        });
   }
 
   // How a call of CPython's dialect ends: '#RETURN' and the value (proxies in it written as
@@ -1585,12 +1605,13 @@ public:
   // exposed) for a create; a failure as '#ERROR' (a method's) or '#TRACEBACK' (a create's).
   class PyDone final : public Completion {
   public:
+    // `protocol`: the request's (read on the strand; this may be made off it).
     PyDone(std::shared_ptr<Impl> server, std::shared_ptr<ServerConn> sc, std::uint64_t call_id,
-           bool create, std::string call, std::string object, std::string arguments)
+           int protocol, bool create, std::string call, std::string object, std::string arguments)
         : server_(std::move(server)),
           sc_(std::move(sc)),
           call_id_(call_id),
-          protocol_(sc_->python_protocol),
+          protocol_(protocol),
           create_(create),
           call_(std::move(call)),
           object_(std::move(object)),
@@ -1615,7 +1636,7 @@ public:
       std::vector<std::byte> bytes;
       try {
         Item x = mb_ ? detail::to_item(root_->asReader()) : Item();
-        server_->refs_to_python(x, true);
+        if (detail::has_ref(x)) server_->refs_to_python(x);
         bytes = python::reply("#RETURN", std::move(x), protocol_);
       } catch (...) {
         return send_error(std::current_exception());
@@ -1623,14 +1644,14 @@ public:
       server_->finish(sc_, call_id_, 0, std::move(bytes));
     }
 
-    // The tree as the object holds it (a dict stays a dict); its refs are the holder's, so
-    // none is unparked.
+    // The tree as the object holds it (a dict stays a dict), its refs parked for the client by
+    // refs_to_python.
     void complete_item(const Item& x) override {
       if (finished_.exchange(true)) return;
       std::vector<std::byte> bytes;
       try {
         Item copy = x;
-        if (detail::has_ref(copy)) server_->refs_to_python(copy, false);
+        if (detail::has_ref(copy)) server_->refs_to_python(copy);
         bytes = python::reply("#RETURN", std::move(copy), protocol_);
       } catch (...) {
         return send_error(std::current_exception());
@@ -1641,17 +1662,13 @@ public:
 
     void new_object(std::string typeid_, std::shared_ptr<HostedObject> object) override {
       if (finished_.exchange(true)) return;
+      std::optional<std::uint64_t> id;
       try {
-        auto entry = server_->registry_.find(typeid_);
-        if (!entry)
-          throw KeyError(call_ + " returned an object of typeid '" + typeid_ +
-                         "', which is not registered with " + server_->registry_.name());
-        if (!object) throw ValueError(call_ + " returned no object");
-        const auto id = server_->add_object_id(sc_, std::move(object), entry);
+        auto entry = server_->result_entry(call_, typeid_, object);
+        id = server_->add_object_id(sc_, std::move(object), entry);
         if (!id) return server_->finish(sc_, call_id_, 0, {});
         Item exposed = server_->python_exposed(*id);
-        server_->finish(
-            sc_, call_id_, 0,
+        auto bytes =
             create_ ? python::reply(
                           "#RETURN",
                           Item::tuple({Item::text(python::ident_text(*id)), std::move(exposed)}),
@@ -1659,8 +1676,16 @@ public:
                     : python::reply("#PROXY",
                                     Item::tuple({std::move(exposed),
                                                  python::token(typeid_, server_->address_, *id)}),
-                                    protocol_));
+                                    protocol_);
+        server_->finish(sc_, call_id_, 0, std::move(bytes));
       } catch (...) {
+        // The reference taken for the client, which will not hear of it, goes again.
+        if (id) {
+          try {
+            server_->python_decref(*id);
+          } catch (...) {
+          }
+        }
         send_error(std::current_exception());
       }
     }
@@ -1701,6 +1726,15 @@ public:
 
   // The methods a Python proxy of object `id` may call (CPython's `exposed`, with the methods of
   // method_to_typeid), as a tuple of str. @throws KeyError if there is no such object.
+  template <class E>  // an Entry (declared below)
+  static std::vector<std::string> python_exposed_locked(const E& e) {
+    std::vector<std::string> names =
+        e.entry && e.entry->exposed ? *e.entry->exposed : e.object->exposed();
+    if (e.entry)
+      for (const auto& [m, t] : e.entry->method_to_typeid)
+        if (std::find(names.begin(), names.end(), m) == names.end()) names.push_back(m);
+    return names;
+  }
   Item python_exposed(std::uint64_t id) {
     std::vector<std::string> names;
     {
@@ -1709,11 +1743,7 @@ public:
       if (it == objects_.end())
         throw KeyError("'" + python::ident_text(id) + "' (no such object in the manager at " +
                        address_text_ + ")");
-      names = it->second.entry && it->second.entry->exposed ? *it->second.entry->exposed
-                                                            : it->second.object->exposed();
-      if (it->second.entry)
-        for (const auto& [m, t] : it->second.entry->method_to_typeid)
-          if (std::find(names.begin(), names.end(), m) == names.end()) names.push_back(m);
+      names = python_exposed_locked(it->second);
     }
     std::vector<Item> out;
     out.reserve(names.size());
@@ -1744,6 +1774,21 @@ public:
       throw KeyError("'" + python::ident_text(id) + "' (incref: no such object in the manager at " +
                      address_text_ + ")");
     python_hold_locked(id);
+    // A proxy sent to a Python client (refs_to_python) has a park waiting for this incref: the
+    // park's reference becomes the client's.
+    if (auto pending = python_pending_.find(id); pending != python_pending_.end()) {
+      while (!pending->second.empty()) {
+        const std::uint64_t ticket = pending->second.front();
+        pending->second.pop_front();
+        auto p = parks_.find(ticket);
+        if (p != parks_.end() && !p->second.early_claim && p->second.id == id) {
+          erase_park_locked(p);
+          if (pending->second.empty()) python_pending_.erase(pending);
+          return;
+        }
+      }
+      python_pending_.erase(pending);
+    }
     ++it->second.refcount;
   }
   void python_decref(std::uint64_t id) {
@@ -1758,40 +1803,59 @@ public:
     // `dead` is destroyed after the lock is released (declared before it).
   }
 
-  // Ends the park of `ticket` (a reference written into a reply for a Python client, which takes
-  // its own when it reads the proxy, as CPython's RebuildProxy does).
-  void unpark(std::uint64_t ticket) {
-    std::vector<Entry> dead;
-    std::scoped_lock lock(m_);
-    auto p = parks_.find(ticket);
-    if (p == parks_.end() || p->second.early_claim) return;
-    drop_locked(p->second.id, 1, dead);
-    erase_park_locked(p);
-  }
-
   // The proxies in a result, for a Python client: CPython's RebuildProxy of a Token of this
-  // server (the client increfs it when it reads it). `parked`: the refs were written for the
-  // receiver (write_ref parked a reference for each), and those parks end here.
-  void refs_to_python(Item& x, bool parked) {
+  // server. The client takes its own reference (incref) when it reads one; until then a parked
+  // reference keeps the object (a proxy popped from a list, or one whose holder lets go
+  // meanwhile): the ref's own park if it has one still parked (a ref written for the receiver,
+  // or a queue's item its sender parked), else a new one; python_incref() takes it over, and
+  // the sweep ends it after park_ttl if no incref comes.
+  void refs_to_python(Item& x) {
     if (x.kind() == detail::Kind::ref) {
       const detail::Ref r = x.as_ref();
-      if (parked && r.ticket != 0) unpark(r.ticket);
-      if (r.address != address_text_)
-        throw TypeError("a proxy to " + r.type_id + " object " + std::to_string(r.id) + " at " +
-                        r.address + " cannot be sent to a Python client of another manager");
+      std::string typeid_;
       std::vector<std::string> exposed;
-      const Item names = python_exposed(r.id);  // named: a loop over a temporary's elements
-      for (const Item& e : names.elements()) exposed.push_back(e.as_string());  // would dangle
-      x = python::rebuild_proxy(r.type_id, address_, r.id, exposed);
+      {
+        std::scoped_lock lock(m_);
+        if (r.address != address_text_ && !aliases_.contains(r.address))
+          throw TypeError("a proxy to " + r.type_id + " object " + std::to_string(r.id) + " at " +
+                          r.address +
+                          " cannot be sent to a Python client: it is another manager's");
+        auto it = objects_.find(r.id);
+        if (it == objects_.end())
+          throw KeyError("'" + python::ident_text(r.id) +
+                         "' (a proxy to an object the manager at " + address_text_ +
+                         " no longer has)");
+        typeid_ = it->second.typeid_;
+        exposed = python_exposed_locked(it->second);
+        auto p = r.ticket != 0 ? parks_.find(r.ticket) : parks_.end();
+        std::uint64_t ticket = 0;
+        if (p != parks_.end() && !p->second.early_claim && p->second.id == r.id) {
+          ticket = r.ticket;
+        } else {
+          do {
+            ticket = internal::random_ticket();
+          } while (parks_.count(ticket));
+          ++it->second.refcount;
+          parks_.emplace(ticket, Park{r.id, park_deadline(), false});
+        }
+        auto& pending = python_pending_[r.id];
+        if (pending.size() < 1024) pending.push_back(ticket);
+      }
+      x = python::rebuild_proxy(typeid_, address_, r.id, exposed);
       return;
     }
-    if (x.is_container() || x.kind() == detail::Kind::alternative)
-      for (Item& e : x.elements()) refs_to_python(e, parked);
+    if (x.is_container() || x.kind() == detail::Kind::alternative ||
+        x.kind() == detail::Kind::object)
+      for (Item& e : x.elements()) refs_to_python(e);
   }
 
   // The proxies a Python client sent (CPython's RebuildProxy of a Token), as refs: only to this
-  // server's objects (the Token's address is one this server is reached by).
-  void proxies_from_python(Item& x) {
+  // server's objects (the Token's address is one this server is reached by). Each carries a
+  // reference parked for it (as troupe's own proxies park one when they travel), so that the
+  // object outlives the sender's proxy: a container that stores it claims the park, a queue's
+  // receiver takes it over, and the sweep ends one nobody took after park_ttl. The parks count
+  // against connection `conn`'s limit.
+  void proxies_from_python(Item& x, std::uint64_t conn) {
     if (const Item* t = python::rebuilt_token(x)) {
       const auto f = python::token_fields(*t);
       if (!is_our_address(f.address))
@@ -1800,20 +1864,28 @@ public:
                         " cannot be passed to the manager at " + address_text_ +
                         ": only proxies to its own objects can");
       const std::uint64_t id = python::parse_ident(f.ident);
-      std::uint64_t fingerprint = 0;
+      detail::Ref ref;
       {
         std::scoped_lock lock(m_);
         auto it = objects_.find(id);
         if (it == objects_.end())
           throw KeyError("'" + python::ident_text(id) + "' (a proxy to an object the manager at " +
                          address_text_ + " no longer has)");
-        if (it->second.entry) fingerprint = it->second.entry->fingerprint;
+        std::uint64_t ticket;
+        do {
+          ticket = internal::random_ticket();
+        } while (parks_.count(ticket));
+        add_park_locked(ticket, Park{id, park_deadline(), false, conn});  // may throw: limit
+        ++it->second.refcount;
+        // The typeid is the object's, not what the sender's Token says.
+        ref = {it->second.typeid_, address_text_, id,
+               it->second.entry ? it->second.entry->fingerprint : 0, ticket};
       }
-      x = Item::ref(detail::Ref{f.typeid_, address_text_, id, fingerprint, 0});
+      x = Item::ref(std::move(ref));
       return;
     }
-    if (x.is_container())
-      for (Item& e : x.elements()) proxies_from_python(e);
+    if (x.is_container() || x.kind() == detail::Kind::object)
+      for (Item& e : x.elements()) proxies_from_python(e, conn);
   }
 
   // Whether a Python address names this server: its own, or its port on a name of this host.
@@ -1966,6 +2038,7 @@ public:
     }
     by_identity_.erase({it->second.object->identity(), it->second.typeid_});
     tracked_.erase(id);
+    python_pending_.erase(id);
     dead.push_back(std::move(it->second));
     objects_.erase(it);
   }
@@ -2395,6 +2468,8 @@ public:
   std::unordered_map<std::uint64_t, std::uint32_t> parks_by_conn_;  // conn → parks it made
   std::unordered_map<std::uint64_t, std::shared_ptr<ServerConn>> conns_;
   std::unordered_map<std::uint64_t, std::uint64_t> python_refs_;  // Python clients' (id → count)
+  // Parks of proxies sent to Python clients, by object, for their increfs (refs_to_python).
+  std::unordered_map<std::uint64_t, std::deque<std::uint64_t>> python_pending_;
   std::uint64_t next_object_ = 1;
   std::uint64_t next_conn_ = 1;
   static inline std::atomic<unsigned> counter_{0};
