@@ -1161,10 +1161,18 @@ public:
 
   // ---- completions -------------------------------------------------------------------------
 
-  class Done final : public Completion {
+  // What a call's completion is in either dialect (Done: troupe's; PyDone: CPython's): the call,
+  // its connection and context, and the rule that it ends once; a completion dropped without an
+  // end fails its call (its destructor calls fail_if_unended()).
+  class CallEnd : public Completion {
   public:
-    Done(std::shared_ptr<Impl> server, std::shared_ptr<ServerConn> sc, std::uint64_t call_id,
-         std::uint64_t lane, std::string call, std::string object, std::string arguments)
+    void fail(std::exception_ptr error) override {
+      if (claim()) send_error(error);
+    }
+
+  protected:
+    CallEnd(std::shared_ptr<Impl> server, std::shared_ptr<ServerConn> sc, std::uint64_t call_id,
+            std::uint64_t lane, std::string call, std::string object, std::string arguments)
         : server_(std::move(server)),
           sc_(std::move(sc)),
           call_id_(call_id),
@@ -1173,12 +1181,34 @@ public:
           object_(std::move(object)),
           arguments_(std::move(arguments)) {}
 
-    ~Done() noexcept override {
-      if (!finished_.exchange(true)) {
+    // Whether this is the call's end (the first of done, new_object, fail, the destructor).
+    bool claim() noexcept { return !finished_.exchange(true); }
+    void fail_if_unended() noexcept {
+      if (claim())
         send_error(std::make_exception_ptr(RuntimeError(
             call_ + " never completed: the object dropped the call without a result")));
-      }
     }
+    // Replies with the failure `e` in the connection's dialect; never throws.
+    virtual void send_error(std::exception_ptr e) noexcept = 0;
+
+    std::shared_ptr<Impl> server_;
+    std::shared_ptr<ServerConn> sc_;
+    std::uint64_t call_id_;
+    std::uint64_t lane_;
+    std::string call_, object_, arguments_;
+
+  private:
+    std::atomic<bool> finished_{false};
+  };
+
+  class Done final : public CallEnd {
+  public:
+    Done(std::shared_ptr<Impl> server, std::shared_ptr<ServerConn> sc, std::uint64_t call_id,
+         std::uint64_t lane, std::string call, std::string object, std::string arguments)
+        : CallEnd(std::move(server), std::move(sc), call_id, lane, std::move(call),
+                  std::move(object), std::move(arguments)) {}
+
+    ~Done() noexcept override { fail_if_unended(); }
 
     proto::Value::Builder value() override {
       if (!mb_) mb_.emplace(internal::small_message_words);
@@ -1190,7 +1220,7 @@ public:
     }
 
     void done() override {
-      if (finished_.exchange(true)) return;
+      if (!claim()) return;
       if (!mb_) value().setNone();
       std::vector<std::byte> bytes;
       try {
@@ -1202,7 +1232,7 @@ public:
     }
 
     void new_object(std::string typeid_, std::shared_ptr<HostedObject> object) override {
-      if (finished_.exchange(true)) return;
+      if (!claim()) return;
       try {
         auto entry = server_->result_entry(call_, typeid_, object);
         capnp::MallocMessageBuilder mb;
@@ -1215,13 +1245,8 @@ public:
       }
     }
 
-    void fail(std::exception_ptr error) override {
-      if (finished_.exchange(true)) return;
-      send_error(error);
-    }
-
   private:
-    void send_error(std::exception_ptr e) noexcept {
+    void send_error(std::exception_ptr e) noexcept override {
       try {
         server_->finish(sc_, call_id_, lane_,
                         server_->error_bytes(call_id_, e, call_, object_, arguments_));
@@ -1241,12 +1266,6 @@ public:
       }
     }
 
-    std::shared_ptr<Impl> server_;
-    std::shared_ptr<ServerConn> sc_;
-    std::uint64_t call_id_;
-    std::uint64_t lane_;
-    std::string call_, object_, arguments_;
-    std::atomic<bool> finished_{false};
     std::optional<capnp::MallocMessageBuilder> mb_;
     std::optional<proto::manager::Reply::Builder> reply_;
   };
@@ -1338,10 +1357,7 @@ public:
                                                static_cast<std::size_t>(options_.max_message_size));
       req = python::parse_request(detail::pickle::decode(bytes, limits));
     } catch (...) {
-      const auto e = std::current_exception();
-      mlog().warning("manager server at " + address_text_ + ": refused a request of " + sc->peer +
-                     ": " + what_of(e));
-      return python_traceback(sc, e, "request");
+      return python_traceback(sc, std::current_exception(), "request", true);
     }
     method = req.method;  // for the error's context (req is moved on)
     try {
@@ -1354,26 +1370,20 @@ public:
     }
   }
 
-  static std::string what_of(const std::exception_ptr& e) {
-    try {
-      std::rethrow_exception(e);
-    } catch (const std::exception& x) {
-      return x.what();
-    } catch (...) {
-      return "an unknown exception";
-    }
-  }
-
   void python_reply(const std::shared_ptr<ServerConn>& sc, std::string_view kind, Item value) {
     enqueue(sc, python::reply(kind, std::move(value), sc->python_protocol));
   }
 
+  // Replies '#TRACEBACK' for `e`; `refused`: a request that could not be read, also logged.
   void python_traceback(const std::shared_ptr<ServerConn>& sc, std::exception_ptr e,
-                        std::string call) {
+                        std::string call, bool refused = false) {
     std::vector<std::byte> bytes;
     try {
-      bytes = python::error_reply(ErrorEnvelope::capture(e, {.call = std::move(call)}),
-                                  sc->python_protocol, false);
+      const auto error = ErrorEnvelope::capture(e, {.call = std::move(call)});
+      if (refused)
+        mlog().warning("manager server at " + address_text_ + ": refused a request of " + sc->peer +
+                       ": " + error.message);
+      bytes = python::error_reply(error, sc->python_protocol, false);
     } catch (...) {
       try {
         bytes = python::reply("#TRACEBACK", Item::text("the manager failed to encode an error"),
@@ -1504,7 +1514,7 @@ public:
     if (!req.kwargs.empty()) {
       if (takes_keywords)
         kwargs = std::move(req.kwargs);
-      else if (parameters && (!parameters->names.empty() || parameters->required))
+      else if (parameters && !parameters->names.empty())
         python::place_keywords(where, req.args, std::move(req.kwargs), *parameters);
       else
         throw TypeError(where + " takes no keyword arguments" +
@@ -1603,25 +1613,17 @@ public:
   // How a call of CPython's dialect ends: '#RETURN' and the value (proxies in it written as
   // CPython's RebuildProxy), '#PROXY' for a method of method_to_typeid, '#RETURN' (ident,
   // exposed) for a create; a failure as '#ERROR' (a method's) or '#TRACEBACK' (a create's).
-  class PyDone final : public Completion {
+  class PyDone final : public CallEnd {
   public:
     // `protocol`: the request's (read on the strand; this may be made off it).
     PyDone(std::shared_ptr<Impl> server, std::shared_ptr<ServerConn> sc, std::uint64_t call_id,
            int protocol, bool create, std::string call, std::string object, std::string arguments)
-        : server_(std::move(server)),
-          sc_(std::move(sc)),
-          call_id_(call_id),
+        : CallEnd(std::move(server), std::move(sc), call_id, 0, std::move(call), std::move(object),
+                  std::move(arguments)),
           protocol_(protocol),
-          create_(create),
-          call_(std::move(call)),
-          object_(std::move(object)),
-          arguments_(std::move(arguments)) {}
+          create_(create) {}
 
-    ~PyDone() noexcept override {
-      if (!finished_.exchange(true))
-        send_error(std::make_exception_ptr(RuntimeError(
-            call_ + " never completed: the object dropped the call without a result")));
-    }
+    ~PyDone() noexcept override { fail_if_unended(); }
 
     proto::Value::Builder value() override {
       if (!mb_) {
@@ -1632,7 +1634,7 @@ public:
     }
 
     void done() override {
-      if (finished_.exchange(true)) return;
+      if (!claim()) return;
       std::vector<std::byte> bytes;
       try {
         Item x = mb_ ? detail::to_item(root_->asReader()) : Item();
@@ -1647,7 +1649,7 @@ public:
     // The tree as the object holds it (a dict stays a dict), its refs parked for the client by
     // refs_to_python.
     void complete_item(const Item& x) override {
-      if (finished_.exchange(true)) return;
+      if (!claim()) return;
       std::vector<std::byte> bytes;
       try {
         Item copy = x;
@@ -1661,7 +1663,7 @@ public:
     bool keeps_items() const noexcept override { return true; }
 
     void new_object(std::string typeid_, std::shared_ptr<HostedObject> object) override {
-      if (finished_.exchange(true)) return;
+      if (!claim()) return;
       std::optional<std::uint64_t> id;
       try {
         auto entry = server_->result_entry(call_, typeid_, object);
@@ -1690,13 +1692,8 @@ public:
       }
     }
 
-    void fail(std::exception_ptr error) override {
-      if (finished_.exchange(true)) return;
-      send_error(error);
-    }
-
   private:
-    void send_error(std::exception_ptr e) noexcept {
+    void send_error(std::exception_ptr e) noexcept override {
       std::vector<std::byte> bytes;
       try {
         bytes = python::error_reply(
@@ -1713,13 +1710,8 @@ public:
       server_->finish(sc_, call_id_, 0, std::move(bytes));
     }
 
-    std::shared_ptr<Impl> server_;
-    std::shared_ptr<ServerConn> sc_;
-    std::uint64_t call_id_;
     int protocol_;
     bool create_;
-    std::string call_, object_, arguments_;
-    std::atomic<bool> finished_{false};
     std::optional<capnp::MallocMessageBuilder> mb_;
     std::optional<proto::Value::Builder> root_;
   };
