@@ -4,6 +4,7 @@
 // waits until they are taken before it asks for the shutdown.
 //
 //   queue_client --address 127.0.0.1:PORT --authkey 736563726574 --tasks 1000 [--stop-workers 4]
+//                [--legacy-md5]
 #include <chrono>
 #include <cstdint>
 #include <exception>
@@ -14,8 +15,9 @@
 #include "queue_common.hpp"
 
 int main(int argc, char** argv) {
-  example::Args args(argc, argv, {"--address", "--authkey", "--tasks", "--stop-workers"}, {},
-                     "queue_client --address ADDR --authkey HEX --tasks N [--stop-workers K]");
+  example::Args args(
+      argc, argv, {"--address", "--authkey", "--tasks", "--stop-workers"}, {"--legacy-md5"},
+      "queue_client --address ADDR --authkey HEX --tasks N [--stop-workers K] [--legacy-md5]");
   try {
     static const bool registered = example::register_queues();
     (void)registered;

@@ -34,12 +34,14 @@ inline bool register_queues() {
 }
 
 /// The manager's options from --address, --authkey (hex) and --legacy-md5 (a server that also
-/// admits CPython 3.11 and older clients, whose handshake is HMAC-MD5).
+/// admits CPython 3.11 and older clients, whose handshake is HMAC-MD5; a client that reaches a
+/// CPython 3.11 or older manager).
 inline mm::ManagerOptions options(const Args& args) {
   mm::ManagerOptions o;
   o.address = mp::Address::parse(args.get("--address"));
   o.authkey = mp::AuthenticationString::from_hex(args.get("--authkey"));
   o.server.listener.auth.legacy_md5 = args.flag("--legacy-md5");
+  o.link.auth.legacy_md5 = args.flag("--legacy-md5");
   return o;
 }
 

@@ -2,7 +2,7 @@
 // gets a negative one (or the server shuts down while it waits for one), and puts [n, n*n] on the
 // result queue for each.
 //
-//   queue_worker --address 127.0.0.1:PORT --authkey 736563726574
+//   queue_worker --address 127.0.0.1:PORT --authkey 736563726574 [--legacy-md5]
 #include <cstdint>
 #include <cstdio>
 #include <exception>
@@ -12,8 +12,8 @@
 #include "queue_common.hpp"
 
 int main(int argc, char** argv) {
-  example::Args args(argc, argv, {"--address", "--authkey"}, {},
-                     "queue_worker --address ADDR --authkey HEX");
+  example::Args args(argc, argv, {"--address", "--authkey"}, {"--legacy-md5"},
+                     "queue_worker --address ADDR --authkey HEX [--legacy-md5]");
   try {
     static const bool registered = example::register_queues();
     (void)registered;

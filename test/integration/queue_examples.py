@@ -2,8 +2,11 @@
 """The docs' remote-manager recipe, end to end: examples/managers/queue_server, two
 queue_workers and a queue_client (their command lines are a contract), over TCP 127.0.0.1 and a
 Unix socket; then mixed crowds: the Python programs of examples/managers/python (the docs'
-worker and client, unmodified in substance) beside the C++ ones, on the same server. Every process must exit 0, the client must report every result right, and nothing is
-left running. Usage: queue_examples.py SERVER WORKER CLIENT"""
+worker and client, unmodified in substance) beside the C++ ones, on the same server; then the
+other way round: the docs' Python server (queue_server.py, under every local Python) with C++
+workers and a Python worker, under the C++ client and the Python client. Every process must exit
+0, the client must report every result right, and nothing is left running.
+Usage: queue_examples.py SERVER WORKER CLIENT"""
 import os
 import subprocess
 import sys
@@ -34,14 +37,20 @@ def py(exe, program):
     return [exe, os.path.join(PY_EXAMPLES, program)]
 
 
-def run(address, workers, client, tasks=2000):
-    """queue_server on `address`, the `workers` (argv prefixes), then `client`; every process
-    must exit 0, the client must report every result right, and the workers' counts must add up
-    to the tasks (nothing lost or done twice)."""
+def name(argv):
+    return os.path.basename([a for a in argv if not a.startswith("--")][-1])
+
+
+def run(address, workers, client, tasks=2000, server_argv=None):
+    """The server (`server_argv`, troupe's queue_server by default) on `address`, the `workers`
+    (argv prefixes), then `client`; every process must exit 0, the client must report every
+    result right, and the workers' counts must add up to the tasks (nothing lost or done
+    twice)."""
     procs = []
+    server_argv = server_argv or [server_bin, "--legacy-md5"]
     try:
-        server = subprocess.Popen([server_bin, "--address", address, "--authkey", KEY,
-                                   "--legacy-md5"], stdout=subprocess.PIPE, text=True)
+        server = subprocess.Popen(server_argv + ["--address", address, "--authkey", KEY],
+                                  stdout=subprocess.PIPE, text=True)
         procs.append(server)
         listening = server.stdout.readline().strip()
         assert listening, "queue_server printed no address"
@@ -51,9 +60,9 @@ def run(address, workers, client, tasks=2000):
         c = subprocess.run(client + args + ["--tasks", str(tasks), "--stop-workers",
                                             str(len(ws))],
                            capture_output=True, text=True, timeout=TIMEOUT)
-        names = ", ".join(os.path.basename(w[-1]) for w in workers)
-        print(f"{address}: {len(ws)} workers ({names}), client {os.path.basename(client[-1])}: "
-              f"{c.stdout.strip()} {c.stderr.strip()}")
+        names = ", ".join(name(w) for w in workers)
+        print(f"{name(server_argv)} at {address}: {len(ws)} workers ({names}), client "
+              f"{name(client)}: {c.stdout.strip()} {c.stderr.strip()}")
         assert c.returncode == 0, f"the client exited {c.returncode}"
         assert f"{tasks} results right, 0 wrong" in c.stdout, c.stdout
         done = 0
@@ -63,7 +72,7 @@ def run(address, workers, client, tasks=2000):
             done += int(out.split("worker: ")[1].split()[0])
         assert done == tasks, f"the workers did {done} tasks, not {tasks}"
         out, _ = server.communicate(timeout=TIMEOUT)
-        assert server.returncode == 0, f"queue_server exited {server.returncode}"
+        assert server.returncode == 0, f"{name(server_argv)} exited {server.returncode}"
     finally:
         for p in procs:
             if p.poll() is None:
@@ -80,6 +89,15 @@ with tempfile.TemporaryDirectory() as d:
         crowd = [[worker_bin]] * 2 + [py(exe, "queue_worker.py") for exe in pythons()]
         run(address, crowd, [client_bin])
         run(address, crowd, py(sys.executable, "queue_client.py"))
+    # The other way round: a Python manager. C++ workers (--legacy-md5: 3.11 and older answer
+    # with HMAC-MD5) and the same Python's worker, under the C++ client; and over a Unix socket
+    # under the Python client.
+    cxx_worker, cxx_client = [worker_bin, "--legacy-md5"], [client_bin, "--legacy-md5"]
+    for exe in pythons():
+        crowd = [cxx_worker] * 2 + [py(exe, "queue_worker.py")]
+        run("127.0.0.1:0", crowd, cxx_client, server_argv=py(exe, "queue_server.py"))
+    run("unix:" + os.path.join(d, "python.sock"), [cxx_worker] * 2,
+        py(sys.executable, "queue_client.py"), server_argv=py(sys.executable, "queue_server.py"))
 # A wrong key: the worker must fail with an error, not hang, and the server must keep serving.
 server = subprocess.Popen([server_bin, "--address", "127.0.0.1:0", "--authkey", KEY],
                           stdout=subprocess.PIPE, text=True)

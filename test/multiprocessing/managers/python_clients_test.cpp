@@ -16,6 +16,7 @@
 
 #include "child_process.hpp"
 #include "leak_check.hpp"
+#include "python_key.hpp"
 #include "test_types.hpp"
 
 namespace managers_test {
@@ -229,17 +230,8 @@ class PythonClientsTest : public troupe::testing::LeakCheck {
 protected:
   void SetUp() override {
     LeakCheck::SetUp();
-    // The key, for the Python children: in the environment, never on a command line.
-    const auto bytes = mp::detail::random_bytes(32);
-    std::string hex;
-    for (auto b : bytes) {
-      static const char* digits = "0123456789abcdef";
-      hex += digits[static_cast<unsigned>(b) >> 4];
-      hex += digits[static_cast<unsigned>(b) & 15];
-    }
-    key_ = mp::AuthenticationString::from_hex(hex);
-    ::setenv("TROUPE_TEST_AUTHKEY", hex.c_str(), 1);
-    std::fill(hex.begin(), hex.end(), '0');
+    python_key_.emplace();
+    key_ = python_key_->key();
   }
   void start(std::optional<mp::Address> address) {
     mm::ServerOptions o;
@@ -251,7 +243,7 @@ protected:
   }
   void TearDown() override {
     server_.reset();
-    ::unsetenv("TROUPE_TEST_AUTHKEY");
+    python_key_.reset();
     LeakCheck::TearDown();
   }
   // The server's address as a Python literal.
@@ -283,6 +275,7 @@ protected:
         << server_->debug_info();
   }
 
+  std::optional<PythonKey> python_key_;
   mp::AuthenticationString key_;
   std::unique_ptr<mm::Server> server_;
 };

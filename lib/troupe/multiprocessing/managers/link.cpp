@@ -22,6 +22,7 @@
 #include "troupe/errors.hpp"
 #include "troupe/internal/runtime.hpp"
 #include "troupe/multiprocessing/logger.hpp"
+#include "troupe/multiprocessing/managers/internal/python_client.hpp"
 #include "troupe/multiprocessing/managers/internal/wire.hpp"
 #include "troupe/multiprocessing/process.hpp"
 
@@ -191,7 +192,17 @@ void Link::connect(const LinkOptions& options) {
   co.authkey = authkey_;
   co.timeout = options.connect_timeout;
   co.tls = options.tls;
-  Connection c = Client(address_, co);
+  co.auth = options.auth;
+  Connection c = [&] {
+    try {
+      return Client(address_, co);
+    } catch (const AuthenticationError& e) {
+      if (co.auth.legacy_md5) throw;
+      throw AuthenticationError(std::string(e.what()) +
+                                "; a CPython 3.11 or older manager answers only HMAC-MD5 "
+                                "(LinkOptions::auth.legacy_md5)");
+    }
+  }();
   {
     capnp::MallocMessageBuilder mb;
     auto h = mb.initRoot<proto::manager::Hello>();
@@ -216,6 +227,17 @@ void Link::connect(const LinkOptions& options) {
     throw EOFError("the manager at " + address_text_ +
                    " closed the connection instead of answering the Hello");
   }
+  if (internal::python::is_pickle(bytes)) {
+    // CPython's server could not read the Hello and said so in a pickle: it speaks its own
+    // dialect, which the link speaks from here on (each request on connections of its own).
+    c.close();
+    python_ = std::make_shared<internal::python::ClientPeer>(address_, address_text_, co,
+                                                             runner_->ctx.get_executor());
+    server_name_ = "CPython";
+    start_runner();
+    python_->greet();  // Python's connect(): 'dummy'
+    return;
+  }
   auto frame = internal::parse_frame(std::move(bytes));
   auto g = frame->root<proto::manager::Greeting>();
   if (g.isRefused()) throw_error(ErrorEnvelope::decode(g.getRefused()));
@@ -236,19 +258,7 @@ void Link::connect(const LinkOptions& options) {
   fd_ = conn_->fileno();
   direct_ = !conn_->tls();
   conn_->set_executor(runner_->ctx.get_executor());
-  auto r = runner_;
-  r->thread = std::thread([r] {
-    r->id.store(std::this_thread::get_id());
-    for (;;) {
-      try {
-        r->ctx.run();
-        return;
-      } catch (const std::exception& e) {
-        get_logger().error(std::string("manager link: an exception escaped a handler: ") +
-                           e.what());
-      }
-    }
-  });
+  start_runner();
   heartbeat_interval_ = options.heartbeat_interval;
   heartbeat_timeout_ = std::max(options.heartbeat_timeout, options.heartbeat_interval);
   last_heard_.store(std::chrono::steady_clock::now().time_since_epoch().count());
@@ -262,6 +272,22 @@ void Link::connect(const LinkOptions& options) {
     if (heartbeat_interval_.count() > 0) {
       runner_->heartbeat.emplace(runner_->ctx);
       beat();
+    }
+  });
+}
+
+void Link::start_runner() {
+  auto r = runner_;
+  r->thread = std::thread([r] {
+    r->id.store(std::this_thread::get_id());
+    for (;;) {
+      try {
+        r->ctx.run();
+        return;
+      } catch (const std::exception& e) {
+        get_logger().error(std::string("manager link: an exception escaped a handler: ") +
+                           e.what());
+      }
     }
   });
 }
@@ -313,6 +339,23 @@ Link::~Link() {
     return;
   }
   if (!runner_->thread.joinable()) return;  // never connected
+  if (python_) {
+    // Its lanes' reads end (on the link's thread); its own thread sends what is queued (the
+    // proxies' decrefs), for connect_timeout at most, and ends.
+    python_->close("the link was closed");
+    if (on_link_thread()) {
+      runner_->link_gone.store(true, std::memory_order_release);
+      auto p = std::move(python_);
+      std::thread([p = std::move(p)]() mutable { p.reset(); }).detach();
+      runner_->work.reset();
+      runner_->thread.detach();
+      return;
+    }
+    python_.reset();
+    runner_->work.reset();
+    runner_->thread.join();
+    return;
+  }
   if (on_link_thread()) {
     // The last proxy was dropped inside a completion on this link's own thread.
     runner_->link_gone.store(true, std::memory_order_release);
@@ -341,6 +384,7 @@ bool Link::alive() const {
   {
     std::scoped_lock lock(m_);
     if (dead_ || troupe::internal::runtime::process_id() != pid_) return false;
+    if (python_) return !python_->dead();
     if (!direct_ || reader_ != Reader::none) return true;
   }
   // Nobody reads while nothing is owed: a server that has closed the connection meanwhile
@@ -354,6 +398,7 @@ bool Link::alive() const {
 }
 
 std::exception_ptr Link::dead_error() const {
+  if (python_) return python_->dead_error();
   std::scoped_lock lock(m_);
   return as_exception(errc::eof_error, "the manager at " + address_text_ + " (pid " +
                                            std::to_string(server_pid_) + ") is gone: " + why_dead_);
@@ -388,7 +433,25 @@ void Link::complete(Pending& p, std::exception_ptr error, std::shared_ptr<Frame>
   p.sync->cv.notify_one();
 }
 
+proto::manager::Request::Reader Link::build_python(capnp::MallocMessageBuilder& mb,
+                                                   const Build& build) {
+  auto r = mb.initRoot<proto::manager::Request>();
+  build(r);
+  {
+    std::scoped_lock lock(m_);
+    r.setCallId(next_call_++);
+  }
+  if (r.getLane() == 0) r.setLane(current_lane());
+  return r.asReader();
+}
+
 std::uint64_t Link::request(const Build& build, Handler done) {
+  if (python_) {
+    capnp::MallocMessageBuilder mb(internal::small_message_words);
+    auto r = build_python(mb, build);
+    python_->start(r, std::move(done));
+    return r.getCallId();
+  }
   std::uint64_t id;
   bool gather = false;
   auto bytes = start_call(build, id);
@@ -423,6 +486,20 @@ std::vector<std::byte> Link::start_call(const Build& build, std::uint64_t& id) {
 }
 
 void Link::send(const Build& build) {
+  if (python_) {
+    if (python_->dead()) return;
+    capnp::MallocMessageBuilder mb(internal::small_message_words);
+    python_->start(build_python(mb, build), [this_text = address_text_](std::exception_ptr,
+                                                                        std::shared_ptr<Frame> f) {
+      // The failure of a request without a reply: logged (a dead link's, not).
+      if (!f) return;
+      auto reply = f->root<proto::manager::Reply>();
+      if (reply.isError())
+        get_logger().warning("manager at " + this_text + ": a reference request failed: " +
+                             std::string(reply.getError().getMessage().cStr()));
+    });
+    return;
+  }
   std::uint64_t id;
   {
     std::scoped_lock lock(m_);
@@ -442,6 +519,10 @@ std::shared_ptr<Frame> Link::call(const Build& build,
   // A handler run while this thread reads may drop the last proxy: the link lives until the
   // call returns.
   auto self = shared_from_this();
+  if (python_) {
+    capnp::MallocMessageBuilder mb(internal::small_message_words);
+    return python_->call(build_python(mb, build), timeout);
+  }
   std::optional<std::chrono::steady_clock::time_point> deadline;
   if (timeout)
     deadline = std::chrono::steady_clock::now() +
@@ -651,6 +732,7 @@ void Link::pump() {
 
 void Link::flush(std::chrono::nanoseconds timeout) {
   if (on_link_thread()) return;
+  if (python_) return python_->flush(timeout);
   {
     std::scoped_lock lock(m_);
     if (dead_ || troupe::internal::runtime::process_id() != pid_) return;
@@ -740,6 +822,7 @@ void Link::on_frame(std::vector<std::byte> bytes) {
 
 // Any thread. The link is dead from here on: what is pending fails with the reason.
 void Link::die(const std::string& why) {
+  if (python_) return python_->close(why);
   std::unordered_map<std::uint64_t, Pending> pending;
   {
     std::scoped_lock lock(m_);

@@ -84,6 +84,9 @@ public:
 
   /// Python: `acquire(blocking=True, timeout=None)`.
   bool acquire(bool blocking = true, const Timeout& timeout = {}) const {
+    // As Python's proxy: no timeout argument for none (a CPython lock's acquire takes -1 for
+    // forever, not None).
+    if (timeout.is_forever()) return _callmethod<bool>("acquire", blocking);
     return _callmethod<bool>("acquire", blocking, detail::seconds_arg(timeout));
   }
   /// Python: `release()` (a Semaphore's `release(n)` through `_callmethod`).
@@ -124,6 +127,9 @@ public:
 
   /// Python: `acquire(blocking=True, timeout=None)`.
   bool acquire(bool blocking = true, const Timeout& timeout = {}) const {
+    // As Python's proxy: no timeout argument for none (a CPython lock's acquire takes -1 for
+    // forever, not None).
+    if (timeout.is_forever()) return _callmethod<bool>("acquire", blocking);
     return _callmethod<bool>("acquire", blocking, detail::seconds_arg(timeout));
   }
   void release() const { _callmethod("release"); }

@@ -27,12 +27,18 @@
 
 #include "manager.capnp.h"
 
+namespace troupe::multiprocessing::managers::internal::python {
+class ClientPeer;
+}
+
 namespace troupe::multiprocessing::managers::detail {
 
 /// How a link connects (BaseManager passes its own; a received proxy uses the defaults).
 struct LinkOptions {
   std::chrono::milliseconds connect_timeout{10000};
   std::shared_ptr<boost::asio::ssl::context> tls;
+  /// The HMAC handshake's options: `auth.legacy_md5` to reach a CPython 3.11 (or older) manager.
+  AuthOptions auth;
   /// The heartbeat: while calls are pending and nothing has come from the server for
   /// heartbeat_interval, the link pings it; nothing for heartbeat_timeout (the server's host
   /// vanished, or the server is stopped) and the link is dead: every pending call fails with
@@ -97,6 +103,9 @@ public:
   const std::string& address_text() const noexcept { return address_text_; }
   const AuthenticationString& authkey() const noexcept { return authkey_; }
   int server_pid() const noexcept { return server_pid_; }
+  /// Whether the server is CPython's (multiprocessing.managers.Server): it answered the Hello
+  /// with a pickle, and the link speaks its dialect (internal/python_client.hpp).
+  bool python() const noexcept { return python_ != nullptr; }
   const std::string& server_name() const noexcept { return server_name_; }
   /// Whether the connection is up (false once the server has gone or closed it).
   bool alive() const;
@@ -123,6 +132,9 @@ private:
 
   Link(Address address, AuthenticationString authkey);
   void connect(const LinkOptions& options);
+  void start_runner();
+  /// Builds a request for the CPython peer (a call id, the lane) into `mb`.
+  proto::manager::Request::Reader build_python(capnp::MallocMessageBuilder& mb, const Build& build);
   void read_next();
   void on_frame(std::vector<std::byte> bytes);
   void complete(Pending& p, std::exception_ptr error, std::shared_ptr<Frame> frame);
@@ -161,6 +173,8 @@ private:
   // Under TLS one session serves both directions: everything stays on the link's thread.
   bool direct_ = false;
   std::unique_ptr<Connection> conn_;  // reads: by the reader; writes: by the writer
+  // A CPython server: every request goes through this instead (conn_ is null).
+  std::shared_ptr<internal::python::ClientPeer> python_;
 
   mutable std::mutex m_;  // dead_, pending_, the reader, the followers
   bool dead_ = false;

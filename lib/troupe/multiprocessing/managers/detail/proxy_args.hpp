@@ -17,10 +17,16 @@
 
 namespace troupe::multiprocessing::managers::detail {
 
+/// Python's `timeout=None or seconds`: on the wire none or a float, as Python's own value (a
+/// std::optional<double> would travel as a list of 0 or 1, which a CPython manager cannot read).
+struct SecondsArg {
+  std::optional<double> seconds;
+};
+
 /// A troupe::Timeout as the seconds a manager's method takes (none: forever).
-inline std::optional<double> seconds_arg(const Timeout& t) {
-  if (t.is_forever()) return std::nullopt;
-  return static_cast<double>(t.remaining().count()) / 1e9;
+inline SecondsArg seconds_arg(const Timeout& t) {
+  if (t.is_forever()) return {};
+  return {static_cast<double>(t.remaining().count()) / 1e9};
 }
 
 /// A result that is None or a T (Python's `dict.get(key)` without a default).
@@ -147,6 +153,19 @@ struct troupe::Codec<troupe::multiprocessing::managers::detail::Discard> {
   static troupe::multiprocessing::managers::detail::Discard decode(troupe::proto::Value::Reader) {
     return {};
   }
+};
+
+template <>
+struct troupe::Codec<troupe::multiprocessing::managers::detail::SecondsArg> {
+  static std::string signature() { return "seconds"; }
+  static void encode(const troupe::multiprocessing::managers::detail::SecondsArg& s,
+                     troupe::proto::Value::Builder v) {
+    if (s.seconds)
+      v.setFloat(*s.seconds);
+    else
+      v.setNone();
+  }
+  // Only sent.
 };
 
 template <class T>
