@@ -637,6 +637,11 @@ int start_connect(const Address& address, bool& in_progress) {
   return fd.release();
 }
 
+void quick_ack(int fd) noexcept {
+  const int one = 1;
+  (void)::setsockopt(fd, IPPROTO_TCP, TCP_QUICKACK, &one, sizeof one);
+}
+
 int finish_connect(int fd) noexcept {
   int err = 0;
   socklen_t len = sizeof err;

@@ -213,6 +213,10 @@ private:
 
 namespace detail {
 
+/// Acknowledges at once what has come on TCP socket `fd`, and what comes next (TCP_QUICKACK);
+/// nothing on another socket.
+void quick_ack(int fd) noexcept;
+
 /// Both halves of the HMAC handshake as asynchronous reads and writes: deliver the challenge
 /// then answer the peer's (`challenge_first`, a Listener), or the reverse (a Client). `c`,
 /// `key` and `auth` must outlive the operation. Completion: void(boost::system::error_code);
@@ -251,6 +255,12 @@ auto async_handshake(Connection& c, const AuthenticationString& key, const AuthO
         case 0:  // deliver: the challenge (a client's went with its answer)
           if (st->challenge_sent) {
             ++st->step;
+            // The peer's #WELCOME# came, and its answer to the challenge follows. A peer
+            // without TCP_NODELAY (CPython) holds that answer back (Nagle) until the welcome
+            // is acknowledged, which Linux delays by up to 40 ms when it has nothing to send
+            // back: acknowledge it now. Measured against CPython 3.13's manager on 127.0.0.1:
+            // 45 ms per connection before, 1 ms after. Not TCP: fails, harmlessly.
+            quick_ack(c.fileno());
             return c.async_recv_bytes(op.resume(), 256);
           }
           st->challenge = make_challenge(auth);
@@ -279,6 +289,7 @@ auto async_handshake(Connection& c, const AuthenticationString& key, const AuthO
           return c.async_send_bytes(st->answer, op.resume());
         default:  // the peer's verdict, checked on the next entry
           st->check_welcome = true;
+          if (st->challenge_sent) quick_ack(c.fileno());  // see case 0
           return c.async_recv_bytes(op.resume(), 256);
       }
     } catch (const AuthenticationError&) {
