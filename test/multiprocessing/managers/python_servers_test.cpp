@@ -323,5 +323,32 @@ TEST_F(PythonServersTest, AServerKilledWhileACallWaitsFailsItAtOnce) {
   }
 }
 
+TEST_F(PythonServersTest, AStoppedServerFailsAWaitingCallThroughTheHeartbeat) {
+  if (pythons_.empty()) GTEST_SKIP() << "no python3 found";
+  const auto a = start(pythons_.front(), "('127.0.0.1', 0)");
+  auto o = options(a);
+  // CPython's server has no ping: the link checks it answers a 'dummy' on a connection of its
+  // own; a stopped server (as a vanished host) accepts nothing and answers nothing.
+  o.link.heartbeat_interval = 200ms;
+  o.link.connect_timeout = 1000ms;
+  mm::SyncManager m(o);
+  m.connect();
+  auto q = mm::QueueProxy<std::int64_t>(m.create("get_queue"));
+  std::thread stopper([&] {
+    std::this_thread::sleep_for(300ms);
+    ::kill(server_->pid(), SIGSTOP);
+  });
+  try {
+    (void)q.get();
+    ADD_FAILURE() << "a get on a stopped server returned";
+  } catch (const troupe::EOFError& e) {
+    EXPECT_NE(std::string(e.what()).find("heartbeat"), std::string::npos) << e.what();
+  }
+  stopper.join();
+  ::kill(server_->pid(), SIGKILL);
+  ::kill(server_->pid(), SIGCONT);
+  EXPECT_EQ(server_->wait(10s), 128 + SIGKILL);
+}
+
 }  // namespace
 }  // namespace managers_test

@@ -116,6 +116,7 @@ void after_fork_in_child() noexcept {
     if (auto l = w.lock()) {
       if (l->fd_ >= 0) ::close(l->fd_);
       l->fd_ = -1;
+      if (l->python_) l->python_->after_fork_in_child();
       // The reference taken by lock() must not destroy the link here: leak it.
       new std::shared_ptr<Link>(std::move(l));
     }
@@ -231,11 +232,12 @@ void Link::connect(const LinkOptions& options) {
     // CPython's server could not read the Hello and said so in a pickle: it speaks its own
     // dialect, which the link speaks from here on (each request on connections of its own).
     c.close();
-    python_ = std::make_shared<internal::python::ClientPeer>(address_, address_text_, co,
-                                                             runner_->ctx.get_executor());
+    python_ = std::make_shared<internal::python::ClientPeer>(
+        address_, address_text_, co, runner_->ctx.get_executor(), options.heartbeat_interval);
     server_name_ = "CPython";
     start_runner();
     python_->greet();  // Python's connect(): 'dummy'
+    python_->start_heartbeat();
     return;
   }
   auto frame = internal::parse_frame(std::move(bytes));
@@ -340,13 +342,13 @@ Link::~Link() {
   }
   if (!runner_->thread.joinable()) return;  // never connected
   if (python_) {
-    // Its lanes' reads end (on the link's thread); its own thread sends what is queued (the
-    // proxies' decrefs), for connect_timeout at most, and ends.
-    python_->close("the link was closed");
+    // Its own thread sends what is queued (the proxies' decrefs), for connect_timeout at most,
+    // and ends; then its lanes close (their reads end on the link's thread).
     if (on_link_thread()) {
       runner_->link_gone.store(true, std::memory_order_release);
       auto p = std::move(python_);
-      std::thread([p = std::move(p)]() mutable { p.reset(); }).detach();
+      // The io_context lives until the peer has gone (it posts to it while it goes).
+      std::thread([p = std::move(p), r = runner_]() mutable { p.reset(); }).detach();
       runner_->work.reset();
       runner_->thread.detach();
       return;
@@ -384,9 +386,9 @@ bool Link::alive() const {
   {
     std::scoped_lock lock(m_);
     if (dead_ || troupe::internal::runtime::process_id() != pid_) return false;
-    if (python_) return !python_->dead();
-    if (!direct_ || reader_ != Reader::none) return true;
+    if (!python_ && (!direct_ || reader_ != Reader::none)) return true;
   }
+  if (python_) return python_->alive();
   // Nobody reads while nothing is owed: a server that has closed the connection meanwhile
   // (stopped, restarted) is seen here, so that Link::get connects afresh.
   pollfd p{fd_, POLLRDHUP, 0};

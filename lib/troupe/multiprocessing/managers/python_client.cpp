@@ -1,6 +1,7 @@
 // A link's requests sent to a manager served by CPython (internal/python_client.hpp).
 #include "troupe/multiprocessing/managers/internal/python_client.hpp"
 
+#include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -8,6 +9,7 @@
 #include <utility>
 
 #include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
 
 #include "troupe/error_envelope.hpp"
 #include "troupe/errors.hpp"
@@ -102,6 +104,33 @@ ErrorOrigin origin_of(const Address& a) {
   return o;
 }
 
+// The envelope of an exception a CPython manager sent ('#ERROR'): its class as troupe names it
+// (the same-named class, else Exception with Python's name), Python's str() of it.
+ErrorEnvelope raised(const Item& x, const std::string& where, const std::string& object,
+                     const Address& a) {
+  ErrorEnvelope env;
+  env.code = code_of(x.object_class());
+  env.type_name =
+      env.code == errc::exception ? x.object_class() : std::string(python_name(env.code));
+  env.message = exception_text(x.object_class(), x.object_args());
+  env.context = {.call = where, .object = object};
+  env.origin = origin_of(a);
+  return env;
+}
+
+// RemoteError with `text`: what Python's client raises for '#TRACEBACK' (and a reply that cannot
+// be read here).
+ErrorEnvelope remote(std::string text, const std::string& where, const std::string& object,
+                     const Address& a) {
+  ErrorEnvelope env;
+  env.code = errc::remote_error;
+  env.type_name = std::string(python_name(env.code));
+  env.message = std::move(text);
+  env.context = {.call = where, .object = object};
+  env.origin = origin_of(a);
+  return env;
+}
+
 bool same_server(const Address& a, const Address& b) {
   if (a.family != b.family) return false;
   if (a.family == Address::Family::unix_path || a.family == Address::Family::unix_abstract)
@@ -140,37 +169,87 @@ struct ClientPeer::Waiting {
   std::mutex m;
   std::condition_variable cv;
   bool done = false;
+  bool abandoned = false;  // the caller timed out
   std::exception_ptr error;
   std::shared_ptr<detail::Frame> frame;
 };
 
 ClientPeer::ClientPeer(Address address, std::string address_text, ClientOptions options,
-                       asio::any_io_executor ex)
+                       asio::any_io_executor ex, std::chrono::milliseconds heartbeat_interval)
     : address_(std::move(address)),
       address_text_(std::move(address_text)),
       options_(std::move(options)),
-      ex_(std::move(ex)) {
+      ex_(std::move(ex)),
+      heartbeat_interval_(heartbeat_interval) {
   worker_ = std::thread([this] { run_jobs(); });
+}
+
+void ClientPeer::start_heartbeat() {
+  if (heartbeat_interval_.count() <= 0 || beat_timer_) return;
+  beat_timer_ = std::make_shared<asio::steady_timer>(ex_);
+  asio::post(ex_, [w = weak_from_this()] {
+    if (auto self = w.lock()) self->beat();
+  });
+}
+
+// On the link's thread.
+void ClientPeer::beat() {
+  auto t = std::static_pointer_cast<asio::steady_timer>(beat_timer_);
+  t->expires_after(heartbeat_interval_);
+  t->async_wait([w = weak_from_this()](boost::system::error_code ec) {
+    auto self = w.lock();
+    if (ec || !self) return;
+    bool probe = false;
+    {
+      std::scoped_lock lock(self->m_);
+      if (self->dead_ || self->stopping_) return;
+      const bool waiting = std::any_of(self->lanes_.begin(), self->lanes_.end(),
+                                       [](const auto& l) { return !l.second->fifo.empty(); });
+      if (waiting && !self->beat_probe_pending_) probe = self->beat_probe_pending_ = true;
+    }
+    if (probe)
+      self->post_job([s = self.get()] {
+        try {
+          (void)s->dispatch("dummy", {});
+        } catch (const std::exception& e) {
+          s->close(std::string("it did not answer the heartbeat (a 'dummy' request): ") + e.what());
+        }
+        std::scoped_lock lock(s->m_);
+        s->beat_probe_pending_ = false;
+      });
+    self->beat();
+  });
 }
 
 ClientPeer::~ClientPeer() {
   {
+    // The worker sends what is queued (the proxies' decrefs: CPython ties no reference to a
+    // connection, so a decref lost is an object kept until the server stops), for the connect
+    // timeout at most, then ends.
     std::scoped_lock lock(m_);
     stopping_ = true;
     give_up_ = std::chrono::steady_clock::now() + options_.timeout;
   }
   jobs_cv_.notify_all();
-  worker_.join();
+  if (std::this_thread::get_id() == worker_.get_id())
+    worker_.detach();  // cannot happen (no handler runs there); never join oneself
+  else
+    worker_.join();
   close("the link was closed");
+  if (beat_timer_) {
+    auto t = std::static_pointer_cast<asio::steady_timer>(beat_timer_);
+    asio::post(ex_, [t] { t->cancel(); });
+  }
 }
 
 Connection ClientPeer::connect_new() {
   try {
     return Client(address_, options_);
   } catch (const AuthenticationError& e) {
+    if (options_.auth.legacy_md5) throw;
     throw AuthenticationError(std::string(e.what()) +
-                              " (a CPython 3.11 or older manager answers only HMAC-MD5: "
-                              "LinkOptions::auth.legacy_md5)");
+                              "; a CPython 3.11 or older manager answers only HMAC-MD5 "
+                              "(LinkOptions::auth.legacy_md5)");
   }
 }
 
@@ -178,12 +257,15 @@ void ClientPeer::greet() {
   (void)dispatch("dummy", {});
 }
 
-Item ClientPeer::dispatch(const std::string& function, std::vector<Item> args) {
+Item ClientPeer::dispatch(const std::string& function, std::vector<Item> args, bool bounded) {
   Connection c = connect_new();
   const auto bytes = request_bytes(Item(), function, std::move(args));
   c.send_bytes(std::span<const std::byte>(bytes.data(), bytes.size()));
-  // As long as the server takes (a create runs the typeid's callable), while the peer lives.
+  const auto deadline = std::chrono::steady_clock::now() + options_.timeout;
   while (!c.poll(std::chrono::milliseconds(200))) {
+    if (bounded && std::chrono::steady_clock::now() > deadline)
+      throw TimeoutError("the manager at " + address_text_ + " did not answer " + function +
+                         "() within " + std::to_string(options_.timeout.count()) + " ms");
     std::scoped_lock lock(m_);
     if (dead_) throw EOFError("the manager at " + address_text_ + " is gone: " + why_dead_);
     if (give_up_ && std::chrono::steady_clock::now() > *give_up_)
@@ -207,15 +289,8 @@ Item ClientPeer::dispatch(const std::string& function, std::vector<Item> args) {
   auto& e = reply.elements();
   const std::string& kind = e[0].as_string();
   if (kind == "#RETURN") return std::move(e[1]);
-  if (kind == "#ERROR" && e[1].kind() == Kind::object) {
-    ErrorEnvelope env;
-    env.code = code_of(e[1].object_class());
-    env.type_name =
-        env.code == errc::exception ? e[1].object_class() : std::string(python_name(env.code));
-    env.message = exception_text(e[1].object_class(), e[1].object_args());
-    env.context = {.call = function, .object = address_text_};
-    throw_error(env);
-  }
+  if (kind == "#ERROR" && e[1].kind() == Kind::object)
+    throw_error(raised(e[1], function, address_text_, address_));
   throw RemoteError("the manager at " + address_text_ + " failed " + function +
                     "(): " + (e[1].kind() == Kind::text ? e[1].as_string() : shown(e[1])));
 }
@@ -304,12 +379,18 @@ std::shared_ptr<detail::Frame> ClientPeer::run_function(std::uint64_t call_id,
       auto c = r.getCreate();
       const std::string typeid_(c.getTypeid().cStr());
       std::vector<std::uint64_t> parked;
-      Item args = python_args(c.getArgs(), "create(" + typeid_ + ")", parked);
-      std::vector<Item> a;
-      a.push_back(Item::text(typeid_));
-      for (Item& x : args.elements()) a.push_back(std::move(x));
-      Item got = dispatch("create", std::move(a));
-      for (auto id : parked) (void)dispatch("decref", {Item::text(ident_text(id))});
+      Item got;
+      try {
+        Item args = python_args(c.getArgs(), "create(" + typeid_ + ")", parked);
+        std::vector<Item> a;
+        a.push_back(Item::text(typeid_));
+        for (Item& x : args.elements()) a.push_back(std::move(x));
+        got = dispatch("create", std::move(a), false);
+      } catch (...) {
+        drop_parked(parked);
+        throw;
+      }
+      drop_parked(parked);
       if (got.kind() != Kind::tuple || got.elements().size() != 2)
         throw ValueError("the manager at " + address_text_ + " answered create(" + typeid_ +
                          ") with " + shown(got) + ", not (ident, exposed)");
@@ -506,26 +587,31 @@ std::shared_ptr<detail::Frame> ClientPeer::reply_frame(std::uint64_t call_id, It
     p.setAddress(!a || same_server(*a, address_) ? address_text_.c_str() : a->str().c_str());
     p.setId(id);
   } else if (kind == "#ERROR" && e[1].kind() == Kind::object) {
-    ErrorEnvelope env;
-    env.code = code_of(e[1].object_class());
-    env.type_name =
-        env.code == errc::exception ? e[1].object_class() : std::string(python_name(env.code));
-    env.message = exception_text(e[1].object_class(), e[1].object_args());
-    env.context = {.call = where, .object = address_text_};
-    env.origin = origin_of(address_);
-    env.encode(out.initError());
+    raised(e[1], where, address_text_, address_).encode(out.initError());
   } else {
     // '#TRACEBACK', '#UNSERIALIZABLE': Python's caller raises RemoteError with the text.
-    ErrorEnvelope env;
-    env.code = errc::remote_error;
-    env.type_name = std::string(python_name(env.code));
-    env.message = (kind == "#UNSERIALIZABLE" ? "Unserializable message: " : "") +
-                  (e[1].kind() == Kind::text ? e[1].as_string() : shown(e[1]));
-    env.context = {.call = where, .object = address_text_};
-    env.origin = origin_of(address_);
-    env.encode(out.initError());
+    remote((kind == "#UNSERIALIZABLE" ? "Unserializable message: " : "") +
+               (e[1].kind() == Kind::text ? e[1].as_string() : shown(e[1])),
+           where, address_text_, address_)
+        .encode(out.initError());
   }
   return frame_of(mb);
+}
+
+void ClientPeer::deliver(Handler done, std::exception_ptr e, std::shared_ptr<detail::Frame> f) {
+  if (!done) return;
+  asio::post(ex_, [done = std::move(done), e, f = std::move(f), text = address_text_]() mutable {
+    try {
+      done(e, std::move(f));
+    } catch (const std::exception& x) {
+      get_logger().error("manager at " + text + ": a reply's handler threw: " + x.what());
+    }
+  });
+}
+
+void ClientPeer::drop_parked(const std::vector<std::uint64_t>& ids) {
+  for (auto id : ids)
+    post_job([this, id] { (void)dispatch("decref", {Item::text(ident_text(id))}); });
 }
 
 void ClientPeer::start_call(proto::manager::Request::Reader r, Handler done) {
@@ -535,17 +621,36 @@ void ClientPeer::start_call(proto::manager::Request::Reader r, Handler done) {
   Lane::Entry entry;
   entry.call_id = r.getCallId();
   entry.where = "'" + method + "' of object " + ident_text(id);
-  Item args = python_args(c.getArgs(), entry.where, entry.parked);
-  const auto bytes = request_bytes(Item::text(ident_text(id)), method, std::move(args.elements()));
-  auto lane = lane_for(r.getLane());
+  std::shared_ptr<Lane> lane;
+  std::vector<std::byte> bytes;
+  try {
+    Item args = python_args(c.getArgs(), entry.where, entry.parked);
+    bytes = request_bytes(Item::text(ident_text(id)), method, std::move(args.elements()));
+    lane = lane_for(r.getLane());
+  } catch (...) {
+    drop_parked(entry.parked);  // the call never went: the proxies parked for it are not held
+    throw;
+  }
   entry.done = std::move(done);
   std::string failed;
   bool read = false;
-  {
-    std::scoped_lock sl(lane->send_m);
+  for (;;) {
+    std::unique_lock sl(lane->send_m);
     {
       std::scoped_lock lock(m_);
-      if (dead_) std::rethrow_exception(dead_error_locked());
+      if (dead_) {
+        drop_parked(entry.parked);
+        std::rethrow_exception(dead_error_locked());
+      }
+      auto it = lanes_.find(lane->number);
+      if (it == lanes_.end() || it->second != lane) {
+        // Retired as idle by another thread's lane_for between ours and here: a fresh one
+        // (outside the lane's lock).
+        sl.unlock();
+        lane = lane_for(r.getLane());
+        continue;
+      }
+      lane->used = ++lane_clock_;
       lane->fifo.push_back(std::move(entry));
       read = !lane->reading;
       lane->reading = true;
@@ -555,7 +660,9 @@ void ClientPeer::start_call(proto::manager::Request::Reader r, Handler done) {
     } catch (const std::exception& e) {
       failed = e.what();
     }
+    break;
   }
+  // The server has gone (or the connection broke): every call fails, this one too.
   if (!failed.empty()) return close("sending failed: " + failed);
   if (read)
     asio::post(ex_, [w = weak_from_this(), lane] {
@@ -584,28 +691,28 @@ void ClientPeer::read_lane(const std::shared_ptr<Lane>& lane) {
           lane->fifo.pop_front();
         }
         std::shared_ptr<detail::Frame> frame;
-        std::exception_ptr error;
         try {
           frame = self->reply_frame(entry.call_id, detail::pickle::decode(bytes), entry.where);
-        } catch (...) {
+        } catch (const std::exception& e) {
           // A reply this side cannot read (a class outside the data-only pickle): the call
           // fails with RemoteError saying why; the connection is still in step.
+          frame =
+              error_frame(entry.call_id, remote("the manager at " + self->address_text_ +
+                                                    " answered " + entry.where +
+                                                    " with a reply this client does not "
+                                                    "read: " +
+                                                    e.what(),
+                                                entry.where, self->address_text_, self->address_));
+        }
+        self->drop_parked(entry.parked);
+        if (entry.done) {
           try {
-            std::rethrow_exception(std::current_exception());
+            entry.done(nullptr, std::move(frame));
           } catch (const std::exception& e) {
-            ErrorEnvelope env;
-            env.code = errc::remote_error;
-            env.type_name = std::string(python_name(env.code));
-            env.message = "the manager at " + self->address_text_ + " answered " + entry.where +
-                          " with a reply this client does not read: " + e.what();
-            env.context = {.call = entry.where, .object = self->address_text_};
-            frame = error_frame(entry.call_id, env);
+            get_logger().error("manager at " + self->address_text_ +
+                               ": a reply's handler threw: " + e.what());
           }
         }
-        for (auto id : entry.parked)
-          self->post_job(
-              [s = self.get(), id] { (void)s->dispatch("decref", {Item::text(ident_text(id))}); });
-        if (entry.done) entry.done(error, std::move(frame));
         {
           std::scoped_lock lock(self->m_);
           if (self->dead_) return;
@@ -625,38 +732,23 @@ void ClientPeer::start(proto::manager::Request::Reader r, Handler done) {
   if (r.isCall()) {
     try {
       return start_call(r, done);
+    } catch (const EOFError&) {
+      return deliver(std::move(done), std::current_exception(), nullptr);  // the link is dead
     } catch (...) {
-      auto e = std::current_exception();
-      const std::uint64_t call_id = r.getCallId();
       const std::string where = "'" + std::string(r.getCall().getMethod().cStr()) + "' of object " +
                                 ident_text(r.getCall().getObject());
-      asio::post(ex_, [done = std::move(done), e, call_id, where, this_text = address_text_] {
-        std::shared_ptr<detail::Frame> f;
-        try {
-          std::rethrow_exception(e);
-        } catch (const EOFError&) {
-          return done(e, nullptr);  // the link is dead
-        } catch (...) {
-          f = error_frame(call_id, envelope_of(e, where, this_text));
-        }
-        done(nullptr, std::move(f));
-      });
-      return;
+      return deliver(
+          std::move(done), nullptr,
+          error_frame(r.getCallId(), envelope_of(std::current_exception(), where, address_text_)));
     }
   }
   // The rest on the peer's thread, in order, from a copy of the request.
-  if (dead()) {
-    asio::post(ex_, [done = std::move(done), e = dead_error()] {
-      if (done) done(e, nullptr);
-    });
-    return;
-  }
+  if (dead()) return deliver(std::move(done), dead_error(), nullptr);
   auto copy = std::make_shared<capnp::MallocMessageBuilder>(small_message_words);
   copy->setRoot(r);
   auto shared_done = std::make_shared<Handler>(std::move(done));
   post_job(
       [this, copy, shared_done] {
-        auto& done = *shared_done;
         auto req = copy->getRoot<proto::manager::Request>().asReader();
         std::shared_ptr<detail::Frame> f;
         try {
@@ -668,27 +760,34 @@ void ClientPeer::start(proto::manager::Request::Reader r, Handler done) {
           f = error_frame(req.getCallId(),
                           envelope_of(std::current_exception(), call, address_text_));
         }
-        if (done) done(nullptr, std::move(f));
+        deliver(std::move(*shared_done), nullptr, std::move(f));
       },
-      [shared_done](std::exception_ptr e) {
-        if (*shared_done) (*shared_done)(e, nullptr);
-      });
+      [this, shared_done](std::exception_ptr e) { deliver(std::move(*shared_done), e, nullptr); });
 }
 
 std::shared_ptr<detail::Frame> ClientPeer::call(proto::manager::Request::Reader r,
                                                 std::optional<std::chrono::nanoseconds> timeout) {
   auto w = std::make_shared<Waiting>();
-  start(r, [w](std::exception_ptr e, std::shared_ptr<detail::Frame> f) {
-    std::scoped_lock lock(w->m);
-    w->error = e;
-    w->frame = std::move(f);
-    w->done = true;
-    w->cv.notify_all();
-  });
+  start(r,
+        [w, this_peer = weak_from_this()](std::exception_ptr e, std::shared_ptr<detail::Frame> f) {
+          std::scoped_lock lock(w->m);
+          if (w->abandoned) {
+            // Timed out: a new object's reference that nobody will hold goes back.
+            if (f && f->root<proto::manager::Reply>().isProxy())
+              if (auto self = this_peer.lock())
+                self->drop_parked({f->root<proto::manager::Reply>().getProxy().getId()});
+            return;
+          }
+          w->error = e;
+          w->frame = std::move(f);
+          w->done = true;
+          w->cv.notify_all();
+        });
   std::unique_lock lock(w->m);
   if (!timeout) {
     w->cv.wait(lock, [&] { return w->done; });
   } else if (!w->cv.wait_for(lock, *timeout, [&] { return w->done; })) {
+    w->abandoned = true;
     throw TimeoutError(
         "the manager at " + address_text_ + " did not answer within " +
         std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(*timeout).count()) +
@@ -716,13 +815,42 @@ void ClientPeer::close(const std::string& why) {
     }
   }
   idle_cv_.notify_all();
+  jobs_cv_.notify_all();
   // A read in progress on the link's thread ends with an error (closing the fd here could not).
   for (auto& [n, l] : lanes)
     if (l->conn && l->conn->fileno() >= 0) ::shutdown(l->conn->fileno(), SHUT_RDWR);
   if (failed.empty()) return;
   auto e = dead_error();
-  for (auto& f : failed)
-    if (f.done) f.done(e, nullptr);
+  for (auto& f : failed) deliver(std::move(f.done), e, nullptr);
+}
+
+bool ClientPeer::alive() {
+  std::vector<int> idle;
+  {
+    std::scoped_lock lock(m_);
+    if (dead_) return false;
+    for (auto& [n, l] : lanes_)
+      if (l->fifo.empty() && !l->reading) idle.push_back(l->conn->fileno());
+  }
+  // Nobody reads an idle lane: a server that closed it meanwhile (stopped, restarted) is seen
+  // here, so that Link::get connects afresh.
+  for (int fd : idle) {
+    pollfd p{fd, POLLRDHUP, 0};
+    if (::poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR)) != 0) {
+      close("it closed the connection");
+      return false;
+    }
+  }
+  return true;
+}
+
+void ClientPeer::after_fork_in_child() noexcept {
+  // The forking thread alone exists here; a lock another thread held at the fork stays held.
+  if (!m_.try_lock()) return;
+  for (auto& [n, l] : lanes_)
+    if (l->conn && l->conn->fileno() >= 0) ::close(l->conn->fileno());
+  // Never destroyed here (the link is the parent's and leaked): the fds are not closed twice.
+  m_.unlock();
 }
 
 bool ClientPeer::dead() const {

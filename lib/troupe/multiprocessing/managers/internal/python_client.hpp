@@ -57,12 +57,18 @@ public:
 
   /// `address_text` names the server in errors; `ex` (the link's thread) reads the lanes'
   /// replies and runs their handlers.
+  /// `heartbeat_interval` (0: none): while calls wait, the peer checks every interval that the
+  /// server answers a 'dummy' on a connection of its own within the connect timeout (CPython's
+  /// server has no ping); one that does not (its host is gone) fails them all.
   ClientPeer(Address address, std::string address_text, ClientOptions options,
-             boost::asio::any_io_executor ex);
+             boost::asio::any_io_executor ex,
+             std::chrono::milliseconds heartbeat_interval = std::chrono::milliseconds(0));
   ~ClientPeer();
   ClientPeer(const ClientPeer&) = delete;
   ClientPeer& operator=(const ClientPeer&) = delete;
 
+  /// Starts the heartbeat (if it has an interval).
+  void start_heartbeat();
   /// Python's BaseManager.connect(): a 'dummy' request on a connection of its own.
   /// @throws what connecting throws, or RemoteError with the server's text.
   void greet();
@@ -83,6 +89,12 @@ public:
   /// Ends everything: pending calls fail with EOFError naming `why`; the connections close.
   void close(const std::string& why);
   bool dead() const;
+  /// Whether the server is still there: false once the peer is dead, or an idle lane's
+  /// connection was closed by the server (stopped, restarted: the next Link::get connects
+  /// afresh).
+  bool alive();
+  /// In a forked child: closes the lanes' sockets (the parent's), without locks.
+  void after_fork_in_child() noexcept;
   /// The error every request fails with once the peer is dead.
   std::exception_ptr dead_error() const;
 
@@ -96,11 +108,19 @@ private:
   std::shared_ptr<Lane> lane_for(std::uint64_t lane);
   void start_call(proto::manager::Request::Reader r, Handler done);
   void read_lane(const std::shared_ptr<Lane>& lane);
-  void lane_failed(const std::shared_ptr<Lane>& lane, const std::string& why);
+  /// Runs `done` on the link's thread (never inside start(), never on the peer's own thread,
+  /// whose destructor could then run there).
+  void deliver(Handler done, std::exception_ptr e, std::shared_ptr<detail::Frame> f);
+  /// Drops (decref, on the peer's thread) one reference to each of `ids`.
+  void drop_parked(const std::vector<std::uint64_t>& ids);
+  void beat();
   void post_job(std::function<void()> f, std::function<void(std::exception_ptr)> fail = {});
   void run_jobs();
-  /// One of the server's functions on a connection of its own: its '#RETURN' value.
-  detail::Item dispatch(const std::string& function, std::vector<detail::Item> args);
+  /// One of the server's functions on a connection of its own: its '#RETURN' value. `bounded`:
+  /// the answer must come within the connect timeout (all but create, which runs the typeid's
+  /// callable: as long as it takes, while the peer lives).
+  detail::Item dispatch(const std::string& function, std::vector<detail::Item> args,
+                        bool bounded = true);
   /// A request other than a Call, run on the peer's thread: the Reply frame.
   std::shared_ptr<detail::Frame> run_function(std::uint64_t call_id,
                                               proto::manager::Request::Reader r);
@@ -121,6 +141,9 @@ private:
   const std::string address_text_;
   const ClientOptions options_;
   const boost::asio::any_io_executor ex_;
+  const std::chrono::milliseconds heartbeat_interval_;
+  std::shared_ptr<void> beat_timer_;  // a steady_timer on ex_, used there only
+  bool beat_probe_pending_ = false;   // under m_
 
   mutable std::mutex m_;  // everything below
   bool dead_ = false;
