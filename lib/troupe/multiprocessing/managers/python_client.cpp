@@ -357,7 +357,10 @@ std::vector<std::string> ClientPeer::exposed_of(std::uint64_t id) {
     std::scoped_lock lock(m_);
     if (auto it = exposed_.find(id); it != exposed_.end()) return it->second;
   }
-  Item names = dispatch("get_methods", {token("", address_, id)});
+  return remember_exposed(id, dispatch("get_methods", {token("", address_, id)}));
+}
+
+std::vector<std::string> ClientPeer::remember_exposed(std::uint64_t id, const Item& names) {
   std::vector<std::string> out;
   if (names.is_container())
     for (const Item& n : names.elements())
@@ -395,15 +398,7 @@ std::shared_ptr<detail::Frame> ClientPeer::run_function(std::uint64_t call_id,
         throw ValueError("the manager at " + address_text_ + " answered create(" + typeid_ +
                          ") with " + shown(got) + ", not (ident, exposed)");
       const std::uint64_t id = parse_ident(got.elements()[0]);
-      std::vector<std::string> exposed;
-      if (got.elements()[1].is_container())
-        for (const Item& n : got.elements()[1].elements())
-          if (n.kind() == Kind::text) exposed.push_back(n.as_string());
-      {
-        std::scoped_lock lock(m_);
-        if (exposed_.size() >= kMaxExposed) exposed_.clear();
-        exposed_[id] = std::move(exposed);
-      }
+      (void)remember_exposed(id, got.elements()[1]);
       auto p = out.initProxy();
       p.setTypeid(typeid_.c_str());
       p.setAddress(address_text_.c_str());
@@ -572,15 +567,7 @@ std::shared_ptr<detail::Frame> ClientPeer::reply_frame(std::uint64_t call_id, It
                        " with the proxy " + shown(v));
     TokenFields f = token_fields(v.elements()[1]);
     const std::uint64_t id = parse_ident(f.ident);
-    std::vector<std::string> exposed;
-    if (v.elements()[0].is_container())
-      for (const Item& n : v.elements()[0].elements())
-        if (n.kind() == Kind::text) exposed.push_back(n.as_string());
-    {
-      std::scoped_lock lock(m_);
-      if (exposed_.size() >= kMaxExposed) exposed_.clear();
-      exposed_[id] = std::move(exposed);
-    }
+    (void)remember_exposed(id, v.elements()[0]);
     auto p = out.initProxy();
     p.setTypeid(f.typeid_.c_str());
     auto a = address_of(f.address);

@@ -134,6 +134,8 @@ private:
   /// A value from the server as troupe's: proxies become refs.
   detail::Item from_python(detail::Item x, const std::string& where);
   std::vector<std::string> exposed_of(std::uint64_t id);
+  /// Keeps an object's exposed method names (a tuple of str from the server); returns them.
+  std::vector<std::string> remember_exposed(std::uint64_t id, const detail::Item& names);
   Connection connect_new();
   std::exception_ptr dead_error_locked() const;
 
