@@ -50,7 +50,8 @@ def python_server(address, authkey):
 def troupe_server(binary, address, authkey):
     text = address if isinstance(address, str) and address.startswith("unix:") else \
         f"{address[0]}:{address[1]}"
-    p = subprocess.Popen([binary, "--address", text, "--authkey", authkey.hex(), "--legacy-md5"],
+    p = subprocess.Popen([binary, "--address", text, "--legacy-md5"],
+                         env=dict(os.environ, TROUPE_AUTHKEY=authkey.hex()),  # not on argv
                          stdout=subprocess.PIPE, text=True)
     try:
         listening = p.stdout.readline().strip()

@@ -17,7 +17,8 @@
 int main(int argc, char** argv) {
   example::Args args(
       argc, argv, {"--address", "--authkey", "--tasks", "--stop-workers"}, {"--legacy-md5"},
-      "queue_client --address ADDR --authkey HEX --tasks N [--stop-workers K] [--legacy-md5]");
+      "queue_client --address ADDR --authkey HEX --tasks N [--stop-workers K] [--legacy-md5]\n(or "
+      "TROUPE_AUTHKEY=HEX in the environment instead of --authkey)");
   try {
     static const bool registered = example::register_queues();
     (void)registered;

@@ -2,7 +2,9 @@
 // queue_worker and queue_client: a manager class serving a task queue and a result queue.
 #pragma once
 
+#include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <string>
 #include <utility>
 
@@ -33,13 +35,25 @@ inline bool register_queues() {
   return true;
 }
 
-/// The manager's options from --address, --authkey (hex) and --legacy-md5 (a server that also
-/// admits CPython 3.11 and older clients, whose handshake is HMAC-MD5; a client that reaches a
-/// CPython 3.11 or older manager).
+/// The key: --authkey HEX, or TROUPE_AUTHKEY=HEX in the environment (which keeps it off the
+/// command line, where every user's `ps` shows it).
+inline mp::AuthenticationString authkey(const Args& args) {
+  std::string hex = args.get("--authkey", "");
+  if (hex.empty())
+    if (const char* env = std::getenv("TROUPE_AUTHKEY")) hex = env;
+  if (hex.empty()) args.fail("missing --authkey (or TROUPE_AUTHKEY in the environment)");
+  auto key = mp::AuthenticationString::from_hex(hex);
+  std::fill(hex.begin(), hex.end(), '0');
+  return key;
+}
+
+/// The manager's options from --address, --authkey (hex; or TROUPE_AUTHKEY) and --legacy-md5 (a
+/// server that also admits CPython 3.11 and older clients, whose handshake is HMAC-MD5; a client
+/// that reaches a CPython 3.11 or older manager).
 inline mm::ManagerOptions options(const Args& args) {
   mm::ManagerOptions o;
   o.address = mp::Address::parse(args.get("--address"));
-  o.authkey = mp::AuthenticationString::from_hex(args.get("--authkey"));
+  o.authkey = authkey(args);
   o.server.listener.auth.legacy_md5 = args.flag("--legacy-md5");
   o.link.auth.legacy_md5 = args.flag("--legacy-md5");
   return o;

@@ -13,7 +13,8 @@
 
 int main(int argc, char** argv) {
   example::Args args(argc, argv, {"--address", "--authkey"}, {"--legacy-md5"},
-                     "queue_worker --address ADDR --authkey HEX [--legacy-md5]");
+                     "queue_worker --address ADDR --authkey HEX [--legacy-md5]\n(or "
+                     "TROUPE_AUTHKEY=HEX in the environment instead of --authkey)");
   try {
     static const bool registered = example::register_queues();
     (void)registered;

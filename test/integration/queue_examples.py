@@ -13,7 +13,9 @@ import sys
 import tempfile
 
 server_bin, worker_bin, client_bin = sys.argv[1:4]
-KEY = "736563726574"  # b"secret"
+KEY = os.urandom(16).hex()
+# The key goes in the environment, never on a command line (where `ps` shows it).
+os.environ["TROUPE_AUTHKEY"] = KEY
 TIMEOUT = 120
 HERE = os.path.dirname(os.path.abspath(__file__))
 PY_EXAMPLES = os.path.join(HERE, "..", "..", "examples", "managers", "python")
@@ -49,12 +51,12 @@ def run(address, workers, client, tasks=2000, server_argv=None):
     procs = []
     server_argv = server_argv or [server_bin, "--legacy-md5"]
     try:
-        server = subprocess.Popen(server_argv + ["--address", address, "--authkey", KEY],
+        server = subprocess.Popen(server_argv + ["--address", address],
                                   stdout=subprocess.PIPE, text=True)
         procs.append(server)
         listening = server.stdout.readline().strip()
         assert listening, "queue_server printed no address"
-        args = ["--address", listening, "--authkey", KEY]
+        args = ["--address", listening]
         ws = [subprocess.Popen(w + args, stdout=subprocess.PIPE, text=True) for w in workers]
         procs += ws
         c = subprocess.run(client + args + ["--tasks", str(tasks), "--stop-workers",
@@ -99,14 +101,15 @@ with tempfile.TemporaryDirectory() as d:
     run("unix:" + os.path.join(d, "python.sock"), [cxx_worker] * 2,
         py(sys.executable, "queue_client.py"), server_argv=py(sys.executable, "queue_server.py"))
 # A wrong key: the worker must fail with an error, not hang, and the server must keep serving.
-server = subprocess.Popen([server_bin, "--address", "127.0.0.1:0", "--authkey", KEY],
+server = subprocess.Popen([server_bin, "--address", "127.0.0.1:0"],
                           stdout=subprocess.PIPE, text=True)
 try:
     listening = server.stdout.readline().strip()
-    bad = subprocess.run([worker_bin, "--address", listening, "--authkey", "00"],
+    bad = subprocess.run([worker_bin, "--address", listening],
+                         env=dict(os.environ, TROUPE_AUTHKEY="00"),
                          capture_output=True, text=True, timeout=TIMEOUT)
     assert bad.returncode != 0 and "uthentication" in bad.stderr, (bad.returncode, bad.stderr)
-    ok = subprocess.run([client_bin, "--address", listening, "--authkey", KEY, "--tasks", "0"],
+    ok = subprocess.run([client_bin, "--address", listening, "--tasks", "0"],
                         capture_output=True, text=True, timeout=TIMEOUT)
     assert ok.returncode == 0, ok.stderr
     server.communicate(timeout=TIMEOUT)

@@ -3,6 +3,7 @@ the manager class with its two typeids, and troupe's address syntax (HOST:PORT, 
 unix:PATH, unix-abstract:NAME) read into Python's address forms, so that these programs take the
 same command lines as the C++ ones (examples/managers/queue_*.cpp)."""
 import argparse
+import os
 from multiprocessing.managers import BaseManager
 
 
@@ -22,10 +23,15 @@ def python_address(text):
 def arguments(*extra):
     p = argparse.ArgumentParser()
     p.add_argument('--address', required=True, help='HOST:PORT, unix:PATH or unix-abstract:NAME')
-    p.add_argument('--authkey', required=True, help='the key, in hex')
+    p.add_argument('--authkey', default=os.environ.get('TROUPE_AUTHKEY'),
+                   help='the key, in hex (default: TROUPE_AUTHKEY from the environment, which '
+                        'keeps it off the command line)')
     for name in extra:
         p.add_argument(name, type=int, default=0)
-    return p.parse_args()
+    args = p.parse_args()
+    if not args.authkey:
+        p.error('missing --authkey (or TROUPE_AUTHKEY in the environment)')
+    return args
 
 
 def manager(args):
