@@ -491,15 +491,24 @@ void Link::send(const Build& build) {
   if (python_) {
     if (python_->dead()) return;
     capnp::MallocMessageBuilder mb(internal::small_message_words);
-    python_->start(build_python(mb, build), [this_text = address_text_](std::exception_ptr,
-                                                                        std::shared_ptr<Frame> f) {
-      // The failure of a request without a reply: logged (a dead link's, not).
-      if (!f) return;
-      auto reply = f->root<proto::manager::Reply>();
-      if (reply.isError())
-        get_logger().warning("manager at " + this_text + ": a reference request failed: " +
-                             std::string(reply.getError().getMessage().cStr()));
-    });
+    python_->start(build_python(mb, build),
+                   [this_text = address_text_](std::exception_ptr, std::shared_ptr<Frame> f) {
+                     // The failure of a request without a reply: logged (a dead link's, not; nor
+                     // one that could not reach the server: it went, as a server does when a client
+                     // shuts it down, and its references with it).
+                     if (!f) return;
+                     auto reply = f->root<proto::manager::Reply>();
+                     if (!reply.isError()) return;
+                     try {
+                       const ErrorEnvelope e = ErrorEnvelope::decode(reply.getError());
+                       if (e.os_errno != 0 || e.code == errc::eof_error ||
+                           e.code == errc::timeout_error || e.code == errc::authentication_error)
+                         return;
+                       get_logger().warning("manager at " + this_text +
+                                            ": a reference request failed: " + e.message);
+                     } catch (const std::exception&) {
+                     }
+                   });
     return;
   }
   std::uint64_t id;

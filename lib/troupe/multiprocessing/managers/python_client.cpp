@@ -740,6 +740,14 @@ void ClientPeer::start(proto::manager::Request::Reader r, Handler done) {
         std::shared_ptr<detail::Frame> f;
         try {
           f = run_function(req.getCallId(), req);
+        } catch (const ConnectionError& e) {
+          // Refused, reset: the server has gone (shut down by another client, killed). What is
+          // still queued has nobody to go to; this request fails as on a dead link.
+          close(std::string("it is gone (") + e.what() + ")");
+          return deliver(std::move(*shared_done), dead_error(), nullptr);
+        } catch (const FileNotFoundError& e) {  // its Unix socket, removed as it stopped
+          close(std::string("it is gone (") + e.what() + ")");
+          return deliver(std::move(*shared_done), dead_error(), nullptr);
         } catch (...) {
           const std::string call =
               req.isCreate() ? "create(" + std::string(req.getCreate().getTypeid().cStr()) + ")"
