@@ -14,6 +14,9 @@ docs' `get_task_queue` and `get_result_queue`):
 - QueueRecipe4Workers/{unix,tcp}: the docs' recipe, 4 Python worker processes (the workers of
   bench/managers_python.py) taking n and putting [n, n*n]; the client puts N tasks and collects
   the N results (checked); tasks per second, the best of a few runs.
+- QueueRecipe4CxxWorkers/{unix,tcp}, on CPython's server only: the same with troupe's
+  queue_worker (C++, speaking CPython's dialect to it) as the 4 workers: what C++ workers
+  joining a Python cluster change.
 
 Prints one JSON object on stdout, "{server}/{workload}/{family}" -> {"value", "unit"}, and a
 table with the ratios on stderr. Every server and worker is stopped on errors and SIGTERM."""
@@ -103,6 +106,52 @@ def connect_create_call_us(address, authkey, rounds):
     return mp_bench.summary_us(samples)[0]
 
 
+def recipe_cxx_workers(address, authkey, tasks, runs, worker_binary, legacy):
+    """The recipe with troupe's queue_worker (C++) as the 4 workers, on the server at `address`
+    (CPython's): this process is the Python client, as in recipe_on. What C++ workers joining a
+    Python cluster gain."""
+    text = address if isinstance(address, str) else f"{address[0]}:{address[1]}"
+    if isinstance(address, str):
+        text = "unix:" + address
+    m = mp_bench.QueueClient(address=address, authkey=authkey)
+    m.connect()
+    task_q, result_q = m.get_task_queue(), m.get_result_queue()
+    env = dict(os.environ, TROUPE_AUTHKEY=authkey.hex())
+    argv = [worker_binary, "--address", text] + (["--legacy-md5"] if legacy else [])
+    workers = [subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL)
+               for _ in range(mp_bench.WORKERS)]
+    try:
+        # Each worker connects and waits in get(): a first task each shows they are there.
+        for n in range(mp_bench.WORKERS):
+            task_q.put(n)
+        for _ in range(mp_bench.WORKERS):
+            result_q.get(timeout=60)
+        best = 0.0
+        expected = [[n, n * n] for n in range(tasks)]
+        for _ in range(runs):
+            t = time.perf_counter()
+            for n in range(tasks):
+                task_q.put(n)
+            got = [list(result_q.get(timeout=60)) for _ in range(tasks)]
+            rate = tasks / (time.perf_counter() - t)
+            got.sort()
+            if got != expected:
+                raise RuntimeError("the recipe's results do not match its tasks")
+            best = max(best, rate)
+        for _ in workers:
+            task_q.put(-1)
+        for w in workers:
+            if w.wait(timeout=30) != 0:
+                raise RuntimeError(f"queue_worker {w.pid} ended with exit code {w.returncode}")
+        return best
+    finally:
+        for w in workers:
+            if w.poll() is None:
+                w.kill()
+                w.wait()
+        del task_q, result_q
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--build", default=os.path.join(ROOT, "build"))
@@ -110,8 +159,9 @@ def main():
     args = ap.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     binary = os.path.join(args.build, "examples", "managers", "queue_server")
-    if not os.path.exists(binary):
-        sys.exit(f"python_clients: {binary} not found (build the examples)")
+    worker = os.path.join(args.build, "examples", "managers", "queue_worker")
+    if not os.path.exists(binary) or not os.path.exists(worker):
+        sys.exit(f"python_clients: {binary} or {worker} not found (build the examples)")
     calls, warm_up = (2_000, 200) if args.quick else (20_000, 2_000)
     rounds = 10 if args.quick else 40
     tasks = 2_000 if args.quick else 10_000
@@ -136,6 +186,12 @@ def main():
                     out[f"{name}/QueueRecipe4Workers/{family}"] = {
                         "value": mp_bench.recipe_on(served, authkey, tasks, runs),
                         "unit": "per_s"}
+                    if name == "python":
+                        # The other way round: troupe's C++ workers on CPython's server.
+                        out[f"python/QueueRecipe4CxxWorkers/{family}"] = {
+                            "value": recipe_cxx_workers(served, authkey, tasks, runs, worker,
+                                                        sys.version_info < (3, 12)),
+                            "unit": "per_s"}
     print(f"{'Python client, workload':44} {'CPython server':>16} {'troupe server':>16}  ratio",
           file=sys.stderr)
     for key in ("CallRoundTrip", "ConnectCreateCall", "QueueRecipe4Workers"):
@@ -146,6 +202,13 @@ def main():
             fmt = (lambda v: f"{v:,.1f} µs") if unit == "us" else (lambda v: f"{v:,.0f} /s")
             print(f"{key + ', ' + family:44} {fmt(p['value']):>16} {fmt(t['value']):>16}  "
                   f"{ratio:.2f}× faster on troupe", file=sys.stderr)
+    p = [out[f"python/QueueRecipe4Workers/{f}"]["value"] for f in ("unix", "tcp")]
+    c = [out[f"python/QueueRecipe4CxxWorkers/{f}"]["value"] for f in ("unix", "tcp")]
+    print(f"{'CPython server, the recipe':44} {'Python workers':>16} {'C++ workers':>16}  ratio",
+          file=sys.stderr)
+    for i, family in enumerate(("unix", "tcp")):
+        print(f"{'QueueRecipe4Workers, ' + family:44} {p[i]:>14,.0f} /s {c[i]:>14,.0f} /s  "
+              f"{c[i] / p[i]:.2f}× faster with troupe's workers", file=sys.stderr)
     print(json.dumps(out))
 
 
