@@ -103,7 +103,12 @@ assert sorted(d.keys()) == ['a', 'b', 'c', 'e']
 assert dict(d) == {'a': 1, 'b': 2, 'c': 3, 'e': 5}
 assert sorted(k for k in d) == ['a', 'b', 'c', 'e']   # __iter__: an Iterator proxy
 del d['a']
-raises(KeyError, d.__getitem__, 'a')
+e = raises(KeyError, d.__getitem__, 'a')
+assert e.args == ('a',), e.args          # the key itself, as CPython's server sends it
+odd = "it's \"q\"\n\u00e9\U0001f600\\"
+assert raises(KeyError, d.__getitem__, odd).args == (odd,)
+assert raises(KeyError, d.__getitem__, -12345).args == (-12345,)
+assert raises(KeyError, d.pop, None).args == (None,)
 assert d.copy() == {'b': 2, 'c': 3, 'e': 5}
 l = m.list([3, 1, 2])
 l.append(4)

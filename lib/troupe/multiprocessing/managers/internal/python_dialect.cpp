@@ -2,6 +2,7 @@
 #include "troupe/multiprocessing/managers/internal/python_dialect.hpp"
 
 #include <algorithm>
+#include <charconv>
 #include <cstdio>
 #include <cstring>
 #include <utility>
@@ -197,6 +198,84 @@ std::vector<std::byte> reply(std::string_view kind, Item value, int protocol) {
   return std::vector<std::byte>(b, b + p.size());
 }
 
+namespace {
+
+void put_utf8(std::uint32_t cp, std::string& out) {
+  if (cp < 0x80) {
+    out += static_cast<char>(cp);
+  } else if (cp < 0x800) {
+    out += static_cast<char>(0xc0 | (cp >> 6));
+    out += static_cast<char>(0x80 | (cp & 0x3f));
+  } else if (cp < 0x10000) {
+    out += static_cast<char>(0xe0 | (cp >> 12));
+    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3f));
+    out += static_cast<char>(0x80 | (cp & 0x3f));
+  } else {
+    out += static_cast<char>(0xf0 | (cp >> 18));
+    out += static_cast<char>(0x80 | ((cp >> 12) & 0x3f));
+    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3f));
+    out += static_cast<char>(0x80 | (cp & 0x3f));
+  }
+}
+
+// The value `text` is the repr() of, for the scalars a KeyError names (a str, an int, None, a
+// bool), as detail::repr writes them; nullopt for anything else (a tuple, a float, a repr cut
+// short), which then stays text.
+std::optional<Item> scalar_of_repr(std::string_view text) {
+  if (text == "None") return Item();
+  if (text == "True") return Item::boolean(true);
+  if (text == "False") return Item::boolean(false);
+  if (text.size() >= 2 && (text.front() == '\'' || text.front() == '"') &&
+      text.back() == text.front()) {
+    const char q = text.front();
+    std::string out;
+    for (std::size_t i = 1; i + 1 < text.size(); ++i) {
+      const char c = text[i];
+      if (c == q) return std::nullopt;  // an unescaped quote: not one repr
+      if (c != '\\') {
+        out += c;
+        continue;
+      }
+      if (++i > text.size() - 2) return std::nullopt;  // a backslash before the closing quote
+      const char k = text[i];
+      std::size_t digits = 0;
+      switch (k) {
+        case '\\':
+        case '\'':
+        case '"': out += k; continue;
+        case 't': out += '\t'; continue;
+        case 'n': out += '\n'; continue;
+        case 'r': out += '\r'; continue;
+        case 'x': digits = 2; break;
+        case 'u': digits = 4; break;
+        case 'U': digits = 8; break;
+        default: return std::nullopt;
+      }
+      if (i + digits > text.size() - 2) return std::nullopt;
+      std::uint32_t cp = 0;
+      for (std::size_t d = 1; d <= digits; ++d) {
+        const char h = text[i + d];
+        int v = -1;
+        if (h >= '0' && h <= '9') v = h - '0';
+        if (h >= 'a' && h <= 'f') v = h - 'a' + 10;
+        if (v < 0) return std::nullopt;
+        cp = cp * 16 + static_cast<std::uint32_t>(v);
+      }
+      if (cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return std::nullopt;
+      put_utf8(cp, out);
+      i += digits;
+    }
+    return Item::text(std::move(out));
+  }
+  std::int64_t v = 0;
+  const char* end = text.data() + text.size();
+  auto [p, ec] = std::from_chars(text.data(), end, v);
+  if (!text.empty() && ec == std::errc() && p == end) return Item::integer(v);
+  return std::nullopt;
+}
+
+}  // namespace
+
 std::optional<Item> exception_item(const ErrorEnvelope& e) {
   std::string cls = e.type_name;
   if (cls.find('.') == std::string::npos)
@@ -207,6 +286,14 @@ std::optional<Item> exception_item(const ErrorEnvelope& e) {
   if (!detail::pickle::reads_class(cls)) return std::nullopt;
   std::vector<Item> args;
   if (e.os_errno != 0) args.push_back(Item::integer(e.os_errno));
+  if (cls == "builtins.KeyError") {
+    // troupe's KeyError carries the key's repr() (its message); Python's carries the key:
+    // `except KeyError as e: e.args[0] == key`.
+    if (auto key = scalar_of_repr(e.message)) {
+      args.push_back(std::move(*key));
+      return Item::object(std::move(cls), Item::tuple(std::move(args)));
+    }
+  }
   if (!e.message.empty() || e.os_errno != 0) args.push_back(Item::text(e.message));
   return Item::object(std::move(cls), Item::tuple(std::move(args)));
 }
