@@ -238,6 +238,24 @@ def queue_recipe_per_s(address, authkey, tasks, runs):
         return recipe_on(m.address, authkey, tasks, runs)
 
 
+def timed_recipe(task_q, result_q, tasks, runs):
+    """The client's part of the recipe, `runs` times with the workers already there: puts the
+    tasks, collects and checks the results ([n, n*n] each, any order). The best tasks/s."""
+    best = 0.0
+    expected = [[n, n * n] for n in range(tasks)]
+    for _ in range(runs):
+        t = time.perf_counter()
+        for n in range(tasks):
+            task_q.put(n)
+        got = [list(result_q.get(timeout=60)) for _ in range(tasks)]
+        rate = tasks / (time.perf_counter() - t)
+        got.sort()
+        if got != expected:
+            raise RuntimeError("the recipe's results do not match its tasks")
+        best = max(best, rate)
+    return best
+
+
 def recipe_on(address, authkey, tasks, runs):
     """The recipe against the queue server at `address` (Python's or another that serves
     get_task_queue and get_result_queue): this process is the client, as in the docs."""
@@ -254,18 +272,7 @@ def recipe_on(address, authkey, tasks, runs):
             kind, _pid = result_q.get(timeout=60)
             if kind != "ready":
                 raise RuntimeError(f"expected a worker's ready message, got {kind!r}")
-        best = 0.0
-        expected = [[n, n * n] for n in range(tasks)]
-        for _ in range(runs):
-            t = time.perf_counter()
-            for n in range(tasks):
-                task_q.put(n)
-            got = [result_q.get(timeout=60) for _ in range(tasks)]
-            rate = tasks / (time.perf_counter() - t)
-            got.sort()
-            if got != expected:
-                raise RuntimeError("the recipe's results do not match its tasks")
-            best = max(best, rate)
+        best = timed_recipe(task_q, result_q, tasks, runs)
         for _ in workers:
             task_q.put(-1)
         for w in workers:

@@ -110,9 +110,7 @@ def recipe_cxx_workers(address, authkey, tasks, runs, worker_binary, legacy):
     """The recipe with troupe's queue_worker (C++) as the 4 workers, on the server at `address`
     (CPython's): this process is the Python client, as in recipe_on. What C++ workers joining a
     Python cluster gain."""
-    text = address if isinstance(address, str) else f"{address[0]}:{address[1]}"
-    if isinstance(address, str):
-        text = "unix:" + address
+    text = "unix:" + address if isinstance(address, str) else f"{address[0]}:{address[1]}"
     m = mp_bench.QueueClient(address=address, authkey=authkey)
     m.connect()
     task_q, result_q = m.get_task_queue(), m.get_result_queue()
@@ -126,18 +124,7 @@ def recipe_cxx_workers(address, authkey, tasks, runs, worker_binary, legacy):
             task_q.put(n)
         for _ in range(mp_bench.WORKERS):
             result_q.get(timeout=60)
-        best = 0.0
-        expected = [[n, n * n] for n in range(tasks)]
-        for _ in range(runs):
-            t = time.perf_counter()
-            for n in range(tasks):
-                task_q.put(n)
-            got = [list(result_q.get(timeout=60)) for _ in range(tasks)]
-            rate = tasks / (time.perf_counter() - t)
-            got.sort()
-            if got != expected:
-                raise RuntimeError("the recipe's results do not match its tasks")
-            best = max(best, rate)
+        best = mp_bench.timed_recipe(task_q, result_q, tasks, runs)
         for _ in workers:
             task_q.put(-1)
         for w in workers:

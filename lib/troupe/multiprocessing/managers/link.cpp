@@ -194,16 +194,7 @@ void Link::connect(const LinkOptions& options) {
   co.timeout = options.connect_timeout;
   co.tls = options.tls;
   co.auth = options.auth;
-  Connection c = [&] {
-    try {
-      return Client(address_, co);
-    } catch (const AuthenticationError& e) {
-      if (co.auth.legacy_md5) throw;
-      throw AuthenticationError(std::string(e.what()) +
-                                "; a CPython 3.11 or older manager answers only HMAC-MD5 "
-                                "(LinkOptions::auth.legacy_md5)");
-    }
-  }();
+  Connection c = internal::python::connect_to_manager(address_, co);
   {
     capnp::MallocMessageBuilder mb;
     auto h = mb.initRoot<proto::manager::Hello>();

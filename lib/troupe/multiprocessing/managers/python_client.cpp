@@ -242,15 +242,19 @@ ClientPeer::~ClientPeer() {
   }
 }
 
-Connection ClientPeer::connect_new() {
+Connection connect_to_manager(const Address& address, const ClientOptions& options) {
   try {
-    return Client(address_, options_);
+    return Client(address, options);
   } catch (const AuthenticationError& e) {
-    if (options_.auth.legacy_md5) throw;
+    if (options.auth.legacy_md5) throw;
     throw AuthenticationError(std::string(e.what()) +
                               "; a CPython 3.11 or older manager answers only HMAC-MD5 "
                               "(LinkOptions::auth.legacy_md5)");
   }
+}
+
+Connection ClientPeer::connect_new() {
+  return connect_to_manager(address_, options_);
 }
 
 void ClientPeer::greet() {

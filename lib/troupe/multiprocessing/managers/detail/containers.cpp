@@ -1859,21 +1859,7 @@ private:
             throw ValueError("character U+" + std::to_string(cp) +
                              " is not in range [U+0000; U+10ffff]");
           std::string s;
-          if (cp < 0x80) {
-            s += static_cast<char>(cp);
-          } else if (cp < 0x800) {
-            s += static_cast<char>(0xc0 | (cp >> 6));
-            s += static_cast<char>(0x80 | (cp & 0x3f));
-          } else if (cp < 0x10000) {
-            s += static_cast<char>(0xe0 | (cp >> 12));
-            s += static_cast<char>(0x80 | ((cp >> 6) & 0x3f));
-            s += static_cast<char>(0x80 | (cp & 0x3f));
-          } else {
-            s += static_cast<char>(0xf0 | (cp >> 18));
-            s += static_cast<char>(0x80 | ((cp >> 12) & 0x3f));
-            s += static_cast<char>(0x80 | ((cp >> 6) & 0x3f));
-            s += static_cast<char>(0x80 | (cp & 0x3f));
-          }
+          append_utf8(cp, s);
           items_.push_back(Item::text(std::move(s)));
         }
       }

@@ -195,6 +195,9 @@ private:
 
 // ---- Python's operations ----------------------------------------------------------------------
 
+/// Appends code point `cp` (at most U+10FFFF) to `out` as UTF-8.
+void append_utf8(std::uint32_t cp, std::string& out);
+
 /// Python's type name of `k` ("NoneType", "int", "str", "list", ...); a `sequence` is "list",
 /// an alternative "alternative", a structure "struct", a ref "proxy".
 std::string_view type_name(Kind k) noexcept;

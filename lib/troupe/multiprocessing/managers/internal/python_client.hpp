@@ -46,6 +46,10 @@
 
 namespace troupe::multiprocessing::managers::internal::python {
 
+/// Client(address, options) for a manager link: an AuthenticationError without
+/// `options.auth.legacy_md5` says that a CPython 3.11 or older manager answers only HMAC-MD5.
+Connection connect_to_manager(const Address& address, const ClientOptions& options);
+
 /// Whether a reply to the Hello (its first bytes) is a pickle: the server speaks CPython's
 /// dialect (it could not read the Hello and answered with a '#TRACEBACK' pickle).
 bool is_pickle(std::span<const std::byte> reply) noexcept;

@@ -200,24 +200,6 @@ std::vector<std::byte> reply(std::string_view kind, Item value, int protocol) {
 
 namespace {
 
-void put_utf8(std::uint32_t cp, std::string& out) {
-  if (cp < 0x80) {
-    out += static_cast<char>(cp);
-  } else if (cp < 0x800) {
-    out += static_cast<char>(0xc0 | (cp >> 6));
-    out += static_cast<char>(0x80 | (cp & 0x3f));
-  } else if (cp < 0x10000) {
-    out += static_cast<char>(0xe0 | (cp >> 12));
-    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3f));
-    out += static_cast<char>(0x80 | (cp & 0x3f));
-  } else {
-    out += static_cast<char>(0xf0 | (cp >> 18));
-    out += static_cast<char>(0x80 | ((cp >> 12) & 0x3f));
-    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3f));
-    out += static_cast<char>(0x80 | (cp & 0x3f));
-  }
-}
-
 // The value `text` is the repr() of, for the scalars a KeyError names (a str, an int, None, a
 // bool), as detail::repr writes them; nullopt for anything else (a tuple, a float, a repr cut
 // short), which then stays text.
@@ -262,7 +244,7 @@ std::optional<Item> scalar_of_repr(std::string_view text) {
         cp = cp * 16 + static_cast<std::uint32_t>(v);
       }
       if (cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return std::nullopt;
-      put_utf8(cp, out);
+      detail::append_utf8(cp, out);
       i += digits;
     }
     return Item::text(std::move(out));
