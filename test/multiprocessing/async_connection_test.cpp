@@ -2,6 +2,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <functional>
 #include <future>
 #include <string>
 #include <thread>
@@ -173,6 +174,29 @@ TEST_F(FutureTest, FuturesAndErrors) {
     EXPECT_EQ(std::error_code(e.code()), make_error_code(errc::eof_error));
     EXPECT_THROW(throw_error(e.code(), "recv"), EOFError);
   }
+}
+
+// The end of the stream is reported to every receive from then on, as Python's recv_bytes
+// raises EOFError again: to the receive that waits when the peer closes, and to those after it
+// (Asio's receive, having met the end, would wait for an event that never comes).
+TEST_F(AsyncConnectionTest, EveryReceiveAfterTheEndOfTheStreamReportsIt) {
+  asio::io_context io;
+  auto [a, b] = Pipe();
+  b.set_executor(io.get_executor());
+  std::vector<std::error_code> got;
+  std::function<void()> next = [&] {
+    b.async_recv_bytes([&](boost::system::error_code ec, std::vector<std::byte>) {
+      got.push_back(std::error_code(ec));
+      if (got.size() < 3) next();
+    });
+  };
+  next();
+  io.run_for(std::chrono::milliseconds(50));  // the first receive waits in the reactor
+  EXPECT_TRUE(got.empty());
+  a.close();
+  io.run_for(std::chrono::seconds(10));  // returns when the three are done; bounded if one hangs
+  ASSERT_EQ(got.size(), 3u);
+  for (const auto& ec : got) EXPECT_EQ(ec, make_error_code(errc::eof_error));
 }
 
 // A one-way Pipe(false) is an OS pipe, not a socket: the same operations work on it.

@@ -121,6 +121,7 @@ Connection::Connection(Connection&& o) noexcept
       readable_(o.readable_),
       writable_(o.writable_),
       is_socket_(o.is_socket_),
+      asio_eof_(o.asio_eof_),
       max_message_size_(o.max_message_size_),
       rbuf_(std::move(o.rbuf_)),
       rpos_(std::exchange(o.rpos_, 0)),
@@ -137,6 +138,7 @@ Connection& Connection::operator=(Connection&& o) noexcept {
     readable_ = o.readable_;
     writable_ = o.writable_;
     is_socket_ = o.is_socket_;
+    asio_eof_ = o.asio_eof_;
     max_message_size_ = o.max_message_size_;
     rbuf_ = std::move(o.rbuf_);
     rpos_ = std::exchange(o.rpos_, 0);

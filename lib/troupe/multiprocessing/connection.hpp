@@ -8,6 +8,7 @@
 // when the caller opts in.
 #pragma once
 
+#include <sys/socket.h>
 #include <sys/uio.h>
 
 #include <cstddef>
@@ -22,6 +23,8 @@
 #include <vector>
 
 #include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/buffer.hpp>
+#include <boost/asio/error.hpp>
 #include <boost/asio/posix/stream_descriptor.hpp>
 #include <boost/system/error_code.hpp>
 
@@ -81,6 +84,11 @@ struct AsyncRead {
   std::vector<std::byte> body;
   std::size_t got = 0;
   std::optional<std::size_t> maxlength;
+  // Where the next bytes go when Asio receives them (a socket's reads): the read buffer's free
+  // space (headers) or the body's.
+  std::byte* into = nullptr;
+  std::size_t into_size = 0;
+  bool into_body = false;
 };
 
 /// The progress of an asynchronous send: the frame header and the payload's buffers.
@@ -412,11 +420,32 @@ private:
   void encode_owned_frame(detail::AsyncWrite& st, capnp::MessageBuilder& mb);
   // Non-blocking progress: true when finished (ec set on failure), false when it would block.
   bool async_write_some(detail::AsyncWrite& st, std::error_code& ec) noexcept;
-  bool async_read_some(detail::AsyncRead& st, std::error_code& ec) noexcept;
+  // `may_read` false: only what is buffered; when more is needed, st.into says where it goes.
+  bool async_read_some(detail::AsyncRead& st, std::error_code& ec, bool may_read = true) noexcept;
+  // Bytes Asio received into st.into.
+  void async_received(detail::AsyncRead& st, std::size_t n) noexcept;
+  // The error of a read that met the end of the stream now (st's phase says which).
+  std::error_code async_eof(const detail::AsyncRead& st) const noexcept;
+  // A plain socket's async reads are Asio's receives: a receive needs no re-arming of the fd
+  // (an async_wait costs an epoll_ctl each time). TLS and pipes wait for readiness and read
+  // themselves; so does a socket once Asio's receive met its end (Asio then waits for an edge
+  // that never comes again, where a read reports the end again at once).
+  bool asio_reads() const noexcept { return is_socket_ && !tls_ && !asio_eof_; }
   // Waits in the reactor of the connection's executor for `what`, then resumes `op`.
   template <class Step>
   void wait_fd(Step& op, boost::asio::posix::descriptor_base::wait_type what) {
-    reactor_.get(fd_.get(), executor_).async_wait(what, op.resume());
+    if (is_socket_)
+      reactor_.socket(fd_.get(), executor_)
+          .async_wait(static_cast<boost::asio::socket_base::wait_type>(what), op.resume());
+    else
+      reactor_.get(fd_.get(), executor_).async_wait(what, op.resume());
+    reactor_.keep_blocking(fd_.get());
+  }
+  // Receives what the socket has into st.into, then resumes `op` with (ec, bytes).
+  template <class Step>
+  void receive_fd(Step& op, const detail::AsyncRead& st) {
+    reactor_.socket(fd_.get(), executor_)
+        .async_receive(boost::asio::buffer(st.into, st.into_size), MSG_DONTWAIT, op.resume());
     reactor_.keep_blocking(fd_.get());
   }
 
@@ -439,20 +468,41 @@ private:
 
   template <class R, class Token, class Finish>
   auto start_async_read(std::unique_ptr<detail::AsyncRead> st, Finish finish, Token&& token) {
-    auto body = [this, st = std::move(st), finish, waiting = false](
-                    auto& op, boost::system::error_code wait_ec = {}) mutable {
-      if (waiting && wait_ec) return op.complete(wait_ec, R{});
+    enum class Waiting { no, fd, receive };
+    auto body = [this, st = std::move(st), finish, waiting = Waiting::no](
+                    auto& op, boost::system::error_code wait_ec = {}, std::size_t n = 0) mutable {
       std::error_code ec;
+      if (waiting == Waiting::receive && wait_ec != boost::asio::error::operation_aborted) {
+        if (closed())  // closed while the completion was queued: the bytes are not ours now
+          return op.complete(detail::to_boost(std::error_code(EBADF, std::generic_category())),
+                             R{});
+        if (wait_ec == boost::asio::error::eof) {
+          asio_eof_ = true;
+          return op.complete(detail::to_boost(async_eof(*st)), R{});
+        }
+        if (wait_ec)  // as the reads troupe does itself report it: an errno value
+          return op.complete(
+              detail::to_boost(std::error_code(wait_ec.value(), std::generic_category())), R{});
+        async_received(*st, n);
+      } else if (waiting != Waiting::no && wait_ec) {
+        return op.complete(wait_ec, R{});
+      }
       if (closed() || !readable_)
         return op.complete(detail::to_boost(std::error_code(EBADF, std::generic_category())), R{});
-      if (async_read_some(*st, ec)) {
+      const bool asio = asio_reads();
+      if (async_read_some(*st, ec, !asio)) {
         if (ec) return op.complete(detail::to_boost(ec), R{});
         boost::system::error_code bec;
         R r = finish(std::move(st->body), bec);
         return op.complete(bec, std::move(r));
       }
-      waiting = true;
-      wait_fd(op, async_wait_type(true));
+      if (asio) {
+        waiting = Waiting::receive;
+        receive_fd(op, *st);
+      } else {
+        waiting = Waiting::fd;
+        wait_fd(op, async_wait_type(true));
+      }
     };
     return troupe::detail::async_operation<void(boost::system::error_code, R)>(
         std::move(body), std::forward<Token>(token), executor_);
@@ -462,6 +512,7 @@ private:
   bool readable_ = true;
   bool writable_ = true;
   bool is_socket_ = false;
+  bool asio_eof_ = false;  // an Asio receive met the end of the stream (see asio_reads)
   std::uint64_t max_message_size_ = kDefaultMaxMessageSize;
   // Reads go through a small buffer, so a short message costs one system call, not two.
   std::unique_ptr<std::byte[]> rbuf_;

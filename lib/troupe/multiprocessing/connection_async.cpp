@@ -153,7 +153,22 @@ bool Connection::async_write_some(detail::AsyncWrite& st, std::error_code& ec) n
   return true;
 }
 
-bool Connection::async_read_some(detail::AsyncRead& st, std::error_code& ec) noexcept {
+void Connection::async_received(detail::AsyncRead& st, std::size_t n) noexcept {
+  if (st.into_body)
+    st.got += n;
+  else
+    rend_ += n;
+  st.into = nullptr;
+  st.into_size = 0;
+}
+
+std::error_code Connection::async_eof(const detail::AsyncRead& st) const noexcept {
+  return buffered() == 0 && st.phase == 0 ? make_error_code(errc::eof_error)
+                                          : std::error_code(EIO, std::generic_category());
+}
+
+bool Connection::async_read_some(detail::AsyncRead& st, std::error_code& ec,
+                                 bool may_read) noexcept {
   if (!rbuf_) rbuf_.reset(new (std::nothrow) std::byte[kReadBuffer]);
   if (!rbuf_) {
     ec = std::error_code(ENOMEM, std::generic_category());
@@ -167,6 +182,12 @@ bool Connection::async_read_some(detail::AsyncRead& st, std::error_code& ec) noe
         rend_ -= rpos_;
         rpos_ = 0;
       }
+      if (!may_read) {
+        st.into = rbuf_.get() + rend_;
+        st.into_size = kReadBuffer - rend_;
+        st.into_body = false;
+        return 0;
+      }
       const ssize_t r =
           tls_ ? tls_->read(rbuf_.get() + rend_, kReadBuffer - rend_, false)
                : read_now(fd_.get(), is_socket_, rbuf_.get() + rend_, kReadBuffer - rend_);
@@ -176,8 +197,7 @@ bool Connection::async_read_some(detail::AsyncRead& st, std::error_code& ec) noe
         return -1;
       }
       if (r == 0) {
-        ec = buffered() == 0 && st.phase == 0 ? make_error_code(errc::eof_error)
-                                              : std::error_code(EIO, std::generic_category());
+        ec = async_eof(st);
         return -1;
       }
       rend_ += static_cast<std::size_t>(r);
@@ -243,6 +263,12 @@ bool Connection::async_read_some(detail::AsyncRead& st, std::error_code& ec) noe
       rpos_ += have;
       st.got += have;
       continue;
+    }
+    if (!may_read) {
+      st.into = at;
+      st.into_size = want;
+      st.into_body = true;
+      return false;
     }
     const ssize_t r =
         tls_ ? tls_->read(at, want, false) : read_now(fd_.get(), is_socket_, at, want);
