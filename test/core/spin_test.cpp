@@ -129,30 +129,58 @@ TEST_F(SpinTest, WokeLearnsOnlyFromTheFailedSpinBeforeIt) {
 
 using detail::Contention;
 
-TEST_F(SpinTest, ARoundAwayFromTheCpuForLongStartsABusyPeriod) {
+TEST_F(SpinTest, ARoundAwayFromTheCpuForLongIsALoss) {
   Contention c;
   EXPECT_FALSE(c.busy(0));
   // A yield to the peer comes back within microseconds: not a lost CPU.
   EXPECT_FALSE(c.lost(1'000, 1'000 + Contention::kAwayNs));
   EXPECT_FALSE(c.busy(1'000 + Contention::kAwayNs));
-  EXPECT_EQ(c.period_ns(), 0);
   // Away longer: another thread had the CPU for a time slice.
   const std::int64_t at = 10'000'000;
   EXPECT_TRUE(c.lost(at - 2'000'000, at));
+}
+
+TEST_F(SpinTest, LossesFarApartAreStrayPreemptionsNotLoad) {
+  Contention c;
+  // Preempted now and then, as a virtual machine's CPUs are: no busy period, ever.
+  std::int64_t now = 1'000'000'000;
+  for (int i = 0; i < 100; ++i) {
+    ASSERT_TRUE(c.lost(now - 2'000'000, now));
+    EXPECT_FALSE(c.busy(now)) << "loss " << i;
+    now += Contention::kConfirmNs;
+  }
+  EXPECT_EQ(c.period_ns(), 0);
+}
+
+TEST_F(SpinTest, ASecondLossSoonAfterTheFirstStartsABusyPeriod) {
+  Contention c;
+  const std::int64_t at = 10'000'000;
+  ASSERT_TRUE(c.lost(at - 2'000'000, at));
+  EXPECT_FALSE(c.busy(at));
+  const std::int64_t again = at + Contention::kConfirmNs - 1;
+  ASSERT_TRUE(c.lost(again - Contention::kAwayNs - 1, again));
   EXPECT_EQ(c.period_ns(), Contention::kMinBusyNs);
-  EXPECT_TRUE(c.busy(at));
-  EXPECT_TRUE(c.busy(at + Contention::kMinBusyNs - 1));
-  EXPECT_FALSE(c.busy(at + Contention::kMinBusyNs));
+  EXPECT_TRUE(c.busy(again));
+  EXPECT_TRUE(c.busy(again + Contention::kMinBusyNs - 1));
+  EXPECT_FALSE(c.busy(again + Contention::kMinBusyNs));
+}
+
+// Two losses `gap` ns apart, the second at `now`: a busy period from `now` on.
+void confirm_load(Contention& c, std::int64_t now, std::int64_t gap = 1'000'000) {
+  ASSERT_TRUE(c.lost(0, now - gap));
+  ASSERT_TRUE(c.lost(0, now));
+  ASSERT_TRUE(c.busy(now));
 }
 
 TEST_F(SpinTest, BusyPeriodsDoubleWhileTheLoadLastsUpToTheirCap) {
   Contention c;
   std::int64_t now = 1'000'000'000;
+  confirm_load(c, now);
   std::int64_t expected = Contention::kMinBusyNs;
   for (int i = 0; i < 20; ++i) {
-    ASSERT_TRUE(c.lost(now - Contention::kAwayNs - 1, now));
     EXPECT_EQ(c.period_ns(), expected) << "loss " << i;
     now += c.period_ns();  // the probe after the period loses again
+    ASSERT_TRUE(c.lost(now - Contention::kAwayNs - 1, now));
     expected = std::min(2 * expected, Contention::kMaxBusyNs);
   }
   EXPECT_EQ(c.period_ns(), Contention::kMaxBusyNs);
@@ -161,27 +189,34 @@ TEST_F(SpinTest, BusyPeriodsDoubleWhileTheLoadLastsUpToTheirCap) {
 TEST_F(SpinTest, LossesWithinOneBusyPeriodCountOnce) {
   Contention c;
   const std::int64_t at = 5'000'000;
-  ASSERT_TRUE(c.lost(0, at));
+  confirm_load(c, at);
   // The other peer, or another waiter, loses its CPU in the same period: same period.
   EXPECT_TRUE(c.lost(at, at + Contention::kAwayNs + 1));
   EXPECT_EQ(c.period_ns(), Contention::kMinBusyNs);
   EXPECT_FALSE(c.busy(at + Contention::kMinBusyNs));
 }
 
-TEST_F(SpinTest, ALossLongAfterTheLastBusyPeriodStartsFromTheShortest) {
+TEST_F(SpinTest, ALossLongAfterTheLastBusyPeriodStartsNothingAlone) {
   Contention c;
   std::int64_t now = 1'000'000'000;
-  for (int i = 0; i < 4; ++i) {  // 1, 2, 4, 8 ms, each loss right after the period before
-    ASSERT_TRUE(c.lost(0, now));
+  confirm_load(c, now);
+  for (int i = 0; i < 4; ++i) {  // 2, 4, 8, 16 ms, each probe right after the period before
     now += c.period_ns();
+    ASSERT_TRUE(c.lost(0, now));
   }
-  EXPECT_EQ(c.period_ns(), 8 * Contention::kMinBusyNs);
-  // The last period ended at `now`: a loss within kForgetNs of it is the same load...
-  ASSERT_TRUE(c.lost(0, now + Contention::kForgetNs - 1));
   EXPECT_EQ(c.period_ns(), 16 * Contention::kMinBusyNs);
-  now += Contention::kForgetNs - 1 + c.period_ns();
-  // ...one later than that is a new episode, from the shortest period.
-  ASSERT_TRUE(c.lost(0, now + Contention::kForgetNs));
+  std::int64_t end = now + c.period_ns();
+  // A loss within one period's length of its end is the same load...
+  now = end + c.period_ns() - 1;
+  ASSERT_TRUE(c.lost(0, now));
+  EXPECT_EQ(c.period_ns(), 32 * Contention::kMinBusyNs);
+  end = now + c.period_ns();
+  // ...one later than that, alone, is a stray preemption after the CPUs had room...
+  now = end + c.period_ns();
+  ASSERT_TRUE(c.lost(0, now));
+  EXPECT_FALSE(c.busy(now));
+  // ...and with a second one soon after, a new episode from the shortest period.
+  ASSERT_TRUE(c.lost(0, now + 1'000'000));
   EXPECT_EQ(c.period_ns(), Contention::kMinBusyNs);
 }
 
@@ -189,7 +224,7 @@ TEST_F(SpinTest, ALossLongAfterTheLastBusyPeriodStartsFromTheShortest) {
 // ahead of the steady clock.
 void make_busy(Contention& c) {
   const std::int64_t far = std::numeric_limits<std::int64_t>::max() / 4;
-  ASSERT_TRUE(c.lost(0, far));
+  confirm_load(c, far);
   ASSERT_TRUE(c.busy(detail::now_ns()));
 }
 
@@ -250,7 +285,6 @@ TEST_F(SpinTest, ASpinThatLosesItsCpuStopsAndLeavesTheBudget) {
   EXPECT_FALSE(s.spin(std::ref(ready), c));
   // Stopped at the round after the 2 ms away (or before, if really preempted), not 10 s later.
   EXPECT_LE(ready.calls, 3);
-  EXPECT_EQ(c.period_ns(), Contention::kMinBusyNs);
   EXPECT_EQ(s.budget_ns(), 0);  // not halved: the peer was not what failed
   std::this_thread::sleep_for(200us);
   s.woke(
@@ -271,7 +305,6 @@ TEST_F(SpinTest, ASpinThatSucceedsAfterLosingItsCpuDoesNotGrow) {
     EXPECT_TRUE(got);
   }
   // The event came while another thread had the CPU: the 2 ms wait says nothing about the peer.
-  EXPECT_EQ(c.period_ns(), Contention::kMinBusyNs);
   EXPECT_EQ(s.budget_ns(), before);
 }
 

@@ -62,21 +62,28 @@ inline std::int64_t now_ns() noexcept {
 /// A spin gives its CPU away (it yields, or it is preempted) and expects it back within
 /// microseconds: the thread it yielded to is its peer, which answers and waits in turn. When the
 /// CPU comes back only after kAwayNs or more, another thread ran for a whole time slice: the CPUs
-/// are busy. Then a wake-up is cheap (no CPU has to come out of idle) and a spin only takes the
+/// may be busy. Then a wake-up is cheap (no CPU has to come out of idle) and a spin only takes the
 /// CPU that the peer, or the work beside it, needs; and each yield costs a time slice (1-3 ms on
 /// Linux's fair scheduler) instead of a microsecond. So for a busy period every wait sleeps at
-/// once. The period starts at kMinBusyNs and doubles with each loss that follows the last period
-/// within kForgetNs, up to kMaxBusyNs: under lasting load the spin probes (and loses a slice)
-/// rarely, about 1% of the time. A loss later than that, after the CPUs had room, starts again
-/// from the shortest period. Relaxed atomics: a racy reading costs at most one spin or one sleep.
+/// once.
+///
+/// One loss alone is not load: on a virtual machine the hypervisor, and on any machine a kernel
+/// worker, takes a CPU tens of times a second even when nothing else runs, and a process whose
+/// two threads answer each other would otherwise spend its time in busy periods, each call paying
+/// a wake-up. A busy period starts when a loss follows the one before within kConfirmNs (under
+/// load every spin loses, so the second loss comes with the next wait). It lasts kMinBusyNs and
+/// doubles, up to kMaxBusyNs, while the first spin after each period loses again (within the
+/// period's length, or kConfirmNs, after its end): under lasting load the spin probes (and loses
+/// a slice) rarely, about 1% of the time. Relaxed atomics: a racy reading costs at most one spin
+/// or one sleep.
 class Contention {
 public:
   /// Longer than this away from the CPU during one round of a spin: another thread had it.
   static constexpr std::int64_t kAwayNs = 50'000;
   static constexpr std::int64_t kMinBusyNs = 1'000'000;
   static constexpr std::int64_t kMaxBusyNs = 256'000'000;
-  /// A loss this long after the last busy period ended is a new episode: the shortest period.
-  static constexpr std::int64_t kForgetNs = 1'000'000'000;
+  /// Two losses this close together are load, not a stray preemption.
+  static constexpr std::int64_t kConfirmNs = 5'000'000;
 
   /// `away_ns`: the time away from the CPU that counts as lost (tests raise it).
   constexpr explicit Contention(std::int64_t away_ns = kAwayNs) noexcept : away_ns_(away_ns) {}
@@ -87,15 +94,22 @@ public:
   }
 
   /// A round of a spin began at `from` and ended at `now`. If it was away from its CPU for
-  /// longer than kAwayNs, that is a lost CPU: a busy period starts (unless one lasts) and
-  /// the function returns true.
+  /// longer than kAwayNs, that is a lost CPU and the function returns true; a busy period starts
+  /// if the loss confirms load (see the class comment) and none lasts.
   bool lost(std::int64_t from, std::int64_t now) noexcept {
     if (now - from <= away_ns_) return false;
     if (busy(now)) return true;  // another waiter saw the same load
+    const std::int64_t before = last_loss_.exchange(now, std::memory_order_relaxed);
     const std::int64_t last = period_.load(std::memory_order_relaxed);
-    const bool again = now - until_.load(std::memory_order_relaxed) < kForgetNs;
-    std::int64_t next = again && last >= kMinBusyNs ? 2 * last : kMinBusyNs;
-    if (next > kMaxBusyNs) next = kMaxBusyNs;
+    const std::int64_t since_end = now - until_.load(std::memory_order_relaxed);
+    std::int64_t next;
+    if (last > 0 && since_end < (last > kConfirmNs ? last : kConfirmNs)) {
+      next = 2 * last > kMaxBusyNs ? kMaxBusyNs : 2 * last;  // the load outlasted the period
+    } else if (now - before < kConfirmNs) {
+      next = kMinBusyNs;  // a second loss soon after the first
+    } else {
+      return true;  // one loss alone: a stray preemption
+    }
     period_.store(next, std::memory_order_relaxed);
     until_.store(now + next, std::memory_order_relaxed);
     return true;
@@ -108,6 +122,7 @@ private:
   std::int64_t away_ns_;
   std::atomic<std::int64_t> until_{0};
   std::atomic<std::int64_t> period_{0};
+  std::atomic<std::int64_t> last_loss_{INT64_MIN / 2};
 };
 
 /// The process's view of its CPUs, shared by every wait.
