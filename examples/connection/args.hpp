@@ -1,12 +1,15 @@
 // Command-line parsing shared by the connection examples: --name VALUE pairs and flags.
 #pragma once
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <map>
 #include <set>
 #include <string>
 #include <string_view>
+
+#include "troupe/multiprocessing/authkey.hpp"
 
 namespace example {
 
@@ -47,5 +50,17 @@ private:
   std::map<std::string, std::string> values_;
   std::set<std::string> flags_;
 };
+
+/// The key: TROUPE_AUTHKEY=HEX in the environment, which keeps it off the command line (where
+/// every user's `ps` shows it), or --authkey HEX for a quick try.
+inline troupe::multiprocessing::AuthenticationString authkey(const Args& args) {
+  std::string hex = args.get("--authkey", "");
+  if (hex.empty())
+    if (const char* env = std::getenv("TROUPE_AUTHKEY")) hex = env;
+  if (hex.empty()) args.fail("missing TROUPE_AUTHKEY in the environment (or --authkey)");
+  auto key = troupe::multiprocessing::AuthenticationString::from_hex(hex);
+  std::fill(hex.begin(), hex.end(), '0');
+  return key;
+}
 
 }  // namespace example

@@ -3,7 +3,10 @@
 // through the given sizes, checks that each reply is the payload reversed, sends "quit", and exits
 // 0 only if every reply matched.
 //
-//   echo_client --address 127.0.0.1:PORT --authkey 736563726574 --count 100 --size 0,64,1048576
+//   TROUPE_AUTHKEY=736563726574 echo_client --address 127.0.0.1:PORT --count 100 --size 0,64
+//
+// The key (hex) comes from TROUPE_AUTHKEY in the environment, or from --authkey HEX (which
+// every user's `ps` shows).
 //
 // With --tls-ca the connection runs TLS first, checking the server's certificate against that
 // CA and the address's host (or --tls-server-name); --tls-cert/--tls-key present a client
@@ -36,19 +39,20 @@ std::vector<std::size_t> parse_sizes(const std::string& text) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  example::Args args(argc, argv,
-                     {"--address", "--authkey", "--count", "--size", "--tls-ca", "--tls-cert",
-                      "--tls-key", "--tls-server-name"},
-                     {"--legacy-md5"},
-                     "echo_client --address ADDR --authkey HEX --count N --size S[,S...] "
-                     "[--legacy-md5] [--tls-ca PEM [--tls-server-name NAME] [--tls-cert PEM "
-                     "--tls-key PEM]]");
+  example::Args args(
+      argc, argv,
+      {"--address", "--authkey", "--count", "--size", "--tls-ca", "--tls-cert", "--tls-key",
+       "--tls-server-name"},
+      {"--legacy-md5"},
+      "TROUPE_AUTHKEY=HEX echo_client --address ADDR --count N --size S[,S...] "
+      "[--authkey HEX] [--legacy-md5] [--tls-ca PEM [--tls-server-name NAME] [--tls-cert PEM "
+      "--tls-key PEM]]");
   try {
     const auto address = mp::Address::parse(args.get("--address"));
     const int count = std::stoi(args.get("--count"));
     const auto sizes = parse_sizes(args.get("--size"));
     mp::ClientOptions options;
-    options.authkey = mp::AuthenticationString::from_hex(args.get("--authkey"));
+    options.authkey = example::authkey(args);
     options.auth.legacy_md5 = args.flag("--legacy-md5");
     if (!args.get("--tls-ca", "").empty()) {
       options.tls = mp::make_tls_context(mp::TlsRole::client,

@@ -3,13 +3,16 @@
 // authentication, or stalls in its handshake, is dropped and nobody else waits for it. Speaks
 // CPython's multiprocessing.connection protocol, so a Python Client can be the other end:
 //
-//   echo_listener --address 127.0.0.1:0 --authkey 736563726574
+//   TROUPE_AUTHKEY=736563726574 echo_listener --address 127.0.0.1:0
 //   python3 -c "from multiprocessing.connection import Client
 //   c = Client(('127.0.0.1', PORT), authkey=b'secret'); c.send_bytes(b'abc');
 //   print(c.recv_bytes())"
 //
 // With --tls-cert and --tls-key, every connection runs TLS first (the HMAC handshake inside it);
 // with --tls-ca as well, clients must present a certificate from that CA.
+//
+// The key (hex) comes from TROUPE_AUTHKEY in the environment, or from --authkey HEX (which
+// every user's `ps` shows).
 //
 // Prints "listening on ADDRESS" first (with the port chosen when it was 0).
 //
@@ -103,12 +106,12 @@ int main(int argc, char** argv) {
       argc, argv,
       {"--address", "--authkey", "--handshake-timeout-ms", "--tls-cert", "--tls-key", "--tls-ca"},
       {"--legacy-md5"},
-      "echo_listener --address ADDR --authkey HEX [--legacy-md5] "
+      "TROUPE_AUTHKEY=HEX echo_listener --address ADDR [--authkey HEX] [--legacy-md5] "
       "[--handshake-timeout-ms N] [--tls-cert PEM --tls-key PEM [--tls-ca PEM]]\n"
       "  ADDR: HOST:PORT, [V6]:PORT, unix:PATH, unix-abstract:NAME");
   try {
     mp::ListenerOptions options{
-        .authkey = mp::AuthenticationString::from_hex(args.get("--authkey")),
+        .authkey = example::authkey(args),
         .auth = {.legacy_md5 = args.flag("--legacy-md5")},
         .handshake_timeout =
             std::chrono::milliseconds(std::stoi(args.get("--handshake-timeout-ms", "10000"))),

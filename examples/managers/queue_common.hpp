@@ -35,18 +35,6 @@ inline bool register_queues() {
   return true;
 }
 
-/// The key: --authkey HEX, or TROUPE_AUTHKEY=HEX in the environment (which keeps it off the
-/// command line, where every user's `ps` shows it).
-inline mp::AuthenticationString authkey(const Args& args) {
-  std::string hex = args.get("--authkey", "");
-  if (hex.empty())
-    if (const char* env = std::getenv("TROUPE_AUTHKEY")) hex = env;
-  if (hex.empty()) args.fail("missing --authkey (or TROUPE_AUTHKEY in the environment)");
-  auto key = mp::AuthenticationString::from_hex(hex);
-  std::fill(hex.begin(), hex.end(), '0');
-  return key;
-}
-
 /// The manager's options from --address, --authkey (hex; or TROUPE_AUTHKEY) and --legacy-md5 (a
 /// server that also admits CPython 3.11 and older clients, whose handshake is HMAC-MD5; a client
 /// that reaches a CPython 3.11 or older manager).

@@ -1,13 +1,15 @@
 """The Python end of test/integration/python_echo_test.cpp, using only multiprocessing.connection.
 
-  py_echo.py listen ADDRESS KEYHEX      echo listener: prints its address, answers each message
+  py_echo.py listen ADDRESS            echo listener: prints its address, answers each message
                                         reversed, exits 0 after b"quit"; a client that fails
                                         authentication is reported and the next one accepted
-  py_echo.py connect ADDRESS KEYHEX SIZES   client: sends one message per size, checks each reply
+  py_echo.py connect ADDRESS SIZES     client: sends one message per size, checks each reply
                                         is reversed, sends b"quit"; exit 3 if authentication fails
 
-ADDRESS is troupe's string form: HOST:PORT, unix:PATH, unix-abstract:NAME.
+ADDRESS is troupe's string form: HOST:PORT, unix:PATH, unix-abstract:NAME. The key, in hex, is
+TROUPE_AUTHKEY in the environment (never on the command line, where `ps` shows it).
 """
+import os
 import sys
 from multiprocessing import AuthenticationError
 from multiprocessing.connection import Client, Listener
@@ -89,7 +91,8 @@ def exchange(conn, sizes):
 
 
 if __name__ == "__main__":
-    role, address, key = sys.argv[1], parse(sys.argv[2]), bytes.fromhex(sys.argv[3])
+    role, address = sys.argv[1], parse(sys.argv[2])
+    key = bytes.fromhex(os.environ["TROUPE_AUTHKEY"])
     if role == "listen":
         sys.exit(listen(address, key))
-    sys.exit(connect(address, key, [int(s) for s in sys.argv[4].split(",")]))
+    sys.exit(connect(address, key, [int(s) for s in sys.argv[3].split(",")]))

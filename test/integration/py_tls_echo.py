@@ -3,10 +3,13 @@ for TLS, and multiprocessing.connection's own handshake functions (deliver_chall
 answer_challenge) over a small Connection-like class speaking CPython's framing — what a Python
 program does to talk to a troupe endpoint that runs TLS.
 
-  py_tls_echo.py listen ADDRESS KEYHEX CERT KEY       echo listener, as py_echo.py's
-  py_tls_echo.py connect ADDRESS KEYHEX CAFILE SIZES  client, as py_echo.py's; exit 3 if TLS or
-                                                      authentication fails
+  py_tls_echo.py listen ADDRESS CERT KEY       echo listener, as py_echo.py's
+  py_tls_echo.py connect ADDRESS CAFILE SIZES  client, as py_echo.py's; exit 3 if TLS or
+                                               authentication fails
+
+The key, in hex, is TROUPE_AUTHKEY in the environment, as for py_echo.py.
 """
+import os
 import socket
 import ssl
 import struct
@@ -96,7 +99,8 @@ def connect(address, key, cafile, sizes):
 
 
 if __name__ == "__main__":
-    role, address, key = sys.argv[1], parse(sys.argv[2]), bytes.fromhex(sys.argv[3])
+    role, address = sys.argv[1], parse(sys.argv[2])
+    key = bytes.fromhex(os.environ["TROUPE_AUTHKEY"])
     if role == "listen":
-        sys.exit(listen(address, key, sys.argv[4], sys.argv[5]))
-    sys.exit(connect(address, key, sys.argv[4], [int(s) for s in sys.argv[5].split(",")]))
+        sys.exit(listen(address, key, sys.argv[3], sys.argv[4]))
+    sys.exit(connect(address, key, sys.argv[3], [int(s) for s in sys.argv[4].split(",")]))

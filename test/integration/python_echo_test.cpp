@@ -24,6 +24,11 @@ constexpr const char* kKey = "7472757374206d65";  // "trust me"
 constexpr const char* kWrongKey = "6e6f7065";     // "nope"
 constexpr const char* kSizes = "0,1,64,65535,65536,1048577,3145728";
 
+// The key reaches every child in its environment (TROUPE_AUTHKEY), never on its command line.
+std::vector<std::string> key_env(const char* hex) {
+  return {std::string("TROUPE_AUTHKEY=") + hex};
+}
+
 std::vector<std::string> addresses(const std::string& tag) {
   const std::string id = std::to_string(getpid()) + "-" + tag;
   return {"127.0.0.1:0", "unix:/tmp/troupe-echo-" + id + ".sock",
@@ -60,16 +65,16 @@ TEST_F(PythonEchoTest, PythonClientsAgainstEchoListener) {
   for (const auto& py : pythons_) {
     for (const auto& address : addresses("l" + std::to_string(py.minor))) {
       SCOPED_TRACE(py.exe + " -> echo_listener on " + address);
-      ChildProcess listener(
-          with_legacy({ECHO_LISTENER, "--address", address, "--authkey", kKey}, py), true);
+      ChildProcess listener(with_legacy({ECHO_LISTENER, "--address", address}, py), true,
+                            key_env(kKey));
       const std::string bound = listening_address(listener);
       ASSERT_FALSE(bound.empty()) << "echo_listener did not start";
       {  // wrong key: Python's Client raises AuthenticationError; the listener goes on
-        ChildProcess bad({py.exe, PY_ECHO, "connect", bound, kWrongKey, "1"}, true);
+        ChildProcess bad({py.exe, PY_ECHO, "connect", bound, "1"}, true, key_env(kWrongKey));
         EXPECT_EQ(bad.wait(60s), 3) << bad.read_rest(1s);
       }
       EXPECT_EQ(listener.read_line(20s).value_or("").rfind("rejected:", 0), 0u);
-      ChildProcess good({py.exe, PY_ECHO, "connect", bound, kKey, kSizes}, true);
+      ChildProcess good({py.exe, PY_ECHO, "connect", bound, kSizes}, true, key_env(kKey));
       EXPECT_EQ(good.wait(120s), 0) << good.read_rest(1s);
       EXPECT_EQ(listener.wait(60s), 0) << listener.read_rest(1s);
       if (address.rfind("unix:", 0) == 0) {  // the path is unlinked on close
@@ -83,21 +88,19 @@ TEST_F(PythonEchoTest, EchoClientAgainstPythonListeners) {
   for (const auto& py : pythons_) {
     for (const auto& address : addresses("c" + std::to_string(py.minor))) {
       SCOPED_TRACE("echo_client -> " + py.exe + " Listener on " + address);
-      ChildProcess listener({py.exe, PY_ECHO, "listen", address, kKey}, true);
+      ChildProcess listener({py.exe, PY_ECHO, "listen", address}, true, key_env(kKey));
       const std::string bound = listening_address(listener);
       ASSERT_FALSE(bound.empty()) << "the Python listener did not start";
       {
-        ChildProcess bad(with_legacy({ECHO_CLIENT, "--address", bound, "--authkey", kWrongKey,
-                                      "--count", "1", "--size", "1"},
-                                     py),
-                         false);
+        ChildProcess bad(
+            with_legacy({ECHO_CLIENT, "--address", bound, "--count", "1", "--size", "1"}, py),
+            false, key_env(kWrongKey));
         EXPECT_EQ(bad.wait(60s), 3);
       }
       EXPECT_EQ(listener.read_line(20s).value_or("").rfind("rejected:", 0), 0u);
-      ChildProcess good(with_legacy({ECHO_CLIENT, "--address", bound, "--authkey", kKey, "--count",
-                                     "14", "--size", kSizes},
-                                    py),
-                        true);
+      ChildProcess good(
+          with_legacy({ECHO_CLIENT, "--address", bound, "--count", "14", "--size", kSizes}, py),
+          true, key_env(kKey));
       EXPECT_EQ(good.wait(120s), 0) << good.read_rest(1s);
       EXPECT_EQ(listener.wait(60s), 0) << listener.read_rest(1s);
     }
@@ -116,20 +119,20 @@ TEST_F(PythonEchoTest, PythonTlsClientsAgainstEchoListener) {
                                           std::to_string(py.minor)}) {
       SCOPED_TRACE(py.exe + " (TLS) -> echo_listener on " + address);
       ChildProcess listener(
-          with_legacy({ECHO_LISTENER, "--address", address, "--authkey", kKey, "--tls-cert",
-                       tls.path("server.pem"), "--tls-key", tls.path("server.key")},
+          with_legacy({ECHO_LISTENER, "--address", address, "--tls-cert", tls.path("server.pem"),
+                       "--tls-key", tls.path("server.key")},
                       py),
-          true);
+          true, key_env(kKey));
       const std::string bound = listening_address(listener);
       ASSERT_FALSE(bound.empty()) << "echo_listener did not start";
       {
-        ChildProcess bad(
-            {py.exe, PY_TLS_ECHO, "connect", bound, kKey, tls.path("rogue-ca.pem"), "1"}, true);
+        ChildProcess bad({py.exe, PY_TLS_ECHO, "connect", bound, tls.path("rogue-ca.pem"), "1"},
+                         true, key_env(kKey));
         EXPECT_EQ(bad.wait(60s), 3) << bad.read_rest(1s);
       }
       EXPECT_EQ(listener.read_line(20s).value_or("").rfind("rejected:", 0), 0u);
-      ChildProcess good({py.exe, PY_TLS_ECHO, "connect", bound, kKey, tls.path("ca.pem"), kSizes},
-                        true);
+      ChildProcess good({py.exe, PY_TLS_ECHO, "connect", bound, tls.path("ca.pem"), kSizes}, true,
+                        key_env(kKey));
       EXPECT_EQ(good.wait(120s), 0) << good.read_rest(1s);
       EXPECT_EQ(listener.wait(60s), 0) << listener.read_rest(1s);
     }
@@ -144,28 +147,37 @@ TEST_F(PythonEchoTest, EchoClientAgainstPythonTlsListeners) {
                                           std::to_string(getpid()) + "-" +
                                           std::to_string(py.minor)}) {
       SCOPED_TRACE("echo_client (TLS) -> " + py.exe + " on " + address);
-      ChildProcess listener({py.exe, PY_TLS_ECHO, "listen", address, kKey, tls.path("server.pem"),
-                             tls.path("server.key")},
-                            true);
+      ChildProcess listener(
+          {py.exe, PY_TLS_ECHO, "listen", address, tls.path("server.pem"), tls.path("server.key")},
+          true, key_env(kKey));
       const std::string bound = listening_address(listener);
       ASSERT_FALSE(bound.empty()) << "the Python listener did not start";
-      std::vector<std::string> client = {ECHO_CLIENT, "--address",         bound,      "--authkey",
-                                         kKey,        "--tls-server-name", "localhost"};
+      std::vector<std::string> client = {ECHO_CLIENT, "--address", bound, "--tls-server-name",
+                                         "localhost"};
       {
         auto argv = client;
         argv.insert(argv.end(),
                     {"--tls-ca", tls.path("rogue-ca.pem"), "--count", "1", "--size", "1"});
-        ChildProcess bad(with_legacy(argv, py), false);
+        ChildProcess bad(with_legacy(argv, py), false, key_env(kKey));
         EXPECT_EQ(bad.wait(60s), 3);
       }
       EXPECT_EQ(listener.read_line(20s).value_or("").rfind("rejected:", 0), 0u);
       client.insert(client.end(),
                     {"--tls-ca", tls.path("ca.pem"), "--count", "14", "--size", kSizes});
-      ChildProcess good(with_legacy(client, py), true);
+      ChildProcess good(with_legacy(client, py), true, key_env(kKey));
       EXPECT_EQ(good.wait(120s), 0) << good.read_rest(1s);
       EXPECT_EQ(listener.wait(60s), 0) << listener.read_rest(1s);
     }
   }
+}
+
+// Without a key (none in the environment, no --authkey) the examples refuse to start: usage, 2.
+TEST_F(PythonEchoTest, TheExamplesWithoutAKeyRefuseToStart) {
+  ChildProcess listener({ECHO_LISTENER, "--address", "127.0.0.1:0"}, false, key_env(""));
+  EXPECT_EQ(listener.wait(20s), 2);
+  ChildProcess client({ECHO_CLIENT, "--address", "127.0.0.1:1", "--count", "1", "--size", "1"},
+                      false, key_env(""));
+  EXPECT_EQ(client.wait(20s), 2);
 }
 
 // Our client and our listener with each other, including the IPv6 loopback.
@@ -174,13 +186,12 @@ TEST_F(PythonEchoTest, EchoClientAgainstEchoListener) {
   all.push_back("[::1]:0");
   for (const auto& address : all) {
     SCOPED_TRACE(address);
-    ChildProcess listener({ECHO_LISTENER, "--address", address, "--authkey", kKey}, true);
+    ChildProcess listener({ECHO_LISTENER, "--address", address}, true, key_env(kKey));
     const std::string bound = listening_address(listener);
     if (bound.empty() && address == "[::1]:0") GTEST_SKIP() << "no IPv6 loopback here";
     ASSERT_FALSE(bound.empty());
-    ChildProcess good(
-        {ECHO_CLIENT, "--address", bound, "--authkey", kKey, "--count", "50", "--size", kSizes},
-        false);
+    ChildProcess good({ECHO_CLIENT, "--address", bound, "--count", "50", "--size", kSizes}, false,
+                      key_env(kKey));
     EXPECT_EQ(good.wait(120s), 0);
     EXPECT_EQ(listener.wait(60s), 0) << listener.read_rest(1s);
   }

@@ -10,6 +10,8 @@
 #include <cerrno>
 #include <cstdio>
 #include <stdexcept>
+#include <string>
+#include <string_view>
 #include <thread>
 #include <utility>
 
@@ -39,7 +41,8 @@ std::vector<Python> find_pythons() {
   return out;
 }
 
-ChildProcess::ChildProcess(const std::vector<std::string>& argv, bool capture_stdout) {
+ChildProcess::ChildProcess(const std::vector<std::string>& argv, bool capture_stdout,
+                           const std::vector<std::string>& env) {
   int fds[2] = {-1, -1};
   if (capture_stdout && pipe2(fds, O_CLOEXEC) != 0)
     throw std::runtime_error("ChildProcess: pipe2 failed");
@@ -49,7 +52,20 @@ ChildProcess::ChildProcess(const std::vector<std::string>& argv, bool capture_st
   std::vector<char*> args;
   for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
   args.push_back(nullptr);
-  const int rc = posix_spawnp(&pid_, args[0], &fa, nullptr, args.data(), environ);
+  // This process's environment, with `env`'s NAME=VALUE entries replacing those of that name.
+  std::vector<char*> envp;
+  for (const auto& e : env) envp.push_back(const_cast<char*>(e.c_str()));
+  for (char** e = environ; *e != nullptr; ++e) {
+    const std::string_view entry(*e);
+    const std::string_view name = entry.substr(0, entry.find('='));
+    bool replaced = false;
+    for (const auto& x : env)
+      replaced = replaced || (x.size() > name.size() && x.compare(0, name.size(), name) == 0 &&
+                              x[name.size()] == '=');
+    if (!replaced) envp.push_back(*e);
+  }
+  envp.push_back(nullptr);
+  const int rc = posix_spawnp(&pid_, args[0], &fa, nullptr, args.data(), envp.data());
   posix_spawn_file_actions_destroy(&fa);
   if (capture_stdout) ::close(fds[1]);
   if (rc != 0) {

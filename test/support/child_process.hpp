@@ -23,8 +23,11 @@ std::vector<Python> find_pythons();
 class ChildProcess {
 public:
   /// Starts argv[0] (looked up in PATH) with `argv`; stdout is captured when asked, else
-  /// inherited. stderr is inherited, so a failing child explains itself in the test log.
-  ChildProcess(const std::vector<std::string>& argv, bool capture_stdout);
+  /// inherited. stderr is inherited, so a failing child explains itself in the test log. The
+  /// environment is this process's, with the NAME=VALUE entries of `env` added or replacing
+  /// (a secret goes there, never on the command line).
+  ChildProcess(const std::vector<std::string>& argv, bool capture_stdout,
+               const std::vector<std::string>& env = {});
   ChildProcess(ChildProcess&&) noexcept;
   ChildProcess(const ChildProcess&) = delete;
   ChildProcess& operator=(const ChildProcess&) = delete;
