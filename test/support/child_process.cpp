@@ -7,6 +7,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <stdexcept>
@@ -57,12 +58,11 @@ ChildProcess::ChildProcess(const std::vector<std::string>& argv, bool capture_st
   for (const auto& e : env) envp.push_back(const_cast<char*>(e.c_str()));
   for (char** e = environ; *e != nullptr; ++e) {
     const std::string_view entry(*e);
-    const std::string_view name = entry.substr(0, entry.find('='));
-    bool replaced = false;
-    for (const auto& x : env)
-      replaced = replaced || (x.size() > name.size() && x.compare(0, name.size(), name) == 0 &&
-                              x[name.size()] == '=');
-    if (!replaced) envp.push_back(*e);
+    const auto eq = entry.find('=');
+    const std::string_view name = eq == entry.npos ? entry : entry.substr(0, eq + 1);  // "NAME="
+    if (std::none_of(env.begin(), env.end(),
+                     [&](const std::string& x) { return x.starts_with(name); }))
+      envp.push_back(*e);
   }
   envp.push_back(nullptr);
   const int rc = posix_spawnp(&pid_, args[0], &fa, nullptr, args.data(), envp.data());
