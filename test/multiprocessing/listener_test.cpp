@@ -21,6 +21,7 @@
 #include "leak_check.hpp"
 #include "raw_peer.hpp"
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 
 namespace troupe::multiprocessing {
 namespace {
@@ -65,6 +66,41 @@ TEST_F(ListenerTest, TcpWithAuthentication) {
   std::reverse(m.begin(), m.end());
   s.send_bytes(m);
   t.join();
+}
+
+// Nagle's algorithm would hold a small reply until the last one is acknowledged (up to 40 ms on
+// Linux): both ends of a TCP connection send at once, the accepted end by the option it inherits
+// from the listening socket.
+TEST_F(ListenerTest, BothEndsOfATcpConnectionSendWithoutDelay) {
+  auto no_delay = [](int fd) {
+    int on = 0;
+    socklen_t len = sizeof on;
+    EXPECT_EQ(::getsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, &len), 0);
+    return on != 0;
+  };
+  boost::asio::io_context io;  // outlives the listener, whose engine holds a strand of it
+  ListenerOptions opts;
+  opts.authkey = AuthenticationString("k");
+  Listener l(std::nullopt, opts);
+  std::optional<Connection> client;
+  std::thread t([&] { client.emplace(Client(l.address(), AuthenticationString("k"))); });
+  Connection s = l.accept();
+  t.join();
+  EXPECT_TRUE(no_delay(s.fileno()));
+  EXPECT_TRUE(no_delay(client->fileno()));
+
+  std::optional<Connection> async_accepted;
+  l.set_executor(io.get_executor());
+  l.async_accept([&](boost::system::error_code ec, Connection c) {
+    EXPECT_FALSE(ec) << ec.message();
+    async_accepted.emplace(std::move(c));
+  });
+  std::thread t2([&] { client.emplace(Client(l.address(), AuthenticationString("k"))); });
+  const auto deadline = std::chrono::steady_clock::now() + 10s;
+  while (!async_accepted && std::chrono::steady_clock::now() < deadline) io.run_one_for(100ms);
+  t2.join();
+  ASSERT_TRUE(async_accepted.has_value());
+  EXPECT_TRUE(no_delay(async_accepted->fileno()));
 }
 
 // A wrong key fails both sides; the listener goes on serving the next client.

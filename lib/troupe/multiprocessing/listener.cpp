@@ -105,8 +105,9 @@ Address from_sockaddr(const sockaddr_storage& ss, socklen_t len, Address::Family
   return a;
 }
 
-// Accepts a waiting peer (the socket is non-blocking): the fd (close-on-exec, TCP_NODELAY on
-// TCP) and the peer's address; -1 with errno (EAGAIN when none is waiting).
+// Accepts a waiting peer (the socket is non-blocking): the fd (close-on-exec; on TCP with
+// TCP_NODELAY, inherited from the listening socket) and the peer's address; -1 with errno
+// (EAGAIN when none is waiting).
 int accept_peer(int listen_fd, Address::Family family, std::optional<Address>& peer) noexcept {
   sockaddr_storage ss{};
   socklen_t len = sizeof ss;
@@ -116,10 +117,6 @@ int accept_peer(int listen_fd, Address::Family family, std::optional<Address>& p
     fd = ::accept4(listen_fd, reinterpret_cast<sockaddr*>(&ss), &len, SOCK_CLOEXEC);
   } while (fd < 0 && (errno == EINTR || errno == ECONNABORTED));
   if (fd < 0) return -1;
-  if (ss.ss_family == AF_INET || ss.ss_family == AF_INET6) {
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-  }
   try {
     peer = from_sockaddr(ss, len, family);
   } catch (...) {
@@ -253,6 +250,9 @@ Listener::Listener(std::optional<Address> address, ListenerOptions options)
   if (!is_unix) {
     int one = 1;
     setsockopt(fd_.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    // Every accepted socket inherits it (Linux copies a listening socket's options into the
+    // sockets it accepts): no system call per peer.
+    setsockopt(fd_.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   }
   if (::bind(fd_.get(), sa.get(), sa.len) != 0 || ::listen(fd_.get(), options_.backlog) != 0) {
     throw_os_error(errno, "Listener: bind/listen on " + a.str());  // fd_ closes it

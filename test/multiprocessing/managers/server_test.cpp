@@ -3,6 +3,7 @@
 #include "troupe/multiprocessing/managers/server.hpp"
 
 #include <signal.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -29,6 +30,8 @@
 #include "leak_check.hpp"
 #include "manager.capnp.h"
 #include "test_types.hpp"
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 
 namespace managers_test {
 
@@ -87,6 +90,37 @@ protected:
   AuthenticationString key_ = AuthenticationString::random();
   std::unique_ptr<mm::Server> server_;
 };
+
+// A TCP client whose host vanishes sends no FIN: the server's end of every TCP connection probes
+// it (30 s idle, then 3 probes 10 s apart), so that its references go within about a minute.
+TEST_F(ServerTest, TheServersEndOfATcpConnectionProbesAQuietPeer) {
+  server_.reset();
+  start_server(Address::parse("127.0.0.1:0"));
+  auto m = client();
+  auto counter = m->create("Counter");
+  // The server runs in this process: its end is the socket on its port that has a peer.
+  int found = -1;
+  for (int fd = 0; fd < 4096 && found < 0; ++fd) {
+    sockaddr_in self{}, peer{};
+    socklen_t len = sizeof self, plen = sizeof peer;
+    if (::getsockname(fd, reinterpret_cast<sockaddr*>(&self), &len) == 0 &&
+        self.sin_family == AF_INET && ntohs(self.sin_port) == server_->address().port &&
+        ::getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &plen) == 0)
+      found = fd;
+  }
+  ASSERT_GE(found, 0) << "no accepted socket on port " << server_->address().port;
+  auto opt = [&](int level, int name) {
+    int v = -1;
+    socklen_t len = sizeof v;
+    EXPECT_EQ(::getsockopt(found, level, name, &v, &len), 0);
+    return v;
+  };
+  EXPECT_EQ(opt(SOL_SOCKET, SO_KEEPALIVE), 1);
+  EXPECT_EQ(opt(IPPROTO_TCP, TCP_KEEPIDLE), 30);
+  EXPECT_EQ(opt(IPPROTO_TCP, TCP_KEEPINTVL), 10);
+  EXPECT_EQ(opt(IPPROTO_TCP, TCP_KEEPCNT), 3);
+  EXPECT_EQ(opt(IPPROTO_TCP, TCP_NODELAY), 1);
+}
 
 TEST_F(ServerTest, TypedCallsAreCheckedAndReturnTheirResult) {
   auto m = client();

@@ -149,6 +149,7 @@ public:
       address = Address::parse("unix-abstract:troupe-manager-" + std::to_string(::getpid()) + "-" +
                                std::to_string(counter_++) + "-" + random_hex(6));
     listener_.emplace(*address, options_.listener);
+    keep_alive(listener_->fileno());  // the connections it accepts inherit the setting
     // Accepting and the handshake run on a connection thread (helped while calls hold it, see
     // run_may_block), not on the pool, which serialized calls that block may hold: a client
     // must get in to release them.
@@ -676,7 +677,8 @@ public:
   }
 
   // A TCP client whose host vanishes sends no FIN: keepalive probes find it within about a
-  // minute (30 s idle, then 3 probes 10 s apart), and its connection's references go.
+  // minute (30 s idle, then 3 probes 10 s apart), and its connection's references go. Set on the
+  // listening socket: Linux copies its options into every socket it accepts.
   static void keep_alive(int fd) noexcept {
     sockaddr_storage ss{};
     socklen_t len = sizeof ss;
@@ -691,7 +693,6 @@ public:
   }
 
   void adopt(Connection c) {
-    keep_alive(c.fileno());
     IoSlot* slot = io_.empty()
                        ? nullptr
                        : io_[next_io_.fetch_add(1, std::memory_order_relaxed) % io_.size()].get();
