@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <future>
 #include <thread>
 #include <vector>
 
@@ -236,6 +237,30 @@ TEST_F(ConnectionTest, Poll) {
   EXPECT_TRUE(b.poll(Timeout{}));
   t.join();
   EXPECT_EQ(text(b.recv_bytes()), "x");
+}
+
+// A poll with a timeout spins before it sleeps (a reply that comes within the spin is seen there):
+// it still says yes to each message as it comes, whether seen spinning or after a sleep, and to
+// the end of the stream; no to nothing.
+TEST_F(ConnectionTest, PollWithATimeoutSeesEachAnswerAndTheEnd) {
+  constexpr int kRounds = 2000;
+  auto [a, b] = Pipe();
+  std::promise<void> looked;
+  std::thread echo([&a = a, done = looked.get_future()] {
+    for (int i = 0; i < kRounds; ++i) a.send_bytes(a.recv_bytes());
+    done.wait();
+    a.close();
+  });
+  for (int i = 0; i < kRounds; ++i) {
+    b.send_bytes(std::to_string(i));
+    ASSERT_TRUE(b.poll(10s)) << "round " << i;
+    ASSERT_EQ(text(b.recv_bytes()), std::to_string(i));
+  }
+  EXPECT_FALSE(b.poll(5ms));
+  looked.set_value();
+  EXPECT_TRUE(b.poll(10s)) << "the end of the stream is readable";
+  EXPECT_THROW(b.recv_bytes(), EOFError);
+  echo.join();
 }
 
 // Several MiB each way through a socketpair: more than the socket buffers hold, so each side

@@ -663,10 +663,21 @@ bool Connection::poll(Timeout timeout) {
   check_readable("poll");
   if (buffered() > 0) return true;
   const auto deadline = timeout.deadline();
+  // A wait, not a look: spin briefly first, as a receive does (fill()), on a plain socket.
+  bool spun = false;
+  if (is_socket_ && !tls_ && poll_timeout_ms(deadline) != 0) {
+    if (spin_.spin([&] {
+          pollfd p{fd_.get(), POLLIN, 0};
+          return ::poll(&p, 1, 0) > 0;
+        }))
+      return true;
+    spun = true;
+  }
   for (;;) {
     const int ms = poll_timeout_ms(deadline);
     pollfd p{fd_.get(), POLLIN, 0};
     int r = ::poll(&p, 1, ms);
+    if (r > 0 && spun) spin_.woke();
     if (r < 0) {
       if (errno == EINTR) continue;
       throw_os_error(errno, "Connection.poll on fd " + std::to_string(fd_.get()));
