@@ -439,7 +439,7 @@ std::uint64_t AcceptEngine::next_id() noexcept {
 void AcceptEngine::want(std::uint64_t id, Waiter w) {
   boost::asio::post(strand_, [self = shared_from_this(), w = std::move(w), id]() mutable {
     if (self->stopped_) {
-      AcceptOutcome o{boost::asio::error::operation_aborted, Connection(), std::nullopt};
+      AcceptOutcome o{boost::asio::error::operation_aborted, Connection(), std::nullopt, {}};
       return w(o);
     }
     if (!self->ready_.empty()) {
@@ -460,7 +460,7 @@ void AcceptEngine::cancel(std::uint64_t id) {
     if (it == ws.end()) return;  // it has had its outcome
     Waiter w = std::move(it->second);
     ws.erase(it);
-    AcceptOutcome o{boost::asio::error::operation_aborted, Connection(), std::nullopt};
+    AcceptOutcome o{boost::asio::error::operation_aborted, Connection(), std::nullopt, {}};
     w(o);
     if (ws.empty() && self->waiting_) {
       boost::system::error_code ignored;
@@ -505,7 +505,7 @@ void AcceptEngine::fail_waiters(boost::system::error_code ec) {
   auto waiters = std::move(waiters_);
   waiters_.clear();
   for (auto& w : waiters) {
-    AcceptOutcome o{ec, Connection(), std::nullopt};
+    AcceptOutcome o{ec, Connection(), std::nullopt, {}};
     w.second(o);
   }
 }
@@ -528,7 +528,7 @@ void AcceptEngine::pump() {
     if (fd < 0) {
       // Out of fds, or shut down: every waiter hears of it; the next want() tries again.
       const boost::system::error_code ec(errno, boost::system::generic_category());
-      if (waiters_.empty()) ready_.push_back({ec, Connection(), std::nullopt});
+      if (waiters_.empty()) ready_.push_back({ec, Connection(), std::nullopt, {}});
       fail_waiters(ec);
       return;
     }
@@ -548,7 +548,7 @@ void AcceptEngine::pump() {
 
 void AcceptEngine::start(int fd, std::optional<Address> peer) {
   auto p = std::make_shared<Pending>(fd, strand_, std::move(peer));
-  if (!options_.authkey && !options_.tls) return deliver({{}, std::move(p->conn), p->peer});
+  if (!options_.authkey && !options_.tls) return deliver({{}, std::move(p->conn), p->peer, {}});
   if (pending_.size() >= options_.max_pending_handshakes) {
     auto& oldest = pending_.front();
     oldest->dropped = true;
@@ -599,7 +599,7 @@ void AcceptEngine::finish(const std::shared_ptr<Pending>& p, boost::system::erro
     const int one = 1;
     (void)::setsockopt(p->conn.fileno(), IPPROTO_TCP, TCP_QUICKACK, &one, sizeof one);
   }
-  deliver({{}, std::move(p->conn), p->peer});
+  deliver({{}, std::move(p->conn), p->peer, {}});
 }
 
 void AcceptEngine::deliver(AcceptOutcome o) {
