@@ -2,7 +2,7 @@
 # Runs the whole test suite: installs what is missing, builds, tests.
 # Prints 'N passed, N failed' last. Extra arguments go to `meson setup` (a new build folder
 # is then a good idea: BUILD=build-asan scripts/test.sh -Db_sanitize=address,undefined).
-# SPLIT_SUITE=NAME runs that suite and the rest side by side (CI does, under the sanitizers).
+# SPLIT_SUITE=NAME runs that suite and the rest side by side (CI does, in every stage).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 BUILD=${BUILD:-build}
@@ -17,7 +17,8 @@ quiet='^(Ok|Expected Fail|Fail|Unexpected Pass|Skipped|Timeout):'
 if [ -n "${SPLIT_SUITE:-}" ]; then
   # Two runs side by side: the suite SPLIT_SUITE names, and the rest. Most tests run alone
   # (is_parallel: false) and spend their time waiting on children and sockets; under the
-  # sanitizers two at a time take a third off a stage's test time (CI: .ci/run).
+  # sanitizers two at a time take a third off a stage's test time, and the plain build's `layers`
+  # (every public header compiled alone) runs beside the rest (CI: .ci/run).
   logs="$BUILD/meson-logs"
   meson test -C "$BUILD" --no-rebuild --print-errorlogs --suite "$SPLIT_SUITE" \
     --logbase split-1 ${MESON_TEST_ARGS:-} >"$BUILD/split-1.out" 2>&1 &
