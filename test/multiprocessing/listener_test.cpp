@@ -83,7 +83,14 @@ TEST_F(ListenerTest, BothEndsOfATcpConnectionSendWithoutDelay) {
   opts.authkey = AuthenticationString("k");
   Listener l(std::nullopt, opts);
   std::optional<Connection> client;
-  std::thread t([&] { client.emplace(Client(l.address(), AuthenticationString("k"))); });
+  auto connect = [&] {
+    try {
+      client.emplace(Client(l.address(), AuthenticationString("k")));
+    } catch (const std::exception& e) {
+      ADD_FAILURE() << e.what();
+    }
+  };
+  std::thread t(connect);
   Connection s = l.accept();
   t.join();
   EXPECT_TRUE(no_delay(s.fileno()));
@@ -95,7 +102,7 @@ TEST_F(ListenerTest, BothEndsOfATcpConnectionSendWithoutDelay) {
     EXPECT_FALSE(ec) << ec.message();
     async_accepted.emplace(std::move(c));
   });
-  std::thread t2([&] { client.emplace(Client(l.address(), AuthenticationString("k"))); });
+  std::thread t2(connect);
   const auto deadline = std::chrono::steady_clock::now() + 10s;
   while (!async_accepted && std::chrono::steady_clock::now() < deadline) io.run_one_for(100ms);
   t2.join();
