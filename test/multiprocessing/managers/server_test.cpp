@@ -460,9 +460,9 @@ TEST_F(ServerTest, AsyncCallmethodDeliversTheErrorAsAnExceptionPtr) {
 }
 
 TEST_F(ServerTest, WaitingCallsHoldNoThreadAndCompleteLater) {
+  boost::asio::io_context ctx;  // outlives the proxies whose calls hold work on it
   auto m = client();
   auto gate = m->create("Gate");
-  boost::asio::io_context ctx;
   std::atomic<int> opened{0};
   // Eight waiters on eight lanes (threads), four times the server's threads: none holds one.
   for (int i = 0; i < 8; ++i)
@@ -652,10 +652,10 @@ TEST_F(ServerTest, AKilledClientsObjectsAndWaitersAreReleased) {
 }
 
 TEST_F(ServerTest, APendingCallFailsAtOnceWhenTheServerGoes) {
+  boost::asio::io_context ctx;  // outlives the proxies whose calls hold work on it
   auto m = client();
   auto gate = m->create("Gate");
   std::promise<std::exception_ptr> failed;
-  boost::asio::io_context ctx;
   // The wait on a lane (thread) of its own: this thread's calls must not queue behind it.
   std::thread([&] {
     gate.async_callmethod<std::string>(
