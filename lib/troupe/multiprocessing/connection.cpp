@@ -677,7 +677,7 @@ bool Connection::poll(Timeout timeout) {
     const int ms = poll_timeout_ms(deadline);
     pollfd p{fd_.get(), POLLIN, 0};
     int r = ::poll(&p, 1, ms);
-    if (r > 0 && spun && (p.revents & POLLIN) != 0) spin_.woke();  // a message, not a hang-up
+    if (spun && (p.revents & POLLIN) != 0) spin_.woke();  // a message, not a hang-up
     if (r < 0) {
       if (errno == EINTR) continue;
       throw_os_error(errno, "Connection.poll on fd " + std::to_string(fd_.get()));

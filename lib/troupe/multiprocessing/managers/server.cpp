@@ -697,12 +697,10 @@ public:
   // accepted this one and is still awake: the Hello that follows the handshake at once is read
   // there without waking another thread (a wake-up costs tens of microseconds here).
   IoSlot* pick_slot() const noexcept {
-    IoSlot* best = nullptr;
-    for (const auto& s : io_)
-      if (!best ||
-          s->conns.load(std::memory_order_relaxed) < best->conns.load(std::memory_order_relaxed))
-        best = s.get();
-    return best;
+    auto best = std::min_element(io_.begin(), io_.end(), [](const auto& a, const auto& b) {
+      return a->conns.load(std::memory_order_relaxed) < b->conns.load(std::memory_order_relaxed);
+    });
+    return best == io_.end() ? nullptr : best->get();
   }
 
   void adopt(Connection c) {
