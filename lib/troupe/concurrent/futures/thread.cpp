@@ -30,7 +30,7 @@ std::atomic<int> executor_counter{0};
 
 }  // namespace
 
-struct ThreadPool : WaitGuard, std::enable_shared_from_this<ThreadPool> {
+struct ThreadPool final : WaitGuard, std::enable_shared_from_this<ThreadPool> {
   ThreadPool(int max_workers, std::string prefix, std::function<void()> initializer)
       : max_workers(max_workers), prefix(std::move(prefix)), initializer(std::move(initializer)) {}
 

@@ -120,7 +120,7 @@ struct CallInfo {
   /// `args` then holds them too, for registered classes, unless they hold a value troupe's wire
   /// has no form for (an exception object): then `args` is empty and `args_error` says why.
   const std::vector<Item>* items = nullptr;
-  std::string_view args_error;
+  std::string_view args_error{};
 };
 
 /// A method's Python parameters, for placing keyword arguments by position (CPython's dialect
