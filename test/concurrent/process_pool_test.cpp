@@ -4,6 +4,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <set>
@@ -142,6 +143,25 @@ int deaf(int block_term) {
   return 0;
 }
 TROUPE_ENTRY(deaf);
+
+// Forks a process that holds the worker's end of its connection (and sleeps), writes its pid to
+// `path`, then kills the worker: the pool sees the worker end while its socket stays open.
+int die_leaving_the_socket_open(std::string path) {
+  const pid_t child = ::fork();
+  if (child == 0) {
+    const timespec t{60, 0};
+    ::nanosleep(&t, nullptr);
+    ::_exit(0);
+  }
+  {
+    std::ofstream out(path);
+    out << child;
+  }
+  ::kill(::getpid(), SIGKILL);
+  std::this_thread::sleep_for(10s);
+  return 0;
+}
+TROUPE_ENTRY(die_leaving_the_socket_open);
 
 int initialized = 0;
 void init_worker(int v) {
@@ -641,6 +661,73 @@ TEST_P(ProcessPoolTest, UsingThePoolFromAWorkerRaises) {
     EXPECT_THAT(e.what(), HasSubstr("cannot be used from process"));
   }
   nested_pool = nullptr;
+}
+
+// A caller waiting in result() reads its worker's results itself (one hand-off fewer than
+// through the pool's thread): the results of other calls it reads on the way reach their futures.
+TEST_P(ProcessPoolTest, AWaitingCallerDeliversEveryResultItReads) {
+  ProcessPoolExecutor pool(with(GetParam(), {.max_workers = 1}));
+  EXPECT_EQ(pool.submit(square, 1).result(30s), 1);  // timed: quick calls then travel together
+  std::vector<Future<int>> fs;
+  for (int i = 0; i < 200; ++i) fs.push_back(pool.submit(square, i));
+  EXPECT_EQ(fs.back().result(30s), 199 * 199);
+  for (int i = 0; i < 200; ++i) EXPECT_EQ(fs[static_cast<std::size_t>(i)].result(30s), i * i);
+}
+
+// The next call waiting in the pool goes to the worker once a waiting caller has read its result
+// (not only when the pool's thread wakes), and a done callback that runs on the waiting caller's
+// thread may itself wait on a future of the same worker.
+TEST_P(ProcessPoolTest, ADoneCallbackMayWaitOnTheNextCallOfTheSameWorker) {
+  ProcessPoolExecutor pool(with(GetParam(), {.max_workers = 1}));
+  auto first = pool.submit(sleep_ms, 30);
+  auto second = pool.submit(sleep_ms, 20);  // waits in the pool: the worker runs one slow call
+  std::atomic<int> seen{0};
+  first.add_done_callback([&](const Future<int>&) { seen = second.result(30s); });
+  EXPECT_EQ(first.result(30s), 30);
+  EXPECT_TRUE(troupe::testing::eventually([&] { return seen.load() == 20; }));
+  pool.shutdown();  // returns: the pool's thread sees the pool idle though it read nothing
+}
+
+// A wait that times out leaves the reading to the pool's thread, which delivers the result later.
+TEST_P(ProcessPoolTest, AResultThatTimesOutLeavesTheResultToThePool) {
+  ProcessPoolExecutor pool(with(GetParam(), {.max_workers = 1}));
+  auto f = pool.submit(sleep_ms, 300);
+  EXPECT_THROW((void)f.result(20ms), TimeoutError);
+  std::vector<Future<int>> fs{f};
+  int n = 0;
+  for (const auto& done : as_completed(fs, 60s)) {  // no result(): only the pool's thread reads
+    EXPECT_EQ(done.result(), 300);
+    ++n;
+  }
+  EXPECT_EQ(n, 1);
+}
+
+// A worker that dies while a process it started still holds its socket: the caller reading that
+// socket in result() sees no end of file, yet the call fails at once (it checks the worker
+// between slices of its wait, and hands the reading back for the pool to reap it).
+TEST_P(ProcessPoolTest, AWorkerDeadWithItsSocketStillOpenFailsTheWaitingCall) {
+  ProcessPoolExecutor pool(with(GetParam(), {.max_workers = 1}));
+  const std::string path =
+      ::testing::TempDir() + "troupe-ppe-holder-" + std::to_string(::getpid()) + "-" + GetParam();
+  auto f = pool.submit(die_leaving_the_socket_open, path);
+  try {
+    f.result(30s);
+    ADD_FAILURE() << "no BrokenProcessPool";
+  } catch (const BrokenProcessPool& e) {
+    EXPECT_THAT(e.what(), HasSubstr("SIGKILL"));
+  } catch (const std::exception& e) {
+    ADD_FAILURE() << "not a BrokenProcessPool: " << e.what();
+  }
+  pid_t holder = 0;
+  EXPECT_TRUE(troupe::testing::eventually([&] {
+    std::ifstream in(path);
+    return static_cast<bool>(in >> holder) && holder > 0;
+  }));
+  if (holder > 0) {
+    EXPECT_EQ(::kill(holder, 0), 0) << "the socket's holder ended first: the test proves nothing";
+    ::kill(holder, SIGKILL);
+  }
+  std::remove(path.c_str());
 }
 
 TEST_P(ProcessPoolTest, MaxWorkersMustBePositive) {

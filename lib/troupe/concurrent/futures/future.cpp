@@ -214,6 +214,9 @@ bool CoreBase::wait(Timeout timeout, troupe::detail::AdaptiveSpin* spin) const {
   const auto now = steady::now();
   const auto deadline = timeout.is_negative() ? std::optional(now) : timeout.deadline(now);
   if (deadline && *deadline <= now) return false;
+  help_wait(deadline);
+  if (done()) return true;
+  if (deadline && *deadline <= steady::now()) return false;
   troupe::detail::AdaptiveSpin fresh;  // a lone wait spins for the full budget
   if ((spin ? *spin : fresh).spin([&] { return done(); })) return true;
   WaitGuard* pool = current_pool();

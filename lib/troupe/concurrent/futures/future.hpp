@@ -133,6 +133,15 @@ public:
 
   /// Asks the running call to stop (request_stop()); false where the executor cannot ask.
   virtual bool stop_running() noexcept { return false; }
+  /// Called by wait() before it spins or sleeps: the executor may do, on the waiting thread,
+  /// the work that finishes this future (a process pool's waiting caller reads its worker's
+  /// results itself, one hand-off fewer than through the pool's thread). Returns when the future
+  /// is done, the deadline has passed, or at any time it cannot help; wait() then goes on as
+  /// usual.
+  virtual void help_wait(
+      const std::optional<troupe::detail::steady::time_point>& deadline) const noexcept {
+    (void)deadline;
+  }
 
   State state() const noexcept {
     return static_cast<State>(word_.load(std::memory_order_acquire) & kStateMask);

@@ -20,12 +20,18 @@
 
 namespace troupe::multiprocessing::detail {
 
-/// A future's shared state that request_stop() can reach while the call runs in a worker.
+/// A future's shared state that request_stop() can reach while the call runs in a worker, and
+/// whose waiting caller can read the worker's results itself (WorkerPool::help_wait).
 template <class T>
 class StoppableCore final : public concurrent::futures::detail::Core<T> {
 public:
   bool stop_running() noexcept override { return stop_ && stop_(); }
+  void help_wait(
+      const std::optional<troupe::detail::steady::time_point>& deadline) const noexcept override {
+    if (help_) help_(deadline);
+  }
   std::function<bool()> stop_;  // set once, before the future is handed out
+  std::function<void(const std::optional<troupe::detail::steady::time_point>&)> help_;  // same
 };
 
 /// A call (or a map chunk) whose one outcome is a `T`, and the future it sets: `T` is the call's
@@ -38,6 +44,9 @@ public:
 
   void bind_stop(std::function<bool()> stop) noexcept override {
     static_cast<StoppableCore<T>&>(*future.core()).stop_ = std::move(stop);
+  }
+  void bind_help(WaitHelp help) noexcept override {
+    static_cast<StoppableCore<T>&>(*future.core()).help_ = std::move(help);
   }
 
   bool start() noexcept override {  // again after a dead worker's calls are requeued: true

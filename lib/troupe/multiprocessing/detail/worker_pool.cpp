@@ -2,11 +2,13 @@
 
 #include <poll.h>
 #include <signal.h>
+#include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cerrno>
 #include <cstdio>
@@ -472,6 +474,9 @@ struct Worker {
   int sentinel = -1;
   std::optional<RawArray<std::uint64_t>> words;  // its board (set once it is started)
   std::mutex send_mutex;
+  // Held by the one thread that reads its results: the pool's thread, or a caller waiting on a
+  // call it runs (WorkerPoolState::help_wait), or reap().
+  std::mutex read_mutex;
   struct InFlight {
     std::unique_ptr<Job> job;
     std::size_t size;         // what it counts against kSendBudget
@@ -500,9 +505,21 @@ struct Worker {
   std::map<std::uint64_t, InFlight> inflight;  // guarded by the pool's mutex
   std::size_t inflight_bytes = 0;
   std::int64_t sent = 0;  // messages sent (max_tasks_per_child counts them)
-  bool conn_open = true;  // manager thread only
+  bool conn_open = true;  // guarded by read_mutex
   bool exited = false;    // guarded by the pool's mutex
 };
+
+// Calls answered, taken out of their worker's flight, to be handed to their jobs.
+struct Delivery {
+  std::vector<std::pair<std::unique_ptr<Job>, std::vector<CallOutcome>>> done;
+  std::optional<std::string> initializer_failed;  // why, if a result said so
+};
+
+namespace {
+// The worker whose results this thread reads now (read_results): it does not read another
+// meanwhile.
+thread_local const Worker* t_reading = nullptr;
+}  // namespace
 
 struct WorkerPoolState : std::enable_shared_from_this<WorkerPoolState> {
   explicit WorkerPoolState(WorkerPoolOptions o) : options(std::move(o)) {}
@@ -521,6 +538,9 @@ struct WorkerPoolState : std::enable_shared_from_this<WorkerPoolState> {
   bool terminating = false;  // signal_workers(): deaths are expected, calls fail
   std::string broken;        // non-empty: why the pool is broken
   UniqueFd wake_fd;
+  // The pool's thread waits here: on wake_fd, each worker's sentinel, and each worker's result
+  // socket while nobody else reads it (one-shot: whoever stops reading it arms it again).
+  UniqueFd epoll_fd;
   std::unique_ptr<threading::Thread> manager;
   bool manager_done = false;
 
@@ -530,7 +550,7 @@ struct WorkerPoolState : std::enable_shared_from_this<WorkerPoolState> {
   }
 
   std::vector<std::int32_t> pool_fds_locked() const {
-    std::vector<std::int32_t> fds{wake_fd.get()};
+    std::vector<std::int32_t> fds{wake_fd.get(), epoll_fd.get()};
     for (const auto& w : workers) {
       fds.push_back(w->fd);
       fds.push_back(w->words->_region().region->fd());
@@ -546,8 +566,14 @@ struct WorkerPoolState : std::enable_shared_from_this<WorkerPoolState> {
   void ensure_workers(bool all);
   void pump();
   void run_manager();
-  void read_results(Worker& w);
-  bool deliver(Worker& w, std::vector<ResultMessage>& results);
+  void watch(const Worker& w);
+  void watch_results(const Worker& w, bool on);
+  void release_reading(Worker& w, std::unique_lock<std::mutex>& reading);
+  void help_wait(std::uint64_t key, const std::optional<steady::time_point>& deadline);
+  void after_results();
+  void read_results(Worker& w, Delivery& out, bool drain = false);
+  bool take(Worker& w, std::vector<ResultMessage>& results, Delivery& out);
+  bool hand_over(Delivery& d);
   void reap(const std::shared_ptr<Worker>& w);
   void break_pool_locked(const std::string& why, std::vector<std::unique_ptr<Job>>& failed);
   void finish_manager();
@@ -584,10 +610,130 @@ void WorkerPoolState::start_worker() {
   w->conn = std::move(parent_end);
   w->sentinel = w->process.sentinel();
   {
-    std::scoped_lock lk(mu);
+    std::scoped_lock lk(mu);  // the pool's thread looks its events up in `workers` under it
+    watch(*w);
     workers.push_back(std::move(w));
   }
   wake();
+}
+
+namespace {
+constexpr std::uint64_t kWakeKey = ~std::uint64_t{0};
+// A worker's keys in the pool's epoll set: its index, and which of its fds.
+std::uint64_t result_key(const Worker& w) noexcept {
+  return static_cast<std::uint64_t>(w.index) * 2;
+}
+std::uint64_t sentinel_key(const Worker& w) noexcept {
+  return static_cast<std::uint64_t>(w.index) * 2 + 1;
+}
+}  // namespace
+
+void WorkerPoolState::watch(const Worker& w) {
+  epoll_event r{.events = EPOLLIN | EPOLLONESHOT, .data = {.u64 = result_key(w)}};
+  epoll_event e{.events = EPOLLIN, .data = {.u64 = sentinel_key(w)}};
+  if (::epoll_ctl(epoll_fd.get(), EPOLL_CTL_ADD, w.fd, &r) != 0 ||
+      ::epoll_ctl(epoll_fd.get(), EPOLL_CTL_ADD, w.sentinel, &e) != 0)
+    throw_os_error(errno, "epoll_ctl for " + w.process.name());
+}
+
+// Arms (or disarms) the pool's thread's wait on a worker's results: it is disarmed while a
+// waiting caller reads them, and after the pool's thread was woken for them, until it is done.
+void WorkerPoolState::watch_results(const Worker& w, bool on) {
+  epoll_event r{.events = EPOLLONESHOT | (on ? EPOLLIN : 0u), .data = {.u64 = result_key(w)}};
+  (void)::epoll_ctl(epoll_fd.get(), EPOLL_CTL_MOD, w.fd, &r);
+}
+
+// Ends a turn at reading `w`: the pool's thread watches its results again (or, once it has
+// closed, never again). An event that came while the reader held the lock was dropped by the
+// pool's thread (one-shot), so arming after the unlock is what makes every result seen: the kernel
+// reports at once what is unread.
+void WorkerPoolState::release_reading(Worker& w, std::unique_lock<std::mutex>& reading) {
+  const bool open = w.conn_open;
+  reading.unlock();
+  if (open)
+    watch_results(w, true);
+  else
+    (void)::epoll_ctl(epoll_fd.get(), EPOLL_CTL_DEL, w.fd, nullptr);
+}
+
+// Called by a thread about to wait on the future of job `key`: if a worker runs it and nobody
+// reads that worker's results, this thread reads them (spinning first, as a receive does) and
+// hands them to their jobs until its own is done, instead of sleeping until the pool's thread has
+// read them (one wake-up instead of two: on a busy machine each costs a time slice). It gives up
+// the reading (and the pool's thread takes it over) when its deadline passes, the worker closes
+// its end, or the worker ends.
+
+void WorkerPoolState::help_wait(std::uint64_t key,
+                                const std::optional<steady::time_point>& deadline) {
+  if (t_reading != nullptr) return;
+  auto holds = [&](const Worker& w) {
+    for (const auto& [id, f] : w.inflight)
+      if (f.job && f.job->key == key) return true;
+    return false;
+  };
+  // In slices: between two, whether the worker has ended with its socket still open (a process
+  // it started holds the other end): then reap() must take over.
+  constexpr auto kSlice = std::chrono::milliseconds(50);
+  for (;;) {  // a turn at reading per batch of results, until one answers this call
+    std::shared_ptr<Worker> w;
+    {
+      std::scoped_lock lk(mu);
+      for (const auto& x : workers)
+        if (!x->exited && holds(*x)) {
+          w = x;
+          break;
+        }
+    }
+    if (!w) return;  // waiting to be sent, or done
+    std::unique_lock reading(w->read_mutex, std::try_to_lock);
+    if (!reading) return;  // the pool's thread (or another caller) reads it now
+    if (!w->conn_open) return;
+    watch_results(*w, false);
+    Delivery got;
+    bool more = false;  // results came, and not this call's yet: another turn
+    for (;;) {
+      {
+        std::scoped_lock lk(mu);
+        if (!holds(*w)) break;
+      }
+      auto slice = std::chrono::duration_cast<std::chrono::nanoseconds>(kSlice);
+      if (deadline) {
+        const auto left = *deadline - steady::now();
+        if (left <= steady::duration::zero()) break;
+        slice = std::min(slice, std::chrono::duration_cast<std::chrono::nanoseconds>(left));
+      }
+      bool ready = false;
+      try {
+        ready = w->conn.poll(slice);
+      } catch (const std::exception&) {
+        break;
+      }
+      if (ready) {
+        read_results(*w, got);
+        // What came is handed over before anything else (their callbacks run without the
+        // reading held).
+        more = w->conn_open && !got.initializer_failed;
+        break;
+      }
+      pollfd p{w->sentinel, POLLIN, 0};
+      if (::poll(&p, 1, 0) > 0) break;
+    }
+    release_reading(*w, reading);
+    if (!got.done.empty()) after_results();
+    if (!hand_over(got) || !more) return;
+  }
+}
+
+// What the pool's thread does after it has read results, for a caller that read them: the calls
+// waiting go to the workers now free, and a shut pool's thread learns that it may be idle.
+void WorkerPoolState::after_results() {
+  pump();
+  bool stopping;
+  {
+    std::scoped_lock lk(mu);
+    stopping = shut;
+  }
+  if (stopping) wake();
 }
 
 // Starts workers up to max_workers while calls wait and no worker is free (Python's
@@ -782,11 +928,29 @@ int WorkerPoolState::escalate_stops() {
   return timeout;
 }
 
-void WorkerPoolState::read_results(Worker& w) {
-  for (;;) {
+// With w.read_mutex held: reads what the worker sent, and takes the calls it answers out of its
+// flight (so that reap() never fails or requeues a call whose result was read) into `out`, to be
+// handed over once the lock is released (a done callback may wait on the pool's thread). One
+// message, and those its read brought along; `drain`: all the socket holds (a dead worker's).
+// (Whatever is left wakes the pool's thread once the reading is released.)
+void WorkerPoolState::read_results(Worker& w, Delivery& out, bool drain) {
+  const Worker* was = t_reading;
+  t_reading = &w;
+  struct Restore {
+    const Worker* was;
+    ~Restore() { t_reading = was; }
+  } restore{was};
+  for (bool first = true;; first = false) {
     std::vector<ResultMessage> results;
     try {
-      const std::vector<std::byte> frame = w.conn.recv_bytes();
+      std::vector<std::byte> frame;
+      if (first || drain) {
+        frame = w.conn.recv_bytes();
+      } else if (auto more = w.conn.recv_buffered()) {
+        frame = std::move(*more);
+      } else {
+        return;
+      }
       results = read_records(frame, [&](CallOutcome& o) { o.value = w.conn.recv_bytes(); });
     } catch (const EOFError&) {
       w.conn_open = false;
@@ -800,51 +964,57 @@ void WorkerPoolState::read_results(Worker& w) {
       w.process.kill();
       return;
     }
-    if (!deliver(w, results)) return;
-    if (!w.conn.poll(std::chrono::seconds(0))) return;
+    if (!take(w, results, out)) return;
+    if (drain && !w.conn.poll(std::chrono::seconds(0))) return;
   }
 }
 
-// Hands the outcomes to their jobs (those still waiting: a result read from the socket and
-// again from the board of a dead worker is delivered once). False if the pool broke.
-bool WorkerPoolState::deliver(Worker& w, std::vector<ResultMessage>& results) {
-  std::vector<std::pair<std::unique_ptr<Job>, std::vector<CallOutcome>>> done;
-  done.reserve(results.size());
-  {
-    std::scoped_lock lk(mu);
-    const auto now = steady::now();
-    for (auto& r : results) {
-      if (r.initializer_failed) continue;
-      auto it = w.inflight.find(r.id);
-      if (it == w.inflight.end()) continue;
-      w.inflight_bytes -= it->second.size;
-      w.note_result(it->second.sent, now);
-      done.emplace_back(std::move(it->second.job), std::move(r.outcomes));
-      w.inflight.erase(it);
-    }
-  }
-  for (auto& [job, outcomes] : done) job->deliver(std::move(outcomes));
+// Takes the calls `results` answer out of w's flight into `out` (those still there: a result read
+// from the socket and again from the board of a dead worker is taken once). False if one says the
+// worker's initializer failed.
+bool WorkerPoolState::take(Worker& w, std::vector<ResultMessage>& results, Delivery& out) {
+  std::scoped_lock lk(mu);
+  const auto now = steady::now();
   for (auto& r : results) {
-    if (!r.initializer_failed) continue;
-    std::string why = "A process initializer failed, the process pool is not usable anymore";
-    if (!r.outcomes.empty()) {
-      try {
-        const auto e = ErrorEnvelope::from_bytes(r.outcomes.front().error);
-        why += " (" + e.message + "; " + e.remote_text() + ")";
-      } catch (const ValueError& e) {
-        why += std::string(" (its error cannot be read: ") + e.what() + ")";
+    if (r.initializer_failed) {
+      std::string why = "A process initializer failed, the process pool is not usable anymore";
+      if (!r.outcomes.empty()) {
+        try {
+          const auto e = ErrorEnvelope::from_bytes(r.outcomes.front().error);
+          why += " (" + e.message + "; " + e.remote_text() + ")";
+        } catch (const ValueError& e) {
+          why += std::string(" (its error cannot be read: ") + e.what() + ")";
+        }
       }
+      out.initializer_failed = why;
+      return false;
     }
-    std::vector<std::unique_ptr<Job>> failed;
-    {
-      std::scoped_lock lk(mu);
-      break_pool_locked(why, failed);
-    }
-    auto e = error(why);
-    for (auto& j : failed) j->fail(e);
-    return false;
+    auto it = w.inflight.find(r.id);
+    if (it == w.inflight.end()) continue;
+    w.inflight_bytes -= it->second.size;
+    w.note_result(it->second.sent, now);
+    out.done.emplace_back(std::move(it->second.job), std::move(r.outcomes));
+    w.inflight.erase(it);
   }
   return true;
+}
+
+// Hands the outcomes taken to their jobs (no lock held: their futures' callbacks run here); a
+// failed initializer breaks the pool. False if it did.
+bool WorkerPoolState::hand_over(Delivery& d) {
+  for (auto& [job, outcomes] : d.done) job->deliver(std::move(outcomes));
+  d.done.clear();
+  if (!d.initializer_failed) return true;
+  const std::string why = std::move(*d.initializer_failed);
+  d.initializer_failed.reset();
+  std::vector<std::unique_ptr<Job>> failed;
+  {
+    std::scoped_lock lk(mu);
+    break_pool_locked(why, failed);
+  }
+  auto e = error(why);
+  for (auto& j : failed) j->fail(e);
+  return false;
 }
 
 void WorkerPoolState::break_pool_locked(const std::string& why,
@@ -862,7 +1032,16 @@ void WorkerPoolState::break_pool_locked(const std::string& why,
 
 void WorkerPoolState::reap(const std::shared_ptr<Worker>& w) {
   // What it sent before it ended is all in the socket now; what it had not sent, on its board.
-  if (w->conn_open && w->conn.poll(std::chrono::seconds(0))) read_results(*w);
+  {
+    Delivery got;
+    {
+      std::scoped_lock reading(w->read_mutex);  // a waiting caller's turn ends (EOF, or a slice)
+      if (w->conn_open && w->conn.poll(std::chrono::seconds(0))) read_results(*w, got, true);
+      (void)::epoll_ctl(epoll_fd.get(), EPOLL_CTL_DEL, w->fd, nullptr);
+      (void)::epoll_ctl(epoll_fd.get(), EPOLL_CTL_DEL, w->sentinel, nullptr);
+    }
+    (void)hand_over(got);
+  }
   w->process.join();
   const int code = w->process.exitcode().value_or(-1);
   {
@@ -876,7 +1055,9 @@ void WorkerPoolState::reap(const std::shared_ptr<Worker>& w) {
     } catch (const ValueError& e) {
       std::fprintf(stderr, "%s: its board: %s\n", w->process.name().c_str(), e.what());
     }
-    (void)deliver(*w, left);  // false: its initializer failed, and the pool is broken now
+    Delivery got;
+    (void)take(*w, left, got);
+    (void)hand_over(got);  // false: its initializer failed, and the pool is broken now
   }
   // The call it was running (if it died inside one): that one failed; those behind it never
   // started.
@@ -961,37 +1142,47 @@ void WorkerPoolState::reap(const std::shared_ptr<Worker>& w) {
 }
 
 void WorkerPoolState::run_manager() {
+  std::array<epoll_event, 64> events;
   for (;;) {
-    std::vector<std::shared_ptr<Worker>> ws;
     {
       std::scoped_lock lk(mu);
-      ws = workers;
       const bool idle = pending.empty() && std::all_of(workers.begin(), workers.end(),
                                                        [](auto& w) { return w->inflight.empty(); });
       if ((shut && idle && starting == 0) || (!broken.empty() && workers.empty())) break;
     }
-    std::vector<pollfd> fds;
-    fds.push_back({wake_fd.get(), POLLIN, 0});
-    for (const auto& w : ws) {
-      fds.push_back({w->conn_open ? w->fd : -1, POLLIN, 0});
-      fds.push_back({w->sentinel, POLLIN, 0});
-    }
     const int timeout = escalate_stops();
-    int r;
+    int n;
     do {
-      r = ::poll(fds.data(), fds.size(), timeout);
-    } while (r < 0 && errno == EINTR);
-    if (fds[0].revents) {
-      std::uint64_t n;
-      (void)!::read(wake_fd.get(), &n, sizeof n);
+      n = ::epoll_wait(epoll_fd.get(), events.data(), static_cast<int>(events.size()), timeout);
+    } while (n < 0 && errno == EINTR);
+    std::vector<std::shared_ptr<Worker>> readable, ended;
+    {
+      std::scoped_lock lk(mu);  // after the wait: a worker started meanwhile is there
+      for (int i = 0; i < n; ++i) {
+        const std::uint64_t key = events[static_cast<std::size_t>(i)].data.u64;
+        if (key == kWakeKey) {
+          std::uint64_t count;
+          (void)!::read(wake_fd.get(), &count, sizeof count);
+          continue;
+        }
+        auto it = std::find_if(workers.begin(), workers.end(),
+                               [&](auto& w) { return w->index == static_cast<int>(key / 2); });
+        if (it == workers.end()) continue;
+        (key % 2 ? ended : readable).push_back(*it);
+      }
     }
-    for (std::size_t i = 0; i < ws.size(); ++i) {
-      if (fds[1 + 2 * i].revents) read_results(*ws[i]);
+    for (auto& w : readable) {
+      // Unless a waiting caller reads it now (it arms the watch again when it stops).
+      std::unique_lock reading(w->read_mutex, std::try_to_lock);
+      if (!reading) continue;
+      Delivery got;
+      // A caller may have read what woke this thread, between the wake-up and the lock.
+      if (w->conn_open && w->conn.poll(std::chrono::seconds(0))) read_results(*w, got);
+      release_reading(*w, reading);
+      (void)hand_over(got);
     }
     pump();
-    for (std::size_t i = 0; i < ws.size(); ++i) {
-      if (fds[2 + 2 * i].revents) reap(ws[i]);
-    }
+    for (auto& w : ended) reap(w);
     try {
       ensure_workers(false);
     } catch (const std::exception& e) {
@@ -1058,6 +1249,11 @@ WorkerPool::WorkerPool(WorkerPoolOptions options)
     : state_(std::make_shared<WorkerPoolState>(std::move(options))) {
   state_->wake_fd.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (!state_->wake_fd) throw_os_error(errno, "eventfd for " + state_->options.name);
+  state_->epoll_fd.reset(::epoll_create1(EPOLL_CLOEXEC));
+  if (!state_->epoll_fd) throw_os_error(errno, "epoll_create1 for " + state_->options.name);
+  epoll_event e{.events = EPOLLIN, .data = {.u64 = kWakeKey}};
+  if (::epoll_ctl(state_->epoll_fd.get(), EPOLL_CTL_ADD, state_->wake_fd.get(), &e) != 0)
+    throw_os_error(errno, "epoll_ctl for " + state_->options.name);
   pools().add(state_);
   internal::runtime::at_exit(internal::runtime::ExitStep::process_pools, shutdown_all_at_exit);
 }
@@ -1076,7 +1272,7 @@ WorkerPool::~WorkerPool() {
 
 void WorkerPool::submit(std::unique_ptr<Job> job) {
   auto& s = *state_;
-  if (::getpid() != s.owner)
+  if (internal::runtime::process_id() != s.owner)
     throw RuntimeError(s.options.name + " belongs to process " + std::to_string(s.owner) +
                        "; it cannot be used from process " + std::to_string(::getpid()) +
                        " (a call running in a worker, say)");
@@ -1089,6 +1285,15 @@ void WorkerPool::submit(std::unique_ptr<Job> job) {
     job->bind_stop([weak = std::weak_ptr<WorkerPoolState>(state_), key = job->key] {
       auto pool = weak.lock();
       return pool && pool->request_stop(key);
+    });
+    job->bind_help([weak = std::weak_ptr<WorkerPoolState>(state_),
+                    key = job->key](const std::optional<steady::time_point>& deadline) {
+      if (auto pool = weak.lock()) {
+        try {
+          pool->help_wait(key, deadline);
+        } catch (...) {  // the wait goes on as usual: the pool's thread reads
+        }
+      }
     });
     s.pending.push_back(std::move(job));
     first = s.manager == nullptr;

@@ -60,6 +60,11 @@ public:
   /// Once the pool has taken it: `stop` asks the pool to stop it (WorkerPool::request_stop),
   /// for its future's request_stop().
   virtual void bind_stop(std::function<bool()> stop) noexcept { (void)stop; }
+  /// Once the pool has taken it: `help` lets a thread waiting on its future read the results
+  /// of the worker that runs it (WorkerPool's help_wait), for CoreBase::help_wait.
+  using WaitHelp =
+      std::function<void(const std::optional<std::chrono::steady_clock::time_point>& deadline)>;
+  virtual void bind_help(WaitHelp help) noexcept { (void)help; }
 
   std::string entry;                          // the registered function's name
   std::vector<std::vector<std::byte>> calls;  // each call's encoded arguments
