@@ -184,7 +184,7 @@ TEST_F(AsyncConnectionTest, EveryReceiveAfterTheEndOfTheStreamReportsIt) {
   auto [a, b] = Pipe();
   b.set_executor(io.get_executor());
   std::vector<std::error_code> got;
-  std::function<void()> next = [&] {
+  std::function<void()> next = [&, &b = b] {
     b.async_recv_bytes([&](boost::system::error_code ec, std::vector<std::byte>) {
       got.push_back(std::error_code(ec));
       if (got.size() < 3) next();
@@ -405,7 +405,7 @@ TEST_F(AsyncConnectionTest, GatheredMessagesAndBufferedReceives) {
                           EXPECT_FALSE(ec) << ec.message();
                           sent = true;
                         }));
-  std::thread reader([&] {
+  std::thread reader([&, &b = b] {
     EXPECT_EQ(text(b.recv_bytes()), "one");  // the read brings the next ones along
     auto two = b.recv_buffered();
     ASSERT_TRUE(two.has_value());

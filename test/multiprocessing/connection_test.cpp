@@ -230,7 +230,7 @@ TEST_F(ConnectionTest, Poll) {
   const auto t1 = std::chrono::steady_clock::now();
   EXPECT_FALSE(b.poll(30ms));
   EXPECT_GE(std::chrono::steady_clock::now() - t1, 29ms);
-  std::thread t([&] {
+  std::thread t([&a = a] {
     std::this_thread::sleep_for(10ms);
     a.send_bytes("x");
   });
@@ -278,7 +278,7 @@ TEST_F(ConnectionTest, LargeMessagesBothWays) {
   std::vector<std::byte> big(5 << 20);
   for (std::size_t i = 0; i < big.size(); ++i) big[i] = static_cast<std::byte>(i * 7);
   std::vector<std::byte> got_a;
-  std::thread t([&] {
+  std::thread t([&, &a = a] {
     a.send_bytes(big);
     got_a = a.recv_bytes();
   });
@@ -460,7 +460,7 @@ TEST_F(AuthTest, GarbageIsAnAuthenticationError) {
   }
   {
     auto [s, c] = Pipe();
-    std::thread t([&] {
+    std::thread t([&c = c] {
       (void)c.recv_bytes();
       c.send_bytes("something bogus");
       EXPECT_EQ(text(c.recv_bytes()), "#FAILURE#");
@@ -493,7 +493,7 @@ TEST_F(AuthTest, LegacyMd5OnlyWhenOptedIn) {
   {
     auto [s, c] = Pipe();
     legacy_challenge(s);
-    std::thread t([&] {
+    std::thread t([&, &s = s] {
       auto answer = s.recv_bytes();
       EXPECT_EQ(answer, detail::hmac("md5", key.bytes(), bytes(std::string(20, 'r'))));
       s.send_bytes("#WELCOME#");
@@ -504,7 +504,7 @@ TEST_F(AuthTest, LegacyMd5OnlyWhenOptedIn) {
   {
     // A legacy client answers our {sha256} challenge with a raw 16-byte HMAC-MD5 of all of it.
     auto [s, c] = Pipe();
-    std::thread t([&] {
+    std::thread t([&, &c = c] {
       auto challenge = c.recv_bytes();
       auto message = std::span(challenge).subspan(11);
       c.send_bytes(detail::hmac("md5", key.bytes(), message));
