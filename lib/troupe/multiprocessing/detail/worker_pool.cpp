@@ -568,6 +568,7 @@ struct WorkerPoolState : std::enable_shared_from_this<WorkerPoolState> {
   void run_manager();
   void watch(const Worker& w);
   void watch_results(const Worker& w, bool on);
+  void unwatch(int fd) noexcept { (void)::epoll_ctl(epoll_fd.get(), EPOLL_CTL_DEL, fd, nullptr); }
   void release_reading(Worker& w, std::unique_lock<std::mutex>& reading);
   void help_wait(std::uint64_t key, const std::optional<steady::time_point>& deadline);
   void after_results();
@@ -653,7 +654,7 @@ void WorkerPoolState::release_reading(Worker& w, std::unique_lock<std::mutex>& r
   if (open)
     watch_results(w, true);
   else
-    (void)::epoll_ctl(epoll_fd.get(), EPOLL_CTL_DEL, w.fd, nullptr);
+    unwatch(w.fd);
 }
 
 // Called by a thread about to wait on the future of job `key`: if a worker runs it and nobody
@@ -662,7 +663,6 @@ void WorkerPoolState::release_reading(Worker& w, std::unique_lock<std::mutex>& r
 // read them (one wake-up instead of two: on a busy machine each costs a time slice). It gives up
 // the reading (and the pool's thread takes it over) when its deadline passes, the worker closes
 // its end, or the worker ends.
-
 void WorkerPoolState::help_wait(std::uint64_t key,
                                 const std::optional<steady::time_point>& deadline) {
   if (t_reading != nullptr) return;
@@ -1037,8 +1037,8 @@ void WorkerPoolState::reap(const std::shared_ptr<Worker>& w) {
     {
       std::scoped_lock reading(w->read_mutex);  // a waiting caller's turn ends (EOF, or a slice)
       if (w->conn_open && w->conn.poll(std::chrono::seconds(0))) read_results(*w, got, true);
-      (void)::epoll_ctl(epoll_fd.get(), EPOLL_CTL_DEL, w->fd, nullptr);
-      (void)::epoll_ctl(epoll_fd.get(), EPOLL_CTL_DEL, w->sentinel, nullptr);
+      unwatch(w->fd);
+      unwatch(w->sentinel);
     }
     (void)hand_over(got);
   }
