@@ -95,6 +95,7 @@ struct ServerConn : std::enable_shared_from_this<ServerConn> {
   std::vector<std::vector<std::byte>> sending;  // the replies of the write in progress
   bool writing = false;
   bool pump_deferred = false;
+  bool in_batch = false;  // a read's handler is taking requests: it writes their replies after
   struct Lane {
     std::deque<std::function<void()>> queue;
     bool busy = false;
@@ -468,7 +469,8 @@ public:
   static void run_spinning(asio::io_context& io) {
     troupe::detail::AdaptiveSpin spin;
     while (!io.stopped()) {
-      if (io.poll() > 0) continue;
+      // spin() polls first (once, when it may not spin): one poll of the reactor, not two,
+      // before the sleep.
       if (spin.spin([&] { return io.poll() > 0; })) continue;
       if (io.run_one_for(kLongestSleep) > 0) {
         spin.woke();
@@ -734,19 +736,29 @@ public:
             close_conn(sc, eof ? "" : "reading failed: " + ec.message());
             return;
           }
-          if (!sc->greeted) {
-            on_hello(sc, std::move(bytes));
-          } else {
-            on_request(sc, std::move(bytes));
-            // The requests that came in the same read are taken now, before any reply is
-            // written: their replies then go out in one write (pump gathers them).
-            while (!sc->closing && !sc->conn.closed() && backlog(sc) < read_budget()) {
-              auto more =
-                  sc->conn.recv_buffered(static_cast<std::size_t>(options_.max_message_size));
-              if (!more) break;
-              on_request(sc, std::move(*more));
+          // The requests that came in the same read are taken now, before any reply is
+          // written: the replies made meanwhile go out in one write, from here, once they
+          // are all taken (not deferred: that costs a turn of the io_context, and a poll of
+          // its reactor, per call).
+          sc->in_batch = true;
+          try {
+            if (!sc->greeted) {
+              on_hello(sc, std::move(bytes));
+            } else {
+              on_request(sc, std::move(bytes));
+              while (!sc->closing && !sc->conn.closed() && backlog(sc) < read_budget()) {
+                auto more =
+                    sc->conn.recv_buffered(static_cast<std::size_t>(options_.max_message_size));
+                if (!more) break;
+                on_request(sc, std::move(*more));
+              }
             }
+          } catch (...) {
+            sc->in_batch = false;
+            throw;
           }
+          sc->in_batch = false;
+          if (!sc->writing && !sc->pump_deferred) pump(sc);
           if (sc->closing || sc->conn.closed()) return;
           if (backlog(sc) < read_budget())
             read_next(sc);
@@ -1914,9 +1926,8 @@ public:
     if (sc->conn.closed()) return;
     sc->out_bytes += bytes.size();
     sc->out.push_back(std::move(bytes));
-    if (sc->writing || sc->pump_deferred) return;
-    // Written once the running handler is done: the replies it makes (a batch of requests read
-    // at once) go out together.
+    if (sc->writing || sc->pump_deferred || sc->in_batch) return;
+    // Written once the running handler is done: the replies it makes go out together.
     sc->pump_deferred = true;
     asio::defer(sc->strand, [this, sc, self = shared_from_this()] {
       sc->pump_deferred = false;
