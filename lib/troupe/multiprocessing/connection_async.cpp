@@ -141,14 +141,7 @@ bool Connection::async_write_some(detail::AsyncWrite& st, std::error_code& ec) n
       ec = std::error_code(errno, std::generic_category());
       return true;
     }
-    auto left = static_cast<std::size_t>(n);
-    std::size_t done = 0;
-    while (done < st.iov.size() && left >= st.iov[done].iov_len) left -= st.iov[done++].iov_len;
-    st.iov.erase(st.iov.begin(), st.iov.begin() + static_cast<std::ptrdiff_t>(done));
-    if (!st.iov.empty() && left) {
-      st.iov.front().iov_base = static_cast<char*>(st.iov.front().iov_base) + left;
-      st.iov.front().iov_len -= left;
-    }
+    internal::consume_iov(st.iov, static_cast<std::size_t>(n));
   }
   return true;
 }

@@ -10,7 +10,9 @@
 #include <functional>
 #include <future>
 #include <optional>
+#include <string>
 #include <thread>
+#include <vector>
 
 #include <boost/asio/bind_executor.hpp>
 #include <boost/asio/executor_work_guard.hpp>
@@ -26,10 +28,12 @@
 #include "troupe/multiprocessing/managers.hpp"
 #include "troupe/multiprocessing/managers/detail/pickle.hpp"
 #include "troupe/multiprocessing/process.hpp"
+#include "troupe/multiprocessing/tls.hpp"
 
 #include "leak_check.hpp"
 #include "manager.capnp.h"
 #include "test_types.hpp"
+#include "tls_files.hpp"
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 
@@ -910,6 +914,43 @@ TEST_F(ServerTest, AClientThatDoesNotReadIsPausedAndLosesNothing) {
     ++next;
   }
   writer.join();
+}
+
+// TLS under a manager's connections (ListenerOptions::tls on the server, LinkOptions::tls on the
+// client): calls whose requests and replies are larger than a socket's buffer, three at once on
+// one connection, each reply whole and to its caller.
+TEST_F(ServerTest, ServesOverTlsRepliesLargerThanASocketBuffer) {
+  troupe::testing::TlsFiles files;
+  server_.reset();
+  mm::ServerOptions o;
+  o.listener.tls = mp::make_tls_context(
+      mp::TlsRole::server,
+      {.certificate_chain = files.path("server.pem"), .private_key = files.path("server.key")});
+  start_server(Address::parse("127.0.0.1:0"), o);
+  mm::ManagerOptions mo{.address = server_->address(), .authkey = key_};
+  mo.link.tls = mp::make_tls_context(mp::TlsRole::client, {.trusted_ca = files.path("ca.pem")});
+  TestManager m(mo);
+  m.connect();
+  auto maths = m.create<Maths>("Maths");
+  EXPECT_EQ(maths.call<&Maths::add>(2, 3), 5);
+  std::vector<std::thread> callers;
+  std::atomic<int> right{0};
+  for (int t = 0; t < 3; ++t)
+    callers.emplace_back([&, t] {
+      const std::string name(std::size_t{3} << 20, static_cast<char>('a' + t));
+      try {
+        if (maths.call<&Maths::greet>(name) == "hello " + name) ++right;
+      } catch (const std::exception& e) {
+        ADD_FAILURE() << e.what();
+      }
+    });
+  for (auto& c : callers) c.join();
+  EXPECT_EQ(right.load(), 3);
+  // A client without TLS gets no service from it.
+  mm::ManagerOptions plain{.address = server_->address(), .authkey = key_};
+  plain.link.connect_timeout = 1000ms;
+  TestManager p(plain);
+  EXPECT_ANY_THROW(p.connect());
 }
 
 }  // namespace

@@ -1,6 +1,9 @@
 // troupe/multiprocessing/internal/framing.hpp — what the blocking and the asynchronous halves of
-// Connection (connection.cpp, connection_async.cpp) share: how a message body grows. .cpp only.
+// Connection (connection.cpp, connection_async.cpp), and the manager server's writes, share: how
+// a message body grows, and how a write's buffers advance. .cpp only.
 #pragma once
+
+#include <sys/uio.h>
 
 #include <algorithm>
 #include <cstddef>
@@ -23,6 +26,17 @@ inline void grow_body(std::vector<std::byte>& body, std::size_t n) {
   const std::size_t at = body.size();
   if (at == body.capacity()) body.reserve(std::min(n, at + std::max(at, kReserveAtOnce)));
   body.resize(at + std::min({n - at, kBodyStep, body.capacity() - at}));
+}
+
+// Drops the first `n` bytes of `iov` (what a write took): whole buffers, then part of the next.
+inline void consume_iov(std::vector<iovec>& iov, std::size_t n) noexcept {
+  std::size_t done = 0;
+  while (done < iov.size() && n >= iov[done].iov_len) n -= iov[done++].iov_len;
+  iov.erase(iov.begin(), iov.begin() + static_cast<std::ptrdiff_t>(done));
+  if (!iov.empty() && n) {
+    iov.front().iov_base = static_cast<char*>(iov.front().iov_base) + n;
+    iov.front().iov_len -= n;
+  }
 }
 
 }  // namespace troupe::multiprocessing::internal

@@ -33,6 +33,7 @@
 #include "troupe/error_envelope.hpp"
 #include "troupe/internal/cpus.hpp"
 #include "troupe/multiprocessing/authkey.hpp"
+#include "troupe/multiprocessing/internal/framing.hpp"
 #include "troupe/multiprocessing/logger.hpp"
 #include "troupe/multiprocessing/managers/detail/pickle.hpp"
 #include "troupe/multiprocessing/managers/internal/python_dialect.hpp"
@@ -93,6 +94,10 @@ struct ServerConn : std::enable_shared_from_this<ServerConn> {
   bool closing = false;              // on the strand: no more reads; close once the writes are out
   std::deque<std::vector<std::byte>> out;
   std::vector<std::vector<std::byte>> sending;  // the replies of the write in progress
+  // What is left of that write (a plain socket's; the server writes those itself): the frames'
+  // length headers, and the buffers not yet taken. Kept, so that a write allocates nothing.
+  std::vector<unsigned char> headers;
+  std::vector<iovec> unsent;
   bool writing = false;
   bool pump_deferred = false;
   bool in_batch = false;  // a read's handler is taking requests: it writes their replies after
@@ -1935,38 +1940,100 @@ public:
     });
   }
 
+  // Writes what is queued: at once, as far as the socket takes it (the usual case: no
+  // asynchronous operation, no completion to run later), the rest once it is writable. A plain
+  // socket is written here (one sendmsg for up to 512 replies); a TLS one by the Connection.
   void pump(const std::shared_ptr<ServerConn>& sc) {
-    if (sc->writing) return;
-    if (sc->out.empty()) {
-      if (sc->closing) close_conn(sc, "");
-      return;
+    bool wrote = false;
+    for (;;) {
+      if (sc->writing) return;
+      if (sc->out.empty()) {
+        if (sc->closing) close_conn(sc, "");
+        break;
+      }
+      if (sc->conn.closed()) {
+        sc->out.clear();
+        sc->out_bytes = 0;
+        return;
+      }
+      sc->writing = true;
+      sc->sending.clear();
+      while (!sc->out.empty() && sc->sending.size() < 512) {
+        sc->sending.push_back(std::move(sc->out.front()));
+        sc->out.pop_front();
+      }
+      if (sc->conn.tls()) return write_by_connection(sc);
+      sc->headers.resize(12 * sc->sending.size());
+      sc->unsent.clear();
+      for (std::size_t i = 0; i < sc->sending.size(); ++i) {
+        unsigned char* h = sc->headers.data() + 12 * i;
+        sc->unsent.push_back({h, multiprocessing::detail::length_header(sc->sending[i].size(), h)});
+        if (!sc->sending[i].empty())
+          sc->unsent.push_back({sc->sending[i].data(), sc->sending[i].size()});
+      }
+      if (!write_unsent(sc)) return;  // closed, or waiting until it is writable
+      wrote = true;
     }
-    if (sc->conn.closed()) {
-      sc->out.clear();
-      sc->out_bytes = 0;
-      return;
+    if (wrote) maybe_resume(sc);
+  }
+
+  // Writes sc->unsent as far as the socket takes it. True when all of it went; false when the
+  // connection failed (closed here) or the rest waits for the socket to be writable.
+  bool write_unsent(const std::shared_ptr<ServerConn>& sc) {
+    while (!sc->unsent.empty()) {
+      msghdr msg{};
+      msg.msg_iov = sc->unsent.data();
+      msg.msg_iovlen = std::min<std::size_t>(sc->unsent.size(), 1024);
+      ssize_t n;
+      do {
+        n = ::sendmsg(sc->conn.fileno(), &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
+      } while (n < 0 && errno == EINTR);
+      if (n < 0) {
+        if (errno != EAGAIN && errno != EWOULDBLOCK) {
+          write_failed(sc);
+          return false;
+        }
+        sc->conn.async_wait(asio::posix::descriptor_base::wait_write,
+                            [this, sc, self = shared_from_this()](boost::system::error_code ec) {
+                              if (ec || sc->conn.closed()) return write_failed(sc);
+                              if (!write_unsent(sc)) return;
+                              pump(sc);
+                              maybe_resume(sc);
+                            });
+        return false;
+      }
+      multiprocessing::internal::consume_iov(sc->unsent, static_cast<std::size_t>(n));
     }
-    sc->writing = true;
-    sc->sending.clear();
-    std::vector<std::span<const std::byte>> spans;
-    while (!sc->out.empty() && spans.size() < 512) {
-      sc->sending.push_back(std::move(sc->out.front()));
-      sc->out.pop_front();
-      spans.emplace_back(sc->sending.back().data(), sc->sending.back().size());
-    }
+    written_out(sc);
+    return true;
+  }
+
+  // A TLS connection's replies: written by the Connection, which encrypts them.
+  void write_by_connection(const std::shared_ptr<ServerConn>& sc) {
+    std::vector<std::span<const std::byte>> spans(sc->sending.begin(), sc->sending.end());
     sc->conn.async_send_messages(
         spans, [this, sc, self = shared_from_this()](boost::system::error_code ec) {
-          sc->writing = false;
-          for (const auto& b : sc->sending) sc->out_bytes -= b.size();
-          sc->sending.clear();
-          if (ec) {
-            sc->out.clear();
-            sc->out_bytes = 0;
-            return close_conn(sc, "");
-          }
+          if (ec) return write_failed(sc);
+          written_out(sc);
           pump(sc);
           maybe_resume(sc);
         });
+  }
+
+  // The write of sc->sending has ended.
+  static void written_out(const std::shared_ptr<ServerConn>& sc) {
+    sc->writing = false;
+    for (const auto& b : sc->sending) sc->out_bytes -= b.size();
+    sc->sending.clear();
+    sc->unsent.clear();
+  }
+
+  // A write failed (the peer went, or the connection was closed meanwhile): what is left goes.
+  void write_failed(const std::shared_ptr<ServerConn>& sc) {
+    written_out(sc);
+    sc->out.clear();
+    sc->out_bytes = 0;
+    close_conn(sc, "");
   }
 
   // ---- closing a connection (on its strand) ------------------------------------------------
