@@ -65,6 +65,35 @@ std::string object_name(std::string_view typeid_, std::uint64_t id) {
   return std::string(typeid_) + "#" + std::to_string(id);
 }
 
+// What a call's errors name: the call ("Maths.add", or "create(Maths)"), the object
+// ("Maths#3"), the kinds of its arguments. Kept as parts, and written out only when an error is
+// reported (a call that succeeds, the usual case, builds none of these strings).
+struct CallText {
+  std::string typeid_;
+  std::string method;              // empty: a create of typeid_
+  std::uint64_t object = 0;        // 0: none (a create)
+  std::shared_ptr<Frame> request;  // troupe's dialect: the request, whose arguments are named
+  std::string arguments;           // CPython's dialect: their summary
+
+  std::string call() const {
+    return method.empty() ? "create(" + typeid_ + ")" : typeid_ + "." + method;
+  }
+  std::string object_name() const {
+    return object ? ::troupe::multiprocessing::managers::object_name(typeid_, object)
+                  : std::string();
+  }
+  std::string argument_kinds() const {
+    if (!request) return arguments;
+    try {
+      auto r = request->root<proto::manager::Request>();
+      if (r.isCall()) return detail::argument_kinds(r.getCall().getArgs());
+      if (r.isCreate()) return detail::argument_kinds(r.getCreate().getArgs());
+    } catch (const std::exception&) {
+    }
+    return {};
+  }
+};
+
 }  // namespace
 
 // A connection thread's io_context, and the threads that run it: the thread of its own, and
@@ -885,7 +914,7 @@ public:
         auto c = req.getCall();
         const std::uint64_t id = c.getObject();
         auto method = c.getMethod();
-        const std::string mname(method.begin(), method.size());
+        std::string mname(method.begin(), method.size());
         std::shared_ptr<HostedObject> obj;
         std::shared_ptr<const TypeEntry> entry;
         std::string typeid_;
@@ -905,7 +934,7 @@ public:
                                                        " in the manager at " + address_text_ +
                                                        " (released, or never made)")),
                       mname);
-        if (!admit(sc, call_id, mname, object_name(typeid_, id))) return;
+        if (!admit(sc, call_id, mname, [&] { return object_name(typeid_, id); })) return;
         if (entry && entry->exposed && mname != "#GETVALUE" && mname != "__repr__" &&
             mname != "__str__" &&
             std::find(entry->exposed->begin(), entry->exposed->end(), mname) ==
@@ -919,34 +948,24 @@ public:
         }
         // Read here, inside on_request's try: arguments Cap'n Proto cannot read drop the
         // connection before anything is queued for them.
-        std::string summary = detail::argument_kinds(c.getArgs());
+        for (auto a : c.getArgs()) (void)a.which();
         sc->running[call_id] = {obj, lane, serial, size};
         sc->held_bytes += size;
-        enqueue_lane(
-            sc, lane,
-            [this, self = shared_from_this(), sc, frame, obj, entry, typeid_, serial, id, call_id,
-             lane, mname, summary = std::move(summary)]() mutable {
-              auto run = [this, self, sc, frame, obj, entry, typeid_, id, call_id, lane, mname,
-                          summary = std::move(summary)]() mutable {
-                auto done = make_completion(sc, call_id, lane, typeid_ + "." + mname,
-                                            object_name(typeid_, id), std::move(summary));
-                try {
-                  auto c = frame->root<R>().getCall();
-                  CallInfo info{
-                      Caller{sc->id, lane, sc->strand}, call_id, id,  typeid_, mname, c.getArgs(),
-                      c.getArgsFingerprint(),           ex_,     this};
-                  if (mname == "__repr__" || mname == "__str__") {
-                    if (info.args.size() != 0) detail::bad_arity(info, typeid_, 0);
-                    done->complete(obj->repr());
-                  } else {
-                    obj->call(info, done);
-                  }
-                } catch (...) {
-                  done->fail(std::current_exception());
-                }
-              };
-              run_call(sc, entry, serial, std::move(run));
-            });
+        CallText text{.typeid_ = std::move(typeid_),
+                      .method = std::move(mname),
+                      .object = id,
+                      .request = frame};
+        // Moved along, not copied: with the lane free and a call that runs here (a built-in's,
+        // a quick typeid's), no std::function is made and no string is built.
+        enqueue_lane(sc, lane,
+                     [this, self = shared_from_this(), sc, obj = std::move(obj), entry,
+                      serial = std::move(serial), call_id, lane, text = std::move(text)]() mutable {
+                       run_call(sc, entry, serial,
+                                [this, self = std::move(self), sc, obj = std::move(obj), call_id,
+                                 lane, text = std::move(text)]() mutable {
+                                  run_object_call(sc, obj, call_id, lane, std::move(text));
+                                });
+                     });
         return;
       }
       case R::CREATE: {
@@ -970,18 +989,16 @@ public:
                                          : " has no callable: its objects are only made by "
                                            "methods that return them"))),
                       "create(" + typeid_ + ")");
-        if (!admit(sc, call_id, "create", typeid_)) return;
-        std::string summary = detail::argument_kinds(c.getArgs());
+        if (!admit(sc, call_id, "create", [&] { return typeid_; })) return;
+        for (auto a : c.getArgs()) (void)a.which();  // as a call's
         sc->running[call_id] = {nullptr, lane, std::nullopt, size};
         sc->held_bytes += size;
         enqueue_lane(
             sc, lane,
-            [this, self = shared_from_this(), sc, frame, entry, typeid_, call_id, lane,
-             summary = std::move(summary)]() mutable {
-              auto run = [this, self, sc, frame, entry, typeid_, call_id, lane,
-                          summary = std::move(summary)]() mutable {
-                auto done = make_completion(sc, call_id, lane, "create(" + typeid_ + ")", {},
-                                            std::move(summary));
+            [this, self = shared_from_this(), sc, frame, entry, typeid_, call_id, lane]() mutable {
+              auto run = [this, self, sc, frame, entry, typeid_, call_id, lane]() mutable {
+                auto done = make_completion(sc, call_id, lane,
+                                            CallText{.typeid_ = typeid_, .request = frame});
                 try {
                   auto c = frame->root<R>().getCreate();
                   CallInfo info{
@@ -1125,34 +1142,59 @@ public:
   // may block as long as it likes: it runs on this thread too, but off the strand, and a helper
   // thread takes over the others if it holds the thread (run_may_block). A serialized typeid's
   // calls go to its object's strand.
+  template <class Run>
   void run_call(const std::shared_ptr<ServerConn>& sc,
                 const std::shared_ptr<const TypeEntry>& entry,
-                const std::optional<asio::strand<asio::any_io_executor>>& serial,
-                std::function<void()> run) {
+                const std::optional<asio::strand<asio::any_io_executor>>& serial, Run&& run) {
     if (serial)
-      post_blocking(*serial, std::move(run));
+      post_blocking(*serial, std::function<void()>(std::forward<Run>(run)));
     else if (!entry || !entry->cxx_type || entry->quick)
       run();
     else
-      run_may_block(sc, std::move(run));
+      run_may_block(sc, std::function<void()>(std::forward<Run>(run)));
+  }
+
+  // A method call of troupe's dialect, where run_call runs it.
+  void run_object_call(const std::shared_ptr<ServerConn>& sc,
+                       const std::shared_ptr<HostedObject>& obj, std::uint64_t call_id,
+                       std::uint64_t lane, CallText text) {
+    using R = proto::manager::Request;
+    auto done = make_completion(sc, call_id, lane, std::move(text));
+    const CallText& t = done->text();  // lives as long as done: the call's views point into it
+    try {
+      auto c = t.request->root<R>().getCall();
+      CallInfo info{
+          Caller{sc->id, lane, sc->strand}, call_id, t.object, t.typeid_, t.method, c.getArgs(),
+          c.getArgsFingerprint(),           ex_,     this};
+      if (t.method == "__repr__" || t.method == "__str__") {
+        if (info.args.size() != 0) detail::bad_arity(info, t.typeid_, 0);
+        done->complete(obj->repr());
+      } else {
+        obj->call(info, done);
+      }
+    } catch (...) {
+      done->fail(std::current_exception());
+    }
   }
 
   // Checks the per-connection limits of a call; replies with the error if over.
+  // `object`: makes the object's name, for an error.
+  template <class ObjectName>
   bool admit(const std::shared_ptr<ServerConn>& sc, std::uint64_t call_id, const std::string& what,
-             const std::string& object) {
+             ObjectName&& object) {
     if (sc->running.size() >= options_.max_calls_in_flight) {
       reply_error(sc, call_id,
                   std::make_exception_ptr(ValueError(
                       "over the limit of " + std::to_string(options_.max_calls_in_flight) +
                       " calls in flight per connection (ServerOptions::max_calls_in_flight)")),
-                  what, object);
+                  what, object());
       return false;
     }
     if (sc->running.count(call_id)) {
       reply_error(sc, call_id,
                   std::make_exception_ptr(ValueError("call id " + std::to_string(call_id) +
                                                      " is already in flight on this connection")),
-                  what, object);
+                  what, object());
       return false;
     }
     return true;
@@ -1160,11 +1202,11 @@ public:
 
   // ---- lanes -------------------------------------------------------------------------------
 
-  void enqueue_lane(const std::shared_ptr<ServerConn>& sc, std::uint64_t lane,
-                    std::function<void()> work) {
+  template <class Work>
+  void enqueue_lane(const std::shared_ptr<ServerConn>& sc, std::uint64_t lane, Work&& work) {
     auto& l = sc->lanes[lane];
     if (l.busy) {
-      l.queue.push_back(std::move(work));
+      l.queue.push_back(std::function<void()>(std::forward<Work>(work)));
       return;
     }
     l.busy = true;
@@ -1200,21 +1242,19 @@ public:
 
   protected:
     CallEnd(std::shared_ptr<Impl> server, std::shared_ptr<ServerConn> sc, std::uint64_t call_id,
-            std::uint64_t lane, std::string call, std::string object, std::string arguments)
+            std::uint64_t lane, CallText text)
         : server_(std::move(server)),
           sc_(std::move(sc)),
           call_id_(call_id),
           lane_(lane),
-          call_(std::move(call)),
-          object_(std::move(object)),
-          arguments_(std::move(arguments)) {}
+          text_(std::move(text)) {}
 
     // Whether this is the call's end (the first of done, new_object, fail, the destructor).
     bool claim() noexcept { return !finished_.exchange(true); }
     void fail_if_unended() noexcept {
       if (claim())
         send_error(std::make_exception_ptr(RuntimeError(
-            call_ + " never completed: the object dropped the call without a result")));
+            text_.call() + " never completed: the object dropped the call without a result")));
     }
     // Replies with the failure `e` in the connection's dialect; never throws.
     virtual void send_error(std::exception_ptr e) noexcept = 0;
@@ -1223,7 +1263,7 @@ public:
     std::shared_ptr<ServerConn> sc_;
     std::uint64_t call_id_;
     std::uint64_t lane_;
-    std::string call_, object_, arguments_;
+    CallText text_;
 
   private:
     std::atomic<bool> finished_{false};
@@ -1232,9 +1272,11 @@ public:
   class Done final : public CallEnd {
   public:
     Done(std::shared_ptr<Impl> server, std::shared_ptr<ServerConn> sc, std::uint64_t call_id,
-         std::uint64_t lane, std::string call, std::string object, std::string arguments)
-        : CallEnd(std::move(server), std::move(sc), call_id, lane, std::move(call),
-                  std::move(object), std::move(arguments)) {}
+         std::uint64_t lane, CallText text)
+        : CallEnd(std::move(server), std::move(sc), call_id, lane, std::move(text)) {}
+
+    // The call's text: its parts outlive the call (CallInfo's views point into them).
+    const CallText& text() const noexcept { return text_; }
 
     ~Done() noexcept override { fail_if_unended(); }
 
@@ -1262,7 +1304,7 @@ public:
     void new_object(std::string typeid_, std::shared_ptr<HostedObject> object) override {
       if (!claim()) return;
       try {
-        auto entry = server_->result_entry(call_, typeid_, object);
+        auto entry = server_->result_entry(text_.call(), typeid_, object);
         capnp::MallocMessageBuilder mb;
         auto r = mb.initRoot<proto::manager::Reply>();
         r.setCallId(call_id_);
@@ -1277,17 +1319,18 @@ public:
     void send_error(std::exception_ptr e) noexcept override {
       try {
         server_->finish(sc_, call_id_, lane_,
-                        server_->error_bytes(call_id_, e, call_, object_, arguments_));
+                        server_->error_bytes(call_id_, e, text_.call(), text_.object_name(),
+                                             text_.argument_kinds()));
       } catch (...) {
         // The error itself could not be encoded (its text, its context): send a plain one, so
         // that the caller is not left waiting.
         std::vector<std::byte> bytes;
         try {
-          bytes = server_->error_bytes(
-              call_id_,
-              std::make_exception_ptr(RuntimeError(call_ + " failed, and its error could not be "
-                                                           "encoded")),
-              {}, {}, {});
+          bytes = server_->error_bytes(call_id_,
+                                       std::make_exception_ptr(RuntimeError(
+                                           text_.call() + " failed, and its error could not be "
+                                                          "encoded")),
+                                       {}, {}, {});
         } catch (...) {
         }
         server_->finish(sc_, call_id_, lane_, std::move(bytes));
@@ -1310,11 +1353,9 @@ public:
     return entry;
   }
 
-  CompletionPtr make_completion(const std::shared_ptr<ServerConn>& sc, std::uint64_t call_id,
-                                std::uint64_t lane, std::string call, std::string object,
-                                std::string summary) {
-    return std::make_shared<Done>(shared_from_this(), sc, call_id, lane, std::move(call),
-                                  std::move(object), std::move(summary));
+  std::shared_ptr<Done> make_completion(const std::shared_ptr<ServerConn>& sc,
+                                        std::uint64_t call_id, std::uint64_t lane, CallText text) {
+    return std::make_shared<Done>(shared_from_this(), sc, call_id, lane, std::move(text));
   }
 
   // Any thread: the call ended with the reply `bytes` (empty: none can be sent).
@@ -1506,11 +1547,11 @@ public:
     const int protocol = sc->python_protocol;
     enqueue_lane(
         sc, 0,
-        [this, self = shared_from_this(), sc, entry, typeid_, call_id, call, state,
-         protocol]() mutable {
-          auto run = [this, self, sc, entry, typeid_, call_id, call, state, protocol]() mutable {
-            auto done = std::make_shared<PyDone>(shared_from_this(), sc, call_id, protocol, true,
-                                                 call, std::string(), state->summary());
+        [this, self = shared_from_this(), sc, entry, typeid_, call_id, state, protocol]() mutable {
+          auto run = [this, self, sc, entry, typeid_, call_id, state, protocol]() mutable {
+            auto done = std::make_shared<PyDone>(
+                shared_from_this(), sc, call_id, protocol, true,
+                CallText{.typeid_ = typeid_, .arguments = state->summary()});
             try {
               const CallInfo info = python_info(sc, call_id, 0, typeid_, typeid_, *state, this);
               done->new_object(typeid_, entry->create(info));
@@ -1620,8 +1661,10 @@ public:
          state, protocol]() mutable {
           auto run = [this, self, sc, obj, typeid_, id, call_id, mname, state, protocol]() mutable {
             auto done = std::make_shared<PyDone>(shared_from_this(), sc, call_id, protocol, false,
-                                                 typeid_ + "." + mname, object_name(typeid_, id),
-                                                 state->summary());
+                                                 CallText{.typeid_ = typeid_,
+                                                          .method = mname,
+                                                          .object = id,
+                                                          .arguments = state->summary()});
             try {
               const CallInfo info = python_info(sc, call_id, id, typeid_, mname, *state, this);
               if (mname == "__repr__" || mname == "__str__") {
@@ -1645,9 +1688,8 @@ public:
   public:
     // `protocol`: the request's (read on the strand; this may be made off it).
     PyDone(std::shared_ptr<Impl> server, std::shared_ptr<ServerConn> sc, std::uint64_t call_id,
-           int protocol, bool create, std::string call, std::string object, std::string arguments)
-        : CallEnd(std::move(server), std::move(sc), call_id, 0, std::move(call), std::move(object),
-                  std::move(arguments)),
+           int protocol, bool create, CallText text)
+        : CallEnd(std::move(server), std::move(sc), call_id, 0, std::move(text)),
           protocol_(protocol),
           create_(create) {}
 
@@ -1694,7 +1736,7 @@ public:
       if (!claim()) return;
       std::optional<std::uint64_t> id;
       try {
-        auto entry = server_->result_entry(call_, typeid_, object);
+        auto entry = server_->result_entry(text_.call(), typeid_, object);
         id = server_->add_object_id(sc_, std::move(object), entry);
         if (!id) return server_->finish(sc_, call_id_, 0, {});
         Item exposed = server_->python_exposed(*id);
@@ -1724,14 +1766,16 @@ public:
     void send_error(std::exception_ptr e) noexcept override {
       std::vector<std::byte> bytes;
       try {
-        bytes = python::error_reply(
-            ErrorEnvelope::capture(e, {.call = call_, .object = object_, .arguments = arguments_}),
-            protocol_, !create_);
+        bytes =
+            python::error_reply(ErrorEnvelope::capture(e, {.call = text_.call(),
+                                                           .object = text_.object_name(),
+                                                           .arguments = text_.argument_kinds()}),
+                                protocol_, !create_);
       } catch (...) {
         try {
-          bytes = python::reply("#TRACEBACK",
-                                Item::text(call_ + " failed, and its error could not be encoded"),
-                                protocol_);
+          bytes = python::reply(
+              "#TRACEBACK",
+              Item::text(text_.call() + " failed, and its error could not be encoded"), protocol_);
         } catch (...) {
         }
       }
