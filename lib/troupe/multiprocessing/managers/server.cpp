@@ -129,7 +129,7 @@ struct ServerConn : std::enable_shared_from_this<ServerConn> {
   std::vector<iovec> unsent;
   bool writing = false;
   bool pump_deferred = false;
-  bool in_batch = false;  // a read's handler is taking requests: it writes their replies after
+  bool in_batch = false;  // a handler is making replies: it writes them when it is done (Batch)
   struct Lane {
     std::deque<std::function<void()>> queue;
     bool busy = false;
@@ -160,6 +160,25 @@ struct ServerConn : std::enable_shared_from_this<ServerConn> {
   std::uint64_t python_call_ids = 0;
 
   explicit ServerConn(asio::any_io_executor ex) : strand(asio::make_strand(ex)) {}
+};
+
+// On the strand, while a handler makes replies (a read's requests, a call's end): enqueue() only
+// queues them, and the handler writes them once it is done (not deferred: that costs a turn of
+// the io_context, and a poll of its reactor, per reply). Restores the flag however it ends.
+class Batch {
+public:
+  explicit Batch(ServerConn& c) noexcept : c_(c), outer_(!c.in_batch) { c_.in_batch = true; }
+  ~Batch() {
+    if (outer_) c_.in_batch = false;
+  }
+  Batch(const Batch&) = delete;
+  Batch& operator=(const Batch&) = delete;
+  /// Whether this is the outermost batch (the one that writes).
+  bool outer() const noexcept { return outer_; }
+
+private:
+  ServerConn& c_;
+  bool outer_;
 };
 
 class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public detail::RefHost {
@@ -774,8 +793,8 @@ public:
           // written: the replies made meanwhile go out in one write, from here, once they
           // are all taken (not deferred: that costs a turn of the io_context, and a poll of
           // its reactor, per call).
-          sc->in_batch = true;
-          try {
+          {
+            const Batch taking(*sc);
             if (!sc->greeted) {
               on_hello(sc, std::move(bytes));
             } else {
@@ -787,11 +806,7 @@ public:
                 on_request(sc, std::move(*more));
               }
             }
-          } catch (...) {
-            sc->in_batch = false;
-            throw;
           }
-          sc->in_batch = false;
           if (!sc->writing && !sc->pump_deferred) pump(sc);
           if (sc->closing || sc->conn.closed()) return;
           if (backlog(sc) < read_budget())
@@ -1367,8 +1382,17 @@ public:
         sc->held_bytes -= it->second.bytes;
         sc->running.erase(it);
       }
-      if (!bytes.empty()) enqueue(sc, std::move(bytes));
-      lane_done(sc, lane);
+      // Inside a read's handler (a call that completed at once) the reply goes with the
+      // batch's; else (a call that ended later, on another thread or strand) it is written
+      // from here, not deferred to another turn of the io_context.
+      bool outermost;
+      {
+        const Batch taking(*sc);
+        outermost = taking.outer();
+        if (!bytes.empty()) enqueue(sc, std::move(bytes));
+        lane_done(sc, lane);
+      }
+      if (outermost && !sc->writing && !sc->pump_deferred) pump(sc);
       maybe_resume(sc);
     });
   }
