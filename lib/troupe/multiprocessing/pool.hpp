@@ -18,7 +18,6 @@
 #include <memory>
 #include <mutex>
 #include <optional>
-#include <ranges>
 #include <string>
 #include <tuple>
 #include <type_traits>
@@ -29,6 +28,7 @@
 #include "troupe/concurrent/futures/future.hpp"
 #include "troupe/concurrent/futures/process.hpp"
 #include "troupe/concurrent/futures/thread.hpp"
+#include "troupe/detail/ranges.hpp"
 #include "troupe/errors.hpp"
 #include "troupe/multiprocessing/detail/future_job.hpp"
 #include "troupe/multiprocessing/detail/worker_pool.hpp"
@@ -186,8 +186,8 @@ template <class Range, class Item>
 class ChunkReader {
 public:
   ChunkReader(Range&& range, std::size_t chunk)
-      : view_(std::views::all(std::forward<Range>(range))),
-        it_(std::ranges::begin(view_)),
+      : view_(troupe::detail::all(std::forward<Range>(range))),
+        it_(troupe::detail::range_begin(view_)),
         chunk_(chunk) {}
   ChunkReader(const ChunkReader&) = delete;
   ChunkReader& operator=(const ChunkReader&) = delete;
@@ -197,7 +197,7 @@ public:
     if (error_) std::rethrow_exception(std::exchange(error_, nullptr));
     std::vector<Item> items;
     try {
-      while (items.size() < chunk_ && it_ != std::ranges::end(view_)) {
+      while (items.size() < chunk_ && it_ != troupe::detail::range_end(view_)) {
         items.emplace_back(*it_);
         ++it_;
       }
@@ -209,8 +209,8 @@ public:
   }
 
 private:
-  std::views::all_t<Range> view_;
-  std::ranges::iterator_t<std::views::all_t<Range>> it_;
+  troupe::detail::all_t<Range> view_;
+  troupe::detail::range_iterator_t<troupe::detail::all_t<Range>> it_;
   std::size_t chunk_;
   std::exception_ptr error_;
 };
@@ -552,10 +552,10 @@ public:
   }
   template <class F, class Range,
             class V = futures::detail::MapValue<
-                std::invoke_result_t<F&, std::ranges::range_reference_t<Range>>>>
+                std::invoke_result_t<F&, troupe::detail::range_reference_t<Range>>>>
   auto map_async(F fn, Range&& iterable, std::optional<std::size_t> chunksize = std::nullopt,
                  AsyncCallbacks<std::vector<V>> callbacks = {}) {
-    using Item = std::decay_t<std::ranges::range_reference_t<Range>>;
+    using Item = std::decay_t<troupe::detail::range_reference_t<Range>>;
     std::vector<Item> items;
     for (auto&& x : iterable) items.emplace_back(x);
     return gather<V>([fn](Item& x) mutable { return call(fn, x); }, std::move(items), chunksize,
@@ -567,10 +567,10 @@ public:
   }
   template <class F, class Range,
             class V = futures::detail::MapValue<decltype(std::apply(
-                std::declval<F&>(), std::declval<std::ranges::range_reference_t<Range>>()))>>
+                std::declval<F&>(), std::declval<troupe::detail::range_reference_t<Range>>()))>>
   auto starmap_async(F fn, Range&& iterable, std::optional<std::size_t> chunksize = std::nullopt,
                      AsyncCallbacks<std::vector<V>> callbacks = {}) {
-    using Item = std::decay_t<std::ranges::range_reference_t<Range>>;
+    using Item = std::decay_t<troupe::detail::range_reference_t<Range>>;
     std::vector<Item> items;
     for (auto&& x : iterable) items.emplace_back(x);
     return gather<V>(
@@ -652,7 +652,7 @@ private:
   auto chunk_source(F fn, Range&& iterable, std::size_t chunk) {
     check_running();
     if (chunk < 1) throw ValueError("Chunksize must be 1+, not " + std::to_string(chunk));
-    using Item = std::decay_t<std::ranges::range_reference_t<Range>>;
+    using Item = std::decay_t<troupe::detail::range_reference_t<Range>>;
     using V = futures::detail::MapValue<std::invoke_result_t<F&, Item&>>;
     auto input = detail::chunk_reader<Item>(std::forward<Range>(iterable), chunk);
     return std::function<std::optional<futures::Future<std::vector<V>>>()>(

@@ -8,7 +8,6 @@
 #include <limits>
 #include <memory>
 #include <optional>
-#include <ranges>
 #include <tuple>
 #include <type_traits>
 #include <utility>
@@ -16,6 +15,7 @@
 
 #include "troupe/concurrent/futures/detail/map.hpp"
 #include "troupe/concurrent/futures/future.hpp"
+#include "troupe/detail/ranges.hpp"
 #include "troupe/errors.hpp"
 #include "troupe/timeout.hpp"
 
@@ -59,10 +59,11 @@ public:
   requires(sizeof...(Ranges) > 0) auto map(MapOptions options, F&& fn, Ranges&&... iterables) {
     auto& self = static_cast<Derived&>(*this);
     const std::size_t ahead = detail::map_lookahead(options, 2 * self.max_workers());
-    auto zip = std::make_shared<detail::Zip<std::views::all_t<Ranges>...>>(
-        std::views::all(std::forward<Ranges>(iterables))...);
-    using R = std::invoke_result_t<std::decay_t<F>&,
-                                   std::ranges::range_reference_t<std::views::all_t<Ranges>>...>;
+    auto zip = std::make_shared<detail::Zip<troupe::detail::all_t<Ranges>...>>(
+        troupe::detail::all(std::forward<Ranges>(iterables))...);
+    using R =
+        std::invoke_result_t<std::decay_t<F>&,
+                             troupe::detail::range_reference_t<troupe::detail::all_t<Ranges>>...>;
     using FutureR = Future<R>;
     auto source = [&self, zip, fn = std::forward<F>(fn)]() mutable -> std::optional<FutureR> {
       std::optional<FutureR> out;

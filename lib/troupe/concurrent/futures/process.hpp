@@ -27,6 +27,7 @@
 #include "troupe/concurrent/futures/executor.hpp"
 #include "troupe/concurrent/futures/future.hpp"
 #include "troupe/concurrent/futures/on_worker_death.hpp"
+#include "troupe/detail/ranges.hpp"
 #include "troupe/errors.hpp"
 #include "troupe/multiprocessing/detail/future_job.hpp"
 #include "troupe/multiprocessing/detail/worker_pool.hpp"
@@ -147,8 +148,8 @@ public:
         futures::detail::map_lookahead(options, 32 * static_cast<std::size_t>(max_workers()));
     const std::string entry =
         detail::entry_name(reinterpret_cast<const void*>(fn), "ProcessPoolExecutor.map");
-    auto zip = std::make_shared<futures::detail::Zip<std::views::all_t<Ranges>...>>(
-        std::views::all(std::forward<Ranges>(iterables))...);
+    auto zip = std::make_shared<futures::detail::Zip<troupe::detail::all_t<Ranges>...>>(
+        troupe::detail::all(std::forward<Ranges>(iterables))...);
     using FutureR = Future<std::vector<detail::MapValue<R>>>;
     auto source = [this, zip, entry, chunk = options.chunksize]() -> std::optional<FutureR> {
       using Item = troupe::detail::BatchItem<std::tuple<std::decay_t<P>...>>;

@@ -9,13 +9,13 @@
 #include <limits>
 #include <memory>
 #include <optional>
-#include <ranges>
 #include <tuple>
 #include <type_traits>
 #include <utility>
 #include <variant>
 
 #include "troupe/concurrent/futures/future.hpp"
+#include "troupe/detail/ranges.hpp"
 #include "troupe/errors.hpp"
 #include "troupe/timeout.hpp"
 
@@ -47,15 +47,16 @@ public:
 
 private:
   auto begins() {
-    return std::apply([](auto&... v) { return std::make_tuple(std::ranges::begin(v)...); }, views_);
+    return std::apply([](auto&... v) { return std::make_tuple(troupe::detail::range_begin(v)...); },
+                      views_);
   }
   template <std::size_t... I>
   bool ended(std::index_sequence<I...>) {
-    return ((std::get<I>(its_) == std::ranges::end(std::get<I>(views_))) || ...);
+    return ((std::get<I>(its_) == troupe::detail::range_end(std::get<I>(views_))) || ...);
   }
 
   std::tuple<Views...> views_;
-  std::tuple<std::ranges::iterator_t<Views>...> its_;
+  std::tuple<troupe::detail::range_iterator_t<Views>...> its_;
 };
 
 /// The value map yields for a call returning R (Python's None is std::monostate).
