@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <functional>
 #include <optional>
+#include <span>
 #include <thread>
 #include <vector>
 
@@ -185,6 +186,43 @@ TEST_F(ListenerTest, ClientSendsItsChallengeWithItsAnswer) {
   s.send_bytes(detail::make_answer(s.recv_bytes(256), key, {}));
   detail::check_welcome(s.recv_bytes(256));
   EXPECT_EQ(text(s.recv_bytes()), "authenticated");
+  t.join();
+}
+
+TEST_F(ListenerTest, ListenerAnswersAChallengeThatCameWithTheAnswerInTheSameWrite) {
+  // The client's half by hand, its answer and its challenge in one write (as troupe's Client
+  // sends them): the listener's welcome and its answer to that challenge come in one write too
+  // (the client waits for one message, not two). Then the client's welcome completes it.
+  ListenerOptions opts;
+  opts.authkey = AuthenticationString("k");
+  const auto key = *opts.authkey;
+  Listener l(Address::parse("unix-abstract:troupe-test-welcome-" + std::to_string(getpid())), opts);
+  std::thread t([&] {
+    try {
+      EXPECT_EQ(text(l.accept().recv_bytes()), "authenticated");
+    } catch (const std::exception& e) {
+      ADD_FAILURE() << e.what();
+    }
+  });
+  Connection c = Client(l.address());  // no key: the handshake is ours
+  const auto answer = detail::make_answer(c.recv_bytes(256), key, {});
+  const auto challenge = detail::make_challenge({});
+  std::vector<std::byte> both;
+  for (const auto& m :
+       {std::span<const std::byte>(answer), std::span<const std::byte>(challenge.wire)}) {
+    unsigned char h[12];
+    const std::size_t n = detail::length_header(m.size(), h);
+    both.insert(both.end(), reinterpret_cast<const std::byte*>(h),
+                reinterpret_cast<const std::byte*>(h) + n);
+    both.insert(both.end(), m.begin(), m.end());
+  }
+  ASSERT_EQ(::write(c.fileno(), both.data(), both.size()), static_cast<ssize_t>(both.size()));
+  detail::check_welcome(c.recv_bytes(256));
+  auto listener_answer = c.recv_buffered(256);
+  ASSERT_TRUE(listener_answer.has_value()) << "the answer did not come with the welcome";
+  detail::check_answer(challenge, *listener_answer, key, {});
+  c.send_bytes(detail::welcome_message());
+  c.send_bytes("authenticated");
   t.join();
 }
 

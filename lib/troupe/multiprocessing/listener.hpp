@@ -232,7 +232,7 @@ auto async_handshake(Connection& c, const AuthenticationString& key, const AuthO
   struct State {
     Challenge challenge;
     std::vector<std::byte> answer;
-    std::span<const std::byte> both[2];  // the answer and the challenge, sent together
+    std::span<const std::byte> both[2];  // two messages sent together (see cases 2 and 4)
     int step = 0;                        // 0-2 the first half, 3-5 the second, 6 done
     bool check_welcome = false;
     bool refused = false;
@@ -272,6 +272,19 @@ auto async_handshake(Connection& c, const AuthenticationString& key, const AuthO
           } catch (const AuthenticationError&) {
             st->refused = true;
             return c.async_send_bytes(failure_message(), op.resume());
+          }
+          if (challenge_first) {
+            // A troupe client sent its challenge with its answer, so it is here already: the
+            // welcome and the answer to it go in one write (the client waits for one message
+            // fewer). CPython's client sends it only after the welcome: nothing is buffered.
+            if (auto challenge = c.recv_buffered(256)) {
+              st->answer = make_answer(*challenge, key, auth);
+              st->both[0] = welcome_message();
+              st->both[1] = st->answer;
+              st->step = 5;  // the peer's verdict next
+              return c.async_send_messages(std::span<const std::span<const std::byte>>(st->both),
+                                           op.resume());
+            }
           }
           return c.async_send_bytes(welcome_message(), op.resume());
         case 3:  // answer: the peer's challenge
