@@ -512,7 +512,10 @@ struct Worker {
 // Calls answered, taken out of their worker's flight, to be handed to their jobs.
 struct Delivery {
   std::vector<std::pair<std::unique_ptr<Job>, std::vector<CallOutcome>>> done;
-  std::optional<std::string> initializer_failed;  // why, if a result said so
+  // Why, if a result said the initializer failed: the pool was broken when it was taken (so
+  // that a reap() meanwhile does not break it for another reason), and `failed` are its calls.
+  std::optional<std::string> initializer_failed;
+  std::vector<std::unique_ptr<Job>> failed;
 };
 
 namespace {
@@ -986,6 +989,9 @@ bool WorkerPoolState::take(Worker& w, std::vector<ResultMessage>& results, Deliv
           why += std::string(" (its error cannot be read: ") + e.what() + ")";
         }
       }
+      // The pool breaks now, under the lock that took the result: a reap() of this worker
+      // (it exits after saying so) finds it broken, and no call left to fail otherwise.
+      break_pool_locked(why, out.failed);
       out.initializer_failed = why;
       return false;
     }
@@ -999,19 +1005,16 @@ bool WorkerPoolState::take(Worker& w, std::vector<ResultMessage>& results, Deliv
   return true;
 }
 
-// Hands the outcomes taken to their jobs (no lock held: their futures' callbacks run here); a
-// failed initializer breaks the pool. False if it did.
+// Hands the outcomes taken to their jobs (no lock held: their futures' callbacks run here), and
+// fails the calls of a pool that a failed initializer broke. False if one did.
 bool WorkerPoolState::hand_over(Delivery& d) {
   for (auto& [job, outcomes] : d.done) job->deliver(std::move(outcomes));
   d.done.clear();
   if (!d.initializer_failed) return true;
   const std::string why = std::move(*d.initializer_failed);
   d.initializer_failed.reset();
-  std::vector<std::unique_ptr<Job>> failed;
-  {
-    std::scoped_lock lk(mu);
-    break_pool_locked(why, failed);
-  }
+  auto failed = std::move(d.failed);
+  d.failed.clear();
   auto e = error(why);
   for (auto& j : failed) j->fail(e);
   return false;
