@@ -112,15 +112,7 @@ void Connection::prepare_async_write(detail::AsyncWrite& st, std::span<const std
 
 void Connection::prepare_async_writes(detail::AsyncWrite& st,
                                       std::span<const std::span<const std::byte>> messages) {
-  st.headers.assign(12 * messages.size(), 0);
-  st.iov.clear();
-  st.iov.reserve(2 * messages.size());
-  for (std::size_t i = 0; i < messages.size(); ++i) {
-    unsigned char* h = st.headers.data() + 12 * i;
-    st.iov.push_back({h, detail::length_header(messages[i].size(), h)});
-    if (!messages[i].empty())
-      st.iov.push_back({const_cast<std::byte*>(messages[i].data()), messages[i].size()});
-  }
+  internal::frame_messages(messages, st.headers, st.iov);
 }
 
 void Connection::encode_owned_frame(detail::AsyncWrite& st, capnp::MessageBuilder& mb) {

@@ -9,6 +9,8 @@
 #include <cstddef>
 #include <vector>
 
+#include "troupe/multiprocessing/connection.hpp"
+
 namespace troupe::multiprocessing::internal {
 
 /// The read buffer of a Connection (its rbuf_).
@@ -26,6 +28,23 @@ inline void grow_body(std::vector<std::byte>& body, std::size_t n) {
   const std::size_t at = body.size();
   if (at == body.capacity()) body.reserve(std::min(n, at + std::max(at, kReserveAtOnce)));
   body.resize(at + std::min({n - at, kBodyStep, body.capacity() - at}));
+}
+
+// Frames `messages` (each a contiguous byte container, sent as send_bytes sends one) for one
+// gathering write: their length headers into `headers` (12 bytes of room each), and `iov` the
+// header and the payload of each in turn. The messages must outlive `iov`.
+template <class Messages>
+void frame_messages(const Messages& messages, std::vector<unsigned char>& headers,
+                    std::vector<iovec>& iov) {
+  headers.resize(12 * std::size(messages));
+  iov.clear();
+  iov.reserve(2 * std::size(messages));
+  std::size_t i = 0;
+  for (const auto& m : messages) {
+    unsigned char* h = headers.data() + 12 * i++;
+    iov.push_back({h, detail::length_header(std::size(m), h)});
+    if (std::size(m) != 0) iov.push_back({const_cast<std::byte*>(std::data(m)), std::size(m)});
+  }
 }
 
 // Drops the first `n` bytes of `iov` (what a write took): whole buffers, then part of the next.

@@ -2031,14 +2031,7 @@ public:
         sc->out.pop_front();
       }
       if (sc->conn.tls()) return write_by_connection(sc);
-      sc->headers.resize(12 * sc->sending.size());
-      sc->unsent.clear();
-      for (std::size_t i = 0; i < sc->sending.size(); ++i) {
-        unsigned char* h = sc->headers.data() + 12 * i;
-        sc->unsent.push_back({h, multiprocessing::detail::length_header(sc->sending[i].size(), h)});
-        if (!sc->sending[i].empty())
-          sc->unsent.push_back({sc->sending[i].data(), sc->sending[i].size()});
-      }
+      multiprocessing::internal::frame_messages(sc->sending, sc->headers, sc->unsent);
       if (!write_unsent(sc)) return;  // closed, or waiting until it is writable
       wrote = true;
     }
