@@ -7,6 +7,7 @@
 #include <thread>
 
 #include "troupe/errors.hpp"
+#include "troupe/multiprocessing/internal/thread_identity.hpp"
 #include "troupe/multiprocessing/logger.hpp"
 #include "troupe/multiprocessing/process.hpp"
 #include "troupe/threading/thread.hpp"
@@ -61,12 +62,24 @@ MutexState::MutexState() {
 }
 
 bool mutex_is_mine(const MutexState& s) noexcept {
-  return mine(s, self_identity());
+  return mine(s, internal::thread_identity());
 }
 
-bool mutex_acquire(MutexState& s, bool block, const Timeout& timeout, const char* what) {
-  const ThreadIdentity& me = self_identity();
-  int rc = pthread_mutex_trylock(&s.mutex);
+namespace {
+
+// The lock is taken: say who holds it.
+void held_by_me(MutexState& s, std::int32_t recovered) noexcept {
+  const ThreadIdentity& me = internal::thread_identity();
+  s.owner_pid.store(me.pid, std::memory_order_relaxed);
+  s.owner_tid.store(me.tid, std::memory_order_relaxed);
+  s.recovered_from = recovered;
+  s.count = 1;
+}
+
+// mutex_acquire after a first try that did not take the lock (rc: what the try returned).
+[[gnu::noinline]] bool mutex_acquire_slow(MutexState& s, int rc, bool block, const Timeout& timeout,
+                                          const char* what) {
+  const ThreadIdentity& me = internal::thread_identity();
   if (rc == EBUSY || rc == EDEADLK) {  // EDEADLK: a robust error-checking mutex we hold
     const auto deadline = acquire_deadline(block, timeout);
     if (mine(s, me)) {  // the holder itself: it would wait for itself
@@ -119,16 +132,24 @@ bool mutex_acquire(MutexState& s, bool block, const Timeout& timeout, const char
       throw RuntimeError(std::string("deadlock: this thread already holds the ") + what);
     default: throw_os_error(rc, std::string("acquiring a process-shared ") + what);
   }
-  s.owner_pid.store(me.pid, std::memory_order_relaxed);
-  s.owner_tid.store(me.tid, std::memory_order_relaxed);
-  s.recovered_from = recovered;
-  s.count = 1;
+  held_by_me(s, recovered);
   return true;
 }
 
+}  // namespace
+
+bool mutex_acquire(MutexState& s, bool block, const Timeout& timeout, const char* what) {
+  const int rc = pthread_mutex_trylock(&s.mutex);
+  if (rc == 0) [[likely]] {
+    held_by_me(s, 0);
+    return true;
+  }
+  return mutex_acquire_slow(s, rc, block, timeout, what);
+}
+
 void mutex_release(MutexState& s, const char* what) {
-  const ThreadIdentity& me = self_identity();
-  if (!mine(s, me)) {
+  const ThreadIdentity& me = internal::thread_identity();
+  if (!mine(s, me)) [[unlikely]] {
     const auto pid = s.owner_pid.load(std::memory_order_relaxed);
     if (pid == 0) throw ValueError("semaphore or lock released too many times");
     throw RuntimeError(std::string("a process-shared ") + what +
@@ -144,7 +165,7 @@ void mutex_release(MutexState& s, const char* what) {
 }
 
 std::string mutex_owner_text(const MutexState& s) {
-  const ThreadIdentity& me = self_identity();
+  const ThreadIdentity& me = internal::thread_identity();
   const auto pid = s.owner_pid.load(std::memory_order_relaxed);
   if (pid == 0) return "None";
   if (mine(s, me)) {
@@ -182,12 +203,16 @@ using troupe::detail::steady;
 Lock::Lock() : s_(detail::make_shared_state<detail::MutexState>(detail::RegionKind::lock)) {}
 
 namespace {
-bool acquire_and_report(detail::MutexState& s, bool block, const Timeout& timeout,
-                        const char* what) {
+[[gnu::cold, gnu::noinline]] void report_recovered(const char* what, int pid) {
+  get_logger().warning(std::string(what) + " recovered from pid " + std::to_string(pid) +
+                       ", which died holding it");
+}
+
+inline bool acquire_and_report(detail::MutexState& s, bool block, const Timeout& timeout,
+                               const char* what) {
   if (!detail::mutex_acquire(s, block, timeout, what)) return false;
-  if (s.recovered_from != 0)
-    get_logger().warning(std::string(what) + " recovered from pid " +
-                         std::to_string(s.recovered_from) + ", which died holding it");
+  if (s.recovered_from != 0) [[unlikely]]
+    report_recovered(what, s.recovered_from);
   return true;
 }
 }  // namespace

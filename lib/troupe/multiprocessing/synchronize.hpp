@@ -16,6 +16,7 @@
 
 #include <atomic>
 #include <climits>
+#include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <optional>
@@ -77,16 +78,20 @@ inline void moved(std::atomic<std::uint32_t>& seq, const std::atomic<std::uint32
 }
 
 /// The shared state of a Lock or RLock: a robust, process-shared, error-checking pthread mutex
-/// and who holds it.
+/// and who holds it. The holder's fields share the mutex's cache line (the region starts on
+/// one): taking the lock writes both, and a hand-off between processes then moves one line,
+/// not two. The spin's learning, written by waiters, has a line of its own.
 struct MutexState {
   MutexState();
   pthread_mutex_t mutex;
-  alignas(64) std::atomic<std::int32_t> owner_pid{0};  // 0: free (a snapshot for locked(), repr)
+  std::atomic<std::int32_t> owner_pid{0};  // 0: free (a snapshot for locked(), repr)
   std::atomic<std::int32_t> owner_tid{0};
   std::int32_t count = 0;           // RLock depth; written by the holder
   std::int32_t recovered_from = 0;  // pid of a holder that died, for the current holder
-  troupe::detail::AdaptiveSpin spin;
+  alignas(64) troupe::detail::AdaptiveSpin spin;
 };
+static_assert(offsetof(MutexState, recovered_from) + sizeof(std::int32_t) <= 64,
+              "a Lock's holder fields fit the mutex's cache line");
 
 /// Acquires `s` under Python's rules. `what` names the object in errors ("Lock").
 bool mutex_acquire(MutexState& s, bool block, const Timeout& timeout, const char* what);

@@ -9,7 +9,17 @@
 
 #include "troupe/errors.hpp"
 #include "troupe/internal/runtime.hpp"
+#include "troupe/multiprocessing/internal/thread_identity.hpp"
 #include "troupe/multiprocessing/process.hpp"
+
+namespace troupe::multiprocessing::internal {
+// Read on every acquire and release of a process-shared Lock/RLock (internal/thread_identity.hpp
+// reads it inline). initial-exec: a fixed offset from the thread pointer, not a call to
+// __tls_get_addr (the default for a shared library, which took a sixth of an uncontended
+// acquire/release pair). Eight bytes: glibc keeps static TLS room for them even if the library
+// is loaded by dlopen. {0, 0} until the thread's first self_identity().
+[[gnu::tls_model("initial-exec")]] thread_local detail::ThreadIdentity t_identity{0, 0};
+}  // namespace troupe::multiprocessing::internal
 
 namespace troupe::multiprocessing::detail {
 namespace {
@@ -44,27 +54,21 @@ std::size_t page_round(std::size_t n) {
   return (n + page - 1) / page * page;
 }
 
-// Read on every acquire and release of a process-shared Lock/RLock/Semaphore. initial-exec: a
-// fixed offset from the thread pointer, not a call to __tls_get_addr (the default for a shared
-// library, which took a sixth of an uncontended acquire/release pair). Eight bytes: glibc keeps
-// static TLS room for them even if the library is loaded by dlopen.
-[[gnu::tls_model("initial-exec")]] thread_local ThreadIdentity t_identity{0, 0};
-
 void reset_identity_in_child() noexcept {
-  t_identity = {static_cast<int>(::getpid()), static_cast<int>(::gettid())};
+  internal::t_identity = {static_cast<int>(::getpid()), static_cast<int>(::gettid())};
 }
 
 }  // namespace
 
 const ThreadIdentity& self_identity() noexcept {
   static const bool registered = [] {
-    internal::runtime::at_fork_child(internal::runtime::ForkStep::thread_identity,
-                                     &reset_identity_in_child);
+    troupe::internal::runtime::at_fork_child(troupe::internal::runtime::ForkStep::thread_identity,
+                                             &reset_identity_in_child);
     return true;
   }();
   (void)registered;
-  if (t_identity.tid == 0) reset_identity_in_child();
-  return t_identity;
+  if (internal::t_identity.tid == 0) reset_identity_in_child();
+  return internal::t_identity;
 }
 
 std::shared_ptr<SharedRegion> SharedRegion::create(RegionKind kind, std::size_t size) {
