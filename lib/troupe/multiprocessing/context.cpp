@@ -16,7 +16,7 @@ struct StartMethods {
   std::string executable = "/proc/self/exe";
 };
 StartMethods& start_methods() {
-  return internal::runtime::global<StartMethods>();
+  return troupe::internal::runtime::global<StartMethods>();
 }
 }  // namespace
 

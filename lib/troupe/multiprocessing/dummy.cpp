@@ -25,7 +25,7 @@ struct Registry {
   std::vector<std::shared_ptr<ProcessState>> all;
 };
 Registry& registry() {
-  return internal::runtime::global<Registry>();
+  return troupe::internal::runtime::global<Registry>();
 }
 }  // namespace
 

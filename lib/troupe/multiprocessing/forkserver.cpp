@@ -86,7 +86,7 @@ struct ClientState {
 };
 
 ClientState& client() {
-  return internal::runtime::global<ClientState>();  // used until _exit
+  return troupe::internal::runtime::global<ClientState>();  // used until _exit
 }
 
 bool has_ended(int pidfd) {
@@ -353,7 +353,8 @@ void start_locked(ClientState& c) {
   c.alive = std::move(alive.w);
   c.pid = server;
   c.pidfd = std::move(server_fd);
-  internal::runtime::at_exit(internal::runtime::ExitStep::forkserver, cleanup_at_exit);
+  troupe::internal::runtime::at_exit(troupe::internal::runtime::ExitStep::forkserver,
+                                     cleanup_at_exit);
 }
 
 // The server has ended: forget it (and remove its directory if it could not), so the next

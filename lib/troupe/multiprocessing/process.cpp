@@ -74,7 +74,7 @@ struct Registry {
 };
 
 Registry& registry() {
-  return internal::runtime::global<Registry>();  // the exit step uses it
+  return troupe::internal::runtime::global<Registry>();  // the exit step uses it
 }
 
 std::shared_ptr<ProcessState> current_state() {
@@ -572,7 +572,8 @@ void Process::adopt(int pid, UniqueFd pidfd, UniqueFd server) {
   Registry& r = registry();
   std::lock_guard lock(r.m);
   r.children.push_back(state_);
-  internal::runtime::at_exit(internal::runtime::ExitStep::children, run_exit_function);
+  troupe::internal::runtime::at_exit(troupe::internal::runtime::ExitStep::children,
+                                     run_exit_function);
 }
 
 void Process::start_fork(const std::string& name) {

@@ -1231,8 +1231,8 @@ void WorkerPoolState::finish_manager() {
 namespace {
 
 // Every pool alive, shut down at exit before the children are joined (runtime.hpp's order).
-internal::runtime::Alive<WorkerPoolState>& pools() {
-  return internal::runtime::global<internal::runtime::Alive<WorkerPoolState>>();
+troupe::internal::runtime::Alive<WorkerPoolState>& pools() {
+  return troupe::internal::runtime::global<troupe::internal::runtime::Alive<WorkerPoolState>>();
 }
 void shutdown_all_at_exit() {
   for (auto& p : pools().take_all()) {
@@ -1258,7 +1258,8 @@ WorkerPool::WorkerPool(WorkerPoolOptions options)
   if (::epoll_ctl(state_->epoll_fd.get(), EPOLL_CTL_ADD, state_->wake_fd.get(), &e) != 0)
     throw_os_error(errno, "epoll_ctl for " + state_->options.name);
   pools().add(state_);
-  internal::runtime::at_exit(internal::runtime::ExitStep::process_pools, shutdown_all_at_exit);
+  troupe::internal::runtime::at_exit(troupe::internal::runtime::ExitStep::process_pools,
+                                     shutdown_all_at_exit);
 }
 
 WorkerPool::~WorkerPool() {
@@ -1275,7 +1276,7 @@ WorkerPool::~WorkerPool() {
 
 void WorkerPool::submit(std::unique_ptr<Job> job) {
   auto& s = *state_;
-  if (internal::runtime::process_id() != s.owner)
+  if (troupe::internal::runtime::process_id() != s.owner)
     throw RuntimeError(s.options.name + " belongs to process " + std::to_string(s.owner) +
                        "; it cannot be used from process " + std::to_string(::getpid()) +
                        " (a call running in a worker, say)");

@@ -12,7 +12,7 @@ namespace troupe::multiprocessing::managers {
 namespace {
 // A server started by spawn or forkserver looks the registry up by name in a program that may
 // never have made a SharedMemoryManager: it exists once the library is loaded.
-const bool g_registered = (SharedMemoryManager::registry(), true);
+const bool g_shm_manager_registered = (SharedMemoryManager::registry(), true);
 
 ManagerOptions tracking(ManagerOptions options) {
   options.server.track_segments = true;

@@ -12,7 +12,7 @@ void SyncManager::types() {
 namespace {
 // A server started by spawn or forkserver looks SyncManager's registry up by name in a program
 // that never made a SyncManager: the typeids are registered while the library loads.
-const bool g_registered = (SyncManager::types(), true);
+const bool g_sync_manager_registered = (SyncManager::types(), true);
 }  // namespace
 
 }  // namespace troupe::multiprocessing::managers

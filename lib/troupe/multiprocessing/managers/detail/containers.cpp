@@ -18,7 +18,7 @@ namespace {
 constexpr std::int64_t kMaxIndex = std::numeric_limits<std::int64_t>::max();
 constexpr std::int64_t kMinIndex = std::numeric_limits<std::int64_t>::min();
 
-std::string quoted(std::string_view s) {
+std::string py_quoted(std::string_view s) {
   return "'" + std::string(s) + "'";
 }
 
@@ -66,7 +66,7 @@ std::int64_t as_index(const Item& x) {
     return static_cast<std::int64_t>(x.as_uint());
   }
   if (!x.is_integral())
-    throw TypeError(quoted(type_name(x)) + " object cannot be interpreted as an integer");
+    throw TypeError(py_quoted(type_name(x)) + " object cannot be interpreted as an integer");
   return x.as_int();
 }
 
@@ -190,7 +190,7 @@ std::vector<Item> iterate(Item x) {
       for (char c : x.as_string()) ints.push_back(Item::integer(static_cast<unsigned char>(c)));
       return ints;
     }
-    default: throw TypeError(quoted(type_name(x)) + " object is not iterable");
+    default: throw TypeError(py_quoted(type_name(x)) + " object is not iterable");
   }
 }
 
@@ -351,8 +351,8 @@ Item Container::call(std::string_view method, std::vector<Item> args, Kwargs kwa
     const auto& names = exposed();
     if (std::find(names.begin(), names.end(), method) == names.end()) {
       std::string list;
-      for (const auto& n : names) list += (list.empty() ? "" : ", ") + quoted(n);
-      throw AttributeError("method " + quoted(method) + " of " + quoted(type_id()) +
+      for (const auto& n : names) list += (list.empty() ? "" : ", ") + py_quoted(n);
+      throw AttributeError("method " + py_quoted(method) + " of " + py_quoted(type_id()) +
                            " object is not in exposed=(" + list + ")");
     }
     try {
@@ -661,7 +661,7 @@ protected:
       no_args("list.__reversed__", a, kw);
       return Item::list(std::vector<Item>(items_.rbegin(), items_.rend()));
     }
-    throw AttributeError("'list' object has no attribute " + quoted(m));
+    throw AttributeError("'list' object has no attribute " + py_quoted(m));
   }
 
 private:
@@ -684,7 +684,7 @@ private:
 
   static std::size_t repeat_count(const Item& x) {
     if (!x.is_integral())
-      throw TypeError("can't multiply sequence by non-int of type " + quoted(type_name(x)));
+      throw TypeError("can't multiply sequence by non-int of type " + py_quoted(type_name(x)));
     if (x.kind() == Kind::uinteger) return static_cast<std::size_t>(x.as_uint());
     return x.as_int() <= 0 ? 0 : static_cast<std::size_t>(x.as_int());
   }
@@ -738,7 +738,7 @@ private:
     for (auto& [name, v] : kw) {
       if (name == "reverse") {
         if (!v.is_integral())
-          throw TypeError(quoted(type_name(v)) + " object cannot be interpreted as an integer");
+          throw TypeError(py_quoted(type_name(v)) + " object cannot be interpreted as an integer");
         reverse = truthy(v);
       } else if (name == "key") {
         if (!v.is_none())
@@ -746,7 +746,7 @@ private:
               "sort(): a key function cannot be sent to a managed list (only key=None); sort "
               "a copy in the caller instead");
       } else {
-        throw TypeError(quoted(name) + " is an invalid keyword argument for sort()");
+        throw TypeError(py_quoted(name) + " is an invalid keyword argument for sort()");
       }
     }
     // Sorts positions, so that a comparison that throws (TypeError) leaves the list as it was.
@@ -922,7 +922,7 @@ protected:
     if (m == "__or__" || m == "__ror__") {
       one_arg(m == "__or__" ? "dict.__or__" : "dict.__ror__", a, kw);
       if (a[0].kind() != Kind::dict && a[0].kind() != Kind::sequence) {
-        const std::string other = quoted(type_name(a[0]));
+        const std::string other = py_quoted(type_name(a[0]));
         throw TypeError("unsupported operand type(s) for |: " +
                         (m == "__or__" ? "'dict' and " + other : other + " and 'dict'"));
       }
@@ -971,7 +971,7 @@ protected:
       }
       return flat(t);
     }
-    throw AttributeError("'dict' object has no attribute " + quoted(m));
+    throw AttributeError("'dict' object has no attribute " + py_quoted(m));
   }
 
 private:
@@ -1214,10 +1214,11 @@ protected:
       const Kind k = a[0].kind();
       if (k != Kind::set && k != Kind::frozenset && k != Kind::sequence) {
         const bool right = name.substr(0, 3) == "__r";
-        const std::string other = quoted(type_name(a[0]));
+        const std::string other = py_quoted(type_name(a[0]));
         if (op.size() == 1 || op == "<=" || op == ">=") {
           if (op == "<" || op == ">" || op == "<=" || op == ">=")
-            throw TypeError(quoted(op) + " not supported between instances of 'set' and " + other);
+            throw TypeError(py_quoted(op) + " not supported between instances of 'set' and " +
+                            other);
           throw TypeError("unsupported operand type(s) for " + std::string(op) + ": " +
                           (right ? other + " and 'set'" : "'set' and " + other));
         }
@@ -1281,7 +1282,7 @@ protected:
       const Table& big = m == "issubset" ? other : table_;
       return Item::boolean(subset(small, big));
     }
-    throw AttributeError("'set' object has no attribute " + quoted(m));
+    throw AttributeError("'set' object has no attribute " + py_quoted(m));
   }
 
 private:
@@ -1485,7 +1486,7 @@ protected:
       removed.push_back(std::move(e.value));
       return {};
     }
-    throw AttributeError("'Namespace' object has no attribute " + quoted(m));
+    throw AttributeError("'Namespace' object has no attribute " + py_quoted(m));
   }
 
 private:
@@ -1495,7 +1496,7 @@ private:
 
   static const Item& attribute_name(const Item& name) {
     if (name.kind() != Kind::text)
-      throw TypeError("attribute name must be string, not " + quoted(type_name(name)));
+      throw TypeError("attribute name must be string, not " + py_quoted(type_name(name)));
     return name;
   }
   [[noreturn]] static void missing(const Item& name) {
@@ -1574,7 +1575,7 @@ Item convert(const Typecode& t, const Item& x) {
     case Typecode::signed_int:
     case Typecode::unsigned_int: {
       if (!x.is_integral()) {
-        throw TypeError(quoted(type_name(x)) + " object cannot be interpreted as an integer");
+        throw TypeError(py_quoted(type_name(x)) + " object cannot be interpreted as an integer");
       }
       const bool is_signed = t.kind == Typecode::signed_int;
       const bool negative = x.kind() != Kind::uinteger && x.as_int() < 0;
@@ -1652,7 +1653,7 @@ public:
       else if (name == "value" && args.size() == 1)
         args.push_back(std::move(v));
       else if (name != "lock")
-        throw TypeError("Value.__init__() got an unexpected keyword argument " + quoted(name));
+        throw TypeError("Value.__init__() got an unexpected keyword argument " + py_quoted(name));
     }
     if (args.size() < 2 || args.size() > 3)
       throw TypeError("Value.__init__() takes from 3 to 4 positional arguments but " +
@@ -1693,7 +1694,7 @@ protected:
       removed.push_back(std::exchange(value_, std::move(v)));
       return {};
     }
-    throw AttributeError("'Value' object has no attribute " + quoted(m));
+    throw AttributeError("'Value' object has no attribute " + py_quoted(m));
   }
 
 private:
@@ -1716,7 +1717,7 @@ public:
       else if (name == "sequence" && args.size() == 1)
         args.push_back(std::move(v));
       else if (name != "lock")
-        throw TypeError("Array() got an unexpected keyword argument " + quoted(name));
+        throw TypeError("Array() got an unexpected keyword argument " + py_quoted(name));
     }
     if (args.size() < 2 || args.size() > 3)
       throw TypeError("Array() takes from 2 to 3 positional arguments but " +
@@ -1809,7 +1810,7 @@ protected:
       items_[i] = convert(*code_, a[1]);
       return {};
     }
-    throw AttributeError("'array.array' object has no attribute " + quoted(m));
+    throw AttributeError("'array.array' object has no attribute " + py_quoted(m));
   }
 
 private:
@@ -1883,7 +1884,7 @@ std::unique_ptr<Container> make_container(std::string_view type_id, std::vector<
     return std::make_unique<ValueObject>(std::move(args), std::move(kwargs), options);
   if (type_id == "Array")
     return std::make_unique<ArrayObject>(std::move(args), std::move(kwargs), options);
-  throw ValueError("no built-in container has the typeid " + quoted(type_id));
+  throw ValueError("no built-in container has the typeid " + py_quoted(type_id));
 }
 
 }  // namespace troupe::multiprocessing::managers::detail
