@@ -8,10 +8,13 @@ cd "$(dirname "$0")/.."
 seconds=${1:-20}
 BUILD=${BUILD:-build-fuzz}
 bash scripts/setup.sh || { echo "0 passed, 1 failed"; exit 1; }
+# A unity build (meson joins the library's sources four to a compilation unit): the library is
+# what this build compiles, and its sources share most of their headers. From clean on 2 CPUs:
+# 211 s, against about 415 s one source at a time (CI's fuzzing stage took 480 s).
 if [ ! -f "$BUILD/build.ninja" ]; then
   CC=clang CXX=clang++ meson setup "$BUILD" -Dfuzz=true -Dtests=false -Dexamples=false \
     -Dbenchmarks=false -Db_sanitize=address,undefined -Db_lundef=false -Ddebug=false \
-    -Dcpp_args=-g1 >/dev/null ||
+    -Dcpp_args=-g1 -Dunity=on >/dev/null ||
     { echo "0 passed, 1 failed"; exit 1; }
 fi
 ninja -C "$BUILD" || { echo "0 passed, 1 failed"; exit 1; }
