@@ -16,6 +16,7 @@
 #include <optional>
 
 #include "troupe/detail/checked.hpp"
+#include "troupe/detail/futex.hpp"
 #include "troupe/detail/sigpipe.hpp"
 #include "troupe/errors.hpp"
 #include "troupe/multiprocessing/internal/framing.hpp"
@@ -102,6 +103,17 @@ void write_all(int fd, bool socket, iovec* iov, int iovcnt, detail::TlsSession* 
   std::string what = "Connection.recv_bytes: read from fd " + std::to_string(fd);
   if (tls && err == EPROTO) what += " (TLS: " + tls->error() + ")";
   throw_os_error(err, what);
+}
+
+// Whether a wait may spin with system calls (a receive or a poll per round) before it blocks:
+// not while the CPUs are busy (troupe::detail::Contention). Then a spin's rounds only pause,
+// which costs nothing when a round reads memory; here each round is a system call, about as
+// dear as the wake-up it could spare, on the CPU the peer needs. A blocking call that follows
+// returns at once when the bytes are there already.
+bool may_spin_on_fd() noexcept {
+  if (!troupe::detail::cpu_contention().busy(troupe::detail::now_ns())) return true;
+  troupe::detail::t_failed_spin = {};  // as a spin that gave up at once: the sleep teaches nothing
+  return false;
 }
 
 }  // namespace
@@ -492,8 +504,9 @@ bool Connection::fill(std::size_t n, bool eof_is_error) {
     bool done = false;
     std::byte* at = rbuf_.get() + rend_;
     const std::size_t room = kReadBuffer - rend_;
+    const bool spin = may_spin_on_fd();
     if (tls_) {
-      done = spin_.spin([&] {
+      done = spin && spin_.spin([&] {
         r = tls_->read(at, room, false);
         err = errno;
         return !(r < 0 && err == EAGAIN);
@@ -504,7 +517,7 @@ bool Connection::fill(std::size_t n, bool eof_is_error) {
         if (r > 0) spin_.woke();
       }
     } else {
-      if (is_socket_) {
+      if (is_socket_ && spin) {
         done = spin_.spin([&] {
           r = ::recv(fd_.get(), at, room, MSG_DONTWAIT);
           err = errno;
@@ -665,7 +678,7 @@ bool Connection::poll(Timeout timeout) {
   const auto deadline = timeout.deadline();
   // A wait, not a look: spin briefly first, as a receive does (fill()), on a plain socket.
   bool spun = false;
-  if (is_socket_ && !tls_ && poll_timeout_ms(deadline) != 0) {
+  if (is_socket_ && !tls_ && poll_timeout_ms(deadline) != 0 && may_spin_on_fd()) {
     if (spin_.spin([&] {
           pollfd p{fd_.get(), POLLIN, 0};
           return ::poll(&p, 1, 0) > 0;
