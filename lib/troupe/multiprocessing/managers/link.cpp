@@ -8,6 +8,7 @@
 
 #include <atomic>
 #include <condition_variable>
+#include <exception>
 #include <future>
 #include <thread>
 #include <utility>
@@ -189,98 +190,97 @@ void Link::forget(const Address& address) {
 }
 
 void Link::connect(const LinkOptions& options) {
-  // The handshake, the Hello and the greeting: on this thread, the link's own running.
-  const auto greet = [&] {
-    ClientOptions co;
-    co.authkey = authkey_;
-    co.timeout = options.connect_timeout;
-    co.tls = options.tls;
-    co.auth = options.auth;
-    Connection c = internal::python::connect_to_manager(address_, co);
-    {
-      capnp::MallocMessageBuilder mb;
-      auto h = mb.initRoot<proto::manager::Hello>();
-      h.setMagic(internal::kHelloMagic);
-      h.setVersion(proto::manager::PROTOCOL_VERSION);
-      h.setPid(::getpid());
-      h.setProcessName(current_process().name());
-      char host[256] = {};
-      ::gethostname(host, sizeof host - 1);
-      h.setHost(host);
-      h.setAddress(address_text_.c_str());
-      c.send_message(mb);
-    }
-    if (!c.poll(options.connect_timeout))
-      throw troupe::TimeoutError("the manager at " + address_text_ +
-                                 " did not answer the Hello within " +
-                                 std::to_string(options.connect_timeout.count()) + " ms");
-    std::vector<std::byte> bytes;
-    try {
-      bytes = c.recv_bytes(1 << 20);
-    } catch (const EOFError&) {
-      throw EOFError("the manager at " + address_text_ +
-                     " closed the connection instead of answering the Hello");
-    }
-    if (internal::python::is_pickle(bytes)) {
-      // CPython's server could not read the Hello and said so in a pickle: it speaks its own
-      // dialect, which the link speaks from here on (each request on connections of its own).
-      c.close();
-      python_ = std::make_shared<internal::python::ClientPeer>(
-          address_, address_text_, co, runner_->ctx.get_executor(), options.heartbeat_interval);
-      server_name_ = "CPython";
-      python_->greet();  // Python's connect(): 'dummy'
-      python_->start_heartbeat();
-      return;
-    }
-    auto frame = internal::parse_frame(std::move(bytes));
-    auto g = frame->root<proto::manager::Greeting>();
-    if (g.isRefused()) throw_error(ErrorEnvelope::decode(g.getRefused()));
-    if (!g.isWelcome())
-      throw ValueError("the manager at " + address_text_ + " answered the Hello with neither a " +
-                       "welcome nor a refusal");
-    auto w = g.getWelcome();
-    if (w.getVersion() != proto::manager::PROTOCOL_VERSION)
-      throw ValueError("the manager at " + address_text_ + " speaks protocol version " +
-                       std::to_string(w.getVersion()) + ", this client version " +
-                       std::to_string(proto::manager::PROTOCOL_VERSION));
-    server_pid_ = w.getPid();
-    auto name = w.getServerName();
-    server_name_ = std::string(name.begin(), name.size());
-    auto own = w.getAddress();
-    server_address_ = std::string(own.begin(), own.size());
-    conn_ = std::make_unique<Connection>(std::move(c));
-    fd_ = conn_->fileno();
-    direct_ = !conn_->tls();
-    conn_->set_executor(runner_->ctx.get_executor());
-    heartbeat_interval_ = options.heartbeat_interval;
-    heartbeat_timeout_ = std::max(options.heartbeat_timeout, options.heartbeat_interval);
-    last_heard_.store(std::chrono::steady_clock::now().time_since_epoch().count());
-    if (!direct_) {
-      // Under TLS the link's thread reads, always (it alone touches the session).
-      std::scoped_lock lock(m_);
-      reader_ = Reader::runner;
-    }
-    asio::post(runner_->ctx, [this] {
-      if (!direct_) read_next();
-      if (heartbeat_interval_.count() > 0) {
-        runner_->heartbeat.emplace(runner_->ctx);
-        beat();
-      }
-    });
-  };
   // The link's thread starts first: its start (a clone, a stack, its reactor) runs while the
   // handshake waits for the server, not between the greeting and the first call.
   start_runner();
-  try {
-    greet();
-  } catch (...) {
-    if (!python_) {  // (a Python peer goes through its own thread: ~Link ends both)
-      runner_->work.reset();
-      runner_->ctx.stop();
-      runner_->thread.join();  // ~Link then sees a link that never connected
+  // A connect that fails stops and joins it before the error leaves, and ~Link then sees a link
+  // that never connected (a Python peer's failure goes through ~Link, which ends both).
+  struct StopRunnerOnThrow {
+    Link& link;
+    int exceptions = std::uncaught_exceptions();
+    ~StopRunnerOnThrow() {
+      if (std::uncaught_exceptions() <= exceptions || link.python_) return;
+      link.runner_->work.reset();
+      link.runner_->ctx.stop();
+      link.runner_->thread.join();
     }
-    throw;
+  } stop_on_throw{*this};
+  ClientOptions co;
+  co.authkey = authkey_;
+  co.timeout = options.connect_timeout;
+  co.tls = options.tls;
+  co.auth = options.auth;
+  Connection c = internal::python::connect_to_manager(address_, co);
+  {
+    capnp::MallocMessageBuilder mb;
+    auto h = mb.initRoot<proto::manager::Hello>();
+    h.setMagic(internal::kHelloMagic);
+    h.setVersion(proto::manager::PROTOCOL_VERSION);
+    h.setPid(::getpid());
+    h.setProcessName(current_process().name());
+    char host[256] = {};
+    ::gethostname(host, sizeof host - 1);
+    h.setHost(host);
+    h.setAddress(address_text_.c_str());
+    c.send_message(mb);
   }
+  if (!c.poll(options.connect_timeout))
+    throw troupe::TimeoutError("the manager at " + address_text_ +
+                               " did not answer the Hello within " +
+                               std::to_string(options.connect_timeout.count()) + " ms");
+  std::vector<std::byte> bytes;
+  try {
+    bytes = c.recv_bytes(1 << 20);
+  } catch (const EOFError&) {
+    throw EOFError("the manager at " + address_text_ +
+                   " closed the connection instead of answering the Hello");
+  }
+  if (internal::python::is_pickle(bytes)) {
+    // CPython's server could not read the Hello and said so in a pickle: it speaks its own
+    // dialect, which the link speaks from here on (each request on connections of its own).
+    c.close();
+    python_ = std::make_shared<internal::python::ClientPeer>(
+        address_, address_text_, co, runner_->ctx.get_executor(), options.heartbeat_interval);
+    server_name_ = "CPython";
+    python_->greet();  // Python's connect(): 'dummy'
+    python_->start_heartbeat();
+    return;
+  }
+  auto frame = internal::parse_frame(std::move(bytes));
+  auto g = frame->root<proto::manager::Greeting>();
+  if (g.isRefused()) throw_error(ErrorEnvelope::decode(g.getRefused()));
+  if (!g.isWelcome())
+    throw ValueError("the manager at " + address_text_ + " answered the Hello with neither a " +
+                     "welcome nor a refusal");
+  auto w = g.getWelcome();
+  if (w.getVersion() != proto::manager::PROTOCOL_VERSION)
+    throw ValueError("the manager at " + address_text_ + " speaks protocol version " +
+                     std::to_string(w.getVersion()) + ", this client version " +
+                     std::to_string(proto::manager::PROTOCOL_VERSION));
+  server_pid_ = w.getPid();
+  auto name = w.getServerName();
+  server_name_ = std::string(name.begin(), name.size());
+  auto own = w.getAddress();
+  server_address_ = std::string(own.begin(), own.size());
+  conn_ = std::make_unique<Connection>(std::move(c));
+  fd_ = conn_->fileno();
+  direct_ = !conn_->tls();
+  conn_->set_executor(runner_->ctx.get_executor());
+  heartbeat_interval_ = options.heartbeat_interval;
+  heartbeat_timeout_ = std::max(options.heartbeat_timeout, options.heartbeat_interval);
+  last_heard_.store(std::chrono::steady_clock::now().time_since_epoch().count());
+  if (!direct_) {
+    // Under TLS the link's thread reads, always (it alone touches the session).
+    std::scoped_lock lock(m_);
+    reader_ = Reader::runner;
+  }
+  asio::post(runner_->ctx, [this] {
+    if (!direct_) read_next();
+    if (heartbeat_interval_.count() > 0) {
+      runner_->heartbeat.emplace(runner_->ctx);
+      beat();
+    }
+  });
 }
 
 void Link::start_runner() {
