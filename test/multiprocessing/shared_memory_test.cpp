@@ -6,6 +6,7 @@
 
 #include <signal.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -76,6 +77,48 @@ TEST_F(ShmTest, CreateAttachCloseUnlinkAsPython) {
   SharedMemory named("troupe_test_" + std::to_string(::getpid()), true, 5000, false);
   EXPECT_EQ(named.name(), "troupe_test_" + std::to_string(::getpid()));
   named.unlink();
+}
+
+// The fixture's rule for a new segment it finds after a test: a leak when no one holds it, or
+// only this process's tree does; another test binary's (meson runs several side by side) when a
+// process outside the tree holds it open or mapped.
+TEST_F(ShmTest, LeakCheckTellsAStrangersSegmentFromALeak) {
+  SharedMemory mine(std::nullopt, true, 64);
+  EXPECT_FALSE(troupe::testing::held_by_a_stranger(mine.name()));  // mapped here: ours
+
+  // A stranger: a grandchild whose parent has exited (re-parented outside this tree) that maps
+  // the segment and waits for a byte on a pipe.
+  int ready[2], release[2];
+  ASSERT_EQ(::pipe(ready), 0);
+  ASSERT_EQ(::pipe(release), 0);
+  const pid_t middle = ::fork();
+  ASSERT_GE(middle, 0);
+  if (middle == 0) {
+    if (::fork() == 0) {
+      ::close(ready[0]);
+      ::close(release[1]);
+      SharedMemory held(mine.name());
+      char c = 1;
+      (void)!::write(ready[1], &c, 1);
+      (void)!::read(release[0], &c, 1);
+      ::_exit(0);
+    }
+    ::_exit(0);
+  }
+  ::close(ready[1]);
+  ::close(release[0]);
+  int status = 0;
+  ASSERT_EQ(::waitpid(middle, &status, 0), middle);
+  char c = 0;
+  ASSERT_EQ(::read(ready[0], &c, 1), 1);
+  EXPECT_TRUE(troupe::testing::held_by_a_stranger(mine.name()));
+  ::close(release[1]);  // the stranger exits (EOF) and unmaps
+  EXPECT_TRUE(eventually([&] { return !troupe::testing::held_by_a_stranger(mine.name()); }));
+  ::close(ready[0]);
+
+  mine.close();
+  EXPECT_FALSE(troupe::testing::held_by_a_stranger(mine.name()));  // held by no one: a leak
+  mine.unlink();
 }
 
 void write_in_child(SharedMemory& shm, ShareableList& list) {

@@ -33,6 +33,10 @@ int count_fds();
 /// The names in /dev/shm now (POSIX shared memory segments, troupe's and Python's).
 std::set<std::string> shm_segments();
 
+/// Whether a process outside this one's tree (another test binary meson runs beside this one)
+/// holds /dev/shm/<name> open or mapped: then a new segment is that process's, not a leak.
+bool held_by_a_stranger(const std::string& name);
+
 /// Whether this process has children, running or not yet reaped.
 bool has_children();
 
