@@ -30,6 +30,7 @@
 #include "troupe/multiprocessing/process.hpp"
 #include "troupe/multiprocessing/tls.hpp"
 
+#include "async_rules.hpp"
 #include "leak_check.hpp"
 #include "manager.capnp.h"
 #include "test_types.hpp"
@@ -444,6 +445,34 @@ TEST_F(ServerTest, OneLaneRunsItsCallsInOrder) {
   ASSERT_EQ(got.size(), 100u);
   // One lane: each call ran after the one before had ended, and the replies came in that order.
   for (int i = 0; i < 100; ++i) EXPECT_EQ(got[i], i + 1);
+}
+
+// Asio's rules for async_call and async_callmethod: never inside the call, with a callback,
+// use_future and use_awaitable. A lazy token (use_awaitable) starts the operation after the call
+// returned: the request must have been encoded by then (its arguments and method name gone).
+TEST_F(ServerTest, AsyncCallsFollowAsiosRules) {
+  auto m = client();
+  auto maths = m->create<Maths>("Maths");
+  boost::asio::io_context io;
+  troupe::testing::never_inline(
+      io, [] {}, [&](auto token) { return maths.async_call<&Maths::add>(2, 3, std::move(token)); });
+  troupe::testing::never_inline(
+      io, [] {},
+      [&](auto token) {
+        // The method's name in a temporary, gone when the call returns.
+        return maths.async_callmethod<int>(std::string("ad") + "d", std::tuple<int, int>{1, 4},
+                                           std::move(token));
+      });
+  int sum = 0;
+  boost::asio::co_spawn(
+      io,
+      [&]() -> boost::asio::awaitable<void> {
+        sum = co_await maths.async_call<&Maths::add>(20, 22, boost::asio::use_awaitable);
+      },
+      boost::asio::detached);
+  io.restart();
+  io.run();
+  EXPECT_EQ(sum, 42);
 }
 
 TEST_F(ServerTest, AsyncCallmethodDeliversTheErrorAsAnExceptionPtr) {

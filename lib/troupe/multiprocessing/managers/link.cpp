@@ -453,15 +453,34 @@ proto::manager::Request::Reader Link::build_python(capnp::MallocMessageBuilder& 
 }
 
 std::uint64_t Link::request(const Build& build, Handler done) {
-  if (python_) {
-    capnp::MallocMessageBuilder mb(internal::small_message_words);
-    auto r = build_python(mb, build);
-    python_->start(r, std::move(done));
-    return r.getCallId();
-  }
+  capnp::MallocMessageBuilder mb(internal::small_message_words);
+  build(mb.initRoot<proto::manager::Request>());
+  return request(mb, std::move(done));
+}
+
+Link::Built Link::prepare(const Build& build) {
+  auto mb = std::make_shared<capnp::MallocMessageBuilder>(internal::small_message_words);
+  auto r = mb->initRoot<proto::manager::Request>();
+  build(r);
+  if (r.getLane() == 0) r.setLane(current_lane());
+  return mb;
+}
+
+std::uint64_t Link::request(capnp::MallocMessageBuilder& built, Handler done) {
+  auto r = built.getRoot<proto::manager::Request>();
+  if (r.getLane() == 0) r.setLane(current_lane());
   std::uint64_t id;
+  {
+    std::scoped_lock lock(m_);
+    id = next_call_++;
+  }
+  r.setCallId(id);
+  if (python_) {
+    python_->start(r.asReader(), std::move(done));
+    return id;
+  }
   bool gather = false;
-  auto bytes = start_call(build, id);
+  auto bytes = internal::flatten(built);
   {
     std::unique_lock lock(m_);
     if (dead_ || troupe::internal::runtime::process_id() != pid_) {

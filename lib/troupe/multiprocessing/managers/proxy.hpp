@@ -194,17 +194,19 @@ protected:
   template <class R, class Build, class CompletionToken>
   auto async_request(Build&& build, CompletionToken&& token) const {
     auto link = _link();
+    // Encoded here, not in the initiation: a lazy token (use_awaitable, deferred) runs that
+    // after this call has returned, when the arguments and the method's name may be gone.
+    detail::Link::Built built = detail::Link::prepare(build);
     return boost::asio::async_initiate<CompletionToken, void(std::exception_ptr, R)>(
-        [link, self = *this](auto handler, auto build) {
+        [link, self = *this](auto handler, detail::Link::Built built) {
           using H = std::decay_t<decltype(handler)>;
           boost::asio::any_io_executor work = boost::asio::prefer(
               boost::asio::get_associated_executor(handler, troupe::detail::default_io_executor()),
               boost::asio::execution::outstanding_work.tracked);
           auto box = std::make_shared<std::optional<H>>(std::move(handler));
-          // The request is built (its arguments encoded) here, inside the initiation; the reply
-          // comes on the link's thread and is decoded on the handler's executor.
-          link->request(build, [box, link, self, work](std::exception_ptr e,
-                                                       std::shared_ptr<detail::Frame> f) {
+          // The reply comes on the link's thread and is decoded on the handler's executor.
+          link->request(*built, [box, link, self, work](std::exception_ptr e,
+                                                        std::shared_ptr<detail::Frame> f) {
             boost::asio::post(work, [box, link, self, e, f = std::move(f)]() mutable {
               R r{};
               std::exception_ptr error = e;
@@ -221,7 +223,7 @@ protected:
             });
           });
         },
-        token, std::forward<Build>(build));
+        token, std::move(built));
   }
 
   std::shared_ptr<State> state_;

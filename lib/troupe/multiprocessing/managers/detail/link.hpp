@@ -84,6 +84,13 @@ public:
   /// Sends a request; `done` gets its reply. A dead link calls `done` with the error at once
   /// (posted, never inside this call). Returns the call id. Thread-safe.
   std::uint64_t request(const Build& build, Handler done);
+  /// A request built now, to send later with request(Built&): its lane is this thread's (unless
+  /// `build` set one). An asynchronous call encodes its arguments when it is made, though a
+  /// lazy completion token (use_awaitable, deferred) starts it only after that call returned.
+  using Built = std::shared_ptr<capnp::MallocMessageBuilder>;
+  static Built prepare(const Build& build);
+  /// request() of a prepared request (the link gives it its call id). Thread-safe.
+  std::uint64_t request(capnp::MallocMessageBuilder& built, Handler done);
   /// Sends a request that has no reply unless it fails (incref, decref, park, claim): a failure
   /// is logged. Thread-safe; nothing if the link is dead.
   void send(const Build& build);
