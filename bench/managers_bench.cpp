@@ -39,6 +39,7 @@
 
 #include <benchmark/benchmark.h>
 #include <boost/asio/bind_executor.hpp>
+#include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
 #include <capnp/message.h>
 #include <capnp/serialize.h>
@@ -382,8 +383,45 @@ void queue_worker(std::string address, std::string) {
 }
 TROUPE_ENTRY(queue_worker);
 
-// range(0): the family; range(1): tasks per iteration.
+// The same worker, pipelined: it takes each task with get() as above but puts its result with
+// async_put, not waiting for the reply (at most kWindow in flight; its completions run on an
+// io_context this thread polls between tasks), so a task costs it one round trip, not two.
+constexpr std::int64_t kWindow = 256;
+
+void queue_worker_pipelined(std::string address, std::string) {
+  QueueManager m(client_options(address));
+  m.connect();
+  const mm::QueueProxy<std::int64_t> tasks(m.create("get_task_queue"));
+  const mm::QueueProxy<std::vector<std::int64_t>> results(m.create("get_result_queue"));
+  results.put({-1, static_cast<std::int64_t>(::getpid())});
+  boost::asio::io_context ctx;
+  // Keeps ctx from stopping when a poll() finds it idle (run_one() then waits for a completion).
+  auto busy = boost::asio::make_work_guard(ctx);
+  std::int64_t in_flight = 0;
+  std::exception_ptr failed;
+  auto put_done = boost::asio::bind_executor(ctx, [&](std::exception_ptr e, std::monostate) {
+    --in_flight;
+    if (e && !failed) failed = e;
+  });
+  for (;;) {
+    const std::int64_t n = tasks.get();
+    if (n < 0) break;
+    ++in_flight;
+    results.async_put({n, n * n}, put_done);
+    ctx.poll();
+    while (in_flight >= kWindow) ctx.run_one();
+  }
+  while (in_flight > 0) ctx.run_one();
+  busy.reset();
+  if (failed) std::rethrow_exception(failed);
+}
+TROUPE_ENTRY(queue_worker_pipelined);
+
+// range(0): the family; range(1): tasks per iteration; range(2): 1 = pipelined (the client puts
+// its tasks and takes its results with up to kWindow calls in flight, the workers put their
+// results the same way), 0 = the docs' recipe call by call.
 void BM_QueueRecipe4Workers(benchmark::State& state) {
+  const bool pipelined = state.range(2) == 1;
   QueueManager m(server_options(state.range(0)));
   m.start();
   const std::string address = m.address().str();
@@ -395,24 +433,55 @@ void BM_QueueRecipe4Workers(benchmark::State& state) {
   po.fork_with_threads = true;
   po.daemon = true;
   for (int w = 0; w < kWorkers; ++w) {
-    workers.emplace_back(po, &queue_worker, address, authkey_hex());
+    workers.emplace_back(po, pipelined ? &queue_worker_pipelined : &queue_worker, address,
+                         authkey_hex());
     workers.back().start();
   }
   for (int w = 0; w < kWorkers; ++w)
     if (results.get(true, 60s).at(0) != -1) state.SkipWithError("a worker's ready message");
   const std::int64_t n = state.range(1);
   std::vector<char> seen(static_cast<std::size_t>(n));
+  boost::asio::io_context ctx;
   for (auto _ : state) {
-    for (std::int64_t i = 0; i < n; ++i) tasks.put(i);
     std::fill(seen.begin(), seen.end(), 0);
     std::int64_t right = 0;
-    for (std::int64_t i = 0; i < n; ++i) {
-      const auto r = results.get(true, 60s);
+    const auto check = [&](const std::vector<std::int64_t>& r) {
       if (r.size() == 2 && r[0] >= 0 && r[0] < n && r[1] == r[0] * r[0] &&
           !seen[static_cast<std::size_t>(r[0])]) {
         seen[static_cast<std::size_t>(r[0])] = 1;
         ++right;
       }
+    };
+    if (!pipelined) {
+      for (std::int64_t i = 0; i < n; ++i) tasks.put(i);
+      for (std::int64_t i = 0; i < n; ++i) check(results.get(true, 60s));
+    } else {
+      std::int64_t put = 0, put_done = 0, asked = 0, got = 0, failures = 0;
+      std::function<void()> next_put, next_get;
+      next_put = [&] {
+        tasks.async_put(put++,
+                        boost::asio::bind_executor(ctx, [&](std::exception_ptr e, std::monostate) {
+                          ++put_done;
+                          if (e) ++failures;
+                          if (put < n) next_put();
+                        }));
+      };
+      next_get = [&] {
+        ++asked;
+        results.async_get(
+            boost::asio::bind_executor(ctx, [&](std::exception_ptr e, std::vector<std::int64_t> r) {
+              ++got;
+              if (e) ++failures;
+              check(r);
+              if (asked < n) next_get();
+            }));
+      };
+      for (std::int64_t k = 0; k < kWindow && put < n; ++k) next_put();
+      for (std::int64_t k = 0; k < kWindow && asked < n; ++k) next_get();
+      ctx.run();
+      ctx.restart();
+      if (failures != 0 || put_done != n || got != n)
+        state.SkipWithError("a pipelined call failed");
     }
     if (right != n) state.SkipWithError("the recipe's results do not match its tasks");
   }
@@ -427,9 +496,15 @@ void BM_QueueRecipe4Workers(benchmark::State& state) {
   }
   state.SetItemsProcessed(state.iterations() * n);
   state.SetLabel(std::string(family_label(state.range(0))) + ", " + std::to_string(n) +
-                 " tasks, 4 workers");
+                 " tasks, 4 workers" + (pipelined ? ", pipelined" : ""));
 }
-BENCHMARK(BM_QueueRecipe4Workers)->Args({1, 20000})->Args({0, 20000})->UseRealTime()->Iterations(1);
+BENCHMARK(BM_QueueRecipe4Workers)
+    ->Args({1, 20000, 0})
+    ->Args({0, 20000, 0})
+    ->Args({1, 20000, 1})
+    ->Args({0, 20000, 1})
+    ->UseRealTime()
+    ->Iterations(1);
 
 // ---- a managed Pool against troupe's own Pool ------------------------------------------------
 

@@ -15,6 +15,7 @@
 #include "troupe/errors.hpp"
 #include "troupe/multiprocessing/process.hpp"
 
+#include "async_rules.hpp"
 #include "leak_check.hpp"
 #include "start_method_test.hpp"
 
@@ -143,6 +144,48 @@ TEST_P(SyncManagerTest, ManyBlockedGettersHoldNoServerThread) {
   int sum = 0;
   for (auto& g : getters) sum += g.get();
   EXPECT_EQ(sum, 63 * 64 / 2);
+}
+
+TEST_P(SyncManagerTest, QueueAsyncPutAndGetArePipelined) {
+  mm::SyncManager m(options());
+  m.start();
+  auto q = m.Queue<int>();
+  boost::asio::io_context io;
+  // 50 puts then 50 gets in flight at once on one connection: one lane, run in their order.
+  int put_done = 0;
+  std::vector<int> got;
+  for (int i = 0; i < 50; ++i)
+    q.async_put(i, boost::asio::bind_executor(io, [&](std::exception_ptr e, std::monostate) {
+                  EXPECT_FALSE(e);
+                  ++put_done;
+                }));
+  for (int i = 0; i < 50; ++i)
+    q.async_get(boost::asio::bind_executor(io, [&](std::exception_ptr e, int v) {
+      EXPECT_FALSE(e);
+      got.push_back(v);
+    }));
+  io.run();
+  EXPECT_EQ(put_done, 50);
+  ASSERT_EQ(got.size(), 50u);
+  for (int i = 0; i < 50; ++i) EXPECT_EQ(got[static_cast<std::size_t>(i)], i);
+
+  // Asio's rules: never inside the call, with a callback, use_future and use_awaitable (three
+  // puts, then three gets that take them).
+  troupe::testing::never_inline(
+      io, [] {}, [&](auto token) { return q.async_put(7, std::move(token)); });
+  troupe::testing::never_inline(
+      io, [] {}, [&](auto token) { return q.async_get(std::move(token)); });
+  EXPECT_EQ(q.qsize(), 0u);
+
+  // A getter waiting on the server (no thread held there) is failed by shutdown(immediate).
+  std::exception_ptr error;
+  q.async_get(boost::asio::bind_executor(io, [&](std::exception_ptr e, int) { error = e; }));
+  // From another thread: this one's calls run in their order, after the get that waits.
+  std::thread([&] { q.shutdown(true); }).join();
+  io.restart();
+  io.run();
+  ASSERT_TRUE(error);
+  EXPECT_THROW(std::rethrow_exception(error), troupe::queue::ShutDown);
 }
 
 TEST_P(SyncManagerTest, LocksAndSemaphores) {

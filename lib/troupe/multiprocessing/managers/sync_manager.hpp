@@ -62,6 +62,23 @@ public:
   T get(bool block = true, const Timeout& timeout = {}) const {
     return _callmethod<T>("get", block, detail::seconds_arg(timeout));
   }
+  /// put(item), pipelined: returns at once (the item encoded), and many calls can be in flight
+  /// on one connection, run by the server in their order. Completion
+  /// void(std::exception_ptr, std::monostate), as _callmethod's async_callmethod.
+  template <class CompletionToken>
+  auto async_put(const T& item, CompletionToken&& token) const {
+    return async_callmethod<std::monostate>(
+        "put", std::tuple<const T&, bool, detail::SecondsArg>(item, true, detail::SecondsArg{}),
+        std::forward<CompletionToken>(token));
+  }
+  /// get(), pipelined: completion void(std::exception_ptr, T) once an item comes (a getter
+  /// that waits holds no server thread), as async_callmethod.
+  template <class CompletionToken>
+  auto async_get(CompletionToken&& token) const {
+    return async_callmethod<T>("get",
+                               std::tuple<bool, detail::SecondsArg>(true, detail::SecondsArg{}),
+                               std::forward<CompletionToken>(token));
+  }
   void put_nowait(const T& item) const { _callmethod("put_nowait", item); }
   T get_nowait() const { return _callmethod<T>("get_nowait"); }
   std::size_t qsize() const { return static_cast<std::size_t>(_callmethod<std::int64_t>("qsize")); }
