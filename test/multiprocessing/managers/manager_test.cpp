@@ -110,6 +110,22 @@ TEST_P(ManagerTest, APendingCallFailsAtOnceWhenTheServerProcessIsKilled) {
   EXPECT_FALSE(m.process()->is_alive());
 }
 
+// A proxy passed to a method of its own server, which runs in a process of its own: the method
+// calls it there (the server process connects to itself, as CPython's does).
+TEST_P(ManagerTest, AProxyPassedToItsOwnServerWorksThere) {
+  TestManager m(options());
+  m.start();
+  auto counter = m.create<Counter>("Counter");
+  auto depositor = m.create<Depositor>("Depositor");
+  EXPECT_EQ(depositor.call<&Depositor::deposit>(counter, 3), 3);
+  EXPECT_EQ(counter.call<&Counter::value>(), 3);
+  EXPECT_EQ(depositor.call<&Depositor::deposit>(counter, 2), 5);
+  // The server's own proxy to the counter was dropped when each call ended: two objects.
+  EXPECT_TRUE(troupe::testing::eventually([&] { return m.number_of_objects() == 2; }))
+      << m.number_of_objects();
+  m.shutdown();
+}
+
 TEST_P(ManagerTest, AProxyTravelsToAChildProcess) {
   if (skip_fork())
     GTEST_SKIP() << "ThreadSanitizer: no threads in a child forked from a threaded process";

@@ -450,6 +450,25 @@ TEST_F(ServerTest, OneLaneRunsItsCallsInOrder) {
 // Asio's rules for async_call and async_callmethod: never inside the call, with a callback,
 // use_future and use_awaitable. A lazy token (use_awaitable) starts the operation after the call
 // returned: the request must have been encoded by then (its arguments and method name gone).
+// A proxy passed to a method of its own server: the method calls it from the server's process
+// (as CPython's, whose server process then connects to itself), and the server keeps serving.
+TEST_F(ServerTest, AProxyPassedToItsOwnServerWorksThere) {
+  auto m = client();
+  auto counter = m->create<Counter>("Counter");
+  auto depositor = m->create<Depositor>("Depositor");
+  EXPECT_EQ(depositor.call<&Depositor::deposit>(counter, 3), 3);
+  EXPECT_EQ(counter.call<&Counter::value>(), 3);
+  EXPECT_EQ(depositor.call<&Depositor::deposit>(counter, 2), 5);
+
+  // One server thread: the call that waits for the nested one holds it.
+  restart_with_one_pool_thread();
+  {
+    auto one = client();
+    auto c = one->create<Counter>("Counter");
+    EXPECT_EQ(one->create<Depositor>("Depositor").call<&Depositor::deposit>(c, 4), 4);
+  }
+}
+
 TEST_F(ServerTest, AsyncCallsFollowAsiosRules) {
   auto m = client();
   auto maths = m->create<Maths>("Maths");

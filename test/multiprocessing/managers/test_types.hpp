@@ -124,6 +124,18 @@ private:
   std::deque<Waiter> waiters_;
 };
 
+/// A registered class whose method takes a proxy to another object of the same server, and
+/// calls it from the server (Python: a proxy "owned by the manager" in its Server's process).
+class Depositor {
+public:
+  int deposit(mm::Proxy<Counter> counter, int times) {
+    int n = 0;
+    for (int i = 0; i < times; ++i) n = counter.call<&Counter::increment>();
+    return n;
+  }
+};
+TROUPE_EXPOSE(Depositor, deposit);
+
 /// A registered class whose wait() blocks its server thread until open() (20 s at most).
 class Latch {
 public:
@@ -213,6 +225,7 @@ inline bool register_test_types() {
   TestManager::register_<Maths>("Maths");
   TestManager::register_<Maths>("NarrowMaths", {.exposed = std::vector<std::string>{"add"}});
   TestManager::register_<Counter>("Counter");
+  TestManager::register_<Depositor>("Depositor");
   TestManager::register_<Cell>("Cell");
   TestManager::register_<Latch>("Latch");
   TestManager::register_<SharedGate>("SerialGate", {.serialized = true});
