@@ -245,6 +245,28 @@ TEST_F(SpinTest, WhileTheCpusAreBusyAWaitOnlyPausesBriefly) {
   EXPECT_EQ(s.budget_ns(), 0);  // ...nor grown
 }
 
+TEST_F(SpinTest, WhileTheCpusAreBusyASpinOfSystemCallsMakesNone) {
+  if (detail::single_cpu()) GTEST_SKIP() << "spinning is off on one CPU";
+  set_spin_limit(std::chrono::seconds(10));
+  Contention busy;
+  make_busy(busy);
+  detail::AdaptiveSpin s;
+  int calls = 0;
+  // Busy: not even the first look (each would be a system call); the caller blocks at once.
+  EXPECT_FALSE(s.spin_syscall([&] { return ++calls > 0; }, busy));
+  EXPECT_EQ(calls, 0);
+  EXPECT_EQ(s.budget_ns(), 0);
+  // As a spin that gave up at once, the sleep after it teaches nothing.
+  std::this_thread::sleep_for(200us);
+  s.woke(busy);
+  EXPECT_EQ(s.budget_ns(), 0);
+  // Quiet: the same spin as spin().
+  Contention quiet{kNeverAway};
+  calls = 0;
+  EXPECT_TRUE(s.spin_syscall([&] { return ++calls > 3; }, quiet));
+  EXPECT_EQ(calls, 4);
+}
+
 TEST_F(SpinTest, WhileTheCpusAreBusyASleepTeachesNothing) {
   if (detail::single_cpu()) GTEST_SKIP() << "spinning is off on one CPU";
   detail::AdaptiveSpin s;

@@ -204,6 +204,21 @@ public:
     return false;
   }
 
+  /// spin() for a `ready` that is a system call (a non-blocking receive, a poll of a socket):
+  /// while the CPUs are busy it makes no round at all and returns false without asking, as a
+  /// spin that gave up at once (the sleep after it teaches nothing). A round of spin() then only
+  /// pauses, which costs nothing when it reads memory; here each round would cost about what the
+  /// wake-up it could spare costs, on the CPU the peer needs. The blocking call the caller makes
+  /// next returns at once when the event is there already.
+  template <class Ready>
+  bool spin_syscall(Ready&& ready, Contention& cpus = cpu_contention()) noexcept {
+    if (cpus.busy(now_ns())) {
+      t_failed_spin = {};
+      return false;
+    }
+    return spin(std::forward<Ready>(ready), cpus);
+  }
+
   /// After a failed spin() this thread slept, and the sleep has ended with the event waited
   /// for (not a timeout). If the whole wait fit in the limit and most of it was asleep, a spin
   /// that long would have seen the event: the budget grows to cover such a wait. Not while the

@@ -105,17 +105,6 @@ void write_all(int fd, bool socket, iovec* iov, int iovcnt, detail::TlsSession* 
   throw_os_error(err, what);
 }
 
-// Whether a wait may spin with system calls (a receive or a poll per round) before it blocks:
-// not while the CPUs are busy (troupe::detail::Contention). Then a spin's rounds only pause,
-// which costs nothing when a round reads memory; here each round is a system call, about as
-// dear as the wake-up it could spare, on the CPU the peer needs. A blocking call that follows
-// returns at once when the bytes are there already.
-bool may_spin_on_fd() noexcept {
-  if (!troupe::detail::cpu_contention().busy(troupe::detail::now_ns())) return true;
-  troupe::detail::t_failed_spin = {};  // as a spin that gave up at once: the sleep teaches nothing
-  return false;
-}
-
 }  // namespace
 
 // ---- Connection -----------------------------------------------------------------------------
@@ -504,9 +493,10 @@ bool Connection::fill(std::size_t n, bool eof_is_error) {
     bool done = false;
     std::byte* at = rbuf_.get() + rend_;
     const std::size_t room = kReadBuffer - rend_;
-    const bool spin = may_spin_on_fd();
+    // Each round of these spins is a system call: spin_syscall() makes none while the CPUs are
+    // busy (troupe::detail::Contention).
     if (tls_) {
-      done = spin && spin_.spin([&] {
+      done = spin_.spin_syscall([&] {
         r = tls_->read(at, room, false);
         err = errno;
         return !(r < 0 && err == EAGAIN);
@@ -517,8 +507,8 @@ bool Connection::fill(std::size_t n, bool eof_is_error) {
         if (r > 0) spin_.woke();
       }
     } else {
-      if (is_socket_ && spin) {
-        done = spin_.spin([&] {
+      if (is_socket_) {
+        done = spin_.spin_syscall([&] {
           r = ::recv(fd_.get(), at, room, MSG_DONTWAIT);
           err = errno;
           return !(r < 0 && (err == EAGAIN || err == EWOULDBLOCK));
@@ -678,8 +668,8 @@ bool Connection::poll(Timeout timeout) {
   const auto deadline = timeout.deadline();
   // A wait, not a look: spin briefly first, as a receive does (fill()), on a plain socket.
   bool spun = false;
-  if (is_socket_ && !tls_ && poll_timeout_ms(deadline) != 0 && may_spin_on_fd()) {
-    if (spin_.spin([&] {
+  if (is_socket_ && !tls_ && poll_timeout_ms(deadline) != 0) {
+    if (spin_.spin_syscall([&] {
           pollfd p{fd_.get(), POLLIN, 0};
           return ::poll(&p, 1, 0) > 0;
         }))
