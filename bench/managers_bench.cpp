@@ -368,17 +368,27 @@ BENCHMARK(BM_Connect)->Args({0, 1})->Args({1, 1})->Args({0, 0})->Args({1, 0})->U
 
 constexpr int kWorkers = 4;
 
-// A worker: connects by address and key, says it is ready, then takes n until a negative one.
+// A worker's end of the recipe: connected by address and key, its two queues, and its ready
+// message sent.
+struct WorkerEnd {
+  explicit WorkerEnd(const std::string& address) : m(client_options(address)) {
+    m.connect();
+    tasks = mm::QueueProxy<std::int64_t>(m.create("get_task_queue"));
+    results = mm::QueueProxy<std::vector<std::int64_t>>(m.create("get_result_queue"));
+    results.put({-1, static_cast<std::int64_t>(::getpid())});
+  }
+  QueueManager m;
+  mm::QueueProxy<std::int64_t> tasks;
+  mm::QueueProxy<std::vector<std::int64_t>> results;
+};
+
+// A worker: takes n until a negative one, and puts [n, n*n] for each.
 void queue_worker(std::string address, std::string) {
-  QueueManager m(client_options(address));
-  m.connect();
-  const mm::QueueProxy<std::int64_t> tasks(m.create("get_task_queue"));
-  const mm::QueueProxy<std::vector<std::int64_t>> results(m.create("get_result_queue"));
-  results.put({-1, static_cast<std::int64_t>(::getpid())});
+  const WorkerEnd w(address);
   for (;;) {
-    const std::int64_t n = tasks.get();
+    const std::int64_t n = w.tasks.get();
     if (n < 0) break;
-    results.put({n, n * n});
+    w.results.put({n, n * n});
   }
 }
 TROUPE_ENTRY(queue_worker);
@@ -389,11 +399,7 @@ TROUPE_ENTRY(queue_worker);
 constexpr std::int64_t kWindow = 256;
 
 void queue_worker_pipelined(std::string address, std::string) {
-  QueueManager m(client_options(address));
-  m.connect();
-  const mm::QueueProxy<std::int64_t> tasks(m.create("get_task_queue"));
-  const mm::QueueProxy<std::vector<std::int64_t>> results(m.create("get_result_queue"));
-  results.put({-1, static_cast<std::int64_t>(::getpid())});
+  const WorkerEnd w(address);
   boost::asio::io_context ctx;
   // Keeps ctx from stopping when a poll() finds it idle (run_one() then waits for a completion).
   auto busy = boost::asio::make_work_guard(ctx);
@@ -404,10 +410,10 @@ void queue_worker_pipelined(std::string address, std::string) {
     if (e && !failed) failed = e;
   });
   for (;;) {
-    const std::int64_t n = tasks.get();
+    const std::int64_t n = w.tasks.get();
     if (n < 0) break;
     ++in_flight;
-    results.async_put({n, n * n}, put_done);
+    w.results.async_put({n, n * n}, put_done);
     ctx.poll();
     while (in_flight >= kWindow) ctx.run_one();
   }
