@@ -15,6 +15,10 @@
 #include <string>
 #include <thread>
 #include <utility>
+#include <vector>
+
+#include <boost/asio/bind_executor.hpp>
+#include <boost/asio/io_context.hpp>
 
 #include "troupe/multiprocessing/managers.hpp"
 
@@ -152,6 +156,25 @@ protected:
       auto shared = mm::QueueProxy<std::pair<std::int64_t, std::string>>(m.create("get_queue"));
       shared.put({3, "three"});
       EXPECT_EQ(shared.get(true, 5s), std::make_pair(std::int64_t{3}, std::string("three")));
+      // Pipelined: 20 puts then 20 gets in flight on this thread's connection, in order.
+      boost::asio::io_context io;
+      int put = 0;
+      std::vector<std::string> got;
+      for (int i = 0; i < 20; ++i)
+        q.async_put(std::to_string(i),
+                    boost::asio::bind_executor(io, [&](std::exception_ptr e, std::monostate) {
+                      EXPECT_FALSE(e);
+                      ++put;
+                    }));
+      for (int i = 0; i < 20; ++i)
+        q.async_get(boost::asio::bind_executor(io, [&](std::exception_ptr e, std::string v) {
+          EXPECT_FALSE(e);
+          got.push_back(std::move(v));
+        }));
+      io.run();
+      EXPECT_EQ(put, 20);
+      ASSERT_EQ(got.size(), 20u);
+      for (int i = 0; i < 20; ++i) EXPECT_EQ(got[static_cast<std::size_t>(i)], std::to_string(i));
     }
     // dict, list, Namespace, Value.
     {
