@@ -411,12 +411,19 @@ std::exception_ptr Link::dead_error() const {
                                            std::to_string(server_pid_) + ") is gone: " + why_dead_);
 }
 
+namespace {
+// A request's call id, and its lane: this thread's unless the request names one.
+void stamp(proto::manager::Request::Builder r, std::uint64_t call_id) {
+  r.setCallId(call_id);
+  if (r.getLane() == 0) r.setLane(current_lane());
+}
+}  // namespace
+
 std::vector<std::byte> Link::build_frame(std::uint64_t call_id, const Build& build) {
   capnp::MallocMessageBuilder mb(internal::small_message_words);
   auto r = mb.initRoot<proto::manager::Request>();
   build(r);
-  r.setCallId(call_id);
-  if (r.getLane() == 0) r.setLane(current_lane());
+  stamp(r, call_id);
   return internal::flatten(mb);
 }
 
@@ -444,11 +451,12 @@ proto::manager::Request::Reader Link::build_python(capnp::MallocMessageBuilder& 
                                                    const Build& build) {
   auto r = mb.initRoot<proto::manager::Request>();
   build(r);
+  std::uint64_t id;
   {
     std::scoped_lock lock(m_);
-    r.setCallId(next_call_++);
+    id = next_call_++;
   }
-  if (r.getLane() == 0) r.setLane(current_lane());
+  stamp(r, id);
   return r.asReader();
 }
 
@@ -462,19 +470,18 @@ Link::Built Link::prepare(const Build& build) {
   auto mb = std::make_shared<capnp::MallocMessageBuilder>(internal::small_message_words);
   auto r = mb->initRoot<proto::manager::Request>();
   build(r);
-  if (r.getLane() == 0) r.setLane(current_lane());
+  if (r.getLane() == 0) r.setLane(current_lane());  // the calling thread's, not the sender's
   return mb;
 }
 
 std::uint64_t Link::request(capnp::MallocMessageBuilder& built, Handler done) {
   auto r = built.getRoot<proto::manager::Request>();
-  if (r.getLane() == 0) r.setLane(current_lane());
   std::uint64_t id;
   {
     std::scoped_lock lock(m_);
     id = next_call_++;
   }
-  r.setCallId(id);
+  stamp(r, id);
   if (python_) {
     python_->start(r.asReader(), std::move(done));
     return id;
