@@ -174,7 +174,8 @@ public:
     });
     mm::SyncManager::types();
     mm::ServerOptions o;
-    o.allow_shutdown = false;  // a shutdown request would end the server every input shares
+    o.allow_shutdown = false;   // a shutdown request would end the server every input shares
+    o.foreign_proxies = false;  // an input's ref may name any address: no connections out
     o.threads = kThreads;
     o.max_calls_in_flight = kMostInFlight;
     o.max_objects_held = kMostHeld;

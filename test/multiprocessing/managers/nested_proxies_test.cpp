@@ -2,6 +2,7 @@
 // test_list_proxy_in_list and test_dict_proxy_nested; CPython #76719, #91192): a change made
 // through the inner proxy is seen through the outer container and the reverse; the inner object
 // lives while a container holds it, and goes when the last holder does.
+#include <optional>
 #include <string>
 #include <thread>
 #include <variant>
@@ -184,10 +185,49 @@ TEST_P(NestedProxiesTest, ElementsReleasedWithTheirHolder) {
   EXPECT_TRUE(eventually([&] { return m.number_of_objects() == 0; }));
 }
 
-// A proxy to another manager's object cannot be stored: the call fails naming it, and the
-// container is unchanged.
-TEST_P(NestedProxiesTest, AProxyOfAnotherManagerIsRefusedByName) {
+// A proxy to another manager's object stored in a container is a reference, as in Python (the
+// server becomes that manager's client): changes through either side are seen through the
+// other, the container keeps the object alive after its sender's proxy is gone, and releases it
+// when the element goes.
+TEST_P(NestedProxiesTest, AProxyOfAnotherManagerIsStoredAsAReference) {
   mm::SyncManager m(options());
+  m.start();
+  mm::SyncManager other(options());
+  other.start();
+  auto l = m.list<mm::ListProxy<std::int64_t>>();
+  auto d = m.dict<std::string, mm::ListProxy<std::int64_t>>();
+  {
+    auto foreign = other.list<std::int64_t>({1});
+    l.append(foreign);
+    d["x"] = foreign;
+    foreign.append(2);
+    EXPECT_EQ(l.get(0).copy(), (Ints{1, 2}));
+    l.get(0).append(3);
+    EXPECT_EQ(foreign.copy(), (Ints{1, 2, 3}));
+    EXPECT_EQ(d.get("x")->_token().address.str(), other.address().str());
+  }
+  // Held twice by the other server's containers; the sender's proxy is gone.
+  EXPECT_TRUE(eventually([&] { return other.number_of_objects() == 1; }));
+  d.get("x")->append(4);
+  EXPECT_EQ(l.get(0).copy(), (Ints{1, 2, 3, 4}));
+  l *= 3;              // copies made by the server
+  l.extend(l.copy());  // proxies read out and stored again, each with a reference parked for it
+  EXPECT_EQ(l.size(), 6u);
+  EXPECT_EQ(l.get(5).size(), 4u);
+  for (int i = 0; i < 6; ++i) l.pop();
+  EXPECT_EQ(d.get("x")->size(), 4u);
+  EXPECT_EQ(other.number_of_objects(), 1u);
+  d.clear();
+  EXPECT_TRUE(eventually([&] { return other.number_of_objects() == 0; }));
+  EXPECT_EQ(m.number_of_objects(), 2u);
+}
+
+// ServerOptions::foreign_proxies off: the server opens no connection a client names; storing
+// another manager's proxy fails naming it, and the container is unchanged.
+TEST_P(NestedProxiesTest, AServerWithoutForeignProxiesRefusesThemByName) {
+  auto o = options();
+  o.server.foreign_proxies = false;
+  mm::SyncManager m(o);
   m.start();
   mm::SyncManager other(options());
   other.start();
@@ -197,12 +237,54 @@ TEST_P(NestedProxiesTest, AProxyOfAnotherManagerIsRefusedByName) {
     l.append(foreign);
     FAIL() << "stored";
   } catch (const troupe::TypeError& e) {
-    EXPECT_NE(std::string(e.what()).find("not an object of this manager"), std::string::npos)
-        << e.what();
+    EXPECT_NE(std::string(e.what()).find("foreign_proxies is off"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find(other.address().str()), std::string::npos) << e.what();
   }
   EXPECT_EQ(l.size(), 0u);
+  l.append(m.list<std::int64_t>({2}));
+  EXPECT_EQ(l.get(0).copy(), (Ints{2}));
   EXPECT_EQ(foreign.copy(), (Ints{1}));
-  EXPECT_EQ(m.number_of_objects(), 1u);
+}
+
+// The holding server dies (kill -9): its connection to the other manager closes, and the
+// object it held there is released.
+TEST_P(NestedProxiesTest, AKilledHolderReleasesAnotherManagersObject) {
+  mm::SyncManager m(options());
+  m.start();
+  mm::SyncManager other(options());
+  other.start();
+  {
+    auto l = m.list<mm::ListProxy<std::int64_t>>();
+    l.append(other.list<std::int64_t>({1}));
+    EXPECT_EQ(l.get(0).copy(), (Ints{1}));
+    m.process()->kill();
+    m.process()->join(10s);
+  }
+  EXPECT_TRUE(eventually([&] { return other.number_of_objects() == 0; }));
+}
+
+// The other manager is gone: reading the element fails at once, naming it; the holding server
+// keeps serving.
+TEST_P(NestedProxiesTest, AGoneManagersElementFailsByName) {
+  mm::SyncManager m(options());
+  m.start();
+  std::optional<mm::SyncManager> other(std::in_place, options());
+  other->start();
+  const std::string address = other->address().str();
+  auto l = m.list<mm::ListProxy<std::int64_t>>();
+  l.append(other->list<std::int64_t>({1}));
+  EXPECT_EQ(l.get(0).copy(), (Ints{1}));
+  other->shutdown();
+  other.reset();
+  try {
+    (void)l.get(0).copy();
+    FAIL() << "a proxy to a gone manager's object worked";
+  } catch (const std::exception& e) {
+    EXPECT_NE(std::string(e.what()).find(address), std::string::npos) << e.what();
+  }
+  l.append(m.list<std::int64_t>({5}));
+  EXPECT_EQ(l.get(1).copy(), (Ints{5}));
+  EXPECT_EQ(l.size(), 2u);
 }
 
 // A client that connected by another name of the server's address (localhost for 127.0.0.1),

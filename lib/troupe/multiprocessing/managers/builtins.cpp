@@ -7,11 +7,15 @@
 #include <chrono>
 #include <cmath>
 #include <limits>
+#include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
 #include <utility>
 #include <vector>
+
+#include <capnp/message.h>
 
 #include "troupe/errors.hpp"
 #include "troupe/multiprocessing/managers/detail/args.hpp"
@@ -20,6 +24,7 @@
 #include "troupe/multiprocessing/managers/detail/item.hpp"
 #include "troupe/multiprocessing/managers/detail/methods.hpp"
 #include "troupe/multiprocessing/managers/detail/waits.hpp"
+#include "troupe/multiprocessing/managers/proxy.hpp"
 
 namespace troupe::multiprocessing::managers {
 
@@ -372,28 +377,96 @@ private:
 // ---- the containers ---------------------------------------------------------------------------
 
 // A proxy stored in a managed container (a list in a dict, CPython #76719, #91192) is a
-// reference: the container holds one reference to the object, taken over from the park its
-// sender made (claimed) and released when the element goes; each reader of the element gets a
-// proxy of its own (a new park). Only objects of this server: a proxy to another manager's
-// object would need this server to be that manager's client.
+// reference.
+// - To an object of this server: the container holds one reference to it, taken over from the
+//   park its sender made (claimed) and released when the element goes; each reader of the
+//   element gets a proxy of its own (a new park).
+// - To another manager's object: this server is that manager's client, as CPython's is (its
+//   RebuildProxy connects and increfs). The container holds a proxy made by claiming the
+//   sender's park there (the first one connects, with this process's key: managers.md, "Proxies
+//   that travel"); each reader gets a reference parked there for it; dropping the element drops
+//   the proxy (a decref there). If that manager is gone, storing fails naming it, and so does
+//   reading the element.
 class HostRefs final : public detail::RefHolder {
 public:
   explicit HostRefs(detail::RefHost* host) : host_(host) {}
   void hold(const Item& ref) override {
     const detail::Ref& r = ref.as_ref();
+    if (!host_->hosts(r.address)) {
+      if (!host_->holds_foreign())
+        throw TypeError("a proxy to " + r.type_id + " object " + std::to_string(r.id) + " at " +
+                        r.address + " cannot be stored in a managed object: it is another " +
+                        "manager's, and this server's ServerOptions::foreign_proxies is off");
+      return hold_foreign(r);
+    }
     if (!host_->find(r.address, r.id))
       throw TypeError("a proxy to " + r.type_id + " object " + std::to_string(r.id) + " at " +
-                      r.address + " cannot be stored in a managed object: that is not an " +
-                      "object of this manager (only proxies to its own objects can be stored " +
-                      "in its containers), or it is gone");
+                      r.address + " cannot be stored in a managed object: the manager has no " +
+                      "such object (it is gone)");
     host_->hold(r.id, r.ticket);
   }
-  void drop(const Item& ref) override { host_->drop(ref.as_ref().id); }
+  void drop(const Item& ref) override {
+    const detail::Ref& r = ref.as_ref();
+    if (host_->hosts(r.address)) return host_->drop(r.id);
+    BaseProxy gone;  // its reference is released after the lock (a decref on its link)
+    std::scoped_lock lock(m_);
+    auto it = foreign_.find(Key{r.address, r.id});
+    if (it == foreign_.end()) return;
+    gone = std::move(it->second.proxies.back());
+    it->second.proxies.pop_back();
+    if (it->second.proxies.empty()) foreign_.erase(it);
+  }
   // A ref written into a reply: a new reference parked for its receiver.
-  void write(const detail::Ref& r, proto::Ref::Builder out) const { host_->write_ref(r.id, out); }
+  void write(const detail::Ref& r, proto::Ref::Builder out) const {
+    if (host_->hosts(r.address)) return host_->write_ref(r.id, out);
+    BaseProxy p;
+    {
+      std::scoped_lock lock(m_);
+      auto it = foreign_.find(Key{r.address, r.id});
+      if (it == foreign_.end())
+        throw ValueError("a proxy to " + r.type_id + " object " + std::to_string(r.id) + " at " +
+                         r.address + " is not held by this managed object");
+      p = it->second.proxies.back();
+    }
+    p._write_ref(out);
+  }
 
 private:
+  using Key = std::pair<std::string, std::uint64_t>;
+
+  // Each new ticket is claimed (the sender's park ends); a copy made here (ticket 0, or one
+  // already claimed) shares the reference of a proxy held already.
+  void hold_foreign(const detail::Ref& r) {
+    const Key key{r.address, r.id};
+    {
+      std::scoped_lock lock(m_);
+      auto it = foreign_.find(key);
+      if (it != foreign_.end() && (r.ticket == 0 || it->second.tickets.contains(r.ticket))) {
+        it->second.proxies.push_back(it->second.proxies.back());
+        return;
+      }
+    }
+    capnp::MallocMessageBuilder mb(64);
+    auto b = mb.initRoot<proto::Ref>();
+    b.setTypeid(r.type_id);
+    b.setAddress(r.address);
+    b.setId(r.id);
+    b.setFingerprint(r.fingerprint);
+    b.setTicket(r.ticket);                             // 0: the claim takes a new reference
+    BaseProxy p = BaseProxy::_from_ref(b.asReader());  // connects on first use: not under m_
+    std::scoped_lock lock(m_);
+    Held& h = foreign_[key];
+    h.proxies.push_back(std::move(p));
+    if (r.ticket != 0) h.tickets.insert(r.ticket);
+  }
+
+  struct Held {
+    std::vector<BaseProxy> proxies;   // one per element that holds the object
+    std::set<std::uint64_t> tickets;  // the parks claimed for them
+  };
   detail::RefHost* host_;
+  mutable std::mutex m_;
+  std::map<Key, Held> foreign_;  // proxies to other managers' objects (m_)
 };
 
 class ContainerObject final : public detail::HostedObject,

@@ -25,8 +25,9 @@ namespace detail {
 using StartReport = std::tuple<bool, std::string, std::vector<std::byte>>;
 
 // The server options that travel to a spawned server process (no TLS: a context cannot).
-using WireServerOptions = std::tuple<std::uint64_t, std::uint32_t, std::uint32_t, std::int64_t,
-                                     std::uint32_t, bool, std::int64_t, int, bool>;
+using WireServerOptions =
+    std::tuple<std::uint64_t, std::uint32_t, std::uint32_t, std::int64_t, std::uint32_t, bool,
+               std::int64_t, int, bool, std::uint32_t, bool>;
 
 WireServerOptions to_wire(const ServerOptions& o) {
   return {o.max_message_size,
@@ -37,7 +38,9 @@ WireServerOptions to_wire(const ServerOptions& o) {
           o.allow_shutdown,
           o.listener.handshake_timeout.count(),
           o.listener.backlog,
-          o.track_segments};
+          o.track_segments,
+          o.max_threads,
+          o.foreign_proxies};
 }
 
 ServerOptions from_wire(const WireServerOptions& w) {
@@ -51,6 +54,8 @@ ServerOptions from_wire(const WireServerOptions& w) {
   o.listener.handshake_timeout = std::chrono::milliseconds(std::get<6>(w));
   o.listener.backlog = std::get<7>(w);
   o.track_segments = std::get<8>(w);
+  o.max_threads = std::get<9>(w);
+  o.foreign_proxies = std::get<10>(w);
   return o;
 }
 

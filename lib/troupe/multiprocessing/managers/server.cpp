@@ -2407,6 +2407,11 @@ public:
     auto it = objects_.find(id);
     return it == objects_.end() ? nullptr : it->second.object;
   }
+  bool holds_foreign() override { return options_.foreign_proxies; }
+  bool hosts(std::string_view address) override {
+    std::scoped_lock lock(m_);
+    return address == address_text_ || aliases_.contains(address);
+  }
   void write_ref(std::uint64_t id, proto::Ref::Builder out) override {
     std::uint64_t ticket;
     std::string typeid_;

@@ -53,6 +53,12 @@ struct ServerOptions {
   unsigned max_threads = 256;
   /// Whether a client's shutdown() stops the server (Python: always).
   bool allow_shutdown = true;
+  /// Whether a managed container may hold a proxy to another manager's object (Python: always).
+  /// The server then connects to that manager, at the address the proxy names, as its client
+  /// (the first store of each address waits for the connection, up to 10 s). Off: storing one
+  /// fails with TypeError naming it, for a server that must not open connections its clients
+  /// choose.
+  bool foreign_proxies = true;
   /// Python's SharedMemoryServer: clients may ask the server to track shared memory segments
   /// (track_segment, release_segment, list_segments), which it unlinks when it stops. Set by
   /// SharedMemoryManager. At most max_objects_held segments are tracked.

@@ -97,6 +97,12 @@ public:
   virtual std::shared_ptr<HostedObject> find(std::string_view /*address*/, std::uint64_t /*id*/) {
     return nullptr;
   }
+  /// Whether `address` (a Ref's) names this host (its own address or another name a client
+  /// reached it by). A ref to another address is another manager's object, which a container
+  /// holds as that manager's client. A host that cannot tell says yes (refs stay its own).
+  virtual bool hosts(std::string_view /*address*/) { return true; }
+  /// Whether a ref to another host's object may be held (ServerOptions::foreign_proxies).
+  virtual bool holds_foreign() { return false; }
 };
 
 /// One call as the host hands it to an object. The references (args, method, typeid_) are valid
