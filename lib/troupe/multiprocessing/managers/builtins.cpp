@@ -397,7 +397,7 @@ public:
         throw TypeError("a proxy to " + r.type_id + " object " + std::to_string(r.id) + " at " +
                         r.address + " cannot be stored in a managed object: it is another " +
                         "manager's, and this server's ServerOptions::foreign_proxies is off");
-      return hold_foreign(r);
+      return hold_foreign(ref);
     }
     if (!host_->find(r.address, r.id))
       throw TypeError("a proxy to " + r.type_id + " object " + std::to_string(r.id) + " at " +
@@ -436,7 +436,8 @@ private:
 
   // Each new ticket is claimed (the sender's park ends); a copy made here (ticket 0, or one
   // already claimed) shares the reference of a proxy held already.
-  void hold_foreign(const detail::Ref& r) {
+  void hold_foreign(const Item& ref) {
+    const detail::Ref& r = ref.as_ref();
     const Key key{r.address, r.id};
     {
       std::scoped_lock lock(m_);
@@ -447,13 +448,10 @@ private:
       }
     }
     capnp::MallocMessageBuilder mb(64);
-    auto b = mb.initRoot<proto::Ref>();
-    b.setTypeid(r.type_id);
-    b.setAddress(r.address);
-    b.setId(r.id);
-    b.setFingerprint(r.fingerprint);
-    b.setTicket(r.ticket);                             // 0: the claim takes a new reference
-    BaseProxy p = BaseProxy::_from_ref(b.asReader());  // connects on first use: not under m_
+    auto v = mb.initRoot<proto::Value>();
+    detail::write(ref, v);  // a ticket 0: the claim takes a new reference
+    BaseProxy p =
+        BaseProxy::_from_ref(v.asReader().getRef());  // connects on first use: not under m_
     std::scoped_lock lock(m_);
     Held& h = foreign_[key];
     h.proxies.push_back(std::move(p));

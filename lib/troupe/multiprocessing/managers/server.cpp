@@ -1904,7 +1904,7 @@ public:
       std::vector<std::string> exposed;
       {
         std::scoped_lock lock(m_);
-        if (r.address != address_text_ && !aliases_.contains(r.address))
+        if (!own_address_locked(r.address))
           throw TypeError("a proxy to " + r.type_id + " object " + std::to_string(r.id) + " at " +
                           r.address +
                           " cannot be sent to a Python client: it is another manager's");
@@ -2403,13 +2403,17 @@ public:
   }
   std::shared_ptr<detail::HostedObject> find(std::string_view address, std::uint64_t id) override {
     std::scoped_lock lock(m_);
-    if (address != address_text_ && !aliases_.contains(address)) return nullptr;
+    if (!own_address_locked(address)) return nullptr;
     auto it = objects_.find(id);
     return it == objects_.end() ? nullptr : it->second.object;
   }
   bool holds_foreign() override { return options_.foreign_proxies; }
   bool hosts(std::string_view address) override {
     std::scoped_lock lock(m_);
+    return own_address_locked(address);
+  }
+  // Under m_: `address` (a Ref's text) is this server's own or a name a client reached it by.
+  bool own_address_locked(std::string_view address) const {
     return address == address_text_ || aliases_.contains(address);
   }
   void write_ref(std::uint64_t id, proto::Ref::Builder out) override {
