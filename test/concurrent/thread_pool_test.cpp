@@ -3,7 +3,6 @@
 #include <cmath>
 #include <list>
 #include <mutex>
-#include <ranges>
 #include <set>
 #include <stdexcept>
 #include <stop_token>
@@ -29,6 +28,7 @@ namespace {
 using namespace std::chrono_literals;
 using ::testing::HasSubstr;
 using ::testing::StartsWith;
+namespace views = troupe::testing::views;
 
 class ThreadPoolTest : public troupe::testing::LeakCheck {};
 
@@ -67,8 +67,8 @@ TEST_F(ThreadPoolTest, ExceptionIsStoredInTheFuture) {
 
 TEST_F(ThreadPoolTest, RequestStopReachesARunningCallThroughItsStopToken) {
   // troupe: Python cannot stop a running call; a function taking a std::stop_token can be asked.
-  ThreadPoolExecutor pool(1);
   threading::Event started;
+  ThreadPoolExecutor pool(1);
   auto f = pool.submit(
       [&](std::stop_token stop, int step) {
         started.set();
@@ -159,7 +159,7 @@ TEST_F(ThreadPoolTest, MapEndsAfterAFailingCallAsPython) {
           if (x == 10) throw KeyError("item 10");
           return x;
         },
-        std::views::iota(0, 100));
+        views::iota(0, 100));
     auto want = troupe::testing::texts(0, 10, [](int i) { return i; });
     want.push_back("KeyError");
     EXPECT_EQ(outcomes(results), want);
@@ -192,8 +192,10 @@ TEST_F(ThreadPoolTest, MapInputThatRaisesAsPython) {
 }
 
 TEST_F(ThreadPoolTest, MapTimeoutCountsFromTheCall) {
-  ThreadPoolExecutor pool(2);
+  // Events the calls wait on are declared before the pool, here and below: a worker can still be
+  // inside release.wait() when the test ends, and the pool's destructor must join it first.
   threading::Event release;
+  ThreadPoolExecutor pool(2);
   std::vector<int> ms{0, 0, 1};
   std::vector<int> got;
   try {
@@ -213,17 +215,17 @@ TEST_F(ThreadPoolTest, MapTimeoutCountsFromTheCall) {
 }
 
 TEST_F(ThreadPoolTest, MapNextWithATimeoutLosesNothing) {
+  threading::Event never;
   // next(timeout), as Pool.imap's: a per-read timeout that leaves the result to a later read;
   // the map's own timeout still counts from the call and ends the map.
-  ThreadPoolExecutor pool(2);
   threading::Event release;
+  ThreadPoolExecutor pool(2);
   auto results = pool.map([&](int x) { return release.wait(10s) ? x : -1; }, std::vector{1, 2});
   EXPECT_THROW((void)results.next(10ms), TimeoutError);
   release.set();
   EXPECT_EQ(results.next(10s), 1);
   EXPECT_EQ(results.next(10s), 2);
   EXPECT_EQ(results.next(10s), std::nullopt);
-  threading::Event never;
   auto bounded = pool.map(
       {.timeout = 50ms}, [&](int x) { return never.wait(10s) ? x : -1; }, std::vector{1});
   EXPECT_THROW((void)bounded.next(10s), TimeoutError);  // the map's 50 ms, not the 10 s
@@ -260,7 +262,7 @@ TEST_F(ThreadPoolTest, MapEagerSubmitsWithoutIteration) {
           std::scoped_lock lk(mu);
           finished.insert(x);
         },
-        std::views::iota(0, 10));
+        views::iota(0, 10));
     pool.shutdown(true);
   }
   EXPECT_EQ(finished.size(), 10u);
@@ -276,7 +278,7 @@ TEST_F(ThreadPoolTest, MapIsLazyOverAnEndlessInput) {
         ++calls;
         return x * 2;
       },
-      std::views::iota(0));
+      views::iota(0));
   int read = 0;
   for (int v : results) {
     EXPECT_EQ(v, read * 2);
@@ -288,16 +290,16 @@ TEST_F(ThreadPoolTest, MapIsLazyOverAnEndlessInput) {
 }
 
 TEST_F(ThreadPoolTest, MapDefaultLookAheadIsBounded) {
+  threading::Event release;
   ThreadPoolExecutor pool(2);
   std::atomic<int> calls{0};
-  threading::Event release;
   auto results = pool.map(
       [&](int x) {
         ++calls;
         release.wait(10s);
         return x;
       },
-      std::views::iota(0));
+      views::iota(0));
   EXPECT_TRUE(troupe::testing::eventually([&] { return calls.load() == 2; }));
   std::this_thread::sleep_for(20ms);
   EXPECT_EQ(calls.load(), 2);  // two workers busy, the rest queued: 2 × max_workers submitted
@@ -307,8 +309,8 @@ TEST_F(ThreadPoolTest, MapDefaultLookAheadIsBounded) {
 }
 
 TEST_F(ThreadPoolTest, AbandonedMapCancelsWhatIsLeft) {
-  ThreadPoolExecutor pool(1);
   threading::Event release;
+  ThreadPoolExecutor pool(1);
   std::atomic<int> calls{0};
   {
     auto results = pool.map(
@@ -317,7 +319,7 @@ TEST_F(ThreadPoolTest, AbandonedMapCancelsWhatIsLeft) {
           ++calls;
           release.wait(10s);
         },
-        std::views::iota(0, 20));
+        views::iota(0, 20));
     EXPECT_TRUE(troupe::testing::eventually([&] { return calls.load() == 1; }));
   }
   release.set();
@@ -338,8 +340,8 @@ TEST_F(ThreadPoolTest, DefaultWorkersAsPython313) {
 }
 
 TEST_F(ThreadPoolTest, SaturationStartsMaxWorkersOnly) {
-  ThreadPoolExecutor pool(4);
   threading::Event release;
+  ThreadPoolExecutor pool(4);
   std::vector<Future<bool>> fs;
   for (int i = 0; i < 4 * 5; ++i) fs.push_back(pool.submit([&] { return release.wait(10s); }));
   EXPECT_EQ(pool.threads(), 4u);
@@ -390,8 +392,8 @@ TEST_F(ThreadPoolTest, ShutdownWaitsForQueuedWork) {
 }
 
 TEST_F(ThreadPoolTest, ShutdownCancelFutures) {
-  ThreadPoolExecutor pool(1);
   threading::Event release;
+  ThreadPoolExecutor pool(1);
   auto first = pool.submit([&] { return release.wait(10s); });
   std::vector<Future<int>> rest;
   for (int i = 0; i < 10; ++i) rest.push_back(pool.submit(mul, i, 1));
@@ -422,8 +424,8 @@ TEST_F(ThreadPoolTest, ShutdownNoWaitThenDestroyJoins) {
 TEST_F(ThreadPoolTest, InitializerRunsInEachWorker) {
   std::atomic<int> inits{0};
   {
-    ThreadPoolExecutor pool({.max_workers = 3, .initializer = [&] { ++inits; }});
     threading::Event release;
+    ThreadPoolExecutor pool({.max_workers = 3, .initializer = [&] { ++inits; }});
     std::vector<Future<bool>> fs;
     for (int i = 0; i < 3; ++i) fs.push_back(pool.submit([&] { return release.wait(10s); }));
     release.set();
@@ -472,10 +474,10 @@ TEST_F(ThreadPoolTest, WaitingOnOwnSaturatedPoolRaisesInsteadOfHanging) {
 }
 
 TEST_F(ThreadPoolTest, TwoTasksWaitingOnEachOtherRaise) {
+  threading::Event ready;
   // Python's second documented deadlock: a waits on b, b waits on a, two workers.
   ThreadPoolExecutor pool(2);
   Future<int> a_fut, b_fut;  // set below before either task waits
-  threading::Event ready;
   auto a = pool.submit([&] {
     ready.wait(10s);
     return b_fut.result() + 1;

@@ -7,7 +7,6 @@
 #include <chrono>
 #include <initializer_list>
 #include <list>
-#include <ranges>
 #include <set>
 #include <string>
 #include <thread>
@@ -33,6 +32,7 @@ namespace {
 
 using namespace std::chrono_literals;
 using ::testing::HasSubstr;
+namespace views = troupe::testing::views;
 using namespace troupe::testing::pool_entries;
 
 int sqr_slowly(int x) {
@@ -86,35 +86,35 @@ TEST_P(PoolTest, Apply) {
 
 TEST_P(PoolTest, MapAndStarmap) {
   Pool pool(with(GetParam()));
-  EXPECT_EQ(pool.map(sqr, std::views::iota(0, 10)), squares(10));
+  EXPECT_EQ(pool.map(sqr, views::iota(0, 10)), squares(10));
   EXPECT_EQ(pool.map(sqr, std::list<int>{0, 1, 2, 3}), squares(4));
-  EXPECT_EQ(pool.map(sqr, std::views::iota(0, 100), 53), squares(100));
+  EXPECT_EQ(pool.map(sqr, views::iota(0, 100), 53), squares(100));
   EXPECT_EQ(pool.map(sqr, std::vector<int>{}), std::vector<int>{});
   std::vector<std::tuple<int, int>> pairs{{1, 2}, {3, 4}, {5, 6}};
   EXPECT_EQ(pool.starmap(mul, pairs), (std::vector<int>{2, 12, 30}));
   EXPECT_EQ(pool.starmap_async(mul, pairs, 1).get(30s), (std::vector<int>{2, 12, 30}));
-  EXPECT_EQ(pool.map_async(sqr, std::views::iota(0, 20)).get(30s), squares(20));
+  EXPECT_EQ(pool.map_async(sqr, views::iota(0, 20)).get(30s), squares(20));
   EXPECT_THROW((void)pool.map(sqr, std::vector<int>{1}, 0), ValueError);
 }
 
 TEST_P(PoolTest, Imap) {
   Pool pool(with(GetParam()));
   std::vector<int> got;
-  for (int v : pool.imap(sqr_slowly, std::views::iota(0, 30))) got.push_back(v);
+  for (int v : pool.imap(sqr_slowly, views::iota(0, 30))) got.push_back(v);
   EXPECT_EQ(got, squares(30));
   got.clear();
-  for (int v : pool.imap(sqr, std::views::iota(0, 30), 7)) got.push_back(v);
+  for (int v : pool.imap(sqr, views::iota(0, 30), 7)) got.push_back(v);
   EXPECT_EQ(got, squares(30));
 }
 
 TEST_P(PoolTest, ImapUnordered) {
   Pool pool(with(GetParam()));
   std::multiset<int> got;
-  for (int v : pool.imap_unordered(sqr_slowly, std::views::iota(0, 30))) got.insert(v);
+  for (int v : pool.imap_unordered(sqr_slowly, views::iota(0, 30))) got.insert(v);
   auto want = squares(30);
   EXPECT_EQ(got, std::multiset<int>(want.begin(), want.end()));
   got.clear();
-  for (int v : pool.imap_unordered(sqr, std::views::iota(0, 30), 4)) got.insert(v);
+  for (int v : pool.imap_unordered(sqr, views::iota(0, 30), 4)) got.insert(v);
   EXPECT_EQ(got, std::multiset<int>(want.begin(), want.end()));
 }
 
@@ -147,7 +147,7 @@ TEST_P(PoolTest, ImapNextWithATimeout) {
 TEST_P(PoolTest, ImapIsLazyOverAnEndlessInput) {
   Pool pool(with(GetParam()));
   int read = 0;
-  for (int v : pool.imap(sqr, std::views::iota(0))) {
+  for (int v : pool.imap(sqr, views::iota(0))) {
     EXPECT_EQ(v, read * read);
     if (++read == 100) break;
   }
@@ -156,8 +156,8 @@ TEST_P(PoolTest, ImapIsLazyOverAnEndlessInput) {
 TEST_P(PoolTest, ErrorsPropagate) {
   Pool pool(with(GetParam()));
   EXPECT_THROW(pool.apply(raising, 7), KeyError);
-  EXPECT_THROW((void)pool.map(raising, std::views::iota(0, 10)), KeyError);
-  auto it_results = pool.imap(raising, std::views::iota(0, 10));
+  EXPECT_THROW((void)pool.map(raising, views::iota(0, 10)), KeyError);
+  auto it_results = pool.imap(raising, views::iota(0, 10));
   std::vector<int> got;
   try {
     for (int v : it_results) got.push_back(v);
@@ -199,18 +199,18 @@ std::multiset<std::string> as_set(const std::vector<std::string>& v) {
 
 TEST_P(PoolTest, ImapGoesOnPastAFailingCall) {
   Pool pool(with(GetParam()));
-  auto ordered = pool.imap(raise_at_10, std::views::iota(0, 100));
+  auto ordered = pool.imap(raise_at_10, views::iota(0, 100));
   EXPECT_EQ(outcomes(ordered), around_item_10());
-  auto unordered = pool.imap_unordered(raise_at_10, std::views::iota(0, 100));
+  auto unordered = pool.imap_unordered(raise_at_10, views::iota(0, 100));
   EXPECT_EQ(as_set(outcomes(unordered)), as_set(around_item_10()));
   // With chunks, the failing call fails its chunk (as in Python): one exception, at the chunk's
   // place, and the other chunks' results.
-  auto chunked = pool.imap(raise_at_10, std::views::iota(0, 100), 4);
+  auto chunked = pool.imap(raise_at_10, views::iota(0, 100), 4);
   auto want = texts(0, 100, [](int i) { return i; });
   want.erase(want.begin() + 8, want.begin() + 12);
   want.insert(want.begin() + 8, "KeyError");
   EXPECT_EQ(outcomes(chunked), want);
-  auto chunked_unordered = pool.imap_unordered(raise_at_10, std::views::iota(0, 100), 4);
+  auto chunked_unordered = pool.imap_unordered(raise_at_10, views::iota(0, 100), 4);
   EXPECT_EQ(as_set(outcomes(chunked_unordered)), as_set(want));
 }
 
@@ -269,7 +269,7 @@ TEST_P(PoolTest, Callbacks) {
   e.wait(30s);
   EXPECT_TRUE(failed.load());
   std::atomic<std::size_t> n{0};
-  auto m = pool.map_async(sqr, std::views::iota(0, 8), std::nullopt,
+  auto m = pool.map_async(sqr, views::iota(0, 8), std::nullopt,
                           {.callback = [&](const std::vector<int>& v) { n = v.size(); }});
   m.wait(30s);
   EXPECT_EQ(n.load(), 8u);
@@ -312,7 +312,7 @@ TEST_P(PoolTest, CloseJoinAndTerminateRules) {
 TEST_P(PoolTest, KilledWorkerFailsItsTaskNeverHangs) {
   Pool pool(with(GetParam()));
   try {
-    (void)pool.map(kill_self_at, std::views::iota(0, 10), 1);
+    (void)pool.map(kill_self_at, views::iota(0, 10), 1);
     FAIL() << "no ProcessError";
   } catch (const ProcessError& e) {
     EXPECT_THAT(e.what(), HasSubstr("killed by signal 9 (SIGKILL)"));
@@ -328,7 +328,7 @@ TEST_P(PoolTest, KilledWorkerFailsItsTaskNeverHangs) {
     }));
   } else {  // a new worker took the dead one's place
     EXPECT_EQ(pool.apply(sqr, 4), 16);
-    EXPECT_EQ(pool.map(sqr, std::views::iota(0, 10)), squares(10));
+    EXPECT_EQ(pool.map(sqr, views::iota(0, 10)), squares(10));
   }
   pool.close();
   pool.join();
@@ -347,7 +347,7 @@ TEST_P(PoolTest, MaxTasksPerChild) {
     std::set<int> pids;
     for (auto& r : rs) pids.insert(r.get(60s));
     EXPECT_GE(pids.size(), static_cast<std::size_t>(8 / per_child)) << per_child;
-    EXPECT_EQ(pool.map(sqr, std::views::iota(0, 12), 1), squares(12)) << per_child;
+    EXPECT_EQ(pool.map(sqr, views::iota(0, 12), 1), squares(12)) << per_child;
     pool.close();
     pool.join();
   }
@@ -375,25 +375,25 @@ TROUPE_PER_START_METHOD(PoolTest);
 class ThreadPoolTest : public troupe::testing::LeakCheck {};
 
 TEST_F(ThreadPoolTest, SameApiOnThreads) {
+  threading::Event go;
   dummy::Pool pool(3);
   int offset = 10;  // a lambda capturing local state: fine on threads
   EXPECT_EQ(pool.apply([&](int x) { return x + offset; }, 5), 15);
   EXPECT_EQ(pool.apply_async(sqr, 7).get(10s), 49);
-  EXPECT_EQ(pool.map(sqr, std::views::iota(0, 50)), squares(50));
-  EXPECT_EQ(pool.map(sqr, std::views::iota(0, 50), 7), squares(50));
+  EXPECT_EQ(pool.map(sqr, views::iota(0, 50)), squares(50));
+  EXPECT_EQ(pool.map(sqr, views::iota(0, 50), 7), squares(50));
   EXPECT_EQ(pool.map(sqr, std::vector<int>{}), std::vector<int>{});
   std::vector<std::tuple<int, int>> pairs{{1, 2}, {3, 4}};
   EXPECT_EQ(pool.starmap(mul, pairs), (std::vector<int>{2, 12}));
   std::vector<int> got;
-  for (int v : pool.imap(sqr, std::views::iota(0, 20), 3)) got.push_back(v);
+  for (int v : pool.imap(sqr, views::iota(0, 20), 3)) got.push_back(v);
   EXPECT_EQ(got, squares(20));
   std::multiset<int> unordered;
-  for (int v : pool.imap_unordered(sqr_slowly, std::views::iota(0, 20))) unordered.insert(v);
+  for (int v : pool.imap_unordered(sqr_slowly, views::iota(0, 20))) unordered.insert(v);
   auto want = squares(20);
   EXPECT_EQ(unordered, std::multiset<int>(want.begin(), want.end()));
   EXPECT_THROW(pool.apply(raising, 7), KeyError);
-  EXPECT_THROW((void)pool.map(raising, std::views::iota(0, 10)), KeyError);
-  threading::Event go;
+  EXPECT_THROW((void)pool.map(raising, views::iota(0, 10)), KeyError);
   auto slow = pool.imap([&](int x) { return go.wait(10s) ? x : -1; }, std::vector<int>{5, 6});
   EXPECT_THROW((void)slow.next(10ms), TimeoutError);
   go.set();
@@ -411,9 +411,9 @@ TEST_F(ThreadPoolTest, SameApiOnThreads) {
 
 TEST_F(ThreadPoolTest, ImapGoesOnPastAFailingCall) {
   ThreadPool pool(2);
-  auto ordered = pool.imap(raise_at_10, std::views::iota(0, 100));
+  auto ordered = pool.imap(raise_at_10, views::iota(0, 100));
   EXPECT_EQ(outcomes(ordered), around_item_10());
-  auto unordered = pool.imap_unordered(raise_at_10, std::views::iota(0, 100));
+  auto unordered = pool.imap_unordered(raise_at_10, views::iota(0, 100));
   EXPECT_EQ(as_set(outcomes(unordered)), as_set(around_item_10()));
 }
 

@@ -5,13 +5,14 @@
 
 #include <chrono>
 #include <exception>
-#include <ranges>
 #include <string>
 #include <vector>
 
 #include <gtest/gtest.h>
 
 #include "troupe/errors.hpp"
+
+#include "views.hpp"
 
 namespace troupe::testing {
 
@@ -54,10 +55,10 @@ std::vector<std::string> texts(int from, int to, F f) {
 
 /// 0, 1, … n-1, whose element `k` cannot be read: dereferencing it throws IndexError.
 inline auto input_raising_at(int n, int k) {
-  return std::views::iota(0, n) | std::views::transform([k](int x) {
-           if (x == k) throw troupe::IndexError("input element " + std::to_string(k));
-           return x;
-         });
+  return views::transform_iota(0, n, [k](int x) {
+    if (x == k) throw troupe::IndexError("input element " + std::to_string(k));
+    return x;
+  });
 }
 
 }  // namespace troupe::testing

@@ -8,7 +8,6 @@
 #include <atomic>
 #include <chrono>
 #include <optional>
-#include <ranges>
 #include <set>
 #include <string>
 #include <thread>
@@ -25,6 +24,7 @@
 #include "leak_check.hpp"
 #include "pool_entries.hpp"
 #include "start_method_test.hpp"
+#include "views.hpp"
 
 namespace managed_pool_test {
 
@@ -32,6 +32,7 @@ namespace mp = troupe::multiprocessing;
 namespace mm = troupe::multiprocessing::managers;
 using namespace std::chrono_literals;
 using ::testing::HasSubstr;
+namespace views = troupe::testing::views;
 using namespace troupe::testing::pool_entries;
 
 void nothing(int) {}
@@ -84,13 +85,13 @@ TEST_P(ManagedPoolTest, ApplyMapStarmap) {
   EXPECT_EQ(pool.processes(), 2);
   EXPECT_EQ(pool.apply(sqr, 5), 25);
   pool.apply(nothing, 1);  // void
-  EXPECT_EQ(pool.map(sqr, std::views::iota(0, 10)), squares(10));
-  EXPECT_EQ(pool.map(sqr, std::views::iota(0, 100), 7), squares(100));
+  EXPECT_EQ(pool.map(sqr, views::iota(0, 10)), squares(10));
+  EXPECT_EQ(pool.map(sqr, views::iota(0, 100), 7), squares(100));
   EXPECT_EQ(pool.map(sqr, std::vector<int>{}), std::vector<int>{});
   std::vector<std::tuple<int, int>> pairs{{1, 2}, {3, 4}, {5, 6}};
   EXPECT_EQ(pool.starmap(mul, pairs), (std::vector<int>{2, 12, 30}));
   EXPECT_EQ(pool.starmap_async(mul, pairs).get(30s), (std::vector<int>{2, 12, 30}));
-  EXPECT_EQ(pool.map_async(sqr, std::views::iota(0, 20), 3).get(30s), squares(20));
+  EXPECT_EQ(pool.map_async(sqr, views::iota(0, 20), 3).get(30s), squares(20));
   EXPECT_THAT(pool.str(), HasSubstr("pool_size=2"));
 }
 
@@ -125,7 +126,7 @@ TEST_P(ManagedPoolTest, ErrorsPropagate) {
   EXPECT_TRUE(r.ready());
   EXPECT_FALSE(r.successful());
   EXPECT_THROW(r.get(), troupe::KeyError);
-  EXPECT_THROW((void)pool.map(raising, std::views::iota(0, 10)), troupe::KeyError);
+  EXPECT_THROW((void)pool.map(raising, views::iota(0, 10)), troupe::KeyError);
   EXPECT_EQ(pool.apply(sqr, 3), 9);  // the pool goes on
 }
 
@@ -170,7 +171,7 @@ TEST_P(ManagedPoolTest, CallbacksRunHereBeforeGetReturns) {
 
   std::vector<int> all;
   mp::AsyncCallbacks<std::vector<int>> gather{[&](const std::vector<int>& v) { all = v; }, {}};
-  EXPECT_EQ(pool.map_async(sqr, std::views::iota(0, 20), 3, gather).get(30s), squares(20));
+  EXPECT_EQ(pool.map_async(sqr, views::iota(0, 20), 3, gather).get(30s), squares(20));
   EXPECT_EQ(all, squares(20));
   std::vector<std::tuple<int, int>> pairs{{1, 2}, {3, 4}};
   std::vector<int> products;
@@ -188,7 +189,7 @@ TEST_P(ManagedPoolTest, ImapInOrderAndUnordered) {
   mm::SyncManager m(options());
   m.start();
   auto pool = m.Pool(2);
-  auto it = pool.imap(sqr, std::views::iota(0, 10));
+  auto it = pool.imap(sqr, views::iota(0, 10));
   EXPECT_EQ(it._token().typeid_, "Iterator");
   std::vector<int> got;
   for (int v : it) got.push_back(v);
@@ -196,10 +197,10 @@ TEST_P(ManagedPoolTest, ImapInOrderAndUnordered) {
   EXPECT_EQ(it.next(), std::nullopt);  // and at every call after
   EXPECT_THROW((void)it._callmethod<std::vector<std::byte>>("__next__"), troupe::StopIteration);
   got.clear();
-  for (int v : pool.imap(sqr, std::views::iota(0, 50), 4)) got.push_back(v);
+  for (int v : pool.imap(sqr, views::iota(0, 50), 4)) got.push_back(v);
   EXPECT_EQ(got, squares(50));
   std::multiset<int> unordered;
-  for (int v : pool.imap_unordered(sqr, std::views::iota(0, 30), 3)) unordered.insert(v);
+  for (int v : pool.imap_unordered(sqr, views::iota(0, 30), 3)) unordered.insert(v);
   auto want = squares(30);
   EXPECT_EQ(unordered, std::multiset<int>(want.begin(), want.end()));
 }
@@ -208,7 +209,7 @@ TEST_P(ManagedPoolTest, ImapFailingChunkRaisesOnceThenGoesOn) {
   mm::SyncManager m(options());
   m.start();
   auto pool = m.Pool(2);
-  auto it = pool.imap(raising, std::views::iota(0, 10));
+  auto it = pool.imap(raising, views::iota(0, 10));
   std::vector<int> got;
   int errors = 0;
   for (int i = 0; i < 20; ++i) {
@@ -324,7 +325,7 @@ TEST_P(ManagedPoolTest, KilledWorkerFailsItsTaskAndThePoolGoesOn) {
   m.start();
   auto pool = m.Pool(2);
   try {
-    (void)pool.map(kill_self_at, std::views::iota(0, 10), 1);
+    (void)pool.map(kill_self_at, views::iota(0, 10), 1);
     FAIL() << "no ProcessError";
   } catch (const mp::ProcessError& e) {
     EXPECT_THAT(e.what(), HasSubstr("SIGKILL"));
