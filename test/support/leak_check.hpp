@@ -10,12 +10,14 @@
 
 #include <gtest/gtest.h>
 
+#include "troupe/detail/sanitizers.hpp"
+
 namespace troupe::testing {
 
 /// ThreadSanitizer cannot start threads in a child forked from a multi-threaded process (the
 /// child exits 66: "starting new threads after multi-threaded fork is not supported"). Tests whose
 /// forked child starts a thread (a manager proxy's link) skip the fork case when this is true.
-#if defined(__SANITIZE_THREAD__)
+#if defined(TROUPE_TSAN)
 inline constexpr bool kTsanForkLimit = true;
 #else
 inline constexpr bool kTsanForkLimit = false;

@@ -9,6 +9,7 @@
 
 #include <gtest/gtest.h>
 
+#include "troupe/detail/sanitizers.hpp"
 #include "troupe/multiprocessing/process.hpp"
 
 #include "leak_check.hpp"
@@ -39,7 +40,7 @@ inline std::string start_method_name(const ::testing::TestParamInfo<std::string>
 /// the parent's side, where the races would be, is the same; an exec'd TSan process costs about
 /// a second to start, and the spawn cases made the TSan stage of CI the longest. The plain and
 /// ASan builds run all three.
-#if defined(__SANITIZE_THREAD__)
+#if defined(TROUPE_TSAN)
 #define TROUPE_PER_START_METHOD(suite)                                                   \
   INSTANTIATE_TEST_SUITE_P(StartMethods, suite, ::testing::Values("fork", "forkserver"), \
                            ::troupe::testing::start_method_name)

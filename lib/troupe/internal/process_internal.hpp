@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "troupe/detail/sanitizers.hpp"
 #include "troupe/unique_fd.hpp"
 
 namespace troupe::multiprocessing::detail {
@@ -49,7 +50,7 @@ void check_start_method(const std::string& method);
 /// fork() where the child runs system calls only (no atfork handlers), so that a threaded
 /// process may call it; the sanitizers' runtimes must see a real fork.
 inline pid_t fork_now() noexcept {
-#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
+#if defined(TROUPE_TSAN) || defined(TROUPE_ASAN)
   return ::fork();
 #else
   return ::_Fork();

@@ -22,6 +22,7 @@
 
 #include <openssl/crypto.h>
 
+#include "troupe/detail/sanitizers.hpp"
 #include "troupe/error_envelope.hpp"
 #include "troupe/errors.hpp"
 #include "troupe/internal/demangle.hpp"
@@ -92,14 +93,8 @@ std::shared_ptr<ProcessState> current_state() {
 }
 
 // Threads a sanitizer runtime starts on its own (TSan's background thread), which fork handles.
-#if defined(__SANITIZE_THREAD__)
+#if defined(TROUPE_TSAN)
 constexpr int kRuntimeThreads = 1;
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-constexpr int kRuntimeThreads = 1;
-#else
-constexpr int kRuntimeThreads = 0;
-#endif
 #else
 constexpr int kRuntimeThreads = 0;
 #endif

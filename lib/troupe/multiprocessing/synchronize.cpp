@@ -6,6 +6,7 @@
 #include <climits>
 #include <thread>
 
+#include "troupe/detail/sanitizers.hpp"
 #include "troupe/errors.hpp"
 #include "troupe/multiprocessing/internal/thread_identity.hpp"
 #include "troupe/multiprocessing/logger.hpp"
@@ -98,7 +99,7 @@ void held_by_me(MutexState& s, std::int32_t recovered) noexcept {
     });
     if (!got) {
       if (deadline) {
-#if defined(__SANITIZE_THREAD__)
+#if defined(TROUPE_TSAN)
         // GCC 12's ThreadSanitizer does not intercept pthread_mutex_clocklock (and would then
         // report the unlock as wrong): give it the realtime deadline timedlock takes.
         const auto left = *deadline - steady::now();

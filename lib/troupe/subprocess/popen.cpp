@@ -20,6 +20,7 @@
 #include <cstring>
 #include <limits>
 
+#include "troupe/detail/sanitizers.hpp"
 #include "troupe/detail/sigpipe.hpp"
 
 #include <grp.h>
@@ -33,7 +34,7 @@ namespace {
 
 // Sanitizer runtimes cannot follow a child that shares the parent's memory on a stack of its
 // own: under them the child is a real fork (slower, same behaviour).
-#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
+#if defined(TROUPE_TSAN) || defined(TROUPE_ASAN)
 constexpr bool kCloneVm = false;
 #else
 constexpr bool kCloneVm = true;

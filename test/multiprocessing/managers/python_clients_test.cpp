@@ -12,6 +12,7 @@
 #include <string>
 #include <thread>
 
+#include "troupe/detail/sanitizers.hpp"
 #include "troupe/multiprocessing/managers.hpp"
 
 #include "child_process.hpp"
@@ -225,7 +226,7 @@ print('waiting', flush=True)
 q.get()
 )PY";
 
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#if defined(TROUPE_ASAN) || defined(TROUPE_TSAN)
 constexpr bool kSanitized = true;
 #else
 constexpr bool kSanitized = false;

@@ -20,6 +20,7 @@
 #include <boost/asio/bind_executor.hpp>
 #include <boost/asio/io_context.hpp>
 
+#include "troupe/detail/sanitizers.hpp"
 #include "troupe/multiprocessing/managers.hpp"
 
 #include "child_process.hpp"
@@ -93,7 +94,7 @@ print(('%s:%d' % a) if isinstance(a, tuple) else 'unix:' + a, flush=True)
 s.serve_forever()
 )PY";
 
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#if defined(TROUPE_ASAN) || defined(TROUPE_TSAN)
 constexpr bool kSanitized = true;
 #else
 constexpr bool kSanitized = false;
