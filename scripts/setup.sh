@@ -7,7 +7,7 @@ PACKAGES=(
   meson ninja-build pkg-config g++ python3
   libboost1.81-dev capnproto libcapnp-dev libssl-dev
   libgtest-dev libgmock-dev libbenchmark-dev libconcurrentqueue-dev
-  clang-format clang libclang-rt-14-dev
+  clang-format clang libclang-rt-14-dev lld
 )
 
 missing=()
