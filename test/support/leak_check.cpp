@@ -94,23 +94,28 @@ bool holds_segment(pid_t pid, const std::string& name) {
   return false;
 }
 
-}  // namespace
-
-bool held_by_a_stranger(const std::string& name) {
+// Whether any process of the machine (/proc) satisfies `pred`.
+bool any_process(const std::function<bool(pid_t)>& pred) {
   DIR* d = opendir("/proc");
   if (!d) return false;
-  bool stranger = false;
+  bool found = false;
   while (dirent* e = readdir(d)) {
     char* end = nullptr;
     const long pid = std::strtol(e->d_name, &end, 10);
     if (*end != '\0' || pid <= 0) continue;
-    if (holds_segment(static_cast<pid_t>(pid), name) && !in_our_tree(static_cast<pid_t>(pid))) {
-      stranger = true;
+    if (pred(static_cast<pid_t>(pid))) {
+      found = true;
       break;
     }
   }
   closedir(d);
-  return stranger;
+  return found;
+}
+
+}  // namespace
+
+bool held_by_a_stranger(const std::string& name) {
+  return any_process([&](pid_t pid) { return holds_segment(pid, name) && !in_our_tree(pid); });
 }
 
 int count_threads() {
@@ -134,22 +139,13 @@ bool has_children() {
 #if TROUPE_TSAN
   // This process's children, running or not yet reaped, but not the sanitizer's symbolizer.
   const pid_t self = getpid();
-  bool found = false;
-  if (DIR* d = opendir("/proc")) {
-    while (dirent* e = readdir(d)) {
-      char* end = nullptr;
-      const long pid = std::strtol(e->d_name, &end, 10);
-      if (*end != '\0' || pid <= 0 || parent_of(static_cast<pid_t>(pid)) != self) continue;
-      std::ifstream comm("/proc/" + std::to_string(pid) + "/comm");
-      std::string name;
-      std::getline(comm, name);
-      if (name.rfind("llvm-symbolizer", 0) == 0) continue;
-      found = true;
-      break;
-    }
-    closedir(d);
-  }
-  return found;
+  return any_process([self](pid_t pid) {
+    if (parent_of(pid) != self) return false;
+    std::ifstream comm("/proc/" + std::to_string(pid) + "/comm");
+    std::string name;
+    std::getline(comm, name);
+    return name.rfind("llvm-symbolizer", 0) != 0;
+  });
 #else
   siginfo_t info{};
   return waitid(P_ALL, 0, &info, WEXITED | WNOHANG | WNOWAIT) == 0;  // else ECHILD: none
