@@ -355,5 +355,134 @@ TEST_F(PythonClientsTest, AClientKilledInABlockingGetReleasesItsConnection) {
   EXPECT_NE(out.find("after"), std::string::npos) << out;
 }
 
+// A Python client stores proxies to another manager's objects in a troupe manager's
+// containers and queues, as CPython allows: the troupe server becomes that manager's client (a
+// second troupe server, and a CPython 3.12+ SyncManager the client starts, whose handshake needs
+// no legacy opt-in), what it sends back is that manager's Token, and changes through any proxy
+// are seen through the others. argv: the two troupe servers' addresses.
+constexpr const char* kForeign = R"PY(
+import multiprocessing, os, sys
+from multiprocessing.managers import SyncManager
+
+key = bytes.fromhex(os.environ['TROUPE_TEST_AUTHKEY'])
+multiprocessing.current_process().authkey = key   # proxies that arrive in values connect with it
+a = SyncManager(address=eval(sys.argv[1]), authkey=key)
+a.connect()
+b = SyncManager(address=eval(sys.argv[2]), authkey=key)
+b.connect()
+others = [b]
+if sys.version_info >= (3, 12):
+    py = SyncManager(address=('127.0.0.1', 0), authkey=key)
+    py.start()
+    others.append(py)
+for other in others:
+    foreign = other.list([1])
+    d = a.dict()
+    d['x'] = foreign                       # a holds it, as other's client
+    got = d['x']                           # other's Token comes back
+    assert got._token.address == foreign._token.address, (got._token, foreign._token)
+    assert got._token.id == foreign._token.id, (got._token, foreign._token)
+    got.append(2)
+    assert foreign[:] == [1, 2], foreign[:]
+    outer = a.list([foreign, foreign])
+    popped = outer.pop()                   # its element's reference goes after the reply
+    popped.append(3)
+    assert foreign[:] == [1, 2, 3] and len(outer) == 1
+    q = a.Queue()
+    q.put(foreign)
+    assert q.get(timeout=5)[:] == [1, 2, 3]
+    q.put([other.dict(k='v')])             # the sender's proxy is gone before the get
+    assert q.get(timeout=5)[0]['k'] == 'v'
+    ns = a.Namespace()
+    ns.inner = other.dict(k=1)
+    ns.inner['k'] = 2                      # through the rebuilt proxy
+    assert ns.inner['k'] == 2
+    del foreign, got, popped
+    assert d['x'][:] == [1, 2, 3]          # d keeps it alive on `other`
+    del d, outer, ns, q
+if sys.version_info >= (3, 12):
+    py.shutdown()
+print('ok')
+)PY";
+
+TEST_F(PythonClientsTest, APythonClientStoresAnotherManagersProxies) {
+  const auto pythons = find_pythons();
+  if (pythons.empty()) GTEST_SKIP() << "no python3 found";
+  // The servers connect to the other managers with this process's key, as CPython's do.
+  auto process = mp::current_process();
+  const mp::AuthenticationString old_key = process.authkey();
+  process.set_authkey(key_);
+  mm::ServerOptions o;
+  o.listener.authkey = key_;
+  o.listener.auth.legacy_md5 = true;
+  o.threads = 2;
+  o.park_ttl = 1s;  // the references kept for Python receivers go soon after
+  server_ =
+      std::make_unique<mm::Server>(PyManager::registry(), mp::Address::parse("127.0.0.1:0"), o);
+  server_->start();
+  mm::Server other(PyManager::registry(), mp::Address::parse("127.0.0.1:0"), o);
+  other.start();
+  const auto& b = other.address();
+  const std::string other_address = "('" + b.host + "', " + std::to_string(b.port) + ")";
+  for (const auto& py : pythons) {
+    SCOPED_TRACE(py.exe + " (3." + std::to_string(py.minor) + ")");
+    ChildProcess child({py.exe, "-c", kForeign, python_address(), other_address}, true);
+    const std::string out = child.read_rest(120s);
+    EXPECT_EQ(child.wait(10s), 0) << out;
+    EXPECT_NE(out.find("ok"), std::string::npos) << out;
+  }
+  // Every reference the first server held on the second (its containers', and those it kept
+  // for the client) is released.
+  EXPECT_TRUE(eventually([&] { return other.number_of_objects() == 0; }, 15s))
+      << other.debug_info();
+  EXPECT_TRUE(eventually([&] { return server_->number_of_objects() == 0; }, 15s))
+      << server_->debug_info();
+  server_.reset();
+  other.stop();
+  process.set_authkey(old_key);
+}
+
+// With ServerOptions::foreign_proxies off, a Python client's proxy to another manager's object
+// is refused naming the proxy and the option, and the server serves on.
+TEST_F(PythonClientsTest, AServerWithoutForeignProxiesRefusesAPythonClientsOne) {
+  const auto pythons = find_pythons();
+  if (pythons.empty()) GTEST_SKIP() << "no python3 found";
+  mm::ServerOptions o;
+  o.listener.authkey = key_;
+  o.listener.auth.legacy_md5 = true;
+  o.threads = 2;
+  o.foreign_proxies = false;
+  server_ =
+      std::make_unique<mm::Server>(PyManager::registry(), mp::Address::parse("127.0.0.1:0"), o);
+  server_->start();
+  mm::ServerOptions open = o;
+  open.foreign_proxies = true;
+  mm::Server other(PyManager::registry(), mp::Address::parse("127.0.0.1:0"), open);
+  other.start();
+  const auto& b = other.address();
+  ChildProcess child({pythons.front().exe, "-c",
+                      "import os, sys\n"
+                      "from multiprocessing.managers import SyncManager, RemoteError\n"
+                      "key = bytes.fromhex(os.environ['TROUPE_TEST_AUTHKEY'])\n"
+                      "a = SyncManager(address=eval(sys.argv[1]), authkey=key); a.connect()\n"
+                      "b = SyncManager(address=eval(sys.argv[2]), authkey=key); b.connect()\n"
+                      "d = a.dict()\n"
+                      "try:\n"
+                      "    d['x'] = b.list([1])\n"
+                      "except (TypeError, RemoteError) as e:\n"
+                      "    print('refused', e)\n"
+                      "d['y'] = 1\n"
+                      "print(len(d))\n",
+                      python_address(), "('" + b.host + "', " + std::to_string(b.port) + ")"},
+                     true);
+  const std::string out = child.read_rest(60s);
+  EXPECT_EQ(child.wait(10s), 0) << out;
+  EXPECT_NE(out.find("refused"), std::string::npos) << out;
+  EXPECT_NE(out.find("foreign_proxies is off"), std::string::npos) << out;
+  EXPECT_NE(out.find("\n1\n"), std::string::npos) << out;
+  EXPECT_TRUE(eventually([&] { return other.number_of_objects() == 0; }, 10s))
+      << other.debug_info();
+}
+
 }  // namespace
 }  // namespace managers_test

@@ -40,7 +40,7 @@ using troupe::testing::find_pythons;
 // the key in the environment. Prints its address in troupe's syntax, then serves until shut
 // down.
 constexpr const char* kServer = R"PY(
-import os, queue, sys
+import multiprocessing, os, queue, sys
 from multiprocessing.managers import SyncManager
 
 class Maths:
@@ -85,7 +85,10 @@ M.register('Counter', Counter)
 M.register('Made', create_method=False)  # what make_counter returns (its callable: none)
 M.register('Factory', Factory, method_to_typeid={'make_counter': 'Made'})
 
-m = M(address=eval(sys.argv[1]), authkey=bytes.fromhex(os.environ['TROUPE_TEST_AUTHKEY']))
+key = bytes.fromhex(os.environ['TROUPE_TEST_AUTHKEY'])
+# The proxies it rebuilds (another manager's, stored in its containers) connect with it.
+multiprocessing.current_process().authkey = key
+m = M(address=eval(sys.argv[1]), authkey=key)
 s = m.get_server()
 a = s.address
 if isinstance(a, bytes):
@@ -300,6 +303,54 @@ TEST_F(PythonServersTest, ATroupeClientUsesEveryPythonsManagerOverAUnixSocket) {
     use(start(py, "'" + path.string() + "'"));
     std::filesystem::remove(path);  // Python's listener unlinks it; be sure
   }
+}
+
+// A troupe client stores proxies to a troupe manager's objects in a Python manager's containers,
+// as a Python client can: CPython's server rebuilds each (connecting to that manager itself,
+// with its own process's key) and gives it back as a proxy there; changes through any of them
+// are seen through the others, and the Python server's references go with its elements.
+TEST_F(PythonServersTest, ATroupeClientStoresAnotherManagersProxiesInAPythonManager) {
+  if (pythons_.empty()) GTEST_SKIP() << "no python3 found";
+  mm::ServerOptions so;
+  so.listener.authkey = key_->key();
+  so.listener.auth.legacy_md5 = true;  // a 3.11 server connects as a 3.11 client
+  so.threads = 2;
+  mm::Server troupe_side(mm::SyncManager::registry(), mp::Address::parse("127.0.0.1:0"), so);
+  troupe_side.start();
+  mm::ManagerOptions to;
+  to.address = troupe_side.address();
+  to.authkey = key_->key();
+  using Ints = std::vector<std::int64_t>;
+  for (const auto& py : pythons_) {
+    SCOPED_TRACE(py.exe + " (3." + std::to_string(py.minor) + ")");
+    {
+      mm::SyncManager pm(options(start(py, "('127.0.0.1', 0)")));
+      pm.connect();
+      mm::SyncManager tm(to);
+      tm.connect();
+      auto inner = tm.list<std::int64_t>({1});
+      auto d = pm.dict<std::string, mm::ListProxy<std::int64_t>>();
+      d["x"] = inner;
+      auto got = d.get("x");
+      ASSERT_TRUE(got.has_value());
+      EXPECT_EQ(got->_token().address.str(), troupe_side.address().str());
+      EXPECT_EQ(got->_token().id, inner._token().id);
+      got->append(2);
+      EXPECT_EQ(inner.copy(), (Ints{1, 2}));
+      auto l = pm.list<mm::ListProxy<std::int64_t>>();
+      l.append(inner);
+      l.append(tm.list<std::int64_t>({7}));  // the sender's proxy goes before the Python one
+      EXPECT_EQ(l.pop().copy(), (Ints{7}));
+      l.pop().append(3);
+      EXPECT_EQ(inner.copy(), (Ints{1, 2, 3}));
+      EXPECT_EQ(l.size(), 0u);
+      EXPECT_EQ(d.get("x")->size(), 3u);
+    }
+    // The Python server's proxies (its dict's element) decref'd as they went.
+    EXPECT_TRUE(eventually([&] { return troupe_side.number_of_objects() == 0; }, 15s))
+        << troupe_side.debug_info();
+  }
+  troupe_side.stop();
 }
 
 TEST_F(PythonServersTest, AWrongKeyIsRefusedNamingTheLegacyHandshake) {

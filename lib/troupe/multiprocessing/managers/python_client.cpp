@@ -17,6 +17,7 @@
 #include "troupe/multiprocessing/managers/detail/pickle.hpp"
 #include "troupe/multiprocessing/managers/internal/python_dialect.hpp"
 #include "troupe/multiprocessing/managers/internal/wire.hpp"
+#include "troupe/multiprocessing/managers/proxy.hpp"
 
 namespace troupe::multiprocessing::managers::internal::python {
 
@@ -153,8 +154,8 @@ struct ClientPeer::Lane {
   struct Entry {
     Handler done;
     std::uint64_t call_id = 0;
-    std::string where;                  // "'get' of object 7f..": for errors
-    std::vector<std::uint64_t> parked;  // proxies parked for the call: dropped once answered
+    std::string where;                // "'get' of object 7f..": for errors
+    std::vector<detail::Ref> parked;  // proxies parked for the call: dropped once answered
   };
   std::uint64_t number = 0;
   std::mutex send_m;  // one sender at a time (and the entries queued in the order sent)
@@ -385,7 +386,7 @@ std::shared_ptr<detail::Frame> ClientPeer::run_function(std::uint64_t call_id,
     case W::CREATE: {
       auto c = r.getCreate();
       const std::string typeid_(c.getTypeid().cStr());
-      std::vector<std::uint64_t> parked;
+      std::vector<detail::Ref> parked;
       Item got;
       try {
         Item args = python_args(c.getArgs(), "create(" + typeid_ + ")", parked);
@@ -507,19 +508,27 @@ std::shared_ptr<ClientPeer::Lane> ClientPeer::lane_for(std::uint64_t number) {
 }
 
 Item ClientPeer::python_args(capnp::List<proto::Value>::Reader args, const std::string& where,
-                             std::vector<std::uint64_t>& parked) {
+                             std::vector<detail::Ref>& parked) {
   std::vector<Item> out;
   out.reserve(args.size());
   std::function<Item(Item)> convert = [&](Item x) -> Item {
     if (x.kind() == Kind::ref) {
       const detail::Ref& r = x.as_ref();
-      Address a = Address::parse(r.address);
-      if (!same_server(a, address_))
-        throw TypeError(where + ": a proxy to an object of the manager at " + r.address +
-                        " cannot be sent to the CPython manager at " + address_text_ +
-                        " (it would connect there with a key of its own); only its own "
-                        "objects' proxies");
-      if (r.ticket != 0) parked.push_back(r.id);
+      Address a;
+      try {
+        a = Address::parse(r.address);
+      } catch (const std::exception& e) {
+        throw ValueError(where + ": a proxy to an object at '" + r.address + "': " + e.what());
+      }
+      if (!same_server(a, address_)) {
+        // Another manager's object (troupe's or CPython's): CPython's server rebuilds the proxy
+        // and takes a reference there itself, connecting with its own process's key
+        // (managers.md, "Inside another manager's objects"); the park the sender made there
+        // keeps the object until the call is answered.
+        if (r.ticket != 0) parked.push_back(r);
+        return rebuild_proxy(r.type_id, a, r.id, {});
+      }
+      if (r.ticket != 0) parked.push_back({r.type_id, {}, r.id, 0, r.ticket});
       return rebuild_proxy(r.type_id, address_, r.id, exposed_of(r.id));
     }
     if (x.is_container())
@@ -600,9 +609,25 @@ void ClientPeer::deliver(Handler done, std::exception_ptr e, std::shared_ptr<det
   });
 }
 
-void ClientPeer::drop_parked(const std::vector<std::uint64_t>& ids) {
-  for (auto id : ids)
-    post_job([this, id] { (void)dispatch("decref", {Item::text(ident_text(id))}); });
+void ClientPeer::drop_parked(const std::vector<detail::Ref>& parked) {
+  for (const auto& r : parked) {
+    if (r.address.empty()) {
+      const auto id = r.id;
+      post_job([this, id] { (void)dispatch("decref", {Item::text(ident_text(id))}); });
+      continue;
+    }
+    // Claimed (the park becomes this proxy's reference) and released at once, on the link to
+    // that manager, which exists (the sender's proxy parked through it).
+    try {
+      capnp::MallocMessageBuilder mb(64);
+      auto v = mb.initRoot<proto::Value>();
+      detail::write(Item::ref(r), v);
+      (void)BaseProxy::_from_ref(v.asReader().getRef());
+    } catch (const std::exception& e) {
+      get_logger().info("manager at " + address_text_ + ": a reference parked at " + r.address +
+                        " for a call was not released: " + e.what());
+    }
+  }
 }
 
 void ClientPeer::start_call(proto::manager::Request::Reader r, Handler done) {
@@ -774,7 +799,8 @@ std::shared_ptr<detail::Frame> ClientPeer::call(proto::manager::Request::Reader 
             // Timed out: a new object's reference that nobody will hold goes back.
             if (f && f->root<proto::manager::Reply>().isProxy())
               if (auto self = this_peer.lock())
-                self->drop_parked({f->root<proto::manager::Reply>().getProxy().getId()});
+                self->drop_parked(
+                    {detail::Ref{{}, {}, f->root<proto::manager::Reply>().getProxy().getId()}});
             return;
           }
           w->error = e;

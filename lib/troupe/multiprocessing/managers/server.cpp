@@ -38,6 +38,7 @@
 #include "troupe/multiprocessing/managers/detail/pickle.hpp"
 #include "troupe/multiprocessing/managers/internal/python_dialect.hpp"
 #include "troupe/multiprocessing/managers/internal/wire.hpp"
+#include "troupe/multiprocessing/managers/proxy.hpp"
 #include "troupe/multiprocessing/process.hpp"
 
 #include <netinet/in.h>
@@ -702,8 +703,10 @@ public:
 
   void release_everything() {
     std::unordered_map<std::uint64_t, Entry> objects;
+    std::vector<Lingering> lingering;  // released after the lock (a decref on its link)
     {
       std::scoped_lock lock(m_);
+      lingering.swap(lingering_);
       objects.swap(objects_);
       by_identity_.clear();
       tracked_.clear();
@@ -1897,17 +1900,37 @@ public:
   // meanwhile): the ref's own park if it has one still parked (a ref written for the receiver,
   // or a queue's item its sender parked), else a new one; python_incref() takes it over, and
   // the sweep ends it after park_ttl if no incref comes.
+  //
+  // A proxy to another manager's object (held in a container, or in a queue's item) goes as
+  // CPython's server sends the proxies it holds: a RebuildProxy of that manager's Token, which
+  // the client connects to with its own process's key. Until its incref there, this server
+  // keeps a reference of its own for it (linger()): a popped element's reference is dropped
+  // after the reply is written.
   void refs_to_python(Item& x) {
     if (x.kind() == detail::Kind::ref) {
       const detail::Ref r = x.as_ref();
       std::string typeid_;
       std::vector<std::string> exposed;
+      bool own;
       {
         std::scoped_lock lock(m_);
-        if (!own_address_locked(r.address))
+        own = own_address_locked(r.address);
+      }
+      if (!own) {
+        Address foreign;
+        try {
+          foreign = Address::parse(r.address);
+        } catch (const std::exception& e) {
           throw TypeError("a proxy to " + r.type_id + " object " + std::to_string(r.id) + " at " +
-                          r.address +
-                          " cannot be sent to a Python client: it is another manager's");
+                          detail::repr(Item::text(r.address), 80) +
+                          " cannot be sent to a Python client: " + e.what());
+        }
+        linger({r.type_id, r.address, r.id, r.fingerprint, 0});
+        x = python::rebuild_proxy(r.type_id, foreign, r.id, {});
+        return;
+      }
+      {
+        std::scoped_lock lock(m_);
         auto it = objects_.find(r.id);
         if (it == objects_.end())
           throw KeyError("'" + python::ident_text(r.id) +
@@ -1946,11 +1969,10 @@ public:
   void proxies_from_python(Item& x, std::uint64_t conn) {
     if (const Item* t = python::rebuilt_token(x)) {
       const auto f = python::token_fields(*t);
-      if (!is_our_address(f.address))
-        throw TypeError("a proxy to " + f.typeid_ + " object " + detail::repr(f.ident, 40) +
-                        " at " + detail::repr(f.address, 80) +
-                        " cannot be passed to the manager at " + address_text_ +
-                        ": only proxies to its own objects can");
+      if (!is_our_address(f.address)) {
+        x = foreign_from_python(f);
+        return;
+      }
       const std::uint64_t id = python::parse_ident(f.ident);
       detail::Ref ref;
       {
@@ -1974,6 +1996,51 @@ public:
     }
     if (x.is_container() || x.kind() == detail::Kind::object)
       for (Item& e : x.elements()) proxies_from_python(e, conn);
+  }
+
+  // A Python client's proxy to another manager's object (its Token names another address), as
+  // CPython's server takes one (RebuildProxy): this server becomes that manager's client,
+  // connecting with this process's key (managers.md, "Inside another manager's objects"), and
+  // takes a reference of its own there, which lingers for park_ttl (the sender's proxy may go
+  // before a container claims one of its own, or before a queue's receiver takes the item).
+  // Refused, naming the proxy, when ServerOptions::foreign_proxies is off.
+  Item foreign_from_python(const python::TokenFields& f) {
+    const std::string what = "a proxy to " + f.typeid_ + " object " + detail::repr(f.ident, 40) +
+                             " at " + detail::repr(f.address, 80);
+    if (!options_.foreign_proxies)
+      throw TypeError(what + " cannot be passed to the manager at " + address_text_ +
+                      ": it is another manager's, and this server's "
+                      "ServerOptions::foreign_proxies is off");
+    const auto address = python::address_of(f.address);
+    if (!address) throw TypeError(what + ": the Token's address is not one troupe can reach");
+    std::uint64_t id = 0;
+    try {
+      id = python::parse_ident(f.ident);
+    } catch (const std::exception& e) {
+      throw TypeError(what + ": " + e.what());
+    }
+    if (f.typeid_.empty() || f.typeid_.size() > 256)
+      throw TypeError(what + ": its typeid is empty or longer than 256 bytes");
+    detail::Ref ref{f.typeid_, address->str(), id, 0, 0};
+    linger(ref);
+    return Item::ref(std::move(ref));
+  }
+
+  // Takes a reference to another manager's object `r` (its ticket is ignored: a new one, over
+  // this process's link there, connecting on first use) and keeps it for park_ttl (10 s when
+  // parks wait forever), released by the sweep or at stop. @throws what connecting throws,
+  // naming the address.
+  void linger(const detail::Ref& r) {
+    capnp::MallocMessageBuilder mb(64);
+    auto v = mb.initRoot<proto::Value>();
+    detail::Ref fresh = r;
+    fresh.ticket = 0;
+    detail::write(Item::ref(std::move(fresh)), v);
+    BaseProxy p = BaseProxy::_from_ref(v.asReader().getRef());  // may connect: not under m_
+    const auto until = options_.park_ttl.count() > 0 ? Clock::now() + options_.park_ttl
+                                                     : Clock::now() + kForeignLinger;
+    std::scoped_lock lock(m_);
+    lingering_.push_back({until, std::move(p)});
   }
 
   // Whether a Python address names this server: its own, or its port on a name of this host.
@@ -2455,9 +2522,18 @@ public:
 
   void sweep() {
     std::vector<Entry> dead;
+    std::vector<Lingering> gone;  // released after the lock (a decref on its link)
     {
       std::scoped_lock lock(m_);
       const auto now = Clock::now();
+      for (auto it = lingering_.begin(); it != lingering_.end();) {
+        if (it->until <= now) {
+          gone.push_back(std::move(*it));
+          it = lingering_.erase(it);
+        } else {
+          ++it;
+        }
+      }
       for (auto it = parks_.begin(); it != parks_.end();) {
         if (it->second.deadline <= now) {
           if (!it->second.early_claim) drop_locked(it->second.id, 1, dead);
@@ -2616,6 +2692,14 @@ public:
   std::unordered_set<std::uint64_t> tracked_;  // objects whose release_connection() does work
   std::vector<std::string> segments_;          // shared memory tracked, in order (track_segments)
   std::unordered_map<std::uint64_t, Park> parks_;
+  // References to other managers' objects kept for a Python client (foreign_from_python,
+  // refs_to_python) until `until`; under m_.
+  struct Lingering {
+    Clock::time_point until;
+    BaseProxy proxy;
+  };
+  std::vector<Lingering> lingering_;
+  static constexpr std::chrono::seconds kForeignLinger{10};
   std::unordered_map<std::uint64_t, std::uint32_t> parks_by_conn_;  // conn → parks it made
   std::unordered_map<std::uint64_t, std::shared_ptr<ServerConn>> conns_;
   std::unordered_map<std::uint64_t, std::uint64_t> python_refs_;  // Python clients' (id → count)

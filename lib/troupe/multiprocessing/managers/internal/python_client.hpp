@@ -115,8 +115,10 @@ private:
   /// Runs `done` on the link's thread (never inside start(), never on the peer's own thread,
   /// whose destructor could then run there).
   void deliver(Handler done, std::exception_ptr e, std::shared_ptr<detail::Frame> f);
-  /// Drops (decref, on the peer's thread) one reference to each of `ids`.
-  void drop_parked(const std::vector<std::uint64_t>& ids);
+  /// Drops the references parked for a call once it is answered (or never sent): to this
+  /// server's objects (a Ref with an empty address) a decref, on the peer's thread; to another
+  /// manager's, the park there is claimed and released (a decref there).
+  void drop_parked(const std::vector<detail::Ref>& parked);
   void beat();
   void post_job(std::function<void()> f, std::function<void(std::exception_ptr)> fail = {});
   void run_jobs();
@@ -131,10 +133,11 @@ private:
   /// A lane's reply (kind, value) as a Reply frame.
   std::shared_ptr<detail::Frame> reply_frame(std::uint64_t call_id, detail::Item reply,
                                              const std::string& where);
-  /// A Call's arguments as Python's: proxies to this server as CPython pickles them. The ids of
-  /// the proxies parked for the call (to drop once the call is answered).
+  /// A Call's arguments as Python's: proxies as CPython pickles them (another manager's too:
+  /// CPython's server connects there itself). The proxies parked for the call (to drop once the
+  /// call is answered).
   detail::Item python_args(capnp::List<proto::Value>::Reader args, const std::string& where,
-                           std::vector<std::uint64_t>& parked);
+                           std::vector<detail::Ref>& parked);
   /// A value from the server as troupe's: proxies become refs.
   detail::Item from_python(detail::Item x, const std::string& where);
   std::vector<std::string> exposed_of(std::uint64_t id);

@@ -168,7 +168,9 @@ Item rebuild_proxy(std::string_view typeid_, const Address& address, std::uint64
                    const std::vector<std::string>& exposed) {
   const std::string_view type = proxy_type(typeid_);
   std::vector<Item> kwds;
-  if (type == "AutoProxy") {
+  // No names known (another manager's object): none sent, and AutoProxy asks that manager
+  // (get_methods), as it does for a Token it rebuilds without them.
+  if (type == "AutoProxy" && !exposed.empty()) {
     std::vector<Item> names;
     names.reserve(exposed.size());
     for (const auto& e : exposed) names.push_back(Item::text(e));

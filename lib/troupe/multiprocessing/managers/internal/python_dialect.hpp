@@ -71,7 +71,8 @@ TokenFields token_fields(const Item& x);
 std::string_view proxy_type(std::string_view typeid_);
 
 /// A proxy as BaseProxy.__reduce__ writes it: RebuildProxy(type, token, 'pickle', kwds), with
-/// kwds {'exposed': ...} for an AutoProxy. The receiving Python process takes a reference of its
+/// kwds {'exposed': ...} for an AutoProxy (none when `exposed` is empty: the receiver asks the
+/// manager, get_methods). The receiving Python process takes a reference of its
 /// own (incref) when it reads it.
 Item rebuild_proxy(std::string_view typeid_, const Address& address, std::uint64_t id,
                    const std::vector<std::string>& exposed);
