@@ -1,5 +1,7 @@
 #include "troupe/spin.hpp"
 
+#include <sched.h>
+
 #include <algorithm>
 #include <atomic>
 #include <functional>
@@ -138,6 +140,40 @@ TEST_F(SpinTest, ARoundAwayFromTheCpuForLongIsALoss) {
   // Away longer: another thread had the CPU for a time slice.
   const std::int64_t at = 10'000'000;
   EXPECT_TRUE(c.lost(at - 2'000'000, at));
+}
+
+// The process's Contention asks the scheduler: a gap in which this thread did not wait on a run
+// queue (the hypervisor had the CPU, or an interrupt) is no loss; one it spent waiting for
+// another thread of this machine is.
+TEST_F(SpinTest, AGapCountsOnlyIfTheThreadWaitedForACpuHere) {
+  Contention asking{Contention::kAwayNs, true};
+  (void)detail::waited_for_cpu(0);  // the thread's first question: nothing to compare with
+  // A made-up second away from the CPU, in which this thread waited on no run queue.
+  const std::int64_t at = 10'000'000'000;
+  EXPECT_FALSE(asking.lost(at - 1'000'000'000, at));
+  EXPECT_FALSE(detail::waited_for_cpu(1'000'000'000));
+
+  // This thread and a spinning one on one CPU: each waits for the other's time slices.
+  cpu_set_t saved;
+  ASSERT_EQ(::sched_getaffinity(0, sizeof saved, &saved), 0);
+  cpu_set_t one;
+  CPU_ZERO(&one);
+  CPU_SET(sched_getcpu(), &one);
+  ASSERT_EQ(::sched_setaffinity(0, sizeof one, &one), 0);
+  std::atomic<bool> stop{false};
+  std::thread rival([&] {
+    while (!stop.load(std::memory_order_relaxed)) {
+    }
+  });  // inherits the one CPU
+  (void)detail::waited_for_cpu(0);
+  const auto start = std::chrono::steady_clock::now();
+  while (std::chrono::steady_clock::now() - start < 200ms) {
+  }
+  const bool waited = detail::waited_for_cpu(20'000'000);  // 20 ms of the 200
+  stop = true;
+  rival.join();
+  ASSERT_EQ(::sched_setaffinity(0, sizeof saved, &saved), 0);
+  EXPECT_TRUE(waited);
 }
 
 TEST_F(SpinTest, LossesFarApartAreStrayPreemptionsNotLoad) {

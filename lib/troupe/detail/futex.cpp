@@ -1,6 +1,7 @@
 #include "troupe/detail/futex.hpp"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <linux/futex.h>
 #include <sched.h>
 #include <sys/syscall.h>
@@ -36,7 +37,26 @@ bool read_single_cpu() noexcept {
 
 std::atomic<std::int64_t> g_limit{initial_limit()};
 std::atomic<bool> g_single{read_single_cpu()};
-Contention g_cpus;
+Contention g_cpus{Contention::kAwayNs, true};
+
+// This thread's run_delay (ns spent runnable but waiting for a CPU), or -1.
+std::int64_t run_delay_ns() noexcept {
+  const int fd = ::open("/proc/thread-self/schedstat", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return -1;
+  char buf[96];
+  const ssize_t n = ::read(fd, buf, sizeof buf - 1);
+  ::close(fd);
+  if (n <= 0) return -1;
+  buf[n] = '\0';
+  // "<time on CPU> <run_delay> <timeslices>\n"
+  char* end = nullptr;
+  (void)std::strtoll(buf, &end, 10);
+  if (end == buf) return -1;
+  char* second = end;
+  const long long delay = std::strtoll(second, &end, 10);
+  if (end == second || delay < 0) return -1;
+  return delay;
+}
 
 }  // namespace
 
@@ -51,6 +71,16 @@ void set_spin_limit_ns(std::int64_t ns) noexcept {
 
 void yield_cpu() noexcept {
   sched_yield();
+}
+
+bool waited_for_cpu(std::int64_t gap_ns) noexcept {
+  thread_local std::int64_t last = -1;
+  const std::int64_t delay = run_delay_ns();
+  if (delay < 0) return true;
+  const bool first = last < 0;
+  const std::int64_t grew = delay - last;
+  last = delay;
+  return first || grew >= gap_ns / 2;
 }
 
 Contention& cpu_contention() noexcept {

@@ -57,6 +57,12 @@ inline std::int64_t now_ns() noexcept {
       .count();
 }
 
+/// Whether the calling thread, away from its CPU for `gap_ns`, spent at least half of that
+/// waiting on a run queue (for another thread of this machine) since it last asked, by its
+/// run_delay in /proc/thread-self/schedstat. True when that cannot be read, and on a thread's
+/// first question (nothing to compare with).
+bool waited_for_cpu(std::int64_t gap_ns) noexcept;
+
 /// Whether the CPUs are busy with other runnable threads, as the spins see it.
 ///
 /// A spin gives its CPU away (it yields, or it is preempted) and expects it back within
@@ -76,6 +82,14 @@ inline std::int64_t now_ns() noexcept {
 /// period's length, or kConfirmNs, after its end): under lasting load the spin probes (and loses
 /// a slice) rarely, about 1% of the time. Relaxed atomics: a racy reading costs at most one spin
 /// or one sleep.
+///
+/// Nor is a CPU the hypervisor took: on a shared host a virtual CPU is descheduled now and then
+/// for tens or hundreds of microseconds, often in bursts, and the spins would read each burst as
+/// load and sleep through it (the proxy round trip measured bimodal on such a host: 16 us, or
+/// 30-40 us with a wake-up per call). So the process's Contention asks the scheduler
+/// (waited_for_cpu()): a gap counts only if this thread waited on a run queue of this machine
+/// (its run_delay in /proc/thread-self/schedstat grew by half the gap or more since it last
+/// asked); the time a guest's CPU is away is not run-queue time there.
 class Contention {
 public:
   /// Longer than this away from the CPU during one round of a spin: another thread had it.
@@ -86,7 +100,10 @@ public:
   static constexpr std::int64_t kConfirmNs = 5'000'000;
 
   /// `away_ns`: the time away from the CPU that counts as lost (tests raise it).
-  constexpr explicit Contention(std::int64_t away_ns = kAwayNs) noexcept : away_ns_(away_ns) {}
+  /// `ask_scheduler`: a gap counts only if waited_for_cpu() says so (the process's; tests that
+  /// feed made-up times leave it off).
+  constexpr explicit Contention(std::int64_t away_ns = kAwayNs, bool ask_scheduler = false) noexcept
+      : away_ns_(away_ns), ask_scheduler_(ask_scheduler) {}
 
   /// True while a busy period lasts at `now`: waits sleep without spinning.
   bool busy(std::int64_t now) const noexcept {
@@ -98,6 +115,7 @@ public:
   /// if the loss confirms load (see the class comment) and none lasts.
   bool lost(std::int64_t from, std::int64_t now) noexcept {
     if (now - from <= away_ns_) return false;
+    if (ask_scheduler_ && !waited_for_cpu(now - from)) return false;  // not this machine's load
     if (busy(now)) return true;  // another waiter saw the same load
     const std::int64_t before = last_loss_.exchange(now, std::memory_order_relaxed);
     const std::int64_t last = period_.load(std::memory_order_relaxed);
@@ -120,6 +138,7 @@ public:
 
 private:
   std::int64_t away_ns_;
+  bool ask_scheduler_;
   std::atomic<std::int64_t> until_{0};
   std::atomic<std::int64_t> period_{0};
   std::atomic<std::int64_t> last_loss_{INT64_MIN / 2};
@@ -154,54 +173,7 @@ public:
   /// `cpus`: what the spin learns about the machine (tests pass their own).
   template <class Ready>
   bool spin(Ready&& ready, Contention& cpus = cpu_contention()) noexcept {
-    if (ready()) return true;
-    std::int64_t budget = budget_.load(std::memory_order_relaxed);
-    const std::int64_t limit = spin_limit_ns();
-    if (limit <= 0 || single_cpu()) return false;
-    if (budget <= 0 || budget > limit) budget = limit;
-    const std::int64_t start = now_ns();
-    // While the CPUs are busy the spin only pauses, about a microsecond, and never yields: it
-    // still catches an item of a stream already in flight, then sleeps, and learns nothing.
-    const bool busy = cpus.busy(start);
-    // Poll with exponential backoff: quick hand-offs are seen within a few pauses, and a waiter
-    // whose peer is busy producing polls (and steals the peer's cache lines) ever less often.
-    // Past the first microsecond each round yields as well: a peer waiting for this CPU runs.
-    // Each round reads the clock (tens of nanoseconds) before it asks ready(): for the budget,
-    // and to see whether the CPU was away. The time since the last reading covers pauses, a
-    // yield, and a ready() that said no, which all our waiters answer in a microsecond or two.
-    std::int64_t last = start;
-    for (unsigned pauses = 1;; pauses = pauses < kMaxPauses ? pauses * 2 : kMaxPauses) {
-      if (busy && pauses >= kYieldPauses) {
-        t_failed_spin = {};
-        return false;
-      }
-      for (unsigned p = 0; p < pauses; ++p) cpu_relax();
-      if (pauses >= kYieldPauses) yield_cpu();
-      const std::int64_t now = now_ns();
-      const bool away = cpus.lost(last, now);
-      last = now;
-      if (ready()) {
-        // Success: grow the budget towards twice what this wait needed, unless the CPU was away
-        // meanwhile (the wait then says nothing about the peer).
-        if (away || busy) return true;
-        const std::int64_t took = now - start;
-        std::int64_t next = budget + budget / 4;
-        if (next < 2 * took) next = 2 * took;
-        budget_.store(next > limit ? limit : next, std::memory_order_relaxed);
-        return true;
-      }
-      if (away) {  // lost the CPU to another thread: sleep now, the budget as it was
-        t_failed_spin = {};
-        return false;
-      }
-      if (pauses >= 8 && now - start >= budget) break;
-    }
-    // Failure: the peer was not coming soon, or could not run. Halve, down to a floor that
-    // still catches a hand-off already in flight.
-    std::int64_t next = budget / 2;
-    budget_.store(next < kFloorNs ? kFloorNs : next, std::memory_order_relaxed);
-    t_failed_spin = {start, budget};
-    return false;
+    return run(std::forward<Ready>(ready), cpus, false);
   }
 
   /// spin() for a `ready` that is a system call (a non-blocking receive, a poll of a socket):
@@ -209,14 +181,25 @@ public:
   /// spin that gave up at once (the sleep after it teaches nothing). A round of spin() then only
   /// pauses, which costs nothing when it reads memory; here each round would cost about what the
   /// wake-up it could spare costs, on the CPU the peer needs. The blocking call the caller makes
-  /// next returns at once when the event is there already.
+  /// next returns at once when the event is there already. Its rounds are spin_io()'s.
   template <class Ready>
   bool spin_syscall(Ready&& ready, Contention& cpus = cpu_contention()) noexcept {
     if (cpus.busy(now_ns())) {
       t_failed_spin = {};
       return false;
     }
-    return spin(std::forward<Ready>(ready), cpus);
+    return run(std::forward<Ready>(ready), cpus, true);
+  }
+
+  /// spin() for a `ready` that is a system call, shaped for it: the call itself (a microsecond
+  /// or more) is the backoff, so the pauses between calls stay short (up to kIoMaxPauses, not
+  /// spin()'s growing kMaxPauses, which there would add up to three microseconds to every hand-off
+  /// seen: a manager server's poll of its reactor measured 7.7 us from a client's send to the
+  /// server's receive, against 4 for a Pipe), and only every kIoYieldEvery-th round yields.
+  /// While the CPUs are busy it behaves as spin(): about a microsecond of rounds, then false.
+  template <class Ready>
+  bool spin_io(Ready&& ready, Contention& cpus = cpu_contention()) noexcept {
+    return run(std::forward<Ready>(ready), cpus, true);
   }
 
   /// After a failed spin() this thread slept, and the sleep has ended with the event waited
@@ -242,12 +225,75 @@ public:
   std::int64_t budget_ns() const noexcept { return budget_.load(std::memory_order_relaxed); }
 
 private:
+  // spin()'s loop; `io`: ready() is a system call (spin_io()).
+  template <class Ready>
+  bool run(Ready&& ready, Contention& cpus, bool io) noexcept {
+    if (ready()) return true;
+    std::int64_t budget = budget_.load(std::memory_order_relaxed);
+    const std::int64_t limit = spin_limit_ns();
+    if (limit <= 0 || single_cpu()) return false;
+    if (budget <= 0 || budget > limit) budget = limit;
+    const std::int64_t start = now_ns();
+    // While the CPUs are busy the spin only pauses, about a microsecond, and never yields: it
+    // still catches an item of a stream already in flight, then sleeps, and learns nothing.
+    const bool busy = cpus.busy(start);
+    const unsigned max_pauses = io ? kIoMaxPauses : kMaxPauses;
+    // Poll with exponential backoff: quick hand-offs are seen within a few pauses, and a waiter
+    // whose peer is busy producing polls (and steals the peer's cache lines) ever less often.
+    // Past the first microsecond each round yields as well (an io spin: every kIoYieldEvery-th):
+    // a peer waiting for this CPU runs.
+    // Each round reads the clock (tens of nanoseconds) before it asks ready(): for the budget,
+    // and to see whether the CPU was away. The time since the last reading covers pauses, a
+    // yield, and a ready() that said no, which all our waiters answer in a microsecond or two.
+    std::int64_t last = start;
+    unsigned round = 0;
+    for (unsigned pauses = 1;; pauses = pauses < max_pauses ? pauses * 2 : max_pauses) {
+      ++round;
+      const bool late = io ? last - start >= kYieldAfterNs : pauses >= kYieldPauses;
+      if (busy && late) {
+        t_failed_spin = {};
+        return false;
+      }
+      for (unsigned p = 0; p < pauses; ++p) cpu_relax();
+      if (late && (!io || round % kIoYieldEvery == 0)) yield_cpu();
+      const std::int64_t now = now_ns();
+      const bool away = cpus.lost(last, now);
+      last = now;
+      if (ready()) {
+        // Success: grow the budget towards twice what this wait needed, unless the CPU was away
+        // meanwhile (the wait then says nothing about the peer).
+        if (away || busy) return true;
+        const std::int64_t took = now - start;
+        std::int64_t next = budget + budget / 4;
+        if (next < 2 * took) next = 2 * took;
+        budget_.store(next > limit ? limit : next, std::memory_order_relaxed);
+        return true;
+      }
+      if (away) {  // lost the CPU to another thread: sleep now, the budget as it was
+        t_failed_spin = {};
+        return false;
+      }
+      if (round >= 4 && now - start >= budget) break;
+    }
+    // Failure: the peer was not coming soon, or could not run. Halve, down to a floor that
+    // still catches a hand-off already in flight.
+    std::int64_t next = budget / 2;
+    budget_.store(next < kFloorNs ? kFloorNs : next, std::memory_order_relaxed);
+    t_failed_spin = {start, budget};
+    return false;
+  }
+
   static constexpr std::int64_t kFloorNs = 500;
   // Less asleep than this, the sleep was the switch to a peer on this CPU, not a wake-up.
   static constexpr std::int64_t kWakeNs = 10'000;
   static constexpr unsigned kMaxPauses = 64;
   // From this backoff on (about a microsecond into the spin) each round yields too.
   static constexpr unsigned kYieldPauses = 16;
+  // An io spin's rounds (spin_io): pauses up to this between its system calls, yields on every
+  // this-many-th round once this long into the spin.
+  static constexpr unsigned kIoMaxPauses = 4;
+  static constexpr unsigned kIoYieldEvery = 4;
+  static constexpr std::int64_t kYieldAfterNs = 1'000;
   std::atomic<std::int64_t> budget_{0};
 };
 

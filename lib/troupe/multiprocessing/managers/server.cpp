@@ -525,7 +525,7 @@ public:
     while (!io.stopped()) {
       // spin() polls first (once, when it may not spin): one poll of the reactor, not two,
       // before the sleep.
-      if (spin.spin([&] { return io.poll() > 0; })) continue;
+      if (spin.spin_io([&] { return io.poll() > 0; })) continue;
       if (io.run_one_for(kLongestSleep) > 0) {
         spin.woke();
       } else if (io.poll() > 0) {
