@@ -284,8 +284,11 @@ private:
   }
 
   static constexpr std::int64_t kFloorNs = 500;
-  // Less asleep than this, the sleep was the switch to a peer on this CPU, not a wake-up.
-  static constexpr std::int64_t kWakeNs = 10'000;
+  // Less asleep than this, the sleep was the switch to a peer on this CPU, not a wake-up. A
+  // wake-up from another CPU's reply took 6-8 us on the virtual machines measured (perf sched
+  // timehist of a proxy's calls): at 10 us those sleeps taught nothing, the budget stayed at
+  // the floor, and every call slept (16 us round trips became 27-35 us, and stayed so).
+  static constexpr std::int64_t kWakeNs = 5'000;
   static constexpr unsigned kMaxPauses = 64;
   // From this backoff on (about a microsecond into the spin) each round yields too.
   static constexpr unsigned kYieldPauses = 16;
