@@ -24,6 +24,7 @@
 #include "troupe/multiprocessing/managers/detail/item.hpp"
 #include "troupe/multiprocessing/managers/detail/methods.hpp"
 #include "troupe/multiprocessing/managers/detail/waits.hpp"
+#include "troupe/multiprocessing/managers/internal/ref_proxy.hpp"
 #include "troupe/multiprocessing/managers/proxy.hpp"
 
 namespace troupe::multiprocessing::managers {
@@ -447,11 +448,8 @@ private:
         return;
       }
     }
-    capnp::MallocMessageBuilder mb(64);
-    auto v = mb.initRoot<proto::Value>();
-    detail::write(ref, v);  // a ticket 0: the claim takes a new reference
-    BaseProxy p =
-        BaseProxy::_from_ref(v.asReader().getRef());  // connects on first use: not under m_
+    // A ticket 0: the claim takes a new reference. Connects on first use: not under m_.
+    BaseProxy p = internal::proxy_of(r);
     std::scoped_lock lock(m_);
     Held& h = foreign_[key];
     h.proxies.push_back(std::move(p));

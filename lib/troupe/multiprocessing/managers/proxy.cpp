@@ -6,6 +6,7 @@
 #include <cstdio>
 
 #include "troupe/internal/runtime.hpp"
+#include "troupe/multiprocessing/managers/internal/ref_proxy.hpp"
 #include "troupe/multiprocessing/managers/internal/wire.hpp"
 #include "troupe/multiprocessing/process.hpp"
 
@@ -149,5 +150,14 @@ BaseProxy BaseProxy::adopt(const std::shared_ptr<detail::Link>& link, proto::Ref
   st->refs = 1;
   return BaseProxy(std::move(st));
 }
+
+namespace internal {
+BaseProxy proxy_of(const detail::Ref& r) {
+  capnp::MallocMessageBuilder mb(64);
+  auto v = mb.initRoot<proto::Value>();
+  detail::write(detail::Item::ref(r), v);
+  return BaseProxy::_from_ref(v.asReader().getRef());
+}
+}  // namespace internal
 
 }  // namespace troupe::multiprocessing::managers

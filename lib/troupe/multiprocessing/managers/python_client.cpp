@@ -16,8 +16,8 @@
 #include "troupe/multiprocessing/logger.hpp"
 #include "troupe/multiprocessing/managers/detail/pickle.hpp"
 #include "troupe/multiprocessing/managers/internal/python_dialect.hpp"
+#include "troupe/multiprocessing/managers/internal/ref_proxy.hpp"
 #include "troupe/multiprocessing/managers/internal/wire.hpp"
-#include "troupe/multiprocessing/managers/proxy.hpp"
 
 namespace troupe::multiprocessing::managers::internal::python {
 
@@ -619,10 +619,7 @@ void ClientPeer::drop_parked(const std::vector<detail::Ref>& parked) {
     // Claimed (the park becomes this proxy's reference) and released at once, on the link to
     // that manager, which exists (the sender's proxy parked through it).
     try {
-      capnp::MallocMessageBuilder mb(64);
-      auto v = mb.initRoot<proto::Value>();
-      detail::write(Item::ref(r), v);
-      (void)BaseProxy::_from_ref(v.asReader().getRef());
+      (void)proxy_of(r);
     } catch (const std::exception& e) {
       get_logger().info("manager at " + address_text_ + ": a reference parked at " + r.address +
                         " for a call was not released: " + e.what());

@@ -37,8 +37,8 @@
 #include "troupe/multiprocessing/logger.hpp"
 #include "troupe/multiprocessing/managers/detail/pickle.hpp"
 #include "troupe/multiprocessing/managers/internal/python_dialect.hpp"
+#include "troupe/multiprocessing/managers/internal/ref_proxy.hpp"
 #include "troupe/multiprocessing/managers/internal/wire.hpp"
-#include "troupe/multiprocessing/managers/proxy.hpp"
 #include "troupe/multiprocessing/process.hpp"
 
 #include <netinet/in.h>
@@ -2030,13 +2030,9 @@ public:
   // this process's link there, connecting on first use) and keeps it for park_ttl (10 s when
   // parks wait forever), released by the sweep or at stop. @throws what connecting throws,
   // naming the address.
-  void linger(const detail::Ref& r) {
-    capnp::MallocMessageBuilder mb(64);
-    auto v = mb.initRoot<proto::Value>();
-    detail::Ref fresh = r;
-    fresh.ticket = 0;
-    detail::write(Item::ref(std::move(fresh)), v);
-    BaseProxy p = BaseProxy::_from_ref(v.asReader().getRef());  // may connect: not under m_
+  void linger(detail::Ref r) {
+    r.ticket = 0;
+    BaseProxy p = internal::proxy_of(r);  // may connect: not under m_
     const auto until = options_.park_ttl.count() > 0 ? Clock::now() + options_.park_ttl
                                                      : Clock::now() + kForeignLinger;
     std::scoped_lock lock(m_);
