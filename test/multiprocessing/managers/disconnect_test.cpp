@@ -172,6 +172,9 @@ TEST_P(DisconnectTest, AServerThatStopsAnsweringFailsThePendingCallByTheHeartbea
   mm::SyncManager m(o);
   m.start();
   auto q = m.Queue<std::int64_t>();
+  // The link idle for longer than the timeout (its thread, and so its heartbeat, not started
+  // yet: quick blocking calls need neither): the silence that counts starts with the wait.
+  std::this_thread::sleep_for(700ms);
   // A long wait on a live server is kept alive by the pings, and ends as asked.
   EXPECT_THROW(q.get(true, 1500ms), troupe::queue::Empty);
   const int pid = *m.process()->pid();

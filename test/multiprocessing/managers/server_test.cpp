@@ -340,7 +340,15 @@ TEST_F(ServerTest, AHelperThreadServesWhileACallBlocksAndLeavesAfter) {
   auto latch = m->create<Latch>("Latch");
   auto other = client();
   auto maths = other->create<Maths>("Maths");
+  auto latch_maths = m->create<Maths>("Maths");
   EXPECT_EQ(maths.call<&Maths::add>(1, 1), 2);
+  // The links' own threads (started by an asynchronous call, or by a blocking call that waits
+  // long) are the client's, counted before: what is looked at is the server's.
+  boost::asio::io_context ctx;
+  for (auto* p : {&maths, &latch_maths})
+    p->async_call<&Maths::add>(
+        1, 1, boost::asio::bind_executor(ctx, [](std::exception_ptr e, int) { EXPECT_FALSE(e); }));
+  ctx.run();
   const int before = troupe::testing::count_threads();
   auto wait = std::async(std::launch::async, [&] { return latch.call<&Latch::wait>(); });
   ASSERT_TRUE(eventually([] { return Latch::waiting.load() == 1; }, 15s));

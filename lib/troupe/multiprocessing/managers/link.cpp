@@ -31,6 +31,9 @@ namespace troupe::multiprocessing::managers::detail {
 
 namespace asio = boost::asio;
 
+// How long a blocking call's reply may take before the link's thread (its heartbeat) starts.
+constexpr std::chrono::milliseconds kStartRunnerAfter{1};
+
 std::uint64_t current_lane() noexcept {
   static std::atomic<std::uint64_t> next{1};
   thread_local const std::uint64_t lane = next.fetch_add(1, std::memory_order_relaxed);
@@ -41,6 +44,10 @@ struct Link::Runner {
   asio::io_context ctx{1};
   std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work{
       ctx.get_executor()};
+  // Started on first need (Link::ensure_runner), not at connect: a thread's start costs a
+  // connect and its first calls more than they cost themselves on a machine with few CPUs.
+  std::once_flag once;
+  std::atomic<bool> started{false};
   std::thread thread;
   std::atomic<std::thread::id> id{};
   std::optional<asio::steady_timer> heartbeat;  // used on the thread only
@@ -190,9 +197,12 @@ void Link::forget(const Address& address) {
 }
 
 void Link::connect(const LinkOptions& options) {
-  // The link's thread starts first: its start (a clone, a stack, its reactor) runs while the
-  // handshake waits for the server, not between the greeting and the first call.
-  start_runner();
+  // Under TLS the link's thread reads from the start: it starts first, so that its start (a
+  // clone, a stack, its reactor) runs while the handshake waits for the server. On a plain
+  // socket a blocking call reads on its own thread, and the link's thread starts when something
+  // needs it (ensure_runner): an asynchronous request, a queued write, a reply slow to come (the
+  // heartbeat), a CPython peer.
+  if (options.tls) ensure_runner();
   // A connect that fails stops and joins it before the error leaves, and ~Link then sees a link
   // that never connected (a Python peer's failure goes through ~Link, which ends both).
   struct StopRunnerOnThrow {
@@ -200,6 +210,7 @@ void Link::connect(const LinkOptions& options) {
     int exceptions = std::uncaught_exceptions();
     ~StopRunnerOnThrow() {
       if (std::uncaught_exceptions() <= exceptions || link.python_) return;
+      if (!link.runner_->started.load(std::memory_order_acquire)) return;
       link.runner_->work.reset();
       link.runner_->ctx.stop();
       link.runner_->thread.join();
@@ -239,6 +250,7 @@ void Link::connect(const LinkOptions& options) {
     // CPython's server could not read the Hello and said so in a pickle: it speaks its own
     // dialect, which the link speaks from here on (each request on connections of its own).
     c.close();
+    ensure_runner();
     python_ = std::make_shared<internal::python::ClientPeer>(
         address_, address_text_, co, runner_->ctx.get_executor(), options.heartbeat_interval);
     server_name_ = "CPython";
@@ -274,28 +286,35 @@ void Link::connect(const LinkOptions& options) {
     std::scoped_lock lock(m_);
     reader_ = Reader::runner;
   }
+  // The first thing the link's thread does, whenever it starts.
   asio::post(runner_->ctx, [this] {
     if (!direct_) read_next();
     if (heartbeat_interval_.count() > 0) {
+      // The silence that counts starts now (the link may have been idle long before).
+      last_heard_.store(std::chrono::steady_clock::now().time_since_epoch().count());
       runner_->heartbeat.emplace(runner_->ctx);
       beat();
     }
   });
 }
 
-void Link::start_runner() {
+void Link::ensure_runner() const {
   auto r = runner_;
-  r->thread = std::thread([r] {
-    r->id.store(std::this_thread::get_id());
-    for (;;) {
-      try {
-        r->ctx.run();
-        return;
-      } catch (const std::exception& e) {
-        get_logger().error(std::string("manager link: an exception escaped a handler: ") +
-                           e.what());
+  if (r->started.load(std::memory_order_acquire)) return;
+  std::call_once(r->once, [&r] {
+    r->thread = std::thread([r] {
+      r->id.store(std::this_thread::get_id());
+      for (;;) {
+        try {
+          r->ctx.run();
+          return;
+        } catch (const std::exception& e) {
+          get_logger().error(std::string("manager link: an exception escaped a handler: ") +
+                             e.what());
+        }
       }
-    }
+    });
+    r->started.store(true, std::memory_order_release);
   });
 }
 
@@ -345,7 +364,11 @@ Link::~Link() {
     new std::shared_ptr<Runner>(std::move(runner_));
     return;
   }
-  if (!runner_->thread.joinable()) return;  // never connected
+  if (!runner_->started.load(std::memory_order_acquire)) {
+    // Never connected, or its thread never started: nothing of the link runs anywhere (a
+    // blocking caller holds the link while it reads), and its connection closes with it.
+    return;
+  }
   if (python_) {
     // Its own thread sends what is queued (the proxies' decrefs), for connect_timeout at most,
     // and ends; then its lanes close (their reads end on the link's thread).
@@ -384,6 +407,7 @@ bool Link::on_link_thread() const noexcept {
 }
 
 boost::asio::any_io_executor Link::executor() const {
+  ensure_runner();
   return runner_->ctx.get_executor();
 }
 
@@ -493,6 +517,7 @@ std::uint64_t Link::request(capnp::MallocMessageBuilder& built, Handler done) {
     if (dead_ || troupe::internal::runtime::process_id() != pid_) {
       lock.unlock();
       auto e = dead_error();
+      ensure_runner();
       asio::post(runner_->ctx, [done = std::move(done), e] { done(e, nullptr); });
       return id;
     }
@@ -635,11 +660,25 @@ void Link::lead(const std::shared_ptr<SyncWait>& w,
     try {
       // Without a deadline the read may block as long as the server is silent: the heartbeat
       // (on the link's thread) shuts the socket down if it stays silent too long, which ends
-      // the read.
-      if (deadline && !conn_->poll(std::chrono::duration_cast<std::chrono::nanoseconds>(
-                          std::max(*deadline - std::chrono::steady_clock::now(),
-                                   std::chrono::steady_clock::duration::zero()))))
+      // the read. That thread starts once a reply is slow to come (kStartRunnerAfter): most
+      // replies come long before, and a link used only by blocking calls never needs it.
+      const auto left = [&] {
+        return std::chrono::duration_cast<std::chrono::nanoseconds>(
+            std::max(*deadline - std::chrono::steady_clock::now(),
+                     std::chrono::steady_clock::duration::zero()));
+      };
+      if (heartbeat_interval_.count() > 0 && !runner_->started.load(std::memory_order_acquire)) {
+        std::chrono::nanoseconds wait =
+            std::min<std::chrono::nanoseconds>(kStartRunnerAfter, heartbeat_interval_);
+        if (deadline) wait = std::min(wait, left());
+        if (!conn_->poll(wait)) {
+          if (deadline && left().count() == 0) break;
+          ensure_runner();
+          continue;
+        }
+      } else if (deadline && !conn_->poll(left())) {
         break;
+      }
       bytes = conn_->recv_bytes();
     } catch (const EOFError&) {
       die("it closed the connection");
@@ -675,6 +714,7 @@ void Link::release_reading_locked() {
 // m_ held: the link's thread becomes the reader.
 void Link::start_runner_reading_locked() {
   reader_ = Reader::runner;
+  ensure_runner();
   asio::post(runner_->ctx, [this, self = shared_from_this()] { read_next(); });
 }
 
@@ -714,6 +754,7 @@ void Link::write(std::vector<std::byte> bytes, bool gather) {
 void Link::schedule_pump_locked() {
   if (writing_ || pump_posted_ || out_.empty()) return;
   pump_posted_ = true;
+  ensure_runner();
   asio::post(runner_->ctx, [this, self = shared_from_this()] { pump(); });
 }
 
@@ -889,7 +930,7 @@ void Link::die(const std::string& why) {
   }
   if (on_link_thread()) {
     if (runner_->heartbeat) runner_->heartbeat->cancel();
-  } else {
+  } else if (runner_->started.load(std::memory_order_acquire)) {
     asio::post(runner_->ctx, [r = runner_.get()] {
       if (r->heartbeat) r->heartbeat->cancel();
     });

@@ -139,7 +139,8 @@ private:
 
   Link(Address address, AuthenticationString authkey);
   void connect(const LinkOptions& options);
-  void start_runner();
+  /// Starts the link's thread unless it runs already (thread-safe).
+  void ensure_runner() const;
   /// Builds a request for the CPython peer (a call id, the lane) into `mb`.
   proto::manager::Request::Reader build_python(capnp::MallocMessageBuilder& mb, const Build& build);
   void read_next();
