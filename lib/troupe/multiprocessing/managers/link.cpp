@@ -33,6 +33,9 @@ namespace asio = boost::asio;
 
 // How long a blocking call's reply may take before the link's thread (its heartbeat) starts.
 constexpr std::chrono::milliseconds kStartRunnerAfter{1};
+// The blocking call that starts the link's thread (if nothing has before): until then each
+// call's wait polls first (for kStartRunnerAfter), a system call more than a read.
+constexpr unsigned kCallsBeforeRunner = 4;
 
 std::uint64_t current_lane() noexcept {
   static std::atomic<std::uint64_t> next{1};
@@ -590,6 +593,11 @@ std::shared_ptr<Frame> Link::call(const Build& build,
     capnp::MallocMessageBuilder mb(internal::small_message_words);
     return python_->call(build_python(mb, build), timeout);
   }
+  // A link that makes more than a few calls is not a short one: its thread starts now, and its
+  // waits read at once (the heartbeat watches them).
+  if (heartbeat_interval_.count() > 0 && !runner_->started.load(std::memory_order_acquire) &&
+      blocking_calls_.fetch_add(1, std::memory_order_relaxed) + 1 >= kCallsBeforeRunner)
+    ensure_runner();
   std::optional<std::chrono::steady_clock::time_point> deadline;
   if (timeout)
     deadline = std::chrono::steady_clock::now() +

@@ -171,6 +171,7 @@ private:
   std::string server_name_;
   std::string server_address_;  // the server's own address text (Welcome.address)
   std::shared_ptr<Runner> runner_;
+  std::atomic<unsigned> blocking_calls_{0};  // made before the link's thread started
   std::chrono::milliseconds heartbeat_interval_{0};
   std::chrono::milliseconds heartbeat_timeout_{0};
   // When the server was last heard from (steady_clock ticks), by whichever thread reads.
