@@ -259,19 +259,26 @@ protected:
     return "('" + a.host + "', " + std::to_string(a.port) + ")";
   }
 
-  void every_python_runs_the_client() {
+  // The Pythons a test runs its client with: every one found, except under the sanitizers,
+  // where the server is what is checked: the oldest and the newest Python (each run takes ten
+  // times as long there); under TSan, which looks for races in the server, the newest alone
+  // (one client's run there is 25 s).
+  static auto pythons_to_run() {
     auto pythons = find_pythons();
-    if (pythons.empty()) GTEST_SKIP() << "no python3 found";
-    // Under the sanitizers the server is what is checked: the oldest and the newest Python (each
-    // run takes ten times as long there); under TSan, which looks for races in the server, the
-    // newest alone (one client's run there is 25 s).
     auto by_minor = [](const auto& a, const auto& b) { return a.minor < b.minor; };
+    if (pythons.empty()) return pythons;
     if (troupe::testing::kThreadSanitizer) {
       pythons = {*std::max_element(pythons.begin(), pythons.end(), by_minor)};
     } else if (kSanitized && pythons.size() > 2) {
       const auto [oldest, newest] = std::minmax_element(pythons.begin(), pythons.end(), by_minor);
       pythons = {*oldest, *newest};
     }
+    return pythons;
+  }
+
+  void every_python_runs_the_client() {
+    const auto pythons = pythons_to_run();
+    if (pythons.empty()) GTEST_SKIP() << "no python3 found";
     for (const auto& py : pythons) {
       SCOPED_TRACE(py.exe + " (3." + std::to_string(py.minor) + ")");
       ChildProcess child({py.exe, "-c", kClient, python_address()}, true);
@@ -406,7 +413,7 @@ print('ok')
 )PY";
 
 TEST_F(PythonClientsTest, APythonClientStoresAnotherManagersProxies) {
-  const auto pythons = find_pythons();
+  const auto pythons = pythons_to_run();
   if (pythons.empty()) GTEST_SKIP() << "no python3 found";
   // The servers connect to the other managers with this process's key, as CPython's do.
   auto process = mp::current_process();
