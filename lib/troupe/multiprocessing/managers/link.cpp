@@ -513,6 +513,8 @@ std::uint64_t Link::request(capnp::MallocMessageBuilder& built, Handler done) {
     python_->start(r.asReader(), std::move(done));
     return id;
   }
+  // Its reply is read on the link's thread: a thread that cannot start fails this call here.
+  ensure_runner();
   bool gather = false;
   auto bytes = internal::flatten(built);
   {
@@ -596,8 +598,13 @@ std::shared_ptr<Frame> Link::call(const Build& build,
   // A link that makes more than a few calls is not a short one: its thread starts now, and its
   // waits read at once (the heartbeat watches them).
   if (heartbeat_interval_.count() > 0 && !runner_->started.load(std::memory_order_acquire) &&
-      blocking_calls_.fetch_add(1, std::memory_order_relaxed) + 1 >= kCallsBeforeRunner)
-    ensure_runner();
+      blocking_calls_.fetch_add(1, std::memory_order_relaxed) + 1 >= kCallsBeforeRunner) {
+    try {
+      ensure_runner();
+    } catch (const std::exception&) {
+      // Out of threads: this call waits as the first ones did (a slow reply tries again).
+    }
+  }
   std::optional<std::chrono::steady_clock::time_point> deadline;
   if (timeout)
     deadline = std::chrono::steady_clock::now() +
@@ -681,7 +688,13 @@ void Link::lead(const std::shared_ptr<SyncWait>& w,
         if (deadline) wait = std::min(wait, left());
         if (!conn_->poll(wait)) {
           if (deadline && left().count() == 0) break;
-          ensure_runner();
+          try {
+            ensure_runner();
+          } catch (const std::exception& e) {
+            die(std::string("its thread (the heartbeat of a long wait) could not start (") +
+                e.what() + ")");
+            break;
+          }
           continue;
         }
       } else if (deadline && !conn_->poll(left())) {
@@ -734,7 +747,7 @@ void Link::write(std::vector<std::byte> bytes, bool gather) {
     // The link's thread writes it (it must never block in a write: it reads too).
     out_.push_back(std::move(bytes));
     schedule_pump_locked();
-    return;
+    return fail_if_no_runner(lock);
   }
   writing_ = true;
   lock.unlock();
@@ -756,13 +769,31 @@ void Link::write(std::vector<std::byte> bytes, bool gather) {
     notify_drained_locked(lock);
   else
     schedule_pump_locked();
+  fail_if_no_runner(lock);
+}
+
+// wm_ held (released here): if the link's thread could not start for a queued write, the link
+// dies, failing what waits on it.
+void Link::fail_if_no_runner(std::unique_lock<std::mutex>& lock) {
+  if (runner_error_.empty()) return;
+  const std::string why = std::exchange(runner_error_, {});
+  lock.unlock();
+  die("its thread could not start (" + why + ")");
 }
 
 // wm_ held.
 void Link::schedule_pump_locked() {
   if (writing_ || pump_posted_ || out_.empty()) return;
+  try {
+    ensure_runner();
+  } catch (const std::exception& e) {
+    // Out of threads: what was queued cannot go; write() fails the link once wm_ is released
+    // (this may run in a proxy's destructor, which must not throw).
+    out_.clear();
+    runner_error_ = e.what();
+    return;
+  }
   pump_posted_ = true;
-  ensure_runner();
   asio::post(runner_->ctx, [this, self = shared_from_this()] { pump(); });
 }
 

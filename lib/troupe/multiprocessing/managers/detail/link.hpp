@@ -154,6 +154,7 @@ private:
   /// flight: the link's thread writes what has gathered in one system call).
   void write(std::vector<std::byte> bytes, bool gather = false);
   void schedule_pump_locked();
+  void fail_if_no_runner(std::unique_lock<std::mutex>& lock);
   void pump();
   void lead(const std::shared_ptr<SyncWait>& w,
             std::optional<std::chrono::steady_clock::time_point> deadline);
@@ -197,7 +198,7 @@ private:
   enum class Reader { none, runner, leader } reader_ = Reader::none;
   std::deque<SyncWait*> followers_;
 
-  std::mutex wm_;  // the writing: out_, writing_, pump_posted_, drained_
+  std::mutex wm_;  // the writing: out_, writing_, pump_posted_, runner_error_, drained_
   // Frames waiting to be written by the link's thread (written by a caller directly when the
   // connection is idle).
   std::deque<std::vector<std::byte>> out_;
@@ -206,6 +207,7 @@ private:
   std::vector<std::span<const std::byte>> sending_spans_;
   bool writing_ = false;
   bool pump_posted_ = false;
+  std::string runner_error_;  // the link's thread could not start for a queued write
   // flush() callers waiting for out_ to drain.
   std::vector<std::function<void()>> drained_;
   void notify_drained_locked(std::unique_lock<std::mutex>& lock);
