@@ -522,7 +522,6 @@ std::uint64_t Link::request(capnp::MallocMessageBuilder& built, Handler done) {
     if (dead_ || troupe::internal::runtime::process_id() != pid_) {
       lock.unlock();
       auto e = dead_error();
-      ensure_runner();
       asio::post(runner_->ctx, [done = std::move(done), e] { done(e, nullptr); });
       return id;
     }
@@ -732,10 +731,10 @@ void Link::release_reading_locked() {
   if (async_pending_ > 0) start_runner_reading_locked();
 }
 
-// m_ held: the link's thread becomes the reader.
+// m_ held: the link's thread becomes the reader. It runs: an asynchronous request (which every
+// reading by it is for) started it before it was pending.
 void Link::start_runner_reading_locked() {
   reader_ = Reader::runner;
-  ensure_runner();
   asio::post(runner_->ctx, [this, self = shared_from_this()] { read_next(); });
 }
 
