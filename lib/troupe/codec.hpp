@@ -116,13 +116,13 @@ struct Codec<std::array<E, N>> {
   static std::array<E, N> decode(proto::Value::Reader v) {
     std::array<E, N> out{};
     if constexpr (codec_detail::packed<E>) {
-      const auto flat = codec_detail::read_packed<E>(v, signature());
-      codec_detail::expect_size(flat.size(), N, signature());
+      const auto flat = codec_detail::read_packed<E>(v, codec_detail::signature_of<Codec>());
+      codec_detail::expect_size(flat.size(), N, codec_detail::signature_of<Codec>());
       std::copy(flat.begin(), flat.end(), out.begin());
     } else {
-      codec_detail::expect(v, codec_detail::Which::LIST, signature());
+      codec_detail::expect(v, codec_detail::Which::LIST, codec_detail::signature_of<Codec>());
       auto l = v.getList();
-      codec_detail::expect_size(l.size(), N, signature());
+      codec_detail::expect_size(l.size(), N, codec_detail::signature_of<Codec>());
       for (std::size_t i = 0; i < N; ++i) out[i] = Codec<E>::decode(l[i]);
     }
     return out;
@@ -153,7 +153,7 @@ struct Codec<std::optional<E>> {
     if (o) Codec<E>::encode(*o, l[0]);
   }
   static std::optional<E> decode(proto::Value::Reader v) {
-    codec_detail::expect(v, codec_detail::Which::LIST, signature());
+    codec_detail::expect(v, codec_detail::Which::LIST, codec_detail::signature_of<Codec>());
     auto l = v.getList();
     if (l.size() > 1) codec_detail::malformed(signature() + ": more than one value");
     if (l.size() == 0) return std::nullopt;
@@ -178,7 +178,7 @@ struct Codec<std::variant<E...>> {
                x);
   }
   static std::variant<E...> decode(proto::Value::Reader v) {
-    codec_detail::expect(v, codec_detail::Which::ALTERNATIVE, signature());
+    codec_detail::expect(v, codec_detail::Which::ALTERNATIVE, codec_detail::signature_of<Codec>());
     auto a = v.getAlternative();
     const std::uint32_t i = a.getIndex();
     if (i >= sizeof...(E))
@@ -266,7 +266,7 @@ struct Codec<Message<S>> {
     v.initStruct().template setAs<S>(m.get());
   }
   static Message<S> decode(proto::Value::Reader v) {
-    codec_detail::expect(v, codec_detail::Which::STRUCT, signature());
+    codec_detail::expect(v, codec_detail::Which::STRUCT, codec_detail::signature_of<Codec>());
     return Message<S>(v.getStruct().template getAs<S>());
   }
 };

@@ -105,6 +105,15 @@ std::string_view pretty() {
 template <class T>
 inline constexpr bool always_false = false;
 
+/// X::signature(), built once per type. Every decode checks what it reads and passes the type's
+/// signature along for the error message; built each time, the string cost more than the check
+/// (an integer's "i32" on every integer read).
+template <class X>
+const std::string& signature_of() {
+  static const std::string s = X::signature();
+  return s;
+}
+
 /// The C++ type's own name: `T::troupe_name` if it has one, else the compiler's spelling.
 /// Computed once (decoders name the type in their error messages, on every call).
 template <class T>
@@ -252,7 +261,7 @@ requires(std::is_integral_v<T> && !std::is_same_v<T, bool>) struct Default<T> {
       if (!std::in_range<S>(x)) int_out_of_range(signature(), std::to_string(x));
       return static_cast<T>(x);
     }
-    expect(v, Which::UINT, signature());
+    expect(v, Which::UINT, signature_of<Default>());
     const std::uint64_t x = v.getUint();
     if (!std::in_range<S>(x)) int_out_of_range(signature(), std::to_string(x));
     return static_cast<T>(x);
@@ -267,7 +276,7 @@ requires(std::is_same_v<T, float> || std::is_same_v<T, double>) struct Default<T
   static T decode(proto::Value::Reader v) {
     if (v.which() == Which::INT) return static_cast<T>(v.getInt());
     if (v.which() == Which::UINT) return static_cast<T>(v.getUint());
-    expect(v, Which::FLOAT, signature());
+    expect(v, Which::FLOAT, signature_of<Default>());
     return static_cast<T>(v.getFloat());
   }
 };
@@ -393,7 +402,7 @@ struct Sequence {
       swap_bytes_if_big_endian(flat.data(), flat.size());
       put_blob(v, flat.data(), flat.size() * sizeof(E), false, false);  // `flat` dies here
     } else {
-      auto l = v.initList(list_size(c.size(), 1, signature()));
+      auto l = v.initList(list_size(c.size(), 1, signature_of<Sequence>()));
       unsigned i = 0;
       for (const auto& e : c) Codec<E>::encode(e, l[i++]);
     }
@@ -401,14 +410,14 @@ struct Sequence {
   static C decode(proto::Value::Reader v) {
     C out;
     if constexpr (packed<E>) {
-      auto flat = read_packed<E>(v, signature());
+      auto flat = read_packed<E>(v, signature_of<Sequence>());
       if constexpr (std::is_same_v<C, std::vector<E>>) {
         out = std::move(flat);
       } else {
         out.assign(flat.begin(), flat.end());
       }
     } else {
-      expect(v, Which::LIST, signature());
+      expect(v, Which::LIST, signature_of<Sequence>());
       auto l = v.getList();
       // A list of empty elements costs little on the wire: reserve only modest sizes.
       if constexpr (requires { out.reserve(l.size()); }) {
@@ -431,7 +440,7 @@ struct Associative {
     return s + ">";
   }
   static void encode(const C& c, proto::Value::Builder v) {
-    auto l = v.initList(list_size(c.size(), sizeof...(KV), signature()));
+    auto l = v.initList(list_size(c.size(), sizeof...(KV), signature_of<Associative>()));
     unsigned i = 0;
     for (const auto& e : c) {
       if constexpr (is_map) {
@@ -443,7 +452,7 @@ struct Associative {
     }
   }
   static C decode(proto::Value::Reader v) {
-    expect(v, Which::LIST, signature());
+    expect(v, Which::LIST, signature_of<Associative>());
     auto l = v.getList();
     if (l.size() % sizeof...(KV) != 0) malformed(signature() + ": odd number of map entries");
     C out;
@@ -479,9 +488,9 @@ struct Product {
     (std::index_sequence_for<E...>{});
   }
   static T decode(proto::Value::Reader v) {
-    expect(v, Which::LIST, signature());
+    expect(v, Which::LIST, signature_of<Product>());
     auto l = v.getList();
-    expect_size(l.size(), sizeof...(E), signature());
+    expect_size(l.size(), sizeof...(E), signature_of<Product>());
     return [&]<std::size_t... I>(std::index_sequence<I...>) {
       return T{Codec<E>::decode(l[I])...};
     }
