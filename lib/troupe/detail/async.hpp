@@ -122,8 +122,12 @@ public:
     if (initiating_) {
       // async_compose counts work on the I/O executor; Asio's own operations count it on the
       // handler's executor too (an io_context bound to the handler keeps running meanwhile).
-      handler_work_ = boost::asio::prefer(boost::asio::any_io_executor(self.get_executor()),
-                                          boost::asio::execution::outstanding_work.tracked);
+      // A handler with no executor of its own runs on the I/O executor, counted already (a
+      // second count of a strand's would cost an allocation an operation).
+      boost::asio::any_io_executor ex(self.get_executor());
+      if (!(ex == boost::asio::any_io_executor(self.get_io_executor())))
+        handler_work_ =
+            boost::asio::prefer(std::move(ex), boost::asio::execution::outstanding_work.tracked);
     }
     AsyncStep<Self, Body, R...> step(self, *this, std::exchange(initiating_, false));
     body_(step, std::forward<A>(args)...);
