@@ -14,6 +14,7 @@
 
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/thread_pool.hpp>
 
 #include "troupe/errors.hpp"
 
@@ -140,12 +141,59 @@ TEST(CallerTest, EqualityAndHash) {
   EXPECT_NE(std::hash<Caller>{}(A), std::hash<Caller>{}(Caller{1, 2}));
 }
 
+// A connection's strand is a strand of an io_context's own executor, held in place by an
+// any_io_executor, or of any other executor it is given: either way its handlers run one at a
+// time, in order, and dispatch from inside runs at once.
+TEST(ConnStrandTest, SerializesOverAnIoContextAndOverAnyExecutor) {
+  EXPECT_FALSE(ConnStrand{});
+  EXPECT_FALSE(ConnStrand{}.executor());
+  boost::asio::io_context io;
+  boost::asio::thread_pool pool(2);
+  for (const boost::asio::any_io_executor& base :
+       {boost::asio::any_io_executor(io.get_executor()),
+        boost::asio::any_io_executor(pool.get_executor())}) {
+    const ConnStrand s(base);
+    ASSERT_TRUE(s);
+    EXPECT_TRUE(s.executor());
+    std::atomic<int> running{0}, overlaps{0};
+    std::vector<int> order;
+    std::promise<void> all;
+    constexpr int kTasks = 200;
+    for (int i = 0; i < kTasks; ++i) {
+      auto task = [&, i] {
+        if (running.fetch_add(1) != 0) ++overlaps;
+        order.push_back(i);
+        if (i == kTasks - 1) {
+          bool inline_ran = false;
+          s.dispatch([&] { inline_ran = true; });
+          EXPECT_TRUE(inline_ran) << "dispatch from inside the strand runs at once";
+        }
+        running.fetch_sub(1);
+        if (i == kTasks - 1) all.set_value();
+      };
+      if (i % 2 == 0)
+        s.post(task);
+      else
+        s.defer(task);
+    }
+    std::thread runner([&] { io.run_for(60s); });
+    ASSERT_EQ(all.get_future().wait_for(60s), std::future_status::ready);
+    io.stop();
+    runner.join();
+    io.restart();
+    EXPECT_EQ(overlaps.load(), 0);
+    ASSERT_EQ(order.size(), static_cast<std::size_t>(kTasks));
+    for (int i = 0; i < kTasks; ++i) EXPECT_EQ(order[static_cast<std::size_t>(i)], i);
+  }
+  pool.join();
+}
+
 // A Caller that names an executor gets its answers there (a server's connection strand), the
 // others on the object's: the answer to a waiting getter, made by another caller's put, and an
 // answer known at once. The executor is not part of who the caller is.
 TEST_F(WaitsTest, AnswersGoToTheCallersExecutorWhenItNamesOne) {
   boost::asio::io_context own;
-  const Caller getter{7, 1, boost::asio::make_strand(own.get_executor())};
+  const Caller getter{7, 1, ConnStrand(boost::asio::any_io_executor(own.get_executor()))};
   EXPECT_EQ(getter, (Caller{7, 1}));
   AsyncQueue<int> q(ex);
   GotItem<int> waited, at_once, plain;

@@ -118,7 +118,7 @@ struct ServerConn : std::enable_shared_from_this<ServerConn> {
   std::uint64_t id = 0;
   IoSlot* slot = nullptr;  // the connection thread it is served by (null on a user's executor)
   Connection conn;
-  asio::strand<asio::any_io_executor> strand;
+  ConnStrand strand;
   std::string peer;                  // "pid 123 (name) on host"
   std::atomic<bool> greeted{false};  // written on the strand, read by connection_count()
   bool closing = false;              // on the strand: no more reads; close once the writes are out
@@ -160,7 +160,7 @@ struct ServerConn : std::enable_shared_from_this<ServerConn> {
   int python_protocol = 4;
   std::uint64_t python_call_ids = 0;
 
-  explicit ServerConn(asio::any_io_executor ex) : strand(asio::make_strand(ex)) {}
+  explicit ServerConn(const asio::any_io_executor& ex) : strand(ex) {}
 };
 
 // On the strand, while a handler makes replies (a read's requests, a call's end): enqueue() only
@@ -636,7 +636,7 @@ public:
     // A connection still writing the replies a client's shutdown let it flush (its peer reads
     // nothing) closes now, on its strand: run by its thread, or by the last polls below.
     for (auto& c : connections())
-      asio::dispatch(c->strand, [this, c, self = shared_from_this()] { close_conn(c, ""); });
+      c->strand.dispatch([this, c, self = shared_from_this()] { close_conn(c, ""); });
     if (own_) {
       work_.clear();
       own_->stop();
@@ -693,7 +693,7 @@ public:
       sweep_timer_.reset();
     }
     for (auto& c : connections())
-      asio::dispatch(c->strand, [this, c, flush, self = shared_from_this()] {
+      c->strand.dispatch([this, c, flush, self = shared_from_this()] {
         if (flush && (c->writing || c->pump_deferred || !c->out.empty()) && !c->conn.closed())
           c->closing = true;  // reads no more; pump() closes it once the replies are written
         else
@@ -767,7 +767,7 @@ public:
         std::make_shared<ServerConn>(slot ? asio::any_io_executor(slot->io.get_executor()) : ex_);
     sc->slot = slot;
     sc->conn = std::move(c);
-    sc->conn.set_executor(sc->strand);
+    sc->conn.set_executor(sc->strand.executor());
     sc->conn.set_max_message_size(options_.max_message_size);
     {
       std::scoped_lock lock(m_);
@@ -776,7 +776,7 @@ public:
       conns_.emplace(sc->id, sc);
       if (slot) slot->conns.fetch_add(1, std::memory_order_relaxed);
     }
-    asio::dispatch(sc->strand, [this, sc, self = shared_from_this()] { read_next(sc); });
+    sc->strand.dispatch([this, sc, self = shared_from_this()] { read_next(sc); });
   }
 
   // ---- reading ---------------------------------------------------------------------------------
@@ -1220,6 +1220,8 @@ public:
 
   // ---- lanes -------------------------------------------------------------------------------
 
+  static constexpr std::size_t kIdleLanesKept = 16;
+
   template <class Work>
   void enqueue_lane(const std::shared_ptr<ServerConn>& sc, std::uint64_t lane, Work&& work) {
     auto& l = sc->lanes[lane];
@@ -1237,14 +1239,19 @@ public:
     if (it == sc->lanes.end()) return;
     auto& l = it->second;
     if (l.queue.empty()) {
-      sc->lanes.erase(it);
+      // An idle lane stays (a deque's first node is an allocation a call), up to a few per
+      // connection: a client's threads each have one.
+      if (sc->lanes.size() > kIdleLanesKept)
+        sc->lanes.erase(it);
+      else
+        l.busy = false;
       return;
     }
     auto next = std::move(l.queue.front());
     l.queue.pop_front();
     // Posted, not called: a call that completes at once would otherwise start the next from
     // inside its own completion, one stack frame deeper per queued call.
-    asio::post(sc->strand, std::move(next));
+    sc->strand.post(std::move(next));
   }
 
   // ---- completions -------------------------------------------------------------------------
@@ -1379,25 +1386,25 @@ public:
   // Any thread: the call ended with the reply `bytes` (empty: none can be sent).
   void finish(const std::shared_ptr<ServerConn>& sc, std::uint64_t call_id, std::uint64_t lane,
               std::vector<std::byte> bytes) {
-    asio::dispatch(sc->strand, [this, sc, call_id, lane, bytes = std::move(bytes),
-                                self = shared_from_this()]() mutable {
-      if (auto it = sc->running.find(call_id); it != sc->running.end()) {
-        sc->held_bytes -= it->second.bytes;
-        sc->running.erase(it);
-      }
-      // Inside a read's handler (a call that completed at once) the reply goes with the
-      // batch's; else (a call that ended later, on another thread or strand) it is written
-      // from here, not deferred to another turn of the io_context.
-      bool outermost;
-      {
-        const Batch taking(*sc);
-        outermost = taking.outer();
-        if (!bytes.empty()) enqueue(sc, std::move(bytes));
-        lane_done(sc, lane);
-      }
-      if (outermost && !sc->writing && !sc->pump_deferred) pump(sc);
-      maybe_resume(sc);
-    });
+    sc->strand.dispatch(
+        [this, sc, call_id, lane, bytes = std::move(bytes), self = shared_from_this()]() mutable {
+          if (auto it = sc->running.find(call_id); it != sc->running.end()) {
+            sc->held_bytes -= it->second.bytes;
+            sc->running.erase(it);
+          }
+          // Inside a read's handler (a call that completed at once) the reply goes with the
+          // batch's; else (a call that ended later, on another thread or strand) it is written
+          // from here, not deferred to another turn of the io_context.
+          bool outermost;
+          {
+            const Batch taking(*sc);
+            outermost = taking.outer();
+            if (!bytes.empty()) enqueue(sc, std::move(bytes));
+            lane_done(sc, lane);
+          }
+          if (outermost && !sc->writing && !sc->pump_deferred) pump(sc);
+          maybe_resume(sc);
+        });
   }
 
   std::vector<std::byte> error_bytes(std::uint64_t call_id, std::exception_ptr e,
@@ -2065,7 +2072,7 @@ public:
     if (sc->writing || sc->pump_deferred || sc->in_batch) return;
     // Written once the running handler is done: the replies it makes go out together.
     sc->pump_deferred = true;
-    asio::defer(sc->strand, [this, sc, self = shared_from_this()] {
+    sc->strand.defer([this, sc, self = shared_from_this()] {
       sc->pump_deferred = false;
       pump(sc);
     });

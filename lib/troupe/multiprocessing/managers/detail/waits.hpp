@@ -187,7 +187,7 @@ public:
   ~Completions() {
     for (auto& [strand, t] : tasks_) {
       if (strand)
-        boost::asio::post(*strand, std::move(t));
+        strand.post(std::move(t));
       else
         boost::asio::post(ex_, std::move(t));
     }
@@ -200,8 +200,7 @@ public:
 
 private:
   boost::asio::any_io_executor ex_;
-  std::vector<std::pair<std::optional<boost::asio::strand<boost::asio::any_io_executor>>, Task>>
-      tasks_;
+  std::vector<std::pair<ConnStrand, Task>> tasks_;
 };
 
 /// What every waiter has. `list` is the WaitList holding it (nullptr once it left): a timer
