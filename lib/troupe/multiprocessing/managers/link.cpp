@@ -10,6 +10,8 @@
 #include <condition_variable>
 #include <exception>
 #include <future>
+#include <memory>
+#include <optional>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -446,8 +448,45 @@ void stamp(proto::manager::Request::Builder r, std::uint64_t call_id) {
 }
 }  // namespace
 
+namespace {
+// A request's builder on the thread's reused first segment (MallocMessageBuilder zeroes what it
+// used when it is destroyed), not on a new one zeroed for every call; on a new one while the
+// thread builds another request (a proxy in the arguments sends its own). Not the codec's scratch
+// segment: the arguments' encoding may use that.
+class RequestBuilder {
+public:
+  RequestBuilder() {
+    if (!tl_.in_use) {
+      tl_.in_use = mine_ = true;
+      mb_.emplace(kj::arrayPtr(tl_.words.get(), kWords));
+    } else {
+      mb_.emplace(internal::small_message_words);
+    }
+  }
+  ~RequestBuilder() {
+    mb_.reset();
+    if (mine_) tl_.in_use = false;
+  }
+  RequestBuilder(const RequestBuilder&) = delete;
+  RequestBuilder& operator=(const RequestBuilder&) = delete;
+  capnp::MallocMessageBuilder& get() noexcept { return *mb_; }
+
+private:
+  static constexpr std::size_t kWords = 256;  // 2 KiB
+  struct Segment {
+    std::unique_ptr<capnp::word[]> words{new capnp::word[kWords]()};
+    bool in_use = false;
+  };
+  static thread_local Segment tl_;
+  std::optional<capnp::MallocMessageBuilder> mb_;
+  bool mine_ = false;
+};
+thread_local RequestBuilder::Segment RequestBuilder::tl_;
+}  // namespace
+
 std::vector<std::byte> Link::build_frame(std::uint64_t call_id, const Build& build) {
-  capnp::MallocMessageBuilder mb(internal::small_message_words);
+  RequestBuilder b;
+  capnp::MallocMessageBuilder& mb = b.get();
   auto r = mb.initRoot<proto::manager::Request>();
   build(r);
   stamp(r, call_id);
@@ -488,7 +527,8 @@ proto::manager::Request::Reader Link::build_python(capnp::MallocMessageBuilder& 
 }
 
 std::uint64_t Link::request(const Build& build, Handler done) {
-  capnp::MallocMessageBuilder mb(internal::small_message_words);
+  RequestBuilder b;
+  capnp::MallocMessageBuilder& mb = b.get();
   build(mb.initRoot<proto::manager::Request>());
   return request(mb, std::move(done));
 }
