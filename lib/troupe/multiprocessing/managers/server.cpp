@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <condition_variable>
 #include <cstring>
@@ -1306,7 +1307,7 @@ public:
     ~Done() noexcept override { fail_if_unended(); }
 
     proto::Value::Builder value() override {
-      if (!mb_) mb_.emplace(internal::small_message_words);
+      if (!mb_) mb_.emplace(kj::arrayPtr(first_.data(), first_.size()));
       if (!reply_) {
         reply_ = mb_->initRoot<proto::manager::Reply>();
         reply_->setCallId(call_id_);
@@ -1362,6 +1363,9 @@ public:
       }
     }
 
+    // The reply's first segment, allocated with the completion (zeroed, as capnp wants it; the
+    // builder, declared after it, zeroes what it used when it goes), not on its own.
+    std::array<capnp::word, 32> first_{};
     std::optional<capnp::MallocMessageBuilder> mb_;
     std::optional<proto::manager::Reply::Builder> reply_;
   };
