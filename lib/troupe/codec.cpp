@@ -1,5 +1,6 @@
 #include "troupe/codec.hpp"
 
+#include <cstdint>
 #include <cstdio>
 
 #include <kj/exception.h>
@@ -262,6 +263,28 @@ ScratchSegment::~ScratchSegment() {
 
 void flatten(capnp::MessageBuilder& mb, std::vector<std::byte>& out) {
   auto segments = mb.getSegmentsForOutput();
+  if (segments.size() == 1) {
+    // The common case, by hand: the stream framing's table (segment count - 1 = 0, the size in
+    // words, both 32-bit little-endian) and the segment, copied once (no zeroing of `out` first,
+    // no output stream).
+    const auto seg = segments[0].asBytes();
+    const auto n = static_cast<std::uint32_t>(segments[0].size());
+    const std::byte table[8] = {std::byte{0},
+                                std::byte{0},
+                                std::byte{0},
+                                std::byte{0},
+                                static_cast<std::byte>(n & 0xff),
+                                static_cast<std::byte>((n >> 8) & 0xff),
+                                static_cast<std::byte>((n >> 16) & 0xff),
+                                static_cast<std::byte>(n >> 24)};
+    const auto* t = table;
+    const auto* b = reinterpret_cast<const std::byte*>(seg.begin());
+    out.clear();
+    out.reserve(sizeof table + seg.size());
+    out.insert(out.end(), t, t + sizeof table);
+    out.insert(out.end(), b, b + seg.size());
+    return;
+  }
   const std::size_t words = capnp::computeSerializedSizeInWords(segments);
   out.resize(words * sizeof(capnp::word));
   kj::ArrayOutputStream stream(kj::arrayPtr(reinterpret_cast<kj::byte*>(out.data()), out.size()));
