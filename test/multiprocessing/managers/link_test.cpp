@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <future>
+#include <optional>
 #include <thread>
 #include <vector>
 
@@ -43,6 +44,26 @@ TEST_P(LinkTest, ConcurrentBlockingCallsEachGetTheirReplies) {
     });
   for (auto& t : threads) t.join();
   EXPECT_EQ(wrong.load(), 0);
+}
+
+// A proxy held by a thread_local made before the thread's first request is destroyed after
+// the thread's other thread_locals (in reverse order of construction) as the thread exits: its
+// release request is still built and reaches the server (the request builder's reused segment
+// has no destructor to have run by then).
+TEST_P(LinkTest, AProxyReleasedAsItsThreadExitsReachesTheServer) {
+  TestManager m(options());
+  m.start();
+  auto kept = m.create<Maths>("Maths");  // keeps the link up
+  const std::size_t before = m.number_of_objects();
+  std::thread t([&m] {
+    thread_local std::optional<mm::Proxy<Maths>> held;
+    held.emplace(m.create<Maths>("Maths"));
+    EXPECT_EQ(held->call<&Maths::add>(1, 2), 3);
+  });
+  t.join();
+  EXPECT_TRUE(troupe::testing::eventually([&] { return m.number_of_objects() == before; }))
+      << m.number_of_objects() << " objects, " << before << " before the thread";
+  EXPECT_EQ(kept.call<&Maths::add>(2, 2), 4);
 }
 
 // Blocking calls while asynchronous ones are in flight on the same link, and the reverse: the

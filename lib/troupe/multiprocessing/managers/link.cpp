@@ -452,36 +452,36 @@ namespace {
 // A request's builder on the thread's reused first segment (MallocMessageBuilder zeroes what it
 // used when it is destroyed), not on a new one zeroed for every call; on a new one while the
 // thread builds another request (a proxy in the arguments sends its own). Not the codec's scratch
-// segment: the arguments' encoding may use that.
+// segment: the arguments' encoding may use that. The segment is plain zero-initialised thread
+// storage with no destructor: a proxy destroyed while its thread exits (held by a static, or
+// in a threading::local) still builds its release request here after the thread's other
+// thread_locals have gone.
+constexpr std::size_t kRequestWords = 128;  // 1 KiB
+thread_local capnp::word tl_request_words[kRequestWords];
+thread_local bool tl_request_words_in_use = false;
+
 class RequestBuilder {
 public:
   RequestBuilder() {
-    if (!tl_.in_use) {
-      tl_.in_use = mine_ = true;
-      mb_.emplace(kj::arrayPtr(tl_.words.get(), kWords));
+    if (!tl_request_words_in_use) {
+      tl_request_words_in_use = mine_ = true;
+      mb_.emplace(kj::arrayPtr(tl_request_words, kRequestWords));
     } else {
       mb_.emplace(internal::small_message_words);
     }
   }
   ~RequestBuilder() {
     mb_.reset();
-    if (mine_) tl_.in_use = false;
+    if (mine_) tl_request_words_in_use = false;
   }
   RequestBuilder(const RequestBuilder&) = delete;
   RequestBuilder& operator=(const RequestBuilder&) = delete;
   capnp::MallocMessageBuilder& get() noexcept { return *mb_; }
 
 private:
-  static constexpr std::size_t kWords = 256;  // 2 KiB
-  struct Segment {
-    std::unique_ptr<capnp::word[]> words{new capnp::word[kWords]()};
-    bool in_use = false;
-  };
-  static thread_local Segment tl_;
   std::optional<capnp::MallocMessageBuilder> mb_;
   bool mine_ = false;
 };
-thread_local RequestBuilder::Segment RequestBuilder::tl_;
 }  // namespace
 
 std::vector<std::byte> Link::build_frame(std::uint64_t call_id, const Build& build) {
