@@ -110,9 +110,11 @@ void run_server(const Registry& registry, const std::string& address,
     }
   } catch (const std::exception& e) {
     // sentinel() says the parent has ended when it cannot open a pidfd for any reason: only a
-    // parent that is gone (ESRCH) stops the server; anything else (no pidfds before Linux 5.3,
-    // a seccomp filter, no fds left) leaves it without a watch, as Python's.
-    if (ppid > 0 && ::kill(ppid, 0) != 0 && errno == ESRCH) {
+    // parent that is gone stops the server (this process was handed to another parent, or the
+    // pid is free: a parent killed a moment ago is a zombie until its own parent reaps it, and
+    // kill(pid, 0) still finds it); anything else (no pidfds before Linux 5.3, a seccomp
+    // filter, no fds left) leaves it without a watch, as Python's.
+    if (ppid > 0 && (::getppid() != ppid || (::kill(ppid, 0) != 0 && errno == ESRCH))) {
       get_logger().warning("manager server at " + server->address().str() +
                            ": the process that started it (pid " + parent_pid +
                            ") has ended: shutting down");
