@@ -15,20 +15,15 @@
 #include "troupe/multiprocessing/connection.hpp"
 #include "troupe/multiprocessing/managers.hpp"
 
+#include "maths.hpp"
+
 namespace mp = troupe::multiprocessing;
 namespace mm = troupe::multiprocessing::managers;
 
 namespace {
 
-class Maths {
-public:
-  std::int64_t add(std::int64_t a, std::int64_t b) const { return a + b; }
-};
-TROUPE_EXPOSE(Maths, add);
-
-struct MathsManager : mm::Manager<MathsManager> {
-  using Manager::Manager;
-};
+using bench::Maths;
+using bench::MathsManager;
 
 constexpr long kWarmUp = 2000;
 

@@ -51,6 +51,7 @@
 #include "troupe/multiprocessing/process.hpp"
 
 #include "manager.capnp.h"
+#include "maths.hpp"
 
 namespace bench {
 
@@ -59,16 +60,6 @@ namespace mm = troupe::multiprocessing::managers;
 using namespace std::chrono_literals;
 
 // ---- what the managers host -------------------------------------------------------------
-
-class Maths {
-public:
-  std::int64_t add(std::int64_t a, std::int64_t b) const { return a + b; }
-};
-TROUPE_EXPOSE(Maths, add);
-
-struct MathsManager : mm::Manager<MathsManager> {
-  using Manager::Manager;
-};
 
 /// The docs' recipe: `QueueManager.register('get_task_queue', callable=lambda: queue)`.
 struct QueueManager : mm::Manager<QueueManager> {
