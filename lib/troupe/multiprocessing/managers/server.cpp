@@ -145,6 +145,26 @@ struct ServerConn : std::enable_shared_from_this<ServerConn> {
     std::size_t bytes = 0;                                      // the request's, held until done
   };
   std::unordered_map<std::uint64_t, Running> running;
+  // The map node of the last call that ended, emptied, for the next call: a call allocates none.
+  decltype(running)::node_type spare_running;
+  // Notes call `id` as running (the caller has checked that it is not: admit()).
+  void start_running(std::uint64_t id, Running r) {
+    if (spare_running.empty()) {
+      running.emplace(id, std::move(r));
+      return;
+    }
+    spare_running.key() = id;
+    spare_running.mapped() = std::move(r);
+    auto done = running.insert(std::move(spare_running));
+    if (!done.inserted) spare_running = std::move(done.node);  // (never: admit() checked)
+  }
+  // Call `it` has ended: its request's bytes are no longer held, and its node is kept.
+  void end_running(decltype(running)::iterator it) {
+    held_bytes -= it->second.bytes;
+    auto node = running.extract(it);
+    node.mapped() = Running{};  // its object's reference goes now
+    spare_running = std::move(node);
+  }
   // Backpressure (on the strand): bytes of requests held (queued or running) and of replies not
   // yet written; over the server's budget, reading pauses until they drain.
   std::size_t held_bytes = 0;
@@ -897,18 +917,19 @@ public:
   void on_request(const std::shared_ptr<ServerConn>& sc, std::vector<std::byte> bytes) {
     if (sc->python) return on_python_request(sc, std::move(bytes));
     std::shared_ptr<Frame> frame;
+    proto::manager::Request::Reader req;
     const std::size_t size = bytes.size();
     try {
       frame = internal::parse_frame(std::move(bytes));
-      auto r = frame->root<proto::manager::Request>();
-      (void)r.which();
+      req = frame->root<proto::manager::Request>();
+      (void)req.which();
     } catch (const std::exception& e) {
       mlog().warning("manager server at " + address_text_ + ": dropped the connection of " +
                      sc->peer + ": a message that is not a request (" + e.what() + ")");
       return close_conn(sc, "");
     }
     try {
-      dispatch(sc, frame, size);
+      dispatch(sc, frame, req, size);
     } catch (const std::exception& e) {
       // A request that Cap'n Proto cannot read all of (a malformed pointer inside it).
       mlog().warning("manager server at " + address_text_ + ": dropped the connection of " +
@@ -919,10 +940,10 @@ public:
 
   // ---- requests --------------------------------------------------------------------------------
 
+  // `req`: the request `frame` holds, read once.
   void dispatch(const std::shared_ptr<ServerConn>& sc, const std::shared_ptr<Frame>& frame,
-                std::size_t size) {
+                proto::manager::Request::Reader req, std::size_t size) {
     using R = proto::manager::Request;
-    auto req = frame->root<R>();
     const std::uint64_t call_id = req.getCallId();
     const std::uint64_t lane = req.getLane();
     auto fail = [&](std::exception_ptr e, std::string call, std::string object = {}) {
@@ -967,8 +988,9 @@ public:
         }
         // Read here, inside on_request's try: arguments Cap'n Proto cannot read drop the
         // connection before anything is queued for them.
-        for (auto a : c.getArgs()) (void)a.which();
-        sc->running[call_id] = {obj, lane, serial, size};
+        const auto args = c.getArgs();
+        for (auto a : args) (void)a.which();
+        sc->start_running(call_id, {obj, lane, serial, size});
         sc->held_bytes += size;
         CallText text{.typeid_ = std::move(typeid_),
                       .method = std::move(mname),
@@ -976,13 +998,16 @@ public:
                       .request = frame};
         // Moved along, not copied: with the lane free and a call that runs here (a built-in's,
         // a quick typeid's), no std::function is made and no string is built.
+        // The arguments' reader points into the frame, which text holds.
         enqueue_lane(sc, lane,
                      [this, self = shared_from_this(), sc, obj = std::move(obj), entry,
-                      serial = std::move(serial), call_id, lane, text = std::move(text)]() mutable {
+                      serial = std::move(serial), call_id, lane, args,
+                      fingerprint = c.getArgsFingerprint(), text = std::move(text)]() mutable {
                        run_call(sc, entry, serial,
                                 [this, self = std::move(self), sc, obj = std::move(obj), call_id,
-                                 lane, text = std::move(text)]() mutable {
-                                  run_object_call(sc, obj, call_id, lane, std::move(text));
+                                 lane, args, fingerprint, text = std::move(text)]() mutable {
+                                  run_object_call(sc, obj, call_id, lane, args, fingerprint,
+                                                  std::move(text));
                                 });
                      });
         return;
@@ -1010,7 +1035,7 @@ public:
                       "create(" + typeid_ + ")");
         if (!admit(sc, call_id, "create", [&] { return typeid_; })) return;
         for (auto a : c.getArgs()) (void)a.which();  // as a call's
-        sc->running[call_id] = {nullptr, lane, std::nullopt, size};
+        sc->start_running(call_id, {nullptr, lane, std::nullopt, size});
         sc->held_bytes += size;
         enqueue_lane(
             sc, lane,
@@ -1176,15 +1201,20 @@ public:
   // A method call of troupe's dialect, where run_call runs it.
   void run_object_call(const std::shared_ptr<ServerConn>& sc,
                        const std::shared_ptr<HostedObject>& obj, std::uint64_t call_id,
-                       std::uint64_t lane, CallText text) {
-    using R = proto::manager::Request;
+                       std::uint64_t lane, capnp::List<proto::Value>::Reader args,
+                       std::uint64_t fingerprint, CallText&& text) {
     auto done = make_completion(sc, call_id, lane, std::move(text));
     const CallText& t = done->text();  // lives as long as done: the call's views point into it
     try {
-      auto c = t.request->root<R>().getCall();
-      CallInfo info{
-          Caller{sc->id, lane, sc->strand}, call_id, t.object, t.typeid_, t.method, c.getArgs(),
-          c.getArgsFingerprint(),           ex_,     this};
+      CallInfo info{Caller{sc->id, lane, sc->strand},
+                    call_id,
+                    t.object,
+                    t.typeid_,
+                    t.method,
+                    args,
+                    fingerprint,
+                    ex_,
+                    this};
       if (t.method == "__repr__" || t.method == "__str__") {
         if (info.args.size() != 0) detail::bad_arity(info, t.typeid_, 0);
         done->complete(obj->repr());
@@ -1268,7 +1298,7 @@ public:
 
   protected:
     CallEnd(std::shared_ptr<Impl> server, std::shared_ptr<ServerConn> sc, std::uint64_t call_id,
-            std::uint64_t lane, CallText text)
+            std::uint64_t lane, CallText&& text)
         : server_(std::move(server)),
           sc_(std::move(sc)),
           call_id_(call_id),
@@ -1298,7 +1328,7 @@ public:
   class Done final : public CallEnd {
   public:
     Done(std::shared_ptr<Impl> server, std::shared_ptr<ServerConn> sc, std::uint64_t call_id,
-         std::uint64_t lane, CallText text)
+         std::uint64_t lane, CallText&& text)
         : CallEnd(std::move(server), std::move(sc), call_id, lane, std::move(text)) {}
 
     // The call's text: its parts outlive the call (CallInfo's views point into them).
@@ -1383,7 +1413,8 @@ public:
   }
 
   std::shared_ptr<Done> make_completion(const std::shared_ptr<ServerConn>& sc,
-                                        std::uint64_t call_id, std::uint64_t lane, CallText text) {
+                                        std::uint64_t call_id, std::uint64_t lane,
+                                        CallText&& text) {
     return std::make_shared<Done>(shared_from_this(), sc, call_id, lane, std::move(text));
   }
 
@@ -1392,10 +1423,7 @@ public:
               std::vector<std::byte> bytes) {
     sc->strand.dispatch(
         [this, sc, call_id, lane, bytes = std::move(bytes), self = shared_from_this()]() mutable {
-          if (auto it = sc->running.find(call_id); it != sc->running.end()) {
-            sc->held_bytes -= it->second.bytes;
-            sc->running.erase(it);
-          }
+          if (auto it = sc->running.find(call_id); it != sc->running.end()) sc->end_running(it);
           // Inside a read's handler (a call that completed at once) the reply goes with the
           // batch's; else (a call that ended later, on another thread or strand) it is written
           // from here, not deferred to another turn of the io_context.
@@ -1580,7 +1608,7 @@ public:
     auto state =
         python_state(sc, call, entry->takes_keywords, &entry->create_parameters, std::move(req));
     python_admit(sc);
-    sc->running[call_id] = {nullptr, 0, std::nullopt, size};
+    sc->start_running(call_id, {nullptr, 0, std::nullopt, size});
     sc->held_bytes += size;
     const int protocol = sc->python_protocol;
     enqueue_lane(
@@ -1690,7 +1718,7 @@ public:
                          sc->python_protocol, true));
     }
     python_admit(sc);
-    sc->running[call_id] = {obj, 0, serial, size};
+    sc->start_running(call_id, {obj, 0, serial, size});
     sc->held_bytes += size;
     const int protocol = sc->python_protocol;
     enqueue_lane(
