@@ -569,7 +569,7 @@ std::uint64_t Link::request(capnp::MallocMessageBuilder& built, Handler done) {
     // with whatever else gathers meanwhile (a pipelining caller's next requests) in one
     // system call. Alone: written at once, on this thread.
     gather = ++async_pending_ > 1;
-    pending_.emplace(id, Pending{std::move(done), nullptr});
+    add_pending_locked(id, Pending{std::move(done), nullptr});
     // Somebody must read its reply: the link's thread, unless a blocking caller reads already
     // (it hands the reading over when its own reply has come).
     if (reader_ == Reader::none) start_runner_reading_locked();
@@ -657,7 +657,7 @@ std::shared_ptr<Frame> Link::call(const Build& build,
       lock.unlock();
       std::rethrow_exception(dead_error());
     }
-    pending_.emplace(id, Pending{nullptr, w});
+    add_pending_locked(id, Pending{nullptr, w});
   }
   write(std::move(bytes));
   std::unique_lock lock(m_);
@@ -951,6 +951,27 @@ void Link::read_next() {
       });
 }
 
+// m_ held.
+void Link::add_pending_locked(std::uint64_t id, Pending p) {
+  if (spare_pending_.empty()) {
+    pending_.emplace(id, std::move(p));
+    return;
+  }
+  spare_pending_.key() = id;
+  spare_pending_.mapped() = std::move(p);
+  auto added = pending_.insert(std::move(spare_pending_));
+  if (!added.inserted) spare_pending_ = std::move(added.node);  // (never: ids are not reused)
+}
+
+// m_ held: removes a pending call, keeping its node.
+Link::Pending Link::take_pending_locked(decltype(pending_)::iterator it) {
+  auto node = pending_.extract(it);
+  Pending p = std::move(node.mapped());
+  node.mapped() = Pending{};
+  spare_pending_ = std::move(node);
+  return p;
+}
+
 void Link::on_frame(std::vector<std::byte> bytes) {
   std::shared_ptr<Frame> frame;
   std::uint64_t id = 0;
@@ -965,8 +986,7 @@ void Link::on_frame(std::vector<std::byte> bytes) {
     std::scoped_lock lock(m_);
     auto it = pending_.find(id);
     if (it != pending_.end()) {
-      p = std::move(it->second);
-      pending_.erase(it);
+      p = take_pending_locked(it);
       if (p.handler) --async_pending_;
     }
   }

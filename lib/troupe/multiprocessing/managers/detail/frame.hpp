@@ -3,8 +3,12 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
+#include <optional>
 #include <vector>
 
+#include <capnp/any.h>
+#include <capnp/generated-header-support.h>
 #include <capnp/serialize.h>
 
 namespace troupe::multiprocessing::managers::detail {
@@ -17,10 +21,23 @@ struct Frame {
   /// @throws ValueError if `b` is not a whole number of words; kj::Exception if the segment
   /// table is bad (internal::parse_frame turns both into ValueError).
   explicit Frame(std::vector<std::byte> b);
+  Frame(const Frame&) = delete;  // the kept root points into `reader`
+  Frame& operator=(const Frame&) = delete;
+
+  /// The root as an S. Checked by Cap'n Proto the first time; later calls for the same S reuse
+  /// that root (a frame is read several times on a call's way: each field access stays bounded).
   template <class S>
   typename S::Reader root() {
-    return reader.getRoot<S>();
+    if (root_ && root_type_ == capnp::typeId<S>()) return root_->template as<S>();
+    auto r = reader.getRoot<S>();
+    root_ = capnp::AnyStruct::Reader(r);
+    root_type_ = capnp::typeId<S>();
+    return r;
   }
+
+private:
+  std::optional<capnp::AnyStruct::Reader> root_;
+  std::uint64_t root_type_ = 0;
 };
 
 }  // namespace troupe::multiprocessing::managers::detail

@@ -191,6 +191,10 @@ private:
   std::string why_dead_;
   std::uint64_t next_call_ = 1;
   std::unordered_map<std::uint64_t, Pending> pending_;
+  // The map node of the last reply taken, emptied, for the next request: a call allocates none.
+  decltype(pending_)::node_type spare_pending_;
+  void add_pending_locked(std::uint64_t id, Pending p);
+  Pending take_pending_locked(decltype(pending_)::iterator it);
   std::size_t async_pending_ = 0;  // entries of pending_ with a handler
   // Who reads the connection: nobody (nothing is owed), the link's thread (asynchronous
   // requests are owed), or a blocking caller (the leader) that reads for everyone until its own
