@@ -185,6 +185,37 @@ TEST_P(NestedProxiesTest, ElementsReleasedWithTheirHolder) {
   EXPECT_TRUE(eventually([&] { return m.number_of_objects() == 0; }));
 }
 
+// A proxy passed as an argument that the object does not keep (looked at, returned, refused)
+// holds its object only while the call runs, as in CPython (the reference its sending parked
+// for the server ends with the call, not ServerOptions::park_ttl later); one the object keeps
+// (appended, put into a queue) keeps it alive.
+TEST_P(NestedProxiesTest, AProxyArgumentTheObjectDoesNotKeepIsReleasedWithTheCall) {
+  mm::SyncManager m(options());
+  m.start();
+  using L = mm::ListProxy<std::int64_t>;
+  {
+    auto outer = m.list<L>();
+    auto inner = m.list<std::int64_t>({1});
+    EXPECT_FALSE(outer.contains(inner));
+    EXPECT_EQ(outer.count(inner), 0u);
+    EXPECT_THROW(outer.remove(inner), troupe::ValueError);
+    EXPECT_THROW((void)outer.index(inner), troupe::ValueError);
+    auto d = m.dict<std::string, L>();
+    EXPECT_EQ(d.get("k", inner).copy(), (Ints{1}));  // the default comes back: a new reference
+    EXPECT_EQ(d.pop("k", inner).copy(), (Ints{1}));
+    auto full = m.Queue<L>(1);
+    full.put(m.list<std::int64_t>({2}));  // kept: the queue holds it
+    EXPECT_THROW(full.put_nowait(inner), troupe::queue::Full);
+    EXPECT_THROW(full.put(inner, true, 50ms), troupe::queue::Full);
+    EXPECT_EQ(m.number_of_objects(), 5u);  // outer, inner, d, full, the list in the queue
+    EXPECT_EQ(full.get().copy(), (Ints{2}));
+    EXPECT_TRUE(eventually([&] { return m.number_of_objects() == 4; }));
+    outer.append(inner);  // kept
+  }
+  // The list appended to outer went with it; nothing is left over for park_ttl.
+  EXPECT_TRUE(eventually([&] { return m.number_of_objects() == 0; }));
+}
+
 // A proxy to another manager's object stored in a container is a reference, as in Python (the
 // server becomes that manager's client): changes through either side are seen through the
 // other, the container keeps the object alive after its sender's proxy is gone, and releases it

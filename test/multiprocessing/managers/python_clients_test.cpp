@@ -145,6 +145,12 @@ assert list(popped) == [5]
 q.put(m.dict(k='v'))
 sent = q.get(timeout=5)
 assert sent['k'] == 'v'
+# A proxy the call only looks at holds its object only while the call runs, as in CPython.
+probe = m.list([9])
+assert probe not in outer and outer.count(probe) == 0
+raises(ValueError, outer.remove, probe)
+assert list(m.dict().get('nope', probe)) == [9]
+del probe
 del outer, book, popped, sent
 
 # Locks and events, from two connections (this thread's and another's).

@@ -47,6 +47,45 @@ using detail::unwrap_optional;
 using detail::WaitTimeout;
 using detail::where;
 
+// The references parked for the proxies among a call's arguments (each travelling proxy parks
+// one for its receiver), ended when the call is over (RefHost::end_park): a proxy the object
+// stored has taken its park over (RefHost::hold), one written into the reply has a new park of
+// its own, and what is left (an argument only looked at: `p in l`, `l.count(p)`, a failed
+// `l.remove(p)`, `d.get(k, p)`'s default, a put to a full queue) would keep its object alive
+// for ServerOptions::park_ttl where CPython releases it as the call returns.
+class ArgumentParks {
+public:
+  ArgumentParks(detail::RefHost* host, const std::vector<Item>& args,
+                const detail::Kwargs* kwargs = nullptr)
+      : host_(host) {
+    if (host_ == nullptr) return;
+    auto note = [&](const Item& x) {
+      const detail::Ref& r = x.as_ref();
+      if (r.ticket != 0 && host_->hosts(r.address)) parks_.emplace_back(r.id, r.ticket);
+    };
+    for (const Item& a : args) detail::for_each_ref(a, note);
+    if (kwargs)
+      for (const auto& [name, a] : *kwargs) detail::for_each_ref(a, note);
+  }
+  ~ArgumentParks() { end(); }
+  ArgumentParks(const ArgumentParks&) = delete;
+  ArgumentParks& operator=(const ArgumentParks&) = delete;
+
+  /// Ends them now (once).
+  void end() noexcept {
+    if (host_ == nullptr) return;
+    for (const auto& [id, ticket] : parks_) host_->end_park(id, ticket);
+    parks_.clear();
+  }
+  /// The object keeps the arguments (a queue's put that succeeded): their parks stay for the
+  /// receivers.
+  void keep() noexcept { parks_.clear(); }
+
+private:
+  detail::RefHost* host_;
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> parks_;
+};
+
 // ---- the waiting objects ---------------------------------------------------------------------
 
 class QueueObject final : public detail::HostedObject {
@@ -75,10 +114,20 @@ public:
     auto a = items_of(call);
     if (m == "put") {
       if (a.empty()) detail::bad_arity(call, "Queue", 1);
+      // Ended unless the item goes into the queue.
+      auto parks = std::make_shared<ArgumentParks>(call.refs, a);
       at_most(call, a, 3);
       const bool block = flag(call, a, 1, true, "block");
       const WaitTimeout t = timeout_of(call, a, 2);
-      q_.async_put(call.caller, std::move(a[0]), block, t, finish(std::move(done)));
+      q_.async_put(call.caller, std::move(a[0]), block, t,
+                   [done = std::move(done), parks](std::exception_ptr e) {
+                     if (e) {
+                       parks->end();
+                       return done->fail(e);
+                     }
+                     parks->keep();
+                     done->done();
+                   });
     } else if (m == "get") {
       at_most(call, a, 2);
       q_.async_get(call.caller, flag(call, a, 0, true, "block"), timeout_of(call, a, 1),
@@ -88,7 +137,9 @@ public:
                    });
     } else if (m == "put_nowait") {
       if (a.size() != 1) detail::bad_arity(call, "Queue", 1);
+      ArgumentParks parks(call.refs, a);
       q_.put_nowait(std::move(a[0]));
+      parks.keep();
       done->done();
     } else if (m == "get_nowait") {
       at_most(call, a, 0);
@@ -560,6 +611,7 @@ void ContainerObject::call(const CallInfo& call, CompletionPtr done) {
   }
   auto a = items_of(call);
   detail::Kwargs kwargs = call.kwargs ? *call.kwargs : detail::Kwargs{};
+  const ArgumentParks parks(call.refs, a, &kwargs);
   if (call.method == "sort" && c_->type_id() == "list" && !call.kwargs) {
     // list.sort(*, key=None, reverse=False): troupe's wire carries no keywords, so a managed
     // list's sort takes them by position, in that order (CPython's dialect names them).
@@ -587,8 +639,10 @@ detail::TypeEntry container_entry(std::string typeid_) {
   detail::TypeEntry e;
   e.typeid_ = typeid_;
   e.create = [typeid_](const CallInfo& call) -> std::shared_ptr<detail::HostedObject> {
-    return std::make_shared<ContainerObject>(
-        typeid_, items_of(call), call.kwargs ? *call.kwargs : detail::Kwargs{}, call.refs);
+    auto a = items_of(call);
+    auto kwargs = call.kwargs ? *call.kwargs : detail::Kwargs{};
+    const ArgumentParks parks(call.refs, a, &kwargs);
+    return std::make_shared<ContainerObject>(typeid_, std::move(a), std::move(kwargs), call.refs);
   };
   e.takes_keywords = true;
   return e;

@@ -2503,6 +2503,19 @@ public:
     drop_locked(id, 1, dead);
     // `dead` is destroyed after the lock is released (declared before it).
   }
+  void end_park(std::uint64_t id, std::uint64_t ticket) noexcept override {
+    std::vector<Entry> dead;  // destroyed after the lock is released
+    std::scoped_lock lock(m_);
+    auto p = parks_.find(ticket);
+    if (p == parks_.end() || p->second.early_claim || p->second.id != id) return;
+    // Handed on to a Python client's reply (refs_to_python): its incref takes it over.
+    if (auto pending = python_pending_.find(id);
+        pending != python_pending_.end() &&
+        std::find(pending->second.begin(), pending->second.end(), ticket) != pending->second.end())
+      return;
+    erase_park_locked(p);
+    drop_locked(id, 1, dead);
+  }
   std::shared_ptr<detail::HostedObject> find(std::string_view address, std::uint64_t id) override {
     std::scoped_lock lock(m_);
     if (!own_address_locked(address)) return nullptr;

@@ -103,6 +103,11 @@ public:
   virtual bool hosts(std::string_view /*address*/) { return true; }
   /// Whether a ref to another host's object may be held (ServerOptions::foreign_proxies).
   virtual bool holds_foreign() { return false; }
+  /// A call that received a ref to hosted object `id` with `ticket` as an argument is over, and
+  /// its object did not keep it: the reference parked for it, if nobody took it over (hold(),
+  /// or a reply that hands it on), is released now rather than after the park's time to live
+  /// (CPython releases an argument's reference when the call returns).
+  virtual void end_park(std::uint64_t /*id*/, std::uint64_t /*ticket*/) noexcept {}
 };
 
 /// One call as the host hands it to an object. The references (args, method, typeid_) are valid
