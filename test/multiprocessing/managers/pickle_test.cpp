@@ -236,6 +236,36 @@ TEST_F(PickleTest, EveryPythonsPicklesDecodeValueByValue) {
   decode_what_every_python_pickles(cases(), kValuesPrelude, &same);
 }
 
+// A range is data (`manager.list(range(10))` is the Python docs' own example): read as the
+// tuple of its integers, whatever the step; one longer than the node budget is refused before
+// it is made.
+TEST_F(PickleTest, ARangeIsReadAsTheTupleOfItsIntegers) {
+  auto ints = [](std::initializer_list<std::int64_t> v) {
+    std::vector<Item> e;
+    for (auto i : v) e.push_back(Item::integer(i));
+    return Item::tuple(std::move(e));
+  };
+  std::vector<Item> big;
+  for (int i = 0; i < 2500; ++i) big.push_back(Item::integer(i));
+  decode_what_every_python_pickles({{"range(0)", Item::tuple({})},
+                                    {"range(3)", ints({0, 1, 2})},
+                                    {"range(-2, 5, 3)", ints({-2, 1, 4})},
+                                    {"range(5, -4, -3)", ints({5, 2, -1})},
+                                    {"range(5, 9, -1)", Item::tuple({})},
+                                    {"range(-2**63, -2**63 + 2)", ints({INT64_MIN, INT64_MIN + 1})},
+                                    {"range(2500)", Item::tuple(std::move(big))}},
+                                   kValuesPrelude, &same);
+  Limits small;
+  small.max_nodes = 1000;
+  // pickle.dumps(range(10**12), 4)
+  const std::string p = unhex(
+      "80049526000000000000008c086275696c74696e73948c0572616e67659493944b00"
+      "8a060010a5d4e8004b01879452942e");
+  EXPECT_NE(message_of(p, small).find("range() of more integers than max_nodes (1000)"),
+            std::string::npos)
+      << message_of(p, small);
+}
+
 TEST_F(PickleTest, EveryPythonLoadsWhatIsEncodedValueByValue) {
   every_python_loads_what_is_encoded(cases(), kValuesPrelude);
 }

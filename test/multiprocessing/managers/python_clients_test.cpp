@@ -111,6 +111,7 @@ assert raises(KeyError, d.__getitem__, odd).args == (odd,)
 assert raises(KeyError, d.__getitem__, -12345).args == (-12345,)
 assert raises(KeyError, d.pop, None).args == (None,)
 assert d.copy() == {'b': 2, 'c': 3, 'e': 5}
+assert m.list(range(3))[:] == [0, 1, 2]   # the docs' own example
 l = m.list([3, 1, 2])
 l.append(4)
 l += [0]

@@ -167,7 +167,7 @@ const char* op_name(unsigned char op) noexcept {
 }
 
 // The constructors of plain data that protocols 2 to 4 write as a global and a REDUCE.
-enum class Ctor : std::uint8_t { set, frozenset, bytearray, bytes, slice, codecs_encode };
+enum class Ctor : std::uint8_t { set, frozenset, bytearray, bytes, slice, range, codecs_encode };
 
 std::optional<Ctor> known_global(std::string_view module, std::string_view name) {
   if (module == "builtins" || module == "__builtin__") {
@@ -176,6 +176,7 @@ std::optional<Ctor> known_global(std::string_view module, std::string_view name)
     if (name == "bytearray") return Ctor::bytearray;
     if (name == "bytes") return Ctor::bytes;
     if (name == "slice") return Ctor::slice;
+    if (name == "range" || name == "xrange") return Ctor::range;
   }
   if (module == "_codecs" && name == "encode") return Ctor::codecs_encode;
   return std::nullopt;
@@ -732,7 +733,7 @@ private:
       const std::string shown = (module + "." + name).substr(0, 200);
       fail("the global '" + shown +
            "' is refused: it names code, and only plain data is read (the globals read are "
-           "builtins.set, frozenset, bytearray, bytes, slice, _codecs.encode, and the "
+           "builtins.set, frozenset, bytearray, bytes, slice, range, _codecs.encode, and the "
            "exceptions and Token a manager sends)");
     }
     stack_.push_back(new_node(std::move(n)));
@@ -855,6 +856,34 @@ private:
           if (!e.is_none() && e.kind() != Kind::integer && e.kind() != Kind::uinteger)
             fail("slice() of a " + std::string(type_name(e)) + " (None or int only)");
         result = Item::slice(a[0], a[1], a[2]);
+        break;
+      }
+      case Ctor::range: {
+        // range(start, stop, step), as range's __reduce__ writes it: read as the tuple of its
+        // integers (a range is data: `manager.list(range(10))` is the docs' own example).
+        if (a.size() != 3) fail("range() of other than three arguments");
+        for (const Item& e : a)
+          if (e.kind() != Kind::integer)
+            fail("range() of a " + std::string(type_name(e)) + " (64-bit int only)");
+        const std::int64_t start = a[0].as_int(), stop = a[1].as_int(), step = a[2].as_int();
+        if (step == 0) fail("range() with a step of 0");
+        // Its length, in unsigned 64 bits (stop - start may overflow a signed one).
+        std::uint64_t len = 0;
+        const auto ustart = static_cast<std::uint64_t>(start);
+        const auto ustop = static_cast<std::uint64_t>(stop);
+        if (step > 0 && start < stop)
+          len = (ustop - ustart - 1) / static_cast<std::uint64_t>(step) + 1;
+        if (step < 0 && start > stop)
+          len = (ustart - ustop - 1) / (static_cast<std::uint64_t>(-(step + 1)) + 1) + 1;
+        if (len > limits_.max_nodes)
+          fail("range() of more integers than max_nodes (" + std::to_string(limits_.max_nodes) +
+               ")");
+        std::vector<Item> elements;
+        elements.reserve(static_cast<std::size_t>(len));
+        for (std::uint64_t i = 0; i < len; ++i)  // wraps as two's complement: each is in range
+          elements.push_back(Item::integer(
+              static_cast<std::int64_t>(ustart + i * static_cast<std::uint64_t>(step))));
+        result = Item::tuple(std::move(elements));
         break;
       }
       case Ctor::codecs_encode: {
