@@ -85,7 +85,7 @@ assert q.qsize() == 1 and not q.empty()
 assert q.get(timeout=5) == {'a': [1, 2.5, 'x', b'y', None, (1, 2)], 'b': {1, 2}, 3: frozenset([4])}
 raises(queue.Empty, q.get, timeout=0.05)
 raises(queue.Empty, q.get_nowait)
-q.put(obj=7, block=True, timeout=1)
+q.put(item=7, block=True, timeout=1)
 assert q.get(block=False) == 7
 small = m.Queue(maxsize=1)
 small.put_nowait(1)

@@ -98,9 +98,9 @@ public:
             "put",   "put_nowait", "qsize", "task_done",  "shutdown"};
   }
   std::optional<detail::Parameters> parameters(std::string_view m) const override {
-    if (m == "put") return detail::Parameters{{"obj", "block", "timeout"}, 1};
+    if (m == "put") return detail::Parameters{{"item", "block", "timeout"}, 1};
     if (m == "get") return detail::Parameters{{"block", "timeout"}, 0};
-    if (m == "put_nowait") return detail::Parameters{{"obj"}, 1};
+    if (m == "put_nowait") return detail::Parameters{{"item"}, 1};
     if (m == "shutdown") return detail::Parameters{{"immediate"}, 0};
     return detail::Parameters{};
   }
