@@ -129,6 +129,26 @@ class SyncMoreTest : public troupe::testing::StartMethodTest {};
 
 // ---- Condition -----------------------------------------------------------------------------
 
+// A negative timeout reaches the managed object as it is, which applies Python's rule: a
+// queue's blocking get or put refuses it (ValueError), a non-blocking one ignores it;
+// Lock.acquire takes -1 as "no timeout"; Event.wait does not wait.
+TEST_P(SyncMoreTest, ANegativeTimeoutGetsPythonsAnswer) {
+  mm::SyncManager m(options());
+  m.start();
+  auto q = m.Queue<std::int64_t>(1);  // bounded: only then does put look at its timeout
+  EXPECT_THROW(q.get(true, -1s), troupe::ValueError);
+  EXPECT_THROW(q.get(false, -1s), troupe::queue::Empty);
+  EXPECT_THROW(q.put(1, true, -0.5s), troupe::ValueError);
+  q.put(2, false, -1s);
+  EXPECT_EQ(q.get(), 2);
+  auto lock = m.Lock();
+  EXPECT_TRUE(lock.acquire(true, -1s));
+  EXPECT_FALSE(lock.acquire(false));
+  lock.release();
+  auto ev = m.Event();
+  EXPECT_FALSE(ev.wait(-1s));
+}
+
 TEST_P(SyncMoreTest, ConditionWaitTimesOutAndChecksTheLock) {
   // §3.4 test_timeout, test_wait_result (first half).
   mm::SyncManager m(options());

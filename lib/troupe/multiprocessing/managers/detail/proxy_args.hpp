@@ -23,9 +23,12 @@ struct SecondsArg {
   std::optional<double> seconds;
 };
 
-/// A troupe::Timeout as the seconds a manager's method takes (none: forever).
+/// A troupe::Timeout as the seconds a manager's method takes (none: forever). A negative
+/// relative timeout goes as it is: each method applies Python's rule to it (a queue's blocking
+/// get or put: ValueError; Lock.acquire: -1 is no timeout; Event.wait: no wait).
 inline SecondsArg seconds_arg(const Timeout& t) {
   if (t.is_forever()) return {};
+  if (t.is_negative()) return {t.seconds_value()};
   return {static_cast<double>(t.remaining().count()) / 1e9};
 }
 
