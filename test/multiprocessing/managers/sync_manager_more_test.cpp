@@ -238,12 +238,16 @@ TEST_P(SyncMoreTest, ConditionOverAManagedLock) {
   m.start();
   auto lock = m.Lock();
   auto c = m.Condition(lock);
+  EXPECT_FALSE(c.locked());
   EXPECT_TRUE(c.acquire());
   EXPECT_TRUE(lock.locked());  // one lock
+  EXPECT_TRUE(c.locked());     // Python 3.14's ConditionProxy.locked()
   EXPECT_FALSE(lock.acquire(false));
   c.release();
   EXPECT_FALSE(lock.locked());
+  EXPECT_FALSE(c.locked());
   lock.acquire();
+  EXPECT_TRUE(c.locked());
   c.notify();  // a Lock has no owner: locked by anyone is "owned" (Python's _is_owned)
   EXPECT_FALSE(c.wait(10ms));
   EXPECT_TRUE(lock.locked());  // wait re-acquired it

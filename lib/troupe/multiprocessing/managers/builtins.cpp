@@ -229,7 +229,7 @@ public:
       : lock_repr_(std::move(lock_repr)), c_(std::move(ex), lock...) {}
 
   std::vector<std::string> exposed() const override {
-    return {"acquire", "release", "wait", "notify", "notify_all"};
+    return {"acquire", "release", "locked", "wait", "notify", "notify_all"};
   }
   std::optional<detail::Parameters> parameters(std::string_view m) const override {
     if (m == "acquire") return detail::Parameters{{"blocking", "timeout"}, 0};
@@ -250,6 +250,9 @@ public:
       at_most(call, a, 0);
       c_.release(call.caller);
       done->done();
+    } else if (m == "locked") {
+      at_most(call, a, 0);
+      done->complete(c_.locked());
     } else if (m == "wait") {
       at_most(call, a, 1);
       c_.async_wait(call.caller, timeout_of(call, a, 0), finish_bool(std::move(done)));

@@ -150,6 +150,8 @@ public:
     return _callmethod<bool>("acquire", blocking, detail::seconds_arg(timeout));
   }
   void release() const { _callmethod("release"); }
+  /// Python 3.14: `locked()`: whether the Condition's lock is held (by anyone).
+  bool locked() const { return _callmethod<bool>("locked"); }
   /// Python: `wait(timeout=None)`: true if notified, false on timeout; returns holding the
   /// lock again.
   bool wait(const Timeout& timeout = {}) const {

@@ -596,6 +596,10 @@ WaitId AsyncCondition::async_acquire(Caller who, bool block, WaitTimeout timeout
 void AsyncCondition::release(Caller who) {
   core_->lock->release(who);
 }
+bool AsyncCondition::locked() const {
+  std::scoped_lock lk(core_->lock->mu);
+  return core_->lock->locked;
+}
 WaitId AsyncCondition::async_wait(Caller who, WaitTimeout timeout, DoneBool done) {
   return core_->wait(who, timeout, std::move(done));
 }

@@ -416,6 +416,8 @@ public:
   /// Python: `acquire(*args)`, `release()`: the lock's.
   WaitId async_acquire(Caller who, bool block, WaitTimeout timeout, DoneBool done);
   void release(Caller who);
+  /// Python 3.14: `locked()`: the lock's.
+  bool locked() const;
 
   /// Python: `wait(timeout=None)`: true if notified, false on timeout; completes holding the
   /// lock again. RuntimeError "cannot wait on un-acquired lock" through the handler.
