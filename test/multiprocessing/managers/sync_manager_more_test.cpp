@@ -129,6 +129,22 @@ class SyncMoreTest : public troupe::testing::StartMethodTest {};
 
 // ---- Condition -----------------------------------------------------------------------------
 
+// repr() names the proxy class CPython's SyncManager gives the typeid (CPython's
+// _TestEvent.test_repr: "<EventProxy object, typeid 'Event' at 0x...>").
+TEST_P(SyncMoreTest, ReprNamesPythonsProxyClass) {
+  mm::SyncManager m(options());
+  m.start();
+  auto starts = [](const std::string& s, const std::string& prefix) {
+    return s.rfind(prefix, 0) == 0;
+  };
+  EXPECT_PRED2(starts, m.Event().repr(), "<EventProxy object, typeid 'Event' at 0x");
+  EXPECT_PRED2(starts, m.RLock().repr(), "<AcquirerProxy object, typeid 'RLock' at 0x");
+  const auto d = m.dict<std::string, std::int64_t>();
+  EXPECT_PRED2(starts, d.repr(), "<DictProxy object, typeid 'dict' at 0x");
+  EXPECT_PRED2(starts, m.Queue<std::int64_t>().repr(),
+               "<AutoProxy[Queue] object, typeid 'Queue' at 0x");
+}
+
 // A negative timeout reaches the managed object as it is, which applies Python's rule: a
 // queue's blocking get or put refuses it (ValueError), a non-blocking one ignores it;
 // Lock.acquire takes -1 as "no timeout"; Event.wait does not wait.

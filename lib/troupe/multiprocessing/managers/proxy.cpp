@@ -75,11 +75,39 @@ std::vector<std::string> BaseProxy::_exposed() const {
   return decode_reply<std::vector<std::string>>(link, *frame, "get_methods");
 }
 
+namespace {
+// The proxy class CPython's SyncManager gives a typeid (its register() calls), for repr:
+// AutoProxy[typeid] for one registered without a proxy type (a Queue, a registered class).
+std::string proxy_class_name(const std::string& typeid_) {
+  static const std::pair<const char*, const char*> kNamed[] = {
+      {"Event", "EventProxy"},
+      {"Lock", "AcquirerProxy"},
+      {"RLock", "AcquirerProxy"},
+      {"Semaphore", "AcquirerProxy"},
+      {"BoundedSemaphore", "AcquirerProxy"},
+      {"Condition", "ConditionProxy"},
+      {"Barrier", "BarrierProxy"},
+      {"Pool", "PoolProxy"},
+      {"list", "ListProxy"},
+      {"dict", "DictProxy"},
+      {"set", "SetProxy"},
+      {"Value", "ValueProxy"},
+      {"Array", "ArrayProxy"},
+      {"Namespace", "NamespaceProxy"},
+      {"Iterator", "IteratorProxy"},
+  };
+  for (const auto& [t, name] : kNamed)
+    if (typeid_ == t) return name;
+  return "AutoProxy[" + typeid_ + "]";
+}
+}  // namespace
+
 std::string BaseProxy::repr() const {
   char at[32];
   std::snprintf(at, sizeof at, "%p", static_cast<const void*>(state_.get()));
   if (!state_) return "<BaseProxy object, empty>";
-  return "<BaseProxy object, typeid '" + state_->token.typeid_ + "' at " + at + ">";
+  return "<" + proxy_class_name(state_->token.typeid_) + " object, typeid '" +
+         state_->token.typeid_ + "' at " + at + ">";
 }
 
 std::string BaseProxy::str() const {

@@ -139,7 +139,8 @@ public:
   /// The methods the server exposes for this object (Python's get_methods request).
   std::vector<std::string> _exposed() const;
 
-  /// Python: `repr(proxy)`: "<BaseProxy object, typeid 'Maths' at 0x…>".
+  /// Python: `repr(proxy)`: "<EventProxy object, typeid 'Event' at 0x…>", the class CPython's
+  /// SyncManager gives the typeid ("<AutoProxy[Maths] object, typeid 'Maths' at 0x…>" for others).
   std::string repr() const;
   /// Python: `str(proxy)`: the referent's repr, from the server.
   std::string str() const;
