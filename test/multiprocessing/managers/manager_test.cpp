@@ -73,6 +73,31 @@ TEST_P(ManagerTest, StartTwiceIsAProcessError) {
   EXPECT_THROW(m.start(), mp::ProcessError);
 }
 
+// Python's state rules: get_server() only before start() (ProcessError after it, and after a
+// shutdown); join() of a manager that started no process returns at once; connect() makes a
+// shut-down manager usable again once a server answers at its address (CPython #86320).
+TEST_P(ManagerTest, GetServerJoinAndConnectFollowPythonsStates) {
+  TestManager m(options());
+  m.start();
+  EXPECT_THROW((void)m.get_server(), mp::ProcessError);
+  auto o = options();
+  o.address = m.address();
+  TestManager client(o);
+  client.connect();
+  EXPECT_NO_THROW(client.join(10ms));  // no process of its own
+  EXPECT_EQ(client.create<Maths>("Maths").call<&Maths::add>(2, 3), 5);
+  client.shutdown();  // a connected manager's shutdown stops the server (managers.md)
+  m.join(10s);
+  EXPECT_FALSE(m.process()->is_alive());
+  EXPECT_THROW((void)client.create<Maths>("Maths"), mp::ProcessError);  // shut down
+  TestManager again(o);  // a new server at the same address
+  again.start();
+  client.connect();
+  EXPECT_EQ(client.create<Maths>("Maths").call<&Maths::add>(3, 4), 7);
+  m.shutdown();
+  EXPECT_THROW((void)m.get_server(), mp::ProcessError);
+}
+
 TEST_P(ManagerTest, TheDestructorShutsTheServerDown) {
   int pid = 0;
   {

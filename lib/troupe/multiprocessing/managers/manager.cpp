@@ -274,6 +274,9 @@ void BaseManager::start(concurrent::futures::Initializer initializer) {
 }
 
 std::unique_ptr<Server> BaseManager::get_server() const {
+  // As Python's: only a manager neither started nor shut down serves in this process.
+  if (state_ == State::started) throw ProcessError("Already started server");
+  if (state_ == State::shutdown) throw ProcessError("Manager has shut down");
   ServerOptions o = options_.server;
   o.listener.authkey = authkey_;
   return std::make_unique<Server>(*registry_, address_, std::move(o));
@@ -284,7 +287,9 @@ void BaseManager::connect() {
   link_.reset();
   detail::Link::forget(*address_);
   link_ = detail::Link::get(*address_, authkey_, options_.link);
-  if (state_ == State::initial) state_ = State::started;
+  // As Python's: connected is started, after a shutdown too (the server may serve again: a
+  // restarted one, or one that another manager runs).
+  state_ = State::started;
 }
 
 std::shared_ptr<detail::Link> BaseManager::ensure_link() {
@@ -338,8 +343,7 @@ void BaseManager::shutdown() {
 }
 
 void BaseManager::join(Timeout timeout) {
-  if (!process_) throw ProcessError("join(): this manager started no server process");
-  process_->join(timeout);
+  if (process_) process_->join(timeout);  // as Python's: nothing to join without a process
 }
 
 const Address& BaseManager::address() const {

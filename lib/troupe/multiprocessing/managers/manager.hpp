@@ -84,7 +84,7 @@ public:
   /// shutdown_timeout, then SIGTERM, waits again, then SIGKILL; always returns. For a connected
   /// manager: sends the server a shutdown request (not in Python, which has no shutdown() then).
   virtual void shutdown();
-  /// Python: `join(timeout=None)`: waits for the server process. @throws ProcessError if none.
+  /// Python: `join(timeout=None)`: waits for the server process (none: returns at once).
   void join(Timeout timeout = {});
   /// Python: `address`: the server's address (a port 0 resolved once started).
   const Address& address() const;
