@@ -216,6 +216,37 @@ TEST_P(NestedProxiesTest, AProxyArgumentTheObjectDoesNotKeepIsReleasedWithTheCal
   EXPECT_TRUE(eventually([&] { return m.number_of_objects() == 0; }));
 }
 
+// A proxy to a managed container passed where a method iterates (list(p), l.extend(p),
+// d.update(p), set operations) is iterated there, as CPython's server iterates a proxy: its
+// elements are taken, not the proxy. A container passed to its own method takes its value as it
+// was (l.extend(l) doubles it).
+TEST_P(NestedProxiesTest, AProxyArgumentIsIteratedWhereTheMethodIterates) {
+  mm::SyncManager m(options());
+  m.start();
+  {
+    auto src = m.list<std::int64_t>({1, 2});
+    auto copy = mm::ListProxy<std::int64_t>(m.create("list", src));
+    EXPECT_EQ(copy.copy(), (Ints{1, 2}));
+    copy._callmethod("extend", src);
+    EXPECT_EQ(copy.copy(), (Ints{1, 2, 1, 2}));
+    src._callmethod("extend", src);
+    EXPECT_EQ(src.copy(), (Ints{1, 2, 1, 2}));
+    copy._callmethod("__iadd__", src);
+    EXPECT_EQ(copy.size(), 8u);
+    auto d1 = m.dict<std::string, std::int64_t>();
+    d1.set("a", 1);
+    auto d2 = m.dict<std::string, std::int64_t>();
+    d2._callmethod("update", d1);
+    EXPECT_EQ(d2.get("a"), 1);
+    // Where the method stores its argument, the proxy is stored (a reference), not iterated.
+    auto holder = m.list<mm::ListProxy<std::int64_t>>();
+    holder.append(src);
+    src.append(9);
+    EXPECT_EQ(holder.get(0).copy(), (Ints{1, 2, 1, 2, 9}));
+  }
+  EXPECT_TRUE(eventually([&] { return m.number_of_objects() == 0; }));
+}
+
 // A proxy to another manager's object stored in a container is a reference, as in Python (the
 // server becomes that manager's client): changes through either side are seen through the
 // other, the container keeps the object alive after its sender's proxy is gone, and releases it

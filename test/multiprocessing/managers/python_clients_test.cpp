@@ -146,6 +146,18 @@ assert list(popped) == [5]
 q.put(m.dict(k='v'))
 sent = q.get(timeout=5)
 assert sent['k'] == 'v'
+# A proxy passed where the method iterates is iterated, as CPython's server does.
+src = m.list([1, 2])
+assert m.list(src)[:] == [1, 2]
+grown = m.list([0])
+grown.extend(src)
+grown += src
+assert grown[:] == [0, 1, 2, 1, 2]
+dsrc = m.dict(a=1)
+dd = m.dict()
+dd.update(dsrc)
+assert dd.copy() == {'a': 1}
+del src, grown, dsrc, dd
 # A proxy the call only looks at holds its object only while the call runs, as in CPython.
 probe = m.list([9])
 assert probe not in outer and outer.count(probe) == 0

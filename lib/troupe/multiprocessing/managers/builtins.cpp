@@ -545,6 +545,7 @@ public:
   }
 
   detail::Container& container() noexcept { return *c_; }
+  Item value() const { return c_->getvalue(); }
 
 private:
   HostRefs refs_;  // before c_: the container drops its refs through it as it goes
@@ -606,6 +607,61 @@ private:
   std::unique_ptr<detail::KeyIterator> it_;
 };
 
+// The methods that iterate an argument (Python: list.extend, dict.update, the set operations).
+bool iterates_arguments(std::string_view m) {
+  static constexpr std::string_view kNames[] = {"extend",
+                                                "__iadd__",
+                                                "__add__",
+                                                "__radd__",
+                                                "update",
+                                                "__ior__",
+                                                "__or__",
+                                                "__ror__",
+                                                "fromkeys",
+                                                "union",
+                                                "intersection",
+                                                "difference",
+                                                "issubset",
+                                                "issuperset",
+                                                "isdisjoint",
+                                                "symmetric_difference",
+                                                "__and__",
+                                                "__rand__",
+                                                "__sub__",
+                                                "__rsub__",
+                                                "__xor__",
+                                                "__rxor__",
+                                                "__iand__",
+                                                "__isub__",
+                                                "__ixor__",
+                                                "difference_update",
+                                                "intersection_update",
+                                                "symmetric_difference_update"};
+  for (std::string_view n : kNames)
+    if (m == n) return true;
+  return false;
+}
+
+// The values of the containers of this host that a call's arguments pass by proxy, for the
+// call to iterate (detail::RefValues), as CPython's server iterates a proxy argument: copied
+// here, before the call takes any container's lock (a container passed to its own method too:
+// `l.extend(l)`).
+detail::RefValues::Values ref_values(detail::RefHost* host, const std::vector<Item>& args,
+                                     const detail::Kwargs& kwargs) {
+  detail::RefValues::Values out;
+  if (host == nullptr) return out;
+  auto note = [&](const Item& x) {
+    if (x.kind() != Kind::ref) return;
+    const detail::Ref& r = x.as_ref();
+    const auto object = host->find(r.address, r.id);
+    if (const auto* c = dynamic_cast<const ContainerObject*>(object.get()))
+      out.emplace_back(std::pair(r.address, r.id), c->value());
+  };
+  for (const Item& x : args) note(x);
+  for (const auto& [name, x] : kwargs) note(x);
+  return out;
+}
+
 void ContainerObject::call(const CallInfo& call, CompletionPtr done) {
   if (call.method == "#GETVALUE") return complete(done, c_->getvalue());
   if (call.method == "__iter__" && c_->type_id() == "dict") {
@@ -615,6 +671,8 @@ void ContainerObject::call(const CallInfo& call, CompletionPtr done) {
   auto a = items_of(call);
   detail::Kwargs kwargs = call.kwargs ? *call.kwargs : detail::Kwargs{};
   const ArgumentParks parks(call.refs, a, &kwargs);
+  const detail::RefValues values(iterates_arguments(call.method) ? ref_values(call.refs, a, kwargs)
+                                                                 : detail::RefValues::Values{});
   if (call.method == "sort" && c_->type_id() == "list" && !call.kwargs) {
     // list.sort(*, key=None, reverse=False): troupe's wire carries no keywords, so a managed
     // list's sort takes them by position, in that order (CPython's dialect names them).
@@ -645,6 +703,7 @@ detail::TypeEntry container_entry(std::string typeid_) {
     auto a = items_of(call);
     auto kwargs = call.kwargs ? *call.kwargs : detail::Kwargs{};
     const ArgumentParks parks(call.refs, a, &kwargs);
+    const detail::RefValues values(ref_values(call.refs, a, kwargs));  // list(p), dict(p)
     return std::make_shared<ContainerObject>(typeid_, std::move(a), std::move(kwargs), call.refs);
   };
   e.takes_keywords = true;

@@ -8,6 +8,7 @@
 #include <list>
 #include <numeric>
 #include <unordered_map>
+#include <utility>
 
 #include "troupe/errors.hpp"
 
@@ -149,9 +150,13 @@ Slice slice_indices(const Item& s, std::size_t len) {
 
 // ---- iteration --------------------------------------------------------------------------------
 
+thread_local const RefValues* tl_ref_values = nullptr;
+
 // The elements Python's iter(x) gives, moved out of `x`: a container's elements, a dict's keys,
 // a str's characters, a bytes' ints.
 std::vector<Item> iterate(Item x) {
+  if (x.kind() == Kind::ref)
+    if (const Item* v = RefValues::find(x.as_ref())) return iterate(Item(*v));
   switch (x.kind()) {
     case Kind::sequence:
     case Kind::list:
@@ -197,6 +202,8 @@ std::vector<Item> iterate(Item x) {
 // Key/value pairs of a mapping argument (see the header): a dict, a `sequence` in Codec's flat
 // map encoding, or any iterable of 2-element iterables. Returned flat: k0, v0, k1, v1, ...
 std::vector<Item> mapping_pairs(Item x) {
+  if (x.kind() == Kind::ref)
+    if (const Item* v = RefValues::find(x.as_ref())) x = *v;
   if (x.kind() == Kind::dict) return std::move(x.elements());
   if (x.kind() == Kind::sequence) {
     if (x.elements().size() % 2 != 0)
@@ -1885,6 +1892,20 @@ std::unique_ptr<Container> make_container(std::string_view type_id, std::vector<
   if (type_id == "Array")
     return std::make_unique<ArrayObject>(std::move(args), std::move(kwargs), options);
   throw ValueError("no built-in container has the typeid " + py_quoted(type_id));
+}
+
+RefValues::RefValues(Values values) noexcept
+    : values_(std::move(values)), outer_(std::exchange(tl_ref_values, this)) {}
+
+RefValues::~RefValues() {
+  tl_ref_values = outer_;
+}
+
+const Item* RefValues::find(const Ref& r) noexcept {
+  for (const RefValues* v = tl_ref_values; v != nullptr; v = v->outer_)
+    for (const auto& [key, value] : v->values_)
+      if (key.second == r.id && key.first == r.address) return &value;
+  return nullptr;
 }
 
 }  // namespace troupe::multiprocessing::managers::detail

@@ -99,6 +99,26 @@ public:
   virtual std::optional<Item> next() = 0;
 };
 
+/// The values of managed objects passed by proxy to a call of their own host (`l.extend(p)`,
+/// `d.update(p)`, `m.list(p)`), copied before the call takes any container's lock: where the
+/// call iterates such an argument, it iterates the copy, as CPython's server iterates the proxy.
+/// Seen by the calls made on this thread while it lives (they nest).
+class RefValues {
+public:
+  /// (address, id) of a ref, and the value of its object.
+  using Values = std::vector<std::pair<std::pair<std::string, std::uint64_t>, Item>>;
+  explicit RefValues(Values values) noexcept;
+  ~RefValues();
+  RefValues(const RefValues&) = delete;
+  RefValues& operator=(const RefValues&) = delete;
+  /// The value copied for `r` on this thread, or null.
+  static const Item* find(const Ref& r) noexcept;
+
+private:
+  Values values_;
+  const RefValues* outer_;
+};
+
 /// What the host sees of every built-in object.
 class Container {
 public:
