@@ -268,6 +268,10 @@ std::optional<Item> exception_item(const ErrorEnvelope& e) {
            cls.find('.', std::strlen("multiprocessing.")) == std::string::npos)
     cls = "multiprocessing.context." + cls.substr(std::strlen("multiprocessing."));
   if (!detail::pickle::reads_class(cls)) return std::nullopt;
+  // Raised bare by CPython (`raise Empty`): no args, whatever troupe's message says.
+  if (cls == "queue.Empty" || cls == "queue.Full" || cls == "queue.ShutDown" ||
+      cls == "threading.BrokenBarrierError")
+    return Item::object(std::move(cls), Item::tuple({}));
   std::vector<Item> args;
   if (e.os_errno != 0) args.push_back(Item::integer(e.os_errno));
   if (cls == "builtins.KeyError") {
