@@ -342,9 +342,9 @@ TEST_P(ManagedPoolTest, InitializerAndOptions) {
   std::set<int> pids;
   for (int i = 0; i < 3; ++i) pids.insert(per_task.apply(pid_of, i));
   EXPECT_EQ(pids.size(), 3u);  // a new worker per task
-  EXPECT_THROW(m.Pool(0), troupe::ValueError);
-  EXPECT_THROW(m.Pool(100000), troupe::ValueError);  // bounded
-  EXPECT_THROW(m.Pool({.maxtasksperchild = 0}), troupe::ValueError);
+  EXPECT_THROW(m.Pool(0), troupe::multiprocessing::RemoteError);
+  EXPECT_THROW(m.Pool(100000), troupe::multiprocessing::RemoteError);  // bounded
+  EXPECT_THROW(m.Pool({.maxtasksperchild = 0}), troupe::multiprocessing::RemoteError);
 }
 
 TEST_P(ManagedPoolTest, BadTasksAreRefusedByName) {

@@ -200,6 +200,10 @@ raises(TypeError, maths.add, 1, b=2)
 narrow = m.NarrowMaths()
 assert narrow.add(1, 1) == 2
 raises(AttributeError, getattr, narrow, 'mul')
+# Raised outside the method, as CPython's server does: RemoteError (_TestMyManager's '_h').
+assert 'AttributeError' in str(raises(RemoteError, narrow._callmethod, 'mul', (1, 2)))
+assert 'AttributeError' in str(raises(RemoteError, q._callmethod, 'no_such_method'))
+raises(RemoteError, m.Semaphore, -1)
 factory = m.Factory()
 counter = factory.make_counter()   # method_to_typeid: '#PROXY'
 assert counter.increment() == 1 and counter.increment() == 2

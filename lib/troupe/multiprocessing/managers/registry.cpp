@@ -3,6 +3,8 @@
 
 #include <algorithm>
 
+#include "troupe/multiprocessing/managers/detail/not_exposed.hpp"
+
 namespace troupe::multiprocessing::managers {
 
 namespace {
@@ -121,9 +123,9 @@ void unknown_method(const CallInfo& call, std::string_view cxx_type,
                     const std::vector<std::string>& exposed) {
   std::string list;
   for (const auto& e : exposed) list += (list.empty() ? "" : ", ") + e;
-  throw AttributeError("'" + std::string(call.method) + "' is not a method of " +
-                       describe_object(call, cxx_type) +
-                       " (exposed: " + (list.empty() ? "none" : list) + ")");
+  throw NotExposed("'" + std::string(call.method) + "' is not a method of " +
+                   describe_object(call, cxx_type) +
+                   " (exposed: " + (list.empty() ? "none" : list) + ")");
 }
 
 void bad_arity(const CallInfo& call, std::string_view cxx_type, std::size_t want) {

@@ -36,6 +36,7 @@
 #include "troupe/multiprocessing/authkey.hpp"
 #include "troupe/multiprocessing/internal/framing.hpp"
 #include "troupe/multiprocessing/logger.hpp"
+#include "troupe/multiprocessing/managers/detail/not_exposed.hpp"
 #include "troupe/multiprocessing/managers/detail/pickle.hpp"
 #include "troupe/multiprocessing/managers/internal/python_dialect.hpp"
 #include "troupe/multiprocessing/managers/internal/ref_proxy.hpp"
@@ -95,6 +96,37 @@ struct CallText {
     return {};
   }
 };
+
+// Whether `e` is a method the object does not expose (raised before the method runs).
+bool is_not_exposed(const std::exception_ptr& e) noexcept {
+  try {
+    std::rethrow_exception(e);
+  } catch (const detail::NotExposed&) {
+    return true;
+  } catch (...) {
+    return false;
+  }
+}
+
+// An error raised outside the method (in a create, for an object or a method the server does
+// not have), as CPython's server sends it: RemoteError, whose text names the error ("KeyError:
+// ...").
+std::exception_ptr remote_error(const std::exception_ptr& e) noexcept {
+  try {
+    try {
+      std::rethrow_exception(e);
+    } catch (const RemoteError&) {
+      return e;
+    } catch (...) {
+    }
+    const ErrorEnvelope error = ErrorEnvelope::capture(e, {});
+    std::string type = error.type_name;
+    if (const auto dot = type.rfind('.'); dot != std::string::npos) type = type.substr(dot + 1);
+    return std::make_exception_ptr(RemoteError(type + ": " + error.message));
+  } catch (...) {
+    return e;
+  }
+}
 
 }  // namespace
 
@@ -970,9 +1002,9 @@ public:
           }
         }
         if (!obj)
-          return fail(std::make_exception_ptr(KeyError("no object " + std::to_string(id) +
-                                                       " in the manager at " + address_text_ +
-                                                       " (released, or never made)")),
+          return fail(remote_error(std::make_exception_ptr(
+                          KeyError("no object " + std::to_string(id) + " in the manager at " +
+                                   address_text_ + " (released, or never made)"))),
                       mname);
         if (!admit(sc, call_id, mname, [&] { return object_name(typeid_, id); })) return;
         if (entry && entry->exposed && mname != "#GETVALUE" && mname != "__repr__" &&
@@ -981,9 +1013,9 @@ public:
                 entry->exposed->end()) {
           std::string list;
           for (const auto& e : *entry->exposed) list += (list.empty() ? "" : ", ") + e;
-          return fail(std::make_exception_ptr(AttributeError(
+          return fail(remote_error(std::make_exception_ptr(AttributeError(
                           "method '" + mname + "' of object " + object_name(typeid_, id) +
-                          " (typeid '" + typeid_ + "') is not exposed (exposed: " + list + ")")),
+                          " (typeid '" + typeid_ + "') is not exposed (exposed: " + list + ")"))),
                       typeid_ + "." + mname, object_name(typeid_, id));
         }
         // Read here, inside on_request's try: arguments Cap'n Proto cannot read drop the
@@ -1016,22 +1048,23 @@ public:
         auto c = req.getCreate();
         auto t = c.getTypeid();
         if (t.size() > 256)
-          return fail(
-              std::make_exception_ptr(ValueError("create: a typeid of " + std::to_string(t.size()) +
-                                                 " bytes (typeids are at most 256 bytes)")),
-              "create");
+          return fail(remote_error(std::make_exception_ptr(
+                          ValueError("create: a typeid of " + std::to_string(t.size()) +
+                                     " bytes (typeids are at most 256 bytes)"))),
+                      "create");
         const std::string typeid_(t.begin(), t.size());
         auto entry = registry_.find(typeid_);
         if (!entry)
-          return fail(std::make_exception_ptr(KeyError(
-                          "'" + typeid_ + "' is not a typeid registered with " + registry_.name())),
-                      "create");
+          return fail(
+              remote_error(std::make_exception_ptr(KeyError(
+                  "'" + typeid_ + "' is not a typeid registered with " + registry_.name()))),
+              "create");
         if (!entry->create || !entry->create_method)
-          return fail(std::make_exception_ptr(TypeError(
+          return fail(remote_error(std::make_exception_ptr(TypeError(
                           "typeid '" + typeid_ + "' of " + registry_.name() +
                           (entry->create ? " was registered with create_method=false"
                                          : " has no callable: its objects are only made by "
-                                           "methods that return them"))),
+                                           "methods that return them")))),
                       "create(" + typeid_ + ")");
         if (!admit(sc, call_id, "create", [&] { return typeid_; })) return;
         for (auto a : c.getArgs()) (void)a.which();  // as a call's
@@ -1373,6 +1406,9 @@ public:
 
   private:
     void send_error(std::exception_ptr e) noexcept override {
+      // A create's failure, or a method the object does not expose, happened outside the
+      // method: RemoteError, as CPython's server sends it.
+      if (text_.method.empty() || is_not_exposed(e)) e = remote_error(e);
       try {
         server_->finish(sc_, call_id_, lane_,
                         server_->error_bytes(call_id_, e, text_.call(), text_.object_name(),
@@ -1836,7 +1872,7 @@ public:
             python::error_reply(ErrorEnvelope::capture(e, {.call = text_.call(),
                                                            .object = text_.object_name(),
                                                            .arguments = text_.argument_kinds()}),
-                                protocol_, !create_);
+                                protocol_, !create_ && !is_not_exposed(e));
       } catch (...) {
         try {
           bytes = python::reply(

@@ -11,6 +11,7 @@
 #include <utility>
 
 #include "troupe/errors.hpp"
+#include "troupe/multiprocessing/managers/detail/not_exposed.hpp"
 
 namespace troupe::multiprocessing::managers::detail {
 
@@ -359,8 +360,8 @@ Item Container::call(std::string_view method, std::vector<Item> args, Kwargs kwa
     if (std::find(names.begin(), names.end(), method) == names.end()) {
       std::string list;
       for (const auto& n : names) list += (list.empty() ? "" : ", ") + py_quoted(n);
-      throw AttributeError("method " + py_quoted(method) + " of " + py_quoted(type_id()) +
-                           " object is not in exposed=(" + list + ")");
+      throw NotExposed("method " + py_quoted(method) + " of " + py_quoted(type_id()) +
+                       " object is not in exposed=(" + list + ")");
     }
     try {
       result = dispatch(method, args, kwargs, removed);
