@@ -264,6 +264,15 @@ TEST_F(PickleTest, ARangeIsReadAsTheTupleOfItsIntegers) {
   EXPECT_NE(message_of(p, small).find("range() of more integers than max_nodes (1000)"),
             std::string::npos)
       << message_of(p, small);
+  // Ranges are charged as they are made, together: a few bytes of pickle cannot make more
+  // (pickle.dumps([range(i, 600 + i) for i in range(3)], 4): 1800 integers for 1000).
+  const std::string three = unhex(
+      "8004953f000000000000005d94288c086275696c74696e73948c0572616e67659493944b004d58024b0187"
+      "94529468034b014d59024b018794529468034b024d5a024b0187945294652e");
+  EXPECT_NE(message_of(three, small).find("in the pickle's ranges together"), std::string::npos)
+      << message_of(three, small);
+  small.max_nodes = 2000;
+  EXPECT_EQ(decode(three, small).elements().size(), 3u);
 }
 
 TEST_F(PickleTest, EveryPythonLoadsWhatIsEncodedValueByValue) {

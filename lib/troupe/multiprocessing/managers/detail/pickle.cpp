@@ -875,9 +875,12 @@ private:
           len = (ustop - ustart - 1) / static_cast<std::uint64_t>(step) + 1;
         if (step < 0 && start > stop)
           len = (ustart - ustop - 1) / (static_cast<std::uint64_t>(-(step + 1)) + 1) + 1;
-        if (len > limits_.max_nodes)
+        // Charged when made, not only where the result uses it: a few bytes of pickle (ranges
+        // popped, or never reached) must not make more than the budget's worth of values.
+        if (len > limits_.max_nodes - std::min(ranged_, limits_.max_nodes))
           fail("range() of more integers than max_nodes (" + std::to_string(limits_.max_nodes) +
-               ")");
+               ") in the pickle's ranges together");
+        ranged_ += static_cast<std::size_t>(len);
         std::vector<Item> elements;
         elements.reserve(static_cast<std::size_t>(len));
         for (std::uint64_t i = 0; i < len; ++i)  // wraps as two's complement: each is in range
@@ -1020,6 +1023,7 @@ private:
   std::unordered_map<std::uint64_t, std::uint32_t> memo_;
   std::size_t in_bytes_ = 0;
   std::size_t made_ = 0;
+  std::size_t ranged_ = 0;  // the integers range() made, for the budget (max_nodes)
   std::size_t out_bytes_ = 0;
 };
 
