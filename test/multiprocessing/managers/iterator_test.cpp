@@ -155,8 +155,10 @@ TEST_P(IteratorTest, UntypedCallmethod) {
     EXPECT_NE(std::string(e.what()).find("StopIteration"), std::string::npos) << e.what();
   }
   EXPECT_THROW((void)it._callmethod<std::int64_t>("__next__"), troupe::StopIteration);  // again
+  // Exposed by IteratorProxy, but a dict_keyiterator has no such attribute: CPython's server
+  // fails the getattr outside the method (RemoteError).
   for (const char* name : {"send", "throw", "close"})
-    EXPECT_THROW(it._callmethod(name), troupe::AttributeError) << name;
+    EXPECT_THROW(it._callmethod(name), troupe::multiprocessing::RemoteError) << name;
   EXPECT_THROW(d._callmethod<mm::BaseProxy>("__iter__", std::int64_t{1}), troupe::TypeError);
 }
 

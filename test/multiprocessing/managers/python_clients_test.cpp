@@ -153,6 +153,9 @@ grown = m.list([0])
 grown.extend(src)
 grown += src
 assert grown[:] == [0, 1, 2, 1, 2]
+grown[0:1] = src                 # a slice's value is iterated too
+assert grown[:] == [1, 2, 1, 2, 1, 2]
+raises(TypeError, grown.extend, m.Value('i', 1))   # a ValueProxy is not iterable
 dsrc = m.dict(a=1)
 dd = m.dict()
 dd.update(dsrc)

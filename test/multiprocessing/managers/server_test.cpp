@@ -220,6 +220,27 @@ TEST_F(ServerTest, ExposedNarrowsTheMethods) {
   EXPECT_EQ(narrow._exposed(), std::vector<std::string>{"add"});
 }
 
+// A call on an object the server does not have (released) fails outside any method:
+// RemoteError naming the KeyError, as CPython's server sends it; the connection goes on.
+TEST_F(ServerTest, ACallOnAReleasedObjectIsARemoteKeyError) {
+  auto m = client();
+  auto token = m->create("Maths")._token();  // released with its proxy
+  ASSERT_TRUE(eventually([&] { return m->number_of_objects() == 0; }));
+  const mm::BaseProxy stale(token, key_);  // its incref fails too (pipelined)
+  for (int i = 0; i < 2; ++i) {
+    try {
+      (void)stale._callmethod<int>("add", 1, 2);
+      FAIL() << "no error";
+    } catch (const troupe::multiprocessing::RemoteError& e) {
+      EXPECT_NE(std::string(e.what()).find("KeyError: "), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("no object"), std::string::npos) << e.what();
+    } catch (const std::exception& e) {
+      ADD_FAILURE() << i << ": " << e.what();
+    }
+  }
+  EXPECT_EQ(m->create("Maths")._callmethod<int>("add", 1, 2), 3);
+}
+
 // A create's failure is raised outside any method: RemoteError, as CPython's server sends it.
 TEST_F(ServerTest, AnUnknownTypeidIsARemoteKeyError) {
   auto m = client();

@@ -23,6 +23,7 @@
 #include "troupe/multiprocessing/managers/detail/hosted.hpp"
 #include "troupe/multiprocessing/managers/detail/item.hpp"
 #include "troupe/multiprocessing/managers/detail/methods.hpp"
+#include "troupe/multiprocessing/managers/detail/not_exposed.hpp"
 #include "troupe/multiprocessing/managers/detail/waits.hpp"
 #include "troupe/multiprocessing/managers/internal/ref_proxy.hpp"
 #include "troupe/multiprocessing/managers/proxy.hpp"
@@ -67,7 +68,9 @@ public:
     if (kwargs)
       for (const auto& [name, a] : *kwargs) detail::for_each_ref(a, note);
   }
-  ~ArgumentParks() { end(); }
+  ~ArgumentParks() {
+    if (on_destroy_) end();
+  }
   ArgumentParks(const ArgumentParks&) = delete;
   ArgumentParks& operator=(const ArgumentParks&) = delete;
 
@@ -80,9 +83,13 @@ public:
   /// The object keeps the arguments (a queue's put that succeeded): their parks stay for the
   /// receivers.
   void keep() noexcept { parks_.clear(); }
+  /// From now on only end() ends them: for a completion that calls end() or keep() when it
+  /// runs, and that may be destroyed without running once the host is gone (at its stop).
+  void end_only_explicitly() noexcept { on_destroy_ = false; }
 
 private:
   detail::RefHost* host_;
+  bool on_destroy_ = true;
   std::vector<std::pair<std::uint64_t, std::uint64_t>> parks_;
 };
 
@@ -128,6 +135,7 @@ public:
                      parks->keep();
                      done->done();
                    });
+      parks->end_only_explicitly();
     } else if (m == "get") {
       at_most(call, a, 2);
       q_.async_get(call.caller, flag(call, a, 0, true, "block"), timeout_of(call, a, 1),
@@ -546,6 +554,7 @@ public:
 
   detail::Container& container() noexcept { return *c_; }
   Item value() const { return c_->getvalue(); }
+  std::string_view type_id() const noexcept { return c_->type_id(); }
 
 private:
   HostRefs refs_;  // before c_: the container drops its refs through it as it goes
@@ -559,7 +568,8 @@ private:
 // exhausted, and then lets go.
 //
 // Methods: Python's IteratorProxy exposes `__next__`, `send`, `throw`, `close`; a
-// dict_keyiterator has only `__next__`, so the other three are AttributeError, as in Python.
+// dict_keyiterator has only `__next__`, so the other three fail as in Python: the server's
+// getattr fails outside the method (RemoteError, its text the AttributeError's).
 // `__next__` returns the key; at the end it fails with StopIteration. `#NEXT`, troupe's own, is the
 // typed proxy's step: a list of the key, or an empty list at the end (a std::optional's wire form).
 class DictIteratorObject final : public detail::HostedObject {
@@ -576,7 +586,8 @@ public:
   void call(const CallInfo& call, CompletionPtr done) override {
     const std::string_view m = call.method;
     if (m == "send" || m == "throw" || m == "close")
-      throw AttributeError("'dict_keyiterator' object has no attribute '" + std::string(m) + "'");
+      throw detail::NotExposed("'dict_keyiterator' object has no attribute '" + std::string(m) +
+                               "'");
     if (m != "__next__" && m != "#NEXT") detail::unknown_method(call, "Iterator", exposed());
     if (call.args.size() != 0) detail::bad_arity(call, "Iterator", 0);
     std::shared_ptr<ContainerObject> dict;  // kept for writing the key; let go outside mu_
@@ -610,6 +621,7 @@ private:
 // The methods that iterate an argument (Python: list.extend, dict.update, the set operations).
 bool iterates_arguments(std::string_view m) {
   static constexpr std::string_view kNames[] = {"extend",
+                                                "__setitem__",  // a slice's
                                                 "__iadd__",
                                                 "__add__",
                                                 "__radd__",
@@ -646,19 +658,20 @@ bool iterates_arguments(std::string_view m) {
 // call to iterate (detail::RefValues), as CPython's server iterates a proxy argument: copied
 // here, before the call takes any container's lock (a container passed to its own method too:
 // `l.extend(l)`).
-detail::RefValues::Values ref_values(detail::RefHost* host, const std::vector<Item>& args,
-                                     const detail::Kwargs& kwargs) {
+detail::RefValues::Values ref_values(detail::RefHost* host, const std::vector<Item>& args) {
   detail::RefValues::Values out;
   if (host == nullptr) return out;
-  auto note = [&](const Item& x) {
-    if (x.kind() != Kind::ref) return;
+  for (const Item& x : args) {
+    if (x.kind() != Kind::ref) continue;
     const detail::Ref& r = x.as_ref();
     const auto object = host->find(r.address, r.id);
-    if (const auto* c = dynamic_cast<const ContainerObject*>(object.get()))
+    const auto* c = dynamic_cast<const ContainerObject*>(object.get());
+    if (c == nullptr) continue;
+    // Only what Python can iterate: a ValueProxy or a NamespaceProxy is not iterable.
+    const std::string_view type = c->type_id();
+    if (type == "list" || type == "dict" || type == "set" || type == "Array")
       out.emplace_back(std::pair(r.address, r.id), c->value());
-  };
-  for (const Item& x : args) note(x);
-  for (const auto& [name, x] : kwargs) note(x);
+  }
   return out;
 }
 
@@ -671,7 +684,7 @@ void ContainerObject::call(const CallInfo& call, CompletionPtr done) {
   auto a = items_of(call);
   detail::Kwargs kwargs = call.kwargs ? *call.kwargs : detail::Kwargs{};
   const ArgumentParks parks(call.refs, a, &kwargs);
-  const detail::RefValues values(iterates_arguments(call.method) ? ref_values(call.refs, a, kwargs)
+  const detail::RefValues values(iterates_arguments(call.method) ? ref_values(call.refs, a)
                                                                  : detail::RefValues::Values{});
   if (call.method == "sort" && c_->type_id() == "list" && !call.kwargs) {
     // list.sort(*, key=None, reverse=False): troupe's wire carries no keywords, so a managed
@@ -703,7 +716,7 @@ detail::TypeEntry container_entry(std::string typeid_) {
     auto a = items_of(call);
     auto kwargs = call.kwargs ? *call.kwargs : detail::Kwargs{};
     const ArgumentParks parks(call.refs, a, &kwargs);
-    const detail::RefValues values(ref_values(call.refs, a, kwargs));  // list(p), dict(p)
+    const detail::RefValues values(ref_values(call.refs, a));  // list(p), dict(p)
     return std::make_shared<ContainerObject>(typeid_, std::move(a), std::move(kwargs), call.refs);
   };
   e.takes_keywords = true;

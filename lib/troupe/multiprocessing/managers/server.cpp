@@ -108,6 +108,20 @@ bool is_not_exposed(const std::exception_ptr& e) noexcept {
   }
 }
 
+// Whether `e` was raised outside the method (CPython's '#TRACEBACK'): a method not exposed, or
+// an error made a RemoteError (remote_error()).
+bool raised_outside(const std::exception_ptr& e) noexcept {
+  try {
+    std::rethrow_exception(e);
+  } catch (const detail::NotExposed&) {
+    return true;
+  } catch (const RemoteError&) {
+    return true;
+  } catch (...) {
+    return false;
+  }
+}
+
 // An error raised outside the method (in a create, for an object or a method the server does
 // not have), as CPython's server sends it: RemoteError, whose text names the error ("KeyError:
 // ...").
@@ -1400,7 +1414,8 @@ public:
         if (!server_->add_object(sc_, std::move(object), entry, r.initProxy())) return;
         server_->finish(sc_, call_id_, lane_, internal::flatten(mb));
       } catch (...) {
-        send_error(std::current_exception());
+        // Outside the method, as CPython's server makes a method_to_typeid result.
+        send_error(remote_error(std::current_exception()));
       }
     }
 
@@ -1860,6 +1875,7 @@ public:
           } catch (...) {
           }
         }
+        outside_ = true;  // as CPython's server makes a method_to_typeid result: '#TRACEBACK'
         send_error(std::current_exception());
       }
     }
@@ -1872,7 +1888,7 @@ public:
             python::error_reply(ErrorEnvelope::capture(e, {.call = text_.call(),
                                                            .object = text_.object_name(),
                                                            .arguments = text_.argument_kinds()}),
-                                protocol_, !create_ && !is_not_exposed(e));
+                                protocol_, !create_ && !outside_ && !raised_outside(e));
       } catch (...) {
         try {
           bytes = python::reply(
@@ -1886,6 +1902,7 @@ public:
 
     int protocol_;
     bool create_;
+    bool outside_ = false;  // failed outside the method
     std::optional<capnp::MallocMessageBuilder> mb_;
     std::optional<proto::Value::Builder> root_;
   };
@@ -2544,7 +2561,9 @@ public:
     std::scoped_lock lock(m_);
     auto p = parks_.find(ticket);
     if (p == parks_.end() || p->second.early_claim || p->second.id != id) return;
-    // Handed on to a Python client's reply (refs_to_python): its incref takes it over.
+    // Handed on to a Python client's reply (refs_to_python): its incref takes it over (were it
+    // ended, that incref would take a new reference and the counts still balance; kept, the
+    // reply's ref names a live park).
     if (auto pending = python_pending_.find(id);
         pending != python_pending_.end() &&
         std::find(pending->second.begin(), pending->second.end(), ticket) != pending->second.end())
