@@ -21,6 +21,7 @@
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 
+#include "troupe/detail/node_cache.hpp"
 #include "troupe/error_envelope.hpp"
 #include "troupe/errors.hpp"
 #include "troupe/internal/runtime.hpp"
@@ -951,25 +952,14 @@ void Link::read_next() {
       });
 }
 
-// m_ held.
+// m_ held (ids are never reused).
 void Link::add_pending_locked(std::uint64_t id, Pending p) {
-  if (spare_pending_.empty()) {
-    pending_.emplace(id, std::move(p));
-    return;
-  }
-  spare_pending_.key() = id;
-  spare_pending_.mapped() = std::move(p);
-  auto added = pending_.insert(std::move(spare_pending_));
-  if (!added.inserted) spare_pending_ = std::move(added.node);  // (never: ids are not reused)
+  troupe::detail::insert_reusing(pending_, spare_pending_, id, std::move(p));
 }
 
 // m_ held: removes a pending call, keeping its node.
 Link::Pending Link::take_pending_locked(decltype(pending_)::iterator it) {
-  auto node = pending_.extract(it);
-  Pending p = std::move(node.mapped());
-  node.mapped() = Pending{};
-  spare_pending_ = std::move(node);
-  return p;
+  return troupe::detail::take_reusing(pending_, spare_pending_, it);
 }
 
 void Link::on_frame(std::vector<std::byte> bytes) {

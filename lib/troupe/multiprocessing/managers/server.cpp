@@ -31,6 +31,7 @@
 #include <capnp/serialize.h>
 
 #include "troupe/detail/futex.hpp"
+#include "troupe/detail/node_cache.hpp"
 #include "troupe/error_envelope.hpp"
 #include "troupe/internal/cpus.hpp"
 #include "troupe/multiprocessing/authkey.hpp"
@@ -195,21 +196,13 @@ struct ServerConn : std::enable_shared_from_this<ServerConn> {
   decltype(running)::node_type spare_running;
   // Notes call `id` as running (the caller has checked that it is not: admit()).
   void start_running(std::uint64_t id, Running r) {
-    if (spare_running.empty()) {
-      running.emplace(id, std::move(r));
-      return;
-    }
-    spare_running.key() = id;
-    spare_running.mapped() = std::move(r);
-    auto done = running.insert(std::move(spare_running));
-    if (!done.inserted) spare_running = std::move(done.node);  // (never: admit() checked)
+    troupe::detail::insert_reusing(running, spare_running, id, std::move(r));
   }
-  // Call `it` has ended: its request's bytes are no longer held, and its node is kept.
+  // Call `it` has ended: its request's bytes are no longer held (its object's reference goes
+  // with the value taken), and its node is kept.
   void end_running(decltype(running)::iterator it) {
     held_bytes -= it->second.bytes;
-    auto node = running.extract(it);
-    node.mapped() = Running{};  // its object's reference goes now
-    spare_running = std::move(node);
+    (void)troupe::detail::take_reusing(running, spare_running, it);
   }
   // Backpressure (on the strand): bytes of requests held (queued or running) and of replies not
   // yet written; over the server's budget, reading pauses until they drain.
