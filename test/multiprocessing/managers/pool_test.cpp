@@ -67,6 +67,14 @@ void use_pool_in_child(mm::PoolProxy pool) {
 }
 TROUPE_ENTRY(use_pool_in_child);
 
+// Raises KeyError for 7; sleeps `x` ms otherwise.
+int raise_or_sleep(int x) {
+  if (x == 7) throw troupe::KeyError("key 7");
+  std::this_thread::sleep_for(std::chrono::milliseconds(x));
+  return x;
+}
+TROUPE_ENTRY(raise_or_sleep);
+
 namespace {
 
 class ManagedPoolTest : public troupe::testing::StartMethodTest {};
@@ -305,6 +313,21 @@ TEST_P(ManagedPoolTest, JoinWaitsForTheTasksLeftAfterAFailure) {
   pool.close();
   pool.join();
   EXPECT_TRUE(slow.ready());
+}
+
+// Python 3.8+'s MapResult is ready only once every chunk is done, the failed ones too
+// (test_map_no_failfast): a failure does not make it ready while another chunk still runs; get()
+// then raises the failure.
+TEST_P(ManagedPoolTest, AMapWithAFailureIsReadyOnlyWhenEveryChunkIsDone) {
+  mm::SyncManager m(options());
+  m.start();
+  auto pool = m.Pool(2);
+  auto r = pool.map_async(raise_or_sleep, std::vector<int>{7, 2000}, 1);
+  r.wait(500ms);  // 7 failed at once (most likely by now); 2000 still sleeps
+  EXPECT_FALSE(r.ready());
+  EXPECT_THROW((void)r.get(60s), troupe::KeyError);
+  EXPECT_TRUE(r.ready());
+  EXPECT_FALSE(r.successful());
 }
 
 TEST_P(ManagedPoolTest, PoolProxyInAChild) {

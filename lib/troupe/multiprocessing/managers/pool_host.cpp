@@ -144,10 +144,10 @@ private:
     bool timed_out = false;
   };
 
-  // get/wait: every slot set, or one failed (Python's MapResult is ready at its first failure).
-  bool complete() const noexcept {
-    return filled_ == slots_.size() || (mode_ == Mode::all && failed_);
-  }
+  // get/wait: every slot set, failed or not (Python 3.8+'s MapResult is ready only once every
+  // chunk is done, test_map_no_failfast; get() then raises the first failure to arrive). Every
+  // job reports (PoolJob's destructor fails a dropped one), so every slot is set in the end.
+  bool complete() const noexcept { return filled_ == slots_.size(); }
   bool iterating() const noexcept { return mode_ == Mode::ordered || mode_ == Mode::unordered; }
   // The next slot an iterator hands out, if set (under mu_).
   std::optional<std::size_t> next_slot() const noexcept {
