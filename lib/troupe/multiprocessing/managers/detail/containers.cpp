@@ -1456,16 +1456,18 @@ protected:
     }
     return Item::dict(std::move(flat));
   }
-  // Python's Namespace.__repr__: the public attributes, sorted by name.
+  // Python's Namespace.__repr__: the public attributes as 'name=repr', those strings sorted
+  // (so "x2=2" comes before "x=1", as in Python).
   std::string repr_locked(std::size_t max) const override {
-    std::vector<std::pair<std::string, const Item*>> v;
+    std::vector<std::string> v;
     for (const auto& e : table_)
-      if (!e.key.as_string().starts_with('_')) v.emplace_back(e.key.as_string(), &e.value);
-    std::sort(v.begin(), v.end(), [](const auto& x, const auto& y) { return x.first < y.first; });
+      if (!e.key.as_string().starts_with('_'))
+        v.push_back(e.key.as_string() + "=" + repr_to(e.value, max));
+    std::sort(v.begin(), v.end());
     std::string out = "Namespace(";
     for (std::size_t i = 0; i < v.size() && out.size() <= max; ++i) {
       if (i) out += ", ";
-      out += v[i].first + "=" + repr_to(*v[i].second, max);
+      out += v[i];
     }
     return out + ")";
   }
