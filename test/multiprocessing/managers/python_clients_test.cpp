@@ -125,6 +125,9 @@ ns.y = 'why'
 assert ns.x == 10 and ns.y == 'why'
 raises(AttributeError, getattr, ns, 'nope')
 assert str(m.Namespace(x=1, x2=2)) == 'Namespace(x2=2, x=1)'   # Python sorts 'name=value'
+with m.Pool(processes=2) as pool:   # CPython's test_pool names it
+    pass
+del pool
 v = m.Value('i', 5)
 v.value = 7
 assert v.value == 7

@@ -714,6 +714,10 @@ void register_pool_types(Registry& registry) {
   detail::TypeEntry pool;
   pool.typeid_ = "Pool";
   pool.create = make_pool;
+  // Python's Pool(processes=None, initializer=None, initargs=(), maxtasksperchild=None,
+  // context=None): a Python client may name them (CPython's test_pool: Pool(processes=4)).
+  pool.create_parameters = detail::Parameters{
+      {"processes", "initializer", "initargs", "maxtasksperchild", "context"}, 0};
   // Python: PoolProxy._method_to_typeid_
   for (const char* m : {"apply_async", "map_async", "starmap_async"})
     pool.method_to_typeid[m] = "AsyncResult";
