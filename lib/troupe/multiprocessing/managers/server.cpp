@@ -98,17 +98,6 @@ struct CallText {
   }
 };
 
-// Whether `e` is a method the object does not expose (raised before the method runs).
-bool is_not_exposed(const std::exception_ptr& e) noexcept {
-  try {
-    std::rethrow_exception(e);
-  } catch (const detail::NotExposed&) {
-    return true;
-  } catch (...) {
-    return false;
-  }
-}
-
 // Whether `e` was raised outside the method (CPython's '#TRACEBACK'): a method not exposed, or
 // an error made a RemoteError (remote_error()).
 bool raised_outside(const std::exception_ptr& e) noexcept {
@@ -1416,7 +1405,7 @@ public:
     void send_error(std::exception_ptr e) noexcept override {
       // A create's failure, or a method the object does not expose, happened outside the
       // method: RemoteError, as CPython's server sends it.
-      if (text_.method.empty() || is_not_exposed(e)) e = remote_error(e);
+      if (text_.method.empty() || raised_outside(e)) e = remote_error(e);
       try {
         server_->finish(sc_, call_id_, lane_,
                         server_->error_bytes(call_id_, e, text_.call(), text_.object_name(),
