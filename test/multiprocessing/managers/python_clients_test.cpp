@@ -4,6 +4,8 @@
 // containers, nested proxies and C++ classes; bad pickles sent on purpose get the sender an error
 // it can read and the server serves on; a wrong key is refused; a client killed in a blocking get
 // releases its connection. Skipped, visibly, when no python3 is found.
+#include <fcntl.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -519,6 +521,84 @@ TEST_F(PythonClientsTest, AServerWithoutForeignProxiesRefusesAPythonClientsOne) 
   EXPECT_NE(out.find("\n1\n"), std::string::npos) << out;
   EXPECT_TRUE(eventually([&] { return other.number_of_objects() == 0; }, 10s))
       << other.debug_info();
+}
+
+// A stock Python SharedMemoryManager client on a troupe SharedMemoryManager's server: its
+// segments are tracked (track_segment, list_segments), release_segment unlinks one now and
+// refuses one not tracked with CPython's ValueError, and the server unlinks the rest when it
+// stops. A server that tracks no segments refuses the functions by name.
+constexpr const char* kSharedMemoryClient = R"PY(
+import os, sys
+from multiprocessing import resource_tracker
+from multiprocessing.connection import Client
+from multiprocessing.managers import SharedMemoryManager, RemoteError, dispatch
+key = bytes.fromhex(os.environ['TROUPE_TEST_AUTHKEY'])
+smm = SharedMemoryManager(address=eval(sys.argv[1]), authkey=key)
+smm.connect()
+def call(name, *args):
+    with Client(smm.address, authkey=key) as c:
+        return dispatch(c, None, name, args)
+if sys.argv[2] == 'plain':
+    try:
+        smm.SharedMemory(64)
+    except RemoteError as e:
+        print('refused', e)
+    sys.exit(0)
+sm = smm.SharedMemory(64)
+sm.buf[:3] = b'abc'
+sl = smm.ShareableList([1, 'two', 3.0])
+assert call('list_segments') == [sm.name, sl.shm.name], call('list_segments')
+call('release_segment', sm.name)
+assert call('list_segments') == [sl.shm.name]
+try:
+    call('release_segment', sm.name)
+    raise AssertionError('released twice')
+except RemoteError as e:
+    assert 'ValueError' in str(e), e
+# The server owns them now: this process's resource tracker lets them be.
+for s in (sm, sl.shm):
+    s.close()
+    resource_tracker.unregister(s._name, 'shared_memory')
+print('left', sl.shm.name)
+print('ok')
+)PY";
+
+TEST_F(PythonClientsTest, APythonSharedMemoryManagerClientsSegmentsAreTracked) {
+  const auto pythons = pythons_to_run();
+  if (pythons.empty()) GTEST_SKIP() << "no python3 found";
+  auto exists = [](const std::string& name) {
+    const int fd = ::shm_open(("/" + name).c_str(), O_RDONLY, 0);
+    if (fd >= 0) ::close(fd);
+    return fd >= 0;
+  };
+  for (const auto& py : pythons) {
+    SCOPED_TRACE(py.exe + " (3." + std::to_string(py.minor) + ")");
+    mm::ServerOptions o;
+    o.listener.authkey = key_;
+    o.listener.auth.legacy_md5 = true;
+    o.threads = 2;
+    o.track_segments = true;
+    server_ =
+        std::make_unique<mm::Server>(PyManager::registry(), mp::Address::parse("127.0.0.1:0"), o);
+    server_->start();
+    ChildProcess child({py.exe, "-c", kSharedMemoryClient, python_address(), "tracked"}, true);
+    const std::string out = child.read_rest(60s);
+    EXPECT_EQ(child.wait(10s), 0) << out;
+    ASSERT_NE(out.find("ok"), std::string::npos) << out;
+    const auto at = out.find("left ");
+    ASSERT_NE(at, std::string::npos) << out;
+    const std::string left = out.substr(at + 5, out.find('\n', at) - at - 5);
+    EXPECT_TRUE(exists(left)) << left;
+    server_.reset();  // the server unlinks what it still tracks
+    EXPECT_FALSE(exists(left)) << left;
+  }
+  start(mp::Address::parse("127.0.0.1:0"));  // tracks no segments
+  ChildProcess child({pythons.front().exe, "-c", kSharedMemoryClient, python_address(), "plain"},
+                     true);
+  const std::string out = child.read_rest(60s);
+  EXPECT_EQ(child.wait(10s), 0) << out;
+  EXPECT_NE(out.find("refused"), std::string::npos) << out;
+  EXPECT_NE(out.find("'track_segment' unrecognized"), std::string::npos) << out;
 }
 
 }  // namespace

@@ -1605,6 +1605,31 @@ public:
       return python_reply(sc, "#RETURN",
                           Item::integer(static_cast<std::int64_t>(number_of_objects())));
     }
+    if (f == "track_segment" || f == "release_segment" || f == "list_segments") {
+      // A Python SharedMemoryManager's client: SharedMemoryServer's functions.
+      if (!options_.track_segments)
+        throw ValueError("'" + f + "' unrecognized (the manager at " + address_text_ +
+                         " is not a " + "SharedMemoryManager's server)");
+      if (f == "list_segments") {
+        no_arguments();
+        std::vector<Item> names;
+        {
+          std::scoped_lock lock(m_);
+          for (const auto& n : segments_) names.push_back(Item::text(n));
+        }
+        return python_reply(sc, "#RETURN", Item::list(std::move(names)));
+      }
+      const Item& arg = one_argument();
+      if (arg.kind() != detail::Kind::text)
+        throw TypeError(f + "() takes a segment name (a str), not " +
+                        std::string(detail::type_name(arg)));
+      const std::string name = segment_name(arg.as_string(), f.c_str());
+      if (f == "track_segment")
+        track_segment(name);
+      else
+        release_segment(name);
+      return python_reply(sc, "#RETURN", Item());
+    }
     if (f == "incref") {
       python_incref(python::parse_ident(one_argument()));
       return python_reply(sc, "#RETURN", Item());
@@ -2652,11 +2677,14 @@ public:
     segments_.push_back(name);
   }
 
-  // Python's release_segment: unlinks the segment now (FileNotFoundError if it is gone).
+  // Python's release_segment: forgets the segment (ValueError if it is not tracked, as
+  // list.remove) and unlinks it now (FileNotFoundError if it is gone).
   void release_segment(const std::string& name) {
     {
       std::scoped_lock lock(m_);
-      std::erase(segments_, name);
+      if (std::erase(segments_, name) == 0)
+        throw ValueError("release_segment: shared memory '" + name +
+                         "' is not tracked by the manager at " + address_text_);
     }
     if (::shm_unlink(("/" + name).c_str()) != 0)
       throw_os_error(errno, "release_segment: unlinking shared memory '" + name + "'");

@@ -6,6 +6,7 @@
 #include <algorithm>
 
 #include "troupe/multiprocessing/managers/detail/link.hpp"
+#include "troupe/multiprocessing/resource_tracker.hpp"
 
 namespace troupe::multiprocessing::managers {
 
@@ -36,6 +37,7 @@ SharedMemoryManager::~SharedMemoryManager() {
 void SharedMemoryManager::track(const std::string& name) {
   auto link = _link();
   link->call([&](proto::manager::Request::Builder r) { r.setTrackSegment(name.c_str()); });
+  std::scoped_lock lock(made_m_);
   made_.push_back(name);
 }
 
@@ -71,7 +73,20 @@ std::vector<std::string> SharedMemoryManager::list_segments() {
 void SharedMemoryManager::release_segment(const std::string& name) {
   auto link = _link();
   link->call([&](proto::manager::Request::Builder r) { r.setReleaseSegment(name.c_str()); });
-  std::erase(made_, name);
+  forget(name);
+}
+
+void SharedMemoryManager::forget(const std::string& name) noexcept {
+  {
+    std::scoped_lock lock(made_m_);
+    if (std::erase(made_, name) == 0) return;  // not made here: not in this tree's tracker
+  }
+  // The server unlinked it: this process's resource tracker must not unlink the name again at
+  // the end (another segment may have it by then).
+  try {
+    resource_tracker::unregister_resource("/" + name);
+  } catch (...) {
+  }
 }
 
 void SharedMemoryManager::shutdown() {
@@ -86,8 +101,18 @@ void SharedMemoryManager::shutdown() {
 
 void SharedMemoryManager::unlink_leftovers() noexcept {
   // A clean shutdown unlinked them all on the server (ENOENT here); a killed server did not.
-  for (const auto& name : made_) (void)::shm_unlink(("/" + name).c_str());
-  made_.clear();
+  std::vector<std::string> made;
+  {
+    std::scoped_lock lock(made_m_);
+    made.swap(made_);
+  }
+  for (const auto& name : made) {
+    (void)::shm_unlink(("/" + name).c_str());
+    try {
+      resource_tracker::unregister_resource("/" + name);
+    } catch (...) {
+    }
+  }
 }
 
 }  // namespace troupe::multiprocessing::managers

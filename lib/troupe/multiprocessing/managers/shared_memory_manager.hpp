@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstddef>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -35,7 +36,8 @@ public:
   /// The server's `list_segments()`: the names it tracks, in the order they came.
   std::vector<std::string> list_segments();
   /// The server's `release_segment(name)`: unlinks the segment now and forgets it.
-  /// @throws FileNotFoundError if it is gone already.
+  /// @throws ValueError if the server does not track `name` (as CPython's); FileNotFoundError
+  /// if it is gone already (the server forgets it all the same).
   void release_segment(const std::string& name);
 
   /// BaseManager::shutdown(), then the segments this manager made that are still there are
@@ -44,7 +46,9 @@ public:
 
 private:
   void track(const std::string& name);
+  void forget(const std::string& name) noexcept;
   void unlink_leftovers() noexcept;
+  std::mutex made_m_;              // SharedMemory() may be called from several threads
   std::vector<std::string> made_;  // segments made through this manager
 };
 

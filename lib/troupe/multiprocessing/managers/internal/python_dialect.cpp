@@ -54,8 +54,9 @@ Request parse_request(Item x) {
 }
 
 bool is_public(std::string_view name) {
-  for (std::string_view p : {"shutdown", "create", "accept_connection", "get_methods", "debug_info",
-                             "number_of_objects", "dummy", "incref", "decref"})
+  for (std::string_view p :
+       {"shutdown", "create", "accept_connection", "get_methods", "debug_info", "number_of_objects",
+        "dummy", "incref", "decref", "track_segment", "release_segment", "list_segments"})
     if (name == p) return true;
   return false;
 }
