@@ -118,6 +118,21 @@ TEST(CodecTest, Scalars) {
   EXPECT_EQ(round_trip(std::byte{0xab}), std::byte{0xab});
 }
 
+// A bool node (a Python caller's True) decodes as an integer or a float, as Python's bool is an
+// int; an integer node does not decode as a bool (a malformed message: ValueError).
+TEST(CodecTest, ABoolIsAnIntegerAsInPython) {
+  capnp::MallocMessageBuilder mb;
+  auto v = mb.initRoot<troupe::proto::Value>();
+  v.setBool(true);
+  EXPECT_EQ(Codec<int>::decode(v.asReader()), 1);
+  EXPECT_EQ(Codec<std::uint8_t>::decode(v.asReader()), 1u);
+  EXPECT_EQ(Codec<double>::decode(v.asReader()), 1.0);
+  v.setBool(false);
+  EXPECT_EQ(Codec<std::int64_t>::decode(v.asReader()), 0);
+  v.setInt(1);
+  EXPECT_THROW(Codec<bool>::decode(v.asReader()), ValueError);
+}
+
 // flatten writes Cap'n Proto's stream framing: the same bytes as capnp's own writer, for a
 // message in one segment (written by hand) and in several.
 TEST(CodecTest, FlattenIsCapnpsStreamFraming) {

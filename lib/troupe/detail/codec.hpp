@@ -251,11 +251,13 @@ requires(std::is_integral_v<T> && !std::is_same_v<T, bool>) struct Default<T> {
     }
   }
   // An integer of either width that fits (Python has one int: a Python caller's 3 arrives as
-  // an int node whatever the C++ parameter's signedness).
+  // an int node whatever the C++ parameter's signedness), or a bool (Python's bool is an int:
+  // True is 1).
   static T decode(proto::Value::Reader v) {
     // std::in_range takes no char: its signed or unsigned twin.
     using S =
         std::conditional_t<std::is_signed_v<T>, std::make_signed_t<T>, std::make_unsigned_t<T>>;
+    if (v.which() == Which::BOOL) return static_cast<T>(v.getBool() ? 1 : 0);
     if (v.which() == Which::INT) {
       const std::int64_t x = v.getInt();
       if (!std::in_range<S>(x)) int_out_of_range(signature(), std::to_string(x));
@@ -272,8 +274,10 @@ template <class T>
 requires(std::is_same_v<T, float> || std::is_same_v<T, double>) struct Default<T> {
   static std::string signature() { return sizeof(T) == 4 ? "f32" : "f64"; }
   static void encode(T x, proto::Value::Builder v) { v.setFloat(static_cast<double>(x)); }
-  // An integer too, as Python's float(int) (rounded to the nearest double beyond 2**53).
+  // An integer or a bool too, as Python's float(int) (rounded to the nearest double beyond
+  // 2**53).
   static T decode(proto::Value::Reader v) {
+    if (v.which() == Which::BOOL) return static_cast<T>(v.getBool() ? 1 : 0);
     if (v.which() == Which::INT) return static_cast<T>(v.getInt());
     if (v.which() == Which::UINT) return static_cast<T>(v.getUint());
     expect(v, Which::FLOAT, signature_of<Default>());

@@ -201,6 +201,7 @@ assert b.wait(timeout=1) == 0 and b.parties == 1
 # C++ classes: arguments converted to the parameters' types, errors Python can read.
 maths = m.Maths()
 assert maths.add(2, 3) == 5 and maths.mul(1.5, 4) == 6.0 and maths.greet('py') == 'hello py'
+assert maths.add(True, 2) == 3 and maths.mul(True, 2.5) == 2.5   # a bool is an int
 err = raises(ValueError, maths.fail, 'boom')
 assert 'boom' in str(err), err
 err = raises(TypeError, maths.add, 'two', 3)
