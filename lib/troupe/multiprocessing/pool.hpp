@@ -223,9 +223,11 @@ auto chunk_reader(Range&& range, std::size_t chunk) {
 /// The results of imap (`InOrder`: in input order) and imap_unordered (as their chunks
 /// complete), as Python's IMapIterator: the chunks submitted ahead of the reader, at most
 /// `ahead`, taken from `source` (which returns nullopt at the end of the input) as the reader
-/// moves on. A failed chunk raises its exception once, where its results would have been, and
-/// the results go on. An exception from `source` (the input's, or a submission's) ends the
-/// input: it is raised after the results of every element read before it, then the results end.
+/// moves on. A failed chunk raises its exception once, where its results would have been; with
+/// chunks of one element (`chunked` false) the results go on after it, with longer ones they
+/// end there (Python's imap flattens its chunks with a generator, which a raise ends). An
+/// exception from `source` (the input's, or a submission's) ends the input: it is raised after
+/// the results of every element read before it, then the results end.
 template <class R, class Source, bool InOrder>
 class IMapResults : public futures::detail::ReadOnce<IMapResults<R, Source, InOrder>,
                                                      futures::detail::MapValue<R>> {
@@ -235,7 +237,8 @@ public:
   using value_type = futures::detail::MapValue<R>;
   using timeout_error = multiprocessing::TimeoutError;  // what next(timeout) throws
 
-  IMapResults(Source source, std::size_t ahead) : source_(std::move(source)), ahead_(ahead) {
+  IMapResults(Source source, std::size_t ahead, bool chunked)
+      : source_(std::move(source)), ahead_(ahead), chunked_(chunked) {
     fill();
   }
   IMapResults(const IMapResults&) = delete;
@@ -278,7 +281,10 @@ private:
         FutureV f = std::move(done_.front());
         done_.pop_front();
         f.core()->wait_or_throw(Timeout());  // done: throws CancelledError if cancelled
-        if (f.core()->stored_exception()) std::rethrow_exception(f.core()->stored_exception());
+        if (auto e = f.core()->stored_exception()) {
+          if (chunked_) stop_at_failure();
+          std::rethrow_exception(e);
+        }
         chunk_ = std::move(f.typed().value());
         chunk_pos_ = 0;
         continue;
@@ -303,8 +309,18 @@ private:
     }
   }
 
+  // After a failed chunk of several elements: nothing more is read or run.
+  void stop_at_failure() noexcept {
+    for (auto& f : window_) f.cancel();
+    window_.clear();
+    done_.clear();
+    input_done_ = true;
+    input_error_ = nullptr;
+  }
+
   Source source_;
   std::size_t ahead_;
+  bool chunked_;
   std::deque<FutureV> window_;  // submitted, in input order
   std::deque<FutureV> done_;    // done, not yet read
   bool input_done_ = false;
@@ -415,7 +431,7 @@ public:
     check_running();
     if (chunksize < 1) throw ValueError("Chunksize must be 1+, not " + std::to_string(chunksize));
     auto source = chunk_source<R, P>(fn, std::forward<Range>(iterable), chunksize);
-    return detail::Ordered<R, decltype(source)>(std::move(source), lookahead());
+    return detail::Ordered<R, decltype(source)>(std::move(source), lookahead(), chunksize > 1);
   }
   /// Python: `imap_unordered(func, iterable, chunksize=1)`: results as they complete.
   template <class R, class P, class Range>
@@ -423,7 +439,7 @@ public:
     check_running();
     if (chunksize < 1) throw ValueError("Chunksize must be 1+, not " + std::to_string(chunksize));
     auto source = chunk_source<R, P>(fn, std::forward<Range>(iterable), chunksize);
-    return detail::Unordered<R, decltype(source)>(std::move(source), lookahead());
+    return detail::Unordered<R, decltype(source)>(std::move(source), lookahead(), chunksize > 1);
   }
 
   /// Python: `close()`: no more tasks; the workers end once the submitted ones are done.
@@ -583,14 +599,14 @@ public:
     auto source = chunk_source(std::move(fn), std::forward<Range>(iterable), chunksize);
     using FutureV = typename decltype(source)::result_type::value_type;
     using V = typename FutureV::value_type::value_type;
-    return detail::Ordered<V, decltype(source)>(std::move(source), lookahead());
+    return detail::Ordered<V, decltype(source)>(std::move(source), lookahead(), chunksize > 1);
   }
   template <class F, class Range>
   auto imap_unordered(F fn, Range&& iterable, std::size_t chunksize = 1) {
     auto source = chunk_source(std::move(fn), std::forward<Range>(iterable), chunksize);
     using FutureV = typename decltype(source)::result_type::value_type;
     using V = typename FutureV::value_type::value_type;
-    return detail::Unordered<V, decltype(source)>(std::move(source), lookahead());
+    return detail::Unordered<V, decltype(source)>(std::move(source), lookahead(), chunksize > 1);
   }
 
   void close();

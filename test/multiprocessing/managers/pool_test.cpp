@@ -213,7 +213,7 @@ TEST_P(ManagedPoolTest, ImapInOrderAndUnordered) {
   EXPECT_EQ(unordered, std::multiset<int>(want.begin(), want.end()));
 }
 
-TEST_P(ManagedPoolTest, ImapFailingChunkRaisesOnceThenGoesOn) {
+TEST_P(ManagedPoolTest, ImapFailingChunkRaisesOnceThenGoesOnOrEnds) {
   mm::SyncManager m(options());
   m.start();
   auto pool = m.Pool(2);
@@ -231,6 +231,23 @@ TEST_P(ManagedPoolTest, ImapFailingChunkRaisesOnceThenGoesOn) {
   }
   EXPECT_EQ(errors, 1);
   EXPECT_EQ(got, (std::vector<int>{0, 1, 2, 3, 4, 5, 6, 8, 9}));
+  // With chunks of several elements the results end at the failed chunk (as Python's), for
+  // this proxy and a copy of it alike.
+  auto chunked = pool.imap(raising, views::iota(0, 20), 3);
+  got.clear();
+  errors = 0;
+  for (int i = 0; i < 30; ++i) {
+    try {
+      auto v = chunked.next(30s);
+      if (!v) break;
+      got.push_back(*v);
+    } catch (const troupe::KeyError&) {
+      ++errors;
+    }
+  }
+  EXPECT_EQ(errors, 1);
+  EXPECT_EQ(got, (std::vector<int>{0, 1, 2, 3, 4, 5}));
+  EXPECT_EQ(chunked.next(30s), std::nullopt);
 }
 
 TEST_P(ManagedPoolTest, ImapNextWithATimeout) {

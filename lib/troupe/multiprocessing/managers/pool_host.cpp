@@ -78,6 +78,9 @@ public:
   }
 
   std::size_t size() const noexcept { return slots_.size(); }
+  // An iterator over chunks of several elements: its results end at a failed chunk (Python's
+  // imap flattens its chunks with a generator, which the raise ends).
+  void end_on_error() noexcept { end_on_error_ = true; }
 
   // Slot `i`'s outcome, once (a later one for the same slot is ignored).
   void set(std::size_t i, Outcome o) {
@@ -151,6 +154,7 @@ private:
   bool iterating() const noexcept { return mode_ == Mode::ordered || mode_ == Mode::unordered; }
   // The next slot an iterator hands out, if set (under mu_).
   std::optional<std::size_t> next_slot() const noexcept {
+    if (ended_) return std::nullopt;
     if (mode_ == Mode::ordered) {
       if (cursor_ < slots_.size() && slots_[cursor_]) return cursor_;
       return std::nullopt;
@@ -158,7 +162,7 @@ private:
     if (cursor_ < arrival_.size()) return arrival_[cursor_];
     return std::nullopt;
   }
-  bool exhausted() const noexcept { return cursor_ >= slots_.size(); }
+  bool exhausted() const noexcept { return ended_ || cursor_ >= slots_.size(); }
 
   // Moves the waiters that can complete now into `out` (under mu_).
   void settle(std::vector<Ready>& out) {
@@ -176,6 +180,7 @@ private:
       if (auto s = next_slot()) {
         o = slots_[*s];
         ++cursor_;
+        if (o->error && end_on_error_) ended_ = true;
       } else if (!exhausted()) {
         return;
       }
@@ -302,6 +307,8 @@ private:
   OutcomePtr failed_;                 // the first failed outcome
   std::vector<std::size_t> arrival_;  // slots in the order they were set
   std::size_t cursor_ = 0;            // an iterator's next position (in slots_ or arrival_)
+  bool end_on_error_ = false;         // see end_on_error()
+  bool ended_ = false;                // a failed chunk was handed out: the end
   std::deque<WaiterPtr> waiters_;
   boost::asio::any_io_executor ex_;
   std::string what_;
@@ -515,6 +522,8 @@ public:
       r->await(call, std::nullopt, true, std::move(done));
     } else if (m == "imap" || m == "imap_unordered") {
       auto r = submit(call, m == "imap" ? Results::Mode::ordered : Results::Mode::unordered, true);
+      if (call.args.size() == 3 && call.args[2].isInt() && call.args[2].getInt() > 1)
+        r->end_on_error();
       done->new_object("Iterator", std::make_shared<PoolIteratorObject>(r));
     } else if (m == "close") {
       detail::at_most(call, detail::items_of(call), 0);
@@ -586,7 +595,12 @@ private:
   std::shared_ptr<Results> submit(const CallInfo& call, Results::Mode mode, bool chunks) {
     // Read from the message itself, not as Items: the chunks are copied once, into the jobs.
     const auto& args = call.args;
-    if (args.size() != 2) detail::bad_arity(call, "Pool", 2);
+    // imap's third: its chunk size (a client's; read by call()).
+    const bool iterating = mode == Results::Mode::ordered || mode == Results::Mode::unordered;
+    if (args.size() != 2 && !(iterating && args.size() == 3)) detail::bad_arity(call, "Pool", 2);
+    if (args.size() == 3 && !args[2].isInt())
+      throw TypeError(detail::where(call) + ": the chunk size must be an int, not " +
+                      std::string(detail::type_name(detail::to_item(args[2]))));
     auto kind = [](proto::Value::Reader v) {
       return std::string(detail::type_name(detail::to_item(v)));
     };

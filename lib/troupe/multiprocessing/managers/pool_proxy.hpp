@@ -209,8 +209,9 @@ private:
 
 /// Python's IteratorProxy over `imap` / `imap_unordered` (typeid "Iterator"): the results one
 /// by one (the server hands out a chunk at a time; copies of this proxy share what is left of
-/// it). A failed chunk raises its exception once, where its results would have been, and the
-/// results go on after it. Iterable with range-for.
+/// it). A failed chunk raises its exception once, where its results would have been; with
+/// chunksize 1 the results go on after it, with a larger one they end there (as Python's).
+/// Iterable with range-for.
 template <class V>
 class PoolIteratorProxy : public BaseProxy {
 public:
@@ -403,6 +404,11 @@ private:
         chunksize || items.empty()
             ? multiprocessing::detail::chunk_size(chunksize.value_or(1), items.size(), 1)
             : multiprocessing::detail::chunk_size(std::nullopt, items.size(), processes());
+    // imap's chunk size goes too: with chunks of several elements its results end at a failed
+    // chunk (as Python's, whose imap flattens the chunks with a generator).
+    if (std::string_view(method).starts_with("imap"))
+      return _callmethod<Out>(method, name(fn, method), detail::pool_chunks(items, chunk),
+                              static_cast<std::int64_t>(chunk));
     return _callmethod<Out>(method, name(fn, method), detail::pool_chunks(items, chunk));
   }
 };
