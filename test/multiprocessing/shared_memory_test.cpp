@@ -169,6 +169,18 @@ TEST_F(ShmTest, ShareableListAsPython) {
   EXPECT_EQ(sl.count(std::monostate{}), 1u);
   EXPECT_EQ(sl.index(true), 2u);
   EXPECT_THROW(sl.index(std::string("absent")), ValueError);
+  // Python's ==: True == 1 == 1.0, and 2.5 is no int; a str is not its bytes.
+  ShareableList nums(
+      {std::int64_t{1}, true, 1.0, 2.5, std::int64_t{0}, std::string("b"), Bytes{std::byte{'b'}}});
+  EXPECT_EQ(nums.count(std::int64_t{1}), 3u);
+  EXPECT_EQ(nums.count(true), 3u);
+  EXPECT_EQ(nums.count(1.0), 3u);
+  EXPECT_EQ(nums.index(false), 4u);
+  EXPECT_EQ(nums.index(2.5), 3u);
+  EXPECT_EQ(nums.count(std::int64_t{2}), 0u);
+  EXPECT_EQ(nums.count(std::string("b")), 1u);
+  EXPECT_EQ(nums.count(std::monostate{}), 0u);
+  nums.shm().unlink();
   ShareableList again = ShareableList::attach(sl.shm().name());
   EXPECT_EQ(again.to_vector(), sl.to_vector());
   sl.shm().unlink();

@@ -10,8 +10,11 @@
 #include <bit>
 #include <cerrno>
 #include <charconv>
+#include <cmath>
 #include <cstring>
+#include <optional>
 #include <utility>
+#include <variant>
 
 #include "troupe/errors.hpp"
 #include "troupe/multiprocessing/resource_tracker.hpp"
@@ -357,14 +360,40 @@ std::vector<ShareableItem> ShareableList::to_vector() const {
   return out;
 }
 
+namespace {
+// Python's ==: bool, int and float compare by value (1 == True == 1.0), exactly (an int and a
+// float are equal only if the float is that integer); str, bytes and None by kind and value.
+bool python_equal(const ShareableItem& a, const ShareableItem& b) {
+  auto number = [](const ShareableItem& x) -> std::optional<std::variant<std::int64_t, double>> {
+    if (const bool* v = std::get_if<bool>(&x)) return std::int64_t{*v ? 1 : 0};
+    if (const std::int64_t* v = std::get_if<std::int64_t>(&x)) return *v;
+    if (const double* v = std::get_if<double>(&x)) return *v;
+    return std::nullopt;
+  };
+  const auto na = number(a), nb = number(b);
+  if (!na || !nb) return a == b;
+  const auto* ia = std::get_if<std::int64_t>(&*na);
+  const auto* ib = std::get_if<std::int64_t>(&*nb);
+  if (ia && ib) return *ia == *ib;
+  if (!ia && !ib) return std::get<double>(*na) == std::get<double>(*nb);
+  const std::int64_t i = ia ? *ia : *ib;
+  const double d = ia ? std::get<double>(*nb) : std::get<double>(*na);
+  // Exactly: d must be an integer in int64's range and equal to i.
+  if (!(d >= -9223372036854775808.0 && d < 9223372036854775808.0) || d != std::trunc(d))
+    return false;
+  return static_cast<std::int64_t>(d) == i;
+}
+}  // namespace
+
 std::size_t ShareableList::count(const ShareableItem& v) const {
   const auto all = to_vector();
-  return static_cast<std::size_t>(std::count(all.begin(), all.end(), v));
+  return static_cast<std::size_t>(std::count_if(
+      all.begin(), all.end(), [&](const ShareableItem& x) { return python_equal(x, v); }));
 }
 
 std::size_t ShareableList::index(const ShareableItem& v) const {
   for (std::size_t i = 0; i < length_; ++i)
-    if (get(static_cast<std::ptrdiff_t>(i)) == v) return i;
+    if (python_equal(get(static_cast<std::ptrdiff_t>(i)), v)) return i;
   throw ValueError(item_repr(v) + " not in this container");
 }
 

@@ -89,7 +89,8 @@ public:
   /// Python: `sl[i] = v`. @throws IndexError "assignment index out of range"; ValueError
   /// "bytes/str item exceeds available storage".
   void set(std::ptrdiff_t i, const ShareableItem& v);
-  /// Python: `format`, `count(v)`, `index(v)` (ValueError if absent).
+  /// Python: `format`, `count(v)`, `index(v)` (ValueError if absent); compared as Python's ==
+  /// (1, True and 1.0 are equal).
   std::string format() const;
   std::size_t count(const ShareableItem& v) const;
   std::size_t index(const ShareableItem& v) const;
