@@ -1,16 +1,22 @@
 // The instructions a call costs, counted by callgrind (bench/call_instructions.py runs this):
 // `call_instructions proxy N` makes N quick-typeid proxy calls (Maths.add) to a manager server
 // running in this process (callgrind cannot follow a child started with pidfd_open), `pipe N`
-// N 152-byte Pipe ping-pongs with an echoing thread. Each first makes 2000 of them untimed; the
+// N 152-byte Pipe ping-pongs with an echoing thread, `pipelined N` N proxy calls with 64 in
+// flight (async_call, as BM_ProxyPipelined). Each first makes 2000 of them untimed; the
 // script runs two N and divides the difference per thread, so the start and the end cancel.
 #include <unistd.h>
 
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <exception>
+#include <functional>
 #include <string>
 #include <string_view>
 #include <thread>
+
+#include <boost/asio/bind_executor.hpp>
+#include <boost/asio/io_context.hpp>
 
 #include "troupe/multiprocessing/connection.hpp"
 #include "troupe/multiprocessing/managers.hpp"
@@ -27,7 +33,7 @@ using bench::MathsManager;
 
 constexpr long kWarmUp = 2000;
 
-long proxy_calls(long n) {
+long proxy_calls(long n, bool pipelined) {
   const auto key = mp::AuthenticationString::random();
   mm::ManagerOptions so;
   so.address =
@@ -52,7 +58,25 @@ long proxy_calls(long n) {
       }
     }
     auto p = c.create<Maths>("QuickMaths");
-    for (long i = 0; i < kWarmUp + n; ++i) sum += p.call<&Maths::add>(i, 1);
+    if (!pipelined) {
+      for (long i = 0; i < kWarmUp + n; ++i) sum += p.call<&Maths::add>(i, 1);
+    } else {
+      // 64 async calls in flight, each completion starting the next (BM_ProxyPipelined's).
+      boost::asio::io_context ctx;
+      long started = 0;
+      const long total = kWarmUp + n;
+      std::function<void()> next = [&] {
+        const long i = started++;
+        p.async_call<&Maths::add>(
+            std::int64_t{i}, std::int64_t{1},
+            boost::asio::bind_executor(ctx, [&](std::exception_ptr e, std::int64_t r) {
+              if (!e) sum += r;
+              if (started < total) next();
+            }));
+      };
+      for (long k = 0; k < 64 && started < total; ++k) next();
+      ctx.run();
+    }
   }
   server->stop();
   serving.join();
@@ -82,13 +106,14 @@ long pipe_calls(long n) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc != 3 || (std::string_view(argv[1]) != "proxy" && std::string_view(argv[1]) != "pipe")) {
-    std::fprintf(stderr, "usage: call_instructions proxy|pipe N\n");
+  const std::string_view mode = argc == 3 ? argv[1] : "";
+  if (mode != "proxy" && mode != "pipelined" && mode != "pipe") {
+    std::fprintf(stderr, "usage: call_instructions proxy|pipelined|pipe N\n");
     return 2;
   }
   const long n = std::atol(argv[2]);
   MathsManager::register_<Maths>("QuickMaths", {.quick = true});
-  const long r = std::string_view(argv[1]) == "proxy" ? proxy_calls(n) : pipe_calls(n);
+  const long r = mode == "pipe" ? pipe_calls(n) : proxy_calls(n, mode == "pipelined");
   std::printf("%ld\n", r);
   return 0;
 }

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """The instructions one call costs each thread, counted by callgrind: a manager proxy call
-(`call<&Maths::add>`, a quick typeid, the server in this process on a Unix abstract name) and a
-152-byte Pipe ping-pong with an echoing thread. Exact counts, where the time of a call moves by
+(`call<&Maths::add>`, a quick typeid, the server in this process on a Unix abstract name), the
+same with 64 async calls in flight (pipelined), and a 152-byte Pipe ping-pong with an echoing
+thread. Exact counts, where the time of a call moves by
 a third between runs on a shared machine: what a change to the call's path saves shows here.
 
     python3 bench/call_instructions.py [--build build] [--calls 5000]
@@ -9,7 +10,8 @@ a third between runs on a shared machine: what a change to the call's path saves
 Runs build/bench/call_instructions under valgrind (`apt-get install valgrind`) with N and 2N
 calls (spinning off: TROUPE_SPIN_NS=0, so a wait costs the same every time) and prints, per
 thread, (instructions with 2N - with N) / N. Thread 1 is the caller; for the proxy the server's
-connection thread is the other one that counts.
+connection thread is the other one that counts (pipelined: also the link's thread, which reads
+the replies).
 """
 import argparse
 import glob
@@ -54,12 +56,13 @@ def main():
     print("| call | thread | instructions a call |\n|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for mode, label in (("proxy", "proxy `call<&Maths::add>`, Unix"),
+                            ("pipelined", "proxy `async_call`, 64 in flight, Unix"),
                             ("pipe", "Pipe ping-pong 152 B, threads")):
             a, b = totals(binary, mode, n, tmp), totals(binary, mode, 2 * n, tmp)
             for t in sorted(b):
                 per = (b[t] - a.get(t, 0)) / n
                 if per >= 100:  # the threads that work per call
-                    who = "caller" if t == 1 else \
+                    who = "caller" if t == 1 else f"thread {t}" if mode == "pipelined" else \
                         f"{'echo' if mode == 'pipe' else 'server connection'} (thread {t})"
                     print(f"| {label} | {who} | {per:,.0f} |")
 
