@@ -534,8 +534,21 @@ std::uint64_t Link::request(const Build& build, Handler done) {
   return request(mb, std::move(done));
 }
 
+namespace {
+// A prepared request's builder and its first segment in one allocation (a MallocMessageBuilder
+// of its own would calloc a segment per call): most requests fit; a larger one grows into
+// segments of its own.
+struct PreparedRequest {
+  static constexpr std::size_t kWords = 64;  // 512 bytes
+  capnp::word words[kWords]{};               // zeroed, as MallocMessageBuilder requires
+  capnp::MallocMessageBuilder mb{kj::arrayPtr(words, kWords)};
+};
+}  // namespace
+
 Link::Built Link::prepare(const Build& build) {
-  auto mb = std::make_shared<capnp::MallocMessageBuilder>(internal::small_message_words);
+  auto p = std::make_shared<PreparedRequest>();
+  capnp::MallocMessageBuilder* builder = &p->mb;
+  Built mb(std::move(p), builder);
   auto r = mb->initRoot<proto::manager::Request>();
   build(r);
   if (r.getLane() == 0) r.setLane(current_lane());  // the calling thread's, not the sender's

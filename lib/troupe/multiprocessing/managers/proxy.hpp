@@ -199,30 +199,36 @@ protected:
     // after this call has returned, when the arguments and the method's name may be gone.
     detail::Link::Built built = detail::Link::prepare(build);
     return boost::asio::async_initiate<CompletionToken, void(std::exception_ptr, R)>(
-        [link, self = *this](auto handler, detail::Link::Built built) {
+        [link, self = *this](auto handler, detail::Link::Built built) mutable {
           using H = std::decay_t<decltype(handler)>;
           boost::asio::any_io_executor work = boost::asio::prefer(
               boost::asio::get_associated_executor(handler, troupe::detail::default_io_executor()),
               boost::asio::execution::outstanding_work.tracked);
           auto box = std::make_shared<std::optional<H>>(std::move(handler));
           // The reply comes on the link's thread and is decoded on the handler's executor.
-          link->request(*built, [box, link, self, work](std::exception_ptr e,
-                                                        std::shared_ptr<detail::Frame> f) {
-            boost::asio::post(work, [box, link, self, e, f = std::move(f)]() mutable {
-              R r{};
-              std::exception_ptr error = e;
-              if (!error) {
-                try {
-                  r = self.template decode_reply<R>(link, *f, {});
-                } catch (...) {
-                  error = std::current_exception();
-                }
-              }
-              H h = std::move(**box);
-              box->reset();
-              std::move(h)(error, std::move(r));
-            });
-          });
+          // The link calls this once: what it holds moves on into the posted handler.
+          auto& built_ref = *built;
+          link->request(
+              built_ref,
+              [box = std::move(box), link, self = std::move(self), work = std::move(work)](
+                  std::exception_ptr e, std::shared_ptr<detail::Frame> f) mutable {
+                boost::asio::post(
+                    work, [box = std::move(box), link = std::move(link), self = std::move(self),
+                           e = std::move(e), f = std::move(f)]() mutable {
+                      R r{};
+                      std::exception_ptr error = e;
+                      if (!error) {
+                        try {
+                          r = self.template decode_reply<R>(link, *f, {});
+                        } catch (...) {
+                          error = std::current_exception();
+                        }
+                      }
+                      H h = std::move(**box);
+                      box->reset();
+                      std::move(h)(error, std::move(r));
+                    });
+              });
         },
         token, std::move(built));
   }
