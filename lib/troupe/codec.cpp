@@ -242,23 +242,44 @@ namespace codec_detail {
 
 namespace {
 constexpr std::size_t kScratchWords = 1024;  // 8 KiB
+constexpr std::size_t kOwnWords = 64;        // a segment of its own: 512 bytes, then more
+// This thread's scratch segment while it lives, and whether it has gone (the thread is
+// exiting): trivially destructible, so still readable from the destructors of thread_locals
+// that outlive the scratch (a proxy kept in a threading::local encodes its release there).
+thread_local capnp::word* tl_scratch = nullptr;
+thread_local bool tl_scratch_gone = false;
 struct Scratch {
   std::unique_ptr<capnp::word[]> words{new capnp::word[kScratchWords]()};
   bool in_use = false;
+  Scratch() noexcept { tl_scratch = words.get(); }
+  ~Scratch() {
+    tl_scratch = nullptr;
+    tl_scratch_gone = true;
+  }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
 };
 thread_local Scratch scratch;
 }  // namespace
 
 ScratchSegment::ScratchSegment() {
-  if (!scratch.in_use) {
+  if (!tl_scratch_gone && !scratch.in_use) {
     scratch.in_use = true;
     words_ = kj::ArrayPtr<capnp::word>(scratch.words.get(), kScratchWords);
+    return;
   }
+  // In use (a codec that encodes inside an encode), or gone: a zeroed segment of its own
+  // (MallocMessageBuilder refuses an empty first segment).
+  words_ = kj::ArrayPtr<capnp::word>(new capnp::word[kOwnWords](), kOwnWords);
 }
 
 ScratchSegment::~ScratchSegment() {
   // MallocMessageBuilder zeroes what it used of the scratch segment when it is destroyed.
-  if (words_.size() != 0) scratch.in_use = false;
+  if (words_.begin() == tl_scratch) {
+    scratch.in_use = false;
+    return;
+  }
+  delete[] words_.begin();
 }
 
 void flatten(capnp::MessageBuilder& mb, std::vector<std::byte>& out) {

@@ -396,7 +396,8 @@ capnp::ReaderOptions reader_options(std::size_t message_words);
 namespace codec_detail {
 /// A zeroed first segment for message builders on this thread, reused from message to message
 /// (DESIGN.md: reuse builders on hot paths; MallocMessageBuilder zeroes what it used when it is
-/// destroyed); empty if this thread is already using it (a codec that encodes inside an encode).
+/// destroyed); a small zeroed segment of its own if this thread is already using it (a codec
+/// that encodes inside an encode) or is exiting and its scratch has gone.
 class ScratchSegment {
 public:
   ScratchSegment();

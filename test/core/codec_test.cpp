@@ -1,10 +1,12 @@
 #include "troupe/codec.hpp"
 
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstring>
 #include <limits>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <capnp/serialize.h>
@@ -131,6 +133,34 @@ TEST(CodecTest, ABoolIsAnIntegerAsInPython) {
   EXPECT_EQ(Codec<std::int64_t>::decode(v.asReader()), 0);
   v.setInt(1);
   EXPECT_THROW(Codec<bool>::decode(v.asReader()), ValueError);
+}
+
+// An encode inside an encode (a codec that calls to_bytes) gets a first segment of its own
+// while the thread's scratch segment is in use; so does one made by a thread_local's destructor
+// after the scratch segment has gone with its thread.
+TEST(CodecTest, EncodesNestAndOutliveTheThreadsScratch) {
+  {
+    codec_detail::ScratchSegment outer;
+    capnp::MallocMessageBuilder mb(outer.get());
+    encode(std::string("outer"), mb);
+    const auto inner = to_bytes(std::vector<std::int64_t>(100, 7));  // more than 64 words
+    EXPECT_EQ(from_bytes<std::vector<std::int64_t>>(inner), std::vector<std::int64_t>(100, 7));
+    std::vector<std::byte> out;
+    codec_detail::flatten(mb, out);
+    EXPECT_EQ(from_bytes<std::string>(out), "outer");
+  }
+  static std::atomic<int> decoded{0};
+  struct EncodesAtExit {
+    ~EncodesAtExit() {
+      if (from_bytes<std::string>(to_bytes(std::string("at exit"))) == "at exit") ++decoded;
+    }
+  };
+  std::thread([] {
+    thread_local EncodesAtExit first;  // made before the scratch: destroyed after it
+    (void)&first;
+    (void)to_bytes(1);
+  }).join();
+  EXPECT_EQ(decoded.load(), 1);
 }
 
 // flatten writes Cap'n Proto's stream framing: the same bytes as capnp's own writer, for a
