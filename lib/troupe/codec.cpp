@@ -251,7 +251,7 @@ thread_local bool tl_scratch_gone = false;
 struct Scratch {
   std::unique_ptr<capnp::word[]> words{new capnp::word[kScratchWords]()};
   bool in_use = false;
-  Scratch() noexcept { tl_scratch = words.get(); }
+  Scratch() { tl_scratch = words.get(); }
   ~Scratch() {
     tl_scratch = nullptr;
     tl_scratch_gone = true;

@@ -300,6 +300,10 @@ private:
       } else {
         auto r = futures::wait(window_, timeout, futures::FIRST_COMPLETED);
         if (r.done.empty()) return false;
+        // The order they completed in within one wait is not known: the successes first, so
+        // that a failure which ends the results (chunked_) loses none that came before it.
+        std::stable_partition(r.done.begin(), r.done.end(),
+                              [](const FutureV& f) { return !f.core()->stored_exception(); });
         for (auto& f : r.done) {
           std::erase(window_, f);
           done_.push_back(std::move(f));

@@ -231,8 +231,8 @@ TEST_P(ManagedPoolTest, ImapFailingChunkRaisesOnceThenGoesOnOrEnds) {
   }
   EXPECT_EQ(errors, 1);
   EXPECT_EQ(got, (std::vector<int>{0, 1, 2, 3, 4, 5, 6, 8, 9}));
-  // With chunks of several elements the results end at the failed chunk (as Python's), for
-  // this proxy and a copy of it alike.
+  // With chunks of several elements the results end at the failed chunk (as Python's), and
+  // stay ended when asked again.
   auto chunked = pool.imap(raising, views::iota(0, 20), 3);
   got.clear();
   errors = 0;

@@ -539,8 +539,8 @@ namespace {
 // of its own would calloc a segment per call): most requests fit; a larger one grows into
 // segments of its own.
 struct PreparedRequest {
-  static constexpr std::size_t kWords = 64;  // 512 bytes
-  capnp::word words[kWords]{};               // zeroed, as MallocMessageBuilder requires
+  static constexpr std::size_t kWords = internal::small_message_words;
+  capnp::word words[kWords]{};  // zeroed, as MallocMessageBuilder requires
   capnp::MallocMessageBuilder mb{kj::arrayPtr(words, kWords)};
 };
 }  // namespace

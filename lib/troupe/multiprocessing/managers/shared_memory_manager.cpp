@@ -72,14 +72,19 @@ std::vector<std::string> SharedMemoryManager::list_segments() {
 
 void SharedMemoryManager::release_segment(const std::string& name) {
   auto link = _link();
-  link->call([&](proto::manager::Request::Builder r) { r.setReleaseSegment(name.c_str()); });
+  try {
+    link->call([&](proto::manager::Request::Builder r) { r.setReleaseSegment(name.c_str()); });
+  } catch (const FileNotFoundError&) {
+    forget(name);  // unlinked by someone else: the server has forgotten it too
+    throw;
+  }
   forget(name);
 }
 
 void SharedMemoryManager::forget(const std::string& name) noexcept {
   {
     std::scoped_lock lock(made_m_);
-    if (std::erase(made_, name) == 0) return;  // not made here: not in this tree's tracker
+    if (std::erase(made_, name) == 0) return;  // not made through this manager: not ours
   }
   // The server unlinked it: this process's resource tracker must not unlink the name again at
   // the end (another segment may have it by then).
