@@ -12,6 +12,7 @@
 #include <string>
 #include <thread>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include <gmock/gmock.h>
@@ -213,14 +214,12 @@ TEST_P(ManagedPoolTest, ImapInOrderAndUnordered) {
   EXPECT_EQ(unordered, std::multiset<int>(want.begin(), want.end()));
 }
 
-TEST_P(ManagedPoolTest, ImapFailingChunkRaisesOnceThenGoesOnOrEnds) {
-  mm::SyncManager m(options());
-  m.start();
-  auto pool = m.Pool(2);
-  auto it = pool.imap(raising, views::iota(0, 10));
+// An imap's results read to the end (at most `limit`), and how many KeyErrors it raised.
+template <class It>
+std::pair<std::vector<int>, int> drain(const It& it, int limit) {
   std::vector<int> got;
   int errors = 0;
-  for (int i = 0; i < 20; ++i) {
+  for (int i = 0; i < limit; ++i) {
     try {
       auto v = it.next(30s);
       if (!v) break;
@@ -229,22 +228,20 @@ TEST_P(ManagedPoolTest, ImapFailingChunkRaisesOnceThenGoesOnOrEnds) {
       ++errors;
     }
   }
+  return {got, errors};
+}
+
+TEST_P(ManagedPoolTest, ImapFailingChunkRaisesOnceThenGoesOnOrEnds) {
+  mm::SyncManager m(options());
+  m.start();
+  auto pool = m.Pool(2);
+  auto [got, errors] = drain(pool.imap(raising, views::iota(0, 10)), 20);
   EXPECT_EQ(errors, 1);
   EXPECT_EQ(got, (std::vector<int>{0, 1, 2, 3, 4, 5, 6, 8, 9}));
   // With chunks of several elements the results end at the failed chunk (as Python's), and
   // stay ended when asked again.
   auto chunked = pool.imap(raising, views::iota(0, 20), 3);
-  got.clear();
-  errors = 0;
-  for (int i = 0; i < 30; ++i) {
-    try {
-      auto v = chunked.next(30s);
-      if (!v) break;
-      got.push_back(*v);
-    } catch (const troupe::KeyError&) {
-      ++errors;
-    }
-  }
+  std::tie(got, errors) = drain(chunked, 30);
   EXPECT_EQ(errors, 1);
   EXPECT_EQ(got, (std::vector<int>{0, 1, 2, 3, 4, 5}));
   EXPECT_EQ(chunked.next(30s), std::nullopt);

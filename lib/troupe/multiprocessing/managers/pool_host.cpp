@@ -522,8 +522,6 @@ public:
       r->await(call, std::nullopt, true, std::move(done));
     } else if (m == "imap" || m == "imap_unordered") {
       auto r = submit(call, m == "imap" ? Results::Mode::ordered : Results::Mode::unordered, true);
-      if (call.args.size() == 3 && call.args[2].isInt() && call.args[2].getInt() > 1)
-        r->end_on_error();
       done->new_object("Iterator", std::make_shared<PoolIteratorObject>(r));
     } else if (m == "close") {
       detail::at_most(call, detail::items_of(call), 0);
@@ -595,7 +593,8 @@ private:
   std::shared_ptr<Results> submit(const CallInfo& call, Results::Mode mode, bool chunks) {
     // Read from the message itself, not as Items: the chunks are copied once, into the jobs.
     const auto& args = call.args;
-    // imap's third: its chunk size (a client's; read by call()).
+    // imap's third: its chunk size (a client's: with chunks of several elements the results
+    // end at a failed one).
     const bool iterating = mode == Results::Mode::ordered || mode == Results::Mode::unordered;
     if (args.size() != 2 && !(iterating && args.size() == 3)) detail::bad_arity(call, "Pool", 2);
     if (args.size() == 3 && !args[2].isInt())
@@ -635,6 +634,7 @@ private:
     }
     auto r = std::make_shared<Results>(mode, parts.size(), call.executor,
                                        "Pool." + std::string(call.method) + "(" + entry + ")");
+    if (args.size() == 3 && args[2].getInt() > 1) r->end_on_error();
     std::shared_ptr<engine::WorkerPool> p;
     {
       std::scoped_lock lock(state_->mu);

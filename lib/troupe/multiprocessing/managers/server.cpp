@@ -1183,14 +1183,7 @@ public:
             throw AttributeError(std::string(what) + ": the manager at " + address_text_ + " (" +
                                  registry_.name() +
                                  ") is not a SharedMemoryManager's server: it tracks no segments");
-          if (req.isListSegments()) {
-            std::vector<std::string> names;
-            {
-              std::scoped_lock lock(m_);
-              names = segments_;
-            }
-            return reply_value(sc, call_id, names);
-          }
+          if (req.isListSegments()) return reply_value(sc, call_id, tracked_segments());
           auto t = req.isTrackSegment() ? req.getTrackSegment() : req.getReleaseSegment();
           const std::string name = segment_name(std::string_view(t.begin(), t.size()), what);
           if (req.isTrackSegment())
@@ -1613,10 +1606,7 @@ public:
       if (f == "list_segments") {
         no_arguments();
         std::vector<Item> names;
-        {
-          std::scoped_lock lock(m_);
-          for (const auto& n : segments_) names.push_back(Item::text(n));
-        }
+        for (auto& n : tracked_segments()) names.push_back(Item::text(std::move(n)));
         return python_reply(sc, "#RETURN", Item::list(std::move(names)));
       }
       const Item& arg = one_argument();
@@ -2688,6 +2678,12 @@ public:
     }
     if (::shm_unlink(("/" + name).c_str()) != 0)
       throw_os_error(errno, "release_segment: unlinking shared memory '" + name + "'");
+  }
+
+  // list_segments(): the names tracked, in the order they came.
+  std::vector<std::string> tracked_segments() {
+    std::scoped_lock lock(m_);
+    return segments_;
   }
 
   // At stop: every tracked segment goes (one a client unlinked already is skipped).
