@@ -423,5 +423,96 @@ TEST_F(AsyncConnectionTest, GatheredMessagesAndBufferedReceives) {
   EXPECT_TRUE(sent);
 }
 
+// A server's read loop: async_fill brings what the socket has into the read buffer (never
+// completing inside the call), recv_buffered takes the whole messages; a message larger than
+// the buffer is left for async_recv_bytes (can_fill() false); the end of the stream between
+// messages is eof_error, inside one EIO; close() cancels a fill.
+TEST_F(AsyncConnectionTest, FillLoopTakesBufferedMessagesAndHandsLargeOnesOn) {
+  asio::io_context io;
+  auto [a, b] = Pipe();
+  b.set_executor(io.get_executor());
+  const std::vector<std::byte> large(200 * 1024, std::byte{7});
+  std::vector<std::string> got;
+  std::vector<std::size_t> large_got;
+  std::error_code end;
+  int fills = 0;
+  bool inside = false;  // inside an async_fill call
+  std::function<void()> next = [&, &b = b] {
+    while (auto m = b.recv_buffered()) got.push_back(text(*m));
+    ASSERT_FALSE(b.message_buffered());
+    if (!b.can_fill()) {
+      b.async_recv_bytes([&](boost::system::error_code ec, std::vector<std::byte> m) {
+        ASSERT_FALSE(ec) << ec.message();
+        large_got.push_back(m.size());
+        next();
+      });
+      return;
+    }
+    inside = true;
+    b.async_fill([&](boost::system::error_code ec) {
+      EXPECT_FALSE(inside);
+      ++fills;
+      if (ec) {
+        end = std::error_code(ec);
+        return;
+      }
+      next();
+    });
+    inside = false;
+  };
+  next();
+  EXPECT_EQ(fills, 0);
+  io.run_for(20ms);  // waits in the reactor
+  EXPECT_EQ(fills, 0);
+  a.send_bytes(bytes("one"));
+  a.send_bytes(bytes("two"));
+  a.send_bytes(large);
+  a.send_bytes(bytes("three"));
+  for (int i = 0; i < 1000 && got.size() < 3; ++i) io.run_for(10ms);
+  EXPECT_EQ(got, (std::vector<std::string>{"one", "two", "three"}));
+  EXPECT_EQ(large_got, std::vector<std::size_t>{large.size()});
+  a.close();
+  for (int i = 0; i < 1000 && !end; ++i) io.run_for(10ms);
+  EXPECT_EQ(end, make_error_code(errc::eof_error));
+  EXPECT_FALSE(b.can_fill());  // at the end: async_recv_bytes reports it again
+
+  // Inside a message: EIO.
+  auto [c, d] = Pipe();
+  d.set_executor(io.get_executor());
+  const unsigned char partial[] = {0, 0, 0, 9, 'x'};
+  ASSERT_EQ(::send(c.fileno(), partial, sizeof partial, 0), 5);
+  boost::system::error_code ec2;
+  std::function<void()> more = [&, &d = d] {
+    d.async_fill([&](boost::system::error_code ec) {
+      if (ec)
+        ec2 = ec;
+      else
+        more();
+    });
+  };
+  more();
+  c.close();
+  io.restart();
+  for (int i = 0; i < 1000 && !ec2; ++i) io.run_for(10ms);
+  EXPECT_EQ(std::error_code(ec2), std::error_code(EIO, std::generic_category()));
+
+  // close() cancels.
+  auto [e, f] = Pipe();
+  f.set_executor(io.get_executor());
+  boost::system::error_code ec3;
+  bool called = false;
+  f.async_fill([&](boost::system::error_code ec) {
+    ec3 = ec;
+    called = true;
+  });
+  io.restart();
+  io.poll();
+  f.close();
+  io.restart();
+  io.run_for(10s);
+  EXPECT_TRUE(called);
+  EXPECT_EQ(ec3, asio::error::operation_aborted);
+}
+
 }  // namespace
 }  // namespace troupe::multiprocessing

@@ -643,28 +643,55 @@ std::vector<std::byte> Connection::recv_bytes(std::optional<std::size_t> maxleng
   return out;
 }
 
-std::optional<std::vector<std::byte>> Connection::recv_buffered(
-    std::optional<std::size_t> maxlength) {
-  check_readable("recv_buffered");
+bool Connection::buffered_header(std::size_t& hlen, std::uint64_t& n, bool& bad) const noexcept {
+  bad = false;
   const std::size_t have = buffered();
-  if (have < 4) return std::nullopt;
+  if (have < 4) return false;
   const auto* h = reinterpret_cast<const unsigned char*>(rbuf_.get() + rpos_);
   const std::uint32_t v = (std::uint32_t{h[0]} << 24) | (std::uint32_t{h[1]} << 16) |
                           (std::uint32_t{h[2]} << 8) | std::uint32_t{h[3]};
-  std::uint64_t n = v;
-  std::size_t hlen = 4;
+  n = v;
+  hlen = 4;
   if (v == 0xffffffffu) {
-    if (have < 12) return std::nullopt;
+    if (have < 12) return false;
     n = 0;
     for (int i = 0; i < 8; ++i) n = (n << 8) | h[4 + i];
     hlen = 12;
   } else if (v > 0x7fffffffu) {
-    return std::nullopt;  // recv_bytes refuses it
+    bad = true;  // recv_bytes refuses it
+    return false;
   }
-  const std::uint64_t limit =
-      maxlength ? std::min<std::uint64_t>(*maxlength, max_message_size_) : max_message_size_;
-  if (n > limit || n > have - hlen) return std::nullopt;
-  std::vector<std::byte> out(rbuf_.get() + rpos_ + hlen, rbuf_.get() + rpos_ + hlen + n);
+  if (n > max_message_size_) bad = true;
+  return !bad;
+}
+
+bool Connection::message_buffered(std::optional<std::size_t> maxlength) const noexcept {
+  std::size_t hlen = 0;
+  std::uint64_t n = 0;
+  bool bad = false;
+  if (!fd_ || !readable_ || !buffered_header(hlen, n, bad)) return false;
+  return (!maxlength || n <= *maxlength) && n <= buffered() - hlen;
+}
+
+bool Connection::can_fill() const noexcept {
+  if (!fd_ || !readable_ || !asio_reads()) return false;
+  std::size_t hlen = 0;
+  std::uint64_t n = 0;
+  bool bad = false;
+  if (!buffered_header(hlen, n, bad)) return !bad;
+  return n <= kReadBuffer - hlen;
+}
+
+std::optional<std::vector<std::byte>> Connection::recv_buffered(
+    std::optional<std::size_t> maxlength) {
+  check_readable("recv_buffered");
+  if (!message_buffered(maxlength)) return std::nullopt;  // a message over a limit: recv_bytes
+  std::size_t hlen = 0;
+  std::uint64_t n = 0;
+  bool bad = false;
+  (void)buffered_header(hlen, n, bad);
+  const std::byte* at = rbuf_.get() + rpos_ + hlen;
+  std::vector<std::byte> out(at, at + n);
   rpos_ += hlen + static_cast<std::size_t>(n);
   return out;
 }

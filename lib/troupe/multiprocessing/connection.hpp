@@ -23,6 +23,7 @@
 #include <vector>
 
 #include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/associated_executor.hpp>
 #include <boost/asio/buffer.hpp>
 #include <boost/asio/error.hpp>
 #include <boost/asio/posix/stream_descriptor.hpp>
@@ -333,6 +334,25 @@ public:
   std::optional<std::vector<std::byte>> recv_buffered(
       std::optional<std::size_t> maxlength = std::nullopt);
 
+  /// Python: none. Whether a whole message is already in the bytes read (recv_buffered would
+  /// return it).
+  bool message_buffered(std::optional<std::size_t> maxlength = std::nullopt) const noexcept;
+
+  /// Python: none. Whether async_fill can bring the next message into the read buffer: a plain
+  /// socket (no TLS) not at its end, and the message begun in the buffer, if any, has a valid
+  /// header and fits in the buffer whole. When not, async_recv_bytes reads the next message.
+  bool can_fill() const noexcept;
+
+  /// Python: none. A server's read loop without a composed operation per message: waits until
+  /// the socket has bytes and receives what it has into the read buffer, for recv_buffered to
+  /// take (Asio's receive; no re-arming of the fd). Only when can_fill(); one at a time, not
+  /// beside another receive. Completion: void(boost::system::error_code): eof_error at the end
+  /// of the stream between messages, EIO inside one, EBADF if closed meanwhile,
+  /// operation_aborted when cancelled (close(), set_executor()); never inside this call; on the
+  /// handler's associated executor (default: the connection's).
+  template <class Handler>
+  void async_fill(Handler&& handler);
+
   /// Python: `recv_bytes_into(buf, offset=0)`: reads the next message into `buf` at `offset`
   /// and returns its size. @throws ValueError "offset too large"; BufferTooShort (carrying the
   /// whole message, which is consumed) if it does not fit.
@@ -424,6 +444,13 @@ private:
   bool async_read_some(detail::AsyncRead& st, std::error_code& ec, bool may_read = true) noexcept;
   // Bytes Asio received into st.into.
   void async_received(detail::AsyncRead& st, std::size_t n) noexcept;
+  // The read buffer's free space, the bytes not yet taken moved to its start (async_fill).
+  std::span<std::byte> fill_space();
+  // An async_fill's receive has ended: its bytes are taken in; the completion's error.
+  boost::system::error_code filled(boost::system::error_code ec, std::size_t n) noexcept;
+  // The message at the start of the buffered bytes: its header's size and its length; false
+  // if the header is not all there (`bad` set when it is there and invalid).
+  bool buffered_header(std::size_t& hlen, std::uint64_t& n, bool& bad) const noexcept;
   // The error of a read that met the end of the stream now (st's phase says which).
   std::error_code async_eof(const detail::AsyncRead& st) const noexcept;
   // A plain socket's async reads are Asio's receives: a receive needs no re-arming of the fd
@@ -524,6 +551,28 @@ private:
   boost::asio::any_io_executor executor_ = troupe::detail::default_io_executor();
   detail::ReactorRegistration reactor_;
 };
+
+template <class Handler>
+void Connection::async_fill(Handler&& handler) {
+  // The receive's handler: Asio runs it on the handler's associated executor.
+  struct Filled {
+    Connection* self;
+    std::decay_t<Handler> handler;
+    using executor_type =
+        boost::asio::associated_executor_t<std::decay_t<Handler>, boost::asio::any_io_executor>;
+    executor_type get_executor() const noexcept {
+      return boost::asio::get_associated_executor(handler, self->executor_);
+    }
+    void operator()(boost::system::error_code ec, std::size_t n) {
+      std::move(handler)(self->filled(ec, n));
+    }
+  };
+  const std::span<std::byte> into = fill_space();
+  reactor_.socket(fd_.get(), executor_)
+      .async_receive(boost::asio::buffer(into.data(), into.size()), MSG_DONTWAIT,
+                     Filled{this, std::forward<Handler>(handler)});
+  reactor_.keep_blocking(fd_.get());
+}
 
 template <class Token>
 auto Connection::async_start_tls(boost::asio::ssl::context& ctx, TlsRole role,

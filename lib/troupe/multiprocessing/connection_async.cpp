@@ -147,6 +147,31 @@ void Connection::async_received(detail::AsyncRead& st, std::size_t n) noexcept {
   st.into_size = 0;
 }
 
+std::span<std::byte> Connection::fill_space() {
+  if (!rbuf_) rbuf_.reset(new std::byte[kReadBuffer]);
+  if (rpos_ > 0) {
+    if (buffered() > 0) std::memmove(rbuf_.get(), rbuf_.get() + rpos_, buffered());
+    rend_ -= rpos_;
+    rpos_ = 0;
+  }
+  return {rbuf_.get() + rend_, kReadBuffer - rend_};
+}
+
+boost::system::error_code Connection::filled(boost::system::error_code ec, std::size_t n) noexcept {
+  if (ec == boost::asio::error::operation_aborted) return ec;
+  // Closed while the completion was queued: the bytes are not ours now.
+  if (closed()) return detail::to_boost(std::error_code(EBADF, std::generic_category()));
+  if (ec == boost::asio::error::eof) {
+    asio_eof_ = true;  // what follows reads itself (asio_reads())
+    return detail::to_boost(buffered() == 0 ? make_error_code(errc::eof_error)
+                                            : std::error_code(EIO, std::generic_category()));
+  }
+  // As the reads troupe does itself report it: an errno value.
+  if (ec) return detail::to_boost(std::error_code(ec.value(), std::generic_category()));
+  rend_ += n;
+  return {};
+}
+
 std::error_code Connection::async_eof(const detail::AsyncRead& st) const noexcept {
   return buffered() == 0 && st.phase == 0 ? make_error_code(errc::eof_error)
                                           : std::error_code(EIO, std::generic_category());

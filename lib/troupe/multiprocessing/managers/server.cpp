@@ -830,43 +830,78 @@ public:
 
   // ---- reading ---------------------------------------------------------------------------------
 
+  // A connection's reads: a plain socket's bytes come into its read buffer (Connection::
+  // async_fill: one Asio receive, no composed operation per message), and the requests whole in
+  // it are taken; a message that does not fit there, or a TLS connection's, is read by
+  // async_recv_bytes.
   void read_next(const std::shared_ptr<ServerConn>& sc) {
-    if (sc->closing) return;
-    sc->conn.async_recv_bytes(
-        [this, sc, self = shared_from_this()](boost::system::error_code ec,
-                                              std::vector<std::byte> bytes) {
-          if (sc->closing) return;
-          if (ec) {
-            const bool eof = std::error_code(ec) == troupe::errc::eof_error;
-            close_conn(sc, eof ? "" : "reading failed: " + ec.message());
-            return;
-          }
-          // The requests that came in the same read are taken now, before any reply is
-          // written: the replies made meanwhile go out in one write, from here, once they
-          // are all taken (not deferred: that costs a turn of the io_context, and a poll of
-          // its reactor, per call).
-          {
-            const Batch taking(*sc);
-            if (!sc->greeted) {
-              on_hello(sc, std::move(bytes));
-            } else {
-              on_request(sc, std::move(bytes));
-              while (!sc->closing && !sc->conn.closed() && backlog(sc) < read_budget()) {
-                auto more =
-                    sc->conn.recv_buffered(static_cast<std::size_t>(options_.max_message_size));
-                if (!more) break;
-                on_request(sc, std::move(*more));
-              }
-            }
-          }
-          if (!sc->writing && !sc->pump_deferred) pump(sc);
-          if (sc->closing || sc->conn.closed()) return;
-          if (backlog(sc) < read_budget())
-            read_next(sc);
-          else
-            sc->read_paused = true;  // resumed by finish() or a write, once below the budget
-        },
-        static_cast<std::size_t>(options_.max_message_size));
+    if (sc->closing || sc->conn.closed()) return;
+    const auto max = static_cast<std::size_t>(options_.max_message_size);
+    if (sc->conn.message_buffered(max)) {
+      // Left while reading was paused, or read with the handshake: taken in a handler of its
+      // own (the caller may be inside one that makes replies).
+      sc->strand.post([this, sc, self = shared_from_this()] {
+        if (!sc->closing) take(sc, std::nullopt);
+      });
+    } else if (sc->conn.can_fill()) {
+      sc->strand.with([&](const auto& strand) {
+        sc->conn.async_fill(Filled<std::decay_t<decltype(strand)>>{strand, sc, shared_from_this()});
+      });
+    } else {
+      sc->conn.async_recv_bytes(
+          [this, sc, self = shared_from_this()](boost::system::error_code ec,
+                                                std::vector<std::byte> bytes) {
+            if (!sc->closing) ec ? read_failed(sc, ec) : take(sc, std::move(bytes));
+          },
+          max);
+    }
+  }
+
+  // The completion of a connection's async_fill, on its strand.
+  template <class Strand>
+  struct Filled {
+    Strand strand;
+    std::shared_ptr<ServerConn> sc;
+    std::shared_ptr<Impl> server;
+    using executor_type = Strand;
+    executor_type get_executor() const noexcept { return strand; }
+    void operator()(boost::system::error_code ec) {
+      if (sc->closing) return;
+      ec ? server->read_failed(sc, ec) : server->take(sc, std::nullopt);
+    }
+  };
+
+  void read_failed(const std::shared_ptr<ServerConn>& sc, boost::system::error_code ec) {
+    const bool eof = std::error_code(ec) == troupe::errc::eof_error;
+    close_conn(sc, eof ? "" : "reading failed: " + ec.message());
+  }
+
+  // Takes `first` (if any) and the requests whole in the connection's read buffer, before any
+  // reply is written: the replies made meanwhile go out in one write, from here, once they are
+  // all taken (not deferred: that costs a turn of the io_context, and a poll of its reactor, per
+  // call). Then reads on, unless the connection holds too much.
+  void take(const std::shared_ptr<ServerConn>& sc, std::optional<std::vector<std::byte>> first) {
+    {
+      const Batch taking(*sc);
+      auto one = [&](std::vector<std::byte> bytes) {
+        if (!sc->greeted)
+          on_hello(sc, std::move(bytes));
+        else
+          on_request(sc, std::move(bytes));
+      };
+      if (first) one(std::move(*first));
+      while (!sc->closing && !sc->conn.closed() && backlog(sc) < read_budget()) {
+        auto more = sc->conn.recv_buffered(static_cast<std::size_t>(options_.max_message_size));
+        if (!more) break;
+        one(std::move(*more));
+      }
+    }
+    if (!sc->writing && !sc->pump_deferred) pump(sc);
+    if (sc->closing || sc->conn.closed()) return;
+    if (backlog(sc) < read_budget())
+      read_next(sc);
+    else
+      sc->read_paused = true;  // resumed by finish() or a write, once below the budget
   }
 
   // What a connection may hold before its reads pause: twice the largest message, at least 1 MiB.

@@ -61,6 +61,12 @@ public:
     visit([&](const auto& s) { boost::asio::defer(s, std::forward<F>(f)); });
   }
 
+  /// Calls f with the strand itself (of either kind). Not empty.
+  template <class F>
+  void with(F&& f) const {
+    visit(std::forward<F>(f));
+  }
+
 private:
   using Own = boost::asio::strand<boost::asio::io_context::executor_type>;
   using Other = boost::asio::strand<boost::asio::any_io_executor>;
