@@ -1059,9 +1059,15 @@ public:
                       .method = std::move(mname),
                       .object = id,
                       .request = frame};
-        // Moved along, not copied: with the lane free and a call that runs here (a built-in's,
-        // a quick typeid's), no std::function is made and no string is built.
         // The arguments' reader points into the frame, which text holds.
+        // The lane free and a call that runs here (a built-in's, a quick typeid's): run now,
+        // with nothing made to run it later (enqueue_lane would call it at once too).
+        if (auto& l = sc->lanes[lane];
+            !l.busy && !serial && (!entry || !entry->cxx_type || entry->quick)) {
+          l.busy = true;
+          return run_object_call(sc, obj, call_id, lane, args, c.getArgsFingerprint(),
+                                 std::move(text));
+        }
         enqueue_lane(sc, lane,
                      [this, self = shared_from_this(), sc, obj = std::move(obj), entry,
                       serial = std::move(serial), call_id, lane, args,
@@ -1482,22 +1488,31 @@ public:
   // Any thread: the call ended with the reply `bytes` (empty: none can be sent).
   void finish(const std::shared_ptr<ServerConn>& sc, std::uint64_t call_id, std::uint64_t lane,
               std::vector<std::byte> bytes) {
+    // On the strand already (a call that completed at once): what dispatch would do, without
+    // making the handler.
+    if (sc->strand.running_in_this_thread()) return finished(sc, call_id, lane, std::move(bytes));
     sc->strand.dispatch(
         [this, sc, call_id, lane, bytes = std::move(bytes), self = shared_from_this()]() mutable {
-          if (auto it = sc->running.find(call_id); it != sc->running.end()) sc->end_running(it);
-          // Inside a read's handler (a call that completed at once) the reply goes with the
-          // batch's; else (a call that ended later, on another thread or strand) it is written
-          // from here, not deferred to another turn of the io_context.
-          bool outermost;
-          {
-            const Batch taking(*sc);
-            outermost = taking.outer();
-            if (!bytes.empty()) enqueue(sc, std::move(bytes));
-            lane_done(sc, lane);
-          }
-          if (outermost && !sc->writing && !sc->pump_deferred) pump(sc);
-          maybe_resume(sc);
+          finished(sc, call_id, lane, std::move(bytes));
         });
+  }
+
+  // On the strand: finish()'s work.
+  void finished(const std::shared_ptr<ServerConn>& sc, std::uint64_t call_id, std::uint64_t lane,
+                std::vector<std::byte> bytes) {
+    if (auto it = sc->running.find(call_id); it != sc->running.end()) sc->end_running(it);
+    // Inside a read's handler (a call that completed at once) the reply goes with the batch's;
+    // else (a call that ended later, on another thread or strand) it is written from here, not
+    // deferred to another turn of the io_context.
+    bool outermost;
+    {
+      const Batch taking(*sc);
+      outermost = taking.outer();
+      if (!bytes.empty()) enqueue(sc, std::move(bytes));
+      lane_done(sc, lane);
+    }
+    if (outermost && !sc->writing && !sc->pump_deferred) pump(sc);
+    maybe_resume(sc);
   }
 
   std::vector<std::byte> error_bytes(std::uint64_t call_id, std::exception_ptr e,

@@ -61,6 +61,12 @@ public:
     visit([&](const auto& s) { boost::asio::defer(s, std::forward<F>(f)); });
   }
 
+  /// Whether this thread is running a handler of the strand. Not empty.
+  bool running_in_this_thread() const noexcept {
+    bool in = false;
+    visit([&](const auto& s) { in = s.running_in_this_thread(); });
+    return in;
+  }
   /// Calls f with the strand itself (of either kind). Not empty.
   template <class F>
   void with(F&& f) const {
