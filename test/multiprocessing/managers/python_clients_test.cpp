@@ -525,9 +525,11 @@ TEST_F(PythonClientsTest, AServerWithoutForeignProxiesRefusesAPythonClientsOne) 
 }
 
 // A stock Python SharedMemoryManager client on a troupe SharedMemoryManager's server: its
-// segments are tracked (track_segment, list_segments), release_segment unlinks one now and
-// refuses one not tracked with CPython's ValueError, and the server unlinks the rest when it
-// stops. A server that tracks no segments refuses the functions by name.
+// segments are tracked (track_segment, list_segments; a name tracked twice is listed twice, as
+// CPython's list), release_segment forgets a name once and unlinks the segment now
+// (FileNotFoundError once it is gone), refuses one not tracked with CPython's ValueError, and
+// the server unlinks the rest when it stops. A server that tracks no segments refuses the
+// functions by name.
 constexpr const char* kSharedMemoryClient = R"PY(
 import os, sys
 from multiprocessing import resource_tracker
@@ -549,7 +551,15 @@ sm = smm.SharedMemory(64)
 sm.buf[:3] = b'abc'
 sl = smm.ShareableList([1, 'two', 3.0])
 assert call('list_segments') == [sm.name, sl.shm.name], call('list_segments')
-call('release_segment', sm.name)
+call('track_segment', sm.name)  # a second time: CPython's list holds it twice
+assert call('list_segments') == [sm.name, sl.shm.name, sm.name], call('list_segments')
+call('release_segment', sm.name)  # forgets it once, and unlinks it
+assert call('list_segments') == [sl.shm.name, sm.name], call('list_segments')
+try:
+    call('release_segment', sm.name)  # forgotten again, but gone already
+    raise AssertionError('unlinked twice')
+except RemoteError as e:
+    assert 'FileNotFoundError' in str(e), e
 assert call('list_segments') == [sl.shm.name]
 try:
     call('release_segment', sm.name)

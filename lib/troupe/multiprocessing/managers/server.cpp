@@ -2707,9 +2707,9 @@ public:
     return std::string(name);
   }
 
+  // Python's track_segment: appends the name (again if tracked already, as CPython's list).
   void track_segment(const std::string& name) {
     std::scoped_lock lock(m_);
-    if (std::find(segments_.begin(), segments_.end(), name) != segments_.end()) return;
     if (segments_.size() >= options_.max_objects_held)
       throw ValueError("track_segment: over the limit of " +
                        std::to_string(options_.max_objects_held) +
@@ -2717,12 +2717,15 @@ public:
     segments_.push_back(name);
   }
 
-  // Python's release_segment: forgets the segment (ValueError if it is not tracked, as
-  // list.remove) and unlinks it now (FileNotFoundError if it is gone).
+  // Python's release_segment: forgets the name once (ValueError if it is not tracked, as
+  // list.remove) and unlinks the segment now (FileNotFoundError if it is gone).
   void release_segment(const std::string& name) {
     {
       std::scoped_lock lock(m_);
-      if (std::erase(segments_, name) == 0)
+      const auto it = std::find(segments_.begin(), segments_.end(), name);
+      if (it != segments_.end())
+        segments_.erase(it);
+      else
         throw ValueError("release_segment: shared memory '" + name +
                          "' is not tracked by the manager at " + address_text_);
     }
