@@ -89,6 +89,10 @@ assert raises(queue.Empty, q.get, timeout=0.05).args == ()   # raised bare, as C
 raises(queue.Empty, q.get_nowait)
 q.put(item=7, block=True, timeout=1)
 assert q.get(block=False) == 7
+raises(queue.Empty, q.get, None)   # block=None: Python's falsy, not the default
+raises(queue.Empty, q.get, block=None, timeout=5)
+q.put(8, timeout=5)                # block left out: the default (True), not None
+assert q.get(None) == 8
 small = m.Queue(maxsize=1)
 small.put_nowait(1)
 assert raises(queue.Full, small.put, 2, timeout=0.05).args == ()
@@ -182,6 +186,12 @@ got = []
 t = threading.Thread(target=lambda: got.append(lock.acquire(timeout=0.05)))
 t.start(); t.join()
 assert got == [False]
+got = []
+t = threading.Thread(target=lambda: got.append(lock.acquire(None)))  # None: not blocking
+t.start(); t.join()
+assert got == [False]
+raises(OverflowError, lock.acquire, True, 1e300)   # as CPython's C acquire, held or not
+raises(OverflowError, lock.acquire, timeout=-1e300)
 lock.release()
 with lock:
     pass

@@ -46,9 +46,12 @@ inline const Item* unwrap_optional(const Item& x) {
   return &x;
 }
 
+// A bool argument: absent, omitted or an empty optional is `dflt`; None is False (Python's
+// `if not block`, and the C parsing of Lock.acquire's `blocking` as a truth value).
 inline bool flag(const CallInfo& call, const std::vector<Item>& a, std::size_t i, bool dflt,
                  const char* name) {
-  if (i >= a.size()) return dflt;
+  if (i >= a.size() || a[i].is_omitted()) return dflt;
+  if (a[i].is_none()) return false;
   const Item* x = unwrap_optional(a[i]);
   if (!x) return dflt;
   if (!x->is_integral())
@@ -79,6 +82,18 @@ inline WaitTimeout timeout_of(const CallInfo& call, const std::vector<Item>& a, 
   if (s >= 3.2e9) return std::chrono::hours(24 * 365 * 101);
   if (s <= -3.2e9) return std::chrono::nanoseconds(-1'000'000'000);
   return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::duration<double>(s));
+}
+
+// Lock.acquire's timeout as CPython's C code takes it: converted to 64-bit nanoseconds first,
+// so that one beyond threading.TIMEOUT_MAX either way is OverflowError (before the other
+// checks), where timeout_of would read it as forever.
+inline void lock_timeout_in_range(const std::vector<Item>& a, std::size_t i) {
+  if (i >= a.size()) return;
+  const Item* x = unwrap_optional(a[i]);
+  if (!x || !x->is_number() || x->kind() == Kind::boolean) return;
+  const double s = number(*x);
+  if (s >= 9223372036.854775807 || s <= -9223372036.854775808)
+    throw OverflowError("timestamp too large to convert to C _PyTime_t");
 }
 
 inline std::int64_t integer(const CallInfo& call, const std::vector<Item>& a, std::size_t i,

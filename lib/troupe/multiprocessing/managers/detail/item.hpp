@@ -111,6 +111,14 @@ public:
   Item() noexcept = default;
 
   static Item none() noexcept { return Item(); }
+  /// None that stands for an argument not given (a gap keyword placement left before a later
+  /// parameter): is_none(), and equal to None, but flag() reads it as the default where an
+  /// explicit None is Python's falsy.
+  static Item omitted() noexcept {
+    Item i;
+    i.index_ = 1;
+    return i;
+  }
   static Item boolean(bool b) { return Item(Kind::boolean, b); }
   static Item integer(std::int64_t i) { return Item(Kind::integer, i); }
   /// An unsigned integer; kept as `uinteger` (so write() gives a uint node), equal to the same
@@ -147,6 +155,7 @@ public:
 
   Kind kind() const noexcept { return kind_; }
   bool is_none() const noexcept { return kind_ == Kind::none; }
+  bool is_omitted() const noexcept { return kind_ == Kind::none && index_ == 1; }
   /// bool, int (either width) or float.
   bool is_number() const noexcept {
     return kind_ == Kind::boolean || kind_ == Kind::integer || kind_ == Kind::uinteger ||

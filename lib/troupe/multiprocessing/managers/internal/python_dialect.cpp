@@ -316,7 +316,7 @@ void place_keywords(std::string_view where, std::vector<Item>& args, Kwargs kwar
     const auto i = static_cast<std::size_t>(it - p.names.begin());
     if (given[i])
       throw TypeError(std::string(where) + " got multiple values for argument '" + name + "'");
-    if (args.size() <= i) args.resize(i + 1);  // the gaps: None, the default
+    if (args.size() <= i) args.resize(i + 1, Item::omitted());  // the gaps: the defaults
     args[i] = std::move(value);
     given[i] = true;
   }
