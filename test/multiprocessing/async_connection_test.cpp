@@ -512,6 +512,18 @@ TEST_F(AsyncConnectionTest, FillLoopTakesBufferedMessagesAndHandsLargeOnesOn) {
   io.run_for(10s);
   EXPECT_TRUE(called);
   EXPECT_EQ(ec3, asio::error::operation_aborted);
+
+  // Closed already: EBADF, through the handler, not inside the call.
+  called = false;
+  f.async_fill([&](boost::system::error_code ec) {
+    ec3 = ec;
+    called = true;
+  });
+  EXPECT_FALSE(called);
+  io.restart();
+  io.run_for(10s);
+  EXPECT_TRUE(called);
+  EXPECT_EQ(std::error_code(ec3), std::error_code(EBADF, std::generic_category()));
 }
 
 }  // namespace

@@ -27,6 +27,7 @@
 #include <boost/asio/buffer.hpp>
 #include <boost/asio/error.hpp>
 #include <boost/asio/posix/stream_descriptor.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/system/error_code.hpp>
 
 #include "troupe/codec.hpp"
@@ -347,9 +348,10 @@ public:
   /// the socket has bytes and receives what it has into the read buffer, for recv_buffered to
   /// take (Asio's receive; no re-arming of the fd). Only when can_fill(); one at a time, not
   /// beside another receive. Completion: void(boost::system::error_code): eof_error at the end
-  /// of the stream between messages, EIO inside one, EBADF if closed meanwhile,
-  /// operation_aborted when cancelled (close(), set_executor()); never inside this call; on the
-  /// handler's associated executor (default: the connection's).
+  /// of the stream between messages, EIO inside one, EBADF if closed (before or meanwhile),
+  /// EMSGSIZE if called with a full buffer (can_fill() false), operation_aborted when cancelled
+  /// (close(), set_executor()); never inside this call; on the handler's associated executor
+  /// (default: the connection's).
   template <class Handler>
   void async_fill(Handler&& handler);
 
@@ -567,7 +569,18 @@ void Connection::async_fill(Handler&& handler) {
       std::move(handler)(self->filled(ec, n));
     }
   };
-  const std::span<std::byte> into = fill_space();
+  // Closed (EBADF), or a full buffer (EMSGSIZE: the message begun there is larger than it, and
+  // can_fill() said so): said through the handler, as a receive's failure.
+  const bool usable = !closed() && readable_;
+  const std::span<std::byte> into = usable ? fill_space() : std::span<std::byte>();
+  if (into.empty()) {
+    const int e = usable ? EMSGSIZE : EBADF;
+    auto ex = boost::asio::get_associated_executor(handler, executor_);
+    boost::asio::post(ex, [h = std::forward<Handler>(handler), e]() mutable {
+      std::move(h)(detail::to_boost(std::error_code(e, std::generic_category())));
+    });
+    return;
+  }
   reactor_.socket(fd_.get(), executor_)
       .async_receive(boost::asio::buffer(into.data(), into.size()), MSG_DONTWAIT,
                      Filled{this, std::forward<Handler>(handler)});

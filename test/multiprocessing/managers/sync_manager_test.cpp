@@ -196,6 +196,11 @@ TEST_P(SyncManagerTest, LocksAndSemaphores) {
   EXPECT_TRUE(lock.locked());
   EXPECT_FALSE(lock.acquire(true, 10ms));
   lock.release();
+  // troupe's rule, not CPython's OverflowError (that is its Python clients'): a timeout past
+  // TIMEOUT_MAX is forever.
+  EXPECT_TRUE(lock.acquire(true, std::chrono::hours::max()));
+  EXPECT_TRUE(lock.locked());
+  lock.release();
   EXPECT_THROW(lock.release(), troupe::RuntimeError);
   {
     std::scoped_lock guard{lock};

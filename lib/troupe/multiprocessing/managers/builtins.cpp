@@ -201,7 +201,7 @@ public:
       // Python's Semaphore.acquire is Python code (its timeout goes to a wait only if it must
       // wait); Lock's and RLock's is C.
       if constexpr (!std::is_base_of_v<detail::AsyncSemaphore, W>)
-        detail::lock_timeout_in_range(a, 1);
+        detail::lock_timeout_in_range(call, a, 1);
       w_.async_acquire(call.caller, flag(call, a, 0, true, "blocking"), timeout_of(call, a, 1),
                        finish_bool(std::move(done)));
     } else if (m == "release") {
@@ -256,7 +256,7 @@ public:
     auto a = items_of(call);
     if (m == "acquire") {
       at_most(call, a, 2);
-      detail::lock_timeout_in_range(a, 1);  // the Condition's lock's acquire
+      detail::lock_timeout_in_range(call, a, 1);  // the Condition's lock's acquire
       c_.async_acquire(call.caller, flag(call, a, 0, true, "blocking"), timeout_of(call, a, 1),
                        finish_bool(std::move(done)));
     } else if (m == "release") {

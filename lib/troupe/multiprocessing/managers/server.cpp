@@ -1490,7 +1490,10 @@ public:
               std::vector<std::byte> bytes) {
     // On the strand already (a call that completed at once): what dispatch would do, without
     // making the handler.
-    if (sc->strand.running_in_this_thread()) return finished(sc, call_id, lane, std::move(bytes));
+    if (sc->strand.running_in_this_thread()) {
+      const auto keep = sc;  // as the handler's copy would: `sc` may be its Done's member
+      return finished(keep, call_id, lane, std::move(bytes));
+    }
     sc->strand.dispatch(
         [this, sc, call_id, lane, bytes = std::move(bytes), self = shared_from_this()]() mutable {
           finished(sc, call_id, lane, std::move(bytes));

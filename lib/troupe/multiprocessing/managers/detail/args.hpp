@@ -84,11 +84,13 @@ inline WaitTimeout timeout_of(const CallInfo& call, const std::vector<Item>& a, 
   return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::duration<double>(s));
 }
 
-// Lock.acquire's timeout as CPython's C code takes it: converted to 64-bit nanoseconds first,
-// so that one beyond threading.TIMEOUT_MAX either way is OverflowError (before the other
-// checks), where timeout_of would read it as forever.
-inline void lock_timeout_in_range(const std::vector<Item>& a, std::size_t i) {
-  if (i >= a.size()) return;
+// A CPython client's Lock.acquire timeout as CPython's C code takes it: converted to 64-bit
+// nanoseconds first, so that one beyond threading.TIMEOUT_MAX either way is OverflowError
+// (before the other checks), where timeout_of reads it as forever. troupe's own clients keep
+// troupe's rule (threading/thread.hpp: a longer timeout is forever): their Timeout sends
+// "forever" as INT64_MAX nanoseconds.
+inline void lock_timeout_in_range(const CallInfo& call, const std::vector<Item>& a, std::size_t i) {
+  if (!call.items || i >= a.size()) return;  // items: CPython's dialect only
   const Item* x = unwrap_optional(a[i]);
   if (!x || !x->is_number() || x->kind() == Kind::boolean) return;
   const double s = number(*x);

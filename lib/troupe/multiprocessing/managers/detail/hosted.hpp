@@ -137,7 +137,8 @@ struct CallInfo {
 /// A method's Python parameters, for placing keyword arguments by position (CPython's dialect
 /// sends `q.get(timeout=1)` as keywords; troupe's wire has only positions): the names in order,
 /// and how many of the first have no default. A parameter left out before one given by name is
-/// sent as None, which the built-ins read as Python's default.
+/// filled with Item::omitted() (a None that flag() reads as the default, where an explicit None
+/// is Python's falsy).
 struct Parameters {
   std::vector<std::string_view> names;
   std::size_t required = 0;
