@@ -685,11 +685,13 @@ bool Connection::can_fill() const noexcept {
 std::optional<std::vector<std::byte>> Connection::recv_buffered(
     std::optional<std::size_t> maxlength) {
   check_readable("recv_buffered");
-  if (!message_buffered(maxlength)) return std::nullopt;  // a message over a limit: recv_bytes
   std::size_t hlen = 0;
   std::uint64_t n = 0;
   bool bad = false;
-  (void)buffered_header(hlen, n, bad);
+  // The header read once (not again by message_buffered()); a message over a limit, or a bad
+  // header, is left for recv_bytes.
+  if (!buffered_header(hlen, n, bad) || (maxlength && n > *maxlength) || n > buffered() - hlen)
+    return std::nullopt;
   const std::byte* at = rbuf_.get() + rpos_ + hlen;
   std::vector<std::byte> out(at, at + n);
   rpos_ += hlen + static_cast<std::size_t>(n);
