@@ -210,6 +210,16 @@ private:
       std::vector<Item> e = elements(')');
       return Item::slice(e.at(0), e.at(1), e.at(2));
     }
+    if (eat_word("array(")) {  // array('i', [1, 2]), array('u', 'ab'), array('i')
+      std::vector<Item> e = elements(')');
+      std::vector<Item> items;
+      if (e.size() > 1 && e[1].kind() == Kind::text) {
+        for (char c : e[1].as_string()) items.push_back(Item::text(std::string(1, c)));
+      } else if (e.size() > 1) {
+        items = e[1].elements();
+      }
+      return Item::array(e.at(0).as_string(), std::move(items));
+    }
     fail("unknown value");
   }
 
@@ -678,7 +688,27 @@ const Row kRows[] = {
      R"py({})py", R"py(!TypeError: array indices must be integers)py",
      R"py(array('i', [1, 2, 3]))py"},
     {R"py(Array)py", R"py(('i', [1, 2, 3]))py", R"py({})py", R"py(__getitem__)py",
-     R"py((slice(None, None, -1),))py", R"py({})py", R"py([3, 2, 1])py",
+     R"py((slice(None, None, -1),))py", R"py({})py", R"py(array('i', [3, 2, 1]))py",
+     R"py(array('i', [1, 2, 3]))py"},
+    {R"py(Array)py", R"py(('i', [1, 2, 3]))py", R"py({})py", R"py(__getitem__)py",
+     R"py((slice(1, 1, None),))py", R"py({})py", R"py(array('i'))py",
+     R"py(array('i', [1, 2, 3]))py"},
+    {R"py(Array)py", R"py(('u', 'abc'))py", R"py({})py", R"py(__getitem__)py",
+     R"py((slice(1, None, None),))py", R"py({})py", R"py(array('u', 'bc'))py",
+     R"py(array('u', 'abc'))py"},
+    {R"py(Array)py", R"py(('i', [1, 2, 3]))py", R"py({})py", R"py(__setitem__)py",
+     R"py((slice(0, 2, None), array('i', [7])))py", R"py({})py", R"py(None)py",
+     R"py(array('i', [7, 3]))py"},
+    {R"py(Array)py", R"py(('i', [1, 2, 3]))py", R"py({})py", R"py(__setitem__)py",
+     R"py((slice(0, 2, None), array('l', [7])))py", R"py({})py",
+     R"py(!TypeError: bad argument type for built-in operation)py", R"py(array('i', [1, 2, 3]))py"},
+    {R"py(Array)py", R"py(('i', [1, 2, 3]))py", R"py({})py", R"py(__setitem__)py",
+     R"py((slice(0, 2, None), [7, 8]))py", R"py({})py",
+     R"py(!TypeError: can only assign array (not "list") to array slice)py",
+     R"py(array('i', [1, 2, 3]))py"},
+    {R"py(Array)py", R"py(('i', [1, 2, 3]))py", R"py({})py", R"py(__setitem__)py",
+     R"py((slice(None, None, 2), array('i', [7])))py", R"py({})py",
+     R"py(!ValueError: attempt to assign array of size 1 to extended slice of size 2)py",
      R"py(array('i', [1, 2, 3]))py"},
     {R"py(Array)py", R"py(('i', [1, 2, 3]))py", R"py({})py", R"py(__setitem__)py", R"py((0, 7))py",
      R"py({})py", R"py(None)py", R"py(array('i', [7, 2, 3]))py"},
@@ -856,7 +886,7 @@ TEST_F(ContainersTest, WireSequencesAreReadAsTheKindExpected) {
   auto a = make("Array", "('i', [5, 6, 7])");
   EXPECT_EQ(repr(a->call("__getitem__",
                          {Item::sequence({Item::none(), Item::none(), Item::integer(-1)})})),
-            "[7, 6, 5]");
+            "array('i', [7, 6, 5])");
   a->call("__setitem__", {Item::sequence({Item::integer(0), Item::integer(2), Item::none()}),
                           Item::sequence({Item::integer(1), Item::integer(2), Item::integer(3)})});
   EXPECT_EQ(a->repr(), "array('i', [1, 2, 3, 7])");
@@ -882,7 +912,7 @@ TEST_F(ContainersTest, ValuesComeBackWithPythonsKinds) {
   EXPECT_EQ(repr(ns->getvalue()), "{'x': 1}");
   EXPECT_EQ(repr(call(*ns, "__getattribute__", "('__dict__',)")), "{'x': 1}");
   EXPECT_EQ(make("Value", "('i', 7)")->getvalue(), Item::integer(7));
-  EXPECT_EQ(repr(make("Array", "('d', [1])")->getvalue()), "[1.0]");
+  EXPECT_EQ(repr(make("Array", "('d', [1])")->getvalue()), "array('d', [1.0])");
 }
 
 TEST_F(ContainersTest, SortTakesNoKeyFunctionAndFailsWithoutChangingTheList) {

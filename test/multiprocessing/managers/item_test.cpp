@@ -143,6 +143,27 @@ TEST_F(ItemTest, ObjectsOfThePickleDialect) {
   EXPECT_THROW(write(e, mb.initRoot<proto::Value>()), ValueError);
 }
 
+TEST_F(ItemTest, AnArrayIsPythonsAndTravelsAsItsValues) {
+  const Item a = Item::array("i", {I(1), I(-2)});
+  EXPECT_TRUE(a.is_array());
+  EXPECT_FALSE(Item::object("builtins.KeyError", Tup({S("i"), Lst({})})).is_array());
+  EXPECT_EQ(a.array_typecode(), "i");
+  EXPECT_EQ(a.array_items().size(), 2u);
+  EXPECT_EQ(repr(a), "array('i', [1, -2])");
+  EXPECT_EQ(repr(Item::array("d", {})), "array('d')");
+  EXPECT_EQ(repr(Item::array("u", {S("a"), S("'")})), "array('u', \"a'\")");
+  // Python: arrays compare by value whatever their typecodes, never equal to a list.
+  EXPECT_TRUE(a == Item::array("q", {I(1), F(-2.0)}));
+  EXPECT_FALSE(a == Item::array("i", {I(1)}));
+  EXPECT_FALSE(a == Lst({I(1), I(-2)}));
+  EXPECT_THROW((void)hash(a), TypeError);
+  EXPECT_THROW((void)I(1).array_items(), TypeError);
+  // troupe's wire: the list of its values.
+  capnp::MallocMessageBuilder mb;
+  write(a, mb.initRoot<proto::Value>());
+  EXPECT_EQ(to_item(mb.getRoot<proto::Value>().asReader()), Item::sequence({I(1), I(-2)}));
+}
+
 TEST_F(ItemTest, IdenticalKeepsKindsAndBits) {
   EXPECT_FALSE(identical(I(1), F(1.0)));
   EXPECT_FALSE(identical(I(5), U(5)));

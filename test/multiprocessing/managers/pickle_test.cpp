@@ -8,6 +8,8 @@
 #include <cmath>
 #include <cstdio>
 #include <string>
+#include <string_view>
+#include <utility>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -102,6 +104,18 @@ std::vector<Case> cases() {
            items({Item::tuple(items({Item::integer(1), Item::bytes("x")})),
                   Item::dict(items({Item::text("k"), Item::set(items({Item::floating(1.5)}))})),
                   Item::bytearray("z")}))},
+      // array.array: protocol 2 as array.array(typecode, list), 3 and up as
+      // array._array_reconstructor(array.array, typecode, machine format, bytes).
+      {"array.array('i', [1, -2])", Item::array("i", items({Item::integer(1), Item::integer(-2)}))},
+      {"array.array('b', [-128])", Item::array("b", items({Item::integer(-128)}))},
+      {"array.array('H', [65535])", Item::array("H", items({Item::integer(65535)}))},
+      {"array.array('Q', [2**64 - 1, 5])",
+       Item::array("Q", items({Item::uinteger(UINT64_MAX), Item::integer(5)}))},
+      {"array.array('q', [-2**63])", Item::array("q", items({Item::integer(INT64_MIN)}))},
+      {"array.array('f', [0.5])", Item::array("f", items({Item::floating(0.5)}))},
+      {"array.array('d', [1e300, -0.0])",
+       Item::array("d", items({Item::floating(1e300), Item::floating(-0.0)}))},
+      {"array.array('L')", Item::array("L", {})},
   };
 }
 
@@ -226,7 +240,7 @@ void every_python_loads_what_is_encoded(const std::vector<Case>& all, const std:
 
 // Plain values: the same type and value (a float's sign too).
 const char* const kValuesPrelude =
-    "import math, pickle, sys\n"
+    "import array, math, pickle, sys\n"
     "def same(got, want):\n"
     "    ok = type(got) is type(want) and got == want\n"
     "    if isinstance(want, float): ok = ok and math.copysign(1, got) == math.copysign(1, want)\n"
@@ -539,6 +553,64 @@ TEST_F(PickleTest, ValuesMadeByAConstructorKeepTheLimits) {
   std::string once = wide;
   once.erase(once.rfind("h\x01h"), 7);  // one round: within the budget
   EXPECT_EQ(message_of(once, {.max_nodes = 100000}), "(no error)");
+}
+
+// An array.array as protocol 3 and up write one, its items as `bytes` in machine format `format`.
+std::string array_pickle(std::string_view typecode, int format, std::string_view bytes,
+                         std::string_view cls = "array\narray\n") {
+  std::string p = P("\x80\x04") + "carray\n_array_reconstructor\n(c" + std::string(cls) + "X";
+  for (int i = 0; i < 4; ++i) p.push_back(static_cast<char>((typecode.size() >> (8 * i)) & 0xff));
+  p += std::string(typecode) + "J";
+  for (int i = 0; i < 4; ++i) p.push_back(static_cast<char>((format >> (8 * i)) & 0xff));
+  p += "B";
+  for (int i = 0; i < 4; ++i) p.push_back(static_cast<char>((bytes.size() >> (8 * i)) & 0xff));
+  return p + std::string(bytes) + "tR.";
+}
+
+TEST_F(PickleTest, ArraysInEveryMachineFormatAreReadAndBadOnesRefused) {
+  using namespace std::string_literals;
+  // Big-endian formats (as a big-endian machine writes them), UTF-16 with a surrogate pair.
+  EXPECT_EQ(decode(array_pickle("h", 5, "\xff\xfe\x01\x00"s)),
+            Item::array("h", items({Item::integer(-2), Item::integer(256)})));
+  EXPECT_EQ(decode(array_pickle("I", 7, "\xff\xff\xff\xff"s)),
+            Item::array("I", items({Item::integer(UINT32_MAX)})));
+  EXPECT_EQ(decode(array_pickle("d", 17, "\x3f\xe0\0\0\0\0\0\0"s)),
+            Item::array("d", items({Item::floating(0.5)})));
+  EXPECT_EQ(decode(array_pickle("u", 18, "h\0\x3d\xd8\x00\xde"s)),
+            Item::array("u", items({Item::text("h"), Item::text("\xf0\x9f\x98\x80")})));
+  EXPECT_EQ(decode(array_pickle("w", 21, "\0\0\0\xe9"s)),
+            Item::array("w", items({Item::text("\xc3\xa9")})));
+  // multiprocessing.managers pickles an array as array.array(typecode, its bytes).
+  EXPECT_EQ(decode(P("\x80\x04") +
+                   "carray\narray\nX\x01\0\0\0qC\x08\xfe\xff\xff\xff\xff\xff\xff\xff\x86R."s),
+            Item::array("q", {Item::integer(-2)}));
+  // Read as Python reads them: an array equals an array of the same values, never a list.
+  EXPECT_EQ(decode(array_pickle("i", 8, "\x01\0\0\0"s)), Item::array("q", {Item::integer(1)}));
+  EXPECT_FALSE(decode(array_pickle("i", 8, "\x01\0\0\0"s)) == Item::list({Item::integer(1)}));
+  // Bad ones, each named.
+  const std::pair<std::string, std::string> bad[] = {
+      {array_pickle("i", 8, "\x01\0\0"s), "not a multiple of the item size"},
+      {array_pickle("i", 22, ""), "the machine format 22 (0 to 21)"},
+      {array_pickle("i", 16, ""), "typecode 'i' with the machine format 16"},
+      {array_pickle("d", 8, ""), "typecode 'd' with the machine format 8"},
+      {array_pickle("x", 8, ""), "typecode 'x'"},
+      {array_pickle("ii", 8, ""), "typecode 'ii'"},
+      {array_pickle("u", 20, "\0\0\x11\0"s), "the code 1114112 (not a Unicode character)"},
+      {array_pickle("u", 18, "\x00\xdc"s), "the code 56320"},
+      {array_pickle("i", 8, "", "builtins\nset\n"), "a class other than array.array"},
+      {P("\x80\x02") + "carray\narray\nX\x01\0\0\0i]X\x01\0\0\0xa\x86R."s,
+       "array.array('i') of a str"},
+      {P("\x80\x02") + "carray\narray\nX\x01\0\0\0i)\x86R."s, "of other than (typecode, list)"},
+      {P("\x80\x02") + "carray\narray\nX\x01\0\0\0iC\x03\x01\0\0\x86R."s,
+       "not a multiple of the item size"},
+  };
+  for (const auto& [pickle, what] : bad)
+    EXPECT_NE(message_of(pickle).find(what), std::string::npos)
+        << what << ": " << message_of(pickle);
+  // The values an array's bytes make count against max_nodes before they are made.
+  EXPECT_NE(message_of(array_pickle("b", 1, std::string(2000, 'x')), {.max_nodes = 1000})
+                .find("more values than max_nodes (1000)"),
+            std::string::npos);
 }
 
 TEST_F(PickleTest, StrIsUtf8AsPythonWritesIt) {

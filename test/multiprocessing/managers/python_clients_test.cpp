@@ -52,7 +52,7 @@ using troupe::testing::find_pythons;
 // (hex, in the environment: never on a command line). Prints "ok" at the end; any failed check is
 // an AssertionError (exit 1).
 constexpr const char* kClient = R"PY(
-import multiprocessing, os, pickle, queue, sys, threading
+import array, multiprocessing, os, pickle, queue, sys, threading
 from multiprocessing.managers import SyncManager, RemoteError
 from multiprocessing.connection import Client
 
@@ -137,6 +137,17 @@ del pool
 v = m.Value('i', 5)
 v.value = 7
 assert v.value == 7
+# Array: an array.array, as Python's own manager holds; slices and the value come back as
+# arrays, and a slice is assigned an array of the same typecode (a list: Python's TypeError).
+a = m.Array('i', array.array('i', [1, 2, 3]))
+assert a[1:] == array.array('i', [2, 3]) and type(a[1:]) is array.array
+a[0:2] = array.array('i', [7, 8, 9])
+assert a._getvalue() == array.array('i', [7, 8, 9, 3]) and len(a) == 4
+raises(TypeError, a.__setitem__, slice(0, 2), [1, 2])
+raises(TypeError, a.__setitem__, slice(0, 2), array.array('d', [1.0]))
+tc = 'w' if sys.version_info >= (3, 13) else 'u'   # 'u' is deprecated from 3.13
+assert m.Array(tc, 'h\u00e9\U0001f600')[:] == array.array(tc, 'h\u00e9\U0001f600')
+assert m.Array('d', array.array('d', [0.5]))._getvalue() == array.array('d', [0.5])
 
 # Nested proxies: a list in a list is a reference, so later changes show through the outer one.
 outer = m.list()
@@ -247,7 +258,7 @@ t = raw(pickle.dumps((None, 'no_such_function', (), {})))
 assert 'no_such_function' in t, t
 assert q.qsize() == 0   # still served
 
-del q, small, shared, d, l, ns, v, inner, lock, rlock, e, sem, b, maths, narrow, factory, counter
+del q, small, shared, d, l, ns, v, a, inner, lock, rlock, e, sem, b, maths, narrow, factory, counter
 del err, t
 import gc
 gc.collect()

@@ -202,6 +202,10 @@ protected:
       auto v = m.Value<std::int64_t>("i", 5);
       v.set(7);
       EXPECT_EQ(v.get(), 7);
+      // CPython's Array is an array.array, which its manager pickles as (typecode, bytes).
+      auto a = m.Array<double>("d", {0.5, 1.5, -2.0});
+      EXPECT_EQ(a.get(1), 1.5);
+      EXPECT_EQ(a.tolist(), (std::vector<double>{0.5, 1.5, -2.0}));
     }
     // Lock, Event.
     {

@@ -550,7 +550,7 @@ Item ClientPeer::from_python(Item x, const std::string& where) {
     r.id = parse_ident(f.ident);
     return Item::ref(std::move(r));
   }
-  if (x.kind() == Kind::object)
+  if (x.kind() == Kind::object && !x.is_array())  // an array.array reads as its items' list
     throw TypeError(where + " returned " + shown(x) +
                     ", which troupe's wire cannot carry (plain data and proxies only)");
   if (x.is_container())

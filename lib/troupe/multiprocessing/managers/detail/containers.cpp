@@ -164,6 +164,9 @@ std::vector<Item> iterate(Item x) {
     case Kind::tuple:
     case Kind::set:
     case Kind::frozenset: return std::move(x.elements());
+    case Kind::object:
+      if (!x.is_array()) throw TypeError("'object' object is not iterable");
+      return std::move(x.array_items());
     case Kind::dict: {
       std::vector<Item> keys;
       auto& e = x.elements();
@@ -1760,7 +1763,7 @@ public:
   }
 
 protected:
-  Item value_locked() const override { return Item::list(items_); }
+  Item value_locked() const override { return Item::array(std::string(1, code_->code), items_); }
   std::string repr_locked(std::size_t max) const override {
     std::string out = "array('" + std::string(1, code_->code) + "'";
     if (items_.empty()) return out + ")";
@@ -1789,7 +1792,7 @@ protected:
         std::vector<Item> out;
         out.reserve(s.length);
         for (std::size_t i = 0; i < s.length; ++i) out.push_back(items_[s.at(i)]);
-        return Item::list(std::move(out));
+        return Item::array(std::string(1, code_->code), std::move(out));
       }
       return items_[index(a[0], "array index out of range")];
     }
@@ -1797,11 +1800,22 @@ protected:
       arg_range("array.__setitem__", "", a, kw, 2, 2);
       if (is_slice(a[0])) {
         const Slice s = slice_indices(a[0], items_.size());
-        if (!a[1].is_container() || a[1].kind() == Kind::dict || a[1].kind() == Kind::slice)
-          throw TypeError("can only assign array (not \"" + std::string(type_name(a[1])) +
+        // Python assigns an array of the same typecode; troupe's wire sends a C++ client's
+        // values as a `sequence`, taken as such an array.
+        const std::vector<Item>* from = nullptr;
+        if (a[1].is_array()) {
+          if (a[1].array_typecode() != std::string_view(&code_->code, 1))
+            throw TypeError("bad argument type for built-in operation");
+          from = &a[1].array_items();
+        } else if (a[1].kind() == Kind::sequence) {
+          from = &a[1].elements();
+        } else {
+          throw TypeError("can only assign array (not \"" +
+                          std::string(a[1].kind() == Kind::object ? "object" : type_name(a[1])) +
                           "\") to array slice");
+        }
         std::vector<Item> e;
-        for (const Item& x : a[1].elements()) e.push_back(convert(*code_, x));
+        for (const Item& x : *from) e.push_back(convert(*code_, x));
         if (s.step == 1) {
           check_size(items_.size() - s.length + e.size(), "array slice assignment");
           const auto lo = items_.begin() + s.start;

@@ -22,13 +22,15 @@
 // Differences from Python, all because values cross a process and Python objects do not:
 // - `sort(key=...)`: a key function cannot cross; only key=None is accepted (TypeError else).
 // - methods that return iterators or views in Python (`keys`, `values`, `items`, `__iter__`,
-//   `__reversed__`) return lists (a dict's items as a list of 2-tuples); Array slices return
-//   lists; an Array slice is assigned from any sequence of fitting values. Python's live
+//   `__reversed__`) return lists (a dict's items as a list of 2-tuples). Python's live
 //   `iter(dict)` is iter() below: the host serves a dict's `__iter__` with it.
+// - an Array slice and an Array's value are an array.array (Item::array), which troupe's wire
+//   carries as a list; an Array slice is assigned, as in Python, from an array.array of the
+//   same typecode, and also from a `sequence` (what troupe's wire makes of a C++ client's
+//   values), never from a list or tuple (Python's TypeError).
 // - in-place operators (`__iadd__`, `__imul__`, `__ior__`, `__iand__`, ...) return None (the
 //   proxy returns itself, as CPython's do after the call).
-// - `Namespace`'s `getvalue()` is a dict of its attributes; `Value`'s is its value; `Array`'s a
-//   list.
+// - `Namespace`'s `getvalue()` is a dict of its attributes; `Value`'s is its value.
 // - results that would hold more than `ContainerOptions::max_elements` elements (`l * n`,
 //   `extend`, `fromkeys`, ...) are a ValueError naming the limit (Python: MemoryError).
 // - managers.Value does not check its typecode in CPython; `check_typecode` makes it check as

@@ -64,6 +64,41 @@ Item Item::object(std::string cls, Item args) {
   return object(std::move(cls), std::move(args), Item());
 }
 
+namespace {
+constexpr std::string_view kArrayClass = "array.array";
+}
+
+Item Item::array(std::string typecode, std::vector<Item> items) {
+  std::vector<Item> args;
+  args.reserve(2);
+  args.push_back(Item::text(std::move(typecode)));
+  args.push_back(Item::list(std::move(items)));
+  return object(std::string(kArrayClass), Item::tuple(std::move(args)));
+}
+
+bool Item::is_array() const noexcept {
+  if (kind_ != Kind::object) return false;
+  const auto& e = std::get<std::vector<Item>>(value_);
+  if (e[0].as_string() != kArrayClass || e[1].kind_ != Kind::tuple) return false;
+  const auto& args = std::get<std::vector<Item>>(e[1].value_);
+  return args.size() == 2 && args[0].kind_ == Kind::text && args[1].kind_ == Kind::list;
+}
+
+const std::string& Item::array_typecode() const {
+  if (!is_array()) wrong_kind("array.array");
+  return object_args().elements()[0].as_string();
+}
+
+const std::vector<Item>& Item::array_items() const {
+  if (!is_array()) wrong_kind("array.array");
+  return object_args().elements()[1].elements();
+}
+
+std::vector<Item>& Item::array_items() {
+  if (!is_array()) wrong_kind("array.array");
+  return std::get<std::vector<Item>>(std::get<std::vector<Item>>(value_)[1].value_)[1].elements();
+}
+
 void Item::wrong_kind(std::string_view wanted) const {
   throw TypeError("expected " + std::string(wanted) + ", got '" + std::string(type_name(*this)) +
                   "'");
@@ -443,7 +478,10 @@ bool operator==(const Item& a, const Item& b) {
              same_or_equal(a.alternative_value(), b.alternative_value());
     case Kind::ref:
       return a.as_ref().id == b.as_ref().id && a.as_ref().address == b.as_ref().address;
-    case Kind::object: return elements_equal(a.elements(), b.elements());
+    case Kind::object:
+      // Python compares arrays by their values, whatever their typecodes.
+      if (a.is_array() && b.is_array()) return elements_equal(a.array_items(), b.array_items());
+      return elements_equal(a.elements(), b.elements());
     default: return false;
   }
 }
@@ -812,6 +850,25 @@ struct Repr {
         out += "<struct of " + std::to_string(x.as_string().size()) + " bytes>";
         break;
       case Kind::object: {
+        if (x.is_array()) {  // array('i', [1, 2]), array('u', 'ab'), array('d')
+          const std::string& code = x.array_typecode();
+          const auto& items = x.array_items();
+          out += "array('" + code + "'";
+          if (!items.empty()) {
+            out += ", ";
+            if (code == "u" || code == "w") {
+              std::string s;
+              for (const Item& c : items) s += c.kind() == Kind::text ? c.as_string() : "?";
+              put(Item::text(std::move(s)));
+            } else {
+              out += '[';
+              elements(items);
+              out += ']';
+            }
+          }
+          out += ')';
+          break;
+        }
         // Python's repr of an exception: the class's own name and its args.
         const std::string& cls = x.object_class();
         if (x.object_args().is_none()) {  // the class itself (pickle.hpp: a proxy type)
@@ -1020,6 +1077,7 @@ void write_item(const Item& x, proto::Value::Builder v, const RefWriter* refs) {
       troupe::codec_detail::encode_guarded([&] { write_struct(x.as_string(), v); });
       return;
     case Kind::object:
+      if (x.is_array()) return write_elements(x.array_items(), v, "array", refs);
       throw ValueError("a Python object (" + x.object_class() +
                        ") has no form on troupe's own wire");
     case Kind::ref: {

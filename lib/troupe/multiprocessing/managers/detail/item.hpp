@@ -22,10 +22,11 @@
 //   alternative   (a C++ std::variant)          alternative {index, value}
 //   structure     (a Cap'n Proto struct)        struct (kept as its canonical bytes)
 //   ref           a proxy (a hosted object)     ref {typeid, address, id, fingerprint, ticket}
-//   object        an object of a class the      (none: write() refuses it)
-//                 pickle dialect reads (an
-//                 exception, a Token): its
-//                 class, args and state
+//   object        an object of a class the      (none: write() refuses it), except
+//                 pickle dialect reads (an      an array.array: the list of its items
+//                 exception, a Token, an
+//                 array.array): its class,
+//                 args and state
 //
 // The kinds Python distinguishes (list, tuple, dict, set, frozenset, bytearray, slice) do not
 // survive write(): a Cap'n Proto list is only a list. to_item() therefore makes `sequence`, "a
@@ -152,10 +153,19 @@ public:
   /// (pickle.hpp); troupe's own wire has no form for them.
   static Item object(std::string cls, Item args, Item state);
   static Item object(std::string cls, Item args);  // no state
+  /// An array.array of typecode `typecode` ("i", "d", "u", ...) holding `items` (ints, floats,
+  /// or one-character strs, as the typecode says; the caller's duty):
+  /// object("array.array", (typecode, [items])), which is how pickle writes one (protocol 2's
+  /// form, which every Python reads). What the managed Array returns for a slice and its value,
+  /// and what the pickle dialect reads of an array.array in either of Python's forms. write()
+  /// writes it as the list of its items (troupe's wire has no array).
+  static Item array(std::string typecode, std::vector<Item> items);
 
   Kind kind() const noexcept { return kind_; }
   bool is_none() const noexcept { return kind_ == Kind::none; }
   bool is_omitted() const noexcept { return kind_ == Kind::none && index_ == 1; }
+  /// An array.array (Item::array).
+  bool is_array() const noexcept;
   /// bool, int (either width) or float.
   bool is_number() const noexcept {
     return kind_ == Kind::boolean || kind_ == Kind::integer || kind_ == Kind::uinteger ||
@@ -186,6 +196,10 @@ public:
   const std::string& object_class() const;
   const Item& object_args() const;
   const Item& object_state() const;
+  /// An array.array's typecode and items.
+  const std::string& array_typecode() const;
+  const std::vector<Item>& array_items() const;
+  std::vector<Item>& array_items();
 
   /// Python's `==` (see the file comment). Never throws.
   friend bool operator==(const Item& a, const Item& b);

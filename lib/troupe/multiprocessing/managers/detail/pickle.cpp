@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <limits>
 #include <optional>
 #include <string_view>
 #include <unordered_map>
@@ -167,7 +168,17 @@ const char* op_name(unsigned char op) noexcept {
 }
 
 // The constructors of plain data that protocols 2 to 4 write as a global and a REDUCE.
-enum class Ctor : std::uint8_t { set, frozenset, bytearray, bytes, slice, range, codecs_encode };
+enum class Ctor : std::uint8_t {
+  set,
+  frozenset,
+  bytearray,
+  bytes,
+  slice,
+  range,
+  codecs_encode,
+  array,                // array.array(typecode, list): protocol 2's form of an array
+  array_reconstructor,  // array._array_reconstructor(array.array, typecode, format, bytes): 3+
+};
 
 std::optional<Ctor> known_global(std::string_view module, std::string_view name) {
   if (module == "builtins" || module == "__builtin__") {
@@ -179,6 +190,8 @@ std::optional<Ctor> known_global(std::string_view module, std::string_view name)
     if (name == "range" || name == "xrange") return Ctor::range;
   }
   if (module == "_codecs" && name == "encode") return Ctor::codecs_encode;
+  if (module == "array" && name == "array") return Ctor::array;
+  if (module == "array" && name == "_array_reconstructor") return Ctor::array_reconstructor;
   return std::nullopt;
 }
 
@@ -733,8 +746,8 @@ private:
       const std::string shown = (module + "." + name).substr(0, 200);
       fail("the global '" + shown +
            "' is refused: it names code, and only plain data is read (the globals read are "
-           "builtins.set, frozenset, bytearray, bytes, slice, range, _codecs.encode, and the "
-           "exceptions and Token a manager sends)");
+           "builtins.set, frozenset, bytearray, bytes, slice, range, _codecs.encode, "
+           "array.array, and the exceptions and Token a manager sends)");
     }
     stack_.push_back(new_node(std::move(n)));
     check_stack();
@@ -820,6 +833,7 @@ private:
       fail(
           "refused: it calls something other than the constructors of plain data and the "
           "exceptions read");
+    if (nodes_[fn_id].ctor == Ctor::array_reconstructor) return reconstruct_array(args_id);
     const Item args = make(args_id, 1);  // counted in the pickle's one budget
     const auto& a = args.elements();
     Item result;
@@ -895,7 +909,31 @@ private:
         result = Item::bytes(latin1(a[0].as_string()));
         break;
       }
+      case Ctor::array: {
+        if (a.size() == 2 && a[1].kind() == Kind::bytes) {
+          // (typecode, bytes): how multiprocessing.managers itself pickles an array
+          // (reduce_array), its items as this machine's values (little-endian, LP64).
+          array_code(a[0]);
+          result = array_from_bytes(a[0].as_string(), native_format(a[0].as_string()[0]),
+                                    a[1].as_string());
+          break;
+        }
+        if (a.size() != 2 || a[1].kind() != Kind::list)
+          fail("array.array() of other than (typecode, list) or (typecode, bytes)");
+        const ArrayCode code = array_code(a[0]);
+        for (const Item& e : a[1].elements())
+          if (!(code == ArrayCode::chars ? e.kind() == Kind::text
+                                         : e.is_integral() || e.kind() == Kind::floating))
+            fail("array.array('" + a[0].as_string() + "') of a " + std::string(type_name(e)));
+        result = Item::array(a[0].as_string(), a[1].elements());
+        break;
+      }
+      case Ctor::array_reconstructor: break;  // above
     }
+    push_made(std::move(result));
+  }
+
+  void push_made(Item result) {
     Node n;
     n.weight = count_values(result);
     n.bytes = count_bytes(result);
@@ -903,6 +941,137 @@ private:
     n.leaf = std::move(result);
     stack_.push_back(new_node(std::move(n)));
     check_stack();
+  }
+
+  enum class ArrayCode : std::uint8_t { integers, floats, chars };
+
+  // What an array's typecode holds; a typecode Python's array module lacks fails.
+  ArrayCode array_code(const Item& typecode) const {
+    if (typecode.kind() == Kind::text && typecode.as_string().size() == 1) {
+      const char c = typecode.as_string()[0];
+      if (std::string_view("bBhHiIlLqQ").find(c) != std::string_view::npos)
+        return ArrayCode::integers;
+      if (c == 'f' || c == 'd') return ArrayCode::floats;
+      if (c == 'u' || c == 'w') return ArrayCode::chars;
+    }
+    fail("an array of typecode " + repr(typecode, 20) +
+         " (one of b, B, u, w, h, H, i, I, l, L, q, Q, f, d)");
+  }
+
+  // array._array_reconstructor(array.array, typecode, mformat_code, items): how protocols 3 and
+  // up write an array.array, its items as machine values in the format CPython's arraymodule.c
+  // numbers (0-21: u/int8, u/int16, u/int32, u/int64 each LE then BE; float, double; UTF-16,
+  // UTF-32). Read as Item::array, each value decoded; as many values as the range() budget
+  // (max_nodes) allows.
+  void reconstruct_array(std::uint32_t args_id) {
+    const std::vector<std::uint32_t> children = nodes_[args_id].children;
+    if (children.size() != 4) fail("array._array_reconstructor() of other than four arguments");
+    const Node& cls = nodes_[children[0]];
+    if (cls.kind != NodeKind::ctor || cls.ctor != Ctor::array)
+      fail("array._array_reconstructor() of a class other than array.array");
+    const Item typecode = make(children[1], 2);
+    const Item format = make(children[2], 2);
+    const Item data = make(children[3], 2);
+    const ArrayCode code = array_code(typecode);
+    if (format.kind() != Kind::integer || format.as_int() < 0 || format.as_int() > 21)
+      fail("array._array_reconstructor() with the machine format " + repr(format, 20) +
+           " (0 to 21)");
+    if (data.kind() != Kind::bytes)
+      fail("array._array_reconstructor() of items in a " + std::string(type_name(data)) +
+           " (bytes only)");
+    const int f = static_cast<int>(format.as_int());
+    const bool chars = f >= 18, floats = f == 14 || f == 15 || f == 16 || f == 17;
+    if ((code == ArrayCode::chars) != chars || (code == ArrayCode::floats) != floats)
+      fail("array._array_reconstructor() of typecode '" + typecode.as_string() +
+           "' with the machine format " + std::to_string(f));
+    push_made(array_from_bytes(typecode.as_string(), f, data.as_string()));
+  }
+
+  // The machine format of typecode `c`'s items on this machine (x86-64, AArch64: little-endian,
+  // long of 64 bits, wchar_t of 32).
+  static int native_format(char c) {
+    switch (c) {
+      case 'b': return 1;
+      case 'B': return 0;
+      case 'h': return 4;
+      case 'H': return 2;
+      case 'i': return 8;
+      case 'I': return 6;
+      case 'l':
+      case 'q': return 12;
+      case 'L':
+      case 'Q': return 10;
+      case 'f': return 14;
+      case 'd': return 16;
+      default: return 20;  // u, w: UTF-32
+    }
+  }
+
+  // The items of an array of `typecode` in machine format `f` (0-21), as Item::array.
+  Item array_from_bytes(const std::string& typecode, int f, const std::string& b) {
+    const bool chars = f >= 18, floats = f == 14 || f == 15 || f == 16 || f == 17;
+    // The format's item size, signedness and byte order.
+    std::size_t size = 0;
+    bool is_signed = false;
+    if (f <= 1) {
+      size = 1;
+      is_signed = f == 1;
+    } else if (f <= 13) {
+      size = std::size_t{2} << ((f - 2) / 4);
+      is_signed = (f - 2) % 4 >= 2;
+    } else if (floats) {
+      size = f < 16 ? 4 : 8;
+    } else {
+      size = f < 20 ? 2 : 4;
+    }
+    const bool big = f >= 2 && f % 2 == 1;
+    if (b.size() % size != 0) fail("array items whose length is not a multiple of the item size");
+    const std::size_t count = b.size() / size;
+    if (count > limits_.max_nodes - std::min(ranged_, limits_.max_nodes))
+      fail("an array of more values than max_nodes (" + std::to_string(limits_.max_nodes) +
+           ") with the pickle's ranges");
+    ranged_ += count;
+    auto word = [&](std::size_t at) {
+      std::uint64_t v = 0;
+      for (std::size_t k = 0; k < size; ++k) {
+        const auto byte = static_cast<std::uint64_t>(static_cast<unsigned char>(b[at + k]));
+        v |= byte << (8 * (big ? size - 1 - k : k));
+      }
+      return v;
+    };
+    std::vector<Item> items;
+    items.reserve(chars && size == 2 ? 0 : count);
+    for (std::size_t i = 0; i < count; ++i) {
+      const std::uint64_t v = word(i * size);
+      if (floats) {
+        items.push_back(Item::floating(
+            size == 4 ? static_cast<double>(std::bit_cast<float>(static_cast<std::uint32_t>(v)))
+                      : std::bit_cast<double>(v)));
+      } else if (chars) {
+        std::uint32_t cp = static_cast<std::uint32_t>(v);
+        if (size == 2 && cp >= 0xd800 && cp < 0xdc00 && i + 1 < count) {
+          const auto low = static_cast<std::uint32_t>(word((i + 1) * size));
+          if (low >= 0xdc00 && low < 0xe000) {
+            cp = 0x10000 + ((cp - 0xd800) << 10) + (low - 0xdc00);
+            ++i;
+          }
+        }
+        if (cp > 0x10ffff || (cp >= 0xd800 && cp < 0xe000))
+          fail("an array of characters holding the code " + std::to_string(cp) +
+               " (not a Unicode character)");
+        std::string s;
+        append_utf8(cp, s);
+        items.push_back(Item::text(std::move(s)));
+      } else if (is_signed) {
+        const unsigned shift = static_cast<unsigned>(64 - 8 * size);
+        items.push_back(Item::integer(static_cast<std::int64_t>(v << shift) >> shift));
+      } else if (v > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max())) {
+        items.push_back(Item::uinteger(v));
+      } else {
+        items.push_back(Item::integer(static_cast<std::int64_t>(v)));
+      }
+    }
+    return Item::array(typecode, std::move(items));
   }
 
   static bool is_latin1_name(const Item& x) {

@@ -328,8 +328,10 @@ void place_keywords(std::string_view where, std::vector<Item>& args, Kwargs kwar
 
 namespace {
 
-// The first value in `x` that troupe's wire has no form for (an object: an exception, a Token).
+// The first value in `x` that troupe's wire has no form for (an object: an exception, a Token;
+// an array.array goes as the list of its items).
 const Item* unsendable(const Item& x) {
+  if (x.is_array()) return nullptr;
   if (x.kind() == detail::Kind::object) return &x;
   if (x.is_container())
     for (const Item& e : x.elements())
