@@ -205,7 +205,11 @@ protected:
       // CPython's Array is an array.array, which its manager pickles as (typecode, bytes).
       auto a = m.Array<double>("d", {0.5, 1.5, -2.0});
       EXPECT_EQ(a.get(1), 1.5);
+      EXPECT_EQ(a.slice(1, std::nullopt), (std::vector<double>{1.5, -2.0}));
       EXPECT_EQ(a.tolist(), (std::vector<double>{0.5, 1.5, -2.0}));
+      EXPECT_EQ(l.slice(std::nullopt, std::nullopt, -2), (std::vector<std::int64_t>{4, 1}));
+      l.erase_slice(0, 2);
+      EXPECT_EQ(l.size(), 2u);
     }
     // Lock, Event.
     {

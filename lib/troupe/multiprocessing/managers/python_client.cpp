@@ -357,6 +357,21 @@ void ClientPeer::flush(std::chrono::nanoseconds timeout) {
   idle_cv_.wait_for(lock, timeout, [&] { return dead_ || (jobs_.empty() && jobs_running_ == 0); });
 }
 
+void ClientPeer::slice_index(std::uint64_t id, std::vector<Item>& args) {
+  if (args.empty() || args[0].kind() != Kind::sequence || args[0].elements().size() != 3) return;
+  for (const Item& e : args[0].elements())
+    if (!e.is_none() && !e.is_integral()) return;
+  // A sequence's index (a list's, an Array's: the exposed methods of one, no mapping's `keys`),
+  // where Python takes nothing but an int or a slice.
+  const auto exposed = exposed_of(id);
+  auto has = [&](std::string_view m) {
+    return std::find(exposed.begin(), exposed.end(), m) != exposed.end();
+  };
+  if (!has("__len__") || has("keys")) return;
+  const auto& e = args[0].elements();
+  args[0] = Item::slice(e[0], e[1], e[2]);
+}
+
 std::vector<std::string> ClientPeer::exposed_of(std::uint64_t id) {
   {
     std::scoped_lock lock(m_);
@@ -638,6 +653,8 @@ void ClientPeer::start_call(proto::manager::Request::Reader r, Handler done) {
   std::vector<std::byte> bytes;
   try {
     Item args = python_args(c.getArgs(), entry.where, entry.parked);
+    if (method == "__getitem__" || method == "__setitem__" || method == "__delitem__")
+      slice_index(id, args.elements());
     bytes = request_bytes(Item::text(ident_text(id)), method, std::move(args.elements()));
     lane = lane_for(r.getLane());
   } catch (...) {

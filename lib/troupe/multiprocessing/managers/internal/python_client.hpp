@@ -138,6 +138,10 @@ private:
   /// call is answered).
   detail::Item python_args(capnp::List<proto::Value>::Reader args, const std::string& where,
                            std::vector<detail::Ref>& parked);
+  /// A C++ proxy's slice (SliceArg: on troupe's wire a list of three, each None or an int) as
+  /// Python's slice, when it is the index (`args[0]`) of a sequence object (a list, an Array:
+  /// by the methods it exposes). A mapping's key stays the tuple it is.
+  void slice_index(std::uint64_t id, std::vector<detail::Item>& args);
   /// A value from the server as troupe's: proxies become refs.
   detail::Item from_python(detail::Item x, const std::string& where);
   std::vector<std::string> exposed_of(std::uint64_t id);
