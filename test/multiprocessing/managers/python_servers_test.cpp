@@ -190,6 +190,13 @@ protected:
       EXPECT_TRUE(d.contains("b"));
       EXPECT_FALSE(d.get("zz").has_value());
       EXPECT_THROW((void)d["zz"].get(), troupe::KeyError);
+      // A C++ pair key is a Python tuple key (a list would be unhashable there).
+      auto pairs = m.dict<std::pair<std::int64_t, std::string>, std::int64_t>();
+      pairs.set({1, "x"}, 5);
+      EXPECT_EQ(pairs.get({1, "x"}), 5);
+      EXPECT_TRUE(pairs.contains({1, "x"}));
+      EXPECT_EQ(pairs.pop({1, "x"}), 5);
+      EXPECT_EQ(pairs.size(), 0u);
       auto l = m.list<std::int64_t>({3, 1, 2});
       l.append(4);
       EXPECT_EQ(l.size(), 4u);

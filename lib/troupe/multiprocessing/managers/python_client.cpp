@@ -357,18 +357,46 @@ void ClientPeer::flush(std::chrono::nanoseconds timeout) {
   idle_cv_.wait_for(lock, timeout, [&] { return dead_ || (jobs_.empty() && jobs_running_ == 0); });
 }
 
-void ClientPeer::slice_index(std::uint64_t id, std::vector<Item>& args) {
-  if (args.empty() || args[0].kind() != Kind::sequence || args[0].elements().size() != 3) return;
-  for (const Item& e : args[0].elements())
-    if (!e.is_none() && !e.is_integral()) return;
-  // A sequence's index (a list's, an Array's: the exposed methods of one, no mapping's `keys`),
-  // where Python takes nothing but an int or a slice.
+namespace {
+
+// A `sequence` (troupe's wire form of a C++ tuple, pair, struct or vector) as the tuple Python
+// keys and set elements must be, all the way down.
+Item as_tuple(Item x) {
+  if (x.kind() != Kind::sequence && x.kind() != Kind::tuple) return x;
+  std::vector<Item> e = std::move(x.elements());
+  for (Item& i : e) i = as_tuple(std::move(i));
+  return Item::tuple(std::move(e));
+}
+
+bool is_index_method(std::string_view m) {
+  return m == "__getitem__" || m == "__setitem__" || m == "__delitem__";
+}
+
+bool is_key_method(std::string_view m) {
+  return is_index_method(m) || m == "__contains__" || m == "get" || m == "pop" ||
+         m == "setdefault" || m == "add" || m == "discard" || m == "remove";
+}
+
+}  // namespace
+
+void ClientPeer::shape_index(std::uint64_t id, std::string_view method, std::vector<Item>& args) {
+  if (args.empty() || args[0].kind() != Kind::sequence || !is_key_method(method)) return;
   const auto exposed = exposed_of(id);
   auto has = [&](std::string_view m) {
     return std::find(exposed.begin(), exposed.end(), m) != exposed.end();
   };
-  if (!has("__len__") || has("keys")) return;
+  // A mapping's key (a dict's: `keys` exposed) or a set's element (`add`): a tuple.
+  if (has("keys") || has("add")) {
+    args[0] = as_tuple(std::move(args[0]));
+    return;
+  }
+  // A sequence's index (a list's, an Array's: `__len__` exposed), where Python takes nothing but
+  // an int or a slice: a C++ proxy's slice (SliceArg, three ints or Nones).
+  if (!is_index_method(method) || !has("__len__")) return;
   const auto& e = args[0].elements();
+  if (e.size() != 3) return;
+  for (const Item& x : e)
+    if (!x.is_none() && !x.is_integral()) return;
   args[0] = Item::slice(e[0], e[1], e[2]);
 }
 
@@ -653,8 +681,7 @@ void ClientPeer::start_call(proto::manager::Request::Reader r, Handler done) {
   std::vector<std::byte> bytes;
   try {
     Item args = python_args(c.getArgs(), entry.where, entry.parked);
-    if (method == "__getitem__" || method == "__setitem__" || method == "__delitem__")
-      slice_index(id, args.elements());
+    shape_index(id, method, args.elements());
     bytes = request_bytes(Item::text(ident_text(id)), method, std::move(args.elements()));
     lane = lane_for(r.getLane());
   } catch (...) {

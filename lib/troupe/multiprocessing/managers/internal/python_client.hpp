@@ -30,6 +30,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <unordered_map>
 #include <vector>
@@ -138,10 +139,11 @@ private:
   /// call is answered).
   detail::Item python_args(capnp::List<proto::Value>::Reader args, const std::string& where,
                            std::vector<detail::Ref>& parked);
-  /// A C++ proxy's slice (SliceArg: on troupe's wire a list of three, each None or an int) as
-  /// Python's slice, when it is the index (`args[0]`) of a sequence object (a list, an Array:
-  /// by the methods it exposes). A mapping's key stays the tuple it is.
-  void slice_index(std::uint64_t id, std::vector<detail::Item>& args);
+  /// The first argument of a key or index method (`__getitem__`, `get`, `pop`, `add`, ...) as
+  /// Python reads it, by what the object exposes: a mapping's key or a set's element that came
+  /// as a `sequence` (a C++ tuple, pair, struct) as a tuple; a sequence's index that came as
+  /// troupe's slice (SliceArg: a list of three, each None or an int) as Python's slice.
+  void shape_index(std::uint64_t id, std::string_view method, std::vector<detail::Item>& args);
   /// A value from the server as troupe's: proxies become refs.
   detail::Item from_python(detail::Item x, const std::string& where);
   std::vector<std::string> exposed_of(std::uint64_t id);
