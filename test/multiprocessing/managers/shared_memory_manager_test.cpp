@@ -46,6 +46,10 @@ class SharedMemoryManagerTest : public troupe::testing::StartMethodTest {};
 
 TEST_P(SharedMemoryManagerTest, SegmentsAreTrackedAndUnlinkedAtShutdown) {
   mm::SharedMemoryManager smm(options());
+  // CPython's test_shared_memory_SharedMemoryManager_basics: before start(), a ValueError (no
+  // address to reach), and no segment left behind.
+  EXPECT_THROW((void)smm.SharedMemory(9), troupe::ValueError);
+  EXPECT_THROW((void)smm.ShareableList({std::int64_t{1}}), troupe::ValueError);
   smm.start();
   auto a = smm.SharedMemory(128);
   auto b = smm.ShareableList({std::int64_t{1}, 2.5, std::string("three"), std::monostate{}});

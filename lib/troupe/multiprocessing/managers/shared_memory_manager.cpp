@@ -42,6 +42,9 @@ void SharedMemoryManager::track(const std::string& name) {
 }
 
 shared_memory::SharedMemory SharedMemoryManager::SharedMemory(std::size_t size) {
+  // As Python's, which dials its address first: before start() (no address), a ValueError, and
+  // no segment made.
+  (void)address();
   shared_memory::SharedMemory shm(std::nullopt, true, size);
   try {
     track(shm.name());
@@ -54,6 +57,7 @@ shared_memory::SharedMemory SharedMemoryManager::SharedMemory(std::size_t size) 
 
 shared_memory::ShareableList SharedMemoryManager::ShareableList(
     const std::vector<shared_memory::ShareableItem>& sequence) {
+  (void)address();  // as SharedMemory()
   shared_memory::ShareableList list(sequence);
   try {
     track(list.shm().name());

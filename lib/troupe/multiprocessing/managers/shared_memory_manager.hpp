@@ -27,7 +27,8 @@ public:
   ~SharedMemoryManager() override;
 
   /// Python: `SharedMemory(size)`: a new segment of `size` bytes, tracked by the server.
-  /// @throws what SharedMemory throws; what the server answers (it is unlinked then).
+  /// @throws ValueError before start() (no address, as Python's); what SharedMemory throws;
+  /// what the server answers (it is unlinked then).
   shared_memory::SharedMemory SharedMemory(std::size_t size);
   /// Python: `ShareableList(sequence)`: a new ShareableList, its segment tracked by the server.
   shared_memory::ShareableList ShareableList(
