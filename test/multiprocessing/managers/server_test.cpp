@@ -51,6 +51,25 @@ void client_that_waits(std::string address, std::string key) {
 }
 TROUPE_ENTRY(client_that_waits);
 
+// _TestMyManager's FooBar: f(), g() raising ValueError, and a private _h().
+struct FooBar {
+  std::string f() const { return "f()"; }
+  std::string g() const { throw troupe::ValueError("g() fails"); }
+  std::string _h() const { return "_h()"; }
+};
+TROUPE_EXPOSE(FooBar, f, g, _h);
+
+inline bool register_foobar() {
+  TestManager::register_<FooBar>("Foo");
+  TestManager::register_<FooBar>("Bar", {.exposed = std::vector<std::string>{"f", "_h"}});
+  // method_to_typeid's methods are exposed even when `exposed` leaves them out (as Python's).
+  TestManager::register_<Factory>(
+      "NarrowFactory",
+      {.exposed = std::vector<std::string>{}, .method_to_typeid = {{"make_counter", "Counter"}}});
+  return true;
+}
+static const bool foobar_registered = register_foobar();
+
 namespace {
 
 using namespace std::chrono_literals;
@@ -274,6 +293,27 @@ TEST_F(ServerTest, DebugInfoListsTheObjects) {
   EXPECT_NE(info.find("refcount=1"), std::string::npos) << info;
   EXPECT_NE(info.find("Counter"), std::string::npos) << info;
   EXPECT_NE(c.str().find("Counter object at"), std::string::npos) << c.str();
+}
+
+// _TestMyManager: by default a name that starts with '_' is not exposed (Python's public
+// methods); `exposed` may name it.
+TEST_F(ServerTest, PrivateMethodsAreExposedOnlyWhenNamed) {
+  auto m = client();
+  auto foo = m->create<FooBar>("Foo");
+  auto bar = m->create<FooBar>("Bar");
+  EXPECT_EQ(foo._exposed(), (std::vector<std::string>{"f", "g"}));
+  EXPECT_EQ(bar._exposed(), (std::vector<std::string>{"f", "_h"}));
+  EXPECT_EQ(foo.call<&FooBar::f>(), "f()");
+  EXPECT_THROW(foo.call<&FooBar::g>(), troupe::ValueError);
+  EXPECT_EQ(foo._callmethod<std::string>("f"), "f()");
+  EXPECT_THROW(foo._callmethod<std::string>("_h"), troupe::multiprocessing::RemoteError);
+  EXPECT_EQ(bar.call<&FooBar::_h>(), "_h()");
+  EXPECT_EQ(bar._callmethod<std::string>("_h"), "_h()");
+  EXPECT_THROW(bar._callmethod<std::string>("g"), troupe::multiprocessing::RemoteError);
+  auto factory = m->create<Factory>("NarrowFactory");
+  EXPECT_EQ(factory._exposed(), (std::vector<std::string>{"make_counter"}));
+  auto counter = factory.call_proxy<&Factory::make_counter, Counter>();
+  EXPECT_EQ(counter.call<&Counter::increment>(), 1);
 }
 
 TEST_F(ServerTest, MethodToTypeidReturnsAProxyToANewObject) {

@@ -26,6 +26,7 @@
 // the TROUPE_EXPOSE list, and nothing else is looked up.
 #pragma once
 
+#include <algorithm>
 #include <functional>
 #include <map>
 #include <memory>
@@ -48,7 +49,9 @@ namespace troupe::multiprocessing::managers {
 
 /// Python: register()'s keyword arguments beyond typeid and callable.
 struct RegisterOptions {
-  /// Python's `exposed`: only these methods may be called (default: the TROUPE_EXPOSE list).
+  /// Python's `exposed`: only these methods may be called (default: the TROUPE_EXPOSE list but
+  /// the names that start with '_', as Python's public methods). The methods of
+  /// method_to_typeid are exposed too, as in Python.
   std::optional<std::vector<std::string>> exposed;
   /// Python's `method_to_typeid`: these methods return a proxy to a new object of the typeid,
   /// which must be registered (with no callable if it is only ever made so).
@@ -135,6 +138,22 @@ detail::TypeEntry Registry::class_entry(std::string typeid_, RegisterOptions&& o
   e.typeid_ = std::move(typeid_);
   e.exposed = std::move(options.exposed);
   e.method_to_typeid = std::move(options.method_to_typeid);
+  // As CPython's Server.create: without `exposed`, the public methods (a name that starts with
+  // '_' is not exposed; the whole list, when none does, stays implicit: no check per call); and
+  // the methods of method_to_typeid are exposed too.
+  if (!e.exposed) {
+    const auto& names = detail::exposed_names<T>();
+    if (std::any_of(names.begin(), names.end(),
+                    [](const std::string& n) { return n.starts_with('_'); })) {
+      e.exposed.emplace();
+      for (const auto& n : names)
+        if (!n.starts_with('_')) e.exposed->push_back(n);
+    }
+  }
+  if (e.exposed)
+    for (const auto& [m, t] : e.method_to_typeid)
+      if (std::find(e.exposed->begin(), e.exposed->end(), m) == e.exposed->end())
+        e.exposed->push_back(m);
   e.create_method = options.create_method;
   e.serialized = options.serialized;
   e.quick = options.quick;
