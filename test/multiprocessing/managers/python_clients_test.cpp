@@ -124,6 +124,8 @@ l += [0]
 assert l[1] == 1 and l[-1] == 0 and l[1:3] == [1, 2] and len(l) == 5
 l.sort(reverse=True)
 assert list(l) == [4, 3, 2, 1, 0]
+r = reversed(l)   # an iterator, as CPython's list_reverseiterator pickles
+assert next(r) == 0 and list(r) == [1, 2, 3, 4]
 raises(IndexError, l.__getitem__, 99)
 ns = m.Namespace()
 ns.x = 10

@@ -1891,6 +1891,12 @@ public:
       try {
         Item copy = x;
         if (detail::has_ref(copy)) server_->refs_to_python(copy);
+        // What CPython's object returns there is an iterator (a set's __iter__, a list's or a
+        // dict's __reversed__), which pickles as iter(list): the client gets an iterator
+        // (next(reversed(proxy)) works), not the list the container hands back.
+        if ((text_.method == "__iter__" || text_.method == "__reversed__") &&
+            copy.kind() == detail::Kind::list)
+          copy = Item::object("builtins.iter", Item::tuple({std::move(copy)}));
         bytes = python::reply("#RETURN", std::move(copy), protocol_);
       } catch (...) {
         return send_error(std::current_exception());
