@@ -131,6 +131,8 @@ ns = m.Namespace()
 ns.x = 10
 ns.y = 'why'
 assert ns.x == 10 and ns.y == 'why'
+g = ns._getvalue()   # a managers.Namespace, as CPython's server sends it
+assert type(g) is multiprocessing.managers.Namespace and g.x == 10 and g.y == 'why'
 raises(AttributeError, getattr, ns, 'nope')
 assert str(m.Namespace(x=1, x2=2)) == 'Namespace(x2=2, x=1)'   # Python sorts 'name=value'
 with m.Pool(processes=2) as pool:   # CPython's test_pool names it
@@ -139,6 +141,8 @@ del pool
 v = m.Value('i', 5)
 v.value = 7
 assert v.value == 7
+got = v._getvalue()   # the managers.Value itself, as CPython's server sends it
+assert type(got) is multiprocessing.managers.Value and got.value == 7 and got._typecode == 'i'
 # Array: an array.array, as Python's own manager holds; slices and the value come back as
 # arrays, and a slice is assigned an array of the same typecode (a list: Python's TypeError).
 a = m.Array('i', array.array('i', [1, 2, 3]))

@@ -209,6 +209,9 @@ protected:
       auto v = m.Value<std::int64_t>("i", 5);
       v.set(7);
       EXPECT_EQ(v.get(), 7);
+      EXPECT_EQ(v._getvalue<std::int64_t>(), 7);  // CPython sends the managers.Value itself
+      EXPECT_EQ((ns._getvalue<std::map<std::string, std::int64_t>>()),
+                (std::map<std::string, std::int64_t>{{"x", 10}}));
       // CPython's Array is an array.array, which its manager pickles as (typecode, bytes).
       auto a = m.Array<double>("d", {0.5, 1.5, -2.0});
       EXPECT_EQ(a.get(1), 1.5);

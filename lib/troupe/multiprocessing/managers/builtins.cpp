@@ -681,7 +681,8 @@ detail::RefValues::Values ref_values(detail::RefHost* host, const std::vector<It
 }
 
 void ContainerObject::call(const CallInfo& call, CompletionPtr done) {
-  if (call.method == "#GETVALUE") return complete(done, c_->getvalue());
+  if (call.method == "#GETVALUE")
+    return complete(done, done->keeps_items() ? c_->python_value() : c_->getvalue());
   if (call.method == "__iter__" && c_->type_id() == "dict") {
     if (call.args.size() != 0) detail::bad_arity(call, "dict", 0);
     return done->new_object("Iterator", std::make_shared<DictIteratorObject>(shared_from_this()));

@@ -593,6 +593,17 @@ Item ClientPeer::from_python(Item x, const std::string& where) {
     r.id = parse_ident(f.ident);
     return Item::ref(std::move(r));
   }
+  // _getvalue() of a Value or a Namespace: the object itself, read as its value (as troupe's
+  // own server sends it), and its attributes as a dict.
+  if (x.kind() == Kind::object && x.object_state().kind() == Kind::dict) {
+    const std::string& cls = x.object_class();
+    if (cls == "multiprocessing.managers.Namespace") return from_python(x.object_state(), where);
+    if (cls == "multiprocessing.managers.Value") {
+      const auto& state = x.object_state().elements();
+      for (std::size_t i = 0; i + 1 < state.size(); i += 2)
+        if (state[i] == Item::text("_value")) return from_python(state[i + 1], where);
+    }
+  }
   if (x.kind() == Kind::object && !x.is_array())  // an array.array reads as its items' list
     throw TypeError(where + " returned " + shown(x) +
                     ", which troupe's wire cannot carry (plain data and proxies only)");

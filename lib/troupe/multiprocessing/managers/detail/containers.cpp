@@ -390,6 +390,11 @@ Item Container::getvalue() const {
   return value_locked();
 }
 
+Item Container::python_value() const {
+  std::lock_guard<std::mutex> g(mu_);
+  return python_value_locked();
+}
+
 std::string Container::repr(std::size_t max_size) const {
   std::lock_guard<std::mutex> g(mu_);
   std::string r = repr_locked(max_size);
@@ -1459,6 +1464,9 @@ protected:
     }
     return Item::dict(std::move(flat));
   }
+  Item python_value_locked() const override {
+    return Item::object("multiprocessing.managers.Namespace", Item::tuple({}), value_locked());
+  }
   // Python's Namespace.__repr__: the public attributes as 'name=repr', those strings sorted
   // (so "x2=2" comes before "x=1", as in Python).
   std::string repr_locked(std::size_t max) const override {
@@ -1690,6 +1698,11 @@ public:
 
 protected:
   Item value_locked() const override { return value_; }
+  Item python_value_locked() const override {
+    return Item::object(
+        "multiprocessing.managers.Value", Item::tuple({}),
+        Item::dict({Item::text("_typecode"), typecode_, Item::text("_value"), value_}));
+  }
   std::string repr_locked(std::size_t max) const override {
     return "Value(" + repr_to(typecode_, max) + ", " + repr_to(value_, max) + ")";
   }

@@ -30,7 +30,8 @@
 //   values), never from a list or tuple (Python's TypeError).
 // - in-place operators (`__iadd__`, `__imul__`, `__ior__`, `__iand__`, ...) return None (the
 //   proxy returns itself, as CPython's do after the call).
-// - `Namespace`'s `getvalue()` is a dict of its attributes; `Value`'s is its value.
+// - `Namespace`'s `getvalue()` is a dict of its attributes; `Value`'s is its value (Python
+//   clients get the objects: python_value()).
 // - results that would hold more than `ContainerOptions::max_elements` elements (`l * n`,
 //   `extend`, `fromkeys`, ...) are a ValueError naming the limit (Python: MemoryError).
 // - managers.Value does not check its typecode in CPython; `check_typecode` makes it check as
@@ -151,6 +152,10 @@ public:
   virtual std::unique_ptr<KeyIterator> iter();
   /// A copy of the whole value (the proxy's `_getvalue()`).
   Item getvalue() const;
+  /// The value as CPython's server sends `_getvalue()` to a Python client: getvalue(), but a
+  /// Value and a Namespace as the objects themselves (a managers.Value with `_typecode` and
+  /// `_value`, a managers.Namespace with its attributes), as Python's objects are pickled.
+  Item python_value() const;
   /// Python's repr() of the object ("{'a': 1}", "Namespace(a=1)", "Value('i', 5)",
   /// "array('i', [1, 2])"), what str(proxy) shows; cut after `max_size` characters.
   std::string repr(std::size_t max_size = std::size_t{1} << 20) const;
@@ -163,6 +168,7 @@ protected:
   virtual Item dispatch(std::string_view method, std::vector<Item>& args, Kwargs& kwargs,
                         std::vector<Item>& removed) = 0;
   virtual Item value_locked() const = 0;
+  virtual Item python_value_locked() const { return value_locked(); }
   virtual std::string repr_locked(std::size_t max_size) const = 0;
 
   /// Reports every ref in `x` to the holder (before `x` is stored); if one hold() throws, the

@@ -262,6 +262,10 @@ constexpr KnownClass kOtherClasses[] = {
     {"threading", "BrokenBarrierError"},
     {"multiprocessing.managers", "RemoteError"},
     {"multiprocessing.managers", "Token", true},
+    // What a Value's and a Namespace's _getvalue() is (the objects, pickled as Python does:
+    // NEWOBJ, then BUILD of their __dict__).
+    {"multiprocessing.managers", "Value", true},
+    {"multiprocessing.managers", "Namespace", true},
     {"multiprocessing.context", "ProcessError"},
     {"multiprocessing.context", "BufferTooShort"},
     {"multiprocessing.context", "TimeoutError"},
