@@ -157,12 +157,13 @@ std::string_view proxy_type(std::string_view t) {
       {"Condition", "ConditionProxy"},
       {"Barrier", "BarrierProxy"},
       {"Iterator", "IteratorProxy"},
-      {"AsyncResult", "AsyncResultProxy"},
       {"Pool", "PoolProxy"},
   };
   for (const Row& r : kRows)
     if (r.typeid_ == t) return r.type;
-  return "AutoProxy";  // Queue, JoinableQueue, set (SetProxy is 3.14's only), registered types
+  // Queue, JoinableQueue, AsyncResult (CPython has no AsyncResultProxy), set (SetProxy is
+  // 3.14's only), registered types.
+  return "AutoProxy";
 }
 
 Item rebuild_proxy(std::string_view typeid_, const Address& address, std::uint64_t id,
