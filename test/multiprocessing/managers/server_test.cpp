@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cstdio>
 #include <functional>
 #include <future>
 #include <optional>
@@ -292,6 +293,12 @@ TEST_F(ServerTest, DebugInfoListsTheObjects) {
   const std::string info = m->debug_info();
   EXPECT_NE(info.find("refcount=1"), std::string::npos) << info;
   EXPECT_NE(info.find("Counter"), std::string::npos) << info;
+  // CPython's layout: '  <ident, hex as its tokens>:       refcount=<n>\n    <str(obj)[:75]>',
+  // lines joined by '\n'.
+  char ident[24];
+  std::snprintf(ident, sizeof ident, "%llx", static_cast<unsigned long long>(c._token().id));
+  EXPECT_EQ(info.rfind("  " + std::string(ident) + ":       refcount=1\n    ", 0), 0u) << info;
+  EXPECT_NE(info.back(), '\n') << info;
   EXPECT_NE(c.str().find("Counter object at"), std::string::npos) << c.str();
 }
 

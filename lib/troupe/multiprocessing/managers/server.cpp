@@ -2779,6 +2779,8 @@ public:
     }
     std::sort(rows.begin(), rows.end(),
               [](const auto& a, const auto& b) { return std::get<0>(a) < std::get<0>(b); });
+    // CPython's Server.debug_info: per object, its ident (hex, as its tokens carry it), its
+    // refcount and str(obj)[:75]; the lines joined by '\n'.
     std::string out;
     for (const auto& [id, refs, typeid_, obj] : rows) {
       std::string r;
@@ -2787,9 +2789,14 @@ public:
       } catch (const std::exception& e) {
         r = std::string("<repr failed: ") + e.what() + ">";
       }
-      if (r.size() > 75) r = r.substr(0, 75) + "...";
-      out += "  " + std::to_string(id) + ":       refcount=" + std::to_string(refs) + "\n    " +
-             typeid_ + " " + r + "\n";
+      // str(obj)[:75]: 75 code points (UTF-8: a byte that does not continue one starts one).
+      std::size_t at = 0;
+      for (int points = 0; at < r.size(); ++at)
+        if ((static_cast<unsigned char>(r[at]) & 0xC0) != 0x80 && points++ == 75) break;
+      r.resize(at);
+      if (!out.empty()) out += '\n';
+      out +=
+          "  " + python::ident_text(id) + ":       refcount=" + std::to_string(refs) + "\n    " + r;
     }
     return out;
   }
