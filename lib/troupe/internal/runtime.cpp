@@ -57,6 +57,20 @@ bool exiting() noexcept {
   return exit_begun.load(std::memory_order_relaxed);
 }
 
+namespace {
+std::atomic<int> fork_aware{0};
+}  // namespace
+
+int fork_aware_threads() noexcept {
+  return fork_aware.load(std::memory_order_acquire);
+}
+ForkAwareThread::ForkAwareThread() noexcept {
+  fork_aware.fetch_add(1, std::memory_order_acq_rel);
+}
+ForkAwareThread::~ForkAwareThread() {
+  fork_aware.fetch_sub(1, std::memory_order_acq_rel);
+}
+
 void at_fork_child(ForkStep step, void (*fn)()) noexcept {
   Step expected = nullptr;
   fork_steps[static_cast<std::size_t>(step)].compare_exchange_strong(expected, fn);

@@ -76,6 +76,19 @@ enum class ForkStep { process_id, threads, thread_identity };
 /// for the same step are ignored. Thread-safe; may be called during static initialisation.
 void at_fork_child(ForkStep step, void (*fn)()) noexcept;
 
+/// Threads troupe runs that a fork() leaves safely behind (the child never uses what they
+/// hold: a manager link's thread, which the fork handlers quiesce and the child forgets), so
+/// that Process::start with fork does not count them as the user's threads. A ForkAwareThread
+/// made at the top of such a thread's function counts it while it runs.
+int fork_aware_threads() noexcept;
+class ForkAwareThread {
+public:
+  ForkAwareThread() noexcept;
+  ~ForkAwareThread();
+  ForkAwareThread(const ForkAwareThread&) = delete;
+  ForkAwareThread& operator=(const ForkAwareThread&) = delete;
+};
+
 /// This process's id, cached (glibc's getpid() is a system call): for checks on hot paths
 /// that an object is used in the process that made it. Refreshed first in a forked child.
 pid_t process_id() noexcept;

@@ -573,7 +573,10 @@ void Process::adopt(int pid, UniqueFd pidfd, UniqueFd server) {
 
 void Process::start_fork(const std::string& name) {
   if (!fork_with_threads_) {
-    const int threads = count_threads() - kRuntimeThreads;
+    // Threads of troupe's own that fork leaves safely behind (a manager link's) are not the
+    // user's: a proxy passed to the child reconnects there.
+    const int threads =
+        count_threads() - kRuntimeThreads - troupe::internal::runtime::fork_aware_threads();
     if (threads > 1)
       throw RuntimeError("Process.start: this process runs " + std::to_string(threads) +
                          " threads, and fork() would copy their locks into the child as they "

@@ -126,7 +126,8 @@ struct ProcessOptions {
   bool daemon = false;
   /// fork() even though this process runs other threads. Unsafe: the child gets a copy of every
   /// lock as it was, held or not, by threads that do not exist in it. Refused by default
-  /// (Python 3.12 warns; troupe raises).
+  /// (Python 3.12 warns; troupe raises). troupe's own threads that a fork leaves behind safely
+  /// (a manager link's) are not counted.
   bool fork_with_threads = false;
   /// "fork" or "spawn"; empty: get_start_method() when start() is called.
   std::string start_method;

@@ -309,6 +309,8 @@ void Link::ensure_runner() const {
   if (r->started.load(std::memory_order_acquire)) return;
   std::call_once(r->once, [&r] {
     r->thread = std::thread([r] {
+      // Left behind safely by a fork: the child forgets the parent's links (after_fork_in_child).
+      const troupe::internal::runtime::ForkAwareThread fork_aware;
       r->id.store(std::this_thread::get_id());
       for (;;) {
         try {

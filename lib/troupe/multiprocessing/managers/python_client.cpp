@@ -13,6 +13,7 @@
 
 #include "troupe/error_envelope.hpp"
 #include "troupe/errors.hpp"
+#include "troupe/internal/runtime.hpp"
 #include "troupe/multiprocessing/logger.hpp"
 #include "troupe/multiprocessing/managers/detail/pickle.hpp"
 #include "troupe/multiprocessing/managers/internal/python_dialect.hpp"
@@ -311,6 +312,9 @@ void ClientPeer::post_job(std::function<void()> f, std::function<void(std::excep
 }
 
 void ClientPeer::run_jobs() {
+  // Left behind safely by a fork: the child closes the peer's sockets and never uses it
+  // (after_fork_in_child).
+  const troupe::internal::runtime::ForkAwareThread fork_aware;
   std::unique_lock lock(m_);
   for (;;) {
     jobs_cv_.wait(lock, [&] { return stopping_ || !jobs_.empty(); });
