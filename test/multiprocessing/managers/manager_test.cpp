@@ -46,6 +46,21 @@ void start_a_manager(std::string method, mp::Connection& report) {
 }
 TROUPE_ENTRY(start_a_manager);
 
+// start(initializer, initargs): the initializer runs in the server process before it serves.
+std::string g_server_mark;
+void mark_server(std::string mark, int times) {
+  for (int i = 0; i < times; ++i) g_server_mark += mark;
+}
+TROUPE_ENTRY(mark_server);
+struct MarkReader {
+  std::string read() const { return g_server_mark; }
+};
+TROUPE_EXPOSE(MarkReader, read);
+static const bool mark_reader_registered = [] {
+  TestManager::register_<MarkReader>("MarkReader");
+  return true;
+}();
+
 namespace {
 
 using namespace std::chrono_literals;
@@ -65,6 +80,23 @@ TEST_P(ManagerTest, StartCreateCallShutdown) {
   m.shutdown();
   EXPECT_FALSE(m.process()->is_alive());
   EXPECT_EQ(m.process()->exitcode(), 0);
+}
+
+// Python's positional BaseManager(address, authkey) and start(initializer, initargs).
+TEST_P(ManagerTest, StartRunsItsInitializerInTheServerFirst) {
+  TestManager m(std::nullopt, mp::AuthenticationString::random(), options());
+  m.start(&mark_server, std::string("ok"), 2);
+  EXPECT_EQ(m.create<MarkReader>("MarkReader").call<&MarkReader::read>(), "okok");
+  EXPECT_EQ(g_server_mark, "");  // it ran there, not here
+  mm::SyncManager s(std::nullopt, std::nullopt, options());
+  s.start();
+  auto d = s.dict<std::string, std::string>();
+  d["k"] = "v";
+  EXPECT_TRUE(d["k"] == "v");  // an element compares as its value
+  EXPECT_EQ(d["k"], std::string("v"));
+  EXPECT_NE(d["k"], "w");
+  s.shutdown();
+  m.shutdown();
 }
 
 TEST_P(ManagerTest, StartTwiceIsAProcessError) {

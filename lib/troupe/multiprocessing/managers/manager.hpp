@@ -19,6 +19,7 @@
 #include <string>
 #include <string_view>
 #include <tuple>
+#include <utility>
 
 #include "troupe/concurrent/futures/process.hpp"
 #include "troupe/multiprocessing/authkey.hpp"
@@ -59,11 +60,24 @@ struct ManagerOptions {
   detail::LinkOptions link;
 };
 
+/// `options` with Python's positional `address` and `authkey` (BaseManager(address, authkey)).
+inline ManagerOptions with_address(std::optional<Address> address,
+                                   std::optional<AuthenticationString> authkey,
+                                   ManagerOptions options) {
+  options.address = std::move(address);
+  options.authkey = std::move(authkey);
+  return options;
+}
+
 /// Python: `multiprocessing.managers.BaseManager`. Not thread-safe itself (start, connect,
 /// shutdown from one thread); the proxies it makes are.
 class BaseManager {
 public:
   explicit BaseManager(ManagerOptions options = {});
+  /// Python: `BaseManager(address, authkey)`, the other options in `options`.
+  BaseManager(std::optional<Address> address, std::optional<AuthenticationString> authkey,
+              ManagerOptions options = {})
+      : BaseManager(with_address(std::move(address), std::move(authkey), std::move(options))) {}
   BaseManager(const BaseManager&) = delete;
   BaseManager& operator=(const BaseManager&) = delete;
   /// Python's `__exit__`: shutdown() if start() started a server process.
@@ -74,6 +88,13 @@ public:
   /// first in that process. @throws ProcessError if already started, or the server process
   /// failed (its exception's class and text) or exited before listening.
   void start(concurrent::futures::Initializer initializer = {});
+  /// Python: `start(initializer, initargs)`: `initializer(initargs...)` (a TROUPE_ENTRY
+  /// function) runs first in the server process.
+  template <class R, class... P, class... A>
+  requires(sizeof...(P) == sizeof...(A) && sizeof...(A) > 0) void start(R (*initializer)(P...),
+                                                                        A&&... initargs) {
+    start(concurrent::futures::Initializer(initializer, std::forward<A>(initargs)...));
+  }
   /// Python: `get_server()`: a Server for this manager's registry, address and key, to run in
   /// this process (`get_server()->serve_forever()`).
   std::unique_ptr<Server> get_server() const;
@@ -165,6 +186,10 @@ template <class Self>
 class Manager : public BaseManager {
 public:
   explicit Manager(ManagerOptions options = {}) : BaseManager(registry(), std::move(options)) {}
+  /// Python: `MyManager(address, authkey)`.
+  Manager(std::optional<Address> address, std::optional<AuthenticationString> authkey,
+          ManagerOptions options = {})
+      : Manager(with_address(std::move(address), std::move(authkey), std::move(options))) {}
 
   static Registry& registry() {
     static Registry r(codec_detail::class_name<Self>(), &BaseManager::registry());

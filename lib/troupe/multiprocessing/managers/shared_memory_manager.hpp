@@ -22,6 +22,11 @@ namespace troupe::multiprocessing::managers {
 class SharedMemoryManager : public Manager<SharedMemoryManager> {
 public:
   explicit SharedMemoryManager(ManagerOptions options = {});
+  /// Python: `SharedMemoryManager(address, authkey)`.
+  SharedMemoryManager(std::optional<Address> address, std::optional<AuthenticationString> authkey,
+                      ManagerOptions options = {})
+      : SharedMemoryManager(
+            with_address(std::move(address), std::move(authkey), std::move(options))) {}
   /// Shuts the server down (as BaseManager's), then unlinks what is left of this manager's
   /// segments.
   ~SharedMemoryManager() override;

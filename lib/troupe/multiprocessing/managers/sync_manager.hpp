@@ -580,6 +580,10 @@ public:
 class SyncManager : public Manager<SyncManager> {
 public:
   explicit SyncManager(ManagerOptions options = {}) : Manager(std::move(options)) { types(); }
+  /// Python: `SyncManager(address, authkey)`.
+  SyncManager(std::optional<Address> address, std::optional<AuthenticationString> authkey,
+              ManagerOptions options = {})
+      : SyncManager(with_address(std::move(address), std::move(authkey), std::move(options))) {}
 
   template <class T>
   QueueProxy<T> Queue(std::ptrdiff_t maxsize = 0) {

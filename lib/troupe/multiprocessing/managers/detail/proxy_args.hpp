@@ -67,6 +67,8 @@ public:
     return *this;
   }
   const ItemRef& operator=(const ItemRef& other) const { return *this = other.get(); }
+  /// Compares the element read now (`d["k"] == "v"`; `!=` and the reversed forms follow).
+  friend bool operator==(const ItemRef& r, const T& v) { return r.get() == v; }
 
 private:
   const P* proxy_;
