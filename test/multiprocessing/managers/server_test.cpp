@@ -1024,6 +1024,36 @@ TEST_F(ServerTest, ParksAndEarlyClaimsAreLimitedPerConnection) {
   EXPECT_EQ(ping_error, "");
 }
 
+// A request over the server's max_message_size (told in its Welcome) is refused by the client,
+// unsent, naming both sizes: the connection, its other calls and its objects go on (the server
+// would drop the connection).
+TEST_F(ServerTest, ARequestOverTheServersLimitIsRefusedUnsent) {
+  server_.reset();
+  mm::ServerOptions o;
+  o.max_message_size = 4096;
+  start_server(std::nullopt, o);
+  auto m = client();
+  auto maths = m->create<Maths>("Maths");
+  const std::string big(10000, 'x');
+  try {
+    (void)maths.call<&Maths::greet>(big);
+    FAIL() << "no error";
+  } catch (const troupe::ValueError& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("over the limit"), std::string::npos) << what;
+    EXPECT_NE(what.find("4096"), std::string::npos) << what;
+  }
+  boost::asio::io_context ctx;
+  std::exception_ptr failed;
+  maths.async_call<&Maths::greet>(
+      big, boost::asio::bind_executor(ctx, [&](std::exception_ptr e, std::string) { failed = e; }));
+  ctx.run();
+  ASSERT_TRUE(failed);
+  EXPECT_THROW(std::rethrow_exception(failed), troupe::ValueError);
+  EXPECT_EQ(maths.call<&Maths::add>(2, 3), 5);
+  EXPECT_EQ(m->number_of_objects(), 1u);
+}
+
 TEST_F(ServerTest, AClientThatDoesNotReadIsPausedAndLosesNothing) {
   // Small messages: the read budget is its floor (1 MiB); the replies below come to ~3 MiB.
   server_.reset();

@@ -280,6 +280,7 @@ void Link::connect(const LinkOptions& options) {
   server_name_ = std::string(name.begin(), name.size());
   auto own = w.getAddress();
   server_address_ = std::string(own.begin(), own.size());
+  server_max_message_ = w.getMaxMessageSize();
   conn_ = std::make_unique<Connection>(std::move(c));
   fd_ = conn_->fileno();
   direct_ = !conn_->tls();
@@ -493,7 +494,17 @@ std::vector<std::byte> Link::build_frame(std::uint64_t call_id, const Build& bui
   auto r = mb.initRoot<proto::manager::Request>();
   build(r);
   stamp(r, call_id);
-  return internal::flatten(mb);
+  auto bytes = internal::flatten(mb);
+  if (auto e = oversize(bytes.size())) std::rethrow_exception(e);
+  return bytes;
+}
+
+std::exception_ptr Link::oversize(std::size_t size) const {
+  if (server_max_message_ == 0 || size <= server_max_message_) return nullptr;
+  return std::make_exception_ptr(ValueError(
+      "a request of " + std::to_string(size) + " bytes is over the limit of the manager at " +
+      address_text_ + " (" + std::to_string(server_max_message_) +
+      " bytes: its ServerOptions::max_message_size); not sent, and the link serves on"));
 }
 
 struct Link::SyncWait {
@@ -573,6 +584,10 @@ std::uint64_t Link::request(capnp::MallocMessageBuilder& built, Handler done) {
   ensure_runner();
   bool gather = false;
   auto bytes = internal::flatten(built);
+  if (auto e = oversize(bytes.size())) {
+    asio::post(runner_->ctx, [done = std::move(done), e] { done(e, nullptr); });
+    return id;
+  }
   {
     std::unique_lock lock(m_);
     if (dead_ || troupe::internal::runtime::process_id() != pid_) {

@@ -170,7 +170,11 @@ private:
   int fd_ = -1;  // the connection's fd, closed in a forked child
   int server_pid_ = 0;
   std::string server_name_;
-  std::string server_address_;  // the server's own address text (Welcome.address)
+  std::string server_address_;            // the server's own address text (Welcome.address)
+  std::uint64_t server_max_message_ = 0;  // the server's max_message_size (Welcome; 0: none)
+  // The ValueError for a request of `size` bytes over the server's limit (else null): refused
+  // here, unsent, instead of making the server drop the connection and every call on it.
+  std::exception_ptr oversize(std::size_t size) const;
   std::shared_ptr<Runner> runner_;
   std::atomic<unsigned> blocking_calls_{0};  // made before the link's thread started
   std::chrono::milliseconds heartbeat_interval_{0};
