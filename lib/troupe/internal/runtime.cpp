@@ -39,7 +39,11 @@ void refresh_pid() noexcept {
   cached_pid.store(::getpid(), std::memory_order_relaxed);
 }
 
+// Threads of troupe's that a fork leaves behind (ForkAwareThread): none in a forked child.
+std::atomic<int> fork_aware{0};
+
 void run_fork_child_steps() {
+  fork_aware.store(0, std::memory_order_relaxed);
   for (auto& step : fork_steps)
     if (const Step fn = step.load(std::memory_order_relaxed)) fn();
 }
@@ -57,14 +61,11 @@ bool exiting() noexcept {
   return exit_begun.load(std::memory_order_relaxed);
 }
 
-namespace {
-std::atomic<int> fork_aware{0};
-}  // namespace
-
 int fork_aware_threads() noexcept {
   return fork_aware.load(std::memory_order_acquire);
 }
 ForkAwareThread::ForkAwareThread() noexcept {
+  (void)process_id();  // installs the fork handler, which zeroes the count in a child
   fork_aware.fetch_add(1, std::memory_order_acq_rel);
 }
 ForkAwareThread::~ForkAwareThread() {

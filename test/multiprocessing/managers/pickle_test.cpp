@@ -587,6 +587,24 @@ TEST_F(PickleTest, ArraysInEveryMachineFormatAreReadAndBadOnesRefused) {
   // Read as Python reads them: an array equals an array of the same values, never a list.
   EXPECT_EQ(decode(array_pickle("i", 8, "\x01\0\0\0"s)), Item::array("q", {Item::integer(1)}));
   EXPECT_FALSE(decode(array_pickle("i", 8, "\x01\0\0\0"s)) == Item::list({Item::integer(1)}));
+  // A lone surrogate is a character, as in Python's str.
+  EXPECT_EQ(decode(array_pickle("u", 18, "\x00\xdc"s)),
+            Item::array("u", items({Item::text("\xed\xb0\x80")})));
+  // Values as Python's array holds them: an int in a 'd' array is a float; out of range, two
+  // characters in one 'u' item, a float in an 'i' array: refused.
+  EXPECT_TRUE(identical(decode(P("\x80\x02") + "carray\narray\nX\x01\0\0\0d]K\x02"
+                                               "a\x86R."s),
+                        Item::array("d", items({Item::floating(2.0)}))));
+  EXPECT_NE(message_of(P("\x80\x02") + "carray\narray\nX\x01\0\0\0b]M\xe8\x03"
+                                       "a\x86R."s)
+                .find("array.array('b') holding 1000 (out of its range)"),
+            std::string::npos);
+  EXPECT_NE(message_of(P("\x80\x02") + "carray\narray\nX\x01\0\0\0u]X\x02\0\0\0aba\x86R."s)
+                .find("(one character each)"),
+            std::string::npos);
+  EXPECT_NE(message_of(P("\x80\x02") + "carray\narray\nX\x01\0\0\0i]G?\xf0\0\0\0\0\0\0a\x86R."s)
+                .find("array.array('i') holding 1.0"),
+            std::string::npos);
   // Bad ones, each named.
   const std::pair<std::string, std::string> bad[] = {
       {array_pickle("i", 8, "\x01\0\0"s), "not a multiple of the item size"},
@@ -595,11 +613,11 @@ TEST_F(PickleTest, ArraysInEveryMachineFormatAreReadAndBadOnesRefused) {
       {array_pickle("d", 8, ""), "typecode 'd' with the machine format 8"},
       {array_pickle("x", 8, ""), "typecode 'x'"},
       {array_pickle("ii", 8, ""), "typecode 'ii'"},
-      {array_pickle("u", 20, "\0\0\x11\0"s), "the code 1114112 (not a Unicode character)"},
-      {array_pickle("u", 18, "\x00\xdc"s), "the code 56320"},
+      {array_pickle("u", 20, "\0\0\x11\0"s), "the code 1114112 (beyond Unicode)"},
+      {array_pickle("b", 12, "\xe8\x03\0\0\0\0\0\0"s), "array.array('b') holding 1000"},
       {array_pickle("i", 8, "", "builtins\nset\n"), "a class other than array.array"},
       {P("\x80\x02") + "carray\narray\nX\x01\0\0\0i]X\x01\0\0\0xa\x86R."s,
-       "array.array('i') of a str"},
+       "array.array('i') holding 'x'"},
       {P("\x80\x02") + "carray\narray\nX\x01\0\0\0i)\x86R."s, "of other than (typecode, list)"},
       {P("\x80\x02") + "carray\narray\nX\x01\0\0\0iC\x03\x01\0\0\x86R."s,
        "not a multiple of the item size"},

@@ -133,6 +133,9 @@ ns.y = 'why'
 assert ns.x == 10 and ns.y == 'why'
 g = ns._getvalue()   # a managers.Namespace, as CPython's server sends it
 assert type(g) is multiprocessing.managers.Namespace and g.x == 10 and g.y == 'why'
+ns.inner = m.list([5])   # a proxy in the Namespace's value: one to Python too
+assert list(ns._getvalue().inner) == [5]
+ns.inner = None
 raises(AttributeError, getattr, ns, 'nope')
 assert str(m.Namespace(x=1, x2=2)) == 'Namespace(x2=2, x=1)'   # Python sorts 'name=value'
 with m.Pool(processes=2) as pool:   # CPython's test_pool names it

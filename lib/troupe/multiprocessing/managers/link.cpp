@@ -421,6 +421,9 @@ boost::asio::any_io_executor Link::executor() const {
 }
 
 bool Link::alive() const {
+  // The parent's link, in a forked child: its lock may have been held by a thread of the parent
+  // at the fork (pid_ never changes: no lock needed to read it).
+  if (troupe::internal::runtime::process_id() != pid_) return false;
   {
     std::scoped_lock lock(m_);
     if (dead_ || troupe::internal::runtime::process_id() != pid_) return false;

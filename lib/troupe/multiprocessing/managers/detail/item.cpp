@@ -588,7 +588,8 @@ bool less(const Item& a, const Item& b) {
 
 bool has_ref(const Item& x) noexcept {
   if (x.kind() == Kind::ref) return true;
-  if (x.is_container() || x.kind() == Kind::alternative) {
+  // An object's args and state too (a Namespace's value for a Python client holds its proxies).
+  if (x.is_container() || x.kind() == Kind::alternative || x.kind() == Kind::object) {
     for (const Item& e : x.elements())
       if (has_ref(e)) return true;
   }

@@ -924,12 +924,11 @@ private:
         }
         if (a.size() != 2 || a[1].kind() != Kind::list)
           fail("array.array() of other than (typecode, list) or (typecode, bytes)");
-        const ArrayCode code = array_code(a[0]);
-        for (const Item& e : a[1].elements())
-          if (!(code == ArrayCode::chars ? e.kind() == Kind::text
-                                         : e.is_integral() || e.kind() == Kind::floating))
-            fail("array.array('" + a[0].as_string() + "') of a " + std::string(type_name(e)));
-        result = Item::array(a[0].as_string(), a[1].elements());
+        array_code(a[0]);
+        std::vector<Item> items;
+        items.reserve(a[1].elements().size());
+        for (const Item& e : a[1].elements()) items.push_back(array_item(a[0].as_string()[0], e));
+        result = Item::array(a[0].as_string(), std::move(items));
         break;
       }
       case Ctor::array_reconstructor: break;  // above
@@ -989,6 +988,50 @@ private:
       fail("array._array_reconstructor() of typecode '" + typecode.as_string() +
            "' with the machine format " + std::to_string(f));
     push_made(array_from_bytes(typecode.as_string(), f, data.as_string()));
+  }
+
+  // One value of an array of typecode `c` as Python's array holds it, or a failure naming it:
+  // one character for u and w; a float for f and d (an int converted); an int in the
+  // typecode's range for the others (as array('b', [1000]) is Python's OverflowError).
+  Item array_item(char c, const Item& e) const {
+    const std::string what = "array.array('" + std::string(1, c) + "') holding " + repr(e, 40);
+    if (c == 'u' || c == 'w') {
+      if (e.kind() != Kind::text) fail(what);
+      std::size_t points = 0;
+      for (char ch : e.as_string()) points += (static_cast<unsigned char>(ch) & 0xC0) != 0x80;
+      if (points != 1) fail(what + " (one character each)");
+      return e;
+    }
+    if (c == 'f' || c == 'd') {
+      if (e.kind() == Kind::floating) return e;
+      if (e.kind() == Kind::uinteger) return Item::floating(static_cast<double>(e.as_uint()));
+      if (e.is_integral()) return Item::floating(static_cast<double>(e.as_int()));
+      fail(what);
+    }
+    if (!e.is_integral()) fail(what);
+    if (e.kind() == Kind::uinteger) {
+      if (c != 'L' && c != 'Q') fail(what + " (out of its range)");
+      return e;
+    }
+    const std::int64_t v = e.as_int();
+    std::int64_t lo = std::numeric_limits<std::int64_t>::min();
+    std::int64_t hi = std::numeric_limits<std::int64_t>::max();
+    switch (c) {
+      case 'b': lo = -128, hi = 127; break;
+      case 'B': lo = 0, hi = 255; break;
+      case 'h': lo = -32768, hi = 32767; break;
+      case 'H': lo = 0, hi = 65535; break;
+      case 'i':
+        lo = std::numeric_limits<std::int32_t>::min(),
+        hi = std::numeric_limits<std::int32_t>::max();
+        break;
+      case 'I': lo = 0, hi = std::numeric_limits<std::uint32_t>::max(); break;
+      case 'L':
+      case 'Q': lo = 0; break;
+      default: break;  // l, q
+    }
+    if (v < lo || v > hi) fail(what + " (out of its range)");
+    return Item::integer(v);
   }
 
   // The machine format of typecode `c`'s items on this machine (x86-64, AArch64: little-endian,
@@ -1060,9 +1103,9 @@ private:
             ++i;
           }
         }
-        if (cp > 0x10ffff || (cp >= 0xd800 && cp < 0xe000))
+        if (cp > 0x10ffff)  // a lone surrogate is one, as Python's str holds it
           fail("an array of characters holding the code " + std::to_string(cp) +
-               " (not a Unicode character)");
+               " (beyond Unicode)");
         std::string s;
         append_utf8(cp, s);
         items.push_back(Item::text(std::move(s)));
@@ -1075,6 +1118,8 @@ private:
         items.push_back(Item::integer(static_cast<std::int64_t>(v)));
       }
     }
+    if (!chars)  // a value of another size than the typecode's must fit it, as in Python
+      for (Item& x : items) x = array_item(typecode[0], x);
     return Item::array(typecode, std::move(items));
   }
 
