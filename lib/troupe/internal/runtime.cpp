@@ -69,7 +69,7 @@ ForkAwareThread::ForkAwareThread() noexcept {
   fork_aware.fetch_add(1, std::memory_order_acq_rel);
 }
 ForkAwareThread::~ForkAwareThread() {
-  fork_aware.fetch_sub(1, std::memory_order_acq_rel);
+  if (counted_) fork_aware.fetch_sub(1, std::memory_order_acq_rel);
 }
 
 void at_fork_child(ForkStep step, void (*fn)()) noexcept {

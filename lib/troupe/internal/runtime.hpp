@@ -54,6 +54,7 @@
 
 #include <memory>
 #include <mutex>
+#include <utility>
 #include <vector>
 
 namespace troupe::internal::runtime {
@@ -79,14 +80,21 @@ void at_fork_child(ForkStep step, void (*fn)()) noexcept;
 /// Threads troupe runs that a fork() leaves safely behind (the child never uses what they
 /// hold: a manager link's thread, which the fork handlers quiesce and the child forgets), so
 /// that Process::start with fork does not count them as the user's threads. A ForkAwareThread
-/// made at the top of such a thread's function counts it while it runs.
+/// made by the thread that starts such a thread, and moved into its function (captured by the
+/// lambda), counts it from before it exists until its function has returned.
 int fork_aware_threads() noexcept;
 class ForkAwareThread {
 public:
   ForkAwareThread() noexcept;
+  ForkAwareThread(ForkAwareThread&& other) noexcept
+      : counted_(std::exchange(other.counted_, false)) {}
   ~ForkAwareThread();
   ForkAwareThread(const ForkAwareThread&) = delete;
   ForkAwareThread& operator=(const ForkAwareThread&) = delete;
+  ForkAwareThread& operator=(ForkAwareThread&&) = delete;
+
+private:
+  bool counted_ = true;
 };
 
 /// This process's id, cached (glibc's getpid() is a system call): for checks on hot paths

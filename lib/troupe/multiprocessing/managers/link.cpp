@@ -309,9 +309,9 @@ void Link::ensure_runner() const {
   auto r = runner_;
   if (r->started.load(std::memory_order_acquire)) return;
   std::call_once(r->once, [&r] {
-    r->thread = std::thread([r] {
-      // Left behind safely by a fork: the child forgets the parent's links (after_fork_in_child).
-      const troupe::internal::runtime::ForkAwareThread fork_aware;
+    // Left behind safely by a fork: the child forgets the parent's links (after_fork_in_child).
+    // Counted from before it exists (a fork right after this call must not see it uncounted).
+    r->thread = std::thread([r, fork_aware = troupe::internal::runtime::ForkAwareThread()] {
       r->id.store(std::this_thread::get_id());
       for (;;) {
         try {

@@ -183,7 +183,10 @@ ClientPeer::ClientPeer(Address address, std::string address_text, ClientOptions 
       options_(std::move(options)),
       ex_(std::move(ex)),
       heartbeat_interval_(heartbeat_interval) {
-  worker_ = std::thread([this] { run_jobs(); });
+  // Left behind safely by a fork: the child closes the peer's sockets and never uses it
+  // (after_fork_in_child). Counted from before it exists.
+  worker_ = std::thread(
+      [this, fork_aware = troupe::internal::runtime::ForkAwareThread()] { run_jobs(); });
 }
 
 void ClientPeer::start_heartbeat() {
@@ -312,9 +315,6 @@ void ClientPeer::post_job(std::function<void()> f, std::function<void(std::excep
 }
 
 void ClientPeer::run_jobs() {
-  // Left behind safely by a fork: the child closes the peer's sockets and never uses it
-  // (after_fork_in_child).
-  const troupe::internal::runtime::ForkAwareThread fork_aware;
   std::unique_lock lock(m_);
   for (;;) {
     jobs_cv_.wait(lock, [&] { return stopping_ || !jobs_.empty(); });
