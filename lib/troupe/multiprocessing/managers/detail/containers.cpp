@@ -1,6 +1,7 @@
 #include "troupe/multiprocessing/managers/detail/containers.hpp"
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstring>
 #include <exception>
@@ -12,6 +13,7 @@
 
 #include "troupe/errors.hpp"
 #include "troupe/multiprocessing/managers/detail/not_exposed.hpp"
+#include "troupe/multiprocessing/managers/detail/typecodes.hpp"
 
 namespace troupe::multiprocessing::managers::detail {
 
@@ -1541,12 +1543,7 @@ private:
 
 // ---- typecodes (array.array's) ----------------------------------------------------------------
 
-struct Typecode {
-  char code;
-  enum { signed_int, unsigned_int, real, character, byte_char, boolean } kind;
-  unsigned bytes;
-  const char* what;  // Python's name in its overflow messages
-};
+}  // namespace
 
 constexpr Typecode kTypecodes[] = {
     {'b', Typecode::signed_int, 1, "signed char"},
@@ -1570,15 +1567,34 @@ constexpr Typecode kCtypesExtra[] = {
     {'?', Typecode::boolean, 1, ""},
 };
 
-const Typecode* find_typecode(const Item& code, bool ctypes_too) {
-  if (code.kind() == Kind::text && code.as_string().size() == 1) {
-    const char c = code.as_string()[0];
-    for (const Typecode& t : kTypecodes)
+const Typecode* find_typecode(char c, bool ctypes_too) noexcept {
+  for (const Typecode& t : kTypecodes)
+    if (t.code == c) return &t;
+  if (ctypes_too)
+    for (const Typecode& t : kCtypesExtra)
       if (t.code == c) return &t;
-    if (ctypes_too)
-      for (const Typecode& t : kCtypesExtra)
-        if (t.code == c) return &t;
+  return nullptr;
+}
+
+int native_format(const Typecode& t) noexcept {
+  switch (t.kind) {
+    case Typecode::signed_int:
+    case Typecode::unsigned_int: {
+      // 0/1: uint8/int8; then per size (2, 4, 8): unsigned LE, BE, signed LE, BE.
+      const int is_signed = t.kind == Typecode::signed_int ? 1 : 0;
+      if (t.bytes == 1) return is_signed;
+      return 2 + 4 * std::countr_zero(t.bytes / 2) + 2 * is_signed;
+    }
+    case Typecode::real: return t.bytes == 4 ? 14 : 16;
+    default: return 20;  // u, w: UTF-32 LE
   }
+}
+
+namespace {
+
+const Typecode* typecode_of(const Item& code, bool ctypes_too) {
+  if (code.kind() == Kind::text && code.as_string().size() == 1)
+    return find_typecode(code.as_string()[0], ctypes_too);
   return nullptr;
 }
 
@@ -1590,8 +1606,9 @@ std::size_t code_points(const std::string& s) {
 
 double to_float(double d);
 
-// `x` converted to what an array of typecode `t` stores, with Python's errors.
-Item convert(const Typecode& t, const Item& x) {
+}  // namespace
+
+Item convert_to_typecode(const Typecode& t, const Item& x) {
   switch (t.kind) {
     case Typecode::signed_int:
     case Typecode::unsigned_int: {
@@ -1647,6 +1664,8 @@ Item convert(const Typecode& t, const Item& x) {
   return x;
 }
 
+namespace {
+
 // C's (float)d, as array('f') stores it: out of range rounds to the largest float, or past
 // its halfway point to the next power of two, to infinity (C++ leaves that case undefined).
 double to_float(double d) {
@@ -1681,7 +1700,7 @@ public:
                       std::to_string(args.size() + 1) + " were given");
     typecode_ = std::move(args[0]);
     if (options_.check_typecode) {
-      code_ = find_typecode(typecode_, true);
+      code_ = typecode_of(typecode_, true);
       if (!code_) bad_typecode();
     }
     value_ = checked(std::move(args[1]));
@@ -1724,7 +1743,7 @@ protected:
   }
 
 private:
-  Item checked(Item v) const { return code_ ? convert(*code_, v) : v; }
+  Item checked(Item v) const { return code_ ? convert_to_typecode(*code_, v) : v; }
 
   Item typecode_;
   const Typecode* code_ = nullptr;
@@ -1751,7 +1770,7 @@ public:
     if (args[0].kind() != Kind::text || code_points(args[0].as_string()) != 1)
       throw TypeError("array() argument 1 must be a unicode character, not " +
                       std::string(type_name(args[0])));
-    code_ = find_typecode(args[0], false);
+    code_ = typecode_of(args[0], false);
     if (!code_) bad_typecode();
     Item& init = args[1];
     const bool chars = code_->kind == Typecode::character;
@@ -1765,7 +1784,7 @@ public:
     std::vector<Item> e = iterate(std::move(init));
     check_size(e.size(), "Array()");
     items_.reserve(e.size());
-    for (const Item& x : e) items_.push_back(convert(*code_, x));
+    for (const Item& x : e) items_.push_back(convert_to_typecode(*code_, x));
   }
 
   std::string_view type_id() const noexcept override { return "Array"; }
@@ -1828,7 +1847,7 @@ protected:
                           "\") to array slice");
         }
         std::vector<Item> e;
-        for (const Item& x : *from) e.push_back(convert(*code_, x));
+        for (const Item& x : *from) e.push_back(convert_to_typecode(*code_, x));
         if (s.step == 1) {
           check_size(items_.size() - s.length + e.size(), "array slice assignment");
           const auto lo = items_.begin() + s.start;
@@ -1844,7 +1863,7 @@ protected:
         return {};
       }
       const std::size_t i = index(a[0], "array assignment index out of range");
-      items_[i] = convert(*code_, a[1]);
+      items_[i] = convert_to_typecode(*code_, a[1]);
       return {};
     }
     throw AttributeError("'array.array' object has no attribute " + py_quoted(m));

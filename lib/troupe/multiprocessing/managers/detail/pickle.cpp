@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "troupe/errors.hpp"
+#include "troupe/multiprocessing/managers/detail/typecodes.hpp"
 
 namespace troupe::multiprocessing::managers::detail::pickle {
 namespace {
@@ -917,17 +918,16 @@ private:
         if (a.size() == 2 && a[1].kind() == Kind::bytes) {
           // (typecode, bytes): how multiprocessing.managers itself pickles an array
           // (reduce_array), its items as this machine's values (little-endian, LP64).
-          array_code(a[0]);
-          result = array_from_bytes(a[0].as_string(), native_format(a[0].as_string()[0]),
-                                    a[1].as_string());
+          const Typecode& code = array_code(a[0]);
+          result = array_from_bytes(code, native_format(code), a[1].as_string());
           break;
         }
         if (a.size() != 2 || a[1].kind() != Kind::list)
           fail("array.array() of other than (typecode, list) or (typecode, bytes)");
-        array_code(a[0]);
+        const Typecode& code = array_code(a[0]);
         std::vector<Item> items;
         items.reserve(a[1].elements().size());
-        for (const Item& e : a[1].elements()) items.push_back(array_item(a[0].as_string()[0], e));
+        for (const Item& e : a[1].elements()) items.push_back(array_item(code, e));
         result = Item::array(a[0].as_string(), std::move(items));
         break;
       }
@@ -946,17 +946,10 @@ private:
     check_stack();
   }
 
-  enum class ArrayCode : std::uint8_t { integers, floats, chars };
-
-  // What an array's typecode holds; a typecode Python's array module lacks fails.
-  ArrayCode array_code(const Item& typecode) const {
-    if (typecode.kind() == Kind::text && typecode.as_string().size() == 1) {
-      const char c = typecode.as_string()[0];
-      if (std::string_view("bBhHiIlLqQ").find(c) != std::string_view::npos)
-        return ArrayCode::integers;
-      if (c == 'f' || c == 'd') return ArrayCode::floats;
-      if (c == 'u' || c == 'w') return ArrayCode::chars;
-    }
+  // The typecode of an array; one Python's array module lacks fails.
+  const Typecode& array_code(const Item& typecode) const {
+    if (typecode.kind() == Kind::text && typecode.as_string().size() == 1)
+      if (const Typecode* t = find_typecode(typecode.as_string()[0])) return *t;
     fail("an array of typecode " + repr(typecode, 20) +
          " (one of b, B, u, w, h, H, i, I, l, L, q, Q, f, d)");
   }
@@ -975,7 +968,7 @@ private:
     const Item typecode = make(children[1], 2);
     const Item format = make(children[2], 2);
     const Item data = make(children[3], 2);
-    const ArrayCode code = array_code(typecode);
+    const Typecode& code = array_code(typecode);
     if (format.kind() != Kind::integer || format.as_int() < 0 || format.as_int() > 21)
       fail("array._array_reconstructor() with the machine format " + repr(format, 20) +
            " (0 to 21)");
@@ -984,78 +977,25 @@ private:
            " (bytes only)");
     const int f = static_cast<int>(format.as_int());
     const bool chars = f >= 18, floats = f == 14 || f == 15 || f == 16 || f == 17;
-    if ((code == ArrayCode::chars) != chars || (code == ArrayCode::floats) != floats)
+    if ((code.kind == Typecode::character) != chars || (code.kind == Typecode::real) != floats)
       fail("array._array_reconstructor() of typecode '" + typecode.as_string() +
            "' with the machine format " + std::to_string(f));
-    push_made(array_from_bytes(typecode.as_string(), f, data.as_string()));
+    push_made(array_from_bytes(code, f, data.as_string()));
   }
 
-  // One value of an array of typecode `c` as Python's array holds it, or a failure naming it:
-  // one character for u and w; a float for f and d (an int converted); an int in the
-  // typecode's range for the others (as array('b', [1000]) is Python's OverflowError).
-  Item array_item(char c, const Item& e) const {
-    const std::string what = "array.array('" + std::string(1, c) + "') holding " + repr(e, 40);
-    if (c == 'u' || c == 'w') {
-      if (e.kind() != Kind::text) fail(what);
-      std::size_t points = 0;
-      for (char ch : e.as_string()) points += (static_cast<unsigned char>(ch) & 0xC0) != 0x80;
-      if (points != 1) fail(what + " (one character each)");
-      return e;
-    }
-    if (c == 'f' || c == 'd') {
-      if (e.kind() == Kind::floating) return e;
-      if (e.kind() == Kind::uinteger) return Item::floating(static_cast<double>(e.as_uint()));
-      if (e.is_integral()) return Item::floating(static_cast<double>(e.as_int()));
-      fail(what);
-    }
-    if (!e.is_integral()) fail(what);
-    if (e.kind() == Kind::uinteger) {
-      if (c != 'L' && c != 'Q') fail(what + " (out of its range)");
-      return e;
-    }
-    const std::int64_t v = e.as_int();
-    std::int64_t lo = std::numeric_limits<std::int64_t>::min();
-    std::int64_t hi = std::numeric_limits<std::int64_t>::max();
-    switch (c) {
-      case 'b': lo = -128, hi = 127; break;
-      case 'B': lo = 0, hi = 255; break;
-      case 'h': lo = -32768, hi = 32767; break;
-      case 'H': lo = 0, hi = 65535; break;
-      case 'i':
-        lo = std::numeric_limits<std::int32_t>::min(),
-        hi = std::numeric_limits<std::int32_t>::max();
-        break;
-      case 'I': lo = 0, hi = std::numeric_limits<std::uint32_t>::max(); break;
-      case 'L':
-      case 'Q': lo = 0; break;
-      default: break;  // l, q
-    }
-    if (v < lo || v > hi) fail(what + " (out of its range)");
-    return Item::integer(v);
-  }
-
-  // The machine format of typecode `c`'s items on this machine (x86-64, AArch64: little-endian,
-  // long of 64 bits, wchar_t of 32).
-  static int native_format(char c) {
-    switch (c) {
-      case 'b': return 1;
-      case 'B': return 0;
-      case 'h': return 4;
-      case 'H': return 2;
-      case 'i': return 8;
-      case 'I': return 6;
-      case 'l':
-      case 'q': return 12;
-      case 'L':
-      case 'Q': return 10;
-      case 'f': return 14;
-      case 'd': return 16;
-      default: return 20;  // u, w: UTF-32
+  // One value of an array of typecode `t` as Python's array holds it (array('b', [1000]) is
+  // Python's OverflowError), or a failure naming it.
+  Item array_item(const Typecode& t, const Item& e) const {
+    try {
+      return convert_to_typecode(t, e);
+    } catch (const std::exception& x) {  // TypeError, OverflowError
+      fail("array.array('" + std::string(1, t.code) + "') holding " + repr(e, 40) + " (" +
+           x.what() + ")");
     }
   }
 
   // The items of an array of `typecode` in machine format `f` (0-21), as Item::array.
-  Item array_from_bytes(const std::string& typecode, int f, const std::string& b) {
+  Item array_from_bytes(const Typecode& typecode, int f, const std::string& b) {
     const bool chars = f >= 18, floats = f == 14 || f == 15 || f == 16 || f == 17;
     // The format's item size, signedness and byte order.
     std::size_t size = 0;
@@ -1119,8 +1059,8 @@ private:
       }
     }
     if (!chars)  // a value of another size than the typecode's must fit it, as in Python
-      for (Item& x : items) x = array_item(typecode[0], x);
-    return Item::array(typecode, std::move(items));
+      for (Item& x : items) x = array_item(typecode, x);
+    return Item::array(std::string(1, typecode.code), std::move(items));
   }
 
   static bool is_latin1_name(const Item& x) {
