@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <chrono>
 #include <filesystem>
+#include <optional>
 #include <string>
 #include <thread>
 
@@ -30,7 +31,20 @@ struct PyManager : mm::Manager<PyManager> {
   using Manager::Manager;
 };
 
+// _TestMyManager's baz (a generator, registered with proxytype=IteratorProxy) as a C++ class.
+struct Squares {
+  std::int64_t i = 0;
+  std::optional<std::int64_t> next() {
+    if (i >= 10) return std::nullopt;
+    const std::int64_t v = i * i;
+    ++i;
+    return v;
+  }
+};
+TROUPE_EXPOSE(Squares, next);
+
 inline bool register_py_types() {
+  PyManager::register_<Squares>("baz");
   mm::register_sync_types(PyManager::registry());
   mm::register_shared_queue(PyManager::registry(), "get_queue");
   PyManager::register_<Maths>("Maths");
@@ -68,6 +82,7 @@ class M(SyncManager):
 for typeid in ('get_queue', 'Maths', 'NarrowMaths', 'Counter'):
     M.register(typeid)
 M.register('Factory', method_to_typeid={'make_counter': 'Counter'})
+M.register('baz', proxytype=multiprocessing.managers.IteratorProxy)
 
 m = M(address=address, authkey=key)
 m.connect()
@@ -247,6 +262,8 @@ raises(RemoteError, m.Semaphore, -1)
 factory = m.Factory()
 counter = factory.make_counter()   # method_to_typeid: '#PROXY'
 assert counter.increment() == 1 and counter.increment() == 2
+# _TestMyManager's baz: an IteratorProxy over a C++ class's next().
+assert list(m.baz()) == [i * i for i in range(10)]
 
 # Bad pickles sent on purpose, each on a connection of its own: the reply names the refusal, and
 # the server serves on.

@@ -60,8 +60,32 @@ struct FooBar {
 };
 TROUPE_EXPOSE(FooBar, f, g, _h);
 
+// _TestMyManager's baz, a generator registered with proxytype=IteratorProxy: a class with a
+// next() that returns none at the end; Countdown's next() raises StopIteration instead.
+struct Squares {
+  std::int64_t i = 0;
+  std::optional<std::int64_t> next() {
+    if (i >= 10) return std::nullopt;
+    const std::int64_t v = i * i;
+    ++i;
+    return v;
+  }
+};
+TROUPE_EXPOSE(Squares, next);
+struct Countdown {
+  std::int64_t n = 3;
+  std::int64_t next() {
+    if (n == 0) throw troupe::StopIteration();
+    return n--;
+  }
+};
+TROUPE_EXPOSE(Countdown, next);
+
 inline bool register_foobar() {
   TestManager::register_<FooBar>("Foo");
+  TestManager::register_<Squares>("baz");
+  TestManager::register_<Countdown>("Countdown");
+  TestManager::register_<Counter>("Hidden", {.create_method = false});
   TestManager::register_<FooBar>("Bar", {.exposed = std::vector<std::string>{"f", "_h"}});
   // method_to_typeid's methods are exposed even when `exposed` leaves them out (as Python's).
   TestManager::register_<Factory>(
@@ -321,6 +345,46 @@ TEST_F(ServerTest, PrivateMethodsAreExposedOnlyWhenNamed) {
   EXPECT_EQ(factory._exposed(), (std::vector<std::string>{"make_counter"}));
   auto counter = factory.call_proxy<&Factory::make_counter, Counter>();
   EXPECT_EQ(counter.call<&Counter::increment>(), 1);
+}
+
+// _TestMyManager.test_mymanager's baz: `list(m.baz())` over an IteratorProxy is the squares.
+TEST_F(ServerTest, AClassWithNextIsWhatAnIteratorProxyIterates) {
+  auto m = client();
+  mm::IteratorProxy<std::int64_t> baz(m->create("baz"));
+  const std::vector<std::int64_t> got(baz.begin(), baz.end());
+  EXPECT_EQ(got, (std::vector<std::int64_t>{0, 1, 4, 9, 16, 25, 36, 49, 64, 81}));
+  EXPECT_EQ(baz.next(), std::nullopt);  // and at every call after
+  mm::IteratorProxy<std::int64_t> down(m->create("Countdown"));
+  EXPECT_EQ(down.next(), 3);  // a step, then the rest by range
+  std::vector<std::int64_t> rest;
+  for (std::int64_t v : down) rest.push_back(v);
+  EXPECT_EQ(rest, (std::vector<std::int64_t>{2, 1}));
+  EXPECT_EQ(down.next(), std::nullopt);
+  // Python's next(it), untyped: `__next__` answered by next(), its none StopIteration.
+  auto squares = m->create("baz");
+  for (std::int64_t i = 0; i < 10; ++i)
+    EXPECT_EQ(squares._callmethod<std::int64_t>("__next__"), i * i);
+  EXPECT_THROW((void)squares._callmethod<std::int64_t>("__next__"), troupe::StopIteration);
+  EXPECT_THROW((void)m->create("Countdown")._callmethod<std::int64_t>("__next__", 1),
+               troupe::TypeError);
+  // A class without next() is no iterator: its object is not exposed a step.
+  EXPECT_THROW((void)mm::IteratorProxy<std::int64_t>(m->create("Foo")).next(),
+               troupe::multiprocessing::RemoteError);
+}
+
+// create_method=false drops only the manager's convenience method (Python's m.Hidden does not
+// exist; m._create('Hidden') makes one, and the server creates it).
+TEST_F(ServerTest, CreateMethodFalseLeavesUnderscoreCreate) {
+  auto m = client();
+  try {
+    (void)m->create("Hidden");
+    FAIL() << "create() of a typeid registered with create_method=false";
+  } catch (const troupe::AttributeError& e) {
+    EXPECT_NE(std::string(e.what()).find("create_method=false"), std::string::npos) << e.what();
+  }
+  auto hidden = m->_create("Hidden");
+  EXPECT_EQ(hidden._callmethod<int>("increment"), 1);
+  EXPECT_EQ(mm::Proxy<Counter>(m->_create("Hidden")).call<&Counter::increment>(), 1);
 }
 
 TEST_F(ServerTest, MethodToTypeidReturnsAProxyToANewObject) {

@@ -12,6 +12,7 @@
 #include <string>
 #include <thread>
 #include <utility>
+#include <variant>
 #include <vector>
 
 #include "troupe/entry.hpp"
@@ -100,6 +101,8 @@ void types_child(mm::ValueProxy<std::int32_t> value, mm::ArrayProxy<std::int32_t
         "dict | other");
   check(dict.fromkeys({"bar"}, 6) == std::map<std::string, std::int64_t>{{"bar", 6}}, "fromkeys");
   check(dict.size() == 2, "fromkeys left the dict alone");
+  check(dict.fromkeys({"a", "b"}) == std::map<std::string, std::monostate>{{"a", {}}, {"b", {}}},
+        "fromkeys(keys): values None");
   check(dict.popitem() == std::pair<std::string, std::int64_t>{"bar", 6}, "popitem");
   check(dict.setdefault("bar", 0) == 0, "setdefault");
   dict.update(std::map<std::string, std::int64_t>{{"bar", 7}});

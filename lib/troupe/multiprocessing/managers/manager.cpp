@@ -299,6 +299,14 @@ std::shared_ptr<detail::Link> BaseManager::ensure_link() {
   return link_;
 }
 
+void BaseManager::check_create_method(std::string_view typeid_) const {
+  auto entry = registry_->find(typeid_);
+  if (entry && !entry->create_method)
+    throw AttributeError("'" + registry_->name() + "' object has no attribute '" +
+                         std::string(typeid_) + "' (typeid '" + std::string(typeid_) +
+                         "' was registered with create_method=false: _create() makes one)");
+}
+
 BaseProxy BaseManager::adopt_created(const std::shared_ptr<detail::Link>& link,
                                      detail::Frame& frame, std::string_view typeid_) {
   auto reply = frame.root<proto::manager::Reply>();

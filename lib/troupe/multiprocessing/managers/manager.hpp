@@ -113,9 +113,23 @@ public:
   const std::optional<Process>& process() const noexcept { return process_; }
 
   /// Python: `manager.TYPEID(*args)`: a new object of a registered typeid, as an untyped proxy.
-  /// @throws KeyError for an unknown typeid; what the callable raised.
+  /// @throws KeyError for an unknown typeid; AttributeError for one this manager's class
+  /// registered with create_method=false (Python's class has no such method; _create() makes
+  /// one); what the callable raised.
   template <class... A>
   BaseProxy create(std::string_view typeid_, const A&... args) {
+    check_create_method(typeid_);
+    return _create(typeid_, args...);
+  }
+  /// The same as a typed proxy (its method table checked against T's).
+  template <class T, class... A>
+  Proxy<T> create(std::string_view typeid_, const A&... args) {
+    return Proxy<T>(create(typeid_, args...));
+  }
+  /// Python: `manager._create(typeid, *args)`: create() whatever the typeid's create_method (the
+  /// server creates any typeid that has a callable, as CPython's).
+  template <class... A>
+  BaseProxy _create(std::string_view typeid_, const A&... args) {
     auto link = ensure_link();
     auto frame = link->call([&](proto::manager::Request::Builder r) {
       auto c = r.initCreate();
@@ -126,11 +140,6 @@ public:
           [&] { (Codec<detail::wire_arg_t<A>>::encode(detail::wire_arg(args), l[i++]), ...); });
     });
     return adopt_created(link, *frame, typeid_);
-  }
-  /// The same as a typed proxy (its method table checked against T's).
-  template <class T, class... A>
-  Proxy<T> create(std::string_view typeid_, const A&... args) {
-    return Proxy<T>(create(typeid_, args...));
   }
 
   /// Python: `_number_of_objects()` and `_debug_info()`, from the server.
@@ -166,6 +175,7 @@ protected:
 private:
   enum class State { initial, started, shutdown };
   std::shared_ptr<detail::Link> ensure_link();
+  void check_create_method(std::string_view typeid_) const;
   BaseProxy adopt_created(const std::shared_ptr<detail::Link>& link, detail::Frame& frame,
                           std::string_view typeid_);
 

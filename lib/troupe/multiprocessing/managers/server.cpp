@@ -1038,10 +1038,8 @@ public:
                                    address_text_ + " (released, or never made)"))),
                       mname);
         if (!admit(sc, call_id, mname, [&] { return object_name(typeid_, id); })) return;
-        if (entry && entry->exposed && mname != "#GETVALUE" && mname != "__repr__" &&
-            mname != "__str__" &&
-            std::find(entry->exposed->begin(), entry->exposed->end(), mname) ==
-                entry->exposed->end()) {
+        if (entry && mname != "#GETVALUE" && mname != "__repr__" && mname != "__str__" &&
+            !detail::exposes(*entry, mname)) {
           std::string list;
           for (const auto& e : *entry->exposed) list += (list.empty() ? "" : ", ") + e;
           return fail(remote_error(std::make_exception_ptr(AttributeError(
@@ -1096,12 +1094,13 @@ public:
               remote_error(std::make_exception_ptr(KeyError(
                   "'" + typeid_ + "' is not a typeid registered with " + registry_.name()))),
               "create");
-        if (!entry->create || !entry->create_method)
-          return fail(remote_error(std::make_exception_ptr(TypeError(
-                          "typeid '" + typeid_ + "' of " + registry_.name() +
-                          (entry->create ? " was registered with create_method=false"
-                                         : " has no callable: its objects are only made by "
-                                           "methods that return them")))),
+        // As CPython's Server.create: create_method=false only drops the client's convenience
+        // method (BaseManager::create checks it; _create does not), the server creates.
+        if (!entry->create)
+          return fail(remote_error(std::make_exception_ptr(
+                          TypeError("typeid '" + typeid_ + "' of " + registry_.name() +
+                                    " has no callable: its objects are only made by methods "
+                                    "that return them"))),
                       "create(" + typeid_ + ")");
         if (!admit(sc, call_id, "create", [&] { return typeid_; })) return;
         for (auto a : c.getArgs()) (void)a.which();  // as a call's
@@ -1699,11 +1698,9 @@ public:
     auto entry = registry_.find(typeid_);
     if (!entry)
       throw KeyError("'" + typeid_ + "' is not a typeid registered with " + registry_.name());
-    if (!entry->create || !entry->create_method)
+    if (!entry->create)  // create_method=false: Python's m._create(typeid) still creates
       throw TypeError("typeid '" + typeid_ + "' of " + registry_.name() +
-                      (entry->create ? " was registered with create_method=false"
-                                     : " has no callable: its objects are only made by methods "
-                                       "that return them"));
+                      " has no callable: its objects are only made by methods that return them");
     req.args.erase(req.args.begin());
     const std::string call = "create(" + typeid_ + ")";
     auto state =
@@ -1798,8 +1795,7 @@ public:
     }
     const std::string mname = req.method;
     const bool fallback = mname == "#GETVALUE" || mname == "__repr__" || mname == "__str__";
-    if (entry && entry->exposed && !fallback &&
-        std::find(entry->exposed->begin(), entry->exposed->end(), mname) == entry->exposed->end() &&
+    if (entry && !fallback && !detail::exposes(*entry, mname) &&
         !entry->method_to_typeid.contains(mname))  // CPython adds these to exposed
       throw AttributeError("method '" + mname + "' of object " + object_name(typeid_, id) +
                            " (typeid '" + typeid_ + "') is not exposed");

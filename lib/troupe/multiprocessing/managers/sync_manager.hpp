@@ -361,8 +361,11 @@ public:
 };
 
 /// Python's `IteratorProxy`: a proxy to a hosted iterator (typeid "Iterator"), what
-/// DictProxy::iter() returns, whose elements are read as T. The iterator is an object of the
-/// manager (counted by number_of_objects()) until its last proxy goes; it holds its dict as
+/// DictProxy::iter() returns, whose elements are read as T; or to an object of a registered
+/// class that exposes `next` (or `__next__`), returning a T or a std::optional<T> (none, or
+/// troupe::StopIteration, at the end): Python's `register('baz', baz, proxytype=IteratorProxy)`
+/// is `register_<Baz>("baz")`, then `IteratorProxy<T>(m.create("baz"))`. The iterator is an object
+/// of the manager (counted by number_of_objects()) until its last proxy goes; it holds its dict as
 /// Python's does, so it runs on after the dict's proxies are gone, and lets go of the dict once
 /// exhausted. Untyped, `_callmethod("__next__")` is Python's `next(it)`: it fails at the end
 /// with troupe::StopIteration, and `send`,
@@ -383,6 +386,12 @@ public:
   /// "dictionary keys changed during iteration" when a key was replaced at the same size so
   /// that more keys come than the dict had.
   std::optional<T> next() const { return _callmethod<std::optional<T>>("#NEXT"); }
+  /// Python: `for x in it` / `list(it)`: a range whose steps are next() (input iterators: one
+  /// pass, shared with next()).
+  detail::NextIterator<IteratorProxy, T> begin() const {
+    return detail::NextIterator<IteratorProxy, T>(this);
+  }
+  detail::NextIterator<IteratorProxy, T> end() const { return {}; }
 };
 
 /// Python: `DictProxy`, the proxy of a managed dict whose keys are read as K and values as V.
@@ -445,6 +454,11 @@ public:
   template <class M = std::map<K, V>>
   M fromkeys(const std::vector<K>& keys, const V& value) const {
     return _callmethod<M>("fromkeys", detail::ListArg<K>{&keys}, value);
+  }
+  /// Python: `d.fromkeys(keys)`: each value None (std::monostate).
+  template <class M2 = std::map<K, std::monostate>>
+  M2 fromkeys(const std::vector<K>& keys) const {
+    return _callmethod<M2>("fromkeys", detail::ListArg<K>{&keys});
   }
   /// Python 3.9: `d | other` (other's values win), `other | d` (d's win): plain dicts;
   /// `d |= other`: in place.

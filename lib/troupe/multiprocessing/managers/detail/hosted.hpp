@@ -8,6 +8,7 @@
 // exactly once: with a value, a new object (a method of method_to_typeid), or an exception.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <exception>
 #include <functional>
@@ -220,5 +221,20 @@ struct TypeEntry {
   std::optional<std::type_index> cxx_type;
   std::function<std::shared_ptr<HostedObject>(std::shared_ptr<void> object)> adopt;
 };
+
+/// Whether `entry` lets clients call `method`: listed in its exposed (none: every method), or an
+/// iterator's step that the object's listed `__next__` or `next` answers (IteratorProxy's
+/// `#NEXT`; a Python client's `__next__` on a C++ class's `next`), as CPython exposes what its
+/// IteratorProxy calls for a typeid registered with proxytype=IteratorProxy.
+inline bool exposes(const TypeEntry& entry, std::string_view method) {
+  if (!entry.exposed) return true;
+  auto listed = [&](std::string_view m) {
+    return std::find(entry.exposed->begin(), entry.exposed->end(), m) != entry.exposed->end();
+  };
+  if (listed(method)) return true;
+  if (method == "#NEXT") return listed("__next__") || listed("next");
+  if (method == "__next__") return listed("next");
+  return false;
+}
 
 }  // namespace troupe::multiprocessing::managers::detail

@@ -10,6 +10,7 @@
 #include <exception>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <tuple>
@@ -221,6 +222,11 @@ struct SharedPointee<std::shared_ptr<U>> {
   using type = U;
 };
 
+template <class V>
+inline constexpr bool is_optional_v = false;
+template <class V>
+inline constexpr bool is_optional_v<std::optional<V>> = true;
+
 /// Hosts one object of a registered C++ class.
 template <class T>
 class HostedClass final : public HostedObject {
@@ -250,21 +256,38 @@ public:
       }
     }
     const auto& names = exposed_names<T>();
-    std::size_t i = 0;
-    while (i < names.size() && names[i] != call.method) ++i;
+    auto index = [&](std::string_view name) {
+      std::size_t i = 0;
+      while (i < names.size() && names[i] != name) ++i;
+      return i;
+    };
+    std::size_t i = index(call.method);
+    Step step = Step::none;
+    if (i == names.size() && (call.method == "#NEXT" || call.method == "__next__")) {
+      // An iterator's step (IteratorProxy): the class's __next__ or next.
+      step = call.method == "#NEXT" ? Step::optional : Step::stop_iteration;
+      i = step == Step::optional ? index("__next__") : names.size();
+      if (i == names.size()) i = index("next");
+    }
     if (i == names.size()) unknown_method(call, codec_detail::class_name<T>(), names);
-    dispatch(i, call, done, static_cast<ExposedOf<T>*>(nullptr));
+    dispatch(i, call, done, step, static_cast<ExposedOf<T>*>(nullptr));
   }
 
 private:
+  // How a method answers an iterator's step: as itself (none); as IteratorProxy's `#NEXT`, a
+  // value or none at the end (the method's std::optional as it is, a value wrapped, its
+  // StopIteration none); as Python's `__next__` for a method `next` (its none is StopIteration).
+  enum class Step : std::uint8_t { none, optional, stop_iteration };
+
   template <class C, auto... M>
-  void dispatch(std::size_t i, const CallInfo& call, const CompletionPtr& done, Exposed<C, M...>*) {
+  void dispatch(std::size_t i, const CallInfo& call, const CompletionPtr& done, Step step,
+                Exposed<C, M...>*) {
     std::size_t j = 0;
-    ((j++ == i ? invoke<M>(call, done) : void()), ...);
+    ((j++ == i ? invoke<M>(call, done, step) : void()), ...);
   }
 
   template <auto M>
-  void invoke(const CallInfo& call, const CompletionPtr& done) {
+  void invoke(const CallInfo& call, const CompletionPtr& done, Step step) {
     using Tr = MethodTraits<decltype(M)>;
     using R = typename Tr::Result;
     auto args = decode_args<typename Tr::Params>(call, codec_detail::class_name<T>());
@@ -281,6 +304,27 @@ private:
       done->done();
     } else {
       using V = std::remove_cvref_t<R>;
+      if constexpr (Encodable<V>) {
+        if (step == Step::optional) {
+          try {
+            decltype(auto) r = run();
+            if constexpr (is_optional_v<V>)
+              done->complete(static_cast<const V&>(r));
+            else
+              done->complete(std::optional<V>(r));
+          } catch (const troupe::StopIteration&) {
+            done->complete(std::optional<std::monostate>());
+          }
+          return;
+        }
+        if constexpr (is_optional_v<V>) {
+          if (step == Step::stop_iteration) {
+            decltype(auto) r = run();
+            if (!r) throw troupe::StopIteration();
+            return done->complete(*r);
+          }
+        }
+      }
       if (to_typeid != nullptr) {
         using U = typename SharedPointee<V>::type;
         std::shared_ptr<void> obj;

@@ -75,6 +75,53 @@ private:
   K key_;
 };
 
+/// An input iterator over a managed iterator (IteratorProxy), as Python's `for x in it`: each
+/// step is one `next()`, taken when the element is first looked at — dereferenced, or compared
+/// with the end; the end is next()'s none. Iterators of one proxy share its position.
+template <class P, class T>
+class NextIterator {
+public:
+  using iterator_category = std::input_iterator_tag;
+  using value_type = T;
+  using difference_type = std::ptrdiff_t;
+  using pointer = const T*;
+  using reference = const T&;
+
+  NextIterator() = default;  // end()
+  explicit NextIterator(const P* proxy) : proxy_(proxy) {}
+  /// @throws StopIteration at the end.
+  const T& operator*() const {
+    if (!fetch()) throw StopIteration("iterated past the end of a managed iterator");
+    return *current_;
+  }
+  const T* operator->() const { return &**this; }
+  NextIterator& operator++() {
+    (void)fetch();  // the step looked past, if it was not taken yet
+    fetched_ = false;
+    current_.reset();
+    return *this;
+  }
+  void operator++(int) { ++*this; }
+  friend bool operator==(const NextIterator& a, const NextIterator& b) {
+    if (!a.proxy_ && !b.proxy_) return true;
+    if (!a.proxy_) return !b.fetch();
+    if (!b.proxy_) return !a.fetch();
+    return &a == &b;
+  }
+
+private:
+  bool fetch() const {
+    if (!fetched_) {
+      current_ = proxy_->next();
+      fetched_ = true;
+    }
+    return current_.has_value();
+  }
+  const P* proxy_ = nullptr;
+  mutable bool fetched_ = false;
+  mutable std::optional<T> current_;
+};
+
 /// A live input iterator over a managed sequence, by index, as Python's iteration of a
 /// ListProxy: element i is read (`__getitem__`) when it is first looked at — dereferenced, or
 /// compared with the end — and the end is its IndexError, so a change made during the iteration
