@@ -1118,6 +1118,39 @@ TEST_F(ServerTest, ARequestOverTheServersLimitIsRefusedUnsent) {
   EXPECT_EQ(m->number_of_objects(), 1u);
 }
 
+// A proxy among the arguments of a request refused for its size: the reference parked for it
+// (its receiver would have claimed it) ends at once, not at the server's park_ttl.
+TEST_F(ServerTest, ARefusedRequestEndsTheParksOfItsProxies) {
+  server_.reset();
+  mm::ServerOptions o;
+  o.max_message_size = 4096;
+  o.park_ttl = 299s;  // (the fixture shortens only the default)
+  start_server(std::nullopt, o);
+  auto m = client();
+  auto maths = m->create<Maths>("Maths");
+  auto counter = m->create<Counter>("Counter");
+  const std::string big(10000, 'x');
+  auto refcounts_of_one = [&] {
+    const std::string info = m->debug_info();
+    return info.find("refcount=1") != std::string::npos &&
+           info.find("refcount=2") == std::string::npos;
+  };
+  ASSERT_TRUE(refcounts_of_one()) << m->debug_info();
+  EXPECT_THROW((void)maths._callmethod<std::string>("greet", counter, big), troupe::ValueError);
+  EXPECT_TRUE(eventually(refcounts_of_one, 5s)) << m->debug_info();
+  boost::asio::io_context ctx;
+  std::exception_ptr failed;
+  maths.async_callmethod<std::string>(
+      "greet", std::tuple{counter, big},
+      boost::asio::bind_executor(ctx, [&](std::exception_ptr e, std::string) { failed = e; }));
+  ctx.run();
+  ASSERT_TRUE(failed);
+  EXPECT_THROW(std::rethrow_exception(failed), troupe::ValueError);
+  EXPECT_TRUE(eventually(refcounts_of_one, 5s)) << m->debug_info();
+  EXPECT_EQ(counter.call<&Counter::increment>(), 1);  // its own reference untouched
+  EXPECT_EQ(m->number_of_objects(), 2u);
+}
+
 TEST_F(ServerTest, AClientThatDoesNotReadIsPausedAndLosesNothing) {
   // Small messages: the read budget is its floor (1 MiB); the replies below come to ~3 MiB.
   server_.reset();

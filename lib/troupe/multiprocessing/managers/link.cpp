@@ -20,6 +20,7 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
+#include <capnp/serialize.h>
 
 #include "troupe/detail/node_cache.hpp"
 #include "troupe/error_envelope.hpp"
@@ -491,14 +492,48 @@ private:
 };
 }  // namespace
 
+namespace {
+thread_local ParkScope* tl_park_scope = nullptr;
+}  // namespace
+
+ParkScope::ParkScope() noexcept : outer_(tl_park_scope) {
+  tl_park_scope = this;
+}
+ParkScope::~ParkScope() {
+  tl_park_scope = outer_;
+}
+void ParkScope::note(const std::shared_ptr<Link>& link, std::uint64_t id, std::uint64_t ticket) {
+  if (tl_park_scope) tl_park_scope->parked_.push_back({link, id, ticket});
+}
+void ParkScope::end_parks() noexcept {
+  for (const Parked& p : parked_) {
+    try {
+      // The claim makes the park this connection's reference; the decref lets it go.
+      p.link->send([&](proto::manager::Request::Builder r) {
+        auto c = r.initClaim();
+        c.setId(p.id);
+        c.setTicket(p.ticket);
+      });
+      p.link->send([&](proto::manager::Request::Builder r) { r.setDecref(p.id); });
+    } catch (const std::exception&) {
+      // Not sent (no memory, a dead link): the park ends at the server's park_ttl.
+    }
+  }
+  parked_.clear();
+}
+
 std::vector<std::byte> Link::build_frame(std::uint64_t call_id, const Build& build) {
   RequestBuilder b;
   capnp::MallocMessageBuilder& mb = b.get();
   auto r = mb.initRoot<proto::manager::Request>();
+  ParkScope parks;
   build(r);
   stamp(r, call_id);
   auto bytes = internal::flatten(mb);
-  if (auto e = oversize(bytes.size())) std::rethrow_exception(e);
+  if (auto e = oversize(bytes.size())) {
+    parks.end_parks();
+    std::rethrow_exception(e);
+  }
   return bytes;
 }
 
@@ -566,8 +601,14 @@ Link::Built Link::prepare(const Build& build) {
   capnp::MallocMessageBuilder* builder = &p->mb;
   Built mb(std::move(p), builder);
   auto r = mb->initRoot<proto::manager::Request>();
+  ParkScope parks;
   build(r);
   if (r.getLane() == 0) r.setLane(current_lane());  // the calling thread's, not the sender's
+  // Surely over the server's limit (the frame adds its header to this): request() will refuse
+  // it unsent, so the parks made for its proxies end now.
+  if (server_max_message_ != 0 &&
+      capnp::computeSerializedSizeInWords(*mb) * sizeof(capnp::word) > server_max_message_)
+    parks.end_parks();
   return mb;
 }
 

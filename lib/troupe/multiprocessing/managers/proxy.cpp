@@ -128,6 +128,7 @@ void BaseProxy::_write_ref(proto::Ref::Builder out) const {
     p.setId(id);
     p.setTicket(ticket);
   });
+  detail::ParkScope::note(link, id, ticket);
   out.setTypeid(t.typeid_.c_str());
   out.setAddress(link->address_text().c_str());
   out.setId(t.id);

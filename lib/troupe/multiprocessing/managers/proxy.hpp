@@ -197,7 +197,7 @@ protected:
     auto link = _link();
     // Encoded here, not in the initiation: a lazy token (use_awaitable, deferred) runs that
     // after this call has returned, when the arguments and the method's name may be gone.
-    detail::Link::Built built = detail::Link::prepare(build);
+    detail::Link::Built built = link->prepare(build);
     return boost::asio::async_initiate<CompletionToken, void(std::exception_ptr, R)>(
         [link, self = *this](auto handler, detail::Link::Built built) mutable {
           using H = std::decay_t<decltype(handler)>;

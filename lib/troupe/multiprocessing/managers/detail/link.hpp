@@ -18,6 +18,7 @@
 #include <span>
 #include <string>
 #include <unordered_map>
+#include <vector>
 
 #include <capnp/message.h>
 
@@ -88,7 +89,7 @@ public:
   /// `build` set one). An asynchronous call encodes its arguments when it is made, though a
   /// lazy completion token (use_awaitable, deferred) starts it only after that call returned.
   using Built = std::shared_ptr<capnp::MallocMessageBuilder>;
-  static Built prepare(const Build& build);
+  Built prepare(const Build& build);
   /// request() of a prepared request (the link gives it its call id). Thread-safe.
   std::uint64_t request(capnp::MallocMessageBuilder& built, Handler done);
   /// Sends a request that has no reply unless it fails (incref, decref, park, claim): a failure
@@ -220,6 +221,31 @@ private:
   std::vector<std::function<void()>> drained_;
   void notify_drained_locked(std::unique_lock<std::mutex>& lock);
   friend void after_fork_in_child() noexcept;
+};
+
+/// The parks that building a request makes on this thread (BaseProxy::_write_ref, for each
+/// proxy among its arguments) while a ParkScope lives: a request refused before it is sent
+/// (over the server's max_message_size) ends them at once (a claim, then a decref, on each
+/// park's link), where they would hold their objects until the server's park_ttl.
+class ParkScope {
+public:
+  ParkScope() noexcept;
+  ~ParkScope();
+  ParkScope(const ParkScope&) = delete;
+  ParkScope& operator=(const ParkScope&) = delete;
+  /// Ends every park noted in this scope (their request is not sent).
+  void end_parks() noexcept;
+  /// Notes a park in the innermost scope of this thread, if any.
+  static void note(const std::shared_ptr<Link>& link, std::uint64_t id, std::uint64_t ticket);
+
+private:
+  struct Parked {
+    std::shared_ptr<Link> link;
+    std::uint64_t id;
+    std::uint64_t ticket;
+  };
+  std::vector<Parked> parked_;
+  ParkScope* outer_;
 };
 
 }  // namespace troupe::multiprocessing::managers::detail
