@@ -64,6 +64,9 @@ TEST_P(NestedProxiesTest, ListProxyInList) {
   b.append(a.get(0));
   a.get(0).append(7);
   EXPECT_EQ(b.get(0).copy(), (Ints{0, 1, 55, 7}));
+  // Python's a[0].append(8): the element is a proxy to call through.
+  a[0]->append(8);
+  EXPECT_EQ(b[0]->copy(), (Ints{0, 1, 55, 7, 8}));
   // Three lists, the outer two: five objects.
   EXPECT_EQ(m.number_of_objects(), 5u);
 }
@@ -109,6 +112,9 @@ TEST_P(NestedProxiesTest, DictProxyNested) {
   d["supplies"].get()["water"] = 7;
   EXPECT_EQ(supplies.get("water"), 7);
   EXPECT_EQ(d["supplies"].get().get("water"), 7);
+  // Python's d['supplies']['water'] = 8, d['supplies'].get('water').
+  d["supplies"]->set("water", 8);
+  EXPECT_EQ(d["supplies"]->get("water"), 8);
 
   // The client's proxies go: the dict keeps the inner objects alive (§1.8 step 5).
   pets = {};

@@ -70,6 +70,14 @@ public:
   /// Compares the element read now (`d["k"] == "v"`; `!=` and the reversed forms follow).
   friend bool operator==(const ItemRef& r, const T& v) { return r.get() == v; }
 
+  /// The element read now, to call a member of: Python's `d["k"].append(1)` for an element that
+  /// is a proxy (`d["k"]->append(1)`), or any other class (`l[0]->size()`).
+  struct Arrow {
+    T value;
+    const T* operator->() const noexcept { return &value; }
+  };
+  Arrow operator->() const { return Arrow{get()}; }
+
 private:
   const P* proxy_;
   K key_;
