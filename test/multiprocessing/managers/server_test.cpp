@@ -326,6 +326,18 @@ TEST_F(ServerTest, DebugInfoListsTheObjects) {
   EXPECT_NE(c.str().find("Counter object at"), std::string::npos) << c.str();
 }
 
+// Python's BaseProxy.__str__: the referent's repr, or once that fails the proxy's own repr
+// ending in "; '__str__()' failed>".
+TEST_F(ServerTest, StrFallsBackToTheProxysReprWhenTheServerIsGone) {
+  auto m = client();
+  auto c = m->create("Counter");
+  EXPECT_NE(c.str().find("Counter object at"), std::string::npos) << c.str();
+  const std::string repr = c.repr();
+  server_.reset();
+  const std::string s = c.str();
+  EXPECT_EQ(s, repr.substr(0, repr.size() - 1) + "; '__str__()' failed>") << s;
+}
+
 // _TestMyManager: by default a name that starts with '_' is not exposed (Python's public
 // methods); `exposed` may name it.
 TEST_F(ServerTest, PrivateMethodsAreExposedOnlyWhenNamed) {
@@ -535,9 +547,20 @@ TEST_F(ServerTest, GetvalueCopiesTheReferent) {
   cell.call<&Cell::set>(7);
   const Cell copy = cell._getvalue<Cell>();
   EXPECT_EQ(copy.value, 7);
-  // Counter has no codec (private state): _getvalue is a TypeError saying so.
+  // Counter has no codec (private state): _getvalue is CPython's '#UNSERIALIZABLE', a
+  // RemoteError saying so.
   auto counter = m->create("Counter");
-  EXPECT_THROW(counter._getvalue<int>(), troupe::TypeError);
+  try {
+    (void)counter._getvalue<int>();
+    FAIL() << "no error";
+  } catch (const troupe::multiprocessing::RemoteError& e) {
+    EXPECT_NE(std::string(e.what()).find("has no troupe::Codec"), std::string::npos) << e.what();
+  }
+  // The fallbacks take no arguments: outside the method, a RemoteError too.
+  EXPECT_THROW((void)counter._callmethod<std::string>("__repr__", 1),
+               troupe::multiprocessing::RemoteError);
+  EXPECT_THROW((void)counter._callmethod<std::string>("__str__", 1),
+               troupe::multiprocessing::RemoteError);
 }
 
 TEST_F(ServerTest, AProxyTravelsThroughAConnection) {

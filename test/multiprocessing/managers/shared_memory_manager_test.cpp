@@ -164,6 +164,25 @@ TEST_F(SharedMemoryServer, OtherServersDoNotTrackSegments) {
   }
 }
 
+// CPython's SharedMemoryManager.get_server() words its state errors its own way.
+TEST_F(SharedMemoryServer, GetServerAfterStartOrShutdownNamesTheSharedMemoryServer) {
+  mm::SharedMemoryManager smm;
+  smm.start();
+  try {
+    (void)smm.get_server();
+    FAIL() << "no error";
+  } catch (const troupe::multiprocessing::ProcessError& e) {
+    EXPECT_STREQ(e.what(), "Already started SharedMemoryServer");
+  }
+  smm.shutdown();
+  try {
+    (void)smm.get_server();
+    FAIL() << "no error";
+  } catch (const troupe::multiprocessing::ProcessError& e) {
+    EXPECT_STREQ(e.what(), "SharedMemoryManager has shut down");
+  }
+}
+
 TEST_F(SharedMemoryServer, AServerInThisProcessUnlinksWhenItStops) {
   mm::SharedMemoryManager smm;
   auto server = smm.get_server();

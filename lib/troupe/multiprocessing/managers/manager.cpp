@@ -14,6 +14,7 @@
 #include "troupe/error_envelope.hpp"
 #include "troupe/multiprocessing/context.hpp"
 #include "troupe/multiprocessing/logger.hpp"
+#include "troupe/multiprocessing/managers/shared_memory_manager.hpp"
 #include "troupe/unique_fd.hpp"
 
 namespace troupe::multiprocessing::managers {
@@ -275,8 +276,11 @@ void BaseManager::start(concurrent::futures::Initializer initializer) {
 
 std::unique_ptr<Server> BaseManager::get_server() const {
   // As Python's: only a manager neither started nor shut down serves in this process.
-  if (state_ == State::started) throw ProcessError("Already started server");
-  if (state_ == State::shutdown) throw ProcessError("Manager has shut down");
+  const bool smm = dynamic_cast<const SharedMemoryManager*>(this) != nullptr;  // its own words
+  if (state_ == State::started)
+    throw ProcessError(smm ? "Already started SharedMemoryServer" : "Already started server");
+  if (state_ == State::shutdown)
+    throw ProcessError(smm ? "SharedMemoryManager has shut down" : "Manager has shut down");
   ServerOptions o = options_.server;
   o.listener.authkey = authkey_;
   return std::make_unique<Server>(*registry_, address_, std::move(o));

@@ -112,9 +112,11 @@ std::string BaseProxy::repr() const {
 
 std::string BaseProxy::str() const {
   try {
-    return _callmethod<std::string>("__str__");
+    return _callmethod<std::string>("__repr__");  // as CPython's BaseProxy.__str__
   } catch (const std::exception&) {
-    return repr() + "; '__str__()' failed";
+    std::string r = repr();
+    r.pop_back();  // its '>'
+    return r + "; '__str__()' failed>";
   }
 }
 

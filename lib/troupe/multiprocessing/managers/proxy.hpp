@@ -107,7 +107,8 @@ public:
   /// result decoded as `R` (std::monostate: None). Arguments travel by their codecs; a result
   /// that is a new object (method_to_typeid) is asked for as a proxy type (BaseProxy, Proxy<U>).
   /// @throws the exception the method raised (its class rebuilt, with the remote context);
-  /// AttributeError for an unknown or unexposed method; TypeError for a wrong arity or argument
+  /// RemoteError (naming AttributeError) for an unknown or unexposed method, as Python's;
+  /// TypeError for a wrong arity or argument
   /// types, or a result of another type than R; EOFError naming the server if it is gone.
   template <class R = std::monostate, class... A>
   R _callmethod(std::string_view method, const A&... args) const {

@@ -1172,10 +1172,11 @@ public:
               methods = it->second.object->exposed();
           }
         }
-        if (methods.empty() && !has_object(id))
-          return fail(std::make_exception_ptr(KeyError("no object " + std::to_string(id) +
-                                                       " in the manager at " + address_text_)),
-                      "get_methods");
+        if (methods.empty() && !has_object(id))  // CPython: RemoteError (a KeyError's traceback)
+          return fail(
+              remote_error(std::make_exception_ptr(KeyError(
+                  "no object " + std::to_string(id) + " in the manager at " + address_text_))),
+              "get_methods");
         return reply_value(sc, call_id, methods);
       }
       case R::DEBUG_INFO: {
@@ -1278,7 +1279,14 @@ public:
                     ex_,
                     this};
       if (t.method == "__repr__" || t.method == "__str__") {
-        if (info.args.size() != 0) detail::bad_arity(info, t.typeid_, 0);
+        // CPython's fallback functions run outside the method: a failure is a RemoteError.
+        if (info.args.size() != 0) {
+          try {
+            detail::bad_arity(info, t.typeid_, 0);
+          } catch (...) {
+            return done->fail(remote_error(std::current_exception()));
+          }
+        }
         done->complete(obj->repr());
       } else {
         obj->call(info, done);
@@ -1831,7 +1839,13 @@ public:
             try {
               const CallInfo info = python_info(sc, call_id, id, typeid_, mname, *state, this);
               if (mname == "__repr__" || mname == "__str__") {
-                if (info.args.size() != 0) detail::bad_arity(info, typeid_, 0);
+                if (info.args.size() != 0) {  // outside the method, as CPython's fallbacks
+                  try {
+                    detail::bad_arity(info, typeid_, 0);
+                  } catch (...) {
+                    return done->fail(remote_error(std::current_exception()));
+                  }
+                }
                 done->complete(obj->repr());
               } else {
                 obj->call(info, done);

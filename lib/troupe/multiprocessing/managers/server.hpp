@@ -113,7 +113,8 @@ public:
 
   /// Python: `number_of_objects()` (without the ones the server made itself).
   std::size_t number_of_objects() const;
-  /// Python: `debug_info()`: one line per object, "ID: refcount=N TYPEID repr".
+  /// Python: `debug_info()`: per object, "  <id, hex>:       refcount=<n>\n    <str, cut at 75>",
+  /// joined by newlines (CPython's layout).
   std::string debug_info() const;
   /// Client connections open now (after their Hello).
   std::size_t connection_count() const;

@@ -250,9 +250,11 @@ public:
         if (call.args.size() != 0) bad_arity(call, codec_detail::class_name<T>(), 0);
         return done->complete(*object_);
       } else {
-        throw TypeError("_getvalue(): " + codec_detail::class_name<T>() +
-                        " has no troupe::Codec, so its value cannot be sent (" +
-                        describe_object(call, codec_detail::class_name<T>()) + ")");
+        // CPython's '#UNSERIALIZABLE': a RemoteError on the caller.
+        throw RemoteError(
+            "Unserializable message: TypeError: _getvalue(): " + codec_detail::class_name<T>() +
+            " has no troupe::Codec, so its value cannot be sent (" +
+            describe_object(call, codec_detail::class_name<T>()) + ")");
       }
     }
     const auto& names = exposed_names<T>();
