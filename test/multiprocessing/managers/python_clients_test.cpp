@@ -31,20 +31,8 @@ struct PyManager : mm::Manager<PyManager> {
   using Manager::Manager;
 };
 
-// _TestMyManager's baz (a generator, registered with proxytype=IteratorProxy) as a C++ class.
-struct Squares {
-  std::int64_t i = 0;
-  std::optional<std::int64_t> next() {
-    if (i >= 10) return std::nullopt;
-    const std::int64_t v = i * i;
-    ++i;
-    return v;
-  }
-};
-TROUPE_EXPOSE(Squares, next);
-
 inline bool register_py_types() {
-  PyManager::register_<Squares>("baz");
+  PyManager::register_<Squares>("baz");  // _TestMyManager's, with proxytype=IteratorProxy
   mm::register_sync_types(PyManager::registry());
   mm::register_shared_queue(PyManager::registry(), "get_queue");
   PyManager::register_<Maths>("Maths");

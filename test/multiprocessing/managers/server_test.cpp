@@ -60,18 +60,8 @@ struct FooBar {
 };
 TROUPE_EXPOSE(FooBar, f, g, _h);
 
-// _TestMyManager's baz, a generator registered with proxytype=IteratorProxy: a class with a
-// next() that returns none at the end; Countdown's next() raises StopIteration instead.
-struct Squares {
-  std::int64_t i = 0;
-  std::optional<std::int64_t> next() {
-    if (i >= 10) return std::nullopt;
-    const std::int64_t v = i * i;
-    ++i;
-    return v;
-  }
-};
-TROUPE_EXPOSE(Squares, next);
+// An iterator whose next() raises StopIteration at the end (Squares, test_types.hpp, returns
+// none).
 struct Countdown {
   std::int64_t n = 3;
   std::int64_t next() {
@@ -84,6 +74,7 @@ TROUPE_EXPOSE(Countdown, next);
 inline bool register_foobar() {
   TestManager::register_<FooBar>("Foo");
   TestManager::register_<Squares>("baz");
+  TestManager::register_<Squares>("NotAnIterator", {.exposed = std::vector<std::string>{}});
   TestManager::register_<Countdown>("Countdown");
   TestManager::register_<Counter>("Hidden", {.create_method = false});
   TestManager::register_<FooBar>("Bar", {.exposed = std::vector<std::string>{"f", "_h"}});
@@ -379,9 +370,25 @@ TEST_F(ServerTest, AClassWithNextIsWhatAnIteratorProxyIterates) {
   EXPECT_THROW((void)squares._callmethod<std::int64_t>("__next__"), troupe::StopIteration);
   EXPECT_THROW((void)m->create("Countdown")._callmethod<std::int64_t>("__next__", 1),
                troupe::TypeError);
-  // A class without next() is no iterator: its object is not exposed a step.
+  // A class without next() is no iterator, nor one whose registration does not expose it:
+  // its object is not exposed a step.
   EXPECT_THROW((void)mm::IteratorProxy<std::int64_t>(m->create("Foo")).next(),
                troupe::multiprocessing::RemoteError);
+  EXPECT_THROW((void)mm::IteratorProxy<std::int64_t>(m->create("NotAnIterator")).next(),
+               troupe::multiprocessing::RemoteError);
+  EXPECT_THROW((void)m->create("NotAnIterator")._callmethod<std::int64_t>("__next__"),
+               troupe::multiprocessing::RemoteError);
+}
+
+// CPython's server answers get_methods of an id it does not have with a traceback: RemoteError.
+TEST_F(ServerTest, ExposedOfAnObjectTheServerDoesNotHaveIsARemoteError) {
+  auto m = client();
+  auto c = m->create("Counter");
+  mm::Token stale = c._token();
+  stale.id = 999999;
+  mm::BaseProxy p(stale, key_);  // its incref fails (logged): no round trip
+  EXPECT_THROW((void)p._exposed(), troupe::multiprocessing::RemoteError);
+  EXPECT_THROW((void)p._callmethod<int>("increment"), troupe::multiprocessing::RemoteError);
 }
 
 // create_method=false drops only the manager's convenience method (Python's m.Hidden does not

@@ -5,9 +5,11 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstdint>
 #include <deque>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -55,6 +57,19 @@ public:
   std::shared_ptr<Counter> make_counter() { return std::make_shared<Counter>(); }
 };
 TROUPE_EXPOSE(Factory, make_counter);
+
+// _TestMyManager's baz, a generator registered with proxytype=IteratorProxy: a class with a
+// next() that returns none at the end.
+struct Squares {
+  std::int64_t i = 0;
+  std::optional<std::int64_t> next() {
+    if (i >= 10) return std::nullopt;
+    const std::int64_t v = i * i;
+    ++i;
+    return v;
+  }
+};
+TROUPE_EXPOSE(Squares, next);
 
 // An aggregate: it has a codec, so _getvalue() can copy it.
 struct Cell {

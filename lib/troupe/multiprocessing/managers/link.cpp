@@ -496,11 +496,15 @@ namespace {
 thread_local ParkScope* tl_park_scope = nullptr;
 }  // namespace
 
-ParkScope::ParkScope() noexcept : outer_(tl_park_scope) {
+ParkScope::ParkScope() noexcept : outer_(tl_park_scope), exceptions_(std::uncaught_exceptions()) {
   tl_park_scope = this;
 }
 ParkScope::~ParkScope() {
   tl_park_scope = outer_;
+  if (std::uncaught_exceptions() > exceptions_) end_parks();
+}
+bool ParkScope::active() noexcept {
+  return tl_park_scope != nullptr;
 }
 void ParkScope::note(const std::shared_ptr<Link>& link, std::uint64_t id, std::uint64_t ticket) {
   if (tl_park_scope) tl_park_scope->parked_.push_back({link, id, ticket});
@@ -568,7 +572,10 @@ void Link::complete(Pending& p, std::exception_ptr error, std::shared_ptr<Frame>
 proto::manager::Request::Reader Link::build_python(capnp::MallocMessageBuilder& mb,
                                                    const Build& build) {
   auto r = mb.initRoot<proto::manager::Request>();
-  build(r);
+  {
+    ParkScope parks;  // (a build that throws ends its parks)
+    build(r);
+  }
   std::uint64_t id;
   {
     std::scoped_lock lock(m_);
@@ -581,7 +588,10 @@ proto::manager::Request::Reader Link::build_python(capnp::MallocMessageBuilder& 
 std::uint64_t Link::request(const Build& build, Handler done) {
   RequestBuilder b;
   capnp::MallocMessageBuilder& mb = b.get();
-  build(mb.initRoot<proto::manager::Request>());
+  {
+    ParkScope parks;  // (a build that throws ends its parks)
+    build(mb.initRoot<proto::manager::Request>());
+  }
   return request(mb, std::move(done));
 }
 

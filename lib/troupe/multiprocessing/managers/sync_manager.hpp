@@ -267,7 +267,7 @@ public:
   /// Python: `list(a)`, in one call.
   std::vector<T> tolist() const { return _getvalue<std::vector<T>>(); }
   detail::IndexIterator<ArrayProxy, T> begin() const {
-    return detail::IndexIterator<ArrayProxy, T>(this);
+    return detail::IndexIterator<ArrayProxy, T>(detail::ByIndex<ArrayProxy, T>{this});
   }
   detail::IndexIterator<ArrayProxy, T> end() const { return {}; }
 };
@@ -355,7 +355,7 @@ public:
   }
 
   detail::IndexIterator<ListProxy, T> begin() const {
-    return detail::IndexIterator<ListProxy, T>(this);
+    return detail::IndexIterator<ListProxy, T>(detail::ByIndex<ListProxy, T>{this});
   }
   detail::IndexIterator<ListProxy, T> end() const { return {}; }
 };
@@ -389,7 +389,7 @@ public:
   /// Python: `for x in it` / `list(it)`: a range whose steps are next() (input iterators: one
   /// pass, shared with next()).
   detail::NextIterator<IteratorProxy, T> begin() const {
-    return detail::NextIterator<IteratorProxy, T>(this);
+    return detail::NextIterator<IteratorProxy, T>(detail::ByNext<IteratorProxy, T>{this});
   }
   detail::NextIterator<IteratorProxy, T> end() const { return {}; }
 };

@@ -226,7 +226,8 @@ private:
 /// The parks that building a request makes on this thread (BaseProxy::_write_ref, for each
 /// proxy among its arguments) while a ParkScope lives: a request refused before it is sent
 /// (over the server's max_message_size) ends them at once (a claim, then a decref, on each
-/// park's link), where they would hold their objects until the server's park_ttl.
+/// park's link), where they would hold their objects until the server's park_ttl; so does a
+/// build that throws (an argument after the proxy cannot be encoded).
 class ParkScope {
 public:
   ParkScope() noexcept;
@@ -237,6 +238,8 @@ public:
   void end_parks() noexcept;
   /// Notes a park in the innermost scope of this thread, if any.
   static void note(const std::shared_ptr<Link>& link, std::uint64_t id, std::uint64_t ticket);
+  /// Whether this thread is building a request now.
+  static bool active() noexcept;
 
 private:
   struct Parked {
@@ -246,6 +249,7 @@ private:
   };
   std::vector<Parked> parked_;
   ParkScope* outer_;
+  int exceptions_;  // std::uncaught_exceptions() when made: a build that throws ends its parks
 };
 
 }  // namespace troupe::multiprocessing::managers::detail

@@ -4,6 +4,7 @@
 // registered class. Not API: include troupe/multiprocessing/managers.hpp.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
@@ -247,7 +248,13 @@ public:
   void call(const CallInfo& call, CompletionPtr done) override {
     if (call.method == "#GETVALUE") {
       if constexpr (Encodable<T>) {
-        if (call.args.size() != 0) bad_arity(call, codec_detail::class_name<T>(), 0);
+        if (call.args.size() != 0) {  // outside the method in CPython: a RemoteError
+          try {
+            bad_arity(call, codec_detail::class_name<T>(), 0);
+          } catch (const std::exception& e) {
+            throw RemoteError(std::string("TypeError: ") + e.what());
+          }
+        }
         return done->complete(*object_);
       } else {
         // CPython's '#UNSERIALIZABLE': a RemoteError on the caller.
@@ -268,7 +275,13 @@ public:
     if (i == names.size() && (call.method == "#NEXT" || call.method == "__next__")) {
       // An iterator's step (IteratorProxy): the class's __next__ or next.
       step = call.method == "#NEXT" ? Step::optional : Step::stop_iteration;
-      i = step == Step::optional ? index("__next__") : names.size();
+      // The one the registration exposes (the server checked that one of them is).
+      auto allowed = [&](std::string_view m) {
+        return !entry_ || !entry_->exposed ||
+               std::find(entry_->exposed->begin(), entry_->exposed->end(), m) !=
+                   entry_->exposed->end();
+      };
+      i = step == Step::optional && allowed("__next__") ? index("__next__") : names.size();
       if (i == names.size()) i = index("next");
     }
     if (i == names.size()) unknown_method(call, codec_detail::class_name<T>(), names);

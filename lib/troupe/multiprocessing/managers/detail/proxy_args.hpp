@@ -83,11 +83,12 @@ private:
   K key_;
 };
 
-/// An input iterator over a managed iterator (IteratorProxy), as Python's `for x in it`: each
-/// step is one `next()`, taken when the element is first looked at — dereferenced, or compared
-/// with the end; the end is next()'s none. Iterators of one proxy share its position.
-template <class P, class T>
-class NextIterator {
+/// A live input iterator over a managed object whose elements are read one at a time, when
+/// first looked at (dereferenced, or compared with the end): `Source` reads the next element
+/// (none at the end) and moves on. Iterators of one source are equal at the same position; any
+/// is equal to end() once its element is missing.
+template <class Source, class T>
+class LazyIterator {
 public:
   using iterator_category = std::input_iterator_tag;
   using value_type = T;
@@ -95,94 +96,79 @@ public:
   using pointer = const T*;
   using reference = const T&;
 
-  NextIterator() = default;  // end()
-  explicit NextIterator(const P* proxy) : proxy_(proxy) {}
-  /// @throws StopIteration at the end.
+  LazyIterator() = default;  // end()
+  explicit LazyIterator(Source source) : source_(std::move(source)) {}
+  /// @throws what Source::past_end() throws, at the end.
   const T& operator*() const {
-    if (!fetch()) throw StopIteration("iterated past the end of a managed iterator");
+    if (!fetch()) source_->past_end();
     return *current_;
   }
   const T* operator->() const { return &**this; }
-  NextIterator& operator++() {
-    (void)fetch();  // the step looked past, if it was not taken yet
+  LazyIterator& operator++() {
+    source_->advance(fetched_);
     fetched_ = false;
     current_.reset();
     return *this;
   }
   void operator++(int) { ++*this; }
-  friend bool operator==(const NextIterator& a, const NextIterator& b) {
-    if (!a.proxy_ && !b.proxy_) return true;
-    if (!a.proxy_) return !b.fetch();
-    if (!b.proxy_) return !a.fetch();
-    return &a == &b;
+  friend bool operator==(const LazyIterator& a, const LazyIterator& b) {
+    if (!a.source_ && !b.source_) return true;
+    if (!a.source_) return !b.fetch();
+    if (!b.source_) return !a.fetch();
+    return *a.source_ == *b.source_;
   }
 
 private:
   bool fetch() const {
     if (!fetched_) {
-      current_ = proxy_->next();
+      current_ = source_->read();
       fetched_ = true;
     }
     return current_.has_value();
   }
-  const P* proxy_ = nullptr;
+  std::optional<Source> source_;
   mutable bool fetched_ = false;
   mutable std::optional<T> current_;
 };
 
-/// A live input iterator over a managed sequence, by index, as Python's iteration of a
-/// ListProxy: element i is read (`__getitem__`) when it is first looked at — dereferenced, or
-/// compared with the end — and the end is its IndexError, so a change made during the iteration
-/// is seen. Iterators of one proxy are equal at the same index; any is equal to end() once its
-/// element is missing.
+/// Python's iteration of a ListProxy/ArrayProxy: by index, element i read with `__getitem__`,
+/// the end its IndexError, so a change made during the iteration is seen.
 template <class P, class T>
-class IndexIterator {
-public:
-  using iterator_category = std::input_iterator_tag;
-  using value_type = T;
-  using difference_type = std::ptrdiff_t;
-  using pointer = const T*;
-  using reference = const T&;
-
-  IndexIterator() = default;  // end()
-  explicit IndexIterator(const P* proxy) : proxy_(proxy) {}
-  /// @throws IndexError at the end.
-  const T& operator*() const {
-    if (!fetch()) throw IndexError("list index out of range (iterated past the end)");
-    return *current_;
-  }
-  const T* operator->() const { return &**this; }
-  IndexIterator& operator++() {
-    ++index_;
-    fetched_ = false;
-    current_.reset();
-    return *this;
-  }
-  void operator++(int) { ++*this; }
-  friend bool operator==(const IndexIterator& a, const IndexIterator& b) {
-    if (!a.proxy_ && !b.proxy_) return true;
-    if (!a.proxy_) return !b.fetch();
-    if (!b.proxy_) return !a.fetch();
-    return a.proxy_ == b.proxy_ && a.index_ == b.index_;
-  }
-
-private:
-  bool fetch() const {
-    if (!fetched_) {
-      try {
-        current_ = proxy_->template _callmethod<T>("__getitem__", index_);
-      } catch (const IndexError&) {
-        current_.reset();
-      }
-      fetched_ = true;
+struct ByIndex {
+  const P* proxy;
+  std::int64_t index = 0;
+  std::optional<T> read() const {
+    try {
+      return proxy->template _callmethod<T>("__getitem__", index);
+    } catch (const IndexError&) {
+      return std::nullopt;
     }
-    return current_.has_value();
   }
-  const P* proxy_ = nullptr;
-  std::int64_t index_ = 0;
-  mutable bool fetched_ = false;
-  mutable std::optional<T> current_;
+  void advance(bool) { ++index; }
+  [[noreturn]] static void past_end() {
+    throw IndexError("list index out of range (iterated past the end)");
+  }
+  bool operator==(const ByIndex& o) const { return proxy == o.proxy && index == o.index; }
 };
+template <class P, class T>
+using IndexIterator = LazyIterator<ByIndex<P, T>, T>;
+
+/// Python's `for x in it` over an IteratorProxy: each step one `next()` (a step looked past
+/// unread is still taken); iterators of one proxy share its position.
+template <class P, class T>
+struct ByNext {
+  const P* proxy;
+  std::optional<T> read() const { return proxy->next(); }
+  void advance(bool read_already) {
+    if (!read_already) (void)proxy->next();
+  }
+  [[noreturn]] static void past_end() {
+    throw StopIteration("iterated past the end of a managed iterator");
+  }
+  bool operator==(const ByNext& o) const { return proxy == o.proxy; }
+};
+template <class P, class T>
+using NextIterator = LazyIterator<ByNext<P, T>, T>;
 
 }  // namespace troupe::multiprocessing::managers::detail
 
