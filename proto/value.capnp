@@ -41,6 +41,9 @@ struct Ref {
   id @2 :UInt64;              # the object's id in that server (never 0)
   fingerprint @3 :UInt64;     # of the hosted type's method table (0: not checked)
   ticket @4 :UInt64;          # the reference the sender parked for this copy (0: none)
+  authkey @5 :Data;           # the manager's key: only in a spawned (or forkserver) child's
+                              # start arguments, as CPython's BaseProxy.__reduce__ adds it while
+                              # spawning; never in any other message (empty: the receiver's rule)
 }
 
 struct Alternative {

@@ -41,4 +41,11 @@ const EntryPoint* find_entry(std::string_view name) noexcept {
   return nullptr;
 }
 
+namespace detail {
+bool& decoding_start_arguments() noexcept {
+  thread_local bool decoding = false;
+  return decoding;
+}
+}  // namespace detail
+
 }  // namespace troupe

@@ -58,6 +58,11 @@ inline const EntryPoint* find_entry(const char* name) noexcept {
 
 namespace detail {
 
+/// Set on a spawned (or forkserver) child's main thread while its start arguments are decoded,
+/// and only then: what a proxy among them may take from its Ref (its manager's key), no other
+/// message may give.
+bool& decoding_start_arguments() noexcept;
+
 template <class F>
 struct FunctionTraits;
 template <class R, class... P>
@@ -71,6 +76,7 @@ struct FunctionTraits<R (*)(P...)> {
 template <auto Fn>
 void invoke_entry(std::span<const std::byte> bytes) {
   auto arguments = troupe::from_bytes<typename FunctionTraits<decltype(Fn)>::Arguments>(bytes);
+  decoding_start_arguments() = false;  // the target's own messages are not start arguments
   std::apply([](auto&... a) { Fn(a...); }, arguments);
 }
 

@@ -613,8 +613,15 @@ detail::SpawnBootstrap Process::bootstrap(const std::string& why, detail::Passed
   boot.entry = entry->name;
   struct Collect {  // fds that go with the arguments (Connections) land in `passed`
     detail::PassedFds* saved = std::exchange(detail::passed_fds(), nullptr);
-    explicit Collect(detail::PassedFds* p) { detail::passed_fds() = p; }
-    ~Collect() { detail::passed_fds() = saved; }
+    detail::PassedFds* mine;
+    explicit Collect(detail::PassedFds* p) : mine(p) {
+      p->spawning = true;
+      detail::passed_fds() = p;
+    }
+    ~Collect() {
+      mine->spawning = false;
+      detail::passed_fds() = saved;
+    }
   };
   {
     Collect collect(&passed);
@@ -650,6 +657,7 @@ void Process::start_forkserver(const std::string& name) {
   detail::PassedFds passed;
   SpawnBootstrap boot = bootstrap("Process.start (forkserver) of " + name + ": ", passed);
   Wipe wipe{boot.authkey};
+  Wipe wipe_arguments{boot.arguments};  // a proxy's manager key may be among them
   auto child = forkserver_detail::start_child(boot, passed.fds);
   adopt(child.pid, std::move(child.pidfd), std::move(child.connection));
 }
@@ -659,6 +667,7 @@ void Process::start_spawn(const std::string& name) {
   detail::PassedFds passed;
   SpawnBootstrap boot = bootstrap(why, passed);
   Wipe wipe{boot.authkey};
+  Wipe wipe_arguments{boot.arguments};  // a proxy's manager key may be among them
 
   // Every fd the child gets is first moved above the ones it will have, so no dup2 overwrites a
   // source still to be copied; then 3 is the bootstrap pipe and 4… the passed fds.
@@ -776,6 +785,14 @@ void detail::run_child(SpawnBootstrap& boot, std::vector<UniqueFd> arrived, Uniq
       throw ValueError("no entry point named '" + boot.entry +
                        "' in this program (TROUPE_ENTRY); was it built from the same sources?");
     detail::passed_fds() = &table;
+    struct WipeArguments {  // a proxy's manager key may be among them
+      std::vector<std::byte>& b;
+      ~WipeArguments() {
+        troupe::detail::decoding_start_arguments() = false;
+        OPENSSL_cleanse(b.data(), b.size());
+      }
+    } wipe{boot.arguments};
+    troupe::detail::decoding_start_arguments() = true;  // until invoke has decoded them
     entry->invoke(boot.arguments);
   });
 }

@@ -66,6 +66,9 @@ concept Target = std::invocable < std::decay_t<F>
 struct PassedFds {
   std::vector<UniqueFd> fds;  // parent: duplicates to hand over; child: what arrived, none once
                               // taken
+  /// Parent, while it encodes a child's start arguments: a proxy among them carries its
+  /// manager's key (CPython's get_spawning_popen()); never set in the child.
+  bool spawning = false;
 };
 /// The table of the spawn in progress on this thread (null when none).
 PassedFds*& passed_fds() noexcept;

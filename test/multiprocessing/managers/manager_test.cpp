@@ -205,6 +205,36 @@ TEST_P(ManagerTest, AProxyTravelsToAChildProcess) {
   EXPECT_TRUE(eventually([&] { return m.number_of_objects() == 1; }));
 }
 
+// A manager with a key of its own (not the process's): its proxy given to a child as a start
+// argument carries the key (CPython's BaseProxy.__reduce__ while spawning), so the child
+// connects under spawn and forkserver too; a proxy in any other message carries none.
+TEST_P(ManagerTest, AProxyOfAManagerWithItsOwnKeyTravelsToAChildProcess) {
+  if (skip_fork())
+    GTEST_SKIP() << "ThreadSanitizer: no threads in a child forked from a threaded process";
+  auto o = options();
+  o.authkey = mp::AuthenticationString::random();
+  TestManager m(o);
+  m.start();
+  auto counter = m.create<Counter>("Counter");
+  mp::Process child(child_options(), &bump, counter, 5);
+  child.start();
+  child.join(60s);
+  EXPECT_EQ(child.exitcode(), 0);
+  EXPECT_EQ(counter.call<&Counter::value>(), 5);
+  capnp::MallocMessageBuilder mb;
+  auto v = mb.initRoot<troupe::proto::Value>();
+  troupe::Codec<mm::Proxy<Counter>>::encode(counter, v);
+  ASSERT_TRUE(v.asReader().isRef());
+  EXPECT_FALSE(v.asReader().getRef().hasAuthkey());
+  // A key in a Ref outside a child's start arguments is ignored (nobody else chooses the key
+  // this process connects with): a wrong one changes nothing.
+  const auto wrong = mp::AuthenticationString::random();
+  v.getRef().setAuthkey(capnp::Data::Reader(reinterpret_cast<const kj::byte*>(wrong.bytes().data()),
+                                            wrong.bytes().size()));
+  auto received = troupe::Codec<mm::Proxy<Counter>>::decode(v.asReader());  // claims its park
+  EXPECT_EQ(received.call<&Counter::value>(), 5);
+}
+
 TEST_P(ManagerTest, AProxyTravelsThroughAProcessQueue) {
   if (skip_fork())
     GTEST_SKIP() << "ThreadSanitizer: no threads in a child forked from a threaded process";

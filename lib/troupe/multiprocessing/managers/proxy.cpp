@@ -136,6 +136,15 @@ void BaseProxy::_write_ref(proto::Ref::Builder out) const {
   out.setId(t.id);
   out.setFingerprint(t.fingerprint);
   out.setTicket(ticket);
+  // In a spawned child's start arguments the manager's key goes along (CPython's
+  // BaseProxy.__reduce__ while spawning): the child may not share it (a manager with a key of
+  // its own). Never in another message.
+  // (Not in a request a link builds meanwhile: a proxy argument of a call goes to a server.)
+  if (const auto* spawn = multiprocessing::detail::passed_fds();
+      spawn && spawn->spawning && !detail::ParkScope::active()) {
+    const auto key = state_->authkey.bytes();
+    out.setAuthkey(capnp::Data::Reader(reinterpret_cast<const kj::byte*>(key.data()), key.size()));
+  }
   // The park is on its way to the server before the value leaves this process: a sender that
   // exits right after sending the proxy must not take its receiver's reference with it.
   link->flush(std::chrono::seconds(10));
@@ -160,8 +169,18 @@ Token token_of(proto::Ref::Reader ref) {
 BaseProxy BaseProxy::_from_ref(proto::Ref::Reader ref) {
   auto st = std::make_shared<State>();
   st->token = token_of(ref);
-  st->link = detail::Link::for_address(st->token.address);
-  st->authkey = st->link->authkey();
+  if (ref.hasAuthkey() && ref.getAuthkey().size() > 0 &&
+      troupe::detail::decoding_start_arguments()) {
+    // A spawned child's start argument: its manager's key came with it (a key in any other
+    // message is ignored: nobody else may choose the key this process connects with).
+    const auto key = ref.getAuthkey();
+    st->authkey = AuthenticationString(
+        std::span<const std::byte>(reinterpret_cast<const std::byte*>(key.begin()), key.size()));
+    st->link = detail::Link::get(st->token.address, st->authkey);
+  } else {
+    st->link = detail::Link::for_address(st->token.address);
+    st->authkey = st->link->authkey();
+  }
   const auto id = st->token.id;
   const auto ticket = ref.getTicket();
   st->link->send([id, ticket](proto::manager::Request::Builder r) {
