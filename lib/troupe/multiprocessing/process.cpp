@@ -785,14 +785,9 @@ void detail::run_child(SpawnBootstrap& boot, std::vector<UniqueFd> arrived, Uniq
       throw ValueError("no entry point named '" + boot.entry +
                        "' in this program (TROUPE_ENTRY); was it built from the same sources?");
     detail::passed_fds() = &table;
-    struct WipeArguments {  // a proxy's manager key may be among them
-      std::vector<std::byte>& b;
-      ~WipeArguments() {
-        troupe::detail::decoding_start_arguments() = false;
-        OPENSSL_cleanse(b.data(), b.size());
-      }
-    } wipe{boot.arguments};
-    troupe::detail::decoding_start_arguments() = true;  // until invoke has decoded them
+    Wipe wipe{boot.arguments};  // a proxy's manager key may be among them
+    // Until invoke_entry has decoded them (a decode that throws ends the child).
+    troupe::detail::decoding_start_arguments() = true;
     entry->invoke(boot.arguments);
   });
 }

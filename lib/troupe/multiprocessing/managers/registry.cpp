@@ -128,10 +128,20 @@ void unknown_method(const CallInfo& call, std::string_view cxx_type,
                    " (exposed: " + (list.empty() ? "none" : list) + ")");
 }
 
+namespace {
+std::string arity_text(const CallInfo& call, std::string_view cxx_type, std::size_t want) {
+  return qualified(call) + "() takes " + std::to_string(want) + " argument" +
+         (want == 1 ? "" : "s") + " (" + std::to_string(call.args.size()) + " given), on " +
+         describe_object(call, cxx_type);
+}
+}  // namespace
+
 void bad_arity(const CallInfo& call, std::string_view cxx_type, std::size_t want) {
-  throw TypeError(qualified(call) + "() takes " + std::to_string(want) + " argument" +
-                  (want == 1 ? "" : "s") + " (" + std::to_string(call.args.size()) +
-                  " given), on " + describe_object(call, cxx_type));
+  throw TypeError(arity_text(call, cxx_type, want));
+}
+
+void no_fallback_arguments(const CallInfo& call, std::string_view cxx_type) {
+  if (call.args.size() != 0) throw RemoteError("TypeError: " + arity_text(call, cxx_type, 0));
 }
 
 void bad_signature(const CallInfo& call, std::string_view cxx_type, std::string_view want) {

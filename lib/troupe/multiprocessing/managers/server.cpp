@@ -1279,14 +1279,7 @@ public:
                     ex_,
                     this};
       if (t.method == "__repr__" || t.method == "__str__") {
-        // CPython's fallback functions run outside the method: a failure is a RemoteError.
-        if (info.args.size() != 0) {
-          try {
-            detail::bad_arity(info, t.typeid_, 0);
-          } catch (...) {
-            return done->fail(remote_error(std::current_exception()));
-          }
-        }
+        detail::no_fallback_arguments(info, t.typeid_);
         done->complete(obj->repr());
       } else {
         obj->call(info, done);
@@ -1839,13 +1832,7 @@ public:
             try {
               const CallInfo info = python_info(sc, call_id, id, typeid_, mname, *state, this);
               if (mname == "__repr__" || mname == "__str__") {
-                if (info.args.size() != 0) {  // outside the method, as CPython's fallbacks
-                  try {
-                    detail::bad_arity(info, typeid_, 0);
-                  } catch (...) {
-                    return done->fail(remote_error(std::current_exception()));
-                  }
-                }
+                detail::no_fallback_arguments(info, typeid_);
                 done->complete(obj->repr());
               } else {
                 obj->call(info, done);

@@ -222,18 +222,19 @@ struct TypeEntry {
   std::function<std::shared_ptr<HostedObject>(std::shared_ptr<void> object)> adopt;
 };
 
-/// Whether `entry` lets clients call `method`: listed in its exposed (none: every method), or an
-/// iterator's step that the object's listed `__next__` or `next` answers (IteratorProxy's
-/// `#NEXT`; a Python client's `__next__` on a C++ class's `next`), as CPython exposes what its
-/// IteratorProxy calls for a typeid registered with proxytype=IteratorProxy.
+/// Whether `entry`'s exposed list names `method` (no list: every method is exposed).
+inline bool lists(const TypeEntry& entry, std::string_view method) {
+  return !entry.exposed ||
+         std::find(entry.exposed->begin(), entry.exposed->end(), method) != entry.exposed->end();
+}
+/// Whether `entry` lets clients call `method`: listed in its exposed, or an iterator's step that
+/// the object's listed `__next__` or `next` answers (IteratorProxy's `#NEXT`; a Python client's
+/// `__next__` on a C++ class's `next`), as CPython exposes what its IteratorProxy calls for a
+/// typeid registered with proxytype=IteratorProxy.
 inline bool exposes(const TypeEntry& entry, std::string_view method) {
-  if (!entry.exposed) return true;
-  auto listed = [&](std::string_view m) {
-    return std::find(entry.exposed->begin(), entry.exposed->end(), m) != entry.exposed->end();
-  };
-  if (listed(method)) return true;
-  if (method == "#NEXT") return listed("__next__") || listed("next");
-  if (method == "__next__") return listed("next");
+  if (lists(entry, method)) return true;
+  if (method == "#NEXT") return lists(entry, "__next__") || lists(entry, "next");
+  if (method == "__next__") return lists(entry, "next");
   return false;
 }
 

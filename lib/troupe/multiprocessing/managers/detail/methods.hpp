@@ -177,6 +177,9 @@ std::string argument_kinds(capnp::List<proto::Value>::Reader args);
                                  const std::vector<std::string>& exposed);
 /// TypeError: `want` arguments expected, args.size() given.
 [[noreturn]] void bad_arity(const CallInfo& call, std::string_view cxx_type, std::size_t want);
+/// A fallback (`__repr__`, `__str__`, `#GETVALUE`) takes no arguments: with some, RemoteError
+/// naming that TypeError, as CPython's server fails it outside the method ('#TRACEBACK').
+void no_fallback_arguments(const CallInfo& call, std::string_view cxx_type);
 /// TypeError: the typed caller's argument types are not the method's.
 [[noreturn]] void bad_signature(const CallInfo& call, std::string_view cxx_type,
                                 std::string_view want);
@@ -248,13 +251,7 @@ public:
   void call(const CallInfo& call, CompletionPtr done) override {
     if (call.method == "#GETVALUE") {
       if constexpr (Encodable<T>) {
-        if (call.args.size() != 0) {  // outside the method in CPython: a RemoteError
-          try {
-            bad_arity(call, codec_detail::class_name<T>(), 0);
-          } catch (const std::exception& e) {
-            throw RemoteError(std::string("TypeError: ") + e.what());
-          }
-        }
+        no_fallback_arguments(call, codec_detail::class_name<T>());
         return done->complete(*object_);
       } else {
         // CPython's '#UNSERIALIZABLE': a RemoteError on the caller.
@@ -276,11 +273,7 @@ public:
       // An iterator's step (IteratorProxy): the class's __next__ or next.
       step = call.method == "#NEXT" ? Step::optional : Step::stop_iteration;
       // The one the registration exposes (the server checked that one of them is).
-      auto allowed = [&](std::string_view m) {
-        return !entry_ || !entry_->exposed ||
-               std::find(entry_->exposed->begin(), entry_->exposed->end(), m) !=
-                   entry_->exposed->end();
-      };
+      auto allowed = [&](std::string_view m) { return !entry_ || lists(*entry_, m); };
       i = step == Step::optional && allowed("__next__") ? index("__next__") : names.size();
       if (i == names.size()) i = index("next");
     }
