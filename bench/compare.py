@@ -323,7 +323,7 @@ def managers_section(build, reps, quick, verdicts):
                         f"| — |")
     for fam, arg, label in [("tcp", 1, "TCP"), ("unix", 0, "Unix")]:
         p = py_rate(py[f"QueueRecipe4Workers/{fam}"])
-        for mode, how in [(0, "call by call"), (1, "pipelined (`async_put`, `async_get`)")]:
+        for mode, how in [(0, "call by call"), (1, "pipelined (`async_put`, `async_get`; each worker 16 gets in flight on a `Lane`)")]:
             r = ips(recipe[f"BM_QueueRecipe4Workers/{arg}/20000/{mode}"])
             ok = r / p >= 10
             verdicts.append(ok)

@@ -384,39 +384,49 @@ void queue_worker(std::string address, std::string) {
 }
 TROUPE_ENTRY(queue_worker);
 
-// The same worker, pipelined: it takes each task with get() as above but puts its result with
-// async_put, not waiting for the reply (at most kWindow in flight; its completions run on an
-// io_context this thread polls between tasks), so a task costs it one round trip, not two.
+// The same worker, pipelined: it keeps kPrefetch gets in flight (a task it takes asks for the
+// next at once) and puts each result with async_put, not waiting for the reply; its completions
+// run on an io_context this thread runs. A wake-up then serves every task that came meanwhile,
+// not one: on this 2-CPU host each wake-up (a context switch) costs about as much as a call. The
+// gets go on a lane of their own: on the thread's lane the puts would queue behind a get that
+// waits. It stops asking at its first negative task and returns once its calls have all ended,
+// so the client puts kWorkers * kPrefetch negative tasks in the end (each answers one get).
 constexpr std::int64_t kWindow = 256;
+constexpr std::int64_t kPrefetch = 16;
 
 void queue_worker_pipelined(std::string address, std::string) {
+  boost::asio::io_context ctx;  // before w: as w's link closes, it fails its calls onto ctx
   const WorkerEnd w(address);
-  boost::asio::io_context ctx;
-  // Keeps ctx from stopping when a poll() finds it idle (run_one() then waits for a completion).
-  auto busy = boost::asio::make_work_guard(ctx);
-  std::int64_t in_flight = 0;
+  const mm::Lane gets;
+  bool stopping = false;
   std::exception_ptr failed;
-  auto put_done = boost::asio::bind_executor(ctx, [&](std::exception_ptr e, std::monostate) {
-    --in_flight;
+  const auto note = [&](const std::exception_ptr& e) {
     if (e && !failed) failed = e;
-  });
-  for (;;) {
-    const std::int64_t n = w.tasks.get();
-    if (n < 0) break;
-    ++in_flight;
-    w.results.async_put({n, n * n}, put_done);
-    ctx.poll();
-    while (in_flight >= kWindow) ctx.run_one();
-  }
-  while (in_flight > 0) ctx.run_one();
-  busy.reset();
+  };
+  std::function<void()> ask = [&] {
+    const mm::Lane::Scope on(gets);
+    w.tasks.async_get(boost::asio::bind_executor(ctx, [&](std::exception_ptr e, std::int64_t n) {
+      note(e);
+      if (e || n < 0) {
+        stopping = true;
+        return;
+      }
+      w.results.async_put(
+          {n, n * n},
+          boost::asio::bind_executor(ctx, [&](std::exception_ptr e, std::monostate) { note(e); }));
+      if (!stopping) ask();
+    }));
+  };
+  for (std::int64_t k = 0; k < kPrefetch; ++k) ask();
+  ctx.run();  // until every get and put has ended
   if (failed) std::rethrow_exception(failed);
 }
 TROUPE_ENTRY(queue_worker_pipelined);
 
 // range(0): the family; range(1): tasks per iteration; range(2): 1 = pipelined (the client puts
-// its tasks and takes its results with up to kWindow calls in flight, the workers put their
-// results the same way), 0 = the docs' recipe call by call.
+// its tasks and takes its results with up to kWindow calls in flight, each worker takes its
+// tasks with kPrefetch gets in flight and puts its results the same way), 0 = the docs' recipe
+// call by call.
 void BM_QueueRecipe4Workers(benchmark::State& state) {
   const bool pipelined = state.range(2) == 1;
   QueueManager m(server_options(state.range(0)));
@@ -454,6 +464,7 @@ void BM_QueueRecipe4Workers(benchmark::State& state) {
       for (std::int64_t i = 0; i < n; ++i) check(results.get(true, 60s));
     } else {
       std::int64_t put = 0, put_done = 0, asked = 0, got = 0, failures = 0;
+      const mm::Lane gets;
       std::function<void()> next_put, next_get;
       next_put = [&] {
         tasks.async_put(put++,
@@ -465,6 +476,7 @@ void BM_QueueRecipe4Workers(benchmark::State& state) {
       };
       next_get = [&] {
         ++asked;
+        const mm::Lane::Scope on(gets);  // not in the puts' lane, where a waiting get holds it
         results.async_get(
             boost::asio::bind_executor(ctx, [&](std::exception_ptr e, std::vector<std::int64_t> r) {
               ++got;
@@ -482,7 +494,7 @@ void BM_QueueRecipe4Workers(benchmark::State& state) {
     }
     if (right != n) state.SkipWithError("the recipe's results do not match its tasks");
   }
-  for (int w = 0; w < kWorkers; ++w) tasks.put(-1);
+  for (std::int64_t k = 0; k < kWorkers * (pipelined ? kPrefetch : 1); ++k) tasks.put(-1);
   for (auto& w : workers) {
     w.join(30s);
     if (w.is_alive()) {

@@ -7,6 +7,7 @@
 #pragma once
 
 #include "troupe/multiprocessing/managers/builtins.hpp"
+#include "troupe/multiprocessing/managers/lane.hpp"
 #include "troupe/multiprocessing/managers/manager.hpp"
 #include "troupe/multiprocessing/managers/proxy.hpp"
 #include "troupe/multiprocessing/managers/registry.hpp"

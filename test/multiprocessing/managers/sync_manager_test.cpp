@@ -11,8 +11,12 @@
 #include <thread>
 #include <vector>
 
+#include <boost/asio/use_future.hpp>
+
 #include "troupe/entry.hpp"
 #include "troupe/errors.hpp"
+#include "troupe/multiprocessing/managers/detail/link.hpp"
+#include "troupe/multiprocessing/managers/lane.hpp"
 #include "troupe/multiprocessing/process.hpp"
 
 #include "async_rules.hpp"
@@ -186,6 +190,63 @@ TEST_P(SyncManagerTest, QueueAsyncPutAndGetArePipelined) {
   io.run();
   ASSERT_TRUE(error);
   EXPECT_THROW(std::rethrow_exception(error), troupe::queue::ShutDown);
+}
+
+// A lane of its own: gets that wait there hold back none of this thread's other calls (on one
+// lane the puts would queue behind them for ever), they run in their order, and the lane owns
+// the locks it takes, as a thread does.
+TEST_P(SyncManagerTest, ALaneOfItsOwnRunsBesideTheThreadsLane) {
+  mm::SyncManager m(options());
+  m.start();
+  auto q = m.Queue<int>();
+  boost::asio::io_context io;
+  const mm::Lane gets;
+  EXPECT_NE(gets.id(), 0u);
+  EXPECT_NE(gets.id(), mm::Lane().id());
+  EXPECT_NE(gets.id(), mm::detail::current_lane());
+  std::vector<int> got;
+  for (int i = 0; i < 3; ++i)
+    gets.run([&] {
+      q.async_get(boost::asio::bind_executor(io, [&](std::exception_ptr e, int v) {
+        EXPECT_FALSE(e);
+        got.push_back(v);
+      }));
+    });
+  for (int i = 1; i <= 3; ++i) {
+    boost::asio::io_context puts;
+    bool put = false;
+    q.async_put(i, boost::asio::bind_executor(puts, [&](std::exception_ptr e, std::monostate) {
+                  EXPECT_FALSE(e);
+                  put = true;
+                }));
+    puts.run_for(30s);  // a failure is a failure, not a hang
+    ASSERT_TRUE(put) << "put(" << i << ") queued behind the lane's waiting get";
+  }
+  io.run();
+  EXPECT_EQ(got, (std::vector<int>{1, 2, 3}));
+
+  // Scopes nest, and end where they were made.
+  const std::uint64_t mine = mm::detail::current_lane();
+  const mm::Lane other;
+  {
+    const mm::Lane::Scope a(gets);
+    EXPECT_EQ(mm::detail::current_lane(), gets.id());
+    other.run([&] { EXPECT_EQ(mm::detail::current_lane(), other.id()); });
+    EXPECT_EQ(mm::detail::current_lane(), gets.id());
+  }
+  EXPECT_EQ(mm::detail::current_lane(), mine);
+
+  auto lock = m.RLock();
+  EXPECT_TRUE(lock.acquire());
+  EXPECT_FALSE(gets.run([&] { return lock.acquire(false); })) << "another lane, another owner";
+  EXPECT_TRUE(lock.acquire(false));  // this thread's lane: re-entrant
+  lock.release();
+  lock.release();
+  EXPECT_TRUE(gets.run([&] { return lock.acquire(false); }));
+  EXPECT_THROW(lock.release(), troupe::RuntimeError) << "the lane holds it, not this thread";
+  gets.run([&] { lock.release(); });
+  EXPECT_TRUE(lock.acquire(false));
+  lock.release();
 }
 
 TEST_P(SyncManagerTest, LocksAndSemaphores) {

@@ -29,6 +29,7 @@
 #include "troupe/multiprocessing/logger.hpp"
 #include "troupe/multiprocessing/managers/internal/python_client.hpp"
 #include "troupe/multiprocessing/managers/internal/wire.hpp"
+#include "troupe/multiprocessing/managers/lane.hpp"
 #include "troupe/multiprocessing/process.hpp"
 
 namespace troupe::multiprocessing::managers::detail {
@@ -41,9 +42,18 @@ constexpr std::chrono::milliseconds kStartRunnerAfter{1};
 // call's wait polls first (for kStartRunnerAfter), a system call more than a read.
 constexpr unsigned kCallsBeforeRunner = 4;
 
-std::uint64_t current_lane() noexcept {
+namespace {
+std::uint64_t new_lane() noexcept {
   static std::atomic<std::uint64_t> next{1};
-  thread_local const std::uint64_t lane = next.fetch_add(1, std::memory_order_relaxed);
+  return next.fetch_add(1, std::memory_order_relaxed);
+}
+// The lane of the Lane::Scope this thread is in (0: none).
+thread_local std::uint64_t tl_scoped_lane = 0;
+}  // namespace
+
+std::uint64_t current_lane() noexcept {
+  if (tl_scoped_lane != 0) return tl_scoped_lane;
+  thread_local const std::uint64_t lane = new_lane();
   return lane;
 }
 
@@ -1114,3 +1124,16 @@ void Link::die(const std::string& why) {
 }
 
 }  // namespace troupe::multiprocessing::managers::detail
+
+namespace troupe::multiprocessing::managers {
+
+Lane::Lane() noexcept : id_(detail::new_lane()) {}
+
+Lane::Scope::Scope(const Lane& lane) noexcept
+    : saved_(std::exchange(detail::tl_scoped_lane, lane.id())) {}
+
+Lane::Scope::~Scope() {
+  detail::tl_scoped_lane = saved_;
+}
+
+}  // namespace troupe::multiprocessing::managers
