@@ -586,12 +586,7 @@ proto::manager::Request::Reader Link::build_python(capnp::MallocMessageBuilder& 
     ParkScope parks;  // (a build that throws ends its parks)
     build(r);
   }
-  std::uint64_t id;
-  {
-    std::scoped_lock lock(m_);
-    id = next_call_++;
-  }
-  stamp(r, id);
+  stamp(r, next_call_.fetch_add(1, std::memory_order_relaxed));
   return r.asReader();
 }
 
@@ -634,11 +629,7 @@ Link::Built Link::prepare(const Build& build) {
 
 std::uint64_t Link::request(capnp::MallocMessageBuilder& built, Handler done) {
   auto r = built.getRoot<proto::manager::Request>();
-  std::uint64_t id;
-  {
-    std::scoped_lock lock(m_);
-    id = next_call_++;
-  }
+  const std::uint64_t id = next_call_.fetch_add(1, std::memory_order_relaxed);
   stamp(r, id);
   if (python_) {
     python_->start(r.asReader(), std::move(done));
@@ -675,10 +666,7 @@ std::uint64_t Link::request(capnp::MallocMessageBuilder& built, Handler done) {
 
 // A new call id, and the request's frame built with it.
 std::vector<std::byte> Link::start_call(const Build& build, std::uint64_t& id) {
-  {
-    std::scoped_lock lock(m_);
-    id = next_call_++;
-  }
+  id = next_call_.fetch_add(1, std::memory_order_relaxed);
   return build_frame(id, build);
 }
 
@@ -706,13 +694,11 @@ void Link::send(const Build& build) {
                    });
     return;
   }
-  std::uint64_t id;
   {
     std::scoped_lock lock(m_);
     if (dead_ || troupe::internal::runtime::process_id() != pid_) return;
-    id = next_call_++;
   }
-  write(build_frame(id, build));
+  write(build_frame(next_call_.fetch_add(1, std::memory_order_relaxed), build));
 }
 
 std::shared_ptr<Frame> Link::call(const Build& build,
@@ -1021,18 +1007,14 @@ void Link::read_next() {
           return die(eof ? "it closed the connection" : "reading failed: " + ec.message());
         }
         last_heard_.store(std::chrono::steady_clock::now().time_since_epoch().count());
-        on_frame(std::move(bytes));
+        bool go_on = on_frame(std::move(bytes));
         if (r->link_gone.load(std::memory_order_acquire)) return;
         // The replies that came in the same read (a server's gathered write) are taken here,
         // without a trip through the scheduler each.
-        for (int n = 0; n < 512; ++n) {
-          {
-            std::scoped_lock lock(m_);
-            if (dead_ || (direct_ && async_pending_ == 0)) break;
-          }
+        for (int n = 0; go_on && n < 512; ++n) {
           auto more = conn_->recv_buffered();
           if (!more) break;
-          on_frame(std::move(*more));
+          go_on = on_frame(std::move(*more));
           if (r->link_gone.load(std::memory_order_acquire)) return;
         }
         {
@@ -1056,16 +1038,18 @@ Link::Pending Link::take_pending_locked(decltype(pending_)::iterator it) {
   return troupe::detail::take_reusing(pending_, spare_pending_, it);
 }
 
-void Link::on_frame(std::vector<std::byte> bytes) {
+bool Link::on_frame(std::vector<std::byte> bytes) {
   std::shared_ptr<Frame> frame;
   std::uint64_t id = 0;
   try {
     frame = internal::parse_frame(std::move(bytes));
     id = frame->root<proto::manager::Reply>().getCallId();
   } catch (const std::exception& e) {
-    return die(std::string("it sent a malformed reply (") + e.what() + ")");
+    die(std::string("it sent a malformed reply (") + e.what() + ")");
+    return false;
   }
   Pending p;
+  bool more;
   {
     std::scoped_lock lock(m_);
     auto it = pending_.find(id);
@@ -1073,8 +1057,14 @@ void Link::on_frame(std::vector<std::byte> bytes) {
       p = take_pending_locked(it);
       if (p.handler) --async_pending_;
     }
+    // Decided here, in the one lock a reply takes: only this thread lowers async_pending_, so
+    // a caller's request meanwhile can only make "go on" truer.
+    more = !dead_ && !(direct_ && async_pending_ == 0);
   }
-  if (p.handler || p.sync) return complete(p, nullptr, std::move(frame));
+  if (p.handler || p.sync) {
+    complete(p, nullptr, std::move(frame));
+    return more;
+  }
   // The failure of a request without a reply (a decref, a claim): logged.
   try {
     auto reply = frame->root<proto::manager::Reply>();
@@ -1083,6 +1073,7 @@ void Link::on_frame(std::vector<std::byte> bytes) {
                            std::string(reply.getError().getMessage().cStr()));
   } catch (const std::exception&) {
   }
+  return more;
 }
 
 // Any thread. The link is dead from here on: what is pending fails with the reason.

@@ -145,7 +145,9 @@ private:
   /// Builds a request for the CPython peer (a call id, the lane) into `mb`.
   proto::manager::Request::Reader build_python(capnp::MallocMessageBuilder& mb, const Build& build);
   void read_next();
-  void on_frame(std::vector<std::byte> bytes);
+  /// Ends the call whose reply `bytes` is; false once the link's thread should stop taking
+  /// buffered replies (the link is dead, or, on a plain socket, no asynchronous call is owed).
+  bool on_frame(std::vector<std::byte> bytes);
   void complete(Pending& p, std::exception_ptr error, std::shared_ptr<Frame> frame);
   void die(const std::string& why);
   void beat();
@@ -194,7 +196,7 @@ private:
   mutable std::mutex m_;  // dead_, pending_, the reader, the followers
   bool dead_ = false;
   std::string why_dead_;
-  std::uint64_t next_call_ = 1;
+  std::atomic<std::uint64_t> next_call_{1};  // no lock: ids are only unique
   std::unordered_map<std::uint64_t, Pending> pending_;
   // The map node of the last reply taken, emptied, for the next request: a call allocates none.
   decltype(pending_)::node_type spare_pending_;
