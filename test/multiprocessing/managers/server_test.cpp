@@ -11,6 +11,7 @@
 #include <functional>
 #include <future>
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
@@ -625,6 +626,33 @@ TEST_F(ServerTest, OneLaneRunsItsCallsInOrder) {
   ASSERT_EQ(got.size(), 100u);
   // One lane: each call ran after the one before had ended, and the replies came in that order.
   for (int i = 0; i < 100; ++i) EXPECT_EQ(got[i], i + 1);
+}
+
+// The completions of the replies one read brings are posted together (one handler a run of
+// them on one executor): one that throws leaves run() as any Asio handler's exception does, and
+// the others still run, at the next run().
+TEST_F(ServerTest, ACompletionThatThrowsLosesNoOther) {
+  auto m = client();
+  auto counter = m->create<Counter>("Counter");
+  boost::asio::io_context ctx;
+  int ran = 0;
+  for (int i = 0; i < 50; ++i)
+    counter.async_call<&Counter::increment>(
+        boost::asio::bind_executor(ctx, [&, i](std::exception_ptr e, int) {
+          EXPECT_FALSE(e);
+          ++ran;
+          if (i == 3 || i == 30) throw std::runtime_error("from a completion");
+        }));
+  int thrown = 0;
+  for (int k = 0; k < 10 && ran < 50; ++k) {
+    try {
+      ctx.run();
+    } catch (const std::runtime_error&) {
+      ++thrown;
+    }
+  }
+  EXPECT_EQ(thrown, 2);
+  EXPECT_EQ(ran, 50);
 }
 
 // Asio's rules for async_call and async_callmethod: never inside the call, with a callback,

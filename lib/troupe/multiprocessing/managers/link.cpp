@@ -9,7 +9,9 @@
 #include <atomic>
 #include <condition_variable>
 #include <exception>
+#include <functional>
 #include <future>
+#include <iterator>
 #include <memory>
 #include <optional>
 #include <thread>
@@ -50,6 +52,77 @@ std::uint64_t new_lane() noexcept {
 // The lane of the Lane::Scope this thread is in (0: none).
 thread_local std::uint64_t tl_scoped_lane = 0;
 }  // namespace
+
+namespace {
+struct Gathered {
+  asio::any_io_executor ex;
+  std::function<void()> f;
+};
+// The completions gathered on the link's thread while it takes one read's replies (null: none
+// is gathering).
+thread_local std::vector<Gathered>* tl_gathered = nullptr;
+
+// Runs `items` in their order, on their executor. A completion that throws leaves run() as any
+// Asio handler's exception does, and the ones after it are posted again first: none is lost.
+void run_gathered(std::vector<Gathered>& items) {
+  for (std::size_t i = 0; i < items.size(); ++i) {
+    try {
+      auto f = std::move(items[i].f);
+      f();
+    } catch (...) {
+      if (i + 1 < items.size()) {
+        std::vector<Gathered> rest(std::make_move_iterator(items.begin() + (i + 1)),
+                                   std::make_move_iterator(items.end()));
+        const auto ex = rest.front().ex;
+        asio::post(ex, [rest = std::move(rest)]() mutable { run_gathered(rest); });
+      }
+      throw;
+    }
+  }
+}
+
+// While it lives (on the link's thread, around the handling of one read), post_completion
+// gathers; at its end each run of completions on one executor is posted as one handler.
+class GatherCompletions {
+public:
+  GatherCompletions() noexcept : outer_(tl_gathered) {
+    if (!outer_) tl_gathered = &items_;
+  }
+  ~GatherCompletions() {
+    if (outer_) return;
+    tl_gathered = nullptr;
+    for (std::size_t i = 0; i < items_.size();) {
+      std::size_t j = i + 1;
+      while (j < items_.size() && items_[j].ex == items_[i].ex) ++j;
+      try {
+        if (j == i + 1) {
+          asio::post(items_[i].ex, std::move(items_[i].f));
+        } else {
+          std::vector<Gathered> run(std::make_move_iterator(items_.begin() + i),
+                                    std::make_move_iterator(items_.begin() + j));
+          const auto ex = run.front().ex;
+          asio::post(ex, [run = std::move(run)]() mutable { run_gathered(run); });
+        }
+      } catch (const std::exception& e) {
+        get_logger().error(std::string("manager link: a completion could not be posted (") +
+                           e.what() + "): its call never completes");
+      }
+      i = j;
+    }
+  }
+  GatherCompletions(const GatherCompletions&) = delete;
+  GatherCompletions& operator=(const GatherCompletions&) = delete;
+
+private:
+  std::vector<Gathered>* outer_;
+  std::vector<Gathered> items_;
+};
+}  // namespace
+
+void post_completion(const asio::any_io_executor& ex, std::function<void()> f) {
+  if (tl_gathered) return tl_gathered->push_back({ex, std::move(f)});
+  asio::post(ex, std::move(f));
+}
 
 std::uint64_t current_lane() noexcept {
   if (tl_scoped_lane != 0) return tl_scoped_lane;
@@ -1001,6 +1074,8 @@ void Link::read_next() {
   // handlers: the thread holds it.)
   conn_->async_recv_bytes(
       [this, r = runner_.get()](boost::system::error_code ec, std::vector<std::byte> bytes) {
+        // The completions of this read's replies (or of the link's death) posted together.
+        const GatherCompletions gather;
         if (ec) {
           if (ec == asio::error::operation_aborted) return die("the link was closed");
           const bool eof = std::error_code(ec) == troupe::errc::eof_error;

@@ -213,7 +213,7 @@ protected:
               built_ref,
               [box = std::move(box), link, self = std::move(self), work = std::move(work)](
                   std::exception_ptr e, std::shared_ptr<detail::Frame> f) mutable {
-                boost::asio::post(
+                detail::post_completion(
                     work, [box = std::move(box), link = std::move(link), self = std::move(self),
                            e = std::move(e), f = std::move(f)]() mutable {
                       R r{};

@@ -20,6 +20,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include <boost/asio/any_io_executor.hpp>
 #include <capnp/message.h>
 
 #include "troupe/multiprocessing/authkey.hpp"
@@ -56,6 +57,12 @@ void after_fork_in_child() noexcept;
 /// The calling thread's lane (calls of one lane run in order on the server): a number for the
 /// thread, never 0, unique in this process.
 std::uint64_t current_lane() noexcept;
+
+/// Runs `f` on `ex` (posted, never inside this call). On the link's thread, while it ends the
+/// calls of the replies one read brought, the completions are gathered instead, and posted when
+/// the read is done: one handler for each run of completions on one executor, not one each (a
+/// post costs the scheduler's lock, and a wake-up of its thread when it sleeps).
+void post_completion(const boost::asio::any_io_executor& ex, std::function<void()> f);
 
 class Link : public std::enable_shared_from_this<Link> {
 public:
