@@ -17,7 +17,9 @@
 #include <gmock/gmock.h>
 
 #include "troupe/errors.hpp"
+#include "troupe/multiprocessing/internal/secret_message.hpp"
 #include "troupe/spin.hpp"
+#include "troupe/unique_fd.hpp"
 
 #include "byte_text.hpp"
 #include "errors.capnp.h"
@@ -49,6 +51,70 @@ TEST_F(ConnectionTest, DuplexPipeKeepsMessageBoundaries) {
   EXPECT_EQ(text(a.recv_bytes()), "back");
   EXPECT_TRUE(a.readable());
   EXPECT_TRUE(a.writable());
+}
+
+// A message that holds a secret (a child's bootstrap): it travels as any other, and every segment
+// its builder used, the first (a scratch, reused after) and those past it (MallocMessageBuilder
+// frees those with the encoding still in them), is zero once wiped, as its destructor does.
+TEST_F(ConnectionTest, ASecretMessageLeavesNoSegmentUnwiped) {
+  const std::vector<std::string> secret(2000, "0123456789abcdef-key");  // ~64 kB: many segments
+  {
+    auto [a, b] = Pipe();
+    std::thread sender([&, &a = a] { internal::send_secret(a, secret); });
+    EXPECT_EQ(b.recv<std::vector<std::string>>(), secret);
+    sender.join();
+  }
+  // Received with plain reads into a buffer of its own (wiped after), as a child reads its
+  // bootstrap; a stream that ends early, or a length over the limit, is refused by name.
+  for (const int cut : {0, 1, 2}) {
+    int fds[2];
+    ASSERT_EQ(::pipe2(fds, O_CLOEXEC), 0);
+    std::thread sender([&, w = fds[1]] {
+      Connection c(w, false, true);
+      if (cut == 0) internal::send_secret(c, secret);
+      if (cut == 1) c.send_bytes("\x01\x02");  // a whole message, but not a codec value
+      // cut == 2: nothing, the stream ends
+    });
+    const UniqueFd r(fds[0]);
+    if (cut == 0) {
+      EXPECT_EQ(internal::recv_secret<std::vector<std::string>>(r.get()), secret);
+    } else if (cut == 1) {
+      EXPECT_THROW(internal::recv_secret<std::vector<std::string>>(r.get()), ValueError);
+    } else {
+      EXPECT_THROW(internal::recv_secret<std::vector<std::string>>(r.get()), EOFError);
+    }
+    sender.join();
+  }
+  {
+    int fds[2];
+    ASSERT_EQ(::pipe2(fds, O_CLOEXEC), 0);
+    const UniqueFd r(fds[0]);
+    {
+      Connection c(fds[1], false, true);
+      c.send_bytes(std::string(100, 'k'));
+    }
+    try {
+      (void)internal::recv_secret<std::string>(r.get(), 64);
+      FAIL() << "no error";
+    } catch (const ValueError& e) {
+      EXPECT_THAT(e.what(), ::testing::HasSubstr("100 bytes (at most 64)"));
+    }
+  }
+
+  std::vector<capnp::word> first(64);
+  internal::SecretMessageBuilder mb(kj::arrayPtr(first.data(), first.size()));
+  troupe::encode(secret, mb);
+  const auto segments = mb.getSegmentsForOutput();
+  ASSERT_GT(segments.size(), 1u);
+  const auto nonzero = [&] {
+    std::size_t n = 0;
+    for (const auto& seg : segments)
+      for (const auto b : seg.asBytes()) n += b != 0;
+    return n;
+  };
+  EXPECT_GT(nonzero(), 2000u * 20);
+  mb.wipe();
+  EXPECT_EQ(nonzero(), 0u);
 }
 
 // _TestConnection.test_duplex_false

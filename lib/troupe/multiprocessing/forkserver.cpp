@@ -27,6 +27,7 @@
 #include "troupe/internal/process_internal.hpp"
 #include "troupe/internal/runtime.hpp"
 #include "troupe/multiprocessing/connection.hpp"
+#include "troupe/multiprocessing/internal/secret_message.hpp"
 #include "troupe/multiprocessing/listener.hpp"
 #include "troupe/multiprocessing/process.hpp"
 #include "troupe/unique_fd.hpp"
@@ -309,8 +310,8 @@ void start_locked(ClientState& c) {
     } wipe{sb.authkey};
     Connection out(boot.w.release(), false, true);
     try {
-      out.send(sb);
-    } catch (const OSError&) {  // it has ended already: the ready pipe says so below
+      internal::send_secret(out, sb);  // no copy of the key left behind
+    } catch (const OSError&) {         // it has ended already: the ready pipe says so below
     }
   }
   // Until it listens (or ends: then the ready pipe reaches end of file).
@@ -430,8 +431,8 @@ void say(const std::string& text) {
   }
   SpawnBootstrap boot;
   try {
-    Connection in(fds[0].release(), true, false);
-    boot = in.recv<SpawnBootstrap>();
+    const UniqueFd in(fds[0].release());
+    boot = internal::recv_secret<SpawnBootstrap>(in.get());  // its buffer wiped
   } catch (const std::exception& e) {
     std::fprintf(stderr, "troupe: a forkserver child cannot read its bootstrap message: %s\n",
                  e.what());
@@ -658,8 +659,8 @@ void serve(int bootstrap_fd) {
   ::signal(SIGPIPE, SIG_IGN);
   ServerBootstrap boot;
   try {
-    Connection in(bootstrap_fd, true, false);
-    boot = in.recv<ServerBootstrap>();
+    const UniqueFd in(bootstrap_fd);
+    boot = internal::recv_secret<ServerBootstrap>(in.get());  // its buffer wiped
   } catch (const std::exception& e) {
     say(std::string("cannot read the bootstrap message: ") + e.what());
     ::_exit(1);
@@ -850,7 +851,7 @@ ServedChild start_child(const SpawnBootstrap& boot, std::span<const UniqueFd> pa
                                 " came without its pidfd");
     // The child reads who it is (its authkey too) from the pipe: never through the server.
     try {
-      boot_out.send(boot);
+      internal::send_secret(boot_out, boot);  // no copy of the key left behind
     } catch (const OSError&) {  // the child died before reading: its exitcode says how
     }
     ServedChild child;

@@ -30,6 +30,7 @@
 #include "troupe/internal/runtime.hpp"
 #include "troupe/multiprocessing/connection.hpp"
 #include "troupe/multiprocessing/forkserver.hpp"
+#include "troupe/multiprocessing/internal/secret_message.hpp"
 #include "troupe/multiprocessing/logger.hpp"
 #include "troupe/multiprocessing/resource_tracker.hpp"
 
@@ -704,8 +705,8 @@ void Process::start_spawn(const std::string& name) {
   Connection out(boot_out.release(), false, true);
   adopt(pid);
   try {
-    out.send(boot);
-  } catch (const OSError&) {  // the child died before reading: its exitcode says how
+    internal::send_secret(out, boot);  // no copy of the key left behind
+  } catch (const OSError&) {           // the child died before reading: its exitcode says how
   }
 }
 
@@ -745,8 +746,8 @@ void freeze_support(int argc, char** argv) {
   if (flag != kSpawnFlag) return;
   SpawnBootstrap boot;
   try {
-    Connection in(std::atoi(argv[2]), true, false);
-    boot = in.recv<SpawnBootstrap>();
+    const UniqueFd in(std::atoi(argv[2]));
+    boot = internal::recv_secret<SpawnBootstrap>(in.get());  // its buffer wiped
   } catch (const std::exception& e) {
     std::fprintf(stderr, "troupe: a spawned process cannot read its bootstrap message: %s\n",
                  e.what());
