@@ -43,6 +43,7 @@ LAYERS = [
     ("multiprocessing/", 3), ("subprocess", 3),
     ("multiprocessing/managers", 4), ("multiprocessing/pool.", 4), ("multiprocessing/dummy.", 4),
     ("multiprocessing/detail/", 4), ("multiprocessing/detail/shared_region.", 3),
+    ("multiprocessing/detail/secret_builder.", 3),
     ("multiprocessing.hpp", 4), ("concurrent/futures/process.", 4), ("concurrent/futures.hpp", 4),
     ("actor", 5), ("cluster", 5),
 ]

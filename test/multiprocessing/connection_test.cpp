@@ -102,7 +102,7 @@ TEST_F(ConnectionTest, ASecretMessageLeavesNoSegmentUnwiped) {
   }
 
   std::vector<capnp::word> first(64);
-  internal::SecretMessageBuilder mb(kj::arrayPtr(first.data(), first.size()));
+  detail::SecretMessageBuilder mb(kj::arrayPtr(first.data(), first.size()));
   troupe::encode(secret, mb);
   const auto segments = mb.getSegmentsForOutput();
   ASSERT_GT(segments.size(), 1u);

@@ -611,6 +611,17 @@ detail::SpawnBootstrap Process::bootstrap(const std::string& why, detail::Passed
     throw ValueError(why + "the arguments do not match the parameters of " + entry->name +
                      ", or one of those has no troupe::Codec");
   SpawnBootstrap boot;
+  // What bootstrap() throws after the arguments (or the key) are in `boot` leaves neither in
+  // freed memory.
+  struct WipeUnlessReturned {
+    SpawnBootstrap& b;
+    bool returned = false;
+    ~WipeUnlessReturned() {
+      if (returned) return;
+      OPENSSL_cleanse(b.arguments.data(), b.arguments.size());
+      OPENSSL_cleanse(b.authkey.data(), b.authkey.size());
+    }
+  } wipe{boot};
   boot.entry = entry->name;
   struct Collect {  // fds that go with the arguments (Connections) land in `passed`
     detail::PassedFds* saved = std::exchange(detail::passed_fds(), nullptr);
@@ -644,6 +655,7 @@ detail::SpawnBootstrap Process::bootstrap(const std::string& why, detail::Passed
   boot.parent_name = current_process().name();
   boot.log_level = get_logger().level();
   boot.log_to_stderr = get_logger().logs_to_stderr();
+  wipe.returned = true;
   return boot;
 }
 

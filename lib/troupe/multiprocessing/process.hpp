@@ -31,6 +31,7 @@
 #include "troupe/errors.hpp"
 #include "troupe/multiprocessing/authkey.hpp"
 #include "troupe/multiprocessing/connection.hpp"
+#include "troupe/multiprocessing/detail/secret_builder.hpp"
 #include "troupe/timeout.hpp"
 #include "troupe/unique_fd.hpp"
 
@@ -97,10 +98,16 @@ SpawnTarget spawn_target(F& f, const std::shared_ptr<Stored>& stored) {
     t.function = reinterpret_cast<const void*>(f);
     if constexpr (std::tuple_size_v<Arguments> == std::tuple_size_v<Stored> &&
                   AllEncodable<Arguments>::value) {
+      // A proxy among them may carry its manager's key: no segment of the encoding is left
+      // unwiped (the bytes returned are wiped by the caller once sent).
       if constexpr (std::is_same_v<Arguments, Stored>) {  // encoded where they are
-        t.encode_arguments = [stored] { return troupe::to_bytes(*stored); };
+        t.encode_arguments = [stored] {
+          return ::troupe::multiprocessing::detail::secret_to_bytes(*stored);
+        };
       } else if constexpr (std::is_constructible_v<Arguments, const Stored&>) {
-        t.encode_arguments = [stored] { return troupe::to_bytes(Arguments(*stored)); };
+        t.encode_arguments = [stored] {
+          return ::troupe::multiprocessing::detail::secret_to_bytes(Arguments(*stored));
+        };
       }
     }
   }

@@ -10,8 +10,9 @@
 #include <openssl/crypto.h>
 
 #include "troupe/errors.hpp"
+#include "troupe/multiprocessing/detail/secret_builder.hpp"
 
-namespace troupe::multiprocessing::internal {
+namespace troupe::multiprocessing::detail {
 
 kj::ArrayPtr<capnp::word> SecretMessageBuilder::allocateSegment(unsigned minimum_size) {
   if (!gave_first_) {
@@ -32,6 +33,10 @@ void SecretMessageBuilder::wipe() noexcept {
   if (gave_first_) OPENSSL_cleanse(first_.begin(), first_.size() * sizeof(capnp::word));
   for (auto& m : more_) OPENSSL_cleanse(m.first.get(), m.second * sizeof(capnp::word));
 }
+
+}  // namespace troupe::multiprocessing::detail
+
+namespace troupe::multiprocessing::internal {
 
 void wipe_bytes(std::span<std::byte> bytes) noexcept {
   OPENSSL_cleanse(bytes.data(), bytes.size());

@@ -10,7 +10,7 @@
 
 #include "troupe/codec.hpp"
 #include "troupe/multiprocessing/connection.hpp"
-#include "troupe/multiprocessing/internal/secret_builder.hpp"
+#include "troupe/multiprocessing/detail/secret_builder.hpp"
 
 namespace troupe::multiprocessing::internal {
 
@@ -18,7 +18,7 @@ namespace troupe::multiprocessing::internal {
 template <class T>
 void send_secret(Connection& conn, const T& obj) {
   codec_detail::ScratchSegment scratch;
-  SecretMessageBuilder mb(scratch.get());
+  detail::SecretMessageBuilder mb(scratch.get());
   troupe::encode(obj, mb);
   conn.send_message(mb);
 }

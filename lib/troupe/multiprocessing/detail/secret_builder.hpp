@@ -1,4 +1,4 @@
-// troupe/multiprocessing/internal/secret_builder.hpp — a Cap'n Proto message builder that wipes
+// troupe/multiprocessing/detail/secret_builder.hpp — a Cap'n Proto message builder that wipes
 // every segment it used when it goes, for messages that hold a secret (a child's start arguments
 // may carry a manager's key; its bootstrap carries its authkey). Not API.
 #pragma once
@@ -12,7 +12,7 @@
 
 #include "troupe/codec.hpp"
 
-namespace troupe::multiprocessing::internal {
+namespace troupe::multiprocessing::detail {
 
 /// A message builder whose every segment is wiped (OPENSSL_cleanse) when it goes: the first, a
 /// caller's zeroed scratch, and those it allocates past it (MallocMessageBuilder frees those as
@@ -46,4 +46,4 @@ std::vector<std::byte> secret_to_bytes(const T& x) {
   return out;
 }
 
-}  // namespace troupe::multiprocessing::internal
+}  // namespace troupe::multiprocessing::detail
