@@ -91,13 +91,13 @@ TEST_F(ConnectionTest, ASecretMessageLeavesNoSegmentUnwiped) {
     const UniqueFd r(fds[0]);
     {
       Connection c(fds[1], false, true);
-      c.send_bytes(std::string(100, 'k'));
+      c.send_bytes(std::string(104, 'k'));
     }
     try {
       (void)internal::recv_secret<std::string>(r.get(), 64);
       FAIL() << "no error";
     } catch (const ValueError& e) {
-      EXPECT_THAT(e.what(), ::testing::HasSubstr("100 bytes (at most 64)"));
+      EXPECT_THAT(e.what(), ::testing::HasSubstr("104 bytes (at most 64)"));
     }
   }
 

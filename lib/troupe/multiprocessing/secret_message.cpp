@@ -74,6 +74,10 @@ std::vector<std::byte> read_secret_frame(int fd, std::uint64_t max_size) {
   } else if (n > 0x7fffffffu) {
     throw ValueError("a secret message: a negative length");
   }
+  // A message of Cap'n Proto words, as Connection's typed receives want it.
+  if (n == 0 || n % 8 != 0)
+    throw ValueError("a secret message of " + std::to_string(n) +
+                     " bytes (not a whole number of 8-byte words)");
   if (n > max_size)
     throw ValueError("a secret message of " + std::to_string(n) + " bytes (at most " +
                      std::to_string(max_size) + ")");

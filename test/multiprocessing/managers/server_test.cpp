@@ -19,6 +19,7 @@
 #include <boost/asio/bind_executor.hpp>
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/thread_pool.hpp>
 #include <capnp/any.h>
 #include <capnp/message.h>
 #include <capnp/serialize.h>
@@ -653,6 +654,28 @@ TEST_F(ServerTest, ACompletionThatThrowsLosesNoOther) {
   }
   EXPECT_EQ(thrown, 2);
   EXPECT_EQ(ran, 50);
+}
+
+// A thread pool's completions are posted one by one, not gathered: one that waits for another's
+// result (their replies in one read) does not wait for ever behind it in one handler.
+TEST_F(ServerTest, APoolsCompletionMayWaitForAnothersResult) {
+  auto m = client();
+  auto counter = m->create<Counter>("Counter");
+  boost::asio::thread_pool pool(2);
+  std::promise<int> last;
+  auto last_result = last.get_future();
+  std::promise<bool> first;
+  constexpr int kCalls = 64;  // in flight at once: their replies come in few reads
+  for (int i = 0; i < kCalls; ++i)
+    counter.async_call<&Counter::increment>(
+        boost::asio::bind_executor(pool, [&, i](std::exception_ptr e, int n) {
+          EXPECT_FALSE(e);
+          if (i == kCalls - 2)  // its reply most likely in the same read as the last's
+            first.set_value(last_result.wait_for(10s) == std::future_status::ready);
+          if (i == kCalls - 1) last.set_value(n);
+        }));
+  EXPECT_TRUE(first.get_future().get()) << "the last completion waited behind another";
+  pool.join();
 }
 
 // Asio's rules for async_call and async_callmethod: never inside the call, with a callback,

@@ -11,8 +11,10 @@
 //   results.async_put(r, on_put);            // the thread's lane: not behind the gets
 //
 // A lane is also an owner, as a thread is: a managed Lock or RLock acquired inside a lane's scope
-// is held by the lane (release it there; an RLock re-enters there). Against a CPython server each
-// lane is a connection of its own, as each thread's is.
+// is held by the lane (release it there; an RLock re-enters there); copies of a Lane are one lane,
+// whichever threads use them. Against a CPython server each lane is a connection of its own, as
+// each thread's is (opened at its first call; at most 64 stay open, the least recently used idle
+// ones closed past that): make lanes for long-lived streams of calls, not one per call.
 #pragma once
 
 #include <cstdint>
@@ -26,7 +28,9 @@ public:
   Lane() noexcept;
 
   /// While a Scope lives, the calls this thread makes go on `lane` (scopes nest: the inner one
-  /// wins until it ends). A Scope ends on the thread that made it.
+  /// wins until it ends). A Scope ends on the thread that made it, in the reverse order of the
+  /// scopes made after it: not across a `co_await` (other coroutines of the thread would call on
+  /// the lane meanwhile), not from another thread.
   class Scope {
   public:
     explicit Scope(const Lane& lane) noexcept;

@@ -13,14 +13,17 @@
 #include <future>
 #include <iterator>
 #include <memory>
+#include <new>
 #include <optional>
 #include <thread>
 #include <utility>
 #include <vector>
 
+#include <boost/asio/execution/outstanding_work.hpp>
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
+#include <boost/asio/prefer.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <capnp/serialize.h>
 
@@ -81,8 +84,36 @@ void run_gathered(std::vector<Gathered>& items) {
   }
 }
 
+// Posts what `items` gathered, each run of completions on one executor as one handler, and
+// empties it.
+void post_gathered(std::vector<Gathered>& items) noexcept {
+  for (std::size_t i = 0; i < items.size();) {
+    std::size_t j = i + 1;
+    while (j < items.size() && items[j].ex == items[i].ex) ++j;
+    try {
+      if (j == i + 1) {
+        asio::post(items[i].ex, std::move(items[i].f));
+      } else {
+        std::vector<Gathered> run(std::make_move_iterator(items.begin() + i),
+                                  std::make_move_iterator(items.begin() + j));
+        const auto ex = run.front().ex;
+        asio::post(ex, [run = std::move(run)]() mutable { run_gathered(run); });
+      }
+    } catch (...) {
+      try {
+        get_logger().error(
+            "manager link: a completion could not be posted: its call never "
+            "completes");
+      } catch (...) {
+      }
+    }
+    i = j;
+  }
+  items.clear();
+}
+
 // While it lives (on the link's thread, around the handling of one read), post_completion
-// gathers; at its end each run of completions on one executor is posted as one handler.
+// gathers; at its end what gathered is posted (post_gathered).
 class GatherCompletions {
 public:
   GatherCompletions() noexcept : outer_(tl_gathered) {
@@ -91,24 +122,7 @@ public:
   ~GatherCompletions() {
     if (outer_) return;
     tl_gathered = nullptr;
-    for (std::size_t i = 0; i < items_.size();) {
-      std::size_t j = i + 1;
-      while (j < items_.size() && items_[j].ex == items_[i].ex) ++j;
-      try {
-        if (j == i + 1) {
-          asio::post(items_[i].ex, std::move(items_[i].f));
-        } else {
-          std::vector<Gathered> run(std::make_move_iterator(items_.begin() + i),
-                                    std::make_move_iterator(items_.begin() + j));
-          const auto ex = run.front().ex;
-          asio::post(ex, [run = std::move(run)]() mutable { run_gathered(run); });
-        }
-      } catch (const std::exception& e) {
-        get_logger().error(std::string("manager link: a completion could not be posted (") +
-                           e.what() + "): its call never completes");
-      }
-      i = j;
-    }
+    post_gathered(items_);
   }
   GatherCompletions(const GatherCompletions&) = delete;
   GatherCompletions& operator=(const GatherCompletions&) = delete;
@@ -117,12 +131,36 @@ private:
   std::vector<Gathered>* outer_;
   std::vector<Gathered> items_;
 };
+
+// Whether completions on `ex` may be gathered: an io_context's executor, whose thread runs its
+// handlers one at a time anyway. Not a thread pool's (the system executor's, a plain callback's
+// or use_future's): there each completion runs beside the others, and one that waits for
+// another's result would wait for ever behind it in one handler.
+bool gatherable(const asio::any_io_executor& ex) noexcept {
+  using Tracked = decltype(asio::prefer(std::declval<asio::io_context::executor_type>(),
+                                        asio::execution::outstanding_work.tracked));
+  return ex.target<asio::io_context::executor_type>() != nullptr || ex.target<Tracked>() != nullptr;
+}
 }  // namespace
 
 void post_completion(const asio::any_io_executor& ex, std::function<void()> f) {
-  if (tl_gathered) return tl_gathered->push_back({ex, std::move(f)});
+  if (tl_gathered && gatherable(ex)) {
+    try {
+      tl_gathered->push_back({ex, std::move(f)});
+      return;
+    } catch (const std::bad_alloc&) {  // posted on its own, then
+    }
+  }
   asio::post(ex, std::move(f));
 }
+
+namespace {
+// Before a blocking caller is woken with its reply: the completions of the replies before it
+// are posted first, so they are ready when it runs on (as when it reads the replies itself).
+void post_gathered_now() noexcept {
+  if (tl_gathered) post_gathered(*tl_gathered);
+}
+}  // namespace
 
 std::uint64_t current_lane() noexcept {
   if (tl_scoped_lane != 0) return tl_scoped_lane;
@@ -1132,11 +1170,13 @@ bool Link::on_frame(std::vector<std::byte> bytes) {
       p = take_pending_locked(it);
       if (p.handler) --async_pending_;
     }
-    // Decided here, in the one lock a reply takes: only this thread lowers async_pending_, so
-    // a caller's request meanwhile can only make "go on" truer.
+    // Decided here, in the one lock a reply takes: only the reader (this thread while it reads)
+    // lowers async_pending_, a caller's request meanwhile can only make "go on" truer, and a
+    // die() meanwhile costs at most one more (harmless) look at the buffer.
     more = !dead_ && !(direct_ && async_pending_ == 0);
   }
   if (p.handler || p.sync) {
+    if (p.sync) post_gathered_now();
     complete(p, nullptr, std::move(frame));
     return more;
   }
