@@ -304,10 +304,7 @@ void start_locked(ClientState& c) {
     sb.authkey.assign(k.begin(), k.end());
     sb.path = socket_path(dir);
     sb.preload = c.preload;
-    struct Wipe {
-      std::vector<std::byte>& b;
-      ~Wipe() { OPENSSL_cleanse(b.data(), b.size()); }
-    } wipe{sb.authkey};
+    const internal::WipeOnExit wipe{sb.authkey};
     Connection out(boot.w.release(), false, true);
     try {
       internal::send_secret(out, sb);  // no copy of the key left behind

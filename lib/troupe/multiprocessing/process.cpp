@@ -618,8 +618,8 @@ detail::SpawnBootstrap Process::bootstrap(const std::string& why, detail::Passed
     bool returned = false;
     ~WipeUnlessReturned() {
       if (returned) return;
-      OPENSSL_cleanse(b.arguments.data(), b.arguments.size());
-      OPENSSL_cleanse(b.authkey.data(), b.authkey.size());
+      internal::wipe_bytes(b.arguments);
+      internal::wipe_bytes(b.authkey);
     }
   } wipe{boot};
   boot.entry = entry->name;
@@ -659,18 +659,12 @@ detail::SpawnBootstrap Process::bootstrap(const std::string& why, detail::Passed
   return boot;
 }
 
-namespace {
-struct Wipe {
-  std::vector<std::byte>& b;
-  ~Wipe() { OPENSSL_cleanse(b.data(), b.size()); }
-};
-}  // namespace
-
 void Process::start_forkserver(const std::string& name) {
   detail::PassedFds passed;
   SpawnBootstrap boot = bootstrap("Process.start (forkserver) of " + name + ": ", passed);
-  Wipe wipe{boot.authkey};
-  Wipe wipe_arguments{boot.arguments};  // a proxy's manager key may be among them
+  const internal::WipeOnExit wipe{boot.authkey};
+  const internal::WipeOnExit wipe_arguments{
+      boot.arguments};  // a proxy's manager key may be among them
   auto child = forkserver_detail::start_child(boot, passed.fds);
   adopt(child.pid, std::move(child.pidfd), std::move(child.connection));
 }
@@ -679,8 +673,9 @@ void Process::start_spawn(const std::string& name) {
   const std::string why = "Process.start (spawn) of " + name + ": ";
   detail::PassedFds passed;
   SpawnBootstrap boot = bootstrap(why, passed);
-  Wipe wipe{boot.authkey};
-  Wipe wipe_arguments{boot.arguments};  // a proxy's manager key may be among them
+  const internal::WipeOnExit wipe{boot.authkey};
+  const internal::WipeOnExit wipe_arguments{
+      boot.arguments};  // a proxy's manager key may be among them
 
   // Every fd the child gets is first moved above the ones it will have, so no dup2 overwrites a
   // source still to be copied; then 3 is the bootstrap pipe and 4… the passed fds.
@@ -798,7 +793,7 @@ void detail::run_child(SpawnBootstrap& boot, std::vector<UniqueFd> arrived, Uniq
       throw ValueError("no entry point named '" + boot.entry +
                        "' in this program (TROUPE_ENTRY); was it built from the same sources?");
     detail::passed_fds() = &table;
-    Wipe wipe{boot.arguments};  // a proxy's manager key may be among them
+    const internal::WipeOnExit wipe{boot.arguments};  // a proxy's manager key may be among them
     // Until invoke_entry has decoded them (a decode that throws ends the child).
     troupe::detail::decoding_start_arguments() = true;
     entry->invoke(boot.arguments);

@@ -26,6 +26,12 @@ void send_secret(Connection& conn, const T& obj) {
 /// Zeroes `bytes` (OPENSSL_cleanse: not optimised away).
 void wipe_bytes(std::span<std::byte> bytes) noexcept;
 
+/// Zeroes `b` when it goes out of scope, however the scope ends.
+struct WipeOnExit {
+  std::vector<std::byte>& b;
+  ~WipeOnExit() { wipe_bytes(b); }
+};
+
 /// Reads one message in Connection's framing from `fd` with plain reads into a buffer of its own
 /// (not a Connection's, which would keep a copy), at most `max_size` bytes. @throws EOFError if
 /// the stream ends first, OSError, ValueError for a length over `max_size`.
@@ -36,10 +42,7 @@ std::vector<std::byte> read_secret_frame(int fd, std::uint64_t max_size);
 template <class T>
 T recv_secret(int fd, std::uint64_t max_size = kDefaultMaxMessageSize) {
   std::vector<std::byte> bytes = read_secret_frame(fd, max_size);
-  struct Wipe {
-    std::vector<std::byte>& b;
-    ~Wipe() { wipe_bytes(b); }
-  } wipe{bytes};
+  const WipeOnExit wipe{bytes};
   return troupe::from_bytes<T>(bytes);
 }
 

@@ -54,9 +54,7 @@ std::uint64_t new_lane() noexcept {
 }
 // The lane of the Lane::Scope this thread is in (0: none).
 thread_local std::uint64_t tl_scoped_lane = 0;
-}  // namespace
 
-namespace {
 struct Gathered {
   asio::any_io_executor ex;
   std::function<void()> f;
@@ -64,6 +62,15 @@ struct Gathered {
 // The completions gathered on the link's thread while it takes one read's replies (null: none
 // is gathering).
 thread_local std::vector<Gathered>* tl_gathered = nullptr;
+
+void run_gathered(std::vector<Gathered>& items);
+
+// Posts the completions [first, last), all on one executor, as one handler.
+void post_run(std::vector<Gathered>::iterator first, std::vector<Gathered>::iterator last) {
+  std::vector<Gathered> run(std::make_move_iterator(first), std::make_move_iterator(last));
+  const auto ex = run.front().ex;
+  asio::post(ex, [run = std::move(run)]() mutable { run_gathered(run); });
+}
 
 // Runs `items` in their order, on their executor. A completion that throws leaves run() as any
 // Asio handler's exception does, and the ones after it are posted again first: none is lost.
@@ -73,12 +80,7 @@ void run_gathered(std::vector<Gathered>& items) {
       auto f = std::move(items[i].f);
       f();
     } catch (...) {
-      if (i + 1 < items.size()) {
-        std::vector<Gathered> rest(std::make_move_iterator(items.begin() + (i + 1)),
-                                   std::make_move_iterator(items.end()));
-        const auto ex = rest.front().ex;
-        asio::post(ex, [rest = std::move(rest)]() mutable { run_gathered(rest); });
-      }
+      if (i + 1 < items.size()) post_run(items.begin() + (i + 1), items.end());
       throw;
     }
   }
@@ -91,14 +93,10 @@ void post_gathered(std::vector<Gathered>& items) noexcept {
     std::size_t j = i + 1;
     while (j < items.size() && items[j].ex == items[i].ex) ++j;
     try {
-      if (j == i + 1) {
+      if (j == i + 1)
         asio::post(items[i].ex, std::move(items[i].f));
-      } else {
-        std::vector<Gathered> run(std::make_move_iterator(items.begin() + i),
-                                  std::make_move_iterator(items.begin() + j));
-        const auto ex = run.front().ex;
-        asio::post(ex, [run = std::move(run)]() mutable { run_gathered(run); });
-      }
+      else
+        post_run(items.begin() + i, items.begin() + j);
     } catch (...) {
       try {
         get_logger().error(
@@ -141,6 +139,12 @@ bool gatherable(const asio::any_io_executor& ex) noexcept {
                                         asio::execution::outstanding_work.tracked));
   return ex.target<asio::io_context::executor_type>() != nullptr || ex.target<Tracked>() != nullptr;
 }
+
+// Before a blocking caller is woken with its reply: the completions of the replies before it
+// are posted first, so they are ready when it runs on (as when it reads the replies itself).
+void post_gathered_now() noexcept {
+  if (tl_gathered) post_gathered(*tl_gathered);
+}
 }  // namespace
 
 void post_completion(const asio::any_io_executor& ex, std::function<void()> f) {
@@ -153,14 +157,6 @@ void post_completion(const asio::any_io_executor& ex, std::function<void()> f) {
   }
   asio::post(ex, std::move(f));
 }
-
-namespace {
-// Before a blocking caller is woken with its reply: the completions of the replies before it
-// are posted first, so they are ready when it runs on (as when it reads the replies itself).
-void post_gathered_now() noexcept {
-  if (tl_gathered) post_gathered(*tl_gathered);
-}
-}  // namespace
 
 std::uint64_t current_lane() noexcept {
   if (tl_scoped_lane != 0) return tl_scoped_lane;
