@@ -355,6 +355,12 @@ public:
   template <class Handler>
   void async_fill(Handler&& handler);
 
+  /// Python: none. async_fill's receive now, without waiting: one non-blocking receive into the
+  /// read buffer, for a server thread that polls a connection it expects a request on (one
+  /// system call where its reactor would take two). Only when can_fill(); not beside another
+  /// receive. Nothing when the socket has no bytes yet, else what async_fill would complete with.
+  std::optional<boost::system::error_code> try_fill();
+
   /// Python: `recv_bytes_into(buf, offset=0)`: reads the next message into `buf` at `offset`
   /// and returns its size. @throws ValueError "offset too large"; BufferTooShort (carrying the
   /// whole message, which is consumed) if it does not fit.

@@ -172,6 +172,21 @@ boost::system::error_code Connection::filled(boost::system::error_code ec, std::
   return {};
 }
 
+std::optional<boost::system::error_code> Connection::try_fill() {
+  const bool usable = !closed() && readable_;
+  const std::span<std::byte> into = usable ? fill_space() : std::span<std::byte>();
+  if (into.empty())
+    return detail::to_boost(std::error_code(usable ? EMSGSIZE : EBADF, std::generic_category()));
+  ssize_t r;
+  do {
+    r = ::recv(fd_.get(), into.data(), into.size(), MSG_DONTWAIT);
+  } while (r < 0 && errno == EINTR);
+  if (r > 0) return filled({}, static_cast<std::size_t>(r));
+  if (r == 0) return filled(boost::asio::error::eof, 0);
+  if (errno == EAGAIN || errno == EWOULDBLOCK) return std::nullopt;
+  return filled(boost::system::error_code(errno, boost::system::system_category()), 0);
+}
+
 std::error_code Connection::async_eof(const detail::AsyncRead& st) const noexcept {
   return buffered() == 0 && st.phase == 0 ? make_error_code(errc::eof_error)
                                           : std::error_code(EIO, std::generic_category());

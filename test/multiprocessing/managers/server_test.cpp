@@ -518,8 +518,18 @@ TEST_F(ServerTest, AHelperThreadServesWhileACallBlocksAndLeavesAfter) {
   // Both connections are on the server's one connection thread, which wait() holds.
   for (int i = 0; i < 100; ++i) ASSERT_EQ(maths.call<&Maths::add>(i, 1), i + 1);
   EXPECT_GT(troupe::testing::count_threads(), before + 1) << "no helper thread started";
+  // So is the other lane of wait()'s own connection, which that thread had been reading
+  // itself (a hot connection) when it took wait().
+  auto same = std::async(std::launch::async, [&] {
+    for (int i = 0; i < 20; ++i)
+      if (latch_maths.call<&Maths::add>(i, 2) != i + 2) return false;
+    return true;
+  });
+  EXPECT_EQ(same.wait_for(15s), std::future_status::ready)
+      << "a call on the connection of a call that blocks was not served";
   latch.call<&Latch::open>();
   EXPECT_TRUE(wait.get());
+  EXPECT_TRUE(same.get());
   EXPECT_TRUE(eventually([&] { return troupe::testing::count_threads() <= before; }, 15s))
       << troupe::testing::count_threads() << " threads, " << before << " before the wait";
 }
