@@ -49,6 +49,7 @@ multiprocessing::detail::WorkerPoolOptions detail::pool_engine_options(PoolOptio
   w.start_method = method;
   w.initializer = std::move(o.initializer.entry);
   w.initargs = std::move(o.initializer.arguments);
+  w.initargs_encoder = std::move(o.initializer.encode);
   w.max_tasks_per_child = o.maxtasksperchild;
   // A dead worker fails its own tasks and is replaced (a forked pool cannot start one safely
   // once its threads run: there the pool breaks instead, still without a hang).
@@ -59,7 +60,11 @@ multiprocessing::detail::WorkerPoolOptions detail::pool_engine_options(PoolOptio
   return w;
 }
 
-Pool::Pool(PoolOptions options) : engine_(detail::pool_engine_options(options)) {}
+// Every worker starts now, as Python's Pool starts its processes (its initializer runs in each
+// even if no task comes); ProcessPoolExecutor starts them as calls come.
+Pool::Pool(PoolOptions options) : engine_(detail::pool_engine_options(options)) {
+  engine_.start_workers();
+}
 
 Pool::~Pool() {
   if (state_ != Run::terminated) {

@@ -9,6 +9,7 @@
 
 #include <openssl/crypto.h>
 
+#include "troupe/entry.hpp"
 #include "troupe/errors.hpp"
 #include "troupe/multiprocessing/detail/secret_builder.hpp"
 
@@ -90,6 +91,14 @@ std::vector<std::byte> read_secret_frame(int fd, std::uint64_t max_size) {
     throw;
   }
   return out;
+}
+
+void invoke_start_arguments(const EntryPoint& e, std::span<const std::byte> bytes) {
+  struct Decoding {  // until invoke_entry has decoded them, or a decode that throws
+    Decoding() { troupe::detail::decoding_start_arguments() = true; }
+    ~Decoding() { troupe::detail::decoding_start_arguments() = false; }
+  } decoding;
+  e.invoke(bytes);
 }
 
 }  // namespace troupe::multiprocessing::internal

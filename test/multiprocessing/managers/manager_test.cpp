@@ -11,6 +11,7 @@
 
 #include "troupe/entry.hpp"
 #include "troupe/multiprocessing/context.hpp"
+#include "troupe/multiprocessing/pool.hpp"
 #include "troupe/multiprocessing/process.hpp"
 #include "troupe/multiprocessing/queues.hpp"
 #include "troupe/unique_fd.hpp"
@@ -26,6 +27,11 @@ void bump(mm::Proxy<Counter> counter, int times) {
   for (int i = 0; i < times; ++i) counter.call<&Counter::increment>();
 }
 TROUPE_ENTRY(bump);
+
+int twice(int x) {
+  return 2 * x;
+}
+TROUPE_ENTRY(twice);
 
 // A child process's target: takes a proxy from a process queue and uses it.
 void take_and_bump(mp::Queue<mm::Proxy<Counter>> queue) {
@@ -205,17 +211,22 @@ TEST_P(ManagerTest, AProxyTravelsToAChildProcess) {
   EXPECT_TRUE(eventually([&] { return m.number_of_objects() == 1; }));
 }
 
+// A started manager with a key of its own (not the process's).
+std::unique_ptr<TestManager> start_with_own_key(mm::ManagerOptions o) {
+  o.authkey = mp::AuthenticationString::random();
+  auto m = std::make_unique<TestManager>(o);
+  m->start();
+  return m;
+}
+
 // A manager with a key of its own (not the process's): its proxy given to a child as a start
 // argument carries the key (CPython's BaseProxy.__reduce__ while spawning), so the child
 // connects under spawn and forkserver too; a proxy in any other message carries none.
 TEST_P(ManagerTest, AProxyOfAManagerWithItsOwnKeyTravelsToAChildProcess) {
   if (skip_fork())
     GTEST_SKIP() << "ThreadSanitizer: no threads in a child forked from a threaded process";
-  auto o = options();
-  o.authkey = mp::AuthenticationString::random();
-  TestManager m(o);
-  m.start();
-  auto counter = m.create<Counter>("Counter");
+  auto m = start_with_own_key(options());
+  auto counter = m->create<Counter>("Counter");
   mp::Process child(child_options(), &bump, counter, 5);
   child.start();
   child.join(60s);
@@ -233,6 +244,40 @@ TEST_P(ManagerTest, AProxyOfAManagerWithItsOwnKeyTravelsToAChildProcess) {
                                             wrong.bytes().size()));
   auto received = troupe::Codec<mm::Proxy<Counter>>::decode(v.asReader());  // claims its park
   EXPECT_EQ(received.call<&Counter::value>(), 5);
+}
+
+// A pool's initargs are encoded again for each worker as it starts, as a child's start
+// arguments are (CPython pickles them while spawning the worker): a proxy among them, of a
+// manager with a key of its own, carries the key, and the initializer reaches the manager.
+TEST_P(ManagerTest, AProxyOfAManagerWithItsOwnKeyReachesAPoolsInitializer) {
+  if (skip_fork())
+    GTEST_SKIP() << "ThreadSanitizer: no threads in a child forked from a threaded process";
+  auto m = start_with_own_key(options());
+  auto counter = m->create<Counter>("Counter");
+  {
+    mp::Pool pool(mp::PoolOptions{.processes = 2,
+                                  .initializer = {&bump, counter, 5},
+                                  .context = mp::get_context(GetParam())});
+    EXPECT_EQ(pool.apply(&twice, 4), 8);
+    pool.close();
+    pool.join();
+  }
+  EXPECT_EQ(counter.call<&Counter::value>(), 10) << "each of the 2 workers adds 5 at its start";
+}
+
+// CPython's _TestInitializers.test_pool_initializer: a Pool starts its workers at once, and
+// each runs the initializer, even if no task ever comes.
+TEST_P(ManagerTest, APoolsInitializerRunsWithoutATask) {
+  if (skip_fork())
+    GTEST_SKIP() << "ThreadSanitizer: no threads in a child forked from a threaded process";
+  TestManager m(options());
+  m.start();
+  auto counter = m.create<Counter>("Counter");
+  mp::Pool pool(mp::PoolOptions{
+      .processes = 1, .initializer = {&bump, counter, 1}, .context = mp::get_context(GetParam())});
+  pool.close();
+  pool.join();
+  EXPECT_EQ(counter.call<&Counter::value>(), 1);
 }
 
 TEST_P(ManagerTest, AProxyTravelsThroughAProcessQueue) {

@@ -46,6 +46,7 @@ multiprocessing::detail::WorkerPoolOptions ProcessPoolExecutor::pool_options(Opt
   w.start_method = method;
   w.initializer = std::move(o.initializer.entry);
   w.initargs = std::move(o.initializer.arguments);
+  w.initargs_encoder = std::move(o.initializer.encode);
   w.max_tasks_per_child = o.max_tasks_per_child;
   w.on_worker_death = o.on_worker_death;
   if (o.stop_grace.count() < 0) throw ValueError("stop_grace must not be negative");

@@ -30,6 +30,7 @@
 #include "troupe/detail/ranges.hpp"
 #include "troupe/errors.hpp"
 #include "troupe/multiprocessing/detail/future_job.hpp"
+#include "troupe/multiprocessing/detail/secret_builder.hpp"
 #include "troupe/multiprocessing/detail/worker_pool.hpp"
 #include "troupe/multiprocessing/process.hpp"
 
@@ -60,12 +61,18 @@ inline bool stop_requested() noexcept {
 struct Initializer {
   std::string entry;
   std::vector<std::byte> arguments;
+  /// The arguments encoded again, for each worker as it starts: a proxy among them then carries
+  /// its manager's key, as in a Process's arguments (they are kept until the pool goes).
+  std::function<std::vector<std::byte>()> encode;
 
   Initializer() = default;
   template <class R, class... P, class... A>
   requires(sizeof...(P) == sizeof...(A)) Initializer(R (*fn)(P...), A&&... args)
-      : entry(detail::entry_name(reinterpret_cast<const void*>(fn), "initializer")),
-        arguments(troupe::to_bytes(std::tuple<std::decay_t<P>...>(std::forward<A>(args)...))) {}
+      : entry(detail::entry_name(reinterpret_cast<const void*>(fn), "initializer")) {
+    auto kept = std::make_shared<const std::tuple<std::decay_t<P>...>>(std::forward<A>(args)...);
+    arguments = troupe::to_bytes(*kept);  // here, so that what cannot be encoded fails here
+    encode = [kept] { return multiprocessing::detail::secret_to_bytes(*kept); };
+  }
 };
 
 /// ProcessPoolExecutor's options (Python's keyword arguments).

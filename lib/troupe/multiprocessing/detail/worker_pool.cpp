@@ -26,6 +26,7 @@
 #include "troupe/internal/demangle.hpp"
 #include "troupe/internal/runtime.hpp"
 #include "troupe/multiprocessing/connection.hpp"
+#include "troupe/multiprocessing/internal/secret_message.hpp"
 #include "troupe/multiprocessing/process.hpp"
 #include "troupe/multiprocessing/sharedctypes.hpp"
 #include "troupe/threading/thread.hpp"
@@ -392,7 +393,7 @@ void troupe_pool_worker(Connection& conn, WorkerConfig& cfg, RawArray<std::uint6
       if (e == nullptr)
         throw ValueError("initializer '" + cfg.initializer +
                          "' is not a function registered with TROUPE_ENTRY in this program");
-      e->invoke(cfg.initargs);
+      internal::invoke_start_arguments(*e, cfg.initargs);
     } catch (const SystemExit&) {
       throw;
     } catch (...) {
@@ -585,12 +586,32 @@ struct WorkerPoolState : std::enable_shared_from_this<WorkerPoolState> {
   int escalate_stops();
 };
 
+WorkerConfig::~WorkerConfig() {
+  internal::wipe_bytes(initargs);
+}
+
+std::vector<std::byte> encode_for_child(const std::function<std::vector<std::byte>()>& encode) {
+  struct Spawning {
+    PassedFds fds;
+    PassedFds* saved = std::exchange(passed_fds(), &fds);
+    Spawning() { fds.spawning = true; }
+    ~Spawning() { passed_fds() = saved; }
+  } spawning;
+  auto out = encode();
+  if (!spawning.fds.fds.empty())
+    throw ValueError(
+        "a file descriptor (a Connection?) cannot be among arguments encoded before "
+        "a child starts (a pool's or a manager's initargs)");
+  return out;
+}
+
 void WorkerPoolState::start_worker() {
   auto [parent_end, child_end] = Pipe(true);
   WorkerConfig cfg;
   cfg.pool_name = options.name;
   cfg.initializer = options.initializer;
-  cfg.initargs = options.initargs;
+  cfg.initargs =
+      options.initargs_encoder ? encode_for_child(options.initargs_encoder) : options.initargs;
   cfg.max_tasks = options.max_tasks_per_child.value_or(0);
   cfg.owner = static_cast<std::int32_t>(owner);
   cfg.stop_grace_ms = options.stop_grace.count();
@@ -1312,18 +1333,31 @@ void WorkerPool::submit(std::unique_ptr<Job> job) {
       s.pending.clear();
       throw;
     }
-    std::scoped_lock lk(s.mu);
-    if (!s.manager) {
-      auto self = state_;
-      s.manager = std::make_unique<threading::Thread>(
-          threading::Thread::Options{.name = s.options.name + "-manager", .daemon = true},
-          [self] { self->run_manager(); });
-      s.manager->start();
-    }
+    start_manager();
   } else {
     s.ensure_workers(false);
   }
   s.pump();
+}
+
+void WorkerPool::start_workers() {
+  {
+    std::scoped_lock lk(state_->mu);
+    if (state_->manager || state_->shut || !state_->broken.empty()) return;
+  }
+  state_->ensure_workers(true);
+  start_manager();
+}
+
+void WorkerPool::start_manager() {
+  auto& s = *state_;
+  std::scoped_lock lk(s.mu);
+  if (s.manager) return;
+  auto self = state_;
+  s.manager = std::make_unique<threading::Thread>(
+      threading::Thread::Options{.name = s.options.name + "-manager", .daemon = true},
+      [self] { self->run_manager(); });
+  s.manager->start();
 }
 
 void WorkerPool::shutdown(bool wait, bool cancel_pending) {

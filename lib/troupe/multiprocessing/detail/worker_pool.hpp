@@ -83,6 +83,9 @@ struct WorkerPoolOptions {
   std::string start_method;  // "fork", "spawn" or "forkserver"
   std::string initializer;   // a registered function's name, or empty
   std::vector<std::byte> initargs;
+  /// The initargs encoded again for each worker as a child's start arguments are (a proxy among
+  /// them carries its manager's key: encode_for_child); null: `initargs` as they are.
+  std::function<std::vector<std::byte>()> initargs_encoder;
   std::optional<int> max_tasks_per_child;
   OnWorkerDeath on_worker_death = OnWorkerDeath::break_pool;
   std::string name;  // for messages and process names ("ProcessPoolExecutor-0")
@@ -110,6 +113,9 @@ public:
 
   /// Queues `job`. @throws RuntimeError after shutdown, BrokenProcessPool when broken.
   void submit(std::unique_ptr<Job> job);
+  /// Starts every worker now (multiprocessing.Pool's, whose initializer runs in each at once),
+  /// not as jobs come (ProcessPoolExecutor's). @throws what starting a worker throws.
+  void start_workers();
   /// No more submits; `cancel_pending`: jobs not yet sent are cancelled (their futures);
   /// `wait`: returns when every worker has ended.
   void shutdown(bool wait, bool cancel_pending);
@@ -121,6 +127,7 @@ public:
   std::vector<int> worker_pids() const;
 
 private:
+  void start_manager();  // the pool's thread, once
   std::shared_ptr<WorkerPoolState> state_;
 };
 
@@ -134,6 +141,13 @@ struct WorkerConfig {
   std::int32_t owner = 0;               // the pool's process: the worker ends when it does
   std::int64_t stop_grace_ms = 1000;    // SIGTERM, then SIGKILL this long after
   std::uint64_t max_message = 0;        // the largest message the parent accepts (its end's)
+  ~WorkerConfig();                      // wipes initargs (a proxy's manager key may be there)
 };
+
+/// `encode()` run as a child's start arguments are encoded (Process::start): a proxy among what
+/// it encodes carries its manager's key (CPython's BaseProxy.__reduce__ while spawning), for
+/// arguments a child gets beside its target's (a pool's initargs, a manager's). No file
+/// descriptor may be among them (ValueError, as in any message). The caller wipes the bytes.
+std::vector<std::byte> encode_for_child(const std::function<std::vector<std::byte>()>& encode);
 
 }  // namespace troupe::multiprocessing::detail

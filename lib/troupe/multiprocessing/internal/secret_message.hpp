@@ -12,7 +12,16 @@
 #include "troupe/multiprocessing/connection.hpp"
 #include "troupe/multiprocessing/detail/secret_builder.hpp"
 
+namespace troupe {
+struct EntryPoint;
+}
+
 namespace troupe::multiprocessing::internal {
+
+/// In a child: runs `e` on `bytes` that its parent encoded as a child's start arguments
+/// (detail::encode_for_child: a pool's or a manager's initargs), so that a proxy among them takes
+/// its manager's key from them, as one among the target's arguments does.
+void invoke_start_arguments(const EntryPoint& e, std::span<const std::byte> bytes);
 
 /// conn.send(obj), with every buffer of its encoding wiped after.
 template <class T>

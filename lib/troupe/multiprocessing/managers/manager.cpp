@@ -13,6 +13,8 @@
 #include "troupe/entry.hpp"
 #include "troupe/error_envelope.hpp"
 #include "troupe/multiprocessing/context.hpp"
+#include "troupe/multiprocessing/detail/worker_pool.hpp"
+#include "troupe/multiprocessing/internal/secret_message.hpp"
 #include "troupe/multiprocessing/logger.hpp"
 #include "troupe/multiprocessing/managers/shared_memory_manager.hpp"
 #include "troupe/unique_fd.hpp"
@@ -75,7 +77,7 @@ void run_server(const Registry& registry, const std::string& address,
       if (!e)
         throw ValueError("the initializer '" + init_entry +
                          "' is not a TROUPE_ENTRY of this program");
-      e->invoke(init_args);
+      multiprocessing::internal::invoke_start_arguments(*e, init_args);
     }
     options.listener.authkey = authkey;
     server = std::make_unique<Server>(
@@ -223,6 +225,10 @@ void BaseManager::start(concurrent::futures::Initializer initializer) {
   po.start_method = method;
   po.fork_with_threads = options_.fork_with_threads;
   const std::string address = address_ ? address_->str() : std::string();
+  // Encoded as the child's start arguments are: a proxy among them carries its manager's key.
+  if (initializer.encode)
+    initializer.arguments = multiprocessing::detail::encode_for_child(initializer.encode);
+  const multiprocessing::internal::WipeOnExit wipe_initargs{initializer.arguments};
   if (method == "fork") {
     // Any callable under fork: the options travel whole (TLS included).
     po.start_method = "fork";
