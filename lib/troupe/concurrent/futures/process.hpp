@@ -60,9 +60,11 @@ inline bool stop_requested() noexcept {
 /// (Python's `initializer` and `initargs`): `{.initializer = {setup, "config.ini", 4}}`.
 struct Initializer {
   std::string entry;
+  /// The arguments encoded (when `encode` is null).
   std::vector<std::byte> arguments;
-  /// The arguments encoded again, for each worker as it starts: a proxy among them then carries
-  /// its manager's key, as in a Process's arguments (they are kept until the pool goes).
+  /// The arguments, kept until the pool goes, encoded for each worker as it starts: a proxy
+  /// among them then carries its manager's key, as in a Process's arguments (encoded once, a
+  /// proxy would park a reference that no worker claims).
   std::function<std::vector<std::byte>()> encode;
 
   Initializer() = default;
@@ -70,9 +72,10 @@ struct Initializer {
   requires(sizeof...(P) == sizeof...(A)) Initializer(R (*fn)(P...), A&&... args)
       : entry(detail::entry_name(reinterpret_cast<const void*>(fn), "initializer")) {
     auto kept = std::make_shared<const std::tuple<std::decay_t<P>...>>(std::forward<A>(args)...);
-    arguments = troupe::to_bytes(*kept);  // here, so that what cannot be encoded fails here
     encode = [kept] { return multiprocessing::detail::secret_to_bytes(*kept); };
   }
+  /// The arguments encoded now (a proxy among them carries no key).
+  std::vector<std::byte> encoded() const { return encode ? encode() : arguments; }
 };
 
 /// ProcessPoolExecutor's options (Python's keyword arguments).

@@ -393,7 +393,7 @@ void troupe_pool_worker(Connection& conn, WorkerConfig& cfg, RawArray<std::uint6
       if (e == nullptr)
         throw ValueError("initializer '" + cfg.initializer +
                          "' is not a function registered with TROUPE_ENTRY in this program");
-      internal::invoke_start_arguments(*e, cfg.initargs);
+      internal::invoke_start_arguments(*e, cfg.initargs.bytes);
     } catch (const SystemExit&) {
       throw;
     } catch (...) {
@@ -401,8 +401,8 @@ void troupe_pool_worker(Connection& conn, WorkerConfig& cfg, RawArray<std::uint6
                    troupe::internal::describe(std::current_exception()).c_str());
       ResultMessage r;
       r.initializer_failed = true;
-      r.outcomes.push_back(
-          outcome_of(std::current_exception(), call_context(cfg.initializer, cfg.initargs, false)));
+      r.outcomes.push_back(outcome_of(std::current_exception(),
+                                      call_context(cfg.initializer, cfg.initargs.bytes, false)));
       (void)(sender.add(r, cfg.initializer) && sender.flush());
       return;
     }
@@ -586,8 +586,8 @@ struct WorkerPoolState : std::enable_shared_from_this<WorkerPoolState> {
   int escalate_stops();
 };
 
-WorkerConfig::~WorkerConfig() {
-  internal::wipe_bytes(initargs);
+SecretBytes::~SecretBytes() {
+  internal::wipe_bytes(bytes);
 }
 
 std::vector<std::byte> encode_for_child(const std::function<std::vector<std::byte>()>& encode) {
@@ -598,10 +598,12 @@ std::vector<std::byte> encode_for_child(const std::function<std::vector<std::byt
     ~Spawning() { passed_fds() = saved; }
   } spawning;
   auto out = encode();
-  if (!spawning.fds.fds.empty())
+  if (!spawning.fds.fds.empty()) {
+    internal::wipe_bytes(out);
     throw ValueError(
         "a file descriptor (a Connection?) cannot be among arguments encoded before "
         "a child starts (a pool's or a manager's initargs)");
+  }
   return out;
 }
 
@@ -610,7 +612,7 @@ void WorkerPoolState::start_worker() {
   WorkerConfig cfg;
   cfg.pool_name = options.name;
   cfg.initializer = options.initializer;
-  cfg.initargs =
+  cfg.initargs.bytes =
       options.initargs_encoder ? encode_for_child(options.initargs_encoder) : options.initargs;
   cfg.max_tasks = options.max_tasks_per_child.value_or(0);
   cfg.owner = static_cast<std::int32_t>(owner);
@@ -1345,7 +1347,12 @@ void WorkerPool::start_workers() {
     std::scoped_lock lk(state_->mu);
     if (state_->manager || state_->shut || !state_->broken.empty()) return;
   }
-  state_->ensure_workers(true);
+  try {
+    state_->ensure_workers(true);
+  } catch (...) {
+    start_manager();  // which ends and joins the workers started, when the pool goes
+    throw;
+  }
   start_manager();
 }
 

@@ -131,17 +131,23 @@ private:
   std::shared_ptr<WorkerPoolState> state_;
 };
 
+/// Bytes that may hold a secret (a proxy's manager key, among a child's initargs), wiped when
+/// freed. An aggregate: it travels as any struct.
+struct SecretBytes {
+  std::vector<std::byte> bytes;
+  ~SecretBytes();
+};
+
 /// The entry point of a worker process (registered with TROUPE_ENTRY in worker_pool.cpp).
 struct WorkerConfig {
   std::string pool_name;
   std::string initializer;
-  std::vector<std::byte> initargs;
+  SecretBytes initargs;                 // a proxy's manager key may be among them
   std::int64_t max_tasks = 0;           // 0: no limit
   std::vector<std::int32_t> close_fds;  // fork: the parent's pool fds this child inherited
   std::int32_t owner = 0;               // the pool's process: the worker ends when it does
   std::int64_t stop_grace_ms = 1000;    // SIGTERM, then SIGKILL this long after
   std::uint64_t max_message = 0;        // the largest message the parent accepts (its end's)
-  ~WorkerConfig();                      // wipes initargs (a proxy's manager key may be there)
 };
 
 /// `encode()` run as a child's start arguments are encoded (Process::start): a proxy among what

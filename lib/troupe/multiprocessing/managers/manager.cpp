@@ -165,7 +165,7 @@ void run_server(const Registry& registry, const std::string& address,
 
 void serve_manager(std::string registry_name, std::string address, std::string authkey,
                    WireServerOptions options, std::string init_entry,
-                   std::vector<std::byte> init_args, Connection& report) {
+                   multiprocessing::detail::SecretBytes init_args, Connection& report) {
   if (registry_name == "BaseManager") (void)BaseManager::registry();
   const Registry* registry = Registry::named(registry_name);
   if (!registry) {
@@ -180,7 +180,7 @@ void serve_manager(std::string registry_name, std::string address, std::string a
     return;
   }
   run_server(*registry, address, AuthenticationString(authkey), from_wire(options), init_entry,
-             init_args, report);
+             init_args.bytes, report);
 }
 
 }  // namespace detail
@@ -225,19 +225,21 @@ void BaseManager::start(concurrent::futures::Initializer initializer) {
   po.start_method = method;
   po.fork_with_threads = options_.fork_with_threads;
   const std::string address = address_ ? address_->str() : std::string();
-  // Encoded as the child's start arguments are: a proxy among them carries its manager's key.
-  if (initializer.encode)
-    initializer.arguments = multiprocessing::detail::encode_for_child(initializer.encode);
-  const multiprocessing::internal::WipeOnExit wipe_initargs{initializer.arguments};
+  // Encoded as the child's start arguments are: a proxy among them carries its manager's key
+  // (and every copy is wiped when freed).
+  auto initargs = std::make_shared<multiprocessing::detail::SecretBytes>();
+  initargs->bytes = initializer.encode
+                        ? multiprocessing::detail::encode_for_child(initializer.encode)
+                        : std::move(initializer.arguments);
   if (method == "fork") {
     // Any callable under fork: the options travel whole (TLS included).
     po.start_method = "fork";
     const Registry* registry = registry_;
     process_.emplace(
         po,
-        [registry, address, key = authkey_, options = options_.server,
-         init = initializer](Connection& report) {
-          detail::run_server(*registry, address, key, options, init.entry, init.arguments, report);
+        [registry, address, key = authkey_, options = options_.server, entry = initializer.entry,
+         initargs](Connection& report) {
+          detail::run_server(*registry, address, key, options, entry, initargs->bytes, report);
         },
         std::move(writer));
   } else {
@@ -246,7 +248,7 @@ void BaseManager::start(concurrent::futures::Initializer initializer) {
     const auto key = authkey_.bytes();
     process_.emplace(po, &detail::serve_manager, registry_->name(), address,
                      std::string(reinterpret_cast<const char*>(key.data()), key.size()),
-                     detail::to_wire(options_.server), initializer.entry, initializer.arguments,
+                     detail::to_wire(options_.server), initializer.entry, *initargs,
                      std::move(writer));
   }
   process_->start();

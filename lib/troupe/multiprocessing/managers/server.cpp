@@ -433,10 +433,12 @@ public:
       struct Scope {
         Impl& server;
         IoSlot& slot;
+        IoSlot* spin_slot = std::exchange(tl_spin_slot_, nullptr);
         explicit Scope(Impl& s, IoSlot& io) : server(s), slot(io) {
           // A hot connection is not left unread while its reader is held: the reactor reads it
-          // (a helper serves it if this call blocks).
-          if (tl_spin_slot_ == &slot) server.cool(slot);
+          // (a helper serves it if this call blocks), and none becomes hot meanwhile (a call
+          // that ends another connection's call may resume that one's reading).
+          if (spin_slot == &slot) server.cool(slot);
           slot.busy.fetch_add(1);
           slot.events.fetch_add(1, std::memory_order_relaxed);
           server.busy_total_.fetch_add(1);  // then look at monitor_deep_ (see monitor())
@@ -446,6 +448,7 @@ public:
           server.busy_total_.fetch_sub(1);
           slot.events.fetch_add(1, std::memory_order_relaxed);
           slot.busy.fetch_sub(1);
+          tl_spin_slot_ = spin_slot;
         }
       } scope(*this, *slot);
       run();
@@ -600,7 +603,8 @@ public:
     while (!io.stopped()) {
       // spin() polls first (once, when it may not spin): one poll of the reactor, not two,
       // before the sleep.
-      if (has_hot(slot) ? spin_hot(slot) : spin.spin_io([&] { return io.poll() > 0; })) continue;
+      if (has_hot(slot) ? spin_hot(slot) : spin_polling(spin, [&] { return io.poll() > 0; }))
+        continue;
       if (io.run_one_for(kLongestSleep) > 0) {
         spin.woke();
       } else if (io.poll() > 0) {
@@ -649,6 +653,23 @@ public:
   static bool spin_would_run() noexcept {
     return troupe::detail::spin_limit_ns() > 0 && !troupe::detail::single_cpu() &&
            !troupe::detail::cpu_contention().busy(troupe::detail::now_ns());
+  }
+
+  // spin.spin_io(ready) for a `ready` that runs handlers: one that throws ends the spin, and
+  // its exception leaves here (spin_io is noexcept), for run_slot to log.
+  template <class Ready>
+  static bool spin_polling(troupe::detail::AdaptiveSpin& spin, Ready&& ready) {
+    std::exception_ptr thrown;
+    const bool found = spin.spin_io([&] {
+      try {
+        return ready();
+      } catch (...) {
+        thrown = std::current_exception();
+        return true;
+      }
+    });
+    if (thrown) std::rethrow_exception(thrown);
+    return found;
   }
 
   static bool has_hot(IoSlot& slot) {
@@ -713,14 +734,21 @@ public:
       auto& io = slot.io;
       bool found = true;
       bool took = false;
+      // A handler that throws leaves this one (the slot's thread logs it and cools the
+      // connection); the thread goes on, not waiting for this spinner.
+      struct Ended {
+        IoSlot& slot;
+        int how = 1;
+        ~Ended() { slot.spinner.store(how); }
+      } ended{slot};
       while (found && !took && !io.stopped() && has_hot(slot)) {
-        found = slot.spin.spin_io([&] {
+        found = spin_polling(slot.spin, [&] {
           if (read_hot(slot)) return took = true;
           return io.poll() > 0;
         });
       }
       if (!found) cool(slot);
-      slot.spinner.store(found ? 1 : 2);
+      ended.how = found ? 1 : 2;
     });
     while (slot.spinner.load() == 0 && !io.stopped()) io.run_one_for(kLongestSleep);
     return slot.spinner.load() != 2;

@@ -673,7 +673,7 @@ public:
     std::optional<std::vector<std::byte>> initargs;
     if (!options.initializer.entry.empty()) {
       initializer = options.initializer.entry;
-      initargs = options.initializer.arguments;
+      initargs = options.initializer.encoded();
     }
     std::optional<std::string> context;
     if (options.context) context = options.context->get_start_method();
