@@ -49,6 +49,12 @@ int add_base(int x) {
 }
 TROUPE_ENTRY(add_base);
 
+// CPython's _TestInitializers' initializer: notes in a managed Namespace that it ran.
+void note_start(mm::NamespaceProxy ns) {
+  ns.set("test", 1);
+}
+TROUPE_ENTRY(note_start);
+
 // Not registered: a client cannot name it.
 int unregistered(int x) {
   return x;
@@ -382,6 +388,19 @@ TEST_P(ManagedPoolTest, InitializerAndOptions) {
   EXPECT_THROW(m.Pool(0), troupe::multiprocessing::RemoteError);
   EXPECT_THROW(m.Pool(100000), troupe::multiprocessing::RemoteError);  // bounded
   EXPECT_THROW(m.Pool({.maxtasksperchild = 0}), troupe::multiprocessing::RemoteError);
+}
+
+// CPython's test_pool_initializer, with the manager's Pool: the workers start when the pool is
+// made, and each runs the initializer though no task ever comes.
+TEST_P(ManagedPoolTest, InitializerRunsWithoutATask) {
+  mm::SyncManager m(options());
+  m.start();
+  auto ns = m.Namespace();
+  ns.set("test", 0);
+  auto pool = m.Pool({.processes = 1, .initializer = {note_start, ns}});
+  pool.close();
+  pool.join();
+  EXPECT_EQ(ns.get<int>("test"), 1);
 }
 
 TEST_P(ManagedPoolTest, BadTasksAreRefusedByName) {

@@ -495,6 +495,11 @@ public:
   PoolObject(const PoolObject&) = delete;
   PoolObject& operator=(const PoolObject&) = delete;
 
+  // As Python's Pool: every worker starts when the pool is made, and runs the initializer even
+  // if no task ever comes (CPython's test_pool_initializer). Blocks while they start (the
+  // create is watched: TypeEntry::create_may_block). @throws what starting a worker throws.
+  void start_workers() { state_->pool->start_workers(); }
+
   std::vector<std::string> exposed() const override {
     return {"apply", "apply_async", "close",   "imap",          "imap_unordered", "join",
             "map",   "map_async",   "starmap", "starmap_async", "terminate",      "#PROCESSES"};
@@ -719,7 +724,9 @@ std::shared_ptr<detail::HostedObject> make_pool(const CallInfo& call) {
     o.maxtasksperchild = static_cast<int>(std::min<std::int64_t>(*n, 1 << 30));
   }
   if (auto method = optional_text(call, a, 4, "context")) o.context = get_context(*method);
-  return std::make_shared<PoolObject>(call.executor, std::move(o));
+  auto pool = std::make_shared<PoolObject>(call.executor, std::move(o));
+  pool->start_workers();
+  return pool;
 }
 
 }  // namespace
@@ -728,6 +735,7 @@ void register_pool_types(Registry& registry) {
   detail::TypeEntry pool;
   pool.typeid_ = "Pool";
   pool.create = make_pool;
+  pool.create_may_block = true;  // it starts the worker processes
   // Python's Pool(processes=None, initializer=None, initargs=(), maxtasksperchild=None,
   // context=None): a Python client may name them (CPython's test_pool: Pool(processes=4)).
   pool.create_parameters = detail::Parameters{

@@ -1286,7 +1286,7 @@ public:
                   done->fail(std::current_exception());
                 }
               };
-              run_call(sc, entry, std::nullopt, std::move(run));
+              run_call(sc, entry, std::nullopt, std::move(run), Running::create);
             });
         return;
       }
@@ -1410,18 +1410,23 @@ public:
   // waits are asynchronous): its call runs here, and a built-in type is made here. So does a
   // quick typeid's (RegisterOptions::quick). Any other registered class's call or constructor
   // may block as long as it likes: it runs on this thread too, but off the strand, and a helper
-  // thread takes over the others if it holds the thread (run_may_block). A serialized typeid's
-  // calls go to its object's strand.
+  // thread takes over the others if it holds the thread (run_may_block); so does the create of
+  // a built-in whose making may block (TypeEntry::create_may_block: a Pool starts its workers).
+  // A serialized typeid's calls go to its object's strand.
+  enum class Running : std::uint8_t { call, create };
   template <class Run>
   void run_call(const std::shared_ptr<ServerConn>& sc,
                 const std::shared_ptr<const TypeEntry>& entry,
-                const std::optional<asio::strand<asio::any_io_executor>>& serial, Run&& run) {
+                const std::optional<asio::strand<asio::any_io_executor>>& serial, Run&& run,
+                Running what = Running::call) {
+    const bool may_block = entry && ((entry->cxx_type && !entry->quick) ||
+                                     (what == Running::create && entry->create_may_block));
     if (serial)
       post_blocking(*serial, std::function<void()>(std::forward<Run>(run)));
-    else if (!entry || !entry->cxx_type || entry->quick)
-      run();
-    else
+    else if (may_block)
       run_may_block(sc, std::function<void()>(std::forward<Run>(run)));
+    else
+      run();
   }
 
   // A method call of troupe's dialect, where run_call runs it.
@@ -1887,7 +1892,7 @@ public:
               done->fail(std::current_exception());
             }
           };
-          run_call(sc, entry, std::nullopt, std::move(run));
+          run_call(sc, entry, std::nullopt, std::move(run), Running::create);
         });
   }
 

@@ -214,6 +214,9 @@ struct TypeEntry {
   /// (RegisterOptions::quick); other registered classes' calls run on that thread after it,
   /// watched (a helper thread serves the others while one blocks).
   bool quick = false;
+  /// Making an object may block (a built-in's: Pool starts its worker processes): the create
+  /// runs as a registered class's calls do, watched, not inside the handler that read it.
+  bool create_may_block = false;
   /// Of the hosted type's method table (proto Ref.fingerprint; 0: not checked by proxies).
   std::uint64_t fingerprint = 0;
   /// The C++ type of the objects (registered classes), for method_to_typeid results; and how
