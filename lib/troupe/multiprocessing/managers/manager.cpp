@@ -163,9 +163,10 @@ void run_server(const Registry& registry, const std::string& address,
   server->serve_forever();
 }
 
-void serve_manager(std::string registry_name, std::string address, std::string authkey,
-                   WireServerOptions options, std::string init_entry,
-                   multiprocessing::detail::SecretBytes init_args, Connection& report) {
+void serve_manager(std::string registry_name, std::string address,
+                   multiprocessing::detail::SecretBytes authkey, WireServerOptions options,
+                   std::string init_entry, multiprocessing::detail::SecretBytes init_args,
+                   Connection& report) {
   if (registry_name == "BaseManager") (void)BaseManager::registry();
   const Registry* registry = Registry::named(registry_name);
   if (!registry) {
@@ -179,8 +180,8 @@ void serve_manager(std::string registry_name, std::string address, std::string a
             .to_bytes()});
     return;
   }
-  run_server(*registry, address, AuthenticationString(authkey), from_wire(options), init_entry,
-             init_args.bytes, report);
+  run_server(*registry, address, AuthenticationString(authkey.bytes), from_wire(options),
+             init_entry, init_args.bytes, report);
 }
 
 }  // namespace detail
@@ -245,9 +246,10 @@ void BaseManager::start(concurrent::futures::Initializer initializer) {
   } else {
     if (options_.server.listener.tls)
       throw ValueError("a manager's server with TLS starts with the fork method or get_server()");
+    // The key is wiped wherever it is copied on its way (the process's arguments, the child's).
     const auto key = authkey_.bytes();
     process_.emplace(po, &detail::serve_manager, registry_->name(), address,
-                     std::string(reinterpret_cast<const char*>(key.data()), key.size()),
+                     multiprocessing::detail::SecretBytes{{key.begin(), key.end()}},
                      detail::to_wire(options_.server), initializer.entry, *initargs,
                      std::move(writer));
   }
