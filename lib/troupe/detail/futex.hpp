@@ -221,6 +221,13 @@ public:
       budget_.store(next, std::memory_order_relaxed);
   }
 
+  /// Whether a spin begun now would make rounds: a limit is set, there is more than one CPU,
+  /// and the CPUs are not busy. For a caller that readies something only a spin uses (a manager
+  /// server's hot connection: without a spin it costs a receive that finds nothing).
+  static bool would_spin(const Contention& cpus = cpu_contention()) noexcept {
+    return spin_limit_ns() > 0 && !single_cpu() && !cpus.busy(now_ns());
+  }
+
   /// The budget the next spin starts from (0: the limit). For tests.
   std::int64_t budget_ns() const noexcept { return budget_.load(std::memory_order_relaxed); }
 

@@ -313,28 +313,31 @@ public:
   static constexpr auto kLongestSleep = std::chrono::milliseconds(500);
 
   void run_thread(asio::io_context* io) {
-    tl_server_ = this;
-    for (;;) {
-      try {
-        while (!io->stopped()) io->run_for(kLongestSleep);
-        return;
-      } catch (const std::exception& e) {
-        mlog().error(std::string("manager server: an exception escaped a handler: ") + e.what());
-      }
-    }
+    serve_logging([io] {
+      while (!io->stopped()) io->run_for(kLongestSleep);
+    });
   }
 
-  // A connection thread.
+  // A connection thread. Its hot connection goes back to the reactor whenever the spinning
+  // ends, so its next request is read meanwhile.
   void run_slot(IoSlot* slot) {
-    tl_server_ = this;
     tl_spin_slot_ = slot;
+    serve_logging([this, slot] { run_spinning(*slot); }, [this, slot] { cool(*slot); });
+  }
+
+  // A server thread's body: runs `serve` until it returns; an exception that escapes a handler
+  // is logged and `serve` runs on. `after` runs each time serve ends, either way.
+  template <class Serve, class After = void (*)()>
+  void serve_logging(
+      Serve serve, After after = [] {}) {
+    tl_server_ = this;
     for (;;) {
       try {
-        run_spinning(*slot);
-        cool(*slot);
+        serve();
+        after();
         return;
       } catch (const std::exception& e) {
-        cool(*slot);  // its next request is read by the reactor meanwhile
+        after();
         mlog().error(std::string("manager server: an exception escaped a handler: ") + e.what());
       }
     }
@@ -641,18 +644,11 @@ public:
   // receive, when this is its connection thread and it would spin. False: read as before.
   bool make_hot(const std::shared_ptr<ServerConn>& sc) {
     IoSlot* slot = sc->slot;
-    if (!slot || tl_spin_slot_ != slot || !spin_would_run()) return false;
+    if (!slot || tl_spin_slot_ != slot || !troupe::detail::AdaptiveSpin::would_spin()) return false;
     std::scoped_lock lock(slot->hot_m);
     if (slot->hot) return false;
     slot->hot = sc;
     return true;
-  }
-
-  // Whether a wait would spin now (AdaptiveSpin's own conditions): else a hot connection costs
-  // a receive that finds nothing, then the Asio receive.
-  static bool spin_would_run() noexcept {
-    return troupe::detail::spin_limit_ns() > 0 && !troupe::detail::single_cpu() &&
-           !troupe::detail::cpu_contention().busy(troupe::detail::now_ns());
   }
 
   // spin.spin_io(ready) for a `ready` that runs handlers: one that throws ends the spin, and
