@@ -1,12 +1,14 @@
 #include "troupe/spin.hpp"
 
 #include <sched.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <functional>
 #include <limits>
 #include <thread>
+#include <vector>
 
 #include "troupe/detail/futex.hpp"
 #include "troupe/threading/event.hpp"
@@ -375,6 +377,45 @@ TEST_F(SpinTest, WaitsStillWorkWithSpinningOff) {
   });
   EXPECT_TRUE(e.wait(10s));
   t.join();
+}
+
+// The count of runnable threads is /proc/loadavg's fourth field, the caller among them.
+TEST_F(SpinTest, TheCpusAreSaturatedWhenTheOtherRunnableThreadsFillThem) {
+  EXPECT_FALSE(detail::cpus_saturated("0.52 0.58 0.59 2/345 12345\n", 2));  // the caller + 1
+  EXPECT_TRUE(detail::cpus_saturated("0.52 0.58 0.59 3/345 12345\n", 2));
+  EXPECT_TRUE(detail::cpus_saturated("4.00 3.10 2.00 17/900 1\n", 4));
+  EXPECT_FALSE(detail::cpus_saturated("4.00 3.10 2.00 4/900 1\n", 4));
+  // A text that does not parse says nothing.
+  EXPECT_FALSE(detail::cpus_saturated("", 2));
+  EXPECT_FALSE(detail::cpus_saturated("0.52 0.58 0.59", 2));
+  EXPECT_FALSE(detail::cpus_saturated("0.52 0.58 0.59 x/345 1", 2));
+  EXPECT_FALSE(detail::cpus_saturated("0.52 0.58 0.59 9 1", 2));
+  EXPECT_FALSE(detail::cpus_saturated("0.52 0.58 0.59 99999999999999/3 1", 2));
+  EXPECT_FALSE(detail::cpus_saturated("0.52 0.58 0.59 3/345 1", 0));
+}
+
+// The process's waits see CPUs that other threads fill, though no spin ever lost its CPU: with
+// as many busy threads as CPUs beside this one, within a few counts (one per 4 ms at most), and
+// a spin of system calls would then make none.
+TEST_F(SpinTest, WaitsSeeCpusThatOtherThreadsFill) {
+  const long cpus = ::sysconf(_SC_NPROCESSORS_ONLN);
+  if (cpus < 1 || cpus > 16) GTEST_SKIP() << cpus << " CPUs: not filled here";
+  std::atomic<bool> stop{false};
+  std::vector<std::thread> busy;
+  for (long i = 0; i < cpus; ++i)
+    busy.emplace_back([&stop] {
+      while (!stop.load(std::memory_order_relaxed)) {
+      }
+    });
+  bool seen = false;
+  const auto give_up = std::chrono::steady_clock::now() + 2s;
+  while (!seen && std::chrono::steady_clock::now() < give_up) {
+    seen = detail::cpu_contention().filled(detail::now_ns()) && !detail::AdaptiveSpin::would_spin();
+    std::this_thread::sleep_for(1ms);
+  }
+  stop = true;
+  for (auto& t : busy) t.join();
+  EXPECT_TRUE(seen);
 }
 
 TEST_F(SpinTest, FutexWaitTimesOutAndReportsIt) {

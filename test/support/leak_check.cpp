@@ -172,6 +172,8 @@ void LeakCheck::TearDown() {
   // A thread that has been joined is gone; allow a moment for ones detached on purpose.
   eventually([&] { return count_threads() <= threads_; }, std::chrono::seconds(5));
   EXPECT_LE(count_threads(), threads_) << "the test left threads running";
+  // A wait on a thread that outlives the test may hold a /proc file open for a moment.
+  eventually([&] { return count_fds() <= fds_; }, std::chrono::seconds(1));
   EXPECT_LE(count_fds(), fds_) << "the test left file descriptors open";
   if (!children_before_) {
     eventually([] { return !has_children(); }, std::chrono::seconds(5));

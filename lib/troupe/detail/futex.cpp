@@ -37,17 +37,32 @@ bool read_single_cpu() noexcept {
 
 std::atomic<std::int64_t> g_limit{initial_limit()};
 std::atomic<bool> g_single{read_single_cpu()};
-Contention g_cpus{Contention::kAwayNs, true};
+Contention g_cpus{Contention::kAwayNs, true, true};
 
-// This thread's run_delay (ns spent runnable but waiting for a CPU), or -1.
-std::int64_t run_delay_ns() noexcept {
-  const int fd = ::open("/proc/thread-self/schedstat", O_RDONLY | O_CLOEXEC);
+// The online CPUs, read at start-up as g_single (0 only during static initialisation, when no
+// count finds the CPUs filled).
+const int g_online_cpus = [] {
+  const long n = ::sysconf(_SC_NPROCESSORS_ONLN);
+  return n > 0 ? static_cast<int>(n) : 1;
+}();
+
+// A small file of /proc, read whole into `buf` (NUL-terminated; opened and closed here, so no
+// descriptor stays open in the process). Its length, or -1.
+template <std::size_t N>
+ssize_t read_proc(const char* path, char (&buf)[N]) noexcept {
+  const int fd = ::open(path, O_RDONLY | O_CLOEXEC);
   if (fd < 0) return -1;
-  char buf[96];
-  const ssize_t n = ::read(fd, buf, sizeof buf - 1);
+  const ssize_t n = ::read(fd, buf, N - 1);
   ::close(fd);
   if (n <= 0) return -1;
   buf[n] = '\0';
+  return n;
+}
+
+// This thread's run_delay (ns spent runnable but waiting for a CPU), or -1.
+std::int64_t run_delay_ns() noexcept {
+  char buf[96];
+  if (read_proc("/proc/thread-self/schedstat", buf) < 0) return -1;
   // "<time on CPU> <run_delay> <timeslices>\n"
   char* end = nullptr;
   (void)std::strtoll(buf, &end, 10);
@@ -81,6 +96,31 @@ bool waited_for_cpu(std::int64_t gap_ns) noexcept {
   const std::int64_t grew = delay - last;
   last = delay;
   return first || grew >= gap_ns / 2;
+}
+
+bool cpus_saturated(std::string_view loadavg, int cpus) noexcept {
+  // "0.52 0.58 0.59 3/345 12345": the fourth field is runnable/total.
+  std::size_t at = 0;
+  for (int field = 0; field < 3; ++field) {
+    at = loadavg.find(' ', at);
+    if (at == std::string_view::npos) return false;
+    ++at;
+  }
+  long running = 0;
+  bool digits = false;
+  for (; at < loadavg.size() && loadavg[at] >= '0' && loadavg[at] <= '9'; ++at) {
+    running = running * 10 + (loadavg[at] - '0');
+    digits = true;
+    if (running > 1'000'000) return false;
+  }
+  if (!digits || at >= loadavg.size() || loadavg[at] != '/' || cpus <= 0) return false;
+  return running - 1 >= cpus;  // the caller is one of them
+}
+
+bool cpus_saturated_now() noexcept {
+  char buf[128];
+  const ssize_t n = read_proc("/proc/loadavg", buf);
+  return n > 0 && cpus_saturated(std::string_view(buf, static_cast<std::size_t>(n)), g_online_cpus);
 }
 
 Contention& cpu_contention() noexcept {

@@ -6,13 +6,15 @@
 // costs a fraction of one. The spin adapts per waitable object: it grows while spins succeed and
 // shrinks fast while they fail (for instance when both peers share one CPU), and it is off when
 // the process may only run on one CPU. It also adapts to the machine: while other threads keep
-// the CPUs busy (a spin lost its CPU to one of them) every wait sleeps at once (Contention).
+// the CPUs busy (a spin lost its CPU to one of them, or the machine's runnable threads fill its
+// CPUs) every wait sleeps at once (Contention).
 #pragma once
 
 #include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <optional>
+#include <string_view>
 #include <utility>
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -63,6 +65,13 @@ inline std::int64_t now_ns() noexcept {
 /// first question (nothing to compare with).
 bool waited_for_cpu(std::int64_t gap_ns) noexcept;
 
+/// Whether the machine's runnable threads other than the caller fill every online CPU, by
+/// `loadavg`, the text of /proc/loadavg (its fourth field, "R/T", counts R runnable threads,
+/// the caller among them). False if the text does not parse. `cpus`: the online CPUs.
+bool cpus_saturated(std::string_view loadavg, int cpus) noexcept;
+/// cpus_saturated() of /proc/loadavg as it reads now (false if it cannot be read).
+bool cpus_saturated_now() noexcept;
+
 /// Whether the CPUs are busy with other runnable threads, as the spins see it.
 ///
 /// A spin gives its CPU away (it yields, or it is preempted) and expects it back within
@@ -90,6 +99,20 @@ bool waited_for_cpu(std::int64_t gap_ns) noexcept;
 /// (waited_for_cpu()): a gap counts only if this thread waited on a run queue of this machine
 /// (its run_delay in /proc/thread-self/schedstat grew by half the gap or more since it last
 /// asked); the time a guest's CPU is away is not run-queue time there.
+///
+/// A spin that never loses its CPU sees no load, yet may still take a CPU that others need: a
+/// waiter whose peer was preempted spins its whole budget on its own CPU, and on a machine whose
+/// CPUs are all taken every microsecond a spin holds is charged to its thread by the fair
+/// scheduler, which gives it that much less later (a Pipe ping-pong beside as many CPU-bound
+/// processes as CPUs: 22 us a round trip with spinning, 16 without, median of 12 interleaved
+/// rounds). So the process's Contention also counts the machine's runnable threads
+/// (cpus_saturated_now(), at most every kSampleNs, by the first caller of filled() after that):
+/// while two counts in a row find the others filling every CPU, the CPUs are filled (one count
+/// alone may be a kernel worker's moment), and a spin whose rounds are system calls makes none.
+/// A spin that reads memory keeps its short rounds then: they cost no system call and catch an
+/// item already in flight (a loaded 1 / 1 Queue measured the same either way, within this
+/// host's noise; the Pipe's receive did not). Host-wide: threads at nice 19
+/// count, and so do the neighbours of a container confined to some of the CPUs.
 class Contention {
 public:
   /// Longer than this away from the CPU during one round of a spin: another thread had it.
@@ -98,17 +121,26 @@ public:
   static constexpr std::int64_t kMaxBusyNs = 256'000'000;
   /// Two losses this close together are load, not a stray preemption.
   static constexpr std::int64_t kConfirmNs = 5'000'000;
+  /// How often the machine's runnable threads are counted (sample_load).
+  static constexpr std::int64_t kSampleNs = 4'000'000;
 
   /// `away_ns`: the time away from the CPU that counts as lost (tests raise it).
   /// `ask_scheduler`: a gap counts only if waited_for_cpu() says so (the process's; tests that
   /// feed made-up times leave it off).
-  constexpr explicit Contention(std::int64_t away_ns = kAwayNs, bool ask_scheduler = false) noexcept
-      : away_ns_(away_ns), ask_scheduler_(ask_scheduler) {}
+  /// `sample_load`: filled() counts the machine's runnable threads (the process's; tests that
+  /// feed made-up times leave it off).
+  constexpr explicit Contention(std::int64_t away_ns = kAwayNs, bool ask_scheduler = false,
+                                bool sample_load = false) noexcept
+      : away_ns_(away_ns), ask_scheduler_(ask_scheduler), sample_load_(sample_load) {}
 
   /// True while a busy period lasts at `now`: waits sleep without spinning.
   bool busy(std::int64_t now) const noexcept {
     return now < until_.load(std::memory_order_relaxed);
   }
+
+  /// True (sample_load only) while the last two counts of the machine's runnable threads found
+  /// the others filling every online CPU: spins whose rounds are system calls make none.
+  bool filled(std::int64_t now) const noexcept { return sample_load_ && saturated(now); }
 
   /// A round of a spin began at `from` and ended at `now`. If it was away from its CPU for
   /// longer than kAwayNs, that is a lost CPU and the function returns true; a busy period starts
@@ -137,8 +169,23 @@ public:
   std::int64_t period_ns() const noexcept { return period_.load(std::memory_order_relaxed); }
 
 private:
+  // Whether the last two counts found the CPUs filled; the first caller after kSampleNs counts
+  // again (one at a time: the one whose exchange wins).
+  bool saturated(std::int64_t now) const noexcept {
+    std::int64_t at = sampled_at_.load(std::memory_order_relaxed);
+    if (now - at >= kSampleNs &&
+        sampled_at_.compare_exchange_strong(at, now, std::memory_order_relaxed)) {
+      const int streak = cpus_saturated_now() ? saturated_.load(std::memory_order_relaxed) + 1 : 0;
+      saturated_.store(streak > 2 ? 2 : streak, std::memory_order_relaxed);
+    }
+    return saturated_.load(std::memory_order_relaxed) >= 2;
+  }
+
   std::int64_t away_ns_;
   bool ask_scheduler_;
+  bool sample_load_;
+  mutable std::atomic<std::int64_t> sampled_at_{INT64_MIN / 2};
+  mutable std::atomic<int> saturated_{0};  // counts in a row that found the CPUs filled, up to 2
   std::atomic<std::int64_t> until_{0};
   std::atomic<std::int64_t> period_{0};
   std::atomic<std::int64_t> last_loss_{INT64_MIN / 2};
@@ -184,7 +231,8 @@ public:
   /// next returns at once when the event is there already. Its rounds are spin_io()'s.
   template <class Ready>
   bool spin_syscall(Ready&& ready, Contention& cpus = cpu_contention()) noexcept {
-    if (cpus.busy(now_ns())) {
+    const std::int64_t now = now_ns();
+    if (cpus.busy(now) || cpus.filled(now)) {
       t_failed_spin = {};
       return false;
     }
@@ -196,7 +244,8 @@ public:
   /// spin()'s growing kMaxPauses, which there would add up to three microseconds to every hand-off
   /// seen: a manager server's poll of its reactor measured 7.7 us from a client's send to the
   /// server's receive, against 4 for a Pipe), and only every kIoYieldEvery-th round yields.
-  /// While the CPUs are busy it behaves as spin(): about a microsecond of rounds, then false.
+  /// While the CPUs are busy, or filled, it behaves as spin() while they are busy: about a
+  /// microsecond of rounds, then false.
   template <class Ready>
   bool spin_io(Ready&& ready, Contention& cpus = cpu_contention()) noexcept {
     return run(std::forward<Ready>(ready), cpus, true);
@@ -221,11 +270,14 @@ public:
       budget_.store(next, std::memory_order_relaxed);
   }
 
-  /// Whether a spin begun now would make rounds: a limit is set, there is more than one CPU,
-  /// and the CPUs are not busy. For a caller that readies something only a spin uses (a manager
-  /// server's hot connection: without a spin it costs a receive that finds nothing).
+  /// Whether a spin of system calls begun now would spin its budget: a limit is set, there is
+  /// more than one CPU, and the CPUs are neither busy nor filled. For a caller that readies
+  /// something only a spin uses (a manager server's hot connection: without a spin it costs a
+  /// receive that finds nothing).
   static bool would_spin(const Contention& cpus = cpu_contention()) noexcept {
-    return spin_limit_ns() > 0 && !single_cpu() && !cpus.busy(now_ns());
+    if (spin_limit_ns() <= 0 || single_cpu()) return false;
+    const std::int64_t now = now_ns();
+    return !cpus.busy(now) && !cpus.filled(now);
   }
 
   /// The budget the next spin starts from (0: the limit). For tests.
@@ -243,7 +295,7 @@ private:
     const std::int64_t start = now_ns();
     // While the CPUs are busy the spin only pauses, about a microsecond, and never yields: it
     // still catches an item of a stream already in flight, then sleeps, and learns nothing.
-    const bool busy = cpus.busy(start);
+    const bool busy = cpus.busy(start) || (io && cpus.filled(start));
     const unsigned max_pauses = io ? kIoMaxPauses : kMaxPauses;
     // Poll with exponential backoff: quick hand-offs are seen within a few pauses, and a waiter
     // whose peer is busy producing polls (and steals the peer's cache lines) ever less often.
