@@ -7,6 +7,9 @@
 
 #include <atomic>
 #include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <future>
 #include <optional>
 #include <set>
 #include <string>
@@ -15,10 +18,13 @@
 #include <utility>
 #include <vector>
 
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/io_context.hpp>
 #include <gmock/gmock.h>
 
 #include "troupe/entry.hpp"
 #include "troupe/errors.hpp"
+#include "troupe/multiprocessing/managers/server.hpp"
 #include "troupe/multiprocessing/managers/sync_manager.hpp"
 #include "troupe/multiprocessing/process.hpp"
 
@@ -55,6 +61,13 @@ void note_start(mm::NamespaceProxy ns) {
 }
 TROUPE_ENTRY(note_start);
 
+// note_start, a while after the worker started: the pool's join() comes first.
+void note_start_later(mm::NamespaceProxy ns) {
+  std::this_thread::sleep_for(300ms);
+  ns.set("test", 1);
+}
+TROUPE_ENTRY(note_start_later);
+
 // Not registered: a client cannot name it.
 int unregistered(int x) {
   return x;
@@ -85,6 +98,7 @@ TROUPE_ENTRY(raise_or_sleep);
 namespace {
 
 class ManagedPoolTest : public troupe::testing::StartMethodTest {};
+class ManagedPoolOnAUserExecutorTest : public troupe::testing::LeakCheck {};
 
 std::vector<int> squares(int n) {
   std::vector<int> v;
@@ -451,6 +465,59 @@ TEST_P(ManagedPoolTest, AsyncResultTravelsToAChild) {
   p.start();
   p.join(60s);
   EXPECT_EQ(p.exitcode(), 0);
+}
+
+// Kills this process's children (a test that failed would otherwise wait for them for ever).
+void kill_children() {
+  for (const auto& task : std::filesystem::directory_iterator("/proc/self/task")) {
+    std::ifstream in(task.path() / "children");
+    for (pid_t pid; in >> pid;) ::kill(pid, SIGKILL);
+  }
+}
+
+// A managed Pool on a server that runs on a user's io_context with one thread: join() and
+// terminate() hold no thread while the workers end. Here join() comes while the worker's
+// initializer still sleeps before it calls the same server: a join that waited for the workers
+// on the io_context's only thread would wait for itself.
+TEST_F(ManagedPoolOnAUserExecutorTest, JoinAndTerminateLetTheWorkersCallTheServer) {
+  boost::asio::io_context io;
+  auto work = boost::asio::make_work_guard(io);
+  std::thread runner([&] { io.run(); });
+  mm::ServerOptions so;
+  so.listener.authkey = mp::current_process().authkey();
+  mm::Server server(mm::SyncManager::registry(), std::nullopt, so, io.get_executor());
+  server.start();
+  {
+    mm::ManagerOptions o;
+    o.address = server.address();
+    mm::SyncManager m(o);
+    m.connect();
+    auto ns = m.Namespace();
+    for (bool terminate : {false, true}) {
+      SCOPED_TRACE(terminate ? "terminate" : "join");
+      ns.set("test", 0);
+      auto pool = m.Pool({.processes = 1, .initializer = {note_start_later, ns}});
+      auto ended = std::async(std::launch::async, [&] {
+        if (terminate) {
+          std::this_thread::sleep_for(50ms);  // the worker is in its initializer's sleep
+          pool.terminate();                   // it dies there: nothing to wait for after
+        } else {
+          pool.close();
+          pool.join();
+        }
+      });
+      if (ended.wait_for(60s) != std::future_status::ready) {
+        kill_children();  // so that the io_context's thread and the test can end
+        ended.wait();
+        FAIL() << "the pool's workers waited for the server's only thread, which waited for them";
+      }
+      ended.get();
+      EXPECT_EQ(ns.get<int>("test"), terminate ? 0 : 1);
+    }
+  }
+  server.stop();
+  work.reset();
+  runner.join();
 }
 
 // The server's start method (its pool's workers start with forkserver, Pool's default).

@@ -547,6 +547,7 @@ struct WorkerPoolState : std::enable_shared_from_this<WorkerPoolState> {
   UniqueFd epoll_fd;
   std::unique_ptr<threading::Thread> manager;
   bool manager_done = false;
+  std::vector<std::function<void()>> on_ended;  // WorkerPool::when_ended, until manager_done
 
   void wake() noexcept {
     const std::uint64_t one = 1;
@@ -1246,9 +1247,19 @@ void WorkerPoolState::finish_manager() {
     w->process.join();
     w->process.close();
   }
-  std::scoped_lock lk(mu);
-  workers.clear();
-  manager_done = true;
+  std::vector<std::function<void()>> ended;
+  {
+    std::scoped_lock lk(mu);
+    workers.clear();
+    manager_done = true;
+    ended.swap(on_ended);
+  }
+  for (auto& fn : ended) {
+    try {
+      fn();
+    } catch (...) {  // a caller's callback: nothing here can answer for it
+    }
+  }
 }
 
 namespace {
@@ -1382,7 +1393,7 @@ void WorkerPool::shutdown(bool wait, bool cancel_pending) {
   if (wait && manager && manager->ident() != threading::get_ident()) manager->join();
 }
 
-void WorkerPool::signal_workers(int sig) {
+void WorkerPool::signal_workers(int sig, bool wait) {
   auto& s = *state_;
   {
     std::scoped_lock lk(s.mu);
@@ -1396,7 +1407,18 @@ void WorkerPool::signal_workers(int sig) {
         w->process.terminate();
     }
   }
-  shutdown(true, false);
+  shutdown(wait, false);
+}
+
+void WorkerPool::when_ended(std::function<void()> fn) {
+  {
+    std::scoped_lock lk(state_->mu);
+    if (state_->manager && !state_->manager_done) {
+      state_->on_ended.push_back(std::move(fn));
+      return;
+    }
+  }
+  fn();
 }
 
 int WorkerPool::max_workers() const noexcept {

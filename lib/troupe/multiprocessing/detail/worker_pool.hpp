@@ -120,7 +120,15 @@ public:
   /// `wait`: returns when every worker has ended.
   void shutdown(bool wait, bool cancel_pending);
   /// Signals every live worker (SIGTERM or SIGKILL), then shuts down: their calls fail.
-  void signal_workers(int sig);
+  /// `wait`: returns when every worker has ended (else when_ended() tells).
+  void signal_workers(int sig, bool wait = true);
+  /// Runs `fn` once, when every worker has ended and the pool's thread is done with them (after
+  /// shutdown() or signal_workers(), or when the pool broke): on the pool's thread as it ends,
+  /// or in the caller if that has happened already or the pool never started. Never blocks: for
+  /// a caller that must not hold its thread while the workers end (a managed Pool's join() on
+  /// a manager server's executor, whose workers may be calling that server). `fn` should not
+  /// throw (what it throws on the pool's thread is dropped).
+  void when_ended(std::function<void()> fn);
 
   int max_workers() const noexcept;
   /// The pids of the live workers (for tests and for the curious).

@@ -336,22 +336,33 @@ struct PoolState : std::enable_shared_from_this<PoolState> {
       boost::asio::post(ex, [self = shared_from_this()] { self->end_join(); });
   }
 
-  // join()'s end, on the host's executor: the workers end (they have no task left, or were
-  // terminated), then the joiners return.
+  // join()'s end, once no job is left: the workers end (they have no task left, or were
+  // terminated), then the joiners return. No thread waits for the workers meanwhile: one may
+  // still be in its initializer calling this server, which on a user's single-threaded
+  // io_context would otherwise wait for itself.
   void end_join() {
     std::shared_ptr<engine::WorkerPool> p;
+    {
+      std::scoped_lock lock(mu);
+      if (outstanding != 0 || joiners.empty()) return;
+      p = pool;
+    }
+    auto self = shared_from_this();
+    if (!p) return release_joiners(nullptr);
+    try {
+      p->shutdown(false, false);
+    } catch (...) {
+      return release_joiners(std::current_exception());
+    }
+    p->when_ended([self] { self->release_joiners(nullptr); });
+  }
+
+  // The joiners waiting now return (or fail with `error`).
+  void release_joiners(const std::exception_ptr& error) {
     std::vector<std::pair<Caller, CompletionPtr>> js;
     {
       std::scoped_lock lock(mu);
-      if (outstanding != 0) return;
-      p = pool;
       js.swap(joiners);
-    }
-    std::exception_ptr error;
-    try {
-      if (p) p->shutdown(true, false);
-    } catch (...) {
-      error = std::current_exception();
     }
     for (auto& [who, done] : js) error ? done->fail(error) : done->done();
   }
@@ -546,8 +557,11 @@ public:
         state_->run = PoolState::Run::terminated;
         p = state_->pool;
       }
-      if (p) p->signal_workers(SIGTERM);
-      done->done();
+      // As Python's: returns once the workers have ended, here without holding a thread of
+      // the server meanwhile (a worker may be calling it).
+      if (!p) return done->done();
+      p->signal_workers(SIGTERM, false);
+      p->when_ended([done] { done->done(); });
     } else if (m == "join") {
       detail::at_most(call, detail::items_of(call), 0);
       bool now = false;
