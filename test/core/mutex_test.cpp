@@ -78,6 +78,46 @@ TEST_F(MutexTest, CondVarProducerConsumerLosesNothing) {
   EXPECT_EQ(items, 0);
 }
 
+// Sleepers notified one after another in a row, before any of them has run again: a notify
+// skips the call only for sleepers an earlier one woke (FutexCondVar::notify), so each of them
+// wakes. A wake-up lost there leaves a waiter asleep until its deadline: counted as late.
+TEST_F(MutexTest, CondVarWakesEachSleeperNotifiedInARow) {
+  FutexMutex m;
+  FutexCondVar cv;
+  constexpr int kWaiters = 4, kRounds = 300;
+  int generation = 0, tickets = 0;
+  std::atomic<int> late{0};
+  std::vector<std::thread> ts;
+  for (int w = 0; w < kWaiters; ++w) {
+    ts.emplace_back([&] {
+      for (int r = 1; r <= kRounds; ++r) {
+        std::unique_lock g(m);
+        while (generation != r || tickets == 0) {
+          // No spin: each waiter sleeps, so that each notify has a sleeper to wake.
+          if (!cv.wait(m, steady::now() + 5s, false)) late.fetch_add(1);
+        }
+        --tickets;
+      }
+    });
+  }
+  for (int r = 1; r <= kRounds; ++r) {
+    const auto give_up = steady::now() + 30s;
+    std::unique_lock g(m);
+    // Every waiter took its ticket of the round before and is in wait() for this one.
+    while ((tickets != 0 || cv.waiters() != kWaiters) && steady::now() < give_up) {
+      g.unlock();
+      std::this_thread::yield();
+      g.lock();
+    }
+    EXPECT_EQ(cv.waiters(), kWaiters) << "round " << r;
+    generation = r;
+    tickets = kWaiters;
+    for (int i = 0; i < kWaiters; ++i) cv.notify_one();
+  }
+  for (auto& t : ts) t.join();
+  EXPECT_EQ(late.load(), 0);
+}
+
 TEST_F(MutexTest, LockUntilTimesOutWhileHeld) {
   FutexMutex m;
   m.lock();

@@ -131,29 +131,40 @@ bool single_cpu() noexcept {
   return g_single.load(std::memory_order_relaxed);
 }
 
-bool futex_wait(const std::atomic<std::uint32_t>& word, std::uint32_t expected,
-                const std::optional<steady::time_point>& deadline, bool shared) noexcept {
+FutexWaited futex_wait_woken(const std::atomic<std::uint32_t>& word, std::uint32_t expected,
+                             const std::optional<steady::time_point>& deadline,
+                             bool shared) noexcept {
   auto* addr = reinterpret_cast<const std::uint32_t*>(&word);
   static_assert(sizeof(std::atomic<std::uint32_t>) == sizeof(std::uint32_t));
   timespec ts{};
   const timespec* tsp = nullptr;
   if (deadline) {
     const auto ns = deadline->time_since_epoch().count();
-    if (ns <= steady::now().time_since_epoch().count()) return false;
+    if (ns <= steady::now().time_since_epoch().count()) return FutexWaited::timed_out;
     ts.tv_sec = static_cast<time_t>(ns / 1'000'000'000);
     ts.tv_nsec = static_cast<long>(ns % 1'000'000'000);
     tsp = &ts;
   }
   // FUTEX_WAIT_BITSET takes an absolute CLOCK_MONOTONIC deadline: the clock of steady_clock.
+  // The kernel returns 0 only to a waiter a wake took off the word (it sleeps on through a
+  // spurious wake-up), even if the deadline or a signal came at the same moment.
   long r = syscall(SYS_futex, addr, FUTEX_WAIT_BITSET | (shared ? 0 : FUTEX_PRIVATE_FLAG), expected,
                    tsp, nullptr, FUTEX_BITSET_MATCH_ANY);
-  if (r == -1 && errno == ETIMEDOUT) return false;
-  return true;  // woken, EAGAIN (value changed) or EINTR: the caller re-checks
+  if (r == 0) return FutexWaited::woken;
+  if (errno == ETIMEDOUT) return FutexWaited::timed_out;
+  return FutexWaited::other;  // EAGAIN (the value changed) or EINTR: the caller re-checks
 }
 
-void futex_wake(const std::atomic<std::uint32_t>& word, int n, bool shared) noexcept {
+bool futex_wait(const std::atomic<std::uint32_t>& word, std::uint32_t expected,
+                const std::optional<steady::time_point>& deadline, bool shared) noexcept {
+  return futex_wait_woken(word, expected, deadline, shared) != FutexWaited::timed_out;
+}
+
+int futex_wake(const std::atomic<std::uint32_t>& word, int n, bool shared) noexcept {
   auto* addr = reinterpret_cast<const std::uint32_t*>(&word);
-  syscall(SYS_futex, addr, FUTEX_WAKE | (shared ? 0 : FUTEX_PRIVATE_FLAG), n, nullptr, nullptr, 0);
+  const long r = syscall(SYS_futex, addr, FUTEX_WAKE | (shared ? 0 : FUTEX_PRIVATE_FLAG), n,
+                         nullptr, nullptr, 0);
+  return r > 0 ? static_cast<int>(r) : 0;
 }
 
 }  // namespace troupe::detail

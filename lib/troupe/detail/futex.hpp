@@ -32,8 +32,21 @@ using steady = std::chrono::steady_clock;
 bool futex_wait(const std::atomic<std::uint32_t>& word, std::uint32_t expected,
                 const std::optional<steady::time_point>& deadline, bool shared = false) noexcept;
 
-/// Wakes up to `n` sleepers on `word` (INT_MAX: all).
-void futex_wake(const std::atomic<std::uint32_t>& word, int n, bool shared = false) noexcept;
+/// How a futex_wait_woken() ended.
+enum class FutexWaited : std::uint8_t {
+  woken,      ///< a futex_wake() took this waiter off the word (it counted it in its result)
+  other,      ///< the word did not hold `expected`, or a signal came: re-check
+  timed_out,  ///< the deadline passed
+};
+/// futex_wait(), telling whether a futex_wake() ended the sleep: each waiter a futex_wake()
+/// counts in its result returns `woken`. (A wake-up another user of the same memory made
+/// earlier may also, rarely, end a sleep as `woken`.)
+FutexWaited futex_wait_woken(const std::atomic<std::uint32_t>& word, std::uint32_t expected,
+                             const std::optional<steady::time_point>& deadline,
+                             bool shared = false) noexcept;
+
+/// Wakes up to `n` sleepers on `word` (INT_MAX: all). Returns how many it woke.
+int futex_wake(const std::atomic<std::uint32_t>& word, int n, bool shared = false) noexcept;
 
 inline void cpu_relax() noexcept {
 #if defined(__x86_64__) || defined(__i386__)
