@@ -155,6 +155,9 @@ public:
   /// the others filling every online CPU: spins whose rounds are system calls make none.
   bool filled(std::int64_t now) const noexcept { return sample_load_ && saturated(now); }
 
+  /// Neither busy nor filled at `now`: a spin of system calls may spin.
+  bool calm(std::int64_t now) const noexcept { return !busy(now) && !filled(now); }
+
   /// A round of a spin began at `from` and ended at `now`. If it was away from its CPU for
   /// longer than kAwayNs, that is a lost CPU and the function returns true; a busy period starts
   /// if the loss confirms load (see the class comment) and none lasts.
@@ -245,7 +248,7 @@ public:
   template <class Ready>
   bool spin_syscall(Ready&& ready, Contention& cpus = cpu_contention()) noexcept {
     const std::int64_t now = now_ns();
-    if (cpus.busy(now) || cpus.filled(now)) {
+    if (!cpus.calm(now)) {
       t_failed_spin = {};
       return false;
     }
@@ -290,7 +293,7 @@ public:
   static bool would_spin(const Contention& cpus = cpu_contention()) noexcept {
     if (spin_limit_ns() <= 0 || single_cpu()) return false;
     const std::int64_t now = now_ns();
-    return !cpus.busy(now) && !cpus.filled(now);
+    return cpus.calm(now);
   }
 
   /// The budget the next spin starts from (0: the limit). For tests.
@@ -308,7 +311,7 @@ private:
     const std::int64_t start = now_ns();
     // While the CPUs are busy the spin only pauses, about a microsecond, and never yields: it
     // still catches an item of a stream already in flight, then sleeps, and learns nothing.
-    const bool busy = cpus.busy(start) || (io && cpus.filled(start));
+    const bool busy = io ? !cpus.calm(start) : cpus.busy(start);
     const unsigned max_pauses = io ? kIoMaxPauses : kMaxPauses;
     // Poll with exponential backoff: quick hand-offs are seen within a few pauses, and a waiter
     // whose peer is busy producing polls (and steals the peer's cache lines) ever less often.
