@@ -263,7 +263,15 @@ TEST_F(ServerTest, ACallOnAReleasedObjectIsARemoteKeyError) {
   auto m = client();
   auto token = m->create("Maths")._token();  // released with its proxy
   ASSERT_TRUE(eventually([&] { return m->number_of_objects() == 0; }));
-  const mm::BaseProxy stale(token, key_);  // its incref fails too (pipelined)
+  // As Python's BaseProxy(token): its incref raises, naming the server's KeyError.
+  try {
+    mm::BaseProxy p(token, key_);
+    FAIL() << "a proxy of a released object";
+  } catch (const troupe::multiprocessing::RemoteError& e) {
+    EXPECT_NE(std::string(e.what()).find("KeyError: "), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("no object"), std::string::npos) << e.what();
+  }
+  const mm::BaseProxy stale(token, key_, false);  // Python's incref=False: no reference
   for (int i = 0; i < 2; ++i) {
     try {
       (void)stale._callmethod<int>("add", 1, 2);
@@ -388,9 +396,24 @@ TEST_F(ServerTest, ExposedOfAnObjectTheServerDoesNotHaveIsARemoteError) {
   auto c = m->create("Counter");
   mm::Token stale = c._token();
   stale.id = 999999;
-  mm::BaseProxy p(stale, key_);  // its incref fails (logged): no round trip
+  // As Python's BaseProxy(token): its incref raises at once.
+  try {
+    mm::BaseProxy p(stale, key_);
+    FAIL() << "a proxy of an object the server does not have";
+  } catch (const troupe::multiprocessing::RemoteError& e) {
+    EXPECT_NE(std::string(e.what()).find("999999"), std::string::npos) << e.what();
+  }
+  mm::BaseProxy p(stale, key_, false);  // Python's incref=False
   EXPECT_THROW((void)p._exposed(), troupe::multiprocessing::RemoteError);
   EXPECT_THROW((void)p._callmethod<int>("increment"), troupe::multiprocessing::RemoteError);
+  // A proxy of a live object takes a reference of its own: the object outlives the first.
+  mm::BaseProxy second(c._token(), key_);
+  c = mm::BaseProxy();
+  EXPECT_EQ(second._callmethod<int>("increment"), 1);
+  EXPECT_TRUE(eventually([&] { return server_->number_of_objects() == 1; }, 15s));
+  second._incref();  // and one more, released with it
+  second = mm::BaseProxy();
+  EXPECT_TRUE(eventually([&] { return server_->number_of_objects() == 0; }, 15s));
 }
 
 // create_method=false drops only the manager's convenience method (Python's m.Hidden does not

@@ -29,14 +29,14 @@ BaseProxy::State::~State() {
   }
 }
 
-BaseProxy::BaseProxy(Token token, std::optional<AuthenticationString> authkey) {
+BaseProxy::BaseProxy(Token token, std::optional<AuthenticationString> authkey, bool incref) {
   auto st = std::make_shared<State>();
   st->authkey = authkey ? std::move(*authkey) : current_process().authkey();
   st->link = detail::Link::get(token.address, st->authkey);
   st->token = std::move(token);
   st->refs = 0;
   state_ = std::move(st);
-  _incref();
+  if (incref) _incref();
 }
 
 const Token& BaseProxy::_token() const {
@@ -62,8 +62,12 @@ std::shared_ptr<detail::Link> BaseProxy::_link() const {
 void BaseProxy::_incref() const {
   auto link = _link();
   const auto id = _token().id;
-  // Pipelined: a failure (the object is gone) fails the next call.
   link->send([id](proto::manager::Request::Builder r) { r.setIncref(id); });
+  // As Python's, whose incref is a round trip: the reference is taken, or this raises. The
+  // server answers an incref only when it fails (that failure is logged); a get_methods sent
+  // after it on the same connection is answered after it, and fails as Python's incref does
+  // (RemoteError, the server's KeyError) for an object the server does not have.
+  (void)_exposed();
   std::scoped_lock lock(state_->m);
   ++state_->refs;
 }

@@ -96,8 +96,12 @@ public:
   BaseProxy() = default;
   /// Python: `BaseProxy(token, serializer, manager=None, authkey=None, exposed=None,
   /// incref=True)`: a proxy to `token`'s object over this process's link to its address (made
-  /// with `authkey`; none: current_process().authkey()), taking a reference of its own.
-  explicit BaseProxy(Token token, std::optional<AuthenticationString> authkey = std::nullopt);
+  /// with `authkey`; none: current_process().authkey()), taking a reference of its own
+  /// (_incref()) unless `incref` is false (then it holds none: the object lives only while
+  /// something else holds it). @throws RemoteError if the server has no such object, as
+  /// Python's.
+  explicit BaseProxy(Token token, std::optional<AuthenticationString> authkey = std::nullopt,
+                     bool incref = true);
 
   /// Python: `_token`. @throws ValueError if empty.
   const Token& _token() const;
@@ -135,7 +139,8 @@ public:
   }
 
   /// Python: `_incref()`: one more reference on the server, held by this proxy (and its copies)
-  /// until the last copy is dropped.
+  /// until the last copy is dropped. A round trip, as Python's. @throws RemoteError (the
+  /// server's KeyError) if the server has no such object; EOFError if it is gone.
   void _incref() const;
   /// The methods the server exposes for this object (Python's get_methods request).
   std::vector<std::string> _exposed() const;
