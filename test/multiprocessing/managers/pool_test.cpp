@@ -467,57 +467,72 @@ TEST_P(ManagedPoolTest, AsyncResultTravelsToAChild) {
   EXPECT_EQ(p.exitcode(), 0);
 }
 
-// Kills this process's children (a test that failed would otherwise wait for them for ever).
-void kill_children() {
-  for (const auto& task : std::filesystem::directory_iterator("/proc/self/task")) {
+// Kills the descendants of `pid` (a test that failed would otherwise wait for them for ever;
+// a managed Pool's workers are the forkserver's children).
+void kill_descendants(pid_t pid) {
+  std::error_code ec;
+  for (const auto& task :
+       std::filesystem::directory_iterator("/proc/" + std::to_string(pid) + "/task", ec)) {
     std::ifstream in(task.path() / "children");
-    for (pid_t pid; in >> pid;) ::kill(pid, SIGKILL);
+    for (pid_t child; in >> child;) {
+      kill_descendants(child);
+      ::kill(child, SIGKILL);
+    }
   }
 }
 
 // A managed Pool on a server that runs on a user's io_context with one thread: join() and
 // terminate() hold no thread while the workers end. Here join() comes while the worker's
 // initializer still sleeps before it calls the same server: a join that waited for the workers
-// on the io_context's only thread would wait for itself.
+// on the io_context's only thread would wait for itself (the worker's connect then times out
+// and its initializer is lost).
 TEST_F(ManagedPoolOnAUserExecutorTest, JoinAndTerminateLetTheWorkersCallTheServer) {
   boost::asio::io_context io;
   auto work = boost::asio::make_work_guard(io);
   std::thread runner([&] { io.run(); });
+  struct Join {  // after the server's stop (declared after this), however the test ends
+    decltype(work)& w;
+    std::thread& t;
+    ~Join() {
+      w.reset();
+      t.join();
+    }
+  } join_runner{work, runner};
   mm::ServerOptions so;
   so.listener.authkey = mp::current_process().authkey();
   mm::Server server(mm::SyncManager::registry(), std::nullopt, so, io.get_executor());
   server.start();
-  {
-    mm::ManagerOptions o;
-    o.address = server.address();
-    mm::SyncManager m(o);
-    m.connect();
-    auto ns = m.Namespace();
-    for (bool terminate : {false, true}) {
-      SCOPED_TRACE(terminate ? "terminate" : "join");
-      ns.set("test", 0);
-      auto pool = m.Pool({.processes = 1, .initializer = {note_start_later, ns}});
-      auto ended = std::async(std::launch::async, [&] {
-        if (terminate) {
-          std::this_thread::sleep_for(50ms);  // the worker is in its initializer's sleep
-          pool.terminate();                   // it dies there: nothing to wait for after
-        } else {
-          pool.close();
-          pool.join();
-        }
-      });
-      if (ended.wait_for(60s) != std::future_status::ready) {
-        kill_children();  // so that the io_context's thread and the test can end
-        ended.wait();
-        FAIL() << "the pool's workers waited for the server's only thread, which waited for them";
+  mm::ManagerOptions o;
+  o.address = server.address();
+  mm::SyncManager m(o);
+  m.connect();
+  auto ns = m.Namespace();
+  for (bool terminate : {false, true}) {
+    SCOPED_TRACE(terminate ? "terminate" : "join");
+    ns.set("test", 0);
+    auto pool = m.Pool({.processes = 1, .initializer = {note_start_later, ns}});
+    auto ended = std::async(std::launch::async, [&] {
+      if (terminate) {
+        pool.terminate();
+      } else {
+        pool.close();
+        pool.join();
       }
-      ended.get();
-      EXPECT_EQ(ns.get<int>("test"), terminate ? 0 : 1);
+    });
+    if (ended.wait_for(60s) != std::future_status::ready) {
+      kill_descendants(::getpid());  // so that the io_context's thread and the test can end
+      ended.wait();
+      ADD_FAILURE() << "the pool's workers waited for the server's only thread, which waited "
+                       "for them";
+      break;
+    }
+    EXPECT_NO_THROW(ended.get());
+    // Still serving; after join() the initializer ran (terminate() may come before it ends).
+    const int test = ns.get<int>("test");
+    if (!terminate) {
+      EXPECT_EQ(test, 1);
     }
   }
-  server.stop();
-  work.reset();
-  runner.join();
 }
 
 // The server's start method (its pool's workers start with forkserver, Pool's default).

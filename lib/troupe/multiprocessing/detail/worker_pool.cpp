@@ -1375,7 +1375,12 @@ void WorkerPool::start_manager() {
   s.manager = std::make_unique<threading::Thread>(
       threading::Thread::Options{.name = s.options.name + "-manager", .daemon = true},
       [self] { self->run_manager(); });
-  s.manager->start();
+  try {
+    s.manager->start();
+  } catch (...) {
+    s.manager.reset();  // not started: when_ended() must not wait for it
+    throw;
+  }
 }
 
 void WorkerPool::shutdown(bool wait, bool cancel_pending) {
