@@ -12,6 +12,7 @@
 #include <chrono>
 #include <filesystem>
 #include <map>
+#include <optional>
 #include <string>
 #include <thread>
 #include <utility>
@@ -389,6 +390,28 @@ TEST_F(PythonServersTest, AWrongKeyIsRefusedNamingTheLegacyHandshake) {
       EXPECT_NE(std::string(e.what()).find("legacy_md5"), std::string::npos) << e.what();
     }
   }
+}
+
+// CPython's server answers an incref: BaseProxy(token) waits for it, and a released object's
+// token raises there (RemoteError, the server's KeyError), as a Python client's would.
+TEST_F(PythonServersTest, AProxyFromATokenTakesItsReferenceOrRaises) {
+  if (pythons_.empty()) GTEST_SKIP() << "no python3 found";
+  const auto a = start(pythons_.front(), "('127.0.0.1', 0)");
+  mm::SyncManager m(options(a));
+  m.connect();
+  auto q = m.create("get_queue");
+  auto token = q._token();
+  {
+    mm::BaseProxy second(token, key_->key());  // a reference of its own
+    q = mm::BaseProxy();
+    mm::QueueProxy<std::int64_t>(second).put(5);
+    EXPECT_EQ(mm::QueueProxy<std::int64_t>(second).get(), 5);
+  }
+  std::optional<mm::ListProxy<std::int64_t>> l(m.list<std::int64_t>({1}));
+  token = l->_token();
+  l.reset();
+  EXPECT_TRUE(troupe::testing::eventually([&] { return m.number_of_objects() == 0; }, 15s));
+  EXPECT_THROW(mm::BaseProxy(token, key_->key()), mp::RemoteError);
 }
 
 TEST_F(PythonServersTest, AServerKilledWhileACallWaitsFailsItAtOnce) {

@@ -62,12 +62,24 @@ std::shared_ptr<detail::Link> BaseProxy::_link() const {
 void BaseProxy::_incref() const {
   auto link = _link();
   const auto id = _token().id;
-  link->send([id](proto::manager::Request::Builder r) { r.setIncref(id); });
-  // As Python's, whose incref is a round trip: the reference is taken, or this raises. The
-  // server answers an incref only when it fails (that failure is logged); a get_methods sent
-  // after it on the same connection is answered after it, and fails as Python's incref does
-  // (RemoteError, the server's KeyError) for an object the server does not have.
-  (void)_exposed();
+  if (link->on_link_thread())  // before the incref: a reference taken, then no wait, would leak
+    throw RuntimeError("_incref() of a proxy to the manager at " + link->address_text() +
+                       " on the thread that reads its replies would wait for itself (a "
+                       "completion handler with no executor of its own runs there)");
+  auto incref = [id](proto::manager::Request::Builder r) { r.setIncref(id); };
+  if (link->python()) {
+    // CPython's server answers an incref: its failure raises here.
+    auto frame = link->call(incref);
+    (void)decode_reply<std::monostate>(link, *frame, "incref");
+  } else {
+    // As Python's, whose incref is a round trip: the reference is taken, or this raises. The
+    // server answers an incref only when it fails (that failure is logged); a get_methods sent
+    // after it on the same connection is answered after it, and fails as Python's incref does
+    // (RemoteError, the server's KeyError) for an object the server does not have. (An incref
+    // refused for the connection's limit of objects held is only logged.)
+    link->send(incref);
+    (void)_exposed();
+  }
   std::scoped_lock lock(state_->m);
   ++state_->refs;
 }
