@@ -17,19 +17,23 @@ namespace troupe::multiprocessing::managers::detail {
 /// (troupe::reader_options). Read by one thread at a time.
 struct Frame {
   std::vector<std::byte> bytes;
-  capnp::FlatArrayMessageReader reader;
+  std::optional<capnp::FlatArrayMessageReader> reader;  // set while the frame holds a message
   /// @throws ValueError if `b` is not a whole number of words; kj::Exception if the segment
   /// table is bad (internal::parse_frame turns both into ValueError).
   explicit Frame(std::vector<std::byte> b);
   Frame(const Frame&) = delete;  // the kept root points into `reader`
   Frame& operator=(const Frame&) = delete;
 
+  /// The frame holds `b` instead of what it held (a frame used again). Throws as the
+  /// constructor; the frame then holds no message.
+  void reset(std::vector<std::byte> b);
+
   /// The root as an S. Checked by Cap'n Proto the first time; later calls for the same S reuse
   /// that root (a frame is read several times on a call's way: each field access stays bounded).
   template <class S>
   typename S::Reader root() {
     if (root_ && root_type_ == capnp::typeId<S>()) return root_->template as<S>();
-    auto r = reader.getRoot<S>();
+    auto r = reader->template getRoot<S>();
     root_ = capnp::AnyStruct::Reader(r);
     root_type_ = capnp::typeId<S>();
     return r;

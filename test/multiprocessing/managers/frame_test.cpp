@@ -1,0 +1,119 @@
+// A received frame of the manager dialect, and the frames a reading thread uses again
+// (internal::parse_frame_reusing): a frame is used for another message only once nobody holds
+// it, wherever its last holder let it go, and a bad message leaves no frame half-made.
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <capnp/message.h>
+#include <gtest/gtest.h>
+
+#include "troupe/detail/sanitizers.hpp"
+#include "troupe/errors.hpp"
+#include "troupe/multiprocessing/managers/internal/wire.hpp"
+
+#include "leak_check.hpp"
+
+namespace troupe::multiprocessing::managers {
+namespace {
+
+using detail::Frame;
+
+// A reply frame's bytes: call id `id`, and a text of `text_bytes` bytes (to make it large).
+std::vector<std::byte> reply_bytes(std::uint64_t id, std::size_t text_bytes = 0) {
+  capnp::MallocMessageBuilder mb;
+  auto r = mb.initRoot<proto::manager::Reply>();
+  r.setCallId(id);
+  if (text_bytes > 0) r.setText(std::string(text_bytes, 'x'));
+  return internal::flatten(mb);
+}
+
+std::uint64_t id_of(const std::shared_ptr<Frame>& f) {
+  return f->root<proto::manager::Reply>().getCallId();
+}
+
+TEST(FrameTest, AHeldFrameKeepsItsMessageWhileTheThreadReadsOthers) {
+  auto held = internal::parse_frame_reusing(reply_bytes(7));
+  const std::vector<std::byte> bytes = held->bytes;
+  for (std::uint64_t i = 0; i < 1000; ++i) {
+    auto f = internal::parse_frame_reusing(reply_bytes(100 + i));
+    ASSERT_NE(f.get(), held.get());
+    ASSERT_EQ(id_of(f), 100 + i);
+  }
+  EXPECT_EQ(id_of(held), 7u);
+  EXPECT_EQ(held->bytes, bytes);
+}
+
+TEST(FrameTest, AFrameNobodyHoldsIsUsedAgainWithTheNewMessage) {
+  [[maybe_unused]] const Frame* first = nullptr;
+  {
+    auto f = internal::parse_frame_reusing(reply_bytes(1));
+    first = f.get();
+    EXPECT_EQ(id_of(f), 1u);
+  }
+  auto g = internal::parse_frame_reusing(reply_bytes(2, 40));
+#if !defined(TROUPE_TSAN)     // (under it, a new frame each time)
+  EXPECT_EQ(g.get(), first);  // one call at a time: one frame
+#endif
+  EXPECT_EQ(id_of(g), 2u);  // not the first message's root, kept from before
+  EXPECT_EQ(g->root<proto::manager::Reply>().getText().size(), 40u);
+}
+
+// As a pipelined proxy's replies: read on one thread, let go on another (the caller's).
+TEST(FrameTest, FramesLetGoOnAnotherThreadAreUsedAgainIntact) {
+  constexpr std::uint64_t kFrames = 2000;
+  std::vector<std::shared_ptr<Frame>> batch;
+  std::uint64_t bad = 0;
+  for (std::uint64_t i = 0; i < kFrames; ++i) {
+    batch.push_back(internal::parse_frame_reusing(reply_bytes(i, i % 64)));
+    if (batch.size() == 64) {
+      std::thread other([b = std::move(batch), &bad]() mutable {
+        for (auto& f : b)
+          if (f->root<proto::manager::Reply>().getText().size() != id_of(f) % 64) ++bad;
+        b.clear();
+      });
+      other.join();
+      batch.clear();
+    }
+  }
+  for (auto& f : batch)
+    if (f->root<proto::manager::Reply>().getText().size() != id_of(f) % 64) ++bad;
+  EXPECT_EQ(bad, 0u);
+}
+
+TEST(FrameTest, ALargeFrameIsReadInAFrameOfItsOwn) {
+  [[maybe_unused]] const Frame* small = nullptr;
+  {
+    auto f = internal::parse_frame_reusing(reply_bytes(1));
+    small = f.get();
+  }
+  {
+    auto large = internal::parse_frame_reusing(reply_bytes(2, 64 * 1024));
+    EXPECT_NE(large.get(), small);  // (the small one is still kept, at its own address)
+    EXPECT_EQ(large->root<proto::manager::Reply>().getText().size(), 64u * 1024);
+    EXPECT_EQ(id_of(large), 2u);
+  }
+  auto g = internal::parse_frame_reusing(reply_bytes(3));
+#if !defined(TROUPE_TSAN)
+  EXPECT_EQ(g.get(), small);  // the large one did not take its place
+#endif
+  EXPECT_EQ(id_of(g), 3u);
+}
+
+TEST(FrameTest, ABadMessageInAFrameUsedAgainIsRefusedAndTheNextIsRead) {
+  { auto f = internal::parse_frame_reusing(reply_bytes(1)); }
+  std::vector<std::byte> odd(12, std::byte{0});  // not whole words
+  EXPECT_THROW(internal::parse_frame_reusing(odd), ValueError);
+  std::vector<std::byte> trailing = reply_bytes(3);
+  trailing.resize(trailing.size() + 8);  // a word after the message
+  EXPECT_THROW(internal::parse_frame_reusing(trailing), ValueError);
+  std::vector<std::byte> table(16, std::byte{0xff});  // a segment table that claims too much
+  EXPECT_THROW(internal::parse_frame_reusing(table), ValueError);
+  auto g = internal::parse_frame_reusing(reply_bytes(4));
+  EXPECT_EQ(id_of(g), 4u);
+}
+
+}  // namespace
+}  // namespace troupe::multiprocessing::managers
