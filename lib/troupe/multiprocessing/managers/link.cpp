@@ -996,11 +996,17 @@ void Link::start_runner_reading_locked() {
 
 // ---- writing --------------------------------------------------------------------------------
 
-void Link::write(std::vector<std::byte> bytes, bool gather) {
+namespace {
+// The most a link keeps of its write buffer's growth once a write is done.
+constexpr std::size_t kKeptBufferBytes = std::size_t{1} << 20;
+}  // namespace
+
+void Link::write(std::span<const std::byte> bytes, bool gather) {
   std::unique_lock lock(wm_);
-  if (gather || !direct_ || writing_ || !out_.empty() || on_link_thread()) {
+  if (gather || !direct_ || writing_ || !out_ends_.empty() || on_link_thread()) {
     // The link's thread writes it (it must never block in a write: it reads too).
-    out_.push_back(std::move(bytes));
+    out_bytes_.insert(out_bytes_.end(), bytes.begin(), bytes.end());
+    out_ends_.push_back(out_bytes_.size());
     schedule_pump_locked();
     return fail_if_no_runner(lock);
   }
@@ -1008,19 +1014,19 @@ void Link::write(std::vector<std::byte> bytes, bool gather) {
   lock.unlock();
   std::string failed;
   try {
-    conn_->send_bytes(std::span<const std::byte>(bytes.data(), bytes.size()));
+    conn_->send_bytes(bytes);
   } catch (const std::exception& e) {
     failed = e.what();
   }
   lock.lock();
   writing_ = false;
   if (!failed.empty()) {
-    out_.clear();
+    clear_out_locked();
     notify_drained_locked(lock);
     lock.unlock();
     return die("sending failed: " + failed);
   }
-  if (out_.empty())
+  if (out_ends_.empty())
     notify_drained_locked(lock);
   else
     schedule_pump_locked();
@@ -1038,13 +1044,13 @@ void Link::fail_if_no_runner(std::unique_lock<std::mutex>& lock) {
 
 // wm_ held.
 void Link::schedule_pump_locked() {
-  if (writing_ || pump_posted_ || out_.empty()) return;
+  if (writing_ || pump_posted_ || out_ends_.empty()) return;
   try {
     ensure_runner();
   } catch (const std::exception& e) {
     // Out of threads: what was queued cannot go; write() fails the link once wm_ is released
     // (this may run in a proxy's destructor, which must not throw).
-    out_.clear();
+    clear_out_locked();
     runner_error_ = e.what();
     return;
   }
@@ -1067,11 +1073,11 @@ void Link::pump() {
   std::unique_lock lock(wm_);
   pump_posted_ = false;
   if (writing_) return;  // a caller writes; it schedules the rest when done
-  if (out_.empty()) return notify_drained_locked(lock);
+  if (out_ends_.empty()) return notify_drained_locked(lock);
   {
     std::scoped_lock dl(m_);
     if (dead_) {
-      out_.clear();
+      clear_out_locked();
       return notify_drained_locked(lock);
     }
   }
@@ -1079,28 +1085,41 @@ void Link::pump() {
   // Everything queued, in one gathered write (bounded: the rest goes in the next one).
   constexpr std::size_t max_frames = 512;
   constexpr std::size_t max_bytes = std::size_t{4} << 20;
-  std::size_t bytes = 0;
-  while (!out_.empty() && sending_.size() < max_frames &&
-         (sending_.empty() || bytes + out_.front().size() <= max_bytes)) {
-    bytes += out_.front().size();
-    sending_.push_back(std::move(out_.front()));
-    out_.pop_front();
+  std::size_t n = 1;
+  while (n < out_ends_.size() && n < max_frames && out_ends_[n] <= max_bytes) ++n;
+  const std::size_t end = out_ends_[n - 1];
+  if (n == out_ends_.size()) {
+    sending_bytes_.swap(out_bytes_);  // (both keep what they have grown to)
+    out_bytes_.clear();
+  } else {
+    sending_bytes_.assign(out_bytes_.begin(),
+                          out_bytes_.begin() + static_cast<std::ptrdiff_t>(end));
+    out_bytes_.erase(out_bytes_.begin(), out_bytes_.begin() + static_cast<std::ptrdiff_t>(end));
   }
-  lock.unlock();
   sending_spans_.clear();
-  for (const auto& f : sending_) sending_spans_.emplace_back(f.data(), f.size());
+  std::size_t begin = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    sending_spans_.emplace_back(sending_bytes_.data() + begin, out_ends_[i] - begin);
+    begin = out_ends_[i];
+  }
+  out_ends_.erase(out_ends_.begin(), out_ends_.begin() + static_cast<std::ptrdiff_t>(n));
+  for (auto& e : out_ends_) e -= end;
+  lock.unlock();
   conn_->async_send_messages(std::span<const std::span<const std::byte>>(sending_spans_),
                              [this, self = shared_from_this()](boost::system::error_code ec) {
                                std::unique_lock lock(wm_);
                                writing_ = false;
-                               sending_.clear();
+                               sending_bytes_.clear();
+                               // A burst's buffer is not kept (the next swap would keep it).
+                               if (sending_bytes_.capacity() > kKeptBufferBytes)
+                                 std::vector<std::byte>().swap(sending_bytes_);
                                if (ec) {
-                                 out_.clear();
+                                 clear_out_locked();
                                  notify_drained_locked(lock);
                                  lock.unlock();
                                  return die("sending failed: " + ec.message());
                                }
-                               if (out_.empty())
+                               if (out_ends_.empty())
                                  notify_drained_locked(lock);
                                else
                                  schedule_pump_locked();
@@ -1119,8 +1138,8 @@ void Link::flush(std::chrono::nanoseconds timeout) {
   {
     std::scoped_lock lock(wm_);
     // A request this thread wrote itself is on the socket already; one queued (behind another
-    // thread's write, or the link's) is written before out_ is empty again.
-    if (!writing_ && out_.empty()) return;
+    // thread's write, or the link's) is written before the queue is empty again.
+    if (!writing_ && out_ends_.empty()) return;
     drained_.push_back([done] { done->set_value(); });
   }
   drained.wait_for(timeout);
@@ -1237,7 +1256,7 @@ void Link::die(const std::string& why) {
   }
   {
     std::unique_lock lock(wm_);
-    out_.clear();
+    clear_out_locked();
     notify_drained_locked(lock);
   }
   if (on_link_thread()) {

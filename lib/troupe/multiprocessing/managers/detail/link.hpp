@@ -162,7 +162,7 @@ private:
   /// Sends a frame: at once on this thread if the connection is idle, else queued for the
   /// link's thread. `gather`: queued even when idle (asynchronous requests while others are in
   /// flight: the link's thread writes what has gathered in one system call).
-  void write(std::vector<std::byte> bytes, bool gather = false);
+  void write(std::span<const std::byte> bytes, bool gather = false);
   void schedule_pump_locked();
   void fail_if_no_runner(std::unique_lock<std::mutex>& lock);
   void pump();
@@ -216,17 +216,24 @@ private:
   enum class Reader { none, runner, leader } reader_ = Reader::none;
   std::deque<SyncWait*> followers_;
 
-  std::mutex wm_;  // the writing: out_, writing_, pump_posted_, runner_error_, drained_
+  std::mutex wm_;  // the writing: out_*, writing_, pump_posted_, runner_error_, drained_
   // Frames waiting to be written by the link's thread (written by a caller directly when the
-  // connection is idle).
-  std::deque<std::vector<std::byte>> out_;
+  // connection is idle), one after another in out_bytes_, each ending where its out_ends_ entry
+  // says: once the buffers have grown, a queued request allocates nothing (a frame of its own
+  // was allocated by the caller and freed by the link's thread, through malloc's shared bins).
+  std::vector<std::byte> out_bytes_;
+  std::vector<std::size_t> out_ends_;
+  void clear_out_locked() noexcept {
+    out_bytes_.clear();
+    out_ends_.clear();
+  }
   // The frames the link's thread is writing, in one gathered write, and their spans.
-  std::vector<std::vector<std::byte>> sending_;
+  std::vector<std::byte> sending_bytes_;
   std::vector<std::span<const std::byte>> sending_spans_;
   bool writing_ = false;
   bool pump_posted_ = false;
   std::string runner_error_;  // the link's thread could not start for a queued write
-  // flush() callers waiting for out_ to drain.
+  // flush() callers waiting for the queued frames to drain.
   std::vector<std::function<void()>> drained_;
   void notify_drained_locked(std::unique_lock<std::mutex>& lock);
   friend void after_fork_in_child() noexcept;
