@@ -5,6 +5,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include <capnp/message.h>
@@ -61,25 +62,31 @@ TEST(FrameTest, AFrameNobodyHoldsIsUsedAgainWithTheNewMessage) {
   EXPECT_EQ(g->root<proto::manager::Reply>().getText().size(), 40u);
 }
 
-// As a pipelined proxy's replies: read on one thread, let go on another (the caller's).
+// As a pipelined proxy's replies: read on one thread, let go on another (the caller's). Each
+// frame holds its own message while it is held (a frame used again while held would show
+// another's id).
 TEST(FrameTest, FramesLetGoOnAnotherThreadAreUsedAgainIntact) {
   constexpr std::uint64_t kFrames = 2000;
-  std::vector<std::shared_ptr<Frame>> batch;
+  std::vector<std::pair<std::uint64_t, std::shared_ptr<Frame>>> batch;
   std::uint64_t bad = 0;
+  auto check = [](const std::pair<std::uint64_t, std::shared_ptr<Frame>>& x) {
+    return id_of(x.second) == x.first &&
+           x.second->root<proto::manager::Reply>().getText().size() == x.first % 64;
+  };
   for (std::uint64_t i = 0; i < kFrames; ++i) {
-    batch.push_back(internal::parse_frame_reusing(reply_bytes(i, i % 64)));
+    batch.emplace_back(i, internal::parse_frame_reusing(reply_bytes(i, i % 64)));
     if (batch.size() == 64) {
-      std::thread other([b = std::move(batch), &bad]() mutable {
-        for (auto& f : b)
-          if (f->root<proto::manager::Reply>().getText().size() != id_of(f) % 64) ++bad;
+      std::thread other([b = std::move(batch), &bad, &check]() mutable {
+        for (const auto& x : b)
+          if (!check(x)) ++bad;
         b.clear();
       });
       other.join();
       batch.clear();
     }
   }
-  for (auto& f : batch)
-    if (f->root<proto::manager::Reply>().getText().size() != id_of(f) % 64) ++bad;
+  for (const auto& x : batch)
+    if (!check(x)) ++bad;
   EXPECT_EQ(bad, 0u);
 }
 

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include <boost/asio/bind_executor.hpp>
+#include <boost/asio/deferred.hpp>
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/thread_pool.hpp>
@@ -765,6 +766,59 @@ TEST_F(ServerTest, AsyncCallsFollowAsiosRules) {
   io.restart();
   io.run();
   EXPECT_EQ(sum, 42);
+}
+
+// A lazy token (deferred) keeps its encoded request until it is launched: the thread's later
+// asynchronous calls build theirs elsewhere (a thread's request is used again only once nobody
+// holds it).
+TEST_F(ServerTest, ALazyCallKeepsItsRequestWhileItsThreadMakesOthers) {
+  auto m = client();
+  auto maths = m->create<Maths>("Maths");
+  boost::asio::io_context io;
+  auto lazy = maths.async_call<&Maths::add>(1, 2, boost::asio::deferred);
+  int sum = 0;
+  for (int i = 0; i < 5; ++i) {
+    maths.async_call<&Maths::add>(10, i,
+                                  boost::asio::bind_executor(io, [&](std::exception_ptr e, int r) {
+                                    if (!e) sum += r;
+                                  }));
+    io.run();
+    io.restart();
+  }
+  EXPECT_EQ(sum, 10 * 5 + 0 + 1 + 2 + 3 + 4);
+  int got = -1;
+  std::move(lazy)(boost::asio::bind_executor(io, [&](std::exception_ptr e, int r) {
+    if (!e) got = r;
+  }));
+  io.run();
+  EXPECT_EQ(got, 3);
+}
+
+// More asynchronous calls at once than one gathered write takes (4 MiB, 512 frames; fewer
+// than the server's 1024 calls in flight): the requests wait in the link's queue while the
+// socket is full, leave it in several writes, each reaches the server once, in order, and each
+// call gets its own reply.
+TEST_F(ServerTest, ABurstOfAsyncCallsLargerThanOneWriteGetsEveryReply) {
+  auto m = client();
+  auto maths = m->create<Maths>("Maths");
+  boost::asio::io_context io;
+  constexpr int kCalls = 1000;
+  const std::string filler(16 * 1024, 'x');  // 16 MiB of requests in all
+  auto name = [&](int i) { return std::to_string(i) + ":" + filler; };
+  int errors = 0, wrong = 0, replies = 0;
+  for (int i = 0; i < kCalls; ++i)
+    maths.async_call<&Maths::greet>(
+        name(i), boost::asio::bind_executor(io, [&, i](std::exception_ptr e, std::string r) {
+          ++replies;
+          if (e)
+            ++errors;
+          else if (r != "hello " + name(i))
+            ++wrong;
+        }));
+  io.run();
+  EXPECT_EQ(replies, kCalls);
+  EXPECT_EQ(errors, 0);
+  EXPECT_EQ(wrong, 0);
 }
 
 TEST_F(ServerTest, AsyncCallmethodDeliversTheErrorAsAnExceptionPtr) {

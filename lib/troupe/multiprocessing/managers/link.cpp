@@ -723,7 +723,18 @@ struct PreparedRequest {
 // allocation, over 1 KiB, is past the size malloc's per-thread cache serves, and measured ~700
 // instructions a call in malloc and free.
 #if !defined(TROUPE_TSAN)
-thread_local std::shared_ptr<PreparedRequest> tl_prepared;
+struct KeptRequest {
+  std::shared_ptr<PreparedRequest> p;
+  ~KeptRequest();
+};
+// Trivially destructible, so that an asynchronous call made while the thread's other
+// thread_locals are destroyed (by one of them, or a static on the main thread) sees that the kept
+// request has gone.
+thread_local bool tl_kept_request_gone = false;
+thread_local KeptRequest tl_kept_request;
+KeptRequest::~KeptRequest() {
+  tl_kept_request_gone = true;
+}
 #endif
 
 std::shared_ptr<PreparedRequest> new_prepared() {
@@ -732,16 +743,18 @@ std::shared_ptr<PreparedRequest> new_prepared() {
   // it): a new one each time.
   return std::make_shared<PreparedRequest>();
 #else
-  if (tl_prepared && tl_prepared.use_count() == 1) {
+  if (tl_kept_request_gone) return std::make_shared<PreparedRequest>();
+  auto& kept = tl_kept_request.p;
+  if (kept && kept.use_count() == 1) {
     // Another thread may have let it go last (a lazy token's initiation): see its writes.
     std::atomic_thread_fence(std::memory_order_acquire);
-    PreparedRequest& p = *tl_prepared;
+    PreparedRequest& p = *kept;
     p.mb.reset();  // zeroes the words it used, as a new builder needs them
     p.mb.emplace(kj::arrayPtr(p.words, PreparedRequest::kWords));
-    return tl_prepared;
+    return kept;
   }
-  tl_prepared = std::make_shared<PreparedRequest>();
-  return tl_prepared;
+  kept = std::make_shared<PreparedRequest>();
+  return kept;
 #endif
 }
 }  // namespace
@@ -1003,8 +1016,11 @@ constexpr std::size_t kKeptBufferBytes = std::size_t{1} << 20;
 
 void Link::write(std::span<const std::byte> bytes, bool gather) {
   std::unique_lock lock(wm_);
-  if (gather || !direct_ || writing_ || !out_ends_.empty() || on_link_thread()) {
-    // The link's thread writes it (it must never block in a write: it reads too).
+  if (gather || !direct_ || writing_ || out_queued_locked() || on_link_thread()) {
+    // The link's thread writes it (it must never block in a write: it reads too). Its end's
+    // room first: once its bytes are in, nothing may fail (a frame without its end would run
+    // into the next one's bytes).
+    out_ends_.reserve(out_ends_.size() + 1);
     out_bytes_.insert(out_bytes_.end(), bytes.begin(), bytes.end());
     out_ends_.push_back(out_bytes_.size());
     schedule_pump_locked();
@@ -1026,11 +1042,21 @@ void Link::write(std::span<const std::byte> bytes, bool gather) {
     lock.unlock();
     return die("sending failed: " + failed);
   }
-  if (out_ends_.empty())
+  if (!out_queued_locked())
     notify_drained_locked(lock);
   else
     schedule_pump_locked();
   fail_if_no_runner(lock);
+}
+
+// wm_ held: drops the frames already taken from the queue (when they are over half its bytes:
+// each byte is moved at most once on average).
+void Link::compact_out_locked() {
+  const std::size_t base = out_first_ == 0 ? 0 : out_ends_[out_first_ - 1];
+  out_bytes_.erase(out_bytes_.begin(), out_bytes_.begin() + static_cast<std::ptrdiff_t>(base));
+  out_ends_.erase(out_ends_.begin(), out_ends_.begin() + static_cast<std::ptrdiff_t>(out_first_));
+  for (auto& e : out_ends_) e -= base;
+  out_first_ = 0;
 }
 
 // wm_ held (released here): if the link's thread could not start for a queued write, the link
@@ -1044,7 +1070,7 @@ void Link::fail_if_no_runner(std::unique_lock<std::mutex>& lock) {
 
 // wm_ held.
 void Link::schedule_pump_locked() {
-  if (writing_ || pump_posted_ || out_ends_.empty()) return;
+  if (writing_ || pump_posted_ || !out_queued_locked()) return;
   try {
     ensure_runner();
   } catch (const std::exception& e) {
@@ -1073,7 +1099,7 @@ void Link::pump() {
   std::unique_lock lock(wm_);
   pump_posted_ = false;
   if (writing_) return;  // a caller writes; it schedules the rest when done
-  if (out_ends_.empty()) return notify_drained_locked(lock);
+  if (!out_queued_locked()) return notify_drained_locked(lock);
   {
     std::scoped_lock dl(m_);
     if (dead_) {
@@ -1085,25 +1111,24 @@ void Link::pump() {
   // Everything queued, in one gathered write (bounded: the rest goes in the next one).
   constexpr std::size_t max_frames = 512;
   constexpr std::size_t max_bytes = std::size_t{4} << 20;
-  std::size_t n = 1;
-  while (n < out_ends_.size() && n < max_frames && out_ends_[n] <= max_bytes) ++n;
+  const std::size_t first = out_first_;
+  const std::size_t base = first == 0 ? 0 : out_ends_[first - 1];  // where its bytes begin
+  std::size_t n = first + 1;  // one past the last frame written now
+  while (n < out_ends_.size() && n - first < max_frames && out_ends_[n] - base <= max_bytes) ++n;
   const std::size_t end = out_ends_[n - 1];
-  if (n == out_ends_.size()) {
-    sending_bytes_.swap(out_bytes_);  // (both keep what they have grown to)
-    out_bytes_.clear();
-  } else {
-    sending_bytes_.assign(out_bytes_.begin(),
+  if (first == 0 && n == out_ends_.size())
+    sending_bytes_.swap(out_bytes_);  // all of it (both keep what they have grown to)
+  else
+    sending_bytes_.assign(out_bytes_.begin() + static_cast<std::ptrdiff_t>(base),
                           out_bytes_.begin() + static_cast<std::ptrdiff_t>(end));
-    out_bytes_.erase(out_bytes_.begin(), out_bytes_.begin() + static_cast<std::ptrdiff_t>(end));
-  }
   sending_spans_.clear();
-  std::size_t begin = 0;
-  for (std::size_t i = 0; i < n; ++i) {
-    sending_spans_.emplace_back(sending_bytes_.data() + begin, out_ends_[i] - begin);
-    begin = out_ends_[i];
-  }
-  out_ends_.erase(out_ends_.begin(), out_ends_.begin() + static_cast<std::ptrdiff_t>(n));
-  for (auto& e : out_ends_) e -= end;
+  for (std::size_t i = first, at = base; i < n; at = out_ends_[i++])
+    sending_spans_.emplace_back(sending_bytes_.data() + (at - base), out_ends_[i] - at);
+  out_first_ = n;
+  if (!out_queued_locked())
+    clear_out_locked();
+  else if (end > out_bytes_.size() / 2)
+    compact_out_locked();
   lock.unlock();
   conn_->async_send_messages(std::span<const std::span<const std::byte>>(sending_spans_),
                              [this, self = shared_from_this()](boost::system::error_code ec) {
@@ -1119,7 +1144,7 @@ void Link::pump() {
                                  lock.unlock();
                                  return die("sending failed: " + ec.message());
                                }
-                               if (out_ends_.empty())
+                               if (!out_queued_locked())
                                  notify_drained_locked(lock);
                                else
                                  schedule_pump_locked();
@@ -1139,7 +1164,7 @@ void Link::flush(std::chrono::nanoseconds timeout) {
     std::scoped_lock lock(wm_);
     // A request this thread wrote itself is on the socket already; one queued (behind another
     // thread's write, or the link's) is written before the queue is empty again.
-    if (!writing_ && out_ends_.empty()) return;
+    if (!writing_ && !out_queued_locked()) return;
     drained_.push_back([done] { done->set_value(); });
   }
   drained.wait_for(timeout);

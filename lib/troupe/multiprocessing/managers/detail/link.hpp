@@ -221,12 +221,18 @@ private:
   // connection is idle), one after another in out_bytes_, each ending where its out_ends_ entry
   // says: once the buffers have grown, a queued request allocates nothing (a frame of its own
   // was allocated by the caller and freed by the link's thread, through malloc's shared bins).
+  // The link's thread takes them from out_first_ on (a write bounded in frames and bytes may
+  // leave some), and drops what went before from time to time (compact_out_locked).
   std::vector<std::byte> out_bytes_;
   std::vector<std::size_t> out_ends_;
+  std::size_t out_first_ = 0;
+  bool out_queued_locked() const noexcept { return out_first_ < out_ends_.size(); }
   void clear_out_locked() noexcept {
     out_bytes_.clear();
     out_ends_.clear();
+    out_first_ = 0;
   }
+  void compact_out_locked();
   // The frames the link's thread is writing, in one gathered write, and their spans.
   std::vector<std::byte> sending_bytes_;
   std::vector<std::span<const std::byte>> sending_spans_;
