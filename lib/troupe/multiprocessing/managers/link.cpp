@@ -849,13 +849,19 @@ void Link::send(const Build& build) {
   write(build_frame(next_call_.fetch_add(1, std::memory_order_relaxed), build));
 }
 
+void Link::refuse_on_link_thread(std::string_view what, std::string_view advice) const {
+  if (!on_link_thread()) return;
+  std::string text(what);
+  text += " to the manager at " + address_text_ +
+          " on the thread that reads its replies would wait for itself (a completion handler "
+          "with no executor of its own runs there)";
+  if (!advice.empty()) (text += ": ") += advice;
+  throw RuntimeError(text);
+}
+
 std::shared_ptr<Frame> Link::call(const Build& build,
                                   std::optional<std::chrono::nanoseconds> timeout) {
-  if (on_link_thread())
-    throw RuntimeError(
-        "a blocking call to the manager at " + address_text_ +
-        " on the thread that reads its replies would wait for itself (a completion handler with "
-        "no executor of its own runs there): use the async_ form, or bind an executor");
+  refuse_on_link_thread("a blocking call", "use the async_ form, or bind an executor");
   // A handler run while this thread reads may drop the last proxy: the link lives until the
   // call returns.
   auto self = shared_from_this();

@@ -62,10 +62,8 @@ std::shared_ptr<detail::Link> BaseProxy::_link() const {
 void BaseProxy::_incref() const {
   auto link = _link();
   const auto id = _token().id;
-  if (link->on_link_thread())  // before the incref: a reference taken, then no wait, would leak
-    throw RuntimeError("_incref() of a proxy to the manager at " + link->address_text() +
-                       " on the thread that reads its replies would wait for itself (a "
-                       "completion handler with no executor of its own runs there)");
+  // Before the incref: a reference taken, then no wait, would leak.
+  link->refuse_on_link_thread("_incref() of a proxy");
   auto incref = [id](proto::manager::Request::Builder r) { r.setIncref(id); };
   if (link->python()) {
     // CPython's server answers an incref: its failure raises here.

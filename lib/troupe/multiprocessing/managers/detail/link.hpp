@@ -17,6 +17,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <string_view>
 #include <unordered_map>
 #include <vector>
 
@@ -128,6 +129,9 @@ public:
   pid_t owner() const noexcept { return pid_; }
   /// Whether the calling thread is the link's own (Asio's) thread.
   bool on_link_thread() const noexcept;
+  /// @throws RuntimeError when the calling thread is the link's own: `what` ("a blocking
+  /// call") would wait there for a reply that thread reads. `advice` ends the message.
+  void refuse_on_link_thread(std::string_view what, std::string_view advice = {}) const;
   /// The link's own thread's executor: what runs there must not block (the link's reading and
   /// writing wait behind it).
   boost::asio::any_io_executor executor() const;
