@@ -27,7 +27,7 @@ std::vector<std::byte> reply_bytes(std::uint64_t id, std::size_t text_bytes = 0)
   capnp::MallocMessageBuilder mb;
   auto r = mb.initRoot<proto::manager::Reply>();
   r.setCallId(id);
-  if (text_bytes > 0) r.setText(std::string(text_bytes, 'x'));
+  r.setText(std::string(text_bytes, 'x'));  // (set even when empty: the union reads as text)
   return internal::flatten(mb);
 }
 
