@@ -98,7 +98,9 @@ TEST(FrameTest, ALargeFrameIsReadInAFrameOfItsOwn) {
   }
   {
     auto large = internal::parse_frame_reusing(reply_bytes(2, 64 * 1024));
+#if !defined(TROUPE_TSAN)  // (under it nothing is kept: the address may be the small one's)
     EXPECT_NE(large.get(), small);  // (the small one is still kept, at its own address)
+#endif
     EXPECT_EQ(large->root<proto::manager::Reply>().getText().size(), 64u * 1024);
     EXPECT_EQ(id_of(large), 2u);
   }
