@@ -59,7 +59,9 @@ struct Request {
   union {
     call @2 :Call;            # a method of a hosted object
     create @3 :Create;        # a new object of a registered typeid
-    incref @4 :UInt64;        # this connection holds one more reference to object id
+    incref @4 :UInt64;        # this connection holds one more reference to object id;
+                              # answered (none, or why not: no such object, over the
+                              # connection's maxObjectsHeld)
     decref @5 :UInt64;        # one fewer (no reply unless it fails)
     park @6 :Ticket;          # one more reference to object id, held for a proxy in transit
                               # until a receiver claims the ticket (chosen by the sender,

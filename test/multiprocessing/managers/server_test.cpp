@@ -1265,6 +1265,36 @@ TEST_F(ServerTest, ParksAndEarlyClaimsAreLimitedPerConnection) {
   EXPECT_EQ(ping_error, "");
 }
 
+// An incref over the connection's max_objects_held is answered with the refusal: a proxy made
+// from a token raises it (it used to be logged by the server only, and the proxy went on as if
+// it held a reference the server never counted). Under the limit again, the same token works.
+TEST_F(ServerTest, AProxyFromATokenOverTheObjectsHeldLimitRaises) {
+  server_.reset();
+  mm::ServerOptions o;
+  o.max_objects_held = 2;
+  start_server(std::nullopt, o);
+  auto c = raw_client(server_->address(), key_);
+  send_hello(c);
+  const mm::Token token{
+      .typeid_ = "Counter", .address = server_->address(), .id = raw_create_counter(c)};
+  auto m = client();
+  auto a = m->create<Maths>("Maths");
+  std::optional<mm::Proxy<Maths>> b(m->create<Maths>("Maths"));
+  try {
+    mm::BaseProxy p(token, key_);
+    FAIL() << "a third object held past the limit of 2";
+  } catch (const troupe::ValueError& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("max_objects_held"), std::string::npos) << what;
+  }
+  EXPECT_EQ(a.call<&Maths::add>(2, 3), 5);  // the connection goes on
+  b.reset();
+  ASSERT_TRUE(eventually([&] { return server_->number_of_objects() == 2; }));
+  mm::BaseProxy p(token, key_);
+  EXPECT_EQ(p._callmethod<int>("increment"), 1);
+  EXPECT_EQ(server_->number_of_objects(), 2u);
+}
+
 // A request over the server's max_message_size (told in its Welcome) is refused by the client,
 // unsent, naming both sizes: the connection, its other calls and its objects go on (the server
 // would drop the connection).

@@ -64,20 +64,11 @@ void BaseProxy::_incref() const {
   const auto id = _token().id;
   // Before the incref: a reference taken, then no wait, would leak.
   link->refuse_on_link_thread("_incref() of a proxy");
-  auto incref = [id](proto::manager::Request::Builder r) { r.setIncref(id); };
-  if (link->python()) {
-    // CPython's server answers an incref: its failure raises here.
-    auto frame = link->call(incref);
-    (void)decode_reply<std::monostate>(link, *frame, "incref");
-  } else {
-    // As Python's, whose incref is a round trip: the reference is taken, or this raises. The
-    // server answers an incref only when it fails (that failure is logged); a get_methods sent
-    // after it on the same connection is answered after it, and fails as Python's incref does
-    // (RemoteError, the server's KeyError) for an object the server does not have. (An incref
-    // refused for the connection's limit of objects held is only logged.)
-    link->send(incref);
-    (void)_exposed();
-  }
+  // A round trip, as Python's: the reference is taken, or this raises (a server of either
+  // dialect answers an incref; troupe's, the refusal of an object over the connection's
+  // max_objects_held too).
+  auto frame = link->call([id](proto::manager::Request::Builder r) { r.setIncref(id); });
+  (void)decode_reply<std::monostate>(link, *frame, "incref");
   std::scoped_lock lock(state_->m);
   ++state_->refs;
 }

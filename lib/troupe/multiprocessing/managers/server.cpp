@@ -1287,12 +1287,18 @@ public:
         return;
       }
       case R::INCREF: {
+        // Answered either way: the client's _incref() waits for it (a reference refused for
+        // the connection's limit raises there, not only in this server's log).
         try {
           incref(sc, req.getIncref());
+        } catch (const KeyError&) {
+          // CPython: RemoteError (its incref runs on a connection of its own, whose failure
+          // comes back as a traceback).
+          return fail(remote_error(std::current_exception()), "incref");
         } catch (...) {
-          fail(std::current_exception(), "incref");
+          return fail(std::current_exception(), "incref");
         }
-        return;
+        return reply_value(sc, call_id, std::monostate{});
       }
       case R::DECREF: {
         try {
