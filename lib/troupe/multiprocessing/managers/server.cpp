@@ -98,6 +98,16 @@ struct CallText {
   }
 };
 
+// Python's repr() and str() of a managed object: answered by the server for every object
+// (string_view compares: a length first, no strlen, inline).
+bool is_repr(std::string_view method) noexcept {
+  return method == "__repr__" || method == "__str__";
+}
+// The methods every object answers, exposed or not: _getvalue() and repr/str.
+bool answered_unexposed(std::string_view method) noexcept {
+  return method == "#GETVALUE" || is_repr(method);
+}
+
 // Whether `e` was raised outside the method (CPython's '#TRACEBACK'): a method not exposed, or
 // an error made a RemoteError (remote_error()).
 bool raised_outside(const std::exception_ptr& e) noexcept {
@@ -1197,8 +1207,7 @@ public:
                                    address_text_ + " (released, or never made)"))),
                       mname);
         if (!admit(sc, call_id, mname, [&] { return object_name(typeid_, id); })) return;
-        if (entry && mname != "#GETVALUE" && mname != "__repr__" && mname != "__str__" &&
-            !detail::exposes(*entry, mname)) {
+        if (entry && !answered_unexposed(mname) && !detail::exposes(*entry, mname)) {
           std::string list;
           for (const auto& e : *entry->exposed) list += (list.empty() ? "" : ", ") + e;
           return fail(remote_error(std::make_exception_ptr(AttributeError(
@@ -1448,7 +1457,7 @@ public:
                     fingerprint,
                     ex_,
                     this};
-      if (t.method == "__repr__" || t.method == "__str__") {
+      if (is_repr(t.method)) {
         detail::no_fallback_arguments(info, t.typeid_);
         done->complete(obj->repr());
       } else {
@@ -1965,8 +1974,7 @@ public:
       serial = it->second.serial;
     }
     const std::string mname = req.method;
-    const bool fallback = mname == "#GETVALUE" || mname == "__repr__" || mname == "__str__";
-    if (entry && !fallback && !detail::exposes(*entry, mname) &&
+    if (entry && !answered_unexposed(mname) && !detail::exposes(*entry, mname) &&
         !entry->method_to_typeid.contains(mname))  // CPython adds these to exposed
       throw AttributeError("method '" + mname + "' of object " + object_name(typeid_, id) +
                            " (typeid '" + typeid_ + "') is not exposed");
@@ -2001,7 +2009,7 @@ public:
                                                           .arguments = state->summary()});
             try {
               const CallInfo info = python_info(sc, call_id, id, typeid_, mname, *state, this);
-              if (mname == "__repr__" || mname == "__str__") {
+              if (is_repr(mname)) {
                 detail::no_fallback_arguments(info, typeid_);
                 done->complete(obj->repr());
               } else {
