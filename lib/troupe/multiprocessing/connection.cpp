@@ -684,6 +684,13 @@ bool Connection::can_fill() const noexcept {
 
 std::optional<std::vector<std::byte>> Connection::recv_buffered(
     std::optional<std::size_t> maxlength) {
+  std::vector<std::byte> out;
+  if (!recv_buffered_into(out, maxlength)) return std::nullopt;
+  return out;
+}
+
+bool Connection::recv_buffered_into(std::vector<std::byte>& out,
+                                    std::optional<std::size_t> maxlength) {
   check_readable("recv_buffered");
   std::size_t hlen = 0;
   std::uint64_t n = 0;
@@ -691,11 +698,11 @@ std::optional<std::vector<std::byte>> Connection::recv_buffered(
   // The header read once (not again by message_buffered()); a message over a limit, or a bad
   // header, is left for recv_bytes.
   if (!buffered_header(hlen, n, bad) || (maxlength && n > *maxlength) || n > buffered() - hlen)
-    return std::nullopt;
+    return false;
   const std::byte* at = rbuf_.get() + rpos_ + hlen;
-  std::vector<std::byte> out(at, at + n);
+  out.assign(at, at + n);
   rpos_ += hlen + static_cast<std::size_t>(n);
-  return out;
+  return true;
 }
 
 std::size_t Connection::recv_bytes_into(std::span<std::byte> buf, std::size_t offset) {

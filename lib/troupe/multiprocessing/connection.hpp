@@ -334,6 +334,10 @@ public:
   /// or async_recv_bytes to refuse.
   std::optional<std::vector<std::byte>> recv_buffered(
       std::optional<std::size_t> maxlength = std::nullopt);
+  /// recv_buffered into `out` (its contents replaced, its capacity used again): true if it
+  /// held a whole message; false (`out` untouched) if not.
+  bool recv_buffered_into(std::vector<std::byte>& out,
+                          std::optional<std::size_t> maxlength = std::nullopt);
 
   /// Python: none. Whether a whole message is already in the bytes read (recv_buffered would
   /// return it).

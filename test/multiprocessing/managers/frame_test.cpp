@@ -1,6 +1,7 @@
 // A received frame of the manager dialect, and the frames a reading thread uses again
-// (internal::parse_frame_reusing): a frame is used for another message only once nobody holds
-// it, wherever its last holder let it go, and a bad message leaves no frame half-made.
+// (internal::parse_frame_reusing, read_frame_reusing): a frame is used for another message only
+// once nobody holds it, wherever its last holder let it go, and a bad message leaves no frame
+// half-made.
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -109,6 +110,56 @@ TEST(FrameTest, ALargeFrameIsReadInAFrameOfItsOwn) {
   EXPECT_EQ(g.get(), small);  // the large one did not take its place
 #endif
   EXPECT_EQ(id_of(g), 3u);
+}
+
+// read_frame_reusing: the message is read into a free kept frame's own bytes (no new buffer:
+// the server's and the link's read loops), nothing read leaves nothing, and a large message
+// gets a frame of its own without the kept frame growing to its size.
+TEST(FrameTest, AMessageIsReadIntoAFreeFramesOwnBytes) {
+  auto read = [](const std::vector<std::byte>& message) {
+    return internal::read_frame_reusing([&](std::vector<std::byte>& out) {
+      out.assign(message.begin(), message.end());
+      return true;
+    });
+  };
+  [[maybe_unused]] const std::byte* storage = nullptr;
+  [[maybe_unused]] const Frame* kept = nullptr;
+  {
+    auto f = read(reply_bytes(1, 200));
+    storage = f->bytes.data();
+    kept = f.get();
+    EXPECT_EQ(id_of(f), 1u);
+  }
+  {
+    auto g = read(reply_bytes(2, 8));
+#if !defined(TROUPE_TSAN)  // (under it, a new frame each time)
+    EXPECT_EQ(g.get(), kept);
+    EXPECT_EQ(g->bytes.data(), storage);  // the first message's capacity, used again
+#endif
+    EXPECT_EQ(id_of(g), 2u);
+    EXPECT_EQ(g->root<proto::manager::Reply>().getText().size(), 8u);
+  }
+  bool asked = false;
+  EXPECT_EQ(internal::read_frame_reusing([&](std::vector<std::byte>&) {
+              asked = true;
+              return false;
+            }),
+            nullptr);
+  EXPECT_TRUE(asked);
+  {
+    auto large = read(reply_bytes(3, 64 * 1024));
+    EXPECT_EQ(id_of(large), 3u);
+    EXPECT_EQ(large->root<proto::manager::Reply>().getText().size(), 64u * 1024);
+#if !defined(TROUPE_TSAN)
+    EXPECT_NE(large.get(), kept);
+#endif
+  }
+  auto h = read(reply_bytes(4));
+  EXPECT_EQ(id_of(h), 4u);
+#if !defined(TROUPE_TSAN)
+  EXPECT_EQ(h.get(), kept);
+  EXPECT_LE(h->bytes.capacity(), 1024u);  // the large message's buffer went with its frame
+#endif
 }
 
 TEST(FrameTest, ABadMessageInAFrameUsedAgainIsRefusedAndTheNextIsRead) {

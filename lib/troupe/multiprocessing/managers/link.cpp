@@ -1199,9 +1199,17 @@ void Link::read_next() {
         // The replies that came in the same read (a server's gathered write) are taken here,
         // without a trip through the scheduler each.
         for (int n = 0; go_on && n < 512; ++n) {
-          auto more = conn_->recv_buffered();
+          // Read into a frame of this thread's that nobody holds (no allocation).
+          std::shared_ptr<Frame> more;
+          try {
+            more = internal::read_frame_reusing(
+                [&](std::vector<std::byte>& out) { return conn_->recv_buffered_into(out); });
+          } catch (const std::exception& e) {
+            malformed_reply(e);
+            return;
+          }
           if (!more) break;
-          go_on = on_frame(std::move(*more));
+          go_on = on_reply(std::move(more));
           if (r->link_gone.load(std::memory_order_acquire)) return;
         }
         {
@@ -1227,13 +1235,25 @@ Link::Pending Link::take_pending_locked(decltype(pending_)::iterator it) {
 
 bool Link::on_frame(std::vector<std::byte> bytes) {
   std::shared_ptr<Frame> frame;
-  std::uint64_t id = 0;
   try {
     frame = internal::parse_frame_reusing(std::move(bytes));
+  } catch (const std::exception& e) {
+    return malformed_reply(e);
+  }
+  return on_reply(std::move(frame));
+}
+
+bool Link::malformed_reply(const std::exception& e) {
+  die(std::string("it sent a malformed reply (") + e.what() + ")");
+  return false;
+}
+
+bool Link::on_reply(std::shared_ptr<Frame> frame) {
+  std::uint64_t id = 0;
+  try {
     id = frame->root<proto::manager::Reply>().getCallId();
   } catch (const std::exception& e) {
-    die(std::string("it sent a malformed reply (") + e.what() + ")");
-    return false;
+    return malformed_reply(e);
   }
   Pending p;
   bool more;

@@ -1059,8 +1059,23 @@ public:
           on_request(sc, std::move(bytes));
       };
       if (first) one(std::move(*first));
+      const auto max = static_cast<std::size_t>(options_.max_message_size);
       while (!sc->closing && !sc->conn.closed() && backlog(sc) < read_budget()) {
-        auto more = sc->conn.recv_buffered(static_cast<std::size_t>(options_.max_message_size));
+        if (sc->greeted && !sc->python) {
+          // A request: read into a frame of this thread's that nobody holds (no allocation).
+          std::shared_ptr<Frame> frame;
+          try {
+            frame = internal::read_frame_reusing(
+                [&](std::vector<std::byte>& out) { return sc->conn.recv_buffered_into(out, max); });
+          } catch (const std::exception& e) {
+            not_a_request(sc, e);
+            break;
+          }
+          if (!frame) break;
+          on_request(sc, frame);
+          continue;
+        }
+        auto more = sc->conn.recv_buffered(max);
         if (!more) break;
         one(std::move(*more));
       }
@@ -1149,16 +1164,29 @@ public:
   void on_request(const std::shared_ptr<ServerConn>& sc, std::vector<std::byte> bytes) {
     if (sc->python) return on_python_request(sc, std::move(bytes));
     std::shared_ptr<Frame> frame;
-    proto::manager::Request::Reader req;
-    const std::size_t size = bytes.size();
     try {
       frame = internal::parse_frame(std::move(bytes));
+    } catch (const std::exception& e) {
+      return not_a_request(sc, e);
+    }
+    on_request(sc, frame);
+  }
+
+  void not_a_request(const std::shared_ptr<ServerConn>& sc, const std::exception& e) {
+    mlog().warning("manager server at " + address_text_ + ": dropped the connection of " +
+                   sc->peer + ": a message that is not a request (" + e.what() + ")");
+    close_conn(sc, "");
+  }
+
+  // A request of troupe's dialect, parsed.
+  void on_request(const std::shared_ptr<ServerConn>& sc, const std::shared_ptr<Frame>& frame) {
+    proto::manager::Request::Reader req;
+    const std::size_t size = frame->bytes.size();
+    try {
       req = frame->root<proto::manager::Request>();
       (void)req.which();
     } catch (const std::exception& e) {
-      mlog().warning("manager server at " + address_text_ + ": dropped the connection of " +
-                     sc->peer + ": a message that is not a request (" + e.what() + ")");
-      return close_conn(sc, "");
+      return not_a_request(sc, e);
     }
     try {
       dispatch(sc, frame, req, size);

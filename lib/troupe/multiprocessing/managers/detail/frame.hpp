@@ -27,6 +27,11 @@ struct Frame {
   /// The frame holds `b` instead of what it held (a frame used again). Throws as the
   /// constructor; the frame then holds no message.
   void reset(std::vector<std::byte> b);
+  /// Holds no message (its bytes, and their capacity, stay): for `bytes` to be refilled.
+  void clear() noexcept;
+  /// Reads the message in `bytes` (refilled after clear()). Throws as the constructor; the frame
+  /// then holds no message.
+  void parse();
 
   /// The root as an S. Checked by Cap'n Proto the first time; later calls for the same S reuse
   /// that root (a frame is read several times on a call's way: each field access stays bounded).

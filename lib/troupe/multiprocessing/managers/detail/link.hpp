@@ -159,6 +159,10 @@ private:
   /// Ends the call whose reply `bytes` is; false once the link's thread should stop taking
   /// buffered replies (the link is dead, or, on a plain socket, no asynchronous call is owed).
   bool on_frame(std::vector<std::byte> bytes);
+  /// on_frame() of a reply parsed already.
+  bool on_reply(std::shared_ptr<Frame> frame);
+  /// The link dies of a reply it cannot read (`e` says why); false, as on_frame() then returns.
+  bool malformed_reply(const std::exception& e);
   void complete(Pending& p, std::exception_ptr error, std::shared_ptr<Frame> frame);
   void die(const std::string& why);
   void beat();

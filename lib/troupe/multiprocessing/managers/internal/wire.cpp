@@ -24,15 +24,23 @@ kj::ArrayPtr<const capnp::word> words_of(const std::vector<std::byte>& b) {
 }
 }  // namespace
 
-detail::Frame::Frame(std::vector<std::byte> b)
-    : bytes(std::move(b)),
-      reader(std::in_place, words_of(bytes), reader_options(bytes.size() / 8)) {}
+detail::Frame::Frame(std::vector<std::byte> b) : bytes(std::move(b)) {
+  parse();
+}
 
 void detail::Frame::reset(std::vector<std::byte> b) {
+  clear();
+  bytes = std::move(b);
+  parse();
+}
+
+void detail::Frame::clear() noexcept {
   root_.reset();
   root_type_ = 0;
   reader.reset();
-  bytes = std::move(b);
+}
+
+void detail::Frame::parse() {
   reader.emplace(words_of(bytes), reader_options(bytes.size() / 8));
 }
 
@@ -79,6 +87,18 @@ std::shared_ptr<Frame>* free_slot(FrameRing& ring) {
 #endif
 }  // namespace
 
+namespace {
+// `f`'s bytes read as one whole message. @throws ValueError as parse_frame.
+void parse_whole(Frame& f) {
+  try {
+    f.parse();
+    check_whole(f);
+  } catch (const kj::Exception& e) {
+    throw ValueError(std::string("malformed manager message: ") + e.getDescription().cStr());
+  }
+}
+}  // namespace
+
 std::shared_ptr<Frame> parse_frame(std::vector<std::byte> bytes) {
   try {
     auto f = std::make_shared<Frame>(std::move(bytes));
@@ -89,31 +109,48 @@ std::shared_ptr<Frame> parse_frame(std::vector<std::byte> bytes) {
   }
 }
 
-std::shared_ptr<Frame> parse_frame_reusing(std::vector<std::byte> bytes) {
-#if defined(TROUPE_TSAN)
-  // ThreadSanitizer does not see the fence below order the last holder's reads before the
-  // frame's next use (GCC warns of std::atomic_thread_fence under it): a new frame each time.
-  return parse_frame(std::move(bytes));
-#else
-  if (t_frame_ring_gone || bytes.size() > FrameRing::kMaxKept) return parse_frame(std::move(bytes));
-  std::shared_ptr<Frame>* slot = free_slot(t_frame_ring);
-  if (!slot || !*slot) {
+std::shared_ptr<Frame> read_frame_reusing(kj::FunctionParam<bool(std::vector<std::byte>&)> fill) {
+#if !defined(TROUPE_TSAN)
+  // (ThreadSanitizer does not see the fence below order the last holder's reads before the
+  // frame's next use, and GCC warns of std::atomic_thread_fence under it: a new frame each
+  // time there.)
+  if (!t_frame_ring_gone) {
+    std::shared_ptr<Frame>* slot = free_slot(t_frame_ring);
+    if (slot && *slot) {
+      // Its last holder may have been another thread: see what it did to the frame first.
+      std::atomic_thread_fence(std::memory_order_acquire);
+      Frame& f = **slot;
+      f.clear();
+      if (!fill(f.bytes)) return nullptr;
+      if (f.bytes.size() > FrameRing::kMaxKept) {
+        // Not kept (nor its capacity): a frame of its own.
+        std::vector<std::byte> big;
+        big.swap(f.bytes);
+        return parse_frame(std::move(big));
+      }
+      parse_whole(f);
+      return *slot;
+    }
+    std::vector<std::byte> bytes;
+    if (!fill(bytes)) return nullptr;
+    if (bytes.size() > FrameRing::kMaxKept) return parse_frame(std::move(bytes));
     // A new frame, in an empty place, or in the next one if both looked at are held (the held
     // one lives on with its holders).
     auto& place = slot ? *slot : t_frame_ring.frames[t_frame_ring.next];
     place = parse_frame(std::move(bytes));
     return place;
   }
-  // Its last holder may have been another thread: see what it did to the frame first.
-  std::atomic_thread_fence(std::memory_order_acquire);
-  try {
-    (*slot)->reset(std::move(bytes));
-    check_whole(**slot);
-  } catch (const kj::Exception& e) {
-    throw ValueError(std::string("malformed manager message: ") + e.getDescription().cStr());
-  }
-  return *slot;
 #endif
+  std::vector<std::byte> bytes;
+  if (!fill(bytes)) return nullptr;
+  return parse_frame(std::move(bytes));
+}
+
+std::shared_ptr<Frame> parse_frame_reusing(std::vector<std::byte> bytes) {
+  return read_frame_reusing([&](std::vector<std::byte>& out) {
+    out = std::move(bytes);
+    return true;
+  });
 }
 
 std::vector<std::byte> flatten(capnp::MessageBuilder& mb) {

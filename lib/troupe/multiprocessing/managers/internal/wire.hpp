@@ -10,6 +10,7 @@
 
 #include <capnp/message.h>
 #include <capnp/serialize.h>
+#include <kj/function.h>
 
 #include "troupe/multiprocessing/managers/detail/frame.hpp"
 
@@ -32,6 +33,11 @@ std::shared_ptr<Frame> parse_frame(std::vector<std::byte> bytes);
 /// parse_frame() in a frame this thread made before and nobody holds now, if there is one: for a
 /// thread that reads many frames which other threads let go.
 std::shared_ptr<Frame> parse_frame_reusing(std::vector<std::byte> bytes);
+/// The next message, which `fill` puts in the vector it is given (false: there is none, and
+/// this returns null), parsed in a frame this thread made before and nobody holds now: its
+/// bytes' capacity is used again too (a message over 1 KiB gets a frame of its own). @throws
+/// ValueError as parse_frame; what `fill` throws.
+std::shared_ptr<Frame> read_frame_reusing(kj::FunctionParam<bool(std::vector<std::byte>&)> fill);
 /// The message as one frame's bytes (segment table and segments).
 std::vector<std::byte> flatten(capnp::MessageBuilder& mb);
 /// A random non-zero ticket (OpenSSL's CSPRNG).
