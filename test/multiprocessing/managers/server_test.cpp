@@ -79,6 +79,7 @@ inline bool register_foobar() {
   TestManager::register_<Squares>("baz");
   TestManager::register_<Squares>("NotAnIterator", {.exposed = std::vector<std::string>{}});
   TestManager::register_<Countdown>("Countdown");
+  TestManager::register_<Maths>("QuickMaths", {.quick = true});
   TestManager::register_<Counter>("Hidden", {.create_method = false});
   TestManager::register_<FooBar>("Bar", {.exposed = std::vector<std::string>{"f", "_h"}});
   // method_to_typeid's methods are exposed even when `exposed` leaves them out (as Python's).
@@ -815,6 +816,38 @@ TEST_F(ServerTest, ABurstOfAsyncCallsLargerThanOneWriteGetsEveryReply) {
           else if (r != "hello " + name(i))
             ++wrong;
         }));
+  io.run();
+  EXPECT_EQ(replies, kCalls);
+  EXPECT_EQ(errors, 0);
+  EXPECT_EQ(wrong, 0);
+}
+
+// A quick typeid's replies are made in the handler that read their requests, each in the
+// buffer of a reply written before it (kept by the connection): pipelined replies of sizes that
+// go up and down each carry their own bytes, none left over from a longer one before it.
+TEST_F(ServerTest, PipelinedRepliesInKeptBuffersCarryTheirOwnBytes) {
+  auto m = client();
+  auto maths = m->create<Maths>("QuickMaths");
+  boost::asio::io_context io;
+  constexpr int kCalls = 3000;
+  auto name = [](int i) {
+    return std::string(static_cast<std::size_t>(i * 37 % 700), 'a' + i % 26);
+  };
+  int errors = 0, wrong = 0, replies = 0;
+  int sent = 0;
+  std::function<void()> send_one = [&] {
+    const int i = sent++;
+    maths.async_call<&Maths::greet>(
+        name(i), boost::asio::bind_executor(io, [&, i](std::exception_ptr e, std::string r) {
+          ++replies;
+          if (e)
+            ++errors;
+          else if (r != "hello " + name(i))
+            ++wrong;
+          if (sent < kCalls) send_one();
+        }));
+  };
+  for (int k = 0; k < 64; ++k) send_one();  // 64 in flight, as a pipelining client keeps them
   io.run();
   EXPECT_EQ(replies, kCalls);
   EXPECT_EQ(errors, 0);

@@ -30,6 +30,7 @@
 #include <boost/asio/thread_pool.hpp>
 #include <capnp/serialize.h>
 
+#include "troupe/codec.hpp"
 #include "troupe/detail/futex.hpp"
 #include "troupe/detail/node_cache.hpp"
 #include "troupe/error_envelope.hpp"
@@ -184,6 +185,24 @@ struct ServerConn : std::enable_shared_from_this<ServerConn> {
   // length headers, and the buffers not yet taken. Kept, so that a write allocates nothing.
   std::vector<unsigned char> headers;
   std::vector<iovec> unsent;
+  // Small written replies' buffers, emptied, for the replies of calls that end on the strand:
+  // a reply then allocates nothing (at most kSpareReplies, none over kSpareReplyBytes).
+  static constexpr std::size_t kSpareReplies = 64;
+  static constexpr std::size_t kSpareReplyBytes = 1024;
+  std::vector<std::vector<std::byte>> spare_replies;
+  void keep_spare(std::vector<std::byte>&& b) {
+    if (b.capacity() == 0 || b.capacity() > kSpareReplyBytes ||
+        spare_replies.size() >= kSpareReplies)
+      return;
+    b.clear();
+    spare_replies.push_back(std::move(b));
+  }
+  std::vector<std::byte> take_spare() {
+    if (spare_replies.empty()) return {};
+    auto b = std::move(spare_replies.back());
+    spare_replies.pop_back();
+    return b;
+  }
   bool writing = false;
   bool pump_deferred = false;
   bool in_batch = false;  // a handler is making replies: it writes them when it is done (Batch)
@@ -1618,13 +1637,16 @@ public:
     void done() override {
       if (!claim()) return;
       if (!mb_) value().setNone();
-      std::vector<std::byte> bytes;
+      // On the strand (a call that ended in the handler that read it): in a buffer of an
+      // earlier reply's, the connection's to hand out there only.
+      const bool here = sc_->strand.running_in_this_thread();
+      std::vector<std::byte> bytes = here ? sc_->take_spare() : std::vector<std::byte>();
       try {
-        bytes = internal::flatten(*mb_);
+        codec_detail::flatten(*mb_, bytes);
       } catch (...) {
         return send_error(std::current_exception());
       }
-      server_->finish(sc_, call_id_, lane_, std::move(bytes));
+      server_->finish(sc_, call_id_, lane_, std::move(bytes), here);
     }
 
     void new_object(std::string typeid_, std::shared_ptr<HostedObject> object) override {
@@ -1693,11 +1715,12 @@ public:
   }
 
   // Any thread: the call ended with the reply `bytes` (empty: none can be sent).
+  // `here`: the caller knows it runs on sc's strand.
   void finish(const std::shared_ptr<ServerConn>& sc, std::uint64_t call_id, std::uint64_t lane,
-              std::vector<std::byte> bytes) {
+              std::vector<std::byte> bytes, bool here = false) {
     // On the strand already (a call that completed at once): what dispatch would do, without
     // making the handler.
-    if (sc->strand.running_in_this_thread()) {
+    if (here || sc->strand.running_in_this_thread()) {
       const auto keep = sc;  // as the handler's copy would: `sc` may be its Done's member
       return finished(keep, call_id, lane, std::move(bytes));
     }
@@ -2498,7 +2521,10 @@ public:
   // The write of sc->sending has ended.
   static void written_out(const std::shared_ptr<ServerConn>& sc) {
     sc->writing = false;
-    for (const auto& b : sc->sending) sc->out_bytes -= b.size();
+    for (auto& b : sc->sending) {
+      sc->out_bytes -= b.size();
+      sc->keep_spare(std::move(b));
+    }
     sc->sending.clear();
     sc->unsent.clear();
   }
