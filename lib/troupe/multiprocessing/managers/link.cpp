@@ -849,6 +849,25 @@ void Link::send(const Build& build) {
   write(build_frame(next_call_.fetch_add(1, std::memory_order_relaxed), build));
 }
 
+void Link::send_answered(const Build& build) {
+  if (python_) return send(build);  // (its client reads every answer)
+  try {
+    request(build, [this_text = address_text_](std::exception_ptr e, std::shared_ptr<Frame> f) {
+      // A dead link's failure is not logged (as send()'s); the server's refusal is.
+      if (e || !f) return;
+      try {
+        auto reply = f->root<proto::manager::Reply>();
+        if (reply.isError())
+          get_logger().warning("manager at " + this_text + ": a reference request failed: " +
+                               std::string(reply.getError().getMessage().cStr()));
+      } catch (const std::exception&) {
+      }
+    });
+  } catch (const std::exception&) {
+    // Not sent (no memory, no thread for the link): as send() when the link is dead.
+  }
+}
+
 void Link::refuse_on_link_thread(std::string_view what, std::string_view advice) const {
   if (!on_link_thread()) return;
   std::string text(what);
@@ -1274,7 +1293,8 @@ bool Link::on_reply(std::shared_ptr<Frame> frame) {
     complete(p, nullptr, std::move(frame));
     return more;
   }
-  // The failure of a request without a reply (a decref, a claim): logged.
+  // The failure of a request without a reply (a decref, a claim): logged. (A reply nobody
+  // waits for that is not an error is dropped.)
   try {
     auto reply = frame->root<proto::manager::Reply>();
     if (reply.isError())

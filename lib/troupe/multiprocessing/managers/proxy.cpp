@@ -52,7 +52,7 @@ std::shared_ptr<detail::Link> BaseProxy::_link() const {
     // BaseProxy._after_fork increfs too). The parent's references stay the parent's.
     auto fresh = detail::Link::get(state_->token.address, state_->authkey);
     const auto id = state_->token.id;
-    fresh->send([id](proto::manager::Request::Builder r) { r.setIncref(id); });
+    fresh->send_answered([id](proto::manager::Request::Builder r) { r.setIncref(id); });
     state_->link = std::move(fresh);
     state_->refs = 1;
   }

@@ -186,18 +186,22 @@ struct ServerConn : std::enable_shared_from_this<ServerConn> {
   std::vector<unsigned char> headers;
   std::vector<iovec> unsent;
   // Small written replies' buffers, emptied, for the replies of calls that end on the strand:
-  // a reply then allocates nothing (at most kSpareReplies, none over kSpareReplyBytes).
+  // a reply then allocates nothing (at most kSpareReplies, none over kSpareReplyBytes; kept
+  // only by a connection that has made such a reply, so that one whose calls end elsewhere, or
+  // a CPython client's, keeps none; let go when it closes).
   static constexpr std::size_t kSpareReplies = 64;
   static constexpr std::size_t kSpareReplyBytes = 1024;
   std::vector<std::vector<std::byte>> spare_replies;
+  bool takes_spares = false;
   void keep_spare(std::vector<std::byte>&& b) {
-    if (b.capacity() == 0 || b.capacity() > kSpareReplyBytes ||
+    if (!takes_spares || b.capacity() == 0 || b.capacity() > kSpareReplyBytes ||
         spare_replies.size() >= kSpareReplies)
       return;
     b.clear();
     spare_replies.push_back(std::move(b));
   }
   std::vector<std::byte> take_spare() {
+    takes_spares = true;
     if (spare_replies.empty()) return {};
     auto b = std::move(spare_replies.back());
     spare_replies.pop_back();
@@ -2552,6 +2556,8 @@ public:
     }
     unheat(sc);
     sc->conn.close();
+    sc->spare_replies.clear();
+    sc->takes_spares = false;
     sc->lanes.clear();
     sc->running.clear();
     sc->held_bytes = 0;

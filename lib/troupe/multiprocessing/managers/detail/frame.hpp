@@ -24,9 +24,6 @@ struct Frame {
   Frame(const Frame&) = delete;  // the kept root points into `reader`
   Frame& operator=(const Frame&) = delete;
 
-  /// The frame holds `b` instead of what it held (a frame used again). Throws as the
-  /// constructor; the frame then holds no message.
-  void reset(std::vector<std::byte> b);
   /// Holds no message (its bytes, and their capacity, stay): for `bytes` to be refilled.
   void clear() noexcept;
   /// Reads the message in `bytes` (refilled after clear()). Throws as the constructor; the frame

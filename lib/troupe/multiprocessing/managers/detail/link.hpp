@@ -100,9 +100,13 @@ public:
   Built prepare(const Build& build);
   /// request() of a prepared request (the link gives it its call id). Thread-safe.
   std::uint64_t request(capnp::MallocMessageBuilder& built, Handler done);
-  /// Sends a request that has no reply unless it fails (incref, decref, park, claim): a failure
-  /// is logged. Thread-safe; nothing if the link is dead.
+  /// Sends a request that has no reply unless it fails (decref, park, claim): a failure is
+  /// logged. Thread-safe; nothing if the link is dead.
   void send(const Build& build);
+  /// Sends a request that the server answers (an incref) without waiting for the answer: the
+  /// link's thread reads it (left unread, it would make the socket's close a reset), and a
+  /// failure is logged. Thread-safe; nothing if the link is dead.
+  void send_answered(const Build& build);
   /// request() and wait: the reply's frame. An error reply is thrown as its class
   /// (throw_error); a dead link throws ConnectionError naming the server.
   /// With a `timeout`, a reply that does not come in time throws TimeoutError naming the server

@@ -28,12 +28,6 @@ detail::Frame::Frame(std::vector<std::byte> b) : bytes(std::move(b)) {
   parse();
 }
 
-void detail::Frame::reset(std::vector<std::byte> b) {
-  clear();
-  bytes = std::move(b);
-  parse();
-}
-
 void detail::Frame::clear() noexcept {
   root_.reset();
   root_type_ = 0;
@@ -52,7 +46,7 @@ void check_whole(Frame& f) {
     throw ValueError("malformed manager message: bytes after the message");
 }
 
-#if !defined(TROUPE_TSAN)
+#if defined(TROUPE_KEEPS_FRAMES)
 // A thread's frames, each used again for a later frame once nobody holds it. A reply's frame
 // is made on the thread that reads the connection and let go on the caller's (after its
 // completion): glibc's malloc serves a block freed by another thread from its shared bins, not
@@ -88,11 +82,11 @@ std::shared_ptr<Frame>* free_slot(FrameRing& ring) {
 }  // namespace
 
 namespace {
-// `f`'s bytes read as one whole message. @throws ValueError as parse_frame.
-void parse_whole(Frame& f) {
+// What `f` returns; Cap'n Proto's refusal of a message as a ValueError.
+template <class F>
+auto malformed_as_value_error(F&& f) {
   try {
-    f.parse();
-    check_whole(f);
+    return f();
   } catch (const kj::Exception& e) {
     throw ValueError(std::string("malformed manager message: ") + e.getDescription().cStr());
   }
@@ -100,20 +94,16 @@ void parse_whole(Frame& f) {
 }  // namespace
 
 std::shared_ptr<Frame> parse_frame(std::vector<std::byte> bytes) {
-  try {
+  return malformed_as_value_error([&] {
     auto f = std::make_shared<Frame>(std::move(bytes));
     check_whole(*f);
     return f;
-  } catch (const kj::Exception& e) {
-    throw ValueError(std::string("malformed manager message: ") + e.getDescription().cStr());
-  }
+  });
 }
 
 std::shared_ptr<Frame> read_frame_reusing(kj::FunctionParam<bool(std::vector<std::byte>&)> fill) {
-#if !defined(TROUPE_TSAN)
-  // (ThreadSanitizer does not see the fence below order the last holder's reads before the
-  // frame's next use, and GCC warns of std::atomic_thread_fence under it: a new frame each
-  // time there.)
+#if defined(TROUPE_KEEPS_FRAMES)
+  // (Not under the sanitizers, wire.hpp: a new frame each time there.)
   if (!t_frame_ring_gone) {
     std::shared_ptr<Frame>* slot = free_slot(t_frame_ring);
     if (slot && *slot) {
@@ -128,7 +118,10 @@ std::shared_ptr<Frame> read_frame_reusing(kj::FunctionParam<bool(std::vector<std
         big.swap(f.bytes);
         return parse_frame(std::move(big));
       }
-      parse_whole(f);
+      malformed_as_value_error([&] {
+        f.parse();
+        check_whole(f);
+      });
       return *slot;
     }
     std::vector<std::byte> bytes;

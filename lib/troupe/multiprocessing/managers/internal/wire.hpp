@@ -12,9 +12,19 @@
 #include <capnp/serialize.h>
 #include <kj/function.h>
 
+#include "troupe/detail/sanitizers.hpp"
 #include "troupe/multiprocessing/managers/detail/frame.hpp"
 
 #include "manager.capnp.h"
+
+// Whether a thread keeps the frames it reads for later ones (parse_frame_reusing,
+// read_frame_reusing): not under ThreadSanitizer (it does not see the fence that orders the last
+// holder's reads before the reuse, and GCC warns of std::atomic_thread_fence there) nor under
+// AddressSanitizer (a reader kept past its frame must read freed memory, which it reports, not
+// the next message's bytes).
+#if !defined(TROUPE_TSAN) && !defined(TROUPE_ASAN)
+#define TROUPE_KEEPS_FRAMES 1
+#endif
 
 namespace troupe::multiprocessing::managers::internal {
 
@@ -35,7 +45,8 @@ std::shared_ptr<Frame> parse_frame(std::vector<std::byte> bytes);
 std::shared_ptr<Frame> parse_frame_reusing(std::vector<std::byte> bytes);
 /// The next message, which `fill` puts in the vector it is given (false: there is none, and
 /// this returns null), parsed in a frame this thread made before and nobody holds now: its
-/// bytes' capacity is used again too (a message over 1 KiB gets a frame of its own). @throws
+/// bytes' capacity is used again too (a message over 1 KiB gets a frame of its own). `fill`
+/// must not read frames itself (the frame it fills is not marked taken meanwhile). @throws
 /// ValueError as parse_frame; what `fill` throws.
 std::shared_ptr<Frame> read_frame_reusing(kj::FunctionParam<bool(std::vector<std::byte>&)> fill);
 /// The message as one frame's bytes (segment table and segments).
