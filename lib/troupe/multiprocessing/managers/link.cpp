@@ -849,19 +849,25 @@ void Link::send(const Build& build) {
   write(build_frame(next_call_.fetch_add(1, std::memory_order_relaxed), build));
 }
 
+namespace {
+// A reference request's reply (nobody waits for it): logged if the server refused it.
+void log_if_refused(const std::string& address_text, Frame& f) noexcept {
+  try {
+    auto reply = f.root<proto::manager::Reply>();
+    if (reply.isError())
+      get_logger().warning("manager at " + address_text + ": a reference request failed: " +
+                           std::string(reply.getError().getMessage().cStr()));
+  } catch (const std::exception&) {
+  }
+}
+}  // namespace
+
 void Link::send_answered(const Build& build) {
   if (python_) return send(build);  // (its client reads every answer)
   try {
     request(build, [this_text = address_text_](std::exception_ptr e, std::shared_ptr<Frame> f) {
       // A dead link's failure is not logged (as send()'s); the server's refusal is.
-      if (e || !f) return;
-      try {
-        auto reply = f->root<proto::manager::Reply>();
-        if (reply.isError())
-          get_logger().warning("manager at " + this_text + ": a reference request failed: " +
-                               std::string(reply.getError().getMessage().cStr()));
-      } catch (const std::exception&) {
-      }
+      if (!e && f) log_if_refused(this_text, *f);
     });
   } catch (const std::exception&) {
     // Not sent (no memory, no thread for the link): as send() when the link is dead.
@@ -1295,13 +1301,7 @@ bool Link::on_reply(std::shared_ptr<Frame> frame) {
   }
   // The failure of a request without a reply (a decref, a claim): logged. (A reply nobody
   // waits for that is not an error is dropped.)
-  try {
-    auto reply = frame->root<proto::manager::Reply>();
-    if (reply.isError())
-      get_logger().warning("manager at " + address_text_ + ": a reference request failed: " +
-                           std::string(reply.getError().getMessage().cStr()));
-  } catch (const std::exception&) {
-  }
+  log_if_refused(address_text_, *frame);
   return more;
 }
 
