@@ -672,6 +672,7 @@ public:
   // and when the thread leaves; close_conn takes it out first. One hot connection a thread.
 
   static inline thread_local IoSlot* tl_spin_slot_ = nullptr;  // a connection thread's slot
+  static constexpr unsigned kHotPollEvery = 4;
 
   // In read_next, on the strand: makes `sc` its thread's hot connection instead of starting a
   // receive, when this is its connection thread and it would spin. False: read as before.
@@ -770,10 +771,16 @@ public:
         int how = 1;
         ~Ended() { slot.spinner.store(how); }
       } ended{slot};
+      // The hot connection (a recv) every round, the thread's other work (a poll of the
+      // io_context: an epoll_wait) every kHotPollEvery-th: a round is then one system call, not
+      // two, and the request is seen sooner (interleaved runs, quick typeid over Unix: round
+      // trip medians 13.5 -> 10.6 us; every 2nd round: 12.2), while the thread's other
+      // connections wait at most a few rounds (microseconds) longer in a spin.
+      unsigned round = 0;
       while (found && !took && !io.stopped() && has_hot(slot)) {
         found = spin_polling(slot.spin, [&] {
           if (read_hot(slot)) return took = true;
-          return io.poll() > 0;
+          return ++round % kHotPollEvery == 0 && io.poll() > 0;
         });
       }
       if (!found) cool(slot);
