@@ -795,6 +795,18 @@ TEST_F(ServerTest, ALazyCallKeepsItsRequestWhileItsThreadMakesOthers) {
   EXPECT_EQ(got, 3);
 }
 
+// The replies of many async greet calls: how many came, failed, or greeted another name.
+struct GreetReplies {
+  int replies = 0, errors = 0, wrong = 0;
+  void count(const std::exception_ptr& e, const std::string& reply, const std::string& name) {
+    ++replies;
+    if (e)
+      ++errors;
+    else if (reply != "hello " + name)
+      ++wrong;
+  }
+};
+
 // More asynchronous calls at once than one gathered write takes (4 MiB, 512 frames; fewer
 // than the server's 1024 calls in flight): the requests wait in the link's queue while the
 // socket is full, leave it in several writes, each reaches the server once, in order, and each
@@ -806,20 +818,16 @@ TEST_F(ServerTest, ABurstOfAsyncCallsLargerThanOneWriteGetsEveryReply) {
   constexpr int kCalls = 1000;
   const std::string filler(16 * 1024, 'x');  // 16 MiB of requests in all
   auto name = [&](int i) { return std::to_string(i) + ":" + filler; };
-  int errors = 0, wrong = 0, replies = 0;
+  GreetReplies got;
   for (int i = 0; i < kCalls; ++i)
     maths.async_call<&Maths::greet>(
         name(i), boost::asio::bind_executor(io, [&, i](std::exception_ptr e, std::string r) {
-          ++replies;
-          if (e)
-            ++errors;
-          else if (r != "hello " + name(i))
-            ++wrong;
+          got.count(e, r, name(i));
         }));
   io.run();
-  EXPECT_EQ(replies, kCalls);
-  EXPECT_EQ(errors, 0);
-  EXPECT_EQ(wrong, 0);
+  EXPECT_EQ(got.replies, kCalls);
+  EXPECT_EQ(got.errors, 0);
+  EXPECT_EQ(got.wrong, 0);
 }
 
 // A quick typeid's replies are made in the handler that read their requests, each in the
@@ -833,25 +841,21 @@ TEST_F(ServerTest, PipelinedRepliesInKeptBuffersCarryTheirOwnBytes) {
   auto name = [](int i) {
     return std::string(static_cast<std::size_t>(i * 37 % 700), 'a' + i % 26);
   };
-  int errors = 0, wrong = 0, replies = 0;
+  GreetReplies got;
   int sent = 0;
   std::function<void()> send_one = [&] {
     const int i = sent++;
     maths.async_call<&Maths::greet>(
         name(i), boost::asio::bind_executor(io, [&, i](std::exception_ptr e, std::string r) {
-          ++replies;
-          if (e)
-            ++errors;
-          else if (r != "hello " + name(i))
-            ++wrong;
+          got.count(e, r, name(i));
           if (sent < kCalls) send_one();
         }));
   };
   for (int k = 0; k < 64; ++k) send_one();  // 64 in flight, as a pipelining client keeps them
   io.run();
-  EXPECT_EQ(replies, kCalls);
-  EXPECT_EQ(errors, 0);
-  EXPECT_EQ(wrong, 0);
+  EXPECT_EQ(got.replies, kCalls);
+  EXPECT_EQ(got.errors, 0);
+  EXPECT_EQ(got.wrong, 0);
 }
 
 TEST_F(ServerTest, AsyncCallmethodDeliversTheErrorAsAnExceptionPtr) {
