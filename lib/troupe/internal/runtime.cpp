@@ -3,8 +3,11 @@
 #include <pthread.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <atomic>
+#include <condition_variable>
+#include <cstdint>
 #include <cstdlib>
 
 namespace troupe::internal::runtime {
@@ -76,6 +79,96 @@ void at_fork_child(ForkStep step, void (*fn)()) noexcept {
   Step expected = nullptr;
   fork_steps[static_cast<std::size_t>(step)].compare_exchange_strong(expected, fn);
   if (!fork_installed.exchange(true)) ::pthread_atfork(nullptr, nullptr, run_fork_child_steps);
+}
+
+// ---- parking troupe's threads across fork() (ForkParking) ---------------------------------
+
+// The threads that park, and the state of a fork that waits for them. Its lock is taken by the
+// prepare handler and held across the fork, so that no thread is inside it at the fork; parked
+// threads wait on `gate`, which the parent's handler moves on.
+struct Parking {
+  std::mutex m;
+  std::condition_variable cv;  // the forking thread waits on it until `owed` is 0
+  std::vector<ForkParking*> members;
+  int owed = 0;  // asked, and not parked or ended yet
+  std::atomic<std::uint32_t> gate{0};
+
+  static void prepare() noexcept {
+    auto& p = global<Parking>();
+    std::unique_lock lock(p.m);
+    p.owed = 0;
+    const auto self = std::this_thread::get_id();
+    for (ForkParking* t : p.members) {
+      if (t->thread_ == self) continue;
+      t->asked_ = true;
+      ++p.owed;
+      try {
+        t->ask_();
+      } catch (...) {
+        // Not asked (no memory for the request): the fork goes on without it.
+        t->asked_ = false;
+        --p.owed;
+      }
+    }
+    // A thread that does not park in time (inside a handler that blocks) is left running, as
+    // any thread of the user's is.
+    (void)p.cv.wait_for(lock, kForkParkWait, [&] { return p.owed == 0; });
+    (void)lock.release();  // held across the fork; both handlers below unlock it
+  }
+  static void open_gate(Parking& p) noexcept {
+    for (ForkParking* t : p.members) t->asked_ = false;
+    p.owed = 0;
+    p.gate.fetch_add(1, std::memory_order_release);
+  }
+  static void parent() noexcept {
+    auto& p = global<Parking>();
+    open_gate(p);
+    p.m.unlock();
+    p.gate.notify_all();
+  }
+  static void child() noexcept {
+    // The parked threads are the parent's: none of them exists here.
+    auto& p = global<Parking>();
+    open_gate(p);
+    p.members.clear();
+    p.m.unlock();
+  }
+};
+
+ForkParking::ForkParking(std::function<void()> ask)
+    : ask_(std::move(ask)), thread_(std::this_thread::get_id()) {
+  // Installed when the first such thread starts: after the handlers of what it serves (a link's
+  // table, whose lock a parking thread may need), so that this prepare handler runs before
+  // theirs (prepare handlers run in the reverse order of their installation).
+  static const bool installed = [] {
+    (void)process_id();  // the runtime's child handler first: it refreshes the pid cache
+    ::pthread_atfork(&Parking::prepare, &Parking::parent, &Parking::child);
+    return true;
+  }();
+  (void)installed;
+  auto& p = global<Parking>();
+  std::scoped_lock lock(p.m);
+  p.members.push_back(this);
+}
+
+ForkParking::~ForkParking() {
+  auto& p = global<Parking>();
+  std::scoped_lock lock(p.m);
+  if (std::exchange(asked_, false) && --p.owed == 0) p.cv.notify_all();
+  std::erase(p.members, this);
+}
+
+void ForkParking::park() noexcept {
+  auto& p = global<Parking>();
+  std::uint32_t seen;
+  {
+    std::scoped_lock lock(p.m);
+    if (!std::exchange(asked_, false)) return;  // the fork went on without it
+    seen = p.gate.load(std::memory_order_acquire);
+    if (--p.owed == 0) p.cv.notify_all();
+  }
+  // The gate moves on under the lock the fork holds, so it cannot have moved before `seen`.
+  while (p.gate.load(std::memory_order_acquire) == seen) p.gate.wait(seen);
 }
 
 pid_t process_id() noexcept {

@@ -40,7 +40,8 @@
 // _exit and run none of this; a process target runs step 4 itself (Python's _bootstrap).
 //
 // Around fork() (pthread_atfork, installed once): in the child, these run in this order. No
-// step runs before fork or in the parent.
+// step runs before fork or in the parent. Before the fork, troupe's own threads that it leaves
+// behind are parked (ForkParking, below), and go on after it in the parent.
 //
 //   0. process_id        process_id()'s cache is this process's pid
 //   1. threads           the thread registry's lock is new; the threads that did not survive
@@ -52,8 +53,11 @@
 
 #include <sys/types.h>
 
+#include <chrono>
+#include <functional>
 #include <memory>
 #include <mutex>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -96,6 +100,38 @@ public:
 private:
   bool counted_ = true;
 };
+
+/// A thread of troupe's that a fork leaves behind, parked across each fork(): made on the thread
+/// itself (a manager link's thread, a Python peer's worker), it is asked before the fork (in the
+/// prepare handler, on the forking thread) to call park(), and the fork waits, for
+/// kForkParkWait at most, until every such thread has, or has ended. A parked thread holds no
+/// lock, so the child finds none held for good: not troupe's, not the C++ runtime's, and not
+/// the allocator's (glibc's malloc locks itself across fork(), a sanitizer's allocator does not:
+/// a link's thread inside malloc at the fork left an ASan child waiting for ever in its first
+/// allocation on a new thread). A parked thread goes on once the fork is done (in the parent).
+/// The forking thread itself is never asked (a fork from a handler on a link's thread).
+class ForkParking {
+public:
+  /// `ask` runs on the forking thread before the fork: it must make this thread call park()
+  /// soon (post it to the thread's queue), and must not block.
+  explicit ForkParking(std::function<void()> ask);
+  ~ForkParking();
+  ForkParking(const ForkParking&) = delete;
+  ForkParking& operator=(const ForkParking&) = delete;
+
+  /// On this object's thread, when asked: returns once the fork is done (at once if no fork is
+  /// waiting for it).
+  void park() noexcept;
+
+private:
+  friend struct Parking;
+  std::function<void()> ask_;
+  std::thread::id thread_;
+  bool asked_ = false;  // under the parking's lock
+};
+
+/// How long a fork waits for troupe's threads to park (ForkParking) before it goes on without.
+inline constexpr std::chrono::milliseconds kForkParkWait{1000};
 
 /// This process's id, cached (glibc's getpid() is a system call): for checks on hot paths
 /// that an object is used in the process that made it. Refreshed first in a forked child.

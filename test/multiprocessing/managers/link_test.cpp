@@ -8,6 +8,7 @@
 #include <atomic>
 #include <future>
 #include <optional>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -22,6 +23,18 @@
 #include "test_types.hpp"
 
 namespace link_test {
+
+// How far a completion handler on the link's thread has got: 1 inside it, 2 once it has ended.
+std::atomic<int> g_handler_stage{0};
+
+// A forked child's target: fails unless the fork came after the handler had ended.
+void expect_the_handler_ended() {
+  if (g_handler_stage.load() != 2)
+    throw troupe::RuntimeError("forked while the link's thread was inside a handler (stage " +
+                               std::to_string(g_handler_stage.load()) + ")");
+}
+TROUPE_ENTRY(expect_the_handler_ended);
+
 namespace {
 
 using namespace std::chrono_literals;
@@ -152,6 +165,37 @@ TEST_P(LinkTest, ADyingServerFailsLeaderFollowersAndAsynchronousCalls) {
   EXPECT_THROW(maths.call<&Maths::add>(1, 1), troupe::EOFError);
   work.reset();
   runner.join();
+}
+
+class LinkForkTest : public troupe::testing::LeakCheck {};
+
+// A fork waits for the link's thread to park between two handlers (ForkParking): the child is
+// never forked while that thread is inside one, where it may hold a lock (the allocator's, under
+// a sanitizer) that would stay held in the child for good.
+TEST_F(LinkForkTest, AForkWaitsForTheLinksThreadToLeaveItsHandler) {
+  if (troupe::testing::kTsanForkLimit)
+    GTEST_SKIP() << "ThreadSanitizer: no threads in a child forked from a threaded process";
+  TestManager m;
+  m.start();
+  auto maths = m.create<Maths>("Maths");
+  g_handler_stage.store(0);
+  // A handler on the link's own thread (as a managed pool's callbacks run), taking its time.
+  maths.async_call<&Maths::add>(
+      1, 2, boost::asio::bind_executor(maths._link()->executor(), [](std::exception_ptr, int) {
+        g_handler_stage.store(1);
+        std::this_thread::sleep_for(300ms);
+        g_handler_stage.store(2);
+      }));
+  ASSERT_TRUE(troupe::testing::eventually([] { return g_handler_stage.load() >= 1; }));
+  mp::ProcessOptions po;
+  po.start_method = "fork";
+  mp::Process child(po, &expect_the_handler_ended);
+  child.start();
+  EXPECT_EQ(g_handler_stage.load(), 2) << "the fork did not wait for the handler";
+  child.join(60s);
+  EXPECT_EQ(child.exitcode(), 0);
+  // The link's thread went on after the fork.
+  EXPECT_EQ(maths.call<&Maths::add>(2, 3), 5);
 }
 
 INSTANTIATE_TEST_SUITE_P(StartMethods, LinkTest, ::testing::Values("fork", "spawn"),

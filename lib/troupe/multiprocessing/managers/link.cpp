@@ -432,6 +432,9 @@ void Link::ensure_runner() const {
     // Counted from before it exists (a fork right after this call must not see it uncounted).
     r->thread = std::thread([r, fork_aware = troupe::internal::runtime::ForkAwareThread()] {
       r->id.store(std::this_thread::get_id());
+      // Parked across a fork, in a handler of its own: between handlers it holds nothing.
+      troupe::internal::runtime::ForkParking parked(
+          [runner = r.get(), &parked] { asio::post(runner->ctx, [&parked] { parked.park(); }); });
       for (;;) {
         try {
           r->ctx.run();

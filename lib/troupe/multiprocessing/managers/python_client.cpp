@@ -185,8 +185,13 @@ ClientPeer::ClientPeer(Address address, std::string address_text, ClientOptions 
       heartbeat_interval_(heartbeat_interval) {
   // Left behind safely by a fork: the child closes the peer's sockets and never uses it
   // (after_fork_in_child). Counted from before it exists.
-  worker_ = std::thread(
-      [this, fork_aware = troupe::internal::runtime::ForkAwareThread()] { run_jobs(); });
+  worker_ = std::thread([this, fork_aware = troupe::internal::runtime::ForkAwareThread()] {
+    // Parked across a fork between two jobs (ForkParking).
+    troupe::internal::runtime::ForkParking parked([this, &parked] {
+      post_job([&parked] { parked.park(); }, [&parked](std::exception_ptr) { parked.park(); });
+    });
+    run_jobs();
+  });
 }
 
 void ClientPeer::start_heartbeat() {
