@@ -64,38 +64,31 @@ bool exiting() noexcept {
   return exit_begun.load(std::memory_order_relaxed);
 }
 
-int fork_aware_threads() noexcept {
-  return fork_aware.load(std::memory_order_acquire);
-}
-ForkAwareThread::ForkAwareThread() noexcept {
-  (void)process_id();  // installs the fork handler, which zeroes the count in a child
-  fork_aware.fetch_add(1, std::memory_order_acq_rel);
-}
-ForkAwareThread::~ForkAwareThread() {
-  if (counted_) fork_aware.fetch_sub(1, std::memory_order_acq_rel);
-}
-
-void at_fork_child(ForkStep step, void (*fn)()) noexcept {
-  Step expected = nullptr;
-  fork_steps[static_cast<std::size_t>(step)].compare_exchange_strong(expected, fn);
-  if (!fork_installed.exchange(true)) ::pthread_atfork(nullptr, nullptr, run_fork_child_steps);
-}
-
 // ---- parking troupe's threads across fork() (ForkParking) ---------------------------------
 
 // The threads that park, and the state of a fork that waits for them. Its lock is taken by the
 // prepare handler and held across the fork, so that no thread is inside it at the fork; parked
-// threads wait on `gate`, which the parent's handler moves on.
+// threads wait on `gate`, which the parent's handler moves on. A fork also waits for the threads
+// that are starting (counted by ForkAwareThread, not yet members: a new thread allocates before
+// its function runs) and those whose function is ending.
 struct Parking {
   std::mutex m;
-  std::condition_variable cv;  // the forking thread waits on it until `owed` is 0
+  std::condition_variable cv;  // the forking thread waits on it
   std::vector<ForkParking*> members;
-  int owed = 0;  // asked, and not parked or ended yet
+  bool forking = false;  // a fork waits: a thread that starts meanwhile parks at once
+  int owed = 0;          // asked, and not parked or ended yet
   std::atomic<std::uint32_t> gate{0};
+
+  // m held: every member asked has parked or ended, and no counted thread is starting or ending.
+  bool all_parked() const noexcept {
+    return owed == 0 &&
+           fork_aware.load(std::memory_order_acquire) <= static_cast<int>(members.size());
+  }
 
   static void prepare() noexcept {
     auto& p = global<Parking>();
     std::unique_lock lock(p.m);
+    p.forking = true;
     p.owed = 0;
     const auto self = std::this_thread::get_id();
     for (ForkParking* t : p.members) {
@@ -112,11 +105,12 @@ struct Parking {
     }
     // A thread that does not park in time (inside a handler that blocks) is left running, as
     // any thread of the user's is.
-    (void)p.cv.wait_for(lock, kForkParkWait, [&] { return p.owed == 0; });
+    (void)p.cv.wait_for(lock, kForkParkWait, [&] { return p.all_parked(); });
     (void)lock.release();  // held across the fork; both handlers below unlock it
   }
   static void open_gate(Parking& p) noexcept {
     for (ForkParking* t : p.members) t->asked_ = false;
+    p.forking = false;
     p.owed = 0;
     p.gate.fetch_add(1, std::memory_order_release);
   }
@@ -135,27 +129,43 @@ struct Parking {
   }
 };
 
-ForkParking::ForkParking(std::function<void()> ask)
-    : ask_(std::move(ask)), thread_(std::this_thread::get_id()) {
-  // Installed when the first such thread starts: after the handlers of what it serves (a link's
-  // table, whose lock a parking thread may need), so that this prepare handler runs before
-  // theirs (prepare handlers run in the reverse order of their installation).
+// Installed when the first such thread is made (ForkAwareThread, before it starts): after the
+// handlers of what it serves (a link's table, whose lock a parking thread may need), so that
+// this prepare handler runs before theirs (they run in the reverse order of installation).
+namespace {
+void install_parking() noexcept {
   static const bool installed = [] {
     (void)process_id();  // the runtime's child handler first: it refreshes the pid cache
+    (void)global<Parking>();
     ::pthread_atfork(&Parking::prepare, &Parking::parent, &Parking::child);
     return true;
   }();
   (void)installed;
+}
+}  // namespace
+
+ForkParking::ForkParking(std::function<void()> ask)
+    : ask_(std::move(ask)), thread_(std::this_thread::get_id()) {
+  install_parking();
   auto& p = global<Parking>();
-  std::scoped_lock lock(p.m);
-  p.members.push_back(this);
+  bool now;
+  {
+    std::scoped_lock lock(p.m);
+    p.members.push_back(this);
+    // A fork waits (for this thread too, while it started): it parks here, holding nothing.
+    now = asked_ = p.forking;
+    if (now) ++p.owed;
+  }
+  p.cv.notify_all();
+  if (now) park();
 }
 
 ForkParking::~ForkParking() {
   auto& p = global<Parking>();
   std::scoped_lock lock(p.m);
-  if (std::exchange(asked_, false) && --p.owed == 0) p.cv.notify_all();
+  if (std::exchange(asked_, false)) --p.owed;
   std::erase(p.members, this);
+  p.cv.notify_all();
 }
 
 void ForkParking::park() noexcept {
@@ -169,6 +179,30 @@ void ForkParking::park() noexcept {
   }
   // The gate moves on under the lock the fork holds, so it cannot have moved before `seen`.
   while (p.gate.load(std::memory_order_acquire) == seen) p.gate.wait(seen);
+}
+
+int fork_aware_threads() noexcept {
+  return fork_aware.load(std::memory_order_acquire);
+}
+ForkAwareThread::ForkAwareThread() noexcept {
+  (void)process_id();  // installs the fork handler, which zeroes the count in a child
+  install_parking();
+  fork_aware.fetch_add(1, std::memory_order_acq_rel);
+}
+ForkAwareThread::~ForkAwareThread() {
+  if (!counted_) return;
+  fork_aware.fetch_sub(1, std::memory_order_acq_rel);
+  // A fork may wait for this thread to end (Parking::all_parked): told under the lock, so that
+  // it cannot miss it between its look and its wait.
+  auto& p = global<Parking>();
+  { std::scoped_lock lock(p.m); }
+  p.cv.notify_all();
+}
+
+void at_fork_child(ForkStep step, void (*fn)()) noexcept {
+  Step expected = nullptr;
+  fork_steps[static_cast<std::size_t>(step)].compare_exchange_strong(expected, fn);
+  if (!fork_installed.exchange(true)) ::pthread_atfork(nullptr, nullptr, run_fork_child_steps);
 }
 
 pid_t process_id() noexcept {

@@ -109,7 +109,9 @@ private:
 /// the allocator's (glibc's malloc locks itself across fork(), a sanitizer's allocator does not:
 /// a link's thread inside malloc at the fork left an ASan child waiting for ever in its first
 /// allocation on a new thread). A parked thread goes on once the fork is done (in the parent).
-/// The forking thread itself is never asked (a fork from a handler on a link's thread).
+/// The forking thread itself is never asked (a fork from a handler on a link's thread). The fork
+/// also waits for the ForkAwareThreads that are starting (a thread that registers while a fork
+/// waits parks at once) or whose function is ending.
 class ForkParking {
 public:
   /// `ask` runs on the forking thread before the fork: it must make this thread call park()
