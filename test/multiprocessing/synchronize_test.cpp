@@ -10,6 +10,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <string>
 #include <thread>
@@ -21,6 +22,7 @@
 #include "troupe/errors.hpp"
 #include "troupe/multiprocessing/process.hpp"
 #include "troupe/multiprocessing/sharedctypes.hpp"
+#include "troupe/spin.hpp"
 
 #include "leak_check.hpp"
 #include "start_methods.hpp"
@@ -210,6 +212,54 @@ TEST_F(LocalTest, SemaphoreAsPython) {
   } catch (const ValueError& e) {
     EXPECT_STREQ(e.what(), "semaphore or lock released too many times");
   }
+}
+
+// Sleepers released one after another in a row, before any of them has run again: a release
+// skips the futex call only for sleepers an earlier one woke (detail::SharedSleepers), so each
+// of them wakes. A wake-up lost there leaves a waiter asleep until its deadline: counted as late,
+// and the test stops at the first.
+TEST_F(LocalTest, SemaphoreWakesEachSleeperReleasedInARow) {
+  const auto saved = spin_limit();
+  set_spin_limit(0ns);  // each waiter sleeps, so that each release has a sleeper to wake
+  Semaphore s(0);
+  constexpr int kWaiters = 4, kRounds = 200;
+  std::atomic<int> round{0}, late{0}, taken{0};
+  std::vector<std::thread> ts;
+  for (int w = 0; w < kWaiters; ++w)
+    ts.emplace_back([&] {
+      for (int r = 1; r <= kRounds; ++r) {
+        // A round's acquire only once the round began (else a waiter could take a permit of
+        // the round before, meant for another, and run ahead).
+        while (round.load() < r) std::this_thread::yield();
+        // Asleep to its deadline: its wake-up was lost (the acquire then finds the permit).
+        const auto t0 = std::chrono::steady_clock::now();
+        if (!s.acquire(true, 5s) || std::chrono::steady_clock::now() - t0 >= 5s) late.fetch_add(1);
+        taken.fetch_add(1);
+      }
+    });
+  int rounds = 0;
+  for (int r = 1; r <= kRounds; ++r) {
+    round.store(r);
+    // Every waiter sleeps for its permit of this round.
+    if (!eventually([&] { return s._shared()->sleepers.count.load() == kWaiters; }, 30s)) {
+      ADD_FAILURE() << "round " << r << ": " << s._shared()->sleepers.count.load() << " asleep";
+      break;
+    }
+    for (int i = 0; i < kWaiters; ++i) s.release();
+    ++rounds;
+    if (!eventually([&] { return taken.load() == r * kWaiters; }, 30s) || late.load() > 0) {
+      ADD_FAILURE() << "round " << r << ": " << taken.load() << " permits taken, " << late.load()
+                    << " acquires timed out";
+      break;
+    }
+  }
+  if (rounds < kRounds) {  // the rest, to end them
+    round.store(kRounds);
+    s.release((kRounds - rounds) * kWaiters);
+  }
+  for (auto& t : ts) t.join();
+  set_spin_limit(saved);
+  EXPECT_EQ(late.load(), 0);
 }
 
 void release_n(Semaphore s, int n) {
