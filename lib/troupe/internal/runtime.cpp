@@ -9,6 +9,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <cstdlib>
+#include <new>
 
 namespace troupe::internal::runtime {
 
@@ -125,6 +126,9 @@ struct Parking {
     auto& p = global<Parking>();
     open_gate(p);
     p.members.clear();
+    // Made anew: nobody may be inside it here (every notify is made under the lock the fork
+    // held), but the waits of the parent's threads are counted in it.
+    new (&p.cv) std::condition_variable();
     p.m.unlock();
   }
 };
@@ -155,8 +159,10 @@ ForkParking::ForkParking(std::function<void()> ask)
     // A fork waits (for this thread too, while it started): it parks here, holding nothing.
     now = asked_ = p.forking;
     if (now) ++p.owed;
+    // Under the lock, as every notify of it: the fork that waits on it takes the lock before it
+    // goes on, so no thread is inside the condition variable's own lock at the fork.
+    p.cv.notify_all();
   }
-  p.cv.notify_all();
   if (now) park();
 }
 
@@ -195,7 +201,7 @@ ForkAwareThread::~ForkAwareThread() {
   // A fork may wait for this thread to end (Parking::all_parked): told under the lock, so that
   // it cannot miss it between its look and its wait.
   auto& p = global<Parking>();
-  { std::scoped_lock lock(p.m); }
+  std::scoped_lock lock(p.m);
   p.cv.notify_all();
 }
 

@@ -430,21 +430,28 @@ void Link::ensure_runner() const {
   std::call_once(r->once, [&r] {
     // Left behind safely by a fork: the child forgets the parent's links (after_fork_in_child).
     // Counted from before it exists (a fork right after this call must not see it uncounted).
-    r->thread = std::thread([r, fork_aware = troupe::internal::runtime::ForkAwareThread()] {
-      r->id.store(std::this_thread::get_id());
-      // Parked across a fork, in a handler of its own: between handlers it holds nothing.
-      troupe::internal::runtime::ForkParking parked(
-          [runner = r.get(), &parked] { asio::post(runner->ctx, [&parked] { parked.park(); }); });
-      for (;;) {
-        try {
-          r->ctx.run();
-          return;
-        } catch (const std::exception& e) {
-          get_logger().error(std::string("manager link: an exception escaped a handler: ") +
-                             e.what());
-        }
-      }
-    });
+    r->thread =
+        std::thread([r, fork_aware = troupe::internal::runtime::ForkAwareThread()]() mutable {
+          r->id.store(std::this_thread::get_id());
+          {
+            // Parked across a fork, in a handler of its own: between handlers it holds nothing.
+            troupe::internal::runtime::ForkParking parked([runner = r.get(), &parked] {
+              asio::post(runner->ctx, [&parked] { parked.park(); });
+            });
+            for (;;) {
+              try {
+                r->ctx.run();
+                break;
+              } catch (const std::exception& e) {
+                get_logger().error(std::string("manager link: an exception escaped a handler: ") +
+                                   e.what());
+              }
+            }
+          }
+          // The runner may go with this thread's hold (a link destroyed on its own thread): let
+          // go while the thread still counts as troupe's, so that a fork waits for the frees.
+          r.reset();
+        });
     r->started.store(true, std::memory_order_release);
   });
 }

@@ -188,7 +188,14 @@ ClientPeer::ClientPeer(Address address, std::string address_text, ClientOptions 
   worker_ = std::thread([this, fork_aware = troupe::internal::runtime::ForkAwareThread()] {
     // Parked across a fork between two jobs (ForkParking).
     troupe::internal::runtime::ForkParking parked([this, &parked] {
-      post_job([&parked] { parked.park(); }, [&parked](std::exception_ptr) { parked.park(); });
+      // First in the queue: the jobs queued are blocking requests, which the fork must not wait
+      // behind (it waits for the one that runs, if any).
+      {
+        std::scoped_lock lock(m_);
+        jobs_.push_front(
+            Job{[&parked] { parked.park(); }, [&parked](std::exception_ptr) { parked.park(); }});
+      }
+      jobs_cv_.notify_one();
     });
     run_jobs();
   });
