@@ -248,7 +248,7 @@ TEST_P(QueueTest, ShutdownImmediateReleasesJoinAfterAConsumerDiedHoldingATask) {
   EXPECT_FALSE(q.join(0s));
   bool released = false;
   std::thread waiter([&] { released = q.join(30s); });
-  ASSERT_TRUE(eventually([&] { return q._shared()->join_sleepers.count.load() > 0; }, 20s));
+  ASSERT_TRUE(eventually([&] { return q._shared()->join_sleepers.counted() > 0; }, 20s));
   q.shutdown(true);  // drains item 2
   waiter.join();
   EXPECT_TRUE(released);

@@ -215,7 +215,7 @@ TEST_F(LocalTest, SemaphoreAsPython) {
 }
 
 // Sleepers released one after another in a row, before any of them has run again: a release
-// skips the futex call only for sleepers an earlier one woke (detail::SharedSleepers), so each
+// skips the futex call only for sleepers an earlier one woke (detail::Sleepers), so each
 // of them wakes. A wake-up lost there leaves a waiter asleep until its deadline: counted as late,
 // and the test stops at the first.
 TEST_F(LocalTest, SemaphoreWakesEachSleeperReleasedInARow) {
@@ -241,8 +241,8 @@ TEST_F(LocalTest, SemaphoreWakesEachSleeperReleasedInARow) {
   for (int r = 1; r <= kRounds; ++r) {
     round.store(r);
     // Every waiter sleeps for its permit of this round.
-    if (!eventually([&] { return s._shared()->sleepers.count.load() == kWaiters; }, 30s)) {
-      ADD_FAILURE() << "round " << r << ": " << s._shared()->sleepers.count.load() << " asleep";
+    if (!eventually([&] { return s._shared()->sleepers.counted() == kWaiters; }, 30s)) {
+      ADD_FAILURE() << "round " << r << ": " << s._shared()->sleepers.counted() << " asleep";
       break;
     }
     for (int i = 0; i < kWaiters; ++i) s.release();

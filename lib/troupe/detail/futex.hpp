@@ -48,6 +48,55 @@ FutexWaited futex_wait_woken(const std::atomic<std::uint32_t>& word, std::uint32
 /// Wakes up to `n` sleepers on `word` (INT_MAX: all). Returns how many it woke.
 int futex_wake(const std::atomic<std::uint32_t>& word, int n, bool shared = false) noexcept;
 
+/// The sleepers on one futex word: how many sleep, and how many of those a wake() took off the
+/// word that have not run since. A sleeper a wake has woken stays counted until it runs again,
+/// which on a machine whose CPUs are all taken may be a time slice later; meanwhile every change
+/// would wake it again, a futex_wake for nobody each (a loaded 1/1 Queue spent half its system
+/// calls so, and ran at half std::condition_variable's rate). So wake() counts the sleepers it
+/// woke, and makes the call only while more sleep than that.
+///
+/// The protocol: a sleeper reads the word (`seen`), enter()s, checks its condition once more
+/// (or holds off wakers by a lock they take, as FutexCondVar's notifiers hold its mutex), then
+/// sleep()s or leave()s; whoever makes the condition true changes the word, then wake()s. No
+/// wake-up is lost: a sleeper counted in `woken` leaves that count before the count of sleepers,
+/// and checks its condition after that, after the change of whoever read it there; a count read
+/// a moment late is higher, never lower, and costs at most a call for nobody. A wake-up left
+/// over from another user of this memory takes a sleeper out of `woken` that no wake put there:
+/// the estimate reads higher, as above. Standard layout, zero when new: it may live in memory
+/// shared between processes (then pass `shared`).
+class Sleepers {
+public:
+  void enter() noexcept { count_.fetch_add(1, std::memory_order_seq_cst); }
+  void leave() noexcept { count_.fetch_sub(1, std::memory_order_seq_cst); }
+
+  /// After enter(): sleeps while `word == seen` (futex_wait_woken), then leaves.
+  FutexWaited sleep(const std::atomic<std::uint32_t>& word, std::uint32_t seen,
+                    const std::optional<steady::time_point>& deadline,
+                    bool shared = false) noexcept {
+    const FutexWaited how = futex_wait_woken(word, seen, deadline, shared);
+    if (how == FutexWaited::woken) woken_.fetch_sub(1, std::memory_order_seq_cst);
+    leave();
+    return how;
+  }
+
+  /// After a change of `word`: wakes up to `n` of its sleepers (INT_MAX: all), if any sleeps
+  /// that no wake has woken yet.
+  void wake(const std::atomic<std::uint32_t>& word, int n, bool shared = false) noexcept {
+    const auto asleep = static_cast<std::int64_t>(count_.load(std::memory_order_seq_cst)) -
+                        woken_.load(std::memory_order_seq_cst);
+    if (asleep <= 0) return;
+    if (const int k = futex_wake(word, n, shared); k > 0)
+      woken_.fetch_add(k, std::memory_order_seq_cst);
+  }
+
+  /// The sleepers counted now (entered, not yet left), for tests and diagnostics.
+  std::uint32_t counted() const noexcept { return count_.load(std::memory_order_seq_cst); }
+
+private:
+  std::atomic<std::uint32_t> count_{0};
+  std::atomic<std::int32_t> woken_{0};
+};
+
 inline void cpu_relax() noexcept {
 #if defined(__x86_64__) || defined(__i386__)
   _mm_pause();

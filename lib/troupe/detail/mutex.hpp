@@ -101,12 +101,9 @@ public:
     auto moved = [&] { return seq_.load(std::memory_order_acquire) != seq; };
     bool notified = spin ? spin_.spin(moved) : moved();
     while (!notified) {
-      sleepers_.fetch_add(1, std::memory_order_seq_cst);
-      const FutexWaited how = futex_wait_woken(seq_, seq, deadline);
-      // A notify counted this sleeper in woken_: it leaves that count before sleepers_ (see
-      // notify()).
-      if (how == FutexWaited::woken) woken_.fetch_sub(1, std::memory_order_seq_cst);
-      sleepers_.fetch_sub(1, std::memory_order_seq_cst);
+      // No notify can come between the read of seq_ and enter(): notifiers hold m.
+      sleepers_.enter();
+      const FutexWaited how = sleepers_.sleep(seq_, seq, deadline);
       const bool in_time = how != FutexWaited::timed_out;
       notified = seq_.load(std::memory_order_acquire) != seq;
       if (notified && spin) spin_.woke();
@@ -125,27 +122,16 @@ public:
   int waiters() const noexcept { return waiters_; }
 
 private:
-  // A sleeper a notify has woken stays in sleepers_ until it runs again, which on a machine
-  // whose CPUs are all taken may be a time slice later; meanwhile a producer's every put would
-  // notify it again, a futex_wake each for nobody, under the mutex (a loaded 1/1 Queue spent
-  // half its system calls so, and ran at half std::condition_variable's rate). So a notify
-  // counts the sleepers it woke (woken_), and makes the call only while sleepers_ holds more.
-  // No wake-up is lost: notifiers hold the mutex, so woken_ counts only sleepers that are in
-  // sleepers_ (each leaves woken_ first); a count read a moment late is higher, never lower,
-  // and costs at most a call for nobody. A wake-up left over from another user of this memory
-  // takes a sleeper out of woken_ that no notify put there: the count reads lower, as above.
+  // Sleepers (troupe/detail/futex.hpp): a notify makes a futex call only while some sleeper
+  // sleeps that no notify has woken yet.
   void notify(int n) noexcept {
     if (waiters_ == 0) return;
     seq_.fetch_add(1, std::memory_order_seq_cst);
-    const auto asleep = static_cast<std::int64_t>(sleepers_.load(std::memory_order_seq_cst)) -
-                        woken_.load(std::memory_order_seq_cst);
-    if (asleep <= 0) return;
-    if (const int k = futex_wake(seq_, n); k > 0) woken_.fetch_add(k, std::memory_order_seq_cst);
+    sleepers_.wake(seq_, n);
   }
 
   std::atomic<std::uint32_t> seq_{0};
-  std::atomic<std::uint32_t> sleepers_{0};
-  std::atomic<std::int32_t> woken_{0};  // sleepers a notify woke that have not run since
+  Sleepers sleepers_;
   int waiters_ = 0;
   AdaptiveSpin spin_;
 };

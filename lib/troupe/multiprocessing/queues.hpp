@@ -49,13 +49,13 @@ struct QueueState {
   // store commits a put (or a get) with its count, so qsize stays exact whatever dies when.
   alignas(64) std::atomic<std::uint64_t> tail{0};  // written and committed
   std::atomic<std::uint32_t> tail_seq{0};          // moves on each commit: getters sleep on it
-  detail::SharedSleepers getters_sleeping;
+  troupe::detail::Sleepers getters_sleeping;
   alignas(64) std::atomic<std::uint64_t> head{0};  // read
   std::atomic<std::uint32_t> head_seq{0};          // moves on each get: putters sleep on it
-  detail::SharedSleepers putters_sleeping;
+  troupe::detail::Sleepers putters_sleeping;
   alignas(64) std::atomic<std::uint32_t> unfinished{0};  // JoinableQueue: put, not task_done
   std::atomic<std::uint32_t> join_seq{0};  // moves when unfinished reaches 0 and at shutdown(true)
-  detail::SharedSleepers join_sleepers;
+  troupe::detail::Sleepers join_sleepers;
   std::atomic<std::uint32_t> shutdown{0};  // 0 open, 1 shut down, 2 shut down immediately
   std::int64_t maxsize;                    // <= 0: no limit on items
   std::uint64_t capacity;                  // bytes of the ring (a power of two), after this

@@ -339,7 +339,7 @@ void Semaphore::release(int n) {
     }
   } while (!s.value.compare_exchange_weak(v, v + static_cast<std::uint32_t>(n),
                                           std::memory_order_seq_cst, std::memory_order_relaxed));
-  detail::wake_shared(s.value, s.sleepers, n);
+  s.sleepers.wake(s.value, n, true);
 }
 
 std::string Semaphore::repr() const {
@@ -358,7 +358,7 @@ Event::Event() : s_(detail::make_shared_state<detail::EventState>(detail::Region
 void Event::set() {
   auto& s = *s_.state;
   s.flag.store(1, std::memory_order_seq_cst);
-  detail::wake_shared(s.flag, s.sleepers);
+  s.sleepers.wake(s.flag, INT_MAX, true);
 }
 
 bool Event::wait(Timeout timeout) {

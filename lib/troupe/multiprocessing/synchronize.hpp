@@ -38,42 +38,23 @@ namespace detail {
 std::optional<troupe::detail::steady::time_point> acquire_deadline(bool block,
                                                                    const Timeout& timeout);
 
-/// The sleepers on one shared futex word (wait_shared): how many sleep, and how many of those a
-/// wake took off the word that have not run since. A sleeper a wake has woken stays counted
-/// until it runs again, which on a machine whose CPUs are all taken may be a time slice later;
-/// meanwhile every change would wake it again, a futex_wake for nobody each (the in-process
-/// FutexCondVar measured half its system calls so). So a wake counts the sleepers it woke, and
-/// makes the call only while `count` holds more. No wake-up is lost: a sleeper in `woken` leaves
-/// it before `count`, and checks its condition after that, so after the change of whoever read
-/// it there; a count read a moment late is higher, never lower, and costs at most a call for
-/// nobody. A wake-up left over from another user of this memory takes a sleeper out of `woken`
-/// that no wake put there: the estimate reads higher, as above.
-struct SharedSleepers {
-  std::atomic<std::uint32_t> count{0};
-  std::atomic<std::int32_t> woken{0};
-};
-
 /// Waits until ready(): spins on it first, then sleeps on the shared futex word `seq`, counting
 /// itself in `sleepers` so that wakers make a system call only when someone sleeps. Whoever
 /// makes ready() true changes `seq` (see moved()). Returns ready()'s last value (false: the
 /// deadline passed).
 template <class Ready>
-bool wait_shared(const std::atomic<std::uint32_t>& seq, SharedSleepers& sleepers,
+bool wait_shared(const std::atomic<std::uint32_t>& seq, troupe::detail::Sleepers& sleepers,
                  troupe::detail::AdaptiveSpin& spin,
                  const std::optional<troupe::detail::steady::time_point>& deadline, Ready ready) {
   if (spin.spin(ready)) return true;
   for (;;) {
     const std::uint32_t seen = seq.load(std::memory_order_seq_cst);
-    sleepers.count.fetch_add(1, std::memory_order_seq_cst);
+    sleepers.enter();
     if (ready()) {
-      sleepers.count.fetch_sub(1, std::memory_order_relaxed);
+      sleepers.leave();
       return true;
     }
-    const auto how = troupe::detail::futex_wait_woken(seq, seen, deadline, true);
-    // A wake counted this sleeper in `woken`: it leaves that count first (SharedSleepers).
-    if (how == troupe::detail::FutexWaited::woken)
-      sleepers.woken.fetch_sub(1, std::memory_order_seq_cst);
-    sleepers.count.fetch_sub(1, std::memory_order_seq_cst);
+    const auto how = sleepers.sleep(seq, seen, deadline, true);
     if (ready()) {
       spin.woke();
       return true;
@@ -82,22 +63,11 @@ bool wait_shared(const std::atomic<std::uint32_t>& seq, SharedSleepers& sleepers
   }
 }
 
-/// Wakes up to `n` sleepers of wait_shared on `seq` (INT_MAX: all), if any sleeps that no wake
-/// has woken yet.
-inline void wake_shared(const std::atomic<std::uint32_t>& seq, SharedSleepers& sleepers,
-                        int n = INT_MAX) noexcept {
-  const auto asleep = static_cast<std::int64_t>(sleepers.count.load(std::memory_order_seq_cst)) -
-                      sleepers.woken.load(std::memory_order_seq_cst);
-  if (asleep <= 0) return;
-  if (const int k = troupe::detail::futex_wake(seq, n, true); k > 0)
-    sleepers.woken.fetch_add(k, std::memory_order_seq_cst);
-}
-
 /// Moves `seq` (after the change wait_shared's callers wait for), then wakes its sleepers.
-inline void moved(std::atomic<std::uint32_t>& seq, SharedSleepers& sleepers,
+inline void moved(std::atomic<std::uint32_t>& seq, troupe::detail::Sleepers& sleepers,
                   int n = INT_MAX) noexcept {
   seq.fetch_add(1, std::memory_order_seq_cst);
-  wake_shared(seq, sleepers, n);
+  sleepers.wake(seq, n, true);
 }
 
 /// The shared state of a Lock or RLock: a robust, process-shared, error-checking pthread mutex
@@ -128,14 +98,14 @@ std::string mutex_owner_text(const MutexState& s);
 struct SemaphoreState {
   SemaphoreState(std::uint32_t value, std::uint32_t maxvalue) : value(value), maxvalue(maxvalue) {}
   std::atomic<std::uint32_t> value;
-  SharedSleepers sleepers;
+  troupe::detail::Sleepers sleepers;
   std::uint32_t maxvalue;  // SEM_VALUE_MAX for an unbounded Semaphore
   troupe::detail::AdaptiveSpin spin;
 };
 
 struct EventState {
   std::atomic<std::uint32_t> flag{0};
-  SharedSleepers sleepers;
+  troupe::detail::Sleepers sleepers;
   troupe::detail::AdaptiveSpin spin;
 };
 
@@ -143,7 +113,7 @@ struct EventState {
 /// notify, and waiters sleep on it.
 struct ConditionState {
   std::atomic<std::uint32_t> seq{0};
-  SharedSleepers sleepers;
+  troupe::detail::Sleepers sleepers;
   std::int32_t waiters = 0;
   std::int32_t signals = 0;
   troupe::detail::AdaptiveSpin spin;
@@ -153,7 +123,7 @@ struct BarrierState {
   BarrierState(int parties, std::int64_t timeout_ns) : parties(parties), timeout_ns(timeout_ns) {}
   MutexState guard;
   std::atomic<std::uint32_t> generation{0};  // moves when a generation is released or broken
-  SharedSleepers sleepers;
+  troupe::detail::Sleepers sleepers;
   std::int32_t parties;
   std::int32_t count = 0;          // arrived in this generation
   std::int32_t broken = 0;         // broken until reset()
