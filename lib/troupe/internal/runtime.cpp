@@ -18,14 +18,17 @@ namespace {
 using Step = void (*)();
 
 constexpr std::size_t kExitSteps = static_cast<std::size_t>(ExitStep::forkserver) + 1;
-constexpr std::size_t kForkSteps = static_cast<std::size_t>(ForkStep::thread_identity) + 1;
+constexpr std::size_t kForkSteps = static_cast<std::size_t>(ForkStep::parking) + 1;
 
 // Constant-initialised: usable from static initialisers of any translation unit.
 constinit std::array<std::atomic<Step>, kExitSteps> exit_steps{};
 constinit std::array<std::atomic<bool>, kExitSteps> exit_ran{};
 constinit std::atomic<bool> exit_begun{false};
-constinit std::array<std::atomic<Step>, kForkSteps> fork_steps{};
+constinit std::array<std::atomic<const ForkHandlers*>, kForkSteps> fork_steps{};
 constinit std::atomic<bool> fork_installed{false};
+// The steps the current fork's prepare pass saw: written and read by the forking thread only
+// (glibc holds its fork lock from the prepare handlers to the parent's or child's).
+constinit std::array<const ForkHandlers*, kForkSteps> this_fork{};
 
 // Registered once per step; the first call to run does every step, the later ones find them
 // done. A step first needed while the handler runs is run by its own registration's call.
@@ -46,10 +49,22 @@ void refresh_pid() noexcept {
 // Threads of troupe's that a fork leaves behind (ForkAwareThread): none in a forked child.
 std::atomic<int> fork_aware{0};
 
+void run_fork_prepare_steps() {
+  for (std::size_t i = kForkSteps; i-- > 0;) {
+    this_fork[i] = fork_steps[i].load(std::memory_order_acquire);
+    if (this_fork[i] != nullptr && this_fork[i]->prepare != nullptr) this_fork[i]->prepare();
+  }
+}
+void run_fork_parent_steps() {
+  for (const ForkHandlers*& step : this_fork)
+    if (const ForkHandlers* h = std::exchange(step, nullptr); h != nullptr && h->parent != nullptr)
+      h->parent();
+}
 void run_fork_child_steps() {
   fork_aware.store(0, std::memory_order_relaxed);
-  for (auto& step : fork_steps)
-    if (const Step fn = step.load(std::memory_order_relaxed)) fn();
+  for (const ForkHandlers*& step : this_fork)
+    if (const ForkHandlers* h = std::exchange(step, nullptr); h != nullptr && h->child != nullptr)
+      h->child();
 }
 
 }  // namespace
@@ -133,15 +148,14 @@ struct Parking {
   }
 };
 
-// Installed when the first such thread is made (ForkAwareThread, before it starts): after the
-// handlers of what it serves (a link's table, whose lock a parking thread may need), so that
-// this prepare handler runs before theirs (they run in the reverse order of installation).
+// The fork step `parking`, registered when the first such thread is made (ForkAwareThread,
+// before it starts).
 namespace {
+constexpr ForkHandlers kParkingHandlers{&Parking::prepare, &Parking::parent, &Parking::child};
 void install_parking() noexcept {
   static const bool installed = [] {
-    (void)process_id();  // the runtime's child handler first: it refreshes the pid cache
     (void)global<Parking>();
-    ::pthread_atfork(&Parking::prepare, &Parking::parent, &Parking::child);
+    at_fork(ForkStep::parking, kParkingHandlers);
     return true;
   }();
   (void)installed;
@@ -205,16 +219,22 @@ ForkAwareThread::~ForkAwareThread() {
   p.cv.notify_all();
 }
 
-void at_fork_child(ForkStep step, void (*fn)()) noexcept {
-  Step expected = nullptr;
-  fork_steps[static_cast<std::size_t>(step)].compare_exchange_strong(expected, fn);
-  if (!fork_installed.exchange(true)) ::pthread_atfork(nullptr, nullptr, run_fork_child_steps);
+void at_fork(ForkStep step, const ForkHandlers& handlers) noexcept {
+  const ForkHandlers* expected = nullptr;
+  fork_steps[static_cast<std::size_t>(step)].compare_exchange_strong(expected, &handlers,
+                                                                     std::memory_order_acq_rel);
+  if (!fork_installed.exchange(true))
+    ::pthread_atfork(run_fork_prepare_steps, run_fork_parent_steps, run_fork_child_steps);
 }
+
+namespace {
+constexpr ForkHandlers kPidHandlers{.child = &refresh_pid};
+}  // namespace
 
 pid_t process_id() noexcept {
   static const bool installed = [] {
     refresh_pid();
-    at_fork_child(ForkStep::process_id, &refresh_pid);
+    at_fork(ForkStep::process_id, kPidHandlers);
     return true;
   }();
   (void)installed;

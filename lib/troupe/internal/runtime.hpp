@@ -39,16 +39,25 @@
 // before that point, and before atexit handlers registered earlier. Child processes leave with
 // _exit and run none of this; a process target runs step 4 itself (Python's _bootstrap).
 //
-// Around fork() (pthread_atfork, installed once): in the child, these run in this order. No
-// step runs before fork or in the parent. Before the fork, troupe's own threads that it leaves
-// behind are parked (ForkParking, below), and go on after it in the parent.
+// Around fork() (one pthread_atfork, installed by the first step registered) the steps below
+// run as though each had been installed with pthread_atfork in this order: before the fork,
+// the prepare handlers from the last step to the first; after it, the parent's or the child's
+// handlers from the first to the last. A step's parent and child handlers run only after a
+// fork whose prepare pass saw the step (glibc holds its fork lock from the prepare handlers
+// until the parent's or child's have run, so forks with handlers never overlap).
 //
-//   0. process_id        process_id()'s cache is this process's pid
-//   1. threads           the thread registry's lock is new; the threads that did not survive
-//                        the fork are finished; the forking thread is the main thread
+//   0. process_id        child: process_id()'s cache is this process's pid
+//   1. threads           child: the thread registry's lock is new; the threads that did not
+//                        survive the fork are finished; the forking thread is the main thread
 //                        (CPython's threading._after_fork)
-//   2. thread_identity   the (pid, tid) that process-shared locks record as owner is this
-//                        process's
+//   2. thread_identity   child: the (pid, tid) that process-shared locks record as owner is
+//                        this process's
+//   3. manager_links     prepare: the table of manager links is locked (no thread of the parent
+//                        is inside it at the fork); parent: unlocked; child: the parent's links
+//                        are closed and forgotten, and the table unlocked
+//   4. parking           prepare: troupe's threads that a fork leaves behind park (ForkParking,
+//                        below), first of all, so that none waits for a lock a later prepare
+//                        holds; parent: they go on; child: they are forgotten
 #pragma once
 
 #include <sys/types.h>
@@ -74,12 +83,21 @@ void at_exit(ExitStep step, void (*fn)()) noexcept;
 /// True once the exit handler has begun (from step 1 on).
 bool exiting() noexcept;
 
-/// The steps run in a child process after fork(), in this order.
-enum class ForkStep { process_id, threads, thread_identity };
+/// The steps run around fork(), in this order (see the top of this file).
+enum class ForkStep { process_id, threads, thread_identity, manager_links, parking };
 
-/// Makes `fn` the fork-child step `step`; the first call installs the fork handler. Later calls
-/// for the same step are ignored. Thread-safe; may be called during static initialisation.
-void at_fork_child(ForkStep step, void (*fn)()) noexcept;
+/// What a fork step does before fork() (`prepare`) and after it in the parent and in the child;
+/// each may be null.
+struct ForkHandlers {
+  void (*prepare)() = nullptr;
+  void (*parent)() = nullptr;
+  void (*child)() = nullptr;
+};
+
+/// Makes `handlers` (static storage: kept by address) the fork step `step`; the first call
+/// installs the fork handler. Later calls for the same step are ignored. Thread-safe; may be
+/// called during static initialisation.
+void at_fork(ForkStep step, const ForkHandlers& handlers) noexcept;
 
 /// Threads troupe runs that a fork() leaves safely behind (the child never uses what they
 /// hold: a manager link's thread, which the fork handlers quiesce and the child forgets), so

@@ -148,11 +148,12 @@ Registry::Registry() {
   main->native_id.store(gettid_now());
   main->started.set();
   alive.push_back(main);
-  internal::runtime::at_fork_child(internal::runtime::ForkStep::threads, [] {
+  static constexpr internal::runtime::ForkHandlers kHandlers{.child = [] {
     // The registry mutex may have been held by a thread that does not exist in the child.
     new (&reg().mu) std::mutex();
     after_fork_in_child();
-  });
+  }};
+  internal::runtime::at_fork(internal::runtime::ForkStep::threads, kHandlers);
 }
 
 // Built at load time, in the thread that loads troupe: the main thread.

@@ -62,8 +62,10 @@ void reset_identity_in_child() noexcept {
 
 const ThreadIdentity& self_identity() noexcept {
   static const bool registered = [] {
-    troupe::internal::runtime::at_fork_child(troupe::internal::runtime::ForkStep::thread_identity,
-                                             &reset_identity_in_child);
+    static constexpr troupe::internal::runtime::ForkHandlers kHandlers{
+        .child = &reset_identity_in_child};
+    troupe::internal::runtime::at_fork(troupe::internal::runtime::ForkStep::thread_identity,
+                                       kHandlers);
     return true;
   }();
   (void)registered;

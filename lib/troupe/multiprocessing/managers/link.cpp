@@ -2,7 +2,6 @@
 #include "troupe/multiprocessing/managers/detail/link.hpp"
 
 #include <poll.h>
-#include <pthread.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -212,12 +211,15 @@ void child_after_fork() noexcept {
   if (Table* t = std::exchange(locked_for_fork, nullptr)) t->m.unlock();
 }
 
+constexpr troupe::internal::runtime::ForkHandlers kForkHandlers{&prepare_fork, &parent_after_fork,
+                                                                &child_after_fork};
+
 Table& table() {
   static const bool installed = [] {
-    // The runtime's fork handler first (child handlers run in the order they were installed):
-    // it refreshes the pid cache this one's asks.
+    // The runtime's step manager_links (after process_id, whose cache this one's child reads).
     (void)troupe::internal::runtime::process_id();
-    ::pthread_atfork(&prepare_fork, &parent_after_fork, &child_after_fork);
+    troupe::internal::runtime::at_fork(troupe::internal::runtime::ForkStep::manager_links,
+                                       kForkHandlers);
     return true;
   }();
   (void)installed;

@@ -52,7 +52,7 @@ struct LinkOptions {
 };
 
 /// In a forked child: closes the parent's links' sockets and starts a table of this process's
-/// own (installed with pthread_atfork on first use of a link).
+/// own (the runtime's fork step manager_links, registered on first use of a link).
 void after_fork_in_child() noexcept;
 
 /// The calling thread's lane (calls of one lane run in order on the server): a number for the
