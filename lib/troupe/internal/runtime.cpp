@@ -26,9 +26,10 @@ constinit std::array<std::atomic<bool>, kExitSteps> exit_ran{};
 constinit std::atomic<bool> exit_begun{false};
 constinit std::array<std::atomic<const ForkHandlers*>, kForkSteps> fork_steps{};
 constinit std::atomic<bool> fork_installed{false};
-// The steps the current fork's prepare pass saw: written and read by the forking thread only
-// (glibc holds its fork lock from the prepare handlers to the parent's or child's).
-constinit std::array<const ForkHandlers*, kForkSteps> this_fork{};
+// The steps this thread's fork's prepare pass saw, for its parent's or child's pass (per thread:
+// glibc 2.36 lets go of its fork lock around each handler, so another thread's fork may run its
+// handlers meanwhile; a forked child has the forking thread's).
+constinit thread_local std::array<const ForkHandlers*, kForkSteps> this_fork{};
 
 // Registered once per step; the first call to run does every step, the later ones find them
 // done. A step first needed while the handler runs is run by its own registration's call.
@@ -49,22 +50,31 @@ void refresh_pid() noexcept {
 // Threads of troupe's that a fork leaves behind (ForkAwareThread): none in a forked child.
 std::atomic<int> fork_aware{0};
 
+// Forks that went on before every thread of troupe's had parked (ForkParking).
+std::atomic<int> forks_unparked{0};
+
 void run_fork_prepare_steps() {
   for (std::size_t i = kForkSteps; i-- > 0;) {
     this_fork[i] = fork_steps[i].load(std::memory_order_acquire);
     if (this_fork[i] != nullptr && this_fork[i]->prepare != nullptr) this_fork[i]->prepare();
   }
 }
+// After the fork: step i's handlers, if this thread's prepare pass ran the step, or if the step
+// has no prepare handler (whenever it was registered).
+const ForkHandlers* after_fork_step(std::size_t i) noexcept {
+  if (const ForkHandlers* seen = std::exchange(this_fork[i], nullptr)) return seen;
+  const ForkHandlers* now = fork_steps[i].load(std::memory_order_acquire);
+  return now != nullptr && now->prepare == nullptr ? now : nullptr;
+}
 void run_fork_parent_steps() {
-  for (const ForkHandlers*& step : this_fork)
-    if (const ForkHandlers* h = std::exchange(step, nullptr); h != nullptr && h->parent != nullptr)
+  for (std::size_t i = 0; i < kForkSteps; ++i)
+    if (const ForkHandlers* h = after_fork_step(i); h != nullptr && h->parent != nullptr)
       h->parent();
 }
 void run_fork_child_steps() {
   fork_aware.store(0, std::memory_order_relaxed);
-  for (const ForkHandlers*& step : this_fork)
-    if (const ForkHandlers* h = std::exchange(step, nullptr); h != nullptr && h->child != nullptr)
-      h->child();
+  for (std::size_t i = 0; i < kForkSteps; ++i)
+    if (const ForkHandlers* h = after_fork_step(i); h != nullptr && h->child != nullptr) h->child();
 }
 
 }  // namespace
@@ -104,6 +114,10 @@ struct Parking {
   static void prepare() noexcept {
     auto& p = global<Parking>();
     std::unique_lock lock(p.m);
+    // Another thread's fork parks them now (glibc 2.36 lets go of its fork lock between
+    // handlers, and the wait below lets go of m): this one begins once that fork is done, else
+    // the two would count each other's asks, and one would fork while the threads run.
+    p.cv.wait(lock, [&] { return !p.forking; });
     p.forking = true;
     p.owed = 0;
     const auto self = std::this_thread::get_id();
@@ -121,7 +135,8 @@ struct Parking {
     }
     // A thread that does not park in time (inside a handler that blocks) is left running, as
     // any thread of the user's is.
-    (void)p.cv.wait_for(lock, kForkParkWait, [&] { return p.all_parked(); });
+    if (!p.cv.wait_for(lock, kForkParkWait, [&] { return p.all_parked(); }))
+      forks_unparked.fetch_add(1, std::memory_order_relaxed);
     (void)lock.release();  // held across the fork; both handlers below unlock it
   }
   static void open_gate(Parking& p) noexcept {
@@ -133,6 +148,7 @@ struct Parking {
   static void parent() noexcept {
     auto& p = global<Parking>();
     open_gate(p);
+    p.cv.notify_all();  // a fork that waits for this one's end (prepare)
     p.m.unlock();
     p.gate.notify_all();
   }
@@ -199,6 +215,10 @@ void ForkParking::park() noexcept {
   }
   // The gate moves on under the lock the fork holds, so it cannot have moved before `seen`.
   while (p.gate.load(std::memory_order_acquire) == seen) p.gate.wait(seen);
+}
+
+int forks_without_parking() noexcept {
+  return forks_unparked.load(std::memory_order_relaxed);
 }
 
 int fork_aware_threads() noexcept {

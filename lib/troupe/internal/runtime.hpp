@@ -42,9 +42,10 @@
 // Around fork() (one pthread_atfork, installed by the first step registered) the steps below
 // run as though each had been installed with pthread_atfork in this order: before the fork,
 // the prepare handlers from the last step to the first; after it, the parent's or the child's
-// handlers from the first to the last. A step's parent and child handlers run only after a
-// fork whose prepare pass saw the step (glibc holds its fork lock from the prepare handlers
-// until the parent's or child's have run, so forks with handlers never overlap).
+// handlers from the first to the last. A step with a prepare handler runs its parent's or
+// child's only after a fork whose prepare pass ran it (each forking thread notes its own pass:
+// glibc 2.36 lets go of its fork lock around each handler, so two threads' forks may overlap);
+// a step without one runs them after any fork.
 //
 //   0. process_id        child: process_id()'s cache is this process's pid
 //   1. threads           child: the thread registry's lock is new; the threads that did not
@@ -152,6 +153,10 @@ private:
 
 /// How long a fork waits for troupe's threads to park (ForkParking) before it goes on without.
 inline constexpr std::chrono::milliseconds kForkParkWait{1000};
+
+/// How many forks of this process went on after kForkParkWait without every such thread parked
+/// (for tests and diagnostics).
+int forks_without_parking() noexcept;
 
 /// This process's id, cached (glibc's getpid() is a system call): for checks on hot paths
 /// that an object is used in the process that made it. Refreshed first in a forked child.

@@ -4,6 +4,8 @@
 // the reading changes hands without a call left waiting, and that timeouts and a dying server
 // end every kind of call.
 #include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <future>
@@ -16,6 +18,7 @@
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
 
+#include "troupe/internal/runtime.hpp"
 #include "troupe/multiprocessing/managers/manager.hpp"
 
 #include "leak_check.hpp"
@@ -34,6 +37,54 @@ void expect_the_handler_ended() {
                                std::to_string(g_handler_stage.load()) + ")");
 }
 TROUPE_ENTRY(expect_the_handler_ended);
+
+// A process's target: two threads fork at once, again and again, while a link's thread runs
+// (each fork asks it to park, and lets it go after); then the link's thread must still answer.
+// glibc 2.36 lets go of its fork lock around each fork handler, so the two threads' handlers
+// interleave: a fork whose parent handlers were not its own prepare's left the link's thread
+// parked and the parking's lock held, and the next fork hung.
+void fork_from_two_threads_at_once() {
+  managers_test::TestManager m;
+  m.start();
+  auto maths = m.create<managers_test::Maths>("Maths");
+  const auto async_sum = [&](int a, int b) {
+    boost::asio::io_context ctx;
+    int sum = -1;
+    maths.async_call<&managers_test::Maths::add>(
+        a, b, boost::asio::bind_executor(ctx, [&](std::exception_ptr e, int r) {
+          if (!e) sum = r;
+        }));
+    ctx.run_for(std::chrono::seconds(30));
+    return sum;
+  };
+  if (async_sum(1, 2) != 3) throw troupe::RuntimeError("the first asynchronous call failed");
+  std::atomic<int> failed_forks{0};
+  const auto forker = [&] {
+    for (int i = 0; i < 40; ++i) {
+      const pid_t pid = ::fork();
+      if (pid == 0) ::_exit(0);
+      if (pid < 0) {
+        failed_forks.fetch_add(1);
+        return;
+      }
+      int status = 0;
+      ::waitpid(pid, &status, 0);
+    }
+  };
+  std::thread a(forker), b(forker);
+  a.join();
+  b.join();
+  if (failed_forks.load() != 0) throw troupe::RuntimeError("fork() failed");
+  // Each fork parked the link's thread before it went on (a fork that began while the other's
+  // waited for the parking could count the other's asks, and wait for a thread that its
+  // parking held: until its time ran out, then fork with the thread running).
+  if (const int n = troupe::internal::runtime::forks_without_parking(); n != 0)
+    throw troupe::RuntimeError(std::to_string(n) + " of 80 forks went on without the parking");
+  // The link's thread reads asynchronous replies: it was let go after every fork.
+  if (async_sum(2, 3) != 5)
+    throw troupe::RuntimeError("the link's thread did not answer after the forks");
+}
+TROUPE_ENTRY(fork_from_two_threads_at_once);
 
 namespace {
 
@@ -196,6 +247,24 @@ TEST_F(LinkForkTest, AForkWaitsForTheLinksThreadToLeaveItsHandler) {
   EXPECT_EQ(child.exitcode(), 0);
   // The link's thread went on after the fork.
   EXPECT_EQ(maths.call<&Maths::add>(2, 3), 5);
+}
+
+// Two threads' forks at once each end their own parking of the link's thread. In a process of
+// its own, so that a hang is a failed test.
+TEST_F(LinkForkTest, TwoThreadsForkingAtOnceLetTheLinksThreadGo) {
+  if (troupe::testing::kTsanForkLimit)
+    GTEST_SKIP() << "ThreadSanitizer: no threads in a child forked from a threaded process";
+  mp::ProcessOptions po;
+  po.start_method = "spawn";
+  mp::Process child(po, &fork_from_two_threads_at_once);
+  child.start();
+  child.join(120s);
+  if (child.is_alive()) {
+    child.kill();
+    child.join(30s);
+    FAIL() << "a fork hung (a link's thread left parked, or the parking's lock held)";
+  }
+  EXPECT_EQ(child.exitcode(), 0);
 }
 
 INSTANTIATE_TEST_SUITE_P(StartMethods, LinkTest, ::testing::Values("fork", "spawn"),
