@@ -55,12 +55,15 @@ int futex_wake(const std::atomic<std::uint32_t>& word, int n, bool shared = fals
 /// calls so, and ran at half std::condition_variable's rate). So wake() counts the sleepers it
 /// woke, and makes the call only while more sleep than that.
 ///
-/// The protocol: a sleeper reads the word (`seen`), enter()s, checks its condition once more
-/// (or holds off wakers by a lock they take, as FutexCondVar's notifiers hold its mutex), then
-/// sleep()s or leave()s; whoever makes the condition true changes the word, then wake()s. No
-/// wake-up is lost: a sleeper counted in `woken` leaves that count before the count of sleepers,
-/// and checks its condition after that, after the change of whoever read it there; a count read
-/// a moment late is higher, never lower, and costs at most a call for nobody. A wake-up left
+/// The protocol: whoever makes a sleeper's condition true changes the word, then wake()s; a
+/// sleeper reads the word (`seen`) where no change of the condition can come unseen after it
+/// (under the lock the changers hold, as FutexCondVar reads it under its mutex; or it enter()s
+/// and then checks its condition once more, as wait_shared), then sleep()s, or leave()s. No
+/// wake-up is lost: enter() comes before the kernel's look at the word, and a change of the
+/// word before the waker's look at the count (both sequentially consistent), so either the
+/// waker counts the sleeper or the kernel sees the word changed and does not sleep. A sleeper
+/// counted in `woken` leaves that count before the count of sleepers; a count read a moment
+/// late is higher, never lower, and costs at most a call for nobody. A wake-up left
 /// over from another user of this memory takes a sleeper out of `woken` that no wake put there:
 /// the estimate reads higher, as above. Standard layout, zero when new: it may live in memory
 /// shared between processes (then pass `shared`).

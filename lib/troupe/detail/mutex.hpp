@@ -101,7 +101,8 @@ public:
     auto moved = [&] { return seq_.load(std::memory_order_acquire) != seq; };
     bool notified = spin ? spin_.spin(moved) : moved();
     while (!notified) {
-      // No notify can come between the read of seq_ and enter(): notifiers hold m.
+      // seq was read under m: a notify since (notifiers hold m) has moved seq_, and the futex
+      // call below returns at once (Sleepers' protocol).
       sleepers_.enter();
       const FutexWaited how = sleepers_.sleep(seq_, seq, deadline);
       const bool in_time = how != FutexWaited::timed_out;
