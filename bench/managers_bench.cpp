@@ -7,6 +7,8 @@
 //   threads, as connection_bench's), each message the size of the call's request frame;
 // - pipelined calls: async_call with W calls in flight on one proxy, calls/s;
 // - connect + create + first call, and connect alone (BaseManager::connect on a new manager);
+// - Process(fork) start + join with and without a manager link's thread running (the parking
+//   of troupe's threads across a fork);
 // - the docs' queue recipe: a manager serving a task and a result queue, 4 worker processes
 //   (troupe Process, fork) that connect by address and authkey, take n until a negative one and
 //   put [n, n*n]; this process puts N tasks and collects the N results (checked): tasks/s;
@@ -323,6 +325,42 @@ BENCHMARK(BM_ProxyPipelined)
     ->Args({1, 64})
     ->Args({1, 256})
     ->UseRealTime();
+
+// ---- a fork with a manager link open ---------------------------------------------------
+
+void nothing() {}
+TROUPE_ENTRY(nothing);
+
+// Process(fork).start() + join() of a target that returns at once. range(0): 0, no manager
+// link in this process; 1, a proxy's link open with its thread running (started by an async
+// call), which each fork asks to park (runtime::ForkParking) and waits for.
+void BM_ForkStartJoin_link(benchmark::State& state) {
+  const bool linked = state.range(0) == 1;
+  std::optional<MathsManager> m;
+  std::optional<mm::Proxy<Maths>> p;
+  if (linked) {
+    m.emplace(server_options(0));
+    m->start();
+    p.emplace(m->create<Maths>("QuickMaths"));
+    boost::asio::io_context ctx;
+    std::int64_t sum = 0;
+    p->async_call<&Maths::add>(
+        std::int64_t{1}, std::int64_t{2},
+        boost::asio::bind_executor(ctx, [&](std::exception_ptr e, std::int64_t r) {
+          if (!e) sum = r;
+        }));
+    ctx.run();
+    if (sum != 3) state.SkipWithError("Maths.add(1, 2) was not 3");
+  }
+  for (auto _ : state) {
+    mp::Process c({.start_method = "fork"}, nothing);
+    c.start();
+    c.join();
+    if (c.exitcode() != 0) state.SkipWithError("the child failed");
+  }
+  state.SetLabel(linked ? "fork, a manager link's thread running" : "fork, no manager link");
+}
+BENCHMARK(BM_ForkStartJoin_link)->Arg(0)->Arg(1)->UseRealTime();
 
 // ---- connect --------------------------------------------------------------------------
 
