@@ -99,10 +99,12 @@ bool exiting() noexcept {
 // its function runs) and those whose function is ending.
 struct Parking {
   std::mutex m;
-  std::condition_variable cv;  // the forking thread waits on it
+  std::condition_variable cv;  // forks wait on it: for the parking, or for their turn
   std::vector<ForkParking*> members;
-  bool forking = false;  // a fork waits: a thread that starts meanwhile parks at once
-  int owed = 0;          // asked, and not parked or ended yet
+  // A fork parks the threads (from its prepare to its parent's or child's handler): a thread
+  // that starts meanwhile parks at once, and another thread's fork waits for its turn.
+  bool forking = false;
+  int owed = 0;  // asked, and not parked or ended yet
   std::atomic<std::uint32_t> gate{0};
 
   // m held: every member asked has parked or ended, and no counted thread is starting or ending.
@@ -114,13 +116,21 @@ struct Parking {
   static void prepare() noexcept {
     auto& p = global<Parking>();
     std::unique_lock lock(p.m);
+    const auto self = std::this_thread::get_id();
     // Another thread's fork parks them now (glibc 2.36 lets go of its fork lock between
     // handlers, and the wait below lets go of m): this one begins once that fork is done, else
-    // the two would count each other's asks, and one would fork while the threads run.
+    // the two would count each other's asks, and one would fork while the threads run. A
+    // member that forks (a link's thread, in a handler) while the other fork waits for it holds
+    // nothing of troupe's here, as a parked thread: it counts as parked, so that the other
+    // fork does not wait out kForkParkWait for it.
+    for (ForkParking* t : p.members)
+      if (t->thread_ == self && std::exchange(t->asked_, false)) {
+        --p.owed;
+        p.cv.notify_all();
+      }
     p.cv.wait(lock, [&] { return !p.forking; });
     p.forking = true;
     p.owed = 0;
-    const auto self = std::this_thread::get_id();
     for (ForkParking* t : p.members) {
       if (t->thread_ == self) continue;
       t->asked_ = true;

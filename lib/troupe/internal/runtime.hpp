@@ -130,7 +130,9 @@ private:
 /// allocation on a new thread). A parked thread goes on once the fork is done (in the parent).
 /// The forking thread itself is never asked (a fork from a handler on a link's thread). The fork
 /// also waits for the ForkAwareThreads that are starting (a thread that registers while a fork
-/// waits parks at once) or whose function is ending.
+/// waits parks at once) or whose function is ending. Two threads' forks take turns: the second
+/// begins its parking once the first fork is done (a member that forks while another fork waits
+/// for it counts as parked meanwhile).
 class ForkParking {
 public:
   /// `ask` runs on the forking thread before the fork: it must make this thread call park()

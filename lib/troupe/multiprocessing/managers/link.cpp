@@ -192,7 +192,9 @@ struct Table {
 };
 
 std::atomic<Table*> the_table{nullptr};
-Table* locked_for_fork = nullptr;  // set by the fork's prepare handler, on the forking thread
+// Set by a fork's prepare handler, for its parent's or child's: per thread, as two threads'
+// forks may run their handlers interleaved (glibc 2.36).
+constinit thread_local Table* locked_for_fork = nullptr;
 
 // The table is locked across fork(), so that the child never finds it half changed by a thread
 // of the parent that was inside Link::get or forget at the fork (the child walks it).
