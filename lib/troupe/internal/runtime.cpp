@@ -120,15 +120,19 @@ struct Parking {
     // Another thread's fork parks them now (glibc 2.36 lets go of its fork lock between
     // handlers, and the wait below lets go of m): this one begins once that fork is done, else
     // the two would count each other's asks, and one would fork while the threads run. A
-    // member that forks (a link's thread, in a handler) while the other fork waits for it holds
-    // nothing of troupe's here, as a parked thread: it counts as parked, so that the other
-    // fork does not wait out kForkParkWait for it.
-    for (ForkParking* t : p.members)
-      if (t->thread_ == self && std::exchange(t->asked_, false)) {
-        --p.owed;
-        p.cv.notify_all();
-      }
-    p.cv.wait(lock, [&] { return !p.forking; });
+    // member that forks (a link's thread, in a handler) while another fork asks it to park
+    // holds nothing of troupe's here, as a parked thread: it counts as parked, whenever the
+    // ask comes (a fork that asks tells the waiters below), so that the other fork does not
+    // wait out kForkParkWait for it.
+    p.cv.wait(lock, [&] {
+      if (!p.forking) return true;
+      for (ForkParking* t : p.members)
+        if (t->thread_ == self && std::exchange(t->asked_, false)) {
+          --p.owed;
+          p.cv.notify_all();
+        }
+      return false;
+    });
     p.forking = true;
     p.owed = 0;
     for (ForkParking* t : p.members) {
@@ -143,6 +147,7 @@ struct Parking {
         --p.owed;
       }
     }
+    p.cv.notify_all();  // a member waiting for its own fork's turn (above) counts as parked
     // A thread that does not park in time (inside a handler that blocks) is left running, as
     // any thread of the user's is.
     if (!p.cv.wait_for(lock, kForkParkWait, [&] { return p.all_parked(); }))
