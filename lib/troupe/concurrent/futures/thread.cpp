@@ -48,10 +48,11 @@ struct ThreadPool final : WaitGuard, std::enable_shared_from_this<ThreadPool> {
   int started = 0;      // workers started (they end only at shutdown or when broken)
   std::vector<const CoreBase*> blocked;  // futures of this pool that its workers wait on
   bool shut = false;
-  std::string broken;  // non-empty: why the pool is broken
+  bool shut_at_exit = false;  // the first shutdown was the exit step's (Python's global _shutdown)
+  std::string broken;         // non-empty: why the pool is broken
 
   void submit(std::shared_ptr<TaskBase> task);
-  void shutdown(bool wait, bool cancel_futures);
+  void shutdown(bool wait, bool cancel_futures, bool at_exit = false);
   void worker_main();
   void initializer_failed();
   void start_worker(int index);  // counted in `started` under the mutex, then called
@@ -70,7 +71,7 @@ internal::runtime::Alive<ThreadPool>& pools() {
 // Python's _python_exit: no more submits (runtime::exiting() is true from here on), every pool
 // finishes what is queued, workers joined.
 void shutdown_at_exit() {
-  for (auto& p : pools().take_all()) p->shutdown(true, false);
+  for (auto& p : pools().take_all()) p->shutdown(true, false, true);
 }
 
 void register_pool(const std::shared_ptr<ThreadPool>& pool) {
@@ -89,7 +90,11 @@ void ThreadPool::submit(std::shared_ptr<TaskBase> task) {
   {
     std::scoped_lock lk(mutex);
     if (!broken.empty()) throw BrokenThreadPool(broken);
-    if (shut) throw RuntimeError("cannot schedule new futures after shutdown");
+    // A submit that passed the handle's exiting() check as the exit step began finds the pool
+    // shut by that step: Python's message for it is the interpreter's.
+    if (shut)
+      throw RuntimeError(shut_at_exit ? "cannot schedule new futures after interpreter shutdown"
+                                      : "cannot schedule new futures after shutdown");
     queue.push_back(std::move(task));
     queued.store(queue.size(), std::memory_order_relaxed);
     // Python's _adjust_thread_count: an idle worker takes it, else a new one if there is room.
@@ -191,10 +196,11 @@ void ThreadPool::initializer_failed() {
   }
 }
 
-void ThreadPool::shutdown(bool wait, bool cancel_futures) {
+void ThreadPool::shutdown(bool wait, bool cancel_futures, bool at_exit) {
   std::deque<std::shared_ptr<TaskBase>> drained;
   {
     std::scoped_lock lk(mutex);
+    if (!shut) shut_at_exit = at_exit;
     shut = true;
     if (cancel_futures) {
       drained.swap(queue);
