@@ -107,6 +107,13 @@ struct Parking {
   int owed = 0;  // asked, and not parked or ended yet
   std::atomic<std::uint32_t> gate{0};
 
+  // m held: `t` has parked, if it was asked to (false if not: the fork went on without it).
+  bool count_parked(ForkParking& t) noexcept {
+    if (!std::exchange(t.asked_, false)) return false;
+    if (--owed == 0) cv.notify_all();
+    return true;
+  }
+
   // m held: every member asked has parked or ended, and no counted thread is starting or ending.
   bool all_parked() const noexcept {
     return owed == 0 &&
@@ -127,10 +134,7 @@ struct Parking {
     p.cv.wait(lock, [&] {
       if (!p.forking) return true;
       for (ForkParking* t : p.members)
-        if (t->thread_ == self && std::exchange(t->asked_, false)) {
-          --p.owed;
-          p.cv.notify_all();
-        }
+        if (t->thread_ == self) (void)p.count_parked(*t);
       return false;
     });
     p.forking = true;
@@ -214,7 +218,7 @@ ForkParking::ForkParking(std::function<void()> ask)
 ForkParking::~ForkParking() {
   auto& p = global<Parking>();
   std::scoped_lock lock(p.m);
-  if (std::exchange(asked_, false)) --p.owed;
+  (void)p.count_parked(*this);  // ended counts as parked
   std::erase(p.members, this);
   p.cv.notify_all();
 }
@@ -224,9 +228,8 @@ void ForkParking::park() noexcept {
   std::uint32_t seen;
   {
     std::scoped_lock lock(p.m);
-    if (!std::exchange(asked_, false)) return;  // the fork went on without it
     seen = p.gate.load(std::memory_order_acquire);
-    if (--p.owed == 0) p.cv.notify_all();
+    if (!p.count_parked(*this)) return;
   }
   // The gate moves on under the lock the fork holds, so it cannot have moved before `seen`.
   while (p.gate.load(std::memory_order_acquire) == seen) p.gate.wait(seen);

@@ -48,9 +48,8 @@ int fork_and_reap(int n) {
     if (pid < 0) return failed + n - i;
     int status = 0;
     pid_t r = 0;
-    for (int w = 0; w < 30000 && (r = ::waitpid(pid, &status, WNOHANG)) == 0; ++w)
-      std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    if (r == 0) {
+    const auto reaped = [&] { return (r = ::waitpid(pid, &status, WNOHANG)) != 0; };
+    if (!troupe::testing::eventually(reaped, std::chrono::seconds(30))) {
       ::kill(pid, SIGKILL);
       ::waitpid(pid, &status, 0);
     }
