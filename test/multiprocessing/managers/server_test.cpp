@@ -1297,9 +1297,73 @@ TEST_F(ServerTest, ParksAndEarlyClaimsAreLimitedPerConnection) {
     p.setTicket(1001);  // parked by c: taken over, not a marker
   });
   send_request(d, 31, [](Request::Builder r) { r.setPing(); });
-  auto [ping, ping_error] = next_reply(d);
-  EXPECT_EQ(ping, 31u);
-  EXPECT_EQ(ping_error, "");
+  // Each claim is answered (none), in order, and the ping after them.
+  for (const std::uint64_t want : {21u, 22u, 23u, 24u, 30u, 31u}) {
+    auto [got, got_error] = next_reply(d);
+    EXPECT_EQ(got, want);
+    EXPECT_EQ(got_error, "") << "call " << got;
+  }
+}
+
+// A received proxy (a Ref decoded: its claim pipelined, no round trip) whose claim the server
+// refuses, the connection holding max_objects_held objects already, fails every call once the
+// refusal is known, naming the object and the limit; and it gives back no reference when
+// dropped, since it never had one (it used to be logged by the server only: the proxy's calls
+// went on, and its drop's decref took a reference of another proxy of the same connection).
+TEST_F(ServerTest, AReceivedProxyWhoseClaimIsRefusedFailsItsCalls) {
+  server_.reset();
+  mm::ServerOptions o;
+  o.max_objects_held = 2;
+  start_server(std::nullopt, o);
+  auto c = raw_client(server_->address(), key_);
+  send_hello(c);
+  const std::uint64_t id = raw_create_counter(c);
+  send_request(c, 2, [&](Request::Builder r) {
+    auto p = r.initPark();
+    p.setId(id);
+    p.setTicket(77);
+  });
+  send_request(c, 3, [](Request::Builder r) { r.setPing(); });
+  ASSERT_EQ(next_reply(c).first, 3u);  // parked
+  auto m = client();
+  auto a = m->create<Maths>("Maths");
+  std::optional<mm::Proxy<Maths>> b(m->create<Maths>("Maths"));
+  capnp::MallocMessageBuilder mb;
+  auto ref = mb.initRoot<troupe::proto::Ref>();
+  ref.setTypeid("Counter");
+  const std::string address = server_->address().str();
+  ref.setAddress(address.c_str());
+  ref.setId(id);
+  ref.setTicket(77);
+  std::optional<mm::BaseProxy> p(mm::BaseProxy::_from_ref(ref.asReader()));
+  EXPECT_EQ(a.call<&Maths::add>(2, 3), 5);  // a round trip after the claim: its answer is in
+  try {
+    (void)p->_callmethod<int>("increment");
+    FAIL() << "a call through a proxy whose claim was refused";
+  } catch (const troupe::ValueError& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("max_objects_held"), std::string::npos) << what;
+    EXPECT_NE(what.find("Counter object " + std::to_string(id)), std::string::npos) << what;
+  }
+  // Under the limit, the connection takes a reference of its own (q); the raw client takes the
+  // park over and lets both its references go: q's is the counter's only one.
+  b.reset();
+  ASSERT_TRUE(eventually([&] { return server_->number_of_objects() == 2; }));
+  mm::BaseProxy q(mm::Token{.typeid_ = "Counter", .address = server_->address(), .id = id}, key_);
+  send_request(c, 4, [&](Request::Builder r) {
+    auto cl = r.initClaim();
+    cl.setId(id);
+    cl.setTicket(77);
+  });
+  send_request(c, 5, [&](Request::Builder r) { r.setDecref(id); });
+  send_request(c, 6, [&](Request::Builder r) { r.setDecref(id); });
+  send_request(c, 7, [](Request::Builder r) { r.setPing(); });
+  EXPECT_EQ(next_reply(c).first, 4u);
+  ASSERT_EQ(next_reply(c).first, 7u);
+  p.reset();  // sends nothing: a decref would take q's reference, and the counter would go
+  EXPECT_EQ(a.call<&Maths::add>(1, 1), 2);
+  EXPECT_EQ(q._callmethod<int>("increment"), 1);
+  EXPECT_EQ(server_->number_of_objects(), 2u);  // a, and the counter q holds
 }
 
 // An incref over the connection's max_objects_held is answered with the refusal: a proxy made

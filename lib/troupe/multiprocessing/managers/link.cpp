@@ -645,7 +645,7 @@ void ParkScope::end_parks() noexcept {
   for (const Parked& p : parked_) {
     try {
       // The claim makes the park this connection's reference; the decref lets it go.
-      p.link->send([&](proto::manager::Request::Builder r) {
+      p.link->send_answered([&](proto::manager::Request::Builder r) {
         auto c = r.initClaim();
         c.setId(p.id);
         c.setTicket(p.ticket);

@@ -47,6 +47,7 @@ const Token& BaseProxy::_token() const {
 std::shared_ptr<detail::Link> BaseProxy::_link() const {
   if (!state_) throw ValueError("an empty proxy (default-constructed or moved from)");
   std::scoped_lock lock(state_->m);
+  if (state_->refused) std::rethrow_exception(state_->refused);
   if (state_->link->owner() != troupe::internal::runtime::process_id()) {
     // First use in a forked child: this process's own link and reference (Python's
     // BaseProxy._after_fork increfs too). The parent's references stay the parent's.
@@ -188,12 +189,40 @@ BaseProxy BaseProxy::_from_ref(proto::Ref::Reader ref) {
   }
   const auto id = st->token.id;
   const auto ticket = ref.getTicket();
-  st->link->send([id, ticket](proto::manager::Request::Builder r) {
-    auto c = r.initClaim();
-    c.setId(id);
-    c.setTicket(ticket);
-  });
   st->refs = 1;
+  // Pipelined, not waited for; its answer comes before any later call's reply on the link. A
+  // refusal (the object is gone, or the connection holds max_objects_held already) fails every
+  // call made once it is known, and the proxy has no reference to give back.
+  std::weak_ptr<State> weak = st;
+  st->link->request(
+      [id, ticket](proto::manager::Request::Builder r) {
+        auto c = r.initClaim();
+        c.setId(id);
+        c.setTicket(ticket);
+      },
+      [weak](std::exception_ptr, std::shared_ptr<detail::Frame> f) {
+        // A dead link's failure is left to the calls, which name it.
+        if (!f) return;
+        auto reply = f->root<proto::manager::Reply>();
+        if (!reply.isError()) return;
+        auto s = weak.lock();
+        if (!s) return;  // dropped meanwhile: its decref fails at the server, which logs it
+        std::exception_ptr e;
+        try {
+          ErrorEnvelope env = ErrorEnvelope::decode(reply.getError());
+          env.message = "a proxy to " + s->token.typeid_ + " object " +
+                        std::to_string(s->token.id) +
+                        " received from another process is unusable: the manager refused its "
+                        "reference (" +
+                        env.message + ")";
+          e = env.exception();
+        } catch (...) {
+          e = std::current_exception();
+        }
+        std::scoped_lock lock(s->m);
+        s->refused = e;
+        s->refs = 0;
+      });
   return BaseProxy(std::move(st));
 }
 

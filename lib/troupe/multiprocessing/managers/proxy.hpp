@@ -353,6 +353,8 @@ struct BaseProxy::State {
   mutable std::mutex m;
   std::shared_ptr<detail::Link> link;
   std::uint64_t refs = 1;  // references held on `link`, released when the last copy goes
+  // A received proxy whose claim the server refused (m): every call from then on throws it.
+  std::exception_ptr refused;
   ~State();
 };
 

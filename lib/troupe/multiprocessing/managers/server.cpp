@@ -1384,12 +1384,14 @@ public:
         return;
       }
       case R::CLAIM: {
+        // Answered either way: a received proxy whose claim is refused fails its calls, and
+        // sends no decref for a reference it never had.
         try {
           claim(sc, req.getClaim().getId(), req.getClaim().getTicket());
         } catch (...) {
-          fail(std::current_exception(), "claim");
+          return fail(std::current_exception(), "claim");
         }
-        return;
+        return reply_value(sc, call_id, std::monostate{});
       }
       case R::GET_METHODS: {
         std::vector<std::string> methods;
