@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <csignal>
 #include <filesystem>
 #include <fstream>
 #include <future>
@@ -67,6 +68,18 @@ void note_start_later(mm::NamespaceProxy ns) {
   ns.set("test", 1);
 }
 TROUPE_ENTRY(note_start_later);
+
+// An initializer that ignores SIGTERM while it calls the server: notes 1, then (a while later,
+// a pool's terminate meanwhile) 2, then lets SIGTERM in again (the pool's stop message ends the
+// worker then).
+void note_start_ignoring_terminate(mm::NamespaceProxy ns) {
+  std::signal(SIGTERM, SIG_IGN);
+  ns.set("test", 1);
+  std::this_thread::sleep_for(300ms);
+  ns.set("test", 2);
+  std::signal(SIGTERM, SIG_DFL);
+}
+TROUPE_ENTRY(note_start_ignoring_terminate);
 
 // Not registered: a client cannot name it.
 int unregistered(int x) {
@@ -533,6 +546,26 @@ TEST_F(ManagedPoolOnAUserExecutorTest, JoinAndTerminateLetTheWorkersCallTheServe
       EXPECT_EQ(test, 1);
     }
   }
+  // A pool dropped (its last proxy): terminated by the server's thread that takes the decref,
+  // which must not wait for the workers to end: here the worker ignores SIGTERM until it has
+  // called the same server again.
+  ns.set("test", 0);
+  {
+    auto pool = m.Pool({.processes = 1, .initializer = {note_start_ignoring_terminate, ns}});
+    ASSERT_TRUE(troupe::testing::eventually([&] { return ns.get<int>("test") == 1; }, 60s));
+  }
+  auto noted = std::async(std::launch::async, [&] {
+    return troupe::testing::eventually([&] { return ns.get<int>("test") == 2; }, 30s);
+  });
+  if (noted.wait_for(60s) != std::future_status::ready) {
+    kill_descendants(::getpid());
+    noted.wait();
+    ADD_FAILURE() << "the server's only thread waited for the dropped pool's worker, which "
+                     "waited for it";
+    return;
+  }
+  EXPECT_TRUE(noted.get());
+  EXPECT_TRUE(troupe::testing::eventually([&] { return m.number_of_objects() == 1; }, 30s));
 }
 
 // The server's start method (its pool's workers start with forkserver, Pool's default).

@@ -1270,13 +1270,16 @@ troupe::internal::runtime::Alive<WorkerPoolState>& pools() {
 }
 void shutdown_all_at_exit() {
   for (auto& p : pools().take_all()) {
+    // Taken under the lock: a pool may be let go on its own thread meanwhile (a managed Pool
+    // dropped: ~WorkerPool there), which takes it too.
+    std::unique_ptr<threading::Thread> manager;  // its closure holds the pool
     {
       std::scoped_lock lk(p->mu);
       p->shut = true;
+      manager = std::move(p->manager);
     }
     p->wake();
-    if (p->manager) p->manager->join();
-    p->manager.reset();  // its closure holds the pool
+    if (manager) manager->join();
   }
 }
 

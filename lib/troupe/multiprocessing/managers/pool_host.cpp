@@ -488,7 +488,10 @@ public:
     state_->pool = std::make_shared<engine::WorkerPool>(std::move(w));
     processes_ = state_->pool->max_workers();
   }
-  // Python's Pool finalizer: a pool dropped while running is terminated.
+  // Python's Pool finalizer: a pool dropped while running is terminated. Run by the server's
+  // thread that let the last reference go: it does not wait for the workers to end (one may be
+  // calling this server, and that thread may be the one to answer it); the pool, kept by its
+  // own thread's callback, goes there once they have.
   ~PoolObject() override {
     std::shared_ptr<engine::WorkerPool> p;
     {
@@ -498,8 +501,9 @@ public:
     }
     if (p) {
       try {
-        p->signal_workers(SIGTERM);
-      } catch (...) {
+        p->signal_workers(SIGTERM, false);
+        p->when_ended([p] {});
+      } catch (...) {  // no memory for the callback: it goes here, once the workers have ended
       }
     }
   }
