@@ -254,7 +254,8 @@ def managers_section(build, reps, quick, verdicts):
     min_time = 0.1 if quick else 0.3
     rt_filter = "^(BM_ProxyCall_typed|BM_ProxyCall_callmethod|BM_PipePingPong_process|BM_PipePingPong_thread)(/|$)"
     print("compare: managers: round trips, pipelined calls, connect…", file=sys.stderr)
-    cpp = run_cpp(binary, rt_filter + "|^BM_ProxyPipelined/|^BM_Connect/", reps, min_time, best=True)
+    cpp = run_cpp(binary, rt_filter + "|^BM_ProxyPipelined/|^BM_Connect/|^BM_ProxyLargeArgument/",
+                  reps, min_time, best=True)
     print("compare: managers: the queue recipe, 4 workers…", file=sys.stderr)
     recipe = run_cpp(binary, "^BM_QueueRecipe4Workers/", 1 if quick else 3, min_time, best=True)
     print("compare: managers: a managed Pool…", file=sys.stderr)
@@ -305,6 +306,13 @@ def managers_section(build, reps, quick, verdicts):
             rows.append(f"| pipelined `async_call` on one proxy, {window} in flight, {label} | "
                         f"{fmt_rate(r)} | one call at a time {fmt_rate(one_call)} | "
                         f"**{r / one_call:.2f}×** rate | — | — | ≥ 500 k/s | {verdict(ok)} |")
+    p = py["LargeArgument/unix"]["value"]
+    one = cpp["BM_ProxyLargeArgument/4/1"]["bytes_per_second"]
+    for window in (1, 4):
+        r = cpp[f"BM_ProxyLargeArgument/4/{window}"]["bytes_per_second"]
+        rows.append(f"| a call with a 4 MiB `bytes` argument, {window} in flight, Unix (bytes/s) | "
+                    f"{r / 1e9:.2f} GB/s | one at a time {one / 1e9:.2f} GB/s | **{r / one:.2f}×** "
+                    f"rate | {p / 1e9:.2f} GB/s (one at a time) | {faster(r / p)} | — | — |")
     for fam, arg, label in [("tcp", 1, "TCP"), ("unix", 0, "Unix")]:
         t = ns(cpp[f"BM_Connect/{arg}/1"])
         alone = ns(cpp[f"BM_Connect/{arg}/0"])

@@ -61,6 +61,9 @@ class Maths:
     def add(self, a, b):
         return a + b
 
+    def length(self, data):
+        return len(data)
+
 
 class MathsManager(BaseManager):
     pass
@@ -210,6 +213,26 @@ def one_round_trip_run_us(address, authkey, calls, warm_up):
         finally:
             del p
     return summary_us(samples)
+
+
+def large_argument_bytes_per_s(address, authkey, mib, calls, runs):
+    """Bytes a second of p.length(data) calls with a `mib` MiB bytes argument, one at a time:
+    the best of `runs` runs."""
+    data = bytes(mib << 20)
+    best = 0.0
+    with started(MathsManager, address, authkey) as m:
+        p = m.Maths()
+        try:
+            p.length(data)
+            for _ in range(runs):
+                t = time.perf_counter()
+                for _ in range(calls):
+                    if p.length(data) != len(data):
+                        raise RuntimeError("Maths.length returned a wrong length")
+                best = max(best, calls * len(data) / (time.perf_counter() - t))
+        finally:
+            del p
+    return best
 
 
 def connect_create_call_us(address, authkey, rounds):
@@ -373,6 +396,10 @@ def main():
             report(f"QueueRecipe{WORKERS}Workers/{fam}",
                    queue_recipe_per_s(address, authkey, tasks, runs), "per_s",
                    f"{tasks} tasks, best of {runs}")
+        print("managers_python: a 4 MiB argument…", file=sys.stderr)
+        report("LargeArgument/unix",
+               large_argument_bytes_per_s(unix("big"), authkey, 4, 8 if args.quick else 32, runs),
+               "B_per_s", "p.length(4 MiB of bytes), one at a time")
         print("managers_python: a managed Pool…", file=sys.stderr)
         p50, p10, p90, map_us = managed_pool(300 if args.quick else 3_000, 5 if args.quick else 30)
         rt("ManagedPoolApply/unix", p50, p10, p90, "SyncManager().Pool(2).apply(square, (i,))")
@@ -385,7 +412,9 @@ def main():
           f"{nodelay_client}, accepted {nodelay_server} (0 = Nagle on).", file=sys.stderr)
     width = max(len(n) for n in out)
     for name, v in out.items():
-        value = (f"{v['value']:10.1f} µs" if v["unit"] == "us" else f"{v['value']:10.0f} /s")
+        value = (f"{v['value']:10.1f} µs" if v["unit"] == "us" else
+                 f"{v['value'] / 1e6:10.0f} MB/s" if v["unit"] == "B_per_s" else
+                 f"{v['value']:10.0f} /s")
         print(f"  {name:<{width}}  {value}   {notes[name]}", file=sys.stderr)
     json.dump(out, sys.stdout)
     print()

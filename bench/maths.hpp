@@ -2,7 +2,9 @@
 // and their manager type: Maths.add, one quick method, so that a call measures the call.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
+#include <vector>
 
 #include "troupe/multiprocessing/managers.hpp"
 
@@ -11,8 +13,12 @@ namespace bench {
 class Maths {
 public:
   std::int64_t add(std::int64_t a, std::int64_t b) const { return a + b; }
+  // A large argument's cost (its reply is small).
+  std::int64_t length(const std::vector<std::byte>& bytes) const {
+    return static_cast<std::int64_t>(bytes.size());
+  }
 };
-TROUPE_EXPOSE(Maths, add);
+TROUPE_EXPOSE(Maths, add, length);
 
 struct MathsManager : troupe::multiprocessing::managers::Manager<MathsManager> {
   using Manager::Manager;
