@@ -174,7 +174,7 @@ private:
   /// Sends a frame: at once on this thread if the connection is idle, else queued for the
   /// link's thread. `gather`: queued even when idle (asynchronous requests while others are in
   /// flight: the link's thread writes what has gathered in one system call).
-  void write(std::span<const std::byte> bytes, bool gather = false);
+  void write(std::vector<std::byte>&& frame, bool gather = false);
   void schedule_pump_locked();
   void fail_if_no_runner(std::unique_lock<std::mutex>& lock);
   void pump();
