@@ -283,6 +283,19 @@ BENCHMARK(BM_PipePingPong_thread)->UseRealTime();
 
 // ---- pipelined calls ------------------------------------------------------------------
 
+// One round of `calls` asynchronous calls, `window` of them in flight: `next` makes one (counting
+// `started`), and its completion (on `ctx`, run here) counts `done` and `wrong` and makes the next
+// while any are left. Whether every call came back right.
+bool windowed_round(boost::asio::io_context& ctx, std::int64_t window, std::int64_t calls,
+                    std::int64_t& started, std::int64_t& done, const std::int64_t& wrong,
+                    const std::function<void()>& next) {
+  started = done = 0;
+  for (std::int64_t k = 0; k < window && started < calls; ++k) next();
+  ctx.run();
+  ctx.restart();
+  return done == calls && wrong == 0;
+}
+
 // range(0): the family; range(1): calls in flight. Per iteration, 20000 async_call on one proxy,
 // each completion (on an io_context this thread runs) starting the next while any are left.
 void BM_ProxyPipelined(benchmark::State& state) {
@@ -304,16 +317,11 @@ void BM_ProxyPipelined(benchmark::State& state) {
         }));
   };
   const Meter meter(*m.process()->pid());
-  for (auto _ : state) {
-    started = done = 0;
-    for (std::int64_t k = 0; k < window && started < kCalls; ++k) next();
-    ctx.run();
-    ctx.restart();
-    if (done != kCalls || wrong != 0) {
+  for (auto _ : state)
+    if (!windowed_round(ctx, window, kCalls, started, done, wrong, next)) {
       state.SkipWithError("a pipelined call failed or returned a wrong sum");
       break;
     }
-  }
   meter.report(state, static_cast<double>(state.iterations() * kCalls));
   state.SetItemsProcessed(state.iterations() * kCalls);
   state.SetLabel(std::string(family_label(state.range(0))) + ", " + std::to_string(window) +
@@ -347,16 +355,11 @@ void BM_ProxyLargeArgument(benchmark::State& state) {
           if (started < kCalls) next();
         }));
   };
-  for (auto _ : state) {
-    started = done = 0;
-    for (std::int64_t k = 0; k < window && started < kCalls; ++k) next();
-    ctx.run();
-    ctx.restart();
-    if (done != kCalls || wrong != 0) {
+  for (auto _ : state)
+    if (!windowed_round(ctx, window, kCalls, started, done, wrong, next)) {
       state.SkipWithError("a call failed or returned a wrong length");
       break;
     }
-  }
   state.SetBytesProcessed(state.iterations() * kCalls * static_cast<std::int64_t>(arg.size()));
   state.SetLabel(std::to_string(state.range(0)) + " MiB arguments, " + std::to_string(window) +
                  " in flight, Unix");

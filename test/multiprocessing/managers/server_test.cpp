@@ -116,6 +116,14 @@ protected:
     server_->start();
   }
 
+  // A server that lets a connection hold at most `n` objects, in place of the fixture's.
+  void restart_with_objects_held(std::uint32_t n) {
+    server_.reset();
+    mm::ServerOptions o;
+    o.max_objects_held = n;
+    start_server(std::nullopt, o);
+  }
+
   // A server of one I/O thread and one pool thread, in place of the fixture's.
   void restart_with_one_pool_thread() {
     server_.reset();
@@ -1264,10 +1272,7 @@ TEST_F(ServerTest, ATypeidLongerThanTheLimitIsRefusedNotCut) {
 }
 
 TEST_F(ServerTest, ParksAndEarlyClaimsAreLimitedPerConnection) {
-  server_.reset();
-  mm::ServerOptions o;
-  o.max_objects_held = 4;
-  start_server(std::nullopt, o);
+  restart_with_objects_held(4);
   auto c = raw_client(server_->address(), key_);
   send_hello(c);
   const std::uint64_t id = raw_create_counter(c);
@@ -1311,10 +1316,7 @@ TEST_F(ServerTest, ParksAndEarlyClaimsAreLimitedPerConnection) {
 // dropped, since it never had one (it used to be logged by the server only: the proxy's calls
 // went on, and its drop's decref took a reference of another proxy of the same connection).
 TEST_F(ServerTest, AReceivedProxyWhoseClaimIsRefusedFailsItsCalls) {
-  server_.reset();
-  mm::ServerOptions o;
-  o.max_objects_held = 2;
-  start_server(std::nullopt, o);
+  restart_with_objects_held(2);
   auto c = raw_client(server_->address(), key_);
   send_hello(c);
   const std::uint64_t id = raw_create_counter(c);
@@ -1370,10 +1372,7 @@ TEST_F(ServerTest, AReceivedProxyWhoseClaimIsRefusedFailsItsCalls) {
 // from a token raises it (it used to be logged by the server only, and the proxy went on as if
 // it held a reference the server never counted). Under the limit again, the same token works.
 TEST_F(ServerTest, AProxyFromATokenOverTheObjectsHeldLimitRaises) {
-  server_.reset();
-  mm::ServerOptions o;
-  o.max_objects_held = 2;
-  start_server(std::nullopt, o);
+  restart_with_objects_held(2);
   auto c = raw_client(server_->address(), key_);
   send_hello(c);
   const mm::Token token{
