@@ -25,7 +25,7 @@ using Value = import "value.capnp".Value;
 using Error = import "errors.capnp".Error;
 using Ref = import "value.capnp".Ref;
 
-const protocolVersion :UInt32 = 2;  # 2: an incref is answered (1: only when it failed)
+const protocolVersion :UInt32 = 3;  # 3: a claim is answered; 2: an incref is (1: only failures)
 
 struct Hello {
   magic @0 :UInt64;           # 0x3172676e4d705274: the bytes "tRpMngr1" as a little-endian UInt64

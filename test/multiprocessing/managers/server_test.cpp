@@ -1366,6 +1366,17 @@ TEST_F(ServerTest, AReceivedProxyWhoseClaimIsRefusedFailsItsCalls) {
   EXPECT_EQ(a.call<&Maths::add>(1, 1), 2);
   EXPECT_EQ(q._callmethod<int>("increment"), 1);
   EXPECT_EQ(server_->number_of_objects(), 2u);  // a, and the counter q holds
+  // Received and dropped at once, mostly before the answer comes: claims of tickets never
+  // parked (claims ahead of their park), the first two within the connection's limit of such
+  // markers, the rest refused. A refused one gives nothing back, answered or not (a decref
+  // would take q's reference); a taken one gives its reference back.
+  for (std::uint64_t t = 100; t < 120; ++t) {
+    ref.setTicket(t);
+    (void)mm::BaseProxy::_from_ref(ref.asReader());
+  }
+  EXPECT_EQ(a.call<&Maths::add>(1, 1), 2);
+  EXPECT_EQ(q._callmethod<int>("increment"), 2);
+  EXPECT_EQ(server_->number_of_objects(), 2u);
 }
 
 // An incref over the connection's max_objects_held is answered with the refusal: a proxy made

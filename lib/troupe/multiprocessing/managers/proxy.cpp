@@ -22,8 +22,20 @@ void wrong_reply_kind(std::string_view method, std::string_view got, std::string
 BaseProxy::State::~State() {
   if (!link || link->owner() != troupe::internal::runtime::process_id())
     return;  // a forked child's copy: the parent's
+  std::uint64_t n = refs;
+  if (claim) {
+    // The claim's reference is given back only if it was taken: a refused claim took none, and
+    // one not answered yet is given back by its handler if the answer says it was taken.
+    std::scoped_lock lock(claim->m);
+    if (!claim->answered) {
+      claim->dropped = true;
+      --n;
+    } else if (claim->refused) {
+      --n;
+    }
+  }
   try {
-    for (std::uint64_t i = 0; i < refs; ++i)
+    for (std::uint64_t i = 0; i < n; ++i)
       link->send([id = token.id](proto::manager::Request::Builder r) { r.setDecref(id); });
   } catch (...) {
   }
@@ -56,6 +68,7 @@ std::shared_ptr<detail::Link> BaseProxy::_link() const {
     fresh->send_answered([id](proto::manager::Request::Builder r) { r.setIncref(id); });
     state_->link = std::move(fresh);
     state_->refs = 1;
+    state_->claim = nullptr;  // the parent's
   }
   return state_->link;
 }
@@ -189,24 +202,41 @@ BaseProxy BaseProxy::_from_ref(proto::Ref::Reader ref) {
   }
   const auto id = st->token.id;
   const auto ticket = ref.getTicket();
-  st->refs = 1;
+  st->refs = 0;  // until the claim is sent: a claim that could not be sent gives nothing back
   // Pipelined, not waited for; its answer comes before any later call's reply on the link. A
   // refusal (the object is gone, or the connection holds max_objects_held already) fails every
-  // call made once it is known, and the proxy has no reference to give back.
+  // call made once it is known, and the proxy gives no reference back for it (ClaimWatch).
+  auto watch = std::make_shared<detail::ClaimWatch>();
   std::weak_ptr<State> weak = st;
+  std::weak_ptr<detail::Link> weak_link = st->link;
   st->link->request(
       [id, ticket](proto::manager::Request::Builder r) {
         auto c = r.initClaim();
         c.setId(id);
         c.setTicket(ticket);
       },
-      [weak](std::exception_ptr, std::shared_ptr<detail::Frame> f) {
-        // A dead link's failure is left to the calls, which name it.
+      [weak, watch, weak_link, id](std::exception_ptr, std::shared_ptr<detail::Frame> f) {
+        // A dead link's failure is left to the calls, which name it (and it holds nothing).
         if (!f) return;
         auto reply = f->root<proto::manager::Reply>();
-        if (!reply.isError()) return;
+        const bool error = reply.isError();
+        bool give_back;
+        {
+          std::scoped_lock lock(watch->m);
+          watch->answered = true;
+          watch->refused = error;
+          give_back = watch->dropped && !error;
+        }
+        if (give_back) {  // the proxy went before the answer
+          if (auto link = weak_link.lock()) try {
+              link->send([id](proto::manager::Request::Builder r) { r.setDecref(id); });
+            } catch (...) {
+            }
+          return;
+        }
+        if (!error) return;
         auto s = weak.lock();
-        if (!s) return;  // dropped meanwhile: its decref fails at the server, which logs it
+        if (!s) return;  // going: its destructor reads the refusal from the watch
         std::exception_ptr e;
         try {
           ErrorEnvelope env = ErrorEnvelope::decode(reply.getError());
@@ -221,8 +251,9 @@ BaseProxy BaseProxy::_from_ref(proto::Ref::Reader ref) {
         }
         std::scoped_lock lock(s->m);
         s->refused = e;
-        s->refs = 0;
       });
+  st->refs = 1;
+  st->claim = std::move(watch);
   return BaseProxy(std::move(st));
 }
 

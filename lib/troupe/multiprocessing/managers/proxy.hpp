@@ -347,6 +347,17 @@ private:
 
 // ---- implementation ------------------------------------------------------------------------
 
+namespace detail {
+/// A received proxy's claim (BaseProxy::_from_ref), pipelined: whether the server has answered
+/// it yet, and how. Shared by the proxy's state and the claim's reply handler.
+struct ClaimWatch {
+  std::mutex m;
+  bool answered = false;
+  bool refused = false;  // the answer was an error: the claim took no reference
+  bool dropped = false;  // the proxy went before the answer: its handler gives a taken one back
+};
+}  // namespace detail
+
 struct BaseProxy::State {
   Token token;
   AuthenticationString authkey;
@@ -355,6 +366,9 @@ struct BaseProxy::State {
   std::uint64_t refs = 1;  // references held on `link`, released when the last copy goes
   // A received proxy whose claim the server refused (m): every call from then on throws it.
   std::exception_ptr refused;
+  // A received proxy's claim, counted in `refs` (null: none, or a forked child's state, whose
+  // reference is its own incref).
+  std::shared_ptr<detail::ClaimWatch> claim;
   ~State();
 };
 
