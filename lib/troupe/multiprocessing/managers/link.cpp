@@ -663,6 +663,7 @@ namespace {
 // buffer of megabytes costs a page fault for each page once malloc has given the last one back
 // to the system (glibc trims a free top of the heap over twice its mmap threshold), which measured
 // ~30 ms of a 4 MiB argument's 36 ms call here (BM_ProxyLargeArgument, where Python takes 25).
+// So each thread that made a request over kKeptFrameMin holds up to kKeptFrameMax for its life.
 // Trivially destructible flag: as tl_kept_request_gone.
 constexpr std::size_t kKeptFrameMin = std::size_t{256} << 10;
 constexpr std::size_t kKeptFrameMax = std::size_t{16} << 20;
@@ -1091,9 +1092,11 @@ void Link::start_runner_reading_locked() {
 // ---- writing --------------------------------------------------------------------------------
 
 namespace {
-// The most a link keeps of its write buffer's growth once a write is done: a large request's
-// (4 MiB) too, as a new one page-faults every page (BM_ProxyLargeArgument: 1.61 -> 2.52 GB/s
-// with 16 MiB kept instead of 1). At most twice this a link, the queue's and the one written.
+// The most a link keeps of a written buffer once its write is done: a large request's (4 MiB)
+// too, as a new one page-faults every page (BM_ProxyLargeArgument: 1.61 -> 2.52 GB/s with 16 MiB
+// kept instead of 1). The queue's buffer keeps what it grew to until it is swapped for a
+// written one (a write of everything queued), so a burst of large requests leaves a link
+// holding about twice this.
 constexpr std::size_t kKeptBufferBytes = std::size_t{16} << 20;
 }  // namespace
 
