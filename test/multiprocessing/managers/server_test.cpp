@@ -1495,6 +1495,34 @@ TEST_F(ServerTest, AClientThatDoesNotReadIsPausedAndLosesNothing) {
   writer.join();
 }
 
+// A thread's large request frames share one kept buffer, and a link its write buffers: requests
+// of falling and rising sizes, one at a time and several in flight (queued for the link's
+// thread), each arrive whole and with their own bytes, not an earlier request's.
+TEST_F(ServerTest, LargeRequestsInKeptBuffersArriveWholeAndRight) {
+  auto m = client();
+  auto maths = m->create<Maths>("Maths");
+  const std::size_t sizes[] = {std::size_t{3} << 20,   std::size_t{1} << 20,
+                               std::size_t{5} << 20,   10,
+                               std::size_t{300} << 10, std::size_t{3} << 20};
+  char fill = 'a';
+  for (const std::size_t n : sizes) {
+    const std::string name(n, fill++);
+    EXPECT_EQ(maths.call<&Maths::greet>(name), "hello " + name) << n << " bytes";
+  }
+  boost::asio::io_context ctx;
+  std::vector<std::string> names;
+  for (const std::size_t n : sizes) names.emplace_back(n, fill++);
+  int right = 0;
+  for (const auto& name : names)
+    maths.async_call<&Maths::greet>(
+        name, boost::asio::bind_executor(ctx, [&](std::exception_ptr e, std::string r) {
+          EXPECT_FALSE(e);
+          if (r == "hello " + name) ++right;
+        }));
+  ctx.run();
+  EXPECT_EQ(right, static_cast<int>(names.size()));
+}
+
 // TLS under a manager's connections (ListenerOptions::tls on the server, LinkOptions::tls on the
 // client): calls whose requests and replies are larger than a socket's buffer, three at once on
 // one connection, each reply whole and to its caller.
