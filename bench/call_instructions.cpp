@@ -2,8 +2,9 @@
 // `call_instructions proxy N` makes N quick-typeid proxy calls (Maths.add) to a manager server
 // running in this process (callgrind cannot follow a child started with pidfd_open), `pipe N`
 // N 152-byte Pipe ping-pongs with an echoing thread, `pipelined N` N proxy calls with 64 in
-// flight (async_call, as BM_ProxyPipelined). Each first makes 2000 of them untimed; the
-// script runs two N and divides the difference per thread, so the start and the end cancel.
+// flight (async_call, as BM_ProxyPipelined), `queue N` N managed queue put + get pairs. Each first
+// makes 2000 of them untimed; the script runs two N and divides the difference per thread, so the
+// start and the end cancel.
 #include <unistd.h>
 
 #include <cstdint>
@@ -33,7 +34,9 @@ using bench::MathsManager;
 
 constexpr long kWarmUp = 2000;
 
-long proxy_calls(long n, bool pipelined) {
+enum class Mode { proxy, pipelined, queue };
+
+long proxy_calls(long n, Mode mode) {
   const auto key = mp::AuthenticationString::random();
   mm::ManagerOptions so;
   so.address =
@@ -57,10 +60,18 @@ long proxy_calls(long n, bool pipelined) {
         ::usleep(10000);
       }
     }
-    auto p = c.create<Maths>("QuickMaths");
-    if (!pipelined) {
+    if (mode == Mode::queue) {
+      // A built-in object's calls: a managed queue's put then get, one at a time.
+      const mm::QueueProxy<std::int64_t> q(c.create("Q"));
+      for (long i = 0; i < kWarmUp + n; ++i) {
+        q.put(i);
+        sum += q.get();
+      }
+    } else if (mode == Mode::proxy) {
+      auto p = c.create<Maths>("QuickMaths");
       for (long i = 0; i < kWarmUp + n; ++i) sum += p.call<&Maths::add>(i, 1);
     } else {
+      auto p = c.create<Maths>("QuickMaths");
       // 64 async calls in flight, each completion starting the next (BM_ProxyPipelined's).
       boost::asio::io_context ctx;
       long started = 0;
@@ -107,13 +118,17 @@ long pipe_calls(long n) {
 
 int main(int argc, char** argv) {
   const std::string_view mode = argc == 3 ? argv[1] : "";
-  if (mode != "proxy" && mode != "pipelined" && mode != "pipe") {
-    std::fprintf(stderr, "usage: call_instructions proxy|pipelined|pipe N\n");
+  if (mode != "proxy" && mode != "pipelined" && mode != "queue" && mode != "pipe") {
+    std::fprintf(stderr, "usage: call_instructions proxy|pipelined|queue|pipe N\n");
     return 2;
   }
   const long n = std::atol(argv[2]);
   MathsManager::register_<Maths>("QuickMaths", {.quick = true});
-  const long r = mode == "pipe" ? pipe_calls(n) : proxy_calls(n, mode == "pipelined");
+  mm::register_shared_queue(MathsManager::registry(), "Q");
+  const long r = mode == "pipe"        ? pipe_calls(n)
+                 : mode == "pipelined" ? proxy_calls(n, Mode::pipelined)
+                 : mode == "queue"     ? proxy_calls(n, Mode::queue)
+                                       : proxy_calls(n, Mode::proxy);
   std::printf("%ld\n", r);
   return 0;
 }

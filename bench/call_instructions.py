@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """The instructions one call costs each thread, counted by callgrind: a manager proxy call
 (`call<&Maths::add>`, a quick typeid, the server in this process on a Unix abstract name), the
-same with 64 async calls in flight (pipelined), and a 152-byte Pipe ping-pong with an echoing
+same with 64 async calls in flight (pipelined), a managed queue's put then get (a built-in
+object's calls), and a 152-byte Pipe ping-pong with an echoing
 thread. Exact counts, where the time of a call moves by
 a third between runs on a shared machine: what a change to the call's path saves shows here.
 
@@ -57,6 +58,7 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         for mode, label in (("proxy", "proxy `call<&Maths::add>`, Unix"),
                             ("pipelined", "proxy `async_call`, 64 in flight, Unix"),
+                            ("queue", "managed queue `put` + `get`, Unix"),
                             ("pipe", "Pipe ping-pong 152 B, threads")):
             a, b = totals(binary, mode, n, tmp), totals(binary, mode, 2 * n, tmp)
             for t in sorted(b):

@@ -222,6 +222,30 @@ void BM_ProxyCall_callmethod(benchmark::State& state) {
 }
 BENCHMARK(BM_ProxyCall_callmethod)->Arg(0)->Arg(1)->UseRealTime();
 
+// A managed queue's put then get, one at a time (each call a round trip, as the recipe's calls
+// are): the time of one call, a built-in object's (its completion goes through the queue's
+// wait machinery, not straight back as Maths.add's does).
+void BM_QueueCall(benchmark::State& state) {
+  QueueManager m(server_options(state.range(0)));
+  m.start();
+  const mm::QueueProxy<std::int64_t> q(m.create("get_task_queue"));
+  for (std::int64_t i = 0; i < 500; ++i) {
+    q.put(i);
+    (void)q.get();
+  }
+  std::int64_t i = 0;
+  const Meter meter(*m.process()->pid());
+  for (auto _ : state) {
+    q.put(i);
+    if (q.get() != i) state.SkipWithError("the queue gave back another item");
+    ++i;
+  }
+  meter.report(state, 2.0 * static_cast<double>(state.iterations()));
+  state.SetItemsProcessed(2 * state.iterations());
+  state.SetLabel(std::string(family_label(state.range(0))) + ", put + get");
+}
+BENCHMARK(BM_QueueCall)->Arg(0)->Arg(1)->UseRealTime();
+
 // ---- the baseline: Pipe ping-pong of a call's size --------------------------------------
 
 // Echoes every message until an empty one (a forked child also holds the parent's end, so it
