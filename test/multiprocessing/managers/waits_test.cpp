@@ -26,6 +26,7 @@ namespace {
 using namespace std::chrono_literals;
 using troupe::testing::count_threads;
 using troupe::testing::eventually;
+using waits::AnswersHere;
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -267,6 +268,73 @@ TEST_F(WaitsTest, HandlersNeverRunInsideTheCall) {
   run();
   EXPECT_EQ(calls, 11);
   EXPECT_TRUE(reentered);
+}
+
+// Inside an AnswersHere of the caller, on its strand (a server's object call): the caller's own
+// answers known at once are kept, not posted, and run by run() after the initiating call has
+// returned; another caller's answer (a getter the put satisfies, on the same strand) is posted;
+// off the strand, or in another caller's scope, nothing is kept; and what run() did not run is
+// posted when the scope ends.
+TEST_F(WaitsTest, AnswersHereKeepsTheCallersOwnAnswersUntilRun) {
+  const ConnStrand strand(ex);
+  const Caller me{1, 1, strand};
+  const Caller other{1, 2, strand};  // another lane of the same connection
+  AsyncQueue<int> q(ex);
+  AsyncLock lock(ex);
+  GotItem<int> waiting, got;
+  GotDone put, put_later;
+  GotBool acquired;
+  q.async_get(other, true, std::nullopt, waiting.h());
+  bool ran = false;
+  strand.post([&] {
+    ran = true;
+    AnswersHere answers(me);
+    q.async_put(me, 1, true, std::nullopt, put.h());  // answers `other`'s get, then `me`
+    q.async_put(me, 2, true, std::nullopt, put_later.h());
+    q.async_get(me, true, std::nullopt, got.h());
+    lock.async_acquire(me, true, std::nullopt, acquired.h());
+    EXPECT_EQ(put.calls + put_later.calls + got.calls + acquired.calls, 0)
+        << "an answer ran inside the initiating call";
+    answers.run();
+    EXPECT_TRUE(put.ok());
+    EXPECT_TRUE(put_later.ok());
+    EXPECT_EQ(got.calls, 1);
+    EXPECT_EQ(got.value, 2);
+    EXPECT_TRUE(acquired.ok(true));
+    EXPECT_EQ(waiting.calls, 0) << "another caller's answer is posted";
+  });
+  run();
+  EXPECT_TRUE(ran);
+  EXPECT_EQ(waiting.calls, 1);
+  EXPECT_EQ(waiting.value, 1);
+  lock.release(me);
+
+  // Off the strand: posted. In another caller's scope: posted. Not run(): posted at the end.
+  GotDone off, others_scope, not_run;
+  {
+    AnswersHere answers(me);
+    q.async_put(me, 3, true, std::nullopt, off.h());
+    answers.run();
+    EXPECT_EQ(off.calls, 0);
+  }
+  strand.post([&] {
+    {
+      AnswersHere answers(other);
+      q.async_put(me, 4, true, std::nullopt, others_scope.h());
+      answers.run();
+      EXPECT_EQ(others_scope.calls, 0);
+    }
+    {
+      AnswersHere answers(me);
+      q.async_put(me, 5, true, std::nullopt, not_run.h());
+    }
+    EXPECT_EQ(not_run.calls, 0);
+  });
+  run();
+  EXPECT_TRUE(off.ok());
+  EXPECT_TRUE(others_scope.ok());
+  EXPECT_TRUE(not_run.ok());
+  EXPECT_EQ(q.qsize(), 3u);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -40,6 +40,7 @@
 #include "troupe/multiprocessing/logger.hpp"
 #include "troupe/multiprocessing/managers/detail/not_exposed.hpp"
 #include "troupe/multiprocessing/managers/detail/pickle.hpp"
+#include "troupe/multiprocessing/managers/detail/waits.hpp"
 #include "troupe/multiprocessing/managers/internal/python_dialect.hpp"
 #include "troupe/multiprocessing/managers/internal/ref_proxy.hpp"
 #include "troupe/multiprocessing/managers/internal/wire.hpp"
@@ -1521,7 +1522,11 @@ public:
         detail::no_fallback_arguments(info, t.typeid_);
         done->complete(obj->repr());
       } else {
+        // A built-in object's answer known at once (a put, a get of an item that is there)
+        // runs after the call, here, not as a handler posted to this strand.
+        detail::waits::AnswersHere answers(info.caller);
         obj->call(info, done);
+        answers.run();
       }
     } catch (...) {
       done->fail(std::current_exception());
@@ -2077,7 +2082,9 @@ public:
                 detail::no_fallback_arguments(info, typeid_);
                 done->complete(obj->repr());
               } else {
+                detail::waits::AnswersHere answers(info.caller);  // as run_object_call's
                 obj->call(info, done);
+                answers.run();
               }
             } catch (...) {
               done->fail(std::current_exception());
