@@ -206,6 +206,7 @@ public:
   /// to the caller's strand, as it would have left the handler it was posted as.
   void run() {
     if (current_ == this) current_ = outer_;
+    if (tasks_.empty()) return;
     auto tasks = std::move(tasks_);
     tasks_.clear();
     for (auto& t : tasks) {
