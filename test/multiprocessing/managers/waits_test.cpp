@@ -5,6 +5,7 @@
 #include <future>
 #include <memory>
 #include <set>
+#include <stdexcept>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -335,6 +336,27 @@ TEST_F(WaitsTest, AnswersHereKeepsTheCallersOwnAnswersUntilRun) {
   EXPECT_TRUE(others_scope.ok());
   EXPECT_TRUE(not_run.ok());
   EXPECT_EQ(q.qsize(), 3u);
+
+  // A kept answer that throws: run() goes on with the next, and the exception leaves the
+  // io_context's run() from a handler of the strand, as a posted answer's would.
+  GotDone after;
+  strand.post([&] {
+    AnswersHere answers(me);
+    q.async_put(me, 6, true, std::nullopt,
+                [](std::exception_ptr) { throw std::runtime_error("an answer that throws"); });
+    q.async_put(me, 7, true, std::nullopt, after.h());
+    answers.run();
+    EXPECT_TRUE(after.ok()) << "the answer after the one that threw";
+  });
+  io.restart();
+  try {
+    io.run_for(60s);
+    ADD_FAILURE() << "the kept answer's exception did not leave run()";
+  } catch (const std::runtime_error& e) {
+    EXPECT_STREQ(e.what(), "an answer that throws");
+  }
+  run();
+  EXPECT_TRUE(after.ok());
 }
 
 // ---------------------------------------------------------------------------------------------

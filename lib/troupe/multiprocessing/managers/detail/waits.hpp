@@ -179,14 +179,14 @@ private:
 };
 
 /// Where the answers to one caller go instead of being posted, while this lives on the thread:
-/// a server, around an object's call made from the handler of its connection's strand that read
-/// the request. An answer the operation knows at once (a put, a get of an item that is there,
-/// an acquire of a free lock) is kept here, then run by run() once the object's call has
-/// returned: never inside the initiating call, and without a handler of its own, a turn of the
-/// io_context and a write of its own (the answer joins the replies that handler writes). A
-/// managed queue's put + get: 27,100 -> 23,500 instructions on the server
-/// (bench/call_instructions.py). Answers to other callers, and this caller's when the thread is
-/// not running its strand, are posted as always.
+/// a server, around an object's call made on its connection's strand (in the handler that read
+/// the request, or in the one that starts a lane's next call). An answer the operation knows at
+/// once (a put, a get of an item that is there, an acquire of a free lock) is kept here, then
+/// run by run() once the object's call has returned: never inside the initiating call, and
+/// without a handler of its own, a turn of the io_context and a write of its own (the answer
+/// joins the replies that handler writes). A managed queue's put + get: 27,100 -> 23,500
+/// instructions on the server (bench/call_instructions.py). Answers to other callers, and this
+/// caller's when the thread is not running its strand, are posted as always.
 class AnswersHere {
 public:
   /// `caller` must outlive this.
@@ -197,8 +197,8 @@ public:
   AnswersHere& operator=(const AnswersHere&) = delete;
   /// Posts what run() did not run (an exception left the call first).
   ~AnswersHere() {
-    current_ = outer_;
-    for (auto& t : tasks_) caller_.ex.post(std::move(t));
+    if (current_ == this) current_ = outer_;
+    for (auto& [strand, t] : tasks_) strand.post(std::move(t));
   }
 
   /// Runs the kept answers, in order, outside the scope (one that a handler's answer starts
@@ -209,29 +209,29 @@ public:
     if (tasks_.empty()) return;
     auto tasks = std::move(tasks_);
     tasks_.clear();
-    for (auto& t : tasks) {
+    for (auto& [strand, t] : tasks) {
       try {
         t();
       } catch (...) {
-        caller_.ex.post([e = std::current_exception()] { std::rethrow_exception(e); });
+        strand.post([e = std::current_exception()] { std::rethrow_exception(e); });
       }
     }
   }
 
-  /// Keeps `t`, an answer to `to` for its strand `s`, if this thread's scope is `to`'s and runs
-  /// `to`'s strand; false: post it.
+  /// Keeps `t`, an answer to `to`, if this thread's scope is `to`'s and runs `to`'s strand;
+  /// false: post it.
   static bool keep(const Caller& to, Task& t) {
     AnswersHere* here = current_;
     if (here == nullptr || !(here->caller_ == to) || !to.ex || !to.ex.running_in_this_thread())
       return false;
-    here->tasks_.push_back(std::move(t));
+    here->tasks_.emplace_back(to.ex, std::move(t));
     return true;
   }
 
 private:
   const Caller& caller_;
   AnswersHere* outer_;
-  std::vector<Task> tasks_;
+  std::vector<std::pair<ConnStrand, Task>> tasks_;
   static inline thread_local AnswersHere* current_ = nullptr;
 };
 
