@@ -223,8 +223,8 @@ void BM_ProxyCall_callmethod(benchmark::State& state) {
 BENCHMARK(BM_ProxyCall_callmethod)->Arg(0)->Arg(1)->UseRealTime();
 
 // A managed queue's put then get, one at a time (each call a round trip, as the recipe's calls
-// are): the time of one call, a built-in object's (its completion goes through the queue's
-// wait machinery, not straight back as Maths.add's does).
+// are): the time of a put + get pair (items: calls), a built-in object's calls (their answers go
+// through the queue's wait machinery, not straight back as Maths.add's do).
 void BM_QueueCall(benchmark::State& state) {
   QueueManager m(server_options(state.range(0)));
   m.start();
